@@ -1,0 +1,1 @@
+"""Actor tree of the gateway (Thespian). Modules here never import Flask."""

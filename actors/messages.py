@@ -1,0 +1,260 @@
+"""Every message that crosses a process boundary, as frozen dataclasses.
+
+They are pickled by Thespian, so they live in this one importable module (never
+``__main__``) and every process must run the same version of it. Actors reply with
+data (``Ok``, ``Failed``), never with exception objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from gateway.config import Config
+
+
+class SessionState(StrEnum):
+    NEW = "NEW"  # known to nobody yet / never connected
+    CONNECTING = "CONNECTING"
+    QR_PENDING = "QR_PENDING"
+    CONNECTED = "CONNECTED"
+    RECONNECTING = "RECONNECTING"
+    QR_EXPIRED = "QR_EXPIRED"
+    LOGGED_OUT = "LOGGED_OUT"
+    FAILED = "FAILED"
+    DISCONNECTED = "DISCONNECTED"
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStatus:
+    """A snapshot of one session, as the supervisor last heard it."""
+
+    session: str
+    state: SessionState = SessionState.NEW
+    paired: bool = False  # credentials stored: connect resumes without a QR
+    phone: str | None = None
+    qr_code: str | None = None
+    qr_expires_at: float | None = None
+    reconnect_attempt: int = 0
+    last_error: ErrorInfo | None = None
+    connected_since: float | None = None
+    updated_at: float = 0.0
+
+    @property
+    def connected(self) -> bool:
+        return self.state is SessionState.CONNECTED
+
+
+# ---- replies -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    value: Any = True
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    code: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+
+
+# ---- web tier -> supervisor ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatus:
+    session: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GetHealth:
+    """Answered (by the outbox, at the end of a chain) with Ok(HealthReport)."""
+
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    session: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    session: str
+    keep_session: bool = False  # True: only disconnect; False: log out and forget credentials
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SendText:
+    """A validated send request: ``phone`` is normalised digits, ``text`` checked."""
+
+    session: str
+    phone: str
+    text: str
+    request_id: str = ""
+    wait_for_ack: bool = True  # answer after the server acked (or send_timeout)
+    require_connected: bool = False  # testWhatsAppConnection: never queue
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Reply to SendText: the message is on disk (and, if ``state`` is SENT, acked)."""
+
+    message_id: str
+    state: str
+    accepted_at: float
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    sessions: tuple[SessionStatus, ...] = ()
+    limiter: dict[str, float] = field(default_factory=dict)
+    queue_depth: int = 0
+    queue_by_session: dict[str, int] = field(default_factory=dict)
+
+
+# ---- launcher -> supervisor --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartGateway:
+    config: Config
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Sent before ActorSystem.shutdown() so that no child is respawned meanwhile."""
+
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WhoAreYou:
+    """Asks an actor for its pid and process group (the launcher sweeps that group)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    pid: int
+    pgid: int
+
+
+# ---- supervisor <-> children ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartSession:
+    session: str
+    config: Config
+    connect: bool  # connect at once (resume or pair) rather than wait for a Connect
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCommand:
+    """``connect`` | ``disconnect`` (keep credentials) | ``logout`` (unlink, delete)."""
+
+    action: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """Session -> supervisor on every change; supervisor -> outbox as SessionLink."""
+
+    status: SessionStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLink:
+    """Tells the outbox where a session runs and whether it can send now."""
+
+    session: str
+    address: Any  # ActorAddress or None when the session has no process
+    state: SessionState
+    paired: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StartWorker:
+    """Supervisor -> limiter / outbox: the configuration, before anything else."""
+
+    config: Config
+    supervisor: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Supervisor -> limiter: charge the windows for this send, then pass it on."""
+
+    send: SendText
+    reply_to: Any
+    outbox: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Limiter -> outbox: persist, then deliver (now or when the session is back)."""
+
+    send: SendText
+    reply_to: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CollectHealth:
+    """A health request on its way: each actor adds its part and passes it on."""
+
+    reply_to: Any
+    report: HealthReport
+    outbox: Any = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Outbox -> session: send this message now."""
+
+    message_id: str
+    phone: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """Session -> outbox: how a Deliver ended."""
+
+    message_id: str
+    ok: bool
+    wa_message_id: str = ""
+    timestamp: float = 0.0
+    reason: str = ""  # stable token, e.g. NOT_CONNECTED, REJECTED
+    error: str = ""
+    permanent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReceipt:
+    """Session -> outbox: the recipient's device confirmed (delivered / read)."""
+
+    wa_message_id: str
+    kind: str

@@ -1,0 +1,216 @@
+"""SessionActor: one WhatsApp session in its own process.
+
+A thin shell: the state machine decides, the transport talks to WhatsApp, and this
+actor wires them together without ever blocking its own thread. Transport calls
+that can block (connect, send, logout, close) run on worker threads; everything
+they report comes back through the thread bridge, tagged with the generation of
+the client that produced it so late events from a closed client are ignored.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from thespian.actors import ActorExitRequest, WakeupMessage
+
+from actors.messages import (
+    Deliver,
+    DeliveryReceipt,
+    DeliveryResult,
+    SessionCommand,
+    StartSession,
+    StatusChanged,
+)
+from actors.policy import ReconnectPolicy
+from actors.session_machine import (
+    Action,
+    ArmConnectTimeout,
+    LogoutClient,
+    ScheduleReconnect,
+    SessionMachine,
+    StartClient,
+    StopClient,
+)
+from actors.threadbridge import BridgedActor
+from actors.transport.base import Receipt, SendError, Transport, TransportEvent
+from gateway.observability import setup_logging
+
+log = structlog.get_logger("wagate.session")
+
+SEND_WORKERS = 4  # concurrent sends per session; the transport serialises what it must
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    generation: int
+    event: TransportEvent
+
+
+@dataclass(frozen=True, slots=True)
+class _Timer:
+    kind: str  # "reconnect" | "connect-timeout"
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class _SendDone:
+    result: DeliveryResult
+    reply_to: Any
+
+
+class SessionActor(BridgedActor):
+    def __init__(self, capabilities: dict | None = None) -> None:
+        # Thespian passes ``capabilities`` only to constructors that name it.
+        super().__init__(capabilities)
+        self.session = ""
+        self.parent: Any = None
+        self.transport: Transport | None = None  # the current client; None between clients
+        self.config: Any = None
+        self.machine: SessionMachine | None = None
+        self.generation = 0
+        self.executor: ThreadPoolExecutor | None = None
+        self.outbox: Any = None
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    def receiveMsg_StartSession(self, msg: StartSession, sender: Any) -> None:
+        if self.machine is not None:
+            return  # a duplicate start (re-sent after a restart race) changes nothing
+        setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
+        config = self.config = msg.config
+        self.session, self.parent = msg.session, sender
+        self.executor = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix=f"send-{msg.session}")
+        policy = ReconnectPolicy(config.reconnect.attempts, config.reconnect.delay_seconds)
+        self.machine = SessionMachine(msg.session, policy, config.reconnect.connect_timeout_seconds,
+                                      paired=self._client().has_credentials())
+        structlog.contextvars.bind_contextvars(session=msg.session)
+        self._report()
+        if msg.connect:
+            self._run(self.machine.connect(time.time(), self._client().has_credentials()))
+
+    def receiveMsg_SessionCommand(self, msg: SessionCommand, sender: Any) -> None:
+        if self.machine is None or self.transport is None:
+            return
+        now = time.time()
+        if msg.action == "connect":
+            actions = self.machine.connect(now, self.transport.has_credentials())
+        elif msg.action == "disconnect":
+            actions = self.machine.disconnect(now)
+        elif msg.action == "logout":
+            actions = self.machine.logout(now)
+        else:
+            log.warning("unknown session command", action=msg.action)
+            return
+        self._run(actions)
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        self.generation += 1
+        if self.transport is not None:
+            try:
+                self.transport.close()
+            except Exception:
+                log.exception("closing the transport failed")
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.bridge is not None:
+            self.bridge.close()
+
+    # ---- transport events ---------------------------------------------------------
+
+    def receiveMsg__Event(self, msg: _Event, sender: Any) -> None:
+        if self.machine is None or msg.generation != self.generation:
+            return
+        if isinstance(msg.event, Receipt):
+            if self.outbox is not None:
+                self.send(self.outbox, DeliveryReceipt(msg.event.message_id, msg.event.kind))
+            return
+        self._run(self.machine.on_event(msg.event, time.time()))
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        timer = msg.payload
+        if self.machine is None or not isinstance(timer, _Timer):
+            return
+        if timer.generation != self.generation:
+            return  # there is no cancel: a timer of an older client is stale
+        now = time.time()
+        if timer.kind == "reconnect":
+            self._run(self.machine.reconnect_due(now))
+        elif timer.kind == "connect-timeout":
+            self._run(self.machine.connect_timed_out(now))
+
+    # ---- sending --------------------------------------------------------------------
+
+    def receiveMsg_Deliver(self, msg: Deliver, sender: Any) -> None:
+        self.outbox = sender
+        if self.executor is None or self.transport is None:
+            self.send(sender, DeliveryResult(msg.message_id, ok=False, reason="NOT_CONNECTED",
+                                             error="session not started"))
+            return
+        self.executor.submit(self._send, self.transport, msg, sender)
+
+    def _send(self, transport: Transport, msg: Deliver, reply_to: Any) -> None:
+        """Worker thread: touches no actor state, only posts the outcome."""
+        try:
+            sent = transport.send_text(msg.phone, msg.text)
+            result = DeliveryResult(msg.message_id, ok=True, wa_message_id=sent.message_id,
+                                    timestamp=sent.timestamp)
+        except SendError as exc:
+            result = DeliveryResult(msg.message_id, ok=False, reason=exc.reason, error=str(exc),
+                                    permanent=exc.permanent)
+        except Exception as exc:  # a transport bug must not lose the message
+            result = DeliveryResult(msg.message_id, ok=False, reason="TRANSPORT_ERROR",
+                                    error=repr(exc), permanent=False)
+        if self.bridge is not None:
+            self.bridge.post(_SendDone(result, reply_to))
+
+    def receiveMsg__SendDone(self, msg: _SendDone, sender: Any) -> None:
+        self.send(msg.reply_to, msg.result)
+
+    # ---- actions ---------------------------------------------------------------------
+
+    def _run(self, actions: list[Action]) -> None:
+        for action in actions:
+            self._do(action)
+        self._report()
+
+    def _client(self) -> Transport:
+        """The current client, or a fresh one: a closed client is never reused."""
+        if self.transport is None:
+            from actors.transport import create_transport  # engines load only in this process
+
+            self.transport = create_transport(self.config.transport.engine, self.session,
+                                              self.config.data_path, self.config)
+        return self.transport
+
+    def _do(self, action: Action) -> None:
+        match action:
+            case StopClient():
+                self.generation += 1
+                if self.transport is not None:
+                    self.transport.close()
+                    self.transport = None
+            case StartClient():
+                generation = self.generation
+                bridge = self.bridge
+                if bridge is not None:
+                    self._client().connect(lambda event: bridge.post(_Event(generation, event)))
+            case ScheduleReconnect(delay=delay):
+                self.wakeupAfter(timedelta(seconds=delay), payload=_Timer("reconnect",
+                                                                          self.generation))
+            case ArmConnectTimeout(delay=delay):
+                self.wakeupAfter(timedelta(seconds=delay),
+                                 payload=_Timer("connect-timeout", self.generation))
+            case LogoutClient():
+                try:
+                    self._client().logout()
+                except Exception as exc:
+                    log.warning("logout failed; credentials removed locally", error=repr(exc))
+
+    def _report(self) -> None:
+        if self.machine is not None and self.parent is not None:
+            self.send(self.parent, StatusChanged(self.machine.status))

@@ -1,0 +1,202 @@
+"""The session state machine, free of actors and transports so it can be tested alone.
+
+The session actor feeds it commands (connect, disconnect, logout), transport events
+and timer expiries; it answers with the new status and a list of actions for the
+actor to carry out. States (DESIGN §1):
+
+    NEW -> CONNECTING -> QR_PENDING -> CONNECTED
+    CONNECTED -> RECONNECTING (attempt n) -> CONNECTED | FAILED (after the last attempt)
+    QR_PENDING -> QR_EXPIRED (pairing window closed)
+    any -> LOGGED_OUT (unlinked) | DISCONNECTED (operator) | FAILED (banned, replaced ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from actors.messages import ErrorInfo, SessionState, SessionStatus
+from actors.policy import ReconnectPolicy
+from actors.transport.base import (
+    ClientOutdated,
+    Connected,
+    Disconnected,
+    LoggedOut,
+    PairingClosed,
+    QrCode,
+    StreamReplaced,
+    TemporaryBan,
+    TransportEvent,
+)
+
+# The session's process has nothing left to do in these states: it is retired.
+FINAL_STATES = frozenset({
+    SessionState.QR_EXPIRED, SessionState.LOGGED_OUT, SessionState.FAILED,
+    SessionState.DISCONNECTED,
+})
+# A client is running (or about to run) in these states.
+ACTIVE_STATES = frozenset({
+    SessionState.CONNECTING, SessionState.QR_PENDING, SessionState.CONNECTED,
+    SessionState.RECONNECTING,
+})
+
+
+@dataclass(frozen=True, slots=True)
+class StartClient:
+    """Open a fresh connection (resume with credentials, or pair)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopClient:
+    """Close the current connection; its late events must be ignored."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleReconnect:
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class ArmConnectTimeout:
+    """A connect attempt that shows no sign of life by then has failed."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogoutClient:
+    """Unlink the device and delete the stored credentials."""
+
+
+Action = StartClient | StopClient | ScheduleReconnect | ArmConnectTimeout | LogoutClient
+
+
+class SessionMachine:
+    def __init__(self, session: str, policy: ReconnectPolicy, connect_timeout: float,
+                 paired: bool = False) -> None:
+        self.policy = policy
+        self.connect_timeout = connect_timeout
+        self.status = SessionStatus(session=session, paired=paired)
+        self.attempt = 0  # connect attempts made in the current (re)connect cycle
+
+    # ---- commands -------------------------------------------------------------
+
+    def connect(self, now: float, paired: bool) -> list[Action]:
+        """Operator (or restart) asks for a connection. No-op while one is active."""
+        if self.status.state in ACTIVE_STATES:
+            return []
+        self.attempt = 1
+        self._set(now, state=SessionState.CONNECTING, paired=paired, reconnect_attempt=1,
+                  qr_code=None, qr_expires_at=None)
+        return [StopClient(), StartClient(), ArmConnectTimeout(self.connect_timeout)]
+
+    def disconnect(self, now: float) -> list[Action]:
+        self.attempt = 0
+        self._set(now, state=SessionState.DISCONNECTED, qr_code=None, qr_expires_at=None,
+                  connected_since=None, reconnect_attempt=0)
+        return [StopClient()]
+
+    def logout(self, now: float) -> list[Action]:
+        self.attempt = 0
+        self._set(now, state=SessionState.LOGGED_OUT, paired=False, phone=None, qr_code=None,
+                  qr_expires_at=None, connected_since=None, reconnect_attempt=0)
+        return [StopClient(), LogoutClient()]
+
+    # ---- timers -----------------------------------------------------------------
+
+    def reconnect_due(self, now: float) -> list[Action]:
+        if self.status.state is not SessionState.RECONNECTING:
+            return []
+        self.attempt += 1
+        self._set(now, reconnect_attempt=self.attempt)
+        return [StopClient(), StartClient(), ArmConnectTimeout(self.connect_timeout)]
+
+    def connect_timed_out(self, now: float) -> list[Action]:
+        """Only an attempt that has not reached QR_PENDING or CONNECTED can time out."""
+        if self.status.state not in (SessionState.CONNECTING, SessionState.RECONNECTING):
+            return []
+        return self._attempt_failed(now, "connect attempt timed out")
+
+    # ---- transport events -------------------------------------------------------------
+
+    def on_event(self, event: TransportEvent, now: float) -> list[Action]:
+        state = self.status.state
+        if state in FINAL_STATES:
+            return []  # a late event from a client that is being closed
+        match event:
+            case QrCode(code=code, expires_at=expires_at):
+                self._set(now, state=SessionState.QR_PENDING, qr_code=code,
+                          qr_expires_at=expires_at, reconnect_attempt=0)
+                self.attempt = 0
+                return []
+            case PairingClosed(reason="success"):
+                self._set(now, qr_code=None, qr_expires_at=None)
+                return []
+            case PairingClosed(reason="timeout"):
+                return self._final(now, SessionState.QR_EXPIRED, "QR_EXPIRED",
+                                   "the pairing window closed before a phone scanned the "
+                                   "code; call whatsAppConnect for a new code")
+            case PairingClosed(reason=reason):
+                return self._final(now, SessionState.FAILED, "PAIRING_FAILED",
+                                   f"pairing failed ({reason}); call whatsAppConnect to retry")
+            case Connected(phone=phone):
+                self.attempt = 0
+                self._set(now, state=SessionState.CONNECTED, paired=True, phone=phone,
+                          qr_code=None, qr_expires_at=None, reconnect_attempt=0,
+                          connected_since=now, last_error=None)
+                return []
+            case Disconnected(reason=reason):
+                if state is SessionState.CONNECTED:
+                    self.attempt = 0
+                    self._set(now, state=SessionState.RECONNECTING, connected_since=None,
+                              last_error=ErrorInfo("DISCONNECTED", reason))
+                    return [StopClient(), ScheduleReconnect(self._delay_or_zero(1))]
+                if state is SessionState.QR_PENDING:
+                    return self._final(now, SessionState.FAILED, "PAIRING_FAILED",
+                                       f"connection lost while pairing ({reason}); "
+                                       "call whatsAppConnect for a new code")
+                return self._attempt_failed(now, reason)
+            case LoggedOut(reason=reason):
+                actions = self._final(now, SessionState.LOGGED_OUT, "LOGGED_OUT",
+                                      f"the device was unlinked ({reason}); call "
+                                      "whatsAppConnect and scan a new code to link again")
+                self._set(now, paired=False, phone=None)
+                return actions
+            case TemporaryBan(until=until, reason=reason):
+                return self._final(now, SessionState.FAILED, "BANNED",
+                                   f"WhatsApp banned this account until {until:.0f} "
+                                   f"(unix time) {reason}".strip())
+            case StreamReplaced():
+                return self._final(now, SessionState.FAILED, "STREAM_REPLACED",
+                                   "the same device connected elsewhere; stop the other "
+                                   "client, then call whatsAppConnect")
+            case ClientOutdated():
+                return self._final(now, SessionState.FAILED, "CLIENT_OUTDATED",
+                                   "WhatsApp refuses this client version; upgrade wagate")
+            case _:
+                return []  # receipts and the like do not change the state
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _attempt_failed(self, now: float, reason: str) -> list[Action]:
+        delay = self.policy.next_delay(self.attempt + 1)
+        if delay is None:
+            return self._final(now, SessionState.FAILED, "RECONNECT_FAILED",
+                               f"gave up after {self.attempt} connect attempts (last: "
+                               f"{reason}); check the network, then call whatsAppConnect")
+        self._set(now, state=SessionState.RECONNECTING, connected_since=None,
+                  last_error=ErrorInfo("CONNECT_FAILED", reason))
+        return [StopClient(), ScheduleReconnect(delay)]
+
+    def _delay_or_zero(self, attempt: int) -> float:
+        delay = self.policy.next_delay(attempt)
+        return 0.0 if delay is None else delay
+
+    def _final(self, now: float, state: SessionState, code: str, message: str) -> list[Action]:
+        self.attempt = 0
+        self._set(now, state=state, qr_code=None, qr_expires_at=None, connected_since=None,
+                  last_error=ErrorInfo(code, message))
+        return [StopClient()]
+
+    def _set(self, now: float, **changes: object) -> None:
+        self.status = dataclasses.replace(self.status, updated_at=now, **changes)

@@ -1,0 +1,387 @@
+"""SupervisorActor: the root of the tree (globalName ``wagate.supervisor``).
+
+It owns the limiter, the outbox and up to ``max_sessions`` session actors, keyed by
+session id (never by address: addresses are unhashable and ports get reused). It is
+the web tier's single entry point: status questions are answered from the snapshots
+sessions report, and commands are routed to the actor that carries them out.
+
+Sessions that should be connected are remembered on disk, so a restart of the
+gateway (or of a crashed session) reconnects them without a new QR.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+import diskcache
+import structlog
+from thespian.actors import (
+    ActorExitRequest,
+    ActorTypeDispatcher,
+    ChildActorExited,
+    PoisonMessage,
+    WakeupMessage,
+)
+
+from actors.limiter import LimiterActor
+from actors.messages import (
+    Admit,
+    CollectHealth,
+    Connect,
+    Disconnect,
+    ErrorInfo,
+    Failed,
+    GetHealth,
+    GetStatus,
+    HealthReport,
+    Ok,
+    Ping,
+    ProcessInfo,
+    SendText,
+    SessionCommand,
+    SessionLink,
+    SessionState,
+    SessionStatus,
+    StartGateway,
+    StartSession,
+    StartWorker,
+    StatusChanged,
+    Stop,
+    WhoAreYou,
+)
+from actors.outbox import OutboxActor
+from actors.policy import RestartBudget, backoff_delay
+from actors.session import SessionActor
+from actors.session_machine import ACTIVE_STATES, FINAL_STATES
+from gateway.config import Config
+from gateway.observability import setup_logging
+
+log = structlog.get_logger("wagate.supervisor")
+
+# Sends to a paired session in these states wait in the outbox instead of failing.
+QUEUEING_STATES = frozenset({SessionState.CONNECTED, SessionState.CONNECTING,
+                             SessionState.RECONNECTING})
+WORKERS = ("limiter", "outbox")
+
+
+@dataclass
+class Child:
+    """One supervised actor, by our own key."""
+
+    kind: type
+    address: Any = None
+    incarnation: int = 0
+    retiring: bool = False  # asked to exit: its ChildActorExited is not a crash
+    failures: int = 0  # consecutive crashes, for the backoff
+    budget: RestartBudget | None = None
+    pending_commands: list[SessionCommand] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _RestartDue:
+    key: str
+    incarnation: int
+
+
+class SupervisorActor(ActorTypeDispatcher):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config: Config | None = None
+        self.children: dict[str, Child] = {}  # "limiter", "outbox", "session:<id>"
+        self.statuses: dict[str, SessionStatus] = {}
+        self.registry: diskcache.Cache | None = None
+        self.stopping = False
+
+    # ---- start / stop -------------------------------------------------------------
+
+    def receiveMsg_StartGateway(self, msg: StartGateway, sender: Any) -> None:
+        if self.config is not None:
+            self.send(sender, Ok(request_id=msg.request_id))
+            return
+        setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
+        self.config = msg.config
+        state_dir = msg.config.data_path / "state"
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.registry = diskcache.Cache(str(state_dir))
+        for kind, cls in (("limiter", LimiterActor), ("outbox", OutboxActor)):
+            self.children[kind] = Child(cls, budget=self._budget())
+            self._spawn(kind)
+        for session, entry in sorted(self._remembered().items()):
+            state = SessionState(entry["state"])
+            if state in ACTIVE_STATES:
+                state = SessionState.DISCONNECTED  # it was live when we stopped; not any more
+            self.statuses[session] = SessionStatus(session=session, paired=entry["paired"],
+                                                   phone=entry.get("phone"), state=state)
+            if entry["want"] == "connected" and self._live_sessions() < self._max_sessions():
+                self._start_session(session, connect=True)
+        log.info("gateway started", sessions=len(self.statuses))
+        self.send(sender, Ok(request_id=msg.request_id))
+
+    def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
+        self.stopping = True
+        for child in self.children.values():
+            if child.address is not None:
+                child.retiring = True
+                self.send(child.address, ActorExitRequest())
+        self.send(sender, Ok(request_id=msg.request_id))
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        self.stopping = True
+        if self.registry is not None:
+            self.registry.close()
+
+    def receiveMsg_WhoAreYou(self, msg: WhoAreYou, sender: Any) -> None:
+        self.send(sender, ProcessInfo(os.getpid(), os.getpgrp()))
+
+    def receiveMsg_Ping(self, msg: Ping, sender: Any) -> None:
+        ready = self.config is not None and all(
+            self.children[k].address is not None for k in WORKERS)
+        if ready:
+            self.send(sender, Ok(request_id=msg.request_id))
+        else:
+            self.send(sender, Failed("UNAVAILABLE", "the gateway is starting or restarting "
+                                     "a component; retry shortly", request_id=msg.request_id))
+
+    # ---- queries ----------------------------------------------------------------------
+
+    def receiveMsg_GetStatus(self, msg: GetStatus, sender: Any) -> None:
+        status = self.statuses.get(msg.session) or SessionStatus(session=msg.session)
+        self.send(sender, Ok(status, request_id=msg.request_id))
+
+    def receiveMsg_GetHealth(self, msg: GetHealth, sender: Any) -> None:
+        report = HealthReport(sessions=tuple(self.statuses[s] for s in sorted(self.statuses)))
+        limiter, outbox = self.children["limiter"].address, self.children["outbox"].address
+        if limiter is None or outbox is None:
+            self.send(sender, Ok(report, request_id=msg.request_id))
+            return
+        self.send(limiter, CollectHealth(sender, report, outbox, msg.request_id))
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def receiveMsg_Connect(self, msg: Connect, sender: Any) -> None:
+        key = _key(msg.session)
+        if key in self.children:
+            self._command(key, SessionCommand("connect", msg.request_id))
+        elif self._live_sessions() >= self._max_sessions():
+            self.send(sender, Failed(
+                "SESSION_LIMIT",
+                f"all {self._max_sessions()} session slots are in use; disconnect a session "
+                "or raise sessions.max_sessions",
+                {"limit": self._max_sessions()}, request_id=msg.request_id))
+            return
+        else:
+            self._start_session(msg.session, connect=True)
+        self._remember(msg.session, want="connected")
+        self.send(sender, Ok(True, request_id=msg.request_id))
+
+    def receiveMsg_Disconnect(self, msg: Disconnect, sender: Any) -> None:
+        key = _key(msg.session)
+        action = "disconnect" if msg.keep_session else "logout"
+        if key not in self.children and not msg.keep_session:
+            known = self.statuses.get(msg.session)
+            if known is not None and known.paired:
+                # Credentials are on disk but no process runs: start one just to log out.
+                self._start_session(msg.session, connect=False)
+        if key in self.children:
+            self._command(key, SessionCommand(action, msg.request_id))
+        elif msg.session in self.statuses and msg.keep_session:
+            self._set_status(replace(self.statuses[msg.session], state=SessionState.DISCONNECTED,
+                                     updated_at=time.time()))
+        if msg.keep_session:
+            self._remember(msg.session, want="disconnected")
+        self.send(sender, Ok(True, request_id=msg.request_id))
+
+    def receiveMsg_SendText(self, msg: SendText, sender: Any) -> None:
+        status = self.statuses.get(msg.session) or SessionStatus(session=msg.session)
+        sendable = status.connected or (
+            not msg.require_connected and status.paired and status.state in QUEUEING_STATES)
+        limiter, outbox = self.children["limiter"].address, self.children["outbox"].address
+        if not sendable:
+            self.send(sender, _not_connected(status, msg.request_id))
+        elif limiter is None or outbox is None:
+            self.send(sender, Failed("UNAVAILABLE", "the message store is restarting; retry "
+                                     "in a few seconds", request_id=msg.request_id))
+        else:
+            self.send(limiter, Admit(msg, sender, outbox))
+
+    # ---- reports from children ------------------------------------------------------------
+
+    def receiveMsg_StatusChanged(self, msg: StatusChanged, sender: Any) -> None:
+        status = msg.status
+        key = _key(status.session)
+        child = self.children.get(key)
+        if child is None or child.address != sender:
+            return  # a late report from a process we already replaced
+        if status.state is SessionState.CONNECTED:
+            child.failures = 0
+        self._set_status(status)
+        if status.state in FINAL_STATES and not child.retiring:
+            child.retiring = True
+            self.send(child.address, ActorExitRequest())
+
+    def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
+        key = next((k for k, c in self.children.items() if c.address == msg.childAddress), None)
+        if key is None:
+            return
+        child = self.children[key]
+        child.address = None
+        if key.startswith("session:"):
+            self._link(key[len("session:"):])
+        if child.retiring or self.stopping:
+            if key.startswith("session:"):
+                del self.children[key]
+            return
+        self._crashed(key, child)
+
+    def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
+        log.error("a message could not be handled", message=type(msg.poisonMessage).__name__,
+                  details=str(msg.details)[:500])
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        due = msg.payload
+        if not isinstance(due, _RestartDue) or self.stopping:
+            return
+        child = self.children.get(due.key)
+        if child is None or child.address is not None or child.incarnation != due.incarnation:
+            return
+        self._spawn(due.key)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def _crashed(self, key: str, child: Child) -> None:
+        assert self.config is not None and child.budget is not None
+        now = time.time()
+        child.failures += 1
+        session = key[len("session:"):] if key.startswith("session:") else None
+        if not child.budget.record(now):
+            log.error("restart budget exhausted", child=key)
+            if session is not None:
+                del self.children[key]
+                self._set_status(replace(
+                    self.statuses.get(session) or SessionStatus(session=session),
+                    state=SessionState.FAILED, qr_code=None, qr_expires_at=None,
+                    connected_since=None, updated_at=now,
+                    last_error=ErrorInfo("SESSION_CRASHED", "the session process crashed "
+                                         "repeatedly; see the logs, then call "
+                                         "whatsAppConnect")))
+                return
+            # The limiter and outbox are not optional: keep trying at the slowest pace.
+        delay = backoff_delay(child.failures, self.config.supervisor.restart_backoff_seconds)
+        log.warning("child exited unexpectedly; restarting", child=key, delay=delay,
+                    failures=child.failures)
+        if session is not None and session in self.statuses:
+            self._set_status(replace(self.statuses[session], updated_at=now,
+                                     last_error=ErrorInfo("SESSION_CRASHED",
+                                                          "the session process exited "
+                                                          "unexpectedly; restarting it")))
+        self.wakeupAfter(timedelta(seconds=delay), payload=_RestartDue(key, child.incarnation))
+
+    def _spawn(self, key: str) -> None:
+        assert self.config is not None
+        child = self.children[key]
+        child.incarnation += 1
+        child.retiring = False
+        child.address = self.createActor(child.kind)
+        if key.startswith("session:"):
+            session = key[len("session:"):]
+            want = self._remembered().get(session, {}).get("want", "connected")
+            self.send(child.address, StartSession(session, self.config,
+                                                  connect=want == "connected"))
+            for command in child.pending_commands:
+                self.send(child.address, command)
+            child.pending_commands.clear()
+        else:
+            self.send(child.address, StartWorker(self.config, self.myAddress))
+            if key == "outbox":
+                for session in self.statuses:
+                    self._link(session)
+        log.info("child started", child=key, incarnation=child.incarnation)
+
+    def _start_session(self, session: str, connect: bool) -> None:
+        key = _key(session)
+        self.children[key] = Child(SessionActor, budget=self._budget())
+        if not connect:
+            self._remember(session, want="disconnected")
+        self._spawn(key)
+
+    def _command(self, key: str, command: SessionCommand) -> None:
+        child = self.children[key]
+        if child.address is None:
+            child.pending_commands.append(command)  # delivered after the restart
+        else:
+            self.send(child.address, command)
+
+    def _set_status(self, status: SessionStatus) -> None:
+        old = self.statuses.get(status.session)
+        self.statuses[status.session] = status
+        if old is None or old.state != status.state:
+            log.info("session state changed", session=status.session,
+                     old=old.state.value if old else None, new=status.state.value,
+                     attempt=status.reconnect_attempt,
+                     error=status.last_error.code if status.last_error else None)
+        if old is None or (old.state, old.paired, old.phone) != (status.state, status.paired,
+                                                                 status.phone):
+            self._remember(status.session, state=status.state.value, paired=status.paired,
+                           phone=status.phone)
+        self._link(status.session)
+
+    def _link(self, session: str) -> None:
+        outbox = self.children.get("outbox")
+        status = self.statuses.get(session)
+        if outbox is None or outbox.address is None or status is None:
+            return
+        child = self.children.get(_key(session))
+        address = child.address if child is not None else None
+        self.send(outbox.address, SessionLink(session, address, status.state, status.paired))
+
+    def _remembered(self) -> dict[str, dict[str, Any]]:
+        assert self.registry is not None
+        return dict(self.registry.get("sessions", {}))
+
+    def _remember(self, session: str, **changes: Any) -> None:
+        """Persist what a restart needs: is the session wanted, is it paired."""
+        assert self.registry is not None
+        sessions = self._remembered()
+        entry = sessions.get(session, {"want": "connected", "paired": False, "phone": None,
+                                       "state": SessionState.NEW.value})
+        entry.update(changes)
+        if entry.get("state") == SessionState.LOGGED_OUT.value:
+            entry["want"] = "disconnected"
+        sessions[session] = entry
+        self.registry.set("sessions", sessions)
+
+    def _live_sessions(self) -> int:
+        return sum(1 for k in self.children if k.startswith("session:"))
+
+    def _max_sessions(self) -> int:
+        assert self.config is not None
+        return self.config.sessions.max_sessions
+
+    def _budget(self) -> RestartBudget:
+        assert self.config is not None
+        cfg = self.config.supervisor
+        return RestartBudget(cfg.restart_budget, cfg.restart_window_seconds)
+
+
+def _key(session: str) -> str:
+    return f"session:{session}"
+
+
+def _not_connected(status: SessionStatus, request_id: str) -> Failed:
+    if status.state is SessionState.NEW and not status.paired:
+        hint = "it has never been linked; call whatsAppConnect and scan the QR code"
+    elif status.state in (SessionState.QR_PENDING, SessionState.CONNECTING) and not status.paired:
+        hint = "it is waiting for a phone to scan the QR code"
+    elif status.state is SessionState.LOGGED_OUT:
+        hint = "its device was unlinked; call whatsAppConnect and scan a new QR code"
+    elif status.state in (SessionState.RECONNECTING, SessionState.CONNECTING):
+        hint = "it is reconnecting; test messages are only sent on a live connection"
+    else:
+        hint = "call whatsAppConnect to start it"
+    return Failed("NOT_CONNECTED", f"session '{status.session}' is not connected: {hint}",
+                  {"state": status.state.value, "session": status.session},
+                  request_id=request_id)

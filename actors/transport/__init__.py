@@ -1,0 +1,30 @@
+"""WhatsApp transports: the interface and events (``base``), the real engine
+(``neonize``) and a simulated service (``simulator``).
+
+``create_transport`` is the one place that maps the configured engine name to a
+class. Both engines are imported lazily, inside their branch: ``neonize`` loads a Go
+runtime and must only ever be imported inside a session actor process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from actors.transport.base import Transport
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+
+def create_transport(engine: str, session_id: str, data_dir: Path, config: Config) -> Transport:
+    """Build the transport for one session from the whole gateway configuration."""
+    if engine == "simulator":
+        from actors.transport.simulator import SimulatorTransport
+
+        return SimulatorTransport(session_id, data_dir, config.qr, config.simulator)
+    if engine == "neonize":
+        from actors.transport.neonize import NeonizeTransport
+
+        return NeonizeTransport(session_id, data_dir, config)
+    raise ValueError(f"unknown transport engine {engine!r}; use 'neonize' or 'simulator'")

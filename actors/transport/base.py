@@ -1,0 +1,143 @@
+"""The one interface every WhatsApp transport implements, and its closed set of events.
+
+A transport is owned by exactly one session actor and lives in that actor's process.
+Its calls may block (a real dial can hang for a minute), so the session actor calls
+them from worker threads; events come back on the transport's own threads through
+the ``on_event`` callback, which must never block (the session actor hands them to
+its main thread through a queue and a self-pipe).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class QrCode:
+    """A new pairing code to show; replaces the previous one."""
+
+    code: str  # the raw pairing string, rendered as a QR by the web tier
+    expires_at: float  # unix time at which this code stops being scannable
+
+
+@dataclass(frozen=True, slots=True)
+class PairingClosed:
+    """The pairing window ended: ``success``, ``timeout`` (all codes expired) or an error."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """Authenticated and ready to send; ``phone`` is the linked account's number (digits)."""
+
+    phone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The connection is gone (or a connect attempt failed); the session may reconnect."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedOut:
+    """The device was unlinked (from the phone or by the server); credentials are void."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The recipient's device confirmed a message: ``kind`` is ``delivered`` or ``read``."""
+
+    message_id: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class TemporaryBan:
+    """The account is banned until ``until`` (unix time); reconnecting earlier is refused."""
+
+    until: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReplaced:
+    """The same device connected elsewhere; reconnecting would fight over it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOutdated:
+    """The server refuses this client version; an upgrade is needed."""
+
+
+TransportEvent = (
+    QrCode
+    | PairingClosed
+    | Connected
+    | Disconnected
+    | LoggedOut
+    | Receipt
+    | TemporaryBan
+    | StreamReplaced
+    | ClientOutdated
+)
+
+EventSink = Callable[[TransportEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """What the server said when it accepted a message."""
+
+    message_id: str  # WhatsApp's id for the message (matches later receipts)
+    timestamp: float  # server time, unix seconds
+
+
+class SendError(Exception):
+    """A send the server did not accept.
+
+    ``permanent`` tells whether retrying the same message can ever succeed (an
+    invalid recipient: no; a dropped socket: yes). ``reason`` is a stable,
+    upper-case token for ``extensions.reason`` (``NOT_CONNECTED``, ``REJECTED`` ...).
+    """
+
+    def __init__(self, reason: str, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class Transport(ABC):
+    """One WhatsApp client for one session."""
+
+    @abstractmethod
+    def connect(self, on_event: EventSink) -> None:
+        """Start connecting and return at once.
+
+        With stored credentials it resumes the linked device; without, it begins
+        pairing and reports ``QrCode`` events. Every outcome arrives as an event
+        (``Connected``, ``Disconnected`` for a failed attempt, ``PairingClosed`` ...).
+        """
+
+    @abstractmethod
+    def send_text(self, phone: str, text: str) -> SentMessage:
+        """Send plain text to a normalised number (digits only). Blocks until the
+        server accepts it; raises ``SendError`` otherwise."""
+
+    @abstractmethod
+    def logout(self) -> None:
+        """Unlink the device on the server (best effort) and delete stored credentials."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Disconnect and release threads and files; no event is reported after it returns."""
+
+    @abstractmethod
+    def has_credentials(self) -> bool:
+        """Whether a linked device is stored, so ``connect`` resumes without a QR."""

@@ -1,0 +1,594 @@
+"""A simulated WhatsApp service: the ``simulator`` transport and its operator controls.
+
+It exists so demos, tests and benchmarks can exercise the whole gateway (pairing by
+QR code, reconnects, logouts, rejected sends, message counting) without a phone or
+the network, and so they can do it from *outside* the gateway, the way a real
+service is driven: the gateway's session processes and an operator's CLI in another
+process must see the same world.
+
+Hence two sides, like the real thing:
+
+* the **server side** lives in ``<data_dir>/simulator/``: a ``diskcache.Cache``
+  (SQLite, safe across threads and processes) holding pending QR codes, linked
+  devices, dropped connections, outages and injected send failures, plus a
+  ``diskcache.Deque`` (``inbox/``) with every message that reached a recipient.
+  ``SimulatorServer`` is the operator's handle on it (``wagate sim ...``).
+* the **client side** (the linked-device credentials) lives in
+  ``<data_dir>/sessions/<session>/simulator.json``, like a real session database,
+  so a restarted gateway resumes without a new QR code.
+
+``SimulatorTransport`` is one client: each ``connect`` runs one daemon thread that
+talks to the server side by polling it every ``simulator.poll_interval_seconds``
+(there is no socket to wake it up; polling is what makes it work across processes).
+The key names and value layout of the server side are private to this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import diskcache
+
+from actors.transport.base import (
+    Connected,
+    Disconnected,
+    EventSink,
+    LoggedOut,
+    PairingClosed,
+    QrCode,
+    SendError,
+    SentMessage,
+    Transport,
+    TransportEvent,
+)
+from gateway.config import QrConfig, SimulatorConfig
+
+# A closing transport waits this long for its connection thread; the thread only
+# ever sleeps one poll interval, so this bound is generous.
+_JOIN_TIMEOUT_SECONDS = 2.0
+
+_UNLINKED_FROM_PHONE = "unlinked from phone"
+_UNKNOWN_DEVICE = "device not linked on the server"
+
+# The result of polling a pending QR code: still waiting, expired (or replaced),
+# or the new device when the code was scanned.
+_ScanOutcome = Literal["waiting", "expired"] | dict[str, Any]
+
+
+class SimulatorError(Exception):
+    """An operator action the simulated service cannot perform; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- keys
+# Server-side layout. ``None`` as a session stands for "every session", as in the API.
+
+
+def _qr_key(session: str) -> tuple[str, str]:
+    """The session's pending QR code: {code, expires_at, phone (set once scanned)}."""
+    return ("qr", session)
+
+
+def _device_key(session: str) -> tuple[str, str]:
+    """The device linked for a session: {device_id, phone, linked_at}."""
+    return ("device", session)
+
+
+def _unlinked_key(device_id: str) -> tuple[str, str]:
+    """A tombstone for a device unlinked from the phone, so stale credentials learn why."""
+    return ("unlinked", device_id)
+
+
+def _drops_key(session: str | None) -> tuple[str, str | None]:
+    """How many times connections of a session (or of all) were dropped; only ever grows."""
+    return ("drops", session)
+
+
+def _fail_key(session: str | None) -> tuple[str, str | None]:
+    """How many of the next sends of a session (or of any) must be rejected."""
+    return ("fail", session)
+
+
+_OUTAGES_KEY = ("outages",)  # {session | None: unix time the outage ends}
+
+
+# --------------------------------------------------------------------------- server
+
+
+class SimulatorServer:
+    """The server side of the simulated service, shared by every process using ``data_dir``.
+
+    The public methods are the operator's controls (used by ``wagate sim ...`` and by
+    tests); the underscored ones are the "wire protocol" used by ``SimulatorTransport``.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        root = Path(data_dir) / "simulator"
+        _make_private_dir(root)
+        # No eviction: this is state, not a cache; losing a key would fake a logout.
+        self._cache = diskcache.Cache(str(root), eviction_policy="none")
+        self._inbox = diskcache.Deque(directory=str(root / "inbox"))
+
+    # ----------------------------------------------------------- operator controls
+
+    def scan(self, session: str = "default", phone: str | None = None) -> str:
+        """Scan the session's pending QR code with a phone whose number is ``phone``.
+
+        The waiting client notices within one poll interval and links the device.
+        Returns the phone number used.
+        """
+        phone = _default_phone(session) if phone is None else _checked_phone(phone)
+        with self._cache.transact(retry=True):
+            pending = self._cache.get(_qr_key(session))
+            problem = _scan_problem(session, pending, time.time())
+            if problem is not None:
+                raise SimulatorError(problem)
+            self._cache.set(_qr_key(session), {**pending, "phone": phone})
+        return phone
+
+    def drop(self, session: str | None = None, down_for: float = 0.0) -> None:
+        """Cut the connections of ``session`` (all sessions when None).
+
+        Only connected clients notice (a client still showing QR codes is not linked
+        yet). With ``down_for > 0`` the server also stays unreachable for those
+        sessions for that many seconds: connect attempts fail with
+        ``Disconnected("server unreachable")`` until then (or until ``restore``).
+        """
+        if down_for > 0:
+            self._extend_outage(session, time.time() + down_for)
+        # After the outage is recorded, so a client reconnecting at once sees it.
+        self._cache.incr(_drops_key(session), default=0, retry=True)
+
+    def restore(self) -> None:
+        """End every outage now."""
+        self._cache.delete(_OUTAGES_KEY, retry=True)
+
+    def logout(self, session: str) -> None:
+        """Unlink the session's device "from the phone": its client gets ``LoggedOut``."""
+        with self._cache.transact(retry=True):
+            device = self._cache.get(_device_key(session))
+            if device is None:
+                raise SimulatorError(
+                    f"session {session!r} has no linked device; pair it first "
+                    "(connect the session, then scan its QR code)"
+                )
+            self._cache.delete(_device_key(session))
+            self._cache.set(_unlinked_key(device["device_id"]), time.time())
+
+    def fail_next(self, n: int, session: str | None = None) -> None:
+        """Reject the next ``n`` sends of ``session`` (of any session when None).
+
+        Replaces any earlier count for the same scope; ``n = 0`` cancels it.
+        """
+        if n < 0:
+            raise SimulatorError(f"fail_next needs a count of 0 or more (got {n})")
+        self._cache.set(_fail_key(session), n, retry=True)
+
+    def inbox(self) -> list[dict[str, Any]]:
+        """Every message that reached a recipient, oldest first."""
+        return [dict(message) for message in self._inbox]
+
+    def pending_qr(self, session: str) -> dict[str, Any] | None:
+        """The session's scannable QR code as {code, expires_at}, or None."""
+        pending = self._cache.get(_qr_key(session))
+        if _scan_problem(session, pending, time.time()) is not None:
+            return None
+        return {"code": pending["code"], "expires_at": pending["expires_at"]}
+
+    def devices(self) -> list[dict[str, Any]]:
+        """The linked devices as {session, phone, linked_at}, by session name."""
+        found = []
+        for key in self._cache.iterkeys():
+            if isinstance(key, tuple) and len(key) == 2 and key[0] == "device":
+                device = self._cache.get(key)
+                if device is not None:  # unlinked between listing and reading
+                    found.append(
+                        {"session": key[1], "phone": device["phone"],
+                         "linked_at": device["linked_at"]}
+                    )
+        return sorted(found, key=lambda device: device["session"])
+
+    def close(self) -> None:
+        """Close this thread's database connections (other threads' close as they end)."""
+        self._inbox.cache.close()
+        self._cache.close()
+
+    # ----------------------------------------------------------- client protocol
+
+    def _outage_until(self, session: str) -> float:
+        """When the outage affecting ``session`` ends (0 when there is none)."""
+        outages: dict[str | None, float] = self._cache.get(_OUTAGES_KEY, {})
+        return max(outages.get(None, 0.0), outages.get(session, 0.0))
+
+    def _extend_outage(self, session: str | None, until: float) -> None:
+        with self._cache.transact(retry=True):
+            outages = self._cache.get(_OUTAGES_KEY, {})
+            outages[session] = max(outages.get(session, 0.0), until)
+            self._cache.set(_OUTAGES_KEY, outages)
+
+    def _drop_marks(self, session: str) -> tuple[int, int]:
+        """The drop counters a connection remembers; a change means it was dropped."""
+        return (self._cache.get(_drops_key(session), 0), self._cache.get(_drops_key(None), 0))
+
+    def _dropped(self, session: str, marks: tuple[int, int]) -> bool:
+        return self._drop_marks(session) != marks
+
+    def _device_problem(self, session: str, device_id: str) -> str | None:
+        """Why ``device_id`` may not connect for ``session`` (None when it is linked)."""
+        device = self._cache.get(_device_key(session))
+        if device is not None and device["device_id"] == device_id:
+            return None
+        if self._cache.get(_unlinked_key(device_id)) is not None:
+            return _UNLINKED_FROM_PHONE
+        return _UNKNOWN_DEVICE
+
+    def _offer_qr(self, session: str, code: str, expires_at: float) -> None:
+        """Make ``code`` the session's scannable QR code, replacing any earlier one."""
+        self._cache.set(_qr_key(session), {"code": code, "expires_at": expires_at, "phone": None},
+                        retry=True)
+
+    def _poll_qr(self, session: str, code: str) -> _ScanOutcome:
+        """Check the QR code ``code``; once scanned, link a new device and return it.
+
+        One transaction with ``scan`` semantics on both sides, so a scan accepted just
+        before the expiry is never lost to a client that saw the code as expired.
+        """
+        with self._cache.transact(retry=True):
+            pending = self._cache.get(_qr_key(session))
+            now = time.time()
+            if pending is None or pending["code"] != code:
+                return "expired"  # withdrawn or replaced by another client
+            if pending["phone"] is None:
+                return "waiting" if now < pending["expires_at"] else "expired"
+            device = {"device_id": secrets.token_hex(8), "phone": pending["phone"],
+                      "linked_at": now}
+            self._cache.set(_device_key(session), device)
+            self._cache.delete(_qr_key(session))
+            return device
+
+    def _withdraw_qr(self, session: str, code: str) -> None:
+        """Remove the session's pending QR code if it is still ``code``."""
+        with self._cache.transact(retry=True):
+            pending = self._cache.get(_qr_key(session))
+            if pending is not None and pending["code"] == code:
+                self._cache.delete(_qr_key(session))
+
+    def _remove_device(self, session: str, device_id: str) -> None:
+        """Unlink ``device_id`` (a logout by the client itself: no tombstone)."""
+        with self._cache.transact(retry=True):
+            device = self._cache.get(_device_key(session))
+            if device is not None and device["device_id"] == device_id:
+                self._cache.delete(_device_key(session))
+
+    def _take_failure(self, session: str) -> bool:
+        """Consume one injected failure for ``session`` if any applies (atomically, so
+        two concurrent senders never both consume the same one)."""
+        with self._cache.transact(retry=True):
+            for key in (_fail_key(session), _fail_key(None)):
+                left = self._cache.get(key, 0)
+                if left > 0:
+                    self._cache.set(key, left - 1)
+                    return True
+        return False
+
+    def _deliver(self, session: str, sender: str, recipient: str, text: str) -> SentMessage:
+        """Hand a message to its recipient: append it to the inbox with a fresh id."""
+        message = {"id": "3EB0" + secrets.token_hex(9).upper(), "session": session,
+                   "from": sender, "to": recipient, "text": text, "time": time.time()}
+        self._inbox.append(message)  # a transactional push: concurrent appends all land
+        return SentMessage(message_id=message["id"], timestamp=message["time"])
+
+
+def _scan_problem(session: str, pending: dict[str, Any] | None, now: float) -> str | None:
+    """Why the session's pending QR code cannot be scanned now (None when it can)."""
+    if pending is None:
+        return (f"no QR code is pending for session {session!r}; start pairing "
+                "(connect the session without credentials) and scan while a code is shown")
+    if pending["phone"] is not None:
+        return f"the QR code of session {session!r} was already scanned; wait for it to link"
+    if now >= pending["expires_at"]:
+        return (f"the QR code of session {session!r} has expired; wait for the next code "
+                "and scan again")
+    return None
+
+
+def _default_phone(session: str) -> str:
+    """A fake but stable number per session, so repeated demo runs show the same one."""
+    digest = hashlib.sha256(session.encode("utf-8")).digest()
+    return f"1555{int.from_bytes(digest[:8], 'big') % 10_000_000:07d}"
+
+
+def _checked_phone(phone: str) -> str:
+    digits = phone.removeprefix("+")
+    if not digits.isdigit() or not 7 <= len(digits) <= 15 or not digits.isascii():
+        raise SimulatorError(f"{phone!r} is not a phone number; give 7 to 15 digits "
+                             "with the country code, e.g. 15551234567")
+    return digits
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """What a connected client knows about its link: enough to check it is still valid."""
+
+    device_id: str
+    phone: str
+    marks: tuple[int, int]  # the server's drop counters when it connected
+
+
+@dataclass(eq=False, slots=True)
+class _Connection:
+    """One ``connect`` call: its thread, its stop flag and its current link."""
+
+    on_event: EventSink
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    link: _Link | None = None  # set while connected; sends need it
+    ended: bool = False  # the thread is done reporting (set before its last event)
+
+
+class _BadCredentials(Exception):
+    """The credentials file exists but cannot be read as credentials."""
+
+
+class SimulatorTransport(Transport):
+    """One simulated WhatsApp client for one session (lives in a session actor process)."""
+
+    def __init__(self, session_id: str, data_dir: Path, qr: QrConfig,
+                 sim: SimulatorConfig) -> None:
+        _check_session_id(session_id)
+        self._session = session_id
+        self._qr = qr
+        self._sim = sim
+        self._creds_path = Path(data_dir) / "sessions" / session_id / "simulator.json"
+        self._server = SimulatorServer(data_dir)
+        self._lock = threading.Lock()  # guards _conn and _closed
+        # Held while an event is delivered, and to stop a connection: once stop()
+        # returned no event of that connection can still be on its way.
+        self._emit_lock = threading.RLock()
+        self._conn: _Connection | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ interface
+
+    def has_credentials(self) -> bool:
+        return self._creds_path.is_file()
+
+    def connect(self, on_event: EventSink) -> None:
+        """Start one connection thread; a no-op while a connection is still running."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this SimulatorTransport is closed")
+            previous = self._conn
+            if previous is not None and not previous.ended and not previous.stop.is_set():
+                return
+            if previous is not None:
+                _join(previous)  # it reported its last event; let it finish exiting
+            conn = _Connection(on_event)
+            conn.thread = threading.Thread(target=self._run, args=(conn,), daemon=True,
+                                           name=f"simulator-{self._session}")
+            self._conn = conn
+            conn.thread.start()
+
+    def send_text(self, phone: str, text: str) -> SentMessage:
+        with self._lock:
+            conn = self._conn
+        link = conn.link if conn is not None else None
+        if conn is None or link is None:
+            raise SendError("NOT_CONNECTED", "the session is not connected", permanent=False)
+        delay = self._sim.send_delay_seconds
+        if delay > 0 and conn.stop.wait(delay):
+            raise SendError("NOT_CONNECTED", "the connection was closed while sending",
+                            permanent=False)
+        # Ask the server rather than trust the local flag: a drop the poller has not
+        # noticed yet must still fail the send, as a dead socket would.
+        if (self._server._device_problem(self._session, link.device_id) is not None
+                or self._server._dropped(self._session, link.marks)):
+            raise SendError("NOT_CONNECTED", "the connection was lost", permanent=False)
+        if self._server._take_failure(self._session):
+            raise SendError("REJECTED", "the simulated server rejected the message "
+                            "(injected with fail_next)", permanent=True)
+        return self._server._deliver(self._session, link.phone, phone, text)
+
+    def logout(self) -> None:
+        """Unlink the device and forget it; like whatsmeow, no ``LoggedOut`` is reported."""
+        with self._lock:
+            conn = self._conn
+        if conn is not None:
+            self._stop(conn)
+        with contextlib.suppress(_BadCredentials):
+            creds = self._read_credentials()
+            if creds is not None:
+                self._server._remove_device(self._session, creds["device_id"])
+        self._delete_credentials()
+        if conn is not None:
+            _join(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            conn = self._conn
+        if conn is not None:
+            self._stop(conn)  # every caller, so no event follows any close() that returned
+            _join(conn)
+        if first:
+            self._server.close()
+
+    # ---------------------------------------------------------- connection thread
+
+    def _run(self, conn: _Connection) -> None:
+        """The body of one connection: resume or pair, then watch the link."""
+        try:
+            if self._server._outage_until(self._session) > time.time():
+                self._finish(conn, Disconnected("server unreachable"))
+                return
+            try:
+                creds = self._read_credentials()
+            except _BadCredentials:
+                self._delete_credentials()
+                self._finish(conn, LoggedOut("stored credentials are unreadable"))
+                return
+            if creds is None:
+                creds = self._pair(conn)
+            elif (problem := self._server._device_problem(self._session,
+                                                          creds["device_id"])) is not None:
+                self._delete_credentials()
+                self._finish(conn, LoggedOut(problem))
+                return
+            if creds is not None:
+                self._serve(conn, creds)
+        except Exception as exc:  # a broken simulator dir must not leave the actor waiting
+            self._finish(conn, Disconnected(f"simulator error: {exc!r}"))
+        finally:
+            conn.link = None
+            conn.ended = True
+
+    def _pair(self, conn: _Connection) -> dict[str, Any] | None:
+        """Show up to ``qr.codes`` QR codes; return the new credentials once one is scanned."""
+        keys = _pairing_keys()  # like whatsmeow: the keys stay, only the reference rotates
+        code = ""
+        try:
+            for index in range(self._qr.codes):
+                code = _qr_payload(keys)
+                ttl = self._qr.first_seconds if index == 0 else self._qr.next_seconds
+                expires_at = time.time() + ttl
+                self._server._offer_qr(self._session, code, expires_at)
+                if not self._emit(conn, QrCode(code, expires_at)):
+                    return None
+                device = self._await_scan(conn, code)
+                if device is not None:
+                    creds = {key: device[key] for key in ("device_id", "phone", "linked_at")}
+                    _write_private_json(self._creds_path, creds)
+                    return creds if self._emit(conn, PairingClosed("success")) else None
+                if conn.stop.is_set():
+                    return None
+            self._server._withdraw_qr(self._session, code)
+            self._finish(conn, PairingClosed("timeout"))
+            return None
+        finally:
+            self._server._withdraw_qr(self._session, code)  # no-op once scanned
+
+    def _await_scan(self, conn: _Connection, code: str) -> dict[str, Any] | None:
+        """Poll one QR code until it is scanned (the device) or expires/stops (None)."""
+        while True:
+            outcome = self._server._poll_qr(self._session, code)
+            if isinstance(outcome, dict):
+                return outcome
+            if outcome == "expired" or conn.stop.wait(self._sim.poll_interval_seconds):
+                return None
+
+    def _serve(self, conn: _Connection, creds: dict[str, Any]) -> None:
+        """Report ``Connected`` and watch the server until the link ends."""
+        link = _Link(creds["device_id"], creds["phone"], self._server._drop_marks(self._session))
+        conn.link = link
+        if not self._emit(conn, Connected(link.phone)):
+            return
+        while not conn.stop.wait(self._sim.poll_interval_seconds):
+            problem = self._server._device_problem(self._session, link.device_id)
+            if problem is not None:
+                self._delete_credentials()
+                self._finish(conn, LoggedOut(problem))
+                return
+            if self._server._dropped(self._session, link.marks):
+                self._finish(conn, Disconnected("connection lost"))
+                return
+
+    # ------------------------------------------------------------------- helpers
+
+    def _emit(self, conn: _Connection, event: TransportEvent) -> bool:
+        """Deliver ``event`` unless the connection was stopped; returns whether it was."""
+        with self._emit_lock:
+            if conn.stop.is_set():
+                return False
+            conn.on_event(event)
+            return True
+
+    def _finish(self, conn: _Connection, event: TransportEvent) -> None:
+        """Report the connection's last event, marked ended first so that a
+        ``connect`` triggered by this event starts a fresh connection."""
+        conn.link = None
+        conn.ended = True
+        self._emit(conn, event)
+
+    def _stop(self, conn: _Connection) -> None:
+        with self._emit_lock:  # waits for an event being delivered right now
+            conn.stop.set()
+
+    def _read_credentials(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self._creds_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise _BadCredentials(str(exc)) from exc
+        if not isinstance(data, dict) or not {"device_id", "phone"} <= data.keys():
+            raise _BadCredentials(f"{self._creds_path} lacks device_id/phone")
+        return data
+
+    def _delete_credentials(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._creds_path.unlink()
+
+
+# --------------------------------------------------------------------------- utilities
+
+
+def _pairing_keys() -> tuple[bytes, bytes, bytes]:
+    """Stand-ins for the noise public key, identity key and adv secret of a new device."""
+    return secrets.token_bytes(32), secrets.token_bytes(32), secrets.token_bytes(32)
+
+
+def _qr_payload(keys: tuple[bytes, bytes, bytes]) -> str:
+    """A pairing string in WhatsApp's format: ``2@ref,noise,identity,adv`` (base64)."""
+    parts = [secrets.token_bytes(24), *keys]
+    return "2@" + ",".join(base64.b64encode(part).decode("ascii") for part in parts)
+
+
+def _join(conn: _Connection) -> None:
+    thread = conn.thread
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(_JOIN_TIMEOUT_SECONDS)
+
+
+def _check_session_id(session_id: str) -> None:
+    """The id becomes a directory name: refuse anything that could leave ``sessions/``."""
+    if not session_id or session_id in {".", ".."} or any(c in session_id for c in "/\\\0"):
+        raise ValueError(f"invalid session id {session_id!r}")
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) and make ``path`` itself mode 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically (temp file + rename) as a 0600 file in 0700 directories,
+    so a crash never leaves half-written credentials behind."""
+    _make_private_dir(path.parent.parent)
+    _make_private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

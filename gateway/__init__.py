@@ -1,0 +1,3 @@
+"""wagate: a self-hosted WhatsApp gateway."""
+
+__version__ = "0.1.0"

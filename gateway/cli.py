@@ -1,0 +1,213 @@
+"""The ``wagate`` command: serve the gateway, and drive the simulated WhatsApp service.
+
+Every subcommand takes ``--config`` and ``--data-dir``; without ``--config`` the file
+``configs/gateway.toml`` is used when it exists, otherwise the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+
+DEMO_OVERRIDES: dict[str, Any] = {"transport.engine": "simulator"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"wagate: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wagate", description=__doc__)
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="run the gateway in the foreground")
+    _common(serve)
+    serve.add_argument("--demo", action="store_true",
+                       help="use the simulated WhatsApp service (no phone needed)")
+    serve.add_argument("--dev", action="store_true",
+                       help="Flask's development server and readable console logs")
+    serve.add_argument("--host", help="HTTP bind address (http.host)")
+    serve.add_argument("--port", type=int, help="HTTP port (http.port)")
+    serve.add_argument("--admin-port", type=int, help="actor system port (actors.admin_port)")
+    serve.set_defaults(handler=cmd_serve)
+
+    sim = commands.add_parser("sim", help="control the simulated WhatsApp service")
+    sim_commands = sim.add_subparsers(title="simulator commands")
+
+    scan = sim_commands.add_parser("scan", help="link the pending QR code, as a phone would")
+    _common(scan)
+    scan.add_argument("--session", default="default")
+    scan.add_argument("--phone", help="the simulated phone's number (digits)")
+    scan.add_argument("--wait", type=float, default=10.0,
+                      help="seconds to wait for a QR code to appear (default 10)")
+    scan.set_defaults(handler=cmd_sim_scan)
+
+    drop = sim_commands.add_parser("drop", help="drop connections (the session must reconnect)")
+    _common(drop)
+    drop.add_argument("--session", help="only this session (default: all)")
+    drop.add_argument("--down-for", type=float, default=0.0,
+                      help="keep the service unreachable this many seconds")
+    drop.set_defaults(handler=cmd_sim_drop)
+
+    restore = sim_commands.add_parser("restore", help="end an outage started with --down-for")
+    _common(restore)
+    restore.set_defaults(handler=cmd_sim_restore)
+
+    logout = sim_commands.add_parser("logout", help="unlink a session's device from the phone")
+    _common(logout)
+    logout.add_argument("--session", default="default")
+    logout.set_defaults(handler=cmd_sim_logout)
+
+    fail = sim_commands.add_parser("fail-next", help="make the next N sends fail")
+    _common(fail)
+    fail.add_argument("count", type=int)
+    fail.add_argument("--session", help="only sends of this session (default: any)")
+    fail.set_defaults(handler=cmd_sim_fail_next)
+
+    inbox = sim_commands.add_parser("inbox", help="every message that reached a recipient")
+    _common(inbox)
+    inbox.add_argument("--json", action="store_true", help="one JSON document")
+    inbox.set_defaults(handler=cmd_sim_inbox)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path,
+                        help=f"TOML config file (default: {DEFAULT_CONFIG_PATH} if present)")
+    parser.add_argument("--data-dir", help="where durable state lives (storage.data_dir)")
+
+
+def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Config:
+    path = args.config
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    overrides = dict(extra or {})
+    if args.data_dir:
+        overrides["storage.data_dir"] = args.data_dir
+    return load_config(path, overrides)
+
+
+# ---- serve ------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serve import StartupError, serve
+
+    overrides: dict[str, Any] = dict(DEMO_OVERRIDES) if args.demo else {}
+    for key, value in (("http.host", args.host), ("http.port", args.port),
+                       ("actors.admin_port", args.admin_port)):
+        if value is not None:
+            overrides[key] = value
+    if args.dev:
+        overrides["http.dev"] = True
+    config = resolve_config(args, overrides)
+    try:
+        return serve(config)
+    except StartupError as exc:
+        print(f"wagate: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+# ---- simulator ----------------------------------------------------------------------------
+
+
+def _server(args: argparse.Namespace) -> Any:
+    from actors.transport.simulator import SimulatorServer
+
+    return SimulatorServer(resolve_config(args).data_path)
+
+
+def _run_sim(args: argparse.Namespace, action: Any) -> int:
+    from actors.transport.simulator import SimulatorError
+
+    server = _server(args)
+    try:
+        return int(action(server) or 0)
+    except SimulatorError as exc:
+        print(f"wagate sim: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.close()
+
+
+def cmd_sim_scan(args: argparse.Namespace) -> int:
+    def scan(server: Any) -> int:
+        deadline = time.monotonic() + max(0.0, args.wait)
+        while server.pending_qr(args.session) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        phone = server.scan(args.session, args.phone)
+        print(f"linked session '{args.session}' to phone +{phone}")
+        return 0
+
+    return _run_sim(args, scan)
+
+
+def cmd_sim_drop(args: argparse.Namespace) -> int:
+    def drop(server: Any) -> None:
+        server.drop(args.session, args.down_for)
+        target = f"session '{args.session}'" if args.session else "all sessions"
+        outage = f"; service unreachable for {args.down_for:g} s" if args.down_for else ""
+        print(f"dropped the connection of {target}{outage}")
+
+    return _run_sim(args, drop)
+
+
+def cmd_sim_restore(args: argparse.Namespace) -> int:
+    def restore(server: Any) -> None:
+        server.restore()
+        print("the simulated service is reachable again")
+
+    return _run_sim(args, restore)
+
+
+def cmd_sim_logout(args: argparse.Namespace) -> int:
+    def logout(server: Any) -> None:
+        server.logout(args.session)
+        print(f"unlinked the device of session '{args.session}'")
+
+    return _run_sim(args, logout)
+
+
+def cmd_sim_fail_next(args: argparse.Namespace) -> int:
+    def fail_next(server: Any) -> None:
+        server.fail_next(args.count, args.session)
+        print(f"the next {args.count} sends will fail")
+
+    return _run_sim(args, fail_next)
+
+
+def cmd_sim_inbox(args: argparse.Namespace) -> int:
+    def inbox(server: Any) -> None:
+        messages = server.inbox()
+        if args.json:
+            print(json.dumps(messages, ensure_ascii=False))
+            return
+        if not messages:
+            print("(no messages)")
+        for m in messages:
+            when = datetime.fromtimestamp(m["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{when}  {m['session']:<10} -> +{m['to']:<15} {m['id']}  {m['text']!r}")
+
+    return _run_sim(args, inbox)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""One TOML file -> one frozen, typed configuration object.
+
+Every default of the product specification is a key here, so tests and operators
+can change any delay or limit without touching code. Unknown keys and bad values
+fail at start with a message naming the key: a typo must never silently fall back
+to a default (a mistyped rate limit is how an account gets banned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_CONFIG_PATH = Path("configs/gateway.toml")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the operator (names the key and the fix)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 2  # gunicorn worker processes
+    threads: int = 8  # threads per worker
+    dev: bool = False  # Flask's own server and console logs instead of gunicorn
+
+
+@dataclass(frozen=True, slots=True)
+class ActorsConfig:
+    admin_port: int = 19500  # Thespian admin port; loopback only in single-host mode
+    ask_timeout_seconds: float = 5.0  # how long the web tier waits for an actor reply
+    start_timeout_seconds: float = 20.0  # how long `wagate serve` waits for the tree
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    data_dir: str = "./data"
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    engine: Literal["neonize", "simulator"] = "neonize"
+    proxy: str = ""  # outbound proxy for the real engine (socks5://... or http://...)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    poll_interval_seconds: float = 0.05  # how often a simulated connection looks at the server
+    send_delay_seconds: float = 0.0  # artificial server latency per message
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsConfig:
+    max_sessions: int = 5  # concurrent WhatsApp connections (one process each)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectConfig:
+    attempts: int = 5
+    delay_seconds: float = 30.0
+    connect_timeout_seconds: float = 30.0  # one connect attempt that hangs longer has failed
+
+
+@dataclass(frozen=True, slots=True)
+class QrConfig:
+    first_seconds: float = 60.0
+    next_seconds: float = 20.0
+    codes: int = 6  # 60 + 5 x 20 = 160 s pairing window, as WhatsApp does
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    per_number_per_minute: int = 10
+    per_number_per_hour: int = 100
+    global_per_day: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesConfig:
+    max_length: int = 4096  # Unicode code points
+    send_timeout_seconds: float = 20.0  # wait for the server's ack before answering SEND_FAILED
+    test_message: str = "wagate connection test"
+    retention_hours: float = 168.0  # finished message records are pruned after this
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    restart_backoff_seconds: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
+    restart_budget: int = 5  # crashes allowed within the window before a session is FAILED
+    restart_window_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+    log_message_text: bool = False  # message bodies are personal data: off by default
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    http: HttpConfig = field(default_factory=HttpConfig)
+    actors: ActorsConfig = field(default_factory=ActorsConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    qr: QrConfig = field(default_factory=QrConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    messages: MessagesConfig = field(default_factory=MessagesConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.storage.data_dir).expanduser().resolve()
+
+
+# Values that must be positive, or at least 1, keyed by dotted name.
+_POSITIVE = {
+    "actors.ask_timeout_seconds", "actors.start_timeout_seconds",
+    "simulator.poll_interval_seconds", "reconnect.delay_seconds",
+    "reconnect.connect_timeout_seconds", "qr.first_seconds", "qr.next_seconds",
+    "messages.send_timeout_seconds", "messages.retention_hours",
+    "supervisor.restart_window_seconds",
+}
+_AT_LEAST_ONE = {
+    "http.workers", "http.threads", "sessions.max_sessions", "reconnect.attempts", "qr.codes",
+    "limits.per_number_per_minute", "limits.per_number_per_hour", "limits.global_per_day",
+    "messages.max_length", "supervisor.restart_budget",
+}
+_PORTS = {"http.port", "actors.admin_port"}
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``path`` (or use the embedded defaults when it is None) and apply
+    ``overrides`` given as dotted keys (``{"http.port": 9000}``), as the CLI does."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist; pass --config PATH "
+                              "or copy configs/gateway.example.toml") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        raw.setdefault(section, {})[key] = value
+    return _build(Config, raw, "")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """The inverse of ``config_to_dict``, with the same checks as a file."""
+    return _build(Config, data, "")
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain TOML-able data (used to hand it to other processes)."""
+    return dataclasses.asdict(config)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{prefix.rstrip('.')}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} in {where}; "
+                          f"known keys: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        dotted = prefix + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value, dotted + ".")
+        else:
+            values[name] = _check_value(dotted, hint, value)
+    return cls(**values)
+
+
+def _check_value(dotted: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{dotted} = {value!r} is not allowed; "
+                              f"use one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not value:
+            raise ConfigError(f"{dotted} must be a non-empty list of numbers")
+        items = tuple(_scalar(f"{dotted}[{i}]", float, v) for i, v in enumerate(value))
+        if any(v < 0 for v in items):
+            raise ConfigError(f"{dotted} must not contain negative numbers")
+        return items
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no such field today
+        raise ConfigError(f"{dotted}: unsupported type")
+    checked = _scalar(dotted, hint, value)
+    if dotted in _POSITIVE and checked <= 0:
+        raise ConfigError(f"{dotted} must be greater than 0 (got {value!r})")
+    if dotted in _AT_LEAST_ONE and checked < 1:
+        raise ConfigError(f"{dotted} must be at least 1 (got {value!r})")
+    if dotted in _PORTS and not 0 < checked < 65536:
+        raise ConfigError(f"{dotted} must be a TCP port between 1 and 65535 (got {value!r})")
+    return checked
+
+
+def _scalar(dotted: str, kind: type, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{dotted} must be true or false (got {value!r})")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{dotted} must be a whole number (got {value!r})")
+    if kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{dotted} must be a number (got {value!r})")
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{dotted} must be a string (got {value!r})")
+    raise ConfigError(f"{dotted}: unsupported type {kind!r}")  # pragma: no cover

@@ -1,0 +1,221 @@
+"""``wagate serve``: the foreground launcher that owns every process of the gateway.
+
+It starts the actor system (whose Admin daemonises into its own process group),
+then the HTTP server (in a process group of its own), records both groups in
+``data_dir/run/gateway.json``, and on SIGTERM/SIGINT stops them in order: web
+first (no new requests), then ``Stop`` to the supervisor (no respawns), then the
+actor system, then a sweep of both groups so nothing survives. On start it sweeps
+what a crashed predecessor left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from actors.messages import Ok, ProcessInfo, StartGateway, Stop, WhoAreYou
+from actors.system import (
+    SUPERVISOR_NAME,
+    SYSTEM_BASE,
+    bind_loopback_only,
+    capabilities,
+    configure_thespian_log,
+    group_alive,
+    port_listening,
+    sweep_group,
+)
+from gateway.config import Config
+from gateway.observability import setup_logging
+from gateway.web import config_env
+
+log = structlog.get_logger("wagate.serve")
+
+STATE_FILE = "run/gateway.json"
+
+
+class StartupError(RuntimeError):
+    """The gateway cannot start; the message says why and what to do."""
+
+
+def serve(config: Config) -> int:
+    data = config.data_path
+    for sub in ("", "run", "logs"):
+        (data / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data, 0o700)
+    setup_logging(config.logging, console=config.http.dev)
+    sweep_leftovers(data)
+    for what, host, port in (("actors.admin_port", "127.0.0.1", config.actors.admin_port),
+                             ("http.port", config.http.host, config.http.port)):
+        if port_listening(port, host if host not in ("0.0.0.0", "") else "127.0.0.1"):
+            raise StartupError(f"port {port} ({what}) is already in use; stop what uses it "
+                               f"or choose another with --{what.split('.')[-1].replace('_', '-')}")
+
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        stop_requested.append(signum)
+
+    system, supervisor, actor_pgid = start_actor_system(config)
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    web: subprocess.Popen[bytes] | None = None
+    exit_code = 0
+    try:
+        write_state(data, {"launcher": os.getpid(), "actor_pgid": actor_pgid})
+        web = start_web(config)
+        write_state(data, {"launcher": os.getpid(), "actor_pgid": actor_pgid, "web_pgid": web.pid})
+        wait_for_web(config, web)
+        log.info("wagate is serving", url=f"http://{config.http.host}:{config.http.port}/graphql",
+                 engine=config.transport.engine, data_dir=str(data),
+                 admin_port=config.actors.admin_port)
+        while not stop_requested:
+            if web.poll() is not None:
+                log.error("the HTTP server exited; stopping the gateway", code=web.returncode)
+                exit_code = 1
+                break
+            time.sleep(0.2)
+    finally:
+        stop_everything(system, supervisor, actor_pgid, web)
+        with contextlib.suppress(FileNotFoundError):
+            (data / STATE_FILE).unlink()
+        log.info("wagate stopped")
+    return exit_code
+
+
+def start_actor_system(config: Config) -> tuple[Any, Any, int]:
+    """Start the Admin and the supervisor tree; returns (system, supervisor, pgid)."""
+    from thespian.actors import ActorSystem
+
+    from actors.supervisor import SupervisorActor
+
+    logs = config.data_path / "logs"
+    bind_loopback_only()
+    configure_thespian_log(logs)
+    # The Admin and every actor inherit fds 0-2: point them at the actor log, never at
+    # our terminal or a caller's pipe (a leftover actor would hold that pipe open).
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    log_fd = os.open(logs / "actors.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(null_fd, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        system = ActorSystem(SYSTEM_BASE, capabilities(config.actors.admin_port),
+                             logDefs=thespian_log_defs(logs / "actors.log"))
+    finally:
+        for fd, copy in zip((0, 1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(log_fd)
+        os.close(null_fd)
+    timeout = config.actors.start_timeout_seconds
+    supervisor = system.createActor(SupervisorActor, globalName=SUPERVISOR_NAME)
+    info = system.ask(supervisor, WhoAreYou(), timeout)
+    if not isinstance(info, ProcessInfo):
+        system.shutdown()
+        raise StartupError("the actor system did not start; see data_dir/logs/thespian.log")
+    reply = system.ask(supervisor, StartGateway(config), timeout)
+    if not isinstance(reply, Ok):
+        stop_everything(system, supervisor, info.pgid, None)
+        raise StartupError(f"the supervisor did not start ({reply!r}); see "
+                           "data_dir/logs/actors.log")
+    return system, supervisor, info.pgid
+
+
+def thespian_log_defs(path: Path) -> dict[str, Any]:
+    """Thespian forwards actors' stdlib logging to a logger process: into our file."""
+    return {
+        "version": 1,
+        "formatters": {"plain": {"format": "%(asctime)s %(process)d %(levelname)s %(name)s "
+                                           "| %(message)s"}},
+        "handlers": {"file": {"class": "logging.handlers.WatchedFileHandler",
+                              "filename": str(path), "formatter": "plain",
+                              "level": "WARNING"}},
+        "root": {"handlers": ["file"], "level": "WARNING"},
+    }
+
+
+def start_web(config: Config) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **config_env(config)}
+    return subprocess.Popen([sys.executable, "-m", "gateway.web"], env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_for_web(config: Config, web: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    host = config.http.host if config.http.host not in ("0.0.0.0", "") else "127.0.0.1"
+    deadline = time.monotonic() + timeout
+    while not port_listening(config.http.port, host):
+        if web.poll() is not None:
+            raise StartupError(f"the HTTP server exited at start (code {web.returncode})")
+        if time.monotonic() > deadline:
+            raise StartupError(f"the HTTP server did not listen on port {config.http.port} "
+                               f"within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def stop_everything(system: Any, supervisor: Any, actor_pgid: int,
+                    web: subprocess.Popen[bytes] | None) -> None:
+    if web is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(web.pid, signal.SIGTERM)
+        try:
+            web.wait(15)
+        except subprocess.TimeoutExpired:
+            log.warning("the HTTP server did not stop in time; killing it")
+        sweep_group(web.pid, settle=0.5, grace=2.0)
+    try:
+        system.ask(supervisor, Stop(), 10)  # before shutdown(): no child is respawned now
+        system.shutdown()
+    except Exception as exc:
+        log.warning("actor system shutdown failed", error=repr(exc))
+    outcome = sweep_group(actor_pgid)
+    if outcome != "clean":
+        log.warning("actor processes had to be killed after shutdown", how=outcome)
+
+
+# ---- leftovers of a crashed predecessor ------------------------------------------------
+
+
+def write_state(data: Path, state: dict[str, int]) -> None:
+    path = data / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def sweep_leftovers(data: Path) -> None:
+    path = data / STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return
+    launcher = int(state.get("launcher", 0))
+    if launcher and launcher != os.getpid() and _is_wagate(launcher):
+        raise StartupError(f"another wagate (pid {launcher}) is running with data_dir {data}; "
+                           "stop it first or use another --data-dir")
+    for key in ("web_pgid", "actor_pgid"):
+        pgid = int(state.get(key, 0))
+        if pgid and group_alive(pgid):
+            outcome = sweep_group(pgid, settle=0.0, grace=5.0)
+            log.warning("stopped processes left by a previous crash", group=key, how=outcome)
+    path.unlink()
+
+
+def _is_wagate(pid: int) -> bool:
+    """A live (non-zombie) process running wagate: pids get reused after a crash."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z" and (b"wagate" in cmdline or b"gateway" in cmdline)

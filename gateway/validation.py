@@ -1,0 +1,145 @@
+"""Input checks shared by the API and the actors, with errors worded for the caller.
+
+They live in one pure module so that the web tier can refuse bad input before it
+costs an actor round trip, and the actors can re-check the same rules without
+importing Flask. Every error carries a stable ``code`` (for programs), a ``field``
+(so a form can highlight the right input) and a ``message`` that says what to do,
+because a GraphQL client usually shows the message to a person as-is.
+"""
+
+from __future__ import annotations
+
+import re
+
+import phonenumbers
+
+__all__ = [
+    "SESSION_NAME_MAX_LENGTH",
+    "ValidationError",
+    "normalize_phone_number",
+    "validate_message",
+    "validate_session_name",
+]
+
+SESSION_NAME_MAX_LENGTH = 64
+
+# Separators people type or paste between digit groups. Any Unicode whitespace is
+# accepted because numbers copied from web pages often contain non-breaking spaces.
+_SEPARATORS = re.compile(r"[\s.\-()]")
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+_SESSION_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{SESSION_NAME_MAX_LENGTH}}}")
+# Echoing a huge bogus input back would bloat error responses and logs.
+_ECHO_LIMIT = 40
+_EXAMPLE_NUMBER = "+14155552671"
+
+
+class ValidationError(Exception):
+    """Bad user input, as opposed to a gateway fault.
+
+    Kept separate from other exceptions so the API layer can map it to a
+    user-facing error (with ``code`` and ``field``) instead of a generic failure.
+    """
+
+    code: str
+    message: str
+    field: str
+
+    def __init__(self, code: str, message: str, field: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    def __repr__(self) -> str:
+        return (
+            f"ValidationError(code={self.code!r}, field={self.field!r}, "
+            f"message={self.message!r})"
+        )
+
+
+def _echo(raw: str) -> str:
+    return raw if len(raw) <= _ECHO_LIMIT else raw[:_ECHO_LIMIT] + "..."
+
+
+def _invalid_number(raw: str) -> ValidationError:
+    return ValidationError(
+        "INVALID_NUMBER",
+        f"phoneNumber '{_echo(raw)}' is not a valid international number; "
+        f"include the country code, e.g. {_EXAMPLE_NUMBER}",
+        "phoneNumber",
+    )
+
+
+def normalize_phone_number(raw: str) -> str:
+    """Return the number as E.164 digits without the "+" (``"14155552671"``).
+
+    The country code is required because the gateway serves accounts in any
+    country and has no sensible default region to guess from: a guess could send
+    a message to a stranger. The result is the canonical key used for per-number
+    rate limits and for the WhatsApp JID, so two spellings of one number must
+    normalise to the same string. Only common separators are stripped; anything
+    else (letters, "*", "#", an extension) is rejected rather than silently dropped.
+    """
+    digits = _SEPARATORS.sub("", raw)
+    if digits.startswith("+"):
+        digits = digits[1:]
+    elif digits.startswith("00"):
+        digits = digits[2:]
+    if not _ASCII_DIGITS.fullmatch(digits):
+        raise _invalid_number(raw)
+    try:
+        parsed = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        raise _invalid_number(raw) from None
+    if not phonenumbers.is_valid_number(parsed):
+        raise _invalid_number(raw)
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+
+
+def validate_message(text: str, max_length: int) -> str:
+    """Return ``text`` unchanged if it can be sent, else raise INVALID_MESSAGE.
+
+    The text is never trimmed or rewrapped: what the caller sent is what the
+    recipient reads. The limit counts Unicode code points (``len``), the unit the
+    configuration documents, so an emoji counts as one or two depending on how it
+    is composed, never as its UTF-8 byte length. NUL is refused because it cuts
+    strings short in the native client library and in log pipelines.
+    """
+    if not text or text.isspace():
+        raise ValidationError(
+            "INVALID_MESSAGE",
+            "message is empty; write at least one visible character",
+            "message",
+        )
+    if len(text) > max_length:
+        raise ValidationError(
+            "INVALID_MESSAGE",
+            f"message is {len(text)} characters long but the limit is {max_length}; "
+            "shorten it or split it into several messages",
+            "message",
+        )
+    if "\x00" in text:
+        raise ValidationError(
+            "INVALID_MESSAGE",
+            "message contains a NUL character (\\x00); remove it and send again",
+            "message",
+        )
+    return text
+
+
+def validate_session_name(name: str) -> str:
+    """Return ``name`` unchanged if it is a safe session name, else raise INVALID_SESSION.
+
+    Session names become directory and file names under the data directory, so
+    the allowed alphabet is deliberately tiny: no "/", no ".", hence no "..", no
+    absolute paths and no hidden files. The length cap keeps paths well below
+    filesystem limits.
+    """
+    if not _SESSION_NAME.fullmatch(name):
+        raise ValidationError(
+            "INVALID_SESSION",
+            f"session '{_echo(name)}' is not a valid session name; use 1 to "
+            f"{SESSION_NAME_MAX_LENGTH} characters from A-Z, a-z, 0-9, '_' and '-'",
+            "session",
+        )
+    return name

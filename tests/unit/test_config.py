@@ -1,0 +1,184 @@
+"""Unit tests for gateway.config (the loader is read-only here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config, ConfigError, config_to_dict, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_embedded_defaults_match_the_specification() -> None:
+    config = load_config()
+    assert config == Config()
+    assert config.limits.per_number_per_minute == 10
+    assert config.limits.per_number_per_hour == 100
+    assert config.limits.global_per_day == 1000
+    assert config.sessions.max_sessions == 5
+    assert config.reconnect.attempts == 5
+    assert config.reconnect.delay_seconds == 30.0
+    assert config.qr.first_seconds == 60.0
+    assert config.qr.next_seconds == 20.0
+    assert config.qr.codes == 6
+    assert config.messages.max_length == 4096
+    assert config.transport.engine == "neonize"
+    assert config.logging.log_message_text is False
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+def test_file_values_apply(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [limits]
+        per_number_per_minute = 3
+        [reconnect]
+        delay_seconds = 2   # an int is accepted for a float
+        [transport]
+        engine = "simulator"
+        [supervisor]
+        restart_backoff_seconds = [0.1, 1]
+        """,
+    )
+    config = load_config(str(path))
+    assert config.limits.per_number_per_minute == 3
+    assert config.limits.per_number_per_hour == 100  # untouched keys keep defaults
+    assert config.reconnect.delay_seconds == 2.0
+    assert isinstance(config.reconnect.delay_seconds, float)
+    assert config.transport.engine == "simulator"
+    assert config.supervisor.restart_backoff_seconds == (0.1, 1.0)
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits]\nper_number_per_minut = 3\n")
+    with pytest.raises(ConfigError, match=r"limits\.per_number_per_minut"):
+        load_config(path)
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="limitz"):
+        load_config(write(tmp_path, "[limitz]\nx = 1\n"))
+
+
+def test_section_must_be_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[limits\] must be a table"):
+        load_config(write(tmp_path, "limits = 3\n"))
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[limits]\nper_number_per_hour = "100"\n', "limits.per_number_per_hour"),
+        ("[limits]\nper_number_per_hour = 1.5\n", "limits.per_number_per_hour"),
+        ("[sessions]\nmax_sessions = true\n", "sessions.max_sessions"),
+        ('[reconnect]\ndelay_seconds = "30"\n', "reconnect.delay_seconds"),
+        ("[http]\ndev = 1\n", "http.dev"),
+        ("[http]\nhost = 8080\n", "http.host"),
+        ('[supervisor]\nrestart_backoff_seconds = ["1"]\n', "supervisor.restart_backoff_seconds"),
+        ("[supervisor]\nrestart_backoff_seconds = []\n", "supervisor.restart_backoff_seconds"),
+    ],
+)
+def test_bad_type_names_the_dotted_key(tmp_path: Path, toml: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, toml))
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[limits]\nper_number_per_minute = 0\n", "limits.per_number_per_minute"),
+        ("[limits]\nglobal_per_day = -5\n", "limits.global_per_day"),
+        ("[sessions]\nmax_sessions = 0\n", "sessions.max_sessions"),
+        ("[reconnect]\nattempts = 0\n", "reconnect.attempts"),
+        ("[reconnect]\ndelay_seconds = 0\n", "reconnect.delay_seconds"),
+        ("[reconnect]\ndelay_seconds = -1.5\n", "reconnect.delay_seconds"),
+        ("[qr]\nnext_seconds = 0.0\n", "qr.next_seconds"),
+        ("[messages]\nmax_length = 0\n", "messages.max_length"),
+        ("[http]\nport = 0\n", "http.port"),
+        ("[http]\nport = 70000\n", "http.port"),
+        ("[supervisor]\nrestart_backoff_seconds = [1, -2]\n", "supervisor.restart_backoff_seconds"),
+    ],
+)
+def test_non_positive_values_are_rejected(tmp_path: Path, toml: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, toml))
+    assert key in str(info.value)
+
+
+def test_literal_choices_are_enforced(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, '[transport]\nengine = "foo"\n'))
+    message = str(info.value)
+    assert "transport.engine" in message
+    assert "'neonize'" in message and "'simulator'" in message
+
+
+def test_literal_choices_are_case_sensitive() -> None:
+    with pytest.raises(ConfigError, match=r"logging\.level"):
+        load_config(overrides={"logging.level": "info"})
+
+
+def test_overrides_with_dotted_keys_apply(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http]\nport = 9000\nworkers = 4\n")
+    config = load_config(path, overrides={"http.port": 9100, "transport.engine": "simulator"})
+    assert config.http.port == 9100  # the override beats the file
+    assert config.http.workers == 4  # the rest of the file still applies
+    assert config.transport.engine == "simulator"
+
+
+def test_overrides_without_file() -> None:
+    config = load_config(overrides={"limits.global_per_day": 5})
+    assert config.limits.global_per_day == 5
+
+
+def test_overrides_are_validated_too() -> None:
+    with pytest.raises(ConfigError, match=r"limits\.global_per_day"):
+        load_config(overrides={"limits.global_per_day": 0})
+    with pytest.raises(ConfigError, match=r"limits\.nope"):
+        load_config(overrides={"limits.nope": 1})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert str(missing) in str(info.value)
+    assert "does not exist" in str(info.value)
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    path = write(tmp_path, "[limits\nper_number_per_minute = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_config_is_frozen() -> None:
+    config = load_config()
+    with pytest.raises(AttributeError):
+        config.http.port = 1  # type: ignore[misc]
+
+
+def test_config_to_dict_round_trips_through_overrides() -> None:
+    config = load_config(overrides={"qr.codes": 2, "messages.max_length": 100})
+    data = config_to_dict(config)
+    assert data["qr"]["codes"] == 2
+    assert data["limits"]["per_number_per_minute"] == 10
+    flat = {
+        f"{section}.{key}": value for section, keys in data.items() for key, value in keys.items()
+    }
+    assert load_config(overrides=flat) == config

@@ -1,0 +1,102 @@
+"""Unit tests for actors.policy: all times are explicit, nothing sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.policy import ReconnectPolicy, RestartBudget, backoff_delay
+
+DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("failures", "expected"),
+    [(1, 1.0), (2, 2.0), (3, 5.0), (4, 10.0), (5, 30.0), (6, 30.0), (1000, 30.0)],
+)
+def test_backoff_delay_follows_schedule_then_repeats_last(failures: int, expected: float) -> None:
+    assert backoff_delay(failures, DELAYS) == expected
+
+
+def test_backoff_delay_single_entry_and_list() -> None:
+    assert backoff_delay(1, [7.5]) == 7.5
+    assert backoff_delay(9, [7.5]) == 7.5
+    assert backoff_delay(2, [0.0, 3.0]) == 3.0
+
+
+def test_backoff_delay_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="failures"):
+        backoff_delay(0, DELAYS)
+    with pytest.raises(ValueError, match="empty"):
+        backoff_delay(1, ())
+
+
+def test_restart_budget_allows_limit_crashes_then_refuses() -> None:
+    budget = RestartBudget(limit=5, window=300.0)
+    results = [budget.record(1000.0 + i) for i in range(5)]
+    assert results == [True] * 5
+    assert budget.crashes(1004.0) == 5
+    assert budget.record(1005.0) is False
+    assert budget.record(1006.0) is False
+    assert budget.crashes(1006.0) == 7
+
+
+def test_restart_budget_old_crashes_age_out() -> None:
+    budget = RestartBudget(limit=2, window=60.0)
+    assert budget.record(0.0)
+    assert budget.record(10.0)
+    assert budget.crashes(59.9) == 2
+    assert budget.crashes(60.0) == 1  # a crash exactly `window` old no longer counts
+    assert budget.record(60.0)  # crashes at 10 and 60 -> 2 <= limit
+    assert budget.record(65.0) is False  # 10, 60, 65
+    assert budget.crashes(200.0) == 0
+    assert budget.record(200.0)
+
+
+def test_restart_budget_rare_crashes_never_exhaust() -> None:
+    budget = RestartBudget(limit=1, window=100.0)
+    assert all(budget.record(t * 150.0) for t in range(20))
+
+
+def test_restart_budget_reset() -> None:
+    budget = RestartBudget(limit=1, window=100.0)
+    assert budget.record(0.0)
+    assert budget.record(1.0) is False
+    budget.reset()
+    assert budget.crashes(1.0) == 0
+    assert budget.record(2.0)
+    assert "limit=1" in repr(budget)
+
+
+def test_restart_budget_rejects_bad_parameters() -> None:
+    with pytest.raises(ValueError, match="limit"):
+        RestartBudget(limit=0, window=10.0)
+    with pytest.raises(ValueError, match="window"):
+        RestartBudget(limit=1, window=0.0)
+
+
+def test_reconnect_policy_schedule() -> None:
+    policy = ReconnectPolicy(attempts=5, delay=30.0)
+    assert [policy.next_delay(a) for a in range(1, 8)] == [
+        0.0, 30.0, 30.0, 30.0, 30.0, None, None,
+    ]
+
+
+def test_reconnect_policy_single_attempt() -> None:
+    policy = ReconnectPolicy(attempts=1, delay=30.0)
+    assert policy.next_delay(1) == 0.0
+    assert policy.next_delay(2) is None
+
+
+def test_reconnect_policy_validation() -> None:
+    with pytest.raises(ValueError, match="attempts"):
+        ReconnectPolicy(attempts=0, delay=1.0)
+    with pytest.raises(ValueError, match="delay"):
+        ReconnectPolicy(attempts=1, delay=-1.0)
+    with pytest.raises(ValueError, match="attempt"):
+        ReconnectPolicy(attempts=3, delay=1.0).next_delay(0)
+
+
+def test_reconnect_policy_is_frozen() -> None:
+    policy = ReconnectPolicy(attempts=2, delay=1.0)
+    with pytest.raises(AttributeError):
+        policy.attempts = 3  # type: ignore[misc]

@@ -1,0 +1,494 @@
+"""The simulated WhatsApp service: real diskcache, real threads, tiny timings.
+
+Nothing here sleeps and hopes: events are awaited on a condition with a deadline
+(``EventLog``) and other state with ``wait_for``. Every test must leave no thread
+behind (checked by an autouse fixture).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import multiprocessing
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from actors.transport import create_transport
+from actors.transport.base import (
+    Connected,
+    Disconnected,
+    LoggedOut,
+    PairingClosed,
+    QrCode,
+    SendError,
+)
+from actors.transport.simulator import SimulatorError, SimulatorServer, SimulatorTransport
+from gateway.config import QrConfig, SimulatorConfig, load_config
+from tests.unit.sim_helpers import FAST_SIM, EventLog, send_from_process, wait_for
+
+# Long enough that a test never races the expiry of the code it scans.
+PAIRING_QR = QrConfig(first_seconds=10.0, next_seconds=10.0, codes=2)
+# Short enough to watch every code expire.
+EXPIRING_QR = QrConfig(first_seconds=0.3, next_seconds=0.2, codes=3)
+
+RECIPIENT = "4915112345678"
+
+MakeTransport = Callable[..., SimulatorTransport]
+
+
+def _simulator_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("simulator-")]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    wait_for(lambda: not [t for t in threading.enumerate() if t not in before],
+             timeout=3.0, what="every thread started by the test to end")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[SimulatorServer]:
+    """A separate server handle, as the operator's CLI in another process would have."""
+    handle = SimulatorServer(tmp_path)
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[MakeTransport]:
+    made: list[SimulatorTransport] = []
+
+    def factory(session: str = "s1", qr: QrConfig = PAIRING_QR,
+                sim: SimulatorConfig = FAST_SIM) -> SimulatorTransport:
+        transport = SimulatorTransport(session, tmp_path, qr, sim)
+        made.append(transport)
+        return transport
+
+    yield factory
+    for transport in made:
+        transport.close()
+
+
+def pair(transport: SimulatorTransport, server: SimulatorServer, session: str = "s1",
+         phone: str | None = None) -> EventLog:
+    """Connect without credentials, scan the first code, wait until connected."""
+    log = EventLog()
+    transport.connect(log)
+    log.wait_count(QrCode)
+    server.scan(session, phone)
+    log.wait_count(Connected)
+    return log
+
+
+def assert_whatsapp_qr(code: str) -> None:
+    assert code.startswith("2@")
+    parts = code[2:].split(",")
+    assert [len(base64.b64decode(part, validate=True)) for part in parts] == [24, 32, 32, 32]
+
+
+# ----------------------------------------------------------------------------- pairing
+
+
+def test_pairing_rotates_codes_then_links_on_scan(make: MakeTransport,
+                                                 server: SimulatorServer) -> None:
+    transport = make(qr=QrConfig(first_seconds=0.2, next_seconds=10.0, codes=3))
+    log = EventLog()
+    transport.connect(log)
+
+    first, second = log.wait_count(QrCode, 2)
+    assert first.code != second.code
+    for event in (first, second):
+        assert_whatsapp_qr(event.code)
+    assert second.expires_at - first.expires_at >= 0.2
+    assert server.pending_qr("s1") == {"code": second.code, "expires_at": second.expires_at}
+
+    phone = server.scan("s1")
+    log.wait_count(Connected)
+
+    assert phone.isdigit() and phone.startswith("1555") and len(phone) == 11
+    assert log.events == [first, second, PairingClosed("success"), Connected(phone)]
+    assert server.pending_qr("s1") is None
+    assert [(d["session"], d["phone"]) for d in server.devices()] == [("s1", phone)]
+    assert transport.has_credentials()
+
+
+def test_scan_with_an_explicit_phone_links_that_number(make: MakeTransport,
+                                                       server: SimulatorServer) -> None:
+    log = pair(make(), server, phone="+4917012345678")
+    assert log.of(Connected) == [Connected("4917012345678")]
+
+
+def test_qr_codes_expire_then_pairing_times_out(make: MakeTransport,
+                                               server: SimulatorServer) -> None:
+    transport = make(qr=EXPIRING_QR)
+    log = EventLog()
+    transport.connect(log)
+
+    events = log.wait(lambda seen: PairingClosed("timeout") in seen)
+
+    codes = [event for event in events if isinstance(event, QrCode)]
+    assert events == [*codes, PairingClosed("timeout")]
+    assert len(codes) == EXPIRING_QR.codes
+    assert len({event.code for event in codes}) == EXPIRING_QR.codes
+    assert all(b.expires_at > a.expires_at for a, b in itertools.pairwise(codes))
+    assert server.pending_qr("s1") is None
+    with pytest.raises(SimulatorError, match="no QR code is pending"):
+        server.scan("s1")
+    assert not transport.has_credentials()
+
+
+def test_scan_without_a_pending_code_says_what_to_do(server: SimulatorServer) -> None:
+    with pytest.raises(SimulatorError, match="no QR code is pending for session 'nobody'"):
+        server.scan("nobody")
+
+
+def test_scan_rejects_a_bad_phone(make: MakeTransport, server: SimulatorServer) -> None:
+    log = EventLog()
+    make().connect(log)
+    log.wait_count(QrCode)
+    with pytest.raises(SimulatorError, match="not a phone number"):
+        server.scan("s1", "12-34")
+
+
+def test_default_phone_is_stable_per_session(make: MakeTransport,
+                                             server: SimulatorServer) -> None:
+    phones = []
+    for session in ("a", "a", "b"):
+        transport = make(session)
+        phones.append(pair(transport, server, session).of(Connected)[0].phone)
+        transport.logout()
+    assert phones[0] == phones[1] != phones[2]
+
+
+# ------------------------------------------------------------------------- credentials
+
+
+def test_credentials_survive_a_new_transport(make: MakeTransport,
+                                             server: SimulatorServer) -> None:
+    first = make()
+    phone = pair(first, server).of(Connected)[0].phone
+    first.close()
+
+    second = make()
+    assert second.has_credentials()
+    log = EventLog()
+    second.connect(log)
+    assert log.wait_count(Connected) == [Connected(phone)]
+    assert log.of(QrCode) == []
+
+
+def test_credentials_files_are_private(make: MakeTransport, server: SimulatorServer,
+                                       tmp_path: Path) -> None:
+    pair(make(), server)
+    creds = tmp_path / "sessions" / "s1" / "simulator.json"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    for directory in (tmp_path / "sessions", creds.parent, tmp_path / "simulator"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert [p.name for p in creds.parent.iterdir()] == ["simulator.json"]  # no temp left
+
+
+def test_unreadable_credentials_mean_logged_out(make: MakeTransport, tmp_path: Path) -> None:
+    creds = tmp_path / "sessions" / "s1" / "simulator.json"
+    creds.parent.mkdir(parents=True)
+    creds.write_text("{not json")
+    transport = make()
+    log = EventLog()
+    transport.connect(log)
+    assert log.wait_count(LoggedOut) == [LoggedOut("stored credentials are unreadable")]
+    assert not transport.has_credentials()
+
+
+# --------------------------------------------------------------------- drops, outages
+
+
+def test_drop_disconnects_and_a_reconnect_works(make: MakeTransport,
+                                                server: SimulatorServer) -> None:
+    transport = make()
+    log = pair(transport, server)
+
+    server.drop("s1")
+    assert log.wait_count(Disconnected) == [Disconnected("connection lost")]
+    with pytest.raises(SendError) as info:
+        transport.send_text(RECIPIENT, "hi")
+    assert info.value.reason == "NOT_CONNECTED"
+
+    transport.connect(log)
+    assert len(log.wait_count(Connected, 2)) == 2
+    transport.send_text(RECIPIENT, "hi")
+
+
+def test_drop_of_one_session_spares_the_others(make: MakeTransport,
+                                               server: SimulatorServer) -> None:
+    a, b = make("a"), make("b")
+    log_a, log_b = pair(a, server, "a"), pair(b, server, "b")
+
+    server.drop("a")
+    log_a.wait_count(Disconnected)
+    b.send_text(RECIPIENT, "still connected")  # b's link is intact
+
+    server.drop()
+    assert log_b.wait_count(Disconnected) == [Disconnected("connection lost")]
+
+
+def test_outage_refuses_connects_until_restored(make: MakeTransport,
+                                               server: SimulatorServer) -> None:
+    transport = make()
+    log = pair(transport, server)
+
+    server.drop("s1", down_for=60)
+    log.wait_count(Disconnected)
+    transport.connect(log)
+    assert log.wait_count(Disconnected, 2)[1] == Disconnected("server unreachable")
+
+    server.restore()
+    transport.connect(log)
+    assert len(log.wait_count(Connected, 2)) == 2
+
+
+def test_outage_ends_by_itself(make: MakeTransport, server: SimulatorServer) -> None:
+    transport = make()
+    log = pair(transport, server)
+    server.drop(down_for=0.3)
+    log.wait_count(Disconnected)
+
+    def reconnected() -> bool:
+        seen = len(log.events)
+        transport.connect(log)
+        log.wait(lambda events: len(events) > seen)
+        return isinstance(log.last(), Connected)
+
+    wait_for(reconnected, timeout=5.0, what="a reconnect after the outage")
+    assert set(log.of(Disconnected)[1:]) <= {Disconnected("server unreachable")}
+
+
+# ----------------------------------------------------------------------------- logouts
+
+
+def test_logout_from_the_phone(make: MakeTransport, server: SimulatorServer) -> None:
+    transport = make()
+    log = pair(transport, server)
+
+    server.logout("s1")
+    assert log.wait_count(LoggedOut) == [LoggedOut("unlinked from phone")]
+    assert not transport.has_credentials()
+    assert server.devices() == []
+    with pytest.raises(SimulatorError, match="no linked device"):
+        server.logout("s1")
+
+
+def test_stale_credentials_are_logged_out_on_connect(make: MakeTransport,
+                                                     server: SimulatorServer) -> None:
+    first = make()
+    pair(first, server)
+    first.close()
+    server.logout("s1")  # while the gateway was down
+
+    second = make()
+    assert second.has_credentials()
+    log = EventLog()
+    second.connect(log)
+    assert log.wait_count(LoggedOut) == [LoggedOut("unlinked from phone")]
+    assert not second.has_credentials()
+
+    second.connect(log)  # without credentials: pairing again
+    log.wait_count(QrCode)
+
+
+def test_self_logout_unlinks_without_an_event(make: MakeTransport,
+                                              server: SimulatorServer) -> None:
+    transport = make()
+    log = pair(transport, server)
+
+    transport.logout()
+
+    assert _simulator_threads() == []
+    assert not transport.has_credentials()
+    assert server.devices() == []
+    assert log.of(LoggedOut) == [] and log.of(Disconnected) == []
+    with pytest.raises(SendError):
+        transport.send_text(RECIPIENT, "hi")
+
+
+# ------------------------------------------------------------------------------- sends
+
+
+def test_send_reaches_the_inbox(make: MakeTransport, server: SimulatorServer) -> None:
+    transport = make()
+    phone = pair(transport, server).of(Connected)[0].phone
+
+    sent = transport.send_text(RECIPIENT, "hello ☃")
+
+    [message] = server.inbox()
+    assert message == {"id": sent.message_id, "session": "s1", "from": phone,
+                       "to": RECIPIENT, "text": "hello ☃", "time": sent.timestamp}
+    assert sent.message_id.startswith("3EB0") and len(sent.message_id) == 22
+    assert sent.message_id[4:] == sent.message_id[4:].upper()
+    int(sent.message_id[4:], 16)
+    assert abs(sent.timestamp - time.time()) < 5
+
+
+def test_send_delay_is_honoured(make: MakeTransport, server: SimulatorServer) -> None:
+    transport = make(sim=SimulatorConfig(poll_interval_seconds=0.01, send_delay_seconds=0.1))
+    pair(transport, server)
+    started = time.monotonic()
+    transport.send_text(RECIPIENT, "slow")
+    assert time.monotonic() - started >= 0.1
+
+
+def test_fail_next_rejects_exactly_that_many(make: MakeTransport,
+                                             server: SimulatorServer) -> None:
+    transport = make()
+    pair(transport, server)
+    server.fail_next(1, session="another")  # aimed elsewhere: never applies here
+    server.fail_next(2)
+
+    for _ in range(2):
+        with pytest.raises(SendError) as info:
+            transport.send_text(RECIPIENT, "rejected")
+        assert (info.value.reason, info.value.permanent) == ("REJECTED", True)
+    transport.send_text(RECIPIENT, "accepted")
+
+    assert [m["text"] for m in server.inbox()] == ["accepted"]
+
+
+def test_concurrent_sends_all_land_exactly_once(make: MakeTransport,
+                                                server: SimulatorServer) -> None:
+    transport = make()
+    pair(transport, server)
+    texts = [f"m{thread}-{n}" for thread in range(8) for n in range(25)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sent = list(pool.map(lambda text: transport.send_text(RECIPIENT, text), texts))
+
+    inbox = server.inbox()
+    assert Counter(m["text"] for m in inbox) == Counter(texts)
+    assert sorted(m["id"] for m in inbox) == sorted(s.message_id for s in sent)
+    assert len({s.message_id for s in sent}) == len(texts)
+
+
+def test_concurrent_sends_consume_each_failure_once(make: MakeTransport,
+                                                    server: SimulatorServer) -> None:
+    transport = make()
+    pair(transport, server)
+    server.fail_next(5, session="s1")
+
+    def send(text: str) -> str:
+        try:
+            transport.send_text(RECIPIENT, text)
+        except SendError as exc:
+            return exc.reason
+        return "OK"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = Counter(pool.map(send, [f"m{n}" for n in range(40)]))
+
+    assert outcomes == {"REJECTED": 5, "OK": 35}
+    assert len(server.inbox()) == 35
+
+
+def test_sends_from_several_processes_all_land(make: MakeTransport, server: SimulatorServer,
+                                               tmp_path: Path) -> None:
+    pair(make(), server)
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=send_from_process,
+                        args=(str(tmp_path), "s1", 30, f"p{n}", PAIRING_QR, FAST_SIM))
+        for n in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+
+    texts = Counter(m["text"] for m in server.inbox())
+    assert texts == Counter(f"p{p}-{n}" for p in range(2) for n in range(30))
+
+
+def test_send_while_not_connected_is_retryable(make: MakeTransport,
+                                               server: SimulatorServer) -> None:
+    transport = make()
+    with pytest.raises(SendError) as info:
+        transport.send_text(RECIPIENT, "too early")
+    assert (info.value.reason, info.value.permanent) == ("NOT_CONNECTED", False)
+
+
+def test_send_after_an_unnoticed_drop_fails(make: MakeTransport,
+                                            server: SimulatorServer) -> None:
+    pair(make(), server)
+    # Resume with a poll interval far longer than the test: only the server knows
+    # about the drop when the send happens.
+    transport = make(sim=SimulatorConfig(poll_interval_seconds=60.0))
+    log = EventLog()
+    transport.connect(log)
+    log.wait_count(Connected)
+    server.drop("s1")
+    with pytest.raises(SendError) as info:
+        transport.send_text(RECIPIENT, "into the void")
+    assert (info.value.reason, info.value.permanent) == ("NOT_CONNECTED", False)
+    assert server.inbox() == []
+    assert log.of(Disconnected) == []  # not yet noticed; close() must still be prompt
+
+
+# ------------------------------------------------------------------- connection thread
+
+
+def test_close_joins_the_thread_and_withdraws_the_code(make: MakeTransport,
+                                                       server: SimulatorServer) -> None:
+    transport = make()
+    log = EventLog()
+    transport.connect(log)
+    log.wait_count(QrCode)
+    assert len(_simulator_threads()) == 1
+
+    transport.close()
+
+    assert _simulator_threads() == []
+    assert server.pending_qr("s1") is None
+    seen = log.events
+    transport.close()  # idempotent
+    assert log.events == seen
+    with pytest.raises(RuntimeError, match="closed"):
+        transport.connect(log)
+    with pytest.raises(SendError):
+        transport.send_text(RECIPIENT, "after close")
+
+
+def test_connect_while_connected_keeps_one_thread(make: MakeTransport,
+                                                  server: SimulatorServer) -> None:
+    transport = make()
+    log = pair(transport, server)
+    transport.connect(log)
+    assert len(_simulator_threads()) == 1
+    transport.close()
+    assert log.of(Connected) == [Connected(log.of(Connected)[0].phone)]
+
+
+# ---------------------------------------------------------------------------- factory
+
+
+def test_create_transport_builds_the_simulator(tmp_path: Path) -> None:
+    config = load_config(overrides={"simulator.poll_interval_seconds": 0.01})
+    transport = create_transport("simulator", "s1", tmp_path, config)
+    try:
+        assert isinstance(transport, SimulatorTransport)
+        assert not transport.has_credentials()
+    finally:
+        transport.close()
+    with pytest.raises(ValueError, match="unknown transport engine"):
+        create_transport("carrier-pigeon", "s1", tmp_path, config)
+
+
+@pytest.mark.parametrize("session", ["", ".", "..", "a/b", "a\\b"])
+def test_session_ids_cannot_escape_the_sessions_dir(tmp_path: Path, session: str) -> None:
+    with pytest.raises(ValueError, match="invalid session id"):
+        SimulatorTransport(session, tmp_path, PAIRING_QR, FAST_SIM)
