@@ -46,6 +46,7 @@ class SessionStatus:
     last_error: ErrorInfo | None = None
     connected_since: float | None = None
     updated_at: float = 0.0
+    pid: int | None = None  # the session's process, for operators (and kill -9 in tests)
 
     @property
     def connected(self) -> bool:

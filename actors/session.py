@@ -9,9 +9,10 @@ the client that produced it so late events from a closed client are ignored.
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -213,4 +214,4 @@ class SessionActor(BridgedActor):
 
     def _report(self) -> None:
         if self.machine is not None and self.parent is not None:
-            self.send(self.parent, StatusChanged(self.machine.status))
+            self.send(self.parent, StatusChanged(replace(self.machine.status, pid=os.getpid())))

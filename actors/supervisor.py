@@ -372,6 +372,11 @@ def _key(session: str) -> str:
 
 
 def _not_connected(status: SessionStatus, request_id: str) -> Failed:
+    details = {"state": status.state.value, "session": status.session}
+    if status.state is SessionState.QR_EXPIRED:
+        return Failed("QR_EXPIRED", f"session '{status.session}' is not linked: its pairing "
+                      "window closed before a phone scanned the code; call whatsAppConnect "
+                      "for a new code", details, request_id=request_id)
     if status.state is SessionState.NEW and not status.paired:
         hint = "it has never been linked; call whatsAppConnect and scan the QR code"
     elif status.state in (SessionState.QR_PENDING, SessionState.CONNECTING) and not status.paired:
@@ -383,5 +388,4 @@ def _not_connected(status: SessionStatus, request_id: str) -> Failed:
     else:
         hint = "call whatsAppConnect to start it"
     return Failed("NOT_CONNECTED", f"session '{status.session}' is not connected: {hint}",
-                  {"state": status.state.value, "session": status.session},
-                  request_id=request_id)
+                  details, request_id=request_id)

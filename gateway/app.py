@@ -130,6 +130,7 @@ def _session_health(status: SessionStatus, now: float) -> dict[str, Any]:
         "connectedSince": iso_time(status.connected_since),
         "uptimeSeconds": (round(now - status.connected_since, 1)
                           if status.connected_since else 0.0),
+        "pid": status.pid,
     }
 
 

@@ -1,0 +1,233 @@
+"""A real gateway for tests: ``wagate serve`` as a subprocess on free loopback ports.
+
+Every process the gateway starts is recorded (launcher, actor process group, web
+process group); ``stop()`` asserts that a graceful stop leaves none of them behind,
+and the fixture's finaliser kills and *fails* on anything that survived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from actors.system import group_alive, sweep_group
+
+# Shrunk delays: tests wait on conditions, never on the spec's 30 s / 60 s.
+FAST = {
+    "reconnect": {"attempts": 5, "delay_seconds": 0.3, "connect_timeout_seconds": 5.0},
+    "qr": {"first_seconds": 30.0, "next_seconds": 10.0, "codes": 3},
+    "simulator": {"poll_interval_seconds": 0.02},
+    "supervisor": {"restart_backoff_seconds": [0.2, 0.5, 1.0]},
+    "http": {"workers": 1, "threads": 8},
+    "messages": {"send_timeout_seconds": 5.0},
+    "logging": {"level": "INFO"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {message} (last: {last!r})")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = {k: dict(v) for k, v in base.items()}
+    for section, values in extra.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def _toml(config: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for section, values in config.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+class GraphQLResult:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.data = body.get("data")
+        self.errors = body.get("errors") or []
+
+    @property
+    def error_code(self) -> str | None:
+        return self.errors[0].get("extensions", {}).get("code") if self.errors else None
+
+    def __repr__(self) -> str:
+        return f"GraphQLResult({self.body!r})"
+
+
+class Gateway:
+    def __init__(self, root: Path, overrides: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.config_path = root / "gateway.toml"
+        config = _merge(FAST, overrides or {})
+        config = _merge(config, {"storage": {"data_dir": str(self.data_dir)},
+                                 "transport": {"engine": "simulator"}})
+        self.config_path.write_text(_toml(config), encoding="utf-8")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.groups: set[int] = set()
+        self.launchers: list[subprocess.Popen[bytes]] = []
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.http = requests.Session()
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> Gateway:
+        log = open(self.root / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
+             "--port", str(self.port), "--admin-port", str(self.admin_port)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.launchers.append(self.process)
+        wait_for(self._ready, timeout, 0.1, f"gateway on port {self.port} to be ready")
+        state = json.loads((self.data_dir / "run" / "gateway.json").read_text())
+        self.groups.update(int(state[k]) for k in ("actor_pgid", "web_pgid") if k in state)
+        return self
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"wagate serve exited with {self.process.returncode}:\n"
+                                 + self.log_tail())
+        try:
+            return self.http.get(self.url + "/readyz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop (SIGTERM); asserts that no process of the gateway survives."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("wagate serve did not stop within "
+                                 f"{timeout} s:\n{self.log_tail()}") from None
+        self.process = None
+        assert code == 0, f"wagate serve exited with {code}:\n{self.log_tail()}"
+        survivors = [g for g in self.groups if group_alive(g)]
+        assert not survivors, f"process groups left running after stop: {survivors}"
+
+    def kill_launcher(self) -> None:
+        """SIGKILL the launcher only: its actor and web processes are left behind."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self.process = None
+
+    def cleanup(self) -> list[str]:
+        """Finaliser: kill whatever is still running; returns what had to be killed."""
+        leaked = []
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            leaked.append(f"launcher {self.process.pid}")
+        for launcher in self.launchers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                launcher.wait(10)
+        for group in self.groups:
+            if group_alive(group):
+                leaked.append(f"group {group}: {sweep_group(group, settle=0.5, grace=3)}")
+        self.http.close()
+        return leaked
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = ""
+        for name in ("serve.log", "data/logs/actors.log"):
+            path = self.root / name
+            if path.exists():
+                text += f"--- {name}\n" + "\n".join(
+                    path.read_text(errors="replace").splitlines()[-lines:]) + "\n"
+        return text
+
+    # ---- API ------------------------------------------------------------------------------
+
+    def gql(self, query: str, variables: dict[str, Any] | None = None,
+            timeout: float = 30.0) -> GraphQLResult:
+        response = self.http.post(self.url + "/graphql", json={
+            "query": query, "variables": variables or {}}, timeout=timeout)
+        assert response.status_code == 200, response.text
+        return GraphQLResult(response.json())
+
+    def status(self, session: str = "default") -> dict[str, Any]:
+        result = self.gql("query($s: String) { whatsAppStatus(session: $s) { connected state "
+                          "qrCode qrCodeSvg qrCodeRaw qrExpiresAt phoneNumber reconnectAttempt "
+                          "lastError { code message } } }", {"s": session})
+        assert not result.errors, result
+        return result.data["whatsAppStatus"]
+
+    def wait_state(self, state: str, session: str = "default", timeout: float = 15.0
+                   ) -> dict[str, Any]:
+        return wait_for(lambda: (s := self.status(session))["state"] == state and s, timeout,
+                        message=f"session {session} to be {state}")
+
+    def connect(self, session: str = "default") -> GraphQLResult:
+        return self.gql("mutation($s: String) { whatsAppConnect(session: $s) }", {"s": session})
+
+    def send(self, phone: str, message: str, session: str = "default") -> GraphQLResult:
+        return self.gql(
+            "mutation($p: String!, $m: String!, $s: String) { "
+            "sendWhatsAppNotification(phoneNumber: $p, message: $m, session: $s) }",
+            {"p": phone, "m": message, "s": session})
+
+    def link(self, session: str = "default") -> dict[str, Any]:
+        """Connect, wait for a QR code, scan it with the simulated phone, wait connected."""
+        assert not self.connect(session).errors
+        self.wait_state("QR_PENDING", session)
+        self.sim("scan", "--session", session)
+        return self.wait_state("CONNECTED", session)
+
+    def sim(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "sim", *args, "--config", str(self.config_path)],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if check:
+            assert done.returncode == 0, done.stderr
+        return done
+
+    def inbox(self) -> list[dict[str, Any]]:
+        return json.loads(self.sim("inbox", "--json").stdout)
+
+    def health(self) -> dict[str, Any]:
+        return self.http.get(self.url + "/admin/health", timeout=10).json()
+
+    def actor_pids(self) -> list[int]:
+        from actors.system import _group_members
+
+        return [pid for g in self.groups for pid in _group_members(g)]
+
+    def session_pid(self, session: str = "default") -> int:
+        for entry in self.health()["sessions"]:
+            if entry["session"] == session and entry["pid"]:
+                return int(entry["pid"])
+        raise AssertionError(f"no process of session {session} in /admin/health")
