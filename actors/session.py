@@ -46,6 +46,10 @@ log = structlog.get_logger("wagate.session")
 SEND_WORKERS = 4  # concurrent sends per session; the transport serialises what it must
 
 
+class EngineUnavailable(Exception):
+    """The configured transport engine cannot be loaded in this process."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Event:
     generation: int
@@ -88,18 +92,18 @@ class SessionActor(BridgedActor):
         self.executor = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix=f"send-{msg.session}")
         policy = ReconnectPolicy(config.reconnect.attempts, config.reconnect.delay_seconds)
         self.machine = SessionMachine(msg.session, policy, config.reconnect.connect_timeout_seconds,
-                                      paired=self._client().has_credentials())
+                                      paired=self._paired())
         structlog.contextvars.bind_contextvars(session=msg.session)
         self._report()
         if msg.connect:
-            self._run(self.machine.connect(time.time(), self._client().has_credentials()))
+            self._run(self.machine.connect(time.time(), self._paired()))
 
     def receiveMsg_SessionCommand(self, msg: SessionCommand, sender: Any) -> None:
         if self.machine is None or self.transport is None:
             return
         now = time.time()
         if msg.action == "connect":
-            actions = self.machine.connect(now, self.transport.has_credentials())
+            actions = self.machine.connect(now, self._paired())
         elif msg.action == "disconnect":
             actions = self.machine.disconnect(now)
         elif msg.action == "logout":
@@ -175,17 +179,35 @@ class SessionActor(BridgedActor):
     # ---- actions ---------------------------------------------------------------------
 
     def _run(self, actions: list[Action]) -> None:
-        for action in actions:
-            self._do(action)
+        try:
+            for action in actions:
+                self._do(action)
+        except EngineUnavailable as exc:
+            assert self.machine is not None
+            self.machine.engine_failed(time.time(), str(exc))
         self._report()
+
+    def _paired(self) -> bool:
+        try:
+            return self._client().has_credentials()
+        except EngineUnavailable:
+            return False  # reported when the connection is started
 
     def _client(self) -> Transport:
         """The current client, or a fresh one: a closed client is never reused."""
         if self.transport is None:
             from actors.transport import create_transport  # engines load only in this process
 
-            self.transport = create_transport(self.config.transport.engine, self.session,
-                                              self.config.data_path, self.config)
+            engine = self.config.transport.engine
+            try:
+                self.transport = create_transport(engine, self.session, self.config.data_path,
+                                                  self.config)
+            except Exception as exc:
+                log.error("transport engine unavailable", engine=engine, error=repr(exc))
+                raise EngineUnavailable(
+                    f"the '{engine}' WhatsApp engine cannot start ({exc}); install it with "
+                    "pip install 'wagate[neonize]', or run the simulator with "
+                    "`wagate serve --demo`") from exc
         return self.transport
 
     def _do(self, action: Action) -> None:

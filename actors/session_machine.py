@@ -102,6 +102,11 @@ class SessionMachine:
                   qr_expires_at=None, connected_since=None, reconnect_attempt=0)
         return [StopClient(), LogoutClient()]
 
+    def engine_failed(self, now: float, message: str) -> list[Action]:
+        """The transport could not even be created (engine missing or misconfigured):
+        retrying cannot help, an operator must act."""
+        return self._final(now, SessionState.FAILED, "ENGINE_UNAVAILABLE", message)
+
     # ---- timers -----------------------------------------------------------------
 
     def reconnect_due(self, now: float) -> list[Action]:
