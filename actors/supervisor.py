@@ -76,6 +76,7 @@ class Child:
     address: Any = None
     incarnation: int = 0
     retiring: bool = False  # asked to exit: its ChildActorExited is not a crash
+    respawn: bool = False  # a command arrived while retiring: start a new process after
     failures: int = 0  # consecutive crashes, for the backoff
     budget: RestartBudget | None = None
     pending_commands: list[SessionCommand] = field(default_factory=list)
@@ -231,7 +232,12 @@ class SupervisorActor(ActorTypeDispatcher):
         child.address = None
         if key.startswith("session:"):
             self._link(key[len("session:"):])
-        if child.retiring or self.stopping:
+        if self.stopping:
+            return
+        if child.retiring and child.respawn:
+            self._spawn(key)  # carries the commands that arrived while it was retiring
+            return
+        if child.retiring:
             if key.startswith("session:"):
                 del self.children[key]
             return
@@ -284,7 +290,7 @@ class SupervisorActor(ActorTypeDispatcher):
         assert self.config is not None
         child = self.children[key]
         child.incarnation += 1
-        child.retiring = False
+        child.retiring = child.respawn = False
         child.address = self.createActor(child.kind)
         if key.startswith("session:"):
             session = key[len("session:"):]
@@ -310,8 +316,10 @@ class SupervisorActor(ActorTypeDispatcher):
 
     def _command(self, key: str, command: SessionCommand) -> None:
         child = self.children[key]
-        if child.address is None:
-            child.pending_commands.append(command)  # delivered after the restart
+        if child.retiring:
+            child.respawn = True  # that process is on its way out: use the next one
+        if child.address is None or child.retiring:
+            child.pending_commands.append(command)  # delivered by _spawn
         else:
             self.send(child.address, command)
 

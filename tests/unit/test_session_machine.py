@@ -1,0 +1,205 @@
+"""The session state machine alone: every transition and the actions it asks for."""
+
+from __future__ import annotations
+
+from actors.messages import SessionState
+from actors.policy import ReconnectPolicy
+from actors.session_machine import (
+    ArmConnectTimeout,
+    LogoutClient,
+    ScheduleReconnect,
+    SessionMachine,
+    StartClient,
+    StopClient,
+)
+from actors.transport.base import (
+    ClientOutdated,
+    Connected,
+    Disconnected,
+    LoggedOut,
+    PairingClosed,
+    QrCode,
+    Receipt,
+    StreamReplaced,
+    TemporaryBan,
+)
+
+S = SessionState
+
+
+def machine(paired: bool = False, attempts: int = 5) -> SessionMachine:
+    return SessionMachine("alice", ReconnectPolicy(attempts, 30.0), connect_timeout=10.0,
+                          paired=paired)
+
+
+def connected(paired: bool = True) -> SessionMachine:
+    m = machine(paired=paired)
+    m.connect(0.0, paired)
+    m.on_event(Connected("15551234567"), 1.0)
+    return m
+
+
+def test_new_session_is_new() -> None:
+    m = machine()
+    assert m.status.state is S.NEW and m.status.session == "alice"
+    assert not m.status.connected
+
+
+def test_connect_starts_a_client_with_a_timeout() -> None:
+    m = machine()
+    actions = m.connect(5.0, paired=False)
+    assert actions == [StopClient(), StartClient(), ArmConnectTimeout(10.0)]
+    assert m.status.state is S.CONNECTING and m.status.reconnect_attempt == 1
+    assert m.status.updated_at == 5.0
+
+
+def test_connect_while_active_does_nothing() -> None:
+    m = machine()
+    m.connect(0.0, False)
+    assert m.connect(1.0, False) == []
+    m.on_event(QrCode("2@a,b,c,d", 60.0), 1.0)
+    assert m.connect(2.0, False) == []
+    assert m.status.state is S.QR_PENDING
+
+
+def test_pairing_flow_qr_then_connected() -> None:
+    m = machine()
+    m.connect(0.0, False)
+    assert m.on_event(QrCode("2@one,b,c,d", 60.0), 1.0) == []
+    assert m.status.state is S.QR_PENDING
+    assert (m.status.qr_code, m.status.qr_expires_at) == ("2@one,b,c,d", 60.0)
+    m.on_event(QrCode("2@two,b,c,d", 80.0), 60.0)
+    assert m.status.qr_code == "2@two,b,c,d"
+    m.on_event(PairingClosed("success"), 61.0)
+    assert m.status.qr_code is None
+    m.on_event(Connected("15551234567"), 61.5)
+    status = m.status
+    assert status.state is S.CONNECTED and status.connected and status.paired
+    assert status.phone == "15551234567" and status.connected_since == 61.5
+    assert status.reconnect_attempt == 0 and status.last_error is None
+
+
+def test_pairing_timeout_is_qr_expired_and_stops_the_client() -> None:
+    m = machine()
+    m.connect(0.0, False)
+    m.on_event(QrCode("2@a,b,c,d", 60.0), 1.0)
+    assert m.on_event(PairingClosed("timeout"), 160.0) == [StopClient()]
+    assert m.status.state is S.QR_EXPIRED
+    assert m.status.last_error is not None and m.status.last_error.code == "QR_EXPIRED"
+    assert m.status.qr_code is None
+    # whatsAppConnect starts a new pairing
+    assert StartClient() in m.connect(200.0, False)
+    assert m.status.state is S.CONNECTING
+
+
+def test_other_pairing_errors_fail() -> None:
+    m = machine()
+    m.connect(0.0, False)
+    m.on_event(QrCode("2@a,b,c,d", 60.0), 1.0)
+    m.on_event(PairingClosed("err-client-outdated"), 2.0)
+    assert m.status.state is S.FAILED
+    assert m.status.last_error is not None and m.status.last_error.code == "PAIRING_FAILED"
+
+
+def test_drop_reconnects_immediately_then_every_delay_then_fails() -> None:
+    m = connected()
+    actions = m.on_event(Disconnected("connection lost"), 10.0)
+    assert actions == [StopClient(), ScheduleReconnect(0.0)]
+    assert m.status.state is S.RECONNECTING and m.status.connected_since is None
+    delays = []
+    for attempt in range(1, 6):
+        assert m.reconnect_due(11.0 + attempt) == [StopClient(), StartClient(),
+                                                   ArmConnectTimeout(10.0)]
+        assert m.status.reconnect_attempt == attempt
+        actions = m.on_event(Disconnected("server unreachable"), 12.0 + attempt)
+        delays.extend(a.delay for a in actions if isinstance(a, ScheduleReconnect))
+    assert delays == [30.0, 30.0, 30.0, 30.0]  # after attempts 1-4; the 5th failure gives up
+    assert m.status.state is S.FAILED
+    assert m.status.last_error is not None and m.status.last_error.code == "RECONNECT_FAILED"
+    assert "5 connect attempts" in m.status.last_error.message
+
+
+def test_reconnect_success_resets_the_attempts() -> None:
+    m = connected()
+    m.on_event(Disconnected("lost"), 10.0)
+    m.reconnect_due(10.0)
+    m.on_event(Disconnected("unreachable"), 11.0)
+    m.reconnect_due(41.0)
+    assert m.status.reconnect_attempt == 2
+    m.on_event(Connected("15551234567"), 42.0)
+    assert m.status.state is S.CONNECTED and m.status.reconnect_attempt == 0
+    m.on_event(Disconnected("lost"), 50.0)
+    assert m.reconnect_due(50.0) and m.status.reconnect_attempt == 1
+
+
+def test_initial_connect_failures_use_the_same_policy() -> None:
+    m = machine(paired=True, attempts=2)
+    m.connect(0.0, True)
+    assert m.on_event(Disconnected("refused"), 1.0) == [StopClient(), ScheduleReconnect(30.0)]
+    assert m.status.state is S.RECONNECTING
+    m.reconnect_due(31.0)
+    m.on_event(Disconnected("refused"), 32.0)
+    assert m.status.state is S.FAILED
+
+
+def test_connect_timeout_counts_as_a_failed_attempt() -> None:
+    m = machine(paired=True)
+    m.connect(0.0, True)
+    assert m.connect_timed_out(10.0) == [StopClient(), ScheduleReconnect(30.0)]
+    assert m.status.last_error is not None and "timed out" in m.status.last_error.message
+
+
+def test_connect_timeout_is_ignored_once_pairing_or_connected() -> None:
+    m = machine()
+    m.connect(0.0, False)
+    m.on_event(QrCode("2@a,b,c,d", 60.0), 1.0)
+    assert m.connect_timed_out(10.0) == []
+    c = connected()
+    assert c.connect_timed_out(10.0) == []
+
+
+def test_reconnect_due_outside_reconnecting_is_stale() -> None:
+    m = connected()
+    assert m.reconnect_due(5.0) == []
+
+
+def test_logged_out_forgets_the_account_and_never_reconnects() -> None:
+    m = connected()
+    assert m.on_event(LoggedOut("unlinked from phone"), 5.0) == [StopClient()]
+    assert m.status.state is S.LOGGED_OUT and not m.status.paired and m.status.phone is None
+    assert m.status.last_error is not None and m.status.last_error.code == "LOGGED_OUT"
+    assert m.on_event(Disconnected("late"), 6.0) == []  # final: late events are ignored
+
+
+def test_operator_logout_unlinks_and_disconnect_keeps_credentials() -> None:
+    m = connected()
+    assert m.logout(5.0) == [StopClient(), LogoutClient()]
+    assert m.status.state is S.LOGGED_OUT and not m.status.paired
+    d = connected()
+    assert d.disconnect(5.0) == [StopClient()]
+    assert d.status.state is S.DISCONNECTED and d.status.paired
+
+
+def test_terminal_server_verdicts_fail_without_reconnecting() -> None:
+    for event, code in ((TemporaryBan(until=1e9, reason="spam"), "BANNED"),
+                        (StreamReplaced(), "STREAM_REPLACED"),
+                        (ClientOutdated(), "CLIENT_OUTDATED")):
+        m = connected()
+        assert m.on_event(event, 5.0) == [StopClient()]
+        assert m.status.state is S.FAILED
+        assert m.status.last_error is not None and m.status.last_error.code == code
+
+
+def test_receipts_do_not_change_the_state() -> None:
+    m = connected()
+    before = m.status
+    assert m.on_event(Receipt("3EB0", "read"), 5.0) == []
+    assert m.status == before
+
+
+def test_engine_failure_is_final() -> None:
+    m = machine()
+    m.connect(0.0, False)
+    m.engine_failed(1.0, "no engine")
+    assert m.status.state is S.FAILED
+    assert m.status.last_error is not None and m.status.last_error.code == "ENGINE_UNAVAILABLE"
