@@ -31,6 +31,7 @@ from actors.policy import ReconnectPolicy
 from actors.session_machine import (
     Action,
     ArmConnectTimeout,
+    ArmWatchdog,
     LogoutClient,
     ScheduleReconnect,
     SessionMachine,
@@ -58,7 +59,7 @@ class _Event:
 
 @dataclass(frozen=True, slots=True)
 class _Timer:
-    kind: str  # "reconnect" | "connect-timeout"
+    kind: str  # "reconnect" | "connect-timeout" | "watchdog"
     generation: int
 
 
@@ -147,6 +148,8 @@ class SessionActor(BridgedActor):
             self._run(self.machine.reconnect_due(now))
         elif timer.kind == "connect-timeout":
             self._run(self.machine.connect_timed_out(now))
+        elif timer.kind == "watchdog":
+            self._run(self.machine.watchdog_expired(now))
 
     # ---- sending --------------------------------------------------------------------
 
@@ -224,6 +227,9 @@ class SessionActor(BridgedActor):
                     self._client().connect(lambda event: bridge.post(_Event(generation, event)))
             case ScheduleReconnect(delay=delay):
                 self.wakeupAfter(timedelta(seconds=delay), payload=_Timer("reconnect",
+                                                                          self.generation))
+            case ArmWatchdog(delay=delay):
+                self.wakeupAfter(timedelta(seconds=delay), payload=_Timer("watchdog",
                                                                           self.generation))
             case ArmConnectTimeout(delay=delay):
                 self.wakeupAfter(timedelta(seconds=delay),

@@ -64,11 +64,19 @@ class ArmConnectTimeout:
 
 
 @dataclass(frozen=True, slots=True)
+class ArmWatchdog:
+    """The client reconnects by itself; if it has not succeeded by then, take over."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
 class LogoutClient:
     """Unlink the device and delete the stored credentials."""
 
 
-Action = StartClient | StopClient | ScheduleReconnect | ArmConnectTimeout | LogoutClient
+Action = (StartClient | StopClient | ScheduleReconnect | ArmConnectTimeout | ArmWatchdog
+          | LogoutClient)
 
 
 class SessionMachine:
@@ -116,6 +124,13 @@ class SessionMachine:
         self._set(now, reconnect_attempt=self.attempt)
         return [StopClient(), StartClient(), ArmConnectTimeout(self.connect_timeout)]
 
+    def watchdog_expired(self, now: float) -> list[Action]:
+        """The client's own reconnecting took the whole policy budget: replace the client
+        and run our attempt loop (attempt 0 means no attempt of ours has started)."""
+        if self.status.state is not SessionState.RECONNECTING or self.attempt != 0:
+            return []
+        return [StopClient(), ScheduleReconnect(0.0)]
+
     def connect_timed_out(self, now: float) -> list[Action]:
         """Only an attempt that has not reached QR_PENDING or CONNECTED can time out."""
         if self.status.state not in (SessionState.CONNECTING, SessionState.RECONNECTING):
@@ -150,6 +165,14 @@ class SessionMachine:
                           qr_code=None, qr_expires_at=None, reconnect_attempt=0,
                           connected_since=now, last_error=None)
                 return []
+            case Disconnected(reason=reason, recovering=True):
+                if state is not SessionState.CONNECTED:
+                    return []  # an attempt of ours is running, with its own timeout
+                self.attempt = 0
+                self._set(now, state=SessionState.RECONNECTING, connected_since=None,
+                          last_error=ErrorInfo("DISCONNECTED", reason))
+                budget = self.policy.attempts * self.policy.delay
+                return [ArmWatchdog(budget)]
             case Disconnected(reason=reason):
                 if state is SessionState.CONNECTED:
                     self.attempt = 0

@@ -38,9 +38,15 @@ class Connected:
 
 @dataclass(frozen=True, slots=True)
 class Disconnected:
-    """The connection is gone (or a connect attempt failed); the session may reconnect."""
+    """The connection is gone (or a connect attempt failed); the session may reconnect.
+
+    ``recovering`` means the client is already reconnecting by itself (whatsmeow does
+    after a successful login): the session then only watches, with a watchdog,
+    instead of closing the client and starting its own attempts.
+    """
 
     reason: str
+    recovering: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +143,11 @@ class Transport(ABC):
     @abstractmethod
     def close(self) -> None:
         """Disconnect and release threads and files; no event is reported after it returns."""
+
+    def request_pairing_code(self, phone: str) -> str:
+        """Pair by phone number instead of QR: returns the 8-character code the user
+        types on the phone. Only while pairing (after the first ``QrCode``). Blocks."""
+        raise SendError("UNSUPPORTED", "this engine cannot pair by phone code", permanent=True)
 
     @abstractmethod
     def has_credentials(self) -> bool:

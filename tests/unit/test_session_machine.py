@@ -6,6 +6,7 @@ from actors.messages import SessionState
 from actors.policy import ReconnectPolicy
 from actors.session_machine import (
     ArmConnectTimeout,
+    ArmWatchdog,
     LogoutClient,
     ScheduleReconnect,
     SessionMachine,
@@ -203,3 +204,23 @@ def test_engine_failure_is_final() -> None:
     m.engine_failed(1.0, "no engine")
     assert m.status.state is S.FAILED
     assert m.status.last_error is not None and m.status.last_error.code == "ENGINE_UNAVAILABLE"
+
+
+def test_a_self_reconnecting_client_is_watched_not_replaced() -> None:
+    m = connected()
+    actions = m.on_event(Disconnected("connection lost", recovering=True), 10.0)
+    assert actions == [ArmWatchdog(150.0)]  # 5 attempts x 30 s
+    assert m.status.state is S.RECONNECTING and m.status.reconnect_attempt == 0
+    m.on_event(Connected("15551234567"), 20.0)
+    assert m.status.state is S.CONNECTED
+    assert m.watchdog_expired(160.0) == []  # recovered: the watchdog is stale
+
+
+def test_the_watchdog_takes_over_a_stuck_reconnect() -> None:
+    m = connected()
+    m.on_event(Disconnected("connection lost", recovering=True), 10.0)
+    assert m.watchdog_expired(160.0) == [StopClient(), ScheduleReconnect(0.0)]
+    assert m.reconnect_due(160.0) == [StopClient(), StartClient(), ArmConnectTimeout(10.0)]
+    assert m.status.reconnect_attempt == 1
+    # a "recovering" event during our own attempts changes nothing
+    assert m.on_event(Disconnected("lost", recovering=True), 161.0) == []
