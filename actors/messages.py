@@ -24,6 +24,27 @@ class SessionState(StrEnum):
     LOGGED_OUT = "LOGGED_OUT"
     FAILED = "FAILED"
     DISCONNECTED = "DISCONNECTED"
+    REPLACED = "REPLACED"  # the same device connected elsewhere
+    BANNED = "BANNED"  # temporarily banned by WhatsApp (see banned_until)
+    CLIENT_OUTDATED = "CLIENT_OUTDATED"  # WhatsApp refuses this client version
+
+
+# mautrix-style bridge states: lets an operator tell a transient drop from an account
+# that needs a human (bad credentials) at a glance.
+BRIDGE_STATES = {
+    SessionState.NEW: "UNCONFIGURED",
+    SessionState.CONNECTING: "CONNECTING",
+    SessionState.QR_PENDING: "UNCONFIGURED",
+    SessionState.CONNECTED: "CONNECTED",
+    SessionState.RECONNECTING: "TRANSIENT_DISCONNECT",
+    SessionState.QR_EXPIRED: "UNCONFIGURED",
+    SessionState.LOGGED_OUT: "LOGGED_OUT",
+    SessionState.FAILED: "UNKNOWN_ERROR",
+    SessionState.DISCONNECTED: "UNCONFIGURED",
+    SessionState.REPLACED: "BAD_CREDENTIALS",
+    SessionState.BANNED: "BAD_CREDENTIALS",
+    SessionState.CLIENT_OUTDATED: "UNKNOWN_ERROR",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +68,7 @@ class SessionStatus:
     connected_since: float | None = None
     updated_at: float = 0.0
     pid: int | None = None  # the session's process, for operators (and kill -9 in tests)
+    banned_until: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -114,6 +136,24 @@ class SendText:
     request_id: str = ""
     wait_for_ack: bool = True  # answer after the server acked (or send_timeout)
     require_connected: bool = False  # testWhatsAppConnection: never queue
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPairingCode:
+    """Pair by phone number: answered with Ok(code) by the session (while QR_PENDING)."""
+
+    session: str
+    phone: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PairingCodeRequest:
+    """Supervisor -> session: RequestPairingCode with the caller to answer."""
+
+    phone: str
+    reply_to: Any
+    request_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

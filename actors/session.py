@@ -23,7 +23,11 @@ from actors.messages import (
     Deliver,
     DeliveryReceipt,
     DeliveryResult,
+    Failed,
+    Ok,
+    PairingCodeRequest,
     SessionCommand,
+    SessionState,
     StartSession,
     StatusChanged,
 )
@@ -65,7 +69,9 @@ class _Timer:
 
 @dataclass(frozen=True, slots=True)
 class _SendDone:
-    result: DeliveryResult
+    """A worker thread's answer, to be sent from the actor's own thread."""
+
+    result: DeliveryResult | Ok | Failed
     reply_to: Any
 
 
@@ -175,6 +181,31 @@ class SessionActor(BridgedActor):
                                     error=repr(exc), permanent=False)
         if self.bridge is not None:
             self.bridge.post(_SendDone(result, reply_to))
+
+    def receiveMsg_PairingCodeRequest(self, msg: PairingCodeRequest, sender: Any) -> None:
+        if (self.machine is None or self.transport is None or self.executor is None
+                or self.machine.status.state is not SessionState.QR_PENDING):
+            state = self.machine.status.state.value if self.machine else "NEW"
+            self.send(msg.reply_to, Failed(
+                "NOT_CONNECTED", "a pairing code can only be requested while the session "
+                f"shows a QR code (state QR_PENDING, now {state}); call whatsAppConnect first",
+                {"state": state}, request_id=msg.request_id))
+            return
+        self.executor.submit(self._pairing_code, self.transport, msg)
+
+    def _pairing_code(self, transport: Transport, msg: PairingCodeRequest) -> None:
+        """Worker thread: PairPhone needs a live socket and may take seconds."""
+        reply: Ok | Failed
+        try:
+            reply = Ok(transport.request_pairing_code(msg.phone), request_id=msg.request_id)
+        except SendError as exc:
+            reply = Failed("PAIRING_FAILED", f"WhatsApp did not issue a pairing code: {exc}",
+                           {"reason": exc.reason}, request_id=msg.request_id)
+        except Exception as exc:
+            reply = Failed("PAIRING_FAILED", f"WhatsApp did not issue a pairing code: {exc!r}",
+                           {"reason": "TRANSPORT_ERROR"}, request_id=msg.request_id)
+        if self.bridge is not None:
+            self.bridge.post(_SendDone(reply, msg.reply_to))
 
     def receiveMsg__SendDone(self, msg: _SendDone, sender: Any) -> None:
         self.send(msg.reply_to, msg.result)

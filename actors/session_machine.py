@@ -32,7 +32,8 @@ from actors.transport.base import (
 # The session's process has nothing left to do in these states: it is retired.
 FINAL_STATES = frozenset({
     SessionState.QR_EXPIRED, SessionState.LOGGED_OUT, SessionState.FAILED,
-    SessionState.DISCONNECTED,
+    SessionState.DISCONNECTED, SessionState.REPLACED, SessionState.BANNED,
+    SessionState.CLIENT_OUTDATED,
 })
 # A client is running (or about to run) in these states.
 ACTIVE_STATES = frozenset({
@@ -95,7 +96,7 @@ class SessionMachine:
             return []
         self.attempt = 1
         self._set(now, state=SessionState.CONNECTING, paired=paired, reconnect_attempt=1,
-                  qr_code=None, qr_expires_at=None)
+                  qr_code=None, qr_expires_at=None, banned_until=None)
         return [StopClient(), StartClient(), ArmConnectTimeout(self.connect_timeout)]
 
     def disconnect(self, now: float) -> list[Action]:
@@ -156,6 +157,8 @@ class SessionMachine:
                 return self._final(now, SessionState.QR_EXPIRED, "QR_EXPIRED",
                                    "the pairing window closed before a phone scanned the "
                                    "code; call whatsAppConnect for a new code")
+            case PairingClosed(reason="err-client-outdated"):
+                return self.on_event(ClientOutdated(), now)
             case PairingClosed(reason=reason):
                 return self._final(now, SessionState.FAILED, "PAIRING_FAILED",
                                    f"pairing failed ({reason}); call whatsAppConnect to retry")
@@ -191,16 +194,20 @@ class SessionMachine:
                 self._set(now, paired=False, phone=None)
                 return actions
             case TemporaryBan(until=until, reason=reason):
-                return self._final(now, SessionState.FAILED, "BANNED",
-                                   f"WhatsApp banned this account until {until:.0f} "
-                                   f"(unix time) {reason}".strip())
+                actions = self._final(now, SessionState.BANNED, "BANNED",
+                                      f"WhatsApp temporarily banned this account ({reason}); "
+                                      "do not reconnect before bannedUntil, then call "
+                                      "whatsAppConnect")
+                self._set(now, banned_until=until)
+                return actions
             case StreamReplaced():
-                return self._final(now, SessionState.FAILED, "STREAM_REPLACED",
+                return self._final(now, SessionState.REPLACED, "STREAM_REPLACED",
                                    "the same device connected elsewhere; stop the other "
                                    "client, then call whatsAppConnect")
             case ClientOutdated():
-                return self._final(now, SessionState.FAILED, "CLIENT_OUTDATED",
-                                   "WhatsApp refuses this client version; upgrade wagate")
+                return self._final(now, SessionState.CLIENT_OUTDATED, "CLIENT_OUTDATED",
+                                   "WhatsApp refuses this client version; upgrade wagate "
+                                   "(its neonize engine), then call whatsAppConnect")
             case _:
                 return []  # receipts and the like do not change the state
 

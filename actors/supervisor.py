@@ -39,8 +39,10 @@ from actors.messages import (
     GetStatus,
     HealthReport,
     Ok,
+    PairingCodeRequest,
     Ping,
     ProcessInfo,
+    RequestPairingCode,
     SendText,
     SessionCommand,
     SessionLink,
@@ -195,6 +197,18 @@ class SupervisorActor(ActorTypeDispatcher):
         if msg.keep_session:
             self._remember(msg.session, want="disconnected")
         self.send(sender, Ok(True, request_id=msg.request_id))
+
+    def receiveMsg_RequestPairingCode(self, msg: RequestPairingCode, sender: Any) -> None:
+        child = self.children.get(_key(msg.session))
+        if child is None or child.address is None or child.retiring:
+            status = self.statuses.get(msg.session) or SessionStatus(session=msg.session)
+            self.send(sender, Failed(
+                "NOT_CONNECTED", "a pairing code can only be requested while the session "
+                "shows a QR code; call whatsAppConnect first",
+                {"state": status.state.value, "session": msg.session},
+                request_id=msg.request_id))
+            return
+        self.send(child.address, PairingCodeRequest(msg.phone, sender, msg.request_id))
 
     def receiveMsg_SendText(self, msg: SendText, sender: Any) -> None:
         status = self.statuses.get(msg.session) or SessionStatus(session=msg.session)

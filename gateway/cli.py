@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(scan)
     scan.add_argument("--session", default="default")
     scan.add_argument("--phone", help="the simulated phone's number (digits)")
+    scan.add_argument("--code", help="type this pairing code (from whatsAppRequestPairingCode) "
+                      "instead of scanning the QR code")
     scan.add_argument("--wait", type=float, default=10.0,
                       help="seconds to wait for a QR code to appear (default 10)")
     scan.set_defaults(handler=cmd_sim_scan)
@@ -153,7 +155,7 @@ def cmd_sim_scan(args: argparse.Namespace) -> int:
         deadline = time.monotonic() + max(0.0, args.wait)
         while server.pending_qr(args.session) is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        phone = server.scan(args.session, args.phone)
+        phone = server.scan(args.session, args.phone, args.code)
         print(f"linked session '{args.session}' to phone +{phone}")
         return 0
 

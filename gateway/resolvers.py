@@ -14,7 +14,16 @@ from typing import Any
 from ariadne import MutationType, ObjectType, QueryType, make_executable_schema
 from graphql import GraphQLResolveInfo, GraphQLSchema
 
-from actors.messages import Accepted, Connect, Disconnect, GetStatus, SendText, SessionStatus
+from actors.messages import (
+    BRIDGE_STATES,
+    Accepted,
+    Connect,
+    Disconnect,
+    GetStatus,
+    RequestPairingCode,
+    SendText,
+    SessionStatus,
+)
 from gateway.config import Config
 from gateway.qr import qr_png_base64, qr_svg_data_uri
 from gateway.validation import normalize_phone_number, validate_message, validate_session_name
@@ -53,6 +62,13 @@ def build_schema() -> GraphQLSchema:
         info.context["message_id"] = accepted.message_id
         return True
 
+    @mutation.field("whatsAppRequestPairingCode")
+    def resolve_pairing_code(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
+                             session: str = "default") -> str:
+        request = RequestPairingCode(validate_session_name(session),
+                                     normalize_phone_number(phoneNumber), _request_id(info))
+        return str(_ask(info, request, _send_wait(_config(info))))
+
     @mutation.field("testWhatsAppConnection")
     def resolve_test(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
                      session: str = "default") -> bool:
@@ -80,6 +96,8 @@ def build_schema() -> GraphQLSchema:
     status.set_field("lastError", lambda s, _: s.last_error and {
         "code": s.last_error.code, "message": s.last_error.message})
     status.set_field("connectedSince", lambda s, _: iso_time(s.connected_since))
+    status.set_field("bridgeState", lambda s, _: BRIDGE_STATES[s.state])
+    status.set_field("bannedUntil", lambda s, _: iso_time(s.banned_until))
     return make_executable_schema(type_defs, query, mutation, status)
 
 

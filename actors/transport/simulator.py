@@ -121,18 +121,25 @@ class SimulatorServer:
 
     # ----------------------------------------------------------- operator controls
 
-    def scan(self, session: str = "default", phone: str | None = None) -> str:
-        """Scan the session's pending QR code with a phone whose number is ``phone``.
+    def scan(self, session: str = "default", phone: str | None = None,
+             code: str | None = None) -> str:
+        """Scan the session's pending QR code with a phone whose number is ``phone``,
+        or (with ``code``) type the pairing code the session requested for a number.
 
         The waiting client notices within one poll interval and links the device.
         Returns the phone number used.
         """
-        phone = _default_phone(session) if phone is None else _checked_phone(phone)
         with self._cache.transact(retry=True):
             pending = self._cache.get(_qr_key(session))
             problem = _scan_problem(session, pending, time.time())
             if problem is not None:
                 raise SimulatorError(problem)
+            if code is not None:
+                if pending.get("pairing_code") != code.strip().upper():
+                    raise SimulatorError(f"pairing code {code!r} does not match the one "
+                                         f"session '{session}' requested")
+                phone = pending["pairing_phone"]
+            phone = _default_phone(session) if phone is None else _checked_phone(phone)
             self._cache.set(_qr_key(session), {**pending, "phone": phone})
         return phone
 
@@ -233,9 +240,27 @@ class SimulatorServer:
         return _UNKNOWN_DEVICE
 
     def _offer_qr(self, session: str, code: str, expires_at: float) -> None:
-        """Make ``code`` the session's scannable QR code, replacing any earlier one."""
-        self._cache.set(_qr_key(session), {"code": code, "expires_at": expires_at, "phone": None},
-                        retry=True)
+        """Make ``code`` the session's scannable QR code, replacing any earlier one
+        (a pairing code requested during this pairing stays valid, as on WhatsApp)."""
+        with self._cache.transact(retry=True):
+            earlier = self._cache.get(_qr_key(session)) or {}
+            kept = {k: earlier[k] for k in ("pairing_code", "pairing_phone") if k in earlier}
+            self._cache.set(_qr_key(session), {"code": code, "expires_at": expires_at,
+                                               "phone": None, **kept})
+
+    def _offer_pairing_code(self, session: str, phone: str) -> str:
+        """Attach a phone-number pairing code to the session's current pairing."""
+        alphabet = "ABCDEFGHJKLMNPQRSTVWXYZ23456789"
+        code = "".join(secrets.choice(alphabet) for _ in range(8))
+        code = f"{code[:4]}-{code[4:]}"
+        with self._cache.transact(retry=True):
+            pending = self._cache.get(_qr_key(session))
+            if pending is None or pending["phone"] is not None:
+                raise SendError("NOT_PAIRING", "the session is not pairing right now; call "
+                                "whatsAppConnect first", permanent=True)
+            self._cache.set(_qr_key(session), {**pending, "pairing_code": code,
+                                               "pairing_phone": phone})
+        return code
 
     def _poll_qr(self, session: str, code: str) -> _ScanOutcome:
         """Check the QR code ``code``; once scanned, link a new device and return it.
@@ -401,6 +426,16 @@ class SimulatorTransport(Transport):
             raise SendError("REJECTED", "the simulated server rejected the message "
                             "(injected with fail_next)", permanent=True)
         return self._server._deliver(self._session, link.phone, phone, text)
+
+    def request_pairing_code(self, phone: str) -> str:
+        """The code ``wagate sim scan --code`` must type, like WhatsApp's 'link with
+        phone number instead'. Only while this client shows a QR code."""
+        with self._lock:
+            conn = self._conn
+        if conn is None or conn.ended or conn.link is not None:
+            raise SendError("NOT_PAIRING", "the session is not pairing right now; call "
+                            "whatsAppConnect first", permanent=True)
+        return self._server._offer_pairing_code(self._session, phone)
 
     def logout(self) -> None:
         """Unlink the device and forget it; like whatsmeow, no ``LoggedOut`` is reported."""

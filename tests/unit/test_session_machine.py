@@ -97,7 +97,7 @@ def test_other_pairing_errors_fail() -> None:
     m = machine()
     m.connect(0.0, False)
     m.on_event(QrCode("2@a,b,c,d", 60.0), 1.0)
-    m.on_event(PairingClosed("err-client-outdated"), 2.0)
+    m.on_event(PairingClosed("err-scanned-without-multidevice"), 2.0)
     assert m.status.state is S.FAILED
     assert m.status.last_error is not None and m.status.last_error.code == "PAIRING_FAILED"
 
@@ -181,14 +181,31 @@ def test_operator_logout_unlinks_and_disconnect_keeps_credentials() -> None:
     assert d.status.state is S.DISCONNECTED and d.status.paired
 
 
-def test_terminal_server_verdicts_fail_without_reconnecting() -> None:
-    for event, code in ((TemporaryBan(until=1e9, reason="spam"), "BANNED"),
-                        (StreamReplaced(), "STREAM_REPLACED"),
-                        (ClientOutdated(), "CLIENT_OUTDATED")):
+def test_terminal_server_verdicts_never_reconnect() -> None:
+    for event, state, code in ((TemporaryBan(until=1e9, reason="spam"), S.BANNED, "BANNED"),
+                               (StreamReplaced(), S.REPLACED, "STREAM_REPLACED"),
+                               (ClientOutdated(), S.CLIENT_OUTDATED, "CLIENT_OUTDATED")):
         m = connected()
         assert m.on_event(event, 5.0) == [StopClient()]
-        assert m.status.state is S.FAILED
+        assert m.status.state is state
         assert m.status.last_error is not None and m.status.last_error.code == code
+        assert m.on_event(Disconnected("late"), 6.0) == []
+
+
+def test_a_ban_records_until_when_and_connect_clears_it() -> None:
+    m = connected()
+    m.on_event(TemporaryBan(until=5000.0, reason="spam"), 5.0)
+    assert m.status.banned_until == 5000.0
+    m.connect(6000.0, True)
+    assert m.status.banned_until is None
+
+
+def test_client_outdated_during_pairing() -> None:
+    m = machine()
+    m.connect(0.0, False)
+    m.on_event(QrCode("2@a,b,c,d", 60.0), 1.0)
+    m.on_event(PairingClosed("err-client-outdated"), 2.0)
+    assert m.status.state is S.CLIENT_OUTDATED
 
 
 def test_receipts_do_not_change_the_state() -> None:
