@@ -8,6 +8,7 @@ send consumes no quota and is answered here, directly to the caller.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from dataclasses import replace
@@ -17,7 +18,7 @@ import diskcache
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher
 
-from actors.messages import Admit, CollectHealth, Enqueue, Failed, StartWorker
+from actors.messages import Admit, CollectHealth, Enqueue, Failed, Rejected, StartWorker
 from actors.windows import SlidingWindow, WindowSpec, admit
 from gateway.config import LimitsConfig
 from gateway.observability import setup_logging
@@ -111,15 +112,17 @@ class LimiterActor(ActorTypeDispatcher):
         seconds = max(1, int(retry_after + 0.999))
         what = "this recipient" if scope and scope.startswith("recipient") else "this gateway"
         log.info("send rate limited", scope=scope, retry_after=seconds)
-        self.send(msg.reply_to, Failed(
+        self.send(msg.outbox, Rejected(msg.send, msg.reply_to, Failed(
             "RATE_LIMITED",
             f"rate limit for {what} reached ({scope}); retry in {seconds} s",
             {"retryAfterSeconds": seconds, "scope": scope},
-            request_id=msg.send.request_id))
+            request_id=msg.send.request_id)))
 
     def receiveMsg_CollectHealth(self, msg: CollectHealth, sender: Any) -> None:
         usage = self.limits.usage(time.time()) if self.limits is not None else {}
-        self.send(msg.outbox, replace(msg, report=replace(msg.report, limiter=usage)))
+        pids = {**msg.report.worker_pids, "limiter": os.getpid()}
+        self.send(msg.outbox, replace(msg, report=replace(msg.report, limiter=usage,
+                                                          worker_pids=pids)))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.limits is not None:

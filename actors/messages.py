@@ -136,6 +136,9 @@ class SendText:
     request_id: str = ""
     wait_for_ack: bool = True  # answer after the server acked (or send_timeout)
     require_connected: bool = False  # testWhatsAppConnection: never queue
+    idempotency_key: str | None = None  # same key (per session) -> the original message
+    valid_for: float | None = None  # seconds; still queued after that -> EXPIRED
+    requester: str = ""  # who asked (token name, once there are tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +161,52 @@ class PairingCodeRequest:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """Reply to SendText: the message is on disk (and, if ``state`` is SENT, acked)."""
+    """Reply to SendText: the message is on disk (and, if ``state`` is SENT, acked).
+
+    ``duplicate``: an earlier request with the same idempotency key made it.
+    """
 
     message_id: str
     state: str
     accepted_at: float
     request_id: str = ""
+    duplicate: bool = False
+    record: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GetMessage:
+    """Answered with Ok(record dict | None) by the outbox."""
+
+    message_id: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ListMessages:
+    """Answered with Ok(MessagePage) by the outbox; newest first."""
+
+    session: str | None = None
+    state: str | None = None
+    phone: str | None = None
+    first: int = 20
+    after: str | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePage:
+    records: tuple[dict[str, Any], ...]
+    cursors: tuple[str, ...]
+    has_next_page: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Supervisor -> outbox: a web request to answer directly to ``reply_to``."""
+
+    request: Any
+    reply_to: Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +215,8 @@ class HealthReport:
     limiter: dict[str, float] = field(default_factory=dict)
     queue_depth: int = 0
     queue_by_session: dict[str, int] = field(default_factory=dict)
+    uncertain_total: int = 0  # messages resent (or failed) because a crash hid their fate
+    worker_pids: dict[str, int] = field(default_factory=dict)  # "limiter" / "outbox" -> pid
 
 
 # ---- launcher -> supervisor --------------------------------------------------
@@ -245,8 +290,17 @@ class StartWorker:
 
 
 @dataclass(frozen=True, slots=True)
+class Offer:
+    """Supervisor -> outbox: a send to check (idempotency key, queue depth) first."""
+
+    send: SendText
+    reply_to: Any
+    limiter: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Admit:
-    """Supervisor -> limiter: charge the windows for this send, then pass it on."""
+    """Outbox -> limiter: charge the windows for this send, then hand it back."""
 
     send: SendText
     reply_to: Any
@@ -255,10 +309,19 @@ class Admit:
 
 @dataclass(frozen=True, slots=True)
 class Enqueue:
-    """Limiter -> outbox: persist, then deliver (now or when the session is back)."""
+    """Limiter -> outbox: admitted; persist, then deliver (now or when the session is back)."""
 
     send: SendText
     reply_to: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Limiter -> outbox: refused; the outbox answers the caller (and same-key waiters)."""
+
+    send: SendText
+    reply_to: Any
+    failure: Failed
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,103 +1,70 @@
 """OutboxActor: every accepted message, on disk before the caller hears ``true``.
 
-``MessageStore`` keeps the records (diskcache, one key per message); the actor keeps
-per-session FIFO queues of message ids, knows from the supervisor which sessions can
-send right now, and hands messages to session actors a bounded number at a time.
-After a crash of this process (or the whole gateway) the queues are rebuilt from the
-records: anything QUEUED or caught in SENDING is sent again.
+The records and the per-session queues live in ``MessageStore`` (SQLite on disk), so
+memory does not grow with the backlog: the actor keeps only what is in flight, the
+callers waiting for an ack, and one counter per session. It knows from the
+supervisor which sessions can send right now and hands them a bounded number of
+messages at a time.
+
+A send travels: supervisor -> ``Offer`` here (idempotency key, queue depth) ->
+limiter -> ``Enqueue`` (or ``Rejected``) here -> session -> ``DeliveryResult`` here.
+
+Crash policy (DESIGN §4, ``delivery.on_uncertain``): a message found in SENDING after
+this process restarts, or in flight in a session process that died, may or may not
+have reached WhatsApp. It is marked ``uncertain`` and either sent again ("resend",
+the default: at-least-once) or FAILED ("fail": at-most-once).
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
-import uuid
-from collections import deque
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-import diskcache
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
+from actors.message_store import (
+    PENDING,
+    RECEIPT_RANK,
+    MessageStore,
+    NewMessage,
+    cursor_of,
+)
 from actors.messages import (
     Accepted,
+    Admit,
     CollectHealth,
     Deliver,
     DeliveryReceipt,
     DeliveryResult,
     Enqueue,
     Failed,
+    GetMessage,
+    ListMessages,
+    MessagePage,
+    Offer,
     Ok,
+    Rejected,
+    Routed,
     SendText,
     SessionLink,
     SessionState,
     StartWorker,
 )
+from actors.policy import retry_delay
 from gateway.config import Config
 from gateway.observability import setup_logging
 
 log = structlog.get_logger("wagate.outbox")
 
 MAX_IN_FLIGHT = 32  # per session: bounds what a reconnect dumps on a session at once
-MAX_ATTEMPTS = 5  # transient failures before a message is FAILED
-RETRY_PAUSE_SECONDS = 1.0  # after a transient failure, before the session is tried again
-PENDING_STATES = ("QUEUED", "SENDING")
-RECEIPT_ORDER = {"SENT": 0, "DELIVERED": 1, "READ": 2}
-
-
-class MessageStore:
-    """Message records on disk. Finished records expire after the retention period."""
-
-    def __init__(self, directory: str, retention_seconds: float) -> None:
-        self.cache = diskcache.Cache(directory)
-        self.retention = retention_seconds
-
-    def add(self, send: SendText, now: float) -> dict[str, Any]:
-        record = {
-            "id": uuid.uuid4().hex, "session": send.session, "phone": send.phone,
-            "text": send.text, "state": "QUEUED", "accepted_at": now, "updated_at": now,
-            "attempts": 0, "wa_message_id": "", "reason": "", "error": "",
-            "request_id": send.request_id, "test": send.require_connected,
-        }
-        self.cache.set(_key(record["id"]), record)
-        return record
-
-    def get(self, message_id: str) -> dict[str, Any] | None:
-        return self.cache.get(_key(message_id))
-
-    def update(self, record: dict[str, Any], now: float, **changes: Any) -> dict[str, Any]:
-        record = {**record, **changes, "updated_at": now}
-        finished = record["state"] not in PENDING_STATES
-        with self.cache.transact():
-            self.cache.set(_key(record["id"]), record,
-                           expire=self.retention if finished else None)
-            if changes.get("wa_message_id"):
-                self.cache.set(f"w:{record['wa_message_id']}", record["id"],
-                               expire=self.retention)
-        return record
-
-    def by_wa_id(self, wa_message_id: str) -> dict[str, Any] | None:
-        message_id = self.cache.get(f"w:{wa_message_id}")
-        return self.get(message_id) if message_id else None
-
-    def pending(self) -> list[dict[str, Any]]:
-        """Every QUEUED or SENDING record, oldest first (start-up only)."""
-        records = []
-        for key in self.cache.iterkeys():
-            if isinstance(key, str) and key.startswith("m:"):
-                record = self.cache.get(key)
-                if record is not None and record["state"] in PENDING_STATES:
-                    records.append(record)
-        records.sort(key=lambda r: r["accepted_at"])
-        return records
-
-    def close(self) -> None:
-        self.cache.close()
-
-
-def _key(message_id: str) -> str:
-    return f"m:{message_id}"
+NOT_CONNECTED_PAUSE_SECONDS = 1.0  # a session said "not connected": wait for its state
+PRUNE_EVERY_SECONDS = 600.0
+QUEUE_FULL_RETRY_SECONDS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +73,8 @@ class _AckTimeout:
 
 
 @dataclass(frozen=True, slots=True)
-class _Resume:
-    session: str
+class _Tick:
+    """Expiry, due retries and pruning: sparse, one timer for everything."""
 
 
 @dataclass
@@ -122,50 +89,90 @@ class OutboxActor(ActorTypeDispatcher):
         self.config: Config | None = None
         self.store: MessageStore | None = None
         self.links: dict[str, SessionLink] = {}
-        self.queues: dict[str, deque[str]] = {}
         self.in_flight: dict[str, str] = {}  # message id -> session
-        self.waiters: dict[str, _Waiter] = {}
-        self.paused: set[str] = set()
+        self.busy: dict[str, int] = {}  # session -> messages in flight
+        self.depth: dict[str, int] = {}  # session -> QUEUED + SENDING
+        self.waiters: dict[str, _Waiter] = {}  # message id -> caller waiting for the ack
+        self.reserved: dict[tuple[str, str], list[_Waiter]] = {}  # keys being admitted
+        self.paused_until: dict[str, float] = {}
+        self.uncertain_total = 0
+        self.last_prune = 0.0
+
+    # ---- start ----------------------------------------------------------------------
 
     def receiveMsg_StartWorker(self, msg: StartWorker, sender: Any) -> None:
         if self.store is not None:
             return
         setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
         self.config = msg.config
-        directory = msg.config.data_path / "outbox"
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.store = MessageStore(str(directory), msg.config.messages.retention_hours * 3600)
-        recovered = 0
-        for record in self.store.pending():
-            self.queues.setdefault(record["session"], deque()).append(record["id"])
-            recovered += 1
-        if recovered:
-            log.info("outbox recovered pending messages", count=recovered)
+        self.store = MessageStore(msg.config.data_path / "outbox",
+                                  msg.config.delivery.synchronous)
+        now = time.time()
+        for record in self.store.in_state("SENDING"):
+            self._uncertain(record, now, "the outbox restarted while it was being sent")
+        self.depth = self.store.pending_counts()
+        if self.depth:
+            log.info("outbox recovered pending messages", count=sum(self.depth.values()))
+        self._arm_tick()
 
-    # ---- accepting --------------------------------------------------------------------
+    # ---- accepting ----------------------------------------------------------------------
+
+    def receiveMsg_Offer(self, msg: Offer, sender: Any) -> None:
+        assert self.store is not None and self.config is not None
+        send = msg.send
+        waiter = _Waiter(msg.reply_to, send.request_id)
+        if send.idempotency_key is not None:
+            key = (send.session, send.idempotency_key)
+            if key in self.reserved:  # the same key is on its way through the limiter
+                self.reserved[key].append(waiter)
+                return
+            record = self.store.by_idempotency_key(*key)
+            if record is not None and self._key_fresh(record):
+                self.send(msg.reply_to, _accepted(record, send.request_id, duplicate=True))
+                return
+            self.reserved[key] = []
+        limit = self.config.delivery.max_queue_per_session
+        if self.depth.get(send.session, 0) >= limit:
+            self._refuse(send, msg.reply_to, Failed(
+                "RATE_LIMITED", f"session '{send.session}' already has {limit} messages "
+                "waiting; retry later or raise delivery.max_queue_per_session",
+                {"reason": "QUEUE_FULL", "retryAfterSeconds": QUEUE_FULL_RETRY_SECONDS,
+                 "scope": "queue"}, request_id=send.request_id))
+            return
+        self.send(msg.limiter, Admit(send, msg.reply_to, self.myAddress))
+
+    def receiveMsg_Rejected(self, msg: Rejected, sender: Any) -> None:
+        self._refuse(msg.send, msg.reply_to, msg.failure)
 
     def receiveMsg_Enqueue(self, msg: Enqueue, sender: Any) -> None:
         assert self.store is not None and self.config is not None
         send, now = msg.send, time.time()
-        record = self.store.add(send, now)
-        connected = self._can_send(send.session)
-        if send.require_connected and not connected:
-            self.store.update(record, now, state="FAILED", reason="NOT_CONNECTED")
+        valid_until = now + send.valid_for if send.valid_for is not None else None
+        record = self.store.add(NewMessage(
+            session=send.session, phone=send.phone, text=send.text, request_id=send.request_id,
+            requester=send.requester, idempotency_key=send.idempotency_key,
+            valid_until=valid_until, is_test=send.require_connected), now)
+        self.depth[send.session] = self.depth.get(send.session, 0) + 1
+        others = (self.reserved.pop((send.session, send.idempotency_key), [])
+                  if send.idempotency_key is not None else [])
+        for other in others:  # concurrent requests with the same key: one message
+            self.send(other.reply_to, _accepted(record, other.request_id, duplicate=True))
+        if send.require_connected and not self._can_send(send.session):
+            record = self._finish(record, "FAILED", now, "NOT_CONNECTED")
             self.send(msg.reply_to, Failed("NOT_CONNECTED", f"session '{send.session}' is not "
                                            "connected; test messages are not queued",
-                                           {"session": send.session},
+                                           {"session": send.session, "messageId": record["id"]},
                                            request_id=send.request_id))
             return
-        self.queues.setdefault(send.session, deque()).append(record["id"])
-        if send.wait_for_ack and connected:
+        if send.wait_for_ack and self._can_send(send.session):
             self.waiters[record["id"]] = _Waiter(msg.reply_to, send.request_id)
             self.wakeupAfter(timedelta(seconds=self.config.messages.send_timeout_seconds),
                              payload=_AckTimeout(record["id"]))
         else:
-            self.send(msg.reply_to, Accepted(record["id"], "QUEUED", now, send.request_id))
+            self.send(msg.reply_to, _accepted(record, send.request_id))
         self._dispatch(send.session)
 
-    # ---- delivering ---------------------------------------------------------------------
+    # ---- delivering -------------------------------------------------------------------------
 
     def receiveMsg_SessionLink(self, msg: SessionLink, sender: Any) -> None:
         old = self.links.get(msg.session)
@@ -176,45 +183,52 @@ class OutboxActor(ActorTypeDispatcher):
 
     def receiveMsg_DeliveryResult(self, msg: DeliveryResult, sender: Any) -> None:
         assert self.store is not None and self.config is not None
-        session = self.in_flight.pop(msg.message_id, None)
+        session = self._landed(msg.message_id)
         record = self.store.get(msg.message_id)
-        if record is None or record["state"] not in PENDING_STATES:
+        if record is None or record["state"] not in PENDING:
             return
         now = time.time()
         session = session or record["session"]
+        delivery = self.config.delivery
         if msg.ok:
-            record = self.store.update(record, now, state="SENT", wa_message_id=msg.wa_message_id,
-                                       sent_at=msg.timestamp or now, reason="", error="")
-            self._answer(record["id"], Accepted(record["id"], "SENT", record["accepted_at"]))
-        elif msg.permanent or record["test"] or record["attempts"] >= MAX_ATTEMPTS:
-            self.store.update(record, now, state="FAILED", reason=msg.reason, error=msg.error)
-            code = "NOT_CONNECTED" if msg.reason == "NOT_CONNECTED" else "SEND_FAILED"
-            self._answer(record["id"], Failed(code, f"WhatsApp did not accept the message: "
-                                              f"{msg.error or msg.reason}",
-                                              {"reason": msg.reason, "messageId": record["id"]}))
+            record = self._finish(record, "SENT", now, "", wa_message_id=msg.wa_message_id,
+                                  attempts=record["attempts"] + 1, error="")
+            self._answer(record["id"], _accepted(record, ""))
+        elif msg.reason == "NOT_CONNECTED" and not record["is_test"]:
+            # It never left: not an attempt. Wait for the session's next state.
+            self.store.transition(record["id"], "QUEUED", now, msg.reason, error=msg.error)
+            self.paused_until[session] = now + NOT_CONNECTED_PAUSE_SECONDS
+            self._answer(record["id"], _accepted(record | {"state": "QUEUED"}, ""))
         else:
-            self.store.update(record, now, state="QUEUED", reason=msg.reason, error=msg.error)
-            self.queues.setdefault(session, deque()).appendleft(record["id"])
-            self._answer(record["id"], Accepted(record["id"], "QUEUED", record["accepted_at"]))
-            if session not in self.paused:
-                self.paused.add(session)
-                self.wakeupAfter(timedelta(seconds=RETRY_PAUSE_SECONDS), payload=_Resume(session))
+            attempts = record["attempts"] + 1
+            if msg.permanent or record["is_test"] or attempts >= delivery.max_attempts:
+                record = self._finish(record, "FAILED", now, msg.reason or "REJECTED",
+                                      attempts=attempts, error=msg.error)
+                code = "NOT_CONNECTED" if msg.reason == "NOT_CONNECTED" else "SEND_FAILED"
+                self._answer(record["id"], Failed(
+                    code, f"WhatsApp did not accept the message: {msg.error or msg.reason}",
+                    {"reason": msg.reason, "messageId": record["id"]}))
+            else:
+                delay = retry_delay(attempts, delivery.retry_base_seconds,
+                                    delivery.retry_max_seconds, random.random())
+                self.store.transition(record["id"], "QUEUED", now, msg.reason, error=msg.error,
+                                      attempts=attempts, next_attempt_at=now + delay)
+                self._answer(record["id"], _accepted(record | {"state": "QUEUED"}, ""))
         self._dispatch(session)
 
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
         assert self.store is not None
         record = self.store.by_wa_id(msg.wa_message_id)
         state = msg.kind.upper()
-        if record is None or state not in RECEIPT_ORDER:
+        if record is None or state not in RECEIPT_RANK:
             return
-        if RECEIPT_ORDER.get(record["state"], -1) < RECEIPT_ORDER[state]:
-            self.store.update(record, time.time(), state=state)
+        if RECEIPT_RANK.get(record["state"], -1) < RECEIPT_RANK[state]:
+            self.store.transition(record["id"], state, time.time())
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         payload = msg.payload
-        if isinstance(payload, _Resume):
-            self.paused.discard(payload.session)
-            self._dispatch(payload.session)
+        if isinstance(payload, _Tick):
+            self._tick()
         elif isinstance(payload, _AckTimeout) and payload.message_id in self.waiters:
             assert self.config is not None
             seconds = self.config.messages.send_timeout_seconds
@@ -224,12 +238,33 @@ class OutboxActor(ActorTypeDispatcher):
                 f"as {payload.message_id} and may still be delivered",
                 {"reason": "ACK_TIMEOUT", "messageId": payload.message_id}))
 
+    # ---- queries --------------------------------------------------------------------------------
+
+    def receiveMsg_Routed(self, msg: Routed, sender: Any) -> None:
+        assert self.store is not None
+        request = msg.request
+        if isinstance(request, GetMessage):
+            reply: Ok | Failed = Ok(self.store.get(request.message_id), request.request_id)
+        elif isinstance(request, ListMessages):
+            try:
+                records, more = self.store.page(session=request.session, state=request.state,
+                                                phone=request.phone, first=request.first,
+                                                after=request.after)
+            except ValueError as exc:
+                reply = Failed("GRAPHQL_VALIDATION_FAILED", f"{exc}; use a cursor from a "
+                               "previous page", {"field": "after"}, request.request_id)
+            else:
+                page = MessagePage(tuple(records), tuple(cursor_of(r) for r in records), more)
+                reply = Ok(page, request.request_id)
+        else:
+            return
+        self.send(msg.reply_to, reply)
+
     def receiveMsg_CollectHealth(self, msg: CollectHealth, sender: Any) -> None:
-        by_session = {s: len(q) for s, q in self.queues.items() if q}
-        for session in self.in_flight.values():
-            by_session[session] = by_session.get(session, 0) + 1
+        by_session = {s: n for s, n in self.depth.items() if n}
         report = replace(msg.report, queue_depth=sum(by_session.values()),
-                         queue_by_session=by_session)
+                         queue_by_session=by_session, uncertain_total=self.uncertain_total,
+                         worker_pids={**msg.report.worker_pids, "outbox": os.getpid()})
         self.send(msg.reply_to, Ok(report, request_id=msg.request_id))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
@@ -245,31 +280,102 @@ class OutboxActor(ActorTypeDispatcher):
 
     def _dispatch(self, session: str) -> None:
         assert self.store is not None
-        if session in self.paused or not self._can_send(session):
-            return
-        queue = self.queues.get(session)
-        address = self.links[session].address
-        busy = sum(1 for s in self.in_flight.values() if s == session)
         now = time.time()
-        while queue and busy < MAX_IN_FLIGHT:
-            record = self.store.get(queue.popleft())
-            if record is None or record["state"] not in PENDING_STATES:
+        if not self._can_send(session) or self.paused_until.get(session, 0.0) > now:
+            return
+        room = MAX_IN_FLIGHT - self.busy.get(session, 0)
+        if room <= 0:
+            return
+        address = self.links[session].address
+        for record in self.store.next_queued(session, now, room):
+            if record["valid_until"] is not None and record["valid_until"] < now:
+                self._finish(record, "EXPIRED", now, "VALIDITY_PASSED")
                 continue
-            record = self.store.update(record, now, state="SENDING",
-                                       attempts=record["attempts"] + 1)
+            self.store.transition(record["id"], "SENDING", now)
             self.in_flight[record["id"]] = session
+            self.busy[session] = self.busy.get(session, 0) + 1
             self.send(address, Deliver(record["id"], record["phone"], record["text"]))
-            busy += 1
+
+    def _landed(self, message_id: str) -> str | None:
+        session = self.in_flight.pop(message_id, None)
+        if session is not None:
+            self.busy[session] -= 1
+        return session
 
     def _requeue_in_flight(self, session: str) -> None:
-        lost = [m for m, s in self.in_flight.items() if s == session]
-        queue = self.queues.setdefault(session, deque())
-        for message_id in reversed(lost):
-            del self.in_flight[message_id]
-            queue.appendleft(message_id)
-            self._answer(message_id, Accepted(message_id, "QUEUED", time.time()))
+        assert self.store is not None
+        now = time.time()
+        for message_id in [m for m, s in self.in_flight.items() if s == session]:
+            self._landed(message_id)
+            record = self.store.get(message_id)
+            if record is not None and record["state"] == "SENDING":
+                self._uncertain(record, now, "its session process ended while sending it")
+
+    def _uncertain(self, record: dict[str, Any], now: float, why: str) -> None:
+        """A send whose outcome a crash hid: count it, then resend or fail by policy."""
+        assert self.store is not None and self.config is not None
+        self.uncertain_total += 1
+        log.warning("message outcome uncertain", message_id=record["id"], why=why,
+                    policy=self.config.delivery.on_uncertain)
+        if self.config.delivery.on_uncertain == "resend":
+            record = self.store.transition(record["id"], "QUEUED", now, "UNCERTAIN",
+                                           uncertain=1) or record
+            self._answer(record["id"], _accepted(record, ""))
+        else:
+            record = self._finish(record, "FAILED", now, "UNCERTAIN", uncertain=1)
+            self._answer(record["id"], Failed(
+                "SEND_FAILED", "the gateway restarted while sending this message; it may or "
+                "may not have been delivered (delivery.on_uncertain = \"fail\")",
+                {"reason": "UNCERTAIN", "messageId": record["id"]}))
+
+    def _finish(self, record: dict[str, Any], state: str, now: float, reason: str,
+                **fields: Any) -> dict[str, Any]:
+        assert self.store is not None and self.config is not None
+        updated = self.store.transition(record["id"], state, now, reason, **fields) or record
+        session = record["session"]
+        self.depth[session] = max(0, self.depth.get(session, 0) - 1)
+        if not self.config.delivery.keep_text:
+            self.store.redact(record["id"])
+        return updated
+
+    def _refuse(self, send: SendText, reply_to: Any, failure: Failed) -> None:
+        """Nothing stored: the caller, and same-key requests waiting on it, hear why."""
+        waiting = (self.reserved.pop((send.session, send.idempotency_key), [])
+                   if send.idempotency_key is not None else [])
+        self.send(reply_to, failure)
+        for other in waiting:
+            self.send(other.reply_to, replace(failure, request_id=other.request_id))
+
+    def _key_fresh(self, record: dict[str, Any]) -> bool:
+        assert self.config is not None
+        return time.time() - record["accepted_at"] < self.config.delivery.idempotency_hours * 3600
 
     def _answer(self, message_id: str, reply: Accepted | Failed) -> None:
         waiter = self.waiters.pop(message_id, None)
         if waiter is not None:
             self.send(waiter.reply_to, replace(reply, request_id=waiter.request_id))
+
+    def _tick(self) -> None:
+        assert self.store is not None and self.config is not None
+        now = time.time()
+        for message_id in self.store.expire_due(now):
+            record = self.store.get(message_id)
+            if record is not None:
+                self.depth[record["session"]] = max(0, self.depth.get(record["session"], 0) - 1)
+        if now - self.last_prune > PRUNE_EVERY_SECONDS:
+            self.last_prune = now
+            pruned = self.store.prune(now - self.config.messages.retention_hours * 3600)
+            if pruned:
+                log.info("pruned finished message records", count=pruned)
+        for session in list(self.links):
+            self._dispatch(session)
+        self._arm_tick()
+
+    def _arm_tick(self) -> None:
+        assert self.config is not None
+        self.wakeupAfter(timedelta(seconds=self.config.delivery.tick_seconds), payload=_Tick())
+
+
+def _accepted(record: dict[str, Any], request_id: str, duplicate: bool = False) -> Accepted:
+    return Accepted(record["id"], record["state"], record["accepted_at"], request_id,
+                    duplicate=duplicate, record=record)

@@ -109,3 +109,16 @@ class ReconnectPolicy:
         if attempt > self.attempts:
             return None
         return 0.0 if attempt == 1 else self.delay
+
+
+def retry_delay(attempt: int, base: float, cap: float, rand: float) -> float:
+    """Delay before retrying a message whose ``attempt``-th send failed transiently.
+
+    Capped exponential backoff with "equal jitter": half the delay is fixed, half is
+    random (``rand`` in [0, 1), passed in so tests are deterministic), so many
+    messages that failed together do not retry in lock-step.
+    """
+    if attempt < 1:
+        raise ValueError("attempt counts from 1")
+    delay = min(cap, base * 2 ** (attempt - 1))
+    return delay / 2 + delay / 2 * rand

@@ -29,20 +29,23 @@ from thespian.actors import (
 
 from actors.limiter import LimiterActor
 from actors.messages import (
-    Admit,
     CollectHealth,
     Connect,
     Disconnect,
     ErrorInfo,
     Failed,
     GetHealth,
+    GetMessage,
     GetStatus,
     HealthReport,
+    ListMessages,
+    Offer,
     Ok,
     PairingCodeRequest,
     Ping,
     ProcessInfo,
     RequestPairingCode,
+    Routed,
     SendText,
     SessionCommand,
     SessionLink,
@@ -167,18 +170,20 @@ class SupervisorActor(ActorTypeDispatcher):
 
     def receiveMsg_Connect(self, msg: Connect, sender: Any) -> None:
         key = _key(msg.session)
-        if key in self.children:
-            self._command(key, SessionCommand("connect", msg.request_id))
-        elif self._live_sessions() >= self._max_sessions():
+        if key not in self.children and self._live_sessions() >= self._max_sessions():
             self.send(sender, Failed(
                 "SESSION_LIMIT",
                 f"all {self._max_sessions()} session slots are in use; disconnect a session "
                 "or raise sessions.max_sessions",
                 {"limit": self._max_sessions()}, request_id=msg.request_id))
             return
+        # Remembered first: _spawn reads it to decide whether the new process connects
+        # (after a whatsAppDisconnect(keepSession: true) it still says "disconnected").
+        self._remember(msg.session, want="connected")
+        if key in self.children:
+            self._command(key, SessionCommand("connect", msg.request_id))
         else:
             self._start_session(msg.session, connect=True)
-        self._remember(msg.session, want="connected")
         self.send(sender, Ok(True, request_id=msg.request_id))
 
     def receiveMsg_Disconnect(self, msg: Disconnect, sender: Any) -> None:
@@ -221,7 +226,21 @@ class SupervisorActor(ActorTypeDispatcher):
             self.send(sender, Failed("UNAVAILABLE", "the message store is restarting; retry "
                                      "in a few seconds", request_id=msg.request_id))
         else:
-            self.send(limiter, Admit(msg, sender, outbox))
+            self.send(outbox, Offer(msg, sender, limiter))
+
+    def receiveMsg_GetMessage(self, msg: GetMessage, sender: Any) -> None:
+        self._route(msg, sender)
+
+    def receiveMsg_ListMessages(self, msg: ListMessages, sender: Any) -> None:
+        self._route(msg, sender)
+
+    def _route(self, msg: GetMessage | ListMessages, sender: Any) -> None:
+        outbox = self.children["outbox"].address
+        if outbox is None:
+            self.send(sender, Failed("UNAVAILABLE", "the message store is restarting; retry "
+                                     "in a few seconds", request_id=msg.request_id))
+        else:
+            self.send(outbox, Routed(msg, sender))
 
     # ---- reports from children ------------------------------------------------------------
 
@@ -371,7 +390,9 @@ class SupervisorActor(ActorTypeDispatcher):
         entry = sessions.get(session, {"want": "connected", "paired": False, "phone": None,
                                        "state": SessionState.NEW.value})
         entry.update(changes)
-        if entry.get("state") == SessionState.LOGGED_OUT.value:
+        if changes.get("state") == SessionState.LOGGED_OUT.value:
+            # Unlinked: do not pair again by itself after a restart. Only on the change,
+            # so that a later whatsAppConnect (want "connected") is not overruled.
             entry["want"] = "disconnected"
         sessions[session] = entry
         self.registry.set("sessions", sessions)

@@ -113,8 +113,10 @@ def health_document(report: HealthReport, now: float) -> dict[str, Any]:
         "version": __version__,
         "time": iso_time(now),
         "sessions": sessions,
-        "queue": {"depth": report.queue_depth, "bySession": report.queue_by_session},
+        "queue": {"depth": report.queue_depth, "bySession": report.queue_by_session,
+                  "uncertainTotal": report.uncertain_total},
         "limiter": report.limiter,
+        "processes": report.worker_pids,
     }
 
 

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(fail)
     fail.add_argument("count", type=int)
     fail.add_argument("--session", help="only sends of this session (default: any)")
+    fail.add_argument("--transient", action="store_true",
+                      help="a temporary server error (retried) instead of a rejection")
     fail.set_defaults(handler=cmd_sim_fail_next)
 
     inbox = sim_commands.add_parser("inbox", help="every message that reached a recipient")
@@ -190,8 +192,9 @@ def cmd_sim_logout(args: argparse.Namespace) -> int:
 
 def cmd_sim_fail_next(args: argparse.Namespace) -> int:
     def fail_next(server: Any) -> None:
-        server.fail_next(args.count, args.session)
-        print(f"the next {args.count} sends will fail")
+        server.fail_next(args.count, args.session, args.transient)
+        kind = "fail temporarily" if args.transient else "be rejected"
+        print(f"the next {args.count} sends will {kind}")
 
     return _run_sim(args, fail_next)
 

@@ -48,6 +48,11 @@ class StorageConfig:
 class TransportConfig:
     engine: Literal["neonize", "simulator"] = "neonize"
     proxy: str = ""  # outbound proxy for the real engine (socks5://... or http://...)
+    # Where the real engine keeps each session's linked device: "" = one SQLite file per
+    # session (data_dir/sessions/<session>/neonize.db); a postgres:// or postgresql://
+    # DSN is used as is, with "{session}" replaced by the session id (one database per
+    # session: the engine resumes the first device it finds).
+    session_store: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,19 @@ class MessagesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    on_uncertain: Literal["resend", "fail"] = "resend"  # a message caught in SENDING by a crash
+    max_attempts: int = 5  # transient send failures before a message is FAILED
+    retry_base_seconds: float = 2.0  # first retry delay; doubles per attempt, with jitter
+    retry_max_seconds: float = 300.0  # cap of the retry delay
+    max_queue_per_session: int = 10000  # pending messages; beyond it RATE_LIMITED (QUEUE_FULL)
+    idempotency_hours: float = 24.0  # an idempotency key returns its original message this long
+    keep_text: bool = True  # false: a finished message keeps only the SHA-256 of its text
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"  # FULL also survives a power cut
+    tick_seconds: float = 1.0  # how often expiry, retries and pruning are looked at
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisorConfig:
     restart_backoff_seconds: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
     restart_budget: int = 5  # crashes allowed within the window before a session is FAILED
@@ -116,6 +134,7 @@ class Config:
     qr: QrConfig = field(default_factory=QrConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     messages: MessagesConfig = field(default_factory=MessagesConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -130,12 +149,14 @@ _POSITIVE = {
     "simulator.poll_interval_seconds", "reconnect.delay_seconds",
     "reconnect.connect_timeout_seconds", "qr.first_seconds", "qr.next_seconds",
     "messages.send_timeout_seconds", "messages.retention_hours",
-    "supervisor.restart_window_seconds",
+    "supervisor.restart_window_seconds", "delivery.retry_base_seconds",
+    "delivery.retry_max_seconds", "delivery.idempotency_hours", "delivery.tick_seconds",
 }
 _AT_LEAST_ONE = {
     "http.workers", "http.threads", "sessions.max_sessions", "reconnect.attempts", "qr.codes",
     "limits.per_number_per_minute", "limits.per_number_per_hour", "limits.global_per_day",
-    "messages.max_length", "supervisor.restart_budget",
+    "messages.max_length", "supervisor.restart_budget", "delivery.max_attempts",
+    "delivery.max_queue_per_session",
 }
 _PORTS = {"http.port", "actors.admin_port"}
 
@@ -156,12 +177,22 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         raw.setdefault(section, {})[key] = value
-    return _build(Config, raw, "")
+    return _checked(_build(Config, raw, ""))
+
+
+def _checked(config: Config) -> Config:
+    """Rules that involve more than one key."""
+    if config.messages.retention_hours < config.delivery.idempotency_hours:
+        raise ConfigError(
+            f"messages.retention_hours ({config.messages.retention_hours:g}) must be at least "
+            f"delivery.idempotency_hours ({config.delivery.idempotency_hours:g}): a key can "
+            "only find its message while the record is kept")
+    return config
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """The inverse of ``config_to_dict``, with the same checks as a file."""
-    return _build(Config, data, "")
+    return _checked(_build(Config, data, ""))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

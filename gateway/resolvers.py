@@ -14,19 +14,27 @@ from typing import Any
 from ariadne import MutationType, ObjectType, QueryType, make_executable_schema
 from graphql import GraphQLResolveInfo, GraphQLSchema
 
+from actors.message_store import STATES
 from actors.messages import (
     BRIDGE_STATES,
     Accepted,
     Connect,
     Disconnect,
+    GetMessage,
     GetStatus,
+    ListMessages,
+    MessagePage,
     RequestPairingCode,
     SendText,
     SessionStatus,
 )
 from gateway.config import Config
+from gateway.errors import GatewayError
 from gateway.qr import qr_png_base64, qr_svg_data_uri
 from gateway.validation import normalize_phone_number, validate_message, validate_session_name
+
+MAX_PAGE = 200
+MAX_KEY_LENGTH = 128
 
 
 def build_schema() -> GraphQLSchema:
@@ -50,17 +58,54 @@ def build_schema() -> GraphQLSchema:
 
     @mutation.field("sendWhatsAppNotification")
     def resolve_send(_: Any, info: GraphQLResolveInfo, phoneNumber: str, message: str,
-                     session: str = "default") -> bool:
-        config = _config(info)
-        send = SendText(
-            session=validate_session_name(session),
-            phone=normalize_phone_number(phoneNumber),
-            text=validate_message(message, config.messages.max_length),
-            request_id=_request_id(info),
-        )
-        accepted: Accepted = _ask(info, send, _send_wait(config))
-        info.context["message_id"] = accepted.message_id
+                     session: str = "default", idempotencyKey: str | None = None) -> bool:
+        accepted = _send(info, phoneNumber, message, session, idempotencyKey, None)
+        if accepted.state in ("FAILED", "EXPIRED"):  # a retried key whose message failed
+            record = accepted.record or {}
+            raise GatewayError("SEND_FAILED", f"this idempotency key's message is "
+                               f"{accepted.state} ({record.get('reason') or 'no reason'})",
+                               reason=record.get("reason", ""), messageId=accepted.message_id)
         return True
+
+    @mutation.field("sendWhatsAppMessage")
+    def resolve_send_message(_: Any, info: GraphQLResolveInfo, input: dict[str, Any]
+                             ) -> dict[str, Any]:
+        valid_for = input.get("validForSeconds")
+        if valid_for is not None and valid_for < 1:
+            raise GatewayError("INVALID_MESSAGE", "validForSeconds must be at least 1",
+                               field="validForSeconds")
+        accepted = _send(info, input["phoneNumber"], input["message"],
+                         input.get("session") or "default", input.get("idempotencyKey"),
+                         valid_for)
+        return {**(accepted.record or {}), "duplicate": accepted.duplicate}
+
+    @query.field("whatsAppMessage")
+    def resolve_message(_: Any, info: GraphQLResolveInfo, id: str
+                        ) -> dict[str, Any] | None:
+        record = _ask(info, GetMessage(str(id), _request_id(info)))
+        return None if record is None else {**record, "duplicate": False}
+
+    @query.field("whatsAppMessages")
+    def resolve_messages(_: Any, info: GraphQLResolveInfo, session: str | None = None,
+                         state: str | None = None, phoneNumber: str | None = None,
+                         first: int = 20, after: str | None = None) -> dict[str, Any]:
+        if not 1 <= first <= MAX_PAGE:
+            raise GatewayError("GRAPHQL_VALIDATION_FAILED",
+                               f"first must be between 1 and {MAX_PAGE}", field="first")
+        if state is not None and state not in STATES:
+            raise GatewayError("GRAPHQL_VALIDATION_FAILED",
+                               f"unknown state {state!r}; use one of {', '.join(STATES)}",
+                               field="state")
+        request = ListMessages(
+            session=validate_session_name(session) if session is not None else None,
+            state=state,
+            phone=normalize_phone_number(phoneNumber) if phoneNumber is not None else None,
+            first=first, after=after, request_id=_request_id(info))
+        page: MessagePage = _ask(info, request)
+        edges = [{"cursor": c, "node": {**r, "duplicate": False}}
+                 for r, c in zip(page.records, page.cursors, strict=True)]
+        return {"edges": edges, "pageInfo": {"hasNextPage": page.has_next_page,
+                                             "endCursor": page.cursors[-1] if edges else None}}
 
     @mutation.field("whatsAppRequestPairingCode")
     def resolve_pairing_code(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
@@ -83,6 +128,19 @@ def build_schema() -> GraphQLSchema:
         accepted: Accepted = _ask(info, send, _send_wait(config))
         return accepted.state == "SENT"
 
+    message = ObjectType("WhatsAppMessage")
+    message.set_field("phoneNumber", lambda r, _: r["phone"])
+    message.set_field("acceptedAt", lambda r, _: iso_time(r["accepted_at"]))
+    message.set_field("updatedAt", lambda r, _: iso_time(r["updated_at"]))
+    message.set_field("whatsAppMessageId", lambda r, _: r["wa_message_id"])
+    message.set_field("reason", lambda r, _: r["reason"] or None)
+    message.set_field("error", lambda r, _: r["error"] or None)
+    message.set_field("validUntil", lambda r, _: iso_time(r["valid_until"]))
+    message.set_field("idempotencyKey", lambda r, _: r["idempotency_key"])
+    message.set_field("history", lambda r, _: [
+        {"state": state, "at": iso_time(at), "reason": reason or None}
+        for state, at, reason in r["history"]])
+
     status.set_field("connected", lambda s, _: s.connected)
     status.set_field("qrCode", lambda s, _: qr_png_base64(s.qr_code) if s.qr_code else None)
     status.set_field("qrCodeSvg",
@@ -98,7 +156,27 @@ def build_schema() -> GraphQLSchema:
     status.set_field("connectedSince", lambda s, _: iso_time(s.connected_since))
     status.set_field("bridgeState", lambda s, _: BRIDGE_STATES[s.state])
     status.set_field("bannedUntil", lambda s, _: iso_time(s.banned_until))
-    return make_executable_schema(type_defs, query, mutation, status)
+    return make_executable_schema(type_defs, query, mutation, status, message)
+
+
+def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
+          idempotency_key: str | None, valid_for: int | None) -> Accepted:
+    """Validate, then hand the message to the actors; returns once it is on disk."""
+    config = _config(info)
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_KEY_LENGTH:
+        raise GatewayError("INVALID_MESSAGE", f"idempotencyKey must be 1 to {MAX_KEY_LENGTH} "
+                           "characters", field="idempotencyKey")
+    send = SendText(
+        session=validate_session_name(session),
+        phone=normalize_phone_number(phone),
+        text=validate_message(text, config.messages.max_length),
+        request_id=_request_id(info),
+        idempotency_key=idempotency_key,
+        valid_for=float(valid_for) if valid_for is not None else None,
+    )
+    accepted: Accepted = _ask(info, send, _send_wait(config))
+    info.context["message_id"] = accepted.message_id
+    return accepted
 
 
 def iso_time(timestamp: float | None) -> str | None:

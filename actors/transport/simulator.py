@@ -94,9 +94,10 @@ def _drops_key(session: str | None) -> tuple[str, str | None]:
     return ("drops", session)
 
 
-def _fail_key(session: str | None) -> tuple[str, str | None]:
-    """How many of the next sends of a session (or of any) must be rejected."""
-    return ("fail", session)
+def _fail_key(session: str | None, transient: bool = False) -> tuple[str, str | None]:
+    """How many of the next sends of a session (or of any) must be rejected
+    (for good, or with a transient server error worth retrying)."""
+    return ("fail-transient" if transient else "fail", session)
 
 
 _OUTAGES_KEY = ("outages",)  # {session | None: unix time the outage ends}
@@ -172,14 +173,15 @@ class SimulatorServer:
             self._cache.delete(_device_key(session))
             self._cache.set(_unlinked_key(device["device_id"]), time.time())
 
-    def fail_next(self, n: int, session: str | None = None) -> None:
-        """Reject the next ``n`` sends of ``session`` (of any session when None).
+    def fail_next(self, n: int, session: str | None = None, transient: bool = False) -> None:
+        """Reject the next ``n`` sends of ``session`` (of any session when None); with
+        ``transient`` the server answers a temporary error that is worth retrying.
 
         Replaces any earlier count for the same scope; ``n = 0`` cancels it.
         """
         if n < 0:
             raise SimulatorError(f"fail_next needs a count of 0 or more (got {n})")
-        self._cache.set(_fail_key(session), n, retry=True)
+        self._cache.set(_fail_key(session, transient), n, retry=True)
 
     def inbox(self) -> list[dict[str, Any]]:
         """Every message that reached a recipient, oldest first."""
@@ -295,16 +297,22 @@ class SimulatorServer:
             if device is not None and device["device_id"] == device_id:
                 self._cache.delete(_device_key(session))
 
-    def _take_failure(self, session: str) -> bool:
+    def _take_failure(self, session: str) -> SendError | None:
         """Consume one injected failure for ``session`` if any applies (atomically, so
         two concurrent senders never both consume the same one)."""
         with self._cache.transact(retry=True):
-            for key in (_fail_key(session), _fail_key(None)):
-                left = self._cache.get(key, 0)
-                if left > 0:
-                    self._cache.set(key, left - 1)
-                    return True
-        return False
+            for transient in (False, True):
+                for key in (_fail_key(session, transient), _fail_key(None, transient)):
+                    left = self._cache.get(key, 0)
+                    if left > 0:
+                        self._cache.set(key, left - 1)
+                        if transient:
+                            return SendError("SERVER_ERROR", "the simulated server had a "
+                                             "temporary error (injected with fail_next "
+                                             "--transient)", permanent=False)
+                        return SendError("REJECTED", "the simulated server rejected the "
+                                         "message (injected with fail_next)", permanent=True)
+        return None
 
     def _deliver(self, session: str, sender: str, recipient: str, text: str) -> SentMessage:
         """Hand a message to its recipient: append it to the inbox with a fresh id."""
@@ -422,9 +430,9 @@ class SimulatorTransport(Transport):
         if (self._server._device_problem(self._session, link.device_id) is not None
                 or self._server._dropped(self._session, link.marks)):
             raise SendError("NOT_CONNECTED", "the connection was lost", permanent=False)
-        if self._server._take_failure(self._session):
-            raise SendError("REJECTED", "the simulated server rejected the message "
-                            "(injected with fail_next)", permanent=True)
+        failure = self._server._take_failure(self._session)
+        if failure is not None:
+            raise failure
         return self._server._deliver(self._session, link.phone, phone, text)
 
     def request_pairing_code(self, phone: str) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import pytest
+
 from actors.limiter import Limits
-from actors.messages import SendText
-from actors.outbox import MessageStore
+from actors.message_store import MessageStore, NewMessage, cursor_of
 from gateway.config import LimitsConfig
 
 
@@ -36,20 +38,80 @@ def test_a_rejected_send_uses_no_quota(tmp_path: Path) -> None:
     limits.close()
 
 
-def _send(text: str, session: str = "default") -> SendText:
-    return SendText(session=session, phone="14155552671", text=text, request_id="r")
+def _new(text: str, session: str = "default", key: str | None = None,
+         valid_until: float | None = None) -> NewMessage:
+    return NewMessage(session=session, phone="14155552671", text=text, idempotency_key=key,
+                      valid_until=valid_until)
 
 
-def test_message_store_recovers_pending_records_in_order(tmp_path: Path) -> None:
-    store = MessageStore(str(tmp_path), retention_seconds=3600)
-    a = store.add(_send("a"), 1.0)
-    b = store.add(_send("b"), 2.0)
-    c = store.add(_send("c", "other"), 3.0)
-    store.update(b, 4.0, state="SENDING", attempts=1)
-    store.update(c, 5.0, state="SENT", wa_message_id="3EB0AA")
+def test_message_store_queue_order_recovery_and_receipt_lookup(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path)
+    a = store.add(_new("a"), 1.0)
+    b = store.add(_new("b"), 2.0)
+    c = store.add(_new("c", "other"), 3.0)
+    store.transition(b["id"], "SENDING", 4.0)
+    store.transition(c["id"], "SENT", 5.0, wa_message_id="3EB0AA")
     store.close()
-    reopened = MessageStore(str(tmp_path), retention_seconds=3600)
-    assert [r["id"] for r in reopened.pending()] == [a["id"], b["id"]]
+    reopened = MessageStore(tmp_path)  # as after a crash
+    assert [r["id"] for r in reopened.next_queued("default", 10.0, 10)] == [a["id"]]
+    assert [r["id"] for r in reopened.in_state("SENDING")] == [b["id"]]
     assert reopened.by_wa_id("3EB0AA")["id"] == c["id"]
-    assert reopened.get(c["id"])["state"] == "SENT"
+    assert [s for s, _, _ in reopened.get(c["id"])["history"]] == ["QUEUED", "SENT"]
+    assert reopened.pending_counts() == {"default": 2}
     reopened.close()
+
+
+def test_retries_wait_for_their_time(tmp_path: Path) -> None:
+    """Order is due time, then acceptance: the index serves it without sorting a backlog."""
+    store = MessageStore(tmp_path)
+    a = store.add(_new("a"), 1.0)
+    b = store.add(_new("b"), 2.0)
+    store.transition(a["id"], "QUEUED", 3.0, "REJECTED", next_attempt_at=100.0)
+    assert [r["id"] for r in store.next_queued("default", 50.0, 10)] == [b["id"]]
+    assert [r["id"] for r in store.next_queued("default", 100.0, 10)] == [b["id"], a["id"]]
+    store.close()
+
+
+def test_idempotency_keys_are_unique_per_session(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path)
+    first = store.add(_new("a", key="k1"), 1.0)
+    store.add(_new("a", session="other", key="k1"), 1.0)
+    assert store.by_idempotency_key("default", "k1")["id"] == first["id"]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.add(_new("again", key="k1"), 2.0)
+    store.close()
+
+
+def test_expiry_and_pruning(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path)
+    old = store.add(_new("old", valid_until=10.0), 1.0)
+    fresh = store.add(_new("fresh", valid_until=1000.0), 1.0)
+    assert store.expire_due(20.0) == [old["id"]]
+    assert store.get(old["id"])["state"] == "EXPIRED"
+    assert store.get(fresh["id"])["state"] == "QUEUED"
+    assert store.prune(older_than=30.0) == 1  # the finished one only
+    assert store.get(old["id"]) is None and store.get(fresh["id"]) is not None
+    store.close()
+
+
+def test_paging_newest_first_with_filters(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path)
+    ids = [store.add(_new(f"m{i}", session="s" if i % 2 else "default"), float(i))["id"]
+           for i in range(7)]
+    page, more = store.page(first=3)
+    assert [r["id"] for r in page] == ids[::-1][:3] and more
+    page2, more2 = store.page(first=3, after=cursor_of(page[-1]))
+    assert [r["id"] for r in page2] == ids[::-1][3:6] and more2
+    only_s, _ = store.page(session="s", first=10)
+    assert [r["id"] for r in only_s] == [ids[5], ids[3], ids[1]]
+    with pytest.raises(ValueError):
+        store.page(after="not-a-cursor")
+    store.close()
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path / "outbox")
+    store.add(_new("a"), 1.0)
+    assert (tmp_path / "outbox").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "outbox" / "messages.sqlite3").stat().st_mode & 0o777 == 0o600
+    store.close()

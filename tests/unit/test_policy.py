@@ -100,3 +100,18 @@ def test_reconnect_policy_is_frozen() -> None:
     policy = ReconnectPolicy(attempts=2, delay=1.0)
     with pytest.raises(AttributeError):
         policy.attempts = 3  # type: ignore[misc]
+
+
+def test_retry_delay_doubles_up_to_the_cap_with_equal_jitter() -> None:
+    from actors.policy import retry_delay
+
+    assert [retry_delay(n, 2.0, 300.0, 0.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert [retry_delay(n, 2.0, 300.0, 0.999999) for n in (1, 2)] == pytest.approx([2.0, 4.0])
+    assert retry_delay(20, 2.0, 300.0, 0.5) == 225.0  # capped at 300: 150 + 75
+
+
+def test_retry_delay_rejects_attempt_zero() -> None:
+    from actors.policy import retry_delay
+
+    with pytest.raises(ValueError):
+        retry_delay(0, 2.0, 300.0, 0.5)

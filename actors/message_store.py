@@ -1,0 +1,229 @@
+"""Message records and per-session queues in one SQLite database (``data_dir/outbox``).
+
+Why SQLite and not diskcache here: the outbox must page through records by session,
+state and recipient, find a session's next queued messages, and keep a 100 000
+message backlog on disk rather than in memory. Those are indexed queries, which a
+key-value cache does not offer. SQLite in WAL mode with ``synchronous=NORMAL``
+survives a SIGKILL of any process without losing a committed record; ``FULL`` (a
+config key) also survives a power cut, at the cost of one fsync per change.
+
+The store is plain code (no actors), used by one writer: the outbox actor.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PENDING = ("QUEUED", "SENDING")
+FINISHED = ("SENT", "DELIVERED", "READ", "FAILED", "EXPIRED")
+STATES = PENDING + FINISHED
+RECEIPT_RANK = {"SENT": 0, "DELIVERED": 1, "READ": 2}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,             -- time-ordered: sorting by id is acceptance order
+    session TEXT NOT NULL,
+    phone TEXT NOT NULL,
+    text TEXT,                       -- NULL once redacted (text_hash stays)
+    text_hash TEXT NOT NULL,
+    state TEXT NOT NULL,
+    accepted_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    valid_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    wa_message_id TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    request_id TEXT NOT NULL DEFAULT '',
+    requester TEXT NOT NULL DEFAULT '',
+    idempotency_key TEXT,
+    is_test INTEGER NOT NULL DEFAULT 0,
+    uncertain INTEGER NOT NULL DEFAULT 0,
+    history TEXT NOT NULL            -- JSON list of [state, unix time, reason]
+);
+CREATE INDEX IF NOT EXISTS queue ON messages (session, state, next_attempt_at, id);
+CREATE INDEX IF NOT EXISTS by_state ON messages (state, id);
+CREATE INDEX IF NOT EXISTS by_phone ON messages (phone, id);
+CREATE INDEX IF NOT EXISTS by_wa_id ON messages (wa_message_id) WHERE wa_message_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS by_key ON messages (session, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS by_validity ON messages (valid_until) WHERE state = 'QUEUED';
+CREATE INDEX IF NOT EXISTS by_update ON messages (updated_at);
+"""
+
+
+def new_message_id(now: float) -> str:
+    """Time-ordered and unguessable: 12 hex digits of milliseconds, 10 random."""
+    return f"{int(now * 1000):012x}{secrets.token_hex(5)}"
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    session: str
+    phone: str
+    text: str
+    request_id: str = ""
+    requester: str = ""
+    idempotency_key: str | None = None
+    valid_until: float | None = None
+    is_test: bool = False
+
+
+class MessageStore:
+    def __init__(self, directory: Path, synchronous: str = "NORMAL") -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = directory / "messages.sqlite3"
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(_SCHEMA)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{path}{suffix}"):
+                os.chmod(f"{path}{suffix}", 0o600)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def add(self, message: NewMessage, now: float) -> dict[str, Any]:
+        record_id = new_message_id(now)
+        self.db.execute(
+            "INSERT INTO messages (id, session, phone, text, text_hash, state, accepted_at, "
+            "updated_at, valid_until, request_id, requester, idempotency_key, is_test, history) "
+            "VALUES (?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record_id, message.session, message.phone, message.text, text_hash(message.text),
+             now, now, message.valid_until, message.request_id, message.requester,
+             message.idempotency_key, int(message.is_test),
+             json.dumps([["QUEUED", now, ""]])))
+        record = self.get(record_id)
+        assert record is not None
+        return record
+
+    def transition(self, record_id: str, state: str, now: float, reason: str = "",
+                   **fields: Any) -> dict[str, Any] | None:
+        """Move a record to ``state`` (appending to its history) and set ``fields``."""
+        assert state in STATES, state
+        row = self.db.execute("SELECT history FROM messages WHERE id = ?", (record_id,)).fetchone()
+        if row is None:
+            return None
+        history = json.loads(row["history"])
+        if not history or history[-1][0] != state:
+            history.append([state, now, reason])
+        columns = {"state": state, "updated_at": now, "history": json.dumps(history), **fields}
+        if reason:
+            columns.setdefault("reason", reason)
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        self.db.execute(f"UPDATE messages SET {assignments} WHERE id = ?",
+                        (*columns.values(), record_id))
+        return self.get(record_id)
+
+    def redact(self, record_id: str) -> None:
+        self.db.execute("UPDATE messages SET text = NULL WHERE id = ?", (record_id,))
+
+    def expire_due(self, now: float) -> list[str]:
+        """QUEUED messages whose validity passed become EXPIRED (nothing is sent)."""
+        ids = [r["id"] for r in self.db.execute(
+            "SELECT id FROM messages WHERE state = 'QUEUED' AND valid_until IS NOT NULL "
+            "AND valid_until < ?", (now,))]
+        for record_id in ids:
+            self.transition(record_id, "EXPIRED", now, reason="VALIDITY_PASSED")
+        return ids
+
+    def prune(self, older_than: float) -> int:
+        placeholders = ", ".join("?" for _ in FINISHED)
+        cursor = self.db.execute(
+            f"DELETE FROM messages WHERE updated_at < ? AND state IN ({placeholders})",
+            (older_than, *FINISHED))
+        return cursor.rowcount
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM messages WHERE id = ?", (record_id,)).fetchone()
+        return _record(row)
+
+    def by_idempotency_key(self, session: str, key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM messages WHERE session = ? AND idempotency_key = ?",
+                              (session, key)).fetchone()
+        return _record(row)
+
+    def by_wa_id(self, wa_message_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM messages WHERE wa_message_id = ?",
+                              (wa_message_id,)).fetchone()
+        return _record(row)
+
+    def next_queued(self, session: str, now: float, limit: int) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT * FROM messages WHERE session = ? AND state = 'QUEUED' "
+            "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
+            (session, now, limit))
+        return [r for r in map(_record, rows) if r is not None]
+
+    def in_state(self, state: str) -> list[dict[str, Any]]:
+        """For start-up recovery (SENDING is bounded by the in-flight limit)."""
+        rows = self.db.execute("SELECT * FROM messages WHERE state = ? ORDER BY id", (state,))
+        return [r for r in map(_record, rows) if r is not None]
+
+    def pending_counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT session, COUNT(*) AS n FROM messages "
+                               "WHERE state IN ('QUEUED', 'SENDING') GROUP BY session")
+        return {r["session"]: r["n"] for r in rows}
+
+    def page(self, *, session: str | None = None, state: str | None = None,
+             phone: str | None = None, first: int = 20, after: str | None = None
+             ) -> tuple[list[dict[str, Any]], bool]:
+        """Newest first; ``after`` is an opaque cursor from ``cursor_of``."""
+        where, args = [], []
+        for column, value in (("session", session), ("state", state), ("phone", phone)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if after:
+            where.append("id < ?")
+            args.append(decode_cursor(after))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.db.execute(f"SELECT * FROM messages {clause} ORDER BY id DESC LIMIT ?",
+                               (*args, first + 1)).fetchall()
+        records = [r for r in map(_record, rows[:first]) if r is not None]
+        return records, len(rows) > first
+
+
+def cursor_of(record: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(f"m:{record['id']}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """Raises ValueError for a cursor this store did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"invalid cursor {cursor!r}") from None
+    if not raw.startswith("m:"):
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return raw[2:]
+
+
+def _record(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    record = dict(row)
+    record["history"] = json.loads(record["history"])
+    record["is_test"] = bool(record["is_test"])
+    record["uncertain"] = bool(record["uncertain"])
+    return record
