@@ -133,6 +133,10 @@ class MessageStore:
                         (*columns.values(), record_id))
         return self.get(record_id)
 
+    def forget_key(self, record_id: str) -> None:
+        """An idempotency key older than its window may be used again."""
+        self.db.execute("UPDATE messages SET idempotency_key = NULL WHERE id = ?", (record_id,))
+
     def redact(self, record_id: str) -> None:
         self.db.execute("UPDATE messages SET text = NULL WHERE id = ?", (record_id,))
 

@@ -107,6 +107,13 @@ class GetStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class GetRoutes:
+    """Answered with Ok({"outbox": address}): the web tier sends messages there directly."""
+
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class GetHealth:
     """Answered (by the outbox, at the end of a chain) with Ok(HealthReport)."""
 
@@ -291,37 +298,11 @@ class StartWorker:
 
 @dataclass(frozen=True, slots=True)
 class Offer:
-    """Supervisor -> outbox: a send to check (idempotency key, queue depth) first."""
+    """Supervisor -> outbox: a SendText that arrived at the supervisor (the web tier
+    normally sends SendText to the outbox directly)."""
 
     send: SendText
     reply_to: Any
-    limiter: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Admit:
-    """Outbox -> limiter: charge the windows for this send, then hand it back."""
-
-    send: SendText
-    reply_to: Any
-    outbox: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Enqueue:
-    """Limiter -> outbox: admitted; persist, then deliver (now or when the session is back)."""
-
-    send: SendText
-    reply_to: Any
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """Limiter -> outbox: refused; the outbox answers the caller (and same-key waiters)."""
-
-    send: SendText
-    reply_to: Any
-    failure: Failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +311,6 @@ class CollectHealth:
 
     reply_to: Any
     report: HealthReport
-    outbox: Any = None
     request_id: str = ""
 
 

@@ -6,8 +6,9 @@ callers waiting for an ack, and one counter per session. It knows from the
 supervisor which sessions can send right now and hands them a bounded number of
 messages at a time.
 
-A send travels: supervisor -> ``Offer`` here (idempotency key, queue depth) ->
-limiter -> ``Enqueue`` (or ``Rejected``) here -> session -> ``DeliveryResult`` here.
+A send travels: web tier -> ``SendText`` here (session state, idempotency key, queue
+depth, rate limits, write: one handler, so two requests with one key can never both
+pass) -> ``Deliver`` to the session -> ``DeliveryResult`` here -> answer.
 
 Crash policy (DESIGN §4, ``delivery.on_uncertain``): a message found in SENDING after
 this process restarts, or in flight in a session process that died, may or may not
@@ -27,6 +28,7 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
+from actors.limiter import Limits, rate_limited
 from actors.message_store import (
     PENDING,
     RECEIPT_RANK,
@@ -36,19 +38,16 @@ from actors.message_store import (
 )
 from actors.messages import (
     Accepted,
-    Admit,
     CollectHealth,
     Deliver,
     DeliveryReceipt,
     DeliveryResult,
-    Enqueue,
     Failed,
     GetMessage,
     ListMessages,
     MessagePage,
     Offer,
     Ok,
-    Rejected,
     Routed,
     SendText,
     SessionLink,
@@ -56,6 +55,7 @@ from actors.messages import (
     StartWorker,
 )
 from actors.policy import retry_delay
+from actors.session_machine import refuse_send
 from gateway.config import Config
 from gateway.observability import setup_logging
 
@@ -93,7 +93,7 @@ class OutboxActor(ActorTypeDispatcher):
         self.busy: dict[str, int] = {}  # session -> messages in flight
         self.depth: dict[str, int] = {}  # session -> QUEUED + SENDING
         self.waiters: dict[str, _Waiter] = {}  # message id -> caller waiting for the ack
-        self.reserved: dict[tuple[str, str], list[_Waiter]] = {}  # keys being admitted
+        self.limits: Limits | None = None
         self.paused_until: dict[str, float] = {}
         self.uncertain_total = 0
         self.last_prune = 0.0
@@ -107,6 +107,9 @@ class OutboxActor(ActorTypeDispatcher):
         self.config = msg.config
         self.store = MessageStore(msg.config.data_path / "outbox",
                                   msg.config.delivery.synchronous)
+        limits_dir = msg.config.data_path / "limits"
+        limits_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.limits = Limits(str(limits_dir), msg.config.limits)
         now = time.time()
         for record in self.store.in_state("SENDING"):
             self._uncertain(record, now, "the outbox restarted while it was being sent")
@@ -117,59 +120,55 @@ class OutboxActor(ActorTypeDispatcher):
 
     # ---- accepting ----------------------------------------------------------------------
 
+    def receiveMsg_SendText(self, msg: SendText, sender: Any) -> None:
+        self._accept(msg, sender)
+
     def receiveMsg_Offer(self, msg: Offer, sender: Any) -> None:
-        assert self.store is not None and self.config is not None
-        send = msg.send
-        waiter = _Waiter(msg.reply_to, send.request_id)
+        self._accept(msg.send, msg.reply_to)
+
+    def _accept(self, send: SendText, reply_to: Any) -> None:
+        """Every check, then the write, then the answer (or the wait for the ack)."""
+        assert self.store is not None and self.config is not None and self.limits is not None
+        now = time.time()
+        link = self.links.get(send.session)
+        refusal = refuse_send(send.session, link.state if link else SessionState.NEW,
+                              link.paired if link else False, send.require_connected,
+                              send.request_id)
+        if refusal is not None:
+            self.send(reply_to, refusal)
+            return
         if send.idempotency_key is not None:
-            key = (send.session, send.idempotency_key)
-            if key in self.reserved:  # the same key is on its way through the limiter
-                self.reserved[key].append(waiter)
+            earlier = self.store.by_idempotency_key(send.session, send.idempotency_key)
+            if earlier is not None and self._key_fresh(earlier):
+                self.send(reply_to, _accepted(earlier, send.request_id, duplicate=True))
                 return
-            record = self.store.by_idempotency_key(*key)
-            if record is not None and self._key_fresh(record):
-                self.send(msg.reply_to, _accepted(record, send.request_id, duplicate=True))
-                return
-            self.reserved[key] = []
+            if earlier is not None:  # an old key: free it for the new message
+                self.store.forget_key(earlier["id"])
         limit = self.config.delivery.max_queue_per_session
         if self.depth.get(send.session, 0) >= limit:
-            self._refuse(send, msg.reply_to, Failed(
+            self.send(reply_to, Failed(
                 "RATE_LIMITED", f"session '{send.session}' already has {limit} messages "
                 "waiting; retry later or raise delivery.max_queue_per_session",
                 {"reason": "QUEUE_FULL", "retryAfterSeconds": QUEUE_FULL_RETRY_SECONDS,
                  "scope": "queue"}, request_id=send.request_id))
             return
-        self.send(msg.limiter, Admit(send, msg.reply_to, self.myAddress))
-
-    def receiveMsg_Rejected(self, msg: Rejected, sender: Any) -> None:
-        self._refuse(msg.send, msg.reply_to, msg.failure)
-
-    def receiveMsg_Enqueue(self, msg: Enqueue, sender: Any) -> None:
-        assert self.store is not None and self.config is not None
-        send, now = msg.send, time.time()
+        allowed, retry_after, scope = self.limits.check(send.phone, now)
+        if not allowed:
+            log.info("send rate limited", scope=scope, session=send.session)
+            self.send(reply_to, rate_limited(retry_after, scope, send.request_id))
+            return
         valid_until = now + send.valid_for if send.valid_for is not None else None
         record = self.store.add(NewMessage(
             session=send.session, phone=send.phone, text=send.text, request_id=send.request_id,
             requester=send.requester, idempotency_key=send.idempotency_key,
             valid_until=valid_until, is_test=send.require_connected), now)
         self.depth[send.session] = self.depth.get(send.session, 0) + 1
-        others = (self.reserved.pop((send.session, send.idempotency_key), [])
-                  if send.idempotency_key is not None else [])
-        for other in others:  # concurrent requests with the same key: one message
-            self.send(other.reply_to, _accepted(record, other.request_id, duplicate=True))
-        if send.require_connected and not self._can_send(send.session):
-            record = self._finish(record, "FAILED", now, "NOT_CONNECTED")
-            self.send(msg.reply_to, Failed("NOT_CONNECTED", f"session '{send.session}' is not "
-                                           "connected; test messages are not queued",
-                                           {"session": send.session, "messageId": record["id"]},
-                                           request_id=send.request_id))
-            return
         if send.wait_for_ack and self._can_send(send.session):
-            self.waiters[record["id"]] = _Waiter(msg.reply_to, send.request_id)
+            self.waiters[record["id"]] = _Waiter(reply_to, send.request_id)
             self.wakeupAfter(timedelta(seconds=self.config.messages.send_timeout_seconds),
                              payload=_AckTimeout(record["id"]))
         else:
-            self.send(msg.reply_to, _accepted(record, send.request_id))
+            self.send(reply_to, _accepted(record, send.request_id))
         self._dispatch(send.session)
 
     # ---- delivering -------------------------------------------------------------------------
@@ -262,14 +261,17 @@ class OutboxActor(ActorTypeDispatcher):
 
     def receiveMsg_CollectHealth(self, msg: CollectHealth, sender: Any) -> None:
         by_session = {s: n for s, n in self.depth.items() if n}
-        report = replace(msg.report, queue_depth=sum(by_session.values()),
+        usage = self.limits.usage(time.time()) if self.limits is not None else {}
+        report = replace(msg.report, queue_depth=sum(by_session.values()), limiter=usage,
                          queue_by_session=by_session, uncertain_total=self.uncertain_total,
-                         worker_pids={**msg.report.worker_pids, "outbox": os.getpid()})
+                         worker_pids={"outbox": os.getpid()})
         self.send(msg.reply_to, Ok(report, request_id=msg.request_id))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.store is not None:
             self.store.close()
+        if self.limits is not None:
+            self.limits.close()
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -337,14 +339,6 @@ class OutboxActor(ActorTypeDispatcher):
         if not self.config.delivery.keep_text:
             self.store.redact(record["id"])
         return updated
-
-    def _refuse(self, send: SendText, reply_to: Any, failure: Failed) -> None:
-        """Nothing stored: the caller, and same-key requests waiting on it, hear why."""
-        waiting = (self.reserved.pop((send.session, send.idempotency_key), [])
-                   if send.idempotency_key is not None else [])
-        self.send(reply_to, failure)
-        for other in waiting:
-            self.send(other.reply_to, replace(failure, request_id=other.request_id))
 
     def _key_fresh(self, record: dict[str, Any]) -> bool:
         assert self.config is not None

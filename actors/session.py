@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -49,6 +50,20 @@ from gateway.observability import setup_logging
 log = structlog.get_logger("wagate.session")
 
 SEND_WORKERS = 4  # concurrent sends per session; the transport serialises what it must
+LOGOUT_GRACE_SECONDS = 15.0
+
+
+def _logout_and_close(client: Transport) -> None:
+    """Worker thread: unlink the device, then release the client."""
+    try:
+        client.logout()
+    except Exception as exc:
+        log.warning("logout failed; credentials removed locally", error=repr(exc))
+    finally:
+        try:
+            client.close()
+        except Exception as exc:
+            log.warning("closing the client after logout failed", error=repr(exc))
 
 
 class EngineUnavailable(Exception):
@@ -87,6 +102,7 @@ class SessionActor(BridgedActor):
         self.generation = 0
         self.executor: ThreadPoolExecutor | None = None
         self.outbox: Any = None
+        self.logouts: list[Future[None]] = []  # an exit waits for these (bounded)
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -106,7 +122,9 @@ class SessionActor(BridgedActor):
             self._run(self.machine.connect(time.time(), self._paired()))
 
     def receiveMsg_SessionCommand(self, msg: SessionCommand, sender: Any) -> None:
-        if self.machine is None or self.transport is None:
+        # No client between reconnect attempts (transport is None) is fine: every
+        # action makes or skips one as needed, and a disconnect must work right then.
+        if self.machine is None:
             return
         now = time.time()
         if msg.action == "connect":
@@ -127,6 +145,9 @@ class SessionActor(BridgedActor):
                 self.transport.close()
             except Exception:
                 log.exception("closing the transport failed")
+        # A logout in progress must finish (or the phone keeps the device linked), but
+        # the exit must not hang on a dead network either.
+        futures.wait(self.logouts, timeout=LOGOUT_GRACE_SECONDS)
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
         if self.bridge is not None:
@@ -266,10 +287,13 @@ class SessionActor(BridgedActor):
                 self.wakeupAfter(timedelta(seconds=delay),
                                  payload=_Timer("connect-timeout", self.generation))
             case LogoutClient():
-                try:
-                    self._client().logout()
-                except Exception as exc:
-                    log.warning("logout failed; credentials removed locally", error=repr(exc))
+                # The live client unlinks (a server round trip), then closes: on a worker
+                # thread. Its late events are ignored from now on (new generation).
+                client = self._client()
+                self.transport = None
+                self.generation += 1
+                assert self.executor is not None
+                self.logouts.append(self.executor.submit(_logout_and_close, client))
 
     def _report(self) -> None:
         if self.machine is not None and self.parent is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from actors.messages import ErrorInfo, SessionState, SessionStatus
+from actors.messages import ErrorInfo, Failed, SessionState, SessionStatus
 from actors.policy import ReconnectPolicy
 from actors.transport.base import (
     ClientOutdated,
@@ -73,7 +73,9 @@ class ArmWatchdog:
 
 @dataclass(frozen=True, slots=True)
 class LogoutClient:
-    """Unlink the device and delete the stored credentials."""
+    """Unlink the device with the current (live) client, delete the stored credentials,
+    then close that client: unlinking needs the connection, so it must not be closed
+    first."""
 
 
 Action = (StartClient | StopClient | ScheduleReconnect | ArmConnectTimeout | ArmWatchdog
@@ -109,7 +111,7 @@ class SessionMachine:
         self.attempt = 0
         self._set(now, state=SessionState.LOGGED_OUT, paired=False, phone=None, qr_code=None,
                   qr_expires_at=None, connected_since=None, reconnect_attempt=0)
-        return [StopClient(), LogoutClient()]
+        return [LogoutClient()]  # with the live client: it unlinks, then is closed
 
     def engine_failed(self, now: float, message: str) -> list[Action]:
         """The transport could not even be created (engine missing or misconfigured):
@@ -235,3 +237,35 @@ class SessionMachine:
 
     def _set(self, now: float, **changes: object) -> None:
         self.status = dataclasses.replace(self.status, updated_at=now, **changes)
+
+
+# Sends to a paired session in these states wait in the outbox instead of failing.
+QUEUEING_STATES = frozenset({SessionState.CONNECTED, SessionState.CONNECTING,
+                             SessionState.RECONNECTING})
+
+
+def refuse_send(session: str, state: SessionState, paired: bool, require_connected: bool,
+                request_id: str = "") -> Failed | None:
+    """Why a send to this session cannot be accepted now, or None when it can (sent at
+    once when connected, queued while a paired session is (re)connecting)."""
+    if state is SessionState.CONNECTED:
+        return None
+    if not require_connected and paired and state in QUEUEING_STATES:
+        return None
+    details = {"state": state.value, "session": session}
+    if state is SessionState.QR_EXPIRED:
+        return Failed("QR_EXPIRED", f"session '{session}' is not linked: its pairing window "
+                      "closed before a phone scanned the code; call whatsAppConnect for a new "
+                      "code", details, request_id=request_id)
+    if state is SessionState.NEW and not paired:
+        hint = "it has never been linked; call whatsAppConnect and scan the QR code"
+    elif state in (SessionState.QR_PENDING, SessionState.CONNECTING) and not paired:
+        hint = "it is waiting for a phone to scan the QR code"
+    elif state is SessionState.LOGGED_OUT:
+        hint = "its device was unlinked; call whatsAppConnect and scan a new QR code"
+    elif state in (SessionState.RECONNECTING, SessionState.CONNECTING):
+        hint = "it is reconnecting; test messages are only sent on a live connection"
+    else:
+        hint = "call whatsAppConnect to start it"
+    return Failed("NOT_CONNECTED", f"session '{session}' is not connected: {hint}", details,
+                  request_id=request_id)

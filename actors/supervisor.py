@@ -27,7 +27,6 @@ from thespian.actors import (
     WakeupMessage,
 )
 
-from actors.limiter import LimiterActor
 from actors.messages import (
     CollectHealth,
     Connect,
@@ -36,6 +35,7 @@ from actors.messages import (
     Failed,
     GetHealth,
     GetMessage,
+    GetRoutes,
     GetStatus,
     HealthReport,
     ListMessages,
@@ -67,10 +67,7 @@ from gateway.observability import setup_logging
 
 log = structlog.get_logger("wagate.supervisor")
 
-# Sends to a paired session in these states wait in the outbox instead of failing.
-QUEUEING_STATES = frozenset({SessionState.CONNECTED, SessionState.CONNECTING,
-                             SessionState.RECONNECTING})
-WORKERS = ("limiter", "outbox")
+WORKERS = ("outbox",)
 
 
 @dataclass
@@ -113,7 +110,7 @@ class SupervisorActor(ActorTypeDispatcher):
         state_dir = msg.config.data_path / "state"
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registry = diskcache.Cache(str(state_dir))
-        for kind, cls in (("limiter", LimiterActor), ("outbox", OutboxActor)):
+        for kind, cls in (("outbox", OutboxActor),):
             self.children[kind] = Child(cls, budget=self._budget())
             self._spawn(kind)
         for session, entry in sorted(self._remembered().items()):
@@ -160,11 +157,19 @@ class SupervisorActor(ActorTypeDispatcher):
 
     def receiveMsg_GetHealth(self, msg: GetHealth, sender: Any) -> None:
         report = HealthReport(sessions=tuple(self.statuses[s] for s in sorted(self.statuses)))
-        limiter, outbox = self.children["limiter"].address, self.children["outbox"].address
-        if limiter is None or outbox is None:
+        outbox = self.children["outbox"].address
+        if outbox is None:
             self.send(sender, Ok(report, request_id=msg.request_id))
             return
-        self.send(limiter, CollectHealth(sender, report, outbox, msg.request_id))
+        self.send(outbox, CollectHealth(sender, report, msg.request_id))
+
+    def receiveMsg_GetRoutes(self, msg: GetRoutes, sender: Any) -> None:
+        outbox = self.children["outbox"].address if "outbox" in self.children else None
+        if outbox is None:
+            self.send(sender, Failed("UNAVAILABLE", "the message store is restarting; retry "
+                                     "in a few seconds", request_id=msg.request_id))
+        else:
+            self.send(sender, Ok({"outbox": outbox}, request_id=msg.request_id))
 
     # ---- commands ------------------------------------------------------------------------
 
@@ -216,17 +221,13 @@ class SupervisorActor(ActorTypeDispatcher):
         self.send(child.address, PairingCodeRequest(msg.phone, sender, msg.request_id))
 
     def receiveMsg_SendText(self, msg: SendText, sender: Any) -> None:
-        status = self.statuses.get(msg.session) or SessionStatus(session=msg.session)
-        sendable = status.connected or (
-            not msg.require_connected and status.paired and status.state in QUEUEING_STATES)
-        limiter, outbox = self.children["limiter"].address, self.children["outbox"].address
-        if not sendable:
-            self.send(sender, _not_connected(status, msg.request_id))
-        elif limiter is None or outbox is None:
+        """Sends normally go to the outbox directly (GetRoutes); pass on any that come here."""
+        outbox = self.children["outbox"].address
+        if outbox is None:
             self.send(sender, Failed("UNAVAILABLE", "the message store is restarting; retry "
                                      "in a few seconds", request_id=msg.request_id))
         else:
-            self.send(outbox, Offer(msg, sender, limiter))
+            self.send(outbox, Offer(msg, sender))
 
     def receiveMsg_GetMessage(self, msg: GetMessage, sender: Any) -> None:
         self._route(msg, sender)
@@ -412,23 +413,3 @@ class SupervisorActor(ActorTypeDispatcher):
 
 def _key(session: str) -> str:
     return f"session:{session}"
-
-
-def _not_connected(status: SessionStatus, request_id: str) -> Failed:
-    details = {"state": status.state.value, "session": status.session}
-    if status.state is SessionState.QR_EXPIRED:
-        return Failed("QR_EXPIRED", f"session '{status.session}' is not linked: its pairing "
-                      "window closed before a phone scanned the code; call whatsAppConnect "
-                      "for a new code", details, request_id=request_id)
-    if status.state is SessionState.NEW and not status.paired:
-        hint = "it has never been linked; call whatsAppConnect and scan the QR code"
-    elif status.state in (SessionState.QR_PENDING, SessionState.CONNECTING) and not status.paired:
-        hint = "it is waiting for a phone to scan the QR code"
-    elif status.state is SessionState.LOGGED_OUT:
-        hint = "its device was unlinked; call whatsAppConnect and scan a new QR code"
-    elif status.state in (SessionState.RECONNECTING, SessionState.CONNECTING):
-        hint = "it is reconnecting; test messages are only sent on a live connection"
-    else:
-        hint = "call whatsAppConnect to start it"
-    return Failed("NOT_CONNECTED", f"session '{status.session}' is not connected: {hint}",
-                  details, request_id=request_id)

@@ -1,24 +1,38 @@
 """The web tier's only door into the actor system.
 
-One ``ActorSystem`` handle per web process, made lazily after gunicorn forks, and a
-``private()`` context per request: a handle shared by threads misroutes replies
-(guides/thespian.md §5). The web tier never *starts* an actor system; when none
-answers, every call becomes ``UNAVAILABLE``. A ``None`` reply means timeout or dead.
+One ``ActorSystem`` handle per web process, made lazily after gunicorn forks, and one
+long-lived ``private()`` context per thread: a handle shared by threads misroutes
+replies, and a new context per request costs a socket, a bind and a name lookup
+every time (it was the largest single cost of a request; guides/thespian.md §5).
+A reply to an ask that timed out can still arrive later on the same context, so
+every ask carries a unique request id and replies that do not match are dropped.
+
+The web tier never *starts* an actor system; when none answers, every call becomes
+``UNAVAILABLE``. A ``None`` reply means timeout or dead target.
+
+Sends go straight to the outbox (whose address the supervisor gives out and which
+is cached per process); everything else goes to the supervisor.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import os
 import threading
+import time
 from typing import Any
 
 import structlog
 
-from actors.messages import Failed
+from actors.messages import Failed, GetRoutes
 from actors.system import SUPERVISOR_NAME, join_system
 from gateway.errors import GatewayError
 
 log = structlog.get_logger("wagate.bridge")
+
+# A None reply well before the deadline means "dead target", not "timeout".
+DEAD_TARGET_FRACTION = 0.5
 
 
 class ActorBridge:
@@ -29,30 +43,80 @@ class ActorBridge:
         self._pid: int | None = None
         self._system: Any = None
         self._supervisor: Any = None
+        self._outbox: Any = None
+        self._local = threading.local()
+        self._counter = itertools.count()
 
-    def ask(self, message: Any, timeout: float | None = None) -> Any:
-        """Send ``message`` to the supervisor chain and return ``Ok.value``.
+    def ask(self, message: Any, timeout: float | None = None, to_outbox: bool = False) -> Any:
+        """Send ``message`` and return ``Ok.value``; ``Failed`` becomes ``GatewayError``
+        with the same code and details."""
+        wait = self.timeout if timeout is None else timeout
+        target = self._outbox_address(wait) if to_outbox else self._connect()[1]
+        started = time.monotonic()
+        reply = self._ask(target, message, wait)
+        if reply is None and to_outbox:
+            self._outbox = None  # it may have been restarted at a new address
+            if time.monotonic() - started < wait * DEAD_TARGET_FRACTION:
+                # An early None is Thespian's answer for a dead target: the message was
+                # never delivered, so asking the new outbox cannot send anything twice.
+                reply = self._ask(self._outbox_address(wait), message, wait)
+        if reply is None:
+            raise _unavailable()
+        if isinstance(reply, Failed):
+            raise GatewayError(reply.code, reply.message, **reply.details)
+        return getattr(reply, "value", reply)
 
-        ``Failed`` replies become ``GatewayError`` with the same code and details.
-        """
+    # ---- internals ----------------------------------------------------------------------
+
+    def _ask(self, target: Any, message: Any, wait: float) -> Any:
         from thespian.actors import PoisonMessage
 
-        system, supervisor = self._connect()
-        wait = self.timeout if timeout is None else timeout
+        base = getattr(message, "request_id", "") or "r"
+        request_id = f"{base}.{os.getpid()}.{next(self._counter)}"
+        message = dataclasses.replace(message, request_id=request_id)
+        context = self._context()
+        deadline = time.monotonic() + wait
         try:
-            with system.private() as context:
-                reply = context.ask(supervisor, message, wait)
+            reply = context.ask(target, message, wait)
+            while reply is not None:
+                if isinstance(reply, PoisonMessage):
+                    if getattr(reply.poisonMessage, "request_id", None) == request_id:
+                        raise GatewayError("INTERNAL", "the gateway could not handle this "
+                                           "request")
+                elif getattr(reply, "request_id", None) == request_id:
+                    return reply
+                # A late reply to an earlier ask that timed out on this thread: drop it.
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                reply = context.listen(remaining)
+            return None
+        except GatewayError:
+            raise
         except Exception as exc:  # a broken admin connection is an outage, not a 500
             log.warning("actor system call failed", error=repr(exc))
             self._reset()
             raise _unavailable() from exc
-        if reply is None:
-            raise _unavailable()
-        if isinstance(reply, PoisonMessage):
-            raise GatewayError("INTERNAL", "the gateway could not handle this request")
-        if isinstance(reply, Failed):
-            raise GatewayError(reply.code, reply.message, **reply.details)
-        return getattr(reply, "value", reply)
+
+    def _context(self) -> Any:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid() or local.context is None:
+            system, _ = self._connect()
+            local.manager = system.private()
+            local.context = local.manager.__enter__()
+            local.pid = os.getpid()
+        return local.context
+
+    def _outbox_address(self, wait: float) -> Any:
+        if self._outbox is None or self._pid != os.getpid():
+            _, supervisor = self._connect()
+            routes = self._ask(supervisor, GetRoutes(), wait)
+            if routes is None:
+                raise _unavailable()
+            if isinstance(routes, Failed):
+                raise GatewayError(routes.code, routes.message, **routes.details)
+            self._outbox = routes.value["outbox"]
+        return self._outbox
 
     def _connect(self) -> tuple[Any, Any]:
         if self._pid == os.getpid() and self._system is not None:
@@ -66,11 +130,13 @@ class ActorBridge:
                 except Exception as exc:
                     raise _unavailable() from exc
                 self._system, self._supervisor, self._pid = system, supervisor, os.getpid()
+                self._outbox = None
         return self._system, self._supervisor
 
     def _reset(self) -> None:
         with self._lock:
-            self._system = self._supervisor = self._pid = None
+            self._system = self._supervisor = self._pid = self._outbox = None
+        self._local.context = None
 
 
 def _unavailable() -> GatewayError:

@@ -48,8 +48,10 @@ def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
         formatted["extensions"] = {"code": original.code, **original.extensions}
     elif isinstance(original, ValidationError):
         formatted["extensions"] = {"code": original.code, "field": original.field}
-    elif original is None:
-        # Syntax or validation errors of the query document itself.
+    elif original is None or (isinstance(original, GraphQLError) and not error.path):
+        # Syntax or validation errors of the query document itself, and variables
+        # that do not fit their declared types (graphql-core wraps the scalar's
+        # GraphQLError; it happens before any resolver runs, so there is no path).
         formatted["extensions"] = {"code": "GRAPHQL_VALIDATION_FAILED"}
     else:
         request_id = g.get("request_id", "") if has_app_context() else ""

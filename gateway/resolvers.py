@@ -125,7 +125,8 @@ def build_schema() -> GraphQLSchema:
             request_id=_request_id(info),
             require_connected=True,
         )
-        accepted: Accepted = _ask(info, send, _send_wait(config))
+        accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config),
+                                                        to_outbox=True)
         return accepted.state == "SENT"
 
     message = ObjectType("WhatsAppMessage")
@@ -174,7 +175,7 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
         idempotency_key=idempotency_key,
         valid_for=float(valid_for) if valid_for is not None else None,
     )
-    accepted: Accepted = _ask(info, send, _send_wait(config))
+    accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config), to_outbox=True)
     info.context["message_id"] = accepted.message_id
     return accepted
 

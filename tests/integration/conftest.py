@@ -11,8 +11,13 @@ from tests.integration.harness import Gateway
 
 @pytest.fixture
 def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
-    """Build (not start) gateways in this test's temp dir; all are cleaned up and any
-    process still alive at the end fails the test."""
+    """Build (not start) gateways in this test's temp dir.
+
+    At the end every gateway still running is stopped gracefully, which must succeed
+    (exit code 0, no process group left); then anything still alive is killed and
+    fails the test. A test that failed half-way thus still gets a clean teardown,
+    and a test need not stop its gateways itself unless the stop is what it checks.
+    """
     made: list[Gateway] = []
 
     def make(overrides: dict[str, Any] | None = None, name: str = "gw") -> Gateway:
@@ -23,13 +28,37 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
         return gateway
 
     yield make
-    leaked = [item for g in made for item in g.cleanup()]
-    assert not leaked, f"processes left behind: {leaked}"
+    problems = []
+    for g in made:
+        try:
+            g.stop()
+        except AssertionError as exc:
+            problems.append(str(exc))
+    problems += [f"left behind: {item}" for g in made for item in g.cleanup()]
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture
-def gateway(make_gateway: Callable[..., Gateway]) -> Iterator[Gateway]:
+def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
     """A running gateway with default test timings; stopped (and checked) at the end."""
-    gw = make_gateway().start()
-    yield gw
-    gw.stop()
+    return make_gateway().start()
+
+
+@pytest.fixture(scope="module")
+def linked_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One running gateway per module whose "default" session is linked.
+
+    Starting a gateway costs seconds, so a module's checks that leave no lasting
+    state behind (input validation, never-linked sessions, one-off sends) share it.
+    Tests that change a session's state or the limits must use ``make_gateway``.
+    The same stop and leak checks as the per-test fixtures apply.
+    """
+    gw = Gateway(tmp_path_factory.mktemp("linked"))
+    try:
+        gw.start()
+        gw.link()
+        yield gw
+        gw.stop()
+    finally:
+        leaked = gw.cleanup()
+    assert not leaked, f"processes left behind: {leaked}"

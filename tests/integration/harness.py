@@ -53,6 +53,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
     raise AssertionError(f"timed out after {timeout} s waiting for {message} (last: {last!r})")
 
 
+def expect_error(result: GraphQLResult, code: str, *fragments: str) -> dict[str, Any]:
+    """Assert that ``result`` failed with exactly one error of ``code`` whose message
+    names every one of ``fragments`` (case-insensitive); returns that error."""
+    assert result.errors, f"expected {code}, got {result!r}"
+    # Every root field is non-null, so a failed one nulls ``data`` as a whole: a client
+    # can never mistake a failure for ``false`` (or, worse, ``true``).
+    assert result.data is None, result
+    error = result.error
+    assert error.get("extensions", {}).get("code") == code, result
+    message = error.get("message", "")
+    missing = [f for f in fragments if f.lower() not in message.lower()]
+    assert not missing, f"message {message!r} lacks {missing}"
+    return error
+
+
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = {k: dict(v) for k, v in base.items()}
     for section, values in extra.items():
@@ -79,6 +94,12 @@ class GraphQLResult:
     def error_code(self) -> str | None:
         return self.errors[0].get("extensions", {}).get("code") if self.errors else None
 
+    @property
+    def error(self) -> dict[str, Any]:
+        """The only error of a failed operation (a failed single field has exactly one)."""
+        assert len(self.errors) == 1, self
+        return self.errors[0]
+
     def __repr__(self) -> str:
         return f"GraphQLResult({self.body!r})"
 
@@ -103,6 +124,8 @@ class Gateway:
     # ---- lifecycle ------------------------------------------------------------------
 
     def start(self, timeout: float = 30.0) -> Gateway:
+        """Start ``wagate serve`` (again, after ``stop`` or ``kill_launcher``: same ports,
+        same data dir) and wait until *this* launcher's gateway is ready."""
         log = open(self.root / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
@@ -110,24 +133,43 @@ class Gateway:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.launchers.append(self.process)
-        wait_for(self._ready, timeout, 0.1, f"gateway on port {self.port} to be ready")
-        state = json.loads((self.data_dir / "run" / "gateway.json").read_text())
-        self.groups.update(int(state[k]) for k in ("actor_pgid", "web_pgid") if k in state)
+        state = wait_for(self._ready, timeout, 0.1, f"gateway on port {self.port} to be ready")
+        self.groups.update(int(state[k]) for k in ("actor_pgid", "web_pgid"))
         return self
 
-    def _ready(self) -> bool:
+    def run_state(self) -> dict[str, Any] | None:
+        """``data_dir/run/gateway.json``: the launcher's pid and its process groups."""
+        try:
+            return json.loads((self.data_dir / "run" / "gateway.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _ready(self) -> dict[str, Any] | None:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"wagate serve exited with {self.process.returncode}:\n"
                                  + self.log_tail())
+        # After kill_launcher() the orphans of the old launcher still answer /readyz until
+        # the new one sweeps them: only a state file written by *this* launcher counts.
+        state = self.run_state()
+        if (self.process is None or state is None or state.get("launcher") != self.process.pid
+                or "web_pgid" not in state):
+            return None
         try:
-            return self.http.get(self.url + "/readyz", timeout=2).status_code == 200
+            # Not on the pooled session: a refused connection's traceback keeps a socket
+            # alive in a reference cycle, and any connection still open to gunicorn
+            # makes its graceful stop linger (STOP_KEEPALIVE_LINGER, 2 s).
+            ready = requests.get(self.url + "/readyz", timeout=2,
+                                 headers={"Connection": "close"}).status_code == 200
         except requests.RequestException:
-            return False
+            return None
+        return state if ready else None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Graceful stop (SIGTERM); asserts that no process of the gateway survives."""
+        """Graceful stop (SIGTERM); asserts that no process of the gateway survives and
+        that the launcher exits with 0."""
         if self.process is None:
             return
+        self.http.close()  # idle keep-alive connections would delay gunicorn's stop
         self.process.send_signal(signal.SIGTERM)
         try:
             code = self.process.wait(timeout)
@@ -135,9 +177,9 @@ class Gateway:
             raise AssertionError("wagate serve did not stop within "
                                  f"{timeout} s:\n{self.log_tail()}") from None
         self.process = None
-        assert code == 0, f"wagate serve exited with {code}:\n{self.log_tail()}"
         survivors = [g for g in self.groups if group_alive(g)]
         assert not survivors, f"process groups left running after stop: {survivors}"
+        assert code == 0, f"wagate serve exited with {code}:\n{self.log_tail()}"
 
     def kill_launcher(self) -> None:
         """SIGKILL the launcher only: its actor and web processes are left behind."""
@@ -172,10 +214,19 @@ class Gateway:
 
     # ---- API ------------------------------------------------------------------------------
 
+    def post_graphql(self, body: Any, timeout: float = 30.0, **kwargs: Any) -> requests.Response:
+        """POST ``body`` (as JSON) to /graphql and return the raw response.
+
+        Every response is checked for a leaked stack trace: whatever went wrong, a
+        client must never see one (DESIGN §1).
+        """
+        response = self.http.post(self.url + "/graphql", json=body, timeout=timeout, **kwargs)
+        assert "Traceback" not in response.text, response.text
+        return response
+
     def gql(self, query: str, variables: dict[str, Any] | None = None,
             timeout: float = 30.0) -> GraphQLResult:
-        response = self.http.post(self.url + "/graphql", json={
-            "query": query, "variables": variables or {}}, timeout=timeout)
+        response = self.post_graphql({"query": query, "variables": variables or {}}, timeout)
         assert response.status_code == 200, response.text
         return GraphQLResult(response.json())
 
@@ -199,6 +250,21 @@ class Gateway:
             "mutation($p: String!, $m: String!, $s: String) { "
             "sendWhatsAppNotification(phoneNumber: $p, message: $m, session: $s) }",
             {"p": phone, "m": message, "s": session})
+
+    def disconnect(self, session: str = "default", keep_session: bool = False
+                   ) -> GraphQLResult:
+        return self.gql("mutation($s: String, $k: Boolean) { "
+                        "whatsAppDisconnect(session: $s, keepSession: $k) }",
+                        {"s": session, "k": keep_session})
+
+    def send_test(self, phone: str, session: str = "default") -> GraphQLResult:
+        return self.gql("mutation($p: String!, $s: String) { "
+                        "testWhatsAppConnection(phoneNumber: $p, session: $s) }",
+                        {"p": phone, "s": session})
+
+    def credentials_path(self, session: str = "default") -> Path:
+        """The simulated client's stored credentials (what a restart resumes from)."""
+        return self.data_dir / "sessions" / session / "simulator.json"
 
     def link(self, session: str = "default") -> dict[str, Any]:
         """Connect, wait for a QR code, scan it with the simulated phone, wait connected."""

@@ -179,7 +179,9 @@ def test_a_full_queue_refuses_new_messages(make_gateway: Callable[..., Gateway])
 
 def test_queued_messages_survive_a_killed_outbox_and_a_killed_gateway(
         make_gateway: Callable[..., Gateway]) -> None:
-    gw = make_gateway(FAST_DELIVERY).start()
+    # The session must keep trying (not give up) for the whole outage.
+    gw = make_gateway({**FAST_DELIVERY,
+                       "reconnect": {"attempts": 1000, "delay_seconds": 0.5}}).start()
     gw.link()
     gw.sim("drop", "--down-for", "120")
     gw.wait_state("RECONNECTING")

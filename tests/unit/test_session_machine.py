@@ -174,7 +174,7 @@ def test_logged_out_forgets_the_account_and_never_reconnects() -> None:
 
 def test_operator_logout_unlinks_and_disconnect_keeps_credentials() -> None:
     m = connected()
-    assert m.logout(5.0) == [StopClient(), LogoutClient()]
+    assert m.logout(5.0) == [LogoutClient()]
     assert m.status.state is S.LOGGED_OUT and not m.status.paired
     d = connected()
     assert d.disconnect(5.0) == [StopClient()]

@@ -1,0 +1,835 @@
+"""The real WhatsApp transport: whatsmeow (Go) through neonize 0.5.2's ctypes bindings.
+
+One ``NeonizeTransport`` lives in one session actor process and the session creates
+a fresh one (or at least a fresh ``connect``) for every connection attempt. Each
+``connect`` builds one neonize ``NewClient`` (one Go client, with a uuid unique in
+the process) and runs it until it ends; ``_Connection`` is that lifetime.
+
+neonize is an awkward neighbour, and most of this module is about living with it
+(``/work/shared/guides/neonize.md`` has the measurements behind every rule):
+
+* **Import lazily, and mind logging.** Importing neonize loads a Go runtime and calls
+  ``logging.basicConfig`` on the root logger; it happens in ``_load_api`` (first
+  transport built in the process), with the root logger restored afterwards and
+  neonize's Go log level set before its first ``connect``.
+* **Never block the caller.** ``NewClient.connect`` blocks for the whole session, and
+  ``stop`` blocks up to a minute while a dial hangs; both run on daemon threads of
+  their own. ``close`` only flags and hands the stop to a thread.
+* **Never abort the process.** Go panics kill the process and cannot be caught:
+  the Go-side maps are not synchronised, so the map-writing entry points (the start
+  of ``connect`` and ``stop``) are serialised by ``_GO_LOCK``; ``get_me`` is only
+  called while the Go client is known to be alive; every ``NewClient`` stays
+  referenced in ``_KEEP_ALIVE`` for the life of the process (a collected client
+  stops its uuid in Go and frees callback thunks Go still holds).
+* **Callbacks come from Go threads, and their exceptions vanish.** Every handler is
+  wrapped, logs its own errors and only posts an event (the ``on_event`` sink must
+  not block either).
+* **Storage is private.** ``data_dir/sessions/<session>/neonize.db`` (dirs 0700,
+  files 0600), SQLite in WAL mode with a busy timeout, or a Postgres DSN given in
+  ``transport.session_store``.
+
+Event mapping (whatsmeow/neonize -> ``actors.transport.base``):
+
+==================================  ===============================================
+QR callback (``client.event.qr``)   ``QrCode(code, expires_at)`` (first code:
+                                    ``qr.first_seconds``, later: ``qr.next_seconds``)
+login status ``success``            ``PairingClosed("success")``
+login status ``timeout``            ``PairingClosed("timeout")`` + stop
+login status ``err-client-outdated``  ``ClientOutdated()`` + stop
+any other login status              ``PairingClosed(status)`` + stop
+``ConnectedEv``                     ``Connected(phone)`` (own number from ``get_me``)
+``DisconnectedEv``                  ``Disconnected("connection lost", recovering=True)``
+``LoggedOutEv``                     ``LoggedOut(reason name)`` + stop
+``StreamReplacedEv``                ``StreamReplaced()`` + stop
+``TemporaryBanEv``                  ``TemporaryBan(now + Expire, reason name)`` + stop
+``ClientOutdatedEv``                ``ClientOutdated()`` + stop
+``ConnectFailureEv``                ``Disconnected("connect failure <REASON>: <text>")``
+``ReceiptEv`` DELIVERED / READ      one ``Receipt(id, "delivered" | "read")`` per id
+``connect()`` raises                ``Disconnected(<neonize error text>)``
+``connect()`` returns unasked       ``Disconnected("client stopped unexpectedly")``
+==================================  ===============================================
+
+"+ stop" means the Go client is stopped on a thread of its own and the connection
+reports nothing more. Nothing at all is reported once ``close`` has returned.
+
+Known limits (none can be fixed from Python; the guide has the details): a Go-side
+map read at the very moment another thread's ``stop`` writes the map can still abort
+the process (sends and ``PairPhone`` are kept clear of stops by ``_Connection.go_call``,
+the event pump's own read cannot be guarded); ``stop`` during a displayed QR code
+may leave neonize's Go call running forever (not reproduced; the thread is a daemon,
+so it does not keep the process alive, but ``wait_closed`` then reports False).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from actors.transport.base import (
+    ClientOutdated,
+    Connected,
+    Disconnected,
+    EventSink,
+    LoggedOut,
+    PairingClosed,
+    QrCode,
+    Receipt,
+    SendError,
+    SentMessage,
+    StreamReplaced,
+    TemporaryBan,
+    Transport,
+    TransportEvent,
+)
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+log = structlog.get_logger("wagate.neonize")
+
+DB_NAME = "neonize.db"
+# The database and the files SQLite keeps next to it (WAL mode, or a rollback journal).
+DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+# For a Postgres store there is no file to look at: this marker says a device linked.
+PAIRED_MARKER = "neonize.paired"
+
+# go-sqlite3 DSN parameters. neonize appends "?_foreign_keys=on" to whatever it gets;
+# ending in "_x=" turns that into the value of a dummy parameter (guide §1.1), so WAL
+# and the busy timeout survive and foreign keys are still on.
+_SQLITE_PARAMS = "?_journal_mode=WAL&_busy_timeout=10000&_foreign_keys=on&_x="
+
+# neonize's Go call writes its process-wide maps before it dials; once Go calls back
+# (or the call has returned) they are written. A dial can hang for a minute without a
+# callback, so the start of a connect holds _GO_LOCK at most this long: the map
+# writes wait only for the database open, milliseconds for a local SQLite file (a
+# Postgres server slower than this leaves a small window for a concurrent stop).
+_CONNECT_SETTLE_SECONDS = 1.0
+# How long the Connected handler waits for _GO_LOCK before it reports the phone
+# number it already knows instead of asking Go (it must not stall the event pump).
+_GET_ME_LOCK_SECONDS = 2.0
+# A Go call reads the client map right after it is entered; a stop waits this long
+# after the last call began, so it never deletes the entry under that read.
+_GO_CALL_ENTRY_GRACE_SECONDS = 0.1
+
+_NOT_CONNECTED = "NOT_CONNECTED"
+# Lookups whatsmeow makes before it sends anything: their failures never delivered.
+_PRE_SEND_MARKERS = ("failed to get user info", "usync query")
+_AMBIGUOUS_MARKERS = (
+    "timed out waiting for message send response",  # whatsmeow ErrMessageTimedOut
+    "disconnected before info query returned response",  # the socket died awaiting the ack
+)
+_NOT_CONNECTED_MARKERS = (
+    "client is nil",
+    "websocket not connected",
+    "not connected",
+    "the store doesn't contain a device jid",  # not paired (any more)
+)
+_REACHOUT_TIMELOCK = re.compile(r"(?<!\d)463(?!\d)")  # "server returned error 463"
+
+# Process-wide neonize state (see the module docstring).
+_GO_LOCK = threading.Lock()
+_KEEP_ALIVE: list[Any] = []
+_KEEP_ALIVE_LOCK = threading.Lock()
+_SEQUENCE = itertools.count(1)
+_API_LOCK = threading.Lock()
+_API: _Api | None = None
+
+
+# --------------------------------------------------------------------------- neonize
+
+
+@dataclass(frozen=True, slots=True)
+class _Api:
+    """The few neonize names this module uses, resolved once by ``_load_api``."""
+
+    client_class: type
+    proxy_settings: type
+    neonize_error: type[Exception]
+    message: type
+    build_jid: Callable[[str], Any]
+    connected: type
+    disconnected: type
+    logged_out: type
+    stream_replaced: type
+    temporary_ban: type
+    client_outdated: type
+    connect_failure: type
+    receipt: type
+    receipt_delivered: int
+    receipt_read: int
+
+
+class _DaemonThread(threading.Thread):
+    """What neonize's ``connect`` gets instead of ``threading.Thread``.
+
+    neonize runs its blocking Go call on a *non-daemon* thread. If that call never
+    returns (a stop during a displayed QR code, guide §3.2 item 7), the session
+    process could never exit. As a daemon the thread ends with the process.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["daemon"] = True
+        super().__init__(*args, **kwargs)
+
+
+def _load_api(level_name: str) -> _Api:
+    """Import neonize (once per process) without letting it take over logging."""
+    global _API
+    with _API_LOCK:
+        if _API is not None:
+            return _API
+        # The level neonize hands to Go is read from this logger at every connect;
+        # unset (NOTSET) it forwards every Go DEBUG line through the FFI.
+        gateway_level = logging.getLevelName(level_name)
+        if not isinstance(gateway_level, int):
+            gateway_level = logging.WARNING
+        logging.getLogger("neonize.utils.log").setLevel(max(logging.WARNING, gateway_level))
+        # Media needs ffmpeg; a gateway that only sends text does not want the warning.
+        logging.getLogger("neonize.utils.ffmpeg").setLevel(logging.ERROR)
+        root = logging.getLogger()
+        handlers, root_level = list(root.handlers), root.level
+        try:
+            import neonize.client as neonize_client
+            from neonize._binder import ProxySettings
+            from neonize.events import (
+                ClientOutdatedEv,
+                ConnectedEv,
+                ConnectFailureEv,
+                DisconnectedEv,
+                LoggedOutEv,
+                ReceiptEv,
+                StreamReplacedEv,
+                TemporaryBanEv,
+            )
+            from neonize.exc import NeonizeError
+            from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+            from neonize.utils.jid import build_jid
+        finally:
+            root.handlers[:] = handlers  # undo neonize's logging.basicConfig
+            root.setLevel(root_level)
+        neonize_client.Thread = _DaemonThread  # type: ignore[attr-defined]
+        _API = _Api(
+            client_class=_client_class(neonize_client.NewClient),
+            proxy_settings=ProxySettings,
+            neonize_error=NeonizeError,
+            message=Message,
+            build_jid=build_jid,
+            connected=ConnectedEv,
+            disconnected=DisconnectedEv,
+            logged_out=LoggedOutEv,
+            stream_replaced=StreamReplacedEv,
+            temporary_ban=TemporaryBanEv,
+            client_outdated=ClientOutdatedEv,
+            connect_failure=ConnectFailureEv,
+            receipt=ReceiptEv,
+            receipt_delivered=ReceiptEv.DELIVERED,
+            receipt_read=ReceiptEv.READ,
+        )
+        return _API
+
+
+def _client_class(new_client: type) -> type:
+    """A ``NewClient`` whose login-status callback reaches the transport.
+
+    neonize passes the QR channel's outcome (``success``, ``timeout``, ``err-...``)
+    only to the name-mangled ``NewClient.__onLoginStatus``, which prints a pointer.
+    Overriding it under its mangled name is the one way to get the text (guide §3.3).
+    """
+
+    class GatewayClient(new_client):  # type: ignore[misc, valid-type]
+        login_status_sink: Callable[[str], None] | None = None
+
+        def _NewClient__onLoginStatus(self, uuid: int | None, status_ptr: int | None) -> None:
+            try:
+                raw = ctypes.string_at(status_ptr) if status_ptr else b""
+                sink = self.login_status_sink
+                if sink is not None:
+                    sink(raw.decode("utf-8", "replace"))
+            except Exception:  # raised into ctypes it would only be printed
+                log.exception("neonize login-status callback failed")
+
+    return GatewayClient
+
+
+def _ignore_qr(_client: Any, _data: bytes) -> None:
+    """Replaces the QR handler once a connection is over (neonize's default prints)."""
+
+
+# --------------------------------------------------------------------------- transport
+
+
+class NeonizeTransport(Transport):
+    """One real WhatsApp client for one session (lives in a session actor process)."""
+
+    def __init__(self, session_id: str, data_dir: Path, config: Config) -> None:
+        _check_session_id(session_id)
+        self._session = session_id
+        self._config = config
+        self._session_dir = Path(data_dir) / "sessions" / session_id
+        self._db_path = self._session_dir / DB_NAME
+        self._store = _store_dsn(config.transport.session_store, session_id)
+        # Importing here, not in connect(): a missing or broken engine then fails
+        # the transport's construction, which the session reports as
+        # ENGINE_UNAVAILABLE, instead of failing later on the actor's thread.
+        self._api = _load_api(config.logging.level)
+        self._lock = threading.Lock()  # guards _conn, _connections and _closed
+        # Held while an event is delivered and when closing: once close() has
+        # returned no event can still be on its way.
+        self._emit_lock = threading.RLock()
+        self._conn: _Connection | None = None
+        self._connections: list[_Connection] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ interface
+
+    def has_credentials(self) -> bool:
+        """Whether a linked device is stored, without loading neonize or Go.
+
+        SQLite: a read-only look at ``whatsmeow_device`` (a missing file or table
+        means no). Postgres: wagate has no Postgres driver of its own, so it trusts
+        a marker written when the device connected and removed when it was logged
+        out; a device deleted from the database behind wagate's back still counts.
+        """
+        if self._store:
+            return (self._session_dir / PAIRED_MARKER).is_file()
+        if not self._db_path.is_file():
+            return False
+        uri = f"file:{urllib.parse.quote(str(self._db_path), safe='/')}?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=2.0)) as db:
+                row = db.execute("SELECT 1 FROM whatsmeow_device LIMIT 1").fetchone()
+        except sqlite3.Error:
+            return False  # no schema yet (never connected), or unreadable
+        finally:
+            self._tighten_db_files()  # a WAL reader may have created -shm
+        return row is not None
+
+    def connect(self, on_event: EventSink) -> None:
+        """Start one Go client on its own threads and return at once.
+
+        Without a stored device it pairs (``QrCode`` events); with one it resumes.
+        A no-op while the previous connection is still running.
+        """
+        conn = self._open(on_event)
+        if conn is not None:
+            conn.start()
+
+    def send_text(self, phone: str, text: str) -> SentMessage:
+        """Send ``text`` as a plain ``conversation`` message (no mentions, no preview).
+
+        Refused locally (``NOT_CONNECTED``) until the connection reported
+        ``Connected`` and after it reported ``Disconnected``: whatsmeow would fail
+        at once anyway, and Go is then never entered while it is starting or stopping.
+        """
+        conn = self._current()
+        if conn is None or not conn.connected:
+            raise SendError(_NOT_CONNECTED, "the session is not connected", permanent=False)
+        digits = phone.removeprefix("+")
+        if not digits.isdigit() or not digits.isascii():
+            raise SendError("REJECTED", f"{phone!r} is not a phone number (digits only)",
+                            permanent=True)
+        message = self._api.message(conversation=text)
+        with conn.go_call():
+            try:
+                response = conn.client.send_message(self._api.build_jid(digits), message)
+            except self._api.neonize_error as exc:
+                raise send_error_from(str(exc)) from exc
+        return SentMessage(message_id=response.ID, timestamp=_unix_seconds(response.Timestamp))
+
+    def request_pairing_code(self, phone: str) -> str:
+        """Ask WhatsApp for an 8-character code to type on the phone instead of
+        scanning. Needs the live socket of a pairing connection, which the first QR
+        code proves (guide §5). Blocks for a server round trip."""
+        conn = self._current()
+        if conn is None or not conn.qr_seen or conn.connected or conn.stop_requested:
+            raise SendError("NOT_PAIRING", "the session is not pairing right now; call "
+                            "whatsAppConnect first", permanent=True)
+        digits = "".join(c for c in phone if c.isdigit())
+        with conn.go_call():
+            try:
+                return str(conn.client.PairPhone(digits, show_push_notification=True))
+            except self._api.neonize_error as exc:
+                raise SendError("PAIRING_FAILED", str(exc), permanent=True) from exc
+
+    def logout(self) -> None:
+        """Unlink the device on the server if connected (best effort), stop the
+        client and delete the stored device.
+
+        Blocks for a server round trip when connected. Without a live connection
+        the server is not told (the phone keeps listing the device until it is
+        removed there). With a Postgres store the rows can only be deleted by
+        whatsmeow's own logout, i.e. when connected; otherwise only the marker goes.
+        Like whatsmeow, no ``LoggedOut`` is reported for it.
+        """
+        conn = self._current()
+        if conn is not None and conn.connected:
+            try:
+                with conn.go_call():
+                    conn.client.logout()
+            except (SendError, self._api.neonize_error) as exc:
+                log.warning("unlinking on the server failed; deleting locally",
+                            session=self._session, error=str(exc))
+        if conn is not None:
+            conn.request_stop()
+        self._forget_paired()
+        if not self._store:
+            for suffix in DB_SUFFIXES:
+                with contextlib.suppress(FileNotFoundError):
+                    (self._db_path.parent / (DB_NAME + suffix)).unlink()
+
+    def close(self) -> None:
+        """Drop every later event and stop the Go client(s) in the background.
+
+        Returns at once (a stop can block for a minute while a dial hangs);
+        ``wait_closed`` tells when the background work is done. Idempotent.
+        """
+        with self._emit_lock:  # waits for an event being delivered right now
+            self._closed = True
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            conn.request_stop()
+
+    # ------------------------------------------------------------------ helpers
+
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until every connection's Go call has returned and its stop is done
+        (for tests and orderly shutdown). Returns whether that happened in time."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            connections = list(self._connections)
+        return all(conn.join(deadline) for conn in connections)
+
+    def _open(self, on_event: EventSink) -> _Connection | None:
+        """Create the next connection, its client and handlers, without starting it
+        (tests drive the handlers through neonize's ctypes dispatch from here)."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this NeonizeTransport is closed; create a new one")
+            current = self._conn
+            if current is not None and not current.finished and not current.stop_requested:
+                return None
+            conn = _Connection(self, on_event, f"{self._session}-{next(_SEQUENCE)}")
+            self._conn = conn
+            self._connections.append(conn)
+        return conn
+
+    def _current(self) -> _Connection | None:
+        with self._lock:
+            return None if self._closed else self._conn
+
+    def _deliver(self, conn: _Connection, event: TransportEvent) -> bool:
+        """Hand ``event`` to the connection's sink unless it must stay silent."""
+        with self._emit_lock:
+            if self._closed or conn.stop_requested:
+                return False
+            try:
+                conn.on_event(event)
+            except Exception:
+                log.exception("the transport event sink failed", session=self._session,
+                              event=type(event).__name__)
+            return True
+
+    def _dsn(self) -> str:
+        if self._store:
+            return self._store
+        return urllib.parse.quote(str(self._db_path), safe="/") + _SQLITE_PARAMS
+
+    def _prepare_storage(self) -> None:
+        """Private directories, and the SQLite file created 0600 before Go opens it
+        (SQLite gives its -wal and -shm files the database file's permissions)."""
+        _make_private_dir(self._session_dir.parent)
+        _make_private_dir(self._session_dir)
+        if not self._store:
+            fd = os.open(self._db_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+            self._tighten_db_files()
+
+    def _tighten_db_files(self) -> None:
+        """Make the database and its companion files 0600 (those that exist)."""
+        if self._store:
+            return
+        for suffix in DB_SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(self._db_path.parent / (DB_NAME + suffix), 0o600)
+
+    def _mark_paired(self) -> None:
+        if self._store:
+            with contextlib.suppress(OSError):
+                _make_private_dir(self._session_dir)
+                (self._session_dir / PAIRED_MARKER).touch(mode=0o600)
+
+    def _forget_paired(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self._session_dir / PAIRED_MARKER).unlink()
+
+
+# --------------------------------------------------------------------------- connection
+
+
+class _Connection:
+    """One Go client, from ``connect`` until its Go call returned and it is stopped.
+
+    Threads: ``neonize-<uuid>`` runs the connection (prepares storage, starts Go
+    under ``_GO_LOCK``, waits for the end, reports it); ``neonize-<uuid>-call`` sits
+    in neonize's blocking ``connect``, which itself runs Go on a thread named after
+    the uuid (that is where every callback arrives); ``neonize-<uuid>-stop`` stops it.
+    """
+
+    def __init__(self, transport: NeonizeTransport, on_event: EventSink, uuid: str) -> None:
+        self.transport = transport
+        self.on_event = on_event
+        self.uuid = uuid
+        api = transport._api
+        self.api = api
+        self.client: Any = api.client_class(transport._dsn(), uuid=uuid)
+        with _KEEP_ALIVE_LOCK:
+            _KEEP_ALIVE.append(self.client)  # never collected: see the module docstring
+        # neonize also stops every client at interpreter exit, from the main thread
+        # and outside _GO_LOCK, racing a stop thread still at work: a concurrent map
+        # write that aborts the exit. The process's end closes the socket anyway.
+        with contextlib.suppress(AttributeError):
+            self.client._stop_finalizer.atexit = False
+        proxy = transport._config.transport.proxy
+        self.proxy = api.proxy_settings(proxy_address=proxy) if proxy else None
+        self.lock = threading.Lock()  # guards the flags below and _go_calls
+        self.connected = False  # between Connected and Disconnected
+        self.qr_seen = False
+        self.stop_requested = False  # once set: no more events, no new Go calls
+        self.finished = False  # the Go call returned (or was never made)
+        self._qr_count = 0
+        self._go_entered = False  # the Go call was started: a stop must reach Go
+        self._go_closed = False  # Stop was called: Go calls could now abort the process
+        self._go_calls: dict[int, float] = {}
+        self._call_ids = itertools.count()
+        self._settled = threading.Event()  # Go wrote its maps (it called back or returned)
+        self._outcome: str | None = None  # the error connect() raised, if any
+        self._thread: threading.Thread | None = None
+        self._stop_thread: threading.Thread | None = None
+        self._register()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"neonize-{self.uuid}")
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        """Silence this connection and stop its Go client on a thread; idempotent."""
+        with self.lock:
+            self.stop_requested = True
+            self.connected = False
+            if self._stop_thread is not None:
+                return
+            self._stop_thread = threading.Thread(target=self._stop_worker, daemon=True,
+                                                 name=f"neonize-{self.uuid}-stop")
+            thread = self._stop_thread
+        thread.start()
+
+    def join(self, deadline: float) -> bool:
+        """Wait (until the monotonic ``deadline``) for this connection's threads."""
+        for thread in (self._thread, self._stop_thread):
+            if thread is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    return False
+        return True
+
+    @contextlib.contextmanager
+    def go_call(self) -> Iterator[None]:
+        """Bracket a call into this client's Go side (send, pair, logout): refused
+        once a stop is under way, and remembered so the stop waits for its entry."""
+        with self.lock:
+            if self.stop_requested or self._go_closed:
+                raise SendError(_NOT_CONNECTED, "the connection is closing", permanent=False)
+            call = next(self._call_ids)
+            self._go_calls[call] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._go_calls.pop(call, None)
+
+    def _run(self) -> None:
+        """The connection thread: start Go, wait for it to end, report the end.
+
+        The end is reported as ``Disconnected`` with neonize's error, or as an
+        unexpected stop; after a requested stop (close, a final event) it is silent.
+        """
+        try:
+            try:
+                self.transport._prepare_storage()
+            except OSError as exc:
+                self._outcome = f"cannot prepare the session storage: {exc}"
+            else:
+                self._run_go()
+            self.finished = True
+            self.connected = False
+            self.transport._tighten_db_files()
+            self._emit(Disconnected(self._outcome or "client stopped unexpectedly"))
+        except Exception:
+            log.exception("the neonize connection thread failed", uuid=self.uuid)
+        finally:
+            self.finished = True
+            self._stop_go()  # releases Go's resources (a no-op if already stopped)
+            self._detach()
+
+    def _run_go(self) -> None:
+        """Enter Go under ``_GO_LOCK`` until its maps are written, then wait for the end."""
+        with _GO_LOCK:
+            if self.stop_requested:  # closed before Go was entered: nothing to undo
+                return
+            self._go_entered = True
+            caller = threading.Thread(target=self._call_go, daemon=True,
+                                      name=f"neonize-{self.uuid}-call")
+            caller.start()
+            self._settled.wait(_CONNECT_SETTLE_SECONDS)
+        self.transport._tighten_db_files()  # Go has opened (and created) the database
+        caller.join()
+
+    def _call_go(self) -> None:
+        """Sit in neonize's blocking connect for the life of the session."""
+        try:
+            self.client.connect(self.proxy)
+        except self.api.neonize_error as exc:
+            self._outcome = str(exc) or type(exc).__name__
+        except Exception as exc:
+            self._outcome = f"neonize failed: {exc!r}"
+        finally:
+            self._settled.set()
+
+    def _stop_worker(self) -> None:
+        try:
+            self._await_go_call_entry()
+            self._stop_go()
+        except Exception:
+            log.exception("stopping the neonize client failed", uuid=self.uuid)
+
+    def _await_go_call_entry(self) -> None:
+        """Wait until every Go call in flight has had time to read the client map."""
+        while True:
+            with self.lock:
+                started = list(self._go_calls.values())
+            now = time.monotonic()
+            wait = max((start + _GO_CALL_ENTRY_GRACE_SECONDS - now for start in started),
+                       default=0.0)
+            if wait <= 0:
+                return
+            time.sleep(wait)
+
+    def _stop_go(self) -> None:
+        """Go ``Stop`` under the process-wide lock (it writes Go's client maps)."""
+        with _GO_LOCK:
+            self._go_closed = True
+            if not self._go_entered:
+                return
+            try:
+                self.client.stop()
+            except Exception:
+                log.exception("neonize stop failed", uuid=self.uuid)
+
+    def _register(self) -> None:
+        """Subscribe the handlers; neonize tells Go the subscriptions at connect()."""
+        api, event = self.api, self.client.event
+        event.qr(self._on_qr)
+        self.client.login_status_sink = self._on_login_status
+        event(api.connected)(self._on_connected)
+        event(api.disconnected)(self._on_disconnected)
+        event(api.logged_out)(self._on_logged_out)
+        event(api.stream_replaced)(self._on_stream_replaced)
+        event(api.temporary_ban)(self._on_temporary_ban)
+        event(api.client_outdated)(self._on_client_outdated)
+        event(api.connect_failure)(self._on_connect_failure)
+        event(api.receipt)(self._on_receipt)
+
+    def _detach(self) -> None:
+        """Drop the handlers once Go has returned, so the kept-alive client does not
+        keep this connection (and its transport) alive too."""
+        self.client.event.qr(_ignore_qr)
+        self.client.login_status_sink = None
+        self.client.event.list_func.clear()
+
+    # ------------------------------------------------------------------ callbacks
+
+    @contextlib.contextmanager
+    def _callback(self, what: str) -> Iterator[None]:
+        """Around every Go callback: Go is past its map writes once it calls back;
+        an exception is logged here because ctypes would swallow it."""
+        self._settled.set()
+        try:
+            yield
+        except Exception:
+            log.exception("neonize callback failed", callback=what, uuid=self.uuid)
+
+    def _emit(self, event: TransportEvent) -> bool:
+        return self.transport._deliver(self, event)
+
+    def _end(self, event: TransportEvent) -> None:
+        """Report a final event, then stop the client (whatsmeow will not recover)."""
+        self.connected = False
+        self._emit(event)
+        self.request_stop()
+
+    def _on_qr(self, _client: Any, data: bytes) -> None:
+        with self._callback("qr"):
+            qr = self.transport._config.qr
+            ttl = qr.first_seconds if self._qr_count == 0 else qr.next_seconds
+            self._qr_count += 1
+            self.qr_seen = True
+            self._emit(QrCode(code=bytes(data).decode("utf-8", "replace"),
+                              expires_at=time.time() + ttl))
+
+    def _on_login_status(self, status: str) -> None:
+        with self._callback("login-status"):
+            if status == "success":
+                self._emit(PairingClosed("success"))
+            elif status == "err-client-outdated":
+                self._end(ClientOutdated())
+            else:  # "timeout" (every code expired), "err-...", "error"
+                self._end(PairingClosed(status))
+
+    def _on_connected(self, client: Any, _event: Any) -> None:
+        with self._callback("connected"):
+            phone = self._own_phone(client)
+            self.connected = True
+            self.qr_seen = False
+            self.transport._mark_paired()
+            self.transport._tighten_db_files()
+            self._emit(Connected(phone))
+
+    def _on_disconnected(self, _client: Any, _event: Any) -> None:
+        with self._callback("disconnected"):
+            self.connected = False
+            self._emit(Disconnected("connection lost", recovering=True))
+
+    def _on_logged_out(self, _client: Any, event: Any) -> None:
+        with self._callback("logged-out"):
+            self.transport._forget_paired()  # whatsmeow deleted the device itself
+            self._end(LoggedOut(_enum_name(event, "Reason")))
+
+    def _on_stream_replaced(self, _client: Any, _event: Any) -> None:
+        with self._callback("stream-replaced"):
+            self._end(StreamReplaced())
+
+    def _on_temporary_ban(self, _client: Any, event: Any) -> None:
+        with self._callback("temporary-ban"):
+            self._end(TemporaryBan(until=time.time() + max(0, int(event.Expire)),
+                                   reason=_enum_name(event, "Code")))
+
+    def _on_client_outdated(self, _client: Any, _event: Any) -> None:
+        with self._callback("client-outdated"):
+            self._end(ClientOutdated())
+
+    def _on_connect_failure(self, _client: Any, event: Any) -> None:
+        with self._callback("connect-failure"):
+            self.connected = False
+            detail = f": {event.Message}" if event.Message else ""
+            self._emit(Disconnected(f"connect failure {_enum_name(event, 'Reason')}{detail}"))
+
+    def _on_receipt(self, _client: Any, event: Any) -> None:
+        with self._callback("receipt"):
+            kinds = {self.api.receipt_delivered: "delivered", self.api.receipt_read: "read"}
+            kind = kinds.get(event.Type)
+            if kind is None:
+                return  # played, read-self, retry ...: nothing the gateway tracks
+            for message_id in event.MessageIDs:
+                self._emit(Receipt(message_id=message_id, kind=kind))
+
+    def _own_phone(self, client: Any) -> str:
+        """The linked account's number. ``get_me`` aborts the process on a client Go
+        no longer knows, so it is only called under ``_GO_LOCK`` before any stop."""
+        if not _GO_LOCK.acquire(timeout=_GET_ME_LOCK_SECONDS):
+            return _phone_of(client.me)  # from neonize's Device event, if it came
+        try:
+            if self._go_closed:
+                return _phone_of(client.me)
+            return _phone_of(client.get_me())
+        finally:
+            _GO_LOCK.release()
+
+
+# --------------------------------------------------------------------------- utilities
+
+
+def send_error_from(text: str) -> SendError:
+    """Map whatsmeow's error text for a failed send to a ``SendError``.
+
+    A timed-out (or interrupted) send may still have been delivered, so it is
+    ``AMBIGUOUS`` and permanent: re-sending blindly could deliver it twice.
+    """
+    lowered = text.lower()
+    if (any(marker in lowered for marker in _PRE_SEND_MARKERS)
+            and ("not connected" in lowered or "disconnected" in lowered)):
+        return SendError(_NOT_CONNECTED, text, permanent=False)
+    if any(marker in lowered for marker in _AMBIGUOUS_MARKERS):
+        return SendError("AMBIGUOUS", text, permanent=True)
+    if _REACHOUT_TIMELOCK.search(text):
+        return SendError("REACHOUT_TIMELOCK", text, permanent=True)
+    if any(marker in lowered for marker in _NOT_CONNECTED_MARKERS):
+        return SendError(_NOT_CONNECTED, text, permanent=False)
+    return SendError("REJECTED", text, permanent=True)
+
+
+def _phone_of(device: Any) -> str:
+    """Digits of a device's own JID user ("4917...:7" or "4917..." -> "4917...")."""
+    try:
+        user = str(device.JID.User) if device is not None and device.HasField("JID") else ""
+    except (AttributeError, ValueError):
+        return ""
+    return "".join(c for c in user.split(":", 1)[0].split(".", 1)[0] if c.isdigit())
+
+
+def _enum_name(event: Any, field: str) -> str:
+    """The symbolic name of an enum field (``LOGGED_OUT``), or its number."""
+    value = getattr(event, field)
+    try:
+        return str(event.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[value].name)
+    except (KeyError, AttributeError):
+        return str(value)
+
+
+def _unix_seconds(value: float) -> float:
+    """neonize reports send timestamps in unix seconds; tolerate ms or ns too, as
+    other neonize encoders use them."""
+    value = float(value)
+    if value > 1e17:
+        return value / 1e9
+    if value > 1e11:
+        return value / 1e3
+    return value
+
+
+def _store_dsn(store: str, session_id: str) -> str:
+    """The configured device store for this session: "" (SQLite) or a Postgres DSN."""
+    if not store:
+        return ""
+    if store.startswith(("postgres://", "postgresql://")):
+        return store.replace("{session}", session_id)
+    raise ValueError("transport.session_store must be empty (one SQLite file per session) "
+                     "or a postgres:// / postgresql:// DSN")
+
+
+def _check_session_id(session_id: str) -> None:
+    """The id becomes a directory name: refuse anything that could leave ``sessions/``."""
+    if not session_id or session_id in {".", ".."} or any(c in session_id for c in "/\\\0"):
+        raise ValueError(f"invalid session id {session_id!r}")
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) and make ``path`` itself mode 0700."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)

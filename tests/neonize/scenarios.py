@@ -1,0 +1,663 @@
+"""Scenarios that load neonize, each run in a child process by ``tests/neonize``.
+
+Why a child process: neonize starts a Go runtime in whatever process imports it,
+and a process that has it must never fork (its children hang, guide §0); a Go
+panic would also take pytest down with it. So the pytest process never imports
+neonize: each scenario runs here, in ``python -m tests.neonize.scenarios NAME DIR``
+(inside ``unshare -n`` when the host allows it), and writes what it observed as
+JSON to ``DIR/result.json`` for the test to assert on.
+
+Nothing here may reach beyond 127.0.0.0/8: every client that dials gets a proxy on
+127.0.0.1 (a ``FaultProxy`` or a refused port), and the event scenarios never dial
+at all (they drive the handlers through neonize's own ctypes dispatch, with the Go
+side replaced by ``FakeGo`` where a handler or a send would call into it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import sqlite3
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from actors.transport.base import SendError, TransportEvent
+from actors.transport.neonize import NeonizeTransport, send_error_from
+from gateway.config import Config, QrConfig, TransportConfig
+from tests.neonize.fault_proxy import FaultProxy, refused_port
+
+SESSION = "s1"
+FIRST_QR_SECONDS = 60.0
+NEXT_QR_SECONDS = 20.0
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Recorder:
+    """A thread-safe event sink that notes when each event arrived."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.events: list[tuple[float, TransportEvent]] = []
+        self.threads: list[str] = []  # the thread each event was delivered on
+
+    def __call__(self, event: TransportEvent) -> None:
+        with self._cond:
+            self.events.append((time.monotonic(), event))
+            self.threads.append(threading.current_thread().name)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[TransportEvent]], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate([event for _, event in self.events]):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def after(self, moment: float) -> list[dict[str, Any]]:
+        with self._cond:
+            return [describe(event) for at, event in self.events if at > moment]
+
+    def all(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return [describe(event) for _, event in self.events]
+
+
+def describe(event: TransportEvent) -> dict[str, Any]:
+    """An event as JSON: its class name and fields."""
+    fields = {name: getattr(event, name) for name in getattr(event, "__slots__", ())}
+    return {"type": type(event).__name__, **fields}
+
+
+def config(proxy: str = "") -> Config:
+    return Config(transport=TransportConfig(proxy=proxy),
+                  qr=QrConfig(first_seconds=FIRST_QR_SECONDS, next_seconds=NEXT_QR_SECONDS))
+
+
+def mode_of(path: Path) -> int | None:
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def storage_modes(data_dir: Path) -> dict[str, int | None]:
+    session_dir = data_dir / "sessions" / SESSION
+    return {
+        "sessions": mode_of(data_dir / "sessions"),
+        "session": mode_of(session_dir),
+        **{name: mode_of(session_dir / name)
+           for name in ("neonize.db", "neonize.db-wal", "neonize.db-shm")},
+    }
+
+
+def non_daemon_threads() -> list[str]:
+    return [t.name for t in threading.enumerate()
+            if not t.daemon and t is not threading.main_thread()]
+
+
+def send_error_fields(exc: SendError) -> dict[str, Any]:
+    return {"reason": exc.reason, "permanent": exc.permanent, "message": str(exc)}
+
+
+def fabricate_device(db_path: Path, user: str = "4917012345678") -> None:
+    """Insert a device row satisfying whatsmeow's schema (random keys): what a linked
+    session stores, minus anything that would let it log in."""
+    with sqlite3.connect(db_path) as db:
+        db.execute(
+            "INSERT INTO whatsmeow_device (jid, registration_id, noise_key, identity_key,"
+            " signed_pre_key, signed_pre_key_id, signed_pre_key_sig, adv_key, adv_details,"
+            " adv_account_sig, adv_account_sig_key, adv_device_sig)"
+            " VALUES (?, 1, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?)",
+            (f"{user}:7@s.whatsapp.net", secrets.token_bytes(32), secrets.token_bytes(32),
+             secrets.token_bytes(32), secrets.token_bytes(64), secrets.token_bytes(32),
+             secrets.token_bytes(16), secrets.token_bytes(64), secrets.token_bytes(32),
+             secrets.token_bytes(64)))
+
+
+# --------------------------------------------------------------------------- dialing
+
+
+def dial_failure(workdir: Path, mode: str) -> dict[str, Any]:
+    """One connect through a failing proxy: what it reports, and a clean close."""
+    data_dir = workdir / "data"
+    proxy = None if mode == "refused" else FaultProxy(mode).start()
+    address = proxy.address if proxy else f"http://127.0.0.1:{refused_port()}"
+    try:
+        transport = NeonizeTransport(SESSION, data_dir, config(address))
+        sink = Recorder()
+        try:
+            transport.send_text("4917012345678", "hi")
+            early_send: dict[str, Any] | None = None
+        except SendError as exc:
+            early_send = send_error_fields(exc)
+        started = time.monotonic()
+        transport.connect(sink)
+        connect_returned = time.monotonic() - started
+        got = sink.wait_for(lambda events: bool(events), timeout=10.0)
+        first_after = time.monotonic() - started
+        time.sleep(0.5)  # any second event would arrive now
+        before_close = time.monotonic()
+        transport.close()
+        close_took = time.monotonic() - before_close
+        transport.close()  # idempotent
+        closed = transport.wait_closed(15.0)
+        time.sleep(0.2)  # a quiet spell in which a late event would show up
+        result = {
+            "got_event": got,
+            "events": sink.all(),
+            "events_after_close": sink.after(before_close),
+            "first_event_seconds": first_after,
+            "connect_returned_seconds": connect_returned,
+            "close_seconds": close_took,
+            "wait_closed": closed,
+            "early_send": early_send,
+            "modes": storage_modes(data_dir),
+            "has_credentials": transport.has_credentials(),
+            "non_daemon_threads": non_daemon_threads(),
+        }
+    finally:
+        if proxy is not None:
+            proxy.stop()
+    if proxy is not None:
+        result.update(proxy_connections=proxy.connections, proxy_requests=proxy.requests,
+                      proxy_threads=proxy.threads_alive())
+    return result
+
+
+def tls_hang(workdir: Path) -> dict[str, Any]:
+    """Close while the TLS handshake through the proxy hangs (Go waits 10 s)."""
+    data_dir = workdir / "data"
+    with FaultProxy("tls_hang") as proxy:
+        transport = NeonizeTransport(SESSION, data_dir, config(proxy.address))
+        sink = Recorder()
+        started = time.monotonic()
+        transport.connect(sink)
+        deadline = time.monotonic() + 5.0  # until the client sent its TLS hello
+        while proxy.drained_bytes == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        before_close = time.monotonic()
+        transport.close()
+        close_took = time.monotonic() - before_close
+        closed = transport.wait_closed(20.0)
+        stop_done = time.monotonic() - before_close
+        time.sleep(0.2)  # a quiet spell in which a late event would show up
+        result = {
+            "proxy_requests": proxy.requests,
+            "tls_hello_bytes": proxy.drained_bytes,
+            "dialing_for": before_close - started,
+            "close_seconds": close_took,
+            "wait_closed": closed,
+            "stop_done_seconds": stop_done,
+            "events": sink.all(),
+            "events_after_close": sink.after(before_close),
+            "non_daemon_threads": non_daemon_threads(),
+        }
+    result["proxy_threads"] = proxy.threads_alive()
+    return result
+
+
+def storage(workdir: Path) -> dict[str, Any]:
+    """Files after a failed connect; has_credentials on an empty and a linked store;
+    the real Go error texts of a stopped client; logout deletes the files."""
+    data_dir = workdir / "data"
+    transport = NeonizeTransport(SESSION, data_dir, config(f"http://127.0.0.1:{refused_port()}"))
+    before = transport.has_credentials()
+    sink = Recorder()
+    transport.connect(sink)
+    sink.wait_for(bool, timeout=10.0)
+    conn = transport._conn
+    assert conn is not None
+    transport.wait_closed(10.0)  # the connection thread also stopped the Go client
+    db_path = data_dir / "sessions" / SESSION / "neonize.db"
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        journal = db.execute("PRAGMA journal_mode").fetchone()[0]
+        columns = [(row[1], bool(row[3]), row[4] is not None)
+                   for row in db.execute("PRAGMA table_info(whatsmeow_device)")]
+    empty = transport.has_credentials()
+    fabricate_device(db_path)
+    linked = transport.has_credentials()
+    # What the real Go side answers a stopped client, mapped as send_text would.
+    from neonize.exc import NeonizeError  # only in this child process
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+    try:
+        conn.client.send_message("4917012345678", Message(conversation="x"))
+        go_send: dict[str, Any] | None = None
+    except NeonizeError as exc:
+        go_send = send_error_fields(send_error_from(str(exc)))
+    modes = storage_modes(data_dir)
+    transport.logout()
+    transport.close()
+    closed = transport.wait_closed(10.0)
+    left = sorted(p.name for p in (data_dir / "sessions" / SESSION).iterdir())
+    return {
+        "events": sink.all(), "before": before, "empty": empty, "linked": linked,
+        "journal_mode": journal, "device_columns": columns, "go_send": go_send,
+        "modes": modes, "after_logout": transport.has_credentials(), "files_left": left,
+        "wait_closed": closed, "non_daemon_threads": non_daemon_threads(),
+    }
+
+
+# --------------------------------------------------------------------------- events
+
+
+class FakeGo:
+    """Stands in for neonize's Go library on one client (``_NewClient__client``):
+    records what would be sent and answers like Go would."""
+
+    def __init__(self, own_user: str = "4917012345678") -> None:
+        from neonize.proto import Neonize_pb2 as proto
+
+        self.proto = proto
+        self.own_user = own_user
+        self.sent: list[tuple[Any, Any]] = []
+        self.send_error = ""
+        self.pair_error = ""
+        self.pair_calls: list[Any] = []
+        self.logouts = 0
+        self.stops = 0
+
+    def GetMe(self, uuid: bytes) -> bytes:
+        jid = self.proto.JID(User=self.own_user, RawAgent=0, Device=12, Integrator=0,
+                             Server="s.whatsapp.net", IsEmpty=False)
+        return self.proto.Device(JID=jid, Platform="", BussinessName="", PushName="gw",
+                                 Initialized=True).SerializeToString()
+
+    def SendMessage(self, uuid: bytes, to: bytes, to_len: int, msg: bytes,
+                    msg_len: int) -> bytes:
+        from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+
+        self.sent.append((self.proto.JID.FromString(bytes(to)), Message.FromString(bytes(msg))))
+        if self.send_error:
+            return self.proto.SendMessageReturnFunction(Error=self.send_error).SerializeToString()
+        response = self.proto.SendResponse(
+            Timestamp=1_700_000_000, ID="3EB0C0FFEE", ServerID=0,
+            DebugTimings=self.proto.MessageDebugTimings(
+                Queue=0, Marshal=0, GetParticipants=0, GetDevices=0, GroupEncrypt=0,
+                PeerEncrypt=0, Send=0, Resp=0, Retry=0))
+        return self.proto.SendMessageReturnFunction(SendResponse=response).SerializeToString()
+
+    def PairPhone(self, uuid: bytes, payload: bytes, size: int) -> bytes:
+        self.pair_calls.append(self.proto.PairPhoneParams.FromString(bytes(payload)))
+        if self.pair_error:
+            return self.proto.PairPhoneReturnFunction(Error=self.pair_error).SerializeToString()
+        return self.proto.PairPhoneReturnFunction(Code="ABCD-EFGH").SerializeToString()
+
+    def Logout(self, uuid: bytes) -> bytes:
+        self.logouts += 1
+        return b""
+
+    def Stop(self, uuid: bytes) -> None:
+        self.stops += 1
+
+
+class EventHarness:
+    """One transport whose connections are opened but never dialed; events go in
+    through neonize's real ctypes callback path."""
+
+    def __init__(self, workdir: Path) -> None:
+        from neonize._binder import func_callback_bytes, func_string
+        from neonize.events import EVENT_TO_INT
+        from neonize.proto import Neonize_pb2 as proto
+
+        self.proto = proto
+        self.func_callback_bytes = func_callback_bytes
+        self.func_string = func_string
+        self.codes = EVENT_TO_INT
+        self.transport = NeonizeTransport(SESSION, workdir / "data", config())
+        self.sink = Recorder()
+        self.go = FakeGo()
+        self.conn: Any = None
+        self.fresh()
+
+    def fresh(self) -> Any:
+        """A new connection with FakeGo behind it (the previous one must be over)."""
+        conn = self.transport._open(self.sink)
+        assert conn is not None, "the previous connection is still live"
+        conn.client._NewClient__client = self.go
+        self.conn = conn
+        return conn
+
+    def feed(self, event: Any) -> None:
+        data = event.SerializeToString()
+        code = self.codes[type(event)]
+        callback = self.func_callback_bytes(self.conn.client.event.execute)
+        if data:
+            buffer = ctypes.create_string_buffer(data, len(data))
+            callback(self.conn.client.uuid, ctypes.addressof(buffer), len(data), code)
+        else:  # empty payloads come as (NULL, 0) from Go 0.5.2
+            callback(self.conn.client.uuid, None, 0, code)
+
+    def qr(self, payload: bytes) -> None:
+        buffer = ctypes.create_string_buffer(payload)
+        self.func_string(self.conn.client._NewClient__onQr)(None, ctypes.addressof(buffer))
+
+    def login_status(self, status: bytes) -> None:
+        buffer = ctypes.create_string_buffer(status)
+        self.func_string(self.conn.client._NewClient__onLoginStatus)(
+            None, ctypes.addressof(buffer))
+
+    def take(self) -> list[dict[str, Any]]:
+        """Events since the last take."""
+        events = self.sink.all()
+        taken = events[getattr(self, "_taken", 0):]
+        self._taken = len(events)
+        return taken
+
+    def jid(self, user: str) -> Any:
+        return self.proto.JID(User=user, RawAgent=0, Device=0, Integrator=0,
+                              Server="s.whatsapp.net", IsEmpty=False)
+
+    def receipt(self, ids: list[str], kind: int) -> Any:
+        chat = self.jid("4917099999999")
+        source = self.proto.MessageSource(Chat=chat, Sender=chat, IsFromMe=False, IsGroup=False,
+                                          SenderAlt=chat, RecipientAlt=chat,
+                                          BroadcastListOwner=chat)
+        return self.proto.Receipt(MessageSource=source, MessageIDs=ids,
+                                  Timestamp=1_700_000_000, Type=kind)
+
+
+def events(workdir: Path) -> dict[str, Any]:
+    """Every mapped event, fed through neonize's ctypes dispatch; sends and pairing
+    codes against FakeGo; terminal events silence their connection."""
+    h = EventHarness(workdir)
+    proto = h.proto
+    out: dict[str, Any] = {}
+
+    # Pairing: QR codes (payload untouched), a pairing code, then success.
+    payload = (b"https://wa.me/settings/linked_devices#2@AbC+/=,nOiSe+/=,iDeNt=,aDv=,1")
+    try:
+        h.transport.request_pairing_code("4917012345678")
+    except SendError as exc:
+        out["pair_before_qr"] = send_error_fields(exc)
+    before = time.time()
+    h.qr(payload)
+    h.qr(payload + b"2")
+    after = time.time()
+    out["qr"] = h.take()
+    out["qr_window"] = [before, after]
+    out["qr_payload"] = payload.decode()
+    out["pair_code"] = h.transport.request_pairing_code("+49 170 1234-5678")
+    out["pair_params"] = {"phone": h.go.pair_calls[-1].phone,
+                          "push": h.go.pair_calls[-1].showPushNotification}
+    h.go.pair_error = "websocket not connected"
+    try:
+        h.transport.request_pairing_code("4917012345678")
+    except SendError as exc:
+        out["pair_error"] = send_error_fields(exc)
+    h.login_status(b"success")
+    out["login_success"] = h.take()
+
+    # Connected, sends, receipts, a drop and whatsmeow's own reconnect.
+    h.feed(proto.Connected(status=True))
+    out["connected"] = h.take()
+    sent = h.transport.send_text("4917011111111", "hello @4917022222222 https://example.com")
+    to, message = h.go.sent[-1]
+    out["send"] = {"id": sent.message_id, "timestamp": sent.timestamp,
+                   "to_user": to.User, "to_server": to.Server,
+                   "conversation": message.conversation,
+                   "has_extended": message.HasField("extendedTextMessage")}
+    out["send_errors"] = {}
+    for text in ("failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+                 "failed to send usync query: websocket not connected",
+                 "client is nil",
+                 "timed out waiting for message send response",
+                 "server returned error 463",
+                 "server returned error 479",
+                 "websocket disconnected before info query returned response",
+                 "failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+                 "failed to send usync query: websocket disconnected before info query "
+                 "returned response"):
+        h.go.send_error = text
+        try:
+            h.transport.send_text("4917011111111", "x")
+        except SendError as exc:
+            out["send_errors"][text] = send_error_fields(exc)
+    h.go.send_error = ""
+    try:
+        h.transport.send_text("not-a-number", "x")
+    except SendError as exc:
+        out["send_bad_number"] = send_error_fields(exc)
+    h.feed(h.receipt(["3EB0AAA", "3EB0BBB"], proto.Receipt.DELIVERED))
+    h.feed(h.receipt(["3EB0AAA"], proto.Receipt.READ))
+    h.feed(h.receipt(["3EB0AAA"], proto.Receipt.PLAYED))
+    h.feed(h.receipt(["3EB0AAA"], proto.Receipt.READ_SELF))
+    out["receipts"] = h.take()
+    h.feed(proto.Disconnected(status=True))
+    out["disconnected"] = h.take()
+    try:
+        h.transport.send_text("4917011111111", "x")
+    except SendError as exc:
+        out["send_while_down"] = send_error_fields(exc)
+    out["sends_reaching_go"] = len(h.go.sent)
+    h.feed(proto.ConnectFailure(Reason=proto.ConnectFailureReason.SERVICE_UNAVAILABLE,
+                                Message="503 service unavailable",
+                                Raw=proto.Node(Tag="failure", Nil=True)))
+    out["connect_failure"] = h.take()
+    h.feed(proto.Connected(status=True))
+    h.take()
+
+    # Terminal events: each reported once, then the connection is silent.
+    terminal = {
+        "logged_out": proto.LoggedOut(OnConnect=True,
+                                      Reason=proto.ConnectFailureReason.MAIN_DEVICE_GONE),
+        "stream_replaced": proto.StreamReplaced(),
+        "temporary_ban": proto.TemporaryBan(Code=proto.TemporaryBan.SENT_TOO_MANY_SAME_MESSAGE,
+                                            Expire=3600),
+        "client_outdated": proto.ClientOutdated(),
+    }
+    for name, event in terminal.items():
+        if name != "logged_out":
+            h.fresh()
+        fed_at = time.time()
+        h.feed(event)
+        h.feed(proto.Connected(status=True))  # must be dropped: the connection is over
+        out[name] = {"events": h.take(), "at": fed_at,
+                     "stop_requested": h.conn.stop_requested}
+    for status in (b"timeout", b"err-client-outdated", b"err-scanned-without-multidevice"):
+        h.fresh()
+        h.qr(payload)
+        h.take()
+        h.login_status(status)
+        h.qr(payload)  # dropped
+        out[f"login_{status.decode()}"] = {"events": h.take(),
+                                           "stop_requested": h.conn.stop_requested}
+
+    # Logout while connected: unlink through Go, files gone, nothing reported.
+    h.fresh()
+    h.feed(proto.Connected(status=True))
+    h.take()
+    db_dir = workdir / "data" / "sessions" / SESSION
+    db_dir.mkdir(parents=True, exist_ok=True)
+    (db_dir / "neonize.db").write_bytes(b"")
+    h.transport.logout()
+    out["logout"] = {"go_logouts": h.go.logouts, "events": h.take(),
+                     "files": sorted(p.name for p in db_dir.iterdir())}
+
+    # After close: nothing more, whatever Go still calls back with.
+    h.fresh()
+    h.transport.close()
+    h.qr(payload)
+    h.feed(proto.Connected(status=True))
+    h.feed(proto.Disconnected(status=True))
+    out["after_close"] = h.take()
+    try:
+        h.transport.connect(h.sink)
+    except RuntimeError as exc:
+        out["connect_after_close"] = str(exc)
+    out["wait_closed"] = h.transport.wait_closed(5.0)
+    out["go_stops"] = h.go.stops  # never entered Go, so never stopped there
+    out["non_daemon_threads"] = non_daemon_threads()
+    return out
+
+
+class FakeGoSession(FakeGo):
+    """FakeGo with a ``Neonize`` that behaves like the Go call of a pairing session:
+    it calls back on neonize's worker thread, then blocks until ``Stop`` (or returns
+    ``result`` at once when one is given, as a failed or dying Go call does)."""
+
+    def __init__(self, result: bytes | None = None) -> None:
+        super().__init__()
+        self.result = result
+        self.stopped = threading.Event()
+        self.subscribed: list[int] = []
+        self.log_level = b""
+        self.proxy_given = False
+        self.thread = ""
+        self.thread_is_daemon = False
+
+    def Neonize(self, db: bytes, uuid: bytes, jid: bytes, jid_size: int, new_device: int,
+                log_level: bytes, qr_cb: Any, login_cb: Any, event_cb: Any, log_cb: Any,
+                subscribers: Any, n_subscribers: int, props: bytes, props_size: int,
+                pairphone: bytes, pairphone_size: int, proxy: Any) -> bytes:
+        self.subscribed = sorted(bytes(subscribers)[:n_subscribers])
+        self.log_level = log_level
+        self.proxy_given = proxy is not None
+        self.thread = threading.current_thread().name
+        self.thread_is_daemon = threading.current_thread().daemon
+        if self.result is not None:
+            return self.result
+        payload = ctypes.create_string_buffer(b"https://wa.me/settings/linked_devices#ref,k,i,a,1")
+        qr_cb(None, ctypes.addressof(payload))
+        self.stopped.wait(30.0)
+        return b""
+
+    def Stop(self, uuid: bytes) -> None:
+        super().Stop(uuid)
+        self.stopped.set()
+
+
+def fake_session(workdir: Path) -> dict[str, Any]:
+    """The connection threads against a Go stand-in: callbacks from neonize's worker
+    thread, a close that stops Go, an unexpected return and a failed Go call."""
+    from neonize.events import EVENT_TO_INT
+
+    transport = NeonizeTransport(SESSION, workdir / "data",
+                                 config(f"http://127.0.0.1:{refused_port()}"))
+    sink = Recorder()
+    out: dict[str, Any] = {}
+    go = FakeGoSession()
+    conn = transport._open(sink)
+    assert conn is not None
+    conn.client._NewClient__client = go
+    conn.start()
+    out["qr_arrived"] = sink.wait_for(lambda events: bool(events), timeout=5.0)
+    out["events"] = sink.all()
+    out["event_threads"] = list(sink.threads)
+    out["go_thread"] = go.thread
+    out["go_thread_is_daemon"] = go.thread_is_daemon
+    out["uuid"] = conn.uuid
+    out["subscribed"] = go.subscribed
+    wanted = {"Connected", "Disconnected", "LoggedOut", "StreamReplaced", "TemporaryBan",
+              "ClientOutdated", "ConnectFailure", "Receipt"}
+    out["codes"] = {type_.__name__: code for type_, code in EVENT_TO_INT.items()
+                    if type_.__name__ in wanted}
+    out["log_level"] = go.log_level.decode()
+    out["proxy_given"] = go.proxy_given
+    out["connect_again_is_noop"] = transport._open(sink) is None
+    before_close = time.monotonic()
+    transport.close()
+    out["close_seconds"] = time.monotonic() - before_close
+    out["wait_closed"] = transport.wait_closed(10.0)
+    out["go_stops"] = go.stops
+    out["events_after_close"] = sink.after(before_close)
+
+    for name, result in (("returns", b""), ("fails", b"boom from go")):
+        transport = NeonizeTransport(SESSION, workdir / "data", config())
+        sink = Recorder()
+        conn = transport._open(sink)
+        assert conn is not None
+        conn.client._NewClient__client = FakeGoSession(result)
+        conn.start()
+        sink.wait_for(lambda events: bool(events), timeout=5.0)
+        time.sleep(0.2)  # a quiet spell in which a second event would show up
+        out[name] = sink.all()
+        transport.close()
+        out[f"{name}_wait_closed"] = transport.wait_closed(5.0)
+    out["non_daemon_threads"] = non_daemon_threads()
+    return out
+
+
+def concurrent(workdir: Path) -> dict[str, Any]:
+    """Many transports connecting and closing at once in one process, through failing
+    proxies: unserialised, neonize's Go maps see concurrent writes and the process
+    aborts ("fatal error: concurrent map writes"; about 1 run in 3 at this load when
+    _GO_LOCK is disabled). The result only exists if the process survived."""
+    import random
+
+    proxies = [FaultProxy(mode).start() for mode in ("close", "http502", "ok_then_close")]
+    addresses = [proxy.address for proxy in proxies]
+    addresses.append(f"http://127.0.0.1:{refused_port()}")
+    transports: list[NeonizeTransport] = []
+    lock = threading.Lock()
+
+    def churn(worker: int) -> None:
+        for _ in range(10):
+            transport = NeonizeTransport(f"w{worker}", workdir / "data",
+                                         config(random.choice(addresses)))
+            transport.connect(Recorder())
+            time.sleep(random.random() * 0.02)
+            transport.close()
+            with lock:
+                transports.append(transport)
+
+    workers = [threading.Thread(target=churn, args=(n,)) for n in range(30)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30.0)
+    closed = all(transport.wait_closed(20.0) for transport in transports)
+    for proxy in proxies:
+        proxy.stop()
+    return {"transports": len(transports), "wait_closed": closed,
+            "non_daemon_threads": non_daemon_threads()}
+
+
+def logging_setup(workdir: Path) -> dict[str, Any]:
+    """Building a transport imports neonize without touching the root logger."""
+    import logging
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    NeonizeTransport(SESSION, workdir / "data", config())
+    return {
+        "root_unchanged": (list(root.handlers), root.level) == before,
+        "go_log_level": logging.getLogger("neonize.utils.log").level,
+        "neonize_loaded": "neonize.client" in sys.modules,
+    }
+
+
+SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "refused": lambda w: dial_failure(w, "refused"),
+    "close": lambda w: dial_failure(w, "close"),
+    "http502": lambda w: dial_failure(w, "http502"),
+    "ok_then_close": lambda w: dial_failure(w, "ok_then_close"),
+    "tls_hang": tls_hang,
+    "storage": storage,
+    "events": events,
+    "fake_session": fake_session,
+    "concurrent": concurrent,
+    "logging": logging_setup,
+}
+
+
+def main(argv: list[str]) -> int:
+    name, workdir = argv[0], Path(argv[1])
+    result = SCENARIOS[name](workdir)
+    (workdir / "result.json").write_text(json.dumps(result, default=repr), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

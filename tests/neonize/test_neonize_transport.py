@@ -1,0 +1,346 @@
+"""The real transport (neonize 0.5.2) against real Go code, offline.
+
+Each scenario of ``tests/neonize/scenarios.py`` runs in a child process (pytest
+itself never loads neonize's Go runtime: a process that has it must not fork, and
+a Go panic would kill pytest), inside a fresh network namespace with only loopback
+when ``unshare -n`` works here, and always with the client's proxy on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIO_TIMEOUT = 60.0
+
+
+def _neonize_problem() -> str | None:
+    """Why neonize cannot be used here (None when it can), checked in a child process."""
+    if importlib.util.find_spec("neonize") is None:
+        return "neonize is not installed (pip install 'wagate[neonize]')"
+    probe = subprocess.run([sys.executable, "-c", "import neonize.client"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode != 0:
+        return f"import neonize.client fails: {probe.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+_PROBLEM = _neonize_problem()
+if _PROBLEM is not None:
+    pytest.skip(_PROBLEM, allow_module_level=True)
+
+
+@functools.cache
+def _netns_prefix() -> tuple[str, ...]:
+    """A fresh network namespace with only loopback (``unshare -n`` as root, or with
+    a user namespace, ``-rn``, otherwise) when this host allows it, else nothing:
+    the scenarios then rely on their 127.0.0.1 proxies alone."""
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return ()
+    for flags in (("-n",), ("-r", "-n")):
+        prefix = ("unshare", *flags, "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"')
+        try:
+            probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0:
+            return prefix
+    return ()
+
+
+def run_scenario(name: str, workdir: Path) -> dict[str, Any]:
+    """Run one scenario in a child process and return what it observed.
+
+    ``subprocess.run`` kills the child when the deadline passes; ``unshare`` and
+    ``sh`` exec into Python, so that one kill ends everything the scenario started.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = [*_netns_prefix(), sys.executable, "-m", "tests.neonize.scenarios", name,
+               str(workdir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=SCENARIO_TIMEOUT)
+    assert done.returncode == 0, f"scenario {name} failed:\n{done.stderr[-4000:]}"
+    return json.loads((workdir / "result.json").read_text(encoding="utf-8"))
+
+
+def test_scenarios_run_isolated_when_the_host_allows_it() -> None:
+    """Documents (and keeps visible in -v output) how the network is fenced in."""
+    if not _netns_prefix():
+        pytest.skip("unshare -n is not available here; scenarios rely on loopback proxies")
+    assert _netns_prefix()[0] == "unshare" and "-n" in _netns_prefix()
+
+
+# --------------------------------------------------------------------------- dialing
+
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("refused", "connection refused"),
+    ("close", "unexpected EOF"),
+    ("http502", "Bad Gateway"),
+    ("ok_then_close", "connection reset by peer"),
+])
+def test_a_failed_dial_reports_one_disconnected_and_closes_cleanly(
+        tmp_path: Path, mode: str, expected: str) -> None:
+    result = run_scenario(mode, tmp_path)
+    assert result["events"] == [{"type": "Disconnected", "recovering": False,
+                                 "reason": result["events"][0]["reason"]}]
+    reason = result["events"][0]["reason"]
+    assert expected in reason
+    assert reason.startswith("failed to dial whatsapp web websocket")
+    assert result["first_event_seconds"] < 5.0
+    assert result["connect_returned_seconds"] < 0.5  # connect() never waits for the dial
+    assert result["close_seconds"] < 0.1
+    assert result["wait_closed"] is True
+    assert result["events_after_close"] == []
+    assert result["non_daemon_threads"] == []
+    assert result["early_send"] == {"reason": "NOT_CONNECTED", "permanent": False,
+                                    "message": "the session is not connected"}
+    assert result["has_credentials"] is False
+    modes = result["modes"]
+    assert (modes["sessions"], modes["session"]) == (PRIVATE_DIR, PRIVATE_DIR)
+    assert modes["neonize.db"] == PRIVATE_FILE
+    assert modes["neonize.db-wal"] in (None, PRIVATE_FILE)
+    assert modes["neonize.db-shm"] in (None, PRIVATE_FILE)
+    if mode != "refused":
+        assert result["proxy_connections"] == 1
+        assert result["proxy_requests"] == ["CONNECT web.whatsapp.com:443 HTTP/1.1"]
+        assert result["proxy_threads"] == []
+
+
+def test_close_during_a_hanging_tls_handshake_returns_at_once(tmp_path: Path) -> None:
+    result = run_scenario("tls_hang", tmp_path)
+    assert result["proxy_requests"] == ["CONNECT web.whatsapp.com:443 HTTP/1.1"]
+    assert result["tls_hello_bytes"] > 0  # closed while the handshake was hanging
+    assert result["close_seconds"] < 0.1
+    # Go gives the TLS handshake 10 s from the dial and its stop cannot cut it short.
+    assert result["wait_closed"] is True
+    assert result["stop_done_seconds"] < 15.0
+    assert result["events"] == []  # closed before the failure: it is never reported
+    assert result["non_daemon_threads"] == []
+    assert result["proxy_threads"] == []
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_scenario("storage", tmp_path_factory.mktemp("storage"))
+
+
+def test_the_session_database_is_private_and_in_wal_mode(storage: dict[str, Any]) -> None:
+    modes = storage["modes"]
+    assert (modes["sessions"], modes["session"]) == (PRIVATE_DIR, PRIVATE_DIR)
+    assert {modes[name] for name in ("neonize.db", "neonize.db-wal", "neonize.db-shm")} \
+        <= {PRIVATE_FILE, None}
+    assert modes["neonize.db"] == PRIVATE_FILE
+    assert storage["journal_mode"] == "wal"
+
+
+def test_has_credentials_reads_the_whatsmeow_device_table(storage: dict[str, Any]) -> None:
+    assert storage["before"] is False  # no file yet
+    assert storage["empty"] is False  # schema created by the failed connect, no device
+    assert storage["linked"] is True  # after a fabricated whatsmeow_device row
+    columns = {name for name, _, _ in storage["device_columns"]}
+    assert {"jid", "noise_key", "identity_key", "adv_device_sig"} <= columns
+
+
+def test_logout_deletes_the_session_database(storage: dict[str, Any]) -> None:
+    assert storage["after_logout"] is False
+    assert storage["files_left"] == []
+    assert storage["wait_closed"] is True
+    assert storage["non_daemon_threads"] == []
+
+
+def test_the_real_go_error_of_a_stopped_client_maps_to_not_connected(
+        storage: dict[str, Any]) -> None:
+    assert storage["go_send"] == {"reason": "NOT_CONNECTED", "permanent": False,
+                                  "message": "client is nil"}
+
+
+# --------------------------------------------------------------------------- events
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_scenario("events", tmp_path_factory.mktemp("events"))
+
+
+def test_qr_codes_pass_the_payload_through_with_their_lifetimes(events: dict[str, Any]) -> None:
+    first, second = events["qr"]
+    assert first["type"] == second["type"] == "QrCode"
+    assert first["code"] == events["qr_payload"]
+    assert second["code"] == events["qr_payload"] + "2"
+    start, end = events["qr_window"]
+    assert start + 60.0 <= first["expires_at"] <= end + 60.0
+    assert start + 20.0 <= second["expires_at"] <= end + 20.0
+
+
+def test_pairing_code_only_while_pairing(events: dict[str, Any]) -> None:
+    assert events["pair_before_qr"]["reason"] == "NOT_PAIRING"
+    assert events["pair_code"] == "ABCD-EFGH"
+    assert events["pair_params"] == {"phone": "4917012345678", "push": True}
+    assert events["pair_error"] == {"reason": "PAIRING_FAILED", "permanent": True,
+                                    "message": "websocket not connected"}
+
+
+def test_login_status_success_and_connected(events: dict[str, Any]) -> None:
+    assert events["login_success"] == [{"type": "PairingClosed", "reason": "success"}]
+    assert events["connected"] == [{"type": "Connected", "phone": "4917012345678"}]
+
+
+def test_send_text_sends_a_plain_conversation_to_the_number(events: dict[str, Any]) -> None:
+    assert events["send"] == {
+        "id": "3EB0C0FFEE", "timestamp": 1_700_000_000.0,
+        "to_user": "4917011111111", "to_server": "s.whatsapp.net",
+        "conversation": "hello @4917022222222 https://example.com", "has_extended": False,
+    }
+
+
+@pytest.mark.parametrize(("text", "reason", "permanent"), [
+    ("failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+     "failed to send usync query: websocket not connected", "NOT_CONNECTED", False),
+    ("client is nil", "NOT_CONNECTED", False),
+    ("timed out waiting for message send response", "AMBIGUOUS", True),
+    ("server returned error 463", "REACHOUT_TIMELOCK", True),
+    ("server returned error 479", "REJECTED", True),
+    # the socket died while waiting for the server's ack: maybe delivered
+    ("websocket disconnected before info query returned response", "AMBIGUOUS", True),
+    # ... but during the recipient lookup that precedes a send: certainly not sent
+    ("failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+     "failed to send usync query: websocket disconnected before info query returned "
+     "response", "NOT_CONNECTED", False),
+])
+def test_send_errors_map_to_reasons(events: dict[str, Any], text: str, reason: str,
+                                    permanent: bool) -> None:
+    assert events["send_errors"][text] == {"reason": reason, "permanent": permanent,
+                                           "message": text}
+
+
+def test_sends_are_refused_locally_while_down(events: dict[str, Any]) -> None:
+    assert events["send_while_down"]["reason"] == "NOT_CONNECTED"
+    assert events["send_bad_number"]["reason"] == "REJECTED"
+    assert events["sends_reaching_go"] == 8  # one success + seven mapped errors
+
+
+def test_receipts_delivered_and_read_one_per_message_id(events: dict[str, Any]) -> None:
+    assert events["receipts"] == [
+        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "delivered"},
+        {"type": "Receipt", "message_id": "3EB0BBB", "kind": "delivered"},
+        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "read"},
+    ]
+
+
+def test_drops_and_connect_failures(events: dict[str, Any]) -> None:
+    assert events["disconnected"] == [{"type": "Disconnected", "reason": "connection lost",
+                                       "recovering": True}]
+    assert events["connect_failure"] == [{
+        "type": "Disconnected", "recovering": False,
+        "reason": "connect failure SERVICE_UNAVAILABLE: 503 service unavailable"}]
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("logged_out", {"type": "LoggedOut", "reason": "MAIN_DEVICE_GONE"}),
+    ("stream_replaced", {"type": "StreamReplaced"}),
+    ("client_outdated", {"type": "ClientOutdated"}),
+    ("login_timeout", {"type": "PairingClosed", "reason": "timeout"}),
+    ("login_err-client-outdated", {"type": "ClientOutdated"}),
+    ("login_err-scanned-without-multidevice",
+     {"type": "PairingClosed", "reason": "err-scanned-without-multidevice"}),
+])
+def test_final_events_are_reported_once_then_the_client_stops(
+        events: dict[str, Any], name: str, expected: dict[str, Any]) -> None:
+    assert events[name]["events"] == [expected]  # the Connected fed after it was dropped
+    assert events[name]["stop_requested"] is True
+
+
+def test_temporary_ban_reports_until_when(events: dict[str, Any]) -> None:
+    ban = events["temporary_ban"]
+    (event,) = ban["events"]
+    assert event["type"] == "TemporaryBan"
+    assert event["reason"] == "SENT_TOO_MANY_SAME_MESSAGE"
+    assert ban["at"] + 3600 <= event["until"] <= ban["at"] + 3601
+    assert ban["stop_requested"] is True
+
+
+def test_logout_unlinks_through_go_and_reports_nothing(events: dict[str, Any]) -> None:
+    assert events["logout"] == {"go_logouts": 1, "events": [], "files": []}
+
+
+def test_nothing_is_reported_after_close(events: dict[str, Any]) -> None:
+    assert events["after_close"] == []
+    assert "closed" in events["connect_after_close"]
+    assert events["wait_closed"] is True
+    assert events["go_stops"] == 0  # never entered Go, so nothing to stop there
+    assert events["non_daemon_threads"] == []
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@pytest.fixture(scope="module")
+def fake_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_scenario("fake_session", tmp_path_factory.mktemp("fake_session"))
+
+
+def test_handlers_are_subscribed_before_go_starts(fake_session: dict[str, Any]) -> None:
+    assert fake_session["subscribed"] == sorted(fake_session["codes"].values())
+    assert fake_session["log_level"] == "WARN"  # not every Go DEBUG line through the FFI
+    assert fake_session["proxy_given"] is True
+
+
+def test_callbacks_arrive_on_neonizes_worker_thread(fake_session: dict[str, Any]) -> None:
+    assert fake_session["qr_arrived"] is True
+    assert fake_session["event_threads"] == [fake_session["uuid"]]
+    assert fake_session["go_thread"] == fake_session["uuid"]
+    # neonize makes it non-daemon; a Go call that never returns must not pin the process
+    assert fake_session["go_thread_is_daemon"] is True
+    assert fake_session["connect_again_is_noop"] is True
+
+
+def test_close_stops_a_running_go_call(fake_session: dict[str, Any]) -> None:
+    assert fake_session["close_seconds"] < 0.1
+    assert fake_session["wait_closed"] is True
+    assert fake_session["go_stops"] >= 1
+    assert fake_session["events_after_close"] == []
+    assert fake_session["non_daemon_threads"] == []
+
+
+def test_an_unasked_end_of_the_go_call_is_a_disconnect(fake_session: dict[str, Any]) -> None:
+    assert fake_session["returns"] == [{"type": "Disconnected", "recovering": False,
+                                        "reason": "client stopped unexpectedly"}]
+    assert fake_session["fails"] == [{"type": "Disconnected", "recovering": False,
+                                      "reason": "boom from go"}]
+    assert fake_session["returns_wait_closed"] and fake_session["fails_wait_closed"]
+
+
+def test_many_clients_connecting_and_closing_at_once_do_not_abort_go(tmp_path: Path) -> None:
+    """300 connects and closes from 30 threads in one process (the Go lock at work)."""
+    result = run_scenario("concurrent", tmp_path)
+    assert result == {"transports": 300, "wait_closed": True, "non_daemon_threads": []}
+
+
+def test_loading_neonize_leaves_the_root_logger_alone(tmp_path: Path) -> None:
+    result = run_scenario("logging", tmp_path)
+    assert result == {"root_unchanged": True, "go_log_level": 30, "neonize_loaded": True}
+
+
+def test_this_process_never_loaded_neonize() -> None:
+    """The scenarios ran elsewhere: pytest itself must stay fork-safe (a process that
+    loaded neonize's Go runtime hangs in its forked children)."""
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] == "neonize")
+    assert loaded == [], "something imported neonize into the pytest process"
+
