@@ -260,9 +260,9 @@ class SessionActor(BridgedActor):
             except Exception as exc:
                 log.error("transport engine unavailable", engine=engine, error=repr(exc))
                 raise EngineUnavailable(
-                    f"the '{engine}' WhatsApp engine cannot start ({exc}); install it with "
-                    "pip install 'wagate[neonize]', or run the simulator with "
-                    "`wagate serve --demo`") from exc
+                    f"the '{engine}' WhatsApp engine cannot start ({exc}); reinstall wagate "
+                    "(pip install .) and check that libmagic is installed, or run the "
+                    "simulator with `wagate serve --demo`") from exc
         return self.transport
 
     def _do(self, action: Action) -> None:

@@ -27,7 +27,7 @@ SCENARIO_TIMEOUT = 60.0
 def _neonize_problem() -> str | None:
     """Why neonize cannot be used here (None when it can), checked in a child process."""
     if importlib.util.find_spec("neonize") is None:
-        return "neonize is not installed (pip install 'wagate[neonize]')"
+        return "neonize is not installed (pip install -e '.[test]' installs it)"
     probe = subprocess.run([sys.executable, "-c", "import neonize.client"], cwd=REPO,
                            capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
