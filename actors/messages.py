@@ -251,6 +251,7 @@ class WhoAreYou:
 class ProcessInfo:
     pid: int
     pgid: int
+    ppid: int  # for the supervisor: the Thespian Admin, which created it
 
 
 # ---- supervisor <-> children ---------------------------------------------------

@@ -264,7 +264,7 @@ class OutboxActor(ActorTypeDispatcher):
         usage = self.limits.usage(time.time()) if self.limits is not None else {}
         report = replace(msg.report, queue_depth=sum(by_session.values()), limiter=usage,
                          queue_by_session=by_session, uncertain_total=self.uncertain_total,
-                         worker_pids={"outbox": os.getpid()})
+                         worker_pids={**msg.report.worker_pids, "outbox": os.getpid()})
         self.send(msg.reply_to, Ok(report, request_id=msg.request_id))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:

@@ -138,7 +138,7 @@ class SupervisorActor(ActorTypeDispatcher):
             self.registry.close()
 
     def receiveMsg_WhoAreYou(self, msg: WhoAreYou, sender: Any) -> None:
-        self.send(sender, ProcessInfo(os.getpid(), os.getpgrp()))
+        self.send(sender, ProcessInfo(os.getpid(), os.getpgrp(), os.getppid()))
 
     def receiveMsg_Ping(self, msg: Ping, sender: Any) -> None:
         ready = self.config is not None and all(
@@ -156,7 +156,8 @@ class SupervisorActor(ActorTypeDispatcher):
         self.send(sender, Ok(status, request_id=msg.request_id))
 
     def receiveMsg_GetHealth(self, msg: GetHealth, sender: Any) -> None:
-        report = HealthReport(sessions=tuple(self.statuses[s] for s in sorted(self.statuses)))
+        report = HealthReport(sessions=tuple(self.statuses[s] for s in sorted(self.statuses)),
+                              worker_pids={"supervisor": os.getpid()})
         outbox = self.children["outbox"].address
         if outbox is None:
             self.send(sender, Ok(report, request_id=msg.request_id))

@@ -64,7 +64,7 @@ def serve(config: Config) -> int:
     def request_stop(signum: int, _frame: Any) -> None:
         stop_requested.append(signum)
 
-    system, supervisor, actor_pgid = start_actor_system(config)
+    system, supervisor, actor_pgid, admin_pid = start_actor_system(config)
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     web: subprocess.Popen[bytes] | None = None
@@ -82,6 +82,14 @@ def serve(config: Config) -> int:
                 log.error("the HTTP server exited; stopping the gateway", code=web.returncode)
                 exit_code = 1
                 break
+            if not _is_alive(admin_pid):
+                # Without the Admin nothing answers. Exit non-zero so systemd or the
+                # container runtime restarts the gateway (sessions and queued messages
+                # come back from disk).
+                log.error("the actor system died; stopping the gateway so it can be "
+                          "restarted", admin_pid=admin_pid)
+                exit_code = 1
+                break
             time.sleep(0.2)
     finally:
         stop_everything(system, supervisor, actor_pgid, web)
@@ -91,8 +99,11 @@ def serve(config: Config) -> int:
     return exit_code
 
 
-def start_actor_system(config: Config) -> tuple[Any, Any, int]:
-    """Start the Admin and the supervisor tree; returns (system, supervisor, pgid)."""
+def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
+    """Start the Admin and the supervisor tree.
+
+    Returns (system, supervisor, process group of the actors, pid of the Admin).
+    """
     from thespian.actors import ActorSystem
 
     from actors.supervisor import SupervisorActor
@@ -128,7 +139,7 @@ def start_actor_system(config: Config) -> tuple[Any, Any, int]:
         stop_everything(system, supervisor, info.pgid, None)
         raise StartupError(f"the supervisor did not start ({reply!r}); see "
                            "data_dir/logs/actors.log")
-    return system, supervisor, info.pgid
+    return system, supervisor, info.pgid, info.ppid
 
 
 def thespian_log_defs(path: Path) -> dict[str, Any]:
@@ -211,11 +222,19 @@ def sweep_leftovers(data: Path) -> None:
     path.unlink()
 
 
-def _is_wagate(pid: int) -> bool:
-    """A live (non-zombie) process running wagate: pids get reused after a crash."""
+def _is_alive(pid: int) -> bool:
+    """Running, not a zombie (the Admin is not our child, so nobody reaps it here)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
+def _is_wagate(pid: int) -> bool:
+    """A live process running wagate: pids get reused after a crash."""
+    try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return False
-    return stat[stat.rfind(")") + 2] != "Z" and (b"wagate" in cmdline or b"gateway" in cmdline)
+    return _is_alive(pid) and (b"wagate" in cmdline or b"gateway" in cmdline)

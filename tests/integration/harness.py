@@ -105,7 +105,10 @@ class GraphQLResult:
 
 
 class Gateway:
-    def __init__(self, root: Path, overrides: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, overrides: dict[str, Any] | None = None,
+                 engine: str = "simulator") -> None:
+        """``engine`` is forced over ``overrides``: the simulator unless a test asks
+        for the real engine (which must then get a loopback ``transport.proxy``)."""
         self.root = root
         self.data_dir = root / "data"
         self.port = free_port()
@@ -113,7 +116,7 @@ class Gateway:
         self.config_path = root / "gateway.toml"
         config = _merge(FAST, overrides or {})
         config = _merge(config, {"storage": {"data_dir": str(self.data_dir)},
-                                 "transport": {"engine": "simulator"}})
+                                 "transport": {"engine": engine}})
         self.config_path.write_text(_toml(config), encoding="utf-8")
         self.process: subprocess.Popen[bytes] | None = None
         self.groups: set[int] = set()

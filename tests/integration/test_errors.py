@@ -199,21 +199,18 @@ def test_broken_requests_get_json_errors_without_internals(linked_gateway: Gatew
 # ---- UNAVAILABLE -------------------------------------------------------------------------
 
 
-def test_dead_actor_system_is_unavailable_and_stop_still_cleans_up(
+def test_dead_supervisor_is_unavailable_and_stop_still_cleans_up(
         make_gateway: Callable[..., Gateway]) -> None:
-    """If the actor system dies under a running web server, callers must get a fast,
-    explicit UNAVAILABLE (and load balancers a 503), not hang or see a 500; and the
-    launcher must still stop cleanly, leaving no process behind."""
+    """If the actor tree stops answering under a running web server, callers must get a
+    fast, explicit UNAVAILABLE (and load balancers a 503), not hang or see a 500; and
+    the launcher must still stop cleanly, leaving no process behind."""
     gw = make_gateway({"actors": {"ask_timeout_seconds": 1.0}}).start()
-    state = gw.run_state()
-    assert state is not None
-    actor_pgid = int(state["actor_pgid"])
-    assert actor_pgid in gw.groups
-    os.killpg(actor_pgid, signal.SIGKILL)
-    wait_for(lambda: not group_alive(actor_pgid), 10, message="the actor group to die")
+    supervisor = gw.health()["processes"]["supervisor"]
+    os.kill(supervisor, signal.SIGKILL)
+    wait_for(lambda: gw.http.get(gw.url + "/readyz", timeout=10).status_code == 503, 10,
+             message="readiness to fail")
 
     ready = gw.http.get(gw.url + "/readyz", timeout=10)
-    assert ready.status_code == 503
     assert ready.json()["status"] == "unavailable"
     assert gw.http.get(gw.url + "/healthz", timeout=10).status_code == 200  # web is alive
     health = gw.http.get(gw.url + "/admin/health", timeout=10)
@@ -224,6 +221,25 @@ def test_dead_actor_system_is_unavailable_and_stop_still_cleans_up(
     for response in (ready, health):
         assert "Traceback" not in response.text
 
-    # The launcher's stop path must cope with an actor system that is already gone:
+    # The launcher's stop path must cope with a tree that is already broken:
     # exit code 0 and no process left of either group (stop() asserts both).
     gw.stop()
+
+
+def test_dead_actor_system_stops_the_launcher_for_a_restart(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """Without its actor system the gateway can do nothing: the launcher must notice,
+    stop the web server and exit non-zero, so that systemd (or the container runtime)
+    restarts the whole gateway, rather than answer UNAVAILABLE forever."""
+    gw = make_gateway().start()
+    state = gw.run_state()
+    assert state is not None
+    actor_pgid = int(state["actor_pgid"])
+    os.killpg(actor_pgid, signal.SIGKILL)
+    assert gw.process is not None
+    code = gw.process.wait(30)
+    gw.process = None
+    assert code == 1
+    wait_for(lambda: not any(group_alive(g) for g in gw.groups), 10,
+             message="every process of the gateway to be gone")
+    assert "the actor system died" in gw.log_tail()
