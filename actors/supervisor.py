@@ -167,8 +167,7 @@ class SupervisorActor(ActorTypeDispatcher):
     def receiveMsg_GetRoutes(self, msg: GetRoutes, sender: Any) -> None:
         outbox = self.children["outbox"].address if "outbox" in self.children else None
         if outbox is None:
-            self.send(sender, Failed("UNAVAILABLE", "the message store is restarting; retry "
-                                     "in a few seconds", request_id=msg.request_id))
+            self.send(sender, _store_restarting(msg.request_id))
         else:
             self.send(sender, Ok({"outbox": outbox}, request_id=msg.request_id))
 
@@ -225,8 +224,7 @@ class SupervisorActor(ActorTypeDispatcher):
         """Sends normally go to the outbox directly (GetRoutes); pass on any that come here."""
         outbox = self.children["outbox"].address
         if outbox is None:
-            self.send(sender, Failed("UNAVAILABLE", "the message store is restarting; retry "
-                                     "in a few seconds", request_id=msg.request_id))
+            self.send(sender, _store_restarting(msg.request_id))
         else:
             self.send(outbox, Offer(msg, sender))
 
@@ -239,8 +237,7 @@ class SupervisorActor(ActorTypeDispatcher):
     def _route(self, msg: GetMessage | ListMessages, sender: Any) -> None:
         outbox = self.children["outbox"].address
         if outbox is None:
-            self.send(sender, Failed("UNAVAILABLE", "the message store is restarting; retry "
-                                     "in a few seconds", request_id=msg.request_id))
+            self.send(sender, _store_restarting(msg.request_id))
         else:
             self.send(outbox, Routed(msg, sender))
 
@@ -414,3 +411,8 @@ class SupervisorActor(ActorTypeDispatcher):
 
 def _key(session: str) -> str:
     return f"session:{session}"
+
+
+def _store_restarting(request_id: str) -> Failed:
+    return Failed("UNAVAILABLE", "the message store is restarting; retry in a few seconds",
+                  request_id=request_id)

@@ -9,9 +9,11 @@ its main thread through a queue and a self-pipe).
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,3 +154,19 @@ class Transport(ABC):
     @abstractmethod
     def has_credentials(self) -> bool:
         """Whether a linked device is stored, so ``connect`` resumes without a QR."""
+
+
+# ---- helpers shared by the engines ------------------------------------------------------
+
+
+def check_session_id(session_id: str) -> None:
+    """The id becomes a directory name: refuse anything that could leave ``sessions/``."""
+    if not session_id or session_id in {".", ".."} or any(c in session_id for c in "/\\\0"):
+        raise ValueError(f"invalid session id {session_id!r}")
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) and make ``path`` itself mode 0700:
+    stored credentials are the keys to a phone number."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)

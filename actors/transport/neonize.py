@@ -94,6 +94,8 @@ from actors.transport.base import (
     TemporaryBan,
     Transport,
     TransportEvent,
+    check_session_id,
+    make_private_dir,
 )
 
 if TYPE_CHECKING:
@@ -276,7 +278,7 @@ class NeonizeTransport(Transport):
     """One real WhatsApp client for one session (lives in a session actor process)."""
 
     def __init__(self, session_id: str, data_dir: Path, config: Config) -> None:
-        _check_session_id(session_id)
+        check_session_id(session_id)
         self._session = session_id
         self._config = config
         self._session_dir = Path(data_dir) / "sessions" / session_id
@@ -452,8 +454,8 @@ class NeonizeTransport(Transport):
     def _prepare_storage(self) -> None:
         """Private directories, and the SQLite file created 0600 before Go opens it
         (SQLite gives its -wal and -shm files the database file's permissions)."""
-        _make_private_dir(self._session_dir.parent)
-        _make_private_dir(self._session_dir)
+        make_private_dir(self._session_dir.parent)
+        make_private_dir(self._session_dir)
         if not self._store:
             fd = os.open(self._db_path, os.O_WRONLY | os.O_CREAT, 0o600)
             os.close(fd)
@@ -470,7 +472,7 @@ class NeonizeTransport(Transport):
     def _mark_paired(self) -> None:
         if self._store:
             with contextlib.suppress(OSError):
-                _make_private_dir(self._session_dir)
+                make_private_dir(self._session_dir)
                 (self._session_dir / PAIRED_MARKER).touch(mode=0o600)
 
     def _forget_paired(self) -> None:
@@ -823,13 +825,3 @@ def _store_dsn(store: str, session_id: str) -> str:
                      "or a postgres:// / postgresql:// DSN")
 
 
-def _check_session_id(session_id: str) -> None:
-    """The id becomes a directory name: refuse anything that could leave ``sessions/``."""
-    if not session_id or session_id in {".", ".."} or any(c in session_id for c in "/\\\0"):
-        raise ValueError(f"invalid session id {session_id!r}")
-
-
-def _make_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) and make ``path`` itself mode 0700."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)

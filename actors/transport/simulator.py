@@ -51,6 +51,8 @@ from actors.transport.base import (
     SentMessage,
     Transport,
     TransportEvent,
+    check_session_id,
+    make_private_dir,
 )
 from gateway.config import QrConfig, SimulatorConfig
 
@@ -115,7 +117,7 @@ class SimulatorServer:
 
     def __init__(self, data_dir: Path) -> None:
         root = Path(data_dir) / "simulator"
-        _make_private_dir(root)
+        make_private_dir(root)
         # No eviction: this is state, not a cache; losing a key would fake a logout.
         self._cache = diskcache.Cache(str(root), eviction_policy="none")
         self._inbox = diskcache.Deque(directory=str(root / "inbox"))
@@ -381,7 +383,7 @@ class SimulatorTransport(Transport):
 
     def __init__(self, session_id: str, data_dir: Path, qr: QrConfig,
                  sim: SimulatorConfig) -> None:
-        _check_session_id(session_id)
+        check_session_id(session_id)
         self._session = session_id
         self._qr = qr
         self._sim = sim
@@ -606,23 +608,13 @@ def _join(conn: _Connection) -> None:
         thread.join(_JOIN_TIMEOUT_SECONDS)
 
 
-def _check_session_id(session_id: str) -> None:
-    """The id becomes a directory name: refuse anything that could leave ``sessions/``."""
-    if not session_id or session_id in {".", ".."} or any(c in session_id for c in "/\\\0"):
-        raise ValueError(f"invalid session id {session_id!r}")
-
-
-def _make_private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) and make ``path`` itself mode 0700."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
 
 
 def _write_private_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` atomically (temp file + rename) as a 0600 file in 0700 directories,
     so a crash never leaves half-written credentials behind."""
-    _make_private_dir(path.parent.parent)
-    _make_private_dir(path.parent)
+    make_private_dir(path.parent.parent)
+    make_private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
