@@ -223,7 +223,7 @@ class HealthReport:
     queue_depth: int = 0
     queue_by_session: dict[str, int] = field(default_factory=dict)
     uncertain_total: int = 0  # messages resent (or failed) because a crash hid their fate
-    worker_pids: dict[str, int] = field(default_factory=dict)  # "limiter" / "outbox" -> pid
+    worker_pids: dict[str, int] = field(default_factory=dict)  # "supervisor" / "outbox" -> pid
 
 
 # ---- launcher -> supervisor --------------------------------------------------
@@ -291,7 +291,7 @@ class SessionLink:
 
 @dataclass(frozen=True, slots=True)
 class StartWorker:
-    """Supervisor -> limiter / outbox: the configuration, before anything else."""
+    """Supervisor -> outbox: the configuration, before anything else."""
 
     config: Config
     supervisor: Any = None

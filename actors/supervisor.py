@@ -1,8 +1,9 @@
 """SupervisorActor: the root of the tree (globalName ``wagate.supervisor``).
 
-It owns the limiter, the outbox and up to ``max_sessions`` session actors, keyed by
-session id (never by address: addresses are unhashable and ports get reused). It is
-the web tier's single entry point: status questions are answered from the snapshots
+It owns the outbox and up to ``max_sessions`` session actors, keyed by session id
+(never by address: addresses are unhashable and ports get reused). It is the web
+tier's entry point for everything but sends (which go to the outbox directly, at the
+address the supervisor gives out): status questions are answered from the snapshots
 sessions report, and commands are routed to the actor that carries them out.
 
 Sessions that should be connected are remembered on disk, so a restart of the
@@ -94,7 +95,7 @@ class SupervisorActor(ActorTypeDispatcher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Config | None = None
-        self.children: dict[str, Child] = {}  # "limiter", "outbox", "session:<id>"
+        self.children: dict[str, Child] = {}  # "outbox", "session:<id>"
         self.statuses: dict[str, SessionStatus] = {}
         self.registry: diskcache.Cache | None = None
         self.stopping = False
@@ -307,7 +308,7 @@ class SupervisorActor(ActorTypeDispatcher):
                                          "repeatedly; see the logs, then call "
                                          "whatsAppConnect")))
                 return
-            # The limiter and outbox are not optional: keep trying at the slowest pace.
+            # The outbox is not optional: keep trying at the slowest pace.
         delay = backoff_delay(child.failures, self.config.supervisor.restart_backoff_seconds)
         log.warning("child exited unexpectedly; restarting", child=key, delay=delay,
                     failures=child.failures)
