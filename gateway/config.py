@@ -70,7 +70,10 @@ class SessionsConfig:
 class ReconnectConfig:
     attempts: int = 5
     delay_seconds: float = 30.0
-    connect_timeout_seconds: float = 30.0  # one connect attempt that hangs longer has failed
+    # One connect attempt that hangs longer has failed. Longer than the real engine's
+    # worst dial (60 s, which its stop cannot interrupt), so an attempt never starts
+    # while the previous one is still being torn down.
+    connect_timeout_seconds: float = 90.0
 
 
 @dataclass(frozen=True, slots=True)
