@@ -13,11 +13,13 @@ The store is plain code (no actors), used by one writer: the outbox actor.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,36 +104,58 @@ class MessageStore:
     # ---- writing ------------------------------------------------------------------------
 
     def add(self, message: NewMessage, now: float) -> dict[str, Any]:
-        record_id = new_message_id(now)
-        self.db.execute(
-            "INSERT INTO messages (id, session, phone, text, text_hash, state, accepted_at, "
-            "updated_at, valid_until, request_id, requester, idempotency_key, is_test, history) "
-            "VALUES (?, ?, ?, ?, ?, 'QUEUED', ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record_id, message.session, message.phone, message.text, text_hash(message.text),
-             now, now, message.valid_until, message.request_id, message.requester,
-             message.idempotency_key, int(message.is_test),
-             json.dumps([["QUEUED", now, ""]])))
-        record = self.get(record_id)
-        assert record is not None
+        record: dict[str, Any] = {
+            "id": new_message_id(now), "session": message.session, "phone": message.phone,
+            "text": message.text, "text_hash": text_hash(message.text), "state": "QUEUED",
+            "accepted_at": now, "updated_at": now, "next_attempt_at": 0.0,
+            "valid_until": message.valid_until, "attempts": 0, "wa_message_id": None,
+            "reason": "", "error": "", "request_id": message.request_id,
+            "requester": message.requester, "idempotency_key": message.idempotency_key,
+            "is_test": message.is_test, "uncertain": False, "history": [["QUEUED", now, ""]],
+        }
+        stored = {**record, "is_test": int(message.is_test), "uncertain": 0,
+                  "history": json.dumps(record["history"])}
+        self.db.execute(f"INSERT INTO messages ({', '.join(stored)}) "
+                        f"VALUES ({', '.join('?' for _ in stored)})", tuple(stored.values()))
         return record
 
-    def transition(self, record_id: str, state: str, now: float, reason: str = "",
-                   **fields: Any) -> dict[str, Any] | None:
-        """Move a record to ``state`` (appending to its history) and set ``fields``."""
+    def transition(self, record: dict[str, Any], state: str, now: float, reason: str = "",
+                   **fields: Any) -> dict[str, Any]:
+        """Move ``record`` (as last read or returned here) to ``state``, appending to its
+        history, and set ``fields``; returns the updated record. One UPDATE: the caller
+        already holds the record, so nothing is read back."""
         assert state in STATES, state
-        row = self.db.execute("SELECT history FROM messages WHERE id = ?", (record_id,)).fetchone()
-        if row is None:
-            return None
-        history = json.loads(row["history"])
+        history = list(record["history"])
         if not history or history[-1][0] != state:
             history.append([state, now, reason])
-        columns = {"state": state, "updated_at": now, "history": json.dumps(history), **fields}
+        columns = {"state": state, "updated_at": now, **fields}
         if reason:
             columns.setdefault("reason", reason)
-        assignments = ", ".join(f"{name} = ?" for name in columns)
+        stored = {**columns, "history": json.dumps(history)}
+        for flag in ("uncertain", "is_test"):
+            if flag in stored:
+                stored[flag] = int(stored[flag])
+        assignments = ", ".join(f"{name} = ?" for name in stored)
         self.db.execute(f"UPDATE messages SET {assignments} WHERE id = ?",
-                        (*columns.values(), record_id))
-        return self.get(record_id)
+                        (*stored.values(), record["id"]))
+        updated = {**record, **columns, "history": history}
+        for flag in ("uncertain", "is_test"):
+            updated[flag] = bool(updated[flag])
+        return updated
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Several changes in one transaction (one commit instead of one each)."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def forget_key(self, record_id: str) -> None:
         """An idempotency key older than its window may be used again."""
@@ -140,14 +164,19 @@ class MessageStore:
     def redact(self, record_id: str) -> None:
         self.db.execute("UPDATE messages SET text = NULL WHERE id = ?", (record_id,))
 
-    def expire_due(self, now: float) -> list[str]:
-        """QUEUED messages whose validity passed become EXPIRED (nothing is sent)."""
-        ids = [r["id"] for r in self.db.execute(
-            "SELECT id FROM messages WHERE state = 'QUEUED' AND valid_until IS NOT NULL "
-            "AND valid_until < ?", (now,))]
-        for record_id in ids:
-            self.transition(record_id, "EXPIRED", now, reason="VALIDITY_PASSED")
-        return ids
+    def expire_due(self, now: float) -> list[dict[str, Any]]:
+        """QUEUED messages whose validity passed become EXPIRED (nothing is sent).
+
+        Runs every tick, so it must not scan the backlog: the partial index holds only
+        QUEUED rows ordered by validity (SQLite's planner prefers ``by_state`` unless told).
+        """
+        rows = self.db.execute(
+            "SELECT * FROM messages INDEXED BY by_validity WHERE state = 'QUEUED' "
+            "AND valid_until < ?", (now,)).fetchall()
+        records = [r for r in map(_record, rows) if r is not None]
+        with self.batch():
+            return [self.transition(r, "EXPIRED", now, reason="VALIDITY_PASSED")
+                    for r in records]
 
     def prune(self, older_than: float) -> int:
         placeholders = ", ".join("?" for _ in FINISHED)

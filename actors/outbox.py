@@ -195,7 +195,7 @@ class OutboxActor(ActorTypeDispatcher):
             self._answer(record["id"], _accepted(record, ""))
         elif msg.reason == "NOT_CONNECTED" and not record["is_test"]:
             # It never left: not an attempt. Wait for the session's next state.
-            self.store.transition(record["id"], "QUEUED", now, msg.reason, error=msg.error)
+            self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error)
             self.paused_until[session] = now + NOT_CONNECTED_PAUSE_SECONDS
             self._answer(record["id"], _accepted(record | {"state": "QUEUED"}, ""))
         else:
@@ -210,7 +210,7 @@ class OutboxActor(ActorTypeDispatcher):
             else:
                 delay = retry_delay(attempts, delivery.retry_base_seconds,
                                     delivery.retry_max_seconds, random.random())
-                self.store.transition(record["id"], "QUEUED", now, msg.reason, error=msg.error,
+                self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error,
                                       attempts=attempts, next_attempt_at=now + delay)
                 self._answer(record["id"], _accepted(record | {"state": "QUEUED"}, ""))
         self._dispatch(session)
@@ -222,7 +222,7 @@ class OutboxActor(ActorTypeDispatcher):
         if record is None or state not in RECEIPT_RANK:
             return
         if RECEIPT_RANK.get(record["state"], -1) < RECEIPT_RANK[state]:
-            self.store.transition(record["id"], state, time.time())
+            self.store.transition(record, state, time.time())
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         payload = msg.payload
@@ -289,14 +289,18 @@ class OutboxActor(ActorTypeDispatcher):
         if room <= 0:
             return
         address = self.links[session].address
-        for record in self.store.next_queued(session, now, room):
-            if record["valid_until"] is not None and record["valid_until"] < now:
-                self._finish(record, "EXPIRED", now, "VALIDITY_PASSED")
-                continue
-            self.store.transition(record["id"], "SENDING", now)
-            self.in_flight[record["id"]] = session
+        deliveries = []
+        with self.store.batch():  # one commit for the whole batch: SENDING is on disk first
+            for record in self.store.next_queued(session, now, room):
+                if record["valid_until"] is not None and record["valid_until"] < now:
+                    self._finish(record, "EXPIRED", now, "VALIDITY_PASSED")
+                    continue
+                self.store.transition(record, "SENDING", now)
+                deliveries.append(Deliver(record["id"], record["phone"], record["text"]))
+        for delivery in deliveries:
+            self.in_flight[delivery.message_id] = session
             self.busy[session] = self.busy.get(session, 0) + 1
-            self.send(address, Deliver(record["id"], record["phone"], record["text"]))
+            self.send(address, delivery)
 
     def _landed(self, message_id: str) -> str | None:
         session = self.in_flight.pop(message_id, None)
@@ -320,11 +324,10 @@ class OutboxActor(ActorTypeDispatcher):
         log.warning("message outcome uncertain", message_id=record["id"], why=why,
                     policy=self.config.delivery.on_uncertain)
         if self.config.delivery.on_uncertain == "resend":
-            record = self.store.transition(record["id"], "QUEUED", now, "UNCERTAIN",
-                                           uncertain=1) or record
+            record = self.store.transition(record, "QUEUED", now, "UNCERTAIN", uncertain=True)
             self._answer(record["id"], _accepted(record, ""))
         else:
-            record = self._finish(record, "FAILED", now, "UNCERTAIN", uncertain=1)
+            record = self._finish(record, "FAILED", now, "UNCERTAIN", uncertain=True)
             self._answer(record["id"], Failed(
                 "SEND_FAILED", "the gateway restarted while sending this message; it may or "
                 "may not have been delivered (delivery.on_uncertain = \"fail\")",
@@ -333,7 +336,7 @@ class OutboxActor(ActorTypeDispatcher):
     def _finish(self, record: dict[str, Any], state: str, now: float, reason: str,
                 **fields: Any) -> dict[str, Any]:
         assert self.store is not None and self.config is not None
-        updated = self.store.transition(record["id"], state, now, reason, **fields) or record
+        updated = self.store.transition(record, state, now, reason, **fields)
         session = record["session"]
         self.depth[session] = max(0, self.depth.get(session, 0) - 1)
         if not self.config.delivery.keep_text:
@@ -352,10 +355,8 @@ class OutboxActor(ActorTypeDispatcher):
     def _tick(self) -> None:
         assert self.store is not None and self.config is not None
         now = time.time()
-        for message_id in self.store.expire_due(now):
-            record = self.store.get(message_id)
-            if record is not None:
-                self.depth[record["session"]] = max(0, self.depth.get(record["session"], 0) - 1)
+        for record in self.store.expire_due(now):
+            self.depth[record["session"]] = max(0, self.depth.get(record["session"], 0) - 1)
         if now - self.last_prune > PRUNE_EVERY_SECONDS:
             self.last_prune = now
             pruned = self.store.prune(now - self.config.messages.retention_hours * 3600)

@@ -302,6 +302,10 @@ class SimulatorServer:
     def _take_failure(self, session: str) -> SendError | None:
         """Consume one injected failure for ``session`` if any applies (atomically, so
         two concurrent senders never both consume the same one)."""
+        keys = [_fail_key(scope, transient) for transient in (False, True)
+                for scope in (session, None)]
+        if not any(self._cache.get(key, 0) for key in keys):
+            return None  # the usual case: plain reads, no write lock per send
         with self._cache.transact(retry=True):
             for transient in (False, True):
                 for key in (_fail_key(session, transient), _fail_key(None, transient)):

@@ -49,8 +49,10 @@ def test_message_store_queue_order_recovery_and_receipt_lookup(tmp_path: Path) -
     a = store.add(_new("a"), 1.0)
     b = store.add(_new("b"), 2.0)
     c = store.add(_new("c", "other"), 3.0)
-    store.transition(b["id"], "SENDING", 4.0)
-    store.transition(c["id"], "SENT", 5.0, wa_message_id="3EB0AA")
+    sending = store.transition(b, "SENDING", 4.0)
+    assert sending["state"] == "SENDING" and [h[0] for h in sending["history"]] == [
+        "QUEUED", "SENDING"]
+    store.transition(c, "SENT", 5.0, wa_message_id="3EB0AA")
     store.close()
     reopened = MessageStore(tmp_path)  # as after a crash
     assert [r["id"] for r in reopened.next_queued("default", 10.0, 10)] == [a["id"]]
@@ -66,7 +68,7 @@ def test_retries_wait_for_their_time(tmp_path: Path) -> None:
     store = MessageStore(tmp_path)
     a = store.add(_new("a"), 1.0)
     b = store.add(_new("b"), 2.0)
-    store.transition(a["id"], "QUEUED", 3.0, "REJECTED", next_attempt_at=100.0)
+    store.transition(a, "QUEUED", 3.0, "REJECTED", next_attempt_at=100.0)
     assert [r["id"] for r in store.next_queued("default", 50.0, 10)] == [b["id"]]
     assert [r["id"] for r in store.next_queued("default", 100.0, 10)] == [b["id"], a["id"]]
     store.close()
@@ -86,7 +88,7 @@ def test_expiry_and_pruning(tmp_path: Path) -> None:
     store = MessageStore(tmp_path)
     old = store.add(_new("old", valid_until=10.0), 1.0)
     fresh = store.add(_new("fresh", valid_until=1000.0), 1.0)
-    assert store.expire_due(20.0) == [old["id"]]
+    assert [r["id"] for r in store.expire_due(20.0)] == [old["id"]]
     assert store.get(old["id"])["state"] == "EXPIRED"
     assert store.get(fresh["id"])["state"] == "QUEUED"
     assert store.prune(older_than=30.0) == 1  # the finished one only
@@ -106,6 +108,28 @@ def test_paging_newest_first_with_filters(tmp_path: Path) -> None:
     assert [r["id"] for r in only_s] == [ids[5], ids[3], ids[1]]
     with pytest.raises(ValueError):
         store.page(after="not-a-cursor")
+    store.close()
+
+
+def test_a_batch_commits_together_or_not_at_all(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path)
+    a = store.add(_new("a"), 1.0)
+    with pytest.raises(RuntimeError), store.batch():
+        store.transition(a, "SENDING", 2.0)
+        raise RuntimeError("crash in the middle")
+    assert store.get(a["id"])["state"] == "QUEUED"
+    with store.batch():
+        store.transition(a, "SENDING", 3.0)
+    assert MessageStore(tmp_path).get(a["id"])["state"] == "SENDING"  # another connection
+    store.close()
+
+
+def test_what_transition_returns_is_what_was_stored(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path)
+    a = store.add(_new("a"), 1.0)
+    assert store.get(a["id"]) == a
+    b = store.transition(a, "QUEUED", 2.0, "UNCERTAIN", uncertain=True, attempts=2)
+    assert store.get(a["id"]) == b and b["uncertain"] is True and b["reason"] == "UNCERTAIN"
     store.close()
 
 
