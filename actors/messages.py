@@ -325,6 +325,14 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliverBatch:
+    """Outbox -> session: several Delivers in one actor message (each actor message
+    costs more CPU than a send to the simulator: batching is what makes a drain fast)."""
+
+    items: tuple[Deliver, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryResult:
     """Session -> outbox: how a Deliver ended."""
 
@@ -335,6 +343,13 @@ class DeliveryResult:
     reason: str = ""  # stable token, e.g. NOT_CONNECTED, REJECTED
     error: str = ""
     permanent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResults:
+    """Session -> outbox: the results that were ready together, in one message."""
+
+    results: tuple[DeliveryResult, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,8 +40,10 @@ from actors.messages import (
     Accepted,
     CollectHealth,
     Deliver,
+    DeliverBatch,
     DeliveryReceipt,
     DeliveryResult,
+    DeliveryResults,
     Failed,
     GetMessage,
     ListMessages,
@@ -181,11 +183,28 @@ class OutboxActor(ActorTypeDispatcher):
         self._dispatch(msg.session)
 
     def receiveMsg_DeliveryResult(self, msg: DeliveryResult, sender: Any) -> None:
+        session = self._on_result(msg)
+        if session is not None:
+            self._dispatch(session)
+
+    def receiveMsg_DeliveryResults(self, msg: DeliveryResults, sender: Any) -> None:
+        assert self.store is not None
+        sessions: set[str] = set()
+        with self.store.batch():  # one commit for everything that came back together
+            for result in msg.results:
+                session = self._on_result(result)
+                if session is not None:
+                    sessions.add(session)
+        for session in sessions:
+            self._dispatch(session)
+
+    def _on_result(self, msg: DeliveryResult) -> str | None:
+        """Record how one send ended and answer its caller; returns its session."""
         assert self.store is not None and self.config is not None
         session = self._landed(msg.message_id)
         record = self.store.get(msg.message_id)
         if record is None or record["state"] not in PENDING:
-            return
+            return session
         now = time.time()
         session = session or record["session"]
         delivery = self.config.delivery
@@ -213,7 +232,7 @@ class OutboxActor(ActorTypeDispatcher):
                 self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error,
                                       attempts=attempts, next_attempt_at=now + delay)
                 self._answer(record["id"], _accepted(record | {"state": "QUEUED"}, ""))
-        self._dispatch(session)
+        return session
 
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
         assert self.store is not None
@@ -299,8 +318,9 @@ class OutboxActor(ActorTypeDispatcher):
                 deliveries.append(Deliver(record["id"], record["phone"], record["text"]))
         for delivery in deliveries:
             self.in_flight[delivery.message_id] = session
-            self.busy[session] = self.busy.get(session, 0) + 1
-            self.send(address, delivery)
+        self.busy[session] = self.busy.get(session, 0) + len(deliveries)
+        if deliveries:
+            self.send(address, DeliverBatch(tuple(deliveries)))
 
     def _landed(self, message_id: str) -> str | None:
         session = self.in_flight.pop(message_id, None)

@@ -22,8 +22,10 @@ from thespian.actors import ActorExitRequest, WakeupMessage
 
 from actors.messages import (
     Deliver,
+    DeliverBatch,
     DeliveryReceipt,
     DeliveryResult,
+    DeliveryResults,
     Failed,
     Ok,
     PairingCodeRequest,
@@ -103,6 +105,8 @@ class SessionActor(BridgedActor):
         self.executor: ThreadPoolExecutor | None = None
         self.outbox: Any = None
         self.logouts: list[Future[None]] = []  # an exit waits for these (bounded)
+        # While the bridge is drained: results to send as one DeliveryResults per outbox.
+        self.ready_results: list[tuple[Any, DeliveryResult]] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -181,12 +185,17 @@ class SessionActor(BridgedActor):
     # ---- sending --------------------------------------------------------------------
 
     def receiveMsg_Deliver(self, msg: Deliver, sender: Any) -> None:
+        self.receiveMsg_DeliverBatch(DeliverBatch((msg,)), sender)
+
+    def receiveMsg_DeliverBatch(self, msg: DeliverBatch, sender: Any) -> None:
         self.outbox = sender
-        if self.executor is None or self.transport is None:
-            self.send(sender, DeliveryResult(msg.message_id, ok=False, reason="NOT_CONNECTED",
-                                             error="session not started"))
+        if self.executor is None or self.transport is None:  # no client: not connected
+            self.send(sender, DeliveryResults(tuple(
+                DeliveryResult(d.message_id, ok=False, reason="NOT_CONNECTED",
+                               error="the session has no live connection") for d in msg.items)))
             return
-        self.executor.submit(self._send, self.transport, msg, sender)
+        for delivery in msg.items:
+            self.executor.submit(self._send, self.transport, delivery, sender)
 
     def _send(self, transport: Transport, msg: Deliver, reply_to: Any) -> None:
         """Worker thread: touches no actor state, only posts the outcome."""
@@ -228,8 +237,24 @@ class SessionActor(BridgedActor):
         if self.bridge is not None:
             self.bridge.post(_SendDone(reply, msg.reply_to))
 
+    def receiveMsg_WatchMessage(self, message: Any, sender: Any) -> None:
+        """Drain the bridge; send results that finished together as one message."""
+        self.ready_results = []
+        try:
+            super().receiveMsg_WatchMessage(message, sender)
+        finally:
+            ready, self.ready_results = self.ready_results, None
+            while ready:
+                reply_to = ready[0][0]
+                batch = tuple(r for to, r in ready if to == reply_to)
+                ready = [(to, r) for to, r in ready if to != reply_to]
+                self.send(reply_to, DeliveryResults(batch))
+
     def receiveMsg__SendDone(self, msg: _SendDone, sender: Any) -> None:
-        self.send(msg.reply_to, msg.result)
+        if isinstance(msg.result, DeliveryResult) and self.ready_results is not None:
+            self.ready_results.append((msg.reply_to, msg.result))
+        else:
+            self.send(msg.reply_to, msg.result)
 
     # ---- actions ---------------------------------------------------------------------
 
