@@ -295,6 +295,7 @@ class StartWorker:
 
     config: Config
     supervisor: Any = None
+    links: tuple[SessionLink, ...] = ()  # known before any request can arrive
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,7 @@ class OutboxActor(ActorTypeDispatcher):
             return
         setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
         self.config = msg.config
+        self.links = {link.session: link for link in msg.links}
         self.store = MessageStore(msg.config.data_path / "outbox",
                                   msg.config.delivery.synchronous)
         limits_dir = msg.config.data_path / "limits"
@@ -130,7 +131,10 @@ class OutboxActor(ActorTypeDispatcher):
 
     def _accept(self, send: SendText, reply_to: Any) -> None:
         """Every check, then the write, then the answer (or the wait for the ack)."""
-        assert self.store is not None and self.config is not None and self.limits is not None
+        if self.store is None:
+            self.send(reply_to, _not_started(send.request_id))
+            return
+        assert self.config is not None and self.limits is not None
         now = time.time()
         link = self.links.get(send.session)
         refusal = refuse_send(send.session, link.state if link else SessionState.NEW,
@@ -259,8 +263,10 @@ class OutboxActor(ActorTypeDispatcher):
     # ---- queries --------------------------------------------------------------------------------
 
     def receiveMsg_Routed(self, msg: Routed, sender: Any) -> None:
-        assert self.store is not None
         request = msg.request
+        if self.store is None:
+            self.send(msg.reply_to, _not_started(getattr(request, "request_id", "")))
+            return
         if isinstance(request, GetMessage):
             reply: Ok | Failed = Ok(self.store.get(request.message_id), request.request_id)
         elif isinstance(request, ListMessages):
@@ -389,6 +395,14 @@ class OutboxActor(ActorTypeDispatcher):
     def _arm_tick(self) -> None:
         assert self.config is not None
         self.wakeupAfter(timedelta(seconds=self.config.delivery.tick_seconds), payload=_Tick())
+
+
+def _not_started(request_id: str) -> Failed:
+    """A request that overtook StartWorker: a restarted outbox's address is given out
+    (GetRoutes) as soon as the process exists, and a web process's message can arrive
+    before the supervisor's. Nothing was written: the caller may simply retry."""
+    return Failed("UNAVAILABLE", "the message store is starting; retry in a few seconds",
+                  request_id=request_id)
 
 
 def _accepted(record: dict[str, Any], request_id: str, duplicate: bool = False) -> Accepted:

@@ -121,9 +121,10 @@ class SessionActor(BridgedActor):
         self.machine = SessionMachine(msg.session, policy, config.reconnect.connect_timeout_seconds,
                                       paired=self._paired())
         structlog.contextvars.bind_contextvars(session=msg.session)
-        self._report()
-        if msg.connect:
+        if msg.connect:  # one report, already CONNECTING: never a passing NEW to the outbox
             self._run(self.machine.connect(time.time(), self._paired()))
+        else:
+            self._report()
 
     def receiveMsg_SessionCommand(self, msg: SessionCommand, sender: Any) -> None:
         # No client between reconnect attempts (transport is None) is fine: every

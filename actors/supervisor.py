@@ -118,10 +118,16 @@ class SupervisorActor(ActorTypeDispatcher):
             state = SessionState(entry["state"])
             if state in ACTIVE_STATES:
                 state = SessionState.DISCONNECTED  # it was live when we stopped; not any more
+            starting = (entry["want"] == "connected"
+                        and self._live_sessions() < self._max_sessions())
+            if starting:
+                # It reconnects at once: a paired session's sends queue meanwhile.
+                state = SessionState.CONNECTING
             self.statuses[session] = SessionStatus(session=session, paired=entry["paired"],
                                                    phone=entry.get("phone"), state=state)
-            if entry["want"] == "connected" and self._live_sessions() < self._max_sessions():
+            if starting:
                 self._start_session(session, connect=True)
+            self._link(session)
         log.info("gateway started", sessions=len(self.statuses))
         self.send(sender, Ok(request_id=msg.request_id))
 
@@ -334,10 +340,8 @@ class SupervisorActor(ActorTypeDispatcher):
                 self.send(child.address, command)
             child.pending_commands.clear()
         else:
-            self.send(child.address, StartWorker(self.config, self.myAddress))
-            if key == "outbox":
-                for session in self.statuses:
-                    self._link(session)
+            links = tuple(self._session_link(s) for s in self.statuses)
+            self.send(child.address, StartWorker(self.config, self.myAddress, links))
         log.info("child started", child=key, incarnation=child.incarnation)
 
     def _start_session(self, session: str, connect: bool) -> None:
@@ -372,12 +376,15 @@ class SupervisorActor(ActorTypeDispatcher):
 
     def _link(self, session: str) -> None:
         outbox = self.children.get("outbox")
-        status = self.statuses.get(session)
-        if outbox is None or outbox.address is None or status is None:
+        if outbox is None or outbox.address is None or session not in self.statuses:
             return
+        self.send(outbox.address, self._session_link(session))
+
+    def _session_link(self, session: str) -> SessionLink:
+        status = self.statuses[session]
         child = self.children.get(_key(session))
         address = child.address if child is not None else None
-        self.send(outbox.address, SessionLink(session, address, status.state, status.paired))
+        return SessionLink(session, address, status.state, status.paired)
 
     def _remembered(self) -> dict[str, dict[str, Any]]:
         assert self.registry is not None

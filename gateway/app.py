@@ -27,6 +27,9 @@ log = structlog.get_logger("wagate.http")
 
 MAX_BODY_BYTES = 256 * 1024  # a 4096-character message is < 20 KB even fully escaped
 REQUEST_ID_HEADER = "X-Request-Id"
+# Ariadne logs every GraphQL error with a traceback, expected ones (NOT_CONNECTED,
+# RATE_LIMITED ...) included. format_error logs the unexpected ones itself.
+GRAPHQL_ERROR_LOGGER = "wagate.graphql.errors"
 
 
 def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
@@ -72,7 +75,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
         context: dict[str, Any] = {"bridge": bridge, "config": config,
                                    "request_id": g.request_id}
         _, result = graphql_sync(schema, data, context_value=context, error_formatter=format_error,
-                                 debug=False)
+                                 debug=False, logger=GRAPHQL_ERROR_LOGGER)
         return jsonify(result), 200
 
     @app.get("/healthz")
