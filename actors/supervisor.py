@@ -63,6 +63,7 @@ from actors.outbox import OutboxActor
 from actors.policy import RestartBudget, backoff_delay
 from actors.session import SessionActor
 from actors.session_machine import ACTIVE_STATES, FINAL_STATES
+from actors.status_snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from gateway.config import Config
 from gateway.observability import setup_logging
 
@@ -83,6 +84,12 @@ class Child:
     failures: int = 0  # consecutive crashes, for the backoff
     budget: RestartBudget | None = None
     pending_commands: list[SessionCommand] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Heartbeat:
+    """Rewrites the status snapshot even when nothing changed: readers trust only a
+    fresh one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +136,13 @@ class SupervisorActor(ActorTypeDispatcher):
                 self._start_session(session, connect=True)
             self._link(session)
         log.info("gateway started", sessions=len(self.statuses))
+        self._publish()
         self.send(sender, Ok(request_id=msg.request_id))
 
     def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
         self.stopping = True
+        if self.config is not None:
+            remove_snapshot(self.config.data_path)
         for child in self.children.values():
             if child.address is not None:
                 child.retiring = True
@@ -287,6 +297,10 @@ class SupervisorActor(ActorTypeDispatcher):
                   details=str(msg.details)[:500])
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if isinstance(msg.payload, _Heartbeat):
+            if not self.stopping:
+                self._publish()
+            return
         due = msg.payload
         if not isinstance(due, _RestartDue) or self.stopping:
             return
@@ -368,11 +382,25 @@ class SupervisorActor(ActorTypeDispatcher):
                      old=old.state.value if old else None, new=status.state.value,
                      attempt=status.reconnect_attempt,
                      error=status.last_error.code if status.last_error else None)
+        self._write_snapshot()
         if old is None or (old.state, old.paired, old.phone) != (status.state, status.paired,
                                                                  status.phone):
             self._remember(status.session, state=status.state.value, paired=status.paired,
                            phone=status.phone)
         self._link(status.session)
+
+    def _publish(self) -> None:
+        """Heartbeat: rewrite the snapshot, then look again in a moment."""
+        self._write_snapshot()
+        self.wakeupAfter(timedelta(seconds=HEARTBEAT_SECONDS), payload=_Heartbeat())
+
+    def _write_snapshot(self) -> None:
+        if self.config is None or self.stopping:
+            return
+        try:
+            write_snapshot(self.config.data_path, self.statuses, time.time())
+        except OSError as exc:  # readers fall back to asking: never fatal
+            log.warning("could not write the status snapshot", error=repr(exc))
 
     def _link(self, session: str) -> None:
         outbox = self.children.get("outbox")

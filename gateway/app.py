@@ -17,6 +17,7 @@ from ariadne.explorer import ExplorerGraphiQL
 from flask import Flask, Response, g, jsonify, request
 
 from actors.messages import GetHealth, HealthReport, Ping, SessionState, SessionStatus
+from actors.status_snapshot import SnapshotReader
 from gateway import __version__
 from gateway.bridge import ActorBridge
 from gateway.config import Config
@@ -37,6 +38,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     bridge = bridge or ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds)
     schema = build_schema()
+    snapshots = SnapshotReader(config.data_path)
     explorer_html = ExplorerGraphiQL(title="wagate GraphQL").html(None)
 
     @app.before_request
@@ -73,7 +75,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
         if isinstance(variables, dict) and isinstance(variables.get("session"), str):
             g.session = variables["session"]
         context: dict[str, Any] = {"bridge": bridge, "config": config,
-                                   "request_id": g.request_id}
+                                   "request_id": g.request_id, "snapshots": snapshots}
         _, result = graphql_sync(schema, data, context_value=context, error_formatter=format_error,
                                  debug=False, logger=GRAPHQL_ERROR_LOGGER)
         return jsonify(result), 200

@@ -44,7 +44,11 @@ def build_schema() -> GraphQLSchema:
     @query.field("whatsAppStatus")
     def resolve_status(_: Any, info: GraphQLResolveInfo, session: str = "default"
                        ) -> SessionStatus:
-        return _ask(info, GetStatus(validate_session_name(session), _request_id(info)))
+        name = validate_session_name(session)
+        snapshot = info.context["snapshots"].status(name)  # fresh file: no actor round trip
+        if snapshot is not None:
+            return snapshot
+        return _ask(info, GetStatus(name, _request_id(info)))
 
     @mutation.field("whatsAppConnect")
     def resolve_connect(_: Any, info: GraphQLResolveInfo, session: str = "default") -> bool:

@@ -209,6 +209,10 @@ def test_dead_supervisor_is_unavailable_and_stop_still_cleans_up(
     os.kill(supervisor, signal.SIGKILL)
     wait_for(lambda: gw.http.get(gw.url + "/readyz", timeout=10).status_code == 503, 10,
              message="readiness to fail")
+    # whatsAppStatus reads the supervisor's snapshot file while it is fresh (a few
+    # seconds); once the heartbeat stops, it asks the actors and must say UNAVAILABLE.
+    wait_for(lambda: gw.gql("{ whatsAppStatus { connected } }").error_code == "UNAVAILABLE",
+             15, message="status to stop trusting the stale snapshot")
 
     ready = gw.http.get(gw.url + "/readyz", timeout=10)
     assert ready.json()["status"] == "unavailable"
