@@ -22,6 +22,7 @@ from gateway import __version__
 from gateway.bridge import ActorBridge
 from gateway.config import Config
 from gateway.errors import GatewayError, format_error
+from gateway.query_cache import DocumentCache
 from gateway.resolvers import build_schema, iso_time
 
 log = structlog.get_logger("wagate.http")
@@ -39,6 +40,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     bridge = bridge or ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds)
     schema = build_schema()
     snapshots = SnapshotReader(config.data_path)
+    documents = DocumentCache()
     explorer_html = ExplorerGraphiQL(title="wagate GraphQL").html(None)
 
     @app.before_request
@@ -77,7 +79,9 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
         context: dict[str, Any] = {"bridge": bridge, "config": config,
                                    "request_id": g.request_id, "snapshots": snapshots}
         _, result = graphql_sync(schema, data, context_value=context, error_formatter=format_error,
-                                 debug=False, logger=GRAPHQL_ERROR_LOGGER)
+                                 debug=False, logger=GRAPHQL_ERROR_LOGGER,
+                                 query_parser=documents.parser,
+                                 query_validator=documents.validator)
         return jsonify(result), 200
 
     @app.get("/healthz")
