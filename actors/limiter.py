@@ -15,13 +15,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import diskcache
-import structlog
 
 from actors.messages import Failed
 from actors.windows import SlidingWindow, WindowSpec, admit
 from gateway.config import LimitsConfig
-
-log = structlog.get_logger("wagate.limiter")
 
 HOT_NUMBERS = 10_000  # recipients whose windows stay in memory (the rest are on disk)
 GLOBAL_KEY = "global"

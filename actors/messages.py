@@ -318,7 +318,7 @@ class CollectHealth:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """Outbox -> session: send this message now."""
+    """One message for a session to send now (travels inside a DeliverBatch)."""
 
     message_id: str
     phone: str
@@ -335,7 +335,7 @@ class DeliverBatch:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
-    """Session -> outbox: how a Deliver ended."""
+    """How one Deliver ended (travels inside a DeliveryResults)."""
 
     message_id: str
     ok: bool

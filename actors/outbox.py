@@ -186,11 +186,6 @@ class OutboxActor(ActorTypeDispatcher):
             self._requeue_in_flight(msg.session)  # that process is gone with its sends
         self._dispatch(msg.session)
 
-    def receiveMsg_DeliveryResult(self, msg: DeliveryResult, sender: Any) -> None:
-        session = self._on_result(msg)
-        if session is not None:
-            self._dispatch(session)
-
     def receiveMsg_DeliveryResults(self, msg: DeliveryResults, sender: Any) -> None:
         assert self.store is not None
         sessions: set[str] = set()

@@ -185,9 +185,6 @@ class SessionActor(BridgedActor):
 
     # ---- sending --------------------------------------------------------------------
 
-    def receiveMsg_Deliver(self, msg: Deliver, sender: Any) -> None:
-        self.receiveMsg_DeliverBatch(DeliverBatch((msg,)), sender)
-
     def receiveMsg_DeliverBatch(self, msg: DeliverBatch, sender: Any) -> None:
         self.outbox = sender
         if self.executor is None or self.transport is None:  # no client: not connected
@@ -252,10 +249,12 @@ class SessionActor(BridgedActor):
                 self.send(reply_to, DeliveryResults(batch))
 
     def receiveMsg__SendDone(self, msg: _SendDone, sender: Any) -> None:
-        if isinstance(msg.result, DeliveryResult) and self.ready_results is not None:
+        if not isinstance(msg.result, DeliveryResult):
+            self.send(msg.reply_to, msg.result)  # a pairing code's answer
+        elif self.ready_results is not None:
             self.ready_results.append((msg.reply_to, msg.result))
-        else:
-            self.send(msg.reply_to, msg.result)
+        else:  # only bridge drains deliver _SendDone; keep the one protocol regardless
+            self.send(msg.reply_to, DeliveryResults((msg.result,)))
 
     # ---- actions ---------------------------------------------------------------------
 
