@@ -126,6 +126,39 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    # false only under `wagate serve --demo`, which must bind to a loopback address
+    required: bool = True
+    tokens_file: str = ""  # hashed API tokens; "" = data_dir/tokens.toml
+    allowed_networks: tuple[str, ...] = ()  # CIDRs that may reach the gateway; () = any
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionConfig:
+    key_env: str = "WAGATE_STORE_KEY"  # environment variable holding the storage key
+    key_file: str = ""  # or a file holding it; never inside data_dir
+    checkpoint_seconds: float = 30.0  # encrypted checkpoint of a changed session store
+    work_dir: str = ""  # decrypted working copies; "" = /dev/shm if present, else temp dir
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    recipients: Literal["full", "masked", "hashed"] = "masked"  # how numbers are recorded
+    max_file_mb: float = 64.0  # the log rolls over to a new file beyond this size
+
+
+@dataclass(frozen=True, slots=True)
+class GraphqlConfig:
+    max_depth: int = 8  # deepest selection nesting a query may have
+    max_cost: int = 500  # summed field cost of one operation
+    max_batch: int = 10  # operations in one batched (JSON array) request
+    max_body_bytes: int = 262144  # request body limit (a 4096-character message is < 20 KB)
+    introspection: bool = True  # off in production: the schema is documented in the README
+    explorer: bool = True  # GraphiQL at GET /graphql; off in production
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     actors: ActorsConfig = field(default_factory=ActorsConfig)
@@ -140,6 +173,10 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    graphql: GraphqlConfig = field(default_factory=GraphqlConfig)
 
     @property
     def data_path(self) -> Path:
@@ -154,12 +191,14 @@ _POSITIVE = {
     "messages.send_timeout_seconds", "messages.retention_hours",
     "supervisor.restart_window_seconds", "delivery.retry_base_seconds",
     "delivery.retry_max_seconds", "delivery.idempotency_hours", "delivery.tick_seconds",
+    "encryption.checkpoint_seconds", "audit.max_file_mb",
 }
 _AT_LEAST_ONE = {
     "http.workers", "http.threads", "sessions.max_sessions", "reconnect.attempts", "qr.codes",
     "limits.per_number_per_minute", "limits.per_number_per_hour", "limits.global_per_day",
     "messages.max_length", "supervisor.restart_budget", "delivery.max_attempts",
-    "delivery.max_queue_per_session",
+    "delivery.max_queue_per_session", "graphql.max_depth", "graphql.max_cost",
+    "graphql.max_batch", "graphql.max_body_bytes",
 }
 _PORTS = {"http.port", "actors.admin_port"}
 
@@ -232,6 +271,10 @@ def _check_value(dotted: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"{dotted} = {value!r} is not allowed; "
                               f"use one of {', '.join(map(repr, choices))}")
         return value
+    if origin is tuple and typing.get_args(hint)[0] is str:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{dotted} must be a list of strings")
+        return tuple(_scalar(f"{dotted}[{i}]", str, v) for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, list | tuple) or not value:
             raise ConfigError(f"{dotted} must be a non-empty list of numbers")
