@@ -5,17 +5,24 @@ actor wires them together without ever blocking its own thread. Transport calls
 that can block (connect, send, logout, close) run on worker threads; everything
 they report comes back through the thread bridge, tagged with the generation of
 the client that produced it so late events from a closed client are ignored.
+
+With a storage key the transport works on a decrypted working copy of the session's
+stores (``actors.working_copy``) and this actor writes encrypted checkpoints back on
+a store thread: on pairing, on every connect (before CONNECTED is reported, so a
+session that says it is connected survives any crash), every
+``encryption.checkpoint_seconds`` while changed, and on exit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from thespian.actors import ActorExitRequest, WakeupMessage
@@ -46,13 +53,25 @@ from actors.session_machine import (
     StopClient,
 )
 from actors.threadbridge import BridgedActor
-from actors.transport.base import Receipt, SendError, Transport, TransportEvent
+from actors.transport.base import (
+    Connected,
+    LoggedOut,
+    PairingClosed,
+    Receipt,
+    SendError,
+    Transport,
+    TransportEvent,
+)
 from gateway.observability import setup_logging
+
+if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
+    from actors.working_copy import WorkingCopy
 
 log = structlog.get_logger("wagate.session")
 
 SEND_WORKERS = 4  # concurrent sends per session; the transport serialises what it must
 LOGOUT_GRACE_SECONDS = 15.0
+STORE_UNAVAILABLE = "STORE_UNAVAILABLE"  # lastError code: the stores cannot be decrypted
 
 
 def _logout_and_close(client: Transport) -> None:
@@ -69,7 +88,12 @@ def _logout_and_close(client: Transport) -> None:
 
 
 class EngineUnavailable(Exception):
-    """The configured transport engine cannot be loaded in this process."""
+    """The configured transport engine cannot be loaded in this process (or the
+    session's stored credentials cannot be opened: ``code`` tells which)."""
+
+    def __init__(self, message: str, code: str = "ENGINE_UNAVAILABLE") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +116,16 @@ class _SendDone:
     reply_to: Any
 
 
+@dataclass(frozen=True, slots=True)
+class _CheckpointTick:
+    """Time for the periodic checkpoint of the encrypted stores (skipped if unchanged)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _StoreSaved:
+    """The connect checkpoint is on disk: the events held for it may go on."""
+
+
 class SessionActor(BridgedActor):
     def __init__(self, capabilities: dict | None = None) -> None:
         # Thespian passes ``capabilities`` only to constructors that name it.
@@ -107,6 +141,10 @@ class SessionActor(BridgedActor):
         self.logouts: list[Future[None]] = []  # an exit waits for these (bounded)
         # While the bridge is drained: results to send as one DeliveryResults per outbox.
         self.ready_results: list[tuple[Any, DeliveryResult]] | None = None
+        self.store: WorkingCopy | None = None  # decrypted stores; None: stores in clear text
+        self.store_problem: str | None = None  # why the stores cannot be opened (FAILED)
+        self.store_executor: ThreadPoolExecutor | None = None  # checkpoints, one at a time
+        self.held: list[_Event] | None = None  # events waiting for the connect checkpoint
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -116,12 +154,16 @@ class SessionActor(BridgedActor):
         setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
         config = self.config = msg.config
         self.session, self.parent = msg.session, sender
+        structlog.contextvars.bind_contextvars(session=msg.session)
+        self._open_store()
         self.executor = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix=f"send-{msg.session}")
         policy = ReconnectPolicy(config.reconnect.attempts, config.reconnect.delay_seconds)
         self.machine = SessionMachine(msg.session, policy, config.reconnect.connect_timeout_seconds,
                                       paired=self._paired())
-        structlog.contextvars.bind_contextvars(session=msg.session)
-        if msg.connect:  # one report, already CONNECTING: never a passing NEW to the outbox
+        if self.store_problem is not None:  # never pair anew over credentials we cannot read
+            self._run(self.machine.engine_failed(time.time(), self.store_problem,
+                                                 STORE_UNAVAILABLE))
+        elif msg.connect:  # one report, already CONNECTING: never a passing NEW to the outbox
             self._run(self.machine.connect(time.time(), self._paired()))
         else:
             self._report()
@@ -155,8 +197,104 @@ class SessionActor(BridgedActor):
         futures.wait(self.logouts, timeout=LOGOUT_GRACE_SECONDS)
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        self._close_store()
         if self.bridge is not None:
             self.bridge.close()
+
+    # ---- encrypted stores -------------------------------------------------------------
+
+    def _open_store(self) -> None:
+        """Decrypt the session's stores into a private working copy, or (no key
+        configured: ``--demo`` only) make sure none of them is encrypted. A problem
+        fails the session with ``STORE_UNAVAILABLE``, never a new QR code."""
+        from actors.sealed_store import StoreError, StoreKeyError, load_key
+        from actors.working_copy import WorkingCopy, sealed_store_names
+
+        config = self.config
+        try:
+            key = load_key(config.encryption, config.data_path)
+            if key is None:
+                if sealed_store_names(config.data_path, self.session):
+                    raise StoreError(
+                        f"the stores of session '{self.session}' are encrypted but no storage "
+                        f"key is configured (environment variable {config.encryption.key_env} "
+                        "or encryption.key_file)")
+                return
+            self.store = WorkingCopy(config.data_path, self.session, key, config.encryption)
+        except (StoreKeyError, StoreError, OSError) as exc:
+            log.error("the session's stored credentials cannot be opened", error=str(exc))
+            self.store_problem = (f"cannot open the stored credentials: {exc}; configure the "
+                                  "key they were encrypted with and restart wagate")
+            return
+        if self.store.cleared:
+            log.warning("removed working copies left by a crashed session process",
+                        count=len(self.store.cleared))
+        self.store_executor = ThreadPoolExecutor(1, thread_name_prefix=f"store-{self.session}")
+        self._arm_checkpoint()
+
+    def _arm_checkpoint(self) -> None:
+        seconds = self.config.encryption.checkpoint_seconds
+        self.wakeupAfter(timedelta(seconds=seconds), payload=_CheckpointTick())
+
+    def _checkpoint_soon(self) -> None:
+        if self.store_executor is not None:
+            with contextlib.suppress(RuntimeError):  # shut down: the exit checkpoints anyway
+                self.store_executor.submit(self._checkpoint)
+
+    def _checkpoint(self, release: bool = False) -> None:
+        """Store thread: seal what changed. Touches no actor state; ``release`` posts
+        ``_StoreSaved`` when done, whatever the outcome."""
+        try:
+            if self.store is not None:
+                changed = self.store.checkpoint()
+                if changed:
+                    log.info("encrypted session store written", session=self.session,
+                             files=changed)
+        except Exception as exc:
+            log.error("session store checkpoint failed; the previous one stays",
+                      session=self.session, error=repr(exc))
+        finally:
+            if release and self.bridge is not None:
+                self.bridge.post(_StoreSaved())
+
+    def _logout(self, client: Transport) -> None:
+        """Worker thread: unlink and close the client, then delete the stores (the
+        sealed ones too, so no restart resumes the unlinked device)."""
+        _logout_and_close(client)
+        if self.store is not None:
+            try:
+                self.store.forget()
+            except OSError as exc:
+                log.error("deleting the session's stores failed", session=self.session,
+                          error=repr(exc))
+
+    def receiveMsg__StoreSaved(self, msg: _StoreSaved, sender: Any) -> None:
+        held, self.held = self.held or [], None
+        if not held:
+            return
+        first, rest = held[0], held[1:]
+        if self.machine is not None and first.generation == self.generation:
+            self._dispatch(first)
+        for event in rest:
+            self.receiveMsg__Event(event, sender)
+
+    def _close_store(self) -> None:
+        """The last checkpoint, then the working copy goes: clear text must not
+        outlive the process."""
+        if self.store_executor is not None:
+            self.store_executor.shutdown(wait=True, cancel_futures=True)
+        if self.store is None:
+            return
+        try:
+            if not all(logout.done() for logout in self.logouts):
+                self.store.forget()  # a logout the network held up: delete anyway
+            changed = self.store.checkpoint()
+            if changed:
+                log.info("encrypted session store written", files=changed)
+        except Exception:
+            log.exception("the last session store checkpoint failed")
+        finally:
+            self.store.discard()
 
     # ---- transport events ---------------------------------------------------------
 
@@ -167,10 +305,28 @@ class SessionActor(BridgedActor):
             if self.outbox is not None:
                 self.send(self.outbox, DeliveryReceipt(msg.event.message_id, msg.event.kind))
             return
+        if self.held is not None:  # keep the order behind a Connected being sealed
+            self.held.append(msg)
+            return
+        if isinstance(msg.event, Connected) and self.store_executor is not None:
+            # Sealed before CONNECTED is reported (on the store thread, never here).
+            self.held = [msg]
+            self.store_executor.submit(self._checkpoint, True)
+            return
+        self._dispatch(msg)
+
+    def _dispatch(self, msg: _Event) -> None:
+        assert self.machine is not None
+        if isinstance(msg.event, PairingClosed | LoggedOut):
+            self._checkpoint_soon()  # a new device, or one the engine deleted
         self._run(self.machine.on_event(msg.event, time.time()))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         timer = msg.payload
+        if isinstance(timer, _CheckpointTick):
+            self._checkpoint_soon()
+            self._arm_checkpoint()
+            return
         if self.machine is None or not isinstance(timer, _Timer):
             return
         if timer.generation != self.generation:
@@ -264,10 +420,14 @@ class SessionActor(BridgedActor):
                 self._do(action)
         except EngineUnavailable as exc:
             assert self.machine is not None
-            self.machine.engine_failed(time.time(), str(exc))
+            self.machine.engine_failed(time.time(), str(exc), exc.code)
         self._report()
 
     def _paired(self) -> bool:
+        if self.store_problem is not None:
+            from actors.working_copy import has_sealed_stores
+
+            return has_sealed_stores(self.config.data_path, self.session)
         try:
             return self._client().has_credentials()
         except EngineUnavailable:
@@ -275,13 +435,16 @@ class SessionActor(BridgedActor):
 
     def _client(self) -> Transport:
         """The current client, or a fresh one: a closed client is never reused."""
+        if self.store_problem is not None:
+            raise EngineUnavailable(self.store_problem, STORE_UNAVAILABLE)
         if self.transport is None:
             from actors.transport import create_transport  # engines load only in this process
 
             engine = self.config.transport.engine
+            store_dir = self.store.store_dir if self.store is not None else None
             try:
                 self.transport = create_transport(engine, self.session, self.config.data_path,
-                                                  self.config)
+                                                  self.config, store_dir)
             except Exception as exc:
                 log.error("transport engine unavailable", engine=engine, error=repr(exc))
                 raise EngineUnavailable(
@@ -297,6 +460,7 @@ class SessionActor(BridgedActor):
                 if self.transport is not None:
                     self.transport.close()
                     self.transport = None
+                    self._checkpoint_soon()
             case StartClient():
                 generation = self.generation
                 bridge = self.bridge
@@ -318,7 +482,7 @@ class SessionActor(BridgedActor):
                 self.transport = None
                 self.generation += 1
                 assert self.executor is not None
-                self.logouts.append(self.executor.submit(_logout_and_close, client))
+                self.logouts.append(self.executor.submit(self._logout, client))
 
     def _report(self) -> None:
         if self.machine is not None and self.parent is not None:

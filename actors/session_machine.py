@@ -113,10 +113,12 @@ class SessionMachine:
                   qr_expires_at=None, connected_since=None, reconnect_attempt=0)
         return [LogoutClient()]  # with the live client: it unlinks, then is closed
 
-    def engine_failed(self, now: float, message: str) -> list[Action]:
-        """The transport could not even be created (engine missing or misconfigured):
+    def engine_failed(self, now: float, message: str,
+                      code: str = "ENGINE_UNAVAILABLE") -> list[Action]:
+        """The transport could not even be created (engine missing or misconfigured,
+        or its stored credentials cannot be decrypted: ``STORE_UNAVAILABLE``):
         retrying cannot help, an operator must act."""
-        return self._final(now, SessionState.FAILED, "ENGINE_UNAVAILABLE", message)
+        return self._final(now, SessionState.FAILED, code, message)
 
     # ---- timers -----------------------------------------------------------------
 

@@ -17,14 +17,21 @@ if TYPE_CHECKING:
     from gateway.config import Config
 
 
-def create_transport(engine: str, session_id: str, data_dir: Path, config: Config) -> Transport:
-    """Build the transport for one session from the whole gateway configuration."""
+def create_transport(engine: str, session_id: str, data_dir: Path, config: Config,
+                     store_dir: Path | None = None) -> Transport:
+    """Build the transport for one session from the whole gateway configuration.
+
+    ``store_dir`` is where the engine keeps the session's credentials: the session's
+    decrypted working copy when stores are encrypted, else (None)
+    ``data_dir/sessions/<session>``.
+    """
     if engine == "simulator":
         from actors.transport.simulator import SimulatorTransport
 
-        return SimulatorTransport(session_id, data_dir, config.qr, config.simulator)
+        return SimulatorTransport(session_id, data_dir, config.qr, config.simulator,
+                                  store_dir=store_dir)
     if engine == "neonize":
         from actors.transport.neonize import NeonizeTransport
 
-        return NeonizeTransport(session_id, data_dir, config)
+        return NeonizeTransport(session_id, data_dir, config, store_dir=store_dir)
     raise ValueError(f"unknown transport engine {engine!r}; use 'neonize' or 'simulator'")

@@ -26,7 +26,8 @@ neonize is an awkward neighbour, and most of this module is about living with it
   not block either).
 * **Storage is private.** ``data_dir/sessions/<session>/neonize.db`` (dirs 0700,
   files 0600), SQLite in WAL mode with a busy timeout, or a Postgres DSN given in
-  ``transport.session_store``.
+  ``transport.session_store``. With encrypted stores the file is the session's
+  decrypted working copy (``store_dir``, see ``actors.working_copy``).
 
 Event mapping (whatsmeow/neonize -> ``actors.transport.base``):
 
@@ -277,11 +278,15 @@ def _ignore_qr(_client: Any, _data: bytes) -> None:
 class NeonizeTransport(Transport):
     """One real WhatsApp client for one session (lives in a session actor process)."""
 
-    def __init__(self, session_id: str, data_dir: Path, config: Config) -> None:
+    def __init__(self, session_id: str, data_dir: Path, config: Config, *,
+                 store_dir: Path | None = None) -> None:
+        """``store_dir`` holds the device store (default ``data_dir/sessions/<session>``;
+        with encrypted stores, the session's private working copy)."""
         check_session_id(session_id)
         self._session = session_id
         self._config = config
-        self._session_dir = Path(data_dir) / "sessions" / session_id
+        self._session_dir = (Path(data_dir) / "sessions" / session_id if store_dir is None
+                             else store_dir)
         self._db_path = self._session_dir / DB_NAME
         self._store = _store_dsn(config.transport.session_store, session_id)
         # Importing here, not in connect(): a missing or broken engine then fails

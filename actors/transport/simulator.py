@@ -386,12 +386,15 @@ class SimulatorTransport(Transport):
     """One simulated WhatsApp client for one session (lives in a session actor process)."""
 
     def __init__(self, session_id: str, data_dir: Path, qr: QrConfig,
-                 sim: SimulatorConfig) -> None:
+                 sim: SimulatorConfig, *, store_dir: Path | None = None) -> None:
+        """``store_dir`` holds the credentials (default ``data_dir/sessions/<session>``;
+        with encrypted stores, the session's private working copy)."""
         check_session_id(session_id)
         self._session = session_id
         self._qr = qr
         self._sim = sim
-        self._creds_path = Path(data_dir) / "sessions" / session_id / "simulator.json"
+        store = Path(data_dir) / "sessions" / session_id if store_dir is None else store_dir
+        self._creds_path = store / "simulator.json"
         self._server = SimulatorServer(data_dir)
         self._lock = threading.Lock()  # guards _conn and _closed
         # Held while an event is delivered, and to stop a connection: once stop()

@@ -1,0 +1,266 @@
+"""A session's private, decrypted working copy of its sealed credential stores.
+
+The engines read and write their stores all the time (whatsmeow updates keys and
+sessions in its SQLite file while connected), so they cannot work on the sealed
+files themselves. Each session process decrypts its stores into a directory of its
+own (mode 0700, under ``encryption.work_dir``: /dev/shm when present, so the clear
+text stays in memory) and the engine works there. ``checkpoint`` mirrors the working
+copy back into ``data_dir/sessions/<session>/``: a consistent snapshot, encrypted,
+atomically replacing the sealed file, and skipped when nothing changed. A store the
+engine deleted (a logout) is deleted from ``data_dir`` too.
+
+A crashed session process cannot remove its working copy; the next start of the same
+session (or of the gateway) removes it. Every working directory holds an exclusive
+``flock`` on its ``.lock`` file while its process lives, so only copies whose owner
+is gone are ever removed, whatever happened to process ids in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors.sealed_store import (
+    SQLITE_COMPANIONS,
+    STORE_FILES,
+    StoreKey,
+    fsync_dir,
+    is_sealed,
+    remove_sqlite_companions,
+    seal,
+    snapshot,
+    unseal,
+    write_atomic,
+)
+from actors.transport.base import make_private_dir
+from gateway.config import EncryptionConfig
+
+LOCK_NAME = ".lock"
+STORE_SUBDIR = "store"
+
+
+def work_root(enc: EncryptionConfig) -> Path:
+    """Where working copies go: ``encryption.work_dir``, else /dev/shm (memory, never
+    written to a disk) when this system has it, else the system's temp directory."""
+    if enc.work_dir:
+        return Path(enc.work_dir).expanduser()
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return Path(tempfile.gettempdir())
+
+
+def gateway_tag(data_dir: Path) -> str:
+    """Tells apart the working copies of gateways with different data dirs (several
+    gateways may share one machine and one work_dir)."""
+    return hashlib.sha256(str(data_dir.expanduser().resolve()).encode()).hexdigest()[:12]
+
+
+def _prefix(tag: str, session: str | None) -> str:
+    # "." cannot occur in a session name, so "default" never matches "default-2".
+    return f"wagate-{tag}." + (f"{session}." if session is not None else "")
+
+
+def clear_stale(root: Path, tag: str, session: str | None = None) -> list[Path]:
+    """Remove working copies (of ``session``, or of every session of the gateway
+    ``tag``) whose owning process is gone. Returns what was removed."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    uid = os.getuid()
+    for entry in root.glob(_prefix(tag, session) + "*"):
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+            continue  # never follow a link or touch another user's files
+        if _owner_alive(entry):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
+def _owner_alive(directory: Path) -> bool:
+    try:
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: leave it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the lock we may have taken
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What a store file looked like at its last checkpoint."""
+
+    signature: tuple[tuple[int, int, int], ...]  # (inode, size, mtime) of it and companions
+    digest: bytes  # SHA-256 of the snapshot that was sealed
+
+
+class WorkingCopy:
+    """One session's decrypted stores, for the life of one session process.
+
+    Thread-safe: checkpoints run on a worker thread while the actor goes on.
+    """
+
+    def __init__(self, data_dir: Path, session: str, key: StoreKey, enc: EncryptionConfig
+                 ) -> None:
+        self.session = session
+        self.key = key
+        self.sealed_dir = data_dir / "sessions" / session
+        root = work_root(enc)
+        tag = gateway_tag(data_dir)
+        self.cleared = clear_stale(root, tag, session)
+        root.mkdir(parents=True, exist_ok=True)  # never chmod a shared root like /dev/shm
+        self.path = Path(tempfile.mkdtemp(prefix=_prefix(tag, session), dir=root))
+        self._lock_fd: int | None = os.open(self.path / LOCK_NAME,
+                                            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.store_dir = self.path / STORE_SUBDIR
+        self._lock = threading.Lock()
+        self._seen: dict[str, _Seen] = {}
+        try:
+            make_private_dir(self.store_dir)
+            self._restore()
+        except BaseException:
+            self.discard()
+            raise
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _restore(self) -> None:
+        """Decrypt every sealed store into the working directory. A store still in
+        clear text (left by an older wagate) is sealed on the way."""
+        for name, kind in STORE_FILES.items():
+            sealed = self.sealed_dir / name
+            try:
+                blob = sealed.read_bytes()
+            except FileNotFoundError:
+                continue
+            what = f"the {name} store of session '{self.session}'"
+            if is_sealed(blob):
+                plain = unseal(self.key, blob, what)
+            else:
+                plain = snapshot(sealed, kind) or b""
+                write_atomic(sealed, seal(self.key, plain))
+                if kind == "sqlite":
+                    remove_sqlite_companions(sealed)
+            target = self.store_dir / name
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(plain)
+            self._seen[name] = _Seen(_signature(target, kind), hashlib.sha256(plain).digest())
+
+    def checkpoint(self) -> list[str]:
+        """Seal what changed since the last checkpoint; returns what was written
+        (``name``) or deleted (``-name``). Safe to call at any time, from any thread."""
+        with self._lock:
+            return self._checkpoint()
+
+    def forget(self) -> None:
+        """A logout: delete the stores, sealed and working, of this session."""
+        with self._lock:
+            for name, kind in STORE_FILES.items():
+                for directory in (self.store_dir, self.sealed_dir):
+                    with contextlib.suppress(FileNotFoundError):
+                        (directory / name).unlink()
+                    if kind == "sqlite":
+                        remove_sqlite_companions(directory / name)
+            self._seen.clear()
+            if self.sealed_dir.is_dir():
+                fsync_dir(self.sealed_dir)
+
+    def close(self) -> None:
+        """A last checkpoint, then remove the working copy."""
+        try:
+            self.checkpoint()
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the working copy without a checkpoint."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _checkpoint(self) -> list[str]:
+        changes: list[str] = []
+        for name, kind in STORE_FILES.items():
+            work, sealed = self.store_dir / name, self.sealed_dir / name
+            signature = _signature(work, kind)
+            seen = self._seen.get(name)
+            if seen is not None and seen.signature == signature and sealed.exists():
+                continue
+            plain = snapshot(work, kind) if signature else None
+            if plain is None:  # the engine deleted it (a logout)
+                self._seen.pop(name, None)
+                if sealed.exists():
+                    sealed.unlink()
+                    fsync_dir(self.sealed_dir)
+                    changes.append(f"-{name}")
+                continue
+            digest = hashlib.sha256(plain).digest()
+            if not (seen is not None and seen.digest == digest and sealed.exists()):
+                make_private_dir(self.sealed_dir.parent)
+                make_private_dir(self.sealed_dir)
+                write_atomic(sealed, seal(self.key, plain))
+                changes.append(name)
+            self._seen[name] = _Seen(signature, digest)
+        return changes
+
+
+def _signature(path: Path, kind: str) -> tuple[tuple[int, int, int], ...]:
+    """A cheap "did it change" look at a store file (and, for SQLite, its journal
+    files): empty when the file does not exist."""
+    names = [path.name] + ([path.name + s for s in SQLITE_COMPANIONS if s != "-shm"]
+                           if kind == "sqlite" else [])
+    parts = []
+    for name in names:
+        try:
+            info = os.stat(path.parent / name)
+        except FileNotFoundError:
+            if name == path.name:
+                return ()
+            continue
+        parts.append((info.st_ino, info.st_size, info.st_mtime_ns))
+    return tuple(parts)
+
+
+def has_sealed_stores(data_dir: Path, session: str) -> bool:
+    """Whether ``data_dir/sessions/<session>`` holds any credential store."""
+    directory = data_dir / "sessions" / session
+    return any((directory / name).is_file() for name in STORE_FILES)
+
+
+def sealed_store_names(data_dir: Path, session: str) -> list[str]:
+    """The stores of ``session`` that are sealed (checked by their header)."""
+    names = []
+    for name in STORE_FILES:
+        try:
+            with open(data_dir / "sessions" / session / name, "rb") as handle:
+                if is_sealed(handle.read(16)):
+                    names.append(name)
+        except FileNotFoundError:
+            continue
+    return names

@@ -1,0 +1,355 @@
+"""The encrypted session stores as a whole: the start-up check and key rotation.
+
+``wagate serve`` calls ``check_stores`` before any actor starts, so a wrong or
+missing key stops the gateway with a message that says what to do, instead of a
+session that silently pairs anew over credentials it cannot read. ``rotate_keys``
+(``wagate keys rotate``) re-encrypts every store under a new key, one atomic file
+replacement at a time: a crash half-way leaves each store readable by the old or the
+new key, and running it again finishes the job.
+
+The stores are the files named in ``actors.sealed_store.STORE_FILES`` under
+``data_dir/sessions/<session>/``; everything else in ``data_dir`` is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from actors.sealed_store import (
+    HEADER_BYTES,
+    STORE_FILES,
+    StoreError,
+    StoreKey,
+    StoreKeyError,
+    WrongKey,
+    is_inside,
+    is_sealed,
+    key_file_too_open,
+    load_key,
+    remove_sqlite_companions,
+    remove_stale_temp_files,
+    seal,
+    sealed_fingerprint,
+    snapshot,
+    unseal,
+    write_atomic,
+)
+from actors.working_copy import clear_stale, gateway_tag, work_root
+from gateway.config import Config
+
+log = structlog.get_logger("wagate.stores")
+
+LOCK_FILE = "run/stores.lock"
+
+
+class StoreCheckError(Exception):
+    """The stores cannot be used as configured; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreFile:
+    """One credential store on disk."""
+
+    session: str
+    name: str
+    path: Path
+
+    @property
+    def kind(self) -> str:
+        return STORE_FILES[self.name]
+
+    @property
+    def label(self) -> str:
+        return f"session '{self.session}' ({self.name})"
+
+    def header(self) -> bytes:
+        with open(self.path, "rb") as handle:
+            return handle.read(HEADER_BYTES)
+
+
+def find_stores(data_dir: Path) -> list[StoreFile]:
+    """Every credential store in ``data_dir/sessions``, by session and file name."""
+    root = data_dir / "sessions"
+    if not root.is_dir():
+        return []
+    found = []
+    for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+        for name in STORE_FILES:
+            path = directory / name
+            if path.is_file():
+                found.append(StoreFile(directory.name, name, path))
+    return found
+
+
+def _remove_interrupted_writes(data_dir: Path) -> None:
+    root = data_dir / "sessions"
+    for directory in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
+        remove_stale_temp_files(directory)
+
+
+def seal_plaintext(store: StoreFile, key: StoreKey) -> None:
+    """Encrypt a store an older wagate (or ``--demo``) left in clear text, in place."""
+    plain = snapshot(store.path, store.kind) or b""
+    write_atomic(store.path, seal(key, plain))
+    if store.kind == "sqlite":
+        remove_sqlite_companions(store.path)  # their content is in the snapshot
+
+
+# --------------------------------------------------------------------------- locking
+
+
+@contextlib.contextmanager
+def stores_lock(data_dir: Path, exclusive: bool) -> Iterator[int]:
+    """Keep ``wagate serve`` (shared) and ``wagate keys rotate`` (exclusive) apart.
+
+    The gateway's actor processes inherit the launcher's descriptor, so the shared
+    lock lasts until the last of them is gone, even if the launcher was killed.
+    """
+    fd = acquire_stores_lock(data_dir, exclusive)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def acquire_stores_lock(data_dir: Path, exclusive: bool) -> int:
+    run = data_dir / "run"
+    run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(run / "stores.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        if exclusive:
+            raise StoreCheckError(
+                f"a gateway (or processes a crashed one left behind) still uses {data_dir}; "
+                "stop it first (`wagate serve` sweeps leftovers when it starts: start it "
+                "and stop it again)") from None
+        raise StoreCheckError(f"a `wagate keys rotate` is running on {data_dir}; wait for "
+                              "it to finish, then start the gateway") from None
+    return fd
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def check_stores(config: Config) -> StoreKey | None:
+    """The start-up check of ``wagate serve`` (no actor runs yet). Returns the key,
+    or None when the stores stay in clear text (no key, ``--demo`` only).
+
+    Also: removes temp files of interrupted writes and working copies crashed
+    processes left, and encrypts stores found in clear text (an upgrade needs no
+    manual step).
+    """
+    data = config.data_path
+    enc = config.encryption
+    try:
+        key = load_key(enc, data)
+    except StoreKeyError as exc:
+        raise StoreCheckError(str(exc)) from None
+    _remove_interrupted_writes(data)
+    stores = find_stores(data)
+    sealed = [s for s in stores if is_sealed(s.header())]
+    if key is None:
+        if sealed:
+            first = sealed[0]
+            raise StoreCheckError(
+                f"the stored credentials are encrypted ({len(sealed)} store(s); the one of "
+                f"{first.label} with key {sealed_fingerprint(first.header())}) but no "
+                "storage key is configured: put the key they were encrypted with in the "
+                f"environment variable {enc.key_env or '(encryption.key_env)'} or in a file "
+                "named by encryption.key_file")
+        if config.auth.required:
+            raise StoreCheckError(
+                "no storage key is configured: stored WhatsApp credentials are encrypted at "
+                "rest (only `wagate serve --demo` runs without). Create a key with "
+                "`wagate keys create --out PATH` (outside data_dir, readable only by the "
+                "user running wagate), then name it in encryption.key_file, or put it in "
+                f"the environment variable {enc.key_env}")
+        log.warning("session stores are not encrypted: no storage key is configured "
+                    "(allowed with --demo only; see `wagate keys create`)")
+        return None
+    if enc.key_file and key.source.startswith("encryption.key_file") and key_file_too_open(
+            Path(enc.key_file).expanduser()):
+        log.warning("the storage key file can be read by other users; chmod 600 it",
+                    key_file=enc.key_file)
+    _check_work_root(config)
+    problems = []
+    for store in sealed:
+        try:
+            unseal(key, store.path.read_bytes(), f"the credential store of {store.label}")
+        except StoreError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise StoreCheckError(
+            "; ".join(problems) + f" (configured key from {key.source}). Configure the key "
+            "these stores were encrypted with; if a `wagate keys rotate` was interrupted, "
+            "run it again with the same new key")
+    for store in stores:
+        if store not in sealed:
+            seal_plaintext(store, key)
+            log.warning("encrypted a session store found in clear text (left by an older "
+                        "wagate or a --demo run)", session=store.session, file=store.name)
+    if config.transport.engine == "neonize" and config.transport.session_store:
+        log.warning("the real engine's device store is in Postgres (transport.session_store): "
+                    "wagate cannot encrypt it; rely on the database's own encryption at rest")
+    log.info("session stores are encrypted", key=key.fingerprint, stores=len(stores))
+    return key
+
+
+def _check_work_root(config: Config) -> None:
+    """The decrypted working copies must not land in data_dir, and must be possible."""
+    data = config.data_path
+    root = work_root(config.encryption)
+    if is_inside(root, data):
+        raise StoreCheckError(
+            f"encryption.work_dir ({root}) is inside data_dir ({data}): decrypted "
+            "credentials would be written next to the encrypted ones; use a directory "
+            "outside data_dir, or \"\" for /dev/shm")
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StoreCheckError(f"encryption.work_dir {root} cannot be created ({exc.strerror})"
+                              ) from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise StoreCheckError(f"encryption.work_dir {root} is not writable by this user; "
+                              "choose another directory")
+    cleared = clear_stale(root, gateway_tag(data))
+    if cleared:
+        log.warning("removed decrypted working copies left by crashed session processes",
+                    count=len(cleared))
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+@dataclass
+class RotationReport:
+    rotated: list[str] = field(default_factory=list)  # re-encrypted under the new key
+    already: list[str] = field(default_factory=list)  # were under the new key already
+    sealed: list[str] = field(default_factory=list)  # were in clear text, now encrypted
+    failed: list[str] = field(default_factory=list)  # label: why
+
+    @property
+    def total(self) -> int:
+        return len(self.rotated) + len(self.already) + len(self.sealed) + len(self.failed)
+
+
+def rotate_keys(config: Config, new_key: StoreKey, progress: Callable[[str], None]
+                ) -> RotationReport:
+    """Re-encrypt every store under ``new_key``; ``progress`` gets one line per store.
+
+    Refused while a gateway uses ``data_dir``. Every store is checked first (each
+    must open with the configured key or the new one), so a problem changes nothing.
+    """
+    data = config.data_path
+    with stores_lock(data, exclusive=True):
+        _refuse_while_running(data)
+        try:
+            old_key = load_key(config.encryption, data)
+        except StoreKeyError as exc:
+            raise StoreCheckError(f"the current key: {exc}") from None
+        if old_key is not None and old_key.fingerprint == new_key.fingerprint:
+            raise StoreCheckError(
+                f"the new key ({new_key.source}) is the key already configured; create "
+                "another with `wagate keys create --out PATH`")
+        _remove_interrupted_writes(data)
+        stores = find_stores(data)
+        plan = _plan(stores, old_key, new_key)
+        report = RotationReport()
+        for index, (store, action) in enumerate(plan, 1):
+            prefix = f"[{index}/{len(plan)}] {store.label}"
+            try:
+                if action == "already":
+                    report.already.append(store.label)
+                    progress(f"{prefix}: already under the new key")
+                elif action == "plain":
+                    seal_plaintext(store, new_key)
+                    report.sealed.append(store.label)
+                    progress(f"{prefix}: was in clear text, now encrypted")
+                else:
+                    assert old_key is not None
+                    plain = unseal(old_key, store.path.read_bytes(), store.label)
+                    write_atomic(store.path, seal(new_key, plain))
+                    report.rotated.append(store.label)
+                    progress(f"{prefix}: re-encrypted")
+            except (OSError, StoreError) as exc:
+                report.failed.append(f"{store.label}: {exc}")
+                progress(f"{prefix}: FAILED ({exc})")
+        return report
+
+
+def _plan(stores: list[StoreFile], old_key: StoreKey | None, new_key: StoreKey
+          ) -> list[tuple[StoreFile, str]]:
+    """What to do with each store; raises (changing nothing) if one cannot be opened."""
+    plan, problems = [], []
+    for store in stores:
+        blob = store.path.read_bytes()
+        if not is_sealed(blob):
+            plan.append((store, "plain"))
+            continue
+        fingerprint = sealed_fingerprint(blob)
+        key = new_key if fingerprint == new_key.fingerprint else old_key
+        if key is None or fingerprint != key.fingerprint:
+            known = f"configured key {old_key.fingerprint}, " if old_key else "no key configured, "
+            problems.append(f"{store.label} is encrypted with key {fingerprint} ({known}new "
+                            f"key {new_key.fingerprint})")
+            continue
+        try:
+            unseal(key, blob, store.label)
+        except StoreError as exc:
+            problems.append(str(exc))
+            continue
+        plan.append((store, "already" if key is new_key else "rotate"))
+    if problems:
+        raise StoreCheckError("nothing was changed: " + "; ".join(problems)
+                              + ". Configure the key these stores are encrypted with "
+                              "(encryption.key_file or the key variable) and run it again")
+    return plan
+
+
+def _refuse_while_running(data: Path) -> None:
+    """The launcher's state file names a live gateway (or its leftover processes)."""
+    from gateway.serve import running_gateway
+
+    running = running_gateway(data)
+    if running is not None:
+        raise StoreCheckError(f"{running} uses {data}; stop it first, then rotate the key")
+
+
+# --------------------------------------------------------------------------- check
+
+
+def verify_stores(config: Config) -> tuple[StoreKey | None, list[tuple[StoreFile, str]]]:
+    """``wagate keys check``: each store and whether it opens with the configured key
+    ("ok", "clear text", or the problem)."""
+    data = config.data_path
+    try:
+        key = load_key(config.encryption, data)
+    except StoreKeyError as exc:
+        raise StoreCheckError(str(exc)) from None
+    results = []
+    for store in find_stores(data):
+        blob = store.path.read_bytes()
+        if not is_sealed(blob):
+            results.append((store, "clear text (encrypted at the next start with a key)"))
+        elif key is None:
+            results.append((store, f"encrypted with key {sealed_fingerprint(blob)}, but no "
+                                   "key is configured"))
+        else:
+            try:
+                unseal(key, blob, "the store")
+                results.append((store, "ok"))
+            except WrongKey as exc:
+                results.append((store, f"encrypted with key {exc.sealed_with}, the configured "
+                                       f"key is {exc.configured}"))
+            except StoreError as exc:
+                results.append((store, str(exc)))
+    return key, results
