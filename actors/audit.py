@@ -1,0 +1,188 @@
+"""AuditActor: the single writer of the audit log while the gateway runs.
+
+A thin shell around ``actors.audit_log``: it takes the audit lock for its whole life
+(so a CLI can tell that the gateway writes, and sends its entries here instead of
+writing beside it), opens the log (recovering the chain's tail) and appends every
+``AuditEvent`` it is told. Writing a line is one ``write()`` to the page cache, so the
+handler never blocks for long.
+
+Nothing is dropped silently: events that arrive while the log cannot be opened (the
+lock is briefly held by a CLI, or the disk is full) wait in memory, up to
+``MAX_PENDING``; beyond that, or when a write fails, they are counted and the next
+entry that can be written is preceded by ``audit.lost`` with the count.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
+
+from actors.audit_log import AuditLock, AuditLog, audit_dir, iso_time, lock_holder
+from actors.messages import AuditEvent, Failed, Ok, RecordAudit, Routed, StartWorker
+from gateway.config import Config
+from gateway.observability import setup_logging
+
+log = structlog.get_logger("wagate.audit")
+
+LOCK_RETRY_SECONDS = 0.2  # a CLI holds the lock for one entry: milliseconds
+OPEN_RETRY_SECONDS = 5.0  # the log could not be opened (disk full, damaged tail)
+LOCK_WARN_SECONDS = 5.0
+MAX_PENDING = 10000
+MEGABYTE = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Retry:
+    """Try again to take the lock / open the log."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    event: AuditEvent
+    reply_to: Any = None
+    request_id: str = ""
+
+
+class AuditActor(ActorTypeDispatcher):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.config: Config | None = None
+        self.lock: AuditLock | None = None
+        self.log: AuditLog | None = None
+        self.pending: deque[_Pending] = deque()
+        self.lost = 0
+        self.retry_armed = False
+        self.waiting_since: float | None = None
+        self.warned_at = 0.0
+
+    def receiveMsg_StartWorker(self, msg: StartWorker, sender: Any) -> None:
+        if self.config is not None:
+            return
+        setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
+        self.config = msg.config
+        self.lock = AuditLock(audit_dir(msg.config.data_path))
+        self._open()
+
+    def receiveMsg_AuditEvent(self, msg: AuditEvent, sender: Any) -> None:
+        self._record(_Pending(msg))
+
+    def receiveMsg_RecordAudit(self, msg: RecordAudit, sender: Any) -> None:
+        self._record(_Pending(msg.entry, sender, msg.request_id))
+
+    def receiveMsg_Routed(self, msg: Routed, sender: Any) -> None:
+        if isinstance(msg.request, RecordAudit):
+            self._record(_Pending(msg.request.entry, msg.reply_to, msg.request.request_id))
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if isinstance(msg.payload, _Retry):
+            self.retry_armed = False
+            self._open()
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        if self.pending:
+            log.error("audit entries not written at exit", count=len(self.pending))
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if self.lock is not None:
+            self.lock.release()
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _record(self, item: _Pending) -> None:
+        # While a retry is armed, wait for it: no reopening (and error log) per event.
+        if self.log is None and (self.retry_armed or not self._open()):
+            if len(self.pending) >= MAX_PENDING:
+                self.lost += 1
+                self._refuse(item, "the audit log cannot be written right now")
+            else:
+                self.pending.append(item)
+            return
+        self._write(item)
+
+    def _open(self) -> bool:
+        """Take the lock and open the log; False (and a retry armed) when not possible."""
+        if self.log is not None:
+            return True
+        if self.config is None or self.lock is None:
+            return False
+        config = self.config
+        now = time.time()
+        if not self.lock.held:
+            info = {"pid": os.getpid(), "admin_port": config.actors.admin_port,
+                    "writer": "gateway", "since": iso_time(now)}
+            try:
+                acquired = self.lock.acquire(info)
+            except OSError as exc:  # the audit directory cannot be created or opened
+                log.error("cannot take the audit lock; entries wait in memory",
+                          error=str(exc))
+                self._retry(OPEN_RETRY_SECONDS)
+                return False
+            if not acquired:
+                self.waiting_since = self.waiting_since or now
+                if now - self.waiting_since >= LOCK_WARN_SECONDS and \
+                        now - self.warned_at >= LOCK_WARN_SECONDS:
+                    self.warned_at = now
+                    log.warning("the audit log is locked by another process; waiting",
+                                holder=lock_holder(self.lock.directory),
+                                waiting_seconds=round(now - self.waiting_since, 1))
+                self._retry(LOCK_RETRY_SECONDS)
+                return False
+        self.waiting_since = None
+        try:
+            self.log = AuditLog.open(self.lock.directory,
+                                     int(config.audit.max_file_mb * MEGABYTE),
+                                     config.audit.recipients)
+        except Exception as exc:  # a damaged tail, a full disk: say so, keep trying
+            log.error("cannot open the audit log; entries wait in memory", error=str(exc))
+            self._retry(OPEN_RETRY_SECONDS)
+            return False
+        if self.log.torn is not None:
+            log.warning("the audit log ended in a torn line; it was set aside",
+                        saved_as=self.log.torn.saved_as, bytes=self.log.torn.size)
+        self._write(_Pending(AuditEvent("audit.opened", {"pid": os.getpid(),
+                                                         "writer": "gateway"})))
+        while self.pending and self.log is not None:
+            self._write(self.pending.popleft())
+        return self.log is not None
+
+    def _write(self, item: _Pending) -> None:
+        assert self.log is not None
+        event = item.event
+        fields = event.fields if isinstance(event.fields, Mapping) else {"fields": event.fields}
+        try:
+            if self.lost:
+                self.log.append("audit.lost", {"count": self.lost})
+                self.lost = 0
+            entry = self.log.append(event.event, fields, event.request_id)
+        except Exception as exc:  # never raise: a raising handler runs twice
+            self.lost += 1
+            log.error("audit entry not written", audit_event=str(event.event)[:64],
+                      error=str(exc))
+            if self.log.broken:
+                self.log.close()
+                self.log = None
+                self._retry(OPEN_RETRY_SECONDS)
+            self._refuse(item, "the audit log could not be written; see the actor log")
+            return
+        if item.reply_to is not None:
+            self.send(item.reply_to, Ok({"seq": entry["seq"], "hash": entry["hash"]},
+                                        request_id=item.request_id))
+
+    def _refuse(self, item: _Pending, message: str) -> None:
+        if item.reply_to is not None:
+            self.send(item.reply_to, Failed("UNAVAILABLE", message + "; retry shortly",
+                                            request_id=item.request_id))
+
+    def _retry(self, seconds: float) -> None:
+        if not self.retry_armed:
+            self.retry_armed = True
+            self.wakeupAfter(timedelta(seconds=seconds), payload=_Retry())
