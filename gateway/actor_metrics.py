@@ -1,0 +1,115 @@
+"""Prometheus metric families built from a ``HealthReport``, at scrape time.
+
+The actors keep their counters in memory (actors/metrics.py) and hand a snapshot
+over with the health report; this module only names and shapes them. Nothing here
+runs on the send path. Pure: no Flask, no actor system.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+
+from actors.message_store import STATES
+from actors.messages import HealthReport, SessionState
+from actors.metrics import RATE_SCOPES, SessionMetrics
+from gateway import __version__
+
+LIMIT_SCOPES = ("recipient_minute", "recipient_hour", "global_day")
+
+
+class ActorCollector:
+    """One scrape's worth of actor-side metrics (``report`` None: the actors did not
+    answer, and ``wagate_actors_up`` says so)."""
+
+    def __init__(self, report: HealthReport | None,
+                 visible: Callable[[str], bool] | None = None) -> None:
+        self.report = report
+        self.visible = visible
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("wagate_actors_up", "1 when the actor system answered this "
+                               "scrape, 0 when it did not (the other wagate_ metrics of the "
+                               "actors are then missing)")
+        up.add_metric([], 1.0 if self.report is not None else 0.0)
+        yield up
+        info = GaugeMetricFamily("wagate_build_info", "always 1; the version is a label",
+                                 labels=["version"])
+        info.add_metric([__version__], 1.0)
+        yield info
+        if self.report is None:
+            return
+        yield from self._sessions(self.report)
+        yield from self._outbox(self.report)
+
+    def _sessions(self, report: HealthReport) -> Iterator[Metric]:
+        connected = GaugeMetricFamily("wagate_session_connected",
+                                      "1 when the session is linked and online", labels=["session"])
+        state = GaugeMetricFamily("wagate_session_state", "1 for the session's current state, "
+                                  "0 for the others", labels=["session", "state"])
+        attempt = GaugeMetricFamily("wagate_session_reconnect_attempt", "the current reconnect "
+                                    "attempt (0 when not reconnecting)", labels=["session"])
+        seconds = CounterMetricFamily("wagate_session_connected_seconds_total",
+                                      "seconds the session has been connected",
+                                      labels=["session"])
+        issued = CounterMetricFamily("wagate_qr_codes_issued_total",
+                                     "QR codes shown for pairing (each rotation counts)",
+                                     labels=["session"])
+        scans = CounterMetricFamily("wagate_qr_scans_total", "pairings completed (a QR code "
+                                    "scanned or a pairing code typed)", labels=["session"])
+        reconnects = CounterMetricFamily("wagate_reconnects_total", "times the session lost "
+                                         "its connection (or a connect attempt failed) and "
+                                         "began reconnecting", labels=["session"])
+        for status in report.sessions:
+            name = status.session
+            if self.visible is not None and not self.visible(name):
+                continue
+            connected.add_metric([name], 1.0 if status.connected else 0.0)
+            for candidate in SessionState:
+                state.add_metric([name, candidate.value],
+                                 1.0 if status.state is candidate else 0.0)
+            attempt.add_metric([name], float(status.reconnect_attempt))
+            counts = report.session_metrics.get(name) or SessionMetrics()
+            seconds.add_metric([name], counts.connected_seconds)
+            issued.add_metric([name], float(counts.qr_codes_issued))
+            scans.add_metric([name], float(counts.qr_scans))
+            reconnects.add_metric([name], float(counts.reconnects))
+        yield from (connected, state, attempt, seconds, issued, scans, reconnects)
+
+    def _outbox(self, report: HealthReport) -> Iterator[Metric]:
+        metrics = report.outbox_metrics
+        if metrics is None:  # the outbox is restarting: its counters are unknown now
+            return
+        queue = GaugeMetricFamily("wagate_queue_depth", "messages waiting to be sent (queued "
+                                  "or being sent)", labels=["session"])
+        names = {s.session for s in report.sessions} | set(report.queue_by_session)
+        for name in sorted(names):
+            if self.visible is None or self.visible(name):
+                queue.add_metric([name], float(report.queue_by_session.get(name, 0)))
+        yield queue
+        messages = CounterMetricFamily("wagate_messages_total", "messages that reached each "
+                                       "state (each message once per state)", labels=["state"])
+        for name in STATES:
+            messages.add_metric([name], float(metrics.messages.get(name, 0)))
+        yield messages
+        uncertain = CounterMetricFamily("wagate_messages_uncertain_total", "messages whose "
+                                        "fate a crash hid (resent or failed by policy)")
+        uncertain.add_metric([], float(metrics.uncertain))
+        yield uncertain
+        limited = CounterMetricFamily("wagate_rate_limited_total", "sends refused by a rate "
+                                      "limit (scope queue: the session's queue was full)",
+                                      labels=["scope"])
+        for scope in sorted(set(RATE_SCOPES) | set(metrics.rate_limited)):
+            limited.add_metric([scope], float(metrics.rate_limited.get(scope, 0)))
+        yield limited
+        ratio = GaugeMetricFamily("wagate_rate_limit_usage_ratio", "use of the fullest "
+                                  "window of each limit, 0 to 1 (1: the next send is refused)",
+                                  labels=["scope"])
+        for scope in LIMIT_SCOPES:
+            ratio.add_metric([scope], float(metrics.usage_ratio.get(scope, 0.0)))
+        yield ratio

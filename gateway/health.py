@@ -1,0 +1,100 @@
+"""The health document (``/admin/health``, ``wagate status --json``), free of Flask.
+
+Besides our own detail it carries a ``health`` object in the shape of the WhatsApp
+Business on-premises API's ``GET /v1/health``, keyed by session instead of by node, so
+monitoring written for that API reads a wagate gateway unchanged::
+
+    {"health": {"default": {"gateway_status": "connected", ...}},
+     "meta": {"api_status": "stable", "version": "0.1.0"}}
+
+WhatsApp's values are ``connected``, ``connecting``, ``disconnected``,
+``uninitialized`` and ``unregistered``; ``gateway_status`` maps our finer session
+states onto them (README: Metrics).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from actors.messages import HealthReport, SessionState, SessionStatus
+from gateway import __version__
+
+GATEWAY_STATUSES = ("connected", "connecting", "disconnected", "uninitialized", "unregistered")
+
+# Our state -> WhatsApp's gateway_status. "unregistered" means the account is not
+# linked to this gateway and a person must pair it (scan a QR code); "disconnected"
+# means it is linked (or was) but not online, whether it is retrying or needs action.
+GATEWAY_STATUS: dict[SessionState, str] = {
+    SessionState.NEW: "uninitialized",
+    SessionState.CONNECTING: "connecting",
+    SessionState.QR_PENDING: "unregistered",
+    SessionState.CONNECTED: "connected",
+    SessionState.RECONNECTING: "connecting",
+    SessionState.QR_EXPIRED: "unregistered",
+    SessionState.LOGGED_OUT: "unregistered",
+    SessionState.FAILED: "disconnected",
+    SessionState.DISCONNECTED: "disconnected",
+    SessionState.REPLACED: "disconnected",
+    SessionState.BANNED: "disconnected",
+    SessionState.CLIENT_OUTDATED: "disconnected",
+}
+
+
+def gateway_status(status: SessionStatus) -> str:
+    """WhatsApp's word for a session. A NEW session that has credentials (started only
+    to log out, or restored without a connect) is linked, so it is "disconnected"."""
+    if status.state is SessionState.NEW and status.paired:
+        return "disconnected"
+    return GATEWAY_STATUS[status.state]
+
+
+def health_document(report: HealthReport, now: float,
+                    visible: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """The overall status plus every session's detail; ``visible`` limits the sessions
+    shown (a token restricted to some sessions sees only those)."""
+    shown = [s for s in report.sessions if visible is None or visible(s.session)]
+    sessions = [_session_health(s, now) for s in shown]
+    by_session = {name: depth for name, depth in report.queue_by_session.items()
+                  if visible is None or visible(name)}
+    degraded = any(s["state"] in ("RECONNECTING", "FAILED") for s in sessions)
+    return {
+        "status": "degraded" if degraded else "ok",
+        "version": __version__,
+        "time": iso_time(now),
+        "health": {s.session: {"gateway_status": gateway_status(s), "state": s.state.value}
+                   for s in shown},
+        "meta": {"api_status": "stable", "version": __version__},
+        "sessions": sessions,
+        "queue": {"depth": report.queue_depth, "bySession": by_session,
+                  "uncertainTotal": report.uncertain_total},
+        "limiter": report.limiter,
+        "processes": report.worker_pids,
+    }
+
+
+def _session_health(status: SessionStatus, now: float) -> dict[str, Any]:
+    return {
+        "session": status.session,
+        "state": status.state.value,
+        "gatewayStatus": gateway_status(status),
+        "connected": status.state is SessionState.CONNECTED,
+        "phoneNumber": status.phone,
+        "reconnectAttempt": status.reconnect_attempt,
+        "lastError": (None if status.last_error is None else
+                      {"code": status.last_error.code, "message": status.last_error.message}),
+        "connectedSince": iso_time(status.connected_since),
+        "uptimeSeconds": (round(now - status.connected_since, 1)
+                          if status.connected_since else 0.0),
+        "pid": status.pid,
+    }
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """As the API writes times (``gateway.resolvers.iso_time``); kept here so that
+    ``wagate status`` does not load the GraphQL stack."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")

@@ -1,0 +1,164 @@
+"""``/metrics``: the web tier's own metrics plus the actors', in Prometheus' text format.
+
+gunicorn runs several worker processes and a scrape reaches only one of them, so
+the web tier's counters use prometheus-client's multiprocess mode: every worker
+writes its values to files in ``data_dir/run/metrics`` (``PROMETHEUS_MULTIPROC_DIR``,
+set by ``wagate serve``, which empties the directory at start) and a scrape sums
+the files of all workers, dead ones included. The actors' metrics are asked for at
+scrape time (``GetHealth``) and added by ``ActorCollector``.
+
+GraphQL requests are labelled by their root field (``sendWhatsAppNotification``),
+never by the client's free-form ``operationName``, so the number of series stays
+bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import prometheus_client
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLSchema,
+    OperationDefinitionNode,
+)
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from actors.messages import HealthReport
+from gateway.actor_metrics import ActorCollector
+from gateway.errors import ERROR_CODES
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_DIR = "run/metrics"
+# Text format 0.0.4: every Prometheus (2.x and 3.x) reads it, and our names need nothing newer.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+SEND_FIELDS = frozenset({"sendWhatsAppNotification", "sendWhatsAppMessage",
+                         "testWhatsAppConnection"})
+# Requests refused before any GraphQL ran (token, body size, not JSON), by HTTP status.
+REFUSED_OUTCOMES = {401: "UNAUTHENTICATED", 403: "FORBIDDEN"}
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# ``_created`` series exist only in single-process mode: leave them out everywhere so
+# that the output does not depend on how the web tier runs.
+prometheus_client.disable_created_metrics()
+
+GRAPHQL_REQUESTS = Counter(
+    "wagate_graphql_requests", "GraphQL operations by root field and outcome ('ok' or the "
+    "error code)", ["operation", "outcome"], registry=None)
+GRAPHQL_SECONDS = Histogram(
+    "wagate_graphql_request_duration_seconds", "time to answer a GraphQL operation",
+    ["operation"], buckets=LATENCY_BUCKETS, registry=None)
+SEND_ERRORS = Counter(
+    "wagate_send_errors", "send operations (sendWhatsAppNotification, sendWhatsAppMessage, "
+    "testWhatsAppConnection) that returned an error, by error code", ["code"], registry=None)
+WEB_METRICS = (GRAPHQL_REQUESTS, GRAPHQL_SECONDS, SEND_ERRORS)
+
+
+def metrics_dir(data_path: Path) -> Path:
+    return data_path / METRICS_DIR
+
+
+def reset_metrics_dir(data_path: Path) -> Path:
+    """Start from zero: files of an earlier run would be summed with this one's, and
+    their pids may be reused by new workers."""
+    path = metrics_dir(data_path)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, mode=0o700)
+    return path
+
+
+class GraphqlMetrics:
+    """Counts and times GraphQL operations; one per web process (thread-safe: the
+    instruments lock themselves, and the rest only reads)."""
+
+    def __init__(self, schema: GraphQLSchema,
+                 parse: Callable[[Any, dict[str, Any]], DocumentNode]) -> None:
+        self.parse = parse  # the app's document cache: the text was just parsed
+        self.fields = frozenset(
+            name for root in (schema.query_type, schema.mutation_type) if root is not None
+            for name in root.fields)
+
+    def observe(self, data: dict[str, Any], result: dict[str, Any], seconds: float) -> None:
+        operation, aliases = self.operation(data)
+        errors = result.get("errors") or []
+        outcome = _code(errors[0]) if errors else "ok"
+        GRAPHQL_REQUESTS.labels(operation, outcome).inc()
+        GRAPHQL_SECONDS.labels(operation).observe(seconds)
+        for error in errors:
+            path = error.get("path") or []
+            field = aliases.get(path[0]) if path else operation
+            if field in SEND_FIELDS:
+                SEND_ERRORS.labels(_code(error)).inc()
+
+    def observe_refused(self, status: int, seconds: float) -> None:
+        """A POST /graphql answered before any operation ran."""
+        outcome = REFUSED_OUTCOMES.get(status, "INTERNAL" if status >= 500
+                                       else "GRAPHQL_VALIDATION_FAILED")
+        GRAPHQL_REQUESTS.labels("none", outcome).inc()
+        GRAPHQL_SECONDS.labels("none").observe(seconds)
+
+    def operation(self, data: dict[str, Any]) -> tuple[str, dict[str, str]]:
+        """The operation's label and its root fields by response key.
+
+        The label is the root field's name when there is exactly one (the usual
+        case), ``multiple`` for several, ``introspection`` for ``__schema`` and the
+        like, ``unknown`` for a field the schema lacks, ``invalid`` when the document
+        does not parse or names no operation.
+        """
+        try:
+            document = self.parse(None, data)
+        except Exception:  # not a string, or a syntax error: GraphQL said so already
+            return "invalid", {}
+        chosen = _chosen_operation(document, data.get("operationName"))
+        if chosen is None:
+            return "invalid", {}
+        selections = chosen.selection_set.selections
+        aliases = {s.alias.value if s.alias else s.name.value: s.name.value
+                   for s in selections if isinstance(s, FieldNode)}
+        names = set(aliases.values())
+        if len(aliases) != len(selections) or len(names) > 1:
+            return "multiple", aliases
+        if not names:
+            return "invalid", aliases
+        name = names.pop()
+        if name.startswith("__"):
+            return "introspection", aliases
+        return (name if name in self.fields else "unknown"), aliases
+
+
+def render(report: HealthReport | None,
+           visible: Callable[[str], bool] | None = None) -> bytes:
+    """The whole scrape: the web tier's metrics (every worker's) and the actors'."""
+    registry = CollectorRegistry(auto_describe=False)
+    if os.environ.get(MULTIPROC_ENV):
+        MultiProcessCollector(registry)
+    else:  # one process (e.g. the app in a test): its own values are all there is
+        registry.register(_Local())
+    registry.register(ActorCollector(report, visible))
+    return generate_latest(registry)
+
+
+class _Local:
+    def collect(self) -> Iterator[Metric]:
+        for metric in WEB_METRICS:
+            yield from metric.collect()
+
+
+def _chosen_operation(document: DocumentNode, name: Any) -> OperationDefinitionNode | None:
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if isinstance(name, str) and name:
+        return next((o for o in operations if o.name and o.name.value == name), None)
+    return operations[0] if len(operations) == 1 else None
+
+
+def _code(error: dict[str, Any]) -> str:
+    code = (error.get("extensions") or {}).get("code")
+    return code if code in ERROR_CODES else "OTHER"
