@@ -56,6 +56,18 @@ class SnapshotReader:
     def status(self, session: str) -> SessionStatus | None:
         """The session's status, or None when the snapshot is missing or stale (ask the
         actors instead). A fresh snapshot without the session means a NEW session."""
+        sessions = self._fresh()
+        if sessions is None:
+            return None
+        return sessions.get(session) or SessionStatus(session=session)
+
+    def sessions(self) -> dict[str, SessionStatus] | None:
+        """Every session the supervisor knows, by name, or None when the snapshot is
+        missing or stale (ask the actors instead)."""
+        sessions = self._fresh()
+        return None if sessions is None else dict(sessions)
+
+    def _fresh(self) -> dict[str, SessionStatus] | None:
         try:
             stat = os.stat(self.path)
         except OSError:
@@ -73,7 +85,7 @@ class SnapshotReader:
                 self._stamp = stamp
             if time.time() - self._written_at > self.max_age:
                 return None
-            return self._sessions.get(session) or SessionStatus(session=session)
+            return self._sessions  # replaced on reload, never changed
 
 
 def _status(raw: dict[str, Any]) -> SessionStatus:

@@ -50,3 +50,17 @@ def test_changes_are_seen_and_damage_is_not_fatal(tmp_path: Path) -> None:
     (data / FILE_NAME).write_text("{not json")
     os.utime(data / FILE_NAME, ns=(1, 1))
     assert reader.status("a") is None
+
+
+def test_every_session_is_listed_while_the_snapshot_is_fresh(tmp_path: Path) -> None:
+    data = _data(tmp_path)
+    reader = SnapshotReader(data, max_age=3.0)
+    assert reader.sessions() is None  # no file: ask the actors
+    a, b = SessionStatus("a", state=SessionState.CONNECTED), SessionStatus("b")
+    write_snapshot(data, {"b": b, "a": a}, time.time())
+    listed = reader.sessions()
+    assert listed == {"a": a, "b": b}
+    listed.clear()  # a copy: the reader's own view is untouched
+    assert reader.sessions() == {"a": a, "b": b}
+    write_snapshot(data, {"a": a}, time.time() - 10)
+    assert reader.sessions() is None  # stale

@@ -1,0 +1,67 @@
+"""The operator dashboard: static files at ``/`` and ``/static/...``.
+
+The files hold no data, so they are served without a token; everything the page
+shows comes from ``POST /graphql`` with the operator's token. A strict
+Content-Security-Policy keeps the page to its own origin: its own script and style
+sheet, GraphQL calls to the same origin, and QR codes as ``data:`` images.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, send_from_directory
+
+STATIC_FILES = frozenset({"index.html", "app.js", "style.css", "favicon.svg"})
+
+CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+))
+
+# No build step, so no fingerprinted file names: the browser keeps a copy but asks
+# (If-None-Match) before every use, so an upgraded gateway serves its new page at once.
+CACHE_CONTROL = "no-cache"
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("gateway").joinpath("static")))
+
+
+def dashboard_blueprint() -> Blueprint:
+    blueprint = Blueprint("dashboard", __name__)
+    directory = static_dir()
+
+    @blueprint.get("/")
+    def index() -> Response:
+        return _serve(directory, "index.html")
+
+    @blueprint.get("/static/<name>")
+    def static_file(name: str) -> Response:
+        if name not in STATIC_FILES:
+            abort(404)
+        return _serve(directory, name)
+
+    return blueprint
+
+
+def _serve(directory: Path, name: str) -> Response:
+    response = send_from_directory(directory, name, max_age=0, conditional=True)
+    response.headers["Cache-Control"] = CACHE_CONTROL
+    response.headers.update(SECURITY_HEADERS)
+    return response

@@ -1,0 +1,766 @@
+/*
+ * wagate dashboard: plain JavaScript, no framework, no build step, nothing from the
+ * internet. Everything it shows comes from POST /graphql with the operator's token
+ * (kept in this tab's session storage). Data is only ever put into the page as text
+ * (textContent, attributes), never as HTML.
+ */
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "wagate.token";
+  const ADDED_KEY = "wagate.addedSessions";
+  const FAST_POLL_MS = 1000; // while a session is pairing or connecting
+  const SLOW_POLL_MS = 3000;
+  const OVERVIEW_POLL_MS = 5000; // queue, usage and recent messages
+  const PAGE_SIZE = 20;
+  const SESSION_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
+  // Plain-language meaning of every session state, and what the operator does about it
+  // (the README's table of states).
+  const STATES = {
+    NEW: { tone: "idle", label: "Not linked",
+      meaning: "This session has never been connected.",
+      todo: "Press Connect, then scan the QR code with the phone." },
+    CONNECTING: { tone: "busy", label: "Connecting",
+      meaning: "A connection attempt is running.",
+      todo: "Wait a moment." },
+    QR_PENDING: { tone: "busy", label: "Waiting for a scan",
+      meaning: "Pairing: the QR code below links a phone. It changes by itself every few seconds.",
+      todo: "On the phone open WhatsApp > Settings > Linked devices > Link a device and scan " +
+            "the code, or link with a phone number instead." },
+    CONNECTED: { tone: "ok", label: "Connected",
+      meaning: "Linked and online: messages go out at once.",
+      todo: "Nothing." },
+    RECONNECTING: { tone: "warn", label: "Reconnecting",
+      meaning: "The connection was lost and is being retried; messages wait in the queue.",
+      todo: "Wait. If it lasts, check this machine's network." },
+    QR_EXPIRED: { tone: "warn", label: "Code expired",
+      meaning: "The pairing window closed before a phone scanned the code.",
+      todo: "Press New code for a fresh QR code." },
+    LOGGED_OUT: { tone: "idle", label: "Logged out",
+      meaning: "The device was unlinked (from the phone, or with Log out); its credentials " +
+               "are deleted.",
+      todo: "Press Connect and scan a new QR code." },
+    DISCONNECTED: { tone: "idle", label: "Disconnected",
+      meaning: "Stopped with Disconnect; the credentials are kept.",
+      todo: "Press Connect to resume (no QR code needed)." },
+    FAILED: { tone: "bad", label: "Failed",
+      meaning: "The gateway gave up: every reconnect attempt failed, the session process " +
+               "crashed repeatedly, or the WhatsApp engine is missing.",
+      todo: "Read the last error, fix its cause, then press Connect." },
+    REPLACED: { tone: "bad", label: "Replaced",
+      meaning: "The same device connected from somewhere else.",
+      todo: "Stop the other client, then press Connect." },
+    BANNED: { tone: "bad", label: "Banned",
+      meaning: "WhatsApp banned this account for a while.",
+      todo: "Wait until the ban ends, then send less." },
+    CLIENT_OUTDATED: { tone: "bad", label: "Client outdated",
+      meaning: "WhatsApp refuses this client version.",
+      todo: "Upgrade wagate." },
+  };
+  const UNKNOWN_STATE = { tone: "idle", label: "Unknown", meaning: "", todo: "" };
+  const BUSY_STATES = new Set(["CONNECTING", "QR_PENDING", "RECONNECTING"]);
+  const CONNECT_STATES = new Set(["NEW", "LOGGED_OUT", "DISCONNECTED", "FAILED", "REPLACED",
+    "BANNED", "CLIENT_OUTDATED", "RECONNECTING"]);
+  const DISCONNECT_STATES = new Set(["CONNECTED", "CONNECTING", "QR_PENDING", "RECONNECTING"]);
+  const LOGOUT_STATES = new Set(["CONNECTED", "CONNECTING", "RECONNECTING", "DISCONNECTED",
+    "FAILED"]);
+
+  const STATUS_FIELDS = "session state connected phoneNumber reconnectAttempt " +
+    "lastError { code message } connectedSince qrCodeSvg qrCodeRaw qrExpiresAt bannedUntil";
+  const Q_SESSIONS = `query Sessions { whatsAppSessions { ${STATUS_FIELDS} } }`;
+  const Q_STATUS = `query Status($session: String) {
+    whatsAppStatus(session: $session) { ${STATUS_FIELDS} } }`;
+  const Q_WHO = `query Who { whatsAppGateway { version authRequired
+    principal { name role sessions } } }`;
+  const Q_OVERVIEW = `query Overview { whatsAppGateway {
+    queueDepth queueBySession { session depth } dailyUsage { used limit remaining }
+    limits { perNumberPerMinute perNumberPerHour globalPerDay maxSessions reconnectAttempts
+             maxMessageLength } } }`;
+  const Q_MESSAGES = `query Messages($session: String, $state: String, $first: Int,
+      $after: String) {
+    whatsAppMessages(session: $session, state: $state, first: $first, after: $after) {
+      edges { node { id state session phoneNumber acceptedAt updatedAt attempts reason error
+                     uncertain } }
+      pageInfo { hasNextPage endCursor } } }`;
+  const M_CONNECT = "mutation Connect($session: String) { whatsAppConnect(session: $session) }";
+  const M_DISCONNECT = `mutation Disconnect($session: String, $keep: Boolean) {
+    whatsAppDisconnect(session: $session, keepSession: $keep) }`;
+  const M_PAIRING = `mutation PairingCode($phone: String!, $session: String) {
+    whatsAppRequestPairingCode(phoneNumber: $phone, session: $session) }`;
+  const M_SEND = `mutation Send($input: SendWhatsAppMessageInput!) {
+    sendWhatsAppMessage(input: $input) { id state } }`;
+  const M_TEST = `mutation Test($phone: String!, $session: String) {
+    testWhatsAppConnection(phoneNumber: $phone, session: $session) }`;
+
+  const $ = (id) => document.getElementById(id);
+
+  const state = {
+    token: sessionStorage.getItem(TOKEN_KEY) || "",
+    gateway: null, // {version, authRequired, principal}
+    limits: null,
+    sessions: new Map(), // name -> last status
+    cards: new Map(), // name -> card view
+    added: loadAdded(),
+    clockOffsetMs: 0, // server time minus browser time, from the Date header
+    pollTimer: 0,
+    overviewTimer: 0,
+    messagesShown: PAGE_SIZE,
+    messagesCursor: null,
+    running: false,
+  };
+
+  // ---- the API -------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(code, message, status) {
+      super(message);
+      this.code = code;
+      this.status = status || 0;
+    }
+    get text() {
+      return this.code ? `${this.message} (${this.code})` : this.message;
+    }
+  }
+
+  async function gql(query, variables) {
+    const headers = { "Content-Type": "application/json", Accept: "application/json" };
+    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    let response;
+    try {
+      response = await fetch("/graphql", {
+        method: "POST", headers, cache: "no-store", credentials: "omit",
+        body: JSON.stringify({ query, variables: variables || {},
+          operationName: operationName(query) }),
+      });
+    } catch (err) {
+      throw new ApiError("UNREACHABLE", "the gateway does not answer; check that " +
+        "`wagate serve` is running, then reload this page");
+    }
+    noteServerClock(response);
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (err) {
+      throw new ApiError(`HTTP_${response.status}`, `the gateway answered HTTP ` +
+        `${response.status} without a GraphQL body`, response.status);
+    }
+    const errors = (body && body.errors) || [];
+    if (errors.length) {
+      const first = errors[0];
+      const code = (first.extensions && first.extensions.code) || "";
+      const error = new ApiError(code, first.message || "request failed", response.status);
+      if (response.status === 401 || code === "UNAUTHENTICATED") signedOut(error);
+      throw error;
+    }
+    return body.data;
+  }
+
+  function operationName(query) {
+    const match = /^\s*(?:query|mutation)\s+([A-Za-z_]\w*)/.exec(query);
+    return match ? match[1] : null; // named in the gateway's request log
+  }
+
+  function noteServerClock(response) {
+    const date = Date.parse(response.headers.get("Date") || "");
+    // The Date header has whole seconds: keep the browser's clock unless it is off by more.
+    if (!Number.isNaN(date)) {
+      const offset = date - Date.now();
+      state.clockOffsetMs = Math.abs(offset) > 1500 ? offset : 0;
+    }
+  }
+
+  function serverNow() {
+    return Date.now() + state.clockOffsetMs;
+  }
+
+  // ---- sign in -------------------------------------------------------------------------
+
+  async function start() {
+    bindStatic();
+    setInterval(tick, 1000);
+    await signIn(state.token, false);
+  }
+
+  async function signIn(token, fromForm) {
+    state.token = token;
+    let data;
+    try {
+      data = await gql(Q_WHO);
+    } catch (err) {
+      if (err.code === "UNAUTHENTICATED") {
+        showLogin(fromForm || token ? err.text : "");
+      } else {
+        showLogin("");
+        showNotice(err.text);
+      }
+      return;
+    }
+    hideNotice();
+    state.gateway = data.whatsAppGateway;
+    if (state.gateway.authRequired && token) sessionStorage.setItem(TOKEN_KEY, token);
+    showApp();
+  }
+
+  function signedOut(error) {
+    if (!state.running && $("login").hidden === false) return; // already asking
+    stopPolling();
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.token = "";
+    showLogin(error ? error.text : "");
+  }
+
+  function showLogin(message) {
+    stopPolling();
+    $("app").hidden = true;
+    $("who").hidden = true;
+    $("demo-banner").hidden = true;
+    $("login").hidden = false;
+    $("login-error").textContent = message || "";
+    $("token").value = "";
+    $("token").focus();
+  }
+
+  function showApp() {
+    const gw = state.gateway;
+    $("login").hidden = true;
+    $("app").hidden = false;
+    $("version").textContent = `version ${gw.version}`;
+    $("demo-banner").hidden = gw.authRequired;
+    $("who").hidden = false;
+    $("who-name").textContent = gw.principal.name;
+    $("who-role").textContent = `role ${gw.principal.role}`;
+    $("who-sessions").textContent = gw.principal.sessions
+      ? `; sessions ${gw.principal.sessions.join(", ")}` : "";
+    $("sign-out").hidden = !gw.authRequired;
+    state.running = true;
+    refreshSessions();
+    refreshOverview();
+  }
+
+  // ---- polling -------------------------------------------------------------------------
+
+  function stopPolling() {
+    state.running = false;
+    clearTimeout(state.pollTimer);
+    clearTimeout(state.overviewTimer);
+  }
+
+  function visibleExtraNames() {
+    const principal = state.gateway.principal;
+    const names = new Set(state.added);
+    if (principal.sessions) principal.sessions.forEach((n) => names.add(n));
+    else names.add("default");
+    return [...names].filter((n) => !principal.sessions || principal.sessions.includes(n));
+  }
+
+  async function refreshSessions() {
+    clearTimeout(state.pollTimer);
+    if (!state.running) return;
+    let busy = false;
+    try {
+      const data = await gql(Q_SESSIONS);
+      const statuses = data.whatsAppSessions;
+      const known = new Set(statuses.map((s) => s.session));
+      // Sessions the registry does not hold yet (never connected, or connected a moment
+      // ago): ask for them by name, so they can be connected from here.
+      for (const name of visibleExtraNames()) {
+        if (known.has(name)) continue;
+        const one = await gql(Q_STATUS, { session: name });
+        statuses.push(one.whatsAppStatus);
+      }
+      $("sessions-error").textContent = "";
+      hideNotice();
+      renderSessions(statuses);
+      busy = statuses.some((s) => BUSY_STATES.has(s.state));
+    } catch (err) {
+      if (err.code === "UNAUTHENTICATED") return;
+      if (err.code === "UNREACHABLE") showNotice(err.text);
+      else $("sessions-error").textContent = err.text;
+    }
+    if (state.running) {
+      state.pollTimer = setTimeout(refreshSessions, busy ? FAST_POLL_MS : SLOW_POLL_MS);
+    }
+  }
+
+  async function refreshOverview() {
+    clearTimeout(state.overviewTimer);
+    if (!state.running) return;
+    await Promise.all([loadOverview(), loadMessages(false)]);
+    if (state.running) state.overviewTimer = setTimeout(refreshOverview, OVERVIEW_POLL_MS);
+  }
+
+  async function loadOverview() {
+    try {
+      const gw = (await gql(Q_OVERVIEW)).whatsAppGateway;
+      state.limits = gw.limits;
+      $("queue-depth").textContent = String(gw.queueDepth);
+      $("queue-by-session").textContent = gw.queueBySession
+        .map((q) => `${q.session}: ${q.depth}`).join(", ");
+      const usage = gw.dailyUsage;
+      $("usage-text").textContent =
+        `${usage.used} of ${usage.limit} (${usage.remaining} left); the limit counts every ` +
+        "session together";
+      const meter = $("usage-meter");
+      meter.max = usage.limit;
+      meter.low = usage.limit * 0.7;
+      meter.high = usage.limit * 0.9;
+      meter.value = usage.used;
+      const l = gw.limits;
+      $("limits-text").textContent =
+        `per recipient ${l.perNumberPerMinute}/minute and ${l.perNumberPerHour}/hour; ` +
+        `${l.globalPerDay}/day in all; up to ${l.maxSessions} sessions`;
+      $("overview-error").textContent = "";
+    } catch (err) {
+      if (err.code !== "UNAUTHENTICATED") $("overview-error").textContent = err.text;
+    }
+  }
+
+  // ---- sessions ------------------------------------------------------------------------
+
+  function renderSessions(statuses) {
+    statuses.sort((a, b) => a.session.localeCompare(b.session));
+    const container = $("sessions");
+    const seen = new Set();
+    for (const status of statuses) {
+      seen.add(status.session);
+      state.sessions.set(status.session, status);
+      let card = state.cards.get(status.session);
+      if (!card) {
+        card = makeCard(status.session);
+        state.cards.set(status.session, card);
+      }
+      container.appendChild(card.root); // keeps the sorted order; moving keeps focus state
+      updateCard(card, status);
+    }
+    for (const [name, card] of state.cards) {
+      if (!seen.has(name)) {
+        card.root.remove();
+        state.cards.delete(name);
+        state.sessions.delete(name);
+      }
+    }
+    updateSessionSelects([...seen]);
+  }
+
+  function updateSessionSelects(names) {
+    for (const [id, blank] of [["send-session", null], ["messages-session", "All sessions"]]) {
+      const select = $(id);
+      const current = select.value;
+      const wanted = blank === null ? names : ["", ...names];
+      const have = [...select.options].map((o) => o.value);
+      if (have.join("\n") === wanted.join("\n")) continue;
+      select.replaceChildren(...wanted.map((name) => {
+        const option = document.createElement("option");
+        option.value = name;
+        option.textContent = name === "" ? blank : name;
+        return option;
+      }));
+      if (wanted.includes(current)) select.value = current;
+    }
+  }
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else node.setAttribute(key, value);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  function makeCard(name) {
+    const id = `session-${name}`;
+    const c = { name, status: null, qrRaw: null };
+    c.title = el("h3", { id: `${id}-title` }, name);
+    c.badge = el("span", { class: "badge", "data-testid": "state" });
+    c.meaning = el("p", { class: "meaning" });
+    c.todo = el("p", { class: "todo" });
+    c.phone = el("dd", { "data-testid": "phone" });
+    c.uptime = el("dd", { "data-testid": "uptime" });
+    c.attempt = el("dd", { "data-testid": "attempt" });
+    c.error = el("dd", { "data-testid": "last-error" });
+    const facts = el("dl", { class: "facts" },
+      el("div", {}, el("dt", { text: "Phone number" }), c.phone),
+      el("div", {}, el("dt", { text: "Connected for" }), c.uptime),
+      el("div", {}, el("dt", { text: "Reconnect attempt" }), c.attempt),
+      el("div", {}, el("dt", { text: "Last error" }), c.error));
+
+    // Pairing: the QR code, its countdown, and the phone-number alternative.
+    c.qr = el("img", { class: "qr", alt: `QR code that links a phone to session ${name}`,
+      width: "280", height: "280", "data-testid": "qr" });
+    c.countdown = el("p", { class: "countdown", "data-testid": "countdown" });
+    const phoneId = `${id}-pair-phone`;
+    c.pairPhone = el("input", { id: phoneId, type: "tel", autocomplete: "off",
+      placeholder: "+49 151 23456789", required: "" });
+    c.pairButton = el("button", { type: "submit" }, "Get pairing code");
+    c.pairCode = el("output", { class: "pairing-code", for: phoneId,
+      "aria-live": "polite", "data-testid": "pairing-code" });
+    c.pairError = el("p", { class: "error", role: "alert" });
+    c.pairForm = el("form", { class: "pair-form", novalidate: "" },
+      el("label", { for: phoneId, text: "The phone's own number, with country code" }),
+      el("div", { class: "row" }, c.pairPhone, c.pairButton),
+      c.pairCode, c.pairError);
+    c.pairForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      requestPairingCode(c);
+    });
+    const pairDetails = el("details", { class: "pair-by-phone" },
+      el("summary", { text: "No camera? Link with a phone number instead" }), c.pairForm);
+    c.pairing = el("div", { class: "pairing", "data-testid": "pairing" },
+      c.qr, c.countdown,
+      el("p", { class: "hint", text: "Scan with WhatsApp on the phone: Settings > Linked " +
+        "devices > Link a device. Keep this page open: the code renews itself." }),
+      pairDetails);
+
+    c.connect = el("button", { type: "button", "aria-label": `Connect ${name}` }, "Connect");
+    c.newCode = el("button", { type: "button", "aria-label": `New code for ${name}` },
+      "New code");
+    c.disconnect = el("button", { type: "button", class: "secondary",
+      "aria-label": `Disconnect ${name}` }, "Disconnect");
+    c.logout = el("button", { type: "button", class: "danger",
+      "aria-label": `Log out ${name}` }, "Log out");
+    c.connect.addEventListener("click", () => connect(c));
+    c.newCode.addEventListener("click", () => connect(c));
+    c.disconnect.addEventListener("click", () => confirmThen(
+      `Disconnect ${name}?`,
+      `The session goes offline but keeps its credentials: Connect resumes it without a ` +
+      "QR code. Messages sent meanwhile wait in the queue.",
+      "Disconnect", () => disconnect(c, true)));
+    c.logout.addEventListener("click", () => confirmThen(
+      `Log out ${name}?`,
+      "This unlinks the device from the phone and deletes its credentials. Linking it " +
+      "again needs a new QR scan; queued messages wait until then.",
+      "Log out", () => disconnect(c, false)));
+    c.actionError = el("p", { class: "error", role: "alert", "data-testid": "action-error" });
+
+    c.root = el("article", { class: "session", id, "aria-labelledby": `${id}-title`,
+      "data-session": name },
+      el("header", { class: "session-head" }, c.title, c.badge),
+      c.meaning, c.todo, facts, c.pairing,
+      el("div", { class: "row actions" }, c.connect, c.newCode, c.disconnect, c.logout),
+      c.actionError);
+    return c;
+  }
+
+  function updateCard(c, status) {
+    const info = STATES[status.state] || UNKNOWN_STATE;
+    c.status = status;
+    c.root.dataset.state = status.state;
+    c.root.className = `session tone-${info.tone}`;
+    c.badge.textContent = `${info.label} · ${status.state}`;
+    c.meaning.textContent = status.state === "BANNED" && status.bannedUntil
+      ? `WhatsApp banned this account until ${formatTime(status.bannedUntil)}.`
+      : info.meaning;
+    c.todo.textContent = info.todo ? `What to do: ${info.todo}` : "";
+    c.phone.textContent = status.phoneNumber ? `+${status.phoneNumber}` : "not linked yet";
+    const max = state.limits ? ` of ${state.limits.reconnectAttempts}` : "";
+    c.attempt.textContent = status.reconnectAttempt ? `${status.reconnectAttempt}${max}` : "none";
+    c.error.textContent = status.lastError
+      ? `${status.lastError.message} (${status.lastError.code})` : "none";
+
+    const pairing = status.state === "QR_PENDING" && status.qrCodeSvg;
+    c.pairing.hidden = !pairing;
+    if (pairing && status.qrCodeRaw !== c.qrRaw) {
+      c.qrRaw = status.qrCodeRaw;
+      c.qr.src = status.qrCodeSvg; // a data: URL (the page's CSP allows only those)
+    }
+    if (!pairing) {
+      c.qrRaw = null;
+      c.qr.removeAttribute("src");
+      c.pairCode.textContent = "";
+      c.pairError.textContent = "";
+    }
+    c.connect.hidden = !CONNECT_STATES.has(status.state);
+    c.connect.textContent = status.state === "RECONNECTING" ? "Reconnect now" : "Connect";
+    c.newCode.hidden = status.state !== "QR_EXPIRED";
+    c.disconnect.hidden = !DISCONNECT_STATES.has(status.state);
+    c.logout.hidden = !LOGOUT_STATES.has(status.state);
+    tickCard(c);
+  }
+
+  function tick() {
+    for (const card of state.cards.values()) tickCard(card);
+  }
+
+  function tickCard(c) {
+    const status = c.status;
+    if (!status) return;
+    if (status.connectedSince && status.state === "CONNECTED") {
+      const seconds = (serverNow() - Date.parse(status.connectedSince)) / 1000;
+      c.uptime.textContent = formatDuration(seconds);
+    } else {
+      c.uptime.textContent = "not connected";
+    }
+    if (status.state === "QR_PENDING" && status.qrExpiresAt) {
+      const left = Math.max(0, Math.ceil((Date.parse(status.qrExpiresAt) - serverNow()) / 1000));
+      c.countdown.textContent = left > 0
+        ? `This code expires in ${left} s; the next one appears by itself.`
+        : "This code has expired; waiting for the next one…";
+    } else {
+      c.countdown.textContent = "";
+    }
+  }
+
+  async function connect(c) {
+    await sessionAction(c, M_CONNECT, { session: c.name });
+  }
+
+  async function disconnect(c, keep) {
+    await sessionAction(c, M_DISCONNECT, { session: c.name, keep });
+  }
+
+  async function sessionAction(c, mutation, variables) {
+    c.actionError.textContent = "";
+    const buttons = [c.connect, c.newCode, c.disconnect, c.logout];
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      await gql(mutation, variables);
+    } catch (err) {
+      c.actionError.textContent = err.text;
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+    refreshSessions();
+  }
+
+  async function requestPairingCode(c) {
+    c.pairError.textContent = "";
+    c.pairCode.textContent = "";
+    const phone = c.pairPhone.value.trim();
+    if (!phone) {
+      c.pairError.textContent = "Enter the phone's own number, with its country code.";
+      c.pairPhone.focus();
+      return;
+    }
+    c.pairButton.disabled = true;
+    try {
+      const data = await gql(M_PAIRING, { phone, session: c.name });
+      c.pairCode.textContent = `Type this code on the phone: ${data.whatsAppRequestPairingCode}` +
+        " (WhatsApp > Linked devices > Link a device > Link with phone number instead)";
+    } catch (err) {
+      c.pairError.textContent = err.text;
+    } finally {
+      c.pairButton.disabled = false;
+    }
+  }
+
+  async function addSession(event) {
+    event.preventDefault();
+    const input = $("new-session");
+    const name = input.value.trim();
+    $("add-session-error").textContent = "";
+    if (!SESSION_NAME.test(name)) {
+      $("add-session-error").textContent = "A session name is 1 to 64 letters, digits, " +
+        "'_' or '-'.";
+      input.focus();
+      return;
+    }
+    try {
+      await gql(M_CONNECT, { session: name });
+    } catch (err) {
+      $("add-session-error").textContent = err.text;
+      return;
+    }
+    if (!state.added.includes(name)) {
+      state.added.push(name);
+      sessionStorage.setItem(ADDED_KEY, JSON.stringify(state.added));
+    }
+    input.value = "";
+    refreshSessions();
+  }
+
+  function loadAdded() {
+    try {
+      const names = JSON.parse(sessionStorage.getItem(ADDED_KEY) || "[]");
+      return Array.isArray(names) ? names.filter((n) => SESSION_NAME.test(n)) : [];
+    } catch (err) {
+      return [];
+    }
+  }
+
+  // ---- confirmation --------------------------------------------------------------------
+
+  let confirmAction = null;
+
+  function confirmThen(title, text, okLabel, action) {
+    const dialog = $("confirm");
+    $("confirm-title").textContent = title;
+    $("confirm-text").textContent = text;
+    $("confirm-ok").textContent = okLabel;
+    confirmAction = action;
+    dialog.showModal();
+    $("confirm-cancel").focus();
+  }
+
+  function closeConfirm(run) {
+    const action = confirmAction;
+    confirmAction = null;
+    $("confirm").close();
+    if (run && action) action();
+  }
+
+  // ---- sending -------------------------------------------------------------------------
+
+  function sendFields() {
+    const session = $("send-session").value || "default";
+    const phone = $("send-phone").value.trim();
+    const message = $("send-text").value;
+    if (!phone) throw new ApiError("", "Enter the recipient's phone number, with its " +
+      "country code (for example +1 415 555 2671).");
+    return { session, phone, message };
+  }
+
+  async function sending(work) {
+    const result = $("send-result");
+    result.className = "";
+    result.textContent = "Sending…";
+    $("send-submit").disabled = true;
+    $("send-test").disabled = true;
+    try {
+      result.textContent = await work();
+      result.className = "ok";
+    } catch (err) {
+      result.textContent = err.text;
+      result.className = "error";
+    } finally {
+      $("send-submit").disabled = false;
+      $("send-test").disabled = false;
+      refreshOverview();
+    }
+  }
+
+  function send(event) {
+    event.preventDefault();
+    sending(async () => {
+      const f = sendFields();
+      if (!f.message.trim()) throw new ApiError("", "Write a message to send.");
+      const data = await gql(M_SEND, { input: {
+        phoneNumber: f.phone, message: f.message, session: f.session,
+        idempotencyKey: randomKey() } });
+      const m = data.sendWhatsAppMessage;
+      return `Accepted: message ${m.id} is ${m.state}. Its progress shows under Recent messages.`;
+    });
+  }
+
+  function sendTest() {
+    sending(async () => {
+      const f = sendFields();
+      const data = await gql(M_TEST, { phone: f.phone, session: f.session });
+      return data.testWhatsAppConnection
+        ? "WhatsApp acknowledged the test message: the session works."
+        : "The test message was not acknowledged in time; check the session's state.";
+    });
+  }
+
+  function randomKey() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return "dashboard-" + [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // ---- recent messages -----------------------------------------------------------------
+
+  async function loadMessages(more) {
+    const variables = {
+      session: $("messages-session").value || null,
+      state: $("messages-state").value || null,
+      first: more ? PAGE_SIZE : Math.min(200, state.messagesShown),
+      after: more ? state.messagesCursor : null,
+    };
+    try {
+      const page = (await gql(Q_MESSAGES, variables)).whatsAppMessages;
+      const rows = page.edges.map((e) => messageRow(e.node));
+      const body = $("messages-body");
+      if (more) body.append(...rows);
+      else body.replaceChildren(...rows);
+      state.messagesShown = Math.max(PAGE_SIZE, body.children.length);
+      state.messagesCursor = page.pageInfo.endCursor;
+      $("messages-more").hidden = !page.pageInfo.hasNextPage;
+      $("messages-empty").hidden = body.children.length > 0;
+      $("messages-error").textContent = "";
+    } catch (err) {
+      if (err.code !== "UNAUTHENTICATED") $("messages-error").textContent = err.text;
+    }
+  }
+
+  function messageRow(m) {
+    const details = [];
+    if (m.reason) details.push(m.reason);
+    if (m.error) details.push(m.error);
+    if (m.attempts > 1) details.push(`${m.attempts} attempts`);
+    if (m.uncertain) details.push("may have arrived twice");
+    const stateCell = el("td", {}, el("span", { class: `chip msg-${m.state}`, text: m.state }));
+    const row = el("tr", { "data-message-id": m.id },
+      el("td", { text: formatTime(m.acceptedAt) }),
+      el("td", { text: m.session }),
+      el("td", { text: `+${m.phoneNumber}` }),
+      stateCell,
+      el("td", { text: details.join("; ") || "–", title: `message id ${m.id}` }));
+    return row;
+  }
+
+  // ---- helpers ---------------------------------------------------------------------------
+
+  function formatTime(iso) {
+    const date = new Date(iso);
+    return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
+  }
+
+  function formatDuration(seconds) {
+    const s = Math.max(0, Math.floor(seconds));
+    const d = Math.floor(s / 86400);
+    const h = Math.floor((s % 86400) / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    if (d) return `${d} d ${h} h`;
+    if (h) return `${h} h ${m} min`;
+    if (m) return `${m} min ${s % 60} s`;
+    return `${s} s`;
+  }
+
+  function showNotice(text) {
+    $("notice").textContent = text;
+    $("notice").hidden = false;
+  }
+
+  function hideNotice() {
+    $("notice").hidden = true;
+  }
+
+  function bindStatic() {
+    $("login-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      const token = $("token").value.trim();
+      if (!token) {
+        $("login-error").textContent = "Paste an API token first.";
+        return;
+      }
+      signIn(token, true);
+    });
+    $("sign-out").addEventListener("click", () => signedOut(null));
+    $("add-session-form").addEventListener("submit", addSession);
+    $("send-form").addEventListener("submit", send);
+    $("send-test").addEventListener("click", sendTest);
+    $("messages-refresh").addEventListener("click", () => loadMessages(false));
+    $("messages-more").addEventListener("click", () => loadMessages(true));
+    for (const id of ["messages-session", "messages-state"]) {
+      $(id).addEventListener("change", () => {
+        state.messagesShown = PAGE_SIZE;
+        loadMessages(false);
+      });
+    }
+    $("confirm-ok").addEventListener("click", () => closeConfirm(true));
+    $("confirm-cancel").addEventListener("click", () => closeConfirm(false));
+    $("confirm").addEventListener("cancel", () => { confirmAction = null; });
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && state.running) {
+        refreshSessions();
+        refreshOverview();
+      }
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

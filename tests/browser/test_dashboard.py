@@ -1,0 +1,205 @@
+"""The operator dashboard in a real browser against a real gateway: sign in, link a
+simulated phone by QR code or pairing code, send, log out; roles, demo mode, phones."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from playwright.sync_api import Locator, Page, expect
+
+from tests.browser.conftest import FAST_QR, PHONE, shot
+from tests.integration.harness import Gateway, wait_for
+
+RECIPIENT = "+1 415 555 2671"
+CONTROLS = "input, select, textarea, button, summary, [role=button]"
+
+
+def card(page: Page, session: str = "default") -> Locator:
+    return page.locator(f'article[data-session="{session}"]')
+
+
+def sign_in(page: Page, token: str) -> None:
+    page.get_by_label("API token", exact=True).fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def expect_labelled_controls(page: Page) -> None:
+    """Every visible form control has an accessible name (a label, or its text)."""
+    controls = page.locator(CONTROLS)
+    checked = 0
+    for i in range(controls.count()):
+        control = controls.nth(i)
+        if control.is_visible():
+            expect(control).to_have_accessible_name(re.compile(r"\S"))
+            checked += 1
+    assert checked, "no visible form controls"
+
+
+def test_link_a_phone_and_send_a_message_from_the_dashboard(
+        make_gateway: Callable[..., Gateway], open_page: Callable[..., Page]) -> None:
+    gw = make_gateway(FAST_QR).start()
+    page = open_page(gw)
+
+    # Asked for a token once; a wrong one shows the API's own message.
+    expect(page.get_by_role("heading", name="Sign in with an API token")).to_be_visible()
+    expect(page.locator("#demo-banner")).to_be_hidden()
+    expect_labelled_controls(page)
+    shot(page, "01-sign-in")
+    sign_in(page, "wgt_wrong")
+    expect(page.get_by_role("alert").filter(has_text="UNAUTHENTICATED")).to_contain_text(
+        "this API token is not valid")
+    shot(page, "02-wrong-token")
+    sign_in(page, gw.token)
+
+    session = card(page)
+    expect(session).to_have_attribute("data-state", "NEW")
+    expect(page.locator("#who-name")).to_have_text("harness-admin")
+    expect(session).to_contain_text("Not linked")
+    expect_labelled_controls(page)
+    shot(page, "03-dashboard-new-session")
+
+    # Pairing: a big QR code that changes by itself, with a countdown.
+    page.evaluate("window.__notReloaded = true")
+    session.get_by_role("button", name="Connect default").click()
+    expect(session).to_have_attribute("data-state", "QR_PENDING")
+    qr = session.get_by_test_id("qr")
+    expect(qr).to_have_attribute("src", re.compile(r"^data:image/svg\+xml;base64,"))
+    expect(session.get_by_test_id("countdown")).to_contain_text(re.compile(r"expires in \d+ s"))
+    box = qr.bounding_box()
+    assert box is not None and box["width"] >= 250, box  # big enough to scan
+    first_code = qr.get_attribute("src")
+    shot(page, "04-qr-pending")
+    expect(qr).not_to_have_attribute("src", first_code or "")  # the code rotated
+    shot(page, "05-qr-rotated")
+
+    # Unscanned, the window closes: QR_EXPIRED, and a new code on request.
+    expect(session).to_have_attribute("data-state", "QR_EXPIRED")
+    expect(session).to_contain_text("Press New code")
+    expect(qr).to_be_hidden()
+    shot(page, "06-qr-expired")
+    session.get_by_role("button", name="New code for default").click()
+    expect(session).to_have_attribute("data-state", "QR_PENDING")
+    expect(qr).to_have_attribute("src", re.compile(r"^data:image/svg\+xml;base64,"))
+    shot(page, "07-new-code")
+
+    # The phone scans it: the card turns connected without a reload.
+    gw.sim("scan", "--session", "default")
+    expect(session).to_have_attribute("data-state", "CONNECTED")
+    expect(session.get_by_test_id("phone")).to_have_text(re.compile(r"^\+\d{6,}$"))
+    expect(session.get_by_test_id("uptime")).to_have_text(re.compile(r"\d+ s"))
+    expect(qr).to_be_hidden()
+    assert page.evaluate("window.__notReloaded") is True
+    shot(page, "08-connected")
+
+    # A test message reaches the simulated recipient and shows in the recent messages.
+    page.get_by_label("Phone number, with country code").fill(RECIPIENT)
+    page.get_by_label("Message", exact=True).fill("Hello from the dashboard test")
+    page.get_by_role("button", name="Send message").click()
+    expect(page.locator("#send-result")).to_contain_text("Accepted: message")
+    wait_for(lambda: "Hello from the dashboard test" in [m["text"] for m in gw.inbox()], 15,
+             interval=0.2, message="the message in the simulator's inbox")
+    row = page.locator("#messages-body tr").filter(has_text="+14155552671").first
+    expect(row).to_contain_text(re.compile(r"SENT|DELIVERED|READ"))
+    page.get_by_role("button", name="Connection test").click()
+    expect(page.locator("#send-result")).to_contain_text("WhatsApp acknowledged")
+    expect(page.locator("#usage-text")).to_contain_text(re.compile(r"^2 of 1000"))
+    expect(page.locator("#messages-body tr")).to_have_count(2)  # the test message too
+    expect(page.locator("#messages-more")).to_be_hidden()
+    shot(page, "09-message-sent")
+
+    # Log out asks first; cancelling changes nothing.
+    session.get_by_role("button", name="Log out default").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Log out default?")
+    shot(page, "10-confirm-logout", full_page=False)
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    expect(session).to_have_attribute("data-state", "CONNECTED")
+    session.get_by_role("button", name="Log out default").click()
+    dialog.get_by_role("button", name="Log out").click()
+    expect(session).to_have_attribute("data-state", "LOGGED_OUT")
+    expect(session).to_contain_text("scan a new QR code")
+    shot(page, "11-logged-out")
+    assert gw.status()["state"] == "LOGGED_OUT"
+
+
+def test_link_a_named_session_with_a_pairing_code(
+        make_gateway: Callable[..., Gateway], open_page: Callable[..., Page]) -> None:
+    gw = make_gateway({"qr": {"first_seconds": 30.0, "next_seconds": 10.0, "codes": 2}}).start()
+    page = open_page(gw)
+    sign_in(page, gw.token)
+    expect(card(page)).to_have_attribute("data-state", "NEW")
+
+    page.get_by_label("Session name").fill("bad name!")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(page.locator("#add-session-error")).to_contain_text("1 to 64 letters")
+    page.get_by_label("Session name").fill("alerts")
+    page.get_by_role("button", name="Connect", exact=True).click()
+    alerts = card(page, "alerts")
+    expect(alerts).to_have_attribute("data-state", "QR_PENDING")
+
+    alerts.get_by_text("No camera? Link with a phone number instead").click()
+    alerts.get_by_label("The phone's own number, with country code").fill("+49 151 2345 6789")
+    alerts.get_by_role("button", name="Get pairing code").click()
+    code_box = alerts.get_by_test_id("pairing-code")
+    expect(code_box).to_contain_text(re.compile(r"[A-Z0-9]{4}-[A-Z0-9]{4}"))
+    expect_labelled_controls(page)
+    shot(page, "12-pairing-code")
+    code = re.search(r"[A-Z0-9]{4}-[A-Z0-9]{4}", code_box.inner_text())
+    assert code is not None
+    gw.sim("scan", "--session", "alerts", "--code", code.group(0))
+    expect(alerts).to_have_attribute("data-state", "CONNECTED")
+    expect(alerts.get_by_test_id("phone")).to_have_text("+4915123456789")
+    expect(card(page)).to_have_attribute("data-state", "NEW")  # the other one is untouched
+    expect(page.locator("#send-session option")).to_have_text(["alerts", "default"])
+
+    # The same page on a phone-sized screen: one column, nothing wider than the screen.
+    phone = open_page(gw, PHONE)
+    sign_in(phone, gw.token)
+    expect(card(phone, "alerts")).to_have_attribute("data-state", "CONNECTED")
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px screen"
+    expect_labelled_controls(phone)
+    shot(phone, "13-phone-390x844", full_page=False)
+    shot(phone, "14-phone-390x844-full")
+
+
+def test_a_role_that_may_not_act_sees_the_api_message(
+        make_gateway: Callable[..., Gateway], open_page: Callable[..., Page]) -> None:
+    gw = make_gateway()
+    viewer = gw.make_token("viewer", sessions=["default"])  # read at start
+    gw.start()
+    page = open_page(gw)
+    sign_in(page, viewer)
+    expect(page.locator("#who-role")).to_have_text("role viewer")
+    session = card(page)
+    expect(session).to_have_attribute("data-state", "NEW")
+    session.get_by_role("button", name="Connect default").click()
+    error = session.get_by_test_id("action-error")
+    expect(error).to_contain_text("FORBIDDEN")
+    expect(error).to_contain_text("may not do this (connect)")
+    expect(page.locator("#messages-error")).to_contain_text("FORBIDDEN")
+    shot(page, "15-forbidden-viewer")
+    assert gw.status()["state"] == "NEW"  # nothing happened
+
+    # The token is kept for the tab: a reload does not ask again; forgetting it does.
+    page.reload()
+    expect(page.locator("#who-name")).to_have_text(re.compile(r"^viewer-"))
+    page.get_by_role("button", name="Forget token").click()
+    expect(page.get_by_label("API token", exact=True)).to_be_visible()
+    page.reload()
+    expect(page.get_by_label("API token", exact=True)).to_be_visible()
+
+
+def test_demo_mode_needs_no_token_and_says_so(
+        make_gateway: Callable[..., Gateway], open_page: Callable[..., Page]) -> None:
+    gw = make_gateway({"auth": {"required": False}}).start()
+    page = open_page(gw)
+    expect(page.locator("#demo-banner")).to_be_visible()
+    expect(page.locator("#demo-banner")).to_contain_text("without API tokens")
+    expect(page.get_by_label("API token", exact=True)).to_be_hidden()
+    expect(page.locator("#who-name")).to_have_text("demo")
+    expect(page.get_by_role("button", name="Forget token")).to_be_hidden()
+    expect(card(page)).to_have_attribute("data-state", "NEW")
+    shot(page, "16-demo-mode")
