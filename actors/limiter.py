@@ -42,9 +42,11 @@ class Limits:
         self.global_window = (SlidingWindow.from_state(self.global_spec, state)
                               if state is not None else SlidingWindow(self.global_spec))
         self.hot: OrderedDict[str, list[SlidingWindow]] = OrderedDict()
+        self.seen: dict[str, float] = {}  # hot recipient -> its last check, for usage_ratios
 
     def check(self, phone: str, now: float) -> tuple[bool, float, str | None]:
         windows = self._windows(phone)
+        self.seen[phone] = now
         allowed, retry_after, scope = admit([*windows, self.global_window], now)
         if allowed:
             with self.cache.transact():
@@ -59,6 +61,24 @@ class Limits:
             "global_day_limit": float(self.global_spec.limit),
             "global_day_ratio": self.global_window.usage_ratio(now),
         }
+
+    def usage_ratios(self, now: float) -> dict[str, float]:
+        """Per scope, how full the busiest window is (1.0 = the next send is refused).
+
+        For the per-recipient scopes that is the busiest recipient checked since this
+        process started. ``hot`` is in order of last use, so the walk stops at the first
+        recipient whose windows have all emptied: a scrape costs in proportion to the
+        recipients of the last hour, not to every recipient ever seen.
+        """
+        ratios = {spec.scope: 0.0 for spec in self.per_number_specs}
+        ratios[self.global_spec.scope] = self.global_window.usage_ratio(now)
+        horizon = now - max(spec.period + spec.width for spec in self.per_number_specs)
+        for phone in reversed(self.hot):
+            if self.seen.get(phone, 0.0) < horizon:
+                break
+            for window in self.hot[phone]:
+                ratios[window.scope] = max(ratios[window.scope], window.usage_ratio(now))
+        return ratios
 
     def close(self) -> None:
         self.cache.close()
@@ -76,7 +96,8 @@ class Limits:
                        for spec, st in zip(self.per_number_specs, states, strict=True)]
         self.hot[phone] = windows
         if len(self.hot) > HOT_NUMBERS:
-            self.hot.popitem(last=False)
+            evicted, _ = self.hot.popitem(last=False)
+            self.seen.pop(evicted, None)
         return windows
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Config
+
+if TYPE_CHECKING:  # actors.metrics imports this module
+    from actors.metrics import OutboxMetrics, SessionMetrics
 
 
 class SessionState(StrEnum):
@@ -224,6 +227,9 @@ class HealthReport:
     queue_by_session: dict[str, int] = field(default_factory=dict)
     uncertain_total: int = 0  # messages resent (or failed) because a crash hid their fate
     worker_pids: dict[str, int] = field(default_factory=dict)  # "supervisor" / "outbox" -> pid
+    # Counters for /metrics (actors/metrics.py), added along the same chain.
+    session_metrics: dict[str, SessionMetrics] = field(default_factory=dict)
+    outbox_metrics: OutboxMetrics | None = None
 
 
 # ---- launcher -> supervisor --------------------------------------------------
@@ -359,3 +365,29 @@ class DeliveryReceipt:
 
     wa_message_id: str
     kind: str
+
+
+# ---- audit log ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One entry for the audit log's single writer; fire and forget, never answered.
+
+    ``fields`` must be JSON-able; a ``recipient`` (or ``phone``) is raw digits, rendered
+    per ``audit.recipients`` by the writer; message text is never passed (fields named
+    ``text``, ``message`` or ``body`` are dropped).
+    """
+
+    event: str
+    fields: dict[str, Any]
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordAudit:
+    """An AuditEvent whose writing is confirmed with ``Ok({"seq", "hash"})`` (the CLI's
+    admin actions); sent to the supervisor, which routes it to the audit actor."""
+
+    entry: AuditEvent
+    request_id: str = ""

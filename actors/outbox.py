@@ -56,6 +56,7 @@ from actors.messages import (
     SessionState,
     StartWorker,
 )
+from actors.metrics import RefusalCounters
 from actors.policy import retry_delay
 from actors.session_machine import refuse_send
 from gateway.config import Config
@@ -99,6 +100,7 @@ class OutboxActor(ActorTypeDispatcher):
         self.paused_until: dict[str, float] = {}
         self.uncertain_total = 0
         self.last_prune = 0.0
+        self.refusals = RefusalCounters()  # for /metrics
 
     # ---- start ----------------------------------------------------------------------
 
@@ -152,6 +154,7 @@ class OutboxActor(ActorTypeDispatcher):
                 self.store.forget_key(earlier["id"])
         limit = self.config.delivery.max_queue_per_session
         if self.depth.get(send.session, 0) >= limit:
+            self.refusals.refused("queue")
             self.send(reply_to, Failed(
                 "RATE_LIMITED", f"session '{send.session}' already has {limit} messages "
                 "waiting; retry later or raise delivery.max_queue_per_session",
@@ -161,6 +164,7 @@ class OutboxActor(ActorTypeDispatcher):
         allowed, retry_after, scope = self.limits.check(send.phone, now)
         if not allowed:
             log.info("send rate limited", scope=scope, session=send.session)
+            self.refusals.refused(scope)
             self.send(reply_to, rate_limited(retry_after, scope, send.request_id))
             return
         valid_until = now + send.valid_for if send.valid_for is not None else None
@@ -281,10 +285,16 @@ class OutboxActor(ActorTypeDispatcher):
 
     def receiveMsg_CollectHealth(self, msg: CollectHealth, sender: Any) -> None:
         by_session = {s: n for s, n in self.depth.items() if n}
-        usage = self.limits.usage(time.time()) if self.limits is not None else {}
+        now = time.time()
+        usage = self.limits.usage(now) if self.limits is not None else {}
+        metrics = self.refusals.snapshot(
+            self.store.reached if self.store is not None else {},
+            self.limits.usage_ratios(now) if self.limits is not None else {},
+            self.uncertain_total)
         report = replace(msg.report, queue_depth=sum(by_session.values()), limiter=usage,
                          queue_by_session=by_session, uncertain_total=self.uncertain_total,
-                         worker_pids={**msg.report.worker_pids, "outbox": os.getpid()})
+                         worker_pids={**msg.report.worker_pids, "outbox": os.getpid()},
+                         outbox_metrics=metrics)
         self.send(msg.reply_to, Ok(report, request_id=msg.request_id))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:

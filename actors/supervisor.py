@@ -24,11 +24,14 @@ from thespian.actors import (
     ActorExitRequest,
     ActorTypeDispatcher,
     ChildActorExited,
+    DeadEnvelope,
     PoisonMessage,
     WakeupMessage,
 )
 
+from actors.audit import AuditActor
 from actors.messages import (
+    AuditEvent,
     CollectHealth,
     Connect,
     Disconnect,
@@ -45,6 +48,7 @@ from actors.messages import (
     PairingCodeRequest,
     Ping,
     ProcessInfo,
+    RecordAudit,
     RequestPairingCode,
     Routed,
     SendText,
@@ -59,6 +63,7 @@ from actors.messages import (
     Stop,
     WhoAreYou,
 )
+from actors.metrics import SessionCounters
 from actors.outbox import OutboxActor
 from actors.policy import RestartBudget, backoff_delay
 from actors.session import SessionActor
@@ -69,7 +74,8 @@ from gateway.observability import setup_logging
 
 log = structlog.get_logger("wagate.supervisor")
 
-WORKERS = ("outbox",)
+WORKERS = ("audit", "outbox")
+MAX_AUDIT_BACKLOG = 1000  # audit events held while the audit actor restarts
 
 
 @dataclass
@@ -106,6 +112,8 @@ class SupervisorActor(ActorTypeDispatcher):
         self.statuses: dict[str, SessionStatus] = {}
         self.registry: diskcache.Cache | None = None
         self.stopping = False
+        self.audit_backlog: list[Any] = []  # AuditEvent / Routed(RecordAudit) for a restart
+        self.session_counters = SessionCounters()  # for /metrics, fed by _set_status
 
     # ---- start / stop -------------------------------------------------------------
 
@@ -118,7 +126,12 @@ class SupervisorActor(ActorTypeDispatcher):
         state_dir = msg.config.data_path / "state"
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registry = diskcache.Cache(str(state_dir))
-        for kind, cls in (("outbox", OutboxActor),):
+        # A tell to an actor that died is dropped silently by Thespian unless someone
+        # handles dead letters: audit events told to a restarted audit actor's old
+        # address come back here and are passed on (the web tier cannot notice).
+        self.handleDeadLetters()
+        # The audit log's writer first: everything after it may have something to record.
+        for kind, cls in (("audit", AuditActor), ("outbox", OutboxActor)):
             self.children[kind] = Child(cls, budget=self._budget())
             self._spawn(kind)
         for session, entry in sorted(self._remembered().items()):
@@ -136,10 +149,14 @@ class SupervisorActor(ActorTypeDispatcher):
                 self._start_session(session, connect=True)
             self._link(session)
         log.info("gateway started", sessions=len(self.statuses))
+        self._audit("gateway.started", sessions=len(self.statuses),
+                    engine=msg.config.transport.engine, pid=os.getpid())
         self._publish()
         self.send(sender, Ok(request_id=msg.request_id))
 
     def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
+        if not self.stopping:
+            self._audit("gateway.stopping")  # reaches the audit actor before its exit request
         self.stopping = True
         if self.config is not None:
             remove_snapshot(self.config.data_path)
@@ -174,7 +191,8 @@ class SupervisorActor(ActorTypeDispatcher):
 
     def receiveMsg_GetHealth(self, msg: GetHealth, sender: Any) -> None:
         report = HealthReport(sessions=tuple(self.statuses[s] for s in sorted(self.statuses)),
-                              worker_pids={"supervisor": os.getpid()})
+                              worker_pids={"supervisor": os.getpid()},
+                              session_metrics=self.session_counters.snapshot(time.time()))
         outbox = self.children["outbox"].address
         if outbox is None:
             self.send(sender, Ok(report, request_id=msg.request_id))
@@ -186,7 +204,15 @@ class SupervisorActor(ActorTypeDispatcher):
         if outbox is None:
             self.send(sender, _store_restarting(msg.request_id))
         else:
-            self.send(sender, Ok({"outbox": outbox}, request_id=msg.request_id))
+            audit = self.children["audit"].address if "audit" in self.children else None
+            # audit None (restarting): send AuditEvents here, they are held and passed on.
+            self.send(sender, Ok({"outbox": outbox, "audit": audit}, request_id=msg.request_id))
+
+    def receiveMsg_AuditEvent(self, msg: AuditEvent, sender: Any) -> None:
+        self._to_audit(msg)
+
+    def receiveMsg_RecordAudit(self, msg: RecordAudit, sender: Any) -> None:
+        self._to_audit(Routed(msg, sender))  # the audit actor answers the caller directly
 
     # ---- commands ------------------------------------------------------------------------
 
@@ -292,6 +318,21 @@ class SupervisorActor(ActorTypeDispatcher):
             return
         self._crashed(key, child)
 
+    def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
+        dead = msg.deadMessage
+        if not isinstance(dead, AuditEvent) and not (
+                isinstance(dead, Routed) and isinstance(dead.request, RecordAudit)):
+            return  # other messages to dead actors: their senders handle the silence
+        if self.stopping:  # the audit actor stops with everything else; it has closed
+            log.info("audit event after the audit log closed at shutdown",
+                     audit_event=getattr(dead, "event", type(dead).__name__))
+            return
+        child = self.children.get("audit")
+        if child is not None and child.address is not None and child.address == msg.deadAddress:
+            self._hold(dead)  # it died and we have not heard yet: for its successor
+            return
+        self._to_audit(dead)
+
     def receiveMsg_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:
         log.error("a message could not be handled", message=type(msg.poisonMessage).__name__,
                   details=str(msg.details)[:500])
@@ -356,6 +397,10 @@ class SupervisorActor(ActorTypeDispatcher):
         else:
             links = tuple(self._session_link(s) for s in self.statuses)
             self.send(child.address, StartWorker(self.config, self.myAddress, links))
+            if key == "audit":
+                backlog, self.audit_backlog = self.audit_backlog, []
+                for message in backlog:
+                    self.send(child.address, message)
         log.info("child started", child=key, incarnation=child.incarnation)
 
     def _start_session(self, session: str, connect: bool) -> None:
@@ -377,17 +422,43 @@ class SupervisorActor(ActorTypeDispatcher):
     def _set_status(self, status: SessionStatus) -> None:
         old = self.statuses.get(status.session)
         self.statuses[status.session] = status
+        self.session_counters.observe(old, status, time.time())
         if old is None or old.state != status.state:
             log.info("session state changed", session=status.session,
                      old=old.state.value if old else None, new=status.state.value,
                      attempt=status.reconnect_attempt,
                      error=status.last_error.code if status.last_error else None)
+            # Never the QR code: it is a credential while it is valid.
+            self._audit("session.state", session=status.session,
+                        old=old.state.value if old else None, new=status.state.value,
+                        error=status.last_error.code if status.last_error else None,
+                        attempt=status.reconnect_attempt or None,
+                        phone=status.phone if status.state is SessionState.CONNECTED else None)
         self._write_snapshot()
         if old is None or (old.state, old.paired, old.phone) != (status.state, status.paired,
                                                                  status.phone):
             self._remember(status.session, state=status.state.value, paired=status.paired,
                            phone=status.phone)
         self._link(status.session)
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        self._to_audit(AuditEvent(event, fields))
+
+    def _to_audit(self, message: Any) -> None:
+        """To the audit actor, or held while it restarts (bounded: a dead writer must not
+        grow the supervisor without limit; the loss is logged)."""
+        child = self.children.get("audit")
+        if child is not None and child.address is not None:
+            self.send(child.address, message)
+        else:
+            self._hold(message)
+
+    def _hold(self, message: Any) -> None:
+        if len(self.audit_backlog) < MAX_AUDIT_BACKLOG:
+            self.audit_backlog.append(message)
+        else:
+            log.error("audit event dropped: the audit actor is not running",
+                      audit_event=getattr(message, "event", type(message).__name__))
 
     def _publish(self) -> None:
         """Heartbeat: rewrite the snapshot, then look again in a moment."""

@@ -2,6 +2,10 @@
 
 ``create_app`` builds everything from a ``Config`` and never starts an actor system;
 the bridge joins a running one on first use, after gunicorn has forked.
+
+Every request passes the network check and (except the public paths) the token check
+before any view runs, so a refused request costs no GraphQL work; what each principal
+may do is checked per operation by the resolvers (``gateway.auth.authorize``).
 """
 
 from __future__ import annotations
@@ -15,41 +19,99 @@ import structlog
 from ariadne import graphql_sync
 from ariadne.explorer import ExplorerGraphiQL
 from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from actors.messages import GetHealth, HealthReport, Ping, SessionState, SessionStatus
+from actors.messages import GetHealth, HealthReport, Ping
 from actors.status_snapshot import SnapshotReader
 from gateway import __version__
+from gateway.auth import (
+    Authenticator,
+    Denied,
+    NetworkPolicy,
+    Principal,
+    check,
+    parse_networks,
+    tokens_path,
+)
 from gateway.bridge import ActorBridge
 from gateway.config import Config
+from gateway.dashboard import dashboard_blueprint
 from gateway.errors import GatewayError, format_error
+from gateway.graphql_limits import limit_rules
+from gateway.health import health_document
+from gateway.metrics import CONTENT_TYPE, GraphqlMetrics
+from gateway.metrics import render as render_metrics
 from gateway.query_cache import DocumentCache
-from gateway.resolvers import build_schema, iso_time
+from gateway.request_body import BodyError, parse_json_body
+from gateway.resolvers import build_schema
 
 log = structlog.get_logger("wagate.http")
 
-MAX_BODY_BYTES = 256 * 1024  # a 4096-character message is < 20 KB even fully escaped
 REQUEST_ID_HEADER = "X-Request-Id"
+# Paths that hold no data and so need no token (the network check still applies).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 # Ariadne logs every GraphQL error with a traceback, expected ones (NOT_CONNECTED,
 # RATE_LIMITED ...) included. format_error logs the unexpected ones itself.
 GRAPHQL_ERROR_LOGGER = "wagate.graphql.errors"
 
 
 def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
-    app = Flask("wagate")
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app = Flask("wagate", static_folder=None)  # the dashboard serves its own files
+    app.register_blueprint(dashboard_blueprint())
+    limits = config.graphql
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     bridge = bridge or ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds)
     schema = build_schema()
     snapshots = SnapshotReader(config.data_path)
     documents = DocumentCache()
+    graphql_metrics = GraphqlMetrics(schema, documents.parser)
+    rules = limit_rules(limits.max_depth, limits.max_cost)
     explorer_html = ExplorerGraphiQL(title="wagate GraphQL").html(None)
+    authenticator = make_authenticator(config)
+
+    def audit(event: str, **fields: Any) -> None:
+        """Hand an entry to the audit log's single writer (never raises)."""
+        record = getattr(bridge, "audit", None)
+        if record is not None:
+            record(event, g.get("request_id", ""), **fields)
+
+    def refuse(denied: Denied) -> tuple[Response, int]:
+        log.warning("request refused", path=request.path, ip=g.client_ip, code=denied.code,
+                    token=denied.token, status=denied.status)
+        audit("auth.failure", ip=g.client_ip, path=request.path, code=denied.code,
+              actor=denied.token, reason=denied.message)
+        response, status = _error_response(denied.code, denied.message, denied.status)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="wagate"'
+        return response, status
 
     @app.before_request
-    def start_request() -> None:
+    def start_request() -> tuple[Response, int] | None:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         g.request_id = incoming if 0 < len(incoming) <= 64 else uuid.uuid4().hex
         g.started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
+        g.client_ip = authenticator.networks.client_address(
+            request.remote_addr or "", request.headers.get("X-Forwarded-For"))
+        denied = authenticator.check_network(g.client_ip)
+        if denied is not None:
+            return refuse(denied)
+        if _is_public(request.path, request.method, limits.explorer):
+            return None
+        who = authenticator.authenticate(g.client_ip, request.headers.get("Authorization"),
+                                         time.time())
+        if isinstance(who, Denied):
+            return refuse(who)
+        g.principal = who
+        structlog.contextvars.bind_contextvars(actor=who.name)
+        return None
+
+    def require(action: str) -> Principal:
+        """The request's principal, checked for ``action`` (raises GatewayError)."""
+        principal: Principal = g.principal
+        check(principal, action)
+        return principal
 
     @app.after_request
     def finish_request(response: Response) -> Response:
@@ -59,30 +121,64 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
                      status=response.status_code, operation=g.get("operation"),
                      session=g.get("session"),
                      ms=round((time.perf_counter() - g.get("started", 0)) * 1000, 2))
+        if (request.path == "/graphql" and request.method == "POST"
+                and not g.get("graphql_observed") and "started" in g):
+            # Refused before any operation ran (token, size, not JSON): still a request.
+            graphql_metrics.observe_refused(response.status_code,
+                                            time.perf_counter() - g.started)
         return response
 
     @app.get("/graphql")
-    def explorer() -> Response:
-        return Response(explorer_html, mimetype="text/html")
+    def explorer() -> tuple[Response, int]:
+        if not limits.explorer:
+            return _error_response("NOT_FOUND", "the GraphQL explorer is off "
+                                   "(graphql.explorer); POST queries to /graphql", 404)
+        return Response(explorer_html, mimetype="text/html"), 200
 
-    @app.post("/graphql")
-    def graphql() -> tuple[Response, int]:
-        data = request.get_json(silent=True)
+    def execute(data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
-            return _error_response("GRAPHQL_VALIDATION_FAILED",
-                                   "send a JSON object {query, variables, operationName} "
-                                   "with Content-Type: application/json", 400)
+            return _error_body("GRAPHQL_VALIDATION_FAILED",
+                               "each operation must be a JSON object "
+                               "{query, variables, operationName}")
         g.operation = data.get("operationName")
         variables = data.get("variables")
         if isinstance(variables, dict) and isinstance(variables.get("session"), str):
             g.session = variables["session"]
-        context: dict[str, Any] = {"bridge": bridge, "config": config,
-                                   "request_id": g.request_id, "snapshots": snapshots}
+        context: dict[str, Any] = {"bridge": bridge, "config": config, "audit": audit,
+                                   "request_id": g.request_id, "snapshots": snapshots,
+                                   "principal": g.principal, "client_ip": g.client_ip}
+        started = time.perf_counter()
         _, result = graphql_sync(schema, data, context_value=context, error_formatter=format_error,
                                  debug=False, logger=GRAPHQL_ERROR_LOGGER,
                                  query_parser=documents.parser,
-                                 query_validator=documents.validator)
-        return jsonify(result), 200
+                                 query_validator=documents.validator,
+                                 validation_rules=rules,
+                                 introspection=limits.introspection)
+        g.graphql_observed = True
+        graphql_metrics.observe(data, result, time.perf_counter() - started)
+        return result
+
+    @app.post("/graphql")
+    def graphql() -> tuple[Response, int]:
+        if not request.is_json:
+            return _error_response("GRAPHQL_VALIDATION_FAILED",
+                                   "send a JSON object {query, variables, operationName} "
+                                   "with Content-Type: application/json", 400)
+        try:
+            data = parse_json_body(request.get_data(cache=False))
+        except BodyError as exc:
+            return _error_response("GRAPHQL_VALIDATION_FAILED", str(exc), 400)
+        if isinstance(data, list):
+            if not 1 <= len(data) <= limits.max_batch:
+                return _error_response("GRAPHQL_VALIDATION_FAILED",
+                                       f"a batch holds 1 to {limits.max_batch} operations "
+                                       "(graphql.max_batch)", 400)
+            return jsonify([execute(item) for item in data]), 200
+        if not isinstance(data, dict):
+            return _error_response("GRAPHQL_VALIDATION_FAILED",
+                                   "send a JSON object {query, variables, operationName} "
+                                   "with Content-Type: application/json", 400)
+        return jsonify(execute(data)), 200
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -98,53 +194,103 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
 
     @app.get("/admin/health")
     def admin_health() -> tuple[Response, int]:
+        principal = require("health")
         try:
             report: HealthReport = bridge.ask(GetHealth(g.request_id))
         except GatewayError as exc:
             return jsonify({"status": "unavailable", "reason": exc.message,
-                            "version": __version__}), 503
-        return jsonify(health_document(report, time.time())), 200
+                            "version": __version__,
+                            **_error_body(exc.code, exc.message)}), 503
+        document = health_document(report, time.time(), principal.may_see)
+        document["auth"] = {"required": authenticator.required, "principal": principal.name,
+                            "role": principal.role}
+        return jsonify(document), 200
 
-    @app.errorhandler(413)
-    def too_large(_: Exception) -> tuple[Response, int]:
-        return _error_response("GRAPHQL_VALIDATION_FAILED",
-                               f"request body larger than {MAX_BODY_BYTES} bytes", 413)
+    @app.get("/metrics")
+    def metrics() -> Response:
+        # AUTH: the "health" action (admin, viewer); a token limited to some sessions
+        # sees only their series.
+        principal = require("health")
+        try:
+            report: HealthReport | None = bridge.ask(GetHealth(g.request_id))
+        except GatewayError:
+            report = None  # wagate_actors_up 0; the web tier's own metrics still count
+        return Response(render_metrics(report, principal.may_see), content_type=CONTENT_TYPE)
+
+    @app.get("/admin/tokens")
+    def admin_tokens() -> tuple[Response, int]:
+        require("admin")
+        return jsonify({"tokens": token_listing(authenticator, time.time())}), 200
+
+    @app.errorhandler(GatewayError)
+    def gateway_error(exc: GatewayError) -> tuple[Response, int]:
+        status = {"FORBIDDEN": 403, "UNAUTHENTICATED": 401}.get(exc.code, 503)
+        return _error_response(exc.code, exc.message, status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        status = exc.code or 500
+        if status == 413:
+            return _error_response("GRAPHQL_VALIDATION_FAILED", "request body larger than "
+                                   f"{limits.max_body_bytes} bytes (graphql.max_body_bytes)",
+                                   413)
+        if status == 404:
+            return _error_response("NOT_FOUND", f"no such path {request.path}; the API is "
+                                   "POST /graphql", 404)
+        if status == 405:
+            return _error_response("GRAPHQL_VALIDATION_FAILED",
+                                   f"{request.method} is not allowed on {request.path}", 405)
+        return _error_response("GRAPHQL_VALIDATION_FAILED", exc.description or exc.name, status)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        request_id = g.get("request_id", "")
+        log.error("unexpected error", error=repr(exc), exc_info=exc)
+        return _error_response("INTERNAL", "internal error; report this request id to the "
+                               f"operator: {request_id}", 500)
 
     return app
 
 
-def health_document(report: HealthReport, now: float) -> dict[str, Any]:
-    """The /admin/health JSON: overall status plus every session's detail."""
-    sessions = [_session_health(s, now) for s in report.sessions]
-    degraded = any(s["state"] in ("RECONNECTING", "FAILED") for s in sessions)
-    return {
-        "status": "degraded" if degraded else "ok",
-        "version": __version__,
-        "time": iso_time(now),
-        "sessions": sessions,
-        "queue": {"depth": report.queue_depth, "bySession": report.queue_by_session,
-                  "uncertainTotal": report.uncertain_total},
-        "limiter": report.limiter,
-        "processes": report.worker_pids,
-    }
+def make_authenticator(config: Config) -> Authenticator:
+    auth = config.auth
+    policy = NetworkPolicy(parse_networks(auth.allowed_networks, "auth.allowed_networks"),
+                           parse_networks(auth.trusted_proxies, "auth.trusted_proxies"))
+    authenticator = Authenticator(tokens_path(config), policy, auth.required)
+    if auth.required:
+        authenticator.load()
+    return authenticator
 
 
-def _session_health(status: SessionStatus, now: float) -> dict[str, Any]:
-    return {
-        "session": status.session,
-        "state": status.state.value,
-        "connected": status.state is SessionState.CONNECTED,
-        "phoneNumber": status.phone,
-        "reconnectAttempt": status.reconnect_attempt,
-        "lastError": (None if status.last_error is None else
-                      {"code": status.last_error.code, "message": status.last_error.message}),
-        "connectedSince": iso_time(status.connected_since),
-        "uptimeSeconds": (round(now - status.connected_since, 1)
-                          if status.connected_since else 0.0),
-        "pid": status.pid,
-    }
+def token_listing(authenticator: Authenticator, now: float) -> list[dict[str, Any]]:
+    """What /admin/tokens and `wagate token list` show: never a hash."""
+    from gateway.auth import TokenFile, iso
+
+    listing = []
+    for entry in TokenFile(authenticator.token_path).entries().values():
+        state = ("revoked" if entry.revoked else
+                 "expired" if entry.expires is not None and entry.expires <= now else "active")
+        listing.append({"name": entry.name, "role": entry.role, "state": state,
+                        "sessions": sorted(entry.sessions) if entry.sessions is not None
+                        else None,
+                        "networks": [str(n) for n in entry.networks],
+                        "expires": iso(entry.expires) if entry.expires else None,
+                        "created": entry.created or None, "revoked": entry.revoked or None})
+    return listing
+
+
+def _is_public(path: str, method: str, explorer: bool) -> bool:
+    """Paths that carry no data: probes, the dashboard's static files, the explorer page."""
+    if path in PUBLIC_PATHS:
+        return True
+    if method == "GET" and (path == "/" or path.startswith("/static/")):
+        return True
+    return explorer and method == "GET" and path == "/graphql"
+
+
+def _error_body(code: str, message: str) -> dict[str, Any]:
+    return {"errors": [{"message": message, "extensions": {"code": code}}]}
 
 
 def _error_response(code: str, message: str, status: int) -> tuple[Response, int]:
-    body = {"errors": [{"message": message, "extensions": {"code": code}}]}
-    return Response(json.dumps(body), mimetype="application/json"), status
+    return Response(json.dumps(_error_body(code, message)), mimetype="application/json"), status

@@ -11,7 +11,8 @@ The web tier never *starts* an actor system; when none answers, every call becom
 ``UNAVAILABLE``. A ``None`` reply means timeout or dead target.
 
 Sends go straight to the outbox (whose address the supervisor gives out and which
-is cached per process); everything else goes to the supervisor.
+is cached per process), audit entries straight to the audit actor (told, never
+asked); everything else goes to the supervisor.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from actors.messages import Failed, GetRoutes
+from actors.messages import AuditEvent, Failed, GetRoutes
 from actors.system import SUPERVISOR_NAME, join_system
 from gateway.errors import GatewayError
 
@@ -33,6 +34,10 @@ log = structlog.get_logger("wagate.bridge")
 
 # A None reply well before the deadline means "dead target", not "timeout".
 DEAD_TARGET_FRACTION = 0.5
+# A tell cannot notice a dead target: audit events told to a restarted audit actor reach
+# it through the supervisor (dead letters); the routes are asked again this often.
+AUDIT_ROUTE_SECONDS = 10.0
+FLUSH_SECONDS = 1.0  # at most, to hand a dead letter to the Admin after a tell
 
 
 class ActorBridge:
@@ -44,6 +49,8 @@ class ActorBridge:
         self._system: Any = None
         self._supervisor: Any = None
         self._outbox: Any = None
+        self._audit: Any = None  # the audit actor; None: tell the supervisor, which passes it on
+        self._routes_at = 0.0
         self._local = threading.local()
         self._counter = itertools.count()
 
@@ -116,7 +123,59 @@ class ActorBridge:
             if isinstance(routes, Failed):
                 raise GatewayError(routes.code, routes.message, **routes.details)
             self._outbox = routes.value["outbox"]
+            self._audit = routes.value.get("audit")
+            self._routes_at = time.monotonic()
         return self._outbox
+
+    def audit(self, event: str, request_id: str = "", **fields: Any) -> None:
+        """Hand one entry to the audit log's single writer; fire and forget.
+
+        Never raises and never waits for the writer: when the actor system is not
+        available the entry is lost and a warning is logged (the web tier cannot write
+        the log itself: the gateway's audit actor holds it). Costs one ``tell``, no reply
+        awaited, once the audit actor's address is cached in this process (the routes
+        are asked again every ``AUDIT_ROUTE_SECONDS``).
+
+        ``event``: ``mutation`` (one per GraphQL mutation, whatever its outcome),
+        ``auth.failure`` (a refused request), or another dotted name. Field names, all
+        optional, JSON-able values; None values are left out:
+
+        - ``actor``: the token's name; ``role``: its role; ``ip``: the client address;
+        - ``operation``: the GraphQL field (``sendWhatsAppNotification``, ...);
+        - ``session``: the WhatsApp session;
+        - ``recipient``: the phone number as raw digits (``14155552671``): the audit
+          actor records it per ``audit.recipients`` (full, masked or hashed);
+        - ``outcome``: ``ok`` or the error code; ``messageId``: the accepted message;
+        - for ``auth.failure``: ``path``, ``code``, ``reason``.
+
+        Never message text: fields named ``text``, ``message`` or ``body`` are dropped.
+        """
+        message = AuditEvent(event, fields, request_id)
+        try:
+            target = self._audit_address()
+            context = self._context()
+            if target is None:
+                target = self._connect()[1]  # the supervisor passes it on
+            try:
+                context.tell(target, message)
+            finally:
+                _flush(context)
+        except Exception as exc:
+            log.warning("audit entry not delivered: the actor system is not available",
+                        audit_event=event, error=repr(exc))
+            if not isinstance(exc, GatewayError):
+                self._reset()
+
+    def _audit_address(self) -> Any:
+        """The audit actor's cached address; None: send to the supervisor instead."""
+        if time.monotonic() - self._routes_at > AUDIT_ROUTE_SECONDS:
+            self._outbox = None
+        if self._pid != os.getpid() or self._outbox is None:
+            try:
+                self._outbox_address(self.timeout)  # the routes name the audit actor too
+            except GatewayError:
+                return None
+        return self._audit
 
     def _connect(self) -> tuple[Any, Any]:
         if self._pid == os.getpid() and self._system is not None:
@@ -135,8 +194,24 @@ class ActorBridge:
 
     def _reset(self) -> None:
         with self._lock:
-            self._system = self._supervisor = self._pid = self._outbox = None
+            self._system = self._supervisor = self._pid = self._outbox = self._audit = None
         self._local.context = None
+
+
+def _flush(context: Any) -> None:
+    """Send what a ``tell`` left queued.
+
+    When the target of a ``tell`` is dead (an audit actor that was restarted at a new
+    address), Thespian 4.0.1 queues a dead letter for the Admin (which hands it to the
+    supervisor, our dead-letter handler) and returns without sending it; it would only
+    leave with this thread's next call, or never. Running the transport once more in
+    transmit-only mode sends it; with nothing queued it returns at once. This uses a
+    private method of the pinned Thespian version (as ``bind_loopback_only`` does).
+    """
+    base = getattr(context, "_systemBase", None)
+    run = getattr(base, "_run_transport", None)
+    if run is not None:
+        run(FLUSH_SECONDS, txonly=True)
 
 
 def _unavailable() -> GatewayError:

@@ -16,7 +16,8 @@ from typing import Any
 
 from gateway.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 
-DEMO_OVERRIDES: dict[str, Any] = {"transport.engine": "simulator"}
+# The demo runs on the simulator and, bound to loopback, without API tokens.
+DEMO_OVERRIDES: dict[str, Any] = {"transport.engine": "simulator", "auth.required": False}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--code", help="type this pairing code (from whatsAppRequestPairingCode) "
                       "instead of scanning the QR code")
     scan.add_argument("--wait", type=float, default=10.0,
-                      help="seconds to wait for a QR code to appear (default 10)")
+                      help="seconds to wait for a QR code to appear, then for the session "
+                      "to link (default 10)")
     scan.set_defaults(handler=cmd_sim_scan)
 
     drop = sim_commands.add_parser("drop", help="drop connections (the session must reconnect)")
@@ -90,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(inbox)
     inbox.add_argument("--json", action="store_true", help="one JSON document")
     inbox.set_defaults(handler=cmd_sim_inbox)
+
+    from gateway import cli_audit, cli_keys, cli_status, cli_tokens
+
+    cli_tokens.register(commands, _common)
+    cli_keys.register(commands, _common)
+    cli_status.register(commands, _common)
+    cli_audit.register(commands, _common)
     return parser
 
 
@@ -153,12 +162,41 @@ def _run_sim(args: argparse.Namespace, action: Any) -> int:
 
 
 def cmd_sim_scan(args: argparse.Namespace) -> int:
+    """Wait for a code to scan, scan it, then wait until the session took it: the result
+    line means the device is linked, not merely that a scan was recorded."""
+    from actors.transport.simulator import SimulatorError
+    from gateway.progress import Progress
+
+    session = args.session
+
     def scan(server: Any) -> int:
+        progress = Progress()
         deadline = time.monotonic() + max(0.0, args.wait)
-        while server.pending_qr(args.session) is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        phone = server.scan(args.session, args.phone, args.code)
-        print(f"linked session '{args.session}' to phone +{phone}")
+        while server.pending_qr(session) is None and (left := deadline - time.monotonic()) > 0:
+            progress.update(f"waiting for session '{session}' to show a QR code",
+                            f"{left:.0f} s left")
+            time.sleep(min(0.1, left))
+        progress.done()
+        if server.pending_qr(session) is None:
+            raise SimulatorError(f"no QR code appeared for session '{session}' within "
+                                 f"{args.wait:g} s; call whatsAppConnect for it first (a "
+                                 "linked session shows none: see `wagate status`)")
+        scanned_at = time.time()
+        phone = server.scan(session, args.phone, args.code)
+        deadline = time.monotonic() + max(1.0, args.wait)
+        while not any(d["session"] == session and d["phone"] == phone
+                      and d["linked_at"] >= scanned_at for d in server.devices()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                progress.done()
+                raise SimulatorError(f"scanned the code of session '{session}', but the "
+                                     f"gateway did not link it within {max(1.0, args.wait):g} "
+                                     "s; see `wagate status` and data_dir/logs/actors.log")
+            progress.update(f"scanned; waiting for session '{session}' to link",
+                            f"{left:.0f} s left")
+            time.sleep(min(0.05, left))
+        progress.done()
+        print(f"linked session '{session}' to phone +{phone}")
         return 0
 
     return _run_sim(args, scan)

@@ -136,6 +136,9 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class EncryptionConfig:
+    # The storage key of the session stores (README: Encryption at rest): the variable
+    # first (an empty value counts as unset), then the file; with neither, only the
+    # demo (auth.required = false) runs, with the stores in clear text.
     key_env: str = "WAGATE_STORE_KEY"  # environment variable holding the storage key
     key_file: str = ""  # or a file holding it; never inside data_dir
     checkpoint_seconds: float = 30.0  # encrypted checkpoint of a changed session store

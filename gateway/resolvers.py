@@ -6,7 +6,10 @@ loses nothing. The shape of ``WhatsAppStatus`` comes from ``SessionStatus``.
 
 from __future__ import annotations
 
+import functools
+import re
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -28,13 +31,55 @@ from actors.messages import (
     SendText,
     SessionStatus,
 )
+from gateway.auth import Principal, authorize, check
 from gateway.config import Config
 from gateway.errors import GatewayError
+from gateway.overview import gateway_type, resolve_gateway, resolve_sessions
 from gateway.qr import qr_png_base64, qr_svg_data_uri
-from gateway.validation import normalize_phone_number, validate_message, validate_session_name
+from gateway.validation import (
+    ValidationError,
+    normalize_phone_number,
+    validate_message,
+    validate_session_name,
+)
 
 MAX_PAGE = 200
 MAX_KEY_LENGTH = 128
+RECIPIENT_DIGITS = 20  # what of a phone number argument the audit log may see
+
+
+def mutation_guard(action: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Authorize a mutation before it runs and record it in the audit log after,
+    whatever the outcome (an attempt refused as FORBIDDEN is recorded too)."""
+    def wrap(resolver: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(resolver)
+        def guarded(obj: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
+            fields = kwargs.get("input") or kwargs
+            session = fields.get("session") or "default"
+            outcome = "ok"
+            try:
+                principal = authorize(info, action)
+                check(principal, action, validate_session_name(session))
+                return resolver(obj, info, **kwargs)
+            except (GatewayError, ValidationError) as exc:
+                outcome = exc.code
+                raise
+            except Exception:
+                outcome = "INTERNAL"
+                raise
+            finally:
+                _audit_mutation(info, session, fields.get("phoneNumber"), outcome)
+        return guarded
+    return wrap
+
+
+def _audit_mutation(info: GraphQLResolveInfo, session: Any, phone: Any, outcome: str) -> None:
+    principal: Principal = info.context["principal"]
+    recipient = re.sub(r"\D", "", phone)[:RECIPIENT_DIGITS] if isinstance(phone, str) else None
+    info.context["audit"](
+        "mutation", operation=info.field_name, actor=principal.name, role=principal.role,
+        ip=info.context.get("client_ip"), session=str(session)[:64], recipient=recipient,
+        outcome=outcome, messageId=info.context.get("message_id"))
 
 
 def build_schema() -> GraphQLSchema:
@@ -45,22 +90,26 @@ def build_schema() -> GraphQLSchema:
     def resolve_status(_: Any, info: GraphQLResolveInfo, session: str = "default"
                        ) -> SessionStatus:
         name = validate_session_name(session)
+        authorize(info, "status", name)
         snapshot = info.context["snapshots"].status(name)  # fresh file: no actor round trip
         if snapshot is not None:
             return snapshot
         return _ask(info, GetStatus(name, _request_id(info)))
 
     @mutation.field("whatsAppConnect")
+    @mutation_guard("connect")
     def resolve_connect(_: Any, info: GraphQLResolveInfo, session: str = "default") -> bool:
         return bool(_ask(info, Connect(validate_session_name(session), _request_id(info))))
 
     @mutation.field("whatsAppDisconnect")
+    @mutation_guard("connect")
     def resolve_disconnect(_: Any, info: GraphQLResolveInfo, session: str = "default",
                            keepSession: bool = False) -> bool:
         message = Disconnect(validate_session_name(session), bool(keepSession), _request_id(info))
         return bool(_ask(info, message))
 
     @mutation.field("sendWhatsAppNotification")
+    @mutation_guard("send")
     def resolve_send(_: Any, info: GraphQLResolveInfo, phoneNumber: str, message: str,
                      session: str = "default", idempotencyKey: str | None = None) -> bool:
         accepted = _send(info, phoneNumber, message, session, idempotencyKey, None)
@@ -72,6 +121,7 @@ def build_schema() -> GraphQLSchema:
         return True
 
     @mutation.field("sendWhatsAppMessage")
+    @mutation_guard("send")
     def resolve_send_message(_: Any, info: GraphQLResolveInfo, input: dict[str, Any]
                              ) -> dict[str, Any]:
         valid_for = input.get("validForSeconds")
@@ -86,13 +136,25 @@ def build_schema() -> GraphQLSchema:
     @query.field("whatsAppMessage")
     def resolve_message(_: Any, info: GraphQLResolveInfo, id: str
                         ) -> dict[str, Any] | None:
+        principal = authorize(info, "messages")
         record = _ask(info, GetMessage(str(id), _request_id(info)))
-        return None if record is None else {**record, "duplicate": False}
+        if record is None or not principal.may_see(record["session"]):
+            return None  # another session's message is as good as absent
+        return {**record, "duplicate": False}
 
     @query.field("whatsAppMessages")
     def resolve_messages(_: Any, info: GraphQLResolveInfo, session: str | None = None,
                          state: str | None = None, phoneNumber: str | None = None,
                          first: int = 20, after: str | None = None) -> dict[str, Any]:
+        principal = authorize(info, "messages")
+        if session is None and principal.sessions is not None:
+            if len(principal.sessions) != 1:
+                raise GatewayError("FORBIDDEN", f"token {principal.name!r} may use only "
+                                   f"some sessions: pass session (one of "
+                                   f"{', '.join(sorted(principal.sessions))})")
+            session = next(iter(principal.sessions))
+        if session is not None:
+            check(principal, "messages", validate_session_name(session))
         if not 1 <= first <= MAX_PAGE:
             raise GatewayError("GRAPHQL_VALIDATION_FAILED",
                                f"first must be between 1 and {MAX_PAGE}", field="first")
@@ -112,6 +174,7 @@ def build_schema() -> GraphQLSchema:
                                              "endCursor": page.cursors[-1] if edges else None}}
 
     @mutation.field("whatsAppRequestPairingCode")
+    @mutation_guard("connect")
     def resolve_pairing_code(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
                              session: str = "default") -> str:
         request = RequestPairingCode(validate_session_name(session),
@@ -119,6 +182,7 @@ def build_schema() -> GraphQLSchema:
         return str(_ask(info, request, _send_wait(_config(info))))
 
     @mutation.field("testWhatsAppConnection")
+    @mutation_guard("send")
     def resolve_test(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
                      session: str = "default") -> bool:
         config = _config(info)
@@ -161,7 +225,10 @@ def build_schema() -> GraphQLSchema:
     status.set_field("connectedSince", lambda s, _: iso_time(s.connected_since))
     status.set_field("bridgeState", lambda s, _: BRIDGE_STATES[s.state])
     status.set_field("bannedUntil", lambda s, _: iso_time(s.banned_until))
-    return make_executable_schema(type_defs, query, mutation, status, message)
+    query.set_field("whatsAppSessions", resolve_sessions)
+    query.set_field("whatsAppGateway", resolve_gateway)
+    return make_executable_schema(type_defs, query, mutation, status, message,
+                                  gateway_type())
 
 
 def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,

@@ -11,6 +11,7 @@ what a crashed predecessor left behind.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from actors.system import (
     sweep_group,
 )
 from gateway.config import Config
+from gateway.metrics import reset_metrics_dir
 from gateway.observability import setup_logging
 from gateway.web import config_env
 
@@ -52,12 +54,18 @@ def serve(config: Config) -> int:
         (data / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data, 0o700)
     setup_logging(config.logging, console=config.http.dev)
+    check_access(config)
     sweep_leftovers(data)
     for what, host, port in (("actors.admin_port", "127.0.0.1", config.actors.admin_port),
                              ("http.port", config.http.host, config.http.port)):
         if port_listening(port, host if host not in ("0.0.0.0", "") else "127.0.0.1"):
             raise StartupError(f"port {port} ({what}) is already in use; stop what uses it "
                                f"or choose another with --{what.split('.')[-1].replace('_', '-')}")
+    reset_metrics_dir(data)  # after the sweep: no web process of a predecessor writes there
+    # Before any actor starts: a wrong or missing storage key stops the gateway here.
+    # The stores lock it takes is never closed: it lasts as long as this process and
+    # the actor processes (which inherit it) run, keeping `wagate keys rotate` out.
+    check_session_stores(config)
 
     stop_requested: list[int] = []
 
@@ -70,9 +78,12 @@ def serve(config: Config) -> int:
     web: subprocess.Popen[bytes] | None = None
     exit_code = 0
     try:
-        write_state(data, {"launcher": os.getpid(), "actor_pgid": actor_pgid})
+        # admin_port: `wagate status` and `wagate drain` find the actor system with it.
+        state = {"launcher": os.getpid(), "actor_pgid": actor_pgid,
+                 "admin_port": config.actors.admin_port}
+        write_state(data, state)
         web = start_web(config)
-        write_state(data, {"launcher": os.getpid(), "actor_pgid": actor_pgid, "web_pgid": web.pid})
+        write_state(data, {**state, "web_pgid": web.pid})
         wait_for_web(config, web)
         log.info("wagate is serving", url=f"http://{config.http.host}:{config.http.port}/graphql",
                  engine=config.transport.engine, data_dir=str(data),
@@ -97,6 +108,39 @@ def serve(config: Config) -> int:
             (data / STATE_FILE).unlink()
         log.info("wagate stopped")
     return exit_code
+
+
+def check_access(config: Config) -> None:
+    """Refuse to serve an API that anyone could use, or that nobody could."""
+    from gateway.app import make_authenticator
+    from gateway.auth import TokenFileError, tokens_path
+
+    if not config.auth.required:
+        if not is_loopback(config.http.host):
+            raise StartupError(f"--demo runs without API tokens, so it binds only to a "
+                               f"loopback address, not {config.http.host}; drop --host, or "
+                               "create tokens (`wagate token create`) and run without --demo")
+        log.warning("serving WITHOUT API tokens (demo on loopback): every local program "
+                    "may use the API", host=config.http.host)
+        return
+    try:
+        usable = make_authenticator(config).load()
+    except (TokenFileError, ValueError) as exc:
+        raise StartupError(str(exc)) from None
+    if usable == 0:
+        raise StartupError(
+            f"no usable API tokens in {tokens_path(config)}, so every request would be "
+            "refused; create one with `wagate token create --name admin --role admin` "
+            "(or try the gateway without tokens: `wagate serve --demo`, loopback only)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
@@ -220,6 +264,43 @@ def sweep_leftovers(data: Path) -> None:
             outcome = sweep_group(pgid, settle=0.0, grace=5.0)
             log.warning("stopped processes left by a previous crash", group=key, how=outcome)
     path.unlink()
+
+
+def running_gateway(data: Path) -> str | None:
+    """What still runs on ``data`` according to the launcher's state file, or None."""
+    try:
+        state = json.loads((data / STATE_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+    launcher = int(state.get("launcher", 0))
+    if launcher and _is_wagate(launcher):
+        return f"a running wagate (pid {launcher})"
+    for key in ("actor_pgid", "web_pgid"):
+        pgid = int(state.get(key, 0))
+        if pgid and group_alive(pgid):
+            return f"processes a crashed wagate left behind (process group {pgid})"
+    return None
+
+
+def check_session_stores(config: Config) -> int:
+    """The storage key and the encrypted session stores (gateway/store_keys.py);
+    returns the descriptor of the shared stores lock, to keep open while serving."""
+    from actors.sealed_store import StoreError
+    from gateway.store_keys import StoreCheckError, acquire_stores_lock, check_stores
+
+    try:
+        lock = acquire_stores_lock(config.data_path, exclusive=False)
+    except StoreCheckError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        check_stores(config)
+    except StoreCheckError as exc:
+        os.close(lock)
+        raise StartupError(str(exc)) from None
+    except (StoreError, OSError) as exc:
+        os.close(lock)
+        raise StartupError(f"cannot check the encrypted session stores: {exc}") from None
+    return lock
 
 
 def _is_alive(pid: int) -> bool:

@@ -16,13 +16,27 @@ from gunicorn.app.base import BaseApplication
 
 from gateway.app import create_app
 from gateway.config import Config, config_from_dict, config_to_dict
+from gateway.metrics import MULTIPROC_ENV, metrics_dir
 from gateway.observability import setup_logging
 
 CONFIG_ENV = "WAGATE_CONFIG_JSON"
 
 
 def config_env(config: Config) -> dict[str, str]:
-    return {CONFIG_ENV: json.dumps(config_to_dict(config))}
+    """The web process's environment: its config, and where every worker writes its
+    metrics (read by prometheus-client when it is first imported, so it must be set
+    before the process starts)."""
+    return {CONFIG_ENV: json.dumps(config_to_dict(config)),
+            MULTIPROC_ENV: str(metrics_dir(config.data_path))}
+
+
+def _worker_exited(_server: Any, worker: Any) -> None:
+    """gunicorn ``child_exit`` hook: drop the dead worker's live gauges (its counters
+    stay: they still count towards the totals)."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -44,6 +58,7 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": "warning",
             "proc_name": "wagate-web",
+            "child_exit": _worker_exited,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

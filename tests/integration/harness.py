@@ -7,8 +7,11 @@ and the fixture's finaliser kills and *fails* on anything that survived.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import itertools
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -21,6 +24,7 @@ from typing import Any
 import requests
 
 from actors.system import group_alive, sweep_group
+from gateway.auth import TokenEntry, TokenFile, new_token, parse_networks, token_hash
 
 # Shrunk delays: tests wait on conditions, never on the spec's 30 s / 60 s.
 FAST = {
@@ -110,11 +114,19 @@ class Gateway:
         """``engine`` is forced over ``overrides``: the simulator unless a test asks
         for the real engine (which must then get a loopback ``transport.proxy``)."""
         self.root = root
+        self._names = itertools.count(1)
         self.data_dir = root / "data"
         self.port = free_port()
         self.admin_port = free_port()
         self.config_path = root / "gateway.toml"
-        config = _merge(FAST, overrides or {})
+        # Like production: API tokens in a token file, the storage key outside data_dir.
+        self.tokens_file = root / "tokens.toml"
+        self.key_file = root / "store.key"
+        self.key_file.write_bytes(base64.urlsafe_b64encode(os.urandom(32)) + b"\n")
+        self.key_file.chmod(0o600)
+        config = _merge({"auth": {"tokens_file": str(self.tokens_file)},
+                         "encryption": {"key_file": str(self.key_file)}}, FAST)
+        config = _merge(config, overrides or {})
         config = _merge(config, {"storage": {"data_dir": str(self.data_dir)},
                                  "transport": {"engine": engine}})
         self.config_path.write_text(_toml(config), encoding="utf-8")
@@ -122,7 +134,25 @@ class Gateway:
         self.groups: set[int] = set()
         self.launchers: list[subprocess.Popen[bytes]] = []
         self.url = f"http://127.0.0.1:{self.port}"
+        self.token = self.make_token("admin", name="harness-admin")
         self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {self.token}"
+
+    def make_token(self, role: str, sessions: list[str] | None = None,
+                   networks: list[str] | None = None, expires: float | None = None,
+                   name: str | None = None) -> str:
+        """Add an API token to this gateway's token file (a running gateway accepts it
+        from the next request on) and return it."""
+        token = new_token()
+        TokenFile(self.tokens_file).add(TokenEntry(
+            name=name or f"{role}-{next(self._names)}", role=role, hash=token_hash(token),
+            networks=parse_networks(networks or [], "test"),
+            sessions=frozenset(sessions) if sessions is not None else None,
+            expires=expires))
+        return token
+
+    def revoke_token(self, name: str) -> None:
+        TokenFile(self.tokens_file).revoke(name, time.time())
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -266,7 +296,8 @@ class Gateway:
                         {"p": phone, "s": session})
 
     def credentials_path(self, session: str = "default") -> Path:
-        """The simulated client's stored credentials (what a restart resumes from)."""
+        """The simulated client's stored credentials (what a restart resumes from),
+        encrypted with ``key_file`` unless a test configured no key."""
         return self.data_dir / "sessions" / session / "simulator.json"
 
     def link(self, session: str = "default") -> dict[str, Any]:

@@ -107,13 +107,19 @@ class LoadClient:
     """One load thread's HTTP client; its own connection pool, replaced after an error
     so that a connection to a killed gunicorn is never reused."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str) -> None:
         self.url = url + "/graphql"
-        self.http = requests.Session()
+        self.token = token
+        self.http = self._session()
+
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.token}"
+        return session
 
     def reset(self) -> None:
         self.http.close()
-        self.http = requests.Session()
+        self.http = self._session()
 
     def close(self) -> None:
         self.http.close()
@@ -196,6 +202,7 @@ class Load:
     def start(self, give_up_after: float) -> None:
         self.start_time = time.monotonic()
         self.deadline = self.start_time + give_up_after
+        self.token = self.gw.make_token("sender")  # the applications' token
         for i in range(LOAD_THREADS):
             thread = threading.Thread(target=self._run, name=f"load-{i}", daemon=True)
             thread.start()
@@ -215,7 +222,7 @@ class Load:
             return None if self.stopping.is_set() else next(self._next, None)
 
     def _run(self) -> None:
-        client = LoadClient(self.gw.url)
+        client = LoadClient(self.gw.url, self.token)
         try:
             while (outcome := self._take()) is not None:
                 due = self.start_time + outcome.n * self.spacing

@@ -183,7 +183,7 @@ def test_broken_requests_get_json_errors_without_internals(linked_gateway: Gatew
 
     # On a connection of its own: gunicorn closes a keep-alive connection whose unread
     # body exceeds 64 KB after answering, which would break the pooled connection.
-    huge = requests.post(gw.url + "/graphql", timeout=10, json={
+    huge = requests.post(gw.url + "/graphql", timeout=10, headers=gw.http.headers, json={
         "query": "{ whatsAppStatus { state } }", "variables": {"pad": "x" * 300_000}})
     assert huge.status_code == 413
     assert huge.json()["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
