@@ -115,6 +115,20 @@ class SupervisorActor(ActorTypeDispatcher):
         self.audit_backlog: list[Any] = []  # AuditEvent / Routed(RecordAudit) for a restart
         self.session_counters = SessionCounters()  # for /metrics, fed by _set_status
 
+    def receiveMessage(self, msg: Any, sender: Any) -> None:
+        """A supervisor that was never started is one the web tier created by looking
+        up the global name after the real one died: it must not pose as the gateway.
+        It refuses, and leaves, so nothing half-started lingers."""
+        if (self.config is None and hasattr(msg, "request_id")
+                and not isinstance(msg, StartGateway | WhoAreYou)):
+            self.send(sender, Failed("UNAVAILABLE", "the gateway's actor system is not "
+                                     "answering (its supervisor was lost); retry in a few "
+                                     "seconds, and restart the gateway if it persists",
+                                     request_id=msg.request_id))
+            self.send(self.myAddress, ActorExitRequest())
+            return
+        super().receiveMessage(msg, sender)
+
     # ---- start / stop -------------------------------------------------------------
 
     def receiveMsg_StartGateway(self, msg: StartGateway, sender: Any) -> None:
