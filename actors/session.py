@@ -43,6 +43,7 @@ from actors.messages import (
 )
 from actors.policy import ReconnectPolicy
 from actors.session_machine import (
+    ACTIVE_STATES,
     Action,
     ArmConnectTimeout,
     ArmWatchdog,
@@ -175,7 +176,15 @@ class SessionActor(BridgedActor):
             return
         now = time.time()
         if msg.action == "connect":
-            actions = self.machine.connect(now, self._paired())
+            # The machine knows once a device has connected (or been logged out); the
+            # store is looked at only before that. Opening the engine's SQLite store
+            # with Python's own SQLite while the Go client has it open can drop the Go
+            # side's POSIX locks (they are per process), so never while it may run.
+            if self.machine.status.state in ACTIVE_STATES:
+                actions = []  # already connecting or connected: connect is a no-op
+            else:
+                actions = self.machine.connect(now, self.machine.status.paired
+                                               or self._paired())
         elif msg.action == "disconnect":
             actions = self.machine.disconnect(now)
         elif msg.action == "logout":
