@@ -27,6 +27,19 @@ used for floor and gateway so the ratio stays fair. CPU used by every process (s
 and client) is sampled from /proc during each measured window and printed, because
 on a small box "where did the cores go" is the bottleneck answer.
 
+Authentication is part of what is measured: the gateway runs as in production, with a
+token file and a storage key (``tests.integration.harness.Gateway`` sets both up), and
+the load carries ``Authorization: Bearer`` with a least-privilege token (role
+``sender``, session ``default``, networks ``127.0.0.0/8``, an expiry) made for the
+benchmark. So every gateway request pays the token check (a ``stat`` of the token
+file, one SHA-256, a constant-time compare with every stored hash, the network and
+session checks) and every ``sendWhatsAppNotification`` an audit entry (one ``tell`` to
+the audit actor, one line appended to the hash-chained log). The floor has no
+authentication; its requests carry a token of the same length, unchecked, so both
+servers parse the same bytes. The difference is therefore gateway *including* auth
+and audit, and after the run the audit log must hold one ``ok`` entry per successful
+send.
+
 Run: ``python -m tests.perf.bench_api`` (``--help`` for knobs), or
 ``pytest tests/perf -s``. Exits 0 whatever the figures; only a benchmark that could
 not run fails. Only 127.0.0.1 is ever contacted.
@@ -55,8 +68,10 @@ from typing import Any
 
 import phonenumbers
 
+from actors.audit_log import audit_dir, log_files
 from actors.transport.simulator import SimulatorServer
-from gateway.config import HttpConfig, SimulatorConfig
+from gateway.auth import new_token
+from gateway.config import AuditConfig, HttpConfig, SimulatorConfig
 from tests.integration.harness import Gateway, free_port, wait_for
 
 HOST = "127.0.0.1"
@@ -69,6 +84,9 @@ STATUS_QUERY = "query { whatsAppStatus { connected qrCode qrCodeSvg } }"
 NOOP_MUTATION = "mutation { noop }"
 NOOP_QUERY = "query { noop }"
 SEND_TEXT = "wagate benchmark: your code is 123456"
+# The load's API token: what a production client holds (README, "API tokens").
+BENCH_TOKEN_NAME = "bench-sender"
+BENCH_SESSION = "default"
 
 # kind -> (GraphQL document, what a correct answer's "data" is)
 OPERATIONS: dict[str, tuple[str, Callable[[Any], bool]]] = {
@@ -107,8 +125,34 @@ def recipients(count: int) -> list[str]:
     raise RuntimeError(f"only {len(numbers)} valid +1415555XXXX numbers, {count} wanted")
 
 
-def build_payloads(kind: str, port: int, numbers: list[str]) -> list[bytes]:
-    """Complete HTTP requests, serialised once: the hot loop only writes bytes."""
+def bench_token(gateway: Gateway) -> str:
+    """Add the load's token to ``gateway``'s token file and return it: role ``sender``
+    (may send and read the status, nothing else), one session, loopback only, expiring
+    in a day, like ``wagate token create --role sender --sessions default --networks
+    ... --expires ...``. The harness' admin token stays for setup and health checks."""
+    return gateway.make_token("sender", sessions=[BENCH_SESSION], networks=["127.0.0.0/8"],
+                              expires=time.time() + 86400, name=BENCH_TOKEN_NAME)
+
+
+def audited_sends(data_dir: Path, actor: str = BENCH_TOKEN_NAME) -> int:
+    """``mutation`` entries of the audit log for sends by ``actor`` with outcome ``ok``
+    (read after the gateway stopped: its audit actor has written everything by then)."""
+    count = 0
+    for _, path in log_files(audit_dir(data_dir)):
+        with open(path, "rb") as f:
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    count += (entry.get("event") == "mutation"
+                              and entry.get("operation") == "sendWhatsAppNotification"
+                              and entry.get("actor") == actor
+                              and entry.get("outcome") == "ok")
+    return count
+
+
+def build_payloads(kind: str, port: int, numbers: list[str], token: str) -> list[bytes]:
+    """Complete HTTP requests, serialised once: the hot loop only writes bytes. Each
+    carries ``Authorization: Bearer <token>`` (the floor gets one too and ignores it)."""
     document = OPERATIONS[kind][0]
     bodies: list[dict[str, Any]]
     if kind == "send":
@@ -120,6 +164,7 @@ def build_payloads(kind: str, port: int, numbers: list[str]) -> list[bytes]:
     for body in bodies:
         raw = json.dumps(body).encode()
         head = (f"POST /graphql HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                f"Authorization: Bearer {token}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n")
         payloads.append(head.encode() + raw)
     return payloads
@@ -269,7 +314,7 @@ def load_process(spec: dict[str, Any], ready: Any, go: Any, start_at: Any, resul
     """One generator process (multiprocessing target): open the connections, report
     ready, wait for the common start time, run the threads, report the figures."""
     kind, port, threads = spec["kind"], spec["port"], spec["threads"]
-    payloads = build_payloads(kind, port, recipients(spec["recipients"]))
+    payloads = build_payloads(kind, port, recipients(spec["recipients"]), spec["token"])
     conns = [Connection(port) for _ in range(threads)]
     for conn in conns:
         conn.connect()  # the TCP handshake is not part of any measured request
@@ -420,10 +465,10 @@ def label_actor_group(pgid: int, data_dir: Path) -> dict[int, str]:
         dirs = _open_dirs(pid, data_dir)
         if parents.get(pid) not in parents:
             name = "thespian admin"
-        elif "limits" in dirs:
-            name = "limiter actor"
         elif "outbox" in dirs:
-            name = "outbox actor"
+            name = "outbox actor"  # the limiter lives in its process (it holds limits/)
+        elif "audit" in dirs:
+            name = "audit actor"
         elif "simulator" in dirs or "sessions" in dirs:
             name = "session actor"
         elif "state" in dirs:
@@ -502,7 +547,7 @@ def wait_ready(ready: Any, procs: list[Any], timeout: float = 60.0) -> None:
             raise RuntimeError(f"load generators not ready within {timeout:g} s")
 
 
-def run_phase(name: str, kind: str, mode: str, port: int, settings: Settings,
+def run_phase(name: str, kind: str, mode: str, port: int, token: str, settings: Settings,
               labeller: Callable[[], dict[int, str]]) -> Phase:
     """Run one closed- or open-loop load against ``port``; every process it starts is
     joined or killed before it returns."""
@@ -520,7 +565,8 @@ def run_phase(name: str, kind: str, mode: str, port: int, settings: Settings,
     specs = [{"index": i, "kind": kind, "port": port, "threads": n, "mode": mode,
               "first_thread": sum(split[:i]), "all_threads": sum(split),
               "warmup": warmup, "duration": duration, "rate": settings.rate,
-              "recipients": settings.recipients} for i, n in enumerate(split)]
+              "recipients": settings.recipients, "token": token}
+             for i, n in enumerate(split)]
     procs = [ctx.Process(target=load_process, args=(spec, ready, go, start_at, results),
                          name=f"bench-{kind}-{mode}-{i}", daemon=True)
              for i, spec in enumerate(specs)]
@@ -635,7 +681,7 @@ def _ms(value: float) -> str:
 
 
 def print_report(settings: Settings, phases: dict[str, Phase], inbox: int | None,
-                 gateway_config: str) -> None:
+                 audited: int | None, gateway_config: str) -> None:
     out = print
     out()
     out("=" * 114)
@@ -648,6 +694,9 @@ def print_report(settings: Settings, phases: dict[str, Phase], inbox: int | None
         f"{settings.open_duration:g} s over {settings.open_threads} connections, latency from "
         f"the scheduled start")
     out(f"gateway config: {gateway_config}")
+    out(f"auth: gateway requests use token {BENCH_TOKEN_NAME!r} (role sender): token check "
+        "per request, audit entry per send; the floor has no auth (its requests carry a "
+        "token it ignores)")
     out("-" * 114)
     out(f"{'operation':34} {'mode':6} {'req/s':>8} {'errors':>6} {'p50 ms':>7} {'p95 ms':>7} "
         f"{'p99 ms':>7} {'max ms':>7} {'srv CPU':>8} {'cores':>5} {'other':>5} {'TCP':>5}")
@@ -680,6 +729,8 @@ def print_report(settings: Settings, phases: dict[str, Phase], inbox: int | None
                f"{ok}/{ok + failed}", "all", failed == 0)
     ratio_line("correctness: simulator inbox == successful sends",
                f"{inbox}/{ok}", "equal", inbox == ok)
+    ratio_line("correctness: audit log 'ok' send entries == successful sends",
+               f"{audited}/{ok}", "equal", audited == ok)
     for phase in phases.values():
         if phase.samples:
             out(f"  error samples ({phase.name}, {phase.mode}): {phase.samples}")
@@ -705,21 +756,24 @@ def print_report(settings: Settings, phases: dict[str, Phase], inbox: int | None
 def run(settings: Settings) -> int:
     phases: dict[str, Phase] = {}
     inbox: int | None = None
+    audited: int | None = None
     config = ""
     with tempfile.TemporaryDirectory(prefix="wagate-bench-") as tmp:
         root = Path(tmp)
         print(f"floor: gunicorn gthread workers={settings.workers} threads={settings.threads}",
               flush=True)
+        floor_token = new_token()  # never checked: the floor has no auth
         with floor_server(root, settings) as (port, pgid):
             for kind, label in (("noop_mutation", "floor  mutation { noop }"),
                                 ("noop_query", "floor  query { noop }")):
                 for mode in ("closed", "open"):
                     print(f"  {label} [{mode} loop] ...", flush=True)
                     phases[f"{kind}-{mode}"] = run_phase(
-                        label, kind, mode, port, settings,
+                        label, kind, mode, port, floor_token, settings,
                         lambda pgid=pgid: label_web_group(pgid, "floor"))
         (root / "gateway").mkdir()
         gateway = Gateway(root / "gateway", gateway_overrides(settings))
+        token = bench_token(gateway)
         try:
             print("gateway: starting wagate serve (simulator) and linking a session ...",
                   flush=True)
@@ -738,8 +792,8 @@ def run(settings: Settings) -> int:
                                 ("status", "gateway whatsAppStatus")):
                 for mode in ("closed", "open"):
                     print(f"  {label} [{mode} loop] ...", flush=True)
-                    phases[f"{kind}-{mode}"] = run_phase(label, kind, mode, port, settings,
-                                                         gateway_labels)
+                    phases[f"{kind}-{mode}"] = run_phase(label, kind, mode, port, token,
+                                                         settings, gateway_labels)
             ok = sum(p.total_ok for p in phases.values() if p.kind == "send")
             server = SimulatorServer(gateway.data_dir)
             try:
@@ -753,13 +807,15 @@ def run(settings: Settings) -> int:
             config = (f"simulator engine, http workers={settings.workers} "
                       f"threads={settings.threads}, limits raised to {RAISED_LIMIT:,}, "
                       f"{settings.recipients} distinct recipients, logging INFO (JSON) "
-                      f"to serve.log")
+                      f"to serve.log, token file + storage key, audit recipients "
+                      f"{AuditConfig().recipients}")
             gateway.stop()
+            audited = audited_sends(gateway.data_dir)
         finally:
             leaked = gateway.cleanup()
             if leaked:
                 print(f"gateway processes had to be killed: {leaked}", flush=True)
-    print_report(settings, phases, inbox, config)
+    print_report(settings, phases, inbox, audited, config)
     return 0
 
 

@@ -36,6 +36,12 @@ drain that misses its target is explained by where the CPU went (CPU ms per drai
 message, per process), and ``other`` shows when something else on the machine
 disturbed the figures.
 
+As in production (and in bench_api), the gateway has a token file and a storage key
+(``tests.integration.harness.Gateway``), and every measured send carries the
+least-privilege ``sender`` token of bench_api (``bench_token``): the enqueue latency
+includes the token check and the audit entry each send writes. After the run the
+audit log must hold one ``ok`` entry per send answered ``true``.
+
 Run: ``python -m tests.perf.bench_backlog`` (``--help`` for knobs), or
 ``pytest tests/perf/test_bench_backlog.py -s``. Exits 0 whatever the figures; only a
 benchmark that could not run fails. Only 127.0.0.1 is ever contacted.
@@ -58,9 +64,13 @@ from actors.transport.simulator import SimulatorServer
 from gateway.config import HttpConfig, SimulatorConfig
 from tests.integration.harness import Gateway, wait_for
 from tests.perf.bench_api import (
+    BENCH_SESSION,
+    BENCH_TOKEN_NAME,
     RAISED_LIMIT,
     SEND_TEXT,
     Connection,
+    audited_sends,
+    bench_token,
     build_payloads,
     call,
     cpu_seconds,
@@ -70,7 +80,7 @@ from tests.perf.bench_api import (
     recipients,
 )
 
-SESSION = "default"
+SESSION = BENCH_SESSION  # the only session the load's token may use
 RAISED_QUEUE = 1_000_000  # delivery.max_queue_per_session: the backlog must fit
 OUTAGE_SECONDS = 3600  # longer than the benchmark: only ``sim restore`` ends it
 # Reconnect attempts keep failing for the whole outage; the session must stay
@@ -151,13 +161,11 @@ def gateway_labels(gateway: Gateway) -> dict[int, str]:
     """Every process of the running gateway, named, plus this script (the client).
 
     bench_api's actor naming goes by the data_dir folders a process holds open; the
-    outbox also holds ``limits/`` (the limiter lives in its process), so the outbox and
-    the session are named from ``/admin/health`` instead."""
+    outbox and the session are named from ``/admin/health`` on top of it (the
+    authoritative pids)."""
     state = gateway.run_state() or {}
     labels = {**label_web_group(int(state["web_pgid"]), "gw"),
               **label_actor_group(int(state["actor_pgid"]), gateway.data_dir)}
-    labels = {pid: "gw actor" if label == "gw limiter actor" else label
-              for pid, label in labels.items()}
     document = health(gateway)
     labels[int(document["processes"]["outbox"])] = "gw outbox actor"
     for entry in document["sessions"]:
@@ -199,6 +207,7 @@ class Drain:
     seconds: float = 0.0  # CONNECTED -> empty queue (or the cap)
     finished: bool = False
     inbox: int | None = None
+    audited: int | None = None  # audit log: 'ok' send entries of the load's token
     window: CpuWindow | None = None
     rss_end_kb: int = 0
     hwm_end_kb: int = 0
@@ -439,6 +448,8 @@ def print_report(settings: Settings, phases: list[LatencyPhase], drain: Drain,
     failed = sum(p.errors + p.warm_errors for p in phases)
     line("correctness: every send answered true (warm-up included)",
          f"{sends - failed}/{sends}", "all", failed == 0)
+    line("correctness: audit log 'ok' send entries == sends answered true",
+         f"{drain.audited}/{sends - failed}", "equal", drain.audited == sends - failed)
     line("correctness: simulator inbox == messages drained", f"{drain.inbox}/{drain.drained}",
          "equal" if drain.finished else ">=",
          drain.inbox is not None and (drain.inbox == drain.drained if drain.finished
@@ -458,7 +469,7 @@ def run(settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="wagate-backlog-") as tmp:
         root = Path(tmp)
         gateway = Gateway(root, gateway_overrides(settings))
-        payloads = build_payloads("send", gateway.port, numbers)
+        payloads = build_payloads("send", gateway.port, numbers, bench_token(gateway))
         try:
             print("gateway: starting wagate serve (simulator), linking a session, "
                   f"sim drop --down-for {OUTAGE_SECONDS} ...", flush=True)
@@ -494,13 +505,16 @@ def run(settings: Settings) -> int:
             drain = watch_drain(gateway, settings)
             gateway.stop()
             drain.inbox = inbox_count(gateway.data_dir)
+            drain.audited = audited_sends(gateway.data_dir)
         finally:
             leaked = gateway.cleanup()
             if leaked:
                 print(f"gateway processes had to be killed: {leaked}", flush=True)
     config_note = (f"wagate serve, simulator engine, http workers={settings.workers} "
                    f"threads={settings.threads}, limits {RAISED_LIMIT:,}, "
-                   f"max_queue_per_session {RAISED_QUEUE:,}, synchronous NORMAL, logging INFO")
+                   f"max_queue_per_session {RAISED_QUEUE:,}, synchronous NORMAL, logging INFO, "
+                   f"token file + storage key; sends use token {BENCH_TOKEN_NAME!r} (role "
+                   "sender): token check + audit entry per send")
     print_report(settings, phases, drain, fill_note, config_note)
     return 0
 
