@@ -72,6 +72,7 @@ class SessionStatus:
     updated_at: float = 0.0
     pid: int | None = None  # the session's process, for operators (and kill -9 in tests)
     banned_until: float | None = None
+    host: str | None = None  # the host whose actor system runs the session (cluster.host_name)
 
     @property
     def connected(self) -> bool:
@@ -230,6 +231,9 @@ class HealthReport:
     # Counters for /metrics (actors/metrics.py), added along the same chain.
     session_metrics: dict[str, SessionMetrics] = field(default_factory=dict)
     outbox_metrics: OutboxMetrics | None = None
+    # The hosts of a cluster: name, role, slots, sessions, alive (README: Deployment on
+    # several hosts); one entry, this host, on a single host.
+    hosts: tuple[dict[str, Any], ...] = ()
 
 
 # ---- launcher -> supervisor --------------------------------------------------
@@ -391,3 +395,32 @@ class RecordAudit:
 
     entry: AuditEvent
     request_id: str = ""
+
+
+# ---- cluster: supervisor (leader) <-> host agents (members) --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartAgent:
+    """Supervisor -> the host agent it placed on a member: who it serves, and the
+    window after which a silent leader counts as gone (the agent then stops the
+    sessions it hosts, so a partitioned member never keeps a second copy connected)."""
+
+    host: str
+    fence_seconds: float
+    heartbeat_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostBeat:
+    """Supervisor -> host agent, every ``cluster.heartbeat_seconds``: the sessions the
+    leader has placed on that host now (the ones to stop when the leader goes quiet)."""
+
+    seq: int
+    sessions: tuple[tuple[str, Any], ...] = ()  # (session id, ActorAddress)
+
+
+@dataclass(frozen=True, slots=True)
+class HostBeatAck:
+    host: str
+    seq: int

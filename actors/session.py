@@ -53,6 +53,7 @@ from actors.session_machine import (
     StartClient,
     StopClient,
 )
+from actors.system import HOST_CONFIG_CAPABILITY
 from actors.threadbridge import BridgedActor
 from actors.transport.base import (
     Connected,
@@ -128,9 +129,19 @@ class _StoreSaved:
 
 
 class SessionActor(BridgedActor):
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
+                                   ) -> bool:
+        """In a cluster the supervisor names the host (``wagate_host``) it chose."""
+        wanted = (requirements or {}).get("wagate_host")
+        return wanted is None or wanted == capabilities.get("wagate_host")
+
     def __init__(self, capabilities: dict | None = None) -> None:
         # Thespian passes ``capabilities`` only to constructors that name it.
         super().__init__(capabilities)
+        # In a cluster, the configuration of the host this process runs on (its paths,
+        # storage key, engine): the leader's StartSession carries the leader's.
+        self.host_config: Any = (capabilities or {}).get(HOST_CONFIG_CAPABILITY)
         self.session = ""
         self.parent: Any = None
         self.transport: Transport | None = None  # the current client; None between clients
@@ -152,8 +163,13 @@ class SessionActor(BridgedActor):
     def receiveMsg_StartSession(self, msg: StartSession, sender: Any) -> None:
         if self.machine is not None:
             return  # a duplicate start (re-sent after a restart race) changes nothing
-        setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
-        config = self.config = msg.config
+        config = msg.config
+        if self.host_config is not None:
+            from gateway.config import config_from_dict
+
+            config = config_from_dict(self.host_config)
+        setup_logging(config.logging)  # actor logs go to data_dir/logs
+        self.config = config
         self.session, self.parent = msg.session, sender
         structlog.contextvars.bind_contextvars(session=msg.session)
         self._open_store()
@@ -223,13 +239,14 @@ class SessionActor(BridgedActor):
         try:
             key = load_key(config.encryption, config.data_path)
             if key is None:
-                if sealed_store_names(config.data_path, self.session):
+                if sealed_store_names(config.data_path, self.session, config.sessions_path):
                     raise StoreError(
                         f"the stores of session '{self.session}' are encrypted but no storage "
                         f"key is configured (environment variable {config.encryption.key_env} "
                         "or encryption.key_file)")
                 return
-            self.store = WorkingCopy(config.data_path, self.session, key, config.encryption)
+            self.store = WorkingCopy(config.data_path, self.session, key, config.encryption,
+                                     config.sessions_path)
         except (StoreKeyError, StoreError, OSError) as exc:
             log.error("the session's stored credentials cannot be opened", error=str(exc))
             self.store_problem = (f"cannot open the stored credentials: {exc}; configure the "
@@ -436,7 +453,8 @@ class SessionActor(BridgedActor):
         if self.store_problem is not None:
             from actors.working_copy import has_sealed_stores
 
-            return has_sealed_stores(self.config.data_path, self.session)
+            return has_sealed_stores(self.config.data_path, self.session,
+                                     self.config.sessions_path)
         try:
             return self._client().has_credentials()
         except EngineUnavailable:

@@ -30,6 +30,7 @@ from thespian.actors import (
 )
 
 from actors.audit import AuditActor
+from actors.cluster_supervision import ClusterSupervision, Host, HostCheck
 from actors.messages import (
     AuditEvent,
     CollectHealth,
@@ -65,10 +66,12 @@ from actors.messages import (
 )
 from actors.metrics import SessionCounters
 from actors.outbox import OutboxActor
+from actors.placement import HeartbeatTracker
 from actors.policy import RestartBudget, backoff_delay
 from actors.session import SessionActor
 from actors.session_machine import ACTIVE_STATES, FINAL_STATES
 from actors.status_snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
+from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, host_name
 from gateway.config import Config
 from gateway.observability import setup_logging
 
@@ -90,6 +93,7 @@ class Child:
     failures: int = 0  # consecutive crashes, for the backoff
     budget: RestartBudget | None = None
     pending_commands: list[SessionCommand] = field(default_factory=list)
+    host: str | None = None  # where its current process runs (cluster placement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +108,7 @@ class _RestartDue:
     incarnation: int
 
 
-class SupervisorActor(ActorTypeDispatcher):
+class SupervisorActor(ClusterSupervision, ActorTypeDispatcher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Config | None = None
@@ -114,6 +118,18 @@ class SupervisorActor(ActorTypeDispatcher):
         self.stopping = False
         self.audit_backlog: list[Any] = []  # AuditEvent / Routed(RecordAudit) for a restart
         self.session_counters = SessionCounters()  # for /metrics, fed by _set_status
+        self.hosts: dict[str, Host] = {}  # by name; this host first
+        self.local_host = ""
+        self.tracker: HeartbeatTracker | None = None  # members' heartbeats (leader only)
+        self.beat_seq = 0
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
+                                   ) -> bool:
+        """Never on a cluster member: a member's web tier asks its own Admin for the
+        supervisor by global name, and the Admin, finding no local match, passes the
+        request to the convention leader, which answers with its supervisor."""
+        return capabilities.get(ROLE_CAPABILITY) != "member"
 
     def receiveMessage(self, msg: Any, sender: Any) -> None:
         """A supervisor that was never started is one the web tier created by looking
@@ -137,6 +153,15 @@ class SupervisorActor(ActorTypeDispatcher):
             return
         setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
         self.config = msg.config
+        cluster = msg.config.cluster
+        self.local_host = host_name(msg.config)
+        self.hosts[self.local_host] = Host(self.local_host, cluster.role,
+                                           cluster.sessions if cluster.role != "single"
+                                           else msg.config.sessions.max_sessions)
+        if cluster.role == "leader":
+            self.tracker = HeartbeatTracker(cluster.heartbeat_seconds, cluster.heartbeat_misses)
+            self.notifyOnSystemRegistrationChanges(True)
+            self.wakeupAfter(timedelta(seconds=cluster.heartbeat_seconds), payload=HostCheck())
         state_dir = msg.config.data_path / "state"
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registry = diskcache.Cache(str(state_dir))
@@ -206,7 +231,8 @@ class SupervisorActor(ActorTypeDispatcher):
     def receiveMsg_GetHealth(self, msg: GetHealth, sender: Any) -> None:
         report = HealthReport(sessions=tuple(self.statuses[s] for s in sorted(self.statuses)),
                               worker_pids={"supervisor": os.getpid()},
-                              session_metrics=self.session_counters.snapshot(time.time()))
+                              session_metrics=self.session_counters.snapshot(time.time()),
+                              hosts=self._host_report())
         outbox = self.children["outbox"].address
         if outbox is None:
             self.send(sender, Ok(report, request_id=msg.request_id))
@@ -238,6 +264,13 @@ class SupervisorActor(ActorTypeDispatcher):
                 f"all {self._max_sessions()} session slots are in use; disconnect a session "
                 "or raise sessions.max_sessions",
                 {"limit": self._max_sessions()}, request_id=msg.request_id))
+            return
+        if key not in self.children and self._place(msg.session, overflow=False) is None:
+            self.send(sender, Failed(
+                "SESSION_LIMIT",
+                "no host of the cluster has a free session slot; raise cluster.sessions on "
+                "a host or add a member", {"limit": self._max_sessions()},
+                request_id=msg.request_id))
             return
         # Remembered first: _spawn reads it to decide whether the new process connects
         # (after a whatsAppDisconnect(keepSession: true) it still says "disconnected").
@@ -308,6 +341,7 @@ class SupervisorActor(ActorTypeDispatcher):
             return  # a late report from a process we already replaced
         if status.state is SessionState.CONNECTED:
             child.failures = 0
+        status = replace(status, host=child.host)
         self._set_status(status)
         if status.state in FINAL_STATES and not child.retiring:
             child.retiring = True
@@ -316,6 +350,9 @@ class SupervisorActor(ActorTypeDispatcher):
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         key = next((k for k, c in self.children.items() if c.address == msg.childAddress), None)
         if key is None:
+            for host in self.hosts.values():
+                if host.agent is not None and host.agent == msg.childAddress:
+                    host.agent = None  # the next host check places a new one
             return
         child = self.children[key]
         child.address = None
@@ -355,6 +392,10 @@ class SupervisorActor(ActorTypeDispatcher):
         if isinstance(msg.payload, _Heartbeat):
             if not self.stopping:
                 self._publish()
+            return
+        if isinstance(msg.payload, HostCheck):
+            if not self.stopping:
+                self._check_hosts()
             return
         due = msg.payload
         if not isinstance(due, _RestartDue) or self.stopping:
@@ -399,9 +440,18 @@ class SupervisorActor(ActorTypeDispatcher):
         child = self.children[key]
         child.incarnation += 1
         child.retiring = child.respawn = False
-        child.address = self.createActor(child.kind)
+        if key.startswith("session:") and self.config.cluster.role != "single":
+            # A process that runs already (restart, failover) may exceed a host's slots.
+            child.host = self._place(key[len("session:"):], overflow=True) or self.local_host
+            child.address = self.createActor(
+                child.kind, targetActorRequirements={HOST_CAPABILITY: child.host})
+        else:
+            child.host = self.local_host
+            child.address = self.createActor(child.kind)
         if key.startswith("session:"):
             session = key[len("session:"):]
+            if session in self.statuses:  # shown at once; the process reports the rest
+                self.statuses[session] = replace(self.statuses[session], host=child.host)
             want = self._remembered().get(session, {}).get("want", "connected")
             self.send(child.address, StartSession(session, self.config,
                                                   connect=want == "connected"))
@@ -415,7 +465,7 @@ class SupervisorActor(ActorTypeDispatcher):
                 backlog, self.audit_backlog = self.audit_backlog, []
                 for message in backlog:
                     self.send(child.address, message)
-        log.info("child started", child=key, incarnation=child.incarnation)
+        log.info("child started", child=key, incarnation=child.incarnation, host=child.host)
 
     def _start_session(self, session: str, connect: bool) -> None:
         key = _key(session)
@@ -537,3 +587,4 @@ def _key(session: str) -> str:
 def _store_restarting(request_id: str) -> Failed:
     return Failed("UNAVAILABLE", "the message store is restarting; retry in a few seconds",
                   request_id=request_id)
+

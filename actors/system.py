@@ -13,6 +13,8 @@ Facts this module is built on (guides/thespian.md §7, §11):
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -23,18 +25,33 @@ from typing import Any
 SYSTEM_BASE = "multiprocTCPBase"
 SUPERVISOR_NAME = "wagate.supervisor"
 LOOPBACK = "127.0.0.1"
+# Capabilities a gateway's actor system advertises to its convention (cluster mode).
+ROLE_CAPABILITY = "wagate_role"
+HOST_CAPABILITY = "wagate_host"
+SLOTS_CAPABILITY = "wagate_sessions"
+HOST_CONFIG_CAPABILITY = "wagate_config"  # the host's own config, for sessions placed there
 
-_patched = False
+_bound: str | None = None  # the address every actor-system socket is bound to
+_allowed: tuple[Any, ...] | None = None  # networks whose connections are accepted; None: any
 
 
 def bind_loopback_only() -> None:
-    """Rewrite Thespian's all-interfaces bind address to 127.0.0.1 (idempotent).
+    """Rewrite Thespian's all-interfaces bind address to 127.0.0.1 (idempotent)."""
+    bind_only(LOOPBACK)
+
+
+def bind_only(address: str) -> None:
+    """Bind every actor-system socket of this process and of the processes it forks to
+    ``address`` instead of all interfaces, and advertise that address (idempotent; a
+    process is bound to one address for its life).
 
     Relies on ``IPActorAddress.bindname`` of thespian 4.0.1 (pinned); the
     integration tests list the gateway's listening sockets to catch a regression.
     """
-    global _patched
-    if _patched:
+    global _bound
+    if _bound is not None:
+        if _bound != address:
+            raise RuntimeError(f"actor-system sockets are already bound to {_bound}")
         return
     from thespian.system.transport import IPBase
 
@@ -44,11 +61,71 @@ def bind_loopback_only() -> None:
         original_init(self, *args, **kwargs)
         host = self.bindname[0]
         if host in ("", "0.0.0.0"):
-            self.bindname = (LOOPBACK, *self.bindname[1:])
+            self.bindname = (address, *self.bindname[1:])
 
     IPBase.IPActorAddress.__init__ = init
-    os.environ["THESPIAN_BASE_IPADDR"] = LOOPBACK
-    _patched = True
+    os.environ["THESPIAN_BASE_IPADDR"] = address
+    _bound = address
+
+
+def accept_only_from(networks: tuple[str, ...], own_address: str) -> None:
+    """Close every actor-system connection whose peer is outside ``networks`` (or
+    ``own_address``: a host talks to itself over its advertised address) before a
+    single byte of it is read: Thespian unpickles what it receives, so the check must
+    come before any data. Installed in the launcher before the first ``ActorSystem``,
+    inherited by the forked Admin and actors (idempotent; the last call wins).
+
+    Wraps ``TCPTransport._acceptNewIncoming`` of thespian 4.0.1 (pinned): after it
+    has accepted a connection (nothing is read yet: reads happen in a later round of
+    its loop), a connection from a refused peer is closed and forgotten. Failing the
+    accept itself is no option: Thespian's accept-error path hands an internal marker
+    to the Admin's message handler, which kills the Admin. The cluster test connects
+    from an address outside the networks and checks that the connection is closed.
+    """
+    global _allowed
+    allowed = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+    allowed += (ipaddress.ip_network(own_address),)
+    first = _allowed is None
+    _allowed = allowed
+    if not first:
+        return
+    from thespian.system.transport import TCPTransport
+
+    original = TCPTransport.TCPTransport._acceptNewIncoming
+
+    def accept(self: Any) -> None:
+        before = set(self._incomingSockets)
+        original(self)
+        for fileno in set(self._incomingSockets) - before:
+            incoming = self._incomingSockets[fileno]
+            try:
+                peer = incoming.socket.getpeername()[0]
+            except OSError:
+                peer = ""
+            if _allowed is not None and not peer_allowed(peer, _allowed):
+                del self._incomingSockets[fileno]
+                with contextlib.suppress(OSError):
+                    incoming.socket.close()
+                _refused(peer)
+
+    TCPTransport.TCPTransport._acceptNewIncoming = accept
+
+
+def _refused(peer: str) -> None:
+    from thespian.system.utilis import thesplog
+
+    thesplog("refused an actor-system connection from %s: outside cluster.allow_networks",
+             peer or "an unknown address", level=logging.WARNING)
+
+
+def peer_allowed(peer: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address.version == n.version and address in n for n in networks)
 
 
 def configure_thespian_log(log_dir: Path) -> None:
@@ -63,19 +140,69 @@ def capabilities(admin_port: int) -> dict[str, Any]:
     return {"Admin Port": admin_port, "Process Startup Method": "fork"}
 
 
+def host_name(config: Any) -> str:
+    """This host's name in placement: ``cluster.host_name``, else the machine's name."""
+    return config.cluster.host_name or socket.gethostname()
+
+
+def gateway_capabilities(config: Any) -> dict[str, Any]:
+    """The capabilities of a gateway's actor system: on a single host the Admin Port
+    alone; in a cluster also the convention (the leader's address), this host's role,
+    name and slots (read by the leader's supervisor when the member joins), and this
+    host's configuration (sessions placed here use its paths and storage key)."""
+    from gateway.config import config_to_dict
+
+    caps = capabilities(config.actors.admin_port)
+    cluster = config.cluster
+    if cluster.role == "single":
+        return caps
+    own = f"{bind_address(config)}:{config.actors.admin_port}"
+    leaders = list(cluster.leaders) or [own]
+    caps["Convention Address.IPv4"] = leaders[0] if len(leaders) == 1 else leaders
+    caps[ROLE_CAPABILITY] = cluster.role
+    caps[HOST_CAPABILITY] = host_name(config)
+    caps[SLOTS_CAPABILITY] = cluster.sessions
+    caps[HOST_CONFIG_CAPABILITY] = config_to_dict(config)
+    return caps
+
+
+def convention_timer_env(config: Any) -> dict[str, str]:
+    """Thespian's convention timers (undocumented env vars, read when its convention
+    module is imported; guides/thespian.md §9) from ``cluster.reregister_seconds`` and
+    ``cluster.heartbeat_misses``: Thespian drops a member after that many missed
+    re-registrations (about 22 minutes with its defaults).
+
+    Not shorter: Thespian sends repeated convention messages with a "hysteresis" delay
+    of up to 45 s, and with a 1 s period it dropped a live member within seconds (seen
+    while building the cluster tests). Our own heartbeats notice a dead member first.
+    """
+    cluster = config.cluster
+    seconds = max(1, round(cluster.reregister_seconds))
+    return {"CONVENTION_REREGISTRATION_PERIOD": f"{seconds // 60}:{seconds % 60:02d}",
+            "CONVENTION_REGISTRATION_MISS_MAX": str(cluster.heartbeat_misses)}
+
+
+def bind_address(config: Any) -> str:
+    """The address the actor system of a gateway with ``config`` binds and advertises:
+    loopback on a single host, ``cluster.advertise_address`` in a cluster."""
+    cluster = config.cluster
+    return LOOPBACK if cluster.role == "single" else cluster.advertise_address or LOOPBACK
+
+
 def port_listening(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
 
 
-def join_system(admin_port: int) -> Any:
-    """The actor system of a running gateway, for processes that must not start one."""
+def join_system(admin_port: int, address: str = LOOPBACK) -> Any:
+    """The actor system of a running gateway, for processes that must not start one
+    (``address``: where it listens, see ``bind_address``)."""
     from thespian.actors import ActorSystem
 
-    bind_loopback_only()
-    if not port_listening(admin_port):
-        raise ConnectionError(f"no actor system listens on {LOOPBACK}:{admin_port}")
+    bind_only(address)
+    if not port_listening(admin_port, address):
+        raise ConnectionError(f"no actor system listens on {address}:{admin_port}")
     return ActorSystem(SYSTEM_BASE, capabilities(admin_port))
 
 

@@ -121,11 +121,14 @@ class WorkingCopy:
     Thread-safe: checkpoints run on a worker thread while the actor goes on.
     """
 
-    def __init__(self, data_dir: Path, session: str, key: StoreKey, enc: EncryptionConfig
-                 ) -> None:
+    def __init__(self, data_dir: Path, session: str, key: StoreKey, enc: EncryptionConfig,
+                 sessions_dir: Path | None = None) -> None:
+        """``sessions_dir``: where the sealed stores live (``storage.sessions_dir``;
+        None = ``data_dir/sessions``, shared by the hosts of a cluster)."""
         self.session = session
         self.key = key
-        self.sealed_dir = data_dir / "sessions" / session
+        sealed_root = data_dir / "sessions" if sessions_dir is None else sessions_dir
+        self.sealed_dir = sealed_root / session
         root = work_root(enc)
         tag = gateway_tag(data_dir)
         self.cleared = clear_stale(root, tag, session)
@@ -247,18 +250,21 @@ def _signature(path: Path, kind: str) -> tuple[tuple[int, int, int], ...]:
     return tuple(parts)
 
 
-def has_sealed_stores(data_dir: Path, session: str) -> bool:
-    """Whether ``data_dir/sessions/<session>`` holds any credential store."""
-    directory = data_dir / "sessions" / session
+def has_sealed_stores(data_dir: Path, session: str, sessions_dir: Path | None = None) -> bool:
+    """Whether ``data_dir/sessions/<session>`` (or ``sessions_dir/<session>``) holds any
+    credential store."""
+    directory = (data_dir / "sessions" if sessions_dir is None else sessions_dir) / session
     return any((directory / name).is_file() for name in STORE_FILES)
 
 
-def sealed_store_names(data_dir: Path, session: str) -> list[str]:
+def sealed_store_names(data_dir: Path, session: str,
+                       sessions_dir: Path | None = None) -> list[str]:
     """The stores of ``session`` that are sealed (checked by their header)."""
     names = []
+    root = data_dir / "sessions" if sessions_dir is None else sessions_dir
     for name in STORE_FILES:
         try:
-            with open(data_dir / "sessions" / session / name, "rb") as handle:
+            with open(root / session / name, "rb") as handle:
                 if is_sealed(handle.read(16)):
                     names.append(name)
         except FileNotFoundError:

@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from actors.messages import GetHealth, HealthReport, Ping
 from actors.status_snapshot import SnapshotReader
+from actors.system import bind_address
 from gateway import __version__
 from gateway.auth import (
     Authenticator,
@@ -60,7 +61,8 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     app.register_blueprint(dashboard_blueprint())
     limits = config.graphql
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
-    bridge = bridge or ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds)
+    bridge = bridge or ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds,
+                                   bind_address(config), config.cluster.allow_networks)
     schema = build_schema()
     snapshots = SnapshotReader(config.data_path)
     documents = DocumentCache()
@@ -71,9 +73,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
 
     def audit(event: str, **fields: Any) -> None:
         """Hand an entry to the audit log's single writer (never raises)."""
-        record = getattr(bridge, "audit", None)
-        if record is not None:
-            record(event, g.get("request_id", ""), **fields)
+        bridge.audit(event, g.get("request_id", ""), **fields)
 
     def refuse(denied: Denied) -> tuple[Response, int]:
         log.warning("request refused", path=request.path, ip=g.client_ip, code=denied.code,

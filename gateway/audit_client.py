@@ -23,7 +23,7 @@ from actors.audit_log import (
     lock_holder,
 )
 from actors.messages import AuditEvent, RecordAudit
-from actors.system import port_listening
+from actors.system import bind_address, port_listening
 from gateway.config import Config
 from gateway.errors import GatewayError
 
@@ -61,10 +61,11 @@ def record_admin_action(config: Config, event: str, **fields: Any) -> None:
                 lock.release()
             return
         port = (lock_holder(directory) or {}).get("admin_port")
-        if isinstance(port, int) and port_listening(port):
+        address = bind_address(config)
+        if isinstance(port, int) and port_listening(port, address):
             from gateway.bridge import ActorBridge
 
-            bridge = bridge or ActorBridge(port, timeout)
+            bridge = bridge or ActorBridge(port, timeout, address, config.cluster.allow_networks)
             try:
                 bridge.ask(RecordAudit(AuditEvent(event, fields)),
                            timeout=max(0.5, deadline - time.monotonic()))

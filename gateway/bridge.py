@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from actors.messages import AuditEvent, Failed, GetRoutes
-from actors.system import SUPERVISOR_NAME, join_system
+from actors.system import LOOPBACK, SUPERVISOR_NAME, accept_only_from, join_system
 from gateway.errors import GatewayError
 
 log = structlog.get_logger("wagate.bridge")
@@ -41,9 +41,15 @@ FLUSH_SECONDS = 1.0  # at most, to hand a dead letter to the Admin after a tell
 
 
 class ActorBridge:
-    def __init__(self, admin_port: int, timeout: float) -> None:
+    def __init__(self, admin_port: int, timeout: float, address: str = LOOPBACK,
+                 networks: tuple[str, ...] = ()) -> None:
+        """``address``: where the actor system listens (``actors.system.bind_address``);
+        ``networks``: in a cluster, ``cluster.allow_networks``, which this process's own
+        reply socket enforces too (it is an actor-system socket like any other)."""
         self.admin_port = admin_port
         self.timeout = timeout
+        self.address = address
+        self.networks = networks
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._system: Any = None
@@ -183,7 +189,11 @@ class ActorBridge:
         with self._lock:
             if self._pid != os.getpid() or self._system is None:
                 try:
-                    system = join_system(self.admin_port)
+                    if self.networks:
+                        accept_only_from(self.networks, self.address)
+                    # On a cluster member the supervisor is the leader's: the member's
+                    # Admin passes the global name on (SupervisorActor refuses members).
+                    system = join_system(self.admin_port, self.address)
                     supervisor = system.createActor("actors.supervisor.SupervisorActor",
                                                     globalName=SUPERVISOR_NAME)
                 except Exception as exc:

@@ -145,7 +145,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> Any:
     from actors.transport.simulator import SimulatorServer
 
-    return SimulatorServer(resolve_config(args).data_path)
+    config = resolve_config(args)
+    return SimulatorServer(config.data_path, config.simulator_path)
 
 
 def _run_sim(args: argparse.Namespace, action: Any) -> int:

@@ -73,6 +73,7 @@ class HealthClient:
     def report(self) -> HealthReport:
         from actors.system import (
             SUPERVISOR_NAME,
+            bind_address,
             configure_thespian_log,
             join_system,
             port_listening,
@@ -80,11 +81,12 @@ class HealthClient:
 
         if self._system is None:
             try:
-                if not port_listening(self.port):
+                address = bind_address(self.config)
+                if not port_listening(self.port, address):
                     raise ConnectionError(self.port)
                 # Thespian's own log next to the gateway's, never the shared default.
                 configure_thespian_log(self.config.data_path / "logs")
-                self._system = join_system(self.port)
+                self._system = join_system(self.port, address)
                 self._supervisor = self._system.createActor(
                     "actors.supervisor.SupervisorActor", globalName=SUPERVISOR_NAME)
             except (ConnectionError, OSError):

@@ -9,6 +9,7 @@ to a default (a mistyped rate limit is how an account gets banned).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 import types
 import typing
@@ -42,6 +43,10 @@ class ActorsConfig:
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     data_dir: str = "./data"
+    # The sessions' stored credentials; "" = data_dir/sessions. Several hosts of a
+    # cluster point this at one shared directory, so a session moved to another host
+    # resumes from the same (encrypted) credentials without a new QR code.
+    sessions_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,9 @@ class TransportConfig:
 class SimulatorConfig:
     poll_interval_seconds: float = 0.05  # how often a simulated connection looks at the server
     send_delay_seconds: float = 0.0  # artificial server latency per message
+    # The simulated service's "server side"; "" = data_dir/simulator. The hosts of a
+    # cluster share one, as real hosts share WhatsApp's servers.
+    server_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +170,31 @@ class GraphqlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Several hosts in one Thespian convention (README: Deployment on several hosts)."""
+
+    # "single": one host, every actor-system socket on loopback (the default);
+    # "leader": runs the supervisor and places sessions on itself and on members;
+    # "member": joins the leader's convention, hosts sessions, serves the same API.
+    role: Literal["single", "leader", "member"] = "single"
+    # The leader's actor-system address, "host:port" (its actors.admin_port). Members
+    # need it; a leader may list itself. Several entries: Thespian's leader failover.
+    leaders: tuple[str, ...] = ()
+    advertise_address: str = ""  # this host's IP the others reach; every actor socket binds it
+    host_name: str = ""  # this host's name in placement; "" = the machine's hostname
+    sessions: int = 5  # session slots on this host (failover may exceed them, never max_sessions)
+    # CIDRs whose connections the actor system accepts; required outside "single":
+    # Thespian speaks pickle, so anyone who reaches its ports can run code.
+    allow_networks: tuple[str, ...] = ()
+    heartbeat_seconds: float = 5.0  # the leader checks every member this often
+    heartbeat_misses: int = 3  # unanswered heartbeats before a member's sessions move
+    # Thespian's own re-registration period of members (its convention timer, ~7 min by
+    # default). Thespian delays repeated sends to one host by up to 45 s, so a shorter
+    # period makes it drop live members; our heartbeats notice a dead one first anyway.
+    reregister_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     actors: ActorsConfig = field(default_factory=ActorsConfig)
@@ -180,10 +213,25 @@ class Config:
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     graphql: GraphqlConfig = field(default_factory=GraphqlConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data_path(self) -> Path:
         return Path(self.storage.data_dir).expanduser().resolve()
+
+    @property
+    def sessions_path(self) -> Path:
+        """Where the sessions' credential stores live (``storage.sessions_dir``)."""
+        if self.storage.sessions_dir:
+            return Path(self.storage.sessions_dir).expanduser().resolve()
+        return self.data_path / "sessions"
+
+    @property
+    def simulator_path(self) -> Path:
+        """The simulated service's server side (``simulator.server_dir``)."""
+        if self.simulator.server_dir:
+            return Path(self.simulator.server_dir).expanduser().resolve()
+        return self.data_path / "simulator"
 
 
 # Values that must be positive, or at least 1, keyed by dotted name.
@@ -194,14 +242,15 @@ _POSITIVE = {
     "messages.send_timeout_seconds", "messages.retention_hours",
     "supervisor.restart_window_seconds", "delivery.retry_base_seconds",
     "delivery.retry_max_seconds", "delivery.idempotency_hours", "delivery.tick_seconds",
-    "encryption.checkpoint_seconds", "audit.max_file_mb",
+    "encryption.checkpoint_seconds", "audit.max_file_mb", "cluster.heartbeat_seconds",
+    "cluster.reregister_seconds",
 }
 _AT_LEAST_ONE = {
     "http.workers", "http.threads", "sessions.max_sessions", "reconnect.attempts", "qr.codes",
     "limits.per_number_per_minute", "limits.per_number_per_hour", "limits.global_per_day",
     "messages.max_length", "supervisor.restart_budget", "delivery.max_attempts",
     "delivery.max_queue_per_session", "graphql.max_depth", "graphql.max_cost",
-    "graphql.max_batch", "graphql.max_body_bytes",
+    "graphql.max_batch", "graphql.max_body_bytes", "cluster.heartbeat_misses",
 }
 _PORTS = {"http.port", "actors.admin_port"}
 
@@ -232,7 +281,31 @@ def _checked(config: Config) -> Config:
             f"messages.retention_hours ({config.messages.retention_hours:g}) must be at least "
             f"delivery.idempotency_hours ({config.delivery.idempotency_hours:g}): a key can "
             "only find its message while the record is kept")
+    _check_cluster(config.cluster)
     return config
+
+
+def _check_cluster(cluster: ClusterConfig) -> None:
+    """Shapes of the cluster keys. Whether cluster mode may start at all (it needs
+    ``allow_networks``) is the launcher's refusal (``gateway.cluster``)."""
+    for i, cidr in enumerate(cluster.allow_networks):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"cluster.allow_networks[{i}] = {cidr!r} is not a network; "
+                              "write it as a CIDR such as 10.0.0.0/24") from None
+    for i, leader in enumerate(cluster.leaders):
+        host, _, port = leader.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"cluster.leaders[{i}] = {leader!r} must be \"host:port\" (the "
+                              "leader's advertise_address and actors.admin_port)")
+    if cluster.advertise_address:
+        try:
+            ipaddress.ip_address(cluster.advertise_address)
+        except ValueError:
+            raise ConfigError(f"cluster.advertise_address = {cluster.advertise_address!r} must "
+                              "be an IP address (Thespian advertises addresses, not names)"
+                              ) from None
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
@@ -290,6 +363,8 @@ def _check_value(dotted: str, hint: Any, value: Any) -> Any:
     checked = _scalar(dotted, hint, value)
     if dotted in _POSITIVE and checked <= 0:
         raise ConfigError(f"{dotted} must be greater than 0 (got {value!r})")
+    if dotted == "cluster.sessions" and checked < 0:
+        raise ConfigError(f"{dotted} must be 0 or more (got {value!r})")
     if dotted in _AT_LEAST_ONE and checked < 1:
         raise ConfigError(f"{dotted} must be at least 1 (got {value!r})")
     if dotted in _PORTS and not 0 < checked < 65536:

@@ -71,6 +71,8 @@ def health_document(report: HealthReport, now: float,
                   "uncertainTotal": report.uncertain_total},
         "limiter": report.limiter,
         "processes": report.worker_pids,
+        # The hosts of the cluster (one, this one, on a single host) with their sessions.
+        "hosts": [dict(h) for h in report.hosts],
     }
 
 
@@ -88,6 +90,7 @@ def _session_health(status: SessionStatus, now: float) -> dict[str, Any]:
         "uptimeSeconds": (round(now - status.connected_since, 1)
                           if status.connected_since else 0.0),
         "pid": status.pid,
+        "host": status.host,
     }
 
 

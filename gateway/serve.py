@@ -27,13 +27,17 @@ from actors.messages import Ok, ProcessInfo, StartGateway, Stop, WhoAreYou
 from actors.system import (
     SUPERVISOR_NAME,
     SYSTEM_BASE,
-    bind_loopback_only,
-    capabilities,
+    accept_only_from,
+    bind_address,
+    bind_only,
     configure_thespian_log,
+    convention_timer_env,
+    gateway_capabilities,
     group_alive,
     port_listening,
     sweep_group,
 )
+from gateway.cluster import cluster_problem
 from gateway.config import Config
 from gateway.metrics import reset_metrics_dir
 from gateway.observability import setup_logging
@@ -54,9 +58,13 @@ def serve(config: Config) -> int:
         (data / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data, 0o700)
     setup_logging(config.logging, console=config.http.dev)
+    problem = cluster_problem(config)
+    if problem is not None:
+        raise StartupError(problem)
     check_access(config)
     sweep_leftovers(data)
-    for what, host, port in (("actors.admin_port", "127.0.0.1", config.actors.admin_port),
+    for what, host, port in (("actors.admin_port", bind_address(config),
+                              config.actors.admin_port),
                              ("http.port", config.http.host, config.http.port)):
         if port_listening(port, host if host not in ("0.0.0.0", "") else "127.0.0.1"):
             raise StartupError(f"port {port} ({what}) is already in use; stop what uses it "
@@ -80,14 +88,14 @@ def serve(config: Config) -> int:
     try:
         # admin_port: `wagate status` and `wagate drain` find the actor system with it.
         state = {"launcher": os.getpid(), "actor_pgid": actor_pgid,
-                 "admin_port": config.actors.admin_port}
+                 "admin_port": config.actors.admin_port, "role": config.cluster.role}
         write_state(data, state)
         web = start_web(config)
         write_state(data, {**state, "web_pgid": web.pid})
         wait_for_web(config, web)
         log.info("wagate is serving", url=f"http://{config.http.host}:{config.http.port}/graphql",
                  engine=config.transport.engine, data_dir=str(data),
-                 admin_port=config.actors.admin_port)
+                 admin_port=config.actors.admin_port, role=config.cluster.role)
         while not stop_requested:
             if web.poll() is not None:
                 log.error("the HTTP server exited; stopping the gateway", code=web.returncode)
@@ -144,16 +152,23 @@ def is_loopback(host: str) -> bool:
 
 
 def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
-    """Start the Admin and the supervisor tree.
+    """Start the Admin and, except on a cluster member, the supervisor tree.
 
-    Returns (system, supervisor, process group of the actors, pid of the Admin).
+    Returns (system, supervisor or None on a member, process group of the actors, pid
+    of the Admin). A member's actor system joins the leader's convention; the leader's
+    supervisor places sessions (and a host agent) on it.
     """
+    logs = config.data_path / "logs"
+    address = bind_address(config)
+    bind_only(address)
+    if config.cluster.role != "single":
+        accept_only_from(config.cluster.allow_networks, address)
+        # Read by Thespian's convention module when it is first imported: before it.
+        os.environ.update(convention_timer_env(config))
     from thespian.actors import ActorSystem
 
     from actors.supervisor import SupervisorActor
 
-    logs = config.data_path / "logs"
-    bind_loopback_only()
     configure_thespian_log(logs)
     # The Admin and every actor inherit fds 0-2: point them at the actor log, never at
     # our terminal or a caller's pipe (a leftover actor would hold that pipe open).
@@ -164,7 +179,7 @@ def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        system = ActorSystem(SYSTEM_BASE, capabilities(config.actors.admin_port),
+        system = ActorSystem(SYSTEM_BASE, gateway_capabilities(config),
                              logDefs=thespian_log_defs(logs / "actors.log"))
     finally:
         for fd, copy in zip((0, 1, 2), saved, strict=True):
@@ -173,6 +188,8 @@ def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
         os.close(log_fd)
         os.close(null_fd)
     timeout = config.actors.start_timeout_seconds
+    if config.cluster.role == "member":
+        return (system, None, *_member_processes(system, timeout))
     supervisor = system.createActor(SupervisorActor, globalName=SUPERVISOR_NAME)
     info = system.ask(supervisor, WhoAreYou(), timeout)
     if not isinstance(info, ProcessInfo):
@@ -184,6 +201,22 @@ def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
         raise StartupError(f"the supervisor did not start ({reply!r}); see "
                            "data_dir/logs/actors.log")
     return system, supervisor, info.pgid, info.ppid
+
+
+def _member_processes(system: Any, timeout: float) -> tuple[int, int]:
+    """A member runs no supervisor: a short-lived local actor tells the process group
+    of its actor system (to sweep) and the Admin's pid (to watch)."""
+    from thespian.actors import ActorExitRequest
+
+    from actors.host_agent import HostAgent
+
+    probe = system.createActor(HostAgent)
+    info = system.ask(probe, WhoAreYou(), timeout)
+    system.tell(probe, ActorExitRequest())
+    if not isinstance(info, ProcessInfo):
+        system.shutdown()
+        raise StartupError("the actor system did not start; see data_dir/logs/thespian.log")
+    return info.pgid, info.ppid
 
 
 def thespian_log_defs(path: Path) -> dict[str, Any]:
@@ -228,7 +261,8 @@ def stop_everything(system: Any, supervisor: Any, actor_pgid: int,
             log.warning("the HTTP server did not stop in time; killing it")
         sweep_group(web.pid, settle=0.5, grace=2.0)
     try:
-        system.ask(supervisor, Stop(), 10)  # before shutdown(): no child is respawned now
+        if supervisor is not None:  # a member has none (the leader's is not ours to stop)
+            system.ask(supervisor, Stop(), 10)  # before shutdown(): no child is respawned now
         system.shutdown()
     except Exception as exc:
         log.warning("actor system shutdown failed", error=repr(exc))

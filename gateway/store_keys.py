@@ -74,9 +74,10 @@ class StoreFile:
             return handle.read(HEADER_BYTES)
 
 
-def find_stores(data_dir: Path) -> list[StoreFile]:
-    """Every credential store in ``data_dir/sessions``, by session and file name."""
-    root = data_dir / "sessions"
+def find_stores(data_dir: Path, sessions_dir: Path | None = None) -> list[StoreFile]:
+    """Every credential store in ``data_dir/sessions`` (or ``sessions_dir``), by
+    session and file name."""
+    root = data_dir / "sessions" if sessions_dir is None else sessions_dir
     if not root.is_dir():
         return []
     found = []
@@ -88,8 +89,8 @@ def find_stores(data_dir: Path) -> list[StoreFile]:
     return found
 
 
-def _remove_interrupted_writes(data_dir: Path) -> None:
-    root = data_dir / "sessions"
+def _remove_interrupted_writes(data_dir: Path, sessions_dir: Path | None = None) -> None:
+    root = data_dir / "sessions" if sessions_dir is None else sessions_dir
     for directory in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
         remove_stale_temp_files(directory)
 
@@ -154,8 +155,8 @@ def check_stores(config: Config) -> StoreKey | None:
         key = load_key(enc, data)
     except StoreKeyError as exc:
         raise StoreCheckError(str(exc)) from None
-    _remove_interrupted_writes(data)
-    stores = find_stores(data)
+    _remove_interrupted_writes(data, config.sessions_path)
+    stores = find_stores(data, config.sessions_path)
     sealed = [s for s in stores if is_sealed(s.header())]
     if key is None:
         if sealed:
@@ -260,8 +261,8 @@ def rotate_keys(config: Config, new_key: StoreKey, progress: Callable[[str], Non
             raise StoreCheckError(
                 f"the new key ({new_key.source}) is the key already configured; create "
                 "another with `wagate keys create --out PATH`")
-        _remove_interrupted_writes(data)
-        stores = find_stores(data)
+        _remove_interrupted_writes(data, config.sessions_path)
+        stores = find_stores(data, config.sessions_path)
         plan = _plan(stores, old_key, new_key)
         report = RotationReport()
         for index, (store, action) in enumerate(plan, 1):
@@ -336,7 +337,7 @@ def verify_stores(config: Config) -> tuple[StoreKey | None, list[tuple[StoreFile
     except StoreKeyError as exc:
         raise StoreCheckError(str(exc)) from None
     results = []
-    for store in find_stores(data):
+    for store in find_stores(data, config.sessions_path):
         blob = store.path.read_bytes()
         if not is_sealed(blob):
             results.append((store, "clear text (encrypted at the next start with a key)"))

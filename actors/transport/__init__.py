@@ -22,14 +22,17 @@ def create_transport(engine: str, session_id: str, data_dir: Path, config: Confi
     """Build the transport for one session from the whole gateway configuration.
 
     ``store_dir`` is where the engine keeps the session's credentials: the session's
-    decrypted working copy when stores are encrypted, else (None)
-    ``data_dir/sessions/<session>``.
+    decrypted working copy when stores are encrypted, else (None) the session's
+    directory under ``storage.sessions_dir`` (default ``data_dir/sessions``).
     """
+    if store_dir is None and config.storage.sessions_dir:
+        store_dir = config.sessions_path / session_id
     if engine == "simulator":
         from actors.transport.simulator import SimulatorTransport
 
+        server_dir = config.simulator_path if config.simulator.server_dir else None
         return SimulatorTransport(session_id, data_dir, config.qr, config.simulator,
-                                  store_dir=store_dir)
+                                  store_dir=store_dir, server_dir=server_dir)
     if engine == "neonize":
         from actors.transport.neonize import NeonizeTransport
 

@@ -115,8 +115,10 @@ class SimulatorServer:
     tests); the underscored ones are the "wire protocol" used by ``SimulatorTransport``.
     """
 
-    def __init__(self, data_dir: Path) -> None:
-        root = Path(data_dir) / "simulator"
+    def __init__(self, data_dir: Path, root: Path | None = None) -> None:
+        """``root``: the server side's directory (``simulator.server_dir``; None =
+        ``data_dir/simulator``); the hosts of a cluster share one."""
+        root = Path(data_dir) / "simulator" if root is None else Path(root)
         make_private_dir(root)
         # No eviction: this is state, not a cache; losing a key would fake a logout.
         self._cache = diskcache.Cache(str(root), eviction_policy="none")
@@ -386,7 +388,8 @@ class SimulatorTransport(Transport):
     """One simulated WhatsApp client for one session (lives in a session actor process)."""
 
     def __init__(self, session_id: str, data_dir: Path, qr: QrConfig,
-                 sim: SimulatorConfig, *, store_dir: Path | None = None) -> None:
+                 sim: SimulatorConfig, *, store_dir: Path | None = None,
+                 server_dir: Path | None = None) -> None:
         """``store_dir`` holds the credentials (default ``data_dir/sessions/<session>``;
         with encrypted stores, the session's private working copy)."""
         check_session_id(session_id)
@@ -395,7 +398,7 @@ class SimulatorTransport(Transport):
         self._sim = sim
         store = Path(data_dir) / "sessions" / session_id if store_dir is None else store_dir
         self._creds_path = store / "simulator.json"
-        self._server = SimulatorServer(data_dir)
+        self._server = SimulatorServer(data_dir, server_dir)
         self._lock = threading.Lock()  # guards _conn and _closed
         # Held while an event is delivered, and to stop a connection: once stop()
         # returned no event of that connection can still be on its way.

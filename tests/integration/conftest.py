@@ -20,10 +20,11 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     """
     made: list[Gateway] = []
 
-    def make(overrides: dict[str, Any] | None = None, name: str = "gw") -> Gateway:
+    def make(overrides: dict[str, Any] | None = None, name: str = "gw",
+             key_file: Path | None = None) -> Gateway:
         root = tmp_path / f"{name}{len(made)}"
         root.mkdir()
-        gateway = Gateway(root, overrides)
+        gateway = Gateway(root, overrides, key_file=key_file)
         made.append(gateway)
         return gateway
 

@@ -110,9 +110,11 @@ class GraphQLResult:
 
 class Gateway:
     def __init__(self, root: Path, overrides: dict[str, Any] | None = None,
-                 engine: str = "simulator") -> None:
+                 engine: str = "simulator", key_file: Path | None = None) -> None:
         """``engine`` is forced over ``overrides``: the simulator unless a test asks
-        for the real engine (which must then get a loopback ``transport.proxy``)."""
+        for the real engine (which must then get a loopback ``transport.proxy``).
+        ``key_file``: another gateway's storage key (the hosts of a cluster share the
+        session stores, so they share the key); by default a new one."""
         self.root = root
         self._names = itertools.count(1)
         self.data_dir = root / "data"
@@ -121,9 +123,10 @@ class Gateway:
         self.config_path = root / "gateway.toml"
         # Like production: API tokens in a token file, the storage key outside data_dir.
         self.tokens_file = root / "tokens.toml"
-        self.key_file = root / "store.key"
-        self.key_file.write_bytes(base64.urlsafe_b64encode(os.urandom(32)) + b"\n")
-        self.key_file.chmod(0o600)
+        self.key_file = key_file or root / "store.key"
+        if key_file is None:
+            self.key_file.write_bytes(base64.urlsafe_b64encode(os.urandom(32)) + b"\n")
+            self.key_file.chmod(0o600)
         config = _merge({"auth": {"tokens_file": str(self.tokens_file)},
                          "encryption": {"key_file": str(self.key_file)}}, FAST)
         config = _merge(config, overrides or {})
@@ -220,6 +223,24 @@ class Gateway:
         self.process.kill()
         self.process.wait(10)
         self.process = None
+
+    def kill_everything(self) -> None:
+        """SIGKILL the launcher and every process group it recorded, as a host that
+        loses power would (nothing gets to say goodbye); waits until all are gone."""
+        from actors.system import wait_group_gone
+
+        state = self.run_state() or {}
+        if self.process is not None:
+            self.process.kill()
+        groups = {int(state[k]) for k in ("actor_pgid", "web_pgid") if k in state}
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(10)
+            self.process = None
+        for group in groups:
+            assert wait_group_gone(group, 10), f"process group {group} survived SIGKILL"
 
     def cleanup(self) -> list[str]:
         """Finaliser: kill whatever is still running; returns what had to be killed."""

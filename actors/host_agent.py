@@ -1,0 +1,89 @@
+"""HostAgent: the leader's hand on one member host of a cluster.
+
+The supervisor (on the leader) places one agent on every member that joins its
+convention, with the member's host name as the requirement. The agent answers the
+supervisor's heartbeats, which is how the leader notices a member that died or was
+cut off long before Thespian's own re-registration timer would. In the other
+direction, the agent is the member's fence: when the leader stays silent for
+``fence_seconds`` (shorter than the leader's own window, so it happens first), it
+stops the sessions the leader placed on this host. A member cut off from the leader
+thus never keeps a session connected while the leader starts it elsewhere (the same
+WhatsApp device connected twice is ``StreamReplaced``, which is terminal).
+
+The member's launcher also uses this class, locally and briefly, to learn the process
+group of its actor system (``WhoAreYou``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
+
+from actors.messages import HostBeat, HostBeatAck, ProcessInfo, StartAgent, WhoAreYou
+from actors.placement import HeartbeatTracker
+
+log = structlog.get_logger("wagate.host_agent")
+
+LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class _Check:
+    """Time to look whether the leader is still heard."""
+
+
+class HostAgent(ActorTypeDispatcher):
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
+                                   ) -> bool:
+        """Placed by host name (``wagate_host``); without a requirement: locally."""
+        wanted = (requirements or {}).get("wagate_host")
+        return wanted is None or wanted == capabilities.get("wagate_host")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.host = ""
+        self.leader: Any = None
+        self.tracker: HeartbeatTracker | None = None
+        self.interval = 1.0
+        self.sessions: tuple[tuple[str, Any], ...] = ()
+
+    def receiveMsg_WhoAreYou(self, msg: WhoAreYou, sender: Any) -> None:
+        self.send(sender, ProcessInfo(os.getpid(), os.getpgrp(), os.getppid()))
+
+    def receiveMsg_StartAgent(self, msg: StartAgent, sender: Any) -> None:
+        self.host, self.leader = msg.host, sender
+        self.interval = msg.heartbeat_seconds
+        # One "miss" of fence_seconds: the tracker's window is exactly that long.
+        self.tracker = HeartbeatTracker(msg.fence_seconds, 1)
+        self.tracker.watch(LEADER, time.monotonic())
+        self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
+        log.info("host agent started", host=msg.host, fence_seconds=msg.fence_seconds)
+
+    def receiveMsg_HostBeat(self, msg: HostBeat, sender: Any) -> None:
+        if self.tracker is None:
+            return
+        self.tracker.heard(LEADER, time.monotonic())
+        self.sessions = msg.sessions
+        self.send(sender, HostBeatAck(self.host, msg.seq))
+
+    def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if not isinstance(msg.payload, _Check) or self.tracker is None:
+            return
+        if self.tracker.lost(time.monotonic()) and self.sessions:
+            log.error("the leader has gone quiet; stopping the sessions it placed here so "
+                      "that no session runs twice", host=self.host,
+                      sessions=[s for s, _ in self.sessions])
+            for _, address in self.sessions:
+                self.send(address, ActorExitRequest())
+            self.sessions = ()
+        self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
+
+    def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        self.tracker = None

@@ -1,0 +1,151 @@
+"""Several hosts in one Thespian convention, on one machine: a leader and a member.
+
+Two real ``wagate serve`` processes on loopback with their own HTTP and admin ports
+and data_dirs, sharing the session store, the simulated WhatsApp service and the
+storage key (as hosts of a cluster share Postgres or a network directory). Heartbeats
+are shrunk through the config, never patched out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.integration.harness import Gateway, wait_for
+
+LEADER, MEMBER = "alpha", "beta"
+HEARTBEAT = {"heartbeat_seconds": 1.0, "heartbeat_misses": 3}
+FAILOVER_DEADLINE = 30.0  # the issue's bound; the measured time is printed
+
+
+def _cluster(make_gateway: Callable[..., Gateway], shared: Path) -> tuple[Gateway, Gateway]:
+    stores = {"storage": {"sessions_dir": str(shared / "sessions")},
+              "simulator": {"server_dir": str(shared / "simulator")}}
+    common = {"advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"], **HEARTBEAT}
+    leader = make_gateway({**stores, "cluster": {"role": "leader", "host_name": LEADER,
+                                                 "sessions": 1, **common}}, name="leader")
+    member = make_gateway({**stores, "cluster": {
+        "role": "member", "host_name": MEMBER, "sessions": 2,
+        "leaders": [f"127.0.0.1:{leader.admin_port}"], **common}},
+        name="member", key_file=leader.key_file)
+    return leader, member
+
+
+def _hosts(gw: Gateway) -> dict[str, dict[str, Any]]:
+    return {h["name"]: h for h in gw.health().get("hosts", [])}
+
+
+def _member_alive(leader: Gateway) -> bool:
+    host = _hosts(leader).get(MEMBER)
+    return bool(host and host["alive"])
+
+
+def _placement(gw: Gateway, session: str) -> dict[str, Any]:
+    result = gw.gql("query($s: String) { whatsAppStatus(session: $s) { state host } }",
+                    {"s": session})
+    assert not result.errors, result
+    return result.data["whatsAppStatus"]
+
+
+def _session_pids(gw: Gateway) -> dict[str, int]:
+    return {s["session"]: int(s["pid"]) for s in gw.health()["sessions"] if s["pid"]}
+
+
+def test_cluster_mode_refuses_to_start_without_allow_networks(tmp_path: Path) -> None:
+    config = tmp_path / "leader.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+                      '[transport]\nengine = "simulator"\n'
+                      '[cluster]\nrole = "leader"\nadvertise_address = "127.0.0.1"\n',
+                      encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--demo",
+                           "--config", str(config)], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done
+    assert "cluster.allow_networks" in done.stderr, done.stderr
+    assert "firewall" in done.stderr, done.stderr
+
+
+def test_sessions_spread_fail_over_and_never_run_twice(
+        make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    leader, member = _cluster(make_gateway, tmp_path / "shared")
+    leader.start()
+    member.start()
+    wait_for(lambda: _member_alive(leader), 15, 0.1, "the member to join the leader")
+
+    # The actor system accepts nobody outside allow_networks (127.0.0.2 is loopback too,
+    # but not in 127.0.0.1/32): the connection is closed before anything is read.
+    with socket.create_connection(("127.0.0.1", leader.admin_port), timeout=5,
+                                  source_address=("127.0.0.2", 0)) as probe:
+        probe.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):  # closed, or reset: both refuse
+            assert probe.recv(1) == b""
+
+    # Placement: the leader's one slot first (ties go to the local host), then the member.
+    for session in ("s1", "s2", "s3"):
+        leader.link(session)
+    where = {s: _placement(leader, s)["host"] for s in ("s1", "s2", "s3")}
+    assert where == {"s1": LEADER, "s2": MEMBER, "s3": MEMBER}, where
+    hosts = _hosts(leader)
+    assert (hosts[LEADER]["sessions"], hosts[MEMBER]["sessions"]) == (1, 2), hosts
+    health_hosts = {s["session"]: s["host"] for s in leader.health()["sessions"]}
+    assert health_hosts == where
+    member_pids = set(member.actor_pids())
+    pids = _session_pids(leader)
+    assert pids["s2"] in member_pids and pids["s3"] in member_pids, (pids, member_pids)
+    assert pids["s1"] not in member_pids
+
+    # The member's own API reaches the leader's supervisor.
+    assert _placement(member, "s2") == {"state": "CONNECTED", "host": MEMBER}
+    assert not member.send("+14155552671", "through the member", session="s1").errors
+
+    # Power cut on the member: its sessions come back on the leader, over its slots.
+    killed_at = time.monotonic()
+    member.kill_everything()
+    queued = {"s2": "queued for s2 while its host was dead",
+              "s3": "queued for s3 while its host was dead"}
+    for session, text in queued.items():
+        result = leader.send("+14155552672", text, session=session)
+        # Accepted at once, or (sent to the dead process) ACK_TIMEOUT: still queued.
+        assert not result.errors or result.error["extensions"].get("reason") == "ACK_TIMEOUT", \
+            result
+
+    def moved() -> bool:
+        return all(_placement(leader, s) == {"state": "CONNECTED", "host": LEADER}
+                   for s in ("s2", "s3"))
+
+    wait_for(moved, FAILOVER_DEADLINE, 0.1, "the member's sessions to connect on the leader")
+    took = time.monotonic() - killed_at
+    print(f"\nre-placement after SIGKILL of the member: {took:.1f} s "
+          f"(heartbeat {HEARTBEAT['heartbeat_seconds']:g} s x {HEARTBEAT['heartbeat_misses']})")
+    assert took < FAILOVER_DEADLINE
+
+    def delivered() -> bool:
+        texts = [m["text"] for m in leader.inbox()]
+        return all(texts.count(t) == 1 for t in queued.values())
+
+    wait_for(delivered, 20, 0.2, "the queued messages to be delivered")
+
+    # The member comes back: it gets no copy of a session that runs on the leader.
+    member.start()
+    wait_for(lambda: _member_alive(leader), 15, 0.1, "the member to join again")
+    leader_pids = set(leader.actor_pids())
+    window_end = time.monotonic() + 4 * HEARTBEAT["heartbeat_seconds"]
+    while time.monotonic() < window_end:  # several heartbeats with the member back
+        for session in ("s1", "s2", "s3"):
+            assert _placement(leader, session) == {"state": "CONNECTED", "host": LEADER}
+        pids = _session_pids(leader)
+        assert set(pids.values()) <= leader_pids, pids
+        assert _hosts(leader)[MEMBER]["sessions"] == 0
+        time.sleep(0.2)
+    # One process per session across both hosts: none of the member's runs a session.
+    assert not set(_session_pids(leader).values()) & set(member.actor_pids())
+    assert len(set(_session_pids(leader).values())) == 3
+    # A new session may land on the member again.
+    leader.link("s4")
+    assert _placement(leader, "s4")["host"] == MEMBER
