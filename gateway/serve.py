@@ -139,7 +139,8 @@ def check_access(config: Config) -> None:
         raise StartupError(
             f"no usable API tokens in {tokens_path(config)}, so every request would be "
             "refused; create one with `wagate token create --name admin --role admin` "
-            "(or try the gateway without tokens: `wagate serve --demo`, loopback only)")
+            "(with the same --config as here), or try the gateway without tokens: "
+            "`wagate serve --demo` (loopback only)")
 
 
 def is_loopback(host: str) -> bool:
