@@ -6,6 +6,10 @@ writing beside it), opens the log (recovering the chain's tail) and appends ever
 ``AuditEvent`` it is told. Writing a line is one ``write()`` to the page cache, so the
 handler never blocks for long.
 
+Refused requests (``auth.failure``) come in bursts when a client hammers the API: the
+first of a kind is written at once, its repeats within ``audit.burst_seconds`` as one
+entry with a count (``actors.audit_bursts``), so a flood cannot fill the disk.
+
 Nothing is dropped silently: events that arrive while the log cannot be opened (the
 lock is briefly held by a CLI, or the disk is full) wait in memory, up to
 ``MAX_PENDING``; beyond that, or when a write fails, they are counted and the next
@@ -25,6 +29,7 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
+from actors.audit_bursts import BurstCounter
 from actors.audit_log import AuditLock, AuditLog, audit_dir, iso_time, lock_holder
 from actors.messages import AuditEvent, Failed, Ok, RecordAudit, Routed, StartWorker
 from gateway.config import Config
@@ -37,11 +42,17 @@ OPEN_RETRY_SECONDS = 5.0  # the log could not be opened (disk full, damaged tail
 LOCK_WARN_SECONDS = 5.0
 MAX_PENDING = 10000
 MEGABYTE = 1024 * 1024
+AUTH_FAILURE = "auth.failure"
 
 
 @dataclass(frozen=True, slots=True)
 class _Retry:
     """Try again to take the lock / open the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class _BurstTick:
+    """Time to write the counts of refused-request bursts whose window has passed."""
 
 
 @dataclass(slots=True)
@@ -62,16 +73,25 @@ class AuditActor(ActorTypeDispatcher):
         self.retry_armed = False
         self.waiting_since: float | None = None
         self.warned_at = 0.0
+        self.bursts: BurstCounter | None = None
+        self.burst_tick_armed = False
 
     def receiveMsg_StartWorker(self, msg: StartWorker, sender: Any) -> None:
         if self.config is not None:
             return
         setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
         self.config = msg.config
+        self.bursts = BurstCounter(msg.config.audit.burst_seconds)
         self.lock = AuditLock(audit_dir(msg.config.data_path))
         self._open()
 
     def receiveMsg_AuditEvent(self, msg: AuditEvent, sender: Any) -> None:
+        if msg.event == AUTH_FAILURE and self.bursts is not None and isinstance(
+                msg.fields, Mapping):
+            first = self.bursts.observe(msg.fields, time.time())
+            self._arm_burst_tick()
+            if first is None:
+                return  # counted: written with its burst's summary
         self._record(_Pending(msg))
 
     def receiveMsg_RecordAudit(self, msg: RecordAudit, sender: Any) -> None:
@@ -82,11 +102,20 @@ class AuditActor(ActorTypeDispatcher):
             self._record(_Pending(msg.request.entry, msg.reply_to, msg.request.request_id))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
+        if isinstance(msg.payload, _BurstTick):
+            self.burst_tick_armed = False
+            if self.bursts is not None:
+                self._record_bursts(self.bursts.due(time.time()))
+                if len(self.bursts):
+                    self._arm_burst_tick()
+            return
         if isinstance(msg.payload, _Retry):
             self.retry_armed = False
             self._open()
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        if self.bursts is not None:
+            self._record_bursts(self.bursts.flush())
         if self.pending:
             log.error("audit entries not written at exit", count=len(self.pending))
         if self.log is not None:
@@ -96,6 +125,18 @@ class AuditActor(ActorTypeDispatcher):
             self.lock.release()
 
     # ---- internals ----------------------------------------------------------------------
+
+    def _arm_burst_tick(self) -> None:
+        if not self.burst_tick_armed and self.config is not None:
+            self.burst_tick_armed = True
+            self.wakeupAfter(timedelta(seconds=self.config.audit.burst_seconds),
+                             payload=_BurstTick())
+
+    def _record_bursts(self, summaries: list[dict[str, Any]]) -> None:
+        for summary in summaries:
+            fields = {**summary, "first": iso_time(summary["first"]),
+                      "last": iso_time(summary["last"])}
+            self._record(_Pending(AuditEvent(AUTH_FAILURE, fields)))
 
     def _record(self, item: _Pending) -> None:
         # While a retry is armed, wait for it: no reopening (and error log) per event.

@@ -157,6 +157,9 @@ class EncryptionConfig:
 class AuditConfig:
     recipients: Literal["full", "masked", "hashed"] = "masked"  # how numbers are recorded
     max_file_mb: float = 64.0  # the log rolls over to a new file beyond this size
+    # repeats of one refused request (same address, code, path, token) within this window
+    # are written as one entry with a count: a flood cannot fill the disk
+    burst_seconds: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +245,8 @@ _POSITIVE = {
     "messages.send_timeout_seconds", "messages.retention_hours",
     "supervisor.restart_window_seconds", "delivery.retry_base_seconds",
     "delivery.retry_max_seconds", "delivery.idempotency_hours", "delivery.tick_seconds",
-    "encryption.checkpoint_seconds", "audit.max_file_mb", "cluster.heartbeat_seconds",
+    "encryption.checkpoint_seconds", "audit.max_file_mb", "audit.burst_seconds",
+    "cluster.heartbeat_seconds",
     "cluster.reregister_seconds",
 }
 _AT_LEAST_ONE = {

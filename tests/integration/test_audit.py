@@ -174,3 +174,37 @@ def test_a_killed_audit_actor_is_restarted_and_the_chain_goes_on(
     assert len(events(gw, "audit.opened")) == 2
     result = verify(audit, live=True)
     assert result.ok, result.problem
+
+
+def test_a_flood_of_refused_requests_is_counted_but_written_compactly(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """Every refusal is on record, but 300 of one kind in a burst are a few lines."""
+    import requests
+
+    gw = make_gateway().start()
+    flood = 300
+    with requests.Session() as client:  # no token
+        for _ in range(flood):
+            assert client.post(gw.url + "/graphql", json={"query": "{ __typename }"},
+                               timeout=10).status_code == 401
+    assert gw.http.get(gw.url + "/admin/health", timeout=10).ok  # with a token: no entry
+
+    def counted() -> int:
+        # The first of a burst is an entry of its own; its summary counts the repeats.
+        return sum(e.get("repeated", 1) for e in events(gw, "auth.failure")
+                   if e.get("path") == "/graphql" and e.get("code") == "UNAUTHENTICATED")
+
+    def all_counted() -> int | None:
+        n = counted()
+        assert n <= flood, (f"{n} refusals on record for {flood} requests: "
+                            f"{events(gw, 'auth.failure')}")
+        return n if n == flood else None
+
+    wait_for(all_counted, 15, 0.2, f"all {flood} refusals on record")
+    written = [e for e in events(gw, "auth.failure") if e.get("path") == "/graphql"]
+    # The first of each burst at once, then one summary per audit.burst_seconds window.
+    assert len(written) < flood / 10, len(written)
+    summaries = [e for e in written if "repeated" in e]
+    assert summaries and all(e["first"] <= e["last"] for e in summaries)
+    gw.stop()
+    assert verify(audit_dir(gw.data_dir)).ok
