@@ -264,7 +264,8 @@ def make_authenticator(config: Config) -> Authenticator:
 
 def token_listing(authenticator: Authenticator, now: float) -> list[dict[str, Any]]:
     """What /admin/tokens and `wagate token list` show: never a hash."""
-    from gateway.auth import TokenFile, iso
+    from gateway.auth import TokenFile
+    from gateway.times import iso_time
 
     listing = []
     for entry in TokenFile(authenticator.token_path).entries().values():
@@ -274,7 +275,7 @@ def token_listing(authenticator: Authenticator, now: float) -> list[dict[str, An
                         "sessions": sorted(entry.sessions) if entry.sessions is not None
                         else None,
                         "networks": [str(n) for n in entry.networks],
-                        "expires": iso(entry.expires) if entry.expires else None,
+                        "expires": iso_time(entry.expires) if entry.expires else None,
                         "created": entry.created or None, "revoked": entry.revoked or None})
     return listing
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.errors import GatewayError
+from gateway.times import iso_time
 
 ROLES = ("admin", "operator", "sender", "viewer")
 
@@ -137,11 +138,6 @@ def parse_expiry(text: str, now: float) -> float:
     return moment.timestamp()
 
 
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
-
-
 def parse_networks(values: Iterable[str], where: str
                    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
@@ -162,7 +158,7 @@ def entry_line(entry: TokenEntry) -> str:
     if entry.sessions is not None:
         fields["sessions"] = sorted(entry.sessions)
     if entry.expires is not None:
-        fields["expires"] = iso(entry.expires)
+        fields["expires"] = iso_time(entry.expires)
     if entry.created:
         fields["created"] = entry.created
     if entry.revoked:
@@ -256,7 +252,7 @@ class TokenFile:
             if old.revoked:
                 return old
             entries[name] = TokenEntry(old.name, old.role, old.hash, old.networks,
-                                       old.sessions, old.expires, old.created, iso(now))
+                                       old.sessions, old.expires, old.created, iso_time(now))
             self._write(entries)
         return entries[name]
 
@@ -387,7 +383,7 @@ class Authenticator:
                           f"{entry.revoked}; ask the operator for a new one", entry.name)
         if entry.expires is not None and entry.expires <= now:
             return Denied(401, "UNAUTHENTICATED", f"API token {entry.name!r} expired on "
-                          f"{iso(entry.expires)}; ask the operator for a new one", entry.name)
+                          f"{iso_time(entry.expires)}; ask the operator for a new one", entry.name)
         if entry.networks and not _within(address, entry.networks):
             return Denied(403, "FORBIDDEN", f"API token {entry.name!r} may not be used from "
                           f"{address}; use it from its allowed networks", entry.name)

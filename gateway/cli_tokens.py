@@ -19,13 +19,13 @@ from gateway.auth import (
     TokenFile,
     TokenFileError,
     entry_line,
-    iso,
     new_token,
     parse_expiry,
     parse_networks,
     token_hash,
     tokens_path,
 )
+from gateway.times import iso_time
 
 
 def register(commands: Any, common: Any) -> None:
@@ -84,7 +84,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     entry = TokenEntry(name=args.name, role=args.role, hash=token_hash(token),
                        networks=networks,
                        sessions=frozenset(sessions) if sessions is not None else None,
-                       expires=expires, created=iso(now))
+                       expires=expires, created=iso_time(now))
     store = TokenFile(tokens_path(config))
     try:
         store.add(entry)
@@ -92,7 +92,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     _record(config, "token.create", actor="cli", name=entry.name, role=entry.role,
             sessions=sorted(entry.sessions) if entry.sessions is not None else None,
-            networks=[str(n) for n in networks], expires=iso(expires) if expires else None)
+            networks=[str(n) for n in networks], expires=iso_time(expires) if expires else None)
     print(f"token {entry.name!r} ({entry.role}) created; it is shown only now:\n")
     print(f"  {token}\n")
     print("Clients send it as the header:  Authorization: Bearer <token>")
@@ -122,7 +122,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows.append((e.name, e.role, state,
                      ",".join(sorted(e.sessions)) if e.sessions is not None else "all",
                      ",".join(str(n) for n in e.networks) or "any",
-                     iso(e.expires) if e.expires else "never"))
+                     iso_time(e.expires) if e.expires else "never"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -15,11 +15,11 @@ states onto them (README: Metrics).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from actors.messages import HealthReport, SessionState, SessionStatus
 from gateway import __version__
+from gateway.times import iso_time
 
 GATEWAY_STATUSES = ("connected", "connecting", "disconnected", "uninitialized", "unregistered")
 
@@ -92,12 +92,3 @@ def _session_health(status: SessionStatus, now: float) -> dict[str, Any]:
         "pid": status.pid,
         "host": status.host,
     }
-
-
-def iso_time(timestamp: float | None) -> str | None:
-    """As the API writes times (``gateway.resolvers.iso_time``); kept here so that
-    ``wagate status`` does not load the GraphQL stack."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")

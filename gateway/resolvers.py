@@ -10,7 +10,6 @@ import functools
 import re
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -36,6 +35,7 @@ from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.overview import gateway_type, resolve_gateway, resolve_sessions
 from gateway.qr import qr_png_base64, qr_svg_data_uri
+from gateway.times import iso_time
 from gateway.validation import (
     ValidationError,
     normalize_phone_number,
@@ -249,13 +249,6 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
     accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config), to_outbox=True)
     info.context["message_id"] = accepted.message_id
     return accepted
-
-
-def iso_time(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
 
 
 def _ask(info: GraphQLResolveInfo, message: Any, timeout: float | None = None) -> Any:
