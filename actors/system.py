@@ -13,7 +13,6 @@ Facts this module is built on (guides/thespian.md §7, §11):
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -21,6 +20,8 @@ import socket
 import time
 from pathlib import Path
 from typing import Any
+
+from gateway.networks import address_in, parse_networks
 
 SYSTEM_BASE = "multiprocTCPBase"
 SUPERVISOR_NAME = "wagate.supervisor"
@@ -83,8 +84,7 @@ def accept_only_from(networks: tuple[str, ...], own_address: str) -> None:
     from an address outside the networks and checks that the connection is closed.
     """
     global _allowed
-    allowed = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-    allowed += (ipaddress.ip_network(own_address),)
+    allowed = parse_networks((*networks, own_address), "cluster.allow_networks")
     first = _allowed is None
     _allowed = allowed
     if not first:
@@ -102,7 +102,7 @@ def accept_only_from(networks: tuple[str, ...], own_address: str) -> None:
                 peer = incoming.socket.getpeername()[0]
             except OSError:
                 peer = ""
-            if _allowed is not None and not peer_allowed(peer, _allowed):
+            if _allowed is not None and not address_in(peer, _allowed):
                 del self._incomingSockets[fileno]
                 with contextlib.suppress(OSError):
                     incoming.socket.close()
@@ -116,16 +116,6 @@ def _refused(peer: str) -> None:
 
     thesplog("refused an actor-system connection from %s: outside cluster.allow_networks",
              peer or "an unknown address", level=logging.WARNING)
-
-
-def peer_allowed(peer: str, networks: tuple[Any, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(peer.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address.version == n.version and address in n for n in networks)
 
 
 def configure_thespian_log(log_dir: Path) -> None:

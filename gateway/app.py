@@ -31,7 +31,6 @@ from gateway.auth import (
     NetworkPolicy,
     Principal,
     check,
-    parse_networks,
     tokens_path,
 )
 from gateway.bridge import ActorBridge
@@ -42,6 +41,7 @@ from gateway.graphql_limits import limit_rules
 from gateway.health import health_document
 from gateway.metrics import CONTENT_TYPE, GraphqlMetrics
 from gateway.metrics import render as render_metrics
+from gateway.networks import parse_networks
 from gateway.query_cache import DocumentCache
 from gateway.request_body import BodyError, parse_json_body
 from gateway.resolvers import build_schema

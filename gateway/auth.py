@@ -21,7 +21,6 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
 import re
@@ -29,7 +28,7 @@ import secrets
 import tempfile
 import threading
 import tomllib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.errors import GatewayError
+from gateway.networks import Network, address_in, parse_address, parse_networks
 from gateway.times import iso_time
 
 ROLES = ("admin", "operator", "sender", "viewer")
@@ -85,7 +85,7 @@ class TokenEntry:
     name: str
     role: str
     hash: str
-    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    networks: tuple[Network, ...] = ()
     sessions: frozenset[str] | None = None
     expires: float | None = None
     created: str = ""
@@ -136,18 +136,6 @@ def parse_expiry(text: str, now: float) -> float:
     if moment.timestamp() <= now:
         raise ValueError(f"--expires {text!r} is in the past")
     return moment.timestamp()
-
-
-def parse_networks(values: Iterable[str], where: str
-                   ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    networks = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(str(value).strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{where}: {value!r} is not an IPv4 or IPv6 network "
-                             "(use CIDR notation such as 10.0.0.0/8 or fd00::/8)") from None
-    return tuple(networks)
 
 
 def entry_line(entry: TokenEntry) -> str:
@@ -292,42 +280,25 @@ def tokens_path(config: Config) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class NetworkPolicy:
-    allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allowed: tuple[Network, ...] = ()
+    trusted_proxies: tuple[Network, ...] = ()
 
     def client_address(self, remote: str, forwarded_for: str | None) -> str:
         """The caller's address. ``X-Forwarded-For`` counts only when the peer is a
         trusted proxy; then the right-most address that is not a trusted proxy is the
         client (everything left of it could have been written by the client)."""
-        if not forwarded_for or not _within(remote, self.trusted_proxies):
+        if not forwarded_for or not address_in(remote, self.trusted_proxies):
             return remote
         hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
         for hop in reversed(hops):
-            if _parse(hop) is None:
+            if parse_address(hop) is None:
                 return remote  # a garbled header: trust only what we saw ourselves
-            if not _within(hop, self.trusted_proxies):
+            if not address_in(hop, self.trusted_proxies):
                 return hop
         return hops[0] if hops else remote
 
     def allows(self, address: str) -> bool:
-        return not self.allowed or _within(address, self.allowed)
-
-
-def _parse(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        parsed = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped:
-        return parsed.ipv4_mapped
-    return parsed
-
-
-def _within(address: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]
-            ) -> bool:
-    parsed = _parse(address)
-    return parsed is not None and any(parsed in n for n in networks
-                                      if n.version == parsed.version)
+        return not self.allowed or address_in(address, self.allowed)
 
 
 # ---- authentication ----------------------------------------------------------------------
@@ -384,7 +355,7 @@ class Authenticator:
         if entry.expires is not None and entry.expires <= now:
             return Denied(401, "UNAUTHENTICATED", f"API token {entry.name!r} expired on "
                           f"{iso_time(entry.expires)}; ask the operator for a new one", entry.name)
-        if entry.networks and not _within(address, entry.networks):
+        if entry.networks and not address_in(address, entry.networks):
             return Denied(403, "FORBIDDEN", f"API token {entry.name!r} may not be used from "
                           f"{address}; use it from its allowed networks", entry.name)
         return entry.principal()

@@ -21,10 +21,10 @@ from gateway.auth import (
     entry_line,
     new_token,
     parse_expiry,
-    parse_networks,
     token_hash,
     tokens_path,
 )
+from gateway.networks import parse_networks
 from gateway.times import iso_time
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.networks import parse_networks
+
 DEFAULT_CONFIG_PATH = Path("configs/gateway.toml")
 
 
@@ -285,19 +287,25 @@ def _checked(config: Config) -> Config:
             f"messages.retention_hours ({config.messages.retention_hours:g}) must be at least "
             f"delivery.idempotency_hours ({config.delivery.idempotency_hours:g}): a key can "
             "only find its message while the record is kept")
+    _check_networks(config)
     _check_cluster(config.cluster)
     return config
+
+
+def _check_networks(config: Config) -> None:
+    """Every list of CIDRs, checked at load so a typo never reaches a running server."""
+    for where, values in (("auth.allowed_networks", config.auth.allowed_networks),
+                          ("auth.trusted_proxies", config.auth.trusted_proxies),
+                          ("cluster.allow_networks", config.cluster.allow_networks)):
+        try:
+            parse_networks(values, where)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _check_cluster(cluster: ClusterConfig) -> None:
     """Shapes of the cluster keys. Whether cluster mode may start at all (it needs
     ``allow_networks``) is the launcher's refusal (``gateway.cluster``)."""
-    for i, cidr in enumerate(cluster.allow_networks):
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            raise ConfigError(f"cluster.allow_networks[{i}] = {cidr!r} is not a network; "
-                              "write it as a CIDR such as 10.0.0.0/24") from None
     for i, leader in enumerate(cluster.leaders):
         host, _, port = leader.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:

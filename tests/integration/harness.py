@@ -24,7 +24,8 @@ from typing import Any
 import requests
 
 from actors.system import group_alive, sweep_group
-from gateway.auth import TokenEntry, TokenFile, new_token, parse_networks, token_hash
+from gateway.auth import TokenEntry, TokenFile, new_token, token_hash
+from gateway.networks import parse_networks
 
 # Shrunk delays: tests wait on conditions, never on the spec's 30 s / 60 s.
 FAST = {

@@ -182,3 +182,10 @@ def test_config_to_dict_round_trips_through_overrides() -> None:
         f"{section}.{key}": value for section, keys in data.items() for key, value in keys.items()
     }
     assert load_config(overrides=flat) == config
+
+
+@pytest.mark.parametrize("key", ["auth.allowed_networks", "auth.trusted_proxies",
+                                 "cluster.allow_networks"])
+def test_a_bad_network_is_refused_at_load_naming_the_key(key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{key}: '10.0.0.300/8' is not an IPv4 or IPv6"):
+        load_config(None, {key: ["10.0.0.0/8", "10.0.0.300/8"]})
