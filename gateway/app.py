@@ -30,6 +30,7 @@ from gateway.auth import (
     Denied,
     NetworkPolicy,
     Principal,
+    TokenFile,
     check,
     tokens_path,
 )
@@ -116,7 +117,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     @app.after_request
     def finish_request(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
-        if request.path not in ("/healthz", "/readyz"):
+        if request.path not in PUBLIC_PATHS:  # probes are not worth a log line
             log.info("request", method=request.method, path=request.path,
                      status=response.status_code, operation=g.get("operation"),
                      session=g.get("session"),
@@ -220,7 +221,9 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     @app.get("/admin/tokens")
     def admin_tokens() -> tuple[Response, int]:
         require("admin")
-        return jsonify({"tokens": token_listing(authenticator, time.time())}), 200
+        now = time.time()
+        entries = TokenFile(authenticator.token_path).entries().values()
+        return jsonify({"tokens": [entry.public(now) for entry in entries]}), 200
 
     @app.errorhandler(GatewayError)
     def gateway_error(exc: GatewayError) -> tuple[Response, int]:
@@ -260,24 +263,6 @@ def make_authenticator(config: Config) -> Authenticator:
     if auth.required:
         authenticator.load()
     return authenticator
-
-
-def token_listing(authenticator: Authenticator, now: float) -> list[dict[str, Any]]:
-    """What /admin/tokens and `wagate token list` show: never a hash."""
-    from gateway.auth import TokenFile
-    from gateway.times import iso_time
-
-    listing = []
-    for entry in TokenFile(authenticator.token_path).entries().values():
-        state = ("revoked" if entry.revoked else
-                 "expired" if entry.expires is not None and entry.expires <= now else "active")
-        listing.append({"name": entry.name, "role": entry.role, "state": state,
-                        "sessions": sorted(entry.sessions) if entry.sessions is not None
-                        else None,
-                        "networks": [str(n) for n in entry.networks],
-                        "expires": iso_time(entry.expires) if entry.expires else None,
-                        "created": entry.created or None, "revoked": entry.revoked or None})
-    return listing
 
 
 def _is_public(path: str, method: str, explorer: bool) -> bool:

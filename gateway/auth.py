@@ -27,6 +27,7 @@ import re
 import secrets
 import tempfile
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -93,6 +94,20 @@ class TokenEntry:
 
     def principal(self) -> Principal:
         return Principal(self.name, self.role, self.sessions)
+
+    def state(self, now: float) -> str:
+        """``active``, ``expired`` or ``revoked``."""
+        if self.revoked:
+            return "revoked"
+        return "expired" if self.expires is not None and self.expires <= now else "active"
+
+    def public(self, now: float) -> dict[str, Any]:
+        """What /admin/tokens shows of a token: everything but its hash."""
+        return {"name": self.name, "role": self.role, "state": self.state(now),
+                "sessions": sorted(self.sessions) if self.sessions is not None else None,
+                "networks": [str(n) for n in self.networks],
+                "expires": iso_time(self.expires) if self.expires else None,
+                "created": self.created or None, "revoked": self.revoked or None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +339,8 @@ class Authenticator:
     def load(self) -> int:
         """Read the token file now; returns how many usable tokens it holds."""
         self._reload(force=True)
-        return sum(1 for e in self._entries.values() if not e.revoked)
+        now = time.time()
+        return sum(1 for e in self._entries.values() if e.state(now) == "active")
 
     def check_network(self, address: str) -> Denied | None:
         if self.networks.allows(address):

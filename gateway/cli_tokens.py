@@ -117,9 +117,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     now = time.time()
     rows = [("NAME", "ROLE", "STATE", "SESSIONS", "NETWORKS", "EXPIRES")]
     for e in entries.values():
-        state = ("revoked" if e.revoked else
-                 "expired" if e.expires is not None and e.expires <= now else "active")
-        rows.append((e.name, e.role, state,
+        rows.append((e.name, e.role, e.state(now),
                      ",".join(sorted(e.sessions)) if e.sessions is not None else "all",
                      ",".join(str(n) for n in e.networks) or "any",
                      iso_time(e.expires) if e.expires else "never"))

@@ -209,6 +209,11 @@ def test_revocation_applies_to_a_running_gateway(make_gateway: Any) -> None:
     refused = requests.get(gw.url + "/admin/health", headers=headers, timeout=10)
     assert refused.status_code == 401
     assert "revoked" in refused.json()["errors"][0]["message"]
+    listing = {t["name"]: t for t in gw.http.get(gw.url + "/admin/tokens",
+                                                 timeout=10).json()["tokens"]}
+    assert listing["short-lived"]["state"] == "revoked"
+    assert listing["harness-admin"]["state"] == "active"
+    assert not any("hash" in t for t in listing.values())  # never a hash, nor a token
 
 
 def _serve(root: Path, *args: str, config: str = "") -> subprocess.CompletedProcess[str]:
@@ -223,6 +228,17 @@ def test_no_tokens_refuses_to_start(tmp_path: Path) -> None:
     done = _serve(tmp_path, "--port", "1")  # refused before any port is touched
     assert done.returncode == 1
     assert "no usable API tokens" in done.stderr and "wagate token create" in done.stderr
+
+
+def test_only_expired_or_revoked_tokens_refuse_to_start(tmp_path: Path) -> None:
+    from gateway.auth import TokenEntry, TokenFile, new_token, token_hash
+
+    tokens = TokenFile(tmp_path / "data" / "tokens.toml")
+    tokens.add(TokenEntry("old", "admin", token_hash(new_token()), expires=time.time() - 1))
+    tokens.add(TokenEntry("gone", "admin", token_hash(new_token())))
+    tokens.revoke("gone", time.time())
+    done = _serve(tmp_path, "--port", "1")
+    assert done.returncode == 1 and "no usable API tokens" in done.stderr
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1", "::"])
