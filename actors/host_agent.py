@@ -27,6 +27,7 @@ from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.messages import HostBeat, HostBeatAck, ProcessInfo, StartAgent, WhoAreYou
 from actors.placement import HeartbeatTracker
+from actors.system import on_required_host
 
 log = structlog.get_logger("wagate.host_agent")
 
@@ -43,8 +44,7 @@ class HostAgent(ActorTypeDispatcher):
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
                                    ) -> bool:
         """Placed by host name (``wagate_host``); without a requirement: locally."""
-        wanted = (requirements or {}).get("wagate_host")
-        return wanted is None or wanted == capabilities.get("wagate_host")
+        return on_required_host(capabilities, requirements)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -53,7 +53,7 @@ from actors.session_machine import (
     StartClient,
     StopClient,
 )
-from actors.system import HOST_CONFIG_CAPABILITY
+from actors.system import HOST_CONFIG_CAPABILITY, on_required_host
 from actors.threadbridge import BridgedActor
 from actors.transport.base import (
     Connected,
@@ -133,8 +133,7 @@ class SessionActor(BridgedActor):
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
                                    ) -> bool:
         """In a cluster the supervisor names the host (``wagate_host``) it chose."""
-        wanted = (requirements or {}).get("wagate_host")
-        return wanted is None or wanted == capabilities.get("wagate_host")
+        return on_required_host(capabilities, requirements)
 
     def __init__(self, capabilities: dict | None = None) -> None:
         # Thespian passes ``capabilities`` only to constructors that name it.

@@ -130,6 +130,14 @@ def capabilities(admin_port: int) -> dict[str, Any]:
     return {"Admin Port": admin_port, "Process Startup Method": "fork"}
 
 
+def on_required_host(capabilities: dict[str, Any], requirements: dict[str, Any] | None
+                     ) -> bool:
+    """Thespian's placement check for actors the supervisor places by host name: the
+    host it names (``HOST_CAPABILITY``), or this one when it names none."""
+    wanted = (requirements or {}).get(HOST_CAPABILITY)
+    return wanted is None or wanted == capabilities.get(HOST_CAPABILITY)
+
+
 def host_name(config: Any) -> str:
     """This host's name in placement: ``cluster.host_name``, else the machine's name."""
     return config.cluster.host_name or socket.gethostname()
