@@ -11,6 +11,9 @@ file beyond ``audit.max_file_mb``; the chain runs on across files). ``prev`` is 
 ``sha256(prev + canonical JSON of the entry without "hash")``, canonical meaning sorted
 keys, no spaces, ASCII only. Editing, removing, reordering or inserting a line breaks
 the chain at that line, and ``verify`` says where and which of these it looks like.
+``verify`` checks the bytes as written, not just the values they parse to: a line must
+be exactly what the writer writes for its values (``as_written``), so a repeated key or
+a reformatted line is an edit even though its values still match the hash.
 
 What the chain cannot show on its own: an attacker who rewrites the whole tail from
 some line on (recomputing every hash) or cuts whole entries off the end leaves a
@@ -211,6 +214,34 @@ def _self_consistent(entry: Mapping[str, Any]) -> bool:
         return False
 
 
+def written_line(entry: Mapping[str, Any]) -> bytes:
+    """The exact bytes the writer writes for ``entry`` (keys in the entry's order)."""
+    return (json.dumps(entry, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+            + "\n").encode("ascii")
+
+
+def as_written(raw: bytes, entry: Mapping[str, Any]) -> bool:
+    """Whether ``raw`` (a line with its newline) is byte for byte what the writer wrote
+    for the entry it parses to.
+
+    The hash covers the parsed values, and parsing forgets things a reader still sees: a
+    repeated key (the parser keeps one value, grep shows both), spaces, escapes, line
+    endings, the order of keys. So a line only counts as intact when re-writing its
+    values gives back its bytes and the chain's own keys are where the writer puts them
+    (``seq, time, event[, request_id]`` first, ``prev, hash`` last). Only the order of
+    the fields in between is not covered (the hash sorts them); moving one changes no
+    value a reader sees.
+    """
+    keys = list(entry)
+    head = ["seq", "time", "event"] + (["request_id"] if "request_id" in entry else [])
+    if keys[:len(head)] != head or keys[-2:] != ["prev", "hash"]:
+        return False
+    try:
+        return written_line(entry) == raw
+    except ValueError:  # NaN/Infinity typed into a line by hand
+        return False
+
+
 def iso_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds"
                                                             ).replace("+00:00", "Z")
@@ -373,8 +404,7 @@ class AuditLog:
         entry.update(clean_fields(fields or {}, self._render))
         entry["prev"] = self.last_hash
         entry["hash"] = entry_hash(entry, self.last_hash)
-        line = (json.dumps(entry, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-                + "\n").encode("ascii")
+        line = written_line(entry)
         if self._fd is not None and self.size > 0 and self.size + len(line) > self.max_bytes:
             self._roll()
         if self._fd is None:
@@ -451,7 +481,8 @@ class AuditLog:
         except ValueError:
             entry = None
         if (isinstance(entry, dict) and entry.get("seq") == self.seq + 1
-                and entry.get("prev") == self.last_hash and _self_consistent(entry)):
+                and entry.get("prev") == self.last_hash and _self_consistent(entry)
+                and as_written(fragment + b"\n", entry)):
             # A whole entry that only lacks its newline: nothing was lost, complete it.
             os.write(self._fd, b"\n")
             self.size += 1
@@ -544,6 +575,7 @@ class _Record:
     last_file: bool
     entry: dict[str, Any] | None = None
     error: str = ""
+    exact: bool = False  # the bytes are what the writer wrote for ``entry``
 
 
 def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -575,6 +607,7 @@ def _records(files: list[tuple[int, Path]]) -> Iterator[_Record]:
                                  not raw.endswith(b"\n"), lineno == 1, last)
                 if not record.torn:
                     record.entry, record.error = _parse_line(raw)
+                    record.exact = record.entry is not None and as_written(raw, record.entry)
                 yield record
 
 
@@ -647,12 +680,17 @@ def verify(directory: Path, live: bool = False, expect_hash: str | None = None
         exp_prev = prev1.entry["hash"] if prev1 is not None and prev1.entry else GENESIS
         skipped = [n for n in range(prev_number + 1, rec.number) if n not in numbers]
         prev_number = rec.number
-        if not _self_consistent(e):
+        consistent = _self_consistent(e)
+        if not consistent or not rec.exact:
             if chains_from(stream.peek(), exp_seq, exp_prev):
                 return fail(rec, "inserted", "this line is not part of the chain: the next "
                             "line continues from the line before it")
-            return fail(rec, "edited", "the entry does not match its hash: it was changed "
-                        "after it was written")
+            if not consistent:
+                return fail(rec, "edited", "the entry does not match its hash: it was "
+                            "changed after it was written")
+            return fail(rec, "edited", "the line is not as written: its values match its "
+                        "hash, but its bytes were changed (a repeated key, spaces, escapes, "
+                        "line ending or key order), so what a reader sees may be forged")
         if e["seq"] == exp_seq and e["prev"] == exp_prev:
             prev2, prev1 = prev1, rec
             entries += 1

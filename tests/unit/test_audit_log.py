@@ -154,6 +154,43 @@ def test_an_edited_line_with_a_recomputed_hash_is_found(audit: Path) -> None:
     assert tampered(audit, edit)[:2] == ("edited", 5)
 
 
+def test_a_line_with_a_duplicate_key_is_found_as_edited(audit: Path) -> None:
+    """A JSON parser keeps one value of a repeated key, so the entry still hashes right
+    while grep (or a parser that keeps the first value) shows the forged one."""
+    def edit(lines: list[str]) -> list[str]:
+        lines[4] = lines[4].replace('"outcome":"ok"', '"outcome":"FORBIDDEN","outcome":"ok"')
+        return lines
+
+    kind, line, text = tampered(audit, edit)
+    assert (kind, line) == ("edited", 5)
+    assert "as written" in text
+
+
+def _seq_moved(line: str) -> str:
+    entry = json.loads(line)
+    seq = entry.pop("seq")
+    return json.dumps({"time": entry.pop("time"), "seq": seq, **entry},
+                      separators=(",", ":")) + "\n"
+
+
+@pytest.mark.parametrize("reformat", [
+    lambda line: line.replace('","', '", "', 1),  # a space
+    lambda line: line.replace('"mutation"', '"\\u006dutation"', 1),  # an escaped letter
+    lambda line: line.rstrip("\n") + "\r\n",  # another line ending
+    _seq_moved,  # the chain's own keys in another order
+], ids=["space", "escape", "crlf", "moved-key"])
+def test_a_reformatted_line_is_found_as_edited(audit: Path, reformat: object) -> None:
+    """Bytes that differ from what the writer wrote are an edit, even when they parse to
+    the same values: verification covers the bytes as written."""
+    def edit(lines: list[str]) -> list[str]:
+        changed = reformat(lines[4])  # type: ignore[operator]
+        assert changed != lines[4] and json.loads(changed) == json.loads(lines[4])
+        lines[4] = changed
+        return lines
+
+    assert tampered(audit, edit)[:2] == ("edited", 5)
+
+
 def test_a_removed_line_is_found(audit: Path) -> None:
     kind, line, text = tampered(audit, lambda lines: lines[:3] + lines[4:])
     assert (kind, line) == ("removed", 4)
@@ -291,6 +328,22 @@ def test_a_whole_entry_missing_only_its_newline_is_completed(audit: Path) -> Non
     assert log.torn is None
     result = verify(audit)
     assert result.ok and result.entries == 6
+
+
+def test_an_unterminated_last_line_not_as_written_is_set_aside_not_completed(
+        audit: Path) -> None:
+    """Completing a line vouches for its bytes: one with a duplicate key is not whole."""
+    make_log(audit, 5)
+    path = only_file(audit)
+    lines = lines_of(path)
+    forged = lines[-1].replace('"outcome":"ok"', '"outcome":"FORBIDDEN","outcome":"ok"')
+    path.write_text("".join(lines[:-1]) + forged.rstrip("\n"))
+    log = AuditLog.open(audit, 1 << 20)
+    log.close()
+    assert log.torn is not None and log.torn.size == len(forged) - 1
+    result = verify(audit)
+    assert result.ok and result.entries == 5  # four entries, then audit.torn_tail
+    assert "FORBIDDEN" not in path.read_text()
 
 
 def test_a_damaged_last_line_stops_the_writer_with_a_clear_error(audit: Path) -> None:
