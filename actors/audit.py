@@ -7,8 +7,9 @@ writing beside it), opens the log (recovering the chain's tail) and appends ever
 handler never blocks for long.
 
 Refused requests (``auth.failure``) come in bursts when a client hammers the API: the
-first of a kind is written at once, its repeats within ``audit.burst_seconds`` as one
-entry with a count (``actors.audit_bursts``), so a flood cannot fill the disk.
+first of a kind (network, code, route template, token; never the path the client
+chose) is written at once, the rest as counted summaries at growing intervals
+(``actors.audit_bursts``), so a flood costs a trickle of lines.
 
 Nothing is dropped silently: events that arrive while the log cannot be opened (the
 lock is briefly held by a CLI, or the disk is full) wait in memory, up to

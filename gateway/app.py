@@ -55,6 +55,8 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 # Ariadne logs every GraphQL error with a traceback, expected ones (NOT_CONNECTED,
 # RATE_LIMITED ...) included. format_error logs the unexpected ones itself.
 GRAPHQL_ERROR_LOGGER = "wagate.graphql.errors"
+NO_ROUTE = "(no route)"  # the audit's route for a path that matches no route
+AUDIT_PATH_CHARS = 200  # of a refused request's path in the audit log
 
 
 def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
@@ -79,8 +81,11 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     def refuse(denied: Denied) -> tuple[Response, int]:
         log.warning("request refused", path=request.path, ip=g.client_ip, code=denied.code,
                     token=denied.token, status=denied.status)
-        audit("auth.failure", ip=g.client_ip, path=request.path, code=denied.code,
-              actor=denied.token, reason=denied.message)
+        # Bursts are keyed on the route template, never on the path the client chose.
+        rule = request.url_rule
+        audit("auth.failure", ip=g.client_ip, route=rule.rule if rule else NO_ROUTE,
+              path=request.path[:AUDIT_PATH_CHARS], code=denied.code, actor=denied.token,
+              reason=denied.message)
         response, status = _error_response(denied.code, denied.message, denied.status)
         if status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="wagate"'

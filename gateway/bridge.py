@@ -152,7 +152,8 @@ class ActorBridge:
         - ``recipient``: the phone number as raw digits (``14155552671``): the audit
           actor records it per ``audit.recipients`` (full, masked or hashed);
         - ``outcome``: ``ok`` or the error code; ``messageId``: the accepted message;
-        - for ``auth.failure``: ``path``, ``code``, ``reason``.
+        - for ``auth.failure``: ``route`` (the matched route template), ``path``,
+          ``code``, ``reason``; bursts are keyed on the route, never the path.
 
         Never message text: fields named ``text``, ``message`` or ``body`` are dropped.
         """

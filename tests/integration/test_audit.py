@@ -192,7 +192,7 @@ def test_a_flood_of_refused_requests_is_counted_but_written_compactly(
     def counted() -> int:
         # The first of a burst is an entry of its own; its summary counts the repeats.
         return sum(e.get("repeated", 1) for e in events(gw, "auth.failure")
-                   if e.get("path") == "/graphql" and e.get("code") == "UNAUTHENTICATED")
+                   if e.get("route") == "/graphql" and e.get("code") == "UNAUTHENTICATED")
 
     def all_counted() -> int | None:
         n = counted()
@@ -201,10 +201,42 @@ def test_a_flood_of_refused_requests_is_counted_but_written_compactly(
         return n if n == flood else None
 
     wait_for(all_counted, 15, 0.2, f"all {flood} refusals on record")
-    written = [e for e in events(gw, "auth.failure") if e.get("path") == "/graphql"]
+    written = [e for e in events(gw, "auth.failure") if e.get("route") == "/graphql"]
     # The first of each burst at once, then one summary per audit.burst_seconds window.
     assert len(written) < flood / 10, len(written)
     summaries = [e for e in written if "repeated" in e]
     assert summaries and all(e["first"] <= e["last"] for e in summaries)
     gw.stop()
     assert verify(audit_dir(gw.data_dir)).ok
+
+
+def test_refused_requests_on_paths_the_client_chooses_are_a_few_counted_lines(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """Refusals are keyed on the route template, not the path: 600 distinct long paths
+    are one kind, so a few lines, and every refusal is still counted."""
+    import requests
+
+    gw = make_gateway({"audit": {"burst_seconds": 0.2}}).start()
+    flood = 600
+    with requests.Session() as client:  # no token
+        for n in range(flood):
+            response = client.get(f"{gw.url}/admin/health/{n}/{'x' * 300}", timeout=10)
+            assert response.status_code == 401
+
+    def refused() -> list[dict[str, Any]]:
+        return [e for e in events(gw, "auth.failure") if e.get("code") == "UNAUTHENTICATED"
+                and (e.get("route") == "(no route)"
+                     or str(e.get("path", "")).startswith("/admin/health/"))]
+
+    def all_counted() -> list[dict[str, Any]] | None:
+        found = refused()
+        n = sum(e.get("repeated", 1) for e in found)
+        assert n <= flood, f"{n} refusals on record for {flood} requests"
+        return found if n == flood else None
+
+    written = wait_for(all_counted, 30, 0.2, f"all {flood} refusals on record")
+    assert len(written) < 20, f"{len(written)} lines for one kind of refusal"
+    assert all(len(e.get("path", "")) <= 200 for e in written)
+    gw.stop()
+    assert verify(audit_dir(gw.data_dir)).ok
+
