@@ -9,7 +9,8 @@ handler never blocks for long.
 Refused requests (``auth.failure``) come in bursts when a client hammers the API: the
 first of a kind (network, code, route template, token; never the path the client
 chose) is written at once, the rest as counted summaries at growing intervals
-(``actors.audit_bursts``), so a flood costs a trickle of lines.
+(``actors.audit_bursts``), so a flood costs a trickle of lines; and the log keeps at
+most ``audit.max_files`` files (``AuditLog.retire``), so nothing fills the disk.
 
 Nothing is dropped silently: events that arrive while the log cannot be opened (the
 lock is briefly held by a CLI, or the disk is full) wait in memory, up to
@@ -182,7 +183,7 @@ class AuditActor(ActorTypeDispatcher):
         try:
             self.log = AuditLog.open(self.lock.directory,
                                      int(config.audit.max_file_mb * MEGABYTE),
-                                     config.audit.recipients)
+                                     config.audit.recipients, keep_files=config.audit.max_files)
         except Exception as exc:  # a damaged tail, a full disk: say so, keep trying
             log.error("cannot open the audit log; entries wait in memory", error=str(exc))
             self._retry(OPEN_RETRY_SECONDS)

@@ -6,7 +6,10 @@ CLI (while it does not) both write through ``AuditLog``, and whoever writes hold
 
 Format: one JSON object per line, ``{"seq", "time", "event", "request_id"?, ...fields,
 "prev", "hash"}``, in files ``audit-000001.jsonl``, ``audit-000002.jsonl``, ... (a new
-file beyond ``audit.max_file_mb``; the chain runs on across files). ``prev`` is the
+file beyond ``audit.max_file_mb``; the chain runs on across files; at most
+``audit.max_files`` are kept, the oldest removed on record: ``AuditLog.retire``, and
+``verify`` accepts a chain starting mid-way only where such a record vouches for it,
+so retention bounds the directory without making removal by hand undetectable). ``prev`` is the
 ``hash`` of the entry before (64 zeros for the first one) and ``hash`` is
 ``sha256(prev + canonical JSON of the entry without "hash")``, canonical meaning sorted
 keys, no spaces, ASCII only. Editing, removing, reordering or inserting a line breaks
@@ -55,7 +58,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -66,7 +69,13 @@ GENESIS = "0" * 64
 DIR_NAME = "audit"
 LOCK_NAME = "lock"
 SECRET_NAME = "recipient.key"
-FILE_PATTERN = re.compile(r"^audit-(\d{6})\.jsonl$")
+# Six digits or more: with retention the numbers go on for as long as the log lives.
+FILE_PATTERN = re.compile(r"^audit-(\d{6,})\.jsonl$")
+TORN_PATTERN = re.compile(r"^torn-(\d{6,})-\d+(?:\.\d+)?\.bin$")
+LIVE_RETRIES = 3  # a live verify that raced a retention removal looks again
+RETENTION_EVENT = "audit.retention"
+RETENTION_BLOCKED_EVENT = "audit.retention_blocked"
+MIN_KEEP_FILES = 2  # the file being written and at least one before it
 RECIPIENT_MODES = ("full", "masked", "hashed")
 
 RESERVED = frozenset({"seq", "time", "event", "request_id", "prev", "hash"})
@@ -83,6 +92,7 @@ MAX_ITEMS = 20
 MAX_DEPTH = 2
 SECRET_BYTES = 32
 TAIL_BLOCK = 65536
+MAX_LINE = 1 << 20  # far beyond any entry the bounds above allow
 
 KINDS = ("edited", "removed", "reordered", "inserted", "truncated", "unreadable")
 
@@ -357,13 +367,21 @@ class AuditLog:
     """Appends entries to the chain. The caller must hold the ``AuditLock``."""
 
     def __init__(self, directory: Path, max_bytes: int, recipients: str = "masked",
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, keep_files: int | None = None
+                 ) -> None:
+        """``keep_files``: how many files to keep (``audit.max_files``); the oldest
+        beyond it are removed at rollover, on record. None keeps every file."""
         if recipients not in RECIPIENT_MODES:
             raise AuditError(f"audit.recipients = {recipients!r}; use one of "
                              f"{', '.join(RECIPIENT_MODES)}")
+        if keep_files is not None and keep_files < MIN_KEEP_FILES:
+            raise AuditError(f"audit.max_files = {keep_files!r}; keep at least "
+                             f"{MIN_KEEP_FILES} files")
         self.directory = Path(directory)
         self.max_bytes = max(1, int(max_bytes))
         self.recipients = recipients
+        self.keep_files = keep_files
+        self._retiring = False
         self._clock = clock
         self._secret = b""
         self._fd: int | None = None
@@ -377,9 +395,11 @@ class AuditLog:
 
     @classmethod
     def open(cls, directory: Path, max_bytes: int, recipients: str = "masked",
-             clock: Callable[[], float] = time.time) -> AuditLog:
-        """Open the log (creating it), recover the chain's tail, set aside a torn line."""
-        log = cls(directory, max_bytes, recipients, clock)
+             clock: Callable[[], float] = time.time, keep_files: int | None = None
+             ) -> AuditLog:
+        """Open the log (creating it), recover the chain's tail, set aside a torn line,
+        and remove files beyond ``keep_files`` (left by a lower setting or a crash)."""
+        log = cls(directory, max_bytes, recipients, clock, keep_files)
         ensure_dir(log.directory)
         if recipients == "hashed":
             log._secret = load_secret(log.directory)
@@ -390,6 +410,7 @@ class AuditLog:
             t = log.torn
             log.append("audit.torn_tail", {"file": t.file, "offset": t.offset, "bytes": t.size,
                                            "sha256": t.sha256, "saved_as": t.saved_as})
+        log.retire()
         return log
 
     def append(self, event: str, fields: Mapping[str, Any] | None = None,
@@ -397,21 +418,58 @@ class AuditLog:
         """Write one entry (flushed to the kernel before this returns) and return it."""
         if self._closed or self.broken:
             raise AuditError("the audit log is closed")
-        entry: dict[str, Any] = {"seq": self.seq + 1, "time": iso_time(self._clock()),
-                                 "event": _clip(str(event), MAX_KEY)}
-        if request_id:
-            entry["request_id"] = _clip(str(request_id), 128)
-        entry.update(clean_fields(fields or {}, self._render))
-        entry["prev"] = self.last_hash
-        entry["hash"] = entry_hash(entry, self.last_hash)
-        line = written_line(entry)
-        if self._fd is not None and self.size > 0 and self.size + len(line) > self.max_bytes:
-            self._roll()
         if self._fd is None:
             self._create(self.number)
+        entry, line = self._entry(event, fields, request_id)
+        if self.size > 0 and self.size + len(line) > self.max_bytes:
+            self._roll()  # may record a retention first: build the entry after it
+            entry, line = self._entry(event, fields, request_id)
         self._write(line)
         self.seq, self.last_hash = entry["seq"], entry["hash"]
         return entry
+
+    def retire(self) -> None:
+        """Remove the oldest files beyond ``keep_files``, on record.
+
+        The ``audit.retention`` entry comes first and is synced before any file goes, so
+        that a crash can never leave files removed without a record: it names the first
+        file kept and that file's first entry (``kept_seq``, ``kept_prev``), which is
+        where ``verify`` then finds the chain starting. A crash after the record and
+        before the removals only means the next rollover or open removes them. A
+        first kept entry that is not intact blocks the removal (recorded once per try):
+        the log then needs an operator, not a silent deletion.
+        """
+        if self.keep_files is None or self._retiring or self._closed or self.broken:
+            return
+        files = log_files(self.directory)
+        excess = len(files) - self.keep_files
+        if excess <= 0:
+            return
+        old, kept = files[:excess], files[excess][1]
+        first = first_entry(kept)
+        if first is None:
+            event, fields = RETENTION_BLOCKED_EVENT, {
+                "kept_file": kept.name, "max_files": self.keep_files,
+                "reason": "its first line is not an intact entry; run `wagate audit verify`"}
+        else:
+            event, fields = RETENTION_EVENT, {
+                "removed_files": len(old), "removed_first": old[0][1].name,
+                "removed_last": old[-1][1].name, "kept_file": kept.name,
+                "kept_seq": first["seq"], "kept_prev": first["prev"],
+                "max_files": self.keep_files}
+        _, line = self._entry(event, fields, "")
+        if self.size > 0 and self.size + len(line) > self.max_bytes:
+            self._roll()  # the record goes first into a new file: the rollover retires
+            return
+        self._retiring = True
+        try:
+            self.append(event, fields)
+            assert self._fd is not None
+            os.fsync(self._fd)
+        finally:
+            self._retiring = False
+        if first is not None:
+            self._remove([number for number, _ in old])
 
     def close(self) -> None:
         self._closed = True
@@ -425,6 +483,34 @@ class AuditLog:
 
     def _render(self, value: Any) -> str | None:
         return render_recipient(value, self.recipients, self._secret)
+
+    def _entry(self, event: str, fields: Mapping[str, Any] | None, request_id: str
+               ) -> tuple[dict[str, Any], bytes]:
+        """The next entry of the chain and its line."""
+        entry: dict[str, Any] = {"seq": self.seq + 1, "time": iso_time(self._clock()),
+                                 "event": _clip(str(event), MAX_KEY)}
+        if request_id:
+            entry["request_id"] = _clip(str(request_id), 128)
+        entry.update(clean_fields(fields or {}, self._render))
+        entry["prev"] = self.last_hash
+        entry["hash"] = entry_hash(entry, self.last_hash)
+        return entry, written_line(entry)
+
+    def _remove(self, numbers: list[int]) -> None:
+        """Unlink the log files ``numbers`` and the torn lines set aside from them."""
+        doomed = set(numbers)
+        names = [file_name(n) for n in sorted(doomed)]
+        try:
+            listing = os.listdir(self.directory)
+        except OSError:
+            listing = []
+        names += sorted(n for n in listing
+                        if (m := TORN_PATTERN.match(n)) and int(m.group(1)) in doomed)
+        for name in names:  # a file that cannot go stays, recorded: never lose the entry
+            with contextlib.suppress(OSError):
+                (self.directory / name).unlink()
+        with contextlib.suppress(OSError):
+            _fsync_dir(self.directory)
 
     def _write(self, line: bytes) -> None:
         assert self._fd is not None
@@ -456,6 +542,7 @@ class AuditLog:
         os.close(self._fd)
         self._fd = None
         self._create(self.number + 1)
+        self.retire()
 
     def _recover(self, files: list[tuple[int, Path]]) -> None:
         number, path = files[-1]
@@ -523,6 +610,21 @@ def _last_line(path: Path) -> tuple[bytes | None, int, int]:
     return buf[start:last_nl], pos + last_nl + 1, size
 
 
+def first_entry(path: Path) -> dict[str, Any] | None:
+    """The first entry of a log file when it is intact (as written, its hash right)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.readline(MAX_LINE)
+    except OSError:
+        return None
+    if not raw.endswith(b"\n"):
+        return None
+    entry, _ = _parse_line(raw)
+    if entry is None or not _self_consistent(entry) or not as_written(raw, entry):
+        return None
+    return entry
+
+
 def _parse_tail(line: bytes, path: Path) -> dict[str, Any]:
     try:
         entry = json.loads(line)
@@ -558,10 +660,51 @@ class Verification:
     last_seq: int
     last_time: str | None
     problem: Problem | None = None
+    # Where the chain starts: entry 1, or later when retention removed older files.
+    first_seq: int = 0
+    first_file: str = ""
+    retention_seq: int = 0  # the audit.retention entry that removed the entries before
 
     @property
     def ok(self) -> bool:
         return self.problem is None
+
+
+@dataclass(slots=True)
+class _Start:
+    """A chain that starts after entry 1: the oldest files are gone. Fine when an
+    ``audit.retention`` entry later in the chain records removing them."""
+
+    file: str
+    seq: int
+    prev: str
+    missing: list[int]  # the file numbers before it
+    explained_by: int = 0  # that entry's seq
+    file_starts: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def passed(self, rec: _Record) -> None:
+        """Note an entry that chained (from the start on)."""
+        e = rec.entry
+        assert e is not None
+        if rec.first_in_file:
+            self.file_starts[rec.file] = (e["seq"], e["prev"])
+        if not self.explained_by and e["event"] == RETENTION_EVENT:
+            # It explains the start when the first entry it says it kept is the one this
+            # chain holds: the start is that file, or one it decided to remove (a crash
+            # in the middle of the removals).
+            kept = self.file_starts.get(str(e.get("kept_file")))
+            if kept is not None and kept == (e.get("kept_seq"), e.get("kept_prev")):
+                self.explained_by = e["seq"]
+
+    def problem(self) -> Problem | None:
+        if self.explained_by:
+            return None
+        one = len(self.missing) == 1
+        names = (file_name(self.missing[0]) if one else
+                 f"{file_name(self.missing[0])} to {file_name(self.missing[-1])}")
+        return Problem(self.file, 1, "removed", f"{names} {'is' if one else 'are'} missing: "
+                       f"{_gone(1, self.seq - 1)} gone, and no {RETENTION_EVENT} entry "
+                       "records removing them (removed by hand?)")
 
 
 @dataclass(slots=True)
@@ -638,11 +781,22 @@ def verify(directory: Path, live: bool = False, expect_hash: str | None = None
     """Check the whole chain; stop at the first problem.
 
     ``live``: a writer holds the lock right now, so an incomplete last line is an entry
-    being written, not damage. ``expect_hash``: a hash kept elsewhere (printed by an
-    earlier verify) that must still be in the chain.
+    being written, not damage, and files its retention removed while this read them
+    are no damage either: when the listing changed under a problem, look again.
+    ``expect_hash``: a hash kept elsewhere (printed by an earlier verify) that must
+    still be in the chain.
     """
     directory = Path(directory)
-    files = log_files(directory)
+    for _ in range(LIVE_RETRIES if live else 1):
+        files = log_files(directory)
+        result = _verify_files(directory, files, live, expect_hash)
+        if result.ok or log_files(directory) == files:
+            break
+    return result
+
+
+def _verify_files(directory: Path, files: list[tuple[int, Path]], live: bool,
+                  expect_hash: str | None) -> Verification:
     numbers = {n for n, _ in files}
     stream = _Peekable(_records(files))
     prev1: _Record | None = None  # the last entry that chained
@@ -650,11 +804,15 @@ def verify(directory: Path, live: bool = False, expect_hash: str | None = None
     prev_number = 0
     entries = 0
     anchor_seen = expect_hash is None
+    start: _Start | None = None
+    first: _Record | None = None
 
     def result(problem: Problem | None) -> Verification:
         last = prev1.entry if prev1 is not None and prev1.entry is not None else None
         return Verification(entries, len(files), last["hash"] if last else GENESIS,
-                            last["seq"] if last else 0, last["time"] if last else None, problem)
+                            last["seq"] if last else 0, last["time"] if last else None, problem,
+                            first.entry["seq"] if first and first.entry else 0,
+                            first.file if first else "", start.explained_by if start else 0)
 
     def fail(at: _Record, kind: str, detail: str) -> Verification:
         return result(Problem(at.file, at.line, kind, detail))
@@ -691,9 +849,16 @@ def verify(directory: Path, live: bool = False, expect_hash: str | None = None
             return fail(rec, "edited", "the line is not as written: its values match its "
                         "hash, but its bytes were changed (a repeated key, spaces, escapes, "
                         "line ending or key order), so what a reader sees may be forged")
+        if prev1 is None and rec.first_in_file and skipped and e["seq"] > 1:
+            # The oldest files are gone; the chain starts here (checked at the end).
+            start = _Start(rec.file, e["seq"], e["prev"], skipped)
+            exp_seq, exp_prev = e["seq"], e["prev"]
         if e["seq"] == exp_seq and e["prev"] == exp_prev:
             prev2, prev1 = prev1, rec
+            first = first or rec
             entries += 1
+            if start is not None:
+                start.passed(rec)
             if not anchor_seen and e["hash"] == expect_hash:
                 anchor_seen = True
             continue
@@ -728,11 +893,15 @@ def verify(directory: Path, live: bool = False, expect_hash: str | None = None
                         "continues from the line before it")
         return fail(rec, "inserted", f"entry {e['seq']} appears again after entry "
                     f"{exp_seq - 1}: a copied or replayed line")
+    if start is not None and (unexplained := start.problem()) is not None:
+        return result(unexplained)
     if not anchor_seen:
         at = prev1 if prev1 is not None else None
+        retired = (f", or that entry was in a file removed by retention (the log now starts "
+                   f"at entry {start.seq})" if start is not None else "")
         return result(Problem(at.file if at else file_name(1), (at.line + 1) if at else 1,
                               "truncated", f"no entry has the expected hash {expect_hash}: "
-                              "the log was cut short, or rewritten, after that entry"))
+                              f"the log was cut short, or rewritten, after that entry{retired}"))
     return result(None)
 
 

@@ -82,7 +82,7 @@ def record_admin_action(config: Config, event: str, **fields: Any) -> None:
 def _write(config: Config, directory: Any, event: str, fields: dict[str, Any]) -> None:
     try:
         log = AuditLog.open(directory, int(config.audit.max_file_mb * MEGABYTE),
-                            config.audit.recipients)
+                            config.audit.recipients, keep_files=config.audit.max_files)
     except OSError as exc:
         raise AuditError(f"cannot open the audit log: {exc}") from exc
     try:

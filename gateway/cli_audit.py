@@ -58,6 +58,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return 1
     files = f"{result.files} file{'' if result.files == 1 else 's'}"
     print(f"audit log OK: {result.entries} entries in {files}, last hash {result.last_hash}")
+    if result.first_seq > 1:
+        print(f"the oldest file, {result.first_file}, starts at entry #{result.first_seq}: "
+              f"entries 1 to {result.first_seq - 1} were removed by retention "
+              f"(audit.max_files), as entry #{result.retention_seq} records")
     if result.last_time:
         print(f"last entry: #{result.last_seq} at {result.last_time}"
               + (" (the gateway is writing)" if live else ""))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import tomllib
 import types
 import typing
@@ -159,8 +160,11 @@ class EncryptionConfig:
 class AuditConfig:
     recipients: Literal["full", "masked", "hashed"] = "masked"  # how numbers are recorded
     max_file_mb: float = 64.0  # the log rolls over to a new file beyond this size
-    # repeats of one refused request (same address, code, path, token) within this window
-    # are written as one entry with a count: a flood cannot fill the disk
+    # files kept: at rollover the oldest beyond this are removed (on record in the chain),
+    # so the audit directory holds at most about max_files * max_file_mb
+    max_files: int = 16
+    # refused requests of one kind (network, code, route, token) within this window are
+    # written as one entry with a count; the window doubles while they go on (up to 64x)
     burst_seconds: float = 1.0
 
 
@@ -259,6 +263,12 @@ _AT_LEAST_ONE = {
     "graphql.max_batch", "graphql.max_body_bytes", "cluster.heartbeat_misses",
 }
 _PORTS = {"http.port", "actors.admin_port"}
+# Values that must be finite and within [low, high], keyed by dotted name.
+_RANGES: dict[str, tuple[float, float]] = {
+    "audit.max_file_mb": (0.01, 4096.0),
+    "audit.max_files": (2, 100000),
+    "audit.burst_seconds": (0.05, 3600.0),
+}
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -381,6 +391,11 @@ def _check_value(dotted: str, hint: Any, value: Any) -> Any:
         raise ConfigError(f"{dotted} must be at least 1 (got {value!r})")
     if dotted in _PORTS and not 0 < checked < 65536:
         raise ConfigError(f"{dotted} must be a TCP port between 1 and 65535 (got {value!r})")
+    if dotted in _RANGES:
+        low, high = _RANGES[dotted]
+        if not (math.isfinite(checked) and low <= checked <= high):
+            raise ConfigError(f"{dotted} must be a number from {low:g} to {high:g} "
+                              f"(got {value!r})")
     return checked
 
 

@@ -240,3 +240,38 @@ def test_refused_requests_on_paths_the_client_chooses_are_a_few_counted_lines(
     gw.stop()
     assert verify(audit_dir(gw.data_dir)).ok
 
+
+def test_a_flood_of_varied_refused_requests_keeps_the_audit_directory_bounded(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """The worst case for the log: every refusal from another network (through a trusted
+    proxy) on another path, so most are a new kind and a line of their own. The
+    directory still never holds more than about audit.max_files * audit.max_file_mb,
+    and the chain that is left verifies, starting where retention removed files."""
+    import requests
+
+    max_files, max_file_mb = 3, 0.01
+    gw = make_gateway({"audit": {"max_files": max_files, "max_file_mb": max_file_mb,
+                                 "burst_seconds": 0.05},
+                       "auth": {"trusted_proxies": ["127.0.0.1/32"]}}).start()
+    audit = audit_dir(gw.data_dir)
+    # One more file for a moment at rollover; the lock file; no line is near a file's size.
+    bound = (max_files + 1) * int(max_file_mb * 1024 * 1024) + 4096
+
+    def directory_bytes() -> int:
+        return sum(p.stat().st_size for p in audit.iterdir() if p.is_file())
+
+    flood = 1500
+    with requests.Session() as client:  # no token
+        for n in range(flood):
+            response = client.post(f"{gw.url}/graphql/{n}/{'y' * 100}", json={},
+                                   headers={"X-Forwarded-For": f"10.{n // 250}.{n % 250}.9"},
+                                   timeout=10)
+            assert response.status_code == 401
+            if n % 100 == 0:
+                assert directory_bytes() <= bound
+                assert len(log_files(audit)) <= max_files + 1
+    gw.stop()
+    assert directory_bytes() <= bound and len(log_files(audit)) <= max_files
+    result = verify(audit)
+    assert result.ok, result.problem
+    assert result.first_seq > 1 and result.retention_seq > result.first_seq

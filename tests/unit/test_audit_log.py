@@ -29,8 +29,8 @@ from gateway.config import load_config
 
 
 def make_log(directory: Path, count: int, max_bytes: int = 1 << 20,
-             recipients: str = "masked") -> AuditLog:
-    log = AuditLog.open(directory, max_bytes, recipients)
+             recipients: str = "masked", keep_files: int | None = None) -> AuditLog:
+    log = AuditLog.open(directory, max_bytes, recipients, keep_files=keep_files)
     for i in range(count):
         log.append("mutation", {"operation": "sendWhatsAppNotification", "n": i,
                                 "recipient": "14155552671", "outcome": "ok"}, f"req-{i}")
@@ -290,6 +290,128 @@ def test_a_cut_tail_is_only_found_against_a_hash_kept_elsewhere(audit: Path) -> 
     assert verify(audit).ok  # a shorter chain is still a chain
     problem = verify(audit, expect_hash=kept).problem
     assert problem is not None and problem.kind == "truncated" and kept in problem.detail
+
+
+# ---- retention -------------------------------------------------------------------------------
+
+
+def directory_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir())
+
+
+def test_retention_keeps_the_newest_files_and_says_where_the_chain_starts(
+        audit: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = make_log(audit, 300, max_bytes=1500, keep_files=3)
+    files = log_files(audit)
+    assert len(files) == 3 and files[0][0] > 1
+    assert [n for n, _ in files] == list(range(files[0][0], files[0][0] + 3))
+    assert directory_bytes(audit) <= 3 * 1500  # the files; nothing else grows
+    first_kept = json.loads(lines_of(files[0][1])[0])
+    assert first_kept["seq"] > 1 and first_kept["prev"] != GENESIS
+    result = verify(audit)
+    assert result.ok, result.problem
+    assert (result.first_seq, result.first_file) == (first_kept["seq"], files[0][1].name)
+    assert result.last_hash == log.last_hash and result.retention_seq > first_kept["seq"]
+    records = [json.loads(line) for _, path in files for line in lines_of(path)
+               if '"audit.retention"' in line]
+    assert records and records[-1]["kept_file"] == files[0][1].name
+    assert (records[-1]["kept_seq"], records[-1]["kept_prev"]) == (
+        first_kept["seq"], first_kept["prev"])
+
+    assert main(["audit", "verify", "--data-dir", str(audit.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "audit log OK:" in out
+    assert (f"the oldest file, {files[0][1].name}, starts at entry #{first_kept['seq']}: "
+            f"entries 1 to {first_kept['seq'] - 1} were removed by retention") in out
+
+
+def test_a_retained_file_removed_by_hand_is_still_found(audit: Path) -> None:
+    make_log(audit, 300, max_bytes=1500, keep_files=3)
+    oldest = log_files(audit)[0][1]
+    oldest.unlink()
+    problem = verify(audit).problem
+    assert problem is not None and (problem.kind, problem.line) == ("removed", 1)
+    assert "no audit.retention entry records removing them" in problem.detail
+
+
+def test_a_hash_kept_elsewhere_that_retention_removed_says_so(audit: Path) -> None:
+    make_log(audit, 3, max_bytes=1500, keep_files=3)
+    kept = verify(audit).last_hash
+    make_log(audit, 300, max_bytes=1500, keep_files=3)
+    problem = verify(audit, expect_hash=kept).problem
+    assert problem is not None and "removed by retention" in problem.detail
+
+
+def test_a_crash_during_retention_leaves_a_log_that_verifies_and_is_finished_later(
+        audit: Path, tmp_path: Path) -> None:
+    """The record is written (and synced) before any file goes: a crash after it, or
+    between two removals, leaves files the record already covers."""
+    make_log(audit, 300, max_bytes=1500)  # no retention yet: every file kept
+    backup = {path.name: path.read_bytes() for _, path in log_files(audit)}
+    count = len(backup)
+    assert count > 10
+    log = AuditLog.open(audit, 1500, keep_files=4)  # a lowered setting: applied at open
+    log.close()
+    assert len(log_files(audit)) == 4 and verify(audit).ok
+
+    removed = sorted(set(backup) - {p.name for _, p in log_files(audit)})
+    (audit / removed[-1]).write_bytes(backup[removed[-1]])  # a crash before the last unlink
+    result = verify(audit)
+    assert result.ok and result.first_file == removed[-1], result.problem
+    for name in removed:  # a crash right after the record: nothing removed yet
+        (audit / name).write_bytes(backup[name])
+    assert verify(audit).ok and len(log_files(audit)) >= count
+
+    log = AuditLog.open(audit, 1500, keep_files=4)
+    log.close()
+    assert len(log_files(audit)) == 4
+    assert verify(audit).ok
+
+
+def test_torn_lines_set_aside_go_with_their_file(audit: Path) -> None:
+    make_log(audit, 2, max_bytes=1500, keep_files=3)
+    with open(log_files(audit)[-1][1], "a") as f:
+        f.write('{"seq":3,"time":"2026-01-')  # a crash in the middle of a write
+    make_log(audit, 300, max_bytes=1500, keep_files=3)
+    assert not list(audit.glob("torn-*.bin"))
+    assert verify(audit).ok
+
+
+def test_retention_stops_at_a_damaged_first_kept_entry_and_says_so(audit: Path) -> None:
+    make_log(audit, 60, max_bytes=1500)
+    files = log_files(audit)
+    for _, path in files[:-1]:  # whichever file would be kept first is damaged
+        lines = lines_of(path)
+        path.write_text(lines[0].replace('"outcome":"ok"', '"outcome":"no"')
+                        + "".join(lines[1:]))
+    log = AuditLog.open(audit, 1500, keep_files=len(files) - 1)
+    log.close()
+    assert {p for _, p in files} <= {p for _, p in log_files(audit)}  # nothing removed
+    last = json.loads(lines_of(log_files(audit)[-1][1])[-1])
+    assert last["event"] == "audit.retention_blocked" and last["kept_file"] in {
+        p.name for _, p in files}
+
+
+def test_file_numbers_past_six_digits_stay_in_the_chain(audit: Path) -> None:
+    """Retention lets a log live forever, so its file numbers outgrow six digits."""
+    make_log(audit, 30, max_bytes=1500)
+    files = log_files(audit)
+    for number, path in files:
+        path.rename(audit / file_name(999_997 + number))
+    names = [p.name for _, p in log_files(audit)]
+    assert len(names) == len(files) and names[-1] == f"audit-{999_997 + len(files)}.jsonl"
+    log = AuditLog.open(audit, 1500, keep_files=3)
+    log.append("more", {})
+    log.close()
+    result = verify(audit)
+    assert result.ok, result.problem
+    assert len(log_files(audit)) == 3 and result.first_file.startswith("audit-1000")
+
+
+@pytest.mark.parametrize("keep", [-1, 0, 1])
+def test_retention_keeps_at_least_two_files(audit: Path, keep: int) -> None:
+    with pytest.raises(AuditError, match=r"audit\.max_files"):
+        AuditLog.open(audit, 1500, keep_files=keep)
 
 
 # ---- torn tails ----------------------------------------------------------------------------

@@ -189,3 +189,26 @@ def test_config_to_dict_round_trips_through_overrides() -> None:
 def test_a_bad_network_is_refused_at_load_naming_the_key(key: str) -> None:
     with pytest.raises(ConfigError, match=rf"{key}: '10.0.0.300/8' is not an IPv4 or IPv6"):
         load_config(None, {key: ["10.0.0.0/8", "10.0.0.300/8"]})
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("audit.max_file_mb", "nan"), ("audit.max_file_mb", "inf"), ("audit.max_file_mb", "0.001"),
+    ("audit.max_file_mb", "5000"), ("audit.max_files", "1"), ("audit.max_files", "0"),
+    ("audit.max_files", "-3"), ("audit.max_files", "1000000"), ("audit.max_files", "2.5"),
+    ("audit.burst_seconds", "nan"), ("audit.burst_seconds", "inf"),
+    ("audit.burst_seconds", "-inf"), ("audit.burst_seconds", "0.001"),
+    ("audit.burst_seconds", "86400"),
+])
+def test_audit_bounds_are_finite_and_in_range_naming_the_key(
+        tmp_path: Path, key: str, value: str) -> None:
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, f"[{section}]\n{name} = {value}\n"))
+    assert key in str(info.value)
+
+
+def test_audit_bounds_at_their_limits_load() -> None:
+    config = load_config(None, {"audit.max_file_mb": 0.01, "audit.max_files": 2,
+                                "audit.burst_seconds": 3600})
+    assert (config.audit.max_file_mb, config.audit.max_files) == (0.01, 2)
+    assert config.audit.max_files == 2 and Config().audit.max_files == 16
