@@ -918,7 +918,11 @@ def read_tail(directory: Path, count: int) -> list[str]:
     for _, path in reversed(log_files(Path(directory))):
         if have >= wanted:
             break
-        with open(path, "rb") as f:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:  # removed by retention since it was listed: older still
+            break
+        with f:
             chunk = deque((raw.decode("utf-8", "replace").rstrip("\n") for raw in f),
                           maxlen=wanted - have)
         collected.append(list(chunk))
