@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.networks import parse_networks
+from gateway.networks import is_loopback_host, parse_networks
 
 DEFAULT_CONFIG_PATH = Path("configs/gateway.toml")
 
@@ -138,7 +138,8 @@ class LoggingConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
-    # false only under `wagate serve --demo`, which must bind to a loopback address
+    # false is the demo (`wagate serve --demo`): refused at load unless the engine is the
+    # simulator, http.host is loopback and cluster.role is "single"
     required: bool = True
     tokens_file: str = ""  # hashed API tokens; "" = data_dir/tokens.toml
     allowed_networks: tuple[str, ...] = ()  # CIDRs that may reach the gateway; () = any
@@ -299,7 +300,32 @@ def _checked(config: Config) -> Config:
             "only find its message while the record is kept")
     _check_networks(config)
     _check_cluster(config.cluster)
+    _check_without_tokens(config)
     return config
+
+
+def _check_without_tokens(config: Config) -> None:
+    """``auth.required = false`` is the demo and nothing else: the simulator, one host,
+    a loopback bind. Checked here, where every config passes (a file, the command line,
+    the web tier's copy), so no file can run the real engine, or a reachable API,
+    without tokens (and, the storage key being optional only then, unencrypted)."""
+    if config.auth.required:
+        return
+    if config.transport.engine != "simulator":
+        raise ConfigError(
+            f"auth.required = false is only for the demo, which runs the simulator, not "
+            f"transport.engine = {config.transport.engine!r}: for real WhatsApp keep "
+            "auth.required = true and create an API token (`wagate token create`) and a "
+            "storage key (`wagate keys create`); to try the gateway, run `wagate serve --demo`")
+    if not is_loopback_host(config.http.host):
+        raise ConfigError(
+            f"auth.required = false (--demo) runs without API tokens, so it binds only to a "
+            f"loopback address, not http.host = {config.http.host!r}; drop --host, or "
+            "create tokens (`wagate token create`) and run without --demo")
+    if config.cluster.role != "single":
+        raise ConfigError(
+            f"auth.required = false (--demo) runs on one host only, not with cluster.role = "
+            f"{config.cluster.role!r}; a cluster needs API tokens (`wagate token create`)")
 
 
 def _check_networks(config: Config) -> None:

@@ -39,3 +39,12 @@ def address_in(text: str, networks: Iterable[Network]) -> bool:
     address = parse_address(text)
     return address is not None and any(
         address.version == n.version and address in n for n in networks)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding ``host`` keeps a listener on this machine only: ``localhost`` or
+    a loopback address (``127.0.0.0/8``, ``::1``). ``0.0.0.0`` and ``::`` are not."""
+    if host.strip().lower() == "localhost":
+        return True
+    address = parse_address(host.strip().strip("[]"))
+    return address is not None and address.is_loopback

@@ -11,7 +11,6 @@ what a crashed predecessor left behind.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import signal
@@ -123,11 +122,7 @@ def check_access(config: Config) -> None:
     from gateway.app import make_authenticator
     from gateway.auth import TokenFileError, tokens_path
 
-    if not config.auth.required:
-        if not is_loopback(config.http.host):
-            raise StartupError(f"--demo runs without API tokens, so it binds only to a "
-                               f"loopback address, not {config.http.host}; drop --host, or "
-                               "create tokens (`wagate token create`) and run without --demo")
+    if not config.auth.required:  # the demo: the config loader allows it on loopback only
         log.warning("serving WITHOUT API tokens (demo on loopback): every local program "
                     "may use the API", host=config.http.host)
         return
@@ -141,15 +136,6 @@ def check_access(config: Config) -> None:
             "refused; create one with `wagate token create --name admin --role admin` "
             "(with the same --config as here), or try the gateway without tokens: "
             "`wagate serve --demo` (loopback only)")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:

@@ -244,8 +244,15 @@ def test_only_expired_or_revoked_tokens_refuse_to_start(tmp_path: Path) -> None:
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1", "::"])
 def test_demo_without_tokens_only_on_loopback(tmp_path: Path, host: str) -> None:
     done = _serve(tmp_path, "--demo", "--host", host, "--port", "1")
-    assert done.returncode == 1
+    assert done.returncode == 2  # a configuration error, refused at load
     assert "loopback" in done.stderr and host in done.stderr
+
+
+def test_a_config_file_cannot_serve_the_real_engine_without_tokens(tmp_path: Path) -> None:
+    done = _serve(tmp_path, "--port", "1", config="[auth]\nrequired = false\n")
+    assert done.returncode == 2
+    assert "auth.required = false is only for the demo" in done.stderr
+    assert "wagate serve --demo" in done.stderr
 
 
 def test_token_cli_round_trip(tmp_path: Path) -> None:

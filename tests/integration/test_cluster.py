@@ -63,7 +63,8 @@ def test_cluster_mode_refuses_to_start_without_allow_networks(tmp_path: Path) ->
                       '[transport]\nengine = "simulator"\n'
                       '[cluster]\nrole = "leader"\nadvertise_address = "127.0.0.1"\n',
                       encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--demo",
+    # No --demo: the demo runs on one host only (refused at load, tested in test_config).
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "serve",
                            "--config", str(config)], capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 1, done

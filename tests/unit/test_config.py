@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, ConfigError, config_to_dict, load_config
+from gateway.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -212,3 +212,33 @@ def test_audit_bounds_at_their_limits_load() -> None:
                                 "audit.burst_seconds": 3600})
     assert (config.audit.max_file_mb, config.audit.max_files) == (0.01, 2)
     assert config.audit.max_files == 2 and Config().audit.max_files == 16
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({}, "transport.engine = 'neonize'"),  # the real engine: never without tokens
+    ({"transport.engine": "simulator", "http.host": "0.0.0.0"}, "http.host = '0.0.0.0'"),
+    ({"transport.engine": "simulator", "http.host": "192.0.2.1"}, "loopback"),
+    ({"transport.engine": "simulator", "cluster.role": "leader",
+      "cluster.allow_networks": ["10.0.0.0/8"]}, "cluster.role = 'leader'"),
+])
+def test_running_without_tokens_is_refused_outside_the_demo(
+        tmp_path: Path, overrides: dict[str, object], named: str) -> None:
+    """Only the demo (simulator, one host, loopback) runs without API tokens: a config
+    file saying ``auth.required = false`` cannot open the real engine or a reachable
+    API to everyone, whichever way the setting arrives."""
+    path = write(tmp_path, "[auth]\nrequired = false\n")
+    with pytest.raises(ConfigError, match=r"auth\.required = false") as caught:
+        load_config(path, overrides)
+    assert named in str(caught.value)
+    # The web tier's copy of the config is checked the same way.
+    handed_over = config_to_dict(load_config(None, {"transport.engine": "simulator"}))
+    handed_over["auth"]["required"] = False
+    handed_over["transport"]["engine"] = "neonize"
+    with pytest.raises(ConfigError, match=r"auth\.required = false"):
+        config_from_dict(handed_over)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_the_demo_runs_without_tokens_on_loopback(tmp_path: Path, host: str) -> None:
+    path = write(tmp_path, "[auth]\nrequired = false\n[transport]\nengine = \"simulator\"\n")
+    assert load_config(path, {"http.host": host}).auth.required is False

@@ -138,13 +138,15 @@ def test_the_startup_check_refuses_a_wrong_or_missing_key(tmp_path: Path) -> Non
 
     for auth in (True, False):  # stores are encrypted: even the demo needs the key
         with pytest.raises(StoreCheckError, match="no storage key is configured"):
-            check_stores(config_for(tmp_path, None, **{"auth.required": auth}))
+            check_stores(config_for(tmp_path, None, **{"auth.required": auth,
+                                                       "transport.engine": "simulator"}))
 
 
 def test_without_stores_only_the_demo_runs_without_a_key(tmp_path: Path) -> None:
     with pytest.raises(StoreCheckError, match="wagate keys create --out PATH"):
         check_stores(config_for(tmp_path, None))
-    assert check_stores(config_for(tmp_path, None, **{"auth.required": False})) is None
+    demo = {"auth.required": False, "transport.engine": "simulator"}  # only the demo may
+    assert check_stores(config_for(tmp_path, None, **demo)) is None
 
 
 def test_the_startup_check_seals_clear_text_stores_and_clears_leftovers(
