@@ -3,7 +3,8 @@
 ``create_app`` builds everything from a ``Config`` and never starts an actor system;
 the bridge joins a running one on first use, after gunicorn has forked.
 
-Every request passes the network check and (except the public paths) the token check
+Every request passes the network check, the Host and Origin checks (DNS rebinding,
+other sites' pages: ``gateway.origins``) and (except the public paths) the token check
 before any view runs, so a refused request costs no GraphQL work; what each principal
 may do is checked per operation by the resolvers (``gateway.auth.authorize``).
 """
@@ -43,6 +44,7 @@ from gateway.health import health_document
 from gateway.metrics import CONTENT_TYPE, GraphqlMetrics
 from gateway.metrics import render as render_metrics
 from gateway.networks import parse_networks
+from gateway.origins import BrowserPolicy, cors_headers, preflight_headers
 from gateway.query_cache import DocumentCache
 from gateway.request_body import BodyError, parse_json_body
 from gateway.resolvers import build_schema
@@ -73,6 +75,8 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     rules = limit_rules(limits.max_depth, limits.max_cost)
     explorer_html = ExplorerGraphiQL(title="wagate GraphQL").html(None)
     authenticator = make_authenticator(config)
+    browsers = BrowserPolicy.build(config.http.host, config.http.allowed_hosts,
+                                   config.http.allowed_origins)
 
     def audit(event: str, **fields: Any) -> None:
         """Hand an entry to the audit log's single writer (never raises)."""
@@ -100,9 +104,12 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
         structlog.contextvars.bind_contextvars(request_id=g.request_id)
         g.client_ip = authenticator.networks.client_address(
             request.remote_addr or "", request.headers.get("X-Forwarded-For"))
-        denied = authenticator.check_network(g.client_ip)
+        denied = authenticator.check_network(g.client_ip) or check_browser()
         if denied is not None:
             return refuse(denied)
+        if g.get("cors_origin") and request.method == "OPTIONS" and \
+                "Access-Control-Request-Method" in request.headers:
+            return Response(status=204, headers=preflight_headers(g.cors_origin)), 204
         if _is_public(request.path, request.method, limits.explorer):
             return None
         who = authenticator.authenticate(g.client_ip, request.headers.get("Authorization"),
@@ -111,6 +118,21 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
             return refuse(who)
         g.principal = who
         structlog.contextvars.bind_contextvars(actor=who.name)
+        return None
+
+    def check_browser() -> Denied | None:
+        """DNS rebinding (the Host header) and other origins' pages (gateway/origins.py);
+        an allowed other origin is remembered for its CORS headers."""
+        host = request.headers.get("Host")
+        reason = browsers.host_refusal(host)
+        if reason is not None:
+            return Denied(403, "FORBIDDEN", reason)
+        origin = request.headers.get("Origin")
+        verdict = browsers.origin_verdict(origin, request.headers.get("Sec-Fetch-Site"), host)
+        if verdict == "refused":
+            return Denied(403, "FORBIDDEN", browsers.origin_refusal(origin or ""))
+        if verdict == "allowed":
+            g.cors_origin = origin
         return None
 
     def require(action: str) -> Principal:
@@ -122,6 +144,10 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     @app.after_request
     def finish_request(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        if "Origin" in request.headers:
+            response.vary.add("Origin")  # CORS headers and refusals depend on it
+        if g.get("cors_origin"):
+            response.headers.update(cors_headers(g.cors_origin))
         if request.path not in PUBLIC_PATHS:  # probes are not worth a log line
             log.info("request", method=request.method, path=request.path,
                      status=response.status_code, operation=g.get("operation"),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.networks import is_loopback_host, parse_networks
+from gateway.origins import check_allowed_hosts, check_allowed_origins
 
 DEFAULT_CONFIG_PATH = Path("configs/gateway.toml")
 
@@ -34,6 +35,12 @@ class HttpConfig:
     workers: int = 2  # gunicorn worker processes
     threads: int = 8  # threads per worker
     dev: bool = False  # Flask's own server and console logs instead of gunicorn
+    # Host names the API answers to besides localhost and IP addresses (DNS rebinding):
+    # checked on a loopback bind, and on any bind once the list is not empty.
+    allowed_hosts: tuple[str, ...] = ()
+    # Origins of other web pages that may call the API from a browser (CORS); the
+    # gateway's own pages (the dashboard, the explorer) need no entry.
+    allowed_origins: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +306,7 @@ def _checked(config: Config) -> Config:
             f"delivery.idempotency_hours ({config.delivery.idempotency_hours:g}): a key can "
             "only find its message while the record is kept")
     _check_networks(config)
+    _check_browser_access(config.http)
     _check_cluster(config.cluster)
     _check_without_tokens(config)
     return config
@@ -337,6 +345,15 @@ def _check_networks(config: Config) -> None:
             parse_networks(values, where)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def _check_browser_access(http: HttpConfig) -> None:
+    """The Host and Origin lists (gateway/origins.py), checked at load like the CIDRs."""
+    try:
+        check_allowed_hosts(http.allowed_hosts, "http.allowed_hosts")
+        check_allowed_origins(http.allowed_origins, "http.allowed_origins")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_cluster(cluster: ClusterConfig) -> None:
