@@ -7,7 +7,7 @@ runs on the send path. Pure: no Flask, no actor system.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,18 +19,19 @@ from actors.message_store import STATES
 from actors.messages import HealthReport, SessionState
 from actors.metrics import RATE_SCOPES, SessionMetrics
 from gateway import __version__
+from gateway.scope import Scope, scoped_report
 
 LIMIT_SCOPES = ("recipient_minute", "recipient_hour", "global_day")
 
 
 class ActorCollector:
     """One scrape's worth of actor-side metrics (``report`` None: the actors did not
-    answer, and ``wagate_actors_up`` says so)."""
+    answer, and ``wagate_actors_up`` says so). ``scope``: a token limited to some
+    sessions gets only their series, none of the gateway-wide ones (gateway/scope.py)."""
 
-    def __init__(self, report: HealthReport | None,
-                 visible: Callable[[str], bool] | None = None) -> None:
-        self.report = report
-        self.visible = visible
+    def __init__(self, report: HealthReport | None, scope: Scope = None) -> None:
+        self.report = None if report is None else scoped_report(report, scope)
+        self.whole = scope is None
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("wagate_actors_up", "1 when the actor system answered this "
@@ -67,8 +68,6 @@ class ActorCollector:
                                          "began reconnecting", labels=["session"])
         for status in report.sessions:
             name = status.session
-            if self.visible is not None and not self.visible(name):
-                continue
             connected.add_metric([name], 1.0 if status.connected else 0.0)
             for candidate in SessionState:
                 state.add_metric([name, candidate.value],
@@ -89,9 +88,10 @@ class ActorCollector:
                                   "or being sent)", labels=["session"])
         names = {s.session for s in report.sessions} | set(report.queue_by_session)
         for name in sorted(names):
-            if self.visible is None or self.visible(name):
-                queue.add_metric([name], float(report.queue_by_session.get(name, 0)))
+            queue.add_metric([name], float(report.queue_by_session.get(name, 0)))
         yield queue
+        if not self.whole:
+            return  # the counters below are of every session together
         messages = CounterMetricFamily("wagate_messages_total", "messages that reached each "
                                        "state (each message once per state)", labels=["state"])
         for name in STATES:

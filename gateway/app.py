@@ -233,7 +233,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
             return jsonify({"status": "unavailable", "reason": exc.message,
                             "version": __version__,
                             **_error_body(exc.code, exc.message)}), 503
-        document = health_document(report, time.time(), principal.may_see)
+        document = health_document(report, time.time(), principal.sessions)
         document["auth"] = {"required": authenticator.required, "principal": principal.name,
                             "role": principal.role}
         return jsonify(document), 200
@@ -247,14 +247,17 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
             report: HealthReport | None = bridge.ask(GetHealth(g.request_id))
         except GatewayError:
             report = None  # wagate_actors_up 0; the web tier's own metrics still count
-        return Response(render_metrics(report, principal.may_see), content_type=CONTENT_TYPE)
+        return Response(render_metrics(report, principal.sessions), content_type=CONTENT_TYPE)
 
     @app.get("/admin/tokens")
     def admin_tokens() -> tuple[Response, int]:
-        require("admin")
+        # An admin limited to some sessions sees only the tokens limited to (some of)
+        # them: the others belong to whoever shares the gateway with it.
+        principal = require("admin")
         now = time.time()
         entries = TokenFile(authenticator.token_path).entries().values()
-        return jsonify({"tokens": [entry.public(now) for entry in entries]}), 200
+        return jsonify({"tokens": [entry.public(now) for entry in entries
+                                   if principal.covers(entry.sessions)]}), 200
 
     @app.errorhandler(GatewayError)
     def gateway_error(exc: GatewayError) -> tuple[Response, int]:

@@ -77,6 +77,11 @@ class Principal:
     def may_see(self, session: str) -> bool:
         return self.sessions is None or session in self.sessions
 
+    def covers(self, sessions: frozenset[str] | None) -> bool:
+        """Whether ``sessions`` (None: every session) lie within this principal's own:
+        what another token may reach is for whoever may see all of it."""
+        return self.sessions is None or (sessions is not None and sessions <= self.sessions)
+
 
 DEMO_PRINCIPAL = Principal("demo", "admin")
 

@@ -14,11 +14,11 @@ states onto them (README: Metrics).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from actors.messages import HealthReport, SessionState, SessionStatus
 from gateway import __version__
+from gateway.scope import Scope, scoped_report
 from gateway.times import iso_time
 
 GATEWAY_STATUSES = ("connected", "connecting", "disconnected", "uninitialized", "unregistered")
@@ -50,30 +50,32 @@ def gateway_status(status: SessionStatus) -> str:
     return GATEWAY_STATUS[status.state]
 
 
-def health_document(report: HealthReport, now: float,
-                    visible: Callable[[str], bool] | None = None) -> dict[str, Any]:
-    """The overall status plus every session's detail; ``visible`` limits the sessions
-    shown (a token restricted to some sessions sees only those)."""
-    shown = [s for s in report.sessions if visible is None or visible(s.session)]
-    sessions = [_session_health(s, now) for s in shown]
-    by_session = {name: depth for name, depth in report.queue_by_session.items()
-                  if visible is None or visible(name)}
+def health_document(report: HealthReport, now: float, scope: Scope = None) -> dict[str, Any]:
+    """The overall status plus every session's detail. ``scope`` (a token restricted to
+    some sessions) limits it to those sessions and figures computed from them: no
+    process ids, no uncertain count, no daily usage (gateway/scope.py)."""
+    report = scoped_report(report, scope)
+    sessions = [_session_health(s, now) for s in report.sessions]
     degraded = any(s["state"] in ("RECONNECTING", "FAILED") for s in sessions)
-    return {
+    queue: dict[str, Any] = {"depth": report.queue_depth,
+                             "bySession": dict(report.queue_by_session)}
+    document = {
         "status": "degraded" if degraded else "ok",
         "version": __version__,
         "time": iso_time(now),
         "health": {s.session: {"gateway_status": gateway_status(s), "state": s.state.value}
-                   for s in shown},
+                   for s in report.sessions},
         "meta": {"api_status": "stable", "version": __version__},
         "sessions": sessions,
-        "queue": {"depth": report.queue_depth, "bySession": by_session,
-                  "uncertainTotal": report.uncertain_total},
-        "limiter": report.limiter,
-        "processes": report.worker_pids,
+        "queue": queue,
         # The hosts of the cluster (one, this one, on a single host) with their sessions.
         "hosts": [dict(h) for h in report.hosts],
     }
+    if scope is None:  # gateway-wide: only for callers that see every session
+        queue["uncertainTotal"] = report.uncertain_total
+        document["limiter"] = report.limiter
+        document["processes"] = report.worker_pids
+    return document
 
 
 def _session_health(status: SessionStatus, now: float) -> dict[str, Any]:

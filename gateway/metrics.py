@@ -35,6 +35,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from actors.messages import HealthReport
 from gateway.actor_metrics import ActorCollector
 from gateway.errors import ERROR_CODES
+from gateway.scope import Scope
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_DIR = "run/metrics"
@@ -134,15 +135,17 @@ class GraphqlMetrics:
         return (name if name in self.fields else "unknown"), aliases
 
 
-def render(report: HealthReport | None,
-           visible: Callable[[str], bool] | None = None) -> bytes:
-    """The whole scrape: the web tier's metrics (every worker's) and the actors'."""
+def render(report: HealthReport | None, scope: Scope = None) -> bytes:
+    """The whole scrape: the web tier's metrics (every worker's) and the actors'. A
+    token limited to some sessions (``scope``) gets their series only: the web tier's
+    counters are of every client's requests, so they are left out too."""
     registry = CollectorRegistry(auto_describe=False)
-    if os.environ.get(MULTIPROC_ENV):
-        MultiProcessCollector(registry)
-    else:  # one process (e.g. the app in a test): its own values are all there is
-        registry.register(_Local())
-    registry.register(ActorCollector(report, visible))
+    if scope is None:
+        if os.environ.get(MULTIPROC_ENV):
+            MultiProcessCollector(registry)
+        else:  # one process (e.g. the app in a test): its own values are all there is
+            registry.register(_Local())
+    registry.register(ActorCollector(report, scope))
     return generate_latest(registry)
 
 

@@ -3,7 +3,8 @@
 Sessions come from the status snapshot while it is fresh (no actor round trip, like
 ``whatsAppStatus``), otherwise from the supervisor. Queue and usage figures need the
 outbox, so they are asked for only when selected, and at most once per request.
-Everything is filtered to the sessions the caller's token may see.
+Everything is filtered to the sessions the caller's token may see; the daily usage,
+which counts every session's sends, is null for a token limited to some.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gateway import __version__
 from gateway.auth import Principal, authorize
 from gateway.config import Config
 from gateway.errors import GatewayError
+from gateway.scope import scoped_report
 
 
 def resolve_sessions(_: Any, info: GraphQLResolveInfo) -> list[SessionStatus]:
@@ -41,18 +43,18 @@ class GatewayView:
     _report: HealthReport | None = field(default=None, repr=False)
 
     def report(self) -> HealthReport:
+        """The health report as the caller may see it (gateway/scope.py)."""
         if self._report is None:
             report = _health(self.info)
             if "outbox" not in report.worker_pids:
                 raise GatewayError("UNAVAILABLE", "the message store is restarting; "
                                    "retry in a few seconds")
-            self._report = report
+            self._report = scoped_report(report, self.principal.sessions)
         return self._report
 
     def queue_by_session(self) -> list[dict[str, Any]]:
         return [{"session": name, "depth": depth}
-                for name, depth in sorted(self.report().queue_by_session.items())
-                if depth and self.principal.may_see(name)]
+                for name, depth in sorted(self.report().queue_by_session.items()) if depth]
 
 
 def resolve_gateway(_: Any, info: GraphQLResolveInfo) -> GatewayView:
@@ -74,7 +76,10 @@ def gateway_type() -> ObjectType:
     return gateway
 
 
-def _daily_usage(view: GatewayView, _: GraphQLResolveInfo) -> dict[str, int]:
+def _daily_usage(view: GatewayView, _: GraphQLResolveInfo) -> dict[str, int] | None:
+    """The daily count is of every session's sends: not for a token limited to some."""
+    if view.principal.sessions is not None:
+        return None
     usage = view.report().limiter
     limit = int(usage.get("global_day_limit", view.config.limits.global_per_day))
     used = int(usage.get("global_day_used", 0))

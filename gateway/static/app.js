@@ -297,15 +297,21 @@
       $("queue-depth").textContent = String(gw.queueDepth);
       $("queue-by-session").textContent = gw.queueBySession
         .map((q) => `${q.session}: ${q.depth}`).join(", ");
-      const usage = gw.dailyUsage;
-      $("usage-text").textContent =
-        `${usage.used} of ${usage.limit} (${usage.remaining} left); the limit counts every ` +
-        "session together";
+      const usage = gw.dailyUsage; // null: the token sees only some sessions
       const meter = $("usage-meter");
-      meter.max = usage.limit;
-      meter.low = usage.limit * 0.7;
-      meter.high = usage.limit * 0.9;
-      meter.value = usage.used;
+      meter.hidden = !usage;
+      if (usage) {
+        $("usage-text").textContent =
+          `${usage.used} of ${usage.limit} (${usage.remaining} left); the limit counts ` +
+          "every session together";
+        meter.max = usage.limit;
+        meter.low = usage.limit * 0.7;
+        meter.high = usage.limit * 0.9;
+        meter.value = usage.used;
+      } else {
+        $("usage-text").textContent =
+          "not shown: it counts every session's messages, and this token may see only some";
+      }
       const l = gw.limits;
       $("limits-text").textContent =
         `per recipient ${l.perNumberPerMinute}/minute and ${l.perNumberPerHour}/hour; ` +

@@ -173,6 +173,9 @@ def test_a_role_that_may_not_act_sees_the_api_message(
     page = open_page(gw)
     sign_in(page, viewer)
     expect(page.locator("#who-role")).to_have_text("role viewer")
+    # Limited to "default": the daily count of every session's sends is not its to see.
+    expect(page.locator("#usage-text")).to_contain_text("not shown")
+    expect(page.locator("#usage-meter")).to_be_hidden()
     session = card(page)
     expect(session).to_have_attribute("data-state", "NEW")
     session.get_by_role("button", name="Connect default").click()

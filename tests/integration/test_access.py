@@ -8,6 +8,7 @@ matrix is written out here, independently of ``gateway.auth``: it is the README'
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -192,6 +193,59 @@ def test_tokens_limited_to_sessions(make_gateway: Any) -> None:
     health = requests.get(gw.url + "/admin/health", timeout=10,
                           headers={"Authorization": f"Bearer {operator}"})
     assert health.status_code == 403
+
+
+def test_a_session_limited_token_sees_nothing_of_other_sessions(make_gateway: Any) -> None:
+    """Two tenants share a gateway: "default" (with queued messages) and "mine". The
+    tokens limited to "mine" see it alone, in every endpoint that reports on sessions,
+    and none of the gateway-wide figures (other tenants' traffic, process ids)."""
+    gw = make_gateway().start()
+    gw.link()
+    assert not gw.connect("mine").errors
+    gw.wait_state("QR_PENDING", "mine")
+    gw.sim("drop", "--session", "default", "--down-for", "120")
+    gw.wait_state("RECONNECTING")
+    for i in range(2):
+        assert not gw.send(PHONE, f"queued {i}").errors  # waits in default's queue
+    viewer = gw.make_token("viewer", sessions=["mine"], name="mine-viewer")
+    admin = gw.make_token("admin", sessions=["mine"], name="mine-admin")
+    gw.make_token("sender", sessions=["mine", "default"], name="both-sender")
+
+    def get(path: str, token: str) -> requests.Response:
+        response = requests.get(gw.url + path, timeout=30,
+                                headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+        return response
+
+    health = get("/admin/health", viewer).json()
+    assert [s["session"] for s in health["sessions"]] == ["mine"]
+    assert health["queue"] == {"depth": 0, "bySession": {}}  # not default's 2
+    assert "processes" not in health and "limiter" not in health
+    assert [s["pid"] for s in health["sessions"]] == [None]
+    assert sum(h["sessions"] for h in health["hosts"]) <= 1  # never default's too
+    assert "default" not in json.dumps(health)
+
+    scrape = get("/metrics", viewer).text
+    assert 'session="mine"' in scrape and 'session="default"' not in scrape
+    for family in ("wagate_messages_total", "wagate_graphql_requests_total",
+                   "wagate_rate_limit_usage_ratio", "wagate_messages_uncertain_total"):
+        assert family not in scrape, family
+
+    overview = requests.post(gw.url + "/graphql", timeout=30, json={
+        "query": "{ whatsAppGateway { queueDepth queueBySession { session } "
+                 "dailyUsage { used } } }"}, headers={"Authorization": f"Bearer {admin}"})
+    assert overview.json() == {"data": {"whatsAppGateway": {
+        "queueDepth": 0, "queueBySession": [], "dailyUsage": None}}}
+
+    tokens = {t["name"] for t in get("/admin/tokens", admin).json()["tokens"]}
+    assert tokens == {"mine-viewer", "mine-admin"}  # not the harness', not both-sender
+
+    # The gateway's own admin still sees the whole gateway.
+    whole = gw.health()
+    assert whole["queue"]["depth"] == 2 and set(whole["processes"]) >= {"supervisor", "outbox"}
+    assert whole["limiter"]["global_day_used"] >= 1
+    usage = gw.gql("{ whatsAppGateway { dailyUsage { used } } }").data
+    assert usage["whatsAppGateway"]["dailyUsage"]["used"] >= 1
 
 
 def test_revocation_applies_to_a_running_gateway(make_gateway: Any) -> None:

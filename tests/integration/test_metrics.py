@@ -219,7 +219,8 @@ def test_metrics_match_a_scripted_scenario(make_gateway: Callable[..., Gateway])
     # /metrics is for the health action; a token limited to sessions sees only theirs.
     seen = metrics_as(gw, gw.make_token("viewer", sessions=["elsewhere"]))
     assert seen.status_code == 200
-    assert "wagate_messages_total" in seen.text and 'session="default"' not in seen.text
+    assert "wagate_actors_up 1.0" in seen.text and 'session="default"' not in seen.text
+    assert "wagate_messages_total" not in seen.text  # every session's: not for this token
     refused = metrics_as(gw, gw.make_token("sender"))
     assert refused.status_code == 403 and "FORBIDDEN" in refused.text
     anonymous = requests.get(gw.url + "/metrics", timeout=10)
