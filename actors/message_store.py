@@ -58,8 +58,9 @@ CREATE INDEX IF NOT EXISTS queue ON messages (session, state, next_attempt_at, i
 CREATE INDEX IF NOT EXISTS by_state ON messages (state, id);
 CREATE INDEX IF NOT EXISTS by_phone ON messages (phone, id);
 CREATE INDEX IF NOT EXISTS by_wa_id ON messages (wa_message_id) WHERE wa_message_id IS NOT NULL;
-CREATE UNIQUE INDEX IF NOT EXISTS by_key ON messages (session, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
+DROP INDEX IF EXISTS by_key;  -- (session, key): one client's key answered another's retry
+CREATE UNIQUE INDEX IF NOT EXISTS by_requester_key
+    ON messages (session, requester, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS by_validity ON messages (valid_until) WHERE state = 'QUEUED';
 CREATE INDEX IF NOT EXISTS by_update ON messages (updated_at);
 """
@@ -204,9 +205,19 @@ class MessageStore:
         row = self.db.execute("SELECT * FROM messages WHERE id = ?", (record_id,)).fetchone()
         return _record(row)
 
-    def by_idempotency_key(self, session: str, key: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM messages WHERE session = ? AND idempotency_key = ?",
-                              (session, key)).fetchone()
+    def by_idempotency_key(self, session: str, requester: str, key: str
+                           ) -> dict[str, Any] | None:
+        """The message ``requester`` (a token's name) sent with ``key`` on ``session``.
+
+        Keys belong to whoever chose them: two clients of one session that happen to
+        pick the same key must not get each other's message (its recipient) back, nor
+        have their own silently dropped as a "duplicate". Records written before the
+        requester was recorded (requester '') still answer a retry, as they did.
+        """
+        row = self.db.execute(
+            "SELECT * FROM messages WHERE session = ? AND idempotency_key = ? "
+            "AND requester IN (?, '') ORDER BY requester = ? DESC LIMIT 1",
+            (session, key, requester, requester)).fetchone()
         return _record(row)
 
     def by_wa_id(self, wa_message_id: str) -> dict[str, Any] | None:

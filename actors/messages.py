@@ -147,9 +147,9 @@ class SendText:
     request_id: str = ""
     wait_for_ack: bool = True  # answer after the server acked (or send_timeout)
     require_connected: bool = False  # testWhatsAppConnection: never queue
-    idempotency_key: str | None = None  # same key (per session) -> the original message
+    idempotency_key: str | None = None  # same key (session, requester) -> the original message
     valid_for: float | None = None  # seconds; still queued after that -> EXPIRED
-    requester: str = ""  # who asked (token name, once there are tokens)
+    requester: str = ""  # who asked: the API token's name ("demo" without tokens)
 
 
 @dataclass(frozen=True, slots=True)

@@ -146,7 +146,8 @@ class OutboxActor(ActorTypeDispatcher):
             self.send(reply_to, refusal)
             return
         if send.idempotency_key is not None:
-            earlier = self.store.by_idempotency_key(send.session, send.idempotency_key)
+            earlier = self.store.by_idempotency_key(send.session, send.requester,
+                                                    send.idempotency_key)
             if earlier is not None and self._key_fresh(earlier):
                 self.send(reply_to, _accepted(earlier, send.request_id, duplicate=True))
                 return

@@ -192,6 +192,7 @@ def build_schema() -> GraphQLSchema:
             text=config.messages.test_message,
             request_id=_request_id(info),
             require_connected=True,
+            requester=_requester(info),
         )
         accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config),
                                                         to_outbox=True)
@@ -245,6 +246,7 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
         request_id=_request_id(info),
         idempotency_key=idempotency_key,
         valid_for=float(valid_for) if valid_for is not None else None,
+        requester=_requester(info),
     )
     accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config), to_outbox=True)
     info.context["message_id"] = accepted.message_id
@@ -257,6 +259,12 @@ def _ask(info: GraphQLResolveInfo, message: Any, timeout: float | None = None) -
 
 def _config(info: GraphQLResolveInfo) -> Config:
     return info.context["config"]
+
+
+def _requester(info: GraphQLResolveInfo) -> str:
+    """The token's name: it owns the message's idempotency key."""
+    principal: Principal = info.context["principal"]
+    return principal.name
 
 
 def _request_id(info: GraphQLResolveInfo) -> str:

@@ -39,9 +39,9 @@ def test_a_rejected_send_uses_no_quota(tmp_path: Path) -> None:
 
 
 def _new(text: str, session: str = "default", key: str | None = None,
-         valid_until: float | None = None) -> NewMessage:
+         valid_until: float | None = None, requester: str = "ci") -> NewMessage:
     return NewMessage(session=session, phone="14155552671", text=text, idempotency_key=key,
-                      valid_until=valid_until)
+                      valid_until=valid_until, requester=requester)
 
 
 def test_message_store_queue_order_recovery_and_receipt_lookup(tmp_path: Path) -> None:
@@ -78,10 +78,51 @@ def test_idempotency_keys_are_unique_per_session(tmp_path: Path) -> None:
     store = MessageStore(tmp_path)
     first = store.add(_new("a", key="k1"), 1.0)
     store.add(_new("a", session="other", key="k1"), 1.0)
-    assert store.by_idempotency_key("default", "k1")["id"] == first["id"]
+    assert store.by_idempotency_key("default", "ci", "k1")["id"] == first["id"]
     with pytest.raises(sqlite3.IntegrityError):
         store.add(_new("again", key="k1"), 2.0)
     store.close()
+
+
+def test_an_idempotency_key_belongs_to_the_client_that_chose_it(tmp_path: Path) -> None:
+    """Two tokens of one session picking the same key each keep their own message."""
+    store = MessageStore(tmp_path)
+    mine = store.add(_new("mine", key="otp-1", requester="alice"), 1.0)
+    assert store.by_idempotency_key("default", "bob", "otp-1") is None
+    theirs = store.add(_new("theirs", key="otp-1", requester="bob"), 2.0)
+    assert store.by_idempotency_key("default", "alice", "otp-1")["id"] == mine["id"]
+    assert store.by_idempotency_key("default", "bob", "otp-1")["id"] == theirs["id"]
+    store.close()
+
+
+def test_keys_written_before_requesters_were_recorded_still_answer_retries(
+        tmp_path: Path) -> None:
+    """An upgrade keeps a retry that spans it from sending twice: a store made with the
+    old (session, key) index, whose rows have no requester, opens and still matches."""
+    legacy = sqlite3.connect(str(tmp_path / "messages.sqlite3"))
+    legacy.executescript(_LEGACY_SCHEMA)
+    legacy.close()
+    store = MessageStore(tmp_path)
+    old = store.add(_new("before", key="k", requester=""), 1.0)
+    assert store.by_idempotency_key("default", "alice", "k")["id"] == old["id"]
+    own = store.add(_new("after", key="k", requester="bob"), 2.0)  # the old index is gone
+    assert store.by_idempotency_key("default", "bob", "k")["id"] == own["id"]
+    store.close()
+
+
+_LEGACY_SCHEMA = """
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY, session TEXT NOT NULL, phone TEXT NOT NULL, text TEXT,
+    text_hash TEXT NOT NULL, state TEXT NOT NULL, accepted_at REAL NOT NULL,
+    updated_at REAL NOT NULL, next_attempt_at REAL NOT NULL DEFAULT 0, valid_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 0, wa_message_id TEXT,
+    reason TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '',
+    request_id TEXT NOT NULL DEFAULT '', requester TEXT NOT NULL DEFAULT '',
+    idempotency_key TEXT, is_test INTEGER NOT NULL DEFAULT 0,
+    uncertain INTEGER NOT NULL DEFAULT 0, history TEXT NOT NULL);
+CREATE UNIQUE INDEX by_key ON messages (session, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+"""
 
 
 def test_expiry_and_pruning(tmp_path: Path) -> None:

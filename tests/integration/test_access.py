@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.harness import Gateway
+from tests.integration.harness import Gateway, wait_for
 
 ALL = frozenset({"admin", "operator", "sender", "viewer"})
 SESSION = "matrix"
@@ -246,6 +246,38 @@ def test_a_session_limited_token_sees_nothing_of_other_sessions(make_gateway: An
     assert whole["limiter"]["global_day_used"] >= 1
     usage = gw.gql("{ whatsAppGateway { dailyUsage { used } } }").data
     assert usage["whatsAppGateway"]["dailyUsage"]["used"] >= 1
+
+
+def test_two_tokens_choosing_the_same_idempotency_key_each_send_their_own(
+        make_gateway: Any) -> None:
+    """An idempotency key is its chooser's: another client of the same session that
+    picks the same key must neither get the first message (its recipient) back nor
+    have its own message acknowledged and never sent."""
+    gw = make_gateway().start()
+    gw.link()
+    alice = gw.make_token("sender", name="alice")
+    bob = gw.make_token("sender", name="bob")
+    query = ("mutation($i: SendWhatsAppMessageInput!) { sendWhatsAppMessage(input: $i) "
+             "{ id phoneNumber duplicate } }")
+
+    def send(token: str, phone: str, text: str) -> dict[str, Any]:
+        response = requests.post(gw.url + "/graphql", timeout=30, json={
+            "query": query, "variables": {"i": {"phoneNumber": phone, "message": text,
+                                                 "idempotencyKey": "otp-1"}}},
+            headers={"Authorization": f"Bearer {token}"})
+        body = response.json()
+        assert not body.get("errors"), body
+        return body["data"]["sendWhatsAppMessage"]
+
+    first = send(alice, "+14155552671", "alice: 1111")
+    other = send(bob, "+14155552672", "bob: 2222")
+    assert other["duplicate"] is False and other["id"] != first["id"]
+    assert other["phoneNumber"] == "14155552672"  # never alice's recipient
+    retry = send(alice, "+14155552671", "alice: 1111")
+    assert retry == {**first, "duplicate": True}  # a retry of one's own is still one send
+    texts = wait_for(lambda: len(inbox := gw.inbox()) >= 2 and sorted(m["text"] for m in inbox),
+                     20, message="both messages to arrive")
+    assert texts == ["alice: 1111", "bob: 2222"]
 
 
 def test_revocation_applies_to_a_running_gateway(make_gateway: Any) -> None:
