@@ -31,7 +31,7 @@ import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ TOKEN_BYTES = 32
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SESSION_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DURATION = re.compile(r"^(\d+)([dhm])$")
+MAX_EXPIRY_SECONDS = 100 * 365 * 86400  # a longer lifetime is a typo, not a plan
 
 
 class TokenFileError(ValueError):
@@ -141,11 +142,11 @@ def parse_expiry(text: str, now: float) -> float:
     match = DURATION.match(text.strip())
     if match:
         amount, unit = int(match.group(1)), match.group(2)
-        if amount < 1:
-            raise ValueError("the expiry must be at least 1")
-        delta = {"d": timedelta(days=amount), "h": timedelta(hours=amount),
-                 "m": timedelta(minutes=amount)}[unit]
-        return now + delta.total_seconds()
+        seconds = amount * {"d": 86400, "h": 3600, "m": 60}[unit]
+        if amount < 1 or seconds > MAX_EXPIRY_SECONDS:
+            raise ValueError(f"--expires {text!r}: use a lifetime of 1 minute to 100 years "
+                             "(e.g. 90d), or a date")
+        return now + seconds
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:

@@ -14,10 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from gateway.config import DEFAULT_CONFIG_PATH, RANGES, Config, ConfigError, load_config
+from gateway.ranges import Range, flag
 
 # The demo runs on the simulator and, bound to loopback, without API tokens.
 DEMO_OVERRIDES: dict[str, Any] = {"transport.engine": "simulator", "auth.required": False}
+# Ranges of the simulator commands' numbers (the README lists them with the commands).
+SCAN_WAIT = Range(0, 3600)
+DOWN_FOR = Range(0, 86400)
+FAIL_COUNT = Range(0, 1_000_000)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev", action="store_true",
                        help="Flask's development server and readable console logs")
     serve.add_argument("--host", help="HTTP bind address (http.host)")
-    serve.add_argument("--port", type=int, help="HTTP port (http.port)")
-    serve.add_argument("--admin-port", type=int, help="actor system port (actors.admin_port)")
+    serve.add_argument("--port", type=flag(int, RANGES["http.port"]),
+                       help="HTTP port (http.port)")
+    serve.add_argument("--admin-port", type=flag(int, RANGES["actors.admin_port"]),
+                       help="actor system port (actors.admin_port)")
     serve.set_defaults(handler=cmd_serve)
 
     sim = commands.add_parser("sim", help="control the simulated WhatsApp service")
@@ -59,16 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--phone", help="the simulated phone's number (digits)")
     scan.add_argument("--code", help="type this pairing code (from whatsAppRequestPairingCode) "
                       "instead of scanning the QR code")
-    scan.add_argument("--wait", type=float, default=10.0,
+    scan.add_argument("--wait", type=flag(float, SCAN_WAIT), default=10.0,
                       help="seconds to wait for a QR code to appear, then for the session "
-                      "to link (default 10)")
+                      f"to link ({SCAN_WAIT.describe()}; default 10)")
     scan.set_defaults(handler=cmd_sim_scan)
 
     drop = sim_commands.add_parser("drop", help="drop connections (the session must reconnect)")
     _common(drop)
     drop.add_argument("--session", help="only this session (default: all)")
-    drop.add_argument("--down-for", type=float, default=0.0,
-                      help="keep the service unreachable this many seconds")
+    drop.add_argument("--down-for", type=flag(float, DOWN_FOR), default=0.0,
+                      help="keep the service unreachable this many seconds "
+                      f"({DOWN_FOR.describe()})")
     drop.set_defaults(handler=cmd_sim_drop)
 
     restore = sim_commands.add_parser("restore", help="end an outage started with --down-for")
@@ -82,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fail = sim_commands.add_parser("fail-next", help="make the next N sends fail")
     _common(fail)
-    fail.add_argument("count", type=int)
+    fail.add_argument("count", type=flag(int, FAIL_COUNT), help=FAIL_COUNT.describe())
     fail.add_argument("--session", help="only sends of this session (default: any)")
     fail.add_argument("--transient", action="store_true",
                       help="a temporary server error (retried) instead of a rejection")

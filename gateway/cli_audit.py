@@ -12,9 +12,11 @@ import re
 from typing import Any
 
 from actors.audit_log import audit_dir, lock_holder, log_files, read_tail, verify
+from gateway.ranges import Range, flag
 
 HASH = re.compile(r"^[0-9a-f]{64}$")
 SKIPPED_IN_TAIL = ("seq", "time", "event", "prev", "hash")
+TAIL_LINES = Range(0, 100_000)
 
 
 def register(commands: Any, common: Any) -> None:
@@ -31,7 +33,8 @@ def register(commands: Any, common: Any) -> None:
 
     tail = sub.add_parser("tail", help="print the most recent entries")
     common(tail)
-    tail.add_argument("-n", "--lines", type=int, default=20, help="how many (default 20)")
+    tail.add_argument("-n", "--lines", type=flag(int, TAIL_LINES), default=20,
+                      help=f"how many ({TAIL_LINES.describe()}; default 20)")
     tail.add_argument("--json", action="store_true", help="the raw JSON lines")
     tail.set_defaults(handler=cmd_audit_tail)
 

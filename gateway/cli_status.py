@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import Failed, GetHealth, HealthReport, Ok
-from gateway.config import Config
+from gateway.config import RANGES, Config
 from gateway.health import health_document
 from gateway.progress import Progress
+from gateway.ranges import Range, flag
 
 STATE_FILE = "run/gateway.json"  # written by `wagate serve` (gateway/serve.py)
 DRAIN_TIMEOUT_SECONDS = 300.0
 DRAIN_INTERVAL_SECONDS = 0.5
+DRAIN_TIMEOUT = Range(0, 604800)  # up to a week
+DRAIN_INTERVAL = Range(0, 3600, above=True)
 
 
 class GatewayUnreachable(Exception):
@@ -42,17 +45,21 @@ def register(commands: Any, common: Any) -> None:
     drain = commands.add_parser("drain", help="wait until every queued message is sent "
                                 "(before stopping for an upgrade)")
     common(drain)
-    drain.add_argument("--timeout", type=float, default=DRAIN_TIMEOUT_SECONDS,
-                       help=f"give up after this many seconds (default {DRAIN_TIMEOUT_SECONDS:g})")
-    drain.add_argument("--interval", type=float, default=DRAIN_INTERVAL_SECONDS,
-                       help="seconds between looks at the queue (default "
-                       f"{DRAIN_INTERVAL_SECONDS:g})")
+    drain.add_argument("--timeout", type=flag(float, DRAIN_TIMEOUT),
+                       default=DRAIN_TIMEOUT_SECONDS,
+                       help=f"give up after this many seconds ({DRAIN_TIMEOUT.describe()}; "
+                       f"default {DRAIN_TIMEOUT_SECONDS:g})")
+    drain.add_argument("--interval", type=flag(float, DRAIN_INTERVAL),
+                       default=DRAIN_INTERVAL_SECONDS,
+                       help=f"seconds between looks at the queue ({DRAIN_INTERVAL.describe()}; "
+                       f"default {DRAIN_INTERVAL_SECONDS:g})")
     _admin_port(drain)
     drain.set_defaults(handler=cmd_drain)
 
 
 def _admin_port(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--admin-port", type=int, help="the gateway's actors.admin_port "
+    parser.add_argument("--admin-port", type=flag(int, RANGES["actors.admin_port"]),
+                        help="the gateway's actors.admin_port "
                         "(default: the one the gateway of --data-dir runs on)")
 
 
@@ -194,10 +201,6 @@ def plural(count: int, noun: str) -> str:
 def cmd_drain(args: argparse.Namespace) -> int:
     from gateway.cli import resolve_config
 
-    if args.timeout < 0 or args.interval <= 0:
-        print("wagate drain: --timeout must be 0 or more and --interval more than 0",
-              file=sys.stderr)
-        return 2
     client = HealthClient(resolve_config(args), args.admin_port)
     return drain(client, args.timeout, args.interval, Progress())
 

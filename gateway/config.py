@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import math
 import tomllib
 import types
 import typing
@@ -20,6 +19,7 @@ from typing import Any, Literal
 
 from gateway.networks import is_loopback_host, parse_networks
 from gateway.origins import check_allowed_hosts, check_allowed_origins
+from gateway.ranges import Range
 
 DEFAULT_CONFIG_PATH = Path("configs/gateway.toml")
 
@@ -251,31 +251,42 @@ class Config:
         return self.data_path / "simulator"
 
 
-# Values that must be positive, or at least 1, keyed by dotted name.
-_POSITIVE = {
-    "actors.ask_timeout_seconds", "actors.start_timeout_seconds",
-    "simulator.poll_interval_seconds", "reconnect.delay_seconds",
-    "reconnect.connect_timeout_seconds", "qr.first_seconds", "qr.next_seconds",
-    "messages.send_timeout_seconds", "messages.retention_hours",
-    "supervisor.restart_window_seconds", "delivery.retry_base_seconds",
-    "delivery.retry_max_seconds", "delivery.idempotency_hours", "delivery.tick_seconds",
-    "encryption.checkpoint_seconds", "audit.max_file_mb", "audit.burst_seconds",
-    "cluster.heartbeat_seconds",
-    "cluster.reregister_seconds",
-}
-_AT_LEAST_ONE = {
-    "http.workers", "http.threads", "sessions.max_sessions", "reconnect.attempts", "qr.codes",
-    "limits.per_number_per_minute", "limits.per_number_per_hour", "limits.global_per_day",
-    "messages.max_length", "supervisor.restart_budget", "delivery.max_attempts",
-    "delivery.max_queue_per_session", "graphql.max_depth", "graphql.max_cost",
-    "graphql.max_batch", "graphql.max_body_bytes", "cluster.heartbeat_misses",
-}
-_PORTS = {"http.port", "actors.admin_port"}
-# Values that must be finite and within [low, high], keyed by dotted name.
-_RANGES: dict[str, tuple[float, float]] = {
-    "audit.max_file_mb": (0.01, 4096.0),
-    "audit.max_files": (2, 100000),
-    "audit.burst_seconds": (0.05, 3600.0),
+_PORT = Range(1, 65535)
+_SECONDS = Range(0, 3600, above=True)  # a wait or a period: not 0 (a busy loop), at most 1 h
+_DAY = Range(0, 86400, above=True)
+_HOURS = Range(0, 87600, above=True)  # up to ten years
+_COUNT = Range(1, 1_000_000_000)
+# The allowed range of every number in the configuration, by dotted key (the items of
+# a list of numbers share their key's range). A key missing here is refused at load:
+# every number must have a documented range (configs/gateway.example.toml prints it).
+RANGES: dict[str, Range] = {
+    "http.port": _PORT, "http.workers": Range(1, 64), "http.threads": Range(1, 1000),
+    "actors.admin_port": _PORT, "actors.ask_timeout_seconds": _SECONDS,
+    "actors.start_timeout_seconds": _SECONDS,
+    "simulator.poll_interval_seconds": Range(0, 60, above=True),
+    "simulator.send_delay_seconds": Range(0, 3600),
+    "sessions.max_sessions": Range(1, 1000),
+    "reconnect.attempts": _COUNT, "reconnect.delay_seconds": _DAY,
+    "reconnect.connect_timeout_seconds": _SECONDS,
+    "qr.first_seconds": _SECONDS, "qr.next_seconds": _SECONDS, "qr.codes": Range(1, 1000),
+    "limits.per_number_per_minute": _COUNT, "limits.per_number_per_hour": _COUNT,
+    "limits.global_per_day": _COUNT,
+    "messages.max_length": Range(1, 65536), "messages.send_timeout_seconds": _SECONDS,
+    "messages.retention_hours": _HOURS,
+    "delivery.max_attempts": Range(1, 1000), "delivery.retry_base_seconds": _DAY,
+    "delivery.retry_max_seconds": _DAY, "delivery.max_queue_per_session": Range(1, 100_000_000),
+    "delivery.idempotency_hours": _HOURS, "delivery.tick_seconds": _SECONDS,
+    "supervisor.restart_backoff_seconds": Range(0, 3600), "supervisor.restart_budget":
+    Range(1, 1000), "supervisor.restart_window_seconds": Range(0, 604800, above=True),
+    "encryption.checkpoint_seconds": _DAY,
+    "audit.max_file_mb": Range(0.01, 4096), "audit.max_files": Range(2, 100_000),
+    "audit.burst_seconds": Range(0.05, 3600),
+    # max_depth stays well below the bracket nesting every document is held to
+    # (gateway.graphql_limits.MAX_NESTING), so a query at the limit still parses.
+    "graphql.max_depth": Range(1, 32), "graphql.max_cost": Range(1, 100_000),
+    "graphql.max_batch": Range(1, 1000), "graphql.max_body_bytes": Range(1024, 67_108_864),
+    "cluster.sessions": Range(0, 1000), "cluster.heartbeat_seconds": _SECONDS,
+    "cluster.heartbeat_misses": Range(1, 1000), "cluster.reregister_seconds": _DAY,
 }
 
 
@@ -305,6 +316,7 @@ def _checked(config: Config) -> Config:
             f"messages.retention_hours ({config.messages.retention_hours:g}) must be at least "
             f"delivery.idempotency_hours ({config.delivery.idempotency_hours:g}): a key can "
             "only find its message while the record is kept")
+    _check_test_message(config.messages)
     _check_networks(config)
     _check_browser_access(config.http)
     _check_cluster(config.cluster)
@@ -334,6 +346,17 @@ def _check_without_tokens(config: Config) -> None:
         raise ConfigError(
             f"auth.required = false (--demo) runs on one host only, not with cluster.role = "
             f"{config.cluster.role!r}; a cluster needs API tokens (`wagate token create`)")
+
+
+def _check_test_message(messages: MessagesConfig) -> None:
+    """The connection test sends ``test_message`` as is: it must pass the same rules as
+    any message, or every ``testWhatsAppConnection`` would fail after the fact."""
+    from gateway.validation import ValidationError, validate_message
+
+    try:
+        validate_message(messages.test_message, messages.max_length)
+    except ValidationError as exc:
+        raise ConfigError(f"messages.test_message: {exc.message}") from None
 
 
 def _check_networks(config: Config) -> None:
@@ -419,27 +442,25 @@ def _check_value(dotted: str, hint: Any, value: Any) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple) or not value:
             raise ConfigError(f"{dotted} must be a non-empty list of numbers")
-        items = tuple(_scalar(f"{dotted}[{i}]", float, v) for i, v in enumerate(value))
-        if any(v < 0 for v in items):
-            raise ConfigError(f"{dotted} must not contain negative numbers")
-        return items
+        return tuple(_in_range(dotted, f"{dotted}[{i}]", _scalar(f"{dotted}[{i}]", float, v), v)
+                     for i, v in enumerate(value))
     if isinstance(hint, types.UnionType):  # pragma: no cover - no such field today
         raise ConfigError(f"{dotted}: unsupported type")
     checked = _scalar(dotted, hint, value)
-    if dotted in _POSITIVE and checked <= 0:
-        raise ConfigError(f"{dotted} must be greater than 0 (got {value!r})")
-    if dotted == "cluster.sessions" and checked < 0:
-        raise ConfigError(f"{dotted} must be 0 or more (got {value!r})")
-    if dotted in _AT_LEAST_ONE and checked < 1:
-        raise ConfigError(f"{dotted} must be at least 1 (got {value!r})")
-    if dotted in _PORTS and not 0 < checked < 65536:
-        raise ConfigError(f"{dotted} must be a TCP port between 1 and 65535 (got {value!r})")
-    if dotted in _RANGES:
-        low, high = _RANGES[dotted]
-        if not (math.isfinite(checked) and low <= checked <= high):
-            raise ConfigError(f"{dotted} must be a number from {low:g} to {high:g} "
-                              f"(got {value!r})")
+    if hint in (int, float):
+        return _in_range(dotted, dotted, checked, value)
     return checked
+
+
+def _in_range(key: str, shown: str, value: float, raw: Any) -> float:
+    """``value`` if it is finite and inside ``key``'s range; ``shown`` names it and
+    ``raw`` is what the operator wrote."""
+    allowed = RANGES.get(key)
+    if allowed is None:  # pragma: no cover - tests/unit/test_config.py checks every key
+        raise ConfigError(f"{key}: no documented range; this is a bug in wagate")
+    if not allowed.contains(value):
+        raise ConfigError(allowed.refusal(shown, raw, whole=isinstance(value, int)))
+    return value
 
 
 def _scalar(dotted: str, kind: type, value: Any) -> Any:
@@ -453,7 +474,10 @@ def _scalar(dotted: str, kind: type, value: Any) -> Any:
         raise ConfigError(f"{dotted} must be a whole number (got {value!r})")
     if kind is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int beyond any float: out of every range
+                raise ConfigError(f"{dotted} is far too large (got {value!r})") from None
         raise ConfigError(f"{dotted} must be a number (got {value!r})")
     if kind is str:
         if isinstance(value, str):

@@ -242,3 +242,116 @@ def test_running_without_tokens_is_refused_outside_the_demo(
 def test_the_demo_runs_without_tokens_on_loopback(tmp_path: Path, host: str) -> None:
     path = write(tmp_path, "[auth]\nrequired = false\n[transport]\nengine = \"simulator\"\n")
     assert load_config(path, {"http.host": host}).auth.required is False
+
+
+# ---- every number: finite and inside its documented range ----------------------------------
+
+NUMERIC_KINDS = (int, float)
+
+
+def numeric_keys() -> dict[str, type]:
+    """Every number in the configuration by dotted key, with its type (a list of numbers
+    counts as its item type)."""
+    import dataclasses
+    import typing
+
+    found = {}
+    sections = typing.get_type_hints(Config)
+    for section in dataclasses.fields(Config):
+        hints = typing.get_type_hints(sections[section.name])
+        for name, hint in hints.items():
+            kind = typing.get_args(hint)[0] if typing.get_origin(hint) is tuple else hint
+            if kind in NUMERIC_KINDS:
+                found[f"{section.name}.{name}"] = kind
+    return found
+
+
+def test_every_number_in_the_config_has_a_range_that_the_example_documents() -> None:
+    import re
+
+    from gateway.config import RANGES
+
+    example = (Path(__file__).resolve().parents[2] / "configs" / "gateway.example.toml"
+               ).read_text(encoding="utf-8")
+    keys = numeric_keys()
+    assert set(keys) == set(RANGES), "a number without a range, or a range without a key"
+    section = ""
+    documented = {}
+    for line in example.splitlines():
+        if header := re.match(r"^\[(\w+)\]", line):
+            section = header.group(1)
+        if (key := re.match(r"^(\w+) = ", line)) and f"{section}.{key.group(1)}" in RANGES:
+            documented[f"{section}.{key.group(1)}"] = line
+    defaults = config_to_dict(Config())
+    for key, allowed in RANGES.items():
+        assert f"[{allowed.describe()}]" in documented[key], (key, documented[key])
+        section, name = key.split(".")
+        default = defaults[section][name]
+        assert all(allowed.contains(v) for v in
+                   (default if isinstance(default, tuple) else (default,))), key
+
+
+@pytest.mark.parametrize("key", sorted(numeric_keys()))
+def test_nan_infinity_and_huge_numbers_are_refused_naming_the_key(key: str) -> None:
+    """``nan`` passed the old ``value <= 0`` checks (an idempotency window of nan hours
+    matched nothing, a send timeout of nan failed every send) and ``inf`` or a huge value
+    crashed actors with OverflowError: every number must be finite and in its range."""
+    for bad in (float("nan"), float("inf"), float("-inf"), 1e308, -1e9):
+        value: object = bad
+        if numeric_keys()[key] is int and bad.is_integer():
+            value = int(bad)
+        if key == "supervisor.restart_backoff_seconds":
+            value = [1.0, value]
+        with pytest.raises(ConfigError) as info:
+            load_config(overrides={key: value})
+        assert key in str(info.value), (key, bad, str(info.value))
+
+
+def test_just_outside_every_range_is_refused() -> None:
+    from gateway.config import RANGES
+
+    for key, allowed in RANGES.items():
+        kind = numeric_keys()[key]
+        below = allowed.low if allowed.above else allowed.low - 1
+        for bad in (kind(below), kind(allowed.high + 1)):
+            value: object = [bad] if key.endswith("backoff_seconds") else bad
+            with pytest.raises(ConfigError) as info:
+                load_config(overrides={key: value})
+            assert allowed.describe() in str(info.value), key
+
+
+@pytest.mark.parametrize("literal", ["nan", "+nan", "inf", "-inf"])
+def test_toml_nan_and_inf_literals_stop_the_start_naming_the_key(
+        tmp_path: Path, literal: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    path = write(tmp_path, f"[delivery]\nidempotency_hours = {literal}\n")
+    assert main(["serve", "--config", str(path), "--data-dir", str(tmp_path / "data")]) == 2
+    error = capsys.readouterr().err
+    assert "configuration error: delivery.idempotency_hours must be a finite number" in error
+    assert not (tmp_path / "data").exists()  # refused before anything was created
+
+
+def test_range_edges_are_accepted() -> None:
+    from gateway.config import RANGES
+
+    for key, allowed in RANGES.items():
+        kind = numeric_keys()[key]
+        for edge in (allowed.high, allowed.low + (1 if kind is int else 0.001)
+                     if allowed.above else allowed.low):
+            value = kind(edge)
+            overrides: dict[str, object] = {key: [value] if key.endswith("backoff_seconds")
+                                            else value}
+            if key == "messages.max_length" and value < len(Config().messages.test_message):
+                overrides["messages.test_message"] = "x"
+            if key == "delivery.idempotency_hours" and value > 168:
+                overrides["messages.retention_hours"] = value
+            if key == "messages.retention_hours" and value < 24:
+                overrides["delivery.idempotency_hours"] = value
+            load_config(overrides=overrides)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "a\x00b", "x" * 30])
+def test_a_test_message_the_api_would_refuse_is_refused_at_load(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"messages\.test_message"):
+        load_config(overrides={"messages.test_message": text, "messages.max_length": 20})
