@@ -15,6 +15,8 @@ from typing import Any
 
 from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 
+from gateway.graphql_limits import check_nesting, too_deep
+
 MAX_ENTRIES = 256
 MAX_TEXT = 8 * 1024
 
@@ -31,13 +33,13 @@ class DocumentCache:
         """Ariadne ``query_parser``: parse errors propagate (and are not cached)."""
         text = data["query"]
         if not isinstance(text, str) or len(text) > MAX_TEXT:
-            return parse(text)
+            return _parse(text)
         with self._lock:
             document = self._documents.get(text)
             if document is not None:
                 self._documents.move_to_end(text)
                 return document
-        document = parse(text)
+        document = _parse(text)
         with self._lock:
             self._documents[text] = document
             if len(self._documents) > MAX_ENTRIES:
@@ -53,9 +55,23 @@ class DocumentCache:
             entry = self._validated.get(id(document_ast))
         if entry is not None and entry[0] is document_ast:
             return entry[1]
-        errors = validate(schema, document_ast, rules=rules, max_errors=max_errors, **kwargs)
+        try:
+            errors = validate(schema, document_ast, rules=rules, max_errors=max_errors,
+                              **kwargs)
+        except RecursionError:  # graphql-core's own rules recurse (fragment chains)
+            errors = [too_deep()]
         source = document_ast.loc.source.body if document_ast.loc else None
         with self._lock:
             if source is not None and self._documents.get(source) is document_ast:
                 self._validated[id(document_ast)] = (document_ast, errors)
         return errors
+
+
+def _parse(text: Any) -> DocumentNode:
+    """``parse``, refusing (as a GraphQL error, not a crash) what nests too deeply."""
+    if isinstance(text, str):
+        check_nesting(text)
+    try:
+        return parse(text)
+    except RecursionError:
+        raise too_deep() from None

@@ -14,7 +14,15 @@ from importlib import resources
 from typing import Any
 
 from ariadne import MutationType, ObjectType, QueryType, make_executable_schema
-from graphql import GraphQLResolveInfo, GraphQLSchema
+from graphql import (
+    GraphQLArgument,
+    GraphQLInputField,
+    GraphQLInputObjectType,
+    GraphQLResolveInfo,
+    GraphQLSchema,
+    Undefined,
+    get_named_type,
+)
 
 from actors.message_store import STATES
 from actors.messages import (
@@ -35,6 +43,7 @@ from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.overview import gateway_type, resolve_gateway, resolve_sessions
 from gateway.qr import qr_png_base64, qr_svg_data_uri
+from gateway.ranges import Range
 from gateway.times import iso_time
 from gateway.validation import (
     ValidationError,
@@ -44,6 +53,8 @@ from gateway.validation import (
 )
 
 MAX_PAGE = 200
+PAGE_SIZE = Range(1, MAX_PAGE)  # whatsAppMessages(first:)
+VALID_FOR = Range(1, 2**31 - 1)  # validForSeconds: any positive GraphQL Int (68 years)
 MAX_KEY_LENGTH = 128
 RECIPIENT_DIGITS = 20  # what of a phone number argument the audit log may see
 
@@ -125,8 +136,9 @@ def build_schema() -> GraphQLSchema:
     def resolve_send_message(_: Any, info: GraphQLResolveInfo, input: dict[str, Any]
                              ) -> dict[str, Any]:
         valid_for = input.get("validForSeconds")
-        if valid_for is not None and valid_for < 1:
-            raise GatewayError("INVALID_MESSAGE", "validForSeconds must be at least 1",
+        if valid_for is not None and not VALID_FOR.contains(valid_for):
+            raise GatewayError("INVALID_MESSAGE",
+                               VALID_FOR.refusal("validForSeconds", valid_for, whole=True),
                                field="validForSeconds")
         accepted = _send(info, input["phoneNumber"], input["message"],
                          input.get("session") or "default", input.get("idempotencyKey"),
@@ -155,9 +167,9 @@ def build_schema() -> GraphQLSchema:
             session = next(iter(principal.sessions))
         if session is not None:
             check(principal, "messages", validate_session_name(session))
-        if not 1 <= first <= MAX_PAGE:
+        if not PAGE_SIZE.contains(first):
             raise GatewayError("GRAPHQL_VALIDATION_FAILED",
-                               f"first must be between 1 and {MAX_PAGE}", field="first")
+                               PAGE_SIZE.refusal("first", first, whole=True), field="first")
         if state is not None and state not in STATES:
             raise GatewayError("GRAPHQL_VALIDATION_FAILED",
                                f"unknown state {state!r}; use one of {', '.join(STATES)}",
@@ -228,8 +240,59 @@ def build_schema() -> GraphQLSchema:
     status.set_field("bannedUntil", lambda s, _: iso_time(s.banned_until))
     query.set_field("whatsAppSessions", resolve_sessions)
     query.set_field("whatsAppGateway", resolve_gateway)
-    return make_executable_schema(type_defs, query, mutation, status, message,
-                                  gateway_type())
+    schema = make_executable_schema(type_defs, query, mutation, status, message,
+                                    gateway_type())
+    _null_means_default(schema)
+    return schema
+
+
+Definitions = dict[str, GraphQLArgument] | dict[str, GraphQLInputField]
+
+
+def _null_means_default(schema: GraphQLSchema) -> None:
+    """An explicit ``null`` for an argument (or input field) that has a default gets
+    the default, as if it had been left out.
+
+    GraphQL passes such a null through to the resolver, where ``session: null`` used to
+    reach the session-name check as None and fail as INTERNAL. Clients often send null
+    for "not set" (JSON has no "absent" in a variables object), so null means "use the
+    default" for every root field at once, never per resolver.
+    """
+    for root in (schema.query_type, schema.mutation_type):
+        for field in (root.fields.values() if root else ()):
+            if field.resolve is not None and _has_defaults(field.args):
+                field.resolve = _filling(field.resolve, field.args)
+
+
+def _has_defaults(definitions: Definitions, seen: frozenset[str] = frozenset()) -> bool:
+    for definition in definitions.values():
+        if definition.default_value is not Undefined:
+            return True
+        named = get_named_type(definition.type)
+        if (isinstance(named, GraphQLInputObjectType) and named.name not in seen
+                and _has_defaults(named.fields, seen | {named.name})):
+            return True
+    return False
+
+
+def _filling(resolve: Callable[..., Any], definitions: Definitions) -> Callable[..., Any]:
+    @functools.wraps(resolve)
+    def resolver(obj: Any, info: GraphQLResolveInfo, **kwargs: Any) -> Any:
+        return resolve(obj, info, **_with_defaults(kwargs, definitions))
+    return resolver
+
+
+def _with_defaults(values: dict[str, Any], definitions: Definitions) -> dict[str, Any]:
+    filled = dict(values)
+    for name, definition in definitions.items():
+        value = filled.get(name)
+        if name in filled and value is None and definition.default_value is not Undefined:
+            filled[name] = definition.default_value
+        elif isinstance(value, dict):
+            named = get_named_type(definition.type)
+            if isinstance(named, GraphQLInputObjectType):
+                filled[name] = _with_defaults(value, named.fields)
+    return filled
 
 
 def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,

@@ -196,6 +196,99 @@ def test_broken_requests_get_json_errors_without_internals(linked_gateway: Gatew
         assert "Traceback" not in response.text
 
 
+# ---- bad input is the caller's error, never INTERNAL --------------------------------------
+
+
+def test_explicit_null_for_an_argument_with_a_default_means_the_default(
+        linked_gateway: Gateway) -> None:
+    """``session: null`` (or a null variable) used to reach the resolvers as None and fail
+    as INTERNAL with a traceback; null for an argument that has a default is the default."""
+    gw = linked_gateway
+    status = gw.gql("{ whatsAppStatus(session: null) { session state } }")
+    assert status.data == {"whatsAppStatus": {"session": "default", "state": "CONNECTED"}}
+    status = gw.gql("query($s: String) { whatsAppStatus(session: $s) { session } }",
+                    {"s": None})
+    assert status.data == {"whatsAppStatus": {"session": "default"}}, status
+    text = unique_text("null session")
+    sent = gw.gql("mutation($m: String!) { sendWhatsAppNotification(phoneNumber: "
+                  "\"+14155550102\", message: $m, session: null) }", {"m": text})
+    assert sent.data == {"sendWhatsAppNotification": True}, sent
+    tested = gw.gql("mutation { testWhatsAppConnection(phoneNumber: \"+14155550102\", "
+                    "session: null) }")
+    assert tested.data == {"testWhatsAppConnection": True}, tested
+    page = gw.gql("{ whatsAppMessages(first: null, session: \"default\") { edges { cursor } "
+                  "pageInfo { hasNextPage } } }")
+    assert not page.errors and 1 <= len(page.data["whatsAppMessages"]["edges"]) <= 20, page
+    record = gw.gql("mutation($i: SendWhatsAppMessageInput!) { sendWhatsAppMessage(input: $i) "
+                    "{ session validUntil } }",
+                    {"i": {"phoneNumber": "+14155550102", "message": unique_text("null input"),
+                           "session": None, "validForSeconds": None}})
+    assert record.data == {"sendWhatsAppMessage": {"session": "default", "validUntil": None}}
+    assert text in texts_in_inbox(gw)
+
+
+@pytest.mark.parametrize("query", [
+    "{ " + "whatsAppStatus { " * 3000 + "state" + " }" * 3001,
+    "{ whatsAppStatus(session: " + "[" * 1000 + "]" * 1000 + ") { state } }",
+    "{ whatsAppStatus { ...F0 } } " + " ".join(
+        f"fragment F{i} on WhatsAppStatus {{ ...F{i + 1} }}" for i in range(3000))
+    + " fragment F3000 on WhatsAppStatus { state }",
+    "{ whatsAppStatus { ...F0 } } " + " ".join(
+        f"fragment F{i} on WhatsAppStatus {{ ...F{i + 1} }}" for i in range(600))
+    + " fragment F600 on WhatsAppStatus { state }",
+], ids=["3000-levels", "1000-nested-lists", "3000-fragment-chain", "600-fragment-chain"])
+def test_deeply_nested_documents_are_validation_errors(linked_gateway: Gateway,
+                                                       query: str) -> None:
+    """graphql-core parses and validates by recursion: these used to end in RecursionError
+    (INTERNAL, or an HTTP 500). They are the client's mistake: GRAPHQL_VALIDATION_FAILED."""
+    response = linked_gateway.post_graphql({"query": query})
+    assert response.status_code == 200, response.text[:300]
+    [error] = response.json()["errors"]
+    assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED", error
+    assert "deep" in error["message"], error
+    assert linked_gateway.status()["state"] == "CONNECTED"
+
+
+@pytest.mark.parametrize(("query", "variables"), [
+    ("mutation($m: String!) { sendWhatsAppNotification(phoneNumber: \"+14155550103\", "
+     "message: $m) }", {"m": "lone \ud800 surrogate"}),
+    ("mutation($k: String!) { sendWhatsAppNotification(phoneNumber: \"+14155550103\", "
+     "message: \"hi\", idempotencyKey: $k) }", {"k": "key \udc00"}),
+    ("query($id: ID!) { whatsAppMessage(id: $id) { id } }", {"id": "\ud83d"}),
+], ids=["message", "idempotency-key", "message-id"])
+def test_unpaired_surrogates_are_refused_before_any_actor_sees_them(
+        linked_gateway: Gateway, query: str, variables: dict[str, str]) -> None:
+    """JSON can spell a lone UTF-16 surrogate; SQLite cannot store it, so the outbox
+    failed on it (INTERNAL, or UNAVAILABLE while it restarted). Refused at the door."""
+    gw = linked_gateway
+    response = gw.post_graphql({"query": query, "variables": variables})
+    assert response.status_code == 400, response.text[:300]
+    [error] = response.json()["errors"]
+    assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert "surrogate" in error["message"] and "valid Unicode" in error["message"]
+    ok = gw.send("+14155550103", unique_text("after a surrogate"))
+    assert ok.data == {"sendWhatsAppNotification": True}, ok
+
+
+@pytest.mark.parametrize(("value", "code", "fragment"), [
+    (0, "INVALID_MESSAGE", "1 to 2147483647"), (-5, "INVALID_MESSAGE", "1 to 2147483647"),
+    (2**31, "GRAPHQL_VALIDATION_FAILED", "32-bit"), (1.5, "GRAPHQL_VALIDATION_FAILED", "Int"),
+])
+def test_valid_for_seconds_outside_its_range_is_refused(linked_gateway: Gateway, value: object,
+                                                        code: str, fragment: str) -> None:
+    result = linked_gateway.gql(
+        "mutation($i: SendWhatsAppMessageInput!) { sendWhatsAppMessage(input: $i) { id } }",
+        {"i": {"phoneNumber": PHONE, "message": "x", "validForSeconds": value}})
+    expect_error(result, code, fragment)
+
+
+@pytest.mark.parametrize("first", [0, -1, 201, 2**31 - 1])
+def test_page_size_outside_its_range_is_refused(linked_gateway: Gateway, first: int) -> None:
+    result = linked_gateway.gql("query($f: Int) { whatsAppMessages(first: $f) { edges "
+                                "{ cursor } } }", {"f": first})
+    expect_error(result, "GRAPHQL_VALIDATION_FAILED", "first", "1 to 200")
+
+
 # ---- UNAVAILABLE -------------------------------------------------------------------------
 
 
