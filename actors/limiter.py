@@ -19,6 +19,7 @@ import diskcache
 from actors.messages import Failed
 from actors.windows import SlidingWindow, WindowSpec, admit
 from gateway.config import LimitsConfig
+from gateway.recipients import rate_limit_key
 
 HOT_NUMBERS = 10_000  # recipients whose windows stay in memory (the rest are on disk)
 GLOBAL_KEY = "global"
@@ -45,6 +46,12 @@ class Limits:
         self.seen: dict[str, float] = {}  # hot recipient -> its last check, for usage_ratios
 
     def check(self, phone: str, now: float) -> tuple[bool, float, str | None]:
+        """Admit a send to ``phone`` (normalised digits) or say which window is full.
+
+        The per-recipient windows are kept per WhatsApp account, not per spelling:
+        ``+54 11 2345-6789`` and ``+54 9 11 2345-6789`` reach one person and share one
+        limit (``gateway.recipients.rate_limit_key``)."""
+        phone = rate_limit_key(phone)
         windows = self._windows(phone)
         self.seen[phone] = now
         allowed, retry_after, scope = admit([*windows, self.global_window], now)

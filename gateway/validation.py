@@ -13,6 +13,8 @@ import re
 
 import phonenumbers
 
+from gateway.recipients import suggested_number
+
 __all__ = [
     "SESSION_NAME_MAX_LENGTH",
     "ValidationError",
@@ -61,11 +63,17 @@ def _echo(raw: str) -> str:
     return raw if len(raw) <= _ECHO_LIMIT else raw[:_ECHO_LIMIT] + "..."
 
 
-def _invalid_number(raw: str) -> ValidationError:
+def _invalid_number(raw: str, digits: str = "") -> ValidationError:
+    """``digits``: what the number looked like without separators, when it was all
+    digits; an old spelling of a mobile (Mexico's 1, Brazil's missing ninth digit) gets
+    the modern one suggested, since that is the usual reason such a number fails."""
+    modern = suggested_number(digits) if digits else None
+    hint = (f" (an old spelling of a mobile number: did you mean +{modern}?)"
+            if modern else "")
     return ValidationError(
         "INVALID_NUMBER",
         f"phoneNumber '{_echo(raw)}' is not a valid international number; "
-        f"include the country code, e.g. {_EXAMPLE_NUMBER}",
+        f"include the country code, e.g. {_EXAMPLE_NUMBER}{hint}",
         "phoneNumber",
     )
 
@@ -92,7 +100,7 @@ def normalize_phone_number(raw: str) -> str:
     except phonenumbers.NumberParseException:
         raise _invalid_number(raw) from None
     if not phonenumbers.is_valid_number(parsed):
-        raise _invalid_number(raw)
+        raise _invalid_number(raw, digits)
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
 
 

@@ -43,6 +43,25 @@ def test_per_recipient_limit_per_minute(gateway: Gateway) -> None:
     assert sent_to(gateway, "14155550121") == ["someone else"]
 
 
+def test_spellings_of_one_whatsapp_account_share_one_recipient_limit(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """WhatsApp addresses an Argentine mobile as 549 + area + number; ``+54 11 ...``
+    (no 9) is the same person. Each spelling used to get a quota of its own, so a
+    caller alternating them sent twice the limit to one recipient. What is sent and
+    stored stays the number as the caller wrote it (normalised)."""
+    gw = make_gateway({"limits": {"per_number_per_minute": 2}}).start()
+    gw.link()
+    assert gw.send("+54 9 11 2345-6789", "with the nine").data == OK
+    assert gw.send("+54 11 2345-6789", "without the nine").data == OK
+    for spelling in ("+54 11 15 2345-6789", "+54 11 2345 6789", "+5491123456789"):
+        error = expect_error(gw.send(spelling, "third"), "RATE_LIMITED", "this recipient")
+        assert error["extensions"]["scope"] == "recipient_minute"
+    assert gw.send("+54 9 11 2345-6780", "another line").data == OK
+    sent = {(m["to"], m["text"]) for m in gw.inbox()}
+    assert sent == {("5491123456789", "with the nine"), ("541123456789", "without the nine"),
+                    ("5491123456780", "another line")}
+
+
 def test_refusals_consume_no_quota_and_global_daily_limit(
         make_gateway: Callable[..., Gateway]) -> None:
     """A refused send must not count against any window (otherwise a client retrying

@@ -175,3 +175,16 @@ def test_validate_session_name_rejects(name: str) -> None:
     assert err.code == "INVALID_SESSION"
     assert err.field == "session"
     assert "A-Z" in err.message and "0-9" in err.message and "64" in err.message
+
+
+@pytest.mark.parametrize(("raw", "modern"), [
+    ("+52 1 55 1234 5678", "+525512345678"),  # Mexico dropped the mobile 1 in 2019
+    ("+55 21 8765 4321", "+5521987654321"),  # Brazil's mobiles have a ninth digit
+])
+def test_an_old_spelling_of_a_mobile_is_refused_with_the_modern_one_suggested(
+        raw: str, modern: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        normalize_phone_number(raw)
+    assert info.value.code == "INVALID_NUMBER"
+    assert f"did you mean {modern}?" in info.value.message
+    assert normalize_phone_number(modern) == modern.lstrip("+")  # and that one is valid
