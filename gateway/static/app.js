@@ -316,6 +316,7 @@
       $("limits-text").textContent =
         `per recipient ${l.perNumberPerMinute}/minute and ${l.perNumberPerHour}/hour; ` +
         `${l.globalPerDay}/day in all; up to ${l.maxSessions} sessions`;
+      updateCount();
       $("overview-error").textContent = "";
     } catch (err) {
       if (err.code !== "UNAUTHENTICATED") $("overview-error").textContent = err.text;
@@ -610,6 +611,33 @@
 
   // ---- sending -------------------------------------------------------------------------
 
+  // The text is never shortened here (no maxlength: it cuts pasted text without a word,
+  // and counts UTF-16 units, not characters). The count uses the API's rule, Unicode code
+  // points; an over-long text still goes to the API, whose refusal is shown as it is.
+  function codePoints(text) {
+    let count = 0;
+    for (const _ of text) count += 1; // a string iterates by code point
+    return count;
+  }
+
+  function updateCount() {
+    const count = codePoints($("send-text").value);
+    const max = state.limits ? state.limits.maxMessageLength : null;
+    const line = $("send-count");
+    const characters = count === 1 ? "character" : "characters";
+    if (max === null) {
+      line.textContent = `${count} ${characters}`;
+      line.className = "hint";
+    } else if (count > max) {
+      line.textContent = `${count} of ${max} ${characters}: ${count - max} too many. The ` +
+        "gateway refuses a longer message; shorten it or split it into several messages.";
+      line.className = "error";
+    } else {
+      line.textContent = `${count} of ${max} ${characters}`;
+      line.className = "hint";
+    }
+  }
+
   function sendFields() {
     const session = $("send-session").value || "default";
     const phone = $("send-phone").value.trim();
@@ -748,6 +776,8 @@
     $("sign-out").addEventListener("click", () => signedOut(null));
     $("add-session-form").addEventListener("submit", addSession);
     $("send-form").addEventListener("submit", send);
+    $("send-text").addEventListener("input", updateCount);
+    updateCount();
     $("send-test").addEventListener("click", sendTest);
     $("messages-refresh").addEventListener("click", () => loadMessages(false));
     $("messages-more").addEventListener("click", () => loadMessages(true));

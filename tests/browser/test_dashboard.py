@@ -206,3 +206,58 @@ def test_demo_mode_needs_no_token_and_says_so(
     expect(page.get_by_role("button", name="Forget token")).to_be_hidden()
     expect(card(page)).to_have_attribute("data-state", "NEW")
     shot(page, "16-demo-mode")
+
+
+def test_a_long_message_is_counted_and_refused_never_cut(
+        make_gateway: Callable[..., Gateway], open_page: Callable[..., Page]) -> None:
+    """A pasted 5000-character message used to be cut to 4096 by the textarea's
+    maxlength and the cut text delivered ("Accepted ... SENT"). The page shows the count
+    in the API's unit (code points) and the API's refusal, and never changes the text."""
+    gw = make_gateway().start()
+    gw.link()
+    page = open_page(gw)
+    sign_in(page, gw.token)
+    expect(card(page)).to_have_attribute("data-state", "CONNECTED")
+    page.get_by_label("Phone number, with country code").fill(RECIPIENT)
+    box = page.get_by_label("Message", exact=True)
+
+    too_long = "x" * 4990 + "\U0001f600" * 10  # 5000 code points, 5010 UTF-16 units
+    box.fill(too_long)
+    assert box.input_value() == too_long  # nothing was cut
+    count = page.locator("#send-count")
+    expect(count).to_contain_text("5000 of 4096 characters: 904 too many")
+    shot(page, "17-message-too-long")
+    page.get_by_role("button", name="Send message").click()
+    result = page.locator("#send-result")
+    expect(result).to_contain_text("INVALID_MESSAGE")
+    expect(result).to_contain_text("message is 5000 characters long but the limit is 4096")
+    assert box.input_value() == too_long
+
+    # 4096 emoji are 4096 characters to the API (8192 UTF-16 units): accepted, unchanged.
+    longest = "\U0001f600" * 4096
+    box.fill(longest)
+    assert box.input_value() == longest
+    expect(count).to_have_text("4096 of 4096 characters")
+    page.get_by_role("button", name="Send message").click()
+    expect(result).to_contain_text("Accepted: message")
+    wait_for(lambda: longest in [m["text"] for m in gw.inbox()], 15, interval=0.2,
+             message="the 4096-emoji message in the inbox")
+    assert not any(m["text"].startswith("x" * 4000) for m in gw.inbox())
+
+
+def test_a_long_session_name_is_refused_not_cut(
+        make_gateway: Callable[..., Gateway], open_page: Callable[..., Page]) -> None:
+    """The session-name field cut a pasted 70-character name to 64 and connected a
+    session nobody named; the page refuses it instead."""
+    gw = make_gateway().start()
+    page = open_page(gw)
+    sign_in(page, gw.token)
+    expect(card(page)).to_have_attribute("data-state", "NEW")
+    name = "a" * 70
+    page.get_by_label("Session name").fill(name)
+    assert page.get_by_label("Session name").input_value() == name
+    page.get_by_role("button", name="Connect", exact=True).click()
+    expect(page.locator("#add-session-error")).to_contain_text("1 to 64 letters")
+    sessions = gw.gql("{ whatsAppSessions { session } }").data["whatsAppSessions"]
+    assert not [s for s in sessions if s["session"].startswith("a" * 64)], sessions
+    expect(card(page, "a" * 64)).to_have_count(0)
