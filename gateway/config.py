@@ -276,8 +276,9 @@ RANGES: dict[str, Range] = {
     "delivery.max_attempts": Range(1, 1000), "delivery.retry_base_seconds": _DAY,
     "delivery.retry_max_seconds": _DAY, "delivery.max_queue_per_session": Range(1, 100_000_000),
     "delivery.idempotency_hours": _HOURS, "delivery.tick_seconds": _SECONDS,
-    "supervisor.restart_backoff_seconds": Range(0, 3600), "supervisor.restart_budget":
-    Range(1, 1000), "supervisor.restart_window_seconds": Range(0, 604800, above=True),
+    "supervisor.restart_backoff_seconds": Range(0, 3600),
+    "supervisor.restart_budget": Range(1, 1000),
+    "supervisor.restart_window_seconds": Range(0, 604800, above=True),
     "encryption.checkpoint_seconds": _DAY,
     "audit.max_file_mb": Range(0.01, 4096), "audit.max_files": Range(2, 100_000),
     "audit.burst_seconds": Range(0.05, 3600),
