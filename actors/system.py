@@ -7,7 +7,10 @@ Facts this module is built on (guides/thespian.md §7, §11):
   single-host mode we rewrite the bind address to 127.0.0.1 before the first
   ``ActorSystem(...)``; forked children inherit the patch;
 - ``ActorSystem(...)`` *starts* an Admin when none listens, so processes that only
-  want to join (web workers) must probe the port first.
+  want to join (web workers) must probe the port first;
+- every ``ActorSystem(...)`` of a wagate process goes through ``open_system``, which
+  installs the bind address, the accept filter and the fork guard first: no caller
+  can open an actor-system socket without them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import signal
 import socket
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,9 @@ HOST_CONFIG_CAPABILITY = "wagate_config"  # the host's own config, for sessions 
 
 _bound: str | None = None  # the address every actor-system socket is bound to
 _allowed: tuple[Any, ...] | None = None  # networks whose connections are accepted; None: any
+# This process's own listening actor-system sockets (a forked child drops them).
+_listeners: list[weakref.ref[Any]] = []
+_listeners_tracked = False
 
 
 def bind_loopback_only() -> None:
@@ -73,7 +80,7 @@ def accept_only_from(networks: tuple[str, ...], own_address: str) -> None:
     """Close every actor-system connection whose peer is outside ``networks`` (or
     ``own_address``: a host talks to itself over its advertised address) before a
     single byte of it is read: Thespian unpickles what it receives, so the check must
-    come before any data. Installed in the launcher before the first ``ActorSystem``,
+    come before any data. Installed by ``open_system`` before its ``ActorSystem``,
     inherited by the forked Admin and actors (idempotent; the last call wins).
 
     Wraps ``TCPTransport._acceptNewIncoming`` of thespian 4.0.1 (pinned): after it
@@ -118,6 +125,86 @@ def _refused(peer: str) -> None:
              peer or "an unknown address", level=logging.WARNING)
 
 
+def drop_listeners_at_fork() -> None:
+    """Keep every listening actor-system socket in the one process that opened it
+    (idempotent; inherited by forked children, like the other patches).
+
+    Thespian forks the Admin from the process that starts the system while that
+    process's own endpoint listens, and forks its logger from the Admin: each child
+    would hold its parent's listening socket without ever accepting on it, so an
+    outside connection would wait there unread, and the port would stay bound, for as
+    long as any actor lives. Wraps ``TCPTransport.__init__`` of thespian 4.0.1 (pinned)
+    to note each listening socket; a test checks that no listener has two owners.
+    """
+    global _listeners_tracked
+    if _listeners_tracked:
+        return
+    from thespian.system.transport import TCPTransport
+
+    original_init = TCPTransport.TCPTransport.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        _listeners.append(weakref.ref(self.socket))
+
+    TCPTransport.TCPTransport.__init__ = init
+    os.register_at_fork(after_in_child=_drop_inherited_listeners)
+    _listeners_tracked = True
+
+
+def _drop_inherited_listeners() -> None:
+    """In a child right after ``fork``: stop holding the parent's listening sockets.
+
+    The descriptor's number stays taken (by /dev/null) rather than closed: Thespian
+    closes its parent's descriptors by number when an actor starts, and a number
+    freed here could by then belong to another file of the child."""
+    inherited = [ref() for ref in _listeners]
+    _listeners.clear()
+    for sock in inherited:
+        if sock is None:
+            continue
+        fd = sock.detach()  # the socket object no longer closes (or shuts down) it
+        if fd < 0:
+            continue
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.dup2(null, fd, inheritable=False)
+        finally:
+            os.close(null)
+
+
+def open_system(address: str, networks: tuple[str, ...], capabilities: dict[str, Any],
+                log_defs: Any = None) -> Any:
+    """Start or join the actor system on ``address``: the only ``ActorSystem(...)`` of
+    every wagate process (launcher, web workers, CLI commands), so none can open an
+    actor-system socket unfiltered. Before Thespian creates its first socket: bind to
+    ``address`` only, close connections from outside ``networks`` (and ``address``)
+    unread, and keep listeners out of forked children.
+
+    ``networks``: ``cluster.allow_networks`` in a cluster, () on a single host (only
+    this host's own address may connect then)."""
+    bind_only(address)
+    accept_only_from(networks, address)
+    drop_listeners_at_fork()
+    from thespian.actors import ActorSystem
+
+    return ActorSystem(SYSTEM_BASE, capabilities, logDefs=log_defs)
+
+
+def start_system(config: Any, log_defs: Any) -> Any:
+    """The launcher's actor system (its Admin is forked from here, and every actor from
+    the Admin): filtered like any other."""
+    return open_system(bind_address(config), allowed_networks(config),
+                       gateway_capabilities(config), log_defs)
+
+
+def allowed_networks(config: Any) -> tuple[str, ...]:
+    """The networks besides its own address whose actor-system connections a gateway
+    with ``config`` accepts: ``cluster.allow_networks`` in a cluster, none on one host."""
+    cluster = config.cluster
+    return () if cluster.role == "single" else tuple(cluster.allow_networks)
+
+
 def configure_thespian_log(log_dir: Path) -> None:
     """Thespian's own log defaults to /tmp/thespian.log (shared, 50 KB): keep ours."""
     log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -145,9 +232,10 @@ def host_name(config: Any) -> str:
 
 def gateway_capabilities(config: Any) -> dict[str, Any]:
     """The capabilities of a gateway's actor system: on a single host the Admin Port
-    alone; in a cluster also the convention (the leader's address), this host's role,
-    name and slots (read by the leader's supervisor when the member joins), and this
-    host's configuration (sessions placed here use its paths and storage key)."""
+    alone; in a cluster also the convention (the leader's
+    address), this host's role, name and slots (read by the leader's supervisor when
+    the member joins), and this host's configuration (sessions placed here use its
+    paths and storage key)."""
     from gateway.config import config_to_dict
 
     caps = capabilities(config.actors.admin_port)
@@ -193,15 +281,13 @@ def port_listening(port: int, host: str = LOOPBACK) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def join_system(admin_port: int, address: str = LOOPBACK) -> Any:
+def join_system(admin_port: int, address: str, networks: tuple[str, ...]) -> Any:
     """The actor system of a running gateway, for processes that must not start one
-    (``address``: where it listens, see ``bind_address``)."""
-    from thespian.actors import ActorSystem
-
-    bind_only(address)
+    (``address``: where it listens, see ``bind_address``; ``networks``: see
+    ``open_system`` and ``allowed_networks``)."""
     if not port_listening(admin_port, address):
         raise ConnectionError(f"no actor system listens on {address}:{admin_port}")
-    return ActorSystem(SYSTEM_BASE, capabilities(admin_port))
+    return open_system(address, networks, capabilities(admin_port))
 
 
 # ---- process sweeping -----------------------------------------------------------

@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from actors.messages import GetHealth, HealthReport, Ping
 from actors.status_snapshot import SnapshotReader
-from actors.system import bind_address
+from actors.system import allowed_networks, bind_address
 from gateway import __version__
 from gateway.auth import (
     Authenticator,
@@ -67,7 +67,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     limits = config.graphql
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     bridge = bridge or ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds,
-                                   bind_address(config), config.cluster.allow_networks)
+                                   bind_address(config), allowed_networks(config))
     schema = build_schema()
     snapshots = SnapshotReader(config.data_path)
     documents = DocumentCache()

@@ -23,7 +23,12 @@ from actors.audit_log import (
     lock_holder,
 )
 from actors.messages import AuditEvent, RecordAudit
-from actors.system import bind_address, port_listening
+from actors.system import (
+    allowed_networks,
+    bind_address,
+    configure_thespian_log,
+    port_listening,
+)
 from gateway.config import Config
 from gateway.errors import GatewayError
 
@@ -65,7 +70,9 @@ def record_admin_action(config: Config, event: str, **fields: Any) -> None:
         if isinstance(port, int) and port_listening(port, address):
             from gateway.bridge import ActorBridge
 
-            bridge = bridge or ActorBridge(port, timeout, address, config.cluster.allow_networks)
+            # Thespian's own log (refused connections too) next to the gateway's.
+            configure_thespian_log(config.data_path / "logs")
+            bridge = bridge or ActorBridge(port, timeout, address, allowed_networks(config))
             try:
                 bridge.ask(RecordAudit(AuditEvent(event, fields)),
                            timeout=max(0.5, deadline - time.monotonic()))

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from actors.messages import AuditEvent, Failed, GetRoutes
-from actors.system import LOOPBACK, SUPERVISOR_NAME, accept_only_from, join_system
+from actors.system import LOOPBACK, SUPERVISOR_NAME, join_system
 from gateway.errors import GatewayError
 
 log = structlog.get_logger("wagate.bridge")
@@ -44,8 +44,8 @@ class ActorBridge:
     def __init__(self, admin_port: int, timeout: float, address: str = LOOPBACK,
                  networks: tuple[str, ...] = ()) -> None:
         """``address``: where the actor system listens (``actors.system.bind_address``);
-        ``networks``: in a cluster, ``cluster.allow_networks``, which this process's own
-        reply socket enforces too (it is an actor-system socket like any other)."""
+        ``networks``: ``actors.system.allowed_networks``, which this process's own reply
+        sockets enforce too (they are actor-system sockets like any other)."""
         self.admin_port = admin_port
         self.timeout = timeout
         self.address = address
@@ -190,11 +190,9 @@ class ActorBridge:
         with self._lock:
             if self._pid != os.getpid() or self._system is None:
                 try:
-                    if self.networks:
-                        accept_only_from(self.networks, self.address)
                     # On a cluster member the supervisor is the leader's: the member's
                     # Admin passes the global name on (SupervisorActor refuses members).
-                    system = join_system(self.admin_port, self.address)
+                    system = join_system(self.admin_port, self.address, self.networks)
                     supervisor = system.createActor("actors.supervisor.SupervisorActor",
                                                     globalName=SUPERVISOR_NAME)
                 except Exception as exc:

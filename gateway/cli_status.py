@@ -80,6 +80,7 @@ class HealthClient:
     def report(self) -> HealthReport:
         from actors.system import (
             SUPERVISOR_NAME,
+            allowed_networks,
             bind_address,
             configure_thespian_log,
             join_system,
@@ -93,7 +94,7 @@ class HealthClient:
                     raise ConnectionError(self.port)
                 # Thespian's own log next to the gateway's, never the shared default.
                 configure_thespian_log(self.config.data_path / "logs")
-                self._system = join_system(self.port, address)
+                self._system = join_system(self.port, address, allowed_networks(self.config))
                 self._supervisor = self._system.createActor(
                     "actors.supervisor.SupervisorActor", globalName=SUPERVISOR_NAME)
             except (ConnectionError, OSError):

@@ -25,15 +25,12 @@ import structlog
 from actors.messages import Ok, ProcessInfo, StartGateway, Stop, WhoAreYou
 from actors.system import (
     SUPERVISOR_NAME,
-    SYSTEM_BASE,
-    accept_only_from,
     bind_address,
-    bind_only,
     configure_thespian_log,
     convention_timer_env,
-    gateway_capabilities,
     group_alive,
     port_listening,
+    start_system,
     sweep_group,
 )
 from gateway.cluster import cluster_problem
@@ -108,7 +105,7 @@ def serve(config: Config) -> int:
                           "restarted", admin_pid=admin_pid)
                 exit_code = 1
                 break
-            time.sleep(0.2)
+            tend_endpoint(system, 0.2)
     finally:
         stop_everything(system, supervisor, actor_pgid, web)
         with contextlib.suppress(FileNotFoundError):
@@ -146,14 +143,9 @@ def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
     supervisor places sessions (and a host agent) on it.
     """
     logs = config.data_path / "logs"
-    address = bind_address(config)
-    bind_only(address)
     if config.cluster.role != "single":
-        accept_only_from(config.cluster.allow_networks, address)
         # Read by Thespian's convention module when it is first imported: before it.
         os.environ.update(convention_timer_env(config))
-    from thespian.actors import ActorSystem
-
     from actors.supervisor import SupervisorActor
 
     configure_thespian_log(logs)
@@ -166,8 +158,7 @@ def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        system = ActorSystem(SYSTEM_BASE, gateway_capabilities(config),
-                             logDefs=thespian_log_defs(logs / "actors.log"))
+        system = start_system(config, thespian_log_defs(logs / "actors.log"))
     finally:
         for fd, copy in zip((0, 1, 2), saved, strict=True):
             os.dup2(copy, fd)
@@ -204,6 +195,15 @@ def _member_processes(system: Any, timeout: float) -> tuple[int, int]:
         system.shutdown()
         raise StartupError("the actor system did not start; see data_dir/logs/thespian.log")
     return info.pgid, info.ppid
+
+
+def tend_endpoint(system: Any, seconds: float) -> None:
+    """Wait ``seconds`` on the launcher's own actor-system endpoint rather than sleep.
+
+    An endpoint runs its accept filter only while it runs: one left idle would hold
+    every connection from outside the allowed networks open, unread, until the
+    gateway stops."""
+    system.listen(seconds)
 
 
 def thespian_log_defs(path: Path) -> dict[str, Any]:

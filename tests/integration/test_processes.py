@@ -84,3 +84,24 @@ def test_every_listening_socket_is_loopback_only_and_gone_after_stop(gateway: Ga
     still = set(owned) & set(listening_sockets())
     assert not still, f"still listening after stop: {[owned[i] for i in still]}"
     assert not port_listening(gateway.port) and not port_listening(gateway.admin_port)
+
+
+def test_no_actor_system_socket_is_held_by_a_second_process(gateway: Gateway) -> None:
+    """Each listening actor-system socket belongs to the one process that runs it.
+
+    A forked child that inherits its parent's listening socket never accepts on it: a
+    connection there waits unread as long as any holder lives, and the port stays
+    bound after its owner exits (Thespian forks the Admin while the launcher's own
+    endpoint listens, and its logger while the Admin's does). Only gunicorn's HTTP
+    socket is shared, on purpose, by its master and workers."""
+    assert gateway.process is not None
+    pids = [gateway.process.pid, *gateway.actor_pids()]
+    listeners = listening_sockets()
+    owners: dict[int, list[int]] = {}
+    for pid in pids:
+        for inode in socket_inodes(pid):
+            if inode in listeners and listeners[inode][1] != gateway.port:
+                owners.setdefault(inode, []).append(pid)
+    assert len(owners) >= 5, owners  # launcher, admin, logger, supervisor, outbox, ...
+    shared = {listeners[i]: holders for i, holders in owners.items() if len(holders) > 1}
+    assert not shared, f"listening sockets held by several processes: {shared}"
