@@ -12,6 +12,10 @@ that the children it had there are gone (guides/thespian.md §9).
 A member that answers again is used for new placements only: its old sessions were
 stopped by its agent (the fence) and run elsewhere now, so it never gets a second copy.
 
+A member that runs another wagate (``actors.protocol``: version, protocol, message
+layout, Python) is refused: no agent, no session, and the health report lists it
+with the reason until a matching host of that name joins (the member refuses too).
+
 The mixin uses the supervisor's own state and helpers (``children``, ``statuses``,
 ``_spawn``, ``_set_status``, ``_link``, ``_audit``); placement itself is pure
 (``actors.placement``).
@@ -30,9 +34,14 @@ from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate
 from actors.host_agent import HostAgent
 from actors.messages import ErrorInfo, HostBeat, HostBeatAck, SessionState, StartAgent
 from actors.placement import choose_host, loads
+from actors.protocol import describe, identity, incompatibility
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, SLOTS_CAPABILITY
 
 log = structlog.get_logger("wagate.supervisor")
+
+# Refused members kept for the health report: any system in allow_networks can
+# register under any name, so the list is bounded (the oldest goes first).
+MAX_REFUSED_HOSTS = 16
 
 
 @dataclass
@@ -45,6 +54,16 @@ class Host:
     admin: Any = None  # its Thespian Admin (None: this host)
     agent: Any = None  # its HostAgent (members only)
     alive: bool = True  # False once its heartbeats stopped: nothing new is placed there
+    runs: str = ""  # the wagate it runs (actors.protocol.describe)
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedHost:
+    """A member that runs another wagate: nothing is placed on it."""
+
+    name: str
+    runs: str
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +86,15 @@ class ClusterSupervision:
         if (self.tracker is None or self.stopping or not name
                 or caps.get(ROLE_CAPABILITY) != "member"):
             return
+        problem = incompatibility(caps)
+        if problem is not None:
+            if msg.remoteAdded:
+                self._refuse(name, caps, problem)
+            return  # never touches a matching host that has the same name
         if not msg.remoteAdded:
+            known = self.hosts.get(name)
+            if known is None or known.admin != msg.remoteAdminAddress:
+                return  # another system under that name left, not the one we use
             log.warning("a member left the convention", host=name)
             self._host_lost(name, "left the convention")
             self.hosts.pop(name, None)
@@ -79,12 +106,26 @@ class ClusterSupervision:
             self._host_lost(name, "restarted")  # back before its heartbeats were missed
         if old is not None and old.agent is not None:
             self.send(old.agent, ActorExitRequest())
+        self.refused.pop(name, None)
         self.hosts[name] = Host(name, "member", int(caps.get(SLOTS_CAPABILITY, 0)),
-                                admin=msg.remoteAdminAddress)
+                                admin=msg.remoteAdminAddress, runs=describe(caps))
         self.tracker.watch(name, time.monotonic())
         self._place_agent(name)
         log.info("a member joined", host=name, slots=self.hosts[name].slots)
         self._audit("cluster.member_joined", host=name, slots=self.hosts[name].slots)
+
+    def _refuse(self, name: str, caps: dict[str, Any], problem: str) -> None:
+        """Place nothing on member ``name``, which runs another wagate: every pickle
+        between us could be misread. Said in the log, the audit log and the health
+        report."""
+        log.error("a member runs another wagate; nothing is placed on it (install the "
+                  "same version everywhere)", host=name, problem=problem)
+        if name not in self.refused:
+            self._audit("cluster.member_refused", host=name, reason=problem)
+        self.refused.pop(name, None)  # re-inserted last: the newest is kept longest
+        self.refused[name] = RefusedHost(name, describe(caps), problem)
+        while len(self.refused) > MAX_REFUSED_HOSTS:
+            del self.refused[next(iter(self.refused))]
 
     def receiveMsg_HostBeatAck(self, msg: HostBeatAck, sender: Any) -> None:
         host = self.hosts.get(msg.host)
@@ -176,6 +217,10 @@ class ClusterSupervision:
         for key, child in self.children.items():
             if key.startswith("session:") and child.host is not None and child.address is not None:
                 counts[child.host] = counts.get(child.host, 0) + 1
-        return tuple({"name": h.name, "role": h.role, "slots": h.slots,
-                      "sessions": counts.get(h.name, 0), "alive": h.alive}
-                     for h in self.hosts.values())
+        hosts = tuple({"name": h.name, "role": h.role, "slots": h.slots,
+                       "sessions": counts.get(h.name, 0), "alive": h.alive,
+                       "runs": h.runs or describe(identity()), "refused": None}
+                      for h in self.hosts.values())
+        return hosts + tuple({"name": r.name, "role": "member", "slots": 0, "sessions": 0,
+                              "alive": False, "runs": r.runs, "refused": r.reason}
+                             for r in self.refused.values())

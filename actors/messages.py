@@ -264,6 +264,26 @@ class ProcessInfo:
     ppid: int  # for the supervisor: the Thespian Admin, which created it
 
 
+@dataclass(frozen=True, slots=True)
+class WatchLeader:
+    """A member's launcher -> its LeaderWatch: report the convention leader's identity
+    now (once it has registered) and whenever it registers again."""
+
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderSeen:
+    """LeaderWatch -> the member's launcher: the leader at ``address`` runs
+    ``identity`` (``actors.protocol.describe``); ``problem``: why this member must not
+    take part (another wagate), None when both run the same."""
+
+    address: str
+    identity: str
+    problem: str | None = None
+    request_id: str = ""
+
+
 # ---- supervisor <-> children ---------------------------------------------------
 
 

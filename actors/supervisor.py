@@ -30,7 +30,7 @@ from thespian.actors import (
 )
 
 from actors.audit import AuditActor
-from actors.cluster_supervision import ClusterSupervision, Host, HostCheck
+from actors.cluster_supervision import ClusterSupervision, Host, HostCheck, RefusedHost
 from actors.messages import (
     AuditEvent,
     CollectHealth,
@@ -119,6 +119,7 @@ class SupervisorActor(ClusterSupervision, ActorTypeDispatcher):
         self.audit_backlog: list[Any] = []  # AuditEvent / Routed(RecordAudit) for a restart
         self.session_counters = SessionCounters()  # for /metrics, fed by _set_status
         self.hosts: dict[str, Host] = {}  # by name; this host first
+        self.refused: dict[str, RefusedHost] = {}  # members running another wagate
         self.local_host = ""
         self.tracker: HeartbeatTracker | None = None  # members' heartbeats (leader only)
         self.beat_seq = 0

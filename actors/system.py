@@ -25,6 +25,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from actors.protocol import compatible, identity
 from gateway.networks import address_in, parse_networks
 
 SYSTEM_BASE = "multiprocTCPBase"
@@ -214,13 +215,18 @@ def configure_thespian_log(log_dir: Path) -> None:
 
 
 def capabilities(admin_port: int) -> dict[str, Any]:
-    return {"Admin Port": admin_port, "Process Startup Method": "fork"}
+    """What every actor system of wagate advertises: its port, the fork start method
+    (the patches above rely on it) and which wagate runs it (``actors.protocol``)."""
+    return {"Admin Port": admin_port, "Process Startup Method": "fork", **identity()}
 
 
 def on_required_host(capabilities: dict[str, Any], requirements: dict[str, Any] | None
                      ) -> bool:
     """Thespian's placement check for actors the supervisor places by host name: the
-    host it names (``HOST_CAPABILITY``), or this one when it names none."""
+    host it names (``HOST_CAPABILITY``), or this one when it names none; never a host
+    that runs another wagate (its pickles would be misread: ``actors.protocol``)."""
+    if not compatible(capabilities):
+        return False
     wanted = (requirements or {}).get(HOST_CAPABILITY)
     return wanted is None or wanted == capabilities.get(HOST_CAPABILITY)
 
@@ -232,7 +238,7 @@ def host_name(config: Any) -> str:
 
 def gateway_capabilities(config: Any) -> dict[str, Any]:
     """The capabilities of a gateway's actor system: on a single host the Admin Port
-    alone; in a cluster also the convention (the leader's
+    and this wagate's identity; in a cluster also the convention (the leader's
     address), this host's role, name and slots (read by the leader's supervisor when
     the member joins), and this host's configuration (sessions placed here use its
     paths and storage key)."""

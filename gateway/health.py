@@ -56,7 +56,9 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
     process ids, no uncertain count, no daily usage (gateway/scope.py)."""
     report = scoped_report(report, scope)
     sessions = [_session_health(s, now) for s in report.sessions]
-    degraded = any(s["state"] in ("RECONNECTING", "FAILED") for s in sessions)
+    # A cluster member refused for running another wagate needs the operator too.
+    degraded = (any(s["state"] in ("RECONNECTING", "FAILED") for s in sessions)
+                or any(h.get("refused") for h in report.hosts))
     queue: dict[str, Any] = {"depth": report.queue_depth,
                              "bySession": dict(report.queue_by_session)}
     document = {
@@ -68,7 +70,8 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
         "meta": {"api_status": "stable", "version": __version__},
         "sessions": sessions,
         "queue": queue,
-        # The hosts of the cluster (one, this one, on a single host) with their sessions.
+        # The hosts of the cluster (one, this one, on a single host) with their sessions,
+        # the wagate each runs, and why a member was refused (another wagate).
         "hosts": [dict(h) for h in report.hosts],
     }
     if scope is None:  # gateway-wide: only for callers that see every session

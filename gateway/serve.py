@@ -22,7 +22,15 @@ from typing import Any
 
 import structlog
 
-from actors.messages import Ok, ProcessInfo, StartGateway, Stop, WhoAreYou
+from actors.messages import (
+    LeaderSeen,
+    Ok,
+    ProcessInfo,
+    StartGateway,
+    Stop,
+    WatchLeader,
+    WhoAreYou,
+)
 from actors.system import (
     SUPERVISOR_NAME,
     bind_address,
@@ -105,7 +113,11 @@ def serve(config: Config) -> int:
                           "restarted", admin_pid=admin_pid)
                 exit_code = 1
                 break
-            tend_endpoint(system, 0.2)
+            problem = tend_endpoint(system, config, 0.2)
+            if problem is not None:
+                log.error(problem)
+                exit_code = 1
+                break
     finally:
         stop_everything(system, supervisor, actor_pgid, web)
         with contextlib.suppress(FileNotFoundError):
@@ -167,7 +179,12 @@ def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
         os.close(null_fd)
     timeout = config.actors.start_timeout_seconds
     if config.cluster.role == "member":
-        return (system, None, *_member_processes(system, timeout))
+        pgid, admin_pid = _member_processes(system, timeout)
+        problem = watch_leader(system, config, timeout)
+        if problem is not None:
+            stop_everything(system, None, pgid, None)
+            raise StartupError(problem)
+        return system, None, pgid, admin_pid
     supervisor = system.createActor(SupervisorActor, globalName=SUPERVISOR_NAME)
     info = system.ask(supervisor, WhoAreYou(), timeout)
     if not isinstance(info, ProcessInfo):
@@ -197,13 +214,43 @@ def _member_processes(system: Any, timeout: float) -> tuple[int, int]:
     return info.pgid, info.ppid
 
 
-def tend_endpoint(system: Any, seconds: float) -> None:
+def watch_leader(system: Any, config: Config, timeout: float) -> str | None:
+    """Start a member's LeaderWatch and wait up to ``timeout`` for the leader: why this
+    member must not join it (another wagate), or None. A leader that is not up yet is
+    checked when it registers (``tend_endpoint`` gets the watch's report then)."""
+    from actors.leader_watch import LeaderWatch
+
+    watch = system.createActor(LeaderWatch)
+    seen = system.ask(watch, WatchLeader(), timeout)
+    if isinstance(seen, LeaderSeen):
+        return leader_problem(config, seen)
+    log.warning("the leader has not answered yet; this member joins it when it does",
+                leaders=list(config.cluster.leaders), waited_seconds=timeout)
+    return None
+
+
+def leader_problem(config: Config, seen: LeaderSeen) -> str | None:
+    """The member's refusal, for the operator, when the leader runs another wagate."""
+    if seen.problem is None:
+        log.info("the leader runs the same wagate", leader=seen.address, runs=seen.identity)
+        return None
+    return (f"refusing to join the leader ({', '.join(config.cluster.leaders)}): "
+            f"{seen.problem}. The hosts exchange pickled messages, which another version "
+            "misreads: install the same wagate version, on the same Python minor version, "
+            "on every host (README: Deployment on several hosts, Upgrades)")
+
+
+def tend_endpoint(system: Any, config: Config, seconds: float) -> str | None:
     """Wait ``seconds`` on the launcher's own actor-system endpoint rather than sleep.
 
     An endpoint runs its accept filter only while it runs: one left idle would hold
     every connection from outside the allowed networks open, unread, until the
-    gateway stops."""
-    system.listen(seconds)
+    gateway stops. Returns why the gateway must stop (a member whose leader turned
+    out to run another wagate), or None."""
+    message = system.listen(seconds)
+    if isinstance(message, LeaderSeen):
+        return leader_problem(config, message)
+    return None
 
 
 def thespian_log_defs(path: Path) -> dict[str, Any]:

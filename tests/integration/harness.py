@@ -111,12 +111,15 @@ class GraphQLResult:
 
 class Gateway:
     def __init__(self, root: Path, overrides: dict[str, Any] | None = None,
-                 engine: str = "simulator", key_file: Path | None = None) -> None:
+                 engine: str = "simulator", key_file: Path | None = None,
+                 code_dir: Path | None = None) -> None:
         """``engine`` is forced over ``overrides``: the simulator unless a test asks
         for the real engine (which must then get a loopback ``transport.proxy``).
         ``key_file``: another gateway's storage key (the hosts of a cluster share the
-        session stores, so they share the key); by default a new one."""
+        session stores, so they share the key); by default a new one. ``code_dir``:
+        run the wagate found there (another version) instead of this one."""
         self.root = root
+        self.code_dir = code_dir
         self._names = itertools.count(1)
         self.data_dir = root / "data"
         self.port = free_port()
@@ -163,16 +166,34 @@ class Gateway:
     def start(self, timeout: float = 30.0) -> Gateway:
         """Start ``wagate serve`` (again, after ``stop`` or ``kill_launcher``: same ports,
         same data dir) and wait until *this* launcher's gateway is ready."""
+        self._launch()
+        state = wait_for(self._ready, timeout, 0.1, f"gateway on port {self.port} to be ready")
+        self.groups.update(int(state[k]) for k in ("actor_pgid", "web_pgid"))
+        return self
+
+    def start_refused(self, timeout: float = 60.0) -> tuple[int, str]:
+        """Start ``wagate serve`` expecting it to give up by itself (at start, or soon
+        after); returns its exit code and its log (serve.log and actors.log)."""
+        process = self._launch()
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"wagate serve still runs after {timeout} s:\n"
+                                 + self.log_tail()) from None
+        self.process = None
+        state = self.run_state() or {}
+        self.groups.update(int(state[k]) for k in ("actor_pgid", "web_pgid") if k in state)
+        return code, self.log_tail(200)
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         log = open(self.root / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
              "--port", str(self.port), "--admin-port", str(self.admin_port)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.code_dir)
         log.close()
         self.launchers.append(self.process)
-        state = wait_for(self._ready, timeout, 0.1, f"gateway on port {self.port} to be ready")
-        self.groups.update(int(state[k]) for k in ("actor_pgid", "web_pgid"))
-        return self
+        return self.process
 
     def run_state(self) -> dict[str, Any] | None:
         """``data_dir/run/gateway.json``: the launcher's pid and its process groups."""

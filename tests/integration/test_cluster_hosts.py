@@ -1,0 +1,129 @@
+"""What the hosts of a cluster tell each other: which wagate they run, and nothing secret.
+
+A leader and members exchange pickled dataclasses, which another version of wagate
+misreads field by field; so a member of another version is refused by the leader
+(nothing placed on it, said in health and the log) and refuses the leader itself.
+The "other version" is this very code copied with its protocol number raised, run
+from the copy: a real second build, not a patched process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.integration.harness import Gateway, wait_for
+from tests.integration.test_cluster import HEARTBEAT, LEADER, MEMBER
+
+CODE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cluster_config(shared: Path, role: str, host: str, sessions: int,
+                    **extra: Any) -> dict[str, Any]:
+    return {"storage": {"sessions_dir": str(shared / "sessions")},
+            "simulator": {"server_dir": str(shared / "simulator")},
+            "cluster": {"role": role, "host_name": host, "sessions": sessions,
+                        "advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"],
+                        **HEARTBEAT, **extra}}
+
+
+def _member_config(shared: Path, leader: Gateway, **extra: Any) -> dict[str, Any]:
+    return _cluster_config(shared, "member", MEMBER, 2,
+                           leaders=[f"127.0.0.1:{leader.admin_port}"], **extra)
+
+
+def other_version(where: Path) -> Path:
+    """This wagate copied to ``where`` with the next protocol number."""
+    for package in ("actors", "gateway"):
+        shutil.copytree(CODE_ROOT / package, where / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    protocol = where / "actors" / "protocol.py"
+    text, count = re.subn(r"^PROTOCOL = (\d+)$", lambda m: f"PROTOCOL = {int(m[1]) + 1}",
+                          protocol.read_text(), flags=re.MULTILINE)
+    assert count == 1, "actors/protocol.py has no PROTOCOL line"
+    protocol.write_text(text)
+    return where
+
+
+def processes_in(directory: Path) -> list[int]:
+    """Live processes whose working directory is ``directory`` (the copy's code)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(f"/proc/{entry}/cwd"))
+            state = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if cwd == directory and state[state.rfind(")") + 2] != "Z":
+            found.append(int(entry))
+    return found
+
+
+@contextlib.contextmanager
+def nothing_left_in(directory: Path) -> Iterator[None]:
+    """Fail if a process of the code in ``directory`` outlives the block (and kill it,
+    by pid, so the test leaves nothing behind either way)."""
+    try:
+        yield
+    finally:
+        try:
+            wait_for(lambda: not processes_in(directory), 30, 0.1,
+                     "every process of the other version to end")
+        finally:
+            for pid in processes_in(directory):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _member_entries(leader: Gateway) -> list[dict[str, Any]]:
+    return [h for h in leader.health()["hosts"] if h["name"] == MEMBER]
+
+
+def _log(gateway: Gateway, name: str = "actors.log") -> str:
+    path = gateway.data_dir / "logs" / name
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_a_member_of_another_protocol_is_refused_by_both_sides(
+        make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    leader = make_gateway(_cluster_config(shared, "leader", LEADER, 1),
+                          name="leader").start(60)
+    other = other_version(tmp_path / "other-wagate")
+    member = make_gateway(_member_config(shared, leader), name="member",
+                          key_file=leader.key_file, code_dir=other)
+
+    with nothing_left_in(other):
+        code, log = member.start_refused(120)
+    # The member refuses, and says why and what to do.
+    assert code == 1, log
+    assert "refusing to join the leader" in log, log
+    assert "protocol 2" in log and "protocol 1" in log, log
+    assert "same wagate version" in log, log
+
+    # The leader placed nothing there, and says so.
+    entry = wait_for(lambda: [h for h in _member_entries(leader) if h["refused"]], 30, 0.2,
+                     "the leader's health to list the refused member")[0]
+    assert "protocol 2" in entry["refused"], entry
+    assert (entry["alive"], entry["sessions"]) == (False, 0), entry
+    assert leader.health()["status"] == "degraded"
+    assert "runs another wagate" in _log(leader)
+    assert "a member joined" not in _log(leader)  # logged where its agent is placed
+
+    # A member of the same wagate, under the same name, is welcome afterwards.
+    make_gateway(_member_config(shared, leader), name="member-ok",
+                 key_file=leader.key_file).start(60)
+    wait_for(lambda: [h for h in _member_entries(leader) if h["alive"]], 30, 0.2,
+             "the matching member to join")
+    entries = _member_entries(leader)
+    assert len(entries) == 1 and entries[0]["refused"] is None, entries
+    assert leader.health()["status"] == "ok"
+    assert "a member joined" in _log(leader)

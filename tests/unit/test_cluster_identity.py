@@ -1,0 +1,58 @@
+"""What a host tells the others about itself: which wagate it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actors import protocol
+from actors.system import HOST_CAPABILITY, on_required_host
+
+
+def test_the_protocol_number_moves_with_the_layout_of_the_pickled_classes() -> None:
+    assert protocol.layout_of() == protocol.LAYOUT, (
+        "a class that crosses hosts changed shape (actors.protocol.PICKLED_MODULES): raise "
+        "PROTOCOL and set LAYOUT to the new value, so hosts of both versions refuse each "
+        f"other by number: LAYOUT = \"{protocol.layout_of()}\"")
+
+
+def test_a_field_inserted_in_a_message_changes_its_layout() -> None:
+    @dataclass(frozen=True, slots=True)
+    class Before:
+        limit: int
+        used: int
+
+    @dataclass(frozen=True, slots=True)
+    class After:
+        limit: int
+        extra: int
+        used: int
+
+    before, after = protocol.describe_class(Before), protocol.describe_class(After)
+    assert before is not None and after is not None
+    assert before.replace("Before", "X") != after.replace("After", "X")
+
+
+def test_hosts_differing_in_any_identity_key_do_not_match() -> None:
+    ours = protocol.identity()
+    assert protocol.incompatibility(dict(ours)) is None
+    for key, other in ((protocol.VERSION_CAPABILITY, "9.9.9"),
+                       (protocol.PROTOCOL_CAPABILITY, ours[protocol.PROTOCOL_CAPABILITY] + 1),
+                       (protocol.LAYOUT_CAPABILITY, "0" * 16),
+                       (protocol.PYTHON_CAPABILITY, "3.99")):
+        problem = protocol.incompatibility({**ours, key: other})
+        assert problem is not None and str(other) in problem, (key, problem)
+    assert "advertises no version" in (protocol.incompatibility({"wagate_host": "x"}) or "")
+    huge = protocol.incompatibility({**ours, protocol.VERSION_CAPABILITY: "9" * 100_000})
+    assert huge is not None and len(huge) < 400  # another host's value, cut short
+    partial = {k: v for k, v in ours.items() if k != protocol.LAYOUT_CAPABILITY}
+    assert protocol.incompatibility(partial) is not None
+
+
+def test_placement_never_chooses_a_host_of_another_wagate() -> None:
+    caps = {**protocol.identity(), HOST_CAPABILITY: "beta"}
+    assert on_required_host(caps, {HOST_CAPABILITY: "beta"})
+    assert on_required_host(caps, None)
+    other = {**caps, protocol.PROTOCOL_CAPABILITY: protocol.PROTOCOL + 1}
+    assert not on_required_host(other, {HOST_CAPABILITY: "beta"})
+    assert not on_required_host(other, None)
+    assert not on_required_host({HOST_CAPABILITY: "beta"}, {HOST_CAPABILITY: "beta"})
