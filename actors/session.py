@@ -53,7 +53,7 @@ from actors.session_machine import (
     StartClient,
     StopClient,
 )
-from actors.system import HOST_CONFIG_CAPABILITY, on_required_host
+from actors.system import host_config, on_required_host
 from actors.threadbridge import BridgedActor
 from actors.transport.base import (
     Connected,
@@ -138,9 +138,10 @@ class SessionActor(BridgedActor):
     def __init__(self, capabilities: dict | None = None) -> None:
         # Thespian passes ``capabilities`` only to constructors that name it.
         super().__init__(capabilities)
-        # In a cluster, the configuration of the host this process runs on (its paths,
-        # storage key, engine): the leader's StartSession carries the leader's.
-        self.host_config: Any = (capabilities or {}).get(HOST_CONFIG_CAPABILITY)
+        # The configuration of the host this process runs on (its paths, storage key,
+        # engine, credentials), inherited from its launcher: in a cluster the leader's
+        # StartSession carries the leader's, without its credentials.
+        self.host_config: Any = host_config()
         self.session = ""
         self.parent: Any = None
         self.transport: Transport | None = None  # the current client; None between clients
@@ -162,11 +163,7 @@ class SessionActor(BridgedActor):
     def receiveMsg_StartSession(self, msg: StartSession, sender: Any) -> None:
         if self.machine is not None:
             return  # a duplicate start (re-sent after a restart race) changes nothing
-        config = msg.config
-        if self.host_config is not None:
-            from gateway.config import config_from_dict
-
-            config = config_from_dict(self.host_config)
+        config = self.host_config if self.host_config is not None else msg.config
         setup_logging(config.logging)  # actor logs go to data_dir/logs
         self.config = config
         self.session, self.parent = msg.session, sender

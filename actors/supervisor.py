@@ -72,7 +72,7 @@ from actors.session import SessionActor
 from actors.session_machine import ACTIVE_STATES, FINAL_STATES
 from actors.status_snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, host_name
-from gateway.config import Config
+from gateway.config import Config, without_credentials
 from gateway.observability import setup_logging
 
 log = structlog.get_logger("wagate.supervisor")
@@ -454,7 +454,11 @@ class SupervisorActor(ClusterSupervision, ActorTypeDispatcher):
             if session in self.statuses:  # shown at once; the process reports the rest
                 self.statuses[session] = replace(self.statuses[session], host=child.host)
             want = self._remembered().get(session, {}).get("want", "connected")
-            self.send(child.address, StartSession(session, self.config,
+            # A session on another host runs on that host's config (actors.system
+            # host_config): this host's credentials stay here.
+            config = (self.config if child.host == self.local_host
+                      else without_credentials(self.config))
+            self.send(child.address, StartSession(session, config,
                                                   connect=want == "connected"))
             for command in child.pending_commands:
                 self.send(child.address, command)

@@ -35,13 +35,15 @@ LOOPBACK = "127.0.0.1"
 ROLE_CAPABILITY = "wagate_role"
 HOST_CAPABILITY = "wagate_host"
 SLOTS_CAPABILITY = "wagate_sessions"
-HOST_CONFIG_CAPABILITY = "wagate_config"  # the host's own config, for sessions placed there
 
 _bound: str | None = None  # the address every actor-system socket is bound to
 _allowed: tuple[Any, ...] | None = None  # networks whose connections are accepted; None: any
 # This process's own listening actor-system sockets (a forked child drops them).
 _listeners: list[weakref.ref[Any]] = []
 _listeners_tracked = False
+# The configuration of this host, inherited by every actor process forked from the
+# launcher: a session placed here by the leader uses it, never the leader's.
+_host_config: Any = None
 
 
 def bind_loopback_only() -> None:
@@ -194,9 +196,19 @@ def open_system(address: str, networks: tuple[str, ...], capabilities: dict[str,
 
 def start_system(config: Any, log_defs: Any) -> Any:
     """The launcher's actor system (its Admin is forked from here, and every actor from
-    the Admin): filtered like any other."""
+    the Admin): filtered like any other, and this host's ``config`` stays in the forked
+    processes for the sessions placed here (``host_config``), instead of travelling to
+    the leader in the capabilities."""
+    global _host_config
+    _host_config = config
     return open_system(bind_address(config), allowed_networks(config),
                        gateway_capabilities(config), log_defs)
+
+
+def host_config() -> Any:
+    """The configuration of the host this actor process runs on (set by its launcher
+    before the fork), or None outside a launcher's actor system."""
+    return _host_config
 
 
 def allowed_networks(config: Any) -> tuple[str, ...]:
@@ -240,10 +252,10 @@ def gateway_capabilities(config: Any) -> dict[str, Any]:
     """The capabilities of a gateway's actor system: on a single host the Admin Port
     and this wagate's identity; in a cluster also the convention (the leader's
     address), this host's role, name and slots (read by the leader's supervisor when
-    the member joins), and this host's configuration (sessions placed here use its
-    paths and storage key)."""
-    from gateway.config import config_to_dict
-
+    the member joins). Only what placement needs: capabilities travel to every host
+    and Thespian logs them (a member that misses check-ins), so never a setting that
+    could hold a credential; sessions placed here read this host's configuration from
+    ``host_config``."""
     caps = capabilities(config.actors.admin_port)
     cluster = config.cluster
     if cluster.role == "single":
@@ -254,7 +266,6 @@ def gateway_capabilities(config: Any) -> dict[str, Any]:
     caps[ROLE_CAPABILITY] = cluster.role
     caps[HOST_CAPABILITY] = host_name(config)
     caps[SLOTS_CAPABILITY] = cluster.sessions
-    caps[HOST_CONFIG_CAPABILITY] = config_to_dict(config)
     return caps
 
 

@@ -62,12 +62,14 @@ class StorageConfig:
 @dataclass(frozen=True, slots=True)
 class TransportConfig:
     engine: Literal["neonize", "simulator"] = "neonize"
-    proxy: str = ""  # outbound proxy for the real engine (socks5://... or http://...)
+    # Outbound proxy for the real engine (socks5://... or http://...). It may hold a
+    # password: never in a repr (logs), never sent to another host (CREDENTIAL_KEYS).
+    proxy: str = field(default="", repr=False)
     # Where the real engine keeps each session's linked device: "" = one SQLite file per
     # session (data_dir/sessions/<session>/neonize.db); a postgres:// or postgresql://
     # DSN is used as is, with "{session}" replaced by the session id (one database per
-    # session: the engine resumes the first device it finds).
-    session_store: str = ""
+    # session: the engine resumes the first device it finds). A DSN may hold a password.
+    session_store: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +407,25 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 def config_to_dict(config: Config) -> dict[str, Any]:
     """The config as plain TOML-able data (used to hand it to other processes)."""
     return dataclasses.asdict(config)
+
+
+# Settings that may hold a credential: they stay on the host whose file names them.
+CREDENTIAL_KEYS = ("transport.proxy", "transport.session_store")
+KEPT_AT_HOME = "(kept on its own host)"  # what another host sees instead of a credential
+
+
+def without_credentials(config: Config) -> Config:
+    """``config`` for another host: every ``CREDENTIAL_KEYS`` setting that is set is
+    replaced by a marker that no engine accepts, so a process that used it by mistake
+    would fail loudly instead of quietly connecting another way."""
+    sections: dict[str, dict[str, str]] = {}
+    for dotted in CREDENTIAL_KEYS:
+        section, _, key = dotted.partition(".")
+        if getattr(getattr(config, section), key):
+            sections.setdefault(section, {})[key] = KEPT_AT_HOME
+    return dataclasses.replace(config, **{
+        section: dataclasses.replace(getattr(config, section), **values)
+        for section, values in sections.items()})
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

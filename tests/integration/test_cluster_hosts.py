@@ -5,6 +5,9 @@ misreads field by field; so a member of another version is refused by the leader
 (nothing placed on it, said in health and the log) and refuses the leader itself.
 The "other version" is this very code copied with its protocol number raised, run
 from the copy: a real second build, not a patched process.
+
+Capabilities travel to every host and Thespian logs them when a member misses its
+check-ins, so they carry what placement needs and never a credential.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -127,3 +131,43 @@ def test_a_member_of_another_protocol_is_refused_by_both_sides(
     assert len(entries) == 1 and entries[0]["refused"] is None, entries
     assert leader.health()["status"] == "ok"
     assert "a member joined" in _log(leader)
+
+
+def test_no_secret_reaches_a_log_when_a_member_misses_checkins(
+        make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    secret = f"planted-{uuid.uuid4().hex}"
+    credentials = {"proxy": f"socks5://wagate:{secret}-proxy@127.0.0.1:9",
+                   "session_store": f"postgresql://wagate:{secret}-dsn@127.0.0.1:9/w_{{session}}"}
+    # Thespian's own member timer, shrunk: 3 missed 1 s check-ins and the member is dead.
+    fast = {"reregister_seconds": 1.0}
+    shared = tmp_path / "shared"
+    leader_config = _cluster_config(shared, "leader", LEADER, 1, **fast)
+    leader_config["transport"] = {"proxy": f"http://wagate:{secret}-leader@127.0.0.1:9"}
+    leader = make_gateway(leader_config, name="leader").start(60)
+    member_config = _member_config(shared, leader, **fast)
+    member_config["transport"] = credentials
+    member = make_gateway(member_config, name="member", key_file=leader.key_file).start(60)
+    wait_for(lambda: "a member joined" in _log(leader), 30, 0.2,
+             "the leader to receive the member's capabilities")
+
+    member.kill_everything()  # it stops checking in (a 1 s period may drop it earlier)
+
+    def missed_checkins() -> list[str]:
+        return [line for line in _log(leader, "thespian.log").splitlines()
+                if "missed" in line and "checkins" in line and MEMBER in line]
+
+    lines = wait_for(missed_checkins, 90, 0.5, "Thespian to log the member's missed check-ins")
+    # The control: that line carries the member's capabilities, so a secret among
+    # them would be there.
+    assert all("wagate_host" in line for line in lines), lines
+    wait_for(lambda: "a member left the convention" in _log(leader)
+             or "stopped answering" in _log(leader), 60, 0.5,
+             "the leader to log that the member is gone")
+    health = str(leader.health())
+    assert secret not in health
+
+    written = [path for path in tmp_path.rglob("*") if path.is_file()
+               and path not in (leader.config_path, member.config_path)]
+    leaked = [str(path.relative_to(tmp_path)) for path in written
+              if secret.encode() in path.read_bytes()]
+    assert not leaked, f"the planted secret is in: {leaked}"

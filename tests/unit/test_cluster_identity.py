@@ -1,11 +1,20 @@
-"""What a host tells the others about itself: which wagate it runs."""
+"""What a host tells the others about itself: which wagate it runs, never a credential."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 
 from actors import protocol
-from actors.system import HOST_CAPABILITY, on_required_host
+from actors.system import HOST_CAPABILITY, gateway_capabilities, on_required_host
+from gateway.config import KEPT_AT_HOME, load_config, without_credentials
+
+SECRET = "planted-secret-value"
+CREDENTIALS = {"transport.proxy": f"socks5://user:{SECRET}@10.0.0.9:1080",
+               "transport.session_store": f"postgresql://user:{SECRET}@10.0.0.9/w_{{session}}"}
+CLUSTER = {"cluster.role": "member", "cluster.advertise_address": "10.0.0.2",
+           "cluster.leaders": ["10.0.0.1:19500"], "cluster.allow_networks": ["10.0.0.1/32"],
+           "cluster.host_name": "beta"}
 
 
 def test_the_protocol_number_moves_with_the_layout_of_the_pickled_classes() -> None:
@@ -56,3 +65,24 @@ def test_placement_never_chooses_a_host_of_another_wagate() -> None:
     assert not on_required_host(other, {HOST_CAPABILITY: "beta"})
     assert not on_required_host(other, None)
     assert not on_required_host({HOST_CAPABILITY: "beta"}, {HOST_CAPABILITY: "beta"})
+
+
+def test_capabilities_carry_what_placement_needs_and_no_credential() -> None:
+    caps = gateway_capabilities(load_config(None, {**CLUSTER, **CREDENTIALS}))
+    assert SECRET not in repr(caps)
+    assert caps[HOST_CAPABILITY] == "beta"
+    assert all(caps[key] == value for key, value in protocol.identity().items())
+    plain = (str, int, float, bool)
+    assert all(isinstance(v, plain) or (isinstance(v, list) and all(isinstance(i, str)
+                                                                    for i in v))
+               for v in caps.values()), caps
+
+
+def test_credentials_never_appear_in_a_repr_nor_leave_their_host() -> None:
+    config = load_config(None, CREDENTIALS)
+    assert SECRET not in repr(config)
+    elsewhere = without_credentials(config)
+    assert SECRET.encode() not in pickle.dumps(elsewhere)  # what StartSession carries
+    assert (elsewhere.transport.proxy, elsewhere.transport.session_store) == (
+        KEPT_AT_HOME, KEPT_AT_HOME)
+    assert without_credentials(load_config()) == load_config()  # unset stays unset
