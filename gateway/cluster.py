@@ -20,9 +20,10 @@ def cluster_problem(config: Config) -> str | None:
     if not cluster.allow_networks:
         return (f"cluster.role = \"{cluster.role}\" exposes the actor system, which runs "
                 "whatever code reaches its ports (pickle), to the network; set "
-                "cluster.allow_networks to the CIDRs of the cluster's hosts (for example "
-                "[\"10.0.0.0/24\"]) and firewall actors.admin_port and the actors' ports "
-                "to the same networks (README: Deployment on several hosts)")
+                "cluster.allow_networks to the cluster's hosts, one /32 (or /128) each "
+                "(for example [\"10.0.0.1/32\", \"10.0.0.2/32\"]), and firewall "
+                "actors.admin_port and the actors' ports "
+                "to the same addresses (README: Deployment on several hosts)")
     if not cluster.advertise_address:
         return ("cluster mode needs cluster.advertise_address: this host's IP address that "
                 "the other hosts reach (every actor-system socket binds to it)")
