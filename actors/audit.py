@@ -34,6 +34,7 @@ from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 from actors.audit_bursts import BurstCounter
 from actors.audit_log import AuditLock, AuditLog, audit_dir, iso_time, lock_holder
 from actors.messages import AuditEvent, Failed, Ok, RecordAudit, Routed, StartWorker
+from actors.run_once import RunOnce
 from gateway.config import Config
 from gateway.observability import setup_logging
 
@@ -64,7 +65,7 @@ class _Pending:
     request_id: str = ""
 
 
-class AuditActor(ActorTypeDispatcher):
+class AuditActor(RunOnce, ActorTypeDispatcher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Config | None = None

@@ -27,6 +27,7 @@ from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.messages import HostBeat, HostBeatAck, ProcessInfo, StartAgent, WhoAreYou
 from actors.placement import HeartbeatTracker
+from actors.run_once import RunOnce
 from actors.system import on_required_host
 
 log = structlog.get_logger("wagate.host_agent")
@@ -39,7 +40,7 @@ class _Check:
     """Time to look whether the leader is still heard."""
 
 
-class HostAgent(ActorTypeDispatcher):
+class HostAgent(RunOnce, ActorTypeDispatcher):
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
                                    ) -> bool:

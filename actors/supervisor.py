@@ -68,6 +68,7 @@ from actors.metrics import SessionCounters
 from actors.outbox import OutboxActor
 from actors.placement import HeartbeatTracker
 from actors.policy import RestartBudget, backoff_delay
+from actors.run_once import RunOnce
 from actors.session import SessionActor
 from actors.session_machine import ACTIVE_STATES, FINAL_STATES
 from actors.status_snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
@@ -108,7 +109,7 @@ class _RestartDue:
     incarnation: int
 
 
-class SupervisorActor(ClusterSupervision, ActorTypeDispatcher):
+class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Config | None = None
@@ -477,7 +478,13 @@ class SupervisorActor(ClusterSupervision, ActorTypeDispatcher):
         self.children[key] = Child(SessionActor, budget=self._budget())
         if not connect:
             self._remember(session, want="disconnected")
-        self._spawn(key)
+        try:
+            self._spawn(key)
+        except Exception:
+            # No process: forget the child, or the next whatsAppConnect would queue its
+            # command for a process nobody starts (a failed handler is not run again).
+            del self.children[key]
+            raise
 
     def _command(self, key: str, command: SessionCommand) -> None:
         child = self.children[key]

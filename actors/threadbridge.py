@@ -16,7 +16,12 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
+import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ThespianWatch
+
+from actors.run_once import RunOnce
+
+log = structlog.get_logger("wagate.actors")
 
 
 def harden_fatal_signals() -> None:
@@ -71,10 +76,12 @@ class _Rearm:
     """Self-sent after a failing handler: a handler that raises drops the watch."""
 
 
-class BridgedActor(ActorTypeDispatcher):
+class BridgedActor(RunOnce, ActorTypeDispatcher):
     """An actor that also receives events posted from other threads of its process.
 
-    Subclasses handle bridged events with ordinary ``receiveMsg_<Type>`` methods.
+    Subclasses handle bridged events with ordinary ``receiveMsg_<Type>`` methods. An
+    event whose handler raises is logged and the others drained with it still handled
+    (a failed drain is not run again: ``RunOnce``).
     """
 
     def __init__(self, capabilities: dict | None = None) -> None:
@@ -99,7 +106,11 @@ class BridgedActor(ActorTypeDispatcher):
         if self.bridge is None:
             return
         for event in self.bridge.drain():
-            super().receiveMessage(event, self.myAddress)
+            try:
+                super().receiveMessage(event, self.myAddress)
+            except Exception:
+                log.exception("a bridged event could not be handled",
+                              actor=type(self).__name__, event=type(event).__name__)
 
     def receiveMsg__Rearm(self, message: _Rearm, sender: Any) -> None:
         pass
