@@ -374,6 +374,9 @@ class DeliveryResult:
     reason: str = ""  # stable token, e.g. NOT_CONNECTED, REJECTED
     error: str = ""
     permanent: bool = False
+    # Nobody knows whether it reached WhatsApp (an ack that never came, a transport
+    # that failed half-way): the outbox flags it and applies delivery.on_uncertain.
+    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -381,10 +381,14 @@ class SessionActor(BridgedActor):
                                     timestamp=sent.timestamp)
         except SendError as exc:
             result = DeliveryResult(msg.message_id, ok=False, reason=exc.reason, error=str(exc),
-                                    permanent=exc.permanent)
+                                    permanent=exc.permanent, uncertain=exc.uncertain)
         except Exception as exc:  # a transport bug must not lose the message
+            # Nobody knows how far it got before it failed: it may have been sent.
+            log.error("the transport failed while sending", message_id=msg.message_id,
+                      exc_info=True)
             result = DeliveryResult(msg.message_id, ok=False, reason="TRANSPORT_ERROR",
-                                    error=repr(exc), permanent=False)
+                                    error=f"{type(exc).__name__} in the transport (see the "
+                                    "actor log)", permanent=False, uncertain=True)
         if self.bridge is not None:
             self.bridge.post(_SendDone(result, reply_to))
 

@@ -92,8 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(fail)
     fail.add_argument("count", type=flag(int, FAIL_COUNT), help=FAIL_COUNT.describe())
     fail.add_argument("--session", help="only sends of this session (default: any)")
-    fail.add_argument("--transient", action="store_true",
+    kind = fail.add_mutually_exclusive_group()
+    kind.add_argument("--transient", action="store_true",
                       help="a temporary server error (retried) instead of a rejection")
+    kind.add_argument("--ambiguous", action="store_true",
+                      help="delivered, but the ack never comes (the outcome is unknown)")
     fail.set_defaults(handler=cmd_sim_fail_next)
 
     inbox = sim_commands.add_parser("inbox", help="every message that reached a recipient")
@@ -239,8 +242,9 @@ def cmd_sim_logout(args: argparse.Namespace) -> int:
 
 def cmd_sim_fail_next(args: argparse.Namespace) -> int:
     def fail_next(server: Any) -> None:
-        server.fail_next(args.count, args.session, args.transient)
-        kind = "fail temporarily" if args.transient else "be rejected"
+        server.fail_next(args.count, args.session, args.transient, args.ambiguous)
+        kind = ("fail temporarily" if args.transient
+                else "arrive without an ack" if args.ambiguous else "be rejected")
         print(f"the next {args.count} sends will {kind}")
 
     return _run_sim(args, fail_next)

@@ -111,14 +111,19 @@ class SendError(Exception):
     """A send the server did not accept.
 
     ``permanent`` tells whether retrying the same message can ever succeed (an
-    invalid recipient: no; a dropped socket: yes). ``reason`` is a stable,
-    upper-case token for ``extensions.reason`` (``NOT_CONNECTED``, ``REJECTED`` ...).
+    invalid recipient: no; a dropped socket: yes). ``uncertain``: the message may
+    have reached WhatsApp all the same (the ack never came), so sending it again may
+    deliver it twice; the outbox flags it and applies ``delivery.on_uncertain``.
+    ``reason`` is a stable, upper-case token for ``extensions.reason``
+    (``NOT_CONNECTED``, ``REJECTED``, ``AMBIGUOUS`` ...).
     """
 
-    def __init__(self, reason: str, message: str, *, permanent: bool) -> None:
+    def __init__(self, reason: str, message: str, *, permanent: bool,
+                 uncertain: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.permanent = permanent
+        self.uncertain = uncertain
 
 
 class Transport(ABC):

@@ -776,14 +776,15 @@ def send_error_from(text: str) -> SendError:
     """Map whatsmeow's error text for a failed send to a ``SendError``.
 
     A timed-out (or interrupted) send may still have been delivered, so it is
-    ``AMBIGUOUS`` and permanent: re-sending blindly could deliver it twice.
+    ``AMBIGUOUS`` and ``uncertain``: the outbox flags it, and sends it again only as
+    ``delivery.on_uncertain`` says (re-sending may deliver it twice).
     """
     lowered = text.lower()
     if (any(marker in lowered for marker in _PRE_SEND_MARKERS)
             and ("not connected" in lowered or "disconnected" in lowered)):
         return SendError(_NOT_CONNECTED, text, permanent=False)
     if any(marker in lowered for marker in _AMBIGUOUS_MARKERS):
-        return SendError("AMBIGUOUS", text, permanent=True)
+        return SendError("AMBIGUOUS", text, permanent=True, uncertain=True)
     if _REACHOUT_TIMELOCK.search(text):
         return SendError("REACHOUT_TIMELOCK", text, permanent=True)
     if any(marker in lowered for marker in _NOT_CONNECTED_MARKERS):

@@ -96,10 +96,27 @@ def _drops_key(session: str | None) -> tuple[str, str | None]:
     return ("drops", session)
 
 
-def _fail_key(session: str | None, transient: bool = False) -> tuple[str, str | None]:
-    """How many of the next sends of a session (or of any) must be rejected
-    (for good, or with a transient server error worth retrying)."""
-    return ("fail-transient" if transient else "fail", session)
+# Kinds of injected send failures: rejected for good, a transient server error worth
+# retrying, or delivered but never acknowledged (the sender cannot tell which).
+_FAILURE_KINDS = ("rejected", "transient", "ambiguous")
+
+
+def _fail_key(session: str | None, kind: str = "rejected") -> tuple[str, str | None]:
+    """How many of the next sends of a session (or of any) must fail, by kind."""
+    return ({"rejected": "fail", "transient": "fail-transient"}.get(kind, f"fail-{kind}"),
+            session)
+
+
+def _failure(kind: str) -> SendError:
+    if kind == "transient":
+        return SendError("SERVER_ERROR", "the simulated server had a temporary error "
+                         "(injected with fail_next --transient)", permanent=False)
+    if kind == "ambiguous":
+        return SendError("AMBIGUOUS", "timed out waiting for message send response (the "
+                         "simulated server delivered it; injected with fail_next --ambiguous)",
+                         permanent=True, uncertain=True)
+    return SendError("REJECTED", "the simulated server rejected the message (injected "
+                     "with fail_next)", permanent=True)
 
 
 _OUTAGES_KEY = ("outages",)  # {session | None: unix time the outage ends}
@@ -177,15 +194,19 @@ class SimulatorServer:
             self._cache.delete(_device_key(session))
             self._cache.set(_unlinked_key(device["device_id"]), time.time())
 
-    def fail_next(self, n: int, session: str | None = None, transient: bool = False) -> None:
+    def fail_next(self, n: int, session: str | None = None, transient: bool = False,
+                  ambiguous: bool = False) -> None:
         """Reject the next ``n`` sends of ``session`` (of any session when None); with
-        ``transient`` the server answers a temporary error that is worth retrying.
+        ``transient`` the server answers a temporary error that is worth retrying; with
+        ``ambiguous`` it delivers the message but the ack never comes (as a send that
+        times out: the sender cannot tell whether it arrived).
 
-        Replaces any earlier count for the same scope; ``n = 0`` cancels it.
+        Replaces any earlier count for the same scope and kind; ``n = 0`` cancels it.
         """
         if n < 0:
             raise SimulatorError(f"fail_next needs a count of 0 or more (got {n})")
-        self._cache.set(_fail_key(session, transient), n, retry=True)
+        kind = "ambiguous" if ambiguous else "transient" if transient else "rejected"
+        self._cache.set(_fail_key(session, kind), n, retry=True)
 
     def inbox(self) -> list[dict[str, Any]]:
         """Every message that reached a recipient, oldest first."""
@@ -304,22 +325,16 @@ class SimulatorServer:
     def _take_failure(self, session: str) -> SendError | None:
         """Consume one injected failure for ``session`` if any applies (atomically, so
         two concurrent senders never both consume the same one)."""
-        keys = [_fail_key(scope, transient) for transient in (False, True)
-                for scope in (session, None)]
+        keys = [_fail_key(scope, kind) for kind in _FAILURE_KINDS for scope in (session, None)]
         if not any(self._cache.get(key, 0) for key in keys):
             return None  # the usual case: plain reads, no write lock per send
         with self._cache.transact(retry=True):
-            for transient in (False, True):
-                for key in (_fail_key(session, transient), _fail_key(None, transient)):
+            for kind in _FAILURE_KINDS:
+                for key in (_fail_key(session, kind), _fail_key(None, kind)):
                     left = self._cache.get(key, 0)
                     if left > 0:
                         self._cache.set(key, left - 1)
-                        if transient:
-                            return SendError("SERVER_ERROR", "the simulated server had a "
-                                             "temporary error (injected with fail_next "
-                                             "--transient)", permanent=False)
-                        return SendError("REJECTED", "the simulated server rejected the "
-                                         "message (injected with fail_next)", permanent=True)
+                        return _failure(kind)
         return None
 
     def _deliver(self, session: str, sender: str, recipient: str, text: str) -> SentMessage:
@@ -444,6 +459,8 @@ class SimulatorTransport(Transport):
             raise SendError("NOT_CONNECTED", "the connection was lost", permanent=False)
         failure = self._server._take_failure(self._session)
         if failure is not None:
+            if failure.uncertain:  # it did arrive; only the answer was lost
+                self._server._deliver(self._session, link.phone, phone, text)
             raise failure
         return self._server._deliver(self._session, link.phone, phone, text)
 

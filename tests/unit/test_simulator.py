@@ -360,6 +360,19 @@ def test_fail_next_rejects_exactly_that_many(make: MakeTransport,
     assert [m["text"] for m in server.inbox()] == ["accepted"]
 
 
+def test_an_ambiguous_failure_delivers_but_leaves_the_sender_uncertain(
+        make: MakeTransport, server: SimulatorServer) -> None:
+    """As a send whose ack never came: it arrived, the sender cannot know it."""
+    transport = make()
+    pair(transport, server)
+    server.fail_next(1, ambiguous=True)
+    with pytest.raises(SendError) as info:
+        transport.send_text(RECIPIENT, "arrived anyway")
+    assert (info.value.reason, info.value.uncertain) == ("AMBIGUOUS", True)
+    transport.send_text(RECIPIENT, "acked")
+    assert [m["text"] for m in server.inbox()] == ["arrived anyway", "acked"]
+
+
 def test_concurrent_sends_all_land_exactly_once(make: MakeTransport,
                                                 server: SimulatorServer) -> None:
     transport = make()
