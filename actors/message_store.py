@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +58,12 @@ CREATE INDEX IF NOT EXISTS queue ON messages (session, state, next_attempt_at, i
 CREATE INDEX IF NOT EXISTS by_state ON messages (state, id);
 CREATE INDEX IF NOT EXISTS by_phone ON messages (phone, id);
 CREATE INDEX IF NOT EXISTS by_wa_id ON messages (wa_message_id) WHERE wa_message_id IS NOT NULL;
-DROP INDEX IF EXISTS by_key;  -- (session, key): one client's key answered another's retry
-CREATE UNIQUE INDEX IF NOT EXISTS by_requester_key
-    ON messages (session, requester, idempotency_key) WHERE idempotency_key IS NOT NULL;
+-- An idempotency key belongs to one caller (API token) on one session: two
+-- applications sharing a session never see each other's messages through it.
+-- (by_key, its predecessor, was unique per session only.)
+DROP INDEX IF EXISTS by_key;
+CREATE UNIQUE INDEX IF NOT EXISTS by_caller_key ON messages (requester, session, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS by_validity ON messages (valid_until) WHERE state = 'QUEUED';
 CREATE INDEX IF NOT EXISTS by_update ON messages (updated_at);
 """
@@ -79,7 +82,7 @@ def text_hash(text: str) -> str:
 class NewMessage:
     session: str
     phone: str
-    text: str
+    text: str = field(repr=False)  # personal data: never in a log line (see SendText)
     request_id: str = ""
     requester: str = ""
     idempotency_key: str | None = None
@@ -88,8 +91,14 @@ class NewMessage:
 
 
 class MessageStore:
-    def __init__(self, directory: Path, synchronous: str = "NORMAL") -> None:
+    def __init__(self, directory: Path, synchronous: str = "NORMAL",
+                 keep_text: bool = True) -> None:
+        """``keep_text`` false (``delivery.keep_text``): a message's text is erased the
+        moment it reaches a final state, whichever path took it there (``transition``),
+        and at open from any finished record that still has it (written before the
+        setting changed, or by an older version)."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.keep_text = keep_text
         path = directory / "messages.sqlite3"
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
@@ -100,7 +109,13 @@ class MessageStore:
         # index pages an insert touches stay in memory. Bounded, so memory still does
         # not grow with the backlog.
         self.db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
+        if not keep_text:
+            # Erased text is overwritten with zeros in the file too, not only unlinked
+            # from its row (many builds have this on already; some do not).
+            self.db.execute("PRAGMA secure_delete=ON")
         self.db.executescript(_SCHEMA)
+        if not keep_text:
+            self._erase_finished_text()
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(f"{path}{suffix}"):
                 os.chmod(f"{path}{suffix}", 0o600)
@@ -135,16 +150,22 @@ class MessageStore:
                    **fields: Any) -> dict[str, Any]:
         """Move ``record`` (as last read or returned here) to ``state``, appending to its
         history, and set ``fields``; returns the updated record. One UPDATE: the caller
-        already holds the record, so nothing is read back."""
+        already holds the record, so nothing is read back.
+
+        ``reason`` and ``error`` always describe the new state (empty unless given): a
+        message SENT after a failed attempt does not keep that attempt's reason; the
+        history keeps every state's. The one path into a final state, so it is also
+        where the text is erased when ``keep_text`` is off.
+        """
         assert state in STATES, state
         history = list(record["history"])
         if all(entry[0] != state for entry in history):
             self.reached[state] += 1
         if not history or history[-1][0] != state:
             history.append([state, now, reason])
-        columns = {"state": state, "updated_at": now, **fields}
-        if reason:
-            columns.setdefault("reason", reason)
+        columns = {"state": state, "updated_at": now, "reason": reason, "error": "", **fields}
+        if state in FINISHED and not self.keep_text:
+            columns["text"] = None
         stored = {**columns, "history": json.dumps(history)}
         for flag in ("uncertain", "is_test"):
             if flag in stored:
@@ -171,12 +192,21 @@ class MessageStore:
             raise
         self.db.execute("COMMIT")
 
+    def mark_uncertain(self, record_id: str) -> None:
+        """Its caller was answered before its fate was known (``SEND_UNCONFIRMED``)."""
+        self.db.execute("UPDATE messages SET uncertain = 1 WHERE id = ?", (record_id,))
+
     def forget_key(self, record_id: str) -> None:
         """An idempotency key older than its window may be used again."""
         self.db.execute("UPDATE messages SET idempotency_key = NULL WHERE id = ?", (record_id,))
 
-    def redact(self, record_id: str) -> None:
-        self.db.execute("UPDATE messages SET text = NULL WHERE id = ?", (record_id,))
+    def _erase_finished_text(self) -> None:
+        placeholders = ", ".join("?" for _ in FINISHED)
+        erased = self.db.execute(
+            f"UPDATE messages SET text = NULL WHERE state IN ({placeholders}) "
+            "AND text IS NOT NULL", FINISHED).rowcount
+        if erased:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no old page left in the WAL
 
     def expire_due(self, now: float) -> list[dict[str, Any]]:
         """QUEUED messages whose validity passed become EXPIRED (nothing is sent).
@@ -205,19 +235,15 @@ class MessageStore:
         row = self.db.execute("SELECT * FROM messages WHERE id = ?", (record_id,)).fetchone()
         return _record(row)
 
-    def by_idempotency_key(self, session: str, requester: str, key: str
+    def by_idempotency_key(self, requester: str, session: str, key: str
                            ) -> dict[str, Any] | None:
-        """The message ``requester`` (a token's name) sent with ``key`` on ``session``.
-
-        Keys belong to whoever chose them: two clients of one session that happen to
-        pick the same key must not get each other's message (its recipient) back, nor
-        have their own silently dropped as a "duplicate". Records written before the
-        requester was recorded (requester '') still answer a retry, as they did.
-        """
+        """The caller's message with this key on this session; failing that, one that
+        a version before keys were scoped by caller stored without one (``requester``
+        empty): ``key_verdict`` tells whether it is the same request."""
         row = self.db.execute(
             "SELECT * FROM messages WHERE session = ? AND idempotency_key = ? "
-            "AND requester IN (?, '') ORDER BY requester = ? DESC LIMIT 1",
-            (session, key, requester, requester)).fetchone()
+            "AND requester IN (?, '') ORDER BY requester = '' LIMIT 1",
+            (session, key, requester)).fetchone()
         return _record(row)
 
     def by_wa_id(self, wa_message_id: str) -> dict[str, Any] | None:
@@ -259,6 +285,28 @@ class MessageStore:
                                (*args, first + 1)).fetchall()
         records = [r for r in map(_record, rows[:first]) if r is not None]
         return records, len(rows) > first
+
+
+def key_verdict(earlier: dict[str, Any], requester: str, phone: str, text: str) -> str:
+    """What an idempotency key seen before means for a new request with it.
+
+    ``duplicate``: the same request again (same recipient and text): answer with the
+    earlier message. ``reused``: the caller used the key for a different message, an
+    error worth telling (silently answering with the other message would drop this
+    one). ``unrelated``: a record stored before keys were scoped by caller, for a
+    different message: another caller's, so it says nothing about this request.
+    """
+    same = earlier["phone"] == phone and earlier["text_hash"] == text_hash(text)
+    if same:
+        return "duplicate"
+    return "reused" if earlier["requester"] == requester else "unrelated"
+
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as it may leave the outbox: everything but the text. Nothing outside
+    needs it, and a record in a reply can end up in a log (Thespian logs the messages
+    it could not deliver or whose handler failed)."""
+    return {k: v for k, v in record.items() if k != "text"}
 
 
 def cursor_of(record: dict[str, Any]) -> str:

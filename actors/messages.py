@@ -139,17 +139,22 @@ class Disconnect:
 
 @dataclass(frozen=True, slots=True)
 class SendText:
-    """A validated send request: ``phone`` is normalised digits, ``text`` checked."""
+    """A validated send request: ``phone`` is normalised digits, ``text`` checked.
+
+    The text is left out of the repr (so of every log line that shows the message:
+    Thespian logs the messages whose handler failed or that it could not deliver).
+    """
 
     session: str
     phone: str
-    text: str
+    text: str = field(repr=False)
     request_id: str = ""
     wait_for_ack: bool = True  # answer after the server acked (or send_timeout)
     require_connected: bool = False  # testWhatsAppConnection: never queue
-    idempotency_key: str | None = None  # same key (session, requester) -> the original message
+    # The same key from the same caller on the same session -> the original message.
+    idempotency_key: str | None = None
     valid_for: float | None = None  # seconds; still queued after that -> EXPIRED
-    requester: str = ""  # who asked: the API token's name ("demo" without tokens)
+    requester: str = ""  # who asked: the API token's name (it scopes idempotency keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +187,7 @@ class Accepted:
     accepted_at: float
     request_id: str = ""
     duplicate: bool = False
-    record: dict[str, Any] | None = None
+    record: dict[str, Any] | None = field(default=None, repr=False)  # without its text
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,11 +353,12 @@ class CollectHealth:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """One message for a session to send now (travels inside a DeliverBatch)."""
+    """One message for a session to send now (travels inside a DeliverBatch); the
+    text is left out of the repr, as in ``SendText``."""
 
     message_id: str
     phone: str
-    text: str
+    text: str = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

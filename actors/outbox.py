@@ -10,10 +10,19 @@ A send travels: web tier -> ``SendText`` here (session state, idempotency key, q
 depth, rate limits, write: one handler, so two requests with one key can never both
 pass) -> ``Deliver`` to the session -> ``DeliveryResult`` here -> answer.
 
-Crash policy (DESIGN §4, ``delivery.on_uncertain``): a message found in SENDING after
-this process restarts, or in flight in a session process that died, may or may not
-have reached WhatsApp. It is marked ``uncertain`` and either sent again ("resend",
-the default: at-least-once) or FAILED ("fail": at-most-once).
+Unknown fate (DESIGN §4, ``delivery.on_uncertain``): a message found in SENDING after
+this process restarts, in flight in a session process that died, or whose send ended
+without telling whether it reached WhatsApp (an ack that never came), may or may not
+have been delivered. It is marked ``uncertain``, counted, and either sent again
+("resend", the default: at-least-once) or FAILED ("fail": at-most-once). A caller
+answered before WhatsApp confirmed its message (``SEND_UNCONFIRMED``) may send it
+again itself: that message is flagged and counted too.
+
+A caller waiting for WhatsApp's ack is answered by the send's outcome: SENT, or
+FAILED for good, or, when the session is not connected after all, QUEUED (as when a
+send arrives while the session reconnects). A failed attempt that will be retried is
+no answer; the retry's outcome is, or ``SEND_UNCONFIRMED`` after
+``messages.send_timeout_seconds``.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from actors.message_store import (
     MessageStore,
     NewMessage,
     cursor_of,
+    key_verdict,
+    public_record,
 )
 from actors.messages import (
     Accepted,
@@ -58,6 +69,7 @@ from actors.messages import (
 )
 from actors.metrics import RefusalCounters
 from actors.policy import retry_delay
+from actors.run_once import RunOnce
 from actors.session_machine import refuse_send
 from gateway.config import Config
 from gateway.observability import setup_logging
@@ -86,7 +98,7 @@ class _Waiter:
     request_id: str
 
 
-class OutboxActor(ActorTypeDispatcher):
+class OutboxActor(RunOnce, ActorTypeDispatcher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Config | None = None
@@ -101,6 +113,11 @@ class OutboxActor(ActorTypeDispatcher):
         self.uncertain_total = 0
         self.last_prune = 0.0
         self.refusals = RefusalCounters()  # for /metrics
+        # The message a SendText handler stored, until that handler is done: when it
+        # fails after the write, its caller is told the message is unconfirmed.
+        self.accepting: tuple[dict[str, Any], Any, str] | None = None
+        # Answers held until the records they report are committed (None: send at once).
+        self.held_replies: list[tuple[str, Accepted | Failed]] | None = None
 
     # ---- start ----------------------------------------------------------------------
 
@@ -111,7 +128,8 @@ class OutboxActor(ActorTypeDispatcher):
         self.config = msg.config
         self.links = {link.session: link for link in msg.links}
         self.store = MessageStore(msg.config.data_path / "outbox",
-                                  msg.config.delivery.synchronous)
+                                  msg.config.delivery.synchronous,
+                                  msg.config.delivery.keep_text)
         limits_dir = msg.config.data_path / "limits"
         limits_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.limits = Limits(str(limits_dir), msg.config.limits)
@@ -145,14 +163,20 @@ class OutboxActor(ActorTypeDispatcher):
         if refusal is not None:
             self.send(reply_to, refusal)
             return
+        stale_key: str | None = None  # the record whose expired key the new one takes
         if send.idempotency_key is not None:
-            earlier = self.store.by_idempotency_key(send.session, send.requester,
+            earlier = self.store.by_idempotency_key(send.requester, send.session,
                                                     send.idempotency_key)
             if earlier is not None and self._key_fresh(earlier):
-                self.send(reply_to, _accepted(earlier, send.request_id, duplicate=True))
-                return
-            if earlier is not None:  # an old key: free it for the new message
-                self.store.forget_key(earlier["id"])
+                verdict = key_verdict(earlier, send.requester, send.phone, send.text)
+                if verdict == "duplicate":
+                    self.send(reply_to, _accepted(earlier, send.request_id, duplicate=True))
+                    return
+                if verdict == "reused":
+                    self.send(reply_to, _key_reused(send, earlier["id"]))
+                    return
+            elif earlier is not None and earlier["requester"] == send.requester:
+                stale_key = earlier["id"]  # an old key: free it for the new message
         limit = self.config.delivery.max_queue_per_session
         if self.depth.get(send.session, 0) >= limit:
             self.refusals.refused("queue")
@@ -169,10 +193,15 @@ class OutboxActor(ActorTypeDispatcher):
             self.send(reply_to, rate_limited(retry_after, scope, send.request_id))
             return
         valid_until = now + send.valid_for if send.valid_for is not None else None
-        record = self.store.add(NewMessage(
-            session=send.session, phone=send.phone, text=send.text, request_id=send.request_id,
-            requester=send.requester, idempotency_key=send.idempotency_key,
-            valid_until=valid_until, is_test=send.require_connected), now)
+        with self.store.batch():  # the freed key and the new message, or neither
+            if stale_key is not None:
+                self.store.forget_key(stale_key)
+            record = self.store.add(NewMessage(
+                session=send.session, phone=send.phone, text=send.text,
+                request_id=send.request_id, requester=send.requester,
+                idempotency_key=send.idempotency_key, valid_until=valid_until,
+                is_test=send.require_connected), now)
+        self.accepting = (record, reply_to, send.request_id)
         self.depth[send.session] = self.depth.get(send.session, 0) + 1
         if send.wait_for_ack and self._can_send(send.session):
             self.waiters[record["id"]] = _Waiter(reply_to, send.request_id)
@@ -180,7 +209,9 @@ class OutboxActor(ActorTypeDispatcher):
                              payload=_AckTimeout(record["id"]))
         else:
             self.send(reply_to, _accepted(record, send.request_id))
+            self.accepting = None  # answered
         self._dispatch(send.session)
+        self.accepting = None
 
     # ---- delivering -------------------------------------------------------------------------
 
@@ -194,11 +225,18 @@ class OutboxActor(ActorTypeDispatcher):
     def receiveMsg_DeliveryResults(self, msg: DeliveryResults, sender: Any) -> None:
         assert self.store is not None
         sessions: set[str] = set()
-        with self.store.batch():  # one commit for everything that came back together
-            for result in msg.results:
-                session = self._on_result(result)
-                if session is not None:
-                    sessions.add(session)
+        self.held_replies = []  # nobody hears of a state that is not committed yet
+        try:
+            with self.store.batch():  # one commit for everything that came back together
+                for result in msg.results:
+                    session = self._on_result(result)
+                    if session is not None:
+                        sessions.add(session)
+            replies = self.held_replies
+        finally:
+            self.held_replies = None
+        for message_id, reply in replies:
+            self._answer(message_id, reply)
         for session in sessions:
             self._dispatch(session)
 
@@ -214,13 +252,18 @@ class OutboxActor(ActorTypeDispatcher):
         delivery = self.config.delivery
         if msg.ok:
             record = self._finish(record, "SENT", now, "", wa_message_id=msg.wa_message_id,
-                                  attempts=record["attempts"] + 1, error="")
+                                  attempts=record["attempts"] + 1)
             self._answer(record["id"], _accepted(record, ""))
+        elif msg.uncertain:
+            self._uncertain(record, now, f"WhatsApp did not say whether it took the message "
+                            f"({msg.error or msg.reason})", reason=msg.reason or "UNCERTAIN",
+                            attempts=record["attempts"] + 1, error=msg.error)
         elif msg.reason == "NOT_CONNECTED" and not record["is_test"]:
-            # It never left: not an attempt. Wait for the session's next state.
-            self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error)
+            # It never left: not an attempt. Wait for the session's next state; the
+            # caller hears QUEUED, as any send made while the session reconnects.
+            record = self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error)
             self.paused_until[session] = now + NOT_CONNECTED_PAUSE_SECONDS
-            self._answer(record["id"], _accepted(record | {"state": "QUEUED"}, ""))
+            self._answer(record["id"], _accepted(record, ""))
         else:
             attempts = record["attempts"] + 1
             if msg.permanent or record["is_test"] or attempts >= delivery.max_attempts:
@@ -231,11 +274,12 @@ class OutboxActor(ActorTypeDispatcher):
                     code, f"WhatsApp did not accept the message: {msg.error or msg.reason}",
                     {"reason": msg.reason, "messageId": record["id"]}))
             else:
+                # A retry is due: no answer yet. A caller waiting for the ack hears the
+                # retry's outcome, or SEND_UNCONFIRMED when the wait runs out first.
                 delay = retry_delay(attempts, delivery.retry_base_seconds,
                                     delivery.retry_max_seconds, random.random())
                 self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error,
                                       attempts=attempts, next_attempt_at=now + delay)
-                self._answer(record["id"], _accepted(record | {"state": "QUEUED"}, ""))
         return session
 
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
@@ -254,11 +298,8 @@ class OutboxActor(ActorTypeDispatcher):
         elif isinstance(payload, _AckTimeout) and payload.message_id in self.waiters:
             assert self.config is not None
             seconds = self.config.messages.send_timeout_seconds
-            self._answer(payload.message_id, Failed(
-                "SEND_FAILED",
-                f"WhatsApp did not confirm the message within {seconds:g} s; it stays queued "
-                f"as {payload.message_id} and may still be delivered",
-                {"reason": "ACK_TIMEOUT", "messageId": payload.message_id}))
+            self._unconfirmed(payload.message_id, "ACK_TIMEOUT",
+                              f"WhatsApp has not confirmed it within {seconds:g} s")
 
     # ---- queries --------------------------------------------------------------------------------
 
@@ -268,7 +309,9 @@ class OutboxActor(ActorTypeDispatcher):
             self.send(msg.reply_to, _not_started(getattr(request, "request_id", "")))
             return
         if isinstance(request, GetMessage):
-            reply: Ok | Failed = Ok(self.store.get(request.message_id), request.request_id)
+            record = self.store.get(request.message_id)
+            reply: Ok | Failed = Ok(public_record(record) if record is not None else None,
+                                    request.request_id)
         elif isinstance(request, ListMessages):
             try:
                 records, more = self.store.page(session=request.session, state=request.state,
@@ -278,7 +321,8 @@ class OutboxActor(ActorTypeDispatcher):
                 reply = Failed("GRAPHQL_VALIDATION_FAILED", f"{exc}; use a cursor from a "
                                "previous page", {"field": "after"}, request.request_id)
             else:
-                page = MessagePage(tuple(records), tuple(cursor_of(r) for r in records), more)
+                page = MessagePage(tuple(public_record(r) for r in records),
+                                   tuple(cursor_of(r) for r in records), more)
                 reply = Ok(page, request.request_id)
         else:
             return
@@ -349,30 +393,100 @@ class OutboxActor(ActorTypeDispatcher):
             if record is not None and record["state"] == "SENDING":
                 self._uncertain(record, now, "its session process ended while sending it")
 
-    def _uncertain(self, record: dict[str, Any], now: float, why: str) -> None:
-        """A send whose outcome a crash hid: count it, then resend or fail by policy."""
+    def _uncertain(self, record: dict[str, Any], now: float, why: str,
+                   reason: str = "UNCERTAIN", attempts: int | None = None,
+                   error: str = "") -> None:
+        """A send whose fate nobody knows (a crash hid it, or WhatsApp never said):
+        flag and count it, then resend or fail by ``delivery.on_uncertain``. A test
+        message, or one out of attempts, is never sent again."""
         assert self.store is not None and self.config is not None
-        self.uncertain_total += 1
+        self._count_uncertain(record)
+        delivery = self.config.delivery
+        attempts = record["attempts"] if attempts is None else attempts
+        resend = (delivery.on_uncertain == "resend" and not record["is_test"]
+                  and attempts < delivery.max_attempts)
         log.warning("message outcome uncertain", message_id=record["id"], why=why,
-                    policy=self.config.delivery.on_uncertain)
-        if self.config.delivery.on_uncertain == "resend":
-            record = self.store.transition(record, "QUEUED", now, "UNCERTAIN", uncertain=True)
-            self._answer(record["id"], _accepted(record, ""))
-        else:
-            record = self._finish(record, "FAILED", now, "UNCERTAIN", uncertain=True)
-            self._answer(record["id"], Failed(
-                "SEND_FAILED", "the gateway restarted while sending this message; it may or "
-                "may not have been delivered (delivery.on_uncertain = \"fail\")",
-                {"reason": "UNCERTAIN", "messageId": record["id"]}))
+                    reason=reason, resend=resend)
+        if resend:
+            # The caller, if one waits, hears the resend's outcome (or SEND_UNCONFIRMED).
+            self.store.transition(record, "QUEUED", now, reason, uncertain=True,
+                                  attempts=attempts, error=error)
+            return
+        record = self._finish(record, "FAILED", now, reason, uncertain=True, attempts=attempts,
+                              error=error)
+        not_again = ("delivery.on_uncertain = \"fail\"" if delivery.on_uncertain == "fail"
+                     else "a test message" if record["is_test"]
+                     else f"after {attempts} attempts")
+        self._answer(record["id"], Failed(
+            "SEND_FAILED", f"{why}: the message may or may not have been delivered, and it is "
+            f"not sent again ({not_again}); ask the recipient before sending it once more",
+            {"reason": reason, "messageId": record["id"], "uncertain": True}))
+
+    def _count_uncertain(self, record: dict[str, Any]) -> None:
+        """Each message counts once in ``uncertain_total``, however often it is flagged."""
+        if not record["uncertain"]:
+            self.uncertain_total += 1
+
+    def _unconfirmed(self, message_id: str, reason: str, why: str) -> None:
+        """Answer a waiting caller before WhatsApp confirmed its message: the message
+        stays and will be sent, so the answer says not to send it again, and the record
+        is flagged (a caller that sends it again anyway makes it arrive twice)."""
+        assert self.store is not None
+        record = self.store.get(message_id)
+        if record is None:
+            return
+        if not record["uncertain"]:
+            self._count_uncertain(record)
+            self.store.mark_uncertain(message_id)
+        self._answer(message_id, Failed(
+            "SEND_UNCONFIRMED",
+            f"message {message_id} is stored and will be sent, but {why}. Do not send it "
+            "again (a retry with the same idempotencyKey is safe); follow it with "
+            f"whatsAppMessage(id: \"{message_id}\")",
+            {"reason": reason, "messageId": message_id, "state": record["state"],
+             "uncertain": True}))
+
+    # ---- a handler that failed half-way (RunOnce) ---------------------------------------
+
+    def handler_failed(self, msg: Any) -> None:
+        """Memory back in line with disk; a message already stored for the failed
+        request is answered as unconfirmed; a failed start ends this process, and the
+        supervisor starts a fresh one."""
+        accepting, self.accepting = self.accepting, None
+        self.held_replies = None  # their records were rolled back
+        if isinstance(msg, StartWorker):
+            self.send(self.myAddress, ActorExitRequest())
+            return
+        if self.store is None:
+            return
+        if accepting is not None:
+            record, reply_to, request_id = accepting
+            self.waiters.setdefault(record["id"], _Waiter(reply_to, request_id))
+            self._unconfirmed(record["id"], "GATEWAY_ERROR",
+                              "the gateway failed while answering the request")
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """The queue depths from disk, and every SENDING record in flight and the other
+        way round: a SENDING record nobody waits for lost its result in the failed
+        handler (its commit was rolled back), so its fate is unknown."""
+        assert self.store is not None
+        self.depth = self.store.pending_counts()
+        sending = {r["id"]: r for r in self.store.in_state("SENDING")}
+        for message_id in [m for m in self.in_flight if m not in sending]:
+            self._landed(message_id)
+        now = time.time()
+        for message_id, record in sending.items():
+            if message_id not in self.in_flight:
+                self._uncertain(record, now, "its result was lost in a failed handler")
 
     def _finish(self, record: dict[str, Any], state: str, now: float, reason: str,
                 **fields: Any) -> dict[str, Any]:
-        assert self.store is not None and self.config is not None
+        """Into a final state (the store erases the text there when keep_text is off)."""
+        assert self.store is not None
         updated = self.store.transition(record, state, now, reason, **fields)
         session = record["session"]
         self.depth[session] = max(0, self.depth.get(session, 0) - 1)
-        if not self.config.delivery.keep_text:
-            self.store.redact(record["id"])
         return updated
 
     def _key_fresh(self, record: dict[str, Any]) -> bool:
@@ -380,6 +494,9 @@ class OutboxActor(ActorTypeDispatcher):
         return time.time() - record["accepted_at"] < self.config.delivery.idempotency_hours * 3600
 
     def _answer(self, message_id: str, reply: Accepted | Failed) -> None:
+        if self.held_replies is not None:
+            self.held_replies.append((message_id, reply))  # after the commit
+            return
         waiter = self.waiters.pop(message_id, None)
         if waiter is not None:
             self.send(waiter.reply_to, replace(reply, request_id=waiter.request_id))
@@ -413,4 +530,14 @@ def _not_started(request_id: str) -> Failed:
 
 def _accepted(record: dict[str, Any], request_id: str, duplicate: bool = False) -> Accepted:
     return Accepted(record["id"], record["state"], record["accepted_at"], request_id,
-                    duplicate=duplicate, record=record)
+                    duplicate=duplicate, record=public_record(record))
+
+
+def _key_reused(send: SendText, message_id: str) -> Failed:
+    return Failed(
+        "IDEMPOTENCY_KEY_REUSED",
+        f"idempotency key {send.idempotency_key!r} was already used on session "
+        f"'{send.session}' for a different message ({message_id}: another recipient or "
+        "text); nothing was sent. Use a new key for a new message, or send exactly the "
+        "same recipient and text to retry the first one",
+        {"field": "idempotencyKey", "messageId": message_id}, request_id=send.request_id)

@@ -128,7 +128,8 @@ def build_schema() -> GraphQLSchema:
             record = accepted.record or {}
             raise GatewayError("SEND_FAILED", f"this idempotency key's message is "
                                f"{accepted.state} ({record.get('reason') or 'no reason'})",
-                               reason=record.get("reason", ""), messageId=accepted.message_id)
+                               reason=record.get("reason", ""), messageId=accepted.message_id,
+                               uncertain=bool(record.get("uncertain")))
         return True
 
     @mutation.field("sendWhatsAppMessage")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actors.limiter import Limits
-from actors.message_store import MessageStore, NewMessage, cursor_of
+from actors.message_store import MessageStore, NewMessage, cursor_of, text_hash
 from gateway.config import LimitsConfig
 
 
@@ -39,8 +39,9 @@ def test_a_rejected_send_uses_no_quota(tmp_path: Path) -> None:
 
 
 def _new(text: str, session: str = "default", key: str | None = None,
-         valid_until: float | None = None, requester: str = "ci") -> NewMessage:
-    return NewMessage(session=session, phone="14155552671", text=text, idempotency_key=key,
+         valid_until: float | None = None, requester: str = "app",
+         phone: str = "14155552671") -> NewMessage:
+    return NewMessage(session=session, phone=phone, text=text, idempotency_key=key,
                       valid_until=valid_until, requester=requester)
 
 
@@ -74,55 +75,54 @@ def test_retries_wait_for_their_time(tmp_path: Path) -> None:
     store.close()
 
 
-def test_idempotency_keys_are_unique_per_session(tmp_path: Path) -> None:
+def test_idempotency_keys_are_unique_per_caller_and_session(tmp_path: Path) -> None:
+    """Two applications (tokens) sharing a session may pick the same key: each has its
+    own message under it; one caller cannot store a key twice on one session."""
     store = MessageStore(tmp_path)
     first = store.add(_new("a", key="k1"), 1.0)
-    store.add(_new("a", session="other", key="k1"), 1.0)
-    assert store.by_idempotency_key("default", "ci", "k1")["id"] == first["id"]
+    other_session = store.add(_new("a", session="other", key="k1"), 1.0)
+    other_caller = store.add(_new("b", key="k1", requester="billing"), 1.0)
+    assert store.by_idempotency_key("app", "default", "k1")["id"] == first["id"]
+    assert store.by_idempotency_key("app", "other", "k1")["id"] == other_session["id"]
+    assert store.by_idempotency_key("billing", "default", "k1")["id"] == other_caller["id"]
+    assert store.by_idempotency_key("nobody", "default", "k1") is None
     with pytest.raises(sqlite3.IntegrityError):
         store.add(_new("again", key="k1"), 2.0)
     store.close()
 
 
-def test_an_idempotency_key_belongs_to_the_client_that_chose_it(tmp_path: Path) -> None:
-    """Two tokens of one session picking the same key each keep their own message."""
+def test_a_key_is_for_one_message_of_its_caller() -> None:
+    """The same key again: the same request (answer with it), the caller's mistake (a
+    different message), or a record from before keys had a caller that is not this
+    request (somebody else's: it says nothing)."""
+    from actors.message_store import key_verdict
+
+    earlier = {"phone": "14155552671", "text_hash": text_hash("code 1"), "requester": "app"}
+    assert key_verdict(earlier, "app", "14155552671", "code 1") == "duplicate"
+    assert key_verdict(earlier, "app", "14155552671", "code 2") == "reused"
+    assert key_verdict(earlier, "app", "14155550000", "code 1") == "reused"
+    legacy = {**earlier, "requester": ""}
+    assert key_verdict(legacy, "app", "14155552671", "code 1") == "duplicate"
+    assert key_verdict(legacy, "app", "14155550000", "code 1") == "unrelated"
+
+
+def test_a_store_from_before_caller_scoped_keys_is_migrated(tmp_path: Path) -> None:
+    """The old index made a key unique per session whoever used it: it is replaced at
+    open (else a second caller's key would fail the insert), and the records it made
+    (no caller) still find their retries."""
     store = MessageStore(tmp_path)
-    mine = store.add(_new("mine", key="otp-1", requester="alice"), 1.0)
-    assert store.by_idempotency_key("default", "bob", "otp-1") is None
-    theirs = store.add(_new("theirs", key="otp-1", requester="bob"), 2.0)
-    assert store.by_idempotency_key("default", "alice", "otp-1")["id"] == mine["id"]
-    assert store.by_idempotency_key("default", "bob", "otp-1")["id"] == theirs["id"]
+    store.db.executescript("DROP INDEX by_caller_key; CREATE UNIQUE INDEX by_key ON messages "
+                           "(session, idempotency_key) WHERE idempotency_key IS NOT NULL;")
+    legacy = store.add(_new("old", key="k1", requester=""), 1.0)
     store.close()
-
-
-def test_keys_written_before_requesters_were_recorded_still_answer_retries(
-        tmp_path: Path) -> None:
-    """An upgrade keeps a retry that spans it from sending twice: a store made with the
-    old (session, key) index, whose rows have no requester, opens and still matches."""
-    legacy = sqlite3.connect(str(tmp_path / "messages.sqlite3"))
-    legacy.executescript(_LEGACY_SCHEMA)
-    legacy.close()
     store = MessageStore(tmp_path)
-    old = store.add(_new("before", key="k", requester=""), 1.0)
-    assert store.by_idempotency_key("default", "alice", "k")["id"] == old["id"]
-    own = store.add(_new("after", key="k", requester="bob"), 2.0)  # the old index is gone
-    assert store.by_idempotency_key("default", "bob", "k")["id"] == own["id"]
+    indexes = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master "
+                                              "WHERE type = 'index'")}
+    assert "by_key" not in indexes and "by_caller_key" in indexes
+    assert store.by_idempotency_key("app", "default", "k1")["id"] == legacy["id"]
+    mine = store.add(_new("new", key="k1"), 2.0)  # no longer refused by the old index
+    assert store.by_idempotency_key("app", "default", "k1")["id"] == mine["id"]
     store.close()
-
-
-_LEGACY_SCHEMA = """
-CREATE TABLE messages (
-    id TEXT PRIMARY KEY, session TEXT NOT NULL, phone TEXT NOT NULL, text TEXT,
-    text_hash TEXT NOT NULL, state TEXT NOT NULL, accepted_at REAL NOT NULL,
-    updated_at REAL NOT NULL, next_attempt_at REAL NOT NULL DEFAULT 0, valid_until REAL,
-    attempts INTEGER NOT NULL DEFAULT 0, wa_message_id TEXT,
-    reason TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '',
-    request_id TEXT NOT NULL DEFAULT '', requester TEXT NOT NULL DEFAULT '',
-    idempotency_key TEXT, is_test INTEGER NOT NULL DEFAULT 0,
-    uncertain INTEGER NOT NULL DEFAULT 0, history TEXT NOT NULL);
-CREATE UNIQUE INDEX by_key ON messages (session, idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
-"""
 
 
 def test_expiry_and_pruning(tmp_path: Path) -> None:
@@ -179,4 +179,57 @@ def test_files_are_private(tmp_path: Path) -> None:
     store.add(_new("a"), 1.0)
     assert (tmp_path / "outbox").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "outbox" / "messages.sqlite3").stat().st_mode & 0o777 == 0o600
+    store.close()
+
+
+def test_no_final_state_keeps_the_text_when_keep_text_is_off(tmp_path: Path) -> None:
+    """Every way into a final state erases the text (EXPIRED by the expiry sweep too),
+    in the database file as well, not only in what a query returns."""
+    store = MessageStore(tmp_path, keep_text=False)
+    expired = store.add(_new("expiring secret 4711", valid_until=10.0), 1.0)
+    sent = store.add(_new("sent secret 4712"), 1.0)
+    failed = store.add(_new("failed secret 4713"), 1.0)
+    queued = store.add(_new("queued secret 4714"), 1.0)
+    assert [r["id"] for r in store.expire_due(20.0)] == [expired["id"]]
+    store.transition(store.transition(sent, "SENDING", 2.0), "SENT", 3.0)
+    store.transition(failed, "FAILED", 2.0, "REJECTED")
+    for finished in (expired, sent, failed):
+        record = store.get(finished["id"])
+        assert record["text"] is None and record["text_hash"] == finished["text_hash"]
+    assert store.get(queued["id"])["text"] == "queued secret 4714"  # still to be sent
+    store.close()
+    raw = (tmp_path / "messages.sqlite3").read_bytes()
+    assert b"queued secret 4714" in raw
+    for text in (b"expiring secret 4711", b"sent secret 4712", b"failed secret 4713"):
+        assert text not in raw
+
+
+def test_turning_keep_text_off_erases_the_text_of_finished_records(tmp_path: Path) -> None:
+    store = MessageStore(tmp_path)  # keep_text on: finished records keep their text
+    done = store.transition(store.add(_new("kept secret 4715"), 1.0), "EXPIRED", 2.0)
+    waiting = store.add(_new("waiting secret 4716"), 1.0)
+    store.close()
+    store = MessageStore(tmp_path, keep_text=False)
+    assert store.get(done["id"])["text"] is None
+    assert store.get(waiting["id"])["text"] == "waiting secret 4716"
+    store.close()
+    raw = (tmp_path / "messages.sqlite3").read_bytes()
+    assert b"kept secret 4715" not in raw and b"waiting secret 4716" in raw
+
+
+def test_reason_and_error_describe_the_present_state(tmp_path: Path) -> None:
+    """A message SENT after a failed attempt does not keep that attempt's reason;
+    the history keeps every state's."""
+    store = MessageStore(tmp_path)
+    a = store.add(_new("a"), 1.0)
+    a = store.transition(a, "SENDING", 2.0)
+    a = store.transition(a, "QUEUED", 3.0, "SERVER_ERROR", error="temporary", attempts=1)
+    assert (a["reason"], a["error"]) == ("SERVER_ERROR", "temporary")
+    a = store.transition(a, "SENDING", 4.0)
+    a = store.transition(a, "SENT", 5.0, attempts=2)
+    assert store.get(a["id"]) == a
+    assert (a["reason"], a["error"]) == ("", "")
+    assert [(s, r) for s, _, r in a["history"]] == [
+        ("QUEUED", ""), ("SENDING", ""), ("QUEUED", "SERVER_ERROR"), ("SENDING", ""),
+        ("SENT", "")]
     store.close()
