@@ -62,7 +62,7 @@ CHAOS_CONFIG: dict[str, dict[str, Any]] = {
     "http": {"workers": 1, "threads": 16},  # one per load thread, and some to spare
     # A request waiting for its ack when the outbox dies waits out send_timeout +
     # ask_timeout (nobody is left to answer it); keep that short. A send that is
-    # merely slow then answers ACK_TIMEOUT, which the clients retry like any outage.
+    # merely slow then answers SEND_UNCONFIRMED, which the clients retry with its key.
     "messages": {"send_timeout_seconds": 2.0},
 }
 
@@ -172,9 +172,9 @@ class LoadClient:
         code = extensions.get("code", "")
         if code in RETRYABLE_CODES:
             return code
-        if code == "SEND_FAILED" and extensions.get("reason") == "ACK_TIMEOUT":
-            # Accepted and still queued; the retry (same key) says so with ``true``.
-            return "ACK_TIMEOUT"
+        if code == "SEND_UNCONFIRMED":
+            # Accepted and still on its way; the retry (same key) says so with ``true``.
+            return code
         outcome.refused = f"{code}: {errors[0].get('message')}"
         return None
 
@@ -496,8 +496,12 @@ def check_outcome(gw: Gateway, load: Load, chaos: Chaos, seed: int) -> dict[str,
     unexplained = {text: n for text, n in twice.items() if text not in uncertain_texts}
     assert not unexplained, f"duplicates not flagged uncertain {where}: {unexplained}"
     if chaos.kills == 0:
-        assert not twice and not uncertain_texts, (
-            f"duplicates or uncertainty without any crash {where}: {twice}")
+        # Without a crash only an answer given before WhatsApp's ack (SEND_UNCONFIRMED,
+        # which the record flags: a client could have sent it again) is uncertain.
+        unconfirmed = {o.text for o in load.outcomes if o.transient["SEND_UNCONFIRMED"]}
+        assert not twice and uncertain_texts <= unconfirmed, (
+            f"duplicates or uncertainty without any crash {where}: {twice}, "
+            f"{uncertain_texts - unconfirmed}")
 
     retried = Counter[str]()
     for o in load.outcomes:
@@ -540,14 +544,16 @@ def test_nothing_accepted_is_lost_and_every_duplicate_is_flagged_under_chaos(
 def test_without_crashes_dropped_connections_send_nothing_twice(
         make_gateway: Callable[..., Gateway]) -> None:
     """The control: the same load through dropped connections but no crash. A drop
-    never hides a send's outcome, so nothing may be uncertain or arrive twice."""
+    never hides a send's outcome, so nothing may arrive twice, or be uncertain but
+    for a message whose client was answered before WhatsApp confirmed it
+    (``check_outcome``)."""
     seed = chaos_seed()
     gw = make_gateway(CHAOS_CONFIG).start()
     gw.link()
     load, chaos = run_under_chaos(gw, seed, ["drop", "drop", "drop"], count=150,
                                   spacing=0.04, prefix="calm")
     counts = check_outcome(gw, load, chaos, seed)
-    assert counts["duplicates"] == 0 and counts["uncertain"] == 0, counts
+    assert counts["duplicates"] == 0, counts
     gw.stop()
 
 
