@@ -17,7 +17,7 @@ layout, Python) is refused: no agent, no session, and the health report lists it
 with the reason until a matching host of that name joins (the member refuses too).
 
 The mixin uses the supervisor's own state and helpers (``children``, ``statuses``,
-``_spawn``, ``_set_status``, ``_link``, ``_audit``); placement itself is pure
+``_respawn``, ``_set_status``, ``_link``, ``_audit``); placement itself is pure
 (``actors.placement``).
 """
 
@@ -139,6 +139,9 @@ class ClusterSupervision:
 
     def _check_hosts(self) -> None:
         assert self.config is not None and self.tracker is not None
+        # The next check first: a failed handler is not run again (RunOnce).
+        self.wakeupAfter(timedelta(seconds=self.config.cluster.heartbeat_seconds),
+                         payload=HostCheck())
         now = time.monotonic()
         for name in self.tracker.lost(now):
             host = self.hosts.get(name)
@@ -157,8 +160,6 @@ class ClusterSupervision:
                            for key, child in self.children.items()
                            if child.host == name and child.address is not None)
             self.send(host.agent, HostBeat(self.beat_seq, placed if host.alive else ()))
-        self.wakeupAfter(timedelta(seconds=self.config.cluster.heartbeat_seconds),
-                         payload=HostCheck())
 
     def _place_agent(self, name: str) -> None:
         assert self.config is not None
@@ -200,7 +201,7 @@ class ClusterSupervision:
                                                               "the session moves to another host")))
             self._link(session)  # address None: the outbox takes back what was in flight
             if not self.stopping:
-                self._spawn(key)
+                self._respawn(key)  # a failed start is retried; the other sessions move on
 
     def _place(self, session: str, overflow: bool) -> str | None:
         """The host for ``session``: free slots and fewest sessions (actors.placement)."""

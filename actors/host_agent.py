@@ -77,6 +77,8 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         if not isinstance(msg.payload, _Check) or self.tracker is None:
             return
+        # The next check first: a failed handler is not run again (RunOnce).
+        self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
         if self.tracker.lost(time.monotonic()) and self.sessions:
             log.error("the leader has gone quiet; stopping the sessions it placed here so "
                       "that no session runs twice", host=self.host,
@@ -84,7 +86,6 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
             for _, address in self.sessions:
                 self.send(address, ActorExitRequest())
             self.sessions = ()
-        self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self.tracker = None

@@ -503,6 +503,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
 
     def _tick(self) -> None:
         assert self.store is not None and self.config is not None
+        self._arm_tick()  # first: a tick that fails is not run again, the next one is due
         now = time.time()
         for record in self.store.expire_due(now):
             self.depth[record["session"]] = max(0, self.depth.get(record["session"], 0) - 1)
@@ -513,7 +514,6 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 log.info("pruned finished message records", count=pruned)
         for session in list(self.links):
             self._dispatch(session)
-        self._arm_tick()
 
     def _arm_tick(self) -> None:
         assert self.config is not None

@@ -363,7 +363,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         if self.stopping:
             return
         if child.retiring and child.respawn:
-            self._spawn(key)  # carries the commands that arrived while it was retiring
+            self._respawn(key)  # carries the commands that arrived while it was retiring
             return
         if child.retiring:
             if key.startswith("session:"):
@@ -405,7 +405,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         child = self.children.get(due.key)
         if child is None or child.address is not None or child.incarnation != due.incarnation:
             return
-        self._spawn(due.key)
+        self._respawn(due.key)
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -473,6 +473,18 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                     self.send(child.address, message)
         log.info("child started", child=key, incarnation=child.incarnation, host=child.host)
 
+    def _respawn(self, key: str) -> None:
+        """Start a supervised child's process again. A start that fails counts as a
+        crash, retried after the backoff: a failed handler is not run again, and the
+        child must not be left without a process nobody will start."""
+        try:
+            self._spawn(key)
+        except Exception:
+            log.exception("starting a child failed; it is retried after the backoff",
+                          child=key)
+            self.children[key].address = None
+            self._crashed(key, self.children[key])
+
     def _start_session(self, session: str, connect: bool) -> None:
         key = _key(session)
         self.children[key] = Child(SessionActor, budget=self._budget())
@@ -537,9 +549,10 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                       audit_event=getattr(message, "event", type(message).__name__))
 
     def _publish(self) -> None:
-        """Heartbeat: rewrite the snapshot, then look again in a moment."""
-        self._write_snapshot()
+        """Heartbeat: rewrite the snapshot, and look again in a moment (armed first: a
+        failed handler is not run again, and the heartbeat must go on)."""
         self.wakeupAfter(timedelta(seconds=HEARTBEAT_SECONDS), payload=_Heartbeat())
+        self._write_snapshot()
 
     def _write_snapshot(self) -> None:
         if self.config is None or self.stopping:

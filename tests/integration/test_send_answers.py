@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from tests.integration.harness import Gateway, GraphQLResult, expect_error
+from tests.integration.harness import Gateway, GraphQLResult, expect_error, wait_for
 from tests.integration.test_delivery import (
     FAST_DELIVERY,
     GET_MESSAGE,
@@ -213,6 +213,49 @@ def test_a_send_whose_handler_fails_is_stored_once_answered_and_never_logged(
     assert logs
     for path in [*logs, gw.root / "serve.log"]:
         assert SECRET not in path.read_text(errors="replace"), path
+
+
+# A client whose messages make the outbox's periodic tick fail: a queued message of a
+# session that says it runs at an address that is none, due only once a pause (a
+# NOT_CONNECTED result) is over, so that the tick is the first to hand it over.
+FAILING_TICK_CLIENT = """
+import sys
+from actors.messages import (DeliveryResult, DeliveryResults, GetRoutes, SendText,
+                             SessionLink, SessionState)
+from actors.system import SUPERVISOR_NAME, join_system
+
+system = join_system(int(sys.argv[1]))
+supervisor = system.createActor("actors.supervisor.SupervisorActor",
+                                globalName=SUPERVISOR_NAME)
+outbox = system.ask(supervisor, GetRoutes("routes"), 20).value["outbox"]
+system.tell(outbox, SessionLink("poison", None, SessionState.RECONNECTING, True))
+queued = system.ask(outbox, SendText("poison", "14155552671", "queued", request_id="t2"), 30)
+system.tell(outbox, DeliveryResults((DeliveryResult(queued.message_id, ok=False,
+                                                    reason="NOT_CONNECTED"),)))
+system.tell(outbox, SessionLink("poison", "no address", SessionState.CONNECTED, True))
+print(type(queued).__name__, queued.state)
+"""
+
+
+def test_a_tick_that_fails_does_not_stop_expiry_and_retries(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """The outbox's tick (expiry, retries, pruning) re-arms itself. A tick that fails
+    is not run again (RunOnce): the next one must still come, or nothing would ever
+    expire or be retried again."""
+    gw = make_gateway(FAST_DELIVERY).start()
+    gw.link()
+    client = subprocess.run([sys.executable, "-c", FAILING_TICK_CLIENT, str(gw.admin_port)],
+                            capture_output=True, text=True, timeout=90, cwd=Path.cwd(),
+                            stdin=subprocess.DEVNULL)
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.split() == ["Accepted", "QUEUED"], client.stdout
+    # The tick hands the poison message over (and fails) once its pause is over.
+    wait_for(lambda: gw.gql(LIST_SESSION, {"s": "poison"}).data["whatsAppMessages"]["edges"][0]
+             ["node"]["state"] == "SENDING", 20, 0.1, "a tick to hand the poison message over")
+    gw.sim("drop", "--down-for", "60")
+    gw.wait_state("RECONNECTING")
+    short = send_message(gw, "expire me later", validForSeconds=1)
+    wait_message_state(gw, short["id"], "EXPIRED")
 
 
 # ---- delivery.keep_text = false -------------------------------------------------------------
