@@ -312,7 +312,12 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
         valid_for=float(valid_for) if valid_for is not None else None,
         requester=_requester(info),
     )
-    accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config), to_outbox=True)
+    try:
+        accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config),
+                                                        to_outbox=True)
+    except GatewayError as exc:  # SEND_FAILED, SEND_UNCONFIRMED ...: the audit names it
+        info.context["message_id"] = exc.extensions.get("messageId")
+        raise
     info.context["message_id"] = accepted.message_id
     return accepted
 

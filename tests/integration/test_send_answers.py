@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 from tests.integration.harness import Gateway, GraphQLResult, expect_error, wait_for
+from tests.integration.test_audit import events
 from tests.integration.test_delivery import (
     FAST_DELIVERY,
     GET_MESSAGE,
@@ -169,6 +170,11 @@ def test_a_send_not_confirmed_in_time_says_so_and_is_flagged(
     assert done["uncertain"] is True and done["reason"] is None
     assert texts(gw) == ["slow but sure"]
     assert uncertain_total(gw) == 1
+    # The audit log's entry of the mutation names the message its answer is about.
+    audited = wait_for(lambda: [e for e in events(gw, "mutation")
+                                if e.get("outcome") == "SEND_UNCONFIRMED"], 10, 0.1,
+                       "the audit entry of the unconfirmed send")
+    assert audited[0]["messageId"] == extensions["messageId"], audited
 
 
 # ---- a handler that fails after the write ------------------------------------------------------
