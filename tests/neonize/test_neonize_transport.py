@@ -228,6 +228,10 @@ def test_send_errors_map_to_reasons(events: dict[str, Any], text: str, reason: s
                                     permanent: bool) -> None:
     assert events["send_errors"][text] == {"reason": reason, "permanent": permanent,
                                            "message": text}
+    # Only a send that may have reached WhatsApp is uncertain (flagged by the outbox).
+    from actors.transport.neonize import send_error_from  # pure: loads no engine
+
+    assert send_error_from(text).uncertain is (reason == "AMBIGUOUS")
 
 
 def test_sends_are_refused_locally_while_down(events: dict[str, Any]) -> None:
