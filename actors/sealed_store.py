@@ -36,6 +36,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.child_env import helper_environment
 from gateway.config import EncryptionConfig
 
 MAGIC = b"WAGSEAL\x00"
@@ -306,9 +307,11 @@ def snapshot(path: Path, kind: str) -> bytes | None:
         return None
     if path.stat().st_size == 0:
         return b""  # created for the engine, never written
+    # The helper needs no secret: not the storage key a session has in its environment.
     done = subprocess.run([sys.executable, "-I", "-c", _SNAPSHOT_SCRIPT, str(path)],
                           capture_output=True, timeout=SNAPSHOT_TIMEOUT_SECONDS,
-                          stdin=subprocess.DEVNULL, check=False)
+                          stdin=subprocess.DEVNULL, check=False,
+                          env=helper_environment(os.environ))
     if done.returncode != 0:
         if not path.exists():
             return None

@@ -45,7 +45,7 @@ from gateway.cluster import cluster_problem
 from gateway.config import Config
 from gateway.metrics import reset_metrics_dir
 from gateway.observability import setup_logging
-from gateway.web import config_env
+from gateway.web import web_environment
 
 log = structlog.get_logger("wagate.serve")
 
@@ -267,8 +267,10 @@ def thespian_log_defs(path: Path) -> dict[str, Any]:
 
 
 def start_web(config: Config) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **config_env(config)}
-    return subprocess.Popen([sys.executable, "-m", "gateway.web"], env=env,
+    """The HTTP server, in a process group of its own, without the secrets it does not
+    need."""
+    return subprocess.Popen([sys.executable, "-m", "gateway.web"],
+                            env=web_environment(config, os.environ),
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from gateway.app import create_app
+from gateway.child_env import secret_variables, web_config, without_secrets
 from gateway.config import Config, config_from_dict, config_to_dict
 from gateway.metrics import MULTIPROC_ENV, metrics_dir
 from gateway.observability import setup_logging
@@ -28,6 +30,14 @@ def config_env(config: Config) -> dict[str, str]:
     before the process starts)."""
     return {CONFIG_ENV: json.dumps(config_to_dict(config)),
             MULTIPROC_ENV: str(metrics_dir(config.data_path))}
+
+
+def web_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
+    """The web process's whole environment: the launcher's without the secrets the web
+    tier never needs (the storage key's variable), and the config without the proxy's
+    address (gateway/child_env.py)."""
+    return {**without_secrets(environ, secret_variables(config)),
+            **config_env(web_config(config))}
 
 
 def _worker_exited(_server: Any, worker: Any) -> None:
