@@ -4,8 +4,8 @@ Both join the gateway's actor system on ``actors.admin_port`` (bound to 127.0.0.
 so they work only on the gateway's host) and ask the supervisor for the same health
 report ``/admin/health`` shows: no HTTP, no API token, and an answer even when the
 web server is down. The port is found in ``data_dir/run/gateway.json``, which the
-running launcher writes, so ``--data-dir`` is enough to pick a gateway;
-``--admin-port`` overrides it.
+running launcher writes (gateway/run_state.py; trusted only while that launcher
+runs), so ``--data-dir`` is enough to pick a gateway; ``--admin-port`` overrides it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from gateway.health import health_document
 from gateway.progress import Progress
 from gateway.ranges import Range, flag
 
-STATE_FILE = "run/gateway.json"  # written by `wagate serve` (gateway/serve.py)
 DRAIN_TIMEOUT_SECONDS = 300.0
 DRAIN_INTERVAL_SECONDS = 0.5
 DRAIN_TIMEOUT = Range(0, 604800)  # up to a week
@@ -114,12 +113,11 @@ class HealthClient:
 
 
 def running_admin_port(data_path: Path) -> int | None:
-    """The admin port of the gateway running on ``data_path``, if its launcher said."""
-    try:
-        state = json.loads((data_path / STATE_FILE).read_text(encoding="utf-8"))
-        return int(state["admin_port"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The admin port of the gateway running on ``data_path``, if its launcher said and
+    still runs (a crashed one's port may be another gateway's by now)."""
+    from gateway.run_state import running_admin_port as recorded_port
+
+    return recorded_port(data_path)
 
 
 # ---- wagate status -------------------------------------------------------------------------

@@ -1,17 +1,19 @@
 """``wagate serve``: the foreground launcher that owns every process of the gateway.
 
-It starts the actor system (whose Admin daemonises into its own process group),
-then the HTTP server (in a process group of its own), records both groups in
-``data_dir/run/gateway.json``, and on SIGTERM/SIGINT stops them in order: web
-first (no new requests), then ``Stop`` to the supervisor (no respawns), then the
-actor system, then a sweep of both groups so nothing survives. On start it sweeps
-what a crashed predecessor left behind.
+Before it starts anything it installs its SIGTERM/SIGINT/SIGHUP handlers and claims
+``data_dir`` (gateway/run_state.py): it stops what a crashed predecessor left
+running, marks every process it is about to start (gateway/ownership.py) and records
+the run in ``data_dir/run/gateway.json``. It then starts the actor system (whose
+Admin daemonises into its own process group) and the HTTP server (in a process group
+of its own). A stop signal at any moment, during start-up too, stops them in order:
+web first (no new requests), then ``Stop`` to the supervisor (no respawns), then the
+actor system, then every process that still holds the run's mark, so nothing
+survives; and only a process that holds the mark is ever signalled.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -36,20 +38,20 @@ from actors.system import (
     bind_address,
     configure_thespian_log,
     convention_timer_env,
-    group_alive,
     port_listening,
     start_system,
-    sweep_group,
 )
 from gateway.cluster import cluster_problem
 from gateway.config import Config
 from gateway.metrics import reset_metrics_dir
 from gateway.observability import setup_logging
+from gateway.ownership import Stamp
+from gateway.run_state import ClaimError, Run
 from gateway.web import web_environment
 
 log = structlog.get_logger("wagate.serve")
 
-STATE_FILE = "run/gateway.json"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StartupError(RuntimeError):
@@ -66,64 +68,116 @@ def serve(config: Config) -> int:
     if problem is not None:
         raise StartupError(problem)
     check_access(config)
-    sweep_leftovers(data)
+    # From here on a stop signal only asks for a stop, at whatever point of start-up it
+    # comes; the claim records the run before any process exists, so even a SIGKILL
+    # leaves the next start enough to find (and stop) what this one started.
+    with StopSignals() as stop:
+        try:
+            run = Run.claim(data, config.actors.admin_port, config.cluster.role)
+        except ClaimError as exc:
+            raise StartupError(str(exc)) from None
+        with run:
+            check_ports(config)
+            reset_metrics_dir(data)  # after the sweep: no web process of a predecessor
+            # Before any actor starts: a wrong or missing storage key stops the gateway
+            # here. The stores lock it takes is never closed: it lasts as long as this
+            # process and the actor processes (which inherit it) run, keeping
+            # `wagate keys rotate` out.
+            check_session_stores(config)
+            code = run_gateway(config, run, stop)
+        log.info("wagate stopped")
+        return code
+
+
+class StopSignals:
+    """SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal closed) ask for a stop: the
+    handler only records it, and start-up and the serving loop look at ``requested``
+    between steps, so a signal never cuts a step in half (leaving a process started
+    but not yet known to the cleanup). The previous handlers come back on exit."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return bool(self.received)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received.append(signum)
+
+    def __enter__(self) -> StopSignals:
+        for signum in STOP_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class Started:
+    """What start-up has started so far, for the stop (any of it may be missing)."""
+
+    def __init__(self) -> None:
+        self.system: Any = None
+        self.supervisor: Any = None
+        self.admin: Stamp | None = None
+        self.web: subprocess.Popen[bytes] | None = None
+
+
+def check_ports(config: Config) -> None:
     for what, host, port in (("actors.admin_port", bind_address(config),
                               config.actors.admin_port),
                              ("http.port", config.http.host, config.http.port)):
         if port_listening(port, host if host not in ("0.0.0.0", "") else "127.0.0.1"):
             raise StartupError(f"port {port} ({what}) is already in use; stop what uses it "
                                f"or choose another with --{what.split('.')[-1].replace('_', '-')}")
-    reset_metrics_dir(data)  # after the sweep: no web process of a predecessor writes there
-    # Before any actor starts: a wrong or missing storage key stops the gateway here.
-    # The stores lock it takes is never closed: it lasts as long as this process and
-    # the actor processes (which inherit it) run, keeping `wagate keys rotate` out.
-    check_session_stores(config)
 
-    stop_requested: list[int] = []
 
-    def request_stop(signum: int, _frame: Any) -> None:
-        stop_requested.append(signum)
-
-    system, supervisor, actor_pgid, admin_pid = start_actor_system(config)
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    web: subprocess.Popen[bytes] | None = None
-    exit_code = 0
+def run_gateway(config: Config, run: Run, stop: StopSignals) -> int:
+    """Start the actor system and the web server, serve until asked to stop (or until
+    one of them dies), then stop whatever was started. Exit code: 0 for a requested
+    stop (during start-up too), 1 when a part of the gateway died."""
+    started = Started()
     try:
-        # admin_port: `wagate status` and `wagate drain` find the actor system with it.
-        state = {"launcher": os.getpid(), "actor_pgid": actor_pgid,
-                 "admin_port": config.actors.admin_port, "role": config.cluster.role}
-        write_state(data, state)
-        web = start_web(config)
-        write_state(data, {**state, "web_pgid": web.pid})
-        wait_for_web(config, web)
+        if not stop.requested:
+            start_actor_system(config, started, run)
+        if not stop.requested:
+            started.web = start_web(config, run.mark_fd)
+            run.update(web_pgid=started.web.pid, web=Stamp.of(started.web.pid))
+            wait_for_web(config, started.web, stop)
+        if stop.requested:
+            log.info("stop requested during start-up; stopping what was started")
+            return 0
         log.info("wagate is serving", url=f"http://{config.http.host}:{config.http.port}/graphql",
-                 engine=config.transport.engine, data_dir=str(data),
+                 engine=config.transport.engine, data_dir=str(config.data_path),
                  admin_port=config.actors.admin_port, role=config.cluster.role)
-        while not stop_requested:
-            if web.poll() is not None:
-                log.error("the HTTP server exited; stopping the gateway", code=web.returncode)
-                exit_code = 1
-                break
-            if not _is_alive(admin_pid):
-                # Without the Admin nothing answers. Exit non-zero so systemd or the
-                # container runtime restarts the gateway (sessions and queued messages
-                # come back from disk).
-                log.error("the actor system died; stopping the gateway so it can be "
-                          "restarted", admin_pid=admin_pid)
-                exit_code = 1
-                break
-            problem = tend_endpoint(system, config, 0.2)
-            if problem is not None:
-                log.error(problem)
-                exit_code = 1
-                break
+        return watch(started, config, stop)
     finally:
-        stop_everything(system, supervisor, actor_pgid, web)
-        with contextlib.suppress(FileNotFoundError):
-            (data / STATE_FILE).unlink()
-        log.info("wagate stopped")
-    return exit_code
+        stop_everything(started, run)
+
+
+def watch(started: Started, config: Config, stop: StopSignals) -> int:
+    """Serve until a stop is requested or a part of the gateway dies (exit code 1)."""
+    web, admin = started.web, started.admin
+    assert web is not None
+    while not stop.requested:
+        if web.poll() is not None:
+            log.error("the HTTP server exited; stopping the gateway", code=web.returncode)
+            return 1
+        if admin is not None and not admin.alive():
+            # Without the Admin nothing answers. Exit non-zero so systemd or the
+            # container runtime restarts the gateway (sessions and queued messages
+            # come back from disk).
+            log.error("the actor system died; stopping the gateway so it can be "
+                      "restarted", admin_pid=admin.pid)
+            return 1
+        problem = tend_endpoint(started.system, config, 0.2)
+        if problem is not None:
+            log.error(problem)
+            return 1
+    return 0
 
 
 def check_access(config: Config) -> None:
@@ -147,12 +201,14 @@ def check_access(config: Config) -> None:
             "`wagate serve --demo` (loopback only)")
 
 
-def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
-    """Start the Admin and, except on a cluster member, the supervisor tree.
+def start_actor_system(config: Config, started: Started, run: Run) -> None:
+    """Start the Admin and, except on a cluster member, the supervisor tree, noting
+    each part in ``started`` as soon as it exists (the stop uses what is there) and
+    the actors' process group and Admin in the run's record.
 
-    Returns (system, supervisor or None on a member, process group of the actors, pid
-    of the Admin). A member's actor system joins the leader's convention; the leader's
-    supervisor places sessions (and a host agent) on it.
+    A member's actor system joins the leader's convention; the leader's supervisor
+    places sessions (and a host agent) on it. The Admin and every actor inherit the
+    run's mark from this process (fork).
     """
     logs = config.data_path / "logs"
     if config.cluster.role != "single":
@@ -170,37 +226,43 @@ def start_actor_system(config: Config) -> tuple[Any, Any, int, int]:
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        system = start_system(config, thespian_log_defs(logs / "actors.log"))
+        started.system = start_system(config, thespian_log_defs(logs / "actors.log"))
     finally:
         for fd, copy in zip((0, 1, 2), saved, strict=True):
             os.dup2(copy, fd)
             os.close(copy)
         os.close(log_fd)
         os.close(null_fd)
+    system = started.system
     timeout = config.actors.start_timeout_seconds
     if config.cluster.role == "member":
-        pgid, admin_pid = _member_processes(system, timeout)
+        info = _member_processes(system, timeout)
+    else:
+        started.supervisor = system.createActor(SupervisorActor, globalName=SUPERVISOR_NAME)
+        info = system.ask(started.supervisor, WhoAreYou(), timeout)
+    if not isinstance(info, ProcessInfo):
+        raise StartupError("the actor system did not start; see data_dir/logs/thespian.log")
+    # The supervisor's parent is the Admin (a member's probe's too): watched while
+    # serving, by pid *and* start time (a pid alone may be someone else's by then).
+    started.admin = Stamp.of(info.ppid)
+    if started.admin is None:
+        raise StartupError("the actor system died during start-up; see "
+                           "data_dir/logs/thespian.log")
+    run.update(actor_pgid=info.pgid, admin=started.admin)
+    if started.supervisor is None:  # a member: it joins only a leader of the same wagate
         problem = watch_leader(system, config, timeout)
         if problem is not None:
-            stop_everything(system, None, pgid, None)
             raise StartupError(problem)
-        return system, None, pgid, admin_pid
-    supervisor = system.createActor(SupervisorActor, globalName=SUPERVISOR_NAME)
-    info = system.ask(supervisor, WhoAreYou(), timeout)
-    if not isinstance(info, ProcessInfo):
-        system.shutdown()
-        raise StartupError("the actor system did not start; see data_dir/logs/thespian.log")
-    reply = system.ask(supervisor, StartGateway(config), timeout)
+        return
+    reply = system.ask(started.supervisor, StartGateway(config), timeout)
     if not isinstance(reply, Ok):
-        stop_everything(system, supervisor, info.pgid, None)
         raise StartupError(f"the supervisor did not start ({reply!r}); see "
                            "data_dir/logs/actors.log")
-    return system, supervisor, info.pgid, info.ppid
 
 
-def _member_processes(system: Any, timeout: float) -> tuple[int, int]:
+def _member_processes(system: Any, timeout: float) -> Any:
     """A member runs no supervisor: a short-lived local actor tells the process group
-    of its actor system (to sweep) and the Admin's pid (to watch)."""
+    of its actor system and the Admin's pid (to watch)."""
     from thespian.actors import ActorExitRequest
 
     from actors.host_agent import HostAgent
@@ -208,10 +270,7 @@ def _member_processes(system: Any, timeout: float) -> tuple[int, int]:
     probe = system.createActor(HostAgent)
     info = system.ask(probe, WhoAreYou(), timeout)
     system.tell(probe, ActorExitRequest())
-    if not isinstance(info, ProcessInfo):
-        system.shutdown()
-        raise StartupError("the actor system did not start; see data_dir/logs/thespian.log")
-    return info.pgid, info.ppid
+    return info
 
 
 def watch_leader(system: Any, config: Config, timeout: float) -> str | None:
@@ -266,18 +325,20 @@ def thespian_log_defs(path: Path) -> dict[str, Any]:
     }
 
 
-def start_web(config: Config) -> subprocess.Popen[bytes]:
-    """The HTTP server, in a process group of its own, without the secrets it does not
-    need."""
+def start_web(config: Config, mark_fd: int) -> subprocess.Popen[bytes]:
+    """The HTTP server, in a process group of its own, holding the run's mark (so a
+    sweep can prove its processes ours) and none of the secrets it does not need."""
     return subprocess.Popen([sys.executable, "-m", "gateway.web"],
                             env=web_environment(config, os.environ),
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+                            stdin=subprocess.DEVNULL, start_new_session=True,
+                            pass_fds=(mark_fd,))
 
 
-def wait_for_web(config: Config, web: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_for_web(config: Config, web: subprocess.Popen[bytes], stop: StopSignals,
+                 timeout: float = 30.0) -> None:
     host = config.http.host if config.http.host not in ("0.0.0.0", "") else "127.0.0.1"
     deadline = time.monotonic() + timeout
-    while not port_listening(config.http.port, host):
+    while not stop.requested and not port_listening(config.http.port, host):
         if web.poll() is not None:
             raise StartupError(f"the HTTP server exited at start (code {web.returncode})")
         if time.monotonic() > deadline:
@@ -286,70 +347,28 @@ def wait_for_web(config: Config, web: subprocess.Popen[bytes], timeout: float = 
         time.sleep(0.05)
 
 
-def stop_everything(system: Any, supervisor: Any, actor_pgid: int,
-                    web: subprocess.Popen[bytes] | None) -> None:
+def stop_everything(started: Started, run: Run) -> None:
+    """Stop, in order, what start-up started: the web server (no new requests), the
+    supervisor (no respawns), the actor system; then every process of the run that
+    is still alive (``Run.close``), whatever start-up got to."""
+    web = started.web
     if web is not None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(web.pid, signal.SIGTERM)
+        web.send_signal(signal.SIGTERM)  # our child, not yet reaped: its pid is its own
         try:
             web.wait(15)
         except subprocess.TimeoutExpired:
             log.warning("the HTTP server did not stop in time; killing it")
-        sweep_group(web.pid, settle=0.5, grace=2.0)
+        run.sweep(settle=0.5, grace=2.0, pgid=web.pid)  # its workers, proven ours
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            web.wait(5)  # reaped: no zombie
+    if started.system is None:
+        return
     try:
-        if supervisor is not None:  # a member has none (the leader's is not ours to stop)
-            system.ask(supervisor, Stop(), 10)  # before shutdown(): no child is respawned now
-        system.shutdown()
+        if started.supervisor is not None:  # a member has none (the leader's is not ours)
+            started.system.ask(started.supervisor, Stop(), 10)  # no child respawned now
+        started.system.shutdown()
     except Exception as exc:
         log.warning("actor system shutdown failed", error=repr(exc))
-    outcome = sweep_group(actor_pgid)
-    if outcome != "clean":
-        log.warning("actor processes had to be killed after shutdown", how=outcome)
-
-
-# ---- leftovers of a crashed predecessor ------------------------------------------------
-
-
-def write_state(data: Path, state: dict[str, int]) -> None:
-    path = data / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def sweep_leftovers(data: Path) -> None:
-    path = data / STATE_FILE
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return
-    launcher = int(state.get("launcher", 0))
-    if launcher and launcher != os.getpid() and _is_wagate(launcher):
-        raise StartupError(f"another wagate (pid {launcher}) is running with data_dir {data}; "
-                           "stop it first or use another --data-dir")
-    for key in ("web_pgid", "actor_pgid"):
-        pgid = int(state.get(key, 0))
-        if pgid and group_alive(pgid):
-            outcome = sweep_group(pgid, settle=0.0, grace=5.0)
-            log.warning("stopped processes left by a previous crash", group=key, how=outcome)
-    path.unlink()
-
-
-def running_gateway(data: Path) -> str | None:
-    """What still runs on ``data`` according to the launcher's state file, or None."""
-    try:
-        state = json.loads((data / STATE_FILE).read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return None
-    launcher = int(state.get("launcher", 0))
-    if launcher and _is_wagate(launcher):
-        return f"a running wagate (pid {launcher})"
-    for key in ("actor_pgid", "web_pgid"):
-        pgid = int(state.get(key, 0))
-        if pgid and group_alive(pgid):
-            return f"processes a crashed wagate left behind (process group {pgid})"
-    return None
 
 
 def check_session_stores(config: Config) -> int:
@@ -371,21 +390,3 @@ def check_session_stores(config: Config) -> int:
         os.close(lock)
         raise StartupError(f"cannot check the encrypted session stores: {exc}") from None
     return lock
-
-
-def _is_alive(pid: int) -> bool:
-    """Running, not a zombie (the Admin is not our child, so nobody reaps it here)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
-
-
-def _is_wagate(pid: int) -> bool:
-    """A live process running wagate: pids get reused after a crash."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    return _is_alive(pid) and (b"wagate" in cmdline or b"gateway" in cmdline)
