@@ -1,8 +1,9 @@
-"""Starting, joining and stopping the Thespian actor system, and sweeping leftovers.
+"""Starting, joining and stopping the Thespian actor system.
 
 Facts this module is built on (guides/thespian.md §7, §11):
 - the Admin daemonises (setsid + double fork), so every actor ends up in the
-  Admin's process group: that group is what we sweep after a stop or a crash;
+  Admin's process group (shown, never signalled by its id: the launcher stops only
+  processes proven its own, gateway/ownership.py);
 - Thespian binds every socket to all interfaces and speaks pickle, so in
   single-host mode we rewrite the bind address to 127.0.0.1 before the first
   ``ActorSystem(...)``; forked children inherit the patch;
@@ -18,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import time
 import weakref
@@ -307,7 +307,7 @@ def join_system(admin_port: int, address: str, networks: tuple[str, ...]) -> Any
     return open_system(address, networks, capabilities(admin_port))
 
 
-# ---- process sweeping -----------------------------------------------------------
+# ---- process groups (to look at, never to signal) -------------------------------
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -330,33 +330,3 @@ def _group_members(pgid: int) -> list[int]:
 
 def group_alive(pgid: int) -> bool:
     return bool(_group_members(pgid))
-
-
-def wait_group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if not _group_members(pgid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-
-
-def sweep_group(pgid: int, settle: float = 2.0, grace: float = 5.0) -> str:
-    """Make sure nothing of a process group survives.
-
-    Returns ``clean`` (it ended by itself), ``sigterm`` or ``sigkill`` (what it
-    took); tests fail on anything but ``clean`` after a graceful stop.
-    """
-    if pgid <= 1 or pgid == os.getpgrp():
-        return "clean"  # never signal our own group (or init's)
-    if wait_group_gone(pgid, settle):
-        return "clean"
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGTERM)
-    if wait_group_gone(pgid, grace):
-        return "sigterm"
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-    wait_group_gone(pgid, grace)
-    return "sigkill"

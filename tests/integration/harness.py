@@ -23,9 +23,11 @@ from typing import Any
 
 import requests
 
-from actors.system import group_alive, sweep_group
+from actors.system import group_alive
 from gateway.auth import TokenEntry, TokenFile, new_token, token_hash
 from gateway.networks import parse_networks
+from gateway.ownership import Mark, owned_processes, signal_owned, sweep_owned, wait_owned_gone
+from gateway.run_state import read_record
 
 # Shrunk delays: tests wait on conditions, never on the spec's 30 s / 60 s.
 FAST = {
@@ -139,6 +141,7 @@ class Gateway:
         self.config_path.write_text(_toml(config), encoding="utf-8")
         self.process: subprocess.Popen[bytes] | None = None
         self.groups: set[int] = set()
+        self.marks: list[Mark] = []  # of every run seen: the cleanup sweeps by them
         self.launchers: list[subprocess.Popen[bytes]] = []
         self.url = f"http://127.0.0.1:{self.port}"
         self.token = self.make_token("admin", name="harness-admin")
@@ -166,15 +169,16 @@ class Gateway:
     def start(self, timeout: float = 30.0) -> Gateway:
         """Start ``wagate serve`` (again, after ``stop`` or ``kill_launcher``: same ports,
         same data dir) and wait until *this* launcher's gateway is ready."""
-        self._launch()
+        self.launch()
         state = wait_for(self._ready, timeout, 0.1, f"gateway on port {self.port} to be ready")
         self.groups.update(int(state[k]) for k in ("actor_pgid", "web_pgid"))
+        self.mark()
         return self
 
     def start_refused(self, timeout: float = 60.0) -> tuple[int, str]:
         """Start ``wagate serve`` expecting it to give up by itself (at start, or soon
         after); returns its exit code and its log (serve.log and actors.log)."""
-        process = self._launch()
+        process = self.launch()
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -185,7 +189,8 @@ class Gateway:
         self.groups.update(int(state[k]) for k in ("actor_pgid", "web_pgid") if k in state)
         return code, self.log_tail(200)
 
-    def _launch(self) -> subprocess.Popen[bytes]:
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start ``wagate serve`` without waiting for it (``start`` waits)."""
         log = open(self.root / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
@@ -246,23 +251,40 @@ class Gateway:
         self.process.wait(10)
         self.process = None
 
-    def kill_everything(self) -> None:
-        """SIGKILL the launcher and every process group it recorded, as a host that
-        loses power would (nothing gets to say goodbye); waits until all are gone."""
-        from actors.system import wait_group_gone
+    def mark(self) -> Mark | None:
+        """The mark of the current run (every process of it holds it), remembered for
+        the cleanup; None when no run is recorded."""
+        record = read_record(self.data_dir)
+        if record is None:
+            return None
+        if record.mark not in self.marks:
+            self.marks.append(record.mark)
+        return record.mark
 
-        state = self.run_state() or {}
+    def signal_process(self, pid: int, signum: int) -> None:
+        """Send ``signum`` to ``pid``, which must be a process of the current run (never
+        to an id alone: the process may have been replaced by then)."""
+        mark = self.mark()
+        assert mark is not None, "no gateway run is recorded"
+        assert signal_owned(mark, pid, signum), f"pid {pid} is no process of this gateway"
+
+    def kill_processes(self, pgid: int | None = None) -> None:
+        """SIGKILL every process of the current run (of process group ``pgid`` only,
+        when given) but the launcher, and wait until they are gone."""
+        mark = self.mark()
+        assert mark is not None, "no gateway run is recorded"
+        for pid in owned_processes(mark, pgid):
+            signal_owned(mark, pid, signal.SIGKILL)
+        assert wait_owned_gone(mark, 10, pgid), "processes of the gateway survived SIGKILL"
+
+    def kill_everything(self) -> None:
+        """SIGKILL the launcher and every process of its run, as a host that loses
+        power would (nothing gets to say goodbye); waits until all are gone."""
         if self.process is not None:
-            self.process.kill()
-        groups = {int(state[k]) for k in ("actor_pgid", "web_pgid") if k in state}
-        for group in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
-        if self.process is not None:
+            self.process.kill()  # our own child, not yet reaped
             self.process.wait(10)
             self.process = None
-        for group in groups:
-            assert wait_group_gone(group, 10), f"process group {group} survived SIGKILL"
+        self.kill_processes()
 
     def cleanup(self) -> list[str]:
         """Finaliser: kill whatever is still running; returns what had to be killed."""
@@ -273,9 +295,11 @@ class Gateway:
         for launcher in self.launchers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 launcher.wait(10)
-        for group in self.groups:
-            if group_alive(group):
-                leaked.append(f"group {group}: {sweep_group(group, settle=0.5, grace=3)}")
+        self.mark()
+        for mark in self.marks:
+            outcome = sweep_owned(mark, settle=0.5, grace=3)
+            if outcome != "clean":
+                leaked.append(f"processes of run {mark.path}: {outcome}")
         self.http.close()
         return leaked
 
