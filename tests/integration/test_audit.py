@@ -5,7 +5,6 @@ killed audit actor is restarted without breaking the chain."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import stat
@@ -154,7 +153,7 @@ def test_a_killed_audit_actor_is_restarted_and_the_chain_goes_on(
         assert client.stdout.readline().strip() == "ready", client.stderr
         wait_for(lambda: events(gw, "test.before"), message="the first client entry")
 
-        os.kill(pid, signal.SIGKILL)
+        gw.signal_process(pid, signal.SIGKILL)
         wait_for(lambda: (lock_holder(audit) or {}).get("pid") not in (None, pid),
                  message="a new audit writer")
         client.stdin.write("go\n")

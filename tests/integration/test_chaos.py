@@ -373,7 +373,7 @@ class Chaos:
         pid = wait_for(lambda: session_health(self.gw).get("pid"), 15, 0.05,
                        "a session process to kill")
         in_flight = self.when_busy()
-        os.kill(pid, signal.SIGKILL)
+        self.gw.signal_process(pid, signal.SIGKILL)
         self.kills += 1
         self.note(f"killed session {pid} ({len(in_flight)} in flight)")
         wait_for(lambda: session_health(self.gw).get("pid") not in (None, pid), 15, 0.05,
@@ -386,7 +386,7 @@ class Chaos:
                        "an outbox process to kill")
         in_flight = self.when_busy()
         before = self.actor_pids()
-        os.kill(pid, signal.SIGKILL)
+        self.gw.signal_process(pid, signal.SIGKILL)
         self.kills += 1
         self.note(f"killed outbox {pid} ({len(in_flight)} in flight)")
         # Seen from outside first: until the supervisor has noticed the death, a health
@@ -409,10 +409,7 @@ class Chaos:
         """SIGKILL every process at once (a power cut of the processes), then start a
         new gateway on the same data dir, ports and config."""
         in_flight = self.when_busy()
-        for group in self.gw.groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
-        self.gw.kill_launcher()
+        self.gw.kill_everything()
         self.kills += 1
         self.note(f"killed the whole gateway ({len(in_flight)} in flight)")
         self.gw.start()

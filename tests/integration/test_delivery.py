@@ -3,7 +3,6 @@ and crash safety, over real HTTP against real processes."""
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -186,15 +185,13 @@ def test_queued_messages_survive_a_killed_outbox_and_a_killed_gateway(
     first = [send_message(gw, f"before outbox kill {i}")["id"] for i in range(3)]
 
     outbox_pid = gw.health()["processes"]["outbox"]
-    os.kill(outbox_pid, signal.SIGKILL)
+    gw.signal_process(outbox_pid, signal.SIGKILL)
     wait_for(lambda: gw.health().get("processes", {}).get("outbox") not in (None, outbox_pid),
              20, message="a new outbox process")
     second = [send_message(gw, f"after outbox kill {i}")["id"] for i in range(2)]
 
     # The whole gateway dies at once (power cut of the processes), then starts again.
-    for group in gw.groups:
-        os.killpg(group, signal.SIGKILL)
-    gw.kill_launcher()
+    gw.kill_everything()
     gw.start()
     gw.sim("restore")
     gw.wait_state("CONNECTED", timeout=30)

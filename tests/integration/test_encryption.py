@@ -9,7 +9,6 @@ key must rotate, and a crash between checkpoints must still reconnect.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -276,10 +275,7 @@ def test_a_crash_between_checkpoints_still_reconnects(
     assert gw.send(PHONE, "before the crash").data == OK
     [stale] = work.glob("wagate-*")
 
-    for group in gw.groups:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-    gw.kill_launcher()
+    gw.kill_everything()
     wait_for(lambda: not any(group_alive(g) for g in gw.groups), 10,
              message="every process of the gateway to be gone")
     assert (stale / "store" / "simulator.json").is_file()  # a crash cannot clean up

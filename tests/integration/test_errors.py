@@ -9,7 +9,6 @@ check that nothing internal leaks.
 
 from __future__ import annotations
 
-import os
 import signal
 import uuid
 from collections.abc import Callable
@@ -299,7 +298,7 @@ def test_dead_supervisor_is_unavailable_and_stop_still_cleans_up(
     the launcher must still stop cleanly, leaving no process behind."""
     gw = make_gateway({"actors": {"ask_timeout_seconds": 1.0}}).start()
     supervisor = gw.health()["processes"]["supervisor"]
-    os.kill(supervisor, signal.SIGKILL)
+    gw.signal_process(supervisor, signal.SIGKILL)
     wait_for(lambda: gw.http.get(gw.url + "/readyz", timeout=10).status_code == 503, 10,
              message="readiness to fail")
     # whatsAppStatus reads the supervisor's snapshot file while it is fresh (a few
@@ -332,7 +331,7 @@ def test_dead_actor_system_stops_the_launcher_for_a_restart(
     state = gw.run_state()
     assert state is not None
     actor_pgid = int(state["actor_pgid"])
-    os.killpg(actor_pgid, signal.SIGKILL)
+    gw.kill_processes(actor_pgid)
     assert gw.process is not None
     code = gw.process.wait(30)
     gw.process = None

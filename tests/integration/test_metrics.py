@@ -76,7 +76,7 @@ def replace_workers(gw: Gateway) -> set[int]:
     old = web_workers(gw)
     assert len(old) == 2, old
     for pid in old:
-        os.kill(pid, signal.SIGTERM)
+        gw.signal_process(pid, signal.SIGTERM)
     wait_for(lambda: len(new := web_workers(gw)) == 2 and not new & old, 30,
              message="gunicorn to replace both workers")
     wait_for(lambda: requests.get(gw.url + "/readyz", timeout=5,

@@ -9,7 +9,6 @@ is lost or sent twice. Delays are shrunk through the config, never by patching.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 import uuid
@@ -141,7 +140,7 @@ def test_killed_session_process_is_restarted_without_a_qr(gateway: Gateway) -> N
     it starts a new one that resumes the link by itself."""
     gateway.link()
     old_pid = gateway.session_pid()
-    os.kill(old_pid, signal.SIGKILL)
+    gateway.signal_process(old_pid, signal.SIGKILL)
 
     def restarted() -> int | None:
         [entry] = [s for s in gateway.health()["sessions"] if s["session"] == "default"]
