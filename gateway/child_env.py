@@ -39,9 +39,11 @@ def helper_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def web_config(config: Any) -> Any:
-    """The config as the web tier gets it: without the outbound proxy's address, which
-    may carry a password and which only the sessions use."""
-    if not config.transport.proxy:
+    """The config as the web tier gets it: without the outbound proxy's address and the
+    real engine's Postgres DSN (``transport.session_store``), which may carry
+    passwords and which only the sessions use."""
+    transport = config.transport
+    if not transport.proxy and not transport.session_store:
         return config
-    return dataclasses.replace(config, transport=dataclasses.replace(config.transport,
-                                                                     proxy=""))
+    return dataclasses.replace(config, transport=dataclasses.replace(
+        transport, proxy="", session_store=""))

@@ -240,13 +240,14 @@ def web_processes(gw: Gateway) -> set[int]:
     return set(_group_members(int(state["web_pgid"])))
 
 
-def test_the_web_server_gets_neither_the_storage_key_nor_proxy_credentials(
+def test_the_web_server_gets_neither_the_storage_key_nor_transport_passwords(
         make_gateway: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch) -> None:
     """The storage key in the launcher's environment reaches the actor processes (the
-    sessions need it), never the web server or its workers; nor does the password of
-    the WhatsApp proxy, which only the sessions use."""
+    sessions need it), never the web server or its workers; nor do the passwords in
+    the WhatsApp proxy's URL and the engine's Postgres DSN, which only sessions use."""
     gw = make_gateway({"http": {"workers": 2},
-                       "transport": {"proxy": "socks5://wagate:proxy-pass-7d1@127.0.0.1:9"}})
+                       "transport": {"proxy": "socks5://wagate:proxy-pass-7d1@127.0.0.1:9",
+                                     "session_store": "postgres://w:pg-pass-7d1@127.0.0.1/w"}})
     key_text = gw.key_file.read_text().strip()
     monkeypatch.setenv("WAGATE_STORE_KEY", key_text)
     gw.key_file.write_text("not a key\n")  # so the sessions must use the variable
@@ -259,4 +260,4 @@ def test_the_web_server_gets_neither_the_storage_key_nor_proxy_credentials(
         environ = environment_of(pid)
         assert "WAGATE_STORE_KEY" not in environ, pid
         assert not any(key_text in value for value in environ.values()), pid
-        assert not any("proxy-pass-7d1" in value for value in environ.values()), pid
+        assert not any("pass-7d1" in value for value in environ.values()), pid

@@ -39,17 +39,20 @@ def test_the_sqlite_snapshot_helper_gets_no_secret(
     assert "LANG=C.UTF-8" in environment  # what an interpreter may need still gets there
 
 
-def test_the_web_environment_drops_every_key_variable_and_the_proxy(tmp_path: Path) -> None:
+def test_the_web_environment_drops_every_key_variable_and_the_transport_secrets(
+        tmp_path: Path) -> None:
     config = load_config(None, {"storage.data_dir": str(tmp_path),
                                 "encryption.key_env": "OTHER_STORE_KEY",
-                                "transport.proxy": "socks5://u:pass-1@127.0.0.1:9"})
+                                "transport.proxy": "socks5://u:pass-1@127.0.0.1:9",
+                                "transport.session_store": "postgres://u:pass-1@127.0.0.1/w"})
     assert secret_variables(config) == {"OTHER_STORE_KEY", "WAGATE_STORE_KEY"}
     environ = {"PATH": "/usr/bin", "OTHER_STORE_KEY": KEY_TEXT, "WAGATE_STORE_KEY": KEY_TEXT}
     web = web_environment(config, environ)
     assert web["PATH"] == "/usr/bin"
     assert not any(KEY_TEXT in value or "pass-1" in value for value in web.values())
     assert web_config(config).transport.proxy == ""
-    assert config.transport.proxy  # the sessions' config keeps it
+    assert web_config(config).transport.session_store == ""
+    assert config.transport.proxy and config.transport.session_store  # the sessions keep them
 
 
 def test_an_empty_key_variable_name_drops_only_the_default() -> None:
