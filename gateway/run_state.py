@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ STATE_FILE = "run/gateway.json"
 LAUNCHER_LOCK = "run/launcher.lock"
 STATE_VERSION = 2
 LEFTOVER_GRACE_SECONDS = 5.0  # per signal, for processes a crashed launcher left
+MAX_STATE_BYTES = 64 * 1024  # a record is a few hundred bytes; more is not one
 
 
 class ClaimError(RuntimeError):
@@ -84,7 +86,10 @@ class RunRecord:
         launcher = Stamp(_count(raw, "launcher"), _count(raw, "launcher_start"))
         mark = Mark(_text(raw, "mark"), _count(raw, "mark_dev"), _count(raw, "mark_ino"),
                     _text(raw, "boot_id"), launcher.start)
-        return cls(launcher, mark, _count(raw, "admin_port"), _text(raw, "role"),
+        port = _count(raw, "admin_port")
+        if not 0 < port < 65536:
+            raise ValueError("admin_port is not a port")
+        return cls(launcher, mark, port, _text(raw, "role"),
                    _optional(raw, "actor_pgid"), _stamp(raw, "admin"),
                    _optional(raw, "web_pgid"), _stamp(raw, "web"))
 
@@ -116,8 +121,16 @@ def _stamp(raw: dict[str, Any], name: str) -> Stamp | None:
 def read_state(data: Path) -> dict[str, Any] | None:
     """The state file as JSON (any shape), or None when there is none or it is garbled."""
     try:
-        raw = json.loads((data / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        fd = os.open(data / STATE_FILE,
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None  # a FIFO or device would block or never end
+            text = f.read(MAX_STATE_BYTES + 1)
+        if len(text) > MAX_STATE_BYTES:
+            return None
+        raw = json.loads(text)
+    except (OSError, ValueError):  # absent, a symlink, not a file, or garbled
         return None
     return raw if isinstance(raw, dict) else None
 
@@ -138,7 +151,10 @@ def read_record(data: Path) -> RunRecord | None:
 def write_record(data: Path, record: RunRecord) -> None:
     path = data / STATE_FILE
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # never write through whatever a stale name points to
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(record.to_json()))
     os.replace(tmp, path)
@@ -247,7 +263,11 @@ class Run:
 
 def _lock_launcher(data: Path) -> int:
     path = data / LAUNCHER_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ClaimError(f"cannot open {path} ({exc.strerror}); it must be a regular file "
+                         "of the user wagate runs as: remove it and start again") from None
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

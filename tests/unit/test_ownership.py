@@ -197,3 +197,27 @@ def test_a_second_launcher_cannot_claim_a_claimed_data_dir(data_dir: Path) -> No
         assert f"another wagate (pid {os.getpid()}) is running" in done.stdout
     assert not (data_dir / STATE_FILE).exists()
     assert Run.claim(data_dir, 4711, "single").close() == "clean"  # free again
+
+
+@pytest.mark.parametrize("shape", ["symlink", "fifo", "huge", "port"])
+def test_a_state_file_of_a_hostile_shape_is_no_record_and_never_blocks(
+        data_dir: Path, mark: tuple[int, Mark], tmp_path: Path, shape: str) -> None:
+    """Someone who can write data_dir chooses the state file: a symlink to a record
+    elsewhere, a FIFO (reading it would block the start forever), a huge file, a port
+    out of range. None is a record; a claim goes ahead."""
+    _, made = mark
+    path = data_dir / STATE_FILE
+    if shape == "symlink":
+        elsewhere = tmp_path / "elsewhere.json"
+        elsewhere.write_text(json.dumps(record_json(data_dir, made)))
+        path.symlink_to(elsewhere)
+    elif shape == "fifo":
+        os.mkfifo(path)
+    elif shape == "huge":
+        path.write_text(json.dumps(record_json(data_dir, made, pad="x" * 100_000)))
+    else:
+        path.write_text(json.dumps(record_json(data_dir, made, admin_port=70000)))
+    assert read_record(data_dir) is None
+    assert running_admin_port(data_dir) is None
+    Run.claim(data_dir, 4711, "single").close()
+    assert not path.exists()
