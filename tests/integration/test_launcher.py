@@ -23,7 +23,7 @@ import pytest
 
 from actors.system import port_listening
 from gateway.ownership import owned_processes
-from tests.integration.harness import Gateway, wait_for
+from tests.integration.harness import Gateway, free_port, wait_for
 
 
 def processes_using(directory: Path) -> set[int]:
@@ -261,3 +261,22 @@ def test_the_web_server_gets_neither_the_storage_key_nor_transport_passwords(
         assert "WAGATE_STORE_KEY" not in environ, pid
         assert not any(key_text in value for value in environ.values()), pid
         assert not any("pass-7d1" in value for value in environ.values()), pid
+
+
+def test_status_never_takes_a_crashed_launchers_port_for_its_gateway(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """The admin port in a state file a crashed launcher left may belong to another
+    gateway by now: `wagate status` for this data_dir must not report that one."""
+    first = make_gateway({"actors": {"admin_port": free_port()}})  # the config's: unused
+    first.start()
+    first.kill_everything()
+    assert first.run_state() is not None  # left behind, naming first.admin_port
+
+    other = make_gateway()
+    other.admin_port = first.admin_port  # another gateway now has that port
+    other.start()
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "status", "--json",
+                           "--config", str(first.config_path)], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stdout
+    assert "no gateway is running" in done.stderr
