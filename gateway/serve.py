@@ -93,17 +93,31 @@ class StopSignals:
     """SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal closed) ask for a stop: the
     handler only records it, and start-up and the serving loop look at ``requested``
     between steps, so a signal never cuts a step in half (leaving a process started
-    but not yet known to the cleanup). The previous handlers come back on exit."""
+    but not yet known to the cleanup). The previous handlers come back on exit.
+
+    The actor system is forked from this process and inherits the handler; Thespian
+    sets its own for some signals, not for all (the Admin keeps ours for SIGTERM). In
+    any process but the launcher the handler therefore acts as the previous one did:
+    a SIGTERM still ends the Admin, and the launcher notices."""
 
     def __init__(self) -> None:
         self.received: list[int] = []
         self._previous: dict[int, Any] = {}
+        self._launcher = os.getpid()
 
     @property
     def requested(self) -> bool:
         return bool(self.received)
 
-    def _handle(self, signum: int, _frame: Any) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._launcher:
+            previous = self._previous.get(signum, signal.SIG_DFL)
+            signal.signal(signum, previous)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                signal.raise_signal(signum)
+            return
         self.received.append(signum)
 
     def __enter__(self) -> StopSignals:

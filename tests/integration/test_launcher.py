@@ -280,3 +280,21 @@ def test_status_never_takes_a_crashed_launchers_port_for_its_gateway(
                           text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 1, done.stdout
     assert "no gateway is running" in done.stderr
+
+
+def test_a_sigterm_to_the_actor_system_still_ends_it_and_the_launcher(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """The Admin is forked from the launcher after its stop handler is in place: it must
+    not inherit "only note the request". A SIGTERM to it (an operator, the OOM
+    killer's warning, a host agent) ends it; the launcher then stops the rest and
+    exits 1 for a restart."""
+    gw = make_gateway().start()
+    state = gw.run_state()
+    assert state is not None
+    gw.signal_process(int(state["admin_pid"]), signal.SIGTERM)
+    assert gw.process is not None
+    assert gw.process.wait(60) == 1, gw.log_tail()
+    gw.process = None
+    assert "the actor system died" in gw.log_tail()
+    wait_for(lambda: not processes_using(gw.data_dir), 15,
+             message="no process left that uses data_dir")
