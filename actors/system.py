@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 import weakref
 from pathlib import Path
 from typing import Any

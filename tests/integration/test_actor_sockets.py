@@ -131,14 +131,15 @@ def unfiltered_endpoint(gateway: Gateway, log_dir: Path) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def supervisor_stopped(pid: int) -> Iterator[None]:
+def supervisor_stopped(gateway: Gateway, pid: int) -> Iterator[None]:
     """Hold the supervisor (SIGSTOP): every ask to it waits, so every asking process
-    keeps running its actor-system endpoint meanwhile."""
-    os.kill(pid, signal.SIGSTOP)
+    keeps running its actor-system endpoint meanwhile. Signalled through the harness,
+    which checks that the pid is still a process of this gateway."""
+    gateway.signal_process(pid, signal.SIGSTOP)
     try:
         yield
     finally:
-        os.kill(pid, signal.SIGCONT)
+        gateway.signal_process(pid, signal.SIGCONT)
 
 
 def cli(gateway: Gateway, *args: str) -> subprocess.Popen[str]:
@@ -208,7 +209,7 @@ def test_every_actor_system_socket_closes_outside_connections_unread(
         workers = [pid for pid in _group_members(int(state["web_pgid"]))
                    if pid != int(state["web_pgid"])]  # gunicorn's workers, not its master
         answers: list[int] = []
-        with supervisor_stopped(supervisor):
+        with supervisor_stopped(gateway, supervisor):
             request = threading.Thread(target=lambda: answers.append(requests.get(
                 gateway.url + "/admin/health", timeout=LONG_ASK + 30,
                 headers={"Authorization": f"Bearer {gateway.token}"}).status_code))
