@@ -70,6 +70,11 @@ class TransportConfig:
     # DSN is used as is, with "{session}" replaced by the session id (one database per
     # session: the engine resumes the first device it finds). A DSN may hold a password.
     session_store: str = field(default="", repr=False)
+    # The real engine appends <bot biz_bot="1"/> to every message to a person unless told
+    # not to: recipients then see an "AI" label under it. Off unless the operator wants
+    # the account to declare itself automated (README: How wagate keeps an account
+    # looking like a person).
+    mark_as_bot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +134,27 @@ class DeliveryConfig:
     keep_text: bool = True  # false: a finished message keeps only the SHA-256 of its text
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"  # FULL also survives a power cut
     tick_seconds: float = 1.0  # how often expiry, retries and pruning are looked at
+
+
+@dataclass(frozen=True, slots=True)
+class PacingConfig:
+    """How a session spaces its sends so the linked account does not send like a machine.
+
+    The defaults are for the real engine (evidence in docs/engine-defaults.md); with
+    ``transport.engine = "simulator"`` every key the file leaves out is 0 (off).
+    """
+
+    min_interval_seconds: float = 1.0  # at least this long between two sends of one session
+    jitter_seconds: float = 0.5  # plus a random 0 to jitter_seconds on every interval
+    typing_seconds: float = 0.0  # "typing..." shown to the recipient this long before a send
+    warmup_days: float = 3.0  # a newly linked device is in warm-up this long; 0 = no warm-up
+    warmup_daily_cap: int = 50  # sends per 24 h of a session while it is in warm-up
+
+
+# Pacing of the simulator (no account to protect, and tests measure their own pacing):
+# used for every pacing key a config with engine "simulator" leaves out.
+SIMULATOR_PACING = {"min_interval_seconds": 0.0, "jitter_seconds": 0.0, "typing_seconds": 0.0,
+                    "warmup_days": 0.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +252,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     messages: MessagesConfig = field(default_factory=MessagesConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    pacing: PacingConfig = field(default_factory=PacingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -290,6 +317,9 @@ RANGES: dict[str, Range] = {
     "graphql.max_batch": Range(1, 1000), "graphql.max_body_bytes": Range(1024, 67_108_864),
     "cluster.sessions": Range(0, 1000), "cluster.heartbeat_seconds": _SECONDS,
     "cluster.heartbeat_misses": Range(1, 1000), "cluster.reregister_seconds": _DAY,
+    "pacing.min_interval_seconds": Range(0, 3600), "pacing.jitter_seconds": Range(0, 3600),
+    "pacing.typing_seconds": Range(0, 30), "pacing.warmup_days": Range(0, 365),
+    "pacing.warmup_daily_cap": Range(1, 1_000_000),
 }
 
 
@@ -309,7 +339,18 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         raw.setdefault(section, {})[key] = value
-    return _checked(_build(Config, raw, ""))
+    return _checked(_build(Config, _engine_defaults(raw), ""))
+
+
+def _engine_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Defaults that depend on the engine: the simulator is not paced unless the file
+    says so (pacing protects a real account; a demo or a test should not wait)."""
+    transport, pacing = raw.get("transport", {}), raw.get("pacing", {})
+    if not isinstance(transport, dict) or not isinstance(pacing, dict):
+        return raw  # _build names the section that is not a table
+    if transport.get("engine", TransportConfig.engine) == "simulator":
+        raw = {**raw, "pacing": {**SIMULATOR_PACING, **pacing}}
+    return raw
 
 
 def _checked(config: Config) -> Config:
@@ -324,6 +365,7 @@ def _checked(config: Config) -> Config:
     _check_browser_access(config.http)
     _check_cluster(config.cluster)
     _check_without_tokens(config)
+    _check_pacing(config)
     return config
 
 
@@ -360,6 +402,17 @@ def _check_test_message(messages: MessagesConfig) -> None:
         validate_message(messages.test_message, messages.max_length)
     except ValidationError as exc:
         raise ConfigError(f"messages.test_message: {exc.message}") from None
+
+
+def _check_pacing(config: Config) -> None:
+    """Typing must end before a waiting caller's ack timeout would (each pacing number
+    is checked on its own by ``RANGES``)."""
+    pacing = config.pacing
+    if pacing.typing_seconds >= config.messages.send_timeout_seconds:
+        raise ConfigError(
+            f"pacing.typing_seconds ({pacing.typing_seconds:g}) must be less than "
+            f"messages.send_timeout_seconds ({config.messages.send_timeout_seconds:g}): a "
+            "caller waiting for the ack would time out while the session is still typing")
 
 
 def _check_networks(config: Config) -> None:
@@ -401,7 +454,7 @@ def _check_cluster(cluster: ClusterConfig) -> None:
 
 def config_from_dict(data: dict[str, Any]) -> Config:
     """The inverse of ``config_to_dict``, with the same checks as a file."""
-    return _checked(_build(Config, data, ""))
+    return _checked(_build(Config, _engine_defaults(data), ""))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

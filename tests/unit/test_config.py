@@ -348,6 +348,10 @@ def test_range_edges_are_accepted() -> None:
                 overrides["messages.retention_hours"] = value
             if key == "messages.retention_hours" and value < 24:
                 overrides["delivery.idempotency_hours"] = value
+            if key == "pacing.typing_seconds":
+                overrides["messages.send_timeout_seconds"] = value + 1
+            if key == "messages.send_timeout_seconds" and value <= Config().pacing.typing_seconds:
+                overrides["pacing.typing_seconds"] = 0.0
             load_config(overrides=overrides)
 
 
@@ -355,3 +359,54 @@ def test_range_edges_are_accepted() -> None:
 def test_a_test_message_the_api_would_refuse_is_refused_at_load(text: str) -> None:
     with pytest.raises(ConfigError, match=r"messages\.test_message"):
         load_config(overrides={"messages.test_message": text, "messages.max_length": 20})
+
+
+# ---- the engine's badge and pacing --------------------------------------------------
+
+
+def test_messages_are_not_marked_as_sent_by_a_bot_unless_configured() -> None:
+    assert Config().transport.mark_as_bot is False
+    assert load_config(overrides={"transport.mark_as_bot": True}).transport.mark_as_bot is True
+
+
+def test_the_real_engine_is_paced_by_default_and_the_simulator_is_not(tmp_path: Path) -> None:
+    real = load_config().pacing
+    assert (real.min_interval_seconds, real.jitter_seconds, real.warmup_days) == (1.0, 0.5, 3.0)
+    simulated = load_config(write(tmp_path, '[transport]\nengine = "simulator"\n')).pacing
+    assert (simulated.min_interval_seconds, simulated.jitter_seconds, simulated.typing_seconds,
+            simulated.warmup_days) == (0.0, 0.0, 0.0, 0.0)
+    # What the file says wins over the simulator's zeros, key by key.
+    chosen = load_config(write(tmp_path, '[transport]\nengine = "simulator"\n'
+                                         '[pacing]\nmin_interval_seconds = 2\n')).pacing
+    assert (chosen.min_interval_seconds, chosen.jitter_seconds) == (2.0, 0.0)
+    demo = load_config(overrides={"transport.engine": "simulator"})
+    assert demo.pacing.min_interval_seconds == 0.0
+    # Handing a config to another process keeps it exactly.
+    from gateway.config import config_from_dict
+    assert config_from_dict(config_to_dict(Config())) == Config()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-0.5", "3601", "1e300"])
+@pytest.mark.parametrize("key", ["min_interval_seconds", "jitter_seconds", "warmup_days"])
+def test_pacing_numbers_must_be_finite_and_in_range(tmp_path: Path, key: str,
+                                                    value: str) -> None:
+    if key == "warmup_days" and value == "3601":
+        value = "366"
+    with pytest.raises(ConfigError, match=f"pacing.{key}"):
+        load_config(write(tmp_path, f"[pacing]\n{key} = {value}\n"))
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1000001"])
+def test_the_warmup_cap_must_allow_a_send(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"pacing\.warmup_daily_cap"):
+        load_config(write(tmp_path, f"[pacing]\nwarmup_daily_cap = {value}\n"))
+
+
+def test_typing_must_end_before_a_waiting_caller_times_out(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"pacing\.typing_seconds.*send_timeout_seconds"):
+        load_config(write(tmp_path, "[pacing]\ntyping_seconds = 5\n"
+                                    "[messages]\nsend_timeout_seconds = 5\n"))
+    with pytest.raises(ConfigError, match=r"pacing\.typing_seconds"):
+        load_config(write(tmp_path, "[pacing]\ntyping_seconds = 31\n"))
+    assert load_config(write(tmp_path, "[pacing]\ntyping_seconds = 2.5\n")
+                       ).pacing.typing_seconds == 2.5
