@@ -57,6 +57,7 @@ from actors.system import host_config, on_required_host
 from actors.threadbridge import BridgedActor
 from actors.transport.base import (
     Connected,
+    EngineSetupError,
     LoggedOut,
     PairingClosed,
     Receipt,
@@ -472,6 +473,10 @@ class SessionActor(BridgedActor):
             try:
                 self.transport = create_transport(engine, self.session, self.config.data_path,
                                                   self.config, store_dir)
+            except EngineSetupError as exc:  # its message says what to do
+                log.error("transport engine refused", engine=engine, error=str(exc))
+                raise EngineUnavailable(f"the '{engine}' WhatsApp engine cannot start: {exc}"
+                                        ) from exc
             except Exception as exc:
                 log.error("transport engine unavailable", engine=engine, error=repr(exc))
                 raise EngineUnavailable(

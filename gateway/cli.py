@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -144,10 +145,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["http.dev"] = True
     config = resolve_config(args, overrides)
     try:
+        start_with_engine_environment(config.transport.mark_as_bot)
         return serve(config)
     except StartupError as exc:
         print(f"wagate: cannot start: {exc}", file=sys.stderr)
         return 1
+
+
+def start_with_engine_environment(mark_as_bot: bool) -> None:
+    """Make sure this launcher runs with the environment the engine must see, by
+    running itself again (same pid, same arguments) with it when it does not.
+
+    The engine is a Go library, and Go reads the environment block a process was
+    exec'd with: a variable set from Python, even before the library loads or before
+    a fork, never reaches it. Every actor process is forked from this launcher and
+    inherits its block, so setting it here, by exec, is what the sessions' engine sees.
+    Called before anything is started: nothing (threads, files, children) is lost.
+    """
+    from actors.transport.engine import (
+        REEXEC_MARKER,
+        engine_environment,
+        environment_mismatch,
+        exec_environment,
+    )
+    from gateway.serve import StartupError
+
+    wanted = engine_environment(mark_as_bot)
+    missing = environment_mismatch(wanted, exec_environment())
+    if not missing:
+        return
+    if os.environ.get(REEXEC_MARKER) == str(os.getpid()) or not sys.executable:
+        raise StartupError(f"cannot start the engine with {missing} in its environment; "
+                           "start wagate with these variables set")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv,
+              {**os.environ, **wanted, REEXEC_MARKER: str(os.getpid())})
 
 
 # ---- simulator ----------------------------------------------------------------------------

@@ -126,6 +126,11 @@ class SendError(Exception):
         self.uncertain = uncertain
 
 
+class EngineSetupError(Exception):
+    """The engine cannot be used in this process; the message names the cause and what
+    the operator does about it (shown as the session's ``lastError``)."""
+
+
 class Transport(ABC):
     """One WhatsApp client for one session."""
 

@@ -12,6 +12,10 @@ neonize is an awkward neighbour, and most of this module is about living with it
   ``logging.basicConfig`` on the root logger; it happens in ``_load_api`` (first
   transport built in the process), with the root logger restored afterwards and
   neonize's Go log level set before its first ``connect``.
+* **Check what the import would do** (``actors.transport.engine``): a missing library,
+  or one of another version, would make neonize download one from the internet, and
+  an environment that says otherwise than ``transport.mark_as_bot`` would make every
+  message carry (or lose) the "AI" badge. Either refuses the engine, before the import.
 * **Never block the caller.** ``NewClient.connect`` blocks for the whole session, and
   ``stop`` blocks up to a minute while a dial hangs; both run on daemon threads of
   their own. ``close`` only flags and hands the stop to a thread.
@@ -70,8 +74,10 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import threading
 import time
+import types
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,6 +90,7 @@ from actors.transport.base import (
     ClientOutdated,
     Connected,
     Disconnected,
+    EngineSetupError,
     EventSink,
     LoggedOut,
     PairingClosed,
@@ -97,6 +104,13 @@ from actors.transport.base import (
     TransportEvent,
     check_session_id,
     make_private_dir,
+)
+from actors.transport.engine import (
+    EngineLibrary,
+    bot_tag_problem,
+    exec_environment,
+    library_problem,
+    locate_library,
 )
 
 if TYPE_CHECKING:
@@ -189,12 +203,18 @@ class _DaemonThread(threading.Thread):
         super().__init__(*args, **kwargs)
 
 
-def _load_api(level_name: str) -> _Api:
-    """Import neonize (once per process) without letting it take over logging."""
+def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
+    """Import neonize (once per process) without letting it take over logging, and
+    only after checking that the import would neither download code nor make the
+    engine mark messages otherwise than configured (``EngineSetupError`` if it would)."""
     global _API
+    problem = bot_tag_problem(mark_as_bot, exec_environment())
+    if problem is not None:
+        raise EngineSetupError(problem)
     with _API_LOCK:
         if _API is not None:
             return _API
+        _refuse_downloads(_checked_library())
         # The level neonize hands to Go is read from this logger at every connect;
         # unset (NOTSET) it forwards every Go DEBUG line through the FFI.
         gateway_level = logging.getLevelName(level_name)
@@ -245,6 +265,35 @@ def _load_api(level_name: str) -> _Api:
         return _API
 
 
+def _checked_library() -> EngineLibrary:
+    """The engine library, present and of the version neonize requires."""
+    try:
+        library = locate_library()
+    except (LookupError, ImportError, ValueError) as exc:
+        raise EngineSetupError(str(exc)) from exc
+    problem = library_problem(library)
+    if problem is not None:
+        raise EngineSetupError(problem)
+    return library
+
+
+def _refuse_downloads(library: EngineLibrary) -> None:
+    """Stand in for neonize's downloader before neonize is imported, so that no path
+    of the import (a file swapped after the check, say) can fetch a library: neonize
+    takes ``download`` from this module and calls it only to replace its library."""
+    if "neonize.download" in sys.modules:
+        return
+
+    def download() -> None:
+        raise EngineSetupError(
+            f"neonize tried to download its engine library; wagate never downloads code "
+            f"at run time: reinstall neonize=={library.expected_version}")
+
+    stub = types.ModuleType("neonize.download")
+    stub.__dict__.update(__GONEONIZE_VERSION__=library.expected_version, download=download)
+    sys.modules["neonize.download"] = stub
+
+
 def _client_class(new_client: type) -> type:
     """A ``NewClient`` whose login-status callback reaches the transport.
 
@@ -292,7 +341,7 @@ class NeonizeTransport(Transport):
         # Importing here, not in connect(): a missing or broken engine then fails
         # the transport's construction, which the session reports as
         # ENGINE_UNAVAILABLE, instead of failing later on the actor's thread.
-        self._api = _load_api(config.logging.level)
+        self._api = _load_api(config.logging.level, config.transport.mark_as_bot)
         self._lock = threading.Lock()  # guards _conn, _connections and _closed
         # Held while an event is delivered and when closing: once close() has
         # returned no event can still be on its way.

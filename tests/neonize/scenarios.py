@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.transport.base import SendError, TransportEvent
+from actors.transport.base import EngineSetupError, SendError, TransportEvent
 from actors.transport.neonize import NeonizeTransport, send_error_from
 from gateway.config import Config, QrConfig, TransportConfig
 from tests.neonize.fault_proxy import FaultProxy, refused_port
@@ -638,6 +638,67 @@ def logging_setup(workdir: Path) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- engine set-up
+
+
+def engine_mapped() -> bool:
+    """Whether the engine's native library is loaded in this process."""
+    from actors.transport.engine import library_file_name
+
+    return library_file_name() in Path("/proc/self/maps").read_text(encoding="utf-8")
+
+
+def bot_tag(workdir: Path, mark_as_bot: bool) -> dict[str, Any]:
+    """Start the way a gateway's session gets its environment (the launcher's one
+    re-exec, which keeps the pid), then load the engine the way a session does."""
+    from actors.transport.engine import BOT_TAG, adds_bot_node, exec_environment
+    from gateway.cli import start_with_engine_environment
+
+    start_with_engine_environment(mark_as_bot)  # returns here only once it holds
+    NeonizeTransport(SESSION, workdir / "data",
+                     Config(transport=TransportConfig(mark_as_bot=mark_as_bot)))
+    block = exec_environment()
+    return {"pid": os.getpid(), "exec_value": block.get(BOT_TAG),
+            "engine_adds_bot_node": adds_bot_node(block.get(BOT_TAG)),
+            "engine_loaded": engine_mapped()}
+
+
+def bot_tag_unset(workdir: Path) -> dict[str, Any]:
+    """A process started without the variable: setting it from Python now would not
+    reach the engine (Go reads the exec'd block), so the engine must be refused."""
+    from actors.transport.engine import BOT_TAG
+
+    os.environ[BOT_TAG] = "off"  # too late for Go: must not fool the check either
+    try:
+        NeonizeTransport(SESSION, workdir / "data", config())
+    except EngineSetupError as exc:
+        return {"refused": str(exc), "engine_loaded": engine_mapped()}
+    return {"refused": None, "engine_loaded": engine_mapped()}
+
+
+def engine_library(workdir: Path) -> dict[str, Any]:
+    """Build a transport against the neonize found on PYTHONPATH (a copy whose library
+    is missing or of another version) and note every network attempt on the way."""
+    attempts: list[str] = []
+    network = ("socket.connect", "socket.getaddrinfo", "socket.gethostbyname",
+               "http.client.connect", "urllib.Request")
+
+    def watch(event: str, args: tuple[Any, ...]) -> None:
+        if event in network:
+            attempts.append(f"{event} {args!r}"[:200])
+
+    sys.addaudithook(watch)
+    try:
+        NeonizeTransport(SESSION, workdir / "data", config())
+        refused: str | None = None
+    except EngineSetupError as exc:
+        refused = str(exc)
+    except Exception as exc:  # what neonize itself raises after a failed download
+        refused = f"not refused by wagate: {exc!r}"
+    return {"refused": refused, "network_attempts": attempts,
+            "neonize_imported": "neonize.client" in sys.modules}
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "refused": lambda w: dial_failure(w, "refused"),
     "close": lambda w: dial_failure(w, "close"),
@@ -649,6 +710,10 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "fake_session": fake_session,
     "concurrent": concurrent,
     "logging": logging_setup,
+    "bot_tag_off": lambda w: bot_tag(w, False),
+    "bot_tag_on": lambda w: bot_tag(w, True),
+    "bot_tag_unset": bot_tag_unset,
+    "engine_library": engine_library,
 }
 
 

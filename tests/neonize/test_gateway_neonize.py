@@ -33,6 +33,13 @@ from typing import Any
 
 import pytest
 
+from actors.transport.engine import (
+    BOT_TAG,
+    adds_bot_node,
+    engine_environment,
+    exec_environment,
+    library_file_name,
+)
 from tests.integration.harness import Gateway, expect_error, wait_for
 from tests.neonize.fault_proxy import FaultProxy, refused_port
 
@@ -180,11 +187,12 @@ def _neonize_gateways(root: Path) -> Iterator[Callable[..., Gateway]]:
     """
     made: list[Gateway] = []
 
-    def make(proxy: str, reconnect: dict[str, Any] | None = None) -> Gateway:
+    def make(proxy: str, reconnect: dict[str, Any] | None = None,
+             transport: dict[str, Any] | None = None) -> Gateway:
         assert proxy.startswith("http://127.0.0.1:"), proxy  # never beyond loopback
         gw_root = root / f"gw{len(made)}"
         gw_root.mkdir()
-        overrides = {"transport": {"proxy": proxy},
+        overrides = {"transport": {**(transport or {}), "proxy": proxy},
                      "reconnect": {"attempts": ATTEMPTS, "delay_seconds": DELAY,
                                    "connect_timeout_seconds": 5.0, **(reconnect or {})}}
         gw = Gateway(gw_root, overrides, engine="neonize")
@@ -391,3 +399,28 @@ def test_the_session_database_is_private_after_a_failed_connect(refused: Refused
             assert mode_of(session_dir / companion) == PRIVATE_FILE, companion
     # Only whatsmeow's store lives there; nothing the simulator would have written.
     assert not (session_dir / "simulator.json").exists()
+
+
+@pytest.mark.parametrize("mark_as_bot", [False, True])
+def test_a_session_started_by_the_gateway_runs_with_the_operators_bot_tag_choice(
+        make_gateway: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+        mark_as_bot: bool) -> None:
+    """The engine badges every message to a person with WhatsApp's "AI" label unless
+    NEONIZE_BOT_TAG is off in the environment its process was exec'd with. The gateway
+    is started from an environment saying the opposite of ``transport.mark_as_bot``:
+    the session process that loaded the engine (and dialled through it) must carry the
+    operator's choice in its start environment, which is all the Go side reads."""
+    monkeypatch.setenv(BOT_TAG, engine_environment(not mark_as_bot)[BOT_TAG])
+    gw = make_gateway(f"http://127.0.0.1:{refused_port()}", {"delay_seconds": 60.0},
+                      {"mark_as_bot": mark_as_bot}).start()
+    assert gw.connect().data == {"whatsAppConnect": True}
+    status = gw.wait_state("RECONNECTING", timeout=30.0)  # one real dial failed
+    assert status["lastError"]["code"] == "CONNECT_FAILED", status
+    pid = session_entry(gw)["pid"]
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as maps:
+        assert library_file_name() in maps.read()  # the engine is loaded in that process
+    started_with = exec_environment(pid)
+    assert started_with[BOT_TAG] == engine_environment(mark_as_bot)[BOT_TAG]
+    assert adds_bot_node(started_with[BOT_TAG]) is mark_as_bot
+    assert gw.process is not None  # the launcher re-executed itself: same pid, new block
+    assert exec_environment(gw.process.pid)[BOT_TAG] == started_with[BOT_TAG]

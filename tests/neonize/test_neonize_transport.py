@@ -9,6 +9,7 @@ when ``unshare -n`` works here, and always with the client's proxy on 127.0.0.1.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from actors.transport.engine import BOT_TAG, engine_environment, library_file_name
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO_TIMEOUT = 60.0
@@ -58,18 +61,26 @@ def _netns_prefix() -> tuple[str, ...]:
     return ()
 
 
-def run_scenario(name: str, workdir: Path) -> dict[str, Any]:
+def run_scenario(name: str, workdir: Path, env: dict[str, str] | None = None,
+                 stderr: list[str] | None = None) -> dict[str, Any]:
     """Run one scenario in a child process and return what it observed.
 
-    ``subprocess.run`` kills the child when the deadline passes; ``unshare`` and
-    ``sh`` exec into Python, so that one kill ends everything the scenario started.
+    The child starts with the environment a gateway gives its sessions (the engine's
+    variables for the default configuration), unless ``env`` replaces it; its standard
+    error is appended to ``stderr`` when given. ``subprocess.run`` kills the child when
+    the deadline passes; ``unshare`` and ``sh`` exec into Python, so that one kill ends
+    everything the scenario started.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     command = [*_netns_prefix(), sys.executable, "-m", "tests.neonize.scenarios", name,
                str(workdir)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if env is None:
+        env = {**os.environ, **engine_environment(mark_as_bot=False)}
+    env = {**env, "PYTHONPATH": env.get("PYTHONPATH", str(REPO))}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=SCENARIO_TIMEOUT)
+    if stderr is not None:
+        stderr.append(done.stderr)
     assert done.returncode == 0, f"scenario {name} failed:\n{done.stderr[-4000:]}"
     return json.loads((workdir / "result.json").read_text(encoding="utf-8"))
 
@@ -348,3 +359,88 @@ def test_this_process_never_loaded_neonize() -> None:
     loaded = sorted(name for name in sys.modules if name.split(".")[0] == "neonize")
     assert loaded == [], "something imported neonize into the pytest process"
 
+
+
+# --------------------------------------------------------------------------- engine set-up
+
+
+@pytest.mark.parametrize("mark_as_bot", [False, True])
+def test_the_engine_runs_with_the_operators_bot_tag_choice(tmp_path: Path,
+                                                           mark_as_bot: bool) -> None:
+    """The engine appends WhatsApp's "AI" badge (``<bot biz_bot="1"/>``) unless
+    NEONIZE_BOT_TAG is off in the environment block its process was exec'd with; a
+    variable set from Python is invisible to Go. The child starts with the opposite
+    value (an operator's stray environment), goes through the launcher's re-exec, then
+    loads the real library the way a session does.
+
+    What Go sees: ``GODEBUG=inittrace=1`` rides in the same block, and the Go runtime
+    of the real library reads it from there at load (its init trace on standard error,
+    ending with the engine's own package ``main``); ``/proc/PID/environ`` is that block.
+    """
+    wanted = engine_environment(mark_as_bot)[BOT_TAG]
+    stray = engine_environment(not mark_as_bot)[BOT_TAG]
+    env = {**os.environ, BOT_TAG: stray, "GODEBUG": "inittrace=1"}
+    stderr: list[str] = []
+    result = run_scenario("bot_tag_on" if mark_as_bot else "bot_tag_off", tmp_path, env,
+                          stderr)
+    assert result["engine_loaded"] is True
+    assert result["exec_value"] == wanted
+    assert result["engine_adds_bot_node"] is mark_as_bot
+    assert "init main @" in stderr[0], stderr[0][-2000:]  # Go read the exec'd block
+
+
+def test_a_process_started_without_the_variable_refuses_the_engine(tmp_path: Path) -> None:
+    """Setting NEONIZE_BOT_TAG from Python after the start cannot reach Go: a process
+    whose start environment lacks it must not load the engine (it would badge every
+    message), and says how to start it instead."""
+    env = {k: v for k, v in os.environ.items() if k != BOT_TAG}
+    result = run_scenario("bot_tag_unset", tmp_path, env)
+    assert result["engine_loaded"] is False
+    refused = result["refused"]
+    assert refused is not None and "no NEONIZE_BOT_TAG" in refused
+    assert "transport.mark_as_bot = false" in refused and "wagate serve" in refused
+
+
+def _fake_engine_library(path: Path, version: str) -> None:
+    """A shared library exporting only ``GetVersion``, like the engine's of ``version``."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is needed to build a stand-in engine library")
+    source = path.with_suffix(".c")
+    source.write_text(f'const char *GetVersion(void) {{ return "{version}"; }}\n')
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(path), str(source)], check=True,
+                   capture_output=True, timeout=60)
+    source.unlink()
+
+
+@pytest.mark.parametrize("library", ["missing", "another_version"])
+def test_a_missing_or_mismatched_engine_library_is_refused_without_a_download(
+        tmp_path: Path, library: str) -> None:
+    """neonize downloads its library from the internet when the bundled one is missing
+    or of another version. A copy of the installed package with no library (or a
+    stand-in of version 0.4.9) is put first on the path, inside ``unshare -n`` where
+    the host allows it: the engine is refused, naming the file and the version, and no
+    network call is even attempted (an audit hook in the child watches)."""
+    spec = importlib.util.find_spec("neonize")
+    assert spec is not None and spec.submodule_search_locations
+    installed = Path(next(iter(spec.submodule_search_locations)))
+    expected = importlib.metadata.version("neonize")
+    root = tmp_path / "site"
+    package = root / "neonize"
+    shutil.copytree(installed, package,
+                    ignore=shutil.ignore_patterns(library_file_name(), "__pycache__"))
+    path = package / library_file_name()
+    if library == "another_version":
+        _fake_engine_library(path, "0.4.9")
+    before = path.read_bytes() if path.exists() else None
+    env = {**os.environ, **engine_environment(mark_as_bot=False),
+           "PYTHONPATH": f"{root}{os.pathsep}{REPO}"}
+    result = run_scenario("engine_library", tmp_path / "run", env)
+    refused = result["refused"]
+    assert refused is not None and not refused.startswith("not refused"), refused
+    assert str(path) in refused
+    assert f"version {expected}" in refused and "never downloads" in refused
+    if library == "another_version":
+        assert "version 0.4.9" in refused
+    assert result["network_attempts"] == []
+    assert result["neonize_imported"] is False
+    assert (path.read_bytes() if path.exists() else None) == before  # nothing replaced it
