@@ -246,9 +246,16 @@ class MessageStore:
             (session, key, requester)).fetchone()
         return _record(row)
 
-    def by_wa_id(self, wa_message_id: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM messages WHERE wa_message_id = ?",
-                              (wa_message_id,)).fetchone()
+    def by_wa_id(self, wa_message_id: str, session: str | None = None
+                 ) -> dict[str, Any] | None:
+        """The message WhatsApp knows as ``wa_message_id`` (of ``session`` when given:
+        an id means something only on the account that sent it)."""
+        if session is None:
+            row = self.db.execute("SELECT * FROM messages WHERE wa_message_id = ?",
+                                  (wa_message_id,)).fetchone()
+        else:
+            row = self.db.execute("SELECT * FROM messages WHERE wa_message_id = ? "
+                                  "AND session = ?", (wa_message_id, session)).fetchone()
         return _record(row)
 
     def next_queued(self, session: str, now: float, limit: int) -> list[dict[str, Any]]:

@@ -394,10 +394,16 @@ class DeliveryResults:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryReceipt:
-    """Session -> outbox: the recipient's device confirmed (delivered / read)."""
+    """Session -> outbox: the recipient's device confirmed (delivered / read).
+
+    It counts only for a message of ``session`` (the session that received it) sent to
+    ``phone`` (who sent it, a LID already mapped to its number; "" when it could not be).
+    """
 
     wa_message_id: str
     kind: str
+    session: str = ""
+    phone: str = ""
 
 
 # ---- audit log ----------------------------------------------------------------

@@ -69,6 +69,7 @@ from actors.messages import (
 )
 from actors.metrics import RefusalCounters
 from actors.policy import retry_delay
+from actors.receipts import EarlyReceipts
 from actors.run_once import RunOnce
 from actors.session_machine import refuse_send
 from gateway.config import Config
@@ -118,6 +119,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.accepting: tuple[dict[str, Any], Any, str] | None = None
         # Answers held until the records they report are committed (None: send at once).
         self.held_replies: list[tuple[str, Accepted | Failed]] | None = None
+        self.early_receipts = EarlyReceipts()  # receipts that overtook their send's result
 
     # ---- start ----------------------------------------------------------------------
 
@@ -254,6 +256,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             record = self._finish(record, "SENT", now, "", wa_message_id=msg.wa_message_id,
                                   attempts=record["attempts"] + 1)
             self._answer(record["id"], _accepted(record, ""))
+            for early in self.early_receipts.take(session, msg.wa_message_id, now):
+                record = self._receipt(record, early.kind, early.phone, now)
         elif msg.uncertain:
             self._uncertain(record, now, f"WhatsApp did not say whether it took the message "
                             f"({msg.error or msg.reason})", reason=msg.reason or "UNCERTAIN",
@@ -283,13 +287,32 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         return session
 
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
+        """A receipt counts for the message its session sent under that WhatsApp id; one
+        that overtook its send's result waits for the id (``actors.receipts``)."""
         assert self.store is not None
-        record = self.store.by_wa_id(msg.wa_message_id)
-        state = msg.kind.upper()
-        if record is None or state not in RECEIPT_RANK:
+        now = time.time()
+        record = self.store.by_wa_id(msg.wa_message_id, msg.session)
+        if record is None:
+            self.early_receipts.hold(msg.session, msg.wa_message_id, msg.kind, msg.phone, now)
             return
+        self._receipt(record, msg.kind, msg.phone, now)
+
+    def _receipt(self, record: dict[str, Any], kind: str, phone: str, now: float
+                 ) -> dict[str, Any]:
+        """Apply a receipt from ``phone`` to ``record``: only its recipient confirms a
+        message (a LID the session could not map to a number confirms nothing)."""
+        assert self.store is not None
+        state = kind.upper()
+        if state not in RECEIPT_RANK:
+            return record
+        if phone != record["phone"]:
+            log.warning("ignored a receipt that does not come from the message's recipient",
+                        message_id=record["id"], kind=kind,
+                        sender="unknown (a LID without a number)" if not phone else "another")
+            return record
         if RECEIPT_RANK.get(record["state"], -1) < RECEIPT_RANK[state]:
-            self.store.transition(record, state, time.time())
+            return self.store.transition(record, state, now)
+        return record
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         payload = msg.payload

@@ -325,8 +325,11 @@ class SessionActor(BridgedActor):
         if self.machine is None or msg.generation != self.generation:
             return
         if isinstance(msg.event, Receipt):
-            if self.outbox is not None:
-                self.send(self.outbox, DeliveryReceipt(msg.event.message_id, msg.event.kind))
+            # Until this process has heard from the outbox (it restarted after sending
+            # the message, say), the supervisor knows where the outbox is.
+            receipt = DeliveryReceipt(msg.event.message_id, msg.event.kind, self.session,
+                                      msg.event.phone)
+            self.send(self.outbox if self.outbox is not None else self.parent, receipt)
             return
         if self.held is not None:  # keep the order behind a Connected being sealed
             self.held.append(msg)

@@ -35,6 +35,7 @@ from actors.messages import (
     AuditEvent,
     CollectHealth,
     Connect,
+    DeliveryReceipt,
     Disconnect,
     ErrorInfo,
     Failed,
@@ -319,6 +320,14 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             self.send(sender, _store_restarting(msg.request_id))
         else:
             self.send(outbox, Offer(msg, sender))
+
+    def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
+        """A receipt from a session process that has not heard from the outbox yet: pass
+        it on, if it really comes from the current process of the session it names."""
+        child = self.children.get(_key(msg.session))
+        outbox = self.children["outbox"].address
+        if child is not None and child.address == sender and outbox is not None:
+            self.send(outbox, msg)
 
     def receiveMsg_GetMessage(self, msg: GetMessage, sender: Any) -> None:
         self._route(msg, sender)

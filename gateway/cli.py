@@ -100,6 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
                       help="delivered, but the ack never comes (the outcome is unknown)")
     fail.set_defaults(handler=cmd_sim_fail_next)
 
+    receipt = sim_commands.add_parser(
+        "receipt", help="the recipient's device confirms a message (delivered or read)")
+    _common(receipt)
+    receipt.add_argument("message_id", help="the message's WhatsApp id (see `wagate sim inbox`)")
+    receipt.add_argument("--read", action="store_true", help="read, not only delivered")
+    receipt.add_argument("--lid", action="store_true",
+                         help="name the sender by LID instead of its number, as WhatsApp "
+                         "increasingly does")
+    receipt.add_argument("--from", dest="from_phone",
+                         help="from another number than the message's recipient")
+    receipt.add_argument("--session", help="to another session than the message's")
+    receipt.set_defaults(handler=cmd_sim_receipt)
+
+    auto = sim_commands.add_parser(
+        "auto-receipt", help="every later message gets a receipt at once, before its ack")
+    _common(auto)
+    auto.add_argument("kind", choices=["delivered", "read", "off"])
+    auto.add_argument("--lid", action="store_true", help="receipts name the sender by LID")
+    auto.set_defaults(handler=cmd_sim_auto_receipt)
+
     inbox = sim_commands.add_parser("inbox", help="every message that reached a recipient")
     _common(inbox)
     inbox.add_argument("--json", action="store_true", help="one JSON document")
@@ -281,6 +301,26 @@ def cmd_sim_fail_next(args: argparse.Namespace) -> int:
         print(f"the next {args.count} sends will {kind}")
 
     return _run_sim(args, fail_next)
+
+
+def cmd_sim_receipt(args: argparse.Namespace) -> int:
+    def receipt(server: Any) -> None:
+        kind = "read" if args.read else "delivered"
+        entry = server.receipt(args.message_id, kind, args.lid, args.from_phone, args.session)
+        print(f"{kind} receipt for {args.message_id} from {entry['user']}@{entry['server']}")
+
+    return _run_sim(args, receipt)
+
+
+def cmd_sim_auto_receipt(args: argparse.Namespace) -> int:
+    def auto_receipt(server: Any) -> None:
+        kind = None if args.kind == "off" else args.kind
+        server.auto_receipt(kind, args.lid)
+        print("no automatic receipts" if kind is None else
+              f"every later message gets a {kind} receipt at once"
+              + (" (sender named by LID)" if args.lid else ""))
+
+    return _run_sim(args, auto_receipt)
 
 
 def cmd_sim_inbox(args: argparse.Namespace) -> int:

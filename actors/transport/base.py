@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,10 +60,16 @@ class LoggedOut:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """The recipient's device confirmed a message: ``kind`` is ``delivered`` or ``read``."""
+    """The recipient's device confirmed a message: ``kind`` is ``delivered`` or ``read``.
+
+    ``phone`` is the number (digits) of whoever sent the receipt. WhatsApp names more
+    and more people by LID instead of their number: the transport maps a LID to the
+    number (``peer_phone``); ``""`` when it cannot.
+    """
 
     message_id: str
     kind: str
+    phone: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +173,40 @@ class Transport(ABC):
 
 
 # ---- helpers shared by the engines ------------------------------------------------------
+
+
+# WhatsApp's servers of user addresses: phone numbers, and LIDs (hidden user ids that do
+# not reveal the number). "hosted" ones are business-hosted variants of the same.
+PHONE_SERVERS = frozenset({"s.whatsapp.net", "c.us", "hosted"})
+LID_SERVERS = frozenset({"lid", "hosted.lid"})
+
+
+def peer_phone(user: str, server: str, alternates: Iterable[tuple[str, str]],
+               lid_lookup: Callable[[str], str]) -> str:
+    """The phone number (digits) behind a WhatsApp address, or ``""``.
+
+    A phone address is its own number. A LID is mapped through the alternate
+    addresses WhatsApp sent along (``sender_pn``), else through the engine's LID store
+    (``lid_lookup``, which whatsmeow fills whenever it looks a recipient up before a
+    send). Anything else (a group, a newsletter, an unknown LID) has no number here.
+    """
+    if server in PHONE_SERVERS:
+        return _user_digits(user)
+    if server not in LID_SERVERS:
+        return ""
+    for alt_user, alt_server in alternates:
+        if alt_server in PHONE_SERVERS and _user_digits(alt_user):
+            return _user_digits(alt_user)
+    try:
+        return _user_digits(lid_lookup(user))
+    except Exception:  # a failed lookup is an unknown LID, never a crash
+        return ""
+
+
+def _user_digits(user: str) -> str:
+    """The digits of a user part, without a device ("4917...:7") or agent suffix."""
+    bare = user.split(":", 1)[0].split(".", 1)[0]
+    return bare if bare.isdigit() and bare.isascii() else ""
 
 
 def check_session_id(session_id: str) -> None:

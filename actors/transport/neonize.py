@@ -49,7 +49,9 @@ any other login status              ``PairingClosed(status)`` + stop
 ``TemporaryBanEv``                  ``TemporaryBan(now + Expire, reason name)`` + stop
 ``ClientOutdatedEv``                ``ClientOutdated()`` + stop
 ``ConnectFailureEv``                ``Disconnected("connect failure <REASON>: <text>")``
-``ReceiptEv`` DELIVERED / READ      one ``Receipt(id, "delivered" | "read")`` per id
+``ReceiptEv`` DELIVERED / READ      one ``Receipt(id, "delivered" | "read", phone)`` per
+                                    id; a LID sender mapped to its number (``sender_pn``,
+                                    else the engine's LID store)
 ``connect()`` raises                ``Disconnected(<neonize error text>)``
 ``connect()`` returns unasked       ``Disconnected("client stopped unexpectedly")``
 ==================================  ===============================================
@@ -104,6 +106,7 @@ from actors.transport.base import (
     TransportEvent,
     check_session_id,
     make_private_dir,
+    peer_phone,
 )
 from actors.transport.engine import (
     EngineLibrary,
@@ -802,8 +805,24 @@ class _Connection:
             kind = kinds.get(event.Type)
             if kind is None:
                 return  # played, read-self, retry ...: nothing the gateway tracks
+            phone = self._peer_phone(event.MessageSource)
             for message_id in event.MessageIDs:
-                self._emit(Receipt(message_id=message_id, kind=kind))
+                self._emit(Receipt(message_id=message_id, kind=kind, phone=phone))
+
+    def _peer_phone(self, source: Any) -> str:
+        """The number of whoever a receipt (or message) came from: its chat's own number,
+        or for a LID the number WhatsApp sent along (``sender_pn``), else the one the
+        engine's LID store holds (filled by whatsmeow's lookup before every send)."""
+        chat = source.Chat
+        alternates = ([(source.SenderAlt.User, source.SenderAlt.Server)]
+                      if source.HasField("SenderAlt") else [])
+        return peer_phone(chat.User, chat.Server, alternates,
+                          lambda _user: self._phone_of_lid(chat))
+
+    def _phone_of_lid(self, lid: Any) -> str:
+        """The engine's LID store (a local lookup; refused while the client stops)."""
+        with self.go_call():
+            return str(self.client.get_pn_from_lid(lid).User)
 
     def _own_phone(self, client: Any) -> str:
         """The linked account's number. ``get_me`` aborts the process on a client Go

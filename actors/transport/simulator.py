@@ -47,12 +47,14 @@ from actors.transport.base import (
     LoggedOut,
     PairingClosed,
     QrCode,
+    Receipt,
     SendError,
     SentMessage,
     Transport,
     TransportEvent,
     check_session_id,
     make_private_dir,
+    peer_phone,
 )
 from gateway.config import QrConfig, SimulatorConfig
 
@@ -120,6 +122,22 @@ def _failure(kind: str) -> SendError:
 
 
 _OUTAGES_KEY = ("outages",)  # {session | None: unix time the outage ends}
+# {kind, lid}: every message delivered from now on gets such a receipt at once, before
+# its sender hears the server's ack (as a fast recipient's device can manage).
+_AUTO_RECEIPT_KEY = ("auto-receipt",)
+RECEIPT_KINDS = ("delivered", "read")
+
+
+def _receipts_key(session: str) -> tuple[str, str]:
+    """Receipts waiting for the session's client: [{id, kind, user, server}, ...]."""
+    return ("receipts", session)
+
+
+def lid_of(phone: str) -> str:
+    """The simulated service's LID for a number: stable, and not the number's digits
+    (as on WhatsApp, a LID does not reveal the number)."""
+    digest = hashlib.sha256(f"lid:{phone}".encode()).digest()
+    return f"2{int.from_bytes(digest[:8], 'big') % 10**14:014d}"
 
 
 # --------------------------------------------------------------------------- server
@@ -207,6 +225,36 @@ class SimulatorServer:
             raise SimulatorError(f"fail_next needs a count of 0 or more (got {n})")
         kind = "ambiguous" if ambiguous else "transient" if transient else "rejected"
         self._cache.set(_fail_key(session, kind), n, retry=True)
+
+    def receipt(self, message_id: str, kind: str = "delivered", via_lid: bool = False,
+                from_phone: str | None = None, session: str | None = None) -> dict[str, Any]:
+        """Have the recipient's device confirm a delivered message (``message_id`` as
+        in ``inbox``): the session's client reports it within one poll interval.
+
+        ``via_lid``: the receipt names the sender by LID, as WhatsApp increasingly
+        does; the client maps it back with its LID store. ``from_phone`` and
+        ``session`` make it come from someone else, or reach another session.
+        """
+        if kind not in RECEIPT_KINDS:
+            raise SimulatorError(f"a receipt is one of {', '.join(RECEIPT_KINDS)}, not {kind!r}")
+        message = next((m for m in self._inbox if m["id"] == message_id), None)
+        if message is None:
+            raise SimulatorError(f"no delivered message has the id {message_id!r}; take one "
+                                 "from `wagate sim inbox`")
+        sender = _checked_phone(from_phone) if from_phone is not None else message["to"]
+        entry = {"id": message_id, "kind": kind, **_address(sender, via_lid)}
+        self._queue_receipts(session or message["session"], [entry])
+        return entry
+
+    def auto_receipt(self, kind: str | None, via_lid: bool = False) -> None:
+        """From now on every delivered message gets a ``kind`` receipt at once, reported
+        before the send's own answer; ``None`` stops it."""
+        if kind is None:
+            self._cache.delete(_AUTO_RECEIPT_KEY, retry=True)
+            return
+        if kind not in RECEIPT_KINDS:
+            raise SimulatorError(f"a receipt is one of {', '.join(RECEIPT_KINDS)}, not {kind!r}")
+        self._cache.set(_AUTO_RECEIPT_KEY, {"kind": kind, "lid": via_lid}, retry=True)
 
     def inbox(self) -> list[dict[str, Any]]:
         """Every message that reached a recipient, oldest first."""
@@ -338,11 +386,30 @@ class SimulatorServer:
         return None
 
     def _deliver(self, session: str, sender: str, recipient: str, text: str) -> SentMessage:
-        """Hand a message to its recipient: append it to the inbox with a fresh id."""
+        """Hand a message to its recipient: append it to the inbox with a fresh id (and
+        queue the automatic receipt, when one is configured)."""
         message = {"id": "3EB0" + secrets.token_hex(9).upper(), "session": session,
                    "from": sender, "to": recipient, "text": text, "time": time.time()}
         self._inbox.append(message)  # a transactional push: concurrent appends all land
+        auto = self._cache.get(_AUTO_RECEIPT_KEY)
+        if auto is not None:
+            self._queue_receipts(session, [{"id": message["id"], "kind": auto["kind"],
+                                            **_address(recipient, auto["lid"])}])
         return SentMessage(message_id=message["id"], timestamp=message["time"])
+
+    def _queue_receipts(self, session: str, entries: list[dict[str, Any]]) -> None:
+        with self._cache.transact(retry=True):
+            waiting = self._cache.get(_receipts_key(session), [])
+            self._cache.set(_receipts_key(session), [*waiting, *entries])
+
+    def _take_receipts(self, session: str) -> list[dict[str, Any]]:
+        """The receipts waiting for ``session``, removed (each reported once)."""
+        if not self._cache.get(_receipts_key(session)):
+            return []  # the usual case: a plain read, no write lock per poll
+        with self._cache.transact(retry=True):
+            waiting = self._cache.get(_receipts_key(session), [])
+            self._cache.delete(_receipts_key(session))
+        return list(waiting)
 
 
 def _scan_problem(session: str, pending: dict[str, Any] | None, now: float) -> str | None:
@@ -356,6 +423,13 @@ def _scan_problem(session: str, pending: dict[str, Any] | None, now: float) -> s
         return (f"the QR code of session {session!r} has expired; wait for the next code "
                 "and scan again")
     return None
+
+
+def _address(phone: str, via_lid: bool) -> dict[str, str]:
+    """How a receipt names its sender: by number, or by the number's LID."""
+    if via_lid:
+        return {"user": lid_of(phone), "server": "lid"}
+    return {"user": phone, "server": "s.whatsapp.net"}
 
 
 def _default_phone(session: str) -> str:
@@ -420,6 +494,9 @@ class SimulatorTransport(Transport):
         self._emit_lock = threading.RLock()
         self._conn: _Connection | None = None
         self._closed = False
+        # The client's LID store: like whatsmeow, it learns a recipient's LID when it
+        # looks the recipient up before a send (kept in memory here).
+        self._lids: dict[str, str] = {}
 
     # ------------------------------------------------------------------ interface
 
@@ -462,7 +539,10 @@ class SimulatorTransport(Transport):
             if failure.uncertain:  # it did arrive; only the answer was lost
                 self._server._deliver(self._session, link.phone, phone, text)
             raise failure
-        return self._server._deliver(self._session, link.phone, phone, text)
+        self._lids[lid_of(phone)] = phone
+        sent = self._server._deliver(self._session, link.phone, phone, text)
+        self._report_receipts(conn)  # an automatic receipt arrives before the ack
+        return sent
 
     def request_pairing_code(self, phone: str) -> str:
         """The code ``wagate sim scan --code`` must type, like WhatsApp's 'link with
@@ -569,6 +649,7 @@ class SimulatorTransport(Transport):
         if not self._emit(conn, Connected(link.phone)):
             return
         while not conn.stop.wait(self._sim.poll_interval_seconds):
+            self._report_receipts(conn)
             problem = self._server._device_problem(self._session, link.device_id)
             if problem is not None:
                 self._delete_credentials()
@@ -579,6 +660,12 @@ class SimulatorTransport(Transport):
                 return
 
     # ------------------------------------------------------------------- helpers
+
+    def _report_receipts(self, conn: _Connection) -> None:
+        """Report the receipts waiting on the server, a LID mapped to its number."""
+        for entry in self._server._take_receipts(self._session):
+            phone = peer_phone(entry["user"], entry["server"], (), self._lids.__getitem__)
+            self._emit(conn, Receipt(entry["id"], entry["kind"], phone))
 
     def _emit(self, conn: _Connection, event: TransportEvent) -> bool:
         """Deliver ``event`` unless the connection was stopped; returns whether it was."""

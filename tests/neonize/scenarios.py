@@ -267,6 +267,8 @@ class FakeGo:
         self.pair_calls: list[Any] = []
         self.logouts = 0
         self.stops = 0
+        self.lids: dict[str, str] = {}
+        self.lid_lookups: list[str] = []
 
     def GetMe(self, uuid: bytes) -> bytes:
         jid = self.proto.JID(User=self.own_user, RawAgent=0, Device=12, Integrator=0,
@@ -297,6 +299,18 @@ class FakeGo:
     def Logout(self, uuid: bytes) -> bytes:
         self.logouts += 1
         return b""
+
+    def GetPNFromLID(self, uuid: bytes, jid: bytes, size: int) -> bytes:
+        """The engine's LID store: ``lids`` maps LID users to numbers."""
+        lid = self.proto.JID.FromString(bytes(jid)[:size])
+        self.lid_lookups.append(f"{lid.User}@{lid.Server}")
+        user = self.lids.get(lid.User)
+        if user is None:
+            return self.proto.GetJIDFromStoreReturnFunction(
+                Error="no phone number known for this LID").SerializeToString()
+        return self.proto.GetJIDFromStoreReturnFunction(
+            Jid=self.proto.JID(User=user, RawAgent=0, Device=0, Integrator=0,
+                               Server="s.whatsapp.net", IsEmpty=False)).SerializeToString()
 
     def Stop(self, uuid: bytes) -> None:
         self.stops += 1
@@ -355,15 +369,19 @@ class EventHarness:
         self._taken = len(events)
         return taken
 
-    def jid(self, user: str) -> Any:
+    def jid(self, user: str, server: str = "s.whatsapp.net") -> Any:
         return self.proto.JID(User=user, RawAgent=0, Device=0, Integrator=0,
-                              Server="s.whatsapp.net", IsEmpty=False)
+                              Server=server, IsEmpty=not user)
 
-    def receipt(self, ids: list[str], kind: int) -> Any:
-        chat = self.jid("4917099999999")
+    def receipt(self, ids: list[str], kind: int, chat: Any = None, alt: Any = None) -> Any:
+        """A receipt from ``chat`` (a number by default); ``alt``: the number WhatsApp
+        sends along with a LID (``sender_pn``), an empty address when it sends none."""
+        chat = chat if chat is not None else self.jid("4917099999999")
+        alt = alt if alt is not None else (chat if chat.Server == "s.whatsapp.net"
+                                           else self.jid("", ""))
         source = self.proto.MessageSource(Chat=chat, Sender=chat, IsFromMe=False, IsGroup=False,
-                                          SenderAlt=chat, RecipientAlt=chat,
-                                          BroadcastListOwner=chat)
+                                          SenderAlt=alt, RecipientAlt=self.jid("", ""),
+                                          BroadcastListOwner=self.jid("", ""))
         return self.proto.Receipt(MessageSource=source, MessageIDs=ids,
                                   Timestamp=1_700_000_000, Type=kind)
 
@@ -434,6 +452,16 @@ def events(workdir: Path) -> dict[str, Any]:
     h.feed(h.receipt(["3EB0AAA"], proto.Receipt.PLAYED))
     h.feed(h.receipt(["3EB0AAA"], proto.Receipt.READ_SELF))
     out["receipts"] = h.take()
+    # Receipts from people WhatsApp names by LID: with the number sent along, through
+    # the engine's LID store, and a LID nobody knows.
+    lid = h.jid("123456789012345", "lid")
+    h.go.lids = {"123456789012345": "4917088888888"}
+    h.feed(h.receipt(["3EB0CCC"], proto.Receipt.DELIVERED, chat=lid,
+                     alt=h.jid("4917077777777")))
+    h.feed(h.receipt(["3EB0DDD"], proto.Receipt.DELIVERED, chat=lid))
+    h.feed(h.receipt(["3EB0EEE"], proto.Receipt.READ, chat=h.jid("999000111", "lid")))
+    out["lid_receipts"] = h.take()
+    out["lid_lookups"] = list(h.go.lid_lookups)
     h.feed(proto.Disconnected(status=True))
     out["disconnected"] = h.take()
     try:

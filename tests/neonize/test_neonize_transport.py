@@ -252,11 +252,26 @@ def test_sends_are_refused_locally_while_down(events: dict[str, Any]) -> None:
 
 
 def test_receipts_delivered_and_read_one_per_message_id(events: dict[str, Any]) -> None:
+    sender = "4917099999999"
     assert events["receipts"] == [
-        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "delivered"},
-        {"type": "Receipt", "message_id": "3EB0BBB", "kind": "delivered"},
-        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "read"},
+        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "delivered", "phone": sender},
+        {"type": "Receipt", "message_id": "3EB0BBB", "kind": "delivered", "phone": sender},
+        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "read", "phone": sender},
     ]
+
+
+def test_receipts_from_a_lid_carry_the_phone_number_behind_it(events: dict[str, Any]) -> None:
+    """WhatsApp names more and more people by LID: the number sent along with the LID
+    wins, else the engine's own LID store is asked (real ctypes path, Go stood in
+    for); a LID it does not know leaves the number empty rather than a LID's digits."""
+    assert events["lid_receipts"] == [
+        {"type": "Receipt", "message_id": "3EB0CCC", "kind": "delivered",
+         "phone": "4917077777777"},
+        {"type": "Receipt", "message_id": "3EB0DDD", "kind": "delivered",
+         "phone": "4917088888888"},
+        {"type": "Receipt", "message_id": "3EB0EEE", "kind": "read", "phone": ""},
+    ]
+    assert events["lid_lookups"] == ["123456789012345@lid", "999000111@lid"]
 
 
 def test_drops_and_connect_failures(events: dict[str, Any]) -> None:

@@ -1,0 +1,98 @@
+"""Receipts reach the message they confirm, whoever WhatsApp says sent them.
+
+WhatsApp increasingly names people by LID instead of their number. The simulated
+service can do the same (``wagate sim receipt --lid``); the session maps the LID back
+to the number with its LID store, and a receipt counts only for a message of the
+session that received it, from that message's recipient.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import Gateway, wait_for
+
+pytestmark = pytest.mark.integration
+
+RECIPIENT = "4915112345001"
+STRANGER = "4915112345999"
+
+
+def send(gw: Gateway, phone: str, text: str, session: str = "default") -> str:
+    result = gw.gql("mutation($i: SendWhatsAppMessageInput!) { sendWhatsAppMessage(input: $i) "
+                    "{ id state } }",
+                    {"i": {"phoneNumber": f"+{phone}", "message": text, "session": session}})
+    assert not result.errors, result
+    return result.data["sendWhatsAppMessage"]["id"]
+
+
+def record(gw: Gateway, message_id: str) -> dict[str, Any]:
+    result = gw.gql("query($id: ID!) { whatsAppMessage(id: $id) { state "
+                    "history { state } } }", {"id": message_id})
+    assert not result.errors, result
+    return result.data["whatsAppMessage"]
+
+
+def wait_state(gw: Gateway, message_id: str, state: str) -> dict[str, Any]:
+    return wait_for(lambda: (r := record(gw, message_id))["state"] == state and r, 15.0,
+                    message=f"message {message_id} to be {state}")
+
+
+def wa_id(gw: Gateway, text: str) -> str:
+    """The WhatsApp id the simulated service gave the message with ``text``."""
+    found = wait_for(lambda: [m["id"] for m in gw.inbox() if m["text"] == text], 15.0,
+                     message=f"{text!r} in the simulated inbox")
+    (only,) = found
+    return only
+
+
+def test_a_receipt_naming_the_recipient_by_lid_reaches_its_message(
+        linked_gateway: Gateway) -> None:
+    gw = linked_gateway
+    message = send(gw, RECIPIENT, "lid receipt")
+    wait_state(gw, message, "SENT")
+    whatsapp_id = wa_id(gw, "lid receipt")
+    gw.sim("receipt", whatsapp_id, "--lid")
+    wait_state(gw, message, "DELIVERED")
+    gw.sim("receipt", whatsapp_id, "--lid", "--read")
+    final = wait_state(gw, message, "READ")
+    assert [h["state"] for h in final["history"]] == [
+        "QUEUED", "SENDING", "SENT", "DELIVERED", "READ"]
+
+
+def test_a_receipt_that_overtakes_the_send_s_own_answer_still_counts(
+        linked_gateway: Gateway) -> None:
+    """The recipient's device can confirm a message before the engine has handed the
+    gateway the message's WhatsApp id: the receipt waits for the id."""
+    gw = linked_gateway
+    gw.sim("auto-receipt", "delivered", "--lid")
+    try:
+        message = send(gw, RECIPIENT, "fast recipient")
+        wait_state(gw, message, "DELIVERED")
+    finally:
+        gw.sim("auto-receipt", "off")
+
+
+def test_receipts_from_anyone_but_the_recipient_or_via_another_session_change_nothing(
+        linked_gateway: Gateway) -> None:
+    gw = linked_gateway
+    gw.link("other")
+    mine = send(gw, RECIPIENT, "only mine")
+    theirs = send(gw, RECIPIENT, "other session's", session="other")
+    wait_state(gw, mine, "SENT")
+    wait_state(gw, theirs, "SENT")
+    mine_wa = wa_id(gw, "only mine")
+
+    # Someone else (by number, or by a LID nobody can map), then the other session:
+    # each queued before a genuine receipt on the same path, so once that one counted,
+    # the others were seen and ignored.
+    gw.sim("receipt", mine_wa, "--read", "--from", STRANGER)
+    gw.sim("receipt", mine_wa, "--read", "--lid", "--from", STRANGER)
+    gw.sim("receipt", mine_wa)
+    assert wait_state(gw, mine, "DELIVERED")["state"] == "DELIVERED"
+    gw.sim("receipt", mine_wa, "--read", "--session", "other")
+    gw.sim("receipt", wa_id(gw, "other session's"), "--session", "other")
+    wait_state(gw, theirs, "DELIVERED")
+    assert record(gw, mine)["state"] == "DELIVERED"  # never READ
