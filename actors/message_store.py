@@ -66,6 +66,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS by_caller_key ON messages (requester, session,
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS by_validity ON messages (valid_until) WHERE state = 'QUEUED';
 CREATE INDEX IF NOT EXISTS by_update ON messages (updated_at);
+CREATE INDEX IF NOT EXISTS pending_by_recipient ON messages (session, phone, id)
+    WHERE state IN ('QUEUED', 'SENDING');
 """
 
 
@@ -263,6 +265,19 @@ class MessageStore:
             "SELECT * FROM messages WHERE session = ? AND state = 'QUEUED' "
             "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
             (session, now, limit))
+        return [r for r in map(_record, rows) if r is not None]
+
+    def next_in_order(self, session: str, now: float, limit: int) -> list[dict[str, Any]]:
+        """Like ``next_queued``, but only messages that are the oldest still pending
+        (queued or being sent) for their recipient in the session: a recipient gets
+        its messages in the order they were accepted, even when one of them is being
+        sent or waits for a retry."""
+        rows = self.db.execute(
+            "SELECT * FROM messages AS m WHERE m.session = ? AND m.state = 'QUEUED' "
+            "AND m.next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM messages AS o "
+            "INDEXED BY pending_by_recipient WHERE o.session = m.session "
+            "AND o.phone = m.phone AND o.state IN ('QUEUED', 'SENDING') AND o.id < m.id) "
+            "ORDER BY m.next_attempt_at, m.id LIMIT ?", (session, now, limit))
         return [r for r in map(_record, rows) if r is not None]
 
     def in_state(self, state: str) -> list[dict[str, Any]]:

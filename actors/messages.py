@@ -353,12 +353,14 @@ class CollectHealth:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
-    """One message for a session to send now (travels inside a DeliverBatch); the
+    """One message for a session to send now (travels inside a DeliverBatch); with
+    ``typing`` > 0 the session first shows "typing..." to the recipient that long. The
     text is left out of the repr, as in ``SendText``."""
 
     message_id: str
     phone: str
     text: str = field(repr=False)
+    typing: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,11 +68,13 @@ from actors.messages import (
     StartWorker,
 )
 from actors.metrics import RefusalCounters
+from actors.pacing import WARMUP_SCOPE, Pacer, PacingRules
 from actors.policy import retry_delay
 from actors.receipts import EarlyReceipts
 from actors.run_once import RunOnce
 from actors.session_machine import refuse_send
-from gateway.config import Config
+from actors.warmup import Warmup
+from gateway.config import Config, PacingConfig
 from gateway.observability import setup_logging
 
 log = structlog.get_logger("wagate.outbox")
@@ -91,6 +93,13 @@ class _AckTimeout:
 @dataclass(frozen=True, slots=True)
 class _Tick:
     """Expiry, due retries and pruning: sparse, one timer for everything."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PaceDue:
+    """A paced session may send its next message now."""
+
+    session: str
 
 
 @dataclass
@@ -120,6 +129,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         # Answers held until the records they report are committed (None: send at once).
         self.held_replies: list[tuple[str, Accepted | Failed]] | None = None
         self.early_receipts = EarlyReceipts()  # receipts that overtook their send's result
+        self.pacer = Pacer(PacingRules())  # [pacing]: when each session may send next
+        self.warmup: Warmup | None = None  # the warm-up cap of newly linked devices
+        self.pace_armed: set[str] = set()  # sessions with a _PaceDue timer running
 
     # ---- start ----------------------------------------------------------------------
 
@@ -135,6 +147,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         limits_dir = msg.config.data_path / "limits"
         limits_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.limits = Limits(str(limits_dir), msg.config.limits)
+        rules = PacingRules.from_config(msg.config.pacing)
+        self.pacer = Pacer(rules)
+        self.warmup = Warmup(self.limits.cache, rules)
         now = time.time()
         for record in self.store.in_state("SENDING"):
             self._uncertain(record, now, "the outbox restarted while it was being sent")
@@ -188,12 +203,21 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 {"reason": "QUEUE_FULL", "retryAfterSeconds": QUEUE_FULL_RETRY_SECONDS,
                  "scope": "queue"}, request_id=send.request_id))
             return
+        assert self.warmup is not None
+        warm, warm_wait = self.warmup.allows(send.session, now)
+        if not warm:
+            log.info("send refused: the session's device is warming up", session=send.session)
+            self.refusals.refused(WARMUP_SCOPE)
+            self.send(reply_to, _warming_up(send.session, warm_wait, self.config.pacing,
+                                            send.request_id))
+            return
         allowed, retry_after, scope = self.limits.check(send.phone, now)
         if not allowed:
             log.info("send rate limited", scope=scope, session=send.session)
             self.refusals.refused(scope)
             self.send(reply_to, rate_limited(retry_after, scope, send.request_id))
             return
+        self.warmup.record(send.session, now)
         valid_until = now + send.valid_for if send.valid_for is not None else None
         with self.store.batch():  # the freed key and the new message, or neither
             if stale_key is not None:
@@ -220,6 +244,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_SessionLink(self, msg: SessionLink, sender: Any) -> None:
         old = self.links.get(msg.session)
         self.links[msg.session] = msg
+        if self.warmup is not None and self.warmup.observe(
+                msg.session, old.state if old else None, old.paired if old else None,
+                msg.paired, time.time()):
+            log.info("session linked a new device; it is in warm-up", session=msg.session,
+                     days=self.warmup.rules.warmup_seconds / 86400)
         if old is not None and old.address is not None and old.address != msg.address:
             self._requeue_in_flight(msg.session)  # that process is gone with its sends
         self._dispatch(msg.session)
@@ -318,6 +347,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         payload = msg.payload
         if isinstance(payload, _Tick):
             self._tick()
+        elif isinstance(payload, _PaceDue):
+            self.pace_armed.discard(payload.session)
+            self._dispatch(payload.session)
         elif isinstance(payload, _AckTimeout) and payload.message_id in self.waiters:
             assert self.config is not None
             seconds = self.config.messages.send_timeout_seconds
@@ -379,27 +411,46 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 and link.state is SessionState.CONNECTED)
 
     def _dispatch(self, session: str) -> None:
-        assert self.store is not None
+        """Hand the session what it may send now: its next messages in order (each the
+        oldest pending one of its recipient), as many as fit in flight, or, paced,
+        one when its next send time has come (then a timer for the one after)."""
+        assert self.store is not None and self.config is not None
         now = time.time()
         if not self._can_send(session) or self.paused_until.get(session, 0.0) > now:
             return
         room = MAX_IN_FLIGHT - self.busy.get(session, 0)
         if room <= 0:
             return
+        wait = self.pacer.wait(session, now)
+        if wait > 0:
+            self._pace_later(session, wait)
+            return
         address = self.links[session].address
+        typing = self.config.pacing.typing_seconds
         deliveries = []
         with self.store.batch():  # one commit for the whole batch: SENDING is on disk first
-            for record in self.store.next_queued(session, now, room):
+            for record in self.store.next_in_order(session, now, self.pacer.batch(room)):
                 if record["valid_until"] is not None and record["valid_until"] < now:
                     self._finish(record, "EXPIRED", now, "VALIDITY_PASSED")
                     continue
                 self.store.transition(record, "SENDING", now)
-                deliveries.append(Deliver(record["id"], record["phone"], record["text"]))
+                deliveries.append(Deliver(record["id"], record["phone"], record["text"],
+                                          typing))
         for delivery in deliveries:
             self.in_flight[delivery.message_id] = session
         self.busy[session] = self.busy.get(session, 0) + len(deliveries)
         if deliveries:
             self.send(address, DeliverBatch(tuple(deliveries)))
+            next_at = self.pacer.sent(session, now, random.random())
+            if self.depth.get(session, 0) > self.busy[session]:  # more are waiting
+                self._pace_later(session, next_at - now)
+
+    def _pace_later(self, session: str, wait: float) -> None:
+        """One timer per waiting paced session (timers cannot be cancelled, so never
+        more: an actor flooded with wakeups starves)."""
+        if wait > 0 and session not in self.pace_armed:
+            self.pace_armed.add(session)
+            self.wakeupAfter(timedelta(seconds=wait), payload=_PaceDue(session))
 
     def _landed(self, message_id: str) -> str | None:
         session = self.in_flight.pop(message_id, None)
@@ -541,6 +592,17 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     def _arm_tick(self) -> None:
         assert self.config is not None
         self.wakeupAfter(timedelta(seconds=self.config.delivery.tick_seconds), payload=_Tick())
+
+
+def _warming_up(session: str, retry_after: float, pacing: PacingConfig,
+                request_id: str) -> Failed:
+    seconds = max(1, int(retry_after + 0.999))
+    return Failed(
+        "RATE_LIMITED", f"session '{session}' linked its device less than "
+        f"{pacing.warmup_days:g} days ago and sends at most {pacing.warmup_daily_cap} "
+        f"messages per 24 h while it warms up (pacing.warmup_daily_cap); retry in "
+        f"{seconds} s", {"retryAfterSeconds": seconds, "scope": WARMUP_SCOPE},
+        request_id=request_id)
 
 
 def _not_started(request_id: str) -> Failed:

@@ -120,6 +120,15 @@ class _SendDone:
 
 
 @dataclass(frozen=True, slots=True)
+class _Typed:
+    """A delivery's "typing..." time is over: send it now (if the client is the same)."""
+
+    delivery: Deliver
+    reply_to: Any
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
 class _CheckpointTick:
     """Time for the periodic checkpoint of the encrypted stores (skipped if unchanged)."""
 
@@ -353,6 +362,9 @@ class SessionActor(BridgedActor):
             self._checkpoint_soon()
             self._arm_checkpoint()
             return
+        if isinstance(timer, _Typed):
+            self._typed(timer)
+            return
         if self.machine is None or not isinstance(timer, _Timer):
             return
         if timer.generation != self.generation:
@@ -375,7 +387,30 @@ class SessionActor(BridgedActor):
                                error="the session has no live connection") for d in msg.items)))
             return
         for delivery in msg.items:
-            self.executor.submit(self._send, self.transport, delivery, sender)
+            if delivery.typing > 0:  # "typing..." first; a timer, never a sleep
+                self.executor.submit(self._typing, self.transport, delivery.phone)
+                self.wakeupAfter(timedelta(seconds=delivery.typing),
+                                 payload=_Typed(delivery, sender, self.generation))
+            else:
+                self.executor.submit(self._send, self.transport, delivery, sender)
+
+    def _typed(self, msg: _Typed) -> None:
+        """Send a delivery whose typing time is over, on the client that typed it."""
+        if (msg.generation != self.generation or self.transport is None
+                or self.executor is None):
+            self.send(msg.reply_to, DeliveryResults((DeliveryResult(
+                msg.delivery.message_id, ok=False, reason="NOT_CONNECTED",
+                error="the connection changed while typing"),)))
+            return
+        self.executor.submit(self._send, self.transport, msg.delivery, msg.reply_to)
+
+    @staticmethod
+    def _typing(transport: Transport, phone: str) -> None:
+        """Worker thread: the typing indicator is best effort."""
+        try:
+            transport.send_typing(phone)
+        except Exception as exc:
+            log.info("typing indicator failed", error=repr(exc))
 
     def _send(self, transport: Transport, msg: Deliver, reply_to: Any) -> None:
         """Worker thread: touches no actor state, only posts the outcome."""

@@ -102,7 +102,8 @@ class ActorCollector:
         uncertain.add_metric([], float(metrics.uncertain))
         yield uncertain
         limited = CounterMetricFamily("wagate_rate_limited_total", "sends refused by a rate "
-                                      "limit (scope queue: the session's queue was full)",
+                                      "limit (scope queue: the session's queue was full; "
+                                      "warmup_day: a newly linked device's warm-up cap)",
                                       labels=["scope"])
         for scope in sorted(set(RATE_SCOPES) | set(metrics.rate_limited)):
             limited.add_metric([scope], float(metrics.rate_limited.get(scope, 0)))

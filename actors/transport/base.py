@@ -162,6 +162,11 @@ class Transport(ABC):
     def close(self) -> None:
         """Disconnect and release threads and files; no event is reported after it returns."""
 
+    def send_typing(self, phone: str) -> None:
+        """Show "typing..." in the chat with ``phone`` (best effort: a failure only
+        means the indicator is missing). Engines without chat presence do nothing."""
+        return None
+
     def request_pairing_code(self, phone: str) -> str:
         """Pair by phone number instead of QR: returns the 8-character code the user
         types on the phone. Only while pairing (after the first ``QrCode``). Blocks."""

@@ -191,6 +191,8 @@ class _Api:
     receipt: type
     receipt_delivered: int
     receipt_read: int
+    composing: Any  # ChatPresence.CHAT_PRESENCE_COMPOSING
+    text_media: Any  # ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
 
 
 class _DaemonThread(threading.Thread):
@@ -243,6 +245,7 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             )
             from neonize.exc import NeonizeError
             from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+            from neonize.utils.enum import ChatPresence, ChatPresenceMedia
             from neonize.utils.jid import build_jid
         finally:
             root.handlers[:] = handlers  # undo neonize's logging.basicConfig
@@ -264,6 +267,8 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             receipt=ReceiptEv,
             receipt_delivered=ReceiptEv.DELIVERED,
             receipt_read=ReceiptEv.READ,
+            composing=ChatPresence.CHAT_PRESENCE_COMPOSING,
+            text_media=ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT,
         )
         return _API
 
@@ -408,6 +413,20 @@ class NeonizeTransport(Transport):
             except self._api.neonize_error as exc:
                 raise send_error_from(str(exc)) from exc
         return SentMessage(message_id=response.ID, timestamp=_unix_seconds(response.Timestamp))
+
+    def send_typing(self, phone: str) -> None:
+        """Show "typing..." to ``phone`` (whatsmeow ``SendChatPresence`` composing); the
+        recipient's app clears it when the message arrives. Best effort, never raises."""
+        conn = self._current()
+        digits = phone.removeprefix("+")
+        if conn is None or not conn.connected or not digits.isdigit() or not digits.isascii():
+            return
+        try:
+            with conn.go_call():
+                conn.client.send_chat_presence(self._api.build_jid(digits), self._api.composing,
+                                               self._api.text_media)
+        except (SendError, self._api.neonize_error) as exc:
+            log.info("typing indicator not sent", session=self._session, error=str(exc))
 
     def request_pairing_code(self, phone: str) -> str:
         """Ask WhatsApp for an 8-character code to type on the phone instead of

@@ -133,6 +133,11 @@ def _receipts_key(session: str) -> tuple[str, str]:
     return ("receipts", session)
 
 
+def _typing_key(session: str, recipient: str) -> tuple[str, str, str]:
+    """Since when the session's client shows "typing..." to the recipient."""
+    return ("typing", session, recipient)
+
+
 def lid_of(phone: str) -> str:
     """The simulated service's LID for a number: stable, and not the number's digits
     (as on WhatsApp, a LID does not reveal the number)."""
@@ -390,12 +395,19 @@ class SimulatorServer:
         queue the automatic receipt, when one is configured)."""
         message = {"id": "3EB0" + secrets.token_hex(9).upper(), "session": session,
                    "from": sender, "to": recipient, "text": text, "time": time.time()}
+        typing_since = self._cache.pop(_typing_key(session, recipient), None, retry=True)
+        if typing_since is not None:
+            message["typing_since"] = typing_since  # "typing..." showed from then on
         self._inbox.append(message)  # a transactional push: concurrent appends all land
         auto = self._cache.get(_AUTO_RECEIPT_KEY)
         if auto is not None:
             self._queue_receipts(session, [{"id": message["id"], "kind": auto["kind"],
                                             **_address(recipient, auto["lid"])}])
         return SentMessage(message_id=message["id"], timestamp=message["time"])
+
+    def _typing(self, session: str, recipient: str) -> None:
+        """The session's client shows "typing..." to ``recipient`` (until a message)."""
+        self._cache.add(_typing_key(session, recipient), time.time(), retry=True)
 
     def _queue_receipts(self, session: str, entries: list[dict[str, Any]]) -> None:
         with self._cache.transact(retry=True):
@@ -543,6 +555,14 @@ class SimulatorTransport(Transport):
         sent = self._server._deliver(self._session, link.phone, phone, text)
         self._report_receipts(conn)  # an automatic receipt arrives before the ack
         return sent
+
+    def send_typing(self, phone: str) -> None:
+        """Recorded by the server: the message that follows carries ``typing_since``
+        in ``wagate sim inbox``."""
+        with self._lock:
+            conn = self._conn
+        if conn is not None and conn.link is not None:
+            self._server._typing(self._session, phone)
 
     def request_pairing_code(self, phone: str) -> str:
         """The code ``wagate sim scan --code`` must type, like WhatsApp's 'link with

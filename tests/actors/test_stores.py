@@ -75,6 +75,30 @@ def test_retries_wait_for_their_time(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_recipient_gets_its_messages_in_the_order_they_were_accepted(
+        tmp_path: Path) -> None:
+    """Only the oldest pending message of a recipient may leave: not while an older one
+    is being sent, nor while an older one waits for its retry; other recipients'
+    messages go on meanwhile."""
+    store = MessageStore(tmp_path)
+    a = store.add(_new("a"), 1.0)
+    b = store.add(_new("b"), 2.0)
+    other = store.add(NewMessage(session="default", phone="4915112345678", text="o"), 3.0)
+    elsewhere = store.add(_new("e", session="other"), 4.0)
+    assert [r["id"] for r in store.next_in_order("default", 10.0, 10)] == [a["id"], other["id"]]
+    a = store.transition(a, "SENDING", 5.0)
+    assert [r["id"] for r in store.next_in_order("default", 10.0, 10)] == [other["id"]]
+    a = store.transition(a, "QUEUED", 6.0, "SERVER_ERROR", next_attempt_at=100.0)
+    assert [r["id"] for r in store.next_in_order("default", 50.0, 10)] == [other["id"]]
+    assert [r["id"] for r in store.next_in_order("default", 100.0, 10)] == [
+        other["id"], a["id"]]
+    store.transition(a, "SENT", 101.0)
+    assert [r["id"] for r in store.next_in_order("default", 101.0, 10)] == [
+        b["id"], other["id"]]
+    assert [r["id"] for r in store.next_in_order("other", 10.0, 10)] == [elsewhere["id"]]
+    store.close()
+
+
 def test_idempotency_keys_are_unique_per_caller_and_session(tmp_path: Path) -> None:
     """Two applications (tokens) sharing a session may pick the same key: each has its
     own message under it; one caller cannot store a key twice on one session."""

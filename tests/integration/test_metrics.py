@@ -205,7 +205,8 @@ def test_metrics_match_a_scripted_scenario(make_gateway: Callable[..., Gateway])
                         "FAILED": 2, "EXPIRED": 0}
     assert metrics["wagate_rate_limited_total"] == {
         (("scope", "recipient_minute"),): 3, (("scope", "recipient_hour"),): 0,
-        (("scope", "global_day"),): 0, (("scope", "queue"),): 0}
+        (("scope", "global_day"),): 0, (("scope", "queue"),): 0,
+        (("scope", "warmup_day"),): 0}
     assert value(metrics, "wagate_queue_depth", session="default") == 0
     assert value(metrics, "wagate_qr_codes_issued_total", session="default") == 1
     assert value(metrics, "wagate_qr_scans_total", session="default") == 1

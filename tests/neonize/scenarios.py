@@ -269,6 +269,8 @@ class FakeGo:
         self.stops = 0
         self.lids: dict[str, str] = {}
         self.lid_lookups: list[str] = []
+        self.presences: list[dict[str, Any]] = []
+        self.presence_error = ""
 
     def GetMe(self, uuid: bytes) -> bytes:
         jid = self.proto.JID(User=self.own_user, RawAgent=0, Device=12, Integrator=0,
@@ -299,6 +301,12 @@ class FakeGo:
     def Logout(self, uuid: bytes) -> bytes:
         self.logouts += 1
         return b""
+
+    def SendChatPresence(self, uuid: bytes, jid: bytes, size: int, state: int,
+                         media: int) -> bytes:
+        to = self.proto.JID.FromString(bytes(jid)[:size])
+        self.presences.append({"to": f"{to.User}@{to.Server}", "state": state, "media": media})
+        return self.presence_error.encode()
 
     def GetPNFromLID(self, uuid: bytes, jid: bytes, size: int) -> bytes:
         """The engine's LID store: ``lids`` maps LID users to numbers."""
@@ -426,6 +434,15 @@ def events(workdir: Path) -> dict[str, Any]:
                    "to_user": to.User, "to_server": to.Server,
                    "conversation": message.conversation,
                    "has_extended": message.HasField("extendedTextMessage")}
+    h.transport.send_typing("+4917011111111")
+    h.go.presence_error = "websocket not connected"
+    h.transport.send_typing("4917011111111")  # a failure is only a missing indicator
+    h.go.presence_error = ""
+    h.transport.send_typing("not-a-number")  # never reaches Go
+    from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+    out["typing"] = {"calls": list(h.go.presences),
+                     "composing": ChatPresence.CHAT_PRESENCE_COMPOSING.value,
+                     "text": ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT.value}
     out["send_errors"] = {}
     for text in ("failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
                  "failed to send usync query: websocket not connected",

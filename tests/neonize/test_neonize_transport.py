@@ -245,6 +245,14 @@ def test_send_errors_map_to_reasons(events: dict[str, Any], text: str, reason: s
     assert send_error_from(text).uncertain is (reason == "AMBIGUOUS")
 
 
+def test_typing_is_whatsmeows_composing_chat_presence_and_never_fails_a_send(
+        events: dict[str, Any]) -> None:
+    typing = events["typing"]
+    call = {"to": "4917011111111@s.whatsapp.net", "state": typing["composing"],
+            "media": typing["text"]}
+    assert typing["calls"] == [call, call]  # the second one failed in Go, quietly
+
+
 def test_sends_are_refused_locally_while_down(events: dict[str, Any]) -> None:
     assert events["send_while_down"]["reason"] == "NOT_CONNECTED"
     assert events["send_bad_number"]["reason"] == "REJECTED"

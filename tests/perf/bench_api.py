@@ -76,6 +76,10 @@ from tests.integration.harness import Gateway, free_port, wait_for
 
 HOST = "127.0.0.1"
 RAISED_LIMIT = 10_000_000  # rate limits out of the way: this measures the path, not the policy
+# Ban-risk pacing off (the simulator's default, spelled out): a paced session sends one
+# message per second or so, which would measure the policy, not the gateway.
+PACING_OFF = {"min_interval_seconds": 0.0, "jitter_seconds": 0.0, "typing_seconds": 0.0,
+              "warmup_days": 0.0}
 SOCKET_TIMEOUT = 30.0  # > send + ask timeouts of the harness config: slow, not hung
 
 SEND_MUTATION = ("mutation Send($phoneNumber: String!, $message: String!) { "
@@ -670,6 +674,7 @@ def gateway_overrides(settings: Settings) -> dict[str, Any]:
         "simulator": {"poll_interval_seconds": SimulatorConfig().poll_interval_seconds},
         "limits": {"per_number_per_minute": RAISED_LIMIT, "per_number_per_hour": RAISED_LIMIT,
                    "global_per_day": RAISED_LIMIT},
+        "pacing": PACING_OFF,
     }
 
 
@@ -775,8 +780,8 @@ def run(settings: Settings) -> int:
         gateway = Gateway(root / "gateway", gateway_overrides(settings))
         token = bench_token(gateway)
         try:
-            print("gateway: starting wagate serve (simulator) and linking a session ...",
-                  flush=True)
+            print("gateway: starting wagate serve (simulator, pacing off) and linking a "
+                  "session ...", flush=True)
             gateway.start()
             gateway.link()
             state = gateway.run_state() or {}
@@ -805,7 +810,7 @@ def run(settings: Settings) -> int:
             finally:
                 server.close()
             config = (f"simulator engine, http workers={settings.workers} "
-                      f"threads={settings.threads}, limits raised to {RAISED_LIMIT:,}, "
+                      f"threads={settings.threads}, limits raised to {RAISED_LIMIT:,}, pacing off, "
                       f"{settings.recipients} distinct recipients, logging INFO (JSON) "
                       f"to serve.log, token file + storage key, audit recipients "
                       f"{AuditConfig().recipients}")

@@ -66,6 +66,7 @@ from tests.integration.harness import Gateway, wait_for
 from tests.perf.bench_api import (
     BENCH_SESSION,
     BENCH_TOKEN_NAME,
+    PACING_OFF,
     RAISED_LIMIT,
     SEND_TEXT,
     Connection,
@@ -257,6 +258,7 @@ def gateway_overrides(settings: Settings) -> dict[str, Any]:
                    "global_per_day": RAISED_LIMIT},
         "delivery": {"max_queue_per_session": RAISED_QUEUE},
         "reconnect": RECONNECT,
+        "pacing": PACING_OFF,
     }
 
 
@@ -512,7 +514,8 @@ def run(settings: Settings) -> int:
                 print(f"gateway processes had to be killed: {leaked}", flush=True)
     config_note = (f"wagate serve, simulator engine, http workers={settings.workers} "
                    f"threads={settings.threads}, limits {RAISED_LIMIT:,}, "
-                   f"max_queue_per_session {RAISED_QUEUE:,}, synchronous NORMAL, logging INFO, "
+                   f"max_queue_per_session {RAISED_QUEUE:,}, pacing off, synchronous NORMAL, "
+                   "logging INFO, "
                    f"token file + storage key; sends use token {BENCH_TOKEN_NAME!r} (role "
                    "sender): token check + audit entry per send")
     print_report(settings, phases, drain, fill_note, config_note)

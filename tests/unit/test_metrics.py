@@ -71,11 +71,12 @@ def test_sessions_are_counted_apart() -> None:
 
 def test_refusals_by_scope() -> None:
     refusals = RefusalCounters()
-    for scope in ("recipient_minute", "recipient_minute", "global_day", "queue", None):
+    for scope in ("recipient_minute", "recipient_minute", "global_day", "queue", None,
+                  "warmup_day"):
         refusals.refused(scope)
     snap = refusals.snapshot({"QUEUED": 3}, {"global_day": 0.5}, uncertain=1)
     assert snap.rate_limited == {"recipient_minute": 2, "recipient_hour": 0, "global_day": 1,
-                                 "queue": 1, "unknown": 1}
+                                 "queue": 1, "warmup_day": 1, "unknown": 1}
     assert snap.messages == {"QUEUED": 3} and snap.uncertain == 1
 
 
