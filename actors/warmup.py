@@ -23,6 +23,9 @@ class Warmup:
         self.cache = cache
         self.rules = rules
         self.spec = warmup_window(rules)
+        # Linking times as last read or written (this is the only writer): a send of a
+        # session that is not warming up costs no disk read.
+        self._linked: dict[str, float | None] = {}
 
     def observe(self, session: str, old_state: str | None, old_paired: bool | None,
                 paired: bool, now: float) -> bool:
@@ -33,11 +36,14 @@ class Warmup:
         with self.cache.transact():
             self.cache.set(_linked_key(session), now)
             self.cache.delete(_window_key(session))
+        self._linked[session] = now
         return True
 
     def linked_at(self, session: str) -> float | None:
-        value = self.cache.get(_linked_key(session))
-        return float(value) if value is not None else None
+        if session not in self._linked:
+            value = self.cache.get(_linked_key(session))
+            self._linked[session] = float(value) if value is not None else None
+        return self._linked[session]
 
     def warming_until(self, session: str, now: float) -> float | None:
         """When the session's warm-up ends, or None when it is not in warm-up."""
