@@ -424,3 +424,30 @@ def test_a_session_started_by_the_gateway_runs_with_the_operators_bot_tag_choice
     assert adds_bot_node(started_with[BOT_TAG]) is mark_as_bot
     assert gw.process is not None  # the launcher re-executed itself: same pid, new block
     assert exec_environment(gw.process.pid)[BOT_TAG] == started_with[BOT_TAG]
+
+
+def test_a_missing_engine_library_fails_the_session_with_engine_unavailable(
+        make_gateway: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """The gateway runs against a copy of neonize without its native library (first on
+    PYTHONPATH): neonize would download one at import; the session refuses instead,
+    FAILED with ENGINE_UNAVAILABLE naming the file and the version to reinstall."""
+    import importlib.metadata
+    import shutil
+
+    spec = importlib.util.find_spec("neonize")
+    assert spec is not None and spec.submodule_search_locations
+    root = tmp_path / "site"
+    shutil.copytree(next(iter(spec.submodule_search_locations)), root / "neonize",
+                    ignore=shutil.ignore_patterns(library_file_name(), "__pycache__"))
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("PYTHONPATH", f"{root}{os.pathsep}{repo}")
+    gw = make_gateway(f"http://127.0.0.1:{refused_port()}").start()
+    assert gw.connect().data == {"whatsAppConnect": True}
+    status = gw.wait_state("FAILED", timeout=30.0)
+    error = status["lastError"]
+    assert error["code"] == "ENGINE_UNAVAILABLE", error
+    assert str(root / "neonize" / library_file_name()) in error["message"]
+    version = importlib.metadata.version("neonize")
+    assert f"version {version}" in error["message"] and "never downloads" in error["message"]
+    assert not (root / "neonize" / library_file_name()).exists()  # nothing was fetched
