@@ -199,8 +199,13 @@ def start_with_engine_environment(mark_as_bot: bool) -> None:
                            "start wagate with these variables set")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, sys.orig_argv,
-              {**os.environ, **wanted, REEXEC_MARKER: str(os.getpid())})
+    try:
+        os.execve(sys.executable, sys.orig_argv,
+                  {**os.environ, **wanted, REEXEC_MARKER: str(os.getpid())})
+    except OSError as exc:
+        raise StartupError(f"cannot run {sys.executable} again with {missing} in its "
+                           f"environment ({exc}); start wagate with these variables set"
+                           ) from None
 
 
 # ---- simulator ----------------------------------------------------------------------------
