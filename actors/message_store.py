@@ -90,6 +90,8 @@ class NewMessage:
     idempotency_key: str | None = None
     valid_until: float | None = None
     is_test: bool = False
+    account: str | None = None  # the linked account it may be sent from (actors.links)
+    link_epoch: int = 0  # the session's link epoch when it was accepted
 
 
 class MessageStore:
@@ -116,6 +118,7 @@ class MessageStore:
             # from its row (many builds have this on already; some do not).
             self.db.execute("PRAGMA secure_delete=ON")
         self.db.executescript(_SCHEMA)
+        _add_link_columns(self.db)
         if not keep_text:
             self._erase_finished_text()
         for suffix in ("", "-wal", "-shm"):
@@ -140,6 +143,7 @@ class MessageStore:
             "reason": "", "error": "", "request_id": message.request_id,
             "requester": message.requester, "idempotency_key": message.idempotency_key,
             "is_test": message.is_test, "uncertain": False, "history": [["QUEUED", now, ""]],
+            "account": message.account, "link_epoch": message.link_epoch,
         }
         stored = {**record, "is_test": int(message.is_test), "uncertain": 0,
                   "history": json.dumps(record["history"])}
@@ -285,6 +289,14 @@ class MessageStore:
         rows = self.db.execute("SELECT * FROM messages WHERE state = ? ORDER BY id", (state,))
         return [r for r in map(_record, rows) if r is not None]
 
+    def queued_of_ended_link(self, session: str, epoch: int | None) -> list[dict[str, Any]]:
+        """The QUEUED messages of ``session`` accepted under a link epoch older than
+        ``epoch`` (all of them when ``epoch`` is None: the session was forgotten)."""
+        rows = self.db.execute(
+            "SELECT * FROM messages WHERE session = ? AND state = 'QUEUED' "
+            "AND (? IS NULL OR link_epoch < ?)", (session, epoch, epoch))
+        return [r for r in map(_record, rows) if r is not None]
+
     def pending_counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT session, COUNT(*) AS n FROM messages "
                                "WHERE state IN ('QUEUED', 'SENDING') GROUP BY session")
@@ -329,6 +341,17 @@ def public_record(record: dict[str, Any]) -> dict[str, Any]:
     needs it, and a record in a reply can end up in a log (Thespian logs the messages
     it could not deliver or whose handler failed)."""
     return {k: v for k, v in record.items() if k != "text"}
+
+
+def _add_link_columns(db: sqlite3.Connection) -> None:
+    """The columns that bind a message to the linked device it was accepted for
+    (``actors.links``), added to a store written before they existed: its messages
+    get epoch 0 and no account, which their sessions' registry entries match."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+    if "account" not in columns:
+        db.execute("ALTER TABLE messages ADD COLUMN account TEXT")
+    if "link_epoch" not in columns:
+        db.execute("ALTER TABLE messages ADD COLUMN link_epoch INTEGER NOT NULL DEFAULT 0")
 
 
 def cursor_of(record: dict[str, Any]) -> str:

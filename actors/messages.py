@@ -158,6 +158,15 @@ class SendText:
 
 
 @dataclass(frozen=True, slots=True)
+class ForgetSession:
+    """Forget a session for good: its name, state and any credentials left on disk.
+    Only a session that is not running and has no linked device can be forgotten."""
+
+    session: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class RequestPairingCode:
     """Pair by phone number: answered with Ok(code) by the session (while QR_PENDING)."""
 
@@ -322,6 +331,15 @@ class SessionLink:
     address: Any  # ActorAddress or None when the session has no process
     state: SessionState
     paired: bool
+    phone: str | None = None  # the linked account: messages accepted now are bound to it
+    epoch: int = 0  # the link epoch (actors.links): older messages are never sent
+
+
+@dataclass(frozen=True, slots=True)
+class SessionForgotten:
+    """Supervisor -> outbox: the session was forgotten; its queue ends, its link goes."""
+
+    session: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +379,7 @@ class Deliver:
     phone: str
     text: str = field(repr=False)
     typing: float = 0.0
+    account: str | None = None  # sent only from this linked account (None: unchecked)
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,10 @@ class SessionCounters:
             tally.connected_seconds += max(0.0, now - tally.connected_at)
             tally.connected_at = None
 
+    def forget(self, session: str) -> None:
+        """A forgotten session's series go with it (names must not pile up)."""
+        self._tallies.pop(session, None)
+
     def snapshot(self, now: float) -> dict[str, SessionMetrics]:
         return {session: SessionMetrics(
                     connected_seconds=t.connected_seconds + (

@@ -38,6 +38,7 @@ import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.limiter import Limits, rate_limited
+from actors.links import ENDED_MESSAGES, SESSION_FORGOTTEN, SESSION_LOGGED_OUT, link_ended
 from actors.message_store import (
     PENDING,
     RECEIPT_RANK,
@@ -63,6 +64,7 @@ from actors.messages import (
     Ok,
     Routed,
     SendText,
+    SessionForgotten,
     SessionLink,
     SessionState,
     StartWorker,
@@ -132,6 +134,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.pacer = Pacer(PacingRules())  # [pacing]: when each session may send next
         self.warmup: Warmup | None = None  # the warm-up cap of newly linked devices
         self.pace_armed: set[str] = set()  # sessions with a _PaceDue timer running
+        # In flight when their link ended: message id -> reason, to fail if they return.
+        self.ended_in_flight: dict[str, str] = {}
 
     # ---- start ----------------------------------------------------------------------
 
@@ -154,6 +158,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         for record in self.store.in_state("SENDING"):
             self._uncertain(record, now, "the outbox restarted while it was being sent")
         self.depth = self.store.pending_counts()
+        self._end_stale_queues()
         if self.depth:
             log.info("outbox recovered pending messages", count=sum(self.depth.values()))
         self._arm_tick()
@@ -226,7 +231,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 session=send.session, phone=send.phone, text=send.text,
                 request_id=send.request_id, requester=send.requester,
                 idempotency_key=send.idempotency_key, valid_until=valid_until,
-                is_test=send.require_connected), now)
+                is_test=send.require_connected, account=link.phone if link else None,
+                link_epoch=link.epoch if link else 0), now)
         self.accepting = (record, reply_to, send.request_id)
         self.depth[send.session] = self.depth.get(send.session, 0) + 1
         if send.wait_for_ack and self._can_send(send.session):
@@ -251,7 +257,20 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                      days=self.warmup.rules.warmup_seconds / 86400)
         if old is not None and old.address is not None and old.address != msg.address:
             self._requeue_in_flight(msg.session)  # that process is gone with its sends
+        if old is None or msg.epoch > old.epoch:
+            self._end_link_queue(msg.session, msg.epoch, SESSION_LOGGED_OUT)
         self._dispatch(msg.session)
+
+    def receiveMsg_SessionForgotten(self, msg: SessionForgotten, sender: Any) -> None:
+        if self.store is None:
+            return  # StartWorker will not list it: its queue ends there
+        self._end_link_queue(msg.session, None, SESSION_FORGOTTEN)
+        for per_session in (self.links, self.paused_until):
+            per_session.pop(msg.session, None)
+        if not self.depth.get(msg.session):
+            self.depth.pop(msg.session, None)
+        if not self.busy.get(msg.session):
+            self.busy.pop(msg.session, None)
 
     def receiveMsg_DeliveryResults(self, msg: DeliveryResults, sender: Any) -> None:
         assert self.store is not None
@@ -263,6 +282,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                     session = self._on_result(result)
                     if session is not None:
                         sessions.add(session)
+                self._settle_ended(r.message_id for r in msg.results)
             replies = self.held_replies
         finally:
             self.held_replies = None
@@ -437,9 +457,12 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 if record["valid_until"] is not None and record["valid_until"] < now:
                     self._finish(record, "EXPIRED", now, "VALIDITY_PASSED")
                     continue
+                if link_ended(record["link_epoch"], self.links[session].epoch):
+                    self._fail_ended(record, now, SESSION_LOGGED_OUT)  # never to a new device
+                    continue
                 self.store.transition(record, "SENDING", now)
                 deliveries.append(Deliver(record["id"], record["phone"], record["text"],
-                                          typing))
+                                          typing, account=record["account"]))
         for delivery in deliveries:
             self.in_flight[delivery.message_id] = session
         self.busy[session] = self.busy.get(session, 0) + len(deliveries)
@@ -465,11 +488,64 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     def _requeue_in_flight(self, session: str) -> None:
         assert self.store is not None
         now = time.time()
-        for message_id in [m for m, s in self.in_flight.items() if s == session]:
+        landed = [m for m, s in self.in_flight.items() if s == session]
+        for message_id in landed:
             self._landed(message_id)
             record = self.store.get(message_id)
             if record is not None and record["state"] == "SENDING":
                 self._uncertain(record, now, "its session process ended while sending it")
+        self._settle_ended(landed)
+
+    # ---- the end of a linked device: its queue ends with it (actors.links) -----------
+
+    def _end_stale_queues(self) -> None:
+        """At start: the queues of forgotten sessions, and of devices logged out while
+        this process was not there to hear it, end now."""
+        assert self.store is not None
+        for session in list(self.depth):
+            link = self.links.get(session)
+            if link is None:
+                self._end_link_queue(session, None, SESSION_FORGOTTEN)
+            else:
+                self._end_link_queue(session, link.epoch, SESSION_LOGGED_OUT)
+
+    def _end_link_queue(self, session: str, epoch: int | None, reason: str) -> None:
+        """Fail the waiting messages of ``session`` accepted for an earlier linked
+        device (every one when ``epoch`` is None). Those in flight may still be sent
+        from that device (they were handed to it); if they come back unsent, they fail."""
+        assert self.store is not None
+        now = time.time()
+        ended = self.store.queued_of_ended_link(session, epoch)
+        with self.store.batch():
+            for record in ended:
+                self._fail_ended(record, now, reason)
+        if ended:
+            log.warning("queue of an ended link failed", session=session, reason=reason,
+                        count=len(ended))
+        for message_id, owner in self.in_flight.items():
+            if owner == session:
+                self.ended_in_flight[message_id] = reason
+
+    def _settle_ended(self, message_ids: Any) -> None:
+        """Messages in flight when their link ended, back in the queue now: fail them."""
+        if not self.ended_in_flight:
+            return
+        assert self.store is not None
+        now = time.time()
+        for message_id in message_ids:
+            reason = self.ended_in_flight.pop(message_id, None)
+            if reason is None:
+                continue
+            record = self.store.get(message_id)
+            if record is not None and record["state"] == "QUEUED":
+                self._fail_ended(record, now, reason)
+
+    def _fail_ended(self, record: dict[str, Any], now: float, reason: str) -> None:
+        assert self.store is not None
+        message = ENDED_MESSAGES[reason]
+        record = self._finish(record, "FAILED", now, reason, error=message)
+        self._answer(record["id"], Failed("SEND_FAILED", message,
+                                          {"reason": reason, "messageId": record["id"]}))
 
     def _uncertain(self, record: dict[str, Any], now: float, why: str,
                    reason: str = "UNCERTAIN", attempts: int | None = None,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from thespian.actors import ActorExitRequest, WakeupMessage
 
+from actors.links import ACCOUNT_CHANGED, wrong_account
 from actors.messages import (
     Deliver,
     DeliverBatch,
@@ -386,13 +387,22 @@ class SessionActor(BridgedActor):
                 DeliveryResult(d.message_id, ok=False, reason="NOT_CONNECTED",
                                error="the session has no live connection") for d in msg.items)))
             return
+        refused = []
         for delivery in msg.items:
+            problem = self._account_problem(delivery)
+            if problem is not None:
+                refused.append(DeliveryResult(delivery.message_id, ok=False,
+                                              reason=ACCOUNT_CHANGED, error=problem,
+                                              permanent=True))
+                continue
             if delivery.typing > 0:  # "typing..." first; a timer, never a sleep
                 self.executor.submit(self._typing, self.transport, delivery.phone)
                 self.wakeupAfter(timedelta(seconds=delivery.typing),
                                  payload=_Typed(delivery, sender, self.generation))
             else:
                 self.executor.submit(self._send, self.transport, delivery, sender)
+        if refused:
+            self.send(sender, DeliveryResults(tuple(refused)))
 
     def _typed(self, msg: _Typed) -> None:
         """Send a delivery whose typing time is over, on the client that typed it."""
@@ -411,6 +421,17 @@ class SessionActor(BridgedActor):
             transport.send_typing(phone)
         except Exception as exc:
             log.info("typing indicator failed", error=repr(exc))
+
+    def _account_problem(self, delivery: Deliver) -> str | None:
+        """A message goes out only from the account it was accepted for: this process
+        knows which account its live connection belongs to (the last ``Connected``)."""
+        live = self.machine.status.phone if self.machine is not None else None
+        problem = wrong_account(delivery.account, live)
+        if problem is not None:
+            log.error("refused to send a message from another account than it was "
+                      "accepted for", message_id=delivery.message_id,
+                      accepted_for=delivery.account, live=live)
+        return problem
 
     def _send(self, transport: Transport, msg: Deliver, reply_to: Any) -> None:
         """Worker thread: touches no actor state, only posts the outcome."""

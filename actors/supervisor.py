@@ -31,6 +31,7 @@ from thespian.actors import (
 
 from actors.audit import AuditActor
 from actors.cluster_supervision import ClusterSupervision, Host, HostCheck, RefusedHost
+from actors.links import evictable, keep_account, over_limit, updated_entry
 from actors.messages import (
     AuditEvent,
     CollectHealth,
@@ -39,6 +40,7 @@ from actors.messages import (
     Disconnect,
     ErrorInfo,
     Failed,
+    ForgetSession,
     GetHealth,
     GetMessage,
     GetRoutes,
@@ -55,6 +57,7 @@ from actors.messages import (
     Routed,
     SendText,
     SessionCommand,
+    SessionForgotten,
     SessionLink,
     SessionState,
     SessionStatus,
@@ -172,23 +175,18 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         # handles dead letters: audit events told to a restarted audit actor's old
         # address come back here and are passed on (the web tier cannot notice).
         self.handleDeadLetters()
+        # Every known session before the outbox starts: its StartWorker lists them all,
+        # so it can tell a forgotten session's queue from a known one's.
+        dropped = self._drop_excess_sessions()
+        starting = self._load_statuses()
         # The audit log's writer first: everything after it may have something to record.
         for kind, cls in (("audit", AuditActor), ("outbox", OutboxActor)):
             self.children[kind] = Child(cls, budget=self._budget())
             self._spawn(kind)
-        for session, entry in sorted(self._remembered().items()):
-            state = SessionState(entry["state"])
-            if state in ACTIVE_STATES:
-                state = SessionState.DISCONNECTED  # it was live when we stopped; not any more
-            starting = (entry["want"] == "connected"
-                        and self._live_sessions() < self._max_sessions())
-            if starting:
-                # It reconnects at once: a paired session's sends queue meanwhile.
-                state = SessionState.CONNECTING
-            self.statuses[session] = SessionStatus(session=session, paired=entry["paired"],
-                                                   phone=entry.get("phone"), state=state)
-            if starting:
-                self._start_session(session, connect=True)
+        for session in dropped:
+            self._audit("session.forgotten", session=session, how="over sessions.max_sessions")
+        for session in starting:
+            self._start_session(session, connect=True)
             self._link(session)
         log.info("gateway started", sessions=len(self.statuses))
         self._audit("gateway.started", sessions=len(self.statuses),
@@ -268,6 +266,14 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                 "or raise sessions.max_sessions",
                 {"limit": self._max_sessions()}, request_id=msg.request_id))
             return
+        if not self._known(msg.session) and not self._make_room():
+            self.send(sender, Failed(
+                "SESSION_LIMIT",
+                f"the gateway already knows {self._max_sessions()} sessions and each holds a "
+                "linked device; log one out (whatsAppDisconnect) and forget it "
+                "(whatsAppForgetSession), or raise sessions.max_sessions",
+                {"limit": self._max_sessions()}, request_id=msg.request_id))
+            return
         if key not in self.children and self._place(msg.session, overflow=False) is None:
             self.send(sender, Failed(
                 "SESSION_LIMIT",
@@ -285,6 +291,9 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         self.send(sender, Ok(True, request_id=msg.request_id))
 
     def receiveMsg_Disconnect(self, msg: Disconnect, sender: Any) -> None:
+        if not self._known(msg.session):  # never remember a name nobody connected
+            self.send(sender, _unknown_session(msg.session, msg.request_id))
+            return
         key = _key(msg.session)
         action = "disconnect" if msg.keep_session else "logout"
         if key not in self.children and not msg.keep_session:
@@ -299,6 +308,14 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                                      updated_at=time.time()))
         if msg.keep_session:
             self._remember(msg.session, want="disconnected")
+        self.send(sender, Ok(True, request_id=msg.request_id))
+
+    def receiveMsg_ForgetSession(self, msg: ForgetSession, sender: Any) -> None:
+        refusal = self._forget_refusal(msg.session, msg.request_id)
+        if refusal is not None:
+            self.send(sender, refusal)
+            return
+        self._forget(msg.session, "operator")
         self.send(sender, Ok(True, request_id=msg.request_id))
 
     def receiveMsg_RequestPairingCode(self, msg: RequestPairingCode, sender: Any) -> None:
@@ -352,7 +369,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             return  # a late report from a process we already replaced
         if status.state is SessionState.CONNECTED:
             child.failures = 0
-        status = replace(status, host=child.host)
+        status = keep_account(self.statuses.get(status.session), replace(status, host=child.host))
         self._set_status(status)
         if status.state in FINAL_STATES and not child.retiring:
             child.retiring = True
@@ -581,25 +598,126 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         status = self.statuses[session]
         child = self.children.get(_key(session))
         address = child.address if child is not None else None
-        return SessionLink(session, address, status.state, status.paired)
+        epoch = int(self._remembered().get(session, {}).get("epoch", 0))
+        return SessionLink(session, address, status.state, status.paired, status.phone, epoch)
 
     def _remembered(self) -> dict[str, dict[str, Any]]:
         assert self.registry is not None
         return dict(self.registry.get("sessions", {}))
 
     def _remember(self, session: str, **changes: Any) -> None:
-        """Persist what a restart needs: is the session wanted, is it paired."""
+        """Persist what a restart needs: is the session wanted, is it paired, and its
+        link epoch (actors.links; a logout starts a new one)."""
         assert self.registry is not None
         sessions = self._remembered()
-        entry = sessions.get(session, {"want": "connected", "paired": False, "phone": None,
-                                       "state": SessionState.NEW.value})
-        entry.update(changes)
-        if changes.get("state") == SessionState.LOGGED_OUT.value:
-            # Unlinked: do not pair again by itself after a restart. Only on the change,
-            # so that a later whatsAppConnect (want "connected") is not overruled.
-            entry["want"] = "disconnected"
-        sessions[session] = entry
+        sessions[session] = updated_entry(sessions.get(session), changes, self._next_epoch)
         self.registry.set("sessions", sessions)
+
+    def _next_epoch(self) -> int:
+        """One high-water mark for every session, on disk before any entry uses it: a
+        forgotten and re-created name never gets an epoch its old messages had."""
+        assert self.registry is not None
+        epoch = int(self.registry.get("epoch", 0)) + 1
+        self.registry.set("epoch", epoch)
+        return epoch
+
+    # ---- the registry's bound, and forgetting (actors.links) --------------------------
+
+    def _known(self, session: str) -> bool:
+        return (session in self.statuses or _key(session) in self.children
+                or session in self._remembered())
+
+    def _running(self) -> list[str]:
+        return [k[len("session:"):] for k in self.children if k.startswith("session:")]
+
+    def _has_stores(self, session: str) -> bool:
+        assert self.config is not None
+        from actors.working_copy import has_sealed_stores  # the cipher library: only here
+
+        return has_sealed_stores(self.config.data_path, session, self.config.sessions_path)
+
+    def _make_room(self) -> bool:
+        """Room in the registry for one more session: at most ``max_sessions`` are
+        known, and a new one may take the place of one that holds nothing."""
+        sessions = self._remembered()
+        if len(sessions) < self._max_sessions():
+            return True
+        candidates = evictable(sessions, self._running(), self._has_stores)
+        if not candidates:
+            return False
+        self._forget(candidates[0], "replaced by a new session (sessions.max_sessions)")
+        return True
+
+    def _drop_excess_sessions(self) -> list[str]:
+        """At start: a registry that an older wagate let grow beyond ``max_sessions``
+        loses the sessions that hold nothing, until it fits (or none is left to drop)."""
+        assert self.registry is not None
+        sessions = self._remembered()
+        dropped = over_limit(sessions, self._max_sessions(), (), self._has_stores)
+        if dropped:
+            for session in dropped:
+                sessions.pop(session)
+            self.registry.set("sessions", sessions)
+            log.warning("forgot sessions beyond sessions.max_sessions that hold nothing",
+                        sessions=dropped)
+        return dropped
+
+    def _load_statuses(self) -> list[str]:
+        """The remembered sessions' statuses; returns those to start now."""
+        starting: list[str] = []
+        for session, entry in sorted(self._remembered().items()):
+            state = SessionState(entry["state"])
+            if state in ACTIVE_STATES:
+                state = SessionState.DISCONNECTED  # it was live when we stopped; not any more
+            if entry["want"] == "connected" and len(starting) < self._max_sessions():
+                # It reconnects at once: a paired session's sends queue meanwhile.
+                state = SessionState.CONNECTING
+                starting.append(session)
+            self.statuses[session] = SessionStatus(session=session, paired=entry["paired"],
+                                                   phone=entry.get("phone"), state=state)
+        return starting
+
+    def _forget_refusal(self, session: str, request_id: str) -> Failed | None:
+        if not self._known(session):
+            return _unknown_session(session, request_id)
+        status = self.statuses.get(session) or SessionStatus(session=session)
+        details = {"state": status.state.value, "session": session}
+        if _key(session) in self.children:
+            return Failed("SESSION_IN_USE", f"session '{session}' is running (state "
+                          f"{status.state.value}); log it out with whatsAppDisconnect, or "
+                          "stop it with whatsAppDisconnect(keepSession: true) and log it out, "
+                          "then forget it", details, request_id=request_id)
+        if status.paired or self._remembered().get(session, {}).get("paired"):
+            return Failed("SESSION_IN_USE", f"session '{session}' has a linked device; log "
+                          "it out with whatsAppDisconnect first (that unlinks the device and "
+                          "deletes its credentials), then forget it", details,
+                          request_id=request_id)
+        return None
+
+    def _forget(self, session: str, how: str) -> None:
+        """Remove every trace of a session that holds nothing: its registry entry, its
+        status and counters, what an engine left on disk, and its queue (the outbox
+        fails what waits, SESSION_FORGOTTEN)."""
+        assert self.registry is not None and self.config is not None
+        sessions = self._remembered()
+        sessions.pop(session, None)
+        self.registry.set("sessions", sessions)
+        self.statuses.pop(session, None)
+        self.session_counters.forget(session)
+        from actors.working_copy import remove_stores  # the cipher library: only here
+
+        try:
+            removed = remove_stores(self.config.data_path, session, self.config.sessions_path)
+        except OSError as exc:
+            removed = []
+            log.error("could not delete a forgotten session's stores", session=session,
+                      error=repr(exc))
+        outbox = self.children.get("outbox")
+        if outbox is not None and outbox.address is not None:
+            self.send(outbox.address, SessionForgotten(session))
+        log.info("session forgotten", session=session, how=how, removed=removed)
+        self._audit("session.forgotten", session=session, how=how, removed=removed or None)
+        self._write_snapshot()
 
     def _live_sessions(self) -> int:
         return sum(1 for k in self.children if k.startswith("session:"))
@@ -616,6 +734,12 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
 
 def _key(session: str) -> str:
     return f"session:{session}"
+
+
+def _unknown_session(session: str, request_id: str) -> Failed:
+    return Failed("UNKNOWN_SESSION", f"the gateway knows no session '{session}'; "
+                  "whatsAppSessions lists the known ones, and whatsAppConnect creates one",
+                  {"session": session}, request_id=request_id)
 
 
 def _store_restarting(request_id: str) -> Failed:

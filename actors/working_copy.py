@@ -35,12 +35,13 @@ from actors.sealed_store import (
     fsync_dir,
     is_sealed,
     remove_sqlite_companions,
+    remove_stale_temp_files,
     seal,
     snapshot,
     unseal,
     write_atomic,
 )
-from actors.transport.base import make_private_dir
+from actors.transport.base import check_session_id, make_private_dir
 from gateway.config import EncryptionConfig
 
 LOCK_NAME = ".lock"
@@ -255,6 +256,28 @@ def has_sealed_stores(data_dir: Path, session: str, sessions_dir: Path | None = 
     credential store."""
     directory = (data_dir / "sessions" if sessions_dir is None else sessions_dir) / session
     return any((directory / name).is_file() for name in STORE_FILES)
+
+
+def remove_stores(data_dir: Path, session: str, sessions_dir: Path | None = None) -> list[str]:
+    """Delete every credential store of ``session`` (and the files SQLite and
+    interrupted writes leave beside them), then its directory when that is empty: a
+    forgotten session must leave nothing a later session of the same name would resume.
+    Returns the names of the stores deleted."""
+    check_session_id(session)
+    directory = (data_dir / "sessions" if sessions_dir is None else sessions_dir) / session
+    if not directory.is_dir() or directory.is_symlink():
+        return []
+    removed = []
+    remove_stale_temp_files(directory)
+    for name, kind in STORE_FILES.items():
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
+            removed.append(name)
+        if kind == "sqlite":
+            remove_sqlite_companions(directory / name)
+    with contextlib.suppress(OSError):  # not empty: something that is not ours stays
+        directory.rmdir()
+    return removed
 
 
 def sealed_store_names(data_dir: Path, session: str,

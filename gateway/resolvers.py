@@ -30,6 +30,7 @@ from actors.messages import (
     Accepted,
     Connect,
     Disconnect,
+    ForgetSession,
     GetMessage,
     GetStatus,
     ListMessages,
@@ -118,6 +119,11 @@ def build_schema() -> GraphQLSchema:
                            keepSession: bool = False) -> bool:
         message = Disconnect(validate_session_name(session), bool(keepSession), _request_id(info))
         return bool(_ask(info, message))
+
+    @mutation.field("whatsAppForgetSession")
+    @mutation_guard("connect")
+    def resolve_forget(_: Any, info: GraphQLResolveInfo, session: str) -> bool:
+        return bool(_ask(info, ForgetSession(validate_session_name(session), _request_id(info))))
 
     @mutation.field("sendWhatsAppNotification")
     @mutation_guard("send")
