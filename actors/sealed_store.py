@@ -8,11 +8,18 @@ private working copy (``actors.working_copy``).
 
 A sealed file is a small header followed by AES-256-GCM ciphertext::
 
-    magic (8) | format version (1) | key fingerprint (8) | nonce (12) | ciphertext + tag
+    magic (8) | format version (1) | key fingerprint (8) | generation (8) | nonce (12)
+    | ciphertext + tag
 
-The header is authenticated as associated data. The fingerprint (the first bytes of
-the key's SHA-256) lets a wrong key be reported as "encrypted with key A, configured
-key is B" instead of a bare authentication failure.
+The associated data is the header and the store's identity (its session and file
+name, ``StoreId``): a sealed store opens only as the store it was written as, so
+copying session A's credentials over session B's (or one store file over another)
+fails authentication. The generation grows by one at each checkpoint; checked
+against a ledger outside data_dir (``actors.store_generations``) it stops an older
+copy from being put back. The fingerprint (the first bytes of the key's SHA-256)
+lets a wrong key be reported as "encrypted with key A, configured key is B" instead
+of a bare authentication failure. Format 1 (no identity, no generation) is still
+read, and rewritten as format 2 when its session next opens it.
 
 Pure functions and plain classes only (no actor, no Flask): the launcher's start-up
 checks, the ``wagate keys`` commands and the session actors all build on them.
@@ -40,12 +47,16 @@ from gateway.child_env import helper_environment
 from gateway.config import EncryptionConfig
 
 MAGIC = b"WAGSEAL\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bound to its session and store, with a generation
+LEGACY_VERSION = 1  # the header alone as associated data: read, never written
 KEY_BYTES = 32
 FINGERPRINT_BYTES = 8
+GENERATION_BYTES = 8
 NONCE_BYTES = 12
 TAG_BYTES = 16
-HEADER_BYTES = len(MAGIC) + 1 + FINGERPRINT_BYTES + NONCE_BYTES
+HEADER_BYTES = len(MAGIC) + 1 + FINGERPRINT_BYTES + GENERATION_BYTES + NONCE_BYTES
+LEGACY_HEADER_BYTES = len(MAGIC) + 1 + FINGERPRINT_BYTES + NONCE_BYTES
+MAX_GENERATION = 2**63 - 1
 
 # The credential stores the engines keep in data_dir/sessions/<session>/, and how to
 # take a consistent copy of each: "file" is read as it is (its writer replaces it
@@ -82,6 +93,18 @@ class WrongKey(StoreError):
 
 class CorruptStore(StoreError):
     """Not a sealed store, or one that was altered or damaged (authentication failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreId:
+    """Which store a sealed file is: authenticated with it, so it opens as no other."""
+
+    session: str
+    name: str
+
+    def associated_data(self) -> bytes:
+        # Session names and store names never hold NUL: the encoding is unambiguous.
+        return b"wagate-store\x00" + self.session.encode() + b"\x00" + self.name.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,10 +210,15 @@ def is_inside(path: Path, directory: Path) -> bool:
 # --------------------------------------------------------------------------- format
 
 
-def seal(key: StoreKey, plaintext: bytes) -> bytes:
+def seal(key: StoreKey, plaintext: bytes, store: StoreId, generation: int = 1) -> bytes:
+    """Encrypt ``plaintext`` as ``store`` at ``generation`` (0 to 2**63 - 1)."""
+    if not 0 <= generation <= MAX_GENERATION:
+        raise ValueError(f"generation {generation} is out of range")
     nonce = os.urandom(NONCE_BYTES)
-    header = (MAGIC + bytes([FORMAT_VERSION]) + bytes.fromhex(key.fingerprint) + nonce)
-    return header + AESGCM(key.secret).encrypt(nonce, plaintext, header)
+    header = (MAGIC + bytes([FORMAT_VERSION]) + bytes.fromhex(key.fingerprint)
+              + generation.to_bytes(GENERATION_BYTES, "big") + nonce)
+    return header + AESGCM(key.secret).encrypt(nonce, plaintext,
+                                               header + store.associated_data())
 
 
 def is_sealed(blob: bytes) -> bool:
@@ -205,28 +233,44 @@ def sealed_fingerprint(blob: bytes) -> str | None:
     return blob[start:start + FINGERPRINT_BYTES].hex()
 
 
-def unseal(key: StoreKey, blob: bytes, what: str) -> bytes:
-    """Decrypt and authenticate ``blob``; ``what`` names it in errors."""
+def sealed_version(blob: bytes) -> int | None:
+    """The format of a sealed store (None: not one)."""
+    return blob[len(MAGIC)] if is_sealed(blob) and len(blob) > len(MAGIC) else None
+
+
+def sealed_generation(blob: bytes) -> int:
+    """The generation in a sealed store's header; 0 for format 1, which has none."""
+    if sealed_version(blob) != FORMAT_VERSION or len(blob) < HEADER_BYTES:
+        return 0
+    start = len(MAGIC) + 1 + FINGERPRINT_BYTES
+    return int.from_bytes(blob[start:start + GENERATION_BYTES], "big")
+
+
+def unseal(key: StoreKey, blob: bytes, what: str, store: StoreId) -> bytes:
+    """Decrypt and authenticate ``blob`` as ``store``; ``what`` names it in errors."""
     if not is_sealed(blob):
         raise CorruptStore(f"{what} is not an encrypted wagate store")
-    if len(blob) < HEADER_BYTES + TAG_BYTES:
+    version = sealed_version(blob)
+    if version not in (FORMAT_VERSION, LEGACY_VERSION):
+        raise CorruptStore(f"{what} has encryption format {version}, this wagate reads "
+                           f"formats {LEGACY_VERSION} and {FORMAT_VERSION}; upgrade wagate")
+    header_bytes = HEADER_BYTES if version == FORMAT_VERSION else LEGACY_HEADER_BYTES
+    if len(blob) < header_bytes + TAG_BYTES:
         raise CorruptStore(f"{what} is truncated ({len(blob)} bytes); restore it from a "
                            "backup, or log the session out and link it again")
-    version = blob[len(MAGIC)]
-    if version != FORMAT_VERSION:
-        raise CorruptStore(f"{what} has encryption format {version}, this wagate reads "
-                           f"format {FORMAT_VERSION}; upgrade wagate")
     sealed_with = sealed_fingerprint(blob)
     assert sealed_with is not None
     if sealed_with != key.fingerprint:
         raise WrongKey(what, sealed_with, key.fingerprint)
-    header, nonce = blob[:HEADER_BYTES], blob[HEADER_BYTES - NONCE_BYTES:HEADER_BYTES]
+    header, nonce = blob[:header_bytes], blob[header_bytes - NONCE_BYTES:header_bytes]
+    associated = header + store.associated_data() if version == FORMAT_VERSION else header
     try:
-        return AESGCM(key.secret).decrypt(nonce, blob[HEADER_BYTES:], header)
+        return AESGCM(key.secret).decrypt(nonce, blob[header_bytes:], associated)
     except InvalidTag:
-        raise CorruptStore(f"{what} was altered or is damaged (authentication failed); "
-                           "restore it from a backup, or log the session out and link "
-                           "it again") from None
+        raise CorruptStore(f"{what} was altered or is damaged, or is not the {store.name} "
+                           f"store of session '{store.session}' but a copy of another "
+                           "(authentication failed); restore it from a backup, or log the "
+                           "session out and link it again") from None
 
 
 # --------------------------------------------------------------------------- files

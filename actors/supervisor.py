@@ -704,11 +704,15 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         self.registry.set("sessions", sessions)
         self.statuses.pop(session, None)
         self.session_counters.forget(session)
-        from actors.working_copy import remove_stores  # the cipher library: only here
+        from actors.sealed_store import StoreError  # the cipher library: only here
+        from actors.store_generations import open_ledger
+        from actors.working_copy import remove_stores
 
         try:
-            removed = remove_stores(self.config.data_path, session, self.config.sessions_path)
-        except OSError as exc:
+            ledger = open_ledger(self.config.encryption.generations_file, self.config.data_path)
+            removed = remove_stores(self.config.data_path, session, self.config.sessions_path,
+                                    ledger)
+        except (OSError, StoreError) as exc:
             removed = []
             log.error("could not delete a forgotten session's stores", session=session,
                       error=repr(exc))

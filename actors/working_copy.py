@@ -5,9 +5,12 @@ sessions in its SQLite file while connected), so they cannot work on the sealed
 files themselves. Each session process decrypts its stores into a directory of its
 own (mode 0700, under ``encryption.work_dir``: /dev/shm when present, so the clear
 text stays in memory) and the engine works there. ``checkpoint`` mirrors the working
-copy back into ``data_dir/sessions/<session>/``: a consistent snapshot, encrypted,
-atomically replacing the sealed file, and skipped when nothing changed. A store the
-engine deleted (a logout) is deleted from ``data_dir`` too.
+copy back into ``data_dir/sessions/<session>/``: a consistent snapshot, encrypted
+(bound to its session and store, one generation newer), atomically replacing the
+sealed file, and skipped when nothing changed. A store the engine deleted (a logout)
+is deleted from ``data_dir`` too. With ``encryption.generations_file`` every store
+written or deleted is recorded there, and an older copy is refused on open
+(``actors.store_generations``).
 
 A crashed session process cannot remove its working copy; the next start of the same
 session (or of the gateway) removes it. Every working directory holds an exclusive
@@ -29,18 +32,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actors.sealed_store import (
+    FORMAT_VERSION,
     SQLITE_COMPANIONS,
     STORE_FILES,
+    StoreId,
     StoreKey,
     fsync_dir,
     is_sealed,
     remove_sqlite_companions,
     remove_stale_temp_files,
     seal,
+    sealed_generation,
+    sealed_version,
     snapshot,
     unseal,
     write_atomic,
 )
+from actors.store_generations import GenerationLedger, open_ledger
 from actors.transport.base import check_session_id, make_private_dir
 from gateway.config import EncryptionConfig
 
@@ -130,6 +138,8 @@ class WorkingCopy:
         self.key = key
         sealed_root = data_dir / "sessions" if sessions_dir is None else sessions_dir
         self.sealed_dir = sealed_root / session
+        self.ledger: GenerationLedger | None = open_ledger(enc.generations_file, data_dir)
+        self._generations: dict[str, int] = {}  # store -> generation of its sealed file
         root = work_root(enc)
         tag = gateway_tag(data_dir)
         self.cleared = clear_stale(root, tag, session)
@@ -151,8 +161,9 @@ class WorkingCopy:
     # ------------------------------------------------------------------ lifecycle
 
     def _restore(self) -> None:
-        """Decrypt every sealed store into the working directory. A store still in
-        clear text (left by an older wagate) is sealed on the way."""
+        """Decrypt every sealed store into the working directory, refusing one older
+        than the ledger allows. A store still in clear text or in format 1 (left by
+        an older wagate) is sealed anew, bound to this session, on the way."""
         for name, kind in STORE_FILES.items():
             sealed = self.sealed_dir / name
             try:
@@ -160,13 +171,20 @@ class WorkingCopy:
             except FileNotFoundError:
                 continue
             what = f"the {name} store of session '{self.session}'"
+            store = StoreId(self.session, name)
+            generation = sealed_generation(blob) if is_sealed(blob) else 0
+            if self.ledger is not None:  # a clear or format 1 copy of a recorded store too
+                self.ledger.check(self.session, name, generation, what)
             if is_sealed(blob):
-                plain = unseal(self.key, blob, what)
+                plain = unseal(self.key, blob, what, store)
+                if sealed_version(blob) != FORMAT_VERSION:
+                    generation = self._write_sealed(name, plain, generation)
             else:
                 plain = snapshot(sealed, kind) or b""
-                write_atomic(sealed, seal(self.key, plain))
+                generation = self._write_sealed(name, plain, generation)
                 if kind == "sqlite":
                     remove_sqlite_companions(sealed)
+            self._generations[name] = generation
             target = self.store_dir / name
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as handle:
@@ -180,7 +198,8 @@ class WorkingCopy:
             return self._checkpoint()
 
     def forget(self) -> None:
-        """A logout: delete the stores, sealed and working, of this session."""
+        """A logout: delete the stores, sealed and working, of this session (and
+        record that no copy of them may come back)."""
         with self._lock:
             for name, kind in STORE_FILES.items():
                 for directory in (self.store_dir, self.sealed_dir):
@@ -188,6 +207,7 @@ class WorkingCopy:
                         (directory / name).unlink()
                     if kind == "sqlite":
                         remove_sqlite_companions(directory / name)
+                self._bury(name)
             self._seen.clear()
             if self.sealed_dir.is_dir():
                 fsync_dir(self.sealed_dir)
@@ -223,15 +243,34 @@ class WorkingCopy:
                     sealed.unlink()
                     fsync_dir(self.sealed_dir)
                     changes.append(f"-{name}")
+                    self._bury(name)
                 continue
             digest = hashlib.sha256(plain).digest()
             if not (seen is not None and seen.digest == digest and sealed.exists()):
                 make_private_dir(self.sealed_dir.parent)
                 make_private_dir(self.sealed_dir)
-                write_atomic(sealed, seal(self.key, plain))
+                self._generations[name] = self._write_sealed(
+                    name, plain, self._generations.get(name, 0))
                 changes.append(name)
             self._seen[name] = _Seen(signature, digest)
         return changes
+
+    def _write_sealed(self, name: str, plain: bytes, current: int) -> int:
+        """Seal ``plain`` as the next generation of store ``name``, then record it (in
+        that order: a crash between leaves a store newer than its record, which opens)."""
+        floor = self.ledger.floor(self.session, name) if self.ledger is not None else 0
+        generation = max(current, floor) + 1
+        write_atomic(self.sealed_dir / name,
+                     seal(self.key, plain, StoreId(self.session, name), generation))
+        if self.ledger is not None:
+            self.ledger.record(self.session, name, generation)
+        return generation
+
+    def _bury(self, name: str) -> None:
+        """The sealed store ``name`` was deleted: no copy of it may come back."""
+        generation = self._generations.pop(name, None)
+        if self.ledger is not None and generation is not None:
+            self.ledger.bury(self.session, name, generation)
 
 
 def _signature(path: Path, kind: str) -> tuple[tuple[int, int, int], ...]:
@@ -258,11 +297,13 @@ def has_sealed_stores(data_dir: Path, session: str, sessions_dir: Path | None = 
     return any((directory / name).is_file() for name in STORE_FILES)
 
 
-def remove_stores(data_dir: Path, session: str, sessions_dir: Path | None = None) -> list[str]:
+def remove_stores(data_dir: Path, session: str, sessions_dir: Path | None = None,
+                  ledger: GenerationLedger | None = None) -> list[str]:
     """Delete every credential store of ``session`` (and the files SQLite and
     interrupted writes leave beside them), then its directory when that is empty: a
-    forgotten session must leave nothing a later session of the same name would resume.
-    Returns the names of the stores deleted."""
+    forgotten session must leave nothing a later session of the same name would resume
+    (with a ``ledger``, no copy of a deleted store may come back either). Returns the
+    names of the stores deleted."""
     check_session_id(session)
     directory = (data_dir / "sessions" if sessions_dir is None else sessions_dir) / session
     if not directory.is_dir() or directory.is_symlink():
@@ -271,6 +312,9 @@ def remove_stores(data_dir: Path, session: str, sessions_dir: Path | None = None
     remove_stale_temp_files(directory)
     for name, kind in STORE_FILES.items():
         with contextlib.suppress(FileNotFoundError):
+            if ledger is not None:
+                with open(directory / name, "rb") as handle:
+                    ledger.bury(session, name, sealed_generation(handle.read(64)))
             (directory / name).unlink()
             removed.append(name)
         if kind == "sqlite":

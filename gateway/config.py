@@ -190,6 +190,7 @@ class EncryptionConfig:
     key_file: str = ""  # or a file holding it; never inside data_dir
     checkpoint_seconds: float = 30.0  # encrypted checkpoint of a changed session store
     work_dir: str = ""  # decrypted working copies; "" = /dev/shm if present, else temp dir
+    generations_file: str = ""  # the stores' generation ledger, outside data_dir; "" = none
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,11 @@ from pathlib import Path
 import structlog
 
 from actors.sealed_store import (
+    FORMAT_VERSION,
     HEADER_BYTES,
     STORE_FILES,
     StoreError,
+    StoreId,
     StoreKey,
     StoreKeyError,
     WrongKey,
@@ -37,10 +39,13 @@ from actors.sealed_store import (
     remove_stale_temp_files,
     seal,
     sealed_fingerprint,
+    sealed_generation,
+    sealed_version,
     snapshot,
     unseal,
     write_atomic,
 )
+from actors.store_generations import GenerationLedger, open_ledger
 from actors.working_copy import clear_stale, gateway_tag, work_root
 from gateway.config import Config
 
@@ -69,6 +74,11 @@ class StoreFile:
     def label(self) -> str:
         return f"session '{self.session}' ({self.name})"
 
+    @property
+    def id(self) -> StoreId:
+        """What the store is sealed as: its session and file name."""
+        return StoreId(self.session, self.name)
+
     def header(self) -> bytes:
         with open(self.path, "rb") as handle:
             return handle.read(HEADER_BYTES)
@@ -95,12 +105,34 @@ def _remove_interrupted_writes(data_dir: Path, sessions_dir: Path | None = None)
         remove_stale_temp_files(directory)
 
 
-def seal_plaintext(store: StoreFile, key: StoreKey) -> None:
+def seal_plaintext(store: StoreFile, key: StoreKey,
+                   ledger: GenerationLedger | None = None) -> None:
     """Encrypt a store an older wagate (or ``--demo``) left in clear text, in place."""
     plain = snapshot(store.path, store.kind) or b""
-    write_atomic(store.path, seal(key, plain))
+    reseal(store, key, plain, 0, ledger)
     if store.kind == "sqlite":
         remove_sqlite_companions(store.path)  # their content is in the snapshot
+
+
+def reseal(store: StoreFile, key: StoreKey, plain: bytes, generation: int,
+           ledger: GenerationLedger | None) -> None:
+    """Write ``plain`` as the next generation of ``store`` (bound to it), then record
+    that generation: a crash between leaves a store newer than its record."""
+    floor = ledger.floor(store.session, store.name) if ledger is not None else 0
+    generation = max(generation, floor) + 1
+    write_atomic(store.path, seal(key, plain, store.id, generation))
+    if ledger is not None:
+        ledger.record(store.session, store.name, generation)
+
+
+def _ledger(config: Config, verify: bool = False) -> GenerationLedger | None:
+    try:
+        ledger = open_ledger(config.encryption.generations_file, config.data_path)
+        if ledger is not None and verify:
+            ledger.verify()
+    except StoreError as exc:
+        raise StoreCheckError(str(exc)) from None
+    return ledger
 
 
 # --------------------------------------------------------------------------- locking
@@ -182,10 +214,18 @@ def check_stores(config: Config) -> StoreKey | None:
         log.warning("the storage key file can be read by other users; chmod 600 it",
                     key_file=enc.key_file)
     _check_work_root(config)
-    problems = []
-    for store in sealed:
+    ledger = _ledger(config, verify=True)
+    problems, legacy = [], []
+    for store in stores:
         try:
-            unseal(key, store.path.read_bytes(), f"the credential store of {store.label}")
+            blob = store.path.read_bytes()
+            what = f"the credential store of {store.label}"
+            if ledger is not None:  # a clear-text or format 1 copy of a recorded store too
+                ledger.check(store.session, store.name, sealed_generation(blob), what)
+            if store in sealed:
+                plain = unseal(key, blob, what, store.id)
+                if sealed_version(blob) != FORMAT_VERSION:
+                    legacy.append((store, plain))
         except StoreError as exc:
             problems.append(str(exc))
     if problems:
@@ -195,9 +235,13 @@ def check_stores(config: Config) -> StoreKey | None:
             "run it again with the same new key")
     for store in stores:
         if store not in sealed:
-            seal_plaintext(store, key)
+            seal_plaintext(store, key, ledger)
             log.warning("encrypted a session store found in clear text (left by an older "
                         "wagate or a --demo run)", session=store.session, file=store.name)
+    for store, plain in legacy:  # bound to their session from now on
+        reseal(store, key, plain, 0, ledger)
+        log.info("re-encrypted a session store in the current format", session=store.session,
+                 file=store.name)
     if config.transport.engine == "neonize" and config.transport.session_store:
         log.warning("the real engine's device store is in Postgres (transport.session_store): "
                     "wagate cannot encrypt it; rely on the database's own encryption at rest")
@@ -264,6 +308,7 @@ def rotate_keys(config: Config, new_key: StoreKey, progress: Callable[[str], Non
         _remove_interrupted_writes(data, config.sessions_path)
         stores = find_stores(data, config.sessions_path)
         plan = _plan(stores, old_key, new_key)
+        ledger = _ledger(config)
         report = RotationReport()
         for index, (store, action) in enumerate(plan, 1):
             prefix = f"[{index}/{len(plan)}] {store.label}"
@@ -272,13 +317,20 @@ def rotate_keys(config: Config, new_key: StoreKey, progress: Callable[[str], Non
                     report.already.append(store.label)
                     progress(f"{prefix}: already under the new key")
                 elif action == "plain":
-                    seal_plaintext(store, new_key)
+                    seal_plaintext(store, new_key, ledger)
                     report.sealed.append(store.label)
                     progress(f"{prefix}: was in clear text, now encrypted")
                 else:
-                    assert old_key is not None
-                    plain = unseal(old_key, store.path.read_bytes(), store.label)
-                    write_atomic(store.path, seal(new_key, plain))
+                    blob = store.path.read_bytes()  # old key, or new key in format 1
+                    opener = (new_key if sealed_fingerprint(blob) == new_key.fingerprint
+                              else old_key)
+                    assert opener is not None
+                    plain = unseal(opener, blob, store.label, store.id)
+                    if sealed_version(blob) == FORMAT_VERSION:  # the same generation
+                        write_atomic(store.path, seal(new_key, plain, store.id,
+                                                      sealed_generation(blob)))
+                    else:
+                        reseal(store, new_key, plain, 0, ledger)
                     report.rotated.append(store.label)
                     progress(f"{prefix}: re-encrypted")
             except (OSError, StoreError) as exc:
@@ -304,11 +356,12 @@ def _plan(stores: list[StoreFile], old_key: StoreKey | None, new_key: StoreKey
                             f"key {new_key.fingerprint})")
             continue
         try:
-            unseal(key, blob, store.label)
+            unseal(key, blob, store.label, store.id)
         except StoreError as exc:
             problems.append(str(exc))
             continue
-        plan.append((store, "already" if key is new_key else "rotate"))
+        already = key is new_key and sealed_version(blob) == FORMAT_VERSION
+        plan.append((store, "already" if already else "rotate"))
     if problems:
         raise StoreCheckError("nothing was changed: " + "; ".join(problems)
                               + ". Configure the key these stores are encrypted with "
@@ -336,9 +389,16 @@ def verify_stores(config: Config) -> tuple[StoreKey | None, list[tuple[StoreFile
         key = load_key(config.encryption, data)
     except StoreKeyError as exc:
         raise StoreCheckError(str(exc)) from None
+    ledger = _ledger(config)
     results = []
     for store in find_stores(data, config.sessions_path):
         blob = store.path.read_bytes()
+        try:
+            if ledger is not None:
+                ledger.check(store.session, store.name, sealed_generation(blob), "the store")
+        except StoreError as exc:
+            results.append((store, str(exc)))
+            continue
         if not is_sealed(blob):
             results.append((store, "clear text (encrypted at the next start with a key)"))
         elif key is None:
@@ -346,7 +406,7 @@ def verify_stores(config: Config) -> tuple[StoreKey | None, list[tuple[StoreFile
                                    "key is configured"))
         else:
             try:
-                unseal(key, blob, "the store")
+                unseal(key, blob, "the store", store.id)
                 results.append((store, "ok"))
             except WrongKey as exc:
                 results.append((store, f"encrypted with key {exc.sealed_with}, the configured "

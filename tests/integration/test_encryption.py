@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from actors.sealed_store import (
+    StoreId,
     generate_key_text,
     is_sealed,
     parse_key,
@@ -114,7 +115,7 @@ def test_credentials_on_disk_are_encrypted_and_the_clear_copy_is_private(
         for secret in secrets:
             assert secret.encode() not in blob, secret
         key = parse_key(gw.key_file.read_text(), "the test's key file")
-        assert json.loads(unseal(key, blob, "store")) == creds
+        assert json.loads(unseal(key, blob, "store", StoreId("default", store.name))) == creds
         return blob
 
     check_sealed()

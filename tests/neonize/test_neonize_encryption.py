@@ -21,6 +21,7 @@ import pytest
 
 from actors.sealed_store import (
     SQLITE_HEADER,
+    StoreId,
     is_sealed,
     parse_key,
     seal,
@@ -29,6 +30,8 @@ from actors.sealed_store import (
     write_atomic,
 )
 from tests.neonize.fault_proxy import refused_port
+
+DEVICE_STORE = StoreId("default", "neonize.db")
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +80,7 @@ def test_the_device_store_is_sealed_and_a_restart_decrypts_it(tmp_path: Path) ->
         assert is_sealed(blob) and not blob.startswith(SQLITE_HEADER)
         assert b"whatsmeow" not in blob and b"CREATE TABLE" not in blob
         key = parse_key(gw.key_file.read_text(), "the test's key file")
-        image = unseal(key, blob, "the device store")
+        image = unseal(key, blob, "the device store", DEVICE_STORE)
         assert image.startswith(SQLITE_HEADER)
         assert device_rows(image, tmp_path / "check.db") == []
         assert remembered_paired(gw.data_dir) is False
@@ -89,7 +92,7 @@ def test_the_device_store_is_sealed_and_a_restart_decrypts_it(tmp_path: Path) ->
         linked = snapshot(clear, "sqlite")  # the row may still be in the WAL file
         assert linked is not None
         [(jid, noise_key, identity_key)] = device_rows(linked, tmp_path / "c.db")
-        write_atomic(store, seal(key, linked))
+        write_atomic(store, seal(key, linked, DEVICE_STORE))
         blob = store.read_bytes()
         for secret in (noise_key, identity_key, DEVICE.encode(), jid.encode()):
             assert secret not in blob
@@ -107,5 +110,6 @@ def test_the_device_store_is_sealed_and_a_restart_decrypts_it(tmp_path: Path) ->
         assert is_sealed(blob) and not blob.startswith(SQLITE_HEADER)
         for secret in (noise_key, identity_key, DEVICE.encode()):
             assert secret not in blob
-        rows = device_rows(unseal(key, blob, "the device store"), tmp_path / "after.db")
+        image = unseal(key, blob, "the device store", DEVICE_STORE)
+        rows = device_rows(image, tmp_path / "after.db")
         assert rows == [(jid, noise_key, identity_key)]  # the same device, sealed again

@@ -16,6 +16,7 @@ from actors.sealed_store import (
     HEADER_BYTES,
     MAGIC,
     CorruptStore,
+    StoreId,
     StoreKey,
     StoreKeyError,
     WrongKey,
@@ -32,6 +33,7 @@ from actors.sealed_store import (
 from gateway.config import EncryptionConfig
 
 SECRET = b'{"device_id": "9f8e7d6c5b4a3921", "phone": "15551234567"}'
+STORE = StoreId("default", "simulator.json")
 
 
 def new_key(source: str = "test") -> StoreKey:
@@ -40,20 +42,20 @@ def new_key(source: str = "test") -> StoreKey:
 
 def test_a_sealed_store_round_trips_and_shows_no_plaintext() -> None:
     key = new_key()
-    blob = seal(key, SECRET)
+    blob = seal(key, SECRET, STORE)
     assert blob.startswith(MAGIC) and is_sealed(blob)
     assert SECRET not in blob and b"15551234567" not in blob and b"9f8e7d6c" not in blob
     assert sealed_fingerprint(blob) == key.fingerprint
-    assert unseal(key, blob, "the store") == SECRET
-    assert seal(key, SECRET) != blob  # a fresh nonce every time
-    assert unseal(key, seal(key, b""), "an empty store") == b""
+    assert unseal(key, blob, "the store", STORE) == SECRET
+    assert seal(key, SECRET, STORE) != blob  # a fresh nonce every time
+    assert unseal(key, seal(key, b"", STORE), "an empty store", STORE) == b""
 
 
 def test_a_wrong_key_names_both_fingerprints() -> None:
     right, wrong = new_key(), new_key()
-    blob = seal(right, SECRET)
+    blob = seal(right, SECRET, STORE)
     with pytest.raises(WrongKey) as caught:
-        unseal(wrong, blob, "the store of session 'default'")
+        unseal(wrong, blob, "the store of session 'default'", STORE)
     message = str(caught.value)
     assert f"encrypted with key {right.fingerprint}" in message
     assert f"configured key is {wrong.fingerprint}" in message
@@ -64,30 +66,30 @@ def test_a_wrong_key_names_both_fingerprints() -> None:
 @pytest.mark.parametrize("where", [HEADER_BYTES + 3, -1, HEADER_BYTES - 1])
 def test_tampered_ciphertext_or_nonce_fails_authentication(where: int) -> None:
     key = new_key()
-    blob = bytearray(seal(key, SECRET))
+    blob = bytearray(seal(key, SECRET, STORE))
     blob[where] ^= 0x01
     with pytest.raises(CorruptStore, match="altered or is damaged"):
-        unseal(key, bytes(blob), "the store")
+        unseal(key, bytes(blob), "the store", STORE)
 
 
 def test_a_changed_header_is_refused() -> None:
     key = new_key()
-    blob = bytearray(seal(key, SECRET))
+    blob = bytearray(seal(key, SECRET, STORE))
     blob[len(MAGIC)] = 9  # format version
     with pytest.raises(CorruptStore, match="format 9"):
-        unseal(key, bytes(blob), "the store")
-    blob = bytearray(seal(key, SECRET))
+        unseal(key, bytes(blob), "the store", STORE)
+    blob = bytearray(seal(key, SECRET, STORE))
     blob[len(MAGIC) + 1] ^= 0xFF  # fingerprint: looks like another key
     with pytest.raises(WrongKey):
-        unseal(key, bytes(blob), "the store")
+        unseal(key, bytes(blob), "the store", STORE)
 
 
 def test_truncated_and_plaintext_stores_are_refused() -> None:
     key = new_key()
     with pytest.raises(CorruptStore, match="truncated"):
-        unseal(key, seal(key, SECRET)[:HEADER_BYTES + 5], "the store")
+        unseal(key, seal(key, SECRET, STORE)[:HEADER_BYTES + 5], "the store", STORE)
     with pytest.raises(CorruptStore, match="not an encrypted"):
-        unseal(key, SECRET, "the store")
+        unseal(key, SECRET, "the store", STORE)
     assert sealed_fingerprint(SECRET) is None
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from actors.sealed_store import (
+    StoreId,
     StoreKey,
     generate_key_text,
     is_sealed,
@@ -49,6 +50,10 @@ def store_path(tmp_path: Path, session: str) -> Path:
     return tmp_path / "data" / "sessions" / session / "simulator.json"
 
 
+def store_id(session: str) -> StoreId:
+    return StoreId(session, "simulator.json")
+
+
 def creds(session: str) -> bytes:
     return json.dumps({"device_id": f"dev-{session}", "phone": "15550001111"}).encode()
 
@@ -57,7 +62,7 @@ def seal_sessions(tmp_path: Path, key: StoreKey) -> None:
     for session in SESSIONS:
         path = store_path(tmp_path, session)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, seal(key, creds(session)))
+        write_atomic(path, seal(key, creds(session), store_id(session)))
 
 
 def test_a_rotation_killed_half_way_leaves_every_store_readable_and_a_rerun_finishes(
@@ -90,7 +95,7 @@ def test_a_rotation_killed_half_way_leaves_every_store_readable_and_a_rerun_fini
     for session in SESSIONS:
         blob = store_path(tmp_path, session).read_bytes()
         key = new if sealed_fingerprint(blob) == new.fingerprint else old
-        assert unseal(key, blob, session) == creds(session)
+        assert unseal(key, blob, session, store_id(session)) == creds(session)
     assert not list((tmp_path / "data" / "sessions").rglob("*.tmp"))
 
     lines: list[str] = []
@@ -98,7 +103,8 @@ def test_a_rotation_killed_half_way_leaves_every_store_readable_and_a_rerun_fini
     assert (len(report.rotated), len(report.already), report.failed) == (2, 1, [])
     assert len(lines) == 3 and lines[0].startswith("[1/3] session 'alpha' (simulator.json)")
     for session in SESSIONS:
-        assert unseal(new, store_path(tmp_path, session).read_bytes(), session) == creds(session)
+        assert unseal(new, store_path(tmp_path, session).read_bytes(), session,
+                      store_id(session)) == creds(session)
     _, results = verify_stores(config_for(tmp_path, new_file))
     assert [outcome for _, outcome in results] == ["ok"] * 3
 
@@ -108,7 +114,7 @@ def test_a_rotation_changes_nothing_when_a_store_opens_with_neither_key(tmp_path
     old, new = new_key_file(old_file), new_key_file(new_file)
     seal_sessions(tmp_path, old)
     stranger = parse_key(generate_key_text(), "stranger")
-    write_atomic(store_path(tmp_path, "gamma"), seal(stranger, creds("gamma")))
+    write_atomic(store_path(tmp_path, "gamma"), seal(stranger, creds("gamma"), store_id("gamma")))
     before = {s: store_path(tmp_path, s).read_bytes() for s in SESSIONS}
     with pytest.raises(StoreCheckError) as caught:
         rotate_keys(config_for(tmp_path, old_file), new, lambda line: None)
@@ -160,7 +166,7 @@ def test_the_startup_check_seals_clear_text_stores_and_clears_leftovers(
     interrupted.write_bytes(b"half a write")
     check_stores(config_for(tmp_path, key_file))
     assert is_sealed(plain.read_bytes())
-    assert unseal(key, plain.read_bytes(), "alpha") == creds("alpha")
+    assert unseal(key, plain.read_bytes(), "alpha", store_id("alpha")) == creds("alpha")
     assert not interrupted.exists()
 
 

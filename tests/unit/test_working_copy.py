@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from actors.sealed_store import (
+    StoreId,
     StoreKey,
     WrongKey,
     generate_key_text,
@@ -48,7 +49,7 @@ def enc(tmp_path: Path) -> EncryptionConfig:
 def sealed_creds(data: Path, key: StoreKey, session: str = "s1") -> Path:
     path = data / "sessions" / session / "simulator.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, seal(key, json.dumps(CREDS).encode()))
+    write_atomic(path, seal(key, json.dumps(CREDS).encode(), StoreId(session, path.name)))
     return path
 
 
@@ -70,7 +71,8 @@ def test_the_working_copy_is_private_and_gone_after_close(
     assert copy.checkpoint() == []  # nothing changed since it was decrypted
     copy.close()
     assert not copy.path.exists() and working_dirs(enc) == []
-    assert json.loads(unseal(key, sealed.read_bytes(), "s")) == CREDS
+    store = StoreId("s1", "simulator.json")
+    assert json.loads(unseal(key, sealed.read_bytes(), "s", store)) == CREDS
 
 
 def test_checkpoints_seal_changes_skip_unchanged_and_mirror_deletions(
@@ -162,7 +164,7 @@ def test_a_sqlite_store_in_use_is_checkpointed_consistently(
     assert noise_key not in sealed and b"4917012345678" not in sealed
     assert sorted(p.name for p in (data / "sessions" / "s1").iterdir()) == ["neonize.db"]
     restored = tmp_path / "restored.db"
-    restored.write_bytes(unseal(key, sealed, "db"))
+    restored.write_bytes(unseal(key, sealed, "db", StoreId("s1", "neonize.db")))
     with sqlite3.connect(restored) as db:
         rows = db.execute("SELECT jid, noise_key FROM whatsmeow_device ORDER BY jid").fetchall()
     assert rows[0] == ("4917012345678:7@s.whatsapp.net", noise_key) and len(rows) == 2
