@@ -301,6 +301,29 @@ class SessionActor(BridgedActor):
                 log.error("deleting the session's stores failed", session=self.session,
                           error=repr(exc))
 
+    def _forget_locally(self) -> None:
+        """A logout with no client to unlink the device (the engine cannot start, or
+        the stores cannot be decrypted): the phone may still list the device, but the
+        credentials are deleted, as after a logout without a network, so no later
+        start resumes them."""
+        from actors.sealed_store import StoreError
+        from actors.store_generations import open_ledger
+        from actors.working_copy import remove_stores
+
+        config = self.config
+        try:
+            if self.store is not None:
+                self.store.forget()
+            else:
+                ledger = open_ledger(config.encryption.generations_file, config.data_path)
+                remove_stores(config.data_path, self.session, config.sessions_path, ledger)
+        except (OSError, StoreError) as exc:
+            log.error("deleting the session's stores failed", session=self.session,
+                      error=repr(exc))
+            return
+        log.warning("logged out without a client: the stored credentials were deleted, "
+                    "the phone may still list the device (remove it there)")
+
     def receiveMsg__StoreSaved(self, msg: _StoreSaved, sender: Any) -> None:
         held, self.held = self.held or [], None
         if not held:
@@ -569,7 +592,11 @@ class SessionActor(BridgedActor):
             case LogoutClient():
                 # The live client unlinks (a server round trip), then closes: on a worker
                 # thread. Its late events are ignored from now on (new generation).
-                client = self._client()
+                try:
+                    client = self._client()
+                except EngineUnavailable:
+                    self._forget_locally()  # nothing can unlink it: delete it here at least
+                    return
                 self.transport = None
                 self.generation += 1
                 assert self.executor is not None

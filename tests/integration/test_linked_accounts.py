@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from actors.sealed_store import generate_key_text
 from tests.integration.harness import Gateway, wait_for
 
 # Between reconnect attempts for the whole test: sends queue instead of failing.
@@ -123,3 +124,28 @@ def test_a_queued_message_is_never_sent_from_credentials_replaced_behind_the_gat
     assert gw.inbox() == []
     assert queue_message_sent(gw, "from the new account") == "SENT"
     assert [m["from"] for m in gw.inbox()] == [OTHER_PHONE]
+
+
+def test_a_logout_deletes_credentials_the_session_cannot_read(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """The key was changed under a running gateway: the session cannot open its
+    stores (STORE_UNAVAILABLE). A logout must still end the link here: LOGGED_OUT,
+    credentials deleted, so no later start with the right key resumes the device."""
+    gw = make_gateway().start()
+    gw.link()
+    gw.disconnect(keep_session=True)
+    gw.wait_state("DISCONNECTED")
+    right_key = gw.key_file.read_text()
+    gw.key_file.write_text(generate_key_text() + "\n")
+    try:
+        wait_for(lambda: not gw.connect().errors, 20, message="a connect to be accepted")
+        failed = gw.wait_state("FAILED", timeout=20)
+        assert failed["lastError"]["code"] == "STORE_UNAVAILABLE", failed
+        assert gw.disconnect().data == {"whatsAppDisconnect": True}
+        gw.wait_state("LOGGED_OUT", timeout=20)
+        wait_for(lambda: not gw.credentials_path().exists(), 20,
+                 message="the unreadable credentials to be deleted")
+    finally:
+        gw.key_file.write_text(right_key)
+    assert gw.connect().data == {"whatsAppConnect": True}
+    gw.wait_state("QR_PENDING", timeout=20)  # nothing left to resume
