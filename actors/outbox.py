@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -526,7 +527,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             if owner == session:
                 self.ended_in_flight[message_id] = reason
 
-    def _settle_ended(self, message_ids: Any) -> None:
+    def _settle_ended(self, message_ids: Iterable[str]) -> None:
         """Messages in flight when their link ended, back in the queue now: fail them."""
         if not self.ended_in_flight:
             return
