@@ -315,7 +315,16 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         if refusal is not None:
             self.send(sender, refusal)
             return
-        self._forget(msg.session, "operator")
+        problem = self._forget(msg.session, "operator")
+        if problem is not None:
+            status = self.statuses.get(msg.session) or SessionStatus(session=msg.session)
+            self.send(sender, Failed(
+                "SESSION_IN_USE", f"session '{msg.session}' was not forgotten: {problem}; "
+                "fix the permissions of its directory under storage.sessions_dir (or "
+                "data_dir/sessions) and try again",
+                {"state": status.state.value, "session": msg.session},
+                request_id=msg.request_id))
+            return
         self.send(sender, Ok(True, request_id=msg.request_id))
 
     def receiveMsg_RequestPairingCode(self, msg: RequestPairingCode, sender: Any) -> None:
@@ -645,8 +654,8 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         candidates = evictable(sessions, self._running(), self._has_stores)
         if not candidates:
             return False
-        self._forget(candidates[0], "replaced by a new session (sessions.max_sessions)")
-        return True
+        return self._forget(candidates[0], "replaced by a new session (sessions.max_sessions)"
+                            ) is None
 
     def _drop_excess_sessions(self) -> list[str]:
         """At start: a registry that an older wagate let grow beyond ``max_sessions``
@@ -694,16 +703,13 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                           request_id=request_id)
         return None
 
-    def _forget(self, session: str, how: str) -> None:
-        """Remove every trace of a session that holds nothing: its registry entry, its
-        status and counters, what an engine left on disk, and its queue (the outbox
-        fails what waits, SESSION_FORGOTTEN)."""
+    def _forget(self, session: str, how: str) -> str | None:
+        """Remove every trace of a session that holds nothing: what an engine left on
+        disk first (so a crash half-way leaves a session that can be forgotten again,
+        never a name that would resume old credentials), then its registry entry, its
+        status and counters, and its queue (the outbox fails what waits,
+        SESSION_FORGOTTEN). Returns why it could not, or None."""
         assert self.registry is not None and self.config is not None
-        sessions = self._remembered()
-        sessions.pop(session, None)
-        self.registry.set("sessions", sessions)
-        self.statuses.pop(session, None)
-        self.session_counters.forget(session)
         from actors.sealed_store import StoreError  # the cipher library: only here
         from actors.store_generations import open_ledger
         from actors.working_copy import remove_stores
@@ -713,15 +719,21 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             removed = remove_stores(self.config.data_path, session, self.config.sessions_path,
                                     ledger)
         except (OSError, StoreError) as exc:
-            removed = []
             log.error("could not delete a forgotten session's stores", session=session,
                       error=repr(exc))
+            return f"its stored credentials could not be deleted ({exc})"
+        sessions = self._remembered()
+        sessions.pop(session, None)
+        self.registry.set("sessions", sessions)
+        self.statuses.pop(session, None)
+        self.session_counters.forget(session)
         outbox = self.children.get("outbox")
         if outbox is not None and outbox.address is not None:
             self.send(outbox.address, SessionForgotten(session))
         log.info("session forgotten", session=session, how=how, removed=removed)
         self._audit("session.forgotten", session=session, how=how, removed=removed or None)
         self._write_snapshot()
+        return None
 
     def _live_sessions(self) -> int:
         return sum(1 for k in self.children if k.startswith("session:"))
