@@ -9,6 +9,7 @@ import base64
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -199,15 +200,20 @@ def test_a_logged_out_store_cannot_be_brought_back(
     assert sealed_generation(path.read_bytes()) == 5  # buried at 3 (floor 4), then 5
 
 
-def test_the_start_up_check_refuses_a_rolled_back_store(
-        tmp_path: Path, enc: EncryptionConfig) -> None:
+def _gateway_with_ledger(tmp_path: Path, enc: EncryptionConfig) -> tuple[Path, StoreKey, Any]:
+    """A data_dir, its storage key and a config that keeps a generations file."""
     data, key = tmp_path / "data", new_key()
     key_file = tmp_path / "store.key"
     key_file.write_text(base64_text(key))
-    config = load_config(None, {"storage.data_dir": str(data),
-                                "encryption.key_file": str(key_file),
-                                "encryption.work_dir": enc.work_dir,
-                                "encryption.generations_file": enc.generations_file})
+    return data, key, load_config(None, {
+        "storage.data_dir": str(data), "encryption.key_file": str(key_file),
+        "encryption.work_dir": enc.work_dir,
+        "encryption.generations_file": enc.generations_file})
+
+
+def test_the_start_up_check_refuses_a_rolled_back_store(
+        tmp_path: Path, enc: EncryptionConfig) -> None:
+    data, key, config = _gateway_with_ledger(tmp_path, enc)
     path = put_store(data, "alpha", seal(key, b"{}", StoreId("alpha", NAME), generation=4))
     check_stores(config)
     GenerationLedger(Path(enc.generations_file)).record("alpha", NAME, 6)
@@ -222,13 +228,7 @@ def test_the_start_up_check_refuses_a_rolled_back_store(
 
 def test_the_start_up_check_binds_format_1_stores(tmp_path: Path,
                                                   enc: EncryptionConfig) -> None:
-    data, key = tmp_path / "data", new_key()
-    key_file = tmp_path / "store.key"
-    key_file.write_text(base64_text(key))
-    config = load_config(None, {"storage.data_dir": str(data),
-                                "encryption.key_file": str(key_file),
-                                "encryption.work_dir": enc.work_dir,
-                                "encryption.generations_file": enc.generations_file})
+    data, key, config = _gateway_with_ledger(tmp_path, enc)
     path = put_store(data, "alpha", legacy_seal(key, b"{}"))
     check_stores(config)
     assert sealed_version(path.read_bytes()) == 2
