@@ -186,9 +186,9 @@ SECRET = "secret code 918273"
 HOSTILE_CLIENT = """
 import sys
 from actors.messages import GetRoutes, SendText, SessionLink, SessionState
-from actors.system import SUPERVISOR_NAME, join_system
+from actors.system import LOOPBACK, SUPERVISOR_NAME, join_system
 
-system = join_system(int(sys.argv[1]))
+system = join_system(int(sys.argv[1]), LOOPBACK, ())
 supervisor = system.createActor("actors.supervisor.SupervisorActor",
                                 globalName=SUPERVISOR_NAME)
 outbox = system.ask(supervisor, GetRoutes("routes"), 20).value["outbox"]
@@ -228,9 +228,9 @@ FAILING_TICK_CLIENT = """
 import sys
 from actors.messages import (DeliveryResult, DeliveryResults, GetRoutes, SendText,
                              SessionLink, SessionState)
-from actors.system import SUPERVISOR_NAME, join_system
+from actors.system import LOOPBACK, SUPERVISOR_NAME, join_system
 
-system = join_system(int(sys.argv[1]))
+system = join_system(int(sys.argv[1]), LOOPBACK, ())
 supervisor = system.createActor("actors.supervisor.SupervisorActor",
                                 globalName=SUPERVISOR_NAME)
 outbox = system.ask(supervisor, GetRoutes("routes"), 20).value["outbox"]
