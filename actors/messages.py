@@ -185,6 +185,25 @@ class PairingCodeRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckNumbers:
+    """Are these normalised numbers on WhatsApp? One engine lookup through the session;
+    answered with Ok([NumberInfo, ...]) in the same order, or Failed (unknown)."""
+
+    session: str
+    phones: tuple[str, ...]
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NumberLookup:
+    """Supervisor -> session: CheckNumbers with the caller to answer."""
+
+    phones: tuple[str, ...]
+    reply_to: Any
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Accepted:
     """Reply to SendText: the message is on disk (and, if ``state`` is SENT, acked).
 

@@ -35,6 +35,7 @@ from actors.messages import (
     DeliveryResult,
     DeliveryResults,
     Failed,
+    NumberLookup,
     Ok,
     PairingCodeRequest,
     SessionCommand,
@@ -167,6 +168,9 @@ class SessionActor(BridgedActor):
         self.store: WorkingCopy | None = None  # decrypted stores; None: stores in clear text
         self.store_problem: str | None = None  # why the stores cannot be opened (FAILED)
         self.store_executor: ThreadPoolExecutor | None = None  # checkpoints, one at a time
+        # Number lookups, one at a time and apart from sends: a hanging lookup must
+        # never hold up a send (nor a burst of lookups look like a bot).
+        self.lookup_executor: ThreadPoolExecutor | None = None
         self.held: list[_Event] | None = None  # events waiting for the connect checkpoint
 
     # ---- lifecycle ---------------------------------------------------------------
@@ -229,6 +233,8 @@ class SessionActor(BridgedActor):
         futures.wait(self.logouts, timeout=LOGOUT_GRACE_SECONDS)
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.lookup_executor is not None:
+            self.lookup_executor.shutdown(wait=False, cancel_futures=True)
         self._close_store()
         if self.bridge is not None:
             self.bridge.close()
@@ -496,6 +502,35 @@ class SessionActor(BridgedActor):
                            {"reason": exc.reason}, request_id=msg.request_id)
         except Exception as exc:
             reply = Failed("PAIRING_FAILED", f"WhatsApp did not issue a pairing code: {exc!r}",
+                           {"reason": "TRANSPORT_ERROR"}, request_id=msg.request_id)
+        if self.bridge is not None:
+            self.bridge.post(_SendDone(reply, msg.reply_to))
+
+    def receiveMsg_NumberLookup(self, msg: NumberLookup, sender: Any) -> None:
+        if (self.machine is None or self.transport is None or self.executor is None
+                or self.machine.status.state is not SessionState.CONNECTED):
+            state = self.machine.status.state.value if self.machine else "NEW"
+            self.send(msg.reply_to, Failed(
+                "NOT_CONNECTED", f"the session is {state}, not CONNECTED; numbers are "
+                "looked up over a live connection", {"state": state},
+                request_id=msg.request_id))
+            return
+        if self.lookup_executor is None:
+            self.lookup_executor = ThreadPoolExecutor(
+                1, thread_name_prefix=f"lookup-{self.session}")
+        self.lookup_executor.submit(self._lookup, self.transport, msg)
+
+    def _lookup(self, transport: Transport, msg: NumberLookup) -> None:
+        """Worker thread: a lookup is a server round trip (a usync query)."""
+        reply: Ok | Failed
+        try:
+            reply = Ok(transport.check_numbers(list(msg.phones)), request_id=msg.request_id)
+        except SendError as exc:
+            reply = Failed("UNAVAILABLE", f"WhatsApp did not answer the lookup: {exc}",
+                           {"reason": exc.reason}, request_id=msg.request_id)
+        except Exception as exc:
+            log.error("the transport failed while looking numbers up", exc_info=True)
+            reply = Failed("UNAVAILABLE", f"WhatsApp did not answer the lookup: {exc!r}",
                            {"reason": "TRANSPORT_ERROR"}, request_id=msg.request_id)
         if self.bridge is not None:
             self.bridge.post(_SendDone(reply, msg.reply_to))

@@ -34,6 +34,7 @@ from actors.cluster_supervision import ClusterSupervision, Host, HostCheck, Refu
 from actors.links import evictable, keep_account, over_limit, updated_entry
 from actors.messages import (
     AuditEvent,
+    CheckNumbers,
     CollectHealth,
     Connect,
     DeliveryReceipt,
@@ -47,6 +48,7 @@ from actors.messages import (
     GetStatus,
     HealthReport,
     ListMessages,
+    NumberLookup,
     Offer,
     Ok,
     PairingCodeRequest,
@@ -338,6 +340,15 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                 request_id=msg.request_id))
             return
         self.send(child.address, PairingCodeRequest(msg.phone, sender, msg.request_id))
+
+    def receiveMsg_CheckNumbers(self, msg: CheckNumbers, sender: Any) -> None:
+        child = self.children.get(_key(msg.session))
+        if child is None or child.address is None or child.retiring:
+            self.send(sender, Failed(
+                "NOT_CONNECTED", f"session {msg.session!r} is not running; call "
+                "whatsAppConnect first", {"session": msg.session}, request_id=msg.request_id))
+            return
+        self.send(child.address, NumberLookup(msg.phones, sender, msg.request_id))
 
     def receiveMsg_SendText(self, msg: SendText, sender: Any) -> None:
         """Sends normally go to the outbox directly (GetRoutes); pass on any that come here."""

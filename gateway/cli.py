@@ -120,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--lid", action="store_true", help="receipts name the sender by LID")
     auto.set_defaults(handler=cmd_sim_auto_receipt)
 
+    unregister = sim_commands.add_parser(
+        "unregister", help="a number has no WhatsApp account: lookups say so, sends to it "
+        "are acked but never delivered")
+    _common(unregister)
+    unregister.add_argument("number", help="digits with the country code, e.g. 15551234567")
+    unregister.set_defaults(handler=cmd_sim_unregister)
+
+    register = sim_commands.add_parser(
+        "register", help="a number has a WhatsApp account again (every number has by default)")
+    _common(register)
+    register.add_argument("number", help="digits with the country code, e.g. 15551234567")
+    register.set_defaults(handler=cmd_sim_register)
+
     inbox = sim_commands.add_parser("inbox", help="every message that reached a recipient")
     _common(inbox)
     inbox.add_argument("--json", action="store_true", help="one JSON document")
@@ -326,6 +339,20 @@ def cmd_sim_auto_receipt(args: argparse.Namespace) -> int:
               + (" (sender named by LID)" if args.lid else ""))
 
     return _run_sim(args, auto_receipt)
+
+
+def cmd_sim_unregister(args: argparse.Namespace) -> int:
+    def unregister(server: Any) -> None:
+        print(f"+{server.unregister(args.number)} is no longer on the simulated WhatsApp")
+
+    return _run_sim(args, unregister)
+
+
+def cmd_sim_register(args: argparse.Namespace) -> int:
+    def register(server: Any) -> None:
+        print(f"+{server.register(args.number)} is on the simulated WhatsApp")
+
+    return _run_sim(args, register)
 
 
 def cmd_sim_inbox(args: argparse.Namespace) -> int:

@@ -113,6 +113,21 @@ class SentMessage:
     timestamp: float  # server time, unix seconds
 
 
+@dataclass(frozen=True, slots=True)
+class NumberInfo:
+    """What WhatsApp said about one number in a lookup.
+
+    ``jid``/``lid``: its addresses ("" when not on WhatsApp or not given);
+    ``business``: None when the engine does not say.
+    """
+
+    phone: str
+    on_whatsapp: bool
+    jid: str = ""
+    lid: str = ""
+    business: bool | None = None
+
+
 class SendError(Exception):
     """A send the server did not accept.
 
@@ -166,6 +181,12 @@ class Transport(ABC):
         """Show "typing..." in the chat with ``phone`` (best effort: a failure only
         means the indicator is missing). Engines without chat presence do nothing."""
         return None
+
+    def check_numbers(self, phones: list[str]) -> list[NumberInfo]:
+        """Whether each normalised number has a WhatsApp account, in one query where
+        the engine allows (WhatsApp watches these lookups for abuse). Blocks; raises
+        ``SendError`` when the answer is unknown (not connected, timed out ...)."""
+        raise SendError("UNSUPPORTED", "this engine cannot look numbers up", permanent=True)
 
     def request_pairing_code(self, phone: str) -> str:
         """Pair by phone number instead of QR: returns the 8-character code the user

@@ -95,6 +95,7 @@ from actors.transport.base import (
     EngineSetupError,
     EventSink,
     LoggedOut,
+    NumberInfo,
     PairingClosed,
     QrCode,
     Receipt,
@@ -413,6 +414,19 @@ class NeonizeTransport(Transport):
             except self._api.neonize_error as exc:
                 raise send_error_from(str(exc)) from exc
         return SentMessage(message_id=response.ID, timestamp=_unix_seconds(response.Timestamp))
+
+    def check_numbers(self, phones: list[str]) -> list[NumberInfo]:
+        """One usync query (whatsmeow ``IsOnWhatsApp``) for all of ``phones``. Refused
+        locally (``NOT_CONNECTED``) without a live connection, as ``send_text``."""
+        conn = self._current()
+        if conn is None or not conn.connected:
+            raise SendError(_NOT_CONNECTED, "the session is not connected", permanent=False)
+        with conn.go_call():
+            try:
+                responses = conn.client.is_on_whatsapp(*[f"+{p}" for p in phones])
+            except self._api.neonize_error as exc:
+                raise lookup_error_from(str(exc)) from exc
+        return numbers_from_responses(phones, responses)
 
     def send_typing(self, phone: str) -> None:
         """Show "typing..." to ``phone`` (whatsmeow ``SendChatPresence`` composing); the
@@ -877,6 +891,49 @@ def send_error_from(text: str) -> SendError:
     if any(marker in lowered for marker in _NOT_CONNECTED_MARKERS):
         return SendError(_NOT_CONNECTED, text, permanent=False)
     return SendError("REJECTED", text, permanent=True)
+
+
+def lookup_error_from(text: str) -> SendError:
+    """Map whatsmeow's error text for a failed lookup: never a verdict on the numbers,
+    always "unknown" (a lookup changes nothing, so none is ``uncertain``)."""
+    lowered = text.lower()
+    if any(marker in lowered for marker in _NOT_CONNECTED_MARKERS):
+        return SendError(_NOT_CONNECTED, text, permanent=False)
+    if "timed out" in lowered or "timeout" in lowered:
+        return SendError("TIMEOUT", text, permanent=False)
+    return SendError("LOOKUP_FAILED", text, permanent=False)
+
+
+def numbers_from_responses(phones: list[str], responses: Any) -> list[NumberInfo]:
+    """Pair ``IsOnWhatsAppResponse``s (Query, JID, IsIn, VerifiedName) with the numbers
+    asked. The server may answer out of order or leave some out: a number is matched
+    by the digits of its ``Query``; one without an answer raises (unknown, never "no")."""
+    by_digits: dict[str, NumberInfo] = {}
+    for response in responses or ():
+        digits = "".join(c for c in str(getattr(response, "Query", "")) if c.isdigit())
+        on = bool(getattr(response, "IsIn", False))
+        jid = _jid_text(getattr(response, "JID", None)) if on else ""
+        verified = getattr(response, "VerifiedName", None)
+        business = _has_field(response, "VerifiedName") and verified is not None
+        by_digits[digits] = NumberInfo(digits, on, jid, business=business if on else None)
+    missing = [phone for phone in phones if phone not in by_digits]
+    if missing:
+        raise SendError("LOOKUP_FAILED", f"WhatsApp did not answer for {len(missing)} of "
+                        f"{len(phones)} numbers", permanent=False)
+    return [by_digits[phone] for phone in phones]
+
+
+def _jid_text(jid: Any) -> str:
+    """``user@server`` of a protobuf JID ("" when absent)."""
+    user, server = str(getattr(jid, "User", "") or ""), str(getattr(jid, "Server", "") or "")
+    return f"{user}@{server}" if user and server else ""
+
+
+def _has_field(message: Any, name: str) -> bool:
+    try:
+        return bool(message.HasField(name))
+    except (AttributeError, ValueError):
+        return getattr(message, name, None) is not None
 
 
 def _phone_of(device: Any) -> str:

@@ -45,6 +45,7 @@ from actors.transport.base import (
     Disconnected,
     EventSink,
     LoggedOut,
+    NumberInfo,
     PairingClosed,
     QrCode,
     Receipt,
@@ -136,6 +137,17 @@ def _receipts_key(session: str) -> tuple[str, str]:
 def _typing_key(session: str, recipient: str) -> tuple[str, str, str]:
     """Since when the session's client shows "typing..." to the recipient."""
     return ("typing", session, recipient)
+
+
+def _unregistered_key(phone: str) -> tuple[str, str]:
+    """A number with no WhatsApp account (every number has one unless marked so)."""
+    return ("unregistered", phone)
+
+
+# How many lookups (usync queries) reached the server, and whether they fail now.
+_LOOKUPS_KEY = ("lookups",)
+_LOOKUPS_DOWN_KEY = ("lookups-down",)
+_LOOKUP_DELAY_KEY = ("lookup-delay",)  # seconds every lookup takes before it answers
 
 
 def lid_of(phone: str) -> str:
@@ -260,6 +272,41 @@ class SimulatorServer:
         if kind not in RECEIPT_KINDS:
             raise SimulatorError(f"a receipt is one of {', '.join(RECEIPT_KINDS)}, not {kind!r}")
         self._cache.set(_AUTO_RECEIPT_KEY, {"kind": kind, "lid": via_lid}, retry=True)
+
+    def unregister(self, phone: str) -> str:
+        """``phone`` has no WhatsApp account from now on: lookups answer "not on
+        WhatsApp" and messages to it are acked but never reach anyone (no receipts)."""
+        digits = _checked_phone(phone)
+        self._cache.set(_unregistered_key(digits), time.time(), retry=True)
+        return digits
+
+    def register(self, phone: str) -> str:
+        """``phone`` has a WhatsApp account again (the default for every number)."""
+        digits = _checked_phone(phone)
+        self._cache.delete(_unregistered_key(digits), retry=True)
+        return digits
+
+    def is_registered(self, phone: str) -> bool:
+        return self._cache.get(_unregistered_key(phone)) is None
+
+    def lookups_down(self, down: bool) -> None:
+        """While ``down``, every lookup fails (as a usync query that times out);
+        sends are not affected."""
+        if down:
+            self._cache.set(_LOOKUPS_DOWN_KEY, True, retry=True)
+        else:
+            self._cache.delete(_LOOKUPS_DOWN_KEY, retry=True)
+
+    def lookup_delay(self, seconds: float) -> None:
+        """Every lookup answers only after ``seconds`` (0: at once), as a slow usync
+        query; a closing client stops waiting."""
+        if not 0 <= seconds <= 3600:
+            raise SimulatorError(f"a lookup delay is 0 to 3600 seconds (got {seconds})")
+        self._cache.set(_LOOKUP_DELAY_KEY, float(seconds), retry=True)
+
+    def lookup_count(self) -> int:
+        """How many lookup queries reached the server (one per batch, as a usync query)."""
+        return int(self._cache.get(_LOOKUPS_KEY, 0))
 
     def inbox(self) -> list[dict[str, Any]]:
         """Every message that reached a recipient, oldest first."""
@@ -390,11 +437,23 @@ class SimulatorServer:
                         return _failure(kind)
         return None
 
+    def _lookup(self, phones: list[str]) -> list[bool]:
+        """One batched lookup: whether each number has an account. Raises ``SendError``
+        while lookups are down (``lookups_down``)."""
+        self._cache.incr(_LOOKUPS_KEY, default=0, retry=True)
+        if self._cache.get(_LOOKUPS_DOWN_KEY):
+            raise SendError("TIMEOUT", "the simulated lookup timed out (injected with "
+                            "lookups_down)", permanent=False)
+        return [self.is_registered(phone) for phone in phones]
+
     def _deliver(self, session: str, sender: str, recipient: str, text: str) -> SentMessage:
         """Hand a message to its recipient: append it to the inbox with a fresh id (and
-        queue the automatic receipt, when one is configured)."""
+        queue the automatic receipt, when one is configured). A number with no account
+        gets nothing: the server acks, but no recipient ever sees it or confirms it."""
         message = {"id": "3EB0" + secrets.token_hex(9).upper(), "session": session,
                    "from": sender, "to": recipient, "text": text, "time": time.time()}
+        if not self.is_registered(recipient):
+            return SentMessage(message_id=message["id"], timestamp=message["time"])
         typing_since = self._cache.pop(_typing_key(session, recipient), None, retry=True)
         if typing_since is not None:
             message["typing_since"] = typing_since  # "typing..." showed from then on
@@ -555,6 +614,22 @@ class SimulatorTransport(Transport):
         sent = self._server._deliver(self._session, link.phone, phone, text)
         self._report_receipts(conn)  # an automatic receipt arrives before the ack
         return sent
+
+    def check_numbers(self, phones: list[str]) -> list[NumberInfo]:
+        """One lookup for all of ``phones``; needs a live connection, as a usync query."""
+        with self._lock:
+            conn = self._conn
+        link = conn.link if conn is not None else None
+        if conn is None or link is None:
+            raise SendError("NOT_CONNECTED", "the session is not connected", permanent=False)
+        delay = float(self._server._cache.get(_LOOKUP_DELAY_KEY, 0.0))
+        if delay > 0 and conn.stop.wait(delay):
+            raise SendError("NOT_CONNECTED", "the connection was closed while looking up",
+                            permanent=False)
+        answers = self._server._lookup(list(phones))
+        return [NumberInfo(phone, on, f"{phone}@s.whatsapp.net" if on else "",
+                           lid=f"{lid_of(phone)}@lid" if on else "")
+                for phone, on in zip(phones, answers, strict=True)]
 
     def send_typing(self, phone: str) -> None:
         """Recorded by the server: the message that follows carries ``typing_since``
