@@ -78,6 +78,7 @@ from actors.run_once import RunOnce
 from actors.session_machine import refuse_send
 from actors.warmup import Warmup
 from gateway.config import Config, PacingConfig
+from gateway.numbers import NumberCache, open_cache
 from gateway.observability import setup_logging
 
 log = structlog.get_logger("wagate.outbox")
@@ -137,6 +138,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.pace_armed: set[str] = set()  # sessions with a _PaceDue timer running
         # In flight when their link ended: message id -> reason, to fail if they return.
         self.ended_in_flight: dict[str, str] = {}
+        self.numbers: NumberCache | None = None  # number lookups; a receipt corrects them
 
     # ---- start ----------------------------------------------------------------------
 
@@ -155,6 +157,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         rules = PacingRules.from_config(msg.config.pacing)
         self.pacer = Pacer(rules)
         self.warmup = Warmup(self.limits.cache, rules)
+        self.numbers = open_cache(msg.config.data_path, msg.config.numbers.positive_ttl_hours,
+                                  msg.config.numbers.negative_ttl_hours)
         now = time.time()
         for record in self.store.in_state("SENDING"):
             self._uncertain(record, now, "the outbox restarted while it was being sent")
@@ -360,6 +364,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                         message_id=record["id"], kind=kind,
                         sender="unknown (a LID without a number)" if not phone else "another")
             return record
+        if self.numbers is not None:
+            self.numbers.confirm(phone)
         if RECEIPT_RANK.get(record["state"], -1) < RECEIPT_RANK[state]:
             return self.store.transition(record, state, now)
         return record
@@ -423,6 +429,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.store.close()
         if self.limits is not None:
             self.limits.close()
+        if self.numbers is not None:
+            self.numbers.close()
 
     # ---- helpers ---------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from gateway.health import health_document
 from gateway.metrics import CONTENT_TYPE, GraphqlMetrics
 from gateway.metrics import render as render_metrics
 from gateway.networks import parse_networks
+from gateway.numbers import open_cache
 from gateway.origins import BrowserPolicy, cors_headers, preflight_headers
 from gateway.query_cache import DocumentCache
 from gateway.request_body import BodyError, parse_json_body
@@ -70,6 +71,8 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
                                    bind_address(config), allowed_networks(config))
     schema = build_schema()
     snapshots = SnapshotReader(config.data_path)
+    numbers = open_cache(config.data_path, config.numbers.positive_ttl_hours,
+                         config.numbers.negative_ttl_hours)
     documents = DocumentCache()
     graphql_metrics = GraphqlMetrics(schema, documents.parser)
     rules = limit_rules(limits.max_depth, limits.max_cost)
@@ -178,6 +181,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
             g.session = variables["session"]
         context: dict[str, Any] = {"bridge": bridge, "config": config, "audit": audit,
                                    "request_id": g.request_id, "snapshots": snapshots,
+                                   "numbers": numbers,
                                    "principal": g.principal, "client_ip": g.client_ip}
         started = time.perf_counter()
         _, result = graphql_sync(schema, data, context_value=context, error_formatter=format_error,

@@ -134,6 +134,23 @@ class DeliveryConfig:
     keep_text: bool = True  # false: a finished message keeps only the SHA-256 of its text
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL"  # FULL also survives a power cut
     tick_seconds: float = 1.0  # how often expiry, retries and pruning are looked at
+    # Look a recipient up before accepting a send: a number known not to be on
+    # WhatsApp is refused with NOT_ON_WHATSAPP; an unknown answer never blocks.
+    check_recipient: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NumbersConfig:
+    """Number lookups (whatsAppCheckNumbers and the pre-send check). WhatsApp watches
+    these usync queries for abuse, so they are cached and rate-limited."""
+
+    max_per_call: int = 50  # numbers per whatsAppCheckNumbers call
+    # Numbers join WhatsApp far more often than they leave: a "no" goes stale sooner.
+    positive_ttl_hours: float = 168.0
+    negative_ttl_hours: float = 24.0
+    per_session_per_minute: int = 60  # numbers looked up (cache misses) per session
+    per_session_per_day: int = 1000
+    timeout_seconds: float = 5.0  # a lookup slower than this is "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +270,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     messages: MessagesConfig = field(default_factory=MessagesConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    numbers: NumbersConfig = field(default_factory=NumbersConfig)
     pacing: PacingConfig = field(default_factory=PacingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -321,6 +339,9 @@ RANGES: dict[str, Range] = {
     "pacing.min_interval_seconds": Range(0, 3600), "pacing.jitter_seconds": Range(0, 3600),
     "pacing.typing_seconds": Range(0, 30), "pacing.warmup_days": Range(0, 365),
     "pacing.warmup_daily_cap": Range(1, 1_000_000),
+    "numbers.max_per_call": Range(1, 1000), "numbers.positive_ttl_hours": _HOURS,
+    "numbers.negative_ttl_hours": _HOURS, "numbers.per_session_per_minute": _COUNT,
+    "numbers.per_session_per_day": _COUNT, "numbers.timeout_seconds": _SECONDS,
 }
 
 

@@ -28,6 +28,7 @@ from actors.message_store import STATES
 from actors.messages import (
     BRIDGE_STATES,
     Accepted,
+    CheckNumbers,
     Connect,
     Disconnect,
     ForgetSession,
@@ -42,6 +43,14 @@ from actors.messages import (
 from gateway.auth import Principal, authorize, check
 from gateway.config import Config
 from gateway.errors import GatewayError
+from gateway.numbers import (
+    Budget,
+    LookupBudgetExceeded,
+    LookupFailed,
+    NumberCache,
+    NumberCheck,
+    check_numbers,
+)
 from gateway.overview import gateway_type, resolve_gateway, resolve_sessions
 from gateway.qr import qr_png_base64, qr_svg_data_uri
 from gateway.ranges import Range
@@ -192,6 +201,27 @@ def build_schema() -> GraphQLSchema:
         return {"edges": edges, "pageInfo": {"hasNextPage": page.has_next_page,
                                              "endCursor": page.cursors[-1] if edges else None}}
 
+    @query.field("whatsAppCheckNumbers")
+    def resolve_check_numbers(_: Any, info: GraphQLResolveInfo, phoneNumbers: list[str],
+                              session: str = "default") -> list[dict[str, Any]]:
+        name = validate_session_name(session)
+        authorize(info, "send", name)  # a lookup spends the account's standing, as a send
+        limit = _config(info).numbers.max_per_call
+        if len(phoneNumbers) > limit:
+            raise GatewayError("INVALID_NUMBER", f"at most {limit} numbers per call "
+                               f"(numbers.max_per_call); got {len(phoneNumbers)}: split them",
+                               field="phoneNumbers")
+        phones = [normalize_phone_number(raw) for raw in phoneNumbers]
+        try:
+            checks = _check(info, name, phones, strict_budget=True)
+        except LookupBudgetExceeded as exc:
+            raise GatewayError("RATE_LIMITED", f"session {name!r} may look up only "
+                               f"{exc.left} more numbers this {exc.scope} "
+                               f"(numbers.per_session_per_{exc.scope}); cached answers are "
+                               "free, retry later", scope=f"lookup_{exc.scope}") from exc
+        return [_number_check(raw, check) for raw, check in zip(phoneNumbers, checks,
+                                                                 strict=True)]
+
     @mutation.field("whatsAppRequestPairingCode")
     @mutation_guard("connect")
     def resolve_pairing_code(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
@@ -302,6 +332,55 @@ def _with_defaults(values: dict[str, Any], definitions: Definitions) -> dict[str
     return filled
 
 
+def _number_cache(info: GraphQLResolveInfo) -> NumberCache:
+    """The web tier's one cache per process (created on first use)."""
+    cache: NumberCache | None = info.context.get("numbers")
+    if cache is None:
+        raise GatewayError("INTERNAL", "the number cache is not set up")
+    return cache
+
+
+def _check(info: GraphQLResolveInfo, session: str, phones: list[str], *,
+           strict_budget: bool) -> list[NumberCheck]:
+    """Answer from the cache, looking the misses up through the session in one query."""
+    config = _config(info)
+    numbers = config.numbers
+
+    def lookup(batch: list[str]) -> list[Any]:
+        try:
+            return list(info.context["bridge"].ask(
+                CheckNumbers(session, tuple(batch), _request_id(info)),
+                numbers.timeout_seconds))
+        except GatewayError as exc:
+            reason = exc.extensions.get("reason") or (
+                "TIMEOUT" if exc.code == "UNAVAILABLE" else exc.code)
+            raise LookupFailed(str(reason), exc.message) from exc
+
+    outcome = check_numbers(_number_cache(info), session, phones, lookup,
+                            Budget(numbers.per_session_per_minute, numbers.per_session_per_day),
+                            numbers.timeout_seconds, strict_budget=strict_budget)
+    info.context.setdefault("number_checks", []).extend(outcome)
+    return outcome
+
+
+def _number_check(raw: str, check: NumberCheck) -> dict[str, Any]:
+    return {"input": raw, "phoneNumber": check.phone, "onWhatsApp": check.on_whatsapp,
+            "jid": check.jid or None, "lid": check.lid or None, "business": check.business,
+            "checkedAt": iso_time(check.checked_at), "cached": check.cached,
+            "reason": check.reason or None}
+
+
+def _refuse_unregistered(info: GraphQLResolveInfo, session: str, phone: str) -> None:
+    """The pre-send check: NOT_ON_WHATSAPP for a number known not to be on WhatsApp.
+    Unknown (no connection, a timeout, the lookup budget spent) lets the send go on."""
+    check = _check(info, session, [phone], strict_budget=False)[0]
+    if check.on_whatsapp is False:
+        raise GatewayError("NOT_ON_WHATSAPP", f"+{phone} has no WhatsApp account (checked "
+                           f"{iso_time(check.checked_at)}); nothing was sent: fall back to "
+                           "SMS or another channel", phoneNumber=phone,
+                           checkedAt=iso_time(check.checked_at))
+
+
 def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
           idempotency_key: str | None, valid_for: int | None) -> Accepted:
     """Validate, then hand the message to the actors; returns once it is on disk."""
@@ -309,10 +388,14 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_KEY_LENGTH:
         raise GatewayError("INVALID_MESSAGE", f"idempotencyKey must be 1 to {MAX_KEY_LENGTH} "
                            "characters", field="idempotencyKey")
+    name, number = validate_session_name(session), normalize_phone_number(phone)
+    checked_text = validate_message(text, config.messages.max_length)
+    if config.delivery.check_recipient:
+        _refuse_unregistered(info, name, number)
     send = SendText(
-        session=validate_session_name(session),
-        phone=normalize_phone_number(phone),
-        text=validate_message(text, config.messages.max_length),
+        session=name,
+        phone=number,
+        text=checked_text,
         request_id=_request_id(info),
         idempotency_key=idempotency_key,
         valid_for=float(valid_for) if valid_for is not None else None,
