@@ -913,9 +913,9 @@ def numbers_from_responses(phones: list[str], responses: Any) -> list[NumberInfo
         digits = "".join(c for c in str(getattr(response, "Query", "")) if c.isdigit())
         on = bool(getattr(response, "IsIn", False))
         jid = _jid_text(getattr(response, "JID", None)) if on else ""
-        verified = getattr(response, "VerifiedName", None)
-        business = _has_field(response, "VerifiedName") and verified is not None
-        by_digits[digits] = NumberInfo(digits, on, jid, business=business if on else None)
+        # A verified business name marks a business account; its absence says nothing.
+        business = True if on and _has_field(response, "VerifiedName") else None
+        by_digits[digits] = NumberInfo(digits, on, jid, business=business)
     missing = [phone for phone in phones if phone not in by_digits]
     if missing:
         raise SendError("LOOKUP_FAILED", f"WhatsApp did not answer for {len(missing)} of "
