@@ -60,7 +60,31 @@ GRAPHQL_SECONDS = Histogram(
 SEND_ERRORS = Counter(
     "wagate_send_errors", "send operations (sendWhatsAppNotification, sendWhatsAppMessage, "
     "testWhatsAppConnection) that returned an error, by error code", ["code"], registry=None)
-WEB_METRICS = (GRAPHQL_REQUESTS, GRAPHQL_SECONDS, SEND_ERRORS)
+NUMBER_LOOKUPS = Counter(
+    "wagate_number_lookups", "numbers answered by a lookup (whatsAppCheckNumbers and the "
+    "pre-send check), by outcome: on_whatsapp, not_on_whatsapp, or why it is unknown",
+    ["outcome"], registry=None)
+NUMBER_CACHE_HITS = Counter(
+    "wagate_number_cache_hits", "numbers answered from the lookup cache (no query to "
+    "WhatsApp)", registry=None)
+# Why an answer is unknown; anything else is counted as "unknown" (bounded series).
+LOOKUP_REASONS = frozenset({"NOT_CONNECTED", "TIMEOUT", "RATE_LIMITED", "IN_FLIGHT",
+                            "LOOKUP_FAILED", "UNAVAILABLE"})
+WEB_METRICS = (GRAPHQL_REQUESTS, GRAPHQL_SECONDS, SEND_ERRORS, NUMBER_LOOKUPS,
+               NUMBER_CACHE_HITS)
+
+
+def observe_number_checks(on_whatsapp: list[bool | None], reasons: list[str],
+                          cached: list[bool]) -> None:
+    """Count number answers: cache hits, and each lookup's outcome."""
+    for on, reason, hit in zip(on_whatsapp, reasons, cached, strict=True):
+        if hit:
+            NUMBER_CACHE_HITS.inc()
+        elif on is None:
+            NUMBER_LOOKUPS.labels(reason.lower() if reason in LOOKUP_REASONS
+                                  else "unknown").inc()
+        else:
+            NUMBER_LOOKUPS.labels("on_whatsapp" if on else "not_on_whatsapp").inc()
 
 
 def metrics_dir(data_path: Path) -> Path:

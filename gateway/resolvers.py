@@ -43,6 +43,7 @@ from actors.messages import (
 from gateway.auth import Principal, authorize, check
 from gateway.config import Config
 from gateway.errors import GatewayError
+from gateway.metrics import observe_number_checks
 from gateway.numbers import (
     Budget,
     LookupBudgetExceeded,
@@ -359,7 +360,8 @@ def _check(info: GraphQLResolveInfo, session: str, phones: list[str], *,
     outcome = check_numbers(_number_cache(info), session, phones, lookup,
                             Budget(numbers.per_session_per_minute, numbers.per_session_per_day),
                             numbers.timeout_seconds, strict_budget=strict_budget)
-    info.context.setdefault("number_checks", []).extend(outcome)
+    observe_number_checks([c.on_whatsapp for c in outcome], [c.reason for c in outcome],
+                          [c.cached for c in outcome])
     return outcome
 
 

@@ -689,6 +689,48 @@
     });
   }
 
+  // ---- number checks -------------------------------------------------------------------
+
+  const Q_CHECK = "query CheckNumbers($p: [String!]!, $s: String) { " +
+    "whatsAppCheckNumbers(phoneNumbers: $p, session: $s) { input phoneNumber onWhatsApp " +
+    "business checkedAt cached reason } }";
+
+  async function checkNumbers(event) {
+    event.preventDefault();
+    const phones = $("check-phones").value.split(/[\n,;]+/).map((p) => p.trim())
+      .filter((p) => p);
+    const error = $("check-error");
+    const list = $("check-result");
+    list.replaceChildren();
+    error.className = "";
+    if (!phones.length) {
+      error.textContent = "Enter at least one phone number, with its country code.";
+      error.className = "error";
+      return;
+    }
+    error.textContent = "Checking…";
+    $("check-submit").disabled = true;
+    try {
+      const session = $("send-session").value || "default";
+      const data = await gql(Q_CHECK, { p: phones, s: session });
+      error.textContent = "";
+      for (const c of data.whatsAppCheckNumbers) {
+        const item = document.createElement("li");
+        const verdict = c.onWhatsApp === true ? "on WhatsApp" +
+          (c.business ? " (business)" : "") : c.onWhatsApp === false
+          ? "NOT on WhatsApp: send by SMS instead" : `unknown (${c.reason || "no answer"})`;
+        item.className = c.onWhatsApp === false ? "error" : c.onWhatsApp ? "ok" : "";
+        item.textContent = `+${c.phoneNumber}: ${verdict}` + (c.cached ? " · cached" : "");
+        list.append(item);
+      }
+    } catch (err) {
+      error.textContent = err.text;
+      error.className = "error";
+    } finally {
+      $("check-submit").disabled = false;
+    }
+  }
+
   function randomKey() {
     const bytes = new Uint8Array(16);
     crypto.getRandomValues(bytes);
@@ -779,6 +821,7 @@
     $("send-text").addEventListener("input", updateCount);
     updateCount();
     $("send-test").addEventListener("click", sendTest);
+    $("check-form").addEventListener("submit", checkNumbers);
     $("messages-refresh").addEventListener("click", () => loadMessages(false));
     $("messages-more").addEventListener("click", () => loadMessages(true));
     for (const id of ["messages-session", "messages-state"]) {

@@ -261,3 +261,24 @@ def test_a_long_session_name_is_refused_not_cut(
     sessions = gw.gql("{ whatsAppSessions { session } }").data["whatsAppSessions"]
     assert not [s for s in sessions if s["session"].startswith("a" * 64)], sessions
     expect(card(page, "a" * 64)).to_have_count(0)
+
+
+def test_check_numbers_box_tells_who_is_on_whatsapp(
+        make_gateway: Callable[..., Gateway], open_page: Callable[..., Page]) -> None:
+    gw = make_gateway().start()
+    gw.link()
+    gw.sim("unregister", "4915112345002")
+    page = open_page(gw)
+    sign_in(page, gw.token)
+    expect(card(page)).to_have_attribute("data-state", "CONNECTED")
+    page.get_by_label("Phone numbers, with country code").fill(
+        "+49 151 12345001\n+49 151 12345002")
+    page.get_by_role("button", name="Check on WhatsApp").click()
+    answers = page.locator("#check-result li")
+    expect(answers).to_have_count(2)
+    expect(answers.nth(0)).to_have_text("+4915112345001: on WhatsApp")
+    expect(answers.nth(1)).to_contain_text("NOT on WhatsApp")
+    expect_labelled_controls(page)
+    shot(page, "20-check-numbers")
+    page.get_by_role("button", name="Check on WhatsApp").click()
+    expect(answers.nth(0)).to_contain_text("cached")

@@ -11,6 +11,7 @@ import pytest
 
 from actors.transport.simulator import SimulatorServer
 from tests.integration.harness import Gateway, expect_error, wait_for
+from tests.integration.test_metrics import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +56,10 @@ def test_check_numbers_tells_registered_from_unregistered_numbers(
     again = check(gw, REGISTERED, UNREGISTERED)
     assert [(c["onWhatsApp"], c["cached"]) for c in again] == [(True, True), (False, True)]
     assert lookups(gw) == 1, "cached answers cost no lookup"
+    samples = scrape(gw)
+    assert value(samples, "wagate_number_lookups_total", outcome="on_whatsapp") == 1
+    assert value(samples, "wagate_number_lookups_total", outcome="not_on_whatsapp") == 1
+    assert value(samples, "wagate_number_cache_hits_total") == 2
 
 
 def test_send_to_number_not_on_whatsapp_is_refused_at_once(make_gateway: Any) -> None:
