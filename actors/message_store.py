@@ -92,6 +92,7 @@ class NewMessage:
     is_test: bool = False
     account: str | None = None  # the linked account it may be sent from (actors.links)
     link_epoch: int = 0  # the session's link epoch when it was accepted
+    note: str = ""  # the QUEUED history entry's reason (RECIPIENT_UNKNOWN_TIMEOUT ...)
 
 
 class MessageStore:
@@ -142,7 +143,8 @@ class MessageStore:
             "valid_until": message.valid_until, "attempts": 0, "wa_message_id": None,
             "reason": "", "error": "", "request_id": message.request_id,
             "requester": message.requester, "idempotency_key": message.idempotency_key,
-            "is_test": message.is_test, "uncertain": False, "history": [["QUEUED", now, ""]],
+            "is_test": message.is_test, "uncertain": False,
+            "history": [["QUEUED", now, message.note]],
             "account": message.account, "link_epoch": message.link_epoch,
         }
         stored = {**record, "is_test": int(message.is_test), "uncertain": 0,

@@ -155,6 +155,9 @@ class SendText:
     idempotency_key: str | None = None
     valid_for: float | None = None  # seconds; still queued after that -> EXPIRED
     requester: str = ""  # who asked: the API token's name (it scopes idempotency keys)
+    # Why the recipient check had no answer ("TIMEOUT", "NOT_CONNECTED" ...); "" when it
+    # answered or was off. Recorded in the message's history: it may never arrive.
+    recipient_unknown: str = ""
 
 
 @dataclass(frozen=True, slots=True)

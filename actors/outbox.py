@@ -237,7 +237,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 request_id=send.request_id, requester=send.requester,
                 idempotency_key=send.idempotency_key, valid_until=valid_until,
                 is_test=send.require_connected, account=link.phone if link else None,
-                link_epoch=link.epoch if link else 0), now)
+                link_epoch=link.epoch if link else 0,
+                note=f"RECIPIENT_UNKNOWN_{send.recipient_unknown}" if send.recipient_unknown
+                else ""), now)
         self.accepting = (record, reply_to, send.request_id)
         self.depth[send.session] = self.depth.get(send.session, 0) + 1
         if send.wait_for_ack and self._can_send(send.session):

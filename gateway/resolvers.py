@@ -372,15 +372,17 @@ def _number_check(raw: str, check: NumberCheck) -> dict[str, Any]:
             "reason": check.reason or None}
 
 
-def _refuse_unregistered(info: GraphQLResolveInfo, session: str, phone: str) -> None:
+def _refuse_unregistered(info: GraphQLResolveInfo, session: str, phone: str) -> str:
     """The pre-send check: NOT_ON_WHATSAPP for a number known not to be on WhatsApp.
-    Unknown (no connection, a timeout, the lookup budget spent) lets the send go on."""
+    Unknown (no connection, a timeout, the lookup budget spent) lets the send go on;
+    returns why it is unknown ("" when known), for the message's record."""
     check = _check(info, session, [phone], strict_budget=False)[0]
     if check.on_whatsapp is False:
         raise GatewayError("NOT_ON_WHATSAPP", f"+{phone} has no WhatsApp account (checked "
                            f"{iso_time(check.checked_at)}); nothing was sent: fall back to "
                            "SMS or another channel", phoneNumber=phone,
                            checkedAt=iso_time(check.checked_at))
+    return "" if check.on_whatsapp else check.reason or "UNKNOWN"
 
 
 def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
@@ -392,8 +394,7 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
                            "characters", field="idempotencyKey")
     name, number = validate_session_name(session), normalize_phone_number(phone)
     checked_text = validate_message(text, config.messages.max_length)
-    if config.delivery.check_recipient:
-        _refuse_unregistered(info, name, number)
+    unknown = _refuse_unregistered(info, name, number) if config.delivery.check_recipient else ""
     send = SendText(
         session=name,
         phone=number,
@@ -402,6 +403,7 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
         idempotency_key=idempotency_key,
         valid_for=float(valid_for) if valid_for is not None else None,
         requester=_requester(info),
+        recipient_unknown=unknown,
     )
     try:
         accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config),

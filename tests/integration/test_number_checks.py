@@ -36,6 +36,15 @@ def lookups(gw: Gateway) -> int:
         server.close()
 
 
+def first_history_reason(gw: Gateway, message_id: str) -> str | None:
+    result = gw.gql("query($id: ID!) { whatsAppMessage(id: $id) { history { state reason } } }",
+                    {"id": message_id})
+    assert not result.errors, result
+    entry = result.data["whatsAppMessage"]["history"][0]
+    assert entry["state"] == "QUEUED"
+    return entry["reason"]
+
+
 def send_message(gw: Gateway, phone: str, text: str) -> Any:
     return gw.gql("mutation($i: SendWhatsAppMessageInput!) { sendWhatsAppMessage(input: $i) "
                   "{ id state } }", {"i": {"phoneNumber": f"+{phone}", "message": text}})
@@ -70,7 +79,9 @@ def test_send_to_number_not_on_whatsapp_is_refused_at_once(make_gateway: Any) ->
                            "NOT_ON_WHATSAPP", "fall back")
     assert refused["extensions"]["phoneNumber"] == UNREGISTERED
     expect_error(send_message(gw, UNREGISTERED, "code 1234"), "NOT_ON_WHATSAPP")
-    assert not send_message(gw, REGISTERED, "code 5678").errors
+    accepted = send_message(gw, REGISTERED, "code 5678")
+    assert not accepted.errors, accepted
+    assert first_history_reason(gw, accepted.data["sendWhatsAppMessage"]["id"]) is None
     assert [m["to"] for m in gw.inbox()] == [REGISTERED]
     listed = gw.gql("{ whatsAppMessages { edges { node { phoneNumber } } } }")
     assert [e["node"]["phoneNumber"] for e in listed.data["whatsAppMessages"]["edges"]] == [
@@ -158,8 +169,12 @@ def test_lookup_that_times_out_does_not_block_the_send(make_gateway: Any) -> Non
         server.close()
     answer = check(gw, UNREGISTERED)[0]
     assert answer["onWhatsApp"] is None and answer["reason"] == "TIMEOUT", answer
-    assert not gw.send(f"+{REGISTERED}", "code 1").errors
+    sent = send_message(gw, REGISTERED, "code 1")
+    assert not sent.errors, sent
     assert [m["to"] for m in gw.inbox()] == [REGISTERED]
+    # The send went ahead, and its record says its recipient was never confirmed.
+    assert first_history_reason(gw, sent.data["sendWhatsAppMessage"]["id"]) == \
+        "RECIPIENT_UNKNOWN_TIMEOUT"
 
 
 def test_lookup_without_a_connection_is_unknown_and_the_send_is_queued(
@@ -172,6 +187,8 @@ def test_lookup_without_a_connection_is_unknown_and_the_send_is_queued(
     assert answer["onWhatsApp"] is None and answer["reason"] == "NOT_CONNECTED", answer
     queued = send_message(gw, REGISTERED, "later")
     assert not queued.errors and queued.data["sendWhatsAppMessage"]["state"] == "QUEUED"
+    assert first_history_reason(gw, queued.data["sendWhatsAppMessage"]["id"]) == \
+        "RECIPIENT_UNKNOWN_NOT_CONNECTED"
 
 
 def test_sim_cli_register_and_unregister_validate_the_number(make_gateway: Any) -> None:
