@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS answers (
     lid TEXT NOT NULL, business INTEGER, checked_at REAL NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS budget (session TEXT NOT NULL, at REAL NOT NULL, n INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS budget_by_session ON budget (session, at);
+CREATE INDEX IF NOT EXISTS answers_by_expiry ON answers (expires_at);
 CREATE TABLE IF NOT EXISTS in_flight (phone TEXT PRIMARY KEY, until REAL NOT NULL);
 """
 
@@ -132,8 +133,10 @@ class NumberCache:
                                     cached=True) for row in rows}
 
     def put(self, infos: Sequence[NumberInfo], now: float) -> None:
-        """Remember answers, each with the TTL of its kind."""
+        """Remember answers, each with the TTL of its kind; expired ones go (every
+        lookup any client asks for adds a row: none may outlive its use)."""
         with self._db() as db:
+            db.execute("DELETE FROM answers WHERE expires_at <= ?", (now,))
             db.executemany(
                 "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(i.phone, int(i.on_whatsapp), i.jid, i.lid,

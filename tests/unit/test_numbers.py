@@ -188,3 +188,10 @@ def test_engine_lookup_errors_are_unknown_with_a_reason(text: str, reason: str) 
 
     error = lookup_error_from(text)
     assert error.reason == reason and not error.uncertain
+
+
+def test_expired_answers_are_removed_not_kept_for_ever(cache: NumberCache) -> None:
+    cache.put([NumberInfo(NO, False)], 0.0)
+    cache.put([NumberInfo(YES, True)], 11.0)  # NO expired at 10
+    rows = cache._connection().execute("SELECT phone FROM answers").fetchall()
+    assert rows == [(YES,)]
