@@ -13,7 +13,8 @@ from gateway.scope import scoped_report
 
 GLOBAL_FAMILIES = {"wagate_messages", "wagate_messages_uncertain", "wagate_rate_limited",
                    "wagate_rate_limit_usage_ratio", "wagate_graphql_requests",
-                   "wagate_graphql_request_duration_seconds", "wagate_send_errors"}
+                   "wagate_graphql_request_duration_seconds", "wagate_send_errors",
+                   "wagate_number_lookups", "wagate_number_cache_hits"}
 
 
 def _report() -> HealthReport:
