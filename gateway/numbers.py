@@ -59,10 +59,11 @@ class LookupBudgetExceeded(Exception):
     """The session may not look up that many numbers now; ``scope`` is ``minute`` or
     ``day`` and ``left`` what it still may."""
 
-    def __init__(self, scope: str, left: int) -> None:
+    def __init__(self, scope: str, left: int, retry_after: float) -> None:
         super().__init__(f"lookup budget per {scope} exhausted ({left} left)")
         self.scope = scope
         self.left = left
+        self.retry_after = retry_after  # seconds until the oldest lookup leaves the window
 
 
 class LookupFailed(Exception):
@@ -171,7 +172,10 @@ class NumberCache:
                 used = db.execute("SELECT COALESCE(SUM(n), 0) FROM budget WHERE session = ? "
                                   "AND at > ?", (session, now - window)).fetchone()[0]
                 if used + count > limit:
-                    raise LookupBudgetExceeded(scope, max(0, limit - used))
+                    oldest = db.execute("SELECT MIN(at) FROM budget WHERE session = ? AND "
+                                        "at > ?", (session, now - window)).fetchone()[0]
+                    wait = window if oldest is None else oldest + window - now
+                    raise LookupBudgetExceeded(scope, max(0, limit - used), max(1.0, wait))
             db.execute("INSERT INTO budget VALUES (?, ?, ?)", (session, now, count))
 
     def claim(self, phones: Sequence[str], now: float, lease: float) -> list[str]:

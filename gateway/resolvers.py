@@ -7,6 +7,7 @@ loses nothing. The shape of ``WhatsAppStatus`` comes from ``SessionStatus``.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -219,7 +220,8 @@ def build_schema() -> GraphQLSchema:
             raise GatewayError("RATE_LIMITED", f"session {name!r} may look up only "
                                f"{exc.left} more numbers this {exc.scope} "
                                f"(numbers.per_session_per_{exc.scope}); cached answers are "
-                               "free, retry later", scope=f"lookup_{exc.scope}") from exc
+                               "free, retry later", scope=f"lookup_{exc.scope}",
+                               retryAfterSeconds=math.ceil(exc.retry_after)) from exc
         return [_number_check(raw, check) for raw, check in zip(phoneNumbers, checks,
                                                                  strict=True)]
 

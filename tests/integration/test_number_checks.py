@@ -145,6 +145,7 @@ def test_lookups_are_rate_limited_per_session_but_cache_hits_are_free(
     refused = expect_error(gw.gql(CHECK, {"p": ["4915112345104"]}), "RATE_LIMITED",
                            "numbers.per_session_per_minute")
     assert refused["extensions"]["scope"] == "lookup_minute"
+    assert 1 <= refused["extensions"]["retryAfterSeconds"] <= 60
     assert all(c["cached"] for c in check(gw, "4915112345101", "4915112345103"))
     # A send never waits for a spent budget: its recipient is simply unknown.
     assert not gw.send("+4915112345105", "hi").errors

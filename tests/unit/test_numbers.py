@@ -103,6 +103,7 @@ def test_the_budget_counts_numbers_per_session_and_minute_and_day(cache: NumberC
         check_numbers(cache, "a", ["4915112340003"], engine, budget, 1.0, strict_budget=True,
                       clock=clock)
     assert minute.value.scope == "minute" and minute.value.left == 0
+    assert minute.value.retry_after == 60.0
     # Another session has its own budget; a send's check is unknown, not refused.
     assert check_numbers(cache, "b", ["4915112340003"], engine, budget, 1.0,
                          strict_budget=True, clock=clock)[0].on_whatsapp is False
