@@ -142,6 +142,11 @@ def dial_failure(workdir: Path, mode: str) -> dict[str, Any]:
             early_send: dict[str, Any] | None = None
         except SendError as exc:
             early_send = send_error_fields(exc)
+        try:
+            transport.check_numbers(["4917012345678"])
+            early_lookup: dict[str, Any] | None = None
+        except SendError as exc:
+            early_lookup = send_error_fields(exc)
         started = time.monotonic()
         transport.connect(sink)
         connect_returned = time.monotonic() - started
@@ -163,6 +168,7 @@ def dial_failure(workdir: Path, mode: str) -> dict[str, Any]:
             "close_seconds": close_took,
             "wait_closed": closed,
             "early_send": early_send,
+            "early_lookup": early_lookup,
             "modes": storage_modes(data_dir),
             "has_credentials": transport.has_credentials(),
             "non_daemon_threads": non_daemon_threads(),
@@ -271,6 +277,10 @@ class FakeGo:
         self.lid_lookups: list[str] = []
         self.presences: list[dict[str, Any]] = []
         self.presence_error = ""
+        self.lookups: list[list[str]] = []
+        self.lookup_error = ""
+        self.registered: set[str] = set()
+        self.business = ""
 
     def GetMe(self, uuid: bytes) -> bytes:
         jid = self.proto.JID(User=self.own_user, RawAgent=0, Device=12, Integrator=0,
@@ -319,6 +329,27 @@ class FakeGo:
         return self.proto.GetJIDFromStoreReturnFunction(
             Jid=self.proto.JID(User=user, RawAgent=0, Device=0, Integrator=0,
                                Server="s.whatsapp.net", IsEmpty=False)).SerializeToString()
+
+    def IsOnWhatsApp(self, uuid: bytes, numbers: bytes, size: int) -> bytes:
+        """A usync lookup: ``registered`` numbers have an account (one of them a
+        verified business); ``lookup_error`` fails the query as Go would."""
+        asked = bytes(numbers)[:size].decode().split(" ")
+        self.lookups.append(asked)
+        if self.lookup_error:
+            return self.proto.IsOnWhatsAppReturnFunction(
+                Error=self.lookup_error).SerializeToString()
+        answers = []
+        for query in asked:
+            user = query.removeprefix("+")
+            on = user in self.registered
+            answers.append(self.proto.IsOnWhatsAppResponse(
+                Query=query, IsIn=on,
+                JID=self.proto.JID(User=user, RawAgent=0, Device=0, Integrator=0,
+                                   Server="s.whatsapp.net", IsEmpty=False),
+                **({"VerifiedName": self.proto.VerifiedName()}
+                   if on and user == self.business else {})))
+        return self.proto.IsOnWhatsAppReturnFunction(
+            IsOnWhatsAppResponse=answers).SerializeToString()
 
     def Stop(self, uuid: bytes) -> None:
         self.stops += 1
@@ -460,6 +491,20 @@ def events(workdir: Path) -> dict[str, Any]:
         except SendError as exc:
             out["send_errors"][text] = send_error_fields(exc)
     h.go.send_error = ""
+    h.go.registered = {"4917011111111", "4917033333333"}
+    h.go.business = "4917033333333"
+    infos = h.transport.check_numbers(["4917011111111", "4917022222222", "4917033333333"])
+    out["lookup"] = {"asked": list(h.go.lookups),
+                     "answers": [[i.phone, i.on_whatsapp, i.jid, i.business] for i in infos]}
+    out["lookup_errors"] = {}
+    for text in ("failed to send usync query: websocket not connected",
+                 "info query timed out", "Function returned nothing."):
+        h.go.lookup_error = text
+        try:
+            h.transport.check_numbers(["4917011111111"])
+        except SendError as exc:
+            out["lookup_errors"][text] = send_error_fields(exc)
+    h.go.lookup_error = ""
     try:
         h.transport.send_text("not-a-number", "x")
     except SendError as exc:

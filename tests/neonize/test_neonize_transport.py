@@ -119,6 +119,8 @@ def test_a_failed_dial_reports_one_disconnected_and_closes_cleanly(
     assert result["non_daemon_threads"] == []
     assert result["early_send"] == {"reason": "NOT_CONNECTED", "permanent": False,
                                     "message": "the session is not connected"}
+    assert result["early_lookup"] == {"reason": "NOT_CONNECTED", "permanent": False,
+                                      "message": "the session is not connected"}
     assert result["has_credentials"] is False
     modes = result["modes"]
     assert (modes["sessions"], modes["session"]) == (PRIVATE_DIR, PRIVATE_DIR)
@@ -467,3 +469,24 @@ def test_a_missing_or_mismatched_engine_library_is_refused_without_a_download(
     assert result["network_attempts"] == []
     assert result["neonize_imported"] is False
     assert (path.read_bytes() if path.exists() else None) == before  # nothing replaced it
+
+
+def test_number_lookups_are_one_usync_query_through_the_real_bindings(
+        events: dict[str, Any]) -> None:
+    lookup = events["lookup"]
+    assert lookup["asked"] == [["+4917011111111", "+4917022222222", "+4917033333333"]]
+    assert lookup["answers"] == [
+        ["4917011111111", True, "4917011111111@s.whatsapp.net", None],
+        ["4917022222222", False, "", None],
+        ["4917033333333", True, "4917033333333@s.whatsapp.net", True]]
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("failed to send usync query: websocket not connected", "NOT_CONNECTED"),
+    ("info query timed out", "TIMEOUT"),
+    ("Function returned nothing.", "LOOKUP_FAILED"),
+])
+def test_failed_lookups_map_to_unknown_with_a_reason(events: dict[str, Any], text: str,
+                                                     reason: str) -> None:
+    assert events["lookup_errors"][text] == {"reason": reason, "permanent": False,
+                                             "message": text}
