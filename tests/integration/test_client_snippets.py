@@ -1,0 +1,105 @@
+"""The client examples in examples/clients run, as shipped, against a real gateway.
+
+Each example does what the specification's client guide does: check the status,
+connect, poll until the simulated phone scanned the QR code, send a notification,
+and print the code of a refused send. The test plays the phone (``wagate sim scan``
+once the session shows a QR code) and then finds the message in the simulated
+recipients' inbox: an example that polled a cached status, sent nothing, or
+swallowed the error code fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Gateway
+
+pytestmark = pytest.mark.integration
+
+CLIENTS = Path(__file__).resolve().parents[2] / "examples" / "clients"
+# Shrunk for the test (the examples poll every 2 s and wait up to 180 s by default).
+POLL_SECONDS = "0.1"
+LINK_TIMEOUT_SECONDS = "60"
+RUN_TIMEOUT = 120.0
+NPM_TIMEOUT = 600.0
+
+
+def run_example(gateway: Gateway, command: list[str], cwd: Path, text: str) -> str:
+    """Run one example against ``gateway``, scan its QR code when the session shows one,
+    and return what the example printed; it must exit with 0."""
+    log_path = cwd / "example.log"
+    env = dict(os.environ, WAGATE_URL=gateway.url + "/graphql", WAGATE_TOKEN=gateway.token,
+               WAGATE_TO="+1 415 555 2671", WAGATE_TEXT=text,
+               WAGATE_POLL_SECONDS=POLL_SECONDS, WAGATE_LINK_TIMEOUT_SECONDS=LINK_TIMEOUT_SECONDS)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        gateway.wait_state("QR_PENDING", timeout=60)  # the example asked for pairing
+        gateway.sim("scan")
+        code = process.wait(RUN_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    output = log_path.read_text(errors="replace")
+    assert code == 0, output
+    return output
+
+
+def check_outcome(gateway: Gateway, output: str, text: str) -> None:
+    """The notification reached the recipient once; the bad number's code was shown."""
+    received = [m for m in gateway.inbox() if m["text"] == text]
+    assert len(received) == 1, (gateway.inbox(), output)
+    assert received[0]["to"].lstrip("+") == "14155552671", received
+    assert "refused: INVALID_NUMBER" in output, output
+
+
+def test_curl_script(make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    gateway = make_gateway().start()
+    text = 'Your code is 123456\nfrom "curl.sh" \\ with a tab\there'
+    output = run_example(gateway, ["bash", str(CLIENTS / "curl.sh")], tmp_path, text)
+    check_outcome(gateway, output, text)
+    assert "state: QR_PENDING" in output, output
+
+
+def test_python_gql_client(make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    gateway = make_gateway().start()
+    text = "Your code is 654321 (gql)"
+    output = run_example(gateway, [sys.executable, str(CLIENTS / "python_gql.py")],
+                         tmp_path, text)
+    check_outcome(gateway, output, text)
+    assert "state: QR_PENDING" in output and "connected as" in output, output
+
+
+def npm() -> str:
+    found = shutil.which("npm")
+    if not found:
+        pytest.fail("npm is missing: run scripts/system-deps (as root), or install "
+                    "Node.js 18+ with npm")
+    return found
+
+
+def test_typescript_apollo_client(make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    """Installed exactly as locked (``npm ci``), type-checked and compiled by ``tsc``,
+    then run with node: the Apollo example works as a user would copy it."""
+    project = tmp_path / "typescript"
+    shutil.copytree(CLIENTS / "typescript", project,
+                    ignore=shutil.ignore_patterns("node_modules", "dist"))
+    for step in ([npm(), "ci", "--no-audit", "--no-fund"], [npm(), "run", "build"]):
+        done = subprocess.run(step, cwd=project, capture_output=True, text=True,
+                              timeout=NPM_TIMEOUT, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, f"{step}: {done.stdout}\n{done.stderr}"
+    gateway = make_gateway().start()
+    text = "Your code is 246810 (Apollo)"
+    output = run_example(gateway, ["node", str(project / "dist" / "client.js")], project, text)
+    check_outcome(gateway, output, text)
+    assert "state: QR_PENDING" in output and "connected as" in output, output
