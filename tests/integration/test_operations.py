@@ -22,6 +22,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,6 +98,79 @@ def test_systemd_unit_is_hardened_and_matches_the_production_config() -> None:
         production["encryption"]["key_file"]).parent
     # A stop must get the time the launcher needs (a session's stop may take 60 s).
     assert int(service["TimeoutStopSec"].rstrip("s")) >= 60
+
+
+# What the unit's ProtectSystem=strict, ReadWritePaths=data_dir and PrivateTmp=yes do
+# to the gateway's view of the file system, laid out in a mount namespace of its own
+# (the machines that run the tests have no systemd to start the unit). $1 is the
+# gateway's test directory (config, tokens, key; under /tmp, so it is bound back over
+# the fresh /tmp), $2 its data_dir; then the command. Exits 97 if the layout is not
+# in force, so the test cannot pass without it.
+CONFINE = r"""
+set -euo pipefail
+root=$1 data=$2
+shift 2
+exec 3<"$root"
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+mkdir -p "$root"
+mount --no-canonicalize --bind /proc/self/fd/3 "$root"
+exec 3<&-
+mount --bind "$data" "$data"
+mount -o remount,bind,ro /
+mount -o remount,bind,ro "$root"
+if touch "$root/probe" 2>/dev/null || touch /etc/wagate-probe 2>/dev/null; then
+  echo "confine: the file system is still writable" >&2
+  exit 97
+fi
+touch "$data/probe" && rm "$data/probe"
+exec "$@"
+"""
+
+
+class ConfinedGateway(Gateway):
+    """``wagate serve`` that sees the file system as the systemd unit lets it."""
+
+    def launch(self) -> subprocess.Popen[bytes]:
+        log = open(self.root / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
+        self.process = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "bash", "-c", CONFINE,
+             "confine", str(self.root), str(self.data_dir),
+             sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
+             "--port", str(self.port), "--admin-port", str(self.admin_port)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.code_dir)
+        log.close()
+        self.launchers.append(self.process)
+        return self.process
+
+
+@pytest.fixture
+def confined_gateway(tmp_path: Path) -> Iterator[ConfinedGateway]:
+    if os.geteuid() != 0:
+        pytest.skip("a mount namespace needs root (CI and the test machines run as root)")
+    root = tmp_path / "confined"
+    root.mkdir()
+    gateway = ConfinedGateway(root)
+    gateway.data_dir.mkdir(mode=0o700)  # as the guide's install -d does
+    try:
+        yield gateway
+        gateway.stop()
+    finally:
+        leaked = gateway.cleanup()
+    assert not leaked, f"left behind: {leaked}"
+
+
+def test_gateway_needs_no_writable_path_but_data_dir(confined_gateway: ConfinedGateway
+                                                     ) -> None:
+    """With everything read-only but data_dir (and a private /tmp) the gateway starts,
+    links, sends and stops cleanly: ReadWritePaths=data_dir is enough."""
+    gateway = confined_gateway.start()
+    gateway.link()
+    answer = gateway.send("+14155552671", "confined")
+    assert answer.data == {"sendWhatsAppNotification": True}, answer
+    assert [m["text"] for m in gateway.inbox()] == ["confined"]
+    gateway.stop()
+    assert "Traceback" not in (gateway.root / "serve.log").read_text(errors="replace")
 
 
 # ---- nginx ----------------------------------------------------------------------------------
