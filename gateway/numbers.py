@@ -233,17 +233,21 @@ def _look_up(cache: NumberCache, session: str, misses: list[str], lookup: Lookup
              clock: Callable[[], float]) -> dict[str, NumberCheck]:
     now = clock()
     mine = cache.claim(misses, now, lease=timeout * 2)
-    answers: dict[str, NumberCheck] = {}
+    # Another caller may have answered and released a number between our cache read
+    # and this claim: its answer is in the cache now, and asking again would spend
+    # the budget twice for one number.
+    answers: dict[str, NumberCheck] = dict(cache.get(mine, now))
     try:
-        if mine:
+        mine_to_ask = [phone for phone in mine if phone not in answers]
+        if mine_to_ask:
             try:
-                cache.spend(session, len(mine), budget, now)
+                cache.spend(session, len(mine_to_ask), budget, now)
             except LookupBudgetExceeded:
                 if strict_budget:
                     raise
                 return {phone: NumberCheck(phone, None, reason="RATE_LIMITED")
                         for phone in misses}
-            answers.update(_ask(cache, mine, lookup, clock))
+            answers.update(_ask(cache, mine_to_ask, lookup, clock))
     finally:
         cache.release(mine)
     others = [phone for phone in misses if phone not in answers]

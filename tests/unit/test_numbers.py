@@ -152,6 +152,30 @@ def test_a_number_being_looked_up_is_waited_for_not_looked_up_twice(
     assert [r[0].on_whatsapp for r in results] == [True, True]  # type: ignore[index]
 
 
+def test_an_answer_that_lands_between_reading_and_claiming_is_not_asked_again(
+        cache: NumberCache) -> None:
+    """Another caller finishes (answer cached, claim released) after our cache read
+    and before our claim; the clock's second reading falls exactly there."""
+    readings: list[float] = []
+
+    def clock() -> float:
+        readings.append(100.0)
+        if len(readings) == 2:
+            cache.put([NumberInfo(YES, True, "j")], 100.0)
+        return 100.0
+
+    asked: list[list[str]] = []
+
+    def engine(phones: list[str]) -> list[NumberInfo]:
+        asked.append(list(phones))
+        return [NumberInfo(p, True) for p in phones]
+
+    [answer] = check_numbers(cache, "s", [YES], engine, PLENTY, 1.0, strict_budget=True,
+                             clock=clock)
+    assert asked == []
+    assert answer.on_whatsapp is True
+
+
 def test_a_delivery_receipt_clears_only_a_negative_answer(cache: NumberCache) -> None:
     cache.put([NumberInfo(YES, True, "j"), NumberInfo(NO, False)], 0.0)
     cache.confirm(NO)
