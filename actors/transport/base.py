@@ -147,6 +147,11 @@ class SendError(Exception):
         self.uncertain = uncertain
 
 
+# ``SendError.reason`` tokens the outbox acts on (beyond retrying or failing):
+NOT_ON_WHATSAPP = "NOT_ON_WHATSAPP"  # the number has no account: failed, and remembered
+RATE_OVERLIMIT = "RATE_OVERLIMIT"  # WhatsApp rate-limits the account: pause its sends
+
+
 class EngineSetupError(Exception):
     """The engine cannot be used in this process; the message names the cause and what
     the operator does about it (shown as the session's ``lastError``)."""

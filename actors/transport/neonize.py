@@ -49,6 +49,8 @@ any other login status              ``PairingClosed(status)`` + stop
 ``TemporaryBanEv``                  ``TemporaryBan(now + Expire, reason name)`` + stop
 ``ClientOutdatedEv``                ``ClientOutdated()`` + stop
 ``ConnectFailureEv``                ``Disconnected("connect failure <REASON>: <text>")``
+``KeepAliveTimeoutEv`` (first)      ``Disconnected("keepalive timed out ...", recovering=True)``
+``KeepAliveRestoredEv``             ``Connected(phone)`` (only after a keepalive timeout)
 ``ReceiptEv`` DELIVERED / READ      one ``Receipt(id, "delivered" | "read", phone)`` per
                                     id; a LID sender mapped to its number (``sender_pn``,
                                     else the engine's LID store)
@@ -89,6 +91,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from actors.transport.base import (
+    NOT_ON_WHATSAPP,
+    RATE_OVERLIMIT,
     ClientOutdated,
     Connected,
     Disconnected,
@@ -147,10 +151,22 @@ _GET_ME_LOCK_SECONDS = 2.0
 _GO_CALL_ENTRY_GRACE_SECONDS = 0.1
 
 _NOT_CONNECTED = "NOT_CONNECTED"
-# Lookups whatsmeow makes before it sends anything: their failures never delivered.
-_PRE_SEND_MARKERS = ("failed to get user info", "usync query")
+# Steps of whatsmeow's SendMessage that run before the message node is written: a
+# failure there means nothing left (whatsmeow send.go: the LID lookup of a number,
+# "failed to get user info for X to fill LID cache"; the device list of sendDM's
+# prepareMessageNode, "failed to get device list"; usync wraps its IQ errors in
+# "failed to send usync query").
+_PRE_SEND_MARKERS = ("failed to get user info", "usync query", "failed to get device list",
+                     "failed to get lid for pn")
+# whatsmeow: fmt.Errorf("no LID found for %s from server", to) -- the server knows no
+# account for the number.
+_NO_ACCOUNT = re.compile(r"no lid found for \S* ?from server")
 _AMBIGUOUS_MARKERS = (
     "timed out waiting for message send response",  # whatsmeow ErrMessageTimedOut
+    # DisconnectedError{Action: "message send"} (and "message send (retry)"): the node
+    # was written, then the socket closed before the server's ack; every client stop
+    # (reconnect, watchdog, send deadline, shutdown) ends sends in flight this way.
+    "disconnected before message send",
     "disconnected before info query returned response",  # the socket died awaiting the ack
 )
 _NOT_CONNECTED_MARKERS = (
@@ -159,6 +175,11 @@ _NOT_CONNECTED_MARKERS = (
     "not connected",
     "the store doesn't contain a device jid",  # not paired (any more)
 )
+# IQError texts (whatsmeow errors.go): "info query returned status 429: rate-overlimit"
+# and the server-side failures worth another try later.
+_RATE_OVERLIMIT = re.compile(r"status 429\b|rate-overlimit")
+_SERVER_TROUBLE = re.compile(r"status (500|503|530)\b|internal-server-error|"
+                             r"service-unavailable|partial-server-error")
 _REACHOUT_TIMELOCK = re.compile(r"(?<!\d)463(?!\d)")  # "server returned error 463"
 
 # Process-wide neonize state (see the module docstring).
@@ -189,6 +210,8 @@ class _Api:
     temporary_ban: type
     client_outdated: type
     connect_failure: type
+    keepalive_timeout: type
+    keepalive_restored: type
     receipt: type
     receipt_delivered: int
     receipt_read: int
@@ -239,6 +262,8 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
                 ConnectedEv,
                 ConnectFailureEv,
                 DisconnectedEv,
+                KeepAliveRestoredEv,
+                KeepAliveTimeoutEv,
                 LoggedOutEv,
                 ReceiptEv,
                 StreamReplacedEv,
@@ -265,6 +290,8 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             temporary_ban=TemporaryBanEv,
             client_outdated=ClientOutdatedEv,
             connect_failure=ConnectFailureEv,
+            keepalive_timeout=KeepAliveTimeoutEv,
+            keepalive_restored=KeepAliveRestoredEv,
             receipt=ReceiptEv,
             receipt_delivered=ReceiptEv.DELIVERED,
             receipt_read=ReceiptEv.READ,
@@ -600,6 +627,7 @@ class _Connection:
         self.proxy = api.proxy_settings(proxy_address=proxy) if proxy else None
         self.lock = threading.Lock()  # guards the flags below and _go_calls
         self.connected = False  # between Connected and Disconnected
+        self.keepalive_lost = False  # pings failing on a socket still open (not connected)
         self.qr_seen = False
         self.stop_requested = False  # once set: no more events, no new Go calls
         self.finished = False  # the Go call returned (or was never made)
@@ -746,6 +774,8 @@ class _Connection:
         event(api.temporary_ban)(self._on_temporary_ban)
         event(api.client_outdated)(self._on_client_outdated)
         event(api.connect_failure)(self._on_connect_failure)
+        event(api.keepalive_timeout)(self._on_keepalive_timeout)
+        event(api.keepalive_restored)(self._on_keepalive_restored)
         event(api.receipt)(self._on_receipt)
 
     def _detach(self) -> None:
@@ -796,16 +826,46 @@ class _Connection:
 
     def _on_connected(self, client: Any, _event: Any) -> None:
         with self._callback("connected"):
-            phone = self._own_phone(client)
+            self._back(client)
+
+    def _back(self, client: Any) -> None:
+        """Connected again (a fresh login, or pings answered again)."""
+        phone = self._own_phone(client)
+        with self.lock:
+            self.keepalive_lost = False
             self.connected = True
-            self.qr_seen = False
-            self.transport._mark_paired()
-            self.transport._tighten_db_files()
-            self._emit(Connected(phone))
+        self.qr_seen = False
+        self.transport._mark_paired()
+        self.transport._tighten_db_files()
+        self._emit(Connected(phone))
+
+    def _on_keepalive_timeout(self, _client: Any, event: Any) -> None:
+        """A ping went unanswered (whatsmeow keepalive.go, every 20-30 s while it lasts).
+        The socket may be black-holed: after 3 minutes whatsmeow drops it with its own
+        ``Disconnect`` (an expected disconnect, so no ``Disconnected`` event) and
+        reconnects silently. So the first one already counts as lost, recovering: sends
+        are refused locally, the session shows RECONNECTING and its watchdog runs."""
+        with self._callback("keepalive-timeout"):
+            with self.lock:
+                if not self.connected:
+                    return  # already down, or another failed ping of the same outage
+                self.connected = False
+                self.keepalive_lost = True
+            self._emit(Disconnected(_keepalive_reason(event), recovering=True))
+
+    def _on_keepalive_restored(self, client: Any, _event: Any) -> None:
+        """Pings are answered again on the same socket: connected, as after a login."""
+        with self._callback("keepalive-restored"):
+            with self.lock:
+                if not self.keepalive_lost:
+                    return  # a late one: the socket went down meanwhile (or never was)
+            self._back(client)
 
     def _on_disconnected(self, _client: Any, _event: Any) -> None:
         with self._callback("disconnected"):
-            self.connected = False
+            with self.lock:
+                self.connected = False
+                self.keepalive_lost = False
             self._emit(Disconnected("connection lost", recovering=True))
 
     def _on_logged_out(self, _client: Any, event: Any) -> None:
@@ -876,21 +936,42 @@ class _Connection:
 def send_error_from(text: str) -> SendError:
     """Map whatsmeow's error text for a failed send to a ``SendError``.
 
-    A timed-out (or interrupted) send may still have been delivered, so it is
-    ``AMBIGUOUS`` and ``uncertain``: the outbox flags it, and sends it again only as
-    ``delivery.on_uncertain`` says (re-sending may deliver it twice).
+    First whether anything left: a failure of the lookups SendMessage makes before it
+    writes the message never delivered it, so it is retryable (``NOT_CONNECTED``,
+    ``LOOKUP_TIMEOUT``, ``SERVER_ERROR``, ``LOOKUP_FAILED``), or says the number has
+    no account (``NOT_ON_WHATSAPP``), or that WhatsApp rate-limits the account's
+    lookups (``RATE_OVERLIMIT``: the outbox pauses the session's sends). A send that
+    was written but never acknowledged (a timeout, a socket closed before the ack)
+    may still have been delivered, so it is ``AMBIGUOUS`` and ``uncertain``: the
+    outbox flags it, and sends it again only as ``delivery.on_uncertain`` says.
     """
     lowered = text.lower()
-    if (any(marker in lowered for marker in _PRE_SEND_MARKERS)
-            and ("not connected" in lowered or "disconnected" in lowered)):
-        return SendError(_NOT_CONNECTED, text, permanent=False)
+    if _NO_ACCOUNT.search(lowered):
+        return SendError(NOT_ON_WHATSAPP, text, permanent=True)
+    if any(marker in lowered for marker in _PRE_SEND_MARKERS):
+        return _pre_send_error(text, lowered)
     if any(marker in lowered for marker in _AMBIGUOUS_MARKERS):
         return SendError("AMBIGUOUS", text, permanent=True, uncertain=True)
     if _REACHOUT_TIMELOCK.search(text):
         return SendError("REACHOUT_TIMELOCK", text, permanent=True)
     if any(marker in lowered for marker in _NOT_CONNECTED_MARKERS):
         return SendError(_NOT_CONNECTED, text, permanent=False)
+    if _RATE_OVERLIMIT.search(lowered):
+        return SendError(RATE_OVERLIMIT, text, permanent=False)
     return SendError("REJECTED", text, permanent=True)
+
+
+def _pre_send_error(text: str, lowered: str) -> SendError:
+    """A lookup before the message was written failed: nothing was sent."""
+    if "not connected" in lowered or "disconnected" in lowered:
+        return SendError(_NOT_CONNECTED, text, permanent=False)
+    if _RATE_OVERLIMIT.search(lowered):
+        return SendError(RATE_OVERLIMIT, text, permanent=False)
+    if "timed out" in lowered:
+        return SendError("LOOKUP_TIMEOUT", text, permanent=False)
+    if _SERVER_TROUBLE.search(lowered):
+        return SendError("SERVER_ERROR", text, permanent=False)
+    return SendError("LOOKUP_FAILED", text, permanent=False)
 
 
 def lookup_error_from(text: str) -> SendError:
@@ -899,6 +980,8 @@ def lookup_error_from(text: str) -> SendError:
     lowered = text.lower()
     if any(marker in lowered for marker in _NOT_CONNECTED_MARKERS):
         return SendError(_NOT_CONNECTED, text, permanent=False)
+    if _RATE_OVERLIMIT.search(lowered):  # WhatsApp refuses more lookups for now
+        return SendError("RATE_LIMITED", text, permanent=False)
     if "timed out" in lowered or "timeout" in lowered:
         return SendError("TIMEOUT", text, permanent=False)
     return SendError("LOOKUP_FAILED", text, permanent=False)
@@ -943,6 +1026,16 @@ def _phone_of(device: Any) -> str:
     except (AttributeError, ValueError):
         return ""
     return "".join(c for c in user.split(":", 1)[0].split(".", 1)[0] if c.isdigit())
+
+
+def _keepalive_reason(event: Any) -> str:
+    """What a ``KeepAliveTimeout`` says, for the session's lastError."""
+    try:
+        last = time.strftime("%H:%M:%S UTC", time.gmtime(int(event.LastSuccess)))
+    except (OverflowError, OSError, ValueError):
+        last = "unknown"
+    return (f"keepalive timed out: WhatsApp did not answer {int(event.ErrorCount)} ping(s), "
+            f"last answer at {last}; the engine is recovering the connection")
 
 
 def _enum_name(event: Any, field: str) -> str:

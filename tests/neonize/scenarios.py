@@ -34,6 +34,26 @@ from gateway.config import Config, QrConfig, TransportConfig
 from tests.neonize.fault_proxy import FaultProxy, refused_port
 
 SESSION = "s1"
+# whatsmeow's own error texts of a failed SendMessage (send.go, request.go, errors.go),
+# fed back through neonize's real return path (tests/neonize/test_neonize_transport.py).
+ENGINE_SEND_ERRORS = (
+    # the client stopped (reconnect, watchdog, deadline, shutdown) after the node left
+    "websocket disconnected before message send returned response",
+    "websocket disconnected before message send (retry) returned response",
+    # lookups before the node is written: nothing left
+    "failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+    "failed to send usync query: info query timed out",
+    "failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+    "failed to send usync query: info query returned status 429: rate-overlimit",
+    "failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+    "failed to send usync query: info query returned status 500: internal-server-error",
+    "failed to get device list: failed to send usync query: info query returned status "
+    "503: service-unavailable",
+    "failed to get device list: failed to send usync query: websocket disconnected before "
+    "info query returned response",
+    "no LID found for 4917011111111@s.whatsapp.net from server",
+    "failed to send message node: websocket not connected",
+)
 FIRST_QR_SECONDS = 60.0
 NEXT_QR_SECONDS = 20.0
 
@@ -425,6 +445,39 @@ class EventHarness:
                                   Timestamp=1_700_000_000, Type=kind)
 
 
+def keepalive(h: EventHarness) -> dict[str, Any]:
+    """A black-holed link on a connected client: whatsmeow's pings fail (it reports
+    each failed one, and drops the socket itself after 3 minutes without telling),
+    then either they are answered again or the socket goes down for real."""
+    proto = h.proto
+    out: dict[str, Any] = {}
+    sent_before = len(h.go.sent)
+    h.feed(proto.KeepAliveTimeout(ErrorCount=1, LastSuccess=1_700_000_000))
+    h.feed(proto.KeepAliveTimeout(ErrorCount=2, LastSuccess=1_700_000_000))  # same outage
+    try:
+        h.transport.send_text("4917011111111", "into a dead socket?")
+    except SendError as exc:
+        out["send_while_lost"] = send_error_fields(exc)
+    out["sends_reaching_go"] = len(h.go.sent) - sent_before
+    h.feed(proto.KeepAliveRestored())
+    h.feed(proto.KeepAliveRestored())  # nothing was lost any more
+    out["lost_then_restored"] = h.take()
+    out["send_after_restored"] = h.transport.send_text("4917011111111", "back").message_id
+    # Lost, then whatsmeow's forced reconnect: a late "restored" of the old socket is
+    # no comeback; only the new login's Connected is.
+    h.feed(proto.KeepAliveTimeout(ErrorCount=1, LastSuccess=1_700_000_000))
+    h.feed(proto.Disconnected(status=True))
+    h.feed(proto.KeepAliveRestored())
+    h.feed(proto.Connected(status=True))
+    out["lost_then_reconnected"] = h.take()
+    # A timeout while not connected (a socket already reported down) says nothing new.
+    h.feed(proto.Disconnected(status=True))
+    h.feed(proto.KeepAliveTimeout(ErrorCount=1, LastSuccess=1_700_000_000))
+    h.feed(proto.Connected(status=True))
+    out["timeout_while_down"] = h.take()
+    return out
+
+
 def events(workdir: Path) -> dict[str, Any]:
     """Every mapped event, fed through neonize's ctypes dispatch; sends and pairing
     codes against FakeGo; terminal events silence their connection."""
@@ -484,7 +537,8 @@ def events(workdir: Path) -> dict[str, Any]:
                  "websocket disconnected before info query returned response",
                  "failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
                  "failed to send usync query: websocket disconnected before info query "
-                 "returned response"):
+                 "returned response",
+                 *ENGINE_SEND_ERRORS):
         h.go.send_error = text
         try:
             h.transport.send_text("4917011111111", "x")
@@ -498,7 +552,8 @@ def events(workdir: Path) -> dict[str, Any]:
                      "answers": [[i.phone, i.on_whatsapp, i.jid, i.business] for i in infos]}
     out["lookup_errors"] = {}
     for text in ("failed to send usync query: websocket not connected",
-                 "info query timed out", "Function returned nothing."):
+                 "info query timed out", "Function returned nothing.",
+                 "failed to send usync query: info query returned status 429: rate-overlimit"):
         h.go.lookup_error = text
         try:
             h.transport.check_numbers(["4917011111111"])
@@ -537,6 +592,7 @@ def events(workdir: Path) -> dict[str, Any]:
     out["connect_failure"] = h.take()
     h.feed(proto.Connected(status=True))
     h.take()
+    out["keepalive"] = keepalive(h)
 
     # Terminal events: each reported once, then the connection is silent.
     terminal = {
@@ -650,7 +706,8 @@ def fake_session(workdir: Path) -> dict[str, Any]:
     out["uuid"] = conn.uuid
     out["subscribed"] = go.subscribed
     wanted = {"Connected", "Disconnected", "LoggedOut", "StreamReplaced", "TemporaryBan",
-              "ClientOutdated", "ConnectFailure", "Receipt"}
+              "ClientOutdated", "ConnectFailure", "Receipt", "KeepAliveTimeout",
+              "KeepAliveRestored"}
     out["codes"] = {type_.__name__: code for type_, code in EVENT_TO_INT.items()
                     if type_.__name__ in wanted}
     out["log_level"] = go.log_level.decode()

@@ -236,6 +236,27 @@ def test_send_text_sends_a_plain_conversation_to_the_number(events: dict[str, An
     ("failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
      "failed to send usync query: websocket disconnected before info query returned "
      "response", "NOT_CONNECTED", False),
+    # every client stop ends a send in flight this way (whatsmeow retryFrame after
+    # Disconnect): the node left, the ack never came -> maybe delivered
+    ("websocket disconnected before message send returned response", "AMBIGUOUS", True),
+    ("websocket disconnected before message send (retry) returned response", "AMBIGUOUS",
+     True),
+    # lookups before the node is written: nothing left, so retryable
+    ("failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+     "failed to send usync query: info query timed out", "LOOKUP_TIMEOUT", False),
+    ("failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+     "failed to send usync query: info query returned status 429: rate-overlimit",
+     "RATE_OVERLIMIT", False),
+    ("failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
+     "failed to send usync query: info query returned status 500: internal-server-error",
+     "SERVER_ERROR", False),
+    ("failed to get device list: failed to send usync query: info query returned status "
+     "503: service-unavailable", "SERVER_ERROR", False),
+    ("failed to get device list: failed to send usync query: websocket disconnected before "
+     "info query returned response", "NOT_CONNECTED", False),
+    # the number has no WhatsApp account
+    ("no LID found for 4917011111111@s.whatsapp.net from server", "NOT_ON_WHATSAPP", True),
+    ("failed to send message node: websocket not connected", "NOT_CONNECTED", False),
 ])
 def test_send_errors_map_to_reasons(events: dict[str, Any], text: str, reason: str,
                                     permanent: bool) -> None:
@@ -258,7 +279,10 @@ def test_typing_is_whatsmeows_composing_chat_presence_and_never_fails_a_send(
 def test_sends_are_refused_locally_while_down(events: dict[str, Any]) -> None:
     assert events["send_while_down"]["reason"] == "NOT_CONNECTED"
     assert events["send_bad_number"]["reason"] == "REJECTED"
-    assert events["sends_reaching_go"] == 8  # one success + seven mapped errors
+    from tests.neonize.scenarios import ENGINE_SEND_ERRORS
+
+    # one success + every mapped error
+    assert events["sends_reaching_go"] == 8 + len(ENGINE_SEND_ERRORS)
 
 
 def test_receipts_delivered_and_read_one_per_message_id(events: dict[str, Any]) -> None:
@@ -290,6 +314,27 @@ def test_drops_and_connect_failures(events: dict[str, Any]) -> None:
     assert events["connect_failure"] == [{
         "type": "Disconnected", "recovering": False,
         "reason": "connect failure SERVICE_UNAVAILABLE: 503 service unavailable"}]
+
+
+def test_a_keepalive_timeout_is_a_lost_connection_until_pings_are_answered_again(
+        events: dict[str, Any]) -> None:
+    """whatsmeow's keepalive loop reports every failed ping and, after 3 minutes, drops
+    the socket with its own Disconnect (an expected disconnect: no Disconnected event)
+    and reconnects silently. Unwatched, the session showed CONNECTED for the whole
+    outage and sent into the dead socket."""
+    keepalive = events["keepalive"]
+    lost = {"type": "Disconnected", "recovering": True,
+            "reason": "keepalive timed out: WhatsApp did not answer 1 ping(s), last answer "
+                      "at 22:13:20 UTC; the engine is recovering the connection"}
+    back = {"type": "Connected", "phone": "4917012345678"}
+    assert keepalive["lost_then_restored"] == [lost, back]  # one each, not one per ping
+    assert keepalive["send_while_lost"] == {"reason": "NOT_CONNECTED", "permanent": False,
+                                            "message": "the session is not connected"}
+    assert keepalive["sends_reaching_go"] == 0
+    assert keepalive["send_after_restored"] == "3EB0C0FFEE"
+    dropped = {"type": "Disconnected", "reason": "connection lost", "recovering": True}
+    assert keepalive["lost_then_reconnected"] == [lost, dropped, back]
+    assert keepalive["timeout_while_down"] == [dropped, back]
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -485,6 +530,8 @@ def test_number_lookups_are_one_usync_query_through_the_real_bindings(
     ("failed to send usync query: websocket not connected", "NOT_CONNECTED"),
     ("info query timed out", "TIMEOUT"),
     ("Function returned nothing.", "LOOKUP_FAILED"),
+    ("failed to send usync query: info query returned status 429: rate-overlimit",
+     "RATE_LIMITED"),
 ])
 def test_failed_lookups_map_to_unknown_with_a_reason(events: dict[str, Any], text: str,
                                                      reason: str) -> None:
