@@ -27,6 +27,7 @@ no answer; the retry's outcome is, or ``SEND_UNCONFIRMED`` after
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -72,10 +73,11 @@ from actors.messages import (
 )
 from actors.metrics import RefusalCounters
 from actors.pacing import WARMUP_SCOPE, Pacer, PacingRules
-from actors.policy import retry_delay
+from actors.policy import rate_overlimit_pause, retry_delay
 from actors.receipts import EarlyReceipts
 from actors.run_once import RunOnce
 from actors.session_machine import refuse_send
+from actors.transport.base import NOT_ON_WHATSAPP, RATE_OVERLIMIT, NumberInfo
 from actors.warmup import Warmup
 from gateway.config import Config, PacingConfig
 from gateway.numbers import NumberCache, open_cache
@@ -124,6 +126,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.waiters: dict[str, _Waiter] = {}  # message id -> caller waiting for the ack
         self.limits: Limits | None = None
         self.paused_until: dict[str, float] = {}
+        # WhatsApp's 429 on a recipient lookup: session -> (paused until, strikes in a row)
+        self.rate_pauses: dict[str, tuple[float, int]] = {}
         self.uncertain_total = 0
         self.last_prune = 0.0
         self.refusals = RefusalCounters()  # for /metrics
@@ -272,7 +276,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if self.store is None:
             return  # StartWorker will not list it: its queue ends there
         self._end_link_queue(msg.session, None, SESSION_FORGOTTEN)
-        for per_session in (self.links, self.paused_until):
+        for per_session in (self.links, self.paused_until, self.rate_pauses):
             per_session.pop(msg.session, None)
         if not self.depth.get(msg.session):
             self.depth.pop(msg.session, None)
@@ -309,6 +313,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         session = session or record["session"]
         delivery = self.config.delivery
         if msg.ok:
+            self.rate_pauses.pop(session, None)  # lookups pass again: the strikes start over
             record = self._finish(record, "SENT", now, "", wa_message_id=msg.wa_message_id,
                                   attempts=record["attempts"] + 1)
             self._answer(record["id"], _accepted(record, ""))
@@ -318,6 +323,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self._uncertain(record, now, f"WhatsApp did not say whether it took the message "
                             f"({msg.error or msg.reason})", reason=msg.reason or "UNCERTAIN",
                             attempts=record["attempts"] + 1, error=msg.error)
+        elif msg.reason == RATE_OVERLIMIT:
+            self._rate_overlimited(record, session, now, msg)
+        elif msg.reason == NOT_ON_WHATSAPP:
+            self._not_on_whatsapp(record, now, msg)
         elif msg.reason == "NOT_CONNECTED" and not record["is_test"]:
             # It never left: not an attempt. Wait for the session's next state; the
             # caller hears QUEUED, as any send made while the session reconnects.
@@ -341,6 +350,56 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error,
                                       attempts=attempts, next_attempt_at=now + delay)
         return session
+
+    def _rate_overlimited(self, record: dict[str, Any], session: str, now: float,
+                          msg: DeliveryResult) -> None:
+        """WhatsApp answered the send's recipient lookup with 429 rate-overlimit: nothing
+        was sent. Every further send would ask again, so the whole session pauses
+        (``delivery.rate_overlimit_*``, longer for a 429 right after a pause) and the
+        message waits, with no attempt counted. A test message is not sent later: it
+        fails with RATE_LIMITED."""
+        assert self.store is not None and self.config is not None
+        until, strikes = self.rate_pauses.get(session, (0.0, 0))
+        delivery = self.config.delivery
+        if until <= now:  # not one of the burst that was already paused for
+            cap = max(delivery.rate_overlimit_pause_seconds,
+                      delivery.rate_overlimit_max_pause_seconds)
+            strikes = strikes + 1 if now - until < cap else 1
+            until = now + rate_overlimit_pause(strikes, delivery.rate_overlimit_pause_seconds,
+                                               delivery.rate_overlimit_max_pause_seconds)
+            self.rate_pauses[session] = (until, strikes)
+            log.warning("WhatsApp rate-limits this session's lookups; its sends pause",
+                        session=session, pause_seconds=round(until - now, 1), strikes=strikes)
+        retry_after = max(1, math.ceil(until - now))
+        if record["is_test"]:
+            record = self._finish(record, "FAILED", now, RATE_OVERLIMIT, error=msg.error)
+            self._answer(record["id"], Failed(
+                "RATE_LIMITED", "WhatsApp is rate-limiting this account's recipient lookups "
+                f"(429 rate-overlimit); the test message was not sent: retry in {retry_after} s",
+                {"reason": RATE_OVERLIMIT, "retryAfterSeconds": retry_after,
+                 "scope": "whatsapp", "messageId": record["id"]}))
+            return
+        record = self.store.transition(record, "QUEUED", now, RATE_OVERLIMIT, error=msg.error)
+        self._answer(record["id"], _accepted(record, ""))
+
+    def _not_on_whatsapp(self, record: dict[str, Any], now: float,
+                         msg: DeliveryResult) -> None:
+        """WhatsApp knows no account for the number (the engine's lookup before the send
+        said so): the message fails, and the number cache learns it, so the next send
+        to it is refused before it is stored (``delivery.check_recipient``)."""
+        assert self.store is not None
+        phone = record["phone"]
+        record = self._finish(record, "FAILED", now, NOT_ON_WHATSAPP,
+                              attempts=record["attempts"] + 1, error=msg.error)
+        if self.numbers is not None:
+            try:
+                self.numbers.put([NumberInfo(phone, False)], now)
+            except Exception:  # the verdict stands; only the cache misses it
+                log.exception("could not remember a number without WhatsApp")
+        self._answer(record["id"], Failed(
+            "NOT_ON_WHATSAPP", f"+{phone} has no WhatsApp account (WhatsApp said so when the "
+            "message was sent); nothing was sent: fall back to SMS or another channel",
+            {"reason": NOT_ON_WHATSAPP, "messageId": record["id"], "phoneNumber": phone}))
 
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
         """A receipt counts for the message its session sent under that WhatsApp id; one
@@ -448,7 +507,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         retried message is never overtaken by a later one to the same person."""
         assert self.store is not None and self.config is not None
         now = time.time()
-        if not self._can_send(session) or self.paused_until.get(session, 0.0) > now:
+        if (not self._can_send(session) or self.paused_until.get(session, 0.0) > now
+                or self.rate_pauses.get(session, (0.0, 0))[0] > now):
             return
         room = MAX_IN_FLIGHT - self.busy.get(session, 0)
         if room <= 0:

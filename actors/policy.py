@@ -122,3 +122,12 @@ def retry_delay(attempt: int, base: float, cap: float, rand: float) -> float:
         raise ValueError("attempt counts from 1")
     delay = min(cap, base * 2 ** (attempt - 1))
     return delay / 2 + delay / 2 * rand
+
+
+def rate_overlimit_pause(strikes: int, base: float, cap: float) -> float:
+    """How long a session sends nothing after WhatsApp's ``strikes``-th 429 in a row
+    (rate-overlimit on a recipient lookup): ``base``, doubled per strike, up to ``cap``
+    (a cap below ``base`` means ``base``). No jitter: one session pauses as a whole."""
+    if strikes < 1:
+        raise ValueError("strikes count from 1")
+    return min(max(base, cap), base * 2.0 ** min(strikes - 1, 32))

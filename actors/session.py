@@ -57,7 +57,9 @@ from actors.session_machine import (
 )
 from actors.system import host_config, on_required_host
 from actors.threadbridge import BridgedActor
+from actors.transport import parallel_sends
 from actors.transport.base import (
+    RATE_OVERLIMIT,
     Connected,
     EngineSetupError,
     LoggedOut,
@@ -74,7 +76,9 @@ if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher
 
 log = structlog.get_logger("wagate.session")
 
-SEND_WORKERS = 4  # concurrent sends per session; the transport serialises what it must
+# Typing indicators, pairing codes and logouts: apart from the send workers, so none
+# waits behind a slow send (how many sends run at once is the engine's: PARALLEL_SENDS).
+AUX_WORKERS = 4
 LOGOUT_GRACE_SECONDS = 15.0
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"  # lastError code: the stores cannot be decrypted
 
@@ -160,7 +164,11 @@ class SessionActor(BridgedActor):
         self.config: Any = None
         self.machine: SessionMachine | None = None
         self.generation = 0
-        self.executor: ThreadPoolExecutor | None = None
+        self.executor: ThreadPoolExecutor | None = None  # typing, pairing codes, logouts
+        self.send_executor: ThreadPoolExecutor | None = None  # sends, as many as the engine takes
+        # Worker threads only: until then (monotonic) sends are answered RATE_OVERLIMIT
+        # without asking the engine, after WhatsApp answered one with 429.
+        self.send_hold_until = 0.0
         self.outbox: Any = None
         self.logouts: list[Future[None]] = []  # an exit waits for these (bounded)
         # While the bridge is drained: results to send as one DeliveryResults per outbox.
@@ -184,7 +192,9 @@ class SessionActor(BridgedActor):
         self.session, self.parent = msg.session, sender
         structlog.contextvars.bind_contextvars(session=msg.session)
         self._open_store()
-        self.executor = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix=f"send-{msg.session}")
+        self.executor = ThreadPoolExecutor(AUX_WORKERS, thread_name_prefix=f"aux-{msg.session}")
+        self.send_executor = ThreadPoolExecutor(parallel_sends(config.transport.engine),
+                                                thread_name_prefix=f"send-{msg.session}")
         policy = ReconnectPolicy(config.reconnect.attempts, config.reconnect.delay_seconds)
         self.machine = SessionMachine(msg.session, policy, config.reconnect.connect_timeout_seconds,
                                       paired=self._paired())
@@ -231,8 +241,9 @@ class SessionActor(BridgedActor):
         # A logout in progress must finish (or the phone keeps the device linked), but
         # the exit must not hang on a dead network either.
         futures.wait(self.logouts, timeout=LOGOUT_GRACE_SECONDS)
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self.executor, self.send_executor):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
         if self.lookup_executor is not None:
             self.lookup_executor.shutdown(wait=False, cancel_futures=True)
         self._close_store()
@@ -411,7 +422,8 @@ class SessionActor(BridgedActor):
 
     def receiveMsg_DeliverBatch(self, msg: DeliverBatch, sender: Any) -> None:
         self.outbox = sender
-        if self.executor is None or self.transport is None:  # no client: not connected
+        if (self.executor is None or self.send_executor is None
+                or self.transport is None):  # no client: not connected
             self.send(sender, DeliveryResults(tuple(
                 DeliveryResult(d.message_id, ok=False, reason="NOT_CONNECTED",
                                error="the session has no live connection") for d in msg.items)))
@@ -429,19 +441,19 @@ class SessionActor(BridgedActor):
                 self.wakeupAfter(timedelta(seconds=delivery.typing),
                                  payload=_Typed(delivery, sender, self.generation))
             else:
-                self.executor.submit(self._send, self.transport, delivery, sender)
+                self.send_executor.submit(self._send, self.transport, delivery, sender)
         if refused:
             self.send(sender, DeliveryResults(tuple(refused)))
 
     def _typed(self, msg: _Typed) -> None:
         """Send a delivery whose typing time is over, on the client that typed it."""
         if (msg.generation != self.generation or self.transport is None
-                or self.executor is None):
+                or self.send_executor is None):
             self.send(msg.reply_to, DeliveryResults((DeliveryResult(
                 msg.delivery.message_id, ok=False, reason="NOT_CONNECTED",
                 error="the connection changed while typing"),)))
             return
-        self.executor.submit(self._send, self.transport, msg.delivery, msg.reply_to)
+        self.send_executor.submit(self._send, self.transport, msg.delivery, msg.reply_to)
 
     @staticmethod
     def _typing(transport: Transport, phone: str) -> None:
@@ -463,12 +475,20 @@ class SessionActor(BridgedActor):
         return problem
 
     def _send(self, transport: Transport, msg: Deliver, reply_to: Any) -> None:
-        """Worker thread: touches no actor state, only posts the outcome."""
+        """Worker thread: touches no actor state (only ``send_hold_until``, which only
+        send workers use), posts the outcome."""
         try:
+            if time.monotonic() < self.send_hold_until:
+                raise SendError(RATE_OVERLIMIT, "not tried: WhatsApp rate-limited this "
+                                "session's lookups a moment ago", permanent=False)
             sent = transport.send_text(msg.phone, msg.text)
             result = DeliveryResult(msg.message_id, ok=True, wa_message_id=sent.message_id,
                                     timestamp=sent.timestamp)
         except SendError as exc:
+            if exc.reason == RATE_OVERLIMIT:  # the sends queued here would only ask again
+                self.send_hold_until = max(
+                    self.send_hold_until,
+                    time.monotonic() + self.config.delivery.rate_overlimit_pause_seconds)
             result = DeliveryResult(msg.message_id, ok=False, reason=exc.reason, error=str(exc),
                                     permanent=exc.permanent, uncertain=exc.uncertain)
         except Exception as exc:  # a transport bug must not lose the message

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a temporary server error (retried) instead of a rejection")
     kind.add_argument("--ambiguous", action="store_true",
                       help="delivered, but the ack never comes (the outcome is unknown)")
+    kind.add_argument("--rate-overlimit", action="store_true",
+                      help="WhatsApp answers the recipient lookup 429 rate-overlimit (the "
+                      "session pauses its sends)")
+    kind.add_argument("--no-account", action="store_true",
+                      help="WhatsApp finds no account for the recipient (NOT_ON_WHATSAPP)")
     fail.set_defaults(handler=cmd_sim_fail_next)
 
     receipt = sim_commands.add_parser(
@@ -313,9 +318,12 @@ def cmd_sim_logout(args: argparse.Namespace) -> int:
 
 def cmd_sim_fail_next(args: argparse.Namespace) -> int:
     def fail_next(server: Any) -> None:
-        server.fail_next(args.count, args.session, args.transient, args.ambiguous)
+        server.fail_next(args.count, args.session, args.transient, args.ambiguous,
+                         rate_overlimit=args.rate_overlimit, no_account=args.no_account)
         kind = ("fail temporarily" if args.transient
-                else "arrive without an ack" if args.ambiguous else "be rejected")
+                else "arrive without an ack" if args.ambiguous
+                else "be rate-limited (429)" if args.rate_overlimit
+                else "find no account" if args.no_account else "be rejected")
         print(f"the next {args.count} sends will {kind}")
 
     return _run_sim(args, fail_next)

@@ -75,6 +75,11 @@ class TransportConfig:
     # the account to declare itself automated (README: How wagate keeps an account
     # looking like a person).
     mark_as_bot: bool = False
+    # One send into the real engine that has not returned by then stops its client (the
+    # session reconnects) and counts as AMBIGUOUS: whatsmeow serialises a client's sends
+    # and can wait without limit for a reconnect to retry one, so a stuck send would
+    # hold up every later one (docs/engine-behaviour.md).
+    send_deadline_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,11 @@ class DeliveryConfig:
     # Look a recipient up before accepting a send: a number known not to be on
     # WhatsApp is refused with NOT_ON_WHATSAPP; an unknown answer never blocks.
     check_recipient: bool = True
+    # WhatsApp answered a send's recipient lookup with 429 rate-overlimit: the session
+    # sends nothing for this long (its messages wait, no attempt is counted), doubled
+    # for every 429 right after a pause, up to the max (never below the pause).
+    rate_overlimit_pause_seconds: float = 60.0
+    rate_overlimit_max_pause_seconds: float = 900.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,6 +334,9 @@ RANGES: dict[str, Range] = {
     "delivery.max_attempts": Range(1, 1000), "delivery.retry_base_seconds": _DAY,
     "delivery.retry_max_seconds": _DAY, "delivery.max_queue_per_session": Range(1, 100_000_000),
     "delivery.idempotency_hours": _HOURS, "delivery.tick_seconds": _SECONDS,
+    "delivery.rate_overlimit_pause_seconds": _DAY,
+    "delivery.rate_overlimit_max_pause_seconds": _DAY,
+    "transport.send_deadline_seconds": _SECONDS,
     "supervisor.restart_backoff_seconds": Range(0, 3600),
     "supervisor.restart_budget": Range(1, 1000),
     "supervisor.restart_window_seconds": Range(0, 604800, above=True),

@@ -17,6 +17,19 @@ if TYPE_CHECKING:
     from gateway.config import Config
 
 
+# How many sends of one session may be in the engine at once. whatsmeow serialises a
+# client's sends itself (``Client.messageSendLock`` in send.go, held from before the
+# recipient's device lookup until the server's ack), so a second worker only queues
+# inside Go, where nothing bounds the wait: the real engine gets one. The simulator
+# sends in parallel (benchmarks rely on it).
+PARALLEL_SENDS = {"neonize": 1, "simulator": 4}
+
+
+def parallel_sends(engine: str) -> int:
+    """Send workers for a session of ``engine`` (one for an engine not listed)."""
+    return PARALLEL_SENDS.get(engine, 1)
+
+
 def create_transport(engine: str, session_id: str, data_dir: Path, config: Config,
                      store_dir: Path | None = None) -> Transport:
     """Build the transport for one session from the whole gateway configuration.

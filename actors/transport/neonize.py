@@ -435,11 +435,10 @@ class NeonizeTransport(Transport):
             raise SendError("REJECTED", f"{phone!r} is not a phone number (digits only)",
                             permanent=True)
         message = self._api.message(conversation=text)
+        jid = self._api.build_jid(digits)
         with conn.go_call():
-            try:
-                response = conn.client.send_message(self._api.build_jid(digits), message)
-            except self._api.neonize_error as exc:
-                raise send_error_from(str(exc)) from exc
+            response = conn.bounded_send(lambda: conn.client.send_message(jid, message),
+                                         self._config.transport.send_deadline_seconds)
         return SentMessage(message_id=response.ID, timestamp=_unix_seconds(response.Timestamp))
 
     def check_numbers(self, phones: list[str]) -> list[NumberInfo]:
@@ -683,6 +682,58 @@ class _Connection:
         finally:
             with self.lock:
                 self._go_calls.pop(call, None)
+
+    def bounded_send(self, call: Callable[[], Any], deadline: float) -> Any:
+        """Run one send into Go on a thread of its own and wait at most ``deadline``.
+
+        whatsmeow serialises a client's sends and holds that lock across the recipient's
+        device lookup, the server's ack (75 s each) and, after the socket dropped, a
+        retry that waits for the reconnect without any limit (neonize gives it no
+        context that could end it). A send still running at the deadline therefore
+        stops this client (reported as ``Disconnected``, so the session reconnects):
+        whatsmeow's ``Disconnect`` wakes every waiter, and the send ends with the
+        engine's own answer (a send cut off after its node left is ``AMBIGUOUS``). If
+        the engine has not let go after as long again, its thread is left behind (a
+        daemon, on a stopped client) and the send is ``AMBIGUOUS`` all the same.
+        """
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["value"] = call()
+            except BaseException as exc:  # handed to the waiting thread
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, daemon=True, name=f"neonize-{self.uuid}-send").start()
+        if done.wait(deadline):
+            return self._send_outcome(outcome, "")
+        log.warning("a send passed its deadline; stopping the client", uuid=self.uuid,
+                    deadline_seconds=deadline)
+        self._end(Disconnected(
+            f"a send got no answer within {deadline:g} s (transport.send_deadline_seconds); "
+            "the client was stopped to free it"))
+        cut = f"no answer within {deadline:g} s, so the client was stopped"
+        if not done.wait(deadline):
+            raise SendError("AMBIGUOUS", f"{cut}, and the engine did not return the send; "
+                            "it may have been delivered", permanent=True, uncertain=True)
+        return self._send_outcome(outcome, cut)
+
+    def _send_outcome(self, outcome: dict[str, Any], cut: str) -> Any:
+        """The send's response, or its engine error as a ``SendError`` (prefixed with
+        ``cut`` when the deadline stopped the client)."""
+        error = outcome.get("error")
+        if error is None:
+            return outcome["value"]
+        if not isinstance(error, self.api.neonize_error):
+            raise error
+        mapped = send_error_from(str(error))
+        if cut:
+            raise SendError(mapped.reason, f"{cut}: {error}", permanent=mapped.permanent,
+                            uncertain=mapped.uncertain) from error
+        raise mapped from error
 
     def _run(self) -> None:
         """The connection thread: start Go, wait for it to end, report the end.

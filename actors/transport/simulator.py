@@ -41,6 +41,8 @@ from typing import Any, Literal
 import diskcache
 
 from actors.transport.base import (
+    NOT_ON_WHATSAPP,
+    RATE_OVERLIMIT,
     Connected,
     Disconnected,
     EventSink,
@@ -100,8 +102,10 @@ def _drops_key(session: str | None) -> tuple[str, str | None]:
 
 
 # Kinds of injected send failures: rejected for good, a transient server error worth
-# retrying, or delivered but never acknowledged (the sender cannot tell which).
-_FAILURE_KINDS = ("rejected", "transient", "ambiguous")
+# retrying, delivered but never acknowledged (the sender cannot tell which), or the
+# real engine's recipient lookup before a send answered 429 rate-overlimit or found
+# no account for the number (nothing sent in either case).
+_FAILURE_KINDS = ("rejected", "transient", "ambiguous", "rate_overlimit", "no_account")
 
 
 def _fail_key(session: str | None, kind: str = "rejected") -> tuple[str, str | None]:
@@ -114,6 +118,13 @@ def _failure(kind: str) -> SendError:
     if kind == "transient":
         return SendError("SERVER_ERROR", "the simulated server had a temporary error "
                          "(injected with fail_next --transient)", permanent=False)
+    if kind == "rate_overlimit":
+        return SendError(RATE_OVERLIMIT, "failed to get user info to fill LID cache: failed "
+                         "to send usync query: info query returned status 429: rate-overlimit "
+                         "(injected with fail_next --rate-overlimit)", permanent=False)
+    if kind == "no_account":
+        return SendError(NOT_ON_WHATSAPP, "no LID found for the number from server (injected "
+                         "with fail_next --no-account)", permanent=True)
     if kind == "ambiguous":
         return SendError("AMBIGUOUS", "timed out waiting for message send response (the "
                          "simulated server delivered it; injected with fail_next --ambiguous)",
@@ -230,17 +241,22 @@ class SimulatorServer:
             self._cache.set(_unlinked_key(device["device_id"]), time.time())
 
     def fail_next(self, n: int, session: str | None = None, transient: bool = False,
-                  ambiguous: bool = False) -> None:
+                  ambiguous: bool = False, *, rate_overlimit: bool = False,
+                  no_account: bool = False) -> None:
         """Reject the next ``n`` sends of ``session`` (of any session when None); with
         ``transient`` the server answers a temporary error that is worth retrying; with
         ``ambiguous`` it delivers the message but the ack never comes (as a send that
-        times out: the sender cannot tell whether it arrived).
+        times out: the sender cannot tell whether it arrived); ``rate_overlimit`` and
+        ``no_account`` fail the recipient lookup before anything is sent, as the real
+        engine's 429 rate-overlimit and "no LID found" do.
 
         Replaces any earlier count for the same scope and kind; ``n = 0`` cancels it.
         """
         if n < 0:
             raise SimulatorError(f"fail_next needs a count of 0 or more (got {n})")
-        kind = "ambiguous" if ambiguous else "transient" if transient else "rejected"
+        kind = ("ambiguous" if ambiguous else "transient" if transient
+                else "rate_overlimit" if rate_overlimit else "no_account" if no_account
+                else "rejected")
         self._cache.set(_fail_key(session, kind), n, retry=True)
 
     def receipt(self, message_id: str, kind: str = "delivered", via_lid: bool = False,

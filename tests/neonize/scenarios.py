@@ -736,6 +736,86 @@ def fake_session(workdir: Path) -> dict[str, Any]:
     return out
 
 
+class StuckSendGo(FakeGoSession):
+    """A resumed session whose send never gets the server's answer, as in whatsmeow's
+    retry that waits for a reconnect without a limit: it returns only once the client
+    is stopped (whatsmeow's Disconnect wakes the waiter: "websocket disconnected before
+    message send returned response"), or, with ``hang``, not even then."""
+
+    def __init__(self, hang: bool) -> None:
+        super().__init__()
+        self.hang = hang
+        self.entered = threading.Event()
+        self.sending = threading.Event()
+        self.returned_after_stop: bool | None = None
+        self._never = threading.Event()
+
+    def Neonize(self, *args: Any) -> bytes:
+        self.entered.set()
+        self.stopped.wait(30.0)
+        return b""
+
+    def SendMessage(self, uuid: bytes, to: bytes, to_len: int, msg: bytes,
+                    msg_len: int) -> bytes:
+        self.sending.set()
+        self.stopped.wait(30.0)
+        self.returned_after_stop = self.stopped.is_set()
+        if self.hang:
+            self._never.wait(30.0)  # the child process ends first
+        return self.proto.SendMessageReturnFunction(
+            Error="websocket disconnected before message send returned response"
+        ).SerializeToString()
+
+
+SEND_DEADLINE_SECONDS = 0.5
+
+
+def send_deadline(workdir: Path) -> dict[str, Any]:
+    """A send that outlives ``transport.send_deadline_seconds`` stops its client and
+    ends AMBIGUOUS, whether the engine then lets go of it or not."""
+    from neonize._binder import func_callback_bytes
+    from neonize.events import EVENT_TO_INT
+    from neonize.proto import Neonize_pb2 as proto
+
+    out: dict[str, Any] = {}
+    for name, hang in (("released", False), ("hung", True)):
+        settings = Config(transport=TransportConfig(
+            proxy=f"http://127.0.0.1:{refused_port()}",
+            send_deadline_seconds=SEND_DEADLINE_SECONDS))
+        transport = NeonizeTransport(SESSION, workdir / name, settings)
+        sink = Recorder()
+        go = StuckSendGo(hang)
+        conn = transport._open(sink)
+        assert conn is not None
+        conn.client._NewClient__client = go
+        conn.start()
+        go.entered.wait(5.0)
+        data = proto.Connected(status=True).SerializeToString()
+        buffer = ctypes.create_string_buffer(data, len(data))
+        func_callback_bytes(conn.client.event.execute)(
+            conn.client.uuid, ctypes.addressof(buffer), len(data), EVENT_TO_INT[proto.Connected])
+        sink.wait_for(lambda events: bool(events), timeout=5.0)
+        started = time.monotonic()
+        try:
+            transport.send_text("4917011111111", "stuck")
+            error: dict[str, Any] | None = None
+        except SendError as exc:
+            error = {**send_error_fields(exc), "uncertain": exc.uncertain}
+        out[name] = {
+            "error": error,
+            "took": time.monotonic() - started,
+            "events": sink.all(),
+            "go_stops": go.stops,
+            "returned_after_stop": go.returned_after_stop,
+            "stop_requested": conn.stop_requested,
+        }
+        transport.close()
+        out[name]["wait_closed"] = transport.wait_closed(10.0)
+    out["deadline"] = SEND_DEADLINE_SECONDS
+    out["non_daemon_threads"] = non_daemon_threads()
+    return out
+
+
 def concurrent(workdir: Path) -> dict[str, Any]:
     """Many transports connecting and closing at once in one process, through failing
     proxies: unserialised, neonize's Go maps see concurrent writes and the process
@@ -856,6 +936,7 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "events": events,
     "fake_session": fake_session,
     "concurrent": concurrent,
+    "send_deadline": send_deadline,
     "logging": logging_setup,
     "bot_tag_off": lambda w: bot_tag(w, False),
     "bot_tag_on": lambda w: bot_tag(w, True),

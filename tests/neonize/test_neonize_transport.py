@@ -412,6 +412,35 @@ def test_an_unasked_end_of_the_go_call_is_a_disconnect(fake_session: dict[str, A
     assert fake_session["returns_wait_closed"] and fake_session["fails_wait_closed"]
 
 
+def test_a_send_past_its_deadline_stops_the_client_and_is_ambiguous(tmp_path: Path) -> None:
+    """whatsmeow holds its per-client send lock while it waits, with no limit, for a
+    reconnect to retry a send; neonize gives it no context to end that. A send still
+    running at ``transport.send_deadline_seconds`` stops the client (the session then
+    reconnects) and its message is AMBIGUOUS: it may have left. If the engine does
+    not even let go then, the send still ends (its thread is left behind)."""
+    result = run_scenario("send_deadline", tmp_path)
+    deadline = result["deadline"]
+    stopped = {"type": "Disconnected", "recovering": False,
+               "reason": f"a send got no answer within {deadline:g} s "
+                         "(transport.send_deadline_seconds); the client was stopped to free it"}
+    released, hung = result["released"], result["hung"]
+    assert released["error"] == {
+        "reason": "AMBIGUOUS", "permanent": True, "uncertain": True,
+        "message": f"no answer within {deadline:g} s, so the client was stopped: websocket "
+                   "disconnected before message send returned response"}
+    assert hung["error"] == {
+        "reason": "AMBIGUOUS", "permanent": True, "uncertain": True,
+        "message": f"no answer within {deadline:g} s, so the client was stopped, and the "
+                   "engine did not return the send; it may have been delivered"}
+    for case in (released, hung):
+        assert case["events"] == [{"type": "Connected", "phone": "4917012345678"}, stopped]
+        assert case["go_stops"] >= 1 and case["stop_requested"] is True
+        assert case["returned_after_stop"] is True  # Go's Stop is what woke the send
+        assert case["took"] >= deadline
+        assert case["wait_closed"] is True
+    assert result["non_daemon_threads"] == []
+
+
 def test_many_clients_connecting_and_closing_at_once_do_not_abort_go(tmp_path: Path) -> None:
     """300 connects and closes from 30 threads in one process (the Go lock at work)."""
     result = run_scenario("concurrent", tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.policy import ReconnectPolicy, RestartBudget, backoff_delay
+from actors.policy import ReconnectPolicy, RestartBudget, backoff_delay, rate_overlimit_pause
 
 DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -115,3 +115,12 @@ def test_retry_delay_rejects_attempt_zero() -> None:
 
     with pytest.raises(ValueError):
         retry_delay(0, 2.0, 300.0, 0.5)
+
+
+def test_a_rate_overlimit_pause_doubles_per_strike_up_to_its_cap() -> None:
+    assert [rate_overlimit_pause(n, 60.0, 900.0) for n in (1, 2, 3, 4, 5, 6)] == [
+        60.0, 120.0, 240.0, 480.0, 900.0, 900.0]
+    assert rate_overlimit_pause(10**9, 60.0, 900.0) == 900.0  # no overflow
+    assert rate_overlimit_pause(3, 60.0, 10.0) == 60.0  # a cap below the pause is the pause
+    with pytest.raises(ValueError):
+        rate_overlimit_pause(0, 60.0, 900.0)
