@@ -18,6 +18,12 @@ have been delivered. It is marked ``uncertain``, counted, and either sent again
 answered before WhatsApp confirmed its message (``SEND_UNCONFIRMED``) may send it
 again itself: that message is flagged and counted too.
 
+Answers of the engine that are neither success nor plain failure (docs/engine-behaviour.md):
+WhatsApp's 429 on the recipient lookup before a send (``RATE_OVERLIMIT``) pauses the
+whole session with backoff (``delivery.rate_overlimit_*``) and costs the message no
+attempt; a number without an account (``NOT_ON_WHATSAPP``) fails the message with that
+code and is remembered in the number cache.
+
 A caller waiting for WhatsApp's ack is answered by the send's outcome: SENT, or
 FAILED for good, or, when the session is not connected after all, QUEUED (as when a
 send arrives while the session reconnects). A failed attempt that will be retried is

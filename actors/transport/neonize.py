@@ -155,9 +155,12 @@ _NOT_CONNECTED = "NOT_CONNECTED"
 # failure there means nothing left (whatsmeow send.go: the LID lookup of a number,
 # "failed to get user info for X to fill LID cache"; the device list of sendDM's
 # prepareMessageNode, "failed to get device list"; usync wraps its IQ errors in
-# "failed to send usync query").
+# "failed to send usync query"; the engine's own store read before encrypting,
+# "failed to get LID for PN", "failed to fetch LID mappings", "failed to prefetch
+# sessions").
 _PRE_SEND_MARKERS = ("failed to get user info", "usync query", "failed to get device list",
-                     "failed to get lid for pn")
+                     "failed to get lid for pn", "failed to fetch lid mappings",
+                     "failed to prefetch sessions")
 # whatsmeow: fmt.Errorf("no LID found for %s from server", to) -- the server knows no
 # account for the number.
 _NO_ACCOUNT = re.compile(r"no lid found for \S* ?from server")

@@ -53,6 +53,8 @@ ENGINE_SEND_ERRORS = (
     "info query returned response",
     "no LID found for 4917011111111@s.whatsapp.net from server",
     "failed to send message node: websocket not connected",
+    # the engine's own store, read before encrypting: nothing left
+    "failed to prefetch sessions: database is locked",
 )
 FIRST_QR_SECONDS = 60.0
 NEXT_QR_SECONDS = 20.0

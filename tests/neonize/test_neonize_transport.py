@@ -257,6 +257,7 @@ def test_send_text_sends_a_plain_conversation_to_the_number(events: dict[str, An
     # the number has no WhatsApp account
     ("no LID found for 4917011111111@s.whatsapp.net from server", "NOT_ON_WHATSAPP", True),
     ("failed to send message node: websocket not connected", "NOT_CONNECTED", False),
+    ("failed to prefetch sessions: database is locked", "LOOKUP_FAILED", False),
 ])
 def test_send_errors_map_to_reasons(events: dict[str, Any], text: str, reason: str,
                                     permanent: bool) -> None:
