@@ -374,6 +374,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             until = now + rate_overlimit_pause(strikes, delivery.rate_overlimit_pause_seconds,
                                                delivery.rate_overlimit_max_pause_seconds)
             self.rate_pauses[session] = (until, strikes)
+            self.refusals.refused("whatsapp")  # /metrics: one per pause WhatsApp caused
             log.warning("WhatsApp rate-limits this session's lookups; its sends pause",
                         session=session, pause_seconds=round(until - now, 1), strikes=strikes)
         retry_after = max(1, math.ceil(until - now))

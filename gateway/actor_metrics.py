@@ -103,7 +103,8 @@ class ActorCollector:
         yield uncertain
         limited = CounterMetricFamily("wagate_rate_limited_total", "sends refused by a rate "
                                       "limit (scope queue: the session's queue was full; "
-                                      "warmup_day: a newly linked device's warm-up cap)",
+                                      "warmup_day: a newly linked device's warm-up cap; "
+                                      "whatsapp: WhatsApp's 429 paused a session)",
                                       labels=["scope"])
         for scope in sorted(set(RATE_SCOPES) | set(metrics.rate_limited)):
             limited.add_metric([scope], float(metrics.rate_limited.get(scope, 0)))

@@ -17,6 +17,7 @@ from tests.integration.test_delivery import (
     texts,
     wait_message_state,
 )
+from tests.integration.test_metrics import scrape, value
 
 PAUSE = 1.0  # delivery.rate_overlimit_pause_seconds, shrunk
 
@@ -48,6 +49,7 @@ def test_whatsapps_429_pauses_the_session_with_backoff_and_costs_no_attempt(
     # the session sent nothing while paused: PAUSE, then doubled, capped at the max
     for gap, pause in zip(gaps, (PAUSE, 2 * PAUSE, 2 * PAUSE), strict=True):
         assert gap >= pause - 0.01, (gaps, history)
+    assert value(scrape(gw), "wagate_rate_limited_total", scope="whatsapp") == 3
 
     # A connection test is never sent later: it fails at once, saying when to retry.
     gw.sim("fail-next", "1", "--rate-overlimit")
