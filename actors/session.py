@@ -477,18 +477,20 @@ class SessionActor(BridgedActor):
     def _send(self, transport: Transport, msg: Deliver, reply_to: Any) -> None:
         """Worker thread: touches no actor state (only ``send_hold_until``, which only
         send workers use), posts the outcome."""
+        held = time.monotonic() < self.send_hold_until
         try:
-            if time.monotonic() < self.send_hold_until:
+            if held:
                 raise SendError(RATE_OVERLIMIT, "not tried: WhatsApp rate-limited this "
                                 "session's lookups a moment ago", permanent=False)
             sent = transport.send_text(msg.phone, msg.text)
             result = DeliveryResult(msg.message_id, ok=True, wa_message_id=sent.message_id,
                                     timestamp=sent.timestamp)
         except SendError as exc:
-            if exc.reason == RATE_OVERLIMIT:  # the sends queued here would only ask again
-                self.send_hold_until = max(
-                    self.send_hold_until,
-                    time.monotonic() + self.config.delivery.rate_overlimit_pause_seconds)
+            if exc.reason == RATE_OVERLIMIT and not held:  # the ones queued here would ask
+                # again; held from WhatsApp's answer only, so it never outlasts the
+                # outbox's own pause (which starts then and is at least as long)
+                self.send_hold_until = (time.monotonic()
+                                        + self.config.delivery.rate_overlimit_pause_seconds)
             result = DeliveryResult(msg.message_id, ok=False, reason=exc.reason, error=str(exc),
                                     permanent=exc.permanent, uncertain=exc.uncertain)
         except Exception as exc:  # a transport bug must not lose the message
