@@ -115,6 +115,7 @@ class _Event:
 class _Timer:
     kind: str  # "reconnect" | "connect-timeout" | "watchdog"
     generation: int
+    arm: int | None = None  # connect-timeout: which arming (only the latest counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +415,7 @@ class SessionActor(BridgedActor):
         if timer.kind == "reconnect":
             self._run(self.machine.reconnect_due(now))
         elif timer.kind == "connect-timeout":
-            self._run(self.machine.connect_timed_out(now))
+            self._run(self.machine.connect_timed_out(now, timer.arm))
         elif timer.kind == "watchdog":
             self._run(self.machine.watchdog_expired(now))
 
@@ -643,9 +644,9 @@ class SessionActor(BridgedActor):
             case ArmWatchdog(delay=delay):
                 self.wakeupAfter(timedelta(seconds=delay), payload=_Timer("watchdog",
                                                                           self.generation))
-            case ArmConnectTimeout(delay=delay):
+            case ArmConnectTimeout(delay=delay, arm=arm):
                 self.wakeupAfter(timedelta(seconds=delay),
-                                 payload=_Timer("connect-timeout", self.generation))
+                                 payload=_Timer("connect-timeout", self.generation, arm))
             case LogoutClient():
                 # The live client unlinks (a server round trip), then closes: on a worker
                 # thread. Its late events are ignored from now on (new generation).

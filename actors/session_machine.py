@@ -13,7 +13,7 @@ actor to carry out. States (DESIGN §1):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from actors.messages import ErrorInfo, Failed, SessionState, SessionStatus
 from actors.policy import ReconnectPolicy
@@ -28,6 +28,7 @@ from actors.transport.base import (
     TemporaryBan,
     TransportEvent,
 )
+from actors.transport.engine_events import CONNECTION_LOST, PASSKEY_STATUSES
 
 # The session's process has nothing left to do in these states: it is retired.
 FINAL_STATES = frozenset({
@@ -59,9 +60,13 @@ class ScheduleReconnect:
 
 @dataclass(frozen=True, slots=True)
 class ArmConnectTimeout:
-    """A connect attempt that shows no sign of life by then has failed."""
+    """A connect attempt that shows no sign of life by then has failed.
+
+    ``arm`` numbers the arming: only the latest one counts (a pairing that succeeded
+    re-arms it, and the timer armed when the attempt began must not cut that short)."""
 
     delay: float
+    arm: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,11 @@ class SessionMachine:
         self.connect_timeout = connect_timeout
         self.status = SessionStatus(session=session, paired=paired)
         self.attempt = 0  # connect attempts made in the current (re)connect cycle
+        self.timeout_arm = 0  # the latest ArmConnectTimeout's number
+
+    def _arm_timeout(self) -> ArmConnectTimeout:
+        self.timeout_arm += 1
+        return ArmConnectTimeout(self.connect_timeout, arm=self.timeout_arm)
 
     # ---- commands -------------------------------------------------------------
 
@@ -99,7 +109,7 @@ class SessionMachine:
         self.attempt = 1
         self._set(now, state=SessionState.CONNECTING, paired=paired, reconnect_attempt=1,
                   qr_code=None, qr_expires_at=None, banned_until=None)
-        return [StopClient(), StartClient(), ArmConnectTimeout(self.connect_timeout)]
+        return [StopClient(), StartClient(), self._arm_timeout()]
 
     def disconnect(self, now: float) -> list[Action]:
         self.attempt = 0
@@ -127,7 +137,7 @@ class SessionMachine:
             return []
         self.attempt += 1
         self._set(now, reconnect_attempt=self.attempt)
-        return [StopClient(), StartClient(), ArmConnectTimeout(self.connect_timeout)]
+        return [StopClient(), StartClient(), self._arm_timeout()]
 
     def watchdog_expired(self, now: float) -> list[Action]:
         """The client's own reconnecting took the whole policy budget: replace the client
@@ -136,9 +146,12 @@ class SessionMachine:
             return []
         return [StopClient(), ScheduleReconnect(0.0)]
 
-    def connect_timed_out(self, now: float) -> list[Action]:
-        """Only an attempt that has not reached QR_PENDING or CONNECTED can time out."""
+    def connect_timed_out(self, now: float, arm: int | None = None) -> list[Action]:
+        """Only an attempt that has not reached QR_PENDING or CONNECTED can time out,
+        and only by its latest timer (``arm``; None: whichever is running)."""
         if self.status.state not in (SessionState.CONNECTING, SessionState.RECONNECTING):
+            return []
+        if arm is not None and arm != self.timeout_arm:
             return []
         return self._attempt_failed(now, "connect attempt timed out")
 
@@ -155,14 +168,32 @@ class SessionMachine:
                 self.attempt = 0
                 return []
             case PairingClosed(reason="success"):
-                self._set(now, qr_code=None, qr_expires_at=None)
-                return []
+                # The phone linked the device (the engine stored it); WhatsApp now makes
+                # the client reconnect once (stream error 515). If that reconnect fails
+                # the engine reports nothing: the connect timeout must be running.
+                # The engine's own reconnect is not one of ours: a timeout retries at once.
+                self.attempt = 0
+                self._set(now, state=SessionState.CONNECTING, paired=True, qr_code=None,
+                          qr_expires_at=None, reconnect_attempt=0)
+                return [self._arm_timeout()]
+            case PairingClosed(reason=reason) if reason in PASSKEY_STATUSES:
+                return self._final(now, SessionState.FAILED, "PASSKEY_UNSUPPORTED",
+                                   "WhatsApp asked to confirm this link with a passkey, "
+                                   "which wagate's engine cannot do; call whatsAppConnect "
+                                   "and link with a pairing code (whatsAppRequestPairingCode) "
+                                   "instead, or remove the passkey requirement on the phone "
+                                   "and scan a new code")
             case PairingClosed(reason="timeout"):
                 return self._final(now, SessionState.QR_EXPIRED, "QR_EXPIRED",
                                    "the pairing window closed before a phone scanned the "
                                    "code; call whatsAppConnect for a new code")
             case PairingClosed(reason="err-client-outdated"):
                 return self.on_event(ClientOutdated(), now)
+            case PairingClosed(reason=reason) if reason == CONNECTION_LOST:
+                return self._final(now, SessionState.FAILED, "PAIRING_INTERRUPTED",
+                                   "the connection dropped while the QR code was shown (the "
+                                   "code did not expire); check the network, then call "
+                                   "whatsAppConnect for a new code")
             case PairingClosed(reason=reason):
                 return self._final(now, SessionState.FAILED, "PAIRING_FAILED",
                                    f"pairing failed ({reason}); call whatsAppConnect to retry")
@@ -192,10 +223,18 @@ class SessionMachine:
                                        "call whatsAppConnect for a new code")
                 return self._attempt_failed(now, reason)
             case LoggedOut(reason=reason):
-                actions = self._final(now, SessionState.LOGGED_OUT, "LOGGED_OUT",
-                                      f"the device was unlinked ({reason}); call "
-                                      "whatsAppConnect and scan a new code to link again")
+                code, advice = logout_advice(reason)
+                actions = self._final(now, SessionState.LOGGED_OUT, code,
+                                      f"the device was unlinked ({reason}); {advice}")
                 self._set(now, paired=False, phone=None)
+                return actions
+            case TemporaryBan(until=None, reason=reason):
+                actions = self._final(now, SessionState.BANNED, "BANNED",
+                                      f"WhatsApp temporarily banned this account ({reason}); "
+                                      "the engine could not say until when: open WhatsApp "
+                                      "on the phone to see when the ban ends, do not "
+                                      "reconnect before, then call whatsAppConnect")
+                self._set(now, banned_until=None)
                 return actions
             case TemporaryBan(until=until, reason=reason):
                 actions = self._final(now, SessionState.BANNED, "BANNED",
@@ -241,6 +280,29 @@ class SessionMachine:
         self.status = dataclasses.replace(self.status, updated_at=now, **changes)
 
 
+# whatsmeow's logout reasons (connect failure codes; the engine passes their names):
+# 401 LOGGED_OUT, 403 MAIN_DEVICE_GONE (WhatsApp Web now calls it "locked"), 406
+# UNKNOWN_LOGOUT (now "banned"). whatsmeow deletes the stored device for all three.
+LOGOUT_ADVICE: dict[str, tuple[str, str]] = {
+    "LOGGED_OUT": ("LOGGED_OUT", "it was logged out from the phone or another device; "
+                   "call whatsAppConnect and scan a new code to link again"),
+    "MAIN_DEVICE_GONE": ("ACCOUNT_LOCKED", "WhatsApp locked the account or its phone "
+                         "left it (a new phone or reinstall); open WhatsApp on the phone "
+                         "and follow what it says, then call whatsAppConnect and scan a "
+                         "new code"),
+    "UNKNOWN_LOGOUT": ("ACCOUNT_BANNED", "WhatsApp may have banned the number: open "
+                       "WhatsApp on the phone; if it shows a ban, request a review there "
+                       "and do not link again until it is lifted, else call "
+                       "whatsAppConnect and scan a new code"),
+}
+_LOGOUT_DEFAULT = ("LOGGED_OUT", "call whatsAppConnect and scan a new code to link again")
+
+
+def logout_advice(reason: str) -> tuple[str, str]:
+    """``(lastError code, what the operator does)`` for a logout reason."""
+    return LOGOUT_ADVICE.get(reason, _LOGOUT_DEFAULT)
+
+
 # Sends to a paired session in these states wait in the outbox instead of failing.
 QUEUEING_STATES = frozenset({SessionState.CONNECTED, SessionState.CONNECTING,
                              SessionState.RECONNECTING})
@@ -264,7 +326,8 @@ def refuse_send(session: str, state: SessionState, paired: bool, require_connect
     elif state in (SessionState.QR_PENDING, SessionState.CONNECTING) and not paired:
         hint = "it is waiting for a phone to scan the QR code"
     elif state is SessionState.LOGGED_OUT:
-        hint = "its device was unlinked; call whatsAppConnect and scan a new QR code"
+        hint = ("its device was unlinked; its lastError says why and what to do (usually: "
+                "call whatsAppConnect and scan a new QR code)")
     elif state in (SessionState.RECONNECTING, SessionState.CONNECTING):
         hint = "it is reconnecting; test messages are only sent on a live connection"
     else:

@@ -74,9 +74,13 @@ class Receipt:
 
 @dataclass(frozen=True, slots=True)
 class TemporaryBan:
-    """The account is banned until ``until`` (unix time); reconnecting earlier is refused."""
+    """The account is banned until ``until`` (unix time); reconnecting earlier is refused.
 
-    until: float
+    ``until`` is None when the engine could not report the ban's end (a ban code it has
+    no name for: its event is lost, see ``actors.transport.engine_events``).
+    """
+
+    until: float | None
     reason: str = ""
 
 

@@ -241,3 +241,107 @@ def test_the_watchdog_takes_over_a_stuck_reconnect() -> None:
     assert m.status.reconnect_attempt == 1
     # a "recovering" event during our own attempts changes nothing
     assert m.on_event(Disconnected("lost", recovering=True), 161.0) == []
+
+
+# ---- the real engine's pairing and logout reasons (issue 20) -----------------------------
+
+
+def pairing() -> SessionMachine:
+    m = machine()
+    m.connect(0.0, False)
+    m.on_event(QrCode("2@a,b,c,d", 60.0), 1.0)
+    return m
+
+
+def test_pairing_success_arms_the_connect_timeout_for_the_engines_one_reconnect() -> None:
+    """After a scan WhatsApp makes whatsmeow reconnect once (stream error 515); if that
+    fails nothing is emitted. The session must not sit in QR_PENDING without a code: the
+    connect timeout runs from the success, and its expiry retries with the stored
+    device (a paired connect)."""
+    m = pairing()
+    actions = m.on_event(PairingClosed("success"), 80.0)
+    assert actions == [ArmConnectTimeout(10.0)]
+    (arm,) = actions
+    assert isinstance(arm, ArmConnectTimeout)
+    assert m.status.state is S.CONNECTING and m.status.paired and m.status.qr_code is None
+    # The timer armed when the attempt began (before the QR phase) is stale now.
+    assert m.connect_timed_out(85.0, arm=1) == []
+    assert m.status.state is S.CONNECTING
+    assert m.connect_timed_out(90.0, arm=arm.arm) == [StopClient(), ScheduleReconnect(0.0)]
+    assert m.status.state is S.RECONNECTING and m.status.paired
+    assert m.reconnect_due(90.0)[:2] == [StopClient(), StartClient()]
+    m.on_event(Connected("15551234567"), 91.0)
+    assert m.status.state is S.CONNECTED
+
+
+def test_pairing_success_then_connected_needs_no_timeout() -> None:
+    m = pairing()
+    (arm,) = m.on_event(PairingClosed("success"), 80.0)
+    m.on_event(Connected("15551234567"), 81.0)
+    assert isinstance(arm, ArmConnectTimeout)
+    assert m.connect_timed_out(90.0, arm=arm.arm) == []
+    assert m.status.state is S.CONNECTED
+
+
+def test_passkey_linking_fails_clearly_with_what_to_do() -> None:
+    for status in ("passkey-request", "passkey-confirmation"):
+        m = pairing()
+        assert m.on_event(PairingClosed(status), 5.0) == [StopClient()]
+        assert m.status.state is S.FAILED and m.status.qr_code is None
+        error = m.status.last_error
+        assert error is not None and error.code == "PASSKEY_UNSUPPORTED"
+        assert "passkey" in error.message and "whatsAppRequestPairingCode" in error.message
+
+
+def test_a_network_drop_while_the_qr_code_is_shown_is_not_an_expired_code() -> None:
+    m = pairing()
+    assert m.on_event(PairingClosed("connection-lost"), 5.0) == [StopClient()]
+    assert m.status.state is S.FAILED
+    error = m.status.last_error
+    assert error is not None and error.code == "PAIRING_INTERRUPTED"
+    assert "network" in error.message and "did not expire" in error.message
+
+
+def test_a_ban_or_logout_during_pairing_keeps_its_own_state() -> None:
+    """``err-unexpected-state`` is followed by the event that caused it; the transport
+    reports that event, and the machine treats it as outside pairing."""
+    m = pairing()
+    m.on_event(TemporaryBan(until=9000.0, reason="SENT_TOO_MANY_SAME_MESSAGE"), 5.0)
+    assert m.status.state is S.BANNED and m.status.banned_until == 9000.0
+    m = pairing()
+    m.on_event(LoggedOut("UNKNOWN_LOGOUT"), 5.0)
+    assert m.status.state is S.LOGGED_OUT
+    assert m.status.last_error is not None and m.status.last_error.code == "ACCOUNT_BANNED"
+    m = pairing()
+    m.on_event(PairingClosed("error: pairing rejected by the phone"), 5.0)
+    assert m.status.last_error is not None
+    assert "pairing rejected by the phone" in m.status.last_error.message
+
+
+def test_logout_reasons_each_have_their_code_and_advice() -> None:
+    """whatsmeow: 401 LOGGED_OUT, 403 MAIN_DEVICE_GONE ("locked"), 406 UNKNOWN_LOGOUT
+    ("banned"); it deletes the stored device for each, so each is LOGGED_OUT (the link
+    ended, its queue fails), told apart by the code and what to do."""
+    expected = {"LOGGED_OUT": ("LOGGED_OUT", "scan a new code"),
+                "MAIN_DEVICE_GONE": ("ACCOUNT_LOCKED", "open WhatsApp on the phone"),
+                "UNKNOWN_LOGOUT": ("ACCOUNT_BANNED", "request a review"),
+                "something new": ("LOGGED_OUT", "scan a new code")}
+    messages = set()
+    for reason, (code, advice) in expected.items():
+        m = connected()
+        assert m.on_event(LoggedOut(reason), 5.0) == [StopClient()]
+        assert m.status.state is S.LOGGED_OUT and not m.status.paired
+        error = m.status.last_error
+        assert error is not None and error.code == code and advice in error.message
+        assert m.connect_timed_out(6.0) == [] and m.on_event(Disconnected("x"), 6.0) == []
+        messages.add(error.message)
+    assert len(messages) == 4
+
+
+def test_a_ban_whose_end_the_engine_could_not_report_is_banned_without_retries() -> None:
+    m = connected()
+    assert m.on_event(TemporaryBan(until=None, reason="code 105"), 5.0) == [StopClient()]
+    assert m.status.state is S.BANNED and m.status.banned_until is None
+    error = m.status.last_error
+    assert error is not None and error.code == "BANNED" and "until when" in error.message
+    assert m.on_event(Disconnected("late"), 6.0) == [] and m.reconnect_due(40.0) == []

@@ -1,0 +1,101 @@
+"""What the real engine's end-of-call errors and pairing statuses mean, as plain functions.
+
+The engine (neonize's Go side, "goneonize") hands events to Python through one pump,
+``CallbackFunction``: it protobuf-encodes each event and calls back. When an encoding
+fails, the pump *returns* with that error and the whole Go call (``Neonize``) ends with
+its text; neonize's ``connect`` then raises it. The encoders leave a proto2 ``required``
+enum unset for any value they do not know, and Go's protobuf refuses to marshal that:
+
+* ``TemporaryBan.Code``: ban codes other than 101-104 and 106 (whatsmeow passes the
+  server's code through unchanged);
+* ``ConnectFailure.Reason``: failure reasons the encoder lists no name for (415, 418,
+  and any new code);
+* ``Receipt.Type``: receipt types such as ``server-error`` or any new string.
+
+So the error text names the event the engine failed to pass on
+(``proto: required field neonize.TemporaryBan.Code not set``; Go's protobuf randomly
+writes the space after ``proto:`` as a no-break space to discourage matching on it, so
+only the stable part is matched here). ``event_for_call_end`` turns that into the event
+wagate would have reported: a ban is a ban (no retries), not a lost connection.
+
+The QR channel's statuses (``login_status``) come from whatsmeow's ``GetQRChannel``
+through goneonize's QR loop. Some of them only say *that* pairing ended, while the event
+that says *why* waits in the pump until the QR loop has ended (the pump starts after it):
+``pairing_needs_detail`` names those.
+
+No actors, no neonize import: tested alone (tests/unit/test_engine_events.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+from actors.transport.base import Disconnected, LoggedOut, TemporaryBan, TransportEvent
+
+# Go protobuf's text for a proto2 required field left unset at marshal time.
+_REQUIRED_NOT_SET = re.compile(r"required field (?:neonize\.)?([A-Za-z0-9_]+)\.([A-Za-z0-9_]+) "
+                               r"not set")
+
+# Login statuses (whatsmeow qrchan.go) after which the engine's pump still delivers the
+# event that caused them: hold the end until it arrives (or a short deadline passes).
+#   timeout              every code expired, or the socket dropped (events.Disconnected)
+#   err-unexpected-state a LoggedOut, TemporaryBan, ConnectFailure or Connected arrived
+#   error                a PairError (its text comes as the PairStatus event)
+DETAIL_STATUSES = frozenset({"timeout", "err-unexpected-state", "error"})
+# Passkey linking (whatsmeow pair-passkey.go): the phone asks this device to confirm the
+# link with a passkey. neonize has no call to answer it, and the QR channel stays open.
+PASSKEY_STATUSES = frozenset({"passkey-request", "passkey-confirmation"})
+# Statuses that end the QR channel (whatsmeow closes it after sending one of these).
+CLOSING_STATUSES = frozenset({"success", "timeout", "err-unexpected-state", "error",
+                              "err-client-outdated", "err-scanned-without-multidevice"})
+
+# What a PairingClosed reason says when the socket dropped while codes were shown.
+CONNECTION_LOST = "connection-lost"
+
+
+def unencodable_event(text: str) -> tuple[str, str] | None:
+    """``(event, field)`` when the engine's call ended because it could not encode an
+    event (its pump died on it), else None."""
+    match = _REQUIRED_NOT_SET.search(text or "")
+    return (match.group(1), match.group(2)) if match else None
+
+
+def event_for_call_end(outcome: str | None) -> TransportEvent:
+    """What to report when the engine's Go call ended by itself with ``outcome`` (its
+    error text, or None when it returned without one)."""
+    if not outcome:
+        return Disconnected("client stopped unexpectedly")
+    found = unencodable_event(outcome)
+    if found is None:
+        return Disconnected(outcome)
+    event, field = found
+    if event == "TemporaryBan":
+        # whatsmeow emits it for a connect failure 402 with a ban code the engine has
+        # no name for; the ban's end is lost with the event.
+        return TemporaryBan(until=None, reason=f"a ban code the engine cannot report "
+                                                f"({outcome})")
+    if event == "LoggedOut":
+        return LoggedOut(f"a logout reason the engine cannot report ({outcome})")
+    if event == "ConnectFailure":
+        return Disconnected(f"WhatsApp refused the connection with a reason the engine "
+                            f"cannot report, e.g. 415 or 418 ({outcome})")
+    if event == "Receipt":
+        return Disconnected(f"the engine stopped passing on events at a receipt of a type "
+                            f"it does not know, e.g. server-error ({outcome}); "
+                            "reconnecting to resume them")
+    return Disconnected(f"the engine stopped passing on events at one it could not "
+                        f"encode ({event}.{field}: {outcome})")
+
+
+def pairing_needs_detail(status: str) -> bool:
+    """Whether a login status only says that pairing ended, with the reason still to
+    come from the pump (see ``DETAIL_STATUSES``)."""
+    return status in DETAIL_STATUSES
+
+
+def closes_qr_channel(status: str) -> bool:
+    """Whether whatsmeow closed the QR channel with this status (after it, goneonize's
+    QR loop ends and a stop of the client works; before it, a stop leaves the loop
+    waiting forever: whatsmeow's QR emitter exits on an expected disconnect without
+    closing the channel)."""
+    return status in CLOSING_STATUSES
