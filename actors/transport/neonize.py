@@ -39,7 +39,15 @@ Event mapping (whatsmeow/neonize -> ``actors.transport.base``):
 QR callback (``client.event.qr``)   ``QrCode(code, expires_at)`` (first code:
                                     ``qr.first_seconds``, later: ``qr.next_seconds``)
 login status ``success``            ``PairingClosed("success")``
-login status ``timeout``            ``PairingClosed("timeout")`` + stop
+login status ``timeout``,           held for ``transport.pairing_detail_seconds``: the
+``err-unexpected-state``, ``error``   event that caused it follows from the pump
+                                    (``Disconnected`` -> ``PairingClosed("connection-lost")``,
+                                    ``PairStatusEv`` error -> ``PairingClosed("error: <text>")``,
+                                    ``LoggedOut``, ``TemporaryBan``, ``ConnectFailure``,
+                                    ``Connected`` as below); none -> ``PairingClosed(status)``
+                                    + stop
+login status ``passkey-request``    ``PairingClosed(status)`` + stop once the QR channel
+/ ``passkey-confirmation``          closed (neonize cannot answer passkey linking)
 login status ``err-client-outdated``  ``ClientOutdated()`` + stop
 any other login status              ``PairingClosed(status)`` + stop
 ``ConnectedEv``                     ``Connected(phone)`` (own number from ``get_me``)
@@ -54,7 +62,10 @@ any other login status              ``PairingClosed(status)`` + stop
 ``ReceiptEv`` DELIVERED / READ      one ``Receipt(id, "delivered" | "read", phone)`` per
                                     id; a LID sender mapped to its number (``sender_pn``,
                                     else the engine's LID store)
-``connect()`` raises                ``Disconnected(<neonize error text>)``
+``connect()`` raises                ``Disconnected(<neonize error text>)``, unless the
+                                    text is the pump's marshal error for an event it could
+                                    not encode (``engine_events.event_for_call_end``): a
+                                    ban code it has no name for -> ``TemporaryBan(None)``
 ``connect()`` returns unasked       ``Disconnected("client stopped unexpectedly")``
 ==================================  ===============================================
 
@@ -119,6 +130,13 @@ from actors.transport.engine import (
     exec_environment,
     library_problem,
     locate_library,
+)
+from actors.transport.engine_events import (
+    CONNECTION_LOST,
+    PASSKEY_STATUSES,
+    closes_qr_channel,
+    event_for_call_end,
+    pairing_needs_detail,
 )
 
 if TYPE_CHECKING:
@@ -216,6 +234,8 @@ class _Api:
     keepalive_timeout: type
     keepalive_restored: type
     receipt: type
+    pair_status: type
+    pair_status_error: int
     receipt_delivered: int
     receipt_read: int
     composing: Any  # ChatPresence.CHAT_PRESENCE_COMPOSING
@@ -268,6 +288,7 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
                 KeepAliveRestoredEv,
                 KeepAliveTimeoutEv,
                 LoggedOutEv,
+                PairStatusEv,
                 ReceiptEv,
                 StreamReplacedEv,
                 TemporaryBanEv,
@@ -296,6 +317,8 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             keepalive_timeout=KeepAliveTimeoutEv,
             keepalive_restored=KeepAliveRestoredEv,
             receipt=ReceiptEv,
+            pair_status=PairStatusEv,
+            pair_status_error=PairStatusEv.ERROR,
             receipt_delivered=ReceiptEv.DELIVERED,
             receipt_read=ReceiptEv.READ,
             composing=ChatPresence.CHAT_PRESENCE_COMPOSING,
@@ -640,6 +663,19 @@ class _Connection:
         self._call_ids = itertools.count()
         self._settled = threading.Event()  # Go wrote its maps (it called back or returned)
         self._outcome: str | None = None  # the error connect() raised, if any
+        # Pairing. whatsmeow's QR channel is open from the first code until a closing
+        # status; a Go stop inside that window leaves neonize's Go call waiting forever
+        # (the QR emitter exits on the expected disconnect without closing the channel).
+        # After a passkey request the channel stays open by design, so a stop then waits
+        # for it to close, at most until the codes run out.
+        self._qr_closed = threading.Event()
+        self._qr_window_end: float | None = None  # monotonic: when the last code expires
+        self._passkey_requested = False
+        self.stop_deferred = threading.Event()  # a stop is waiting for the QR channel
+        # A pairing end whose reason is still to come from the event pump (see
+        # actors.transport.engine_events.DETAIL_STATUSES), and its deadline's timer.
+        self._pending_end: str | None = None
+        self._pending_timer: threading.Timer | None = None
         self._thread: threading.Thread | None = None
         self._stop_thread: threading.Thread | None = None
         self._register()
@@ -753,8 +789,13 @@ class _Connection:
                 self._run_go()
             self.finished = True
             self.connected = False
+            self._qr_closed.set()
             self.transport._tighten_db_files()
-            self._emit(Disconnected(self._outcome or "client stopped unexpectedly"))
+            self._take_pending_end()
+            event = event_for_call_end(self._outcome)
+            if isinstance(event, LoggedOut):
+                self.transport._forget_paired()  # whatsmeow deleted the device itself
+            self._emit(event)
         except Exception:
             log.exception("the neonize connection thread failed", uuid=self.uuid)
         finally:
@@ -788,10 +829,27 @@ class _Connection:
 
     def _stop_worker(self) -> None:
         try:
+            self._take_pending_end()
+            self._await_qr_channel_close()
             self._await_go_call_entry()
             self._stop_go()
         except Exception:
             log.exception("stopping the neonize client failed", uuid=self.uuid)
+
+    def _await_qr_channel_close(self) -> None:
+        """After a passkey request whatsmeow's QR channel stays open, and a Go stop
+        would leave the Go call waiting forever: wait for the channel to close by
+        itself (a final status, or its codes running out), at most until the last code
+        expires (``qr.first_seconds + (qr.codes - 1) * qr.next_seconds`` after the
+        first). The connection is silent meanwhile. (A stop while ordinary codes are
+        shown still has that limit: see the module docstring.)"""
+        with self.lock:
+            window_end = self._qr_window_end if self._passkey_requested else None
+        if window_end is None or self._qr_closed.is_set():
+            return
+        self.stop_deferred.set()
+        log.info("stopping the client once its QR channel closes", uuid=self.uuid)
+        self._qr_closed.wait(max(0.0, window_end - time.monotonic()))
 
     def _await_go_call_entry(self) -> None:
         """Wait until every Go call in flight has had time to read the client map."""
@@ -831,6 +889,7 @@ class _Connection:
         event(api.keepalive_timeout)(self._on_keepalive_timeout)
         event(api.keepalive_restored)(self._on_keepalive_restored)
         event(api.receipt)(self._on_receipt)
+        event(api.pair_status)(self._on_pair_status)
 
     def _detach(self) -> None:
         """Drop the handlers once Go has returned, so the kept-alive client does not
@@ -846,6 +905,9 @@ class _Connection:
         """Around every Go callback: Go is past its map writes once it calls back;
         an exception is logged here because ctypes would swallow it."""
         self._settled.set()
+        if what not in ("qr", "login-status"):
+            # The event pump only runs once goneonize's QR loop has ended.
+            self._qr_closed.set()
         try:
             yield
         except Exception:
@@ -864,6 +926,10 @@ class _Connection:
         with self._callback("qr"):
             qr = self.transport._config.qr
             ttl = qr.first_seconds if self._qr_count == 0 else qr.next_seconds
+            if self._qr_count == 0:
+                with self.lock:
+                    self._qr_window_end = (time.monotonic() + qr.first_seconds
+                                           + max(0, qr.codes - 1) * qr.next_seconds)
             self._qr_count += 1
             self.qr_seen = True
             self._emit(QrCode(code=bytes(data).decode("utf-8", "replace"),
@@ -871,15 +937,63 @@ class _Connection:
 
     def _on_login_status(self, status: str) -> None:
         with self._callback("login-status"):
+            if closes_qr_channel(status):
+                self._qr_closed.set()
             if status == "success":
                 self._emit(PairingClosed("success"))
             elif status == "err-client-outdated":
                 self._end(ClientOutdated())
-            else:  # "timeout" (every code expired), "err-...", "error"
+            elif pairing_needs_detail(status):
+                self._await_pairing_detail(status)
+            else:  # passkey-request/-confirmation, err-scanned-without-multidevice ...
+                if status in PASSKEY_STATUSES:
+                    with self.lock:
+                        self._passkey_requested = True
+                    log.warning("WhatsApp asked for passkey linking, which neonize cannot "
+                                "complete", uuid=self.uuid, status=status)
                 self._end(PairingClosed(status))
+
+    def _await_pairing_detail(self, status: str) -> None:
+        """Hold a pairing end whose reason the event pump delivers next (it starts once
+        the QR loop has ended); report the bare status only if none came in time."""
+        if self.stop_requested:
+            return  # nothing is reported any more
+        timer = threading.Timer(self.transport._config.transport.pairing_detail_seconds,
+                                self._pairing_detail_missed)
+        timer.daemon = True
+        timer.name = f"neonize-{self.uuid}-pairing"
+        with self.lock:
+            self._pending_end, self._pending_timer = status, timer
+        timer.start()
+
+    def _pairing_detail_missed(self) -> None:
+        status = self._take_pending_end()
+        if status is not None:
+            self._end(PairingClosed(status))
+
+    def _take_pending_end(self) -> str | None:
+        """The pairing end still waiting for its reason (None if none); it is settled
+        from now on, by the caller."""
+        with self.lock:
+            status, timer = self._pending_end, self._pending_timer
+            self._pending_end = self._pending_timer = None
+        if timer is not None:
+            timer.cancel()
+        return status
+
+    def _on_pair_status(self, _client: Any, event: Any) -> None:
+        """whatsmeow's PairSuccess / PairError; only an error's text is news (success
+        came as the login status)."""
+        with self._callback("pair-status"):
+            if event.Status != self.api.pair_status_error:
+                return
+            self._take_pending_end()
+            text = str(event.Error) if event.HasField("Error") else "no reason given"
+            self._end(PairingClosed(f"error: {text}"))
 
     def _on_connected(self, client: Any, _event: Any) -> None:
         with self._callback("connected"):
+            self._take_pending_end()  # "err-unexpected-state": it was paired already
             self._back(client)
 
     def _back(self, client: Any) -> None:
@@ -920,31 +1034,43 @@ class _Connection:
             with self.lock:
                 self.connected = False
                 self.keepalive_lost = False
+            if self._take_pending_end() is not None:
+                # whatsmeow's QR channel says "timeout" for a dropped socket too
+                self._end(PairingClosed(CONNECTION_LOST))
+                return
             self._emit(Disconnected("connection lost", recovering=True))
 
     def _on_logged_out(self, _client: Any, event: Any) -> None:
         with self._callback("logged-out"):
+            self._take_pending_end()
             self.transport._forget_paired()  # whatsmeow deleted the device itself
             self._end(LoggedOut(_enum_name(event, "Reason")))
 
     def _on_stream_replaced(self, _client: Any, _event: Any) -> None:
         with self._callback("stream-replaced"):
+            self._take_pending_end()
             self._end(StreamReplaced())
 
     def _on_temporary_ban(self, _client: Any, event: Any) -> None:
         with self._callback("temporary-ban"):
+            self._take_pending_end()
             self._end(TemporaryBan(until=time.time() + max(0, int(event.Expire)),
                                    reason=_enum_name(event, "Code")))
 
     def _on_client_outdated(self, _client: Any, _event: Any) -> None:
         with self._callback("client-outdated"):
+            self._take_pending_end()
             self._end(ClientOutdated())
 
     def _on_connect_failure(self, _client: Any, event: Any) -> None:
         with self._callback("connect-failure"):
             self.connected = False
             detail = f": {event.Message}" if event.Message else ""
-            self._emit(Disconnected(f"connect failure {_enum_name(event, 'Reason')}{detail}"))
+            lost = Disconnected(f"connect failure {_enum_name(event, 'Reason')}{detail}")
+            if self._take_pending_end() is not None:
+                self._end(lost)  # the pairing's real end (whatsmeow does not reconnect)
+                return
+            self._emit(lost)
 
     def _on_receipt(self, _client: Any, event: Any) -> None:
         with self._callback("receipt"):

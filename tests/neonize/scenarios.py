@@ -58,6 +58,8 @@ ENGINE_SEND_ERRORS = (
 )
 FIRST_QR_SECONDS = 60.0
 NEXT_QR_SECONDS = 20.0
+# How long a pairing end waits for the engine's event that says why (shrunk for tests).
+PAIRING_DETAIL_SECONDS = 0.3
 
 
 # --------------------------------------------------------------------------- helpers
@@ -103,7 +105,8 @@ def describe(event: TransportEvent) -> dict[str, Any]:
 
 
 def config(proxy: str = "") -> Config:
-    return Config(transport=TransportConfig(proxy=proxy),
+    return Config(transport=TransportConfig(proxy=proxy,
+                                            pairing_detail_seconds=PAIRING_DETAIL_SECONDS),
                   qr=QrConfig(first_seconds=FIRST_QR_SECONDS, next_seconds=NEXT_QR_SECONDS))
 
 
@@ -423,6 +426,11 @@ class EventHarness:
         self.func_string(self.conn.client._NewClient__onLoginStatus)(
             None, ctypes.addressof(buffer))
 
+    def wait_for_more(self, timeout: float = 10.0) -> bool:
+        """Wait until an event arrived since the last take."""
+        taken = getattr(self, "_taken", 0)
+        return self.sink.wait_for(lambda events: len(events) > taken, timeout)
+
     def take(self) -> list[dict[str, Any]]:
         """Events since the last take."""
         events = self.sink.all()
@@ -618,6 +626,7 @@ def events(workdir: Path) -> dict[str, Any]:
         h.qr(payload)
         h.take()
         h.login_status(status)
+        h.wait_for_more()  # "timeout" waits for its reason first (none comes here)
         h.qr(payload)  # dropped
         out[f"login_{status.decode()}"] = {"events": h.take(),
                                            "stop_requested": h.conn.stop_requested}
@@ -709,7 +718,7 @@ def fake_session(workdir: Path) -> dict[str, Any]:
     out["subscribed"] = go.subscribed
     wanted = {"Connected", "Disconnected", "LoggedOut", "StreamReplaced", "TemporaryBan",
               "ClientOutdated", "ConnectFailure", "Receipt", "KeepAliveTimeout",
-              "KeepAliveRestored"}
+              "KeepAliveRestored", "PairStatus"}
     out["codes"] = {type_.__name__: code for type_, code in EVENT_TO_INT.items()
                     if type_.__name__ in wanted}
     out["log_level"] = go.log_level.decode()
@@ -814,6 +823,151 @@ def send_deadline(workdir: Path) -> dict[str, Any]:
         transport.close()
         out[name]["wait_closed"] = transport.wait_closed(10.0)
     out["deadline"] = SEND_DEADLINE_SECONDS
+# --------------------------------------------------------------------------- engine states
+
+
+# What goneonize's ``Neonize`` returns when its event pump died on an event it could not
+# encode (its ``CallbackFunction`` returns the marshal error). Go's protobuf writes the
+# space after "proto:" as a plain or a no-break space, decided per build.
+def marshal_error(event: str, field: str, nbsp: bool = True) -> bytes:
+    space = "\u00a0" if nbsp else " "
+    return f"proto:{space}required field neonize.{event}.{field} not set".encode()
+
+
+def pump_deaths(workdir: Path) -> dict[str, Any]:
+    """The Go call ends with the engine's marshal error for one event: each is reported
+    as what the event was (a ban is a ban), through neonize's real connect."""
+    out: dict[str, Any] = {}
+    for name, event, field in (("ban", "TemporaryBan", "Code"),
+                               ("connect_failure", "ConnectFailure", "Reason"),
+                               ("receipt", "Receipt", "Type"),
+                               ("logged_out", "LoggedOut", "Reason")):
+        transport = NeonizeTransport(SESSION, workdir / "data", config())
+        sink = Recorder()
+        conn = transport._open(sink)
+        assert conn is not None
+        conn.client._NewClient__client = FakeGoSession(marshal_error(event, field,
+                                                                     nbsp=name != "receipt"))
+        conn.start()
+        sink.wait_for(bool, timeout=10.0)
+        out[name] = sink.all()
+        transport.close()
+        out[f"{name}_wait_closed"] = transport.wait_closed(10.0)
+    out["non_daemon_threads"] = non_daemon_threads()
+    return out
+
+
+def pairing_ends(workdir: Path) -> dict[str, Any]:
+    """Pairing statuses that only say *that* pairing ended, followed (or not) by the
+    event that says why, each through neonize's real ctypes callbacks."""
+    h = EventHarness(workdir)
+    proto = h.proto
+    payload = b"https://wa.me/settings/linked_devices#2@AbC,nOiSe,iDeNt,aDv,1"
+    follow_ups: dict[str, tuple[bytes, Any]] = {
+        "ban": (b"err-unexpected-state",
+                proto.TemporaryBan(Code=proto.TemporaryBan.SENT_TOO_MANY_SAME_MESSAGE,
+                                   Expire=3600)),
+        "banned_account": (b"err-unexpected-state",
+                           proto.LoggedOut(OnConnect=True,
+                                           Reason=proto.ConnectFailureReason.UNKNOWN_LOGOUT)),
+        "connect_failure": (b"err-unexpected-state",
+                            proto.ConnectFailure(Reason=proto.ConnectFailureReason.GENERIC,
+                                                 Message="bad request",
+                                                 Raw=proto.Node(Tag="failure", Nil=True))),
+        "already_paired": (b"err-unexpected-state", proto.Connected(status=True)),
+        "drop": (b"timeout", proto.Disconnected(status=True)),
+        "pair_error": (b"error", proto.PairStatus(
+            ID=h.jid("4917012345678"), BusinessName="", Platform="android",
+            Status=proto.PairStatus.ERROR, Error="failed to verify device identity")),
+        "expired": (b"timeout", None),
+    }
+    out: dict[str, Any] = {}
+    h.conn.request_stop()  # the harness's first connection is not used
+    for name, (status, event) in follow_ups.items():
+        h.fresh()
+        h.qr(payload)
+        h.take()
+        h.login_status(status)
+        if event is not None:
+            h.feed(event)
+        h.wait_for_more()
+        h.qr(payload)  # after a final event: dropped
+        out[name] = {"events": h.take(), "stop_requested": h.conn.stop_requested}
+        h.conn.request_stop()
+    # A pair-status success adds nothing (success came as the login status).
+    h.fresh()
+    h.qr(payload)
+    h.login_status(b"success")
+    h.feed(proto.PairStatus(ID=h.jid("4917012345678"), BusinessName="", Platform="android",
+                            Status=proto.PairStatus.SUCCESS))
+    h.feed(proto.Connected(status=True))
+    out["success"] = h.take()[1:]
+    h.transport.close()
+    out["wait_closed"] = h.transport.wait_closed(10.0)
+    out["non_daemon_threads"] = non_daemon_threads()
+    return out
+
+
+class FakeGoPasskey(FakeGoSession):
+    """The Go call of a pairing the phone turns into passkey linking: a QR code, then the
+    status ``passkey-request`` with the QR channel still open. Like the real engine, a
+    ``Stop`` while the channel is open leaves the call waiting forever (whatsmeow's QR
+    emitter exits on the expected disconnect without closing the channel); the channel
+    closes by itself when its codes run out (``release``), with status ``timeout``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.channel_open = True
+        self.stopped_during_qr = False
+
+    def Neonize(self, db: bytes, uuid: bytes, jid: bytes, jid_size: int, new_device: int,
+                log_level: bytes, qr_cb: Any, login_cb: Any, event_cb: Any, log_cb: Any,
+                subscribers: Any, n_subscribers: int, props: bytes, props_size: int,
+                pairphone: bytes, pairphone_size: int, proxy: Any) -> bytes:
+        code = ctypes.create_string_buffer(b"https://wa.me/settings/linked_devices#2@a,b,c,1")
+        qr_cb(None, ctypes.addressof(code))
+        status = ctypes.create_string_buffer(b"passkey-request")
+        login_cb(None, ctypes.addressof(status))
+        self.release.wait(20.0)
+        if self.stopped_during_qr:
+            return b""  # stands for "never": the real call would not come back
+        self.channel_open = False
+        status = ctypes.create_string_buffer(b"timeout")
+        login_cb(None, ctypes.addressof(status))
+        self.stopped.wait(20.0)
+        return b""
+
+    def Stop(self, uuid: bytes) -> None:
+        if self.channel_open:
+            self.stopped_during_qr = True
+        super().Stop(uuid)
+
+
+def passkey(workdir: Path) -> dict[str, Any]:
+    """A passkey request is reported once, and the client is stopped only once its QR
+    channel has closed, so the stop completes."""
+    transport = NeonizeTransport(SESSION, workdir / "data", config())
+    sink = Recorder()
+    conn = transport._open(sink)
+    assert conn is not None
+    go = FakeGoPasskey()
+    conn.client._NewClient__client = go
+    conn.start()
+    sink.wait_for(lambda events: any(type(e).__name__ == "PairingClosed" for e in events),
+                  timeout=10.0)
+    # The stop either went to Go at once (the call would hang) or waits for the channel.
+    deferred = getattr(conn, "stop_deferred", threading.Event())
+    deadline = time.monotonic() + 10.0
+    while not (deferred.is_set() or go.stops) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    out = {"events": sink.all(), "stopped_during_qr": go.stopped_during_qr,
+           "stop_deferred": deferred.is_set()}
+    go.release.set()  # the codes run out: whatsmeow closes the channel ("timeout")
+    out["wait_closed"] = transport.wait_closed(15.0)
+    out["go_stops"] = go.stops
+    out["events_after"] = sink.all()[len(out["events"]):]
+    transport.close()
     out["non_daemon_threads"] = non_daemon_threads()
     return out
 
@@ -939,6 +1093,9 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "fake_session": fake_session,
     "concurrent": concurrent,
     "send_deadline": send_deadline,
+    "pump_deaths": pump_deaths,
+    "pairing_ends": pairing_ends,
+    "passkey": passkey,
     "logging": logging_setup,
     "bot_tag_off": lambda w: bot_tag(w, False),
     "bot_tag_on": lambda w: bot_tag(w, True),

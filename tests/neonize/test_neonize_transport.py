@@ -567,3 +567,90 @@ def test_failed_lookups_map_to_unknown_with_a_reason(events: dict[str, Any], tex
                                                      reason: str) -> None:
     assert events["lookup_errors"][text] == {"reason": reason, "permanent": False,
                                              "message": text}
+
+
+# --------------------------------------------------------------------------- engine states
+# issue 20: what the real engine does at the edges of its event encoding and pairing
+
+
+@pytest.fixture(scope="module")
+def pump_deaths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_scenario("pump_deaths", tmp_path_factory.mktemp("pump_deaths"))
+
+
+def test_a_ban_the_engine_cannot_encode_is_reported_as_a_ban(
+        pump_deaths: dict[str, Any]) -> None:
+    """goneonize's pump returns on the first marshal error (a ban code outside 101-104
+    and 106 leaves the required ``TemporaryBan.Code`` unset): the Go call ends with that
+    error. It is the ban (BANNED, no retries), not a lost connection."""
+    (event,) = pump_deaths["ban"]
+    assert event["type"] == "TemporaryBan" and event["until"] is None
+    assert "ban code the engine cannot report" in event["reason"]
+    assert pump_deaths["ban_wait_closed"] is True
+
+
+def test_other_events_the_engine_cannot_encode_say_what_they_were(
+        pump_deaths: dict[str, Any]) -> None:
+    (failure,) = pump_deaths["connect_failure"]
+    assert failure["type"] == "Disconnected" and "refused the connection" in failure["reason"]
+    (receipt,) = pump_deaths["receipt"]
+    assert receipt["type"] == "Disconnected" and "receipt" in receipt["reason"]
+    (logout,) = pump_deaths["logged_out"]
+    assert logout["type"] == "LoggedOut"
+    assert all(pump_deaths[f"{name}_wait_closed"]
+               for name in ("connect_failure", "receipt", "logged_out"))
+    assert pump_deaths["non_daemon_threads"] == []
+
+
+@pytest.fixture(scope="module")
+def pairing_ends(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_scenario("pairing_ends", tmp_path_factory.mktemp("pairing_ends"))
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    # err-unexpected-state: whatsmeow's QR channel saw a LoggedOut/TemporaryBan/...; the
+    # event itself follows from the pump once the QR loop ended
+    ("ban", {"type": "TemporaryBan", "reason": "SENT_TOO_MANY_SAME_MESSAGE"}),
+    ("banned_account", {"type": "LoggedOut", "reason": "UNKNOWN_LOGOUT"}),
+    ("connect_failure", {"type": "Disconnected", "recovering": False,
+                         "reason": "connect failure GENERIC: bad request"}),
+    # "timeout" with a Disconnected behind it: the socket dropped, the code did not expire
+    ("drop", {"type": "PairingClosed", "reason": "connection-lost"}),
+    # "error": the PairError's text comes as the pair-status event
+    ("pair_error", {"type": "PairingClosed",
+                    "reason": "error: failed to verify device identity"}),
+    # nothing follows: the bare status, after transport.pairing_detail_seconds
+    ("expired", {"type": "PairingClosed", "reason": "timeout"}),
+])
+def test_a_pairing_end_keeps_the_real_reason(pairing_ends: dict[str, Any], name: str,
+                                             expected: dict[str, Any]) -> None:
+    (event,) = pairing_ends[name]["events"]
+    if expected["type"] == "TemporaryBan":
+        event = {k: v for k, v in event.items() if k != "until"}
+    assert event == expected
+    assert pairing_ends[name]["stop_requested"] is True
+
+
+def test_err_unexpected_state_of_an_already_paired_device_connects(
+        pairing_ends: dict[str, Any]) -> None:
+    already = pairing_ends["already_paired"]
+    assert already["events"][0] == {"type": "Connected", "phone": "4917012345678"}
+    assert already["stop_requested"] is False  # a live connection, not an end
+    assert pairing_ends["success"] == [{"type": "PairingClosed", "reason": "success"},
+                                       {"type": "Connected", "phone": "4917012345678"}]
+    assert pairing_ends["wait_closed"] is True
+    assert pairing_ends["non_daemon_threads"] == []
+
+
+def test_passkey_linking_is_reported_and_the_stop_waits_for_the_qr_channel(
+        tmp_path: Path) -> None:
+    """A Go stop while whatsmeow's QR channel is open leaves neonize's Go call waiting
+    forever; after a passkey request the channel stays open, so the stop must wait for
+    it to close (its codes running out) and then completes."""
+    result = run_scenario("passkey", tmp_path)
+    assert result["events"][1:] == [{"type": "PairingClosed", "reason": "passkey-request"}]
+    assert result["stopped_during_qr"] is False
+    assert result["stop_deferred"] is True
+    assert result["wait_closed"] is True and result["go_stops"] >= 1
+    assert result["events_after"] == []
+    assert result["non_daemon_threads"] == []
