@@ -58,6 +58,20 @@
       meaning: "WhatsApp refuses this client version.",
       todo: "Upgrade wagate." },
   };
+  // LOGGED_OUT has one state for WhatsApp's three logout reasons; lastError.code tells
+  // them apart (docs/engine-behaviour.md). LOGGED_OUT itself uses the state's text.
+  const LOGOUT_REASONS = {
+    ACCOUNT_LOCKED: {
+      meaning: "WhatsApp locked the account, or its phone left it (a new phone or a " +
+               "reinstall); its credentials are deleted.",
+      todo: "Open WhatsApp on the phone and follow what it says, then press Connect " +
+            "and scan a new QR code." },
+    ACCOUNT_BANNED: {
+      meaning: "WhatsApp ended the link and may have banned the number; its credentials " +
+               "are deleted.",
+      todo: "Check the phone for a ban and request a review there; do not link again " +
+            "until it is lifted." },
+  };
   const UNKNOWN_STATE = { tone: "idle", label: "Unknown", meaning: "", todo: "" };
   const BUSY_STATES = new Set(["CONNECTING", "QR_PENDING", "RECONNECTING"]);
   const CONNECT_STATES = new Set(["NEW", "LOGGED_OUT", "DISCONNECTED", "FAILED", "REPLACED",
@@ -458,10 +472,16 @@
     c.root.dataset.state = status.state;
     c.root.className = `session tone-${info.tone}`;
     c.badge.textContent = `${info.label} · ${status.state}`;
-    c.meaning.textContent = status.state === "BANNED" && status.bannedUntil
+    const reason = status.state === "LOGGED_OUT" && status.lastError
+      ? LOGOUT_REASONS[status.lastError.code] : undefined;
+    const banned = status.state === "BANNED";
+    c.meaning.textContent = banned && status.bannedUntil
       ? `WhatsApp banned this account until ${formatTime(status.bannedUntil)}.`
-      : info.meaning;
-    c.todo.textContent = info.todo ? `What to do: ${info.todo}` : "";
+      : banned ? "WhatsApp banned this account for a while; the engine could not say " +
+                 "until when (the phone shows it)."
+      : reason ? reason.meaning : info.meaning;
+    const todo = reason ? reason.todo : info.todo;
+    c.todo.textContent = todo ? `What to do: ${todo}` : "";
     c.phone.textContent = status.phoneNumber ? `+${status.phoneNumber}` : "not linked yet";
     const max = state.limits ? ` of ${state.limits.reconnectAttempts}` : "";
     c.attempt.textContent = status.reconnectAttempt ? `${status.reconnectAttempt}${max}` : "none";
