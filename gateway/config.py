@@ -80,11 +80,12 @@ class TransportConfig:
     # and can wait without limit for a reconnect to retry one, so a stuck send would
     # hold up every later one (docs/engine-behaviour.md).
     send_deadline_seconds: float = 60.0
-    # When the real engine's pairing ends with a status that only says *that* it ended
-    # ("timeout", "err-unexpected-state", "error"), the event that says why (a dropped
-    # socket, a logout or ban, the pairing error's text) follows from the engine at
-    # once; without one by this deadline the status alone is reported.
-    pairing_detail_seconds: float = 2.0
+    # How long to wait for what the real engine sends right after an end that does not
+    # say why: after a pairing status "timeout", "err-unexpected-state" or "error", the
+    # event that caused it (a dropped socket, a logout or ban, the pairing error's text);
+    # after its event pump died on a ban it could not encode, its log line with the
+    # ban's end. Without it by this deadline, the bare status is reported.
+    engine_detail_seconds: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +327,7 @@ RANGES: dict[str, Range] = {
     "http.port": _PORT, "http.workers": Range(1, 64), "http.threads": Range(1, 1000),
     "actors.admin_port": _PORT, "actors.ask_timeout_seconds": _SECONDS,
     "actors.start_timeout_seconds": _SECONDS,
-    "transport.pairing_detail_seconds": Range(0, 60, above=True),
+    "transport.engine_detail_seconds": Range(0, 60, above=True),
     "simulator.poll_interval_seconds": Range(0, 60, above=True),
     "simulator.send_delay_seconds": Range(0, 3600),
     "sessions.max_sessions": Range(1, 1000),

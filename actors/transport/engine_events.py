@@ -52,6 +52,26 @@ CLOSING_STATUSES = frozenset({"success", "timeout", "err-unexpected-state", "err
 # What a PairingClosed reason says when the socket dropped while codes were shown.
 CONNECTION_LOST = "connection-lost"
 
+# whatsmeow logs the server's failure node at warning level before it emits the ban
+# (connectionevents.go handleConnectFailure); Node.String sorts the attributes.
+BAN_LOG_PREFIX = "Temporary ban connect failure: "
+_NODE_ATTR = re.compile(r'([A-Za-z_]+)="([^"]*)"')
+
+
+def ban_from_log(message: str) -> tuple[str, float] | None:
+    """``(code, seconds until the ban ends)`` from whatsmeow's ban log line, or None
+    when ``message`` is not one (or lacks a usable ``expire``)."""
+    if not message.startswith(BAN_LOG_PREFIX):
+        return None
+    attrs = dict(_NODE_ATTR.findall(message[len(BAN_LOG_PREFIX):]))
+    try:
+        expire = float(attrs.get("expire", ""))
+    except ValueError:
+        return None
+    if not 0 <= expire < 10 * 365 * 86400:  # NaN, negative or absurd: not an end
+        return None
+    return attrs.get("code", "unknown"), expire
+
 
 def unencodable_event(text: str) -> tuple[str, str] | None:
     """``(event, field)`` when the engine's call ended because it could not encode an
@@ -60,9 +80,13 @@ def unencodable_event(text: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
-def event_for_call_end(outcome: str | None) -> TransportEvent:
+def event_for_call_end(outcome: str | None,
+                       ban: tuple[str, float] | None = None,
+                       now: float = 0.0) -> TransportEvent:
     """What to report when the engine's Go call ended by itself with ``outcome`` (its
-    error text, or None when it returned without one)."""
+    error text, or None when it returned without one). ``ban``: what the engine logged
+    about a ban just before (``ban_from_log``), the only place its end survives when
+    the ban event cannot be encoded; ``now``: the unix time to count it from."""
     if not outcome:
         return Disconnected("client stopped unexpectedly")
     found = unencodable_event(outcome)
@@ -71,7 +95,11 @@ def event_for_call_end(outcome: str | None) -> TransportEvent:
     event, field = found
     if event == "TemporaryBan":
         # whatsmeow emits it for a connect failure 402 with a ban code the engine has
-        # no name for; the ban's end is lost with the event.
+        # no name for; the ban's end is lost with the event, unless it was logged.
+        if ban is not None:
+            code, expire = ban
+            return TemporaryBan(until=now + expire,
+                                reason=f"ban code {code}, which the engine cannot name")
         return TemporaryBan(until=None, reason=f"a ban code the engine cannot report "
                                                 f"({outcome})")
     if event == "LoggedOut":

@@ -39,7 +39,7 @@ Event mapping (whatsmeow/neonize -> ``actors.transport.base``):
 QR callback (``client.event.qr``)   ``QrCode(code, expires_at)`` (first code:
                                     ``qr.first_seconds``, later: ``qr.next_seconds``)
 login status ``success``            ``PairingClosed("success")``
-login status ``timeout``,           held for ``transport.pairing_detail_seconds``: the
+login status ``timeout``,           held for ``transport.engine_detail_seconds``: the
 ``err-unexpected-state``, ``error``   event that caused it follows from the pump
                                     (``Disconnected`` -> ``PairingClosed("connection-lost")``,
                                     ``PairStatusEv`` error -> ``PairingClosed("error: <text>")``,
@@ -65,7 +65,8 @@ any other login status              ``PairingClosed(status)`` + stop
 ``connect()`` raises                ``Disconnected(<neonize error text>)``, unless the
                                     text is the pump's marshal error for an event it could
                                     not encode (``engine_events.event_for_call_end``): a
-                                    ban code it has no name for -> ``TemporaryBan(None)``
+                                    ban code it has no name for -> ``TemporaryBan`` with
+                                    the end from the engine's log line, else ``until=None``
 ``connect()`` returns unasked       ``Disconnected("client stopped unexpectedly")``
 ==================================  ===============================================
 
@@ -134,9 +135,11 @@ from actors.transport.engine import (
 from actors.transport.engine_events import (
     CONNECTION_LOST,
     PASSKEY_STATUSES,
+    ban_from_log,
     closes_qr_channel,
     event_for_call_end,
     pairing_needs_detail,
+    unencodable_event,
 )
 
 if TYPE_CHECKING:
@@ -213,6 +216,48 @@ _API: _Api | None = None
 
 
 # --------------------------------------------------------------------------- neonize
+
+
+class _EngineLog(logging.Handler):
+    """Watches the engine's own log for the one line that keeps a ban's end when the
+    ban event itself cannot be encoded (``engine_events.ban_from_log``). neonize hands
+    Go's log lines to the ``whatsmeow.Client`` logger from a thread of its own, so a
+    reader waits for the line with a deadline."""
+
+    _KEEP = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cond = threading.Condition()
+        self._bans: list[tuple[float, tuple[str, float]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            ban = ban_from_log(str(record.getMessage()))
+        except Exception:  # a log record must never break the engine's log thread
+            return
+        if ban is None:
+            return
+        with self._cond:
+            self._bans = [*self._bans[-(self._KEEP - 1):], (time.monotonic(), ban)]
+            self._cond.notify_all()
+
+    def ban_since(self, since: float, timeout: float) -> tuple[str, float] | None:
+        """The latest ban logged at or after the monotonic ``since``, waiting up to
+        ``timeout`` seconds for one; None if none came."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [ban for at, ban in self._bans if at >= since]
+                if found:
+                    return found[-1]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+
+_ENGINE_LOG = _EngineLog()
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +346,7 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             root.handlers[:] = handlers  # undo neonize's logging.basicConfig
             root.setLevel(root_level)
         neonize_client.Thread = _DaemonThread  # type: ignore[attr-defined]
+        logging.getLogger("whatsmeow.Client").addHandler(_ENGINE_LOG)
         _API = _Api(
             client_class=_client_class(neonize_client.NewClient),
             proxy_settings=ProxySettings,
@@ -663,6 +709,7 @@ class _Connection:
         self._call_ids = itertools.count()
         self._settled = threading.Event()  # Go wrote its maps (it called back or returned)
         self._outcome: str | None = None  # the error connect() raised, if any
+        self._started_at = time.monotonic()
         # Pairing. whatsmeow's QR channel is open from the first code until a closing
         # status; a Go stop inside that window leaves neonize's Go call waiting forever
         # (the QR emitter exits on the expected disconnect without closing the channel).
@@ -683,6 +730,7 @@ class _Connection:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"neonize-{self.uuid}")
         self._thread.start()
 
@@ -792,7 +840,11 @@ class _Connection:
             self._qr_closed.set()
             self.transport._tighten_db_files()
             self._take_pending_end()
-            event = event_for_call_end(self._outcome)
+            ban = None
+            if unencodable_event(self._outcome or "") == ("TemporaryBan", "Code"):
+                ban = _ENGINE_LOG.ban_since(
+                    self._started_at, self.transport._config.transport.engine_detail_seconds)
+            event = event_for_call_end(self._outcome, ban, time.time())
             if isinstance(event, LoggedOut):
                 self.transport._forget_paired()  # whatsmeow deleted the device itself
             self._emit(event)
@@ -958,7 +1010,7 @@ class _Connection:
         the QR loop has ended); report the bare status only if none came in time."""
         if self.stop_requested:
             return  # nothing is reported any more
-        timer = threading.Timer(self.transport._config.transport.pairing_detail_seconds,
+        timer = threading.Timer(self.transport._config.transport.engine_detail_seconds,
                                 self._pairing_detail_missed)
         timer.daemon = True
         timer.name = f"neonize-{self.uuid}-pairing"

@@ -59,7 +59,7 @@ ENGINE_SEND_ERRORS = (
 FIRST_QR_SECONDS = 60.0
 NEXT_QR_SECONDS = 20.0
 # How long a pairing end waits for the engine's event that says why (shrunk for tests).
-PAIRING_DETAIL_SECONDS = 0.3
+ENGINE_DETAIL_SECONDS = 0.3
 
 
 # --------------------------------------------------------------------------- helpers
@@ -106,7 +106,7 @@ def describe(event: TransportEvent) -> dict[str, Any]:
 
 def config(proxy: str = "") -> Config:
     return Config(transport=TransportConfig(proxy=proxy,
-                                            pairing_detail_seconds=PAIRING_DETAIL_SECONDS),
+                                            engine_detail_seconds=ENGINE_DETAIL_SECONDS),
                   qr=QrConfig(first_seconds=FIRST_QR_SECONDS, next_seconds=NEXT_QR_SECONDS))
 
 
@@ -857,6 +857,44 @@ def pump_deaths(workdir: Path) -> dict[str, Any]:
     return out
 
 
+class FakeGoLoggedBan(FakeGoSession):
+    """The Go call of a connect refused with a ban code the engine has no name for:
+    whatsmeow first logs the server's failure node (through goneonize's log callback,
+    as Go does), then the pump dies on the ban event and the call returns its error."""
+
+    LINE = 'Temporary ban connect failure: <failure code="105" expire="86400" reason="402"/>'
+
+    def __init__(self) -> None:
+        super().__init__(marshal_error("TemporaryBan", "Code"))
+
+    def Neonize(self, db: bytes, uuid: bytes, jid: bytes, jid_size: int, new_device: int,
+                log_level: bytes, qr_cb: Any, login_cb: Any, event_cb: Any, log_cb: Any,
+                *rest: Any) -> bytes:
+        entry = self.proto.LogEntry(Name="Client", Level="WARN", Message=self.LINE)
+        data = entry.SerializeToString()
+        buffer = ctypes.create_string_buffer(data, len(data))
+        log_cb(ctypes.addressof(buffer), len(data))
+        return super().Neonize(db, uuid, jid, jid_size, new_device, log_level, qr_cb,
+                               login_cb, event_cb, log_cb, *rest)
+
+
+def logged_ban(workdir: Path) -> dict[str, Any]:
+    """A ban the engine cannot encode, with its end in the engine's log line."""
+    transport = NeonizeTransport(SESSION, workdir / "data", config())
+    sink = Recorder()
+    conn = transport._open(sink)
+    assert conn is not None
+    conn.client._NewClient__client = FakeGoLoggedBan()
+    started = time.time()
+    conn.start()
+    sink.wait_for(bool, timeout=10.0)
+    out = {"events": sink.all(), "started": started, "ended": time.time()}
+    transport.close()
+    out["wait_closed"] = transport.wait_closed(10.0)
+    out["non_daemon_threads"] = non_daemon_threads()
+    return out
+
+
 def pairing_ends(workdir: Path) -> dict[str, Any]:
     """Pairing statuses that only say *that* pairing ended, followed (or not) by the
     event that says why, each through neonize's real ctypes callbacks."""
@@ -1095,6 +1133,7 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "send_deadline": send_deadline,
     "pump_deaths": pump_deaths,
     "pairing_ends": pairing_ends,
+    "logged_ban": logged_ban,
     "passkey": passkey,
     "logging": logging_setup,
     "bot_tag_off": lambda w: bot_tag(w, False),

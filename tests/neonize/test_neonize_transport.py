@@ -589,6 +589,19 @@ def test_a_ban_the_engine_cannot_encode_is_reported_as_a_ban(
     assert pump_deaths["ban_wait_closed"] is True
 
 
+def test_the_end_of_an_unencodable_ban_comes_from_the_engines_log_line(
+        tmp_path: Path) -> None:
+    """whatsmeow logs the server's failure node (with ``expire``) before it emits the
+    ban; fed through goneonize's real log callback path (neonize's log thread), it gives
+    ``bannedUntil`` even though the ban event itself is lost."""
+    result = run_scenario("logged_ban", tmp_path)
+    (event,) = result["events"]
+    assert event["type"] == "TemporaryBan"
+    assert result["started"] + 86400 <= event["until"] <= result["ended"] + 86400
+    assert event["reason"] == "ban code 105, which the engine cannot name"
+    assert result["wait_closed"] is True and result["non_daemon_threads"] == []
+
+
 def test_other_events_the_engine_cannot_encode_say_what_they_were(
         pump_deaths: dict[str, Any]) -> None:
     (failure,) = pump_deaths["connect_failure"]
@@ -619,7 +632,7 @@ def pairing_ends(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # "error": the PairError's text comes as the pair-status event
     ("pair_error", {"type": "PairingClosed",
                     "reason": "error: failed to verify device identity"}),
-    # nothing follows: the bare status, after transport.pairing_detail_seconds
+    # nothing follows: the bare status, after transport.engine_detail_seconds
     ("expired", {"type": "PairingClosed", "reason": "timeout"}),
 ])
 def test_a_pairing_end_keeps_the_real_reason(pairing_ends: dict[str, Any], name: str,

@@ -6,6 +6,7 @@ import pytest
 
 from actors.transport.base import Disconnected, LoggedOut, TemporaryBan
 from actors.transport.engine_events import (
+    ban_from_log,
     closes_qr_channel,
     event_for_call_end,
     pairing_needs_detail,
@@ -55,3 +56,19 @@ def test_which_pairing_statuses_wait_for_their_reason_and_which_close_the_channe
         assert not pairing_needs_detail(status) and closes_qr_channel(status)
     for status in ("passkey-request", "passkey-confirmation"):  # the channel stays open
         assert not pairing_needs_detail(status) and not closes_qr_channel(status)
+
+
+def test_the_engines_ban_log_line_gives_the_code_and_the_end() -> None:
+    line = 'Temporary ban connect failure: <failure code="105" expire="3600" reason="402"/>'
+    assert ban_from_log(line) == ("105", 3600.0)
+    event = event_for_call_end("proto: required field neonize.TemporaryBan.Code not set",
+                               ban_from_log(line), now=1000.0)
+    assert isinstance(event, TemporaryBan) and event.until == 4600.0
+    assert "105" in event.reason
+
+
+@pytest.mark.parametrize("expire", ["", "soon", "-1", "nan", "inf", "1e30"])
+def test_a_ban_log_line_without_a_usable_end_gives_nothing(expire: str) -> None:
+    line = f'Temporary ban connect failure: <failure code="105" expire="{expire}"/>'
+    assert ban_from_log(line) is None
+    assert ban_from_log("Unknown connect failure: <failure reason=\"415\"/>") is None
