@@ -823,6 +823,10 @@ def send_deadline(workdir: Path) -> dict[str, Any]:
         transport.close()
         out[name]["wait_closed"] = transport.wait_closed(10.0)
     out["deadline"] = SEND_DEADLINE_SECONDS
+    out["non_daemon_threads"] = non_daemon_threads()
+    return out
+
+
 # --------------------------------------------------------------------------- engine states
 
 
