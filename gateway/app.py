@@ -18,7 +18,6 @@ from typing import Any
 
 import structlog
 from ariadne import graphql_sync
-from ariadne.explorer import ExplorerGraphiQL
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -39,6 +38,7 @@ from gateway.bridge import ActorBridge
 from gateway.config import Config
 from gateway.dashboard import dashboard_blueprint
 from gateway.errors import GatewayError, format_error
+from gateway.explorer import explorer_blueprint, is_explorer_path, page_response
 from gateway.graphql_limits import limit_rules
 from gateway.health import health_document
 from gateway.metrics import CONTENT_TYPE, GraphqlMetrics
@@ -66,6 +66,8 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     app = Flask("wagate", static_folder=None)  # the dashboard serves its own files
     app.register_blueprint(dashboard_blueprint())
     limits = config.graphql
+    if limits.explorer:
+        app.register_blueprint(explorer_blueprint())
     app.config["MAX_CONTENT_LENGTH"] = limits.max_body_bytes
     bridge = bridge or ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds,
                                    bind_address(config), allowed_networks(config))
@@ -76,7 +78,6 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     documents = DocumentCache()
     graphql_metrics = GraphqlMetrics(schema, documents.parser)
     rules = limit_rules(limits.max_depth, limits.max_cost)
-    explorer_html = ExplorerGraphiQL(title="wagate GraphQL").html(None)
     authenticator = make_authenticator(config)
     browsers = BrowserPolicy.build(config.http.host, config.http.allowed_hosts,
                                    config.http.allowed_origins)
@@ -168,7 +169,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
         if not limits.explorer:
             return _error_response("NOT_FOUND", "the GraphQL explorer is off "
                                    "(graphql.explorer); POST queries to /graphql", 404)
-        return Response(explorer_html, mimetype="text/html"), 200
+        return page_response(), 200
 
     def execute(data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -304,12 +305,12 @@ def make_authenticator(config: Config) -> Authenticator:
 
 
 def _is_public(path: str, method: str, explorer: bool) -> bool:
-    """Paths that carry no data: probes, the dashboard's static files, the explorer page."""
+    """Paths that carry no data: probes, the dashboard's static files, the explorer's."""
     if path in PUBLIC_PATHS:
         return True
     if method == "GET" and (path == "/" or path.startswith("/static/")):
         return True
-    return explorer and method == "GET" and path == "/graphql"
+    return explorer and method == "GET" and is_explorer_path(path)
 
 
 def _error_body(code: str, message: str) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""The GraphQL explorer (GraphiQL) at ``GET /graphql``, served entirely from this package.
+
+GraphiQL and React are vendored in ``gateway/graphiql/vendor/`` (pinned versions, their
+licences, re-created by ``scripts/vendor-graphiql``), so the explorer works on a machine
+with no internet and the page may load nothing but its own files: the
+Content-Security-Policy allows this origin only. ``data:`` is allowed for fonts and
+images because GraphiQL's stylesheet embeds its fonts and icons that way (no request
+leaves the page for them).
+
+The files hold no data, so they need no token; the queries the page sends to
+``POST /graphql`` do. With ``graphql.explorer = false`` none of this is served.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, send_from_directory
+
+PAGE = "index.html"
+ASSETS_PREFIX = "/graphql/assets/"
+# Our own files, then the vendored ones: nothing else under the prefix is served.
+OWN_FILES = frozenset({"explorer.js", "explorer.css"})
+VENDOR_FILES = frozenset({"graphiql.min.js", "graphiql.min.css", "react.production.min.js",
+                          "react-dom.production.min.js", "THIRD-PARTY-LICENSES.txt",
+                          "MANIFEST.json"})
+
+CONTENT_SECURITY_POLICY = "; ".join((
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "font-src 'self' data:",
+    "connect-src 'self'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+    "base-uri 'none'",
+))
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# The vendored files change only with a new wagate, but have no fingerprinted names:
+# the browser keeps them and asks (If-None-Match) before each use.
+CACHE_CONTROL = "no-cache"
+
+
+def files_dir() -> Path:
+    return Path(str(resources.files("gateway").joinpath("graphiql")))
+
+
+def is_explorer_path(path: str) -> bool:
+    """The explorer page or one of its files (public when the explorer is on)."""
+    return path == "/graphql" or path.startswith(ASSETS_PREFIX)
+
+
+def page_response() -> Response:
+    """The explorer page itself (the app's ``GET /graphql`` view returns it)."""
+    return _serve(files_dir(), PAGE)
+
+
+def explorer_blueprint() -> Blueprint:
+    """The explorer's files under ``/graphql/assets/``."""
+    blueprint = Blueprint("explorer", __name__)
+    directory = files_dir()
+
+    @blueprint.get(ASSETS_PREFIX + "<name>")
+    def asset(name: str) -> Response:
+        if name in OWN_FILES:
+            return _serve(directory, name)
+        if name in VENDOR_FILES:
+            return _serve(directory / "vendor", name)
+        abort(404)
+
+    return blueprint
+
+
+def _serve(directory: Path, name: str) -> Response:
+    response = send_from_directory(directory, name, max_age=0, conditional=True)
+    response.headers["Cache-Control"] = CACHE_CONTROL
+    response.headers.update(SECURITY_HEADERS)
+    return response
