@@ -77,7 +77,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
                          config.numbers.negative_ttl_hours)
     documents = DocumentCache()
     graphql_metrics = GraphqlMetrics(schema, documents.parser)
-    rules = limit_rules(limits.max_depth, limits.max_cost)
+    rules = limit_rules(limits.max_depth, limits.max_cost, limits.introspection)
     authenticator = make_authenticator(config)
     browsers = BrowserPolicy.build(config.http.host, config.http.allowed_hosts,
                                    config.http.allowed_origins)

@@ -14,19 +14,39 @@ traceback in the log). So the text's bracket nesting is measured with the lexer
 (iteratively) before it is parsed, this rule walks the document with an explicit
 stack, fragment chains are held to ``max_depth`` as well, and a RecursionError that
 still escapes graphql-core becomes the same refusal (``too_deep``).
+
+Introspection (``__schema``, ``__type`` at the root, where introspection is enabled) is
+held to its own bound instead of ``max_depth``/``max_cost``: the standard introspection
+query (graphql-core's ``get_introspection_query()``, which GraphiQL, ``gql``, Apollo and
+Postman send or copy) nests about 16 levels, following ``ofType`` chains. Depth alone
+says little there: a chain of ``ofType`` is one object per level, while
+``fields { type { fields { ... } } }`` multiplies the answer at every list. So an
+introspection selection is measured by the size of the answer it could have: every
+field counts as many times as the lists above it can hold on this schema (the most
+types, fields per type, arguments per field ...), and the total may be at most
+``INTROSPECTION_HEADROOM`` times what the standard query (every option on) measures;
+its depth is held to ``INTROSPECTION_MAX_DEPTH`` and its lists inside lists to
+``INTROSPECTION_MAX_LISTS``, as deep as the standard query's.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 from graphql import (
     ASTValidationRule,
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
+    GraphQLEnumType,
     GraphQLError,
+    GraphQLInputObjectType,
+    GraphQLInterfaceType,
+    GraphQLObjectType,
+    GraphQLSchema,
     GraphQLSyntaxError,
+    GraphQLUnionType,
     InlineFragmentNode,
     Lexer,
     OperationDefinitionNode,
@@ -34,6 +54,8 @@ from graphql import (
     Source,
     TokenKind,
     ValidationContext,
+    get_introspection_query,
+    parse,
 )
 
 # Brackets ({, (, [) open at once in a document: graphql-core's parser recurses a few
@@ -41,6 +63,20 @@ from graphql import (
 MAX_NESTING = 64
 _OPENING = frozenset({TokenKind.BRACE_L, TokenKind.PAREN_L, TokenKind.BRACKET_L})
 _CLOSING = frozenset({TokenKind.BRACE_R, TokenKind.PAREN_R, TokenKind.BRACKET_R})
+
+# Introspection's own bound. The standard query is 16 levels deep; tools built on newer
+# graphql-js follow ofType a few levels further. Brackets stay below MAX_NESTING.
+INTROSPECTION_MAX_DEPTH = 24
+# An introspection selection may measure this many times the standard query (every
+# option on), so clients that ask a little more than it (Apollo, Rover, Postman) fit.
+INTROSPECTION_HEADROOM = 2
+# Lists inside lists: the standard query goes types > fields > args; one more level
+# (fields { type { fields ... } }) is how introspection is made to answer in megabytes.
+INTROSPECTION_MAX_LISTS = 3
+INTROSPECTION_ROOTS = frozenset({"__schema", "__type"})
+STANDARD_INTROSPECTION = get_introspection_query(
+    descriptions=True, specified_by_url=True, directive_is_repeatable=True,
+    schema_description=True, input_value_deprecation=True)
 
 
 def too_deep() -> GraphQLError:
@@ -71,17 +107,121 @@ def check_nesting(text: str) -> None:
         return
 
 
-def limit_rule(max_depth: int, max_cost: int) -> type[ASTValidationRule]:
+Fragments = dict[str, FragmentDefinitionNode]
+
+
+class IntrospectionMeasure(NamedTuple):
+    depth: int  # deepest field level
+    chain: int  # longest chain of fragments spread inside fragments
+    lists: int  # most list fields nested inside one another
+    size: int  # answer size: each field counted as often as the lists above can hold
+# (an introspection root field, the fragments spread on the way to it)
+IntrospectionRoot = tuple[FieldNode, tuple[str, ...]]
+
+
+def fragments_of(document: Any) -> Fragments:
+    return {d.name.value: d for d in document.definitions
+            if isinstance(d, FragmentDefinitionNode)}
+
+
+@lru_cache(maxsize=8)
+def list_sizes(schema: GraphQLSchema) -> dict[str, int]:
+    """The most items each list field of the introspection types can hold on ``schema``
+    (the other introspection fields hold one object or a scalar)."""
+    named = list(schema.type_map.values())
+    with_fields = [t for t in named if isinstance(t, GraphQLObjectType | GraphQLInterfaceType)]
+    arg_counts = [len(f.args) for t in with_fields for f in t.fields.values()]
+    arg_counts += [len(d.args) for d in schema.directives]
+    sizes = {
+        "types": len(named),
+        "directives": len(schema.directives),
+        "fields": max((len(t.fields) for t in with_fields), default=0),
+        "interfaces": max((len(t.interfaces) for t in with_fields), default=0),
+        "inputFields": max((len(t.fields) for t in named
+                            if isinstance(t, GraphQLInputObjectType)), default=0),
+        "enumValues": max((len(t.values) for t in named if isinstance(t, GraphQLEnumType)),
+                          default=0),
+        "possibleTypes": max((len(schema.get_possible_types(t)) for t in named
+                              if isinstance(t, GraphQLInterfaceType | GraphQLUnionType)),
+                             default=0),
+        "args": max(arg_counts, default=0),
+        "locations": max((len(d.locations) for d in schema.directives), default=0),
+    }
+    return {name: max(size, 1) for name, size in sizes.items()}
+
+
+def introspection_measure(roots: list[IntrospectionRoot], fragments: Fragments,
+                          sizes: dict[str, int], limit: int) -> IntrospectionMeasure:
+    """How deep, how long a fragment chain, how many lists inside lists and how big an
+    answer introspection selections ask for, walked with an explicit stack; stops once
+    any exceeds its bound (``limit`` for the size), so a hostile document costs at most
+    about ``limit`` steps."""
+    deepest = chain = lists = size = 0
+    # (selections, level of the fields in it, fragments spread, lists above, copies)
+    stack: list[tuple[SelectionSetNode, int, tuple[str, ...], int, int]] = []
+    for field, spread in roots:
+        size += 1
+        deepest = max(deepest, 1)
+        if field.selection_set:
+            stack.append((field.selection_set, 1, spread, 0, 1))
+    while stack:
+        selections, level, spread, above, copies = stack.pop()
+        chain = max(chain, len(spread))
+        for selection in selections.selections:
+            if (deepest > INTROSPECTION_MAX_DEPTH or chain > INTROSPECTION_MAX_DEPTH
+                    or lists > INTROSPECTION_MAX_LISTS or size > limit):
+                return IntrospectionMeasure(deepest, chain, lists, size)
+            if isinstance(selection, FieldNode):
+                listed = selection.name.value in sizes
+                held = copies * sizes.get(selection.name.value, 1)
+                size += held
+                deepest = max(deepest, level + 1)
+                lists = max(lists, above + listed)
+                if selection.selection_set:
+                    stack.append((selection.selection_set, level + 1, spread,
+                                  above + listed, held))
+            elif isinstance(selection, InlineFragmentNode):
+                stack.append((selection.selection_set, level, spread, above, copies))
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = fragments.get(name)
+                if fragment is None or name in spread:  # other rules report these
+                    continue
+                size += copies
+                stack.append((fragment.selection_set, level, (*spread, name), above, copies))
+    return IntrospectionMeasure(deepest, chain, lists, size)
+
+
+@lru_cache(maxsize=8)
+def introspection_limit(schema: GraphQLSchema) -> int:
+    """The most an introspection selection may measure on ``schema``."""
+    document = parse(STANDARD_INTROSPECTION)
+    fragments = fragments_of(document)
+    roots: list[IntrospectionRoot] = []
+    for definition in document.definitions:
+        if isinstance(definition, OperationDefinitionNode):
+            roots += [(s, ()) for s in definition.selection_set.selections
+                      if isinstance(s, FieldNode)]
+    standard = introspection_measure(roots, fragments, list_sizes(schema), 10**12)
+    return INTROSPECTION_HEADROOM * standard.size
+
+
+def limit_rule(max_depth: int, max_cost: int,
+               introspection: bool = True) -> type[ASTValidationRule]:
+    """The document limits; with ``introspection`` its root fields are measured by
+    their own bound (module docstring), otherwise like any field (and refused by
+    the introspection switch's own rule)."""
     class DocumentLimits(ASTValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
-            self.fragments = {
-                d.name.value: d for d in context.document.definitions
-                if isinstance(d, FragmentDefinitionNode)}
+            self.fragments = fragments_of(context.document)
 
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
             self.cost = 0
+            self.introspection: list[IntrospectionRoot] = []
             depth, chain = self._walk(node.selection_set)
+            if depth <= max_depth and chain <= max_depth and self.cost <= max_cost:
+                self._check_introspection(node)
             if depth > max_depth:
                 self.report_error(GraphQLError(
                     f"the query is nested more than {max_depth} levels deep "
@@ -109,6 +249,10 @@ def limit_rule(max_depth: int, max_cost: int) -> type[ASTValidationRule]:
                     if deepest > max_depth or chain > max_depth or self.cost > max_cost:
                         return deepest, chain
                     if isinstance(selection, FieldNode):
+                        if (introspection and level == 0
+                                and selection.name.value in INTROSPECTION_ROOTS):
+                            self.introspection.append((selection, spread))
+                            continue
                         self.cost += 1
                         deepest = max(deepest, level + 1)
                         if selection.selection_set:
@@ -124,8 +268,33 @@ def limit_rule(max_depth: int, max_cost: int) -> type[ASTValidationRule]:
                         stack.append((fragment.selection_set, level, (*spread, name)))
             return deepest, chain
 
+        def _check_introspection(self, node: OperationDefinitionNode) -> None:
+            if not self.introspection:
+                return
+            schema = self.context.schema
+            limit = introspection_limit(schema)
+            measured = introspection_measure(
+                self.introspection, self.fragments, list_sizes(schema), limit)
+            if max(measured.depth, measured.chain) > INTROSPECTION_MAX_DEPTH:
+                self.report_error(GraphQLError(
+                    f"the introspection query is nested more than {INTROSPECTION_MAX_DEPTH} "
+                    "levels deep (fragments included); the standard introspection query "
+                    "(GraphiQL, gql, Apollo) fits: ask for what it asks", node))
+            elif measured.lists > INTROSPECTION_MAX_LISTS:
+                self.report_error(GraphQLError(
+                    f"the introspection query nests lists more than {INTROSPECTION_MAX_LISTS} "
+                    "deep (like fields { type { fields ... } }); the standard introspection "
+                    "query (types, their fields, their arguments) fits: ask for what it asks",
+                    node))
+            elif measured.size > limit:
+                self.report_error(GraphQLError(
+                    f"the introspection query could answer with more than {limit} values "
+                    f"({INTROSPECTION_HEADROOM} times the standard introspection query); "
+                    "ask for what the standard query asks, without lists inside lists", node))
+
     return DocumentLimits
 
 
-def limit_rules(max_depth: int, max_cost: int) -> list[type[ASTValidationRule]]:
-    return [limit_rule(max_depth, max_cost)]
+def limit_rules(max_depth: int, max_cost: int,
+                introspection: bool = True) -> list[type[ASTValidationRule]]:
+    return [limit_rule(max_depth, max_cost, introspection)]
