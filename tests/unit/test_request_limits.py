@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from graphql import GraphQLError, parse, validate
+from graphql import GraphQLError, get_introspection_query, parse, validate
 
 from gateway.graphql_limits import MAX_NESTING, check_nesting, limit_rules
 from gateway.request_body import BodyError, parse_json_body
@@ -70,3 +70,80 @@ def test_unpaired_surrogates_anywhere_in_the_body_are_refused(body: bytes) -> No
 def test_paired_surrogates_and_plain_unicode_pass() -> None:
     value = parse_json_body('{"m": "\\ud83d\\ude00 é ü 中"}'.encode())
     assert value == {"m": "\U0001f600 é ü 中"}
+
+
+STANDARD_QUERIES = [
+    get_introspection_query(),
+    get_introspection_query(descriptions=False),
+    get_introspection_query(True, True, True, True, True),
+    get_introspection_query(True, True, True, True, True, True),
+]
+
+
+@pytest.mark.parametrize("query", STANDARD_QUERIES,
+                         ids=["default", "no-descriptions", "every-option", "with-oneof"])
+def test_the_standard_introspection_query_passes_whatever_the_limits(query: str) -> None:
+    """GraphiQL, gql, Apollo and Postman send graphql-core's (or graphql-js's) query;
+    it nests 16 levels, deeper than graphql.max_depth, and is measured by its own bound."""
+    schema = build_schema()
+    assert validate(schema, parse(query), limit_rules(8, 500)) == []
+    assert validate(schema, parse(query), limit_rules(1, 1)) == []
+
+
+def test_with_introspection_off_it_counts_like_any_field() -> None:
+    [error] = validate(build_schema(), parse(STANDARD_QUERIES[0]),
+                       limit_rules(8, 500, introspection=False))
+    assert "more than 8 levels deep (graphql.max_depth)" in error.message
+
+
+def test_fields_beside_introspection_still_count_against_the_query_limits() -> None:
+    text = "{ __schema { queryType { name } } whatsAppStatus { connected state } }"
+    assert validate(build_schema(), parse(text), limit_rules(8, 3)) == []
+    [error] = validate(build_schema(), parse(text), limit_rules(8, 2))
+    assert "more than 2 fields (graphql.max_cost)" in error.message
+
+
+def introspection_error(text: str) -> str:
+    [error] = validate(build_schema(), parse(text), limit_rules(8, 500))
+    return error.message
+
+
+def test_lists_inside_lists_beyond_the_standard_query_are_refused() -> None:
+    three = "{ __schema { types { fields { type { fields { name } } } } } }"
+    assert validate(build_schema(), parse(three), limit_rules(8, 500)) == []
+    assert "nests lists more than 3 deep" in introspection_error(
+        "{ __schema { types { fields { type { fields { args { name } } } } } } }")
+    assert "nests lists more than 3 deep" in introspection_error(
+        '{ __type(name: "Query") { fields { args { type { inputFields { type { fields '
+        "{ name } } } } } } } }")
+
+
+def test_aliases_cannot_multiply_the_answer_beyond_its_bound() -> None:
+    aliases = " ".join(f"a{i}: name" for i in range(300))
+    message = introspection_error(
+        "{ __schema { types { fields { args { " + aliases + " } } } } }")
+    assert "could answer with more than" in message
+    assert "2 times the standard introspection query" in message
+    roots = " ".join(f"s{i}: __schema {{ types {{ name }} }}" for i in range(10))
+    assert validate(build_schema(), parse("{ " + roots + " }"), limit_rules(8, 500)) == []
+    deep = "__schema { types { fields { args { name type { name } } } } }"
+    roots = " ".join(f"s{i}: {deep}" for i in range(300))
+    assert "could answer with more than" in introspection_error("{ " + roots + " }")
+
+
+def test_introspection_depth_and_fragment_chains_have_their_own_bound() -> None:
+    chain = "{ __type(name: \"Query\") { " + "ofType { " * 30 + "name" + " }" * 31 + " }"
+    assert "nested more than 24 levels deep" in introspection_error(chain)
+    fragments = ('{ __type(name: "Query") { ...T0 } } ' + " ".join(
+        f"fragment T{i} on __Type {{ ...T{i + 1} }}" for i in range(40))
+        + " fragment T40 on __Type { name }")
+    assert "nested more than 24 levels deep (fragments included)" in introspection_error(
+        fragments)
+
+
+def test_an_introspection_fragment_tree_ends_the_walk_at_its_bound() -> None:
+    """T_i spreads T_{i+1} twice (2^20 expansions): refused, not walked to the end."""
+    text = ('{ __type(name: "Query") { ...T0 } } ' + " ".join(
+        f"fragment T{i} on __Type {{ ...T{i + 1} ... on __Type {{ ...T{i + 1} }} }}"
+        for i in range(20)) + " fragment T20 on __Type { name }")
+    assert "could answer with more than" in introspection_error(text)
