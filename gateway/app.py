@@ -190,7 +190,9 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
                                  query_parser=documents.parser,
                                  query_validator=documents.validator,
                                  validation_rules=rules,
-                                 introspection=limits.introspection)
+                                 # graphql.introspection = false is enforced by `rules`,
+                                 # whose refusal says where the schema is instead
+                                 introspection=True)
         g.graphql_observed = True
         graphql_metrics.observe(data, result, time.perf_counter() - started)
         return result

@@ -209,8 +209,7 @@ def introspection_limit(schema: GraphQLSchema) -> int:
 def limit_rule(max_depth: int, max_cost: int,
                introspection: bool = True) -> type[ASTValidationRule]:
     """The document limits; with ``introspection`` its root fields are measured by
-    their own bound (module docstring), otherwise like any field (and refused by
-    the introspection switch's own rule)."""
+    their own bound (module docstring), otherwise they are left to ``IntrospectionOff``."""
     class DocumentLimits(ASTValidationRule):
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
@@ -249,9 +248,9 @@ def limit_rule(max_depth: int, max_cost: int,
                     if deepest > max_depth or chain > max_depth or self.cost > max_cost:
                         return deepest, chain
                     if isinstance(selection, FieldNode):
-                        if (introspection and level == 0
-                                and selection.name.value in INTROSPECTION_ROOTS):
-                            self.introspection.append((selection, spread))
+                        if level == 0 and selection.name.value in INTROSPECTION_ROOTS:
+                            if introspection:  # else IntrospectionOff refuses it
+                                self.introspection.append((selection, spread))
                             continue
                         self.cost += 1
                         deepest = max(deepest, level + 1)
@@ -295,6 +294,21 @@ def limit_rule(max_depth: int, max_cost: int,
     return DocumentLimits
 
 
+class IntrospectionOff(ASTValidationRule):
+    """Refuses introspection (``graphql.introspection = false``) with a message that says
+    where the schema is instead (Ariadne's own rule says only that it is disabled)."""
+
+    def enter_field(self, node: FieldNode, *_: Any) -> None:
+        if node.name.value in INTROSPECTION_ROOTS:
+            self.report_error(GraphQLError(
+                f"cannot query {node.name.value}: introspection is off on this gateway "
+                "(graphql.introspection = false); `wagate schema` prints the schema, for "
+                "codegen and clients", node))
+
+
 def limit_rules(max_depth: int, max_cost: int,
                 introspection: bool = True) -> list[type[ASTValidationRule]]:
-    return [limit_rule(max_depth, max_cost, introspection)]
+    """The validation rules every document passes (besides the specification's);
+    ``introspection`` is the ``graphql.introspection`` switch."""
+    rules = [limit_rule(max_depth, max_cost, introspection)]
+    return rules if introspection else [*rules, IntrospectionOff]

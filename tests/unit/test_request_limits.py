@@ -90,10 +90,14 @@ def test_the_standard_introspection_query_passes_whatever_the_limits(query: str)
     assert validate(schema, parse(query), limit_rules(1, 1)) == []
 
 
-def test_with_introspection_off_it_counts_like_any_field() -> None:
-    [error] = validate(build_schema(), parse(STANDARD_QUERIES[0]),
-                       limit_rules(8, 500, introspection=False))
-    assert "more than 8 levels deep (graphql.max_depth)" in error.message
+def test_with_introspection_off_it_is_refused_saying_where_the_schema_is() -> None:
+    for query in (STANDARD_QUERIES[0], '{ __type(name: "Query") { name } }'):
+        [error] = validate(build_schema(), parse(query), limit_rules(8, 500, introspection=False))
+        assert "introspection is off on this gateway (graphql.introspection = false)" in (
+            error.message)
+        assert "wagate schema" in error.message
+    assert validate(build_schema(), parse("{ __typename }"),
+                    limit_rules(8, 500, introspection=False)) == []
 
 
 def test_fields_beside_introspection_still_count_against_the_query_limits() -> None:
