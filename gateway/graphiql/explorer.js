@@ -1,7 +1,7 @@
 // Starts GraphiQL (shipped with wagate, see scripts/vendor-graphiql) against this
 // gateway's POST /graphql. The API token comes from this tab's dashboard sign-in
-// (same origin, sessionStorage), or from the Headers pane:
-// {"Authorization": "Bearer wgt_..."}.
+// (same origin, sessionStorage; never shown or stored by the explorer), or from the
+// Headers pane: {"Authorization": "Bearer wgt_..."}.
 (function () {
   "use strict";
 
@@ -12,14 +12,17 @@
   } catch (err) {
     token = null; // storage disabled: the Headers pane still works
   }
-  var headers = token ? JSON.stringify({ Authorization: "Bearer " + token }, null, 2) : "";
   var START = [
-    "# The wagate GraphQL explorer. Run a query with Ctrl-Enter or the play button;",
-    "# the Docs button on the left shows the whole schema.",
+    "# The wagate GraphQL explorer.",
+    "# Run: Ctrl-Enter or the play button.",
+    "# The schema: the Docs button (left).",
     "#",
-    "# If the gateway asks for a token (UNAUTHENTICATED), sign in on the dashboard",
-    "# (/) in this tab, or put it in the Headers pane below:",
-    '#   {"Authorization": "Bearer wgt_..."}',
+    "# Asked for a token (UNAUTHENTICATED)?",
+    "# Sign in on the dashboard (/) in this",
+    "# tab, or put it in the Headers pane:",
+    '# {"Authorization": "Bearer wgt_..."}',
+    "# then re-fetch the schema (the arrows,",
+    "# bottom left).",
     "",
     "query Status {",
     "  whatsAppStatus {",
@@ -32,16 +35,18 @@
     "",
   ].join("\n");
 
+  // Every request carries the dashboard's token (the schema query too, which GraphiQL
+  // sends before the Headers pane is read); headers typed in the pane override it.
   var fetcher = window.GraphiQL.createFetcher({
     url: new URL("/graphql", window.location.href).href,
+    headers: token ? { Authorization: "Bearer " + token } : {},
   });
   var root = window.ReactDOM.createRoot(document.getElementById("graphiql"));
   root.render(
     window.React.createElement(window.GraphiQL, {
       fetcher: fetcher,
       defaultQuery: START,
-      defaultHeaders: headers,
-      defaultEditorToolsVisibility: headers ? "headers" : true,
+      defaultEditorToolsVisibility: token ? false : "headers",
       shouldPersistHeaders: false,
     })
   );
