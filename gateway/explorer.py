@@ -5,7 +5,9 @@ licences, re-created by ``scripts/vendor-graphiql``), so the explorer works on a
 with no internet and the page may load nothing but its own files: the
 Content-Security-Policy allows this origin only. ``data:`` is allowed for fonts and
 images because GraphiQL's stylesheet embeds its fonts and icons that way (no request
-leaves the page for them).
+leaves the page for them). GraphiQL's dialogs add one ``<style>`` element (to stop the
+page scrolling behind them); it carries the page's nonce, fresh for every page, which
+the policy allows besides this origin's style sheets.
 
 The files hold no data, so they need no token; the queries the page sends to
 ``POST /graphql`` do. With ``graphql.explorer = false`` none of this is served.
@@ -13,6 +15,8 @@ The files hold no data, so they need no token; the queries the page sends to
 
 from __future__ import annotations
 
+import secrets
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +30,7 @@ VENDOR_FILES = frozenset({"graphiql.min.js", "graphiql.min.css", "react.producti
                           "react-dom.production.min.js", "THIRD-PARTY-LICENSES.txt",
                           "MANIFEST.json"})
 
+NONCE_MARK = "__NONCE__"  # in index.html, replaced by each page's nonce
 CONTENT_SECURITY_POLICY = "; ".join((
     "default-src 'none'",
     "script-src 'self'",
@@ -49,6 +54,12 @@ SECURITY_HEADERS = {
 CACHE_CONTROL = "no-cache"
 
 
+def page_policy(nonce: str) -> str:
+    """The page's policy: the files' own, plus styles carrying this page's nonce."""
+    return CONTENT_SECURITY_POLICY.replace("style-src 'self'",
+                                           f"style-src 'self' 'nonce-{nonce}'")
+
+
 def files_dir() -> Path:
     return Path(str(resources.files("gateway").joinpath("graphiql")))
 
@@ -58,9 +69,20 @@ def is_explorer_path(path: str) -> bool:
     return path == "/graphql" or path.startswith(ASSETS_PREFIX)
 
 
+@lru_cache(maxsize=1)
+def _page_template() -> str:
+    return (files_dir() / PAGE).read_text(encoding="utf-8")
+
+
 def page_response() -> Response:
-    """The explorer page itself (the app's ``GET /graphql`` view returns it)."""
-    return _serve(files_dir(), PAGE)
+    """The explorer page itself (the app's ``GET /graphql`` view returns it), with a
+    fresh nonce; never cached, since the nonce must not be reused."""
+    nonce = secrets.token_urlsafe(18)
+    response = Response(_page_template().replace(NONCE_MARK, nonce), mimetype="text/html")
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Content-Security-Policy"] = page_policy(nonce)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def explorer_blueprint() -> Blueprint:

@@ -52,3 +52,24 @@ def test_the_explorer_loads_offline_shows_the_schema_and_runs_a_query(
     answer = json.loads(text[text.index("{"):])
     assert answer["data"]["whatsAppStatus"]["connected"] is False
     shot(page, "explorer-03-status")
+
+
+def test_without_a_sign_in_the_token_goes_in_the_headers_pane(
+        make_gateway: Callable[..., Gateway], open_page: Callable[..., Page]) -> None:
+    gw = make_gateway().start()
+    page = open_page(gw)
+    page.goto("/graphql")
+    result = page.locator(".graphiql-response")
+    expect(result).to_contain_text("UNAUTHENTICATED")  # the schema query, refused
+    headers = page.get_by_role("region", name="Headers")
+    expect(headers).to_be_visible()  # opened for the token
+    headers.locator(".CodeMirror:visible").click()
+    page.keyboard.type(f'{{"Authorization": "Bearer {gw.token}"')
+    page.get_by_role("button", name=re.compile("Re-fetch GraphQL schema")).click()
+    page.get_by_role("button", name=re.compile("Execute query")).click()
+    expect(result).to_contain_text('"state": "NEW"')
+    page.get_by_role("button", name=re.compile("Open settings dialog")).click()
+    expect(page.get_by_role("dialog")).to_be_visible()
+    shot(page, "explorer-04-headers-and-settings")
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_be_hidden()

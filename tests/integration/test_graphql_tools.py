@@ -4,6 +4,7 @@ schema from the gateway before it sends anything."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +13,7 @@ from gql import Client, gql
 from gql.transport.requests import RequestsHTTPTransport
 from graphql import GraphQLError, build_client_schema, get_introspection_query, print_schema
 
-from gateway.explorer import CONTENT_SECURITY_POLICY
+from gateway.explorer import CONTENT_SECURITY_POLICY, page_policy
 from gateway.resolvers import build_schema
 from tests.integration.harness import Gateway
 
@@ -47,7 +48,10 @@ def test_the_explorer_files_are_served_by_the_gateway_under_its_own_policy(
     """No token (the files hold no data), no CDN: every file the page names is ours."""
     page = requests.get(gateway.url + "/graphql", timeout=10)
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
-    assert page.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    [nonce] = re.findall(r'nonce="([^"]+)"', page.text)
+    assert page.headers["Content-Security-Policy"] == page_policy(nonce)
+    again = requests.get(gateway.url + "/graphql", timeout=10)
+    assert nonce not in again.text and again.headers["Cache-Control"] == "no-store"
     assert "'self'" in CONTENT_SECURITY_POLICY and "http" not in CONTENT_SECURITY_POLICY
     assert "esm.sh" not in page.text and "https://" not in page.text
     for name, kind in [("graphiql.min.js", "javascript"), ("graphiql.min.css", "text/css"),
