@@ -143,12 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     inbox.add_argument("--json", action="store_true", help="one JSON document")
     inbox.set_defaults(handler=cmd_sim_inbox)
 
-    from gateway import cli_audit, cli_keys, cli_status, cli_tokens
+    from gateway import cli_audit, cli_keys, cli_schema, cli_status, cli_tokens
 
     cli_tokens.register(commands, _common)
     cli_keys.register(commands, _common)
     cli_status.register(commands, _common)
     cli_audit.register(commands, _common)
+    cli_schema.register(commands, _common)
     return parser
 
 

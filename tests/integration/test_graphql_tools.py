@@ -5,7 +5,10 @@ schema from the gateway before it sends anything."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import requests
@@ -17,15 +20,45 @@ from gateway.explorer import CONTENT_SECURITY_POLICY, page_policy
 from gateway.resolvers import build_schema
 from tests.integration.harness import Gateway
 
+SPECIFIED = [  # the product specification's operations, byte for byte
+    "query { whatsAppStatus { connected qrCode qrCodeSvg } }",
+    "mutation { whatsAppConnect }",
+    "mutation { whatsAppDisconnect }",
+    "mutation ($phoneNumber: String!, $message: String!) {\n"
+    "  sendWhatsAppNotification(phoneNumber: $phoneNumber, message: $message) }",
+    "mutation ($phoneNumber: String!) { testWhatsAppConnection(phoneNumber: $phoneNumber) }",
+]
 STANDARD = get_introspection_query(descriptions=True, specified_by_url=True,
                                    directive_is_repeatable=True, schema_description=True,
                                    input_value_deprecation=True)
 
 
+def wagate_schema() -> str:
+    """What the real ``wagate schema`` command prints (it needs no gateway)."""
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "schema"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    return done.stdout
+
+
+def test_wagate_schema_prints_the_schema_that_codegen_and_gql_can_use(tmp_path: Path) -> None:
+    text = wagate_schema()
+    assert text == print_schema(build_schema()) + "\n"
+    schema_file = tmp_path / "schema.graphql"
+    schema_file.write_text(text)
+    # As the README shows: a gql client that checks queries against the file, offline.
+    client = Client(schema=schema_file.read_text())
+    for operation in SPECIFIED:
+        client.validate(gql(operation))
+    with pytest.raises(GraphQLError, match="Cannot query field 'conected'"):
+        client.validate(gql("query { whatsAppStatus { conected } }"))
+
+
 def test_the_standard_introspection_query_reads_the_whole_schema(gateway: Gateway) -> None:
+    """... and it is the schema `wagate schema` prints."""
     result = gateway.gql(STANDARD)
     assert not result.errors, result.errors
-    assert print_schema(build_client_schema(result.data)) == print_schema(build_schema())
+    assert print_schema(build_client_schema(result.data)) + "\n" == wagate_schema()
 
 
 def test_a_gql_client_fetches_the_schema_and_checks_queries_against_it(
