@@ -18,7 +18,7 @@ still escapes graphql-core becomes the same refusal (``too_deep``).
 Introspection (``__schema``, ``__type`` at the root, where introspection is enabled) is
 held to its own bound instead of ``max_depth``/``max_cost``: the standard introspection
 query (graphql-core's ``get_introspection_query()``, which GraphiQL, ``gql``, Apollo and
-Postman send or copy) nests about 16 levels, following ``ofType`` chains. Depth alone
+Postman send or copy) nests 15 levels, following ``ofType`` chains. Depth alone
 says little there: a chain of ``ofType`` is one object per level, while
 ``fields { type { fields { ... } } }`` multiplies the answer at every list. So an
 introspection selection is measured by the size of the answer it could have: every
@@ -64,7 +64,7 @@ MAX_NESTING = 64
 _OPENING = frozenset({TokenKind.BRACE_L, TokenKind.PAREN_L, TokenKind.BRACKET_L})
 _CLOSING = frozenset({TokenKind.BRACE_R, TokenKind.PAREN_R, TokenKind.BRACKET_R})
 
-# Introspection's own bound. The standard query is 16 levels deep; tools built on newer
+# Introspection's own bound. The standard query is 15 levels deep; tools built on newer
 # graphql-js follow ofType a few levels further. Brackets stay below MAX_NESTING.
 INTROSPECTION_MAX_DEPTH = 24
 # An introspection selection may measure this many times the standard query (every

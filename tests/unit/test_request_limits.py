@@ -84,7 +84,7 @@ STANDARD_QUERIES = [
                          ids=["default", "no-descriptions", "every-option", "with-oneof"])
 def test_the_standard_introspection_query_passes_whatever_the_limits(query: str) -> None:
     """GraphiQL, gql, Apollo and Postman send graphql-core's (or graphql-js's) query;
-    it nests 16 levels, deeper than graphql.max_depth, and is measured by its own bound."""
+    it nests 15 levels, deeper than graphql.max_depth, and is measured by its own bound."""
     schema = build_schema()
     assert validate(schema, parse(query), limit_rules(8, 500)) == []
     assert validate(schema, parse(query), limit_rules(1, 1)) == []
