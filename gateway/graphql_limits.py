@@ -17,10 +17,11 @@ still escapes graphql-core becomes the same refusal (``too_deep``).
 
 Introspection (``__schema``, ``__type`` at the root, where introspection is enabled) is
 held to its own bound instead of ``max_depth``/``max_cost``: the standard introspection
-query (graphql-core's ``get_introspection_query()``, which GraphiQL, ``gql``, Apollo and
-Postman send or copy) nests 15 levels, following ``ofType`` chains. Depth alone
-says little there: a chain of ``ofType`` is one object per level, while
-``fields { type { fields { ... } } }`` multiplies the answer at every list. So an
+query (graphql-core's ``get_introspection_query()``, which ``gql`` sends, and
+graphql-js's of the same shape, which GraphiQL and GraphQL Code Generator send) nests
+15 levels, following ``ofType`` chains. Depth alone says little there: a chain of
+``ofType`` is one object per level, while ``fields { type { fields { ... } } }``
+multiplies the answer at every list. So an
 introspection selection is measured by the size of the answer it could have: every
 field counts as many times as the lists above it can hold on this schema (the most
 types, fields per type, arguments per field ...), and the total may be at most
@@ -68,7 +69,7 @@ _CLOSING = frozenset({TokenKind.BRACE_R, TokenKind.PAREN_R, TokenKind.BRACKET_R}
 # graphql-js follow ofType a few levels further. Brackets stay below MAX_NESTING.
 INTROSPECTION_MAX_DEPTH = 24
 # An introspection selection may measure this many times the standard query (every
-# option on), so clients that ask a little more than it (Apollo, Rover, Postman) fit.
+# option on), so a client that asks a little more than it still fits.
 INTROSPECTION_HEADROOM = 2
 # Lists inside lists: the standard query goes types > fields > args; one more level
 # (fields { type { fields ... } }) is how introspection is made to answer in megabytes.
@@ -278,7 +279,8 @@ def limit_rule(max_depth: int, max_cost: int,
                 self.report_error(GraphQLError(
                     f"the introspection query is nested more than {INTROSPECTION_MAX_DEPTH} "
                     "levels deep (fragments included); the standard introspection query "
-                    "(GraphiQL, gql, Apollo) fits: ask for what it asks", node))
+                    "(GraphiQL, gql, GraphQL Code Generator) fits: ask for what it asks",
+                    node))
             elif measured.lists > INTROSPECTION_MAX_LISTS:
                 self.report_error(GraphQLError(
                     f"the introspection query nests lists more than {INTROSPECTION_MAX_LISTS} "
