@@ -916,8 +916,14 @@ class _Connection:
             time.sleep(wait)
 
     def _stop_go(self) -> None:
-        """Go ``Stop`` under the process-wide lock (it writes Go's client maps)."""
+        """Go ``Stop`` under the process-wide lock (it writes Go's client maps), at most
+        once per client: both the stop thread and the connection thread's end come here,
+        and a second ``Stop`` is one more unsynchronised map write racing the next
+        client's start (goneonize ``Stop`` deletes from ``clients``, ``StopSignal`` and
+        ``eventChannel``)."""
         with _GO_LOCK:
+            if self._go_closed:
+                return
             self._go_closed = True
             if not self._go_entered:
                 return
