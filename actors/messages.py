@@ -447,6 +447,7 @@ class DeliveryReceipt:
     kind: str
     session: str = ""
     phone: str = ""
+    at: float = 0.0  # the receipt's own time (unix); 0: unknown, the outbox uses its own
 
 
 # ---- audit log ----------------------------------------------------------------

@@ -80,7 +80,7 @@ from actors.messages import (
 from actors.metrics import RefusalCounters
 from actors.pacing import WARMUP_SCOPE, Pacer, PacingRules
 from actors.policy import rate_overlimit_pause, retry_delay
-from actors.receipts import EarlyReceipts
+from actors.receipts import EarlyReceipts, receipt_time
 from actors.run_once import RunOnce
 from actors.session_machine import refuse_send
 from actors.transport.base import NOT_ON_WHATSAPP, RATE_OVERLIMIT, NumberInfo
@@ -324,7 +324,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                                   attempts=record["attempts"] + 1)
             self._answer(record["id"], _accepted(record, ""))
             for early in self.early_receipts.take(session, msg.wa_message_id, now):
-                record = self._receipt(record, early.kind, early.phone, now)
+                record = self._receipt(record, early.kind, early.phone, now, early.sent_at)
         elif msg.uncertain:
             self._uncertain(record, now, f"WhatsApp did not say whether it took the message "
                             f"({msg.error or msg.reason})", reason=msg.reason or "UNCERTAIN",
@@ -415,14 +415,16 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         now = time.time()
         record = self.store.by_wa_id(msg.wa_message_id, msg.session)
         if record is None:
-            self.early_receipts.hold(msg.session, msg.wa_message_id, msg.kind, msg.phone, now)
+            self.early_receipts.hold(msg.session, msg.wa_message_id, msg.kind, msg.phone, now,
+                                     msg.at)
             return
-        self._receipt(record, msg.kind, msg.phone, now)
+        self._receipt(record, msg.kind, msg.phone, now, msg.at)
 
-    def _receipt(self, record: dict[str, Any], kind: str, phone: str, now: float
-                 ) -> dict[str, Any]:
+    def _receipt(self, record: dict[str, Any], kind: str, phone: str, now: float,
+                 sent_at: float = 0.0) -> dict[str, Any]:
         """Apply a receipt from ``phone`` to ``record``: only its recipient confirms a
-        message (a LID the session could not map to a number confirms nothing)."""
+        message (a LID the session could not map to a number confirms nothing). The
+        state change carries the receipt's own time (``receipt_time``)."""
         assert self.store is not None
         state = kind.upper()
         if state not in RECEIPT_RANK:
@@ -435,7 +437,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if self.numbers is not None:
             self.numbers.confirm(phone)
         if RECEIPT_RANK.get(record["state"], -1) < RECEIPT_RANK[state]:
-            return self.store.transition(record, state, now)
+            # The history says when the device confirmed it; updated_at stays the
+            # moment the record changed (what retention counts from).
+            last_change = record["history"][-1][1] if record["history"] else now
+            return self.store.transition(record, state, receipt_time(sent_at, last_change, now),
+                                         updated_at=now)
         return record
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:

@@ -25,7 +25,8 @@ _PER_MESSAGE = 4  # delivered and read, from a few of the recipient's devices
 class HeldReceipt:
     kind: str  # "delivered" | "read"
     phone: str  # who sent it (digits; "" when a LID could not be mapped)
-    at: float  # when it arrived (unix time)
+    at: float  # when it arrived (unix time): what it ages by
+    sent_at: float = 0.0  # the receipt's own time (unix; 0: unknown)
 
 
 class EarlyReceipts:
@@ -43,14 +44,15 @@ class EarlyReceipts:
     def __len__(self) -> int:
         return self._count
 
-    def hold(self, session: str, wa_id: str, kind: str, phone: str, now: float) -> None:
+    def hold(self, session: str, wa_id: str, kind: str, phone: str, now: float,
+             sent_at: float = 0.0) -> None:
         """Keep a receipt until its message's result names ``wa_id`` (or it ages out)."""
         self._expire(now)
         key = (session, wa_id)
         held = self._held.setdefault(key, [])
         if len(held) >= _PER_MESSAGE:
             return  # enough to decide the message's state; more is only noise
-        held.append(HeldReceipt(kind, phone, now))
+        held.append(HeldReceipt(kind, phone, now, sent_at))
         self._count += 1
         while self._count > self.max_held:
             _, dropped = self._held.popitem(last=False)
@@ -70,3 +72,13 @@ class EarlyReceipts:
                 return
             del self._held[key]
             self._count -= len(held)
+
+
+def receipt_time(sent_at: float, record_time: float, now: float) -> float:
+    """The time a receipt's state change is recorded at: the receipt's own time (the
+    recipient's device wrote it), kept between the message's last change and ``now``.
+    A receipt cannot predate the send it confirms, nor come from the future; a device
+    clock that says so is wrong, and 0 (or NaN) means the engine did not say."""
+    if not sent_at > 0 or sent_at != sent_at:
+        return now
+    return min(max(sent_at, record_time), now)

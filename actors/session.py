@@ -379,7 +379,7 @@ class SessionActor(BridgedActor):
             # Until this process has heard from the outbox (it restarted after sending
             # the message, say), the supervisor knows where the outbox is.
             receipt = DeliveryReceipt(msg.event.message_id, msg.event.kind, self.session,
-                                      msg.event.phone)
+                                      msg.event.phone, msg.event.at)
             self.send(self.outbox if self.outbox is not None else self.parent, receipt)
             return
         if self.held is not None:  # keep the order behind a Connected being sealed

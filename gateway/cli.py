@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     receipt.add_argument("--from", dest="from_phone",
                          help="from another number than the message's recipient")
     receipt.add_argument("--session", help="to another session than the message's")
+    receipt.add_argument("--at", type=float, default=None,
+                         help="when the device wrote it (unix seconds; default now)")
     receipt.set_defaults(handler=cmd_sim_receipt)
 
     auto = sim_commands.add_parser(
@@ -333,7 +335,8 @@ def cmd_sim_fail_next(args: argparse.Namespace) -> int:
 def cmd_sim_receipt(args: argparse.Namespace) -> int:
     def receipt(server: Any) -> None:
         kind = "read" if args.read else "delivered"
-        entry = server.receipt(args.message_id, kind, args.lid, args.from_phone, args.session)
+        entry = server.receipt(args.message_id, kind, args.lid, args.from_phone, args.session,
+                               args.at)
         print(f"{kind} receipt for {args.message_id} from {entry['user']}@{entry['server']}")
 
     return _run_sim(args, receipt)

@@ -70,6 +70,10 @@ class Receipt:
     message_id: str
     kind: str
     phone: str = ""
+    # When the recipient's device sent it (unix time, from the receipt itself); 0 when
+    # the engine does not say. The message's DELIVERED/READ time is this one, not the
+    # moment the receipt happened to reach the outbox (it may have waited there).
+    at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

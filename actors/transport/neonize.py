@@ -59,9 +59,10 @@ any other login status              ``PairingClosed(status)`` + stop
 ``ConnectFailureEv``                ``Disconnected("connect failure <REASON>: <text>")``
 ``KeepAliveTimeoutEv`` (first)      ``Disconnected("keepalive timed out ...", recovering=True)``
 ``KeepAliveRestoredEv``             ``Connected(phone)`` (only after a keepalive timeout)
-``ReceiptEv`` DELIVERED / READ      one ``Receipt(id, "delivered" | "read", phone)`` per
-                                    id; a LID sender mapped to its number (``sender_pn``,
-                                    else the engine's LID store)
+``ReceiptEv`` DELIVERED / READ      one ``Receipt(id, "delivered" | "read", phone, at)``
+(INACTIVE counts as DELIVERED)      per id, ``at`` the receipt's own time; a LID sender
+                                    mapped to its number (``sender_pn``, else the
+                                    engine's LID store)
 ``connect()`` raises                ``Disconnected(<neonize error text>)``, unless the
                                     text is the pump's marshal error for an event it could
                                     not encode (``engine_events.event_for_call_end``): a
@@ -281,8 +282,7 @@ class _Api:
     receipt: type
     pair_status: type
     pair_status_error: int
-    receipt_delivered: int
-    receipt_read: int
+    receipt_kinds: dict[int, str]  # neonize Receipt.ReceiptType -> what the outbox records
     composing: Any  # ChatPresence.CHAT_PRESENCE_COMPOSING
     text_media: Any  # ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
 
@@ -365,8 +365,11 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             receipt=ReceiptEv,
             pair_status=PairStatusEv,
             pair_status_error=PairStatusEv.ERROR,
-            receipt_delivered=ReceiptEv.DELIVERED,
-            receipt_read=ReceiptEv.READ,
+            # INACTIVE is whatsmeow's "inactive" receipt (types.ReceiptTypeInactive): the
+            # message reached a device of the recipient's that has not been active lately
+            # (a companion device). That is a delivery all the same.
+            receipt_kinds={ReceiptEv.DELIVERED: "delivered", ReceiptEv.INACTIVE: "delivered",
+                           ReceiptEv.READ: "read"},
             composing=ChatPresence.CHAT_PRESENCE_COMPOSING,
             text_media=ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT,
         )
@@ -1132,13 +1135,13 @@ class _Connection:
 
     def _on_receipt(self, _client: Any, event: Any) -> None:
         with self._callback("receipt"):
-            kinds = {self.api.receipt_delivered: "delivered", self.api.receipt_read: "read"}
-            kind = kinds.get(event.Type)
+            kind = self.api.receipt_kinds.get(event.Type)
             if kind is None:
                 return  # played, read-self, retry ...: nothing the gateway tracks
             phone = self._peer_phone(event.MessageSource)
+            at = _unix_seconds(event.Timestamp) if event.Timestamp > 0 else 0.0
             for message_id in event.MessageIDs:
-                self._emit(Receipt(message_id=message_id, kind=kind, phone=phone))
+                self._emit(Receipt(message_id=message_id, kind=kind, phone=phone, at=at))
 
     def _peer_phone(self, source: Any) -> str:
         """The number of whoever a receipt (or message) came from: its chat's own number,

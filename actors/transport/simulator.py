@@ -260,13 +260,15 @@ class SimulatorServer:
         self._cache.set(_fail_key(session, kind), n, retry=True)
 
     def receipt(self, message_id: str, kind: str = "delivered", via_lid: bool = False,
-                from_phone: str | None = None, session: str | None = None) -> dict[str, Any]:
+                from_phone: str | None = None, session: str | None = None,
+                at: float | None = None) -> dict[str, Any]:
         """Have the recipient's device confirm a delivered message (``message_id`` as
         in ``inbox``): the session's client reports it within one poll interval.
 
         ``via_lid``: the receipt names the sender by LID, as WhatsApp increasingly
         does; the client maps it back with its LID store. ``from_phone`` and
-        ``session`` make it come from someone else, or reach another session.
+        ``session`` make it come from someone else, or reach another session; ``at``
+        is the time the device wrote it (unix; default now).
         """
         if kind not in RECEIPT_KINDS:
             raise SimulatorError(f"a receipt is one of {', '.join(RECEIPT_KINDS)}, not {kind!r}")
@@ -275,7 +277,9 @@ class SimulatorServer:
             raise SimulatorError(f"no delivered message has the id {message_id!r}; take one "
                                  "from `wagate sim inbox`")
         sender = _checked_phone(from_phone) if from_phone is not None else message["to"]
-        entry = {"id": message_id, "kind": kind, **_address(sender, via_lid)}
+        # Timed like a real receipt: when the recipient's device wrote it.
+        entry = {"id": message_id, "kind": kind, "at": time.time() if at is None else at,
+                 **_address(sender, via_lid)}
         self._queue_receipts(session or message["session"], [entry])
         return entry
 
@@ -477,6 +481,7 @@ class SimulatorServer:
         auto = self._cache.get(_AUTO_RECEIPT_KEY)
         if auto is not None:
             self._queue_receipts(session, [{"id": message["id"], "kind": auto["kind"],
+                                            "at": time.time(),
                                             **_address(recipient, auto["lid"])}])
         return SentMessage(message_id=message["id"], timestamp=message["time"])
 
@@ -776,7 +781,7 @@ class SimulatorTransport(Transport):
         """Report the receipts waiting on the server, a LID mapped to its number."""
         for entry in self._server._take_receipts(self._session):
             phone = peer_phone(entry["user"], entry["server"], (), self._lids.__getitem__)
-            self._emit(conn, Receipt(entry["id"], entry["kind"], phone))
+            self._emit(conn, Receipt(entry["id"], entry["kind"], phone, entry.get("at", 0.0)))
 
     def _emit(self, conn: _Connection, event: TransportEvent) -> bool:
         """Deliver ``event`` unless the connection was stopped; returns whether it was."""

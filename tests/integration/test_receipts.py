@@ -96,3 +96,28 @@ def test_receipts_from_anyone_but_the_recipient_or_via_another_session_change_no
     gw.sim("receipt", wa_id(gw, "other session's"), "--session", "other")
     wait_state(gw, theirs, "DELIVERED")
     assert record(gw, mine)["state"] == "DELIVERED"  # never READ
+
+
+def test_a_message_is_delivered_at_the_time_the_receipt_says(linked_gateway: Gateway) -> None:
+    """The recipient's device dates its receipt (the engine passes the time on): the
+    DELIVERED entry of the history is that time, not when the outbox got round to it.
+    The API gives whole seconds: the receipt is dated one second after SENT and
+    applied once the clock is two seconds past it, so the two times differ."""
+    import time
+    from datetime import datetime
+
+    def history_time(message_id: str, state: str) -> float:
+        result = gw.gql("query($id: ID!) { whatsAppMessage(id: $id) { history { state at } } }",
+                        {"id": message_id})
+        at = next(h["at"] for h in result.data["whatsAppMessage"]["history"]
+                  if h["state"] == state)
+        return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+
+    gw = linked_gateway
+    message = send(gw, RECIPIENT, "dated receipt")
+    wait_state(gw, message, "SENT")
+    device_time = history_time(message, "SENT") + 1.0
+    wait_for(lambda: time.time() > device_time + 2.0, 10.0, message="the clock to move on")
+    gw.sim("receipt", wa_id(gw, "dated receipt"), "--at", repr(device_time))
+    wait_state(gw, message, "DELIVERED")
+    assert history_time(message, "DELIVERED") == device_time

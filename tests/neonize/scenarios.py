@@ -442,7 +442,8 @@ class EventHarness:
         return self.proto.JID(User=user, RawAgent=0, Device=0, Integrator=0,
                               Server=server, IsEmpty=not user)
 
-    def receipt(self, ids: list[str], kind: int, chat: Any = None, alt: Any = None) -> Any:
+    def receipt(self, ids: list[str], kind: int, chat: Any = None, alt: Any = None,
+                timestamp: int = 1_700_000_000) -> Any:
         """A receipt from ``chat`` (a number by default); ``alt``: the number WhatsApp
         sends along with a LID (``sender_pn``), an empty address when it sends none."""
         chat = chat if chat is not None else self.jid("4917099999999")
@@ -452,7 +453,7 @@ class EventHarness:
                                           SenderAlt=alt, RecipientAlt=self.jid("", ""),
                                           BroadcastListOwner=self.jid("", ""))
         return self.proto.Receipt(MessageSource=source, MessageIDs=ids,
-                                  Timestamp=1_700_000_000, Type=kind)
+                                  Timestamp=timestamp, Type=kind)
 
 
 def keepalive(h: EventHarness) -> dict[str, Any]:
@@ -578,6 +579,9 @@ def events(workdir: Path) -> dict[str, Any]:
     h.feed(h.receipt(["3EB0AAA"], proto.Receipt.READ))
     h.feed(h.receipt(["3EB0AAA"], proto.Receipt.PLAYED))
     h.feed(h.receipt(["3EB0AAA"], proto.Receipt.READ_SELF))
+    # whatsmeow's "inactive": delivered to a device of the recipient's not active lately.
+    h.feed(h.receipt(["3EB0FFF"], proto.Receipt.INACTIVE, timestamp=1_700_000_123))
+    h.feed(h.receipt(["3EB0FFF"], proto.Receipt.DELIVERED, timestamp=0))  # no time given
     out["receipts"] = h.take()
     # Receipts from people WhatsApp names by LID: with the number sent along, through
     # the engine's LID store, and a LID nobody knows.

@@ -287,11 +287,20 @@ def test_sends_are_refused_locally_while_down(events: dict[str, Any]) -> None:
 
 
 def test_receipts_delivered_and_read_one_per_message_id(events: dict[str, Any]) -> None:
-    sender = "4917099999999"
+    """Each carries the receipt's own time (unix seconds in neonize's encoding); an
+    ``inactive`` receipt (a companion device not active lately) is a delivery."""
+    sender, at = "4917099999999", 1_700_000_000.0
     assert events["receipts"] == [
-        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "delivered", "phone": sender},
-        {"type": "Receipt", "message_id": "3EB0BBB", "kind": "delivered", "phone": sender},
-        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "read", "phone": sender},
+        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "delivered", "phone": sender,
+         "at": at},
+        {"type": "Receipt", "message_id": "3EB0BBB", "kind": "delivered", "phone": sender,
+         "at": at},
+        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "read", "phone": sender,
+         "at": at},
+        {"type": "Receipt", "message_id": "3EB0FFF", "kind": "delivered", "phone": sender,
+         "at": 1_700_000_123.0},
+        {"type": "Receipt", "message_id": "3EB0FFF", "kind": "delivered", "phone": sender,
+         "at": 0.0},
     ]
 
 
@@ -301,10 +310,11 @@ def test_receipts_from_a_lid_carry_the_phone_number_behind_it(events: dict[str, 
     for); a LID it does not know leaves the number empty rather than a LID's digits."""
     assert events["lid_receipts"] == [
         {"type": "Receipt", "message_id": "3EB0CCC", "kind": "delivered",
-         "phone": "4917077777777"},
+         "phone": "4917077777777", "at": 1_700_000_000.0},
         {"type": "Receipt", "message_id": "3EB0DDD", "kind": "delivered",
-         "phone": "4917088888888"},
-        {"type": "Receipt", "message_id": "3EB0EEE", "kind": "read", "phone": ""},
+         "phone": "4917088888888", "at": 1_700_000_000.0},
+        {"type": "Receipt", "message_id": "3EB0EEE", "kind": "read", "phone": "",
+         "at": 1_700_000_000.0},
     ]
     assert events["lid_lookups"] == ["123456789012345@lid", "999000111@lid"]
 

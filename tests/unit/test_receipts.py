@@ -87,3 +87,25 @@ def test_bounds_must_be_usable() -> None:
         EarlyReceipts(max_held=0)
     with pytest.raises(ValueError):
         EarlyReceipts(max_age=float("nan"))
+
+
+def test_a_receipt_is_recorded_at_its_own_time_within_what_is_possible() -> None:
+    """The device's time, but never before the send it confirms nor in the future;
+    0 or NaN (the engine did not say) is the moment the outbox applies it."""
+    from actors.receipts import receipt_time
+
+    assert receipt_time(1_000.0, record_time=900.0, now=1_100.0) == 1_000.0
+    assert receipt_time(800.0, record_time=900.0, now=1_100.0) == 900.0
+    assert receipt_time(5_000.0, record_time=900.0, now=1_100.0) == 1_100.0
+    for unknown in (0.0, -1.0, float("nan"), float("-inf")):
+        assert receipt_time(unknown, record_time=900.0, now=1_100.0) == 1_100.0
+    assert receipt_time(float("inf"), record_time=900.0, now=1_100.0) == 1_100.0
+
+
+def test_a_held_receipt_keeps_its_own_time() -> None:
+    from actors.receipts import EarlyReceipts
+
+    held = EarlyReceipts()
+    held.hold("s", "3EB0", "delivered", "4917", now=100.0, sent_at=95.0)
+    (receipt,) = held.take("s", "3EB0", now=101.0)
+    assert (receipt.at, receipt.sent_at) == (100.0, 95.0)
