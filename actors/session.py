@@ -277,6 +277,9 @@ class SessionActor(BridgedActor):
             self.store_problem = (f"cannot open the stored credentials: {exc}; configure the "
                                   "key they were encrypted with and restart wagate")
             return
+        if self.store.recovered:
+            log.warning("sealed the state a crashed session process left after its last "
+                        "checkpoint", stores=self.store.recovered)
         if self.store.cleared:
             log.warning("removed working copies left by a crashed session process",
                         count=len(self.store.cleared))

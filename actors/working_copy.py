@@ -13,9 +13,18 @@ written or deleted is recorded there, and an older copy is refused on open
 (``actors.store_generations``).
 
 A crashed session process cannot remove its working copy; the next start of the same
-session (or of the gateway) removes it. Every working directory holds an exclusive
-``flock`` on its ``.lock`` file while its process lives, so only copies whose owner
-is gone are ever removed, whatever happened to process ids in between.
+session (or of the gateway) first seals what it holds, then removes it. The engine
+goes on changing its store between checkpoints (whatsmeow moves Signal sessions and
+prekeys forward with every message), and its SQLite file in WAL mode is consistent
+after any crash, so the orphaned copy is the newest state there is: resuming from the
+last checkpoint instead would move those keys back in time, and recipients would get
+messages they cannot decrypt until the retries run. An orphan is sealed only if it is
+still the last writer of its store (``.base`` in the working directory records the
+generation and digest each store had at the copy's last checkpoint; a sealed store
+that moved on since, written by a later process or another host, is never overwritten).
+Every working directory holds an exclusive ``flock`` on its ``.lock`` file while its
+process lives, so only copies whose owner is gone are ever touched, whatever happened
+to process ids in between.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -35,6 +45,7 @@ from actors.sealed_store import (
     FORMAT_VERSION,
     SQLITE_COMPANIONS,
     STORE_FILES,
+    StoreError,
     StoreId,
     StoreKey,
     fsync_dir,
@@ -53,6 +64,7 @@ from actors.transport.base import check_session_id, make_private_dir
 from gateway.config import EncryptionConfig
 
 LOCK_NAME = ".lock"
+BASE_NAME = ".base"  # {store: [generation, sha256 hex]} of the copy's last checkpoint
 STORE_SUBDIR = "store"
 
 
@@ -100,6 +112,86 @@ def clear_stale(root: Path, tag: str, session: str | None = None) -> list[Path]:
     return removed
 
 
+def seal_orphans(root: Path, tag: str, data_dir: Path, key: StoreKey, enc: EncryptionConfig,
+                 sessions_dir: Path | None = None, session: str | None = None) -> list[str]:
+    """Seal the stores of working copies (of ``session``, or of every session of the
+    gateway ``tag``) whose owning process is gone, where they are newer than their
+    sealed file and still its last writer. Returns ``session/store`` for each store
+    sealed. The copies stay for ``clear_stale``; a store that cannot be read is left
+    as it is sealed (logged by the caller through the return value's absence)."""
+    sealed: list[str] = []
+    if not root.is_dir():
+        return sealed
+    uid = os.getuid()
+    prefix = _prefix(tag, session)
+    for entry in sorted(root.glob(prefix + "*")):
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or _owner_alive(entry):
+            continue
+        name = session if session is not None else entry.name[len(prefix):].rsplit(".", 1)[0]
+        try:
+            check_session_id(name)
+        except ValueError:
+            continue
+        sealed += [f"{name}/{store}" for store in
+                   _seal_orphan(entry, data_dir, name, key, enc, sessions_dir)]
+    return sealed
+
+
+def _seal_orphan(directory: Path, data_dir: Path, session: str, key: StoreKey,
+                 enc: EncryptionConfig, sessions_dir: Path | None) -> list[str]:
+    """Seal each store of one orphaned working copy that changed since its last
+    checkpoint, if that checkpoint is still the sealed generation."""
+    base = _read_base(directory)
+    sealed_dir = (data_dir / "sessions" if sessions_dir is None else sessions_dir) / session
+    ledger = open_ledger(enc.generations_file, data_dir)
+    written = []
+    for name, kind in STORE_FILES.items():
+        if name not in base:
+            continue  # never checkpointed by this copy (or an older wagate): unknown
+        generation, digest = base[name]
+        try:
+            with open(sealed_dir / name, "rb") as handle:
+                current = sealed_generation(handle.read(64))
+        except FileNotFoundError:
+            continue  # deleted since (a logout, a forgotten session): stays deleted
+        if current != generation:
+            continue  # sealed again since this copy's last checkpoint: that one is newer
+        try:
+            plain = snapshot(directory / STORE_SUBDIR / name, kind)
+        except (OSError, StoreError):
+            continue
+        if plain is None or hashlib.sha256(plain).hexdigest() == digest:
+            continue
+        make_private_dir(sealed_dir)
+        _seal_next(sealed_dir, ledger, session, name, key, plain, current)
+        written.append(name)
+    return written
+
+
+def _read_base(directory: Path) -> dict[str, tuple[int, str]]:
+    try:
+        raw = json.loads((directory / BASE_NAME).read_text(encoding="utf-8"))
+        return {str(k): (int(v[0]), str(v[1])) for k, v in raw.items()}
+    except (OSError, ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return {}
+
+
+def _seal_next(sealed_dir: Path, ledger: GenerationLedger | None, session: str, name: str,
+               key: StoreKey, plain: bytes, current: int) -> int:
+    """Seal ``plain`` as the next generation of store ``name``, then record it (in
+    that order: a crash between leaves a store newer than its record, which opens)."""
+    floor = ledger.floor(session, name) if ledger is not None else 0
+    generation = max(current, floor) + 1
+    write_atomic(sealed_dir / name, seal(key, plain, StoreId(session, name), generation))
+    if ledger is not None:
+        ledger.record(session, name, generation)
+    return generation
+
+
 def _owner_alive(directory: Path) -> bool:
     try:
         fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -142,6 +234,8 @@ class WorkingCopy:
         self._generations: dict[str, int] = {}  # store -> generation of its sealed file
         root = work_root(enc)
         tag = gateway_tag(data_dir)
+        # What a crashed process of this session changed after its last checkpoint.
+        self.recovered = seal_orphans(root, tag, data_dir, key, enc, sessions_dir, session)
         self.cleared = clear_stale(root, tag, session)
         root.mkdir(parents=True, exist_ok=True)  # never chmod a shared root like /dev/shm
         self.path = Path(tempfile.mkdtemp(prefix=_prefix(tag, session), dir=root))
@@ -190,12 +284,16 @@ class WorkingCopy:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(plain)
             self._seen[name] = _Seen(_signature(target, kind), hashlib.sha256(plain).digest())
+        self._write_base()
 
     def checkpoint(self) -> list[str]:
         """Seal what changed since the last checkpoint; returns what was written
         (``name``) or deleted (``-name``). Safe to call at any time, from any thread."""
         with self._lock:
-            return self._checkpoint()
+            changes = self._checkpoint()
+            if changes:
+                self._write_base()
+            return changes
 
     def forget(self) -> None:
         """A logout: delete the stores, sealed and working, of this session (and
@@ -209,6 +307,7 @@ class WorkingCopy:
                         remove_sqlite_companions(directory / name)
                 self._bury(name)
             self._seen.clear()
+            self._write_base()
             if self.sealed_dir.is_dir():
                 fsync_dir(self.sealed_dir)
 
@@ -256,15 +355,15 @@ class WorkingCopy:
         return changes
 
     def _write_sealed(self, name: str, plain: bytes, current: int) -> int:
-        """Seal ``plain`` as the next generation of store ``name``, then record it (in
-        that order: a crash between leaves a store newer than its record, which opens)."""
-        floor = self.ledger.floor(self.session, name) if self.ledger is not None else 0
-        generation = max(current, floor) + 1
-        write_atomic(self.sealed_dir / name,
-                     seal(self.key, plain, StoreId(self.session, name), generation))
-        if self.ledger is not None:
-            self.ledger.record(self.session, name, generation)
-        return generation
+        return _seal_next(self.sealed_dir, self.ledger, self.session, name, self.key, plain,
+                          current)
+
+    def _write_base(self) -> None:
+        """Record what each sealed store holds of this copy (``seal_orphans`` reads it
+        if this process dies before its next checkpoint)."""
+        base = {name: [self._generations[name], seen.digest.hex()]
+                for name, seen in self._seen.items() if name in self._generations}
+        write_atomic(self.path / BASE_NAME, json.dumps(base).encode())
 
     def _bury(self, name: str) -> None:
         """The sealed store ``name`` was deleted: no copy of it may come back."""

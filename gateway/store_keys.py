@@ -46,7 +46,7 @@ from actors.sealed_store import (
     write_atomic,
 )
 from actors.store_generations import GenerationLedger, open_ledger
-from actors.working_copy import clear_stale, gateway_tag, work_root
+from actors.working_copy import clear_stale, gateway_tag, seal_orphans, work_root
 from gateway.config import Config
 
 log = structlog.get_logger("wagate.stores")
@@ -213,7 +213,7 @@ def check_stores(config: Config) -> StoreKey | None:
             Path(enc.key_file).expanduser()):
         log.warning("the storage key file can be read by other users; chmod 600 it",
                     key_file=enc.key_file)
-    _check_work_root(config)
+    _check_work_root(config, key)
     ledger = _ledger(config, verify=True)
     problems, legacy = [], []
     for store in stores:
@@ -249,8 +249,10 @@ def check_stores(config: Config) -> StoreKey | None:
     return key
 
 
-def _check_work_root(config: Config) -> None:
-    """The decrypted working copies must not land in data_dir, and must be possible."""
+def _check_work_root(config: Config, key: StoreKey) -> None:
+    """The decrypted working copies must not land in data_dir, and must be possible.
+    Copies crashed session processes left are sealed (when newer than their sealed
+    stores, ``seal_orphans``), then removed."""
     data = config.data_path
     root = work_root(config.encryption)
     if is_inside(root, data):
@@ -266,6 +268,11 @@ def _check_work_root(config: Config) -> None:
     if not os.access(root, os.W_OK | os.X_OK):
         raise StoreCheckError(f"encryption.work_dir {root} is not writable by this user; "
                               "choose another directory")
+    recovered = seal_orphans(root, gateway_tag(data), data, key, config.encryption,
+                             config.sessions_path)
+    if recovered:
+        log.warning("sealed the newer state that crashed session processes left in their "
+                    "working copies", stores=recovered)
     cleared = clear_stale(root, gateway_tag(data))
     if cleared:
         log.warning("removed decrypted working copies left by crashed session processes",

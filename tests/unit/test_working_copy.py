@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -232,3 +233,108 @@ def base64_text(key: StoreKey) -> str:
     import base64
 
     return base64.urlsafe_b64encode(key.secret).decode()
+
+
+def _crash_between_checkpoints(tmp_path: Path, key: StoreKey, enc: EncryptionConfig,
+                               data: Path) -> Path:
+    """A session process that checkpoints its engine store (row "old"), goes on
+    writing (row "new", committed to the WAL only, as whatsmeow does with keys between
+    checkpoints), and is killed with SIGKILL. Returns its orphaned working copy."""
+    key_file = tmp_path / "store.key"
+    key_file.write_text(base64_text(key))
+    script = textwrap.dedent(f"""
+        import sqlite3, sys, time
+        from pathlib import Path
+        from actors.sealed_store import parse_key
+        from actors.working_copy import WorkingCopy
+        from gateway.config import EncryptionConfig
+        key = parse_key(Path({str(key_file)!r}).read_text(), "file")
+        enc = EncryptionConfig(work_dir={enc.work_dir!r})
+        copy = WorkingCopy(Path({str(data)!r}), "s1", key, enc)
+        engine = sqlite3.connect(copy.store_dir / "neonize.db", isolation_level=None)
+        engine.execute("PRAGMA journal_mode=WAL")
+        engine.execute("PRAGMA wal_autocheckpoint=0")  # everything stays in the WAL
+        engine.execute("CREATE TABLE IF NOT EXISTS keys (name TEXT)")
+        engine.execute("INSERT INTO keys VALUES ('old')")
+        assert copy.checkpoint() == ["neonize.db"]
+        engine.execute("INSERT INTO keys VALUES ('new')")
+        print(copy.path, flush=True)
+        time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             text=True, cwd=ROOT)
+    try:
+        orphan = Path(child.stdout.readline().strip())  # type: ignore[union-attr]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        child.stdout.close()  # type: ignore[union-attr]
+    assert (orphan / "store" / "neonize.db-wal").is_file()  # the newer state is there only
+    return orphan
+
+
+def _sealed_rows(data: Path, key: StoreKey, tmp_path: Path) -> list[str]:
+    sealed = (data / "sessions" / "s1" / "neonize.db").read_bytes()
+    plain = tmp_path / "plain.db"
+    plain.write_bytes(unseal(key, sealed, "db", StoreId("s1", "neonize.db")))
+    with contextlib.closing(sqlite3.connect(plain)) as db:
+        return [row[0] for row in db.execute("SELECT name FROM keys ORDER BY rowid")]
+
+
+def test_a_crash_between_checkpoints_keeps_the_newer_engine_state(
+        tmp_path: Path, key: StoreKey, enc: EncryptionConfig) -> None:
+    """The orphaned working copy is sealed before it is removed: the next start of
+    the session resumes the engine's newest keys, not the last checkpoint's."""
+    data = tmp_path / "data"
+    orphan = _crash_between_checkpoints(tmp_path, key, enc, data)
+    assert _sealed_rows(data, key, tmp_path) == ["old"]  # the last checkpoint
+    copy = WorkingCopy(data, "s1", key, enc)
+    try:
+        assert copy.recovered == ["s1/neonize.db"]
+        assert copy.cleared == [orphan] and not orphan.exists()
+        with contextlib.closing(sqlite3.connect(copy.store_dir / "neonize.db")) as db:
+            assert [r[0] for r in db.execute("SELECT name FROM keys ORDER BY rowid")] == [
+                "old", "new"]
+    finally:
+        copy.close()
+    assert _sealed_rows(data, key, tmp_path) == ["old", "new"]
+    assert working_dirs(enc) == []
+
+
+def test_an_orphan_never_overwrites_a_store_sealed_after_it(
+        tmp_path: Path, key: StoreKey, enc: EncryptionConfig) -> None:
+    """Another process (or host) sealed the store after the crashed one's last
+    checkpoint: that store is newer than the orphan, which is only removed."""
+    from actors.sealed_store import sealed_generation
+
+    data = tmp_path / "data"
+    orphan = _crash_between_checkpoints(tmp_path, key, enc, data)
+    path = data / "sessions" / "s1" / "neonize.db"
+    later = tmp_path / "later.db"
+    with contextlib.closing(sqlite3.connect(later)) as db:
+        db.execute("CREATE TABLE keys (name TEXT)")
+        db.execute("INSERT INTO keys VALUES ('later')")
+        db.commit()
+    generation = sealed_generation(path.read_bytes()) + 1
+    write_atomic(path, seal(key, later.read_bytes(), StoreId("s1", "neonize.db"), generation))
+    from actors.working_copy import seal_orphans
+
+    assert seal_orphans(Path(enc.work_dir), gateway_tag(data), data, key, enc) == []
+    assert orphan.is_dir()  # sealing never removes: clear_stale does
+    assert _sealed_rows(data, key, tmp_path) == ["later"]
+    assert clear_stale(Path(enc.work_dir), gateway_tag(data)) == [orphan]
+
+
+def test_the_gateways_start_seals_orphans_of_every_session(
+        tmp_path: Path, key: StoreKey, enc: EncryptionConfig) -> None:
+    """``wagate serve`` checks the stores before any session starts
+    (``gateway.store_keys.check_stores``): it seals orphans by session name."""
+    from actors.working_copy import seal_orphans
+
+    data = tmp_path / "data"
+    orphan = _crash_between_checkpoints(tmp_path, key, enc, data)
+    assert seal_orphans(Path(enc.work_dir), gateway_tag(data), data, key, enc) == [
+        "s1/neonize.db"]
+    assert _sealed_rows(data, key, tmp_path) == ["old", "new"]
+    assert seal_orphans(Path(enc.work_dir), gateway_tag(data), data, key, enc) == []  # once
+    assert clear_stale(Path(enc.work_dir), gateway_tag(data)) == [orphan]
