@@ -86,6 +86,14 @@ class TransportConfig:
     # after its event pump died on a ban it could not encode, its log line with the
     # ban's end. Without it by this deadline, the bare status is reported.
     engine_detail_seconds: float = 2.0
+    # The name the phone lists this linked device under (Linked devices); the engine's
+    # own default is "Neonize". Shown at pairing: changing it later renames nothing.
+    device_name: str = "wagate"
+    # The real engine opens a store container (a database pool) for every client it
+    # creates and never closes it; a session makes a client per connect attempt,
+    # watchdog restart or event-pump death. After this many clients the session process
+    # is retired and started afresh (its connection resumes, nothing is lost).
+    max_clients_per_process: int = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +161,10 @@ class DeliveryConfig:
     # for every 429 right after a pause, up to the max (never below the pause).
     rate_overlimit_pause_seconds: float = 60.0
     rate_overlimit_max_pause_seconds: float = 900.0
+    # A message SENT this long without a delivery receipt is flagged (the API's
+    # deliveryUnconfirmed, /metrics, a health warning): WhatsApp's ack only says the
+    # server took it, and the engine skips recipient devices it cannot encrypt for.
+    unconfirmed_after_seconds: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +356,8 @@ RANGES: dict[str, Range] = {
     "delivery.rate_overlimit_pause_seconds": _DAY,
     "delivery.rate_overlimit_max_pause_seconds": _DAY,
     "transport.send_deadline_seconds": _SECONDS,
+    "delivery.unconfirmed_after_seconds": Range(0, 604800, above=True),
+    "transport.max_clients_per_process": Range(1, 10000),
     "supervisor.restart_backoff_seconds": Range(0, 3600),
     "supervisor.restart_budget": Range(1, 1000),
     "supervisor.restart_window_seconds": Range(0, 604800, above=True),
@@ -408,7 +422,16 @@ def _checked(config: Config) -> Config:
     _check_cluster(config.cluster)
     _check_without_tokens(config)
     _check_pacing(config)
+    _check_device_name(config.transport.device_name)
     return config
+
+
+def _check_device_name(name: str) -> None:
+    """The phone shows it in a list: printable, 1 to 50 characters."""
+    if not 1 <= len(name) <= 50 or not name.isprintable() or name != name.strip():
+        raise ConfigError(
+            f"transport.device_name ({name!r}) must be 1 to 50 printable characters without "
+            "leading or trailing spaces: it is what the phone's Linked devices list shows")
 
 
 def _check_without_tokens(config: Config) -> None:

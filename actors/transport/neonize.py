@@ -285,6 +285,8 @@ class _Api:
     receipt_kinds: dict[int, str]  # neonize Receipt.ReceiptType -> what the outbox records
     composing: Any  # ChatPresence.CHAT_PRESENCE_COMPOSING
     text_media: Any  # ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+    device_props: Callable[[str], Any]  # our DeviceProps for a device name
+    pairing_client_type: Any  # ClientType.FIREFOX: what PairPhone says without props
 
 
 class _DaemonThread(threading.Thread):
@@ -339,8 +341,9 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
                 TemporaryBanEv,
             )
             from neonize.exc import NeonizeError
+            from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
             from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
-            from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+            from neonize.utils.enum import ChatPresence, ChatPresenceMedia, ClientType
             from neonize.utils.jid import build_jid
         finally:
             root.handlers[:] = handlers  # undo neonize's logging.basicConfig
@@ -372,6 +375,10 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
                            ReceiptEv.READ: "read"},
             composing=ChatPresence.CHAT_PRESENCE_COMPOSING,
             text_media=ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT,
+            # neonize's own default is os="Neonize", platform Safari: keep the platform
+            # (how WhatsApp shows the device's icon), name it as configured.
+            device_props=lambda name: DeviceProps(os=name, platformType=DeviceProps.SAFARI),
+            pairing_client_type=ClientType.FIREFOX,
         )
         return _API
 
@@ -554,7 +561,11 @@ class NeonizeTransport(Transport):
         digits = "".join(c for c in phone if c.isdigit())
         with conn.go_call():
             try:
-                return str(conn.client.PairPhone(digits, show_push_notification=True))
+                # The client type is given: with device properties set, neonize would
+                # read it from their platformType, whose numbers are another enum's
+                # (Safari's 5 is ClientType OPERA), and the phone would be told "Opera".
+                return str(conn.client.PairPhone(digits, show_push_notification=True,
+                                                 client_type=self._api.pairing_client_type))
             except self._api.neonize_error as exc:
                 raise SendError("PAIRING_FAILED", str(exc), permanent=True) from exc
 
@@ -689,7 +700,11 @@ class _Connection:
         self.uuid = uuid
         api = transport._api
         self.api = api
-        self.client: Any = api.client_class(transport._dsn(), uuid=uuid)
+        # Our device properties: the phone lists the device under this name (neonize's
+        # default would be "Neonize"). neonize merges them into whatsmeow's
+        # store.DeviceProps at connect (goneonize main.go Neonize).
+        props = api.device_props(transport._config.transport.device_name)
+        self.client: Any = api.client_class(transport._dsn(), props=props, uuid=uuid)
         with _KEEP_ALIVE_LOCK:
             _KEEP_ALIVE.append(self.client)  # never collected: see the module docstring
         # neonize also stops every client at interpreter exit, from the main thread

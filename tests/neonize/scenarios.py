@@ -511,7 +511,9 @@ def events(workdir: Path) -> dict[str, Any]:
     out["qr_payload"] = payload.decode()
     out["pair_code"] = h.transport.request_pairing_code("+49 170 1234-5678")
     out["pair_params"] = {"phone": h.go.pair_calls[-1].phone,
-                          "push": h.go.pair_calls[-1].showPushNotification}
+                          "push": h.go.pair_calls[-1].showPushNotification,
+                          "client_type": h.go.pair_calls[-1].clientType,
+                          "display_name": h.go.pair_calls[-1].clientDisplayName}
     h.go.pair_error = "websocket not connected"
     try:
         h.transport.request_pairing_code("4917012345678")
@@ -683,6 +685,9 @@ class FakeGoSession(FakeGo):
                 subscribers: Any, n_subscribers: int, props: bytes, props_size: int,
                 pairphone: bytes, pairphone_size: int, proxy: Any) -> bytes:
         self.subscribed = sorted(bytes(subscribers)[:n_subscribers])
+        from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
+
+        self.props = DeviceProps.FromString(bytes(props[:props_size]))
         self.log_level = log_level
         self.proxy_given = proxy is not None
         self.thread = threading.current_thread().name
@@ -727,6 +732,7 @@ def fake_session(workdir: Path) -> dict[str, Any]:
                     if type_.__name__ in wanted}
     out["log_level"] = go.log_level.decode()
     out["proxy_given"] = go.proxy_given
+    out["device_props"] = {"os": go.props.os, "platform": go.props.platformType}
     out["connect_again_is_noop"] = transport._open(sink) is None
     before_close = time.monotonic()
     transport.close()

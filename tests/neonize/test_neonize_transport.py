@@ -205,7 +205,10 @@ def test_qr_codes_pass_the_payload_through_with_their_lifetimes(events: dict[str
 def test_pairing_code_only_while_pairing(events: dict[str, Any]) -> None:
     assert events["pair_before_qr"]["reason"] == "NOT_PAIRING"
     assert events["pair_code"] == "ABCD-EFGH"
-    assert events["pair_params"] == {"phone": "4917012345678", "push": True}
+    # The phone is told "Firefox (Linux)" as without device properties: with ours set,
+    # neonize would take their Safari (5) for ClientType 5, OPERA.
+    assert events["pair_params"] == {"phone": "4917012345678", "push": True,
+                                     "client_type": 3, "display_name": "Firefox (Linux)"}
     assert events["pair_error"] == {"reason": "PAIRING_FAILED", "permanent": True,
                                     "message": "websocket not connected"}
 
@@ -396,6 +399,12 @@ def test_handlers_are_subscribed_before_go_starts(fake_session: dict[str, Any]) 
     assert fake_session["subscribed"] == sorted(fake_session["codes"].values())
     assert fake_session["log_level"] == "WARN"  # not every Go DEBUG line through the FFI
     assert fake_session["proxy_given"] is True
+
+
+def test_go_gets_our_device_properties_not_neonizes(fake_session: dict[str, Any]) -> None:
+    """The phone's Linked devices list shows transport.device_name ("wagate" by default),
+    not "Neonize"; the platform (Safari, 5) stays what neonize used."""
+    assert fake_session["device_props"] == {"os": "wagate", "platform": 5}
 
 
 def test_callbacks_arrive_on_neonizes_worker_thread(fake_session: dict[str, Any]) -> None:

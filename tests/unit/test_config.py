@@ -410,3 +410,15 @@ def test_typing_must_end_before_a_waiting_caller_times_out(tmp_path: Path) -> No
         load_config(write(tmp_path, "[pacing]\ntyping_seconds = 31\n"))
     assert load_config(write(tmp_path, "[pacing]\ntyping_seconds = 2.5\n")
                        ).pacing.typing_seconds == 2.5
+
+
+@pytest.mark.parametrize("name", ["", " wagate", "wa\ngate", "x" * 51])
+def test_the_device_name_must_be_something_a_phone_can_list(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"transport\.device_name"):
+        config_from_dict({"transport": {"device_name": name}})
+
+
+def test_the_device_name_defaults_to_wagate() -> None:
+    assert Config().transport.device_name == "wagate"
+    assert config_from_dict({"transport": {"device_name": "Acme alerts"}}
+                            ).transport.device_name == "Acme alerts"
