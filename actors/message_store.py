@@ -186,6 +186,15 @@ class MessageStore:
             updated[flag] = bool(updated[flag])
         return updated
 
+    def unconfirmed(self, sent_before: float) -> dict[str, int]:
+        """Messages per session still SENT (no delivery receipt) since before
+        ``sent_before``: WhatsApp's server took them, but no device of the recipient's
+        has said so (the engine skips devices it cannot encrypt for, and the server may
+        drop what it acked). Records leave this count with retention."""
+        rows = self.db.execute("SELECT session, COUNT(*) FROM messages WHERE state = 'SENT' "
+                               "AND updated_at < ? GROUP BY session", (sent_before,))
+        return {str(session): int(count) for session, count in rows}
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Several changes in one transaction (one commit instead of one each)."""
@@ -336,6 +345,12 @@ def key_verdict(earlier: dict[str, Any], requester: str, phone: str, text: str) 
     if same:
         return "duplicate"
     return "reused" if earlier["requester"] == requester else "unrelated"
+
+
+def delivery_unconfirmed(record: dict[str, Any], now: float, after_seconds: float) -> bool:
+    """Whether ``record`` is SENT and has been for longer than ``after_seconds`` with no
+    delivery receipt (its SENT time is its last change: a receipt moves it on)."""
+    return record["state"] == "SENT" and now - record["updated_at"] > after_seconds
 
 
 def public_record(record: dict[str, Any]) -> dict[str, Any]:

@@ -492,8 +492,12 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.store.reached if self.store is not None else {},
             self.limits.usage_ratios(now) if self.limits is not None else {},
             self.uncertain_total)
+        unconfirmed = (self.store.unconfirmed(
+            now - self.config.delivery.unconfirmed_after_seconds)
+            if self.store is not None and self.config is not None else {})
         report = replace(msg.report, queue_depth=sum(by_session.values()), limiter=usage,
                          queue_by_session=by_session, uncertain_total=self.uncertain_total,
+                         unconfirmed_by_session=unconfirmed,
                          worker_pids={**msg.report.worker_pids, "outbox": os.getpid()},
                          outbox_metrics=metrics)
         self.send(msg.reply_to, Ok(report, request_id=msg.request_id))

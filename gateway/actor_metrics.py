@@ -90,6 +90,13 @@ class ActorCollector:
         for name in sorted(names):
             queue.add_metric([name], float(report.queue_by_session.get(name, 0)))
         yield queue
+        unconfirmed = GaugeMetricFamily(
+            "wagate_messages_unconfirmed", "messages SENT longer than "
+            "delivery.unconfirmed_after_seconds with no delivery receipt (the server took "
+            "them; no device of the recipient's confirmed)", labels=["session"])
+        for name in sorted(names | set(report.unconfirmed_by_session)):
+            unconfirmed.add_metric([name], float(report.unconfirmed_by_session.get(name, 0)))
+        yield unconfirmed
         if not self.whole:
             return  # the counters below are of every session together
         messages = CounterMetricFamily("wagate_messages_total", "messages that reached each "

@@ -55,7 +55,8 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
     some sessions) limits it to those sessions and figures computed from them: no
     process ids, no uncertain count, no daily usage (gateway/scope.py)."""
     report = scoped_report(report, scope)
-    sessions = [_session_health(s, now) for s in report.sessions]
+    sessions = [_session_health(s, now, report.unconfirmed_by_session.get(s.session, 0))
+                for s in report.sessions]
     # A cluster member refused for running another wagate needs the operator too.
     degraded = (any(s["state"] in ("RECONNECTING", "FAILED") for s in sessions)
                 or any(h.get("refused") for h in report.hosts))
@@ -73,6 +74,8 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
         # The hosts of the cluster (one, this one, on a single host) with their sessions,
         # the wagate each runs, and why a member was refused (another wagate).
         "hosts": [dict(h) for h in report.hosts],
+        # Things an operator should look at that do not stop the gateway working.
+        "warnings": health_warnings(report),
     }
     if scope is None:  # gateway-wide: only for callers that see every session
         queue["uncertainTotal"] = report.uncertain_total
@@ -81,7 +84,24 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
     return document
 
 
-def _session_health(status: SessionStatus, now: float) -> dict[str, Any]:
+def health_warnings(report: HealthReport) -> list[dict[str, Any]]:
+    """What needs an operator's eye without making the gateway "degraded": messages
+    whose delivery no device confirmed, and sessions WhatsApp refuses as outdated."""
+    warnings: list[dict[str, Any]] = []
+    for session, count in sorted(report.unconfirmed_by_session.items()):
+        if count > 0:
+            warnings.append({
+                "code": "DELIVERY_UNCONFIRMED", "session": session, "count": count,
+                "message": f"{count} message(s) of session '{session}' were taken by WhatsApp's "
+                           "server but no device of the recipient's confirmed them: list them "
+                           "with whatsAppMessages(state: \"SENT\") (deliveryUnconfirmed) and "
+                           "check the recipients' numbers; many at once can mean the session's "
+                           "encryption keys are broken (re-link it)"})
+    return warnings
+
+
+def _session_health(status: SessionStatus, now: float, unconfirmed: int = 0
+                    ) -> dict[str, Any]:
     return {
         "session": status.session,
         "state": status.state.value,
@@ -96,4 +116,5 @@ def _session_health(status: SessionStatus, now: float) -> dict[str, Any]:
                           if status.connected_since else 0.0),
         "pid": status.pid,
         "host": status.host,
+        "unconfirmedMessages": unconfirmed,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import time
 import uuid
 from collections.abc import Callable
 from importlib import resources
@@ -25,7 +26,7 @@ from graphql import (
     get_named_type,
 )
 
-from actors.message_store import STATES
+from actors.message_store import STATES, delivery_unconfirmed
 from actors.messages import (
     BRIDGE_STATES,
     Accepted,
@@ -259,6 +260,8 @@ def build_schema() -> GraphQLSchema:
     message.set_field("error", lambda r, _: r["error"] or None)
     message.set_field("validUntil", lambda r, _: iso_time(r["valid_until"]))
     message.set_field("idempotencyKey", lambda r, _: r["idempotency_key"])
+    message.set_field("deliveryUnconfirmed", lambda r, info: delivery_unconfirmed(
+        r, time.time(), _config(info).delivery.unconfirmed_after_seconds))
     message.set_field("history", lambda r, _: [
         {"state": state, "at": iso_time(at), "reason": reason or None}
         for state, at, reason in r["history"]])

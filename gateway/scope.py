@@ -45,6 +45,9 @@ def scoped_report(report: HealthReport, scope: Scope) -> HealthReport:
                   if name in scope}
     return replace(report, sessions=sessions, queue_by_session=by_session,
                    queue_depth=sum(by_session.values()),
+                   unconfirmed_by_session={name: count for name, count
+                                           in report.unconfirmed_by_session.items()
+                                           if name in scope},
                    session_metrics={name: counts for name, counts
                                     in report.session_metrics.items() if name in scope},
                    hosts=_hosts(report.hosts, sessions))

@@ -206,6 +206,12 @@ _RATE_OVERLIMIT = re.compile(r"status 429\b|rate-overlimit")
 _SERVER_TROUBLE = re.compile(r"status (500|503|530)\b|internal-server-error|"
                              r"service-unavailable|partial-server-error")
 _REACHOUT_TIMELOCK = re.compile(r"(?<!\d)463(?!\d)")  # "server returned error 463"
+# whatsmeow SendMessage: the server's ack carried an error attribute (ErrServerReturnedError,
+# "server returned error <code>"). The server answered: the message was refused, not lost.
+_ERROR_ACK = re.compile(r"server returned error (\d+)")
+# Error acks whose meaning whatsmeow records (client.go: 479 "Invalid stanza sent
+# (smax-invalid)"); others keep their number only.
+_ERROR_ACK_MEANINGS = {"479": "the server found the message stanza invalid (smax-invalid)"}
 
 # Process-wide neonize state (see the module docstring).
 _GO_LOCK = threading.Lock()
@@ -1210,6 +1216,12 @@ def send_error_from(text: str) -> SendError:
         return SendError("AMBIGUOUS", text, permanent=True, uncertain=True)
     if _REACHOUT_TIMELOCK.search(text):
         return SendError("REACHOUT_TIMELOCK", text, permanent=True)
+    ack = _ERROR_ACK.search(lowered)
+    if ack is not None:
+        code = ack.group(1)
+        meaning = _ERROR_ACK_MEANINGS.get(code, "the server refused the message")
+        return SendError("SERVER_ERROR_ACK", f"{text} ({meaning}; WhatsApp error {code})",
+                         permanent=True)
     if any(marker in lowered for marker in _NOT_CONNECTED_MARKERS):
         return SendError(_NOT_CONNECTED, text, permanent=False)
     if _RATE_OVERLIMIT.search(lowered):

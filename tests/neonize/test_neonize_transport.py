@@ -232,7 +232,7 @@ def test_send_text_sends_a_plain_conversation_to_the_number(events: dict[str, An
     ("client is nil", "NOT_CONNECTED", False),
     ("timed out waiting for message send response", "AMBIGUOUS", True),
     ("server returned error 463", "REACHOUT_TIMELOCK", True),
-    ("server returned error 479", "REJECTED", True),
+    ("server returned error 479", "SERVER_ERROR_ACK", True),
     # the socket died while waiting for the server's ack: maybe delivered
     ("websocket disconnected before info query returned response", "AMBIGUOUS", True),
     # ... but during the recipient lookup that precedes a send: certainly not sent
@@ -264,12 +264,20 @@ def test_send_text_sends_a_plain_conversation_to_the_number(events: dict[str, An
 ])
 def test_send_errors_map_to_reasons(events: dict[str, Any], text: str, reason: str,
                                     permanent: bool) -> None:
-    assert events["send_errors"][text] == {"reason": reason, "permanent": permanent,
-                                           "message": text}
+    got = events["send_errors"][text]
+    assert (got["reason"], got["permanent"]) == (reason, permanent)
+    assert got["message"].startswith(text)
     # Only a send that may have reached WhatsApp is uncertain (flagged by the outbox).
     from actors.transport.neonize import send_error_from  # pure: loads no engine
 
     assert send_error_from(text).uncertain is (reason == "AMBIGUOUS")
+
+
+def test_an_error_ack_says_what_whatsmeow_knows_of_its_code(events: dict[str, Any]) -> None:
+    """The server answered the send with an error ack: refused for good, with the code
+    and, for 479 (whatsmeow client.go), its meaning."""
+    message = events["send_errors"]["server returned error 479"]["message"]
+    assert "WhatsApp error 479" in message and "stanza invalid" in message
 
 
 def test_typing_is_whatsmeows_composing_chat_presence_and_never_fails_a_send(
