@@ -249,8 +249,11 @@ class SessionMachine:
                                    "client, then call whatsAppConnect")
             case ClientOutdated():
                 return self._final(now, SessionState.CLIENT_OUTDATED, "CLIENT_OUTDATED",
-                                   "WhatsApp refuses this client version; upgrade wagate "
-                                   "(its neonize engine), then call whatsAppConnect")
+                                   "WhatsApp refuses the web client version compiled into "
+                                   "the engine; every session on it is affected and "
+                                   "reconnecting cannot help: upgrade wagate (README: When "
+                                   "WhatsApp retires the engine's version), then call "
+                                   "whatsAppConnect")
             case _:
                 return []  # receipts and the like do not change the state
 

@@ -7,6 +7,7 @@ runs on the send path. Pure: no Flask, no actor system.
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import Iterator
 
 from prometheus_client.core import (
@@ -22,6 +23,15 @@ from gateway import __version__
 from gateway.scope import Scope, scoped_report
 
 LIMIT_SCOPES = ("recipient_minute", "recipient_hour", "global_day")
+
+
+def engine_version() -> str:
+    """The installed neonize's version, from its package metadata: the engine itself is
+    never imported outside a session process. "" when it is not installed."""
+    try:
+        return importlib.metadata.version("neonize")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 class ActorCollector:
@@ -43,6 +53,11 @@ class ActorCollector:
                                  labels=["version"])
         info.add_metric([__version__], 1.0)
         yield info
+        engine = GaugeMetricFamily("wagate_engine_info", "always 1; the installed real "
+                                   "engine's version is a label (the WhatsApp web client "
+                                   "version is compiled into it)", labels=["engine", "version"])
+        engine.add_metric(["neonize", engine_version()], 1.0)
+        yield engine
         if self.report is None:
             return
         yield from self._sessions(self.report)
@@ -78,7 +93,12 @@ class ActorCollector:
             issued.add_metric([name], float(counts.qr_codes_issued))
             scans.add_metric([name], float(counts.qr_scans))
             reconnects.add_metric([name], float(counts.reconnects))
-        yield from (connected, state, attempt, seconds, issued, scans, reconnects)
+        outdated = GaugeMetricFamily(
+            "wagate_sessions_client_outdated", "sessions WhatsApp refuses because the "
+            "engine's compiled web client version was retired (upgrade wagate)")
+        outdated.add_metric([], float(sum(s.state is SessionState.CLIENT_OUTDATED
+                                          for s in report.sessions)))
+        yield from (connected, state, attempt, seconds, issued, scans, reconnects, outdated)
 
     def _outbox(self, report: HealthReport) -> Iterator[Metric]:
         metrics = report.outbox_metrics

@@ -58,7 +58,10 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
     sessions = [_session_health(s, now, report.unconfirmed_by_session.get(s.session, 0))
                 for s in report.sessions]
     # A cluster member refused for running another wagate needs the operator too.
-    degraded = (any(s["state"] in ("RECONNECTING", "FAILED") for s in sessions)
+    # CLIENT_OUTDATED too: WhatsApp retired the engine's client version, which takes
+    # every session of the gateway down at once and only an upgrade brings back.
+    degraded = (any(s["state"] in ("RECONNECTING", "FAILED", "CLIENT_OUTDATED")
+                    for s in sessions)
                 or any(h.get("refused") for h in report.hosts))
     queue: dict[str, Any] = {"depth": report.queue_depth,
                              "bySession": dict(report.queue_by_session)}
@@ -88,6 +91,16 @@ def health_warnings(report: HealthReport) -> list[dict[str, Any]]:
     """What needs an operator's eye without making the gateway "degraded": messages
     whose delivery no device confirmed, and sessions WhatsApp refuses as outdated."""
     warnings: list[dict[str, Any]] = []
+    outdated = sorted(s.session for s in report.sessions
+                      if s.state is SessionState.CLIENT_OUTDATED)
+    if outdated:
+        warnings.append({
+            "code": "CLIENT_OUTDATED", "sessions": outdated, "count": len(outdated),
+            "message": "WhatsApp refuses the web client version compiled into the engine "
+                       "library (every session on it is affected, reconnecting cannot help): "
+                       "upgrade wagate to a release with a newer engine, check it as the "
+                       "README's runbook says (Operations: When WhatsApp retires the "
+                       "engine's version), then call whatsAppConnect for each session"})
     for session, count in sorted(report.unconfirmed_by_session.items()):
         if count > 0:
             warnings.append({

@@ -268,3 +268,40 @@ def test_progress_on_a_terminal_rewrites_one_line() -> None:
     text = out.getvalue()
     assert "\n" not in text and text.count("\r") == 4  # two updates, then the erase
     assert "waiting for a QR code (9 s left)" in text and text.endswith("\r")
+
+
+def _outdated_report() -> HealthReport:
+    """WhatsApp retired the engine's client version: both sessions are refused."""
+    return HealthReport(
+        sessions=tuple(status(SessionState.CLIENT_OUTDATED, name, paired=True)
+                       for name in ("a", "b")),
+        outbox_metrics=OutboxMetrics())
+
+
+def test_a_retired_client_version_degrades_health_and_says_what_to_do() -> None:
+    document = health_document(_outdated_report(), 160.0)
+    assert document["status"] == "degraded"
+    (warning,) = [w for w in document["warnings"] if w["code"] == "CLIENT_OUTDATED"]
+    assert warning["sessions"] == ["a", "b"] and warning["count"] == 2
+    assert "upgrade wagate" in warning["message"] and "runbook" in warning["message"]
+    only_a = health_document(_outdated_report(), 160.0, frozenset({"a"}))
+    assert [w["sessions"] for w in only_a["warnings"]] == [["a"]]
+
+
+def test_a_retired_client_version_has_its_own_metric_and_the_engine_its_version() -> None:
+    import importlib.metadata
+
+    families = {f.name: f for f in text_string_to_metric_families(
+        render(_outdated_report()).decode())}
+    (outdated,) = families["wagate_sessions_client_outdated"].samples
+    assert outdated.value == 2.0
+    (engine,) = families["wagate_engine_info"].samples
+    assert engine.labels == {"engine": "neonize",
+                             "version": importlib.metadata.version("neonize")}
+    healthy = HealthReport(sessions=(status(SessionState.CONNECTED, "a", paired=True),))
+    families = {f.name: f for f in text_string_to_metric_families(render(healthy).decode())}
+    assert families["wagate_sessions_client_outdated"].samples[0].value == 0.0
+
+
+def test_no_warnings_when_all_is_well() -> None:
+    assert health_document(_report(), 160.0)["warnings"] == []

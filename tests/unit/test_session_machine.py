@@ -345,3 +345,15 @@ def test_a_ban_whose_end_the_engine_could_not_report_is_banned_without_retries()
     error = m.status.last_error
     assert error is not None and error.code == "BANNED" and "until when" in error.message
     assert m.on_event(Disconnected("late"), 6.0) == [] and m.reconnect_due(40.0) == []
+def test_client_outdated_tells_the_operator_it_is_the_engine_and_where_the_runbook_is() -> None:
+    from actors.policy import ReconnectPolicy
+    from actors.session_machine import SessionMachine
+    from actors.transport.base import ClientOutdated
+
+    machine = SessionMachine("s", ReconnectPolicy(5, 30.0), 90.0, paired=True)
+    machine.connect(0.0, True)
+    assert machine.on_event(ClientOutdated(), 1.0) != []  # the client is stopped
+    error = machine.status.last_error
+    assert error is not None and error.code == "CLIENT_OUTDATED"
+    assert "compiled into the engine" in error.message
+    assert "When WhatsApp retires the engine's version" in error.message
