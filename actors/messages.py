@@ -331,6 +331,22 @@ class StartSession:
     session: str
     config: Config
     connect: bool  # connect at once (resume or pair) rather than wait for a Connect
+    # The connect attempt to go on with: a retired process's successor continues its
+    # predecessor's attempts (RetireSession) instead of starting the count again.
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RetireSession:
+    """Session -> supervisor: replace my process, then connect again at ``attempt``.
+
+    The real engine keeps a database pool open for every client it ever created
+    (``transport.max_clients_per_process``); only the end of the process frees them.
+    Sent when the next client would be one too many, with no client running.
+    """
+
+    session: str
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True)

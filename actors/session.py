@@ -38,6 +38,7 @@ from actors.messages import (
     NumberLookup,
     Ok,
     PairingCodeRequest,
+    RetireSession,
     SessionCommand,
     SessionState,
     StartSession,
@@ -181,6 +182,7 @@ class SessionActor(BridgedActor):
         # never hold up a send (nor a burst of lookups look like a bot).
         self.lookup_executor: ThreadPoolExecutor | None = None
         self.held: list[_Event] | None = None  # events waiting for the connect checkpoint
+        self.retiring = False  # asked the supervisor for a fresh process (RetireSession)
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -203,7 +205,7 @@ class SessionActor(BridgedActor):
             self._run(self.machine.engine_failed(time.time(), self.store_problem,
                                                  STORE_UNAVAILABLE))
         elif msg.connect:  # one report, already CONNECTING: never a passing NEW to the outbox
-            self._run(self.machine.connect(time.time(), self._paired()))
+            self._run(self.machine.connect(time.time(), self._paired(), msg.attempt))
         else:
             self._report()
 
@@ -639,8 +641,11 @@ class SessionActor(BridgedActor):
             case StartClient():
                 generation = self.generation
                 bridge = self.bridge
-                if bridge is not None:
-                    self._client().connect(lambda event: bridge.post(_Event(generation, event)))
+                client = self._client()
+                if client.clients_created() >= self.config.transport.max_clients_per_process:
+                    self._retire()
+                elif bridge is not None:
+                    client.connect(lambda event: bridge.post(_Event(generation, event)))
             case ScheduleReconnect(delay=delay):
                 self.wakeupAfter(timedelta(seconds=delay), payload=_Timer("reconnect",
                                                                           self.generation))
@@ -662,6 +667,19 @@ class SessionActor(BridgedActor):
                 self.generation += 1
                 assert self.executor is not None
                 self.logouts.append(self.executor.submit(self._logout, client))
+
+    def _retire(self) -> None:
+        """Ask the supervisor for a fresh process instead of one more engine client
+        (each leaves a database pool open in this one). No client runs now; the
+        successor goes on with the same connect attempt."""
+        assert self.machine is not None
+        if self.retiring:
+            return
+        self.retiring = True
+        log.warning("retiring the session process: the engine keeps a database pool open "
+                    "for every client it created", clients=self.config.transport
+                    .max_clients_per_process, attempt=self.machine.attempt)
+        self.send(self.parent, RetireSession(self.session, self.machine.attempt))
 
     def _report(self) -> None:
         if self.machine is not None and self.parent is not None:

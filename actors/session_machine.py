@@ -102,12 +102,14 @@ class SessionMachine:
 
     # ---- commands -------------------------------------------------------------
 
-    def connect(self, now: float, paired: bool) -> list[Action]:
-        """Operator (or restart) asks for a connection. No-op while one is active."""
+    def connect(self, now: float, paired: bool, attempt: int = 1) -> list[Action]:
+        """Operator (or restart) asks for a connection. No-op while one is active.
+        ``attempt`` > 1: a retired process's successor goes on with its attempts."""
         if self.status.state in ACTIVE_STATES:
             return []
-        self.attempt = 1
-        self._set(now, state=SessionState.CONNECTING, paired=paired, reconnect_attempt=1,
+        self.attempt = max(1, attempt)
+        self._set(now, state=SessionState.CONNECTING, paired=paired,
+                  reconnect_attempt=self.attempt,
                   qr_code=None, qr_expires_at=None, banned_until=None)
         return [StopClient(), StartClient(), self._arm_timeout()]
 

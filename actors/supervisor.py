@@ -56,6 +56,7 @@ from actors.messages import (
     ProcessInfo,
     RecordAudit,
     RequestPairingCode,
+    RetireSession,
     Routed,
     SendText,
     SessionCommand,
@@ -101,6 +102,7 @@ class Child:
     budget: RestartBudget | None = None
     pending_commands: list[SessionCommand] = field(default_factory=list)
     host: str | None = None  # where its current process runs (cluster placement)
+    resume_attempt: int = 1  # the connect attempt its next process goes on with
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +397,18 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             child.retiring = True
             self.send(child.address, ActorExitRequest())
 
+    def receiveMsg_RetireSession(self, msg: RetireSession, sender: Any) -> None:
+        """A session process asks to be replaced (its engine leaks a database pool per
+        client): not a crash, no backoff, no restart budget; the successor connects
+        and goes on with the same attempt."""
+        child = self.children.get(_key(msg.session))
+        if child is None or child.address != sender or child.retiring or self.stopping:
+            return
+        log.info("replacing a session process", session=msg.session, attempt=msg.attempt)
+        child.retiring = child.respawn = True
+        child.resume_attempt = max(1, msg.attempt)
+        self.send(child.address, ActorExitRequest())
+
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         key = next((k for k, c in self.children.items() if c.address == msg.childAddress), None)
         if key is None:
@@ -506,7 +520,9 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             config = (self.config if child.host == self.local_host
                       else without_credentials(self.config))
             self.send(child.address, StartSession(session, config,
-                                                  connect=want == "connected"))
+                                                  connect=want == "connected",
+                                                  attempt=child.resume_attempt))
+            child.resume_attempt = 1
             for command in child.pending_commands:
                 self.send(child.address, command)
             child.pending_commands.clear()

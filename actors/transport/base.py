@@ -168,6 +168,12 @@ class EngineSetupError(Exception):
 class Transport(ABC):
     """One WhatsApp client for one session."""
 
+    def clients_created(self) -> int:
+        """Engine clients created in this process so far, by every transport of it
+        (0 for an engine whose clients leave nothing behind): the session replaces its
+        process once this reaches ``transport.max_clients_per_process``."""
+        return 0
+
     @abstractmethod
     def connect(self, on_event: EventSink) -> None:
         """Start connecting and return at once.

@@ -218,6 +218,10 @@ _GO_LOCK = threading.Lock()
 _KEEP_ALIVE: list[Any] = []
 _KEEP_ALIVE_LOCK = threading.Lock()
 _SEQUENCE = itertools.count(1)
+# Go clients created in this process. goneonize opens a store container (a database
+# pool: the SQLite file and its WAL stay open, or Postgres connections) for each one
+# in Neonize() and nothing ever closes it, not even Stop.
+_CLIENTS_CREATED = 0
 _API_LOCK = threading.Lock()
 _API: _Api | None = None
 
@@ -498,6 +502,11 @@ class NeonizeTransport(Transport):
             self._tighten_db_files()  # a WAL reader may have created -shm
         return row is not None
 
+    def clients_created(self) -> int:
+        """Go clients created in this process: each leaves a database pool open."""
+        with _KEEP_ALIVE_LOCK:
+            return _CLIENTS_CREATED
+
     def connect(self, on_event: EventSink) -> None:
         """Start one Go client on its own threads and return at once.
 
@@ -711,8 +720,10 @@ class _Connection:
         # store.DeviceProps at connect (goneonize main.go Neonize).
         props = api.device_props(transport._config.transport.device_name)
         self.client: Any = api.client_class(transport._dsn(), props=props, uuid=uuid)
+        global _CLIENTS_CREATED
         with _KEEP_ALIVE_LOCK:
             _KEEP_ALIVE.append(self.client)  # never collected: see the module docstring
+            _CLIENTS_CREATED += 1
         # neonize also stops every client at interpreter exit, from the main thread
         # and outside _GO_LOCK, racing a stop thread still at work: a concurrent map
         # write that aborts the exit. The process's end closes the socket anyway.

@@ -1059,6 +1059,24 @@ def concurrent(workdir: Path) -> dict[str, Any]:
             "non_daemon_threads": non_daemon_threads()}
 
 
+def client_fds(workdir: Path) -> dict[str, Any]:
+    """Clients made one after another in one process, each dialing a refused loopback
+    port and closed: the open file descriptors after each (goneonize opens a store
+    container per client and never closes it, Stop included)."""
+    address = f"http://127.0.0.1:{refused_port()}"
+    counts, created = [], []
+    for _ in range(5):
+        transport = NeonizeTransport(SESSION, workdir / "data", config(address))
+        sink = Recorder()
+        transport.connect(sink)
+        sink.wait_for(bool, timeout=10.0)
+        transport.close()
+        assert transport.wait_closed(10.0)
+        counts.append(len(os.listdir("/proc/self/fd")))
+        created.append(transport.clients_created())
+    return {"fds": counts, "clients_created": created}
+
+
 def logging_setup(workdir: Path) -> dict[str, Any]:
     """Building a transport imports neonize without touching the root logger."""
     import logging
@@ -1150,6 +1168,7 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "logged_ban": logged_ban,
     "passkey": passkey,
     "logging": logging_setup,
+    "client_fds": client_fds,
     "bot_tag_off": lambda w: bot_tag(w, False),
     "bot_tag_on": lambda w: bot_tag(w, True),
     "bot_tag_unset": bot_tag_unset,

@@ -311,6 +311,37 @@ def test_every_attempt_is_one_proxy_connect_spaced_by_the_delay(
     assert min(gaps) >= DELAY, gaps
 
 
+def test_a_session_process_is_replaced_after_its_client_budget_and_goes_on_counting(
+        proxies: Callable[[str], TimedProxy], make_gateway: Callable[..., Gateway]) -> None:
+    """Every engine client leaves a database pool open in its process (see
+    test_neonize_transport's descriptor count); after transport.max_clients_per_process
+    clients the session asks for a fresh process. The attempts go on where they were:
+    still exactly reconnect.attempts dials, then FAILED, each process with at most
+    the budget's clients."""
+    budget = 2
+    proxy = proxies("http502")
+    gw = make_gateway(proxy.address, transport={"max_clients_per_process": budget}).start()
+    pids: list[int] = []
+
+    def note_pid() -> bool:
+        entries = [s for s in gw.health()["sessions"] if s["session"] == "default"]
+        pid = entries[0]["pid"] if entries else None  # listed once its process reported
+        if pid and (not pids or pids[-1] != pid):
+            pids.append(pid)
+        return bool(entries) and entries[0]["state"] == "FAILED"
+
+    assert gw.connect().data == {"whatsAppConnect": True}
+    wait_for(note_pid, 60.0, 0.01, "the session to be FAILED")
+    final = gw.status()
+    assert final["reconnectAttempt"] == ATTEMPTS
+    assert f"gave up after {ATTEMPTS} connect attempts" in final["lastError"]["message"]
+    assert proxy.connections == ATTEMPTS  # no attempt lost or repeated by a replacement
+    # 5 attempts, 2 clients per process: three processes (2 + 2 + 1).
+    assert len(set(pids)) == -(-ATTEMPTS // budget), pids
+    for pid in pids[:-1]:
+        assert process_gone(pid), pid
+
+
 def test_hanging_tls_dials_time_out_and_never_hold_up_a_stop(
         proxies: Callable[[str], TimedProxy], make_gateway: Callable[..., Gateway]) -> None:
     """A dial that hangs gets no event from Go for 10 s (TLS) or 60 s (CONNECT): only

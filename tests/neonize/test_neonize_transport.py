@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -473,6 +474,17 @@ def test_many_clients_connecting_and_closing_at_once_do_not_abort_go(tmp_path: P
     """300 connects and closes from 30 threads in one process (the Go lock at work)."""
     result = run_scenario("concurrent", tmp_path)
     assert result == {"transports": 300, "wait_closed": True, "non_daemon_threads": []}
+
+
+def test_every_engine_client_leaves_file_descriptors_open_for_good(tmp_path: Path) -> None:
+    """The engine behaviour the session's client budget exists for: each Go client
+    keeps its database open after it stopped (SQLite here: the file and its WAL; a
+    Postgres pool holds connections instead). Only the process's end frees them, so a
+    session process is retired after transport.max_clients_per_process clients."""
+    result = run_scenario("client_fds", tmp_path)
+    fds = result["fds"]
+    assert all(later > earlier for earlier, later in itertools.pairwise(fds)), fds
+    assert result["clients_created"] == [1, 2, 3, 4, 5]
 
 
 def test_loading_neonize_leaves_the_root_logger_alone(tmp_path: Path) -> None:
