@@ -142,6 +142,7 @@ from actors.transport.engine_events import (
     pairing_needs_detail,
     unencodable_event,
 )
+from actors.transport.engine_output import capture_engine_output
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -332,6 +333,9 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
         logging.getLogger("neonize.utils.log").setLevel(max(logging.WARNING, gateway_level))
         # Media needs ffmpeg; a gateway that only sends text does not want the warning.
         logging.getLogger("neonize.utils.ffmpeg").setLevel(logging.ERROR)
+        # The engine prints some errors (with recipients' numbers) and pairing codes
+        # straight to descriptor 1: captured, redacted, logged (engine_output).
+        capture_engine_output(_log_engine_output)
         root = logging.getLogger()
         handlers, root_level = list(root.handlers), root.level
         try:
@@ -391,6 +395,11 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             pairing_client_type=ClientType.FIREFOX,
         )
         return _API
+
+
+def _log_engine_output(line: str) -> None:
+    """A line the engine printed to standard output, redacted."""
+    log.info("engine output", line=line)
 
 
 def _checked_library() -> EngineLibrary:

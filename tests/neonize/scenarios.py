@@ -1077,6 +1077,34 @@ def client_fds(workdir: Path) -> dict[str, Any]:
     return {"fds": counts, "clients_created": created}
 
 
+def engine_output(workdir: Path) -> dict[str, Any]:
+    """The real Go library prints a failed send to descriptor 1 (goneonize
+    ``SendMessage``: ``fmt.Println("SendMessage: Error sending message:", ...)``): the
+    line must reach the capture's sink, redacted, and not the process's stdout."""
+    from actors.transport.engine_output import capture_engine_output
+
+    seen: list[str] = []
+    capture = capture_engine_output(seen.append)  # the transport then keeps this one
+    transport = NeonizeTransport(SESSION, workdir / "data",
+                                 config(f"http://127.0.0.1:{refused_port()}"))
+    sink = Recorder()
+    transport.connect(sink)
+    sink.wait_for(bool, timeout=10.0)
+    assert transport.wait_closed(10.0)
+    conn = transport._conn
+    assert conn is not None
+    from neonize.exc import NeonizeError  # only in this child process
+    from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+    print("python's own print", flush=True)  # still reaches stdout as before
+    try:
+        conn.client.send_message("4917012345678", Message(conversation="x"))
+    except NeonizeError as exc:
+        error = str(exc)
+    got = capture.wait_for(1, 10.0)
+    return {"lines": seen, "got": got, "error": error,
+            "same_capture": capture_engine_output(print) is capture}
+
+
 def logging_setup(workdir: Path) -> dict[str, Any]:
     """Building a transport imports neonize without touching the root logger."""
     import logging
@@ -1169,6 +1197,7 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "passkey": passkey,
     "logging": logging_setup,
     "client_fds": client_fds,
+    "engine_output": engine_output,
     "bot_tag_off": lambda w: bot_tag(w, False),
     "bot_tag_on": lambda w: bot_tag(w, True),
     "bot_tag_unset": bot_tag_unset,

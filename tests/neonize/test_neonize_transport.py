@@ -63,7 +63,8 @@ def _netns_prefix() -> tuple[str, ...]:
 
 
 def run_scenario(name: str, workdir: Path, env: dict[str, str] | None = None,
-                 stderr: list[str] | None = None) -> dict[str, Any]:
+                 stderr: list[str] | None = None,
+                 stdout: list[str] | None = None) -> dict[str, Any]:
     """Run one scenario in a child process and return what it observed.
 
     The child starts with the environment a gateway gives its sessions (the engine's
@@ -82,6 +83,8 @@ def run_scenario(name: str, workdir: Path, env: dict[str, str] | None = None,
                           timeout=SCENARIO_TIMEOUT)
     if stderr is not None:
         stderr.append(done.stderr)
+    if stdout is not None:
+        stdout.append(done.stdout)
     assert done.returncode == 0, f"scenario {name} failed:\n{done.stderr[-4000:]}"
     return json.loads((workdir / "result.json").read_text(encoding="utf-8"))
 
@@ -485,6 +488,19 @@ def test_every_engine_client_leaves_file_descriptors_open_for_good(tmp_path: Pat
     fds = result["fds"]
     assert all(later > earlier for earlier, later in itertools.pairwise(fds)), fds
     assert result["clients_created"] == [1, 2, 3, 4, 5]
+
+
+def test_the_engines_own_prints_are_captured_not_written_to_stdout(tmp_path: Path) -> None:
+    """goneonize prints failed sends (whatsmeow's error names the recipient) with
+    fmt.Println to descriptor 1, the actor log: the real library's line must arrive
+    in wagate's capture (redacted, tests/unit/test_engine_output.py) and nowhere else."""
+    stdout: list[str] = []
+    result = run_scenario("engine_output", tmp_path, stdout=stdout)
+    assert result["got"] is True and result["error"] == "client is nil"
+    assert result["lines"] == ["SendMessage: Error sending message: client is nil"]
+    assert result["same_capture"] is True  # one capture per process
+    assert "SendMessage" not in stdout[0]
+    assert "python's own print" in stdout[0]
 
 
 def test_loading_neonize_leaves_the_root_logger_alone(tmp_path: Path) -> None:
