@@ -704,6 +704,61 @@ class FakeGoSession(FakeGo):
         self.stopped.set()
 
 
+class FakeGoFetchMeSpin(FakeGoSession):
+    """The Go call of a pairing whose codes all expired: goneonize's ``Neonize`` calls
+    the login-status callback with ``timeout``, then enters ``CallbackFunction``,
+    whose ``FetchMe`` polls ``Store.ID`` every 100 ms until it is set, which never
+    happens for a device that did not pair; it does not look at the context, so
+    ``Stop`` cannot end it. ``release`` ends the stand-in at the scenario's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def Neonize(self, db: bytes, uuid: bytes, jid: bytes, jid_size: int, new_device: int,
+                log_level: bytes, qr_cb: Any, login_cb: Any, event_cb: Any, log_cb: Any,
+                subscribers: Any, n_subscribers: int, props: bytes, props_size: int,
+                pairphone: bytes, pairphone_size: int, proxy: Any) -> bytes:
+        code = ctypes.create_string_buffer(b"https://wa.me/settings/linked_devices#ref,k,i,a,1")
+        qr_cb(None, ctypes.addressof(code))
+        status = ctypes.create_string_buffer(b"timeout")
+        login_cb(None, ctypes.addressof(status))
+        while not self.release.wait(0.1):  # FetchMe: "for cli.ID == nil { sleep }"
+            pass
+        return b""
+
+
+def fetchme_spin(workdir: Path) -> dict[str, Any]:
+    """A QR timeout whose Go call never returns: reported once, the close returns at
+    once, and the next client of the process is not held up by the stuck one."""
+    transport = NeonizeTransport(SESSION, workdir / "data", config())
+    sink = Recorder()
+    conn = transport._open(sink)
+    assert conn is not None
+    go = FakeGoFetchMeSpin()
+    conn.client._NewClient__client = go
+    conn.start()
+    got = sink.wait_for(lambda events: len(events) >= 2, timeout=5.0)
+    before_close = time.monotonic()
+    transport.close()
+    close_seconds = time.monotonic() - before_close
+    stuck = not transport.wait_closed(0.5)
+    # A second transport in the same process connects as usual meanwhile.
+    second = NeonizeTransport(SESSION, workdir / "data", config())
+    sink2 = Recorder()
+    conn2 = second._open(sink2)
+    assert conn2 is not None
+    conn2.client._NewClient__client = FakeGoSession()
+    conn2.start()
+    second_qr = sink2.wait_for(bool, timeout=5.0)
+    second.close()
+    second_closed = second.wait_closed(5.0)
+    go.release.set()
+    return {"got": got, "events": sink.all(), "close_seconds": close_seconds,
+            "stuck_after_close": stuck, "go_stops": go.stops, "second_qr": second_qr,
+            "second_closed": second_closed, "non_daemon_threads": non_daemon_threads()}
+
+
 def fake_session(workdir: Path) -> dict[str, Any]:
     """The connection threads against a Go stand-in: callbacks from neonize's worker
     thread, a close that stops Go, an unexpected return and a failed Go call."""
@@ -1198,6 +1253,7 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "logging": logging_setup,
     "client_fds": client_fds,
     "engine_output": engine_output,
+    "fetchme_spin": fetchme_spin,
     "bot_tag_off": lambda w: bot_tag(w, False),
     "bot_tag_on": lambda w: bot_tag(w, True),
     "bot_tag_unset": bot_tag_unset,

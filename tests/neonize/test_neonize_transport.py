@@ -436,6 +436,22 @@ def test_close_stops_a_running_go_call(fake_session: dict[str, Any]) -> None:
     assert fake_session["non_daemon_threads"] == []
 
 
+def test_a_go_call_stuck_after_a_qr_timeout_holds_up_nothing(tmp_path: Path) -> None:
+    """goneonize's FetchMe spins forever after a QR timeout (Stop cannot end it): the
+    timeout is reported once, the client is stopped, close() returns at once, only a
+    daemon thread stays behind, and the next client starts as usual. The session then
+    ends QR_EXPIRED, a final state, and its process exits with the stuck thread."""
+    result = run_scenario("fetchme_spin", tmp_path)
+    assert result["got"] is True
+    assert [e["type"] for e in result["events"]] == ["QrCode", "PairingClosed"]
+    assert result["events"][1]["reason"] == "timeout"
+    assert result["close_seconds"] < 0.1
+    assert result["stuck_after_close"] is True  # what the engine does: never returns
+    assert result["go_stops"] == 1
+    assert result["second_qr"] is True and result["second_closed"] is True
+    assert result["non_daemon_threads"] == []
+
+
 def test_an_unasked_end_of_the_go_call_is_a_disconnect(fake_session: dict[str, Any]) -> None:
     assert fake_session["returns"] == [{"type": "Disconnected", "recovering": False,
                                         "reason": "client stopped unexpectedly"}]
