@@ -8,7 +8,9 @@ event:``. In a session process standard output is the actor log, so recipients'
 numbers and pairing codes would land there in clear text. wagate points descriptor 1
 at a pipe before the engine is loaded; a daemon thread reads it line by line, redacts
 phone numbers, JIDs and pairing codes, and hands each line to a sink (the session's
-logger). Python's own ``sys.stdout`` keeps writing where it wrote before.
+logger). Python's own ``sys.stdout`` keeps writing where it wrote before. The Go
+side's log, which neonize hands to Python loggers named ``whatsmeow...``, is redacted
+the same way (``redact_engine_log_records``).
 
 The reader must never stop reading while the process lives: a full pipe would block
 the Go thread that prints (and with it a send or the event pump). It swallows every
@@ -18,11 +20,13 @@ error of the sink, and drops lines beyond ``MAX_LINE`` characters' worth of a li
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
 import threading
 from collections.abc import Callable
+from typing import Any
 
 MAX_LINE = 4096  # characters kept of one printed line
 
@@ -98,6 +102,36 @@ class EngineOutput:
             self._cond.notify_all()
 
 
+def is_engine_logger(name: str) -> bool:
+    """The loggers neonize feeds the Go side's log into: ``whatsmeow.Client``,
+    ``Whatsmeow.Database`` (capital W), ``whatsmeow.<Go module>``."""
+    return name.lower().startswith("whatsmeow")
+
+
+def redact_engine_log_records() -> None:
+    """From now on every log record of the engine's loggers carries its message
+    redacted: whatsmeow's own log lines name recipients (``Failed to encrypt <id> for
+    <jid>``, usync and LID lookups) just as its printed errors do. Installed once per
+    process, as a record factory so that no handler, ours or neonize's, sees the clear
+    text."""
+    global _RECORDS_REDACTED
+    with _INSTALL_LOCK:
+        if _RECORDS_REDACTED:
+            return
+        _RECORDS_REDACTED = True
+        previous = logging.getLogRecordFactory()
+
+        def factory(name: str, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(name, *args, **kwargs)
+            if is_engine_logger(name):
+                with contextlib.suppress(Exception):  # a record must always be made
+                    record.msg, record.args = redact(record.getMessage()), ()
+            return record
+
+        logging.setLogRecordFactory(factory)
+
+
+_RECORDS_REDACTED = False
 _INSTALLED: EngineOutput | None = None
 _INSTALL_LOCK = threading.Lock()
 

@@ -142,7 +142,7 @@ from actors.transport.engine_events import (
     pairing_needs_detail,
     unencodable_event,
 )
-from actors.transport.engine_output import capture_engine_output
+from actors.transport.engine_output import capture_engine_output, redact_engine_log_records
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -336,6 +336,7 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
         # The engine prints some errors (with recipients' numbers) and pairing codes
         # straight to descriptor 1: captured, redacted, logged (engine_output).
         capture_engine_output(_log_engine_output)
+        redact_engine_log_records()  # whatsmeow's own log lines name recipients too
         root = logging.getLogger()
         handlers, root_level = list(root.handlers), root.level
         try:

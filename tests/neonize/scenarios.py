@@ -1156,8 +1156,30 @@ def engine_output(workdir: Path) -> dict[str, Any]:
     except NeonizeError as exc:
         error = str(exc)
     got = capture.wait_for(1, 10.0)
+    # The Go side's log, through the callback Go calls (neonize's log_whatsmeow) and
+    # neonize's log worker thread, as whatsmeow's send logs a device it skipped.
+    import logging
+
+    from neonize.proto.Neonize_pb2 import LogEntry
+    from neonize.utils.log import log_whatsmeow
+
+    records: list[str] = []
+    arrived = threading.Event()
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(f"{record.name} {record.levelname} {record.getMessage()}")
+            arrived.set()
+
+    logging.getLogger("whatsmeow.Client").addHandler(Keep())
+    entry = LogEntry(Name="Client", Level="WARN", Message=(
+        "Failed to encrypt 3EB0C0FFEE for 4917012345678:3@s.whatsapp.net: no signal session"))
+    data = entry.SerializeToString()
+    buffer = ctypes.create_string_buffer(data, len(data))
+    log_whatsmeow(ctypes.addressof(buffer), len(data))
     return {"lines": seen, "got": got, "error": error,
-            "same_capture": capture_engine_output(print) is capture}
+            "same_capture": capture_engine_output(print) is capture,
+            "log_arrived": arrived.wait(10.0), "log_records": records}
 
 
 def logging_setup(workdir: Path) -> dict[str, Any]:

@@ -517,6 +517,11 @@ def test_the_engines_own_prints_are_captured_not_written_to_stdout(tmp_path: Pat
     assert result["same_capture"] is True  # one capture per process
     assert "SendMessage" not in stdout[0]
     assert "python's own print" in stdout[0]
+    # whatsmeow's log lines (through the log callback Go calls) are redacted too.
+    assert result["log_arrived"] is True
+    assert result["log_records"] == [
+        "whatsmeow.Client WARNING Failed to encrypt 3EB0C0FFEE for <redacted>@s.whatsapp.net: "
+        "no signal session"]
 
 
 def test_loading_neonize_leaves_the_root_logger_alone(tmp_path: Path) -> None:
