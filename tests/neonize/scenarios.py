@@ -1257,7 +1257,32 @@ def engine_library(workdir: Path) -> dict[str, Any]:
             "neonize_imported": "neonize.client" in sys.modules}
 
 
+def number_answers(workdir: Path) -> dict[str, Any]:
+    """The engine's IsOnWhatsApp answers (its own protobuf types) matched to the numbers
+    asked: by number, business from VerifiedName, a missing answer is a failed lookup.
+    Here, not in the unit tests: pytest itself must never import neonize."""
+    from neonize.proto.Neonize_pb2 import JID, IsOnWhatsAppResponse, VerifiedName
+
+    from actors.transport.neonize import numbers_from_responses
+
+    yes, no = "4915112345678", "4915112340000"
+    responses = [
+        IsOnWhatsAppResponse(Query=f"+{no}", IsIn=False),
+        IsOnWhatsAppResponse(Query=f"+{yes}", IsIn=True, VerifiedName=VerifiedName(),
+                             JID=JID(User=yes, Server="s.whatsapp.net")),
+    ]
+    infos = numbers_from_responses([yes, no], responses)
+    try:
+        numbers_from_responses([yes, "4915112349999"], responses)
+        missing = None
+    except SendError as exc:
+        missing = exc.reason
+    return {"infos": [[i.phone, i.on_whatsapp, i.jid, i.business] for i in infos],
+            "missing": missing}
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
+    "number_answers": number_answers,
     "refused": lambda w: dial_failure(w, "refused"),
     "close": lambda w: dial_failure(w, "close"),
     "http502": lambda w: dial_failure(w, "http502"),

@@ -529,6 +529,14 @@ def test_loading_neonize_leaves_the_root_logger_alone(tmp_path: Path) -> None:
     assert result == {"root_unchanged": True, "go_log_level": 30, "neonize_loaded": True}
 
 
+def test_engine_number_answers_are_matched_by_number_and_a_missing_one_is_unknown(
+        tmp_path: Path) -> None:
+    result = run_scenario("number_answers", tmp_path)
+    assert result["infos"] == [["4915112345678", True, "4915112345678@s.whatsapp.net", True],
+                               ["4915112340000", False, "", None]]
+    assert result["missing"] == "LOOKUP_FAILED"
+
+
 def test_this_process_never_loaded_neonize() -> None:
     """The scenarios ran elsewhere: pytest itself must stay fork-safe (a process that
     loaded neonize's Go runtime hangs in its forked children)."""

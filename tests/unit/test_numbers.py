@@ -183,25 +183,6 @@ def test_a_delivery_receipt_clears_only_a_negative_answer(cache: NumberCache) ->
     assert set(cache.get([YES, NO], 1.0)) == {YES}
 
 
-def test_engine_answers_are_matched_by_number_and_a_missing_one_is_unknown() -> None:
-    from neonize.proto.Neonize_pb2 import JID, IsOnWhatsAppResponse, VerifiedName
-
-    from actors.transport.base import SendError
-    from actors.transport.neonize import numbers_from_responses
-
-    responses = [
-        IsOnWhatsAppResponse(Query=f"+{NO}", IsIn=False),
-        IsOnWhatsAppResponse(Query=f"+{YES}", IsIn=True, VerifiedName=VerifiedName(),
-                             JID=JID(User=YES, Server="s.whatsapp.net")),
-    ]
-    infos = numbers_from_responses([YES, NO], responses)
-    assert infos == [NumberInfo(YES, True, f"{YES}@s.whatsapp.net", business=True),
-                     NumberInfo(NO, False)]
-    with pytest.raises(SendError) as missing:
-        numbers_from_responses([YES, "4915112349999"], responses)
-    assert missing.value.reason == "LOOKUP_FAILED"
-
-
 @pytest.mark.parametrize(("text", "reason"), [
     ("client is nil", "NOT_CONNECTED"),
     ("failed to send usync query: websocket not connected", "NOT_CONNECTED"),
