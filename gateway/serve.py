@@ -137,6 +137,7 @@ class Started:
         self.system: Any = None
         self.supervisor: Any = None
         self.admin: Stamp | None = None
+        self.admin_starter: int | None = None  # exited child to reap (reap_admin_starter)
         self.web: subprocess.Popen[bytes] | None = None
 
 
@@ -177,6 +178,7 @@ def watch(started: Started, config: Config, stop: StopSignals) -> int:
     web, admin = started.web, started.admin
     assert web is not None
     while not stop.requested:
+        reap_admin_starter(started)
         if web.poll() is not None:
             log.error("the HTTP server exited; stopping the gateway", code=web.returncode)
             return 1
@@ -192,6 +194,26 @@ def watch(started: Started, config: Config, stop: StopSignals) -> int:
             log.error(problem)
             return 1
     return 0
+
+
+def reap_admin_starter(started: Started) -> None:
+    """Collect the exit status of the process Thespian forked to start the Admin.
+
+    Thespian starts its Admin with ``multiprocessing.Process``; that child calls
+    ``setsid()`` (so its pid is the actor system's process group id), forks the real
+    Admin and exits at once. Thespian then drops it from multiprocessing's list of
+    children, so nothing waited for it and it stayed a ``<defunct>`` child of the
+    launcher for the gateway's whole life. Polled, never blocking: it may not have
+    exited yet the first time."""
+    pid = started.admin_starter
+    if pid is None:
+        return
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (or reaped already): nothing to collect
+        done = pid
+    if done == pid:
+        started.admin_starter = None
 
 
 def check_access(config: Config) -> None:
@@ -263,6 +285,8 @@ def start_actor_system(config: Config, started: Started, run: Run) -> None:
         raise StartupError("the actor system died during start-up; see "
                            "data_dir/logs/thespian.log")
     run.update(actor_pgid=info.pgid, admin=started.admin)
+    started.admin_starter = info.pgid
+    reap_admin_starter(started)
     if started.supervisor is None:  # a member: it joins only a leader of the same wagate
         problem = watch_leader(system, config, timeout)
         if problem is not None:

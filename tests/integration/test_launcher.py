@@ -298,3 +298,31 @@ def test_a_sigterm_to_the_actor_system_still_ends_it_and_the_launcher(
     assert "the actor system died" in gw.log_tail()
     wait_for(lambda: not processes_using(gw.data_dir), 15,
              message="no process left that uses data_dir")
+
+
+def zombie_children(pid: int) -> list[int]:
+    """Exited, unreaped children (``<defunct>``, state Z) of process ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] == "Z" and int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def test_the_launcher_leaves_no_defunct_child_while_it_serves(gateway: Gateway) -> None:
+    """Thespian's Admin starter (a child of the launcher that forks the Admin and
+    exits) stayed ``<defunct>`` under the launcher for the gateway's whole life."""
+    state = gateway.run_state()
+    assert state is not None and gateway.process is not None
+    launcher = gateway.process.pid
+    assert state["launcher"] == launcher
+    wait_for(lambda: not zombie_children(launcher), 10, 0.1,
+             message=f"no <defunct> child under the launcher (pid {launcher})")
+    assert gateway.status()["state"] == "NEW"  # and it still serves
