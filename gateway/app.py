@@ -64,7 +64,7 @@ AUDIT_PATH_CHARS = 200  # of a refused request's path in the audit log
 
 def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
     app = Flask("wagate", static_folder=None)  # the dashboard serves its own files
-    app.register_blueprint(dashboard_blueprint())
+    app.register_blueprint(dashboard_blueprint(config))
     limits = config.graphql
     if limits.explorer:
         app.register_blueprint(explorer_blueprint())

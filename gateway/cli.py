@@ -161,10 +161,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="where durable state lives (storage.data_dir)")
 
 
+def config_file_of(args: argparse.Namespace) -> Path | None:
+    """The config file a command reads: ``--config``, else the default one if present."""
+    if args.config is None and DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    return args.config
+
+
 def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Config:
-    path = args.config
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
+    path = config_file_of(args)
     overrides = dict(extra or {})
     if args.data_dir:
         overrides["storage.data_dir"] = args.data_dir
@@ -185,6 +190,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.dev:
         overrides["http.dev"] = True
     config = resolve_config(args, overrides)
+    config_file = config_file_of(args)
+    if config_file is not None:  # the dashboard's token command names it (gateway/sign_in.py)
+        from gateway.sign_in import CONFIG_FILE_ENV
+
+        os.environ[CONFIG_FILE_ENV] = str(config_file.resolve())
     try:
         start_with_engine_environment(config.transport.mark_as_bot)
         return serve(config)

@@ -8,10 +8,15 @@ sheet, GraphQL calls to the same origin, and QR codes as ``data:`` images.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from importlib import resources
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, send_from_directory
+from flask import Blueprint, Response, abort, g, jsonify, send_from_directory
+
+from gateway.config import Config
+from gateway.sign_in import CONFIG_FILE_ENV, sign_in_hint
 
 STATIC_FILES = frozenset({"index.html", "app.js", "style.css", "favicon.svg"})
 
@@ -43,9 +48,20 @@ def static_dir() -> Path:
     return Path(str(resources.files("gateway").joinpath("static")))
 
 
-def dashboard_blueprint() -> Blueprint:
+def dashboard_blueprint(config: Config, config_file: str | None = None) -> Blueprint:
+    """``config_file``: the file the launcher was started with (by default from its
+    environment), named in the sign-in page's token command."""
     blueprint = Blueprint("dashboard", __name__)
     directory = static_dir()
+    if config_file is None:
+        config_file = os.environ.get(CONFIG_FILE_ENV) or None
+
+    @blueprint.get("/static/sign-in.json")
+    def sign_in() -> Response:
+        response = jsonify(sign_in_hint(config, config_file, _is_local(g.get("client_ip"))))
+        response.headers["Cache-Control"] = "no-store"
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     @blueprint.get("/")
     def index() -> Response:
@@ -58,6 +74,14 @@ def dashboard_blueprint() -> Blueprint:
         return _serve(directory, name)
 
     return blueprint
+
+
+def _is_local(client_ip: object) -> bool:
+    """The browser runs on the gateway's machine (after trusted proxies are resolved)."""
+    try:
+        return ipaddress.ip_address(str(client_ip)).is_loopback
+    except ValueError:
+        return False
 
 
 def _serve(directory: Path, name: str) -> Response:

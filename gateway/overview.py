@@ -18,7 +18,7 @@ from graphql import GraphQLResolveInfo
 
 from actors.messages import GetHealth, HealthReport, SessionStatus
 from gateway import __version__
-from gateway.auth import Principal, authorize
+from gateway.auth import ACTIONS, Principal, authorize
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.scope import scoped_report
@@ -62,13 +62,21 @@ def resolve_gateway(_: Any, info: GraphQLResolveInfo) -> GatewayView:
     return GatewayView(info, principal, info.context["config"])
 
 
+def role_actions(role: str) -> list[str]:
+    """What ``role`` may do, from the one table of roles (``gateway.auth.ACTIONS``): the
+    dashboard shows only the controls a token can use, instead of buttons that end in
+    FORBIDDEN."""
+    return sorted(action for action, roles in ACTIONS.items() if role in roles)
+
+
 def gateway_type() -> ObjectType:
     gateway = ObjectType("WhatsAppGateway")
     gateway.set_field("version", lambda v, _: __version__)
     gateway.set_field("authRequired", lambda v, _: v.config.auth.required)
     gateway.set_field("principal", lambda v, _: {
         "name": v.principal.name, "role": v.principal.role,
-        "sessions": None if v.principal.sessions is None else sorted(v.principal.sessions)})
+        "sessions": None if v.principal.sessions is None else sorted(v.principal.sessions),
+        "actions": role_actions(v.principal.role)})
     gateway.set_field("queueBySession", lambda v, _: v.queue_by_session())
     gateway.set_field("queueDepth", lambda v, _: sum(q["depth"] for q in v.queue_by_session()))
     gateway.set_field("dailyUsage", _daily_usage)

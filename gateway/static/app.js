@@ -42,7 +42,8 @@
                "are deleted.",
       todo: "Press Connect and scan a new QR code." },
     DISCONNECTED: { tone: "idle", label: "Disconnected",
-      meaning: "Stopped with Disconnect; the credentials are kept.",
+      meaning: "Stopped with Disconnect; the credentials are kept. Sends through it are " +
+               "refused (NOT_CONNECTED) until it is connected again.",
       todo: "Press Connect to resume (no QR code needed)." },
     FAILED: { tone: "bad", label: "Failed",
       meaning: "The gateway gave up: every reconnect attempt failed, the session process " +
@@ -79,6 +80,16 @@
   const DISCONNECT_STATES = new Set(["CONNECTED", "CONNECTING", "QR_PENDING", "RECONNECTING"]);
   const LOGOUT_STATES = new Set(["CONNECTED", "CONNECTING", "RECONNECTING", "DISCONNECTED",
     "FAILED"]);
+  // Not running: a session in one of these states that has no linked device can be
+  // removed from the list (whatsAppForgetSession; the gateway refuses any other).
+  const FORGET_STATES = new Set(["NEW", "LOGGED_OUT", "QR_EXPIRED", "DISCONNECTED", "FAILED",
+    "REPLACED", "BANNED", "CLIENT_OUTDATED"]);
+  // What a role that lacks an action cannot do here, for the note under the header.
+  const MISSING = {
+    connect: "link, unlink or remove sessions",
+    messages: "see message records",
+    send: "send messages or check numbers",
+  };
 
   const STATUS_FIELDS = "session state connected phoneNumber reconnectAttempt " +
     "lastError { code message } connectedSince qrCodeSvg qrCodeRaw qrExpiresAt bannedUntil";
@@ -86,7 +97,7 @@
   const Q_STATUS = `query Status($session: String) {
     whatsAppStatus(session: $session) { ${STATUS_FIELDS} } }`;
   const Q_WHO = `query Who { whatsAppGateway { version authRequired
-    principal { name role sessions } } }`;
+    principal { name role sessions actions } } }`;
   const Q_OVERVIEW = `query Overview { whatsAppGateway {
     queueDepth queueBySession { session depth } dailyUsage { used limit remaining }
     limits { perNumberPerMinute perNumberPerHour globalPerDay maxSessions reconnectAttempts
@@ -100,6 +111,7 @@
   const M_CONNECT = "mutation Connect($session: String) { whatsAppConnect(session: $session) }";
   const M_DISCONNECT = `mutation Disconnect($session: String, $keep: Boolean) {
     whatsAppDisconnect(session: $session, keepSession: $keep) }`;
+  const M_FORGET = "mutation Forget($session: String!) { whatsAppForgetSession(session: $session) }";
   const M_PAIRING = `mutation PairingCode($phone: String!, $session: String) {
     whatsAppRequestPairingCode(phoneNumber: $phone, session: $session) }`;
   const M_SEND = `mutation Send($input: SendWhatsAppMessageInput!) {
@@ -226,13 +238,50 @@
 
   function showLogin(message) {
     stopPolling();
+    loadTokenCommand();
     $("app").hidden = true;
     $("who").hidden = true;
     $("demo-banner").hidden = true;
+    $("role-note").hidden = true;
     $("login").hidden = false;
     $("login-error").textContent = message || "";
     $("token").value = "";
     $("token").focus();
+  }
+
+  // The token command for the config this gateway runs with (the gateway fills in its
+  // config file where it tells that to this browser; otherwise a placeholder stays).
+  async function loadTokenCommand() {
+    try {
+      const response = await fetch("/static/sign-in.json", { credentials: "omit" });
+      if (!response.ok) return;
+      const hint = await response.json();
+      $("token-command").textContent = hint.command;
+      $("token-command-note").textContent = hint.note;
+    } catch (err) {
+      // Keep the placeholder command: the page works without the hint.
+    }
+  }
+
+  function may(action) {
+    const principal = state.gateway && state.gateway.principal;
+    return Boolean(principal && principal.actions.includes(action));
+  }
+
+  // Only the controls the token's role can use are shown; a note says what is hidden
+  // and which role can do it, instead of buttons that end in FORBIDDEN.
+  function applyRole() {
+    $("send-section").hidden = !may("send");
+    $("check-section").hidden = !may("send");
+    $("messages-section").hidden = !may("messages");
+    $("add-session-form").hidden = !may("connect");
+    const missing = Object.keys(MISSING).filter((a) => !may(a)).map((a) => MISSING[a]);
+    const note = $("role-note");
+    note.hidden = missing.length === 0;
+    note.textContent = missing.length === 0 ? "" : `Role ${state.gateway.principal.role}: ` +
+      `this token cannot ${missing.join(", nor ")}, so those controls are hidden. A token ` +
+      "with role admin can do everything (wagate token create --role admin); sending " +
+      "needs admin or sender, linking sessions admin or operator.";
   }
 
   function showApp() {
@@ -247,6 +296,7 @@
     $("who-sessions").textContent = gw.principal.sessions
       ? `; sessions ${gw.principal.sessions.join(", ")}` : "";
     $("sign-out").hidden = !gw.authRequired;
+    applyRole();
     state.running = true;
     refreshSessions();
     refreshOverview();
@@ -275,6 +325,7 @@
     try {
       const data = await gql(Q_SESSIONS);
       const statuses = data.whatsAppSessions;
+      statuses.forEach((s) => { s.registered = true; }); // the gateway knows it: forgettable
       const known = new Set(statuses.map((s) => s.session));
       // Sessions the registry does not hold yet (never connected, or connected a moment
       // ago): ask for them by name, so they can be connected from here.
@@ -300,7 +351,7 @@
   async function refreshOverview() {
     clearTimeout(state.overviewTimer);
     if (!state.running) return;
-    await Promise.all([loadOverview(), loadMessages(false)]);
+    await Promise.all([loadOverview(), may("messages") ? loadMessages(false) : null]);
     if (state.running) state.overviewTimer = setTimeout(refreshOverview, OVERVIEW_POLL_MS);
   }
 
@@ -415,7 +466,7 @@
     c.countdown = el("p", { class: "countdown", "data-testid": "countdown" });
     const phoneId = `${id}-pair-phone`;
     c.pairPhone = el("input", { id: phoneId, type: "tel", autocomplete: "off",
-      placeholder: "+49 151 23456789", required: "" });
+      placeholder: "e.g. +49 151 23456789", required: "" });
     c.pairButton = el("button", { type: "submit" }, "Get pairing code");
     c.pairCode = el("output", { class: "pairing-code", for: phoneId,
       "aria-live": "polite", "data-testid": "pairing-code" });
@@ -428,7 +479,7 @@
       event.preventDefault();
       requestPairingCode(c);
     });
-    const pairDetails = el("details", { class: "pair-by-phone" },
+    const pairDetails = c.pairDetails = el("details", { class: "pair-by-phone" },
       el("summary", { text: "No camera? Link with a phone number instead" }), c.pairForm);
     c.pairing = el("div", { class: "pairing", "data-testid": "pairing" },
       c.qr, c.countdown,
@@ -443,25 +494,36 @@
       "aria-label": `Disconnect ${name}` }, "Disconnect");
     c.logout = el("button", { type: "button", class: "danger",
       "aria-label": `Log out ${name}` }, "Log out");
+    c.forget = el("button", { type: "button", class: "secondary",
+      "aria-label": `Remove ${name}` }, "Remove");
     c.connect.addEventListener("click", () => connect(c));
     c.newCode.addEventListener("click", () => connect(c));
     c.disconnect.addEventListener("click", () => confirmThen(
       `Disconnect ${name}?`,
       `The session goes offline but keeps its credentials: Connect resumes it without a ` +
-      "QR code. Messages sent meanwhile wait in the queue.",
+      "QR code. Until then every send through it is refused with NOT_CONNECTED (nothing " +
+      "is queued for it): send through another session, or retry after Connect.",
       "Disconnect", () => disconnect(c, true)));
     c.logout.addEventListener("click", () => confirmThen(
       `Log out ${name}?`,
-      "This unlinks the device from the phone and deletes its credentials. Linking it " +
-      "again needs a new QR scan; queued messages wait until then.",
+      "This unlinks the device from the phone and deletes its credentials. Messages " +
+      "still waiting to be sent through it fail (SESSION_LOGGED_OUT), and sends are " +
+      "refused (NOT_CONNECTED) until a phone scans a new QR code.",
       "Log out", () => disconnect(c, false)));
+    c.forget.addEventListener("click", () => confirmThen(
+      `Remove ${name}?`,
+      "The gateway forgets this session: its name, state and what is left of it on disk. " +
+      "Messages still waiting for it fail (SESSION_FORGOTTEN). Connecting the same name " +
+      "later starts a new session that needs a QR scan.",
+      "Remove", () => forget(c)));
     c.actionError = el("p", { class: "error", role: "alert", "data-testid": "action-error" });
 
     c.root = el("article", { class: "session", id, "aria-labelledby": `${id}-title`,
       "data-session": name },
       el("header", { class: "session-head" }, c.title, c.badge),
       c.meaning, c.todo, facts, c.pairing,
-      el("div", { class: "row actions" }, c.connect, c.newCode, c.disconnect, c.logout),
+      el("div", { class: "row actions" }, c.connect, c.newCode, c.disconnect, c.logout,
+        c.forget),
       c.actionError);
     return c;
   }
@@ -500,11 +562,15 @@
       c.pairCode.textContent = "";
       c.pairError.textContent = "";
     }
-    c.connect.hidden = !CONNECT_STATES.has(status.state);
+    const acts = may("connect");
+    const linked = Boolean(status.phoneNumber); // never linked: nothing to log out
+    c.connect.hidden = !acts || !CONNECT_STATES.has(status.state);
     c.connect.textContent = status.state === "RECONNECTING" ? "Reconnect now" : "Connect";
-    c.newCode.hidden = status.state !== "QR_EXPIRED";
-    c.disconnect.hidden = !DISCONNECT_STATES.has(status.state);
-    c.logout.hidden = !LOGOUT_STATES.has(status.state);
+    c.newCode.hidden = !acts || status.state !== "QR_EXPIRED";
+    c.disconnect.hidden = !acts || !DISCONNECT_STATES.has(status.state);
+    c.logout.hidden = !acts || !linked || !LOGOUT_STATES.has(status.state);
+    c.forget.hidden = !acts || linked || !status.registered || !FORGET_STATES.has(status.state);
+    c.pairDetails.hidden = !acts;
     tickCard(c);
   }
 
@@ -539,18 +605,28 @@
     await sessionAction(c, M_DISCONNECT, { session: c.name, keep });
   }
 
+  async function forget(c) {
+    if (!await sessionAction(c, M_FORGET, { session: c.name })) return;
+    state.added = state.added.filter((n) => n !== c.name);
+    sessionStorage.setItem(ADDED_KEY, JSON.stringify(state.added));
+    refreshSessions();
+  }
+
   async function sessionAction(c, mutation, variables) {
     c.actionError.textContent = "";
-    const buttons = [c.connect, c.newCode, c.disconnect, c.logout];
+    const buttons = [c.connect, c.newCode, c.disconnect, c.logout, c.forget];
     buttons.forEach((b) => { b.disabled = true; });
+    let done = false;
     try {
       await gql(mutation, variables);
+      done = true;
     } catch (err) {
       c.actionError.textContent = err.text;
     } finally {
       buttons.forEach((b) => { b.disabled = false; });
     }
     refreshSessions();
+    return done;
   }
 
   async function requestPairingCode(c) {
@@ -788,13 +864,16 @@
     if (m.error) details.push(m.error);
     if (m.attempts > 1) details.push(`${m.attempts} attempts`);
     if (m.uncertain) details.push("may have arrived twice");
-    const stateCell = el("td", {}, el("span", { class: `chip msg-${m.state}`, text: m.state }));
+    // data-label: on a narrow screen each row is a small card, labelled cell by cell.
+    const stateCell = el("td", { "data-label": "State" },
+      el("span", { class: `chip msg-${m.state}`, text: m.state }));
     const row = el("tr", { "data-message-id": m.id },
-      el("td", { text: formatTime(m.acceptedAt) }),
-      el("td", { text: m.session }),
-      el("td", { text: `+${m.phoneNumber}` }),
+      el("td", { "data-label": "Accepted", text: formatTime(m.acceptedAt) }),
+      el("td", { "data-label": "Session", text: m.session }),
+      el("td", { "data-label": "To", text: `+${m.phoneNumber}` }),
       stateCell,
-      el("td", { text: details.join("; ") || "–", title: `message id ${m.id}` }));
+      el("td", { "data-label": "Details", class: "details", text: details.join("; ") || "–",
+        title: `message id ${m.id}` }));
     return row;
   }
 

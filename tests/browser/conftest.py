@@ -3,7 +3,11 @@
 ``scripts/system-deps`` installs Chromium (Playwright never downloads a browser here).
 Every page may reach only the gateway under test: a request to any other address is
 refused and fails the test, and so does a script error or a Content-Security-Policy
-violation in the page. Screenshots of each step go to ``test-artifacts/screenshots/``.
+violation in the page. Screenshots of each step go to a new temporary directory of the
+run's own (``wagate-screenshots-*``, named at the end of the run and kept: they are what
+the run produced to look at; not pytest's basetemp, which concurrent runs rotate away),
+or to ``WAGATE_SCREENSHOTS`` when that is set:
+``WAGATE_SCREENSHOTS=shots python -m pytest tests/browser``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +27,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Route, expect, sy
 from tests.integration.conftest import make_gateway  # noqa: F401 (a fixture, used by name)
 from tests.integration.harness import Gateway
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+SCREENSHOTS_ENV = "WAGATE_SCREENSHOTS"
+_screenshots: list[Path] = []  # the run's screenshot directory, once made
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
@@ -45,10 +51,28 @@ def chromium_path() -> str:
     return found
 
 
+@pytest.fixture(scope="session", autouse=True)
+def screenshot_dir() -> Path:
+    """Where this run's screenshots go: ``WAGATE_SCREENSHOTS``, or a new temporary
+    directory."""
+    chosen = os.environ.get(SCREENSHOTS_ENV)
+    directory = (Path(chosen).resolve() if chosen
+                 else Path(tempfile.mkdtemp(prefix="wagate-screenshots-")))
+    _screenshots[:] = [directory]
+    return directory
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _screenshots and any(_screenshots[0].glob("*.png")):
+        terminalreporter.write_line(f"dashboard screenshots: {_screenshots[0]}")
+
+
 def shot(page: Page, name: str, full_page: bool = True) -> Path:
     """Save a screenshot of the page as a test artifact; returns its path."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    assert _screenshots, "the screenshot_dir fixture has not run"
+    directory = _screenshots[0]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
     return path
 

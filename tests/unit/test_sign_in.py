@@ -1,0 +1,34 @@
+"""The dashboard's token command (gateway/sign_in.py): the one that works for the
+gateway's own configuration, and paths of the machine only for a local browser."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from gateway.config import load_config
+from gateway.sign_in import sign_in_hint, token_command
+
+
+def test_a_token_file_in_data_dir_is_named_by_an_absolute_data_dir(tmp_path: Path) -> None:
+    config = load_config(None, {"storage.data_dir": "relative/data"})
+    words = shlex.split(token_command(config, None))
+    assert words[words.index("--data-dir") + 1] == str(Path("relative/data").resolve())
+    assert "--config" not in words  # the defaults: no file to name
+    assert words[-2:] == ["--role", "admin"]
+
+
+def test_an_explicit_token_file_needs_only_the_config(tmp_path: Path) -> None:
+    config_file = tmp_path / "with space" / "gateway.toml"
+    config = load_config(None, {"auth.tokens_file": str(tmp_path / "tokens.toml")})
+    words = shlex.split(token_command(config, str(config_file)))
+    assert words[words.index("--config") + 1] == str(config_file)  # quoted, one word
+    assert "--data-dir" not in words
+
+
+def test_a_browser_elsewhere_gets_no_paths_of_this_machine(tmp_path: Path) -> None:
+    config = load_config(None, {"storage.data_dir": str(tmp_path)})
+    remote = sign_in_hint(config, str(tmp_path / "gateway.toml"), local=False)
+    assert str(tmp_path) not in remote["command"] + remote["note"]
+    assert "--config CONFIG" in remote["command"]
+    assert str(tmp_path) in sign_in_hint(config, None, local=True)["command"]
