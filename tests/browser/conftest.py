@@ -77,8 +77,8 @@ def shot(page: Page, name: str, full_page: bool = True) -> Path:
     return path
 
 
-def _descendants() -> list[str]:
-    """Command names of this test process's descendants (Linux /proc)."""
+def _descendant_table() -> list[tuple[int, str]]:
+    """(pid, command name) of this test process's live descendants (Linux /proc)."""
     parents: dict[int, int] = {}
     names: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
@@ -94,12 +94,24 @@ def _descendants() -> list[str]:
             continue
         parents[int(entry.name)] = int(fields[1])
         names[int(entry.name)] = stat[stat.index("(") + 1:name_end]
-    found, frontier = [], {os.getpid()}
+    found: list[tuple[int, str]] = []
+    frontier = {os.getpid()}
     while frontier:
         children = {pid for pid, parent in parents.items() if parent in frontier}
-        found += [names[pid] for pid in children]
+        found += [(pid, names[pid]) for pid in children]
         frontier = children
     return found
+
+
+def _descendants() -> list[str]:
+    """Command names of this test process's descendants."""
+    return [name for _pid, name in _descendant_table()]
+
+
+def _descendants_pids(prefixes: tuple[str, ...]) -> list[int]:
+    """Pids of this test process's descendants whose command name contains one of
+    ``prefixes`` (the browser: "chrom", "node")."""
+    return [pid for pid, name in _descendant_table() if any(p in name for p in prefixes)]
 
 
 @pytest.fixture

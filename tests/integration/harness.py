@@ -3,12 +3,18 @@
 Every process the gateway starts is recorded (launcher, actor process group, web
 process group); ``stop()`` asserts that a graceful stop leaves none of them behind,
 and the fixture's finaliser kills and *fails* on anything that survived.
+
+Whatever ends the test run, what the harness started stops: a SIGTERM or SIGHUP to
+pytest becomes a KeyboardInterrupt (pytest then tears every fixture down, as after
+Ctrl-C), and every launcher dies with pytest (``PR_SET_PDEATHSIG``: it gets SIGTERM,
+its own graceful stop, even when pytest is SIGKILLed).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import itertools
 import json
 import os
@@ -16,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +46,43 @@ FAST = {
     "messages": {"send_timeout_seconds": 5.0},
     "logging": {"level": "INFO"},
 }
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_previous_handlers: dict[int, Any] = {}
+
+
+def _stop_the_run(signum: int, _frame: Any) -> None:
+    """A SIGTERM/SIGHUP to pytest: stop the run as Ctrl-C does, so that every fixture's
+    teardown (gateways, browsers) runs. A second one acts as it would have."""
+    for number, handler in _previous_handlers.items():
+        signal.signal(number, handler)
+    raise KeyboardInterrupt(f"pytest got signal {signal.Signals(signum).name}")
+
+
+def stop_on_termination() -> None:
+    """Install ``_stop_the_run`` for SIGTERM and SIGHUP (once, from the main thread).
+
+    Python's default for SIGTERM ends the process at once, without teardown: the
+    gateways a test started kept running after ``kill <pytest pid>``."""
+    if _previous_handlers or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        _previous_handlers[signum] = signal.signal(signum, _stop_the_run)
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """For ``preexec_fn``: the child gets SIGTERM when the test process dies, however it
+    dies (a SIGKILL included). If the parent died before the call, the child exits.
+    The kernel sends it when the *thread* that started the child ends: gateways are
+    started from the main thread (``launch`` refuses any other)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+    return arm
 
 
 def free_port() -> int:
@@ -191,11 +235,15 @@ class Gateway:
 
     def launch(self) -> subprocess.Popen[bytes]:
         """Start ``wagate serve`` without waiting for it (``start`` waits)."""
+        assert threading.current_thread() is threading.main_thread(), \
+            "start gateways from the main thread: a launcher dies with the thread that started it"
+        stop_on_termination()
         log = open(self.root / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
              "--port", str(self.port), "--admin-port", str(self.admin_port)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.code_dir)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.code_dir,
+            preexec_fn=_die_with_parent(os.getpid()))
         log.close()
         self.launchers.append(self.process)
         return self.process
