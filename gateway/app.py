@@ -153,10 +153,12 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
         if g.get("cors_origin"):
             response.headers.update(cors_headers(g.cors_origin))
         if request.path not in PUBLIC_PATHS:  # probes are not worth a log line
-            log.info("request", method=request.method, path=request.path,
-                     status=response.status_code, operation=g.get("operation"),
-                     session=g.get("session"),
-                     ms=round((time.perf_counter() - g.get("started", 0)) * 1000, 2))
+            quiet = config.logging.reads_at_debug and _only_read(response.status_code)
+            (log.debug if quiet else log.info)(
+                "request", method=request.method, path=request.path,
+                status=response.status_code, operation=g.get("operation"),
+                session=g.get("session"),
+                ms=round((time.perf_counter() - g.get("started", 0)) * 1000, 2))
         if (request.path == "/graphql" and request.method == "POST"
                 and not g.get("graphql_observed") and "started" in g):
             # Refused before any operation ran (token, size, not JSON): still a request.
@@ -195,6 +197,10 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
                                  introspection=True)
         g.graphql_observed = True
         graphql_metrics.observe(data, result, time.perf_counter() - started)
+        # Every operation of the request (a batch has several) must be a query that
+        # succeeded for its request line to count as a mere read.
+        g.reads = g.get("reads", True) and not result.get("errors") and \
+            graphql_metrics.is_query(data)
         return result
 
     @app.post("/graphql")
@@ -304,6 +310,16 @@ def make_authenticator(config: Config) -> Authenticator:
     if auth.required:
         authenticator.load()
     return authenticator
+
+
+def _only_read(status: int) -> bool:
+    """This request only read and succeeded: a dashboard file, or GraphQL queries
+    without errors (what a dashboard tab polls). Its request line may go to DEBUG."""
+    if status not in (200, 304):
+        return False
+    if request.method == "GET":
+        return request.path == "/" or request.path.startswith("/static/")
+    return request.path == "/graphql" and bool(g.get("reads"))
 
 
 def _is_public(path: str, method: str, explorer: bool) -> bool:

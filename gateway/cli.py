@@ -18,8 +18,10 @@ from typing import Any
 from gateway.config import DEFAULT_CONFIG_PATH, RANGES, Config, ConfigError, load_config
 from gateway.ranges import Range, flag
 
-# The demo runs on the simulator and, bound to loopback, without API tokens.
-DEMO_OVERRIDES: dict[str, Any] = {"transport.engine": "simulator", "auth.required": False}
+# The demo runs on the simulator and, bound to loopback, without API tokens; it logs for a
+# person at a terminal: readable lines, and the dashboard's polling only at DEBUG.
+DEMO_OVERRIDES: dict[str, Any] = {"transport.engine": "simulator", "auth.required": False,
+                                  "logging.format": "console", "logging.reads_at_debug": True}
 # Ranges of the simulator commands' numbers (the README lists them with the commands).
 SCAN_WAIT = Range(0, 3600)
 DOWN_FOR = Range(0, 86400)

@@ -214,6 +214,9 @@ class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "console"] = "json"
     log_message_text: bool = False  # message bodies are personal data: off by default
+    # Successful reads (GraphQL queries, dashboard files) log their request line at DEBUG,
+    # not INFO: an open dashboard tab polls several queries every few seconds.
+    reads_at_debug: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from graphql import (
     FieldNode,
     GraphQLSchema,
     OperationDefinitionNode,
+    OperationType,
 )
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import Metric
@@ -129,6 +130,15 @@ class GraphqlMetrics:
                                        else "GRAPHQL_VALIDATION_FAILED")
         GRAPHQL_REQUESTS.labels("none", outcome).inc()
         GRAPHQL_SECONDS.labels("none").observe(seconds)
+
+    def is_query(self, data: dict[str, Any]) -> bool:
+        """The chosen operation only reads (a query, not a mutation)."""
+        try:
+            document = self.parse(None, data)
+        except Exception:  # not a string, or a syntax error: GraphQL said so already
+            return False
+        chosen = _chosen_operation(document, data.get("operationName"))
+        return chosen is not None and chosen.operation == OperationType.QUERY
 
     def operation(self, data: dict[str, Any]) -> tuple[str, dict[str, str]]:
         """The operation's label and its root fields by response key.

@@ -165,12 +165,24 @@ def run_gateway(config: Config, run: Run, stop: StopSignals) -> int:
         if stop.requested:
             log.info("stop requested during start-up; stopping what was started")
             return 0
-        log.info("wagate is serving", url=f"http://{config.http.host}:{config.http.port}/graphql",
+        base = base_url(config.http.host, config.http.port)
+        # The dashboard's address leads: it is what a person at the terminal opens next.
+        log.info(f"wagate is serving: open the dashboard at {base}/", graphql=f"{base}/graphql",
                  engine=config.transport.engine, data_dir=str(config.data_path),
                  admin_port=config.actors.admin_port, role=config.cluster.role)
         return watch(started, config, stop)
     finally:
         stop_everything(started, run)
+
+
+def base_url(host: str, port: int) -> str:
+    """The address a browser on this machine uses: a wildcard bind is reached on
+    loopback, and an IPv6 address needs brackets."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def watch(started: Started, config: Config, stop: StopSignals) -> int:
