@@ -280,8 +280,8 @@
     note.hidden = missing.length === 0;
     note.textContent = missing.length === 0 ? "" : `Role ${state.gateway.principal.role}: ` +
       `this token cannot ${missing.join(", nor ")}, so those controls are hidden. A token ` +
-      "with role admin can do everything (wagate token create --role admin); sending " +
-      "needs admin or sender, linking sessions admin or operator.";
+      "with role admin can do everything; sending needs admin or sender, linking sessions " +
+      "admin or operator (Forget token shows the command that creates one).";
   }
 
   function showApp() {
@@ -543,7 +543,10 @@
                  "until when (the phone shows it)."
       : reason ? reason.meaning : info.meaning;
     const todo = reason ? reason.todo : info.todo;
-    c.todo.textContent = todo ? `What to do: ${todo}` : "";
+    // A button this token does not have: say who can press it.
+    const pressNeedsOther = /\bPress\b/.test(todo || "") && !may("connect");
+    c.todo.textContent = !todo ? "" : `What to do: ${todo}` +
+      (pressNeedsOther ? " (with a token of role admin or operator)" : "");
     c.phone.textContent = status.phoneNumber ? `+${status.phoneNumber}` : "not linked yet";
     const max = state.limits ? ` of ${state.limits.reconnectAttempts}` : "";
     c.attempt.textContent = status.reconnectAttempt ? `${status.reconnectAttempt}${max}` : "none";
