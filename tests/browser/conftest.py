@@ -51,27 +51,26 @@ def chromium_path() -> str:
     return found
 
 
-@pytest.fixture(scope="session", autouse=True)
 def screenshot_dir() -> Path:
     """Where this run's screenshots go: ``WAGATE_SCREENSHOTS``, or a new temporary
-    directory."""
-    chosen = os.environ.get(SCREENSHOTS_ENV)
-    directory = (Path(chosen).resolve() if chosen
-                 else Path(tempfile.mkdtemp(prefix="wagate-screenshots-")))
-    _screenshots[:] = [directory]
-    return directory
+    directory, made at the first screenshot (a run that takes none leaves none)."""
+    if not _screenshots:
+        chosen = os.environ.get(SCREENSHOTS_ENV)
+        directory = (Path(chosen).resolve() if chosen
+                     else Path(tempfile.mkdtemp(prefix="wagate-screenshots-")))
+        directory.mkdir(parents=True, exist_ok=True)
+        _screenshots.append(directory)
+    return _screenshots[0]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _screenshots and any(_screenshots[0].glob("*.png")):
+    if _screenshots:
         terminalreporter.write_line(f"dashboard screenshots: {_screenshots[0]}")
 
 
 def shot(page: Page, name: str, full_page: bool = True) -> Path:
     """Save a screenshot of the page as a test artifact; returns its path."""
-    assert _screenshots, "the screenshot_dir fixture has not run"
-    directory = _screenshots[0]
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = screenshot_dir()
     path = directory / f"{name}.png"
     page.screenshot(path=str(path), full_page=full_page)
     return path
