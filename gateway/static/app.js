@@ -458,7 +458,8 @@
       el("div", {}, el("dt", { text: "Phone number" }), c.phone),
       el("div", {}, el("dt", { text: "Connected for" }), c.uptime),
       el("div", {}, el("dt", { text: "Reconnect attempt" }), c.attempt),
-      el("div", {}, el("dt", { text: "Last error" }), c.error));
+      // The whole width: an error is a sentence, squeezed into a column it is a tower.
+      el("div", { class: "wide" }, el("dt", { text: "Last error" }), c.error));
 
     // Pairing: the QR code, its countdown, and the phone-number alternative.
     c.qr = el("img", { class: "qr", alt: `QR code that links a phone to session ${name}`,

@@ -181,6 +181,11 @@ def test_at_phone_width_messages_stay_readable_and_dead_sessions_can_go(
     stale = card(page, "stale")
     expect(stale).to_have_attribute("data-state", "QR_EXPIRED", timeout=30_000)
     expect(stale.get_by_role("button", name="Log out stale")).to_have_count(0)
+    # Its last error is a sentence: it gets the card's whole width, not a narrow column.
+    error_box = stale.get_by_test_id("last-error").bounding_box()
+    card_box = stale.bounding_box()
+    assert error_box and card_box and error_box["width"] >= 0.8 * card_box["width"] - 40, \
+        (error_box, card_box)
     expect(card(page).get_by_role("button", name="Remove default")).to_be_hidden()  # linked
     shot(page, "35-phone-never-linked")
     stale.get_by_role("button", name="Remove stale").click()
