@@ -28,11 +28,18 @@ DOWN_FOR = Range(0, 86400)
 FAIL_COUNT = Range(0, 1_000_000)
 
 
+DESCRIPTION = ("Serve the WhatsApp gateway, manage its tokens, keys and audit log, and drive "
+               "the simulated WhatsApp service. Every command takes --config and --data-dir; "
+               f"without --config the file {DEFAULT_CONFIG_PATH} is used when it exists, "
+               "otherwise the embedded defaults.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        parser.print_help()
+        # A command group alone (`wagate sim`) shows its own commands, not the top list.
+        getattr(args, "help_parser", parser).print_help()
         return 2
     try:
         return int(args.handler(args) or 0)
@@ -44,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wagate", description=__doc__)
+    from gateway import __version__
+
+    parser = argparse.ArgumentParser(prog="wagate", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"wagate {__version__}",
+                        help="print the installed wagate's version and exit")
     commands = parser.add_subparsers(title="commands")
 
     serve = commands.add_parser("serve", help="run the gateway in the foreground")
@@ -61,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     sim = commands.add_parser("sim", help="control the simulated WhatsApp service")
+    sim.set_defaults(help_parser=sim)
     sim_commands = sim.add_subparsers(title="simulator commands")
 
     scan = sim_commands.add_parser("scan", help="link the pending QR code, as a phone would")
     _common(scan)
-    scan.add_argument("--session", default="default")
+    scan.add_argument("--session", default="default",
+                      help="the session whose code to scan (default: default)")
     scan.add_argument("--phone", help="the simulated phone's number (digits)")
     scan.add_argument("--code", help="type this pairing code (from whatsAppRequestPairingCode) "
                       "instead of scanning the QR code")
@@ -88,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     logout = sim_commands.add_parser("logout", help="unlink a session's device from the phone")
     _common(logout)
-    logout.add_argument("--session", default="default")
+    logout.add_argument("--session", default="default",
+                        help="the session whose device to unlink (default: default)")
     logout.set_defaults(handler=cmd_sim_logout)
 
     fail = sim_commands.add_parser("fail-next", help="make the next N sends fail")
@@ -125,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     auto = sim_commands.add_parser(
         "auto-receipt", help="every later message gets a receipt at once, before its ack")
     _common(auto)
-    auto.add_argument("kind", choices=["delivered", "read", "off"])
+    auto.add_argument("kind", choices=["delivered", "read", "off"],
+                      help="the receipt every later message gets, or off to stop")
     auto.add_argument("--lid", action="store_true", help="receipts name the sender by LID")
     auto.set_defaults(handler=cmd_sim_auto_receipt)
 

@@ -21,6 +21,7 @@ TAIL_LINES = Range(0, 100_000)
 
 def register(commands: Any, common: Any) -> None:
     audit = commands.add_parser("audit", help="verify and read the audit log")
+    audit.set_defaults(help_parser=audit)
     sub = audit.add_subparsers(title="audit commands")
 
     check = sub.add_parser("verify", help="check that no line was edited, removed, "

@@ -28,6 +28,7 @@ from gateway.store_keys import StoreCheckError, rotate_keys, verify_stores
 
 def register(commands: Any, common: Any) -> None:
     keys = commands.add_parser("keys", help="create, rotate and check the storage key")
+    keys.set_defaults(help_parser=keys)
     sub = keys.add_subparsers(title="key commands")
 
     create = sub.add_parser("create", help="a new storage key, printed or written to a file")

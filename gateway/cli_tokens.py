@@ -30,12 +30,15 @@ from gateway.times import iso_time
 
 def register(commands: Any, common: Any) -> None:
     token = commands.add_parser("token", help="create, list and revoke API tokens")
+    token.set_defaults(help_parser=token)
     sub = token.add_subparsers(title="token commands")
 
     create = sub.add_parser("create", help="create a token (shown once) and store its hash")
     common(create)
     create.add_argument("--name", required=True, help="a unique name (letters, digits, _ -)")
-    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--role", required=True, choices=ROLES,
+                        help="what the token may do: admin everything; operator links, unlinks "
+                        "and reads messages; sender sends; viewer only looks (README: Roles)")
     create.add_argument("--networks", help="comma-separated CIDRs the token may be used from")
     create.add_argument("--sessions", help="comma-separated sessions the token may use")
     create.add_argument("--expires", help="lifetime such as 90d, 12h, 30m, or a date")
@@ -47,7 +50,7 @@ def register(commands: Any, common: Any) -> None:
 
     revoke = sub.add_parser("revoke", help="revoke a token; it stops working within a second")
     common(revoke)
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the token's name (see `wagate token list`)")
     revoke.set_defaults(handler=cmd_revoke)
 
 
