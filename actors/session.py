@@ -620,14 +620,13 @@ class SessionActor(BridgedActor):
                                                   self.config, store_dir)
             except EngineSetupError as exc:  # its message says what to do
                 log.error("transport engine refused", engine=engine, error=str(exc))
-                raise EngineUnavailable(f"the '{engine}' WhatsApp engine cannot start: {exc}"
-                                        ) from exc
+                raise EngineUnavailable(_engine_problem(engine, exc, f": {exc}")) from exc
             except Exception as exc:
                 log.error("transport engine unavailable", engine=engine, error=repr(exc))
-                raise EngineUnavailable(
-                    f"the '{engine}' WhatsApp engine cannot start ({exc}); reinstall wagate "
-                    "(pip install .) and check that libmagic is installed, or run the "
-                    "simulator with `wagate serve --demo`") from exc
+                raise EngineUnavailable(_engine_problem(
+                    engine, exc, f" ({exc}); reinstall wagate (pip install .) and check that "
+                    "libmagic is installed, or run the simulator with `wagate serve --demo`"
+                    )) from exc
         return self.transport
 
     def _do(self, action: Action) -> None:
@@ -684,3 +683,16 @@ class SessionActor(BridgedActor):
     def _report(self) -> None:
         if self.machine is not None and self.parent is not None:
             self.send(self.parent, StatusChanged(replace(self.machine.status, pid=os.getpid())))
+
+
+
+def _engine_problem(engine: str, exc: Exception, otherwise: str) -> str:
+    """Why the engine cannot start and what to do. After a ``pip install`` under the
+    running gateway, reinstalling is what broke it: then the advice is to restart, and
+    the engine's own words (which may say "reinstall") come after it."""
+    from actors.transport.engine import INSTALL_CHANGED_ADVICE, install_changed
+
+    if install_changed():
+        return (f"the '{engine}' WhatsApp engine cannot start: {INSTALL_CHANGED_ADVICE} "
+                f"(the engine said: {exc})")
+    return f"the '{engine}' WhatsApp engine cannot start{otherwise}"

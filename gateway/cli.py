@@ -231,13 +231,19 @@ def start_with_engine_environment(mark_as_bot: bool) -> None:
     Called before anything is started: nothing (threads, files, children) is lost.
     """
     from actors.transport.engine import (
+        INSTALL_STAMP_ENV,
         REEXEC_MARKER,
         engine_environment,
         environment_mismatch,
         exec_environment,
+        install_stamp,
     )
     from gateway.serve import StartupError
 
+    # What was installed when this gateway started, for every process it starts (kept
+    # over the re-exec below): a session that cannot load its engine later compares.
+    if os.environ.get(REEXEC_MARKER) != str(os.getpid()):
+        os.environ[INSTALL_STAMP_ENV] = install_stamp()
     wanted = engine_environment(mark_as_bot)
     missing = environment_mismatch(wanted, exec_environment())
     if not missing:

@@ -166,3 +166,52 @@ def library_problem(library: EngineLibrary,
         return (f"the engine library {path} is version {found or 'unknown'}, neonize "
                 f"expects version {expected}; {fix}")
     return None
+
+
+# ---- the installation a running gateway was started from ----------------------------------
+
+# Set by the launcher (gateway.cli) to ``install_stamp()`` before any actor process
+# starts; every process forked from it inherits it.
+INSTALL_STAMP_ENV = "WAGATE_INSTALL_STAMP"
+# The distributions whose reinstallation changes what a new session process loads.
+STAMPED_DISTRIBUTIONS = ("wagate", "neonize")
+
+
+def install_stamp(names: tuple[str, ...] = STAMPED_DISTRIBUTIONS) -> str:
+    """What is installed now, as one comparable string: each distribution's version and
+    the identity (inode, mtime) of its metadata directory, which ``pip install``
+    replaces on every install, even of the same version or an editable one.
+
+    A session process is forked from a launcher that started long ago, but loads
+    engine modules when it starts: after a ``pip install`` under a running gateway it
+    may find files of another version than the running code. Comparing stamps tells
+    that apart from a broken installation, so the advice can be "restart", not
+    "reinstall" (reinstalling is what caused it)."""
+    parts = []
+    for name in names:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{name}=-")
+            continue
+        where = getattr(dist, "_path", None)  # a PathDistribution's dist-info directory
+        try:
+            st = os.stat(where) if where is not None else None
+        except OSError:
+            st = None
+        identity = f"{st.st_ino}:{st.st_mtime_ns}" if st is not None else "?"
+        parts.append(f"{name}={dist.version}@{identity}")
+    return ";".join(parts)
+
+
+def install_changed(environ: Mapping[str, str] | None = None,
+                    now: Callable[[], str] = install_stamp) -> bool:
+    """True when the installation differs from the one the launcher started from (the
+    stamp it left in ``INSTALL_STAMP_ENV``); False when none was left."""
+    started = (os.environ if environ is None else environ).get(INSTALL_STAMP_ENV)
+    return bool(started) and started != now()
+
+
+INSTALL_CHANGED_ADVICE = ("the installed wagate changed under the running gateway (a pip "
+                          "install while it ran): the running gateway cannot load the new "
+                          "files; restart it (stop it and run `wagate serve` again)")

@@ -482,3 +482,37 @@ def test_a_missing_engine_library_fails_the_session_with_engine_unavailable(
     version = importlib.metadata.version("neonize")
     assert f"version {version}" in error["message"] and "never downloads" in error["message"]
     assert not (root / "neonize" / library_file_name()).exists()  # nothing was fetched
+
+
+def test_an_engine_reinstalled_under_the_running_gateway_says_restart_not_reinstall(
+        make_gateway: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """The gateway runs against a complete copy of neonize (first on PYTHONPATH, with its
+    metadata); while it runs, the copy is "reinstalled" as pip does (new metadata
+    directory) and left without its library. A new session then cannot load the
+    engine: reinstalling is what broke it, so the advice is to restart the gateway."""
+    import importlib.metadata
+    import shutil
+
+    spec = importlib.util.find_spec("neonize")
+    assert spec is not None and spec.submodule_search_locations
+    dist = importlib.metadata.distribution("neonize")
+    metadata_dir = Path(dist._path)  # type: ignore[attr-defined]
+    root = tmp_path / "site"
+    shutil.copytree(next(iter(spec.submodule_search_locations)), root / "neonize",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(metadata_dir, root / metadata_dir.name)
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("PYTHONPATH", f"{root}{os.pathsep}{repo}")
+    gw = make_gateway(f"http://127.0.0.1:{refused_port()}").start()
+    # pip's install: the package's files replaced, the metadata directory made anew.
+    (root / "neonize" / library_file_name()).unlink()
+    os.rename(root / metadata_dir.name, root / "old.dist-info")
+    shutil.copytree(root / "old.dist-info", root / metadata_dir.name)
+    shutil.rmtree(root / "old.dist-info")
+    assert gw.connect().data == {"whatsAppConnect": True}
+    error = gw.wait_state("FAILED", timeout=30.0)["lastError"]
+    assert error["code"] == "ENGINE_UNAVAILABLE", error
+    message = error["message"]
+    assert "changed under the running gateway" in message and "restart it" in message
+    assert message.index("restart it") < message.index("reinstall"), message
