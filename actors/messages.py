@@ -273,6 +273,9 @@ class HealthReport:
     # The hosts of a cluster: name, role, slots, sessions, alive (README: Deployment on
     # several hosts); one entry, this host, on a single host.
     hosts: tuple[dict[str, Any], ...] = ()
+    # The simulated service's directory when the engine is the simulator, else "":
+    # `wagate sim` run elsewhere than the gateway's data_dir finds the service by it.
+    simulator_dir: str = ""
 
 
 # ---- launcher -> supervisor --------------------------------------------------

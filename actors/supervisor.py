@@ -237,12 +237,19 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         report = HealthReport(sessions=tuple(self.statuses[s] for s in sorted(self.statuses)),
                               worker_pids={"supervisor": os.getpid()},
                               session_metrics=self.session_counters.snapshot(time.time()),
-                              hosts=self._host_report())
+                              hosts=self._host_report(),
+                              simulator_dir=self._simulator_dir())
         outbox = self.children["outbox"].address
         if outbox is None:
             self.send(sender, Ok(report, request_id=msg.request_id))
             return
         self.send(outbox, CollectHealth(sender, report, msg.request_id))
+
+    def _simulator_dir(self) -> str:
+        config = self.config
+        if config is None or config.transport.engine != "simulator":
+            return ""
+        return str(config.simulator_path)
 
     def receiveMsg_GetRoutes(self, msg: GetRoutes, sender: Any) -> None:
         outbox = self.children["outbox"].address if "outbox" in self.children else None

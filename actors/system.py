@@ -217,10 +217,14 @@ def allowed_networks(config: Any) -> tuple[str, ...]:
     return () if cluster.role == "single" else tuple(cluster.allow_networks)
 
 
-def configure_thespian_log(log_dir: Path) -> None:
-    """Thespian's own log defaults to /tmp/thespian.log (shared, 50 KB): keep ours."""
-    log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.environ["THESPLOG_FILE"] = str(log_dir / "thespian.log")
+def configure_thespian_log(log_dir: Path, create: bool = True) -> None:
+    """Thespian's own log defaults to /tmp/thespian.log (shared, 50 KB): keep ours.
+    ``create=False`` (a command that only asks a gateway) never makes the directory: a
+    missing one sends the client's few lines nowhere rather than make a data_dir."""
+    if create:
+        log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.environ["THESPLOG_FILE"] = (str(log_dir / "thespian.log") if log_dir.is_dir()
+                                   else os.devnull)
     os.environ.setdefault("THESPLOG_FILE_MAXSIZE", str(5 * 1024 * 1024))
     os.environ.setdefault("THESPLOG_THRESHOLD", "WARNING")
 

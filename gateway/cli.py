@@ -269,13 +269,56 @@ def _server(args: argparse.Namespace) -> Any:
     from actors.transport.simulator import SimulatorServer
 
     config = resolve_config(args)
-    return SimulatorServer(config.data_path, config.simulator_path)
+    return SimulatorServer(config.data_path, simulator_dir(args, config))
+
+
+def simulator_dir(args: argparse.Namespace, config: Config) -> Path:
+    """The simulated service of the gateway the command means, found as `wagate status`
+    finds a gateway: the one running on the data_dir; else, when neither --config nor
+    --data-dir named one, the one answering on actors.admin_port (a `wagate sim` typed
+    in another directory than the gateway's would otherwise see an empty ./data); else
+    the data_dir's own service, kept on disk while its gateway is stopped. Never creates
+    a data_dir: a control command on one that does not exist is a mistake, said so."""
+    from actors.transport.simulator import SimulatorError
+    from gateway.cli_status import GatewayUnreachable, HealthClient, running_admin_port
+
+    if running_admin_port(config.data_path) is not None:
+        return config.simulator_path
+    named = args.config is not None or args.data_dir is not None
+    if not named:
+        client = HealthClient(config)
+        try:
+            report = client.report()
+        except GatewayUnreachable:
+            report = None
+        if report is not None:
+            if not report.simulator_dir:
+                raise SimulatorError(
+                    f"the gateway running on 127.0.0.1:{client.port} does not use the "
+                    "simulated service (its transport.engine is not \"simulator\"); `wagate "
+                    "sim` controls only a gateway started with --demo or the simulator")
+            found = Path(report.simulator_dir)
+            if found != config.simulator_path:
+                print(f"wagate sim: using the simulated service of the gateway running on "
+                      f"127.0.0.1:{client.port} ({found})", file=sys.stderr)
+            return found
+    if config.data_path.is_dir():
+        return config.simulator_path
+    nobody = "" if named else f", and none answers on 127.0.0.1:{config.actors.admin_port}"
+    raise SimulatorError(
+        f"no gateway runs on data_dir {config.data_path} (it does not exist){nobody}; "
+        "start one with `wagate serve --demo`, or name the running one's data_dir with "
+        "--data-dir (or its config with --config)")
 
 
 def _run_sim(args: argparse.Namespace, action: Any) -> int:
     from actors.transport.simulator import SimulatorError
 
-    server = _server(args)
+    try:
+        server = _server(args)
+    except SimulatorError as exc:
+        print(f"wagate sim: {exc}", file=sys.stderr)
+        return 1
     try:
         return int(action(server) or 0)
     except SimulatorError as exc:

@@ -92,7 +92,7 @@ class HealthClient:
                 if not port_listening(self.port, address):
                     raise ConnectionError(self.port)
                 # Thespian's own log next to the gateway's, never the shared default.
-                configure_thespian_log(self.config.data_path / "logs")
+                configure_thespian_log(self.config.data_path / "logs", create=False)
                 self._system = join_system(self.port, address, allowed_networks(self.config))
                 self._supervisor = self._system.createActor(
                     "actors.supervisor.SupervisorActor", globalName=SUPERVISOR_NAME)

@@ -245,6 +245,7 @@ def test_status_and_drain_say_when_no_gateway_runs(tmp_path: Path) -> None:
 
 
 def test_sim_scan_without_a_code_to_scan_says_so(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()  # a stopped gateway's (a missing one is refused at once)
     done = wagate(None, "sim", "scan", "--session", "nobody", "--wait", "0.3",
                   "--data-dir", str(tmp_path / "data"))
     assert done.returncode == 1, done

@@ -1,0 +1,84 @@
+"""``wagate`` typed in another directory than the gateway's finds the running gateway,
+the same way for ``status`` and ``sim``; no read-only or control command creates a
+data_dir (an empty ``./data`` made by a mistyped command used to answer "(no
+messages)" and "call whatsAppConnect first" while the gateway ran elsewhere)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Gateway, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def wagate(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``wagate ARGS`` run in ``cwd`` (this checkout's code, whatever the directory)."""
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def elsewhere(root: Path, admin_port: int) -> Path:
+    """A directory other than the gateway's, whose configs/gateway.toml (read by every
+    command without --config) only moves actors.admin_port off the shared default."""
+    where = root / "elsewhere"
+    (where / "configs").mkdir(parents=True)
+    (where / "configs" / "gateway.toml").write_text(f"[actors]\nadmin_port = {admin_port}\n",
+                                                    encoding="utf-8")
+    return where
+
+
+def test_sim_typed_in_another_directory_drives_the_running_gateway(
+        gateway: Gateway, tmp_path: Path) -> None:
+    where = elsewhere(tmp_path, gateway.admin_port)
+    assert not gateway.connect().errors
+    gateway.wait_state("QR_PENDING")
+
+    scanned = wagate(where, "sim", "scan")
+    assert scanned.returncode == 0, scanned.stderr
+    assert "linked session 'default'" in scanned.stdout
+    assert f"gateway running on 127.0.0.1:{gateway.admin_port}" in scanned.stderr
+    assert gateway.wait_state("CONNECTED")["connected"] is True
+
+    assert gateway.send("+14155552671", "from elsewhere").data == {
+        "sendWhatsAppNotification": True}
+    inbox = wagate(where, "sim", "inbox")
+    assert inbox.returncode == 0, inbox.stderr
+    assert "from elsewhere" in inbox.stdout
+
+    status = wagate(where, "status")
+    assert status.returncode == 0, status.stderr
+    assert "CONNECTED" in status.stdout
+    assert sorted(p.name for p in where.iterdir()) == ["configs"]  # no ./data appeared
+
+
+COMMANDS = [["status"], ["drain", "--timeout", "0"], ["sim", "inbox"], ["sim", "drop"],
+            ["sim", "restore"], ["sim", "scan", "--wait", "0"], ["sim", "logout"],
+            ["sim", "unregister", "+14155552671"], ["token", "list"], ["keys", "check"],
+            ["audit", "verify"], ["audit", "tail"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_no_read_only_or_control_command_creates_a_data_dir(
+        command: list[str], tmp_path: Path) -> None:
+    where = elsewhere(tmp_path, free_port())  # nothing listens there
+    done = wagate(where, *command)
+    assert sorted(p.name for p in where.iterdir()) == ["configs"], (done.stdout, done.stderr)
+    if command[0] == "sim":
+        assert done.returncode == 1, done
+        assert "no gateway runs on data_dir" in done.stderr
+        assert "wagate serve --demo" in done.stderr and "--data-dir" in done.stderr
+
+
+def test_sim_on_a_named_data_dir_that_does_not_exist_says_so(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-data"
+    done = wagate(tmp_path, "sim", "inbox", "--data-dir", str(missing))
+    assert done.returncode == 1
+    assert f"no gateway runs on data_dir {missing} (it does not exist)" in done.stderr
+    assert not missing.exists()
