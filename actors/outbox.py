@@ -196,7 +196,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         link = self.links.get(send.session)
         refusal = refuse_send(send.session, link.state if link else SessionState.NEW,
                               link.paired if link else False, send.require_connected,
-                              send.request_id)
+                              send.request_id, link.last_error if link else None)
         if refusal is not None:
             self.send(reply_to, refusal)
             return

@@ -314,9 +314,11 @@ QUEUEING_STATES = frozenset({SessionState.CONNECTED, SessionState.CONNECTING,
 
 
 def refuse_send(session: str, state: SessionState, paired: bool, require_connected: bool,
-                request_id: str = "") -> Failed | None:
+                request_id: str = "", last_error: ErrorInfo | None = None) -> Failed | None:
     """Why a send to this session cannot be accepted now, or None when it can (sent at
-    once when connected, queued while a paired session is (re)connecting)."""
+    once when connected, queued while a paired session is (re)connecting). A FAILED
+    session's refusal carries why it gave up (``last_error``): "call whatsAppConnect"
+    alone would send the operator round in a circle when the cause is still there."""
     if state is SessionState.CONNECTED:
         return None
     if not require_connected and paired and state in QUEUEING_STATES:
@@ -335,6 +337,12 @@ def refuse_send(session: str, state: SessionState, paired: bool, require_connect
                 "call whatsAppConnect and scan a new QR code)")
     elif state in (SessionState.RECONNECTING, SessionState.CONNECTING):
         hint = "it is reconnecting; test messages are only sent on a live connection"
+    elif state is SessionState.FAILED and last_error is not None:
+        details["reason"] = last_error.code
+        hint = (f"it gave up ({last_error.code}: {last_error.message.rstrip('.')}); fix "
+                "that, then call whatsAppConnect to start it again")
+    elif state is SessionState.FAILED:
+        hint = "it gave up; see whatsAppStatus's lastError, then call whatsAppConnect"
     else:
         hint = "call whatsAppConnect to start it"
     return Failed("NOT_CONNECTED", f"session '{session}' is not connected: {hint}", details,

@@ -642,7 +642,8 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         child = self.children.get(_key(session))
         address = child.address if child is not None else None
         epoch = int(self._remembered().get(session, {}).get("epoch", 0))
-        return SessionLink(session, address, status.state, status.paired, status.phone, epoch)
+        return SessionLink(session, address, status.state, status.paired, status.phone, epoch,
+                           status.last_error)
 
     def _remembered(self) -> dict[str, dict[str, Any]]:
         assert self.registry is not None

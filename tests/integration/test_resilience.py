@@ -123,8 +123,11 @@ def test_reconnect_gives_up_then_operator_reconnects(
     assert max(attempts) <= 5, attempts
     assert gw.health()["status"] == "degraded"
     for result in (gw.send(PHONE, "while failed"), gw.send_test(PHONE)):
-        error = expect_error(result, "NOT_CONNECTED", "whatsAppConnect")
+        # The refusal says why the session gave up, not only to connect again.
+        error = expect_error(result, "NOT_CONNECTED", "whatsAppConnect", "RECONNECT_FAILED",
+                             "after 5 ")
         assert error["extensions"]["state"] == "FAILED"
+        assert error["extensions"]["reason"] == "RECONNECT_FAILED"
     assert gw.credentials_path().is_file()  # giving up keeps the link
 
     gw.sim("restore")
