@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 import phonenumbers
+from phonenumbers import geocoder
 
 from gateway.recipients import suggested_number
 
@@ -78,6 +79,34 @@ def _invalid_number(raw: str, digits: str = "") -> ValidationError:
     )
 
 
+def _invalid_for_country(raw: str, parsed: phonenumbers.PhoneNumber,
+                         digits: str) -> ValidationError:
+    """A number written with its country code (``+`` or ``00``) whose digits are not a
+    number of that country: "include the country code" would be wrong advice. Names the
+    country (its main one, when several share the code, as +1 and +44 are) and shows
+    what a mobile number there looks like."""
+    code = parsed.country_code
+    main = phonenumbers.region_code_for_country_code(code)
+    example = phonenumbers.example_number_for_type(main, phonenumbers.PhoneNumberType.MOBILE)
+    name = geocoder.country_name_for_number(example, "en") if example is not None else ""
+    shared = len(phonenumbers.region_codes_for_country_code(code)) > 1
+    where = f"country code +{code}" + (f" ({name}{' and others' if shared else ''})"
+                                       if name else "")
+    modern = suggested_number(digits)
+    if modern:
+        hint = f"; an old spelling of a mobile number: did you mean +{modern}?"
+    elif example is not None:
+        shown = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        hint = f"; check its digits (a mobile number there looks like {shown})"
+    else:
+        hint = "; check its digits"
+    return ValidationError(
+        "INVALID_NUMBER",
+        f"phoneNumber '{_echo(raw)}' is not a valid number for {where}{hint}",
+        "phoneNumber",
+    )
+
+
 def normalize_phone_number(raw: str) -> str:
     """Return the number as E.164 digits without the "+" (``"14155552671"``).
 
@@ -89,6 +118,7 @@ def normalize_phone_number(raw: str) -> str:
     else (letters, "*", "#", an extension) is rejected rather than silently dropped.
     """
     digits = _SEPARATORS.sub("", raw)
+    international = digits.startswith(("+", "00"))
     if digits.startswith("+"):
         digits = digits[1:]
     elif digits.startswith("00"):
@@ -100,6 +130,9 @@ def normalize_phone_number(raw: str) -> str:
     except phonenumbers.NumberParseException:
         raise _invalid_number(raw) from None
     if not phonenumbers.is_valid_number(parsed):
+        if international and phonenumbers.region_code_for_country_code(
+                parsed.country_code) not in ("ZZ", "001"):  # a country's code, not unknown
+            raise _invalid_for_country(raw, parsed, digits)
         raise _invalid_number(raw, digits)
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
 

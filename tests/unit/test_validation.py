@@ -70,8 +70,27 @@ def test_normalize_phone_number_rejects(raw: str) -> None:
     assert err.code == "INVALID_NUMBER"
     assert err.field == "phoneNumber"
     assert "country code" in err.message
-    assert "+14155552671" in err.message
+    # With a country's code given, the advice is about the digits, not the code.
+    assert ("+14155552671" in err.message) != ("check its digits" in err.message), err
     assert str(err) == err.message
+
+
+@pytest.mark.parametrize("raw,country,example", [
+    ("+44 7700 900123", "country code +44 (United Kingdom and others)", "+44 7400 123456"),
+    ("0044 7700 900123", "country code +44 (United Kingdom and others)", "+44 7400 123456"),
+    ("+49 151 2345", "country code +49 (Germany)", "+49 1512 3456789"),
+    ("+1 415 555 267", "country code +1 (United States and others)", "+1 201-555-0123"),
+])
+def test_a_number_with_its_country_code_is_not_told_to_include_one(
+        raw: str, country: str, example: str) -> None:
+    """+44 7700 900123 (a range reserved for fiction) has a country code: the message
+    says the number is not valid for that country, and what one there looks like."""
+    with pytest.raises(ValidationError) as info:
+        normalize_phone_number(raw)
+    message = info.value.message
+    assert message == (f"phoneNumber '{raw}' is not a valid number for {country}; check its "
+                       f"digits (a mobile number there looks like {example})")
+    assert "include the country code" not in message
 
 
 def test_invalid_number_message_quotes_input() -> None:
