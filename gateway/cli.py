@@ -337,6 +337,12 @@ def cmd_sim_scan(args: argparse.Namespace) -> int:
     session = args.session
 
     def scan(server: Any) -> int:
+        linked = already_linked(server, session)
+        if linked is not None:  # nothing will show a code: say so now, not after --wait
+            if args.phone is None and args.code is None:
+                print(linked)
+                return 0
+            raise SimulatorError(linked)
         progress = Progress()
         deadline = time.monotonic() + max(0.0, args.wait)
         while server.pending_qr(session) is None and (left := deadline - time.monotonic()) > 0:
@@ -367,6 +373,19 @@ def cmd_sim_scan(args: argparse.Namespace) -> int:
         return 0
 
     return _run_sim(args, scan)
+
+
+def already_linked(server: Any, session: str) -> str | None:
+    """What to say when the session has a linked device and no code to scan (None when
+    it has a code, or no device): a linked session never shows a QR code."""
+    if server.pending_qr(session) is not None:
+        return None
+    device = next((d for d in server.devices() if d["session"] == session), None)
+    if device is None:
+        return None
+    return (f"session '{session}' is already linked to phone +{device['phone']}: there is "
+            "nothing to scan (to link it anew, log it out with whatsAppDisconnect, then "
+            "call whatsAppConnect)")
 
 
 def cmd_sim_drop(args: argparse.Namespace) -> int:

@@ -44,7 +44,15 @@ def test_sim_typed_in_another_directory_drives_the_running_gateway(
     assert scanned.returncode == 0, scanned.stderr
     assert "linked session 'default'" in scanned.stdout
     assert f"gateway running on 127.0.0.1:{gateway.admin_port}" in scanned.stderr
-    assert gateway.wait_state("CONNECTED")["connected"] is True
+    phone = gateway.wait_state("CONNECTED")["phoneNumber"]
+
+    # A linked session shows no code: scan says so at once, not after --wait (an hour
+    # here; the subprocess's deadline is two minutes).
+    again = wagate(where, "sim", "scan", "--wait", "3600")
+    assert again.returncode == 0, again.stderr
+    assert f"session 'default' is already linked to phone +{phone.lstrip('+')}" in again.stdout
+    other = wagate(where, "sim", "scan", "--wait", "3600", "--phone", "+15550001111")
+    assert other.returncode == 1 and "already linked" in other.stderr, other
 
     assert gateway.send("+14155552671", "from elsewhere").data == {
         "sendWhatsAppNotification": True}
