@@ -148,7 +148,7 @@ def status_table(document: dict[str, Any]) -> str:
         error = s["lastError"]
         rows.append((
             s["session"], s["gatewayStatus"], s["state"],
-            f"+{s['phoneNumber']}" if s["phoneNumber"] else "-",
+            s["phoneNumber"] or "-",
             duration(s["uptimeSeconds"]) if s["connected"] else "-",
             str(s["reconnectAttempt"]) if s["reconnectAttempt"] else "-",
             str(queue["bySession"].get(s["session"], 0)),

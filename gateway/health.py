@@ -20,6 +20,7 @@ from actors.messages import HealthReport, SessionState, SessionStatus
 from gateway import __version__
 from gateway.scope import Scope, scoped_report
 from gateway.times import iso_time
+from gateway.validation import e164
 
 GATEWAY_STATUSES = ("connected", "connecting", "disconnected", "uninitialized", "unregistered")
 
@@ -120,7 +121,7 @@ def _session_health(status: SessionStatus, now: float, unconfirmed: int = 0
         "state": status.state.value,
         "gatewayStatus": gateway_status(status),
         "connected": status.state is SessionState.CONNECTED,
-        "phoneNumber": status.phone,
+        "phoneNumber": e164(status.phone),
         "reconnectAttempt": status.reconnect_attempt,
         "lastError": (None if status.last_error is None else
                       {"code": status.last_error.code, "message": status.last_error.message}),

@@ -60,6 +60,7 @@ from gateway.ranges import Range
 from gateway.times import iso_time
 from gateway.validation import (
     ValidationError,
+    e164,
     normalize_phone_number,
     validate_message,
     validate_session_name,
@@ -252,7 +253,7 @@ def build_schema() -> GraphQLSchema:
         return accepted.state == "SENT"
 
     message = ObjectType("WhatsAppMessage")
-    message.set_field("phoneNumber", lambda r, _: r["phone"])
+    message.set_field("phoneNumber", lambda r, _: e164(r["phone"]))
     message.set_field("acceptedAt", lambda r, _: iso_time(r["accepted_at"]))
     message.set_field("updatedAt", lambda r, _: iso_time(r["updated_at"]))
     message.set_field("whatsAppMessageId", lambda r, _: r["wa_message_id"])
@@ -274,7 +275,7 @@ def build_schema() -> GraphQLSchema:
     status.set_field("qrExpiresAt", lambda s, _: iso_time(s.qr_expires_at))
     status.set_field("session", lambda s, _: s.session)
     status.set_field("state", lambda s, _: s.state.value)
-    status.set_field("phoneNumber", lambda s, _: s.phone)
+    status.set_field("phoneNumber", lambda s, _: e164(s.phone))
     status.set_field("reconnectAttempt", lambda s, _: s.reconnect_attempt)
     status.set_field("lastError", lambda s, _: s.last_error and {
         "code": s.last_error.code, "message": s.last_error.message})
@@ -371,7 +372,7 @@ def _check(info: GraphQLResolveInfo, session: str, phones: list[str], *,
 
 
 def _number_check(raw: str, check: NumberCheck) -> dict[str, Any]:
-    return {"input": raw, "phoneNumber": check.phone, "onWhatsApp": check.on_whatsapp,
+    return {"input": raw, "phoneNumber": e164(check.phone), "onWhatsApp": check.on_whatsapp,
             "jid": check.jid or None, "lid": check.lid or None, "business": check.business,
             "checkedAt": iso_time(check.checked_at), "cached": check.cached,
             "reason": check.reason or None}
@@ -385,7 +386,7 @@ def _refuse_unregistered(info: GraphQLResolveInfo, session: str, phone: str) -> 
     if check.on_whatsapp is False:
         raise GatewayError("NOT_ON_WHATSAPP", f"+{phone} has no WhatsApp account (checked "
                            f"{iso_time(check.checked_at)}); nothing was sent: fall back to "
-                           "SMS or another channel", phoneNumber=phone,
+                           "SMS or another channel", phoneNumber=e164(phone),
                            checkedAt=iso_time(check.checked_at))
     return "" if check.on_whatsapp else check.reason or "UNKNOWN"
 

@@ -19,6 +19,7 @@ from gateway.recipients import suggested_number
 __all__ = [
     "SESSION_NAME_MAX_LENGTH",
     "ValidationError",
+    "e164",
     "normalize_phone_number",
     "validate_message",
     "validate_session_name",
@@ -135,6 +136,13 @@ def normalize_phone_number(raw: str) -> str:
             raise _invalid_for_country(raw, parsed, digits)
         raise _invalid_number(raw, digits)
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+
+
+def e164(digits: str | None) -> str | None:
+    """A stored number (digits, the key of limits and JIDs) as the API shows it: E.164
+    with its ``+`` (``+14155552671``), the form people and other APIs expect, in every
+    answer, so a number read back can be compared and sent as it is."""
+    return f"+{digits}" if digits else digits
 
 
 def validate_message(text: str, max_length: int) -> str:

@@ -548,7 +548,7 @@
     const pressNeedsOther = /\bPress\b/.test(todo || "") && !may("connect");
     c.todo.textContent = !todo ? "" : `What to do: ${todo}` +
       (pressNeedsOther ? " (with a token of role admin or operator)" : "");
-    c.phone.textContent = status.phoneNumber ? `+${status.phoneNumber}` : "not linked yet";
+    c.phone.textContent = status.phoneNumber || "not linked yet";
     const max = state.limits ? ` of ${state.limits.reconnectAttempts}` : "";
     c.attempt.textContent = status.reconnectAttempt ? `${status.reconnectAttempt}${max}` : "none";
     c.error.textContent = status.lastError
@@ -820,7 +820,7 @@
           (c.business ? " (business)" : "") : c.onWhatsApp === false
           ? "NOT on WhatsApp: send by SMS instead" : `unknown (${c.reason || "no answer"})`;
         item.className = c.onWhatsApp === false ? "error" : c.onWhatsApp ? "ok" : "";
-        item.textContent = `+${c.phoneNumber}: ${verdict}` + (c.cached ? " · cached" : "");
+        item.textContent = `${c.phoneNumber}: ${verdict}` + (c.cached ? " · cached" : "");
         list.append(item);
       }
     } catch (err) {
@@ -874,7 +874,7 @@
     const row = el("tr", { "data-message-id": m.id },
       el("td", { "data-label": "Accepted", text: formatTime(m.acceptedAt) }),
       el("td", { "data-label": "Session", text: m.session }),
-      el("td", { "data-label": "To", text: `+${m.phoneNumber}` }),
+      el("td", { "data-label": "To", text: m.phoneNumber }),
       stateCell,
       el("td", { "data-label": "Details", class: "details", text: details.join("; ") || "–",
         title: `message id ${m.id}` }));

@@ -272,7 +272,7 @@ def test_two_tokens_choosing_the_same_idempotency_key_each_send_their_own(
     first = send(alice, "+14155552671", "alice: 1111")
     other = send(bob, "+14155552672", "bob: 2222")
     assert other["duplicate"] is False and other["id"] != first["id"]
-    assert other["phoneNumber"] == "14155552672"  # never alice's recipient
+    assert other["phoneNumber"] == "+14155552672"  # never alice's recipient
     retry = send(alice, "+14155552671", "alice: 1111")
     assert retry == {**first, "duplicate": True}  # a retry of one's own is still one send
     texts = wait_for(lambda: len(inbox := gw.inbox()) >= 2 and sorted(m["text"] for m in inbox),

@@ -173,7 +173,7 @@ def test_explorer_and_health_endpoints(linked_gateway: Gateway) -> None:
     assert health["version"] == __version__
     [session] = [s for s in health["sessions"] if s["session"] == "default"]
     assert session["state"] == "CONNECTED" and session["connected"] is True
-    assert re.fullmatch(r"\d{7,15}", session["phoneNumber"])
+    assert re.fullmatch(r"\+\d{7,15}", session["phoneNumber"])  # E.164, with its +
     assert session["lastError"] is None
     assert isinstance(session["uptimeSeconds"], int | float) and session["uptimeSeconds"] >= 0
     assert isinstance(session["pid"], int) and os.path.exists(f"/proc/{session['pid']}")

@@ -54,7 +54,7 @@ def test_a_message_record_tells_its_whole_story(make_gateway: Callable[..., Gate
     record = get_message(gw, sent["id"])
     assert record is not None
     assert [h["state"] for h in record["history"]] == ["QUEUED", "SENDING", "SENT"]
-    assert record["phoneNumber"] == "14155552671" and record["attempts"] == 1
+    assert record["phoneNumber"] == "+14155552671" and record["attempts"] == 1
     assert get_message(gw, "0000000000000000000000") is None
     gw.stop()
 

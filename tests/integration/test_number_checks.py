@@ -57,7 +57,7 @@ def test_check_numbers_tells_registered_from_unregistered_numbers(
     gw.sim("unregister", UNREGISTERED)
     first = check(gw, f"+{REGISTERED}", f"+{UNREGISTERED}")
     assert [(c["phoneNumber"], c["onWhatsApp"], c["cached"]) for c in first] == [
-        (REGISTERED, True, False), (UNREGISTERED, False, False)]
+        (f"+{REGISTERED}", True, False), (f"+{UNREGISTERED}", False, False)]
     assert first[0]["jid"] == f"{REGISTERED}@s.whatsapp.net" and first[0]["lid"]
     assert first[0]["checkedAt"] and first[1]["jid"] is None
     assert first[0]["input"] == f"+{REGISTERED}"
@@ -77,7 +77,7 @@ def test_send_to_number_not_on_whatsapp_is_refused_at_once(make_gateway: Any) ->
     gw.sim("unregister", UNREGISTERED)
     refused = expect_error(gw.send(f"+{UNREGISTERED}", "your code is 1234"),
                            "NOT_ON_WHATSAPP", "fall back")
-    assert refused["extensions"]["phoneNumber"] == UNREGISTERED
+    assert refused["extensions"]["phoneNumber"] == f"+{UNREGISTERED}"
     expect_error(send_message(gw, UNREGISTERED, "code 1234"), "NOT_ON_WHATSAPP")
     accepted = send_message(gw, REGISTERED, "code 5678")
     assert not accepted.errors, accepted
@@ -85,7 +85,7 @@ def test_send_to_number_not_on_whatsapp_is_refused_at_once(make_gateway: Any) ->
     assert [m["to"] for m in gw.inbox()] == [REGISTERED]
     listed = gw.gql("{ whatsAppMessages { edges { node { phoneNumber } } } }")
     assert [e["node"]["phoneNumber"] for e in listed.data["whatsAppMessages"]["edges"]] == [
-        REGISTERED], "a refused send stores nothing"
+        f"+{REGISTERED}"], "a refused send stores nothing"
 
 
 def test_unregistered_number_gets_the_message_acked_but_never_delivered(

@@ -25,7 +25,7 @@ def test_pairing_code_links_the_number_it_was_requested_for(gateway: Gateway) ->
     assert wrong.returncode == 1 and "does not match" in wrong.stderr
     gateway.sim("scan", "--code", code)
     status = gateway.wait_state("CONNECTED")
-    assert status["phoneNumber"] == "14155552671"
+    assert status["phoneNumber"] == "+14155552671"
 
 
 def test_status_reports_a_bridge_state(gateway: Gateway) -> None:

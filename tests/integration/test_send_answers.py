@@ -69,7 +69,7 @@ def test_two_callers_sharing_a_session_and_a_key_each_get_their_own_message(
     assert not first.errors and not second.errors, (first, second)
     mine, theirs = first.data["sendWhatsAppMessage"], second.data["sendWhatsAppMessage"]
     assert mine["id"] != theirs["id"] and not mine["duplicate"] and not theirs["duplicate"]
-    assert theirs["phoneNumber"] == "14155550102" and theirs["state"] == "SENT"
+    assert theirs["phoneNumber"] == "+14155550102" and theirs["state"] == "SENT"
     # Each caller's retry still finds its own message, and sends nothing.
     again = post_as(gw, billing, NOTIFY_WITH_KEY,
                     {"p": "+14155550102", "m": "billing invoice", "k": "k-1"})

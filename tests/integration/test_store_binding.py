@@ -30,7 +30,7 @@ def test_credentials_swapped_between_sessions_stop_the_start(
 
     beta.write_bytes(beta_blob)
     gw.start()
-    assert wait_connected_without_qr(gw, "beta")["phoneNumber"] == "19995550123"
+    assert wait_connected_without_qr(gw, "beta")["phoneNumber"] == "+19995550123"
 
 
 def test_a_logged_out_device_put_back_in_data_dir_stops_the_start(
