@@ -87,20 +87,26 @@ class ReconnectPolicy:
     """How a dropped WhatsApp connection is retried before the session is FAILED.
 
     The first attempt is immediate because most drops are momentary network
-    blips; later attempts are spaced by ``delay`` so that a real outage, or a
-    server that is refusing the account, is not hammered, which could get the
-    account flagged. After ``attempts`` attempts the session gives up and waits
-    for a person, since a logged-out or banned account will not come back alone.
+    blips. The second follows ``first_delay`` later and each later wait doubles, up
+    to ``delay``: an outage of a few seconds ends within seconds (a one-time code in
+    the queue ages meanwhile), while a real outage, or a server refusing the account,
+    is soon tried only every ``delay``, not hammered, which could get the account
+    flagged. ``first_delay`` None (or at least ``delay``) is a steady ``delay``.
+    After ``attempts`` attempts the session gives up and waits for a person, since a
+    logged-out or banned account will not come back alone.
     """
 
     attempts: int
     delay: float
+    first_delay: float | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError(f"attempts must be at least 1 (got {self.attempts})")
         if self.delay < 0:
             raise ValueError(f"delay must not be negative (got {self.delay})")
+        if self.first_delay is not None and not self.first_delay > 0:
+            raise ValueError(f"first_delay must be over 0 (got {self.first_delay})")
 
     def next_delay(self, attempt: int) -> float | None:
         """Seconds to wait before attempt number ``attempt`` (1-based), or None to give up."""
@@ -108,7 +114,12 @@ class ReconnectPolicy:
             raise ValueError(f"attempt must be at least 1 (got {attempt})")
         if attempt > self.attempts:
             return None
-        return 0.0 if attempt == 1 else self.delay
+        if attempt == 1:
+            return 0.0
+        if self.first_delay is None:
+            return self.delay
+        doublings = min(attempt - 2, 64)  # 2**64 times anything over 0 passes any delay
+        return min(self.delay, self.first_delay * 2 ** doublings)
 
 
 def retry_delay(attempt: int, base: float, cap: float, rand: float) -> float:

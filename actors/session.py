@@ -198,7 +198,8 @@ class SessionActor(BridgedActor):
         self.executor = ThreadPoolExecutor(AUX_WORKERS, thread_name_prefix=f"aux-{msg.session}")
         self.send_executor = ThreadPoolExecutor(parallel_sends(config.transport.engine),
                                                 thread_name_prefix=f"send-{msg.session}")
-        policy = ReconnectPolicy(config.reconnect.attempts, config.reconnect.delay_seconds)
+        policy = ReconnectPolicy(config.reconnect.attempts, config.reconnect.delay_seconds,
+                                 config.reconnect.first_delay_seconds)
         self.machine = SessionMachine(msg.session, policy, config.reconnect.connect_timeout_seconds,
                                       paired=self._paired())
         if self.store_problem is not None:  # never pair anew over credentials we cannot read

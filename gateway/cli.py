@@ -392,8 +392,14 @@ def cmd_sim_drop(args: argparse.Namespace) -> int:
     def drop(server: Any) -> None:
         server.drop(args.session, args.down_for)
         target = f"session '{args.session}'" if args.session else "all sessions"
-        outage = f"; service unreachable for {args.down_for:g} s" if args.down_for else ""
-        print(f"dropped the connection of {target}{outage}")
+        if args.down_for:
+            after = (f"; service unreachable for {args.down_for:g} s: sends queue while "
+                     "the session retries (see `wagate status`), and it is FAILED if the "
+                     "outage outlasts its reconnect attempts (reconnect.*)")
+        else:
+            after = ("; the first reconnect attempt is immediate, so it is back at once: "
+                     "`wagate status` shows its UPTIME starting again")
+        print(f"dropped the connection of {target}{after}")
 
     return _run_sim(args, drop)
 

@@ -114,6 +114,11 @@ class SessionsConfig:
 class ReconnectConfig:
     attempts: int = 5
     delay_seconds: float = 30.0
+    # The wait before the second attempt (the first is immediate); each later wait
+    # doubles, up to delay_seconds: attempts at 0, 5, 15, 35 and 65 s. Most outages are
+    # short and a one-time code ages while it waits; a long one is still not hammered.
+    # Set it to delay_seconds for a steady 30 s pace.
+    first_delay_seconds: float = 5.0
     # One connect attempt that hangs longer has failed. Longer than the real engine's
     # worst dial (60 s, which its stop cannot interrupt), so an attempt never starts
     # while the previous one is still being torn down.
@@ -347,6 +352,7 @@ RANGES: dict[str, Range] = {
     "simulator.send_delay_seconds": Range(0, 3600),
     "sessions.max_sessions": Range(1, 1000),
     "reconnect.attempts": _COUNT, "reconnect.delay_seconds": _DAY,
+    "reconnect.first_delay_seconds": _DAY,
     "reconnect.connect_timeout_seconds": _SECONDS,
     "qr.first_seconds": _SECONDS, "qr.next_seconds": _SECONDS, "qr.codes": Range(1, 1000),
     "limits.per_number_per_minute": _COUNT, "limits.per_number_per_hour": _COUNT,

@@ -68,7 +68,8 @@ def test_sessions_lists_every_known_session_that_the_token_may_see(gateway: Gate
 def test_gateway_reports_the_caller_queues_usage_and_limits(
         make_gateway: Callable[..., Gateway]) -> None:
     gw = make_gateway({"limits": {"global_per_day": 50},
-                       "reconnect": {"attempts": 5, "delay_seconds": 10.0}}).start()
+                       "reconnect": {"attempts": 5, "delay_seconds": 10.0,
+                                     "first_delay_seconds": 10.0}}).start()
     first = gw.gql(GATEWAY)
     assert not first.errors, first
     overview = first.data["whatsAppGateway"]

@@ -13,7 +13,7 @@ from actors.sealed_store import generate_key_text
 from tests.integration.harness import Gateway, wait_for
 
 # Between reconnect attempts for the whole test: sends queue instead of failing.
-SLOW_RECONNECT = {"reconnect": {"attempts": 5, "delay_seconds": 30.0},
+SLOW_RECONNECT = {"reconnect": {"attempts": 5, "delay_seconds": 30.0, "first_delay_seconds": 30.0},
                   "delivery": {"retry_base_seconds": 0.2, "retry_max_seconds": 1.0,
                                "tick_seconds": 0.2}}
 MESSAGE = ("mutation($input: SendWhatsAppMessageInput!) { sendWhatsAppMessage(input: $input) "
@@ -59,7 +59,7 @@ def relink_with_another_phone(gw: Gateway) -> None:
     assert gw.connect().data == {"whatsAppConnect": True}
     gw.wait_state("QR_PENDING", timeout=20)
     gw.sim("scan", "--phone", f"+{OTHER_PHONE}")
-    assert gw.wait_state("CONNECTED", timeout=20)["phoneNumber"] == OTHER_PHONE
+    assert gw.wait_state("CONNECTED", timeout=20)["phoneNumber"] == f"+{OTHER_PHONE}"
 
 
 def test_a_logout_fails_the_queue_and_the_next_account_sends_none_of_it(
@@ -80,7 +80,7 @@ def test_a_logout_fails_the_queue_and_the_next_account_sends_none_of_it(
     assert queue_message_sent(gw, "for the second phone") == "SENT"
     inbox = gw.inbox()
     assert [m["text"] for m in inbox] == ["for the second phone"], inbox
-    assert inbox[0]["from"] == OTHER_PHONE != first_phone
+    assert inbox[0]["from"] == OTHER_PHONE and f"+{OTHER_PHONE}" != first_phone
     assert message(gw, queued)["state"] == "FAILED"
 
 
@@ -117,10 +117,10 @@ def test_a_queued_message_is_never_sent_from_credentials_replaced_behind_the_gat
     gw.sim("restore")
     gw.wait_state("QR_PENDING", timeout=30)  # no credentials: it pairs anew by itself
     gw.sim("scan", "--phone", f"+{OTHER_PHONE}")
-    assert gw.wait_state("CONNECTED", timeout=20)["phoneNumber"] == OTHER_PHONE
+    assert gw.wait_state("CONNECTED", timeout=20)["phoneNumber"] == f"+{OTHER_PHONE}"
     failed = wait_failed(gw, queued, "ACCOUNT_CHANGED")
     assert failed["reason"] == "ACCOUNT_CHANGED", failed
-    assert f"+{first_phone}" in failed["error"] and f"+{OTHER_PHONE}" in failed["error"]
+    assert first_phone in failed["error"] and f"+{OTHER_PHONE}" in failed["error"]
     assert gw.inbox() == []
     assert queue_message_sent(gw, "from the new account") == "SENT"
     assert [m["from"] for m in gw.inbox()] == [OTHER_PHONE]

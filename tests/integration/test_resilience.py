@@ -244,7 +244,8 @@ def test_disconnect_logs_out_or_keeps_the_session(gateway: Gateway) -> None:
 def test_disconnect_stops_a_reconnect_loop(make_gateway: Callable[..., Gateway]) -> None:
     """An operator must be able to stop a session that is between reconnect attempts
     (30 s apart in production) instead of waiting for it to give up."""
-    gw = make_gateway({"reconnect": {"attempts": 5, "delay_seconds": 30.0}}).start()
+    gw = make_gateway({"reconnect": {"attempts": 5, "delay_seconds": 30.0,
+                                     "first_delay_seconds": 30.0}}).start()
     gw.link()
     gw.sim("drop", "--down-for", "60")
     wait_for(lambda: (s := gw.status())["state"] == "RECONNECTING"

@@ -135,7 +135,8 @@ def test_messages_of_a_session_nobody_knows_any_more_fail_at_start(
         make_gateway: Callable[..., Gateway]) -> None:
     """A queue outlives nothing: messages waiting for a session whose registry entry is
     gone (forgotten while the outbox was down) fail, SESSION_FORGOTTEN, at start."""
-    gw = make_gateway({"reconnect": {"attempts": 5, "delay_seconds": 30.0}}).start()
+    gw = make_gateway({"reconnect": {"attempts": 5, "delay_seconds": 30.0,
+                                     "first_delay_seconds": 30.0}}).start()
     gw.link()
     gw.sim("drop", "--down-for", "120")
     gw.wait_state("RECONNECTING", timeout=10)

@@ -442,7 +442,8 @@ def test_a_session_started_by_the_gateway_runs_with_the_operators_bot_tag_choice
     the session process that loaded the engine (and dialled through it) must carry the
     operator's choice in its start environment, which is all the Go side reads."""
     monkeypatch.setenv(BOT_TAG, engine_environment(not mark_as_bot)[BOT_TAG])
-    gw = make_gateway(f"http://127.0.0.1:{refused_port()}", {"delay_seconds": 60.0},
+    gw = make_gateway(f"http://127.0.0.1:{refused_port()}",
+                      {"delay_seconds": 60.0, "first_delay_seconds": 60.0},
                       {"mark_as_bot": mark_as_bot}).start()
     assert gw.connect().data == {"whatsAppConnect": True}
     status = gw.wait_state("RECONNECTING", timeout=30.0)  # one real dial failed

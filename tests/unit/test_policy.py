@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.policy import ReconnectPolicy, RestartBudget, backoff_delay, rate_overlimit_pause
+from gateway.config import ReconnectConfig
 
 DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -79,6 +80,31 @@ def test_reconnect_policy_schedule() -> None:
     assert [policy.next_delay(a) for a in range(1, 8)] == [
         0.0, 30.0, 30.0, 30.0, 30.0, None, None,
     ]
+
+
+def test_the_default_schedule_retries_a_short_outage_within_seconds() -> None:
+    """With the shipped defaults an 8 s outage ends at the third attempt, 15 s after the
+    drop (with a steady 30 s pace it held a queued one-time code 30 s), and the session
+    still gives up about a minute after a long outage began, not hammering meanwhile."""
+    defaults = ReconnectConfig()
+    policy = ReconnectPolicy(defaults.attempts, defaults.delay_seconds,
+                             defaults.first_delay_seconds)
+    waits = [policy.next_delay(a) for a in range(1, 7)]
+    assert waits == [0.0, 5.0, 10.0, 20.0, 30.0, None]
+    starts = [sum(waits[:i + 1]) for i in range(5)]  # type: ignore[arg-type]
+    assert starts == [0.0, 5.0, 15.0, 35.0, 65.0]
+    assert next(s for s in starts if s >= 8.0) == 15.0
+
+
+def test_the_first_delay_doubles_up_to_the_delay_and_never_overflows() -> None:
+    policy = ReconnectPolicy(attempts=1_000_000_000, delay=30.0, first_delay=0.5)
+    assert [policy.next_delay(a) for a in range(2, 9)] == [0.5, 1, 2, 4, 8, 16, 30]
+    assert policy.next_delay(1_000_000_000) == 30.0
+    assert ReconnectPolicy(5, 30.0, 86400.0).next_delay(2) == 30.0  # at most the delay
+    assert ReconnectPolicy(5, 0.3, 5.0).next_delay(3) == 0.3  # tests' short delays stay
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="first_delay"):
+            ReconnectPolicy(5, 30.0, bad)
 
 
 def test_reconnect_policy_single_attempt() -> None:
