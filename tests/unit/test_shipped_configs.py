@@ -33,3 +33,23 @@ def test_example_documents_every_key_with_its_default() -> None:
 def test_demo_uses_the_simulator_and_production_the_real_engine() -> None:
     assert load_config(CONFIGS / "demo.toml").transport.engine == "simulator"
     assert load_config(CONFIGS / "production.toml").transport.engine == "neonize"
+
+
+def _flat(config: Config) -> dict[str, object]:
+    return {f"{section}.{key}": value
+            for section, values in dataclasses.asdict(config).items()
+            for key, value in values.items()}
+
+
+def test_demo_config_is_the_demo_with_the_differences_its_header_names() -> None:
+    """configs/demo.toml claims to be `wagate serve --demo` as a file: everything but
+    the three settings its header lists is what --demo runs (it used to lack the
+    demo's "no tokens" and so refused to start)."""
+    from gateway.cli import DEMO_OVERRIDES
+
+    demo, flag = _flat(load_config(CONFIGS / "demo.toml")), _flat(load_config(None,
+                                                                           DEMO_OVERRIDES))
+    differ = {key for key in flag if demo[key] != flag[key]}
+    assert differ == {"storage.data_dir", "http.workers", "logging.format"}, differ
+    header = (CONFIGS / "demo.toml").read_text(encoding="utf-8").split("\n\n", 1)[0]
+    assert "./data-demo" in header and "one web worker" in header and "console" in header
