@@ -252,6 +252,9 @@ class TokenFile:
         return entry_line(entry)
 
     def revoke(self, name: str, now: float) -> TokenEntry:
+        if not self.path.exists():  # nothing to revoke: never make a directory for it
+            raise TokenFileError(f"no token named {name!r}: there is no token file "
+                                 f"{self.path} (check --config and --data-dir)")
         with self._locked():
             entries = self.entries()
             if name not in entries:

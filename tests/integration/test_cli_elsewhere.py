@@ -68,7 +68,8 @@ def test_sim_typed_in_another_directory_drives_the_running_gateway(
 
 COMMANDS = [["status"], ["drain", "--timeout", "0"], ["sim", "inbox"], ["sim", "drop"],
             ["sim", "restore"], ["sim", "scan", "--wait", "0"], ["sim", "logout"],
-            ["sim", "unregister", "+14155552671"], ["token", "list"], ["keys", "check"],
+            ["sim", "unregister", "+14155552671"], ["token", "list"],
+            ["token", "revoke", "nobody"], ["keys", "check"],
             ["audit", "verify"], ["audit", "tail"]]
 
 
