@@ -70,3 +70,16 @@ def test_the_real_phone_steps_work_in_their_order(
                            headers={"Authorization": f"Bearer {token}"},
                            json={"query": "{ whatsAppStatus { state } }"})
     assert answer.json() == {"data": {"whatsAppStatus": {"state": "NEW"}}}, answer.text
+
+    # `wagate sim` typed elsewhere finds this gateway on its admin port, and says it
+    # runs the real engine rather than showing an empty simulated service.
+    elsewhere = gw.root / "elsewhere"
+    (elsewhere / "configs").mkdir(parents=True)
+    (elsewhere / "configs" / "gateway.toml").write_text(
+        f"[actors]\nadmin_port = {gw.admin_port}\n", encoding="utf-8")
+    sim = subprocess.run([sys.executable, "-m", "gateway.cli", "sim", "inbox"], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=120, env=env,
+                         stdin=subprocess.DEVNULL)
+    assert sim.returncode == 1, sim
+    assert "does not use the simulated service" in sim.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["configs"]
