@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(scan)
     scan.add_argument("--session", default="default",
                       help="the session whose code to scan (default: default)")
-    scan.add_argument("--phone", help="the simulated phone's number (digits)")
+    scan.add_argument("--phone", help="the simulated phone's number with its country code, "
+                      "e.g. +15551234567 (default: one made from the session's name, "
+                      "+15557297149 for default)")
     scan.add_argument("--code", help="type this pairing code (from whatsAppRequestPairingCode) "
                       "instead of scanning the QR code")
     scan.add_argument("--wait", type=flag(float, SCAN_WAIT), default=10.0,

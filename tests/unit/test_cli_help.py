@@ -72,3 +72,19 @@ def test_version_names_the_installed_wagate(capsys: pytest.CaptureFixture[str]) 
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.strip() == f"wagate {__version__}"
+
+
+def test_the_scan_help_and_the_readme_name_the_number_the_default_session_links_with(
+        ) -> None:
+    """The simulator makes the number; the README's quickstart used to show another."""
+    from pathlib import Path
+
+    from actors.transport.simulator import _default_phone
+
+    number = f"+{_default_phone('default')}"
+    scan = dict(parsers(build_parser()))["wagate sim scan"]
+    phone = next(a for a in scan._actions if "--phone" in a.option_strings)
+    assert number in (phone.help or "")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert f"linked session 'default' to phone {number}" in readme
+    assert f'"phoneNumber":"{number}"' in readme
