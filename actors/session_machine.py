@@ -339,8 +339,9 @@ def refuse_send(session: str, state: SessionState, paired: bool, require_connect
         hint = "it is reconnecting; test messages are only sent on a live connection"
     elif state is SessionState.FAILED and last_error is not None:
         details["reason"] = last_error.code
-        hint = (f"it gave up ({last_error.code}: {last_error.message.rstrip('.')}); fix "
-                "that, then call whatsAppConnect to start it again")
+        hint = f"it gave up ({last_error.code}: {last_error.message.rstrip('.')})"
+        if "whatsAppConnect" not in last_error.message:  # most already say what to do
+            hint += "; fix that, then call whatsAppConnect to start it again"
     elif state is SessionState.FAILED:
         hint = "it gave up; see whatsAppStatus's lastError, then call whatsAppConnect"
     else:

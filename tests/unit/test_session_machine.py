@@ -357,3 +357,22 @@ def test_client_outdated_tells_the_operator_it_is_the_engine_and_where_the_runbo
     assert error is not None and error.code == "CLIENT_OUTDATED"
     assert "compiled into the engine" in error.message
     assert "When WhatsApp retires the engine's version" in error.message
+def test_a_send_to_a_failed_session_says_why_it_gave_up() -> None:
+    from actors.messages import ErrorInfo
+    from actors.session_machine import refuse_send
+
+    gave_up = ErrorInfo("RECONNECT_FAILED", "gave up after 5 connect attempts (last: server "
+                        "unreachable); check the network, then call whatsAppConnect")
+    refusal = refuse_send("default", SessionState.FAILED, True, False, "r1", gave_up)
+    assert refusal is not None and refusal.code == "NOT_CONNECTED"
+    assert refusal.message == ("session 'default' is not connected: it gave up "
+                               f"(RECONNECT_FAILED: {gave_up.message})")
+    assert refusal.details == {"state": "FAILED", "session": "default",
+                               "reason": "RECONNECT_FAILED"}
+    crashed = refuse_send("default", SessionState.FAILED, True, False, "r2",
+                          ErrorInfo("CRASHED", "the session process crashed 3 times."))
+    assert crashed is not None and crashed.message.endswith(
+        "(CRASHED: the session process crashed 3 times); fix that, then call "
+        "whatsAppConnect to start it again")
+    unknown = refuse_send("default", SessionState.FAILED, True, False, "r3")
+    assert unknown is not None and "lastError" in unknown.message
