@@ -108,14 +108,21 @@ def is_engine_logger(name: str) -> bool:
     return name.lower().startswith("whatsmeow")
 
 
-def redact_engine_log_records() -> None:
+def redact_engine_log_records(observer: Callable[[str], None] | None = None) -> None:
     """From now on every log record of the engine's loggers carries its message
     redacted: whatsmeow's own log lines name recipients (``Failed to encrypt <id> for
     <jid>``, usync and LID lookups) just as its printed errors do. Installed once per
     process, as a record factory so that no handler, ours or neonize's, sees the clear
-    text."""
+    text.
+
+    ``observer`` (added once, kept for the process) reads each engine record's message
+    *before* it is redacted: a number in it may be no phone number (a ban's ``expire``
+    of 14 days is seven digits) and only the clear text says what it is. It must not
+    log the text, nor raise (what it raises is swallowed)."""
     global _RECORDS_REDACTED
     with _INSTALL_LOCK:
+        if observer is not None and observer not in _OBSERVERS:
+            _OBSERVERS.append(observer)
         if _RECORDS_REDACTED:
             return
         _RECORDS_REDACTED = True
@@ -125,13 +132,18 @@ def redact_engine_log_records() -> None:
             record = previous(name, *args, **kwargs)
             if is_engine_logger(name):
                 with contextlib.suppress(Exception):  # a record must always be made
-                    record.msg, record.args = redact(record.getMessage()), ()
+                    message = record.getMessage()
+                    for observe in tuple(_OBSERVERS):
+                        with contextlib.suppress(Exception):
+                            observe(message)
+                    record.msg, record.args = redact(message), ()
             return record
 
         logging.setLogRecordFactory(factory)
 
 
 _RECORDS_REDACTED = False
+_OBSERVERS: list[Callable[[str], None]] = []
 _INSTALLED: EngineOutput | None = None
 _INSTALL_LOCK = threading.Lock()
 

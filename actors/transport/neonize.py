@@ -230,22 +230,28 @@ _API: _Api | None = None
 # --------------------------------------------------------------------------- neonize
 
 
-class _EngineLog(logging.Handler):
+class _EngineLog:
     """Watches the engine's own log for the one line that keeps a ban's end when the
     ban event itself cannot be encoded (``engine_events.ban_from_log``). neonize hands
     Go's log lines to the ``whatsmeow.Client`` logger from a thread of its own, so a
-    reader waits for the line with a deadline."""
+    reader waits for the line with a deadline.
+
+    It reads each line as the record is made, before the redaction (``note`` is an
+    observer of ``engine_output.redact_engine_log_records``): the redaction takes a
+    seven-digit ``expire`` (a ban of 11.6 days or more) for a phone number. And the
+    line is a warning, so Go is given WARNING and the ``whatsmeow.Client`` logger
+    makes records from WARNING up whatever the gateway's level (``_GatewayLevel``
+    keeps those below it out of the log)."""
 
     _KEEP = 8
 
     def __init__(self) -> None:
-        super().__init__()
         self._cond = threading.Condition()
         self._bans: list[tuple[float, tuple[str, float]]] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def note(self, message: str) -> None:
         try:
-            ban = ban_from_log(str(record.getMessage()))
+            ban = ban_from_log(str(message))
         except Exception:  # a log record must never break the engine's log thread
             return
         if ban is None:
@@ -270,6 +276,18 @@ class _EngineLog(logging.Handler):
 
 
 _ENGINE_LOG = _EngineLog()
+
+
+class _GatewayLevel(logging.Filter):
+    """Lets through only the engine's records at or above the gateway's level (the
+    engine's logger itself stays at WARNING so that ``_ENGINE_LOG`` sees the ban line)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,13 +348,19 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
         gateway_level = logging.getLevelName(level_name)
         if not isinstance(gateway_level, int):
             gateway_level = logging.WARNING
-        logging.getLogger("neonize.utils.log").setLevel(max(logging.WARNING, gateway_level))
+        # WARNING, not the gateway's level when that is ERROR: whatsmeow's ban line (the
+        # only place a ban's end survives an event the engine cannot encode) is a warning.
+        logging.getLogger("neonize.utils.log").setLevel(logging.WARNING)
+        engine_client_log = logging.getLogger("whatsmeow.Client")
+        engine_client_log.setLevel(logging.WARNING)
+        engine_client_log.addFilter(_GatewayLevel(max(logging.WARNING, gateway_level)))
         # Media needs ffmpeg; a gateway that only sends text does not want the warning.
         logging.getLogger("neonize.utils.ffmpeg").setLevel(logging.ERROR)
         # The engine prints some errors (with recipients' numbers) and pairing codes
         # straight to descriptor 1: captured, redacted, logged (engine_output).
         capture_engine_output(_log_engine_output)
-        redact_engine_log_records()  # whatsmeow's own log lines name recipients too
+        # whatsmeow's own log lines name recipients too; the ban line is read first
+        redact_engine_log_records(_ENGINE_LOG.note)
         root = logging.getLogger()
         handlers, root_level = list(root.handlers), root.level
         try:
@@ -364,7 +388,6 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             root.handlers[:] = handlers  # undo neonize's logging.basicConfig
             root.setLevel(root_level)
         neonize_client.Thread = _DaemonThread  # type: ignore[attr-defined]
-        logging.getLogger("whatsmeow.Client").addHandler(_ENGINE_LOG)
         _API = _Api(
             client_class=_client_class(neonize_client.NewClient),
             proxy_settings=ProxySettings,

@@ -25,12 +25,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from actors.transport.base import EngineSetupError, SendError, TransportEvent
 from actors.transport.neonize import NeonizeTransport, send_error_from
-from gateway.config import Config, QrConfig, TransportConfig
+from gateway.config import Config, LoggingConfig, QrConfig, TransportConfig
 from tests.neonize.fault_proxy import FaultProxy, refused_port
 
 SESSION = "s1"
@@ -931,33 +932,53 @@ class FakeGoLoggedBan(FakeGoSession):
     whatsmeow first logs the server's failure node (through goneonize's log callback,
     as Go does), then the pump dies on the ban event and the call returns its error."""
 
-    LINE = 'Temporary ban connect failure: <failure code="105" expire="86400" reason="402"/>'
+    LINE = 'Temporary ban connect failure: <failure code="105" expire="{}" reason="402"/>'
+    # whatsmeow's logger (goneonize's) passes on only lines at or above the level the
+    # Go call was given; the ban line is a warning.
+    PASSES_WARNINGS = (b"", b"DEBUG", b"INFO", b"WARN")
 
-    def __init__(self) -> None:
+    def __init__(self, expire: int = 86400) -> None:
         super().__init__(marshal_error("TemporaryBan", "Code"))
+        self.line = self.LINE.format(expire)
 
     def Neonize(self, db: bytes, uuid: bytes, jid: bytes, jid_size: int, new_device: int,
                 log_level: bytes, qr_cb: Any, login_cb: Any, event_cb: Any, log_cb: Any,
                 *rest: Any) -> bytes:
-        entry = self.proto.LogEntry(Name="Client", Level="WARN", Message=self.LINE)
-        data = entry.SerializeToString()
-        buffer = ctypes.create_string_buffer(data, len(data))
-        log_cb(ctypes.addressof(buffer), len(data))
+        if log_level in self.PASSES_WARNINGS:
+            entry = self.proto.LogEntry(Name="Client", Level="WARN", Message=self.line)
+            data = entry.SerializeToString()
+            buffer = ctypes.create_string_buffer(data, len(data))
+            log_cb(ctypes.addressof(buffer), len(data))
         return super().Neonize(db, uuid, jid, jid_size, new_device, log_level, qr_cb,
                                login_cb, event_cb, log_cb, *rest)
 
 
-def logged_ban(workdir: Path) -> dict[str, Any]:
-    """A ban the engine cannot encode, with its end in the engine's log line."""
-    transport = NeonizeTransport(SESSION, workdir / "data", config())
+def logged_ban(workdir: Path, level: str = "INFO", expire: int = 86400) -> dict[str, Any]:
+    """A ban the engine cannot encode, with its end in the engine's log line; the
+    gateway logging at ``level`` (the root logger's level, as gateway.observability
+    sets it in a session process)."""
+    import logging
+
+    logged: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.name.startswith("whatsmeow"):
+                logged.append(record.getMessage())
+
+    logging.getLogger().setLevel(level)
+    logging.getLogger().addHandler(Keep())
+    transport = NeonizeTransport(SESSION, workdir / "data",
+                                 replace(config(), logging=LoggingConfig(level=level)))
     sink = Recorder()
     conn = transport._open(sink)
     assert conn is not None
-    conn.client._NewClient__client = FakeGoLoggedBan()
+    conn.client._NewClient__client = FakeGoLoggedBan(expire)
     started = time.time()
     conn.start()
     sink.wait_for(bool, timeout=10.0)
-    out = {"events": sink.all(), "started": started, "ended": time.time()}
+    out = {"events": sink.all(), "started": started, "ended": time.time(),
+           "logged": list(logged)}
     transport.close()
     out["wait_closed"] = transport.wait_closed(10.0)
     out["non_daemon_threads"] = non_daemon_threads()
@@ -1296,6 +1317,8 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "pump_deaths": pump_deaths,
     "pairing_ends": pairing_ends,
     "logged_ban": logged_ban,
+    "logged_ban_error_level": lambda w: logged_ban(w, level="ERROR"),
+    "logged_long_ban": lambda w: logged_ban(w, expire=14 * 86400),
     "passkey": passkey,
     "logging": logging_setup,
     "client_fds": client_fds,

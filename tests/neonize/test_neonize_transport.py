@@ -686,6 +686,30 @@ def test_the_end_of_an_unencodable_ban_comes_from_the_engines_log_line(
     assert result["wait_closed"] is True and result["non_daemon_threads"] == []
 
 
+@pytest.mark.parametrize(("scenario", "ban_seconds"), [
+    # logging.level = "ERROR": the Go call was given ERROR, so whatsmeow never passed
+    # its ban line (a warning) on, and the root logger's level dropped it too
+    ("logged_ban_error_level", 86400),
+    # 14 days: 1209600 has seven digits, and the engine-log redaction took it for a
+    # phone number before the ban line was read
+    ("logged_long_ban", 14 * 86400),
+])
+def test_the_logged_end_of_a_ban_survives_a_quiet_log_and_a_long_ban(
+        tmp_path: Path, scenario: str, ban_seconds: int) -> None:
+    """The ban's end comes from the engine's log line whatever the gateway's log level,
+    and however long the ban lasts."""
+    result = run_scenario(scenario, tmp_path)
+    (event,) = result["events"]
+    assert event["type"] == "TemporaryBan"
+    assert event["until"] is not None
+    assert result["started"] + ban_seconds <= event["until"] <= result["ended"] + ban_seconds
+    assert result["wait_closed"] is True and result["non_daemon_threads"] == []
+    # a gateway logging at ERROR does not log the engine's warnings for it
+    assert result["logged"] == ([] if scenario == "logged_ban_error_level" else
+                                ['Temporary ban connect failure: <failure code="105" '
+                                 'expire="<number>" reason="402"/>'])
+
+
 def test_other_events_the_engine_cannot_encode_say_what_they_were(
         pump_deaths: dict[str, Any]) -> None:
     (failure,) = pump_deaths["connect_failure"]
