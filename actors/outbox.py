@@ -131,8 +131,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.depth: dict[str, int] = {}  # session -> QUEUED + SENDING
         self.waiters: dict[str, _Waiter] = {}  # message id -> caller waiting for the ack
         self.limits: Limits | None = None
-        self.paused_until: dict[str, float] = {}
-        # WhatsApp's 429 on a recipient lookup: session -> (paused until, strikes in a row)
+        self.paused_until: dict[str, float] = {}  # monotonic, like rate_pauses
+        # WhatsApp's 429 on a recipient lookup: session -> (paused until, strikes in a
+        # row), on the monotonic clock
         self.rate_pauses: dict[str, tuple[float, int]] = {}
         self.uncertain_total = 0
         self.last_prune = 0.0
@@ -337,7 +338,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             # It never left: not an attempt. Wait for the session's next state; the
             # caller hears QUEUED, as any send made while the session reconnects.
             record = self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error)
-            self.paused_until[session] = now + NOT_CONNECTED_PAUSE_SECONDS
+            self.paused_until[session] = time.monotonic() + NOT_CONNECTED_PAUSE_SECONDS
             self._answer(record["id"], _accepted(record, ""))
         else:
             attempts = record["attempts"] + 1
@@ -365,19 +366,23 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         message waits, with no attempt counted. A test message is not sent later: it
         fails with RATE_LIMITED."""
         assert self.store is not None and self.config is not None
+        # The pause lives in this process only: on the monotonic clock, so a wall clock
+        # stepped back (NTP, a resumed VM) does not stretch it by the step.
+        clock = time.monotonic()
         until, strikes = self.rate_pauses.get(session, (0.0, 0))
         delivery = self.config.delivery
-        if until <= now:  # not one of the burst that was already paused for
+        if until <= clock:  # not one of the burst that was already paused for
             cap = max(delivery.rate_overlimit_pause_seconds,
                       delivery.rate_overlimit_max_pause_seconds)
-            strikes = strikes + 1 if now - until < cap else 1
-            until = now + rate_overlimit_pause(strikes, delivery.rate_overlimit_pause_seconds,
-                                               delivery.rate_overlimit_max_pause_seconds)
+            strikes = strikes + 1 if clock - until < cap else 1
+            until = clock + rate_overlimit_pause(strikes, delivery.rate_overlimit_pause_seconds,
+                                                 delivery.rate_overlimit_max_pause_seconds)
             self.rate_pauses[session] = (until, strikes)
             self.refusals.refused("whatsapp")  # /metrics: one per pause WhatsApp caused
             log.warning("WhatsApp rate-limits this session's lookups; its sends pause",
-                        session=session, pause_seconds=round(until - now, 1), strikes=strikes)
-        retry_after = max(1, math.ceil(until - now))
+                        session=session, pause_seconds=round(until - clock, 1),
+                        strikes=strikes)
+        retry_after = max(1, math.ceil(until - clock))
         if record["is_test"]:
             record = self._finish(record, "FAILED", now, RATE_OVERLIMIT, error=msg.error)
             self._answer(record["id"], Failed(
@@ -524,8 +529,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         retried message is never overtaken by a later one to the same person."""
         assert self.store is not None and self.config is not None
         now = time.time()
-        if (not self._can_send(session) or self.paused_until.get(session, 0.0) > now
-                or self.rate_pauses.get(session, (0.0, 0))[0] > now):
+        clock = time.monotonic()  # the pauses' clock (see _rate_overlimited)
+        if (not self._can_send(session) or self.paused_until.get(session, 0.0) > clock
+                or self.rate_pauses.get(session, (0.0, 0))[0] > clock):
             return
         room = MAX_IN_FLIGHT - self.busy.get(session, 0)
         if room <= 0:
