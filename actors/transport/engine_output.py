@@ -52,8 +52,9 @@ class EngineOutput:
         self.fd = fd
         self.lines = 0  # lines handed to the sink (for tests)
         self._cond = threading.Condition()
-        with contextlib.suppress(ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError, AttributeError):  # None: closed
             sys.stdout.flush()
+        _occupy(fd)
         self._saved = os.dup(fd)
         read_end, write_end = os.pipe()
         os.set_inheritable(read_end, False)
@@ -100,6 +101,19 @@ class EngineOutput:
         with self._cond:
             self.lines += 1
             self._cond.notify_all()
+
+
+def _occupy(fd: int) -> None:
+    """Open ``fd`` on /dev/null if it is closed (a process started with its standard
+    output closed): the redirect needs a descriptor to save, and the pipe must not be
+    given the free number itself."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
 
 
 def is_engine_logger(name: str) -> bool:
