@@ -69,6 +69,12 @@ class ArmConnectTimeout:
     arm: int = field(default=0, compare=False)
 
 
+# The longest the watchdog waits for a self-reconnecting client: the policy's budget
+# (reconnect.attempts x reconnect.delay_seconds) may be up to 10**9 x 86400 s, which no
+# timer can be armed for (Thespian adds it to datetime.now(): OverflowError).
+WATCHDOG_MAX_SECONDS = 30 * 86400.0
+
+
 @dataclass(frozen=True, slots=True)
 class ArmWatchdog:
     """The client reconnects by itself; if it has not succeeded by then, take over."""
@@ -211,7 +217,7 @@ class SessionMachine:
                 self.attempt = 0
                 self._set(now, state=SessionState.RECONNECTING, connected_since=None,
                           last_error=ErrorInfo("DISCONNECTED", reason))
-                budget = self.policy.attempts * self.policy.delay
+                budget = min(self.policy.attempts * self.policy.delay, WATCHDOG_MAX_SECONDS)
                 return [ArmWatchdog(budget)]
             case Disconnected(reason=reason):
                 if state is SessionState.CONNECTED:

@@ -376,3 +376,21 @@ def test_a_send_to_a_failed_session_says_why_it_gave_up() -> None:
         "whatsAppConnect to start it again")
     unknown = refuse_send("default", SessionState.FAILED, True, False, "r3")
     assert unknown is not None and "lastError" in unknown.message
+
+
+def test_the_watchdog_of_the_largest_allowed_reconnect_budget_can_be_armed() -> None:
+    """reconnect.attempts may be 10**9 and reconnect.delay_seconds 86400 (their RANGES):
+    their product is no wait an actor can arm (Thespian adds it to datetime.now()), and a
+    keepalive timeout, which arms the watchdog, must not crash the session's handler."""
+    from datetime import datetime, timedelta
+
+    from gateway.config import RANGES
+
+    attempts = int(RANGES["reconnect.attempts"].high)
+    delay = float(RANGES["reconnect.delay_seconds"].high)
+    m = SessionMachine("s1", ReconnectPolicy(attempts, delay), 10.0, paired=True)
+    m.connect(0.0, True)
+    m.on_event(Connected("15551234567"), 1.0)
+    (watchdog,) = m.on_event(Disconnected("keepalive timed out", recovering=True), 2.0)
+    assert isinstance(watchdog, ArmWatchdog) and watchdog.delay >= 7 * 86400
+    datetime.now() + timedelta(seconds=watchdog.delay)  # raises OverflowError if too long
