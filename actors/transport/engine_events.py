@@ -55,6 +55,8 @@ CONNECTION_LOST = "connection-lost"
 # whatsmeow logs the server's failure node at warning level before it emits the ban
 # (connectionevents.go handleConnectFailure); Node.String sorts the attributes.
 BAN_LOG_PREFIX = "Temporary ban connect failure: "
+# A ban said to last longer is no end wagate can show (nor the server meant): unknown.
+MAX_BAN_SECONDS = 10 * 365 * 86400
 _NODE_ATTR = re.compile(r'([A-Za-z_]+)="([^"]*)"')
 
 
@@ -68,9 +70,18 @@ def ban_from_log(message: str) -> tuple[str, float] | None:
         expire = float(attrs.get("expire", ""))
     except ValueError:
         return None
-    if not 0 <= expire < 10 * 365 * 86400:  # NaN, negative or absurd: not an end
+    if not 0 <= expire < MAX_BAN_SECONDS:  # NaN, negative or absurd: not an end
         return None
     return attrs.get("code", "unknown"), expire
+
+
+def ban_until(expire: float, now: float) -> float | None:
+    """When a ban that lasts ``expire`` more seconds (the engine's ``Expire``) ends, or
+    None when that is no usable end: an absurd value (2**62 s from the server's
+    attribute) would make ``bannedUntil`` a time no clock can show. Negative: now."""
+    if expire != expire or expire >= MAX_BAN_SECONDS:
+        return None
+    return now + max(0.0, float(expire))
 
 
 def unencodable_event(text: str) -> tuple[str, str] | None:

@@ -55,6 +55,7 @@ any other login status              ``PairingClosed(status)`` + stop
 ``LoggedOutEv``                     ``LoggedOut(reason name)`` + stop
 ``StreamReplacedEv``                ``StreamReplaced()`` + stop
 ``TemporaryBanEv``                  ``TemporaryBan(now + Expire, reason name)`` + stop
+                                    (an ``Expire`` of 10 years or more: ``until=None``)
 ``ClientOutdatedEv``                ``ClientOutdated()`` + stop
 ``ConnectFailureEv``                ``Disconnected("connect failure <REASON>: <text>")``
 ``KeepAliveTimeoutEv`` (first)      ``Disconnected("keepalive timed out ...", recovering=True)``
@@ -137,6 +138,7 @@ from actors.transport.engine_events import (
     CONNECTION_LOST,
     PASSKEY_STATUSES,
     ban_from_log,
+    ban_until,
     closes_qr_channel,
     event_for_call_end,
     pairing_needs_detail,
@@ -1180,7 +1182,7 @@ class _Connection:
     def _on_temporary_ban(self, _client: Any, event: Any) -> None:
         with self._callback("temporary-ban"):
             self._take_pending_end()
-            self._end(TemporaryBan(until=time.time() + max(0, int(event.Expire)),
+            self._end(TemporaryBan(until=ban_until(int(event.Expire), time.time()),
                                    reason=_enum_name(event, "Code")))
 
     def _on_client_outdated(self, _client: Any, _event: Any) -> None:

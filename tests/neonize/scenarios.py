@@ -618,6 +618,9 @@ def events(workdir: Path) -> dict[str, Any]:
         "stream_replaced": proto.StreamReplaced(),
         "temporary_ban": proto.TemporaryBan(Code=proto.TemporaryBan.SENT_TOO_MANY_SAME_MESSAGE,
                                             Expire=3600),
+        # an end no clock can show (int64 seconds from the server's attribute)
+        "temporary_ban_absurd": proto.TemporaryBan(
+            Code=proto.TemporaryBan.SENT_TOO_MANY_SAME_MESSAGE, Expire=2**62),
         "client_outdated": proto.ClientOutdated(),
     }
     for name, event in terminal.items():

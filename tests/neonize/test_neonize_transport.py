@@ -387,6 +387,14 @@ def test_temporary_ban_reports_until_when(events: dict[str, Any]) -> None:
     assert ban["stop_requested"] is True
 
 
+def test_a_ban_end_no_clock_can_show_is_an_unknown_end(events: dict[str, Any]) -> None:
+    """An ``Expire`` of 2**62 s made ``until`` a time that whatsAppStatus could not
+    render (``bannedUntil``: datetime overflow): the ban stands, its end is unknown."""
+    (event,) = events["temporary_ban_absurd"]["events"]
+    assert event["type"] == "TemporaryBan" and event["until"] is None
+    assert event["reason"] == "SENT_TOO_MANY_SAME_MESSAGE"
+
+
 def test_logout_unlinks_through_go_and_reports_nothing(events: dict[str, Any]) -> None:
     assert events["logout"] == {"go_logouts": 1, "events": [], "files": []}
 
