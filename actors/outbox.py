@@ -500,6 +500,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         unconfirmed = (self.store.unconfirmed(
             now - self.config.delivery.unconfirmed_after_seconds)
             if self.store is not None and self.config is not None else {})
+        # Only sessions that still exist: a forgotten session's SENT records stay until
+        # retention, and a warning about a session no one can see helps no one.
+        known = {status.session for status in msg.report.sessions}
+        unconfirmed = {name: count for name, count in unconfirmed.items() if name in known}
         report = replace(msg.report, queue_depth=sum(by_session.values()), limiter=usage,
                          queue_by_session=by_session, uncertain_total=self.uncertain_total,
                          unconfirmed_by_session=unconfirmed,

@@ -63,3 +63,33 @@ def test_a_message_sent_without_a_receipt_is_flagged_until_one_arrives(
     assert record(gw, message)["deliveryUnconfirmed"] is False
     assert [w for w in gw.health()["warnings"] if w["code"] == "DELIVERY_UNCONFIRMED"] == []
     assert unconfirmed_metric(gw) == 0.0
+
+
+FORGET = "mutation($s: String!) { whatsAppForgetSession(session: $s) }"
+
+
+def test_a_forgotten_session_leaves_no_unconfirmed_warning_behind(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """A session removed with whatsAppForgetSession is gone from whatsAppStatus and
+    /admin/health's sessions; its SENT records stay until retention (168 h), and they
+    must not keep a DELIVERY_UNCONFIRMED warning and a metric naming it."""
+    gw = make_gateway({"delivery": {"unconfirmed_after_seconds": AFTER_SECONDS}}).start()
+    gw.link("s1")
+    result = gw.gql("mutation($i: SendWhatsAppMessageInput!) { sendWhatsAppMessage(input: $i) "
+                    "{ id } }", {"i": {"phoneNumber": f"+{RECIPIENT}", "message": "gone",
+                                       "session": "s1"}})
+    assert not result.errors, result
+    message = result.data["sendWhatsAppMessage"]["id"]
+    wait_for(lambda: record(gw, message)["deliveryUnconfirmed"], 15.0,
+             message="the SENT message to be flagged")
+    assert [w["session"] for w in gw.health()["warnings"]
+            if w["code"] == "DELIVERY_UNCONFIRMED"] == ["s1"]
+
+    assert gw.disconnect("s1").data == {"whatsAppDisconnect": True}  # log out
+    gw.wait_state("LOGGED_OUT", "s1")
+    wait_for(lambda: gw.gql(FORGET, {"s": "s1"}).data == {"whatsAppForgetSession": True}, 20,
+             message="s1 to be forgettable once its process exited")
+    wait_for(lambda: "s1" not in [s["session"] for s in gw.health()["sessions"]], 15.0,
+             message="s1 gone from health")
+    assert [w for w in gw.health()["warnings"] if w["code"] == "DELIVERY_UNCONFIRMED"] == []
+    assert (("session", "s1"),) not in scrape(gw).get("wagate_messages_unconfirmed", {})
