@@ -8,15 +8,14 @@ sheet, GraphQL calls to the same origin, and QR codes as ``data:`` images.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from importlib import resources
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, g, jsonify, send_from_directory
+from flask import Blueprint, Response, abort, g, jsonify, request, send_from_directory
 
 from gateway.config import Config
-from gateway.sign_in import CONFIG_FILE_ENV, sign_in_hint
+from gateway.sign_in import CONFIG_FILE_ENV, browser_is_local, sign_in_hint
 
 STATIC_FILES = frozenset({"index.html", "app.js", "style.css", "favicon.svg"})
 
@@ -58,7 +57,8 @@ def dashboard_blueprint(config: Config, config_file: str | None = None) -> Bluep
 
     @blueprint.get("/static/sign-in.json")
     def sign_in() -> Response:
-        response = jsonify(sign_in_hint(config, config_file, _is_local(g.get("client_ip"))))
+        local = browser_is_local(g.get("client_ip"), request.headers)
+        response = jsonify(sign_in_hint(config, config_file, local))
         response.headers["Cache-Control"] = "no-store"
         response.headers.update(SECURITY_HEADERS)
         return response
@@ -74,14 +74,6 @@ def dashboard_blueprint(config: Config, config_file: str | None = None) -> Bluep
         return _serve(directory, name)
 
     return blueprint
-
-
-def _is_local(client_ip: object) -> bool:
-    """The browser runs on the gateway's machine (after trusted proxies are resolved)."""
-    try:
-        return ipaddress.ip_address(str(client_ip)).is_loopback
-    except ValueError:
-        return False
 
 
 def _serve(directory: Path, name: str) -> Response:

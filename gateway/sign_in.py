@@ -11,7 +11,10 @@ to the directory the gateway was started in).
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.config import Config
@@ -19,6 +22,9 @@ from gateway.config import Config
 # The launcher puts the config file it was started with here, for the web process.
 CONFIG_FILE_ENV = "WAGATE_CONFIG_FILE"
 PLACEHOLDER_NOTE = "CONFIG: the config file `wagate serve` runs with."
+# Headers a proxy adds, naming the browser's address (Via names no address: a proxy).
+_ADDRESS_HEADERS = ("X-Forwarded-For", "X-Real-IP")
+_FORWARDED_FOR = re.compile(r'(?:^|[;,\s])for\s*=\s*("[^"]*"|[^;,\s]*)', re.IGNORECASE)
 
 
 def token_command(config: Config, config_file: str | None, role: str = "admin") -> str:
@@ -41,3 +47,36 @@ def sign_in_hint(config: Config, config_file: str | None, local: bool) -> dict[s
                 "note": "Run it on this machine, as the user that runs wagate."}
     return {"command": "wagate token create --config CONFIG --name NAME --role admin",
             "note": PLACEHOLDER_NOTE}
+
+
+def browser_is_local(client_ip: str | None, headers: Mapping[str, str]) -> bool:
+    """The browser runs on the gateway's machine: its address (after trusted proxies are
+    resolved) is loopback, and no proxy header names another one. A proxy on this host
+    that is not in ``auth.trusted_proxies`` reaches the gateway from 127.0.0.1 for every
+    browser in the world; its headers are all that says so, so a request carrying any
+    address that is not loopback (or one that cannot be read, or a ``Via``) is remote."""
+    if not _is_loopback(client_ip) or "Via" in headers:
+        return False
+    named: list[str] = []
+    for header in _ADDRESS_HEADERS:
+        named += [hop.strip() for hop in headers.get(header, "").split(",") if hop.strip()]
+    named += [_forwarded_address(v) for v in _FORWARDED_FOR.findall(
+        headers.get("Forwarded", ""))]
+    if "Forwarded" in headers and not named:
+        return False  # a Forwarded header without for= still says: a proxy
+    return all(_is_loopback(address) for address in named)
+
+
+def _forwarded_address(value: str) -> str:
+    """RFC 7239's ``for=`` value as a bare address: quotes, [brackets] and port gone."""
+    value = value.strip('"')
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _is_loopback(address: object) -> bool:
+    try:
+        return ipaddress.ip_address(str(address)).is_loopback
+    except ValueError:
+        return False

@@ -32,3 +32,20 @@ def test_a_browser_elsewhere_gets_no_paths_of_this_machine(tmp_path: Path) -> No
     assert str(tmp_path) not in remote["command"] + remote["note"]
     assert "--config CONFIG" in remote["command"]
     assert str(tmp_path) in sign_in_hint(config, None, local=True)["command"]
+
+
+def test_only_a_request_no_proxy_header_places_elsewhere_is_local() -> None:
+    from gateway.sign_in import browser_is_local
+
+    assert browser_is_local("127.0.0.1", {})
+    assert browser_is_local("::1", {"X-Forwarded-For": "127.0.0.1, ::1"})
+    assert browser_is_local("127.0.0.1", {"Forwarded": 'for="[::1]:8080", for=127.0.0.2'})
+    for ip, headers in (("203.0.113.5", {}), ("", {}), (None, {}),
+                        ("127.0.0.1", {"X-Forwarded-For": "203.0.113.5"}),
+                        ("127.0.0.1", {"X-Forwarded-For": "127.0.0.1,garbage"}),
+                        ("127.0.0.1", {"X-Real-IP": "198.51.100.1"}),
+                        ("127.0.0.1", {"Forwarded": "for=unknown"}),
+                        ("127.0.0.1", {"Forwarded": "proto=https"}),
+                        ("127.0.0.1", {"Forwarded": "For=198.51.100.1:443"}),
+                        ("127.0.0.1", {"Via": "1.1 nginx"})):
+        assert not browser_is_local(ip, headers), (ip, headers)
