@@ -11,6 +11,7 @@ client's own address through ``auth.trusted_proxies``, never one the client forg
 from __future__ import annotations
 
 import configparser
+import contextlib
 import datetime
 import http.client
 import ipaddress
@@ -84,7 +85,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 def test_systemd_unit_is_hardened_and_matches_the_production_config() -> None:
     service = read_unit(UNIT)["Service"]
     required = {"ProtectSystem": "strict", "Restart": "on-failure",
-                "KillMode": "control-group", "NoNewPrivileges": "yes",
+                "KillMode": "mixed", "NoNewPrivileges": "yes",
                 "PrivateTmp": "yes", "ProtectHome": "yes"}
     assert {k: service.get(k) for k in required} == required
     assert service.get("DynamicUser") == "yes" or service.get("User") not in (None, "", "root")
@@ -98,6 +99,31 @@ def test_systemd_unit_is_hardened_and_matches_the_production_config() -> None:
         production["encryption"]["key_file"]).parent
     # A stop must get the time the launcher needs (a session's stop may take 60 s).
     assert int(service["TimeoutStopSec"].rstrip("s")) >= 60
+
+
+def test_the_units_stop_lets_the_launcher_stop_the_actor_system_in_order(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """``systemctl stop`` as the unit's KillMode does it, on a real gateway: with
+    ``control-group`` systemd sends SIGTERM to every process of the cgroup at once, so
+    the Admin and the actors die of it before the launcher can stop them in order
+    (Thespian's orderly shutdown never runs: no session is told to stop its engine);
+    with ``mixed`` only the launcher gets it (the rest only the final SIGKILL)."""
+    kill_mode = read_unit(UNIT)["Service"]["KillMode"]
+    gw = make_gateway().start()
+    assert not gw.connect().errors
+    gw.wait_state("QR_PENDING")  # a session process is running too
+    assert gw.process is not None
+    launcher = gw.process.pid
+    targets = [launcher] if kill_mode in ("mixed", "process") else [
+        launcher, *gw.actor_pids()]
+    for pid in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    code = gw.process.wait(60)
+    gw.process = None  # stopped here; the fixture still checks nothing is left
+    actors_log = (gw.data_dir / "logs" / "actors.log").read_text(encoding="utf-8")
+    assert code == 0, gw.log_tail()
+    assert "Actor System shutdown" in actors_log, (kill_mode, gw.log_tail())
 
 
 # What the unit's ProtectSystem=strict, ReadWritePaths=data_dir and PrivateTmp=yes do
