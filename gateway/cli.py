@@ -300,6 +300,12 @@ def simulator_dir(args: argparse.Namespace, config: Config) -> Path:
                     "simulated service (its transport.engine is not \"simulator\"); `wagate "
                     "sim` controls only a gateway started with --demo or the simulator")
             found = Path(report.simulator_dir)
+            problem = foreign_simulator_problem(found, os.geteuid())
+            if problem is not None:
+                raise SimulatorError(
+                    f"the gateway running on 127.0.0.1:{client.port} is not yours: {problem}; "
+                    "run `wagate sim` as the user that runs it, or name your own gateway's "
+                    "data_dir with --data-dir (or its config with --config)")
             if found != config.simulator_path:
                 print(f"wagate sim: using the simulated service of the gateway running on "
                       f"127.0.0.1:{client.port} ({found})", file=sys.stderr)
@@ -311,6 +317,24 @@ def simulator_dir(args: argparse.Namespace, config: Config) -> Path:
         f"no gateway runs on data_dir {config.data_path} (it does not exist){nobody}; "
         "start one with `wagate serve --demo`, or name the running one's data_dir with "
         "--data-dir (or its config with --config)")
+
+
+def foreign_simulator_problem(path: Path, uid: int) -> str | None:
+    """Why the simulated service at ``path`` (named by a gateway found on the admin
+    port, which any user of the machine may run) is not ``uid``'s to drive, or None.
+    Judged by the owner of ``path``, or of its nearest existing parent while no session
+    has made it yet: writing there would re-mode another user's directory and leave
+    files that user's gateway cannot write."""
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        owner = existing.stat().st_uid
+    except OSError as exc:
+        return f"its simulated service {path} cannot be looked at ({exc.strerror})"
+    if owner != uid:
+        return f"its simulated service {path} belongs to another user (uid {owner})"
+    return None
 
 
 def _run_sim(args: argparse.Namespace, action: Any) -> int:

@@ -91,3 +91,31 @@ def test_sim_on_a_named_data_dir_that_does_not_exist_says_so(tmp_path: Path) -> 
     assert done.returncode == 1
     assert f"no gateway runs on data_dir {missing} (it does not exist)" in done.stderr
     assert not missing.exists()
+
+
+NOBODY = 65534  # a uid that is not this test's
+
+
+def test_sim_never_drives_a_gateway_another_user_runs(gateway: Gateway, tmp_path: Path
+                                                      ) -> None:
+    """Found on actors.admin_port, a gateway whose simulated service belongs to another
+    user is not this user's: `wagate sim` used its directory anyway (as root it even
+    re-moded it and left root-owned files the other gateway cannot write)."""
+    if os.geteuid() != 0:
+        pytest.skip("making a directory another user's needs root (the unit test "
+                    "test_a_simulator_dir_of_another_user_is_refused covers the check)")
+    assert not gateway.connect().errors
+    gateway.wait_state("QR_PENDING")  # its simulated service exists now
+    simulator = gateway.data_dir / "simulator"
+    assert simulator.is_dir()
+    before = {p.name for p in simulator.iterdir()}
+    os.chown(simulator, NOBODY, -1)
+    try:
+        done = wagate(elsewhere(tmp_path, gateway.admin_port), "sim", "inbox")
+        assert done.returncode == 1, done
+        assert "belongs to another user" in done.stderr, done.stderr
+        assert "--data-dir" in done.stderr
+        assert {p.name for p in simulator.iterdir()} == before
+        assert simulator.stat().st_uid == NOBODY
+    finally:
+        os.chown(simulator, os.geteuid(), -1)

@@ -5,7 +5,9 @@ commands, and ``--version`` names the installed wagate."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,16 @@ def test_the_scan_help_and_the_readme_name_the_number_the_default_session_links_
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert f"linked session 'default' to phone {number}" in readme
     assert f'"phoneNumber":"{number}"' in readme
+
+
+def test_a_simulator_dir_of_another_user_is_refused(tmp_path: Path) -> None:
+    """`wagate sim` finds a gateway by its admin port, which may be another user's."""
+    from gateway.cli import foreign_simulator_problem
+
+    mine = os.stat(tmp_path).st_uid
+    assert foreign_simulator_problem(tmp_path, mine) is None
+    problem = foreign_simulator_problem(tmp_path, mine + 1)
+    assert problem is not None and "belongs to another user" in problem
+    # Not made yet (no session has connected): its nearest existing parent says whose.
+    assert foreign_simulator_problem(tmp_path / "data" / "simulator", mine) is None
+    assert foreign_simulator_problem(tmp_path / "data" / "simulator", mine + 1) is not None
