@@ -27,7 +27,11 @@ field counts as many times as the lists above it can hold on this schema (the mo
 types, fields per type, arguments per field ...), and the total may be at most
 ``INTROSPECTION_HEADROOM`` times what the standard query (every option on) measures;
 its depth is held to ``INTROSPECTION_MAX_DEPTH`` and its lists inside lists to
-``INTROSPECTION_MAX_LISTS``, as deep as the standard query's.
+``INTROSPECTION_MAX_LISTS``, as deep as the standard query's. The walk itself is work
+too: the selections it visits (fields, fragments, every spread expanded, roots
+included) may be at most ``INTROSPECTION_HEADROOM`` times the standard query's, so a
+document that asks for little (every field one value, under ``__type``) but spreads
+fragments in a tree is refused after a few thousand steps, not after ``limit``.
 """
 
 from __future__ import annotations
@@ -116,6 +120,12 @@ class IntrospectionMeasure(NamedTuple):
     chain: int  # longest chain of fragments spread inside fragments
     lists: int  # most list fields nested inside one another
     size: int  # answer size: each field counted as often as the lists above can hold
+    steps: int = 0  # selections visited, fragments expanded (the walk's own work)
+
+
+class IntrospectionLimits(NamedTuple):
+    size: int  # the most an answer may measure
+    steps: int  # the most selections a walk may visit
 # (an introspection root field, the fragments spread on the way to it)
 IntrospectionRoot = tuple[FieldNode, tuple[str, ...]]
 
@@ -152,12 +162,16 @@ def list_sizes(schema: GraphQLSchema) -> dict[str, int]:
 
 
 def introspection_measure(roots: list[IntrospectionRoot], fragments: Fragments,
-                          sizes: dict[str, int], limit: int) -> IntrospectionMeasure:
-    """How deep, how long a fragment chain, how many lists inside lists and how big an
-    answer introspection selections ask for, walked with an explicit stack; stops once
-    any exceeds its bound (``limit`` for the size), so a hostile document costs at most
-    about ``limit`` steps."""
+                          sizes: dict[str, int], limits: IntrospectionLimits
+                          ) -> IntrospectionMeasure:
+    """How deep, how long a fragment chain, how many lists inside lists, how big an
+    answer and how many steps introspection selections ask for, walked with an explicit
+    stack; stops once any exceeds its bound, so a hostile document costs at most
+    ``limits.steps`` steps."""
     deepest = chain = lists = size = 0
+    steps = len(roots)
+    if steps > limits.steps:
+        return IntrospectionMeasure(0, 0, 0, 0, steps)
     # (selections, level of the fields in it, fragments spread, lists above, copies)
     stack: list[tuple[SelectionSetNode, int, tuple[str, ...], int, int]] = []
     for field, spread in roots:
@@ -170,8 +184,10 @@ def introspection_measure(roots: list[IntrospectionRoot], fragments: Fragments,
         chain = max(chain, len(spread))
         for selection in selections.selections:
             if (deepest > INTROSPECTION_MAX_DEPTH or chain > INTROSPECTION_MAX_DEPTH
-                    or lists > INTROSPECTION_MAX_LISTS or size > limit):
-                return IntrospectionMeasure(deepest, chain, lists, size)
+                    or lists > INTROSPECTION_MAX_LISTS or size > limits.size
+                    or steps > limits.steps):
+                return IntrospectionMeasure(deepest, chain, lists, size, steps)
+            steps += 1
             if isinstance(selection, FieldNode):
                 listed = selection.name.value in sizes
                 held = copies * sizes.get(selection.name.value, 1)
@@ -190,12 +206,12 @@ def introspection_measure(roots: list[IntrospectionRoot], fragments: Fragments,
                     continue
                 size += copies
                 stack.append((fragment.selection_set, level, (*spread, name), above, copies))
-    return IntrospectionMeasure(deepest, chain, lists, size)
+    return IntrospectionMeasure(deepest, chain, lists, size, steps)
 
 
 @lru_cache(maxsize=8)
-def introspection_limit(schema: GraphQLSchema) -> int:
-    """The most an introspection selection may measure on ``schema``."""
+def introspection_limits(schema: GraphQLSchema) -> IntrospectionLimits:
+    """The most an introspection selection may measure, and its walk visit, on ``schema``."""
     document = parse(STANDARD_INTROSPECTION)
     fragments = fragments_of(document)
     roots: list[IntrospectionRoot] = []
@@ -203,8 +219,10 @@ def introspection_limit(schema: GraphQLSchema) -> int:
         if isinstance(definition, OperationDefinitionNode):
             roots += [(s, ()) for s in definition.selection_set.selections
                       if isinstance(s, FieldNode)]
-    standard = introspection_measure(roots, fragments, list_sizes(schema), 10**12)
-    return INTROSPECTION_HEADROOM * standard.size
+    unbounded = IntrospectionLimits(10**12, 10**12)
+    standard = introspection_measure(roots, fragments, list_sizes(schema), unbounded)
+    return IntrospectionLimits(INTROSPECTION_HEADROOM * standard.size,
+                               INTROSPECTION_HEADROOM * standard.steps)
 
 
 def limit_rule(max_depth: int, max_cost: int,
@@ -219,6 +237,7 @@ def limit_rule(max_depth: int, max_cost: int,
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
             self.cost = 0
             self.introspection: list[IntrospectionRoot] = []
+            self.limits = introspection_limits(self.context.schema)
             depth, chain = self._walk(node.selection_set)
             if depth <= max_depth and chain <= max_depth and self.cost <= max_cost:
                 self._check_introspection(node)
@@ -252,6 +271,8 @@ def limit_rule(max_depth: int, max_cost: int,
                         if level == 0 and selection.name.value in INTROSPECTION_ROOTS:
                             if introspection:  # else IntrospectionOff refuses it
                                 self.introspection.append((selection, spread))
+                                if len(self.introspection) > self.limits.steps:
+                                    return deepest, chain  # refused by its step bound
                             continue
                         self.cost += 1
                         deepest = max(deepest, level + 1)
@@ -271,11 +292,16 @@ def limit_rule(max_depth: int, max_cost: int,
         def _check_introspection(self, node: OperationDefinitionNode) -> None:
             if not self.introspection:
                 return
-            schema = self.context.schema
-            limit = introspection_limit(schema)
+            limits = self.limits
             measured = introspection_measure(
-                self.introspection, self.fragments, list_sizes(schema), limit)
-            if max(measured.depth, measured.chain) > INTROSPECTION_MAX_DEPTH:
+                self.introspection, self.fragments, list_sizes(self.context.schema), limits)
+            if measured.steps > limits.steps:
+                self.report_error(GraphQLError(
+                    f"the introspection query selects more than {limits.steps} fields and "
+                    f"fragments, every spread expanded ({INTROSPECTION_HEADROOM} times the "
+                    "standard introspection query); ask for what the standard query asks, "
+                    "without spreading fragments many times", node))
+            elif max(measured.depth, measured.chain) > INTROSPECTION_MAX_DEPTH:
                 self.report_error(GraphQLError(
                     f"the introspection query is nested more than {INTROSPECTION_MAX_DEPTH} "
                     "levels deep (fragments included); the standard introspection query "
@@ -287,9 +313,9 @@ def limit_rule(max_depth: int, max_cost: int,
                     "deep (like fields { type { fields ... } }); the standard introspection "
                     "query (types, their fields, their arguments) fits: ask for what it asks",
                     node))
-            elif measured.size > limit:
+            elif measured.size > limits.size:
                 self.report_error(GraphQLError(
-                    f"the introspection query could answer with more than {limit} values "
+                    f"the introspection query could answer with more than {limits.size} values "
                     f"({INTROSPECTION_HEADROOM} times the standard introspection query); "
                     "ask for what the standard query asks, without lists inside lists", node))
 

@@ -146,8 +146,45 @@ def test_introspection_depth_and_fragment_chains_have_their_own_bound() -> None:
 
 
 def test_an_introspection_fragment_tree_ends_the_walk_at_its_bound() -> None:
-    """T_i spreads T_{i+1} twice (2^20 expansions): refused, not walked to the end."""
+    """T_i spreads T_{i+1} twice (2^20 expansions): refused, not walked to the end
+    (by the walk's step bound, which it reaches first)."""
     text = ('{ __type(name: "Query") { ...T0 } } ' + " ".join(
         f"fragment T{i} on __Type {{ ...T{i + 1} ... on __Type {{ ...T{i + 1} }} }}"
         for i in range(20)) + " fragment T20 on __Type { name }")
-    assert "could answer with more than" in introspection_error(text)
+    assert "selects more than" in introspection_error(text)
+
+
+def test_an_introspection_walk_does_no_more_work_than_the_standard_querys() -> None:
+    """Under ``__type`` every field is one value, so a fragment tree (or thousands of
+    roots) grew the answer's measure by one a step: the walk ran some 200 000 steps
+    (a tenth of a second of CPU per request, a few hundred bytes each) before its size
+    bound refused it. Its steps have their own bound, twice the standard query's."""
+    from gateway.graphql_limits import (
+        INTROSPECTION_HEADROOM,
+        STANDARD_INTROSPECTION,
+        fragments_of,
+        introspection_limits,
+        introspection_measure,
+        list_sizes,
+    )
+
+    schema = build_schema()
+    limits = introspection_limits(schema)
+    standard = parse(STANDARD_INTROSPECTION)
+    assert validate(schema, standard, limit_rules(8, 500)) == []
+    tree = ('{ __type(name: "Query") { ...T0 } } ' + " ".join(
+        f"fragment T{i} on __Type {{ ...T{i + 1} ...T{i + 1} }}" for i in range(20))
+        + " fragment T20 on __Type { name }")
+    roots = "{ ...R ...R } fragment R on Query { " + " ".join(
+        f'r{i}: __type(name: "Query") {{ name }}' for i in range(limits.steps)) + " }"
+    for text in (tree, roots):
+        assert "selects more than" in introspection_error(text)
+        assert f"({INTROSPECTION_HEADROOM} times the standard" in introspection_error(text)
+    # The walk stopped at its step bound, long before the answer's size bound.
+    document = parse(tree)
+    operation = document.definitions[0]
+    measured = introspection_measure(
+        [(operation.selection_set.selections[0], ())],  # type: ignore[attr-defined]
+        fragments_of(document), list_sizes(schema), limits)
+    assert measured.steps == limits.steps + 1
+    assert measured.size <= 2 * limits.steps < limits.size
