@@ -17,19 +17,31 @@ link_timeout=${WAGATE_LINK_TIMEOUT_SECONDS:-180}
 
 # POST one GraphQL request (a JSON body) and print the JSON answer. GraphQL errors
 # come with HTTP 200; --fail-with-body turns a refused token (401/403) into a failure.
+# The token and the body (the message) never go on curl's command line, which every
+# user of the machine can read (ps): the header comes from a pipe (-H @file), the body
+# from standard input (printf is a shell builtin, so it has no command line either).
+# (The header file is opened in the curl command itself: one made in an assignment
+# before it is closed by the time curl reads it.)
 gql() {
-  local auth=()
-  if [ -n "${WAGATE_TOKEN:-}" ]; then auth=(-H "Authorization: Bearer $WAGATE_TOKEN"); fi
-  curl -sS --fail-with-body --max-time 90 "$url" -H 'Content-Type: application/json' \
-    "${auth[@]}" --data-binary "$1"
+  printf '%s' "$1" | curl -sS --fail-with-body --max-time 90 "$url" \
+    -H 'Content-Type: application/json' --data-binary @- \
+    -H @<(if [ -n "${WAGATE_TOKEN:-}" ]; then
+            printf 'Authorization: Bearer %s\n' "$WAGATE_TOKEN"
+          fi)
 }
 
-# A shell string as a JSON string (backslashes, quotes, line breaks and tabs escaped).
+# A shell string as a JSON string: backslashes and quotes escaped, and every control
+# character (JSON allows none raw: a CRLF text would be refused as invalid JSON).
 json_string() {
-  local s=${1//\\/\\\\}
+  local s=${1//\\/\\\\} code char
   s=${s//\"/\\\"}
   s=${s//$'\n'/\\n}
   s=${s//$'\t'/\\t}
+  s=${s//$'\r'/\\r}
+  for code in {1..31}; do
+    printf -v char "\\x$(printf '%02x' "$code")"
+    s=${s//"$char"/$(printf '\\u%04x' "$code")}
+  done
   printf '"%s"' "$s"
 }
 

@@ -32,13 +32,15 @@ RUN_TIMEOUT = 120.0
 NPM_TIMEOUT = 600.0
 
 
-def run_example(gateway: Gateway, command: list[str], cwd: Path, text: str) -> str:
+def run_example(gateway: Gateway, command: list[str], cwd: Path, text: str,
+                extra_env: dict[str, str] | None = None) -> str:
     """Run one example against ``gateway``, scan its QR code when the session shows one,
     and return what the example printed; it must exit with 0."""
     log_path = cwd / "example.log"
     env = dict(os.environ, WAGATE_URL=gateway.url + "/graphql", WAGATE_TOKEN=gateway.token,
                WAGATE_TO="+1 415 555 2671", WAGATE_TEXT=text,
-               WAGATE_POLL_SECONDS=POLL_SECONDS, WAGATE_LINK_TIMEOUT_SECONDS=LINK_TIMEOUT_SECONDS)
+               WAGATE_POLL_SECONDS=POLL_SECONDS, WAGATE_LINK_TIMEOUT_SECONDS=LINK_TIMEOUT_SECONDS,
+               **(extra_env or {}))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -69,6 +71,38 @@ def test_curl_script(make_gateway: Callable[..., Gateway], tmp_path: Path) -> No
     output = run_example(gateway, ["bash", str(CLIENTS / "curl.sh")], tmp_path, text)
     check_outcome(gateway, output, text)
     assert "state: QR_PENDING" in output, output
+
+
+# A curl on PATH before the real one that writes down its arguments, then runs it.
+RECORDING_CURL = """#!/bin/sh
+printf '%s\\n' "$*" >> "$RECORD"
+exec "$REAL_CURL" "$@"
+"""
+
+
+def test_curl_script_keeps_the_token_and_the_text_off_command_lines(
+        make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    """A process's command line is readable by every user of the machine (ps, /proc):
+    curl.sh put ``Authorization: Bearer <token>`` and the message (a one-time code) in
+    curl's arguments. Control characters other than newline and tab (a CRLF text) made
+    its JSON invalid."""
+    real_curl = shutil.which("curl")
+    assert real_curl, "curl is missing"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "curl").write_text(RECORDING_CURL, encoding="utf-8")
+    (bin_dir / "curl").chmod(0o755)
+    record = tmp_path / "curl-arguments.txt"
+    gateway = make_gateway().start()
+    text = "Your code is 975310\r\nwith a carriage return and a \x01 bell"
+    output = run_example(gateway, ["bash", str(CLIENTS / "curl.sh")], tmp_path, text,
+                         {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                          "RECORD": str(record), "REAL_CURL": real_curl})
+    check_outcome(gateway, output, text)
+    arguments = record.read_text(encoding="utf-8")
+    assert arguments.count("--max-time") >= 3, arguments  # every request went through it
+    assert gateway.token not in arguments
+    assert "975310" not in arguments
 
 
 def test_python_gql_client(make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
