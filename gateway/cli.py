@@ -209,11 +209,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.dev:
         overrides["http.dev"] = True
     config = resolve_config(args, overrides)
-    config_file = config_file_of(args)
-    if config_file is not None:  # the dashboard's token command names it (gateway/sign_in.py)
-        from gateway.sign_in import CONFIG_FILE_ENV
+    from gateway.sign_in import CONFIG_FILE_ENV
 
+    # The dashboard's token command names it (gateway/sign_in.py). Without a file, one
+    # named by this process's own environment (inherited) is none of this gateway's.
+    config_file = config_file_of(args)
+    if config_file is not None:
         os.environ[CONFIG_FILE_ENV] = str(config_file.resolve())
+    else:
+        os.environ.pop(CONFIG_FILE_ENV, None)
     try:
         start_with_engine_environment(config.transport.mark_as_bot)
         return serve(config)

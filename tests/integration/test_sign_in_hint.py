@@ -5,11 +5,27 @@ then every request reaches the gateway from 127.0.0.1 (issue 12 review)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import requests
 
-from tests.integration.harness import Gateway
+from gateway.ownership import sweep_owned
+from gateway.run_state import read_record
+from gateway.sign_in import CONFIG_FILE_ENV
+from tests.integration.harness import (
+    Gateway,
+    _die_with_parent,
+    free_port,
+    stop_on_termination,
+    wait_for,
+)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def hint(gw: Gateway, headers: dict[str, str]) -> str:
@@ -46,3 +62,44 @@ def test_behind_a_trusted_proxy_a_forged_loopback_hop_is_not_local(
     root = str(gw.root.resolve())
     assert root not in hint(gw, {"X-Forwarded-For": "127.0.0.1, 203.0.113.5"})
     assert root not in hint(gw, {"X-Forwarded-For": "::1, 127.0.0.1, 198.51.100.7"})
+
+
+def test_a_gateway_without_a_config_file_names_none_it_merely_inherited(
+        tmp_path: Path) -> None:
+    """``wagate serve`` passes its config file to the web process in WAGATE_CONFIG_FILE;
+    started without one, it left a value inherited from its own environment (another
+    gateway's, a shell's) in place, and the hint named that file: the token went there."""
+    stale = tmp_path / "another" / "gateway.toml"
+    port, admin_port = free_port(), free_port()
+    output = tmp_path / "terminal.log"
+    stop_on_termination()
+    with open(output, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--demo", "--data-dir",
+             str(tmp_path / "data"), "--port", str(port), "--admin-port", str(admin_port)],
+            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO), CONFIG_FILE_ENV: str(stale)},
+            preexec_fn=_die_with_parent(os.getpid()))
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(output.read_text(errors="replace"))
+        try:
+            return requests.get(url + "/readyz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(ready, 60, 0.1, "the gateway to be ready")
+        body = requests.get(url + "/static/sign-in.json", timeout=10).json()
+        assert str(stale) not in body["command"], body
+        assert "--config" not in body["command"], body  # the embedded defaults: no file
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, output.read_text(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        record = read_record(tmp_path / "data")
+        assert record is None or sweep_owned(record.mark, settle=0.5, grace=3) == "clean"
