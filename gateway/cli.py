@@ -286,7 +286,12 @@ def simulator_dir(args: argparse.Namespace, config: Config) -> Path:
     the data_dir's own service, kept on disk while its gateway is stopped. Never creates
     a data_dir: a control command on one that does not exist is a mistake, said so."""
     from actors.transport.simulator import SimulatorError
-    from gateway.cli_status import GatewayUnreachable, HealthClient, running_admin_port
+    from gateway.cli_status import (
+        GatewayNotYours,
+        GatewayUnreachable,
+        HealthClient,
+        running_admin_port,
+    )
 
     if running_admin_port(config.data_path) is not None:
         return config.simulator_path
@@ -295,6 +300,8 @@ def simulator_dir(args: argparse.Namespace, config: Config) -> Path:
         client = HealthClient(config)
         try:
             report = client.report()
+        except GatewayNotYours as exc:
+            raise SimulatorError(str(exc)) from None
         except GatewayUnreachable:
             report = None
         if report is not None:

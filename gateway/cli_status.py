@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,10 @@ DRAIN_INTERVAL = Range(0, 3600, above=True)
 
 class GatewayUnreachable(Exception):
     """No running gateway answered; the message says why and what to do."""
+
+
+class GatewayNotYours(GatewayUnreachable):
+    """Another user's process listens on the admin port: never joined (gateway/listeners.py)."""
 
 
 def register(commands: Any, common: Any) -> None:
@@ -91,6 +96,7 @@ class HealthClient:
                 address = bind_address(self.config)
                 if not port_listening(self.port, address):
                     raise ConnectionError(self.port)
+                self._refuse_foreign_listener(address)
                 # Thespian's own log next to the gateway's, never the shared default.
                 configure_thespian_log(self.config.data_path / "logs", create=False)
                 self._system = join_system(self.port, address, allowed_networks(self.config))
@@ -110,6 +116,21 @@ class HealthClient:
                 f"the gateway on port {self.port} did not answer within {self.timeout:g} s; "
                 "it may be starting or stopping: retry, or see data_dir/logs/actors.log")
         return reply.value
+
+    def _refuse_foreign_listener(self, address: str) -> None:
+        from gateway.listeners import foreign_listener
+
+        owner = foreign_listener(self.port, address, os.geteuid())
+        if owner is not None:
+            raise _refuse(self.port, address, owner)
+
+
+def _refuse(port: int, address: str, owner: int) -> GatewayNotYours:
+    return GatewayNotYours(
+        f"the process listening on {address}:{port} (actors.admin_port) is another "
+        f"user's (uid {owner}): wagate joins only a gateway of the user running it (its "
+        "actor system speaks pickle). Run the command as the gateway's user (sudo -u), "
+        "or name your own gateway with --data-dir or --admin-port")
 
 
 def running_admin_port(data_path: Path) -> int | None:

@@ -6,6 +6,7 @@ messages)" and "call whatsAppConnect first" while the gateway ran elsewhere)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,29 @@ def test_sim_never_drives_a_gateway_another_user_runs(gateway: Gateway, tmp_path
         assert simulator.stat().st_uid == NOBODY
     finally:
         os.chown(simulator, os.geteuid(), -1)
+
+
+def test_no_command_joins_a_listener_of_another_user_on_the_admin_port(tmp_path: Path
+                                                                      ) -> None:
+    """The actor system speaks pickle: joining a listener another user of the machine
+    put on actors.admin_port (free while no gateway of ours runs) lets that user run
+    code as whoever typed `wagate status` or `wagate sim`. Refused before joining."""
+    if os.geteuid() != 0:
+        pytest.skip("a listener of another user needs root (tests/unit/test_listeners.py "
+                    "covers reading its owner)")
+    port = free_port()
+    os.seteuid(NOBODY)  # the socket's owner is the effective uid that made it
+    try:
+        stranger = socket.socket()
+    finally:
+        os.seteuid(0)
+    with stranger:
+        stranger.bind(("127.0.0.1", port))
+        stranger.listen()
+        where = elsewhere(tmp_path, port)
+        for command in (["status"], ["status", "--admin-port", str(port)], ["sim", "inbox"]):
+            done = wagate(where, *command)
+            assert done.returncode == 1, (command, done)
+            assert f"127.0.0.1:{port} (actors.admin_port) is another user's (uid {NOBODY})" \
+                in done.stderr, (command, done.stderr)
+    assert sorted(p.name for p in where.iterdir()) == ["configs"]
