@@ -35,8 +35,8 @@ from actors.audit_bursts import BurstCounter
 from actors.audit_log import AuditLock, AuditLog, audit_dir, iso_time, lock_holder
 from actors.messages import AuditEvent, Failed, Ok, RecordAudit, Routed, StartWorker
 from actors.run_once import RunOnce
-from gateway.config import Config
-from gateway.observability import setup_logging
+from gateway.core.config import Config
+from gateway.core.observability import setup_logging
 
 log = structlog.get_logger("wagate.audit")
 

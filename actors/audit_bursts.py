@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.networks import parse_address
+from gateway.core.networks import parse_address
 
 MAX_KINDS = 1000
 MAX_KINDS_PER_SOURCE = 8

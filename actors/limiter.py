@@ -18,8 +18,8 @@ import diskcache
 
 from actors.messages import Failed
 from actors.windows import SlidingWindow, WindowSpec, admit
-from gateway.config import LimitsConfig
-from gateway.recipients import rate_limit_key
+from gateway.core.config import LimitsConfig
+from gateway.core.recipients import rate_limit_key
 
 HOT_NUMBERS = 10_000  # recipients whose windows stay in memory (the rest are on disk)
 GLOBAL_KEY = "global"
@@ -50,7 +50,7 @@ class Limits:
 
         The per-recipient windows are kept per WhatsApp account, not per spelling:
         ``+54 11 2345-6789`` and ``+54 9 11 2345-6789`` reach one person and share one
-        limit (``gateway.recipients.rate_limit_key``)."""
+        limit (``gateway.core.recipients.rate_limit_key``)."""
         phone = rate_limit_key(phone)
         windows = self._windows(phone)
         self.seen[phone] = now

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import Config
+from gateway.core.config import Config
 
 if TYPE_CHECKING:  # actors.metrics imports this module
     from actors.metrics import OutboxMetrics, SessionMetrics

@@ -78,6 +78,7 @@ from actors.messages import (
     StartWorker,
 )
 from actors.metrics import RefusalCounters
+from actors.numbers import NumberCache, open_cache
 from actors.pacing import WARMUP_SCOPE, Pacer, PacingRules
 from actors.policy import rate_overlimit_pause, retry_delay
 from actors.receipts import EarlyReceipts, receipt_time
@@ -85,9 +86,8 @@ from actors.run_once import RunOnce
 from actors.session_machine import refuse_send
 from actors.transport.base import NOT_ON_WHATSAPP, RATE_OVERLIMIT, NumberInfo
 from actors.warmup import Warmup
-from gateway.config import Config, PacingConfig
-from gateway.numbers import NumberCache, open_cache
-from gateway.observability import setup_logging
+from gateway.core.config import Config, PacingConfig
+from gateway.core.observability import setup_logging
 
 log = structlog.get_logger("wagate.outbox")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from actors.windows import WindowSpec
 
 if TYPE_CHECKING:
-    from gateway.config import PacingConfig
+    from gateway.core.config import PacingConfig
 
 WARMUP_SCOPE = "warmup_day"  # the RATE_LIMITED scope of the warm-up cap
 DAY_SECONDS = 86400.0

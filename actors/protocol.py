@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from gateway import __version__
+from gateway.core.version import __version__
 
 # Bump whenever a pickled class changes shape or meaning. ``LAYOUT`` records the shape
 # this number stands for: a unit test fails when the classes change without a bump.
@@ -30,7 +30,7 @@ PROTOCOL = 1
 LAYOUT = "307f6a8d934df617"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
-PICKLED_MODULES = ("actors.messages", "actors.metrics", "gateway.config")
+PICKLED_MODULES = ("actors.messages", "actors.metrics", "gateway.core.config")
 
 VERSION_CAPABILITY = "wagate_version"
 PROTOCOL_CAPABILITY = "wagate_protocol"

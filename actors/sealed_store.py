@@ -43,8 +43,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.child_env import helper_environment
-from gateway.config import EncryptionConfig
+from gateway.core.child_env import helper_environment
+from gateway.core.config import EncryptionConfig
 
 MAGIC = b"WAGSEAL\x00"
 FORMAT_VERSION = 2  # bound to its session and store, with a generation

@@ -70,7 +70,7 @@ from actors.transport.base import (
     Transport,
     TransportEvent,
 )
-from gateway.observability import setup_logging
+from gateway.core.observability import setup_logging
 
 if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
     from actors.working_copy import WorkingCopy

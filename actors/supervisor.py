@@ -80,8 +80,8 @@ from actors.session import SessionActor
 from actors.session_machine import ACTIVE_STATES, FINAL_STATES
 from actors.status_snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, host_name
-from gateway.config import Config, without_credentials
-from gateway.observability import setup_logging
+from gateway.core.config import Config, without_credentials
+from gateway.core.observability import setup_logging
 
 log = structlog.get_logger("wagate.supervisor")
 

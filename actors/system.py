@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.protocol import compatible, identity
-from gateway.networks import address_in, parse_networks
+from gateway.core.networks import address_in, parse_networks
 
 SYSTEM_BASE = "multiprocTCPBase"
 SUPERVISOR_NAME = "wagate.supervisor"

@@ -61,7 +61,7 @@ from actors.sealed_store import (
 )
 from actors.store_generations import GenerationLedger, open_ledger
 from actors.transport.base import check_session_id, make_private_dir
-from gateway.config import EncryptionConfig
+from gateway.core.config import EncryptionConfig
 
 LOCK_NAME = ".lock"
 BASE_NAME = ".base"  # {store: [generation, sha256 hex]} of the copy's last checkpoint

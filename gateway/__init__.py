@@ -1,3 +1,5 @@
 """wagate: a self-hosted WhatsApp gateway."""
 
-__version__ = "0.1.0"
+from gateway.core.version import __version__
+
+__all__ = ["__version__"]

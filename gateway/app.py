@@ -4,7 +4,7 @@
 the bridge joins a running one on first use, after gunicorn has forked.
 
 Every request passes the network check, the Host and Origin checks (DNS rebinding,
-other sites' pages: ``gateway.origins``) and (except the public paths) the token check
+other sites' pages: ``gateway.core.origins``) and (except the public paths) the token check
 before any view runs, so a refused request costs no GraphQL work; what each principal
 may do is checked per operation by the resolvers (``gateway.auth.authorize``).
 """
@@ -22,6 +22,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from actors.messages import GetHealth, HealthReport, Ping
+from actors.numbers import open_cache
 from actors.status_snapshot import SnapshotReader
 from actors.system import allowed_networks, bind_address
 from gateway import __version__
@@ -35,7 +36,9 @@ from gateway.auth import (
     tokens_path,
 )
 from gateway.bridge import ActorBridge
-from gateway.config import Config
+from gateway.core.config import Config
+from gateway.core.networks import parse_networks
+from gateway.core.origins import BrowserPolicy, cors_headers, preflight_headers
 from gateway.dashboard import dashboard_blueprint
 from gateway.errors import GatewayError, format_error
 from gateway.explorer import explorer_blueprint, is_explorer_path, page_response
@@ -43,9 +46,6 @@ from gateway.graphql_limits import limit_rules
 from gateway.health import health_document
 from gateway.metrics import CONTENT_TYPE, GraphqlMetrics
 from gateway.metrics import render as render_metrics
-from gateway.networks import parse_networks
-from gateway.numbers import open_cache
-from gateway.origins import BrowserPolicy, cors_headers, preflight_headers
 from gateway.query_cache import DocumentCache
 from gateway.request_body import BodyError, parse_json_body
 from gateway.resolvers import build_schema
@@ -125,7 +125,7 @@ def create_app(config: Config, bridge: ActorBridge | None = None) -> Flask:
         return None
 
     def check_browser() -> Denied | None:
-        """DNS rebinding (the Host header) and other origins' pages (gateway/origins.py);
+        """DNS rebinding (the Host header) and other origins' pages (gateway/core/origins.py);
         an allowed other origin is remembered for its CORS headers."""
         host = request.headers.get("Host")
         reason = browsers.host_refusal(host)

@@ -29,7 +29,7 @@ from actors.system import (
     configure_thespian_log,
     port_listening,
 )
-from gateway.config import Config
+from gateway.core.config import Config
 from gateway.errors import GatewayError
 
 MEGABYTE = 1024 * 1024

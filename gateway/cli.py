@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.config import DEFAULT_CONFIG_PATH, RANGES, Config, ConfigError, load_config
-from gateway.ranges import Range, flag
+from gateway.core.config import DEFAULT_CONFIG_PATH, RANGES, Config, ConfigError, load_config
+from gateway.core.ranges import Range, flag
 
 # The demo runs on the simulator and, bound to loopback, without API tokens; it logs for a
 # person at a terminal: readable lines, and the dashboard's polling only at DEBUG.

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from actors.audit_log import audit_dir, lock_holder, log_files, read_tail, verify
-from gateway.ranges import Range, flag
+from gateway.core.ranges import Range, flag
 
 HASH = re.compile(r"^[0-9a-f]{64}$")
 SKIPPED_IN_TAIL = ("seq", "time", "event", "prev", "hash")

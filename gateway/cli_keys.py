@@ -21,7 +21,7 @@ from actors.sealed_store import (
     load_key,
     parse_key,
 )
-from gateway.config import Config, EncryptionConfig
+from gateway.core.config import Config, EncryptionConfig
 from gateway.progress import Progress
 from gateway.store_keys import StoreCheckError, rotate_keys, verify_stores
 

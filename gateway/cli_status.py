@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import Failed, GetHealth, HealthReport, Ok
-from gateway.config import RANGES, Config
+from gateway.core.config import RANGES, Config
+from gateway.core.ranges import Range, flag
 from gateway.health import health_document
 from gateway.progress import Progress
-from gateway.ranges import Range, flag
 
 DRAIN_TIMEOUT_SECONDS = 300.0
 DRAIN_INTERVAL_SECONDS = 0.5

@@ -24,8 +24,8 @@ from gateway.auth import (
     token_hash,
     tokens_path,
 )
-from gateway.networks import parse_networks
-from gateway.times import iso_time
+from gateway.core.networks import parse_networks
+from gateway.core.times import iso_time
 
 
 def register(commands: Any, common: Any) -> None:

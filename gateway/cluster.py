@@ -9,7 +9,7 @@ in the firewall: the check here closes connections, the firewall never lets them
 
 from __future__ import annotations
 
-from gateway.config import Config
+from gateway.core.config import Config
 
 
 def cluster_problem(config: Config) -> str | None:

@@ -19,7 +19,7 @@ from graphql import GraphQLResolveInfo
 from actors.messages import GetHealth, HealthReport, SessionStatus
 from gateway import __version__
 from gateway.auth import ACTIONS, Principal, authorize
-from gateway.config import Config
+from gateway.core.config import Config
 from gateway.errors import GatewayError
 from gateway.scope import scoped_report
 

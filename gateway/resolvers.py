@@ -42,11 +42,7 @@ from actors.messages import (
     SendText,
     SessionStatus,
 )
-from gateway.auth import Principal, authorize, check
-from gateway.config import Config
-from gateway.errors import GatewayError
-from gateway.metrics import observe_number_checks
-from gateway.numbers import (
+from actors.numbers import (
     Budget,
     LookupBudgetExceeded,
     LookupFailed,
@@ -54,10 +50,14 @@ from gateway.numbers import (
     NumberCheck,
     check_numbers,
 )
+from gateway.auth import Principal, authorize, check
+from gateway.core.config import Config
+from gateway.core.ranges import Range
+from gateway.core.times import iso_time
+from gateway.errors import GatewayError
+from gateway.metrics import observe_number_checks
 from gateway.overview import gateway_type, resolve_gateway, resolve_sessions
 from gateway.qr import qr_png_base64, qr_svg_data_uri
-from gateway.ranges import Range
-from gateway.times import iso_time
 from gateway.validation import (
     ValidationError,
     e164,

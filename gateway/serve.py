@@ -42,9 +42,9 @@ from actors.system import (
     start_system,
 )
 from gateway.cluster import cluster_problem
-from gateway.config import Config
+from gateway.core.config import Config
+from gateway.core.observability import setup_logging
 from gateway.metrics import reset_metrics_dir
-from gateway.observability import setup_logging
 from gateway.ownership import Stamp
 from gateway.run_state import ClaimError, Run
 from gateway.web import web_environment

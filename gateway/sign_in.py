@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from gateway.config import Config
+from gateway.core.config import Config
 
 # The launcher puts the config file it was started with here, for the web process.
 CONFIG_FILE_ENV = "WAGATE_CONFIG_FILE"

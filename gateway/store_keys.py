@@ -47,7 +47,7 @@ from actors.sealed_store import (
 )
 from actors.store_generations import GenerationLedger, open_ledger
 from actors.working_copy import clear_stale, gateway_tag, seal_orphans, work_root
-from gateway.config import Config
+from gateway.core.config import Config
 
 log = structlog.get_logger("wagate.stores")
 

@@ -14,7 +14,7 @@ import re
 import phonenumbers
 from phonenumbers import geocoder
 
-from gateway.recipients import suggested_number
+from gateway.core.recipients import suggested_number
 
 __all__ = [
     "SESSION_NAME_MAX_LENGTH",

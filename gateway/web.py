@@ -16,10 +16,10 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 
 from gateway.app import create_app
-from gateway.child_env import secret_variables, web_config, without_secrets
-from gateway.config import Config, config_from_dict, config_to_dict
+from gateway.core.child_env import secret_variables, web_config, without_secrets
+from gateway.core.config import Config, config_from_dict, config_to_dict
+from gateway.core.observability import setup_logging
 from gateway.metrics import MULTIPROC_ENV, metrics_dir
-from gateway.observability import setup_logging
 
 CONFIG_ENV = "WAGATE_CONFIG_JSON"
 
@@ -35,7 +35,7 @@ def config_env(config: Config) -> dict[str, str]:
 def web_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """The web process's whole environment: the launcher's without the secrets the web
     tier never needs (the storage key's variable), and the config without the proxy's
-    address (gateway/child_env.py)."""
+    address (gateway/core/child_env.py)."""
     return {**without_secrets(environ, secret_variables(config)),
             **config_env(web_config(config))}
 

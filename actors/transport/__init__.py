@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from actors.transport.base import Transport
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from gateway.core.config import Config
 
 
 # How many sends of one session may be in the engine at once. whatsmeow serialises a

@@ -147,7 +147,7 @@ from actors.transport.engine_events import (
 from actors.transport.engine_output import capture_engine_output, redact_engine_log_records
 
 if TYPE_CHECKING:
-    from gateway.config import Config
+    from gateway.core.config import Config
 
 log = structlog.get_logger("wagate.neonize")
 

@@ -59,7 +59,7 @@ from actors.transport.base import (
     make_private_dir,
     peer_phone,
 )
-from gateway.config import QrConfig, SimulatorConfig
+from gateway.core.config import QrConfig, SimulatorConfig
 
 # A closing transport waits this long for its connection thread; the thread only
 # ever sleeps one poll interval, so this bound is generous.

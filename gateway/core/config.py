@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.networks import is_loopback_host, parse_networks
-from gateway.origins import check_allowed_hosts, check_allowed_origins
-from gateway.ranges import Range
+from gateway.core.networks import is_loopback_host, parse_networks
+from gateway.core.origins import check_allowed_hosts, check_allowed_origins
+from gateway.core.ranges import Range
 
 DEFAULT_CONFIG_PATH = Path("configs/gateway.toml")
 
@@ -501,7 +501,7 @@ def _check_networks(config: Config) -> None:
 
 
 def _check_browser_access(http: HttpConfig) -> None:
-    """The Host and Origin lists (gateway/origins.py), checked at load like the CIDRs."""
+    """The Host and Origin lists (gateway/core/origins.py), checked at load like the CIDRs."""
     try:
         check_allowed_hosts(http.allowed_hosts, "http.allowed_hosts")
         check_allowed_origins(http.allowed_origins, "http.allowed_origins")

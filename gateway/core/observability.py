@@ -14,7 +14,7 @@ from typing import TextIO
 
 import structlog
 
-from gateway.config import LoggingConfig
+from gateway.core.config import LoggingConfig
 
 
 def setup_logging(config: LoggingConfig, stream: TextIO | None = None,

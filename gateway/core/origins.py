@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from gateway.networks import is_loopback_host, parse_address
+from gateway.core.networks import is_loopback_host, parse_address
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.

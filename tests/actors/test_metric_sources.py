@@ -6,7 +6,7 @@ from pathlib import Path
 
 from actors.limiter import Limits
 from actors.message_store import MessageStore, NewMessage
-from gateway.config import LimitsConfig
+from gateway.core.config import LimitsConfig
 
 
 def test_each_message_counts_once_per_state_it_reaches(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from actors.limiter import Limits
 from actors.message_store import MessageStore, NewMessage, cursor_of, text_hash
-from gateway.config import LimitsConfig
+from gateway.core.config import LimitsConfig
 
 
 def test_limits_survive_a_new_instance(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ import requests
 
 from actors.system import group_alive
 from gateway.auth import TokenEntry, TokenFile, new_token, token_hash
-from gateway.networks import parse_networks
+from gateway.core.networks import parse_networks
 from gateway.ownership import Mark, owned_processes, signal_owned, sweep_owned, wait_owned_gone
 from gateway.run_state import read_record
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import PacingConfig
+from gateway.core.config import PacingConfig
 from tests.integration.harness import Gateway, expect_error, wait_for
 
 pytestmark = pytest.mark.integration

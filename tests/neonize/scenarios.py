@@ -31,7 +31,7 @@ from typing import Any
 
 from actors.transport.base import EngineSetupError, SendError, TransportEvent
 from actors.transport.neonize import NeonizeTransport, send_error_from
-from gateway.config import Config, LoggingConfig, QrConfig, TransportConfig
+from gateway.core.config import Config, LoggingConfig, QrConfig, TransportConfig
 from tests.neonize.fault_proxy import FaultProxy, refused_port
 
 SESSION = "s1"

@@ -61,7 +61,7 @@ from typing import Any
 
 from actors.message_store import MessageStore, NewMessage
 from actors.transport.simulator import SimulatorServer
-from gateway.config import HttpConfig, SimulatorConfig
+from gateway.core.config import HttpConfig, SimulatorConfig
 from tests.integration.harness import Gateway, wait_for
 from tests.perf.bench_api import (
     BENCH_SESSION,

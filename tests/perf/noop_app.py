@@ -21,7 +21,7 @@ from typing import Any
 from ariadne import MutationType, QueryType, graphql_sync, make_executable_schema
 from flask import Flask, Response, jsonify, request
 
-from gateway.config import Config, load_config
+from gateway.core.config import Config, load_config
 from gateway.web import _Gunicorn
 
 TYPE_DEFS = """

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from actors.transport.base import Connected, TransportEvent
-from gateway.config import QrConfig, SimulatorConfig
+from gateway.core.config import QrConfig, SimulatorConfig
 
 E = TypeVar("E")
 

@@ -25,7 +25,7 @@ from actors.audit_log import (
 )
 from gateway.audit_client import record_admin_action
 from gateway.cli import main
-from gateway.config import load_config
+from gateway.core.config import load_config
 
 
 def make_log(directory: Path, count: int, max_bytes: int = 1 << 20,

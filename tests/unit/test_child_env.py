@@ -1,4 +1,4 @@
-"""Processes started with exec get no secret they do not need (gateway/child_env.py)."""
+"""Processes started with exec get no secret they do not need (gateway/core/child_env.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from actors.sealed_store import snapshot
-from gateway.child_env import helper_environment, secret_variables, web_config, without_secrets
-from gateway.config import load_config
+from gateway.core.child_env import helper_environment, secret_variables, web_config, without_secrets
+from gateway.core.config import load_config
 from gateway.web import web_environment
 
 KEY_TEXT = "k" * 43 + "="

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from actors import protocol
 from actors.system import HOST_CAPABILITY, gateway_capabilities, on_required_host
-from gateway.config import KEPT_AT_HOME, load_config, without_credentials
+from gateway.core.config import KEPT_AT_HOME, load_config, without_credentials
 
 SECRET = "planted-secret-value"
 CREDENTIALS = {"transport.proxy": f"socks5://user:{SECRET}@10.0.0.9:1080",

@@ -1,4 +1,4 @@
-"""Unit tests for gateway.config (the loader is read-only here)."""
+"""Unit tests for gateway.core.config (the loader is read-only here)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
+from gateway.core.config import Config, ConfigError, config_from_dict, config_to_dict, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -269,7 +269,7 @@ def numeric_keys() -> dict[str, type]:
 def test_every_number_in_the_config_has_a_range_that_the_example_documents() -> None:
     import re
 
-    from gateway.config import RANGES
+    from gateway.core.config import RANGES
 
     example = (Path(__file__).resolve().parents[2] / "configs" / "gateway.example.toml"
                ).read_text(encoding="utf-8")
@@ -308,7 +308,7 @@ def test_nan_infinity_and_huge_numbers_are_refused_naming_the_key(key: str) -> N
 
 
 def test_just_outside_every_range_is_refused() -> None:
-    from gateway.config import RANGES
+    from gateway.core.config import RANGES
 
     for key, allowed in RANGES.items():
         kind = numeric_keys()[key]
@@ -333,7 +333,7 @@ def test_toml_nan_and_inf_literals_stop_the_start_naming_the_key(
 
 
 def test_range_edges_are_accepted() -> None:
-    from gateway.config import RANGES
+    from gateway.core.config import RANGES
 
     for key, allowed in RANGES.items():
         kind = numeric_keys()[key]
@@ -382,7 +382,7 @@ def test_the_real_engine_is_paced_by_default_and_the_simulator_is_not(tmp_path: 
     demo = load_config(overrides={"transport.engine": "simulator"})
     assert demo.pacing.min_interval_seconds == 0.0
     # Handing a config to another process keeps it exactly.
-    from gateway.config import config_from_dict
+    from gateway.core.config import config_from_dict
     assert config_from_dict(config_to_dict(Config())) == Config()
 
 

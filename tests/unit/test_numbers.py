@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from actors.transport.base import NumberInfo
-from gateway.numbers import (
+from actors.numbers import (
     Budget,
     LookupBudgetExceeded,
     LookupFailed,
     NumberCache,
     check_numbers,
 )
+from actors.transport.base import NumberInfo
 
 YES, NO = "4915112345001", "4915112345002"
 PLENTY = Budget(per_minute=1000, per_day=1000)

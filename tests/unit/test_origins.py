@@ -1,10 +1,10 @@
-"""The Host and Origin rules (gateway/origins.py): pure logic, every hostile spelling."""
+"""The Host and Origin rules (gateway/core/origins.py): pure logic, every hostile spelling."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.origins import (
+from gateway.core.origins import (
     BrowserPolicy,
     check_allowed_hosts,
     check_allowed_origins,

@@ -19,7 +19,7 @@ from actors.pacing import (
     warmup_window,
 )
 from actors.warmup import Warmup
-from gateway.config import PacingConfig
+from gateway.core.config import PacingConfig
 
 DEFAULTS = PacingRules.from_config(PacingConfig())
 

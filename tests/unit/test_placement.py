@@ -6,7 +6,7 @@ import pytest
 
 from actors.placement import HeartbeatTracker, HostLoad, choose_host, loads
 from gateway.cluster import cluster_problem
-from gateway.config import ConfigError, load_config
+from gateway.core.config import ConfigError, load_config
 
 
 def test_the_host_with_a_free_slot_and_fewest_sessions_wins() -> None:

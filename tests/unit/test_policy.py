@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.policy import ReconnectPolicy, RestartBudget, backoff_delay, rate_overlimit_pause
-from gateway.config import ReconnectConfig
+from gateway.core.config import ReconnectConfig
 
 DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 

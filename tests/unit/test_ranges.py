@@ -1,4 +1,4 @@
-"""Unit tests for gateway.ranges and the numeric flags of the command line."""
+"""Unit tests for gateway.core.ranges and the numeric flags of the command line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from gateway.cli import build_parser
-from gateway.ranges import Range, flag
+from gateway.core.ranges import Range, flag
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), True, "1", None])

@@ -1,11 +1,11 @@
-"""Unit tests for gateway.recipients: one rate-limit key per WhatsApp account."""
+"""Unit tests for gateway.core.recipients: one rate-limit key per WhatsApp account."""
 
 from __future__ import annotations
 
 import phonenumbers
 import pytest
 
-from gateway.recipients import rate_limit_key, suggested_number
+from gateway.core.recipients import rate_limit_key, suggested_number
 from gateway.validation import normalize_phone_number
 
 

@@ -30,7 +30,7 @@ from actors.sealed_store import (
     unseal,
     write_atomic,
 )
-from gateway.config import EncryptionConfig
+from gateway.core.config import EncryptionConfig
 
 SECRET = b'{"device_id": "9f8e7d6c5b4a3921", "phone": "15551234567"}'
 STORE = StoreId("default", "simulator.json")

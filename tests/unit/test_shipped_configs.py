@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, load_config
+from gateway.core.config import Config, load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from gateway.config import load_config
+from gateway.core.config import load_config
 from gateway.sign_in import sign_in_hint, token_command
 
 

@@ -30,7 +30,7 @@ from actors.transport.base import (
     SendError,
 )
 from actors.transport.simulator import SimulatorError, SimulatorServer, SimulatorTransport
-from gateway.config import QrConfig, SimulatorConfig, load_config
+from gateway.core.config import QrConfig, SimulatorConfig, load_config
 from tests.unit.sim_helpers import FAST_SIM, EventLog, send_from_process, wait_for
 
 # Long enough that a test never races the expiry of the code it scans.

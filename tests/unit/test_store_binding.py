@@ -33,7 +33,7 @@ from actors.sealed_store import (
 )
 from actors.store_generations import GenerationLedger, RolledBack, open_ledger
 from actors.working_copy import WorkingCopy
-from gateway.config import EncryptionConfig, load_config
+from gateway.core.config import EncryptionConfig, load_config
 from gateway.store_keys import StoreCheckError, check_stores, verify_stores
 
 CREDS = {"device_id": "9f8e7d6c5b4a3921", "phone": "15551234567", "linked_at": 1.0}

@@ -22,7 +22,7 @@ from actors.sealed_store import (
     unseal,
     write_atomic,
 )
-from gateway.config import Config, load_config
+from gateway.core.config import Config, load_config
 from gateway.store_keys import StoreCheckError, check_stores, rotate_keys, verify_stores
 
 ROOT = Path(__file__).parents[2]
@@ -77,7 +77,7 @@ def test_a_rotation_killed_half_way_leaves_every_store_readable_and_a_rerun_fini
         import json, os, signal
         from pathlib import Path
         from actors.sealed_store import parse_key
-        from gateway.config import load_config
+        from gateway.core.config import load_config
         from gateway.store_keys import rotate_keys
         config = load_config(None, json.loads({settings}))
         new = parse_key(Path({str(new_file)!r}).read_text(), "new")

@@ -27,7 +27,7 @@ from actors.sealed_store import (
     write_atomic,
 )
 from actors.working_copy import WorkingCopy, clear_stale, gateway_tag, work_root
-from gateway.config import EncryptionConfig
+from gateway.core.config import EncryptionConfig
 
 CREDS = {"device_id": "0123456789abcdef", "phone": "15557654321", "linked_at": 1.0}
 ROOT = Path(__file__).parents[2]
@@ -184,7 +184,7 @@ def test_stale_working_copies_of_a_crashed_process_are_cleared(
         from pathlib import Path
         from actors.sealed_store import parse_key
         from actors.working_copy import WorkingCopy
-        from gateway.config import EncryptionConfig
+        from gateway.core.config import EncryptionConfig
         key = parse_key(Path({str(key_file)!r}).read_text(), "file")
         enc = EncryptionConfig(work_dir={enc.work_dir!r})
         copy = WorkingCopy(Path({str(data)!r}), "s1", key, enc)
@@ -247,7 +247,7 @@ def _crash_between_checkpoints(tmp_path: Path, key: StoreKey, enc: EncryptionCon
         from pathlib import Path
         from actors.sealed_store import parse_key
         from actors.working_copy import WorkingCopy
-        from gateway.config import EncryptionConfig
+        from gateway.core.config import EncryptionConfig
         key = parse_key(Path({str(key_file)!r}).read_text(), "file")
         enc = EncryptionConfig(work_dir={enc.work_dir!r})
         copy = WorkingCopy(Path({str(data)!r}), "s1", key, enc)
