@@ -37,7 +37,7 @@ def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
     """Ariadne's error formatter: known errors keep their code, the rest are masked."""
     from flask import g, has_app_context
 
-    from gateway.validation import ValidationError
+    from gateway.core.validation import ValidationError
 
     original = error.original_error
     formatted: dict[str, Any] = {"message": error.message}

@@ -19,8 +19,8 @@ from typing import Any
 from actors.messages import HealthReport, SessionState, SessionStatus
 from gateway import __version__
 from gateway.core.times import iso_time
+from gateway.core.validation import e164
 from gateway.scope import Scope, scoped_report
-from gateway.validation import e164
 
 GATEWAY_STATUSES = ("connected", "connecting", "disconnected", "uninitialized", "unregistered")
 

@@ -54,17 +54,17 @@ from gateway.auth import Principal, authorize, check
 from gateway.core.config import Config
 from gateway.core.ranges import Range
 from gateway.core.times import iso_time
-from gateway.errors import GatewayError
-from gateway.metrics import observe_number_checks
-from gateway.overview import gateway_type, resolve_gateway, resolve_sessions
-from gateway.qr import qr_png_base64, qr_svg_data_uri
-from gateway.validation import (
+from gateway.core.validation import (
     ValidationError,
     e164,
     normalize_phone_number,
     validate_message,
     validate_session_name,
 )
+from gateway.errors import GatewayError
+from gateway.metrics import observe_number_checks
+from gateway.overview import gateway_type, resolve_gateway, resolve_sessions
+from gateway.qr import qr_png_base64, qr_svg_data_uri
 
 MAX_PAGE = 200
 PAGE_SIZE = Range(1, MAX_PAGE)  # whatsAppMessages(first:)

@@ -470,7 +470,7 @@ def _check_without_tokens(config: Config) -> None:
 def _check_test_message(messages: MessagesConfig) -> None:
     """The connection test sends ``test_message`` as is: it must pass the same rules as
     any message, or every ``testWhatsAppConnection`` would fail after the fact."""
-    from gateway.validation import ValidationError, validate_message
+    from gateway.core.validation import ValidationError, validate_message
 
     try:
         validate_message(messages.test_message, messages.max_length)

@@ -6,7 +6,7 @@ import phonenumbers
 import pytest
 
 from gateway.core.recipients import rate_limit_key, suggested_number
-from gateway.validation import normalize_phone_number
+from gateway.core.validation import normalize_phone_number
 
 
 @pytest.mark.parametrize(("spellings", "key"), [

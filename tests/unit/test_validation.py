@@ -1,10 +1,10 @@
-"""Unit tests for gateway.validation."""
+"""Unit tests for gateway.core.validation."""
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.validation import (
+from gateway.core.validation import (
     ValidationError,
     normalize_phone_number,
     validate_message,
