@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from actors import protocol
 from tests.integration.harness import Gateway, wait_for
 from tests.integration.test_cluster import HEARTBEAT, LEADER, MEMBER
 
@@ -119,7 +120,8 @@ def test_a_member_of_another_protocol_is_refused_by_both_sides(
     # The member refuses, and says why and what to do.
     assert code == 1, log
     assert "refusing to join the leader" in log, log
-    assert "protocol 2" in log and "protocol 1" in log, log
+    ours = protocol.PROTOCOL
+    assert f"protocol {ours + 1}" in log and f"protocol {ours}" in log, log
     assert "same wagate version" in log, log
 
     # The leader placed nothing there, and says so.
