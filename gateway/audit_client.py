@@ -68,7 +68,7 @@ def record_admin_action(config: Config, event: str, **fields: Any) -> None:
         port = (lock_holder(directory) or {}).get("admin_port")
         address = bind_address(config)
         if isinstance(port, int) and port_listening(port, address):
-            from gateway.bridge import ActorBridge
+            from gateway.web.bridge import ActorBridge
 
             # Thespian's own log (refused connections too) next to the gateway's.
             configure_thespian_log(config.data_path / "logs")

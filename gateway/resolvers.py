@@ -62,9 +62,9 @@ from gateway.core.validation import (
     validate_session_name,
 )
 from gateway.errors import GatewayError
-from gateway.metrics import observe_number_checks
 from gateway.overview import gateway_type, resolve_gateway, resolve_sessions
 from gateway.qr import qr_png_base64, qr_svg_data_uri
+from gateway.web.metrics import observe_number_checks
 
 MAX_PAGE = 200
 PAGE_SIZE = Range(1, MAX_PAGE)  # whatsAppMessages(first:)

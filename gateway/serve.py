@@ -44,10 +44,10 @@ from actors.system import (
 from gateway.cluster import cluster_problem
 from gateway.core.config import Config
 from gateway.core.observability import setup_logging
-from gateway.metrics import reset_metrics_dir
 from gateway.ownership import Stamp
 from gateway.run_state import ClaimError, Run
-from gateway.web import web_environment
+from gateway.web.metrics import reset_metrics_dir
+from gateway.web.server import web_environment
 
 log = structlog.get_logger("wagate.serve")
 
@@ -230,8 +230,8 @@ def reap_admin_starter(started: Started) -> None:
 
 def check_access(config: Config) -> None:
     """Refuse to serve an API that anyone could use, or that nobody could."""
-    from gateway.app import make_authenticator
     from gateway.auth import TokenFileError, tokens_path
+    from gateway.web.app import make_authenticator
 
     if not config.auth.required:  # the demo: the config loader allows it on loopback only
         log.warning("serving WITHOUT API tokens (demo on loopback): every local program "

@@ -35,20 +35,20 @@ from gateway.auth import (
     check,
     tokens_path,
 )
-from gateway.bridge import ActorBridge
 from gateway.core.config import Config
 from gateway.core.networks import parse_networks
 from gateway.core.origins import BrowserPolicy, cors_headers, preflight_headers
-from gateway.dashboard import dashboard_blueprint
 from gateway.errors import GatewayError, format_error
-from gateway.explorer import explorer_blueprint, is_explorer_path, page_response
 from gateway.graphql_limits import limit_rules
 from gateway.health import health_document
-from gateway.metrics import CONTENT_TYPE, GraphqlMetrics
-from gateway.metrics import render as render_metrics
 from gateway.query_cache import DocumentCache
-from gateway.request_body import BodyError, parse_json_body
 from gateway.resolvers import build_schema
+from gateway.web.bridge import ActorBridge
+from gateway.web.dashboard import dashboard_blueprint
+from gateway.web.explorer import explorer_blueprint, is_explorer_path, page_response
+from gateway.web.metrics import CONTENT_TYPE, GraphqlMetrics
+from gateway.web.metrics import render as render_metrics
+from gateway.web.request_body import BodyError, parse_json_body
 
 log = structlog.get_logger("wagate.http")
 

@@ -44,7 +44,7 @@ SECURITY_HEADERS = {
 
 
 def static_dir() -> Path:
-    return Path(str(resources.files("gateway").joinpath("static")))
+    return Path(str(resources.files("gateway.web").joinpath("static")))
 
 
 def dashboard_blueprint(config: Config, config_file: str | None = None) -> Blueprint:

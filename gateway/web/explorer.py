@@ -1,6 +1,6 @@
 """The GraphQL explorer (GraphiQL) at ``GET /graphql``, served entirely from this package.
 
-GraphiQL and React are vendored in ``gateway/graphiql/vendor/`` (pinned versions, their
+GraphiQL and React are vendored in ``gateway/web/graphiql/vendor/`` (pinned versions, their
 licences, re-created by ``scripts/vendor-graphiql``), so the explorer works on a machine
 with no internet and the page may load nothing but its own files: the
 Content-Security-Policy allows this origin only. ``data:`` is allowed for fonts and
@@ -61,7 +61,7 @@ def page_policy(nonce: str) -> str:
 
 
 def files_dir() -> Path:
-    return Path(str(resources.files("gateway").joinpath("graphiql")))
+    return Path(str(resources.files("gateway.web").joinpath("graphiql")))
 
 
 def is_explorer_path(path: str) -> bool:

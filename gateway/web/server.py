@@ -15,11 +15,11 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from gateway.app import create_app
 from gateway.core.child_env import secret_variables, web_config, without_secrets
 from gateway.core.config import Config, config_from_dict, config_to_dict
 from gateway.core.observability import setup_logging
-from gateway.metrics import MULTIPROC_ENV, metrics_dir
+from gateway.web.app import create_app
+from gateway.web.metrics import MULTIPROC_ENV, metrics_dir
 
 CONFIG_ENV = "WAGATE_CONFIG_JSON"
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # the second goes to the address it cached for the audit actor before that was killed.
 CACHED_CLIENT = """
 import sys
-from gateway.bridge import ActorBridge
+from gateway.web.bridge import ActorBridge
 bridge = ActorBridge(int(sys.argv[1]), 5.0)
 bridge.audit("test.before", "req-before", n=1)
 print("ready", flush=True)

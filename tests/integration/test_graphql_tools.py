@@ -16,8 +16,8 @@ from gql import Client, gql
 from gql.transport.requests import RequestsHTTPTransport
 from graphql import GraphQLError, build_client_schema, get_introspection_query, print_schema
 
-from gateway.explorer import CONTENT_SECURITY_POLICY, page_policy
 from gateway.resolvers import build_schema
+from gateway.web.explorer import CONTENT_SECURITY_POLICY, page_policy
 from tests.integration.harness import Gateway
 
 SPECIFIED = [  # the product specification's operations, byte for byte

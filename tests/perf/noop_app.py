@@ -5,7 +5,7 @@ gateway costs (validation, actor round trips, disk writes, request logging) from
 what the framework stack costs anyway (HTTP parsing in gunicorn, Flask routing,
 GraphQL parsing and execution). For that comparison to mean anything the floor must
 run with the *same* gunicorn settings, so it reuses the gateway's own gunicorn
-application class (``gateway.web._Gunicorn``) and only swaps the WSGI app it loads:
+application class (``gateway.web.server._Gunicorn``) and only swaps the WSGI app it loads:
 a change to the gateway's gunicorn settings moves the floor with it.
 
 Run by ``bench_api`` as ``python -m tests.perf.noop_app --port P --workers W --threads T``
@@ -22,7 +22,7 @@ from ariadne import MutationType, QueryType, graphql_sync, make_executable_schem
 from flask import Flask, Response, jsonify, request
 
 from gateway.core.config import Config, load_config
-from gateway.web import _Gunicorn
+from gateway.web.server import _Gunicorn
 
 TYPE_DEFS = """
 type Query {

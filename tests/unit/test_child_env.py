@@ -11,7 +11,7 @@ import pytest
 from actors.sealed_store import snapshot
 from gateway.core.child_env import helper_environment, secret_variables, web_config, without_secrets
 from gateway.core.config import load_config
-from gateway.web import web_environment
+from gateway.web.server import web_environment
 
 KEY_TEXT = "k" * 43 + "="
 

@@ -10,7 +10,7 @@ import runpy
 import tomllib
 from pathlib import Path
 
-from gateway.explorer import (
+from gateway.web.explorer import (
     ASSETS_PREFIX,
     CONTENT_SECURITY_POLICY,
     OWN_FILES,
@@ -67,5 +67,5 @@ def test_the_page_names_only_the_explorers_own_files() -> None:
 
 def test_the_explorer_files_are_package_data() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = project["tool"]["setuptools"]["package-data"]["gateway"]
+    patterns = project["tool"]["setuptools"]["package-data"]["gateway.web"]
     assert "graphiql/*" in patterns and "graphiql/vendor/*" in patterns

@@ -11,10 +11,10 @@ from actors.messages import ErrorInfo, HealthReport, SessionState, SessionStatus
 from actors.metrics import OutboxMetrics, RefusalCounters, SessionCounters, SessionMetrics
 from gateway.cli_status import duration, status_table
 from gateway.health import GATEWAY_STATUSES, gateway_status, health_document
-from gateway.metrics import GraphqlMetrics, render
 from gateway.progress import Progress
 from gateway.query_cache import DocumentCache
 from gateway.resolvers import build_schema
+from gateway.web.metrics import GraphqlMetrics, render
 
 
 def status(state: SessionState, session: str = "default", **fields: object) -> SessionStatus:

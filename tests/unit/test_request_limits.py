@@ -6,8 +6,8 @@ import pytest
 from graphql import GraphQLError, get_introspection_query, parse, validate
 
 from gateway.graphql_limits import MAX_NESTING, check_nesting, limit_rules
-from gateway.request_body import BodyError, parse_json_body
 from gateway.resolvers import build_schema
+from gateway.web.request_body import BodyError, parse_json_body
 
 
 def nested(levels: int) -> str:

@@ -8,8 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from actors.messages import HealthReport, SessionState, SessionStatus
 from actors.metrics import OutboxMetrics, SessionMetrics
 from gateway.health import health_document
-from gateway.metrics import render
 from gateway.scope import scoped_report
+from gateway.web.metrics import render
 
 GLOBAL_FAMILIES = {"wagate_messages", "wagate_messages_uncertain", "wagate_rate_limited",
                    "wagate_rate_limit_usage_ratio", "wagate_graphql_requests",

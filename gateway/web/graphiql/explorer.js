@@ -5,7 +5,7 @@
 (function () {
   "use strict";
 
-  var TOKEN_KEY = "wagate.token"; // the dashboard's key (gateway/static/app.js)
+  var TOKEN_KEY = "wagate.token"; // the dashboard's key (gateway/web/static/app.js)
   // GraphiQL's dialogs add a <style> element; with the page's nonce on it, the
   // Content-Security-Policy lets it apply (the bundle reads __webpack_nonce__).
   window.__webpack_nonce__ = document.currentScript ? document.currentScript.nonce : "";
