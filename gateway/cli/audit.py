@@ -41,7 +41,7 @@ def register(commands: Any, common: Any) -> None:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from gateway.cli import resolve_config
+    from gateway.cli.wagate import resolve_config
 
     expected = args.expect_hash.strip().lower() if args.expect_hash else None
     if expected is not None and not HASH.match(expected):
@@ -73,7 +73,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_tail(args: argparse.Namespace) -> int:
-    from gateway.cli import resolve_config
+    from gateway.cli.wagate import resolve_config
 
     directory = audit_dir(resolve_config(args).data_path)
     if not log_files(directory):

@@ -21,8 +21,8 @@ from actors.sealed_store import (
     load_key,
     parse_key,
 )
+from gateway.cli.progress import Progress
 from gateway.core.config import Config, EncryptionConfig
-from gateway.progress import Progress
 from gateway.store_keys import StoreCheckError, rotate_keys, verify_stores
 
 
@@ -59,7 +59,7 @@ def _fail(message: str) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from gateway.cli import resolve_config
+    from gateway.cli.wagate import resolve_config
 
     return resolve_config(args)
 

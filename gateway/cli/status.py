@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import Failed, GetHealth, HealthReport, Ok
+from gateway.cli.progress import Progress
 from gateway.core.config import RANGES, Config
 from gateway.core.ranges import Range, flag
 from gateway.health import health_document
-from gateway.progress import Progress
 
 DRAIN_TIMEOUT_SECONDS = 300.0
 DRAIN_INTERVAL_SECONDS = 0.5
@@ -145,7 +145,7 @@ def running_admin_port(data_path: Path) -> int | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.cli import resolve_config
+    from gateway.cli.wagate import resolve_config
 
     try:
         report = HealthClient(resolve_config(args), args.admin_port).report()
@@ -219,7 +219,7 @@ def plural(count: int, noun: str) -> str:
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
-    from gateway.cli import resolve_config
+    from gateway.cli.wagate import resolve_config
 
     client = HealthClient(resolve_config(args), args.admin_port)
     return drain(client, args.timeout, args.interval, Progress())

@@ -68,7 +68,7 @@ def _split(text: str | None) -> list[str]:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from gateway.cli import resolve_config
+    from gateway.cli.wagate import resolve_config
 
     config = resolve_config(args)
     if not NAME_PATTERN.match(args.name):
@@ -105,7 +105,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from gateway.cli import resolve_config
+    from gateway.cli.wagate import resolve_config
 
     config = resolve_config(args)
     store = TokenFile(tokens_path(config))
@@ -131,7 +131,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    from gateway.cli import resolve_config
+    from gateway.cli.wagate import resolve_config
 
     config = resolve_config(args)
     store = TokenFile(tokens_path(config))

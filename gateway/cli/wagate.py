@@ -164,13 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     inbox.add_argument("--json", action="store_true", help="one JSON document")
     inbox.set_defaults(handler=cmd_sim_inbox)
 
-    from gateway import cli_audit, cli_keys, cli_schema, cli_status, cli_tokens
+    from gateway.cli import audit, keys, schema, status, tokens
 
-    cli_tokens.register(commands, _common)
-    cli_keys.register(commands, _common)
-    cli_status.register(commands, _common)
-    cli_audit.register(commands, _common)
-    cli_schema.register(commands, _common)
+    tokens.register(commands, _common)
+    keys.register(commands, _common)
+    status.register(commands, _common)
+    audit.register(commands, _common)
+    schema.register(commands, _common)
     return parser
 
 
@@ -199,7 +199,7 @@ def resolve_config(args: argparse.Namespace, extra: dict[str, Any] | None = None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway.serve import StartupError, serve
+    from gateway.cli.serve import StartupError, serve
 
     overrides: dict[str, Any] = dict(DEMO_OVERRIDES) if args.demo else {}
     for key, value in (("http.host", args.host), ("http.port", args.port),
@@ -244,7 +244,7 @@ def start_with_engine_environment(mark_as_bot: bool) -> None:
         exec_environment,
         install_stamp,
     )
-    from gateway.serve import StartupError
+    from gateway.cli.serve import StartupError
 
     # What was installed when this gateway started, for every process it starts (kept
     # over the re-exec below): a session that cannot load its engine later compares.
@@ -286,7 +286,7 @@ def simulator_dir(args: argparse.Namespace, config: Config) -> Path:
     the data_dir's own service, kept on disk while its gateway is stopped. Never creates
     a data_dir: a control command on one that does not exist is a mistake, said so."""
     from actors.transport.simulator import SimulatorError
-    from gateway.cli_status import (
+    from gateway.cli.status import (
         GatewayNotYours,
         GatewayUnreachable,
         HealthClient,
@@ -369,7 +369,7 @@ def cmd_sim_scan(args: argparse.Namespace) -> int:
     """Wait for a code to scan, scan it, then wait until the session took it: the result
     line means the device is linked, not merely that a scan was recorded."""
     from actors.transport.simulator import SimulatorError
-    from gateway.progress import Progress
+    from gateway.cli.progress import Progress
 
     session = args.session
 

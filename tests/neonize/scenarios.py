@@ -1234,7 +1234,7 @@ def bot_tag(workdir: Path, mark_as_bot: bool) -> dict[str, Any]:
     """Start the way a gateway's session gets its environment (the launcher's one
     re-exec, which keeps the pid), then load the engine the way a session does."""
     from actors.transport.engine import BOT_TAG, adds_bot_node, exec_environment
-    from gateway.cli import start_with_engine_environment
+    from gateway.cli.wagate import start_with_engine_environment
 
     start_with_engine_environment(mark_as_bot)  # returns here only once it holds
     NeonizeTransport(SESSION, workdir / "data",

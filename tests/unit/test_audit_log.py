@@ -24,7 +24,7 @@ from actors.audit_log import (
     verify,
 )
 from gateway.audit_client import record_admin_action
-from gateway.cli import main
+from gateway.cli.wagate import main
 from gateway.core.config import load_config
 
 

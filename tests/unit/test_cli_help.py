@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway import __version__
-from gateway.cli import build_parser, main
+from gateway.cli.wagate import build_parser, main
 
 
 def parsers(parser: argparse.ArgumentParser, path: str = "wagate"

@@ -323,7 +323,7 @@ def test_just_outside_every_range_is_refused() -> None:
 @pytest.mark.parametrize("literal", ["nan", "+nan", "inf", "-inf"])
 def test_toml_nan_and_inf_literals_stop_the_start_naming_the_key(
         tmp_path: Path, literal: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from gateway.cli import main
+    from gateway.cli.wagate import main
 
     path = write(tmp_path, f"[delivery]\nidempotency_hours = {literal}\n")
     assert main(["serve", "--config", str(path), "--data-dir", str(tmp_path / "data")]) == 2

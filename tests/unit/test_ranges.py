@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from gateway.cli import build_parser
+from gateway.cli.wagate import build_parser
 from gateway.core.ranges import Range, flag
 
 

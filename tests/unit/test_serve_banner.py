@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.serve import base_url
+from gateway.cli.serve import base_url
 
 
 @pytest.mark.parametrize(("host", "url"), [

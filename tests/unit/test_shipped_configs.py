@@ -45,7 +45,7 @@ def test_demo_config_is_the_demo_with_the_differences_its_header_names() -> None
     """configs/demo.toml claims to be `wagate serve --demo` as a file: everything but
     the two settings its header lists is what --demo runs (it used to lack the
     demo's "no tokens" and so refused to start)."""
-    from gateway.cli import DEMO_OVERRIDES
+    from gateway.cli.wagate import DEMO_OVERRIDES
 
     demo, flag = _flat(load_config(CONFIGS / "demo.toml")), _flat(load_config(None,
                                                                            DEMO_OVERRIDES))
