@@ -7,7 +7,7 @@ member silent for ``heartbeat_misses`` of them is lost, and its sessions are sta
 again on the remaining hosts at once (credentials come from the shared session store;
 the outbox hands their queued messages to the new processes). Thespian itself would
 notice a dead host only after its re-registration window, and never tells a parent
-that the children it had there are gone (guides/thespian.md §9).
+that the children it had there are gone (docs/architecture.md §4).
 
 A member that answers again is used for new placements only: its old sessions were
 stopped by its agent (the fence) and run elsewhere now, so it never gets a second copy.

@@ -10,7 +10,8 @@ A send travels: web tier -> ``SendText`` here (session state, idempotency key, q
 depth, rate limits, write: one handler, so two requests with one key can never both
 pass) -> ``Deliver`` to the session -> ``DeliveryResult`` here -> answer.
 
-Unknown fate (DESIGN §4, ``delivery.on_uncertain``): a message found in SENDING after
+Unknown fate (README: Message records and delivery guarantees;
+``delivery.on_uncertain``): a message found in SENDING after
 this process restarts, in flight in a session process that died, or whose send ended
 without telling whether it reached WhatsApp (an ack that never came), may or may not
 have been delivered. It is marked ``uncertain``, counted, and either sent again

@@ -1,7 +1,7 @@
 """Where a session runs, and which hosts still answer: pure logic, no actors.
 
 Thespian places an actor on the first convention member whose capabilities match
-and does no balancing of its own (guides/thespian.md §9), so the supervisor chooses
+and does no balancing of its own (docs/architecture.md §4), so the supervisor chooses
 the host itself and names it in the creation's requirements. It notices a dead host
 through heartbeats of its own: Thespian's re-registration timer alone takes about 22
 minutes with its defaults, and after a host's death no ``ChildActorExited`` arrives.

@@ -2,7 +2,7 @@
 
 The session actor feeds it commands (connect, disconnect, logout), transport events
 and timer expiries; it answers with the new status and a list of actions for the
-actor to carry out. States (DESIGN §1):
+actor to carry out. States (README: The API):
 
     NEW -> CONNECTING -> QR_PENDING -> CONNECTED
     CONNECTED -> RECONNECTING (attempt n) -> CONNECTED | FAILED (after the last attempt)

@@ -1,6 +1,6 @@
 """Starting, joining and stopping the Thespian actor system.
 
-Facts this module is built on (guides/thespian.md §7, §11):
+Facts this module is built on (docs/architecture.md §4):
 - the Admin daemonises (setsid + double fork), so every actor ends up in the
   Admin's process group (shown, never signalled by its id: the launcher stops only
   processes proven its own, gateway/ownership.py);
@@ -274,7 +274,7 @@ def gateway_capabilities(config: Any) -> dict[str, Any]:
 
 def convention_timer_env(config: Any) -> dict[str, str]:
     """Thespian's convention timers (undocumented env vars, read when its convention
-    module is imported; guides/thespian.md §9) from ``cluster.reregister_seconds`` and
+    module is imported; docs/architecture.md §4) from ``cluster.reregister_seconds`` and
     ``cluster.heartbeat_misses``: Thespian drops a member after that many missed
     re-registrations (about 22 minutes with its defaults).
 

@@ -3,7 +3,7 @@
 Thespian calls ``receiveMessage`` only on the actor's main thread. Producers on other
 threads put the event on a queue and write one byte to a pipe; the actor watches the
 pipe with ``ThespianWatch`` and drains the queue on its own thread. The producer
-never blocks (measured p50 32 us, see guides/thespian.md §4).
+never blocks (measured p50 32 us; docs/architecture.md §4).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def harden_fatal_signals() -> None:
     Thespian installs Python handlers for every signal, SIGSEGV included; a fault
     in native code then re-executes the faulting instruction forever. With the
     default action restored, the process dies and the supervisor gets
-    ``ChildActorExited`` (guides/thespian.md §3.2).
+    ``ChildActorExited`` (docs/architecture.md §4).
     """
     for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT):
         signal.signal(sig, signal.SIG_DFL)

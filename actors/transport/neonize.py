@@ -6,7 +6,7 @@ a fresh one (or at least a fresh ``connect``) for every connection attempt. Each
 the process) and runs it until it ends; ``_Connection`` is that lifetime.
 
 neonize is an awkward neighbour, and most of this module is about living with it
-(the project's neonize guide, shared/guides/neonize.md, has the measurements behind every rule):
+(docs/architecture.md §5 and docs/engine-behaviour.md say what each rule rests on):
 
 * **Import lazily, and mind logging.** Importing neonize loads a Go runtime and calls
   ``logging.basicConfig`` on the root logger; it happens in ``_load_api`` (first

@@ -3,7 +3,7 @@
 One ``ActorSystem`` handle per web process, made lazily after gunicorn forks, and one
 long-lived ``private()`` context per thread: a handle shared by threads misroutes
 replies, and a new context per request costs a socket, a bind and a name lookup
-every time (it was the largest single cost of a request; guides/thespian.md §5).
+every time (it was the largest single cost of a request; docs/architecture.md §4).
 A reply to an ask that timed out can still arrive later on the same context, so
 every ask carries a unique request id and replies that do not match are dropped.
 

@@ -366,7 +366,7 @@ class Gateway:
         """POST ``body`` (as JSON) to /graphql and return the raw response.
 
         Every response is checked for a leaked stack trace: whatever went wrong, a
-        client must never see one (DESIGN §1).
+        client must never see one (README: The API, Error codes).
         """
         response = self.http.post(self.url + "/graphql", json=body, timeout=timeout, **kwargs)
         assert "Traceback" not in response.text, response.text

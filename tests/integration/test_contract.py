@@ -1,4 +1,4 @@
-"""The public contract (DESIGN §1) as an unmodified client sees it.
+"""The public contract (README: The API) as an unmodified client sees it.
 
 The five operations of the product specification must keep working byte for byte:
 existing integrations (Apollo, ``gql``) send exactly these documents, so any change
