@@ -207,7 +207,7 @@ class SimulatorServer:
                     raise SimulatorError(f"pairing code {code!r} does not match the one "
                                          f"session '{session}' requested")
                 phone = pending["pairing_phone"]
-            phone = _default_phone(session) if phone is None else _checked_phone(phone)
+            phone = _default_phone(session) if phone is None else checked_phone(phone)
             self._cache.set(_qr_key(session), {**pending, "phone": phone})
         return phone
 
@@ -276,7 +276,7 @@ class SimulatorServer:
         if message is None:
             raise SimulatorError(f"no delivered message has the id {message_id!r}; take one "
                                  "from `wagate sim inbox`")
-        sender = _checked_phone(from_phone) if from_phone is not None else message["to"]
+        sender = checked_phone(from_phone) if from_phone is not None else message["to"]
         # Timed like a real receipt: when the recipient's device wrote it.
         entry = {"id": message_id, "kind": kind, "at": time.time() if at is None else at,
                  **_address(sender, via_lid)}
@@ -296,13 +296,13 @@ class SimulatorServer:
     def unregister(self, phone: str) -> str:
         """``phone`` has no WhatsApp account from now on: lookups answer "not on
         WhatsApp" and messages to it are acked but never reach anyone (no receipts)."""
-        digits = _checked_phone(phone)
+        digits = checked_phone(phone)
         self._cache.set(_unregistered_key(digits), time.time(), retry=True)
         return digits
 
     def register(self, phone: str) -> str:
         """``phone`` has a WhatsApp account again (the default for every number)."""
-        digits = _checked_phone(phone)
+        digits = checked_phone(phone)
         self._cache.delete(_unregistered_key(digits), retry=True)
         return digits
 
@@ -530,7 +530,7 @@ def _default_phone(session: str) -> str:
     return f"1555{int.from_bytes(digest[:8], 'big') % 10_000_000:07d}"
 
 
-def _checked_phone(phone: str) -> str:
+def checked_phone(phone: str) -> str:
     digits = phone.removeprefix("+")
     if not digits.isdigit() or not 7 <= len(digits) <= 15 or not digits.isascii():
         raise SimulatorError(f"{phone!r} is not a phone number; give 7 to 15 digits "

@@ -491,7 +491,23 @@ def cmd_sim_auto_receipt(args: argparse.Namespace) -> int:
     return _run_sim(args, auto_receipt)
 
 
+def _number_refused(number: str) -> bool:
+    """A malformed number is refused before any gateway is looked for: the mistake is
+    in the command, whatever runs."""
+    from actors.transport.simulator import SimulatorError, checked_phone
+
+    try:
+        checked_phone(number)
+    except SimulatorError as exc:
+        print(f"wagate sim: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_sim_unregister(args: argparse.Namespace) -> int:
+    if _number_refused(args.number):
+        return 2
+
     def unregister(server: Any) -> None:
         print(f"+{server.unregister(args.number)} is no longer on the simulated WhatsApp")
 
@@ -499,6 +515,9 @@ def cmd_sim_unregister(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_register(args: argparse.Namespace) -> int:
+    if _number_refused(args.number):
+        return 2
+
     def register(server: Any) -> None:
         print(f"+{server.register(args.number)} is on the simulated WhatsApp")
 

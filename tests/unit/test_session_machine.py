@@ -384,7 +384,7 @@ def test_the_watchdog_of_the_largest_allowed_reconnect_budget_can_be_armed() -> 
     keepalive timeout, which arms the watchdog, must not crash the session's handler."""
     from datetime import datetime, timedelta
 
-    from gateway.config import RANGES
+    from gateway.core.config import RANGES
 
     attempts = int(RANGES["reconnect.attempts"].high)
     delay = float(RANGES["reconnect.delay_seconds"].high)
