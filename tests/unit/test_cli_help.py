@@ -94,7 +94,7 @@ def test_the_scan_help_and_the_readme_name_the_number_the_default_session_links_
 
 def test_a_simulator_dir_of_another_user_is_refused(tmp_path: Path) -> None:
     """`wagate sim` finds a gateway by its admin port, which may be another user's."""
-    from gateway.cli import foreign_simulator_problem
+    from gateway.cli.wagate import foreign_simulator_problem
 
     mine = os.stat(tmp_path).st_uid
     assert foreign_simulator_problem(tmp_path, mine) is None
