@@ -208,7 +208,7 @@ _NOT_CONNECTED_MARKERS = (
 _RATE_OVERLIMIT = re.compile(r"status 429\b|rate-overlimit")
 _SERVER_TROUBLE = re.compile(r"status (500|503|530)\b|internal-server-error|"
                              r"service-unavailable|partial-server-error")
-_REACHOUT_TIMELOCK = re.compile(r"(?<!\d)463(?!\d)")  # "server returned error 463"
+_REACHOUT_TIMELOCK = re.compile(r"(?:error|status) 463\b")  # "server returned error 463"
 # whatsmeow SendMessage: the server's ack carried an error attribute (ErrServerReturnedError,
 # "server returned error <code>"). The server answered: the message was refused, not lost.
 _ERROR_ACK = re.compile(r"server returned error (\d+)")
@@ -811,10 +811,11 @@ class _Connection:
             self.connected = False
             if self._stop_thread is not None:
                 return
+            # Started under the lock: ``join`` on another thread must never find it
+            # set but not yet started ("cannot join thread before it is started").
             self._stop_thread = threading.Thread(target=self._stop_worker, daemon=True,
                                                  name=f"neonize-{self.uuid}-stop")
-            thread = self._stop_thread
-        thread.start()
+            self._stop_thread.start()
 
     def join(self, deadline: float) -> bool:
         """Wait (until the monotonic ``deadline``) for this connection's threads."""

@@ -44,6 +44,9 @@ ENGINE_SEND_ERRORS = (
     # lookups before the node is written: nothing left
     "failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
     "failed to send usync query: info query timed out",
+    # a device JID whose device number is 463 is not the 463 reach-out timelock
+    "failed to get user info for 4917011111111:463@s.whatsapp.net to fill LID cache: "
+    "failed to send usync query: info query timed out",
     "failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "
     "failed to send usync query: info query returned status 429: rate-overlimit",
     "failed to get user info for 4917011111111@s.whatsapp.net to fill LID cache: "

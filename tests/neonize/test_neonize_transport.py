@@ -236,6 +236,8 @@ def test_send_text_sends_a_plain_conversation_to_the_number(events: dict[str, An
     ("client is nil", "NOT_CONNECTED", False),
     ("timed out waiting for message send response", "AMBIGUOUS", True),
     ("server returned error 463", "REACHOUT_TIMELOCK", True),
+    ("failed to get user info for 4917011111111:463@s.whatsapp.net to fill LID cache: "
+     "failed to send usync query: info query timed out", "LOOKUP_TIMEOUT", False),
     ("server returned error 479", "SERVER_ERROR_ACK", True),
     # the socket died while waiting for the server's ack: maybe delivered
     ("websocket disconnected before info query returned response", "AMBIGUOUS", True),
