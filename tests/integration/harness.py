@@ -18,6 +18,7 @@ import ctypes
 import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -85,10 +86,37 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return arm
 
 
+# The gateway's default ports are never handed out: a command run without --config
+# must not find a test's gateway there (nor a test a gateway someone runs by hand).
+_HANDED_OUT: set[int] = {8080, 19500}
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="utf-8")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range: a port the kernel may
+    also hand out as the local end of an outgoing connection (the actors connect to
+    each other all the time) can be taken by one between this call and the gateway's
+    bind ("Address already in use" on a restart). Never the same port twice per run."""
+    low = max(1025, min(_ephemeral_low(), 65536) - 1)
+    for _ in range(1000):
+        port = random.randint(min(10000, low - 1), low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,

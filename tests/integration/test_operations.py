@@ -40,7 +40,8 @@ from tests.integration.harness import Gateway, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
 UNIT = CONFIGS / "wagate.service"
 NGINX_SITE = CONFIGS / "nginx-wagate.conf"
 # The unit's venv path, replaced by this machine's wagate for `verify` (which checks
@@ -130,21 +131,24 @@ def test_the_units_stop_lets_the_launcher_stop_the_actor_system_in_order(
 # to the gateway's view of the file system, laid out in a mount namespace of its own
 # (the machines that run the tests have no systemd to start the unit). $1 is the
 # gateway's test directory (config, tokens, key; under /tmp, so it is bound back over
-# the fresh /tmp), $2 its data_dir; then the command. Exits 97 if the layout is not
-# in force, so the test cannot pass without it.
+# the fresh /tmp), $2 its data_dir, $3 the code's checkout (bound back too: a clone
+# can live under /tmp, where an installed service's code never does); then the command.
+# Exits 97 if the layout is not in force, so the test cannot pass without it.
 CONFINE = r"""
 set -euo pipefail
-root=$1 data=$2
-shift 2
-exec 3<"$root"
+root=$1 data=$2 code=$3
+shift 3
+exec 3<"$root" 4<"$code"
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
-mkdir -p "$root"
+mkdir -p "$root" "$code"
 mount --no-canonicalize --bind /proc/self/fd/3 "$root"
-exec 3<&-
+mount --no-canonicalize --bind /proc/self/fd/4 "$code"
+exec 3<&- 4<&-
 mount --bind "$data" "$data"
 mount -o remount,bind,ro /
 mount -o remount,bind,ro "$root"
+mount -o remount,bind,ro "$code"
 if touch "$root/probe" 2>/dev/null || touch /etc/wagate-probe 2>/dev/null; then
   echo "confine: the file system is still writable" >&2
   exit 97
@@ -161,10 +165,11 @@ class ConfinedGateway(Gateway):
         log = open(self.root / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
         self.process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "bash", "-c", CONFINE,
-             "confine", str(self.root), str(self.data_dir),
+             "confine", str(self.root), str(self.data_dir), str(self.code_dir or REPO),
              sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
              "--port", str(self.port), "--admin-port", str(self.admin_port)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.code_dir)
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.code_dir or REPO)
         log.close()
         self.launchers.append(self.process)
         return self.process
