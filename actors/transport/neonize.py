@@ -1193,7 +1193,9 @@ class _Connection:
 
     def _on_connect_failure(self, _client: Any, event: Any) -> None:
         with self._callback("connect-failure"):
-            self.connected = False
+            with self.lock:  # as every other handler that changes these flags
+                self.connected = False
+                self.keepalive_lost = False
             detail = f": {event.Message}" if event.Message else ""
             lost = Disconnected(f"connect failure {_enum_name(event, 'Reason')}{detail}")
             if self._take_pending_end() is not None:

@@ -76,8 +76,14 @@ def dashboard_blueprint(config: Config, config_file: str | None = None) -> Bluep
     return blueprint
 
 
-def _serve(directory: Path, name: str) -> Response:
+def serve_file(directory: Path, name: str, security_headers: dict[str, str]) -> Response:
+    """One of the gateway's own files, revalidated on every load (``no-cache``: an
+    upgrade shows at once) and under the page's security headers."""
     response = send_from_directory(directory, name, max_age=0, conditional=True)
     response.headers["Cache-Control"] = CACHE_CONTROL
-    response.headers.update(SECURITY_HEADERS)
+    response.headers.update(security_headers)
     return response
+
+
+def _serve(directory: Path, name: str) -> Response:
+    return serve_file(directory, name, SECURITY_HEADERS)

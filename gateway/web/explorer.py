@@ -20,7 +20,9 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, send_from_directory
+from flask import Blueprint, Response, abort
+
+from gateway.web.dashboard import serve_file
 
 PAGE = "index.html"
 ASSETS_PREFIX = "/graphql/assets/"
@@ -50,8 +52,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 # The vendored files change only with a new wagate, but have no fingerprinted names:
-# the browser keeps them and asks (If-None-Match) before each use.
-CACHE_CONTROL = "no-cache"
+# served like the dashboard's (serve_file: no-cache), the browser keeps them and asks
+# (If-None-Match) before each use.
 
 
 def page_policy(nonce: str) -> str:
@@ -102,7 +104,4 @@ def explorer_blueprint() -> Blueprint:
 
 
 def _serve(directory: Path, name: str) -> Response:
-    response = send_from_directory(directory, name, max_age=0, conditional=True)
-    response.headers["Cache-Control"] = CACHE_CONTROL
-    response.headers.update(SECURITY_HEADERS)
-    return response
+    return serve_file(directory, name, SECURITY_HEADERS)
