@@ -353,9 +353,11 @@ def test_nginx_site_terminates_tls_and_passes_the_client_address(
     assert json.loads(text) == {"data": {"whatsAppStatus": {"connected": False,
                                                             "state": "NEW"}}}
     # nginx's request id reached the gateway, which answered with it.
+    # nginx writes the log line after the response has left, so wait for it.
     request_id = headers["X-Request-Id"]
-    assert re.search(rf"^{re.escape(CLIENT)} {request_id} ", proxy.access_log.read_text(),
-                     re.MULTILINE), proxy.access_log.read_text()
+    line = re.compile(rf"^{re.escape(CLIENT)} {request_id} ", re.MULTILINE)
+    wait_for(lambda: line.search(proxy.access_log.read_text()), 10, 0.05,
+             f"nginx's access log to name request {request_id}")
 
     # The same token straight to the gateway, from 127.0.0.1: refused, so the address
     # that let it through above was the one nginx forwarded.
