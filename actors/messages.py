@@ -264,7 +264,7 @@ class HealthReport:
     queue_by_session: dict[str, int] = field(default_factory=dict)
     uncertain_total: int = 0  # messages resent (or failed) because a crash hid their fate
     # Messages SENT longer than delivery.unconfirmed_after_seconds with no delivery
-    # receipt, by session (gateway/health.py warns, /metrics shows them).
+    # receipt, by session (gateway/api/health.py warns, /metrics shows them).
     unconfirmed_by_session: dict[str, int] = field(default_factory=dict)
     worker_pids: dict[str, int] = field(default_factory=dict)  # "supervisor" / "outbox" -> pid
     # Counters for /metrics (actors/metrics.py), added along the same chain.

@@ -3,7 +3,7 @@
 Facts this module is built on (docs/architecture.md §4):
 - the Admin daemonises (setsid + double fork), so every actor ends up in the
   Admin's process group (shown, never signalled by its id: the launcher stops only
-  processes proven its own, gateway/ownership.py);
+  processes proven its own, gateway/cli/ownership.py);
 - Thespian binds every socket to all interfaces and speaks pickle, so in
   single-host mode we rewrite the bind address to 127.0.0.1 before the first
   ``ActorSystem(...)``; forked children inherit the patch;

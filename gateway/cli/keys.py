@@ -22,8 +22,8 @@ from actors.sealed_store import (
     parse_key,
 )
 from gateway.cli.progress import Progress
+from gateway.cli.store_keys import StoreCheckError, rotate_keys, verify_stores
 from gateway.core.config import Config, EncryptionConfig
-from gateway.store_keys import StoreCheckError, rotate_keys, verify_stores
 
 
 def register(commands: Any, common: Any) -> None:
@@ -151,7 +151,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 def _record(config: Config, report: Any, new_key: StoreKey) -> None:
     """The rotation goes to the audit log, when the audit module is there."""
     try:
-        from gateway.audit_client import record_admin_action
+        from gateway.cli.audit_client import record_admin_action
     except ImportError:  # pragma: no cover - the audit module ships with the gateway
         return
     try:

@@ -19,7 +19,7 @@ from graphql import build_schema, print_schema
 
 def schema_sdl() -> str:
     """The schema as graphql-core prints it (descriptions kept), ending in a newline."""
-    source = resources.files("gateway").joinpath("schema.graphql").read_text("utf-8")
+    source = resources.files("gateway.api").joinpath("schema.graphql").read_text("utf-8")
     return print_schema(build_schema(source)) + "\n"
 
 

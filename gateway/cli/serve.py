@@ -1,8 +1,8 @@
 """``wagate serve``: the foreground launcher that owns every process of the gateway.
 
 Before it starts anything it installs its SIGTERM/SIGINT/SIGHUP handlers and claims
-``data_dir`` (gateway/run_state.py): it stops what a crashed predecessor left
-running, marks every process it is about to start (gateway/ownership.py) and records
+``data_dir`` (gateway/cli/run_state.py): it stops what a crashed predecessor left
+running, marks every process it is about to start (gateway/cli/ownership.py) and records
 the run in ``data_dir/run/gateway.json``. It then starts the actor system (whose
 Admin daemonises into its own process group) and the HTTP server (in a process group
 of its own). A stop signal at any moment, during start-up too, stops them in order:
@@ -41,11 +41,11 @@ from actors.system import (
     port_listening,
     start_system,
 )
-from gateway.cluster import cluster_problem
+from gateway.cli.cluster_mode import cluster_problem
+from gateway.cli.ownership import Stamp
+from gateway.cli.run_state import ClaimError, Run
 from gateway.core.config import Config
 from gateway.core.observability import setup_logging
-from gateway.ownership import Stamp
-from gateway.run_state import ClaimError, Run
 from gateway.web.metrics import reset_metrics_dir
 from gateway.web.server import web_environment
 
@@ -230,7 +230,7 @@ def reap_admin_starter(started: Started) -> None:
 
 def check_access(config: Config) -> None:
     """Refuse to serve an API that anyone could use, or that nobody could."""
-    from gateway.auth import TokenFileError, tokens_path
+    from gateway.auth.tokens import TokenFileError, tokens_path
     from gateway.web.app import make_authenticator
 
     if not config.auth.required:  # the demo: the config loader allows it on loopback only
@@ -422,10 +422,10 @@ def stop_everything(started: Started, run: Run) -> None:
 
 
 def check_session_stores(config: Config) -> int:
-    """The storage key and the encrypted session stores (gateway/store_keys.py);
+    """The storage key and the encrypted session stores (gateway/cli/store_keys.py);
     returns the descriptor of the shared stores lock, to keep open while serving."""
     from actors.sealed_store import StoreError
-    from gateway.store_keys import StoreCheckError, acquire_stores_lock, check_stores
+    from gateway.cli.store_keys import StoreCheckError, acquire_stores_lock, check_stores
 
     try:
         lock = acquire_stores_lock(config.data_path, exclusive=False)

@@ -4,7 +4,7 @@ Both join the gateway's actor system on ``actors.admin_port`` (bound to 127.0.0.
 so they work only on the gateway's host) and ask the supervisor for the same health
 report ``/admin/health`` shows: no HTTP, no API token, and an answer even when the
 web server is down. The port is found in ``data_dir/run/gateway.json``, which the
-running launcher writes (gateway/run_state.py; trusted only while that launcher
+running launcher writes (gateway/cli/run_state.py; trusted only while that launcher
 runs), so ``--data-dir`` is enough to pick a gateway; ``--admin-port`` overrides it.
 """
 
@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import Failed, GetHealth, HealthReport, Ok
+from gateway.api.health import health_document
 from gateway.cli.progress import Progress
 from gateway.core.config import RANGES, Config
 from gateway.core.ranges import Range, flag
-from gateway.health import health_document
 
 DRAIN_TIMEOUT_SECONDS = 300.0
 DRAIN_INTERVAL_SECONDS = 0.5
@@ -35,7 +35,7 @@ class GatewayUnreachable(Exception):
 
 
 class GatewayNotYours(GatewayUnreachable):
-    """Another user's process listens on the admin port: never joined (gateway/listeners.py)."""
+    """Another user's process listens on the admin port: never joined (gateway/cli/listeners.py)."""
 
 
 def register(commands: Any, common: Any) -> None:
@@ -118,7 +118,7 @@ class HealthClient:
         return reply.value
 
     def _refuse_foreign_listener(self, address: str) -> None:
-        from gateway.listeners import foreign_listener
+        from gateway.cli.listeners import foreign_listener
 
         owner = foreign_listener(self.port, address, os.geteuid())
         if owner is not None:
@@ -136,7 +136,7 @@ def _refuse(port: int, address: str, owner: int) -> GatewayNotYours:
 def running_admin_port(data_path: Path) -> int | None:
     """The admin port of the gateway running on ``data_path``, if its launcher said and
     still runs (a crashed one's port may be another gateway's by now)."""
-    from gateway.run_state import running_admin_port as recorded_port
+    from gateway.cli.run_state import running_admin_port as recorded_port
 
     return recorded_port(data_path)
 

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from gateway.auth import (
+from gateway.auth.tokens import (
     NAME_PATTERN,
     ROLES,
     SESSION_PATTERN,
@@ -57,7 +57,7 @@ def register(commands: Any, common: Any) -> None:
 def _record(config: Any, event: str, **fields: Any) -> None:
     """Admin actions go to the audit log (through the running gateway's single writer)."""
     try:
-        from gateway.audit_client import record_admin_action
+        from gateway.cli.audit_client import record_admin_action
     except ImportError:  # pragma: no cover - the audit module ships with the gateway
         return
     record_admin_action(config, event, **fields)

@@ -209,9 +209,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.dev:
         overrides["http.dev"] = True
     config = resolve_config(args, overrides)
-    from gateway.sign_in import CONFIG_FILE_ENV
+    from gateway.auth.sign_in import CONFIG_FILE_ENV
 
-    # The dashboard's token command names it (gateway/sign_in.py). Without a file, one
+    # The dashboard's token command names it (gateway/auth/sign_in.py). Without a file, one
     # named by this process's own environment (inherited) is none of this gateway's.
     config_file = config_file_of(args)
     if config_file is not None:

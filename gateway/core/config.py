@@ -374,7 +374,7 @@ RANGES: dict[str, Range] = {
     "audit.max_file_mb": Range(0.01, 4096), "audit.max_files": Range(2, 100_000),
     "audit.burst_seconds": Range(0.05, 3600),
     # max_depth stays well below the bracket nesting every document is held to
-    # (gateway.graphql_limits.MAX_NESTING), so a query at the limit still parses.
+    # (gateway.api.limits.MAX_NESTING), so a query at the limit still parses.
     "graphql.max_depth": Range(1, 32), "graphql.max_cost": Range(1, 100_000),
     "graphql.max_batch": Range(1, 1000), "graphql.max_body_bytes": Range(1024, 67_108_864),
     "cluster.sessions": Range(0, 1000), "cluster.heartbeat_seconds": _SECONDS,
@@ -511,7 +511,7 @@ def _check_browser_access(http: HttpConfig) -> None:
 
 def _check_cluster(cluster: ClusterConfig) -> None:
     """Shapes of the cluster keys. Whether cluster mode may start at all (it needs
-    ``allow_networks``) is the launcher's refusal (``gateway.cluster``)."""
+    ``allow_networks``) is the launcher's refusal (``gateway.cli.cluster_mode``)."""
     for i, leader in enumerate(cluster.leaders):
         host, _, port = leader.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:

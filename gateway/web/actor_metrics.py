@@ -20,7 +20,7 @@ from actors.message_store import STATES
 from actors.messages import HealthReport, SessionState
 from actors.metrics import RATE_SCOPES, SessionMetrics
 from gateway import __version__
-from gateway.scope import Scope, scoped_report
+from gateway.auth.scope import Scope, scoped_report
 
 LIMIT_SCOPES = ("recipient_minute", "recipient_hour", "global_day")
 
@@ -37,7 +37,7 @@ def engine_version() -> str:
 class ActorCollector:
     """One scrape's worth of actor-side metrics (``report`` None: the actors did not
     answer, and ``wagate_actors_up`` says so). ``scope``: a token limited to some
-    sessions gets only their series, none of the gateway-wide ones (gateway/scope.py)."""
+    sessions gets only their series, none of the gateway-wide ones (gateway/auth/scope.py)."""
 
     def __init__(self, report: HealthReport | None, scope: Scope = None) -> None:
         self.report = None if report is None else scoped_report(report, scope)

@@ -6,7 +6,7 @@ the bridge joins a running one on first use, after gunicorn has forked.
 Every request passes the network check, the Host and Origin checks (DNS rebinding,
 other sites' pages: ``gateway.core.origins``) and (except the public paths) the token check
 before any view runs, so a refused request costs no GraphQL work; what each principal
-may do is checked per operation by the resolvers (``gateway.auth.authorize``).
+may do is checked per operation by the resolvers (``gateway.auth.tokens.authorize``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from actors.numbers import open_cache
 from actors.status_snapshot import SnapshotReader
 from actors.system import allowed_networks, bind_address
 from gateway import __version__
-from gateway.auth import (
+from gateway.api.errors import GatewayError, format_error
+from gateway.api.health import health_document
+from gateway.api.limits import limit_rules
+from gateway.api.query_cache import DocumentCache
+from gateway.api.resolvers import build_schema
+from gateway.auth.tokens import (
     Authenticator,
     Denied,
     NetworkPolicy,
@@ -38,11 +43,6 @@ from gateway.auth import (
 from gateway.core.config import Config
 from gateway.core.networks import parse_networks
 from gateway.core.origins import BrowserPolicy, cors_headers, preflight_headers
-from gateway.errors import GatewayError, format_error
-from gateway.graphql_limits import limit_rules
-from gateway.health import health_document
-from gateway.query_cache import DocumentCache
-from gateway.resolvers import build_schema
 from gateway.web.bridge import ActorBridge
 from gateway.web.dashboard import dashboard_blueprint
 from gateway.web.explorer import explorer_blueprint, is_explorer_path, page_response

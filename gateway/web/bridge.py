@@ -28,7 +28,7 @@ import structlog
 
 from actors.messages import AuditEvent, Failed, GetRoutes
 from actors.system import LOOPBACK, SUPERVISOR_NAME, join_system
-from gateway.errors import GatewayError
+from gateway.api.errors import GatewayError
 
 log = structlog.get_logger("wagate.bridge")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from flask import Blueprint, Response, abort, g, jsonify, request, send_from_directory
 
+from gateway.auth.sign_in import CONFIG_FILE_ENV, browser_is_local, sign_in_hint
 from gateway.core.config import Config
-from gateway.sign_in import CONFIG_FILE_ENV, browser_is_local, sign_in_hint
 
 STATIC_FILES = frozenset({"index.html", "app.js", "style.css", "favicon.svg"})
 

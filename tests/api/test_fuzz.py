@@ -21,7 +21,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import ERROR_CODES
+from gateway.api.errors import ERROR_CODES
 from tests.integration.harness import Gateway
 
 MIN_REQUESTS = 5000

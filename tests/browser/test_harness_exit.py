@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from actors.system import group_alive
-from gateway.ownership import sweep_owned
-from gateway.run_state import read_record
+from gateway.cli.ownership import sweep_owned
+from gateway.cli.run_state import read_record
 from tests.integration.harness import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

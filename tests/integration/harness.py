@@ -32,10 +32,10 @@ from typing import Any
 import requests
 
 from actors.system import group_alive
-from gateway.auth import TokenEntry, TokenFile, new_token, token_hash
+from gateway.auth.tokens import TokenEntry, TokenFile, new_token, token_hash
+from gateway.cli.ownership import Mark, owned_processes, signal_owned, sweep_owned, wait_owned_gone
+from gateway.cli.run_state import read_record
 from gateway.core.networks import parse_networks
-from gateway.ownership import Mark, owned_processes, signal_owned, sweep_owned, wait_owned_gone
-from gateway.run_state import read_record
 
 # Shrunk delays: tests wait on conditions, never on the spec's 30 s / 60 s.
 FAST = {

@@ -3,7 +3,7 @@
 Every operation x every role x token state (valid, expired, revoked) x network
 (loopback, the token's own network via a trusted proxy, a network the token may not
 use, a network the gateway refuses), plus missing and unknown tokens. The expected
-matrix is written out here, independently of ``gateway.auth``: it is the README's.
+matrix is written out here, independently of ``gateway.auth.tokens``: it is the README's.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ def test_no_tokens_refuses_to_start(tmp_path: Path) -> None:
 
 
 def test_only_expired_or_revoked_tokens_refuse_to_start(tmp_path: Path) -> None:
-    from gateway.auth import TokenEntry, TokenFile, new_token, token_hash
+    from gateway.auth.tokens import TokenEntry, TokenFile, new_token, token_hash
 
     tokens = TokenFile(tmp_path / "data" / "tokens.toml")
     tokens.add(TokenEntry("old", "admin", token_hash(new_token()), expires=time.time() - 1))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.audit_log import audit_dir, lock_holder, log_files, verify
-from gateway.audit_client import record_admin_action
+from gateway.cli.audit_client import record_admin_action
 from gateway.core.config import load_config
 from tests.integration.harness import Gateway, wait_for
 
@@ -37,7 +37,7 @@ print("done", flush=True)
 
 ADMIN_ACTION = """
 import sys
-from gateway.audit_client import record_admin_action
+from gateway.cli.audit_client import record_admin_action
 from gateway.core.config import load_config
 record_admin_action(load_config(sys.argv[1]), "token.create", name="ci", role="sender")
 """

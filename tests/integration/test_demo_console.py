@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.ownership import sweep_owned
-from gateway.run_state import read_record
+from gateway.cli.ownership import sweep_owned
+from gateway.cli.run_state import read_record
 from tests.integration.harness import (
     FAST,
     _die_with_parent,

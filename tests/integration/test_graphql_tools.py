@@ -16,7 +16,7 @@ from gql import Client, gql
 from gql.transport.requests import RequestsHTTPTransport
 from graphql import GraphQLError, build_client_schema, get_introspection_query, print_schema
 
-from gateway.resolvers import build_schema
+from gateway.api.resolvers import build_schema
 from gateway.web.explorer import CONTENT_SECURITY_POLICY, page_policy
 from tests.integration.harness import Gateway
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import requests
 
-from gateway.ownership import sweep_owned
-from gateway.run_state import read_record
-from gateway.sign_in import CONFIG_FILE_ENV
+from gateway.auth.sign_in import CONFIG_FILE_ENV
+from gateway.cli.ownership import sweep_owned
+from gateway.cli.run_state import read_record
 from tests.integration.harness import (
     Gateway,
     _die_with_parent,

@@ -70,7 +70,7 @@ import phonenumbers
 
 from actors.audit_log import audit_dir, log_files
 from actors.transport.simulator import SimulatorServer
-from gateway.auth import new_token
+from gateway.auth.tokens import new_token
 from gateway.core.config import AuditConfig, HttpConfig, SimulatorConfig
 from tests.integration.harness import Gateway, free_port, wait_for
 
@@ -823,7 +823,7 @@ def run(settings: Settings) -> int:
                   "session ...", flush=True)
             gateway.start()
             gateway.link()
-            state = gateway.run_state() or {}
+            state = gateway.cli.run_state() or {}
             web_pgid, actor_pgid = int(state["web_pgid"]), int(state["actor_pgid"])
 
             def gateway_labels() -> dict[int, str]:

@@ -23,7 +23,7 @@ from actors.audit_log import (
     render_recipient,
     verify,
 )
-from gateway.audit_client import record_admin_action
+from gateway.cli.audit_client import record_admin_action
 from gateway.cli.wagate import main
 from gateway.core.config import load_config
 

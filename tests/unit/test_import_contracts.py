@@ -41,12 +41,13 @@ def test_the_tree_keeps_every_import_contract() -> None:
 VIOLATIONS = [
     ("core-is-a-leaf", "gateway/core/times.py", "from gateway.web import bridge"),
     ("core-is-a-leaf", "gateway/core/networks.py", "import actors.windows"),
-    ("actors-see-only-core", "actors/windows.py", "import gateway.resolvers"),
+    ("actors-see-only-core", "actors/windows.py", "import gateway.api.resolvers"),
     ("actors-see-only-core", "actors/policy.py", "from gateway import __version__"),
-    ("flask-only-in-the-web-tier", "gateway/health.py", "import flask"),
+    ("flask-only-in-the-web-tier", "gateway/api/health.py", "import flask"),
     ("flask-only-in-the-web-tier", "actors/outbox.py", "from ariadne import ObjectType"),
     ("thespian-only-in-actors", "actors/windows.py", "import thespian.actors"),
-    ("thespian-only-in-actors", "gateway/resolvers.py", "from thespian.actors import ActorSystem"),
+    ("thespian-only-in-actors", "gateway/api/resolvers.py",
+     "from thespian.actors import ActorSystem"),
     ("neonize-only-in-its-transport", "actors/supervisor.py", "import neonize"),
 ]
 

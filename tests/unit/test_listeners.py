@@ -1,11 +1,11 @@
-"""Whose process listens on a port (gateway/listeners.py), from /proc/net/tcp texts."""
+"""Whose process listens on a port (gateway/cli/listeners.py), from /proc/net/tcp texts."""
 
 from __future__ import annotations
 
 import os
 import socket
 
-from gateway.listeners import foreign_listener, listener_uids
+from gateway.cli.listeners import foreign_listener, listener_uids
 
 HEADER = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
           "timeout inode\n")

@@ -1,5 +1,5 @@
-"""Only processes proven the gateway's own are signalled (gateway/ownership.py), and a
-state file proves nothing by its ids (gateway/run_state.py).
+"""Only processes proven the gateway's own are signalled (gateway/cli/ownership.py), and a
+state file proves nothing by its ids (gateway/cli/run_state.py).
 
 Real processes: children of this test, some holding a run's mark (as the gateway's
 processes inherit it), some not.
@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from gateway.ownership import (
+from gateway.cli.ownership import (
     Mark,
     Stamp,
     make_mark,
@@ -27,7 +27,7 @@ from gateway.ownership import (
     signal_owned,
     sweep_owned,
 )
-from gateway.run_state import (
+from gateway.cli.run_state import (
     STATE_FILE,
     ClaimError,
     Run,
@@ -189,7 +189,7 @@ def test_a_second_launcher_cannot_claim_a_claimed_data_dir(data_dir: Path) -> No
         # The lock is per process: another process must try it.
         done = subprocess.run(
             [sys.executable, "-c", "import sys; from pathlib import Path; "
-             "from gateway.run_state import Run, ClaimError\n"
+             "from gateway.cli.run_state import Run, ClaimError\n"
              "try:\n    Run.claim(Path(sys.argv[1]), 1, 'single')\n"
              "except ClaimError as exc:\n    print(exc); sys.exit(3)", str(data_dir)],
             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.placement import HeartbeatTracker, HostLoad, choose_host, loads
-from gateway.cluster import cluster_problem
+from gateway.cli.cluster_mode import cluster_problem
 from gateway.core.config import ConfigError, load_config
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for gateway.qr."""
+"""Unit tests for gateway.api.qr."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import qrcode
 import qrcode.constants
 from PIL import Image
 
-from gateway.qr import BORDER, BOX_SIZE, qr_png_base64, qr_svg_data_uri
+from gateway.api.qr import BORDER, BOX_SIZE, qr_png_base64, qr_svg_data_uri
 
 # Shaped like a WhatsApp pairing payload: ref,noise key,identity key,adv secret.
 PAYLOAD = "2@AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/==,NoiseKey+/=,IdentityKey+/=,AdvSecret+/="

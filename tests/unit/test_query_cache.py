@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from graphql import GraphQLError, build_schema, parse, validate
 
-from gateway.query_cache import MAX_ENTRIES, MAX_TEXT, DocumentCache
+from gateway.api.query_cache import MAX_ENTRIES, MAX_TEXT, DocumentCache
 
 SCHEMA = build_schema("type Query { hello(name: String): String }")
 

@@ -58,7 +58,7 @@ def test_numeric_flags_out_of_range_are_refused_before_anything_runs(
 
 
 def test_token_lifetimes_beyond_a_century_are_refused_not_crashed() -> None:
-    from gateway.auth import parse_expiry
+    from gateway.auth.tokens import parse_expiry
 
     for text in ("99999999999999d", "9" * 30 + "m", "36501d", "0d"):
         with pytest.raises(ValueError, match="1 minute to 100 years"):

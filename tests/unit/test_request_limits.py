@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from graphql import GraphQLError, get_introspection_query, parse, validate
 
-from gateway.graphql_limits import MAX_NESTING, check_nesting, limit_rules
-from gateway.resolvers import build_schema
+from gateway.api.limits import MAX_NESTING, check_nesting, limit_rules
+from gateway.api.resolvers import build_schema
 from gateway.web.request_body import BodyError, parse_json_body
 
 
@@ -159,7 +159,7 @@ def test_an_introspection_walk_does_no_more_work_than_the_standard_querys() -> N
     roots) grew the answer's measure by one a step: the walk ran some 200 000 steps
     (a tenth of a second of CPU per request, a few hundred bytes each) before its size
     bound refused it. Its steps have their own bound, twice the standard query's."""
-    from gateway.graphql_limits import (
+    from gateway.api.limits import (
         INTROSPECTION_HEADROOM,
         STANDARD_INTROSPECTION,
         fragments_of,

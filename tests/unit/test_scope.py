@@ -1,5 +1,5 @@
 """A token limited to some sessions sees those and nothing gateway-wide: the health
-document, the metrics and the overview all cut the report in gateway/scope.py."""
+document, the metrics and the overview all cut the report in gateway/auth/scope.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.messages import HealthReport, SessionState, SessionStatus
 from actors.metrics import OutboxMetrics, SessionMetrics
-from gateway.health import health_document
-from gateway.scope import scoped_report
+from gateway.api.health import health_document
+from gateway.auth.scope import scoped_report
 from gateway.web.metrics import render
 
 GLOBAL_FAMILIES = {"wagate_messages", "wagate_messages_uncertain", "wagate_rate_limited",

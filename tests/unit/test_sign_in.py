@@ -1,4 +1,4 @@
-"""The dashboard's token command (gateway/sign_in.py): the one that works for the
+"""The dashboard's token command (gateway/auth/sign_in.py): the one that works for the
 gateway's own configuration, and paths of the machine only for a local browser."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from gateway.auth.sign_in import sign_in_hint, token_command
 from gateway.core.config import load_config
-from gateway.sign_in import sign_in_hint, token_command
 
 
 def test_a_token_file_in_data_dir_is_named_by_an_absolute_data_dir(tmp_path: Path) -> None:
@@ -35,7 +35,7 @@ def test_a_browser_elsewhere_gets_no_paths_of_this_machine(tmp_path: Path) -> No
 
 
 def test_only_a_request_no_proxy_header_places_elsewhere_is_local() -> None:
-    from gateway.sign_in import browser_is_local
+    from gateway.auth.sign_in import browser_is_local
 
     assert browser_is_local("127.0.0.1", {})
     assert browser_is_local("::1", {"X-Forwarded-For": "127.0.0.1, ::1"})

@@ -1,7 +1,7 @@
 """Sealed stores are bound to their session and store, and (with a generation ledger
 outside data_dir) cannot be rolled back: actors/sealed_store.py,
 actors/store_generations.py and their use in actors/working_copy.py and
-gateway/store_keys.py, on real files."""
+gateway/cli/store_keys.py, on real files."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ from actors.sealed_store import (
 )
 from actors.store_generations import GenerationLedger, RolledBack, open_ledger
 from actors.working_copy import WorkingCopy
+from gateway.cli.store_keys import StoreCheckError, check_stores, verify_stores
 from gateway.core.config import EncryptionConfig, load_config
-from gateway.store_keys import StoreCheckError, check_stores, verify_stores
 
 CREDS = {"device_id": "9f8e7d6c5b4a3921", "phone": "15551234567", "linked_at": 1.0}
 NAME = "simulator.json"

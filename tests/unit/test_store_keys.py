@@ -1,4 +1,4 @@
-"""The stores as a whole: the start-up check and key rotation (gateway/store_keys.py)."""
+"""The stores as a whole: the start-up check and key rotation (gateway/cli/store_keys.py)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from actors.sealed_store import (
     unseal,
     write_atomic,
 )
+from gateway.cli.store_keys import StoreCheckError, check_stores, rotate_keys, verify_stores
 from gateway.core.config import Config, load_config
-from gateway.store_keys import StoreCheckError, check_stores, rotate_keys, verify_stores
 
 ROOT = Path(__file__).parents[2]
 SESSIONS = ("alpha", "beta", "gamma")
@@ -78,7 +78,7 @@ def test_a_rotation_killed_half_way_leaves_every_store_readable_and_a_rerun_fini
         from pathlib import Path
         from actors.sealed_store import parse_key
         from gateway.core.config import load_config
-        from gateway.store_keys import rotate_keys
+        from gateway.cli.store_keys import rotate_keys
         config = load_config(None, json.loads({settings}))
         new = parse_key(Path({str(new_file)!r}).read_text(), "new")
         def crash(line):

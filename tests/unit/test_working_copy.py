@@ -328,7 +328,7 @@ def test_an_orphan_never_overwrites_a_store_sealed_after_it(
 def test_the_gateways_start_seals_orphans_of_every_session(
         tmp_path: Path, key: StoreKey, enc: EncryptionConfig) -> None:
     """``wagate serve`` checks the stores before any session starts
-    (``gateway.store_keys.check_stores``): it seals orphans by session name."""
+    (``gateway.cli.store_keys.check_stores``): it seals orphans by session name."""
     from actors.working_copy import seal_orphans
 
     data = tmp_path / "data"

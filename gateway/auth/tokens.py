@@ -35,10 +35,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.api.errors import GatewayError
 from gateway.core.config import Config
 from gateway.core.networks import Network, address_in, parse_address, parse_networks
 from gateway.core.times import iso_time
-from gateway.errors import GatewayError
 
 ROLES = ("admin", "operator", "sender", "viewer")
 

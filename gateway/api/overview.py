@@ -18,10 +18,10 @@ from graphql import GraphQLResolveInfo
 
 from actors.messages import GetHealth, HealthReport, SessionStatus
 from gateway import __version__
-from gateway.auth import ACTIONS, Principal, authorize
+from gateway.api.errors import GatewayError
+from gateway.auth.scope import scoped_report
+from gateway.auth.tokens import ACTIONS, Principal, authorize
 from gateway.core.config import Config
-from gateway.errors import GatewayError
-from gateway.scope import scoped_report
 
 
 def resolve_sessions(_: Any, info: GraphQLResolveInfo) -> list[SessionStatus]:
@@ -43,7 +43,7 @@ class GatewayView:
     _report: HealthReport | None = field(default=None, repr=False)
 
     def report(self) -> HealthReport:
-        """The health report as the caller may see it (gateway/scope.py)."""
+        """The health report as the caller may see it (gateway/auth/scope.py)."""
         if self._report is None:
             report = _health(self.info)
             if "outbox" not in report.worker_pids:
@@ -63,7 +63,7 @@ def resolve_gateway(_: Any, info: GraphQLResolveInfo) -> GatewayView:
 
 
 def role_actions(role: str) -> list[str]:
-    """What ``role`` may do, from the one table of roles (``gateway.auth.ACTIONS``): the
+    """What ``role`` may do, from the one table of roles (``gateway.auth.tokens.ACTIONS``): the
     dashboard shows only the controls a token can use, instead of buttons that end in
     FORBIDDEN."""
     return sorted(action for action, roles in ACTIONS.items() if role in roles)

@@ -5,7 +5,7 @@ life. Unlike ``flock``, such a lock belongs to the process and is not inherited 
 the processes it forks, so it is free as soon as the launcher is gone, however it
 died, even while its actor processes live on.
 
-The record names the run's mark (gateway/ownership.py) and the launcher, Admin and
+The record names the run's mark (gateway/cli/ownership.py) and the launcher, Admin and
 web server, each with its start time. It is written *before* any process is
 started, so processes left by a launcher that died at any moment can be found, and
 it proves nothing by its ids alone: a leftover process is stopped only if it holds
@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from gateway.ownership import (
+from gateway.cli.ownership import (
     Mark,
     Stamp,
     make_mark,

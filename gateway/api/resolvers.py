@@ -50,7 +50,10 @@ from actors.numbers import (
     NumberCheck,
     check_numbers,
 )
-from gateway.auth import Principal, authorize, check
+from gateway.api.errors import GatewayError
+from gateway.api.overview import gateway_type, resolve_gateway, resolve_sessions
+from gateway.api.qr import qr_png_base64, qr_svg_data_uri
+from gateway.auth.tokens import Principal, authorize, check
 from gateway.core.config import Config
 from gateway.core.ranges import Range
 from gateway.core.times import iso_time
@@ -61,9 +64,6 @@ from gateway.core.validation import (
     validate_message,
     validate_session_name,
 )
-from gateway.errors import GatewayError
-from gateway.overview import gateway_type, resolve_gateway, resolve_sessions
-from gateway.qr import qr_png_base64, qr_svg_data_uri
 from gateway.web.metrics import observe_number_checks
 
 MAX_PAGE = 200
@@ -108,7 +108,7 @@ def _audit_mutation(info: GraphQLResolveInfo, session: Any, phone: Any, outcome:
 
 
 def build_schema() -> GraphQLSchema:
-    type_defs = resources.files("gateway").joinpath("schema.graphql").read_text("utf-8")
+    type_defs = resources.files("gateway.api").joinpath("schema.graphql").read_text("utf-8")
     query, mutation, status = QueryType(), MutationType(), ObjectType("WhatsAppStatus")
 
     @query.field("whatsAppStatus")

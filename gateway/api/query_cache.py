@@ -15,7 +15,7 @@ from typing import Any
 
 from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
 
-from gateway.graphql_limits import check_nesting, too_deep
+from gateway.api.limits import check_nesting, too_deep
 
 MAX_ENTRIES = 256
 MAX_TEXT = 8 * 1024

@@ -378,7 +378,7 @@ def _plan(stores: list[StoreFile], old_key: StoreKey | None, new_key: StoreKey
 
 def _refuse_while_running(data: Path) -> None:
     """The launcher's state file names a live gateway (or its leftover processes)."""
-    from gateway.run_state import running_gateway
+    from gateway.cli.run_state import running_gateway
 
     running = running_gateway(data)
     if running is not None:

@@ -18,9 +18,9 @@ from typing import Any
 
 from actors.messages import HealthReport, SessionState, SessionStatus
 from gateway import __version__
+from gateway.auth.scope import Scope, scoped_report
 from gateway.core.times import iso_time
 from gateway.core.validation import e164
-from gateway.scope import Scope, scoped_report
 
 GATEWAY_STATUSES = ("connected", "connecting", "disconnected", "uninitialized", "unregistered")
 
@@ -54,7 +54,7 @@ def gateway_status(status: SessionStatus) -> str:
 def health_document(report: HealthReport, now: float, scope: Scope = None) -> dict[str, Any]:
     """The overall status plus every session's detail. ``scope`` (a token restricted to
     some sessions) limits it to those sessions and figures computed from them: no
-    process ids, no uncertain count, no daily usage (gateway/scope.py)."""
+    process ids, no uncertain count, no daily usage (gateway/auth/scope.py)."""
     report = scoped_report(report, scope)
     sessions = [_session_health(s, now, report.unconfirmed_by_session.get(s.session, 0))
                 for s in report.sessions]

@@ -29,8 +29,8 @@ from actors.system import (
     configure_thespian_log,
     port_listening,
 )
+from gateway.api.errors import GatewayError
 from gateway.core.config import Config
-from gateway.errors import GatewayError
 
 MEGABYTE = 1024 * 1024
 POLL_SECONDS = 0.05  # between looks at the lock while another writer holds it
