@@ -376,7 +376,7 @@ class SessionLink:
     state: SessionState
     paired: bool
     phone: str | None = None  # the linked account: messages accepted now are bound to it
-    epoch: int = 0  # the link epoch (actors.links): older messages are never sent
+    epoch: int = 0  # the link epoch (actors.session.links): older messages are never sent
     last_error: ErrorInfo | None = None  # why a FAILED session gave up, for its refusals
 
 

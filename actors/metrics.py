@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from actors.messages import SessionState, SessionStatus
 
 # What a send can be refused for: the limiter's windows, a full session queue, and the
-# warm-up cap of a newly linked device (actors/pacing.py).
+# warm-up cap of a newly linked device (actors/outbox/pacing.py).
 RATE_SCOPES = ("recipient_minute", "recipient_hour", "global_day", "queue", "warmup_day")
 
 

@@ -31,7 +31,7 @@ neonize is an awkward neighbour, and most of this module is about living with it
 * **Storage is private.** ``data_dir/sessions/<session>/neonize.db`` (dirs 0700,
   files 0600), SQLite in WAL mode with a busy timeout, or a Postgres DSN given in
   ``transport.session_store``. With encrypted stores the file is the session's
-  decrypted working copy (``store_dir``, see ``actors.working_copy``).
+  decrypted working copy (``store_dir``, see ``actors.session.working_copy``).
 
 Event mapping (whatsmeow/neonize -> ``actors.transport.base``):
 

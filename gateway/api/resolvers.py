@@ -26,7 +26,6 @@ from graphql import (
     get_named_type,
 )
 
-from actors.message_store import STATES, delivery_unconfirmed
 from actors.messages import (
     BRIDGE_STATES,
     Accepted,
@@ -42,7 +41,7 @@ from actors.messages import (
     SendText,
     SessionStatus,
 )
-from actors.numbers import (
+from actors.outbox.numbers import (
     Budget,
     LookupBudgetExceeded,
     LookupFailed,
@@ -50,6 +49,7 @@ from actors.numbers import (
     NumberCheck,
     check_numbers,
 )
+from actors.outbox.store import STATES, delivery_unconfirmed
 from gateway.api.errors import GatewayError
 from gateway.api.overview import gateway_type, resolve_gateway, resolve_sessions
 from gateway.api.qr import qr_png_base64, qr_svg_data_uri

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from actors.audit_log import audit_dir, lock_holder, log_files, read_tail, verify
+from actors.audit.log import audit_dir, lock_holder, log_files, read_tail, verify
 from gateway.core.ranges import Range, flag
 
 HASH = re.compile(r"^[0-9a-f]{64}$")

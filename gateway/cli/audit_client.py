@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from actors.audit_log import (
+from actors.audit.log import (
     AuditError,
     AuditLock,
     AuditLog,

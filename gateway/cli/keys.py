@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from actors.sealed_store import (
+from actors.session.sealed_store import (
     StoreKey,
     StoreKeyError,
     generate_key_text,

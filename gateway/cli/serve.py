@@ -262,7 +262,7 @@ def start_actor_system(config: Config, started: Started, run: Run) -> None:
     if config.cluster.role != "single":
         # Read by Thespian's convention module when it is first imported: before it.
         os.environ.update(convention_timer_env(config))
-    from actors.supervisor import SupervisorActor
+    from actors.supervisor.actor import SupervisorActor
 
     configure_thespian_log(logs)
     # The Admin and every actor inherit fds 0-2: point them at the actor log, never at
@@ -315,7 +315,7 @@ def _member_processes(system: Any, timeout: float) -> Any:
     of its actor system and the Admin's pid (to watch)."""
     from thespian.actors import ActorExitRequest
 
-    from actors.host_agent import HostAgent
+    from actors.supervisor.host_agent import HostAgent
 
     probe = system.createActor(HostAgent)
     info = system.ask(probe, WhoAreYou(), timeout)
@@ -327,7 +327,7 @@ def watch_leader(system: Any, config: Config, timeout: float) -> str | None:
     """Start a member's LeaderWatch and wait up to ``timeout`` for the leader: why this
     member must not join it (another wagate), or None. A leader that is not up yet is
     checked when it registers (``tend_endpoint`` gets the watch's report then)."""
-    from actors.leader_watch import LeaderWatch
+    from actors.supervisor.leader_watch import LeaderWatch
 
     watch = system.createActor(LeaderWatch)
     seen = system.ask(watch, WatchLeader(), timeout)
@@ -424,7 +424,7 @@ def stop_everything(started: Started, run: Run) -> None:
 def check_session_stores(config: Config) -> int:
     """The storage key and the encrypted session stores (gateway/cli/store_keys.py);
     returns the descriptor of the shared stores lock, to keep open while serving."""
-    from actors.sealed_store import StoreError
+    from actors.session.sealed_store import StoreError
     from gateway.cli.store_keys import StoreCheckError, acquire_stores_lock, check_stores
 
     try:

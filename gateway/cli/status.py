@@ -101,7 +101,7 @@ class HealthClient:
                 configure_thespian_log(self.config.data_path / "logs", create=False)
                 self._system = join_system(self.port, address, allowed_networks(self.config))
                 self._supervisor = self._system.createActor(
-                    "actors.supervisor.SupervisorActor", globalName=SUPERVISOR_NAME)
+                    "actors.supervisor.actor.SupervisorActor", globalName=SUPERVISOR_NAME)
             except (ConnectionError, OSError):
                 raise GatewayUnreachable(
                     f"no gateway is running: nothing listens on 127.0.0.1:{self.port} "

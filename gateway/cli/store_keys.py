@@ -7,7 +7,7 @@ session that silently pairs anew over credentials it cannot read. ``rotate_keys`
 replacement at a time: a crash half-way leaves each store readable by the old or the
 new key, and running it again finishes the job.
 
-The stores are the files named in ``actors.sealed_store.STORE_FILES`` under
+The stores are the files named in ``actors.session.sealed_store.STORE_FILES`` under
 ``data_dir/sessions/<session>/``; everything else in ``data_dir`` is left alone.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from actors.sealed_store import (
+from actors.session.sealed_store import (
     FORMAT_VERSION,
     HEADER_BYTES,
     STORE_FILES,
@@ -45,8 +45,8 @@ from actors.sealed_store import (
     unseal,
     write_atomic,
 )
-from actors.store_generations import GenerationLedger, open_ledger
-from actors.working_copy import clear_stale, gateway_tag, seal_orphans, work_root
+from actors.session.store_generations import GenerationLedger, open_ledger
+from actors.session.working_copy import clear_stale, gateway_tag, seal_orphans, work_root
 from gateway.core.config import Config
 
 log = structlog.get_logger("wagate.stores")

@@ -16,9 +16,9 @@ from prometheus_client.core import (
     Metric,
 )
 
-from actors.message_store import STATES
 from actors.messages import HealthReport, SessionState
 from actors.metrics import RATE_SCOPES, SessionMetrics
+from actors.outbox.store import STATES
 from gateway import __version__
 from gateway.auth.scope import Scope, scoped_report
 

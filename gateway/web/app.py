@@ -22,8 +22,8 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from actors.messages import GetHealth, HealthReport, Ping
-from actors.numbers import open_cache
-from actors.status_snapshot import SnapshotReader
+from actors.outbox.numbers import open_cache
+from actors.supervisor.snapshot import SnapshotReader
 from actors.system import allowed_networks, bind_address
 from gateway import __version__
 from gateway.api.errors import GatewayError, format_error

@@ -193,7 +193,7 @@ class ActorBridge:
                     # On a cluster member the supervisor is the leader's: the member's
                     # Admin passes the global name on (SupervisorActor refuses members).
                     system = join_system(self.admin_port, self.address, self.networks)
-                    supervisor = system.createActor("actors.supervisor.SupervisorActor",
+                    supervisor = system.createActor("actors.supervisor.actor.SupervisorActor",
                                                     globalName=SUPERVISOR_NAME)
                 except Exception as exc:
                     raise _unavailable() from exc

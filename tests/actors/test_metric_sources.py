@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from actors.limiter import Limits
-from actors.message_store import MessageStore, NewMessage
+from actors.outbox.limits import Limits
+from actors.outbox.store import MessageStore, NewMessage
 from gateway.core.config import LimitsConfig
 
 

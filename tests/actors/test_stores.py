@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.limiter import Limits
-from actors.message_store import MessageStore, NewMessage, cursor_of, text_hash
+from actors.outbox.limits import Limits
+from actors.outbox.store import MessageStore, NewMessage, cursor_of, text_hash
 from gateway.core.config import LimitsConfig
 
 
@@ -119,7 +119,7 @@ def test_a_key_is_for_one_message_of_its_caller() -> None:
     """The same key again: the same request (answer with it), the caller's mistake (a
     different message), or a record from before keys had a caller that is not this
     request (somebody else's: it says nothing)."""
-    from actors.message_store import key_verdict
+    from actors.outbox.store import key_verdict
 
     earlier = {"phone": "14155552671", "text_hash": text_hash("code 1"), "requester": "app"}
     assert key_verdict(earlier, "app", "14155552671", "code 1") == "duplicate"

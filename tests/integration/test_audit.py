@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from actors.audit_log import audit_dir, lock_holder, log_files, verify
+from actors.audit.log import audit_dir, lock_holder, log_files, verify
 from gateway.cli.audit_client import record_admin_action
 from gateway.core.config import load_config
 from tests.integration.harness import Gateway, wait_for

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from actors.sealed_store import (
+from actors.session.sealed_store import (
     StoreId,
     generate_key_text,
     is_sealed,

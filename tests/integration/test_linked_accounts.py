@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from actors.sealed_store import generate_key_text
+from actors.session.sealed_store import generate_key_text
 from tests.integration.harness import Gateway, wait_for
 
 # Between reconnect attempts for the whole test: sends queue instead of failing.

@@ -189,7 +189,7 @@ from actors.messages import GetRoutes, SendText, SessionLink, SessionState
 from actors.system import LOOPBACK, SUPERVISOR_NAME, join_system
 
 system = join_system(int(sys.argv[1]), LOOPBACK, ())
-supervisor = system.createActor("actors.supervisor.SupervisorActor",
+supervisor = system.createActor("actors.supervisor.actor.SupervisorActor",
                                 globalName=SUPERVISOR_NAME)
 outbox = system.ask(supervisor, GetRoutes("routes"), 20).value["outbox"]
 system.tell(outbox, SessionLink("poison", "no address", SessionState.CONNECTED, True))
@@ -231,7 +231,7 @@ from actors.messages import (DeliveryResult, DeliveryResults, GetRoutes, SendTex
 from actors.system import LOOPBACK, SUPERVISOR_NAME, join_system
 
 system = join_system(int(sys.argv[1]), LOOPBACK, ())
-supervisor = system.createActor("actors.supervisor.SupervisorActor",
+supervisor = system.createActor("actors.supervisor.actor.SupervisorActor",
                                 globalName=SUPERVISOR_NAME)
 outbox = system.ask(supervisor, GetRoutes("routes"), 20).value["outbox"]
 system.tell(outbox, SessionLink("poison", None, SessionState.RECONNECTING, True))

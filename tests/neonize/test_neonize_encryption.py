@@ -19,7 +19,7 @@ from typing import Any
 import diskcache
 import pytest
 
-from actors.sealed_store import (
+from actors.session.sealed_store import (
     SQLITE_HEADER,
     StoreId,
     is_sealed,

@@ -68,7 +68,7 @@ from typing import Any
 
 import phonenumbers
 
-from actors.audit_log import audit_dir, log_files
+from actors.audit.log import audit_dir, log_files
 from actors.transport.simulator import SimulatorServer
 from gateway.auth.tokens import new_token
 from gateway.core.config import AuditConfig, HttpConfig, SimulatorConfig
@@ -686,7 +686,7 @@ def cached_check_cpu(root: Path, calls: int = 20_000) -> tuple[float, float]:
     the check on and (for reference) the same work skipped; measured in this process
     on the gateway's own code and a real SQLite file: what ``delivery.check_recipient``
     adds to a send (target: at most 0.2 ms)."""
-    from actors.numbers import Budget, check_numbers, open_cache
+    from actors.outbox.numbers import Budget, check_numbers, open_cache
 
     cache = open_cache(root, 168.0, 24.0)
     numbers = [n.removeprefix("+") for n in recipients(50)]

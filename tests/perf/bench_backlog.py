@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.message_store import MessageStore, NewMessage
+from actors.outbox.store import MessageStore, NewMessage
 from actors.transport.simulator import SimulatorServer
 from gateway.core.config import HttpConfig, SimulatorConfig
 from tests.integration.harness import Gateway, wait_for

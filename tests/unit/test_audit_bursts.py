@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.audit_bursts import (
+from actors.audit.bursts import (
     MAX_KINDS_PER_SOURCE,
     MAX_WINDOW_FACTOR,
     BurstCounter,

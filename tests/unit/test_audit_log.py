@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.audit_log import (
+from actors.audit.log import (
     GENESIS,
     AuditError,
     AuditLock,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.sealed_store import snapshot
+from actors.session.sealed_store import snapshot
 from gateway.core.child_env import helper_environment, secret_variables, web_config, without_secrets
 from gateway.core.config import load_config
 from gateway.web.server import web_environment

@@ -40,15 +40,15 @@ def test_the_tree_keeps_every_import_contract() -> None:
 # (contract id, module that gains the import, the forbidden import)
 VIOLATIONS = [
     ("core-is-a-leaf", "gateway/core/times.py", "from gateway.web import bridge"),
-    ("core-is-a-leaf", "gateway/core/networks.py", "import actors.windows"),
-    ("actors-see-only-core", "actors/windows.py", "import gateway.api.resolvers"),
-    ("actors-see-only-core", "actors/policy.py", "from gateway import __version__"),
+    ("core-is-a-leaf", "gateway/core/networks.py", "import actors.outbox.windows"),
+    ("actors-see-only-core", "actors/outbox/windows.py", "import gateway.api.resolvers"),
+    ("actors-see-only-core", "actors/supervisor/policy.py", "from gateway import __version__"),
     ("flask-only-in-the-web-tier", "gateway/api/health.py", "import flask"),
-    ("flask-only-in-the-web-tier", "actors/outbox.py", "from ariadne import ObjectType"),
-    ("thespian-only-in-actors", "actors/windows.py", "import thespian.actors"),
+    ("flask-only-in-the-web-tier", "actors/outbox/actor.py", "from ariadne import ObjectType"),
+    ("thespian-only-in-actors", "actors/outbox/windows.py", "import thespian.actors"),
     ("thespian-only-in-actors", "gateway/api/resolvers.py",
      "from thespian.actors import ActorSystem"),
-    ("neonize-only-in-its-transport", "actors/supervisor.py", "import neonize"),
+    ("neonize-only-in-its-transport", "actors/supervisor/actor.py", "import neonize"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""A session's linked device and what belongs to it (actors.links): link epochs, the
+"""A session's linked device and what belongs to it (actors.session.links): link epochs, the
 account a message may be sent from, and the bounded session registry."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
-from actors.links import (
+from actors.messages import SessionState, SessionStatus
+from actors.session.links import (
     evictable,
     holds_nothing,
     keep_account,
@@ -16,7 +17,6 @@ from actors.links import (
     updated_entry,
     wrong_account,
 )
-from actors.messages import SessionState, SessionStatus
 
 
 def counter(start: int = 0) -> Callable[[], int]:

@@ -13,8 +13,8 @@ from pathlib import Path
 from thespian.actors import PoisonMessage
 
 import actors.messages as messages
-from actors.message_store import MessageStore, NewMessage
 from actors.messages import Accepted, Deliver, DeliverBatch, MessagePage, Offer, Ok, SendText
+from actors.outbox.store import MessageStore, NewMessage
 
 SECRET = "Your code is 918273"
 
@@ -40,7 +40,7 @@ def test_every_text_field_of_an_actor_message_is_left_out_of_its_repr() -> None:
 
 
 def test_records_leave_the_outbox_without_their_text(tmp_path: Path) -> None:
-    from actors.message_store import public_record
+    from actors.outbox.store import public_record
 
     store = MessageStore(tmp_path)
     record = store.add(NewMessage("default", "14155552671", SECRET), 1.0)

@@ -1,11 +1,11 @@
-"""How the message store answers its frequent counts (actors/message_store.py), on a
+"""How the message store answers its frequent counts (actors/outbox/store.py), on a
 real SQLite file: the query plan, not a timing."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from actors.message_store import UNCONFIRMED_SQL, MessageStore
+from actors.outbox.store import UNCONFIRMED_SQL, MessageStore
 
 
 def _plan(store: MessageStore, sql: str, *args: object) -> list[str]:

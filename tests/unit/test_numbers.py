@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.numbers import (
+from actors.outbox.numbers import (
     Budget,
     LookupBudgetExceeded,
     LookupFailed,

@@ -1,4 +1,4 @@
-"""Pacing decisions (actors/pacing.py) and the warm-up ledger (actors/warmup.py)."""
+"""Pacing decisions (actors/outbox/pacing.py) and the warm-up ledger (actors/outbox/warmup.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from actors.pacing import (
+from actors.outbox.pacing import (
     DAY_SECONDS,
     Pacer,
     PacingRules,
@@ -18,7 +18,7 @@ from actors.pacing import (
     next_send_at,
     warmup_window,
 )
-from actors.warmup import Warmup
+from actors.outbox.warmup import Warmup
 from gateway.core.config import PacingConfig
 
 DEFAULTS = PacingRules.from_config(PacingConfig())

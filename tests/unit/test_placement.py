@@ -1,10 +1,10 @@
-"""Placement and heartbeat tracking of a cluster (actors.placement): pure logic."""
+"""Placement and heartbeat tracking of a cluster (actors.supervisor.placement): pure logic."""
 
 from __future__ import annotations
 
 import pytest
 
-from actors.placement import HeartbeatTracker, HostLoad, choose_host, loads
+from actors.supervisor.placement import HeartbeatTracker, HostLoad, choose_host, loads
 from gateway.cli.cluster_mode import cluster_problem
 from gateway.core.config import ConfigError, load_config
 

@@ -1,10 +1,15 @@
-"""Unit tests for actors.policy: all times are explicit, nothing sleeps."""
+"""Unit tests for actors.supervisor.policy: all times are explicit, nothing sleeps."""
 
 from __future__ import annotations
 
 import pytest
 
-from actors.policy import ReconnectPolicy, RestartBudget, backoff_delay, rate_overlimit_pause
+from actors.supervisor.policy import (
+    ReconnectPolicy,
+    RestartBudget,
+    backoff_delay,
+    rate_overlimit_pause,
+)
 from gateway.core.config import ReconnectConfig
 
 DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -129,7 +134,7 @@ def test_reconnect_policy_is_frozen() -> None:
 
 
 def test_retry_delay_doubles_up_to_the_cap_with_equal_jitter() -> None:
-    from actors.policy import retry_delay
+    from actors.supervisor.policy import retry_delay
 
     assert [retry_delay(n, 2.0, 300.0, 0.0) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
     assert [retry_delay(n, 2.0, 300.0, 0.999999) for n in (1, 2)] == pytest.approx([2.0, 4.0])
@@ -137,7 +142,7 @@ def test_retry_delay_doubles_up_to_the_cap_with_equal_jitter() -> None:
 
 
 def test_retry_delay_rejects_attempt_zero() -> None:
-    from actors.policy import retry_delay
+    from actors.supervisor.policy import retry_delay
 
     with pytest.raises(ValueError):
         retry_delay(0, 2.0, 300.0, 0.5)

@@ -1,5 +1,5 @@
 """Receipts: who sent one (LIDs mapped to numbers), and the ones that overtake their
-message's WhatsApp id (actors/receipts.py, actors/transport/base.py)."""
+message's WhatsApp id (actors/outbox/receipts.py, actors/transport/base.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from actors.receipts import EarlyReceipts, HeldReceipt
+from actors.outbox.receipts import EarlyReceipts, HeldReceipt
 from actors.transport.base import peer_phone
 
 
@@ -92,7 +92,7 @@ def test_bounds_must_be_usable() -> None:
 def test_a_receipt_is_recorded_at_its_own_time_within_what_is_possible() -> None:
     """The device's time, but never before the send it confirms nor in the future;
     0 or NaN (the engine did not say) is the moment the outbox applies it."""
-    from actors.receipts import receipt_time
+    from actors.outbox.receipts import receipt_time
 
     assert receipt_time(1_000.0, record_time=900.0, now=1_100.0) == 1_000.0
     assert receipt_time(800.0, record_time=900.0, now=1_100.0) == 900.0
@@ -103,7 +103,7 @@ def test_a_receipt_is_recorded_at_its_own_time_within_what_is_possible() -> None
 
 
 def test_a_held_receipt_keeps_its_own_time() -> None:
-    from actors.receipts import EarlyReceipts
+    from actors.outbox.receipts import EarlyReceipts
 
     held = EarlyReceipts()
     held.hold("s", "3EB0", "delivered", "4917", now=100.0, sent_at=95.0)

@@ -1,4 +1,4 @@
-"""The sealed store format, the storage key and crash-safe writes (actors/sealed_store.py)."""
+"""The sealed store format, the storage key and crash-safe writes (session/sealed_store.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.sealed_store import (
+from actors.session.sealed_store import (
     HEADER_BYTES,
     MAGIC,
     CorruptStore,
@@ -173,7 +173,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> 
     script = textwrap.dedent(f"""
         import resource, signal, sys
         from pathlib import Path
-        from actors.sealed_store import write_atomic
+        from actors.session.sealed_store import write_atomic
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
         try:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from actors.messages import SessionState
-from actors.policy import ReconnectPolicy
-from actors.session_machine import (
+from actors.session.machine import (
     ArmConnectTimeout,
     ArmWatchdog,
     LogoutClient,
@@ -13,6 +12,7 @@ from actors.session_machine import (
     StartClient,
     StopClient,
 )
+from actors.supervisor.policy import ReconnectPolicy
 from actors.transport.base import (
     ClientOutdated,
     Connected,
@@ -346,8 +346,8 @@ def test_a_ban_whose_end_the_engine_could_not_report_is_banned_without_retries()
     assert error is not None and error.code == "BANNED" and "until when" in error.message
     assert m.on_event(Disconnected("late"), 6.0) == [] and m.reconnect_due(40.0) == []
 def test_client_outdated_tells_the_operator_it_is_the_engine_and_where_the_runbook_is() -> None:
-    from actors.policy import ReconnectPolicy
-    from actors.session_machine import SessionMachine
+    from actors.session.machine import SessionMachine
+    from actors.supervisor.policy import ReconnectPolicy
     from actors.transport.base import ClientOutdated
 
     machine = SessionMachine("s", ReconnectPolicy(5, 30.0), 90.0, paired=True)
@@ -359,7 +359,7 @@ def test_client_outdated_tells_the_operator_it_is_the_engine_and_where_the_runbo
     assert "When WhatsApp retires the engine's version" in error.message
 def test_a_send_to_a_failed_session_says_why_it_gave_up() -> None:
     from actors.messages import ErrorInfo
-    from actors.session_machine import refuse_send
+    from actors.session.machine import refuse_send
 
     gave_up = ErrorInfo("RECONNECT_FAILED", "gave up after 5 connect attempts (last: server "
                         "unreachable); check the network, then call whatsAppConnect")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from actors.messages import ErrorInfo, SessionState, SessionStatus
-from actors.status_snapshot import FILE_NAME, SnapshotReader, remove_snapshot, write_snapshot
+from actors.supervisor.snapshot import FILE_NAME, SnapshotReader, remove_snapshot, write_snapshot
 
 
 def _data(tmp_path: Path) -> Path:

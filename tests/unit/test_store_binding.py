@@ -1,6 +1,6 @@
 """Sealed stores are bound to their session and store, and (with a generation ledger
-outside data_dir) cannot be rolled back: actors/sealed_store.py,
-actors/store_generations.py and their use in actors/working_copy.py and
+outside data_dir) cannot be rolled back: actors/session/sealed_store.py,
+actors/session/store_generations.py and their use in actors/session/working_copy.py and
 gateway/cli/store_keys.py, on real files."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from actors.sealed_store import (
+from actors.session.sealed_store import (
     FINGERPRINT_BYTES,
     MAGIC,
     NONCE_BYTES,
@@ -31,8 +31,8 @@ from actors.sealed_store import (
     unseal,
     write_atomic,
 )
-from actors.store_generations import GenerationLedger, RolledBack, open_ledger
-from actors.working_copy import WorkingCopy
+from actors.session.store_generations import GenerationLedger, RolledBack, open_ledger
+from actors.session.working_copy import WorkingCopy
 from gateway.cli.store_keys import StoreCheckError, check_stores, verify_stores
 from gateway.core.config import EncryptionConfig, load_config
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.sealed_store import (
+from actors.session.sealed_store import (
     StoreId,
     StoreKey,
     generate_key_text,
@@ -76,7 +76,7 @@ def test_a_rotation_killed_half_way_leaves_every_store_readable_and_a_rerun_fini
     script = textwrap.dedent(f"""
         import json, os, signal
         from pathlib import Path
-        from actors.sealed_store import parse_key
+        from actors.session.sealed_store import parse_key
         from gateway.core.config import load_config
         from gateway.cli.store_keys import rotate_keys
         config = load_config(None, json.loads({settings}))

@@ -1,4 +1,4 @@
-"""Unit tests for actors.windows: all times are explicit, nothing sleeps."""
+"""Unit tests for actors.outbox.windows: all times are explicit, nothing sleeps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from actors.windows import SlidingWindow, WindowSpec, admit
+from actors.outbox.windows import SlidingWindow, WindowSpec, admit
 
 MINUTE = WindowSpec("number:minute", limit=10, period=60.0)
 HOUR = WindowSpec("number:hour", limit=100, period=3600.0)

@@ -1,4 +1,4 @@
-"""A session's decrypted working copy and its checkpoints (actors/working_copy.py)."""
+"""A session's decrypted working copy and its checkpoints (actors/session/working_copy.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.sealed_store import (
+from actors.session.sealed_store import (
     StoreId,
     StoreKey,
     WrongKey,
@@ -26,7 +26,7 @@ from actors.sealed_store import (
     unseal,
     write_atomic,
 )
-from actors.working_copy import WorkingCopy, clear_stale, gateway_tag, work_root
+from actors.session.working_copy import WorkingCopy, clear_stale, gateway_tag, work_root
 from gateway.core.config import EncryptionConfig
 
 CREDS = {"device_id": "0123456789abcdef", "phone": "15557654321", "linked_at": 1.0}
@@ -182,8 +182,8 @@ def test_stale_working_copies_of_a_crashed_process_are_cleared(
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from actors.sealed_store import parse_key
-        from actors.working_copy import WorkingCopy
+        from actors.session.sealed_store import parse_key
+        from actors.session.working_copy import WorkingCopy
         from gateway.core.config import EncryptionConfig
         key = parse_key(Path({str(key_file)!r}).read_text(), "file")
         enc = EncryptionConfig(work_dir={enc.work_dir!r})
@@ -245,8 +245,8 @@ def _crash_between_checkpoints(tmp_path: Path, key: StoreKey, enc: EncryptionCon
     script = textwrap.dedent(f"""
         import sqlite3, sys, time
         from pathlib import Path
-        from actors.sealed_store import parse_key
-        from actors.working_copy import WorkingCopy
+        from actors.session.sealed_store import parse_key
+        from actors.session.working_copy import WorkingCopy
         from gateway.core.config import EncryptionConfig
         key = parse_key(Path({str(key_file)!r}).read_text(), "file")
         enc = EncryptionConfig(work_dir={enc.work_dir!r})
@@ -305,7 +305,7 @@ def test_an_orphan_never_overwrites_a_store_sealed_after_it(
         tmp_path: Path, key: StoreKey, enc: EncryptionConfig) -> None:
     """Another process (or host) sealed the store after the crashed one's last
     checkpoint: that store is newer than the orphan, which is only removed."""
-    from actors.sealed_store import sealed_generation
+    from actors.session.sealed_store import sealed_generation
 
     data = tmp_path / "data"
     orphan = _crash_between_checkpoints(tmp_path, key, enc, data)
@@ -317,7 +317,7 @@ def test_an_orphan_never_overwrites_a_store_sealed_after_it(
         db.commit()
     generation = sealed_generation(path.read_bytes()) + 1
     write_atomic(path, seal(key, later.read_bytes(), StoreId("s1", "neonize.db"), generation))
-    from actors.working_copy import seal_orphans
+    from actors.session.working_copy import seal_orphans
 
     assert seal_orphans(Path(enc.work_dir), gateway_tag(data), data, key, enc) == []
     assert orphan.is_dir()  # sealing never removes: clear_stale does
@@ -329,7 +329,7 @@ def test_the_gateways_start_seals_orphans_of_every_session(
         tmp_path: Path, key: StoreKey, enc: EncryptionConfig) -> None:
     """``wagate serve`` checks the stores before any session starts
     (``gateway.cli.store_keys.check_stores``): it seals orphans by session name."""
-    from actors.working_copy import seal_orphans
+    from actors.session.working_copy import seal_orphans
 
     data = tmp_path / "data"
     orphan = _crash_between_checkpoints(tmp_path, key, enc, data)

@@ -10,7 +10,7 @@ copy back into ``data_dir/sessions/<session>/``: a consistent snapshot, encrypte
 sealed file, and skipped when nothing changed. A store the engine deleted (a logout)
 is deleted from ``data_dir`` too. With ``encryption.generations_file`` every store
 written or deleted is recorded there, and an older copy is refused on open
-(``actors.store_generations``).
+(``actors.session.store_generations``).
 
 A crashed session process cannot remove its working copy; the next start of the same
 session (or of the gateway) first seals what it holds, then removes it. The engine
@@ -41,7 +41,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.sealed_store import (
+from actors.session.sealed_store import (
     FORMAT_VERSION,
     SQLITE_COMPANIONS,
     STORE_FILES,
@@ -59,7 +59,7 @@ from actors.sealed_store import (
     unseal,
     write_atomic,
 )
-from actors.store_generations import GenerationLedger, open_ledger
+from actors.session.store_generations import GenerationLedger, open_ledger
 from actors.transport.base import check_session_id, make_private_dir
 from gateway.core.config import EncryptionConfig
 

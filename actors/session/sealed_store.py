@@ -4,7 +4,7 @@ Stored WhatsApp credentials are the keys to a phone number, and ``data_dir`` is 
 gets backed up, copied and restored. So the credential stores in ``data_dir/sessions``
 are kept encrypted under a key that lives elsewhere (an environment variable or a key
 file named in the config), and only the running session ever sees them in clear, in a
-private working copy (``actors.working_copy``).
+private working copy (``actors.session.working_copy``).
 
 A sealed file is a small header followed by AES-256-GCM ciphertext::
 
@@ -15,7 +15,7 @@ The associated data is the header and the store's identity (its session and file
 name, ``StoreId``): a sealed store opens only as the store it was written as, so
 copying session A's credentials over session B's (or one store file over another)
 fails authentication. The generation grows by one at each checkpoint; checked
-against a ledger outside data_dir (``actors.store_generations``) it stops an older
+against a ledger outside data_dir (``actors.session.store_generations``) it stops an older
 copy from being put back. The fingerprint (the first bytes of the key's SHA-256)
 lets a wrong key be reported as "encrypted with key A, configured key is B" instead
 of a bare authentication failure. Format 1 (no identity, no generation) is still

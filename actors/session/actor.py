@@ -7,7 +7,7 @@ they report comes back through the thread bridge, tagged with the generation of
 the client that produced it so late events from a closed client are ignored.
 
 With a storage key the transport works on a decrypted working copy of the session's
-stores (``actors.working_copy``) and this actor writes encrypted checkpoints back on
+stores (``actors.session.working_copy``) and this actor writes encrypted checkpoints back on
 a store thread: on pairing, on every connect (before CONNECTED is reported, so a
 session that says it is connected survives any crash), every
 ``encryption.checkpoint_seconds`` while changed, and on exit.
@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from thespian.actors import ActorExitRequest, WakeupMessage
 
-from actors.links import ACCOUNT_CHANGED, wrong_account
 from actors.messages import (
     Deliver,
     DeliverBatch,
@@ -44,8 +43,8 @@ from actors.messages import (
     StartSession,
     StatusChanged,
 )
-from actors.policy import ReconnectPolicy
-from actors.session_machine import (
+from actors.session.links import ACCOUNT_CHANGED, wrong_account
+from actors.session.machine import (
     ACTIVE_STATES,
     Action,
     ArmConnectTimeout,
@@ -56,6 +55,7 @@ from actors.session_machine import (
     StartClient,
     StopClient,
 )
+from actors.supervisor.policy import ReconnectPolicy
 from actors.system import host_config, on_required_host
 from actors.threadbridge import BridgedActor
 from actors.transport import parallel_sends
@@ -73,7 +73,7 @@ from actors.transport.base import (
 from gateway.core.observability import setup_logging
 
 if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
-    from actors.working_copy import WorkingCopy
+    from actors.session.working_copy import WorkingCopy
 
 log = structlog.get_logger("wagate.session")
 
@@ -260,8 +260,8 @@ class SessionActor(BridgedActor):
         """Decrypt the session's stores into a private working copy, or (no key
         configured: ``--demo`` only) make sure none of them is encrypted. A problem
         fails the session with ``STORE_UNAVAILABLE``, never a new QR code."""
-        from actors.sealed_store import StoreError, StoreKeyError, load_key
-        from actors.working_copy import WorkingCopy, sealed_store_names
+        from actors.session.sealed_store import StoreError, StoreKeyError, load_key
+        from actors.session.working_copy import WorkingCopy, sealed_store_names
 
         config = self.config
         try:
@@ -330,9 +330,9 @@ class SessionActor(BridgedActor):
         the stores cannot be decrypted): the phone may still list the device, but the
         credentials are deleted, as after a logout without a network, so no later
         start resumes them."""
-        from actors.sealed_store import StoreError
-        from actors.store_generations import open_ledger
-        from actors.working_copy import remove_stores
+        from actors.session.sealed_store import StoreError
+        from actors.session.store_generations import open_ledger
+        from actors.session.working_copy import remove_stores
 
         config = self.config
         try:
@@ -598,7 +598,7 @@ class SessionActor(BridgedActor):
 
     def _paired(self) -> bool:
         if self.store_problem is not None:
-            from actors.working_copy import has_sealed_stores
+            from actors.session.working_copy import has_sealed_stores
 
             return has_sealed_stores(self.config.data_path, self.session,
                                      self.config.sessions_path)

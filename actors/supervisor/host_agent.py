@@ -26,8 +26,8 @@ import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.messages import HostBeat, HostBeatAck, ProcessInfo, StartAgent, WhoAreYou
-from actors.placement import HeartbeatTracker
 from actors.run_once import RunOnce
+from actors.supervisor.placement import HeartbeatTracker
 from actors.system import on_required_host
 
 log = structlog.get_logger("wagate.host_agent")

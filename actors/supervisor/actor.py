@@ -29,9 +29,7 @@ from thespian.actors import (
     WakeupMessage,
 )
 
-from actors.audit import AuditActor
-from actors.cluster_supervision import ClusterSupervision, Host, HostCheck, RefusedHost
-from actors.links import evictable, keep_account, over_limit, updated_entry
+from actors.audit.actor import AuditActor
 from actors.messages import (
     AuditEvent,
     CheckNumbers,
@@ -72,13 +70,15 @@ from actors.messages import (
     WhoAreYou,
 )
 from actors.metrics import SessionCounters
-from actors.outbox import OutboxActor
-from actors.placement import HeartbeatTracker
-from actors.policy import RestartBudget, backoff_delay
+from actors.outbox.actor import OutboxActor
 from actors.run_once import RunOnce
-from actors.session import SessionActor
-from actors.session_machine import ACTIVE_STATES, FINAL_STATES
-from actors.status_snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
+from actors.session.actor import SessionActor
+from actors.session.links import evictable, keep_account, over_limit, updated_entry
+from actors.session.machine import ACTIVE_STATES, FINAL_STATES
+from actors.supervisor.cluster import ClusterSupervision, Host, HostCheck, RefusedHost
+from actors.supervisor.placement import HeartbeatTracker
+from actors.supervisor.policy import RestartBudget, backoff_delay
+from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, host_name
 from gateway.core.config import Config, without_credentials
 from gateway.core.observability import setup_logging
@@ -651,7 +651,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
 
     def _remember(self, session: str, **changes: Any) -> None:
         """Persist what a restart needs: is the session wanted, is it paired, and its
-        link epoch (actors.links; a logout starts a new one)."""
+        link epoch (actors.session.links; a logout starts a new one)."""
         assert self.registry is not None
         sessions = self._remembered()
         sessions[session] = updated_entry(sessions.get(session), changes, self._next_epoch)
@@ -665,7 +665,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         self.registry.set("epoch", epoch)
         return epoch
 
-    # ---- the registry's bound, and forgetting (actors.links) --------------------------
+    # ---- the registry's bound, and forgetting (actors.session.links) --------------------------
 
     def _known(self, session: str) -> bool:
         return (session in self.statuses or _key(session) in self.children
@@ -676,7 +676,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
 
     def _has_stores(self, session: str) -> bool:
         assert self.config is not None
-        from actors.working_copy import has_sealed_stores  # the cipher library: only here
+        from actors.session.working_copy import has_sealed_stores  # the cipher library: only here
 
         return has_sealed_stores(self.config.data_path, session, self.config.sessions_path)
 
@@ -745,9 +745,9 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         status and counters, and its queue (the outbox fails what waits,
         SESSION_FORGOTTEN). Returns why it could not, or None."""
         assert self.registry is not None and self.config is not None
-        from actors.sealed_store import StoreError  # the cipher library: only here
-        from actors.store_generations import open_ledger
-        from actors.working_copy import remove_stores
+        from actors.session.sealed_store import StoreError  # the cipher library: only here
+        from actors.session.store_generations import open_ledger
+        from actors.session.working_copy import remove_stores
 
         try:
             ledger = open_ledger(self.config.encryption.generations_file, self.config.data_path)

@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from actors.messages import ErrorInfo, Failed, SessionState, SessionStatus
-from actors.policy import ReconnectPolicy
+from actors.supervisor.policy import ReconnectPolicy
 from actors.transport.base import (
     ClientOutdated,
     Connected,

@@ -1,6 +1,6 @@
 """AuditActor: the single writer of the audit log while the gateway runs.
 
-A thin shell around ``actors.audit_log``: it takes the audit lock for its whole life
+A thin shell around ``actors.audit.log``: it takes the audit lock for its whole life
 (so a CLI can tell that the gateway writes, and sends its entries here instead of
 writing beside it), opens the log (recovering the chain's tail) and appends every
 ``AuditEvent`` it is told. Writing a line is one ``write()`` to the page cache, so the
@@ -9,7 +9,7 @@ handler never blocks for long.
 Refused requests (``auth.failure``) come in bursts when a client hammers the API: the
 first of a kind (network, code, route template, token; never the path the client
 chose) is written at once, the rest as counted summaries at growing intervals
-(``actors.audit_bursts``), so a flood costs a trickle of lines; and the log keeps at
+(``actors.audit.bursts``), so a flood costs a trickle of lines; and the log keeps at
 most ``audit.max_files`` files (``AuditLog.retire``), so nothing fills the disk.
 
 Nothing is dropped silently: events that arrive while the log cannot be opened (the
@@ -31,8 +31,8 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from actors.audit_bursts import BurstCounter
-from actors.audit_log import AuditLock, AuditLog, audit_dir, iso_time, lock_holder
+from actors.audit.bursts import BurstCounter
+from actors.audit.log import AuditLock, AuditLog, audit_dir, iso_time, lock_holder
 from actors.messages import AuditEvent, Failed, Ok, RecordAudit, Routed, StartWorker
 from actors.run_once import RunOnce
 from gateway.core.config import Config

@@ -2,7 +2,7 @@
 
 WhatsApp bans linked accounts that send like machines: bursts at machine speed,
 evenly spaced sends, a newly linked device sending its full volume at once. Beyond
-the rate limits (actors/limiter.py), every session therefore
+the rate limits (actors/outbox/limits.py), every session therefore
 
 * leaves at least ``min_interval`` plus a random ``0..jitter`` between two sends
   (``Pacer``: the next allowed send time per session);
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from actors.windows import WindowSpec
+from actors.outbox.windows import WindowSpec
 
 if TYPE_CHECKING:
     from gateway.core.config import PacingConfig

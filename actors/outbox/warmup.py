@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import diskcache
 
-from actors.pacing import PacingRules, in_warmup, newly_linked, warmup_window
-from actors.windows import SlidingWindow
+from actors.outbox.pacing import PacingRules, in_warmup, newly_linked, warmup_window
+from actors.outbox.windows import SlidingWindow
 
 
 class Warmup:

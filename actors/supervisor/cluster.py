@@ -18,7 +18,7 @@ with the reason until a matching host of that name joins (the member refuses too
 
 The mixin uses the supervisor's own state and helpers (``children``, ``statuses``,
 ``_respawn``, ``_set_status``, ``_link``, ``_audit``); placement itself is pure
-(``actors.placement``).
+(``actors.supervisor.placement``).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate
 
-from actors.host_agent import HostAgent
 from actors.messages import ErrorInfo, HostBeat, HostBeatAck, SessionState, StartAgent
-from actors.placement import choose_host, loads
 from actors.protocol import describe, identity, incompatibility
+from actors.supervisor.host_agent import HostAgent
+from actors.supervisor.placement import choose_host, loads
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, SLOTS_CAPABILITY
 
 log = structlog.get_logger("wagate.supervisor")
@@ -204,7 +204,7 @@ class ClusterSupervision:
                 self._respawn(key)  # a failed start is retried; the other sessions move on
 
     def _place(self, session: str, overflow: bool) -> str | None:
-        """The host for ``session``: free slots and fewest sessions (actors.placement)."""
+        """The host for ``session``: free slots and fewest sessions (supervisor.placement)."""
         if self.config is None or self.config.cluster.role == "single":
             return self.local_host
         slots = {n: h.slots for n, h in self.hosts.items() if h.alive and

@@ -1,6 +1,6 @@
 """The per-recipient and global send windows, persisted on disk.
 
-The windows (actors/windows.py) decide; ``Limits`` keeps them and writes every change
+The windows (actors/outbox/windows.py) decide; ``Limits`` keeps them and writes every change
 through to diskcache before a send passes, so limits survive a restart or a crash.
 A rejected send consumes no quota.
 
@@ -17,7 +17,7 @@ from collections import OrderedDict
 import diskcache
 
 from actors.messages import Failed
-from actors.windows import SlidingWindow, WindowSpec, admit
+from actors.outbox.windows import SlidingWindow, WindowSpec, admit
 from gateway.core.config import LimitsConfig
 from gateway.core.recipients import rate_limit_key
 

@@ -46,17 +46,6 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from actors.limiter import Limits, rate_limited
-from actors.links import ENDED_MESSAGES, SESSION_FORGOTTEN, SESSION_LOGGED_OUT, link_ended
-from actors.message_store import (
-    PENDING,
-    RECEIPT_RANK,
-    MessageStore,
-    NewMessage,
-    cursor_of,
-    key_verdict,
-    public_record,
-)
 from actors.messages import (
     Accepted,
     CollectHealth,
@@ -79,14 +68,25 @@ from actors.messages import (
     StartWorker,
 )
 from actors.metrics import RefusalCounters
-from actors.numbers import NumberCache, open_cache
-from actors.pacing import WARMUP_SCOPE, Pacer, PacingRules
-from actors.policy import rate_overlimit_pause, retry_delay
-from actors.receipts import EarlyReceipts, receipt_time
+from actors.outbox.limits import Limits, rate_limited
+from actors.outbox.numbers import NumberCache, open_cache
+from actors.outbox.pacing import WARMUP_SCOPE, Pacer, PacingRules
+from actors.outbox.receipts import EarlyReceipts, receipt_time
+from actors.outbox.store import (
+    PENDING,
+    RECEIPT_RANK,
+    MessageStore,
+    NewMessage,
+    cursor_of,
+    key_verdict,
+    public_record,
+)
+from actors.outbox.warmup import Warmup
 from actors.run_once import RunOnce
-from actors.session_machine import refuse_send
+from actors.session.links import ENDED_MESSAGES, SESSION_FORGOTTEN, SESSION_LOGGED_OUT, link_ended
+from actors.session.machine import refuse_send
+from actors.supervisor.policy import rate_overlimit_pause, retry_delay
 from actors.transport.base import NOT_ON_WHATSAPP, RATE_OVERLIMIT, NumberInfo
-from actors.warmup import Warmup
 from gateway.core.config import Config, PacingConfig
 from gateway.core.observability import setup_logging
 
@@ -416,7 +416,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
         """A receipt counts for the message its session sent under that WhatsApp id; one
-        that overtook its send's result waits for the id (``actors.receipts``)."""
+        that overtook its send's result waits for the id (``actors.outbox.receipts``)."""
         assert self.store is not None
         now = time.time()
         record = self.store.by_wa_id(msg.wa_message_id, msg.session)
@@ -595,7 +595,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 self._uncertain(record, now, "its session process ended while sending it")
         self._settle_ended(landed)
 
-    # ---- the end of a linked device: its queue ends with it (actors.links) -----------
+    # ---- the end of a linked device: its queue ends with it (actors.session.links) -----------
 
     def _end_stale_queues(self) -> None:
         """At start: the queues of forgotten sessions, and of devices logged out while

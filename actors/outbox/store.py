@@ -94,7 +94,7 @@ class NewMessage:
     idempotency_key: str | None = None
     valid_until: float | None = None
     is_test: bool = False
-    account: str | None = None  # the linked account it may be sent from (actors.links)
+    account: str | None = None  # the linked account it may be sent from (actors.session.links)
     link_epoch: int = 0  # the session's link epoch when it was accepted
     note: str = ""  # the QUEUED history entry's reason (RECIPIENT_UNKNOWN_TIMEOUT ...)
 
@@ -371,7 +371,7 @@ def public_record(record: dict[str, Any]) -> dict[str, Any]:
 
 def _add_link_columns(db: sqlite3.Connection) -> None:
     """The columns that bind a message to the linked device it was accepted for
-    (``actors.links``), added to a store written before they existed: its messages
+    (``actors.session.links``), added to a store written before they existed: its messages
     get epoch 0 and no account, which their sessions' registry entries match."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
     if "account" not in columns:
