@@ -26,7 +26,9 @@ from gateway.core.version import __version__
 
 # Bump whenever a pickled class changes shape or meaning. ``LAYOUT`` records the shape
 # this number stands for: a unit test fails when the classes change without a bump.
-PROTOCOL = 2
+# Also bump when an actor class moves: a leader creates actors on its members by the
+# class's module path (3: the actors moved into supervisor/, session/, outbox/, audit/).
+PROTOCOL = 3
 LAYOUT = "81775a0b10528172"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
