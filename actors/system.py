@@ -331,5 +331,22 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+def is_poison_for(reply: Any, request_id: str) -> bool:
+    """Whether ``reply`` is Thespian's notice that the message with ``request_id`` made
+    its handler fail twice (a PoisonMessage returned to the sender), so the web tier can
+    answer at once instead of waiting out its deadline."""
+    from thespian.actors import PoisonMessage
+
+    return (isinstance(reply, PoisonMessage)
+            and getattr(reply.poisonMessage, "request_id", None) == request_id)
+
+
+def stop_actor(system: Any, actor: Any) -> None:
+    """Ask one actor of ``system`` to exit (Thespian's ActorExitRequest)."""
+    from thespian.actors import ActorExitRequest
+
+    system.tell(actor, ActorExitRequest())
+
+
 def group_alive(pgid: int) -> bool:
     return bool(_group_members(pgid))

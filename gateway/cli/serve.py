@@ -40,6 +40,7 @@ from actors.system import (
     convention_timer_env,
     port_listening,
     start_system,
+    stop_actor,
 )
 from gateway.cli.cluster_mode import cluster_problem
 from gateway.cli.ownership import Stamp
@@ -313,13 +314,11 @@ def start_actor_system(config: Config, started: Started, run: Run) -> None:
 def _member_processes(system: Any, timeout: float) -> Any:
     """A member runs no supervisor: a short-lived local actor tells the process group
     of its actor system and the Admin's pid (to watch)."""
-    from thespian.actors import ActorExitRequest
-
     from actors.supervisor.host_agent import HostAgent
 
     probe = system.createActor(HostAgent)
     info = system.ask(probe, WhoAreYou(), timeout)
-    system.tell(probe, ActorExitRequest())
+    stop_actor(system, probe)
     return info
 
 

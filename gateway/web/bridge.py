@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from actors.messages import AuditEvent, Failed, GetRoutes
-from actors.system import LOOPBACK, SUPERVISOR_NAME, join_system
+from actors.system import LOOPBACK, SUPERVISOR_NAME, is_poison_for, join_system
 from gateway.api.errors import GatewayError
 
 log = structlog.get_logger("wagate.bridge")
@@ -82,8 +82,6 @@ class ActorBridge:
     # ---- internals ----------------------------------------------------------------------
 
     def _ask(self, target: Any, message: Any, wait: float) -> Any:
-        from thespian.actors import PoisonMessage
-
         base = getattr(message, "request_id", "") or "r"
         request_id = f"{base}.{os.getpid()}.{next(self._counter)}"
         message = dataclasses.replace(message, request_id=request_id)
@@ -92,11 +90,10 @@ class ActorBridge:
         try:
             reply = context.ask(target, message, wait)
             while reply is not None:
-                if isinstance(reply, PoisonMessage):
-                    if getattr(reply.poisonMessage, "request_id", None) == request_id:
-                        raise GatewayError("INTERNAL", "the gateway could not handle this "
-                                           "request")
-                elif getattr(reply, "request_id", None) == request_id:
+                if is_poison_for(reply, request_id):
+                    raise GatewayError("INTERNAL", "the gateway could not handle this "
+                                       "request")
+                if getattr(reply, "request_id", None) == request_id:
                     return reply
                 # A late reply to an earlier ask that timed out on this thread: drop it.
                 remaining = deadline - time.monotonic()
