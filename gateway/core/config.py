@@ -413,7 +413,9 @@ def _engine_defaults(raw: dict[str, Any]) -> dict[str, Any]:
     transport, pacing = raw.get("transport", {}), raw.get("pacing", {})
     if not isinstance(transport, dict) or not isinstance(pacing, dict):
         return raw  # _build names the section that is not a table
-    if transport.get("engine", TransportConfig.engine) == "simulator":
+    # TransportConfig().engine, not TransportConfig.engine: on a slotted dataclass the
+    # class attribute is the slot's descriptor, not the default (found by mypy).
+    if transport.get("engine", TransportConfig().engine) == "simulator":
         raw = {**raw, "pacing": {**SIMULATOR_PACING, **pacing}}
     return raw
 
@@ -569,7 +571,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for name, value in raw.items():
         dotted = prefix + name
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[name] = _build(hint, value, dotted + ".")
         else:
             values[name] = _check_value(dotted, hint, value)
