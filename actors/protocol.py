@@ -50,7 +50,8 @@ def describe_class(cls: type) -> str | None:
     if dataclasses.is_dataclass(cls):
         return f"{name}({','.join(f.name for f in dataclasses.fields(cls))})"
     if isinstance(cls, enum.EnumMeta):
-        return f"{name}[{','.join(f'{m.name}={m.value!r}' for m in cls)}]"
+        members: list[enum.Enum] = list(cls)
+        return f"{name}[{','.join(f'{m.name}={m.value!r}' for m in members)}]"
     return None
 
 

@@ -888,7 +888,8 @@ def _verify_files(directory: Path, files: list[tuple[int, Path]], live: bool,
                             "its original hash")
             return fail(rec, "edited", "the first entry does not start the chain")
         before = prev2.entry["hash"] if prev2 is not None and prev2.entry else GENESIS
-        if prev1 is not None and e["seq"] == prev1.entry["seq"] and e["prev"] == before:
+        if (prev1 is not None and prev1.entry is not None  # a chained record has an entry
+                and e["seq"] == prev1.entry["seq"] and e["prev"] == before):
             return fail(prev1, "inserted", "this line is not part of the chain: the next line "
                         "continues from the line before it")
         return fail(rec, "inserted", f"entry {e['seq']} appears again after entry "
@@ -927,6 +928,6 @@ def read_tail(directory: Path, count: int) -> list[str]:
                           maxlen=wanted - have)
         collected.append(list(chunk))
         have += len(chunk)
-    for chunk in reversed(collected):
-        lines.extend(chunk)
+    for part in reversed(collected):
+        lines.extend(part)
     return list(lines)

@@ -359,7 +359,9 @@ def key_verdict(earlier: dict[str, Any], requester: str, phone: str, text: str) 
 def delivery_unconfirmed(record: dict[str, Any], now: float, after_seconds: float) -> bool:
     """Whether ``record`` is SENT and has been for longer than ``after_seconds`` with no
     delivery receipt (its SENT time is its last change: a receipt moves it on)."""
-    return record["state"] == "SENT" and now - record["updated_at"] > after_seconds
+    state: str = record["state"]
+    sent_at: float = record["updated_at"]
+    return state == "SENT" and now - sent_at > after_seconds
 
 
 def public_record(record: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from actors.messages import ErrorInfo, Failed, SessionState, SessionStatus
 from actors.supervisor.policy import ReconnectPolicy
@@ -287,7 +288,7 @@ class SessionMachine:
                   last_error=ErrorInfo(code, message))
         return [StopClient()]
 
-    def _set(self, now: float, **changes: object) -> None:
+    def _set(self, now: float, **changes: Any) -> None:
         self.status = dataclasses.replace(self.status, updated_at=now, **changes)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate
@@ -36,6 +36,12 @@ from actors.protocol import describe, identity, incompatibility
 from actors.supervisor.host_agent import HostAgent
 from actors.supervisor.placement import choose_host, loads
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, SLOTS_CAPABILITY
+
+if TYPE_CHECKING:
+    from actors.messages import SessionStatus
+    from actors.supervisor.actor import Child
+    from actors.supervisor.placement import HeartbeatTracker
+    from gateway.core.config import Config
 
 log = structlog.get_logger("wagate.supervisor")
 
@@ -77,6 +83,30 @@ def session_key(session: str) -> str:
 
 class ClusterSupervision:
     """Mixed into SupervisorActor; see the module docstring."""
+
+    if TYPE_CHECKING:
+        # What the mixin uses of SupervisorActor (its state, its helpers) and of
+        # Thespian's Actor, declared so the type checker sees the contract between the
+        # two halves; SupervisorActor defines them all.
+        config: Config | None
+        children: dict[str, Child]
+        statuses: dict[str, SessionStatus]
+        stopping: bool
+        hosts: dict[str, Host]
+        refused: dict[str, RefusedHost]
+        local_host: str
+        tracker: HeartbeatTracker | None
+        beat_seq: int
+
+        def _respawn(self, key: str) -> None: ...
+        def _set_status(self, status: SessionStatus) -> None: ...
+        def _audit(self, event: str, **fields: Any) -> None: ...
+        def _link(self, session: str) -> None: ...
+        def send(self, target: Any, message: Any) -> None: ...
+        def createActor(self, actor_class: Any, targetActorRequirements: Any = None,
+                        globalName: str | None = None, sourceHash: str | None = None
+                        ) -> Any: ...
+        def wakeupAfter(self, timePeriod: timedelta, payload: Any = None) -> None: ...
 
     def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate,
                                                sender: Any) -> None:

@@ -119,7 +119,8 @@ class ReconnectPolicy:
         if self.first_delay is None:
             return self.delay
         doublings = min(attempt - 2, 64)  # 2**64 times anything over 0 passes any delay
-        return min(self.delay, self.first_delay * 2 ** doublings)
+        factor: int = 2 ** doublings  # an int: typeshed types int ** int as Any
+        return min(self.delay, self.first_delay * factor)
 
 
 def retry_delay(attempt: int, base: float, cap: float, rand: float) -> float:
@@ -131,7 +132,8 @@ def retry_delay(attempt: int, base: float, cap: float, rand: float) -> float:
     """
     if attempt < 1:
         raise ValueError("attempt counts from 1")
-    delay = min(cap, base * 2 ** (attempt - 1))
+    factor: int = 2 ** (attempt - 1)  # an int: typeshed types int ** int as Any
+    delay = min(cap, base * factor)
     return delay / 2 + delay / 2 * rand
 
 

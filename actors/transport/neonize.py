@@ -389,7 +389,7 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
         finally:
             root.handlers[:] = handlers  # undo neonize's logging.basicConfig
             root.setLevel(root_level)
-        neonize_client.Thread = _DaemonThread  # type: ignore[attr-defined]
+        neonize_client.Thread = _DaemonThread
         _API = _Api(
             client_class=_client_class(neonize_client.NewClient),
             proxy_settings=ProxySettings,
@@ -465,7 +465,7 @@ def _client_class(new_client: type) -> type:
     Overriding it under its mangled name is the one way to get the text (guide §3.3).
     """
 
-    class GatewayClient(new_client):  # type: ignore[misc, valid-type]
+    class GatewayClient(new_client):
         login_status_sink: Callable[[str], None] | None = None
 
         def _NewClient__onLoginStatus(self, uuid: int | None, status_ptr: int | None) -> None:

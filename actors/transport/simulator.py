@@ -470,7 +470,7 @@ class SimulatorServer:
         """Hand a message to its recipient: append it to the inbox with a fresh id (and
         queue the automatic receipt, when one is configured). A number with no account
         gets nothing: the server acks, but no recipient ever sees it or confirms it."""
-        message = {"id": "3EB0" + secrets.token_hex(9).upper(), "session": session,
+        message: dict[str, Any] = {"id": "3EB0" + secrets.token_hex(9).upper(), "session": session,
                    "from": sender, "to": recipient, "text": text, "time": time.time()}
         if not self.is_registered(recipient):
             return SentMessage(message_id=message["id"], timestamp=message["time"])

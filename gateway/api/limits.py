@@ -230,6 +230,8 @@ def limit_rule(max_depth: int, max_cost: int,
     """The document limits; with ``introspection`` its root fields are measured by
     their own bound (module docstring), otherwise they are left to ``IntrospectionOff``."""
     class DocumentLimits(ASTValidationRule):
+        context: ValidationContext  # graphql-core passes the full context to every rule
+
         def __init__(self, context: ValidationContext) -> None:
             super().__init__(context)
             self.fragments = fragments_of(context.document)

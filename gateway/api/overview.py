@@ -109,4 +109,5 @@ def _limits(view: GatewayView, _: GraphQLResolveInfo) -> dict[str, int]:
 
 def _health(info: GraphQLResolveInfo) -> HealthReport:
     request_id = info.context.get("request_id") or uuid.uuid4().hex
-    return info.context["bridge"].ask(GetHealth(request_id))
+    report: HealthReport = info.context["bridge"].ask(GetHealth(request_id))
+    return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+from typing import Any
 
 import qrcode
 import qrcode.constants
@@ -28,7 +29,7 @@ BOX_SIZE = 8
 BORDER = 4
 
 
-def _make(text: str) -> qrcode.QRCode:
+def _make(text: str) -> qrcode.QRCode[Any]:
     code = qrcode.QRCode(error_correction=_ERROR_CORRECTION, box_size=BOX_SIZE, border=BORDER)
     code.add_data(text)
     code.make(fit=True)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 from typing import Any
 
-from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, validate
+from graphql import DocumentNode, GraphQLError, GraphQLSchema, TypeInfo, parse, validate
+from graphql.validation import ASTValidationRule
 
 from gateway.api.limits import check_nesting, too_deep
 
@@ -48,16 +50,18 @@ class DocumentCache:
         return document
 
     def validator(self, schema: GraphQLSchema, document_ast: DocumentNode,
-                  rules: Any = None, max_errors: int | None = None,
-                  **kwargs: Any) -> list[GraphQLError]:
-        """Ariadne ``query_validator`` (the rules are the same every time for one app)."""
+                  rules: Collection[type[ASTValidationRule]] | None = None,
+                  max_errors: int | None = None,
+                  type_info: TypeInfo | None = None) -> list[GraphQLError]:
+        """Ariadne ``query_validator`` (the rules are the same every time for one app;
+        the signature is Ariadne's ``QueryValidator``)."""
         with self._lock:
             entry = self._validated.get(id(document_ast))
         if entry is not None and entry[0] is document_ast:
             return entry[1]
         try:
             errors = validate(schema, document_ast, rules=rules, max_errors=max_errors,
-                              **kwargs)
+                              type_info=type_info)
         except RecursionError:  # graphql-core's own rules recurse (fragment chains)
             errors = [too_deep()]
         source = document_ast.loc.source.body if document_ast.loc else None

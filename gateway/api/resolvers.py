@@ -116,10 +116,11 @@ def build_schema() -> GraphQLSchema:
                        ) -> SessionStatus:
         name = validate_session_name(session)
         authorize(info, "status", name)
-        snapshot = info.context["snapshots"].status(name)  # fresh file: no actor round trip
-        if snapshot is not None:
+        snapshot: SessionStatus | None = info.context["snapshots"].status(name)  # fresh file
+        if snapshot is not None:  # ... so no actor round trip
             return snapshot
-        return _ask(info, GetStatus(name, _request_id(info)))
+        asked: SessionStatus = _ask(info, GetStatus(name, _request_id(info)))
+        return asked
 
     @mutation.field("whatsAppConnect")
     @mutation_guard("connect")
@@ -426,7 +427,8 @@ def _ask(info: GraphQLResolveInfo, message: Any, timeout: float | None = None) -
 
 
 def _config(info: GraphQLResolveInfo) -> Config:
-    return info.context["config"]
+    config: Config = info.context["config"]
+    return config
 
 
 def _requester(info: GraphQLResolveInfo) -> str:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 from gateway.core.config import Config
 
@@ -49,7 +49,17 @@ def sign_in_hint(config: Config, config_file: str | None, local: bool) -> dict[s
             "note": PLACEHOLDER_NOTE}
 
 
-def browser_is_local(client_ip: str | None, headers: Mapping[str, str]) -> bool:
+class Headers(Protocol):
+    """What ``browser_is_local`` reads of a request's headers: a plain dict in tests,
+    Werkzeug's case-insensitive ``Headers`` in the web tier (which this package may not
+    import)."""
+
+    def __contains__(self, key: str, /) -> bool: ...
+
+    def get(self, key: str, default: str, /) -> str: ...
+
+
+def browser_is_local(client_ip: str | None, headers: Headers) -> bool:
     """The browser runs on the gateway's machine: its address (after trusted proxies are
     resolved) is loopback, and no proxy header names another one. A proxy on this host
     that is not in ``auth.trusted_proxies`` reaches the gateway from 127.0.0.1 for every

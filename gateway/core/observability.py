@@ -22,7 +22,7 @@ def setup_logging(config: LoggingConfig, stream: TextIO | None = None,
     """Route structlog through the standard library so that our events and those of
     libraries (gunicorn, werkzeug, Thespian) share one stream and one format."""
     level = getattr(logging, config.level)
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

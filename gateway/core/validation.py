@@ -80,13 +80,19 @@ def _invalid_number(raw: str, digits: str = "") -> ValidationError:
     )
 
 
+def _country_code(parsed: phonenumbers.PhoneNumber) -> int:
+    """The number's country code. ``parse`` always sets it, the type says it may not:
+    0 (no country, region "ZZ") stands for the case that does not happen."""
+    return parsed.country_code or 0
+
+
 def _invalid_for_country(raw: str, parsed: phonenumbers.PhoneNumber,
                          digits: str) -> ValidationError:
     """A number written with its country code (``+`` or ``00``) whose digits are not a
     number of that country: "include the country code" would be wrong advice. Names the
     country (its main one, when several share the code, as +1 and +44 are) and shows
     what a mobile number there looks like."""
-    code = parsed.country_code
+    code = _country_code(parsed)
     main = phonenumbers.region_code_for_country_code(code)
     example = phonenumbers.example_number_for_type(main, phonenumbers.PhoneNumberType.MOBILE)
     name = geocoder.country_name_for_number(example, "en") if example is not None else ""
@@ -132,7 +138,7 @@ def normalize_phone_number(raw: str) -> str:
         raise _invalid_number(raw) from None
     if not phonenumbers.is_valid_number(parsed):
         if international and phonenumbers.region_code_for_country_code(
-                parsed.country_code) not in ("ZZ", "001"):  # a country's code, not unknown
+                _country_code(parsed)) not in ("ZZ", "001"):  # a country's code, not unknown
             raise _invalid_for_country(raw, parsed, digits)
         raise _invalid_number(raw, digits)
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).lstrip("+")

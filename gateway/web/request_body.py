@@ -13,6 +13,7 @@ restarted). It is refused here, once, for every string of the request.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 MAX_JSON_NESTING = 32  # our deepest real input (a batch of operations with input objects) is 4
@@ -78,6 +79,7 @@ def nesting(value: Any) -> int:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):

@@ -49,7 +49,7 @@ def _worker_exited(_server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(BaseApplication):
     def __init__(self, config: Config) -> None:
         self.gateway_config = config
         super().__init__()
