@@ -64,7 +64,9 @@ def extract_old(where: Path) -> Path:
                              stdin=subprocess.DEVNULL)
     where.mkdir()
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(where, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+            tar.extraction_filter = tarfile.data_filter
+        tar.extractall(where)
     return where
 
 
