@@ -44,5 +44,5 @@ def setup_logging(config: LoggingConfig, stream: TextIO | None = None,
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Ariadne's per-error log (tracebacks of expected errors); see gateway/web/app.py.
+    # Ariadne's per-error log (tracebacks of expected errors); see gateway/web/graphql.py.
     logging.getLogger("wagate.graphql.errors").setLevel(logging.CRITICAL)
