@@ -20,10 +20,12 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest
 
+from gateway.core.errors import WagateError
+
 log = structlog.get_logger("wagate.actors")
 
 
-class HandlerNotRerun(Exception):
+class HandlerNotRerun(WagateError):
     """Raised instead of running a failed handler a second time."""
 
 

@@ -65,6 +65,8 @@ from typing import Any, BinaryIO
 
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
+from gateway.core.errors import WagateError
+
 GENESIS = "0" * 64
 DIR_NAME = "audit"
 LOCK_NAME = "lock"
@@ -97,7 +99,7 @@ MAX_LINE = 1 << 20  # far beyond any entry the bounds above allow
 KINDS = ("edited", "removed", "reordered", "inserted", "truncated", "unreadable")
 
 
-class AuditError(RuntimeError):
+class AuditError(WagateError, RuntimeError):
     """The audit log cannot be opened or written; the message says what to do."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actors.transport.base import NumberInfo
+from gateway.core.errors import WagateError
 
 _DAY = 86400.0
 _MINUTE = 60.0
@@ -55,7 +56,7 @@ class NumberCheck:
     reason: str = ""
 
 
-class LookupBudgetExceeded(Exception):
+class LookupBudgetExceeded(WagateError):
     """The session may not look up that many numbers now; ``scope`` is ``minute`` or
     ``day`` and ``left`` what it still may."""
 
@@ -66,7 +67,7 @@ class LookupBudgetExceeded(Exception):
         self.retry_after = retry_after  # seconds until the oldest lookup leaves the window
 
 
-class LookupFailed(Exception):
+class LookupFailed(WagateError):
     """The lookup gave no answer; ``reason`` is a stable upper-case token."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -70,6 +70,7 @@ from actors.transport.base import (
     Transport,
     TransportEvent,
 )
+from gateway.core.errors import WagateError
 from gateway.core.observability import setup_logging
 
 if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
@@ -97,7 +98,7 @@ def _logout_and_close(client: Transport) -> None:
             log.warning("closing the client after logout failed", error=repr(exc))
 
 
-class EngineUnavailable(Exception):
+class EngineUnavailable(WagateError):
     """The configured transport engine cannot be loaded in this process (or the
     session's stored credentials cannot be opened: ``code`` tells which)."""
 

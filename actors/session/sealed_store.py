@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.core.child_env import helper_environment
 from gateway.core.config import EncryptionConfig
+from gateway.core.errors import WagateError
 
 MAGIC = b"WAGSEAL\x00"
 FORMAT_VERSION = 2  # bound to its session and store, with a generation
@@ -72,11 +73,11 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 SNAPSHOT_TIMEOUT_SECONDS = 30.0
 
 
-class StoreKeyError(Exception):
+class StoreKeyError(WagateError):
     """The storage key is missing, unreadable or malformed; the message says what to do."""
 
 
-class StoreError(Exception):
+class StoreError(WagateError):
     """A sealed store cannot be read or written."""
 
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.core.errors import WagateError
+
 
 @dataclass(frozen=True, slots=True)
 class QrCode:
@@ -136,7 +138,7 @@ class NumberInfo:
     business: bool | None = None
 
 
-class SendError(Exception):
+class SendError(WagateError):
     """A send the server did not accept.
 
     ``permanent`` tells whether retrying the same message can ever succeed (an
@@ -160,7 +162,7 @@ NOT_ON_WHATSAPP = "NOT_ON_WHATSAPP"  # the number has no account: failed, and re
 RATE_OVERLIMIT = "RATE_OVERLIMIT"  # WhatsApp rate-limits the account: pause its sends
 
 
-class EngineSetupError(Exception):
+class EngineSetupError(WagateError):
     """The engine cannot be used in this process; the message names the cause and what
     the operator does about it (shown as the session's ``lastError``)."""
 

@@ -60,6 +60,7 @@ from actors.transport.base import (
     peer_phone,
 )
 from gateway.core.config import QrConfig, SimulatorConfig
+from gateway.core.errors import WagateError
 
 # A closing transport waits this long for its connection thread; the thread only
 # ever sleeps one poll interval, so this bound is generous.
@@ -73,7 +74,7 @@ _UNKNOWN_DEVICE = "device not linked on the server"
 _ScanOutcome = Literal["waiting", "expired"] | dict[str, Any]
 
 
-class SimulatorError(Exception):
+class SimulatorError(WagateError):
     """An operator action the simulated service cannot perform; the message says what to do."""
 
 
@@ -561,7 +562,7 @@ class _Connection:
     ended: bool = False  # the thread is done reporting (set before its last event)
 
 
-class _BadCredentials(Exception):
+class _BadCredentials(WagateError):
     """The credentials file exists but cannot be read as credentials."""
 
 

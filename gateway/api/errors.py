@@ -1,6 +1,8 @@
 """User-visible errors: a stable ``extensions.code``, a message that says what to do.
 
-Resolvers raise ``GatewayError``; the formatter turns anything else into ``INTERNAL``
+The error tree and the table of codes are ``gateway.core.errors`` (``GatewayError`` and
+``ERROR_CODES`` are imported from there, and still importable from here). Resolvers
+raise public errors of that tree; the formatter turns anything else into ``INTERNAL``
 with the request id to look up in the logs, so no stack trace or internal message
 ever reaches a client.
 """
@@ -12,32 +14,16 @@ from typing import Any
 import structlog
 from graphql import GraphQLError
 
+from gateway.core.errors import ERROR_CODES, GatewayError, WagateError
+
 log = structlog.get_logger("wagate.api")
 
-# Codes of the product specification, then ours.
-ERROR_CODES = frozenset({
-    "NOT_CONNECTED", "RATE_LIMITED", "INVALID_NUMBER", "SEND_FAILED", "QR_EXPIRED",
-    "UNAUTHENTICATED", "FORBIDDEN", "INVALID_MESSAGE", "INVALID_SESSION", "SESSION_LIMIT",
-    "UNAVAILABLE", "INTERNAL", "GRAPHQL_VALIDATION_FAILED", "PAIRING_FAILED", "NOT_FOUND",
-    "IDEMPOTENCY_KEY_REUSED", "SEND_UNCONFIRMED", "NOT_ON_WHATSAPP",
-    "UNKNOWN_SESSION", "SESSION_IN_USE",
-})
-
-
-class GatewayError(Exception):
-    def __init__(self, code: str, message: str, **extensions: Any) -> None:
-        super().__init__(message)
-        assert code in ERROR_CODES, code
-        self.code = code
-        self.message = message
-        self.extensions = extensions
+__all__ = ["ERROR_CODES", "GatewayError", "format_error"]
 
 
 def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
-    """Ariadne's error formatter: known errors keep their code, the rest are masked."""
+    """Ariadne's error formatter: public errors keep their code, the rest are masked."""
     from flask import g, has_app_context
-
-    from gateway.core.validation import ValidationError
 
     original = error.original_error
     formatted: dict[str, Any] = {"message": error.message}
@@ -46,10 +32,8 @@ def format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
                                   for loc in error.locations]
     if error.path:
         formatted["path"] = error.path
-    if isinstance(original, GatewayError):
+    if isinstance(original, WagateError) and original.public:
         formatted["extensions"] = {"code": original.code, **original.extensions}
-    elif isinstance(original, ValidationError):
-        formatted["extensions"] = {"code": original.code, "field": original.field}
     elif original is None or (isinstance(original, GraphQLError) and not error.path):
         # Syntax or validation errors of the query document itself, and variables
         # that do not fit their declared types (graphql-core wraps the scalar's

@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.api.errors import GatewayError
 from gateway.core.config import Config
+from gateway.core.errors import GatewayError, WagateError
 from gateway.core.networks import Network, address_in, parse_address, parse_networks
 from gateway.core.times import iso_time
 
@@ -60,7 +60,7 @@ DURATION = re.compile(r"^(\d+)([dhm])$")
 MAX_EXPIRY_SECONDS = 100 * 365 * 86400  # a longer lifetime is a typo, not a plan
 
 
-class TokenFileError(ValueError):
+class TokenFileError(WagateError, ValueError):
     """The token file cannot be used; the message names the file and the fix."""
 
 

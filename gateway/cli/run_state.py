@@ -34,6 +34,7 @@ from gateway.cli.ownership import (
     remove_stale_marks,
     sweep_owned,
 )
+from gateway.core.errors import WagateError
 
 log = structlog.get_logger("wagate.run")
 
@@ -44,7 +45,7 @@ LEFTOVER_GRACE_SECONDS = 5.0  # per signal, for processes a crashed launcher lef
 MAX_STATE_BYTES = 64 * 1024  # a record is a few hundred bytes; more is not one
 
 
-class ClaimError(RuntimeError):
+class ClaimError(WagateError, RuntimeError):
     """The data_dir cannot be claimed; the message says why and what to do."""
 
 

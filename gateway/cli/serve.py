@@ -46,6 +46,7 @@ from gateway.cli.cluster_mode import cluster_problem
 from gateway.cli.ownership import Stamp
 from gateway.cli.run_state import ClaimError, Run
 from gateway.core.config import Config
+from gateway.core.errors import WagateError
 from gateway.core.observability import setup_logging
 from gateway.web.metrics import reset_metrics_dir
 from gateway.web.server import web_environment
@@ -55,7 +56,7 @@ log = structlog.get_logger("wagate.serve")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-class StartupError(RuntimeError):
+class StartupError(WagateError, RuntimeError):
     """The gateway cannot start; the message says why and what to do."""
 
 

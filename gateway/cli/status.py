@@ -22,6 +22,7 @@ from actors.messages import Failed, GetHealth, HealthReport, Ok
 from gateway.api.health import health_document
 from gateway.cli.progress import Progress
 from gateway.core.config import RANGES, Config
+from gateway.core.errors import WagateError
 from gateway.core.ranges import Range, flag
 
 DRAIN_TIMEOUT_SECONDS = 300.0
@@ -30,7 +31,7 @@ DRAIN_TIMEOUT = Range(0, 604800)  # up to a week
 DRAIN_INTERVAL = Range(0, 3600, above=True)
 
 
-class GatewayUnreachable(Exception):
+class GatewayUnreachable(WagateError):
     """No running gateway answered; the message says why and what to do."""
 
 

@@ -48,13 +48,14 @@ from actors.session.sealed_store import (
 from actors.session.store_generations import GenerationLedger, open_ledger
 from actors.session.working_copy import clear_stale, gateway_tag, seal_orphans, work_root
 from gateway.core.config import Config
+from gateway.core.errors import WagateError
 
 log = structlog.get_logger("wagate.stores")
 
 LOCK_FILE = "run/stores.lock"
 
 
-class StoreCheckError(Exception):
+class StoreCheckError(WagateError):
     """The stores cannot be used as configured; the message says what to do."""
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.core.errors import WagateError
 from gateway.core.networks import is_loopback_host, parse_networks
 from gateway.core.origins import check_allowed_hosts, check_allowed_origins
 from gateway.core.ranges import Range
@@ -24,7 +25,7 @@ from gateway.core.ranges import Range
 DEFAULT_CONFIG_PATH = Path("configs/gateway.toml")
 
 
-class ConfigError(ValueError):
+class ConfigError(WagateError, ValueError):
     """A configuration problem, worded for the operator (names the key and the fix)."""
 
 

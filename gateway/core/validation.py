@@ -14,6 +14,7 @@ import re
 import phonenumbers
 from phonenumbers import geocoder
 
+from gateway.core.errors import WagateError
 from gateway.core.recipients import suggested_number
 
 __all__ = [
@@ -37,12 +38,14 @@ _ECHO_LIMIT = 40
 _EXAMPLE_NUMBER = "+14155552671"
 
 
-class ValidationError(Exception):
+class ValidationError(WagateError):
     """Bad user input, as opposed to a gateway fault.
 
-    Kept separate from other exceptions so the API layer can map it to a
-    user-facing error (with ``code`` and ``field``) instead of a generic failure.
+    A public error of the tree (gateway/core/errors.py): the API layer shows its
+    ``code`` and ``field`` instead of a generic failure.
     """
+
+    public = True
 
     code: str
     message: str
@@ -53,6 +56,7 @@ class ValidationError(Exception):
         self.code = code
         self.message = message
         self.field = field
+        self.extensions = {"field": field}
 
     def __repr__(self) -> str:
         return (

@@ -34,8 +34,8 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from actors.messages import HealthReport
-from gateway.api.errors import ERROR_CODES
 from gateway.auth.scope import Scope
+from gateway.core.errors import ERROR_CODES
 from gateway.web.actor_metrics import ActorCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"

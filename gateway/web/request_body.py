@@ -16,10 +16,12 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from gateway.core.errors import WagateError
+
 MAX_JSON_NESTING = 32  # our deepest real input (a batch of operations with input objects) is 4
 
 
-class BodyError(ValueError):
+class BodyError(WagateError, ValueError):
     """The body is not usable JSON; the message says what to send instead."""
 
 
