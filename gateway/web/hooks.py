@@ -17,6 +17,7 @@ import uuid
 import structlog
 from flask import Flask, Response, g, request
 
+from gateway.api.errors import REQUEST_ID
 from gateway.auth.tokens import Denied, Principal, check
 from gateway.core.origins import cors_headers, preflight_headers
 from gateway.web.errors import error_response
@@ -36,12 +37,20 @@ AUDIT_PATH_CHARS = 200  # of a refused request's path in the audit log
 def install_hooks(app: Flask) -> None:
     app.before_request(start_request)
     app.after_request(finish_request)
+    app.teardown_request(end_request)
+
+
+def end_request(_: BaseException | None) -> None:
+    """A worker thread answers many requests: none may name the previous one's id."""
+    if "request_id_token" in g:
+        REQUEST_ID.reset(g.pop("request_id_token"))
 
 
 def start_request() -> tuple[Response, int] | None:
     """Name the request, then refuse it or let it through (a view runs only after None)."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = incoming if 0 < len(incoming) <= MAX_REQUEST_ID else uuid.uuid4().hex
+    g.request_id_token = REQUEST_ID.set(g.request_id)  # for format_error, no Flask there
     g.started = time.perf_counter()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=g.request_id)
