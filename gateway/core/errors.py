@@ -102,7 +102,7 @@ CODES: tuple[ErrorCode, ...] = (
         "\"fail\"` or out of attempts; `uncertain: true`: it may have arrived), or its "
         "device is gone (`SESSION_LOGGED_OUT`, `SESSION_FORGOTTEN`, `ACCOUNT_CHANGED`: it "
         "was not sent)",
-        "with `uncertain: true` do not send it again unasked (it may have arrived); "
+        "with `uncertain: true` it may have arrived: do not simply send it again; "
         "otherwise fix what `reason` names, or use another channel",
         ("reason", "messageId", "uncertain")),
     ErrorCode(
@@ -130,8 +130,8 @@ CODES: tuple[ErrorCode, ...] = (
         "SESSION_LIMIT",
         "`whatsAppConnect` for a new session while `max_sessions` sessions run, or while "
         "the gateway knows `max_sessions` sessions that all hold a linked device or run",
-        "log a session out (`whatsAppDisconnect`) and forget it "
-        "(`whatsAppForgetSession`), or raise `max_sessions`",
+        "log out a session you no longer need (`whatsAppDisconnect`), whose place a new "
+        "one then takes, or raise `max_sessions`",
         ("limit",)),
     ErrorCode(
         "UNKNOWN_SESSION",
@@ -143,7 +143,8 @@ CODES: tuple[ErrorCode, ...] = (
         "SESSION_IN_USE",
         "`whatsAppForgetSession` for a session that runs or has a linked device, or "
         "whose files could not be deleted",
-        "log it out with `whatsAppDisconnect` first; for files, the message names them",
+        "log it out with `whatsAppDisconnect` first, then forget it; for files, fix the "
+        "permissions of its directory and try again",
         ("state", "session")),
     ErrorCode(
         "UNAVAILABLE",
