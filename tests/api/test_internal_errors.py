@@ -23,7 +23,8 @@ import requests
 from werkzeug.serving import make_server
 
 from gateway.core.config import config_from_dict
-from gateway.web.app import REQUEST_ID_HEADER, create_app
+from gateway.web.app import create_app
+from gateway.web.hooks import REQUEST_ID_HEADER
 from gateway.web.metrics import GRAPHQL_REQUESTS
 
 CHECK = '{ whatsAppCheckNumbers(phoneNumbers: ["+14155552671"]) { onWhatsApp } }'

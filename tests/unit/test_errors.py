@@ -92,8 +92,8 @@ def raised_codes() -> Iterator[tuple[str, int, str]]:
             if not isinstance(node, ast.Call):
                 continue
             name = ast.unparse(node.func).rsplit(".", 1)[-1]
-            if name not in ("GatewayError", "ValidationError", "Failed", "_error_response",
-                            "_error_body", "Denied"):
+            if name not in ("GatewayError", "ValidationError", "Failed", "error_response",
+                            "error_body", "Denied"):
                 continue
             arguments = [*node.args, *(k.value for k in node.keywords if k.arg == "code")]
             for argument in arguments:
