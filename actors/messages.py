@@ -32,24 +32,6 @@ class SessionState(StrEnum):
     CLIENT_OUTDATED = "CLIENT_OUTDATED"  # WhatsApp refuses this client version
 
 
-# mautrix-style bridge states: lets an operator tell a transient drop from an account
-# that needs a human (bad credentials) at a glance.
-BRIDGE_STATES = {
-    SessionState.NEW: "UNCONFIGURED",
-    SessionState.CONNECTING: "CONNECTING",
-    SessionState.QR_PENDING: "UNCONFIGURED",
-    SessionState.CONNECTED: "CONNECTED",
-    SessionState.RECONNECTING: "TRANSIENT_DISCONNECT",
-    SessionState.QR_EXPIRED: "UNCONFIGURED",
-    SessionState.LOGGED_OUT: "LOGGED_OUT",
-    SessionState.FAILED: "UNKNOWN_ERROR",
-    SessionState.DISCONNECTED: "UNCONFIGURED",
-    SessionState.REPLACED: "BAD_CREDENTIALS",
-    SessionState.BANNED: "BAD_CREDENTIALS",
-    SessionState.CLIENT_OUTDATED: "UNKNOWN_ERROR",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     code: str

@@ -17,6 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.messages import ErrorInfo, Failed, SessionState, SessionStatus
+from actors.session.states import (  # FINAL/ACTIVE: the actors read them from here
+    ACTIVE_STATES,
+    FINAL_STATES,
+    QUEUEING_STATES,
+    SESSION_STATES,
+)
 from actors.supervisor.policy import ReconnectPolicy
 from actors.transport.base import (
     ClientOutdated,
@@ -30,18 +36,6 @@ from actors.transport.base import (
     TransportEvent,
 )
 from actors.transport.engine_events import CONNECTION_LOST, PASSKEY_STATUSES
-
-# The session's process has nothing left to do in these states: it is retired.
-FINAL_STATES = frozenset({
-    SessionState.QR_EXPIRED, SessionState.LOGGED_OUT, SessionState.FAILED,
-    SessionState.DISCONNECTED, SessionState.REPLACED, SessionState.BANNED,
-    SessionState.CLIENT_OUTDATED,
-})
-# A client is running (or about to run) in these states.
-ACTIVE_STATES = frozenset({
-    SessionState.CONNECTING, SessionState.QR_PENDING, SessionState.CONNECTED,
-    SessionState.RECONNECTING,
-})
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,43 +309,24 @@ def logout_advice(reason: str) -> tuple[str, str]:
     return LOGOUT_ADVICE.get(reason, _LOGOUT_DEFAULT)
 
 
-# Sends to a paired session in these states wait in the outbox instead of failing.
-QUEUEING_STATES = frozenset({SessionState.CONNECTED, SessionState.CONNECTING,
-                             SessionState.RECONNECTING})
-
-
 def refuse_send(session: str, state: SessionState, paired: bool, require_connected: bool,
                 request_id: str = "", last_error: ErrorInfo | None = None) -> Failed | None:
     """Why a send to this session cannot be accepted now, or None when it can (sent at
-    once when connected, queued while a paired session is (re)connecting). A FAILED
+    once when connected, queued while a paired session is (re)connecting: the state's
+    row in actors/session/states.py says which, and what the refusal says). A FAILED
     session's refusal carries why it gave up (``last_error``): "call whatsAppConnect"
     alone would send the operator round in a circle when the cause is still there."""
-    if state is SessionState.CONNECTED:
+    refusal = SESSION_STATES[state].refusal
+    if refusal is None:
         return None
     if not require_connected and paired and state in QUEUEING_STATES:
         return None
     details = {"state": state.value, "session": session}
-    if state is SessionState.QR_EXPIRED:
-        return Failed("QR_EXPIRED", f"session '{session}' is not linked: its pairing window "
-                      "closed before a phone scanned the code; call whatsAppConnect for a new "
-                      "code", details, request_id=request_id)
-    if state is SessionState.NEW and not paired:
-        hint = "it has never been linked; call whatsAppConnect and scan the QR code"
-    elif state in (SessionState.QR_PENDING, SessionState.CONNECTING) and not paired:
-        hint = "it is waiting for a phone to scan the QR code"
-    elif state is SessionState.LOGGED_OUT:
-        hint = ("its device was unlinked; its lastError says why and what to do (usually: "
-                "call whatsAppConnect and scan a new QR code)")
-    elif state in (SessionState.RECONNECTING, SessionState.CONNECTING):
-        hint = "it is reconnecting; test messages are only sent on a live connection"
-    elif state is SessionState.FAILED and last_error is not None:
+    hint = refusal.hint if paired or refusal.unpaired is None else refusal.unpaired
+    if state is SessionState.FAILED and last_error is not None:
         details["reason"] = last_error.code
         hint = f"it gave up ({last_error.code}: {last_error.message.rstrip('.')})"
         if "whatsAppConnect" not in last_error.message:  # most already say what to do
             hint += "; fix that, then call whatsAppConnect to start it again"
-    elif state is SessionState.FAILED:
-        hint = "it gave up; see whatsAppStatus's lastError, then call whatsAppConnect"
-    else:
-        hint = "call whatsAppConnect to start it"
-    return Failed("NOT_CONNECTED", f"session '{session}' is not connected: {hint}", details,
+    return Failed(refusal.code, f"session '{session}' {refusal.lead}: {hint}", details,
                   request_id=request_id)

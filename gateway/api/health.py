@@ -9,7 +9,8 @@ monitoring written for that API reads a wagate gateway unchanged::
 
 WhatsApp's values are ``connected``, ``connecting``, ``disconnected``,
 ``uninitialized`` and ``unregistered``; ``gateway_status`` maps our finer session
-states onto them (README: Metrics).
+states onto them (README: Metrics), by the table of session states
+(actors/session/states.py).
 """
 
 from __future__ import annotations
@@ -17,38 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 from actors.messages import HealthReport, SessionState, SessionStatus
+from actors.session.states import (
+    DEGRADED_STATES,
+    gateway_status,
+)
 from gateway import __version__
 from gateway.auth.scope import Scope, scoped_report
 from gateway.core.times import iso_time
 from gateway.core.validation import e164
-
-GATEWAY_STATUSES = ("connected", "connecting", "disconnected", "uninitialized", "unregistered")
-
-# Our state -> WhatsApp's gateway_status. "unregistered" means the account is not
-# linked to this gateway and a person must pair it (scan a QR code); "disconnected"
-# means it is linked (or was) but not online, whether it is retrying or needs action.
-GATEWAY_STATUS: dict[SessionState, str] = {
-    SessionState.NEW: "uninitialized",
-    SessionState.CONNECTING: "connecting",
-    SessionState.QR_PENDING: "unregistered",
-    SessionState.CONNECTED: "connected",
-    SessionState.RECONNECTING: "connecting",
-    SessionState.QR_EXPIRED: "unregistered",
-    SessionState.LOGGED_OUT: "unregistered",
-    SessionState.FAILED: "disconnected",
-    SessionState.DISCONNECTED: "disconnected",
-    SessionState.REPLACED: "disconnected",
-    SessionState.BANNED: "disconnected",
-    SessionState.CLIENT_OUTDATED: "disconnected",
-}
-
-
-def gateway_status(status: SessionStatus) -> str:
-    """WhatsApp's word for a session. A NEW session that has credentials (started only
-    to log out, or restored without a connect) is linked, so it is "disconnected"."""
-    if status.state is SessionState.NEW and status.paired:
-        return "disconnected"
-    return GATEWAY_STATUS[status.state]
 
 
 def health_document(report: HealthReport, now: float, scope: Scope = None) -> dict[str, Any]:
@@ -58,11 +35,10 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
     report = scoped_report(report, scope)
     sessions = [_session_health(s, now, report.unconfirmed_by_session.get(s.session, 0))
                 for s in report.sessions]
-    # A cluster member refused for running another wagate needs the operator too.
-    # CLIENT_OUTDATED too: WhatsApp retired the engine's client version, which takes
-    # every session of the gateway down at once and only an upgrade brings back.
-    degraded = (any(s["state"] in ("RECONNECTING", "FAILED", "CLIENT_OUTDATED")
-                    for s in sessions)
+    # The states whose row says "degraded" (RECONNECTING, FAILED, CLIENT_OUTDATED: the
+    # last takes every session down at once and only an upgrade brings them back); a
+    # cluster member refused for running another wagate needs the operator too.
+    degraded = (any(s.state in DEGRADED_STATES for s in report.sessions)
                 or any(h.get("refused") for h in report.hosts))
     queue: dict[str, Any] = {"depth": report.queue_depth,
                              "bySession": dict(report.queue_by_session)}

@@ -27,7 +27,6 @@ from graphql import (
 )
 
 from actors.messages import (
-    BRIDGE_STATES,
     Accepted,
     CheckNumbers,
     Connect,
@@ -50,6 +49,8 @@ from actors.outbox.numbers import (
     check_numbers,
 )
 from actors.outbox.store import STATES, delivery_unconfirmed
+from actors.session.states import SESSION_STATES
+from actors.session.states import hint as session_hint
 from gateway.api.errors import GatewayError
 from gateway.api.overview import gateway_type, resolve_gateway, resolve_sessions
 from gateway.api.qr import qr_png_base64, qr_svg_data_uri
@@ -281,7 +282,8 @@ def build_schema() -> GraphQLSchema:
     status.set_field("lastError", lambda s, _: s.last_error and {
         "code": s.last_error.code, "message": s.last_error.message})
     status.set_field("connectedSince", lambda s, _: iso_time(s.connected_since))
-    status.set_field("bridgeState", lambda s, _: BRIDGE_STATES[s.state])
+    status.set_field("bridgeState", lambda s, _: SESSION_STATES[s.state].bridge_state)
+    status.set_field("hint", lambda s, _: _hint(s))
     status.set_field("bannedUntil", lambda s, _: iso_time(s.banned_until))
     query.set_field("whatsAppSessions", resolve_sessions)
     query.set_field("whatsAppGateway", resolve_gateway)
@@ -289,6 +291,14 @@ def build_schema() -> GraphQLSchema:
                                     gateway_type())
     _null_means_default(schema)
     return schema
+
+
+def _hint(status: SessionStatus) -> dict[str, str]:
+    """``WhatsAppStatus.hint``: the state's row (actors/session/states.py), which the
+    dashboard shows instead of keeping its own copy."""
+    found = session_hint(status)
+    return {"label": found.label, "meaning": found.meaning, "whatToDo": found.what_to_do,
+            "tone": found.tone}
 
 
 Definitions = dict[str, GraphQLArgument] | dict[str, GraphQLInputField]

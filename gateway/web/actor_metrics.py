@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from actors.messages import HealthReport, SessionState
 from actors.metrics import RATE_SCOPES, SessionMetrics
 from actors.outbox.store import STATES
+from actors.session.states import SESSION_STATES
 from gateway import __version__
 from gateway.auth.scope import Scope, scoped_report
 
@@ -84,7 +85,7 @@ class ActorCollector:
         for status in report.sessions:
             name = status.session
             connected.add_metric([name], 1.0 if status.connected else 0.0)
-            for candidate in SessionState:
+            for candidate in SESSION_STATES:  # every state, from the one table
                 state.add_metric([name, candidate.value],
                                  1.0 if status.state is candidate else 0.0)
             attempt.add_metric([name], float(status.reconnect_attempt))

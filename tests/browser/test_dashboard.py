@@ -181,7 +181,8 @@ def test_a_viewer_sees_only_what_it_may_see(
     session = card(page)
     expect(session).to_have_attribute("data-state", "NEW")
     expect(session.get_by_role("button")).to_have_count(0)
-    expect(session).to_contain_text("Press Connect, then scan the QR code with the phone. "
+    expect(session).to_contain_text("Press Connect (whatsAppConnect), then scan the QR code "
+                                    "with the phone. "
                                     "(with a token of role admin or operator)")
     for hidden in ("#send-section", "#check-section", "#messages-section", "#add-session-form"):
         expect(page.locator(hidden)).to_be_hidden()

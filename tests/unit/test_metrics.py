@@ -9,7 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actors.messages import ErrorInfo, HealthReport, SessionState, SessionStatus
 from actors.metrics import OutboxMetrics, RefusalCounters, SessionCounters, SessionMetrics
-from gateway.api.health import GATEWAY_STATUSES, gateway_status, health_document
+from actors.session.states import GATEWAY_STATUSES
+from gateway.api.health import gateway_status, health_document
 from gateway.api.query_cache import DocumentCache
 from gateway.api.resolvers import build_schema
 from gateway.cli.progress import Progress

@@ -15,65 +15,9 @@
   const PAGE_SIZE = 20;
   const SESSION_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
-  // Plain-language meaning of every session state, and what the operator does about it
-  // (the README's table of states).
-  const STATES = {
-    NEW: { tone: "idle", label: "Not linked",
-      meaning: "This session has never been connected.",
-      todo: "Press Connect, then scan the QR code with the phone." },
-    CONNECTING: { tone: "busy", label: "Connecting",
-      meaning: "A connection attempt is running.",
-      todo: "Wait a moment." },
-    QR_PENDING: { tone: "busy", label: "Waiting for a scan",
-      meaning: "Pairing: the QR code below links a phone. It changes by itself every few seconds.",
-      todo: "On the phone open WhatsApp > Settings > Linked devices > Link a device and scan " +
-            "the code, or link with a phone number instead." },
-    CONNECTED: { tone: "ok", label: "Connected",
-      meaning: "Linked and online: messages go out at once.",
-      todo: "Nothing." },
-    RECONNECTING: { tone: "warn", label: "Reconnecting",
-      meaning: "The connection was lost and is being retried; messages wait in the queue.",
-      todo: "Wait. If it lasts, check this machine's network." },
-    QR_EXPIRED: { tone: "warn", label: "Code expired",
-      meaning: "The pairing window closed before a phone scanned the code.",
-      todo: "Press New code for a fresh QR code." },
-    LOGGED_OUT: { tone: "idle", label: "Logged out",
-      meaning: "The device was unlinked (from the phone, or with Log out); its credentials " +
-               "are deleted.",
-      todo: "Press Connect and scan a new QR code." },
-    DISCONNECTED: { tone: "idle", label: "Disconnected",
-      meaning: "Stopped with Disconnect; the credentials are kept. Sends through it are " +
-               "refused (NOT_CONNECTED) until it is connected again.",
-      todo: "Press Connect to resume (no QR code needed)." },
-    FAILED: { tone: "bad", label: "Failed",
-      meaning: "The gateway gave up: every reconnect attempt failed, the session process " +
-               "crashed repeatedly, or the WhatsApp engine is missing.",
-      todo: "Read the last error, fix its cause, then press Connect." },
-    REPLACED: { tone: "bad", label: "Replaced",
-      meaning: "The same device connected from somewhere else.",
-      todo: "Stop the other client, then press Connect." },
-    BANNED: { tone: "bad", label: "Banned",
-      meaning: "WhatsApp banned this account for a while.",
-      todo: "Wait until the ban ends, then send less." },
-    CLIENT_OUTDATED: { tone: "bad", label: "Client outdated",
-      meaning: "WhatsApp refuses this client version.",
-      todo: "Upgrade wagate." },
-  };
-  // LOGGED_OUT has one state for WhatsApp's three logout reasons; lastError.code tells
-  // them apart (docs/engine-behaviour.md). LOGGED_OUT itself uses the state's text.
-  const LOGOUT_REASONS = {
-    ACCOUNT_LOCKED: {
-      meaning: "WhatsApp locked the account, or its phone left it (a new phone or a " +
-               "reinstall); its credentials are deleted.",
-      todo: "Open WhatsApp on the phone and follow what it says, then press Connect " +
-            "and scan a new QR code." },
-    ACCOUNT_BANNED: {
-      meaning: "WhatsApp ended the link and may have banned the number; its credentials " +
-               "are deleted.",
-      todo: "Check the phone for a ban and request a review there; do not link again " +
-            "until it is lifted." },
-  };
-  const UNKNOWN_STATE = { tone: "idle", label: "Unknown", meaning: "", todo: "" };
+  // What a state means, what to do and its tone come with each status (its hint field,
+  // from the gateway's one table of session states); this page keeps no copy.
+  const UNKNOWN_HINT = { tone: "idle", label: "Unknown", meaning: "", whatToDo: "" };
   const BUSY_STATES = new Set(["CONNECTING", "QR_PENDING", "RECONNECTING"]);
   const CONNECT_STATES = new Set(["NEW", "LOGGED_OUT", "DISCONNECTED", "FAILED", "REPLACED",
     "BANNED", "CLIENT_OUTDATED", "RECONNECTING"]);
@@ -92,7 +36,8 @@
   };
 
   const STATUS_FIELDS = "session state connected phoneNumber reconnectAttempt " +
-    "lastError { code message } connectedSince qrCodeSvg qrCodeRaw qrExpiresAt bannedUntil";
+    "lastError { code message } connectedSince qrCodeSvg qrCodeRaw qrExpiresAt bannedUntil " +
+    "hint { label meaning whatToDo tone }";
   const Q_SESSIONS = `query Sessions { whatsAppSessions { ${STATUS_FIELDS} } }`;
   const Q_STATUS = `query Status($session: String) {
     whatsAppStatus(session: $session) { ${STATUS_FIELDS} } }`;
@@ -530,20 +475,14 @@
   }
 
   function updateCard(c, status) {
-    const info = STATES[status.state] || UNKNOWN_STATE;
+    const hint = status.hint || UNKNOWN_HINT;
     c.status = status;
     c.root.dataset.state = status.state;
-    c.root.className = `session tone-${info.tone}`;
-    c.badge.textContent = `${info.label} · ${status.state}`;
-    const reason = status.state === "LOGGED_OUT" && status.lastError
-      ? LOGOUT_REASONS[status.lastError.code] : undefined;
-    const banned = status.state === "BANNED";
-    c.meaning.textContent = banned && status.bannedUntil
-      ? `WhatsApp banned this account until ${formatTime(status.bannedUntil)}.`
-      : banned ? "WhatsApp banned this account for a while; the engine could not say " +
-                 "until when (the phone shows it)."
-      : reason ? reason.meaning : info.meaning;
-    const todo = reason ? reason.todo : info.todo;
+    c.root.className = `session tone-${hint.tone}`;
+    c.badge.textContent = `${hint.label} · ${status.state}`;
+    c.meaning.textContent = hint.meaning +
+      (status.bannedUntil ? ` The ban ends ${formatTime(status.bannedUntil)}.` : "");
+    const todo = hint.whatToDo;
     // A button this token does not have: say who can press it.
     const pressNeedsOther = /\bPress\b/.test(todo || "") && !may("connect");
     c.todo.textContent = !todo ? "" : `What to do: ${todo}` +
