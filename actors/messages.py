@@ -18,6 +18,9 @@ if TYPE_CHECKING:  # actors.metrics imports this module
 
 
 class SessionState(StrEnum):
+    """A session's state. What each means, what to do about it and how the gateway
+    treats it: its row in actors/session/states.py (one table for all of that)."""
+
     NEW = "NEW"  # known to nobody yet / never connected
     CONNECTING = "CONNECTING"
     QR_PENDING = "QR_PENDING"
@@ -30,6 +33,19 @@ class SessionState(StrEnum):
     REPLACED = "REPLACED"  # the same device connected elsewhere
     BANNED = "BANNED"  # temporarily banned by WhatsApp (see banned_until)
     CLIENT_OUTDATED = "CLIENT_OUTDATED"  # WhatsApp refuses this client version
+
+
+class MessageState(StrEnum):
+    """A message record's state (actors/outbox/store.py). A StrEnum, so the values the
+    store holds and the API shows are these very strings; README: Message records."""
+
+    QUEUED = "QUEUED"  # accepted, waiting for its session, a rate limit or a retry
+    SENDING = "SENDING"  # handed to the session; its outcome is not known yet
+    SENT = "SENT"  # WhatsApp's server took it
+    DELIVERED = "DELIVERED"  # a device of the recipient's confirmed it
+    READ = "READ"
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"  # still queued when its validForSeconds passed: never sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +212,7 @@ class Accepted:
     """
 
     message_id: str
-    state: str
+    state: MessageState
     accepted_at: float
     request_id: str = ""
     duplicate: bool = False
@@ -216,7 +232,7 @@ class ListMessages:
     """Answered with Ok(MessagePage) by the outbox; newest first."""
 
     session: str | None = None
-    state: str | None = None
+    state: MessageState | None = None
     phone: str | None = None
     first: int = 20
     after: str | None = None

@@ -27,9 +27,10 @@ from gateway.core.version import __version__
 # Bump whenever a pickled class changes shape or meaning. ``LAYOUT`` records the shape
 # this number stands for: a unit test fails when the classes change without a bump.
 # Also bump when an actor class moves: a leader creates actors on its members by the
-# class's module path (3: the actors moved into supervisor/, session/, outbox/, audit/).
-PROTOCOL = 3
-LAYOUT = "81775a0b10528172"
+# class's module path (3: the actors moved into supervisor/, session/, outbox/, audit/;
+# 4: message states are the MessageState enum, which Accepted and ListMessages carry).
+PROTOCOL = 4
+LAYOUT = "b2a56a211baccdba"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "gateway.core.config")

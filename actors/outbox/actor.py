@@ -58,6 +58,7 @@ from actors.messages import (
     GetMessage,
     ListMessages,
     MessagePage,
+    MessageState,
     Offer,
     Ok,
     Routed,
@@ -172,7 +173,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.numbers = open_cache(msg.config.data_path, msg.config.numbers.positive_ttl_hours,
                                   msg.config.numbers.negative_ttl_hours)
         now = time.time()
-        for record in self.store.in_state("SENDING"):
+        for record in self.store.in_state(MessageState.SENDING):
             self._uncertain(record, now, "the outbox restarted while it was being sent")
         self.depth = self.store.pending_counts()
         self._end_stale_queues()
@@ -322,7 +323,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         delivery = self.config.delivery
         if msg.ok:
             self.rate_pauses.pop(session, None)  # lookups pass again: the strikes start over
-            record = self._finish(record, "SENT", now, "", wa_message_id=msg.wa_message_id,
+            record = self._finish(record, MessageState.SENT, now, "",
+                                  wa_message_id=msg.wa_message_id,
                                   attempts=record["attempts"] + 1)
             self._answer(record["id"], _accepted(record, ""))
             for early in self.early_receipts.take(session, msg.wa_message_id, now):
@@ -338,13 +340,14 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         elif msg.reason == "NOT_CONNECTED" and not record["is_test"]:
             # It never left: not an attempt. Wait for the session's next state; the
             # caller hears QUEUED, as any send made while the session reconnects.
-            record = self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error)
+            record = self.store.transition(record, MessageState.QUEUED, now, msg.reason,
+                                           error=msg.error)
             self.paused_until[session] = time.monotonic() + NOT_CONNECTED_PAUSE_SECONDS
             self._answer(record["id"], _accepted(record, ""))
         else:
             attempts = record["attempts"] + 1
             if msg.permanent or record["is_test"] or attempts >= delivery.max_attempts:
-                record = self._finish(record, "FAILED", now, msg.reason or "REJECTED",
+                record = self._finish(record, MessageState.FAILED, now, msg.reason or "REJECTED",
                                       attempts=attempts, error=msg.error)
                 code = "NOT_CONNECTED" if msg.reason == "NOT_CONNECTED" else "SEND_FAILED"
                 self._answer(record["id"], Failed(
@@ -355,7 +358,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 # retry's outcome, or SEND_UNCONFIRMED when the wait runs out first.
                 delay = retry_delay(attempts, delivery.retry_base_seconds,
                                     delivery.retry_max_seconds, random.random())
-                self.store.transition(record, "QUEUED", now, msg.reason, error=msg.error,
+                self.store.transition(record, MessageState.QUEUED, now, msg.reason, error=msg.error,
                                       attempts=attempts, next_attempt_at=now + delay)
         return session
 
@@ -385,14 +388,15 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                         strikes=strikes)
         retry_after = max(1, math.ceil(until - clock))
         if record["is_test"]:
-            record = self._finish(record, "FAILED", now, RATE_OVERLIMIT, error=msg.error)
+            record = self._finish(record, MessageState.FAILED, now, RATE_OVERLIMIT, error=msg.error)
             self._answer(record["id"], Failed(
                 "RATE_LIMITED", "WhatsApp is rate-limiting this account's recipient lookups "
                 f"(429 rate-overlimit); the test message was not sent: retry in {retry_after} s",
                 {"reason": RATE_OVERLIMIT, "retryAfterSeconds": retry_after,
                  "scope": "whatsapp", "messageId": record["id"]}))
             return
-        record = self.store.transition(record, "QUEUED", now, RATE_OVERLIMIT, error=msg.error)
+        record = self.store.transition(record, MessageState.QUEUED, now, RATE_OVERLIMIT,
+                                       error=msg.error)
         self._answer(record["id"], _accepted(record, ""))
 
     def _not_on_whatsapp(self, record: dict[str, Any], now: float,
@@ -402,7 +406,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         to it is refused before it is stored (``delivery.check_recipient``)."""
         assert self.store is not None
         phone = record["phone"]
-        record = self._finish(record, "FAILED", now, NOT_ON_WHATSAPP,
+        record = self._finish(record, MessageState.FAILED, now, NOT_ON_WHATSAPP,
                               attempts=record["attempts"] + 1, error=msg.error)
         if self.numbers is not None:
             try:
@@ -432,9 +436,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         message (a LID the session could not map to a number confirms nothing). The
         state change carries the receipt's own time (``receipt_time``)."""
         assert self.store is not None
-        state = kind.upper()
-        if state not in RECEIPT_RANK:
+        if kind.upper() not in RECEIPT_RANK:
             return record
+        state = MessageState(kind.upper())
         if phone != record["phone"]:
             log.warning("ignored a receipt that does not come from the message's recipient",
                         message_id=record["id"], kind=kind,
@@ -554,12 +558,12 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         with self.store.batch():  # one commit for the whole batch: SENDING is on disk first
             for record in pick(session, now, self.pacer.batch(room)):
                 if record["valid_until"] is not None and record["valid_until"] < now:
-                    self._finish(record, "EXPIRED", now, "VALIDITY_PASSED")
+                    self._finish(record, MessageState.EXPIRED, now, "VALIDITY_PASSED")
                     continue
                 if link_ended(record["link_epoch"], self.links[session].epoch):
                     self._fail_ended(record, now, SESSION_LOGGED_OUT)  # never to a new device
                     continue
-                self.store.transition(record, "SENDING", now)
+                self.store.transition(record, MessageState.SENDING, now)
                 deliveries.append(Deliver(record["id"], record["phone"], record["text"],
                                           typing, account=record["account"]))
         for delivery in deliveries:
@@ -591,7 +595,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         for message_id in landed:
             self._landed(message_id)
             record = self.store.get(message_id)
-            if record is not None and record["state"] == "SENDING":
+            if record is not None and record["state"] == MessageState.SENDING:
                 self._uncertain(record, now, "its session process ended while sending it")
         self._settle_ended(landed)
 
@@ -636,13 +640,13 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             if reason is None:
                 continue
             record = self.store.get(message_id)
-            if record is not None and record["state"] == "QUEUED":
+            if record is not None and record["state"] == MessageState.QUEUED:
                 self._fail_ended(record, now, reason)
 
     def _fail_ended(self, record: dict[str, Any], now: float, reason: str) -> None:
         assert self.store is not None
         message = ENDED_MESSAGES[reason]
-        record = self._finish(record, "FAILED", now, reason, error=message)
+        record = self._finish(record, MessageState.FAILED, now, reason, error=message)
         self._answer(record["id"], Failed("SEND_FAILED", message,
                                           {"reason": reason, "messageId": record["id"]}))
 
@@ -662,11 +666,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                     reason=reason, resend=resend)
         if resend:
             # The caller, if one waits, hears the resend's outcome (or SEND_UNCONFIRMED).
-            self.store.transition(record, "QUEUED", now, reason, uncertain=True,
+            self.store.transition(record, MessageState.QUEUED, now, reason, uncertain=True,
                                   attempts=attempts, error=error)
             return
-        record = self._finish(record, "FAILED", now, reason, uncertain=True, attempts=attempts,
-                              error=error)
+        record = self._finish(record, MessageState.FAILED, now, reason, uncertain=True,
+                              attempts=attempts, error=error)
         not_again = ("delivery.on_uncertain = \"fail\"" if delivery.on_uncertain == "fail"
                      else "a test message" if record["is_test"]
                      else f"after {attempts} attempts")
@@ -725,7 +729,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         handler (its commit was rolled back), so its fate is unknown."""
         assert self.store is not None
         self.depth = self.store.pending_counts()
-        sending = {r["id"]: r for r in self.store.in_state("SENDING")}
+        sending = {r["id"]: r for r in self.store.in_state(MessageState.SENDING)}
         for message_id in [m for m in self.in_flight if m not in sending]:
             self._landed(message_id)
         now = time.time()
@@ -733,7 +737,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             if message_id not in self.in_flight:
                 self._uncertain(record, now, "its result was lost in a failed handler")
 
-    def _finish(self, record: dict[str, Any], state: str, now: float, reason: str,
+    def _finish(self, record: dict[str, Any], state: MessageState, now: float, reason: str,
                 **fields: Any) -> dict[str, Any]:
         """Into a final state (the store erases the text there when keep_text is off)."""
         assert self.store is not None
@@ -793,7 +797,8 @@ def _not_started(request_id: str) -> Failed:
 
 
 def _accepted(record: dict[str, Any], request_id: str, duplicate: bool = False) -> Accepted:
-    return Accepted(record["id"], record["state"], record["accepted_at"], request_id,
+    return Accepted(record["id"], MessageState(record["state"]), record["accepted_at"],
+                    request_id,
                     duplicate=duplicate, record=public_record(record))
 
 

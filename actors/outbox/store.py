@@ -25,13 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-PAGE_CACHE_KIB = 8192
-PENDING = ("QUEUED", "SENDING")
-FINISHED = ("SENT", "DELIVERED", "READ", "FAILED", "EXPIRED")
-STATES = PENDING + FINISHED
-RECEIPT_RANK = {"SENT": 0, "DELIVERED": 1, "READ": 2}
+from actors.messages import MessageState
 
-_SCHEMA = """
+PAGE_CACHE_KIB = 8192
+PENDING = (MessageState.QUEUED, MessageState.SENDING)
+FINISHED = (MessageState.SENT, MessageState.DELIVERED, MessageState.READ, MessageState.FAILED,
+            MessageState.EXPIRED)
+STATES = tuple(MessageState)  # the values the state column holds
+RECEIPT_RANK = {MessageState.SENT: 0, MessageState.DELIVERED: 1, MessageState.READ: 2}
+# The states as SQL literals: the partial indexes' WHERE clauses, and the queries that
+# must repeat them word for word to use them (a bound parameter would not match).
+_QUEUED = f"'{MessageState.QUEUED}'"
+_SENT = f"'{MessageState.SENT}'"
+_PENDING = "(" + ", ".join(f"'{state}'" for state in PENDING) + ")"
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY,             -- time-ordered: sorting by id is acceptance order
     session TEXT NOT NULL,
@@ -64,14 +72,14 @@ CREATE INDEX IF NOT EXISTS by_wa_id ON messages (wa_message_id) WHERE wa_message
 DROP INDEX IF EXISTS by_key;
 CREATE UNIQUE INDEX IF NOT EXISTS by_caller_key ON messages (requester, session, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS by_validity ON messages (valid_until) WHERE state = 'QUEUED';
+CREATE INDEX IF NOT EXISTS by_validity ON messages (valid_until) WHERE state = {_QUEUED};
 CREATE INDEX IF NOT EXISTS by_update ON messages (updated_at);
 CREATE INDEX IF NOT EXISTS pending_by_recipient ON messages (session, phone, id)
-    WHERE state IN ('QUEUED', 'SENDING');
+    WHERE state IN {_PENDING};
 -- unconfirmed(): every health report and /metrics scrape counts the old SENT messages
 -- per session; without it that read every SENT row of the table (by_state).
 CREATE INDEX IF NOT EXISTS unconfirmed ON messages (session, updated_at, state)
-    WHERE state = 'SENT';
+    WHERE state = {_SENT};
 """
 
 
@@ -102,7 +110,7 @@ class NewMessage:
 # The count of unconfirmed(), from its own covering index: named, because the planner
 # prefers by_state while the table is small (no statistics) and keeps that plan.
 UNCONFIRMED_SQL = ("SELECT session, COUNT(*) FROM messages INDEXED BY unconfirmed "
-                   "WHERE state = 'SENT' AND updated_at < ? GROUP BY session")
+                   f"WHERE state = {_SENT} AND updated_at < ? GROUP BY session")
 
 
 class MessageStore:
@@ -148,23 +156,24 @@ class MessageStore:
     def add(self, message: NewMessage, now: float) -> dict[str, Any]:
         record: dict[str, Any] = {
             "id": new_message_id(now), "session": message.session, "phone": message.phone,
-            "text": message.text, "text_hash": text_hash(message.text), "state": "QUEUED",
+            "text": message.text, "text_hash": text_hash(message.text),
+            "state": MessageState.QUEUED,
             "accepted_at": now, "updated_at": now, "next_attempt_at": 0.0,
             "valid_until": message.valid_until, "attempts": 0, "wa_message_id": None,
             "reason": "", "error": "", "request_id": message.request_id,
             "requester": message.requester, "idempotency_key": message.idempotency_key,
             "is_test": message.is_test, "uncertain": False,
-            "history": [["QUEUED", now, message.note]],
+            "history": [[MessageState.QUEUED, now, message.note]],
             "account": message.account, "link_epoch": message.link_epoch,
         }
         stored = {**record, "is_test": int(message.is_test), "uncertain": 0,
                   "history": json.dumps(record["history"])}
         self.db.execute(f"INSERT INTO messages ({', '.join(stored)}) "
                         f"VALUES ({', '.join('?' for _ in stored)})", tuple(stored.values()))
-        self.reached["QUEUED"] += 1
+        self.reached[MessageState.QUEUED] += 1
         return record
 
-    def transition(self, record: dict[str, Any], state: str, now: float, reason: str = "",
+    def transition(self, record: dict[str, Any], state: MessageState, now: float, reason: str = "",
                    **fields: Any) -> dict[str, Any]:
         """Move ``record`` (as last read or returned here) to ``state``, appending to its
         history, and set ``fields``; returns the updated record. One UPDATE: the caller
@@ -241,11 +250,11 @@ class MessageStore:
         QUEUED rows ordered by validity (SQLite's planner prefers ``by_state`` unless told).
         """
         rows = self.db.execute(
-            "SELECT * FROM messages INDEXED BY by_validity WHERE state = 'QUEUED' "
+            f"SELECT * FROM messages INDEXED BY by_validity WHERE state = {_QUEUED} "
             "AND valid_until < ?", (now,)).fetchall()
         records = [r for r in map(_record, rows) if r is not None]
         with self.batch():
-            return [self.transition(r, "EXPIRED", now, reason="VALIDITY_PASSED")
+            return [self.transition(r, MessageState.EXPIRED, now, reason="VALIDITY_PASSED")
                     for r in records]
 
     def prune(self, older_than: float) -> int:
@@ -286,7 +295,7 @@ class MessageStore:
 
     def next_queued(self, session: str, now: float, limit: int) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT * FROM messages WHERE session = ? AND state = 'QUEUED' "
+            f"SELECT * FROM messages WHERE session = ? AND state = {_QUEUED} "
             "AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?",
             (session, now, limit))
         return [r for r in map(_record, rows) if r is not None]
@@ -297,14 +306,14 @@ class MessageStore:
         its messages in the order they were accepted, even when one of them is being
         sent or waits for a retry."""
         rows = self.db.execute(
-            "SELECT * FROM messages AS m WHERE m.session = ? AND m.state = 'QUEUED' "
+            f"SELECT * FROM messages AS m WHERE m.session = ? AND m.state = {_QUEUED} "
             "AND m.next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM messages AS o "
             "INDEXED BY pending_by_recipient WHERE o.session = m.session "
-            "AND o.phone = m.phone AND o.state IN ('QUEUED', 'SENDING') AND o.id < m.id) "
+            f"AND o.phone = m.phone AND o.state IN {_PENDING} AND o.id < m.id) "
             "ORDER BY m.next_attempt_at, m.id LIMIT ?", (session, now, limit))
         return [r for r in map(_record, rows) if r is not None]
 
-    def in_state(self, state: str) -> list[dict[str, Any]]:
+    def in_state(self, state: MessageState) -> list[dict[str, Any]]:
         """For start-up recovery (SENDING is bounded by the in-flight limit)."""
         rows = self.db.execute("SELECT * FROM messages WHERE state = ? ORDER BY id", (state,))
         return [r for r in map(_record, rows) if r is not None]
@@ -313,13 +322,13 @@ class MessageStore:
         """The QUEUED messages of ``session`` accepted under a link epoch older than
         ``epoch`` (all of them when ``epoch`` is None: the session was forgotten)."""
         rows = self.db.execute(
-            "SELECT * FROM messages WHERE session = ? AND state = 'QUEUED' "
+            f"SELECT * FROM messages WHERE session = ? AND state = {_QUEUED} "
             "AND (? IS NULL OR link_epoch < ?)", (session, epoch, epoch))
         return [r for r in map(_record, rows) if r is not None]
 
     def pending_counts(self) -> dict[str, int]:
         rows = self.db.execute("SELECT session, COUNT(*) AS n FROM messages "
-                               "WHERE state IN ('QUEUED', 'SENDING') GROUP BY session")
+                               f"WHERE state IN {_PENDING} GROUP BY session")
         return {r["session"]: r["n"] for r in rows}
 
     def page(self, *, session: str | None = None, state: str | None = None,
@@ -361,7 +370,7 @@ def delivery_unconfirmed(record: dict[str, Any], now: float, after_seconds: floa
     delivery receipt (its SENT time is its last change: a receipt moves it on)."""
     state: str = record["state"]
     sent_at: float = record["updated_at"]
-    return state == "SENT" and now - sent_at > after_seconds
+    return state == MessageState.SENT and now - sent_at > after_seconds
 
 
 def public_record(record: dict[str, Any]) -> dict[str, Any]:

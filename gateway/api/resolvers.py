@@ -36,6 +36,7 @@ from actors.messages import (
     GetStatus,
     ListMessages,
     MessagePage,
+    MessageState,
     RequestPairingCode,
     SendText,
     SessionStatus,
@@ -145,7 +146,8 @@ def build_schema() -> GraphQLSchema:
     def resolve_send(_: Any, info: GraphQLResolveInfo, phoneNumber: str, message: str,
                      session: str = "default", idempotencyKey: str | None = None) -> bool:
         accepted = _send(info, phoneNumber, message, session, idempotencyKey, None)
-        if accepted.state in ("FAILED", "EXPIRED"):  # a retried key whose message failed
+        # A retried key whose message failed:
+        if accepted.state in (MessageState.FAILED, MessageState.EXPIRED):
             record = accepted.record or {}
             raise GatewayError("SEND_FAILED", f"this idempotency key's message is "
                                f"{accepted.state} ({record.get('reason') or 'no reason'})",
@@ -198,7 +200,7 @@ def build_schema() -> GraphQLSchema:
                                field="state")
         request = ListMessages(
             session=validate_session_name(session) if session is not None else None,
-            state=state,
+            state=MessageState(state) if state is not None else None,
             phone=normalize_phone_number(phoneNumber) if phoneNumber is not None else None,
             first=first, after=after, request_id=_request_id(info))
         page: MessagePage = _ask(info, request)
@@ -252,7 +254,7 @@ def build_schema() -> GraphQLSchema:
         )
         accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config),
                                                         to_outbox=True)
-        return accepted.state == "SENT"
+        return accepted.state == MessageState.SENT
 
     message = ObjectType("WhatsAppMessage")
     message.set_field("phoneNumber", lambda r, _: e164(r["phone"]))

@@ -16,9 +16,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from actors.messages import HealthReport, SessionState
+from actors.messages import HealthReport, MessageState, SessionState
 from actors.metrics import RATE_SCOPES, SessionMetrics
-from actors.outbox.store import STATES
 from actors.session.states import SESSION_STATES
 from gateway import __version__
 from gateway.auth.scope import Scope, scoped_report
@@ -122,8 +121,8 @@ class ActorCollector:
             return  # the counters below are of every session together
         messages = CounterMetricFamily("wagate_messages_total", "messages that reached each "
                                        "state (each message once per state)", labels=["state"])
-        for name in STATES:
-            messages.add_metric([name], float(metrics.messages.get(name, 0)))
+        for state in MessageState:
+            messages.add_metric([state.value], float(metrics.messages.get(state, 0)))
         yield messages
         uncertain = CounterMetricFamily("wagate_messages_uncertain_total", "messages whose "
                                         "fate a crash hid (resent or failed by policy)")
