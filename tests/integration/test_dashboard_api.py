@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import requests
 
+from actors.messages import SessionState
+from actors.session.states import SESSION_STATES
 from gateway import __version__
 from tests.integration.harness import Gateway, wait_for
 
@@ -63,6 +65,25 @@ def test_sessions_lists_every_known_session_that_the_token_may_see(gateway: Gate
     assert [s["session"] for s in seen] == ["alerts"]
     other = new_token(gateway, "viewer", ["elsewhere"])
     assert gql_as(gateway, other, SESSIONS) == {"data": {"whatsAppSessions": []}}
+
+
+def test_each_status_carries_its_states_hint_which_the_dashboard_shows(
+        gateway: Gateway) -> None:
+    """The dashboard keeps no copy of what a state means: it shows ``hint``, which comes
+    from the one table of session states (actors/session/states.py)."""
+    query = "{ whatsAppStatus { state hint { label meaning whatToDo tone } } }"
+
+    def with_hint(state: str) -> dict:
+        row = SESSION_STATES[SessionState(state)]
+        return {"state": state, "hint": {"label": row.label, "meaning": row.meaning,
+                                         "whatToDo": row.what_to_do, "tone": row.tone}}
+
+    assert gateway.gql(query).data == {"whatsAppStatus": with_hint("NEW")}
+    gateway.link()
+    assert gateway.gql(query).data == {"whatsAppStatus": with_hint("CONNECTED")}
+    assert not gateway.gql('mutation { whatsAppDisconnect(keepSession: true) }').errors
+    wait_for(lambda: gateway.gql(query).data == {"whatsAppStatus": with_hint("DISCONNECTED")},
+             message="the DISCONNECTED state's hint")
 
 
 def test_gateway_reports_the_caller_queues_usage_and_limits(
