@@ -233,6 +233,10 @@ def test_message_states_are_one_set_in_the_enum_the_store_and_the_schema() -> No
     assert set(outbox_store.RECEIPT_RANK) <= values
     described = _schema_description("WhatsAppMessage").split("state:", 1)[1]
     assert set(WORD.findall(described)) == values
+    # The dashboard's filter offers each state once (a static page: checked, not built).
+    page = (ROOT / "gateway/web/static/index.html").read_text("utf-8")
+    select = page.split('<select id="messages-state">', 1)[1].split("</select>", 1)[0]
+    assert re.findall(r"<option>([A-Z_]+)</option>", select) == [s.value for s in MessageState]
 
 
 def test_the_store_keeps_and_answers_the_plain_strings(tmp_path: Path) -> None:
