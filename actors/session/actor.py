@@ -45,7 +45,6 @@ from actors.messages import (
 )
 from actors.session.links import ACCOUNT_CHANGED, wrong_account
 from actors.session.machine import (
-    ACTIVE_STATES,
     Action,
     ArmConnectTimeout,
     ArmWatchdog,
@@ -55,6 +54,7 @@ from actors.session.machine import (
     StartClient,
     StopClient,
 )
+from actors.session.states import ACTIVE_STATES
 from actors.supervisor.policy import ReconnectPolicy
 from actors.system import host_config, on_required_host
 from actors.threadbridge import BridgedActor

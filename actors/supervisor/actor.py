@@ -74,7 +74,7 @@ from actors.outbox.actor import OutboxActor
 from actors.run_once import RunOnce
 from actors.session.actor import SessionActor
 from actors.session.links import evictable, keep_account, over_limit, updated_entry
-from actors.session.machine import ACTIVE_STATES, FINAL_STATES
+from actors.session.states import ACTIVE_STATES, FINAL_STATES
 from actors.supervisor.cluster import ClusterSupervision, Host, HostCheck, RefusedHost
 from actors.supervisor.placement import HeartbeatTracker
 from actors.supervisor.policy import RestartBudget, backoff_delay
