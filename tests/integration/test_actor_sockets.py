@@ -193,7 +193,7 @@ def test_every_actor_system_socket_closes_outside_connections_unread(
 
         # The launcher and every actor (admin, logger, supervisor, audit, outbox, ...)
         # run their endpoints all the time: each closes the connection at once.
-        state = gateway.cli.run_state()
+        state = gateway.run_state()
         assert state is not None and gateway.process is not None
         running = probe_all("launcher", gateway.process.pid, markers)
         for pid in _group_members(int(state["actor_pgid"])):
@@ -205,7 +205,7 @@ def test_every_actor_system_socket_closes_outside_connections_unread(
 
         # The web tier and the CLI commands open their sockets to ask the supervisor;
         # while it is held, each keeps its endpoint running: probe them then.
-        supervisor = int(gateway.api.health()["processes"]["supervisor"])
+        supervisor = int(gateway.health()["processes"]["supervisor"])
         workers = [pid for pid in _group_members(int(state["web_pgid"]))
                    if pid != int(state["web_pgid"])]  # gunicorn's workers, not its master
         answers: list[int] = []

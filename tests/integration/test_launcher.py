@@ -319,7 +319,7 @@ def zombie_children(pid: int) -> list[int]:
 def test_the_launcher_leaves_no_defunct_child_while_it_serves(gateway: Gateway) -> None:
     """Thespian's Admin starter (a child of the launcher that forks the Admin and
     exits) stayed ``<defunct>`` under the launcher for the gateway's whole life."""
-    state = gateway.cli.run_state()
+    state = gateway.run_state()
     assert state is not None and gateway.process is not None
     launcher = gateway.process.pid
     assert state["launcher"] == launcher

@@ -146,7 +146,7 @@ def test_killed_session_process_is_restarted_without_a_qr(gateway: Gateway) -> N
     gateway.signal_process(old_pid, signal.SIGKILL)
 
     def restarted() -> int | None:
-        [entry] = [s for s in gateway.api.health()["sessions"] if s["session"] == "default"]
+        [entry] = [s for s in gateway.health()["sessions"] if s["session"] == "default"]
         if entry["state"] == "CONNECTED" and entry["pid"] not in (None, old_pid):
             return int(entry["pid"])
         return None

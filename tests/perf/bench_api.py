@@ -823,7 +823,7 @@ def run(settings: Settings) -> int:
                   "session ...", flush=True)
             gateway.start()
             gateway.link()
-            state = gateway.cli.run_state() or {}
+            state = gateway.run_state() or {}
             web_pgid, actor_pgid = int(state["web_pgid"]), int(state["actor_pgid"])
 
             def gateway_labels() -> dict[int, str]:

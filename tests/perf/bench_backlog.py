@@ -164,7 +164,7 @@ def gateway_labels(gateway: Gateway) -> dict[int, str]:
     bench_api's actor naming goes by the data_dir folders a process holds open; the
     outbox and the session are named from ``/admin/health`` on top of it (the
     authoritative pids)."""
-    state = gateway.cli.run_state() or {}
+    state = gateway.run_state() or {}
     labels = {**label_web_group(int(state["web_pgid"]), "gw"),
               **label_actor_group(int(state["actor_pgid"]), gateway.data_dir)}
     document = health(gateway)
@@ -232,7 +232,7 @@ def proc_status_kb(pid: int, key: str) -> int:
 
 
 def health(gateway: Gateway) -> dict[str, Any]:
-    document = gateway.api.health()
+    document = gateway.health()
     assert "queue" in document, f"/admin/health answered {document!r}"
     return document
 
