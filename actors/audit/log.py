@@ -66,6 +66,7 @@ from typing import Any, BinaryIO
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from gateway.core.errors import WagateError
+from gateway.core.files import fsync_dir
 
 GENESIS = "0" * 64
 DIR_NAME = "audit"
@@ -128,14 +129,6 @@ def log_files(directory: Path) -> list[tuple[int, Path]]:
 def ensure_dir(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AuditLock:
@@ -512,7 +505,7 @@ class AuditLog:
             with contextlib.suppress(OSError):
                 (self.directory / name).unlink()
         with contextlib.suppress(OSError):
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     def _write(self, line: bytes) -> None:
         assert self._fd is not None
@@ -536,7 +529,7 @@ class AuditLog:
         os.fchmod(self._fd, 0o600)
         self.number = number
         self.size = os.fstat(self._fd).st_size
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _roll(self) -> None:
         assert self._fd is not None

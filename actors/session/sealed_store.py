@@ -35,7 +35,6 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.core.child_env import helper_environment
 from gateway.core.config import EncryptionConfig
 from gateway.core.errors import WagateError
+from gateway.core.files import stale_temp_files
 
 MAGIC = b"WAGSEAL\x00"
 FORMAT_VERSION = 2  # bound to its session and store, with a generation
@@ -277,38 +277,12 @@ def unseal(key: StoreKey, blob: bytes, what: str, store: StoreId) -> bytes:
 # --------------------------------------------------------------------------- files
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash at any moment leaves either the
-    old or the new file: a 0600 temp file in the same directory, fsync, rename, then
-    fsync the directory so the rename itself is durable."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def remove_stale_temp_files(directory: Path) -> list[Path]:
     """Temp files of writes a crash interrupted (``write_atomic`` names them
     ``.<name>.<random>.tmp``); only safe while nothing writes there."""
     removed = []
     for name in STORE_FILES:
-        for tmp in directory.glob(f".{name}.*.tmp"):
+        for tmp in stale_temp_files(directory, name):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
                 removed.append(tmp)

@@ -27,7 +27,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from actors.session.sealed_store import MAX_GENERATION, StoreError, is_inside, write_atomic
+from actors.session.sealed_store import MAX_GENERATION, StoreError, is_inside
+from gateway.core.files import write_atomic
 
 
 class RolledBack(StoreError):

@@ -48,7 +48,6 @@ from actors.session.sealed_store import (
     StoreError,
     StoreId,
     StoreKey,
-    fsync_dir,
     is_sealed,
     remove_sqlite_companions,
     remove_stale_temp_files,
@@ -57,11 +56,11 @@ from actors.session.sealed_store import (
     sealed_version,
     snapshot,
     unseal,
-    write_atomic,
 )
 from actors.session.store_generations import GenerationLedger, open_ledger
 from actors.transport.base import check_session_id, make_private_dir
 from gateway.core.config import EncryptionConfig
+from gateway.core.files import fsync_dir, write_atomic
 
 LOCK_NAME = ".lock"
 BASE_NAME = ".base"  # {store: [generation, sha256 hex]} of the copy's last checkpoint

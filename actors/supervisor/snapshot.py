@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import ErrorInfo, SessionState, SessionStatus
+from gateway.core.files import stale_temp_files, write_atomic
 
 HEARTBEAT_SECONDS = 1.0
 MAX_AGE_SECONDS = 3.0  # three missed heartbeats: do not trust the file any more
@@ -30,16 +31,16 @@ def write_snapshot(data_dir: Path, statuses: dict[str, SessionStatus], now: floa
     path = data_dir / FILE_NAME
     document = {"written_at": now,
                 "sessions": {name: dataclasses.asdict(s) for name, s in statuses.items()}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(document, f)
-    os.replace(tmp, path)
+    # Rewritten every second and worthless after a restart: atomic, but not fsynced.
+    write_atomic(path, json.dumps(document), durable=False)
 
 
 def remove_snapshot(data_dir: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        (data_dir / FILE_NAME).unlink()
+    """At stop: the file, and any temp file a killed supervisor left half-way."""
+    path = data_dir / FILE_NAME
+    for doomed in [path, *stale_temp_files(path.parent, path.name)]:
+        with contextlib.suppress(FileNotFoundError):
+            doomed.unlink()
 
 
 class SnapshotReader:

@@ -29,9 +29,7 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,6 +59,7 @@ from actors.transport.base import (
 )
 from gateway.core.config import QrConfig, SimulatorConfig
 from gateway.core.errors import WagateError
+from gateway.core.files import write_atomic
 
 # A closing transport waits this long for its connection thread; the thread only
 # ever sleeps one poll interval, so this bound is generous.
@@ -846,15 +845,4 @@ def _write_private_json(path: Path, data: dict[str, Any]) -> None:
     so a crash never leaves half-written credentials behind."""
     make_private_dir(path.parent.parent)
     make_private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data))

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 import tomllib
@@ -37,6 +36,7 @@ from typing import Any
 
 from gateway.core.config import Config
 from gateway.core.errors import GatewayError, WagateError
+from gateway.core.files import write_atomic
 from gateway.core.networks import Network, address_in, parse_address, parse_networks
 from gateway.core.times import iso_time
 
@@ -283,12 +283,7 @@ class TokenFile:
     def _write(self, entries: dict[str, TokenEntry]) -> None:
         text = ("# wagate API tokens: hashes only; manage with `wagate token ...`\n[tokens]\n"
                 + "".join(entry_line(e) + "\n" for e in entries.values()))
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:  # mkstemp: mode 0600
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, text)
 
 
 def tokens_path(config: Config) -> Path:

@@ -8,7 +8,6 @@ summary and what to do next.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from actors.session.sealed_store import (
 from gateway.cli.progress import Progress
 from gateway.cli.store_keys import StoreCheckError, rotate_keys, verify_stores
 from gateway.core.config import Config, EncryptionConfig
+from gateway.core.files import write_atomic
 
 
 def register(commands: Any, common: Any) -> None:
@@ -82,16 +82,12 @@ def cmd_create(args: argparse.Namespace) -> int:
         return _fail(f"the directory {path.parent} does not exist; create it first "
                      "(mode 0700, owned by the user running wagate)")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_atomic(path, key_text + "\n", exclusive=True)
     except FileExistsError:
         return _fail(f"{path} already exists; a key is never overwritten (stores encrypted "
                      "under it would be lost): choose another path")
     except OSError as exc:
         return _fail(f"cannot create {path}: {exc.strerror}")
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(key_text + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
     print(f"wrote a new storage key (fingerprint {key.fingerprint}) to {path} (mode 0600)")
     print("next: name it in the config (encryption.key_file) for a new gateway, or move "
           f"existing stores to it with `wagate keys rotate --new-key-file {path}`")

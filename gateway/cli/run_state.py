@@ -35,6 +35,7 @@ from gateway.cli.ownership import (
     sweep_owned,
 )
 from gateway.core.errors import WagateError
+from gateway.core.files import write_atomic
 
 log = structlog.get_logger("wagate.run")
 
@@ -150,15 +151,8 @@ def read_record(data: Path) -> RunRecord | None:
 
 
 def write_record(data: Path, record: RunRecord) -> None:
-    path = data / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # never write through whatever a stale name points to
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(record.to_json()))
-    os.replace(tmp, path)
+    # The temp file is created exclusively, so nothing planted in run/ is written through.
+    write_atomic(data / STATE_FILE, json.dumps(record.to_json()))
 
 
 def running_gateway(data: Path) -> str | None:

@@ -43,12 +43,12 @@ from actors.session.sealed_store import (
     sealed_version,
     snapshot,
     unseal,
-    write_atomic,
 )
 from actors.session.store_generations import GenerationLedger, open_ledger
 from actors.session.working_copy import clear_stale, gateway_tag, seal_orphans, work_root
 from gateway.core.config import Config
 from gateway.core.errors import WagateError
+from gateway.core.files import write_atomic
 
 log = structlog.get_logger("wagate.stores")
 

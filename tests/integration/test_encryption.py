@@ -235,6 +235,7 @@ def test_key_rotation_then_restart_reconnects_without_a_qr(
     done = wagate("keys", "create", "--out", str(new_file), "--config", config)
     assert done.returncode == 1 and "already exists" in done.stderr
     assert parse_key(new_file.read_text(), "again").fingerprint == new.fingerprint
+    assert [p.name for p in new_file.parent.iterdir()] == ["new.key"]  # no temp file left
 
     rotate = ("keys", "rotate", "--new-key-file", str(new_file), "--config", config)
     done = wagate(*rotate)

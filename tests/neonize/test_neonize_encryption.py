@@ -27,8 +27,8 @@ from actors.session.sealed_store import (
     seal,
     snapshot,
     unseal,
-    write_atomic,
 )
+from gateway.core.files import write_atomic
 from tests.neonize.fault_proxy import refused_port
 
 DEVICE_STORE = StoreId("default", "neonize.db")

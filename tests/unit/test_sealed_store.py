@@ -1,13 +1,10 @@
-"""The sealed store format, the storage key and crash-safe writes (session/sealed_store.py)."""
+"""The sealed store format and the storage key (session/sealed_store.py); crash-safe
+writes are tested with their one writer (tests/unit/test_files.py)."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import stat
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -28,7 +25,6 @@ from actors.session.sealed_store import (
     sealed_fingerprint,
     snapshot,
     unseal,
-    write_atomic,
 )
 from gateway.core.config import EncryptionConfig
 
@@ -149,46 +145,6 @@ def test_key_file_problems_say_what_to_do(tmp_path: Path) -> None:
     bad.write_text("not a key")
     with pytest.raises(StoreKeyError, match=f"encryption.key_file {bad}"):
         load_key(EncryptionConfig(key_env="", key_file=str(bad)), data, {})
-
-
-# --------------------------------------------------------------------------- files
-
-
-def test_write_atomic_writes_a_private_file_and_replaces_it(tmp_path: Path) -> None:
-    path = tmp_path / "simulator.json"
-    write_atomic(path, b"one")
-    assert path.read_bytes() == b"one"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    write_atomic(path, b"two")
-    assert path.read_bytes() == b"two"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["simulator.json"]
-
-
-def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
-    """A real failure half-way (the file size limit, as a full disk would): the old
-    store stays whole and no temp file is left behind. In a child process, so the
-    limit does not touch the test runner."""
-    path = tmp_path / "neonize.db"
-    path.write_bytes(b"old store")
-    script = textwrap.dedent(f"""
-        import resource, signal, sys
-        from pathlib import Path
-        from actors.session.sealed_store import write_atomic
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-        try:
-            write_atomic(Path({str(path)!r}), b"x" * 100_000)
-        except OSError as exc:
-            print("failed:", exc.errno)
-            sys.exit(0)
-        sys.exit("the write did not fail")
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, cwd=Path(__file__).parents[2])
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("failed:"), done.stdout
-    assert path.read_bytes() == b"old store"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["neonize.db"]
 
 
 def test_a_sqlite_snapshot_includes_the_uncheckpointed_wal(tmp_path: Path) -> None:

@@ -29,12 +29,12 @@ from actors.session.sealed_store import (
     sealed_generation,
     sealed_version,
     unseal,
-    write_atomic,
 )
 from actors.session.store_generations import GenerationLedger, RolledBack, open_ledger
 from actors.session.working_copy import WorkingCopy
 from gateway.cli.store_keys import StoreCheckError, check_stores, verify_stores
 from gateway.core.config import EncryptionConfig, load_config
+from gateway.core.files import write_atomic
 
 CREDS = {"device_id": "9f8e7d6c5b4a3921", "phone": "15551234567", "linked_at": 1.0}
 NAME = "simulator.json"

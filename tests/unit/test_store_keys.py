@@ -20,10 +20,10 @@ from actors.session.sealed_store import (
     seal,
     sealed_fingerprint,
     unseal,
-    write_atomic,
 )
 from gateway.cli.store_keys import StoreCheckError, check_stores, rotate_keys, verify_stores
 from gateway.core.config import Config, load_config
+from gateway.core.files import write_atomic
 
 ROOT = Path(__file__).parents[2]
 SESSIONS = ("alpha", "beta", "gamma")

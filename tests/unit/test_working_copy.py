@@ -24,10 +24,10 @@ from actors.session.sealed_store import (
     parse_key,
     seal,
     unseal,
-    write_atomic,
 )
 from actors.session.working_copy import WorkingCopy, clear_stale, gateway_tag, work_root
 from gateway.core.config import EncryptionConfig
+from gateway.core.files import write_atomic
 
 CREDS = {"device_id": "0123456789abcdef", "phone": "15557654321", "linked_at": 1.0}
 ROOT = Path(__file__).parents[2]

@@ -1,0 +1,81 @@
+"""The one way the gateway replaces a file on disk.
+
+Credentials, sealed stores, the token file, the launcher's run record and the status
+snapshot are all rewritten while readers (other processes, the next start after a
+crash or a power cut) may look at them. Each must see either the old file or the new
+one, never a torn mix: so the bytes go into a temp file in the same directory (a
+rename is atomic only within one file system), are flushed to disk, and the temp file
+is renamed over the target; then the directory is fsynced, so the rename itself
+survives a power cut.
+
+The temp file is created by ``mkstemp`` (``O_EXCL``, mode 0600 from the start), so a
+planted symlink at its name is never followed, and the secret is never readable by
+others, not even for a moment. Its name, ``.<name>.<random>.tmp``, is what
+``stale_temp_files`` finds after a crash between the write and the rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+PRIVATE = 0o600
+
+
+def write_atomic(path: Path, data: bytes | str, *, mode: int = PRIVATE,
+                 exclusive: bool = False, durable: bool = True) -> None:
+    """Replace (or create) ``path`` with ``data`` so that a crash at any moment leaves
+    the old file or the new one, and no temp file when the write fails.
+
+    ``mode``: the new file's permission bits (0600 unless a caller needs others).
+    ``exclusive``: never replace an existing file (``FileExistsError`` instead), for
+    what must not be overwritten, such as a storage key; the complete file appears
+    under its name at once (a hard link), so even a crash leaves no half key.
+    ``durable=False`` skips both fsyncs, for a file rewritten every second that is
+    worthless after a restart (the status snapshot): a power cut may then lose the
+    last version, but never leaves a torn one.
+    """
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if mode != PRIVATE:
+                os.fchmod(handle.fileno(), mode)
+            handle.write(raw)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        _publish(tmp, path, exclusive)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    if durable:
+        fsync_dir(path.parent)
+
+
+def _publish(tmp: Path, path: Path, exclusive: bool) -> None:
+    """Give the finished temp file its real name: a rename over the old file, or, when
+    nothing may be overwritten, a hard link that fails if the name is taken (the temp
+    name is then removed by the caller)."""
+    if exclusive:
+        os.link(tmp, path)
+    else:
+        os.replace(tmp, path)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename, creation or removal in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stale_temp_files(directory: Path, name: str) -> list[Path]:
+    """Temp files ``write_atomic`` left for ``directory/name`` when the process died
+    between the write and the rename; only safe to remove while nothing writes there."""
+    return sorted(directory.glob(f".{name}.*.tmp"))
