@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.core.errors import WagateError
+from gateway.core.names import is_session_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,8 +258,9 @@ def _user_digits(user: str) -> str:
 
 
 def check_session_id(session_id: str) -> None:
-    """The id becomes a directory name: refuse anything that could leave ``sessions/``."""
-    if not session_id or session_id in {".", ".."} or any(c in session_id for c in "/\\\0"):
+    """The id becomes a directory name: refuse anything but a name the API accepts
+    (``gateway/core/names.py``), so nothing can leave ``sessions/``."""
+    if not is_session_name(session_id):
         raise ValueError(f"invalid session id {session_id!r}")
 
 

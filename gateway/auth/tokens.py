@@ -37,6 +37,7 @@ from typing import Any
 from gateway.core.config import Config
 from gateway.core.errors import GatewayError, WagateError
 from gateway.core.files import write_atomic
+from gateway.core.names import is_session_name
 from gateway.core.networks import Network, address_in, parse_address, parse_networks
 from gateway.core.times import iso_time
 
@@ -55,7 +56,6 @@ ACTIONS: dict[str, frozenset[str]] = {
 TOKEN_PREFIX = "wgt_"
 TOKEN_BYTES = 32
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SESSION_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DURATION = re.compile(r"^(\d+)([dhm])$")
 MAX_EXPIRY_SECONDS = 100 * 365 * 86400  # a longer lifetime is a typo, not a plan
 
@@ -214,7 +214,7 @@ def _entry(name: str, raw: dict[str, Any], where: str) -> TokenEntry:
     sessions = raw.get("sessions")
     if sessions is not None:
         if not isinstance(sessions, list) or not all(
-                isinstance(s, str) and SESSION_PATTERN.match(s) for s in sessions):
+                is_session_name(s) for s in sessions):
             raise TokenFileError(f"{where}: sessions must be a list of session names")
         sessions = frozenset(sessions)
     expires = raw.get("expires")

@@ -14,7 +14,6 @@ from typing import Any
 from gateway.auth.tokens import (
     NAME_PATTERN,
     ROLES,
-    SESSION_PATTERN,
     TokenEntry,
     TokenFile,
     TokenFileError,
@@ -24,6 +23,7 @@ from gateway.auth.tokens import (
     token_hash,
     tokens_path,
 )
+from gateway.core.names import is_session_name
 from gateway.core.networks import parse_networks
 from gateway.core.times import iso_time
 
@@ -74,7 +74,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     if not NAME_PATTERN.match(args.name):
         return _fail(f"--name {args.name!r}: use 1-64 letters, digits, '_' or '-'")
     sessions = _split(args.sessions) if args.sessions is not None else None
-    bad = [s for s in sessions or () if not SESSION_PATTERN.match(s)]
+    bad = [s for s in sessions or () if not is_session_name(s)]
     if bad or sessions == []:
         return _fail(f"--sessions: {bad[0] if bad else 'empty'!r} is not a session name")
     now = time.time()

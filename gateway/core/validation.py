@@ -15,10 +15,10 @@ import phonenumbers
 from phonenumbers import geocoder
 
 from gateway.core.errors import WagateError
+from gateway.core.names import SESSION_NAME_RULE, is_session_name
 from gateway.core.recipients import suggested_number
 
 __all__ = [
-    "SESSION_NAME_MAX_LENGTH",
     "ValidationError",
     "e164",
     "normalize_phone_number",
@@ -26,13 +26,10 @@ __all__ = [
     "validate_session_name",
 ]
 
-SESSION_NAME_MAX_LENGTH = 64
-
 # Separators people type or paste between digit groups. Any Unicode whitespace is
 # accepted because numbers copied from web pages often contain non-breaking spaces.
 _SEPARATORS = re.compile(r"[\s.\-()]")
 _ASCII_DIGITS = re.compile(r"[0-9]+")
-_SESSION_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{SESSION_NAME_MAX_LENGTH}}}")
 # Echoing a huge bogus input back would bloat error responses and logs.
 _ECHO_LIMIT = 40
 _EXAMPLE_NUMBER = "+14155552671"
@@ -187,18 +184,13 @@ def validate_message(text: str, max_length: int) -> str:
 
 
 def validate_session_name(name: str) -> str:
-    """Return ``name`` unchanged if it is a safe session name, else raise INVALID_SESSION.
-
-    Session names become directory and file names under the data directory, so
-    the allowed alphabet is deliberately tiny: no "/", no ".", hence no "..", no
-    absolute paths and no hidden files. The length cap keeps paths well below
-    filesystem limits.
-    """
-    if not _SESSION_NAME.fullmatch(name):
+    """Return ``name`` unchanged if it follows the one session-name rule
+    (``gateway/core/names.py``, which says why it is so strict), else raise
+    INVALID_SESSION."""
+    if not is_session_name(name):
         raise ValidationError(
             "INVALID_SESSION",
-            f"session '{_echo(name)}' is not a valid session name; use 1 to "
-            f"{SESSION_NAME_MAX_LENGTH} characters from A-Z, a-z, 0-9, '_' and '-'",
+            f"session '{_echo(name)}' is not a valid session name; use {SESSION_NAME_RULE}",
             "session",
         )
     return name
