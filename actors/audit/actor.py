@@ -32,11 +32,12 @@ import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.audit.bursts import BurstCounter
-from actors.audit.log import AuditLock, AuditLog, audit_dir, iso_time, lock_holder
+from actors.audit.log import TIME_PRECISION, AuditLock, AuditLog, audit_dir, lock_holder
 from actors.messages import AuditEvent, Failed, Ok, RecordAudit, Routed, StartWorker
 from actors.run_once import RunOnce
 from gateway.core.config import Config
 from gateway.core.observability import setup_logging
+from gateway.core.times import iso_time
 
 log = structlog.get_logger("wagate.audit")
 
@@ -137,8 +138,8 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
 
     def _record_bursts(self, summaries: list[dict[str, Any]]) -> None:
         for summary in summaries:
-            fields = {**summary, "first": iso_time(summary["first"]),
-                      "last": iso_time(summary["last"])}
+            fields = {**summary, "first": iso_time(summary["first"], TIME_PRECISION),
+                      "last": iso_time(summary["last"], TIME_PRECISION)}
             self._record(_Pending(AuditEvent(AUTH_FAILURE, fields)))
 
     def _record(self, item: _Pending) -> None:
@@ -162,7 +163,7 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         now = time.time()
         if not self.lock.held:
             info = {"pid": os.getpid(), "admin_port": config.actors.admin_port,
-                    "writer": "gateway", "since": iso_time(now)}
+                    "writer": "gateway", "since": iso_time(now, TIME_PRECISION)}
             try:
                 acquired = self.lock.acquire(info)
             except OSError as exc:  # the audit directory cannot be created or opened

@@ -59,7 +59,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -67,8 +66,11 @@ from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from gateway.core.errors import WagateError
 from gateway.core.files import fsync_dir
+from gateway.core.times import Precision, iso_time
 
 GENESIS = "0" * 64
+# Every entry's time, and the times inside audit fields (gateway/core/times.py says why).
+TIME_PRECISION: Precision = "microseconds"
 DIR_NAME = "audit"
 LOCK_NAME = "lock"
 SECRET_NAME = "recipient.key"
@@ -245,11 +247,6 @@ def as_written(raw: bytes, entry: Mapping[str, Any]) -> bool:
         return written_line(entry) == raw
     except ValueError:  # NaN/Infinity typed into a line by hand
         return False
-
-
-def iso_time(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds"
-                                                            ).replace("+00:00", "Z")
 
 
 def country_code(digits: str) -> str:
@@ -482,7 +479,8 @@ class AuditLog:
     def _entry(self, event: str, fields: Mapping[str, Any] | None, request_id: str
                ) -> tuple[dict[str, Any], bytes]:
         """The next entry of the chain and its line."""
-        entry: dict[str, Any] = {"seq": self.seq + 1, "time": iso_time(self._clock()),
+        entry: dict[str, Any] = {"seq": self.seq + 1,
+                                 "time": iso_time(self._clock(), TIME_PRECISION),
                                  "event": _clip(str(event), MAX_KEY)}
         if request_id:
             entry["request_id"] = _clip(str(request_id), 128)

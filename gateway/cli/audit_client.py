@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 from actors.audit.log import (
+    TIME_PRECISION,
     AuditError,
     AuditLock,
     AuditLog,
     audit_dir,
-    iso_time,
     lock_holder,
 )
 from actors.messages import AuditEvent, RecordAudit
@@ -31,6 +31,7 @@ from actors.system import (
 )
 from gateway.api.errors import GatewayError
 from gateway.core.config import Config
+from gateway.core.times import iso_time
 
 MEGABYTE = 1024 * 1024
 POLL_SECONDS = 0.05  # between looks at the lock while another writer holds it
@@ -55,7 +56,7 @@ def record_admin_action(config: Config, event: str, **fields: Any) -> None:
     while True:
         try:
             acquired = lock.acquire({"pid": os.getpid(), "writer": "cli",
-                                     "since": iso_time(time.time())})
+                                     "since": iso_time(time.time(), TIME_PRECISION)})
         except OSError as exc:
             raise AuditError(f"cannot use the audit directory: {exc}; run the command as "
                              "the user the gateway runs as") from exc

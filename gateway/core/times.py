@@ -1,6 +1,14 @@
-"""How the API, health documents and token files write a moment: ISO 8601, UTC, whole
-seconds, ``Z``. One function, so every surface agrees (dependency-free: the CLI and
-the auth module use it without loading the GraphQL stack)."""
+"""How the gateway writes a moment: ISO 8601, UTC, ``Z``. One function, so every
+surface agrees (dependency-free: the CLI, the auth module and the audit log use it
+without loading the GraphQL stack).
+
+Two precisions, one format. The API, the health documents and the token file say
+whole seconds (the schema documents it; a client compares them as text). The audit
+log says microseconds, as it always has: its lines are covered by the chain's hashes
+as written, so the precision of existing lines can never change, and a writer that
+switched would only make one log hold two formats and lose the order of the events of
+one second when read next to other logs.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +25,23 @@ def iso_time(timestamp: float | None) -> str | None: ...
 def iso_time(timestamp: float | None) -> str | None:
     """``None`` stays ``None`` (no moment); the overloads tell callers that a moment
     always gives a string."""
+from typing import Literal, overload
+
+Precision = Literal["seconds", "microseconds"]
+
+
+@overload
+def iso_time(timestamp: float, precision: Precision = "seconds") -> str: ...
+
+
+@overload
+def iso_time(timestamp: None, precision: Precision = "seconds") -> None: ...
+
+
+def iso_time(timestamp: float | None, precision: Precision = "seconds") -> str | None:
+    """``2026-12-02T15:00:00Z`` (or ``...00.123456Z``); None stays None (a moment that
+    has not happened, such as a session never connected)."""
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace(
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec=precision).replace(
         "+00:00", "Z")
