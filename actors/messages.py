@@ -147,7 +147,6 @@ class SendText:
     phone: str
     text: str = field(repr=False)
     request_id: str = ""
-    wait_for_ack: bool = True  # answer after the server acked (or send_timeout)
     require_connected: bool = False  # testWhatsAppConnection: never queue
     # The same key from the same caller on the same session -> the original message.
     idempotency_key: str | None = None

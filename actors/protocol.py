@@ -31,6 +31,9 @@ from gateway.core.version import __version__
 # 4: message states are the MessageState enum, which Accepted and ListMessages carry).
 PROTOCOL = 4
 LAYOUT = "b2a56a211baccdba"
+# 4: SendText lost wait_for_ack, which every sender left True).
+PROTOCOL = 4
+LAYOUT = "d0dd53f91cb3ce97"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "gateway.core.config")

@@ -45,11 +45,6 @@ _listeners_tracked = False
 _host_config: Any = None
 
 
-def bind_loopback_only() -> None:
-    """Rewrite Thespian's all-interfaces bind address to 127.0.0.1 (idempotent)."""
-    bind_only(LOOPBACK)
-
-
 def bind_only(address: str) -> None:
     """Bind every actor-system socket of this process and of the processes it forks to
     ``address`` instead of all interfaces, and advertise that address (idempotent; a

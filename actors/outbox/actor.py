@@ -255,7 +255,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 else ""), now)
         self.accepting = (record, reply_to, send.request_id)
         self.depth[send.session] = self.depth.get(send.session, 0) + 1
-        if send.wait_for_ack and self._can_send(send.session):
+        if self._can_send(send.session):  # answer after the server acked (or send_timeout)
             self.waiters[record["id"]] = _Waiter(reply_to, send.request_id)
             self.wakeupAfter(timedelta(seconds=self.config.messages.send_timeout_seconds),
                              payload=_AckTimeout(record["id"]))

@@ -212,7 +212,8 @@ def _flush(context: Any) -> None:
     supervisor, our dead-letter handler) and returns without sending it; it would only
     leave with this thread's next call, or never. Running the transport once more in
     transmit-only mode sends it; with nothing queued it returns at once. This uses a
-    private method of the pinned Thespian version (as ``bind_loopback_only`` does).
+    private method of the pinned Thespian version (as ``actors.system.bind_only`` uses a
+    private attribute).
     """
     base = getattr(context, "_systemBase", None)
     run = getattr(base, "_run_transport", None)

@@ -2,7 +2,7 @@
 
 Thespian binds every actor's socket to all interfaces and speaks pickle, so one
 socket on a public interface would let anyone on the network run code in the
-gateway. ``actors.system.bind_loopback_only`` patches a private Thespian attribute
+gateway. ``actors.system.bind_only`` patches a private Thespian attribute
 to prevent that; this test lists the real listening sockets of every gateway
 process to catch a regression (a Thespian upgrade, a new process, a new server).
 """
