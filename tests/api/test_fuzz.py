@@ -74,11 +74,11 @@ def target(linked_gateway: Gateway) -> Gateway:
 def core_processes(gw: Gateway) -> dict[str, set[int]]:
     """Processes that must never die: the web server's, the supervisor, the outbox and
     the linked session (sessions the fuzzing creates or logs out come and go)."""
-    from actors.system import _group_members
+    from tests.integration.harness import group_members
 
     state = gw.run_state() or {}
     health = gw.health()
-    return {"web": set(_group_members(int(state["web_pgid"]))),
+    return {"web": set(group_members(int(state["web_pgid"]))),
             "actors": {int(p) for p in health["processes"].values()},
             "session": {gw.session_pid("default")}}
 

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from actors.system import group_alive
 from gateway.cli.ownership import sweep_owned
 from gateway.cli.run_state import read_record
-from tests.integration.harness import wait_for
+from tests.integration.harness import group_alive, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 

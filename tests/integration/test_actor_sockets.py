@@ -30,8 +30,7 @@ from typing import Any
 
 import requests
 
-from actors.system import _group_members
-from tests.integration.harness import Gateway, wait_for
+from tests.integration.harness import Gateway, group_members, wait_for
 from tests.integration.test_processes import listening_sockets, socket_inodes
 
 OUTSIDE = "127.0.0.2"  # a loopback address outside allow_networks (127.0.0.1/32)
@@ -196,7 +195,7 @@ def test_every_actor_system_socket_closes_outside_connections_unread(
         state = gateway.run_state()
         assert state is not None and gateway.process is not None
         running = probe_all("launcher", gateway.process.pid, markers)
-        for pid in _group_members(int(state["actor_pgid"])):
+        for pid in group_members(int(state["actor_pgid"])):
             running += probe_all("actor", pid, markers)
         probes += running
         for p in running:
@@ -206,7 +205,7 @@ def test_every_actor_system_socket_closes_outside_connections_unread(
         # The web tier and the CLI commands open their sockets to ask the supervisor;
         # while it is held, each keeps its endpoint running: probe them then.
         supervisor = int(gateway.health()["processes"]["supervisor"])
-        workers = [pid for pid in _group_members(int(state["web_pgid"]))
+        workers = [pid for pid in group_members(int(state["web_pgid"]))
                    if pid != int(state["web_pgid"])]  # gunicorn's workers, not its master
         answers: list[int] = []
         with supervisor_stopped(gateway, supervisor):

@@ -40,8 +40,7 @@ from typing import Any
 import pytest
 import requests
 
-from actors.system import _group_members
-from tests.integration.harness import Gateway, wait_for
+from tests.integration.harness import Gateway, group_members, wait_for
 
 PHONE = "+14155550199"
 
@@ -367,7 +366,7 @@ class Chaos:
                              f"{sorted(waiting)} (faults so far: {self.done})")
 
     def actor_pids(self) -> set[int]:
-        return {pid for group in self.gw.groups for pid in _group_members(group)}
+        return {pid for group in self.gw.groups for pid in group_members(group)}
 
     def kill_session(self) -> None:
         pid = wait_for(lambda: session_health(self.gw).get("pid"), 15, 0.05,

@@ -30,8 +30,7 @@ from actors.session.sealed_store import (
     sealed_fingerprint,
     unseal,
 )
-from actors.system import group_alive
-from tests.integration.harness import Gateway, _toml, wait_for
+from tests.integration.harness import Gateway, _toml, group_alive, wait_for
 from tests.integration.test_resilience import wait_connected_without_qr
 
 OK = {"sendWhatsAppNotification": True}

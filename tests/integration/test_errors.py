@@ -16,8 +16,7 @@ from collections.abc import Callable
 import pytest
 import requests
 
-from actors.system import group_alive
-from tests.integration.harness import Gateway, expect_error, wait_for
+from tests.integration.harness import Gateway, expect_error, group_alive, wait_for
 
 # A valid US number used where the recipient does not matter.
 PHONE = "+14155550100"

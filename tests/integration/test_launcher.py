@@ -233,11 +233,11 @@ def environment_of(pid: int) -> dict[str, str]:
 
 
 def web_processes(gw: Gateway) -> set[int]:
-    from actors.system import _group_members
+    from tests.integration.harness import group_members
 
     state = gw.run_state()
     assert state is not None
-    return set(_group_members(int(state["web_pgid"])))
+    return set(group_members(int(state["web_pgid"])))
 
 
 def test_the_web_server_gets_neither_the_storage_key_nor_transport_passwords(

@@ -35,8 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from actors.system import group_alive
-from tests.integration.harness import Gateway, free_port, wait_for
+from tests.integration.harness import Gateway, free_port, group_alive, wait_for
 
 pytestmark = pytest.mark.integration
 

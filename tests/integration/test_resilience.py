@@ -15,8 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from actors.system import _group_members, group_alive
-from tests.integration.harness import Gateway, expect_error, wait_for
+from tests.integration.harness import Gateway, expect_error, group_alive, group_members, wait_for
 
 OK = {"sendWhatsAppNotification": True}
 PHONE, DIGITS = "+14155550160", "14155550160"
@@ -193,7 +192,7 @@ def test_start_after_a_killed_launcher_sweeps_its_orphans(
     new_actor_group = int(state["actor_pgid"])
     assert new_actor_group not in old_groups
     wait_connected_without_qr(gw)
-    assert gw.session_pid() in _group_members(new_actor_group)
+    assert gw.session_pid() in group_members(new_actor_group)
     assert gw.send(PHONE, "after the sweep").data == OK
     assert texts_to(gw) == ["after the sweep"]
 
