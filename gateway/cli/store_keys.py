@@ -52,8 +52,6 @@ from gateway.core.files import write_atomic
 
 log = structlog.get_logger("wagate.stores")
 
-LOCK_FILE = "run/stores.lock"
-
 
 class StoreCheckError(WagateError):
     """The stores cannot be used as configured; the message says what to do."""
