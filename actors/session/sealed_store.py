@@ -297,8 +297,9 @@ def remove_sqlite_companions(db_path: Path) -> None:
 
 # A separate process takes SQLite snapshots: the real engine runs its own copy of
 # SQLite inside the session process, and two SQLite libraries in one process share
-# its POSIX locks, so one could reset the other's WAL index under it (SQLite's
-# "How to corrupt" §2.2). Across processes the locks work as designed. Read-only, a
+# its POSIX locks, so one could reset the other's WAL index under it (SQLite's own
+# "How To Corrupt An SQLite Database File", section 2.2, sqlite.org/howtocorrupt.html).
+# Across processes the locks work as designed. Read-only, a
 # fresh in-memory destination each time (so an unchanged store gives the same bytes).
 _SNAPSHOT_SCRIPT = """
 import sqlite3, sys, urllib.parse

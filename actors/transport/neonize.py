@@ -75,7 +75,7 @@ any other login status              ``PairingClosed(status)`` + stop
 "+ stop" means the Go client is stopped on a thread of its own and the connection
 reports nothing more. Nothing at all is reported once ``close`` has returned.
 
-Known limits (none can be fixed from Python; the guide has the details): a Go-side
+Known limits (none can be fixed from Python; docs/engine-behaviour.md has the details): a Go-side
 map read at the very moment another thread's ``stop`` writes the map can still abort
 the process (sends and ``PairPhone`` are kept clear of stops by ``_Connection.go_call``,
 the event pump's own read cannot be guarded); ``stop`` during a displayed QR code
@@ -158,8 +158,9 @@ DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 PAIRED_MARKER = "neonize.paired"
 
 # go-sqlite3 DSN parameters. neonize appends "?_foreign_keys=on" to whatever it gets;
-# ending in "_x=" turns that into the value of a dummy parameter (guide §1.1), so WAL
-# and the busy timeout survive and foreign keys are still on.
+# ending in "_x=" turns that into the value of a dummy parameter, so WAL and the busy
+# timeout survive and foreign keys are still on (docs/engine-behaviour.md, "The device
+# database's name is a DSN").
 _SQLITE_PARAMS = "?_journal_mode=WAL&_busy_timeout=10000&_foreign_keys=on&_x="
 
 # neonize's Go call writes its process-wide maps before it dials; once Go calls back
@@ -324,7 +325,7 @@ class _DaemonThread(threading.Thread):
     """What neonize's ``connect`` gets instead of ``threading.Thread``.
 
     neonize runs its blocking Go call on a *non-daemon* thread. If that call never
-    returns (a stop during a displayed QR code, guide §3.2 item 7), the session
+    returns (docs/engine-behaviour.md, "A stop while QR codes are shown"), the session
     process could never exit. As a daemon the thread ends with the process.
     """
 
@@ -462,7 +463,8 @@ def _client_class(new_client: type) -> type:
 
     neonize passes the QR channel's outcome (``success``, ``timeout``, ``err-...``)
     only to the name-mangled ``NewClient.__onLoginStatus``, which prints a pointer.
-    Overriding it under its mangled name is the one way to get the text (guide §3.3).
+    Overriding it under its mangled name is the one way to get the text
+    (docs/engine-behaviour.md, "The end of the QR phase").
     """
 
     class GatewayClient(new_client):
@@ -603,7 +605,8 @@ class NeonizeTransport(Transport):
     def request_pairing_code(self, phone: str) -> str:
         """Ask WhatsApp for an 8-character code to type on the phone instead of
         scanning. Needs the live socket of a pairing connection, which the first QR
-        code proves (guide §5). Blocks for a server round trip."""
+        code proves (docs/engine-behaviour.md, "A pairing code needs a live socket").
+        Blocks for a server round trip."""
         conn = self._current()
         if conn is None or not conn.qr_seen or conn.connected or conn.stop_requested:
             raise SendError("NOT_PAIRING", "the session is not pairing right now; call "

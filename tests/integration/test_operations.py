@@ -1,4 +1,5 @@
-"""The operator guide's files work: the systemd unit and the nginx reverse proxy.
+"""The operator guide's files (docs/operations.md) work: the systemd unit and the nginx
+reverse proxy.
 
 ``configs/wagate.service`` must pass ``systemd-analyze verify`` and carry the
 hardening docs/operations.md promises, with paths that match

@@ -3,7 +3,8 @@
 The real client can only be exercised offline up to its first network step: the
 websocket dial, which neonize makes through the configured proxy. This proxy
 answers that dial in the ways a broken network does, so the transport's failure
-paths run against the real Go code (guide §3.4):
+paths run against the real Go code (docs/engine-behaviour.md, "How a connect fails
+before it reaches WhatsApp", measured each of these):
 
 * ``close``: read the CONNECT request, then close without a reply ("unexpected EOF");
 * ``http502``: answer ``502 Bad Gateway`` ("Bad Gateway");

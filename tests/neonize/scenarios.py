@@ -1,7 +1,8 @@
 """Scenarios that load neonize, each run in a child process by ``tests/neonize``.
 
 Why a child process: neonize starts a Go runtime in whatever process imports it,
-and a process that has it must never fork (its children hang, guide §0); a Go
+and a process that has it must never fork (its children hang: docs/engine-behaviour.md,
+"A process that loaded the engine must not fork"); a Go
 panic would also take pytest down with it. So the pytest process never imports
 neonize: each scenario runs here, in ``python -m tests.neonize.scenarios NAME DIR``
 (inside ``unshare -n`` when the host allows it), and writes what it observed as

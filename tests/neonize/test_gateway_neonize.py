@@ -52,7 +52,8 @@ if importlib.util.find_spec("neonize") is None:
 ATTEMPTS = 5
 DELAY = 0.3  # reconnect.delay_seconds, shrunk from the spec's 30 s
 CONNECT_REQUEST = "CONNECT web.whatsapp.com:443 HTTP/1.1"
-# Go's own limit for a TLS handshake that never completes (guide §3.4): a tunnel the
+# Go's own limit for a TLS handshake that never completes (docs/engine-behaviour.md,
+# "How a connect fails before it reaches WhatsApp"): a tunnel the
 # client closed sooner than this after the CONNECT was cut short by us, not by Go.
 GO_TLS_HANDSHAKE_TIMEOUT = 10.0
 STOP_BOUND = 30.0  # a gateway stop may never wait for a hanging dial longer than this
