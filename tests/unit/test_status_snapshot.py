@@ -64,3 +64,17 @@ def test_every_session_is_listed_while_the_snapshot_is_fresh(tmp_path: Path) -> 
     assert reader.sessions() == {"a": a, "b": b}
     write_snapshot(data, {"a": a}, time.time() - 10)
     assert reader.sessions() is None  # stale
+
+
+def test_removing_the_snapshot_also_removes_a_temp_file_a_killed_writer_left(
+        tmp_path: Path) -> None:
+    """The writer's temp files have random names (gateway/core/files.py): one a killed
+    supervisor left is never overwritten by a later write, so the stop removes it."""
+    data = _data(tmp_path)
+    write_snapshot(data, {}, time.time())
+    orphan = data / "run" / ".status.json.k1ll3d.tmp"
+    orphan.write_text("{")
+    other = data / "run" / "gateway.json"
+    other.write_text("{}")
+    remove_snapshot(data)
+    assert sorted(p.name for p in (data / "run").iterdir()) == ["gateway.json"]
