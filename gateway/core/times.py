@@ -38,6 +38,10 @@ def iso_time(timestamp: float, precision: Precision = "seconds") -> str: ...
 def iso_time(timestamp: None, precision: Precision = "seconds") -> None: ...
 
 
+@overload
+def iso_time(timestamp: float | None, precision: Precision = "seconds") -> str | None: ...
+
+
 def iso_time(timestamp: float | None, precision: Precision = "seconds") -> str | None:
     """``2026-12-02T15:00:00Z`` (or ``...00.123456Z``); None stays None (a moment that
     has not happened, such as a session never connected)."""
