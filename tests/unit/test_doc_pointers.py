@@ -32,6 +32,9 @@ def test_nothing_points_outside_the_repository() -> None:
 
 
 def headings(doc: Path) -> list[str]:
+    """The page's headings; none when the page itself does not exist."""
+    if not doc.is_file():
+        return []
     return [line.lstrip("#").strip() for line in doc.read_text(encoding="utf-8").splitlines()
             if line.startswith("#")]
 
