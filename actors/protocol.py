@@ -28,12 +28,10 @@ from gateway.core.version import __version__
 # this number stands for: a unit test fails when the classes change without a bump.
 # Also bump when an actor class moves: a leader creates actors on its members by the
 # class's module path (3: the actors moved into supervisor/, session/, outbox/, audit/;
-# 4: message states are the MessageState enum, which Accepted and ListMessages carry).
+# 4: message states are the MessageState enum, which Accepted and ListMessages carry,
+# and SendText lost wait_for_ack, which every sender left True).
 PROTOCOL = 4
-LAYOUT = "b2a56a211baccdba"
-# 4: SendText lost wait_for_ack, which every sender left True).
-PROTOCOL = 4
-LAYOUT = "d0dd53f91cb3ce97"
+LAYOUT = "44d1c0c29a27d284"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "gateway.core.config")

@@ -305,27 +305,6 @@ def join_system(admin_port: int, address: str, networks: tuple[str, ...]) -> Any
     return open_system(address, networks, capabilities(admin_port))
 
 
-# ---- process groups (to look at, never to signal) -------------------------------
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, read from /proc."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
-
-
 def is_poison_for(reply: Any, request_id: str) -> bool:
     """Whether ``reply`` is Thespian's notice that the message with ``request_id`` made
     its handler fail twice (a PoisonMessage returned to the sender), so the web tier can
@@ -342,6 +321,3 @@ def stop_actor(system: Any, actor: Any) -> None:
 
     system.tell(actor, ActorExitRequest())
 
-
-def group_alive(pgid: int) -> bool:
-    return bool(_group_members(pgid))

@@ -13,18 +13,6 @@ one second when read next to other logs.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import overload
-
-
-@overload
-def iso_time(timestamp: float) -> str: ...
-@overload
-def iso_time(timestamp: None) -> None: ...
-@overload
-def iso_time(timestamp: float | None) -> str | None: ...
-def iso_time(timestamp: float | None) -> str | None:
-    """``None`` stays ``None`` (no moment); the overloads tell callers that a moment
-    always gives a string."""
 from typing import Literal, overload
 
 Precision = Literal["seconds", "microseconds"]

@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 import requests
 
-from actors.system import group_alive
 from tests.integration.harness import (
     FAST,
     Gateway,
@@ -35,6 +34,7 @@ from tests.integration.harness import (
     _merge,
     _toml,
     free_port,
+    group_alive,
     stop_on_termination,
     wait_for,
 )
