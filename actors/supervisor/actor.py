@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ import diskcache
 import structlog
 from thespian.actors import (
     ActorExitRequest,
+    ActorSystemConventionUpdate,
     ActorTypeDispatcher,
     ChildActorExited,
     DeadEnvelope,
@@ -45,6 +46,7 @@ from actors.messages import (
     GetRoutes,
     GetStatus,
     HealthReport,
+    HostBeatAck,
     ListMessages,
     NumberLookup,
     Offer,
@@ -75,8 +77,9 @@ from actors.run_once import RunOnce
 from actors.session.actor import SessionActor
 from actors.session.links import evictable, keep_account, over_limit, updated_entry
 from actors.session.states import ACTIVE_STATES, FINAL_STATES
-from actors.supervisor.cluster import ClusterSupervision, Host, HostCheck, RefusedHost
-from actors.supervisor.placement import HeartbeatTracker
+from actors.supervisor.children import AUDIT, OUTBOX, WORKERS, Child, ChildKey, Children
+from actors.supervisor.cluster import Cluster, HostCheck
+from actors.supervisor.host_agent import HostAgent
 from actors.supervisor.policy import RestartBudget, backoff_delay
 from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, host_name
@@ -85,24 +88,7 @@ from gateway.core.observability import setup_logging
 
 log = structlog.get_logger("wagate.supervisor")
 
-WORKERS = ("audit", "outbox")
 MAX_AUDIT_BACKLOG = 1000  # audit events held while the audit actor restarts
-
-
-@dataclass
-class Child:
-    """One supervised actor, by our own key."""
-
-    kind: type
-    address: Any = None
-    incarnation: int = 0
-    retiring: bool = False  # asked to exit: its ChildActorExited is not a crash
-    respawn: bool = False  # a command arrived while retiring: start a new process after
-    failures: int = 0  # consecutive crashes, for the backoff
-    budget: RestartBudget | None = None
-    pending_commands: list[SessionCommand] = field(default_factory=list)
-    host: str | None = None  # where its current process runs (cluster placement)
-    resume_attempt: int = 1  # the connect attempt its next process goes on with
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,25 +99,26 @@ class _Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class _RestartDue:
-    key: str
+    key: ChildKey
     incarnation: int
 
 
-class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
+class SupervisorActor(RunOnce, ActorTypeDispatcher):
+    """Thespian's handlers for everything; the hosts of a cluster are ``self.cluster``
+    (``actors.supervisor.cluster``), which calls back only through the ``ClusterOwner``
+    methods (``send``, ``create_agent``, ``stop_actor``, ``check_hosts_after``,
+    ``audit``, ``move_sessions``)."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Config | None = None
-        self.children: dict[str, Child] = {}  # "outbox", "session:<id>"
+        self.children = Children()
         self.statuses: dict[str, SessionStatus] = {}
         self.registry: diskcache.Cache | None = None
         self.stopping = False
         self.audit_backlog: list[Any] = []  # AuditEvent / Routed(RecordAudit) for a restart
         self.session_counters = SessionCounters()  # for /metrics, fed by _set_status
-        self.hosts: dict[str, Host] = {}  # by name; this host first
-        self.refused: dict[str, RefusedHost] = {}  # members running another wagate
-        self.local_host = ""
-        self.tracker: HeartbeatTracker | None = None  # members' heartbeats (leader only)
-        self.beat_seq = 0
+        self.cluster: Cluster | None = None  # set by StartGateway
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
@@ -164,14 +151,12 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
         self.config = msg.config
         cluster = msg.config.cluster
-        self.local_host = host_name(msg.config)
-        self.hosts[self.local_host] = Host(self.local_host, cluster.role,
-                                           cluster.sessions if cluster.role != "single"
-                                           else msg.config.sessions.max_sessions)
-        if cluster.role == "leader":
-            self.tracker = HeartbeatTracker(cluster.heartbeat_seconds, cluster.heartbeat_misses)
+        self.cluster = Cluster(self, cluster, host_name(msg.config),
+                               cluster.sessions if cluster.role != "single"
+                               else msg.config.sessions.max_sessions)
+        if self.cluster.leading:
             self.notifyOnSystemRegistrationChanges(True)
-            self.wakeupAfter(timedelta(seconds=cluster.heartbeat_seconds), payload=HostCheck())
+            self.check_hosts_after(cluster.heartbeat_seconds)
         state_dir = msg.config.data_path / "state"
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registry = diskcache.Cache(str(state_dir))
@@ -184,23 +169,23 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         dropped = self._drop_excess_sessions()
         starting = self._load_statuses()
         # The audit log's writer first: everything after it may have something to record.
-        for kind, cls in (("audit", AuditActor), ("outbox", OutboxActor)):
-            self.children[kind] = Child(cls, budget=self._budget())
-            self._spawn(kind)
+        for key, cls in ((AUDIT, AuditActor), (OUTBOX, OutboxActor)):
+            self.children[key] = Child(cls, budget=self._budget())
+            self._spawn(key)
         for session in dropped:
-            self._audit("session.forgotten", session=session, how="over sessions.max_sessions")
+            self.audit("session.forgotten", session=session, how="over sessions.max_sessions")
         for session in starting:
             self._start_session(session, connect=True)
             self._link(session)
         log.info("gateway started", sessions=len(self.statuses))
-        self._audit("gateway.started", sessions=len(self.statuses),
+        self.audit("gateway.started", sessions=len(self.statuses),
                     engine=msg.config.transport.engine, pid=os.getpid())
         self._publish()
         self.send(sender, Ok(request_id=msg.request_id))
 
     def receiveMsg_Stop(self, msg: Stop, sender: Any) -> None:
         if not self.stopping:
-            self._audit("gateway.stopping")  # reaches the audit actor before its exit request
+            self.audit("gateway.stopping")  # reaches the audit actor before its exit request
         self.stopping = True
         if self.config is not None:
             remove_snapshot(self.config.data_path)
@@ -239,7 +224,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                               session_metrics=self.session_counters.snapshot(time.time()),
                               hosts=self._host_report(),
                               simulator_dir=self._simulator_dir())
-        outbox = self.children["outbox"].address
+        outbox = self.children.address(OUTBOX)
         if outbox is None:
             self.send(sender, Ok(report, request_id=msg.request_id))
             return
@@ -252,11 +237,11 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         return str(config.simulator_path)
 
     def receiveMsg_GetRoutes(self, msg: GetRoutes, sender: Any) -> None:
-        outbox = self.children["outbox"].address if "outbox" in self.children else None
+        outbox = self.children.address(OUTBOX)
         if outbox is None:
             self.send(sender, _store_restarting(msg.request_id))
         else:
-            audit = self.children["audit"].address if "audit" in self.children else None
+            audit = self.children.address(AUDIT)
             # audit None (restarting): send AuditEvents here, they are held and passed on.
             self.send(sender, Ok({"outbox": outbox, "audit": audit}, request_id=msg.request_id))
 
@@ -269,7 +254,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
     # ---- commands ------------------------------------------------------------------------
 
     def receiveMsg_Connect(self, msg: Connect, sender: Any) -> None:
-        key = _key(msg.session)
+        key = ChildKey.of_session(msg.session)
         if key not in self.children and self._live_sessions() >= self._max_sessions():
             self.send(sender, Failed(
                 "SESSION_LIMIT",
@@ -305,7 +290,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         if not self._known(msg.session):  # never remember a name nobody connected
             self.send(sender, _unknown_session(msg.session, msg.request_id))
             return
-        key = _key(msg.session)
+        key = ChildKey.of_session(msg.session)
         action = "disconnect" if msg.keep_session else "logout"
         if key not in self.children and not msg.keep_session:
             known = self.statuses.get(msg.session)
@@ -339,7 +324,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         self.send(sender, Ok(True, request_id=msg.request_id))
 
     def receiveMsg_RequestPairingCode(self, msg: RequestPairingCode, sender: Any) -> None:
-        child = self.children.get(_key(msg.session))
+        child = self.children.session(msg.session)
         if child is None or child.address is None or child.retiring:
             status = self.statuses.get(msg.session) or SessionStatus(session=msg.session)
             self.send(sender, Failed(
@@ -351,7 +336,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         self.send(child.address, PairingCodeRequest(msg.phone, sender, msg.request_id))
 
     def receiveMsg_CheckNumbers(self, msg: CheckNumbers, sender: Any) -> None:
-        child = self.children.get(_key(msg.session))
+        child = self.children.session(msg.session)
         if child is None or child.address is None or child.retiring:
             self.send(sender, Failed(
                 "NOT_CONNECTED", f"session {msg.session!r} is not running; call "
@@ -361,7 +346,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
 
     def receiveMsg_SendText(self, msg: SendText, sender: Any) -> None:
         """Sends normally go to the outbox directly (GetRoutes); pass on any that come here."""
-        outbox = self.children["outbox"].address
+        outbox = self.children.address(OUTBOX)
         if outbox is None:
             self.send(sender, _store_restarting(msg.request_id))
         else:
@@ -370,8 +355,8 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
         """A receipt from a session process that has not heard from the outbox yet: pass
         it on, if it really comes from the current process of the session it names."""
-        child = self.children.get(_key(msg.session))
-        outbox = self.children["outbox"].address
+        child = self.children.session(msg.session)
+        outbox = self.children.address(OUTBOX)
         if child is not None and child.address == sender and outbox is not None:
             self.send(outbox, msg)
 
@@ -382,7 +367,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         self._route(msg, sender)
 
     def _route(self, msg: GetMessage | ListMessages, sender: Any) -> None:
-        outbox = self.children["outbox"].address
+        outbox = self.children.address(OUTBOX)
         if outbox is None:
             self.send(sender, _store_restarting(msg.request_id))
         else:
@@ -392,7 +377,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
 
     def receiveMsg_StatusChanged(self, msg: StatusChanged, sender: Any) -> None:
         status = msg.status
-        key = _key(status.session)
+        key = ChildKey.of_session(status.session)
         child = self.children.get(key)
         if child is None or child.address != sender:
             return  # a late report from a process we already replaced
@@ -408,7 +393,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         """A session process asks to be replaced (its engine leaks a database pool per
         client): not a crash, no backoff, no restart budget; the successor connects
         and goes on with the same attempt."""
-        child = self.children.get(_key(msg.session))
+        child = self.children.session(msg.session)
         if child is None or child.address != sender or child.retiring or self.stopping:
             return
         log.info("replacing a session process", session=msg.session, attempt=msg.attempt)
@@ -417,23 +402,22 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         self.send(child.address, ActorExitRequest())
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
-        key = next((k for k, c in self.children.items() if c.address == msg.childAddress), None)
+        key = self.children.key_of(msg.childAddress)
         if key is None:
-            for host in self.hosts.values():
-                if host.agent is not None and host.agent == msg.childAddress:
-                    host.agent = None  # the next host check places a new one
+            if self.cluster is not None:
+                self.cluster.agent_exited(msg.childAddress)
             return
         child = self.children[key]
         child.address = None
-        if key.startswith("session:"):
-            self._link(key[len("session:"):])
+        if key.is_session:
+            self._link(key.name)
         if self.stopping:
             return
         if child.retiring and child.respawn:
             self._respawn(key)  # carries the commands that arrived while it was retiring
             return
         if child.retiring:
-            if key.startswith("session:"):
+            if key.is_session:
                 del self.children[key]
             return
         self._crashed(key, child)
@@ -447,7 +431,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             log.info("audit event after the audit log closed at shutdown",
                      audit_event=getattr(dead, "event", type(dead).__name__))
             return
-        child = self.children.get("audit")
+        child = self.children.get(AUDIT)
         if child is not None and child.address is not None and child.address == msg.deadAddress:
             self._hold(dead)  # it died and we have not heard yet: for its successor
             return
@@ -463,8 +447,8 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                 self._publish()
             return
         if isinstance(msg.payload, HostCheck):
-            if not self.stopping:
-                self._check_hosts()
+            if not self.stopping and self.cluster is not None:
+                self.cluster.check(self.children.placed_on)
             return
         due = msg.payload
         if not isinstance(due, _RestartDue) or self.stopping:
@@ -474,15 +458,74 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             return
         self._respawn(due.key)
 
+    # ---- the cluster (actors.supervisor.cluster): handlers in, ClusterOwner out ---------------
+
+    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate,
+                                               sender: Any) -> None:
+        if self.cluster is not None and not self.stopping:
+            self.cluster.member_changed(msg.remoteCapabilities or {}, msg.remoteAdded,
+                                        msg.remoteAdminAddress)
+
+    def receiveMsg_HostBeatAck(self, msg: HostBeatAck, sender: Any) -> None:
+        if self.cluster is not None:
+            self.cluster.heard(msg.host, sender)
+
+    def create_agent(self, host: str) -> Any:
+        """ClusterOwner: a ``HostAgent`` on member ``host``."""
+        return self.createActor(HostAgent, targetActorRequirements={HOST_CAPABILITY: host})
+
+    def stop_actor(self, address: Any) -> None:
+        """ClusterOwner: ask the actor at ``address`` to exit."""
+        self.send(address, ActorExitRequest())
+
+    def check_hosts_after(self, seconds: float) -> None:
+        """ClusterOwner: the next ``HostCheck``."""
+        self.wakeupAfter(timedelta(seconds=seconds), payload=HostCheck())
+
+    def move_sessions(self, host: str, why: str) -> None:
+        """ClusterOwner: re-place every session of lost ``host`` on the remaining hosts,
+        now: the credentials are in the shared session store, so they resume without a
+        QR code, and the outbox sends their queued messages to the new processes."""
+        now = time.time()
+        for session, child in self.children.sessions():
+            if child.host != host:
+                continue
+            key = ChildKey.of_session(session)
+            old, child.address = child.address, None
+            if old is not None:
+                self.stop_actor(old)  # if it still runs somewhere, it must stop
+            if child.retiring and not child.respawn:
+                del self.children[key]  # its ChildActorExited will never come
+                self._link(session)
+                continue
+            if session in self.statuses:
+                self._set_status(replace(
+                    self.statuses[session], state=SessionState.CONNECTING, updated_at=now,
+                    qr_code=None, qr_expires_at=None, connected_since=None, pid=None,
+                    last_error=ErrorInfo("HOST_LOST", f"host {host} {why}; the session moves "
+                                         "to another host")))
+            self._link(session)  # address None: the outbox takes back what was in flight
+            if not self.stopping:
+                self._respawn(key)  # a failed start is retried; the other sessions move on
+
+    def _place(self, session: str, overflow: bool) -> str | None:
+        """The host for ``session``, among the hosts of the other sessions."""
+        assert self.cluster is not None
+        return self.cluster.place(self.children.session_hosts(but=session), overflow)
+
+    def _host_report(self) -> tuple[dict[str, Any], ...]:
+        assert self.cluster is not None
+        return self.cluster.report(self.children.session_hosts(running_only=True))
+
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _crashed(self, key: str, child: Child) -> None:
+    def _crashed(self, key: ChildKey, child: Child) -> None:
         assert self.config is not None and child.budget is not None
         now = time.time()
         child.failures += 1
-        session = key[len("session:"):] if key.startswith("session:") else None
+        session = key.name if key.is_session else None
         if not child.budget.record(now):
-            log.error("restart budget exhausted", child=key)
+            log.error("restart budget exhausted", child=str(key))
             if session is not None:
                 del self.children[key]
                 self._set_status(replace(
@@ -495,7 +538,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                 return
             # The outbox is not optional: keep trying at the slowest pace.
         delay = backoff_delay(child.failures, self.config.supervisor.restart_backoff_seconds)
-        log.warning("child exited unexpectedly; restarting", child=key, delay=delay,
+        log.warning("child exited unexpectedly; restarting", child=str(key), delay=delay,
                     failures=child.failures)
         if session is not None and session in self.statuses:
             self._set_status(replace(self.statuses[session], updated_at=now,
@@ -504,45 +547,54 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                                                           "unexpectedly; restarting it")))
         self.wakeupAfter(timedelta(seconds=delay), payload=_RestartDue(key, child.incarnation))
 
-    def _spawn(self, key: str) -> None:
-        assert self.config is not None
+    def _spawn(self, key: ChildKey) -> None:
+        """Start the child's next process and send it its first messages."""
+        assert self.config is not None and self.cluster is not None
         child = self.children[key]
         child.incarnation += 1
         child.retiring = child.respawn = False
-        if key.startswith("session:") and self.config.cluster.role != "single":
+        local = self.cluster.local_host
+        if key.is_session and self.config.cluster.role != "single":
             # A process that runs already (restart, failover) may exceed a host's slots.
-            child.host = self._place(key[len("session:"):], overflow=True) or self.local_host
+            child.host = self._place(key.name, overflow=True) or local
             child.address = self.createActor(
-                child.kind, targetActorRequirements={HOST_CAPABILITY: child.host})
+                child.actor_class, targetActorRequirements={HOST_CAPABILITY: child.host})
         else:
-            child.host = self.local_host
-            child.address = self.createActor(child.kind)
-        if key.startswith("session:"):
-            session = key[len("session:"):]
-            if session in self.statuses:  # shown at once; the process reports the rest
-                self.statuses[session] = replace(self.statuses[session], host=child.host)
-            want = self._remembered().get(session, {}).get("want", "connected")
-            # A session on another host runs on that host's config (actors.system
-            # host_config): this host's credentials stay here.
-            config = (self.config if child.host == self.local_host
-                      else without_credentials(self.config))
-            self.send(child.address, StartSession(session, config,
-                                                  connect=want == "connected",
-                                                  attempt=child.resume_attempt))
-            child.resume_attempt = 1
-            for command in child.pending_commands:
-                self.send(child.address, command)
-            child.pending_commands.clear()
+            child.host = local
+            child.address = self.createActor(child.actor_class)
+        if key.is_session:
+            self._start_session_process(key.name, child)
         else:
-            links = tuple(self._session_link(s) for s in self.statuses)
-            self.send(child.address, StartWorker(self.config, self.myAddress, links))
-            if key == "audit":
-                backlog, self.audit_backlog = self.audit_backlog, []
-                for message in backlog:
-                    self.send(child.address, message)
-        log.info("child started", child=key, incarnation=child.incarnation, host=child.host)
+            self._start_worker_process(key, child)
+        log.info("child started", child=str(key), incarnation=child.incarnation,
+                 host=child.host)
 
-    def _respawn(self, key: str) -> None:
+    def _start_session_process(self, session: str, child: Child) -> None:
+        assert self.config is not None and self.cluster is not None
+        if session in self.statuses:  # shown at once; the process reports the rest
+            self.statuses[session] = replace(self.statuses[session], host=child.host)
+        want = self._remembered().get(session, {}).get("want", "connected")
+        # A session on another host runs on that host's config (actors.system
+        # host_config): this host's credentials stay here.
+        config = (self.config if child.host == self.cluster.local_host
+                  else without_credentials(self.config))
+        self.send(child.address, StartSession(session, config, connect=want == "connected",
+                                              attempt=child.resume_attempt))
+        child.resume_attempt = 1
+        for command in child.pending_commands:
+            self.send(child.address, command)
+        child.pending_commands.clear()
+
+    def _start_worker_process(self, key: ChildKey, child: Child) -> None:
+        assert self.config is not None
+        links = tuple(self._session_link(s) for s in self.statuses)
+        self.send(child.address, StartWorker(self.config, self.myAddress, links))
+        if key == AUDIT:
+            backlog, self.audit_backlog = self.audit_backlog, []
+            for message in backlog:
+                self.send(child.address, message)
+
+    def _respawn(self, key: ChildKey) -> None:
         """Start a supervised child's process again. A start that fails counts as a
         crash, retried after the backoff: a failed handler is not run again, and the
         child must not be left without a process nobody will start."""
@@ -550,12 +602,12 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             self._spawn(key)
         except Exception:
             log.exception("starting a child failed; it is retried after the backoff",
-                          child=key)
+                          child=str(key))
             self.children[key].address = None
             self._crashed(key, self.children[key])
 
     def _start_session(self, session: str, connect: bool) -> None:
-        key = _key(session)
+        key = ChildKey.of_session(session)
         self.children[key] = Child(SessionActor, budget=self._budget())
         if not connect:
             self._remember(session, want="disconnected")
@@ -567,7 +619,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             del self.children[key]
             raise
 
-    def _command(self, key: str, command: SessionCommand) -> None:
+    def _command(self, key: ChildKey, command: SessionCommand) -> None:
         child = self.children[key]
         if child.retiring:
             child.respawn = True  # that process is on its way out: use the next one
@@ -586,7 +638,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                      attempt=status.reconnect_attempt,
                      error=status.last_error.code if status.last_error else None)
             # Never the QR code: it is a credential while it is valid.
-            self._audit("session.state", session=status.session,
+            self.audit("session.state", session=status.session,
                         old=old.state.value if old else None, new=status.state.value,
                         error=status.last_error.code if status.last_error else None,
                         attempt=status.reconnect_attempt or None,
@@ -598,13 +650,13 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
                            phone=status.phone)
         self._link(status.session)
 
-    def _audit(self, event: str, **fields: Any) -> None:
+    def audit(self, event: str, **fields: Any) -> None:
         self._to_audit(AuditEvent(event, fields))
 
     def _to_audit(self, message: Any) -> None:
         """To the audit actor, or held while it restarts (bounded: a dead writer must not
         grow the supervisor without limit; the loss is logged)."""
-        child = self.children.get("audit")
+        child = self.children.get(AUDIT)
         if child is not None and child.address is not None:
             self.send(child.address, message)
         else:
@@ -632,14 +684,14 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             log.warning("could not write the status snapshot", error=repr(exc))
 
     def _link(self, session: str) -> None:
-        outbox = self.children.get("outbox")
+        outbox = self.children.get(OUTBOX)
         if outbox is None or outbox.address is None or session not in self.statuses:
             return
         self.send(outbox.address, self._session_link(session))
 
     def _session_link(self, session: str) -> SessionLink:
         status = self.statuses[session]
-        child = self.children.get(_key(session))
+        child = self.children.session(session)
         address = child.address if child is not None else None
         epoch = int(self._remembered().get(session, {}).get("epoch", 0))
         return SessionLink(session, address, status.state, status.paired, status.phone, epoch,
@@ -668,11 +720,11 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
     # ---- the registry's bound, and forgetting (actors.session.links) --------------------------
 
     def _known(self, session: str) -> bool:
-        return (session in self.statuses or _key(session) in self.children
+        return (session in self.statuses or ChildKey.of_session(session) in self.children
                 or session in self._remembered())
 
     def _running(self) -> list[str]:
-        return [k[len("session:"):] for k in self.children if k.startswith("session:")]
+        return [session for session, _ in self.children.sessions()]
 
     def _has_stores(self, session: str) -> bool:
         assert self.config is not None
@@ -726,7 +778,7 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
             return _unknown_session(session, request_id)
         status = self.statuses.get(session) or SessionStatus(session=session)
         details = {"state": status.state.value, "session": session}
-        if _key(session) in self.children:
+        if ChildKey.of_session(session) in self.children:
             return Failed("SESSION_IN_USE", f"session '{session}' is running (state "
                           f"{status.state.value}); log it out with whatsAppDisconnect, or "
                           "stop it with whatsAppDisconnect(keepSession: true) and log it out, "
@@ -762,16 +814,16 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         self.registry.set("sessions", sessions)
         self.statuses.pop(session, None)
         self.session_counters.forget(session)
-        outbox = self.children.get("outbox")
+        outbox = self.children.get(OUTBOX)
         if outbox is not None and outbox.address is not None:
             self.send(outbox.address, SessionForgotten(session))
         log.info("session forgotten", session=session, how=how, removed=removed)
-        self._audit("session.forgotten", session=session, how=how, removed=removed or None)
+        self.audit("session.forgotten", session=session, how=how, removed=removed or None)
         self._write_snapshot()
         return None
 
     def _live_sessions(self) -> int:
-        return sum(1 for k in self.children if k.startswith("session:"))
+        return sum(1 for _ in self.children.sessions())
 
     def _max_sessions(self) -> int:
         assert self.config is not None
@@ -781,10 +833,6 @@ class SupervisorActor(RunOnce, ClusterSupervision, ActorTypeDispatcher):
         assert self.config is not None
         cfg = self.config.supervisor
         return RestartBudget(cfg.restart_budget, cfg.restart_window_seconds)
-
-
-def _key(session: str) -> str:
-    return f"session:{session}"
 
 
 def _unknown_session(session: str, request_id: str) -> Failed:

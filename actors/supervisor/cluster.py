@@ -1,4 +1,5 @@
-"""The cluster half of the supervisor (``cluster.role = "leader"``), as a mixin.
+"""The cluster half of the supervisor (``cluster.role = "leader"``), as an object the
+supervisor holds (``SupervisorActor.cluster``).
 
 Members announce themselves through Thespian's convention (``ActorSystemConventionUpdate``
 with their capabilities: host name, slots). For each one the supervisor places a
@@ -16,32 +17,28 @@ A member that runs another wagate (``actors.protocol``: version, protocol, messa
 layout, Python) is refused: no agent, no session, and the health report lists it
 with the reason until a matching host of that name joins (the member refuses too).
 
-The mixin uses the supervisor's own state and helpers (``children``, ``statuses``,
-``_respawn``, ``_set_status``, ``_link``, ``_audit``); placement itself is pure
-(``actors.supervisor.placement``).
+The two halves meet at a small interface. ``Cluster`` owns the hosts (who is there,
+alive, refused, how many slots) and decides where a session goes; the supervisor owns
+the children and the sessions. The supervisor calls the public methods below from
+its Thespian handlers and passes in what they need to know of its children; the
+cluster asks the supervisor for the rest through ``ClusterOwner``, the only calls it
+makes back. No Thespian here: the owner sends, creates and stops actors.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
-from thespian.actors import ActorExitRequest, ActorSystemConventionUpdate
 
-from actors.messages import ErrorInfo, HostBeat, HostBeatAck, SessionState, StartAgent
+from actors.messages import HostBeat, StartAgent
 from actors.protocol import describe, identity, incompatibility
-from actors.supervisor.host_agent import HostAgent
-from actors.supervisor.placement import choose_host, loads
+from actors.supervisor.placement import HeartbeatTracker, choose_host, loads
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, SLOTS_CAPABILITY
-
-if TYPE_CHECKING:
-    from actors.messages import SessionStatus
-    from actors.supervisor.actor import Child
-    from actors.supervisor.placement import HeartbeatTracker
-    from gateway.core.config import Config
+from gateway.core.config import ClusterConfig
 
 log = structlog.get_logger("wagate.supervisor")
 
@@ -77,101 +74,96 @@ class HostCheck:
     """Time to send heartbeats to the members and to look for silent ones."""
 
 
-def session_key(session: str) -> str:
-    return f"session:{session}"
+class ClusterOwner(Protocol):
+    """What the cluster asks of the supervisor that holds it, and nothing more."""
+
+    def send(self, targetAddr: Any, msg: Any) -> None:
+        """Thespian's send, from the supervisor's process."""
+
+    def create_agent(self, host: str) -> Any:
+        """Start a ``HostAgent`` on member ``host``; its address."""
+
+    def stop_actor(self, address: Any) -> None:
+        """Ask the actor at ``address`` to exit."""
+
+    def check_hosts_after(self, seconds: float) -> None:
+        """Call ``Cluster.check`` again in ``seconds`` (a ``HostCheck`` wakeup)."""
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """Record ``event`` in the audit log."""
+
+    def move_sessions(self, host: str, why: str) -> None:
+        """Start every session of lost ``host`` again elsewhere, now."""
 
 
-class ClusterSupervision:
-    """Mixed into SupervisorActor; see the module docstring."""
+class Cluster:
+    """The hosts of the cluster as the supervisor sees them; see the module docstring.
 
-    if TYPE_CHECKING:
-        # What the mixin uses of SupervisorActor (its state, its helpers) and of
-        # Thespian's Actor, declared so the type checker sees the contract between the
-        # two halves; SupervisorActor defines them all.
-        config: Config | None
-        children: dict[str, Child]
-        statuses: dict[str, SessionStatus]
-        stopping: bool
-        hosts: dict[str, Host]
-        refused: dict[str, RefusedHost]
-        local_host: str
-        tracker: HeartbeatTracker | None
-        beat_seq: int
+    On one host (``cluster.role = "single"``) it holds only this host, and placement
+    always answers this host."""
 
-        def _respawn(self, key: str) -> None: ...
-        def _set_status(self, status: SessionStatus) -> None: ...
-        def _audit(self, event: str, **fields: Any) -> None: ...
-        def _link(self, session: str) -> None: ...
-        def send(self, target: Any, message: Any) -> None: ...
-        def createActor(self, actor_class: Any, targetActorRequirements: Any = None,
-                        globalName: str | None = None, sourceHash: str | None = None
-                        ) -> Any: ...
-        def wakeupAfter(self, timePeriod: timedelta, payload: Any = None) -> None: ...
+    def __init__(self, owner: ClusterOwner, config: ClusterConfig, local_host: str,
+                 local_slots: int) -> None:
+        self.owner = owner
+        self.config = config
+        self.local_host = local_host
+        self.hosts: dict[str, Host] = {local_host: Host(local_host, config.role, local_slots)}
+        self.refused: dict[str, RefusedHost] = {}  # members running another wagate
+        # Members' heartbeats: only a leader has members.
+        self.tracker = (HeartbeatTracker(config.heartbeat_seconds, config.heartbeat_misses)
+                        if config.role == "leader" else None)
+        self.beat_seq = 0
 
-    def receiveMsg_ActorSystemConventionUpdate(self, msg: ActorSystemConventionUpdate,
-                                               sender: Any) -> None:
-        """A member joined (its capabilities name it) or Thespian saw it leave."""
-        caps = msg.remoteCapabilities or {}
+    @property
+    def leading(self) -> bool:
+        return self.tracker is not None
+
+    # ---- what the supervisor's handlers pass on -------------------------------------
+
+    def member_changed(self, caps: dict[str, Any], added: bool, admin: Any) -> None:
+        """A member joined (its capabilities name it) or Thespian saw it leave
+        (``ActorSystemConventionUpdate``)."""
         name = caps.get(HOST_CAPABILITY)
-        if (self.tracker is None or self.stopping or not name
-                or caps.get(ROLE_CAPABILITY) != "member"):
+        if self.tracker is None or not name or caps.get(ROLE_CAPABILITY) != "member":
             return
         problem = incompatibility(caps)
         if problem is not None:
-            if msg.remoteAdded:
+            if added:
                 self._refuse(name, caps, problem)
             return  # never touches a matching host that has the same name
-        if not msg.remoteAdded:
-            known = self.hosts.get(name)
-            if known is None or known.admin != msg.remoteAdminAddress:
-                return  # another system under that name left, not the one we use
-            log.warning("a member left the convention", host=name)
-            self._host_lost(name, "left the convention")
-            self.hosts.pop(name, None)
-            self.tracker.forget(name)
+        if not added:
+            self._member_left(name, admin)
             return
         old = self.hosts.get(name)
-        if (old is not None and old.alive and old.admin is not None
-                and old.admin != msg.remoteAdminAddress):
+        if old is not None and old.alive and old.admin is not None and old.admin != admin:
             self._host_lost(name, "restarted")  # back before its heartbeats were missed
         if old is not None and old.agent is not None:
-            self.send(old.agent, ActorExitRequest())
+            self.owner.stop_actor(old.agent)
         self.refused.pop(name, None)
         self.hosts[name] = Host(name, "member", int(caps.get(SLOTS_CAPABILITY, 0)),
-                                admin=msg.remoteAdminAddress, runs=describe(caps))
+                                admin=admin, runs=describe(caps))
         self.tracker.watch(name, time.monotonic())
         self._place_agent(name)
         log.info("a member joined", host=name, slots=self.hosts[name].slots)
-        self._audit("cluster.member_joined", host=name, slots=self.hosts[name].slots)
+        self.owner.audit("cluster.member_joined", host=name, slots=self.hosts[name].slots)
 
-    def _refuse(self, name: str, caps: dict[str, Any], problem: str) -> None:
-        """Place nothing on member ``name``, which runs another wagate: every pickle
-        between us could be misread. Said in the log, the audit log and the health
-        report."""
-        log.error("a member runs another wagate; nothing is placed on it (install the "
-                  "same version everywhere)", host=name, problem=problem)
-        if name not in self.refused:
-            self._audit("cluster.member_refused", host=name, reason=problem)
-        self.refused.pop(name, None)  # re-inserted last: the newest is kept longest
-        self.refused[name] = RefusedHost(name, describe(caps), problem)
-        while len(self.refused) > MAX_REFUSED_HOSTS:
-            del self.refused[next(iter(self.refused))]
-
-    def receiveMsg_HostBeatAck(self, msg: HostBeatAck, sender: Any) -> None:
-        host = self.hosts.get(msg.host)
-        if host is None or self.tracker is None or host.agent is None or host.agent != sender:
+    def heard(self, name: str, agent: Any) -> None:
+        """The agent on host ``name`` answered a heartbeat (``HostBeatAck``)."""
+        host = self.hosts.get(name)
+        if host is None or self.tracker is None or host.agent is None or host.agent != agent:
             return
-        self.tracker.heard(msg.host, time.monotonic())
+        self.tracker.heard(name, time.monotonic())
         if not host.alive:
             host.alive = True  # the cut healed; its sessions run elsewhere now (fenced here)
-            log.warning("a member answers again; new sessions may be placed on it", host=msg.host)
-            self._audit("cluster.member_back", host=msg.host)
+            log.warning("a member answers again; new sessions may be placed on it", host=name)
+            self.owner.audit("cluster.member_back", host=name)
 
-    def _check_hosts(self) -> None:
-        assert self.config is not None and self.tracker is not None
+    def check(self, placed_on: Callable[[str], tuple[tuple[str, Any], ...]]) -> None:
+        """Heartbeat time (``HostCheck``): find the silent members, and send each
+        live one the sessions ``placed_on(host)`` says run there."""
+        assert self.tracker is not None
         # The next check first: a failed handler is not run again (RunOnce).
-        self.wakeupAfter(timedelta(seconds=self.config.cluster.heartbeat_seconds),
-                         payload=HostCheck())
+        self.owner.check_hosts_after(self.config.heartbeat_seconds)
         now = time.monotonic()
         for name in self.tracker.lost(now):
             host = self.hosts.get(name)
@@ -180,74 +172,41 @@ class ClusterSupervision:
                           silent_seconds=round(self.tracker.silent_for(name, now), 1))
                 self._host_lost(name, "stopped answering heartbeats")
         self.beat_seq += 1
-        for name, host in self.hosts.items():
+        for name, host in list(self.hosts.items()):
             if host.role != "member":
                 continue
             if host.agent is None:
                 self._place_agent(name)
                 continue
-            placed = tuple((key[len("session:"):], child.address)
-                           for key, child in self.children.items()
-                           if child.host == name and child.address is not None)
-            self.send(host.agent, HostBeat(self.beat_seq, placed if host.alive else ()))
+            self.owner.send(host.agent, HostBeat(self.beat_seq,
+                                                 placed_on(name) if host.alive else ()))
 
-    def _place_agent(self, name: str) -> None:
-        assert self.config is not None
-        cluster = self.config.cluster
-        host = self.hosts[name]
-        host.agent = self.createActor(HostAgent, targetActorRequirements={HOST_CAPABILITY: name})
-        # The member fences itself one heartbeat before the leader gives up on it.
-        beat = cluster.heartbeat_seconds
-        fence = max(beat, (cluster.heartbeat_misses - 1) * beat)
-        self.send(host.agent, StartAgent(name, fence, cluster.heartbeat_seconds))
+    def agent_exited(self, address: Any) -> bool:
+        """A child that is no session nor worker exited: if it was a host's agent,
+        the next check places a new one. Whether it was."""
+        found = False
+        for host in self.hosts.values():
+            if host.agent is not None and host.agent == address:
+                host.agent = None
+                found = True
+        return found
 
-    def _host_lost(self, name: str, why: str) -> None:
-        """Re-place every session of host ``name`` on the remaining hosts, now: the
-        credentials are in the shared session store, so they resume without a QR code, and
-        the outbox sends their queued messages to the new processes."""
-        host = self.hosts.get(name)
-        if host is None or not host.alive:
-            return
-        host.alive = False
-        self._audit("cluster.member_lost", host=name, reason=why)
-        now = time.time()
-        for key, child in list(self.children.items()):
-            if child.host != name or not key.startswith("session:"):
-                continue
-            session = key[len("session:"):]
-            old = child.address
-            child.address = None
-            if old is not None:
-                self.send(old, ActorExitRequest())  # if it still runs somewhere, it must stop
-            if child.retiring and not child.respawn:
-                del self.children[key]  # its ChildActorExited will never come
-                self._link(session)
-                continue
-            if session in self.statuses:
-                self._set_status(replace(self.statuses[session], state=SessionState.CONNECTING,
-                                         updated_at=now, qr_code=None, qr_expires_at=None,
-                                         connected_since=None, pid=None,
-                                         last_error=ErrorInfo("HOST_LOST", f"host {name} {why}; "
-                                                              "the session moves to another host")))
-            self._link(session)  # address None: the outbox takes back what was in flight
-            if not self.stopping:
-                self._respawn(key)  # a failed start is retried; the other sessions move on
+    # ---- placement and the health report ---------------------------------------------
 
-    def _place(self, session: str, overflow: bool) -> str | None:
-        """The host for ``session``: free slots and fewest sessions (supervisor.placement)."""
-        if self.config is None or self.config.cluster.role == "single":
+    def place(self, placed: list[str], overflow: bool) -> str | None:
+        """The host for a session, given the hosts of the other sessions (``placed``):
+        free slots and fewest sessions (supervisor.placement)."""
+        if self.config.role == "single":
             return self.local_host
         slots = {n: h.slots for n, h in self.hosts.items() if h.alive and
                  (h.role != "member" or h.agent is not None)}
-        placed = [c.host for k, c in self.children.items()
-                  if k.startswith("session:") and k != session_key(session) and c.host is not None]
         return choose_host(loads(slots, placed), prefer=self.local_host, overflow=overflow)
 
-    def _host_report(self) -> tuple[dict[str, Any], ...]:
+    def report(self, running: list[str]) -> tuple[dict[str, Any], ...]:
+        """Every host for the health report, given the host of each running session."""
         counts: dict[str, int] = {}
-        for key, child in self.children.items():
-            if key.startswith("session:") and child.host is not None and child.address is not None:
-                counts[child.host] = counts.get(child.host, 0) + 1
+        for host in running:
+            counts[host] = counts.get(host, 0) + 1
         hosts = tuple({"name": h.name, "role": h.role, "slots": h.slots,
                        "sessions": counts.get(h.name, 0), "alive": h.alive,
                        "runs": h.runs or describe(identity()), "refused": None}
@@ -255,3 +214,45 @@ class ClusterSupervision:
         return hosts + tuple({"name": r.name, "role": "member", "slots": 0, "sessions": 0,
                               "alive": False, "runs": r.runs, "refused": r.reason}
                              for r in self.refused.values())
+
+    # ---- inside ----------------------------------------------------------------------------
+
+    def _member_left(self, name: str, admin: Any) -> None:
+        known = self.hosts.get(name)
+        if known is None or known.admin != admin:
+            return  # another system under that name left, not the one we use
+        log.warning("a member left the convention", host=name)
+        self._host_lost(name, "left the convention")
+        self.hosts.pop(name, None)
+        assert self.tracker is not None
+        self.tracker.forget(name)
+
+    def _refuse(self, name: str, caps: dict[str, Any], problem: str) -> None:
+        """Place nothing on member ``name``, which runs another wagate: every pickle
+        between us could be misread. Said in the log, the audit log and the health
+        report."""
+        log.error("a member runs another wagate; nothing is placed on it (install the "
+                  "same version everywhere)", host=name, problem=problem)
+        if name not in self.refused:
+            self.owner.audit("cluster.member_refused", host=name, reason=problem)
+        self.refused.pop(name, None)  # re-inserted last: the newest is kept longest
+        self.refused[name] = RefusedHost(name, describe(caps), problem)
+        while len(self.refused) > MAX_REFUSED_HOSTS:
+            del self.refused[next(iter(self.refused))]
+
+    def _place_agent(self, name: str) -> None:
+        host = self.hosts[name]
+        host.agent = self.owner.create_agent(name)
+        # The member fences itself one heartbeat before the leader gives up on it.
+        beat = self.config.heartbeat_seconds
+        fence = max(beat, (self.config.heartbeat_misses - 1) * beat)
+        self.owner.send(host.agent, StartAgent(name, fence, beat))
+
+    def _host_lost(self, name: str, why: str) -> None:
+        """Nothing new goes to host ``name``, and the supervisor moves its sessions."""
+        host = self.hosts.get(name)
+        if host is None or not host.alive:
+            return
+        host.alive = False
+        self.owner.audit("cluster.member_lost", host=name, reason=why)
+        self.owner.move_sessions(name, why)
