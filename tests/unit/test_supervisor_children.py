@@ -1,0 +1,74 @@
+"""The supervisor's children by typed key (actors.supervisor.children): pure data."""
+
+from __future__ import annotations
+
+import pickle
+
+from actors.supervisor.children import AUDIT, OUTBOX, WORKERS, Child, ChildKey, Children
+
+
+def _children() -> Children:
+    children = Children()
+    children[AUDIT] = Child(object, address="audit-addr", host="leader")
+    children[OUTBOX] = Child(object, address="outbox-addr", host="leader")
+    children[ChildKey.of_session("a")] = Child(object, address="a-addr", host="leader")
+    children[ChildKey.of_session("b")] = Child(object, address="b-addr", host="m1")
+    children[ChildKey.of_session("c")] = Child(object, address=None, host="m1")  # restarting
+    return children
+
+
+def test_a_session_key_is_its_id_and_never_a_worker() -> None:
+    key = ChildKey.of_session("outbox")  # a session may be called like a worker
+    assert key == ChildKey("session", "outbox") and hash(key) == hash(ChildKey("session", "outbox"))
+    assert key != OUTBOX and key.is_session and not OUTBOX.is_session
+    assert key.name == "outbox" and OUTBOX.name == ""
+    assert WORKERS == (AUDIT, OUTBOX)  # the audit log's writer starts first
+
+
+def test_a_session_id_with_a_colon_stays_whole() -> None:
+    key = ChildKey.of_session("shop:eu")
+    assert key.name == "shop:eu" and str(key) == "session:shop:eu"
+    assert str(AUDIT) == "audit"  # the log's names are those of the string keys before
+
+
+def test_sessions_are_listed_by_id_without_the_workers() -> None:
+    children = _children()
+    assert [s for s, _ in children.sessions()] == ["a", "b", "c"]
+    assert children.session("b") is children[ChildKey.of_session("b")]
+    assert children.session("outbox") is None
+
+
+def test_a_session_can_leave_while_the_sessions_are_walked() -> None:
+    children = _children()
+    for session, _ in children.sessions():
+        del children[ChildKey.of_session(session)]
+    assert list(children) == [AUDIT, OUTBOX]
+
+
+def test_an_address_finds_its_child_key() -> None:
+    children = _children()
+    assert children.key_of("b-addr") == ChildKey.of_session("b")
+    assert children.key_of("outbox-addr") == OUTBOX
+    assert children.key_of("gone") is None
+    assert children.address(OUTBOX) == "outbox-addr"
+    assert children.address(ChildKey.of_session("nobody")) is None
+
+
+def test_session_hosts_count_sessions_only() -> None:
+    children = _children()
+    assert sorted(children.session_hosts()) == ["leader", "m1", "m1"]
+    assert sorted(children.session_hosts(but="b")) == ["leader", "m1"]
+    assert sorted(children.session_hosts(running_only=True)) == ["leader", "m1"]
+
+
+def test_placed_on_a_host_are_its_running_sessions() -> None:
+    children = _children()
+    assert children.placed_on("m1") == (("b", "b-addr"),)  # c has no process now
+    assert children.placed_on("leader") == (("a", "a-addr"),)  # not the workers
+    assert children.placed_on("elsewhere") == ()
+
+
+def test_a_key_pickles_as_itself() -> None:
+    """A restart's wakeup payload carries a key: it must come back equal."""
+    key = ChildKey.of_session("a")
+    assert pickle.loads(pickle.dumps(key)) == key
