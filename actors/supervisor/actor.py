@@ -179,7 +179,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             self._link(session)
         log.info("gateway started", sessions=len(self.statuses))
         self.audit("gateway.started", sessions=len(self.statuses),
-                    engine=msg.config.transport.engine, pid=os.getpid())
+                   engine=msg.config.transport.engine, pid=os.getpid())
         self._publish()
         self.send(sender, Ok(request_id=msg.request_id))
 
@@ -639,10 +639,10 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                      error=status.last_error.code if status.last_error else None)
             # Never the QR code: it is a credential while it is valid.
             self.audit("session.state", session=status.session,
-                        old=old.state.value if old else None, new=status.state.value,
-                        error=status.last_error.code if status.last_error else None,
-                        attempt=status.reconnect_attempt or None,
-                        phone=status.phone if status.state is SessionState.CONNECTED else None)
+                       old=old.state.value if old else None, new=status.state.value,
+                       error=status.last_error.code if status.last_error else None,
+                       attempt=status.reconnect_attempt or None,
+                       phone=status.phone if status.state is SessionState.CONNECTED else None)
         self._write_snapshot()
         if old is None or (old.state, old.paired, old.phone) != (status.state, status.paired,
                                                                  status.phone):
