@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import pickle
+from pathlib import Path
 
+import actors.supervisor
 from actors.supervisor.children import AUDIT, OUTBOX, WORKERS, Child, ChildKey, Children
 
 
@@ -72,3 +75,27 @@ def test_a_key_pickles_as_itself() -> None:
     """A restart's wakeup payload carries a key: it must come back equal."""
     key = ChildKey.of_session("a")
     assert pickle.loads(pickle.dumps(key)) == key
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the string constants that are docstrings (they may quote the log form)."""
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            first = node.body[0] if node.body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def test_no_supervisor_module_spells_a_child_key_as_a_string() -> None:
+    """Keys are ChildKey: a "session:" literal would be a key built or sliced by hand."""
+    package = Path(actors.supervisor.__file__).parent
+    offenders = []
+    for path in sorted(package.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docs = _docstrings(tree)
+        offenders += [f"{path.name}:{node.lineno}" for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                      and node.value.startswith("session:") and id(node) not in docs]
+    assert offenders == []
