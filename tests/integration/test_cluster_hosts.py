@@ -127,7 +127,8 @@ def test_a_member_of_another_protocol_is_refused_by_both_sides(
     # The leader placed nothing there, and says so.
     entry = wait_for(lambda: [h for h in _member_entries(leader) if h["refused"]], 30, 0.2,
                      "the leader's health to list the refused member")[0]
-    assert "protocol 2" in entry["refused"], entry
+    assert f"protocol {ours + 1}" in entry["refused"], entry  # what the member runs
+    assert f"protocol {ours}" in entry["refused"], entry
     assert (entry["alive"], entry["sessions"]) == (False, 0), entry
     assert leader.health()["status"] == "degraded"
     assert "runs another wagate" in _log(leader)
