@@ -1,7 +1,11 @@
 """GraphQL resolvers: validate input, ask the actors, shape the answer.
 
 Input is checked here, before any actor is asked, so bad input costs nothing and
-loses nothing. The shape of ``WhatsAppStatus`` comes from ``SessionStatus``.
+loses nothing. Resolvers are module-level functions bound to module-level Ariadne
+bindables; what they need per request (the bridge, the configuration, the caller) comes
+from ``info.context`` (``gateway.api.context.RequestContext``). What they return are the
+typed records of ``gateway.api.records``, named like the schema's fields, so no resolver
+here knows the outbox's columns or the supervisor's status fields.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from actors.messages import (
     MessageState,
     RequestPairingCode,
     SendText,
-    SessionStatus,
 )
 from actors.outbox.numbers import (
     Budget,
@@ -49,13 +52,22 @@ from actors.outbox.numbers import (
     NumberCheck,
     check_numbers,
 )
-from actors.outbox.store import STATES, delivery_unconfirmed
-from actors.session.states import SESSION_STATES
-from actors.session.states import hint as session_hint
+from actors.outbox.store import STATES
+from gateway.api.context import authorize, request_context
 from gateway.api.errors import GatewayError
-from gateway.api.overview import gateway_type, resolve_gateway, resolve_sessions
+from gateway.api.overview import OVERVIEW
 from gateway.api.qr import qr_png_base64, qr_svg_data_uri
-from gateway.auth.tokens import Principal, authorize, check
+from gateway.api.records import (
+    MessageConnection,
+    MessageRecord,
+    NumberCheckRecord,
+    SessionRecord,
+    message_connection,
+    message_record,
+    number_check_record,
+    session_record,
+)
+from gateway.auth.tokens import check
 from gateway.core.config import Config
 from gateway.core.ranges import Range
 from gateway.core.times import iso_time
@@ -101,206 +113,184 @@ def mutation_guard(action: str) -> Callable[[Callable[..., Any]], Callable[..., 
 
 
 def _audit_mutation(info: GraphQLResolveInfo, session: Any, phone: Any, outcome: str) -> None:
-    principal: Principal = info.context["principal"]
+    context = request_context(info)
+    principal = context.principal
     recipient = re.sub(r"\D", "", phone)[:RECIPIENT_DIGITS] if isinstance(phone, str) else None
-    info.context["audit"](
+    context.audit(
         "mutation", operation=info.field_name, actor=principal.name, role=principal.role,
-        ip=info.context.get("client_ip"), session=str(session)[:64], recipient=recipient,
-        outcome=outcome, messageId=info.context.get("message_id"))
+        ip=context.client_ip, session=str(session)[:64], recipient=recipient,
+        outcome=outcome, messageId=context.message_id)
+
+
+query = QueryType()
+mutation = MutationType()
+status = ObjectType("WhatsAppStatus")
+
+
+@query.field("whatsAppStatus")
+def resolve_status(_: Any, info: GraphQLResolveInfo, session: str = "default") -> SessionRecord:
+    name = validate_session_name(session)
+    authorize(info, "status", name)
+    snapshot = request_context(info).snapshots.status(name)  # fresh file: no actor round trip
+    if snapshot is not None:
+        return session_record(snapshot)
+    return session_record(_ask(info, GetStatus(name, _request_id(info))))
+
+
+@status.field("qrCode")
+def resolve_qr_png(record: SessionRecord, _: GraphQLResolveInfo) -> str | None:
+    return qr_png_base64(record.qrCodeRaw) if record.qrCodeRaw else None
+
+
+@status.field("qrCodeSvg")
+def resolve_qr_svg(record: SessionRecord, _: GraphQLResolveInfo) -> str | None:
+    return qr_svg_data_uri(record.qrCodeRaw) if record.qrCodeRaw else None
+
+
+@mutation.field("whatsAppConnect")
+@mutation_guard("connect")
+def resolve_connect(_: Any, info: GraphQLResolveInfo, session: str = "default") -> bool:
+    return bool(_ask(info, Connect(validate_session_name(session), _request_id(info))))
+
+
+@mutation.field("whatsAppDisconnect")
+@mutation_guard("connect")
+def resolve_disconnect(_: Any, info: GraphQLResolveInfo, session: str = "default",
+                       keepSession: bool = False) -> bool:
+    message = Disconnect(validate_session_name(session), bool(keepSession), _request_id(info))
+    return bool(_ask(info, message))
+
+
+@mutation.field("whatsAppForgetSession")
+@mutation_guard("connect")
+def resolve_forget(_: Any, info: GraphQLResolveInfo, session: str) -> bool:
+    return bool(_ask(info, ForgetSession(validate_session_name(session), _request_id(info))))
+
+
+@mutation.field("sendWhatsAppNotification")
+@mutation_guard("send")
+def resolve_send(_: Any, info: GraphQLResolveInfo, phoneNumber: str, message: str,
+                 session: str = "default", idempotencyKey: str | None = None) -> bool:
+    accepted = _send(info, phoneNumber, message, session, idempotencyKey, None)
+    # A retried key whose message failed:
+    if accepted.state in (MessageState.FAILED, MessageState.EXPIRED):
+        record = _accepted_record(info, accepted)
+        raise GatewayError("SEND_FAILED", f"this idempotency key's message is "
+                           f"{accepted.state} ({record.reason or 'no reason'})",
+                           reason=record.reason or "", messageId=accepted.message_id,
+                           uncertain=record.uncertain)
+    return True
+
+
+@mutation.field("sendWhatsAppMessage")
+@mutation_guard("send")
+def resolve_send_message(_: Any, info: GraphQLResolveInfo, input: dict[str, Any]
+                         ) -> MessageRecord:
+    valid_for = input.get("validForSeconds")
+    if valid_for is not None and not VALID_FOR.contains(valid_for):
+        raise GatewayError("INVALID_MESSAGE",
+                           VALID_FOR.refusal("validForSeconds", valid_for, whole=True),
+                           field="validForSeconds")
+    accepted = _send(info, input["phoneNumber"], input["message"],
+                     input.get("session") or "default", input.get("idempotencyKey"), valid_for)
+    return _accepted_record(info, accepted)
+
+
+@query.field("whatsAppMessage")
+def resolve_message(_: Any, info: GraphQLResolveInfo, id: str) -> MessageRecord | None:
+    principal = authorize(info, "messages")
+    row = _ask(info, GetMessage(str(id), _request_id(info)))
+    if row is None:
+        return None
+    record = _message_record(info, row)
+    # another session's message is as good as absent
+    return record if principal.may_see(record.session) else None
+
+
+@query.field("whatsAppMessages")
+def resolve_messages(_: Any, info: GraphQLResolveInfo, session: str | None = None,
+                     state: str | None = None, phoneNumber: str | None = None,
+                     first: int = 20, after: str | None = None) -> MessageConnection:
+    session = _listed_session(info, session)
+    if not PAGE_SIZE.contains(first):
+        raise GatewayError("GRAPHQL_VALIDATION_FAILED",
+                           PAGE_SIZE.refusal("first", first, whole=True), field="first")
+    if state is not None and state not in STATES:
+        raise GatewayError("GRAPHQL_VALIDATION_FAILED",
+                           f"unknown state {state!r}; use one of {', '.join(STATES)}",
+                           field="state")
+    request = ListMessages(
+        session=session, state=MessageState(state) if state is not None else None,
+        phone=normalize_phone_number(phoneNumber) if phoneNumber is not None else None,
+        first=first, after=after, request_id=_request_id(info))
+    page: MessagePage = _ask(info, request)
+    return message_connection(page, now=time.time(), unconfirmed_after=_unconfirmed_after(info))
+
+
+@query.field("whatsAppCheckNumbers")
+def resolve_check_numbers(_: Any, info: GraphQLResolveInfo, phoneNumbers: list[str],
+                          session: str = "default") -> list[NumberCheckRecord]:
+    name = validate_session_name(session)
+    authorize(info, "send", name)  # a lookup spends the account's standing, as a send
+    limit = _config(info).numbers.max_per_call
+    if len(phoneNumbers) > limit:
+        raise GatewayError("INVALID_NUMBER", f"at most {limit} numbers per call "
+                           f"(numbers.max_per_call); got {len(phoneNumbers)}: split them",
+                           field="phoneNumbers")
+    phones = [normalize_phone_number(raw) for raw in phoneNumbers]
+    try:
+        checks = _check(info, name, phones, strict_budget=True)
+    except LookupBudgetExceeded as exc:
+        raise GatewayError("RATE_LIMITED", f"session {name!r} may look up only "
+                           f"{exc.left} more numbers this {exc.scope} "
+                           f"(numbers.per_session_per_{exc.scope}); cached answers are "
+                           "free, retry later", scope=f"lookup_{exc.scope}",
+                           retryAfterSeconds=math.ceil(exc.retry_after)) from exc
+    return [number_check_record(raw, check)
+            for raw, check in zip(phoneNumbers, checks, strict=True)]
+
+
+@mutation.field("whatsAppRequestPairingCode")
+@mutation_guard("connect")
+def resolve_pairing_code(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
+                         session: str = "default") -> str:
+    request = RequestPairingCode(validate_session_name(session),
+                                 normalize_phone_number(phoneNumber), _request_id(info))
+    return str(_ask(info, request, _send_wait(_config(info))))
+
+
+@mutation.field("testWhatsAppConnection")
+@mutation_guard("send")
+def resolve_test(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
+                 session: str = "default") -> bool:
+    config = _config(info)
+    send = SendText(
+        session=validate_session_name(session),
+        phone=normalize_phone_number(phoneNumber),
+        text=config.messages.test_message,
+        request_id=_request_id(info),
+        require_connected=True,
+        requester=_requester(info),
+    )
+    accepted: Accepted = request_context(info).bridge.ask(send, _send_wait(config),
+                                                          to_outbox=True)
+    return accepted.state == MessageState.SENT
+
+
+BINDABLES = (query, mutation, status, *OVERVIEW)
+
+
+def type_defs() -> str:
+    """The schema's text (gateway/api/schema.graphql), shipped as package data."""
+    return resources.files("gateway.api").joinpath("schema.graphql").read_text("utf-8")
 
 
 def build_schema() -> GraphQLSchema:
-    type_defs = resources.files("gateway.api").joinpath("schema.graphql").read_text("utf-8")
-    query, mutation, status = QueryType(), MutationType(), ObjectType("WhatsAppStatus")
-
-    @query.field("whatsAppStatus")
-    def resolve_status(_: Any, info: GraphQLResolveInfo, session: str = "default"
-                       ) -> SessionStatus:
-        name = validate_session_name(session)
-        authorize(info, "status", name)
-        snapshot: SessionStatus | None = info.context["snapshots"].status(name)  # fresh file
-        if snapshot is not None:  # ... so no actor round trip
-            return snapshot
-        asked: SessionStatus = _ask(info, GetStatus(name, _request_id(info)))
-        return asked
-
-    @mutation.field("whatsAppConnect")
-    @mutation_guard("connect")
-    def resolve_connect(_: Any, info: GraphQLResolveInfo, session: str = "default") -> bool:
-        return bool(_ask(info, Connect(validate_session_name(session), _request_id(info))))
-
-    @mutation.field("whatsAppDisconnect")
-    @mutation_guard("connect")
-    def resolve_disconnect(_: Any, info: GraphQLResolveInfo, session: str = "default",
-                           keepSession: bool = False) -> bool:
-        message = Disconnect(validate_session_name(session), bool(keepSession), _request_id(info))
-        return bool(_ask(info, message))
-
-    @mutation.field("whatsAppForgetSession")
-    @mutation_guard("connect")
-    def resolve_forget(_: Any, info: GraphQLResolveInfo, session: str) -> bool:
-        return bool(_ask(info, ForgetSession(validate_session_name(session), _request_id(info))))
-
-    @mutation.field("sendWhatsAppNotification")
-    @mutation_guard("send")
-    def resolve_send(_: Any, info: GraphQLResolveInfo, phoneNumber: str, message: str,
-                     session: str = "default", idempotencyKey: str | None = None) -> bool:
-        accepted = _send(info, phoneNumber, message, session, idempotencyKey, None)
-        # A retried key whose message failed:
-        if accepted.state in (MessageState.FAILED, MessageState.EXPIRED):
-            record = accepted.record or {}
-            raise GatewayError("SEND_FAILED", f"this idempotency key's message is "
-                               f"{accepted.state} ({record.get('reason') or 'no reason'})",
-                               reason=record.get("reason", ""), messageId=accepted.message_id,
-                               uncertain=bool(record.get("uncertain")))
-        return True
-
-    @mutation.field("sendWhatsAppMessage")
-    @mutation_guard("send")
-    def resolve_send_message(_: Any, info: GraphQLResolveInfo, input: dict[str, Any]
-                             ) -> dict[str, Any]:
-        valid_for = input.get("validForSeconds")
-        if valid_for is not None and not VALID_FOR.contains(valid_for):
-            raise GatewayError("INVALID_MESSAGE",
-                               VALID_FOR.refusal("validForSeconds", valid_for, whole=True),
-                               field="validForSeconds")
-        accepted = _send(info, input["phoneNumber"], input["message"],
-                         input.get("session") or "default", input.get("idempotencyKey"),
-                         valid_for)
-        return {**(accepted.record or {}), "duplicate": accepted.duplicate}
-
-    @query.field("whatsAppMessage")
-    def resolve_message(_: Any, info: GraphQLResolveInfo, id: str
-                        ) -> dict[str, Any] | None:
-        principal = authorize(info, "messages")
-        record = _ask(info, GetMessage(str(id), _request_id(info)))
-        if record is None or not principal.may_see(record["session"]):
-            return None  # another session's message is as good as absent
-        return {**record, "duplicate": False}
-
-    @query.field("whatsAppMessages")
-    def resolve_messages(_: Any, info: GraphQLResolveInfo, session: str | None = None,
-                         state: str | None = None, phoneNumber: str | None = None,
-                         first: int = 20, after: str | None = None) -> dict[str, Any]:
-        principal = authorize(info, "messages")
-        if session is None and principal.sessions is not None:
-            if len(principal.sessions) != 1:
-                raise GatewayError("FORBIDDEN", f"token {principal.name!r} may use only "
-                                   f"some sessions: pass session (one of "
-                                   f"{', '.join(sorted(principal.sessions))})")
-            session = next(iter(principal.sessions))
-        if session is not None:
-            check(principal, "messages", validate_session_name(session))
-        if not PAGE_SIZE.contains(first):
-            raise GatewayError("GRAPHQL_VALIDATION_FAILED",
-                               PAGE_SIZE.refusal("first", first, whole=True), field="first")
-        if state is not None and state not in STATES:
-            raise GatewayError("GRAPHQL_VALIDATION_FAILED",
-                               f"unknown state {state!r}; use one of {', '.join(STATES)}",
-                               field="state")
-        request = ListMessages(
-            session=validate_session_name(session) if session is not None else None,
-            state=MessageState(state) if state is not None else None,
-            phone=normalize_phone_number(phoneNumber) if phoneNumber is not None else None,
-            first=first, after=after, request_id=_request_id(info))
-        page: MessagePage = _ask(info, request)
-        edges = [{"cursor": c, "node": {**r, "duplicate": False}}
-                 for r, c in zip(page.records, page.cursors, strict=True)]
-        return {"edges": edges, "pageInfo": {"hasNextPage": page.has_next_page,
-                                             "endCursor": page.cursors[-1] if edges else None}}
-
-    @query.field("whatsAppCheckNumbers")
-    def resolve_check_numbers(_: Any, info: GraphQLResolveInfo, phoneNumbers: list[str],
-                              session: str = "default") -> list[dict[str, Any]]:
-        name = validate_session_name(session)
-        authorize(info, "send", name)  # a lookup spends the account's standing, as a send
-        limit = _config(info).numbers.max_per_call
-        if len(phoneNumbers) > limit:
-            raise GatewayError("INVALID_NUMBER", f"at most {limit} numbers per call "
-                               f"(numbers.max_per_call); got {len(phoneNumbers)}: split them",
-                               field="phoneNumbers")
-        phones = [normalize_phone_number(raw) for raw in phoneNumbers]
-        try:
-            checks = _check(info, name, phones, strict_budget=True)
-        except LookupBudgetExceeded as exc:
-            raise GatewayError("RATE_LIMITED", f"session {name!r} may look up only "
-                               f"{exc.left} more numbers this {exc.scope} "
-                               f"(numbers.per_session_per_{exc.scope}); cached answers are "
-                               "free, retry later", scope=f"lookup_{exc.scope}",
-                               retryAfterSeconds=math.ceil(exc.retry_after)) from exc
-        return [_number_check(raw, check) for raw, check in zip(phoneNumbers, checks,
-                                                                 strict=True)]
-
-    @mutation.field("whatsAppRequestPairingCode")
-    @mutation_guard("connect")
-    def resolve_pairing_code(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
-                             session: str = "default") -> str:
-        request = RequestPairingCode(validate_session_name(session),
-                                     normalize_phone_number(phoneNumber), _request_id(info))
-        return str(_ask(info, request, _send_wait(_config(info))))
-
-    @mutation.field("testWhatsAppConnection")
-    @mutation_guard("send")
-    def resolve_test(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
-                     session: str = "default") -> bool:
-        config = _config(info)
-        send = SendText(
-            session=validate_session_name(session),
-            phone=normalize_phone_number(phoneNumber),
-            text=config.messages.test_message,
-            request_id=_request_id(info),
-            require_connected=True,
-            requester=_requester(info),
-        )
-        accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config),
-                                                        to_outbox=True)
-        return accepted.state == MessageState.SENT
-
-    message = ObjectType("WhatsAppMessage")
-    message.set_field("phoneNumber", lambda r, _: e164(r["phone"]))
-    message.set_field("acceptedAt", lambda r, _: iso_time(r["accepted_at"]))
-    message.set_field("updatedAt", lambda r, _: iso_time(r["updated_at"]))
-    message.set_field("whatsAppMessageId", lambda r, _: r["wa_message_id"])
-    message.set_field("reason", lambda r, _: r["reason"] or None)
-    message.set_field("error", lambda r, _: r["error"] or None)
-    message.set_field("validUntil", lambda r, _: iso_time(r["valid_until"]))
-    message.set_field("idempotencyKey", lambda r, _: r["idempotency_key"])
-    message.set_field("deliveryUnconfirmed", lambda r, info: delivery_unconfirmed(
-        r, time.time(), _config(info).delivery.unconfirmed_after_seconds))
-    message.set_field("history", lambda r, _: [
-        {"state": state, "at": iso_time(at), "reason": reason or None}
-        for state, at, reason in r["history"]])
-
-    status.set_field("connected", lambda s, _: s.connected)
-    status.set_field("qrCode", lambda s, _: qr_png_base64(s.qr_code) if s.qr_code else None)
-    status.set_field("qrCodeSvg",
-                     lambda s, _: qr_svg_data_uri(s.qr_code) if s.qr_code else None)
-    status.set_field("qrCodeRaw", lambda s, _: s.qr_code)
-    status.set_field("qrExpiresAt", lambda s, _: iso_time(s.qr_expires_at))
-    status.set_field("session", lambda s, _: s.session)
-    status.set_field("state", lambda s, _: s.state.value)
-    status.set_field("phoneNumber", lambda s, _: e164(s.phone))
-    status.set_field("reconnectAttempt", lambda s, _: s.reconnect_attempt)
-    status.set_field("lastError", lambda s, _: s.last_error and {
-        "code": s.last_error.code, "message": s.last_error.message})
-    status.set_field("connectedSince", lambda s, _: iso_time(s.connected_since))
-    status.set_field("bridgeState", lambda s, _: SESSION_STATES[s.state].bridge_state)
-    status.set_field("hint", lambda s, _: _hint(s))
-    status.set_field("bannedUntil", lambda s, _: iso_time(s.banned_until))
-    query.set_field("whatsAppSessions", resolve_sessions)
-    query.set_field("whatsAppGateway", resolve_gateway)
-    schema = make_executable_schema(type_defs, query, mutation, status, message,
-                                    gateway_type())
+    """The executable schema: the SDL bound to this module's (and the overview's)
+    resolvers. Built per app (and per test); the bindables are built once, at import."""
+    schema = make_executable_schema(type_defs(), *BINDABLES)
     _null_means_default(schema)
     return schema
-
-
-def _hint(status: SessionStatus) -> dict[str, str]:
-    """``WhatsAppStatus.hint``: the state's row (actors/session/states.py), which the
-    dashboard shows instead of keeping its own copy."""
-    found = session_hint(status)
-    return {"label": found.label, "meaning": found.meaning, "whatToDo": found.what_to_do,
-            "tone": found.tone}
 
 
 Definitions = dict[str, GraphQLArgument] | dict[str, GraphQLInputField]
@@ -354,7 +344,7 @@ def _with_defaults(values: dict[str, Any], definitions: Definitions) -> dict[str
 
 def _number_cache(info: GraphQLResolveInfo) -> NumberCache:
     """The web tier's one cache per process (created on first use)."""
-    cache: NumberCache | None = info.context.get("numbers")
+    cache = request_context(info).numbers
     if cache is None:
         raise GatewayError("INTERNAL", "the number cache is not set up")
     return cache
@@ -368,7 +358,7 @@ def _check(info: GraphQLResolveInfo, session: str, phones: list[str], *,
 
     def lookup(batch: list[str]) -> list[Any]:
         try:
-            return list(info.context["bridge"].ask(
+            return list(request_context(info).bridge.ask(
                 CheckNumbers(session, tuple(batch), _request_id(info)),
                 numbers.timeout_seconds))
         except GatewayError as exc:
@@ -382,13 +372,6 @@ def _check(info: GraphQLResolveInfo, session: str, phones: list[str], *,
     observe_number_checks([c.on_whatsapp for c in outcome], [c.reason for c in outcome],
                           [c.cached for c in outcome])
     return outcome
-
-
-def _number_check(raw: str, check: NumberCheck) -> dict[str, Any]:
-    return {"input": raw, "phoneNumber": e164(check.phone), "onWhatsApp": check.on_whatsapp,
-            "jid": check.jid or None, "lid": check.lid or None, "business": check.business,
-            "checkedAt": iso_time(check.checked_at), "cached": check.cached,
-            "reason": check.reason or None}
 
 
 def _refuse_unregistered(info: GraphQLResolveInfo, session: str, phone: str) -> str:
@@ -407,7 +390,8 @@ def _refuse_unregistered(info: GraphQLResolveInfo, session: str, phone: str) -> 
 def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
           idempotency_key: str | None, valid_for: int | None) -> Accepted:
     """Validate, then hand the message to the actors; returns once it is on disk."""
-    config = _config(info)
+    context = request_context(info)
+    config = context.config
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_KEY_LENGTH:
         raise GatewayError("INVALID_MESSAGE", f"idempotencyKey must be 1 to {MAX_KEY_LENGTH} "
                            "characters", field="idempotencyKey")
@@ -425,32 +409,61 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
         recipient_unknown=unknown,
     )
     try:
-        accepted: Accepted = info.context["bridge"].ask(send, _send_wait(config),
-                                                        to_outbox=True)
+        accepted: Accepted = context.bridge.ask(send, _send_wait(config), to_outbox=True)
     except GatewayError as exc:  # SEND_FAILED, SEND_UNCONFIRMED ...: the audit names it
-        info.context["message_id"] = exc.extensions.get("messageId")
+        context.message_id = exc.extensions.get("messageId")
         raise
-    info.context["message_id"] = accepted.message_id
+    context.message_id = accepted.message_id
     return accepted
 
 
+def _listed_session(info: GraphQLResolveInfo, session: str | None) -> str | None:
+    """The session whatsAppMessages lists (None: every one), checked for the caller: a
+    token limited to one session lists that one; to several, it must name one."""
+    principal = authorize(info, "messages")
+    if session is None and principal.sessions is not None:
+        if len(principal.sessions) != 1:
+            raise GatewayError("FORBIDDEN", f"token {principal.name!r} may use only "
+                               f"some sessions: pass session (one of "
+                               f"{', '.join(sorted(principal.sessions))})")
+        session = next(iter(principal.sessions))
+    if session is None:
+        return None
+    name = validate_session_name(session)
+    check(principal, "messages", name)
+    return name
+
+
+def _message_record(info: GraphQLResolveInfo, row: dict[str, Any], *,
+                    duplicate: bool = False) -> MessageRecord:
+    return message_record(row, now=time.time(), unconfirmed_after=_unconfirmed_after(info),
+                          duplicate=duplicate)
+
+
+def _accepted_record(info: GraphQLResolveInfo, accepted: Accepted) -> MessageRecord:
+    """The message a send accepted (or, for a retried idempotency key, found)."""
+    return _message_record(info, accepted.record or {}, duplicate=accepted.duplicate)
+
+
+def _unconfirmed_after(info: GraphQLResolveInfo) -> float:
+    return _config(info).delivery.unconfirmed_after_seconds
+
+
 def _ask(info: GraphQLResolveInfo, message: Any, timeout: float | None = None) -> Any:
-    return info.context["bridge"].ask(message, timeout)
+    return request_context(info).bridge.ask(message, timeout)
 
 
 def _config(info: GraphQLResolveInfo) -> Config:
-    config: Config = info.context["config"]
-    return config
+    return request_context(info).config
 
 
 def _requester(info: GraphQLResolveInfo) -> str:
     """The token's name: it owns the message's idempotency key."""
-    principal: Principal = info.context["principal"]
-    return principal.name
+    return request_context(info).principal.name
 
 
 def _request_id(info: GraphQLResolveInfo) -> str:
-    return info.context.get("request_id") or uuid.uuid4().hex
+    return request_context(info).request_id or uuid.uuid4().hex
 
 
 def _send_wait(config: Config) -> float:

@@ -1,7 +1,7 @@
 """Who may do what, from where: API tokens, roles and networks.
 
 Pure logic, no Flask: the app asks ``Authenticator`` who a request is and
-``authorize`` whether that principal may run an action on a session.
+``check`` whether that principal may run an action on a session.
 
 Tokens are random (32 bytes) and stored only as SHA-256 hashes. A slow password hash
 buys nothing for 256 random bits, and a fast one keeps every request cheap. Lookups
@@ -425,9 +425,3 @@ def check(principal: Principal, action: str, session: str | None = None) -> None
         raise GatewayError("FORBIDDEN", f"token {principal.name!r} may not use session "
                            f"{session!r}; its sessions: {own}")
 
-
-def authorize(info: Any, action: str, session: str | None = None) -> Principal:
-    """Resolver helper: the request's principal, checked for ``action`` on ``session``."""
-    principal: Principal = info.context["principal"]
-    check(principal, action, session)
-    return principal

@@ -15,6 +15,7 @@ from typing import Any
 from ariadne import graphql_sync
 from flask import Blueprint, Response, g, jsonify, request
 
+from gateway.api.context import RequestContext
 from gateway.api.errors import format_error
 from gateway.web.errors import error_body, error_response
 from gateway.web.explorer import page_response
@@ -87,8 +88,9 @@ def execute(data: Any) -> dict[str, Any]:
     return result
 
 
-def _context(state: WebState) -> dict[str, Any]:
+def _context(state: WebState) -> RequestContext:
     """What the resolvers see of the request and of the web process."""
-    return {"bridge": state.bridge, "config": state.config, "audit": state.audit,
-            "request_id": g.request_id, "snapshots": state.snapshots,
-            "numbers": state.numbers, "principal": g.principal, "client_ip": g.client_ip}
+    return RequestContext(bridge=state.bridge, config=state.config, principal=g.principal,
+                          audit=state.audit, snapshots=state.snapshots,
+                          numbers=state.numbers, request_id=g.request_id,
+                          client_ip=g.client_ip)

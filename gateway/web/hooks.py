@@ -6,7 +6,7 @@ rebinding, other sites' pages: ``gateway.core.origins``), a CORS preflight's ans
 and (except the public paths) the token check, so a refused request costs no GraphQL
 work. Every refusal is logged and handed to the audit log (``auth.failure``). What
 each principal may do is checked per operation by the resolvers
-(``gateway.auth.tokens.authorize``).
+(``gateway.api.context.authorize``).
 """
 
 from __future__ import annotations

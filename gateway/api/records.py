@@ -1,0 +1,316 @@
+"""What the API returns, as typed records named like the API's fields.
+
+The outbox answers with its rows (dicts keyed by SQLite column) and the supervisor with
+``SessionStatus``; those are the actors' shapes, free to change with their storage.
+The API's shape is the schema. This module is the one place where the one becomes the
+other: each ``*_record`` function reads a row or an actor's answer and returns a frozen
+record whose attribute names are the schema's field names, so GraphQL's default
+resolver reads them directly and no resolver knows a column name. A new column is
+invisible to clients until a record names it; a renamed column breaks one function
+here, not the contract.
+
+Pure: no Ariadne, no Flask, no actor system (tests build records from a real store's
+rows and real statuses without either).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from actors.messages import HealthReport, MessagePage, SessionStatus
+from actors.outbox.numbers import NumberCheck
+from actors.outbox.store import delivery_unconfirmed
+from actors.session.states import SESSION_STATES
+from actors.session.states import hint as session_hint
+from gateway.auth.tokens import ACTIONS, Principal
+from gateway.core.config import Config
+from gateway.core.times import iso_time
+from gateway.core.validation import e164
+
+# The attributes below are the schema's field names (camelCase on purpose): a record
+# *is* its GraphQL type, field for field (tests/unit/test_api_records.py holds them to it).
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """``MessageStateChange``: one step of a message's history."""
+
+    state: str
+    at: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """``WhatsAppMessage``: an accepted message, without its text."""
+
+    id: str
+    state: str
+    session: str
+    phoneNumber: str | None
+    acceptedAt: str | None
+    updatedAt: str | None
+    attempts: int
+    whatsAppMessageId: str | None
+    reason: str | None
+    error: str | None
+    uncertain: bool
+    deliveryUnconfirmed: bool
+    validUntil: str | None
+    idempotencyKey: str | None
+    duplicate: bool
+    history: tuple[StateChange, ...]
+
+
+def message_record(row: dict[str, Any], *, now: float, unconfirmed_after: float,
+                   duplicate: bool = False) -> MessageRecord:
+    """The outbox's row (``actors.outbox.store``, without its text) as the API shows it.
+
+    ``deliveryUnconfirmed`` depends on the clock and the operator's threshold
+    (``delivery.unconfirmed_after_seconds``), so the caller passes both."""
+    return MessageRecord(
+        id=row["id"],
+        state=row["state"],
+        session=row["session"],
+        phoneNumber=e164(row["phone"]),
+        acceptedAt=iso_time(row["accepted_at"]),
+        updatedAt=iso_time(row["updated_at"]),
+        attempts=row["attempts"],
+        whatsAppMessageId=row["wa_message_id"],
+        reason=row["reason"] or None,
+        error=row["error"] or None,
+        uncertain=bool(row["uncertain"]),
+        deliveryUnconfirmed=delivery_unconfirmed(row, now, unconfirmed_after),
+        validUntil=iso_time(row["valid_until"]),
+        idempotencyKey=row["idempotency_key"],
+        duplicate=duplicate,
+        history=tuple(StateChange(state, iso_time(at), reason or None)
+                      for state, at, reason in row["history"]),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEdge:
+    """``WhatsAppMessageEdge``."""
+
+    cursor: str
+    node: MessageRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PageInfo:
+    """``PageInfo``."""
+
+    hasNextPage: bool
+    endCursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageConnection:
+    """``WhatsAppMessageConnection``: one page of messages, newest first."""
+
+    edges: tuple[MessageEdge, ...]
+    pageInfo: PageInfo
+
+
+def message_connection(page: MessagePage, *, now: float,
+                       unconfirmed_after: float) -> MessageConnection:
+    """The outbox's page of rows as the API's connection (cursor paging)."""
+    edges = tuple(MessageEdge(cursor, message_record(row, now=now,
+                                                     unconfirmed_after=unconfirmed_after))
+                  for row, cursor in zip(page.records, page.cursors, strict=True))
+    return MessageConnection(edges, PageInfo(page.has_next_page,
+                                             page.cursors[-1] if edges else None))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionErrorRecord:
+    """``SessionError``: why the session is in its state, and what to do."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHintRecord:
+    """``SessionHint``: the state's row of the one state table (actors/session/states.py),
+    which the dashboard shows instead of keeping its own copy."""
+
+    label: str
+    meaning: str
+    whatToDo: str
+    tone: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """``WhatsAppStatus`` but for ``qrCode`` and ``qrCodeSvg``: images rendered from
+    ``qrCodeRaw`` by their resolvers only when a query selects them (a PNG costs
+    milliseconds; a dashboard polling the state needs none)."""
+
+    session: str
+    connected: bool
+    qrCodeRaw: str | None
+    qrExpiresAt: str | None
+    state: str
+    bridgeState: str
+    hint: SessionHintRecord
+    bannedUntil: str | None
+    phoneNumber: str | None
+    reconnectAttempt: int
+    lastError: SessionErrorRecord | None
+    connectedSince: str | None
+    host: str | None
+
+
+def session_record(status: SessionStatus) -> SessionRecord:
+    """The supervisor's ``SessionStatus`` (or the snapshot's copy) as the API shows it."""
+    error = status.last_error
+    return SessionRecord(
+        session=status.session,
+        connected=status.connected,
+        qrCodeRaw=status.qr_code,
+        qrExpiresAt=iso_time(status.qr_expires_at),
+        state=status.state.value,
+        bridgeState=SESSION_STATES[status.state].bridge_state,
+        hint=hint_record(status),
+        bannedUntil=iso_time(status.banned_until),
+        phoneNumber=e164(status.phone),
+        reconnectAttempt=status.reconnect_attempt,
+        lastError=SessionErrorRecord(error.code, error.message) if error else None,
+        connectedSince=iso_time(status.connected_since),
+        host=status.host,
+    )
+
+
+def hint_record(status: SessionStatus) -> SessionHintRecord:
+    found = session_hint(status)
+    return SessionHintRecord(found.label, found.meaning, found.what_to_do, found.tone)
+
+
+def session_records(statuses: Iterable[SessionStatus], principal: Principal
+                    ) -> list[SessionRecord]:
+    """The sessions ``principal`` may see, by name."""
+    return [session_record(s) for s in sorted(statuses, key=lambda s: s.session)
+            if principal.may_see(s.session)]
+
+
+@dataclass(frozen=True, slots=True)
+class NumberCheckRecord:
+    """``NumberCheck``: one number's answer, in the order asked."""
+
+    input: str
+    phoneNumber: str | None
+    onWhatsApp: bool | None
+    jid: str | None
+    lid: str | None
+    business: bool | None
+    checkedAt: str | None
+    cached: bool
+    reason: str | None
+
+
+def number_check_record(raw: str, check: NumberCheck) -> NumberCheckRecord:
+    """``check`` (for the normalised number) answering ``raw``, the number as given."""
+    return NumberCheckRecord(
+        input=raw, phoneNumber=e164(check.phone), onWhatsApp=check.on_whatsapp,
+        jid=check.jid or None, lid=check.lid or None, business=check.business,
+        checkedAt=iso_time(check.checked_at), cached=check.cached,
+        reason=check.reason or None)
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRecord:
+    """``Principal``: who is calling, and what its role may do."""
+
+    name: str
+    role: str
+    sessions: tuple[str, ...] | None
+    actions: tuple[str, ...]
+
+
+def role_actions(role: str) -> tuple[str, ...]:
+    """What ``role`` may do, from the one table of roles (``gateway.auth.tokens.ACTIONS``):
+    the dashboard shows only the controls a token can use, instead of buttons that end
+    in FORBIDDEN."""
+    return tuple(sorted(action for action, roles in ACTIONS.items() if role in roles))
+
+
+def principal_record(principal: Principal) -> PrincipalRecord:
+    sessions = None if principal.sessions is None else tuple(sorted(principal.sessions))
+    return PrincipalRecord(principal.name, principal.role, sessions,
+                           role_actions(principal.role))
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsRecord:
+    """``GatewayLimits``: the configured limits."""
+
+    perNumberPerMinute: int
+    perNumberPerHour: int
+    globalPerDay: int
+    maxSessions: int
+    maxQueuePerSession: int
+    maxMessageLength: int
+    reconnectAttempts: int
+
+
+def limits_record(config: Config) -> LimitsRecord:
+    return LimitsRecord(
+        perNumberPerMinute=config.limits.per_number_per_minute,
+        perNumberPerHour=config.limits.per_number_per_hour,
+        globalPerDay=config.limits.global_per_day,
+        maxSessions=config.sessions.max_sessions,
+        maxQueuePerSession=config.delivery.max_queue_per_session,
+        maxMessageLength=config.messages.max_length,
+        reconnectAttempts=config.reconnect.attempts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayRecord:
+    """``WhatsAppGateway`` but for the figures that need the outbox (``queueDepth``,
+    ``queueBySession``, ``dailyUsage``): their resolvers ask for the health report only
+    when a query selects them, so the rest never costs an actor round trip."""
+
+    version: str
+    authRequired: bool
+    principal: PrincipalRecord
+    limits: LimitsRecord
+
+
+def gateway_record(version: str, config: Config, principal: Principal) -> GatewayRecord:
+    return GatewayRecord(version, config.auth.required, principal_record(principal),
+                         limits_record(config))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionQueue:
+    """``SessionQueue``: messages waiting on one session."""
+
+    session: str
+    depth: int
+
+
+def queue_by_session(report: HealthReport) -> tuple[SessionQueue, ...]:
+    """Sessions with waiting messages, by name (``report`` already scoped to the caller)."""
+    return tuple(SessionQueue(name, depth)
+                 for name, depth in sorted(report.queue_by_session.items()) if depth)
+
+
+@dataclass(frozen=True, slots=True)
+class DailyUsage:
+    """``DailyUsage``: sends in the sliding 24 hours against ``limits.global_per_day``."""
+
+    used: int
+    limit: int
+    remaining: int
+
+
+def daily_usage(report: HealthReport, config: Config) -> DailyUsage:
+    usage = report.limiter
+    limit = int(usage.get("global_day_limit", config.limits.global_per_day))
+    used = int(usage.get("global_day_used", 0))
+    return DailyUsage(used, limit, max(0, limit - used))
