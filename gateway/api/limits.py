@@ -37,7 +37,7 @@ fragments in a tree is refused after a few thousand steps, not after ``limit``.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from graphql import (
     ASTValidationRule,
@@ -225,6 +225,106 @@ def introspection_limits(schema: GraphQLSchema) -> IntrospectionLimits:
                                INTROSPECTION_HEADROOM * standard.steps)
 
 
+class DocumentLimits(ASTValidationRule):
+    """The depth, fragment-chain and cost limits of one document, and the introspection
+    bounds (module docstring). A rule is a class to graphql-core, so ``limit_rule`` makes
+    a subclass that carries the configured numbers."""
+
+    max_depth: ClassVar[int] = 0
+    max_cost: ClassVar[int] = 0
+    measure_introspection: ClassVar[bool] = True  # else IntrospectionOff refuses it
+    context: ValidationContext  # graphql-core passes the schema's context to document rules
+
+    def __init__(self, context: ValidationContext) -> None:
+        super().__init__(context)
+        self.fragments = fragments_of(context.document)
+
+    def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
+        self.cost = 0
+        self.introspection: list[IntrospectionRoot] = []
+        self.limits = introspection_limits(self.context.schema)
+        depth, chain = self._walk(node.selection_set)
+        if depth <= self.max_depth and chain <= self.max_depth and self.cost <= self.max_cost:
+            self._check_introspection(node)
+        if depth > self.max_depth:
+            self.report_error(GraphQLError(
+                f"the query is nested more than {self.max_depth} levels deep "
+                "(graphql.max_depth); ask for fewer nested fields", node))
+        elif chain > self.max_depth:
+            self.report_error(GraphQLError(
+                f"the query spreads fragments inside fragments more than {self.max_depth} "
+                "deep (graphql.max_depth); inline some of them", node))
+        elif self.cost > self.max_cost:
+            self.report_error(GraphQLError(
+                f"the query selects more than {self.max_cost} fields (graphql.max_cost); "
+                "split it into smaller queries", node))
+
+    def _walk(self, root: SelectionSetNode) -> tuple[int, int]:
+        """Deepest field level and longest fragment chain reached, walked with an
+        explicit stack (no recursion); stops as soon as a limit is exceeded, so a
+        hostile document costs at most about max_cost steps."""
+        deepest = chain = 0
+        # (selections, field level, fragments spread on the way here)
+        stack: list[tuple[SelectionSetNode, int, tuple[str, ...]]] = [(root, 0, ())]
+        while stack:
+            selections, level, spread = stack.pop()
+            chain = max(chain, len(spread))
+            for selection in selections.selections:
+                if deepest > self.max_depth or chain > self.max_depth or self.cost > self.max_cost:
+                    return deepest, chain
+                if isinstance(selection, FieldNode):
+                    if level == 0 and selection.name.value in INTROSPECTION_ROOTS:
+                        if self.measure_introspection:
+                            self.introspection.append((selection, spread))
+                            if len(self.introspection) > self.limits.steps:
+                                return deepest, chain  # refused by its step bound
+                        continue
+                    self.cost += 1
+                    deepest = max(deepest, level + 1)
+                    if selection.selection_set:
+                        stack.append((selection.selection_set, level + 1, spread))
+                elif isinstance(selection, InlineFragmentNode):
+                    stack.append((selection.selection_set, level, spread))
+                elif isinstance(selection, FragmentSpreadNode):
+                    name = selection.name.value
+                    fragment = self.fragments.get(name)
+                    if fragment is None or name in spread:  # other rules report these
+                        continue
+                    self.cost += 1  # a spread is work too, even with no field in it
+                    stack.append((fragment.selection_set, level, (*spread, name)))
+        return deepest, chain
+
+    def _check_introspection(self, node: OperationDefinitionNode) -> None:
+        if not self.introspection:
+            return
+        limits = self.limits
+        measured = introspection_measure(
+            self.introspection, self.fragments, list_sizes(self.context.schema), limits)
+        if measured.steps > limits.steps:
+            self.report_error(GraphQLError(
+                f"the introspection query selects more than {limits.steps} fields and "
+                f"fragments, every spread expanded ({INTROSPECTION_HEADROOM} times the "
+                "standard introspection query); ask for what the standard query asks, "
+                "without spreading fragments many times", node))
+        elif max(measured.depth, measured.chain) > INTROSPECTION_MAX_DEPTH:
+            self.report_error(GraphQLError(
+                f"the introspection query is nested more than {INTROSPECTION_MAX_DEPTH} "
+                "levels deep (fragments included); the standard introspection query "
+                "(GraphiQL, gql, GraphQL Code Generator) fits: ask for what it asks",
+                node))
+        elif measured.lists > INTROSPECTION_MAX_LISTS:
+            self.report_error(GraphQLError(
+                f"the introspection query nests lists more than {INTROSPECTION_MAX_LISTS} "
+                "deep (like fields { type { fields ... } }); the standard introspection "
+                "query (types, their fields, their arguments) fits: ask for what it asks",
+                node))
+        elif measured.size > limits.size:
+            self.report_error(GraphQLError(
+                f"the introspection query could answer with more than {limits.size} values "
+                f"({INTROSPECTION_HEADROOM} times the standard introspection query); "
+                "ask for what the standard query asks, without lists inside lists", node))
+
+
 def limit_rule(max_depth: int, max_cost: int,
                introspection: bool = True) -> type[ASTValidationRule]:
     """The document limits; with ``introspection`` its root fields are measured by
@@ -322,6 +422,9 @@ def limit_rule(max_depth: int, max_cost: int,
                     "ask for what the standard query asks, without lists inside lists", node))
 
     return DocumentLimits
+    settings = {"max_depth": max_depth, "max_cost": max_cost,
+                "measure_introspection": introspection}
+    return type("DocumentLimits", (DocumentLimits,), settings)
 
 
 class IntrospectionOff(ASTValidationRule):
