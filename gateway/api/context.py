@@ -9,14 +9,14 @@ resolvers run the same under any HTTP server, or none.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from graphql import GraphQLResolveInfo
 
 from actors.messages import HealthReport, SessionStatus
-from actors.outbox.numbers import NumberCache
+from actors.outbox.numbers import NumberCache, NumberCheck
 from gateway.auth.tokens import Principal, check
 from gateway.core.config import Config
 
@@ -53,6 +53,9 @@ class RequestContext:
     numbers: NumberCache | None
     request_id: str = ""
     client_ip: str | None = None
+    # Told each number-check outcome (the web tier counts them for /metrics; the API
+    # does not import the web tier).
+    observe_numbers: Callable[[Sequence[NumberCheck]], None] | None = None
     message_id: str | None = None
     health: HealthReport | None = None
 

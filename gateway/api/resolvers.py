@@ -78,7 +78,6 @@ from gateway.core.validation import (
     validate_message,
     validate_session_name,
 )
-from gateway.web.metrics import observe_number_checks
 
 MAX_PAGE = 200
 PAGE_SIZE = Range(1, MAX_PAGE)  # whatsAppMessages(first:)
@@ -369,8 +368,9 @@ def _check(info: GraphQLResolveInfo, session: str, phones: list[str], *,
     outcome = check_numbers(_number_cache(info), session, phones, lookup,
                             Budget(numbers.per_session_per_minute, numbers.per_session_per_day),
                             numbers.timeout_seconds, strict_budget=strict_budget)
-    observe_number_checks([c.on_whatsapp for c in outcome], [c.reason for c in outcome],
-                          [c.cached for c in outcome])
+    observe = request_context(info).observe_numbers
+    if observe is not None:
+        observe(outcome)
     return outcome
 
 

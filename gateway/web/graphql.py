@@ -19,6 +19,7 @@ from gateway.api.context import RequestContext
 from gateway.api.errors import format_error
 from gateway.web.errors import error_body, error_response
 from gateway.web.explorer import page_response
+from gateway.web.metrics import observe_number_checks
 from gateway.web.request_body import BodyError, parse_json_body
 from gateway.web.state import WebState, current
 
@@ -93,4 +94,4 @@ def _context(state: WebState) -> RequestContext:
     return RequestContext(bridge=state.bridge, config=state.config, principal=g.principal,
                           audit=state.audit, snapshots=state.snapshots,
                           numbers=state.numbers, request_id=g.request_id,
-                          client_ip=g.client_ip)
+                          client_ip=g.client_ip, observe_numbers=observe_number_checks)

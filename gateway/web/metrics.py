@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from actors.messages import HealthReport
+from actors.outbox.numbers import NumberCheck
 from gateway.auth.scope import Scope
 from gateway.core.errors import ERROR_CODES
 from gateway.web.actor_metrics import ActorCollector
@@ -75,11 +76,11 @@ WEB_METRICS = (GRAPHQL_REQUESTS, GRAPHQL_SECONDS, SEND_ERRORS, NUMBER_LOOKUPS,
                NUMBER_CACHE_HITS)
 
 
-def observe_number_checks(on_whatsapp: list[bool | None], reasons: list[str],
-                          cached: list[bool]) -> None:
+def observe_number_checks(checks: Sequence[NumberCheck]) -> None:
     """Count number answers: cache hits, and each lookup's outcome."""
-    for on, reason, hit in zip(on_whatsapp, reasons, cached, strict=True):
-        if hit:
+    for check in checks:
+        on, reason = check.on_whatsapp, check.reason
+        if check.cached:
             NUMBER_CACHE_HITS.inc()
         elif on is None:
             NUMBER_LOOKUPS.labels(reason.lower() if reason in LOOKUP_REASONS

@@ -15,9 +15,10 @@ import pytest
 from graphql import GraphQLObjectType
 
 import gateway.api
-from actors.messages import BRIDGE_STATES, ErrorInfo, MessagePage, SessionState, SessionStatus
+from actors.messages import ErrorInfo, MessagePage, SessionState, SessionStatus
 from actors.outbox.numbers import NumberCheck
 from actors.outbox.store import MessageStore, NewMessage, cursor_of, public_record
+from actors.session.states import SESSION_STATES, hint
 from gateway.api import records
 from gateway.api.resolvers import build_schema
 from gateway.auth.tokens import ACTIONS, Principal
@@ -33,6 +34,7 @@ RECORD_TYPES = {
     records.PageInfo: "PageInfo",
     records.MessageConnection: "WhatsAppMessageConnection",
     records.SessionRecord: "WhatsAppStatus",
+    records.SessionHintRecord: "SessionHint",
     records.SessionErrorRecord: "SessionError",
     records.NumberCheckRecord: "NumberCheck",
     records.PrincipalRecord: "Principal",
@@ -172,7 +174,10 @@ def test_a_session_record_for_every_state(state: SessionState) -> None:
     assert records.session_record(status) == records.SessionRecord(
         session="shop", connected=state is SessionState.CONNECTED, qrCodeRaw="2@abc",
         qrExpiresAt="2026-01-01T00:00:00Z", state=state.value,
-        bridgeState=BRIDGE_STATES[state], bannedUntil="2026-01-01T00:00:01Z",
+        bridgeState=SESSION_STATES[state].bridge_state,
+        hint=records.SessionHintRecord(hint(status).label, hint(status).meaning,
+                                       hint(status).what_to_do, hint(status).tone),
+        bannedUntil="2026-01-01T00:00:01Z",
         phoneNumber="+4917012345678", reconnectAttempt=2,
         lastError=records.SessionErrorRecord("RECONNECT_FAILED", "check the network"),
         connectedSince="2025-12-31T23:59:59Z", host="h1")

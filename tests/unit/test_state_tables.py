@@ -27,9 +27,11 @@ from actors.session.states import (
     hint,
 )
 from actors.supervisor.snapshot import SnapshotReader, write_snapshot
+from gateway.api.context import RequestContext
 from gateway.api.health import health_document
 from gateway.api.resolvers import build_schema
 from gateway.auth.tokens import Principal
+from gateway.core.config import config_from_dict
 from gateway.web.actor_metrics import ActorCollector
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,8 +158,11 @@ def test_the_api_answers_every_states_bridge_state_and_hint(tmp_path: Path) -> N
                 for i, state in enumerate(SessionState)}
     (tmp_path / "run").mkdir()  # the gateway's run directory, made at start
     write_snapshot(tmp_path, statuses, time.time())
-    context = {"snapshots": SnapshotReader(tmp_path), "principal": Principal("t", "viewer"),
-               "request_id": "r1"}
+    # No bridge: the answer must come from the snapshot alone.
+    context = RequestContext(bridge=None, config=config_from_dict({}),  # type: ignore[arg-type]
+                             principal=Principal("t", "viewer"), audit=lambda *_, **__: None,
+                             snapshots=SnapshotReader(tmp_path), numbers=None,
+                             request_id="r1")
     result = graphql.graphql_sync(
         build_schema(), "{ whatsAppSessions { session state bridgeState "
         "hint { label meaning whatToDo tone } } }", context_value=context)
