@@ -35,7 +35,7 @@ from gateway.cli.ownership import (
     sweep_owned,
 )
 from gateway.core.errors import WagateError
-from gateway.core.files import write_atomic
+from gateway.core.files import stale_temp_files, write_atomic
 
 log = structlog.get_logger("wagate.run")
 
@@ -292,8 +292,12 @@ def sweep_leftovers(data: Path) -> None:
                 raise ClaimError(f"processes a crashed wagate left on {data} survived "
                                  f"SIGKILL (pids {_pids(left)}); reboot the host or wait "
                                  "for them to end, then start again")
-    with contextlib.suppress(FileNotFoundError):
-        (data / STATE_FILE).unlink()
+    state = data / STATE_FILE
+    # A launcher killed while it rewrote the record left its temp file (write_atomic
+    # names it at random, so no later write replaces it): only this launcher writes here.
+    for doomed in [state, *stale_temp_files(state.parent, state.name)]:
+        with contextlib.suppress(FileNotFoundError):
+            doomed.unlink()
     remove_stale_marks(data)
 
 
