@@ -55,7 +55,9 @@ ACTIONS: dict[str, frozenset[str]] = {
 
 TOKEN_PREFIX = "wgt_"
 TOKEN_BYTES = 32
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# \A...\Z, not ^...$: "$" also matches before a trailing newline, and such a name
+# would break the token file in two (every later read of it fails).
+NAME_PATTERN = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 DURATION = re.compile(r"^(\d+)([dhm])$")
 MAX_EXPIRY_SECONDS = 100 * 365 * 86400  # a longer lifetime is a typo, not a plan
 
