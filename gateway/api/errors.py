@@ -8,7 +8,7 @@ with the request id to look up in the logs, so no stack trace or internal messag
 reaches a client.
 
 No Flask here: the web tier hands the request id over in ``REQUEST_ID``, a context
-variable it sets when a request starts and resets when it ends (gateway/web/app.py).
+variable it sets when a request starts and resets when it ends (gateway/web/hooks.py).
 """
 
 from __future__ import annotations
