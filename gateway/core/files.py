@@ -17,11 +17,14 @@ others, not even for a moment. Its name, ``.<name>.<random>.tmp``, is what
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 PRIVATE = 0o600
+# What link() answers on a file system without hard links (vfat, exFAT, sshfs ...).
+NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 def write_atomic(path: Path, data: bytes | str, *, mode: int = PRIVATE,
@@ -32,7 +35,9 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = PRIVATE,
     ``mode``: the new file's permission bits (0600 unless a caller needs others).
     ``exclusive``: never replace an existing file (``FileExistsError`` instead), for
     what must not be overwritten, such as a storage key; the complete file appears
-    under its name at once (a hard link), so even a crash leaves no half key.
+    under its name at once (a hard link), so even a crash leaves no half key; on a
+    file system without hard links (a key on a USB stick) it is written under its name
+    directly, as before the one writer, where a crash can leave a short file.
     ``durable=False`` skips both fsyncs, for a file rewritten every second that is
     worthless after a restart (the status snapshot): a power cut may then lose the
     last version, but never leaves a torn one.
@@ -48,22 +53,50 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = PRIVATE,
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
-        _publish(tmp, path, exclusive)
+        published = _publish(tmp, path, exclusive)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+    if not published:
+        _create_exclusive(path, raw, mode, durable)
     if durable:
         fsync_dir(path.parent)
 
 
-def _publish(tmp: Path, path: Path, exclusive: bool) -> None:
+def _publish(tmp: Path, path: Path, exclusive: bool) -> bool:
     """Give the finished temp file its real name: a rename over the old file, or, when
     nothing may be overwritten, a hard link that fails if the name is taken (the temp
-    name is then removed by the caller)."""
-    if exclusive:
-        os.link(tmp, path)
-    else:
+    name is then removed by the caller). False: the file system has no hard links."""
+    if not exclusive:
         os.replace(tmp, path)
+        return True
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        return False
+    return True
+
+
+def _create_exclusive(path: Path, raw: bytes, mode: int, durable: bool) -> None:
+    """Where there are no hard links: create the name itself (``O_EXCL``: never over
+    an existing file, never through a symlink) and write into it. A write that fails
+    removes the file again: ``O_EXCL`` proved it ours, and a short key is worse than
+    none."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 PRIVATE)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(raw)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        raise
 
 
 def fsync_dir(directory: Path) -> None:

@@ -3,6 +3,7 @@ the mode its callers need, no temp file left behind, and no second writer in the
 
 from __future__ import annotations
 
+import platform
 import re
 import stat
 import subprocess
@@ -166,3 +167,59 @@ def test_there_is_one_atomic_writer() -> None:
              for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              if REPLACING.search(line)]
     assert found == []
+
+
+# A file system without hard links (vfat, exFAT, sshfs: a key kept on a USB stick, say)
+# answers link() with EPERM. Such a file system is not at hand in a test, so a child
+# process gets the kernel's own answer: a seccomp filter makes every link syscall of
+# that process (and only that one) fail with EPERM, as the file system would.
+NO_HARD_LINKS = """
+    import ctypes, errno, platform, struct
+    LINK_SYSCALLS = {"x86_64": (86, 265), "aarch64": (37,)}  # link, linkat
+    numbers = LINK_SYSCALLS[platform.machine()]
+    def insn(code, k, jt=0, jf=0):
+        return struct.pack("HBBI", code, jt, jf, k)
+    program = [insn(0x20, 0)]  # load the syscall number
+    program += [insn(0x15, nr, len(numbers) - i, 0) for i, nr in enumerate(numbers)]
+    program += [insn(0x06, 0x7FFF0000), insn(0x06, 0x00050000 | errno.EPERM)]
+    code = ctypes.create_string_buffer(b"".join(program))
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+    filtered = Program(len(program), ctypes.addressof(code))
+    assert libc.prctl(22, 2, ctypes.byref(filtered), 0, 0) == 0  # SECCOMP_MODE_FILTER
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64") or sys.platform != "linux",
+                    reason="the seccomp filter names the link syscalls of these machines")
+def test_an_exclusive_write_works_where_hard_links_do_not(tmp_path: Path) -> None:
+    """``wagate keys create --out`` on a file system without hard links: the key is
+    written (it was, before the one writer published exclusive files by a hard link),
+    still never over an existing file, still private, and no temp file stays."""
+    path = tmp_path / "store.key"
+    taken = tmp_path / "taken.key"
+    taken.write_text("keep\n")
+    done = run_child(NO_HARD_LINKS + f"""
+    import os
+    from pathlib import Path
+    from gateway.core.files import write_atomic
+    try:
+        os.link({str(taken)!r}, {str(tmp_path / "probe")!r})
+        raise SystemExit("the filter let a hard link through")
+    except PermissionError:
+        pass
+    write_atomic(Path({str(path)!r}), "secret\\n", exclusive=True)
+    try:
+        write_atomic(Path({str(taken)!r}), "other\\n", exclusive=True)
+        raise SystemExit("an existing key was replaced")
+    except FileExistsError:
+        print("refused")
+    """)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "refused"
+    assert path.read_text() == "secret\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert taken.read_text() == "keep\n"
+    assert names(tmp_path) == ["store.key", "taken.key"]
