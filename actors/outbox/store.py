@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import MessageState
+from actors.outbox import events
+from gateway.core.migrations import migrate, statements
 
 PAGE_CACHE_KIB = 8192
 PENDING = (MessageState.QUEUED, MessageState.SENDING)
@@ -138,6 +140,7 @@ class MessageStore:
             self.db.execute("PRAGMA secure_delete=ON")
         self.db.executescript(_SCHEMA)
         _add_link_columns(self.db)
+        migrate(self.db, "outbox", MIGRATIONS)
         if not keep_text:
             self._erase_finished_text()
         for suffix in ("", "-wal", "-shm"):
@@ -389,6 +392,18 @@ def _add_link_columns(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE messages ADD COLUMN account TEXT")
     if "link_epoch" not in columns:
         db.execute("ALTER TABLE messages ADD COLUMN link_epoch INTEGER NOT NULL DEFAULT 0")
+
+
+def _add_event_log(db: sqlite3.Connection) -> None:
+    """Version 1: the event log (actors.outbox.events), in this file so that an event
+    commits with its change."""
+    for statement in statements(events.EVENTS_SCHEMA):
+        db.execute(statement)
+
+
+# Step n turns schema version n - 1 into n (gateway.core.migrations). Version 0 is
+# every store written before versions existed (messages as _SCHEMA makes them).
+MIGRATIONS = (_add_event_log,)
 
 
 def cursor_of(record: dict[str, Any]) -> str:

@@ -1,0 +1,125 @@
+"""The durable event log: what happened to messages and sessions, in order.
+
+Why a table in the outbox's own SQLite file (``messages.sqlite3``) and not a file of
+its own: an event must be written in the same transaction as the change it tells of.
+Two files cannot commit together; one connection to one file can. A SIGKILL then
+leaves either the change and its event, or neither.
+
+``seq`` (INTEGER PRIMARY KEY AUTOINCREMENT) is the cursor: it only grows, and SQLite
+never hands out a number again, not even after the newest rows are pruned or a
+transaction is rolled back (AUTOINCREMENT keeps the high-water mark in
+``sqlite_sequence``). ``id`` is the stable event id an application dedupes on.
+
+Plain code (no actors): the outbox actor is the one writer; the functions take the
+connection so that the caller's transaction is the event's transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+MESSAGE_STATUS = "message.status"
+MESSAGE_RECEIVED = "message.received"
+SESSION_STATUS = "session.status"
+EVENT_TYPES = (MESSAGE_STATUS, MESSAGE_RECEIVED, SESSION_STATUS)
+
+# Part of schema version 1 (gateway.core.migrations runs it): IF NOT EXISTS, so it is
+# also safe to run on a store that already has it.
+EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- the cursor: only grows, never reused
+    id TEXT NOT NULL UNIQUE,                -- the stable event id ("evt_" + random)
+    type TEXT NOT NULL,
+    session TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    data TEXT NOT NULL                      -- JSON object
+);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (created_at);
+CREATE INDEX IF NOT EXISTS events_by_session ON events (session, seq);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the log, as it leaves the outbox (pickled to the web tier, so its
+    layout is in actors/protocol.py). ``data`` never holds a message's text."""
+
+    seq: int
+    id: str
+    type: str
+    session: str
+    created_at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def new_event_id() -> str:
+    """Unguessable and unique: 128 random bits."""
+    return "evt_" + secrets.token_hex(16)
+
+
+def append_event(db: sqlite3.Connection, type: str, session: str, data: dict[str, Any],
+                 now: float) -> Event:
+    """Write one event in the caller's transaction (none is opened here: an event
+    belongs to its change's transaction, so the caller opens it)."""
+    if type not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type!r}")
+    event_id = new_event_id()
+    body = json.dumps(data, separators=(",", ":"), sort_keys=True)
+    cursor = db.execute("INSERT INTO events (id, type, session, created_at, data) "
+                        "VALUES (?, ?, ?, ?, ?)", (event_id, type, session, now, body))
+    seq = cursor.lastrowid
+    assert seq is not None
+    return Event(seq, event_id, type, session, now, data)
+
+
+def events_after(db: sqlite3.Connection, after_seq: int, *, types: Iterable[str] | None = None,
+                 sessions: Iterable[str] | None = None, limit: int) -> list[Event]:
+    """Up to ``limit`` events with a sequence number above ``after_seq``, oldest first.
+
+    ``types``/``sessions`` None means every one; an empty collection means none
+    (a token limited to no session sees nothing, never everything)."""
+    where, args = ["seq > ?"], [after_seq]
+    for column, values in (("type", types), ("session", sessions)):
+        if values is None:
+            continue
+        chosen = sorted(set(values))
+        if not chosen:
+            return []
+        where.append(f"{column} IN ({', '.join('?' for _ in chosen)})")
+        args.extend(chosen)
+    rows = db.execute(f"SELECT seq, id, type, session, created_at, data FROM events "
+                      f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
+                      (*args, max(0, limit))).fetchall()
+    return [Event(int(r[0]), str(r[1]), str(r[2]), str(r[3]), float(r[4]), json.loads(r[5]))
+            for r in rows]
+
+
+def last_seq(db: sqlite3.Connection) -> int:
+    """The newest sequence number written (0 before the first): pruning never lowers it."""
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def prune_events(db: sqlite3.Connection, older_than: float, batch: int) -> int:
+    """Delete at most ``batch`` events written before ``older_than``, oldest first;
+    returns how many. Bounded so that one prune never holds the write lock long: the
+    caller repeats on its timer until nothing is left."""
+    if batch <= 0:
+        return 0
+    cursor = db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events "
+                        "WHERE created_at < ? ORDER BY seq LIMIT ?)", (older_than, batch))
+    return cursor.rowcount
+
+
+def event_log_size(db: sqlite3.Connection) -> tuple[int, int]:
+    """(rows, bytes) of the log. Bytes are the payloads and ids as stored (the sum of
+    the columns' lengths), not pages: a figure that moves with what is kept, cheap
+    enough for a health report (one pass over the table, no dbstat needed)."""
+    row = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data) + LENGTH(id) + "
+                     "LENGTH(type) + LENGTH(session) + 16), 0) FROM events").fetchone()
+    return int(row[0]), int(row[1])

@@ -1,0 +1,127 @@
+"""The event log (actors/outbox/events.py) and the store migrations
+(gateway/core/migrations.py), on real SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from actors.outbox import events as ev
+from actors.outbox.store import MIGRATIONS, MessageStore
+from gateway.core.migrations import NewerStoreError, migrate, schema_version
+
+
+def open_log(tmp_path: Path) -> sqlite3.Connection:
+    store = MessageStore(tmp_path / "outbox")
+    return store.db
+
+
+def test_events_are_paged_in_order_exactly_once(tmp_path: Path) -> None:
+    db = open_log(tmp_path)
+    written = [ev.append_event(db, ev.MESSAGE_STATUS, f"s{n % 2}", {"n": n}, float(n))
+               for n in range(25)]
+    seen, after = [], 0
+    while page := ev.events_after(db, after, limit=7):
+        seen.extend(page)
+        after = page[-1].seq
+    assert seen == written
+    assert len({e.id for e in seen}) == 25 and all(e.id.startswith("evt_") for e in seen)
+
+
+def test_filters_by_type_and_session(tmp_path: Path) -> None:
+    db = open_log(tmp_path)
+    ev.append_event(db, ev.MESSAGE_STATUS, "a", {}, 1.0)
+    ev.append_event(db, ev.SESSION_STATUS, "b", {}, 2.0)
+    ev.append_event(db, ev.MESSAGE_STATUS, "b", {}, 3.0)
+    assert [e.seq for e in ev.events_after(db, 0, types=[ev.SESSION_STATUS], limit=9)] == [2]
+    assert [e.seq for e in ev.events_after(db, 0, sessions=["b"], limit=9)] == [2, 3]
+    assert ev.events_after(db, 0, sessions=[], limit=9) == []  # no session: nothing
+    with pytest.raises(ValueError):
+        ev.append_event(db, "message.bogus", "a", {}, 1.0)
+
+
+def test_prune_is_bounded_and_the_cursor_never_goes_back(tmp_path: Path) -> None:
+    db = open_log(tmp_path)
+    for n in range(10):
+        ev.append_event(db, ev.MESSAGE_STATUS, "s", {"n": n}, float(n))
+    assert ev.prune_events(db, 100.0, 4) == 4
+    assert ev.event_log_size(db)[0] == 6
+    assert ev.prune_events(db, 100.0, 0) == 0
+    assert ev.prune_events(db, 100.0, 100) == 6
+    assert ev.event_log_size(db) == (0, 0)
+    assert ev.append_event(db, ev.MESSAGE_STATUS, "s", {}, 1.0).seq == 11  # never reused
+    assert ev.last_seq(db) == 11
+
+
+def test_a_change_and_its_event_commit_together(tmp_path: Path) -> None:
+    """A rolled back transaction leaves neither the event nor the cursor number used."""
+    db = open_log(tmp_path)
+    db.execute("BEGIN IMMEDIATE")
+    ev.append_event(db, ev.MESSAGE_STATUS, "s", {}, 1.0)
+    db.execute("ROLLBACK")
+    assert ev.events_after(db, 0, limit=9) == []
+
+
+def old_store(path: Path) -> None:
+    """A store as versions before migrations wrote it: messages, no events, version 0."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE messages (id TEXT PRIMARY KEY, session TEXT NOT NULL, "
+               "phone TEXT NOT NULL, text TEXT, text_hash TEXT NOT NULL, state TEXT NOT NULL, "
+               "accepted_at REAL NOT NULL, updated_at REAL NOT NULL, "
+               "next_attempt_at REAL NOT NULL DEFAULT 0, valid_until REAL, "
+               "attempts INTEGER NOT NULL DEFAULT 0, wa_message_id TEXT, "
+               "reason TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '', "
+               "request_id TEXT NOT NULL DEFAULT '', requester TEXT NOT NULL DEFAULT '', "
+               "idempotency_key TEXT, is_test INTEGER NOT NULL DEFAULT 0, "
+               "uncertain INTEGER NOT NULL DEFAULT 0, history TEXT NOT NULL)")
+    db.execute("INSERT INTO messages (id, session, phone, text, text_hash, state, accepted_at, "
+               "updated_at, history) VALUES ('m1', 'default', '+1', 'hi', 'h', 'QUEUED', 1, 1, "
+               "'[[\"QUEUED\", 1, \"\"]]')")
+    db.close()
+
+
+def test_a_version_0_store_gains_the_event_log_and_keeps_its_messages(tmp_path: Path) -> None:
+    (tmp_path / "outbox").mkdir()
+    path = tmp_path / "outbox" / "messages.sqlite3"
+    old_store(path)
+    store = MessageStore(tmp_path / "outbox")
+    assert schema_version(store.db) == len(MIGRATIONS) == 1
+    record = store.get("m1")
+    assert record is not None and record["state"] == "QUEUED"
+    assert ev.events_after(store.db, 0, limit=9) == []  # the table is there, empty
+    store.close()
+    MessageStore(tmp_path / "outbox").close()  # a second open migrates nothing
+
+
+def test_a_store_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+    (tmp_path / "outbox").mkdir()
+    path = tmp_path / "outbox" / "messages.sqlite3"
+    old_store(path)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA user_version = 7")
+    db.close()
+    with pytest.raises(NewerStoreError, match=r"schema version 7.*up to 1.*newer wagate"):
+        MessageStore(tmp_path / "outbox")
+    db = sqlite3.connect(path, isolation_level=None)
+    assert schema_version(db) == 7
+    assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchall()
+    db.close()
+
+
+def test_a_failing_step_leaves_the_old_version_whole(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None)
+
+    def first(d: sqlite3.Connection) -> None:
+        d.execute("CREATE TABLE t (x)")
+
+    def broken(d: sqlite3.Connection) -> None:
+        d.execute("CREATE TABLE u (x)")
+        raise RuntimeError("half-way")
+
+    with pytest.raises(RuntimeError):
+        migrate(db, "test", [first, broken])
+    assert schema_version(db) == 0
+    assert not db.execute("SELECT name FROM sqlite_master").fetchall()
+    assert migrate(db, "test", [first]) == 0 and schema_version(db) == 1
