@@ -83,7 +83,8 @@ def events_after(db: sqlite3.Connection, after_seq: int, *, types: Iterable[str]
 
     ``types``/``sessions`` None means every one; an empty collection means none
     (a token limited to no session sees nothing, never everything)."""
-    where, args = ["seq > ?"], [after_seq]
+    where: list[str] = ["seq > ?"]
+    args: list[Any] = [after_seq]
     for column, values in (("type", types), ("session", sessions)):
         if values is None:
             continue
