@@ -171,8 +171,11 @@ class MessageStore:
         }
         stored = {**record, "is_test": int(message.is_test), "uncertain": 0,
                   "history": json.dumps(record["history"])}
-        self.db.execute(f"INSERT INTO messages ({', '.join(stored)}) "
-                        f"VALUES ({', '.join('?' for _ in stored)})", tuple(stored.values()))
+        with self.batch():  # the record and its QUEUED event commit together
+            self.db.execute(f"INSERT INTO messages ({', '.join(stored)}) "
+                            f"VALUES ({', '.join('?' for _ in stored)})",
+                            tuple(stored.values()))
+            _status_event(self.db, record, None, now)
         self.reached[MessageState.QUEUED] += 1
         return record
 
@@ -191,7 +194,8 @@ class MessageStore:
         history = list(record["history"])
         if all(entry[0] != state for entry in history):
             self.reached[state] += 1
-        if not history or history[-1][0] != state:
+        changed = not history or history[-1][0] != state
+        if changed:
             history.append([state, now, reason])
         columns = {"state": state, "updated_at": now, "reason": reason, "error": "", **fields}
         if state in FINISHED and not self.keep_text:
@@ -201,11 +205,14 @@ class MessageStore:
             if flag in stored:
                 stored[flag] = int(stored[flag])
         assignments = ", ".join(f"{name} = ?" for name in stored)
-        self.db.execute(f"UPDATE messages SET {assignments} WHERE id = ?",
-                        (*stored.values(), record["id"]))
         updated = {**record, **columns, "history": history}
         for flag in ("uncertain", "is_test"):
             updated[flag] = bool(updated[flag])
+        with self.batch():  # the change and its event commit together, or neither
+            self.db.execute(f"UPDATE messages SET {assignments} WHERE id = ?",
+                            (*stored.values(), record["id"]))
+            if changed:
+                _status_event(self.db, updated, _previous_state(record["history"]), now)
         return updated
 
     def unconfirmed(self, sent_before: float) -> dict[str, int]:
@@ -392,6 +399,30 @@ def _add_link_columns(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE messages ADD COLUMN account TEXT")
     if "link_epoch" not in columns:
         db.execute("ALTER TABLE messages ADD COLUMN link_epoch INTEGER NOT NULL DEFAULT 0")
+
+
+def status_event_data(record: dict[str, Any], previous: str | None) -> dict[str, Any]:
+    """A ``message.status`` event's data: the state it reached and how, never the text
+    nor the recipient's number (an event lives for days and is sent to webhooks; the
+    application knows the number by the message id it was given)."""
+    return {"message_id": record["id"], "state": str(record["state"]),
+            "previous_state": previous, "reason": record["reason"],
+            "error": record["error"], "uncertain": bool(record["uncertain"]),
+            "is_test": bool(record["is_test"])}
+
+
+def _previous_state(history: list[list[Any]]) -> str | None:
+    """The last state an application was told of (SENDING has no event)."""
+    return next((str(e[0]) for e in reversed(history) if e[0] != MessageState.SENDING), None)
+
+
+def _status_event(db: sqlite3.Connection, record: dict[str, Any], previous: str | None,
+                  now: float) -> None:
+    """One event per history entry, except SENDING: a transient internal step (a send
+    in flight) that no application acts on, and that would double the log."""
+    if record["state"] != MessageState.SENDING:
+        events.append_event(db, events.MESSAGE_STATUS, str(record["session"]),
+                            status_event_data(record, previous), now)
 
 
 def _add_event_log(db: sqlite3.Connection) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -125,3 +126,42 @@ def test_a_failing_step_leaves_the_old_version_whole(tmp_path: Path) -> None:
     assert schema_version(db) == 0
     assert not db.execute("SELECT name FROM sqlite_master").fetchall()
     assert migrate(db, "test", [first]) == 0 and schema_version(db) == 1
+
+
+def told_history(store: MessageStore) -> dict[str, list[str]]:
+    """Each record's history as an application is told it (SENDING has no event)."""
+    rows = store.db.execute("SELECT id, history FROM messages").fetchall()
+    return {r[0]: [e[0] for e in json.loads(r[1]) if e[0] != "SENDING"] for r in rows}
+
+
+def logged(store: MessageStore) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {}
+    for event in ev.events_after(store.db, 0, types=[ev.MESSAGE_STATUS], limit=10_000):
+        seen.setdefault(event.data["message_id"], []).append(event.data["state"])
+    return seen
+
+
+def test_every_state_change_writes_its_event(tmp_path: Path) -> None:
+    from actors.messages import MessageState as S
+    from actors.outbox.store import NewMessage
+    store = MessageStore(tmp_path / "outbox")
+    sent = store.add(NewMessage("s", "+14155552671", "hello"), 1.0)
+    sent = store.transition(sent, S.SENDING, 2.0)
+    sent = store.transition(sent, S.SENT, 3.0, wa_message_id="W1")
+    sent = store.transition(sent, S.SENT, 3.5)  # no change of state: no event
+    sent = store.transition(sent, S.DELIVERED, 4.0)
+    failed = store.add(NewMessage("s", "+14155552672", "x"), 1.0)
+    store.transition(failed, S.FAILED, 2.0, "RECIPIENT_NOT_ON_WHATSAPP", error="E")
+    store.add(NewMessage("t", "+14155552673", "y", valid_until=1.5), 1.0)
+    assert len(store.expire_due(5.0)) == 1
+    assert logged(store) == told_history(store)
+    events = ev.events_after(store.db, 0, limit=99)
+    delivered = next(e for e in events if e.data["state"] == "DELIVERED")
+    assert delivered.data["previous_state"] == "SENT" and delivered.session == "s"
+    sent_event = next(e for e in events if e.data["state"] == "SENT")
+    assert sent_event.data["previous_state"] == "QUEUED"  # SENDING is not told
+    failed_event = next(e for e in events if e.data["state"] == "FAILED")
+    assert (failed_event.data["reason"], failed_event.data["error"]) == (
+        "RECIPIENT_NOT_ON_WHATSAPP", "E")
+    assert {e.data["state"] for e in events if e.session == "t"} == {"QUEUED", "EXPIRED"}
+    assert all("hello" not in str(e.data) and "+1415" not in str(e.data) for e in events)
