@@ -69,6 +69,7 @@ from actors.messages import (
     StartWorker,
 )
 from actors.metrics import RefusalCounters
+from actors.outbox import events
 from actors.outbox.limits import Limits, rate_limited
 from actors.outbox.numbers import NumberCache, open_cache
 from actors.outbox.pacing import WARMUP_SCOPE, Pacer, PacingRules
@@ -769,6 +770,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             pruned = self.store.prune(now - self.config.messages.retention_hours * 3600)
             if pruned:
                 log.info("pruned finished message records", count=pruned)
+            kept = self.config.events
+            pruned = events.prune_old_events(self.store.db, now - kept.retention_days * 86400,
+                                             kept.prune_batch, kept.prune_max_batches)
+            if pruned:
+                log.info("pruned old events", count=pruned)
         for session in list(self.links):
             self._dispatch(session)
 

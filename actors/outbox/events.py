@@ -117,6 +117,26 @@ def prune_events(db: sqlite3.Connection, older_than: float, batch: int) -> int:
     return cursor.rowcount
 
 
+def prune_old_events(db: sqlite3.Connection, older_than: float, batch: int,
+                     max_batches: int) -> int:
+    """``prune_events`` repeated, each batch its own transaction, until a batch comes
+    back short or ``max_batches`` ran (what is left waits for the next round: one
+    round's work is bounded even after a long downtime). ``db`` is in autocommit."""
+    total = 0
+    for _ in range(max(0, max_batches)):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = prune_events(db, older_than, batch)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        total += deleted
+        if deleted < batch:
+            break
+    return total
+
+
 def event_log_size(db: sqlite3.Connection) -> tuple[int, int]:
     """(rows, bytes) of the log. Bytes are the payloads and ids as stored (the sum of
     the columns' lengths), not pages: a figure that moves with what is kept, cheap

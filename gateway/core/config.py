@@ -149,6 +149,17 @@ class MessagesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """The event log (actors/outbox/events.py): how long it keeps what happened."""
+
+    retention_days: float = 7.0  # events older than this are pruned
+    # Events deleted per transaction when pruning: one prune never holds the store's
+    # write lock (and so the outbox) for long; batches repeat up to prune_max_batches.
+    prune_batch: int = 1000
+    prune_max_batches: int = 100  # per prune round (every 10 min): bounds one round's work
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryConfig:
     on_uncertain: Literal["resend", "fail"] = "resend"  # a message caught in SENDING by a crash
     max_attempts: int = 5  # transient send failures before a message is FAILED
@@ -306,6 +317,7 @@ class Config:
     qr: QrConfig = field(default_factory=QrConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     messages: MessagesConfig = field(default_factory=MessagesConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     numbers: NumbersConfig = field(default_factory=NumbersConfig)
     pacing: PacingConfig = field(default_factory=PacingConfig)
@@ -360,6 +372,8 @@ RANGES: dict[str, Range] = {
     "limits.global_per_day": _COUNT,
     "messages.max_length": Range(1, 65536), "messages.send_timeout_seconds": _SECONDS,
     "messages.retention_hours": _HOURS,
+    "events.retention_days": Range(0, 3650, above=True), "events.prune_batch": Range(1, 100_000),
+    "events.prune_max_batches": Range(1, 100_000),
     "delivery.max_attempts": Range(1, 1000), "delivery.retry_base_seconds": _DAY,
     "delivery.retry_max_seconds": _DAY, "delivery.max_queue_per_session": Range(1, 100_000_000),
     "delivery.idempotency_hours": _HOURS, "delivery.tick_seconds": _SECONDS,

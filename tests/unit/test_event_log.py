@@ -165,3 +165,14 @@ def test_every_state_change_writes_its_event(tmp_path: Path) -> None:
         "RECIPIENT_NOT_ON_WHATSAPP", "E")
     assert {e.data["state"] for e in events if e.session == "t"} == {"QUEUED", "EXPIRED"}
     assert all("hello" not in str(e.data) and "+1415" not in str(e.data) for e in events)
+
+
+def test_prune_rounds_are_bounded(tmp_path: Path) -> None:
+    db = open_log(tmp_path)
+    for n in range(25):
+        ev.append_event(db, ev.MESSAGE_STATUS, "s", {}, float(n))
+    ev.append_event(db, ev.MESSAGE_STATUS, "s", {}, 1000.0)  # young: kept
+    assert ev.prune_old_events(db, 500.0, batch=4, max_batches=3) == 12  # bounded round
+    assert ev.prune_old_events(db, 500.0, batch=4, max_batches=100) == 13  # stops when short
+    assert [e.created_at for e in ev.events_after(db, 0, limit=99)] == [1000.0]
+    assert not db.in_transaction
