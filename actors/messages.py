@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from actors.outbox.events import Event
 from gateway.core.config import Config
 
 if TYPE_CHECKING:  # actors.metrics imports this module
@@ -236,6 +237,26 @@ class ListMessages:
     first: int = 20
     after: str | None = None
     request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ListEvents:
+    """Answered with Ok(EventPage) by the outbox: events after the sequence number
+    ``after_seq``, oldest first. ``sessions`` None: every session; a tuple: only those
+    (a session-limited token's)."""
+
+    after_seq: int = 0
+    types: tuple[str, ...] | None = None
+    sessions: tuple[str, ...] | None = None
+    first: int = 100
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: tuple[Event, ...]
+    has_next_page: bool
+    last_seq: int  # the newest sequence number written (a consumer's high-water mark)
 
 
 @dataclass(frozen=True, slots=True)

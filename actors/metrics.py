@@ -37,6 +37,11 @@ class OutboxMetrics:
     rate_limited: dict[str, int] = field(default_factory=dict)  # scope -> refused sends
     usage_ratio: dict[str, float] = field(default_factory=dict)  # scope -> busiest window
     uncertain: int = 0
+    # The event log (actors/outbox/events.py): events written since the outbox started,
+    # by type, and its size on disk as rows and payload bytes.
+    events_written: dict[str, int] = field(default_factory=dict)
+    event_rows: int = 0
+    event_bytes: int = 0
 
 
 @dataclass

@@ -29,12 +29,14 @@ from gateway.core.version import __version__
 # Also bump when an actor class moves: a leader creates actors on its members by the
 # class's module path (3: the actors moved into supervisor/, session/, outbox/, audit/;
 # 4: message states are the MessageState enum, which Accepted and ListMessages carry,
-# and SendText lost wait_for_ack, which every sender left True).
-PROTOCOL = 4
-LAYOUT = "44d1c0c29a27d284"
+# and SendText lost wait_for_ack, which every sender left True; 5: the event log: ListEvents,
+# EventPage, Event, events.* in Config, the event counters in OutboxMetrics).
+PROTOCOL = 5
+LAYOUT = "ba869d91539aae82"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
-PICKLED_MODULES = ("actors.messages", "actors.metrics", "gateway.core.config")
+PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",
+                   "gateway.core.config")
 
 VERSION_CAPABILITY = "wagate_version"
 PROTOCOL_CAPABILITY = "wagate_protocol"

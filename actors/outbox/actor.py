@@ -54,8 +54,10 @@ from actors.messages import (
     DeliveryReceipt,
     DeliveryResult,
     DeliveryResults,
+    EventPage,
     Failed,
     GetMessage,
+    ListEvents,
     ListMessages,
     MessagePage,
     MessageState,
@@ -97,6 +99,9 @@ log = structlog.get_logger("wagate.outbox")
 MAX_IN_FLIGHT = 32  # per session: bounds what a reconnect dumps on a session at once
 NOT_CONNECTED_PAUSE_SECONDS = 1.0  # a session said "not connected": wait for its state
 PRUNE_EVERY_SECONDS = 600.0
+# The event log's size in health and /metrics is at most this old (a count reads the
+# whole table). Not a delay anything waits on, so not a config key.
+EVENT_SIZE_EVERY_SECONDS = 30.0
 QUEUE_FULL_RETRY_SECONDS = 30
 
 
@@ -140,6 +145,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.rate_pauses: dict[str, tuple[float, int]] = {}
         self.uncertain_total = 0
         self.last_prune = 0.0
+        # session -> the state of its last session.status event (read from the log once)
+        self.session_states: dict[str, str | None] = {}
+        self.event_size: tuple[float, int, int] | None = None  # (counted at, rows, bytes)
         self.refusals = RefusalCounters()  # for /metrics
         # The message a SendText handler stored, until that handler is done: when it
         # fails after the write, its caller is told the message is unconfirmed.
@@ -174,6 +182,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.numbers = open_cache(msg.config.data_path, msg.config.numbers.positive_ttl_hours,
                                   msg.config.numbers.negative_ttl_hours)
         now = time.time()
+        for link in msg.links:
+            self._session_event(link)  # the changes made while no outbox ran
         for record in self.store.in_state(MessageState.SENDING):
             self._uncertain(record, now, "the outbox restarted while it was being sent")
         self.depth = self.store.pending_counts()
@@ -271,6 +281,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_SessionLink(self, msg: SessionLink, sender: Any) -> None:
         old = self.links.get(msg.session)
         self.links[msg.session] = msg
+        self._session_event(msg)
         if self.warmup is not None and self.warmup.observe(
                 msg.session, old.state if old else None, old.paired if old else None,
                 msg.paired, time.time()):
@@ -491,9 +502,21 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 page = MessagePage(tuple(public_record(r) for r in records),
                                    tuple(cursor_of(r) for r in records), more)
                 reply = Ok(page, request.request_id)
+        elif isinstance(request, ListEvents):
+            reply = Ok(self._event_page(request), request.request_id)
         else:
             return
         self.send(msg.reply_to, reply)
+
+    def _event_page(self, request: ListEvents) -> EventPage:
+        """One page of the log, oldest first; one row more than asked tells whether
+        another page follows."""
+        assert self.store is not None
+        first = max(0, request.first)
+        found = events.events_after(self.store.db, request.after_seq, types=request.types,
+                                    sessions=request.sessions, limit=first + 1)
+        return EventPage(tuple(found[:first]), len(found) > first,
+                         events.last_seq(self.store.db))
 
     def receiveMsg_CollectHealth(self, msg: CollectHealth, sender: Any) -> None:
         by_session = {s: n for s, n in self.depth.items() if n}
@@ -503,6 +526,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.store.reached if self.store is not None else {},
             self.limits.usage_ratios(now) if self.limits is not None else {},
             self.uncertain_total)
+        if self.store is not None:
+            rows, size = self._event_log_size(now)
+            metrics = replace(metrics, events_written=dict(self.store.events_written),
+                              event_rows=rows, event_bytes=size)
         unconfirmed = (self.store.unconfirmed(
             now - self.config.delivery.unconfirmed_after_seconds)
             if self.store is not None and self.config is not None else {})
@@ -526,6 +553,34 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.numbers.close()
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _event_log_size(self, now: float) -> tuple[int, int]:
+        """The log's rows and bytes, counted at most every EVENT_SIZE_EVERY_SECONDS:
+        counting reads the whole table, and health and /metrics may ask every second."""
+        assert self.store is not None
+        if self.event_size is None or now - self.event_size[0] > EVENT_SIZE_EVERY_SECONDS:
+            self.event_size = (now, *events.event_log_size(self.store.db))
+        return self.event_size[1], self.event_size[2]
+
+    def _session_event(self, link: SessionLink) -> None:
+        """A session.status event when the session's state differs from the last one
+        logged. Session state lives in the supervisor, not in this database, so this is
+        not the change's own transaction: the event follows the change (at most one
+        actor message later); states that came and went while no outbox ran are
+        coalesced into the one seen next (README: Events)."""
+        if self.store is None:
+            return
+        db = self.store.db
+        if link.session not in self.session_states:
+            self.session_states[link.session] = events.last_session_state(db, link.session)
+        previous = self.session_states[link.session]
+        error = link.last_error.code if link.last_error is not None else None
+        with self.store.batch():
+            if events.record_session_state(db, link.session, str(link.state), previous,
+                                           {"paired": link.paired, "error": error},
+                                           time.time()) is not None:
+                self.store.events_written[events.SESSION_STATUS] += 1
+        self.session_states[link.session] = str(link.state)
 
     def _can_send(self, session: str) -> bool:
         link = self.links.get(session)

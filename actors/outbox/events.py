@@ -100,6 +100,27 @@ def events_after(db: sqlite3.Connection, after_seq: int, *, types: Iterable[str]
             for r in rows]
 
 
+def last_session_state(db: sqlite3.Connection, session: str) -> str | None:
+    """The state of ``session``'s newest ``session.status`` event still in the log."""
+    row = db.execute("SELECT data FROM events WHERE session = ? AND type = ? "
+                     "ORDER BY seq DESC LIMIT 1", (session, SESSION_STATUS)).fetchone()
+    if row is None:
+        return None
+    state = json.loads(row[0]).get("state")
+    return str(state) if state is not None else None
+
+
+def record_session_state(db: sqlite3.Connection, session: str, state: str, previous: str | None,
+                         data: dict[str, Any], now: float) -> Event | None:
+    """A ``session.status`` event when ``state`` differs from ``previous`` (the state
+    last logged for ``session``, which the caller keeps so that a state report costs no
+    query); None when it is the same state again (a link update that changed no state)."""
+    if state == previous:
+        return None
+    return append_event(db, SESSION_STATUS, session,
+                        {**data, "state": state, "previous_state": previous}, now)
+
+
 def last_seq(db: sqlite3.Connection) -> int:
     """The newest sequence number written (0 before the first): pruning never lowers it."""
     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()

@@ -150,6 +150,7 @@ class MessageStore:
         # once per state, however often it is retried): /metrics reads it at scrape
         # time, so counting costs the send path one increment and no extra query.
         self.reached: Counter[str] = Counter()
+        self.events_written: Counter[str] = Counter()  # by type, likewise for /metrics
 
     def close(self) -> None:
         self.db.close()
@@ -175,7 +176,7 @@ class MessageStore:
             self.db.execute(f"INSERT INTO messages ({', '.join(stored)}) "
                             f"VALUES ({', '.join('?' for _ in stored)})",
                             tuple(stored.values()))
-            _status_event(self.db, record, None, now)
+            self._status_event(record, None, now)
         self.reached[MessageState.QUEUED] += 1
         return record
 
@@ -212,8 +213,16 @@ class MessageStore:
             self.db.execute(f"UPDATE messages SET {assignments} WHERE id = ?",
                             (*stored.values(), record["id"]))
             if changed:
-                _status_event(self.db, updated, _previous_state(record["history"]), now)
+                self._status_event(updated, _previous_state(record["history"]), now)
         return updated
+
+    def _status_event(self, record: dict[str, Any], previous: str | None, now: float) -> None:
+        """One event per history entry, except SENDING: a transient internal step (a
+        send in flight) that no application acts on, and that would double the log."""
+        if record["state"] != MessageState.SENDING:
+            events.append_event(self.db, events.MESSAGE_STATUS, str(record["session"]),
+                                status_event_data(record, previous), now)
+            self.events_written[events.MESSAGE_STATUS] += 1
 
     def unconfirmed(self, sent_before: float) -> dict[str, int]:
         """Messages per session still SENT (no delivery receipt) since before
@@ -414,15 +423,6 @@ def status_event_data(record: dict[str, Any], previous: str | None) -> dict[str,
 def _previous_state(history: list[list[Any]]) -> str | None:
     """The last state an application was told of (SENDING has no event)."""
     return next((str(e[0]) for e in reversed(history) if e[0] != MessageState.SENDING), None)
-
-
-def _status_event(db: sqlite3.Connection, record: dict[str, Any], previous: str | None,
-                  now: float) -> None:
-    """One event per history entry, except SENDING: a transient internal step (a send
-    in flight) that no application acts on, and that would double the log."""
-    if record["state"] != MessageState.SENDING:
-        events.append_event(db, events.MESSAGE_STATUS, str(record["session"]),
-                            status_event_data(record, previous), now)
 
 
 def _add_event_log(db: sqlite3.Connection) -> None:
