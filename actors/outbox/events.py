@@ -16,6 +16,7 @@ connection so that the caller's transaction is the event's transaction.
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import sqlite3
@@ -165,3 +166,21 @@ def event_log_size(db: sqlite3.Connection) -> tuple[int, int]:
     row = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data) + LENGTH(id) + "
                      "LENGTH(type) + LENGTH(session) + 16), 0) FROM events").fetchone()
     return int(row[0]), int(row[1])
+
+
+def event_cursor(seq: int) -> str:
+    """The opaque cursor of the event with sequence number ``seq`` (whatsAppEvents)."""
+    return base64.urlsafe_b64encode(f"e:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_event_cursor(cursor: str) -> int:
+    """The sequence number of a cursor from ``event_cursor``; ValueError for any
+    other string (a message cursor included: they are not interchangeable)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"invalid event cursor {cursor!r}") from None
+    kind, _, number = raw.partition(":")
+    if kind != "e" or not number.isdigit() or len(number) > 19:
+        raise ValueError(f"invalid event cursor {cursor!r}")
+    return int(number)

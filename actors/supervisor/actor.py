@@ -47,6 +47,7 @@ from actors.messages import (
     GetStatus,
     HealthReport,
     HostBeatAck,
+    ListEvents,
     ListMessages,
     NumberLookup,
     Offer,
@@ -366,7 +367,10 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_ListMessages(self, msg: ListMessages, sender: Any) -> None:
         self._route(msg, sender)
 
-    def _route(self, msg: GetMessage | ListMessages, sender: Any) -> None:
+    def receiveMsg_ListEvents(self, msg: ListEvents, sender: Any) -> None:
+        self._route(msg, sender)
+
+    def _route(self, msg: GetMessage | ListMessages | ListEvents, sender: Any) -> None:
         outbox = self.children.address(OUTBOX)
         if outbox is None:
             self.send(sender, _store_restarting(msg.request_id))

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.messages import HealthReport, MessagePage, SessionStatus
+from actors.messages import EventPage, HealthReport, MessagePage, SessionStatus
+from actors.outbox.events import event_cursor
 from actors.outbox.numbers import NumberCheck
 from actors.outbox.store import delivery_unconfirmed
 from actors.session.states import SESSION_STATES
@@ -123,6 +124,43 @@ def message_connection(page: MessagePage, *, now: float,
                   for row, cursor in zip(page.records, page.cursors, strict=True))
     return MessageConnection(edges, PageInfo(page.has_next_page,
                                              page.cursors[-1] if edges else None))
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """``WhatsAppEvent``: one entry of the event log, as a webhook would carry it."""
+
+    id: str
+    type: str
+    session: str
+    timestamp: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventEdge:
+    """``WhatsAppEventEdge``."""
+
+    cursor: str
+    node: EventRecord
+
+
+@dataclass(frozen=True, slots=True)
+class EventConnection:
+    """``WhatsAppEventConnection``: one page of events, oldest first."""
+
+    edges: tuple[EventEdge, ...]
+    pageInfo: PageInfo
+
+
+def event_connection(page: EventPage) -> EventConnection:
+    """The outbox's page of events as the API's connection. ``endCursor`` is the last
+    event's cursor, or null on an empty page (the caller keeps the cursor it has)."""
+    edges = tuple(EventEdge(event_cursor(e.seq), EventRecord(
+        e.id, e.type, e.session, iso_time(e.created_at, "microseconds"), dict(e.data)))
+        for e in page.events)
+    return EventConnection(edges, PageInfo(page.has_next_page,
+                                           edges[-1].cursor if edges else None))
 
 
 @dataclass(frozen=True, slots=True)

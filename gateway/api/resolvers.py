@@ -55,6 +55,7 @@ from actors.outbox.numbers import (
 from actors.outbox.store import STATES
 from gateway.api.context import authorize, request_context
 from gateway.api.errors import GatewayError
+from gateway.api.events import EVENTS
 from gateway.api.overview import OVERVIEW
 from gateway.api.qr import qr_png_base64, qr_svg_data_uri
 from gateway.api.records import (
@@ -276,7 +277,7 @@ def resolve_test(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
     return accepted.state == MessageState.SENT
 
 
-BINDABLES = (query, mutation, status, *OVERVIEW)
+BINDABLES = (query, mutation, status, *OVERVIEW, *EVENTS)
 
 
 def type_defs() -> str:

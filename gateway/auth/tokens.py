@@ -48,6 +48,10 @@ ACTIONS: dict[str, frozenset[str]] = {
     "status": frozenset({"admin", "operator", "sender", "viewer"}),
     "connect": frozenset({"admin", "operator"}),  # connect, disconnect, pairing code
     "messages": frozenset({"admin", "operator"}),  # message records
+    # The event log (whatsAppEvents): what happened to messages and sessions. The
+    # sending application is its consumer (it learns its messages' fate), so sender
+    # may; viewer (monitoring) may not: events name messages and their outcomes.
+    "events": frozenset({"admin", "operator", "sender"}),
     "send": frozenset({"admin", "sender"}),  # both sends and the connection test
     "health": frozenset({"admin", "viewer"}),  # /admin/health, /metrics
     "admin": frozenset({"admin"}),  # /admin/tokens

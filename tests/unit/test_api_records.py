@@ -42,6 +42,9 @@ RECORD_TYPES = {
     records.GatewayRecord: "WhatsAppGateway",
     records.SessionQueue: "SessionQueue",
     records.DailyUsage: "DailyUsage",
+    records.EventRecord: "WhatsAppEvent",
+    records.EventEdge: "WhatsAppEventEdge",
+    records.EventConnection: "WhatsAppEventConnection",
 }
 
 

@@ -217,7 +217,7 @@ def test_the_gateway_asks_the_actors_only_for_the_figures_that_need_them(
     assert gateway == {
         "version": __version__, "authRequired": config.auth.required,
         "principal": {"name": "shop", "role": "sender", "sessions": ["shop", "shop2"],
-                      "actions": ["send", "status"]},
+                      "actions": ["events", "send", "status"]},
         "limits": {"perNumberPerMinute": config.limits.per_number_per_minute,
                    "globalPerDay": config.limits.global_per_day,
                    "maxSessions": config.sessions.max_sessions,
