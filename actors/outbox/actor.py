@@ -509,14 +509,12 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.send(msg.reply_to, reply)
 
     def _event_page(self, request: ListEvents) -> EventPage:
-        """One page of the log, oldest first; one row more than asked tells whether
-        another page follows."""
+        """One page of the log, oldest first."""
         assert self.store is not None
-        first = max(0, request.first)
-        found = events.events_after(self.store.db, request.after_seq, types=request.types,
-                                    sessions=request.sessions, limit=first + 1)
-        return EventPage(tuple(found[:first]), len(found) > first,
-                         events.last_seq(self.store.db))
+        found, more = events.page_of_events(self.store.db, request.after_seq,
+                                            types=request.types, sessions=request.sessions,
+                                            first=request.first)
+        return EventPage(tuple(found), more, events.last_seq(self.store.db))
 
     def receiveMsg_CollectHealth(self, msg: CollectHealth, sender: Any) -> None:
         by_session = {s: n for s, n in self.depth.items() if n}

@@ -101,6 +101,15 @@ def events_after(db: sqlite3.Connection, after_seq: int, *, types: Iterable[str]
             for r in rows]
 
 
+def page_of_events(db: sqlite3.Connection, after_seq: int, *, types: Iterable[str] | None,
+                   sessions: Iterable[str] | None, first: int) -> tuple[list[Event], bool]:
+    """Up to ``first`` events after ``after_seq`` and whether more follow (one row more
+    than asked is read to know)."""
+    first = max(0, first)
+    found = events_after(db, after_seq, types=types, sessions=sessions, limit=first + 1)
+    return found[:first], len(found) > first
+
+
 def last_session_state(db: sqlite3.Connection, session: str) -> str | None:
     """The state of ``session``'s newest ``session.status`` event still in the log."""
     row = db.execute("SELECT data FROM events WHERE session = ? AND type = ? "
