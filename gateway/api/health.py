@@ -61,6 +61,9 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
         queue["uncertainTotal"] = report.uncertain_total
         document["limiter"] = report.limiter
         document["processes"] = report.worker_pids
+        if report.outbox_metrics is not None:  # null while the outbox restarts
+            document["eventLog"] = {"rows": report.outbox_metrics.event_rows,
+                                    "bytes": report.outbox_metrics.event_bytes}
     return document
 
 

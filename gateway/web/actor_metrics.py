@@ -17,7 +17,8 @@ from prometheus_client.core import (
 )
 
 from actors.messages import HealthReport, MessageState, SessionState
-from actors.metrics import RATE_SCOPES, SessionMetrics
+from actors.metrics import RATE_SCOPES, OutboxMetrics, SessionMetrics
+from actors.outbox.events import EVENT_TYPES
 from actors.session.states import SESSION_STATES
 from gateway import __version__
 from gateway.auth.scope import Scope, scoped_report
@@ -142,3 +143,20 @@ class ActorCollector:
         for scope in LIMIT_SCOPES:
             ratio.add_metric([scope], float(metrics.usage_ratio.get(scope, 0.0)))
         yield ratio
+        yield from _event_log(metrics)
+
+
+def _event_log(metrics: OutboxMetrics) -> Iterator[Metric]:
+    """The event log (README: Events): what was written, and what it holds now."""
+    written = CounterMetricFamily("wagate_events_written_total", "events written to the "
+                                  "event log since the outbox started, by type",
+                                  labels=["type"])
+    for kind in EVENT_TYPES:
+        written.add_metric([kind], float(metrics.events_written.get(kind, 0)))
+    rows = GaugeMetricFamily("wagate_event_log_rows", "events kept in the event log "
+                             "(pruned after events.retention_days)")
+    rows.add_metric([], float(metrics.event_rows))
+    size = GaugeMetricFamily("wagate_event_log_bytes", "payload bytes of the events kept "
+                             "(ids, types, sessions, data; counted at most every 30 s)")
+    size.add_metric([], float(metrics.event_bytes))
+    yield from (written, rows, size)

@@ -116,7 +116,8 @@ def _report() -> HealthReport:
                                      rate_limited={"recipient_minute": 2},
                                      usage_ratio={"recipient_minute": 1.0,
                                                   "global_day": 0.3},
-                                     uncertain=1))
+                                     uncertain=1, events_written={"message.status": 14},
+                                     event_rows=20, event_bytes=3000))
 
 
 def test_health_document_keeps_its_keys_and_adds_the_whatsapp_shape() -> None:
@@ -133,6 +134,8 @@ def test_health_document_keeps_its_keys_and_adds_the_whatsapp_shape() -> None:
     only_a = health_document(_report(), 160.0, frozenset({"a"}))
     assert [s["session"] for s in only_a["sessions"]] == ["a"]
     assert set(only_a["health"]) == {"a"} and only_a["queue"]["bySession"] == {}
+    assert document["eventLog"] == {"rows": 20, "bytes": 3000}
+    assert "eventLog" not in only_a  # the log holds every session's events
 
 
 def test_status_table_reads_like_the_document() -> None:
@@ -200,6 +203,11 @@ def test_actor_metrics_render_as_prometheus_text() -> None:
     assert ratio == {(("scope", "recipient_minute"),): 1.0, (("scope", "recipient_hour"),): 0.0,
                      (("scope", "global_day"),): 0.3}
     assert metrics["wagate_messages_uncertain_total"] == {(): 1.0}
+    assert metrics["wagate_events_written_total"] == {
+        (("type", "message.received"),): 0.0, (("type", "message.status"),): 14.0,
+        (("type", "session.status"),): 0.0}
+    assert metrics["wagate_event_log_rows"] == {(): 20.0}
+    assert metrics["wagate_event_log_bytes"] == {(): 3000.0}
     only_b = _families(render(_report(), frozenset({"b"})))
     assert set(only_b["wagate_session_connected"]) == {(("session", "b"),)}
 
