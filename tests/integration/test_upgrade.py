@@ -7,7 +7,8 @@ with ``git archive`` and run from its own tree. It links a session, loses the
 cleanly. Then this code starts on the same data_dir, key and token file: the session
 comes back CONNECTED without a new QR code, the queued messages reach their
 recipients, the old version's token still works, and the audit log, written by both
-versions, still verifies.
+versions, still verifies. The outbox's store, which predates schema versions, is
+migrated (the event log added) and keeps the old version's messages.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -215,6 +217,24 @@ def audit_entries(done: subprocess.CompletedProcess[str]) -> int:
     return int(found[1])
 
 
+def check_outbox_store(path: Path, old_texts: set[str]) -> None:
+    """The old store was migrated (schema version 0 -> 1: the event log added) and kept
+    its messages; what they did after the upgrade is in the log."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        rows = {text: (message_id, state) for message_id, text, state in db.execute(
+            "SELECT id, text, state FROM messages")}
+        events = [(json.loads(data)["message_id"], json.loads(data)["state"]) for (data,) in
+                  db.execute("SELECT data FROM events WHERE type = 'message.status' "
+                             "ORDER BY seq")]
+    assert old_texts <= set(rows), rows  # accepted by the old version, kept
+    for text in old_texts:
+        message_id, state = rows[text]
+        assert state == "SENT" and (message_id, "SENT") in events, (text, state, events)
+    new_id, _ = rows["sent after the upgrade"]
+    assert [s for m, s in events if m == new_id][:2] == ["QUEUED", "SENT"]
+
+
 def test_new_code_resumes_a_data_dir_of_8785619(tmp_path: Path) -> None:
     code = extract_old(tmp_path / "wagate-8785619")
     # The old tree is what runs: its flat gateway/ has modules the new layout moved.
@@ -248,6 +268,7 @@ def test_new_code_resumes_a_data_dir_of_8785619(tmp_path: Path) -> None:
                          "message: \"sent after the upgrade\") }"}).json()
         assert answer == {"data": {"sendWhatsAppNotification": True}}, answer
         new.stop()
+        check_outbox_store(new.data_dir / "outbox" / "messages.sqlite3", texts)
 
         # One chain across both versions.
         verified = subprocess.run(
