@@ -30,6 +30,7 @@ from actors.outbox import events
 from gateway.core.migrations import migrate, statements
 
 PAGE_CACHE_KIB = 8192
+STORE_FILE = "messages.sqlite3"  # in data_dir/outbox
 PENDING = (MessageState.QUEUED, MessageState.SENDING)
 FINISHED = (MessageState.SENT, MessageState.DELIVERED, MessageState.READ, MessageState.FAILED,
             MessageState.EXPIRED)
@@ -124,7 +125,7 @@ class MessageStore:
         setting changed, or by an older version)."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.keep_text = keep_text
-        path = directory / "messages.sqlite3"
+        path = directory / STORE_FILE
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")

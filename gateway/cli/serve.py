@@ -47,6 +47,7 @@ from gateway.cli.ownership import Stamp
 from gateway.cli.run_state import ClaimError, Run
 from gateway.core.config import Config
 from gateway.core.errors import WagateError
+from gateway.core.migrations import NewerStoreError, check_not_newer
 from gateway.core.observability import setup_logging
 from gateway.web.metrics import reset_metrics_dir
 from gateway.web.server import web_environment
@@ -80,6 +81,7 @@ def serve(config: Config) -> int:
             raise StartupError(str(exc)) from None
         with run:
             check_ports(config)
+            check_store_versions(config)
             reset_metrics_dir(data)  # after the sweep: no web process of a predecessor
             # Before any actor starts: a wrong or missing storage key stops the gateway
             # here. The stores lock it takes is never closed: it lasts as long as this
@@ -419,6 +421,17 @@ def stop_everything(started: Started, run: Run) -> None:
         started.system.shutdown()
     except Exception as exc:
         log.warning("actor system shutdown failed", error=repr(exc))
+
+
+def check_store_versions(config: Config) -> None:
+    """A store written by a newer wagate (its schema version is above what this one
+    knows, gateway/core/migrations.py) stops the start here, before anything opens it."""
+    from actors.outbox.store import MIGRATIONS, STORE_FILE
+
+    try:
+        check_not_newer(config.data_path / "outbox" / STORE_FILE, "outbox", len(MIGRATIONS))
+    except NewerStoreError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def check_session_stores(config: Config) -> int:

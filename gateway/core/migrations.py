@@ -12,8 +12,10 @@ A store written before versions existed has ``user_version`` 0.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 Step = Callable[[sqlite3.Connection], None]
 
@@ -32,6 +34,19 @@ class NewerStoreError(RuntimeError):
 
 def schema_version(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_not_newer(path: Path, name: str, known: int) -> None:
+    """Raise NewerStoreError when the store at ``path`` (if any) is of a version above
+    ``known``. Read-only, so the launcher can refuse to start before any process opens
+    (and would otherwise write to) the store."""
+    if not path.exists():
+        return
+    with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True,
+                                            timeout=10.0)) as db:
+        found = schema_version(db)
+    if found > known:
+        raise NewerStoreError(name, found, known)
 
 
 def migrate(db: sqlite3.Connection, name: str, steps: Sequence[Step]) -> int:

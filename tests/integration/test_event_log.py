@@ -160,3 +160,14 @@ def test_sigkill_during_sends_and_receipts_keeps_log_and_records_in_step(
     assert paged == [row[1] for row in events]  # every event once, in order
     states = {s for history in told.values() for s in history}
     assert {"QUEUED", "SENT", "DELIVERED", "READ"} <= states
+
+
+def test_a_store_from_a_newer_wagate_stops_the_start_and_says_what_to_do(
+        make_gateway: Callable[..., Gateway]) -> None:
+    gw = make_gateway()
+    (gw.data_dir / "outbox").mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(gw.data_dir / "outbox" / "messages.sqlite3")) as db:
+        db.execute("PRAGMA user_version = 9")
+    code, log = gw.start_refused()
+    assert code != 0
+    assert "schema version 9" in log and "newer wagate" in log, log

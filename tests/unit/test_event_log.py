@@ -176,3 +176,20 @@ def test_prune_rounds_are_bounded(tmp_path: Path) -> None:
     assert ev.prune_old_events(db, 500.0, batch=4, max_batches=100) == 13  # stops when short
     assert [e.created_at for e in ev.events_after(db, 0, limit=99)] == [1000.0]
     assert not db.in_transaction
+
+
+def test_the_launcher_check_refuses_only_a_newer_store_and_writes_nothing(
+        tmp_path: Path) -> None:
+    from gateway.core.migrations import check_not_newer
+    path = tmp_path / "outbox" / "messages.sqlite3"
+    check_not_newer(path, "outbox", 1)  # no store yet: nothing to refuse
+    assert not path.exists()
+    MessageStore(tmp_path / "outbox").close()
+    check_not_newer(path, "outbox", 1)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA user_version = 2")
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(NewerStoreError, match="schema version 2"):
+        check_not_newer(path, "outbox", 1)
+    assert path.read_bytes() == before
