@@ -23,6 +23,7 @@ from pathlib import Path
 
 from actors.transport.base import NumberInfo
 from gateway.core.errors import WagateError
+from gateway.core.migrations import migrate
 
 _DAY = 86400.0
 _MINUTE = 60.0
@@ -93,6 +94,11 @@ class NumberCache:
         self._negative_ttl = negative_ttl
         self._local = threading.local()
         self._connection().executescript(_SCHEMA)  # idempotent; commits by itself
+        try:
+            migrate(self._connection(), "number cache (data_dir/numbers.sqlite)", MIGRATIONS)
+        except BaseException:
+            self.close()
+            raise
 
     def _connection(self) -> sqlite3.Connection:
         """This thread's connection, in autocommit (a fresh one after a fork: a
@@ -198,10 +204,20 @@ class NumberCache:
                 db.executemany("DELETE FROM in_flight WHERE phone = ?", [(p,) for p in phones])
 
 
+def _versioned(db: sqlite3.Connection) -> None:
+    """Version 1 is the schema _SCHEMA makes (which version 0 already had): the step
+    only stamps the number, so that a later change has a version to migrate from and
+    an older wagate refuses a newer cache."""
+
+
+MIGRATIONS = (_versioned,)  # gateway.core.migrations: step n makes version n
+CACHE_FILE = "numbers.sqlite"  # in data_dir
+
+
 def open_cache(data_dir: Path, positive_ttl_hours: float,
                negative_ttl_hours: float) -> NumberCache:
     """The gateway's one answer cache in ``data_dir`` (``numbers.*`` TTLs in hours)."""
-    return NumberCache(Path(data_dir) / "numbers.sqlite", positive_ttl_hours * 3600,
+    return NumberCache(Path(data_dir) / CACHE_FILE, positive_ttl_hours * 3600,
                        negative_ttl_hours * 3600)
 
 

@@ -141,7 +141,11 @@ class MessageStore:
             self.db.execute("PRAGMA secure_delete=ON")
         self.db.executescript(_SCHEMA)
         _add_link_columns(self.db)
-        migrate(self.db, "outbox", MIGRATIONS)
+        try:
+            migrate(self.db, "outbox (data_dir/outbox/messages.sqlite3)", MIGRATIONS)
+        except BaseException:
+            self.db.close()
+            raise
         if not keep_text:
             self._erase_finished_text()
         for suffix in ("", "-wal", "-shm"):

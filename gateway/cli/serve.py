@@ -426,10 +426,13 @@ def stop_everything(started: Started, run: Run) -> None:
 def check_store_versions(config: Config) -> None:
     """A store written by a newer wagate (its schema version is above what this one
     knows, gateway/core/migrations.py) stops the start here, before anything opens it."""
-    from actors.outbox.store import MIGRATIONS, STORE_FILE
+    from actors.outbox import numbers, store
 
     try:
-        check_not_newer(config.data_path / "outbox" / STORE_FILE, "outbox", len(MIGRATIONS))
+        check_not_newer(config.data_path / "outbox" / store.STORE_FILE,
+                        f"outbox (data_dir/outbox/{store.STORE_FILE})", len(store.MIGRATIONS))
+        check_not_newer(config.data_path / numbers.CACHE_FILE,
+                        f"number cache (data_dir/{numbers.CACHE_FILE})", len(numbers.MIGRATIONS))
     except NewerStoreError as exc:
         raise StartupError(str(exc)) from None
 

@@ -193,3 +193,15 @@ def test_the_launcher_check_refuses_only_a_newer_store_and_writes_nothing(
     with pytest.raises(NewerStoreError, match="schema version 2"):
         check_not_newer(path, "outbox", 1)
     assert path.read_bytes() == before
+
+
+def test_the_number_cache_is_versioned_too(tmp_path: Path) -> None:
+    from actors.outbox.numbers import open_cache
+    cache = open_cache(tmp_path, 1.0, 1.0)
+    cache.close()
+    db = sqlite3.connect(tmp_path / "numbers.sqlite", isolation_level=None)
+    assert schema_version(db) == 1
+    db.execute("PRAGMA user_version = 3")
+    db.close()
+    with pytest.raises(NewerStoreError, match=r"number cache .* is at schema version 3"):
+        open_cache(tmp_path, 1.0, 1.0)
