@@ -95,7 +95,7 @@ class NumberCache:
         self._local = threading.local()
         self._connection().executescript(_SCHEMA)  # idempotent; commits by itself
         try:
-            migrate(self._connection(), "number cache (data_dir/numbers.sqlite)", MIGRATIONS)
+            migrate(self._connection(), "the number cache (data_dir/numbers.sqlite)", MIGRATIONS)
         except BaseException:
             self.close()
             raise

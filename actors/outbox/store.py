@@ -142,7 +142,7 @@ class MessageStore:
         self.db.executescript(_SCHEMA)
         _add_link_columns(self.db)
         try:
-            migrate(self.db, "outbox (data_dir/outbox/messages.sqlite3)", MIGRATIONS)
+            migrate(self.db, "the outbox store (data_dir/outbox/messages.sqlite3)", MIGRATIONS)
         except BaseException:
             self.db.close()
             raise

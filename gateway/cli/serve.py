@@ -430,9 +430,11 @@ def check_store_versions(config: Config) -> None:
 
     try:
         check_not_newer(config.data_path / "outbox" / store.STORE_FILE,
-                        f"outbox (data_dir/outbox/{store.STORE_FILE})", len(store.MIGRATIONS))
+                        f"the outbox store (data_dir/outbox/{store.STORE_FILE})",
+                        len(store.MIGRATIONS))
         check_not_newer(config.data_path / numbers.CACHE_FILE,
-                        f"number cache (data_dir/{numbers.CACHE_FILE})", len(numbers.MIGRATIONS))
+                        f"the number cache (data_dir/{numbers.CACHE_FILE})",
+                        len(numbers.MIGRATIONS))
     except NewerStoreError as exc:
         raise StartupError(str(exc)) from None
 

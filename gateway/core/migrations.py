@@ -25,7 +25,7 @@ class NewerStoreError(RuntimeError):
 
     def __init__(self, name: str, found: int, known: int) -> None:
         super().__init__(
-            f"the {name} store is at schema version {found}, but this wagate knows versions "
+            f"{name} is at schema version {found}, but this wagate knows versions "
             f"up to {known}: it was written by a newer wagate. Run that newer version (or "
             f"restore a backup of the data_dir taken before the upgrade); this version "
             f"will not open it, so nothing in it is changed")

@@ -122,7 +122,7 @@ def test_a_failing_step_leaves_the_old_version_whole(tmp_path: Path) -> None:
         raise RuntimeError("half-way")
 
     with pytest.raises(RuntimeError):
-        migrate(db, "test", [first, broken])
+        migrate(db, "the test store", [first, broken])
     assert schema_version(db) == 0
     assert not db.execute("SELECT name FROM sqlite_master").fetchall()
     assert migrate(db, "test", [first]) == 0 and schema_version(db) == 1
