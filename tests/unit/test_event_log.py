@@ -205,3 +205,17 @@ def test_the_number_cache_is_versioned_too(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(NewerStoreError, match=r"number cache .* is at schema version 3"):
         open_cache(tmp_path, 1.0, 1.0)
+
+
+def test_a_session_state_is_logged_only_when_it_changes(tmp_path: Path) -> None:
+    db = open_log(tmp_path)
+    assert ev.last_session_state(db, "s") is None
+    first = ev.record_session_state(db, "s", "CONNECTING", None, {"paired": False}, 1.0)
+    assert first is not None and first.data == {"paired": False, "state": "CONNECTING",
+                                                "previous_state": None}
+    assert ev.record_session_state(db, "s", "CONNECTING", "CONNECTING", {}, 2.0) is None
+    ev.append_event(db, ev.MESSAGE_STATUS, "s", {"state": "SENT"}, 3.0)  # not a session's
+    assert ev.last_session_state(db, "s") == "CONNECTING"
+    ev.record_session_state(db, "s", "CONNECTED", "CONNECTING", {}, 4.0)
+    assert ev.last_session_state(db, "s") == "CONNECTED"
+    assert ev.last_session_state(db, "other") is None
