@@ -17,11 +17,16 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gateway.core.errors import WagateError
+
 Step = Callable[[sqlite3.Connection], None]
 
 
-class NewerStoreError(RuntimeError):
-    """The store was written by a newer wagate: this one refuses to open it."""
+class NewerStoreError(WagateError, RuntimeError):
+    """The store was written by a newer wagate: this one refuses to open it (not a
+    client's error: it stops the start, so its code is for logs)."""
+
+    code = "STORE_TOO_NEW"
 
     def __init__(self, name: str, found: int, known: int) -> None:
         super().__init__(
