@@ -153,11 +153,13 @@ def test_sigkill_during_sends_and_receipts_keeps_log_and_records_in_step(
     gw.sim("auto-receipt", "off")
     wait_for(lambda: pending(gw) == 0, 60, 0.2, "every message to leave QUEUED and SENDING")
     paged = page_everything(gw)
+    size = gw.health()["eventLog"]
     gw.stop()
     told, events = read_store(gw)
     assert len(told) >= 35
     check_log_matches_records(told, events)
     assert paged == [row[1] for row in events]  # every event once, in order
+    assert 0 < size["rows"] <= len(events) and size["bytes"] > 0, size
     states = {s for history in told.values() for s in history}
     assert {"QUEUED", "SENT", "DELIVERED", "READ"} <= states
 
