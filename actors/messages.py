@@ -267,6 +267,49 @@ class MessagePage:
 
 
 @dataclass(frozen=True, slots=True)
+class ListIncoming:
+    """Web -> outbox: messages written to the linked accounts, oldest first from just
+    after ``after``; answered with Ok(IncomingPage)."""
+
+    session: str | None = None
+    first: int = 20
+    after: str | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingPage:
+    records: tuple[dict[str, Any], ...] = field(repr=False)  # with their text: never logged
+    cursors: tuple[str, ...]
+    has_next_page: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead:
+    """Web -> outbox: send the read receipt of a received message (its gateway id).
+
+    ``sessions``: the sessions the caller may use (None: every one); another session's
+    message is answered as unknown. Answered with Ok(True) by the session once the
+    receipt went out, or Failed (NOT_FOUND, NOT_CONNECTED, SEND_FAILED).
+    """
+
+    incoming_id: str
+    sessions: tuple[str, ...] | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIncoming:
+    """Outbox -> session: send one read receipt; answer ``reply_to``."""
+
+    chat: str
+    sender_jid: str
+    message_ids: tuple[str, ...]
+    reply_to: Any
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Routed:
     """Supervisor -> outbox: a web request to answer directly to ``reply_to``."""
 
@@ -489,6 +532,26 @@ class DeliveryReceipt:
     session: str = ""
     phone: str = ""
     at: float = 0.0  # the receipt's own time (unix); 0: unknown, the outbox uses its own
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingReceived:
+    """Session -> outbox: someone wrote to the session's account (the transport's
+    ``IncomingMessage``, field for field, plus the session)."""
+
+    session: str
+    message_id: str
+    chat: str
+    sender_jid: str
+    sender_phone: str = ""
+    sender_lid: str = ""
+    push_name: str = ""
+    is_group: bool = False
+    kind: str = "text"
+    text: str = field(default="", repr=False)  # personal data: never in a log line
+    quoted_id: str = ""
+    at: float = 0.0
+    meta: tuple[tuple[str, str], ...] = ()
 
 
 # ---- audit log ----------------------------------------------------------------

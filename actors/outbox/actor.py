@@ -58,11 +58,16 @@ from actors.messages import (
     Failed,
     GetMessage,
     ListEvents,
+    IncomingPage,
+    IncomingReceived,
+    ListIncoming,
     ListMessages,
+    MarkRead,
     MessagePage,
     MessageState,
     Offer,
     Ok,
+    ReadIncoming,
     Routed,
     SendText,
     SessionForgotten,
@@ -72,6 +77,8 @@ from actors.messages import (
 )
 from actors.metrics import RefusalCounters
 from actors.outbox import events
+from actors.outbox.incoming import IncomingStore, NewIncoming
+from actors.outbox.incoming import cursor_of as incoming_cursor
 from actors.outbox.limits import Limits, rate_limited
 from actors.outbox.numbers import NumberCache, open_cache
 from actors.outbox.pacing import WARMUP_SCOPE, Pacer, PacingRules
@@ -161,6 +168,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         # In flight when their link ended: message id -> reason, to fail if they return.
         self.ended_in_flight: dict[str, str] = {}
         self.numbers: NumberCache | None = None  # number lookups; a receipt corrects them
+        self.incoming: IncomingStore | None = None  # messages written to the accounts
 
     # ---- start ----------------------------------------------------------------------
 
@@ -173,6 +181,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.store = MessageStore(msg.config.data_path / "outbox",
                                   msg.config.delivery.synchronous,
                                   msg.config.delivery.keep_text)
+        self.incoming = IncomingStore(self.store.db, msg.config.delivery.keep_text)
         limits_dir = msg.config.data_path / "limits"
         limits_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.limits = Limits(str(limits_dir), msg.config.limits)
@@ -465,6 +474,53 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             return self.store.transition(record, state, receipt_time(sent_at, last_change, now),
                                          updated_at=now)
         return record
+
+    # ---- incoming messages ------------------------------------------------------------
+
+    def receiveMsg_IncomingReceived(self, msg: IncomingReceived, sender: Any) -> None:
+        """Store a message written to a session's account (once per WhatsApp id)."""
+        if self.incoming is None:
+            return
+        record = self.incoming.add(new_incoming(msg), time.time())
+        if record is not None:  # never the text or the sender's number in a log line
+            log.info("message received", session=msg.session, incoming_id=record["id"],
+                     kind=msg.kind)
+
+    def receiveMsg_ListIncoming(self, msg: ListIncoming, sender: Any) -> None:
+        if self.incoming is None:
+            self.send(sender, _not_started(msg.request_id))
+            return
+        try:
+            records, more = self.incoming.page(session=msg.session, first=msg.first,
+                                               after=msg.after)
+        except ValueError as exc:
+            self.send(sender, Failed("GRAPHQL_VALIDATION_FAILED", f"{exc}; use a cursor from "
+                                     "a previous page", {"field": "after"}, msg.request_id))
+            return
+        page = IncomingPage(tuple(records), tuple(incoming_cursor(r) for r in records), more)
+        self.send(sender, Ok(page, msg.request_id))
+
+    def receiveMsg_MarkRead(self, msg: MarkRead, sender: Any) -> None:
+        """Ask the message's session to send its read receipt; it answers the caller."""
+        if self.incoming is None:
+            self.send(sender, _not_started(msg.request_id))
+            return
+        record = self.incoming.get(msg.incoming_id)
+        if record is None or (msg.sessions is not None and record["session"] not in msg.sessions):
+            self.send(sender, Ok(False, msg.request_id))  # another session's is as absent
+            return
+        link = self.links.get(record["session"])
+        if link is None or link.address is None or link.state is not SessionState.CONNECTED:
+            state = link.state.value if link is not None else "UNKNOWN"
+            self.send(sender, Failed(
+                "NOT_CONNECTED", f"session {record['session']!r} is {state}, not CONNECTED; "
+                "a read receipt goes out over a live connection: try again once it is "
+                "connected", {"state": state, "session": record["session"]}, msg.request_id))
+            return
+        self.incoming.mark_read(record["id"], time.time())
+        self.send(link.address, ReadIncoming(record["chat"], record["sender_jid"],
+                                             (record["wa_message_id"],), sender,
+                                             msg.request_id))
 
     def receiveMsg_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:
         payload = msg.payload
@@ -828,12 +884,30 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                                              kept.prune_batch, kept.prune_max_batches)
             if pruned:
                 log.info("pruned old events", count=pruned)
+            self._prune_incoming(now)
         for session in list(self.links):
             self._dispatch(session)
+
+    def _prune_incoming(self, now: float) -> None:
+        assert self.config is not None
+        if self.incoming is None:
+            return
+        pruned = self.incoming.prune(now - self.config.messages.incoming_retention_hours * 3600)
+        if pruned:
+            log.info("pruned received messages", count=pruned)
 
     def _arm_tick(self) -> None:
         assert self.config is not None
         self.wakeupAfter(timedelta(seconds=self.config.delivery.tick_seconds), payload=_Tick())
+
+
+def new_incoming(msg: IncomingReceived) -> NewIncoming:
+    """What the store keeps of a received message."""
+    return NewIncoming(
+        session=msg.session, wa_message_id=msg.message_id, chat=msg.chat,
+        sender_jid=msg.sender_jid, sender_phone=msg.sender_phone, sender_lid=msg.sender_lid,
+        push_name=msg.push_name, is_group=msg.is_group, kind=msg.kind, text=msg.text,
+        quoted_id=msg.quoted_id, sent_at=msg.at, meta=msg.meta)
 
 
 def _warming_up(session: str, retry_after: float, pacing: PacingConfig,

@@ -34,9 +34,11 @@ from actors.messages import (
     DeliveryResult,
     DeliveryResults,
     Failed,
+    IncomingReceived,
     NumberLookup,
     Ok,
     PairingCodeRequest,
+    ReadIncoming,
     RetireSession,
     SessionCommand,
     SessionState,
@@ -63,6 +65,7 @@ from actors.transport.base import (
     RATE_OVERLIMIT,
     Connected,
     EngineSetupError,
+    IncomingMessage,
     LoggedOut,
     PairingClosed,
     Receipt,
@@ -389,6 +392,10 @@ class SessionActor(BridgedActor):
                                       msg.event.phone, msg.event.at)
             self.send(self.outbox if self.outbox is not None else self.parent, receipt)
             return
+        if isinstance(msg.event, IncomingMessage):
+            self.send(self.outbox if self.outbox is not None else self.parent,
+                      incoming_received(self.session, msg.event))
+            return
         if self.held is not None:  # keep the order behind a Connected being sealed
             self.held.append(msg)
             return
@@ -532,6 +539,33 @@ class SessionActor(BridgedActor):
                            {"reason": exc.reason}, request_id=msg.request_id)
         except Exception as exc:
             reply = Failed("PAIRING_FAILED", f"WhatsApp did not issue a pairing code: {exc!r}",
+                           {"reason": "TRANSPORT_ERROR"}, request_id=msg.request_id)
+        if self.bridge is not None:
+            self.bridge.post(_SendDone(reply, msg.reply_to))
+
+    def receiveMsg_ReadIncoming(self, msg: ReadIncoming, sender: Any) -> None:
+        if (self.machine is None or self.transport is None or self.executor is None
+                or self.machine.status.state is not SessionState.CONNECTED):
+            state = self.machine.status.state.value if self.machine else "NEW"
+            self.send(msg.reply_to, Failed(
+                "NOT_CONNECTED", f"the session is {state}, not CONNECTED; a read receipt "
+                "goes out over a live connection: try again once it is connected",
+                {"state": state, "session": self.session}, request_id=msg.request_id))
+            return
+        self.executor.submit(self._mark_read, self.transport, msg)
+
+    def _mark_read(self, transport: Transport, msg: ReadIncoming) -> None:
+        """Worker thread: a read receipt is a message to the server."""
+        reply: Ok | Failed
+        try:
+            transport.mark_read(msg.chat, msg.sender_jid, list(msg.message_ids))
+            reply = Ok(True, request_id=msg.request_id)
+        except SendError as exc:
+            reply = Failed("SEND_FAILED", f"WhatsApp did not take the read receipt: {exc}; "
+                           "try again later", {"reason": exc.reason}, request_id=msg.request_id)
+        except Exception as exc:
+            log.error("the transport failed while sending a read receipt", exc_info=True)
+            reply = Failed("SEND_FAILED", f"WhatsApp did not take the read receipt: {exc!r}",
                            {"reason": "TRANSPORT_ERROR"}, request_id=msg.request_id)
         if self.bridge is not None:
             self.bridge.post(_SendDone(reply, msg.reply_to))
@@ -686,6 +720,16 @@ class SessionActor(BridgedActor):
         if self.machine is not None and self.parent is not None:
             self.send(self.parent, StatusChanged(replace(self.machine.status, pid=os.getpid())))
 
+
+
+def incoming_received(session: str, event: IncomingMessage) -> IncomingReceived:
+    """The transport's event as the outbox is told it (the session added)."""
+    return IncomingReceived(
+        session=session, message_id=event.message_id, chat=event.chat,
+        sender_jid=event.sender_jid, sender_phone=event.sender_phone,
+        sender_lid=event.sender_lid, push_name=event.push_name, is_group=event.is_group,
+        kind=event.kind, text=event.text, quoted_id=event.quoted_id, at=event.at,
+        meta=event.meta)
 
 
 def _engine_problem(engine: str, exc: Exception, otherwise: str) -> str:

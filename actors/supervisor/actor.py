@@ -48,6 +48,7 @@ from actors.messages import (
     HealthReport,
     HostBeatAck,
     ListEvents,
+    IncomingReceived,
     ListMessages,
     NumberLookup,
     Offer,
@@ -356,6 +357,14 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
         """A receipt from a session process that has not heard from the outbox yet: pass
         it on, if it really comes from the current process of the session it names."""
+        child = self.children.session(msg.session)
+        outbox = self.children.address(OUTBOX)
+        if child is not None and child.address == sender and outbox is not None:
+            self.send(outbox, msg)
+
+    def receiveMsg_IncomingReceived(self, msg: IncomingReceived, sender: Any) -> None:
+        """A message from a session process that has not heard from the outbox yet:
+        passed on under the same check as a receipt."""
         child = self.children.session(msg.session)
         outbox = self.children.address(OUTBOX)
         if child is not None and child.address == sender and outbox is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.core.errors import WagateError
@@ -80,6 +80,34 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """Someone wrote to the linked account (a reply to a notification, usually).
+
+    ``kind`` is ``text`` for plain or extended text (``text`` holds it); any other kind
+    (``image``, ``audio``, ``reaction`` ...) keeps ``text`` empty (or the caption) and
+    describes itself in ``meta`` (small, str -> str; media bytes are never fetched
+    here). ``sender_phone`` is the sender's number (digits, "" when WhatsApp named
+    the sender only by LID and the engine could not map it); ``sender_jid`` the
+    address WhatsApp used; ``sender_lid`` the LID where one was given. ``chat`` is the
+    conversation's address: the sender's own for a direct chat, the group's for a
+    group (``is_group``). ``at`` is WhatsApp's timestamp (unix seconds).
+    """
+
+    message_id: str  # WhatsApp's id (what a read receipt names)
+    chat: str
+    sender_jid: str
+    sender_phone: str = ""
+    sender_lid: str = ""
+    push_name: str = ""
+    is_group: bool = False
+    kind: str = "text"
+    text: str = field(default="", repr=False)  # personal data: never in a log line
+    quoted_id: str = ""  # the WhatsApp id of the message this one replies to
+    at: float = 0.0
+    meta: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TemporaryBan:
     """The account is banned until ``until`` (unix time); reconnecting earlier is refused.
 
@@ -108,6 +136,7 @@ TransportEvent = (
     | Disconnected
     | LoggedOut
     | Receipt
+    | IncomingMessage
     | TemporaryBan
     | StreamReplaced
     | ClientOutdated
@@ -203,6 +232,11 @@ class Transport(ABC):
         """Show "typing..." in the chat with ``phone`` (best effort: a failure only
         means the indicator is missing). Engines without chat presence do nothing."""
         return None
+
+    def mark_read(self, chat: str, sender_jid: str, message_ids: list[str]) -> None:
+        """Tell the sender the messages were read (blue ticks): one read receipt naming
+        ``message_ids`` of ``chat`` from ``sender_jid``. Blocks; raises ``SendError``."""
+        raise SendError("UNSUPPORTED", "this engine cannot mark messages read", permanent=True)
 
     def check_numbers(self, phones: list[str]) -> list[NumberInfo]:
         """Whether each normalised number has a WhatsApp account, in one query where

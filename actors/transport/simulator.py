@@ -44,6 +44,7 @@ from actors.transport.base import (
     Connected,
     Disconnected,
     EventSink,
+    IncomingMessage,
     LoggedOut,
     NumberInfo,
     PairingClosed,
@@ -143,6 +144,15 @@ RECEIPT_KINDS = ("delivered", "read")
 def _receipts_key(session: str) -> tuple[str, str]:
     """Receipts waiting for the session's client: [{id, kind, user, server}, ...]."""
     return ("receipts", session)
+
+
+def _incoming_key(session: str) -> tuple[str, str]:
+    """Messages written to the session's account, waiting for its client: [{id, from,
+    text, quote, at}, ...]."""
+    return ("incoming", session)
+
+
+_READ_MARKS_KEY = ("read-marks",)  # [{session, chat, sender, ids, at}]: what clients marked read
 
 
 def _typing_key(session: str, recipient: str) -> tuple[str, str, str]:
@@ -282,6 +292,25 @@ class SimulatorServer:
                  **_address(sender, via_lid)}
         self._queue_receipts(session or message["session"], [entry])
         return entry
+
+    def reply(self, session: str, from_phone: str, text: str, quote: str | None = None,
+              push_name: str = "") -> dict[str, Any]:
+        """Someone (``from_phone``) writes ``text`` to the session's account, quoting
+        ``quote`` (a WhatsApp message id, as in ``inbox``) when given: the session's
+        client reports it within one poll interval (or at its next connect)."""
+        if not text:
+            raise SimulatorError("a reply needs some text (--text)")
+        entry = {"id": "3EB0" + secrets.token_hex(9).upper(), "from": checked_phone(from_phone),
+                 "text": text, "quote": quote or "", "push_name": push_name,
+                 "at": time.time()}
+        with self._cache.transact(retry=True):
+            waiting = self._cache.get(_incoming_key(session), [])
+            self._cache.set(_incoming_key(session), [*waiting, entry])
+        return entry
+
+    def read_marks(self) -> list[dict[str, Any]]:
+        """Every read receipt a session's client sent (``whatsAppMarkRead``), oldest first."""
+        return list(self._cache.get(_READ_MARKS_KEY, []))
 
     def auto_receipt(self, kind: str | None, via_lid: bool = False) -> None:
         """From now on every delivered message gets a ``kind`` receipt at once, reported
@@ -494,6 +523,27 @@ class SimulatorServer:
             waiting = self._cache.get(_receipts_key(session), [])
             self._cache.set(_receipts_key(session), [*waiting, *entries])
 
+    def _take_incoming(self, session: str) -> list[dict[str, Any]]:
+        """The messages waiting for ``session``, removed (each reported once)."""
+        if not self._cache.get(_incoming_key(session)):
+            return []
+        with self._cache.transact(retry=True):
+            waiting = self._cache.get(_incoming_key(session), [])
+            self._cache.delete(_incoming_key(session))
+        return list(waiting)
+
+    def _requeue_incoming(self, session: str, entries: list[dict[str, Any]]) -> None:
+        with self._cache.transact(retry=True):
+            waiting = self._cache.get(_incoming_key(session), [])
+            self._cache.set(_incoming_key(session), [*entries, *waiting])
+
+    def _mark_read(self, session: str, chat: str, sender: str, ids: list[str]) -> None:
+        with self._cache.transact(retry=True):
+            marks = self._cache.get(_READ_MARKS_KEY, [])
+            self._cache.set(_READ_MARKS_KEY, [*marks, {"session": session, "chat": chat,
+                                                       "sender": sender, "ids": list(ids),
+                                                       "at": time.time()}])
+
     def _take_receipts(self, session: str) -> list[dict[str, Any]]:
         """The receipts waiting for ``session``, removed (each reported once)."""
         if not self._cache.get(_receipts_key(session)):
@@ -522,6 +572,16 @@ def _address(phone: str, via_lid: bool) -> dict[str, str]:
     if via_lid:
         return {"user": lid_of(phone), "server": "lid"}
     return {"user": phone, "server": "s.whatsapp.net"}
+
+
+def incoming_of(entry: dict[str, Any]) -> IncomingMessage:
+    """A message as the simulated server queued it, as the client reports it: always a
+    direct text chat from a number, as most replies to notifications are."""
+    jid = f"{entry['from']}@s.whatsapp.net"
+    return IncomingMessage(message_id=entry["id"], chat=jid, sender_jid=jid,
+                           sender_phone=entry["from"], sender_lid=f"{lid_of(entry['from'])}@lid",
+                           push_name=entry.get("push_name", ""), text=entry["text"],
+                           quoted_id=entry.get("quote", ""), at=entry["at"])
 
 
 def _default_phone(session: str) -> str:
@@ -652,6 +712,14 @@ class SimulatorTransport(Transport):
                            lid=f"{lid_of(phone)}@lid" if on else "")
                 for phone, on in zip(phones, answers, strict=True)]
 
+    def mark_read(self, chat: str, sender_jid: str, message_ids: list[str]) -> None:
+        """Recorded by the server (``SimulatorServer.read_marks``); needs a live link."""
+        with self._lock:
+            conn = self._conn
+        if conn is None or conn.link is None:
+            raise SendError("NOT_CONNECTED", "the session is not connected", permanent=False)
+        self._server._mark_read(self._session, chat, sender_jid, message_ids)
+
     def send_typing(self, phone: str) -> None:
         """Recorded by the server: the message that follows carries ``typing_since``
         in ``wagate sim inbox``."""
@@ -764,7 +832,10 @@ class SimulatorTransport(Transport):
         conn.link = link
         if not self._emit(conn, Connected(link.phone)):
             return
-        while not conn.stop.wait(self._sim.poll_interval_seconds):
+        while True:
+            self._report_incoming(conn)
+            if conn.stop.wait(self._sim.poll_interval_seconds):
+                return
             self._report_receipts(conn)
             problem = self._server._device_problem(self._session, link.device_id)
             if problem is not None:
@@ -782,6 +853,14 @@ class SimulatorTransport(Transport):
         for entry in self._server._take_receipts(self._session):
             phone = peer_phone(entry["user"], entry["server"], (), self._lids.__getitem__)
             self._emit(conn, Receipt(entry["id"], entry["kind"], phone, entry.get("at", 0.0)))
+
+    def _report_incoming(self, conn: _Connection) -> None:
+        """Report the messages written to this account (a direct chat, by number)."""
+        waiting = self._server._take_incoming(self._session)
+        for index, entry in enumerate(waiting):
+            if not self._emit(conn, incoming_of(entry)):
+                self._server._requeue_incoming(self._session, waiting[index:])
+                return  # stopped: the next connection reports them
 
     def _emit(self, conn: _Connection, event: TransportEvent) -> bool:
         """Deliver ``event`` unless the connection was stopped; returns whether it was."""

@@ -146,6 +146,7 @@ class MessagesConfig:
     send_timeout_seconds: float = 20.0  # wait for the server's ack before answering SEND_FAILED
     test_message: str = "wagate connection test"
     retention_hours: float = 168.0  # finished message records are pruned after this
+    incoming_retention_hours: float = 168.0  # received messages are pruned after this
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +372,7 @@ RANGES: dict[str, Range] = {
     "limits.per_number_per_minute": _COUNT, "limits.per_number_per_hour": _COUNT,
     "limits.global_per_day": _COUNT,
     "messages.max_length": Range(1, 65536), "messages.send_timeout_seconds": _SECONDS,
-    "messages.retention_hours": _HOURS,
+    "messages.retention_hours": _HOURS, "messages.incoming_retention_hours": _HOURS,
     "events.retention_days": Range(0, 3650, above=True), "events.prune_batch": Range(1, 100_000),
     "events.prune_max_batches": Range(1, 100_000),
     "delivery.max_attempts": Range(1, 1000), "delivery.retry_base_seconds": _DAY,

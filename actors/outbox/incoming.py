@@ -1,0 +1,177 @@
+"""Messages written to a linked account: a table beside the outbox's records.
+
+Why in the outbox's SQLite database: the outbox is already the single writer of the
+gateway's durable message data, its file already has the right mode, durability
+setting and retention tick, and an incoming message is queried the way a record is
+(by session, paged by cursor). One table, one writer, no new process.
+
+WhatsApp may hand the same message to a client twice (a redelivery after a reconnect):
+``(session, wa_message_id)`` is unique, so a message is stored once. Text is personal
+data: it is never put in a log line, and with ``delivery.keep_text = false`` it is
+erased the moment the message is marked read (the one point at which the gateway
+knows the application has seen it), like a sent message's text at its final state.
+
+Plain code (no actors), used by the outbox actor only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.outbox.store import new_message_id, text_hash
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS incoming (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: what the cursor names
+    id TEXT NOT NULL UNIQUE,                -- the gateway's id (whatsAppMarkRead)
+    session TEXT NOT NULL,
+    wa_message_id TEXT NOT NULL,
+    chat TEXT NOT NULL,
+    sender_jid TEXT NOT NULL,
+    sender_phone TEXT NOT NULL DEFAULT '',
+    sender_lid TEXT NOT NULL DEFAULT '',
+    push_name TEXT NOT NULL DEFAULT '',
+    is_group INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL,
+    text TEXT,                              -- NULL once erased (text_hash stays)
+    text_hash TEXT NOT NULL,
+    quoted_id TEXT NOT NULL DEFAULT '',
+    sent_at REAL NOT NULL,                  -- WhatsApp's timestamp
+    received_at REAL NOT NULL,              -- when the gateway stored it
+    read_at REAL,                           -- when whatsAppMarkRead sent the read receipt
+    meta TEXT NOT NULL DEFAULT '{}'         -- JSON object of str -> str
+);
+CREATE UNIQUE INDEX IF NOT EXISTS incoming_by_wa_id ON incoming (session, wa_message_id);
+CREATE INDEX IF NOT EXISTS incoming_by_session ON incoming (session, seq);
+CREATE INDEX IF NOT EXISTS incoming_by_arrival ON incoming (received_at);
+"""
+
+_CURSOR_PREFIX = "i:"
+
+
+@dataclass(frozen=True, slots=True)
+class NewIncoming:
+    """One message as the transport reported it (``actors.messages.IncomingReceived``)."""
+
+    session: str
+    wa_message_id: str
+    chat: str
+    sender_jid: str
+    sender_phone: str = ""
+    sender_lid: str = ""
+    push_name: str = ""
+    is_group: bool = False
+    kind: str = "text"
+    text: str = field(default="", repr=False)  # personal data: never in a log line
+    quoted_id: str = ""
+    sent_at: float = 0.0
+    meta: tuple[tuple[str, str], ...] = ()
+
+
+def record_event(db: sqlite3.Connection, event_type: str, record: dict[str, Any]) -> None:
+    """Where the event log's ``message.received`` is written, inside the transaction
+    that stores the message (so there is never one without the other). The event log
+    is built separately; until it is wired in here, this writes nothing."""
+    return None
+
+
+class IncomingStore:
+    """The ``incoming`` table of the outbox's database (``db`` is the outbox's
+    connection, in autocommit mode: each method is its own transaction)."""
+
+    def __init__(self, db: sqlite3.Connection, keep_text: bool = True) -> None:
+        self.db = db
+        self.keep_text = keep_text
+        self.db.executescript(_SCHEMA)
+
+    def add(self, message: NewIncoming, now: float) -> dict[str, Any] | None:
+        """Store ``message``; None when this session already has its WhatsApp id (a
+        redelivery), so the application hears of each message once."""
+        record = {
+            "id": new_message_id(now), "session": message.session,
+            "wa_message_id": message.wa_message_id, "chat": message.chat,
+            "sender_jid": message.sender_jid, "sender_phone": message.sender_phone,
+            "sender_lid": message.sender_lid, "push_name": message.push_name,
+            "is_group": int(message.is_group), "kind": message.kind, "text": message.text,
+            "text_hash": text_hash(message.text), "quoted_id": message.quoted_id,
+            "sent_at": message.sent_at if message.sent_at > 0 else now,
+            "received_at": now, "meta": json.dumps(dict(message.meta), sort_keys=True),
+        }
+        with self.db:  # one transaction: the row and its event
+            self.db.execute("BEGIN IMMEDIATE")
+            cursor = self.db.execute(
+                f"INSERT OR IGNORE INTO incoming ({', '.join(record)}) "
+                f"VALUES ({', '.join('?' for _ in record)})", tuple(record.values()))
+            if cursor.rowcount == 0:
+                return None
+            stored = self.get(record["id"])
+            assert stored is not None
+            record_event(self.db, "message.received", stored)
+        return stored
+
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM incoming WHERE id = ?", (record_id,)).fetchone()
+        return _record(row)
+
+    def page(self, *, session: str | None = None, first: int = 20, after: str | None = None
+             ) -> tuple[list[dict[str, Any]], bool]:
+        """Oldest first, from just after ``after`` (a cursor from ``cursor_of``): an
+        application keeps the last cursor it saw and asks again for what came since."""
+        where, args = [], []
+        if session is not None:
+            where.append("session = ?")
+            args.append(session)
+        if after:
+            where.append("seq > ?")
+            args.append(decode_cursor(after))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.db.execute(f"SELECT * FROM incoming {clause} ORDER BY seq LIMIT ?",
+                               (*args, first + 1)).fetchall()
+        records = [r for r in map(_record, rows[:first]) if r is not None]
+        return records, len(rows) > first
+
+    def mark_read(self, record_id: str, now: float) -> dict[str, Any] | None:
+        """Note that the read receipt went out (the first time only); without
+        ``keep_text`` the text goes with it. None for an unknown id."""
+        text = "text" if self.keep_text else "NULL"
+        self.db.execute(f"UPDATE incoming SET read_at = COALESCE(read_at, ?), text = {text} "
+                        "WHERE id = ?", (now, record_id))
+        return self.get(record_id)
+
+    def prune(self, older_than: float) -> int:
+        """Forget messages received before ``older_than`` (unix time)."""
+        cursor = self.db.execute("DELETE FROM incoming WHERE received_at < ?", (older_than,))
+        return cursor.rowcount
+
+    def count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM incoming").fetchone()[0])
+
+
+def cursor_of(record: dict[str, Any]) -> str:
+    raw = f"{_CURSOR_PREFIX}{record['seq']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """Raises ValueError for a cursor this store did not make."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"invalid cursor {cursor!r}") from None
+    seq = raw.removeprefix(_CURSOR_PREFIX)
+    if not raw.startswith(_CURSOR_PREFIX) or not seq.isdigit() or not seq.isascii():
+        raise ValueError(f"invalid cursor {cursor!r}")
+    return int(seq)
+
+
+def _record(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    record = dict(row)
+    record["is_group"] = bool(record["is_group"])
+    record["meta"] = json.loads(record["meta"])
+    return record
