@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from actors.messages import EventPage, HealthReport, MessagePage, SessionStatus
+from actors.messages import EventPage, HealthReport, IncomingPage, MessagePage, SessionStatus
 from actors.outbox.events import event_cursor
 from actors.outbox.numbers import NumberCheck
 from actors.outbox.store import delivery_unconfirmed
@@ -161,6 +161,61 @@ def event_connection(page: EventPage) -> EventConnection:
         for e in page.events)
     return EventConnection(edges, PageInfo(page.has_next_page,
                                            edges[-1].cursor if edges else None))
+
+class IncomingRecord:
+    """``WhatsAppIncomingMessage``: a message written to a linked account."""
+
+    id: str
+    session: str
+    whatsAppMessageId: str
+    kind: str
+    text: str | None
+    phoneNumber: str | None
+    senderJid: str
+    senderLid: str | None
+    pushName: str | None
+    chat: str
+    isGroup: bool
+    quotedMessageId: str | None
+    sentAt: str | None
+    receivedAt: str
+    readAt: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEdge:
+    """``WhatsAppIncomingEdge``."""
+
+    cursor: str
+    node: IncomingRecord
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingConnection:
+    """``WhatsAppIncomingConnection``: one page of received messages, oldest first."""
+
+    edges: tuple[IncomingEdge, ...]
+    pageInfo: PageInfo
+
+
+def incoming_record(row: dict[str, Any]) -> IncomingRecord:
+    """A row of the outbox's ``incoming`` table (actors/outbox/incoming.py) as the API's."""
+    return IncomingRecord(
+        id=row["id"], session=row["session"], whatsAppMessageId=row["wa_message_id"],
+        kind=row["kind"], text=row["text"],
+        phoneNumber=e164(row["sender_phone"]) if row["sender_phone"] else None,
+        senderJid=row["sender_jid"], senderLid=row["sender_lid"] or None,
+        pushName=row["push_name"] or None, chat=row["chat"], isGroup=bool(row["is_group"]),
+        quotedMessageId=row["quoted_id"] or None, sentAt=iso_time(row["sent_at"]),
+        receivedAt=iso_time(row["received_at"]), readAt=iso_time(row["read_at"]))
+
+
+def incoming_connection(page: IncomingPage) -> IncomingConnection:
+    """The outbox's page of received messages as the API's connection."""
+    edges = tuple(IncomingEdge(cursor, incoming_record(row))
+                  for row, cursor in zip(page.records, page.cursors, strict=True))
+    return IncomingConnection(edges, PageInfo(page.has_next_page,
+                                              page.cursors[-1] if edges else None))
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,10 @@ from actors.messages import (
     ForgetSession,
     GetMessage,
     GetStatus,
+    IncomingPage,
+    ListIncoming,
     ListMessages,
+    MarkRead,
     MessagePage,
     MessageState,
     RequestPairingCode,
@@ -59,10 +62,12 @@ from gateway.api.events import EVENTS
 from gateway.api.overview import OVERVIEW
 from gateway.api.qr import qr_png_base64, qr_svg_data_uri
 from gateway.api.records import (
+    IncomingConnection,
     MessageConnection,
     MessageRecord,
     NumberCheckRecord,
     SessionRecord,
+    incoming_connection,
     message_connection,
     message_record,
     number_check_record,
@@ -225,6 +230,41 @@ def resolve_messages(_: Any, info: GraphQLResolveInfo, session: str | None = Non
         first=first, after=after, request_id=_request_id(info))
     page: MessagePage = _ask(info, request)
     return message_connection(page, now=time.time(), unconfirmed_after=_unconfirmed_after(info))
+
+
+@query.field("whatsAppIncomingMessages")
+def resolve_incoming(_: Any, info: GraphQLResolveInfo, session: str | None = None,
+                     after: str | None = None, first: int = 20) -> IncomingConnection:
+    """Replies to the linked accounts, with the same roles and session rules as
+    whatsAppMessages (what a token may read of one session, it may read here)."""
+    session = _listed_session(info, session)
+    if not PAGE_SIZE.contains(first):
+        raise GatewayError("GRAPHQL_VALIDATION_FAILED",
+                           PAGE_SIZE.refusal("first", first, whole=True), field="first")
+    request = ListIncoming(session=session, first=first, after=after,
+                           request_id=_request_id(info))
+    page: IncomingPage = request_context(info).bridge.ask(request, to_outbox=True)
+    return incoming_connection(page)
+
+
+@mutation.field("whatsAppMarkRead")
+def resolve_mark_read(_: Any, info: GraphQLResolveInfo, id: str) -> bool:
+    """The session of the message is known only to the outbox: the caller's sessions
+    travel along, and another session's message is answered as unknown (false)."""
+    principal = authorize(info, "send")
+    outcome = "ok"
+    try:
+        sessions = (tuple(sorted(principal.sessions)) if principal.sessions is not None
+                    else None)
+        marked = request_context(info).bridge.ask(
+            MarkRead(str(id), sessions, _request_id(info)), to_outbox=True)
+        outcome = "ok" if marked else "unknown"
+        return bool(marked)
+    except GatewayError as exc:
+        outcome = exc.code
+        raise
+    finally:
+        _audit_mutation(info, "", None, outcome)
 
 
 @query.field("whatsAppCheckNumbers")

@@ -126,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     receipt = sim_commands.add_parser(
         "receipt", help="the recipient's device confirms a message (delivered or read)")
     _common(receipt)
-    receipt.add_argument("message_id", help="the message's WhatsApp id (see `wagate sim inbox`)")
-    receipt.add_argument("--read", action="store_true", help="read, not only delivered")
+    receipt.add_argument("message_id", help="the message's WhatsApp id (see `wagate sim inbox`, "
+                         "or whatsAppMessage's whatsAppMessageId)")
+    receipt.add_argument("kind", nargs="?", choices=["delivered", "read"], default=None,
+                         help="delivered (the default) or read")
+    receipt.add_argument("--read", action="store_true", help="the same as the kind read")
     receipt.add_argument("--lid", action="store_true",
                          help="name the sender by LID instead of its number, as WhatsApp "
                          "increasingly does")
@@ -137,6 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     receipt.add_argument("--at", type=float, default=None,
                          help="when the device wrote it (unix seconds; default now)")
     receipt.set_defaults(handler=cmd_sim_receipt)
+
+    reply = sim_commands.add_parser(
+        "reply", help="someone writes to a session's account (a reply to a notification)")
+    _common(reply)
+    reply.add_argument("--to-session", default="default", metavar="NAME",
+                       help="the session whose account receives it (default: default)")
+    reply.add_argument("--from", dest="from_phone", required=True, metavar="NUMBER",
+                       help="the sender's number, digits with the country code")
+    reply.add_argument("--text", required=True, help="what they write")
+    reply.add_argument("--quote", metavar="MESSAGE_ID",
+                       help="the WhatsApp id of the message it replies to")
+    reply.add_argument("--name", default="", help="the sender's push name")
+    reply.set_defaults(handler=cmd_sim_reply)
 
     auto = sim_commands.add_parser(
         "auto-receipt", help="every later message gets a receipt at once, before its ack")
@@ -472,12 +488,21 @@ def cmd_sim_fail_next(args: argparse.Namespace) -> int:
 
 def cmd_sim_receipt(args: argparse.Namespace) -> int:
     def receipt(server: Any) -> None:
-        kind = "read" if args.read else "delivered"
+        kind = args.kind or ("read" if args.read else "delivered")
         entry = server.receipt(args.message_id, kind, args.lid, args.from_phone, args.session,
                                args.at)
         print(f"{kind} receipt for {args.message_id} from {entry['user']}@{entry['server']}")
 
     return _run_sim(args, receipt)
+
+
+def cmd_sim_reply(args: argparse.Namespace) -> int:
+    def reply(server: Any) -> None:
+        entry = server.reply(args.to_session, args.from_phone, args.text, args.quote, args.name)
+        print(f"message {entry['id']} from {entry['from']} to session {args.to_session} "
+              "(its client reports it within one poll interval)")
+
+    return _run_sim(args, reply)
 
 
 def cmd_sim_auto_receipt(args: argparse.Namespace) -> int:

@@ -45,6 +45,9 @@ RECORD_TYPES = {
     records.EventRecord: "WhatsAppEvent",
     records.EventEdge: "WhatsAppEventEdge",
     records.EventConnection: "WhatsAppEventConnection",
+    records.IncomingRecord: "WhatsAppIncomingMessage",
+    records.IncomingEdge: "WhatsAppIncomingEdge",
+    records.IncomingConnection: "WhatsAppIncomingConnection",
 }
 
 
