@@ -61,9 +61,12 @@ any other login status              ``PairingClosed(status)`` + stop
 ``KeepAliveTimeoutEv`` (first)      ``Disconnected("keepalive timed out ...", recovering=True)``
 ``KeepAliveRestoredEv``             ``Connected(phone)`` (only after a keepalive timeout)
 ``ReceiptEv`` DELIVERED / READ      one ``Receipt(id, "delivered" | "read", phone, at)``
-(INACTIVE counts as DELIVERED)      per id, ``at`` the receipt's own time; a LID sender
-                                    mapped to its number (``sender_pn``, else the
+(INACTIVE counts as DELIVERED,      per id, ``at`` the receipt's own time; a LID sender
+PLAYED as READ)                     mapped to its number (``sender_pn``, else the
                                     engine's LID store)
+``MessageEv`` (not from this        ``IncomingMessage`` (``incoming_map``): text or the
+account, not a status broadcast)    kind and metadata, sender number/JID/LID, push name,
+                                    group or direct, quoted id, WhatsApp's timestamp
 ``connect()`` raises                ``Disconnected(<neonize error text>)``, unless the
                                     text is the pump's marshal error for an event it could
                                     not encode (``engine_events.event_for_call_end``): a
@@ -145,6 +148,7 @@ from actors.transport.engine_events import (
     unencodable_event,
 )
 from actors.transport.engine_output import capture_engine_output, redact_engine_log_records
+from actors.transport.incoming_map import incoming_from_event
 
 if TYPE_CHECKING:
     from gateway.core.config import Config
@@ -312,6 +316,8 @@ class _Api:
     keepalive_timeout: type
     keepalive_restored: type
     receipt: type
+    message_event: type  # neonize MessageEv: a message written to this account
+    read_receipt: Any  # ReceiptType.READ, what mark_read sends
     pair_status: type
     pair_status_error: int
     receipt_kinds: dict[int, str]  # neonize Receipt.ReceiptType -> what the outbox records
@@ -377,6 +383,7 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
                 KeepAliveRestoredEv,
                 KeepAliveTimeoutEv,
                 LoggedOutEv,
+                MessageEv,
                 PairStatusEv,
                 ReceiptEv,
                 StreamReplacedEv,
@@ -385,7 +392,12 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             from neonize.exc import NeonizeError
             from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
             from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
-            from neonize.utils.enum import ChatPresence, ChatPresenceMedia, ClientType
+            from neonize.utils.enum import (
+                ChatPresence,
+                ChatPresenceMedia,
+                ClientType,
+                ReceiptType,
+            )
             from neonize.utils.jid import build_jid
         finally:
             root.handlers[:] = handlers  # undo neonize's logging.basicConfig
@@ -407,13 +419,16 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             keepalive_timeout=KeepAliveTimeoutEv,
             keepalive_restored=KeepAliveRestoredEv,
             receipt=ReceiptEv,
+            message_event=MessageEv,
+            read_receipt=ReceiptType.READ,
             pair_status=PairStatusEv,
             pair_status_error=PairStatusEv.ERROR,
             # INACTIVE is whatsmeow's "inactive" receipt (types.ReceiptTypeInactive): the
             # message reached a device of the recipient's that has not been active lately
             # (a companion device). That is a delivery all the same.
+            # PLAYED is a voice or video message listened to: read, for the sender.
             receipt_kinds={ReceiptEv.DELIVERED: "delivered", ReceiptEv.INACTIVE: "delivered",
-                           ReceiptEv.READ: "read"},
+                           ReceiptEv.READ: "read", ReceiptEv.PLAYED: "read"},
             composing=ChatPresence.CHAT_PRESENCE_COMPOSING,
             text_media=ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT,
             # neonize's own default is os="Neonize", platform Safari: keep the platform
@@ -601,6 +616,20 @@ class NeonizeTransport(Transport):
                                                self._api.text_media)
         except (SendError, self._api.neonize_error) as exc:
             log.info("typing indicator not sent", session=self._session, error=str(exc))
+
+    def mark_read(self, chat: str, sender_jid: str, message_ids: list[str]) -> None:
+        """One read receipt (whatsmeow ``MarkRead``) for ``message_ids`` of ``chat``,
+        written by ``sender_jid``. Refused locally without a live connection."""
+        conn = self._current()
+        if conn is None or not conn.connected:
+            raise SendError(_NOT_CONNECTED, "the session is not connected", permanent=False)
+        chat_jid, sender = _jid_of(self._api, chat), _jid_of(self._api, sender_jid)
+        with conn.go_call():
+            try:
+                conn.client.mark_read(*message_ids, chat=chat_jid, sender=sender,
+                                      receipt=self._api.read_receipt)
+            except self._api.neonize_error as exc:
+                raise SendError("REJECTED", str(exc), permanent=False) from exc
 
     def request_pairing_code(self, phone: str) -> str:
         """Ask WhatsApp for an 8-character code to type on the phone instead of
@@ -1021,6 +1050,7 @@ class _Connection:
         event(api.keepalive_timeout)(self._on_keepalive_timeout)
         event(api.keepalive_restored)(self._on_keepalive_restored)
         event(api.receipt)(self._on_receipt)
+        event(api.message_event)(self._on_message)
         event(api.pair_status)(self._on_pair_status)
 
     def _detach(self) -> None:
@@ -1216,6 +1246,20 @@ class _Connection:
             for message_id in event.MessageIDs:
                 self._emit(Receipt(message_id=message_id, kind=kind, phone=phone, at=at))
 
+    def _on_message(self, _client: Any, event: Any) -> None:
+        with self._callback("message"):
+            incoming = incoming_from_event(event, self._sender_phone)
+            if incoming is not None:
+                self._emit(incoming)
+
+    def _sender_phone(self, source: Any) -> str:
+        """The number of a message's author: in a group the sender, not the chat."""
+        sender = source.Sender if source.Sender.User else source.Chat
+        alternates = ([(source.SenderAlt.User, source.SenderAlt.Server)]
+                      if source.HasField("SenderAlt") else [])
+        return peer_phone(sender.User, sender.Server, alternates,
+                          lambda _user: self._phone_of_lid(sender))
+
     def _peer_phone(self, source: Any) -> str:
         """The number of whoever a receipt (or message) came from: its chat's own number,
         or for a LID the number WhatsApp sent along (``sender_pn``), else the one the
@@ -1365,6 +1409,12 @@ def _enum_name(event: Any, field: str) -> str:
         return str(event.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number[value].name)
     except (KeyError, AttributeError):
         return str(value)
+
+
+def _jid_of(api: _Api, address: str) -> Any:
+    """A ``user@server`` address as the engine's JID."""
+    user, _, server = address.partition("@")
+    return api.build_jid(user, server or "s.whatsapp.net")
 
 
 def _unix_seconds(value: float) -> float:
