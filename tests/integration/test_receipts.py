@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from actors.transport.simulator import SimulatorServer
 from tests.integration.harness import Gateway, wait_for
 
 pytestmark = pytest.mark.integration
@@ -121,3 +122,56 @@ def test_a_message_is_delivered_at_the_time_the_receipt_says(linked_gateway: Gat
     gw.sim("receipt", wa_id(gw, "dated receipt"), "--at", repr(device_time))
     wait_state(gw, message, "DELIVERED")
     assert history_time(message, "DELIVERED") == device_time
+
+
+INCOMING = ("query($after: String) { whatsAppIncomingMessages(after: $after, first: 50) "
+            "{ edges { cursor node { id session whatsAppMessageId kind text phoneNumber "
+            "senderJid pushName isGroup quotedMessageId sentAt receivedAt readAt } } "
+            "pageInfo { hasNextPage endCursor } } }")
+
+
+def incoming(gw: Gateway, after: str | None = None) -> list[dict[str, Any]]:
+    result = gw.gql(INCOMING, {"after": after})
+    assert not result.errors, result
+    return [edge["node"] for edge in result.data["whatsAppIncomingMessages"]["edges"]]
+
+
+def test_receipts_and_a_reply_flow_end_to_end_through_the_simulated_phone(
+        linked_gateway: Gateway) -> None:
+    """`wagate sim receipt ID delivered|read` moves the message on (a late delivery
+    never back); `wagate sim reply --quote` reaches whatsAppIncomingMessages, and
+    whatsAppMarkRead sends its read receipt; the reply's text is in no log."""
+    gw = linked_gateway
+    message = send(gw, RECIPIENT, "receipts end to end")
+    wait_state(gw, message, "SENT")
+    whatsapp_id = wa_id(gw, "receipts end to end")
+    gw.sim("receipt", whatsapp_id, "delivered")
+    wait_state(gw, message, "DELIVERED")
+    gw.sim("receipt", whatsapp_id, "read")
+    wait_state(gw, message, "READ")
+    gw.sim("receipt", whatsapp_id, "delivered")  # late, from a second device
+    secret = "reply text 7f3a9c never logged"
+    gw.sim("reply", "--to-session", "default", "--from", RECIPIENT, "--text", secret,
+           "--quote", whatsapp_id, "--name", "Ann")
+    (reply,) = wait_for(lambda: incoming(gw), 15.0, message="the reply to be stored")
+    assert reply["text"] == secret and reply["kind"] == "text"
+    assert reply["phoneNumber"] == f"+{RECIPIENT}" and reply["quotedMessageId"] == whatsapp_id
+    assert reply["senderJid"] == f"{RECIPIENT}@s.whatsapp.net" and not reply["isGroup"]
+    assert reply["pushName"] == "Ann" and reply["readAt"] is None
+    assert record(gw, message)["state"] == "READ"  # the late delivery moved nothing back
+    marked = gw.gql("mutation($id: ID!) { whatsAppMarkRead(id: $id) }", {"id": reply["id"]})
+    assert not marked.errors and marked.data["whatsAppMarkRead"] is True, marked
+    unknown = gw.gql("mutation { whatsAppMarkRead(id: \"0123456789abcdef\") }")
+    assert not unknown.errors and unknown.data["whatsAppMarkRead"] is False, unknown
+    server = SimulatorServer(gw.data_dir)
+    try:
+        marks = server.read_marks()
+    finally:
+        server.close()
+    assert [(m["chat"], m["ids"]) for m in marks] == [
+        (f"{RECIPIENT}@s.whatsapp.net", [reply["whatsAppMessageId"]])]
+    cursor = gw.gql(INCOMING, {}).data["whatsAppIncomingMessages"]["pageInfo"]["endCursor"]
+    assert incoming(gw, cursor) == []  # nothing since the last one seen
+    assert incoming(gw)[0]["readAt"] is not None
+    logs = [p for p in gw.root.rglob("*.log*") if p.is_file()]
+    assert logs and not [p for p in logs if secret in p.read_text(errors="replace")]
