@@ -1,0 +1,129 @@
+"""Received messages on disk: once per WhatsApp id, paged by cursor in arrival order,
+text erased at mark-read without keep_text, pruned by age, never in a repr.
+
+A real SQLite file (the outbox's own database, opened as the outbox opens it).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.messages import IncomingPage, IncomingReceived
+from actors.outbox.actor import new_incoming
+from actors.outbox.incoming import IncomingStore, NewIncoming, cursor_of, decode_cursor
+from actors.outbox.store import MessageStore
+from actors.session.actor import incoming_received
+from actors.transport.base import IncomingMessage
+from actors.transport.simulator import SimulatorServer, incoming_of
+
+NOW = 1_767_225_600.0
+SECRET = "my private reply 5b1e"
+
+
+def message(wa_id: str, session: str = "default", text: str = SECRET) -> NewIncoming:
+    return NewIncoming(session=session, wa_message_id=wa_id, chat="4915112345001@s.whatsapp.net",
+                       sender_jid="4915112345001@s.whatsapp.net", sender_phone="4915112345001",
+                       text=text, sent_at=NOW - 5)
+
+
+@pytest.fixture(params=[True, False], ids=["keep_text", "erase_text"])
+def stores(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[IncomingStore]:
+    outbox = MessageStore(tmp_path / "outbox", keep_text=request.param)
+    try:
+        yield IncomingStore(outbox.db, keep_text=request.param)
+    finally:
+        outbox.close()
+
+
+def test_a_message_is_stored_once_per_session_and_whatsapp_id(stores: IncomingStore) -> None:
+    first = stores.add(message("3EB0A"), NOW)
+    assert first is not None and first["text"] == SECRET and first["sent_at"] == NOW - 5
+    assert stores.add(message("3EB0A"), NOW + 1) is None  # a redelivery
+    assert stores.add(message("3EB0A", session="other"), NOW + 1) is not None
+    assert stores.count() == 2
+
+
+def test_pages_run_oldest_first_from_just_after_the_cursor(stores: IncomingStore) -> None:
+    for n in range(5):
+        stores.add(message(f"3EB0{n}", session="a" if n % 2 else "b"), NOW + n)
+    page, more = stores.page(first=2)
+    assert [r["wa_message_id"] for r in page] == ["3EB00", "3EB01"] and more
+    rest, more = stores.page(first=10, after=cursor_of(page[-1]))
+    assert [r["wa_message_id"] for r in rest] == ["3EB02", "3EB03", "3EB04"] and not more
+    only_a, _ = stores.page(session="a")
+    assert [r["wa_message_id"] for r in only_a] == ["3EB01", "3EB03"]
+    assert stores.page(after=cursor_of(rest[-1])) == ([], False)  # nothing new yet
+
+
+@pytest.mark.parametrize("cursor", ["", "bm90IGEgY3Vyc29y", "aTotMQ", "aTrZoQ", "%%%"])
+def test_a_cursor_this_store_did_not_make_is_refused(cursor: str) -> None:
+    """Empty, foreign, negative, a non-ASCII digit, not base64 at all."""
+    with pytest.raises(ValueError):
+        decode_cursor(cursor)
+
+
+def test_mark_read_notes_the_first_time_and_erases_text_only_without_keep_text(
+        stores: IncomingStore) -> None:
+    record = stores.add(message("3EB0A"), NOW)
+    assert record is not None
+    marked = stores.mark_read(record["id"], NOW + 10)
+    assert marked is not None and marked["read_at"] == NOW + 10
+    assert marked["text"] == (SECRET if stores.keep_text else None)
+    assert marked["text_hash"] == record["text_hash"]
+    again = stores.mark_read(record["id"], NOW + 20)
+    assert again is not None and again["read_at"] == NOW + 10
+    assert stores.mark_read("unknown", NOW) is None
+
+
+def test_prune_forgets_by_arrival(stores: IncomingStore) -> None:
+    stores.add(message("3EB0OLD"), NOW - 100)
+    stores.add(message("3EB0NEW"), NOW)
+    assert stores.prune(NOW - 50) == 1
+    assert [r["wa_message_id"] for r in stores.page()[0]] == ["3EB0NEW"]
+
+
+def test_the_table_lives_in_the_outboxs_database_and_survives_a_reopen(tmp_path: Path) -> None:
+    outbox = MessageStore(tmp_path / "outbox")
+    IncomingStore(outbox.db).add(message("3EB0A"), NOW)
+    outbox.close()
+    reopened = MessageStore(tmp_path / "outbox")
+    try:
+        assert IncomingStore(reopened.db).count() == 1
+    finally:
+        reopened.close()
+    with sqlite3.connect(tmp_path / "outbox" / "messages.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM incoming").fetchone()[0] == 1
+
+
+def test_the_text_is_in_no_repr_on_its_way_from_the_transport_to_the_api() -> None:
+    """Thespian logs messages it could not deliver: none of these may show the text."""
+    event = IncomingMessage(message_id="3EB0A", chat="c@s.whatsapp.net",
+                            sender_jid="c@s.whatsapp.net", text=SECRET)
+    received = incoming_received("default", event)
+    assert isinstance(received, IncomingReceived) and received.text == SECRET
+    stored = new_incoming(received)
+    assert stored.text == SECRET and stored.sent_at == 0.0
+    page = IncomingPage(({"text": SECRET},), ("c",), False)
+    for value in (event, received, stored, page):
+        assert SECRET not in repr(value)
+
+
+def test_a_simulated_reply_becomes_an_incoming_direct_text(tmp_path: Path) -> None:
+    server = SimulatorServer(tmp_path)
+    try:
+        entry = server.reply("default", "+4915112345001", SECRET, quote="3EB0Q", push_name="Ann")
+        (waiting,) = server._take_incoming("default")
+        assert server._take_incoming("default") == []  # reported once
+    finally:
+        server.close()
+    event = incoming_of(waiting)
+    assert event == IncomingMessage(
+        message_id=entry["id"], chat="4915112345001@s.whatsapp.net",
+        sender_jid="4915112345001@s.whatsapp.net", sender_phone="4915112345001",
+        sender_lid=event.sender_lid, push_name="Ann", text=SECRET, quoted_id="3EB0Q",
+        at=entry["at"])
+    assert event.sender_lid.endswith("@lid") and "4915112345001" not in event.sender_lid
