@@ -311,6 +311,17 @@ class FakeGo:
         self.lookup_error = ""
         self.registered: set[str] = set()
         self.business = ""
+        self.read_marks: list[dict[str, Any]] = []
+
+    def MarkRead(self, uuid: bytes, ids: bytes, timestamp: int, chat: bytes, chat_len: int,
+                 sender: bytes, sender_len: int, receipt: bytes) -> bytes:
+        to = self.proto.JID.FromString(bytes(chat)[:chat_len])
+        by = self.proto.JID.FromString(bytes(sender)[:sender_len])
+        self.read_marks.append({"ids": bytes(ids).decode().split(" "),
+                                "chat": f"{to.User}@{to.Server}",
+                                "sender": f"{by.User}@{by.Server}",
+                                "receipt": bytes(receipt).decode()})
+        return b""
 
     def GetMe(self, uuid: bytes) -> bytes:
         jid = self.proto.JID(User=self.own_user, RawAgent=0, Device=12, Integrator=0,
@@ -494,6 +505,48 @@ def keepalive(h: EventHarness) -> dict[str, Any]:
     return out
 
 
+def incoming_messages(h: EventHarness) -> dict[str, Any]:
+    """Messages written to the account, as WhatsApp's Message events (neonize's real
+    protobufs through its ctypes dispatch), then one read receipt back through Go."""
+    from neonize.proto.waCommon import WACommon_pb2 as common
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    proto, empty = h.proto, h.jid("", "")
+    ann, lid, group = h.jid("4917099999999"), h.jid("123456789012345", "lid"), \
+        h.jid("120363000000000001", "g.us")
+    h.go.lids["123456789012345"] = "4917077777777"
+
+    def event(message: Any, *, chat: Any = ann, sender: Any = ann, alt: Any = empty,
+              from_me: bool = False, msg_id: str = "3EB0M1", name: str = "Ann") -> Any:
+        source = proto.MessageSource(Chat=chat, Sender=sender, IsFromMe=from_me,
+                                     IsGroup=chat.Server == "g.us", SenderAlt=alt,
+                                     RecipientAlt=empty, BroadcastListOwner=empty)
+        info = proto.MessageInfo(MessageSource=source, ID=msg_id, ServerID=0, Type="text",
+                                 Pushname=name, Timestamp=1_700_000_000, Category="",
+                                 Multicast=False, MediaType="", Edit="")
+        return proto.Message(Info=info, Message=message, IsEphemeral=False, IsViewOnce=False,
+                             IsViewOnceV2=False, IsViewOnceV2Extension=False,
+                             IsDocumentWithCaption=False, IsLottieSticker=False,
+                             IsEdit=False, UnavailableRequestID="", RetryCount=0)
+
+    quote = e2e.ContextInfo(stanzaID="3EB0AAA")
+    h.feed(event(e2e.Message(conversation="STOP")))
+    h.feed(event(e2e.Message(extendedTextMessage=e2e.ExtendedTextMessage(
+        text="thanks!", contextInfo=quote)), msg_id="3EB0M2"))
+    h.feed(event(e2e.Message(conversation="by lid"), chat=lid, sender=lid, msg_id="3EB0M3"))
+    h.feed(event(e2e.Message(imageMessage=e2e.ImageMessage(
+        caption="look", mimetype="image/jpeg", fileLength=2048)), chat=group, sender=ann,
+        msg_id="3EB0M4"))
+    h.feed(event(e2e.Message(conversation="mine"), from_me=True, msg_id="3EB0M5"))
+    h.feed(event(e2e.Message(protocolMessage=e2e.ProtocolMessage()), msg_id="3EB0M6"))
+    h.feed(event(e2e.Message(reactionMessage=e2e.ReactionMessage(
+        text="👍", key=common.MessageKey(ID="3EB0BBB"))), msg_id="3EB0M7"))
+    received = h.take()
+    h.transport.mark_read("4917099999999@s.whatsapp.net", "4917099999999@s.whatsapp.net",
+                          ["3EB0M1", "3EB0M2"])
+    return {"received": received, "read_marks": h.go.read_marks}
+
+
 def events(workdir: Path) -> dict[str, Any]:
     """Every mapped event, fed through neonize's ctypes dispatch; sends and pairing
     codes against FakeGo; terminal events silence their connection."""
@@ -600,6 +653,7 @@ def events(workdir: Path) -> dict[str, Any]:
     h.feed(h.receipt(["3EB0EEE"], proto.Receipt.READ, chat=h.jid("999000111", "lid")))
     out["lid_receipts"] = h.take()
     out["lid_lookups"] = list(h.go.lid_lookups)
+    out["incoming"] = incoming_messages(h)
     h.feed(proto.Disconnected(status=True))
     out["disconnected"] = h.take()
     try:

@@ -314,6 +314,9 @@ def test_receipts_delivered_and_read_one_per_message_id(events: dict[str, Any]) 
          "at": at},
         {"type": "Receipt", "message_id": "3EB0AAA", "kind": "read", "phone": sender,
          "at": at},
+        # played (a voice message listened to) is read for the sender; read-self is not
+        {"type": "Receipt", "message_id": "3EB0AAA", "kind": "read", "phone": sender,
+         "at": at},
         {"type": "Receipt", "message_id": "3EB0FFF", "kind": "delivered", "phone": sender,
          "at": 1_700_000_123.0},
         {"type": "Receipt", "message_id": "3EB0FFF", "kind": "delivered", "phone": sender,
@@ -334,6 +337,33 @@ def test_receipts_from_a_lid_carry_the_phone_number_behind_it(events: dict[str, 
          "at": 1_700_000_000.0},
     ]
     assert events["lid_lookups"] == ["123456789012345@lid", "999000111@lid"]
+
+
+def test_messages_written_to_the_account_become_incoming_messages(
+        events: dict[str, Any]) -> None:
+    """Real Message events through neonize's ctypes dispatch: text, a quoting reply, a
+    sender named by LID (mapped through the engine's LID store), an image in a group
+    (kind and metadata, the caption as text), a reaction; the account's own message and
+    a protocol message are not reported. A read receipt goes to Go's MarkRead."""
+    ann = "4917099999999@s.whatsapp.net"
+    base = {"type": "IncomingMessage", "chat": ann, "sender_jid": ann,
+            "sender_phone": "4917099999999", "sender_lid": "", "push_name": "Ann",
+            "is_group": False, "kind": "text", "quoted_id": "", "at": 1_700_000_000.0,
+            "meta": []}
+    group = "120363000000000001@g.us"
+    lid = "123456789012345@lid"
+    assert events["incoming"]["received"] == [
+        {**base, "message_id": "3EB0M1", "text": "STOP"},
+        {**base, "message_id": "3EB0M2", "text": "thanks!", "quoted_id": "3EB0AAA"},
+        {**base, "message_id": "3EB0M3", "text": "by lid", "chat": lid, "sender_jid": lid,
+         "sender_phone": "4917077777777", "sender_lid": lid},
+        {**base, "message_id": "3EB0M4", "text": "look", "chat": group, "is_group": True,
+         "kind": "image", "meta": [["mimetype", "image/jpeg"], ["fileLength", "2048"]]},
+        {**base, "message_id": "3EB0M7", "text": "👍", "kind": "reaction",
+         "quoted_id": "3EB0BBB"},
+    ]
+    assert events["incoming"]["read_marks"] == [
+        {"ids": ["3EB0M1", "3EB0M2"], "chat": ann, "sender": ann, "receipt": "read"}]
 
 
 def test_drops_and_connect_failures(events: dict[str, Any]) -> None:
