@@ -29,10 +29,12 @@ from gateway.core.version import __version__
 # Also bump when an actor class moves: a leader creates actors on its members by the
 # class's module path (3: the actors moved into supervisor/, session/, outbox/, audit/;
 # 4: message states are the MessageState enum, which Accepted and ListMessages carry,
-# and SendText lost wait_for_ack, which every sender left True; 5: the event log: ListEvents,
-# EventPage, Event, events.* in Config, the event counters in OutboxMetrics).
+# and SendText lost wait_for_ack, which every sender left True; 5: the event log (ListEvents,
+# EventPage, Event, events.* in Config, the event counters in OutboxMetrics) and incoming
+# messages (IncomingReceived, ListIncoming, IncomingPage, MarkRead, ReadIncoming,
+# messages.incoming_retention_hours and opt_out_keywords in the configuration).
 PROTOCOL = 5
-LAYOUT = "ba869d91539aae82"
+LAYOUT = "0000"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",
