@@ -91,8 +91,9 @@ class IncomingStore:
     def add(self, message: NewIncoming, now: float) -> dict[str, Any] | None:
         """Store ``message``; None when this session already has its WhatsApp id (a
         redelivery), so the application hears of each message once."""
-        record = {
-            "id": new_message_id(now), "session": message.session,
+        record_id = new_message_id(now)
+        record: dict[str, Any] = {
+            "id": record_id, "session": message.session,
             "wa_message_id": message.wa_message_id, "chat": message.chat,
             "sender_jid": message.sender_jid, "sender_phone": message.sender_phone,
             "sender_lid": message.sender_lid, "push_name": message.push_name,
@@ -108,7 +109,7 @@ class IncomingStore:
                 f"VALUES ({', '.join('?' for _ in record)})", tuple(record.values()))
             if cursor.rowcount == 0:
                 return None
-            stored = self.get(record["id"])
+            stored = self.get(record_id)
             assert stored is not None
             record_event(self.db, "message.received", stored)
         return stored
@@ -121,7 +122,8 @@ class IncomingStore:
              ) -> tuple[list[dict[str, Any]], bool]:
         """Oldest first, from just after ``after`` (a cursor from ``cursor_of``): an
         application keeps the last cursor it saw and asks again for what came since."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[str | int] = []
         if session is not None:
             where.append("session = ?")
             args.append(session)

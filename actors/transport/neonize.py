@@ -305,7 +305,7 @@ class _Api:
     proxy_settings: type
     neonize_error: type[Exception]
     message: type
-    build_jid: Callable[[str], Any]
+    build_jid: Callable[..., Any]  # (user, server="s.whatsapp.net")
     connected: type
     disconnected: type
     logged_out: type
