@@ -843,7 +843,7 @@ def fake_session(workdir: Path) -> dict[str, Any]:
     out["uuid"] = conn.uuid
     out["subscribed"] = go.subscribed
     wanted = {"Connected", "Disconnected", "LoggedOut", "StreamReplaced", "TemporaryBan",
-              "ClientOutdated", "ConnectFailure", "Receipt", "KeepAliveTimeout",
+              "ClientOutdated", "ConnectFailure", "Receipt", "Message", "KeepAliveTimeout",
               "KeepAliveRestored", "PairStatus"}
     out["codes"] = {type_.__name__: code for type_, code in EVENT_TO_INT.items()
                     if type_.__name__ in wanted}
