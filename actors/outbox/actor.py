@@ -181,7 +181,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.store = MessageStore(msg.config.data_path / "outbox",
                                   msg.config.delivery.synchronous,
                                   msg.config.delivery.keep_text)
-        self.incoming = IncomingStore(self.store.db, msg.config.delivery.keep_text)
+        self.incoming = IncomingStore(self.store.db, msg.config.delivery.keep_text,
+                                      msg.config.messages.opt_out_keywords)
         limits_dir = msg.config.data_path / "limits"
         limits_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.limits = Limits(str(limits_dir), msg.config.limits)
@@ -484,7 +485,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         record = self.incoming.add(new_incoming(msg), time.time())
         if record is not None:  # never the text or the sender's number in a log line
             log.info("message received", session=msg.session, incoming_id=record["id"],
-                     kind=msg.kind)
+                     kind=msg.kind, opt_out=record["opt_out"])
 
     def receiveMsg_ListIncoming(self, msg: ListIncoming, sender: Any) -> None:
         if self.incoming is None:

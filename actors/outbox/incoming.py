@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS incoming (
     sent_at REAL NOT NULL,                  -- WhatsApp's timestamp
     received_at REAL NOT NULL,              -- when the gateway stored it
     read_at REAL,                           -- when whatsAppMarkRead sent the read receipt
-    meta TEXT NOT NULL DEFAULT '{}'         -- JSON object of str -> str
+    meta TEXT NOT NULL DEFAULT '{}',        -- JSON object of str -> str
+    opt_out INTEGER NOT NULL DEFAULT 0      -- the text is one of messages.opt_out_keywords
 );
 CREATE UNIQUE INDEX IF NOT EXISTS incoming_by_wa_id ON incoming (session, wa_message_id);
 CREATE INDEX IF NOT EXISTS incoming_by_session ON incoming (session, seq);
@@ -83,9 +85,11 @@ class IncomingStore:
     """The ``incoming`` table of the outbox's database (``db`` is the outbox's
     connection, in autocommit mode: each method is its own transaction)."""
 
-    def __init__(self, db: sqlite3.Connection, keep_text: bool = True) -> None:
+    def __init__(self, db: sqlite3.Connection, keep_text: bool = True,
+                 opt_out_keywords: tuple[str, ...] = ()) -> None:
         self.db = db
         self.keep_text = keep_text
+        self.opt_out_keywords = frozenset(_folded(k) for k in opt_out_keywords if k.strip())
         self.db.executescript(_SCHEMA)
 
     def add(self, message: NewIncoming, now: float) -> dict[str, Any] | None:
@@ -101,6 +105,8 @@ class IncomingStore:
             "text_hash": text_hash(message.text), "quoted_id": message.quoted_id,
             "sent_at": message.sent_at if message.sent_at > 0 else now,
             "received_at": now, "meta": json.dumps(dict(message.meta), sort_keys=True),
+            "opt_out": int(message.kind == "text"
+                           and is_opt_out(message.text, self.opt_out_keywords)),
         }
         with self.db:  # one transaction: the row and its event
             self.db.execute("BEGIN IMMEDIATE")
@@ -153,6 +159,18 @@ class IncomingStore:
         return int(self.db.execute("SELECT COUNT(*) FROM incoming").fetchone()[0])
 
 
+def is_opt_out(text: str, keywords: frozenset[str]) -> bool:
+    """Whether ``text`` is one of ``keywords`` (already folded): the whole message,
+    whatever its case and surrounding spaces or punctuation ("Stop.", " STOP!"), so
+    "don't stop the reminders" is no opt-out."""
+    return bool(keywords) and _folded(text) in keywords
+
+
+def _folded(text: str) -> str:
+    """Compatibility-normalised (full-width letters, as some keyboards type them, are plain ones), trimmed, case-folded."""
+    return unicodedata.normalize("NFKC", text).strip().strip(".!?,;:").strip().casefold()
+
+
 def cursor_of(record: dict[str, Any]) -> str:
     raw = f"{_CURSOR_PREFIX}{record['seq']}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -175,5 +193,6 @@ def _record(row: sqlite3.Row | None) -> dict[str, Any] | None:
         return None
     record = dict(row)
     record["is_group"] = bool(record["is_group"])
+    record["opt_out"] = bool(record["opt_out"])
     record["meta"] = json.loads(record["meta"])
     return record

@@ -180,6 +180,7 @@ class IncomingRecord:
     sentAt: str | None
     receivedAt: str
     readAt: str | None
+    optOut: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,7 +208,8 @@ def incoming_record(row: dict[str, Any]) -> IncomingRecord:
         senderJid=row["sender_jid"], senderLid=row["sender_lid"] or None,
         pushName=row["push_name"] or None, chat=row["chat"], isGroup=bool(row["is_group"]),
         quotedMessageId=row["quoted_id"] or None, sentAt=iso_time(row["sent_at"]),
-        receivedAt=iso_time(row["received_at"]), readAt=iso_time(row["read_at"]))
+        receivedAt=iso_time(row["received_at"]), readAt=iso_time(row["read_at"]),
+        optOut=bool(row.get("opt_out", False)))
 
 
 def incoming_connection(page: IncomingPage) -> IncomingConnection:

@@ -147,6 +147,9 @@ class MessagesConfig:
     test_message: str = "wagate connection test"
     retention_hours: float = 168.0  # finished message records are pruned after this
     incoming_retention_hours: float = 168.0  # received messages are pruned after this
+    # A received text that is one of these (case and surrounding spaces aside) is
+    # flagged optOut; () = off. A flag for the application, never a filter.
+    opt_out_keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,13 @@ import pytest
 
 from actors.messages import IncomingPage, IncomingReceived
 from actors.outbox.actor import new_incoming
-from actors.outbox.incoming import IncomingStore, NewIncoming, cursor_of, decode_cursor
+from actors.outbox.incoming import (
+    IncomingStore,
+    NewIncoming,
+    cursor_of,
+    decode_cursor,
+    is_opt_out,
+)
 from actors.outbox.store import MessageStore
 from actors.session.actor import incoming_received
 from actors.transport.base import IncomingMessage
@@ -127,3 +133,31 @@ def test_a_simulated_reply_becomes_an_incoming_direct_text(tmp_path: Path) -> No
         sender_lid=event.sender_lid, push_name="Ann", text=SECRET, quoted_id="3EB0Q",
         at=entry["at"])
     assert event.sender_lid.endswith("@lid") and "4915112345001" not in event.sender_lid
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("STOP", True), ("stop", True), ("  Stop. ", True), ("STOP!", True),
+    ("unsubscribe", True), ("\uff33\uff34\uff2f\uff30", True), ("please stop", False),
+    ("don't stop the reminders", False), ("", False), ("   ", False),
+])
+def test_an_opt_out_is_a_whole_message_that_is_a_keyword(text: str, expected: bool) -> None:
+    assert is_opt_out(text, frozenset({"stop", "unsubscribe"})) is expected
+    assert is_opt_out(text, frozenset()) is False  # off by default
+
+
+def test_opt_outs_are_flagged_and_still_stored(tmp_path: Path) -> None:
+    """A flag for the application, never a filter; only text counts (a caption does not)."""
+    outbox = MessageStore(tmp_path / "outbox")
+    try:
+        store = IncomingStore(outbox.db, opt_out_keywords=("STOP", " ", ""))
+        flagged = store.add(message("3EB0A", text="Stop"), NOW)
+        plain = store.add(message("3EB0B", text="thanks"), NOW)
+        caption = store.add(NewIncoming("default", "3EB0C", "c@s.whatsapp.net",
+                                        "c@s.whatsapp.net", kind="image", text="stop"), NOW)
+        blank = store.add(message("3EB0D", text=" "), NOW)
+        assert flagged is not None and flagged["opt_out"] is True
+        assert [r["opt_out"] for r in (plain, caption, blank) if r is not None] == [
+            False, False, False]
+        assert store.count() == 4
+    finally:
+        outbox.close()

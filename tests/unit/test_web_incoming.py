@@ -24,7 +24,7 @@ from tests.unit.web_helpers import (
 INCOMING = ("query($s: String, $a: String, $f: Int) { whatsAppIncomingMessages(session: $s, "
             "after: $a, first: $f) { edges { cursor node { id session whatsAppMessageId kind "
             "text phoneNumber senderJid senderLid pushName chat isGroup quotedMessageId sentAt "
-            "receivedAt readAt } } pageInfo { hasNextPage endCursor } } }")
+            "receivedAt readAt optOut } } pageInfo { hasNextPage endCursor } } }")
 MARK = "mutation($id: ID!) { whatsAppMarkRead(id: $id) }"
 
 
@@ -35,7 +35,8 @@ def row(session: str = "default", **changes: Any) -> dict[str, Any]:
             "sender_jid": "4915112345001@s.whatsapp.net", "sender_phone": "4915112345001",
             "sender_lid": "", "push_name": "", "is_group": False, "kind": "text",
             "text": "STOP", "text_hash": "x", "quoted_id": "3EB0Q", "sent_at": 1_767_225_600.0,
-            "received_at": 1_767_225_601.0, "read_at": None, "meta": {}, **changes}
+            "received_at": 1_767_225_601.0, "read_at": None, "meta": {}, "opt_out": True,
+            **changes}
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_a_row_reads_as_the_api_s_incoming_message(site: tuple[Web, dict[str, st
         "senderJid": "4915112345001@s.whatsapp.net", "senderLid": None, "pushName": None,
         "chat": "4915112345001@s.whatsapp.net", "isGroup": False, "quotedMessageId": "3EB0Q",
         "sentAt": "2026-01-01T00:00:00Z", "receivedAt": "2026-01-01T00:00:01Z",
-        "readAt": None}
+        "readAt": None, "optOut": True}
     (asked,) = w.bridge.asked_of(ListIncoming)
     assert (asked.session, asked.first, asked.after) == (None, 20, None)
 
