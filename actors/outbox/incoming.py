@@ -167,7 +167,8 @@ def is_opt_out(text: str, keywords: frozenset[str]) -> bool:
 
 
 def _folded(text: str) -> str:
-    """Compatibility-normalised (full-width letters, as some keyboards type them, are plain ones), trimmed, case-folded."""
+    """Compatibility-normalised (full-width letters, as some keyboards type them, are
+    plain ones), trimmed, case-folded."""
     return unicodedata.normalize("NFKC", text).strip().strip(".!?,;:").strip().casefold()
 
 
