@@ -34,7 +34,7 @@ from gateway.core.version import __version__
 # messages (IncomingReceived, ListIncoming, IncomingPage, MarkRead, ReadIncoming,
 # messages.incoming_retention_hours and opt_out_keywords in the configuration).
 PROTOCOL = 5
-LAYOUT = "0000"
+LAYOUT = "6988159529b4df7f"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

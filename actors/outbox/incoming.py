@@ -23,6 +23,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.outbox import events
 from actors.outbox.store import new_message_id, text_hash
 
 _SCHEMA = """
@@ -74,11 +75,21 @@ class NewIncoming:
     meta: tuple[tuple[str, str], ...] = ()
 
 
-def record_event(db: sqlite3.Connection, event_type: str, record: dict[str, Any]) -> None:
-    """Where the event log's ``message.received`` is written, inside the transaction
-    that stores the message (so there is never one without the other). The event log
-    is built separately; until it is wired in here, this writes nothing."""
-    return None
+def record_event(db: sqlite3.Connection, record: dict[str, Any], keep_text: bool,
+                 now: float) -> None:
+    """The event log's ``message.received``, written inside the transaction that stores
+    the message (so there is never one without the other). It carries the text, since
+    a reply is what an application listens for, unless ``delivery.keep_text`` is off."""
+    data = {
+        "incoming_id": record["id"], "whatsapp_message_id": record["wa_message_id"],
+        "kind": record["kind"], "text": record["text"] if keep_text else None,
+        "phone_number": record["sender_phone"] or None, "sender_jid": record["sender_jid"],
+        "sender_lid": record["sender_lid"] or None, "push_name": record["push_name"] or None,
+        "chat": record["chat"], "is_group": bool(record["is_group"]),
+        "quoted_message_id": record["quoted_id"] or None, "sent_at": record["sent_at"],
+        "opt_out": bool(record["opt_out"]),
+    }
+    events.append_event(db, "message.received", record["session"], data, now)
 
 
 class IncomingStore:
@@ -117,7 +128,7 @@ class IncomingStore:
                 return None
             stored = self.get(record_id)
             assert stored is not None
-            record_event(self.db, "message.received", stored)
+            record_event(self.db, stored, self.keep_text, now)
         return stored
 
     def get(self, record_id: str) -> dict[str, Any] | None:

@@ -162,6 +162,8 @@ def event_connection(page: EventPage) -> EventConnection:
     return EventConnection(edges, PageInfo(page.has_next_page,
                                            edges[-1].cursor if edges else None))
 
+
+@dataclass(frozen=True, slots=True)
 class IncomingRecord:
     """``WhatsAppIncomingMessage``: a message written to a linked account."""
 
