@@ -14,6 +14,7 @@ import pytest
 
 from actors.messages import IncomingPage, IncomingReceived
 from actors.outbox.actor import new_incoming
+from actors.outbox.events import events_after
 from actors.outbox.incoming import (
     IncomingStore,
     NewIncoming,
@@ -161,3 +162,17 @@ def test_opt_outs_are_flagged_and_still_stored(tmp_path: Path) -> None:
         assert store.count() == 4
     finally:
         outbox.close()
+
+
+def test_each_stored_message_has_its_received_event_and_a_redelivery_none(
+        stores: IncomingStore) -> None:
+    """The row and its message.received event commit together; the text rides along
+    only where text is kept."""
+    stored = stores.add(message("3EB0B"), NOW)
+    assert stored is not None
+    assert stores.add(message("3EB0B"), NOW + 1) is None  # no second event either
+    logged = events_after(stores.db, 0, types=["message.received"], limit=10)
+    assert [(e.session, e.data["incoming_id"], e.data["whatsapp_message_id"])
+            for e in logged] == [("default", stored["id"], "3EB0B")]
+    assert logged[0].data["text"] == (SECRET if stores.keep_text else None)
+    assert logged[0].data["phone_number"] == "4915112345001"
