@@ -285,6 +285,40 @@ class GraphqlConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookEndpointConfig:
+    """One ``[[webhooks.endpoints]]`` table: an endpoint the operator declares in the file.
+
+    Its signing secret is never in the file (a config file is copied, shown and handed to
+    other processes): ``secret_env`` names the environment variable holding the
+    ``whsec_...`` text."""
+
+    url: str = ""
+    secret_env: str = ""
+    events: tuple[str, ...] = ()  # event types delivered; () = every type
+    sessions: tuple[str, ...] = ()  # sessions whose events are delivered; () = every session
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    """Outgoing webhooks (README: Webhooks)."""
+
+    # hosts (exact names) or CIDRs that may be reached over plain http and may be
+    # private, loopback or link-local addresses; everything else must be public https
+    allow_insecure: tuple[str, ...] = ()
+    # multiplies every wait of the Standard Webhooks retry schedule (tests shrink it)
+    retry_scale: float = 1.0
+    jitter_fraction: float = 0.1  # each wait is drawn from +- this fraction of itself
+    connect_timeout_seconds: float = 15.0  # to open the connection to an endpoint
+    timeout_seconds: float = 15.0  # for the whole request, from connect to the last byte
+    max_response_bytes: int = 4096  # read at most this much of an endpoint's answer
+    max_retry_after_seconds: float = 86400.0  # a longer Retry-After is cut to this
+    rotation_overlap_seconds: float = 86400.0  # old and new secret both sign this long
+    batch_events: int = 100  # events read from the log per endpoint and pass
+    endpoints: tuple[WebhookEndpointConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """Several hosts in one Thespian convention (README: Deployment on several hosts)."""
 
@@ -332,6 +366,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     graphql: GraphqlConfig = field(default_factory=GraphqlConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     @property
     def data_path(self) -> Path:
@@ -404,6 +439,14 @@ RANGES: dict[str, Range] = {
     "numbers.max_per_call": Range(1, 1000), "numbers.positive_ttl_hours": _HOURS,
     "numbers.negative_ttl_hours": _HOURS, "numbers.per_session_per_minute": _COUNT,
     "numbers.per_session_per_day": _COUNT, "numbers.timeout_seconds": _SECONDS,
+    "webhooks.retry_scale": Range(0, 100, above=True),
+    "webhooks.jitter_fraction": Range(0, 0.5),
+    "webhooks.connect_timeout_seconds": Range(0, 300, above=True),
+    "webhooks.timeout_seconds": Range(0, 600, above=True),
+    "webhooks.max_response_bytes": Range(0, 1_048_576),
+    "webhooks.max_retry_after_seconds": _DAY,
+    "webhooks.rotation_overlap_seconds": Range(0, 604800),
+    "webhooks.batch_events": Range(1, 10_000),
 }
 
 
@@ -453,7 +496,36 @@ def _checked(config: Config) -> Config:
     _check_without_tokens(config)
     _check_pacing(config)
     _check_device_name(config.transport.device_name)
+    _check_webhooks(config.webhooks)
     return config
+
+
+def _check_webhooks(webhooks: WebhooksConfig) -> None:
+    """Each ``[[webhooks.endpoints]]`` names a url and where its secret is;
+    ``allow_insecure`` holds names or networks (whether a url is acceptable is
+    decided at delivery, on the address actually connected to)."""
+    for entry in webhooks.allow_insecure:
+        if not entry or entry != entry.strip() or "/" in entry and not _is_network(entry):
+            raise ConfigError(
+                f"webhooks.allow_insecure entry {entry!r} must be a host name, an IP address "
+                "or a network in CIDR form such as 127.0.0.0/8")
+    for i, endpoint in enumerate(webhooks.endpoints):
+        where = f"webhooks.endpoints[{i}]"
+        if not endpoint.url.startswith(("https://", "http://")):
+            raise ConfigError(f"{where}.url ({endpoint.url!r}) must be an https:// url "
+                              "(http:// only for hosts in webhooks.allow_insecure)")
+        if not endpoint.secret_env:
+            raise ConfigError(
+                f"{where}.secret_env is empty: name the environment variable that holds the "
+                "endpoint's whsec_... signing secret (the secret itself never goes in the file)")
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_device_name(name: str) -> None:
@@ -605,6 +677,11 @@ def _check_value(dotted: str, hint: Any, value: Any) -> Any:
             raise ConfigError(f"{dotted} = {value!r} is not allowed; "
                               f"use one of {', '.join(map(repr, choices))}")
         return value
+    if origin is tuple and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{dotted} must be a list of tables ([[{dotted}]])")
+        kind = typing.get_args(hint)[0]
+        return tuple(_build(kind, v, f"{dotted}[{i}].") for i, v in enumerate(value))
     if origin is tuple and typing.get_args(hint)[0] is str:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{dotted} must be a list of strings")
