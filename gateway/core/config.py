@@ -505,7 +505,7 @@ def _check_webhooks(webhooks: WebhooksConfig) -> None:
     ``allow_insecure`` holds names or networks (whether a url is acceptable is
     decided at delivery, on the address actually connected to)."""
     for entry in webhooks.allow_insecure:
-        if not entry or entry != entry.strip() or "/" in entry and not _is_network(entry):
+        if not entry or entry != entry.strip() or ("/" in entry and not _is_network(entry)):
             raise ConfigError(
                 f"webhooks.allow_insecure entry {entry!r} must be a host name, an IP address "
                 "or a network in CIDR form such as 127.0.0.0/8")

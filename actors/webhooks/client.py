@@ -1,0 +1,92 @@
+"""One webhook request: to the checked address, no redirects, a capped read.
+
+The connection goes to ``Target.address`` (the address ``safety`` checked), never to a
+fresh lookup of the name: the url is rewritten to the address, the name is sent as the
+``Host`` header and as the TLS SNI (httpx's ``sni_hostname`` extension), so the
+endpoint's certificate is still verified against its name. Redirects are not followed
+(a 3xx is a failed attempt). At most ``max_response_bytes`` of the answer are read.
+Timeouts: ``connect_timeout_seconds`` to connect, ``timeout_seconds`` for each later
+phase and as a deadline on the whole body read.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from actors.webhooks.safety import Target
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one request got: a status (None when there was no answer), the
+    ``Retry-After`` header, a short error for the operator and the latency."""
+
+    status: int | None
+    retry_after: str | None
+    error: str
+    seconds: float
+    body: bytes = b""
+
+
+def make_client(connect_timeout: float, timeout: float, max_connections: int = 16
+                ) -> httpx.Client:
+    """The bounded client the delivery loop shares across endpoints."""
+    return httpx.Client(
+        follow_redirects=False, trust_env=False,
+        timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
+        limits=httpx.Limits(max_connections=max_connections,
+                            max_keepalive_connections=max_connections))
+
+
+def pinned_url(target: Target) -> str:
+    host = f"[{target.address}]" if ":" in target.address else target.address
+    return f"{target.scheme}://{host}:{target.port}{target.path}"
+
+
+def host_header(target: Target) -> str:
+    default = 443 if target.scheme == "https" else 80
+    name = f"[{target.host}]" if ":" in target.host else target.host
+    return name if target.port == default else f"{name}:{target.port}"
+
+
+def post(client: httpx.Client, target: Target, headers: dict[str, str], body: bytes,
+         *, timeout: float, max_bytes: int) -> Attempt:
+    """POST ``body`` to ``target``'s checked address; never raises for the endpoint's
+    behaviour (a refused connection, a timeout, a reset are an Attempt without status)."""
+    started = time.monotonic()
+    request = client.build_request(
+        "POST", pinned_url(target), content=body,
+        headers={**headers, "host": host_header(target), "user-agent": "wagate-webhooks"},
+        extensions={"sni_hostname": target.host} if target.scheme == "https" else {})
+    try:
+        response = client.send(request, stream=True)
+    except httpx.HTTPError as exc:
+        return Attempt(None, None, _describe(exc), time.monotonic() - started)
+    try:
+        kept = _read_capped(response, max_bytes, started + timeout)
+    except httpx.HTTPError:
+        kept = b""  # the status arrived: a body cut short does not change the outcome
+    finally:
+        response.close()
+    return Attempt(response.status_code, response.headers.get("retry-after"), "",
+                   time.monotonic() - started, kept)
+
+
+def _read_capped(response: httpx.Response, max_bytes: int, deadline: float) -> bytes:
+    kept = bytearray()
+    for chunk in response.iter_raw():
+        kept += chunk[:max_bytes - len(kept)]
+        if len(kept) >= max_bytes or time.monotonic() > deadline:
+            break
+    return bytes(kept)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    if isinstance(exc, httpx.ConnectError):
+        return "could not connect"
+    return f"no answer ({type(exc).__name__})"

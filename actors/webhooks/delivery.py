@@ -1,0 +1,174 @@
+"""The delivery loop: each endpoint walks the event log from its cursor, in order.
+
+Per endpoint, one request at a time and in seq order: the event after the cursor that
+passes the endpoint's filters is sent; a 2xx moves the cursor past it; any other answer
+leaves the cursor where it is and schedules the same event again (``schedule.decide``),
+so a later event never overtakes an earlier one. 410 disables the endpoint, and so does
+a schedule that ran out; re-enabling resumes from the cursor. Delivery is therefore
+at least once: an event whose 2xx was lost (a crash before the cursor was written, a
+timeout after the receiver acted) is sent again with the same ``webhook-id``.
+
+No actor and no threads here: the actor calls ``run_endpoint`` for each due endpoint and
+sleeps until ``next_due``. Disabling is reported through ``on_disabled`` (the actor
+audits it) and counted in ``Stats``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import httpx
+
+from actors.webhooks import schedule, signing
+from actors.webhooks.client import Attempt, post
+from actors.webhooks.safety import Resolver, UnsafeTarget, resolve, target
+from actors.webhooks.source import Event, EventSource
+from actors.webhooks.store import Endpoint, EndpointStore
+from gateway.core.config import WebhooksConfig
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TEST_EVENT_TYPE = "webhook.test"
+
+
+@dataclass
+class Stats:
+    """Counters the actor reports as metrics."""
+
+    deliveries: Counter[tuple[str, str]] = field(default_factory=Counter)  # (endpoint, outcome)
+    latency: Counter[float] = field(default_factory=Counter)  # bucket upper bound -> count
+    latency_sum: float = 0.0
+    disabled: int = 0
+
+    def observe(self, endpoint_id: str, outcome: str, seconds: float) -> None:
+        self.deliveries[(endpoint_id, outcome)] += 1
+        self.latency_sum += seconds
+        bucket = next((b for b in LATENCY_BUCKETS if seconds <= b), float("inf"))
+        self.latency[bucket] += 1
+
+
+Clock = Callable[[], float]
+OnDisabled = Callable[[Endpoint, str], None]
+
+
+class Deliverer:
+    def __init__(self, store: EndpointStore, source: EventSource, client: httpx.Client,
+                 config: WebhooksConfig, clock: Clock, *, resolver: Resolver = resolve,
+                 rng: random.Random | None = None,
+                 on_disabled: OnDisabled | None = None) -> None:
+        self.store, self.source, self.client, self.config = store, source, client, config
+        self.clock, self.resolver = clock, resolver
+        self.rng = rng or random.Random()
+        self.on_disabled = on_disabled
+        self.stats = Stats()
+
+    def due(self) -> list[Endpoint]:
+        now = self.clock()
+        return [e for e in self.store.all() if e.enabled and e.next_attempt_at <= now]
+
+    def next_due(self) -> float | None:
+        """When the earliest waiting endpoint is due (None: none is enabled). An endpoint
+        that is up to date is "due" now: new events are found by polling the log."""
+        times = [e.next_attempt_at for e in self.store.all() if e.enabled]
+        return min(times) if times else None
+
+    def run_due(self) -> int:
+        """One pass over every due endpoint; the number of requests made."""
+        return sum(self.run_endpoint(e.id) for e in self.due())
+
+    def run_endpoint(self, endpoint_id: str, max_requests: int | None = None) -> int:
+        """Deliver ``endpoint_id``'s events from its cursor until one fails, the log is
+        drained, or ``max_requests`` (default ``batch_events``) were made."""
+        limit = max_requests or self.config.batch_events
+        made = 0
+        while made < limit:
+            endpoint = self.store.get(endpoint_id)
+            if not endpoint.enabled or endpoint.next_attempt_at > self.clock():
+                break
+            event = self._next_event(endpoint)
+            if event is None:
+                break
+            made += 1
+            if not self._deliver(endpoint, event):
+                break
+        return made
+
+    def _next_event(self, endpoint: Endpoint) -> Event | None:
+        """The first event after the cursor that passes the filters; the ones before it
+        that do not are skipped for good (the cursor moves past them)."""
+        for event in self.source.events_after(endpoint.cursor, self.config.batch_events):
+            if endpoint.wants(event.type, event.session):
+                return event
+            self.store.skipped(endpoint.id, event.seq)
+        return None
+
+    def _deliver(self, endpoint: Endpoint, event: Event) -> bool:
+        attempt = self.send(endpoint, event)
+        now = self.clock()
+        if attempt.status is not None and 200 <= attempt.status < 300:
+            self.store.delivered(endpoint.id, event.seq, attempt.status, now)
+            self.stats.observe(endpoint.id, "delivered", attempt.seconds)
+            return True
+        decision = schedule.decide(
+            attempt.status, endpoint.failures, scale=self.config.retry_scale,
+            jitter=self.config.jitter_fraction, rng=self.rng,
+            retry_after=schedule.retry_after_seconds(attempt.retry_after,
+                                                     datetime.now(UTC)),
+            max_retry_after=self.config.max_retry_after_seconds)
+        self.store.failed(endpoint.id, attempt.status, attempt.error, now,
+                          now + decision.delay_seconds)
+        self.stats.observe(endpoint.id, decision.outcome.value, attempt.seconds)
+        if decision.outcome is schedule.Outcome.GONE:
+            self._disable(endpoint, "the endpoint answered 410 Gone")
+        elif decision.outcome is schedule.Outcome.EXHAUSTED:
+            self._disable(endpoint, f"event {event.id} failed on every retry of the "
+                          "schedule (last: " + (attempt.error or f"HTTP {attempt.status}")
+                          + ")")
+        return False
+
+    def _disable(self, endpoint: Endpoint, reason: str) -> None:
+        disabled = self.store.set_enabled(endpoint.id, False, reason, self.clock())
+        self.stats.disabled += 1
+        if self.on_disabled is not None:
+            self.on_disabled(disabled, reason)
+
+    def send(self, endpoint: Endpoint, event: Event) -> Attempt:
+        """One signed request of ``event`` to ``endpoint``; an unsafe target is a failed
+        attempt whose error says why (checked on every attempt: DNS may change)."""
+        try:
+            where = target(endpoint.url, self.config.allow_insecure, self.resolver)
+        except UnsafeTarget as exc:
+            return Attempt(None, None, str(exc), 0.0)
+        body = signing.payload(event.type, event.created_at, event.data)
+        secrets = self.store.secrets(endpoint.id, self.clock())
+        headers = signing.headers(event.id, body, secrets, datetime.now(UTC))
+        return post(self.client, where, headers, body, timeout=self.config.timeout_seconds,
+                    max_bytes=self.config.max_response_bytes)
+
+    def send_test(self, endpoint_id: str) -> Attempt:
+        """``sendTestWebhook``: one signed ``webhook.test`` event, outside the log and the
+        cursor; its outcome is returned, not retried."""
+        endpoint = self.store.get(endpoint_id)
+        now = datetime.now(UTC)
+        event = Event(0, "evt_test_" + signing.new_secret()[6:18].replace("/", "_"),
+                      TEST_EVENT_TYPE, "", now, {"endpoint": endpoint.id})
+        attempt = self.send(endpoint, event)
+        self.stats.observe(endpoint.id, "test", attempt.seconds)
+        return attempt
+
+
+def cursor_before(source: EventSource, since: datetime, batch: int = 1000) -> int:
+    """The cursor that replays every event created at or after ``since``: the seq of
+    the last event before it (0 when none)."""
+    cursor = 0
+    while True:
+        events = source.events_after(cursor, batch)
+        for event in events:
+            if event.created_at >= since:
+                return cursor
+            cursor = event.seq
+        if len(events) < batch:
+            return cursor

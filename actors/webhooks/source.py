@@ -1,0 +1,64 @@
+"""Where the events to deliver come from.
+
+The delivery loop needs one thing of the event log: the events after a cursor, in
+order. ``EventSource`` is that one method, so the loop works over the durable event
+log (``actors/outbox/events.py``, rows of seq, id, type, session, created_at, data)
+and over a test's own table alike. ``SqliteEventSource`` reads a table of that shape.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event of the log: ``seq`` is the cursor, ``id`` the stable id sent as
+    ``webhook-id``."""
+
+    seq: int
+    id: str
+    type: str
+    session: str
+    created_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class EventSource(Protocol):
+    def events_after(self, after_seq: int, limit: int) -> list[Event]:
+        """Up to ``limit`` events with ``seq > after_seq``, by ascending seq."""
+        ...  # pragma: no cover
+
+
+def parse_time(value: object) -> datetime:
+    """A stored time: seconds since the epoch, or ISO 8601 text (UTC when unmarked)."""
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value), UTC)
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class SqliteEventSource:
+    """Reads ``table`` (columns seq, id, type, session, created_at, data as JSON) of the
+    SQLite database at ``path``; a new connection per call, so any thread may use it."""
+
+    def __init__(self, path: Path, table: str = "events") -> None:
+        if not table.isidentifier():
+            raise ValueError(f"table name {table!r} is not an identifier")
+        self._path, self._table = path, table
+
+    def events_after(self, after_seq: int, limit: int) -> list[Event]:
+        connection = sqlite3.connect(self._path, timeout=30)
+        try:
+            rows = connection.execute(
+                f"SELECT seq, id, type, session, created_at, data FROM {self._table} "
+                "WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+        finally:
+            connection.close()
+        return [Event(int(r[0]), str(r[1]), str(r[2]), str(r[3] or ""), parse_time(r[4]),
+                      json.loads(r[5]) if r[5] else {}) for r in rows]
