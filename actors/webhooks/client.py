@@ -11,6 +11,7 @@ phase and as a deadline on the whole body read.
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 
@@ -31,11 +32,12 @@ class Attempt:
     body: bytes = b""
 
 
-def make_client(connect_timeout: float, timeout: float, max_connections: int = 16
-                ) -> httpx.Client:
-    """The bounded client the delivery loop shares across endpoints."""
+def make_client(connect_timeout: float, timeout: float, max_connections: int = 16,
+                verify: ssl.SSLContext | bool = True) -> httpx.Client:
+    """The bounded client the delivery loop shares across endpoints (``verify``: the
+    system's CAs, or a context trusting a test's own CA)."""
     return httpx.Client(
-        follow_redirects=False, trust_env=False,
+        follow_redirects=False, trust_env=False, verify=verify,
         timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
         limits=httpx.Limits(max_connections=max_connections,
                             max_keepalive_connections=max_connections))
