@@ -9,6 +9,8 @@ leaving it stops the server, releases hung handlers and joins every thread.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import threading
 import time
@@ -45,6 +47,7 @@ class Receiver:
         self._lock = threading.Condition()
         self._released = threading.Event()
         self._sni = threading.local()
+        self._connections: set[Any] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -74,11 +77,19 @@ class Receiver:
         self._released.set()
         assert self._server is not None and self._thread is not None
         self._server.shutdown()
+        with self._lock:  # kept-alive connections: their handlers wait for a next request
+            for connection in self._connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
         self._server.server_close()  # joins the handler threads (block_on_close)
         self._thread.join(timeout=10)
 
     def _remember_sni(self, sock: Any, name: str | None, context: Any) -> None:
         sock.sni_name = name  # read back by the handler from its connection
+
+    def opened(self, connection: Any) -> None:
+        with self._lock:
+            self._connections.add(connection)
 
     def next_answer(self) -> Answer:
         with self._lock:
@@ -107,6 +118,11 @@ class Receiver:
 def _handler(receiver: Receiver) -> Callable[..., BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = 30  # a forgotten connection cannot keep a handler thread forever
+
+        def setup(self) -> None:
+            super().setup()
+            receiver.opened(self.connection)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))

@@ -30,7 +30,7 @@ def test_a_public_https_name_is_pinned_to_the_address_it_resolved_to() -> None:
     "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
     "100.64.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "224.0.0.1"])
 def test_non_public_addresses_are_refused_naming_the_fix(address: str) -> None:
-    with pytest.raises(UnsafeTarget, match="webhooks.allow_insecure"):
+    with pytest.raises(UnsafeTarget, match=r"webhooks\.allow_insecure"):
         target("https://rebind.example.com/", (), resolver({"rebind.example.com": [address]}))
 
 

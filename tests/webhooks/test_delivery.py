@@ -1,0 +1,174 @@
+"""The delivery loop against a real HTTP receiver on loopback, over a real SQLite event
+table and the real endpoint store: signatures verify on the receiving side, retries
+follow the (shrunk) schedule, order holds per endpoint, 410 and an exhausted schedule
+disable, re-enabling resumes from the cursor."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from standardwebhooks.webhooks import Webhook
+
+from actors.webhooks import signing
+from actors.webhooks.schedule import SCHEDULE_SECONDS
+from actors.webhooks.store import EndpointStore
+from tests.webhooks.conftest import CONFIG, EventLog, MakeDeliverer, drive
+from tests.webhooks.receiver import CLOSE, HANG, Receiver
+
+
+def endpoint(store: EndpointStore, url: str, **kwargs: object) -> tuple[str, str]:
+    secret = signing.new_secret()
+    made = store.create(url, kwargs.get("events", ()), kwargs.get("sessions", ()),  # type: ignore[arg-type]
+                        "test", secret, time.time())
+    return made.id, secret
+
+
+def test_events_arrive_signed_in_order_and_the_cursor_follows(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    ids = [log.add(status=s) for s in ("SENT", "DELIVERED", "READ")]
+    with Receiver() as receiver:
+        hook, secret = endpoint(store, receiver.url())
+        loop = deliverer()
+        drive(loop, lambda: len(receiver.requests) == 3)
+        got = receiver.wait_for(3)
+    assert [r.headers["webhook-id"] for r in got] == ids
+    for r in got:
+        document = Webhook(secret).verify(r.body, r.headers)  # the receiving side's check
+        assert document["type"] == "message.status"
+    assert [json.loads(r.body)["data"]["status"] for r in got] == ["SENT", "DELIVERED", "READ"]
+    assert store.get(hook).cursor == 3 and store.get(hook).last_status == 200
+    assert loop.stats.deliveries[(hook, "delivered")] == 3
+
+
+def test_a_failure_holds_later_events_back_and_the_retry_keeps_the_webhook_id(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    first, second = log.add(n=1), log.add(n=2)
+    with Receiver(script=[(500, {}), CLOSE, (503, {})]) as receiver:
+        hook, _ = endpoint(store, receiver.url())
+        loop = deliverer()
+        loop.run_endpoint(hook)  # 500
+        state = store.get(hook)
+        wait = state.next_attempt_at - (state.last_delivery_at or 0)
+        low, high = (SCHEDULE_SECONDS[0] * CONFIG.retry_scale * (1 + f) for f in (-0.1, 0.1))
+        assert low - 1e-6 <= wait <= high + 1e-6 and state.failures == 1 and state.cursor == 0
+        drive(loop, lambda: store.get(hook).cursor == 2)
+        got = [r.headers["webhook-id"] for r in receiver.wait_for(5)]
+    assert got == [first, first, first, first, second]  # 500, close, 503, 200, then the next
+
+
+def test_410_disables_and_reenabling_resumes_from_the_cursor(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    delivered, stuck = log.add(n=1), log.add(n=2)
+    with Receiver(script=[(200, {}), (410, {})]) as receiver:
+        hook, _ = endpoint(store, receiver.url())
+        loop = deliverer()
+        disabled: list[str] = []
+        loop.on_disabled = lambda ep, reason: disabled.append(reason)
+        drive(loop, lambda: not store.get(hook).enabled)
+        assert "410" in store.get(hook).disabled_reason and disabled
+        assert loop.run_due() == 0 and loop.stats.disabled == 1
+        store.set_enabled(hook, True, "", time.time())
+        drive(loop, lambda: store.get(hook).cursor == 2)
+        got = [r.headers["webhook-id"] for r in receiver.wait_for(3)]
+    assert got == [delivered, stuck, stuck]
+
+
+def test_an_exhausted_schedule_disables_after_every_retry(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    log.add()
+    with Receiver(default=(500, {})) as receiver:
+        hook, _ = endpoint(store, receiver.url())
+        loop = deliverer(retry_scale=0.000002)
+        drive(loop, lambda: not store.get(hook).enabled)
+        assert len(receiver.requests) == len(SCHEDULE_SECONDS) + 1  # now + 9 retries
+    assert "every retry" in store.get(hook).disabled_reason
+    assert loop.stats.deliveries[(hook, "exhausted")] == 1
+
+
+def test_retry_after_from_a_429_sets_the_next_attempt(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    log.add()
+    with Receiver(script=[(429, {"Retry-After": "120"})]) as receiver:
+        hook, _ = endpoint(store, receiver.url())
+        deliverer().run_endpoint(hook)
+        receiver.wait_for(1)
+    state = store.get(hook)
+    assert state.last_status == 429
+    assert state.next_attempt_at - (state.last_delivery_at or 0) >= 120
+
+
+def test_a_hanging_receiver_times_out_and_a_redirect_is_not_followed(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    log.add()
+    with Receiver(script=[HANG, (302, {"Location": "/elsewhere"})]) as receiver:
+        hook, _ = endpoint(store, receiver.url())
+        loop = deliverer(timeout_seconds=0.5, connect_timeout_seconds=0.5)
+        loop.run_endpoint(hook)
+        assert store.get(hook).last_error == "timed out"
+        drive(loop, lambda: store.get(hook).last_status == 302)
+        assert [r.path for r in receiver.requests] == ["/hook", "/hook"]
+    assert store.get(hook).cursor == 0
+
+
+def test_the_answer_is_read_only_up_to_the_cap(
+        store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    with Receiver() as receiver:
+        receiver.answer_body = b"x" * 100_000
+        hook, _ = endpoint(store, receiver.url())
+        attempt = deliverer(max_response_bytes=512).send_test(hook)
+    assert attempt.status == 200 and len(attempt.body) == 512
+
+
+def test_filters_skip_other_events_for_good(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    log.add("session.status", "main")
+    wanted = log.add("message.status", "main")
+    log.add("message.status", "other")
+    with Receiver() as receiver:
+        hook, _ = endpoint(store, receiver.url(), events=("message.status",),
+                           sessions=("main",))
+        loop = deliverer()
+        drive(loop, lambda: store.get(hook).cursor == 3)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [wanted]
+
+
+def test_each_endpoint_keeps_its_own_order_and_cursor(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    ids = [log.add(n=n) for n in range(4)]
+    with Receiver() as good, Receiver(script=[(500, {})]) as flaky:
+        a, _ = endpoint(store, good.url())
+        b, _ = endpoint(store, flaky.url())
+        drive(deliverer(), lambda: store.get(a).cursor == 4 and store.get(b).cursor == 4)
+    assert [r.headers["webhook-id"] for r in good.requests] == ids
+    assert [r.headers["webhook-id"] for r in flaky.requests] == [ids[0], *ids]
+
+
+def test_replay_delivers_again_with_the_same_ids(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    ids = [log.add(n=n) for n in range(3)]
+    with Receiver() as receiver:
+        hook, _ = endpoint(store, receiver.url())
+        loop = deliverer()
+        drive(loop, lambda: store.get(hook).cursor == 3)
+        store.set_cursor(hook, 1, time.time())
+        drive(loop, lambda: len(receiver.requests) == 5)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [*ids, *ids[1:]]
+
+
+def test_rotation_signs_with_both_secrets_until_the_overlap_ends(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    log.add()
+    log.add()
+    with Receiver() as receiver:
+        hook, old = endpoint(store, receiver.url())
+        new = signing.new_secret()
+        store.rotate(hook, new, time.time(), overlap=3600)
+        loop = deliverer()
+        loop.run_endpoint(hook, max_requests=1)
+        store.rotate(hook, signing.new_secret(), time.time(), overlap=0)
+        loop.run_endpoint(hook, max_requests=1)
+        first, second = receiver.wait_for(2)
+    Webhook(old).verify(first.body, first.headers)
+    Webhook(new).verify(first.body, first.headers)
+    assert len(second.headers["webhook-signature"].split(" ")) == 1
