@@ -1,0 +1,70 @@
+"""The endpoint store on disk: secrets sealed with the storage key, bound to their
+endpoint; state survives reopening; replay by time finds its cursor."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from actors.session.sealed_store import CorruptStore, StoreKey
+from actors.webhooks import signing
+from actors.webhooks.delivery import cursor_before
+from actors.webhooks.source import SqliteEventSource
+from actors.webhooks.store import EndpointStore, UnknownEndpoint
+from tests.webhooks.conftest import KEY, EventLog
+
+
+def test_secrets_are_sealed_on_disk_and_open_only_with_the_key(tmp_path: Path) -> None:
+    secret = signing.new_secret()
+    store = EndpointStore(tmp_path / "webhooks", KEY)
+    hook = store.create("https://example.com/h", ("message.status",), (), "d", secret,
+                        time.time()).id
+    store.close()
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "webhooks").iterdir())
+    assert secret.encode() not in raw and secret[6:].encode() not in raw
+    reopened = EndpointStore(tmp_path / "webhooks", KEY)
+    assert reopened.secrets(hook, time.time()) == [secret]
+    assert reopened.get(hook).events == ("message.status",)
+    reopened.close()
+    other = EndpointStore(tmp_path / "webhooks", StoreKey(b"o" * 32, "other"))
+    with pytest.raises(CorruptStore):
+        other.secrets(hook, time.time())
+    other.close()
+
+
+def test_a_secret_copied_onto_another_endpoint_does_not_open(tmp_path: Path) -> None:
+    store = EndpointStore(tmp_path / "webhooks", KEY)
+    a = store.create("https://a.example/", (), (), "", signing.new_secret(), 1.0).id
+    b = store.create("https://b.example/", (), (), "", signing.new_secret(), 1.0).id
+    db = sqlite3.connect(tmp_path / "webhooks" / "endpoints.sqlite3")
+    with db:
+        db.execute("UPDATE endpoints SET secret = (SELECT secret FROM endpoints WHERE id = ?)"
+                   " WHERE id = ?", (a, b))
+    db.close()
+    with pytest.raises(CorruptStore):
+        store.secrets(b, 2.0)
+    store.close()
+
+
+def test_the_endpoint_repr_holds_no_secret_and_unknown_ids_are_errors(
+        store: EndpointStore) -> None:
+    secret = signing.new_secret()
+    hook = store.create("https://example.com/h", (), (), "", secret, 1.0)
+    assert secret not in repr(hook) and secret[6:] not in repr(store.all())
+    for call in (store.get, store.delete, lambda i: store.secrets(i, 1.0)):
+        with pytest.raises(UnknownEndpoint):
+            call("wh_missing")
+
+
+def test_replay_since_a_time_starts_after_the_last_earlier_event(log: EventLog) -> None:
+    for _ in range(3):
+        log.add()
+    source = SqliteEventSource(log.path)
+    events = source.events_after(0, 10)
+    assert cursor_before(source, events[1].created_at, batch=1) == 1
+    assert cursor_before(source, datetime.now(UTC) + timedelta(days=1)) == 3
+    assert cursor_before(source, datetime(2000, 1, 1, tzinfo=UTC)) == 0
