@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.session.sealed_store import CorruptStore, StoreKey
+from actors.session.sealed_store import CorruptStore, StoreKey, WrongKey
 from actors.webhooks import signing
 from actors.webhooks.delivery import cursor_before
 from actors.webhooks.source import SqliteEventSource
@@ -31,7 +31,7 @@ def test_secrets_are_sealed_on_disk_and_open_only_with_the_key(tmp_path: Path) -
     assert reopened.get(hook).events == ("message.status",)
     reopened.close()
     other = EndpointStore(tmp_path / "webhooks", StoreKey(b"o" * 32, "other"))
-    with pytest.raises(CorruptStore):
+    with pytest.raises(WrongKey):
         other.secrets(hook, time.time())
     other.close()
 
