@@ -79,12 +79,21 @@ from actors.run_once import RunOnce
 from actors.session.actor import SessionActor
 from actors.session.links import evictable, keep_account, over_limit, updated_entry
 from actors.session.states import ACTIVE_STATES, FINAL_STATES
-from actors.supervisor.children import AUDIT, OUTBOX, WORKERS, Child, ChildKey, Children
+from actors.supervisor.children import (
+    AUDIT,
+    OUTBOX,
+    WEBHOOKS,
+    WORKERS,
+    Child,
+    ChildKey,
+    Children,
+)
 from actors.supervisor.cluster import Cluster, HostCheck
 from actors.supervisor.host_agent import HostAgent
 from actors.supervisor.policy import RestartBudget, backoff_delay
 from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, host_name
+from actors.webhooks.actor import WebhookActor
 from gateway.core.config import Config, without_credentials
 from gateway.core.observability import setup_logging
 
@@ -171,7 +180,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         dropped = self._drop_excess_sessions()
         starting = self._load_statuses()
         # The audit log's writer first: everything after it may have something to record.
-        for key, cls in ((AUDIT, AuditActor), (OUTBOX, OutboxActor)):
+        for key, cls in ((AUDIT, AuditActor), (OUTBOX, OutboxActor),
+                         (WEBHOOKS, WebhookActor)):
             self.children[key] = Child(cls, budget=self._budget())
             self._spawn(key)
         for session in dropped:

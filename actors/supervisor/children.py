@@ -19,7 +19,7 @@ from typing import Any, Literal
 from actors.messages import SessionCommand
 from actors.supervisor.policy import RestartBudget
 
-Kind = Literal["audit", "outbox", "session"]
+Kind = Literal["audit", "outbox", "webhooks", "session"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,9 @@ class ChildKey:
 
 AUDIT = ChildKey("audit")
 OUTBOX = ChildKey("outbox")
-WORKERS = (AUDIT, OUTBOX)  # started in this order: the audit log's writer first
+WEBHOOKS = ChildKey("webhooks")
+# started in this order: the audit log's writer first
+WORKERS = (AUDIT, OUTBOX, WEBHOOKS)
 
 
 @dataclass

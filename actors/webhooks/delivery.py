@@ -172,3 +172,11 @@ def cursor_before(source: EventSource, since: datetime, batch: int = 1000) -> in
             cursor = event.seq
         if len(events) < batch:
             return cursor
+
+
+def head_of(source: EventSource, batch: int = 1000) -> int:
+    """The seq of the newest event (0 for an empty log): where a new endpoint starts."""
+    cursor = 0
+    while events := source.events_after(cursor, batch):
+        cursor = events[-1].seq
+    return cursor

@@ -7,7 +7,15 @@ import pickle
 from pathlib import Path
 
 import actors.supervisor
-from actors.supervisor.children import AUDIT, OUTBOX, WORKERS, Child, ChildKey, Children
+from actors.supervisor.children import (
+    AUDIT,
+    OUTBOX,
+    WEBHOOKS,
+    WORKERS,
+    Child,
+    ChildKey,
+    Children,
+)
 
 
 def _children() -> Children:
@@ -25,7 +33,7 @@ def test_a_session_key_is_its_id_and_never_a_worker() -> None:
     assert key == ChildKey("session", "outbox") and hash(key) == hash(ChildKey("session", "outbox"))
     assert key != OUTBOX and key.is_session and not OUTBOX.is_session
     assert key.name == "outbox" and OUTBOX.name == ""
-    assert WORKERS == (AUDIT, OUTBOX)  # the audit log's writer starts first
+    assert WORKERS == (AUDIT, OUTBOX, WEBHOOKS)  # the audit log's writer starts first
 
 
 def test_a_session_id_with_a_colon_stays_whole() -> None:

@@ -68,3 +68,25 @@ def test_replay_since_a_time_starts_after_the_last_earlier_event(log: EventLog) 
     assert cursor_before(source, events[1].created_at, batch=1) == 1
     assert cursor_before(source, datetime.now(UTC) + timedelta(days=1)) == 3
     assert cursor_before(source, datetime(2000, 1, 1, tzinfo=UTC)) == 0
+
+
+def test_declared_endpoints_follow_the_file_and_keep_their_cursor(
+        store: EndpointStore) -> None:
+    from actors.webhooks.declared import declared_id, sync_declared
+    from gateway.core.config import WebhookEndpointConfig
+
+    first, second = signing.new_secret(), signing.new_secret()
+    item = WebhookEndpointConfig(url="https://a.example/h", secret_env="S", events=("x",))
+    api = store.create("https://api.example/", (), (), "", signing.new_secret(), 1.0).id
+    assert sync_declared(store, [item], {"S": first}, 1.0, head=7) == []
+    hook = declared_id(item.url)
+    assert store.get(hook).cursor == 7 and store.secrets(hook, 1.0) == [first]
+    store.skipped(hook, 9)
+    changed = WebhookEndpointConfig(url=item.url, secret_env="S", events=("y",))
+    assert sync_declared(store, [changed], {"S": second}, 2.0, head=50) == []
+    assert store.get(hook).cursor == 9 and store.get(hook).events == ("y",)
+    assert store.secrets(hook, 2.0) == [second]
+    problems = sync_declared(store, [changed], {"S": "nonsense"}, 3.0, head=50)
+    assert "variable S" in problems[0] and "nonsense" not in problems[0]
+    sync_declared(store, [], {}, 4.0, head=50)
+    assert [e.id for e in store.all()] == [api]

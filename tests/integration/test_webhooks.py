@@ -1,0 +1,49 @@
+"""The webhook actor in a real gateway: started by the supervisor, it delivers the
+event log to an endpoint declared in the config file (its secret from a variable),
+signed; a 410 disables the endpoint and the audit log records it; the gateway stops
+clean with the delivery thread in it.
+
+Until the event log is wired in, the test writes the log's table itself at the path
+the actor reads (``actors.webhooks.actor.EVENTS_FILE``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from actors.audit.log import audit_dir, log_files
+from actors.webhooks import signing
+from actors.webhooks.actor import EVENTS_FILE
+from tests.integration.harness import Gateway, wait_for
+from tests.webhooks.conftest import EventLog
+from tests.webhooks.receiver import Receiver
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_declared_endpoint_gets_signed_events_and_a_410_is_audited(
+        make_gateway: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = signing.new_secret()
+    monkeypatch.setenv("WAGATE_TEST_WEBHOOK_SECRET", secret)
+    with Receiver(script=[(200, {}), (410, {})]) as receiver:
+        gateway = make_gateway({"webhooks": {"allow_insecure": ["127.0.0.0/8"],
+                                             "retry_scale": 0.001}})
+        with gateway.config_path.open("a", encoding="utf-8") as config:
+            config.write(f'\n[[webhooks.endpoints]]\nurl = "{receiver.url()}"\n'
+                         'secret_env = "WAGATE_TEST_WEBHOOK_SECRET"\n')
+        (gateway.data_dir / EVENTS_FILE).parent.mkdir(parents=True)
+        log = EventLog(gateway.data_dir / EVENTS_FILE)
+        gateway.start()
+        first = log.add(status="SENT")
+        (got,) = receiver.wait_for(1)
+        assert got.headers["webhook-id"] == first
+        assert Webhook(secret).verify(got.body, got.headers)["data"] == {"status": "SENT"}
+        log.add(status="DELIVERED")
+        receiver.wait_for(2)
+        audit = audit_dir(gateway.data_dir)
+        wait_for(lambda: any("webhook.disabled" in f.read_text() for _, f in log_files(audit)),
+                 20, 0.1, "the disabled endpoint in the audit log")
+        gateway.stop()
+    assert secret not in gateway.log_tail(10_000)
