@@ -99,6 +99,18 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookCommand:
+    """Web tier -> supervisor -> webhook actor (``Routed``): one webhook operation of the
+    API (``actors.webhooks.commands``: op and its arguments as plain data); the answer is
+    ``Ok`` with plain data, or ``Failed`` with the operation's error code."""
+
+    op: str
+    args: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     request_id: str = ""
 

@@ -71,6 +71,7 @@ from actors.messages import (
     StartWorker,
     StatusChanged,
     Stop,
+    WebhookCommand,
     WhoAreYou,
 )
 from actors.metrics import SessionCounters
@@ -256,6 +257,14 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             audit = self.children.address(AUDIT)
             # audit None (restarting): send AuditEvents here, they are held and passed on.
             self.send(sender, Ok({"outbox": outbox, "audit": audit}, request_id=msg.request_id))
+
+    def receiveMsg_WebhookCommand(self, msg: WebhookCommand, sender: Any) -> None:
+        webhooks = self.children.address(WEBHOOKS)
+        if webhooks is None:
+            self.send(sender, Failed("UNAVAILABLE", "the webhook worker is restarting; retry "
+                                     "in a few seconds", request_id=msg.request_id))
+        else:  # the webhook actor answers the caller directly
+            self.send(webhooks, Routed(msg, sender))
 
     def receiveMsg_AuditEvent(self, msg: AuditEvent, sender: Any) -> None:
         self._to_audit(msg)

@@ -25,10 +25,11 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from actors.messages import AuditEvent, StartWorker
+from actors.messages import AuditEvent, Failed, Ok, Routed, StartWorker, WebhookCommand
 from actors.run_once import RunOnce
 from actors.session.sealed_store import StoreError, StoreKeyError, load_key
 from actors.webhooks.client import make_client
+from actors.webhooks.commands import Command, CommandRefused, run
 from actors.webhooks.declared import sync_declared
 from actors.webhooks.delivery import Deliverer, head_of
 from actors.webhooks.source import Event, EventSource, SqliteEventSource
@@ -94,6 +95,7 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
         super().__init__(*args, **kwargs)
         self.thread: DeliveryThread | None = None
         self.supervisor: Any = None
+        self.commands: Deliverer | None = None  # the API's operations, on this thread
         self.queued: queue.SimpleQueue[AuditEvent] = queue.SimpleQueue()
 
     def receiveMsg_StartWorker(self, msg: StartWorker, sender: Any) -> None:
@@ -107,6 +109,14 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
                       error=str(exc))
             return
         self.supervisor = msg.supervisor
+        hooks = msg.config.webhooks
+        self.commands = Deliverer(
+            EndpointStore(msg.config.data_path / "webhooks",
+                          load_key(msg.config.encryption, msg.config.data_path)),
+            event_source(msg.config),
+            make_client(hooks.connect_timeout_seconds, hooks.timeout_seconds), hooks,
+            time.time)
+        self.commands_config = msg.config
         # Only this actor's own thread may send (Thespian's sends are not thread-safe):
         # the delivery thread queues its audit events, a timer here forwards them.
         self.thread = DeliveryThread(msg.config, self.queued.put)
@@ -119,7 +129,28 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
         if self.thread is not None and self.thread.is_alive():
             self.wakeupAfter(timedelta(seconds=FLUSH_SECONDS))
 
+    def receiveMsg_Routed(self, msg: Routed, sender: Any) -> None:
+        request = msg.request
+        if not isinstance(request, WebhookCommand):
+            return
+        if self.commands is None:
+            self.send(msg.reply_to, Failed("UNAVAILABLE", "webhooks are not running: the "
+                                           "storage key could not be loaded (see the log)",
+                                           request_id=request.request_id))
+            return
+        self.commands.source = event_source(self.commands_config)
+        try:
+            value = run(self.commands, Command(request.op, dict(request.args)))
+        except CommandRefused as exc:
+            self.send(msg.reply_to, Failed(exc.code, exc.message,
+                                           request_id=request.request_id))
+            return
+        self.send(msg.reply_to, Ok(value, request_id=request.request_id))
+
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        if self.commands is not None:
+            self.commands.client.close()
+            self.commands.store.close()
         if self.thread is not None:
             self.thread.stopping.set()
             self.thread.join(timeout=self.thread.config.webhooks.timeout_seconds + 5)
