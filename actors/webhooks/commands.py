@@ -17,12 +17,13 @@ from actors.webhooks import signing
 from actors.webhooks.delivery import Deliverer, cursor_before, head_of
 from actors.webhooks.safety import UnsafeTarget, check_url
 from actors.webhooks.store import Endpoint, UnknownEndpoint
+from gateway.core.errors import WagateError
 
 MAX_DESCRIPTION = 200
 MAX_FILTER_ITEMS = 100
 
 
-class CommandRefused(Exception):
+class CommandRefused(WagateError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
@@ -51,7 +52,7 @@ def run(loop: Deliverer, command: Command) -> Any:
     """Carry out ``command`` on ``loop``'s store; unknown endpoints are refused."""
     handler = HANDLERS.get(command.op)
     if handler is None:
-        raise CommandRefused("INVALID_INPUT", f"unknown webhook operation {command.op!r}")
+        raise CommandRefused("WEBHOOK_INVALID", f"unknown webhook operation {command.op!r}")
     try:
         return handler(loop, **command.args)
     except UnknownEndpoint as exc:
@@ -63,7 +64,7 @@ def _checked_url(loop: Deliverer, url: str) -> str:
     try:
         check_url(url, loop.config.allow_insecure)
     except UnsafeTarget as exc:
-        raise CommandRefused("WEBHOOK_URL_REFUSED", str(exc)) from None
+        raise CommandRefused("WEBHOOK_INVALID", str(exc)) from None
     return url
 
 
@@ -71,14 +72,14 @@ def _checked_list(name: str, items: Sequence[str] | None) -> tuple[str, ...] | N
     if items is None:
         return None
     if len(items) > MAX_FILTER_ITEMS or any(not 0 < len(i) <= 100 for i in items):
-        raise CommandRefused("INVALID_INPUT", f"{name}: at most {MAX_FILTER_ITEMS} names "
+        raise CommandRefused("WEBHOOK_INVALID", f"{name}: at most {MAX_FILTER_ITEMS} names "
                              "of 1 to 100 characters each ([] means all)")
     return tuple(items)
 
 
 def _checked_description(text: str | None) -> str | None:
     if text is not None and len(text) > MAX_DESCRIPTION:
-        raise CommandRefused("INVALID_INPUT",
+        raise CommandRefused("WEBHOOK_INVALID",
                              f"description: at most {MAX_DESCRIPTION} characters")
     return text
 
@@ -129,7 +130,7 @@ def _test(loop: Deliverer, id: str) -> dict[str, Any]:
 def _replay(loop: Deliverer, id: str, after: int | None = None,
             since: datetime | None = None) -> dict[str, Any]:
     if (after is None) == (since is None):
-        raise CommandRefused("INVALID_INPUT", "replayWebhooks takes either `after` (a "
+        raise CommandRefused("WEBHOOK_INVALID", "replayWebhooks takes either `after` (a "
                              "cursor) or `since` (a time), not both and not neither")
     cursor = after if after is not None else cursor_before(loop.source, since)  # type: ignore[arg-type]
     return describe(loop.store.set_cursor(id, cursor, time.time()))

@@ -18,11 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from gateway.core.errors import WagateError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
 
-class UnsafeTarget(ValueError):
+class UnsafeTarget(WagateError, ValueError):
     """A url or an address a webhook may not be delivered to; the message says why and
     what to change."""
 

@@ -18,11 +18,13 @@ from typing import Any
 
 from standardwebhooks.webhooks import Webhook
 
+from gateway.core.errors import WagateError
+
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 
 
-class BadSecret(ValueError):
+class BadSecret(WagateError, ValueError):
     """A signing secret that is not ``whsec_`` + base64 of at least 24 bytes."""
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actors.session.sealed_store import StoreId, StoreKey, is_sealed, seal, unseal
+from gateway.core.errors import WagateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -48,7 +49,7 @@ COLUMNS = ("id, url, events, sessions, description, origin, enabled, disabled_re
            "created_at")
 
 
-class UnknownEndpoint(KeyError):
+class UnknownEndpoint(WagateError, KeyError):
     """No endpoint with that id."""
 
 

@@ -73,6 +73,7 @@ from gateway.api.records import (
     number_check_record,
     session_record,
 )
+from gateway.api.webhooks import WEBHOOK_BINDABLES
 from gateway.auth.tokens import check
 from gateway.core.config import Config
 from gateway.core.ranges import Range
@@ -317,7 +318,7 @@ def resolve_test(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
     return accepted.state == MessageState.SENT
 
 
-BINDABLES = (query, mutation, status, *OVERVIEW, *EVENTS)
+BINDABLES = (query, mutation, status, *OVERVIEW, *EVENTS, *WEBHOOK_BINDABLES)
 
 
 def type_defs() -> str:

@@ -147,6 +147,21 @@ CODES: tuple[ErrorCode, ...] = (
         "permissions of its directory and try again",
         ("state", "session")),
     ErrorCode(
+        "WEBHOOK_NOT_FOUND",
+        "a webhook operation named an id no webhook has (deleted, or never created)",
+        "use an id the `webhooks` query lists",
+        ()),
+    ErrorCode(
+        "WEBHOOK_INVALID",
+        "`createWebhook` or `updateWebhook` with a url that is not https (or plain http, "
+        "or a non-public address, for a host not in `webhooks.allow_insecure`), with "
+        "credentials in it, or malformed; more than 100 event types or sessions, or a "
+        "description over 200 characters; `replayWebhooks` with both or neither of "
+        "`after` and `since`",
+        "use an https url of a public host (the operator allowlists a private receiver "
+        "in `webhooks.allow_insecure`), and correct the argument the message names",
+        ()),
+    ErrorCode(
         "UNAVAILABLE",
         "the actor system does not answer (starting, stopping, or failed)",
         "retry in a few seconds; if it lasts, the operator checks `wagate status` and "

@@ -93,7 +93,7 @@ def raised_codes() -> Iterator[tuple[str, int, str]]:
                 continue
             name = ast.unparse(node.func).rsplit(".", 1)[-1]
             if name not in ("GatewayError", "ValidationError", "Failed", "error_response",
-                            "error_body", "Denied", "Refusal"):
+                            "error_body", "Denied", "Refusal", "CommandRefused"):
                 continue
             arguments = [*node.args, *(k.value for k in node.keywords if k.arg == "code")]
             for argument in arguments:

@@ -33,12 +33,12 @@ def test_create_returns_the_secret_once_and_starts_at_the_log_head(
 def test_refusals_carry_the_api_codes(deliverer: MakeDeliverer) -> None:
     loop = deliverer()
     for command, code in (
-            (Command("create", {"url": "http://10.0.0.1/"}), "WEBHOOK_URL_REFUSED"),
+            (Command("create", {"url": "http://10.0.0.1/"}), "WEBHOOK_INVALID"),
             (Command("create", {"url": "https://x.example/", "description": "d" * 201}),
-             "INVALID_INPUT"),
+             "WEBHOOK_INVALID"),
             (Command("delete", {"id": "wh_nope"}), "WEBHOOK_NOT_FOUND"),
             (Command("replay", {"id": "wh_nope", "after": 1}), "WEBHOOK_NOT_FOUND"),
-            (Command("explode", {}), "INVALID_INPUT")):
+            (Command("explode", {}), "WEBHOOK_INVALID")):
         with pytest.raises(CommandRefused) as info:
             run(loop, command)
         assert info.value.code == code, command
