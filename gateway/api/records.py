@@ -411,3 +411,57 @@ def daily_usage(report: HealthReport, config: Config) -> DailyUsage:
     limit = int(usage.get("global_day_limit", config.limits.global_per_day))
     used = int(usage.get("global_day_used", 0))
     return DailyUsage(used, limit, max(0, limit - used))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookRecord:
+    """``Webhook``: an endpoint as the webhook actor describes it (never its secret)."""
+
+    id: str
+    url: str
+    events: tuple[str, ...]
+    sessions: tuple[str, ...]
+    description: str
+    origin: str
+    enabled: bool
+    disabledReason: str | None
+    cursor: int
+    failures: int
+    lastStatus: int | None
+    lastError: str | None
+    lastDeliveryAt: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookWithSecretRecord:
+    """``WebhookWithSecret``: the answer of createWebhook and rotateWebhookSecret."""
+
+    webhook: WebhookRecord
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTestRecord:
+    """``WebhookTestResult``."""
+
+    delivered: bool
+    status: int | None
+    error: str | None
+
+
+def webhook_record(data: dict[str, Any]) -> WebhookRecord:
+    return WebhookRecord(
+        id=str(data["id"]), url=str(data["url"]), events=tuple(data["events"]),
+        sessions=tuple(data["sessions"]), description=str(data["description"]),
+        origin=str(data["origin"]), enabled=bool(data["enabled"]),
+        disabledReason=data.get("disabledReason"), cursor=int(data["cursor"]),
+        failures=int(data["failures"]), lastStatus=data.get("lastStatus"),
+        lastError=data.get("lastError"), lastDeliveryAt=data.get("lastDeliveryAt"))
+
+
+def webhook_with_secret_record(data: dict[str, Any]) -> WebhookWithSecretRecord:
+    return WebhookWithSecretRecord(webhook_record(data["webhook"]), str(data["secret"]))
+
+
+def webhook_test_record(data: dict[str, Any]) -> WebhookTestRecord:
+    return WebhookTestRecord(bool(data["delivered"]), data.get("status"), data.get("error"))

@@ -17,6 +17,14 @@ from graphql import GraphQLResolveInfo
 from actors.messages import WebhookCommand
 from gateway.api.context import authorize, request_context
 from gateway.api.errors import GatewayError
+from gateway.api.records import (
+    WebhookRecord,
+    WebhookTestRecord,
+    WebhookWithSecretRecord,
+    webhook_record,
+    webhook_test_record,
+    webhook_with_secret_record,
+)
 
 ADMIN = "admin"
 webhook_query = QueryType()
@@ -55,54 +63,53 @@ def audited(resolver: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _created_id(result: Any) -> str | None:
-    if isinstance(result, dict) and isinstance(result.get("webhook"), dict):
-        return str(result["webhook"].get("id"))
-    return None
+    return result.webhook.id if isinstance(result, WebhookWithSecretRecord) else None
 
 
 @webhook_query.field("webhooks")
-def resolve_webhooks(_: Any, info: GraphQLResolveInfo) -> Any:
+def resolve_webhooks(_: Any, info: GraphQLResolveInfo) -> list[WebhookRecord]:
     authorize(info, ADMIN)
-    return _command(info, "list")
+    return [webhook_record(w) for w in _command(info, "list")]
 
 
 @webhook_mutation.field("createWebhook")
 @audited
 def resolve_create(_: Any, info: GraphQLResolveInfo, url: str, events: list[str],
-                   sessions: list[str], description: str) -> Any:
-    return _command(info, "create", url=url, events=events, sessions=sessions,
-                    description=description)
+                   sessions: list[str], description: str) -> WebhookWithSecretRecord:
+    return webhook_with_secret_record(_command(
+        info, "create", url=url, events=events, sessions=sessions, description=description))
 
 
 @webhook_mutation.field("updateWebhook")
 @audited
-def resolve_update(_: Any, info: GraphQLResolveInfo, id: str, **changes: Any) -> Any:
-    return _command(info, "update", id=id, **changes)
+def resolve_update(_: Any, info: GraphQLResolveInfo, id: str, **changes: Any
+                   ) -> WebhookRecord:
+    return webhook_record(_command(info, "update", id=id, **changes))
 
 
 @webhook_mutation.field("rotateWebhookSecret")
 @audited
-def resolve_rotate(_: Any, info: GraphQLResolveInfo, id: str) -> Any:
-    return _command(info, "rotate", id=id)
+def resolve_rotate(_: Any, info: GraphQLResolveInfo, id: str) -> WebhookWithSecretRecord:
+    return webhook_with_secret_record(_command(info, "rotate", id=id))
 
 
 @webhook_mutation.field("deleteWebhook")
 @audited
-def resolve_delete(_: Any, info: GraphQLResolveInfo, id: str) -> Any:
-    return _command(info, "delete", id=id)
+def resolve_delete(_: Any, info: GraphQLResolveInfo, id: str) -> bool:
+    return bool(_command(info, "delete", id=id))
 
 
 @webhook_mutation.field("sendTestWebhook")
 @audited
-def resolve_test(_: Any, info: GraphQLResolveInfo, id: str) -> Any:
-    return _command(info, "test", id=id)
+def resolve_test(_: Any, info: GraphQLResolveInfo, id: str) -> WebhookTestRecord:
+    return webhook_test_record(_command(info, "test", id=id))
 
 
 @webhook_mutation.field("replayWebhooks")
 @audited
 def resolve_replay(_: Any, info: GraphQLResolveInfo, id: str, after: int | None = None,
-                   since: str | None = None) -> Any:
-    return _command(info, "replay", id=id, after=after, since=_since(since))
+                   since: str | None = None) -> WebhookRecord:
+    return webhook_record(_command(info, "replay", id=id, after=after, since=_since(since)))
 
 
 def _since(text: str | None) -> datetime | None:

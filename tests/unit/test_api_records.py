@@ -48,6 +48,9 @@ RECORD_TYPES = {
     records.IncomingRecord: "WhatsAppIncomingMessage",
     records.IncomingEdge: "WhatsAppIncomingEdge",
     records.IncomingConnection: "WhatsAppIncomingConnection",
+    records.WebhookRecord: "Webhook",
+    records.WebhookWithSecretRecord: "WebhookWithSecret",
+    records.WebhookTestRecord: "WebhookTestResult",
 }
 
 
