@@ -75,7 +75,10 @@ class DeliveryThread(threading.Thread):
             loop = Deliverer(store, source, client, hooks, time.time,
                              on_disabled=self._disabled)
             while not self.stopping.is_set():
-                loop.run_due()
+                try:
+                    loop.run_due()
+                except Exception:  # a bug must not end deliveries for good: log, go on
+                    log.exception("webhook delivery pass failed")
                 loop.source = event_source(self.config)
                 due = loop.next_due()
                 wait = POLL_SECONDS if due is None else due - time.time()

@@ -27,7 +27,7 @@ from actors.webhooks import schedule, signing
 from actors.webhooks.client import Attempt, post
 from actors.webhooks.safety import Resolver, UnsafeTarget, resolve, target
 from actors.webhooks.source import Event, EventSource
-from actors.webhooks.store import Endpoint, EndpointStore
+from actors.webhooks.store import Endpoint, EndpointStore, UnknownEndpoint
 from gateway.core.config import WebhooksConfig
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -85,7 +85,10 @@ class Deliverer:
         limit = max_requests or self.config.batch_events
         made = 0
         while made < limit:
-            endpoint = self.store.get(endpoint_id)
+            try:  # deleted through the API meanwhile: nothing more to do for it
+                endpoint = self.store.get(endpoint_id)
+            except UnknownEndpoint:
+                break
             if not endpoint.enabled or endpoint.next_attempt_at > self.clock():
                 break
             event = self._next_event(endpoint)
@@ -102,14 +105,19 @@ class Deliverer:
         for event in self.source.events_after(endpoint.cursor, self.config.batch_events):
             if endpoint.wants(event.type, event.session):
                 return event
-            self.store.skipped(endpoint.id, event.seq)
+            self.store.skipped(endpoint.id, event.seq, endpoint.replays)
         return None
 
     def _deliver(self, endpoint: Endpoint, event: Event) -> bool:
-        attempt = self.send(endpoint, event)
+        try:
+            attempt = self.send(endpoint, event)
+        except UnknownEndpoint:
+            return False  # deleted while its request was being prepared
         now = self.clock()
         if attempt.status is not None and 200 <= attempt.status < 300:
-            self.store.delivered(endpoint.id, event.seq, attempt.status, now)
+            # A replay that moved the cursor while the request was out wins.
+            self.store.delivered(endpoint.id, event.seq, attempt.status, now,
+                                 endpoint.replays)
             self.stats.observe(endpoint.id, "delivered", attempt.seconds)
             return True
         decision = schedule.decide(

@@ -41,12 +41,13 @@ CREATE TABLE IF NOT EXISTS endpoints (
     secret BLOB NOT NULL,
     old_secret BLOB,
     old_until REAL NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    replays INTEGER NOT NULL DEFAULT 0
 );
 """
 COLUMNS = ("id, url, events, sessions, description, origin, enabled, disabled_reason, "
            "cursor, failures, next_attempt_at, last_status, last_error, last_delivery_at, "
-           "created_at")
+           "created_at, replays")
 
 
 class UnknownEndpoint(WagateError, KeyError):
@@ -72,6 +73,7 @@ class Endpoint:
     last_error: str
     last_delivery_at: float | None
     created_at: float
+    replays: int = 0  # set_cursor calls so far: a 2xx of an older request must not undo one
 
     def wants(self, event_type: str, session: str) -> bool:
         """Whether an event passes this endpoint's filters (an empty filter passes all)."""
@@ -192,20 +194,27 @@ class EndpointStore:
     def set_cursor(self, endpoint_id: str, cursor: int, now: float) -> Endpoint:
         """Replay: deliver again every event after ``cursor``, starting now."""
         self.get(endpoint_id)
-        self._db.execute("UPDATE endpoints SET cursor = ?, failures = 0, next_attempt_at = ?"
-                         " WHERE id = ?", (max(0, cursor), now, endpoint_id))
+        self._db.execute("UPDATE endpoints SET cursor = ?, failures = 0, next_attempt_at = ?,"
+                         " replays = replays + 1 WHERE id = ?",
+                         (max(0, cursor), now, endpoint_id))
         return self.get(endpoint_id)
 
-    def skipped(self, endpoint_id: str, seq: int) -> None:
-        """Events up to ``seq`` are not for this endpoint (its filters)."""
-        self._db.execute("UPDATE endpoints SET cursor = MAX(cursor, ?) WHERE id = ?",
-                         (seq, endpoint_id))
+    def skipped(self, endpoint_id: str, seq: int, replays: int) -> None:
+        """Events up to ``seq`` are not for this endpoint (its filters); as ``delivered``,
+        a replay since the endpoint was read wins."""
+        self._db.execute("UPDATE endpoints SET cursor = MAX(cursor, ?) WHERE id = ? "
+                         "AND replays = ?", (seq, endpoint_id, replays))
 
-    def delivered(self, endpoint_id: str, seq: int, status: int, now: float) -> None:
+    def delivered(self, endpoint_id: str, seq: int, status: int, now: float,
+                  replays: int) -> None:
+        """Event ``seq`` was acknowledged: the cursor moves to it, unless a replay
+        (``set_cursor``) happened since the endpoint was read as of ``replays``: the
+        replay wins, and the event is sent again."""
         self._db.execute(
-            "UPDATE endpoints SET cursor = MAX(cursor, ?), failures = 0, last_status = ?, "
-            "last_error = '', last_delivery_at = ?, next_attempt_at = ? WHERE id = ?",
-            (seq, status, now, now, endpoint_id))
+            "UPDATE endpoints SET cursor = CASE WHEN replays = ? THEN MAX(cursor, ?) "
+            "ELSE cursor END, failures = 0, last_status = ?, last_error = '', "
+            "last_delivery_at = ?, next_attempt_at = ? WHERE id = ?",
+            (replays, seq, status, now, now, endpoint_id))
 
     def failed(self, endpoint_id: str, status: int | None, error: str, now: float,
                next_attempt_at: float) -> None:
@@ -225,4 +234,4 @@ def _endpoint(row: tuple[object, ...]) -> Endpoint:
         last_status=None if row[11] is None else int(str(row[11])),
         last_error=str(row[12]),
         last_delivery_at=None if row[13] is None else float(str(row[13])),
-        created_at=float(str(row[14])))
+        created_at=float(str(row[14])), replays=int(str(row[15])))

@@ -42,6 +42,9 @@ class Receiver:
     tls: ssl.SSLContext | None = None
     requests: list[Received] = field(default_factory=list)
     answer_body: bytes = b"ok"
+    # called in the handler's thread before each answer (a test acts "while the
+    # request is out")
+    on_request: Callable[[Received], None] | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -130,6 +133,8 @@ def _handler(receiver: Receiver) -> Callable[..., BaseHTTPRequestHandler]:
             sni = getattr(self.connection, "sni_name", None)
             receiver.record(Received(self.path, {k.lower(): v for k, v in self.headers.items()},
                                      body, sni, time.monotonic()))
+            if receiver.on_request is not None:
+                receiver.on_request(receiver.requests[-1])
             answer = receiver.next_answer()
             if answer == HANG:
                 receiver.hang_until_released()

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from standardwebhooks.webhooks import Webhook
 
 from actors.webhooks import signing
 from actors.webhooks.schedule import SCHEDULE_SECONDS
 from actors.webhooks.store import EndpointStore
-from tests.webhooks.conftest import CONFIG, EventLog, MakeDeliverer, drive
+from tests.webhooks.conftest import CONFIG, KEY, EventLog, MakeDeliverer, drive
 from tests.webhooks.receiver import CLOSE, HANG, Receiver
 
 
@@ -172,3 +173,36 @@ def test_rotation_signs_with_both_secrets_until_the_overlap_ends(
     Webhook(old).verify(first.body, first.headers)
     Webhook(new).verify(first.body, first.headers)
     assert len(second.headers["webhook-signature"].split(" ")) == 1
+
+
+def test_an_endpoint_deleted_while_due_ends_its_turn_quietly(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    log.add()
+    with Receiver() as receiver:
+        hook, _ = endpoint(store, receiver.url())
+        loop = deliverer()
+        assert [e.id for e in loop.due()] == [hook]
+        store.delete(hook)
+        assert loop.run_endpoint(hook) == 0 and loop.run_due() == 0
+        assert receiver.requests == []
+
+
+def test_a_replay_while_a_request_is_out_is_not_undone_by_its_2xx(
+        tmp_path: Path, log: EventLog, store: EndpointStore,
+        deliverer: MakeDeliverer) -> None:
+    ids = [log.add(n=n) for n in range(2)]
+    replayed = []
+
+    def replay_now(_: object) -> None:
+        if not replayed:  # the API's replay, from another connection, mid-request
+            other = EndpointStore(tmp_path / "webhooks", KEY)
+            replayed.append(other.set_cursor(hook, 0, time.time()).cursor)
+            other.close()
+
+    with Receiver(on_request=replay_now) as receiver:
+        hook, _ = endpoint(store, receiver.url())
+        loop = deliverer()
+        loop.run_endpoint(hook, max_requests=1)
+        assert store.get(hook).cursor == 0  # the replay's cursor, not the 2xx's
+        drive(loop, lambda: store.get(hook).cursor == 2)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [ids[0], *ids]

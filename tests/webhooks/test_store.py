@@ -81,7 +81,7 @@ def test_declared_endpoints_follow_the_file_and_keep_their_cursor(
     assert sync_declared(store, [item], {"S": first}, 1.0, head=7) == []
     hook = declared_id(item.url)
     assert store.get(hook).cursor == 7 and store.secrets(hook, 1.0) == [first]
-    store.skipped(hook, 9)
+    store.skipped(hook, 9, store.get(hook).replays)
     changed = WebhookEndpointConfig(url=item.url, secret_env="S", events=("y",))
     assert sync_declared(store, [changed], {"S": second}, 2.0, head=50) == []
     assert store.get(hook).cursor == 9 and store.get(hook).events == ("y",)
