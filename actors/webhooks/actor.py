@@ -31,7 +31,7 @@ from actors.session.sealed_store import StoreError, StoreKeyError, load_key
 from actors.webhooks.client import make_client
 from actors.webhooks.commands import Command, CommandRefused, run
 from actors.webhooks.declared import sync_declared
-from actors.webhooks.delivery import Deliverer, head_of
+from actors.webhooks.delivery import Deliverer, Stats, head_of
 from actors.webhooks.source import Event, EventSource, SqliteEventSource
 from actors.webhooks.store import Endpoint, EndpointStore
 from gateway.core.config import Config
@@ -40,6 +40,7 @@ from gateway.core.observability import setup_logging
 log = structlog.get_logger("wagate.webhooks")
 
 FLUSH_SECONDS = 1.0  # how often audit events of the delivery thread are passed on
+METRICS_OP = "metrics"  # a WebhookCommand the actor answers itself: the counters
 POLL_SECONDS = 0.5  # how long a new event may wait before the loop looks at the log
 EVENTS_FILE = Path("events") / "events.sqlite3"  # the event log (actors/outbox/events.py)
 
@@ -61,6 +62,7 @@ class DeliveryThread(threading.Thread):
         super().__init__(name="wagate-webhooks", daemon=True)
         self.config, self.audit = config, audit
         self.stopping = threading.Event()
+        self.stats = Stats()  # the delivery loop's counters, read at a scrape
 
     def run(self) -> None:
         hooks = self.config.webhooks
@@ -73,7 +75,7 @@ class DeliveryThread(threading.Thread):
                                          head_of(source)):
                 log.error("webhook endpoint skipped", problem=problem)
             loop = Deliverer(store, source, client, hooks, time.time,
-                             on_disabled=self._disabled)
+                             on_disabled=self._disabled, stats=self.stats)
             while not self.stopping.is_set():
                 try:
                     loop.run_due()
@@ -141,6 +143,9 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
                                            "storage key could not be loaded (see the log)",
                                            request_id=request.request_id))
             return
+        if request.op == METRICS_OP:
+            self.send(msg.reply_to, Ok(self._metrics(), request_id=request.request_id))
+            return
         self.commands.source = event_source(self.commands_config)
         try:
             value = run(self.commands, Command(request.op, dict(request.args)))
@@ -149,6 +154,12 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
                                            request_id=request.request_id))
             return
         self.send(msg.reply_to, Ok(value, request_id=request.request_id))
+
+    def _metrics(self) -> dict[str, Any]:
+        assert self.thread is not None and self.commands is not None
+        found = self.thread.stats.snapshot()
+        found["disabled_now"] = sum(not e.enabled for e in self.commands.store.all())
+        return found
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.commands is not None:

@@ -16,10 +16,12 @@ audits it) and counted in ``Stats``.
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -36,18 +38,39 @@ TEST_EVENT_TYPE = "webhook.test"
 
 @dataclass
 class Stats:
-    """Counters the actor reports as metrics."""
+    """Counters the actor reports as metrics (fed by the delivery thread, read by the
+    actor's thread at a scrape: hence the lock)."""
 
     deliveries: Counter[tuple[str, str]] = field(default_factory=Counter)  # (endpoint, outcome)
     latency: Counter[float] = field(default_factory=Counter)  # bucket upper bound -> count
     latency_sum: float = 0.0
     disabled: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def observe(self, endpoint_id: str, outcome: str, seconds: float) -> None:
-        self.deliveries[(endpoint_id, outcome)] += 1
-        self.latency_sum += seconds
         bucket = next((b for b in LATENCY_BUCKETS if seconds <= b), float("inf"))
-        self.latency[bucket] += 1
+        with self.lock:
+            self.deliveries[(endpoint_id, outcome)] += 1
+            self.latency_sum += seconds
+            self.latency[bucket] += 1
+
+    def count_disabled(self) -> None:
+        with self.lock:
+            self.disabled += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data for the web tier: deliveries by endpoint and outcome, the latency
+        histogram (cumulative, Prometheus' way) and the endpoints disabled so far."""
+        with self.lock:
+            deliveries = [[e, o, n] for (e, o), n in sorted(self.deliveries.items())]
+            counts = dict(self.latency)
+            total, disabled = self.latency_sum, self.disabled
+        running, buckets = 0, []
+        for bound in (*LATENCY_BUCKETS, float("inf")):
+            running += counts.get(bound, 0)
+            buckets.append([bound, running])
+        return {"deliveries": deliveries, "latency_buckets": buckets,
+                "latency_sum": total, "disabled_total": disabled}
 
 
 Clock = Callable[[], float]
@@ -58,12 +81,12 @@ class Deliverer:
     def __init__(self, store: EndpointStore, source: EventSource, client: httpx.Client,
                  config: WebhooksConfig, clock: Clock, *, resolver: Resolver = resolve,
                  rng: random.Random | None = None,
-                 on_disabled: OnDisabled | None = None) -> None:
+                 on_disabled: OnDisabled | None = None, stats: Stats | None = None) -> None:
         self.store, self.source, self.client, self.config = store, source, client, config
         self.clock, self.resolver = clock, resolver
         self.rng = rng or random.Random()
         self.on_disabled = on_disabled
-        self.stats = Stats()
+        self.stats = stats or Stats()
 
     def due(self) -> list[Endpoint]:
         now = self.clock()
@@ -139,7 +162,7 @@ class Deliverer:
 
     def _disable(self, endpoint: Endpoint, reason: str) -> None:
         disabled = self.store.set_enabled(endpoint.id, False, reason, self.clock())
-        self.stats.disabled += 1
+        self.stats.count_disabled()
         if self.on_disabled is not None:
             self.on_disabled(disabled, reason)
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
 )
 
@@ -160,3 +162,40 @@ def _event_log(metrics: OutboxMetrics) -> Iterator[Metric]:
                              "(ids, types, sessions, data; counted at most every 30 s)")
     size.add_metric([], float(metrics.event_bytes))
     yield from (written, rows, size)
+
+
+class WebhookCollector:
+    """The webhook actor's counters (``actors.webhooks.delivery.Stats.snapshot`` plus
+    the endpoints disabled now), for an unscoped scrape: endpoints are gateway-wide."""
+
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        found = self.snapshot
+        deliveries = CounterMetricFamily(
+            "wagate_webhook_deliveries", "Webhook delivery attempts by endpoint and outcome "
+            "(delivered, retry, gone, exhausted, test)", labels=["endpoint", "outcome"])
+        for endpoint, outcome, count in found.get("deliveries", []):
+            deliveries.add_metric([str(endpoint), str(outcome)], float(count))
+        yield deliveries
+        buckets = found.get("latency_buckets", [])
+        latency = HistogramMetricFamily(
+            "wagate_webhook_delivery_seconds", "Time of one webhook request, connect to the "
+            "last byte read")
+        latency.add_metric([], [(_bound(b), float(n)) for b, n in buckets],
+                           float(found.get("latency_sum", 0.0)))
+        yield latency
+        disabled = GaugeMetricFamily("wagate_webhook_endpoints_disabled",
+                                     "Webhook endpoints disabled now (410, retries exhausted, "
+                                     "or by an operator)")
+        disabled.add_metric([], float(found.get("disabled_now", 0)))
+        yield disabled
+        total = CounterMetricFamily("wagate_webhook_disabled",
+                                    "Webhook endpoints the delivery loop disabled since start")
+        total.add_metric([], float(found.get("disabled_total", 0)))
+        yield total
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(float(value))

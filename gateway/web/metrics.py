@@ -37,7 +37,7 @@ from actors.messages import HealthReport
 from actors.outbox.numbers import NumberCheck
 from gateway.auth.scope import Scope
 from gateway.core.errors import ERROR_CODES
-from gateway.web.actor_metrics import ActorCollector
+from gateway.web.actor_metrics import ActorCollector, WebhookCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_DIR = "run/metrics"
@@ -170,7 +170,8 @@ class GraphqlMetrics:
         return (name if name in self.fields else "unknown"), aliases
 
 
-def render(report: HealthReport | None, scope: Scope = None) -> bytes:
+def render(report: HealthReport | None, scope: Scope = None,
+           webhooks: dict[str, Any] | None = None) -> bytes:
     """The whole scrape: the web tier's metrics (every worker's) and the actors'. A
     token limited to some sessions (``scope``) gets their series only: the web tier's
     counters are of every client's requests, so they are left out too."""
@@ -181,6 +182,8 @@ def render(report: HealthReport | None, scope: Scope = None) -> bytes:
         else:  # one process (e.g. the app in a test): its own values are all there is
             registry.register(_Local())
     registry.register(ActorCollector(report, scope))
+    if webhooks is not None and scope is None:
+        registry.register(WebhookCollector(webhooks))
     return generate_latest(registry)
 
 

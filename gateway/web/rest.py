@@ -8,10 +8,11 @@ limited to some sessions sees only those sessions' part.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import Blueprint, Response, g, jsonify
 
-from actors.messages import GetHealth, HealthReport, Ping
+from actors.messages import GetHealth, HealthReport, Ping, WebhookCommand
 from gateway import __version__
 from gateway.api.errors import GatewayError
 from gateway.api.health import health_document
@@ -68,7 +69,18 @@ def metrics() -> Response:
         report: HealthReport | None = current().bridge.ask(GetHealth(g.request_id))
     except GatewayError:
         report = None  # wagate_actors_up 0; the web tier's own metrics still count
-    return Response(render_metrics(report, principal.sessions), content_type=CONTENT_TYPE)
+    webhooks = _webhook_metrics() if principal.sessions is None and report else None
+    return Response(render_metrics(report, principal.sessions, webhooks),
+                    content_type=CONTENT_TYPE)
+
+
+def _webhook_metrics() -> dict[str, Any] | None:
+    """The webhook actor's counters (gateway-wide: only for an unscoped token)."""
+    try:
+        found = current().bridge.ask(WebhookCommand("metrics", {}, g.request_id))
+    except GatewayError:
+        return None
+    return found if isinstance(found, dict) else None
 
 
 @rest_blueprint.get("/admin/tokens")

@@ -85,6 +85,9 @@ def test_the_api_creates_tests_rotates_replays_and_deletes_a_webhook(
         gateway.gql(f'mutation {{ replayWebhooks(id: "{hook}", after: 0) {{ cursor }} }}')
         replayed = [r.headers["webhook-id"] for r in receiver.wait_for(4)[2:]]
         assert replayed[0] != after and replayed[1] == after
+        scraped = gateway.http.get(f"{gateway.url}/metrics", timeout=30).text
+        assert f'wagate_webhook_deliveries_total{{endpoint="{hook}",outcome="delivered"}}' \
+            in scraped
         assert gateway.gql(f'mutation {{ deleteWebhook(id: "{hook}") }}').data
         missing = gateway.gql(f'mutation {{ deleteWebhook(id: "{hook}") }}')
         assert missing.error_code == "WEBHOOK_NOT_FOUND"
