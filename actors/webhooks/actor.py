@@ -1,15 +1,14 @@
 """WebhookActor: delivers the event log to the webhook endpoints, in its own process.
 
-A thin shell: on ``StartWorker`` it opens the endpoint store (``data_dir/webhooks``,
-secrets sealed with the storage key), brings the declared endpoints in line with the
-config file, and starts one delivery thread running ``delivery.Deliverer``: a pass over
-the due endpoints, then a wait until the next one is due (at most ``POLL_SECONDS``, the
-time a new event may wait to be noticed). The thread owns its own SQLite connection and
-HTTP client; the actor's own thread stays free for messages. An endpoint the loop
-disables is audited (``webhook.disabled``) through the supervisor.
-
-The HTTP requests of all endpoints are made one after the other on that thread: a
-slow endpoint delays the others by up to ``webhooks.timeout_seconds`` per request.
+A thin shell: on ``StartWorker`` it starts one delivery thread, which opens the endpoint
+store (``data_dir/webhooks``, secrets sealed with the storage key), brings the declared
+endpoints in line with the config file, and then finds the due endpoints and hands each
+one's turn to ``delivery.ConcurrentDeliverer`` (``webhooks.concurrency`` worker threads,
+one turn per endpoint at a time), waiting at most ``POLL_SECONDS`` between passes (the
+time a new event may wait to be noticed). The actor's own thread stays free for the
+API's operations (``WebhookCommand``, run by ``commands``) and is the only one that sends
+Thespian messages: an endpoint the loop disables is queued here and audited
+(``webhook.disabled``) through the supervisor by a timer.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from actors.session.sealed_store import StoreError, StoreKeyError, load_key
 from actors.webhooks.client import make_client
 from actors.webhooks.commands import Command, CommandRefused, run
 from actors.webhooks.declared import sync_declared
-from actors.webhooks.delivery import Deliverer, Stats, head_of
+from actors.webhooks.delivery import ConcurrentDeliverer, Deliverer, Stats, head_of
 from actors.webhooks.source import Event, EventSource, SqliteEventSource
 from actors.webhooks.store import Endpoint, EndpointStore
 from gateway.core.config import Config
@@ -42,19 +41,24 @@ log = structlog.get_logger("wagate.webhooks")
 FLUSH_SECONDS = 1.0  # how often audit events of the delivery thread are passed on
 METRICS_OP = "metrics"  # a WebhookCommand the actor answers itself: the counters
 POLL_SECONDS = 0.5  # how long a new event may wait before the loop looks at the log
+BUSY_POLL_SECONDS = 0.02  # while turns run: how soon a finished endpoint's next turn starts
 EVENTS_FILE = Path("events") / "events.sqlite3"  # the event log (actors/outbox/events.py)
 
 
-class NoEvents:
-    """The event source until the event log exists on disk."""
+class EventLogFile:
+    """The event log's file, read only once it exists (it may appear after start)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
     def events_after(self, after_seq: int, limit: int) -> list[Event]:
-        return []
+        if not self.path.exists():
+            return []
+        return SqliteEventSource(self.path).events_after(after_seq, limit)
 
 
 def event_source(config: Config) -> EventSource:
-    path = config.data_path / EVENTS_FILE
-    return SqliteEventSource(path) if path.exists() else NoEvents()
+    return EventLogFile(config.data_path / EVENTS_FILE)
 
 
 class DeliveryThread(threading.Thread):
@@ -65,29 +69,34 @@ class DeliveryThread(threading.Thread):
         self.stats = Stats()  # the delivery loop's counters, read at a scrape
 
     def run(self) -> None:
-        hooks = self.config.webhooks
-        store = EndpointStore(self.config.data_path / "webhooks",
-                              load_key(self.config.encryption, self.config.data_path))
-        client = make_client(hooks.connect_timeout_seconds, hooks.timeout_seconds)
+        hooks, data = self.config.webhooks, self.config.data_path
+        key = load_key(self.config.encryption, data)
+
+        def deliverer() -> Deliverer:  # one per worker thread: its own connection, client
+            return Deliverer(EndpointStore(data / "webhooks", key), event_source(self.config),
+                             make_client(hooks.connect_timeout_seconds, hooks.timeout_seconds),
+                             hooks, time.time, on_disabled=self._disabled, stats=self.stats)
+
+        overview = deliverer()
+        for problem in sync_declared(overview.store, hooks.endpoints, os.environ, time.time(),
+                                     head_of(overview.source)):
+            log.error("webhook endpoint skipped", problem=problem)
+        workers = ConcurrentDeliverer(overview, deliverer, hooks.concurrency)
         try:
-            source = event_source(self.config)
-            for problem in sync_declared(store, hooks.endpoints, os.environ, time.time(),
-                                         head_of(source)):
-                log.error("webhook endpoint skipped", problem=problem)
-            loop = Deliverer(store, source, client, hooks, time.time,
-                             on_disabled=self._disabled, stats=self.stats)
             while not self.stopping.is_set():
                 try:
-                    loop.run_due()
+                    workers.run_due()
                 except Exception:  # a bug must not end deliveries for good: log, go on
                     log.exception("webhook delivery pass failed")
-                loop.source = event_source(self.config)
-                due = loop.next_due()
+                due = workers.next_due()
                 wait = POLL_SECONDS if due is None else due - time.time()
+                if workers.busy():  # a turn that ends may leave its endpoint due at once
+                    wait = min(wait, BUSY_POLL_SECONDS)
                 self.stopping.wait(min(max(wait, 0.0), POLL_SECONDS))
         finally:
-            client.close()
-            store.close()
+            workers.close()
+            overview.client.close()
+            overview.store.close()
 
     def _disabled(self, endpoint: Endpoint, reason: str) -> None:
         log.warning("webhook endpoint disabled", endpoint=endpoint.id, reason=reason)
@@ -121,7 +130,6 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
             event_source(msg.config),
             make_client(hooks.connect_timeout_seconds, hooks.timeout_seconds), hooks,
             time.time)
-        self.commands_config = msg.config
         # Only this actor's own thread may send (Thespian's sends are not thread-safe):
         # the delivery thread queues its audit events, a timer here forwards them.
         self.thread = DeliveryThread(msg.config, self.queued.put)
@@ -146,7 +154,6 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
         if request.op == METRICS_OP:
             self.send(msg.reply_to, Ok(self._metrics(), request_id=request.request_id))
             return
-        self.commands.source = event_source(self.commands_config)
         try:
             value = run(self.commands, Command(request.op, dict(request.args)))
         except CommandRefused as exc:

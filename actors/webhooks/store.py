@@ -88,8 +88,10 @@ def new_endpoint_id() -> str:
 class EndpointStore:
     def __init__(self, directory: Path, key: StoreKey | None) -> None:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # One thread uses a store at a time; the one that closes it may be another (a
+        # worker's store is closed after its pool has stopped), hence no thread check.
         self._db = sqlite3.connect(directory / "endpoints.sqlite3", timeout=30,
-                                   isolation_level=None)
+                                   isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         self._key = key

@@ -315,6 +315,7 @@ class WebhooksConfig:
     max_retry_after_seconds: float = 86400.0  # a longer Retry-After is cut to this
     rotation_overlap_seconds: float = 86400.0  # old and new secret both sign this long
     batch_events: int = 100  # events read from the log per endpoint and pass
+    concurrency: int = 8  # endpoints delivered side by side (one request each at a time)
     endpoints: tuple[WebhookEndpointConfig, ...] = ()
 
 
@@ -446,7 +447,7 @@ RANGES: dict[str, Range] = {
     "webhooks.max_response_bytes": Range(0, 1_048_576),
     "webhooks.max_retry_after_seconds": _DAY,
     "webhooks.rotation_overlap_seconds": Range(0, 604800),
-    "webhooks.batch_events": Range(1, 10_000),
+    "webhooks.batch_events": Range(1, 10_000), "webhooks.concurrency": Range(1, 256),
 }
 
 

@@ -77,6 +77,8 @@ class Receiver:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._released.is_set():
+            return  # already stopped
         self._released.set()
         assert self._server is not None and self._thread is not None
         self._server.shutdown()

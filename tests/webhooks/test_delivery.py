@@ -206,3 +206,38 @@ def test_a_replay_while_a_request_is_out_is_not_undone_by_its_2xx(
         assert store.get(hook).cursor == 0  # the replay's cursor, not the 2xx's
         drive(loop, lambda: store.get(hook).cursor == 2)
     assert [r.headers["webhook-id"] for r in receiver.requests] == [ids[0], *ids]
+
+
+def test_a_hanging_endpoint_holds_up_only_itself(
+        tmp_path: Path, log: EventLog, store: EndpointStore,
+        deliverer: MakeDeliverer) -> None:
+    from dataclasses import replace
+
+    from actors.webhooks.client import make_client
+    from actors.webhooks.delivery import ConcurrentDeliverer, Deliverer
+    from actors.webhooks.source import SqliteEventSource
+
+    config = replace(CONFIG, timeout_seconds=15.0, connect_timeout_seconds=2.0)
+    overview = deliverer(timeout_seconds=15.0, connect_timeout_seconds=2.0)
+
+    def worker() -> Deliverer:
+        return Deliverer(EndpointStore(tmp_path / "webhooks", KEY),
+                         SqliteEventSource(log.path), make_client(2.0, 15.0), config,
+                         time.time, stats=overview.stats)
+
+    ids = [log.add(n=n) for n in range(3)]
+    with Receiver(script=[HANG]) as stuck, Receiver() as healthy:
+        slow, _ = endpoint(store, stuck.url())  # first in line
+        fast, _ = endpoint(store, healthy.url())
+        pool = ConcurrentDeliverer(overview, worker, workers=4)
+        try:
+            drive(pool, lambda: store.get(fast).cursor == 3)  # type: ignore[arg-type]
+            assert stuck.wait_for(1)[0].headers["webhook-id"] == ids[0]
+            assert store.get(slow).failures == 0 and pool.busy()  # still waiting for it
+        except BaseException:
+            stuck.__exit__(None, None, None)  # release the hung request before closing
+            pool.close()
+            raise
+    pool.close()  # the receivers are gone: the hung request ended, its turn with it
+    assert [r.headers["webhook-id"] for r in healthy.requests] == ids
+    assert store.get(slow).failures == 1 and store.get(slow).cursor == 0
