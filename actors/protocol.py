@@ -35,7 +35,7 @@ from gateway.core.version import __version__
 # messages.incoming_retention_hours and opt_out_keywords in the configuration) and
 # webhooks ([webhooks] in Config, WebhookCommand).
 PROTOCOL = 5
-LAYOUT = "0000"
+LAYOUT = "ba6069043094eef6"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -48,7 +48,8 @@ CREATE INDEX IF NOT EXISTS events_by_session ON events (session, seq);
 @dataclass(frozen=True, slots=True)
 class Event:
     """One row of the log, as it leaves the outbox (pickled to the web tier, so its
-    layout is in actors/protocol.py). ``data`` never holds a message's text."""
+    layout is in actors/protocol.py). ``data`` holds a message's text only for
+    message.received (a reply, what an application listens for)."""
 
     seq: int
     id: str

@@ -25,6 +25,7 @@ import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.messages import AuditEvent, Failed, Ok, Routed, StartWorker, WebhookCommand
+from actors.outbox.store import STORE_FILE
 from actors.run_once import RunOnce
 from actors.session.sealed_store import StoreError, StoreKeyError, load_key
 from actors.webhooks.client import make_client
@@ -42,7 +43,10 @@ FLUSH_SECONDS = 1.0  # how often audit events of the delivery thread are passed 
 METRICS_OP = "metrics"  # a WebhookCommand the actor answers itself: the counters
 POLL_SECONDS = 0.5  # how long a new event may wait before the loop looks at the log
 BUSY_POLL_SECONDS = 0.02  # while turns run: how soon a finished endpoint's next turn starts
-EVENTS_FILE = Path("events") / "events.sqlite3"  # the event log (actors/outbox/events.py)
+# The event log (actors/outbox/events.py) lives in the outbox's database, so that an
+# event commits with its change; this process only reads it (SQLite WAL: readers never
+# block the outbox's writes).
+EVENTS_FILE = Path("outbox") / STORE_FILE  # as the outbox opens it (outbox/actor.py)
 
 
 class EventLogFile:
