@@ -1,0 +1,127 @@
+"""Attack review of issue #14's webhooks: each test here failed on main when written
+and names the DEFECT it shows (see the review report)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import pytest
+
+from actors.webhooks import schedule, signing
+from actors.webhooks.client import make_client, post
+from actors.webhooks.safety import Target, UnsafeTarget, target
+from actors.webhooks.store import EndpointStore
+from tests.webhooks.conftest import EventLog, MakeDeliverer
+from tests.webhooks.receiver import Receiver
+
+
+def test_a_retry_after_of_unicode_digits_is_read_or_ignored_never_raises() -> None:
+    """fails on main: DEFECT retry-after-unicode-digit. ``retry_after_seconds`` takes
+    ``str.isdigit()`` as "delta-seconds", but isdigit() is true for '²' or '①', which
+    float() refuses: ValueError escapes the pure function (RFC 9110 delta-seconds is
+    ASCII 1*DIGIT only)."""
+    now = datetime.now(UTC)
+    for hostile in ("²", "①", "10²"):
+        assert schedule.retry_after_seconds(hostile, now) is None
+
+
+def test_a_hostile_retry_after_still_backs_the_endpoint_off(
+        log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
+    """fails on main: DEFECT retry-after-unicode-digit. An endpoint answering
+    ``503`` with ``Retry-After: ²`` makes ``_deliver`` raise before ``store.failed``: the
+    failure is not recorded, ``next_attempt_at`` does not move, so the endpoint is due at
+    once again: the gateway re-sends in a tight loop, never walks the schedule and is
+    never disabled (a receiver can make the gateway hammer it, or a third party it
+    fronts, for ever)."""
+    log.add()
+    with Receiver(default=(503, {"Retry-After": "²"})) as receiver:
+        hook = store.create(receiver.url(), (), (), "", signing.new_secret(),
+                            time.time()).id
+        loop = deliverer(retry_scale=100.0)  # the first wait: 500 s (5 s x 100)
+        loop.run_endpoint(hook)
+        receiver.wait_for(1)
+    after = store.get(hook)
+    assert after.failures == 1
+    assert after.next_attempt_at > time.time() + 100
+
+
+@contextmanager
+def trickling_server(gap: float, header_bytes: int) -> Iterator[tuple[int, list[int]]]:
+    """A raw server on 127.0.0.1 that answers one request with a 200 whose header
+    block arrives one byte every ``gap`` seconds (a slow-loris answer); it records how
+    many bytes it could send before the client hung up."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    sent: list[int] = []
+    stop = threading.Event()
+    answer = (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * header_bytes
+              + b"\r\ncontent-length: 0\r\n\r\n")
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            count = 0
+            try:
+                for byte in answer:
+                    if stop.wait(gap):
+                        break
+                    conn.sendall(bytes([byte]))
+                    count += 1
+            except OSError:
+                pass
+            sent.append(count)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1], sent
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        listener.close()
+        assert not thread.is_alive()
+
+
+def test_an_answer_whose_headers_trickle_in_is_cut_at_the_total_timeout() -> None:
+    """fails on main: DEFECT header-slow-loris. ``webhooks.timeout_seconds`` is
+    documented as "for the whole request, from connect to the last byte", but ``post``
+    only bounds each socket read (httpx's read timeout) and the body: an endpoint that
+    sends its status line and headers one byte just inside each read timeout holds the
+    request (and a worker thread; ``ConcurrentDeliverer.close`` waits on it) for
+    header-size x timeout, hours with the defaults (h11 accepts ~16 KiB of headers).
+    Here: timeout 0.5 s, a byte every 0.1 s, ~60 bytes of headers (~6 s): the attempt
+    must end without an answer; on main it waits for every byte and reports 200."""
+    client = make_client(0.5, 0.5)
+    try:
+        with trickling_server(0.1, 20) as (port, sent):
+            where = Target("http", "127.0.0.1", port, "/hook", "127.0.0.1")
+            attempt = post(client, where, {}, b"{}", timeout=0.5, max_bytes=64)
+        assert attempt.status is None, attempt
+        assert sent and sent[0] < 40  # the client hung up long before the headers ended
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("address", [
+    "64:ff9b::a9fe:a9fe",  # NAT64 well-known prefix (RFC 6052) of 169.254.169.254
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "2002:a9fe:a9fe::1",  # 6to4 (RFC 3056) of 169.254.169.254
+    "::ffff:0:7f00:1",  # IPv4-translated (RFC 2765) 127.0.0.1
+    "::a9fe:a9fe",  # IPv4-compatible (deprecated) 169.254.169.254
+])
+def test_ipv6_forms_embedding_a_private_ipv4_are_refused(address: str) -> None:
+    """fails on main: DEFECT ipv6-embedded-ipv4. ``check_address`` unwraps only
+    IPv4-mapped (::ffff:a.b.c.d); Python calls the NAT64, 6to4, IPv4-translated and
+    IPv4-compatible forms "global", so a name resolving to e.g. 64:ff9b::a9fe:a9fe passes
+    and, on an IPv6-only host behind NAT64 (cloud IPv6-only subnets), reaches the
+    metadata service or the private IPv4 network."""
+    with pytest.raises(UnsafeTarget, match=r"webhooks\.allow_insecure"):
+        target("https://hooks.example.com/", (), lambda host, port: [address])
