@@ -14,9 +14,10 @@ import pytest
 
 from actors.webhooks import schedule, signing
 from actors.webhooks.client import make_client, post
+from actors.webhooks.commands import Command, CommandRefused, run
 from actors.webhooks.safety import Target, UnsafeTarget, target
 from actors.webhooks.store import EndpointStore
-from tests.webhooks.conftest import EventLog, MakeDeliverer
+from tests.webhooks.conftest import EventLog, MakeDeliverer, drive
 from tests.webhooks.receiver import Receiver
 
 
@@ -125,3 +126,24 @@ def test_ipv6_forms_embedding_a_private_ipv4_are_refused(address: str) -> None:
     metadata service or the private IPv4 network."""
     with pytest.raises(UnsafeTarget, match=r"webhooks\.allow_insecure"):
         target("https://hooks.example.com/", (), lambda host, port: [address])
+
+
+def test_a_replay_after_a_cursor_beyond_the_log_head_does_not_mute_the_endpoint(
+        log: EventLog, deliverer: MakeDeliverer) -> None:
+    """fails on main: DEFECT replay-beyond-head. ``replayWebhooks(id, after: N)`` stores
+    any N as the endpoint's cursor; with N past the log's head (a typo, a seq from
+    another gateway's log, 2147483647) every event written afterwards has a smaller seq
+    and is skipped: the endpoint is silently muted, shown enabled and healthy, until
+    the log's seq passes N. Either refuse such a cursor (WEBHOOK_INVALID, naming the
+    head) or clamp it to the head; here: the next event must arrive."""
+    log.add()
+    loop = deliverer()
+    with Receiver() as receiver:
+        hook = run(loop, Command("create", {"url": receiver.url()}))["webhook"]["id"]
+        try:
+            run(loop, Command("replay", {"id": hook, "after": 2_147_483_647}))
+        except CommandRefused as refused:
+            assert refused.code == "WEBHOOK_INVALID"
+        fresh = log.add()
+        drive(loop, lambda: bool(receiver.requests), deadline=10.0)
+        assert receiver.requests[-1].headers["webhook-id"] == fresh
