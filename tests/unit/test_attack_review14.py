@@ -67,3 +67,74 @@ def test_a_huge_incoming_cursor_is_a_value_error_the_outbox_answers(
 def _incoming_cursor(digits: str) -> str:
     from actors.outbox import incoming as module
     return cursor(f"{module._CURSOR_PREFIX}{digits}")
+
+
+def engine_event(push_name: bytes, text: bytes, timestamp: int = 1_767_225_600) -> object:
+    """A neonize ``Message`` event as the engine's bytes arrive: its real protobuf class,
+    parsed from wire bytes in which ``Pushname`` and ``conversation`` hold ``push_name``
+    and ``text`` as they are (proto2 string fields: neither Go's encoder nor Python's
+    decoder checks UTF-8, and upb hands invalid UTF-8 back as ``bytes``)."""
+    from neonize.proto import Neonize_pb2 as proto
+
+    event = proto.Message()
+    source = event.Info.MessageSource
+    source.Chat.User, source.Chat.Server = "4915112345001", "s.whatsapp.net"
+    source.Sender.User, source.Sender.Server = "4915112345001", "s.whatsapp.net"
+    event.Info.ID, event.Info.Timestamp = "3EB0HOSTILE", timestamp
+    event.Info.Pushname, event.Message.conversation = "P" * 16, "T" * 16
+    assert len(push_name) <= 16 and len(text) <= 16  # same length: no length prefix moves
+    raw = (event.SerializePartialToString()
+           .replace(b"P" * 16, push_name.ljust(16, b" "))
+           .replace(b"T" * 16, text.ljust(16, b" ")))
+    parsed = proto.Message()
+    parsed.ParseFromString(raw)
+    return parsed
+
+
+def test_a_reply_with_invalid_utf8_from_the_engine_is_stored_with_its_event(
+        incoming: IncomingStore) -> None:
+    """fails on main: DEFECT incoming-invalid-utf8. A sender's client controls the
+    message's protobuf and its push name; bytes that are not UTF-8 come out of neonize's
+    proto2 ``string`` fields as ``bytes``, ``incoming_from_event`` passes them on, and
+    the store's ``text_hash``/``json.dumps`` of the ``message.received`` event raise
+    inside the outbox: the reply is neither stored nor evented (Thespian retries, then
+    drops it): exactly the issue's "incoming messages that silently never reach the
+    webhook". Fix: decode with ``errors="replace"`` in ``incoming_map`` (and strip
+    NULs if wanted) before building the ``IncomingMessage``."""
+    from actors.outbox.actor import new_incoming
+    from actors.session.actor import incoming_received
+    from actors.transport.incoming_map import incoming_from_event
+
+    event = engine_event(b"Bad\xff\xfeName", b"hello \xc3\x28 world\x00!")
+    found = incoming_from_event(event, lambda source: "4915112345001")
+    assert found is not None
+    incoming.add(new_incoming(incoming_received("default", found)), 1_767_225_700.0)
+    (record,), _ = incoming.page(session="default")
+    assert isinstance(record["push_name"], str) and isinstance(record["text"], str)
+    (event_row,) = ev.events_after(incoming.db, 0, types=("message.received",), limit=10)
+    assert event_row.data["incoming_id"] == record["id"]
+
+
+def test_a_far_future_engine_timestamp_does_not_break_the_incoming_list(
+        incoming: IncomingStore) -> None:
+    """fails on main: DEFECT incoming-timestamp-range. ``incoming_map._seconds`` reads a
+    value in 1e11..1e17 as milliseconds, so an engine timestamp of 1e17 becomes 1e14 s
+    (year ~3 million); the row is stored, and every whatsAppIncomingMessages page that
+    holds it fails (``iso_time`` -> ValueError: year out of range -> INTERNAL) until
+    retention removes it. Fix: refuse or clamp a time outside what ``iso_time`` can
+    show (e.g. 0 = not given) in ``_seconds``."""
+    from actors.messages import IncomingPage
+    from actors.outbox.actor import new_incoming
+    from actors.outbox.incoming import cursor_of
+    from actors.session.actor import incoming_received
+    from actors.transport.incoming_map import incoming_from_event
+    from gateway.api.records import incoming_connection
+
+    event = engine_event(b"Name", b"hello", timestamp=10**17)
+    found = incoming_from_event(event, lambda source: "4915112345001")
+    assert found is not None
+    incoming.add(new_incoming(incoming_received("default", found)), 1_767_225_700.0)
+    records, more = incoming.page(session="default")
+    connection = incoming_connection(IncomingPage(tuple(records),
+                                                  tuple(cursor_of(r) for r in records), more))
+    assert len(connection.edges) == 1
