@@ -138,3 +138,26 @@ def test_a_far_future_engine_timestamp_does_not_break_the_incoming_list(
     connection = incoming_connection(IncomingPage(tuple(records),
                                                   tuple(cursor_of(r) for r in records), more))
     assert len(connection.edges) == 1
+
+
+def test_a_pruned_reply_leaves_no_copy_of_its_text_in_the_event_log(
+        incoming: IncomingStore) -> None:
+    """fails on main: DEFECT received-text-outlives-retention. With ``keep_text`` the
+    ``message.received`` event carries the reply's text; ``IncomingStore.prune`` (run
+    with ``messages.incoming_retention_hours``) deletes the row but not that copy, which
+    lives on for ``events.retention_days`` and is served by whatsAppEvents and by every
+    webhook replay: an operator who shortens the incoming retention for privacy (say to
+    1 h, under the 7-day event default) still keeps every text for 7 days. Fix: erase
+    the text from the row's event in the same transaction as the prune (and as
+    mark-read without keep_text), or prune ``message.received`` events by the incoming
+    retention too."""
+    from actors.outbox.incoming import NewIncoming
+
+    secret = "meet me at 7, the code is 4411"
+    incoming.add(NewIncoming(session="default", wa_message_id="3EB0P", chat="1@s.whatsapp.net",
+                             sender_jid="1@s.whatsapp.net", sender_phone="1", text=secret,
+                             sent_at=1_767_225_600.0), 1_767_225_600.0)
+    assert incoming.prune(older_than=1_767_225_601.0) == 1
+    assert incoming.count() == 0
+    left = ev.events_after(incoming.db, 0, limit=100)
+    assert all(secret not in str(e.data) for e in left), left
