@@ -161,3 +161,31 @@ def test_a_pruned_reply_leaves_no_copy_of_its_text_in_the_event_log(
     assert incoming.count() == 0
     left = ev.events_after(incoming.db, 0, limit=100)
     assert all(secret not in str(e.data) for e in left), left
+
+
+def test_sim_reply_with_undecodable_argv_text_is_refused_or_stored(
+        tmp_path: Path, incoming: IncomingStore) -> None:
+    """fails on main: DEFECT sim-reply-surrogates. On Linux Python decodes argv bytes
+    that are not UTF-8 with surrogateescape, so ``wagate sim reply --text $'caf\\xe9'``
+    (a Latin-1 terminal) hands ``SimulatorServer.reply`` the text 'caf\\udce9'. It is
+    queued, the session's client takes it off the queue and reports it, and the outbox's
+    ``IncomingStore.add`` raises UnicodeEncodeError: the reply is gone (neither stored
+    nor evented, and no longer queued) while the command said it was sent. Fix: refuse
+    (SimulatorError naming --text) or decode with replacement in ``reply``; the same for
+    --name and --quote."""
+    from actors.outbox.actor import new_incoming
+    from actors.session.actor import incoming_received
+    from actors.transport.simulator import SimulatorError, SimulatorServer, incoming_of
+
+    server = SimulatorServer(tmp_path / "sim")
+    try:
+        try:
+            server.reply("default", "+4915112345001", "caf\udce9", push_name="J\udcf6rg")
+        except SimulatorError:
+            return  # refused, naming what to change: fine
+        (waiting,) = server._take_incoming("default")
+    finally:
+        server.close()
+    incoming.add(new_incoming(incoming_received("default", incoming_of(waiting))),
+                 1_767_225_700.0)
+    assert incoming.count() == 1
