@@ -147,3 +147,29 @@ def test_a_replay_after_a_cursor_beyond_the_log_head_does_not_mute_the_endpoint(
         fresh = log.add()
         drive(loop, lambda: bool(receiver.requests), deadline=10.0)
         assert receiver.requests[-1].headers["webhook-id"] == fresh
+
+
+def test_a_kept_alive_tls_connection_is_not_reused_for_another_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """fails on main: DEFECT tls-pool-reuse-across-names. ``post`` pins the url to the
+    checked address and passes the name only as Host and SNI, so httpx's pool keys
+    connections by address:port. A request to ``b.invalid`` that resolves to the same
+    address as an earlier ``a.invalid`` rides the kept-alive connection whose
+    certificate was verified for ``a.invalid`` only: b's certificate is never checked.
+    With DNS for b's name spoofed to a server holding any valid certificate that has
+    been (or can be made) a webhook target, b's signed events go there. Fix: a pool per
+    (name, address, port) -- e.g. one httpx.Client per endpoint, or a custom transport
+    keyed by the name -- or ``Connection: close`` for https."""
+    from tests.webhooks.test_pinning import contexts
+
+    server, client_context = contexts(tmp_path, "a.invalid")  # the certificate: a only
+    client = make_client(2.0, 2.0, verify=client_context)
+    try:
+        with Receiver(tls=server) as receiver:
+            a = Target("https", "a.invalid", receiver.port, "/hook", "127.0.0.1")
+            b = Target("https", "b.invalid", receiver.port, "/hook", "127.0.0.1")
+            first = post(client, a, {}, b"{}", timeout=2.0, max_bytes=64)
+            second = post(client, b, {}, b"{}", timeout=2.0, max_bytes=64)
+        assert first.status == 200
+        assert second.status is None, (second, [r.sni for r in receiver.requests])
+    finally:
+        client.close()
