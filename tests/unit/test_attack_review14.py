@@ -189,3 +189,25 @@ def test_sim_reply_with_undecodable_argv_text_is_refused_or_stored(
     incoming.add(new_incoming(incoming_received("default", incoming_of(waiting))),
                  1_767_225_700.0)
     assert incoming.count() == 1
+
+
+def test_a_sender_token_reads_no_reply_text_through_the_event_log(
+        site: tuple[Web, MessageStore]) -> None:  # noqa: F811
+    """fails on main: DEFECT sender-reads-replies-via-events. The ``messages`` action
+    (message records, whatsAppIncomingMessages) is admin and operator only, and
+    tests/unit/test_web_incoming.py holds that a sender "reads no replies"; but
+    ``events`` grants sender, and ``message.received`` events carry the reply's text,
+    the sender's number, JID and push name: a sender token reads every reply of its
+    sessions through ``whatsAppEvents(types: [MESSAGE_RECEIVED])``. Fix: filter
+    MESSAGE_RECEIVED out for roles without ``messages`` (or strip text and number from
+    their copy), or decide that sender may read replies and open
+    whatsAppIncomingMessages to it too; either way one rule."""
+    from actors.outbox.incoming import NewIncoming
+
+    w, store = site
+    IncomingStore(store.db, keep_text=True).add(NewIncoming(
+        session="default", wa_message_id="3EB0S", chat="4915112345001@s.whatsapp.net",
+        sender_jid="4915112345001@s.whatsapp.net", sender_phone="4915112345001",
+        text="private reply 77", sent_at=1_767_225_600.0), 1_767_225_600.0)
+    result = w.gql(EVENTS, {"t": ["MESSAGE_RECEIVED"]}, add_token(w.config, "app", "sender"))
+    assert "private reply 77" not in str(result) and "4915112345001" not in str(result), result
