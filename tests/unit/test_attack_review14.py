@@ -52,7 +52,7 @@ def incoming(tmp_path: Path) -> Iterator[IncomingStore]:
         outbox.close()
 
 
-@pytest.mark.parametrize("digits", [BEYOND_SQLITE, "9" * 400])
+@pytest.mark.parametrize("digits", [BEYOND_SQLITE, "9" * 400], ids=["2**63", "400-digits"])
 def test_a_huge_incoming_cursor_is_a_value_error_the_outbox_answers(
         incoming: IncomingStore, digits: str) -> None:
     """fails on main: DEFECT incoming-cursor-overflow. ``incoming.decode_cursor`` has no
