@@ -49,11 +49,13 @@ def classify(status: int | None) -> Outcome:
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     """A ``Retry-After`` header in seconds (delta-seconds or an HTTP date); None when it
-    is absent or unreadable (then the schedule alone decides)."""
+    is absent or unreadable (then the schedule alone decides). Delta-seconds is ASCII
+    digits only (RFC 9110): ``str.isdigit`` alone also accepts '²' or '①', which
+    ``float`` refuses, and an exception here would skip recording the failure."""
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(text)
     try:
         when = parsedate_to_datetime(text)
