@@ -87,9 +87,7 @@ def check_url(url: str, allow: Sequence[str]) -> tuple[str, str, int, str]:
 
 def check_address(host: str, address: str, allow: Sequence[str]) -> None:
     """Refuse a non-public ``address`` unless its host or network is allowlisted."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    ip = embedded_ipv4(ipaddress.ip_address(address))
     if ip.is_global and not ip.is_multicast:
         return
     if is_allowlisted(host, str(ip), allow):
@@ -98,6 +96,33 @@ def check_address(host: str, address: str, allow: Sequence[str]) -> None:
         f"webhook host {host!r} resolves to {ip}, a private, loopback, link-local or "
         "otherwise non-public address; add the host or its network to "
         "webhooks.allow_insecure if this receiver is meant to be reached")
+
+
+# IPv6 ranges that carry an IPv4 address in their bits and reach it through a
+# translator or tunnel; Python calls most of them "global", so the IPv4 is what counts.
+_LOW32_WRAPPERS = tuple(ipaddress.IPv6Network(n) for n in (
+    "64:ff9b::/96",  # NAT64 well-known prefix (RFC 6052)
+    "64:ff9b:1::/48",  # NAT64 local-use prefix (RFC 8215)
+    "::ffff:0:0:0/96",  # IPv4-translated (RFC 2765)
+    "::/96",  # IPv4-compatible (deprecated, RFC 4291)
+))
+
+
+def embedded_ipv4(ip: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 address wraps (IPv4-mapped, 6to4, NAT64,
+    IPv4-translated, IPv4-compatible), else ``ip`` itself: on a host behind NAT64 or a
+    6to4 relay such an address reaches that IPv4, so that IPv4 is the one to check."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return ip
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in ipaddress.IPv6Network("::/127"):
+        return ip  # :: and ::1 are not IPv4-compatible addresses (and are not global)
+    if any(ip in network for network in _LOW32_WRAPPERS):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
 
 
 def resolve(host: str, port: int) -> list[str]:
