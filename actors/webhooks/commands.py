@@ -132,8 +132,21 @@ def _replay(loop: Deliverer, id: str, after: int | None = None,
     if (after is None) == (since is None):
         raise CommandRefused("WEBHOOK_INVALID", "replayWebhooks takes either `after` (a "
                              "cursor) or `since` (a time), not both and not neither")
+    loop.store.get(id)  # an unknown id is WEBHOOK_NOT_FOUND, whatever the cursor
+    if after is not None:
+        _check_replay_cursor(after, head_of(loop.source))
     cursor = after if after is not None else cursor_before(loop.source, since)  # type: ignore[arg-type]
     return describe(loop.store.set_cursor(id, cursor, time.time()))
+
+
+def _check_replay_cursor(after: int, head: int) -> None:
+    """Refuse a cursor outside the log: past its head every later event has a smaller
+    seq and would be skipped, so the endpoint would look healthy and receive nothing
+    (refused rather than clamped, so a typo or another gateway's seq is noticed)."""
+    if not 0 <= after <= head:
+        raise CommandRefused("WEBHOOK_INVALID", f"after ({after}) must be a cursor from 0 "
+                             f"to the event log's current end, {head}; 0 replays the "
+                             "whole log")
 
 
 HANDLERS: dict[str, Any] = {

@@ -68,3 +68,19 @@ def test_disable_enable_rotate_replay_test_and_delete(
         drive(loop, lambda: loop.store.get(hook).cursor == 1 and len(receiver.requests) == 3)
         assert run(loop, Command("delete", {"id": hook})) is True
     assert run(loop, Command("list", {})) == []
+
+
+@pytest.mark.parametrize("after", [-1, 3, 2_147_483_647])
+def test_a_replay_cursor_outside_the_log_is_refused_naming_its_end(
+        log: EventLog, deliverer: MakeDeliverer, after: int) -> None:
+    """A cursor past the log's head would mute the endpoint (every new event has a
+    smaller seq): refused with the head in the message; the cursor is unchanged."""
+    log.add()
+    log.add()
+    loop = deliverer()
+    hook = run(loop, Command("create", {"url": "http://127.0.0.1:9/"}))["webhook"]["id"]
+    with pytest.raises(CommandRefused) as info:
+        run(loop, Command("replay", {"id": hook, "after": after}))
+    assert info.value.code == "WEBHOOK_INVALID" and "current end, 2" in info.value.message
+    assert loop.store.get(hook).cursor == 2
+    assert run(loop, Command("replay", {"id": hook, "after": 2}))["cursor"] == 2
