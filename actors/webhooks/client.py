@@ -6,14 +6,22 @@ fresh lookup of the name: the url is rewritten to the address, the name is sent 
 endpoint's certificate is still verified against its name. Redirects are not followed
 (a 3xx is a failed attempt). At most ``max_response_bytes`` of the answer are read.
 Timeouts: ``connect_timeout_seconds`` to connect, ``timeout_seconds`` for each later
-phase and as a deadline on the whole body read.
+phase and as a deadline on the whole request: a per-read timeout alone lets an endpoint
+that trickles its headers a byte at a time hold the request for hours, so a watchdog
+timer shuts the connection's socket down when the deadline passes, wherever the request
+is (connect, TLS, headers, body).
+The watchdog learns the socket from httpcore's ``trace`` extension as the connection
+is made.
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -43,6 +51,57 @@ def make_client(connect_timeout: float, timeout: float, max_connections: int = 1
                             max_keepalive_connections=max_connections))
 
 
+class Watchdog:
+    """Shuts the request's socket down at its deadline, so no phase of the request
+    (a trickled header block included) outlives ``webhooks.timeout_seconds``. Fed the
+    socket by httpcore's ``trace`` extension as the connection is made and wrapped in
+    TLS; one timer thread per request, cancelled and joined by ``stop``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.lock = threading.Lock()
+        self.sock: socket.socket | None = None
+        self.fired = False
+        self.timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self.timer.daemon = True
+        self.timer.name = "wagate-webhook-watchdog"
+
+    def start(self) -> None:
+        self.timer.start()
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: remember the socket of a new connection (the TLS one
+        replaces the plain one, which TLS detaches)."""
+        if name not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self.lock:
+            self.sock = sock
+            fired = self.fired
+        if fired:
+            _shut(sock)
+
+    def _fire(self) -> None:
+        with self.lock:
+            self.fired = True
+            sock = self.sock
+        _shut(sock)
+
+    def stop(self) -> None:
+        self.timer.cancel()
+        self.timer.join()
+
+
+def _shut(sock: socket.socket | None) -> None:
+    """Wake a thread blocked reading ``sock`` (shutdown does, close does not)."""
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, ValueError):
+        pass  # already closed: nothing is waiting on it
+
+
 def pinned_url(target: Target) -> str:
     host = f"[{target.address}]" if ":" in target.address else target.address
     return f"{target.scheme}://{host}:{target.port}{target.path}"
@@ -59,20 +118,29 @@ def post(client: httpx.Client, target: Target, headers: dict[str, str], body: by
     """POST ``body`` to ``target``'s checked address; never raises for the endpoint's
     behaviour (a refused connection, a timeout, a reset are an Attempt without status)."""
     started = time.monotonic()
+    watchdog = Watchdog(timeout)
+    extensions: dict[str, Any] = {"trace": watchdog.trace}
+    if target.scheme == "https":
+        extensions["sni_hostname"] = target.host
     request = client.build_request(
         "POST", pinned_url(target), content=body,
         headers={**headers, "host": host_header(target), "user-agent": "wagate-webhooks"},
-        extensions={"sni_hostname": target.host} if target.scheme == "https" else {})
+        extensions=extensions)
+    watchdog.start()
     try:
-        response = client.send(request, stream=True)
-    except httpx.HTTPError as exc:
-        return Attempt(None, None, _describe(exc), time.monotonic() - started)
-    try:
-        kept = _read_capped(response, max_bytes, started + timeout)
-    except httpx.HTTPError:
-        kept = b""  # the status arrived: a body cut short does not change the outcome
+        try:
+            response = client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            error = "timed out" if watchdog.fired else _describe(exc)
+            return Attempt(None, None, error, time.monotonic() - started)
+        try:
+            kept = _read_capped(response, max_bytes, started + timeout)
+        except httpx.HTTPError:
+            kept = b""  # the status arrived: a body cut short does not change the outcome
+        finally:
+            response.close()
     finally:
-        response.close()
+        watchdog.stop()
     return Attempt(response.status_code, response.headers.get("retry-after"), "",
                    time.monotonic() - started, kept)
 
