@@ -10,8 +10,13 @@ phase and as a deadline on the whole request: a per-read timeout alone lets an e
 that trickles its headers a byte at a time hold the request for hours, so a watchdog
 timer shuts the connection's socket down when the deadline passes, wherever the request
 is (connect, TLS, headers, body).
-The watchdog learns the socket from httpcore's ``trace`` extension as the connection
-is made.
+
+No connection is kept alive: every attempt opens its own. httpx pools connections by
+the address connected to, and since the url is pinned to the checked address, a
+kept-alive TLS connection whose certificate was verified for one name would carry
+another name's request to the same address unverified. A fresh connection per attempt
+also means the watchdog always knows the socket to shut (it learns it from httpcore's
+``trace`` extension as the connection is made).
 """
 
 from __future__ import annotations
@@ -43,12 +48,12 @@ class Attempt:
 def make_client(connect_timeout: float, timeout: float, max_connections: int = 16,
                 verify: ssl.SSLContext | bool = True) -> httpx.Client:
     """The bounded client the delivery loop shares across endpoints (``verify``: the
-    system's CAs, or a context trusting a test's own CA)."""
+    system's CAs, or a context trusting a test's own CA). No keep-alive: a connection
+    is never reused for another attempt (see the module docstring)."""
     return httpx.Client(
         follow_redirects=False, trust_env=False, verify=verify,
         timeout=httpx.Timeout(timeout, connect=min(connect_timeout, timeout)),
-        limits=httpx.Limits(max_connections=max_connections,
-                            max_keepalive_connections=max_connections))
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0))
 
 
 class Watchdog:
