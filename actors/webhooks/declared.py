@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from actors.webhooks.signing import BadSecret, check_secret
 from actors.webhooks.store import EndpointStore
 from gateway.core.config import WebhookEndpointConfig
+from gateway.core.urls import loggable_url
 
 CONFIG_ORIGIN = "config"
 
@@ -36,7 +37,7 @@ def sync_declared(store: EndpointStore, declared: Sequence[WebhookEndpointConfig
         try:
             secret = check_secret(environ.get(item.secret_env, "").strip())
         except BadSecret as exc:
-            problems.append(f"webhook {item.url}: the variable {item.secret_env} does not "
+            problems.append(f"webhook {loggable_url(item.url)}: the variable {item.secret_env} does not "
                             f"hold its secret ({exc}); the endpoint is not delivered to")
             continue
         if endpoint_id not in {e.id for e in store.all()}:

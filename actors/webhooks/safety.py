@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from gateway.core.errors import WagateError
+from gateway.core.urls import loggable_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -80,7 +81,7 @@ def check_url(url: str, allow: Sequence[str]) -> tuple[str, str, int, str]:
     scheme, host, port, path = split_url(url)
     literal = _literal(host)
     if scheme == "http" and not is_allowlisted(host, literal, allow):
-        raise UnsafeTarget(f"webhook url {url!r} is plain http: use https, or add its host "
+        raise UnsafeTarget(f"webhook url {loggable_url(url)!r} is plain http: use https, or add its host "
                            "to webhooks.allow_insecure (for a receiver on a trusted network)")
     return scheme, host, port, path
 

@@ -21,6 +21,7 @@ from gateway.core.errors import WagateError
 from gateway.core.networks import is_loopback_host, parse_networks
 from gateway.core.origins import check_allowed_hosts, check_allowed_origins
 from gateway.core.ranges import Range
+from gateway.core.urls import loggable_url
 
 DEFAULT_CONFIG_PATH = Path("configs/gateway.toml")
 
@@ -513,7 +514,7 @@ def _check_webhooks(webhooks: WebhooksConfig) -> None:
     for i, endpoint in enumerate(webhooks.endpoints):
         where = f"webhooks.endpoints[{i}]"
         if not endpoint.url.startswith(("https://", "http://")):
-            raise ConfigError(f"{where}.url ({endpoint.url!r}) must be an https:// url "
+            raise ConfigError(f"{where}.url ({loggable_url(endpoint.url)!r}) must be an https:// url "
                               "(http:// only for hosts in webhooks.allow_insecure)")
         if not endpoint.secret_env:
             raise ConfigError(
