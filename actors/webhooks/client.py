@@ -21,6 +21,7 @@ also means the watchdog always knows the socket to shut (it learns it from httpc
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -101,10 +102,8 @@ def _shut(sock: socket.socket | None) -> None:
     """Wake a thread blocked reading ``sock`` (shutdown does, close does not)."""
     if sock is None:
         return
-    try:
+    with contextlib.suppress(OSError, ValueError):  # already closed: nobody waits on it
         sock.shutdown(socket.SHUT_RDWR)
-    except (OSError, ValueError):
-        pass  # already closed: nothing is waiting on it
 
 
 def pinned_url(target: Target) -> str:

@@ -37,8 +37,9 @@ def sync_declared(store: EndpointStore, declared: Sequence[WebhookEndpointConfig
         try:
             secret = check_secret(environ.get(item.secret_env, "").strip())
         except BadSecret as exc:
-            problems.append(f"webhook {loggable_url(item.url)}: the variable {item.secret_env} does not "
-                            f"hold its secret ({exc}); the endpoint is not delivered to")
+            problems.append(f"webhook {loggable_url(item.url)}: the variable "
+                            f"{item.secret_env} does not hold its secret ({exc}); the "
+                            "endpoint is not delivered to")
             continue
         if endpoint_id not in {e.id for e in store.all()}:
             store.create(item.url, item.events, item.sessions, item.description, secret,

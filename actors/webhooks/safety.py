@@ -81,8 +81,9 @@ def check_url(url: str, allow: Sequence[str]) -> tuple[str, str, int, str]:
     scheme, host, port, path = split_url(url)
     literal = _literal(host)
     if scheme == "http" and not is_allowlisted(host, literal, allow):
-        raise UnsafeTarget(f"webhook url {loggable_url(url)!r} is plain http: use https, or add its host "
-                           "to webhooks.allow_insecure (for a receiver on a trusted network)")
+        raise UnsafeTarget(f"webhook url {loggable_url(url)!r} is plain http: use https, or "
+                           "add its host to webhooks.allow_insecure (for a receiver on a "
+                           "trusted network)")
     return scheme, host, port, path
 
 

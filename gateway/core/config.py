@@ -514,8 +514,9 @@ def _check_webhooks(webhooks: WebhooksConfig) -> None:
     for i, endpoint in enumerate(webhooks.endpoints):
         where = f"webhooks.endpoints[{i}]"
         if not endpoint.url.startswith(("https://", "http://")):
-            raise ConfigError(f"{where}.url ({loggable_url(endpoint.url)!r}) must be an https:// url "
-                              "(http:// only for hosts in webhooks.allow_insecure)")
+            raise ConfigError(f"{where}.url ({loggable_url(endpoint.url)!r}) must be an "
+                              "https:// url (http:// only for hosts in "
+                              "webhooks.allow_insecure)")
         if not endpoint.secret_env:
             raise ConfigError(
                 f"{where}.secret_env is empty: name the environment variable that holds the "
