@@ -157,7 +157,8 @@ CODES: tuple[ErrorCode, ...] = (
         "or a non-public address, for a host not in `webhooks.allow_insecure`), with "
         "credentials in it, or malformed; more than 100 event types or sessions, or a "
         "description over 200 characters; `replayWebhooks` with both or neither of "
-        "`after` and `since`",
+        "`after` and `since`, or an `after` below 0 or past the event log's current end "
+        "(named in the message)",
         "use an https url of a public host (the operator allowlists a private receiver "
         "in `webhooks.allow_insecure`), and correct the argument the message names",
         ()),

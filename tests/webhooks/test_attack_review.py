@@ -23,7 +23,7 @@ from tests.webhooks.receiver import Receiver
 
 
 def test_a_retry_after_of_unicode_digits_is_read_or_ignored_never_raises() -> None:
-    """failed on main before its fix: DEFECT retry-after-unicode-digit. ``retry_after_seconds`` takes
+    """failed on main (fixed): DEFECT retry-after-unicode-digit. ``retry_after_seconds`` takes
     ``str.isdigit()`` as "delta-seconds", but isdigit() is true for '²' or '①', which
     float() refuses: ValueError escapes the pure function (RFC 9110 delta-seconds is
     ASCII 1*DIGIT only)."""
@@ -34,7 +34,7 @@ def test_a_retry_after_of_unicode_digits_is_read_or_ignored_never_raises() -> No
 
 def test_a_hostile_retry_after_still_backs_the_endpoint_off(
         log: EventLog, store: EndpointStore, deliverer: MakeDeliverer) -> None:
-    """failed on main before its fix: DEFECT retry-after-unicode-digit. An endpoint answering
+    """failed on main (fixed): DEFECT retry-after-unicode-digit. An endpoint answering
     ``503`` with ``Retry-After: ²`` makes ``_deliver`` raise before ``store.failed``: the
     failure is not recorded, ``next_attempt_at`` does not move, so the endpoint is due at
     once again: the gateway re-sends in a tight loop, never walks the schedule and is
@@ -93,7 +93,7 @@ def trickling_server(gap: float, header_bytes: int) -> Iterator[tuple[int, list[
 
 
 def test_an_answer_whose_headers_trickle_in_is_cut_at_the_total_timeout() -> None:
-    """failed on main before its fix: DEFECT header-slow-loris. ``webhooks.timeout_seconds`` is
+    """failed on main (fixed): DEFECT header-slow-loris. ``webhooks.timeout_seconds`` is
     documented as "for the whole request, from connect to the last byte", but ``post``
     only bounds each socket read (httpx's read timeout) and the body: an endpoint that
     sends its status line and headers one byte just inside each read timeout holds the
@@ -120,7 +120,7 @@ def test_an_answer_whose_headers_trickle_in_is_cut_at_the_total_timeout() -> Non
     "::a9fe:a9fe",  # IPv4-compatible (deprecated) 169.254.169.254
 ])
 def test_ipv6_forms_embedding_a_private_ipv4_are_refused(address: str) -> None:
-    """failed on main before its fix: DEFECT ipv6-embedded-ipv4. ``check_address`` unwraps only
+    """failed on main (fixed): DEFECT ipv6-embedded-ipv4. ``check_address`` unwraps only
     IPv4-mapped (::ffff:a.b.c.d); Python calls the NAT64, 6to4, IPv4-translated and
     IPv4-compatible forms "global", so a name resolving to e.g. 64:ff9b::a9fe:a9fe passes
     and, on an IPv6-only host behind NAT64 (cloud IPv6-only subnets), reaches the
@@ -131,7 +131,7 @@ def test_ipv6_forms_embedding_a_private_ipv4_are_refused(address: str) -> None:
 
 def test_a_replay_after_a_cursor_beyond_the_log_head_does_not_mute_the_endpoint(
         log: EventLog, deliverer: MakeDeliverer) -> None:
-    """failed on main before its fix: DEFECT replay-beyond-head. ``replayWebhooks(id, after: N)`` stores
+    """failed on main (fixed): DEFECT replay-beyond-head. ``replayWebhooks(id, after: N)`` stores
     any N as the endpoint's cursor; with N past the log's head (a typo, a seq from
     another gateway's log, 2147483647) every event written afterwards has a smaller seq
     and is skipped: the endpoint is silently muted, shown enabled and healthy, until
@@ -151,7 +151,7 @@ def test_a_replay_after_a_cursor_beyond_the_log_head_does_not_mute_the_endpoint(
 
 
 def test_a_kept_alive_tls_connection_is_not_reused_for_another_name(tmp_path: Path) -> None:
-    """failed on main before its fix: DEFECT tls-pool-reuse-across-names. ``post`` pins the url to the
+    """failed on main (fixed): DEFECT tls-pool-reuse-across-names. ``post`` pins the url to the
     checked address and passes the name only as Host and SNI, so httpx's pool keys
     connections by address:port. A request to ``b.invalid`` that resolves to the same
     address as an earlier ``a.invalid`` rides the kept-alive connection whose
