@@ -494,7 +494,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         try:
             records, more = self.incoming.page(session=msg.session, first=msg.first,
                                                after=msg.after)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:  # a cursor past SQLite's INTEGER too
             self.send(sender, Failed("GRAPHQL_VALIDATION_FAILED", f"{exc}; use a cursor from "
                                      "a previous page", {"field": "after"}, msg.request_id))
             return
@@ -552,7 +552,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 records, more = self.store.page(session=request.session, state=request.state,
                                                 phone=request.phone, first=request.first,
                                                 after=request.after)
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 reply = Failed("GRAPHQL_VALIDATION_FAILED", f"{exc}; use a cursor from a "
                                "previous page", {"field": "after"}, request.request_id)
             else:
@@ -560,7 +560,12 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                                    tuple(cursor_of(r) for r in records), more)
                 reply = Ok(page, request.request_id)
         elif isinstance(request, ListEvents):
-            reply = Ok(self._event_page(request), request.request_id)
+            try:
+                reply = Ok(self._event_page(request), request.request_id)
+            except OverflowError as exc:  # a sequence past SQLite's INTEGER: not ours
+                reply = Failed("GRAPHQL_VALIDATION_FAILED", f"{exc}; pass the endCursor of "
+                               "a previous whatsAppEvents page", {"field": "after"},
+                               request.request_id)
         else:
             return
         self.send(msg.reply_to, reply)

@@ -28,6 +28,9 @@ MESSAGE_STATUS = "message.status"
 MESSAGE_RECEIVED = "message.received"
 SESSION_STATUS = "session.status"
 EVENT_TYPES = (MESSAGE_STATUS, MESSAGE_RECEIVED, SESSION_STATUS)
+# SQLite's largest INTEGER: a cursor naming more is forged (a larger number does not even
+# bind as a query parameter: OverflowError), so decoding refuses it as invalid.
+MAX_SEQ = 2**63 - 1
 
 # Part of schema version 1 (gateway.core.migrations runs it): IF NOT EXISTS, so it is
 # also safe to run on a store that already has it.
@@ -191,6 +194,7 @@ def decode_event_cursor(cursor: str) -> int:
     except (ValueError, UnicodeDecodeError):
         raise ValueError(f"invalid event cursor {cursor!r}") from None
     kind, _, number = raw.partition(":")
-    if kind != "e" or not number.isdigit() or len(number) > 19:
+    if (kind != "e" or not number.isdigit() or not number.isascii() or len(number) > 19
+            or int(number) > MAX_SEQ):
         raise ValueError(f"invalid event cursor {cursor!r}")
     return int(number)

@@ -195,7 +195,8 @@ def decode_cursor(cursor: str) -> int:
     except (ValueError, UnicodeDecodeError):
         raise ValueError(f"invalid cursor {cursor!r}") from None
     seq = raw.removeprefix(_CURSOR_PREFIX)
-    if not raw.startswith(_CURSOR_PREFIX) or not seq.isdigit() or not seq.isascii():
+    if (not raw.startswith(_CURSOR_PREFIX) or not seq.isdigit() or not seq.isascii()
+            or len(seq) > 19 or int(seq) > events.MAX_SEQ):  # length first: no huge int()
         raise ValueError(f"invalid cursor {cursor!r}")
     return int(seq)
 
