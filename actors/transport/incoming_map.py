@@ -55,8 +55,8 @@ def incoming_from_event(event: Any, phone_of: Callable[[Any], str]) -> IncomingM
     lid = _jid(sender) if sender.Server in LID_SERVERS else (
         _jid(alt) if alt is not None and alt.Server in LID_SERVERS else "")
     return IncomingMessage(
-        message_id=info.ID, chat=_jid(source.Chat), sender_jid=_jid(sender),
-        sender_phone=phone_of(source), sender_lid=lid, push_name=info.Pushname,
+        message_id=_str(info.ID), chat=_jid(source.Chat), sender_jid=_jid(sender),
+        sender_phone=_str(phone_of(source)), sender_lid=lid, push_name=_str(info.Pushname),
         is_group=bool(source.IsGroup), kind=kind, text=text, quoted_id=quoted,
         at=_seconds(info.Timestamp), meta=meta)
 
@@ -74,10 +74,10 @@ def _unwrapped(message: Any) -> Any:
 def _content(message: Any) -> tuple[str | None, str, tuple[tuple[str, str], ...], str]:
     """(kind, text, meta, quoted message id); kind None: nothing a person wrote."""
     if message.conversation:
-        return "text", message.conversation, (), ""
+        return "text", _str(message.conversation), (), ""
     if message.HasField("extendedTextMessage"):
         ext = message.extendedTextMessage
-        return "text", ext.text, (), _quoted(ext)
+        return "text", _str(ext.text), (), _quoted(ext)
     for name, kind in MEDIA_KINDS.items():
         if message.HasField(name):
             return kind, *_media(getattr(message, name), kind)
@@ -91,11 +91,11 @@ def _media(part: Any, kind: str) -> tuple[str, tuple[tuple[str, str], ...], str]
     """Caption (the text), metadata and quoted id of a non-text message. A reaction's
     text is its emoji and the message it reacts to is its "quoted" id."""
     if kind == "reaction":
-        return part.text, (), part.key.ID
+        return _str(part.text), (), _str(part.key.ID)
     names = {field.name for field, _ in part.ListFields()}
-    meta = tuple((name, str(getattr(part, name))[:_MAX_META]) for name in _META_FIELDS
+    meta = tuple((name, _str(getattr(part, name))[:_MAX_META]) for name in _META_FIELDS
                  if name in names)
-    caption = part.caption if "caption" in names else ""
+    caption = _str(part.caption) if "caption" in names else ""
     return caption, meta, _quoted(part)
 
 
@@ -104,12 +104,24 @@ def _quoted(part: Any) -> str:
     names = {field.name for field, _ in part.ListFields()}
     if "contextInfo" not in names:
         return ""
-    return str(part.contextInfo.stanzaID)
+    return _str(part.contextInfo.stanzaID)
 
 
 def _jid(jid: Any) -> str:
     """``user@server`` (the device and agent dropped: a person, not one of their phones)."""
-    return f"{jid.User}@{jid.Server}" if jid.User else ""
+    return f"{_str(jid.User)}@{_str(jid.Server)}" if jid.User else ""
+
+
+def _str(value: Any) -> str:
+    """``value`` as text that is valid UTF-8. The sender's client writes the message's
+    protobuf and its push name: a proto2 ``string`` field is not checked for UTF-8 by
+    Go's encoder or Python's decoder, and upb hands invalid bytes back as ``bytes``.
+    Passed on as they are, they fail the store's hash and JSON, and the reply is lost;
+    decoded with replacement characters, it is kept (its odd bytes shown as U+FFFD)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    text = value if isinstance(value, str) else str(value)
+    return text.encode("utf-8", errors="replace").decode("utf-8")  # lone surrogates too
 
 
 def _seconds(timestamp: int) -> float:
