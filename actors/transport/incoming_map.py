@@ -35,6 +35,7 @@ _WRAPPERS = ("ephemeralMessage", "viewOnceMessage", "viewOnceMessageV2",
 # history sync notices). Such an event is not a message to report.
 _SILENT = ("senderKeyDistributionMessage", "protocolMessage", "messageContextInfo")
 _MAX_META = 256  # characters of one metadata value
+LATEST_SECONDS = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the last moment ISO 8601 writes
 
 
 def incoming_from_event(event: Any, phone_of: Callable[[Any], str]) -> IncomingMessage | None:
@@ -129,5 +130,9 @@ def _seconds(timestamp: int) -> float:
     nanoseconds (other encoders of the same event) are recognised by their size."""
     value = float(timestamp)
     if value > 1e17:
-        return value / 1e9
-    return value / 1e3 if value > 1e11 else max(value, 0.0)
+        value /= 1e9
+    elif value > 1e11:
+        value /= 1e3
+    # The sender's client sets it: a time no calendar shows (past 9999-12-31, or before
+    # 1970) is not given, rather than a row that breaks every page of the list holding it.
+    return value if 0.0 < value <= LATEST_SECONDS else 0.0

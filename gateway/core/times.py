@@ -35,5 +35,18 @@ def iso_time(timestamp: float | None, precision: Precision = "seconds") -> str |
     has not happened, such as a session never connected)."""
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec=precision).replace(
+    return datetime.fromtimestamp(_in_range(timestamp), UTC).isoformat(timespec=precision).replace(
         "+00:00", "Z")
+
+
+_EARLIEST = -62_135_596_800.0  # 0001-01-01T00:00:00Z
+_LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+
+
+def _in_range(timestamp: float) -> float:
+    """``timestamp`` held to what a datetime can show. A moment outside it (a stored
+    time from a peer's clock, or NaN) would raise and fail a whole page of records for
+    one row; the nearest moment that can be written is shown instead (NaN as 1970)."""
+    if timestamp != timestamp:  # NaN
+        return 0.0
+    return min(max(float(timestamp), _EARLIEST), _LATEST)

@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from actors.audit.log import AuditLog, file_name, verify
 from gateway.core.times import iso_time
 
@@ -58,3 +60,14 @@ def test_there_is_one_iso_time() -> None:
              for folder in ("gateway", "actors") for path in sorted((ROOT / folder).rglob("*.py"))
              if re.search(r"^def iso_time\(", path.read_text(encoding="utf-8"), re.M)]
     assert found == ["gateway/core/times.py"]
+
+
+@pytest.mark.parametrize(("moment", "shown"), [
+    (1e14, "9999-12-31T23:59:59Z"), (float("inf"), "9999-12-31T23:59:59Z"),
+    (-1e14, "0001-01-01T00:00:00Z"), (float("-inf"), "0001-01-01T00:00:00Z"),
+    (float("nan"), "1970-01-01T00:00:00Z")])
+def test_a_moment_no_calendar_shows_is_held_to_the_nearest_one_written(
+        moment: float, shown: str) -> None:
+    """A stored time out of datetime's range (a peer's clock) must not fail the page."""
+    assert iso_time(moment) == shown
+    assert iso_time(moment, "microseconds").startswith(shown[:-1])
