@@ -300,6 +300,8 @@ class SimulatorServer:
         client reports it within one poll interval (or at its next connect)."""
         if not text:
             raise SimulatorError("a reply needs some text (--text)")
+        for flag, value in (("--text", text), ("--name", push_name), ("--quote", quote or "")):
+            _check_utf8(flag, value)
         entry = {"id": "3EB0" + secrets.token_hex(9).upper(), "from": checked_phone(from_phone),
                  "text": text, "quote": quote or "", "push_name": push_name,
                  "at": time.time()}
@@ -925,3 +927,16 @@ def _write_private_json(path: Path, data: dict[str, Any]) -> None:
     make_private_dir(path.parent.parent)
     make_private_dir(path.parent)
     write_atomic(path, json.dumps(data))
+
+
+def _check_utf8(flag: str, value: str) -> None:
+    """Refuse text that is not valid Unicode. Python decodes argv bytes that are not
+    UTF-8 (a Latin-1 terminal's ``café``) to lone surrogates; queued as they are, the
+    session's client would take the reply off the queue and the outbox fail to store
+    it: gone, while the command said it was sent. Said here, the user can fix it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SimulatorError(
+            f"{flag} is not valid UTF-8 text (the terminal sent bytes in another "
+            "encoding); set a UTF-8 locale, e.g. LANG=C.UTF-8, and type it again") from None

@@ -211,3 +211,32 @@ def test_a_sender_token_reads_no_reply_text_through_the_event_log(
         text="private reply 77", sent_at=1_767_225_600.0), 1_767_225_600.0)
     result = w.gql(EVENTS, {"t": ["MESSAGE_RECEIVED"]}, add_token(w.config, "app", "sender"))
     assert "private reply 77" not in str(result) and "4915112345001" not in str(result), result
+
+
+@pytest.mark.parametrize("flag", ["--text", "--name", "--quote"])
+def test_wagate_sim_reply_refuses_argv_that_is_not_utf8(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str) -> None:
+    """DEFECT sim-reply-surrogates through the real command line: argv bytes that are not
+    UTF-8 arrive as surrogates; the command fails (exit 1) naming the flag, and nothing
+    is queued for the session's client to lose."""
+    from actors.transport.simulator import SimulatorServer
+    from gateway.cli.wagate import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    values = {"--text": "hello", "--name": "Jo", "--quote": "3EB0AA"}
+    values[flag] = "caf\udce9"
+    argv = ["sim", "reply", "--data-dir", str(data), "--from", "+4915112345001"]
+    for name, value in values.items():
+        argv += [name, value]
+    assert main(argv) == 1
+    assert f"{flag} is not valid UTF-8" in capsys.readouterr().err
+    values[flag] = "café"  # the same reply in UTF-8 is queued where the test looks
+    argv = argv[:6] + [part for pair in values.items() for part in pair]
+    assert main(argv) == 0
+    server = SimulatorServer(data, data / "simulator")
+    try:
+        (queued,) = server._take_incoming("default")
+        assert "café" in (queued["text"], queued["push_name"], queued["quote"])
+    finally:
+        server.close()
