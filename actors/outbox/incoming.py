@@ -51,7 +51,21 @@ CREATE TABLE IF NOT EXISTS incoming (
 CREATE UNIQUE INDEX IF NOT EXISTS incoming_by_wa_id ON incoming (session, wa_message_id);
 CREATE INDEX IF NOT EXISTS incoming_by_session ON incoming (session, seq);
 CREATE INDEX IF NOT EXISTS incoming_by_arrival ON incoming (received_at);
+-- The message.received event of one incoming row, found without reading every event's
+-- JSON: what erasing a pruned reply's copy in the log looks up.
+CREATE INDEX IF NOT EXISTS events_by_incoming ON events (json_extract(data, '$.incoming_id'))
+    WHERE type = 'message.received';
 """
+# What a message.received event holds of the person who wrote and what they wrote:
+# set to null in the event when the row goes (README: Events, retention).
+_PERSONAL = ("text", "phone_number", "sender_jid", "sender_lid", "push_name", "chat")
+_ERASE_TEXT = ("UPDATE events SET data = json_set(data, '$.text', NULL) "
+               "WHERE type = 'message.received' "
+               "AND json_extract(data, '$.incoming_id') = ?")
+_ERASE_PERSONAL = ("UPDATE events SET data = json_set(data, "
+                   + ", ".join(f"'$.{name}', NULL" for name in _PERSONAL)
+                   + ") WHERE type = 'message.received' "
+                   "AND json_extract(data, '$.incoming_id') = ?")
 
 _CURSOR_PREFIX = "i:"
 
@@ -157,13 +171,26 @@ class IncomingStore:
         """Note that the read receipt went out (the first time only); without
         ``keep_text`` the text goes with it. None for an unknown id."""
         text = "text" if self.keep_text else "NULL"
-        self.db.execute(f"UPDATE incoming SET read_at = COALESCE(read_at, ?), text = {text} "
-                        "WHERE id = ?", (now, record_id))
+        with self.db:  # one transaction: the row and its event's copy of the text
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(f"UPDATE incoming SET read_at = COALESCE(read_at, ?), "
+                            f"text = {text} WHERE id = ?", (now, record_id))
+            if not self.keep_text:
+                self.db.execute(_ERASE_TEXT, (record_id,))
         return self.get(record_id)
 
     def prune(self, older_than: float) -> int:
-        """Forget messages received before ``older_than`` (unix time)."""
-        cursor = self.db.execute("DELETE FROM incoming WHERE received_at < ?", (older_than,))
+        """Forget messages received before ``older_than`` (unix time), and what their
+        ``message.received`` events hold of the text and the sender: the event log is
+        kept for ``events.retention_days``, and a reply must not outlive
+        ``messages.incoming_retention_hours`` there (whatsAppEvents, webhook replays)."""
+        with self.db:  # one transaction: the rows and their events' copies
+            self.db.execute("BEGIN IMMEDIATE")
+            ids = [row[0] for row in self.db.execute(
+                "SELECT id FROM incoming WHERE received_at < ?", (older_than,))]
+            self.db.executemany(_ERASE_PERSONAL, ((record_id,) for record_id in ids))
+            cursor = self.db.execute("DELETE FROM incoming WHERE received_at < ?",
+                                     (older_than,))
         return cursor.rowcount
 
     def count(self) -> int:

@@ -240,3 +240,43 @@ def test_wagate_sim_reply_refuses_argv_that_is_not_utf8(
         assert "café" in (queued["text"], queued["push_name"], queued["quote"])
     finally:
         server.close()
+
+
+def test_a_pruned_reply_event_keeps_its_ids_and_other_events_are_untouched(
+        incoming: IncomingStore) -> None:
+    """DEFECT received-text-outlives-retention: the prune erases the sender's number,
+    JIDs, push name and text from the pruned reply's event (its ids stay, so an
+    application can still match it), and leaves a newer reply's event whole."""
+    from actors.outbox.incoming import NewIncoming
+
+    for wa_id, at in (("3EB0OLD", 1_767_225_600.0), ("3EB0NEW", 1_767_229_200.0)):
+        incoming.add(NewIncoming(session="default", wa_message_id=wa_id,
+                                 chat="4915112345001@s.whatsapp.net",
+                                 sender_jid="4915112345001@s.whatsapp.net",
+                                 sender_phone="4915112345001", push_name="Jo",
+                                 text=f"text of {wa_id}", sent_at=at), at)
+    assert incoming.prune(older_than=1_767_225_601.0) == 1
+    old, new = ev.events_after(incoming.db, 0, types=("message.received",), limit=10)
+    assert old.data["whatsapp_message_id"] == "3EB0OLD" and old.data["incoming_id"]
+    assert all(old.data[k] is None for k in ("text", "phone_number", "sender_jid",
+                                            "sender_lid", "push_name", "chat"))
+    assert new.data["text"] == "text of 3EB0NEW"
+    assert new.data["phone_number"] == "4915112345001" and new.data["push_name"] == "Jo"
+
+
+def test_mark_read_without_keep_text_erases_the_text_from_its_event(
+        incoming: IncomingStore) -> None:
+    """DEFECT received-text-outlives-retention, the mark-read half: an event written
+    while keep_text was on loses its text when the row's text is erased at mark-read
+    (keep_text off since), in the same transaction."""
+    from actors.outbox.incoming import NewIncoming
+
+    stored = incoming.add(NewIncoming(session="default", wa_message_id="3EB0R",
+                                      chat="1@s.whatsapp.net", sender_jid="1@s.whatsapp.net",
+                                      text="read me once"), 1_767_225_600.0)
+    assert stored is not None
+    without_text = IncomingStore(incoming.db, keep_text=False)
+    record = without_text.mark_read(stored["id"], 1_767_225_700.0)
+    assert record is not None and record["text"] is None
+    (event,) = ev.events_after(incoming.db, 0, types=("message.received",), limit=10)
+    assert event.data["text"] is None and event.data["incoming_id"] == stored["id"]
