@@ -28,6 +28,9 @@ MESSAGE_STATUS = "message.status"
 MESSAGE_RECEIVED = "message.received"
 SESSION_STATUS = "session.status"
 EVENT_TYPES = (MESSAGE_STATUS, MESSAGE_RECEIVED, SESSION_STATUS)
+# What a message.received event holds of the person who wrote and of what they wrote:
+# nulled when the reply is pruned, and never shown to a role that may not list replies.
+RECEIVED_PERSONAL = ("text", "phone_number", "sender_jid", "sender_lid", "push_name", "chat")
 # SQLite's largest INTEGER: a cursor naming more is forged (a larger number does not even
 # bind as a query parameter: OverflowError), so decoding refuses it as invalid.
 MAX_SEQ = 2**63 - 1
@@ -179,6 +182,17 @@ def event_log_size(db: sqlite3.Connection) -> tuple[int, int]:
     row = db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data) + LENGTH(id) + "
                      "LENGTH(type) + LENGTH(session) + 16), 0) FROM events").fetchone()
     return int(row[0]), int(row[1])
+
+
+def without_personal(event: Event) -> Event:
+    """``event`` as a role that may not read replies (no ``messages`` action) sees it:
+    a message.received keeps its ids, kind and flags (a reply came, to which message,
+    an opt-out) with the fields of ``RECEIVED_PERSONAL`` null; other types as they are
+    (they never hold a text or a number)."""
+    if event.type != MESSAGE_RECEIVED:
+        return event
+    data = {**event.data, **{name: None for name in RECEIVED_PERSONAL if name in event.data}}
+    return Event(event.seq, event.id, event.type, event.session, event.created_at, data)
 
 
 def event_cursor(seq: int) -> str:

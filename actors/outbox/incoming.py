@@ -57,8 +57,8 @@ CREATE INDEX IF NOT EXISTS events_by_incoming ON events (json_extract(data, '$.i
     WHERE type = 'message.received';
 """
 # What a message.received event holds of the person who wrote and what they wrote:
-# set to null in the event when the row goes (README: Events, retention).
-_PERSONAL = ("text", "phone_number", "sender_jid", "sender_lid", "push_name", "chat")
+# set to null in the event when the row goes (README: Replies and receipts).
+_PERSONAL = events.RECEIVED_PERSONAL
 _ERASE_TEXT = ("UPDATE events SET data = json_set(data, '$.text', NULL) "
                "WHERE type = 'message.received' "
                "AND json_extract(data, '$.incoming_id') = ?")

@@ -3,6 +3,9 @@ webhooks or prefers pulling (README: Events).
 
 Which role: ``events`` (admin, operator, sender; gateway/auth/tokens.py). A token
 limited to some sessions sees only their events, whether it names a session or not.
+A role without ``messages`` (sender) may not list replies (whatsAppIncomingMessages),
+so it may not read them here either: its message.received events come with the
+text, the sender's number, JIDs and push name null (``without_personal``).
 ``data`` is a JSON scalar, not typed fields: each event type has its own shape, the
 same object a webhook delivers as ``data``, so pull and push read alike and a new event
 type needs no schema change.
@@ -14,6 +17,7 @@ Module-level bindables over the records of ``gateway.api.records``; ``EVENTS`` i
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from ariadne import EnumType, QueryType, ScalarType
@@ -25,6 +29,7 @@ from actors.outbox.events import (
     MESSAGE_STATUS,
     SESSION_STATUS,
     decode_event_cursor,
+    without_personal,
 )
 from gateway.api.context import authorize, request_context
 from gateway.api.errors import GatewayError
@@ -65,6 +70,8 @@ def resolve_events(_: Any, info: GraphQLResolveInfo, after: str | None = None,
     request = ListEvents(after_seq, tuple(types) if types is not None else None,
                          _sessions(principal, session), first, _request_id(info))
     page: EventPage = request_context(info).bridge.ask(request, None)
+    if not principal.may("messages"):  # the rule of whatsAppIncomingMessages: no replies
+        page = replace(page, events=tuple(without_personal(e) for e in page.events))
     return event_connection(page)
 
 

@@ -280,3 +280,30 @@ def test_mark_read_without_keep_text_erases_the_text_from_its_event(
     assert record is not None and record["text"] is None
     (event,) = ev.events_after(incoming.db, 0, types=("message.received",), limit=10)
     assert event.data["text"] is None and event.data["incoming_id"] == stored["id"]
+
+
+def test_a_sender_still_hears_that_a_reply_came_and_an_operator_reads_it(
+        site: tuple[Web, MessageStore]) -> None:  # noqa: F811
+    """DEFECT sender-reads-replies-via-events, the rule chosen: a role without
+    ``messages`` gets the message.received event with its ids and flags and the
+    personal fields null; a role with ``messages`` gets it whole."""
+    from actors.outbox.incoming import NewIncoming
+
+    w, store = site
+    stored = IncomingStore(store.db, keep_text=True).add(NewIncoming(
+        session="default", wa_message_id="3EB0K", chat="4915112345001@s.whatsapp.net",
+        sender_jid="4915112345001@s.whatsapp.net", sender_phone="4915112345001",
+        push_name="Jo", text="STOP", sent_at=1_767_225_600.0), 1_767_225_600.0)
+    assert stored is not None
+    seen = {}
+    for role in ("sender", "operator"):
+        result = w.gql(EVENTS, {"t": ["MESSAGE_RECEIVED"]}, add_token(w.config, role, role))
+        (edge,) = result["data"]["whatsAppEvents"]["edges"]
+        seen[role] = edge["node"]["data"]
+    assert seen["sender"]["incoming_id"] == stored["id"]
+    assert seen["sender"]["whatsapp_message_id"] == "3EB0K"
+    assert all(seen["sender"][k] is None for k in ("text", "phone_number", "sender_jid",
+                                                   "sender_lid", "push_name", "chat"))
+    assert seen["operator"]["text"] == "STOP"
+    assert seen["operator"]["phone_number"] == "4915112345001"
+    assert seen["operator"]["push_name"] == "Jo"
