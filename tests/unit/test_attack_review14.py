@@ -1,5 +1,5 @@
-"""Attack review of issue #14 (event log, incoming messages): each test here failed on
-main when written and names the DEFECT it shows (see the review report)."""
+"""Regressions of issue #14's event log and incoming messages, found by an attack
+review: each test failed before its fix and names the defect it guards against."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def cursor(text: str) -> str:
 
 
 def test_an_event_cursor_beyond_sqlite_integers_is_refused_as_invalid() -> None:
-    """fails on main: DEFECT event-cursor-overflow. ``decode_event_cursor`` admits 19
+    """Regression: event-cursor-overflow. ``decode_event_cursor`` admits 19
     digits, but 9223372036854775808..9999999999999999999 do not fit SQLite's INTEGER:
     the forged cursor passes validation and ``events_after`` raises OverflowError in
     the outbox (an INTERNAL answer and a traceback instead of a validation error)."""
@@ -34,7 +34,7 @@ def test_an_event_cursor_beyond_sqlite_integers_is_refused_as_invalid() -> None:
 
 def test_a_forged_huge_event_cursor_is_a_validation_error_over_http(
         site: tuple[Web, MessageStore]) -> None:  # noqa: F811
-    """fails on main: DEFECT event-cursor-overflow, through the real Flask app and the
+    """Regression: event-cursor-overflow, through the real Flask app and the
     real paging function: the answer must be GRAPHQL_VALIDATION_FAILED and the outbox
     never asked."""
     w, _ = site
@@ -55,7 +55,7 @@ def incoming(tmp_path: Path) -> Iterator[IncomingStore]:
 @pytest.mark.parametrize("digits", [BEYOND_SQLITE, "9" * 400], ids=["2**63", "400-digits"])
 def test_a_huge_incoming_cursor_is_a_value_error_the_outbox_answers(
         incoming: IncomingStore, digits: str) -> None:
-    """fails on main: DEFECT incoming-cursor-overflow. ``incoming.decode_cursor`` has no
+    """Regression: incoming-cursor-overflow. ``incoming.decode_cursor`` has no
     bound at all; ``page`` then raises OverflowError, which the outbox's
     ``receiveMsg_ListIncoming`` does not catch (it turns only ValueError into
     GRAPHQL_VALIDATION_FAILED): the message fails in the outbox actor (Thespian
@@ -93,7 +93,7 @@ def engine_event(push_name: bytes, text: bytes, timestamp: int = 1_767_225_600) 
 
 def test_a_reply_with_invalid_utf8_from_the_engine_is_stored_with_its_event(
         incoming: IncomingStore) -> None:
-    """fails on main: DEFECT incoming-invalid-utf8. A sender's client controls the
+    """Regression: incoming-invalid-utf8. A sender's client controls the
     message's protobuf and its push name; bytes that are not UTF-8 come out of neonize's
     proto2 ``string`` fields as ``bytes``, ``incoming_from_event`` passes them on, and
     the store's ``text_hash``/``json.dumps`` of the ``message.received`` event raise
@@ -117,7 +117,7 @@ def test_a_reply_with_invalid_utf8_from_the_engine_is_stored_with_its_event(
 
 def test_a_far_future_engine_timestamp_does_not_break_the_incoming_list(
         incoming: IncomingStore) -> None:
-    """fails on main: DEFECT incoming-timestamp-range. ``incoming_map._seconds`` reads a
+    """Regression: incoming-timestamp-range. ``incoming_map._seconds`` reads a
     value in 1e11..1e17 as milliseconds, so an engine timestamp of 1e17 becomes 1e14 s
     (year ~3 million); the row is stored, and every whatsAppIncomingMessages page that
     holds it fails (``iso_time`` -> ValueError: year out of range -> INTERNAL) until
@@ -142,7 +142,7 @@ def test_a_far_future_engine_timestamp_does_not_break_the_incoming_list(
 
 def test_a_pruned_reply_leaves_no_copy_of_its_text_in_the_event_log(
         incoming: IncomingStore) -> None:
-    """fails on main: DEFECT received-text-outlives-retention. With ``keep_text`` the
+    """Regression: received-text-outlives-retention. With ``keep_text`` the
     ``message.received`` event carries the reply's text; ``IncomingStore.prune`` (run
     with ``messages.incoming_retention_hours``) deletes the row but not that copy, which
     lives on for ``events.retention_days`` and is served by whatsAppEvents and by every
@@ -165,7 +165,7 @@ def test_a_pruned_reply_leaves_no_copy_of_its_text_in_the_event_log(
 
 def test_sim_reply_with_undecodable_argv_text_is_refused_or_stored(
         tmp_path: Path, incoming: IncomingStore) -> None:
-    """fails on main: DEFECT sim-reply-surrogates. On Linux Python decodes argv bytes
+    """Regression: sim-reply-surrogates. On Linux Python decodes argv bytes
     that are not UTF-8 with surrogateescape, so ``wagate sim reply --text $'caf\\xe9'``
     (a Latin-1 terminal) hands ``SimulatorServer.reply`` the text 'caf\\udce9'. It is
     queued, the session's client takes it off the queue and reports it, and the outbox's
@@ -193,7 +193,7 @@ def test_sim_reply_with_undecodable_argv_text_is_refused_or_stored(
 
 def test_a_sender_token_reads_no_reply_text_through_the_event_log(
         site: tuple[Web, MessageStore]) -> None:  # noqa: F811
-    """fails on main: DEFECT sender-reads-replies-via-events. The ``messages`` action
+    """Regression: sender-reads-replies-via-events. The ``messages`` action
     (message records, whatsAppIncomingMessages) is admin and operator only, and
     tests/unit/test_web_incoming.py holds that a sender "reads no replies"; but
     ``events`` grants sender, and ``message.received`` events carry the reply's text,

@@ -1,5 +1,5 @@
-"""Attack review of issue #14's webhooks: each test here failed on main when written
-and names the DEFECT it shows (see the review report)."""
+"""Regressions of issue #14's webhooks, found by an attack review: each test failed
+before its fix and names the defect it guards against."""
 
 from __future__ import annotations
 
