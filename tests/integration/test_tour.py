@@ -4,9 +4,11 @@ an outage longer than the reconnect schedule ends FAILED, and a send then says w
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.core.times import iso_time
 from tests.integration.harness import Gateway, expect_error, wait_for
 
 # The shipped schedule (0, 5, 15, 35, 65 s) scaled down twentyfold.
@@ -24,6 +26,9 @@ def test_the_failure_tour(make_gateway: Callable[..., Gateway]) -> None:
     gw = make_gateway(TOUR).start()
     gw.link()
     first = since(gw)["connectedSince"]
+    # connectedSince has whole seconds: a reconnect within the second of the link would
+    # show the same value, so the drop waits for the clock to pass that second.
+    wait_for(lambda: iso_time(time.time()) > first, 5, 0.05, "the next second")
 
     dropped = gw.sim("drop")
     assert "reconnect attempt is immediate" in dropped.stdout
