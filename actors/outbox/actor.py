@@ -77,7 +77,7 @@ from actors.messages import (
 )
 from actors.metrics import RefusalCounters
 from actors.outbox import events
-from actors.outbox.incoming import IncomingStore, NewIncoming
+from actors.outbox.incoming import IncomingStore
 from actors.outbox.incoming import cursor_of as incoming_cursor
 from actors.outbox.limits import Limits, rate_limited
 from actors.outbox.numbers import NumberCache, open_cache
@@ -482,7 +482,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         """Store a message written to a session's account (once per WhatsApp id)."""
         if self.incoming is None:
             return
-        record = self.incoming.add(new_incoming(msg), time.time())
+        record = self.incoming.add(msg, time.time())
         if record is not None:  # never the text or the sender's number in a log line
             log.info("message received", session=msg.session, incoming_id=record["id"],
                      kind=msg.kind, opt_out=record["opt_out"])
@@ -905,15 +905,6 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     def _arm_tick(self) -> None:
         assert self.config is not None
         self.wakeupAfter(timedelta(seconds=self.config.delivery.tick_seconds), payload=_Tick())
-
-
-def new_incoming(msg: IncomingReceived) -> NewIncoming:
-    """What the store keeps of a received message."""
-    return NewIncoming(
-        session=msg.session, wa_message_id=msg.message_id, chat=msg.chat,
-        sender_jid=msg.sender_jid, sender_phone=msg.sender_phone, sender_lid=msg.sender_lid,
-        push_name=msg.push_name, is_group=msg.is_group, kind=msg.kind, text=msg.text,
-        quoted_id=msg.quoted_id, sent_at=msg.at, meta=msg.meta)
 
 
 def _warming_up(session: str, retry_after: float, pacing: PacingConfig,

@@ -20,9 +20,9 @@ import base64
 import json
 import sqlite3
 import unicodedata
-from dataclasses import dataclass, field
 from typing import Any
 
+from actors.messages import IncomingReceived
 from actors.outbox import events
 from actors.outbox.store import new_message_id, text_hash
 
@@ -70,25 +70,6 @@ _ERASE_PERSONAL = ("UPDATE events SET data = json_set(data, "
 _CURSOR_PREFIX = "i:"
 
 
-@dataclass(frozen=True, slots=True)
-class NewIncoming:
-    """One message as the transport reported it (``actors.messages.IncomingReceived``)."""
-
-    session: str
-    wa_message_id: str
-    chat: str
-    sender_jid: str
-    sender_phone: str = ""
-    sender_lid: str = ""
-    push_name: str = ""
-    is_group: bool = False
-    kind: str = "text"
-    text: str = field(default="", repr=False)  # personal data: never in a log line
-    quoted_id: str = ""
-    sent_at: float = 0.0
-    meta: tuple[tuple[str, str], ...] = ()
-
-
 def record_event(db: sqlite3.Connection, record: dict[str, Any], keep_text: bool,
                  now: float) -> None:
     """The event log's ``message.received``, written inside the transaction that stores
@@ -117,18 +98,18 @@ class IncomingStore:
         self.opt_out_keywords = frozenset(_folded(k) for k in opt_out_keywords if k.strip())
         self.db.executescript(_SCHEMA)
 
-    def add(self, message: NewIncoming, now: float) -> dict[str, Any] | None:
+    def add(self, message: IncomingReceived, now: float) -> dict[str, Any] | None:
         """Store ``message``; None when this session already has its WhatsApp id (a
         redelivery), so the application hears of each message once."""
         record_id = new_message_id(now)
         record: dict[str, Any] = {
             "id": record_id, "session": message.session,
-            "wa_message_id": message.wa_message_id, "chat": message.chat,
+            "wa_message_id": message.message_id, "chat": message.chat,
             "sender_jid": message.sender_jid, "sender_phone": message.sender_phone,
             "sender_lid": message.sender_lid, "push_name": message.push_name,
             "is_group": int(message.is_group), "kind": message.kind, "text": message.text,
             "text_hash": text_hash(message.text), "quoted_id": message.quoted_id,
-            "sent_at": message.sent_at if message.sent_at > 0 else now,
+            "sent_at": message.at if message.at > 0 else now,
             "received_at": now, "meta": json.dumps(dict(message.meta), sort_keys=True),
             "opt_out": int(message.kind == "text"
                            and is_opt_out(message.text, self.opt_out_keywords)),

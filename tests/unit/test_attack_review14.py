@@ -101,14 +101,13 @@ def test_a_reply_with_invalid_utf8_from_the_engine_is_stored_with_its_event(
     drops it): exactly the issue's "incoming messages that silently never reach the
     webhook". Fix: decode with ``errors="replace"`` in ``incoming_map`` (and strip
     NULs if wanted) before building the ``IncomingMessage``."""
-    from actors.outbox.actor import new_incoming
     from actors.session.actor import incoming_received
     from actors.transport.incoming_map import incoming_from_event
 
     event = engine_event(b"Bad\xff\xfeName", b"hello \xc3\x28 world\x00!")
     found = incoming_from_event(event, lambda source: "4915112345001")
     assert found is not None
-    incoming.add(new_incoming(incoming_received("default", found)), 1_767_225_700.0)
+    incoming.add(incoming_received("default", found), 1_767_225_700.0)
     (record,), _ = incoming.page(session="default")
     assert isinstance(record["push_name"], str) and isinstance(record["text"], str)
     (event_row,) = ev.events_after(incoming.db, 0, types=("message.received",), limit=10)
@@ -124,7 +123,6 @@ def test_a_far_future_engine_timestamp_does_not_break_the_incoming_list(
     retention removes it. Fix: refuse or clamp a time outside what ``iso_time`` can
     show (e.g. 0 = not given) in ``_seconds``."""
     from actors.messages import IncomingPage
-    from actors.outbox.actor import new_incoming
     from actors.outbox.incoming import cursor_of
     from actors.session.actor import incoming_received
     from actors.transport.incoming_map import incoming_from_event
@@ -133,7 +131,7 @@ def test_a_far_future_engine_timestamp_does_not_break_the_incoming_list(
     event = engine_event(b"Name", b"hello", timestamp=10**17)
     found = incoming_from_event(event, lambda source: "4915112345001")
     assert found is not None
-    incoming.add(new_incoming(incoming_received("default", found)), 1_767_225_700.0)
+    incoming.add(incoming_received("default", found), 1_767_225_700.0)
     records, more = incoming.page(session="default")
     connection = incoming_connection(IncomingPage(tuple(records),
                                                   tuple(cursor_of(r) for r in records), more))
@@ -151,12 +149,12 @@ def test_a_pruned_reply_leaves_no_copy_of_its_text_in_the_event_log(
     the text from the row's event in the same transaction as the prune (and as
     mark-read without keep_text), or prune ``message.received`` events by the incoming
     retention too."""
-    from actors.outbox.incoming import NewIncoming
+    from actors.messages import IncomingReceived
 
     secret = "meet me at 7, the code is 4411"
-    incoming.add(NewIncoming(session="default", wa_message_id="3EB0P", chat="1@s.whatsapp.net",
+    incoming.add(IncomingReceived(session="default", message_id="3EB0P", chat="1@s.whatsapp.net",
                              sender_jid="1@s.whatsapp.net", sender_phone="1", text=secret,
-                             sent_at=1_767_225_600.0), 1_767_225_600.0)
+                             at=1_767_225_600.0), 1_767_225_600.0)
     assert incoming.prune(older_than=1_767_225_601.0) == 1
     assert incoming.count() == 0
     left = ev.events_after(incoming.db, 0, limit=100)
@@ -173,7 +171,6 @@ def test_sim_reply_with_undecodable_argv_text_is_refused_or_stored(
     nor evented, and no longer queued) while the command said it was sent. Fix: refuse
     (SimulatorError naming --text) or decode with replacement in ``reply``; the same for
     --name and --quote."""
-    from actors.outbox.actor import new_incoming
     from actors.session.actor import incoming_received
     from actors.transport.simulator import SimulatorError, SimulatorServer, incoming_of
 
@@ -186,7 +183,7 @@ def test_sim_reply_with_undecodable_argv_text_is_refused_or_stored(
         (waiting,) = server._take_incoming("default")
     finally:
         server.close()
-    incoming.add(new_incoming(incoming_received("default", incoming_of(waiting))),
+    incoming.add(incoming_received("default", incoming_of(waiting)),
                  1_767_225_700.0)
     assert incoming.count() == 1
 
@@ -202,13 +199,13 @@ def test_a_sender_token_reads_no_reply_text_through_the_event_log(
     MESSAGE_RECEIVED out for roles without ``messages`` (or strip text and number from
     their copy), or decide that sender may read replies and open
     whatsAppIncomingMessages to it too; either way one rule."""
-    from actors.outbox.incoming import NewIncoming
+    from actors.messages import IncomingReceived
 
     w, store = site
-    IncomingStore(store.db, keep_text=True).add(NewIncoming(
-        session="default", wa_message_id="3EB0S", chat="4915112345001@s.whatsapp.net",
+    IncomingStore(store.db, keep_text=True).add(IncomingReceived(
+        session="default", message_id="3EB0S", chat="4915112345001@s.whatsapp.net",
         sender_jid="4915112345001@s.whatsapp.net", sender_phone="4915112345001",
-        text="private reply 77", sent_at=1_767_225_600.0), 1_767_225_600.0)
+        text="private reply 77", at=1_767_225_600.0), 1_767_225_600.0)
     result = w.gql(EVENTS, {"t": ["MESSAGE_RECEIVED"]}, add_token(w.config, "app", "sender"))
     assert "private reply 77" not in str(result) and "4915112345001" not in str(result), result
 
@@ -247,14 +244,14 @@ def test_a_pruned_reply_event_keeps_its_ids_and_other_events_are_untouched(
     """DEFECT received-text-outlives-retention: the prune erases the sender's number,
     JIDs, push name and text from the pruned reply's event (its ids stay, so an
     application can still match it), and leaves a newer reply's event whole."""
-    from actors.outbox.incoming import NewIncoming
+    from actors.messages import IncomingReceived
 
     for wa_id, at in (("3EB0OLD", 1_767_225_600.0), ("3EB0NEW", 1_767_229_200.0)):
-        incoming.add(NewIncoming(session="default", wa_message_id=wa_id,
+        incoming.add(IncomingReceived(session="default", message_id=wa_id,
                                  chat="4915112345001@s.whatsapp.net",
                                  sender_jid="4915112345001@s.whatsapp.net",
                                  sender_phone="4915112345001", push_name="Jo",
-                                 text=f"text of {wa_id}", sent_at=at), at)
+                                 text=f"text of {wa_id}", at=at), at)
     assert incoming.prune(older_than=1_767_225_601.0) == 1
     old, new = ev.events_after(incoming.db, 0, types=("message.received",), limit=10)
     assert old.data["whatsapp_message_id"] == "3EB0OLD" and old.data["incoming_id"]
@@ -269,9 +266,9 @@ def test_mark_read_without_keep_text_erases_the_text_from_its_event(
     """DEFECT received-text-outlives-retention, the mark-read half: an event written
     while keep_text was on loses its text when the row's text is erased at mark-read
     (keep_text off since), in the same transaction."""
-    from actors.outbox.incoming import NewIncoming
+    from actors.messages import IncomingReceived
 
-    stored = incoming.add(NewIncoming(session="default", wa_message_id="3EB0R",
+    stored = incoming.add(IncomingReceived(session="default", message_id="3EB0R",
                                       chat="1@s.whatsapp.net", sender_jid="1@s.whatsapp.net",
                                       text="read me once"), 1_767_225_600.0)
     assert stored is not None
@@ -287,13 +284,13 @@ def test_a_sender_still_hears_that_a_reply_came_and_an_operator_reads_it(
     """DEFECT sender-reads-replies-via-events, the rule chosen: a role without
     ``messages`` gets the message.received event with its ids and flags and the
     personal fields null; a role with ``messages`` gets it whole."""
-    from actors.outbox.incoming import NewIncoming
+    from actors.messages import IncomingReceived
 
     w, store = site
-    stored = IncomingStore(store.db, keep_text=True).add(NewIncoming(
-        session="default", wa_message_id="3EB0K", chat="4915112345001@s.whatsapp.net",
+    stored = IncomingStore(store.db, keep_text=True).add(IncomingReceived(
+        session="default", message_id="3EB0K", chat="4915112345001@s.whatsapp.net",
         sender_jid="4915112345001@s.whatsapp.net", sender_phone="4915112345001",
-        push_name="Jo", text="STOP", sent_at=1_767_225_600.0), 1_767_225_600.0)
+        push_name="Jo", text="STOP", at=1_767_225_600.0), 1_767_225_600.0)
     assert stored is not None
     seen = {}
     for role in ("sender", "operator"):
