@@ -19,9 +19,12 @@ from gateway.core.config import DEFAULT_CONFIG_PATH, RANGES, Config, ConfigError
 from gateway.core.ranges import Range, flag
 
 # The demo runs on the simulator and, bound to loopback, without API tokens; it logs for a
-# person at a terminal: readable lines, and the dashboard's polling only at DEBUG.
+# person at a terminal: readable lines, and the dashboard's polling only at DEBUG. It lets
+# a webhook receiver on this machine through (plain http to loopback), so the README's
+# "Webhooks in two minutes" works as written; the production defaults allow none.
 DEMO_OVERRIDES: dict[str, Any] = {"transport.engine": "simulator", "auth.required": False,
-                                  "logging.format": "console", "logging.reads_at_debug": True}
+                                  "logging.format": "console", "logging.reads_at_debug": True,
+                                  "webhooks.allow_insecure": ["127.0.0.0/8", "localhost"]}
 # Ranges of the simulator commands' numbers (the README lists them with the commands).
 SCAN_WAIT = Range(0, 3600)
 DOWN_FOR = Range(0, 86400)

@@ -53,3 +53,14 @@ def test_demo_config_is_the_demo_with_the_differences_its_header_names() -> None
     assert differ == {"storage.data_dir", "http.workers"}, differ
     header = (CONFIGS / "demo.toml").read_text(encoding="utf-8").split("\n\n", 1)[0]
     assert "./data-demo" in header and "one web worker" in header
+
+
+def test_only_the_demo_lets_a_loopback_webhook_receiver_through() -> None:
+    """The README's "Webhooks in two minutes" registers an http receiver on 127.0.0.1
+    against the demo; the embedded defaults and the production file allow no such url."""
+    from gateway.cli.wagate import DEMO_OVERRIDES
+
+    for demo in (load_config(CONFIGS / "demo.toml"), load_config(None, DEMO_OVERRIDES)):
+        assert demo.webhooks.allow_insecure == ("127.0.0.0/8", "localhost")
+    assert load_config(None).webhooks.allow_insecure == ()
+    assert load_config(CONFIGS / "production.toml").webhooks.allow_insecure == ()
