@@ -564,6 +564,7 @@ class IncomingReceived:
     quoted_id: str = ""
     at: float = 0.0
     meta: tuple[tuple[str, str], ...] = ()
+    truncated: bool = False  # text was cut to messages.max_incoming_text_chars
 
 
 # ---- audit log ----------------------------------------------------------------

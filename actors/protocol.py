@@ -32,10 +32,11 @@ from gateway.core.version import __version__
 # and SendText lost wait_for_ack, which every sender left True; 5: the event log (ListEvents,
 # EventPage, Event, events.* in Config, the event counters in OutboxMetrics) and incoming
 # messages (IncomingReceived, ListIncoming, IncomingPage, MarkRead, ReadIncoming,
-# messages.incoming_retention_hours and opt_out_keywords in the configuration) and
-# webhooks ([webhooks] in Config, WebhookCommand).
+# messages.incoming_retention_hours, opt_out_keywords and max_incoming_text_chars in the
+# configuration, IncomingReceived.truncated) and webhooks ([webhooks] in Config,
+# WebhookCommand).
 PROTOCOL = 5
-LAYOUT = "ba6069043094eef6"
+LAYOUT = "1472af162b5cd048"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -26,36 +26,6 @@ from actors.messages import IncomingReceived
 from actors.outbox import events
 from actors.outbox.store import new_message_id, text_hash
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS incoming (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order: what the cursor names
-    id TEXT NOT NULL UNIQUE,                -- the gateway's id (whatsAppMarkRead)
-    session TEXT NOT NULL,
-    wa_message_id TEXT NOT NULL,
-    chat TEXT NOT NULL,
-    sender_jid TEXT NOT NULL,
-    sender_phone TEXT NOT NULL DEFAULT '',
-    sender_lid TEXT NOT NULL DEFAULT '',
-    push_name TEXT NOT NULL DEFAULT '',
-    is_group INTEGER NOT NULL DEFAULT 0,
-    kind TEXT NOT NULL,
-    text TEXT,                              -- NULL once erased (text_hash stays)
-    text_hash TEXT NOT NULL,
-    quoted_id TEXT NOT NULL DEFAULT '',
-    sent_at REAL NOT NULL,                  -- WhatsApp's timestamp
-    received_at REAL NOT NULL,              -- when the gateway stored it
-    read_at REAL,                           -- when whatsAppMarkRead sent the read receipt
-    meta TEXT NOT NULL DEFAULT '{}',        -- JSON object of str -> str
-    opt_out INTEGER NOT NULL DEFAULT 0      -- the text is one of messages.opt_out_keywords
-);
-CREATE UNIQUE INDEX IF NOT EXISTS incoming_by_wa_id ON incoming (session, wa_message_id);
-CREATE INDEX IF NOT EXISTS incoming_by_session ON incoming (session, seq);
-CREATE INDEX IF NOT EXISTS incoming_by_arrival ON incoming (received_at);
--- The message.received event of one incoming row, found without reading every event's
--- JSON: what erasing a pruned reply's copy in the log looks up.
-CREATE INDEX IF NOT EXISTS events_by_incoming ON events (json_extract(data, '$.incoming_id'))
-    WHERE type = 'message.received';
-"""
 # What a message.received event holds of the person who wrote and what they wrote:
 # set to null in the event when the row goes (README: Replies and receipts).
 _PERSONAL = events.RECEIVED_PERSONAL
@@ -82,21 +52,22 @@ def record_event(db: sqlite3.Connection, record: dict[str, Any], keep_text: bool
         "sender_lid": record["sender_lid"] or None, "push_name": record["push_name"] or None,
         "chat": record["chat"], "is_group": bool(record["is_group"]),
         "quoted_message_id": record["quoted_id"] or None, "sent_at": record["sent_at"],
-        "opt_out": bool(record["opt_out"]),
+        "opt_out": bool(record["opt_out"]), "truncated": bool(record["truncated"]),
     }
     events.append_event(db, "message.received", record["session"], data, now)
 
 
 class IncomingStore:
     """The ``incoming`` table of the outbox's database (``db`` is the outbox's
-    connection, in autocommit mode: each method is its own transaction)."""
+    connection, in autocommit mode: each method is its own transaction). The table is
+    made by the store's migrations (``actors.outbox.incoming_schema``), as
+    ``MessageStore`` opens the database."""
 
     def __init__(self, db: sqlite3.Connection, keep_text: bool = True,
                  opt_out_keywords: tuple[str, ...] = ()) -> None:
         self.db = db
         self.keep_text = keep_text
         self.opt_out_keywords = frozenset(_folded(k) for k in opt_out_keywords if k.strip())
-        self.db.executescript(_SCHEMA)
 
     def add(self, message: IncomingReceived, now: float) -> dict[str, Any] | None:
         """Store ``message``; None when this session already has its WhatsApp id (a
@@ -113,6 +84,7 @@ class IncomingStore:
             "received_at": now, "meta": json.dumps(dict(message.meta), sort_keys=True),
             "opt_out": int(message.kind == "text"
                            and is_opt_out(message.text, self.opt_out_keywords)),
+            "truncated": int(message.truncated),
         }
         with self.db:  # one transaction: the row and its event
             self.db.execute("BEGIN IMMEDIATE")
@@ -215,5 +187,6 @@ def _record(row: sqlite3.Row | None) -> dict[str, Any] | None:
     record = dict(row)
     record["is_group"] = bool(record["is_group"])
     record["opt_out"] = bool(record["opt_out"])
+    record["truncated"] = bool(record["truncated"])
     record["meta"] = json.loads(record["meta"])
     return record

@@ -27,6 +27,7 @@ from typing import Any
 
 from actors.messages import MessageState
 from actors.outbox import events
+from actors.outbox.incoming_schema import add_incoming
 from gateway.core.migrations import migrate, statements
 
 PAGE_CACHE_KIB = 8192
@@ -438,8 +439,10 @@ def _add_event_log(db: sqlite3.Connection) -> None:
 
 
 # Step n turns schema version n - 1 into n (gateway.core.migrations). Version 0 is
-# every store written before versions existed (messages as _SCHEMA makes them).
-MIGRATIONS = (_add_event_log,)
+# every store written before versions existed (messages as _SCHEMA makes them);
+# version 2 adds the incoming messages (before it, they were made at open, outside the
+# versions: a version 1 store may already have them).
+MIGRATIONS = (_add_event_log, add_incoming)
 
 
 def cursor_of(record: dict[str, Any]) -> str:

@@ -73,8 +73,10 @@ from actors.transport.base import (
     Transport,
     TransportEvent,
 )
+from gateway.core.config import MessagesConfig
 from gateway.core.errors import WagateError
 from gateway.core.observability import setup_logging
+from gateway.core.validation import bounded_text
 
 if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
     from actors.session.working_copy import WorkingCopy
@@ -394,7 +396,8 @@ class SessionActor(BridgedActor):
             return
         if isinstance(msg.event, IncomingMessage):
             self.send(self.outbox if self.outbox is not None else self.parent,
-                      incoming_received(self.session, msg.event))
+                      incoming_received(self.session, msg.event,
+                                        self.config.messages.max_incoming_text_chars))
             return
         if self.held is not None:  # keep the order behind a Connected being sealed
             self.held.append(msg)
@@ -722,14 +725,19 @@ class SessionActor(BridgedActor):
 
 
 
-def incoming_received(session: str, event: IncomingMessage) -> IncomingReceived:
-    """The transport's event as the outbox is told it (the session added)."""
+def incoming_received(session: str, event: IncomingMessage,
+                      max_text_chars: int = MessagesConfig().max_incoming_text_chars
+                      ) -> IncomingReceived:
+    """The transport's event as the outbox is told it (the session added), its text
+    cut to ``messages.max_incoming_text_chars`` here, before it crosses to the outbox's
+    process: a 10 MB reply costs this process a moment, never the single writer."""
+    text, truncated = bounded_text(event.text, max_text_chars)
     return IncomingReceived(
         session=session, message_id=event.message_id, chat=event.chat,
         sender_jid=event.sender_jid, sender_phone=event.sender_phone,
         sender_lid=event.sender_lid, push_name=event.push_name, is_group=event.is_group,
-        kind=event.kind, text=event.text, quoted_id=event.quoted_id, at=event.at,
-        meta=event.meta)
+        kind=event.kind, text=text, quoted_id=event.quoted_id, at=event.at,
+        meta=event.meta, truncated=truncated)
 
 
 def _engine_problem(engine: str, exc: Exception, otherwise: str) -> str:

@@ -183,6 +183,7 @@ class IncomingRecord:
     receivedAt: str
     readAt: str | None
     optOut: bool
+    truncated: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +212,7 @@ def incoming_record(row: dict[str, Any]) -> IncomingRecord:
         pushName=row["push_name"] or None, chat=row["chat"], isGroup=bool(row["is_group"]),
         quotedMessageId=row["quoted_id"] or None, sentAt=iso_time(row["sent_at"]),
         receivedAt=iso_time(row["received_at"]), readAt=iso_time(row["read_at"]),
-        optOut=bool(row.get("opt_out", False)))
+        optOut=bool(row.get("opt_out", False)), truncated=bool(row.get("truncated", False)))
 
 
 def incoming_connection(page: IncomingPage) -> IncomingConnection:

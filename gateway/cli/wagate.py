@@ -151,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the session whose account receives it (default: default)")
     reply.add_argument("--from", dest="from_phone", required=True, metavar="NUMBER",
                        help="the sender's number, digits with the country code")
-    reply.add_argument("--text", required=True, help="what they write")
+    text = reply.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="what they write")
+    text.add_argument("--text-file", metavar="PATH",
+                      help="what they write, read from a UTF-8 file (- for stdin): for a text "
+                           "longer than a command line may be")
     reply.add_argument("--quote", metavar="MESSAGE_ID",
                        help="the WhatsApp id of the message it replies to")
     reply.add_argument("--name", default="", help="the sender's push name")
@@ -499,9 +503,27 @@ def cmd_sim_receipt(args: argparse.Namespace) -> int:
     return _run_sim(args, receipt)
 
 
+def _reply_text(args: argparse.Namespace) -> str | None:
+    """The reply's text: ``--text``, or ``--text-file`` read whole (stdin for ``-``);
+    None, said on stderr, when the file cannot be read or is not UTF-8."""
+    if args.text_file is None:
+        return str(args.text)
+    try:
+        raw = (sys.stdin.buffer.read() if args.text_file == "-"
+               else Path(args.text_file).read_bytes())
+        return raw.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"wagate sim: --text-file {args.text_file}: {exc}", file=sys.stderr)
+        return None
+
+
 def cmd_sim_reply(args: argparse.Namespace) -> int:
+    text = _reply_text(args)
+    if text is None:
+        return 2
+
     def reply(server: Any) -> None:
-        entry = server.reply(args.to_session, args.from_phone, args.text, args.quote, args.name)
+        entry = server.reply(args.to_session, args.from_phone, text, args.quote, args.name)
         print(f"message {entry['id']} from {entry['from']} to session {args.to_session} "
               "(its client reports it within one poll interval)")
 

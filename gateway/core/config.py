@@ -148,6 +148,10 @@ class MessagesConfig:
     test_message: str = "wagate connection test"
     retention_hours: float = 168.0  # finished message records are pruned after this
     incoming_retention_hours: float = 168.0  # received messages are pruned after this
+    # A received text longer than this (Unicode code points) is cut to it and flagged
+    # truncated: whoever writes to the account decides its size, the gateway's memory
+    # and database do not have to follow.
+    max_incoming_text_chars: int = 65536
     # A received text that is one of these (case and surrounding spaces aside) is
     # flagged optOut; () = off. A flag for the application, never a filter.
     opt_out_keywords: tuple[str, ...] = ()
@@ -413,6 +417,7 @@ RANGES: dict[str, Range] = {
     "limits.global_per_day": _COUNT,
     "messages.max_length": Range(1, 65536), "messages.send_timeout_seconds": _SECONDS,
     "messages.retention_hours": _HOURS, "messages.incoming_retention_hours": _HOURS,
+    "messages.max_incoming_text_chars": Range(1, 1_000_000),
     "events.retention_days": Range(0, 3650, above=True), "events.prune_batch": Range(1, 100_000),
     "events.prune_max_batches": Range(1, 100_000),
     "delivery.max_attempts": Range(1, 1000), "delivery.retry_base_seconds": _DAY,

@@ -152,6 +152,17 @@ def e164(digits: str | None) -> str | None:
     return f"+{digits}" if digits else digits
 
 
+def bounded_text(text: str, max_chars: int) -> tuple[str, bool]:
+    """``text`` cut to ``max_chars`` code points, and whether it was cut.
+
+    For what others write to a linked account (``messages.max_incoming_text_chars``):
+    unlike an outgoing message it cannot be refused back to its author, and refusing it
+    would lose the reply, so it is kept, shortened, and flagged."""
+    if len(text) <= max_chars:
+        return text, False
+    return text[:max(max_chars, 0)], True
+
+
 def validate_message(text: str, max_length: int) -> str:
     """Return ``text`` unchanged if it can be sent, else raise INVALID_MESSAGE.
 

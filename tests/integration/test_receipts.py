@@ -175,3 +175,34 @@ def test_receipts_and_a_reply_flow_end_to_end_through_the_simulated_phone(
     assert incoming(gw)[0]["readAt"] is not None
     logs = [p for p in gw.root.rglob("*.log*") if p.is_file()]
     assert logs and not [p for p in logs if secret in p.read_text(errors="replace")]
+
+
+def test_a_ten_megabyte_reply_is_stored_cut_to_the_bound_and_flagged(
+        linked_gateway: Gateway) -> None:
+    """`wagate sim reply --text-file` with 10 MB of text (more than a command line takes):
+    the reply is kept, cut to messages.max_incoming_text_chars (65536 by default) and
+    flagged truncated in its record and its message.received event."""
+    gw = linked_gateway
+    before = gw.gql(INCOMING, {}).data["whatsAppIncomingMessages"]["pageInfo"]["endCursor"]
+    huge = gw.root / "huge-reply.txt"
+    huge.write_text("é" + "x" * (10 * 1024 * 1024), encoding="utf-8")
+    gw.sim("reply", "--from", RECIPIENT, "--text-file", str(huge))
+    huge.unlink()
+
+    def stored() -> list[dict[str, Any]]:
+        result = gw.gql("query($after: String) { whatsAppIncomingMessages(after: $after) "
+                        "{ edges { node { id text truncated } } } }", {"after": before})
+        assert not result.errors, result
+        return [edge["node"] for edge in result.data["whatsAppIncomingMessages"]["edges"]]
+
+    (reply,) = wait_for(stored, 30.0, message="the 10 MB reply to be stored")
+    assert reply["truncated"] is True and len(reply["text"]) == 65536
+    assert reply["text"] == "é" + "x" * 65535
+    events = gw.gql("{ whatsAppEvents(types: [MESSAGE_RECEIVED], first: 500) "
+                    "{ edges { node { data } } } }")
+    assert not events.errors, events
+    data = [e["node"]["data"] for e in events.data["whatsAppEvents"]["edges"]]
+    (event,) = [d for d in data if d["incoming_id"] == reply["id"]]
+    assert event["truncated"] is True and len(event["text"]) == 65536
+    earlier = [d for d in data if d["incoming_id"] != reply["id"]]
+    assert earlier and not any(d["truncated"] for d in earlier)

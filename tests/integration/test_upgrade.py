@@ -8,7 +8,8 @@ cleanly. Then this code starts on the same data_dir, key and token file: the ses
 comes back CONNECTED without a new QR code, the queued messages reach their
 recipients, the old version's token still works, and the audit log, written by both
 versions, still verifies. The outbox's store, which predates schema versions, is
-migrated (the event log added) and keeps the old version's messages.
+migrated (the event log and the incoming messages added) and keeps the old version's
+messages.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 import pytest
 import requests
 
+from actors.outbox.store import MIGRATIONS
 from tests.integration.harness import (
     FAST,
     Gateway,
@@ -218,10 +220,12 @@ def audit_entries(done: subprocess.CompletedProcess[str]) -> int:
 
 
 def check_outbox_store(path: Path, old_texts: set[str]) -> None:
-    """The old store was migrated (schema version 0 -> 1: the event log added) and kept
-    its messages; what they did after the upgrade is in the log."""
+    """The old store was migrated (schema version 0 -> 2: the event log, then the
+    incoming messages added) and kept its messages; what they did after the upgrade is
+    in the log."""
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+        assert db.execute("SELECT count(*) FROM incoming").fetchone()[0] == 0
         rows = {text: (message_id, state) for message_id, text, state in db.execute(
             "SELECT id, text, state FROM messages")}
         events = [(json.loads(data)["message_id"], json.loads(data)["state"]) for (data,) in

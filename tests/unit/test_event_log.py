@@ -88,7 +88,7 @@ def test_a_version_0_store_gains_the_event_log_and_keeps_its_messages(tmp_path: 
     path = tmp_path / "outbox" / "messages.sqlite3"
     old_store(path)
     store = MessageStore(tmp_path / "outbox")
-    assert schema_version(store.db) == len(MIGRATIONS) == 1
+    assert schema_version(store.db) == len(MIGRATIONS) == 2
     record = store.get("m1")
     assert record is not None and record["state"] == "QUEUED"
     assert ev.events_after(store.db, 0, limit=9) == []  # the table is there, empty
@@ -103,7 +103,7 @@ def test_a_store_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> No
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA user_version = 7")
     db.close()
-    with pytest.raises(NewerStoreError, match=r"schema version 7.*up to 1.*newer wagate"):
+    with pytest.raises(NewerStoreError, match=r"schema version 7.*up to 2.*newer wagate"):
         MessageStore(tmp_path / "outbox")
     db = sqlite3.connect(path, isolation_level=None)
     assert schema_version(db) == 7
@@ -182,16 +182,17 @@ def test_the_launcher_check_refuses_only_a_newer_store_and_writes_nothing(
         tmp_path: Path) -> None:
     from gateway.core.migrations import check_not_newer
     path = tmp_path / "outbox" / "messages.sqlite3"
-    check_not_newer(path, "outbox", 1)  # no store yet: nothing to refuse
+    known = len(MIGRATIONS)
+    check_not_newer(path, "outbox", known)  # no store yet: nothing to refuse
     assert not path.exists()
     MessageStore(tmp_path / "outbox").close()
-    check_not_newer(path, "outbox", 1)
+    check_not_newer(path, "outbox", known)
     db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA user_version = 2")
+    db.execute(f"PRAGMA user_version = {known + 1}")
     db.close()
     before = path.read_bytes()
-    with pytest.raises(NewerStoreError, match="schema version 2"):
-        check_not_newer(path, "outbox", 1)
+    with pytest.raises(NewerStoreError, match=f"schema version {known + 1}"):
+        check_not_newer(path, "outbox", known)
     assert path.read_bytes() == before
 
 

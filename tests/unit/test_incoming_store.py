@@ -173,3 +173,157 @@ def test_each_stored_message_has_its_received_event_and_a_redelivery_none(
             for e in logged] == [("default", stored["id"], "3EB0B")]
     assert logged[0].data["text"] == (SECRET if stores.keep_text else None)
     assert logged[0].data["phone_number"] == "4915112345001"
+
+
+# ---- the incoming table is version 2 of the outbox store -----------------------------
+
+
+def _store_at_version_1(path: Path, with_incoming: bool) -> None:
+    """A store as the previous version left it: messages and the event log (version 1);
+    with ``with_incoming``, also the incoming table as that version made it at open
+    (outside the versions, before opt_out and truncated existed), holding one reply."""
+    from actors.outbox import events as ev
+    from gateway.core.migrations import statements
+
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE messages (id TEXT PRIMARY KEY, session TEXT NOT NULL, "
+               "phone TEXT NOT NULL, text TEXT, text_hash TEXT NOT NULL, state TEXT NOT NULL, "
+               "accepted_at REAL NOT NULL, updated_at REAL NOT NULL, "
+               "next_attempt_at REAL NOT NULL DEFAULT 0, valid_until REAL, "
+               "attempts INTEGER NOT NULL DEFAULT 0, wa_message_id TEXT, "
+               "reason TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '', "
+               "request_id TEXT NOT NULL DEFAULT '', requester TEXT NOT NULL DEFAULT '', "
+               "idempotency_key TEXT, is_test INTEGER NOT NULL DEFAULT 0, "
+               "uncertain INTEGER NOT NULL DEFAULT 0, history TEXT NOT NULL)")
+    for statement in statements(ev.EVENTS_SCHEMA):
+        db.execute(statement)
+    if with_incoming:
+        db.execute("CREATE TABLE incoming (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                   "id TEXT NOT NULL UNIQUE, session TEXT NOT NULL, wa_message_id TEXT NOT NULL, "
+                   "chat TEXT NOT NULL, sender_jid TEXT NOT NULL, "
+                   "sender_phone TEXT NOT NULL DEFAULT '', sender_lid TEXT NOT NULL DEFAULT '', "
+                   "push_name TEXT NOT NULL DEFAULT '', is_group INTEGER NOT NULL DEFAULT 0, "
+                   "kind TEXT NOT NULL, text TEXT, text_hash TEXT NOT NULL, "
+                   "quoted_id TEXT NOT NULL DEFAULT '', sent_at REAL NOT NULL, "
+                   "received_at REAL NOT NULL, read_at REAL, meta TEXT NOT NULL DEFAULT '{}')")
+        db.execute("INSERT INTO incoming (id, session, wa_message_id, chat, sender_jid, kind, "
+                   "text, text_hash, sent_at, received_at) VALUES ('r1', 'default', '3EB0OLD', "
+                   "'c', 's', 'text', 'kept', 'h', 1, 1)")
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+
+
+@pytest.mark.parametrize("with_incoming", [False, True], ids=["without", "made_at_open"])
+def test_a_store_of_the_previous_version_gains_the_incoming_table(
+        tmp_path: Path, with_incoming: bool) -> None:
+    from actors.outbox.store import MIGRATIONS
+    from gateway.core.migrations import schema_version
+
+    (tmp_path / "outbox").mkdir()
+    _store_at_version_1(tmp_path / "outbox" / "messages.sqlite3", with_incoming)
+    outbox = MessageStore(tmp_path / "outbox")
+    try:
+        assert schema_version(outbox.db) == len(MIGRATIONS) == 2
+        store = IncomingStore(outbox.db)
+        old = [r["wa_message_id"] for r in store.page()[0]]
+        assert old == (["3EB0OLD"] if with_incoming else [])
+        added = store.add(message("3EB0NEW"), NOW)
+        assert added is not None and added["truncated"] is False and added["opt_out"] is False
+        indexes = {r[0] for r in outbox.db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"incoming_by_wa_id", "incoming_by_session", "events_by_incoming"} <= indexes
+    finally:
+        outbox.close()
+
+
+def test_a_store_at_the_new_version_is_opened_unchanged(tmp_path: Path) -> None:
+    from gateway.core.migrations import schema_version
+
+    outbox = MessageStore(tmp_path / "outbox")
+    IncomingStore(outbox.db).add(message("3EB0A"), NOW)
+    outbox.close()
+    path = tmp_path / "outbox" / "messages.sqlite3"
+    db = sqlite3.connect(path)
+    schema = db.execute("SELECT sql FROM sqlite_master ORDER BY name").fetchall()
+    db.close()
+    reopened = MessageStore(tmp_path / "outbox")
+    try:
+        assert [tuple(r) for r in reopened.db.execute(
+            "SELECT sql FROM sqlite_master ORDER BY name")] == schema
+        assert schema_version(reopened.db) == 2
+        assert IncomingStore(reopened.db).count() == 1
+    finally:
+        reopened.close()
+
+
+def test_a_store_of_a_newer_version_is_refused_before_the_incoming_table(
+        tmp_path: Path) -> None:
+    from gateway.core.migrations import NewerStoreError, schema_version
+
+    (tmp_path / "outbox").mkdir()
+    path = tmp_path / "outbox" / "messages.sqlite3"
+    _store_at_version_1(path, with_incoming=False)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA user_version = 3")
+    db.close()
+    with pytest.raises(NewerStoreError, match=r"schema version 3.*up to 2"):
+        MessageStore(tmp_path / "outbox")
+    db = sqlite3.connect(path)
+    assert schema_version(db) == 3
+    assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'incoming'").fetchall()
+    db.close()
+
+
+# ---- a received text is bounded (messages.max_incoming_text_chars) -------------------
+
+TEN_MB = 10 * 1024 * 1024
+
+
+def test_a_ten_megabyte_simulator_reply_is_cut_and_flagged_in_record_and_event(
+        stores: IncomingStore) -> None:
+    entry = {"id": "3EB0HUGE", "from": "4915112345001", "text": "ü" * TEN_MB, "quote": "",
+             "push_name": "", "at": NOW}
+    told = incoming_received("default", incoming_of(entry))
+    assert told.truncated and len(told.text) == 65536 and told.text == "ü" * 65536
+    record = stores.add(told, NOW)
+    assert record is not None and record["truncated"] is True
+    assert record["text"] == ("ü" * 65536 if stores.keep_text else record["text"])
+    (event,) = events_after(stores.db, 0, types=["message.received"], limit=9)
+    assert event.data["truncated"] is True
+    assert event.data["text"] == ("ü" * 65536 if stores.keep_text else None)
+
+
+def test_a_ten_megabyte_engine_message_is_cut_by_the_session(stores: IncomingStore) -> None:
+    """The neonize mapping passes the engine's text on whole; the session cuts it
+    before it crosses to the outbox's process."""
+    from neonize.proto import Neonize_pb2 as proto
+
+    from actors.transport.incoming_map import incoming_from_event
+
+    event = proto.Message()
+    source = event.Info.MessageSource
+    source.Chat.User, source.Chat.Server = "4915112345001", "s.whatsapp.net"
+    source.Sender.User, source.Sender.Server = "4915112345001", "s.whatsapp.net"
+    event.Info.ID, event.Info.Timestamp = "3EB0ENGINE", int(NOW)
+    event.Message.conversation = "a" * TEN_MB
+    found = incoming_from_event(event, lambda source: "4915112345001")
+    assert found is not None and len(found.text) == TEN_MB
+    told = incoming_received("default", found, max_text_chars=1000)
+    assert told.truncated and told.text == "a" * 1000
+    assert stores.add(told, NOW) is not None
+
+
+@pytest.mark.parametrize(("text", "limit", "cut"), [
+    ("abc", 3, False), ("abcd", 3, True), ("", 1, False), ("😀😀", 1, True)])
+def test_the_bound_counts_code_points(text: str, limit: int, cut: bool) -> None:
+    from gateway.core.validation import bounded_text
+
+    assert bounded_text(text, limit) == (text[:limit], cut)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), 1_000_001, 10**30])
+def test_the_bound_s_config_key_refuses_what_is_out_of_range(bad: object) -> None:
+    from gateway.core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"messages\.max_incoming_text_chars"):
+        load_config(overrides={"messages.max_incoming_text_chars": bad})
