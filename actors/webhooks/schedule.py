@@ -22,6 +22,30 @@ SCHEDULE_SECONDS: tuple[float, ...] = (
     5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
 
 
+def retry_span_seconds(scale: float) -> float:
+    """How long an endpoint is retried on one event before it is disabled: the
+    schedule's waits added up (about 75.6 h), times ``webhooks.retry_scale``."""
+    return math.fsum(SCHEDULE_SECONDS) * scale
+
+
+def retention_warning(retention_days: float, retry_scale: float) -> dict[str, object] | None:
+    """A warning when ``events.retention_days`` is shorter than the retry schedule's
+    span: an endpoint that fails for that long is held on an event the log may prune
+    meanwhile, so it never gets the events of its first days down. None when the log
+    keeps events at least as long as an endpoint is retried."""
+    span = retry_span_seconds(retry_scale)
+    kept = retention_days * 86400.0
+    if kept >= span:
+        return None
+    return {"code": "EVENT_RETENTION_SHORT", "retentionDays": retention_days,
+            "retrySpanHours": round(span / 3600.0, 1),
+            "message": f"events.retention_days ({retention_days:g}) is shorter than the "
+                       f"webhook retry schedule ({span / 3600.0:.1f} h with "
+                       f"webhooks.retry_scale {retry_scale:g}): an endpoint that fails "
+                       "that long misses the events pruned meanwhile; raise "
+                       f"events.retention_days to at least {math.ceil(span / 86400.0):d}"}
+
+
 class Outcome(enum.Enum):
     """What one attempt did to the endpoint."""
 

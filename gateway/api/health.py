@@ -22,8 +22,10 @@ from actors.session.states import (
     DEGRADED_STATES,
     gateway_status,
 )
+from actors.webhooks.schedule import retention_warning
 from gateway import __version__
 from gateway.auth.scope import Scope, scoped_report
+from gateway.core.config import Config
 from gateway.core.times import iso_time
 from gateway.core.validation import e164
 
@@ -91,6 +93,13 @@ def health_warnings(report: HealthReport) -> list[dict[str, Any]]:
                            "check the recipients' numbers; many at once can mean the session's "
                            "encryption keys are broken (re-link it)"})
     return warnings
+
+
+def config_warnings(config: Config) -> list[dict[str, Any]]:
+    """Settings that work but defeat each other (logged at start by ``wagate serve``,
+    listed in health's ``warnings`` by the web tier, which has the serving config)."""
+    found = retention_warning(config.events.retention_days, config.webhooks.retry_scale)
+    return [found] if found is not None else []
 
 
 def _session_health(status: SessionStatus, now: float, unconfirmed: int = 0

@@ -71,6 +71,7 @@ def serve(config: Config) -> int:
     if problem is not None:
         raise StartupError(problem)
     check_access(config)
+    warn_on_settings(config)
     # From here on a stop signal only asks for a stop, at whatever point of start-up it
     # comes; the claim records the run before any process exists, so even a SIGKILL
     # leaves the next start enough to find (and stop) what this one started.
@@ -230,6 +231,14 @@ def reap_admin_starter(started: Started) -> None:
         done = pid
     if done == pid:
         started.admin_starter = None
+
+
+def warn_on_settings(config: Config) -> None:
+    """Log settings that work but defeat each other (also in health's ``warnings``)."""
+    from gateway.api.health import config_warnings
+
+    for warning in config_warnings(config):
+        log.warning(warning["message"], code=warning["code"])
 
 
 def check_access(config: Config) -> None:

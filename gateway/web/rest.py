@@ -15,7 +15,7 @@ from flask import Blueprint, Response, g, jsonify
 from actors.messages import GetHealth, HealthReport, Ping, WebhookCommand
 from gateway import __version__
 from gateway.api.errors import GatewayError
-from gateway.api.health import health_document
+from gateway.api.health import config_warnings, health_document
 from gateway.auth.tokens import TokenFile
 from gateway.web.errors import error_body
 from gateway.web.hooks import require
@@ -55,6 +55,7 @@ def admin_health() -> tuple[Response, int]:
                         "version": __version__,
                         **error_body(exc.code, exc.message)}), 503
     document = health_document(report, time.time(), principal.sessions)
+    document["warnings"] += config_warnings(state.config)
     document["auth"] = {"required": state.authenticator.required, "principal": principal.name,
                         "role": principal.role}
     return jsonify(document), 200

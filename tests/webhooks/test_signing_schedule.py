@@ -94,3 +94,40 @@ def test_retry_after_reads_seconds_and_http_dates_and_ignores_nonsense() -> None
     assert schedule.retry_after_seconds(later, now) == 90
     for junk in (None, "", "soon", "-5", "1e9999"):
         assert schedule.retry_after_seconds(junk, now) is None
+
+
+# ---- the event log must outlast the retry schedule -----------------------------------
+
+
+def test_the_retry_span_is_the_schedule_added_up_times_the_scale() -> None:
+    assert schedule.retry_span_seconds(1.0) == 272105.0  # 75.6 h: 5 s ... 24 h
+    assert schedule.retry_span_seconds(0.5) == 272105.0 / 2
+
+
+@pytest.mark.parametrize(("days", "scale", "warned"), [
+    (7.0, 1.0, False),  # the defaults: 7 days kept, 3.15 days of retries
+    (3.2, 1.0, False), (3.1, 1.0, True), (1.0, 1.0, True),
+    (1.0, 0.25, False),  # a shrunk schedule (0.79 days) fits in one day
+    (7.0, 3.0, True),  # a stretched one (9.4 days) does not fit in seven
+    (1e-6, 1e-9, False), (3650.0, 1e6, True),
+])
+def test_a_retention_shorter_than_the_retry_span_is_warned_of(
+        days: float, scale: float, warned: bool) -> None:
+    found = schedule.retention_warning(days, scale)
+    assert (found is not None) == warned, found
+    if found is not None:
+        assert found["code"] == "EVENT_RETENTION_SHORT"
+        assert "events.retention_days" in str(found["message"])
+        assert found["retrySpanHours"] == round(272105.0 * scale / 3600, 1)
+
+
+def test_the_configured_retention_is_checked_for_start_and_health() -> None:
+    from gateway.api.health import config_warnings
+    from gateway.core.config import load_config
+
+    assert config_warnings(load_config(None)) == []
+    short = load_config(None, {"events.retention_days": 2})
+    (warning,) = config_warnings(short)
+    assert warning["code"] == "EVENT_RETENTION_SHORT" and "at least 4" in warning["message"]
+    assert config_warnings(load_config(None, {"events.retention_days": 2,
+                                              "webhooks.retry_scale": 0.5})) == []
