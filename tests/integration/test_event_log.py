@@ -173,3 +173,15 @@ def test_a_store_from_a_newer_wagate_stops_the_start_and_says_what_to_do(
     code, log = gw.start_refused()
     assert code != 0
     assert "schema version 9" in log and "newer wagate" in log, log
+
+
+def test_a_retention_shorter_than_the_webhook_retries_is_warned_of(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """One day of events against 3.15 days of webhook retries: the start logs it and
+    /admin/health lists it, and the gateway serves as usual (a warning, not a refusal)."""
+    gw = make_gateway({"events": {"retention_days": 1}}).start()
+    (warning,) = [w for w in gw.health()["warnings"] if w["code"] == "EVENT_RETENTION_SHORT"]
+    assert warning["retentionDays"] == 1 and warning["retrySpanHours"] == 75.6
+    assert gw.health()["status"] == "ok"
+    log = (gw.root / "serve.log").read_text(errors="replace")
+    assert "EVENT_RETENTION_SHORT" in log and "events.retention_days (1)" in log
