@@ -327,3 +327,35 @@ def test_the_bound_s_config_key_refuses_what_is_out_of_range(bad: object) -> Non
 
     with pytest.raises(ConfigError, match=r"messages\.max_incoming_text_chars"):
         load_config(overrides={"messages.max_incoming_text_chars": bad})
+
+
+def test_wagate_sim_reply_text_file_takes_utf8_and_refuses_the_rest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--text-file`` (a text longer than a command line may be): UTF-8 is queued whole,
+    from a file or stdin; a file that is not UTF-8, or not there, is refused (exit 2)
+    before anything is queued; ``--text`` and ``--text-file`` together are a usage error."""
+    import io
+
+    from gateway.cli.wagate import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    argv = ["sim", "reply", "--data-dir", str(data), "--from", "+4915112345001"]
+    latin1, text = tmp_path / "latin1.txt", tmp_path / "reply.txt"
+    latin1.write_bytes(b"caf\xe9")
+    assert main([*argv, "--text-file", str(latin1)]) == 2
+    assert "--text-file" in capsys.readouterr().err
+    assert main([*argv, "--text-file", str(tmp_path / "missing.txt")]) == 2
+    text.write_text("ü" * 200_000, encoding="utf-8")  # over a command line's 128 KiB
+    assert main([*argv, "--text-file", str(text)]) == 0
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"from stdin")))
+    assert main([*argv, "--text-file", "-"]) == 0
+    with pytest.raises(SystemExit):
+        main([*argv, "--text", "x", "--text-file", str(text)])
+    server = SimulatorServer(data, data / "simulator")
+    try:
+        queued = server._take_incoming("default")
+    finally:
+        server.close()
+    assert [e["text"] for e in queued] == ["ü" * 200_000, "from stdin"]
