@@ -265,6 +265,17 @@ class ListEvents:
 
 
 @dataclass(frozen=True, slots=True)
+class ChartMessageStates:
+    """Answered with Ok(tuple of StateBucket) by the outbox: the last ``hours`` hours of
+    message.status events counted by state (whatsAppMessageChart). ``sessions`` as in
+    ListEvents; the hours end at the outbox's clock."""
+
+    hours: int = 24
+    sessions: tuple[str, ...] | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class EventPage:
     events: tuple[Event, ...]
     has_next_page: bool

@@ -48,6 +48,7 @@ from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.messages import (
     Accepted,
+    ChartMessageStates,
     CollectHealth,
     Deliver,
     DeliverBatch,
@@ -559,6 +560,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 page = MessagePage(tuple(public_record(r) for r in records),
                                    tuple(cursor_of(r) for r in records), more)
                 reply = Ok(page, request.request_id)
+        elif isinstance(request, ChartMessageStates):
+            reply = Ok(tuple(events.message_state_chart(self.store.db, time.time(),
+                                                        request.hours, request.sessions)),
+                       request.request_id)
         elif isinstance(request, ListEvents):
             try:
                 reply = Ok(self._event_page(request), request.request_id)

@@ -31,6 +31,10 @@ EVENT_TYPES = (MESSAGE_STATUS, MESSAGE_RECEIVED, SESSION_STATUS)
 # What a message.received event holds of the person who wrote and of what they wrote:
 # nulled when the reply is pruned, and never shown to a role that may not list replies.
 RECEIVED_PERSONAL = ("text", "phone_number", "sender_jid", "sender_lid", "push_name", "chat")
+# The states the message chart counts (StateBucket's fields): what an operator watches
+# a send become; QUEUED and SENDING are in the queue panel, EXPIRED is rare and is not drawn.
+CHART_STATES = ("SENT", "DELIVERED", "READ", "FAILED")
+HOUR = 3600
 # SQLite's largest INTEGER: a cursor naming more is forged (a larger number does not even
 # bind as a query parameter: OverflowError), so decoding refuses it as invalid.
 MAX_SEQ = 2**63 - 1
@@ -63,6 +67,19 @@ class Event:
     session: str
     created_at: float
     data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StateBucket:
+    """One hour of the message chart (whatsAppMessageChart): how many messages reached
+    each state in the hour that starts at ``start`` (Unix time, a whole hour in UTC).
+    Pickled to the web tier, so its layout is in actors/protocol.py."""
+
+    start: float
+    sent: int = 0
+    delivered: int = 0
+    read: int = 0
+    failed: int = 0
 
 
 def new_event_id() -> str:
@@ -212,3 +229,41 @@ def decode_event_cursor(cursor: str) -> int:
             or int(number) > MAX_SEQ):
         raise ValueError(f"invalid event cursor {cursor!r}")
     return int(number)
+
+
+def message_state_chart(db: sqlite3.Connection, now: float, hours: int,
+                        sessions: Iterable[str] | None) -> list[StateBucket]:
+    """``hours`` hourly buckets, oldest first, ending with the hour that holds ``now``:
+    the message.status events of each hour counted by the state they reached.
+
+    One query over the ``events_by_time`` range (also when sessions are named: a
+    session's rows span the whole retention, the window only its hours), grouped in
+    SQLite, so a busy day costs one pass over its own rows, not a page walk in Python.
+    Hours without events are zero buckets, so a chart has a fixed width. ``sessions``
+    as in ``events_after``: None every one, empty none."""
+    if hours <= 0:
+        return []
+    first = (int(now // HOUR) - (hours - 1)) * HOUR
+    buckets = [StateBucket(float(first + n * HOUR)) for n in range(hours)]
+    where = ["created_at >= ?", "created_at < ?", "type = ?"]
+    args: list[Any] = [first, first + hours * HOUR, MESSAGE_STATUS]
+    if sessions is not None:
+        chosen = sorted(set(sessions))
+        if not chosen:
+            return buckets
+        # "+session": not the session index (all of a session's days), the time range
+        where.append(f"+session IN ({', '.join('?' for _ in chosen)})")
+        args.extend(chosen)
+    states = ", ".join(f"'{state}'" for state in CHART_STATES)  # constants, not input
+    rows = db.execute(
+        f"SELECT CAST((created_at - ?) / {HOUR} AS INTEGER) AS slot, "
+        f"json_extract(data, '$.state') AS state, COUNT(*) FROM events "
+        f"WHERE {' AND '.join(where)} AND json_extract(data, '$.state') IN ({states}) "
+        f"GROUP BY slot, state",
+        (first, *args)).fetchall()
+    counts: list[dict[str, int]] = [{} for _ in range(hours)]
+    for slot, state, count in rows:
+        if 0 <= int(slot) < hours:
+            counts[int(slot)][str(state)] = int(count)
+    return [StateBucket(b.start, *(c.get(s, 0) for s in CHART_STATES))
+            for b, c in zip(buckets, counts, strict=True)]

@@ -33,6 +33,7 @@ from thespian.actors import (
 from actors.audit.actor import AuditActor
 from actors.messages import (
     AuditEvent,
+    ChartMessageStates,
     CheckNumbers,
     CollectHealth,
     Connect,
@@ -398,7 +399,11 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_ListEvents(self, msg: ListEvents, sender: Any) -> None:
         self._route(msg, sender)
 
-    def _route(self, msg: GetMessage | ListMessages | ListEvents, sender: Any) -> None:
+    def receiveMsg_ChartMessageStates(self, msg: ChartMessageStates, sender: Any) -> None:
+        self._route(msg, sender)
+
+    def _route(self, msg: GetMessage | ListMessages | ListEvents | ChartMessageStates,
+               sender: Any) -> None:
         outbox = self.children.address(OUTBOX)
         if outbox is None:
             self.send(sender, _store_restarting(msg.request_id))

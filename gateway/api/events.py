@@ -23,7 +23,7 @@ from typing import Any
 from ariadne import EnumType, QueryType, ScalarType
 from graphql import GraphQLResolveInfo
 
-from actors.messages import EventPage, ListEvents
+from actors.messages import ChartMessageStates, EventPage, ListEvents
 from actors.outbox.events import (
     MESSAGE_RECEIVED,
     MESSAGE_STATUS,
@@ -33,12 +33,18 @@ from actors.outbox.events import (
 )
 from gateway.api.context import authorize, request_context
 from gateway.api.errors import GatewayError
-from gateway.api.records import EventConnection, event_connection
+from gateway.api.records import (
+    ChartBucketRecord,
+    EventConnection,
+    chart_records,
+    event_connection,
+)
 from gateway.auth.tokens import Principal, check
 from gateway.core.ranges import Range
 from gateway.core.validation import validate_session_name
 
 EVENT_PAGE = Range(1, 500)  # whatsAppEvents(first:): a page is small rows, so more than messages
+CHART_HOURS = Range(1, 168)  # whatsAppMessageChart(hours:): up to a week of hourly buckets
 
 query = QueryType()
 json_scalar = ScalarType("JSON")
@@ -73,6 +79,20 @@ def resolve_events(_: Any, info: GraphQLResolveInfo, after: str | None = None,
     if not principal.may("messages"):  # the rule of whatsAppIncomingMessages: no replies
         page = replace(page, events=tuple(without_personal(e) for e in page.events))
     return event_connection(page)
+
+
+@query.field("whatsAppMessageChart")
+def resolve_message_chart(_: Any, info: GraphQLResolveInfo, hours: int = 24,
+                          session: str | None = None) -> tuple[ChartBucketRecord, ...]:
+    """Hourly counts of message.status events by state, counted by the outbox in one
+    query: the roles and session rule of whatsAppEvents (counts hold no text or number,
+    so every role that may read events gets them whole)."""
+    principal = authorize(info, "events")
+    if not CHART_HOURS.contains(hours):
+        raise GatewayError("GRAPHQL_VALIDATION_FAILED",
+                           CHART_HOURS.refusal("hours", hours, whole=True), field="hours")
+    request = ChartMessageStates(hours, _sessions(principal, session), _request_id(info))
+    return chart_records(request_context(info).bridge.ask(request, None))
 
 
 def _sessions(principal: Principal, session: str | None) -> tuple[str, ...] | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.messages import EventPage, HealthReport, IncomingPage, MessagePage, SessionStatus
-from actors.outbox.events import event_cursor
+from actors.outbox.events import StateBucket, event_cursor
 from actors.outbox.numbers import NumberCheck
 from actors.outbox.store import delivery_unconfirmed
 from actors.session.states import SESSION_STATES
@@ -161,6 +161,23 @@ def event_connection(page: EventPage) -> EventConnection:
         for e in page.events)
     return EventConnection(edges, PageInfo(page.has_next_page,
                                            edges[-1].cursor if edges else None))
+
+
+@dataclass(frozen=True, slots=True)
+class ChartBucketRecord:
+    """``WhatsAppChartBucket``: one hour of whatsAppMessageChart."""
+
+    start: str
+    sent: int
+    delivered: int
+    read: int
+    failed: int
+
+
+def chart_records(buckets: Iterable[StateBucket]) -> tuple[ChartBucketRecord, ...]:
+    """The outbox's hourly counts as the API's buckets, oldest first."""
+    return tuple(ChartBucketRecord(iso_time(b.start), b.sent, b.delivered, b.read, b.failed)
+                 for b in buckets)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ RECORD_TYPES = {
     records.WebhookRecord: "Webhook",
     records.WebhookWithSecretRecord: "WebhookWithSecret",
     records.WebhookTestRecord: "WebhookTestResult",
+    records.ChartBucketRecord: "WhatsAppChartBucket",
 }
 
 
