@@ -11,7 +11,8 @@
   const ADDED_KEY = "wagate.addedSessions";
   const FAST_POLL_MS = 1000; // while a session is pairing or connecting
   const SLOW_POLL_MS = 3000;
-  const OVERVIEW_POLL_MS = 5000; // queue, usage and recent messages
+  const OVERVIEW_POLL_MS = 5000; // queue, usage, recent and incoming messages
+  const SLOW_PANELS_MS = 30000; // the chart and the webhooks: they change slowly
   const PAGE_SIZE = 20;
   const SESSION_NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -31,7 +32,8 @@
   // What a role that lacks an action cannot do here, for the note under the header.
   const MISSING = {
     connect: "link, unlink or remove sessions",
-    messages: "see message records",
+    messages: "see message records or incoming messages",
+    admin: "see or manage webhooks",
     send: "send messages or check numbers",
   };
 
@@ -53,6 +55,28 @@
       edges { node { id state session phoneNumber acceptedAt updatedAt attempts reason error
                      uncertain } }
       pageInfo { hasNextPage endCursor } } }`;
+  const Q_CHART = `query Chart { whatsAppMessageChart(hours: 24) {
+    start sent delivered read failed } }`;
+  const Q_INCOMING = `query Incoming($session: String, $after: String, $first: Int) {
+    whatsAppIncomingMessages(session: $session, after: $after, first: $first) {
+      edges { node { id session kind text phoneNumber senderJid pushName quotedMessageId
+                     receivedAt } }
+      pageInfo { hasNextPage endCursor } } }`;
+  const Q_OUTGOING = `query Outgoing($session: String, $phone: String) {
+    whatsAppMessages(session: $session, phoneNumber: $phone, first: 20) {
+      edges { node { id state acceptedAt whatsAppMessageId } } } }`;
+  const WEBHOOK_FIELDS = "id url origin enabled disabledReason cursor failures lastStatus " +
+    "lastError lastDeliveryAt";
+  const Q_WEBHOOKS = `query Webhooks { webhooks { ${WEBHOOK_FIELDS} } }`;
+  const M_WEBHOOK_TEST = `mutation WebhookTest($id: ID!) {
+    sendTestWebhook(id: $id) { delivered status error } }`;
+  const M_WEBHOOK_REPLAY = `mutation WebhookReplay($id: ID!, $after: Int, $since: String) {
+    replayWebhooks(id: $id, after: $after, since: $since) { ${WEBHOOK_FIELDS} } }`;
+  const M_WEBHOOK_ENABLE = `mutation WebhookEnable($id: ID!, $enabled: Boolean) {
+    updateWebhook(id: $id, enabled: $enabled) { ${WEBHOOK_FIELDS} } }`;
+  const CHART_STATES = ["SENT", "DELIVERED", "READ", "FAILED"];
+  const INCOMING_KEPT = 500; // the newest incoming messages the page holds
+  const INCOMING_PAGES = 10; // pages of 200 read per refresh (the first one catches up)
   const M_CONNECT = "mutation Connect($session: String) { whatsAppConnect(session: $session) }";
   const M_DISCONNECT = `mutation Disconnect($session: String, $keep: Boolean) {
     whatsAppDisconnect(session: $session, keepSession: $keep) }`;
@@ -78,6 +102,13 @@
     overviewTimer: 0,
     messagesShown: PAGE_SIZE,
     messagesCursor: null,
+    slowTimer: 0,
+    incoming: [], // the newest incoming messages, oldest first
+    incomingCursors: new Map(), // session ("" for all) -> endCursor
+    conversation: null, // the open conversation's key
+    outgoing: null, // the messages sent to its number, as last asked for
+    slowAt: 0, // when the chart and the webhooks were last asked for (ms)
+    webhookViews: new Map(), // id -> webhook card view
     running: false,
   };
 
@@ -219,6 +250,9 @@
     $("send-section").hidden = !may("send");
     $("check-section").hidden = !may("send");
     $("messages-section").hidden = !may("messages");
+    $("incoming-section").hidden = !may("messages");
+    $("chart-section").hidden = !may("events");
+    $("webhooks-section").hidden = !may("admin");
     $("add-session-form").hidden = !may("connect");
     const missing = Object.keys(MISSING).filter((a) => !may(a)).map((a) => MISSING[a]);
     const note = $("role-note");
@@ -242,9 +276,14 @@
       ? `; sessions ${gw.principal.sessions.join(", ")}` : "";
     $("sign-out").hidden = !gw.authRequired;
     applyRole();
+    // Another token may see other sessions: what the last one read is not kept.
+    state.incoming = [];
+    state.incomingCursors.clear();
+    closeConversation();
     state.running = true;
     refreshSessions();
     refreshOverview();
+    refreshSlowPanels();
   }
 
   // ---- polling -------------------------------------------------------------------------
@@ -253,6 +292,7 @@
     state.running = false;
     clearTimeout(state.pollTimer);
     clearTimeout(state.overviewTimer);
+    clearTimeout(state.slowTimer);
   }
 
   function visibleExtraNames() {
@@ -296,8 +336,18 @@
   async function refreshOverview() {
     clearTimeout(state.overviewTimer);
     if (!state.running) return;
-    await Promise.all([loadOverview(), may("messages") ? loadMessages(false) : null]);
+    await Promise.all([loadOverview(), may("messages") ? loadMessages(false) : null,
+      may("messages") ? loadIncoming() : null]);
     if (state.running) state.overviewTimer = setTimeout(refreshOverview, OVERVIEW_POLL_MS);
+  }
+
+  async function refreshSlowPanels() {
+    clearTimeout(state.slowTimer);
+    if (!state.running) return;
+    state.slowAt = Date.now();
+    await Promise.all([may("events") ? loadChart() : null,
+      may("admin") ? loadWebhooks() : null]);
+    if (state.running) state.slowTimer = setTimeout(refreshSlowPanels, SLOW_PANELS_MS);
   }
 
   async function loadOverview() {
@@ -820,6 +870,346 @@
     return row;
   }
 
+  // ---- the message chart ---------------------------------------------------------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  async function loadChart() {
+    try {
+      const buckets = (await gql(Q_CHART)).whatsAppMessageChart;
+      drawChart(buckets);
+      $("chart-error").textContent = "";
+    } catch (err) {
+      if (err.code !== "UNAUTHENTICATED") $("chart-error").textContent = err.text;
+    }
+  }
+
+  // One group per hour, four bars side by side (sent, delivered, read, failed), drawn
+  // as SVG elements with the counts in data attributes; no library, no inline style.
+  function drawChart(buckets) {
+    const count = (b, s) => b[s.toLowerCase()];
+    const totals = CHART_STATES.map((s) => buckets.reduce((n, b) => n + count(b, s), 0));
+    CHART_STATES.forEach((s, i) => { $(`chart-total-${s}`).textContent = String(totals[i]); });
+    const top = Math.max(1, ...buckets.flatMap((b) => CHART_STATES.map((s) => count(b, s))));
+    const slot = 20;
+    const bar = 4;
+    const height = 120;
+    const width = Math.max(1, buckets.length) * slot;
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height + 16}`, role: "img",
+      class: "chart-svg", "data-hours": String(buckets.length), "data-max": String(top),
+      "aria-label": `Messages per hour, last ${buckets.length} hours: ` +
+        CHART_STATES.map((s, i) => `${totals[i]} ${s.toLowerCase()}`).join(", ") });
+    chart.append(svg("line", { x1: "0", x2: String(width), y1: String(height),
+      y2: String(height), class: "axis" }));
+    chart.append(svg("text", { x: "2", y: "9", class: "tick scale" }, `${top} per hour`));
+    buckets.forEach((b, n) => {
+      const hour = svg("g", { "data-start": b.start });
+      CHART_STATES.forEach((s, i) => {
+        const value = count(b, s);
+        if (!value) return;
+        const h = Math.max(1, Math.round((value / top) * height));
+        const rect = svg("rect", { x: String(n * slot + 2 + i * bar), y: String(height - h),
+          width: String(bar - 0.5), height: String(h), class: `bar bar-${s}`,
+          "data-state": s, "data-count": String(value) },
+        svg("title", {}, `${formatTime(b.start)}: ${value} ${s.toLowerCase()}`));
+        hour.append(rect);
+      });
+      if (n % 6 === 0 || n === buckets.length - 1) {
+        const label = new Date(b.start).getUTCHours().toString().padStart(2, "0");
+        hour.append(svg("text", { x: String(n * slot + slot / 2), y: String(height + 13),
+          class: "tick" }, `${label}h`));
+      }
+      chart.append(hour);
+    });
+    $("chart").replaceChildren(chart);
+  }
+
+  // ---- incoming messages ---------------------------------------------------------------
+
+  // Sessions read one by one when the token may see several but not all (the API asks a
+  // token limited to several sessions to name one); otherwise all at once ("").
+  function incomingScopes() {
+    const principal = state.gateway.principal;
+    return principal.sessions && principal.sessions.length > 1 ? principal.sessions : [""];
+  }
+
+  // The API lists replies oldest first from a cursor: the page keeps the last cursor and
+  // asks only for what came since, holding the newest INCOMING_KEPT in memory.
+  async function loadIncoming() {
+    try {
+      for (const scope of incomingScopes()) {
+        for (let n = 0; n < INCOMING_PAGES; n += 1) {
+          const page = (await gql(Q_INCOMING, { session: scope || null, first: 200,
+            after: state.incomingCursors.get(scope) || null })).whatsAppIncomingMessages;
+          state.incoming.push(...page.edges.map((e) => e.node));
+          if (page.pageInfo.endCursor) state.incomingCursors.set(scope, page.pageInfo.endCursor);
+          if (!page.pageInfo.hasNextPage) break;
+        }
+      }
+      state.incoming.sort((a, b) => Date.parse(a.receivedAt) - Date.parse(b.receivedAt));
+      state.incoming = state.incoming.slice(-INCOMING_KEPT);
+      renderConversations();
+      $("incoming-error").textContent = "";
+    } catch (err) {
+      if (err.code !== "UNAUTHENTICATED") $("incoming-error").textContent = err.text;
+    }
+  }
+
+  function conversationKey(m) {
+    return `${m.session}\n${m.phoneNumber || m.senderJid}`;
+  }
+
+  function conversations() {
+    const byKey = new Map();
+    for (const m of state.incoming) {
+      const key = conversationKey(m);
+      if (!byKey.has(key)) byKey.set(key, []);
+      byKey.get(key).push(m);
+    }
+    return [...byKey.entries()].sort((a, b) =>
+      Date.parse(b[1][b[1].length - 1].receivedAt) - Date.parse(a[1][a[1].length - 1].receivedAt));
+  }
+
+  function renderConversations() {
+    const list = conversations();
+    $("conversations").replaceChildren(...list.slice(0, 20).map(([key, items]) => {
+      const first = items[0];
+      const who = first.phoneNumber || first.senderJid;
+      const name = first.pushName ? ` (${first.pushName})` : "";
+      const open = el("button", { type: "button", class: "secondary",
+        "aria-label": `Open the conversation with ${who} on ${first.session}` }, "Open");
+      open.addEventListener("click", () => openConversation(key));
+      return el("article", { class: "conversation-card", "data-conversation": who,
+        "data-session": first.session },
+      el("header", { class: "row" }, el("h3", { text: `${who}${name}` }),
+        el("span", { class: "muted", text: `session ${first.session} · ` +
+          `${items.length} message${items.length === 1 ? "" : "s"}` }), open),
+      el("ul", { class: "incoming-list" }, ...items.slice(-3).reverse().map(incomingItem)));
+    }));
+    $("incoming-empty").hidden = list.length > 0;
+    if (state.conversation) openConversation(state.conversation, false);
+  }
+
+  function incomingItem(m) {
+    const quote = m.quotedMessageId ? ` · replies to message ${m.quotedMessageId}` : "";
+    return el("li", { "data-incoming-id": m.id },
+      el("span", { class: "muted", text: `${formatTime(m.receivedAt)} · ` }),
+      el("span", { class: "incoming-text", text: incomingText(m) }),
+      el("span", { class: "muted quote", text: quote }));
+  }
+
+  function incomingText(m) {
+    if (m.text !== null && m.text !== undefined) return m.text;
+    return m.kind === "text" ? "(text not kept)" : `(${m.kind})`;
+  }
+
+  // The number's incoming messages (held here) with the messages sent to it (asked for:
+  // whatsAppMessages by number, which has no text), in one timeline, the newest last.
+  async function openConversation(key, fresh = true) {
+    const items = state.incoming.filter((m) => conversationKey(m) === key);
+    if (!items.length) return;
+    state.conversation = key;
+    const first = items[0];
+    const who = first.phoneNumber || first.senderJid;
+    $("conversation").hidden = false;
+    $("conversation").dataset.conversation = who;
+    $("conversation-title").textContent = `Conversation with ${who} on ${first.session}`;
+    if (!fresh && state.outgoing) return renderTimeline(items, state.outgoing);
+    let outgoing = [];
+    try {
+      if (first.phoneNumber) {
+        outgoing = (await gql(Q_OUTGOING, { session: first.session, phone: first.phoneNumber }))
+          .whatsAppMessages.edges.map((e) => e.node);
+      }
+      $("conversation-error").textContent = "";
+    } catch (err) {
+      $("conversation-error").textContent = err.text;
+    }
+    state.outgoing = outgoing;
+    $("conversation-note").textContent = first.phoneNumber
+      ? "Messages sent to this number show their state (the gateway keeps no sent text)."
+      : "The sender has no phone number (WhatsApp named only its hidden id): only what it wrote.";
+    renderTimeline(items, outgoing);
+  }
+
+  function renderTimeline(items, outgoing) {
+    const byWaId = new Map(outgoing.filter((o) => o.whatsAppMessageId)
+      .map((o) => [o.whatsAppMessageId, o]));
+    const entries = items.map((m) => ({ at: Date.parse(m.receivedAt), node: (() => {
+      const quoted = m.quotedMessageId && byWaId.get(m.quotedMessageId);
+      const item = incomingItem(m);
+      item.className = "in";
+      if (quoted) item.querySelector(".quote").textContent = ` · replies to our message ` +
+        `${quoted.id} (${quoted.state})`;
+      return item;
+    })() }));
+    for (const o of outgoing) {
+      entries.push({ at: Date.parse(o.acceptedAt), node: el("li", { class: "out",
+        "data-message-id": o.id }, el("span", { class: "muted",
+        text: `${formatTime(o.acceptedAt)} · sent ` }),
+      el("span", { class: `chip msg-${o.state}`, text: o.state }),
+      el("span", { class: "muted", text: ` message ${o.id}` })) });
+    }
+    entries.sort((a, b) => a.at - b.at);
+    $("conversation-timeline").replaceChildren(...entries.map((e) => e.node));
+  }
+
+  function closeConversation() {
+    state.conversation = null;
+    state.outgoing = null;
+    $("conversation").hidden = true;
+  }
+
+  // ---- webhooks ------------------------------------------------------------------------
+
+  async function loadWebhooks() {
+    try {
+      const hooks = (await gql(Q_WEBHOOKS)).webhooks;
+      renderWebhooks(hooks);
+      $("webhooks-error").textContent = "";
+    } catch (err) {
+      if (err.code !== "UNAUTHENTICATED") $("webhooks-error").textContent = err.text;
+    }
+  }
+
+  function renderWebhooks(hooks) {
+    const seen = new Set();
+    for (const hook of hooks) {
+      seen.add(hook.id);
+      let view = state.webhookViews.get(hook.id);
+      if (!view) {
+        view = makeWebhookCard(hook.id);
+        state.webhookViews.set(hook.id, view);
+      }
+      $("webhooks").append(view.root);
+      updateWebhookCard(view, hook);
+    }
+    for (const [id, view] of state.webhookViews) {
+      if (!seen.has(id)) {
+        view.root.remove();
+        state.webhookViews.delete(id);
+      }
+    }
+    $("webhooks-empty").hidden = hooks.length > 0;
+  }
+
+  function makeWebhookCard(id) {
+    const v = { id, hook: null };
+    v.url = el("h3", { class: "webhook-url" });
+    v.badge = el("span", { class: "badge", "data-testid": "webhook-state" });
+    v.last = el("dd", { "data-testid": "webhook-last" });
+    v.failures = el("dd", { "data-testid": "webhook-failures" });
+    v.cursor = el("dd", { "data-testid": "webhook-cursor" });
+    v.test = el("button", { type: "button", class: "secondary" }, "Send test event");
+    v.toggle = el("button", { type: "button", class: "secondary" });
+    v.after = el("input", { id: `replay-after-${id}`, type: "number", min: "0", step: "1",
+      inputmode: "numeric", placeholder: "e.g. 1200" });
+    v.since = el("input", { id: `replay-since-${id}`, type: "datetime-local", step: "1" });
+    v.replay = el("button", { type: "submit", class: "danger" }, "Replay");
+    v.result = el("p", { role: "status", "data-testid": "webhook-result" });
+    v.test.addEventListener("click", () => testWebhook(v));
+    v.toggle.addEventListener("click", () => toggleWebhook(v));
+    const replayForm = el("form", { class: "replay", novalidate: "" },
+      el("div", { class: "fields" },
+        el("div", {}, el("label", { for: v.after.id, text: "Replay after event number" }),
+          v.after),
+        el("div", {}, el("label", { for: v.since.id, text: "or from this time (your clock)" }),
+          v.since)),
+      el("div", { class: "row actions" }, v.replay));
+    replayForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      askReplay(v);
+    });
+    v.root = el("article", { class: "webhook", "data-webhook-id": id },
+      el("header", { class: "session-head" }, v.url, v.badge),
+      el("dl", { class: "facts" },
+        el("div", {}, el("dt", { text: "Last delivery" }), v.last),
+        el("div", {}, el("dt", { text: "Failures" }), v.failures),
+        el("div", {}, el("dt", { text: "Cursor (last event acknowledged)" }), v.cursor)),
+      el("div", { class: "row actions" }, v.test, v.toggle), v.result,
+      el("details", {}, el("summary", { text: "Replay past events" }), replayForm));
+    return v;
+  }
+
+  function updateWebhookCard(v, hook) {
+    v.hook = hook;
+    v.root.dataset.enabled = String(hook.enabled);
+    v.root.className = `webhook ${hook.enabled ? "tone-ok" : "tone-bad"}`;
+    v.url.textContent = hook.url;
+    v.badge.textContent = hook.enabled ? "Enabled"
+      : `Disabled: ${hook.disabledReason || "no reason given"}`;
+    v.last.textContent = hook.lastDeliveryAt === null ? "none yet"
+      : `${formatTime(hook.lastDeliveryAt * 1000)} · ` + (hook.lastStatus === null
+        ? `no answer${hook.lastError ? ` (${hook.lastError})` : ""}` : `HTTP ${hook.lastStatus}`);
+    v.failures.textContent = String(hook.failures);
+    v.cursor.textContent = String(hook.cursor);
+    v.toggle.textContent = hook.enabled ? "Disable" : "Enable";
+    v.toggle.setAttribute("aria-label", `${hook.enabled ? "Disable" : "Enable"} ${hook.url}`);
+    v.test.setAttribute("aria-label", `Send a test event to ${hook.url}`);
+    v.replay.setAttribute("aria-label", `Replay events to ${hook.url}`);
+  }
+
+  async function webhookAction(v, work) {
+    v.result.className = "";
+    v.result.textContent = "Working…";
+    try {
+      v.result.textContent = await work();
+      v.result.className = "ok";
+    } catch (err) {
+      v.result.textContent = err.text;
+      v.result.className = "error";
+    }
+    loadWebhooks();
+  }
+
+  function testWebhook(v) {
+    webhookAction(v, async () => {
+      const r = (await gql(M_WEBHOOK_TEST, { id: v.id })).sendTestWebhook;
+      if (r.delivered) return `Test event delivered: the endpoint answered HTTP ${r.status}.`;
+      throw new ApiError("", `Test event not delivered: ${r.status === null
+        ? r.error || "no answer" : `HTTP ${r.status}`}${r.error && r.status !== null
+        ? ` (${r.error})` : ""}`);
+    });
+  }
+
+  function toggleWebhook(v) {
+    const enable = !v.hook.enabled;
+    const run = () => webhookAction(v, async () => {
+      await gql(M_WEBHOOK_ENABLE, { id: v.id, enabled: enable });
+      return enable ? "Enabled: delivery resumes from its cursor." : "Disabled.";
+    });
+    if (enable) run();
+    else confirmThen(`Disable ${v.hook.url}?`, "It receives no events until it is " +
+      "enabled again; then it resumes from its cursor, so nothing is lost while the log " +
+      "keeps the events.", "Disable", run);
+  }
+
+  function askReplay(v) {
+    const after = v.after.value.trim();
+    const since = v.since.value;
+    if (Boolean(after) === Boolean(since)) {
+      v.result.className = "error";
+      v.result.textContent = "Enter either an event number or a time, not both.";
+      return;
+    }
+    const sinceIso = since ? new Date(since).toISOString() : null;
+    const from = after ? `after event ${after}` : `from ${new Date(since).toLocaleString()}`;
+    confirmThen(`Replay to ${v.hook.url}?`, `Every event ${from} is delivered again, ` +
+      "with the same event ids (a receiver that dedupes skips what it has).", "Replay",
+    () => webhookAction(v, async () => {
+      const variables = { id: v.id, after: after ? Number(after) : null, since: sinceIso };
+      const hook = (await gql(M_WEBHOOK_REPLAY, variables)).replayWebhooks;
+      return `Replay started ${from}: the cursor is now ${hook.cursor}.`;
+    }));
+  }
+
   // ---- helpers ---------------------------------------------------------------------------
 
   function formatTime(iso) {
@@ -872,6 +1262,8 @@
         loadMessages(false);
       });
     }
+    $("webhooks-refresh").addEventListener("click", loadWebhooks);
+    $("conversation-close").addEventListener("click", closeConversation);
     $("confirm-ok").addEventListener("click", () => closeConfirm(true));
     $("confirm-cancel").addEventListener("click", () => closeConfirm(false));
     $("confirm").addEventListener("cancel", () => { confirmAction = null; });
@@ -879,6 +1271,8 @@
       if (!document.hidden && state.running) {
         refreshSessions();
         refreshOverview();
+        // Never sooner than their period, however often the tab comes back.
+        if (Date.now() - state.slowAt >= SLOW_PANELS_MS) refreshSlowPanels();
       }
     });
   }
