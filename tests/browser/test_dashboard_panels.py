@@ -142,6 +142,17 @@ def test_webhooks_incoming_and_chart_panels(make_gateway: Callable[..., Gateway]
         wait_for(lambda: [r.headers["webhook-id"] for r in good.requests].count(first_id) == 2,
                  20.0, message="the first event to be delivered again")
 
+        # What the panel shows is also in /metrics (README: Metrics), for alerting.
+        scraped = gw.http.get(f"{gw.url}/metrics", timeout=30).text
+        assert f'wagate_webhook_deliveries_total{{endpoint="{gone_id}",outcome="gone"}} 1.0' \
+            in scraped, scraped
+        assert f'wagate_webhook_deliveries_total{{endpoint="{good_id}",outcome="test"}} 1.0' \
+            in scraped, scraped
+        for name in ("wagate_webhook_delivery_seconds_bucket", "wagate_event_log_rows",
+                     "wagate_event_log_bytes", 'wagate_events_written_total{type="message.status"}',
+                     "wagate_webhook_endpoints_disabled 0.0"):
+            assert name in scraped, name
+
 
 def test_a_role_without_admin_sees_no_webhooks_panel(make_gateway: Callable[..., Gateway],
                                                      open_page: Callable[..., Page]) -> None:
