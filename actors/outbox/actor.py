@@ -484,6 +484,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if self.incoming is None:
             return
         record = self.incoming.add(msg, time.time())
+        if record is not None and self.store is not None:  # its event, for /metrics
+            self.store.events_written[events.MESSAGE_RECEIVED] += 1
         if record is not None:  # never the text or the sender's number in a log line
             log.info("message received", session=msg.session, incoming_id=record["id"],
                      kind=msg.kind, opt_out=record["opt_out"])

@@ -128,15 +128,17 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
             return
         self.supervisor = msg.supervisor
         hooks = msg.config.webhooks
+        # Only this actor's own thread may send (Thespian's sends are not thread-safe):
+        # the delivery thread queues its audit events, a timer here forwards them.
+        self.thread = DeliveryThread(msg.config, self.queued.put)
+        # The commands count into the loop's (locked) Stats: a sendTestWebhook is an
+        # outcome of /metrics too ("test"), not lost in a counter no scrape reads.
         self.commands = Deliverer(
             EndpointStore(msg.config.data_path / "webhooks",
                           load_key(msg.config.encryption, msg.config.data_path)),
             event_source(msg.config),
             make_client(hooks.connect_timeout_seconds, hooks.timeout_seconds), hooks,
-            time.time)
-        # Only this actor's own thread may send (Thespian's sends are not thread-safe):
-        # the delivery thread queues its audit events, a timer here forwards them.
-        self.thread = DeliveryThread(msg.config, self.queued.put)
+            time.time, stats=self.thread.stats)
         self.thread.start()
         self.wakeupAfter(timedelta(seconds=FLUSH_SECONDS))
 

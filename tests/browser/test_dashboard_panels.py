@@ -148,6 +148,8 @@ def test_webhooks_incoming_and_chart_panels(make_gateway: Callable[..., Gateway]
             in scraped, scraped
         assert f'wagate_webhook_deliveries_total{{endpoint="{good_id}",outcome="test"}} 1.0' \
             in scraped, scraped
+        # Regressions: the test event and the replies were missing from these counters.
+        assert 'wagate_events_written_total{type="message.received"} 2.0' in scraped, scraped
         for name in ("wagate_webhook_delivery_seconds_bucket", "wagate_event_log_rows",
                      "wagate_event_log_bytes", 'wagate_events_written_total{type="message.status"}',
                      "wagate_webhook_endpoints_disabled 0.0"):

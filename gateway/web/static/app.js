@@ -33,8 +33,8 @@
   const MISSING = {
     connect: "link, unlink or remove sessions",
     messages: "see message records or incoming messages",
-    admin: "see or manage webhooks",
     send: "send messages or check numbers",
+    admin: "see or manage webhooks",
   };
 
   const STATUS_FIELDS = "session state connected phoneNumber reconnectAttempt " +
