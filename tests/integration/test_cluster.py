@@ -4,32 +4,54 @@ Two real ``wagate serve`` processes on loopback with their own HTTP and admin po
 and data_dirs, sharing the session store, the simulated WhatsApp service and the
 storage key (as hosts of a cluster share Postgres or a network directory). Heartbeats
 are shrunk through the config, never patched out.
+
+The webhook worker runs beside the outbox on the leader: the failover test declares an
+endpoint on a loopback receiver and checks that the events of sessions on the member,
+and after the member's loss, all reach it once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from actors.webhooks import signing
 from tests.integration.harness import Gateway, wait_for
+from tests.integration.test_webhooks import assert_delivered_as_logged, pulled_events
+from tests.webhooks.receiver import Receiver
 
 LEADER, MEMBER = "alpha", "beta"
 HEARTBEAT = {"heartbeat_seconds": 1.0, "heartbeat_misses": 3}
 FAILOVER_DEADLINE = 30.0  # the issue's bound; the measured time is printed
+# A member is ready once the leader's supervisor answers it through the convention:
+# a second gateway on a loaded machine took more than the harness's 30 s.
+MEMBER_START_DEADLINE = 60.0
 
 
-def _cluster(make_gateway: Callable[..., Gateway], shared: Path) -> tuple[Gateway, Gateway]:
+def _cluster(make_gateway: Callable[..., Gateway], shared: Path,
+             webhook: str | None = None) -> tuple[Gateway, Gateway]:
+    """A leader and a member; ``webhook``: a url the leader's config declares as an
+    endpoint (its secret in WAGATE_TEST_WEBHOOK_SECRET)."""
     stores = {"storage": {"sessions_dir": str(shared / "sessions")},
               "simulator": {"server_dir": str(shared / "simulator")}}
     common = {"advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"], **HEARTBEAT}
-    leader = make_gateway({**stores, "cluster": {"role": "leader", "host_name": LEADER,
-                                                 "sessions": 1, **common}}, name="leader")
+    hooks = {"webhooks": {"allow_insecure": ["127.0.0.0/8"]}} if webhook else {}
+    leader = make_gateway({**stores, **hooks, "cluster": {"role": "leader", "host_name": LEADER,
+                                                          "sessions": 1, **common}},
+                          name="leader")
+    if webhook:
+        with leader.config_path.open("a", encoding="utf-8") as config:
+            config.write(f'\n[[webhooks.endpoints]]\nurl = "{webhook}"\n'
+                         'secret_env = "WAGATE_TEST_WEBHOOK_SECRET"\n')
     member = make_gateway({**stores, "cluster": {
         "role": "member", "host_name": MEMBER, "sessions": 2,
         "leaders": [f"127.0.0.1:{leader.admin_port}"], **common}},
@@ -57,6 +79,20 @@ def _session_pids(gw: Gateway) -> dict[str, int]:
     return {s["session"]: int(s["pid"]) for s in gw.health()["sessions"] if s["pid"]}
 
 
+def _holding(pids: set[int], path: Path) -> set[int]:
+    """The processes among ``pids`` that have ``path`` open: which host's process runs
+    a worker, seen from /proc (the workers report no host of their own)."""
+    target = str(path.resolve())
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        found.add(pid)
+    return found
+
+
 def test_cluster_mode_refuses_to_start_without_allow_networks(tmp_path: Path) -> None:
     config = tmp_path / "leader.toml"
     config.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
@@ -72,11 +108,24 @@ def test_cluster_mode_refuses_to_start_without_allow_networks(tmp_path: Path) ->
     assert "firewall" in done.stderr, done.stderr
 
 
+@pytest.fixture
+def hook(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Receiver, str]]:
+    """A loopback webhook receiver answering 200 and its endpoint's secret (in the
+    variable ``_cluster`` names). Asked for before ``make_gateway``: it stops after
+    the gateways."""
+    secret = signing.new_secret()
+    monkeypatch.setenv("WAGATE_TEST_WEBHOOK_SECRET", secret)
+    with Receiver() as receiver:
+        yield receiver, secret
+
+
 def test_sessions_spread_fail_over_and_never_run_twice(
-        make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
-    leader, member = _cluster(make_gateway, tmp_path / "shared")
+        hook: tuple[Receiver, str], make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    receiver, secret = hook
+    leader, member = _cluster(make_gateway, tmp_path / "shared", webhook=receiver.url())
     leader.start()
-    member.start()
+    member.start(MEMBER_START_DEADLINE)
     wait_for(lambda: _member_alive(leader), 15, 0.1, "the member to join the leader")
 
     # The actor system accepts nobody outside allow_networks (127.0.0.2 is loopback too,
@@ -100,6 +149,15 @@ def test_sessions_spread_fail_over_and_never_run_twice(
     pids = _session_pids(leader)
     assert pids["s2"] in member_pids and pids["s3"] in member_pids, (pids, member_pids)
     assert pids["s1"] not in member_pids
+    # The outbox and the webhook worker run on the leader, which writes the event log;
+    # the events of the member's sessions reach the receiver from there.
+    leader_pids = set(leader.actor_pids())
+    outbox = leader.health()["processes"]["outbox"]
+    assert outbox in _holding(leader_pids, leader.data_dir / "outbox" / "messages.sqlite3")
+    endpoints = leader.data_dir / "webhooks" / "endpoints.sqlite3"
+    assert _holding(leader_pids, endpoints) and not _holding(member_pids, endpoints)
+    wait_for(lambda: _received_all(leader, receiver), 20, 0.2, "the sessions' events")
+    assert {"s2", "s3"} <= {e["session"] for e in pulled_events(leader)}
 
     # The member's own API reaches the leader's supervisor.
     assert _placement(member, "s2") == {"state": "CONNECTED", "host": MEMBER}
@@ -131,9 +189,12 @@ def test_sessions_spread_fail_over_and_never_run_twice(
         return all(texts.count(t) == 1 for t in queued.values())
 
     wait_for(delivered, 20, 0.2, "the queued messages to be delivered")
+    # The webhook worker went on through the member's loss: nothing of it is missing.
+    wait_for(lambda: _received_all(leader, receiver), 20, 0.2,
+             "the events of the re-placed sessions")
 
     # The member comes back: it gets no copy of a session that runs on the leader.
-    member.start()
+    member.start(MEMBER_START_DEADLINE)
     wait_for(lambda: _member_alive(leader), 15, 0.1, "the member to join again")
     leader_pids = set(leader.actor_pids())
     window_end = time.monotonic() + 4 * HEARTBEAT["heartbeat_seconds"]
@@ -150,3 +211,16 @@ def test_sessions_spread_fail_over_and_never_run_twice(
     # A new session may land on the member again.
     leader.link("s4")
     assert _placement(leader, "s4")["host"] == MEMBER
+
+    # Every event, before and after the member's loss, reached the receiver once: one
+    # webhook worker delivers them, and it never stopped.
+    wait_for(lambda: _received_all(leader, receiver), 20, 0.2, "every event of the log")
+    requests = list(receiver.requests)
+    assert_delivered_as_logged(secret, requests, pulled_events(leader))
+    ids = [r.headers["webhook-id"] for r in requests]
+    assert len(ids) == len(set(ids)), "an event delivered twice"
+
+
+def _received_all(leader: Gateway, receiver: Receiver) -> bool:
+    got = {r.headers["webhook-id"] for r in list(receiver.requests)}
+    return all(e["id"] in got for e in pulled_events(leader))
