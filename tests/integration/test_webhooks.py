@@ -124,7 +124,7 @@ def test_a_receiver_down_while_the_gateway_is_sigkilled_loses_nothing(
     same data dir: every event of the log arrives (at least once, first arrivals in the
     log's order, a duplicate only with its webhook-id and body), signed; the retries
     kept the schedule's minimum spacing; a replay and a pull after a cursor give
-    exactly the events after it."""
+    exactly the events after it; a disabled endpoint gets nothing until enabled."""
     secret = signing.new_secret()
     monkeypatch.setenv("WAGATE_TEST_WEBHOOK_SECRET", secret)
     with Receiver() as receiver:
@@ -187,6 +187,22 @@ def test_a_receiver_down_while_the_gateway_is_sigkilled_loses_nothing(
         assert not replay.errors, replay
         replayed = receiver.wait_for(before + len(tail))[before:]
         assert [r.headers["webhook-id"] for r in replayed] == tail
+
+        # Disabled by an operator, the endpoint gets nothing; enabled again, it resumes
+        # from its cursor with exactly the events written meanwhile (README: Webhooks).
+        toggle = ("mutation($i: ID!, $e: Boolean) { updateWebhook(id: $i, enabled: $e) "
+                  "{ enabled } }")
+        off = gateway.gql(toggle, {"i": hook["id"], "e": False})
+        assert off.data["updateWebhook"] == {"enabled": False}, off
+        quiet, head = len(receiver.requests), len(pulled_events(gateway))
+        assert not gateway.send("+4915112345001", "while disabled").errors
+        missed = wait_for(lambda: (e := pulled_events(gateway)[head:])
+                          and e[-1]["data"].get("state") == "READ" and e,
+                          20, 0.1, "the message sent while disabled READ")
+        assert len(receiver.requests) == quiet
+        assert gateway.gql(toggle, {"i": hook["id"], "e": True}).data["updateWebhook"]["enabled"]
+        resumed = receiver.wait_for(quiet + len(missed))[quiet:]
+        assert [r.headers["webhook-id"] for r in resumed] == [e["id"] for e in missed]
         assert_delivered_as_logged(secret, list(receiver.requests), pulled_events(gateway))
         gateway.stop()
 
