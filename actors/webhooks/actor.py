@@ -85,7 +85,7 @@ class DeliveryThread(threading.Thread):
         for problem in sync_declared(overview.store, hooks.endpoints, os.environ, time.time(),
                                      head_of(overview.source)):
             log.error("webhook endpoint skipped", problem=problem)
-        workers = ConcurrentDeliverer(overview, deliverer, hooks.concurrency)
+        workers = ConcurrentDeliverer(overview, deliverer, hooks.concurrency, POLL_SECONDS)
         try:
             while not self.stopping.is_set():
                 try:

@@ -225,12 +225,17 @@ class ConcurrentDeliverer:
     made by ``make``); ``overview`` (this thread's) finds what is due."""
 
     def __init__(self, overview: Deliverer, make: Callable[[], Deliverer],
-                 workers: int) -> None:
+                 workers: int, poll_seconds: float = 0.0) -> None:
         self.overview, self.make = overview, make
         self.pool = ThreadPoolExecutor(max_workers=workers,
                                        thread_name_prefix="wagate-webhook")
         self.lock = threading.Lock()
         self.in_flight: set[str] = set()
+        # An endpoint whose turn found nothing to send is up to date; its cursor stays
+        # "due now", so without a rest the loop would start turn after turn on an empty
+        # log (a busy loop). It rests ``poll_seconds``: how long a new event may wait.
+        self.poll_seconds = poll_seconds
+        self.resting: dict[str, float] = {}  # endpoint id -> when to look at the log again
         self.local = threading.local()
         self.made: list[Deliverer] = []
 
@@ -239,14 +244,28 @@ class ConcurrentDeliverer:
         return self.overview.stats
 
     def next_due(self) -> float | None:
-        return self.overview.next_due()
+        """When the earliest endpoint that has no turn running is due (None: none). An
+        endpoint with a running turn is left out: its turn ends by itself, and counting
+        it (due "now") would make the caller spin while it runs."""
+        endpoints = self.overview.store.all()
+        with self.lock:
+            running = set(self.in_flight)
+            known = {e.id for e in endpoints}
+            for gone in [i for i in self.resting if i not in known]:  # deleted meanwhile
+                del self.resting[gone]
+            resting = dict(self.resting)
+        times = [max(e.next_attempt_at, resting.get(e.id, 0.0))
+                 for e in endpoints if e.enabled and e.id not in running]
+        return min(times) if times else None
 
     def run_due(self) -> int:
-        """Start a turn for every due endpoint that has none running; how many started."""
+        """Start a turn for every due endpoint that has none running and is not resting
+        (up to date at its last turn); how many started."""
         started = 0
+        now = self.overview.clock()
         for endpoint in self.overview.due():
             with self.lock:
-                if endpoint.id in self.in_flight:
+                if endpoint.id in self.in_flight or self.resting.get(endpoint.id, 0.0) > now:
                     continue
                 self.in_flight.add(endpoint.id)
             self.pool.submit(self._turn, endpoint.id)
@@ -254,13 +273,18 @@ class ConcurrentDeliverer:
         return started
 
     def _turn(self, endpoint_id: str) -> None:
+        made = 0
         try:
-            self._mine().run_endpoint(endpoint_id)
+            made = self._mine().run_endpoint(endpoint_id)
         except Exception:  # a bug: logged; the endpoint is due again, nothing is lost
             log.exception("webhook delivery turn failed", endpoint=endpoint_id)
         finally:
             with self.lock:
                 self.in_flight.discard(endpoint_id)
+                if made:
+                    self.resting.pop(endpoint_id, None)
+                else:  # nothing to send (or not due): look again after a rest
+                    self.resting[endpoint_id] = self.overview.clock() + self.poll_seconds
 
     def _mine(self) -> Deliverer:
         mine: Deliverer | None = getattr(self.local, "deliverer", None)

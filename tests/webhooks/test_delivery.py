@@ -241,3 +241,46 @@ def test_a_hanging_endpoint_holds_up_only_itself(
     pool.close()  # the receivers are gone: the hung request ended, its turn with it
     assert [r.headers["webhook-id"] for r in healthy.requests] == ids
     assert store.get(slow).failures == 1 and store.get(slow).cursor == 0
+
+
+def test_an_up_to_date_endpoint_rests_instead_of_spinning(
+        tmp_path: Path, log: EventLog, store: EndpointStore,
+        deliverer: MakeDeliverer) -> None:
+    """Regression (found by tests/perf/bench_webhooks.py): an endpoint's cursor leaves it
+    "due now" once it is up to date, and the webhook actor's loop started turn after turn
+    on an empty log (and spun while a turn ran): a core busy with nothing to deliver, and
+    half the delivery rate. Now a turn that finds nothing rests the endpoint for the poll
+    interval, and a running turn is not "due"."""
+    from actors.webhooks.client import make_client
+    from actors.webhooks.delivery import ConcurrentDeliverer, Deliverer
+    from actors.webhooks.source import SqliteEventSource
+
+    overview = deliverer()
+
+    def worker() -> Deliverer:
+        return Deliverer(EndpointStore(tmp_path / "webhooks", KEY),
+                         SqliteEventSource(log.path), make_client(2.0, 2.0), CONFIG,
+                         time.time, stats=overview.stats)
+
+    seen: list[float | None] = []
+    ids = [log.add(n=n) for n in range(2)]
+    with Receiver() as receiver:
+        hook, _ = endpoint(store, receiver.url())
+        pool = ConcurrentDeliverer(overview, worker, workers=2, poll_seconds=0.3)
+        receiver.on_request = lambda _: seen.append(pool.next_due())
+        try:
+            drive(pool, lambda: store.get(hook).cursor == 2)  # type: ignore[arg-type]
+            assert seen[0] is None  # its own turn was running: nothing else is due
+            drive(pool, lambda: hook in pool.resting)  # type: ignore[arg-type]
+            assert pool.run_due() == 0  # up to date: no turn until the rest is over
+            assert (pool.next_due() or 0) >= pool.resting[hook] - 1e-6
+            ids.append(log.add(n=2))
+            started, end = 0, time.monotonic() + 20
+            while store.get(hook).cursor != 3:  # what the actor's loop does, counted
+                assert time.monotonic() < end, "the new event was not delivered"
+                started += pool.run_due()
+                time.sleep(0.01)
+            assert started <= 2  # the turn after the rest (and at most one that raced it)
+        finally:
+            pool.close()
+    assert [r.headers["webhook-id"] for r in receiver.requests] == ids
