@@ -220,3 +220,17 @@ def test_a_session_state_is_logged_only_when_it_changes(tmp_path: Path) -> None:
     ev.record_session_state(db, "s", "CONNECTED", "CONNECTING", {}, 4.0)
     assert ev.last_session_state(db, "s") == "CONNECTED"
     assert ev.last_session_state(db, "other") is None
+
+
+def test_an_event_page_repr_is_short_and_holds_no_event() -> None:
+    """Regression (found by tests/perf/bench_events_pull.py): Thespian formats every
+    message it transmits, so a 500-event page's repr cost the outbox about 15 % of its
+    CPU per page; and Thespian logs what it could not deliver, where a message.received
+    event's text must not appear."""
+    from actors.messages import EventPage
+
+    secret = "my one-time code is 424242"
+    page = EventPage(tuple(ev.Event(n, f"evt_{n}", ev.MESSAGE_RECEIVED, "default", 0.0,
+                                    {"text": secret}) for n in range(500)), True, 500)
+    assert secret not in repr(page) and len(repr(page)) < 100
+    assert page.events[0].data["text"] == secret
