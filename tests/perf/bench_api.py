@@ -475,6 +475,8 @@ def label_actor_group(pgid: int, data_dir: Path) -> dict[int, str]:
             name = "audit actor"
         elif "simulator" in dirs or "sessions" in dirs:
             name = "session actor"
+        elif "webhooks" in dirs:
+            name = "webhook actor"  # holds the endpoint store
         elif "state" in dirs:
             name = "supervisor actor"
         else:

@@ -1,0 +1,31 @@
+"""pytest entry point: the event-write benchmark,
+``pytest tests/perf/test_bench_event_write.py -s``.
+
+The benchmark lives in ``bench_event_write`` so it also runs as a plain script (``python
+-m tests.perf.bench_event_write``); this file only lets pytest collect it. The default
+test run skips tests/perf (pyproject's ``--ignore=tests/perf``): the full run takes
+about a minute of closed-loop load on both cores. The smoke test runs it small, to show
+that everything works end to end (the figures then mean little); the full one runs it as
+documented. No figure is asserted: timings depend on the machine and on what else runs
+on it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.perf.bench_event_write import main
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_bench_event_write_smoke() -> None:
+    """A small run: every step, check and report, in about a minute."""
+    assert main(["--warmup", "1", "--duration", "3", "--sends", "300", "--rounds", "2"]) == 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_bench_event_write() -> None:
+    """Runs the whole benchmark and prints its report (use ``-s`` to see it)."""
+    assert main([]) == 0
