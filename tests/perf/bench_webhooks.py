@@ -96,6 +96,7 @@ class Delivery:
     cpu: str = ""
     other: float = float("nan")
     idle_cpu: float = float("nan")  # webhook actor, % of a core, every endpoint up to date
+    cpu_per_event: float = float("nan")  # webhook actor CPU ms per event delivered
 
     @property
     def rate(self) -> float:
@@ -202,6 +203,8 @@ def measure_delivery(gateway: Gateway, endpoints: list[Endpoint], expected: list
     if high > low:
         delivery.sustained = (len(arrivals) * 9 // 10 - len(arrivals) // 10) / (high - low)
     delivery.cpu, delivery.other = window.shares(), window.other
+    actor = sum(sec for label, sec in window.cpu.items() if "webhook" in label)
+    delivery.cpu_per_event = actor * 1000 / (ENDPOINTS * len(expected)) if expected else 0.0
     for endpoint in endpoints:
         got = [r.headers.get("webhook-id") for r in endpoint.receiver.requests]
         delivery.in_order[endpoint.id] = ("exactly, in cursor order" if got == expected else
@@ -274,6 +277,8 @@ def print_report(settings: BenchSettings, floor: float, delivery: Delivery, sent
          "all", delivery.sampled > 0 and delivery.verified == delivery.sampled)
     out("-" * 100)
     out(f"CPU during the delivery, % of one core: {delivery.cpu}")
+    line("webhook actor CPU per event delivered", f"{delivery.cpu_per_event:.2f} ms",
+         "info", True)
     line(f"webhook actor CPU while idle (endpoints up to date), {settings.idle:g} s",
          f"{delivery.idle_cpu:.1f} %", "info", True)
     out(f"other processes on the machine: {delivery.other:.2f} cores (high: rerun)")
@@ -327,7 +332,7 @@ def run(settings: BenchSettings) -> int:
 def parse_args(argv: list[str] | None) -> BenchSettings:
     parser = argparse.ArgumentParser(prog="python -m tests.perf.bench_webhooks",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--sends", type=int, default=2500,
+    parser.add_argument("--sends", type=int, default=1000,
                         help="sends of the burst (two events each)")
     parser.add_argument("--floor-requests", type=int, default=2000)
     parser.add_argument("--deadline", type=float, default=300.0,
