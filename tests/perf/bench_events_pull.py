@@ -78,6 +78,7 @@ class Pull:
     cpu: str = ""
     other: float = float("nan")
     pages_ms: list[float] = field(default_factory=list)
+    server_cpu: float = float("nan")  # seconds, every gateway process, during the pull
 
 
 def request_bytes(port: int, token: str, query: str, variables: dict[str, Any]) -> bytes:
@@ -177,6 +178,8 @@ def print_report(settings: PullSettings, floor: float, result: Pull, config: str
     if pages:
         line("page latency p50 / max", f"{pages[len(pages) // 2]:.1f}/{pages[-1]:.1f} ms",
              "info", True)
+    line("gateway CPU for the whole pull (all processes)", f"{result.server_cpu * 1000:.0f} ms",
+         "info", True)
     line("bytes per event (JSON answer)", f"{result.bytes / max(1, result.events):.0f}",
          "info", True)
     line("correctness: every event once, cursors strictly increasing",
@@ -216,6 +219,8 @@ def run(settings: PullSettings) -> int:
             result = pull(gateway.port, token, settings)
             window.stop()
             result.cpu, result.other = window.shares(), window.other
+            result.server_cpu = sum(sec for label, sec in window.cpu.items()
+                                    if label.startswith("gw"))
             gateway.stop()
         finally:
             leaked = gateway.cleanup()
