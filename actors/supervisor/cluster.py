@@ -10,6 +10,10 @@ the outbox hands their queued messages to the new processes). Thespian itself wo
 notice a dead host only after its re-registration window, and never tells a parent
 that the children it had there are gone (docs/architecture.md §4).
 
+A check that runs more than 1.5 heartbeats after the previous one means the leader
+itself was paused (``placement.PauseDetector``): it could not hear anyone, so it
+declares nobody lost and gives every member a new window.
+
 A member that answers again is used for new placements only: its old sessions were
 stopped by its agent (the fence) and run elsewhere now, so it never gets a second copy.
 
@@ -165,7 +169,12 @@ class Cluster:
         # The next check first: a failed handler is not run again (RunOnce).
         self.owner.check_hosts_after(self.config.heartbeat_seconds)
         now = time.monotonic()
-        for name in self.tracker.lost(now):
+        lost, pause = self.tracker.check(now)
+        if pause is not None:
+            log.warning("the leader's host check ran late: this process was paused, so "
+                        "every member counts as just heard from", gap_seconds=round(pause, 1),
+                        heartbeat_seconds=self.config.heartbeat_seconds)
+        for name in lost:
             host = self.hosts.get(name)
             if host is not None and host.alive:
                 log.error("a member stopped answering; moving its sessions", host=name,

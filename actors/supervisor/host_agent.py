@@ -10,6 +10,10 @@ stops the sessions the leader placed on this host. A member cut off from the lea
 thus never keeps a session connected while the leader starts it elsewhere (the same
 WhatsApp device connected twice is ``StreamReplaced``, which is terminal).
 
+The fence knows nothing of pauses (unlike the leader's check, which forgives its own):
+a member that was frozen itself may have been given up by the leader meanwhile, and
+stopping its sessions once too often only costs a reconnect.
+
 The member's launcher also uses this class, locally and briefly, to learn the process
 group of its actor system (``WhoAreYou``).
 """

@@ -9,8 +9,12 @@ minutes with its defaults, and after a host's death no ``ChildActorExited`` arri
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+# A check that runs this many intervals after its previous run was itself paused.
+PAUSE_FACTOR = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +54,53 @@ def loads(slots: Mapping[str, int], placed: Iterable[str]) -> list[HostLoad]:
     return [HostLoad(name, slots[name], counts[name]) for name in sorted(slots)]
 
 
+class PauseDetector:
+    """Tells a periodic checker that it was paused itself, not its peers.
+
+    A checker that runs every ``interval`` seconds and finds its previous run more
+    than ``PAUSE_FACTOR`` intervals ago was stopped itself (a stalled process, a
+    suspended VM, a garbage collector, a machine swapping): during that time it could
+    neither hear its peers nor be heard, so their silence says nothing. A leader that
+    took its own 6 s stall for its members' silence moved every session onto itself.
+    A clock that went backwards is treated the same way (no gap can be trusted).
+    """
+
+    __slots__ = ("_last", "interval")
+
+    def __init__(self, interval: float) -> None:
+        if not (math.isfinite(interval) and interval > 0):
+            raise ValueError(f"interval must be a finite number over 0 (got {interval})")
+        self.interval = interval
+        self._last: float | None = None
+
+    def paused(self, now: float) -> float | None:
+        """Record a run at ``now``: the gap since the previous run when the checker was
+        paused (longer than ``PAUSE_FACTOR`` intervals, or negative), else None. The
+        first run has no previous one and is never a pause."""
+        last, self._last = self._last, now
+        if last is None:
+            return None
+        gap = now - last
+        if gap < 0 or gap > self.interval * PAUSE_FACTOR:
+            return gap
+        return None
+
+
 class HeartbeatTracker:
     """When each watched peer was last heard, and which ones have gone quiet.
 
     A peer is lost once it has not answered for ``interval * misses`` seconds; the
     clock starts when it is watched, so a new peer gets the full window to answer.
+    ``check`` is the periodic look of a checker that runs every ``interval``: after a
+    pause of its own (``PauseDetector``) it finds no one lost and starts every
+    peer's window again.
     """
 
     def __init__(self, interval: float, misses: int) -> None:
-        if interval <= 0 or misses < 1:
-            raise ValueError("interval must be > 0 and misses >= 1")
+        if not (math.isfinite(interval) and interval > 0) or misses < 1:
+            raise ValueError("interval must be a finite number over 0 and misses >= 1")
         self.window = interval * misses
+        self.pauses = PauseDetector(interval)
         self._heard: dict[str, float] = {}
 
     def watch(self, peer: str, now: float) -> None:
@@ -80,5 +120,20 @@ class HeartbeatTracker:
         return now - self._heard[peer]
 
     def lost(self, now: float) -> list[str]:
-        """Peers silent for longer than the window (still watched: ``forget`` them)."""
+        """Peers silent for longer than the window (still watched: ``forget`` them).
+        Knows nothing of pauses: a fence, which must stop when in doubt, asks this."""
         return sorted(p for p, at in self._heard.items() if now - at > self.window)
+
+    def reset(self, now: float) -> None:
+        """Every watched peer counts as heard at ``now``."""
+        for peer in self._heard:
+            self._heard[peer] = now
+
+    def check(self, now: float) -> tuple[list[str], float | None]:
+        """The periodic check: (the lost peers, the checker's own pause or None).
+        After a pause nobody is lost and every window starts again at ``now``."""
+        gap = self.pauses.paused(now)
+        if gap is not None:
+            self.reset(now)
+            return [], gap
+        return self.lost(now), None

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from actors.supervisor.placement import HeartbeatTracker, HostLoad, choose_host, loads
+from actors.supervisor.placement import (
+    PAUSE_FACTOR,
+    HeartbeatTracker,
+    HostLoad,
+    PauseDetector,
+    choose_host,
+    loads,
+)
 from gateway.cli.cluster_mode import cluster_problem
 from gateway.core.config import ConfigError, load_config
 
@@ -45,6 +52,68 @@ def test_a_peer_is_lost_only_after_the_whole_window() -> None:
     assert tracker.lost(1000.0) == []
     with pytest.raises(ValueError):
         HeartbeatTracker(0, 3)
+
+
+def _leader_beats(tracker: HeartbeatTracker, until: float) -> float:
+    """A leader checking every second with a member that answers every check."""
+    now = 0.0
+    while now < until:
+        now += 1.0
+        tracker.heard("m", now - 0.1)
+        assert tracker.check(now) == ([], None)
+    return now
+
+
+def test_a_six_second_stall_of_the_leader_itself_loses_no_member() -> None:
+    """Defect H3: the leader, stalled 6 s, took its own pause for the member's silence
+    and moved every session. The pause-blind look (``lost``, what the check used)
+    shows the defect; ``check`` forgives the pause, once, and starts a new window."""
+    tracker = HeartbeatTracker(interval=1.0, misses=3)
+    tracker.watch("m", now=0.0)
+    now = _leader_beats(tracker, 5.0) + 6.0  # the leader stalls: no check, no ack read
+    assert tracker.lost(now) == ["m"]  # before the fix: the member was declared dead
+    assert tracker.check(now) == ([], 6.0)
+    assert tracker.silent_for("m", now) == 0.0  # just heard from
+    assert tracker.check(now + 1.0) == ([], None)  # warned once, then checks as before
+    assert tracker.check(now + 2.0) == ([], None)
+    assert tracker.check(now + 3.1) == (["m"], None)  # a member really silent is lost
+
+
+@pytest.mark.parametrize(("gap", "paused"), [(1.5 - 1e-9, False), (1.5, False),
+                                             (1.5 + 1e-9, True), (6.0, True)])
+def test_a_gap_over_one_and_a_half_intervals_is_a_pause(gap: float, paused: bool) -> None:
+    detector = PauseDetector(2.0)
+    assert detector.paused(10.0) is None  # the first run has nothing to compare with
+    found = detector.paused(10.0 + gap * 2.0)
+    assert (found is not None) is paused
+    assert PAUSE_FACTOR == 1.5
+
+
+def test_a_clock_that_jumps_backwards_is_a_pause() -> None:
+    detector = PauseDetector(1.0)
+    detector.paused(100.0)
+    assert detector.paused(97.0) == -3.0
+    assert detector.paused(98.0) is None  # measured from the new reading on
+    tracker = HeartbeatTracker(1.0, 2)
+    tracker.watch("m", 100.0)
+    tracker.check(100.0)
+    assert tracker.check(50.0) == ([], -50.0)
+    assert tracker.check(51.0) == ([], None)  # the window restarted at the new reading
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, float("nan"), float("inf"),
+                                      float("-inf")])
+def test_a_pause_needs_a_finite_positive_interval(interval: float) -> None:
+    with pytest.raises(ValueError):
+        PauseDetector(interval)
+    with pytest.raises(ValueError):
+        HeartbeatTracker(interval, 3)
+
+
+def test_the_config_ranges_keep_nan_and_inf_from_the_heartbeat() -> None:
+    for bad in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ConfigError):
+            load_config(None, {"cluster.heartbeat_seconds": bad})
 
 
 def test_cluster_keys_are_checked_and_cluster_mode_needs_allow_networks() -> None:
