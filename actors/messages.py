@@ -634,3 +634,13 @@ class HostBeat:
 class HostBeatAck:
     host: str
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsFenced:
+    """Host agent -> supervisor, as the fence stops the sessions the leader placed on
+    its host: these exits are no crashes, so they must not spend the restart budget
+    (the supervisor may hear of the exits before or after this, in any order)."""
+
+    host: str
+    sessions: tuple[tuple[str, Any], ...]  # (session id, ActorAddress), as in HostBeat

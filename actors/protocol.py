@@ -35,9 +35,9 @@ from gateway.core.version import __version__
 # messages.incoming_retention_hours, opt_out_keywords and max_incoming_text_chars in the
 # configuration, IncomingReceived.truncated) and webhooks ([webhooks] in Config,
 # WebhookCommand).
-# The dashboard's message chart: ChartMessageStates, StateBucket.
+# The dashboard's message chart: ChartMessageStates, StateBucket; fenced stops: SessionsFenced.
 PROTOCOL = 5
-LAYOUT = "81c7396f1b0cfd7c"
+LAYOUT = "d56919f36fc76322"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

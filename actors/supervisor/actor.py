@@ -65,6 +65,7 @@ from actors.messages import (
     SessionCommand,
     SessionForgotten,
     SessionLink,
+    SessionsFenced,
     SessionState,
     SessionStatus,
     StartGateway,
@@ -457,7 +458,25 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             if key.is_session:
                 del self.children[key]
             return
-        self._crashed(key, child)
+        self._crashed(key, child, msg.childAddress)
+
+    def receiveMsg_SessionsFenced(self, msg: SessionsFenced, sender: Any) -> None:
+        """A member's agent stopped these sessions because the leader went quiet (cut
+        off, or paused itself): fenced stops, which never spend the restart budget,
+        whichever of this notice and the exits arrives first (Child.fence)."""
+        if self.cluster is None or not self.cluster.is_agent(msg.host, sender):
+            return
+        for session, address in msg.sessions:
+            key = ChildKey.of_session(session)
+            child = self.children.get(key)
+            outcome = child.fence(address) if child is not None else None
+            if child is None or outcome is None:
+                continue
+            log.warning("a member's fence stopped a session; starting it again (not a "
+                        "crash)", session=session, host=msg.host, outcome=outcome)
+            self.audit("session.fenced", session=session, host=msg.host)
+            if outcome == "pardon" and child.address is None and not self.stopping:
+                self._respawn(key)  # at once, not after a crash's backoff
 
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
         dead = msg.deadMessage
@@ -556,10 +575,11 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def _crashed(self, key: ChildKey, child: Child) -> None:
+    def _crashed(self, key: ChildKey, child: Child, exited: Any = None) -> None:
         assert self.config is not None and child.budget is not None
         now = time.time()
         child.failures += 1
+        child.crashed = (exited, now) if exited is not None else None
         session = key.name if key.is_session else None
         if not child.budget.record(now):
             log.error("restart budget exhausted", child=str(key))

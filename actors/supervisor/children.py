@@ -63,6 +63,29 @@ class Child:
     pending_commands: list[SessionCommand] = field(default_factory=list)
     host: str | None = None  # where its current process runs (cluster placement)
     resume_attempt: int = 1  # the connect attempt its next process goes on with
+    # The process whose exit last counted as a crash, and when: a fence notice that
+    # arrives after that exit takes the crash back (RestartBudget.pardon).
+    crashed: tuple[Any, float] | None = None
+
+    def fence(self, address: Any) -> str | None:
+        """A member's agent stopped this child's process at ``address`` (the fence): a
+        stop, not a crash. "retire" when its exit is still to come (that exit then
+        starts the next process at once, like a retirement: no backoff, no budget);
+        "pardon" when its exit came first and counted as a crash (taken back); None
+        for another process (one already moved or replaced: nothing to correct)."""
+        if address is None:
+            return None
+        if self.address is not None and self.address == address:
+            if not self.retiring:
+                self.retiring = self.respawn = True
+            return "retire"
+        if self.crashed is not None and self.crashed[0] == address:
+            if self.budget is not None:
+                self.budget.pardon(self.crashed[1])
+            self.failures = max(0, self.failures - 1)
+            self.crashed = None
+            return "pardon"
+        return None
 
 
 class Children(dict[ChildKey, Child]):

@@ -190,6 +190,11 @@ class Cluster:
             self.owner.send(host.agent, HostBeat(self.beat_seq,
                                                  placed_on(name) if host.alive else ()))
 
+    def is_agent(self, name: str, address: Any) -> bool:
+        """Whether ``address`` is the current agent on member ``name``."""
+        host = self.hosts.get(name)
+        return host is not None and host.agent is not None and host.agent == address
+
     def agent_exited(self, address: Any) -> bool:
         """A child that is no session nor worker exited: if it was a host's agent,
         the next check places a new one. Whether it was."""

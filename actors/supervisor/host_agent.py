@@ -29,7 +29,14 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from actors.messages import HostBeat, HostBeatAck, ProcessInfo, StartAgent, WhoAreYou
+from actors.messages import (
+    HostBeat,
+    HostBeatAck,
+    ProcessInfo,
+    SessionsFenced,
+    StartAgent,
+    WhoAreYou,
+)
 from actors.run_once import RunOnce
 from actors.supervisor.placement import HeartbeatTracker
 from actors.system import on_required_host
@@ -87,6 +94,8 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
             log.error("the leader has gone quiet; stopping the sessions it placed here so "
                       "that no session runs twice", host=self.host,
                       sessions=[s for s, _ in self.sessions])
+            # Told first: these exits are fenced stops, not crashes.
+            self.send(self.leader, SessionsFenced(self.host, self.sessions))
             for _, address in self.sessions:
                 self.send(address, ActorExitRequest())
             self.sessions = ()

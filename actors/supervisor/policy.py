@@ -77,6 +77,16 @@ class RestartBudget:
         self._prune(now)
         return len(self._crashes)
 
+    def pardon(self, at: float) -> bool:
+        """Take back the crash recorded at ``at``: it turned out to be a fenced stop
+        (a member's agent stopped the session because the leader was silent), which
+        must not count. Whether there was such a crash."""
+        try:
+            self._crashes.remove(at)
+        except ValueError:
+            return False
+        return True
+
     def reset(self) -> None:
         """Forget every crash, e.g. after an operator restarts a FAILED session by hand."""
         self._crashes.clear()

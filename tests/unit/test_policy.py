@@ -73,6 +73,17 @@ def test_restart_budget_reset() -> None:
     assert "limit=1" in repr(budget)
 
 
+def test_restart_budget_pardon_takes_back_one_crash() -> None:
+    budget = RestartBudget(limit=2, window=60.0)
+    assert budget.record(10.0) and budget.record(11.0)
+    assert budget.pardon(10.0)
+    assert not budget.pardon(10.0)  # once
+    assert not budget.pardon(99.0)  # never recorded
+    assert budget.crashes(12.0) == 1
+    assert budget.record(12.0)  # the pardoned one left room
+    assert not budget.record(13.0)
+
+
 def test_restart_budget_rejects_bad_parameters() -> None:
     with pytest.raises(ValueError, match="limit"):
         RestartBudget(limit=0, window=10.0)

@@ -16,6 +16,7 @@ from actors.supervisor.children import (
     ChildKey,
     Children,
 )
+from actors.supervisor.policy import RestartBudget
 
 
 def _children() -> Children:
@@ -107,3 +108,38 @@ def test_no_supervisor_module_spells_a_child_key_as_a_string() -> None:
                       if isinstance(node, ast.Constant) and isinstance(node.value, str)
                       and node.value.startswith("session:") and id(node) not in docs]
     assert offenders == []
+
+
+def test_a_burst_of_fenced_stops_spends_no_restart_budget() -> None:
+    """Defect H3: a 2.6 s stall of the leader made members fence their sessions, and
+    each exit counted as a crash; more than the budget (5 in 300 s) in the window made
+    the session FAILED for good. The fence notice takes them back, whichever of it and
+    the exit the supervisor hears first."""
+    child = Child(object, budget=RestartBudget(5, 300.0), host="m1")
+    for n in range(12):
+        address = f"proc-{n}"
+        child.address, child.retiring, child.respawn = address, False, False
+        if n % 2:  # the notice first: the exit is then a planned restart
+            assert child.fence(address) == "retire"
+            assert child.retiring and child.respawn
+        else:  # the exit first: it counted as a crash ...
+            child.address, child.failures = None, child.failures + 1
+            child.crashed = (address, 100.0 + n)
+            assert child.budget is not None and child.budget.record(100.0 + n)
+            assert child.fence(address) == "pardon"  # ... and is taken back
+    assert child.budget is not None and child.budget.crashes(200.0) == 0
+    assert child.failures == 0
+
+
+def test_a_fence_notice_for_another_process_changes_nothing() -> None:
+    child = Child(object, address="new", budget=RestartBudget(1, 60.0), host="m1")
+    assert child.fence("old") is None  # moved already (the leader lost the host)
+    assert child.fence(None) is None
+    assert not child.retiring and not child.respawn
+    child.crashed = ("old", 5.0)
+    assert child.budget is not None and child.budget.record(5.0)
+    assert not child.budget.record(6.0)  # a real crash stays counted
+    assert child.fence("old") == "pardon" and child.budget.crashes(7.0) == 1
+    assert child.fence("old") is None  # only once
+    retiring = Child(object, address="p", retiring=True)  # a logout: stays a plain exit
+    assert retiring.fence("p") == "retire" and not retiring.respawn
