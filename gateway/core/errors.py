@@ -169,6 +169,17 @@ CODES: tuple[ErrorCode, ...] = (
         "the logs",
         ()),
     ErrorCode(
+        "UNCERTAIN",
+        "a send did not get its answer in time (`actors.ask_timeout_seconds` plus "
+        "`messages.send_timeout_seconds`) after it was handed to the message store: it "
+        "may have been accepted and sent, or not (a partition between hosts, an "
+        "overloaded gateway). `idempotencyKey` is the send's key: the caller's, or one "
+        "the gateway made (`auto-...`) when the caller gave none",
+        "do not send blindly again: look the message up with `whatsAppMessageByKey` "
+        "(`idempotencyKey`, `session`), or send again with the same `idempotencyKey`, "
+        "which never sends it twice",
+        ("idempotencyKey", "session")),
+    ErrorCode(
         "INTERNAL",
         "a bug: the message is masked",
         "report `requestId` to the operator, who finds the error in the logs by it",

@@ -27,7 +27,7 @@ from gateway.auth.tokens import Authenticator, NetworkPolicy, tokens_path
 from gateway.core.config import Config
 from gateway.core.networks import parse_networks
 from gateway.core.origins import BrowserPolicy
-from gateway.web.bridge import ActorBridge
+from gateway.web.bridge import MAX_CALLS, ActorBridge
 from gateway.web.dashboard import dashboard_blueprint
 from gateway.web.errors import install_error_handlers
 from gateway.web.explorer import explorer_blueprint
@@ -55,8 +55,11 @@ def create_app(config: Config, bridge: Bridge | None = None) -> Flask:
 
 
 def actor_bridge(config: Config) -> ActorBridge:
+    """Two helper threads per web thread: one generation of calls stuck in a partition
+    leaves room for the next (gateway.web.deadline)."""
     return ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds,
-                       bind_address(config), allowed_networks(config))
+                       bind_address(config), allowed_networks(config),
+                       max(MAX_CALLS, 2 * config.http.threads))
 
 
 def web_state(config: Config, bridge: Bridge) -> WebState:

@@ -10,6 +10,13 @@ every ask carries a unique request id and replies that do not match are dropped.
 The web tier never *starts* an actor system; when none answers, every call becomes
 ``UNAVAILABLE``. A ``None`` reply means timeout or dead target.
 
+Every call has a hard deadline: it runs on a helper thread (``gateway.web.deadline``),
+and the web thread waits at most its timeout, whatever Thespian does meanwhile (over
+TCP it can block in connect or send far longer). A send whose answer did not come after
+it was handed to the outbox may have been accepted: it is ``UNCERTAIN`` (with the
+idempotency key to look it up by), never ``UNAVAILABLE``, which says it did not
+happen. Other calls that time out stay ``UNAVAILABLE``.
+
 Sends go straight to the outbox (whose address the supervisor gives out and which
 is cached per process), audit entries straight to the audit actor (told, never
 asked); everything else goes to the supervisor.
@@ -26,9 +33,10 @@ from typing import Any
 
 import structlog
 
-from actors.messages import AuditEvent, Failed, GetRoutes
+from actors.messages import AuditEvent, Failed, GetRoutes, SendText
 from actors.system import LOOPBACK, SUPERVISOR_NAME, is_poison_for, join_system
 from gateway.api.errors import GatewayError
+from gateway.web.deadline import Call, CallPool, DeadlinePassed
 
 log = structlog.get_logger("wagate.bridge")
 
@@ -38,18 +46,25 @@ DEAD_TARGET_FRACTION = 0.5
 # it through the supervisor (dead letters); the routes are asked again this often.
 AUDIT_ROUTE_SECONDS = 10.0
 FLUSH_SECONDS = 1.0  # at most, to hand a dead letter to the Admin after a tell
+# Helper threads per web process when the caller does not say: calls stuck in a
+# partition hold these, never web threads (gateway.web.deadline).
+MAX_CALLS = 64
 
 
 class ActorBridge:
     def __init__(self, admin_port: int, timeout: float, address: str = LOOPBACK,
-                 networks: tuple[str, ...] = ()) -> None:
+                 networks: tuple[str, ...] = (), max_calls: int = MAX_CALLS) -> None:
         """``address``: where the actor system listens (``actors.system.bind_address``);
         ``networks``: ``actors.system.allowed_networks``, which this process's own reply
-        sockets enforce too (they are actor-system sockets like any other)."""
+        sockets enforce too (they are actor-system sockets like any other);
+        ``max_calls``: helper threads that make the calls (``gateway.web.deadline``)."""
         self.admin_port = admin_port
         self.timeout = timeout
         self.address = address
         self.networks = networks
+        self.max_calls = max_calls
+        self._pool: CallPool | None = None
+        self._pool_pid: int | None = None
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._system: Any = None
@@ -62,24 +77,69 @@ class ActorBridge:
 
     def ask(self, message: Any, timeout: float | None = None, to_outbox: bool = False) -> Any:
         """Send ``message`` and return ``Ok.value``; ``Failed`` becomes ``GatewayError``
-        with the same code and details."""
+        with the same code and details. Returns or raises within ``timeout`` (default:
+        the bridge's): ``UNCERTAIN`` for a send that may have reached the outbox,
+        ``UNAVAILABLE`` for everything else without an answer."""
         wait = self.timeout if timeout is None else timeout
-        target = self._outbox_address(wait) if to_outbox else self._connect()[1]
-        started = time.monotonic()
-        reply = self._ask(target, message, wait)
-        if reply is None and to_outbox:
-            self._outbox = None  # it may have been restarted at a new address
-            if time.monotonic() - started < wait * DEAD_TARGET_FRACTION:
-                # An early None is Thespian's answer for a dead target: the message was
-                # never delivered, so asking the new outbox cannot send anything twice.
-                reply = self._ask(self._outbox_address(wait), message, wait)
-        if reply is None:
-            raise _unavailable()
+        deadline = time.monotonic() + wait
+        try:
+            reply = self._calls().run(
+                lambda call: self._call(call, message, deadline, to_outbox), wait)
+        except DeadlinePassed as exc:
+            log.warning("an actor call passed its deadline", message=type(message).__name__,
+                        seconds=wait, handed_on=exc.committed)
+            raise (_uncertain(message) if exc.committed and to_outbox
+                   else _unavailable()) from None
         if isinstance(reply, Failed):
             raise GatewayError(reply.code, reply.message, **reply.details)
         return getattr(reply, "value", reply)
 
+    def close(self) -> None:
+        """Stop this process's helper threads once their calls end (tests)."""
+        if self._pool is not None and self._pool_pid == os.getpid():
+            self._pool.close()
+        self._pool = None
+
     # ---- internals ----------------------------------------------------------------------
+
+    def _calls(self) -> CallPool:
+        """This process's helper threads (threads do not survive a fork)."""
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                self._pool, self._pool_pid = CallPool(self.max_calls, "wagate-ask"), os.getpid()
+            return self._pool
+
+    def _call(self, call: Call[Any], message: Any, deadline: float, to_outbox: bool) -> Any:
+        """On a helper thread: the whole call, within ``deadline`` (monotonic)."""
+        target = self._outbox_address(_left(deadline)) if to_outbox else self._connect()[1]
+        wait = _left(deadline)
+        started = time.monotonic()
+        reply = self._handed_on(call, target, message, wait)
+        early = time.monotonic() - started < wait * DEAD_TARGET_FRACTION
+        if reply is None and to_outbox:
+            self._outbox = None  # it may have been restarted at a new address
+            if early:
+                # An early None is Thespian's answer for a dead target: the message was
+                # never delivered, so asking the new outbox cannot send anything twice.
+                wait = _left(deadline)
+                started = time.monotonic()
+                reply = self._handed_on(call, self._outbox_address(wait), message,
+                                        _left(deadline))
+                early = time.monotonic() - started < wait * DEAD_TARGET_FRACTION
+        if reply is None:
+            raise _uncertain(message) if to_outbox and not early else _unavailable()
+        return reply
+
+    def _handed_on(self, call: Call[Any], target: Any, message: Any, wait: float) -> Any:
+        """``_ask``, once the call may still have an effect (its caller still waits)."""
+        if not call.commit():
+            raise _unavailable()  # the caller was told it did not happen: it must not
+        try:
+            return self._ask(target, message, wait)
+        except GatewayError as exc:  # a connection that broke may have carried it
+            if exc.code == "UNAVAILABLE":
+                raise _uncertain(message) from exc
+            raise
 
     def _ask(self, target: Any, message: Any, wait: float) -> Any:
         base = getattr(message, "request_id", "") or "r"
@@ -156,19 +216,25 @@ class ActorBridge:
         """
         message = AuditEvent(event, fields, request_id)
         try:
-            target = self._audit_address()
-            context = self._context()
-            if target is None:
-                target = self._connect()[1]  # the supervisor passes it on
-            try:
-                context.tell(target, message)
-            finally:
-                _flush(context)
+            self._calls().run(lambda _: self._tell_audit(message), self.timeout)
+        except DeadlinePassed:
+            log.warning("audit entry not confirmed: the actor system did not take it in "
+                        "time", audit_event=event)
         except Exception as exc:
             log.warning("audit entry not delivered: the actor system is not available",
                         audit_event=event, error=repr(exc))
             if not isinstance(exc, GatewayError):
                 self._reset()
+
+    def _tell_audit(self, message: AuditEvent) -> None:
+        target = self._audit_address()
+        context = self._context()
+        if target is None:
+            target = self._connect()[1]  # the supervisor passes it on
+        try:
+            context.tell(target, message)
+        finally:
+            _flush(context)
 
     def _audit_address(self) -> Any:
         """The audit actor's cached address; None: send to the supervisor instead."""
@@ -219,6 +285,24 @@ def _flush(context: Any) -> None:
     run = getattr(base, "_run_transport", None)
     if run is not None:
         run(FLUSH_SECONDS, txonly=True)
+
+
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline`` (monotonic), at least a moment: Thespian takes 0 as
+    "no timeout"."""
+    return max(0.01, deadline - time.monotonic())
+
+
+def _uncertain(message: Any) -> GatewayError:
+    """A send handed to the outbox without an answer: perhaps accepted, perhaps not."""
+    if not isinstance(message, SendText):
+        return _unavailable()
+    return GatewayError("UNCERTAIN", "the gateway did not answer in time after the message "
+                        "was handed to its store: it may have been accepted and sent; do "
+                        "not send it blindly again: look it up with whatsAppMessageByKey("
+                        "idempotencyKey, session), or send again with the same "
+                        "idempotencyKey (it is never sent twice)",
+                        idempotencyKey=message.idempotency_key, session=message.session)
 
 
 def _unavailable() -> GatewayError:
