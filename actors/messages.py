@@ -240,6 +240,18 @@ class GetMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class GetMessageByKey:
+    """Answered with Ok(record dict | None) by the outbox: the message ``requester``
+    (an API token's name) sent on ``session`` with ``idempotency_key``, while the key
+    is kept (``delivery.idempotency_hours``). How a caller told UNCERTAIN finds out."""
+
+    session: str
+    idempotency_key: str
+    requester: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ListMessages:
     """Answered with Ok(MessagePage) by the outbox; newest first."""
 

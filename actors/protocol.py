@@ -35,9 +35,10 @@ from gateway.core.version import __version__
 # messages.incoming_retention_hours, opt_out_keywords and max_incoming_text_chars in the
 # configuration, IncomingReceived.truncated) and webhooks ([webhooks] in Config,
 # WebhookCommand).
-# The dashboard's message chart: ChartMessageStates, StateBucket; fenced stops: SessionsFenced.
+# The dashboard's message chart: ChartMessageStates, StateBucket; fenced stops: SessionsFenced;
+# GetMessageByKey.
 PROTOCOL = 5
-LAYOUT = "d56919f36fc76322"
+LAYOUT = "95b207a32bd4a00a"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -58,6 +58,7 @@ from actors.messages import (
     EventPage,
     Failed,
     GetMessage,
+    GetMessageByKey,
     IncomingPage,
     IncomingReceived,
     ListEvents,
@@ -550,6 +551,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             record = self.store.get(request.message_id)
             reply: Ok | Failed = Ok(public_record(record) if record is not None else None,
                                     request.request_id)
+        elif isinstance(request, GetMessageByKey):
+            record = self.store.by_idempotency_key(request.requester, request.session,
+                                                   request.idempotency_key)
+            reply = Ok(public_record(record) if record is not None else None,
+                       request.request_id)
         elif isinstance(request, ListMessages):
             try:
                 records, more = self.store.page(session=request.session, state=request.state,

@@ -44,6 +44,7 @@ from actors.messages import (
     ForgetSession,
     GetHealth,
     GetMessage,
+    GetMessageByKey,
     GetRoutes,
     GetStatus,
     HealthReport,
@@ -394,6 +395,9 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_GetMessage(self, msg: GetMessage, sender: Any) -> None:
         self._route(msg, sender)
 
+    def receiveMsg_GetMessageByKey(self, msg: GetMessageByKey, sender: Any) -> None:
+        self._route(msg, sender)
+
     def receiveMsg_ListMessages(self, msg: ListMessages, sender: Any) -> None:
         self._route(msg, sender)
 
@@ -403,7 +407,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_ChartMessageStates(self, msg: ChartMessageStates, sender: Any) -> None:
         self._route(msg, sender)
 
-    def _route(self, msg: GetMessage | ListMessages | ListEvents | ChartMessageStates,
+    def _route(self, msg: GetMessage | GetMessageByKey | ListMessages | ListEvents
+                   | ChartMessageStates,
                sender: Any) -> None:
         outbox = self.children.address(OUTBOX)
         if outbox is None:

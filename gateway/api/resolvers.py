@@ -37,6 +37,7 @@ from actors.messages import (
     Disconnect,
     ForgetSession,
     GetMessage,
+    GetMessageByKey,
     GetStatus,
     IncomingPage,
     ListIncoming,
@@ -90,6 +91,9 @@ MAX_PAGE = 200
 PAGE_SIZE = Range(1, MAX_PAGE)  # whatsAppMessages(first:)
 VALID_FOR = Range(1, 2**31 - 1)  # validForSeconds: any positive GraphQL Int (68 years)
 MAX_KEY_LENGTH = 128
+# The idempotency key the gateway gives a send without one, so that a caller told
+# UNCERTAIN can look the message up (whatsAppMessageByKey) or send it again safely.
+AUTO_KEY_PREFIX = "auto-"
 RECIPIENT_DIGITS = 20  # what of a phone number argument the audit log may see
 
 
@@ -213,6 +217,18 @@ def resolve_message(_: Any, info: GraphQLResolveInfo, id: str) -> MessageRecord 
     return record if principal.may_see(record.session) else None
 
 
+@query.field("whatsAppMessageByKey")
+def resolve_message_by_key(_: Any, info: GraphQLResolveInfo, idempotencyKey: str,
+                           session: str = "default") -> MessageRecord | None:
+    """The caller's own message with this key (what UNCERTAIN names): a token that may
+    send on the session may find what it sent, and nothing another token sent."""
+    name = validate_session_name(session)
+    principal = authorize(info, "send", name)
+    _check_key(idempotencyKey)
+    row = _ask(info, GetMessageByKey(name, idempotencyKey, principal.name, _request_id(info)))
+    return _message_record(info, row) if row is not None else None
+
+
 @query.field("whatsAppMessages")
 def resolve_messages(_: Any, info: GraphQLResolveInfo, session: str | None = None,
                      state: str | None = None, phoneNumber: str | None = None,
@@ -311,6 +327,7 @@ def resolve_test(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
         text=config.messages.test_message,
         request_id=_request_id(info),
         require_connected=True,
+        idempotency_key=_auto_key(),
         requester=_requester(info),
     )
     accepted: Accepted = request_context(info).bridge.ask(send, _send_wait(config),
@@ -434,9 +451,8 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
     """Validate, then hand the message to the actors; returns once it is on disk."""
     context = request_context(info)
     config = context.config
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_KEY_LENGTH:
-        raise GatewayError("INVALID_MESSAGE", f"idempotencyKey must be 1 to {MAX_KEY_LENGTH} "
-                           "characters", field="idempotencyKey")
+    if idempotency_key is not None:
+        _check_key(idempotency_key)
     name, number = validate_session_name(session), normalize_phone_number(phone)
     checked_text = validate_message(text, config.messages.max_length)
     unknown = _refuse_unregistered(info, name, number) if config.delivery.check_recipient else ""
@@ -445,7 +461,7 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
         phone=number,
         text=checked_text,
         request_id=_request_id(info),
-        idempotency_key=idempotency_key,
+        idempotency_key=idempotency_key if idempotency_key is not None else _auto_key(),
         valid_for=float(valid_for) if valid_for is not None else None,
         requester=_requester(info),
         recipient_unknown=unknown,
@@ -457,6 +473,17 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
         raise
     context.message_id = accepted.message_id
     return accepted
+
+
+def _check_key(key: str) -> None:
+    if not 1 <= len(key) <= MAX_KEY_LENGTH:
+        raise GatewayError("INVALID_MESSAGE", f"idempotencyKey must be 1 to {MAX_KEY_LENGTH} "
+                           "characters", field="idempotencyKey")
+
+
+def _auto_key() -> str:
+    """A key for a send without one: a client told UNCERTAIN finds its message by it."""
+    return f"{AUTO_KEY_PREFIX}{uuid.uuid4().hex}"
 
 
 def _listed_session(info: GraphQLResolveInfo, session: str | None) -> str | None:

@@ -164,7 +164,8 @@ CODES: tuple[ErrorCode, ...] = (
         ()),
     ErrorCode(
         "UNAVAILABLE",
-        "the actor system does not answer (starting, stopping, or failed)",
+        "the actor system does not answer (starting, stopping, failed, or out of reach "
+        "of this host); a send answered so was never handed to the message store",
         "retry in a few seconds; if it lasts, the operator checks `wagate status` and "
         "the logs",
         ()),
