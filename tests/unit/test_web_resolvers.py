@@ -15,8 +15,10 @@ from actors.messages import (
     CheckNumbers,
     Connect,
     Disconnect,
+    Failed,
     ForgetSession,
     GetMessage,
+    GetMessageByKey,
     GetStatus,
     ListMessages,
     Ok,
@@ -273,6 +275,61 @@ def test_a_missing_message_is_null(site: tuple[Web, str]) -> None:
     assert gql(site, "query { whatsAppMessage(id: 7) { id } }")["data"] == {
         "whatsAppMessage": None}
     assert w.bridge.asked_of(GetMessage)[-1].message_id == "7"  # an ID may be sent as an Int
+
+
+BY_KEY = ("query($k: String!, $s: String) { whatsAppMessageByKey(idempotencyKey: $k, "
+          "session: $s) { id idempotencyKey } }")
+
+
+def test_a_send_without_a_key_is_given_one_to_find_it_by(site: tuple[Web, str]) -> None:
+    """A caller told UNCERTAIN needs a key to look its message up: the gateway makes
+    one when the caller gave none, per send."""
+    w, _ = site
+    for _ in range(2):
+        assert gql(site, NOTIFY, {"p": PHONE, "m": "hi"})["data"] == {
+            "sendWhatsAppNotification": True}
+    keys = [m.idempotency_key for m in w.bridge.asked_of(SendText)]
+    assert all(k is not None and k.startswith("auto-") for k in keys)
+    assert len(set(keys)) == 2
+    gql(site, "mutation { testWhatsAppConnection(phoneNumber: \"+14155552671\") }")
+    assert (w.bridge.asked_of(SendText)[-1].idempotency_key or "").startswith("auto-")
+
+
+def test_an_uncertain_send_names_its_key(site: tuple[Web, str]) -> None:
+    w, _ = site
+    w.bridge.handlers[SendText] = lambda m: Failed(
+        "UNCERTAIN", "no answer", {"idempotencyKey": m.idempotency_key, "session": m.session})
+    result = gql(site, NOTIFY, {"p": PHONE, "m": "hi"})
+    assert codes(result) == ["UNCERTAIN"]
+    key = result["errors"][0]["extensions"]["idempotencyKey"]
+    assert key == w.bridge.asked_of(SendText)[0].idempotency_key
+
+
+def test_a_message_is_found_by_the_callers_own_key(site: tuple[Web, str]) -> None:
+    w, _ = site
+    w.bridge.handlers[GetMessageByKey] = lambda m: Ok(
+        record(idempotency_key=m.idempotency_key) if m.idempotency_key == "k1" else None)
+    found = gql(site, BY_KEY, {"k": "k1", "s": None})["data"]["whatsAppMessageByKey"]
+    assert found == {"id": "m1", "idempotencyKey": "k1"}
+    [asked] = w.bridge.asked_of(GetMessageByKey)
+    assert (asked.session, asked.idempotency_key, asked.requester) == ("default", "k1", "ops")
+    assert gql(site, BY_KEY, {"k": "other"})["data"] == {"whatsAppMessageByKey": None}
+    assert codes(gql(site, BY_KEY, {"k": ""})) == ["INVALID_MESSAGE"]
+    assert codes(gql(site, BY_KEY, {"k": "k" * 129})) == ["INVALID_MESSAGE"]
+    assert codes(gql(site, BY_KEY, {"k": "k1", "s": "a/b"})) == ["INVALID_SESSION"]
+    assert len(w.bridge.asked_of(GetMessageByKey)) == 2
+
+
+def test_finding_by_key_needs_the_send_permission_on_the_session(
+        site: tuple[Web, str]) -> None:
+    w, _ = site
+    viewer = add_token(w.config, "watch", "viewer")
+    sender = add_token(w.config, "app", "sender", sessions=("default",))
+    w.bridge.handlers[GetMessageByKey] = lambda m: Ok(None)
+    assert codes(w.gql(BY_KEY, {"k": "k1"}, viewer)) == ["FORBIDDEN"]
+    assert codes(w.gql(BY_KEY, {"k": "k1", "s": "other"}, sender)) == ["FORBIDDEN"]
+    assert w.gql(BY_KEY, {"k": "k1"}, sender)["data"] == {"whatsAppMessageByKey": None}
+    assert [m.requester for m in w.bridge.asked_of(GetMessageByKey)] == ["app"]
 
 
 # ---- number checks ----------------------------------------------------------------------
