@@ -171,8 +171,9 @@ class LoadClient:
         code = extensions.get("code", "")
         if code in RETRYABLE_CODES:
             return code
-        if code == "SEND_UNCONFIRMED":
-            # Accepted and still on its way; the retry (same key) says so with ``true``.
+        if code in ("SEND_UNCONFIRMED", "UNCERTAIN"):
+            # Accepted and still on its way, or perhaps accepted (the outbox died with
+            # the send in hand): the retry (same key) says which, and never sends twice.
             return code
         outcome.refused = f"{code}: {errors[0].get('message')}"
         return None
