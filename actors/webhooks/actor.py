@@ -28,7 +28,7 @@ from actors.messages import AuditEvent, Failed, Ok, Routed, StartWorker, Webhook
 from actors.outbox.store import STORE_FILE
 from actors.run_once import RunOnce
 from actors.session.sealed_store import StoreError, StoreKeyError, load_key
-from actors.webhooks.client import make_client
+from actors.webhooks.client import Channels, make_client
 from actors.webhooks.commands import Command, CommandRefused, run
 from actors.webhooks.declared import sync_declared
 from actors.webhooks.delivery import ConcurrentDeliverer, Deliverer, Stats, head_of
@@ -77,8 +77,9 @@ class DeliveryThread(threading.Thread):
         key = load_key(self.config.encryption, data)
 
         def deliverer() -> Deliverer:  # one per worker thread: its own connection, client
-            return Deliverer(EndpointStore(data / "webhooks", key), event_source(self.config),
-                             make_client(hooks.connect_timeout_seconds, hooks.timeout_seconds),
+            return Deliverer(EndpointStore(data / "webhooks", key, durable=False),
+                             event_source(self.config),
+                             Channels(hooks.connect_timeout_seconds, hooks.timeout_seconds),
                              hooks, time.time, on_disabled=self._disabled, stats=self.stats)
 
         overview = deliverer()

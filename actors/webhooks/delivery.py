@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +28,7 @@ import httpx
 import structlog
 
 from actors.webhooks import schedule, signing
-from actors.webhooks.client import Attempt, post
+from actors.webhooks.client import Attempt, Channels, post
 from actors.webhooks.safety import Resolver, UnsafeTarget, resolve, target
 from actors.webhooks.source import Event, EventSource
 from actors.webhooks.store import Endpoint, EndpointStore, UnknownEndpoint
@@ -82,7 +82,8 @@ OnDisabled = Callable[[Endpoint, str], None]
 
 
 class Deliverer:
-    def __init__(self, store: EndpointStore, source: EventSource, client: httpx.Client,
+    def __init__(self, store: EndpointStore, source: EventSource,
+                 client: httpx.Client | Channels,
                  config: WebhooksConfig, clock: Clock, *, resolver: Resolver = resolve,
                  rng: random.Random | None = None,
                  on_disabled: OnDisabled | None = None, stats: Stats | None = None) -> None:
@@ -108,9 +109,17 @@ class Deliverer:
 
     def run_endpoint(self, endpoint_id: str, max_requests: int | None = None) -> int:
         """Deliver ``endpoint_id``'s events from its cursor until one fails, the log is
-        drained, or ``max_requests`` (default ``batch_events``) were made."""
+        drained, or ``max_requests`` (default ``batch_events``) were made.
+
+        The log is read ``batch_events`` rows at a time and walked in memory: reading it
+        again for every request cost more than the request itself. The endpoint's row is
+        still read before each request (a disable, a delete or a replay through the API
+        takes effect at the next event); a cursor that is not where this turn left it
+        (a replay moved it) makes the turn read the log again from there."""
         limit = max_requests or self.config.batch_events
         made = 0
+        pending: deque[Event] = deque()
+        position: int | None = None  # the cursor the events in ``pending`` follow
         while made < limit:
             try:  # deleted through the API meanwhile: nothing more to do for it
                 endpoint = self.store.get(endpoint_id)
@@ -118,18 +127,27 @@ class Deliverer:
                 break
             if not endpoint.enabled or endpoint.next_attempt_at > self.clock():
                 break
-            event = self._next_event(endpoint)
-            if event is None:
-                break
+            if endpoint.cursor != position or not pending:
+                pending = deque(self.source.events_after(endpoint.cursor,
+                                                         self.config.batch_events))
+                position = endpoint.cursor
+                if not pending:
+                    break
+            event = self._first_wanted(endpoint, pending)
+            if event is None:  # every event read was filtered out: read on from there
+                position = None
+                continue
             made += 1
             if not self._deliver(endpoint, event):
                 break
+            position = event.seq
         return made
 
-    def _next_event(self, endpoint: Endpoint) -> Event | None:
-        """The first event after the cursor that passes the filters; the ones before it
-        that do not are skipped for good (the cursor moves past them)."""
-        for event in self.source.events_after(endpoint.cursor, self.config.batch_events):
+    def _first_wanted(self, endpoint: Endpoint, pending: deque[Event]) -> Event | None:
+        """The first event of ``pending`` that passes the filters (taken off it); the
+        ones before it that do not are skipped for good (the cursor moves past them)."""
+        while pending:
+            event = pending.popleft()
             if endpoint.wants(event.type, event.session):
                 return event
             self.store.skipped(endpoint.id, event.seq, endpoint.replays)
@@ -180,7 +198,8 @@ class Deliverer:
         body = signing.payload(event.type, event.created_at, event.data)
         secrets = self.store.secrets(endpoint.id, self.clock())
         headers = signing.headers(event.id, body, secrets, datetime.now(UTC))
-        return post(self.client, where, headers, body, timeout=self.config.timeout_seconds,
+        via = self.client.get(where) if isinstance(self.client, Channels) else self.client
+        return post(via, where, headers, body, timeout=self.config.timeout_seconds,
                     max_bytes=self.config.max_response_bytes)
 
     def send_test(self, endpoint_id: str) -> Attempt:

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS endpoints (
     replays INTEGER NOT NULL DEFAULT 0
 );
 """
+OPENED_MAX = 256  # unsealed secrets kept by one store (EndpointStore._opened)
 COLUMNS = ("id, url, events, sessions, description, origin, enabled, disabled_reason, "
            "cursor, failures, next_attempt_at, last_status, last_error, last_delivery_at, "
            "created_at, replays")
@@ -86,15 +87,28 @@ def new_endpoint_id() -> str:
 
 
 class EndpointStore:
-    def __init__(self, directory: Path, key: StoreKey | None) -> None:
+    def __init__(self, directory: Path, key: StoreKey | None, *, durable: bool = True) -> None:
+        """``durable=False``: each commit survives a crash of the process (SIGKILL) but
+        maybe not of the machine (WAL with ``synchronous=NORMAL``: no fsync per
+        commit). That is what the delivery loop's writes need: a cursor move lost to a
+        power cut only sends those events again (delivery is at least once), and an fsync
+        per delivered event halved the rate. The API's writes (a new endpoint, a
+        rotated secret) keep the default, fsynced before the caller hears of them."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # One thread uses a store at a time; the one that closes it may be another (a
         # worker's store is closed after its pool has stopped), hence no thread check.
         self._db = sqlite3.connect(directory / "endpoints.sqlite3", timeout=30,
                                    isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._key = key
+        # (endpoint, sealed secret) -> secret: unsealing on every request was a tenth of
+        # its CPU. A blob names one secret for good (its nonce is new at every seal) and
+        # was checked for that endpoint when it was unsealed; the map is cleared when it
+        # grows past OPENED_MAX (endpoints are few).
+        self._opened: dict[tuple[str, bytes], str] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -107,6 +121,15 @@ class EndpointStore:
         return seal(self._key, secret.encode("utf-8"), StoreId("webhooks", endpoint_id))
 
     def _open(self, endpoint_id: str, blob: bytes) -> str:
+        entry = (endpoint_id, bytes(blob))
+        known = self._opened.get(entry)
+        if known is None:
+            if len(self._opened) >= OPENED_MAX:
+                self._opened.clear()
+            known = self._opened[entry] = self._unseal(endpoint_id, entry[1])
+        return known
+
+    def _unseal(self, endpoint_id: str, blob: bytes) -> str:
         if not is_sealed(blob):
             return bytes(blob).decode("utf-8")
         if self._key is None:

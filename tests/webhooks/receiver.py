@@ -51,6 +51,7 @@ class Receiver:
         self._released = threading.Event()
         self._sni = threading.local()
         self._connections: set[Any] = set()
+        self.connections_opened = 0  # connections accepted so far (keep-alive tests)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -95,6 +96,7 @@ class Receiver:
     def opened(self, connection: Any) -> None:
         with self._lock:
             self._connections.add(connection)
+            self.connections_opened += 1
 
     def next_answer(self) -> Answer:
         with self._lock:
