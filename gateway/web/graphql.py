@@ -9,11 +9,12 @@ the caches (the keys are the resolvers' contract with the web tier).
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from ariadne import graphql_sync
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, request
 
 from gateway.api.context import RequestContext
 from gateway.api.errors import format_error
@@ -54,10 +55,17 @@ def graphql() -> tuple[Response, int]:
             return error_response("GRAPHQL_VALIDATION_FAILED",
                                   f"a batch holds 1 to {max_batch} operations "
                                   "(graphql.max_batch)", 400)
-        return jsonify([execute(item) for item in data]), 200
+        return _json([execute(item) for item in data]), 200
     if not isinstance(data, dict):
         return error_response("GRAPHQL_VALIDATION_FAILED", SEND_JSON, 400)
-    return jsonify(execute(data)), 200
+    return _json(execute(data)), 200
+
+
+def _json(result: Any) -> Response:
+    """The result with its fields in the query's order, as GraphQL asks of an ordered
+    format (Flask's ``jsonify`` sorts keys, which also cost a tenth of a 500-event
+    ``whatsAppEvents`` page)."""
+    return Response(json.dumps(result, separators=(",", ":")), mimetype="application/json")
 
 
 def execute(data: Any) -> dict[str, Any]:
