@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 
 import phonenumbers
-from phonenumbers import geocoder
 
 from gateway.core.errors import WagateError
 from gateway.core.names import SESSION_NAME_RULE, is_session_name
@@ -96,6 +95,10 @@ def _invalid_for_country(raw: str, parsed: phonenumbers.PhoneNumber,
     code = _country_code(parsed)
     main = phonenumbers.region_code_for_country_code(code)
     example = phonenumbers.example_number_for_type(main, phonenumbers.PhoneNumberType.MOBILE)
+    # Imported here, on this error path only: the geocoder loads phonenumbers' whole
+    # geographic data (about 0.5 s of CPU), which every gateway process paid at start.
+    from phonenumbers import geocoder
+
     name = geocoder.country_name_for_number(example, "en") if example is not None else ""
     shared = len(phonenumbers.region_codes_for_country_code(code)) > 1
     where = f"country code +{code}" + (f" ({name}{' and others' if shared else ''})"
