@@ -49,7 +49,7 @@ from gateway.core.config import Config
 from gateway.core.errors import WagateError
 from gateway.core.migrations import NewerStoreError, check_not_newer
 from gateway.core.observability import setup_logging
-from gateway.web.metrics import reset_metrics_dir
+from gateway.web.metrics_files import reset_metrics_dir
 from gateway.web.server import web_environment
 
 log = structlog.get_logger("wagate.serve")

@@ -242,7 +242,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         os.environ.pop(CONFIG_FILE_ENV, None)
     try:
-        start_with_engine_environment(config.transport.mark_as_bot)
+        if config.transport.engine != "simulator":  # no Go library is ever loaded then
+            start_with_engine_environment(config.transport.mark_as_bot)
         return serve(config)
     except StartupError as exc:
         print(f"wagate: cannot start: {exc}", file=sys.stderr)

@@ -15,9 +15,7 @@ bounded whatever clients send.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -38,9 +36,8 @@ from actors.outbox.numbers import NumberCheck
 from gateway.auth.scope import Scope
 from gateway.core.errors import ERROR_CODES
 from gateway.web.actor_metrics import ActorCollector, WebhookCollector
+from gateway.web.metrics_files import MULTIPROC_ENV
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-METRICS_DIR = "run/metrics"
 # Text format 0.0.4: every Prometheus (2.x and 3.x) reads it, and our names need nothing newer.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 SEND_FIELDS = frozenset({"sendWhatsAppNotification", "sendWhatsAppMessage",
@@ -87,19 +84,6 @@ def observe_number_checks(checks: Sequence[NumberCheck]) -> None:
                                   else "unknown").inc()
         else:
             NUMBER_LOOKUPS.labels("on_whatsapp" if on else "not_on_whatsapp").inc()
-
-
-def metrics_dir(data_path: Path) -> Path:
-    return data_path / METRICS_DIR
-
-
-def reset_metrics_dir(data_path: Path) -> Path:
-    """Start from zero: files of an earlier run would be summed with this one's, and
-    their pids may be reused by new workers."""
-    path = metrics_dir(data_path)
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, mode=0o700)
-    return path
 
 
 class GraphqlMetrics:

@@ -18,8 +18,7 @@ from gunicorn.app.base import BaseApplication
 from gateway.core.child_env import secret_variables, web_config, without_secrets
 from gateway.core.config import Config, config_from_dict, config_to_dict
 from gateway.core.observability import setup_logging
-from gateway.web.app import create_app
-from gateway.web.metrics import MULTIPROC_ENV, metrics_dir
+from gateway.web.metrics_files import MULTIPROC_ENV, metrics_dir
 
 CONFIG_ENV = "WAGATE_CONFIG_JSON"
 
@@ -74,10 +73,19 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        # Imported here: the launcher imports this module for web_environment, and every
+        # actor is forked from the launcher (gateway/web/metrics_files.py).
+        from gateway.web.app import create_app
+
         return create_app(self.gateway_config)
 
 
 def main() -> int:
+    # Imported before gunicorn forks, so that its workers inherit the loaded modules
+    # instead of each importing them (preload_app is off: the app itself is made after
+    # the fork, the modules need not be).
+    from gateway.web.app import create_app
+
     config = config_from_dict(json.loads(os.environ[CONFIG_ENV]))
     setup_logging(config.logging, console=config.http.dev)
     if config.http.dev:
