@@ -187,13 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     inbox.add_argument("--json", action="store_true", help="one JSON document")
     inbox.set_defaults(handler=cmd_sim_inbox)
 
-    from gateway.cli import audit, keys, schema, status, tokens
+    from gateway.cli import audit, backup, keys, schema, status, tokens
 
     tokens.register(commands, _common)
     keys.register(commands, _common)
     status.register(commands, _common)
     audit.register(commands, _common)
     schema.register(commands, _common)
+    backup.register(commands, _common)
     return parser
 
 
