@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -101,6 +102,14 @@ from actors.session.machine import refuse_send
 from actors.supervisor.policy import rate_overlimit_pause, retry_delay
 from actors.transport.base import NOT_ON_WHATSAPP, RATE_OVERLIMIT, NumberInfo
 from gateway.core.config import Config, PacingConfig
+from gateway.core.disk import (
+    DISK_FULL,
+    DISK_FULL_RETRY_SECONDS,
+    MIB,
+    is_disk_full,
+    refusal_text,
+    space,
+)
 from gateway.core.observability import setup_logging
 
 log = structlog.get_logger("wagate.outbox")
@@ -171,6 +180,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.ended_in_flight: dict[str, str] = {}
         self.numbers: NumberCache | None = None  # number lookups; a receipt corrects them
         self.incoming: IncomingStore | None = None  # messages written to the accounts
+        self.disk_low = False  # data_dir under storage.min_free_mb at the last send
 
     # ---- start ----------------------------------------------------------------------
 
@@ -240,6 +250,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                     return
             elif earlier is not None and earlier["requester"] == send.requester:
                 stale_key = earlier["id"]  # an old key: free it for the new message
+        full = self._disk_full(send.request_id)
+        if full is not None:
+            self.send(reply_to, full)
+            return
         limit = self.config.delivery.max_queue_per_session
         if self.depth.get(send.session, 0) >= limit:
             self.refusals.refused("queue")
@@ -257,25 +271,22 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.send(reply_to, _warming_up(send.session, warm_wait, self.config.pacing,
                                             send.request_id))
             return
-        allowed, retry_after, scope = self.limits.check(send.phone, now)
-        if not allowed:
-            log.info("send rate limited", scope=scope, session=send.session)
-            self.refusals.refused(scope)
-            self.send(reply_to, rate_limited(retry_after, scope, send.request_id))
+        try:
+            allowed, retry_after, scope = self.limits.check(send.phone, now)
+            if not allowed:
+                log.info("send rate limited", scope=scope, session=send.session)
+                self.refusals.refused(scope)
+                self.send(reply_to, rate_limited(retry_after, scope, send.request_id))
+                return
+            self.warmup.record(send.session, now)
+            record = self._store_new(send, link, stale_key, now)
+        except (OSError, sqlite3.Error) as exc:
+            if not is_disk_full(exc):
+                raise
+            # SQLite rolled the transaction back: nothing of this message was kept.
+            log.error("a send's write found the disk full; refused", error=str(exc))
+            self.send(reply_to, _disk_full_failure(0, self._min_free(), send.request_id))
             return
-        self.warmup.record(send.session, now)
-        valid_until = now + send.valid_for if send.valid_for is not None else None
-        with self.store.batch():  # the freed key and the new message, or neither
-            if stale_key is not None:
-                self.store.forget_key(stale_key)
-            record = self.store.add(NewMessage(
-                session=send.session, phone=send.phone, text=send.text,
-                request_id=send.request_id, requester=send.requester,
-                idempotency_key=send.idempotency_key, valid_until=valid_until,
-                is_test=send.require_connected, account=link.phone if link else None,
-                link_epoch=link.epoch if link else 0,
-                note=f"RECIPIENT_UNKNOWN_{send.recipient_unknown}" if send.recipient_unknown
-                else ""), now)
         self.accepting = (record, reply_to, send.request_id)
         self.depth[send.session] = self.depth.get(send.session, 0) + 1
         if self._can_send(send.session):  # answer after the server acked (or send_timeout)
@@ -287,6 +298,49 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.accepting = None  # answered
         self._dispatch(send.session)
         self.accepting = None
+
+    def _store_new(self, send: SendText, link: SessionLink | None, stale_key: str | None,
+                   now: float) -> dict[str, Any]:
+        """Write the accepted message (and free the expired key it takes over), in one
+        transaction: both, or neither."""
+        assert self.store is not None
+        valid_until = now + send.valid_for if send.valid_for is not None else None
+        with self.store.batch():
+            if stale_key is not None:
+                self.store.forget_key(stale_key)
+            return self.store.add(NewMessage(
+                session=send.session, phone=send.phone, text=send.text,
+                request_id=send.request_id, requester=send.requester,
+                idempotency_key=send.idempotency_key, valid_until=valid_until,
+                is_test=send.require_connected, account=link.phone if link else None,
+                link_epoch=link.epoch if link else 0,
+                note=f"RECIPIENT_UNKNOWN_{send.recipient_unknown}" if send.recipient_unknown
+                else ""), now)
+
+    def _min_free(self) -> int:
+        assert self.config is not None
+        return self.config.storage.min_free_mb * MIB
+
+    def _disk_full(self, request_id: str) -> Failed | None:
+        """The refusal of a send while data_dir's file system has less free space than
+        storage.min_free_mb (logged once per episode), or None."""
+        assert self.config is not None
+        try:
+            free = space(self.config.data_path, self.config.storage.min_free_mb)
+        except OSError:
+            return None  # cannot tell: the write itself will say
+        if free.low != self.disk_low:
+            self.disk_low = free.low
+            if free.low:
+                log.error("data_dir's disk is (nearly) full: refusing sends until space is "
+                          "freed", free_bytes=free.free_bytes, min_free_mb=
+                          self.config.storage.min_free_mb)
+            else:
+                log.info("data_dir has free space again: accepting sends",
+                         free_bytes=free.free_bytes)
+        if not free.low:
+            return None
+        return _disk_full_failure(free.free_bytes, free.min_free_bytes, request_id)
 
     # ---- delivering -------------------------------------------------------------------------
 
@@ -929,6 +983,13 @@ def _warming_up(session: str, retry_after: float, pacing: PacingConfig,
         f"messages per 24 h while it warms up (pacing.warmup_daily_cap); retry in "
         f"{seconds} s", {"retryAfterSeconds": seconds, "scope": WARMUP_SCOPE},
         request_id=request_id)
+
+
+def _disk_full_failure(free: int, min_free: int, request_id: str) -> Failed:
+    """Nothing was written: the caller retries later, when the operator freed space."""
+    return Failed("UNAVAILABLE", refusal_text(free, min_free),
+                  {"reason": DISK_FULL, "retryAfterSeconds": DISK_FULL_RETRY_SECONDS},
+                  request_id=request_id)
 
 
 def _not_started(request_id: str) -> Failed:

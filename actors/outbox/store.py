@@ -247,10 +247,13 @@ class MessageStore:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # A COMMIT that failed (SQLITE_FULL: the disk is full) may leave the
+            # transaction open: roll it back, so the next one starts clean.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def mark_uncertain(self, record_id: str) -> None:
         """Its caller was answered before its fate was known (``SEND_UNCONFIRMED``)."""

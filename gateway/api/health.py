@@ -26,6 +26,7 @@ from actors.webhooks.schedule import retention_warning
 from gateway import __version__
 from gateway.auth.scope import Scope, scoped_report
 from gateway.core.config import Config
+from gateway.core.disk import MIB, Space, space
 from gateway.core.times import iso_time
 from gateway.core.validation import e164
 
@@ -100,6 +101,34 @@ def config_warnings(config: Config) -> list[dict[str, Any]]:
     listed in health's ``warnings`` by the web tier, which has the serving config)."""
     found = retention_warning(config.events.retention_days, config.webhooks.retry_scale)
     return [found] if found is not None else []
+
+
+def storage_space(config: Config) -> Space | None:
+    """Free space on data_dir's file system (None when it cannot be read)."""
+    try:
+        return space(config.data_path, config.storage.min_free_mb)
+    except OSError:
+        return None
+
+
+def add_storage(document: dict[str, Any], config: Config) -> None:
+    """Free space on data_dir (``storage``), and under ``storage.min_free_mb`` a
+    ``DISK_LOW`` warning and status ``degraded``: sends are refused (DISK_FULL) until
+    space is freed, which a monitor must see without reading the warnings."""
+    found = storage_space(config)
+    if found is None:
+        return
+    document["storage"] = found.to_json()
+    if found.low:
+        if document.get("status") == "ok":
+            document["status"] = "degraded"
+        document.setdefault("warnings", []).append({
+            "code": "DISK_LOW", "freeBytes": found.free_bytes,
+            "minFreeBytes": found.min_free_bytes,
+            "message": f"data_dir's file system has {found.free_bytes // MIB} MiB free, under "
+                       f"storage.min_free_mb ({config.storage.min_free_mb}): sends are refused "
+                       "(UNAVAILABLE, reason DISK_FULL) until disk space is freed; they "
+                       "resume by themselves"})
 
 
 def _session_health(status: SessionStatus, now: float, unconfirmed: int = 0

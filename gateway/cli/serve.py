@@ -46,6 +46,7 @@ from gateway.cli.cluster_mode import cluster_problem
 from gateway.cli.ownership import Stamp
 from gateway.cli.run_state import ClaimError, Run
 from gateway.core.config import Config
+from gateway.core.disk import access_problem
 from gateway.core.errors import WagateError
 from gateway.core.migrations import NewerStoreError, check_not_newer
 from gateway.core.observability import setup_logging
@@ -63,9 +64,7 @@ class StartupError(WagateError, RuntimeError):
 
 def serve(config: Config) -> int:
     data = config.data_path
-    for sub in ("", "run", "logs"):
-        (data / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(data, 0o700)
+    prepare_data_dir(data)
     setup_logging(config.logging, console=config.http.dev)
     problem = cluster_problem(config)
     if problem is not None:
@@ -92,6 +91,22 @@ def serve(config: Config) -> int:
             code = run_gateway(config, run, stop)
         log.info("wagate stopped")
         return code
+
+
+def prepare_data_dir(data: Path) -> None:
+    """data_dir and its run/ and logs/ exist and are private, and every directory and
+    file in it is writable and readable: a read-only mount or a store the gateway
+    cannot read stops the start here, with a message naming it."""
+    try:
+        for sub in ("", "run", "logs"):
+            (data / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StartupError(f"cannot create {exc.filename or data} ({exc.strerror}): "
+                           "data_dir must be on a writable file system") from None
+    problem = access_problem(data)
+    if problem is not None:
+        raise StartupError(problem)
+    os.chmod(data, 0o700)
 
 
 class StopSignals:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import Failed, GetHealth, HealthReport, Ok
-from gateway.api.health import health_document
+from gateway.api.health import add_storage, health_document
 from gateway.cli.progress import Progress
 from gateway.core.config import RANGES, Config
 from gateway.core.errors import WagateError
@@ -148,12 +148,14 @@ def running_admin_port(data_path: Path) -> int | None:
 def cmd_status(args: argparse.Namespace) -> int:
     from gateway.cli.wagate import resolve_config
 
+    config = resolve_config(args)
     try:
-        report = HealthClient(resolve_config(args), args.admin_port).report()
+        report = HealthClient(config, args.admin_port).report()
     except GatewayUnreachable as exc:
         print(f"wagate status: {exc}", file=sys.stderr)
         return 1
     document = health_document(report, time.time())
+    add_storage(document, config)
     print(json.dumps(document, indent=2) if args.json else status_table(document))
     return 0
 

@@ -59,6 +59,10 @@ class StorageConfig:
     # cluster point this at one shared directory, so a session moved to another host
     # resumes from the same (encrypted) credentials without a new QR code.
     sessions_dir: str = ""
+    # Below this much free space on data_dir's file system, sends are refused
+    # (UNAVAILABLE, reason DISK_FULL) and health warns: the rest is kept for the records
+    # of messages already accepted, their state changes, events and the audit log.
+    min_free_mb: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +412,7 @@ RANGES: dict[str, Range] = {
     "transport.engine_detail_seconds": Range(0, 60, above=True),
     "simulator.poll_interval_seconds": Range(0, 60, above=True),
     "simulator.send_delay_seconds": Range(0, 3600),
-    "sessions.max_sessions": Range(1, 1000),
+    "sessions.max_sessions": Range(1, 1000), "storage.min_free_mb": Range(1, 1_048_576),
     "reconnect.attempts": _COUNT, "reconnect.delay_seconds": _DAY,
     "reconnect.first_delay_seconds": _DAY,
     "reconnect.connect_timeout_seconds": _SECONDS,

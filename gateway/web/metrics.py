@@ -27,13 +27,14 @@ from graphql import (
     OperationType,
 )
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from actors.messages import HealthReport
 from actors.outbox.numbers import NumberCheck
 from gateway.auth.scope import Scope
+from gateway.core.disk import Space
 from gateway.core.errors import ERROR_CODES
 from gateway.web.actor_metrics import ActorCollector, WebhookCollector
 from gateway.web.metrics_files import MULTIPROC_ENV
@@ -155,7 +156,7 @@ class GraphqlMetrics:
 
 
 def render(report: HealthReport | None, scope: Scope = None,
-           webhooks: dict[str, Any] | None = None) -> bytes:
+           webhooks: dict[str, Any] | None = None, free: Space | None = None) -> bytes:
     """The whole scrape: the web tier's metrics (every worker's) and the actors'. A
     token limited to some sessions (``scope``) gets their series only: the web tier's
     counters are of every client's requests, so they are left out too."""
@@ -168,7 +169,25 @@ def render(report: HealthReport | None, scope: Scope = None,
     registry.register(ActorCollector(report, scope))
     if webhooks is not None and scope is None:
         registry.register(WebhookCollector(webhooks))
+    if free is not None and scope is None:
+        registry.register(_Storage(free))
     return generate_latest(registry)
+
+
+class _Storage:
+    """Free space on data_dir's file system, read at scrape time (statvfs)."""
+
+    def __init__(self, free: Space) -> None:
+        self.free = free
+
+    def collect(self) -> Iterator[Metric]:
+        free = GaugeMetricFamily("wagate_data_dir_free_bytes", "free space on data_dir's "
+                                 "file system (below wagate_data_dir_min_free_bytes, sends are "
+                                 "refused with DISK_FULL)", value=self.free.free_bytes)
+        floor = GaugeMetricFamily("wagate_data_dir_min_free_bytes", "storage.min_free_mb, "
+                                  "in bytes", value=self.free.min_free_bytes)
+        yield free
+        yield floor
 
 
 class _Local:

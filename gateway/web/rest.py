@@ -15,7 +15,7 @@ from flask import Blueprint, Response, g, jsonify
 from actors.messages import GetHealth, HealthReport, Ping, WebhookCommand
 from gateway import __version__
 from gateway.api.errors import GatewayError
-from gateway.api.health import config_warnings, health_document
+from gateway.api.health import add_storage, config_warnings, health_document, storage_space
 from gateway.auth.tokens import TokenFile
 from gateway.web.errors import error_body
 from gateway.web.hooks import require
@@ -56,6 +56,8 @@ def admin_health() -> tuple[Response, int]:
                         **error_body(exc.code, exc.message)}), 503
     document = health_document(report, time.time(), principal.sessions)
     document["warnings"] += config_warnings(state.config)
+    if principal.sessions is None:  # gateway-wide, like the event log's size
+        add_storage(document, state.config)
     document["auth"] = {"required": state.authenticator.required, "principal": principal.name,
                         "role": principal.role}
     return jsonify(document), 200
@@ -71,7 +73,8 @@ def metrics() -> Response:
     except GatewayError:
         report = None  # wagate_actors_up 0; the web tier's own metrics still count
     webhooks = _webhook_metrics() if principal.sessions is None and report else None
-    return Response(render_metrics(report, principal.sessions, webhooks),
+    free = storage_space(current().config) if principal.sessions is None else None
+    return Response(render_metrics(report, principal.sessions, webhooks, free),
                     content_type=CONTENT_TYPE)
 
 
