@@ -101,6 +101,7 @@ from actors.session.links import ENDED_MESSAGES, SESSION_FORGOTTEN, SESSION_LOGG
 from actors.session.machine import refuse_send
 from actors.supervisor.policy import rate_overlimit_pause, retry_delay
 from actors.transport.base import NOT_ON_WHATSAPP, RATE_OVERLIMIT, NumberInfo
+from gateway.core.clock import SKEW_WORTH_A_LOG_SECONDS, SteadyClock
 from gateway.core.config import Config, PacingConfig
 from gateway.core.disk import (
     DISK_FULL,
@@ -181,6 +182,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.numbers: NumberCache | None = None  # number lookups; a receipt corrects them
         self.incoming: IncomingStore | None = None  # messages written to the accounts
         self.disk_low = False  # data_dir under storage.min_free_mb at the last send
+        # Every time this actor writes or compares: wall time that does not jump when the
+        # wall clock is stepped (gateway/core/clock.py), so validity, retries, rate
+        # windows and pacing keep their length across an NTP step or a VM resume.
+        self.clock = SteadyClock()
+        self.skew_logged = 0.0  # the wall clock's step last logged
 
     # ---- start ----------------------------------------------------------------------
 
@@ -203,7 +209,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.warmup = Warmup(self.limits.cache, rules)
         self.numbers = open_cache(msg.config.data_path, msg.config.numbers.positive_ttl_hours,
                                   msg.config.numbers.negative_ttl_hours)
-        now = time.time()
+        now = self.clock()
         for link in msg.links:
             self._session_event(link)  # the changes made while no outbox ran
         for record in self.store.in_state(MessageState.SENDING):
@@ -228,7 +234,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.send(reply_to, _not_started(send.request_id))
             return
         assert self.config is not None and self.limits is not None
-        now = time.time()
+        now = self.clock()
         link = self.links.get(send.session)
         refusal = refuse_send(send.session, link.state if link else SessionState.NEW,
                               link.paired if link else False, send.require_connected,
@@ -350,7 +356,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self._session_event(msg)
         if self.warmup is not None and self.warmup.observe(
                 msg.session, old.state if old else None, old.paired if old else None,
-                msg.paired, time.time()):
+                msg.paired, self.clock()):
             log.info("session linked a new device; it is in warm-up", session=msg.session,
                      days=self.warmup.rules.warmup_seconds / 86400)
         if old is not None and old.address is not None and old.address != msg.address:
@@ -396,7 +402,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         record = self.store.get(msg.message_id)
         if record is None or record["state"] not in PENDING:
             return session
-        now = time.time()
+        now = self.clock()
         session = session or record["session"]
         delivery = self.config.delivery
         if msg.ok:
@@ -500,7 +506,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         """A receipt counts for the message its session sent under that WhatsApp id; one
         that overtook its send's result waits for the id (``actors.outbox.receipts``)."""
         assert self.store is not None
-        now = time.time()
+        now = self.clock()
         record = self.store.by_wa_id(msg.wa_message_id, msg.session)
         if record is None:
             self.early_receipts.hold(msg.session, msg.wa_message_id, msg.kind, msg.phone, now,
@@ -538,7 +544,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         """Store a message written to a session's account (once per WhatsApp id)."""
         if self.incoming is None:
             return
-        record = self.incoming.add(msg, time.time())
+        record = self.incoming.add(msg, self.clock())
         if record is not None and self.store is not None:  # its event, for /metrics
             self.store.events_written[events.MESSAGE_RECEIVED] += 1
         if record is not None:  # never the text or the sender's number in a log line
@@ -576,7 +582,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 "a read receipt goes out over a live connection: try again once it is "
                 "connected", {"state": state, "session": record["session"]}, msg.request_id))
             return
-        self.incoming.mark_read(record["id"], time.time())
+        self.incoming.mark_read(record["id"], self.clock())
         self.send(link.address, ReadIncoming(record["chat"], record["sender_jid"],
                                              (record["wa_message_id"],), sender,
                                              msg.request_id))
@@ -623,7 +629,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                                    tuple(cursor_of(r) for r in records), more)
                 reply = Ok(page, request.request_id)
         elif isinstance(request, ChartMessageStates):
-            reply = Ok(tuple(events.message_state_chart(self.store.db, time.time(),
+            reply = Ok(tuple(events.message_state_chart(self.store.db, self.clock(),
                                                         request.hours, request.sessions)),
                        request.request_id)
         elif isinstance(request, ListEvents):
@@ -647,7 +653,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_CollectHealth(self, msg: CollectHealth, sender: Any) -> None:
         by_session = {s: n for s, n in self.depth.items() if n}
-        now = time.time()
+        now = self.clock()
         usage = self.limits.usage(now) if self.limits is not None else {}
         metrics = self.refusals.snapshot(
             self.store.reached if self.store is not None else {},
@@ -705,7 +711,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         with self.store.batch():
             if events.record_session_state(db, link.session, str(link.state), previous,
                                            {"paired": link.paired, "error": error},
-                                           time.time()) is not None:
+                                           self.clock()) is not None:
                 self.store.events_written[events.SESSION_STATUS] += 1
         self.session_states[link.session] = str(link.state)
 
@@ -720,7 +726,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         the one after), and only a recipient's oldest pending message, so a slow or
         retried message is never overtaken by a later one to the same person."""
         assert self.store is not None and self.config is not None
-        now = time.time()
+        now = self.clock()
         clock = time.monotonic()  # the pauses' clock (see _rate_overlimited)
         if (not self._can_send(session) or self.paused_until.get(session, 0.0) > clock
                 or self.rate_pauses.get(session, (0.0, 0))[0] > clock):
@@ -773,7 +779,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
 
     def _requeue_in_flight(self, session: str) -> None:
         assert self.store is not None
-        now = time.time()
+        now = self.clock()
         landed = [m for m, s in self.in_flight.items() if s == session]
         for message_id in landed:
             self._landed(message_id)
@@ -800,7 +806,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         device (every one when ``epoch`` is None). Those in flight may still be sent
         from that device (they were handed to it); if they come back unsent, they fail."""
         assert self.store is not None
-        now = time.time()
+        now = self.clock()
         ended = self.store.queued_of_ended_link(session, epoch)
         with self.store.batch():
             for record in ended:
@@ -817,7 +823,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if not self.ended_in_flight:
             return
         assert self.store is not None
-        now = time.time()
+        now = self.clock()
         for message_id in message_ids:
             reason = self.ended_in_flight.pop(message_id, None)
             if reason is None:
@@ -915,7 +921,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         sending = {r["id"]: r for r in self.store.in_state(MessageState.SENDING)}
         for message_id in [m for m in self.in_flight if m not in sending]:
             self._landed(message_id)
-        now = time.time()
+        now = self.clock()
         for message_id, record in sending.items():
             if message_id not in self.in_flight:
                 self._uncertain(record, now, "its result was lost in a failed handler")
@@ -931,7 +937,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
 
     def _key_fresh(self, record: dict[str, Any]) -> bool:
         assert self.config is not None
-        return time.time() - record["accepted_at"] < self.config.delivery.idempotency_hours * 3600
+        return self.clock() - record["accepted_at"] < self.config.delivery.idempotency_hours * 3600
 
     def _answer(self, message_id: str, reply: Accepted | Failed) -> None:
         if self.held_replies is not None:
@@ -941,10 +947,21 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if waiter is not None:
             self.send(waiter.reply_to, replace(reply, request_id=waiter.request_id))
 
+    def _log_clock_step(self) -> None:
+        """Say once per step that the wall clock jumped: nothing here follows it, so
+        the dates the outbox writes are off by that much until it restarts."""
+        skew = self.clock.skew()
+        if abs(skew - self.skew_logged) > SKEW_WORTH_A_LOG_SECONDS:
+            self.skew_logged = skew
+            log.warning("the wall clock stepped; validity, retries and rate limits keep "
+                        "their length (the outbox's dates keep the old clock until it "
+                        "restarts)", seconds=round(skew, 1))
+
     def _tick(self) -> None:
         assert self.store is not None and self.config is not None
         self._arm_tick()  # first: a tick that fails is not run again, the next one is due
-        now = time.time()
+        now = self.clock()
+        self._log_clock_step()
         for record in self.store.expire_due(now):
             self.depth[record["session"]] = max(0, self.depth.get(record["session"], 0) - 1)
         if now - self.last_prune > PRUNE_EVERY_SECONDS:

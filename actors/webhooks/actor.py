@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from actors.webhooks.declared import sync_declared
 from actors.webhooks.delivery import ConcurrentDeliverer, Deliverer, Stats, head_of
 from actors.webhooks.source import Event, EventSource, SqliteEventSource
 from actors.webhooks.store import Endpoint, EndpointStore
+from gateway.core.clock import SteadyClock
 from gateway.core.config import Config
 from gateway.core.observability import setup_logging
 
@@ -71,6 +71,9 @@ class DeliveryThread(threading.Thread):
         self.config, self.audit = config, audit
         self.stopping = threading.Event()
         self.stats = Stats()  # the delivery loop's counters, read at a scrape
+        # Retry times and secret grace periods are durations: a wall-clock step must not
+        # hold retries back an hour or fire them all at once (gateway/core/clock.py).
+        self.clock = SteadyClock()
 
     def run(self) -> None:
         hooks, data = self.config.webhooks, self.config.data_path
@@ -80,10 +83,10 @@ class DeliveryThread(threading.Thread):
             return Deliverer(EndpointStore(data / "webhooks", key, durable=False),
                              event_source(self.config),
                              Channels(hooks.connect_timeout_seconds, hooks.timeout_seconds),
-                             hooks, time.time, on_disabled=self._disabled, stats=self.stats)
+                             hooks, self.clock, on_disabled=self._disabled, stats=self.stats)
 
         overview = deliverer()
-        for problem in sync_declared(overview.store, hooks.endpoints, os.environ, time.time(),
+        for problem in sync_declared(overview.store, hooks.endpoints, os.environ, self.clock(),
                                      head_of(overview.source)):
             log.error("webhook endpoint skipped", problem=problem)
         workers = ConcurrentDeliverer(overview, deliverer, hooks.concurrency, POLL_SECONDS)
@@ -94,7 +97,7 @@ class DeliveryThread(threading.Thread):
                 except Exception:  # a bug must not end deliveries for good: log, go on
                     log.exception("webhook delivery pass failed")
                 due = workers.next_due()
-                wait = POLL_SECONDS if due is None else due - time.time()
+                wait = POLL_SECONDS if due is None else due - self.clock()
                 if workers.busy():  # a turn that ends may leave its endpoint due at once
                     wait = min(wait, BUSY_POLL_SECONDS)
                 self.stopping.wait(min(max(wait, 0.0), POLL_SECONDS))
@@ -139,7 +142,7 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
                           load_key(msg.config.encryption, msg.config.data_path)),
             event_source(msg.config),
             make_client(hooks.connect_timeout_seconds, hooks.timeout_seconds), hooks,
-            time.time, stats=self.thread.stats)
+            self.thread.clock, stats=self.thread.stats)
         self.thread.start()
         self.wakeupAfter(timedelta(seconds=FLUSH_SECONDS))
 

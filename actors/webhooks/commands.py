@@ -7,7 +7,6 @@ to do. A secret is returned by ``create`` and ``rotate`` only, once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,7 +89,7 @@ def _create(loop: Deliverer, url: str, events: Sequence[str] = (),
     made = loop.store.create(
         _checked_url(loop, url), _checked_list("events", events) or (),
         _checked_list("sessions", sessions) or (), _checked_description(description) or "",
-        secret, time.time(), cursor=head_of(loop.source))
+        secret, loop.clock(), cursor=head_of(loop.source))
     return {"webhook": describe(made), "secret": secret}
 
 
@@ -106,13 +105,13 @@ def _update(loop: Deliverer, id: str, url: str | None = None,
         events=_checked_list("events", events), sessions=_checked_list("sessions", sessions),
         description=_checked_description(description))
     if enabled is not None and enabled != endpoint.enabled:
-        endpoint = loop.store.set_enabled(id, enabled, "disabled by an operator", time.time())
+        endpoint = loop.store.set_enabled(id, enabled, "disabled by an operator", loop.clock())
     return describe(endpoint)
 
 
 def _rotate(loop: Deliverer, id: str) -> dict[str, Any]:
     secret = signing.new_secret()
-    loop.store.rotate(id, secret, time.time(), loop.config.rotation_overlap_seconds)
+    loop.store.rotate(id, secret, loop.clock(), loop.config.rotation_overlap_seconds)
     return {"webhook": describe(loop.store.get(id)), "secret": secret}
 
 
@@ -136,7 +135,7 @@ def _replay(loop: Deliverer, id: str, after: int | None = None,
     if after is not None:
         _check_replay_cursor(after, head_of(loop.source))
     cursor = after if after is not None else cursor_before(loop.source, since)  # type: ignore[arg-type]
-    return describe(loop.store.set_cursor(id, cursor, time.time()))
+    return describe(loop.store.set_cursor(id, cursor, loop.clock()))
 
 
 def _check_replay_cursor(after: int, head: int) -> None:
