@@ -38,7 +38,7 @@ from gateway.core.version import __version__
 # The dashboard's message chart: ChartMessageStates, StateBucket; fenced stops: SessionsFenced;
 # GetMessageByKey.
 PROTOCOL = 5
-LAYOUT = "95b207a32bd4a00a"
+LAYOUT = "3be188b913d697a0"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",
