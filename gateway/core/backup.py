@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.errors import WagateError
-from gateway.core.files import fsync_dir, write_atomic
+from gateway.core.files import fsync_dir, publish_directory, write_atomic
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -328,14 +328,8 @@ def restore(backup: Path, data_dir: Path, force: bool = False,
             _fsync_file(target)
         for directory, _dirs, _files in os.walk(temp, topdown=False):
             fsync_dir(Path(directory))
-        kept = None
-        if occupied:
-            kept = parent / f"{data_dir.name}.before-restore-{stamp}"
-            os.rename(data_dir, kept)
-        elif data_dir.exists():
-            data_dir.rmdir()  # an empty directory (rename cannot replace it with a tree)
-        os.rename(temp, data_dir)
-        fsync_dir(parent)
+        kept = parent / f"{data_dir.name}.before-restore-{stamp}" if occupied else None
+        publish_directory(temp, data_dir, kept)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

@@ -112,3 +112,16 @@ def stale_temp_files(directory: Path, name: str) -> list[Path]:
     """Temp files ``write_atomic`` left for ``directory/name`` when the process died
     between the write and the rename; only safe to remove while nothing writes there."""
     return sorted(directory.glob(f".{name}.*.tmp"))
+
+
+def publish_directory(temp: Path, target: Path, keep_as: Path | None = None) -> None:
+    """Put a finished directory tree ``temp`` (already fsynced) in place as ``target``
+    in one rename, so a reader sees the old tree or the new one, never half of it.
+    ``target`` must not exist, be an empty directory, or be moved to ``keep_as``
+    first (nothing is deleted). Both must be on one file system, as for ``write_atomic``."""
+    if keep_as is not None:
+        os.rename(target, keep_as)
+    elif target.exists():
+        target.rmdir()  # empty (rmdir refuses anything else): a rename needs the name free
+    os.rename(temp, target)
+    fsync_dir(target.parent)
