@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,17 +87,25 @@ def access_problem(data_dir: Path, skip: frozenset[str] = frozenset({"run"})) ->
         if problem is not None:
             return problem
         for name in files:
-            path = here / name
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # removed meanwhile
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    continue  # a symlink: not ours to judge here
-                return (f"cannot read {path} ({exc.strerror}): give the user wagate runs "
-                        "as read and write access to it (and everything in data_dir)")
-            os.close(fd)
+            problem = _unreadable(here / name)
+            if problem is not None:
+                return problem
+    return None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Opening the regular file ``path`` for reading fails: why, or None (also for a
+    symlink, socket or FIFO: not a store, not ours to judge here)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # removed meanwhile
+    except OSError as exc:
+        return (f"cannot read {path} ({exc.strerror}): give the user wagate runs as read "
+                "and write access to it (and everything in data_dir)")
+    os.close(fd)
     return None
 
 
