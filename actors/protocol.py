@@ -36,9 +36,9 @@ from gateway.core.version import __version__
 # configuration, IncomingReceived.truncated) and webhooks ([webhooks] in Config,
 # WebhookCommand).
 # The dashboard's message chart: ChartMessageStates, StateBucket; fenced stops: SessionsFenced;
-# GetMessageByKey.
+# GetMessageByKey; the lease timings in ClusterConfig (cluster.lease_*).
 PROTOCOL = 5
-LAYOUT = "3be188b913d697a0"
+LAYOUT = "c3c37cff2711e025"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import tomllib
 import types
 import typing
@@ -351,6 +352,15 @@ class ClusterConfig:
     # default). Thespian delays repeated sends to one host by up to 45 s, so a shorter
     # period makes it drop live members; our heartbeats notice a dead one first anyway.
     reregister_seconds: float = 60.0
+    # Session ownership leases in PostgreSQL (actors/leases; issue 22): a grant lasts
+    # lease_seconds by the database's clock, its holder renews it every
+    # lease_renew_seconds, and nobody else may take it until lease_margin_seconds after
+    # it expired. lease_seconds > lease_renew_seconds + lease_margin_seconds, so a holder
+    # has one whole renewal to spare before a rival may start. Not wired into the
+    # session processes yet (README: Deployment on several hosts).
+    lease_seconds: float = 10.0
+    lease_renew_seconds: float = 3.0
+    lease_margin_seconds: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +454,8 @@ RANGES: dict[str, Range] = {
     "graphql.max_batch": Range(1, 1000), "graphql.max_body_bytes": Range(1024, 67_108_864),
     "cluster.sessions": Range(0, 1000), "cluster.heartbeat_seconds": _SECONDS,
     "cluster.heartbeat_misses": Range(1, 1000), "cluster.reregister_seconds": _DAY,
+    "cluster.lease_seconds": _SECONDS, "cluster.lease_renew_seconds": Range(0, 600, above=True),
+    "cluster.lease_margin_seconds": Range(0, 600, above=True),
     "pacing.min_interval_seconds": Range(0, 3600), "pacing.jitter_seconds": Range(0, 3600),
     "pacing.typing_seconds": Range(0, 30), "pacing.warmup_days": Range(0, 365),
     "pacing.warmup_daily_cap": Range(1, 1_000_000),
@@ -614,9 +626,32 @@ def _check_browser_access(http: HttpConfig) -> None:
         raise ConfigError(str(exc)) from None
 
 
+def lease_timing_problem(lease: float, renew: float, margin: float) -> str | None:
+    """Why a lease of ``lease`` seconds, renewed every ``renew`` seconds, with ``margin``
+    seconds before a rival may take an expired one, is unsafe; None when it is safe.
+
+    The holder must be able to miss a renewal and still renew before expiry, and must
+    give up (disconnect) before a rival may start: lease > renew + margin. Shared by
+    the config loader and ``actors.leases.timing.LeaseTiming``."""
+    values = (lease, renew, margin)
+    if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in values):
+        return (f"lease, renew and margin seconds must be finite numbers over 0 (got "
+                f"{lease!r}, {renew!r}, {margin!r})")
+    if lease <= renew + margin:
+        return (f"cluster.lease_seconds ({lease:g}) must be more than "
+                f"cluster.lease_renew_seconds ({renew:g}) + cluster.lease_margin_seconds "
+                f"({margin:g}): a holder that misses one renewal must still hold its lease, "
+                "and must have let go before a rival may take it")
+    return None
+
+
 def _check_cluster(cluster: ClusterConfig) -> None:
     """Shapes of the cluster keys. Whether cluster mode may start at all (it needs
     ``allow_networks``) is the launcher's refusal (``gateway.cli.cluster_mode``)."""
+    problem = lease_timing_problem(cluster.lease_seconds, cluster.lease_renew_seconds,
+                                   cluster.lease_margin_seconds)
+    if problem is not None:
+        raise ConfigError(problem)
     for i, leader in enumerate(cluster.leaders):
         host, _, port = leader.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -352,6 +352,11 @@ def test_range_edges_are_accepted() -> None:
                 overrides["messages.send_timeout_seconds"] = value + 1
             if key == "messages.send_timeout_seconds" and value <= Config().pacing.typing_seconds:
                 overrides["pacing.typing_seconds"] = 0.0
+            if key == "cluster.lease_seconds":
+                overrides |= {"cluster.lease_renew_seconds": min(value / 4, 600),
+                              "cluster.lease_margin_seconds": min(value / 4, 600)}
+            if key in ("cluster.lease_renew_seconds", "cluster.lease_margin_seconds"):
+                overrides["cluster.lease_seconds"] = 3600.0
             load_config(overrides=overrides)
 
 
@@ -422,3 +427,45 @@ def test_the_device_name_defaults_to_wagate() -> None:
     assert Config().transport.device_name == "wagate"
     assert config_from_dict({"transport": {"device_name": "Acme alerts"}}
                             ).transport.device_name == "Acme alerts"
+
+
+def test_lease_defaults_leave_a_renewal_to_spare() -> None:
+    cluster = Config().cluster
+    assert (cluster.lease_seconds, cluster.lease_renew_seconds,
+            cluster.lease_margin_seconds) == (10.0, 3.0, 2.0)
+
+
+@pytest.mark.parametrize(("lease", "renew", "margin"), [
+    (5.0, 3.0, 2.0),    # equal: no renewal to spare
+    (4.0, 3.0, 2.0),
+    (10.0, 9.5, 0.5),
+    (1.0, 600.0, 1.0),
+])
+def test_a_lease_not_longer_than_renew_plus_margin_is_refused(lease: float, renew: float,
+                                                             margin: float) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides={"cluster.lease_seconds": lease,
+                               "cluster.lease_renew_seconds": renew,
+                               "cluster.lease_margin_seconds": margin})
+    message = str(info.value)
+    assert "cluster.lease_seconds" in message and "lease_renew_seconds" in message
+    assert "lease_margin_seconds" in message
+
+
+@pytest.mark.parametrize("key", ["cluster.lease_seconds", "cluster.lease_renew_seconds",
+                                 "cluster.lease_margin_seconds"])
+@pytest.mark.parametrize("bad", [0, 0.0, -1.0, float("nan"), float("inf"), 1e12])
+def test_lease_timings_must_be_finite_and_over_zero(key: str, bad: float) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides={key: bad})
+
+
+def test_lease_timing_problem_refuses_what_the_loader_cannot_see() -> None:
+    """``LeaseTiming`` is built from numbers that skip the loader (tests shrink them):
+    the shared rule refuses nan, inf, 0 and negatives by itself."""
+    from gateway.core.config import lease_timing_problem
+
+    assert lease_timing_problem(10, 3, 2) is None
+    assert lease_timing_problem(0.5, 0.1, 0.2) is None
+    for bad in ((float("nan"), 3, 2), (float("inf"), 3, 2), (10, 0, 2), (10, 3, -1)):
+        assert "finite numbers over 0" in (lease_timing_problem(*bad) or "")
