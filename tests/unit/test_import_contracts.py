@@ -61,6 +61,7 @@ VIOLATIONS = [
     ("thespian-only-in-actors", "gateway/api/resolvers.py",
      "from thespian.actors import ActorSystem"),
     ("neonize-only-in-its-transport", "actors/supervisor/actor.py", "import neonize"),
+    ("psycopg-only-in-leases", "actors/supervisor/cluster.py", "import psycopg"),
 ]
 
 

@@ -1,0 +1,76 @@
+"""Leadership as a PostgreSQL advisory lock (actors/leases/leader.py, issue 22)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from actors.leases.leader import LEADER_LOCK, LeaderLock, advisory_key
+
+DEADLINE_SECONDS = 4.0
+
+
+@pytest.fixture
+def contenders(pg_dsn: str) -> Iterator[tuple[LeaderLock, LeaderLock]]:
+    first, second = LeaderLock(pg_dsn), LeaderLock(pg_dsn)
+    try:
+        yield first, second
+    finally:
+        first.release()
+        second.release()
+
+
+def test_the_key_is_a_stable_signed_bigint() -> None:
+    key = advisory_key(LEADER_LOCK)
+    assert key == advisory_key("wagate.leader") and -(2**63) <= key < 2**63
+    assert advisory_key("wagate.leader.test") != key
+
+
+def test_a_second_contender_is_refused_while_the_first_holds(
+        contenders: tuple[LeaderLock, LeaderLock]) -> None:
+    first, second = contenders
+    assert first.try_acquire() is True
+    assert first.holds() is True
+    assert second.try_acquire() is False
+    assert second.holds() is False
+    assert first.try_acquire() is True  # asking again is no second lock
+
+
+def test_the_standby_takes_over_when_the_holder_closes(
+        contenders: tuple[LeaderLock, LeaderLock]) -> None:
+    first, second = contenders
+    assert first.try_acquire()
+    first.release()
+    assert second.try_acquire() is True
+    assert first.try_acquire() is False
+
+
+def test_the_standby_takes_over_when_the_holders_session_is_killed(
+        pg_dsn: str, contenders: tuple[LeaderLock, LeaderLock]) -> None:
+    """The holder's database session ends without the holder's doing (a crash, a
+    terminated backend): the server frees the lock, the standby gets it, and the old
+    holder learns from ``holds`` that it is leader no more."""
+    first, second = contenders
+    assert first.try_acquire()
+    backend = first.backend_pid()
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not second.try_acquire():
+        assert time.monotonic() < deadline, "the standby never took over"
+        time.sleep(0.02)
+    assert first.holds() is False
+    assert first.try_acquire() is False
+
+
+def test_an_unreachable_database_gives_no_leadership() -> None:
+    from tests.pg import free_port
+
+    lock = LeaderLock(f"host=127.0.0.1 port={free_port()} user=x dbname=x",
+                      timeout_seconds=1.0)
+    assert lock.try_acquire() is False
+    assert lock.holds() is False
+    lock.release()
