@@ -45,7 +45,8 @@ def create_transport(engine: str, session_id: str, data_dir: Path, config: Confi
 
         server_dir = config.simulator_path if config.simulator.server_dir else None
         return SimulatorTransport(session_id, data_dir, config.qr, config.simulator,
-                                  store_dir=store_dir, server_dir=server_dir)
+                                  store_dir=store_dir, server_dir=server_dir,
+                                  host_name=config.cluster.host_name)
     if engine == "neonize":
         from actors.transport.neonize import NeonizeTransport
 

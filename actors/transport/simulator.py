@@ -13,6 +13,9 @@ Hence two sides, like the real thing:
   devices, dropped connections, outages and injected send failures, plus a
   ``diskcache.Deque`` (``inbox/``) with every message that reached a recipient.
   ``SimulatorServer`` is the operator's handle on it (``wagate sim ...``).
+  Every connection's up and down is appended to ``connections.jsonl`` there too
+  (``actors.transport.connection_log``: session, account, host, pid), so a test can
+  prove that no account was ever connected from two processes at once.
 * the **client side** (the linked-device credentials) lives in
   ``<data_dir>/sessions/<session>/simulator.json``, like a real session database,
   so a restarted gateway resumes without a new QR code.
@@ -29,7 +32,9 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -58,9 +63,13 @@ from actors.transport.base import (
     make_private_dir,
     peer_phone,
 )
+from actors.transport.connection_log import ConnectionRecord, Kind, parse_records
 from gateway.core.config import QrConfig, SimulatorConfig
 from gateway.core.errors import WagateError
 from gateway.core.files import write_atomic
+
+# The connection log in the server directory (actors/transport/connection_log.py).
+CONNECTIONS_LOG = "connections.jsonl"
 
 # A closing transport waits this long for its connection thread; the thread only
 # ever sleeps one poll interval, so this bound is generous.
@@ -195,6 +204,7 @@ class SimulatorServer:
         make_private_dir(root)
         # No eviction: this is state, not a cache; losing a key would fake a logout.
         self._cache = diskcache.Cache(str(root), eviction_policy="none")
+        self._connections_path = root / CONNECTIONS_LOG
         self._inbox = diskcache.Deque(directory=str(root / "inbox"))
 
     # ----------------------------------------------------------- operator controls
@@ -363,6 +373,14 @@ class SimulatorServer:
         """Every message that reached a recipient, oldest first."""
         return [dict(message) for message in self._inbox]
 
+    def connection_records(self) -> list[ConnectionRecord]:
+        """Every connection's up and down so far, oldest first (``connection_log``)."""
+        try:
+            text = self._connections_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return parse_records(text)
+
     def pending_qr(self, session: str) -> dict[str, Any] | None:
         """The session's scannable QR code as {code, expires_at}, or None."""
         pending = self._cache.get(_qr_key(session))
@@ -389,6 +407,17 @@ class SimulatorServer:
         self._cache.close()
 
     # ----------------------------------------------------------- client protocol
+
+    def _record_connection(self, kind: Kind, session: str, link: _Link, host: str) -> None:
+        """Append one record with a single ``write`` on an ``O_APPEND`` descriptor: the
+        kernel keeps the records of concurrent processes whole and in the order written."""
+        line = ConnectionRecord(time.time_ns(), kind, session, link.phone, host, os.getpid(),
+                                link.conn).to_line().encode()
+        fd = os.open(self._connections_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
     def _outage_until(self, session: str) -> float:
         """When the outage affecting ``session`` ends (0 when there is none)."""
@@ -610,6 +639,7 @@ class _Link:
     device_id: str
     phone: str
     marks: tuple[int, int]  # the server's drop counters when it connected
+    conn: str = ""  # this connection's id in the connection log
 
 
 @dataclass(eq=False, slots=True)
@@ -620,6 +650,7 @@ class _Connection:
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
     link: _Link | None = None  # set while connected; sends need it
+    logged: _Link | None = None  # the link whose "up" is in the connection log
     ended: bool = False  # the thread is done reporting (set before its last event)
 
 
@@ -632,11 +663,13 @@ class SimulatorTransport(Transport):
 
     def __init__(self, session_id: str, data_dir: Path, qr: QrConfig,
                  sim: SimulatorConfig, *, store_dir: Path | None = None,
-                 server_dir: Path | None = None) -> None:
+                 server_dir: Path | None = None, host_name: str = "") -> None:
         """``store_dir`` holds the credentials (default ``data_dir/sessions/<session>``;
-        with encrypted stores, the session's private working copy)."""
+        with encrypted stores, the session's private working copy); ``host_name`` names
+        this host in the connection log ("" = the machine's hostname)."""
         check_session_id(session_id)
         self._session = session_id
+        self._host = host_name or socket.gethostname()
         self._qr = qr
         self._sim = sim
         store = Path(data_dir) / "sessions" / session_id if store_dir is None else store_dir
@@ -793,6 +826,9 @@ class SimulatorTransport(Transport):
         finally:
             conn.link = None
             conn.ended = True
+            logged, conn.logged = conn.logged, None
+            if logged is not None:  # after the poller stopped: the connection is down
+                self._server._record_connection("down", self._session, logged, self._host)
 
     def _pair(self, conn: _Connection) -> dict[str, Any] | None:
         """Show up to ``qr.codes`` QR codes; return the new credentials once one is scanned."""
@@ -830,8 +866,12 @@ class SimulatorTransport(Transport):
 
     def _serve(self, conn: _Connection, creds: dict[str, Any]) -> None:
         """Report ``Connected`` and watch the server until the link ends."""
-        link = _Link(creds["device_id"], creds["phone"], self._server._drop_marks(self._session))
-        conn.link = link
+        link = _Link(creds["device_id"], creds["phone"], self._server._drop_marks(self._session),
+                     secrets.token_hex(8))
+        # Up before anything can use the link, down (in _run) after nothing can: the
+        # recorded interval contains the real one.
+        self._server._record_connection("up", self._session, link, self._host)
+        conn.logged = conn.link = link
         if not self._emit(conn, Connected(link.phone)):
             return
         while True:
