@@ -134,6 +134,27 @@ class PgCluster:
             process.kill()
             process.wait(STOP_DEADLINE_SECONDS)
 
+    def processes(self) -> list[int]:
+        """The server's processes: the postmaster and its children (one per connection
+        and the background workers)."""
+        if self.process is None:
+            return []
+        root = self.process.pid
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # The command name may hold spaces: the fields after its ")" are fixed.
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == root:
+                    children.append(int(stat.parent.name))
+        return [root, *children]
+
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) every process of the server: it accepts connections
+        into the kernel's queue and answers nothing, like a host that hangs."""
+        for pid in self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def restart(self) -> None:
         self.stop()
         self.start()
