@@ -36,9 +36,9 @@ from gateway.core.version import __version__
 # configuration, IncomingReceived.truncated) and webhooks ([webhooks] in Config,
 # WebhookCommand).
 # The dashboard's message chart: ChartMessageStates, StateBucket; fenced stops: SessionsFenced;
-# GetMessageByKey; the lease timings in ClusterConfig (cluster.lease_*).
+# GetMessageByKey; the lease keys in ClusterConfig (cluster.lease_*, cluster.database_url).
 PROTOCOL = 5
-LAYOUT = "c3c37cff2711e025"
+LAYOUT = "e18706f5d5c95771"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -361,6 +361,10 @@ class ClusterConfig:
     lease_seconds: float = 10.0
     lease_renew_seconds: float = 3.0
     lease_margin_seconds: float = 2.0
+    # The PostgreSQL database of the leases, "postgresql://user:password@host/db" (it
+    # holds a credential: never logged, never sent to another host). "" = no leases
+    # (the heartbeat fence alone). Only with role "leader" or "member".
+    database_url: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -652,6 +656,7 @@ def _check_cluster(cluster: ClusterConfig) -> None:
                                    cluster.lease_margin_seconds)
     if problem is not None:
         raise ConfigError(problem)
+    _check_database_url(cluster)
     for i, leader in enumerate(cluster.leaders):
         host, _, port = leader.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -666,6 +671,28 @@ def _check_cluster(cluster: ClusterConfig) -> None:
                               ) from None
 
 
+def _check_database_url(cluster: ClusterConfig) -> None:
+    """A PostgreSQL URL, in multi-host mode only (its value is never shown: it may
+    hold a password)."""
+    url = cluster.database_url
+    if not url or url == KEPT_AT_HOME:
+        return
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("cluster.database_url must be a PostgreSQL URL such as "
+                          "\"postgresql://wagate:PASSWORD@10.0.0.5/wagate\" (value not shown: "
+                          "it may hold a password)")
+    if cluster.role == "single":
+        raise ConfigError("cluster.database_url is for several hosts (cluster.role = "
+                          "\"leader\" or \"member\"); a single host keeps all its state in "
+                          "storage.data_dir: remove the key")
+
+
+def lease_mode(config: Config) -> bool:
+    """Whether session processes hold leases in PostgreSQL: multi-host mode with a
+    database configured. A single host never does."""
+    return config.cluster.role != "single" and bool(config.cluster.database_url)
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """The inverse of ``config_to_dict``, with the same checks as a file."""
     return _checked(_build(Config, _engine_defaults(data), ""))
@@ -677,7 +704,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 # Settings that may hold a credential: they stay on the host whose file names them.
-CREDENTIAL_KEYS = ("transport.proxy", "transport.session_store")
+CREDENTIAL_KEYS = ("transport.proxy", "transport.session_store", "cluster.database_url")
 KEPT_AT_HOME = "(kept on its own host)"  # what another host sees instead of a credential
 
 

@@ -12,6 +12,7 @@ from gateway.core.config import KEPT_AT_HOME, load_config, without_credentials
 SECRET = "planted-secret-value"
 CREDENTIALS = {"transport.proxy": f"socks5://user:{SECRET}@10.0.0.9:1080",
                "transport.session_store": f"postgresql://user:{SECRET}@10.0.0.9/w_{{session}}"}
+LEASE_DB = {"cluster.database_url": f"postgresql://wagate:{SECRET}@10.0.0.5/wagate"}
 CLUSTER = {"cluster.role": "member", "cluster.advertise_address": "10.0.0.2",
            "cluster.leaders": ["10.0.0.1:19500"], "cluster.allow_networks": ["10.0.0.1/32"],
            "cluster.host_name": "beta"}
@@ -86,3 +87,12 @@ def test_credentials_never_appear_in_a_repr_nor_leave_their_host() -> None:
     assert (elsewhere.transport.proxy, elsewhere.transport.session_store) == (
         KEPT_AT_HOME, KEPT_AT_HOME)
     assert without_credentials(load_config()) == load_config()  # unset stays unset
+
+
+def test_the_lease_database_url_never_shows_nor_leaves_its_host() -> None:
+    config = load_config(None, {**CLUSTER, **LEASE_DB})
+    assert SECRET not in repr(config)
+    assert SECRET not in repr(gateway_capabilities(config))
+    elsewhere = without_credentials(config)
+    assert SECRET.encode() not in pickle.dumps(elsewhere)
+    assert elsewhere.cluster.database_url == KEPT_AT_HOME

@@ -469,3 +469,24 @@ def test_lease_timing_problem_refuses_what_the_loader_cannot_see() -> None:
     assert lease_timing_problem(0.5, 0.1, 0.2) is None
     for bad in ((float("nan"), 3, 2), (float("inf"), 3, 2), (10, 0, 2), (10, 3, -1)):
         assert "finite numbers over 0" in (lease_timing_problem(*bad) or "")
+
+
+MEMBER = {"cluster.role": "member", "cluster.advertise_address": "10.0.0.2",
+          "cluster.leaders": ["10.0.0.1:19500"], "cluster.allow_networks": ["10.0.0.1/32"]}
+
+
+def test_the_lease_database_is_a_postgresql_url_whose_value_is_never_shown() -> None:
+    from gateway.core.config import lease_mode
+
+    url = "postgresql://wagate:s3cret@10.0.0.5/wagate"
+    assert lease_mode(load_config(overrides={**MEMBER, "cluster.database_url": url}))
+    assert not lease_mode(load_config(overrides=MEMBER))
+    assert not lease_mode(load_config())
+    with pytest.raises(ConfigError, match="cluster.database_url must be a PostgreSQL URL") as info:
+        load_config(overrides={**MEMBER, "cluster.database_url": "mysql://u:s3cret@h/db"})
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_single_host_refuses_a_lease_database() -> None:
+    with pytest.raises(ConfigError, match="single host keeps all its state"):
+        load_config(overrides={"cluster.database_url": "postgresql://h/db"})
