@@ -105,6 +105,10 @@ class PgCluster:
         return (f"host=127.0.0.1 port={self.port} user={SUPERUSER} "
                 f"password={self.password} dbname={dbname} connect_timeout=5")
 
+    def url(self, dbname: str = "postgres") -> str:
+        """The same as ``dsn``, as the URL ``cluster.database_url`` takes."""
+        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{dbname}"
+
     def start(self) -> None:
         """initdb (the first time) and start the server; returns once it accepts
         connections, or raises with the server's log."""

@@ -61,6 +61,7 @@ class LeaseKeeper:
         self._stopped = False
         self._lost: str | None = None
         self._threads: list[threading.Thread] = []
+        self._schema_ready = False
 
     # ------------------------------------------------------------------- interface
 
@@ -131,8 +132,11 @@ class LeaseKeeper:
             self._wait(min(pause, max(0.0, holding.stop_by - self._clock())))
 
     def _acquire(self) -> bool:
-        sent = self._clock()
         try:
+            if not self._schema_ready:  # the first process of a new database makes it
+                self.store.ensure_schema()
+                self._schema_ready = True
+            sent = self._clock()
             lease = self.store.acquire(self.session)
         except LeaseStoreUnavailable as exc:
             log.warning("cannot reach the lease database", session=self.session,

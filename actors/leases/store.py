@@ -20,9 +20,10 @@ a row per session in one database can:
 Every time is the database's ``statement_timestamp()``: this module never sends a
 time of its own, so the hosts' clocks, right or wrong, decide nothing (a holder's own
 deadlines are ``actors.leases.timing``). Each statement is its own transaction on an
-autocommit connection. A broken connection raises ``LeaseStoreUnavailable`` and the
-next call connects again; nothing is retried here, because the caller must count a
-lost answer against its own deadline.
+autocommit connection. Any database error (a broken connection, a timeout, a table
+not made yet) raises ``LeaseStoreUnavailable`` and the next call connects again;
+nothing is retried here, because the caller must count a lost answer against its own
+deadline.
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ class LeaseStore:
     # ------------------------------------------------------------------ operations
 
     def ensure_schema(self) -> None:
-        """Create the table if it is missing (idempotent)."""
+        """Create the table if it is missing (idempotent; two processes that race to
+        create it may see ``LeaseStoreUnavailable`` once, and the table exists after)."""
         self._run(SCHEMA, {})
 
     def acquire(self, session: str) -> Lease | None:
@@ -209,16 +211,16 @@ class LeaseStore:
     def _one(self, statement: LiteralString, params: dict[str, object]) -> TupleRow | None:
         try:
             return self._connection().execute(statement, params).fetchone()
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:  # any: a missing table, a dead connection, a timeout
             self._drop()
-            raise LeaseStoreUnavailable(str(exc)) from exc
+            raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _run(self, statement: LiteralString, params: dict[str, object]) -> None:
         try:
             self._connection().execute(statement, params)
-        except psycopg.OperationalError as exc:
+        except psycopg.Error as exc:
             self._drop()
-            raise LeaseStoreUnavailable(str(exc)) from exc
+            raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

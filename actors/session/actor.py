@@ -58,7 +58,7 @@ from actors.session.machine import (
 )
 from actors.session.states import ACTIVE_STATES
 from actors.supervisor.policy import ReconnectPolicy
-from actors.system import host_config, on_required_host
+from actors.system import host_config, host_name, on_required_host
 from actors.threadbridge import BridgedActor
 from actors.transport import parallel_sends
 from actors.transport.base import (
@@ -73,12 +73,13 @@ from actors.transport.base import (
     Transport,
     TransportEvent,
 )
-from gateway.core.config import MessagesConfig
+from gateway.core.config import MessagesConfig, lease_mode
 from gateway.core.errors import WagateError
 from gateway.core.observability import setup_logging
 from gateway.core.validation import bounded_text
 
 if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
+    from actors.leases.keeper import LeaseKeeper
     from actors.session.working_copy import WorkingCopy
 
 log = structlog.get_logger("wagate.session")
@@ -152,6 +153,20 @@ class _StoreSaved:
     """The connect checkpoint is on disk: the events held for it may go on."""
 
 
+@dataclass(frozen=True, slots=True)
+class _LeaseGranted:
+    """The lease keeper holds the session's lease (multi-host mode): a client may start."""
+
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaseLost:
+    """The lease keeper let the lease go: close the client now, ask for a fresh process."""
+
+    reason: str
+
+
 class SessionActor(BridgedActor):
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
@@ -189,6 +204,9 @@ class SessionActor(BridgedActor):
         self.lookup_executor: ThreadPoolExecutor | None = None
         self.held: list[_Event] | None = None  # events waiting for the connect checkpoint
         self.retiring = False  # asked the supervisor for a fresh process (RetireSession)
+        # Multi-host mode with a lease database: no client runs without the lease.
+        self.keeper: LeaseKeeper | None = None
+        self.awaiting_lease = False  # a StartClient waits for _LeaseGranted
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -201,6 +219,7 @@ class SessionActor(BridgedActor):
         self.session, self.parent = msg.session, sender
         structlog.contextvars.bind_contextvars(session=msg.session)
         self._open_store()
+        self._start_keeper()
         self.executor = ThreadPoolExecutor(AUX_WORKERS, thread_name_prefix=f"aux-{msg.session}")
         self.send_executor = ThreadPoolExecutor(parallel_sends(config.transport.engine),
                                                 thread_name_prefix=f"send-{msg.session}")
@@ -257,8 +276,55 @@ class SessionActor(BridgedActor):
         if self.lookup_executor is not None:
             self.lookup_executor.shutdown(wait=False, cancel_futures=True)
         self._close_store()
+        if self.keeper is not None:  # the client is closed: the next owner need not wait
+            self.keeper.stop(release=True)
         if self.bridge is not None:
             self.bridge.close()
+
+    # ---- the session's lease (multi-host mode) -------------------------------------
+
+    def _start_keeper(self) -> None:
+        """In multi-host mode with ``cluster.database_url``, hold the session's lease
+        on threads of its own (``actors.leases.keeper``): no client starts before the
+        grant, and the keeper makes this process let go in time by itself."""
+        if not lease_mode(self.config):
+            return
+        from actors.leases.keeper import LeaseKeeper
+        from actors.leases.store import LeaseStore
+        from actors.leases.timing import LeaseTiming
+
+        bridge = self.bridge
+        if bridge is None:
+            return
+        config = self.config
+        store = LeaseStore(config.cluster.database_url, LeaseTiming.of(config.cluster),
+                           host=host_name(config), pid=os.getpid())
+        self.keeper = LeaseKeeper(store, self.session,
+                                  on_granted=lambda epoch: bridge.post(_LeaseGranted(epoch)),
+                                  on_lost=lambda reason: bridge.post(_LeaseLost(reason)))
+        self.keeper.start()
+
+    def receiveMsg__LeaseGranted(self, msg: _LeaseGranted, sender: Any) -> None:
+        log.info("holding the session's lease", epoch=msg.epoch)
+        if self.awaiting_lease and self.machine is not None and not self.retiring:
+            self.awaiting_lease = False
+            self._run([StartClient()])
+
+    def receiveMsg__LeaseLost(self, msg: _LeaseLost, sender: Any) -> None:
+        """Close the client at once (no new one starts without a lease), then ask the
+        supervisor for a fresh process, which waits for the lease before connecting.
+        Should this thread be stuck, the keeper ends the process half a margin later."""
+        log.error("the session's lease is lost: disconnecting", reason=msg.reason)
+        self.generation += 1
+        if self.transport is not None:
+            try:
+                self.transport.close()
+            except Exception:
+                log.exception("closing the transport failed")
+            self.transport = None
+        if self.machine is not None and not self.retiring:
+            self.retiring = True
+            self.send(self.parent, RetireSession(self.session, self.machine.attempt))
 
     # ---- encrypted stores -------------------------------------------------------------
 
@@ -677,6 +743,10 @@ class SessionActor(BridgedActor):
                     self.transport = None
                     self._checkpoint_soon()
             case StartClient():
+                if self.keeper is not None and not self.keeper.holds():
+                    self.awaiting_lease = True  # _LeaseGranted starts it
+                    log.info("waiting for the session's lease before connecting")
+                    return
                 generation = self.generation
                 bridge = self.bridge
                 client = self._client()

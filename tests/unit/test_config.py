@@ -482,7 +482,8 @@ def test_the_lease_database_is_a_postgresql_url_whose_value_is_never_shown() -> 
     assert lease_mode(load_config(overrides={**MEMBER, "cluster.database_url": url}))
     assert not lease_mode(load_config(overrides=MEMBER))
     assert not lease_mode(load_config())
-    with pytest.raises(ConfigError, match="cluster.database_url must be a PostgreSQL URL") as info:
+    with pytest.raises(ConfigError,
+                       match=r"cluster\.database_url must be a PostgreSQL URL") as info:
         load_config(overrides={**MEMBER, "cluster.database_url": "mysql://u:s3cret@h/db"})
     assert "s3cret" not in str(info.value)
 

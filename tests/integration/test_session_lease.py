@@ -1,0 +1,105 @@
+"""A session process holds its account's lease in PostgreSQL and lets go by itself
+(issue 22): a real ``wagate serve`` leader with ``cluster.database_url`` on a real
+PostgreSQL, the simulator's connection log as the witness.
+
+The database is frozen (SIGSTOP to every server process: connections hang, nothing
+answers), which is what a partition from the database looks like to the session. The
+session must be disconnected within ``lease_seconds`` of its last renewal, must not
+connect again while it cannot hold the lease, and must come back by itself once the
+database answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+
+from actors.transport.connection_log import overlaps, parse_records
+from actors.transport.simulator import CONNECTIONS_LOG
+from tests.integration.harness import Gateway, wait_for
+from tests.pg import PgCluster, find_bindir
+
+LEASE = {"lease_seconds": 2.0, "lease_renew_seconds": 0.4, "lease_margin_seconds": 1.0}
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgCluster]:
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL's initdb and postgres are not installed; run "
+                    "scripts/system-deps as root")
+    cluster = PgCluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def leader(make_gateway: Callable[..., Gateway], pg: PgCluster) -> Gateway:
+    return make_gateway({"cluster": {
+        "role": "leader", "host_name": "alpha", "advertise_address": "127.0.0.1",
+        "allow_networks": ["127.0.0.1/32"], "database_url": pg.url(), **LEASE}})
+
+
+def lease_row(pg: PgCluster, session: str = "default") -> tuple[int, int, bool] | None:
+    """(owner pid, epoch, held now) of the session's lease."""
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        row = conn.execute("SELECT owner_pid, epoch, NOT released AND expires_at > now() "
+                           "FROM wagate_leases WHERE session = %s", (session,)).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]), bool(row[2]))
+
+
+def records(gw: Gateway) -> list:  # type: ignore[type-arg]
+    path = gw.data_dir / "simulator" / CONNECTIONS_LOG
+    return parse_records(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def test_a_session_connects_under_its_lease_and_lets_go_when_it_cannot_renew(
+        make_gateway: Callable[..., Gateway], pg: PgCluster) -> None:
+    gw = leader(make_gateway, pg).start()
+    gw.link()
+    pid = gw.session_pid()
+    row = lease_row(pg)
+    assert row is not None and row[0] == pid and row[2], row
+    first_epoch = row[1]
+
+    frozen_at = time.time_ns()
+    pg.freeze()
+    try:
+        down = wait_for(lambda: [r for r in records(gw) if r.kind == "down" and r.pid == pid],
+                        timeout=LEASE["lease_seconds"] + 5, message="the session's own disconnect")
+        # Its last renewal was sent before the freeze: its deadline is at most a lease
+        # later, and the disconnect comes at it (the margin keeps rivals out meanwhile).
+        late = (down[0].at_ns - frozen_at) / 1e9
+        assert late <= LEASE["lease_seconds"] + 0.5, late
+        # No lease, no connection: the fresh process waits.
+        wait_for(lambda: gw.session_pid() != pid, timeout=15, message="a fresh session process")
+        assert [r for r in records(gw) if r.kind == "up"][-1].pid == pid
+    finally:
+        pg.freeze(False)
+
+    gw.wait_state("CONNECTED", timeout=30)
+    again = lease_row(pg)
+    assert again is not None and again[0] == gw.session_pid() != pid
+    assert again[1] > first_epoch and again[2]
+    ups = [r for r in records(gw) if r.kind == "up"]
+    assert ups[-1].pid == gw.session_pid() and ups[-1].at_ns > down[0].at_ns
+    assert overlaps(records(gw), until_ns=time.time_ns()) == []
+    print(f"\nlease lost -> disconnected {late:.2f} s after the database froze "
+          f"(lease {LEASE['lease_seconds']} s)")
+
+
+def test_a_session_stopped_cleanly_releases_its_lease(make_gateway: Callable[..., Gateway],
+                                                      pg: PgCluster) -> None:
+    gw = leader(make_gateway, pg).start()
+    gw.link("s2")
+    pid = gw.session_pid("s2")
+    row = lease_row(pg, "s2")
+    assert row is not None and row[0] == pid and row[2]
+    gw.stop()
+    after = lease_row(pg, "s2")
+    assert after is not None and after[1] == row[1] and after[2] is False  # released
