@@ -90,16 +90,26 @@ class LeaseKeeper:
             return (self._holding is not None and self._lost is None
                     and self._clock() < self._holding.stop_by)
 
-    def stop(self, release: bool = True, timeout: float = 5.0) -> None:
-        """End the threads (and the hard exit); release the lease if still held."""
+    def stop(self, release: bool = True, timeout: float = 2.0) -> None:
+        """End the threads (and the hard exit); release the lease if still held. Waits
+        at most about ``2 * timeout``: a renewal stuck in a call to an unanswering
+        database holds the connection, and an exit must not wait for it."""
         with self._cond:
             self._stopped = True
             holding, self._holding = self._holding, None
+            lost = self._lost
             self._cond.notify_all()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
-        if release and holding is not None and self._lost is None:
+        last = threading.Thread(target=self._let_go,
+                                args=(holding if release and lost is None else None,),
+                                daemon=True, name=f"lease-release-{self.session}")
+        last.start()
+        last.join(timeout)
+
+    def _let_go(self, holding: Holding | None) -> None:
+        if holding is not None:
             try:
                 self.store.release(self.session, holding.epoch)
             except LeaseStoreUnavailable as exc:

@@ -162,3 +162,19 @@ def test_stop_releases_the_lease_for_the_next_owner_at_once(
     finally:
         rival.close()
     assert calls.lost == [] and calls.exits == []
+
+
+def test_stop_does_not_hang_on_a_frozen_database(pg_cluster: PgCluster,
+                                                 keep: tuple[LeaseKeeper, Calls, str]) -> None:
+    """An operator's disconnect while the database hangs: the exit goes on after its
+    bounded wait; the lease expires by itself."""
+    keeper, calls, _ = keep
+    keeper.start()
+    calls.wait("granted", lambda: calls.granted)
+    pg_cluster.freeze()
+    try:
+        started = time.monotonic()
+        keeper.stop(release=True, timeout=0.5)
+        assert time.monotonic() - started < 1.5
+    finally:
+        pg_cluster.freeze(False)
