@@ -39,6 +39,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from actors.leases.timing import LeaseTiming
+from gateway.core.errors import WagateError
 
 SCHEMA: LiteralString = """
 CREATE TABLE IF NOT EXISTS wagate_leases (
@@ -95,12 +96,12 @@ FOR SHARE
 """
 
 
-class LeaseStoreUnavailable(Exception):
+class LeaseStoreUnavailable(WagateError):
     """The database could not be reached or the connection broke: the outcome of the
     operation is unknown. The caller's own deadline (``Holding.stop_by``) decides."""
 
 
-class StaleEpoch(Exception):
+class StaleEpoch(WagateError):
     """A fenced write under an epoch that is not the session's current, unexpired one."""
 
 

@@ -23,9 +23,10 @@ import time
 from dataclasses import dataclass
 
 from gateway.core.config import ClusterConfig, lease_timing_problem
+from gateway.core.errors import WagateError
 
 
-class LeaseTimingError(ValueError):
+class LeaseTimingError(WagateError, ValueError):
     """Durations that would let two holders overlap; the message says which rule."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from tests.pg import PgCluster, find_bindir, new_database, sweep_leftovers
 _numbers = itertools.count(1)
 
 
-def pg_bindir_or_skip() -> object:
+def pg_bindir_or_skip() -> Path:
     bindir = find_bindir()
     if bindir is None:
         pytest.skip("PostgreSQL's initdb and postgres are not installed; run "
@@ -27,7 +28,7 @@ def pg_cluster() -> Iterator[PgCluster]:
     """A throwaway cluster on 127.0.0.1, shared by the session, removed at its end."""
     bindir = pg_bindir_or_skip()
     sweep_leftovers()
-    cluster = PgCluster(bindir)  # type: ignore[arg-type]
+    cluster = PgCluster(bindir)
     try:
         cluster.start()
         yield cluster

@@ -32,7 +32,7 @@ def test_the_server_runs_unprivileged_on_loopback_with_a_password(pg_cluster: Pg
 
 
 def test_destroy_stops_the_server_and_removes_its_directory() -> None:
-    cluster = PgCluster(pg_bindir_or_skip())  # type: ignore[arg-type]
+    cluster = PgCluster(pg_bindir_or_skip())
     try:
         cluster.start()
         assert cluster.process is not None
