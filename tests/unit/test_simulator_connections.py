@@ -91,3 +91,37 @@ def test_two_processes_connected_at_once_show_as_an_overlap(tmp_path: Path,
     child_up = next(r for r in records if r.pid == child.pid and r.kind == "up")
     child_down = next(r for r in records if r.pid == child.pid and r.kind == "down")
     assert (found[0].start_ns, found[0].end_ns) == (child_up.at_ns, child_down.at_ns)
+
+
+def _open_files(under: Path) -> int:
+    """This process's descriptors open on files under ``under``."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        found += target.startswith(str(under))
+    return found
+
+
+def test_a_reconnect_leaves_no_descriptor_of_the_ended_connection_open(
+        tmp_path: Path, server: SimulatorServer) -> None:
+    """Each connection thread opened its own SQLite connections to the server's files
+    (diskcache keeps one per thread) and left them open when it ended: the soak
+    benchmark saw a session process gain descriptors and memory at every drop."""
+    transport, log = paired(tmp_path, server)
+    try:
+        server.drop("s1")
+        log.wait_count(Disconnected)
+        transport.connect(log)
+        log.wait_count(Connected, 2)
+        before = _open_files(tmp_path / "simulator")
+        for n in range(3, 8):
+            server.drop("s1")
+            log.wait_count(Disconnected, n - 1)
+            transport.connect(log)
+            log.wait_count(Connected, n)
+        assert _open_files(tmp_path / "simulator") == before
+    finally:
+        transport.close()
