@@ -330,6 +330,27 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """Media messages (README: Media messages). The per-kind limits default to the
+    sizes WhatsApp documents for its Business Platform (Cloud API, "Supported media
+    types"): a bigger file would be refused by WhatsApp after we accepted it."""
+
+    max_image_mb: float = 5.0  # WhatsApp: images (JPEG, PNG) up to 5 MB
+    max_video_mb: float = 16.0  # WhatsApp: video (MP4, 3GPP) up to 16 MB
+    max_audio_mb: float = 16.0  # WhatsApp: audio (AAC, MP4, MPEG, AMR, OGG) up to 16 MB
+    max_voice_mb: float = 16.0  # WhatsApp: a voice note is OGG/Opus audio: 16 MB
+    max_document_mb: float = 100.0  # WhatsApp: documents up to 100 MB
+    max_sticker_mb: float = 0.5  # WhatsApp: animated WebP stickers up to 500 KB (static 100 KB)
+    # the whole media store (data_dir/media): beyond it a send is refused (QUEUE_FULL)
+    max_total_mb: float = 10240.0
+    # a file is deleted this long after its last message reached a final state
+    retention_days: float = 7.0
+    # `url` sends: hosts or CIDRs that may be plain http and private/loopback (as webhooks)
+    allow_insecure: tuple[str, ...] = ()
+    fetch_timeout_seconds: float = 30.0  # a whole `url` download, connect to last byte
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """Several hosts in one Thespian convention (README: Deployment on several hosts)."""
 
@@ -391,6 +412,7 @@ class Config:
     graphql: GraphqlConfig = field(default_factory=GraphqlConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
 
     @property
     def data_path(self) -> Path:
@@ -416,6 +438,7 @@ _SECONDS = Range(0, 3600, above=True)  # a wait or a period: not 0 (a busy loop)
 _DAY = Range(0, 86400, above=True)
 _HOURS = Range(0, 87600, above=True)  # up to ten years
 _COUNT = Range(1, 1_000_000_000)
+_MEDIA_MB = Range(0, 2048, above=True)  # WhatsApp's own largest file is 2 GB
 # The allowed range of every number in the configuration, by dotted key (the items of
 # a list of numbers share their key's range). A key missing here is refused at load:
 # every number must have a documented range (configs/gateway.example.toml prints it).
@@ -474,6 +497,11 @@ RANGES: dict[str, Range] = {
     "webhooks.max_retry_after_seconds": _DAY,
     "webhooks.rotation_overlap_seconds": Range(0, 604800),
     "webhooks.batch_events": Range(1, 10_000), "webhooks.concurrency": Range(1, 256),
+    "media.max_image_mb": _MEDIA_MB, "media.max_video_mb": _MEDIA_MB,
+    "media.max_audio_mb": _MEDIA_MB, "media.max_voice_mb": _MEDIA_MB,
+    "media.max_document_mb": _MEDIA_MB, "media.max_sticker_mb": _MEDIA_MB,
+    "media.max_total_mb": Range(1, 16_777_216), "media.retention_days": Range(0, 3650, above=True),
+    "media.fetch_timeout_seconds": Range(0, 600, above=True),
 }
 
 
@@ -524,6 +552,7 @@ def _checked(config: Config) -> Config:
     _check_pacing(config)
     _check_device_name(config.transport.device_name)
     _check_webhooks(config.webhooks)
+    _check_allow_insecure(config.media.allow_insecure, "media.allow_insecure")
     return config
 
 
@@ -531,11 +560,7 @@ def _check_webhooks(webhooks: WebhooksConfig) -> None:
     """Each ``[[webhooks.endpoints]]`` names a url and where its secret is;
     ``allow_insecure`` holds names or networks (whether a url is acceptable is
     decided at delivery, on the address actually connected to)."""
-    for entry in webhooks.allow_insecure:
-        if not entry or entry != entry.strip() or ("/" in entry and not _is_network(entry)):
-            raise ConfigError(
-                f"webhooks.allow_insecure entry {entry!r} must be a host name, an IP address "
-                "or a network in CIDR form such as 127.0.0.0/8")
+    _check_allow_insecure(webhooks.allow_insecure, "webhooks.allow_insecure")
     for i, endpoint in enumerate(webhooks.endpoints):
         where = f"webhooks.endpoints[{i}]"
         if not endpoint.url.startswith(("https://", "http://")):
@@ -546,6 +571,15 @@ def _check_webhooks(webhooks: WebhooksConfig) -> None:
             raise ConfigError(
                 f"{where}.secret_env is empty: name the environment variable that holds the "
                 "endpoint's whsec_... signing secret (the secret itself never goes in the file)")
+
+
+def _check_allow_insecure(entries: tuple[str, ...], where: str) -> None:
+    """Host names, addresses or CIDRs (webhooks and media urls share the rule)."""
+    for entry in entries:
+        if not entry or entry != entry.strip() or ("/" in entry and not _is_network(entry)):
+            raise ConfigError(
+                f"{where} entry {entry!r} must be a host name, an IP address "
+                "or a network in CIDR form such as 127.0.0.0/8")
 
 
 def _is_network(text: str) -> bool:

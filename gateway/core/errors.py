@@ -66,6 +66,16 @@ CODES: tuple[ErrorCode, ...] = (
         "correct the field the error names and send again",
         ("field",)),
     ErrorCode(
+        "INVALID_MEDIA",
+        "`sendWhatsAppMedia`'s file does not fit: its type (read from its bytes) does not "
+        "fit `kind` (`reason: TYPE_MISMATCH`, with the `mime` found), it is larger than "
+        "the kind's `media.max_<kind>_mb` (`TOO_LARGE`, `limit` in bytes), it is empty "
+        "or unreadable (`UNREADABLE`), or its `url` could not be fetched (`FETCH_FAILED`, "
+        "the message says why); nothing was stored or sent",
+        "send a file that fits the kind (any file may be a `DOCUMENT`), a smaller one, or "
+        "a url the gateway may reach",
+        ("reason", "limit", "mime")),
+    ErrorCode(
         "INVALID_SESSION",
         "a session name with characters other than letters, digits, `_`, `-` (max 64)",
         "use a name of letters, digits, `_` and `-`, at most 64 characters",
