@@ -66,6 +66,7 @@ STORE_FILES: dict[str, str] = {
     "simulator.json": "file",  # simulator engine: the linked device
     "neonize.db": "sqlite",  # real engine: whatsmeow's device store
     "neonize.paired": "file",  # real engine on Postgres: "a device linked" marker
+    "media.key": "file",  # data_dir/media: the media store's private key (actors.media.store)
 }
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 SQLITE_HEADER = b"SQLite format 3\x00"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 
+from actors.media.store import MEDIA_KEY_STORE, media_root
 from actors.session.sealed_store import (
     FORMAT_VERSION,
     HEADER_BYTES,
@@ -71,6 +72,8 @@ class StoreFile:
 
     @property
     def label(self) -> str:
+        if self.session == MEDIA_KEY_STORE.session:
+            return f"the media store ({self.name})"
         return f"session '{self.session}' ({self.name})"
 
     @property
@@ -87,9 +90,12 @@ def find_stores(data_dir: Path, sessions_dir: Path | None = None) -> list[StoreF
     """Every credential store in ``data_dir/sessions`` (or ``sessions_dir``), by
     session and file name."""
     root = data_dir / "sessions" if sessions_dir is None else sessions_dir
-    if not root.is_dir():
-        return []
     found = []
+    media_key = media_root(data_dir) / MEDIA_KEY_STORE.name
+    if media_key.is_file():  # sealed like a session store, so rotated and checked with them
+        found.append(StoreFile(MEDIA_KEY_STORE.session, MEDIA_KEY_STORE.name, media_key))
+    if not root.is_dir():
+        return found
     for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
         for name in STORE_FILES:
             path = directory / name
@@ -207,6 +213,7 @@ def check_stores(config: Config) -> StoreKey | None:
                 f"the environment variable {enc.key_env}")
         log.warning("session stores are not encrypted: no storage key is configured "
                     "(allowed with --demo only; see `wagate keys create`)")
+        _prepare_media(data, None)
         return None
     if enc.key_file and key.source.startswith("encryption.key_file") and key_file_too_open(
             Path(enc.key_file).expanduser()):
@@ -245,7 +252,21 @@ def check_stores(config: Config) -> StoreKey | None:
         log.warning("the real engine's device store is in Postgres (transport.session_store): "
                     "wagate cannot encrypt it; rely on the database's own encryption at rest")
     log.info("session stores are encrypted", key=key.fingerprint, stores=len(stores))
+    _prepare_media(data, key)
     return key
+
+
+def _prepare_media(data: Path, key: StoreKey | None) -> None:
+    """The media store's key pair (made at the first start), and no upload left half
+    written by a crash: nothing uploads yet, so every temp file is an orphan."""
+    from actors.media.store import ensure_key_pair, sweep_temp
+
+    root = media_root(data)
+    ensure_key_pair(root, key)
+    removed = sweep_temp(root)
+    if removed:
+        log.warning("removed uploads a crash interrupted before they were accepted",
+                    count=removed)
 
 
 def _check_work_root(config: Config, key: StoreKey) -> None:

@@ -177,3 +177,38 @@ def test_decrypted_copies_may_not_go_into_data_dir(tmp_path: Path) -> None:
                         **{"encryption.work_dir": str(tmp_path / "data" / "work")})
     with pytest.raises(StoreCheckError, match="inside data_dir"):
         check_stores(config)
+
+
+def test_the_media_key_is_made_at_start_sealed_rotated_and_checked_with_the_stores(
+        tmp_path: Path) -> None:
+    """A demo run leaves the media private key in clear; the first start with a key
+    seals it; a rotation re-seals it, and files stored before stay readable (their own
+    keys are sealed to the key pair, which does not change); ``keys check`` lists it."""
+    from actors.media import store as media
+
+    demo = {"auth.required": False, "transport.engine": "simulator"}
+    check_stores(config_for(tmp_path, None, **demo))
+    root = tmp_path / "data" / "media"
+    private = root / media.PRIVATE_FILE
+    assert not is_sealed(private.read_bytes())
+    sha = media.store_bytes(root, b"a file from the demo").sha256
+    (root / media.TEMP_DIR / ".upload.x.tmp").write_bytes(b"crashed upload")
+
+    key_file = tmp_path / "store.key"
+    key = new_key_file(key_file)
+    check_stores(config_for(tmp_path, key_file))
+    assert is_sealed(private.read_bytes()) and sealed_fingerprint(private.read_bytes()) == \
+        key.fingerprint
+    assert not list((root / media.TEMP_DIR).iterdir())
+
+    new_file = tmp_path / "new.key"
+    new_key = new_key_file(new_file)
+    report = rotate_keys(config_for(tmp_path, key_file), new_key, lambda line: None)
+    assert "the media store (media.key)" in report.rotated
+    assert sealed_fingerprint(private.read_bytes()) == new_key.fingerprint
+    opened = media.load_private(root, new_key)
+    assert media.read_all(root, sha, media.file_key(root, sha, opened)) == b"a file from the demo"
+    _, results = verify_stores(config_for(tmp_path, new_file))
+    assert [(s.label, verdict) for s, verdict in results] == [("the media store (media.key)", "ok")]
+    _, results = verify_stores(config_for(tmp_path, key_file))
+    assert "encrypted with key" in results[0][1]
