@@ -149,6 +149,20 @@ class Disconnect:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaSpec:
+    """A stored media file a message sends (``actors.media.store``): checked by the web
+    tier from its bytes before it asks (``actors.media.kinds``). Travels in SendText and
+    Deliver; the caption is the message's text."""
+
+    kind: str  # IMAGE, VIDEO, AUDIO, VOICE, DOCUMENT, STICKER
+    mime: str
+    size: int  # plaintext bytes
+    sha256: str  # its name in data_dir/media
+    disk_bytes: int  # what the encrypted file takes on disk
+    file_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SendText:
     """A validated send request: ``phone`` is normalised digits, ``text`` checked.
 
@@ -168,6 +182,7 @@ class SendText:
     # Why the recipient check had no answer ("TIMEOUT", "NOT_CONNECTED" ...); "" when it
     # answered or was off. Recorded in the message's history: it may never arrive.
     recipient_unknown: str = ""
+    media: MediaSpec | None = None  # a media message: ``text`` is its caption ("" = none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +539,7 @@ class Deliver:
     text: str = field(repr=False)
     typing: float = 0.0
     account: str | None = None  # sent only from this linked account (None: unchecked)
+    media: MediaSpec | None = None  # a media message: ``text`` is its caption
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,7 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
+from actors.media.store import media_root
 from actors.messages import (
     Accepted,
     ChartMessageStates,
@@ -80,6 +81,7 @@ from actors.messages import (
 )
 from actors.metrics import RefusalCounters
 from actors.outbox import events
+from actors.outbox import media as outbox_media
 from actors.outbox.incoming import IncomingStore
 from actors.outbox.incoming import cursor_of as incoming_cursor
 from actors.outbox.limits import Limits, rate_limited
@@ -91,8 +93,10 @@ from actors.outbox.store import (
     RECEIPT_RANK,
     MessageStore,
     NewMessage,
+    content_text,
     cursor_of,
     key_verdict,
+    media_of,
     public_record,
 )
 from actors.outbox.warmup import Warmup
@@ -247,7 +251,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             earlier = self.store.by_idempotency_key(send.requester, send.session,
                                                     send.idempotency_key)
             if earlier is not None and self._key_fresh(earlier):
-                verdict = key_verdict(earlier, send.requester, send.phone, send.text)
+                verdict = key_verdict(earlier, send.requester, send.phone,
+                                      content_text(send.text, send.media))
                 if verdict == "duplicate":
                     self.send(reply_to, _accepted(earlier, send.request_id, duplicate=True))
                     return
@@ -260,6 +265,15 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if full is not None:
             self.send(reply_to, full)
             return
+        if send.media is not None:
+            media_refused = outbox_media.refusal(
+                self.store, media_root(self.config.data_path), send.media,
+                int(self.config.media.max_total_mb * 1024 * 1024), send.request_id)
+            if media_refused is not None:
+                if media_refused.code == "RATE_LIMITED":
+                    self.refusals.refused("media_store")
+                self.send(reply_to, media_refused)
+                return
         limit = self.config.delivery.max_queue_per_session
         if self.depth.get(send.session, 0) >= limit:
             self.refusals.refused("queue")
@@ -321,7 +335,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 is_test=send.require_connected, account=link.phone if link else None,
                 link_epoch=link.epoch if link else 0,
                 note=f"RECIPIENT_UNKNOWN_{send.recipient_unknown}" if send.recipient_unknown
-                else ""), now)
+                else "", media=send.media), now)
 
     def _min_free(self) -> int:
         assert self.config is not None
@@ -753,8 +767,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                     self._fail_ended(record, now, SESSION_LOGGED_OUT)  # never to a new device
                     continue
                 self.store.transition(record, MessageState.SENDING, now)
-                deliveries.append(Deliver(record["id"], record["phone"], record["text"],
-                                          typing, account=record["account"]))
+                deliveries.append(Deliver(record["id"], record["phone"], record["text"] or "",
+                                          typing, account=record["account"],
+                                          media=media_of(record)))
         for delivery in deliveries:
             self.in_flight[delivery.message_id] = session
         self.busy[session] = self.busy.get(session, 0) + len(deliveries)
@@ -975,6 +990,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             if pruned:
                 log.info("pruned old events", count=pruned)
             self._prune_incoming(now)
+            self._prune_media(now)
         for session in list(self.links):
             self._dispatch(session)
 
@@ -985,6 +1001,14 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         pruned = self.incoming.prune(now - self.config.messages.incoming_retention_hours * 3600)
         if pruned:
             log.info("pruned received messages", count=pruned)
+
+    def _prune_media(self, now: float) -> None:
+        """After the message records and received messages: their references go first."""
+        assert self.store is not None and self.config is not None
+        deleted = outbox_media.prune(self.store, media_root(self.config.data_path), now,
+                                     self.config.media.retention_days * 86400)
+        if deleted:
+            log.info("deleted media files past retention", count=deleted)
 
     def _arm_tick(self) -> None:
         assert self.config is not None

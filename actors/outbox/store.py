@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.messages import MessageState
+from actors.messages import MediaSpec, MessageState
 from actors.outbox import events
 from actors.outbox.incoming_schema import add_incoming
+from actors.outbox.media_schema import MEDIA_COLUMNS, add_media
 from gateway.core.migrations import migrate, statements
 
 PAGE_CACHE_KIB = 8192
@@ -109,6 +110,15 @@ class NewMessage:
     account: str | None = None  # the linked account it may be sent from (actors.session.links)
     link_epoch: int = 0  # the session's link epoch when it was accepted
     note: str = ""  # the QUEUED history entry's reason (RECIPIENT_UNKNOWN_TIMEOUT ...)
+    media: MediaSpec | None = None  # a media message: ``text`` is its caption
+
+
+def content_text(text: str, media: MediaSpec | None) -> str:
+    """What a message's ``text_hash`` covers, so an idempotency key reused for another
+    file (another SHA-256), kind or caption is told apart from a resend of the same."""
+    if media is None:
+        return text
+    return f"\x00media\x00{media.kind}\x00{media.sha256}\x00{text}"
 
 
 # The count of unconfirmed(), from its own covering index: named, because the planner
@@ -164,9 +174,10 @@ class MessageStore:
     # ---- writing ------------------------------------------------------------------------
 
     def add(self, message: NewMessage, now: float) -> dict[str, Any]:
+        media = message.media
         record: dict[str, Any] = {
             "id": new_message_id(now), "session": message.session, "phone": message.phone,
-            "text": message.text, "text_hash": text_hash(message.text),
+            "text": message.text, "text_hash": text_hash(content_text(message.text, media)),
             "state": MessageState.QUEUED,
             "accepted_at": now, "updated_at": now, "next_attempt_at": 0.0,
             "valid_until": message.valid_until, "attempts": 0, "wa_message_id": None,
@@ -176,12 +187,21 @@ class MessageStore:
             "history": [[MessageState.QUEUED, now, message.note]],
             "account": message.account, "link_epoch": message.link_epoch,
         }
+        record.update(dict.fromkeys(MEDIA_COLUMNS))  # what a read returns: NULL for text
+        if media is not None:
+            record.update(media_id=record["id"], media_kind=media.kind, media_mime=media.mime,
+                          media_size=media.size, media_sha256=media.sha256,
+                          media_caption=message.text or None,
+                          media_file_name=media.file_name or None)
         stored = {**record, "is_test": int(message.is_test), "uncertain": 0,
                   "history": json.dumps(record["history"])}
-        with self.batch():  # the record and its QUEUED event commit together
+        with self.batch():  # the record, its media reference and QUEUED event, together
             self.db.execute(f"INSERT INTO messages ({', '.join(stored)}) "
                             f"VALUES ({', '.join('?' for _ in stored)})",
                             tuple(stored.values()))
+            if media is not None:
+                self.add_media_ref(record["id"], media, message.session, "out", record["id"],
+                                   now)
             self._status_event(record, None, now)
         self.reached[MessageState.QUEUED] += 1
         return record
@@ -292,6 +312,51 @@ class MessageStore:
             (older_than, *FINISHED))
         return cursor.rowcount
 
+    # ---- media ------------------------------------------------------------------------------
+
+    def add_media_ref(self, media_id: str, media: MediaSpec, session: str, direction: str,
+                      message_id: str, now: float, expires_at: float | None = None) -> None:
+        """A reference to a stored file (``GET /media/<media_id>`` serves it)."""
+        self.db.execute(
+            "INSERT INTO media (id, sha256, session, direction, message_id, kind, mime, size, "
+            "disk_bytes, file_name, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (media_id, media.sha256, session, direction, message_id, media.kind, media.mime,
+             media.size, media.disk_bytes, media.file_name, now, expires_at))
+
+    def media_ref(self, media_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM media WHERE id = ?", (media_id,)).fetchone()
+        return dict(row) if row is not None else None
+
+    def media_known(self, sha256: str) -> bool:
+        return self.db.execute("SELECT 1 FROM media WHERE sha256 = ? LIMIT 1",
+                               (sha256,)).fetchone() is not None
+
+    def media_bytes(self) -> int:
+        """What the referenced files take on disk (each file once, however many refer)."""
+        row = self.db.execute("SELECT COALESCE(SUM(disk_bytes), 0) FROM "
+                              "(SELECT sha256, MAX(disk_bytes) AS disk_bytes FROM media "
+                              "GROUP BY sha256)").fetchone()
+        return int(row[0])
+
+    def media_release(self, older_than: float) -> list[str]:
+        """Drop the references whose time is up: an outgoing one once its message is
+        final (or pruned) and last changed before ``older_than``, an incoming one
+        received before it. Returns the files no reference names any more."""
+        placeholders = ", ".join("?" for _ in FINISHED)
+        with self.batch():
+            candidates = [r[0] for r in self.db.execute(
+                "SELECT DISTINCT sha256 FROM media WHERE (direction = 'in' AND created_at < ?) "
+                "OR (direction = 'out' AND NOT EXISTS (SELECT 1 FROM messages m WHERE "
+                f"m.id = media.message_id AND (m.state NOT IN ({placeholders}) "
+                "OR m.updated_at >= ?)))", (older_than, *FINISHED, older_than))]
+            self.db.execute(
+                "DELETE FROM media WHERE (direction = 'in' AND created_at < ?) "
+                "OR (direction = 'out' AND NOT EXISTS (SELECT 1 FROM messages m WHERE "
+                f"m.id = media.message_id AND (m.state NOT IN ({placeholders}) "
+                "OR m.updated_at >= ?)))", (older_than, *FINISHED, older_than))
+            return [sha for sha in candidates if not self.media_known(sha)]
+
     # ---- reading ----------------------------------------------------------------------------
 
     def get(self, record_id: str) -> dict[str, Any] | None:
@@ -393,6 +458,15 @@ def key_verdict(earlier: dict[str, Any], requester: str, phone: str, text: str) 
     return "reused" if earlier["requester"] == requester else "unrelated"
 
 
+def media_of(record: dict[str, Any]) -> MediaSpec | None:
+    """The file a record sends (None: a text message)."""
+    if not record.get("media_sha256"):
+        return None
+    return MediaSpec(kind=record["media_kind"], mime=record["media_mime"],
+                     size=int(record["media_size"]), sha256=record["media_sha256"],
+                     disk_bytes=0, file_name=record.get("media_file_name") or "")
+
+
 def delivery_unconfirmed(record: dict[str, Any], now: float, after_seconds: float) -> bool:
     """Whether ``record`` is SENT and has been for longer than ``after_seconds`` with no
     delivery receipt (its SENT time is its last change: a receipt moves it on)."""
@@ -444,8 +518,8 @@ def _add_event_log(db: sqlite3.Connection) -> None:
 # Step n turns schema version n - 1 into n (gateway.core.migrations). Version 0 is
 # every store written before versions existed (messages as _SCHEMA makes them);
 # version 2 adds the incoming messages (before it, they were made at open, outside the
-# versions: a version 1 store may already have them).
-MIGRATIONS = (_add_event_log, add_incoming)
+# versions: a version 1 store may already have them); version 3 adds media messages.
+MIGRATIONS = (_add_event_log, add_incoming, add_media)
 
 
 def cursor_of(record: dict[str, Any]) -> str:

@@ -220,12 +220,15 @@ def audit_entries(done: subprocess.CompletedProcess[str]) -> int:
 
 
 def check_outbox_store(path: Path, old_texts: set[str]) -> None:
-    """The old store was migrated (schema version 0 -> 2: the event log, then the
-    incoming messages added) and kept its messages; what they did after the upgrade is
-    in the log."""
+    """The old store was migrated (schema version 0 -> 3: the event log, the incoming
+    messages, then media) and kept its messages; what they did after the upgrade is in
+    the log."""
     with contextlib.closing(sqlite3.connect(path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
         assert db.execute("SELECT count(*) FROM incoming").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM media").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM messages WHERE media_sha256 IS NOT NULL"
+                          ).fetchone()[0] == 0
         rows = {text: (message_id, state) for message_id, text, state in db.execute(
             "SELECT id, text, state FROM messages")}
         events = [(json.loads(data)["message_id"], json.loads(data)["state"]) for (data,) in

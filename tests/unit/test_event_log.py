@@ -88,7 +88,7 @@ def test_a_version_0_store_gains_the_event_log_and_keeps_its_messages(tmp_path: 
     path = tmp_path / "outbox" / "messages.sqlite3"
     old_store(path)
     store = MessageStore(tmp_path / "outbox")
-    assert schema_version(store.db) == len(MIGRATIONS) == 2
+    assert schema_version(store.db) == len(MIGRATIONS) == 3
     record = store.get("m1")
     assert record is not None and record["state"] == "QUEUED"
     assert ev.events_after(store.db, 0, limit=9) == []  # the table is there, empty
@@ -103,7 +103,7 @@ def test_a_store_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> No
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA user_version = 7")
     db.close()
-    with pytest.raises(NewerStoreError, match=r"schema version 7.*up to 2.*newer wagate"):
+    with pytest.raises(NewerStoreError, match=r"schema version 7.*up to 3.*newer wagate"):
         MessageStore(tmp_path / "outbox")
     db = sqlite3.connect(path, isolation_level=None)
     assert schema_version(db) == 7

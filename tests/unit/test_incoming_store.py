@@ -223,7 +223,7 @@ def test_a_store_of_the_previous_version_gains_the_incoming_table(
     _store_at_version_1(tmp_path / "outbox" / "messages.sqlite3", with_incoming)
     outbox = MessageStore(tmp_path / "outbox")
     try:
-        assert schema_version(outbox.db) == len(MIGRATIONS) == 2
+        assert schema_version(outbox.db) == len(MIGRATIONS) == 3
         store = IncomingStore(outbox.db)
         old = [r["wa_message_id"] for r in store.page()[0]]
         assert old == (["3EB0OLD"] if with_incoming else [])
@@ -250,7 +250,7 @@ def test_a_store_at_the_new_version_is_opened_unchanged(tmp_path: Path) -> None:
     try:
         assert [tuple(r) for r in reopened.db.execute(
             "SELECT sql FROM sqlite_master ORDER BY name")] == schema
-        assert schema_version(reopened.db) == 2
+        assert schema_version(reopened.db) == 3
         assert IncomingStore(reopened.db).count() == 1
     finally:
         reopened.close()
@@ -264,12 +264,12 @@ def test_a_store_of_a_newer_version_is_refused_before_the_incoming_table(
     path = tmp_path / "outbox" / "messages.sqlite3"
     _store_at_version_1(path, with_incoming=False)
     db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA user_version = 3")
+    db.execute("PRAGMA user_version = 4")
     db.close()
-    with pytest.raises(NewerStoreError, match=r"schema version 3.*up to 2"):
+    with pytest.raises(NewerStoreError, match=r"schema version 4.*up to 3"):
         MessageStore(tmp_path / "outbox")
     db = sqlite3.connect(path)
-    assert schema_version(db) == 3
+    assert schema_version(db) == 4
     assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'incoming'").fetchall()
     db.close()
 
