@@ -607,6 +607,7 @@ class IncomingReceived:
     at: float = 0.0
     meta: tuple[tuple[str, str], ...] = ()
     truncated: bool = False  # text was cut to messages.max_incoming_text_chars
+    media: MediaSpec | None = None  # a media message whose file the session stored
 
 
 # ---- audit log ----------------------------------------------------------------

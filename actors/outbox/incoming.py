@@ -22,9 +22,10 @@ import sqlite3
 import unicodedata
 from typing import Any
 
+from actors.media.store import new_media_id
 from actors.messages import IncomingReceived
 from actors.outbox import events
-from actors.outbox.store import new_message_id, text_hash
+from actors.outbox.store import insert_media_ref, new_message_id, text_hash
 
 # What a message.received event holds of the person who wrote and what they wrote:
 # set to null in the event when the row goes (README: Replies and receipts).
@@ -54,6 +55,11 @@ def record_event(db: sqlite3.Connection, record: dict[str, Any], keep_text: bool
         "quoted_message_id": record["quoted_id"] or None, "sent_at": record["sent_at"],
         "opt_out": bool(record["opt_out"]), "truncated": bool(record["truncated"]),
     }
+    meta = record["meta"] if isinstance(record["meta"], dict) else json.loads(record["meta"])
+    if "media_id" in meta:  # the file: GET /media/<media_id>; the caption is the text
+        data["media"] = {"id": meta["media_id"], "kind": meta["media_kind"],
+                         "mime": meta["media_mime"], "size": int(meta["media_size"]),
+                         "file_name": meta.get("media_file_name") or None}
     events.append_event(db, "message.received", record["session"], data, now)
 
 
@@ -73,6 +79,11 @@ class IncomingStore:
         """Store ``message``; None when this session already has its WhatsApp id (a
         redelivery), so the application hears of each message once."""
         record_id = new_message_id(now)
+        media = message.media
+        meta = dict(message.meta)
+        if media is not None:  # what the event and the API say of the file
+            meta.update(media_id=new_media_id(), media_kind=media.kind, media_mime=media.mime,
+                        media_size=str(media.size), media_file_name=media.file_name)
         record: dict[str, Any] = {
             "id": record_id, "session": message.session,
             "wa_message_id": message.message_id, "chat": message.chat,
@@ -81,7 +92,7 @@ class IncomingStore:
             "is_group": int(message.is_group), "kind": message.kind, "text": message.text,
             "text_hash": text_hash(message.text), "quoted_id": message.quoted_id,
             "sent_at": message.at if message.at > 0 else now,
-            "received_at": now, "meta": json.dumps(dict(message.meta), sort_keys=True),
+            "received_at": now, "meta": json.dumps(meta, sort_keys=True),
             "opt_out": int(message.kind == "text"
                            and is_opt_out(message.text, self.opt_out_keywords)),
             "truncated": int(message.truncated),
@@ -93,6 +104,9 @@ class IncomingStore:
                 f"VALUES ({', '.join('?' for _ in record)})", tuple(record.values()))
             if cursor.rowcount == 0:
                 return None
+            if media is not None:
+                insert_media_ref(self.db, meta["media_id"], media, message.session, "in",
+                                 record_id, now)
             stored = self.get(record_id)
             assert stored is not None
             record_event(self.db, stored, self.keep_text, now)

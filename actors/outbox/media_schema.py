@@ -16,8 +16,9 @@ import sqlite3
 
 from gateway.core.migrations import statements
 
+# The caption is the message's text (kept, hashed and erased exactly like a text's).
 MEDIA_COLUMNS = ("media_id", "media_kind", "media_mime", "media_size", "media_sha256",
-                 "media_caption", "media_file_name")
+                 "media_file_name")
 
 MEDIA_SCHEMA = """
 CREATE TABLE IF NOT EXISTS media (

@@ -191,7 +191,6 @@ class MessageStore:
         if media is not None:
             record.update(media_id=record["id"], media_kind=media.kind, media_mime=media.mime,
                           media_size=media.size, media_sha256=media.sha256,
-                          media_caption=message.text or None,
                           media_file_name=media.file_name or None)
         stored = {**record, "is_test": int(message.is_test), "uncertain": 0,
                   "history": json.dumps(record["history"])}
@@ -317,12 +316,8 @@ class MessageStore:
     def add_media_ref(self, media_id: str, media: MediaSpec, session: str, direction: str,
                       message_id: str, now: float, expires_at: float | None = None) -> None:
         """A reference to a stored file (``GET /media/<media_id>`` serves it)."""
-        self.db.execute(
-            "INSERT INTO media (id, sha256, session, direction, message_id, kind, mime, size, "
-            "disk_bytes, file_name, created_at, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (media_id, media.sha256, session, direction, message_id, media.kind, media.mime,
-             media.size, media.disk_bytes, media.file_name, now, expires_at))
+        insert_media_ref(self.db, media_id, media, session, direction, message_id, now,
+                         expires_at)
 
     def media_ref(self, media_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM media WHERE id = ?", (media_id,)).fetchone()
@@ -456,6 +451,18 @@ def key_verdict(earlier: dict[str, Any], requester: str, phone: str, text: str) 
     if same:
         return "duplicate"
     return "reused" if earlier["requester"] == requester else "unrelated"
+
+
+def insert_media_ref(db: sqlite3.Connection, media_id: str, media: MediaSpec, session: str,
+                     direction: str, message_id: str, now: float,
+                     expires_at: float | None = None) -> None:
+    """One row of the media table (``actors.outbox.media_schema``)."""
+    db.execute(
+        "INSERT INTO media (id, sha256, session, direction, message_id, kind, mime, size, "
+        "disk_bytes, file_name, created_at, expires_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (media_id, media.sha256, session, direction, message_id, media.kind, media.mime,
+         media.size, media.disk_bytes, media.file_name, now, expires_at))
 
 
 def media_of(record: dict[str, Any]) -> MediaSpec | None:

@@ -35,6 +35,7 @@ from actors.messages import (
     DeliveryResults,
     Failed,
     IncomingReceived,
+    MediaSpec,
     NumberLookup,
     Ok,
     PairingCodeRequest,
@@ -67,6 +68,7 @@ from actors.transport.base import (
     EngineSetupError,
     IncomingMessage,
     LoggedOut,
+    OutgoingMedia,
     PairingClosed,
     Receipt,
     SendError,
@@ -202,6 +204,7 @@ class SessionActor(BridgedActor):
         # Number lookups, one at a time and apart from sends: a hanging lookup must
         # never hold up a send (nor a burst of lookups look like a bot).
         self.lookup_executor: ThreadPoolExecutor | None = None
+        self.media_private: Any = None  # the media store's private key, opened at first use
         self.held: list[_Event] | None = None  # events waiting for the connect checkpoint
         self.retiring = False  # asked the supervisor for a fresh process (RetireSession)
         # Multi-host mode with a lease database: no client runs without the lease.
@@ -463,7 +466,8 @@ class SessionActor(BridgedActor):
         if isinstance(msg.event, IncomingMessage):
             self.send(self.outbox if self.outbox is not None else self.parent,
                       incoming_received(self.session, msg.event,
-                                        self.config.messages.max_incoming_text_chars))
+                                        self.config.messages.max_incoming_text_chars,
+                                        self._store_incoming_media(msg.event)))
             return
         if self.held is not None:  # keep the order behind a Connected being sealed
             self.held.append(msg)
@@ -566,7 +570,10 @@ class SessionActor(BridgedActor):
             if held:
                 raise SendError(RATE_OVERLIMIT, "not tried: WhatsApp rate-limited this "
                                 "session's lookups a moment ago", permanent=False)
-            sent = transport.send_text(msg.phone, msg.text)
+            if msg.media is not None:
+                sent = transport.send_media(msg.phone, self._outgoing_media(msg))
+            else:
+                sent = transport.send_text(msg.phone, msg.text)
             result = DeliveryResult(msg.message_id, ok=True, wa_message_id=sent.message_id,
                                     timestamp=sent.timestamp)
         except SendError as exc:
@@ -586,6 +593,42 @@ class SessionActor(BridgedActor):
                                     "actor log)", permanent=False, uncertain=True)
         if self.bridge is not None:
             self.bridge.post(_SendDone(result, reply_to))
+
+    def _store_incoming_media(self, event: IncomingMessage) -> MediaSpec | None:
+        """A received file goes into the encrypted media store before the outbox hears
+        of the message (writing needs only the store's public key)."""
+        if event.media_data is None:
+            return None
+        from actors.media.incoming import store_incoming
+
+        try:
+            return store_incoming(self.config.data_path, event.media_data, event.kind,
+                                  event.file_name)
+        except (OSError, WagateError) as exc:
+            log.error("a received file could not be stored", error=str(exc))
+            return None
+
+    def _outgoing_media(self, msg: Deliver) -> OutgoingMedia:
+        """Worker thread: the file's bytes from the media store, decrypted here (the
+        session holds the storage key); a file that cannot be read fails the message
+        for good: sending it again cannot bring it back."""
+        from actors.media import store as media_files
+        from actors.session.sealed_store import StoreError, load_key
+
+        assert msg.media is not None
+        root = media_files.media_root(self.config.data_path)
+        try:
+            if self.media_private is None:
+                self.media_private = media_files.load_private(
+                    root, load_key(self.config.encryption, self.config.data_path))
+            key = media_files.file_key(root, msg.media.sha256, self.media_private)
+            data = media_files.read_all(root, msg.media.sha256, key)
+        except (OSError, StoreError, media_files.MediaStoreError) as exc:
+            log.error("a media file cannot be read", message_id=msg.message_id, error=str(exc))
+            raise SendError("MEDIA_UNREADABLE", f"the stored file cannot be read: {exc}",
+                            permanent=True) from None
+        return OutgoingMedia(kind=msg.media.kind, mime=msg.media.mime, data=data,
+                             caption=msg.text, file_name=msg.media.file_name)
 
     def receiveMsg_PairingCodeRequest(self, msg: PairingCodeRequest, sender: Any) -> None:
         if (self.machine is None or self.transport is None or self.executor is None
@@ -796,8 +839,8 @@ class SessionActor(BridgedActor):
 
 
 def incoming_received(session: str, event: IncomingMessage,
-                      max_text_chars: int = MessagesConfig().max_incoming_text_chars
-                      ) -> IncomingReceived:
+                      max_text_chars: int = MessagesConfig().max_incoming_text_chars,
+                      media: MediaSpec | None = None) -> IncomingReceived:
     """The transport's event as the outbox is told it (the session added), its text
     cut to ``messages.max_incoming_text_chars`` here, before it crosses to the outbox's
     process: a 10 MB reply costs this process a moment, never the single writer."""
@@ -806,8 +849,9 @@ def incoming_received(session: str, event: IncomingMessage,
         session=session, message_id=event.message_id, chat=event.chat,
         sender_jid=event.sender_jid, sender_phone=event.sender_phone,
         sender_lid=event.sender_lid, push_name=event.push_name, is_group=event.is_group,
-        kind=event.kind, text=text, quoted_id=event.quoted_id, at=event.at,
-        meta=event.meta, truncated=truncated)
+        kind=media.kind.lower() if media is not None else event.kind, text=text,
+        quoted_id=event.quoted_id, at=event.at, meta=event.meta, truncated=truncated,
+        media=media)
 
 
 def _engine_problem(engine: str, exc: Exception, otherwise: str) -> str:

@@ -105,6 +105,10 @@ class IncomingMessage:
     quoted_id: str = ""  # the WhatsApp id of the message this one replies to
     at: float = 0.0
     meta: tuple[tuple[str, str], ...] = ()
+    # A media message's file as the engine downloaded it (None: no media, or not
+    # downloaded); the session stores it in the media store at once.
+    media_data: bytes | None = field(default=None, repr=False)
+    file_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,18 @@ class SentMessage:
 
     message_id: str  # WhatsApp's id for the message (matches later receipts)
     timestamp: float  # server time, unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMedia:
+    """A media message to send: the file's bytes (decrypted from the media store by the
+    session, never from the caller's request again), checked kind and MIME type."""
+
+    kind: str  # IMAGE, VIDEO, AUDIO, VOICE, DOCUMENT, STICKER (actors.media.kinds.Kind)
+    mime: str
+    data: bytes = field(repr=False)
+    caption: str = field(default="", repr=False)
+    file_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +235,12 @@ class Transport(ABC):
     def send_text(self, phone: str, text: str) -> SentMessage:
         """Send plain text to a normalised number (digits only). Blocks until the
         server accepts it; raises ``SendError`` otherwise."""
+
+    def send_media(self, phone: str, media: OutgoingMedia) -> SentMessage:
+        """Upload and send a media message; blocks like ``send_text``. An engine without
+        media refuses it for good (the message fails, it is not retried)."""
+        raise SendError("UNSUPPORTED", f"this engine cannot send {media.kind} messages",
+                        permanent=True)
 
     @abstractmethod
     def logout(self) -> None:

@@ -37,7 +37,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +52,7 @@ from actors.transport.base import (
     IncomingMessage,
     LoggedOut,
     NumberInfo,
+    OutgoingMedia,
     PairingClosed,
     QrCode,
     Receipt,
@@ -162,6 +163,11 @@ def _incoming_key(session: str) -> tuple[str, str]:
 
 
 _READ_MARKS_KEY = ("read-marks",)  # [{session, chat, sender, ids, at}]: what clients marked read
+
+
+def _media_key(message_id: str) -> tuple[str, str]:
+    """The bytes of a media message that reached its recipient."""
+    return ("media", message_id)
 
 
 def _typing_key(session: str, recipient: str) -> tuple[str, str, str]:
@@ -304,17 +310,25 @@ class SimulatorServer:
         return entry
 
     def reply(self, session: str, from_phone: str, text: str, quote: str | None = None,
-              push_name: str = "") -> dict[str, Any]:
+              push_name: str = "", media: bytes | None = None,
+              file_name: str = "") -> dict[str, Any]:
         """Someone (``from_phone``) writes ``text`` to the session's account, quoting
         ``quote`` (a WhatsApp message id, as in ``inbox``) when given: the session's
-        client reports it within one poll interval (or at its next connect)."""
-        if not text:
-            raise SimulatorError("a reply needs some text (--text)")
+        client reports it within one poll interval (or at its next connect). With
+        ``media`` they send a file (``text`` is its caption, and may be empty)."""
+        if not text and media is None:
+            raise SimulatorError("a reply needs some text (--text) or a file (--file)")
+        if media is not None and not media:
+            raise SimulatorError("the file is empty; send a file with content")
         for flag, value in (("--text", text), ("--name", push_name), ("--quote", quote or "")):
             _check_utf8(flag, value)
-        entry = {"id": "3EB0" + secrets.token_hex(9).upper(), "from": checked_phone(from_phone),
-                 "text": text, "quote": quote or "", "push_name": push_name,
-                 "at": time.time()}
+        entry: dict[str, Any] = {
+            "id": "3EB0" + secrets.token_hex(9).upper(), "from": checked_phone(from_phone),
+            "text": text, "quote": quote or "", "push_name": push_name, "at": time.time()}
+        if media is not None:
+            entry.update(media=True, file_name=file_name, size=len(media),
+                         sha256=hashlib.sha256(media).hexdigest())
+            self._cache.set(_media_key(entry["id"]), media, retry=True)
         with self._cache.transact(retry=True):
             waiting = self._cache.get(_incoming_key(session), [])
             self._cache.set(_incoming_key(session), [*waiting, entry])
@@ -368,6 +382,14 @@ class SimulatorServer:
     def lookup_count(self) -> int:
         """How many lookup queries reached the server (one per batch, as a usync query)."""
         return int(self._cache.get(_LOOKUPS_KEY, 0))
+
+    def media_bytes(self, message_id: str) -> bytes:
+        """The file a media message in the inbox carried."""
+        data = self._cache.get(_media_key(message_id))
+        if data is None:
+            raise SimulatorError(f"no media message {message_id!r} reached a recipient; "
+                                 "`wagate sim inbox` lists the ids")
+        return bytes(data)
 
     def inbox(self) -> list[dict[str, Any]]:
         """Every message that reached a recipient, oldest first."""
@@ -531,14 +553,21 @@ class SimulatorServer:
                             "lookups_down)", permanent=False)
         return [self.is_registered(phone) for phone in phones]
 
-    def _deliver(self, session: str, sender: str, recipient: str, text: str) -> SentMessage:
+    def _deliver(self, session: str, sender: str, recipient: str, text: str,
+                 media: OutgoingMedia | None = None) -> SentMessage:
         """Hand a message to its recipient: append it to the inbox with a fresh id (and
         queue the automatic receipt, when one is configured). A number with no account
-        gets nothing: the server acks, but no recipient ever sees it or confirms it."""
+        gets nothing: the server acks, but no recipient ever sees it or confirms it. A
+        media message's bytes are kept beside the inbox (``media_bytes``)."""
         message: dict[str, Any] = {"id": "3EB0" + secrets.token_hex(9).upper(), "session": session,
                    "from": sender, "to": recipient, "text": text, "time": time.time()}
         if not self.is_registered(recipient):
             return SentMessage(message_id=message["id"], timestamp=message["time"])
+        if media is not None:
+            message.update(kind=media.kind, mime=media.mime, size=len(media.data),
+                           sha256=hashlib.sha256(media.data).hexdigest(),
+                           file_name=media.file_name)
+            self._cache.set(_media_key(message["id"]), media.data, retry=True)
         typing_since = self._cache.pop(_typing_key(session, recipient), None, retry=True)
         if typing_since is not None:
             message["typing_since"] = typing_since  # "typing..." showed from then on
@@ -617,7 +646,9 @@ def incoming_of(entry: dict[str, Any]) -> IncomingMessage:
     return IncomingMessage(message_id=entry["id"], chat=jid, sender_jid=jid,
                            sender_phone=entry["from"], sender_lid=f"{lid_of(entry['from'])}@lid",
                            push_name=entry.get("push_name", ""), text=entry["text"],
-                           quoted_id=entry.get("quote", ""), at=entry["at"])
+                           quoted_id=entry.get("quote", ""), at=entry["at"],
+                           kind="media" if entry.get("media") else "text",
+                           file_name=entry.get("file_name", ""))
 
 
 def _default_phone(session: str) -> str:
@@ -712,6 +743,13 @@ class SimulatorTransport(Transport):
             conn.thread.start()
 
     def send_text(self, phone: str, text: str) -> SentMessage:
+        return self._send(phone, text, None)
+
+    def send_media(self, phone: str, media: OutgoingMedia) -> SentMessage:
+        """Like a text, with the file: the recipient keeps its bytes (``wagate sim media``)."""
+        return self._send(phone, media.caption, media)
+
+    def _send(self, phone: str, text: str, media: OutgoingMedia | None) -> SentMessage:
         with self._lock:
             conn = self._conn
         link = conn.link if conn is not None else None
@@ -729,10 +767,10 @@ class SimulatorTransport(Transport):
         failure = self._server._take_failure(self._session)
         if failure is not None:
             if failure.uncertain:  # it did arrive; only the answer was lost
-                self._server._deliver(self._session, link.phone, phone, text)
+                self._server._deliver(self._session, link.phone, phone, text, media)
             raise failure
         self._lids[lid_of(phone)] = phone
-        sent = self._server._deliver(self._session, link.phone, phone, text)
+        sent = self._server._deliver(self._session, link.phone, phone, text, media)
         self._report_receipts(conn)  # an automatic receipt arrives before the ack
         return sent
 
@@ -906,7 +944,10 @@ class SimulatorTransport(Transport):
         """Report the messages written to this account (a direct chat, by number)."""
         waiting = self._server._take_incoming(self._session)
         for index, entry in enumerate(waiting):
-            if not self._emit(conn, incoming_of(entry)):
+            event = incoming_of(entry)
+            if entry.get("media"):  # the engine downloads the file with the message
+                event = replace(event, media_data=self._server.media_bytes(entry["id"]))
+            if not self._emit(conn, event):
                 self._server._requeue_incoming(self._session, waiting[index:])
                 return  # stopped: the next connection reports them
 

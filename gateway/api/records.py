@@ -63,6 +63,29 @@ class MessageRecord:
     idempotencyKey: str | None
     duplicate: bool
     history: tuple[StateChange, ...]
+    media: MediaFileRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFileRecord:
+    """``MediaFile``: the file of a media message. A sent message's caption is its text,
+    which the API never returns (as for a text message): null there."""
+
+    id: str
+    kind: str
+    mimeType: str
+    size: int
+    sha256: str
+    caption: str | None
+    fileName: str | None
+    url: str
+
+
+def media_file_record(media_id: str, kind: str, mime: str, size: int, sha256: str,
+                      caption: str | None, file_name: str | None) -> MediaFileRecord:
+    return MediaFileRecord(id=media_id, kind=kind, mimeType=mime, size=size, sha256=sha256,
+                           caption=caption or None, fileName=file_name or None,
+                           url=f"/media/{media_id}")
 
 
 def message_record(row: dict[str, Any], *, now: float, unconfirmed_after: float,
@@ -89,6 +112,9 @@ def message_record(row: dict[str, Any], *, now: float, unconfirmed_after: float,
         duplicate=duplicate,
         history=tuple(StateChange(state, iso_time(at), reason or None)
                       for state, at, reason in row["history"]),
+        media=media_file_record(row["media_id"], row["media_kind"], row["media_mime"],
+                                int(row["media_size"]), row["media_sha256"], None,
+                                row.get("media_file_name")) if row.get("media_id") else None,
     )
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from ariadne import MutationType, ObjectType, QueryType, make_executable_schema
+from ariadne import MutationType, ObjectType, QueryType, make_executable_schema, upload_scalar
 from graphql import (
     GraphQLArgument,
     GraphQLInputField,
@@ -30,6 +30,7 @@ from graphql import (
     get_named_type,
 )
 
+from actors.media.kinds import check_caption, check_file_name, parse_kind
 from actors.messages import (
     Accepted,
     CheckNumbers,
@@ -43,6 +44,7 @@ from actors.messages import (
     ListIncoming,
     ListMessages,
     MarkRead,
+    MediaSpec,
     MessagePage,
     MessageState,
     RequestPairingCode,
@@ -57,6 +59,7 @@ from actors.outbox.numbers import (
     check_numbers,
 )
 from actors.outbox.store import STATES
+from gateway.api import media as media_upload
 from gateway.api.context import authorize, request_context
 from gateway.api.errors import GatewayError
 from gateway.api.events import EVENTS
@@ -206,6 +209,37 @@ def resolve_send_message(_: Any, info: GraphQLResolveInfo, input: dict[str, Any]
     return _accepted_record(info, accepted)
 
 
+@mutation.field("sendWhatsAppMedia")
+@mutation_guard("send")
+def resolve_send_media(_: Any, info: GraphQLResolveInfo, input: dict[str, Any]
+                       ) -> MessageRecord:
+    """Every cheap check first (a bad number must not cost a download), then the file
+    into the media store, then the same path as a text."""
+    upload, url = input.get("file"), input.get("url")
+    media_upload.exactly_one(upload, url)
+    kind = parse_kind(str(input["kind"]))
+    caption = check_caption(input.get("caption"), kind) or ""
+    file_name = check_file_name(input.get("fileName"))
+    valid_for = _valid_for(input.get("validForSeconds"))
+    session, phone = input.get("session") or "default", input["phoneNumber"]
+    validate_session_name(session)
+    normalize_phone_number(phone)
+    if input.get("idempotencyKey") is not None:
+        _check_key(input["idempotencyKey"])
+    spec = media_upload.store_media(_config(info), kind, upload, url, file_name)
+    accepted = _send(info, phone, caption, session, input.get("idempotencyKey"), valid_for,
+                     media=spec)
+    return _accepted_record(info, accepted)
+
+
+def _valid_for(valid_for: Any) -> int | None:
+    if valid_for is not None and not VALID_FOR.contains(valid_for):
+        raise GatewayError("INVALID_MESSAGE",
+                           VALID_FOR.refusal("validForSeconds", valid_for, whole=True),
+                           field="validForSeconds")
+    return int(valid_for) if valid_for is not None else None
+
+
 @query.field("whatsAppMessage")
 def resolve_message(_: Any, info: GraphQLResolveInfo, id: str) -> MessageRecord | None:
     principal = authorize(info, "messages")
@@ -335,7 +369,7 @@ def resolve_test(_: Any, info: GraphQLResolveInfo, phoneNumber: str,
     return accepted.state == MessageState.SENT
 
 
-BINDABLES = (query, mutation, status, *OVERVIEW, *EVENTS, *WEBHOOK_BINDABLES)
+BINDABLES = (query, mutation, status, upload_scalar, *OVERVIEW, *EVENTS, *WEBHOOK_BINDABLES)
 
 
 def type_defs() -> str:
@@ -447,14 +481,17 @@ def _refuse_unregistered(info: GraphQLResolveInfo, session: str, phone: str) -> 
 
 
 def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
-          idempotency_key: str | None, valid_for: int | None) -> Accepted:
-    """Validate, then hand the message to the actors; returns once it is on disk."""
+          idempotency_key: str | None, valid_for: int | None,
+          media: MediaSpec | None = None) -> Accepted:
+    """Validate, then hand the message to the actors; returns once it is on disk. A
+    media message's ``text`` is its caption (checked by ``check_caption``; may be "")."""
     context = request_context(info)
     config = context.config
     if idempotency_key is not None:
         _check_key(idempotency_key)
     name, number = validate_session_name(session), normalize_phone_number(phone)
-    checked_text = validate_message(text, config.messages.max_length)
+    checked_text = text if media is not None else validate_message(
+        text, config.messages.max_length)
     unknown = _refuse_unregistered(info, name, number) if config.delivery.check_recipient else ""
     send = SendText(
         session=name,
@@ -465,6 +502,7 @@ def _send(info: GraphQLResolveInfo, phone: str, text: str, session: str,
         valid_for=float(valid_for) if valid_for is not None else None,
         requester=_requester(info),
         recipient_unknown=unknown,
+        media=media,
     )
     try:
         accepted: Accepted = context.bridge.ask(send, _send_wait(config), to_outbox=True)

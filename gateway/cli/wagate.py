@@ -151,14 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the session whose account receives it (default: default)")
     reply.add_argument("--from", dest="from_phone", required=True, metavar="NUMBER",
                        help="the sender's number, digits with the country code")
-    text = reply.add_mutually_exclusive_group(required=True)
-    text.add_argument("--text", help="what they write")
+    text = reply.add_mutually_exclusive_group()
+    text.add_argument("--text", help="what they write (with --file: the file's caption)")
     text.add_argument("--text-file", metavar="PATH",
                       help="what they write, read from a UTF-8 file (- for stdin): for a text "
                            "longer than a command line may be")
     reply.add_argument("--quote", metavar="MESSAGE_ID",
                        help="the WhatsApp id of the message it replies to")
     reply.add_argument("--name", default="", help="the sender's push name")
+    reply.add_argument("--file", metavar="PATH",
+                       help="they send this file (a picture, a voice note, a document ...); "
+                            "its kind is read from its bytes")
     reply.set_defaults(handler=cmd_sim_reply)
 
     auto = sim_commands.add_parser(
@@ -186,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(inbox)
     inbox.add_argument("--json", action="store_true", help="one JSON document")
     inbox.set_defaults(handler=cmd_sim_inbox)
+
+    media = sim_commands.add_parser(
+        "media", help="write the file a media message in the inbox carried")
+    _common(media)
+    media.add_argument("message_id", metavar="MESSAGE_ID", help="its id, as `inbox` lists it")
+    media.add_argument("--out", required=True, metavar="FILE",
+                       help="where to write the bytes (- for stdout)")
+    media.set_defaults(handler=cmd_sim_media)
 
     from gateway.cli import audit, backup, keys, schema, status, tokens
 
@@ -509,7 +520,10 @@ def _reply_text(args: argparse.Namespace) -> str | None:
     """The reply's text: ``--text``, or ``--text-file`` read whole (stdin for ``-``);
     None, said on stderr, when the file cannot be read or is not UTF-8."""
     if args.text_file is None:
-        return str(args.text)
+        if args.text is None and args.file is None:
+            print("wagate sim: reply needs --text, --text-file or --file", file=sys.stderr)
+            return None
+        return "" if args.text is None else str(args.text)
     try:
         raw = (sys.stdin.buffer.read() if args.text_file == "-"
                else Path(args.text_file).read_bytes())
@@ -523,10 +537,19 @@ def cmd_sim_reply(args: argparse.Namespace) -> int:
     text = _reply_text(args)
     if text is None:
         return 2
+    data: bytes | None = None
+    if args.file is not None:
+        try:
+            data = Path(args.file).read_bytes()
+        except OSError as exc:
+            print(f"wagate sim: --file {args.file}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
 
     def reply(server: Any) -> None:
-        entry = server.reply(args.to_session, args.from_phone, text, args.quote, args.name)
-        print(f"message {entry['id']} from {entry['from']} to session {args.to_session} "
+        entry = server.reply(args.to_session, args.from_phone, text, args.quote, args.name,
+                             media=data, file_name=Path(args.file).name if args.file else "")
+        what = f"file of {len(data)} bytes" if data is not None else "message"
+        print(f"{what} {entry['id']} from {entry['from']} to session {args.to_session} "
               "(its client reports it within one poll interval)")
 
     return _run_sim(args, reply)
@@ -586,9 +609,26 @@ def cmd_sim_inbox(args: argparse.Namespace) -> int:
             print("(no messages)")
         for m in messages:
             when = datetime.fromtimestamp(m["time"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{when}  {m['session']:<10} -> +{m['to']:<15} {m['id']}  {m['text']!r}")
+            line = f"{when}  {m['session']:<10} -> +{m['to']:<15} {m['id']}  {m['text']!r}"
+            if m.get("kind"):
+                line += (f"  [{m['kind']} {m['mime']} {m['size']} bytes sha256 {m['sha256']}"
+                         + (f" {m['file_name']!r}" if m.get("file_name") else "") + "]")
+            print(line)
 
     return _run_sim(args, inbox)
+
+
+def cmd_sim_media(args: argparse.Namespace) -> int:
+    def media(server: Any) -> None:
+        data = server.media_bytes(args.message_id)
+        if args.out == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+            return
+        Path(args.out).write_bytes(data)
+        print(f"wrote {len(data)} bytes to {args.out}")
+
+    return _run_sim(args, media)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,14 @@ from gateway.web.hooks import install_hooks
 from gateway.web.metrics import GraphqlMetrics
 from gateway.web.rest import rest_blueprint
 from gateway.web.state import Bridge, WebState
+from gateway.web.uploads import MediaRequest
 
 
 def create_app(config: Config, bridge: Bridge | None = None) -> Flask:
     """The app for ``config``; ``bridge``: the door into the actor system (by default
     an ``ActorBridge`` to the one ``config`` names)."""
     app = Flask("wagate", static_folder=None)  # the dashboard serves its own files
+    app.request_class = MediaRequest  # file parts stream into the media store
     app.config["MAX_CONTENT_LENGTH"] = config.graphql.max_body_bytes
     web_state(config, bridge or actor_bridge(config)).install(app)
     install_hooks(app)

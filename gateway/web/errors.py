@@ -44,6 +44,12 @@ def gateway_error(exc: GatewayError) -> tuple[Response, int]:
 
 def http_error(exc: HTTPException) -> tuple[Response, int]:
     status = exc.code or 500
+    if status == 413 and request.mimetype == "multipart/form-data":
+        from gateway.web.uploads import max_body
+
+        most = max_body(current().config)
+        return error_response("INVALID_MEDIA", f"the upload is larger than {most} bytes, "
+                              "more than any media may be (media.max_<kind>_mb)", 413)
     if status == 413:
         limit = current().config.graphql.max_body_bytes
         return error_response("GRAPHQL_VALIDATION_FAILED", "request body larger than "

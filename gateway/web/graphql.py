@@ -23,12 +23,14 @@ from gateway.web.explorer import page_response
 from gateway.web.metrics import observe_number_checks
 from gateway.web.request_body import BodyError, parse_json_body
 from gateway.web.state import WebState, current
+from gateway.web.uploads import MULTIPART, discard_uploads, multipart_operations
 
 # Ariadne logs every GraphQL error with a traceback, expected ones (NOT_CONNECTED,
 # RATE_LIMITED ...) included. format_error logs the unexpected ones itself.
 GRAPHQL_ERROR_LOGGER = "wagate.graphql.errors"
 SEND_JSON = ("send a JSON object {query, variables, operationName} "
-             "with Content-Type: application/json")
+             "with Content-Type: application/json (or, with files, a multipart/form-data "
+             "request by the GraphQL multipart request specification)")
 
 graphql_blueprint = Blueprint("graphql", __name__)
 
@@ -43,12 +45,24 @@ def explorer() -> tuple[Response, int]:
 
 @graphql_blueprint.post("/graphql")
 def graphql() -> tuple[Response, int]:
+    if request.mimetype == MULTIPART:  # an upload (sendWhatsAppMedia)
+        try:
+            return _answer(multipart_operations(request, current().config))
+        except BodyError as exc:
+            return error_response("GRAPHQL_VALIDATION_FAILED", str(exc), 400)
+        finally:
+            discard_uploads()
     if not request.is_json:
         return error_response("GRAPHQL_VALIDATION_FAILED", SEND_JSON, 400)
     try:
         data = parse_json_body(request.get_data(cache=False))
     except BodyError as exc:
         return error_response("GRAPHQL_VALIDATION_FAILED", str(exc), 400)
+    return _answer(data)
+
+
+def _answer(data: Any) -> tuple[Response, int]:
+    """One operation, or a batch, as parsed from the body."""
     if isinstance(data, list):
         max_batch = current().config.graphql.max_batch
         if not 1 <= len(data) <= max_batch:

@@ -32,7 +32,7 @@ def test_a_media_record_carries_its_file_and_a_key_tells_files_apart(tmp_path: P
     record = store.add(NewMessage("s", "15550001111", "the caption", idempotency_key="k",
                                   requester="app", media=spec), 1.0)
     assert store.get(record["id"]) == record
-    assert record["media_id"] == record["id"] and record["media_caption"] == "the caption"
+    assert record["media_id"] == record["id"] and record["text"] == "the caption"
     assert media_of(record) == MediaSpec("DOCUMENT", "application/pdf", spec.size, spec.sha256,
                                          0, "a.pdf")
     ref = store.media_ref(record["id"])
