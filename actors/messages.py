@@ -255,6 +255,16 @@ class GetMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenMedia:
+    """Answered with Ok(dict | None) by the outbox: a media reference (its session, kind,
+    MIME type, size, file name) and the key of that one file, so the web tier can
+    decrypt it without ever holding the storage key or the media private key."""
+
+    media_id: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class GetMessageByKey:
     """Answered with Ok(record dict | None) by the outbox: the message ``requester``
     (an API token's name) sent on ``session`` with ``idempotency_key``, while the key

@@ -47,7 +47,8 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from actors.media.store import media_root
+from actors.media.store import MediaStoreError, file_key, media_root
+from actors.media.store import load_private as load_media_private
 from actors.messages import (
     Accepted,
     ChartMessageStates,
@@ -71,6 +72,7 @@ from actors.messages import (
     MessageState,
     Offer,
     Ok,
+    OpenMedia,
     ReadIncoming,
     Routed,
     SendText,
@@ -103,6 +105,7 @@ from actors.outbox.warmup import Warmup
 from actors.run_once import RunOnce
 from actors.session.links import ENDED_MESSAGES, SESSION_FORGOTTEN, SESSION_LOGGED_OUT, link_ended
 from actors.session.machine import refuse_send
+from actors.session.sealed_store import StoreError, load_key
 from actors.supervisor.policy import rate_overlimit_pause, retry_delay
 from actors.transport.base import NOT_ON_WHATSAPP, RATE_OVERLIMIT, NumberInfo
 from gateway.core.clock import SKEW_WORTH_A_LOG_SECONDS, SteadyClock
@@ -168,6 +171,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.rate_pauses: dict[str, tuple[float, int]] = {}
         self.uncertain_total = 0
         self.last_prune = 0.0
+        self.media_private: Any = None  # the media store's private key, opened at first use
         # session -> the state of its last session.status event (read from the log once)
         self.session_states: dict[str, str | None] = {}
         self.event_size: tuple[float, int, int] | None = None  # (counted at, rows, bytes)
@@ -642,6 +646,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 page = MessagePage(tuple(public_record(r) for r in records),
                                    tuple(cursor_of(r) for r in records), more)
                 reply = Ok(page, request.request_id)
+        elif isinstance(request, OpenMedia):
+            reply = Ok(self._open_media(request.media_id), request.request_id)
         elif isinstance(request, ChartMessageStates):
             reply = Ok(tuple(events.message_state_chart(self.store.db, self.clock(),
                                                         request.hours, request.sessions)),
@@ -656,6 +662,24 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         else:
             return
         self.send(msg.reply_to, reply)
+
+    def _open_media(self, media_id: str) -> dict[str, Any] | None:
+        """A reference and its file's key (None: unknown, pruned, or its file is gone
+        or damaged, which the log says)."""
+        assert self.store is not None and self.config is not None
+        ref = self.store.media_ref(media_id)
+        if ref is None:
+            return None
+        root = media_root(self.config.data_path)
+        try:
+            if self.media_private is None:
+                self.media_private = load_media_private(
+                    root, load_key(self.config.encryption, self.config.data_path))
+            ref["key"] = file_key(root, ref["sha256"], self.media_private)
+        except (OSError, StoreError, MediaStoreError) as exc:
+            log.error("a media file cannot be opened", media_id=media_id, error=str(exc))
+            return None
+        return ref
 
     def _event_page(self, request: ListEvents) -> EventPage:
         """One page of the log, oldest first."""

@@ -55,6 +55,7 @@ from actors.messages import (
     NumberLookup,
     Offer,
     Ok,
+    OpenMedia,
     PairingCodeRequest,
     Ping,
     ProcessInfo,
@@ -398,6 +399,9 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_GetMessageByKey(self, msg: GetMessageByKey, sender: Any) -> None:
         self._route(msg, sender)
 
+    def receiveMsg_OpenMedia(self, msg: OpenMedia, sender: Any) -> None:
+        self._route(msg, sender)
+
     def receiveMsg_ListMessages(self, msg: ListMessages, sender: Any) -> None:
         self._route(msg, sender)
 
@@ -408,7 +412,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self._route(msg, sender)
 
     def _route(self, msg: GetMessage | GetMessageByKey | ListMessages | ListEvents
-                   | ChartMessageStates,
+                   | ChartMessageStates | OpenMedia,
                sender: Any) -> None:
         outbox = self.children.address(OUTBOX)
         if outbox is None:

@@ -33,6 +33,7 @@ from gateway.web.errors import install_error_handlers
 from gateway.web.explorer import explorer_blueprint
 from gateway.web.graphql import graphql_blueprint
 from gateway.web.hooks import install_hooks
+from gateway.web.media import media_blueprint
 from gateway.web.metrics import GraphqlMetrics
 from gateway.web.rest import rest_blueprint
 from gateway.web.state import Bridge, WebState
@@ -52,6 +53,7 @@ def create_app(config: Config, bridge: Bridge | None = None) -> Flask:
         app.register_blueprint(explorer_blueprint())
     app.register_blueprint(graphql_blueprint)
     app.register_blueprint(rest_blueprint)
+    app.register_blueprint(media_blueprint)
     install_error_handlers(app)
     return app
 

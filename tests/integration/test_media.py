@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests import media_fixtures as fx
-from tests.integration.harness import Gateway, expect_error, wait_for
+from tests.integration.harness import Gateway, wait_for
 
 pytestmark = pytest.mark.integration
 
