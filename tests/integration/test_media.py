@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pytest
 import requests
 
 from tests import media_fixtures as fx
-from tests.integration.harness import Gateway, wait_for
+from tests.integration.harness import Gateway, expect_error, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -92,3 +94,173 @@ def test_each_kind_reaches_the_recipient_byte_for_byte(
     served = gateway.http.get(gateway.url + media["url"], timeout=10)
     assert served.status_code == 200 and served.content == data
     assert served.headers["Content-Type"] == mime
+
+
+# ---- refusals ------------------------------------------------------------------------------
+
+
+def error_of(response: requests.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["data"] is None and len(body["errors"]) == 1, body
+    return dict(body["errors"][0])
+
+
+def test_every_refusal_has_its_code_and_leaves_no_file(gateway: Gateway) -> None:
+    before = stored_files(gateway)
+    mismatch = error_of(upload(gateway, "IMAGE", fx.pdf()))
+    assert mismatch["extensions"]["code"] == "INVALID_MEDIA"
+    assert mismatch["extensions"]["reason"] == "TYPE_MISMATCH"
+    assert mismatch["extensions"]["mime"] == "application/pdf"
+    voice = error_of(upload(gateway, "VOICE", fx.ogg_vorbis()))["extensions"]
+    assert voice["reason"] == "TYPE_MISMATCH"
+    big = fx.webp() + bytes(20_000)  # over this gateway's 0.01 MB sticker limit
+    too_large = error_of(upload(gateway, "STICKER", big))["extensions"]
+    assert too_large == {"code": "INVALID_MEDIA", "reason": "TOO_LARGE",
+                         "limit": int(0.01 * 1024 * 1024)} | {
+        k: v for k, v in too_large.items() if k == "requestId"}
+    empty = error_of(upload(gateway, "DOCUMENT", b""))["extensions"]
+    assert empty["reason"] == "UNREADABLE"
+    caption = error_of(upload(gateway, "IMAGE", fx.png(), caption="x" * 1025))["extensions"]
+    assert caption["code"] == "INVALID_MESSAGE" and caption["field"] == "caption"
+    number = error_of(upload(gateway, "IMAGE", fx.png(), phoneNumber="12"))["extensions"]
+    assert number["code"] == "INVALID_NUMBER"
+    both = error_of(upload(gateway, "IMAGE", fx.png(), url="https://example.com/a.png"))
+    assert both["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert stored_files(gateway) == before  # nothing refused was kept
+    assert not list((gateway.data_dir / "media" / "tmp").iterdir())  # nor half kept
+
+
+def test_a_key_reused_for_another_file_is_refused_and_a_resend_is_a_duplicate(
+        gateway: Gateway) -> None:
+    data = fx.png() + os.urandom(8)
+    first = sent(upload(gateway, "IMAGE", data, idempotencyKey="media-key-1"))
+    repeat = sent(upload(gateway, "IMAGE", data, idempotencyKey="media-key-1"))
+    assert repeat["id"] == first["id"]
+    other = error_of(upload(gateway, "IMAGE", fx.png() + os.urandom(8),
+                            idempotencyKey="media-key-1"))
+    assert other["extensions"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    received(gateway, first["media"]["sha256"])
+    assert sum(m.get("sha256") == first["media"]["sha256"] for m in gateway.inbox()) == 1
+
+
+def test_ranges_are_served_as_players_ask(gateway: Gateway) -> None:
+    data = fx.mp4() + os.urandom(200_000)  # over three encryption chunks
+    media = sent(upload(gateway, "VIDEO", data))["media"]
+    url = gateway.url + media["url"]
+    part = gateway.http.get(url, headers={"Range": "bytes=65530-131080"}, timeout=10)
+    assert part.status_code == 206 and part.content == data[65530:131081]
+    assert part.headers["Content-Range"] == f"bytes 65530-131080/{len(data)}"
+    assert part.headers["Content-Length"] == str(131081 - 65530)
+    tail = gateway.http.get(url, headers={"Range": "bytes=-10"}, timeout=10)
+    assert tail.status_code == 206 and tail.content == data[-10:]
+    outside = gateway.http.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=10)
+    assert outside.status_code == 416
+    whole = gateway.http.get(url, timeout=10)
+    assert whole.headers["Content-Length"] == str(len(data)) and whole.content == data
+    assert whole.headers["X-Content-Type-Options"] == "nosniff"
+    other = gateway.make_token("operator", sessions=["other"])
+    hidden = requests.get(url, headers={"Authorization": f"Bearer {other}"}, timeout=10)
+    assert hidden.status_code == 404
+    assert gateway.http.get(gateway.url + "/media/nope", timeout=10).status_code == 404
+
+
+# ---- url sends ------------------------------------------------------------------------------
+
+
+class FileServer:
+    """A loopback web server with a few files and one redirect."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        handler_files = files
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", "/a.png")
+                    self.end_headers()
+                    return
+                body = handler_files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def send_url(gateway: Gateway, kind: str, url: str) -> Any:
+    return gateway.gql(SEND, {"input": {"phoneNumber": PHONE, "kind": kind, "url": url}})
+
+
+def test_a_url_is_fetched_and_its_failures_are_fetch_failed(gateway: Gateway) -> None:
+    data = fx.pdf() + os.urandom(32)
+    with FileServer({"/report.pdf": data}) as server:
+        record = send_url(gateway, "DOCUMENT", server.url("/report.pdf"))
+        assert not record.errors, record
+        media = record.data["sendWhatsAppMedia"]["media"]
+        assert media["fileName"] == "report.pdf" and media["size"] == len(data)
+        assert received(gateway, media["sha256"])["file_name"] == "report.pdf"
+        for path, fragment in (("/missing.pdf", "404"), ("/redirect", "redirect")):
+            error = expect_error(send_url(gateway, "DOCUMENT", server.url(path)),
+                                 "INVALID_MEDIA", fragment)
+            assert error["extensions"]["reason"] == "FETCH_FAILED"
+    private = expect_error(send_url(gateway, "DOCUMENT", "http://10.0.0.1/x.pdf"),
+                           "INVALID_MEDIA", "media.allow_insecure")
+    assert private["extensions"]["reason"] == "FETCH_FAILED"
+
+
+# ---- receiving and the store ---------------------------------------------------------------
+
+
+def test_a_voice_note_reply_becomes_an_event_served_by_media(
+        gateway: Gateway, tmp_path: Path) -> None:
+    voice = fx.ogg_opus() + os.urandom(64)
+    path = tmp_path / "note.ogg"
+    path.write_bytes(voice)
+    gateway.sim("reply", "--to-session", "default", "--from", "4915112345678",
+                "--file", str(path))
+
+    def event() -> dict[str, Any] | None:
+        answer = gateway.gql('{ whatsAppEvents(first: 200, types: [MESSAGE_RECEIVED]) '
+                             "{ edges { node { data } } } }")
+        assert not answer.errors, answer
+        return next((e["node"]["data"] for e in answer.data["whatsAppEvents"]["edges"]
+                     if (e["node"]["data"].get("media") or {}).get("size") == len(voice)), None)
+
+    data = wait_for(event, 15, 0.1, "the voice note's message.received event")
+    media = data["media"]
+    assert media["kind"] == "VOICE" and media["mime"] == "audio/ogg"
+    assert data["kind"] == "voice" and media["file_name"] == "note.ogg"
+    served = gateway.http.get(f"{gateway.url}/media/{media['id']}", timeout=10)
+    assert served.status_code == 200 and served.content == voice
+
+
+def stored_files(gateway: Gateway) -> set[str]:
+    return {p.name for p in (gateway.data_dir / "media").glob("??/*.wgm")}
+
+
+def test_no_byte_of_any_file_is_in_clear_under_data_dir(gateway: Gateway) -> None:
+    marker = b"WAGATE-PLAINTEXT-MARKER-" + os.urandom(8).hex().encode()
+    record = sent(upload(gateway, "DOCUMENT", fx.pdf() + marker * 50, "secret.pdf"))
+    received(gateway, record["media"]["sha256"])
+    for path in gateway.data_dir.rglob("*"):
+        if path.is_file():
+            assert marker not in path.read_bytes(), path
