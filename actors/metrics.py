@@ -42,6 +42,10 @@ class OutboxMetrics:
     events_written: dict[str, int] = field(default_factory=dict)
     event_rows: int = 0
     event_bytes: int = 0
+    # The media store (data_dir/media): what the referenced files take on disk, and the
+    # media messages received since the outbox started, by kind.
+    media_bytes: int = 0
+    media_received: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -38,7 +38,7 @@ from gateway.core.version import __version__
 # The dashboard's message chart: ChartMessageStates, StateBucket; fenced stops: SessionsFenced;
 # GetMessageByKey; the lease keys in ClusterConfig (cluster.lease_*, cluster.database_url).
 PROTOCOL = 5
-LAYOUT = "6033b85b361650a1"
+LAYOUT = "bb1ce397adf6975c"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

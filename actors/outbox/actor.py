@@ -172,6 +172,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.uncertain_total = 0
         self.last_prune = 0.0
         self.media_private: Any = None  # the media store's private key, opened at first use
+        self.media_received: dict[str, int] = {}  # kind -> media messages received
         # session -> the state of its last session.status event (read from the log once)
         self.session_states: dict[str, str | None] = {}
         self.event_size: tuple[float, int, int] | None = None  # (counted at, rows, bytes)
@@ -565,6 +566,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         record = self.incoming.add(msg, self.clock())
         if record is not None and self.store is not None:  # its event, for /metrics
             self.store.events_written[events.MESSAGE_RECEIVED] += 1
+            if msg.media is not None:
+                self.media_received[msg.media.kind] = self.media_received.get(
+                    msg.media.kind, 0) + 1
         if record is not None:  # never the text or the sender's number in a log line
             log.info("message received", session=msg.session, incoming_id=record["id"],
                      kind=msg.kind, opt_out=record["opt_out"])
@@ -700,7 +704,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if self.store is not None:
             rows, size = self._event_log_size(now)
             metrics = replace(metrics, events_written=dict(self.store.events_written),
-                              event_rows=rows, event_bytes=size)
+                              event_rows=rows, event_bytes=size,
+                              media_bytes=outbox_media.stored_bytes(self.store),
+                              media_received=dict(self.media_received))
         unconfirmed = (self.store.unconfirmed(
             now - self.config.delivery.unconfirmed_after_seconds)
             if self.store is not None and self.config is not None else {})

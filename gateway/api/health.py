@@ -67,6 +67,7 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
         if report.outbox_metrics is not None:  # null while the outbox restarts
             document["eventLog"] = {"rows": report.outbox_metrics.event_rows,
                                     "bytes": report.outbox_metrics.event_bytes}
+            document["mediaStore"] = {"bytes": report.outbox_metrics.media_bytes}
     return document
 
 

@@ -18,6 +18,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from actors.media.kinds import Kind
 from actors.messages import HealthReport, MessageState, SessionState
 from actors.metrics import RATE_SCOPES, OutboxMetrics, SessionMetrics
 from actors.outbox.events import EVENT_TYPES
@@ -26,6 +27,7 @@ from gateway import __version__
 from gateway.auth.scope import Scope, scoped_report
 
 LIMIT_SCOPES = ("recipient_minute", "recipient_hour", "global_day")
+MEDIA_KINDS = tuple(kind.value for kind in Kind)
 
 
 def engine_version() -> str:
@@ -146,6 +148,20 @@ class ActorCollector:
             ratio.add_metric([scope], float(metrics.usage_ratio.get(scope, 0.0)))
         yield ratio
         yield from _event_log(metrics)
+        yield from _media(metrics)
+
+
+def _media(metrics: OutboxMetrics) -> Iterator[Metric]:
+    """The media store (README: Media messages); sends are counted by the web tier."""
+    stored = GaugeMetricFamily("wagate_media_bytes", "bytes the encrypted media files take "
+                               "in data_dir/media (each file once; bounded by "
+                               "media.max_total_mb)")
+    stored.add_metric([], float(metrics.media_bytes))
+    received = CounterMetricFamily("wagate_media_received_total", "media messages received "
+                                   "since the outbox started, by kind", labels=["kind"])
+    for kind in MEDIA_KINDS:
+        received.add_metric([kind], float(metrics.media_received.get(kind, 0)))
+    yield from (stored, received)
 
 
 def _event_log(metrics: OutboxMetrics) -> Iterator[Metric]:

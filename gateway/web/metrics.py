@@ -42,7 +42,9 @@ from gateway.web.metrics_files import MULTIPROC_ENV
 # Text format 0.0.4: every Prometheus (2.x and 3.x) reads it, and our names need nothing newer.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 SEND_FIELDS = frozenset({"sendWhatsAppNotification", "sendWhatsAppMessage",
-                         "testWhatsAppConnection"})
+                         "testWhatsAppConnection", "sendWhatsAppMedia"})
+MEDIA_FIELD = "sendWhatsAppMedia"
+MEDIA_KINDS = frozenset({"IMAGE", "VIDEO", "AUDIO", "VOICE", "DOCUMENT", "STICKER"})
 # Requests refused before any GraphQL ran (token, body size, not JSON), by HTTP status.
 REFUSED_OUTCOMES = {401: "UNAUTHENTICATED", 403: "FORBIDDEN"}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -60,6 +62,9 @@ GRAPHQL_SECONDS = Histogram(
 SEND_ERRORS = Counter(
     "wagate_send_errors", "send operations (sendWhatsAppNotification, sendWhatsAppMessage, "
     "testWhatsAppConnection) that returned an error, by error code", ["code"], registry=None)
+MEDIA_MESSAGES = Counter(
+    "wagate_media_messages", "sendWhatsAppMedia calls by kind and outcome ('accepted' or "
+    "the error code: INVALID_MEDIA, RATE_LIMITED ...)", ["kind", "outcome"], registry=None)
 NUMBER_LOOKUPS = Counter(
     "wagate_number_lookups", "numbers answered by a lookup (whatsAppCheckNumbers and the "
     "pre-send check), by outcome: on_whatsapp, not_on_whatsapp, or why it is unknown",
@@ -71,7 +76,7 @@ NUMBER_CACHE_HITS = Counter(
 LOOKUP_REASONS = frozenset({"NOT_CONNECTED", "TIMEOUT", "RATE_LIMITED", "IN_FLIGHT",
                             "LOOKUP_FAILED", "UNAVAILABLE"})
 WEB_METRICS = (GRAPHQL_REQUESTS, GRAPHQL_SECONDS, SEND_ERRORS, NUMBER_LOOKUPS,
-               NUMBER_CACHE_HITS)
+               NUMBER_CACHE_HITS, MEDIA_MESSAGES)
 
 
 def observe_number_checks(checks: Sequence[NumberCheck]) -> None:
@@ -85,6 +90,16 @@ def observe_number_checks(checks: Sequence[NumberCheck]) -> None:
                                   else "unknown").inc()
         else:
             NUMBER_LOOKUPS.labels("on_whatsapp" if on else "not_on_whatsapp").inc()
+
+
+def _observe_media(data: dict[str, Any], errors: list[Any]) -> None:
+    """One sendWhatsAppMedia by its kind (only the schema's kinds: a label never takes
+    a caller's free text) and outcome."""
+    variables = data.get("variables")
+    fields = variables.get("input") if isinstance(variables, dict) else None
+    kind = fields.get("kind") if isinstance(fields, dict) else None
+    label = kind if isinstance(kind, str) and kind in MEDIA_KINDS else "unknown"
+    MEDIA_MESSAGES.labels(label, _code(errors[0]) if errors else "accepted").inc()
 
 
 class GraphqlMetrics:
@@ -109,6 +124,8 @@ class GraphqlMetrics:
             field = aliases.get(path[0]) if path else operation
             if field in SEND_FIELDS:
                 SEND_ERRORS.labels(_code(error)).inc()
+        if operation == MEDIA_FIELD:
+            _observe_media(data, errors)
 
     def observe_refused(self, status: int, seconds: float) -> None:
         """A POST /graphql answered before any operation ran."""
