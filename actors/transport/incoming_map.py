@@ -26,6 +26,9 @@ MEDIA_KINDS = {
     "pollCreationMessageV3": "poll",
 }
 # Small, non-personal metadata worth passing on, per content field (field -> key).
+# The kinds whose file the transport downloads with the message (reactions, locations
+# and contacts have none; a video note (ptv) is a video).
+DOWNLOADABLE_KINDS = frozenset({"image", "video", "audio", "document", "sticker"})
 _META_FIELDS = ("mimetype", "fileLength", "seconds", "fileName", "degreesLatitude",
                 "degreesLongitude")
 # Wrappers whose ``message`` field holds the real content.

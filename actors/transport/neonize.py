@@ -101,12 +101,13 @@ import time
 import types
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from actors.media.kinds import MediaLimits
 from actors.transport.base import (
     NOT_ON_WHATSAPP,
     RATE_OVERLIMIT,
@@ -115,8 +116,10 @@ from actors.transport.base import (
     Disconnected,
     EngineSetupError,
     EventSink,
+    IncomingMessage,
     LoggedOut,
     NumberInfo,
+    OutgoingMedia,
     PairingClosed,
     QrCode,
     Receipt,
@@ -148,7 +151,7 @@ from actors.transport.engine_events import (
     unencodable_event,
 )
 from actors.transport.engine_output import capture_engine_output, redact_engine_log_records
-from actors.transport.incoming_map import incoming_from_event
+from actors.transport.incoming_map import DOWNLOADABLE_KINDS, incoming_from_event
 
 if TYPE_CHECKING:
     from gateway.core.config import Config
@@ -325,6 +328,10 @@ class _Api:
     text_media: Any  # ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
     device_props: Callable[[str], Any]  # our DeviceProps for a device name
     pairing_client_type: Any  # ClientType.FIREFOX: what PairPhone says without props
+    audio_message: type  # waE2E AudioMessage (built here: neonize's builder needs ffmpeg)
+    video_message: type  # waE2E VideoMessage (likewise)
+    media_audio: Any  # MediaType.MediaAudio: what an audio or voice upload is
+    media_video: Any  # MediaType.MediaVideo
 
 
 class _DaemonThread(threading.Thread):
@@ -391,11 +398,16 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             )
             from neonize.exc import NeonizeError
             from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
-            from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import Message
+            from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
+                AudioMessage,
+                Message,
+                VideoMessage,
+            )
             from neonize.utils.enum import (
                 ChatPresence,
                 ChatPresenceMedia,
                 ClientType,
+                MediaType,
                 ReceiptType,
             )
             from neonize.utils.jid import build_jid
@@ -435,6 +447,10 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             # (how WhatsApp shows the device's icon), name it as configured.
             device_props=lambda name: DeviceProps(os=name, platformType=DeviceProps.SAFARI),
             pairing_client_type=ClientType.FIREFOX,
+            audio_message=AudioMessage,
+            video_message=VideoMessage,
+            media_audio=MediaType.MediaAudio,
+            media_video=MediaType.MediaVideo,
         )
         return _API
 
@@ -514,6 +530,8 @@ class NeonizeTransport(Transport):
         check_session_id(session_id)
         self._session = session_id
         self._config = config
+        # the largest received file downloaded (media.max_<kind>_mb, the largest kind)
+        self._max_media_bytes = MediaLimits.from_config(config.media).largest
         self._session_dir = (Path(data_dir) / "sessions" / session_id if store_dir is None
                              else store_dir)
         self._db_path = self._session_dir / DB_NAME
@@ -589,6 +607,63 @@ class NeonizeTransport(Transport):
             response = conn.bounded_send(lambda: conn.client.send_message(jid, message),
                                          self._config.transport.send_deadline_seconds)
         return SentMessage(message_id=response.ID, timestamp=_unix_seconds(response.Timestamp))
+
+    def send_media(self, phone: str, media: OutgoingMedia) -> SentMessage:
+        """Upload the file to WhatsApp's media servers, then send the message naming it.
+
+        Every attempt uploads again from the bytes the session read from the media store
+        (never from the caller's request). An upload that fails is ``UPLOAD_FAILED``,
+        retried like a dropped send (nothing reached the recipient). Built with the
+        engine's own builders for images (with the thumbnail it makes with Pillow),
+        documents and stickers (WebP as it is); audio, voice notes and video are built
+        here from the upload, because the engine's builders for them run ffmpeg: so no
+        duration and no video thumbnail, and no ffmpeg needed. READ, NOT RUN here: the
+        upload and the send need WhatsApp's servers.
+        """
+        conn = self._current()
+        if conn is None or not conn.connected:
+            raise SendError(_NOT_CONNECTED, "the session is not connected", permanent=False)
+        digits = phone.removeprefix("+")
+        if not digits.isdigit() or not digits.isascii():
+            raise SendError("REJECTED", f"{phone!r} is not a phone number (digits only)",
+                            permanent=True)
+        jid = self._api.build_jid(digits)
+        with conn.go_call():
+            try:
+                message = self._media_message(conn.client, media)
+            except self._api.neonize_error as exc:
+                raise SendError("UPLOAD_FAILED", f"the upload to WhatsApp failed: {exc}",
+                                permanent=False) from exc
+            except (ValueError, OSError) as exc:  # Pillow could not read the picture
+                raise SendError("REJECTED", f"the engine could not prepare the "
+                                f"{media.kind}: {exc}", permanent=True) from exc
+            response = conn.bounded_send(lambda: conn.client.send_message(jid, message),
+                                         self._config.transport.send_deadline_seconds)
+        return SentMessage(message_id=response.ID, timestamp=_unix_seconds(response.Timestamp))
+
+    def _media_message(self, client: Any, media: OutgoingMedia) -> Any:
+        """The engine's message for ``media``, its file uploaded (blocks on the upload)."""
+        caption = media.caption or None
+        if media.kind == "IMAGE":
+            return client.build_image_message(media.data, caption=caption)
+        if media.kind == "DOCUMENT":
+            return client.build_document_message(media.data, caption=caption,
+                                                 filename=media.file_name or None,
+                                                 mimetype=media.mime)
+        if media.kind == "STICKER":
+            return client.build_sticker_message(media.data, passthrough=True)
+        video = media.kind == "VIDEO"
+        upload = client.upload(media.data,
+                               self._api.media_video if video else self._api.media_audio)
+        fields = {"URL": upload.url, "directPath": upload.DirectPath,
+                  "fileEncSHA256": upload.FileEncSHA256, "fileLength": upload.FileLength,
+                  "fileSHA256": upload.FileSHA256, "mediaKey": upload.MediaKey,
+                  "mimetype": "audio/ogg; codecs=opus" if media.kind == "VOICE" else media.mime}
+        if video:
+            return self._api.message(videoMessage=self._api.video_message(
+                caption=caption, **fields))
+        return self._api.message(audioMessage=self._api.audio_message(
+            PTT=media.kind == "VOICE", **fields))
 
     def check_numbers(self, phones: list[str]) -> list[NumberInfo]:
         """One usync query (whatsmeow ``IsOnWhatsApp``) for all of ``phones``. Refused
@@ -1250,7 +1325,31 @@ class _Connection:
         with self._callback("message"):
             incoming = incoming_from_event(event, self._sender_phone)
             if incoming is not None:
-                self._emit(incoming)
+                self._emit(self._with_media(incoming, event))
+
+    def _with_media(self, incoming: IncomingMessage, event: Any) -> IncomingMessage:
+        """A picture, video, audio, document or sticker with its file: downloaded with
+        the engine's ``download_any`` (decrypted by whatsmeow), unless it is larger than
+        any media may be (``media.max_<kind>_mb``; then only its description is kept) or
+        the download fails (logged; the message still arrives, without its file).
+        READ, NOT RUN here: the download needs WhatsApp's media servers."""
+        if incoming.kind not in DOWNLOADABLE_KINDS:
+            return incoming
+        meta = dict(incoming.meta)
+        size = int(meta["fileLength"]) if meta.get("fileLength", "").isdigit() else 0
+        if size > self.transport._max_media_bytes:
+            log.info("a received file is larger than any media may be; not downloaded",
+                     kind=incoming.kind, size=size)
+            return incoming
+        try:
+            data = self.client.download_any(event.Message)
+        except Exception as exc:  # the engine's DownloadError, or a dropped connection
+            log.warning("a received file could not be downloaded", kind=incoming.kind,
+                        error=str(exc))
+            return incoming
+        if not isinstance(data, bytes) or not data:
+            return incoming
+        return replace(incoming, media_data=data, file_name=meta.get("fileName", ""))
 
     def _sender_phone(self, source: Any) -> str:
         """The number of a message's author: in a group the sender, not the chat."""

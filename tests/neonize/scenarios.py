@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from actors.transport.base import EngineSetupError, SendError, TransportEvent
+from actors.transport.base import EngineSetupError, OutgoingMedia, SendError, TransportEvent
 from actors.transport.neonize import NeonizeTransport, send_error_from
 from gateway.core.config import Config, LoggingConfig, QrConfig, TransportConfig
 from tests.neonize.fault_proxy import FaultProxy, refused_port
@@ -104,9 +104,14 @@ class Recorder:
 
 
 def describe(event: TransportEvent) -> dict[str, Any]:
-    """An event as JSON: its class name and fields."""
+    """An event as JSON: its class name and fields (bytes as hex)."""
     fields = {name: getattr(event, name) for name in getattr(event, "__slots__", ())}
+    fields = {name: value.hex() if isinstance(value, bytes) else value
+              for name, value in fields.items()}
     return {"type": type(event).__name__, **fields}
+
+
+DOWNLOADED = b"\x89PNG\r\n\x1a\n what the engine downloaded"
 
 
 def config(proxy: str = "") -> Config:
@@ -312,6 +317,27 @@ class FakeGo:
         self.registered: set[str] = set()
         self.business = ""
         self.read_marks: list[dict[str, Any]] = []
+        self.uploads: list[tuple[int, int]] = []  # (bytes, neonize MediaType value)
+        self.upload_error = ""
+        self.downloads = 0
+        self.download_error = ""
+
+    def Upload(self, uuid: bytes, binary: bytes, length: int, media_type: int) -> bytes:
+        self.uploads.append((int(length), int(media_type)))
+        if self.upload_error:
+            return self.proto.UploadReturnFunction(Error=self.upload_error).SerializeToString()
+        response = self.proto.UploadResponse(
+            url="https://mmg.whatsapp.net/d/f/x.enc", DirectPath="/v/t62/x.enc", Handle="",
+            MediaKey=b"k" * 32, FileEncSHA256=b"e" * 32, FileSHA256=b"s" * 32,
+            FileLength=int(length))
+        return self.proto.UploadReturnFunction(UploadResponse=response).SerializeToString()
+
+    def DownloadAny(self, uuid: bytes, msg: bytes, msg_len: int) -> bytes:
+        self.downloads += 1
+        if self.download_error:
+            return self.proto.DownloadReturnFunction(
+                Error=self.download_error).SerializeToString()
+        return self.proto.DownloadReturnFunction(Binary=DOWNLOADED).SerializeToString()
 
     def MarkRead(self, uuid: bytes, ids: bytes, timestamp: int, chat: bytes, chat_len: int,
                  sender: bytes, sender_len: int, receipt: bytes) -> bytes:
@@ -537,14 +563,55 @@ def incoming_messages(h: EventHarness) -> dict[str, Any]:
     h.feed(event(e2e.Message(imageMessage=e2e.ImageMessage(
         caption="look", mimetype="image/jpeg", fileLength=2048)), chat=group, sender=ann,
         msg_id="3EB0M4"))
+    h.go.download_error = "failed to download: 404"  # arrives all the same, without a file
+    h.feed(event(e2e.Message(documentMessage=e2e.DocumentMessage(
+        fileName="a.pdf", mimetype="application/pdf", fileLength=10)), msg_id="3EB0M8"))
+    h.go.download_error = ""
+    h.feed(event(e2e.Message(videoMessage=e2e.VideoMessage(  # more than any media may be
+        mimetype="video/mp4", fileLength=3 * 1024**3)), msg_id="3EB0M9"))
     h.feed(event(e2e.Message(conversation="mine"), from_me=True, msg_id="3EB0M5"))
     h.feed(event(e2e.Message(protocolMessage=e2e.ProtocolMessage()), msg_id="3EB0M6"))
     h.feed(event(e2e.Message(reactionMessage=e2e.ReactionMessage(
         text="👍", key=common.MessageKey(ID="3EB0BBB"))), msg_id="3EB0M7"))
     received = h.take()
+    downloads = h.go.downloads
     h.transport.mark_read("4917099999999@s.whatsapp.net", "4917099999999@s.whatsapp.net",
                           ["3EB0M1", "3EB0M2"])
-    return {"received": received, "read_marks": h.go.read_marks}
+    return {"received": received, "read_marks": h.go.read_marks, "downloads": downloads}
+
+
+def media_sends(h: EventHarness) -> dict[str, Any]:
+    """send_media against FakeGo: each kind uploaded with the engine's own upload (no
+    ffmpeg), the message naming the upload; an upload error is UPLOAD_FAILED, retried."""
+    from tests import media_fixtures as fx
+
+    out: dict[str, Any] = {}
+    for kind, data, mime in (("IMAGE", fx.png(), "image/png"),
+                             ("DOCUMENT", fx.pdf(), "application/pdf"),
+                             ("VOICE", fx.ogg_opus(), "audio/ogg"),
+                             ("VIDEO", fx.mp4(), "video/mp4"),
+                             ("STICKER", fx.webp(), "image/webp")):
+        media = OutgoingMedia(kind=kind, mime=mime, data=data, caption="cap",
+                              file_name="a.pdf")
+        sent = h.transport.send_media("4917011111111", media)
+        _, message = h.go.sent[-1]
+        field = next(f.name for f, _ in message.ListFields())
+        part = getattr(message, field)
+        out[kind] = {"id": sent.message_id, "field": field, "url": part.URL,
+                     "length": part.fileLength, "mimetype": part.mimetype,
+                     "upload": list(h.go.uploads[-1]),
+                     "caption": part.caption if part.DESCRIPTOR.fields_by_name.get("caption")
+                     else None,
+                     "ptt": part.PTT if field == "audioMessage" else None,
+                     "file_name": part.fileName if field == "documentMessage" else None}
+    h.go.upload_error = "failed to upload: 500"
+    try:
+        h.transport.send_media("4917011111111", OutgoingMedia(
+            kind="DOCUMENT", mime="application/pdf", data=fx.pdf()))
+    except SendError as exc:
+        out["upload_failed"] = send_error_fields(exc)
+    h.go.upload_error = ""
+    return out
 
 
 def events(workdir: Path) -> dict[str, Any]:
@@ -654,6 +721,7 @@ def events(workdir: Path) -> dict[str, Any]:
     out["lid_receipts"] = h.take()
     out["lid_lookups"] = list(h.go.lid_lookups)
     out["incoming"] = incoming_messages(h)
+    out["media_sends"] = media_sends(h)
     h.feed(proto.Disconnected(status=True))
     out["disconnected"] = h.take()
     try:

@@ -299,8 +299,33 @@ def test_sends_are_refused_locally_while_down(events: dict[str, Any]) -> None:
     assert events["send_bad_number"]["reason"] == "REJECTED"
     from tests.neonize.scenarios import ENGINE_SEND_ERRORS
 
-    # one success + every mapped error
-    assert events["sends_reaching_go"] == 8 + len(ENGINE_SEND_ERRORS)
+    # one success + every mapped error + five media sends (the failed upload sends nothing)
+    assert events["sends_reaching_go"] == 8 + len(ENGINE_SEND_ERRORS) + 5
+
+
+def test_media_is_uploaded_with_the_engine_and_sent_without_ffmpeg(
+        events: dict[str, Any]) -> None:
+    """Each kind in its own message field, naming the upload; a voice note is PTT Opus;
+    the caption only where WhatsApp shows one; an upload error is UPLOAD_FAILED, which
+    the outbox retries (nothing reached the recipient)."""
+    media_video, media_audio, media_document = 1, 2, 3  # neonize's MediaType (not imported
+    # here: this process must never load the engine)
+    sends = events["media_sends"]
+    fields = {kind: sends[kind]["field"] for kind in
+              ("IMAGE", "DOCUMENT", "VOICE", "VIDEO", "STICKER")}
+    assert fields == {"IMAGE": "imageMessage", "DOCUMENT": "documentMessage",
+                      "VOICE": "audioMessage", "VIDEO": "videoMessage",
+                      "STICKER": "stickerMessage"}
+    assert all(sends[k]["url"] == "https://mmg.whatsapp.net/d/f/x.enc" for k in fields)
+    assert sends["VOICE"]["ptt"] is True
+    assert sends["VOICE"]["mimetype"] == "audio/ogg; codecs=opus"
+    assert sends["VOICE"]["upload"][1] == media_audio
+    assert sends["VIDEO"]["upload"][1] == media_video
+    assert sends["DOCUMENT"]["upload"][1] == media_document
+    assert sends["DOCUMENT"]["file_name"] == "a.pdf"
+    assert sends["IMAGE"]["caption"] == sends["VIDEO"]["caption"] == "cap"
+    assert sends["upload_failed"]["reason"] == "UPLOAD_FAILED"
+    assert sends["upload_failed"]["permanent"] is False
 
 
 def test_receipts_delivered_and_read_one_per_message_id(events: dict[str, Any]) -> None:
@@ -345,11 +370,13 @@ def test_messages_written_to_the_account_become_incoming_messages(
     sender named by LID (mapped through the engine's LID store), an image in a group
     (kind and metadata, the caption as text), a reaction; the account's own message and
     a protocol message are not reported. A read receipt goes to Go's MarkRead."""
+    from tests.neonize.scenarios import DOWNLOADED
+
     ann = "4917099999999@s.whatsapp.net"
     base = {"type": "IncomingMessage", "chat": ann, "sender_jid": ann,
             "sender_phone": "4917099999999", "sender_lid": "", "push_name": "Ann",
             "is_group": False, "kind": "text", "quoted_id": "", "at": 1_700_000_000.0,
-            "meta": []}
+            "meta": [], "media_data": None, "file_name": ""}
     group = "120363000000000001@g.us"
     lid = "123456789012345@lid"
     assert events["incoming"]["received"] == [
@@ -358,10 +385,19 @@ def test_messages_written_to_the_account_become_incoming_messages(
         {**base, "message_id": "3EB0M3", "text": "by lid", "chat": lid, "sender_jid": lid,
          "sender_phone": "4917077777777", "sender_lid": lid},
         {**base, "message_id": "3EB0M4", "text": "look", "chat": group, "is_group": True,
-         "kind": "image", "meta": [["mimetype", "image/jpeg"], ["fileLength", "2048"]]},
+         "kind": "image", "meta": [["mimetype", "image/jpeg"], ["fileLength", "2048"]],
+         "media_data": DOWNLOADED.hex()},
+        # a failed download: the message arrives without its file
+        {**base, "message_id": "3EB0M8", "text": "", "kind": "document",
+         "meta": [["mimetype", "application/pdf"], ["fileLength", "10"],
+                  ["fileName", "a.pdf"]]},
+        # larger than any media may be: not downloaded at all
+        {**base, "message_id": "3EB0M9", "text": "", "kind": "video",
+         "meta": [["mimetype", "video/mp4"], ["fileLength", str(3 * 1024**3)]]},
         {**base, "message_id": "3EB0M7", "text": "👍", "kind": "reaction",
          "quoted_id": "3EB0BBB"},
     ]
+    assert events["incoming"]["downloads"] == 2  # the image, the failed document
     assert events["incoming"]["read_marks"] == [
         {"ids": ["3EB0M1", "3EB0M2"], "chat": ann, "sender": ann, "receipt": "read"}]
 
