@@ -32,11 +32,9 @@ import hashlib
 import os
 import secrets
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
@@ -47,7 +45,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from actors.session.sealed_store import StoreId, StoreKey, is_sealed, seal, unseal
 from gateway.core.errors import WagateError
-from gateway.core.files import fsync_dir, write_atomic
+from gateway.core.files import publish_once, streaming_temp, write_atomic
 
 MAGIC = b"WAGMEDIA"
 VERSION = 1
@@ -152,9 +150,8 @@ class MediaWriter:
     def __init__(self, root: Path, public: X25519PublicKey, head_bytes: int = 8192) -> None:
         temp = root / TEMP_DIR
         temp.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, name = tempfile.mkstemp(dir=temp, prefix=".upload.", suffix=".tmp")
-        self.root, self.path = root, Path(name)
-        self._out: BinaryIO = os.fdopen(fd, "wb")
+        self._out, self.path = streaming_temp(temp, ".upload.")
+        self.root = root
         self._file_key = AESGCM.generate_key(256)
         self._aead = AESGCM(self._file_key)
         self._public = public
@@ -202,11 +199,7 @@ class MediaWriter:
             sha = self._hash.hexdigest()
             target = file_path(self.root, sha)
             target.parent.mkdir(exist_ok=True, mode=0o700)
-            if target.exists():
-                self.path.unlink()
-            else:
-                os.replace(self.path, target)
-                fsync_dir(target.parent)
+            publish_once(self.path, target)
             return StoredFile(sha, self._size, bytes(self._head))
         except BaseException:
             self.abort()

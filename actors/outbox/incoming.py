@@ -83,7 +83,8 @@ class IncomingStore:
         meta = dict(message.meta)
         if media is not None:  # what the event and the API say of the file
             meta.update(media_id=new_media_id(), media_kind=media.kind, media_mime=media.mime,
-                        media_size=str(media.size), media_file_name=media.file_name)
+                        media_size=str(media.size), media_file_name=media.file_name,
+                        media_sha256=media.sha256)
         record: dict[str, Any] = {
             "id": record_id, "session": message.session,
             "wa_message_id": message.message_id, "chat": message.chat,

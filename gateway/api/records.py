@@ -227,6 +227,7 @@ class IncomingRecord:
     readAt: str | None
     optOut: bool
     truncated: bool
+    media: MediaFileRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +256,19 @@ def incoming_record(row: dict[str, Any]) -> IncomingRecord:
         pushName=row["push_name"] or None, chat=row["chat"], isGroup=bool(row["is_group"]),
         quotedMessageId=row["quoted_id"] or None, sentAt=iso_time(row["sent_at"]),
         receivedAt=iso_time(row["received_at"]), readAt=iso_time(row["read_at"]),
-        optOut=bool(row.get("opt_out", False)), truncated=bool(row.get("truncated", False)))
+        optOut=bool(row.get("opt_out", False)), truncated=bool(row.get("truncated", False)),
+        media=_incoming_media(row))
+
+
+def _incoming_media(row: dict[str, Any]) -> MediaFileRecord | None:
+    """A received file, from what the outbox noted in the row's ``meta``; the caption
+    is the message's text."""
+    meta = row.get("meta") or {}
+    if not isinstance(meta, dict) or "media_id" not in meta:
+        return None
+    return media_file_record(meta["media_id"], meta["media_kind"], meta["media_mime"],
+                             int(meta["media_size"]), meta.get("media_sha256", ""),
+                             row["text"], meta.get("media_file_name"))
 
 
 def incoming_connection(page: IncomingPage) -> IncomingConnection:

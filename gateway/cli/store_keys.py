@@ -88,19 +88,20 @@ class StoreFile:
 
 def find_stores(data_dir: Path, sessions_dir: Path | None = None) -> list[StoreFile]:
     """Every credential store in ``data_dir/sessions`` (or ``sessions_dir``), by
-    session and file name."""
+    session and file name, then the media store's private key (``data_dir/media``):
+    sealed like a session store, so checked and rotated with them."""
     root = data_dir / "sessions" if sessions_dir is None else sessions_dir
     found = []
-    media_key = media_root(data_dir) / MEDIA_KEY_STORE.name
-    if media_key.is_file():  # sealed like a session store, so rotated and checked with them
-        found.append(StoreFile(MEDIA_KEY_STORE.session, MEDIA_KEY_STORE.name, media_key))
-    if not root.is_dir():
-        return found
-    for directory in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
+    directories = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()
+                         ) if root.is_dir() else []
+    for directory in directories:
         for name in STORE_FILES:
             path = directory / name
             if path.is_file():
                 found.append(StoreFile(directory.name, name, path))
+    media_key = media_root(data_dir) / MEDIA_KEY_STORE.name
+    if media_key.is_file():
+        found.append(StoreFile(MEDIA_KEY_STORE.session, MEDIA_KEY_STORE.name, media_key))
     return found
 
 

@@ -21,6 +21,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 PRIVATE = 0o600
 # What link() answers on a file system without hard links (vfat, exFAT, sshfs ...).
@@ -97,6 +98,25 @@ def _create_exclusive(path: Path, raw: bytes, mode: int, durable: bool) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         raise
+
+
+def streaming_temp(directory: Path, prefix: str) -> tuple[BinaryIO, Path]:
+    """A private temp file (``O_EXCL``, 0600) to stream a file too large for
+    ``write_atomic`` into (a media upload); the caller fsyncs it, then ``publish_once``."""
+    fd, name = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".tmp")
+    return os.fdopen(fd, "wb"), Path(name)
+
+
+def publish_once(tmp: Path, path: Path) -> bool:
+    """Give a finished, fsynced temp file its name, then fsync the directory; for
+    content-addressed files, whose name says their content: when the name is taken
+    already the same bytes are there, so ``tmp`` is removed instead (False)."""
+    if path.exists():
+        tmp.unlink()
+        return False
+    os.replace(tmp, path)  # a writer of the same content at the same moment: same bytes
+    fsync_dir(path.parent)
+    return True
 
 
 def fsync_dir(directory: Path) -> None:

@@ -52,6 +52,7 @@ RECORD_TYPES = {
     records.WebhookWithSecretRecord: "WebhookWithSecret",
     records.WebhookTestRecord: "WebhookTestResult",
     records.ChartBucketRecord: "WhatsAppChartBucket",
+    records.MediaFileRecord: "MediaFile",
 }
 
 
