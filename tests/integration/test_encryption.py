@@ -244,8 +244,9 @@ def test_key_rotation_then_restart_reconnects_without_a_qr(
     gw.stop()
     done = wagate(*rotate)
     assert done.returncode == 0, done.stderr
-    assert "[1/1] session 'default' (simulator.json): re-encrypted" in done.stderr
-    assert "key rotation done: 1 re-encrypted" in done.stdout
+    assert "[1/2] session 'default' (simulator.json): re-encrypted" in done.stderr
+    assert "[2/2] the media store (media.key): re-encrypted" in done.stderr
+    assert "key rotation done: 2 re-encrypted" in done.stdout
     assert "next: point the config at the new key" in done.stdout
     assert sealed_fingerprint(gw.credentials_path().read_bytes()) == new.fingerprint
     done = wagate(*rotate)  # a second run (as after a crash half-way) finishes the job
@@ -259,6 +260,7 @@ def test_key_rotation_then_restart_reconnects_without_a_qr(
     set_config(gw, encryption={"key_file": str(new_file)})
     done = wagate("keys", "check", "--config", config)
     assert done.returncode == 0 and "session 'default' (simulator.json): ok" in done.stdout
+    assert "the media store (media.key): ok" in done.stdout
     gw.start()
     assert wait_connected_without_qr(gw)["phoneNumber"] == phone
     assert gw.send(PHONE, "after the rotation").data == OK
