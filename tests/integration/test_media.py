@@ -94,6 +94,12 @@ def test_each_kind_reaches_the_recipient_byte_for_byte(
     served = gateway.http.get(gateway.url + media["url"], timeout=10)
     assert served.status_code == 200 and served.content == data
     assert served.headers["Content-Type"] == mime
+    if kind == "DOCUMENT":  # what an operator reads in `wagate sim inbox`
+        line = next(x for x in gateway.sim("inbox").stdout.splitlines()
+                    if at_recipient["id"] in x)
+        assert f"[DOCUMENT application/pdf {len(data)} bytes sha256 {media['sha256']}" in line
+        assert "'a document'" in line and "attachment" in served.headers[
+            "Content-Disposition"]
 
 
 # ---- refusals ------------------------------------------------------------------------------
