@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import random
 import signal
@@ -67,6 +68,8 @@ CHAOS_CONFIG: dict[str, dict[str, Any]] = {
 
 SEND_MESSAGE = ("mutation($input: SendWhatsAppMessageInput!) { "
                 "sendWhatsAppMessage(input: $input) { id state } }")
+SEND_MEDIA = ("mutation($input: SendWhatsAppMediaInput!) { "
+              "sendWhatsAppMedia(input: $input) { id state } }")
 SEND_NOTIFICATION = ("mutation($p: String!, $m: String!, $k: String) { "
                      "sendWhatsAppNotification(phoneNumber: $p, message: $m, idempotencyKey: $k) }")
 LIST_MESSAGES = ("query($state: String, $after: String) { whatsAppMessages(state: $state, "
@@ -129,9 +132,15 @@ class LoadClient:
 
         Even numbers use sendWhatsAppMessage (answered once on disk), odd ones
         sendWhatsAppNotification (answered after WhatsApp's ack when connected), so
-        that both doors into the outbox are under chaos.
+        that both doors into the outbox are under chaos; every fourth is a media
+        message instead (a document whose caption is the text, uploaded again with
+        each retry: the same file and key, so the same message).
         """
-        if outcome.n % 2 == 0:
+        if outcome.n % 4 == 2:
+            body = {"query": SEND_MEDIA, "variables": {"input": {
+                "phoneNumber": PHONE, "kind": "DOCUMENT", "caption": outcome.text,
+                "idempotencyKey": outcome.key, "file": None}}}
+        elif outcome.n % 2 == 0:
             body = {"query": SEND_MESSAGE, "variables": {"input": {
                 "phoneNumber": PHONE, "message": outcome.text, "idempotencyKey": outcome.key}}}
         else:
@@ -149,7 +158,15 @@ class LoadClient:
     def _try(self, body: dict[str, Any], outcome: Outcome) -> str | None:
         """One request; None when the answer is definite, else why to retry."""
         try:
-            response = self.http.post(self.url, json=body, timeout=REQUEST_TIMEOUT_SECONDS)
+            if body["query"] is SEND_MEDIA:
+                document = b"%PDF-1.4\n" + outcome.text.encode() + b"\n%%EOF\n"
+                response = self.http.post(self.url, timeout=REQUEST_TIMEOUT_SECONDS, files=[
+                    ("operations", (None, json.dumps(body))),
+                    ("map", (None, '{"0": ["variables.input.file"]}')),
+                    ("0", ("chaos.pdf", document, "application/pdf"))])
+            else:
+                response = self.http.post(self.url, json=body,
+                                          timeout=REQUEST_TIMEOUT_SECONDS)
         except requests.RequestException as exc:
             self.reset()
             return type(exc).__name__
