@@ -85,6 +85,10 @@
     whatsAppRequestPairingCode(phoneNumber: $phone, session: $session) }`;
   const M_SEND = `mutation Send($input: SendWhatsAppMessageInput!) {
     sendWhatsAppMessage(input: $input) { id state } }`;
+  const M_SEND_MEDIA = `mutation SendMedia($input: SendWhatsAppMediaInput!) {
+    sendWhatsAppMedia(input: $input) { id state media { kind mimeType size } } }`;
+  const CAPTIONED = new Set(["IMAGE", "VIDEO", "DOCUMENT"]);
+  const PREVIEW_MAX_BYTES = 5 * 1024 * 1024;
   const M_TEST = `mutation Test($phone: String!, $session: String) {
     testWhatsAppConnection(phoneNumber: $phone, session: $session) }`;
 
@@ -125,15 +129,24 @@
     }
   }
 
-  async function gql(query, variables) {
-    const headers = { "Content-Type": "application/json", Accept: "application/json" };
+  async function gql(query, variables, file) {
+    // With a file: a GraphQL multipart request (the file goes in variables.input.file).
+    const headers = { Accept: "application/json" };
+    if (!file) headers["Content-Type"] = "application/json";
     if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    const operation = JSON.stringify({ query, variables: variables || {},
+      operationName: operationName(query) });
+    let payload = operation;
+    if (file) {
+      payload = new FormData();
+      payload.append("operations", operation);
+      payload.append("map", JSON.stringify({ 0: ["variables.input.file"] }));
+      payload.append("0", file, file.name);
+    }
     let response;
     try {
       response = await fetch("/graphql", {
-        method: "POST", headers, cache: "no-store", credentials: "omit",
-        body: JSON.stringify({ query, variables: variables || {},
-          operationName: operationName(query) }),
+        method: "POST", headers, cache: "no-store", credentials: "omit", body: payload,
       });
     } catch (err) {
       throw new ApiError("UNREACHABLE", "the gateway does not answer; check that " +
@@ -755,10 +768,61 @@
     }
   }
 
+  function kindOf(file) {
+    const type = file.type || "";
+    if (type === "image/webp") return "STICKER";
+    if (type === "image/png" || type === "image/jpeg") return "IMAGE";
+    if (type.startsWith("video/")) return "VIDEO";
+    if (type === "audio/ogg" || type === "audio/opus") return "VOICE";
+    if (type.startsWith("audio/")) return "AUDIO";
+    return "DOCUMENT";
+  }
+
+  function attachmentChanged() {
+    const file = $("send-file").files[0];
+    const preview = $("send-preview");
+    $("send-attachment").hidden = !file;
+    preview.hidden = true;
+    preview.removeAttribute("src");
+    if (!file) return;
+    $("send-kind").value = kindOf(file);
+    $("send-file-chip").textContent = `${file.name} (${file.type || "unknown type"}, ` +
+      `${file.size} bytes)`;
+    if (file.type.startsWith("image/") && file.size <= PREVIEW_MAX_BYTES) {
+      const reader = new FileReader(); // a data: URL: the page's policy allows no blob:
+      reader.onload = () => {
+        if ($("send-file").files[0] !== file) return; // another file was chosen since
+        preview.src = reader.result;
+        preview.hidden = false;
+      };
+      reader.readAsDataURL(file);
+    }
+  }
+
+  function clearAttachment() {
+    $("send-file").value = "";
+    attachmentChanged();
+  }
+
+  function sendMedia(f, file) {
+    const kind = $("send-kind").value;
+    const input = { phoneNumber: f.phone, kind, session: f.session, file: null,
+      idempotencyKey: randomKey() };
+    if (CAPTIONED.has(kind) && f.message.trim()) input.caption = f.message;
+    return gql(M_SEND_MEDIA, { input }, file);
+  }
+
   function send(event) {
     event.preventDefault();
     sending(async () => {
       const f = sendFields();
+      const file = $("send-file").files[0];
+      if (file) {
+        const m = (await sendMedia(f, file)).sendWhatsAppMedia;
+        clearAttachment();
+        return `Accepted: ${m.media.kind.toLowerCase()} ${m.id} (${m.media.mimeType}, ` +
+          `${m.media.size} bytes) is ${m.state}. Its progress shows under Recent messages.`;
+      }
       if (!f.message.trim()) throw new ApiError("", "Write a message to send.");
       const data = await gql(M_SEND, { input: {
         phoneNumber: f.phone, message: f.message, session: f.session,
@@ -1250,6 +1314,8 @@
     $("sign-out").addEventListener("click", () => signedOut(null));
     $("add-session-form").addEventListener("submit", addSession);
     $("send-form").addEventListener("submit", send);
+    $("send-file").addEventListener("change", attachmentChanged);
+    $("send-file-clear").addEventListener("click", clearAttachment);
     $("send-text").addEventListener("input", updateCount);
     updateCount();
     $("send-test").addEventListener("click", sendTest);
