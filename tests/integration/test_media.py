@@ -285,3 +285,22 @@ def test_health_and_metrics_show_the_media_store(gateway: Gateway) -> None:
     assert 'wagate_media_messages_total{kind="DOCUMENT",outcome="accepted"}' in text
     assert 'wagate_media_messages_total{kind="IMAGE",outcome="INVALID_MEDIA"}' in text
     assert 'wagate_media_received_total{kind="VOICE"}' in text
+
+
+def test_a_full_media_store_refuses_with_queue_full(
+        make_gateway: Any, tmp_path: Path) -> None:
+    """media.max_total_mb (1 MB here): a new file that would not fit is RATE_LIMITED,
+    reason QUEUE_FULL, scope media_store; a file already stored still goes (it costs
+    nothing more); the refused upload is not counted against the store."""
+    gw = make_gateway({"media": {"max_total_mb": 1},
+                       "simulator": {"server_dir": str(tmp_path / "servers")}}).start()
+    gw.link()
+    first = fx.pdf() + os.urandom(700_000)
+    sent(upload(gw, "DOCUMENT", first))
+    refused = error_of(upload(gw, "DOCUMENT", fx.pdf() + os.urandom(700_000)))
+    assert refused["extensions"]["code"] == "RATE_LIMITED"
+    assert refused["extensions"]["reason"] == "QUEUE_FULL"
+    assert refused["extensions"]["scope"] == "media_store"
+    assert "media.max_total_mb" in refused["message"]
+    again = sent(upload(gw, "DOCUMENT", first))  # the same file, stored once
+    assert again["media"]["size"] == len(first)
