@@ -339,3 +339,28 @@ def test_attach_a_picture_and_a_document_in_the_send_form(
     out = tmp_path / "got"
     gw.sim("media", str(image["id"]), "--out", str(out))
     assert out.read_bytes() == picture.read_bytes()
+
+
+def test_a_received_picture_shows_as_a_thumbnail_and_a_sent_file_in_recent_messages(
+        make_gateway: Callable[..., Gateway], open_page: Callable[..., Page],
+        tmp_path: Path) -> None:
+    from tests import media_fixtures as fx
+
+    gw = make_gateway({"simulator": {"server_dir": str(tmp_path / "servers")}}).start()
+    gw.link()
+    picture = tmp_path / "hello.png"
+    picture.write_bytes(fx.png())
+    gw.sim("reply", "--to-session", "default", "--from", "4915112345678", "--file",
+           str(picture), "--text", "look")
+    page = open_page(gw)
+    sign_in(page, gw.token)
+    chip = page.get_by_test_id("file-chip").first
+    expect(chip).to_contain_text("image · image/png")
+    expect(page.get_by_test_id("thumbnail").first).to_have_attribute(
+        "src", re.compile(r"^data:image/png;base64,"))
+    page.get_by_label("Phone number, with country code").fill(RECIPIENT)
+    page.locator("#send-file").set_input_files(str(picture))
+    page.get_by_role("button", name="Send message").click()
+    expect(page.locator("#send-result")).to_contain_text("Accepted: image")
+    expect(page.locator("#messages-body tr").first).to_contain_text("image · image/png")
+    shot(page, "22-received-thumbnail")

@@ -53,14 +53,14 @@
       $after: String) {
     whatsAppMessages(session: $session, state: $state, first: $first, after: $after) {
       edges { node { id state session phoneNumber acceptedAt updatedAt attempts reason error
-                     uncertain } }
+                     uncertain media { kind mimeType size } } }
       pageInfo { hasNextPage endCursor } } }`;
   const Q_CHART = `query Chart { whatsAppMessageChart(hours: 24) {
     start sent delivered read failed } }`;
   const Q_INCOMING = `query Incoming($session: String, $after: String, $first: Int) {
     whatsAppIncomingMessages(session: $session, after: $after, first: $first) {
       edges { node { id session kind text phoneNumber senderJid pushName quotedMessageId
-                     receivedAt } }
+                     receivedAt media { id kind mimeType size fileName url } } }
       pageInfo { hasNextPage endCursor } } }`;
   const Q_OUTGOING = `query Outgoing($session: String, $phone: String) {
     whatsAppMessages(session: $session, phoneNumber: $phone, first: 20) {
@@ -915,8 +915,15 @@
     }
   }
 
+  function mediaLabel(media) {
+    const size = media.size >= 1048576 ? `${(media.size / 1048576).toFixed(1)} MB`
+      : media.size >= 1024 ? `${Math.round(media.size / 1024)} KB` : `${media.size} B`;
+    return `${media.kind.toLowerCase()} · ${media.mimeType} · ${size}`;
+  }
+
   function messageRow(m) {
     const details = [];
+    if (m.media) details.push(mediaLabel(m.media));
     if (m.reason) details.push(m.reason);
     if (m.error) details.push(m.error);
     if (m.attempts > 1) details.push(`${m.attempts} attempts`);
@@ -1063,10 +1070,48 @@
 
   function incomingItem(m) {
     const quote = m.quotedMessageId ? ` · replies to message ${m.quotedMessageId}` : "";
-    return el("li", { "data-incoming-id": m.id },
+    const item = el("li", { "data-incoming-id": m.id },
       el("span", { class: "muted", text: `${formatTime(m.receivedAt)} · ` }),
       el("span", { class: "incoming-text", text: incomingText(m) }),
       el("span", { class: "muted quote", text: quote }));
+    if (m.media) {
+      item.append(el("span", { class: "chip file-chip", "data-testid": "file-chip",
+        text: mediaLabel(m.media) + (m.media.fileName ? ` · ${m.media.fileName}` : "") }));
+      if (m.media.kind === "IMAGE" || m.media.kind === "STICKER") thumbnail(item, m.media);
+    }
+    return item;
+  }
+
+  const THUMBNAIL_MAX_BYTES = 1048576;
+  const thumbnails = new Map(); // media id -> promise of a data: URL (or null)
+
+  function thumbnail(item, media) {
+    // Fetched once with the token (GET /media/<id>), shown as a data: URL (the page's
+    // policy allows no blob:); small pictures only, best effort: the chip says the rest.
+    if (media.size > THUMBNAIL_MAX_BYTES) return;
+    if (!thumbnails.has(media.id)) thumbnails.set(media.id, fetchThumbnail(media));
+    thumbnails.get(media.id).then((src) => {
+      if (src) item.append(el("img", { class: "thumbnail", src, "data-testid": "thumbnail",
+        alt: `received ${media.kind.toLowerCase()}` }));
+    });
+  }
+
+  async function fetchThumbnail(media) {
+    const headers = state.token ? { Authorization: `Bearer ${state.token}` } : {};
+    try {
+      const response = await fetch(media.url, { headers, cache: "no-store",
+        credentials: "omit" });
+      if (!response.ok) return null;
+      const blob = await response.blob();
+      return await new Promise((resolve) => {
+        const reader = new FileReader();
+        reader.onload = () => resolve(reader.result);
+        reader.onerror = () => resolve(null);
+        reader.readAsDataURL(blob);
+      });
+    } catch (err) {
+      return null;
+    }
   }
 
   function incomingText(m) {
