@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Gateway
+from tests.integration.harness import Gateway, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -137,3 +137,36 @@ def test_typescript_apollo_client(make_gateway: Callable[..., Gateway], tmp_path
     output = run_example(gateway, ["node", str(project / "dist" / "client.js")], project, text)
     check_outcome(gateway, output, text)
     assert "state: QR_PENDING" in output and "connected as" in output, output
+
+
+def test_apollo_upload_client_sends_a_file(make_gateway: Callable[..., Gateway],
+                                           tmp_path: Path) -> None:
+    """``apollo-upload-client`` (npm, installed exactly as locked), unmodified, sends a
+    file to ``sendWhatsAppMedia``: a real client of the GraphQL multipart request
+    specification works, and the recipient gets the bytes."""
+    from tests import media_fixtures as fx
+
+    project = tmp_path / "upload"
+    shutil.copytree(CLIENTS / "upload", project, ignore=shutil.ignore_patterns("node_modules"))
+    done = subprocess.run([npm(), "ci", "--no-audit", "--no-fund"], cwd=project,
+                          capture_output=True, text=True, timeout=NPM_TIMEOUT,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, f"npm ci: {done.stdout}\n{done.stderr}"
+    gateway = make_gateway({"simulator": {"server_dir": str(tmp_path / "servers")}}).start()
+    gateway.link()
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(fx.png())
+    env = {"PATH": os.environ.get("PATH", ""), "WAGATE_URL": gateway.url + "/graphql",
+           "WAGATE_TOKEN": gateway.token, "WAGATE_TO": "+14155552671",
+           "WAGATE_FILE": str(picture), "WAGATE_KIND": "IMAGE", "WAGATE_CAPTION": "from node"}
+    run = subprocess.run(["node", "upload.mjs"], cwd=project, env=env, capture_output=True,
+                         text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    assert "IMAGE image/png" in run.stdout, run.stdout
+    sha = run.stdout.split("sha256 ")[1].split()[0]
+    at_recipient = wait_for(lambda: [m for m in gateway.inbox() if m.get("sha256") == sha],
+                            15, 0.1, "the picture at the recipient")
+    assert at_recipient[0]["text"] == "from node"
+    out = tmp_path / "got.png"
+    gateway.sim("media", at_recipient[0]["id"], "--out", str(out))
+    assert out.read_bytes() == picture.read_bytes()
