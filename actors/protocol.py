@@ -37,6 +37,8 @@ from gateway.core.version import __version__
 # WebhookCommand).
 # The dashboard's message chart: ChartMessageStates, StateBucket; fenced stops: SessionsFenced;
 # GetMessageByKey; the lease keys in ClusterConfig (cluster.lease_*, cluster.database_url).
+# Media messages: MediaSpec (in SendText, Deliver, IncomingReceived), OpenMedia, [media]
+# in Config, the media counters in OutboxMetrics.
 PROTOCOL = 5
 LAYOUT = "bb1ce397adf6975c"
 
