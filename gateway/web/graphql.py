@@ -20,6 +20,7 @@ from gateway.api.context import RequestContext
 from gateway.api.errors import format_error
 from gateway.web.errors import error_body, error_response
 from gateway.web.explorer import page_response
+from gateway.web.hooks import require
 from gateway.web.metrics import observe_number_checks
 from gateway.web.request_body import BodyError, parse_json_body
 from gateway.web.state import WebState, current
@@ -46,6 +47,9 @@ def explorer() -> tuple[Response, int]:
 @graphql_blueprint.post("/graphql")
 def graphql() -> tuple[Response, int]:
     if request.mimetype == MULTIPART:  # an upload (sendWhatsAppMedia)
+        # Before a byte of the body is stored: a token that may not send never makes
+        # the gateway write an upload (its session is checked by the resolver).
+        require("send")
         try:
             return _answer(multipart_operations(request, current().config))
         except BodyError as exc:

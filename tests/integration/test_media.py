@@ -304,3 +304,18 @@ def test_a_full_media_store_refuses_with_queue_full(
     assert "media.max_total_mb" in refused["message"]
     again = sent(upload(gw, "DOCUMENT", first))  # the same file, stored once
     assert again["media"]["size"] == len(first)
+
+
+def test_a_token_that_may_not_send_stores_nothing(gateway: Gateway) -> None:
+    viewer = gateway.make_token("viewer")
+    before = stored_files(gateway)
+    operations = json.dumps({"query": SEND, "variables": {"input": {
+        "phoneNumber": PHONE, "kind": "DOCUMENT", "file": None}}})
+    response = requests.post(
+        gateway.url + "/graphql", timeout=30, headers={"Authorization": f"Bearer {viewer}"},
+        files=[("operations", (None, operations)),
+               ("map", (None, json.dumps({"0": ["variables.input.file"]}))),
+               ("0", ("x.pdf", fx.pdf() + os.urandom(100_000), "application/pdf"))])
+    assert response.status_code == 403 and "FORBIDDEN" in response.text
+    assert stored_files(gateway) == before
+    assert not list((gateway.data_dir / "media" / "tmp").iterdir())
