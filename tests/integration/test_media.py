@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -319,3 +320,41 @@ def test_a_token_that_may_not_send_stores_nothing(gateway: Gateway) -> None:
     assert response.status_code == 403 and "FORBIDDEN" in response.text
     assert stored_files(gateway) == before
     assert not list((gateway.data_dir / "media" / "tmp").iterdir())
+
+
+def test_a_gateway_killed_during_an_upload_keeps_no_trace_of_it(
+        make_gateway: Any) -> None:
+    """A crash between upload and acceptance: SIGKILL while the body streams in (the
+    caller never heard anything), then a start: no half-written upload, no stored
+    file and no message of it remain (issue 15). Its own gateway: the kill is of
+    every process."""
+    gw = make_gateway().start()
+    gw.link()
+    operations = json.dumps({"query": SEND, "variables": {"input": {
+        "phoneNumber": PHONE, "kind": "DOCUMENT", "file": None}}}).encode()
+    boundary = "wagate-crash-test"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n"
+            ).encode() + operations + (
+        f"\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"map\"\r\n\r\n"
+        "{\"0\": [\"variables.input.file\"]}\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"0\"; filename=\"a.pdf\"\r\n"
+        "Content-Type: application/pdf\r\n\r\n").encode()
+    part = fx.pdf() + os.urandom(2 * 1024 * 1024)
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    length = len(head) + len(part) + len(tail)
+    temp = gw.data_dir / "media" / "tmp"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=30) as conn:
+        conn.sendall((f"POST /graphql HTTP/1.1\r\nHost: 127.0.0.1:{gw.port}\r\n"
+                      f"Authorization: Bearer {gw.token}\r\n"
+                      f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                      f"Content-Length: {length}\r\n\r\n").encode() + head)
+        conn.sendall(part[:len(part) // 2])  # half the file: the rest never comes
+        wait_for(lambda: any(temp.glob(".upload.*.tmp")), 30, 0.05,
+                 "the upload being written to data_dir/media/tmp")
+        gw.kill_everything()
+    gw.start()
+    assert not any(temp.glob(".upload.*.tmp"))
+    stored = [p for p in (gw.data_dir / "media").rglob("*.wgm")]
+    assert stored == []
+    listed = gw.gql("query { whatsAppMessages(first: 10) { edges { node { id } } } }")
+    assert listed.data["whatsAppMessages"]["edges"] == [], listed
