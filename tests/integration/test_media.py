@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -358,3 +359,22 @@ def test_a_gateway_killed_during_an_upload_keeps_no_trace_of_it(
     assert stored == []
     listed = gw.gql("query { whatsAppMessages(first: 10) { edges { node { id } } } }")
     assert listed.data["whatsAppMessages"]["edges"] == [], listed
+
+
+def test_retention_deletes_a_sent_file_and_its_download(make_gateway: Any) -> None:
+    """A sent file is deleted once its message is finished and ``media.retention_days``
+    has passed (here ~2.6 s), at the outbox's first prune after a start: no stored
+    file, and ``GET /media/<id>`` answers 404 (issue 15)."""
+    gw = make_gateway({"media": {"retention_days": 0.00003}}).start()
+    gw.link()
+    record = sent(upload(gw, "DOCUMENT", fx.pdf() + os.urandom(1000), "old.pdf"))
+    received(gw, record["media"]["sha256"])
+    download = gw.url + record["media"]["url"]
+    assert gw.http.get(download, timeout=10).status_code == 200
+    stored = list((gw.data_dir / "media").rglob("*.wgm"))
+    assert len(stored) == 1
+    time.sleep(3)  # the condition is the time itself: the retention must have passed
+    gw.stop()
+    gw.start()  # the outbox prunes at its first tick after a start
+    wait_for(lambda: not stored[0].exists(), 30, 0.1, "the file deleted by retention")
+    assert gw.http.get(download, timeout=10).status_code == 404
