@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import httpx
 
 from actors.media.kinds import refused
 from actors.media.store import MediaWriter
-from actors.webhooks.client import Watchdog, host_header, make_client, pinned_url
+from actors.webhooks.client import Watchdog, make_client, pinned_request
 from actors.webhooks.safety import Resolver, UnsafeTarget, resolve, target
 from gateway.core.errors import GatewayError
 from gateway.core.urls import loggable_url
@@ -42,12 +41,7 @@ def fetch_into(url: str, writer: MediaWriter, *, allow: Sequence[str], timeout: 
     client = client_factory() if client_factory is not None else make_client(timeout, timeout,
                                                                              1)
     watchdog = Watchdog(timeout)
-    extensions: dict[str, Any] = {"trace": watchdog.trace}
-    if checked.scheme == "https":
-        extensions["sni_hostname"] = checked.host
-    request = client.build_request("GET", pinned_url(checked), extensions=extensions,
-                                   headers={"host": host_header(checked),
-                                            "user-agent": "wagate-media"})
+    request = pinned_request(client, "GET", checked, watchdog, {"user-agent": "wagate-media"})
     deadline = time.monotonic() + timeout
     watchdog.start()
     try:

@@ -255,6 +255,18 @@ def host_header(target: Target) -> str:
     return name if target.port == default else f"{name}:{target.port}"
 
 
+def pinned_request(client: httpx.Client, method: str, target: Target, watchdog: Watchdog,
+                   headers: dict[str, str], content: bytes | None = None) -> httpx.Request:
+    """A request to ``target``'s checked address: the name goes as Host and as the TLS
+    SNI, and ``watchdog`` learns the socket of the connection it opens."""
+    extensions: dict[str, Any] = {"trace": watchdog.trace}
+    if target.scheme == "https":
+        extensions["sni_hostname"] = target.host
+    return client.build_request(method, pinned_url(target), content=content,
+                                headers={**headers, "host": host_header(target)},
+                                extensions=extensions)
+
+
 def post(via: httpx.Client | Channel, target: Target, headers: dict[str, str], body: bytes,
          *, timeout: float, max_bytes: int) -> Attempt:
     """POST ``body`` to ``target``'s checked address, through a client that keeps no
@@ -264,13 +276,8 @@ def post(via: httpx.Client | Channel, target: Target, headers: dict[str, str], b
     channel = via if isinstance(via, Channel) else None
     client = via.client if isinstance(via, Channel) else via
     watchdog = Watchdog(timeout, channel)
-    extensions: dict[str, Any] = {"trace": watchdog.trace}
-    if target.scheme == "https":
-        extensions["sni_hostname"] = target.host
-    request = client.build_request(
-        "POST", pinned_url(target), content=body,
-        headers={**headers, "host": host_header(target), "user-agent": "wagate-webhooks"},
-        extensions=extensions)
+    request = pinned_request(client, "POST", target, watchdog,
+                             {**headers, "user-agent": "wagate-webhooks"}, body)
     watchdog.start()
     try:
         try:
