@@ -594,6 +594,17 @@ class NeonizeTransport(Transport):
         ``Connected`` and after it reported ``Disconnected``: whatsmeow would fail
         at once anyway, and Go is then never entered while it is starting or stopping.
         """
+        conn, jid = self._sending_to(phone)
+        message = self._api.message(conversation=text)
+        with conn.go_call():
+            response = conn.bounded_send(lambda: conn.client.send_message(jid, message),
+                                         self._config.transport.send_deadline_seconds)
+        return SentMessage(message_id=response.ID, timestamp=_unix_seconds(response.Timestamp))
+
+    def _sending_to(self, phone: str) -> tuple[Any, Any]:
+        """The connection a send goes through and the recipient's JID; refused locally
+        (NOT_CONNECTED) without a connected client, REJECTED for a number that is not
+        digits."""
         conn = self._current()
         if conn is None or not conn.connected:
             raise SendError(_NOT_CONNECTED, "the session is not connected", permanent=False)
@@ -601,12 +612,7 @@ class NeonizeTransport(Transport):
         if not digits.isdigit() or not digits.isascii():
             raise SendError("REJECTED", f"{phone!r} is not a phone number (digits only)",
                             permanent=True)
-        message = self._api.message(conversation=text)
-        jid = self._api.build_jid(digits)
-        with conn.go_call():
-            response = conn.bounded_send(lambda: conn.client.send_message(jid, message),
-                                         self._config.transport.send_deadline_seconds)
-        return SentMessage(message_id=response.ID, timestamp=_unix_seconds(response.Timestamp))
+        return conn, self._api.build_jid(digits)
 
     def send_media(self, phone: str, media: OutgoingMedia) -> SentMessage:
         """Upload the file to WhatsApp's media servers, then send the message naming it.
@@ -620,14 +626,7 @@ class NeonizeTransport(Transport):
         duration and no video thumbnail, and no ffmpeg needed. READ, NOT RUN here: the
         upload and the send need WhatsApp's servers.
         """
-        conn = self._current()
-        if conn is None or not conn.connected:
-            raise SendError(_NOT_CONNECTED, "the session is not connected", permanent=False)
-        digits = phone.removeprefix("+")
-        if not digits.isdigit() or not digits.isascii():
-            raise SendError("REJECTED", f"{phone!r} is not a phone number (digits only)",
-                            permanent=True)
-        jid = self._api.build_jid(digits)
+        conn, jid = self._sending_to(phone)
         with conn.go_call():
             try:
                 message = self._media_message(conn.client, media)

@@ -37,14 +37,20 @@ def paired(tmp_path: Path, server: SimulatorServer, host: str = "host-a") -> tup
     return transport, log
 
 
+def reconnected(transport: SimulatorTransport, log: EventLog, server: SimulatorServer,
+                nth: int) -> None:
+    """Drop the link and connect again: the ``nth`` Connected of the log."""
+    server.drop("s1")
+    log.wait_count(Disconnected, nth - 1)
+    transport.connect(log)
+    log.wait_count(Connected, nth)
+
+
 def test_each_connection_is_recorded_up_then_down(tmp_path: Path,
                                                  server: SimulatorServer) -> None:
     transport, log = paired(tmp_path, server)
     try:
-        server.drop("s1")
-        log.wait_count(Disconnected)
-        transport.connect(log)
-        log.wait_count(Connected, 2)
+        reconnected(transport, log, server, 2)
     finally:
         transport.close()
     records = server.connection_records()
@@ -112,16 +118,10 @@ def test_a_reconnect_leaves_no_descriptor_of_the_ended_connection_open(
     benchmark saw a session process gain descriptors and memory at every drop."""
     transport, log = paired(tmp_path, server)
     try:
-        server.drop("s1")
-        log.wait_count(Disconnected)
-        transport.connect(log)
-        log.wait_count(Connected, 2)
+        reconnected(transport, log, server, 2)
         before = _open_files(tmp_path / "simulator")
-        for n in range(3, 8):
-            server.drop("s1")
-            log.wait_count(Disconnected, n - 1)
-            transport.connect(log)
-            log.wait_count(Connected, n)
+        for nth in range(3, 8):
+            reconnected(transport, log, server, nth)
         assert _open_files(tmp_path / "simulator") == before
     finally:
         transport.close()
