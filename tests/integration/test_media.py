@@ -10,9 +10,11 @@ at everything the gateway itself wrote.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -378,3 +380,22 @@ def test_retention_deletes_a_sent_file_and_its_download(make_gateway: Any) -> No
     gw.start()  # the outbox prunes at its first tick after a start
     wait_for(lambda: not stored[0].exists(), 30, 0.1, "the file deleted by retention")
     assert gw.http.get(download, timeout=10).status_code == 404
+
+
+def test_the_readme_curl_example_sends_a_picture(gateway: Gateway, tmp_path: Path) -> None:
+    """The README's curl multipart example, run as printed (the port and token of this
+    gateway put in): the picture reaches the recipient byte for byte."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("With curl (`-F` makes the multipart request", 1)[1]
+    command = block.split("```sh\n", 1)[1].split("```", 1)[0]
+    command = command.replace("localhost:8080", f"127.0.0.1:{gateway.port}")
+    picture = fx.png()
+    (tmp_path / "photo.png").write_bytes(picture)
+    done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "TOKEN": gateway.token})
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert not answer.get("errors"), answer
+    media = answer["data"]["sendWhatsAppMedia"]["media"]
+    assert media["sha256"] == hashlib.sha256(picture).hexdigest()
+    assert received(gateway, media["sha256"])["text"] == "Your order"  # the caption
