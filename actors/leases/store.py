@@ -88,6 +88,9 @@ RETURNING """ + _COLUMNS
 
 _CURRENT: LiteralString = "SELECT " + _COLUMNS + " FROM wagate_leases WHERE session = %(session)s"
 
+_CURRENT_MANY: LiteralString = ("SELECT " + _COLUMNS +
+                                " FROM wagate_leases WHERE session = ANY(%(sessions)s)")
+
 _CHECK_EPOCH: LiteralString = """
 SELECT epoch FROM wagate_leases
 WHERE session = %(session)s AND epoch = %(epoch)s AND NOT released
@@ -144,9 +147,12 @@ class LeaseStore:
     """The lease rows, on behalf of one process (``host``, ``pid``)."""
 
     def __init__(self, dsn: str, timing: LeaseTiming, *, host: str | None = None,
-                 pid: int | None = None) -> None:
+                 pid: int | None = None, timeout_seconds: float | None = None) -> None:
         self._dsn = dsn
         self.timing = timing
+        # Each wait's bound; the renew interval unless the caller must answer sooner
+        # (the supervisor, which asks on its actor's thread).
+        self.timeout_seconds = timing.renew if timeout_seconds is None else timeout_seconds
         self.host = host if host is not None else socket.gethostname()
         self.pid = pid if pid is not None else os.getpid()
         self._conn: psycopg.Connection[TupleRow] | None = None
@@ -177,6 +183,17 @@ class LeaseStore:
         """The session's lease row (held or not), None when it never had one."""
         return _lease(self._one(_CURRENT, {"session": session}))
 
+    def current_many(self, sessions: Sequence[str]) -> dict[str, Lease]:
+        """The lease rows of ``sessions`` by session, in one statement (sessions that
+        never had a lease are absent)."""
+        try:
+            rows = self._connection().execute(_CURRENT_MANY,
+                                              {"sessions": list(sessions)}).fetchall()
+        except psycopg.Error as exc:
+            self._drop()
+            raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return {row[0]: Lease(*row) for row in rows}
+
     def fenced_write(self, session: str, epoch: int, statement: LiteralString,
                      params: Sequence[Any] | dict[str, Any] = ()) -> int:
         """Run ``statement`` only if ``epoch`` is the session's current, unexpired
@@ -204,7 +221,7 @@ class LeaseStore:
     def _connection(self) -> psycopg.Connection[TupleRow]:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = connect(self._dsn, self.timing.renew)
+                self._conn = connect(self._dsn, self.timeout_seconds)
             except psycopg.OperationalError as exc:
                 raise LeaseStoreUnavailable(str(exc)) from exc
         return self._conn

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import diskcache
 import structlog
@@ -99,8 +99,11 @@ from actors.supervisor.policy import RestartBudget, backoff_delay
 from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, host_name
 from actors.webhooks.actor import WebhookActor
-from gateway.core.config import Config, without_credentials
+from gateway.core.config import Config, lease_mode, without_credentials
 from gateway.core.observability import setup_logging
+
+if TYPE_CHECKING:
+    from actors.supervisor.lease_wait import LeaseWaits
 
 log = structlog.get_logger("wagate.supervisor")
 
@@ -111,6 +114,14 @@ MAX_AUDIT_BACKLOG = 1000  # audit events held while the audit actor restarts
 class _Heartbeat:
     """Rewrites the status snapshot even when nothing changed: readers trust only a
     fresh one."""
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaseCheck:
+    """Time to ask again whether the sessions waiting for their lease may start; only
+    the newest (``generation``) counts, so checks never pile up."""
+
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +146,10 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.audit_backlog: list[Any] = []  # AuditEvent / Routed(RecordAudit) for a restart
         self.session_counters = SessionCounters()  # for /metrics, fed by _set_status
         self.cluster: Cluster | None = None  # set by StartGateway
+        # Multi-host mode with leases: sessions that wait for their lease before their
+        # process may start (actors.supervisor.lease_wait); None otherwise.
+        self.lease_waits: LeaseWaits | None = None
+        self.lease_generation = 0
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
@@ -170,6 +185,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.cluster = Cluster(self, cluster, host_name(msg.config),
                                cluster.sessions if cluster.role != "single"
                                else msg.config.sessions.max_sessions)
+        if lease_mode(msg.config):
+            self.lease_waits = _lease_waits(msg.config)
         if self.cluster.leading:
             self.notifyOnSystemRegistrationChanges(True)
             self.check_hosts_after(cluster.heartbeat_seconds)
@@ -216,6 +233,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.stopping = True
         if self.registry is not None:
             self.registry.close()
+        if self.lease_waits is not None:
+            self.lease_waits.close()
 
     def receiveMsg_WhoAreYou(self, msg: WhoAreYou, sender: Any) -> None:
         self.send(sender, ProcessInfo(os.getpid(), os.getpgrp(), os.getppid()))
@@ -515,6 +534,10 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             if not self.stopping and self.cluster is not None:
                 self.cluster.check(self.children.placed_on)
             return
+        if isinstance(msg.payload, _LeaseCheck):
+            if msg.payload.generation == self.lease_generation and not self.stopping:
+                self._check_leases()
+            return
         due = msg.payload
         if not isinstance(due, _RestartDue) or self.stopping:
             return
@@ -660,10 +683,14 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             for message in backlog:
                 self.send(child.address, message)
 
-    def _respawn(self, key: ChildKey) -> None:
+    def _respawn(self, key: ChildKey, lease_free: bool = False) -> None:
         """Start a supervised child's process again. A start that fails counts as a
         crash, retried after the backoff: a failed handler is not run again, and the
-        child must not be left without a process nobody will start."""
+        child must not be left without a process nobody will start. With leases, a
+        session's process starts only once its lease is free (``_await_lease``)."""
+        if key.is_session and self.lease_waits is not None and not lease_free:
+            self._await_lease(key.name)
+            return
         try:
             self._spawn(key)
         except Exception:
@@ -677,6 +704,9 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.children[key] = Child(SessionActor, budget=self._budget())
         if not connect:
             self._remember(session, want="disconnected")
+        if self.lease_waits is not None:
+            self._await_lease(session)  # never while its lease is held elsewhere
+            return
         try:
             self._spawn(key)
         except Exception:
@@ -684,6 +714,45 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             # command for a process nobody starts (a failed handler is not run again).
             del self.children[key]
             raise
+
+    # ---- leases (multi-host mode with cluster.database_url; issue 22) ------------------------
+
+    def _await_lease(self, session: str) -> None:
+        """Start ``session``'s process once its lease is free by the database's clock
+        plus the margin: asked now, and again until then (``_check_leases``)."""
+        assert self.lease_waits is not None
+        self.lease_waits.add(session)
+        self._check_leases()
+
+    def _check_leases(self) -> None:
+        """Start the waiting sessions whose lease is free; show the others as waiting
+        (state CONNECTING, lastError LEASE_HELD with the holder) and ask again later."""
+        assert self.lease_waits is not None
+        found = self.lease_waits.check()
+        now = time.time()
+        for session, said in found.waiting.items():
+            child = self.children.session(session)
+            if child is None or child.address is not None:
+                self.lease_waits.discard(session)  # forgotten, or started meanwhile
+                continue
+            status = self.statuses.get(session)
+            if status is not None and (status.last_error is None
+                                       or status.last_error.message != said.reason):
+                log.info("a session waits for its lease", session=session, reason=said.reason)
+                self._set_status(replace(status, state=SessionState.CONNECTING,
+                                         updated_at=now, pid=None, connected_since=None,
+                                         last_error=ErrorInfo("LEASE_HELD", said.reason)))
+        for session in found.ready:
+            key = ChildKey.of_session(session)
+            child = self.children.get(key)
+            if child is None or child.address is not None or self.stopping:
+                continue
+            self._respawn(key, lease_free=True)
+            self._link(session)
+        if found.next_in is not None:
+            self.lease_generation += 1
+            self.wakeupAfter(timedelta(seconds=found.next_in),
+                             payload=_LeaseCheck(self.lease_generation))
 
     def _command(self, key: ChildKey, command: SessionCommand) -> None:
         child = self.children[key]
@@ -899,6 +968,18 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         assert self.config is not None
         cfg = self.config.supervisor
         return RestartBudget(cfg.restart_budget, cfg.restart_window_seconds)
+
+
+def _lease_waits(config: Config) -> LeaseWaits:
+    """The lease gate of a leader in lease mode; psycopg is imported only then."""
+    from actors.leases.store import LeaseStore
+    from actors.leases.timing import LeaseTiming
+    from actors.supervisor.lease_wait import QUESTION_TIMEOUT_SECONDS, LeaseWaits
+
+    store = LeaseStore(config.cluster.database_url, LeaseTiming.of(config.cluster),
+                       host=host_name(config), pid=os.getpid(),
+                       timeout_seconds=QUESTION_TIMEOUT_SECONDS)
+    return LeaseWaits(store)
 
 
 def _unknown_session(session: str, request_id: str) -> Failed:

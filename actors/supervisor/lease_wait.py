@@ -1,0 +1,102 @@
+"""The sessions the leader may not start yet because their lease is held (issue 22).
+
+The supervisor's shell around ``actors.leases.gate``: it keeps the sessions waiting to
+start, asks the lease database about all of them in one bounded statement, and says
+which may start now and when to ask again. No Thespian here: the supervisor schedules
+the next question and starts the processes.
+
+The question runs on a thread of its own and the supervisor waits for it at most
+``QUESTION_TIMEOUT_SECONDS``: a frozen database still acknowledges packets in its
+kernel, so neither ``statement_timeout`` (the server is stopped) nor
+``tcp_user_timeout`` (the sends are acknowledged) would end the call. An unanswered
+question starts nothing; while it still hangs, no second one is sent (each check
+answers "does not answer" at once), and its late answer is thrown away.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from actors.leases.gate import Verdict, next_check, unreachable, verdict
+from actors.leases.store import Lease, LeaseStore, LeaseStoreUnavailable
+
+# The supervisor's questions must come back quickly: it answers the web tier too.
+QUESTION_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass
+class Checked:
+    """One look at the waiting sessions."""
+
+    ready: list[str] = field(default_factory=list)
+    waiting: dict[str, Verdict] = field(default_factory=dict)
+    next_in: float | None = None
+
+
+class LeaseWaits:
+    """Sessions waiting for their lease before the leader starts them."""
+
+    def __init__(self, store: LeaseStore,
+                 timeout_seconds: float = QUESTION_TIMEOUT_SECONDS) -> None:
+        self.store = store
+        self.timeout_seconds = timeout_seconds
+        self.sessions: set[str] = set()
+        self._schema_ready = False
+        self._asking: threading.Thread | None = None  # a question still in flight
+
+    def add(self, session: str) -> None:
+        self.sessions.add(session)
+
+    def discard(self, session: str) -> None:
+        self.sessions.discard(session)
+
+    def check(self) -> Checked:
+        """Ask the database once about every waiting session; the ready ones are no
+        longer waiting (the caller starts them)."""
+        if not self.sessions:
+            return Checked()
+        timing = self.store.timing
+        rows = self._ask(sorted(self.sessions))
+        if isinstance(rows, str):
+            down = unreachable(rows, timing.renew)
+            found = Checked(waiting=dict.fromkeys(sorted(self.sessions), down))
+            found.next_in = next_check(list(found.waiting.values()))
+            return found
+        found = Checked()
+        for session in sorted(self.sessions):
+            said = verdict(rows.get(session), timing.margin, timing.renew)
+            if said.start:
+                found.ready.append(session)
+            else:
+                found.waiting[session] = said
+        self.sessions.difference_update(found.ready)
+        found.next_in = next_check(list(found.waiting.values()))
+        return found
+
+    def close(self) -> None:
+        if self._asking is None:  # a hanging question keeps its connection
+            self.store.close()
+
+    def _ask(self, sessions: list[str]) -> dict[str, Lease] | str:
+        """The rows of ``sessions``, or why there is no answer, within the bound."""
+        if self._asking is not None and self._asking.is_alive():
+            return "an earlier question is still unanswered"
+        answer: list[dict[str, Lease] | str] = []
+
+        def question() -> None:
+            try:
+                if not self._schema_ready:  # a new database: no session has made it yet
+                    self.store.ensure_schema()
+                    self._schema_ready = True
+                answer.append(self.store.current_many(sessions))
+            except LeaseStoreUnavailable as exc:
+                answer.append((str(exc).splitlines() or [""])[0][:200])
+
+        self._asking = threading.Thread(target=question, daemon=True, name="lease-question")
+        self._asking.start()
+        self._asking.join(self.timeout_seconds)
+        if self._asking.is_alive():
+            return f"no answer within {self.timeout_seconds:g} s"
+        self._asking = None
+        return answer[0]
