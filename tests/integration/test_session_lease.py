@@ -103,3 +103,37 @@ def test_a_session_stopped_cleanly_releases_its_lease(make_gateway: Callable[...
     gw.stop()
     after = lease_row(pg, "s2")
     assert after is not None and after[1] == row[1] and after[2] is False  # released
+
+
+def test_a_restarted_leader_never_starts_a_session_whose_lease_is_held_elsewhere(
+        make_gateway: Callable[..., Gateway], pg: PgCluster) -> None:
+    """C2 in small: while the leader was down, another host's process took the lease
+    (here: the row says so). The restarted leader shows the session as waiting for its
+    lease and starts it only once the lease expired plus the margin by the database's
+    clock; no connection comes up before."""
+    gw = leader(make_gateway, pg).start()
+    gw.link("s3")
+    gw.stop()
+    held_for = 3.0
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        row = conn.execute(
+            "UPDATE wagate_leases SET owner_host = 'beta', owner_pid = 999, epoch = epoch + 1, "
+            "released = false, expires_at = statement_timestamp() + make_interval(secs => %s) "
+            "WHERE session = 's3' RETURNING epoch, expires_at", (held_for,)).fetchone()
+    assert row is not None
+    free_at_ns = int(row[1].timestamp() * 1e9) + int(LEASE["lease_margin_seconds"] * 1e9)
+    ups_before = len([r for r in records(gw) if r.kind == "up"])
+
+    gw.start()
+    waiting = gw.status("s3")
+    assert waiting["state"] == "CONNECTING", waiting
+    assert waiting["lastError"]["code"] == "LEASE_HELD", waiting
+    assert "beta" in waiting["lastError"]["message"], waiting
+    assert time.time_ns() < free_at_ns  # the check above ran while the lease was held
+
+    gw.wait_state("CONNECTED", "s3", timeout=held_for + 20)
+    ups = [r for r in records(gw) if r.kind == "up"][ups_before:]
+    assert ups and ups[0].at_ns >= free_at_ns, (ups[0].at_ns - free_at_ns) / 1e9
+    after = lease_row(pg, "s3")
+    assert after is not None and after[0] == gw.session_pid("s3") and after[1] > row[0]
+    print(f"\nstarted {(ups[0].at_ns - free_at_ns) / 1e9:.2f} s after the lease was free")

@@ -1,0 +1,98 @@
+"""A lost member's session moves only once its lease is free (issue 22): a leader and a
+member on loopback with ``cluster.database_url`` on a real PostgreSQL, the simulator's
+connection log as the witness.
+
+The member loses power (SIGKILL of every process of its run): its session's lease is
+no longer renewed. The leader notices the silence after its heartbeat window, shows
+the session as waiting for its lease (lastError LEASE_HELD, naming the holder), and
+starts it on itself only once the lease expired plus the margin by the database's
+clock. The lease here is longer than the heartbeat window, so the wait is visible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+from actors.transport.connection_log import overlaps, parse_records
+from actors.transport.simulator import CONNECTIONS_LOG
+from tests.integration.harness import Gateway, wait_for
+from tests.integration.test_cluster import (
+    HEARTBEAT,
+    LEADER,
+    MEMBER,
+    MEMBER_START_DEADLINE,
+    _member_alive,
+    _placement,
+)
+from tests.integration.test_session_lease import pg  # noqa: F401 (the module's database)
+from tests.pg import PgCluster
+
+LEASE = {"lease_seconds": 6.0, "lease_renew_seconds": 1.0, "lease_margin_seconds": 2.0}
+
+
+def _cluster(make_gateway: Callable[..., Gateway], shared: Path, url: str
+             ) -> tuple[Gateway, Gateway]:
+    stores = {"storage": {"sessions_dir": str(shared / "sessions")},
+              "simulator": {"server_dir": str(shared / "simulator")}}
+    common = {"advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"],
+              "database_url": url, **HEARTBEAT, **LEASE}
+    leader = make_gateway({**stores, "cluster": {"role": "leader", "host_name": LEADER,
+                                                 "sessions": 1, **common}}, name="leader")
+    member = make_gateway({**stores, "cluster": {
+        "role": "member", "host_name": MEMBER, "sessions": 1,
+        "leaders": [f"127.0.0.1:{leader.admin_port}"], **common}},
+        name="member", key_file=leader.key_file)
+    return leader, member
+
+
+def _lease_free_at_ns(cluster: PgCluster, session: str) -> tuple[str, int]:
+    """(owner host, when the lease is free: expiry plus the margin, in wall-clock ns)."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        row = conn.execute("SELECT owner_host, expires_at FROM wagate_leases "
+                           "WHERE session = %s", (session,)).fetchone()
+    assert row is not None
+    return str(row[0]), int(row[1].timestamp() * 1e9) + int(LEASE["lease_margin_seconds"] * 1e9)
+
+
+def test_a_lost_members_session_starts_elsewhere_only_after_its_lease_is_free(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    leader, member = _cluster(make_gateway, shared, pg.url())
+    leader.start()
+    member.start(MEMBER_START_DEADLINE)
+    wait_for(lambda: _member_alive(leader), 15, 0.1, "the member to join the leader")
+    leader.link("m1")  # the leader's one slot
+    leader.link("m2")  # the member's
+    assert _placement(leader, "m2")["host"] == MEMBER
+
+    killed_at = time.time_ns()
+    member_pids = member.actor_pids()
+    member.kill_everything()
+    dead_by = time.time_ns()  # every process of the member is gone by now
+    wait_for(lambda: not _member_alive(leader), 15, 0.1, "the leader to give the member up")
+    waiting = leader.status("m2")
+    owner, free_at_ns = _lease_free_at_ns(pg, "m2")
+    assert owner == MEMBER
+    assert time.time_ns() < free_at_ns, "the lease ran out before the check: lengthen it"
+    assert waiting["state"] == "CONNECTING", waiting
+    assert waiting["lastError"]["code"] == "LEASE_HELD", waiting
+    assert MEMBER in waiting["lastError"]["message"], waiting
+
+    wait_for(lambda: _placement(leader, "m2") == {"state": "CONNECTED", "host": LEADER},
+             LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 15, 0.1,
+             "m2 to connect on the leader")
+    took = (time.time_ns() - killed_at) / 1e9
+    records = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
+    ups = [r for r in records if r.kind == "up" and r.session == "m2" and r.host == LEADER]
+    assert ups and ups[0].at_ns >= free_at_ns, (ups[0].at_ns - free_at_ns) / 1e9
+    # A killed process writes no "down": its connections last until it was gone.
+    died = {(MEMBER, pid): dead_by for pid in member_pids}
+    assert {r.pid for r in records if r.host == MEMBER} <= set(member_pids)
+    assert overlaps(records, until_ns=time.time_ns(), died=died) == []
+    print(f"\nmember lost -> m2 connected on the leader in {took:.1f} s "
+          f"(lease {LEASE['lease_seconds']:g} s + margin {LEASE['lease_margin_seconds']:g} s)")
