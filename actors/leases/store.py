@@ -91,6 +91,11 @@ _CURRENT: LiteralString = "SELECT " + _COLUMNS + " FROM wagate_leases WHERE sess
 _CURRENT_MANY: LiteralString = ("SELECT " + _COLUMNS +
                                 " FROM wagate_leases WHERE session = ANY(%(sessions)s)")
 
+_HELD_BY_HOST: LiteralString = """
+SELECT owner_pid, epoch FROM wagate_leases
+WHERE owner_host = %(host)s AND NOT released AND expires_at > statement_timestamp()
+"""
+
 _CHECK_EPOCH: LiteralString = """
 SELECT epoch FROM wagate_leases
 WHERE session = %(session)s AND epoch = %(epoch)s AND NOT released
@@ -193,6 +198,16 @@ class LeaseStore:
             self._drop()
             raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return {row[0]: Lease(*row) for row in rows}
+
+    def held_by_host(self) -> set[tuple[int, int]]:
+        """(owner pid, epoch) of every lease this store's host holds now, by the
+        database's clock (a host's agent checks its local processes against them)."""
+        try:
+            rows = self._connection().execute(_HELD_BY_HOST, {"host": self.host}).fetchall()
+        except psycopg.Error as exc:
+            self._drop()
+            raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        return {(int(pid), int(epoch)) for pid, epoch in rows}
 
     def fenced_write(self, session: str, epoch: int, statement: LiteralString,
                      params: Sequence[Any] | dict[str, Any] = ()) -> int:

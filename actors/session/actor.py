@@ -281,6 +281,9 @@ class SessionActor(BridgedActor):
         self._close_store()
         if self.keeper is not None:  # the client is closed: the next owner need not wait
             self.keeper.stop(release=True)
+            from actors.leases.local import marks_dir, unmark
+
+            unmark(marks_dir(self.config.data_path))
         if self.bridge is not None:
             self.bridge.close()
 
@@ -293,6 +296,7 @@ class SessionActor(BridgedActor):
         if not lease_mode(self.config):
             return
         from actors.leases.keeper import LeaseKeeper
+        from actors.leases.local import mark, marks_dir
         from actors.leases.store import LeaseStore
         from actors.leases.timing import LeaseTiming
 
@@ -302,8 +306,16 @@ class SessionActor(BridgedActor):
         config = self.config
         store = LeaseStore(config.cluster.database_url, LeaseTiming.of(config.cluster),
                            host=host_name(config), pid=os.getpid())
-        self.keeper = LeaseKeeper(store, self.session,
-                                  on_granted=lambda epoch: bridge.post(_LeaseGranted(epoch)),
+        marks = marks_dir(config.data_path)
+        session = self.session
+
+        def granted(epoch: int) -> None:
+            # Marked before the client may start: the host's agent checks every marked
+            # process against the leases, and stops one that holds none (local.py).
+            mark(marks, session, epoch)
+            bridge.post(_LeaseGranted(epoch))
+
+        self.keeper = LeaseKeeper(store, self.session, on_granted=granted,
                                   on_lost=lambda reason: bridge.post(_LeaseLost(reason)))
         self.keeper.start()
 

@@ -14,13 +14,23 @@ The fence knows nothing of pauses (unlike the leader's check, which forgives its
 a member that was frozen itself may have been given up by the leader meanwhile, and
 stopping its sessions once too often only costs a reconnect.
 
+With leases (``cluster.database_url``), the agent also reconciles by pid: every
+local session process that was granted a lease (its mark, ``actors.leases.local``)
+must still hold it by the database's clock; one that does not is stopped, and killed
+half a margin later (``actors.leases.reconcile``). That covers what the heartbeat's
+list cannot: a process started after the last beat, and one too stuck or stopped to
+let go by itself. Each look at the database waits at most a second, on a thread of
+its own (``actors.leases.bounded``).
+
 The member's launcher also uses this class, locally and briefly, to learn the process
 group of its actor system (``WhoAreYou``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -39,7 +49,8 @@ from actors.messages import (
 )
 from actors.run_once import RunOnce
 from actors.supervisor.placement import HeartbeatTracker
-from actors.system import on_required_host
+from actors.system import host_config, host_name, on_required_host
+from gateway.core.config import lease_mode
 
 log = structlog.get_logger("wagate.host_agent")
 
@@ -65,6 +76,7 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         self.tracker: HeartbeatTracker | None = None
         self.interval = 1.0
         self.sessions: tuple[tuple[str, Any], ...] = ()
+        self.leases: LocalLeases | None = None  # with cluster.database_url
 
     def receiveMsg_WhoAreYou(self, msg: WhoAreYou, sender: Any) -> None:
         self.send(sender, ProcessInfo(os.getpid(), os.getpgrp(), os.getppid()))
@@ -76,6 +88,9 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         self.tracker = HeartbeatTracker(msg.fence_seconds, 1)
         self.tracker.watch(LEADER, time.monotonic())
         self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
+        config = host_config()
+        if config is not None and lease_mode(config):
+            self.leases = LocalLeases(config)
         log.info("host agent started", host=msg.host, fence_seconds=msg.fence_seconds)
 
     def receiveMsg_HostBeat(self, msg: HostBeat, sender: Any) -> None:
@@ -90,6 +105,8 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
             return
         # The next check first: a failed handler is not run again (RunOnce).
         self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
+        if self.leases is not None:
+            self.leases.reconcile()
         if self.tracker.lost(time.monotonic()) and self.sessions:
             log.error("the leader has gone quiet; stopping the sessions it placed here so "
                       "that no session runs twice", host=self.host,
@@ -102,3 +119,48 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self.tracker = None
+        if self.leases is not None:
+            self.leases.close()
+
+
+class LocalLeases:
+    """The agent's check of this host's session processes against their leases."""
+
+    def __init__(self, config: Any) -> None:
+        from actors.leases.bounded import BoundedQuestion
+        from actors.leases.local import marks_dir
+        from actors.leases.store import LeaseStore
+        from actors.leases.timing import LeaseTiming
+
+        timing = LeaseTiming.of(config.cluster)
+        self.store = LeaseStore(config.cluster.database_url, timing, host=host_name(config),
+                                timeout_seconds=1.0)
+        self.question: BoundedQuestion[set[tuple[int, int]]] = BoundedQuestion(
+            1.0, "lease-reconcile")
+        self.directory = marks_dir(config.data_path)
+        self.grace = timing.margin / 2
+        self.pending: dict[int, float] = {}
+
+    def reconcile(self) -> None:
+        from actors.leases.local import marks
+        from actors.leases.reconcile import reconcile
+
+        local = marks(self.directory)
+        if not local:
+            self.pending = {}
+            return
+        held = self.question.ask(self.store.held_by_host)
+        if isinstance(held, str):
+            return  # unknown: each process's own keeper stops it by its deadline
+        actions = reconcile(local, held, self.pending, time.monotonic(), self.grace)
+        self.pending = actions.pending
+        for pid, signum in ([(p, signal.SIGTERM) for p in actions.term]
+                            + [(p, signal.SIGKILL) for p in actions.kill]):
+            log.error("a local session process holds no lease; stopping it", pid=pid,
+                      signal=signum.name)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def close(self) -> None:
+        if not self.question.hanging:
+            self.store.close()

@@ -6,20 +6,17 @@ which may start now and when to ask again. No Thespian here: the supervisor sche
 the next question and starts the processes.
 
 The question runs on a thread of its own and the supervisor waits for it at most
-``QUESTION_TIMEOUT_SECONDS``: a frozen database still acknowledges packets in its
-kernel, so neither ``statement_timeout`` (the server is stopped) nor
-``tcp_user_timeout`` (the sends are acknowledged) would end the call. An unanswered
-question starts nothing; while it still hangs, no second one is sent (each check
-answers "does not answer" at once), and its late answer is thrown away.
+``QUESTION_TIMEOUT_SECONDS`` (``actors.leases.bounded``). An unanswered question
+starts nothing.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
+from actors.leases.bounded import BoundedQuestion
 from actors.leases.gate import Verdict, next_check, unreachable, verdict
-from actors.leases.store import Lease, LeaseStore, LeaseStoreUnavailable
+from actors.leases.store import Lease, LeaseStore
 
 # The supervisor's questions must come back quickly: it answers the web tier too.
 QUESTION_TIMEOUT_SECONDS = 1.0
@@ -43,7 +40,8 @@ class LeaseWaits:
         self.timeout_seconds = timeout_seconds
         self.sessions: set[str] = set()
         self._schema_ready = False
-        self._asking: threading.Thread | None = None  # a question still in flight
+        self._question: BoundedQuestion[dict[str, Lease]] = BoundedQuestion(
+            timeout_seconds, "lease-question")
 
     def add(self, session: str) -> None:
         self.sessions.add(session)
@@ -75,28 +73,16 @@ class LeaseWaits:
         return found
 
     def close(self) -> None:
-        if self._asking is None:  # a hanging question keeps its connection
+        if not self._question.hanging:  # a hanging question keeps its connection
             self.store.close()
 
     def _ask(self, sessions: list[str]) -> dict[str, Lease] | str:
         """The rows of ``sessions``, or why there is no answer, within the bound."""
-        if self._asking is not None and self._asking.is_alive():
-            return "an earlier question is still unanswered"
-        answer: list[dict[str, Lease] | str] = []
 
-        def question() -> None:
-            try:
-                if not self._schema_ready:  # a new database: no session has made it yet
-                    self.store.ensure_schema()
-                    self._schema_ready = True
-                answer.append(self.store.current_many(sessions))
-            except LeaseStoreUnavailable as exc:
-                answer.append((str(exc).splitlines() or [""])[0][:200])
+        def question() -> dict[str, Lease]:
+            if not self._schema_ready:  # a new database: no session has made it yet
+                self.store.ensure_schema()
+                self._schema_ready = True
+            return self.store.current_many(sessions)
 
-        self._asking = threading.Thread(target=question, daemon=True, name="lease-question")
-        self._asking.start()
-        self._asking.join(self.timeout_seconds)
-        if self._asking.is_alive():
-            return f"no answer within {self.timeout_seconds:g} s"
-        self._asking = None
-        return answer[0]
+        return self._question.ask(question)

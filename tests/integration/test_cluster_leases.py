@@ -11,13 +11,16 @@ clock. The lease here is longer than the heartbeat window, so the wait is visibl
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 
-from actors.transport.connection_log import overlaps, parse_records
+from actors.transport.connection_log import ConnectionRecord, overlaps, parse_records
 from actors.transport.simulator import CONNECTIONS_LOG
 from tests.integration.harness import Gateway, wait_for
 from tests.integration.test_cluster import (
@@ -96,3 +99,56 @@ def test_a_lost_members_session_starts_elsewhere_only_after_its_lease_is_free(
     assert overlaps(records, until_ns=time.time_ns(), died=died) == []
     print(f"\nmember lost -> m2 connected on the leader in {took:.1f} s "
           f"(lease {LEASE['lease_seconds']:g} s + margin {LEASE['lease_margin_seconds']:g} s)")
+
+
+def _gone(pid: int) -> bool:
+    """Dead (a zombie counts: it holds no socket any more)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_members_agent_kills_a_stuck_session_process_that_lost_its_lease(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    """C3 in small: the member's session process is stopped (SIGSTOP: stuck, its own
+    fence cannot run either). Its lease expires; the member's agent, checking its
+    local processes by pid against the leases, stops it and kills it after half the
+    margin; the session connects again, with zero overlap."""
+    shared = tmp_path / "shared"
+    leader, member = _cluster(make_gateway, shared, pg.url())
+    leader.start()
+    member.start(MEMBER_START_DEADLINE)
+    wait_for(lambda: _member_alive(leader), 15, 0.1, "the member to join the leader")
+    leader.link("m1")
+    leader.link("m2")
+    assert _placement(leader, "m2")["host"] == MEMBER
+    pid = leader.session_pid("m2")
+    assert pid in member.actor_pids()
+
+    stopped_at = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: _gone(pid), LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 5,
+                 0.05, "the member's agent to kill the stuck session process")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    gone_ns = time.time_ns()
+    took = time.monotonic() - stopped_at
+    # Its last renewal came before the stop: expiry within a lease, then one agent look
+    # (a heartbeat) and half the margin.
+    assert took <= (LEASE["lease_seconds"] + HEARTBEAT["heartbeat_seconds"]
+                    + LEASE["lease_margin_seconds"] / 2 + 1.0), took
+
+    def reconnected() -> list[ConnectionRecord]:
+        found = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
+        fresh = any(r.kind == "up" and r.session == "m2" and r.pid != pid for r in found)
+        return found if fresh else []
+
+    records = wait_for(reconnected, 30, 0.1, "m2 to connect again from a new process")
+    assert overlaps(records, until_ns=time.time_ns(), died={(MEMBER, pid): gone_ns}) == []
+    print(f"\nstuck member session process killed {took:.1f} s after SIGSTOP "
+          f"(lease {LEASE['lease_seconds']:g} s)")

@@ -1,0 +1,75 @@
+"""Which processes of this host hold a session's lease: marks on the local disk.
+
+A host's agent must stop every local session process that has no current lease
+(issue 22), including one stuck in a call or stopped, which cannot stop itself, and
+one started after the last heartbeat told the agent what runs here. The leader's
+list cannot tell it that, so each session process says it itself: when its lease is
+granted (before it connects) it writes a mark named by its pid in
+``data_dir/run/leases`` with its session, epoch and start time, and removes it after
+its client is closed. A mark whose pid is gone, or now names another process (its
+start time differs), is stale and removed. Plain files, no actors, no database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A session process of this host that was granted a lease."""
+
+    pid: int
+    session: str
+    epoch: int
+    started: int  # the process's start time (clock ticks after boot, /proc/pid/stat)
+
+
+def marks_dir(data_path: Path) -> Path:
+    return data_path / "run" / "leases"
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (field 22 of /proc/pid/stat), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def mark(directory: Path, session: str, epoch: int, pid: int | None = None) -> None:
+    """This process (``pid``) holds ``session``'s lease under ``epoch``."""
+    pid = os.getpid() if pid is None else pid
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    started = process_start(pid)
+    temp = directory / f".{pid}.tmp"
+    temp.write_text(json.dumps({"pid": pid, "session": session, "epoch": epoch,
+                                "started": started}), encoding="utf-8")
+    os.replace(temp, directory / f"{pid}.json")
+
+
+def unmark(directory: Path, pid: int | None = None) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (directory / f"{os.getpid() if pid is None else pid}.json").unlink()
+
+
+def marks(directory: Path) -> list[Mark]:
+    """The live marks; stale ones (process gone or replaced) are removed."""
+    found = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            entry = Mark(int(data["pid"]), str(data["session"]), int(data["epoch"]),
+                         int(data["started"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # half written by a process that is being killed: next look
+        if process_start(entry.pid) != entry.started:
+            unmark(directory, entry.pid)
+            continue
+        found.append(entry)
+    return found
