@@ -76,8 +76,14 @@ def test_a_session_connects_under_its_lease_and_lets_go_when_it_cannot_renew(
         # later, and the disconnect comes at it (the margin keeps rivals out meanwhile).
         late = (down[0].at_ns - frozen_at) / 1e9
         assert late <= LEASE["lease_seconds"] + 0.5, late
-        # No lease, no connection: the fresh process waits.
-        wait_for(lambda: gw.session_pid() != pid, timeout=15, message="a fresh session process")
+        # No lease, no process: the leader cannot learn that the lease is free, so it
+        # starts none and shows why.
+        waiting = wait_for(lambda: (s := gw.status())["lastError"] is not None
+                           and s["lastError"]["code"] == "LEASE_HELD" and s, timeout=15,
+                           message="the session shown as waiting for its lease")
+        assert "does not answer" in waiting["lastError"]["message"], waiting
+        assert not [e for e in gw.health()["sessions"] if e["session"] == "default"
+                    and e["pid"] and e["pid"] != pid]
         assert [r for r in records(gw) if r.kind == "up"][-1].pid == pid
     finally:
         pg.freeze(False)
