@@ -43,6 +43,7 @@ class Verdict:
     start: bool
     wait_seconds: float = 0.0
     reason: str = ""
+    code: str = "LEASE_HELD"  # the status's lastError code while it waits
 
 
 START = Verdict(True)
@@ -69,6 +70,14 @@ def unreachable(error: str, retry: float) -> Verdict:
     return Verdict(False, max(MIN_RECHECK_SECONDS, retry),
                    f"waiting for its lease: the lease database does not answer ({error}); "
                    "the session starts once it answers and the lease is free")
+
+
+def standby(retry: float) -> Verdict:
+    """Another leader holds the leadership lock: only the holder starts sessions."""
+    return Verdict(False, max(MIN_RECHECK_SECONDS, retry),
+                   "this leader is a standby: another leader holds the leadership lock in "
+                   "the lease database, and only the holder starts sessions; it takes over "
+                   "once that leader's database connection ends", code="LEADER_STANDBY")
 
 
 def next_check(verdicts: list[Verdict]) -> float | None:

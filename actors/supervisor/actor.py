@@ -735,13 +735,13 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             if child is None or child.address is not None:
                 self.lease_waits.discard(session)  # forgotten, or started meanwhile
                 continue
-            status = self.statuses.get(session)
-            if status is not None and (status.last_error is None
-                                       or status.last_error.message != said.reason):
+            # A new session has no status yet: it gets one, so the wait shows.
+            status = self.statuses.get(session) or SessionStatus(session=session)
+            if status.last_error is None or status.last_error.message != said.reason:
                 log.info("a session waits for its lease", session=session, reason=said.reason)
                 self._set_status(replace(status, state=SessionState.CONNECTING,
                                          updated_at=now, pid=None, connected_since=None,
-                                         last_error=ErrorInfo("LEASE_HELD", said.reason)))
+                                         last_error=ErrorInfo(said.code, said.reason)))
         for session in found.ready:
             key = ChildKey.of_session(session)
             child = self.children.get(key)
@@ -972,6 +972,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
 def _lease_waits(config: Config) -> LeaseWaits:
     """The lease gate of a leader in lease mode; psycopg is imported only then."""
+    from actors.leases.leader import LeaderLock
     from actors.leases.store import LeaseStore
     from actors.leases.timing import LeaseTiming
     from actors.supervisor.lease_wait import QUESTION_TIMEOUT_SECONDS, LeaseWaits
@@ -979,7 +980,9 @@ def _lease_waits(config: Config) -> LeaseWaits:
     store = LeaseStore(config.cluster.database_url, LeaseTiming.of(config.cluster),
                        host=host_name(config), pid=os.getpid(),
                        timeout_seconds=QUESTION_TIMEOUT_SECONDS)
-    return LeaseWaits(store)
+    # Only the holder of the leadership lock starts sessions (one active leader).
+    lock = LeaderLock(config.cluster.database_url, timeout_seconds=QUESTION_TIMEOUT_SECONDS)
+    return LeaseWaits(store, lock=lock)
 
 
 def _unknown_session(session: str, request_id: str) -> Failed:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actors.leases.bounded import BoundedQuestion
-from actors.leases.gate import Verdict, next_check, unreachable, verdict
+from actors.leases.gate import Verdict, next_check, standby, unreachable, verdict
+from actors.leases.leader import LeaderLock
 from actors.leases.store import Lease, LeaseStore
 
 # The supervisor's questions must come back quickly: it answers the web tier too.
@@ -35,12 +36,15 @@ class LeaseWaits:
     """Sessions waiting for their lease before the leader starts them."""
 
     def __init__(self, store: LeaseStore,
-                 timeout_seconds: float = QUESTION_TIMEOUT_SECONDS) -> None:
+                 timeout_seconds: float = QUESTION_TIMEOUT_SECONDS,
+                 lock: LeaderLock | None = None) -> None:
         self.store = store
+        # Leadership (actors.leases.leader): with a lock, only its holder starts sessions.
+        self.lock = lock
         self.timeout_seconds = timeout_seconds
         self.sessions: set[str] = set()
         self._schema_ready = False
-        self._question: BoundedQuestion[dict[str, Lease]] = BoundedQuestion(
+        self._question: BoundedQuestion[dict[str, Lease] | None] = BoundedQuestion(
             timeout_seconds, "lease-question")
 
     def add(self, session: str) -> None:
@@ -56,8 +60,9 @@ class LeaseWaits:
             return Checked()
         timing = self.store.timing
         rows = self._ask(sorted(self.sessions))
-        if isinstance(rows, str):
-            down = unreachable(rows, timing.renew)
+        if rows is None or isinstance(rows, str):
+            down = (standby(timing.renew) if rows is None
+                    else unreachable(rows, timing.renew))
             found = Checked(waiting=dict.fromkeys(sorted(self.sessions), down))
             found.next_in = next_check(list(found.waiting.values()))
             return found
@@ -73,13 +78,18 @@ class LeaseWaits:
         return found
 
     def close(self) -> None:
-        if not self._question.hanging:  # a hanging question keeps its connection
+        if not self._question.hanging:  # a hanging question keeps its connections
             self.store.close()
+            if self.lock is not None:
+                self.lock.release()
 
-    def _ask(self, sessions: list[str]) -> dict[str, Lease] | str:
-        """The rows of ``sessions``, or why there is no answer, within the bound."""
+    def _ask(self, sessions: list[str]) -> dict[str, Lease] | str | None:
+        """The rows of ``sessions``, or why there is no answer, within the bound; None
+        when another leader holds the leadership lock."""
 
-        def question() -> dict[str, Lease]:
+        def question() -> dict[str, Lease] | None:
+            if self.lock is not None and not self.lock.try_acquire():
+                return None
             if not self._schema_ready:  # a new database: no session has made it yet
                 self.store.ensure_schema()
                 self._schema_ready = True

@@ -143,3 +143,26 @@ def test_a_restarted_leader_never_starts_a_session_whose_lease_is_held_elsewhere
     after = lease_row(pg, "s3")
     assert after is not None and after[0] == gw.session_pid("s3") and after[1] > row[0]
     print(f"\nstarted {(ups[0].at_ns - free_at_ns) / 1e9:.2f} s after the lease was free")
+
+
+def test_only_the_leader_holding_the_lock_starts_sessions(
+        make_gateway: Callable[..., Gateway], pg: PgCluster) -> None:
+    """C4 in small: two leaders on one lease database. The first holds the leadership
+    lock (it started a session); the second starts none (LEADER_STANDBY, no process)
+    until the first one's database connection ends, then takes over."""
+    first = leader(make_gateway, pg).start()
+    first.link("l1")
+    second = make_gateway({"cluster": {
+        "role": "leader", "host_name": "gamma", "advertise_address": "127.0.0.1",
+        "allow_networks": ["127.0.0.1/32"], "database_url": pg.url(), **LEASE}},
+        name="second").start()
+    assert not second.connect("l2").errors
+    waiting = second.status("l2")
+    assert waiting["lastError"] is not None, waiting
+    assert waiting["lastError"]["code"] == "LEADER_STANDBY", waiting
+    assert not [e for e in second.health()["sessions"] if e["pid"]]
+    assert lease_row(pg, "l2") is None  # no process of it ever asked for its lease
+
+    first.stop()  # its supervisor's connection ends: the lock is free
+    second.wait_state("QR_PENDING", "l2", timeout=20)
+    assert second.session_pid("l2")

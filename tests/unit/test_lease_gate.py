@@ -63,3 +63,11 @@ def test_next_check_is_the_soonest_wait() -> None:
     soon = verdict(Row(expires_at=NOW), 1.0, 10.0)
     assert next_check([held, soon, verdict(None, 1.0, 1.0)]) == 1.0
     assert next_check([verdict(None, 1.0, 1.0)]) is None
+
+
+def test_a_standby_leader_starts_nothing_and_says_so() -> None:
+    from actors.leases.gate import standby
+
+    said = standby(retry=3.0)
+    assert not said.start and said.code == "LEADER_STANDBY" and "lock" in said.reason
+    assert verdict(Row(expires_at=NOW + timedelta(seconds=1)), 2.0, 3.0).code == "LEASE_HELD"
