@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.core.files import write_atomic
+
 
 @dataclass(frozen=True, slots=True)
 class Mark:
@@ -47,10 +49,9 @@ def mark(directory: Path, session: str, epoch: int, pid: int | None = None) -> N
     pid = os.getpid() if pid is None else pid
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     started = process_start(pid)
-    temp = directory / f".{pid}.tmp"
-    temp.write_text(json.dumps({"pid": pid, "session": session, "epoch": epoch,
-                                "started": started}), encoding="utf-8")
-    os.replace(temp, directory / f"{pid}.json")
+    # Not durable: a mark means nothing after a reboot (its process is gone).
+    write_atomic(directory / f"{pid}.json", json.dumps(
+        {"pid": pid, "session": session, "epoch": epoch, "started": started}), durable=False)
 
 
 def unmark(directory: Path, pid: int | None = None) -> None:

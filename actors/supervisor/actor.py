@@ -738,7 +738,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             # A new session has no status yet: it gets one, so the wait shows.
             status = self.statuses.get(session) or SessionStatus(session=session)
             if status.last_error is None or status.last_error.message != said.reason:
-                log.info("a session waits for its lease", session=session, reason=said.reason)
+                if status.last_error is None or status.last_error.code != said.code:
+                    log.info("a session waits to start", session=session, reason=said.reason)
                 self._set_status(replace(status, state=SessionState.CONNECTING,
                                          updated_at=now, pid=None, connected_since=None,
                                          last_error=ErrorInfo(said.code, said.reason)))
