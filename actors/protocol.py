@@ -38,9 +38,9 @@ from gateway.core.version import __version__
 # The dashboard's message chart: ChartMessageStates, StateBucket; fenced stops: SessionsFenced;
 # GetMessageByKey; the lease keys in ClusterConfig (cluster.lease_*, cluster.database_url).
 # Media messages: MediaSpec (in SendText, Deliver, IncomingReceived), OpenMedia, [media]
-# in Config, the media counters in OutboxMetrics.
+# in Config, the media counters in OutboxMetrics. simulator.idle_check_seconds in Config.
 PROTOCOL = 5
-LAYOUT = "bb1ce397adf6975c"
+LAYOUT = "9d824e6386be89a3"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -106,6 +106,9 @@ class TransportConfig:
 @dataclass(frozen=True, slots=True)
 class SimulatorConfig:
     poll_interval_seconds: float = 0.05  # how often a simulated connection looks at the server
+    # How often a connection reads the whole server state when no bell rang (a safety
+    # net: every write it must notice rings its session's bell; actors.transport.simulator).
+    idle_check_seconds: float = 5.0
     send_delay_seconds: float = 0.0  # artificial server latency per message
     # The simulated service's "server side"; "" = data_dir/simulator. The hosts of a
     # cluster share one, as real hosts share WhatsApp's servers.
@@ -448,6 +451,7 @@ RANGES: dict[str, Range] = {
     "actors.start_timeout_seconds": _SECONDS,
     "transport.engine_detail_seconds": Range(0, 60, above=True),
     "simulator.poll_interval_seconds": Range(0, 60, above=True),
+    "simulator.idle_check_seconds": _SECONDS,
     "simulator.send_delay_seconds": Range(0, 3600),
     "sessions.max_sessions": Range(1, 1000), "storage.min_free_mb": Range(1, 1_048_576),
     "reconnect.attempts": _COUNT, "reconnect.delay_seconds": _DAY,

@@ -24,9 +24,11 @@ from actors.transport import create_transport
 from actors.transport.base import (
     Connected,
     Disconnected,
+    IncomingMessage,
     LoggedOut,
     PairingClosed,
     QrCode,
+    Receipt,
     SendError,
 )
 from actors.transport.simulator import SimulatorError, SimulatorServer, SimulatorTransport
@@ -505,3 +507,71 @@ def test_create_transport_builds_the_simulator(tmp_path: Path) -> None:
 def test_session_ids_cannot_escape_the_sessions_dir(tmp_path: Path, session: str) -> None:
     with pytest.raises(ValueError, match="invalid session id"):
         SimulatorTransport(session, tmp_path, PAIRING_QR, FAST_SIM)
+
+
+# ------------------------------------------------------------------------------ bells
+
+# A safety-net read far beyond any wait of this test: what is noticed was rung.
+BELLS_ONLY = SimulatorConfig(poll_interval_seconds=0.01, idle_check_seconds=3600.0)
+
+
+def test_every_write_a_connection_must_notice_rings_its_bell(
+        make: MakeTransport, server: SimulatorServer) -> None:
+    """An idle connection reads the server only when a bell rang (or after
+    ``idle_check_seconds``): a write that forgot to ring would never be noticed here."""
+    transport = make(sim=BELLS_ONLY)
+    log = pair(transport, server)
+
+    server.reply("s1", RECIPIENT, "a reply")
+    assert [e.text for e in log.wait_count(IncomingMessage)] == ["a reply"]
+
+    sent = transport.send_text(RECIPIENT, "hello")
+    server.receipt(sent.message_id, "read")
+    assert [r.message_id for r in log.wait_count(Receipt)] == [sent.message_id]
+
+    server.auto_receipt("delivered")
+    second = transport.send_text(RECIPIENT, "again")
+    assert log.wait_count(Receipt, 2)[-1].message_id == second.message_id
+
+    server.drop("s1")
+    log.wait_count(Disconnected)
+    transport.connect(log)
+    log.wait_count(Connected, 2)
+    server.drop()  # every session's: the shared bell
+    log.wait_count(Disconnected, 2)
+    transport.connect(log)
+    log.wait_count(Connected, 3)
+    server.logout("s1")
+    log.wait_count(LoggedOut)
+
+
+def test_the_safety_net_reads_the_server_without_a_bell(
+        make: MakeTransport, server: SimulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that rang no bell (a writer that knows nothing of bells: this handle's
+    ring silenced) is still noticed, by the read every ``idle_check_seconds``."""
+    transport = make(sim=SimulatorConfig(poll_interval_seconds=0.01, idle_check_seconds=0.2))
+    log = pair(transport, server)
+    monkeypatch.setattr(server, "_ring", lambda session: None)
+    server.reply("s1", RECIPIENT, "quiet")
+    assert [e.text for e in log.wait_count(IncomingMessage)] == ["quiet"]
+
+
+def _wakeups(thread: threading.Thread) -> int:
+    """How often ``thread`` has gone to sleep and been woken (the kernel's count)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("voluntary_ctxt_switches")))
+
+
+def test_an_idle_linked_connection_sleeps_until_a_bell_rings(
+        make: MakeTransport, server: SimulatorServer) -> None:
+    """With a 10 ms poll interval, a polling connection wakes at least 100 times in a
+    second; one asleep on its bells' inotify watch wakes only for what happens."""
+    transport = make(sim=BELLS_ONLY)
+    log = pair(transport, server)
+    (thread,) = [t for t in _simulator_threads() if t.is_alive()]
+    before = _wakeups(thread)
+    time.sleep(1.0)  # the window observed (nothing is awaited: nothing should happen)
+    assert _wakeups(thread) - before < 20
+    server.reply("s1", RECIPIENT, "wake up")  # and a ring still wakes it
+    log.wait_count(IncomingMessage)
