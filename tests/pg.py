@@ -92,6 +92,10 @@ class PgCluster:
     port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None
+    # Where the server runs and listens: a command prefix that enters another network
+    # namespace (tests/netns.py, ``ip netns exec NAME``) and an address there.
+    prefix: tuple[str, ...] = ()
+    listen: str = "127.0.0.1"
 
     @property
     def data(self) -> Path:
@@ -102,26 +106,31 @@ class PgCluster:
         return self.root / "postgres.log"
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return (f"host=127.0.0.1 port={self.port} user={SUPERUSER} "
+        return (f"host={self.listen} port={self.port} user={SUPERUSER} "
                 f"password={self.password} dbname={dbname} connect_timeout=5")
 
     def url(self, dbname: str = "postgres") -> str:
         """The same as ``dsn``, as the URL ``cluster.database_url`` takes."""
-        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql://{SUPERUSER}:{self.password}@{self.listen}:{self.port}/{dbname}"
 
     def start(self) -> None:
         """initdb (the first time) and start the server; returns once it accepts
         connections, or raises with the server's log."""
         if not self.data.exists():
             self._initdb()
+            if self.listen != "127.0.0.1":
+                # Clients on the listen address's own subnet (a test's hosts), by password.
+                with (self.data / "pg_hba.conf").open("a", encoding="utf-8") as hba:
+                    hba.write("host all all samenet scram-sha-256\n")
         log = open(self.log, "ab")  # noqa: SIM115 - the child keeps it; closed below
+        command = [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                   "-c", f"listen_addresses={self.listen}",
+                   "-c", f"unix_socket_directories={self.root}",
+                   "-c", "fsync=off", "-c", "full_page_writes=off"]
         try:
             self.process = subprocess.Popen(
-                [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
-                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
-                 "-c", "fsync=off", "-c", "full_page_writes=off"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, **self._as_user(),
-                preexec_fn=_die_with_parent)
+                self._entered(command), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                **({} if self.prefix else self._as_user()), preexec_fn=_die_with_parent)
         finally:
             log.close()
         self._wait_ready()
@@ -175,6 +184,18 @@ class PgCluster:
         return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid,
                                          "extra_groups": []}
 
+    def _entered(self, command: list[str]) -> list[str]:
+        """``command`` behind ``prefix``: entering a namespace needs root, so the user
+        changes after it (setpriv, which also re-arms the parent-death signal that a
+        change of user clears)."""
+        user = _server_user()
+        if not self.prefix:
+            return command
+        if user is None:
+            return [*self.prefix, *command]
+        return [*self.prefix, "setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
+                "--clear-groups", "--pdeathsig", "INT", *command]
+
     def _initdb(self) -> None:
         user = _server_user()
         if user is not None:
@@ -202,7 +223,7 @@ class PgCluster:
                 raise RuntimeError(f"postgres exited ({self.process.returncode}): "
                                    f"{self.log.read_text(errors='replace')[-2000:]}")
             with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5):
+                    (self.listen, self.port), timeout=0.5):
                 if self._accepts_queries():
                     return
             time.sleep(0.05)

@@ -21,10 +21,11 @@ def make_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     made: list[Gateway] = []
 
     def make(overrides: dict[str, Any] | None = None, name: str = "gw",
-             key_file: Path | None = None, code_dir: Path | None = None) -> Gateway:
+             key_file: Path | None = None, code_dir: Path | None = None,
+             **where: Any) -> Gateway:
         root = tmp_path / f"{name}{len(made)}"
         root.mkdir()
-        gateway = Gateway(root, overrides, key_file=key_file, code_dir=code_dir)
+        gateway = Gateway(root, overrides, key_file=key_file, code_dir=code_dir, **where)
         made.append(gateway)
         return gateway
 

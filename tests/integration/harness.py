@@ -210,14 +210,18 @@ class GraphQLResult:
 class Gateway:
     def __init__(self, root: Path, overrides: dict[str, Any] | None = None,
                  engine: str = "simulator", key_file: Path | None = None,
-                 code_dir: Path | None = None) -> None:
+                 code_dir: Path | None = None, prefix: tuple[str, ...] = (),
+                 host: str = "127.0.0.1") -> None:
         """``engine`` is forced over ``overrides``: the simulator unless a test asks
         for the real engine (which must then get a loopback ``transport.proxy``).
         ``key_file``: another gateway's storage key (the hosts of a cluster share the
         session stores, so they share the key); by default a new one. ``code_dir``:
-        run the wagate found there (another version) instead of this one."""
+        run the wagate found there (another version) instead of this one. ``prefix``:
+        a command that runs ``wagate serve`` elsewhere, e.g. ``ip netns exec NAME``
+        (tests/netns.py), where its web server listens on ``host``."""
         self.root = root
         self.code_dir = code_dir
+        self.prefix = prefix
         self._names = itertools.count(1)
         self.data_dir = root / "data"
         self.port = free_port()
@@ -232,6 +236,8 @@ class Gateway:
         config = _merge({"auth": {"tokens_file": str(self.tokens_file)},
                          "encryption": {"key_file": str(self.key_file)}}, FAST)
         config = _merge(config, overrides or {})
+        if host != "127.0.0.1":
+            config = _merge(config, {"http": {"host": host}})
         config = _merge(config, {"storage": {"data_dir": str(self.data_dir)},
                                  "transport": {"engine": engine}})
         self.config_path.write_text(_toml(config), encoding="utf-8")
@@ -239,7 +245,7 @@ class Gateway:
         self.groups: set[int] = set()
         self.marks: list[Mark] = []  # of every run seen: the cleanup sweeps by them
         self.launchers: list[subprocess.Popen[bytes]] = []
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.token = self.make_token("admin", name="harness-admin")
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {self.token}"
@@ -292,8 +298,9 @@ class Gateway:
         stop_on_termination()
         log = open(self.root / "serve.log", "ab")  # noqa: SIM115 (kept for the process)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(self.config_path),
-             "--port", str(self.port), "--admin-port", str(self.admin_port)],
+            [*self.prefix, sys.executable, "-m", "gateway.cli", "serve",
+             "--config", str(self.config_path), "--port", str(self.port),
+             "--admin-port", str(self.admin_port)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.code_dir,
             preexec_fn=_die_with_parent(os.getpid()))
         log.close()
