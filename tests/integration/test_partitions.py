@@ -316,3 +316,119 @@ def test_the_topology_isolates_and_heals(net: netns.Topology, pg: PgCluster) -> 
         server.kill()
         server.wait(10)
 
+
+@dataclass
+class Figures:
+    """What a scenario measured, in seconds from the fault (None: it did not happen)."""
+
+    fence: dict[str, float | None]
+    replace: dict[str, float | None]
+
+    @staticmethod
+    def of(log: list[ConnectionRecord], since_ns: int, sessions: tuple[str, ...],
+           old_host: str, new_host: str) -> Figures:
+        def first(kind: str, host: str, session: str) -> float | None:
+            times = [r.at_ns for r in log if r.kind == kind and r.host == host
+                     and r.session == session and r.at_ns >= since_ns]
+            return round((min(times) - since_ns) / 1e9, 2) if times else None
+
+        return Figures({s: first("down", old_host, s) for s in sessions},
+                       {s: first("up", new_host, s) for s in sessions})
+
+
+def run_with_load(leader: Gateway, prefix: str, fault: Callable[[], None],
+                  count: int = 60, spacing: float = 0.25) -> tuple[Load, int]:
+    """Start the load, let it flow a while, inject ``fault`` (which returns once the
+    fault is over and healed), finish the load; returns it and when the fault began."""
+    load = Load(leader, ("s1", "s2", "s3"), count, spacing, prefix)
+    load.start(give_up_after=count * spacing + 60)
+    try:
+        wait_for(lambda: sum(o.accepted for o in load.outcomes) >= 8, 20, 0.1,
+                 "the load to flow")
+        fault_ns = time.time_ns()
+        fault()
+        load.join()
+    finally:
+        load.stopping.set()
+    return load, fault_ns
+
+
+def settle(leader: Gateway, shared: Path) -> None:
+    """Every session connected, once, and the member back in the cluster."""
+    wait_for(lambda: member_alive(leader), 30, 0.2, "the member to be back")
+    wait_for(lambda: all(placement(leader, s)["state"] == "CONNECTED"
+                         for s in ("s1", "s2", "s3")), 30, 0.2, "every session connected")
+    wait_for(lambda: all(open_connections(connection_log(shared))[s] == 1
+                         for s in ("s1", "s2", "s3")), 15, 0.2,
+             "one connection per session")
+
+
+def test_a_member_cut_off_from_the_leader_only_keeps_its_sessions_alone(
+        net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """Scenario A(a): the member still reaches the database, so its sessions keep
+    their leases and stay where they are; the leader, which cannot re-place them
+    while the leases are held, waits. Never two copies; after the heal one each."""
+    shared = tmp_path / "shared"
+    leader, _member = start_cluster(make_gateway, net, pg, shared)
+
+    def fault() -> None:
+        net.cut(LEADER, MEMBER)
+        try:
+            wait_for(lambda: not member_alive(leader), 20, 0.2, "the leader to lose the member")
+            # Longer than a lease and its margin: had anything moved, it would have by now.
+            time.sleep(LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 2)
+        finally:
+            net.heal(LEADER, MEMBER)
+
+    try:
+        load, fault_ns = run_with_load(leader, "cut", fault)
+    finally:
+        net.heal(LEADER, MEMBER)
+    settle(leader, shared)
+    log = connection_log(shared)
+    assert_one_copy_each(shared, ("s1", "s2", "s3"), time.time_ns())
+    figures = Figures.of(log, fault_ns, ("s2", "s3"), MEMBER, LEADER)
+    counts = check_messages(leader, load)
+    assert counts["duplicates"] == 0, counts
+    print(f"\nA(a) leader<->member cut: fence {figures.fence}, re-place {figures.replace}, "
+          f"{counts}")
+
+
+def test_a_member_cut_off_from_everything_fences_before_its_sessions_move(
+        net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """Scenario A(b): the member reaches nobody, not even the database. Its sessions
+    cannot renew their leases and disconnect by themselves before the leases expire;
+    the leader starts them on itself only after expiry plus the margin."""
+    shared = tmp_path / "shared"
+    leader, _member = start_cluster(make_gateway, net, pg, shared)
+    moved: dict[str, float] = {}
+
+    def fault() -> None:
+        net.isolate(MEMBER)
+        try:
+            wait_for(lambda: all(placement(leader, s) == {"state": "CONNECTED", "host": LEADER}
+                                 for s in ("s2", "s3")),
+                     LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 20, 0.1,
+                     "the member's sessions to connect on the leader")
+            moved["at"] = time.monotonic()
+        finally:
+            net.reconnect(MEMBER)
+
+    try:
+        load, fault_ns = run_with_load(leader, "isolated", fault)
+    finally:
+        net.reconnect(MEMBER)
+    settle(leader, shared)
+    log = connection_log(shared)
+    assert_one_copy_each(shared, ("s1", "s2", "s3"), time.time_ns())
+    figures = Figures.of(log, fault_ns, ("s2", "s3"), MEMBER, LEADER)
+    for session in ("s2", "s3"):
+        fenced, placed = figures.fence[session], figures.replace[session]
+        assert fenced is not None and placed is not None, figures
+        assert fenced <= LEASE["lease_seconds"] + 0.5, figures  # before its lease ran out
+        assert placed >= fenced, figures
+    counts = check_messages(leader, load)
+    print(f"\nA(b) member isolated: fence {figures.fence}, re-place {figures.replace}, "
+          f"{counts}")
