@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 PREFIX = "wgt"
 BRIDGE = "br0"
 COMMAND_TIMEOUT_SECONDS = 20.0
+NETEM_DEVICE, NETEM_MARK, NETEM_TABLE = "netem0", 0x231, 231
 _NAME = re.compile(rf"^{PREFIX}(\d+)-")
 
 
@@ -126,6 +127,7 @@ class Topology:
     subnet: ipaddress.IPv4Network = field(default_factory=_free_subnet)
     made: list[str] = field(default_factory=list)
     _cuts: set[tuple[str, str]] = field(default_factory=set)
+    _degraded: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def bridge_ns(self) -> str:
@@ -202,6 +204,8 @@ class Topology:
     def destroy(self) -> None:
         """Stop whatever still runs inside, delete every namespace (their veths go with
         them, the test's own end included); idempotent."""
+        for host in list(self._degraded):
+            self.restore(host)
         for name in reversed(self.made):
             _kill_inside(name)
             _run("ip", "netns", "delete", name, check=False)
@@ -234,15 +238,62 @@ class Topology:
         _run("ip", "-n", self.bridge_ns, "link", "set", self._port(host), "up")
 
     def degrade(self, host: str, loss_percent: float, delay_ms: int) -> None:
-        """netem on ``host``'s end of its veth: every packet it sends (to the other hosts
-        and to the database) is delayed ``delay_ms`` and lost with ``loss_percent``
-        chance. Degrade every host and each direction between two hosts gets it once."""
-        _run("tc", "-n", self.namespace(host), "qdisc", "add", "dev", "eth0", "root",
-             "netem", "loss", f"{loss_percent:g}%", "delay", f"{delay_ms}ms")
+        """Every packet ``host`` sends to another host (not to the database, not to the
+        test) is delayed ``delay_ms`` and lost with ``loss_percent`` chance. Degrade
+        every host and each direction between two hosts gets it once.
+
+        What ``tc netem`` would do, in user space (kernels built without sch_netem,
+        such as this project's CI VM's, have no netem, and with a filter per
+        destination netem would need prio and u32 too): the routes to the other hosts
+        go through a TUN device whose reader (``tests/netem.py``, run in the host's
+        namespace) drops and holds the packets, then sends them on through a raw
+        socket whose mark routes them out of the veth."""
+        if host in self._degraded:
+            raise RuntimeError(f"{host} is degraded already")
+        others = [self.address(h) for h in self.hosts if h != host]
+        self._degrade_in_user_space(host, others, loss_percent, delay_ms)
+
+    def _degrade_in_user_space(self, host: str, others: list[str], loss_percent: float,
+                               delay_ms: int) -> None:
+        import sys
+
+        ns = self.namespace(host)
+        for knob in ("all", "default", "eth0"):  # replies come back on eth0, not the tun
+            _run("ip", "netns", "exec", ns, "sysctl", "-qw",
+                 f"net.ipv4.conf.{knob}.rp_filter=0")
+        _run("ip", "-n", ns, "rule", "add", "fwmark", str(NETEM_MARK), "lookup",
+             str(NETEM_TABLE), "pref", "100")
+        _run("ip", "-n", ns, "route", "replace", str(self.subnet), "dev", "eth0",
+             "table", str(NETEM_TABLE))
+        reader = subprocess.Popen(
+            [*self.prefix(host), sys.executable, "-m", "tests.netem", NETEM_DEVICE,
+             f"{loss_percent / 100:g}", f"{delay_ms / 1000:g}", str(NETEM_MARK)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self._degraded[host] = reader
+        assert reader.stdout is not None
+        if reader.stdout.readline().strip() != b"ready":
+            reader.wait(10)
+            raise RuntimeError(f"tests.netem failed: {reader.stderr.read().decode()[-2000:]}")
+        _run("ip", "-n", ns, "link", "set", NETEM_DEVICE, "up")
+        for address in others:
+            _run("ip", "-n", ns, "route", "add", f"{address}/32", "dev", NETEM_DEVICE,
+                 "src", self.address(host))
 
     def restore(self, host: str) -> None:
-        _run("tc", "-n", self.namespace(host), "qdisc", "del", "dev", "eth0", "root",
-             check=False)
+        """Undo ``degrade``; idempotent."""
+        if host not in self._degraded:
+            return
+        reader = self._degraded.pop(host)
+        ns = self.namespace(host)
+        # The TUN device, and the routes through it, go with the reader's descriptor.
+        reader.kill()
+        reader.wait(10)
+        for stream in (reader.stdout, reader.stderr):
+            if stream is not None:
+                stream.close()
+        _run("ip", "-n", ns, "rule", "del", "fwmark", str(NETEM_MARK), "lookup",
+             str(NETEM_TABLE), check=False)
 
     def reaches(self, host: str, address: str, port: int) -> bool:
         """Whether a TCP connection from ``host`` to ``address:port`` succeeds (2 s)."""

@@ -43,6 +43,7 @@ LEADER, MEMBER = "alpha", "beta"
 HEARTBEAT = {"heartbeat_seconds": 1.0, "heartbeat_misses": 3}
 LEASE = {"lease_seconds": 3.0, "lease_renew_seconds": 0.5, "lease_margin_seconds": 1.0}
 MEMBER_START_DEADLINE = 60.0
+REREGISTER_SECONDS = 5.0
 PHONE = "+14155550123"
 SEND = ("mutation($input: SendWhatsAppMessageInput!) { "
         "sendWhatsAppMessage(input: $input) { id state } }")
@@ -78,9 +79,10 @@ def pg(net: netns.Topology) -> Iterator[PgCluster]:
 
 
 def make_cluster(make_gateway: Callable[..., Gateway], net: netns.Topology, pg: PgCluster,
-                 shared: Path, lease: dict[str, float] | None = None
-                 ) -> tuple[Gateway, Gateway]:
-    """A leader with one session slot and a member with two, each in its namespace."""
+                 shared: Path, lease: dict[str, float] | None = None,
+                 **cluster: Any) -> tuple[Gateway, Gateway]:
+    """A leader with one session slot and a member with two, each in its namespace;
+    ``cluster``: more ``[cluster]`` keys for both."""
     stores = {"storage": {"sessions_dir": str(shared / "sessions")},
               "simulator": {"server_dir": str(shared / "simulator")},
               "messages": {"send_timeout_seconds": 2.0},
@@ -93,7 +95,7 @@ def make_cluster(make_gateway: Callable[..., Gateway], net: netns.Topology, pg: 
               "limits": {"per_number_per_minute": 100_000, "per_number_per_hour": 100_000,
                          "global_per_day": 100_000}}
     common = {"allow_networks": [f"{net.address(h)}/32" for h in net.hosts],
-              "database_url": pg.url(), **HEARTBEAT, **(lease or LEASE)}
+              "database_url": pg.url(), **HEARTBEAT, **(lease or LEASE), **cluster}
 
     def host(role: str, name: str, slots: int, **extra: Any) -> Gateway:
         return make_gateway(
@@ -274,9 +276,9 @@ def assert_one_copy_each(shared: Path, sessions: tuple[str, ...], until_ns: int)
 
 
 def start_cluster(make_gateway: Callable[..., Gateway], net: netns.Topology, pg: PgCluster,
-                  shared: Path, lease: dict[str, float] | None = None
-                  ) -> tuple[Gateway, Gateway]:
-    leader, member = make_cluster(make_gateway, net, pg, shared, lease)
+                  shared: Path, lease: dict[str, float] | None = None,
+                  **cluster: Any) -> tuple[Gateway, Gateway]:
+    leader, member = make_cluster(make_gateway, net, pg, shared, lease, **cluster)
     leader.start()
     member.start(MEMBER_START_DEADLINE)
     wait_for(lambda: member_alive(leader), 20, 0.1, "the member to join the leader")
@@ -290,7 +292,7 @@ def start_cluster(make_gateway: Callable[..., Gateway], net: netns.Topology, pg:
 def test_the_topology_isolates_and_heals(net: netns.Topology, pg: PgCluster) -> None:
     """The fixture itself: hosts reach each other and the database through the bridge;
     a cut stops only the two hosts' traffic, an isolation all of the host's; healing
-    restores both."""
+    restores both; a degraded host's packets to the other hosts are delayed or lost."""
     leader_addr = net.address(LEADER)
     # A listener inside the leader's namespace, which the member asks for.
     server = subprocess.Popen([*net.prefix(LEADER), sys.executable, "-m", "http.server",
@@ -312,6 +314,17 @@ def test_the_topology_isolates_and_heals(net: netns.Topology, pg: PgCluster) -> 
         assert net.reaches(LEADER, pg.listen, pg.port)
         net.reconnect(MEMBER)
         wait_for(lambda: net.reaches(MEMBER, pg.listen, pg.port), 10, 0.2, "the heal")
+        # Degraded: delay between the hosts only; total loss cuts them, not the database.
+        net.degrade(MEMBER, 0, 400)
+        started = time.monotonic()
+        assert net.reaches(MEMBER, leader_addr, 8000)
+        assert time.monotonic() - started >= 0.4  # the SYN was held
+        net.restore(MEMBER)
+        net.degrade(MEMBER, 100, 0)
+        assert not net.reaches(MEMBER, leader_addr, 8000)
+        assert net.reaches(MEMBER, pg.listen, pg.port)
+        net.restore(MEMBER)
+        assert net.reaches(MEMBER, leader_addr, 8000)
     finally:
         server.kill()
         server.wait(10)
@@ -432,3 +445,48 @@ def test_a_member_cut_off_from_everything_fences_before_its_sessions_move(
     counts = check_messages(leader, load)
     print(f"\nA(b) member isolated: fence {figures.fence}, re-place {figures.replace}, "
           f"{counts}")
+
+
+def test_a_leader_restarted_with_members_running_doubles_nothing(
+        net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """Scenario B: the leader loses power (SIGKILL of every process of its run) and
+    starts again with the same config, the member running throughout. The member's
+    agent stops the sessions it holds once the leader has gone quiet; the restarted
+    leader starts each session only once its lease is free (its own s1's lease is held
+    by a dead process until it expires), never two at once; nothing lost, nothing
+    doubled. Where the sessions end up does not matter here (the member rejoining a
+    restarted leader is ``test_a_member_rejoins_a_restarted_leader``)."""
+    shared = tmp_path / "shared"
+    leader, _member = start_cluster(make_gateway, net, pg, shared)
+    died: dict[tuple[str, int], int] = {}
+    back: dict[str, float] = {}
+
+    def fault() -> None:
+        killed = time.monotonic()
+        pids = leader.actor_pids()
+        leader.kill_everything()
+        gone_ns = time.time_ns()
+        died.update({(LEADER, pid): gone_ns for pid in pids})
+        leader.start()
+        back["web"] = round(time.monotonic() - killed, 2)
+        wait_for(lambda: all(placement(leader, s)["state"] == "CONNECTED"
+                             for s in ("s1", "s2", "s3")), 30, 0.1,
+                 "every session connected again")
+        back["sessions"] = round(time.monotonic() - killed, 2)
+
+    load, fault_ns = run_with_load(leader, "restart", fault)
+    log = wait_for(lambda: (found := connection_log(shared)) and all(
+        open_connections(found)[s] - sum(1 for r in found if r.kind == "up" and r.session == s
+                                         and (r.host, r.pid) in died) == 1
+        for s in ("s1", "s2", "s3")) and found, 15, 0.2, "one live connection per session")
+    found = overlaps(log, until_ns=time.time_ns(), died=died)
+    assert found == [], found
+    # A killed process writes no "down": the leader's s1 ended when its process died.
+    kill_s = round((min(died.values()) - fault_ns) / 1e9, 2)
+    figures = Figures.of(log, fault_ns, ("s1", "s2", "s3"), MEMBER, LEADER)
+    counts = check_messages(leader, load)
+    assert counts["duplicates"] == 0, counts
+    print(f"\nB leader restart: killed at {kill_s} s, web back at {back['web']} s, all "
+          f"sessions connected at {back['sessions']} s; member sessions down "
+          f"{figures.fence}, up on the leader {figures.replace}, {counts}")
