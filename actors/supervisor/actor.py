@@ -556,7 +556,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_HostBeatAck(self, msg: HostBeatAck, sender: Any) -> None:
         if self.cluster is not None:
-            self.cluster.heard(msg.host, sender)
+            self.cluster.heard(msg.host, sender, msg.seq)
 
     def create_agent(self, host: str) -> Any:
         """ClusterOwner: a ``HostAgent`` on member ``host``."""

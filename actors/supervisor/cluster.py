@@ -31,6 +31,7 @@ makes back. No Thespian here: the owner sends, creates and stops actors.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ class Cluster:
         self.tracker = (HeartbeatTracker(config.heartbeat_seconds, config.heartbeat_misses)
                         if config.role == "leader" else None)
         self.beat_seq = 0
+        self.beats_sent: dict[int, float] = {}  # seq -> monotonic send time, the last few
 
     @property
     def leading(self) -> bool:
@@ -151,12 +153,14 @@ class Cluster:
         log.info("a member joined", host=name, slots=self.hosts[name].slots)
         self.owner.audit("cluster.member_joined", host=name, slots=self.hosts[name].slots)
 
-    def heard(self, name: str, agent: Any) -> None:
-        """The agent on host ``name`` answered a heartbeat (``HostBeatAck``)."""
+    def heard(self, name: str, agent: Any, seq: int) -> None:
+        """The agent on host ``name`` answered heartbeat ``seq`` (``HostBeatAck``)."""
         host = self.hosts.get(name)
         if host is None or self.tracker is None or host.agent is None or host.agent != agent:
             return
-        self.tracker.heard(name, time.monotonic())
+        now = time.monotonic()
+        sent = self.beats_sent.get(seq)
+        self.tracker.heard(name, now, math.inf if sent is None else now - sent)
         if not host.alive:
             host.alive = True  # the cut healed; its sessions run elsewhere now (fenced here)
             log.warning("a member answers again; new sessions may be placed on it", host=name)
@@ -181,6 +185,10 @@ class Cluster:
                           silent_seconds=round(self.tracker.silent_for(name, now), 1))
                 self._host_lost(name, "stopped answering heartbeats")
         self.beat_seq += 1
+        self.beats_sent[self.beat_seq] = now
+        for old in [seq for seq in self.beats_sent
+                    if seq <= self.beat_seq - self.config.heartbeat_misses - 2]:
+            del self.beats_sent[old]
         for name, host in list(self.hosts.items()):
             if host.role != "member":
                 continue
@@ -221,12 +229,15 @@ class Cluster:
         counts: dict[str, int] = {}
         for host in running:
             counts[host] = counts.get(host, 0) + 1
+        now = time.monotonic()
         hosts = tuple({"name": h.name, "role": h.role, "slots": h.slots,
                        "sessions": counts.get(h.name, 0), "alive": h.alive,
+                       "late": self.tracker is not None and self.tracker.late(h.name, now),
                        "runs": h.runs or describe(identity()), "refused": None}
                       for h in self.hosts.values())
         return hosts + tuple({"name": r.name, "role": "member", "slots": 0, "sessions": 0,
-                              "alive": False, "runs": r.runs, "refused": r.reason}
+                              "alive": False, "late": False, "runs": r.runs,
+                              "refused": r.reason}
                              for r in self.refused.values())
 
     # ---- inside ----------------------------------------------------------------------------

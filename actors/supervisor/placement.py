@@ -86,6 +86,12 @@ class PauseDetector:
         return None
 
 
+# A heartbeat answered later than this share of the interval after it was sent says
+# the link (or the peer) is slow: on a healthy network the round trip takes
+# milliseconds, far below a quarter of any sane heartbeat interval.
+LATE_FRACTION = 0.25
+
+
 class HeartbeatTracker:
     """When each watched peer was last heard, and which ones have gone quiet.
 
@@ -99,19 +105,41 @@ class HeartbeatTracker:
     def __init__(self, interval: float, misses: int) -> None:
         if not (math.isfinite(interval) and interval > 0) or misses < 1:
             raise ValueError("interval must be a finite number over 0 and misses >= 1")
+        self.interval = interval
         self.window = interval * misses
         self.pauses = PauseDetector(interval)
         self._heard: dict[str, float] = {}
+        self._late_at: dict[str, float] = {}  # the last slow answer of each peer
 
     def watch(self, peer: str, now: float) -> None:
         self._heard[peer] = now
 
-    def heard(self, peer: str, now: float) -> None:
-        if peer in self._heard:
-            self._heard[peer] = max(self._heard[peer], now)
+    def heard(self, peer: str, now: float, round_trip: float | None = None) -> None:
+        """``peer`` answered at ``now``; ``round_trip``: how long after the beat it
+        answers was sent (None: not measured; ``inf`` for a beat too old to be
+        remembered)."""
+        if peer not in self._heard:
+            return
+        self._heard[peer] = max(self._heard[peer], now)
+        if round_trip is not None and round_trip > self.interval * LATE_FRACTION:
+            self._late_at[peer] = now
 
     def forget(self, peer: str) -> None:
         self._heard.pop(peer, None)
+        self._late_at.pop(peer, None)
+
+    def late(self, peer: str, now: float) -> bool:
+        """Whether the link to ``peer`` is bad, though not (yet) lost: it answered a
+        beat more than ``LATE_FRACTION`` of an interval after it was sent within the
+        last window, or it has been silent for more than 1.5 intervals now. A slow
+        link answers some beats in time: one slow answer counts for a whole window, so
+        the verdict does not flicker with each beat while the link stays bad."""
+        if peer not in self._heard:
+            return False
+        if now - self._heard[peer] > 1.5 * self.interval:
+            return True
+        slow = self._late_at.get(peer)
+        return slow is not None and now - slow <= self.window
 
     def watched(self) -> list[str]:
         return sorted(self._heard)

@@ -38,15 +38,13 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
     report = scoped_report(report, scope)
     sessions = [_session_health(s, now, report.unconfirmed_by_session.get(s.session, 0))
                 for s in report.sessions]
-    # The states whose row says "degraded" (RECONNECTING, FAILED, CLIENT_OUTDATED: the
-    # last takes every session down at once and only an upgrade brings them back); a
-    # cluster member refused for running another wagate needs the operator too.
-    degraded = (any(s.state in DEGRADED_STATES for s in report.sessions)
-                or any(h.get("refused") for h in report.hosts))
+    reasons = degraded_reasons(report)
     queue: dict[str, Any] = {"depth": report.queue_depth,
                              "bySession": dict(report.queue_by_session)}
     document = {
-        "status": "degraded" if degraded else "ok",
+        "status": "degraded" if reasons else "ok",
+        # Why the status is "degraded" (empty when ok), each with a code.
+        "reasons": reasons,
         "version": __version__,
         "time": iso_time(now),
         "health": {s.session: {"gateway_status": gateway_status(s), "state": s.state.value}
@@ -69,6 +67,28 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
                                     "bytes": report.outbox_metrics.event_bytes}
             document["mediaStore"] = {"bytes": report.outbox_metrics.media_bytes}
     return document
+
+
+def degraded_reasons(report: HealthReport) -> list[dict[str, Any]]:
+    """Why the gateway is "degraded", each with a code: sessions in a degraded state
+    (RECONNECTING, FAILED, CLIENT_OUTDATED: the last takes every session down at once
+    and only an upgrade brings them back); a cluster member refused for running
+    another wagate; a member the leader gave up (its sessions move, and nothing new is
+    placed there); a member whose heartbeats come late (a slow or lossy link between
+    the hosts: placement still counts on it, but its sessions may be fenced soon)."""
+    reasons: list[dict[str, Any]] = []
+    sessions = sorted(s.session for s in report.sessions if s.state in DEGRADED_STATES)
+    if sessions:
+        reasons.append({"code": "SESSIONS_DOWN", "sessions": sessions})
+    for host in report.hosts:
+        name = host.get("name")
+        if host.get("refused"):
+            reasons.append({"code": "HOST_REFUSED", "host": name})
+        elif host.get("alive") is False:
+            reasons.append({"code": "HOST_LOST", "host": name})
+        elif host.get("late"):
+            reasons.append({"code": "HOST_LATE", "host": name})
+    return reasons
 
 
 def health_warnings(report: HealthReport) -> list[dict[str, Any]]:
@@ -123,6 +143,7 @@ def add_storage(document: dict[str, Any], config: Config) -> None:
     if found.low:
         if document.get("status") == "ok":
             document["status"] = "degraded"
+        document.setdefault("reasons", []).append({"code": "DISK_LOW"})
         document.setdefault("warnings", []).append({
             "code": "DISK_LOW", "freeBytes": found.free_bytes,
             "minFreeBytes": found.min_free_bytes,

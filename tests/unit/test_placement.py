@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from actors.supervisor.placement import (
@@ -131,3 +133,29 @@ def test_cluster_keys_are_checked_and_cluster_mode_needs_allow_networks() -> Non
     assert cluster_problem(load_config(None, ok)) is None
     member = {**ok, "cluster.role": "member"}
     assert "cluster.leaders" in (cluster_problem(load_config(None, member)) or "")
+
+
+def test_a_slow_link_makes_a_peer_late_for_a_window_without_losing_it() -> None:
+    """Scenario C of the partition tests: 500 ms each way and 30 % loss. Answers come,
+    but a round trip over a quarter interval marks the peer late (health: HOST_LATE)
+    for a whole window, so the verdict does not flicker; it is never lost for it."""
+    tracker = HeartbeatTracker(interval=2.0, misses=3)
+    tracker.watch("m", now=0.0)
+    tracker.heard("m", now=2.01, round_trip=0.01)
+    assert not tracker.late("m", 2.5)
+    tracker.heard("m", now=5.0, round_trip=1.0)  # over 0.5 s: slow
+    assert tracker.late("m", 5.0)
+    tracker.heard("m", now=6.02, round_trip=0.02)  # one quick answer changes nothing
+    assert tracker.late("m", 10.9) and tracker.lost(10.9) == []
+    tracker.heard("m", now=10.0, round_trip=0.02)
+    tracker.heard("m", now=12.0, round_trip=0.02)
+    assert not tracker.late("m", 12.0)  # a window (6 s) after the last slow answer
+    assert tracker.late("m", 15.1)  # silent for over 1.5 intervals: late before lost
+    assert tracker.lost(15.1) == []
+    tracker.heard("m", now=16.0, round_trip=math.inf)  # a beat too old to remember
+    assert tracker.late("m", 16.0)
+    tracker.heard("m", now=17.0)  # not measured: no verdict either way
+    assert tracker.late("m", 17.0)
+    tracker.forget("m")
+    assert not tracker.late("m", 17.0)
+    assert not tracker.late("never-watched", 17.0)
