@@ -376,36 +376,57 @@ def settle(leader: Gateway, shared: Path) -> None:
              "one connection per session")
 
 
-def test_a_member_cut_off_from_the_leader_only_keeps_its_sessions_alone(
-        net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],
+@pytest.mark.parametrize("how", ["blackhole", "silent"])
+def test_a_member_cut_off_from_the_leader_only_never_runs_a_session_twice(
+        how: str, net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],
         tmp_path: Path) -> None:
-    """Scenario A(a): the member still reaches the database, so its sessions keep
-    their leases and stay where they are; the leader, which cannot re-place them
-    while the leases are held, waits. Never two copies; after the heal one each."""
+    """Scenario A(a): the member still reaches the database, the leader does not reach
+    it. The member's agent fences its sessions once the leader has gone quiet, and
+    the leader starts them on itself once their leases are free. ``blackhole``: routes
+    that answer the sender at once (an unreachable network, a failed send for
+    Thespian); ``silent``: every packet between the two dropped without a word (TCP
+    retries into the void, as in most real partitions). Never two copies of a
+    session; after the heal one each; nothing lost or doubled."""
     shared = tmp_path / "shared"
     leader, _member = start_cluster(make_gateway, net, pg, shared)
 
+    def cut() -> None:
+        if how == "blackhole":
+            net.cut(LEADER, MEMBER)
+        else:
+            for host in net.hosts:
+                net.degrade(host, 100, 0)
+
+    def heal() -> None:
+        net.heal(LEADER, MEMBER)
+        for host in net.hosts:
+            net.restore(host)
+
     def fault() -> None:
-        net.cut(LEADER, MEMBER)
+        cut()
         try:
             wait_for(lambda: not member_alive(leader), 20, 0.2, "the leader to lose the member")
-            # Longer than a lease and its margin: had anything moved, it would have by now.
-            time.sleep(LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 2)
+            # The member's agent, no longer hearing the leader, fences its sessions
+            # (releasing their leases); the leader starts them on itself.
+            wait_for(lambda: all(placement(leader, s) == {"state": "CONNECTED", "host": LEADER}
+                                 for s in ("s2", "s3")),
+                     LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 20, 0.1,
+                     "the member's sessions to connect on the leader")
         finally:
-            net.heal(LEADER, MEMBER)
+            heal()
 
     try:
         load, fault_ns = run_with_load(leader, "cut", fault)
     finally:
-        net.heal(LEADER, MEMBER)
+        heal()
     settle(leader, shared)
     log = connection_log(shared)
     assert_one_copy_each(shared, ("s1", "s2", "s3"), time.time_ns())
     figures = Figures.of(log, fault_ns, ("s2", "s3"), MEMBER, LEADER)
     counts = check_messages(leader, load)
     assert counts["duplicates"] == 0, counts
-    print(f"\nA(a) leader<->member cut: fence {figures.fence}, re-place {figures.replace}, "
-          f"{counts}")
+    print(f"\nA(a) leader<->member cut ({how}): fence {figures.fence}, re-place "
+          f"{figures.replace}, {counts}")
 
 
 def test_a_member_cut_off_from_everything_fences_before_its_sessions_move(
@@ -490,3 +511,112 @@ def test_a_leader_restarted_with_members_running_doubles_nothing(
     print(f"\nB leader restart: killed at {kill_s} s, web back at {back['web']} s, all "
           f"sessions connected at {back['sessions']} s; member sessions down "
           f"{figures.fence}, up on the leader {figures.replace}, {counts}")
+
+
+SLOW_LINK = {"loss_percent": 30.0, "delay_ms": 500}
+SLOW_FOR_SECONDS = 60.0
+# Production-like timing (heartbeat windows of 10 s, the default lease): a slow link
+# between the hosts must not make anyone give up; the database is not degraded.
+SLOW_HEARTBEAT = {"heartbeat_seconds": 2.0, "heartbeat_misses": 5}
+SLOW_LEASE = {"lease_seconds": 10.0, "lease_renew_seconds": 3.0, "lease_margin_seconds": 2.0}
+
+
+def health_status(gw: Gateway) -> tuple[str, list[str]]:
+    """The health document's status and reasons (503 "unavailable": its reason)."""
+    try:
+        document = gw.health()
+    except (requests.RequestException, ValueError):
+        return "unanswered", []
+    if document.get("status") == "unavailable":
+        return "unavailable", [str(document.get("reason", ""))[:80]]
+    return str(document.get("status")), [f"{r['code']}:{r.get('host', '')}"
+                                          for r in document.get("reasons", [])]
+
+
+@pytest.mark.long
+def test_a_slow_lossy_link_between_the_hosts_degrades_health_without_flapping(
+        net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """Scenario C: a minute of 30 % loss and 500 ms delay on every packet between the
+    hosts (each direction). No session is re-placed more than once (connection-log
+    ups per session), never two at once, nothing lost; health says ``degraded``
+    (``HOST_LATE``) while it lasts and ``ok`` again after."""
+    shared = tmp_path / "shared"
+    leader, _member = make_cluster(make_gateway, net, pg, shared, SLOW_LEASE,
+                                   **SLOW_HEARTBEAT)
+    leader.start()
+    _member.start(MEMBER_START_DEADLINE)
+    wait_for(lambda: member_alive(leader), 20, 0.1, "the member to join the leader")
+    for session in ("s1", "s2", "s3"):
+        leader.link(session)
+    assert {s: placement(leader, s)["host"] for s in ("s1", "s2", "s3")} == {
+        "s1": LEADER, "s2": MEMBER, "s3": MEMBER}
+    wait_for(lambda: health_status(leader)[0] == "ok", 20, 0.2, "health ok before")
+    samples: list[tuple[float, str, list[str]]] = []
+    healed: dict[str, float] = {}
+
+    def fault() -> None:
+        started = time.monotonic()
+        for host in net.hosts:
+            net.degrade(host, **SLOW_LINK)
+        try:
+            while time.monotonic() - started < SLOW_FOR_SECONDS:
+                status, reasons = health_status(leader)
+                samples.append((time.monotonic() - started, status, reasons))
+                time.sleep(0.5)
+        finally:
+            for host in net.hosts:
+                net.restore(host)
+        restored = time.monotonic()
+        wait_for(lambda: health_status(leader)[0] == "ok", 30, 0.2, "health ok again")
+        healed["ok_after"] = round(time.monotonic() - restored, 1)
+
+    load = Load(leader, ("s1", "s2", "s3"), int(SLOW_FOR_SECONDS / 0.5) + 20, 0.5, "slow")
+    load.start(give_up_after=SLOW_FOR_SECONDS + 120)
+    try:
+        wait_for(lambda: sum(o.accepted for o in load.outcomes) >= 8, 20, 0.1,
+                 "the load to flow")
+        fault_ns = time.time_ns()
+        fault()
+        load.join()
+    finally:
+        load.stopping.set()
+        for host in net.hosts:
+            net.restore(host)
+    settle(leader, shared)
+    log = connection_log(shared)
+    assert_one_copy_each(shared, ("s1", "s2", "s3"), time.time_ns())
+    ups = Counter(r.session for r in log if r.kind == "up" and r.at_ns >= fault_ns)
+    assert all(n <= 1 for n in ups.values()), f"a session re-placed more than once: {ups}"
+    first_degraded = next((at for at, status, _ in samples if status == "degraded"), None)
+    assert first_degraded is not None, samples
+    after = [(round(at, 1), status) for at, status, _ in samples if at >= first_degraded]
+    # "unavailable" (503: the leader's supervisor did not answer within the ask timeout,
+    # seen a few times a minute on this link) is no "ok" either; counted and printed.
+    said_ok = [s for s in after if s[1] == "ok"]
+    assert not said_ok, f"health ok while the link was bad: {said_ok}"
+    statuses = Counter(status for _, status in after)
+    reasons = Counter(r for _, _, rs in samples for r in rs)
+    counts = check_messages(leader, load)
+    print(f"\nC {SLOW_LINK} for {SLOW_FOR_SECONDS:g} s: degraded after {first_degraded:.1f} s "
+          f"and never ok after ({dict(statuses)}; reasons {dict(reasons)}), ok "
+          f"{healed['ok_after']} s after the heal; connection ups per session during the "
+          f"fault {dict(ups)}, {counts}")
+
+
+@pytest.mark.long
+@pytest.mark.xfail(strict=True, reason=(
+    "a member does not rejoin a restarted leader: with reregister_seconds = 5 its "
+    "Thespian Admin logged no convention registration after its first one (thespian.log "
+    "at INFO), so the restarted leader never sees it and places nothing on it; the "
+    "README promises a rejoin within cluster.reregister_seconds"))
+def test_a_member_rejoins_a_restarted_leader(
+        net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    leader, _member = start_cluster(make_gateway, net, pg, shared,
+                                    reregister_seconds=REREGISTER_SECONDS)
+    leader.kill_everything()
+    leader.start()
+    wait_for(lambda: member_alive(leader), 6 * REREGISTER_SECONDS, 0.2,
+             "the member to join the restarted leader")
