@@ -17,10 +17,13 @@ import os
 import re
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from actors import protocol
 from tests.integration.harness import Gateway, wait_for
@@ -183,3 +186,27 @@ def test_no_secret_reaches_a_log_when_a_member_misses_checkins(
     leaked = [str(path.relative_to(tmp_path)) for path in written
               if secret.encode() in _bytes_of(path)]
     assert not leaked, f"the planted secret is in: {leaked}"
+
+
+@pytest.mark.long
+@pytest.mark.xfail(strict=True, reason=(
+    "a member never re-registers with the convention: its Thespian Admin logs one "
+    "registration (at start) and none after, so the leader's Thespian drops a healthy "
+    "member after reregister_seconds x heartbeat_misses ('a member left the "
+    "convention': its sessions move) and a restarted leader never sees it"))
+def test_a_healthy_member_stays_in_the_convention(make_gateway: Callable[..., Gateway],
+                                                  tmp_path: Path) -> None:
+    """Found by the partition tests (tests/integration/test_partitions.py): Thespian's
+    own re-registration, shrunk to 2 s x 3 misses, must keep a live member alive."""
+    fast = {"reregister_seconds": 2.0}
+    shared = tmp_path / "shared"
+    leader = make_gateway(_cluster_config(shared, "leader", LEADER, 1, **fast),
+                          name="leader").start(60)
+    make_gateway(_member_config(shared, leader, **fast), name="member",
+                 key_file=leader.key_file).start(60)
+    wait_for(lambda: [h for h in _member_entries(leader) if h["alive"]], 30, 0.2,
+             "the member to join")
+    deadline = time.monotonic() + 5 * fast["reregister_seconds"] * HEARTBEAT["heartbeat_misses"]
+    while time.monotonic() < deadline:
+        assert [h for h in _member_entries(leader) if h["alive"]], _log(leader)[-2000:]
+        time.sleep(0.5)
