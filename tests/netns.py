@@ -34,6 +34,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -126,7 +127,6 @@ class Topology:
         default_factory=lambda: f"{PREFIX}{os.getpid()}-{time.monotonic_ns() % 100000}")
     subnet: ipaddress.IPv4Network = field(default_factory=_free_subnet)
     made: list[str] = field(default_factory=list)
-    _cuts: set[tuple[str, str]] = field(default_factory=set)
     _degraded: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -219,13 +219,11 @@ class Topology:
         for here, there in ((a, b), (b, a)):
             _run("ip", "-n", self.namespace(here), "route", "add", "blackhole",
                  f"{self.address(there)}/32")
-        self._cuts.add((a, b))
 
     def heal(self, a: str, b: str) -> None:
         for here, there in ((a, b), (b, a)):
             _run("ip", "-n", self.namespace(here), "route", "del", "blackhole",
                  f"{self.address(there)}/32", check=False)
-        self._cuts.discard((a, b))
 
     def _port(self, host: str) -> str:
         return f"h{self.hosts.index(host)}"
@@ -242,12 +240,12 @@ class Topology:
         test) is delayed ``delay_ms`` and lost with ``loss_percent`` chance. Degrade
         every host and each direction between two hosts gets it once.
 
-        What ``tc netem`` would do, in user space (kernels built without sch_netem,
-        such as this project's CI VM's, have no netem, and with a filter per
-        destination netem would need prio and u32 too): the routes to the other hosts
-        go through a TUN device whose reader (``tests/netem.py``, run in the host's
-        namespace) drops and holds the packets, then sends them on through a raw
-        socket whose mark routes them out of the veth."""
+        What ``tc netem`` would do, in user space (a kernel built without sch_netem,
+        such as the VM these tests were written on, has no netem; and netem for some
+        destinations only would need the prio qdisc and u32 filters too): the routes
+        to the other hosts go through a TUN device whose reader (``tests/netem.py``,
+        run in the host's namespace) drops and holds the packets, then sends them on
+        through a raw socket whose mark routes them out of the veth."""
         if host in self._degraded:
             raise RuntimeError(f"{host} is degraded already")
         others = [self.address(h) for h in self.hosts if h != host]
@@ -255,8 +253,6 @@ class Topology:
 
     def _degrade_in_user_space(self, host: str, others: list[str], loss_percent: float,
                                delay_ms: int) -> None:
-        import sys
-
         ns = self.namespace(host)
         for knob in ("all", "default", "eth0"):  # replies come back on eth0, not the tun
             _run("ip", "netns", "exec", ns, "sysctl", "-qw",
@@ -299,8 +295,6 @@ class Topology:
         """Whether a TCP connection from ``host`` to ``address:port`` succeeds (2 s)."""
         code = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], "
                 "int(sys.argv[2])), timeout=2).close()\nexcept OSError:\n sys.exit(1)\n")
-        import sys
-
         done = subprocess.run([*self.prefix(host), sys.executable, "-c", code, address,
                                str(port)], capture_output=True, timeout=10,
                               stdin=subprocess.DEVNULL)
