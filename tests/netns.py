@@ -57,7 +57,7 @@ def available() -> str | None:
     """None when namespaces, veth pairs and bridges can be made here; else why not."""
     if os.geteuid() != 0:
         return "network namespace tests need root (ip netns, veth, bridges)"
-    for tool in ("ip", "tc", "setpriv"):
+    for tool in ("ip", "sysctl", "setpriv"):
         if _run("sh", "-c", f"command -v {tool}", check=False).returncode != 0:
             return f"{tool} is not installed; run scripts/system-deps as root"
     probe = f"{PREFIX}{os.getpid()}-probe"
