@@ -37,6 +37,7 @@ from gateway.auth.scope import Scope
 from gateway.core.disk import Space
 from gateway.core.errors import ERROR_CODES
 from gateway.web.actor_metrics import ActorCollector, WebhookCollector
+from gateway.web.allocated_metrics import install, tolerant
 from gateway.web.metrics_files import MULTIPROC_ENV
 
 # Text format 0.0.4: every Prometheus (2.x and 3.x) reads it, and our names need nothing newer.
@@ -52,6 +53,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 # ``_created`` series exist only in single-process mode: leave them out everywhere so
 # that the output does not depend on how the web tier runs.
 prometheus_client.disable_created_metrics()
+# Worker files whose blocks are allocated first: a full disk must not kill a worker
+# with SIGBUS (gateway/web/allocated_metrics.py).
+install()
 
 GRAPHQL_REQUESTS = Counter(
     "wagate_graphql_requests", "GraphQL operations by root field and outcome ('ok' or the "
@@ -79,6 +83,7 @@ WEB_METRICS = (GRAPHQL_REQUESTS, GRAPHQL_SECONDS, SEND_ERRORS, NUMBER_LOOKUPS,
                NUMBER_CACHE_HITS, MEDIA_MESSAGES)
 
 
+@tolerant
 def observe_number_checks(checks: Sequence[NumberCheck]) -> None:
     """Count number answers: cache hits, and each lookup's outcome."""
     for check in checks:
@@ -113,6 +118,7 @@ class GraphqlMetrics:
             name for root in (schema.query_type, schema.mutation_type) if root is not None
             for name in root.fields)
 
+    @tolerant
     def observe(self, data: dict[str, Any], result: dict[str, Any], seconds: float) -> None:
         operation, aliases = self.operation(data)
         errors = result.get("errors") or []
@@ -127,6 +133,7 @@ class GraphqlMetrics:
         if operation == MEDIA_FIELD:
             _observe_media(data, errors)
 
+    @tolerant
     def observe_refused(self, status: int, seconds: float) -> None:
         """A POST /graphql answered before any operation ran."""
         outcome = REFUSED_OUTCOMES.get(status, "INTERNAL" if status >= 500
