@@ -46,6 +46,10 @@ class OutboxMetrics:
     # media messages received since the outbox started, by kind.
     media_bytes: int = 0
     media_received: dict[str, int] = field(default_factory=dict)
+    # Received messages and receipts waiting in memory for disk space to be written
+    # (actors/outbox/held.py), and those refused meanwhile (memory full too): lost.
+    held_writes: int = 0
+    held_lost: int = 0
 
 
 @dataclass

@@ -39,8 +39,10 @@ from gateway.core.version import __version__
 # GetMessageByKey; the lease keys in ClusterConfig (cluster.lease_*, cluster.database_url).
 # Media messages: MediaSpec (in SendText, Deliver, IncomingReceived), OpenMedia, [media]
 # in Config, the media counters in OutboxMetrics. simulator.idle_check_seconds in Config.
+# Writes held for disk space:
+# OutboxMetrics.held_writes and held_lost.
 PROTOCOL = 5
-LAYOUT = "9d824e6386be89a3"
+LAYOUT = "f620bf04b381bf9d"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -84,6 +84,7 @@ from actors.messages import (
 from actors.metrics import RefusalCounters
 from actors.outbox import events
 from actors.outbox import media as outbox_media
+from actors.outbox.held import HeldWrites
 from actors.outbox.incoming import IncomingStore
 from actors.outbox.incoming import cursor_of as incoming_cursor
 from actors.outbox.limits import Limits, rate_limited
@@ -191,6 +192,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.numbers: NumberCache | None = None  # number lookups; a receipt corrects them
         self.incoming: IncomingStore | None = None  # messages written to the accounts
         self.disk_low = False  # data_dir under storage.min_free_mb at the last send
+        # Received messages and receipts whose write found the disk full, written again
+        # in order once there is space (actors/outbox/held.py), and the sessions whose
+        # session.status event could not be written (the current state is, later).
+        self.held = HeldWrites()
+        self.status_unwritten: set[str] = set()
         # Every time this actor writes or compares: wall time that does not jump when the
         # wall clock is stepped (gateway/core/clock.py), so validity, retries, rate
         # windows and pacing keep their length across an NTP step or a VM resume.
@@ -522,6 +528,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             {"reason": NOT_ON_WHATSAPP, "messageId": record["id"], "phoneNumber": phone}))
 
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
+        if self.store is not None:
+            self._write_or_hold(msg)
+
+    def _store_receipt(self, msg: DeliveryReceipt) -> None:
         """A receipt counts for the message its session sent under that WhatsApp id; one
         that overtook its send's result waits for the id (``actors.outbox.receipts``)."""
         assert self.store is not None
@@ -560,9 +570,12 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     # ---- incoming messages ------------------------------------------------------------
 
     def receiveMsg_IncomingReceived(self, msg: IncomingReceived, sender: Any) -> None:
+        if self.incoming is not None:
+            self._write_or_hold(msg)
+
+    def _store_incoming(self, msg: IncomingReceived) -> None:
         """Store a message written to a session's account (once per WhatsApp id)."""
-        if self.incoming is None:
-            return
+        assert self.incoming is not None
         record = self.incoming.add(msg, self.clock())
         if record is not None and self.store is not None:  # its event, for /metrics
             self.store.events_written[events.MESSAGE_RECEIVED] += 1
@@ -572,6 +585,65 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if record is not None:  # never the text or the sender's number in a log line
             log.info("message received", session=msg.session, incoming_id=record["id"],
                      kind=msg.kind, opt_out=record["opt_out"])
+
+    # ---- what WhatsApp told us once: never dropped for want of disk space --------------
+
+    def _write_or_hold(self, msg: IncomingReceived | DeliveryReceipt) -> None:
+        """Write ``msg`` now, or keep it for when there is disk space: when its write
+        finds the disk full (rolled back whole: no row without its event), or others
+        wait already (they go first). Nobody sends it again (actors/outbox/held.py)."""
+        if not self.held:
+            try:
+                self._write_received(msg)
+                return
+            except (OSError, sqlite3.Error) as exc:
+                self._rolled_back()
+                if not is_disk_full(exc):
+                    raise
+                log.error("the disk is full: received messages and receipts wait in memory "
+                          "and are written once there is space (an outbox restart before "
+                          "then loses them); free disk space on data_dir",
+                          what=type(msg).__name__, session=msg.session)
+        if not self.held.hold(msg, self.clock()):
+            log.error("the disk is full and too many writes wait in memory: a received "
+                      "message or receipt was lost", what=type(msg).__name__,
+                      session=msg.session, lost=self.held.lost)
+
+    def _write_received(self, msg: IncomingReceived | DeliveryReceipt) -> None:
+        if isinstance(msg, IncomingReceived):
+            self._store_incoming(msg)
+        else:
+            self._store_receipt(msg)
+
+    def _write_held(self) -> None:
+        """What waited for disk space, oldest first, until the disk is full again; then
+        the session states whose event could not be written."""
+        written = 0
+        while (msg := self.held.oldest()) is not None:
+            try:
+                self._write_received(msg)
+            except (OSError, sqlite3.Error) as exc:
+                self._rolled_back()
+                if is_disk_full(exc):
+                    return
+                log.exception("a held write failed for another reason than disk space; "
+                              "it is dropped", what=type(msg).__name__, session=msg.session)
+            self.held.written()
+            written += 1
+        if written:
+            log.info("the received messages and receipts held for disk space are written",
+                     count=written)
+        for session in list(self.status_unwritten):
+            link = self.links.get(session)
+            self.status_unwritten.discard(session)
+            if link is not None:
+                self._session_event(link)
+
+    def _rolled_back(self) -> None:
+        """A failed write (a COMMIT refused for want of space) may leave its transaction
+        open: roll it back, so the next write starts clean."""
+        if self.store is not None and self.store.db.in_transaction:
+            self.store.db.execute("ROLLBACK")
 
     def receiveMsg_ListIncoming(self, msg: ListIncoming, sender: Any) -> None:
         if self.incoming is None:
@@ -706,7 +778,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             metrics = replace(metrics, events_written=dict(self.store.events_written),
                               event_rows=rows, event_bytes=size,
                               media_bytes=outbox_media.stored_bytes(self.store),
-                              media_received=dict(self.media_received))
+                              media_received=dict(self.media_received),
+                              held_writes=len(self.held), held_lost=self.held.lost)
         unconfirmed = (self.store.unconfirmed(
             now - self.config.delivery.unconfirmed_after_seconds)
             if self.store is not None and self.config is not None else {})
@@ -752,11 +825,22 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.session_states[link.session] = events.last_session_state(db, link.session)
         previous = self.session_states[link.session]
         error = link.last_error.code if link.last_error is not None else None
-        with self.store.batch():
-            if events.record_session_state(db, link.session, str(link.state), previous,
-                                           {"paired": link.paired, "error": error},
-                                           self.clock()) is not None:
-                self.store.events_written[events.SESSION_STATUS] += 1
+        try:
+            with self.store.batch():
+                if events.record_session_state(db, link.session, str(link.state), previous,
+                                               {"paired": link.paired, "error": error},
+                                               self.clock()) is not None:
+                    self.store.events_written[events.SESSION_STATUS] += 1
+        except (OSError, sqlite3.Error) as exc:
+            if not is_disk_full(exc):
+                raise
+            # The state is the supervisor's, not lost: written once there is space
+            # (states in between coalesce, as while no outbox runs).
+            log.error("the disk is full: a session.status event waits for space",
+                      session=link.session)
+            self.status_unwritten.add(link.session)
+            return
+        self.status_unwritten.discard(link.session)
         self.session_states[link.session] = str(link.state)
 
     def _can_send(self, session: str) -> bool:
@@ -1007,6 +1091,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self._arm_tick()  # first: a tick that fails is not run again, the next one is due
         now = self.clock()
         self._log_clock_step()
+        if self.held or self.status_unwritten:
+            self._write_held()
         for record in self.store.expire_due(now):
             self.depth[record["session"]] = max(0, self.depth.get(record["session"], 0) - 1)
         if now - self.last_prune > PRUNE_EVERY_SECONDS:

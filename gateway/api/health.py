@@ -41,7 +41,17 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
     reasons = degraded_reasons(report)
     queue: dict[str, Any] = {"depth": report.queue_depth,
                              "bySession": dict(report.queue_by_session)}
-    document = {
+    warnings = health_warnings(report)
+    held = report.outbox_metrics.held_writes if report.outbox_metrics is not None else 0
+    if held:  # not scoped: what WhatsApp told the gateway is not on disk yet
+        reasons.append({"code": "WRITES_HELD", "count": held})
+        warnings.append({
+            "code": "WRITES_HELD", "count": held,
+            "message": f"{held} received message(s) or receipt(s) could not be written "
+                       "(the disk is full); they wait in memory and are written by "
+                       "themselves once there is space: free disk space on data_dir, and "
+                       "do not restart the gateway before (a restart loses them)"})
+    document: dict[str, Any] = {
         "status": "degraded" if reasons else "ok",
         # Why the status is "degraded" (empty when ok), each with a code.
         "reasons": reasons,
@@ -56,7 +66,7 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
         # the wagate each runs, and why a member was refused (another wagate).
         "hosts": [dict(h) for h in report.hosts],
         # Things an operator should look at that do not stop the gateway working.
-        "warnings": health_warnings(report),
+        "warnings": warnings,
     }
     if scope is None:  # gateway-wide: only for callers that see every session
         queue["uncertainTotal"] = report.uncertain_total

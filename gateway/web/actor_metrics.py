@@ -177,7 +177,14 @@ def _event_log(metrics: OutboxMetrics) -> Iterator[Metric]:
     size = GaugeMetricFamily("wagate_event_log_bytes", "payload bytes of the events kept "
                              "(ids, types, sessions, data; counted at most every 30 s)")
     size.add_metric([], float(metrics.event_bytes))
-    yield from (written, rows, size)
+    held = GaugeMetricFamily("wagate_held_writes", "received messages and receipts "
+                             "waiting in memory for disk space (written once there is space)")
+    held.add_metric([], float(metrics.held_writes))
+    lost = CounterMetricFamily("wagate_held_writes_lost_total", "received messages and "
+                               "receipts lost because the disk was full and too many waited "
+                               "(10000)")
+    lost.add_metric([], float(metrics.held_lost))
+    yield from (written, rows, size, held, lost)
 
 
 class WebhookCollector:

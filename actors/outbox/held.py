@@ -1,0 +1,65 @@
+"""What the outbox was told but could not write because the disk was full.
+
+A received message or a receipt reaches the outbox once: WhatsApp has already been
+told the device got it, and no one sends it again. When its write finds the disk
+full (SQLite rolls the transaction back whole: neither the row nor its event is
+there), dropping it would lose it silently. So the outbox keeps it here, in arrival
+order, and writes it again once there is space (every tick tries the oldest one);
+while anything waits, what comes next waits behind it, so the order is kept.
+
+Memory is bounded: beyond ``limit`` items the newest are refused and counted as
+lost (logged as an error, shown in health and /metrics), never the oldest. Items live
+only in the outbox's memory: a restart of the outbox while the disk is full loses
+them, which is said in the log when they are first held.
+
+Plain code (no actors), used by the outbox actor only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+HELD_LIMIT = 10_000  # items; a received text is at most messages.max_incoming_text_chars
+
+
+@dataclass(frozen=True, slots=True)
+class HeldSummary:
+    """What health and /metrics say of the held writes."""
+
+    waiting: int
+    lost: int
+    oldest_at: float | None  # when the oldest waiting item was held (outbox clock)
+
+
+class HeldWrites:
+    """A FIFO of actor messages whose write waits for disk space."""
+
+    def __init__(self, limit: int = HELD_LIMIT) -> None:
+        self.limit = limit
+        self.items: deque[tuple[float, Any]] = deque()
+        self.lost = 0  # refused since the outbox started: memory was full too
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def hold(self, message: Any, now: float) -> bool:
+        """Keep ``message`` behind the others; False when the limit is reached (it is
+        then counted as lost)."""
+        if len(self.items) >= self.limit:
+            self.lost += 1
+            return False
+        self.items.append((now, message))
+        return True
+
+    def oldest(self) -> Any | None:
+        return self.items[0][1] if self.items else None
+
+    def written(self) -> None:
+        """The oldest one is on disk now."""
+        self.items.popleft()
+
+    def summary(self) -> HeldSummary:
+        return HeldSummary(len(self.items), self.lost,
+                           self.items[0][0] if self.items else None)
