@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import queue
+import sqlite3
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +36,7 @@ from actors.webhooks.source import Event, EventSource, SqliteEventSource
 from actors.webhooks.store import Endpoint, EndpointStore
 from gateway.core.clock import SteadyClock
 from gateway.core.config import Config
+from gateway.core.disk import disk_full_details, is_disk_full, write_refused_text
 from gateway.core.observability import setup_logging
 
 log = structlog.get_logger("wagate.webhooks")
@@ -169,6 +171,15 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
         except CommandRefused as exc:
             self.send(msg.reply_to, Failed(exc.code, exc.message,
                                            request_id=request.request_id))
+            return
+        except (OSError, sqlite3.Error) as exc:
+            if not is_disk_full(exc):
+                raise
+            # Rolled back whole by SQLite: refused with the code a send gets, not an
+            # "actor system not answering" from a failed handler.
+            log.error("a webhook change was refused: the disk is full", op=request.op)
+            self.send(msg.reply_to, Failed("UNAVAILABLE", write_refused_text(
+                "the webhook change"), disk_full_details(), request_id=request.request_id))
             return
         self.send(msg.reply_to, Ok(value, request_id=request.request_id))
 

@@ -33,11 +33,15 @@ from actors.webhooks.safety import Resolver, UnsafeTarget, resolve, target
 from actors.webhooks.source import Event, EventSource
 from actors.webhooks.store import Endpoint, EndpointStore, UnknownEndpoint
 from gateway.core.config import WebhooksConfig
+from gateway.core.disk import is_disk_full
 
 log = structlog.get_logger("wagate.webhooks")
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TEST_EVENT_TYPE = "webhook.test"
+# How long an endpoint rests when its cursor could not be written for want of disk
+# space: each try sends the event again (the cursor stays), so not every poll.
+DISK_FULL_REST_SECONDS = 5.0
 
 
 @dataclass
@@ -293,17 +297,27 @@ class ConcurrentDeliverer:
 
     def _turn(self, endpoint_id: str) -> None:
         made = 0
+        rest = self.poll_seconds
         try:
             made = self._mine().run_endpoint(endpoint_id)
-        except Exception:  # a bug: logged; the endpoint is due again, nothing is lost
-            log.exception("webhook delivery turn failed", endpoint=endpoint_id)
+        except Exception as exc:  # the endpoint is due again, nothing is lost
+            if is_disk_full(exc):
+                # The cursor (or a retry time) could not be written: the event goes out
+                # again once there is space (at least once). Until then, a longer rest
+                # than a poll keeps the endpoint from getting it again and again.
+                log.warning("webhook delivery paused: the disk is full, the endpoint's "
+                            "cursor cannot be written; free disk space on data_dir",
+                            endpoint=endpoint_id, retry_seconds=DISK_FULL_REST_SECONDS)
+                rest, made = DISK_FULL_REST_SECONDS, 0
+            else:  # a bug: logged
+                log.exception("webhook delivery turn failed", endpoint=endpoint_id)
         finally:
             with self.lock:
                 self.in_flight.discard(endpoint_id)
                 if made:
                     self.resting.pop(endpoint_id, None)
-                else:  # nothing to send (or not due): look again after a rest
-                    self.resting[endpoint_id] = self.overview.clock() + self.poll_seconds
+                else:  # nothing to send (or not due, or no space): look again after a rest
+                    self.resting[endpoint_id] = self.overview.clock() + rest
 
     def _mine(self) -> Deliverer:
         mine: Deliverer | None = getattr(self.local, "deliverer", None)

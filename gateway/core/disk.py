@@ -73,6 +73,19 @@ def refusal_text(free: int, min_free: int) -> str:
             "themselves)")
 
 
+def write_refused_text(what: str) -> str:
+    """The message of a change refused because its write found the disk full (the
+    change was rolled back whole): what happened, what to do."""
+    return (f"the gateway's disk is full: {what} could not be written and nothing was "
+            f"changed. Retry in {DISK_FULL_RETRY_SECONDS} s; the operator frees disk space "
+            "on data_dir (the gateway recovers by itself)")
+
+
+def disk_full_details() -> dict[str, object]:
+    """The ``extensions`` of an ``UNAVAILABLE`` caused by a full disk."""
+    return {"reason": DISK_FULL, "retryAfterSeconds": DISK_FULL_RETRY_SECONDS}
+
+
 def access_problem(data_dir: Path, skip: frozenset[str] = frozenset({"run"})) -> str | None:
     """Why the gateway cannot work in ``data_dir``, naming the directory or file, or
     None: a directory it cannot write (a read-only mount, wrong owner) or a file it
