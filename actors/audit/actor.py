@@ -36,6 +36,7 @@ from actors.audit.log import TIME_PRECISION, AuditLock, AuditLog, audit_dir, loc
 from actors.messages import AuditEvent, Failed, Ok, RecordAudit, Routed, StartWorker
 from actors.run_once import RunOnce
 from gateway.core.config import Config
+from gateway.core.disk import disk_full_details, is_disk_full, write_refused_text
 from gateway.core.observability import setup_logging
 from gateway.core.times import iso_time
 
@@ -145,6 +146,13 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
     def _record(self, item: _Pending) -> None:
         # While a retry is armed, wait for it: no reopening (and error log) per event.
         if self.log is None and (self.retry_armed or not self._open()):
+            if item.reply_to is not None:
+                # A caller waits to act on the answer (an admin command records before
+                # it reports success): refused now, so it undoes or retries its action,
+                # and never written later behind its back.
+                self._refuse(item, "the audit log cannot be written right now (the disk "
+                             "may be full, or another process holds the audit lock)")
+                return
             if len(self.pending) >= MAX_PENDING:
                 self.lost += 1
                 self._refuse(item, "the audit log cannot be written right now")
@@ -216,15 +224,20 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
                 self.log.close()
                 self.log = None
                 self._retry(OPEN_RETRY_SECONDS)
-            self._refuse(item, "the audit log could not be written; see the actor log")
+            if is_disk_full(exc):
+                self._refuse(item, write_refused_text("the audit entry"), disk_full_details())
+            else:
+                self._refuse(item, "the audit log could not be written; see the actor log")
             return
         if item.reply_to is not None:
             self.send(item.reply_to, Ok({"seq": entry["seq"], "hash": entry["hash"]},
                                         request_id=item.request_id))
 
-    def _refuse(self, item: _Pending, message: str) -> None:
+    def _refuse(self, item: _Pending, message: str,
+                details: dict[str, Any] | None = None) -> None:
         if item.reply_to is not None:
-            self.send(item.reply_to, Failed("UNAVAILABLE", message + "; retry shortly",
+            text = message if details else message + "; retry shortly"
+            self.send(item.reply_to, Failed("UNAVAILABLE", text, details or {},
                                             request_id=item.request_id))
 
     def _retry(self, seconds: float) -> None:

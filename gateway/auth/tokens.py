@@ -257,6 +257,14 @@ class TokenFile:
             self._write(entries)
         return entry_line(entry)
 
+    def remove(self, name: str) -> None:
+        """Take ``name`` out again (a token whose creation could not be audited: its
+        secret was never shown, so no one can hold it)."""
+        with self._locked():
+            entries = self.entries()
+            if entries.pop(name, None) is not None:
+                self._write(entries)
+
     def revoke(self, name: str, now: float) -> TokenEntry:
         if not self.path.exists():  # nothing to revoke: never make a directory for it
             raise TokenFileError(f"no token named {name!r}: there is no token file "

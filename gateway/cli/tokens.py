@@ -23,6 +23,7 @@ from gateway.auth.tokens import (
     token_hash,
     tokens_path,
 )
+from gateway.core.errors import WagateError
 from gateway.core.names import is_session_name
 from gateway.core.networks import parse_networks
 from gateway.core.times import iso_time
@@ -93,9 +94,18 @@ def cmd_create(args: argparse.Namespace) -> int:
         store.add(entry)
     except TokenFileError as exc:
         return _fail(str(exc))
-    _record(config, "token.create", actor="cli", name=entry.name, role=entry.role,
-            sessions=sorted(entry.sessions) if entry.sessions is not None else None,
-            networks=[str(n) for n in networks], expires=iso_time(expires) if expires else None)
+    except OSError as exc:  # a full disk, say: nothing was written (tmp + rename)
+        return _fail(f"the token was not created: cannot write {store.path} ({exc.strerror})")
+    try:
+        _record(config, "token.create", actor="cli", name=entry.name, role=entry.role,
+                sessions=sorted(entry.sessions) if entry.sessions is not None else None,
+                networks=[str(n) for n in networks],
+                expires=iso_time(expires) if expires else None)
+    except WagateError as exc:
+        # An admin action the audit log does not have is not done: the token goes
+        # again (its secret was never shown, so no one holds it).
+        store.remove(entry.name)
+        return _fail(f"the token was not created: {exc}")
     print(f"token {entry.name!r} ({entry.role}) created; it is shown only now:\n")
     print(f"  {token}\n")
     print("Clients send it as the header:  Authorization: Bearer <token>")
@@ -139,7 +149,11 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         entry = store.revoke(args.name, time.time())
     except TokenFileError as exc:
         return _fail(str(exc))
-    _record(config, "token.revoke", actor="cli", name=entry.name, role=entry.role)
+    try:
+        _record(config, "token.revoke", actor="cli", name=entry.name, role=entry.role)
+    except WagateError as exc:  # the revocation stands: safer than a live token
+        return _fail(f"token {entry.name!r} is revoked, but the audit log does not say "
+                     f"so: {exc}")
     print(f"token {entry.name!r} is revoked (since {entry.revoked}); a running gateway "
           "refuses it within a second")
     return 0
