@@ -604,7 +604,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                           "and are written once there is space (an outbox restart before "
                           "then loses them); free disk space on data_dir",
                           what=type(msg).__name__, session=msg.session)
-        if not self.held.hold(msg, self.clock()):
+        if not self.held.hold(msg):
             log.error("the disk is full and too many writes wait in memory: a received "
                       "message or receipt was lost", what=type(msg).__name__,
                       session=msg.session, lost=self.held.lost)
@@ -825,6 +825,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.session_states[link.session] = events.last_session_state(db, link.session)
         previous = self.session_states[link.session]
         error = link.last_error.code if link.last_error is not None else None
+        nested = db.in_transaction  # then the failure is the enclosing write's to handle
         try:
             with self.store.batch():
                 if events.record_session_state(db, link.session, str(link.state), previous,
@@ -832,7 +833,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                                                self.clock()) is not None:
                     self.store.events_written[events.SESSION_STATUS] += 1
         except (OSError, sqlite3.Error) as exc:
-            if not is_disk_full(exc):
+            if nested or not is_disk_full(exc):
                 raise
             # The state is the supervisor's, not lost: written once there is space
             # (states in between coalesce, as while no outbox runs).

@@ -18,19 +18,9 @@ Plain code (no actors), used by the outbox actor only.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 HELD_LIMIT = 10_000  # items; a received text is at most messages.max_incoming_text_chars
-
-
-@dataclass(frozen=True, slots=True)
-class HeldSummary:
-    """What health and /metrics say of the held writes."""
-
-    waiting: int
-    lost: int
-    oldest_at: float | None  # when the oldest waiting item was held (outbox clock)
 
 
 class HeldWrites:
@@ -38,28 +28,24 @@ class HeldWrites:
 
     def __init__(self, limit: int = HELD_LIMIT) -> None:
         self.limit = limit
-        self.items: deque[tuple[float, Any]] = deque()
+        self.items: deque[Any] = deque()
         self.lost = 0  # refused since the outbox started: memory was full too
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def hold(self, message: Any, now: float) -> bool:
+    def hold(self, message: Any) -> bool:
         """Keep ``message`` behind the others; False when the limit is reached (it is
         then counted as lost)."""
         if len(self.items) >= self.limit:
             self.lost += 1
             return False
-        self.items.append((now, message))
+        self.items.append(message)
         return True
 
     def oldest(self) -> Any | None:
-        return self.items[0][1] if self.items else None
+        return self.items[0] if self.items else None
 
     def written(self) -> None:
         """The oldest one is on disk now."""
         self.items.popleft()
-
-    def summary(self) -> HeldSummary:
-        return HeldSummary(len(self.items), self.lost,
-                           self.items[0][0] if self.items else None)
