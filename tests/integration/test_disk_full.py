@@ -9,16 +9,24 @@ stopped).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from actors.webhooks import signing
+from actors.webhooks.delivery import DISK_FULL_REST_SECONDS
 from tests.integration.harness import Gateway, wait_for
+from tests.webhooks.receiver import Received, Receiver
 
 MIB = 1024 * 1024
 SEND = ("mutation($p: String!, $m: String!) { sendWhatsAppMessage(input: "
@@ -138,3 +146,127 @@ def test_a_read_only_or_unreadable_data_dir_refuses_to_start_naming_it(
         subprocess.run(["mount", "-o", "remount,rw", str(gateway.data_dir)], check=True)
     assert code == 1, log
     assert f"{gateway.data_dir} is on a read-only file system" in log, log
+
+
+INCOMING = "{ whatsAppIncomingMessages(first: 50) { edges { node { text } } } }"
+EVENTS = "{ whatsAppEvents(first: 500) { edges { node { id type } } } }"
+STATE = "query($i: ID!) { whatsAppMessage(id: $i) { state } }"
+CREATE_WEBHOOK = 'mutation($u: String!) { createWebhook(url: $u) { secret } }'
+RECIPIENT = "14155552671"
+
+
+def logged_events(gateway: Gateway) -> list[str]:
+    answer = gateway.gql(EVENTS)
+    assert not answer.errors, answer.errors
+    return [edge["node"]["id"] for edge in answer.data["whatsAppEvents"]["edges"]]
+
+
+def delivered_ids(receiver: Receiver) -> list[str]:
+    """Webhook ids in the order first delivered (a redelivery is at least once)."""
+    return list(dict.fromkeys(r.headers["webhook-id"] for r in receiver.requests))
+
+
+def held_count(gateway: Gateway) -> int:
+    found = [w for w in gateway.health()["warnings"] if w["code"] == "WRITES_HELD"]
+    return found[0]["count"] if found else 0
+
+
+def wagate(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--config",
+                           str(gateway.config_path)], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_replies_receipts_webhooks_and_admin_actions_survive_a_full_disk(
+        small_fs: Callable[[Path, int], Path], make_gateway: Callable[..., Gateway],
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """With no byte left on data_dir: replies and receipts the (simulated) WhatsApp
+    delivered wait in memory and are stored, with their events, once space returns;
+    a webhook whose cursor cannot be written gets its events again afterwards (none
+    skipped); an admin action whose audit line cannot be written is refused and
+    undone; the gateway (web tier included) stays up and recovers without a restart."""
+    monkeypatch.setenv("WAGATE_TEST_WEBHOOK_SECRET", signing.new_secret())
+    ballasts: list[Path] = []
+    filled_at: list[float] = []
+    fill_next = threading.Event()
+
+    def fill_while_out(_: Received) -> None:  # the disk fills while a delivery is out
+        if fill_next.is_set():
+            ballasts.append(fill(gateway.data_dir, 0))
+            filled_at.append(time.monotonic())
+            fill_next.clear()
+
+    with Receiver(on_request=fill_while_out) as receiver:
+        gateway = make_gateway({
+            **CONFIG, "actors": {"ask_timeout_seconds": 4.0},
+            # The simulated WhatsApp service is not on the full disk: only the gateway is.
+            "simulator": {"server_dir": str(tmp_path / "whatsapp"),
+                          "poll_interval_seconds": 0.02},
+            "webhooks": {"allow_insecure": ["127.0.0.0/8"], "retry_scale": 0.001}})
+        with gateway.config_path.open("a", encoding="utf-8") as config:
+            config.write(f'\n[[webhooks.endpoints]]\nurl = "{receiver.url()}"\n'
+                         'secret_env = "WAGATE_TEST_WEBHOOK_SECRET"\n')
+        small_fs(gateway.data_dir, 12)
+        gateway.start()
+        gateway.link()
+        message = send(gateway, "hello")["data"]["sendWhatsAppMessage"]["id"]
+        whatsapp_id = wait_for(lambda: [m["id"] for m in gateway.inbox()
+                                        if m["text"] == "hello"], 15, message="sent")[0]
+        wait_for(lambda: gateway.gql(STATE, {"i": message}).data["whatsAppMessage"]["state"]
+                 == "SENT", 10, message="SENT")
+        wait_for(lambda: set(logged_events(gateway)) <= set(delivered_ids(receiver)), 15,
+                 message="every event so far delivered")
+
+        fill_next.set()  # DELIVERED is stored; its webhook fills the disk while out
+        gateway.sim("receipt", whatsapp_id, "delivered")
+        wait_for(lambda: ballasts, 15, message="the disk filled by the webhook receiver")
+        for n in range(3):
+            gateway.sim("reply", "--to-session", "default", "--from", RECIPIENT,
+                        "--text", f"reply {n}")
+        gateway.sim("receipt", whatsapp_id, "read")
+        assert wait_for(lambda: held_count(gateway) == 4, 15, message="4 writes held")
+        health = gateway.health()
+        assert health["status"] == "degraded", health
+        metrics = gateway.http.get(gateway.url + "/metrics", timeout=10).text
+        assert "wagate_held_writes 4.0" in metrics.splitlines()
+
+        refused = gateway.gql(CREATE_WEBHOOK, {"u": receiver.url() + "/other"})
+        assert refused.error_code == "UNAVAILABLE", refused
+        assert refused.error["extensions"]["reason"] == "DISK_FULL", refused
+        assert "disk" in refused.error["message"]
+        # Refused sends are audited: enough lines to use up the audit file's last page.
+        for n in range(60):
+            assert send(gateway, f"full {n}")["errors"][0]["extensions"]["reason"] == \
+                "DISK_FULL"
+        made = wagate(gateway, "token", "create", "--name", "while-full", "--role", "viewer")
+        assert made.returncode != 0 and "the token was not created" in made.stderr, made
+        assert "while-full" not in gateway.tokens_file.read_text()
+        assert gateway.gql(INCOMING).data["whatsAppIncomingMessages"]["edges"] == []
+
+        # The event whose cursor could not be written went again, but not at every poll.
+        full_seconds = time.monotonic() - filled_at[0]
+        resent = Counter(r.headers["webhook-id"] for r in receiver.requests)
+        assert max(resent.values()) <= full_seconds / DISK_FULL_REST_SECONDS + 2, resent
+
+        ballasts[0].unlink()  # space returns: no restart
+        texts = wait_for(lambda: (t := [e["node"]["text"] for e in gateway.gql(INCOMING).data[
+            "whatsAppIncomingMessages"]["edges"]]) and len(t) == 3 and t, 15,
+            message="the held replies stored")
+        assert sorted(texts) == ["reply 0", "reply 1", "reply 2"]
+        wait_for(lambda: gateway.gql(STATE, {"i": message}).data["whatsAppMessage"]["state"]
+                 == "READ", 10, message="the held read receipt applied")
+        logged = logged_events(gateway)
+        wait_for(lambda: delivered_ids(receiver) == logged_events(gateway), 20,
+                 message="every event delivered, in order, none skipped")
+        types = [e["node"]["type"] for e in gateway.gql(EVENTS).data["whatsAppEvents"]["edges"]]
+        assert types.count("message.received") == 3 and len(logged) == len(types)
+        assert wait_for(lambda: held_count(gateway) == 0, 10, message="nothing held")
+        assert gateway.health()["status"] == "ok"
+        made = wagate(gateway, "token", "create", "--name", "after", "--role", "viewer")
+        assert made.returncode == 0, made
+    verified = wagate(gateway, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    gateway.stop()
+    for store in ("outbox/messages.sqlite3", "webhooks/endpoints.sqlite3", "numbers.sqlite"):
+        with contextlib.closing(sqlite3.connect(gateway.data_dir / store)) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",), store

@@ -46,3 +46,15 @@ def test_the_token_file_refuses_such_a_name(name: str) -> None:
             f"hash = \"{token_hash('x' * 43)}\" }}\n")
     with pytest.raises(TokenFileError, match="names are 1-64"):
         parse_token_file(text, Path("tokens.toml"))
+
+
+def test_a_token_whose_creation_cannot_be_audited_is_not_created(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An admin action the audit log does not have is not done: the token goes again
+    (here the audit directory is a file, so the audit lock cannot be taken)."""
+    data = config.parent / "data"
+    data.mkdir()
+    (data / "audit").write_text("not a directory")
+    assert create(config, "unaudited") != 0
+    assert "the token was not created" in capsys.readouterr().err
+    assert "unaudited" not in TokenFile(data / "tokens.toml").entries()
