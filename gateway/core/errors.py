@@ -177,10 +177,12 @@ CODES: tuple[ErrorCode, ...] = (
         "the actor system does not answer (starting, stopping, failed, or out of reach "
         "of this host); a send answered so was never handed to the message store. With "
         "`reason: DISK_FULL`: the file system of `data_dir` has less free space than "
-        "`storage.min_free_mb` (or a write found it full); the message was not accepted",
-        "retry in a few seconds (`DISK_FULL`: after `retryAfterSeconds`, sends resume by "
-        "themselves once the operator frees disk space); if it lasts, the operator checks "
-        "`wagate status` and the logs",
+        "`storage.min_free_mb` (or a write found it full); the message was not accepted. "
+        "A webhook change whose write finds the disk full is refused the same way, "
+        "nothing changed",
+        "retry in a few seconds (`DISK_FULL`: after `retryAfterSeconds`, sends and changes "
+        "resume by themselves once the operator frees disk space); if it lasts, the "
+        "operator checks `wagate status` and the logs",
         ("reason", "retryAfterSeconds")),
     ErrorCode(
         "UNCERTAIN",
