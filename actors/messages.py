@@ -620,6 +620,14 @@ class IncomingReceived:
     media: MediaSpec | None = None  # a media message whose file the session stored
 
 
+@dataclass(frozen=True, slots=True)
+class HandedBack:
+    """Outbox -> supervisor, as the outbox stops: received messages and receipts it
+    could not write (a full disk, a failed start), for its next process."""
+
+    items: tuple[IncomingReceived | DeliveryReceipt, ...]
+
+
 # ---- audit log ----------------------------------------------------------------
 
 

@@ -41,8 +41,10 @@ from gateway.core.version import __version__
 # in Config, the media counters in OutboxMetrics. simulator.idle_check_seconds in Config.
 # Writes held for disk space:
 # OutboxMetrics.held_writes and held_lost.
+# Writes held for disk space:
+# OutboxMetrics.held_writes and held_lost; HandedBack (outbox -> supervisor).
 PROTOCOL = 5
-LAYOUT = "f620bf04b381bf9d"
+LAYOUT = "ddb5826c697fa84e"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

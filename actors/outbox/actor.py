@@ -62,6 +62,7 @@ from actors.messages import (
     Failed,
     GetMessage,
     GetMessageByKey,
+    HandedBack,
     IncomingPage,
     IncomingReceived,
     ListEvents,
@@ -197,6 +198,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         # session.status event could not be written (the current state is, later).
         self.held = HeldWrites()
         self.status_unwritten: set[str] = set()
+        self.supervisor: Any = None  # gets back what is held when this process stops
         # Every time this actor writes or compares: wall time that does not jump when the
         # wall clock is stepped (gateway/core/clock.py), so validity, retries, rate
         # windows and pacing keep their length across an NTP step or a VM resume.
@@ -210,6 +212,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             return
         setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
         self.config = msg.config
+        self.supervisor = msg.supervisor
         self.links = {link.session: link for link in msg.links}
         self.store = MessageStore(msg.config.data_path / "outbox",
                                   msg.config.delivery.synchronous,
@@ -528,8 +531,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             {"reason": NOT_ON_WHATSAPP, "messageId": record["id"], "phoneNumber": phone}))
 
     def receiveMsg_DeliveryReceipt(self, msg: DeliveryReceipt, sender: Any) -> None:
-        if self.store is not None:
-            self._write_or_hold(msg)
+        self._write_or_hold(msg)
 
     def _store_receipt(self, msg: DeliveryReceipt) -> None:
         """A receipt counts for the message its session sent under that WhatsApp id; one
@@ -570,8 +572,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     # ---- incoming messages ------------------------------------------------------------
 
     def receiveMsg_IncomingReceived(self, msg: IncomingReceived, sender: Any) -> None:
-        if self.incoming is not None:
-            self._write_or_hold(msg)
+        self._write_or_hold(msg)
 
     def _store_incoming(self, msg: IncomingReceived) -> None:
         """Store a message written to a session's account (once per WhatsApp id)."""
@@ -591,8 +592,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     def _write_or_hold(self, msg: IncomingReceived | DeliveryReceipt) -> None:
         """Write ``msg`` now, or keep it for when there is disk space: when its write
         finds the disk full (rolled back whole: no row without its event), or others
-        wait already (they go first). Nobody sends it again (actors/outbox/held.py)."""
-        if not self.held:
+        wait already (they go first), or the outbox has no store (a start that failed:
+        they go back to the supervisor at the exit). Nobody sends it again
+        (actors/outbox/held.py)."""
+        if not self.held and self.store is not None and self.incoming is not None:
             try:
                 self._write_received(msg)
                 return
@@ -795,6 +798,16 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.send(msg.reply_to, Ok(report, request_id=msg.request_id))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        if self.held and self.supervisor is not None:
+            # Back to the supervisor, which keeps them for the next outbox process (a
+            # start that failed on a full disk ends here too).
+            log.warning("the outbox stops with received messages or receipts not written; "
+                        "they go to its next process", count=len(self.held))
+            items = []
+            while (held := self.held.oldest()) is not None:
+                items.append(held)
+                self.held.written()
+            self.send(self.supervisor, HandedBack(tuple(items)))
         if self.store is not None:
             self.store.close()
         if self.limits is not None:

@@ -47,6 +47,7 @@ from actors.messages import (
     GetMessageByKey,
     GetRoutes,
     GetStatus,
+    HandedBack,
     HealthReport,
     HostBeatAck,
     IncomingReceived,
@@ -108,6 +109,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("wagate.supervisor")
 
 MAX_AUDIT_BACKLOG = 1000  # audit events held while the audit actor restarts
+# Received messages and receipts held while the outbox restarts (WhatsApp does not send
+# them again): they reach its successor after its StartWorker.
+MAX_RECEIVED_BACKLOG = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +148,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.registry: diskcache.Cache | None = None
         self.stopping = False
         self.audit_backlog: list[Any] = []  # AuditEvent / Routed(RecordAudit) for a restart
+        self.received_backlog: list[IncomingReceived | DeliveryReceipt] = []  # for the outbox
         self.session_counters = SessionCounters()  # for /metrics, fed by _set_status
         self.cluster: Cluster | None = None  # set by StartGateway
         # Multi-host mode with leases: sessions that wait for their lease before their
@@ -400,17 +405,41 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         """A receipt from a session process that has not heard from the outbox yet: pass
         it on, if it really comes from the current process of the session it names."""
         child = self.children.session(msg.session)
-        outbox = self.children.address(OUTBOX)
-        if child is not None and child.address == sender and outbox is not None:
-            self.send(outbox, msg)
+        if child is not None and child.address == sender:
+            self._to_outbox(msg)
 
     def receiveMsg_IncomingReceived(self, msg: IncomingReceived, sender: Any) -> None:
         """A message from a session process that has not heard from the outbox yet:
         passed on under the same check as a receipt."""
         child = self.children.session(msg.session)
+        if child is not None and child.address == sender:
+            self._to_outbox(msg)
+
+    def receiveMsg_HandedBack(self, msg: HandedBack, sender: Any) -> None:
+        """What a stopping outbox could not write: for its next process (or the one that
+        runs already, if this came from an older one)."""
+        for item in msg.items:
+            if sender == self.children.address(OUTBOX):
+                self._hold_received(item)
+            else:
+                self._to_outbox(item)
+
+    def _to_outbox(self, msg: IncomingReceived | DeliveryReceipt) -> None:
+        """To the outbox, or held for its next process while none runs (bounded; the
+        loss is logged): WhatsApp has handed it over once and sends it no more."""
         outbox = self.children.address(OUTBOX)
-        if child is not None and child.address == sender and outbox is not None:
+        if outbox is not None:
             self.send(outbox, msg)
+        else:
+            self._hold_received(msg)
+
+    def _hold_received(self, msg: IncomingReceived | DeliveryReceipt) -> None:
+        if len(self.received_backlog) < MAX_RECEIVED_BACKLOG:
+            self.received_backlog.append(msg)
+        else:
+            log.error("a received message or receipt was dropped: the outbox is not "
+                      "running and too many wait for it", what=type(msg).__name__,
+                      session=msg.session)
 
     def receiveMsg_GetMessage(self, msg: GetMessage, sender: Any) -> None:
         self._route(msg, sender)
@@ -508,6 +537,15 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
         dead = msg.deadMessage
+        if isinstance(dead, IncomingReceived | DeliveryReceipt) and not self.stopping:
+            # Sent to an outbox process that has died (the session did not hear of its
+            # successor yet): for the successor, or the current one.
+            outbox = self.children.get(OUTBOX)
+            if outbox is not None and outbox.address == msg.deadAddress:
+                self._hold_received(dead)  # it died and we have not heard yet
+            else:
+                self._to_outbox(dead)
+            return
         if not isinstance(dead, AuditEvent) and not (
                 isinstance(dead, Routed) and isinstance(dead.request, RecordAudit)):
             return  # other messages to dead actors: their senders handle the silence
@@ -681,6 +719,10 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         if key == AUDIT:
             backlog, self.audit_backlog = self.audit_backlog, []
             for message in backlog:
+                self.send(child.address, message)
+        if key == OUTBOX:
+            received, self.received_backlog = self.received_backlog, []
+            for message in received:
                 self.send(child.address, message)
 
     def _respawn(self, key: ChildKey, lease_free: bool = False) -> None:

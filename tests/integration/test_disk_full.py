@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from actors.transport.simulator import SimulatorServer
 from actors.webhooks import signing
 from actors.webhooks.delivery import DISK_FULL_REST_SECONDS
 from tests.integration.harness import Gateway, wait_for
@@ -270,3 +272,37 @@ def test_replies_receipts_webhooks_and_admin_actions_survive_a_full_disk(
     for store in ("outbox/messages.sqlite3", "webhooks/endpoints.sqlite3", "numbers.sqlite"):
         with contextlib.closing(sqlite3.connect(gateway.data_dir / store)) as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",), store
+
+
+def test_a_reply_that_arrives_while_the_outbox_cannot_start_is_stored_afterwards(
+        small_fs: Callable[[Path, int], Path], make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """The outbox dies while the disk is full and cannot start again until there is
+    space (its stores write at open): a reply the session gets meanwhile is kept by the
+    supervisor (and handed back by each outbox whose start failed) for the outbox that
+    finally starts; nothing needs a restart."""
+    whatsapp = tmp_path / "whatsapp"
+    gateway = make_gateway({**CONFIG, "simulator": {"server_dir": str(whatsapp),
+                                                    "poll_interval_seconds": 0.02}})
+    small_fs(gateway.data_dir, 12)
+    gateway.start()
+    gateway.link()
+    ballast = fill(gateway.data_dir, 0)
+    os.kill(gateway.health()["processes"]["outbox"], signal.SIGKILL)
+    wait_for(lambda: gateway.health().get("processes", {}).get("outbox") is None, 10,
+             message="the outbox down")
+    gateway.sim("reply", "--to-session", "default", "--from", RECIPIENT, "--text", "meanwhile")
+    server = SimulatorServer(gateway.data_dir, whatsapp)
+    try:  # the session's client took it from the simulated service (private key: a test)
+        wait_for(lambda: not server._cache.get(("incoming", "default")), 10,
+                 message="the reply taken by the session")
+    finally:
+        server.close()
+    assert gateway.health().get("processes", {}).get("outbox") is None  # still not up
+    ballast.unlink()
+
+    def stored() -> list[str]:  # the outbox may still be starting: no data yet
+        found = gateway.gql(INCOMING).data or {"whatsAppIncomingMessages": {"edges": []}}
+        return [e["node"]["text"] for e in found["whatsAppIncomingMessages"]["edges"]]
+    assert wait_for(stored, 20, message="the reply stored once the outbox started") == [
+        "meanwhile"]
