@@ -39,10 +39,8 @@ from gateway.core.version import __version__
 # GetMessageByKey; the lease keys in ClusterConfig (cluster.lease_*, cluster.database_url).
 # Media messages: MediaSpec (in SendText, Deliver, IncomingReceived), OpenMedia, [media]
 # in Config, the media counters in OutboxMetrics. simulator.idle_check_seconds in Config.
-# Writes held for disk space:
-# OutboxMetrics.held_writes and held_lost.
-# Writes held for disk space:
-# OutboxMetrics.held_writes and held_lost; HandedBack (outbox -> supervisor).
+# Writes held for disk space: OutboxMetrics.held_writes and held_lost; HandedBack
+# (outbox -> supervisor).
 PROTOCOL = 5
 LAYOUT = "ddb5826c697fa84e"
 
