@@ -304,5 +304,5 @@ def test_a_reply_that_arrives_while_the_outbox_cannot_start_is_stored_afterwards
     def stored() -> list[str]:  # the outbox may still be starting: no data yet
         found = gateway.gql(INCOMING).data or {"whatsAppIncomingMessages": {"edges": []}}
         return [e["node"]["text"] for e in found["whatsAppIncomingMessages"]["edges"]]
-    assert wait_for(stored, 20, message="the reply stored once the outbox started") == [
+    assert wait_for(stored, 90, message="the reply stored once the outbox started") == [
         "meanwhile"]
