@@ -621,6 +621,14 @@ class IncomingReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxReady:
+    """Outbox -> supervisor, once its stores are open (its StartWorker done): only then
+    does the supervisor pass on the received messages and receipts it keeps. Sent to a
+    process whose start then fails, they would come back only in its ``HandedBack``,
+    which can be lost with the exiting process."""
+
+
+@dataclass(frozen=True, slots=True)
 class HandedBack:
     """Outbox -> supervisor, as the outbox stops: received messages and receipts it
     could not write (a full disk, a failed start), for its next process."""

@@ -74,6 +74,7 @@ from actors.messages import (
     Offer,
     Ok,
     OpenMedia,
+    OutboxReady,
     ReadIncoming,
     Routed,
     SendText,
@@ -237,6 +238,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if self.depth:
             log.info("outbox recovered pending messages", count=sum(self.depth.values()))
         self._arm_tick()
+        self.send(self.supervisor, OutboxReady())  # last: the start cannot fail after it
 
     # ---- accepting ----------------------------------------------------------------------
 

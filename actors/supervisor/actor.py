@@ -57,6 +57,7 @@ from actors.messages import (
     Offer,
     Ok,
     OpenMedia,
+    OutboxReady,
     PairingCodeRequest,
     Ping,
     ProcessInfo,
@@ -149,6 +150,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.stopping = False
         self.audit_backlog: list[Any] = []  # AuditEvent / Routed(RecordAudit) for a restart
         self.received_backlog: list[IncomingReceived | DeliveryReceipt] = []  # for the outbox
+        self.outbox_ready: Any = None  # the outbox process that said OutboxReady
         self.session_counters = SessionCounters()  # for /metrics, fed by _set_status
         self.cluster: Cluster | None = None  # set by StartGateway
         # Multi-host mode with leases: sessions that wait for their lease before their
@@ -425,13 +427,22 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                 self._to_outbox(item)
 
     def _to_outbox(self, msg: IncomingReceived | DeliveryReceipt) -> None:
-        """To the outbox, or held for its next process while none runs (bounded; the
-        loss is logged): WhatsApp has handed it over once and sends it no more."""
+        """To the outbox once it is ready, or held for it until then (bounded; the loss
+        is logged): WhatsApp has handed it over once and sends it no more."""
         outbox = self.children.address(OUTBOX)
-        if outbox is not None:
+        if outbox is not None and outbox == self.outbox_ready:
             self.send(outbox, msg)
         else:
             self._hold_received(msg)
+
+    def receiveMsg_OutboxReady(self, msg: OutboxReady, sender: Any) -> None:
+        """The outbox's stores are open: what was kept for it goes now, in order."""
+        if sender != self.children.address(OUTBOX):
+            return  # an older process's late word
+        self.outbox_ready = sender
+        received, self.received_backlog = self.received_backlog, []
+        for message in received:
+            self.send(sender, message)
 
     def _hold_received(self, msg: IncomingReceived | DeliveryReceipt) -> None:
         if len(self.received_backlog) < MAX_RECEIVED_BACKLOG:
@@ -720,10 +731,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             backlog, self.audit_backlog = self.audit_backlog, []
             for message in backlog:
                 self.send(child.address, message)
-        if key == OUTBOX:
-            received, self.received_backlog = self.received_backlog, []
-            for message in received:
-                self.send(child.address, message)
+        # The outbox's kept received messages go after its OutboxReady: sent now, to a
+        # process whose start fails (a full disk), they could be lost with it.
 
     def _respawn(self, key: ChildKey, lease_free: bool = False) -> None:
         """Start a supervised child's process again. A start that fails counts as a
