@@ -73,11 +73,15 @@ def open_watch(paths: Iterable[Path]) -> BellWatch | None:
     fd = _LIBC.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
     if fd < 0:
         return None  # e.g. EMFILE: the per-user instance limit; the caller polls
-    for path in paths:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # a watch needs a file
-        if _LIBC.inotify_add_watch(fd, os.fsencode(path), _IN_ATTRIB) < 0:
-            os.close(fd)
-            return None
+    try:
+        for path in paths:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # a watch needs a file
+            if _LIBC.inotify_add_watch(fd, os.fsencode(path), _IN_ATTRIB) < 0:
+                os.close(fd)
+                return None  # e.g. the per-user watch limit: the caller polls
+    except OSError:
+        os.close(fd)
+        return None  # a bell that cannot be made: the caller polls
     return BellWatch(fd)
 
 

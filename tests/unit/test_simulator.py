@@ -575,3 +575,25 @@ def test_an_idle_linked_connection_sleeps_until_a_bell_rings(
     assert _wakeups(thread) - before < 20
     server.reply("s1", RECIPIENT, "wake up")  # and a ring still wakes it
     log.wait_count(IncomingMessage)
+
+
+def test_a_ring_that_cannot_be_made_does_not_fail_the_write(
+        make: MakeTransport, server: SimulatorServer, tmp_path: Path) -> None:
+    """The write is stored before its ring: a bell that cannot be rung (here its
+    directory is gone, a file in its place) must not turn a stored reply or receipt
+    into an error; the safety-net read reports it."""
+    transport = make(sim=SimulatorConfig(poll_interval_seconds=0.01, idle_check_seconds=0.2))
+    log = pair(transport, server)
+    bells = tmp_path / "simulator" / "bells"
+    for path in bells.iterdir():
+        path.unlink()
+    bells.rmdir()
+    bells.write_text("not a directory")
+    server.reply("s1", RECIPIENT, "rung or not")
+    assert [e.text for e in log.wait_count(IncomingMessage)] == ["rung or not"]
+    server.drop("s1")  # and a new connection, which cannot watch its bells, polls
+    log.wait_count(Disconnected)
+    transport.connect(log)
+    log.wait_count(Connected, 2)
+    server.reply("s1", RECIPIENT, "polled")
+    assert [e.text for e in log.wait_count(IncomingMessage, 2)] == ["rung or not", "polled"]
