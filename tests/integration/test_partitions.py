@@ -350,11 +350,13 @@ class Figures:
 
 
 def run_with_load(leader: Gateway, prefix: str, fault: Callable[[], None],
-                  count: int = 60, spacing: float = 0.25) -> tuple[Load, int]:
+                  count: int = 60, spacing: float = 0.25, give_up_after: float | None = None,
+                  cleanup: Callable[[], None] = lambda: None) -> tuple[Load, int]:
     """Start the load, let it flow a while, inject ``fault`` (which returns once the
-    fault is over and healed), finish the load; returns it and when the fault began."""
+    fault is over and healed), finish the load; returns it and when the fault began.
+    ``cleanup`` runs however it ends (e.g. heal what ``fault`` may have left)."""
     load = Load(leader, ("s1", "s2", "s3"), count, spacing, prefix)
-    load.start(give_up_after=count * spacing + 60)
+    load.start(give_up_after=count * spacing + 60 if give_up_after is None else give_up_after)
     try:
         wait_for(lambda: sum(o.accepted for o in load.outcomes) >= 8, 20, 0.1,
                  "the load to flow")
@@ -363,6 +365,7 @@ def run_with_load(leader: Gateway, prefix: str, fault: Callable[[], None],
         load.join()
     finally:
         load.stopping.set()
+        cleanup()
     return load, fault_ns
 
 
@@ -572,18 +575,12 @@ def test_a_slow_lossy_link_between_the_hosts_degrades_health_without_flapping(
         wait_for(lambda: health_status(leader)[0] == "ok", 30, 0.2, "health ok again")
         healed["ok_after"] = round(time.monotonic() - restored, 1)
 
-    load = Load(leader, ("s1", "s2", "s3"), int(SLOW_FOR_SECONDS / 0.5) + 20, 0.5, "slow")
-    load.start(give_up_after=SLOW_FOR_SECONDS + 120)
-    try:
-        wait_for(lambda: sum(o.accepted for o in load.outcomes) >= 8, 20, 0.1,
-                 "the load to flow")
-        fault_ns = time.time_ns()
-        fault()
-        load.join()
-    finally:
-        load.stopping.set()
+    def heal() -> None:
         for host in net.hosts:
             net.restore(host)
+
+    load, fault_ns = run_with_load(leader, "slow", fault, int(SLOW_FOR_SECONDS / 0.5) + 20,
+                                   0.5, give_up_after=SLOW_FOR_SECONDS + 120, cleanup=heal)
     settle(leader, shared)
     log = connection_log(shared)
     assert_one_copy_each(shared, ("s1", "s2", "s3"), time.time_ns())
