@@ -39,6 +39,7 @@ import os
 import random
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -126,6 +127,7 @@ from gateway.core.observability import setup_logging
 log = structlog.get_logger("wagate.outbox")
 
 MAX_IN_FLIGHT = 32  # per session: bounds what a reconnect dumps on a session at once
+ACK_TIMER_MIN_SECONDS = 0.001  # a timer is never armed for 0 (Thespian's "no timeout")
 NOT_CONNECTED_PAUSE_SECONDS = 1.0  # a session said "not connected": wait for its state
 PRUNE_EVERY_SECONDS = 600.0
 # The event log's size in health and /metrics is at most this old (a count reads the
@@ -136,7 +138,7 @@ QUEUE_FULL_RETRY_SECONDS = 30
 
 @dataclass(frozen=True, slots=True)
 class _AckTimeout:
-    message_id: str
+    """The oldest waiting caller's ``send_timeout`` is due: one timer for all of them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,16 @@ class _PaceDue:
     """A paced session may send its next message now."""
 
     session: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Handover:
+    """Deliveries moved to SENDING in a transaction, to send once it committed."""
+
+    session: str
+    address: Any
+    deliveries: tuple[Deliver, ...]
+    now: float
 
 
 @dataclass
@@ -167,6 +179,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.busy: dict[str, int] = {}  # session -> messages in flight
         self.depth: dict[str, int] = {}  # session -> QUEUED + SENDING
         self.waiters: dict[str, _Waiter] = {}  # message id -> caller waiting for the ack
+        # (monotonic deadline, message id) of the waiters, oldest first (_ack_deadline)
+        self.ack_deadlines: deque[tuple[float, str]] = deque()
+        self.ack_timer_armed = False
         self.limits: Limits | None = None
         self.paused_until: dict[str, float] = {}  # monotonic, like rate_pauses
         # WhatsApp's 429 on a recipient lookup: session -> (paused until, strikes in a
@@ -315,24 +330,33 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 self.send(reply_to, rate_limited(retry_after, scope, send.request_id))
                 return
             self.warmup.record(send.session, now)
-            record = self._store_new(send, link, stale_key, now)
+            self.held_replies = []  # nobody hears of a state that is not committed yet
+            # The message and, when its session can take it now, its SENDING: one commit
+            # (the pages of both changes written once), and the hand-over after it.
+            with self.store.batch():
+                record = self._store_new(send, link, stale_key, now)
+                self.depth[send.session] = self.depth.get(send.session, 0) + 1
+                handover = self._take(send.session)
+            replies = self.held_replies
         except (OSError, sqlite3.Error) as exc:
             if not is_disk_full(exc):
                 raise
             # SQLite rolled the transaction back: nothing of this message was kept.
             log.error("a send's write found the disk full; refused", error=str(exc))
+            self.depth = self.store.pending_counts()  # the rolled-back changes undone
             self.send(reply_to, _disk_full_failure(0, self._min_free(), send.request_id))
             return
+        finally:
+            self.held_replies = None
         self.accepting = (record, reply_to, send.request_id)
-        self.depth[send.session] = self.depth.get(send.session, 0) + 1
         if self._can_send(send.session):  # answer after the server acked (or send_timeout)
             self.waiters[record["id"]] = _Waiter(reply_to, send.request_id)
-            self.wakeupAfter(timedelta(seconds=self.config.messages.send_timeout_seconds),
-                             payload=_AckTimeout(record["id"]))
+            self._ack_deadline(record["id"])
         else:
             self.send(reply_to, _accepted(record, send.request_id))
-            self.accepting = None  # answered
-        self._dispatch(send.session)
+        for message_id, reply in replies:
+            self._answer(message_id, reply)
+        self._hand_over(handover)
         self.accepting = None
 
     def _store_new(self, send: SendText, link: SessionLink | None, stale_key: str | None,
@@ -411,19 +435,22 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         sessions: set[str] = set()
         self.held_replies = []  # nobody hears of a state that is not committed yet
         try:
-            with self.store.batch():  # one commit for everything that came back together
+            # One commit for everything that came back together and for what each
+            # session may send next (handed over after the commit).
+            with self.store.batch():
                 for result in msg.results:
                     session = self._on_result(result)
                     if session is not None:
                         sessions.add(session)
                 self._settle_ended(r.message_id for r in msg.results)
+                handovers = [self._take(session) for session in sorted(sessions)]
             replies = self.held_replies
         finally:
             self.held_replies = None
         for message_id, reply in replies:
             self._answer(message_id, reply)
-        for session in sessions:
-            self._dispatch(session)
+        for handover in handovers:
+            self._hand_over(handover)
 
     def _on_result(self, msg: DeliveryResult) -> str | None:
         """Record how one send ended and answer its caller; returns its session."""
@@ -693,11 +720,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         elif isinstance(payload, _PaceDue):
             self.pace_armed.discard(payload.session)
             self._dispatch(payload.session)
-        elif isinstance(payload, _AckTimeout) and payload.message_id in self.waiters:
-            assert self.config is not None
-            seconds = self.config.messages.send_timeout_seconds
-            self._unconfirmed(payload.message_id, "ACK_TIMEOUT",
-                              f"WhatsApp has not confirmed it within {seconds:g} s")
+        elif isinstance(payload, _AckTimeout):
+            self.ack_timer_armed = False
+            self._ack_timeouts()
 
     # ---- queries --------------------------------------------------------------------------------
 
@@ -865,49 +890,90 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 and link.state is SessionState.CONNECTED)
 
     def _dispatch(self, session: str) -> None:
-        """Hand the session what it may send now: unpaced, its next messages, as many
-        as fit in flight; paced, one when its next send time has come (then a timer for
-        the one after), and only a recipient's oldest pending message, so a slow or
-        retried message is never overtaken by a later one to the same person."""
+        """Hand the session what it may send now (``_take``), once that is committed."""
+        assert self.store is not None
+        with self.store.batch():
+            handover = self._take(session)
+        self._hand_over(handover)
+
+    def _take(self, session: str) -> _Handover | None:
+        """What the session may send now, moved to SENDING in the caller's transaction:
+        unpaced, its next messages, as many as fit in flight; paced, one when its next
+        send time has come (then a timer for the one after), and only a recipient's
+        oldest pending message, so a slow or retried message is never overtaken by a
+        later one to the same person. Handed over only after the commit (``_hand_over``):
+        a message is SENDING on disk before it can leave."""
         assert self.store is not None and self.config is not None
         now = self.clock()
         clock = time.monotonic()  # the pauses' clock (see _rate_overlimited)
         if (not self._can_send(session) or self.paused_until.get(session, 0.0) > clock
                 or self.rate_pauses.get(session, (0.0, 0))[0] > clock):
-            return
+            return None
         room = MAX_IN_FLIGHT - self.busy.get(session, 0)
         if room <= 0:
-            return
+            return None
         wait = self.pacer.wait(session, now)
         if wait > 0:
             self._pace_later(session, wait)
-            return
-        address = self.links[session].address
+            return None
         typing = self.config.pacing.typing_seconds
         # Unpaced (the simulator, benchmarks) one recipient's messages may be in flight
         # together: a rule of one at a time would serialise a single-recipient load.
         pick = self.store.next_in_order if self.pacer.rules.paced else self.store.next_queued
         deliveries = []
-        with self.store.batch():  # one commit for the whole batch: SENDING is on disk first
-            for record in pick(session, now, self.pacer.batch(room)):
-                if record["valid_until"] is not None and record["valid_until"] < now:
-                    self._finish(record, MessageState.EXPIRED, now, "VALIDITY_PASSED")
-                    continue
-                if link_ended(record["link_epoch"], self.links[session].epoch):
-                    self._fail_ended(record, now, SESSION_LOGGED_OUT)  # never to a new device
-                    continue
-                self.store.transition(record, MessageState.SENDING, now)
-                deliveries.append(Deliver(record["id"], record["phone"], record["text"] or "",
-                                          typing, account=record["account"],
-                                          media=media_of(record)))
+        for record in pick(session, now, self.pacer.batch(room)):
+            if record["valid_until"] is not None and record["valid_until"] < now:
+                self._finish(record, MessageState.EXPIRED, now, "VALIDITY_PASSED")
+                continue
+            if link_ended(record["link_epoch"], self.links[session].epoch):
+                self._fail_ended(record, now, SESSION_LOGGED_OUT)  # never to a new device
+                continue
+            self.store.transition(record, MessageState.SENDING, now)
+            deliveries.append(Deliver(record["id"], record["phone"], record["text"] or "",
+                                      typing, account=record["account"],
+                                      media=media_of(record)))
+        return _Handover(session, self.links[session].address, tuple(deliveries), now)
+
+    def _hand_over(self, handover: _Handover | None) -> None:
+        """Send what ``_take`` moved to SENDING (committed now) and pace the next."""
+        if handover is None:
+            return
+        session, deliveries, now = handover.session, handover.deliveries, handover.now
         for delivery in deliveries:
             self.in_flight[delivery.message_id] = session
         self.busy[session] = self.busy.get(session, 0) + len(deliveries)
         if deliveries:
-            self.send(address, DeliverBatch(tuple(deliveries)))
+            self.send(handover.address, DeliverBatch(deliveries))
             next_at = self.pacer.sent(session, now, random.random())
             if self.depth.get(session, 0) > self.busy[session]:  # more are waiting
                 self._pace_later(session, next_at - now)
+
+    def _ack_deadline(self, message_id: str) -> None:
+        """The caller of ``message_id`` hears SEND_UNCONFIRMED after ``send_timeout``
+        unless the ack came first. Deadlines queue in the order they were set (the
+        timeout is one number), so one timer, for the oldest, serves them all: a timer
+        per send cost the actor's transport a wakeup entry to sort per message."""
+        assert self.config is not None
+        seconds = self.config.messages.send_timeout_seconds
+        self.ack_deadlines.append((time.monotonic() + seconds, message_id))
+        if not self.ack_timer_armed:
+            self.ack_timer_armed = True
+            self.wakeupAfter(timedelta(seconds=seconds), payload=_AckTimeout())
+
+    def _ack_timeouts(self) -> None:
+        """Answer every caller whose deadline passed, then wait for the next one."""
+        assert self.config is not None
+        seconds = self.config.messages.send_timeout_seconds
+        now = time.monotonic()
+        while self.ack_deadlines and self.ack_deadlines[0][0] <= now:
+            _, message_id = self.ack_deadlines.popleft()
+            if message_id in self.waiters:  # not answered by its ack meanwhile
+                self._unconfirmed(message_id, "ACK_TIMEOUT",
+                                  f"WhatsApp has not confirmed it within {seconds:g} s")
+        if self.ack_deadlines and not self.ack_timer_armed:
+            self.ack_timer_armed = True
+            wait = max(ACK_TIMER_MIN_SECONDS, self.ack_deadlines[0][0] - now)
+            self.wakeupAfter(timedelta(seconds=wait), payload=_AckTimeout())
 
     def _pace_later(self, session: str, wait: float) -> None:
         """One timer per waiting paced session (timers cannot be cancelled, so never
