@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -175,6 +177,44 @@ def test_a_send_not_confirmed_in_time_says_so_and_is_flagged(
                                 if e.get("outcome") == "SEND_UNCONFIRMED"], 10, 0.1,
                        "the audit entry of the unconfirmed send")
     assert audited[0]["messageId"] == extensions["messageId"], audited
+
+
+def test_each_waiting_caller_hears_of_its_own_timeout_not_of_the_first_ones(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """One timer serves every caller waiting for WhatsApp's ack (the outbox keeps their
+    deadlines in order): callers who came later are still answered only once their own
+    send_timeout has passed, not when the first one's did."""
+    timeout = 1.0
+    gw = make_gateway({**FAST_DELIVERY, "messages": {"send_timeout_seconds": timeout},
+                       "simulator": {"send_delay_seconds": 4.0}}).start()
+    gw.link()
+    answers: dict[int, tuple[float, GraphQLResult]] = {}
+
+    def send(index: int) -> None:
+        started = time.monotonic()
+        result = gw.send(PHONE, f"slow {index}")
+        answers[index] = (time.monotonic() - started, result)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.3)  # staggered sends (not a wait for an outcome)
+    for thread in threads:
+        thread.join(60)
+    assert sorted(answers) == [0, 1, 2]
+    for waited, result in answers.values():
+        expect_error(result, "SEND_UNCONFIRMED", "will be sent")
+        assert waited >= timeout, answers  # never before its own deadline
+    assert sorted(texts_when(gw, 3)) == ["slow 0", "slow 1", "slow 2"]
+
+
+def texts_when(gw: Gateway, count: int) -> list[str]:
+    """The simulator's inbox once it holds ``count`` messages."""
+    def enough() -> list[str] | None:
+        found = texts(gw)
+        return found if len(found) >= count else None
+
+    return wait_for(enough, 60, 0.2, f"{count} messages in the inbox")
 
 
 # ---- a handler that fails after the write ------------------------------------------------------
