@@ -654,6 +654,14 @@ class AuditEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditBatch:
+    """AuditEvents from one web process, in their order, in one message: a send's audit
+    line then costs its share of one ``tell``, not one each (gateway/web/audit_queue)."""
+
+    events: tuple[AuditEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RecordAudit:
     """An AuditEvent whose writing is confirmed with ``Ok({"seq", "hash"})`` (the CLI's
     admin actions); sent to the supervisor, which routes it to the audit actor."""

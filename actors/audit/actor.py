@@ -33,7 +33,15 @@ from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.audit.bursts import BurstCounter
 from actors.audit.log import TIME_PRECISION, AuditLock, AuditLog, audit_dir, lock_holder
-from actors.messages import AuditEvent, Failed, Ok, RecordAudit, Routed, StartWorker
+from actors.messages import (
+    AuditBatch,
+    AuditEvent,
+    Failed,
+    Ok,
+    RecordAudit,
+    Routed,
+    StartWorker,
+)
 from actors.run_once import RunOnce
 from gateway.core.config import Config
 from gateway.core.disk import disk_full_details, is_disk_full, write_refused_text
@@ -98,6 +106,10 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
             if first is None:
                 return  # counted: written with its burst's summary
         self._record(_Pending(msg))
+
+    def receiveMsg_AuditBatch(self, msg: AuditBatch, sender: Any) -> None:
+        for event in msg.events:
+            self.receiveMsg_AuditEvent(event, sender)
 
     def receiveMsg_RecordAudit(self, msg: RecordAudit, sender: Any) -> None:
         self._record(_Pending(msg.entry, sender, msg.request_id))

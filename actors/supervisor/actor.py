@@ -32,6 +32,7 @@ from thespian.actors import (
 
 from actors.audit.actor import AuditActor
 from actors.messages import (
+    AuditBatch,
     AuditEvent,
     ChartMessageStates,
     CheckNumbers,
@@ -299,6 +300,9 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_AuditEvent(self, msg: AuditEvent, sender: Any) -> None:
         self._to_audit(msg)
 
+    def receiveMsg_AuditBatch(self, msg: AuditBatch, sender: Any) -> None:
+        self._to_audit(msg)
+
     def receiveMsg_RecordAudit(self, msg: RecordAudit, sender: Any) -> None:
         self._to_audit(Routed(msg, sender))  # the audit actor answers the caller directly
 
@@ -557,7 +561,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             else:
                 self._to_outbox(dead)
             return
-        if not isinstance(dead, AuditEvent) and not (
+        if not isinstance(dead, AuditEvent | AuditBatch) and not (
                 isinstance(dead, Routed) and isinstance(dead.request, RecordAudit)):
             return  # other messages to dead actors: their senders handle the silence
         if self.stopping:  # the audit actor stops with everything else; it has closed

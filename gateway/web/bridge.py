@@ -24,18 +24,21 @@ asked); everything else goes to the supervisor.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import itertools
 import os
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
-from actors.messages import AuditEvent, Failed, GetRoutes, SendText
+from actors.messages import AuditBatch, AuditEvent, Failed, GetRoutes, SendText
 from actors.system import LOOPBACK, SUPERVISOR_NAME, is_poison_for, join_system
 from gateway.api.errors import GatewayError
+from gateway.web.audit_queue import AuditQueue
 from gateway.web.deadline import Call, CallPool, DeadlinePassed
 
 log = structlog.get_logger("wagate.bridge")
@@ -65,6 +68,8 @@ class ActorBridge:
         self.max_calls = max_calls
         self._pool: CallPool | None = None
         self._pool_pid: int | None = None
+        self._audits: AuditQueue[AuditEvent] | None = None
+        self._audits_pid: int | None = None
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._system: Any = None
@@ -95,12 +100,25 @@ class ActorBridge:
         return getattr(reply, "value", reply)
 
     def close(self) -> None:
-        """Stop this process's helper threads once their calls end (tests)."""
+        """Send the audit entries that wait, then stop this process's helper threads
+        once their calls end (a worker's exit, tests)."""
+        if self._audits is not None and self._audits_pid == os.getpid():
+            self._audits.close(self.timeout)
+        self._audits = None
         if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.close()
         self._pool = None
 
     # ---- internals ----------------------------------------------------------------------
+
+    def _audit_queue(self) -> AuditQueue[AuditEvent]:
+        """This process's audit sender (threads do not survive a fork)."""
+        with self._lock:
+            if self._audits is None or self._audits_pid != os.getpid():
+                self._audits, self._audits_pid = AuditQueue(self._send_audits), os.getpid()
+                # What waits when a script or a worker ends normally leaves first.
+                atexit.register(_close_at_exit, self._audits, os.getpid(), self.timeout)
+            return self._audits
 
     def _calls(self) -> CallPool:
         """This process's helper threads (threads do not survive a fork)."""
@@ -193,11 +211,12 @@ class ActorBridge:
     def audit(self, event: str, request_id: str = "", **fields: Any) -> None:
         """Hand one entry to the audit log's single writer; fire and forget.
 
-        Never raises and never waits for the writer: when the actor system is not
-        available the entry is lost and a warning is logged (the web tier cannot write
-        the log itself: the gateway's audit actor holds it). Costs one ``tell``, no reply
-        awaited, once the audit actor's address is cached in this process (the routes
-        are asked again every ``AUDIT_ROUTE_SECONDS``).
+        Never raises and never waits: the entry joins this process's audit queue
+        (``gateway.web.audit_queue``), whose thread tells whatever gathered as one
+        message, once the audit actor's address is cached in this process (the routes
+        are asked again every ``AUDIT_ROUTE_SECONDS``). When the actor system is not
+        available the entries are lost and a warning is logged (the web tier cannot
+        write the log itself: the gateway's audit actor holds it).
 
         ``event``: ``mutation`` (one per GraphQL mutation, whatever its outcome),
         ``auth.failure`` (a refused request), or another dotted name. Field names, all
@@ -214,19 +233,24 @@ class ActorBridge:
 
         Never message text: fields named ``text``, ``message`` or ``body`` are dropped.
         """
-        message = AuditEvent(event, fields, request_id)
+        self._audit_queue().put(AuditEvent(event, fields, request_id))
+
+    def _send_audits(self, events: Sequence[AuditEvent]) -> None:
+        """On the audit sender's thread: one ``tell`` for the entries that gathered."""
+        message: AuditEvent | AuditBatch = (events[0] if len(events) == 1
+                                            else AuditBatch(tuple(events)))
         try:
             self._calls().run(lambda _: self._tell_audit(message), self.timeout)
         except DeadlinePassed:
-            log.warning("audit entry not confirmed: the actor system did not take it in "
-                        "time", audit_event=event)
+            log.warning("audit entries not confirmed: the actor system did not take them in "
+                        "time", audit_events=len(events))
         except Exception as exc:
-            log.warning("audit entry not delivered: the actor system is not available",
-                        audit_event=event, error=repr(exc))
+            log.warning("audit entries not delivered: the actor system is not available",
+                        audit_events=len(events), error=repr(exc))
             if not isinstance(exc, GatewayError):
                 self._reset()
 
-    def _tell_audit(self, message: AuditEvent) -> None:
+    def _tell_audit(self, message: AuditEvent | AuditBatch) -> None:
         target = self._audit_address()
         context = self._context()
         if target is None:
@@ -285,6 +309,13 @@ def _flush(context: Any) -> None:
     run = getattr(base, "_run_transport", None)
     if run is not None:
         run(FLUSH_SECONDS, txonly=True)
+
+
+def _close_at_exit(queue: AuditQueue[AuditEvent], pid: int, timeout: float) -> None:
+    """Only in the process that made the queue: a forked child inherits the exit hook
+    but not the thread, and must not wait for it."""
+    if os.getpid() == pid:
+        queue.close(timeout)
 
 
 def _left(deadline: float) -> float:

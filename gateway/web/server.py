@@ -48,6 +48,17 @@ def _worker_exited(_server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
+def _worker_exiting(_server: Any, worker: Any) -> None:
+    """gunicorn ``worker_exit`` hook, in the worker: the audit entries that still wait
+    leave before it ends (``ActorBridge.close``)."""
+    from gateway.web.state import EXTENSION
+
+    state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(EXTENSION)
+    close = getattr(getattr(state, "bridge", None), "close", None)
+    if close is not None:
+        close()
+
+
 class _Gunicorn(BaseApplication):
     def __init__(self, config: Config) -> None:
         self.gateway_config = config
@@ -68,6 +79,7 @@ class _Gunicorn(BaseApplication):
             "loglevel": "warning",
             "proc_name": "wagate-web",
             "child_exit": _worker_exited,
+            "worker_exit": _worker_exiting,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)
