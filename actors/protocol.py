@@ -40,9 +40,9 @@ from gateway.core.version import __version__
 # Media messages: MediaSpec (in SendText, Deliver, IncomingReceived), OpenMedia, [media]
 # in Config, the media counters in OutboxMetrics. simulator.idle_check_seconds in Config.
 # Writes held for disk space: OutboxMetrics.held_writes and held_lost; HandedBack
-# and OutboxReady (outbox -> supervisor). AuditBatch (web -> audit actor).
+# and OutboxReady (outbox -> supervisor). AuditBatch (web -> audit actor), audit.batch_seconds.
 PROTOCOL = 5
-LAYOUT = "74738c3309f1a956"
+LAYOUT = "99c50401a2b9112b"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

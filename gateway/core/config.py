@@ -285,6 +285,9 @@ class AuditConfig:
     # refused requests of one kind (network, code, route, token) within this window are
     # written as one entry with a count; the window doubles while they go on (up to 64x)
     burst_seconds: float = 1.0
+    # a web worker gathers the API's entries this long before handing them to the writer
+    # in one message (0: each at once); a worker killed meanwhile loses what it gathered
+    batch_seconds: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +481,7 @@ RANGES: dict[str, Range] = {
     "supervisor.restart_window_seconds": Range(0, 604800, above=True),
     "encryption.checkpoint_seconds": _DAY,
     "audit.max_file_mb": Range(0.01, 4096), "audit.max_files": Range(2, 100_000),
-    "audit.burst_seconds": Range(0.05, 3600),
+    "audit.burst_seconds": Range(0.05, 3600), "audit.batch_seconds": Range(0, 5),
     # max_depth stays well below the bracket nesting every document is held to
     # (gateway.api.limits.MAX_NESTING), so a query at the limit still parses.
     "graphql.max_depth": Range(1, 32), "graphql.max_cost": Range(1, 100_000),

@@ -4,9 +4,10 @@ Every mutation writes an audit line. Told one at a time, each entry cost its req
 helper-thread hand-off and a Thespian ``tell`` (a TCP send and its acknowledgement),
 and the audit actor one received message: about a millisecond of CPU per send across
 the processes, a tenth of the whole path (issue #17's profile). Here a request only
-appends its entry and returns; one thread per process sends whatever has gathered
-meanwhile as a single batch. Under load a batch carries many entries; when idle, one
-entry leaves at once, so nothing waits for a timer.
+appends its entry and returns; one thread per process sends what gathered as a single
+batch. After the first entry of a batch it waits ``linger`` seconds (``audit.batch_seconds``)
+for more: without it, at a hundred requests a second each entry found the thread idle
+and left alone, and nothing was saved.
 
 Bounded: at most ``max_entries`` wait (a writer that does not answer must not grow the
 web process); beyond that new entries are counted as lost and logged. What waits when
@@ -40,11 +41,15 @@ class AuditQueue(Generic[T]):
     ``send`` gets a non-empty sequence, in order; it must not raise for a lost batch
     (it logs), but if it does, the batch is counted as lost and the thread goes on."""
 
-    def __init__(self, send: Callable[[Sequence[T]], None], max_entries: int = MAX_ENTRIES,
-                 max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, send: Callable[[Sequence[T]], None], linger: float = 0.0,
+                 max_entries: int = MAX_ENTRIES, max_batch: int = MAX_BATCH) -> None:
         if max_entries < 1 or max_batch < 1:
             raise ValueError("max_entries and max_batch must be at least 1")
+        if not 0 <= linger < float("inf"):
+            raise ValueError("linger must be a finite number of seconds, 0 or more")
         self._send = send
+        self._linger = linger
+        self._hurry = False  # close(): what waits leaves now, without lingering
         self._max_entries = max_entries
         self._max_batch = max_batch
         self._entries: deque[T] = deque()
@@ -83,6 +88,9 @@ class AuditQueue(Generic[T]):
 
     def close(self, timeout: float) -> bool:
         """Send what waits (within ``timeout``), then stop the thread."""
+        with self._cond:
+            self._hurry = True
+            self._cond.notify_all()
         drained = self.drain(timeout)
         with self._cond:
             self._closed = True
@@ -94,6 +102,15 @@ class AuditQueue(Generic[T]):
         with self._cond:
             return len(self._entries) + self._sending
 
+    def _gather(self) -> None:
+        """Under the lock: wait up to ``linger`` for a full batch (or ``close``)."""
+        deadline = time.monotonic() + self._linger
+        while len(self._entries) < self._max_batch and not self._hurry:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._cond.wait(left)
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -101,6 +118,7 @@ class AuditQueue(Generic[T]):
                     self._cond.wait()
                 if not self._entries:
                     return  # closed and empty
+                self._gather()
                 count = min(len(self._entries), self._max_batch)
                 batch = [self._entries.popleft() for _ in range(count)]
                 self._sending = count

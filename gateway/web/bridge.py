@@ -56,16 +56,19 @@ MAX_CALLS = 64
 
 class ActorBridge:
     def __init__(self, admin_port: int, timeout: float, address: str = LOOPBACK,
-                 networks: tuple[str, ...] = (), max_calls: int = MAX_CALLS) -> None:
+                 networks: tuple[str, ...] = (), max_calls: int = MAX_CALLS,
+                 audit_linger: float = 0.0) -> None:
         """``address``: where the actor system listens (``actors.system.bind_address``);
         ``networks``: ``actors.system.allowed_networks``, which this process's own reply
         sockets enforce too (they are actor-system sockets like any other);
-        ``max_calls``: helper threads that make the calls (``gateway.web.deadline``)."""
+        ``max_calls``: helper threads that make the calls (``gateway.web.deadline``);
+        ``audit_linger``: ``audit.batch_seconds`` (``gateway.web.audit_queue``)."""
         self.admin_port = admin_port
         self.timeout = timeout
         self.address = address
         self.networks = networks
         self.max_calls = max_calls
+        self.audit_linger = audit_linger
         self._pool: CallPool | None = None
         self._pool_pid: int | None = None
         self._audits: AuditQueue[AuditEvent] | None = None
@@ -115,7 +118,8 @@ class ActorBridge:
         """This process's audit sender (threads do not survive a fork)."""
         with self._lock:
             if self._audits is None or self._audits_pid != os.getpid():
-                self._audits, self._audits_pid = AuditQueue(self._send_audits), os.getpid()
+                self._audits = AuditQueue(self._send_audits, self.audit_linger)
+                self._audits_pid = os.getpid()
                 # What waits when a script or a worker ends normally leaves first.
                 atexit.register(_close_at_exit, self._audits, os.getpid(), self.timeout)
             return self._audits

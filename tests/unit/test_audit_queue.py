@@ -4,11 +4,13 @@ waits at a normal end is sent first (gateway/web/audit_queue.py)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 
 import pytest
 
 from gateway.web.audit_queue import AuditQueue
+from tests.integration.harness import wait_for
 
 
 class Receiver:
@@ -95,7 +97,35 @@ def test_close_gives_up_at_its_deadline_when_the_writer_hangs() -> None:
     receiver.gate.set()  # let the thread end
 
 
+def test_entries_that_come_within_the_linger_leave_together() -> None:
+    """A slow trickle (one entry each 20 ms) still makes one message per linger."""
+    receiver = Receiver()
+    queue: AuditQueue[int] = AuditQueue(receiver, linger=5.0)
+    for entry in range(5):
+        queue.put(entry)
+        time.sleep(0.02)  # the trickle itself; nothing is awaited
+    assert receiver.batches == []  # still gathering: the linger is 5 s
+    assert queue.close(2)  # close does not wait the linger out
+    assert receiver.batches == [[0, 1, 2, 3, 4]]
+
+
+def test_a_full_batch_leaves_without_waiting_for_the_linger() -> None:
+    receiver = Receiver()
+    queue: AuditQueue[int] = AuditQueue(receiver, linger=60.0, max_batch=4)
+    for entry in range(4):
+        queue.put(entry)
+    wait_for(lambda: receiver.batches, 10, 0.01, "the full batch")
+    assert receiver.batches == [[0, 1, 2, 3]]
+    assert queue.close(2)
+
+
 @pytest.mark.parametrize("bad", [{"max_entries": 0}, {"max_batch": 0}, {"max_batch": -1}])
 def test_sizes_below_one_are_refused(bad: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         AuditQueue(Receiver(), **bad)
+
+
+@pytest.mark.parametrize("linger", [-0.1, float("nan"), float("inf")])
+def test_a_linger_that_is_no_finite_wait_is_refused(linger: float) -> None:
+    with pytest.raises(ValueError, match="linger"):
+        AuditQueue(Receiver(), linger=linger)
