@@ -3,7 +3,8 @@
 The benchmark lives in ``bench_api`` so it also runs as a plain script
 (``python -m tests.perf.bench_api``); this file only lets pytest collect it (pytest
 collects ``test_*.py`` files). The default test run skips tests/perf (pyproject's
-``--ignore=tests/perf``): it takes about two minutes and loads the whole machine.
+``--ignore=tests/perf``): it takes about three and a half minutes and loads the
+whole machine.
 No figure is asserted: timings depend on the machine and on what else runs on it.
 """
 
