@@ -62,6 +62,9 @@ class EventLogFile:
             return []
         return SqliteEventSource(self.path).events_after(after_seq, limit)
 
+    def head(self) -> int:
+        return SqliteEventSource(self.path).head() if self.path.exists() else 0
+
 
 def event_source(config: Config) -> EventSource:
     return EventLogFile(config.data_path / EVENTS_FILE)

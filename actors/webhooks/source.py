@@ -1,9 +1,10 @@
 """Where the events to deliver come from.
 
-The delivery loop needs one thing of the event log: the events after a cursor, in
-order. ``EventSource`` is that one method, so the loop works over the durable event
-log (``actors/outbox/events.py``, rows of seq, id, type, session, created_at, data)
-and over a test's own table alike. ``SqliteEventSource`` reads a table of that shape.
+The delivery loop needs two things of the event log: the events after a cursor, in
+order, and the newest event's seq. ``EventSource`` is those two methods, so the loop
+works over the durable event log (``actors/outbox/events.py``, rows of seq, id, type,
+session, created_at, data) and over a test's own table alike. ``SqliteEventSource``
+reads a table of that shape.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class EventSource(Protocol):
         """Up to ``limit`` events with ``seq > after_seq``, by ascending seq."""
         ...  # pragma: no cover
 
+    def head(self) -> int:
+        """The seq of the newest event (0 for an empty log): where a new endpoint
+        starts. Asked at every start: it must not read the log through."""
+        ...  # pragma: no cover
+
 
 def parse_time(value: object) -> datetime:
     """A stored time: seconds since the epoch, or ISO 8601 text (UTC when unmarked)."""
@@ -62,3 +68,12 @@ class SqliteEventSource:
             connection.close()
         return [Event(int(r[0]), str(r[1]), str(r[2]), str(r[3] or ""), parse_time(r[4]),
                       json.loads(r[5]) if r[5] else {}) for r in rows]
+
+    def head(self) -> int:
+        connection = sqlite3.connect(self._path, timeout=30)
+        try:
+            (seq,) = connection.execute(
+                f"SELECT COALESCE(MAX(seq), 0) FROM {self._table}").fetchone()
+        finally:
+            connection.close()
+        return int(seq)
