@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,10 +141,10 @@ def _add(split: Split, mapping: re.Match[str], fields: dict[str, int], executabl
     elif not name and int(mapping.group(1), 16) < executable:
         split.go_arena += pss
     else:
-        rss = max(fields.get("Rss", 0), 1)
-        shared = fields.get("Shared_Dirty", 0) + fields.get("Shared_Clean", 0)
-        split.anon_shared += pss * shared // rss
-        split.anon_private += pss - pss * shared // rss
+        # A private page counts whole in the PSS; the rest is the shared pages' share.
+        private = fields.get("Private_Dirty", 0) + fields.get("Private_Clean", 0)
+        split.anon_private += private
+        split.anon_shared += pss - private
 
 
 @dataclass
@@ -269,8 +269,11 @@ def _mib(kib: float) -> str:
     return f"{kib / 1024:8.1f} MiB"
 
 
+def line(name: str, value: str) -> None:
+    print(f"{name:62} {value}")
+
+
 def report(floor: int, sim: Reading, engine: list[Reading]) -> None:
-    line: Callable[[str, str], None] = lambda name, value: print(f"{name:62} {value}")
     print()
     print("=" * 96)
     print("wagate memory: PSS from /proc/PID/smaps_rollup, processes settled")
