@@ -150,6 +150,7 @@ from actors.transport.engine_events import (
     pairing_needs_detail,
     unencodable_event,
 )
+from actors.transport.engine_imports import deferred_imports
 from actors.transport.engine_output import capture_engine_output, redact_engine_log_records
 from actors.transport.incoming_map import DOWNLOADABLE_KINDS, incoming_from_event
 
@@ -379,38 +380,40 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
         redact_engine_log_records(_ENGINE_LOG.note)
         root = logging.getLogger()
         handlers, root_level = list(root.handlers), root.level
+        # Link previews and URL fetching stay unloaded until used (engine_imports).
         try:
-            import neonize.client as neonize_client
-            from neonize._binder import ProxySettings
-            from neonize.events import (
-                ClientOutdatedEv,
-                ConnectedEv,
-                ConnectFailureEv,
-                DisconnectedEv,
-                KeepAliveRestoredEv,
-                KeepAliveTimeoutEv,
-                LoggedOutEv,
-                MessageEv,
-                PairStatusEv,
-                ReceiptEv,
-                StreamReplacedEv,
-                TemporaryBanEv,
-            )
-            from neonize.exc import NeonizeError
-            from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
-            from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
-                AudioMessage,
-                Message,
-                VideoMessage,
-            )
-            from neonize.utils.enum import (
-                ChatPresence,
-                ChatPresenceMedia,
-                ClientType,
-                MediaType,
-                ReceiptType,
-            )
-            from neonize.utils.jid import build_jid
+            with deferred_imports():
+                import neonize.client as neonize_client
+                from neonize._binder import ProxySettings
+                from neonize.events import (
+                    ClientOutdatedEv,
+                    ConnectedEv,
+                    ConnectFailureEv,
+                    DisconnectedEv,
+                    KeepAliveRestoredEv,
+                    KeepAliveTimeoutEv,
+                    LoggedOutEv,
+                    MessageEv,
+                    PairStatusEv,
+                    ReceiptEv,
+                    StreamReplacedEv,
+                    TemporaryBanEv,
+                )
+                from neonize.exc import NeonizeError
+                from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
+                from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import (
+                    AudioMessage,
+                    Message,
+                    VideoMessage,
+                )
+                from neonize.utils.enum import (
+                    ChatPresence,
+                    ChatPresenceMedia,
+                    ClientType,
+                    MediaType,
+                    ReceiptType,
+                )
+                from neonize.utils.jid import build_jid
         finally:
             root.handlers[:] = handlers  # undo neonize's logging.basicConfig
             root.setLevel(root_level)
