@@ -439,3 +439,16 @@ def check(principal: Principal, action: str, session: str | None = None) -> None
         raise GatewayError("FORBIDDEN", f"token {principal.name!r} may not use session "
                            f"{session!r}; its sessions: {own}")
 
+
+def authenticator_for(config: Config) -> Authenticator:
+    """The token check ``config`` asks for, its token file loaded when tokens are
+    required. The launcher checks the tokens with this before it starts the actor
+    system, so that it need not import the web tier (Flask, GraphQL): every actor
+    process is forked from the launcher and would carry that heap (issue 17)."""
+    auth = config.auth
+    policy = NetworkPolicy(parse_networks(auth.allowed_networks, "auth.allowed_networks"),
+                           parse_networks(auth.trusted_proxies, "auth.trusted_proxies"))
+    authenticator = Authenticator(tokens_path(config), policy, auth.required)
+    if auth.required:
+        authenticator.load()
+    return authenticator

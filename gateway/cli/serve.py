@@ -14,6 +14,7 @@ survives; and only a process that holds the mark is ever signalled.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -258,15 +259,16 @@ def warn_on_settings(config: Config) -> None:
 
 def check_access(config: Config) -> None:
     """Refuse to serve an API that anyone could use, or that nobody could."""
-    from gateway.auth.tokens import TokenFileError, tokens_path
-    from gateway.web.app import make_authenticator
+    # Not the web tier's make_authenticator: the launcher stays free of Flask and
+    # GraphQL, which every actor process would inherit (see start_actor_system).
+    from gateway.auth.tokens import TokenFileError, authenticator_for, tokens_path
 
     if not config.auth.required:  # the demo: the config loader allows it on loopback only
         log.warning("serving WITHOUT API tokens (demo on loopback): every local program "
                     "may use the API", host=config.http.host)
         return
     try:
-        usable = make_authenticator(config).load()
+        usable = authenticator_for(config).load()
     except (TokenFileError, ValueError) as exc:
         raise StartupError(str(exc)) from None
     if usable == 0:
@@ -275,6 +277,20 @@ def check_access(config: Config) -> None:
             "refused; create one with `wagate token create --name admin --role admin` "
             "(with the same --config as here), or try the gateway without tokens: "
             "`wagate serve --demo` (loopback only)")
+
+
+def freeze_before_fork() -> None:
+    """Keep the launcher's heap shared with the actor processes forked from it.
+
+    The Admin is forked from this process and every actor from the Admin's tree, so
+    each starts with a copy-on-write view of this heap. The cyclic garbage collector
+    writes into every object it examines, which would copy those pages into every
+    actor at its first full collection. Objects frozen here are never examined, in
+    this process or in any forked from it (``gc.freeze``; issue 17,
+    ``tests/perf/bench_memory.py``). They are the launcher's modules and
+    configuration, which live as long as the process anyway."""
+    gc.collect()  # what is garbage now is freed, not frozen
+    gc.freeze()
 
 
 def start_actor_system(config: Config, started: Started, run: Run) -> None:
@@ -302,6 +318,7 @@ def start_actor_system(config: Config, started: Started, run: Run) -> None:
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
+        freeze_before_fork()
         started.system = start_system(config, thespian_log_defs(logs / "actors.log"))
     finally:
         for fd, copy in zip((0, 1, 2), saved, strict=True):
