@@ -273,6 +273,16 @@ def line(name: str, value: str) -> None:
     print(f"{name:62} {value}")
 
 
+def print_split(title: str, split: Split) -> None:
+    line(title, "")
+    line("    engine library (.so file pages)", _mib(split.engine_file))
+    line("    other files (python, libraries)", _mib(split.other_file))
+    line("    Go heap arenas (anonymous, below the executable)", _mib(split.go_arena))
+    line("    other anonymous, still shared with the fork's parent", _mib(split.anon_shared))
+    line("    other anonymous, private (Python heap, malloc, stacks, Go metadata)",
+         _mib(split.anon_private))
+
+
 def report(floor: int, sim: Reading, engine: list[Reading]) -> None:
     print()
     print("=" * 96)
@@ -283,6 +293,8 @@ def report(floor: int, sim: Reading, engine: list[Reading]) -> None:
     line("floor: bare `python -c` process", _mib(floor))
     line("floor: simulator session process (1 linked session)", _mib(sim.sessions[0]))
     line("floor: simulator gateway, whole (1 linked session)", _mib(sim.whole))
+    if sim.split is not None:
+        print_split("  the simulator session process, split by mapping:", sim.split)
     for reading in engine:
         count = len(reading.sessions)
         per = sum(reading.sessions) / count
@@ -295,15 +307,7 @@ def report(floor: int, sim: Reading, engine: list[Reading]) -> None:
         for role, values in sorted(reading.roles.items()):
             line(f"    {role} (x{len(values)})", _mib(sum(values)))
         if reading.split is not None:
-            split = reading.split
-            line("  one session process, split by mapping:", "")
-            line("    engine library (.so file pages)", _mib(split.engine_file))
-            line("    other files (python, libraries)", _mib(split.other_file))
-            line("    Go heap arenas (anonymous, below the executable)", _mib(split.go_arena))
-            line("    other anonymous, still shared with the fork's parent",
-                 _mib(split.anon_shared))
-            line("    other anonymous, private (Python heap, malloc, stacks, Go metadata)",
-                 _mib(split.anon_private))
+            print_split("  one session process, split by mapping:", reading.split)
     print("=" * 96)
 
 
