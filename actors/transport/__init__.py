@@ -52,3 +52,16 @@ def create_transport(engine: str, session_id: str, data_dir: Path, config: Confi
 
         return NeonizeTransport(session_id, data_dir, config, store_dir=store_dir)
     raise ValueError(f"unknown transport engine {engine!r}; use 'neonize' or 'simulator'")
+
+
+def preload_for_forks(engine: str) -> list[str]:
+    """Load, in a process that will fork session processes, what every session of
+    ``engine`` would otherwise load by itself, so that the forks share it instead of
+    each holding a private copy (issue 17). Only what is safe before a fork: for the
+    real engine its generated message modules, never the engine itself
+    (``actors.transport.neonize.preload_messages``). Returns the modules loaded."""
+    if engine != "neonize":
+        return []
+    from actors.transport.neonize import preload_messages
+
+    return preload_messages()

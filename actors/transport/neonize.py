@@ -90,6 +90,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
+import importlib.util
 import itertools
 import logging
 import os
@@ -456,6 +458,50 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
             media_video=MediaType.MediaVideo,
         )
         return _API
+
+
+# Generated message modules that neonize's client imports; their own imports bring in
+# the other message modules it needs (about 40 of its 60). The rest, loaded only with
+# the engine, cost little.
+_PRELOADED_MESSAGES = ("neonize.proto.Neonize_pb2",
+                       "neonize.proto.waE2E.WAWebProtobufsE2E_pb2",
+                       "neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2")
+
+
+def preload_messages() -> list[str]:
+    """Import neonize's generated protobuf modules (and the protobuf runtime) without
+    the engine; returns the modules loaded ([] if neonize is not installed or already
+    imported here).
+
+    For the process that forks the session processes: loaded there, their classes and
+    descriptors are pages every session shares, where each session importing them
+    held about 5 MiB of its own (``tests/perf/bench_memory.py``). Importing the
+    package ``neonize`` itself would load the Go runtime, after which a fork hangs
+    (docs/architecture.md §5), so the modules are imported under a bare stand-in for
+    the package that runs none of its ``__init__``; the stand-in is gone afterwards,
+    and the session's own import of neonize finds these modules already loaded. One
+    side effect comes with them: ``neonize.proto`` puts its directory on ``sys.path``
+    (its modules import each other by top-level names), as the engine's import would.
+    """
+    if "neonize" in sys.modules:
+        return []
+    spec = importlib.util.find_spec("neonize")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    before = set(sys.modules)
+    bare = types.ModuleType("neonize", "neonize's package, its __init__ not run")
+    bare.__path__ = list(spec.submodule_search_locations)
+    sys.modules["neonize"] = bare
+    try:
+        for name in _PRELOADED_MESSAGES:
+            importlib.import_module(name)
+    finally:
+        if sys.modules.get("neonize") is bare:
+            del sys.modules["neonize"]
+    loaded = sorted(set(sys.modules) - before)
+    if "neonize._binder" in loaded:  # the module that loads the Go library
+        raise RuntimeError("preloading neonize's messages loaded its engine")
+    return loaded
 
 
 def _log_engine_output(line: str) -> None:

@@ -43,6 +43,7 @@ from actors.system import (
     start_system,
     stop_actor,
 )
+from actors.transport import preload_for_forks
 from gateway.cli.cluster_mode import cluster_problem
 from gateway.cli.ownership import Stamp
 from gateway.cli.run_state import ClaimError, Run
@@ -279,6 +280,20 @@ def check_access(config: Config) -> None:
             "`wagate serve --demo` (loopback only)")
 
 
+def preload_engine(engine: str) -> None:
+    """Load what each session process of ``engine`` shares from this one (the actor
+    system is forked from here): ``actors.transport.preload_for_forks``. Best effort:
+    on failure each session loads its own, and reports any problem as it would."""
+    try:
+        loaded = preload_for_forks(engine)
+    except Exception as exc:  # e.g. a protobuf runtime too old for neonize's modules
+        log.warning("engine modules not preloaded; each session loads its own",
+                    engine=engine, error=f"{type(exc).__name__}: {exc}")
+        return
+    if loaded:
+        log.debug("engine modules preloaded for the session processes", modules=len(loaded))
+
+
 def freeze_before_fork() -> None:
     """Keep the launcher's heap shared with the actor processes forked from it.
 
@@ -318,6 +333,7 @@ def start_actor_system(config: Config, started: Started, run: Run) -> None:
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
+        preload_engine(config.transport.engine)
         freeze_before_fork()
         started.system = start_system(config, thespian_log_defs(logs / "actors.log"))
     finally:
