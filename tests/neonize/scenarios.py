@@ -1431,6 +1431,66 @@ def number_answers(workdir: Path) -> dict[str, Any]:
             "missing": missing}
 
 
+def unused_imports(workdir: Path) -> dict[str, Any]:
+    """Loading the engine leaves its link-preview and URL-fetching modules unloaded;
+    neonize's reference to one still reaches the real module on first use."""
+    deferred = ("linkpreview", "requests", "httpx", "bs4")
+    NeonizeTransport(SESSION, workdir / "data", config())
+    loaded_with_engine = sorted(name for name in deferred if name in sys.modules)
+    import neonize.utils.iofile as iofile  # already loaded: the engine imported it
+
+    get = iofile.requests.get  # neonize's URL path: loads requests now
+    import requests
+
+    return {"loaded_with_engine": loaded_with_engine,
+            "engine_loaded": "neonize.client" in sys.modules and engine_mapped(),
+            "loaded_on_use": "requests" in sys.modules,
+            "same_function": get is requests.get}
+
+
+def preload_then_fork(workdir: Path) -> dict[str, Any]:
+    """What the launcher does before it forks the actor system: the engine's message
+    modules load without the engine, and a process forked afterwards loads the engine
+    (it would hang, had the Go runtime been started before the fork) and uses the very
+    module objects preloaded."""
+    from actors.transport import preload_for_forks
+
+    loaded = preload_for_forks("neonize")
+    preloaded = sys.modules["neonize.proto.Neonize_pb2"]
+    before_fork = {"preloaded": len(loaded), "engine_mapped": engine_mapped(),
+                   "binder": "neonize._binder" in sys.modules,
+                   "package": "neonize" in sys.modules}
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the "session": load the engine, report, leave at once
+        os.close(read_end)
+        try:
+            NeonizeTransport(SESSION, workdir / "data", config())
+            import neonize.client  # noqa: F401  (loaded by the transport)
+
+            report = {"engine_mapped": engine_mapped(),
+                      "same_module": sys.modules["neonize.proto.Neonize_pb2"] is preloaded}
+        except BaseException as exc:  # reported to the parent, never raised in a fork
+            report = {"error": repr(exc)}
+        os.write(write_end, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)  # polling the child's exit against the deadline
+    else:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        return {"before_fork": before_fork, "child": "hung"}
+    with os.fdopen(read_end, "rb") as pipe:
+        child_report = json.loads(pipe.read() or b"{}")
+    return {"before_fork": before_fork, "child": child_report,
+            "child_exit": os.waitstatus_to_exitcode(status)}
+
+
 SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "number_answers": number_answers,
     "refused": lambda w: dial_failure(w, "refused"),
@@ -1457,6 +1517,8 @@ SCENARIOS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "bot_tag_on": lambda w: bot_tag(w, True),
     "bot_tag_unset": bot_tag_unset,
     "engine_library": engine_library,
+    "unused_imports": unused_imports,
+    "preload_then_fork": preload_then_fork,
 }
 
 

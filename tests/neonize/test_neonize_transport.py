@@ -613,6 +613,27 @@ def test_engine_number_answers_are_matched_by_number_and_a_missing_one_is_unknow
     assert result["missing"] == "LOOKUP_FAILED"
 
 
+def test_loading_the_engine_leaves_link_previews_and_url_fetching_for_first_use(
+        tmp_path: Path) -> None:
+    """Issue 17: neonize imports link previews and two HTTP clients the gateway never
+    calls (about 8 MiB per session); they load when first used, not with the engine."""
+    result = run_scenario("unused_imports", tmp_path)
+    assert result == {"loaded_with_engine": [], "engine_loaded": True,
+                      "loaded_on_use": True, "same_function": True}
+
+
+def test_preloaded_messages_leave_the_engine_out_and_a_fork_loads_it(tmp_path: Path) -> None:
+    """Issue 17: the launcher preloads the engine's generated message modules so that
+    the sessions share them. That must never load the engine (a fork would hang), and
+    a process forked afterwards loads the engine over the same module objects."""
+    result = run_scenario("preload_then_fork", tmp_path)
+    before = result["before_fork"]
+    assert before["preloaded"] > 10, before  # the message modules and protobuf's runtime
+    assert before == {**before, "engine_mapped": False, "binder": False, "package": False}
+    assert result["child"] == {"engine_mapped": True, "same_module": True}, result
+    assert result["child_exit"] == 0
+
+
 def test_this_process_never_loaded_neonize() -> None:
     """The scenarios ran elsewhere: pytest itself must stay fork-safe (a process that
     loaded neonize's Go runtime hangs in its forked children)."""
