@@ -58,10 +58,11 @@ def preload_for_forks(engine: str) -> list[str]:
     """Load, in a process that will fork session processes, what every session of
     ``engine`` would otherwise load by itself, so that the forks share it instead of
     each holding a private copy (issue 17). Only what is safe before a fork: for the
-    real engine its generated message modules, never the engine itself
-    (``actors.transport.neonize.preload_messages``). Returns the modules loaded."""
+    real engine the libraries and generated message modules it imports, never the
+    engine itself (``actors.transport.neonize.preload_engine_modules``). Returns the
+    modules loaded."""
     if engine != "neonize":
         return []
-    from actors.transport.neonize import preload_messages
+    from actors.transport.neonize import preload_engine_modules
 
-    return preload_messages()
+    return preload_engine_modules()

@@ -466,22 +466,25 @@ def _load_api(level_name: str, mark_as_bot: bool) -> _Api:
 _PRELOADED_MESSAGES = ("neonize.proto.Neonize_pb2",
                        "neonize.proto.waE2E.WAWebProtobufsE2E_pb2",
                        "neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2")
+# Libraries neonize's modules import at their top; none starts a thread or loads Go.
+_PRELOADED_LIBRARIES = ("magic", "PIL.Image", "PIL.ImageSequence", "segno")
 
 
-def preload_messages() -> list[str]:
-    """Import neonize's generated protobuf modules (and the protobuf runtime) without
-    the engine; returns the modules loaded ([] if neonize is not installed or already
-    imported here).
+def preload_engine_modules() -> list[str]:
+    """Import the libraries neonize imports and its generated protobuf modules (with
+    the protobuf runtime), never the engine itself; returns the modules loaded ([] if
+    neonize is not installed or already imported here).
 
     For the process that forks the session processes: loaded there, their classes and
     descriptors are pages every session shares, where each session importing them
-    held about 5 MiB of its own (``tests/perf/bench_memory.py``). Importing the
+    held about 8 MiB of its own (``tests/perf/bench_memory.py``). Importing the
     package ``neonize`` itself would load the Go runtime, after which a fork hangs
-    (docs/architecture.md §5), so the modules are imported under a bare stand-in for
-    the package that runs none of its ``__init__``; the stand-in is gone afterwards,
-    and the session's own import of neonize finds these modules already loaded. One
-    side effect comes with them: ``neonize.proto`` puts its directory on ``sys.path``
-    (its modules import each other by top-level names), as the engine's import would.
+    (docs/architecture.md §5), so the message modules are imported under a bare
+    stand-in for the package that runs none of its ``__init__``; the stand-in is gone
+    afterwards, and the session's own import of neonize finds these modules loaded.
+    One side effect comes with them: ``neonize.proto`` puts its directory on
+    ``sys.path`` (its modules import each other by top-level names), as the engine's
+    import would.
     """
     if "neonize" in sys.modules:
         return []
@@ -489,6 +492,8 @@ def preload_messages() -> list[str]:
     if spec is None or not spec.submodule_search_locations:
         return []
     before = set(sys.modules)
+    for name in _PRELOADED_LIBRARIES:
+        importlib.import_module(name)
     bare = types.ModuleType("neonize", "neonize's package, its __init__ not run")
     bare.__path__ = list(spec.submodule_search_locations)
     sys.modules["neonize"] = bare
@@ -500,7 +505,7 @@ def preload_messages() -> list[str]:
             del sys.modules["neonize"]
     loaded = sorted(set(sys.modules) - before)
     if "neonize._binder" in loaded:  # the module that loads the Go library
-        raise RuntimeError("preloading neonize's messages loaded its engine")
+        raise RuntimeError("preloading neonize's modules loaded its engine")
     return loaded
 
 

@@ -1449,8 +1449,8 @@ def unused_imports(workdir: Path) -> dict[str, Any]:
 
 
 def preload_then_fork(workdir: Path) -> dict[str, Any]:
-    """What the launcher does before it forks the actor system: the engine's message
-    modules load without the engine, and a process forked afterwards loads the engine
+    """What the launcher does before it forks the actor system: the engine's libraries
+    and message modules load without the engine, and a process forked afterwards loads the engine
     (it would hang, had the Go runtime been started before the fork) and uses the very
     module objects preloaded."""
     from actors.transport import preload_for_forks
@@ -1458,6 +1458,7 @@ def preload_then_fork(workdir: Path) -> dict[str, Any]:
     loaded = preload_for_forks("neonize")
     preloaded = sys.modules["neonize.proto.Neonize_pb2"]
     before_fork = {"preloaded": len(loaded), "engine_mapped": engine_mapped(),
+                   "libraries": all(name in sys.modules for name in ("magic", "segno")),
                    "binder": "neonize._binder" in sys.modules,
                    "package": "neonize" in sys.modules}
     read_end, write_end = os.pipe()
