@@ -178,9 +178,10 @@ def keep_inherited_pages_shared() -> None:
     cyclic garbage collector writes to every object it examines (its ``gc_refs``),
     so the first full collection here would copy every inherited page. Frozen
     objects are never examined: measured with ``tests/perf/bench_memory.py``, this
-    takes about 15 MiB off each real-engine session process (issue 17). Inherited
-    objects are modules, classes and configuration that live as long as the process,
-    so none of them is garbage the collector could have freed.
+    takes about 15 MiB off each real-engine session process (issue 17). Most inherited
+    objects are modules, classes and configuration that live as long as the process;
+    the supervisor's own state that this process never uses costs nothing while its
+    pages stay shared, and collecting it would copy them.
     """
     gc.freeze()
 

@@ -324,6 +324,7 @@ def start_actor_system(config: Config, started: Started, run: Run) -> None:
     from actors.supervisor.actor import SupervisorActor
 
     configure_thespian_log(logs)
+    preload_engine(config.transport.engine)
     # The Admin and every actor inherit fds 0-2: point them at the actor log, never at
     # our terminal or a caller's pipe (a leftover actor would hold that pipe open).
     saved = [os.dup(fd) for fd in (0, 1, 2)]
@@ -333,7 +334,6 @@ def start_actor_system(config: Config, started: Started, run: Run) -> None:
         os.dup2(null_fd, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
-        preload_engine(config.transport.engine)
         freeze_before_fork()
         started.system = start_system(config, thespian_log_defs(logs / "actors.log"))
     finally:

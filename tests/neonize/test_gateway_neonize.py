@@ -459,6 +459,32 @@ def test_a_session_started_by_the_gateway_runs_with_the_operators_bot_tag_choice
     assert exec_environment(gw.process.pid)[BOT_TAG] == started_with[BOT_TAG]
 
 
+def test_only_the_session_process_loads_the_engine_though_the_launcher_preloads_its_modules(
+        make_gateway: Callable[..., Gateway]) -> None:
+    """Issue 17: the launcher preloads the modules neonize imports (never the engine)
+    so the sessions share them. A process that loaded the engine must not fork: the
+    launcher, the supervisor and the outbox (all forking or forked before any session)
+    must not have the engine's library mapped, and the session, forked after the
+    preload, loads and runs it (one real dial, refused on loopback)."""
+    gw = make_gateway(f"http://127.0.0.1:{refused_port()}",
+                      {"delay_seconds": 60.0, "first_delay_seconds": 60.0}).start()
+    assert gw.connect().data == {"whatsAppConnect": True}
+    status = gw.wait_state("RECONNECTING", timeout=30.0)
+    assert status["lastError"]["code"] == "CONNECT_FAILED", status
+
+    def engine_loaded(pid: int) -> bool:
+        with open(f"/proc/{pid}/maps", encoding="utf-8") as maps:
+            return library_file_name() in maps.read()
+
+    assert engine_loaded(session_entry(gw)["pid"])
+    processes = gw.health()["processes"]
+    assert gw.process is not None
+    others = {"launcher": gw.process.pid, "supervisor": processes["supervisor"],
+              "outbox": processes["outbox"]}
+    assert {name: engine_loaded(pid) for name, pid in others.items()} == dict.fromkeys(
+        others, False)
+
+
 def test_a_missing_engine_library_fails_the_session_with_engine_unavailable(
         make_gateway: Callable[..., Gateway], monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path) -> None:
