@@ -260,7 +260,7 @@ def warn_on_settings(config: Config) -> None:
 
 def check_access(config: Config) -> None:
     """Refuse to serve an API that anyone could use, or that nobody could."""
-    # Not the web tier's make_authenticator: the launcher stays free of Flask and
+    # From gateway.auth, not the web tier: the launcher stays free of Flask and
     # GraphQL, which every actor process would inherit (see start_actor_system).
     from gateway.auth.tokens import TokenFileError, authenticator_for, tokens_path
 

@@ -23,9 +23,8 @@ from actors.system import allowed_networks, bind_address
 from gateway.api.limits import limit_rules
 from gateway.api.query_cache import DocumentCache
 from gateway.api.resolvers import build_schema
-from gateway.auth.tokens import Authenticator, NetworkPolicy, tokens_path
+from gateway.auth.tokens import authenticator_for
 from gateway.core.config import Config
-from gateway.core.networks import parse_networks
 from gateway.core.origins import BrowserPolicy
 from gateway.web.bridge import MAX_CALLS, ActorBridge
 from gateway.web.dashboard import dashboard_blueprint
@@ -79,16 +78,6 @@ def web_state(config: Config, bridge: Bridge) -> WebState:
         documents=documents,
         graphql_metrics=GraphqlMetrics(schema, documents.parser),
         rules=limit_rules(limits.max_depth, limits.max_cost, limits.introspection),
-        authenticator=make_authenticator(config),
+        authenticator=authenticator_for(config),
         browsers=BrowserPolicy.build(config.http.host, config.http.allowed_hosts,
                                      config.http.allowed_origins))
-
-
-def make_authenticator(config: Config) -> Authenticator:
-    auth = config.auth
-    policy = NetworkPolicy(parse_networks(auth.allowed_networks, "auth.allowed_networks"),
-                           parse_networks(auth.trusted_proxies, "auth.trusted_proxies"))
-    authenticator = Authenticator(tokens_path(config), policy, auth.required)
-    if auth.required:
-        authenticator.load()
-    return authenticator
