@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,6 +235,28 @@ class Transport(ABC):
     def send_text(self, phone: str, text: str) -> SentMessage:
         """Send plain text to a normalised number (digits only). Blocks until the
         server accepts it; raises ``SendError`` otherwise."""
+
+    def sends_quickly(self) -> bool:
+        """Whether ``send_texts`` returns within a moment (local work only, never a
+        network wait), so the session may call it on its own thread. The real engine
+        waits for WhatsApp's ack: its sends stay on worker threads (the default)."""
+        return False
+
+    def send_texts(self, items: Sequence[tuple[str, str]]) -> list[SentMessage | SendError]:
+        """Send several (phone, text) in order; each answer (or ``SendError``) in order.
+        It stops after an answer of RATE_OVERLIMIT (WhatsApp asks to hold back): the
+        list is then shorter, and the rest were not tried. Another exception means
+        nobody knows which were sent. One by one by default; an engine may do better
+        (the simulator: one transaction)."""
+        outcomes: list[SentMessage | SendError] = []
+        for phone, text in items:
+            try:
+                outcomes.append(self.send_text(phone, text))
+            except SendError as exc:
+                outcomes.append(exc)
+                if exc.reason == RATE_OVERLIMIT:
+                    break
+        return outcomes
 
     def send_media(self, phone: str, media: OutgoingMedia) -> SentMessage:
         """Upload and send a media message; blocks like ``send_text``. An engine without

@@ -47,6 +47,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -156,6 +157,12 @@ def _failure(kind: str) -> SendError:
                      "with fail_next)", permanent=True)
 
 
+# A counter every write that a send must heed increases (a device linked or unlinked,
+# a drop, an injected failure set or consumed, automatic receipts, a number's account):
+# a sending client reads only this between such writes and reuses what it last read
+# (``SimulatorTransport._view``). A plain string: diskcache stores it without pickling.
+_SEND_STATE_KEY = "send-state-version"
+
 _OUTAGES_KEY = ("outages",)  # {session | None: unix time the outage ends}
 # {kind, lid}: every message delivered from now on gets such a receipt at once, before
 # its sender hears the server's ack (as a fast recipient's device can manage).
@@ -263,6 +270,7 @@ class SimulatorServer:
             self._extend_outage(session, time.time() + down_for)
         # After the outage is recorded, so a client reconnecting at once sees it.
         self._cache.incr(_drops_key(session), default=0, retry=True)
+        self._bump()
         self._ring(session)
 
     def restore(self) -> None:
@@ -280,6 +288,7 @@ class SimulatorServer:
                 )
             self._cache.delete(_device_key(session))
             self._cache.set(_unlinked_key(device["device_id"]), time.time())
+            self._bump()
         self._ring(session)
 
     def fail_next(self, n: int, session: str | None = None, transient: bool = False,
@@ -300,6 +309,7 @@ class SimulatorServer:
                 else "rate_overlimit" if rate_overlimit else "no_account" if no_account
                 else "rejected")
         self._cache.set(_fail_key(session, kind), n, retry=True)
+        self._bump()
 
     def receipt(self, message_id: str, kind: str = "delivered", via_lid: bool = False,
                 from_phone: str | None = None, session: str | None = None,
@@ -360,22 +370,26 @@ class SimulatorServer:
         before the send's own answer; ``None`` stops it."""
         if kind is None:
             self._cache.delete(_AUTO_RECEIPT_KEY, retry=True)
+            self._bump()
             return
         if kind not in RECEIPT_KINDS:
             raise SimulatorError(f"a receipt is one of {', '.join(RECEIPT_KINDS)}, not {kind!r}")
         self._cache.set(_AUTO_RECEIPT_KEY, {"kind": kind, "lid": via_lid}, retry=True)
+        self._bump()
 
     def unregister(self, phone: str) -> str:
         """``phone`` has no WhatsApp account from now on: lookups answer "not on
         WhatsApp" and messages to it are acked but never reach anyone (no receipts)."""
         digits = checked_phone(phone)
         self._cache.set(_unregistered_key(digits), time.time(), retry=True)
+        self._bump()
         return digits
 
     def register(self, phone: str) -> str:
         """``phone`` has a WhatsApp account again (the default for every number)."""
         digits = checked_phone(phone)
         self._cache.delete(_unregistered_key(digits), retry=True)
+        self._bump()
         return digits
 
     def is_registered(self, phone: str) -> bool:
@@ -509,6 +523,26 @@ class SimulatorServer:
         """An inotify watch on ``session``'s bell and the shared one (None: poll)."""
         return open_watch([self._bell(session), self._bell(None)])
 
+    def _bump(self) -> None:
+        """Called after (or in the transaction of) a write a send must heed, so that a
+        sending client reads the state again (``_SEND_STATE_KEY``)."""
+        self._cache.incr(_SEND_STATE_KEY, default=0, retry=True)
+
+    def _send_state_version(self) -> int:
+        """The counter ``_bump`` increases: one small read per send (or per batch)."""
+        return int(self._cache.get(_SEND_STATE_KEY, 0, retry=True))
+
+    def _send_state(self, session: str, device_id: str) -> _SendState:
+        """What a send of ``session``'s ``device_id`` must heed, with the version it is
+        valid for; the version is read first, so a write during these reads makes it
+        stale at once."""
+        version = self._send_state_version()
+        failures = any(self._cache.get(_fail_key(scope, kind), 0)
+                       for kind in _FAILURE_KINDS for scope in (session, None))
+        return _SendState(version, device_id, self._device_problem(session, device_id),
+                          self._drop_marks(session), failures,
+                          self._cache.get(_AUTO_RECEIPT_KEY))
+
     def _drop_marks(self, session: str) -> tuple[int, int]:
         """The drop counters a connection remembers; a change means it was dropped."""
         return (self._cache.get(_drops_key(session), 0), self._cache.get(_drops_key(None), 0))
@@ -565,6 +599,7 @@ class SimulatorServer:
                       "linked_at": now}
             self._cache.set(_device_key(session), device)
             self._cache.delete(_qr_key(session))
+            self._bump()
             return device
 
     def _withdraw_qr(self, session: str, code: str) -> None:
@@ -580,6 +615,7 @@ class SimulatorServer:
             device = self._cache.get(_device_key(session))
             if device is not None and device["device_id"] == device_id:
                 self._cache.delete(_device_key(session))
+                self._bump()
         self._ring(session)
 
     def _take_failure(self, session: str) -> SendError | None:
@@ -594,6 +630,7 @@ class SimulatorServer:
                     left = self._cache.get(key, 0)
                     if left > 0:
                         self._cache.set(key, left - 1)
+                        self._bump()
                         return _failure(kind)
         return None
 
@@ -608,29 +645,55 @@ class SimulatorServer:
 
     def _deliver(self, session: str, sender: str, recipient: str, text: str,
                  media: OutgoingMedia | None = None) -> SentMessage:
-        """Hand a message to its recipient: append it to the inbox with a fresh id (and
-        queue the automatic receipt, when one is configured). A number with no account
+        """Hand one message to its recipient (``_deliver_many``)."""
+        return self._deliver_many(session, sender, [(recipient, text, media)])[0]
+
+    def _deliver_many(self, session: str, sender: str,
+                      items: list[tuple[str, str, OutgoingMedia | None]],
+                      state: _SendState | None = None,
+                      typed: Callable[[str], bool] | None = None) -> list[SentMessage]:
+        """Hand messages (recipient, text, media) to their recipients: append them to the
+        inbox with fresh ids in one transaction, so a batch lands whole or not at all
+        (and queue the automatic receipts, when configured). A number with no account
         gets nothing: the server acks, but no recipient ever sees it or confirms it. A
-        media message's bytes are kept beside the inbox (``media_bytes``)."""
-        message: dict[str, Any] = {"id": "3EB0" + secrets.token_hex(9).upper(), "session": session,
-                   "from": sender, "to": recipient, "text": text, "time": time.time()}
-        if not self.is_registered(recipient):
-            return SentMessage(message_id=message["id"], timestamp=message["time"])
-        if media is not None:
-            message.update(kind=media.kind, mime=media.mime, size=len(media.data),
-                           sha256=hashlib.sha256(media.data).hexdigest(),
-                           file_name=media.file_name)
-            self._cache.set(_media_key(message["id"]), media.data, retry=True)
-        typing_since = self._cache.pop(_typing_key(session, recipient), None, retry=True)
-        if typing_since is not None:
-            message["typing_since"] = typing_since  # "typing..." showed from then on
-        self._inbox.append(message)  # a transactional push: concurrent appends all land
-        auto = self._cache.get(_AUTO_RECEIPT_KEY)
-        if auto is not None:
+        media message's bytes are kept beside the inbox (``media_bytes``).
+
+        ``state``: the sender's current ``_SendState`` (automatic receipts and known
+        accounts from it, not read again); ``typed``: whether a recipient may have a
+        "typing..." mark to take (None: look for one every time)."""
+        auto = self._cache.get(_AUTO_RECEIPT_KEY) if state is None else state.auto
+        sent: list[SentMessage] = []
+        landed: list[dict[str, Any]] = []
+        for recipient, text, media in items:
+            message: dict[str, Any] = {"id": "3EB0" + secrets.token_hex(9).upper(),
+                                       "session": session, "from": sender, "to": recipient,
+                                       "text": text, "time": time.time()}
+            sent.append(SentMessage(message_id=message["id"], timestamp=message["time"]))
+            registered = (self.is_registered(recipient) if state is None
+                          else state.registered(recipient, self.is_registered))
+            if not registered:
+                continue
+            if media is not None:
+                message.update(kind=media.kind, mime=media.mime, size=len(media.data),
+                               sha256=hashlib.sha256(media.data).hexdigest(),
+                               file_name=media.file_name)
+                self._cache.set(_media_key(message["id"]), media.data, retry=True)
+            if typed is None or typed(recipient):
+                typing_since = self._cache.pop(_typing_key(session, recipient), None,
+                                               retry=True)
+                if typing_since is not None:
+                    message["typing_since"] = typing_since  # "typing..." showed from then on
+            landed.append(message)
+        if landed:
+            with self._inbox.transact():  # concurrent appends of other processes all land
+                for message in landed:
+                    self._inbox.append(message)
+        if auto is not None and landed:
             self._queue_receipts(session, [{"id": message["id"], "kind": auto["kind"],
                                             "at": time.time(),
-                                            **_address(recipient, auto["lid"])}])
-        return SentMessage(message_id=message["id"], timestamp=message["time"])
+                                            **_address(message["to"], auto["lid"])}
+                                           for message in landed])
+        return sent
 
     def _typing(self, session: str, recipient: str) -> None:
         """The session's client shows "typing..." to ``recipient`` (until a message)."""
@@ -733,6 +796,31 @@ class _Link:
     conn: str = ""  # this connection's id in the connection log
 
 
+@dataclass(slots=True)
+class _SendState:
+    """What a client last read of the server's state that its sends must heed, valid
+    while the server's ``_SEND_STATE_KEY`` still holds ``version``."""
+
+    version: int
+    device_id: str  # the linked device it was read for
+    problem: str | None  # why that device may not send (None: it is linked)
+    marks: tuple[int, int]  # the drop counters then
+    failures: bool  # an injected failure may apply: ask the server at each send
+    auto: dict[str, Any] | None  # the automatic receipts configured then
+    accounts: dict[str, bool] = field(default_factory=dict)  # numbers looked up since
+
+    def lost(self, link: _Link) -> bool:
+        """Whether ``link`` was unlinked or dropped as of this state."""
+        return self.problem is not None or self.marks != link.marks
+
+    def registered(self, phone: str, ask: Callable[[str], bool]) -> bool:
+        """Whether ``phone`` has an account, asking the server once per state."""
+        known = self.accounts.get(phone)
+        if known is None:
+            known = self.accounts[phone] = ask(phone)
+        return known
+
+
 @dataclass(eq=False, slots=True)
 class _Connection:
     """One ``connect`` call: its thread, its stop flag and its current link."""
@@ -777,6 +865,8 @@ class SimulatorTransport(Transport):
         # The client's LID store: like whatsmeow, it learns a recipient's LID when it
         # looks the recipient up before a send (kept in memory here).
         self._lids: dict[str, str] = {}
+        self._state: _SendState | None = None  # what the last send read (``_state_for``)
+        self._typing_to: set[str] = set()  # recipients shown "typing..." (``_typed``)
 
     # ------------------------------------------------------------------ interface
 
@@ -806,30 +896,89 @@ class SimulatorTransport(Transport):
         """Like a text, with the file: the recipient keeps its bytes (``wagate sim media``)."""
         return self._send(phone, media.caption, media)
 
+    def sends_quickly(self) -> bool:
+        """Without an artificial delay a send is a few local database writes."""
+        return self._sim.send_delay_seconds <= 0
+
+    def send_texts(self, items: Sequence[tuple[str, str]]) -> list[SentMessage | SendError]:
+        """Without a delay: one read of the server's state version for the batch, and
+        one inbox transaction for every message delivered (``_deliver_many``)."""
+        if self._sim.send_delay_seconds > 0:
+            return super().send_texts(items)
+        return self._send_now([(phone, text, None) for phone, text in items])
+
     def _send(self, phone: str, text: str, media: OutgoingMedia | None) -> SentMessage:
+        with self._lock:
+            conn = self._conn
+        delay = self._sim.send_delay_seconds
+        if conn is not None and conn.link is not None and delay > 0 and conn.stop.wait(delay):
+            raise SendError("NOT_CONNECTED", "the connection was closed while sending",
+                            permanent=False)
+        outcome = self._send_now([(phone, text, media)])[0]
+        if isinstance(outcome, SendError):
+            raise outcome
+        return outcome
+
+    def _send_now(self, items: list[tuple[str, str, OutgoingMedia | None]]
+                  ) -> list[SentMessage | SendError]:
+        """Send ``items`` in order; stops after a RATE_OVERLIMIT (as ``send_texts``)."""
         with self._lock:
             conn = self._conn
         link = conn.link if conn is not None else None
         if conn is None or link is None:
-            raise SendError("NOT_CONNECTED", "the session is not connected", permanent=False)
-        delay = self._sim.send_delay_seconds
-        if delay > 0 and conn.stop.wait(delay):
-            raise SendError("NOT_CONNECTED", "the connection was closed while sending",
-                            permanent=False)
+            return [SendError("NOT_CONNECTED", "the session is not connected",
+                              permanent=False) for _ in items]
         # Ask the server rather than trust the local flag: a drop the poller has not
-        # noticed yet must still fail the send, as a dead socket would.
-        if (self._server._device_problem(self._session, link.device_id) is not None
-                or self._server._dropped(self._session, link.marks)):
-            raise SendError("NOT_CONNECTED", "the connection was lost", permanent=False)
-        failure = self._server._take_failure(self._session)
-        if failure is not None:
-            if failure.uncertain:  # it did arrive; only the answer was lost
-                self._server._deliver(self._session, link.phone, phone, text, media)
-            raise failure
-        self._lids[lid_of(phone)] = phone
-        sent = self._server._deliver(self._session, link.phone, phone, text, media)
-        self._report_receipts(conn)  # an automatic receipt arrives before the ack
-        return sent
+        # noticed yet must still fail the send, as a dead socket would. One read of the
+        # state's version says whether what this client read last still holds.
+        state = self._state_for(link)
+        if state.lost(link):
+            return [SendError("NOT_CONNECTED", "the connection was lost", permanent=False)
+                    for _ in items]
+        outcomes: list[SentMessage | SendError | None] = []
+        delivered: list[tuple[str, str, OutgoingMedia | None]] = []
+        slots: list[int] = []  # which outcome each delivered message answers (-1: none)
+        for phone, text, media in items:
+            failure = self._server._take_failure(self._session) if state.failures else None
+            if failure is not None:
+                if failure.uncertain:  # it did arrive; only the answer was lost
+                    delivered.append((phone, text, media))
+                    slots.append(-1)
+                outcomes.append(failure)
+                if failure.reason == RATE_OVERLIMIT:
+                    break  # the caller holds back the rest (``send_texts``)
+                continue
+            self._lids[lid_of(phone)] = phone
+            delivered.append((phone, text, media))
+            slots.append(len(outcomes))
+            outcomes.append(None)
+        if delivered:
+            sent = self._server._deliver_many(self._session, link.phone, delivered, state,
+                                              self._typed)
+            for slot, message in zip(slots, sent, strict=True):
+                if slot >= 0:
+                    outcomes[slot] = message
+            if state.auto is not None:
+                self._report_receipts(conn)  # an automatic receipt arrives before the ack
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _state_for(self, link: _Link) -> _SendState:
+        """The server's state for sends over ``link``: what was read last while the
+        server's version is unchanged (one small read), else read again."""
+        state = self._state
+        if (state is None or state.device_id != link.device_id
+                or state.version != self._server._send_state_version()):
+            state = self._state = self._server._send_state(self._session, link.device_id)
+        return state
+
+    def _typed(self, phone: str) -> bool:
+        """Whether this client showed "typing..." to ``phone`` since its last message
+        to it (then the server has a mark to take); forgets it."""
+        with self._lock:
+            if phone in self._typing_to:
+                self._typing_to.discard(phone)
+                return True
+            return False
 
     def check_numbers(self, phones: list[str]) -> list[NumberInfo]:
         """One lookup for all of ``phones``; needs a live connection, as a usync query."""
@@ -862,6 +1011,8 @@ class SimulatorTransport(Transport):
             conn = self._conn
         if conn is not None and conn.link is not None:
             self._server._typing(self._session, phone)
+            with self._lock:
+                self._typing_to.add(phone)
 
     def request_pairing_code(self, phone: str) -> str:
         """The code ``wagate sim scan --code`` must type, like WhatsApp's 'link with
