@@ -73,6 +73,7 @@ from actors.transport.base import (
     PairingClosed,
     Receipt,
     SendError,
+    SentMessage,
     Transport,
     TransportEvent,
 )
@@ -546,22 +547,27 @@ class SessionActor(BridgedActor):
                 DeliveryResult(d.message_id, ok=False, reason="NOT_CONNECTED",
                                error="the session has no live connection") for d in msg.items)))
             return
-        refused = []
+        answered: list[DeliveryResult] = []
+        quick: list[Deliver] = []  # texts for an engine whose sends never wait
         for delivery in msg.items:
             problem = self._account_problem(delivery)
             if problem is not None:
-                refused.append(DeliveryResult(delivery.message_id, ok=False,
-                                              reason=ACCOUNT_CHANGED, error=problem,
-                                              permanent=True))
+                answered.append(DeliveryResult(delivery.message_id, ok=False,
+                                               reason=ACCOUNT_CHANGED, error=problem,
+                                               permanent=True))
                 continue
             if delivery.typing > 0:  # "typing..." first; a timer, never a sleep
                 self.executor.submit(self._typing, self.transport, delivery.phone)
                 self.wakeupAfter(timedelta(seconds=delivery.typing),
                                  payload=_Typed(delivery, sender, self.generation))
+            elif delivery.media is None and self.transport.sends_quickly():
+                quick.append(delivery)
             else:
                 self.send_executor.submit(self._send, self.transport, delivery, sender)
-        if refused:
-            self.send(sender, DeliveryResults(tuple(refused)))
+        if quick:
+            answered.extend(self._send_quick(self.transport, quick))
+        if answered:
+            self.send(sender, DeliveryResults(tuple(answered)))
 
     def _typed(self, msg: _Typed) -> None:
         """Send a delivery whose typing time is over, on the client that typed it."""
@@ -570,6 +576,10 @@ class SessionActor(BridgedActor):
             self.send(msg.reply_to, DeliveryResults((DeliveryResult(
                 msg.delivery.message_id, ok=False, reason="NOT_CONNECTED",
                 error="the connection changed while typing"),)))
+            return
+        if msg.delivery.media is None and self.transport.sends_quickly():
+            self.send(msg.reply_to, DeliveryResults(tuple(
+                self._send_quick(self.transport, [msg.delivery]))))
             return
         self.send_executor.submit(self._send, self.transport, msg.delivery, msg.reply_to)
 
@@ -594,35 +604,55 @@ class SessionActor(BridgedActor):
 
     def _send(self, transport: Transport, msg: Deliver, reply_to: Any) -> None:
         """Worker thread: touches no actor state (only ``send_hold_until``, which only
-        send workers use), posts the outcome."""
+        sends use), posts the outcome."""
         held = time.monotonic() < self.send_hold_until
         try:
             if held:
-                raise SendError(RATE_OVERLIMIT, "not tried: WhatsApp rate-limited this "
-                                "session's lookups a moment ago", permanent=False)
+                raise _held()
             if msg.media is not None:
                 sent = transport.send_media(msg.phone, self._outgoing_media(msg))
             else:
                 sent = transport.send_text(msg.phone, msg.text)
-            result = DeliveryResult(msg.message_id, ok=True, wa_message_id=sent.message_id,
-                                    timestamp=sent.timestamp)
+            result = self._result(msg, sent, held)
         except SendError as exc:
-            if exc.reason == RATE_OVERLIMIT and not held:  # the ones queued here would ask
-                # again; held from WhatsApp's answer only, so it never outlasts the
-                # outbox's own pause (which starts then and is at least as long)
-                self.send_hold_until = (time.monotonic()
-                                        + self.config.delivery.rate_overlimit_pause_seconds)
-            result = DeliveryResult(msg.message_id, ok=False, reason=exc.reason, error=str(exc),
-                                    permanent=exc.permanent, uncertain=exc.uncertain)
+            result = self._result(msg, exc, held)
         except Exception as exc:  # a transport bug must not lose the message
-            # Nobody knows how far it got before it failed: it may have been sent.
-            log.error("the transport failed while sending", message_id=msg.message_id,
-                      exc_info=True)
-            result = DeliveryResult(msg.message_id, ok=False, reason="TRANSPORT_ERROR",
-                                    error=f"{type(exc).__name__} in the transport (see the "
-                                    "actor log)", permanent=False, uncertain=True)
+            result = _transport_failed(msg, exc)
         if self.bridge is not None:
             self.bridge.post(_SendDone(result, reply_to))
+
+    def _send_quick(self, transport: Transport, batch: list[Deliver]) -> list[DeliveryResult]:
+        """The actor's thread, for an engine whose sends never wait (``sends_quickly``:
+        the simulator without a delay): the batch in one call, answered at once, without
+        a worker thread's hand-over and the bridge's wake-up back."""
+        held = time.monotonic() < self.send_hold_until
+        outcomes: list[SentMessage | SendError] = []
+        if not held:
+            try:
+                outcomes = transport.send_texts([(d.phone, d.text) for d in batch])
+            except Exception as exc:
+                return [_transport_failed(d, exc) for d in batch]
+        tried = batch[:len(outcomes)]  # shorter after a RATE_OVERLIMIT (``send_texts``)
+        results = [self._result(d, outcome, held)
+                   for d, outcome in zip(tried, outcomes, strict=True)]
+        # Not tried: held, or after WhatsApp answered RATE_OVERLIMIT in this batch.
+        return results + [self._result(d, _held(), True) for d in batch[len(outcomes):]]
+
+    def _result(self, msg: Deliver, outcome: SentMessage | SendError,
+                held: bool) -> DeliveryResult:
+        """The outbox's answer for one send; WhatsApp's RATE_OVERLIMIT holds the next
+        sends of this session (``send_hold_until``)."""
+        if isinstance(outcome, SentMessage):
+            return DeliveryResult(msg.message_id, ok=True, wa_message_id=outcome.message_id,
+                                  timestamp=outcome.timestamp)
+        if outcome.reason == RATE_OVERLIMIT and not held:  # the ones queued here would ask
+            # again; held from WhatsApp's answer only, so it never outlasts the
+            # outbox's own pause (which starts then and is at least as long)
+            self.send_hold_until = (time.monotonic()
+                                    + self.config.delivery.rate_overlimit_pause_seconds)
+        return DeliveryResult(msg.message_id, ok=False, reason=outcome.reason,
+                              error=str(outcome), permanent=outcome.permanent,
+                              uncertain=outcome.uncertain)
 
     def _store_incoming_media(self, event: IncomingMessage) -> MediaSpec | None:
         """A received file goes into the encrypted media store before the outbox hears
@@ -882,6 +912,22 @@ def incoming_received(session: str, event: IncomingMessage,
         kind=media.kind.lower() if media is not None else event.kind, text=text,
         quoted_id=event.quoted_id, at=event.at, meta=event.meta, truncated=truncated,
         media=media)
+
+
+def _held() -> SendError:
+    """The answer for a send not tried while this session is held after a 429."""
+    return SendError(RATE_OVERLIMIT, "not tried: WhatsApp rate-limited this session's "
+                     "lookups a moment ago", permanent=False)
+
+
+def _transport_failed(msg: Deliver, exc: Exception) -> DeliveryResult:
+    """In an ``except`` clause: a transport bug must not lose the message. Nobody knows
+    how far it got before it failed: it may have been sent."""
+    log.error("the transport failed while sending", message_id=msg.message_id,
+              exc_info=True)
+    return DeliveryResult(msg.message_id, ok=False, reason="TRANSPORT_ERROR",
+                          error=f"{type(exc).__name__} in the transport (see the "
+                          "actor log)", permanent=False, uncertain=True)
 
 
 def _engine_problem(engine: str, exc: Exception, otherwise: str) -> str:
