@@ -91,3 +91,27 @@ def send_from_process(data_dir: str, session: str, count: int, tag: str,
             transport.send_text("4915112345678", f"{tag}-{index}")
     finally:
         transport.close()
+
+
+def send_batches_from_process(data_dir: str, session: str, batches: int, size: int,
+                              tag: str, qr: QrConfig, sim: SimulatorConfig) -> None:
+    """Child-process body: resume ``session`` (already paired) and send ``batches``
+    batches of ``size`` texts with ``send_texts`` (``batches`` < 0: until killed);
+    text ``<tag>-<batch>-<index>``."""
+    from actors.transport.simulator import SimulatorTransport
+
+    transport = SimulatorTransport(session, Path(data_dir), qr, sim)
+    log = EventLog()
+    try:
+        transport.connect(log)
+        log.wait_count(Connected, timeout=20.0)
+        batch = 0
+        while batch != batches:
+            outcomes = transport.send_texts(
+                [("4915112345678", f"{tag}-{batch}-{index}") for index in range(size)])
+            if len(outcomes) != size or not all(o.message_id for o in outcomes
+                                                if not isinstance(o, Exception)):
+                raise AssertionError(f"batch {batch} answered {outcomes}")
+            batch += 1
+    finally:
+        transport.close()

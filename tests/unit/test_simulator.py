@@ -33,7 +33,13 @@ from actors.transport.base import (
 )
 from actors.transport.simulator import SimulatorError, SimulatorServer, SimulatorTransport
 from gateway.core.config import QrConfig, SimulatorConfig, load_config
-from tests.unit.sim_helpers import FAST_SIM, EventLog, send_from_process, wait_for
+from tests.unit.sim_helpers import (
+    FAST_SIM,
+    EventLog,
+    send_batches_from_process,
+    send_from_process,
+    wait_for,
+)
 
 # Long enough that a test never races the expiry of the code it scans.
 PAIRING_QR = QrConfig(first_seconds=10.0, next_seconds=10.0, codes=2)
@@ -452,6 +458,137 @@ def test_send_after_an_unnoticed_drop_fails(make: MakeTransport,
     assert (info.value.reason, info.value.permanent) == ("NOT_CONNECTED", False)
     assert server.inbox() == []
     assert log.of(Disconnected) == []  # not yet noticed; close() must still be prompt
+
+
+def test_a_batch_lands_in_order_in_one_go(make: MakeTransport,
+                                          server: SimulatorServer) -> None:
+    transport = make()
+    phone = pair(transport, server).of(Connected)[0].phone
+    assert transport.sends_quickly()
+
+    outcomes = transport.send_texts([(RECIPIENT, f"b{n}") for n in range(5)])
+
+    assert not [o for o in outcomes if isinstance(o, SendError)]
+    assert [(m["id"], m["from"], m["text"]) for m in server.inbox()] == [
+        (o.message_id, phone, f"b{n}") for n, o in enumerate(outcomes)
+        if not isinstance(o, SendError)]
+
+
+def test_a_delayed_simulator_does_not_send_quickly(make: MakeTransport) -> None:
+    slow = make(sim=SimulatorConfig(poll_interval_seconds=0.01, send_delay_seconds=0.1))
+    assert not slow.sends_quickly()
+
+
+def test_faults_set_after_a_send_apply_to_the_next_one(make: MakeTransport,
+                                                       server: SimulatorServer) -> None:
+    """A client reuses what it read of the server's state until the state's version
+    moves: every fault injected after a send must reach the very next send."""
+    transport = make()
+    log = pair(transport, server)
+    transport.send_text(RECIPIENT, "first")  # the client has read the state now
+
+    server.fail_next(1, transient=True)
+    with pytest.raises(SendError) as info:
+        transport.send_text(RECIPIENT, "failed")
+    assert info.value.reason == "SERVER_ERROR"
+    transport.send_text(RECIPIENT, "second")  # the failure was consumed
+
+    server.unregister(RECIPIENT)
+    transport.send_text(RECIPIENT, "to nobody")  # acked, never delivered
+    server.register(RECIPIENT)
+
+    server.auto_receipt("read")
+    sent = transport.send_text(RECIPIENT, "read at once")
+    [receipt] = log.wait_count(Receipt)
+    assert (receipt.message_id, receipt.kind) == (sent.message_id, "read")
+    server.auto_receipt(None)
+
+    server.fail_next(1, rate_overlimit=True)
+    outcomes = transport.send_texts([(RECIPIENT, "held 1"), (RECIPIENT, "held 2")])
+    assert [o.reason for o in outcomes if isinstance(o, SendError)] == ["RATE_OVERLIMIT"]
+    assert len(outcomes) == 1  # the rest of the batch was not tried
+
+    assert [m["text"] for m in server.inbox()] == ["first", "second", "read at once"]
+
+
+@pytest.mark.parametrize("fault", ["drop", "logout"])
+def test_a_drop_or_unlink_after_a_send_fails_the_next_one(
+        make: MakeTransport, server: SimulatorServer, fault: str) -> None:
+    pair(make(), server)
+    # Resume with a poll interval far longer than the test: only the server knows.
+    transport = make(sim=SimulatorConfig(poll_interval_seconds=60.0, idle_check_seconds=60.0))
+    log = EventLog()
+    transport.connect(log)
+    log.wait_count(Connected)
+    transport.send_text(RECIPIENT, "before")
+    if fault == "drop":
+        server.drop("s1")
+    else:
+        server.logout("s1")
+    [outcome] = transport.send_texts([(RECIPIENT, "after")])
+    assert isinstance(outcome, SendError) and outcome.reason == "NOT_CONNECTED"
+    with pytest.raises(SendError) as info:
+        transport.send_text(RECIPIENT, "after")
+    assert (info.value.reason, info.value.permanent) == ("NOT_CONNECTED", False)
+    assert [m["text"] for m in server.inbox()] == ["before"]
+
+
+def test_typing_marks_only_the_next_message(make: MakeTransport,
+                                            server: SimulatorServer) -> None:
+    transport = make()
+    pair(transport, server)
+    transport.send_typing(RECIPIENT)
+    transport.send_texts([(RECIPIENT, "typed"), (RECIPIENT, "then")])
+    typed, then = server.inbox()
+    assert "typing_since" in typed and "typing_since" not in then
+
+
+def test_batches_from_several_processes_all_land(make: MakeTransport,
+                                                 server: SimulatorServer,
+                                                 tmp_path: Path) -> None:
+    pair(make(), server)
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=send_batches_from_process,
+                        args=(str(tmp_path), "s1", 10, 8, f"p{n}", PAIRING_QR, FAST_SIM))
+        for n in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+
+    texts = Counter(m["text"] for m in server.inbox())
+    assert texts == Counter(f"p{p}-{b}-{n}" for p in range(2) for b in range(10)
+                            for n in range(8))
+
+
+def test_a_batch_lands_whole_when_its_process_is_killed(make: MakeTransport,
+                                                        server: SimulatorServer,
+                                                        tmp_path: Path) -> None:
+    """SIGKILL at any moment of a stream of batches: each batch is in the inbox with
+    all its messages or with none (one transaction), and what landed stays readable."""
+    pair(make(), server)
+    size = 20
+    context = multiprocessing.get_context("spawn")
+    worker = context.Process(target=send_batches_from_process,
+                             args=(str(tmp_path), "s1", -1, size, "k", PAIRING_QR, FAST_SIM))
+    worker.start()
+    try:
+        wait_for(lambda: len(server.inbox()) >= 10 * size, timeout=60,
+                 what="ten batches to land")
+    finally:
+        worker.kill()
+        worker.join(10)
+    per_batch = Counter(m["text"].rsplit("-", 1)[0] for m in server.inbox())
+    assert len(per_batch) >= 10
+    assert set(per_batch.values()) == {size}, per_batch
+    reopened = SimulatorServer(tmp_path)  # a fresh handle reads the same after the kill
+    try:
+        assert len(reopened.inbox()) == size * len(per_batch)
+    finally:
+        reopened.close()
 
 
 # ------------------------------------------------------------------- connection thread
