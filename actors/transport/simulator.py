@@ -685,9 +685,12 @@ class SimulatorServer:
                     message["typing_since"] = typing_since  # "typing..." showed from then on
             landed.append(message)
         if landed:
-            with self._inbox.transact():  # concurrent appends of other processes all land
+            # What ``Deque.append`` does, less its length check per message (the inbox
+            # has no maximum length): concurrent appends of other processes all land.
+            inbox = self._inbox.cache
+            with inbox.transact(retry=True):
                 for message in landed:
-                    self._inbox.append(message)
+                    inbox.push(message, retry=True)
         if auto is not None and landed:
             self._queue_receipts(session, [{"id": message["id"], "kind": auto["kind"],
                                             "at": time.time(),
