@@ -33,6 +33,10 @@ net. Between looks the thread sleeps on an inotify watch of its two bells
 session does not wake at all until a ring or the safety net. Five idle simulated
 sessions used to wake the machine about 250 times a second and cost 2.3 % of a core
 each.
+A send reads one row of the server (``_SEND_STATE_KEY``, a version every write a send
+must heed increases) and reuses what it read of the device, drop marks, injected
+failures and automatic receipts while that version holds; a batch of sends
+(``send_texts``) lands in the inbox in one transaction.
 The key names and value layout of the server side are private to this module.
 """
 
