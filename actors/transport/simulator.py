@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -209,6 +210,7 @@ _LOOKUPS_DOWN_KEY = ("lookups-down",)
 _LOOKUP_DELAY_KEY = ("lookup-delay",)  # seconds every lookup takes before it answers
 
 
+@functools.lru_cache(maxsize=4096)  # a hash per send otherwise, always to the same numbers
 def lid_of(phone: str) -> str:
     """The simulated service's LID for a number: stable, and not the number's digits
     (as on WhatsApp, a LID does not reveal the number)."""
