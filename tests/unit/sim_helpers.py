@@ -6,6 +6,7 @@ and block on a condition with a deadline instead of sleeping and hoping.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -72,6 +73,23 @@ class EventLog:
 
     def last(self) -> TransportEvent:
         return self.events[-1]
+
+
+def wait_until_parked(thread: threading.Thread | None,
+                      timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Wait until a simulated connection's thread sleeps between two looks at the server
+    (``_serve`` waiting on its stop flag or its bells), e.g. after the look that
+    follows ``Connected``: a fault injected from then on is one its poller has not seen.
+    """
+    def parked() -> bool:
+        frame = sys._current_frames().get(thread.ident) if thread and thread.ident else None
+        while frame is not None and frame.f_back is not None:
+            if frame.f_back.f_code.co_name == "_serve":
+                return frame.f_code.co_name == "wait"
+            frame = frame.f_back
+        return False
+
+    wait_for(parked, timeout, what="the connection to sleep between looks")
 
 
 FAST_SIM = SimulatorConfig(poll_interval_seconds=0.01, send_delay_seconds=0.0)

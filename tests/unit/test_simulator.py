@@ -39,6 +39,7 @@ from tests.unit.sim_helpers import (
     send_batches_from_process,
     send_from_process,
     wait_for,
+    wait_until_parked,
 )
 
 # Long enough that a test never races the expiry of the code it scans.
@@ -452,6 +453,7 @@ def test_send_after_an_unnoticed_drop_fails(make: MakeTransport,
     log = EventLog()
     transport.connect(log)
     log.wait_count(Connected)
+    wait_until_parked(transport._conn.thread if transport._conn else None)
     server.drop("s1")
     with pytest.raises(SendError) as info:
         transport.send_text(RECIPIENT, "into the void")
@@ -520,6 +522,7 @@ def test_a_drop_or_unlink_after_a_send_fails_the_next_one(
     log = EventLog()
     transport.connect(log)
     log.wait_count(Connected)
+    wait_until_parked(transport._conn.thread if transport._conn else None)
     transport.send_text(RECIPIENT, "before")
     if fault == "drop":
         server.drop("s1")
@@ -531,6 +534,7 @@ def test_a_drop_or_unlink_after_a_send_fails_the_next_one(
         transport.send_text(RECIPIENT, "after")
     assert (info.value.reason, info.value.permanent) == ("NOT_CONNECTED", False)
     assert [m["text"] for m in server.inbox()] == ["before"]
+    assert log.of(Disconnected) == log.of(LoggedOut) == []  # only the server knew
 
 
 def test_typing_marks_only_the_next_message(make: MakeTransport,
