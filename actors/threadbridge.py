@@ -12,10 +12,8 @@ import contextlib
 import faulthandler
 import os
 import queue
-import selectors
 import signal
 from collections.abc import Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import structlog
@@ -37,24 +35,6 @@ def harden_fatal_signals() -> None:
     for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT):
         signal.signal(sig, signal.SIG_DFL)
     faulthandler.enable()
-
-
-def poll_thespian_sockets() -> None:
-    """Make this process's Thespian TCP transport wait with ``poll`` instead of ``epoll``.
-
-    Thespian builds a new selector at every turn of its loop (``_runWithExpiry``: one
-    per message in or out, per ack, per bridge wake) and registers every socket and
-    watched descriptor in it again. For epoll each turn is an ``epoll_create``, one
-    ``epoll_ctl`` per descriptor and a ``close``: about 17 us for five descriptors
-    against 7.5 us with poll, which keeps no kernel object between calls. On a busy
-    simulated session that was a quarter of the process's CPU. Only the names the
-    transport uses are replaced, and only in the calling process.
-    """
-    from thespian.system.transport import TCPTransport
-
-    TCPTransport.selectors = SimpleNamespace(
-        DefaultSelector=selectors.PollSelector, EVENT_READ=selectors.EVENT_READ,
-        EVENT_WRITE=selectors.EVENT_WRITE)
 
 
 class ThreadBridge:

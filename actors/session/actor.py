@@ -61,7 +61,7 @@ from actors.session.machine import (
 from actors.session.states import ACTIVE_STATES
 from actors.supervisor.policy import ReconnectPolicy
 from actors.system import host_config, host_name, on_required_host
-from actors.threadbridge import BridgedActor, poll_thespian_sockets
+from actors.threadbridge import BridgedActor
 from actors.transport import parallel_sends
 from actors.transport.base import (
     RATE_OVERLIMIT,
@@ -206,8 +206,6 @@ class SessionActor(BridgedActor):
         # Thespian passes ``capabilities`` only to constructors that name it.
         super().__init__(capabilities)
         keep_inherited_pages_shared()
-        if self.bridge is not None:  # a process of its own: see poll_thespian_sockets
-            poll_thespian_sockets()
         # The configuration of the host this process runs on (its paths, storage key,
         # engine, credentials), inherited from its launcher: in a cluster the leader's
         # StartSession carries the leader's, without its credentials.
