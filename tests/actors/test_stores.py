@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,30 @@ def test_a_rejected_send_uses_no_quota(tmp_path: Path) -> None:
     assert limits.check("14155550000", 1.0)[0]
     allowed, _, scope = limits.check("14155551111", 1.0)
     assert not allowed and scope == "global_day"
+    limits.close()
+
+
+def test_expired_windows_go_at_expire_not_inside_each_check(tmp_path: Path) -> None:
+    """diskcache culled expired keys inside every write (a query per write, a third of
+    the outbox's CPU under load); now a check writes only, and ``expire`` (the outbox's
+    prune tick) removes them."""
+    limits = Limits(str(tmp_path), LimitsConfig(per_number_per_minute=5))
+    limits.cache.set("an old window", [1], expire=0.01)
+    deadline = time.monotonic() + 10
+    while limits.cache.get("an old window") is not None:  # it reads as absent once due
+        assert time.monotonic() < deadline, "the key never expired"
+        time.sleep(0.01)
+    for n in range(20):
+        assert limits.check(f"141555500{n:02d}", 100.0)[0]
+    stored = sqlite3.connect(tmp_path / "cache.db")
+    try:
+        count = "SELECT COUNT(*) FROM Cache WHERE key = ?"
+        assert stored.execute(count, ("an old window",)).fetchone()[0] == 1  # not culled
+        assert limits.expire() == 1
+        assert stored.execute(count, ("an old window",)).fetchone()[0] == 0
+    finally:
+        stored.close()
+    assert limits.check("14155550000", 100.0)[0]  # the windows still count
     limits.close()
 
 
