@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -417,20 +418,29 @@ def test_concurrent_sends_consume_each_failure_once(make: MakeTransport,
     assert len(server.inbox()) == 35
 
 
+def in_processes(target: Any, args: list[tuple[Any, ...]]) -> None:
+    """Run ``target`` once per argument tuple, each in a fresh (spawned) process, side by
+    side; every one must exit 0. None is left running, however the test ends."""
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=target, args=a) for a in args]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+            assert worker.exitcode == 0
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+                worker.join(10)
+
+
 def test_sends_from_several_processes_all_land(make: MakeTransport, server: SimulatorServer,
                                                tmp_path: Path) -> None:
     pair(make(), server)
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=send_from_process,
-                        args=(str(tmp_path), "s1", 30, f"p{n}", PAIRING_QR, FAST_SIM))
-        for n in range(2)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+    in_processes(send_from_process,
+                 [(str(tmp_path), "s1", 30, f"p{n}", PAIRING_QR, FAST_SIM) for n in range(2)])
 
     texts = Counter(m["text"] for m in server.inbox())
     assert texts == Counter(f"p{p}-{n}" for p in range(2) for n in range(30))
@@ -551,17 +561,9 @@ def test_batches_from_several_processes_all_land(make: MakeTransport,
                                                  server: SimulatorServer,
                                                  tmp_path: Path) -> None:
     pair(make(), server)
-    context = multiprocessing.get_context("spawn")
-    workers = [
-        context.Process(target=send_batches_from_process,
-                        args=(str(tmp_path), "s1", 10, 8, f"p{n}", PAIRING_QR, FAST_SIM))
-        for n in range(2)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(60)
-        assert worker.exitcode == 0
+    in_processes(send_batches_from_process,
+                 [(str(tmp_path), "s1", 10, 8, f"p{n}", PAIRING_QR, FAST_SIM)
+                  for n in range(2)])
 
     texts = Counter(m["text"] for m in server.inbox())
     assert texts == Counter(f"p{p}-{b}-{n}" for p in range(2) for b in range(10)
