@@ -102,7 +102,9 @@ def test_key_text_parses_with_surrounding_whitespace() -> None:
 
 
 @pytest.mark.parametrize("text", ["", "short", "A" * 44, "!" * 43 + "=",
-                                  generate_key_text()[:-2] + "==", generate_key_text() + "A"])
+                                  generate_key_text()[:-2] + "==", generate_key_text() + "A"],
+                         ids=["empty", "short", "44-letters", "not-base64", "bad-padding",
+                              "one-too-long"])
 def test_a_malformed_key_names_its_source_and_never_echoes_it(text: str) -> None:
     with pytest.raises(StoreKeyError) as caught:
         parse_key(text, "environment variable MY_KEY")
