@@ -67,11 +67,29 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0)
 
 
+def _maker_alive(path: Path) -> bool:
+    """Whether the test process named in ``path`` (``wagate-pg-<pid>-…``) still runs:
+    pytest's parallel workers each make clusters, and one must not remove another's
+    directory between its ``mkdtemp`` and its server's start."""
+    maker = path.name.removeprefix(PREFIX).split("-", 1)[0]
+    if not maker.isdigit():
+        return False
+    try:
+        os.kill(int(maker), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep_leftovers(tmp: Path | None = None) -> list[Path]:
     """Remove the directories of clusters that a killed test run left behind (no
     ``postmaster.pid`` naming a live process); returns what was removed."""
     removed = []
     for path in Path(tmp or tempfile.gettempdir()).glob(PREFIX + "*"):
+        if _maker_alive(path):
+            continue  # a live test process made it: maybe still running initdb
         pid_file = path / "data" / "postmaster.pid"
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int(pid_file.read_text().splitlines()[0])
@@ -88,7 +106,7 @@ class PgCluster:
     ``dsn``. The data survives ``restart``; ``destroy`` removes everything."""
 
     bindir: Path
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=PREFIX)))
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")))
     port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_hex(16))
     process: subprocess.Popen[bytes] | None = None

@@ -97,3 +97,16 @@ def _wait_gone(pid: int, deadline_seconds: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"postgres {pid} still runs after its starter was killed")
+
+
+def test_a_live_test_process_directory_is_kept_before_its_server_starts(tmp_path: Path) -> None:
+    """Parallel workers: a directory whose maker still runs, with no server yet (initdb
+    under way), is not another run's leftover; one whose maker is gone is."""
+    mine = tmp_path / f"{PREFIX}{os.getpid()}-abc"
+    mine.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    theirs = tmp_path / f"{PREFIX}{int(gone.stdout)}-abc"
+    theirs.mkdir()
+    assert sweep_leftovers(tmp_path) == [theirs]
+    assert mine.exists() and not theirs.exists()
