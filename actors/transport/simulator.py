@@ -52,6 +52,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -848,6 +849,32 @@ class _BadCredentials(WagateError):
     """The credentials file exists but cannot be read as credentials."""
 
 
+_SERVERS: weakref.WeakValueDictionary[tuple[int, Path, Path | None], SimulatorServer] = (
+    weakref.WeakValueDictionary())
+_SERVERS_LOCK = threading.Lock()
+_last_server: SimulatorServer | None = None  # kept while no client holds it
+
+
+def shared_server(data_dir: Path, root: Path | None = None) -> SimulatorServer:
+    """This process's one handle on the server at ``data_dir`` / ``root``.
+
+    diskcache keeps an SQLite connection per thread and per handle, and closes only the
+    calling thread's. A session makes a new client at every drop; had each its own
+    handle, the session's long-lived send threads would keep every old handle's
+    connections open (two descriptors and their page caches per drop). One handle per
+    process bounds them by the number of threads. The last one asked for stays between
+    a client's close and the next client; others go with their last client (a test
+    process meets many data dirs)."""
+    global _last_server
+    key = (os.getpid(), Path(data_dir).resolve(), None if root is None else Path(root).resolve())
+    with _SERVERS_LOCK:
+        server = _SERVERS.get(key)
+        if server is None:
+            server = _SERVERS[key] = SimulatorServer(data_dir, root)
+        _last_server = server
+        return server
+
+
 class SimulatorTransport(Transport):
     """One simulated WhatsApp client for one session (lives in a session actor process)."""
 
@@ -864,7 +891,7 @@ class SimulatorTransport(Transport):
         self._sim = sim
         store = Path(data_dir) / "sessions" / session_id if store_dir is None else store_dir
         self._creds_path = store / "simulator.json"
-        self._server = SimulatorServer(data_dir, server_dir)
+        self._server = shared_server(data_dir, server_dir)
         self._lock = threading.Lock()  # guards _conn and _closed
         # Held while an event is delivered, and to stop a connection: once stop()
         # returned no event of that connection can still be on its way.

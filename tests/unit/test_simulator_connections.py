@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from gateway.core.config import QrConfig
 from tests.unit.sim_helpers import FAST_SIM, EventLog, send_from_process
 
 QR = QrConfig(first_seconds=10.0, next_seconds=10.0, codes=2)
+
+SEND_THREADS = 2
 
 
 @pytest.fixture
@@ -125,3 +129,35 @@ def test_a_reconnect_leaves_no_descriptor_of_the_ended_connection_open(
         assert _open_files(tmp_path / "simulator") == before
     finally:
         transport.close()
+
+
+def test_a_client_replaced_at_every_drop_leaves_no_descriptor_of_its_send_threads_open(
+        tmp_path: Path, server: SimulatorServer) -> None:
+    """The session actor closes its client at every drop and makes a new one, while
+    its send threads live on: each client's server handle gave each of those threads
+    new SQLite connections, and the old ones stayed open (the soak saw a session
+    process gain two database descriptors per drop)."""
+    transport, log = paired(tmp_path, server)
+    barrier = threading.Barrier(SEND_THREADS)
+
+    def send_on_every_thread(client: SimulatorTransport) -> None:
+        def send() -> None:
+            barrier.wait(10)  # each send on its own thread of the pool
+            client.send_texts([("+15550002222", "hello")])
+        for future in [pool.submit(send) for _ in range(SEND_THREADS)]:
+            future.result(10)
+
+    with ThreadPoolExecutor(SEND_THREADS) as pool:
+        try:
+            send_on_every_thread(transport)
+            before = _open_files(tmp_path / "simulator")
+            for _ in range(5):
+                transport.close()
+                transport = SimulatorTransport("s1", tmp_path, QR, FAST_SIM, host_name="host-a")
+                log = EventLog()
+                transport.connect(log)
+                log.wait_count(Connected)
+                send_on_every_thread(transport)
+            assert _open_files(tmp_path / "simulator") <= before
+        finally:
+            transport.close()
