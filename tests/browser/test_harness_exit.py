@@ -80,7 +80,7 @@ def test_a_signal_to_pytest_stops_the_gateway_and_browser_it_started(
     Playwright's driver with its pipe."""
     report = child_dir / "report.json"
     child = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
          "--basetemp", str(child_dir / "tmp"), str(child_dir / "test_child.py")],
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "REPORT": str(report), "PYTHONPATH": str(REPO)})

@@ -17,10 +17,11 @@ from /proc.
 
 Figures: per process role, the least-squares slope of RSS (MiB/hour) and descriptors
 (per hour) after the warm-up (the first fifth of the run), over each process's own
-life (a killed actor's successor is a new series; a series shorter than a third of
-the window is left out). Target: every slope < 1 MiB/hour. The *floor* is the same
-slope of the gunicorn arbiter, a process of the same run that does no work: what
-the measurement reads for a flat process. At the end, with nothing QUEUED or SENDING,
+life (a killed actor's successor is a new series, whose own first fifth-of-the-run is
+its warm-up; a series shorter than a third of the window is left out). Target:
+every slope < 1 MiB/hour. The *floor* is the same slope of the gunicorn arbiter, a
+process of the same run that does no work: what the measurement reads for a flat
+process. At the end, with nothing QUEUED or SENDING,
 every accepted key must have exactly one record in a sent state and its text in the
 simulated inbox; duplicates only where the record says uncertain.
 
@@ -269,7 +270,9 @@ def slopes(soak: Soak) -> list[Slope]:
     window = soak.settings.minutes * 60 - window_start
     found = []
     for (role, pid), samples in sorted(soak.series.items()):
-        kept = [s for s in samples if s.at >= window_start]
+        # A successor started mid-run warms up too: its own first stretch is left out.
+        warm_from = max(window_start, samples[0].at + window_start)
+        kept = [s for s in samples if s.at >= warm_from]
         if len(kept) < 3 or kept[-1].at - kept[0].at < window / 3:
             continue
         found.append(Slope(
