@@ -39,7 +39,7 @@ import os
 import random
 import sqlite3
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -94,7 +94,7 @@ from actors.outbox.incoming import cursor_of as incoming_cursor
 from actors.outbox.limits import Limits, rate_limited
 from actors.outbox.numbers import NumberCache, open_cache
 from actors.outbox.pacing import WARMUP_SCOPE, Pacer, PacingRules
-from actors.outbox.receipts import EarlyReceipts, receipt_time
+from actors.outbox.receipts import EarlyReceipts, HeldReceipt, receipt_time
 from actors.outbox.store import (
     PENDING,
     RECEIPT_RANK,
@@ -203,6 +203,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         # Answers held until the records they report are committed (None: send at once).
         self.held_replies: list[tuple[str, Accepted | Failed]] | None = None
         self.early_receipts = EarlyReceipts()  # receipts that overtook their send's result
+        # Those taken by results not committed yet: held again if the commit fails.
+        self.early_taken: list[tuple[str, str, HeldReceipt]] | None = None
         self.pacer = Pacer(PacingRules())  # [pacing]: when each session may send next
         self.warmup: Warmup | None = None  # the warm-up cap of newly linked devices
         self.pace_armed: set[str] = set()  # sessions with a _PaceDue timer running
@@ -436,8 +438,16 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.busy.pop(msg.session, None)
 
     def receiveMsg_DeliveryResults(self, msg: DeliveryResults, sender: Any) -> None:
+        self._write_or_hold(msg)  # WhatsApp's answer, told once: like a receipt
+
+    def _store_results(self, msg: DeliveryResults) -> None:
+        """Record what came back together, and hand each session what it may send next.
+        A write that finds the disk full leaves memory as it was before (the messages
+        still in flight, SENDING on disk) and raises: the results wait in ``held``."""
         assert self.store is not None
         sessions: set[str] = set()
+        before = _Memory.of(self)
+        self.early_taken = []
         self.held_replies = []  # nobody hears of a state that is not committed yet
         try:
             # One commit for everything that came back together and for what each
@@ -450,8 +460,13 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 self._settle_ended(r.message_id for r in msg.results)
                 handovers = [self._take(session) for session in sorted(sessions)]
             replies = self.held_replies
+        except (OSError, sqlite3.Error) as exc:
+            if is_disk_full(exc):
+                before.restore(self)
+            raise
         finally:
             self.held_replies = None
+            self.early_taken = None
         for message_id, reply in replies:
             self._answer(message_id, reply)
         for handover in handovers:
@@ -473,7 +488,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                                   wa_message_id=msg.wa_message_id,
                                   attempts=record["attempts"] + 1)
             self._answer(record["id"], _accepted(record, ""))
-            for early in self.early_receipts.take(session, msg.wa_message_id, now):
+            taken = self.early_receipts.take(session, msg.wa_message_id, now)
+            if self.early_taken is not None:
+                self.early_taken.extend((session, msg.wa_message_id, r) for r in taken)
+            for early in taken:
                 record = self._receipt(record, early.kind, early.phone, now, early.sent_at)
         elif msg.uncertain:
             self._uncertain(record, now, f"WhatsApp did not say whether it took the message "
@@ -623,12 +641,14 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
 
     # ---- what WhatsApp told us once: never dropped for want of disk space --------------
 
-    def _write_or_hold(self, msg: IncomingReceived | DeliveryReceipt) -> None:
+    def _write_or_hold(self, msg: IncomingReceived | DeliveryReceipt | DeliveryResults
+                       ) -> None:
         """Write ``msg`` now, or keep it for when there is disk space: when its write
         finds the disk full (rolled back whole: no row without its event), or others
         wait already (they go first), or the outbox has no store (a start that failed:
         they go back to the supervisor at the exit). Nobody sends it again
-        (actors/outbox/held.py)."""
+        (actors/outbox/held.py). Send results too: a result dropped would leave its
+        message SENDING, resent as uncertain at the next start though WhatsApp has it."""
         if not self.held and self.store is not None and self.incoming is not None:
             try:
                 self._write_received(msg)
@@ -637,18 +657,24 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 self._rolled_back()
                 if not is_disk_full(exc):
                     raise
-                log.error("the disk is full: received messages and receipts wait in memory "
-                          "and are written once there is space (an outbox restart before "
-                          "then loses them); free disk space on data_dir",
-                          what=type(msg).__name__, session=msg.session)
+                log.error("the disk is full: received messages, receipts and send results "
+                          "wait in memory and are written once there is space (an outbox "
+                          "restart before then loses them); free disk space on data_dir",
+                          what=type(msg).__name__, session=_session_of(msg))
         if not self.held.hold(msg):
             log.error("the disk is full and too many writes wait in memory: a received "
-                      "message or receipt was lost", what=type(msg).__name__,
-                      session=msg.session, lost=self.held.lost)
+                      "message, receipt or send result was lost", what=type(msg).__name__,
+                      session=_session_of(msg), lost=self.held.lost)
+            if isinstance(msg, DeliveryResults):  # its messages' fate is unknown now
+                for result in msg.results:
+                    self._landed(result.message_id)
 
-    def _write_received(self, msg: IncomingReceived | DeliveryReceipt) -> None:
+    def _write_received(self, msg: IncomingReceived | DeliveryReceipt | DeliveryResults
+                        ) -> None:
         if isinstance(msg, IncomingReceived):
             self._store_incoming(msg)
+        elif isinstance(msg, DeliveryResults):
+            self._store_results(msg)
         else:
             self._store_receipt(msg)
 
@@ -664,7 +690,12 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 if is_disk_full(exc):
                     return
                 log.exception("a held write failed for another reason than disk space; "
-                              "it is dropped", what=type(msg).__name__, session=msg.session)
+                              "it is dropped", what=type(msg).__name__,
+                              session=_session_of(msg))
+                if isinstance(msg, DeliveryResults):
+                    self.held.written()
+                    self._reconcile()  # its messages' fate is unknown now: uncertain
+                    continue
             self.held.written()
             written += 1
         if written:
@@ -837,7 +868,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                         "they go to its next process", count=len(self.held))
             items = []
             while (held := self.held.oldest()) is not None:
-                items.append(held)
+                if not isinstance(held, DeliveryResults):  # SENDING: uncertain at next start
+                    items.append(held)
                 self.held.written()
             self.send(self.supervisor, HandedBack(tuple(items)))
         if self.store is not None:
@@ -1099,7 +1131,15 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             return
         if not record["uncertain"]:
             self._count_uncertain(record)
-            self.store.mark_uncertain(message_id)
+            try:
+                self.store.mark_uncertain(message_id)
+            except (OSError, sqlite3.Error) as exc:
+                self._rolled_back()
+                if not is_disk_full(exc):
+                    raise
+                # The caller is told all the same: the flag only warns a later reader.
+                log.error("the disk is full: a message answered as unconfirmed is not "
+                          "flagged uncertain on disk", message_id=message_id)
         self._answer(message_id, Failed(
             "SEND_UNCONFIRMED",
             f"message {message_id} is stored and will be sent, but {why}. Do not send it "
@@ -1229,6 +1269,46 @@ def _warming_up(session: str, retry_after: float, pacing: PacingConfig,
         f"messages per 24 h while it warms up (pacing.warmup_daily_cap); retry in "
         f"{seconds} s", {"retryAfterSeconds": seconds, "scope": WARMUP_SCOPE},
         request_id=request_id)
+
+
+def _session_of(msg: IncomingReceived | DeliveryReceipt | DeliveryResults) -> str | None:
+    """For a log line (results do not say their session)."""
+    return None if isinstance(msg, DeliveryResults) else msg.session
+
+
+@dataclass(frozen=True, slots=True)
+class _Memory:
+    """What handling send results changes in the outbox's memory before its commit: put
+    back as it was when the commit finds the disk full, so the results can be handled
+    again later as if they had just arrived (the messages are still in flight)."""
+
+    in_flight: dict[str, str]
+    busy: dict[str, int]
+    depth: dict[str, int]
+    paused_until: dict[str, float]
+    rate_pauses: dict[str, tuple[float, int]]
+    ended_in_flight: dict[str, str]
+    uncertain_total: int
+    events_written: Counter[str]
+
+    @classmethod
+    def of(cls, outbox: OutboxActor) -> _Memory:
+        assert outbox.store is not None
+        return cls(dict(outbox.in_flight), dict(outbox.busy), dict(outbox.depth),
+                   dict(outbox.paused_until), dict(outbox.rate_pauses),
+                   dict(outbox.ended_in_flight), outbox.uncertain_total,
+                   Counter(outbox.store.events_written))
+
+    def restore(self, outbox: OutboxActor) -> None:
+        assert outbox.store is not None
+        outbox.in_flight, outbox.busy, outbox.depth = self.in_flight, self.busy, self.depth
+        outbox.paused_until, outbox.rate_pauses = self.paused_until, self.rate_pauses
+        outbox.ended_in_flight, outbox.uncertain_total = (self.ended_in_flight,
+                                                          self.uncertain_total)
+        outbox.store.events_written = self.events_written
+        for session, wa_id, early in outbox.early_taken or ():
+            outbox.early_receipts.hold(session, wa_id, early.kind, early.phone, early.at,
+                                       early.sent_at)
 
 
 def _disk_full_failure(free: int, min_free: int, request_id: str) -> Failed:

@@ -306,3 +306,65 @@ def test_a_reply_that_arrives_while_the_outbox_cannot_start_is_stored_afterwards
         return [e["node"]["text"] for e in found["whatsAppIncomingMessages"]["edges"]]
     assert wait_for(stored, 90, message="the reply stored once the outbox started") == [
         "meanwhile"]
+
+
+SENT_STATE = "query($i: ID!) { whatsAppMessage(id: $i) { state uncertain attempts } }"
+MESSAGES = "{ whatsAppMessages(first: 5) { edges { node { id state } } } }"
+
+
+def integrity_checked(gateway: Gateway) -> None:
+    """The audit chain verifies and every SQLite store passes ``integrity_check``."""
+    verified = wagate(gateway, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    for store in sorted(gateway.data_dir.rglob("*.sqlite*")):
+        if store.suffix in (".sqlite", ".sqlite3"):
+            with contextlib.closing(sqlite3.connect(store)) as db:
+                assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",), store
+
+
+def test_a_send_whose_result_comes_back_to_a_full_disk_reaches_sent_once(
+        small_fs: Callable[[Path, int], Path], make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """The disk fills to the last byte after a send was accepted and handed to its
+    session: WhatsApp's answer cannot be written. It waits in memory; once there is
+    space the record reaches SENT after one attempt (not resent as uncertain), WhatsApp
+    got it once, and the outbox sends what comes next."""
+    gateway = make_gateway({**CONFIG, "messages": {"send_timeout_seconds": 3},
+                            "simulator": {"server_dir": str(tmp_path / "whatsapp"),
+                                          "send_delay_seconds": 1.5,
+                                          "poll_interval_seconds": 0.02}})
+    small_fs(gateway.data_dir, 12)
+    gateway.start()
+    gateway.link()
+    answers: list[dict[str, Any]] = []
+    sender = threading.Thread(target=lambda: answers.append(send(gateway, "in flight")))
+    sender.start()
+    try:
+        message = wait_for(lambda: (m := gateway.gql(MESSAGES).data["whatsAppMessages"][
+            "edges"]) and m[0]["node"]["state"] == "SENDING" and m[0]["node"]["id"], 10,
+            message="the send handed to its session")
+        ballast = fill(gateway.data_dir, 0)
+        wait_for(lambda: [m for m in gateway.inbox() if m["text"] == "in flight"], 10,
+                 message="WhatsApp took the message")
+    finally:
+        sender.join(30)
+    [answer] = answers  # the caller waited for WhatsApp: told the message is stored
+    assert answer["errors"][0]["extensions"]["code"] == "SEND_UNCONFIRMED", answer
+    assert answer["errors"][0]["extensions"]["messageId"] == message
+    assert wait_for(lambda: held_count(gateway) == 1, 10, message="the result held")
+    assert gateway.gql(SENT_STATE, {"i": message}).data["whatsAppMessage"]["state"] == \
+        "SENDING"
+
+    ballast.unlink()  # space returns: no restart
+    wait_for(lambda: gateway.gql(SENT_STATE, {"i": message}).data["whatsAppMessage"]["state"]
+             == "SENT", 10, message="the held result applied")
+    record = gateway.gql(SENT_STATE, {"i": message}).data["whatsAppMessage"]
+    assert record["attempts"] == 1, record
+    after = send(gateway, "after")["data"]["sendWhatsAppMessage"]["id"]
+    wait_for(lambda: gateway.gql(SENT_STATE, {"i": after}).data["whatsAppMessage"]["state"]
+             == "SENT", 10, message="the outbox sends again")
+    texts = [m["text"] for m in gateway.inbox()]
+    assert texts.count("in flight") == 1 and texts.count("after") == 1, texts
+    assert held_count(gateway) == 0 and gateway.health()["status"] == "ok"
+    gateway.stop()
+    integrity_checked(gateway)
