@@ -72,6 +72,9 @@ class SessionStatus:
     pid: int | None = None  # the session's process, for operators (and kill -9 in tests)
     banned_until: float | None = None
     host: str | None = None  # the host whose actor system runs the session (cluster.host_name)
+    # Why the last checkpoint of its encrypted stores failed (None: it succeeded): the
+    # link's newest state is only in the working copy until a checkpoint succeeds.
+    store_unsaved: str | None = None
 
     @property
     def connected(self) -> bool:

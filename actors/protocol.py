@@ -41,8 +41,9 @@ from gateway.core.version import __version__
 # in Config, the media counters in OutboxMetrics. simulator.idle_check_seconds in Config.
 # Writes held for disk space: OutboxMetrics.held_writes and held_lost; HandedBack
 # and OutboxReady (outbox -> supervisor). AuditBatch (web -> audit actor), audit.batch_seconds.
+# SessionStatus.store_unsaved (a session's encrypted checkpoint failing).
 PROTOCOL = 5
-LAYOUT = "99c50401a2b9112b"
+LAYOUT = "240fb408492005f4"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -78,6 +78,7 @@ from actors.transport.base import (
     TransportEvent,
 )
 from gateway.core.config import MessagesConfig, lease_mode
+from gateway.core.disk import is_disk_full
 from gateway.core.errors import WagateError
 from gateway.core.observability import setup_logging
 from gateway.core.validation import bounded_text
@@ -166,6 +167,14 @@ class _StoreSaved:
 
 
 @dataclass(frozen=True, slots=True)
+class _StoreOutcome:
+    """Store thread -> actor: the checkpoints started failing (``error``) or succeed
+    again (None); the session's status carries it to health (``STORE_UNSAVED``)."""
+
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _LeaseGranted:
     """The lease keeper holds the session's lease (multi-host mode): a client may start."""
 
@@ -233,6 +242,8 @@ class SessionActor(BridgedActor):
         self.lookup_executor: ThreadPoolExecutor | None = None
         self.media_private: Any = None  # the media store's private key, opened at first use
         self.held: list[_Event] | None = None  # events waiting for the connect checkpoint
+        self.store_error: str | None = None  # the store thread's last checkpoint failure
+        self.store_failures = 0  # the store thread's checkpoints failed in a row
         self.retiring = False  # asked the supervisor for a fresh process (RetireSession)
         # Multi-host mode with a lease database: no client runs without the lease.
         self.keeper: LeaseKeeper | None = None
@@ -415,6 +426,7 @@ class SessionActor(BridgedActor):
     def _checkpoint(self, release: bool = False) -> None:
         """Store thread: seal what changed. Touches no actor state; ``release`` posts
         ``_StoreSaved`` when done, whatever the outcome."""
+        error: str | None = None
         try:
             if self.store is not None:
                 changed = self.store.checkpoint()
@@ -422,11 +434,35 @@ class SessionActor(BridgedActor):
                     log.info("encrypted session store written", session=self.session,
                              files=changed)
         except Exception as exc:
-            log.error("session store checkpoint failed; the previous one stays",
-                      session=self.session, error=repr(exc))
+            error = checkpoint_problem(exc)
+            # Retried at every checkpoint tick: what changed is compared with the last
+            # store written, not with this attempt.
+            log.error("session store checkpoint failed; the previous one stays and it is "
+                      "tried again", session=self.session, error=repr(exc),
+                      retry_seconds=self.config.encryption.checkpoint_seconds)
         finally:
+            self._store_outcome(error)
             if release and self.bridge is not None:
                 self.bridge.post(_StoreSaved())
+
+    def _store_outcome(self, error: str | None) -> None:
+        """Store thread: tell the actor when checkpoints start failing or succeed again.
+        The failures' log lines are lost when the log is on the full disk too, so the
+        success after them says how many there were (README: A full disk)."""
+        if error is not None:
+            self.store_failures += 1
+        elif self.store_failures:
+            log.warning("session store checkpoint written again after failing",
+                        session=self.session, failures=self.store_failures)
+            self.store_failures = 0
+        if error != self.store_error and self.bridge is not None:
+            self.store_error = error  # only this thread runs checkpoints
+            self.bridge.post(_StoreOutcome(error))
+
+    def receiveMsg__StoreOutcome(self, msg: _StoreOutcome, sender: Any) -> None:
+        if self.machine is not None:
+            self.machine.status = replace(self.machine.status, store_unsaved=msg.error)
+            self._report()
 
     def _logout(self, client: Transport) -> None:
         """Worker thread: unlink and close the client, then delete the stores (the
@@ -933,6 +969,15 @@ def incoming_received(session: str, event: IncomingMessage,
         kind=media.kind.lower() if media is not None else event.kind, text=text,
         quoted_id=event.quoted_id, at=event.at, meta=event.meta, truncated=truncated,
         media=media)
+
+
+def checkpoint_problem(exc: BaseException) -> str:
+    """What health says of a failed checkpoint: a full disk in words an operator acts
+    on, anything else by its message (never a path: health is for API clients too)."""
+    if is_disk_full(exc):
+        return ("the disk of data_dir is full: the encrypted session store cannot be "
+                "written (free disk space; it is written by itself then)")
+    return f"the encrypted session store cannot be written ({type(exc).__name__})"
 
 
 def _held() -> SendError:

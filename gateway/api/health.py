@@ -90,6 +90,9 @@ def degraded_reasons(report: HealthReport) -> list[dict[str, Any]]:
     sessions = sorted(s.session for s in report.sessions if s.state in DEGRADED_STATES)
     if sessions:
         reasons.append({"code": "SESSIONS_DOWN", "sessions": sessions})
+    unsaved = sorted(s.session for s in report.sessions if s.store_unsaved)
+    if unsaved:  # a crash now would lose the link (or move its keys back in time)
+        reasons.append({"code": "STORE_UNSAVED", "sessions": unsaved})
     for host in report.hosts:
         name = host.get("name")
         if host.get("refused"):
@@ -102,8 +105,9 @@ def degraded_reasons(report: HealthReport) -> list[dict[str, Any]]:
 
 
 def health_warnings(report: HealthReport) -> list[dict[str, Any]]:
-    """What needs an operator's eye without making the gateway "degraded": messages
-    whose delivery no device confirmed, and sessions WhatsApp refuses as outdated."""
+    """What needs an operator's eye: messages whose delivery no device confirmed,
+    sessions WhatsApp refuses as outdated, and sessions whose encrypted store cannot be
+    written (that one also makes the gateway "degraded", see ``degraded_reasons``)."""
     warnings: list[dict[str, Any]] = []
     outdated = sorted(s.session for s in report.sessions
                       if s.state is SessionState.CLIENT_OUTDATED)
@@ -115,6 +119,15 @@ def health_warnings(report: HealthReport) -> list[dict[str, Any]]:
                        "upgrade wagate to a release with a newer engine, check it as the "
                        "README's runbook says (Operations: When WhatsApp retires the "
                        "engine's version), then call whatsAppConnect for each session"})
+    for status in sorted(report.sessions, key=lambda s: s.session):
+        if status.store_unsaved:
+            warnings.append({
+                "code": "STORE_UNSAVED", "session": status.session,
+                "message": f"session '{status.session}': {status.store_unsaved}. Its newest "
+                           "state is only in its working copy, tried again every "
+                           "encryption.checkpoint_seconds; do not restart the gateway before "
+                           "the warning goes (a restart resumes the last store written, "
+                           "which may need a new QR scan)"})
     for session, count in sorted(report.unconfirmed_by_session.items()):
         if count > 0:
             warnings.append({

@@ -368,3 +368,45 @@ def test_a_send_whose_result_comes_back_to_a_full_disk_reaches_sent_once(
     assert held_count(gateway) == 0 and gateway.health()["status"] == "ok"
     gateway.stop()
     integrity_checked(gateway)
+
+
+def store_warnings(gateway: Gateway) -> list[dict[str, Any]]:
+    return [w for w in gateway.health()["warnings"] if w["code"] == "STORE_UNSAVED"]
+
+
+def test_a_session_checkpoint_on_a_full_disk_is_retried_and_the_link_survives(
+        small_fs: Callable[[Path, int], Path], make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """A device links while data_dir has no byte left: its encrypted checkpoint cannot
+    be written. The sealed store is not corrupted (nothing half-written under its
+    name), the failure is logged and shown in health, the checkpoint is retried, and
+    once there is space it is written: a restart resumes the session without a QR."""
+    gateway = make_gateway({**CONFIG, "encryption": {"checkpoint_seconds": 0.5},
+                            "simulator": {"server_dir": str(tmp_path / "whatsapp")}})
+    small_fs(gateway.data_dir, 12)
+    gateway.start()
+    sealed = gateway.credentials_path()
+    assert not gateway.connect().errors
+    gateway.wait_state("QR_PENDING")
+    ballast = fill(gateway.data_dir, 0)  # the phone scans the QR code on a full disk
+    gateway.sim("scan", "--session", "default")
+    gateway.wait_state("CONNECTED")
+    [warning] = wait_for(lambda: store_warnings(gateway), 10, message="STORE_UNSAVED")
+    assert warning["session"] == "default" and "disk" in warning["message"], warning
+    assert gateway.health()["status"] == "degraded"
+    assert not sealed.exists()  # nothing half-written under the store's name
+    assert not list(sealed.parent.glob(".*.tmp"))  # nor left beside it
+
+    ballast.unlink()  # space returns: the next checkpoint writes the store
+    wait_for(lambda: not store_warnings(gateway), 10, message="the checkpoint retried")
+    assert sealed.exists() and gateway.health()["status"] == "ok"
+    # The failures' lines found no room in data_dir's log: the success says they were.
+    log = gateway.data_dir / "logs" / "actors.log"
+    wait_for(lambda: "session store checkpoint written again after failing" in
+             log.read_text(errors="replace"), 10, message="the failures logged")
+    gateway.stop()
+    gateway.start()
+    gateway.connect()
+    gateway.wait_state("CONNECTED")  # resumed from the sealed store: no QR scanned
+    gateway.stop()
+    integrity_checked(gateway)
