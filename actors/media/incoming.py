@@ -39,6 +39,20 @@ def _voice(mime: str, head: bytes) -> bool:
         return False
 
 
+# Why a received file is not in the store (``media_missing`` in the message's meta,
+# ``mediaMissing`` in the API): WhatsApp hands it over once, so the message is stored
+# without it rather than lost or held back behind a file that may never fit.
+MISSING_DISK_FULL = "DISK_FULL"  # data_dir's file system had no room for it
+MISSING_STORE_FAILED = "STORE_FAILED"  # any other failure to write it (see the log)
+
+
+def kind_of_bytes(data: bytes, incoming_kind: str) -> str:
+    """The kind of a received file that could not be stored, read from the bytes in
+    memory (what ``store_incoming`` would have said), lower case like a message kind."""
+    head = data[:8192]
+    return kind_of(incoming_kind, kinds.sniff(head), head).value.lower()
+
+
 def store_incoming(data_dir: Path, data: bytes, incoming_kind: str, file_name: str
                    ) -> MediaSpec:
     """Store ``data`` (encrypted, once per content) and describe it."""

@@ -60,6 +60,8 @@ def record_event(db: sqlite3.Connection, record: dict[str, Any], keep_text: bool
         data["media"] = {"id": meta["media_id"], "kind": meta["media_kind"],
                          "mime": meta["media_mime"], "size": int(meta["media_size"]),
                          "file_name": meta.get("media_file_name") or None}
+    if "media_missing" in meta:  # a file that could not be stored (DISK_FULL, ...)
+        data["media_missing"] = meta["media_missing"]
     events.append_event(db, "message.received", record["session"], data, now)
 
 

@@ -539,10 +539,11 @@ class SessionActor(BridgedActor):
             self.send(self.outbox if self.outbox is not None else self.parent, receipt)
             return
         if isinstance(msg.event, IncomingMessage):
+            media, missing = self._store_incoming_media(msg.event)
             self.send(self.outbox if self.outbox is not None else self.parent,
                       incoming_received(self.session, msg.event,
                                         self.config.messages.max_incoming_text_chars,
-                                        self._store_incoming_media(msg.event)))
+                                        media, missing))
             return
         if self.held is not None:  # keep the order behind a Connected being sealed
             self.held.append(msg)
@@ -705,19 +706,25 @@ class SessionActor(BridgedActor):
                               error=str(outcome), permanent=outcome.permanent,
                               uncertain=outcome.uncertain)
 
-    def _store_incoming_media(self, event: IncomingMessage) -> MediaSpec | None:
+    def _store_incoming_media(self, event: IncomingMessage
+                              ) -> tuple[MediaSpec | None, tuple[str, str] | None]:
         """A received file goes into the encrypted media store before the outbox hears
-        of the message (writing needs only the store's public key)."""
+        of the message (writing needs only the store's public key). One that cannot be
+        written (a full disk) is not kept: the message goes on without it, marked
+        missing with the reason and the kind its bytes show (README: A full disk)."""
         if event.media_data is None:
-            return None
-        from actors.media.incoming import store_incoming
+            return None, None
+        from actors.media import incoming
 
         try:
-            return store_incoming(self.config.data_path, event.media_data, event.kind,
-                                  event.file_name)
+            return incoming.store_incoming(self.config.data_path, event.media_data,
+                                           event.kind, event.file_name), None
         except (OSError, WagateError) as exc:
-            log.error("a received file could not be stored", error=str(exc))
-            return None
+            reason = (incoming.MISSING_DISK_FULL if is_disk_full(exc)
+                      else incoming.MISSING_STORE_FAILED)
+            log.error("a received file could not be stored; its message is stored "
+                      "without it", reason=reason, error=str(exc))
+            return None, (reason, incoming.kind_of_bytes(event.media_data, event.kind))
 
     def _outgoing_media(self, msg: Deliver) -> OutgoingMedia:
         """Worker thread: the file's bytes from the media store, decrypted here (the
@@ -957,18 +964,22 @@ class SessionActor(BridgedActor):
 
 def incoming_received(session: str, event: IncomingMessage,
                       max_text_chars: int = MessagesConfig().max_incoming_text_chars,
-                      media: MediaSpec | None = None) -> IncomingReceived:
+                      media: MediaSpec | None = None,
+                      missing: tuple[str, str] | None = None) -> IncomingReceived:
     """The transport's event as the outbox is told it (the session added), its text
     cut to ``messages.max_incoming_text_chars`` here, before it crosses to the outbox's
-    process: a 10 MB reply costs this process a moment, never the single writer."""
+    process: a 10 MB reply costs this process a moment, never the single writer.
+    ``missing``: (reason, kind) of a file that could not be stored."""
     text, truncated = bounded_text(event.text, max_text_chars)
+    kind = (media.kind.lower() if media is not None else missing[1] if missing is not None
+            else event.kind)
+    meta = event.meta if missing is None else (*event.meta, ("media_missing", missing[0]))
     return IncomingReceived(
         session=session, message_id=event.message_id, chat=event.chat,
         sender_jid=event.sender_jid, sender_phone=event.sender_phone,
         sender_lid=event.sender_lid, push_name=event.push_name, is_group=event.is_group,
-        kind=media.kind.lower() if media is not None else event.kind, text=text,
-        quoted_id=event.quoted_id, at=event.at, meta=event.meta, truncated=truncated,
-        media=media)
+        kind=kind, text=text, quoted_id=event.quoted_id, at=event.at, meta=meta,
+        truncated=truncated, media=media)
 
 
 def checkpoint_problem(exc: BaseException) -> str:

@@ -228,6 +228,7 @@ class IncomingRecord:
     optOut: bool
     truncated: bool
     media: MediaFileRecord | None = None
+    mediaMissing: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +258,13 @@ def incoming_record(row: dict[str, Any]) -> IncomingRecord:
         quotedMessageId=row["quoted_id"] or None, sentAt=iso_time(row["sent_at"]),
         receivedAt=iso_time(row["received_at"]), readAt=iso_time(row["read_at"]),
         optOut=bool(row.get("opt_out", False)), truncated=bool(row.get("truncated", False)),
-        media=_incoming_media(row))
+        media=_incoming_media(row), mediaMissing=_media_missing(row))
+
+
+def _media_missing(row: dict[str, Any]) -> str | None:
+    """Why a received file is not stored (``actors.media.incoming``), or None."""
+    meta = row.get("meta") or {}
+    return meta.get("media_missing") if isinstance(meta, dict) else None
 
 
 def _incoming_media(row: dict[str, Any]) -> MediaFileRecord | None:

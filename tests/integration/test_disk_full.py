@@ -27,6 +27,7 @@ import pytest
 from actors.transport.simulator import SimulatorServer
 from actors.webhooks import signing
 from actors.webhooks.delivery import DISK_FULL_REST_SECONDS
+from tests import media_fixtures as fx
 from tests.integration.harness import Gateway, wait_for
 from tests.webhooks.receiver import Received, Receiver
 
@@ -408,5 +409,57 @@ def test_a_session_checkpoint_on_a_full_disk_is_retried_and_the_link_survives(
     gateway.start()
     gateway.connect()
     gateway.wait_state("CONNECTED")  # resumed from the sealed store: no QR scanned
+    gateway.stop()
+    integrity_checked(gateway)
+
+
+INCOMING_MEDIA = ("{ whatsAppIncomingMessages(first: 10) { edges { node { text kind "
+                  "mediaMissing media { id size } } } } }")
+
+
+def test_a_file_received_on_a_full_disk_is_marked_missing_and_nothing_half_written(
+        small_fs: Callable[[Path, int], Path], make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """Someone sends a 1 MiB picture while data_dir has room for less: the file cannot
+    be stored. The session process lives on, no part of the file is left (neither a
+    temp file nor one under a name that reads as stored), and the message is stored
+    with its caption and kind, its file marked missing (DISK_FULL) in the API and its
+    event. Once there is space the next file is stored and served."""
+    gateway = make_gateway({**CONFIG, "simulator": {"server_dir": str(tmp_path / "whatsapp"),
+                                                    "poll_interval_seconds": 0.02}})
+    small_fs(gateway.data_dir, 12)
+    gateway.start()
+    gateway.link()
+    session_pid = gateway.health()["sessions"][0]["pid"]
+    picture = tmp_path / "big.png"
+    picture.write_bytes(fx.png() + os.urandom(MIB))
+    ballast = fill(gateway.data_dir, 256 * 1024)
+    gateway.sim("reply", "--to-session", "default", "--from", RECIPIENT, "--text",
+                "look", "--file", str(picture))
+
+    def nodes() -> list[dict[str, Any]]:
+        answer = gateway.gql(INCOMING_MEDIA)
+        assert not answer.errors, answer
+        return [e["node"] for e in answer.data["whatsAppIncomingMessages"]["edges"]]
+    [node] = wait_for(nodes, 15, message="the message stored")
+    assert node == {"text": "look", "kind": "image", "media": None,
+                    "mediaMissing": "DISK_FULL"}, node
+    media_dir = gateway.data_dir / "media"
+    assert not [p for p in media_dir.rglob("*") if p.is_file() and
+                p.name not in ("media.key", "media.pub")], list(media_dir.rglob("*"))
+    event = gateway.gql('{ whatsAppEvents(first: 50, types: [MESSAGE_RECEIVED]) '
+                        '{ edges { node { data } } } }').data["whatsAppEvents"]["edges"]
+    assert event[0]["node"]["data"]["media_missing"] == "DISK_FULL", event
+    assert gateway.health()["sessions"][0]["pid"] == session_pid  # no crash
+
+    ballast.unlink()  # space returns: the next file is stored
+    small = tmp_path / "small.png"
+    small.write_bytes(fx.png() + os.urandom(1000))
+    gateway.sim("reply", "--to-session", "default", "--from", RECIPIENT, "--file", str(small))
+    stored = wait_for(lambda: [n for n in nodes() if n["media"]], 15,
+                      message="the next file stored")[0]
+    assert stored["mediaMissing"] is None
+    served = gateway.http.get(f"{gateway.url}/media/{stored['media']['id']}", timeout=10)
+    assert served.status_code == 200 and served.content == small.read_bytes()
     gateway.stop()
     integrity_checked(gateway)
