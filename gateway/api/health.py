@@ -47,7 +47,8 @@ def health_document(report: HealthReport, now: float, scope: Scope = None) -> di
         reasons.append({"code": "WRITES_HELD", "count": held})
         warnings.append({
             "code": "WRITES_HELD", "count": held,
-            "message": f"{held} received message(s) or receipt(s) could not be written "
+            "message": f"{held} received message(s), receipt(s) or send result(s) could "
+                       "not be written "
                        "(the disk is full); they wait in memory and are written by "
                        "themselves once there is space: free disk space on data_dir, and "
                        "do not restart the gateway before (a restart loses them)"})
