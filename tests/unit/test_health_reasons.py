@@ -28,3 +28,20 @@ def test_a_lost_or_late_member_makes_the_gateway_degraded_and_says_why() -> None
         SessionStatus("s1", SessionState.FAILED), SessionStatus("s2", SessionState.CONNECTED))),
         1.0)
     assert down["reasons"] == [{"code": "SESSIONS_DOWN", "sessions": ["s1"]}]
+
+
+def test_a_session_whose_store_cannot_be_written_makes_the_gateway_degraded() -> None:
+    """A failing encrypted checkpoint: a restart now would lose the newest link state,
+    so health says degraded (STORE_UNSAVED) with the session and what to do."""
+    unsaved = SessionStatus("s1", SessionState.CONNECTED,
+                            store_unsaved="the disk of data_dir is full")
+    document = health_document(HealthReport(sessions=(
+        unsaved, SessionStatus("s2", SessionState.CONNECTED))), 1.0)
+    assert document["status"] == "degraded"
+    assert document["reasons"] == [{"code": "STORE_UNSAVED", "sessions": ["s1"]}]
+    [warning] = [w for w in document["warnings"] if w["code"] == "STORE_UNSAVED"]
+    assert warning["session"] == "s1" and "disk of data_dir is full" in warning["message"]
+    assert "do not restart" in warning["message"]
+    saved = health_document(HealthReport(sessions=(
+        SessionStatus("s1", SessionState.CONNECTED),)), 1.0)
+    assert saved["status"] == "ok" and saved["warnings"] == []

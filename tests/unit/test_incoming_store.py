@@ -359,3 +359,27 @@ def test_wagate_sim_reply_text_file_takes_utf8_and_refuses_the_rest(
     finally:
         server.close()
     assert [e["text"] for e in queued] == ["ü" * 200_000, "from stdin"]
+
+
+def test_a_file_that_could_not_be_stored_is_marked_missing_with_its_kind(
+        stores: IncomingStore) -> None:
+    """The session could not store the received file (a full disk): the message is
+    stored with its caption, the kind its bytes show, and why the file is missing, in
+    the row, the API's record and the message.received event."""
+    from actors.media.incoming import MISSING_DISK_FULL, kind_of_bytes
+    from gateway.api.records import incoming_record
+    from tests import media_fixtures as fx
+
+    event = IncomingMessage(message_id="3EB0M", chat="4915112345001@s.whatsapp.net",
+                            sender_jid="4915112345001@s.whatsapp.net",
+                            sender_phone="4915112345001", kind="media", text="look",
+                            media_data=fx.png(), file_name="p.png")
+    missing = (MISSING_DISK_FULL, kind_of_bytes(fx.png(), "media"))
+    record = stores.add(incoming_received("default", event, missing=missing), NOW)
+    assert record is not None and record["kind"] == "image"
+    api = incoming_record(record)
+    assert api.media is None and api.mediaMissing == "DISK_FULL" and api.kind == "image"
+    (logged,) = events_after(stores.db, 0, types=["message.received"], limit=9)
+    assert logged.data["media_missing"] == "DISK_FULL" and "media" not in logged.data
+    plain = stores.add(message("3EB0N"), NOW)
+    assert plain is not None and incoming_record(plain).mediaMissing is None
