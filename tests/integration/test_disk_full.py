@@ -463,3 +463,38 @@ def test_a_file_received_on_a_full_disk_is_marked_missing_and_nothing_half_writt
     assert served.status_code == 200 and served.content == small.read_bytes()
     gateway.stop()
     integrity_checked(gateway)
+
+
+def test_a_queued_send_whose_move_to_sending_finds_the_disk_full_goes_once_later(
+        small_fs: Callable[[Path, int], Path], make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """A send accepted while its session reconnects; the disk fills before the session
+    is back, so the move to SENDING cannot be written: nothing is handed over, the
+    outbox does not wedge, and once there is space the message is sent once."""
+    whatsapp = tmp_path / "whatsapp"
+    gateway = make_gateway({**CONFIG, "simulator": {"server_dir": str(whatsapp),
+                                                    "poll_interval_seconds": 0.02}})
+    small_fs(gateway.data_dir, 12)
+    gateway.start()
+    gateway.link()
+    server = SimulatorServer(gateway.data_dir, whatsapp)
+    try:
+        server.drop("default", down_for=120)
+        wait_for(lambda: gateway.status()["state"] != "CONNECTED", 10, message="dropped")
+        queued = send(gateway, "queued")["data"]["sendWhatsAppMessage"]["id"]
+        assert gateway.gql(SENT_STATE, {"i": queued}).data["whatsAppMessage"]["state"] == \
+            "QUEUED"
+        ballast = fill(gateway.data_dir, 0)
+        server.restore()  # the session comes back to a full disk
+        gateway.wait_state("CONNECTED")
+    finally:
+        server.close()
+    assert gateway.gql(SENT_STATE, {"i": queued}).data["whatsAppMessage"]["state"] == "QUEUED"
+    ballast.unlink()
+    wait_for(lambda: gateway.gql(SENT_STATE, {"i": queued}).data["whatsAppMessage"]["state"]
+             == "SENT", 10, message="sent once there is space")
+    record = gateway.gql(SENT_STATE, {"i": queued}).data["whatsAppMessage"]
+    assert record == {"state": "SENT", "uncertain": False, "attempts": 1}, record
+    assert [m["text"] for m in gateway.inbox()].count("queued") == 1
+    gateway.stop()
+    integrity_checked(gateway)
