@@ -498,3 +498,79 @@ def test_a_queued_send_whose_move_to_sending_finds_the_disk_full_goes_once_later
     assert [m["text"] for m in gateway.inbox()].count("queued") == 1
     gateway.stop()
     integrity_checked(gateway)
+
+def stored_replies(gateway: Gateway) -> list[str]:
+    """Received texts, oldest first (the outbox may still be starting: none yet)."""
+    found = gateway.gql(INCOMING).data or {"whatsAppIncomingMessages": {"edges": []}}
+    return [e["node"]["text"] for e in found["whatsAppIncomingMessages"]["edges"]]
+
+
+def test_held_replies_and_receipts_survive_a_sigkilled_outbox(
+        small_fs: Callable[[Path, int], Path], make_gateway: Callable[..., Gateway],
+        tmp_path: Path) -> None:
+    """Replies and a receipt wait in the outbox's memory for disk space; the outbox is
+    killed outright (nothing handed back), more replies arrive while none runs (the
+    supervisor would keep them): once there is space, each is stored exactly once with
+    its event, in the order WhatsApp delivered them, because the session kept every one
+    until an outbox said it was committed. The session sends them again every second:
+    copies reach the outbox while it holds them and after they are written."""
+    gateway = make_gateway({**CONFIG, "simulator": {"server_dir": str(tmp_path / "whatsapp"),
+                                                    "poll_interval_seconds": 0.02},
+                            "delivery": {"received_resend_seconds": 1.0}})
+    small_fs(gateway.data_dir, 12)
+    gateway.start()
+    gateway.link()
+    message = send(gateway, "hello")["data"]["sendWhatsAppMessage"]["id"]
+    whatsapp_id = wait_for(lambda: [m["id"] for m in gateway.inbox()
+                                    if m["text"] == "hello"], 15, message="sent")[0]
+    wait_for(lambda: gateway.gql(STATE, {"i": message}).data["whatsAppMessage"]["state"]
+             == "SENT", 10, message="SENT")
+    before = logged_events(gateway)
+
+    ballast = fill(gateway.data_dir, 0)
+    gateway.sim("receipt", whatsapp_id, "delivered")
+    for n in range(3):
+        gateway.sim("reply", "--to-session", "default", "--from", RECIPIENT,
+                    "--text", f"reply {n}")
+    gateway.sim("receipt", whatsapp_id, "read")
+    assert wait_for(lambda: held_count(gateway) == 5, 15, message="5 writes held")
+    resent_twice = time.monotonic() + 2.5  # no event to wait for: a copy must not count
+    while time.monotonic() < resent_twice:
+        assert held_count(gateway) == 5
+
+    gateway.signal_process(gateway.health()["processes"]["outbox"], signal.SIGKILL)
+    wait_for(lambda: gateway.health().get("processes", {}).get("outbox") is None, 10,
+             message="the outbox down")
+    for n in range(3, 5):  # while no outbox runs (it cannot start on a full disk)
+        gateway.sim("reply", "--to-session", "default", "--from", RECIPIENT,
+                    "--text", f"reply {n}")
+    server = SimulatorServer(gateway.data_dir, tmp_path / "whatsapp")
+    try:  # the session's client took them from the simulated service
+        wait_for(lambda: not server._cache.get(("incoming", "default")), 10,
+                 message="the replies taken by the session")
+    finally:
+        server.close()
+    ballast.unlink()
+
+    expected = [f"reply {n}" for n in range(5)]
+    seen: list[list[str]] = [[]]
+
+    def all_stored() -> bool:
+        seen.append(stored_replies(gateway))
+        return seen[-1] == expected
+    try:
+        wait_for(all_stored, 90, message="every reply stored once, in order")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; stored: {seen[-1]}") from None
+    wait_for(lambda: gateway.gql(STATE, {"i": message}).data["whatsAppMessage"]["state"]
+             == "READ", 15, message="the read receipt applied")
+    wait_for(lambda: held_count(gateway) == 0, 10, message="nothing held")
+    edges = gateway.gql(EVENTS).data["whatsAppEvents"]["edges"]
+    ids = [e["node"]["id"] for e in edges]
+    assert ids[:len(before)] == before and len(set(ids)) == len(ids)
+    new_types = [e["node"]["type"] for e in edges[len(before):]]
+    assert new_types.count("message.received") == 5, new_types
+    assert new_types.count("message.status") == 2, new_types  # DELIVERED, READ: once each
+    assert stored_replies(gateway) == expected  # still once each after any resend
+    verified = wagate(gateway, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
