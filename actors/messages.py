@@ -599,6 +599,10 @@ class DeliveryReceipt:
     session: str = ""
     phone: str = ""
     at: float = 0.0  # the receipt's own time (unix); 0: unknown, the outbox uses its own
+    # The session process that keeps it until the outbox committed it (``origin``, 0:
+    # nobody) and its number there (actors/session/unacked.py).
+    origin: int = 0
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,6 +625,8 @@ class IncomingReceived:
     meta: tuple[tuple[str, str], ...] = ()
     truncated: bool = False  # text was cut to messages.max_incoming_text_chars
     media: MediaSpec | None = None  # a media message whose file the session stored
+    origin: int = 0  # as in DeliveryReceipt: who keeps it until it is committed
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -629,6 +635,34 @@ class OutboxReady:
     does the supervisor pass on the received messages and receipts it keeps. Sent to a
     process whose start then fails, they would come back only in its ``HandedBack``,
     which can be lost with the exiting process."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedCommitted:
+    """Outbox -> session, once per tick at most: the received messages and receipts of
+    the session process ``origin`` whose writes are committed (or needed none), so it
+    keeps them no longer (actors/session/unacked.py)."""
+
+    origin: int
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ResendReceived:
+    """Supervisor -> session, when an outbox process said ``OutboxReady``: send it
+    every received message and receipt not yet acknowledged, oldest first."""
+
+    outbox: Any  # ActorAddress of the outbox process that is ready
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedUnkept:
+    """Session -> supervisor, at most once per resend period: ``count`` more received
+    messages or receipts were kept no longer at delivery.max_unacknowledged_received
+    (for /metrics)."""
+
+    session: str
+    count: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,9 @@ class SessionMetrics:
     qr_codes_issued: int = 0
     qr_scans: int = 0
     reconnects: int = 0
+    # Received messages and receipts its processes kept no longer, unacknowledged, at
+    # delivery.max_unacknowledged_received (actors/session/unacked.py).
+    received_unkept: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class _Tally:
     qr_codes_issued: int = 0
     qr_scans: int = 0
     reconnects: int = 0
+    received_unkept: int = 0
 
 
 class SessionCounters:
@@ -87,6 +91,11 @@ class SessionCounters:
             tally.connected_seconds += max(0.0, now - tally.connected_at)
             tally.connected_at = None
 
+    def unkept(self, session: str, count: int) -> None:
+        """A process of ``session`` gave up keeping ``count`` more unacknowledged
+        received messages or receipts (it says so itself: no status shows it)."""
+        self._tallies.setdefault(session, _Tally()).received_unkept += count
+
     def forget(self, session: str) -> None:
         """A forgotten session's series go with it (names must not pile up)."""
         self._tallies.pop(session, None)
@@ -96,7 +105,7 @@ class SessionCounters:
                     connected_seconds=t.connected_seconds + (
                         max(0.0, now - t.connected_at) if t.connected_at is not None else 0.0),
                     qr_codes_issued=t.qr_codes_issued, qr_scans=t.qr_scans,
-                    reconnects=t.reconnects)
+                    reconnects=t.reconnects, received_unkept=t.received_unkept)
                 for session, t in self._tallies.items()}
 
 

@@ -42,8 +42,12 @@ from gateway.core.version import __version__
 # Writes held for disk space: OutboxMetrics.held_writes and held_lost; HandedBack
 # and OutboxReady (outbox -> supervisor). AuditBatch (web -> audit actor), audit.batch_seconds.
 # SessionStatus.store_unsaved (a session's encrypted checkpoint failing).
+# Held writes acknowledged: origin and seq in DeliveryReceipt and IncomingReceived,
+# ReceivedCommitted (outbox -> session), ResendReceived (supervisor -> session),
+# ReceivedUnkept and SessionMetrics.received_unkept, delivery.received_resend_seconds and
+# delivery.max_unacknowledged_received.
 PROTOCOL = 5
-LAYOUT = "240fb408492005f4"
+LAYOUT = "846fc00eec76cd71"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

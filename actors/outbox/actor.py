@@ -78,6 +78,7 @@ from actors.messages import (
     OpenMedia,
     OutboxReady,
     ReadIncoming,
+    ReceivedCommitted,
     Routed,
     SendText,
     SessionForgotten,
@@ -88,6 +89,7 @@ from actors.messages import (
 from actors.metrics import RefusalCounters
 from actors.outbox import events
 from actors.outbox import media as outbox_media
+from actors.outbox.acks import CommitAcks
 from actors.outbox.held import HeldWrites
 from actors.outbox.incoming import IncomingStore
 from actors.outbox.incoming import cursor_of as incoming_cursor
@@ -217,6 +219,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         # in order once there is space (actors/outbox/held.py), and the sessions whose
         # session.status event could not be written (the current state is, later).
         self.held = HeldWrites()
+        # What each session process is told, at the next tick, that is committed: it
+        # keeps those until then (actors/session/unacked.py).
+        self.acks = CommitAcks()
         self.status_unwritten: set[str] = set()
         self.supervisor: Any = None  # gets back what is held when this process stops
         # Every time this actor writes or compares: wall time that does not jump when the
@@ -652,14 +657,16 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if not self.held and self.store is not None and self.incoming is not None:
             try:
                 self._write_received(msg)
+                self._acknowledge(msg)
                 return
             except (OSError, sqlite3.Error) as exc:
                 self._rolled_back()
                 if not is_disk_full(exc):
                     raise
                 log.error("the disk is full: received messages, receipts and send results "
-                          "wait in memory and are written once there is space (an outbox "
-                          "restart before then loses them); free disk space on data_dir",
+                          "wait in memory (received messages and receipts in their "
+                          "session's process too) and are written once there is space; "
+                          "free disk space on data_dir",
                           what=type(msg).__name__, session=_session_of(msg))
         if not self.held.hold(msg):
             log.error("the disk is full and too many writes wait in memory: a received "
@@ -668,6 +675,12 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             if isinstance(msg, DeliveryResults):  # its messages' fate is unknown now
                 for result in msg.results:
                     self._landed(result.message_id)
+
+    def _acknowledge(self, msg: IncomingReceived | DeliveryReceipt | DeliveryResults) -> None:
+        """The session that keeps ``msg`` until it is committed may drop it (a send's
+        results are not kept there: its record is SENDING on disk)."""
+        if not isinstance(msg, DeliveryResults):
+            self.acks.committed(msg.session, msg.origin, msg.seq)
 
     def _write_received(self, msg: IncomingReceived | DeliveryReceipt | DeliveryResults
                         ) -> None:
@@ -697,6 +710,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                     self._reconcile()  # its messages' fate is unknown now: uncertain
                     continue
             self.held.written()
+            self._acknowledge(msg)  # or never will be
             written += 1
         if written:
             log.info("the received messages and receipts held for disk space are written",
@@ -706,6 +720,14 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.status_unwritten.discard(session)
             if link is not None:
                 self._session_event(link)
+
+    def _send_acks(self) -> None:
+        """One ``ReceivedCommitted`` per session process with writes committed since the
+        last tick. A session without a process now has nobody waiting for it."""
+        for session, origin, seqs in self.acks.take():
+            link = self.links.get(session)
+            if link is not None and link.address is not None:
+                self.send(link.address, ReceivedCommitted(origin, seqs))
 
     def _rolled_back(self) -> None:
         """A failed write (a COMMIT refused for want of space) may leave its transaction
@@ -1220,6 +1242,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self._log_clock_step()
         if self.held or self.status_unwritten:
             self._write_held()
+        if self.acks:
+            self._send_acks()
         for record in self.store.expire_due(now):
             self.depth[record["session"]] = max(0, self.depth.get(record["session"], 0) - 1)
         if now - self.last_prune > PRUNE_EVERY_SECONDS:

@@ -41,6 +41,9 @@ from actors.messages import (
     Ok,
     PairingCodeRequest,
     ReadIncoming,
+    ReceivedCommitted,
+    ReceivedUnkept,
+    ResendReceived,
     RetireSession,
     SessionCommand,
     SessionState,
@@ -59,6 +62,7 @@ from actors.session.machine import (
     StopClient,
 )
 from actors.session.states import ACTIVE_STATES
+from actors.session.unacked import Unacknowledged, new_origin
 from actors.supervisor.policy import ReconnectPolicy
 from actors.system import host_config, host_name, on_required_host
 from actors.threadbridge import BridgedActor
@@ -162,6 +166,12 @@ class _CheckpointTick:
 
 
 @dataclass(frozen=True, slots=True)
+class _ResendTick:
+    """Time to send again what the outbox has not acknowledged
+    (``delivery.received_resend_seconds``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class _StoreSaved:
     """The connect checkpoint is on disk: the events held for it may go on."""
 
@@ -231,6 +241,9 @@ class SessionActor(BridgedActor):
         # without asking the engine, after WhatsApp answered one with 429.
         self.send_hold_until = 0.0
         self.outbox: Any = None
+        # Received messages and receipts until the outbox committed them (unacked.py).
+        self.unacked: Unacknowledged | None = None
+        self.unkept_reported = 0  # of unacked.unkept, told the supervisor (/metrics)
         self.logouts: list[Future[None]] = []  # an exit waits for these (bounded)
         # While the bridge is drained: results to send as one DeliveryResults per outbox.
         self.ready_results: list[tuple[Any, DeliveryResult]] | None = None
@@ -259,6 +272,9 @@ class SessionActor(BridgedActor):
         self.config = config
         self.session, self.parent = msg.session, sender
         structlog.contextvars.bind_contextvars(session=msg.session)
+        self.unacked = Unacknowledged(new_origin(), config.delivery.max_unacknowledged_received,
+                                      config.delivery.received_resend_seconds)
+        self._arm_resend()
         self._open_store()
         self._start_keeper()
         self.executor = ThreadPoolExecutor(AUX_WORKERS, thread_name_prefix=f"aux-{msg.session}")
@@ -531,19 +547,8 @@ class SessionActor(BridgedActor):
     def receiveMsg__Event(self, msg: _Event, sender: Any) -> None:
         if self.machine is None or msg.generation != self.generation:
             return
-        if isinstance(msg.event, Receipt):
-            # Until this process has heard from the outbox (it restarted after sending
-            # the message, say), the supervisor knows where the outbox is.
-            receipt = DeliveryReceipt(msg.event.message_id, msg.event.kind, self.session,
-                                      msg.event.phone, msg.event.at)
-            self.send(self.outbox if self.outbox is not None else self.parent, receipt)
-            return
-        if isinstance(msg.event, IncomingMessage):
-            media, missing = self._store_incoming_media(msg.event)
-            self.send(self.outbox if self.outbox is not None else self.parent,
-                      incoming_received(self.session, msg.event,
-                                        self.config.messages.max_incoming_text_chars,
-                                        media, missing))
+        if isinstance(msg.event, Receipt | IncomingMessage):
+            self._received(msg.event)
             return
         if self.held is not None:  # keep the order behind a Connected being sealed
             self.held.append(msg)
@@ -554,6 +559,62 @@ class SessionActor(BridgedActor):
             self.store_executor.submit(self._checkpoint, True)
             return
         self._dispatch(msg)
+
+    def _received(self, event: Receipt | IncomingMessage) -> None:
+        """To the outbox, kept until it says the write is committed. Until this process
+        has heard from the outbox (it restarted after sending the message, say), the
+        supervisor knows where the outbox is."""
+        assert self.unacked is not None
+        now = time.monotonic()
+        seq = self.unacked.next_seq()
+        message: DeliveryReceipt | IncomingReceived
+        if isinstance(event, Receipt):
+            message = DeliveryReceipt(event.message_id, event.kind, self.session, event.phone,
+                                      event.at, self.unacked.origin, seq)
+        else:
+            media, missing = self._store_incoming_media(event)
+            message = replace(incoming_received(
+                self.session, event, self.config.messages.max_incoming_text_chars,
+                media, missing), origin=self.unacked.origin, seq=seq)
+        self.send(self.outbox if self.outbox is not None else self.parent, message)
+        if self.unacked.keep(seq, message, now) is not None:
+            log.error("too many received messages and receipts wait for the outbox to "
+                      "commit them: the oldest is no longer kept for a resend (it is lost "
+                      "if the outbox lost it); free disk space on data_dir or raise "
+                      "delivery.max_unacknowledged_received", unkept=self.unacked.unkept)
+
+    def receiveMsg_ReceivedCommitted(self, msg: ReceivedCommitted, sender: Any) -> None:
+        """The outbox committed these: keep them no longer (its address is the one to use)."""
+        self.outbox = sender
+        if self.unacked is not None:
+            self.unacked.acknowledged(msg.origin, msg.seqs)
+
+    def receiveMsg_ResendReceived(self, msg: ResendReceived, sender: Any) -> None:
+        """A new outbox process is ready: everything not acknowledged goes to it now,
+        oldest first (the supervisor does not keep what this process keeps)."""
+        self.outbox = msg.outbox
+        if self.unacked is not None and len(self.unacked):
+            items = self.unacked.all(time.monotonic())
+            log.info("sending the received messages and receipts not yet committed to the "
+                     "new outbox", count=len(items))
+            for item in items:
+                self.send(msg.outbox, item)
+
+    def _resend_due(self) -> None:
+        """What the outbox has not acknowledged for a resend period goes again (a copy
+        is a no-op there); a count of what was kept no longer goes to the supervisor."""
+        assert self.unacked is not None
+        target = self.outbox if self.outbox is not None else self.parent
+        for item in self.unacked.due(time.monotonic()):
+            self.send(target, item)
+        if self.unacked.unkept > self.unkept_reported and self.parent is not None:
+            self.send(self.parent, ReceivedUnkept(self.session,
+                                                  self.unacked.unkept - self.unkept_reported))
+            self.unkept_reported = self.unacked.unkept
+
+    def _arm_resend(self) -> None:
+        seconds = self.config.delivery.received_resend_seconds
+        self.wakeupAfter(timedelta(seconds=seconds), payload=_ResendTick())
 
     def _dispatch(self, msg: _Event) -> None:
         assert self.machine is not None
@@ -569,6 +630,10 @@ class SessionActor(BridgedActor):
             return
         if isinstance(timer, _Typed):
             self._typed(timer)
+            return
+        if isinstance(timer, _ResendTick):
+            self._arm_resend()  # first: a resend that fails must not end the timer
+            self._resend_due()
             return
         if self.machine is None or not isinstance(timer, _Timer):
             return

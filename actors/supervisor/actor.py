@@ -62,8 +62,10 @@ from actors.messages import (
     PairingCodeRequest,
     Ping,
     ProcessInfo,
+    ReceivedUnkept,
     RecordAudit,
     RequestPairingCode,
+    ResendReceived,
     RetireSession,
     Routed,
     SendText,
@@ -431,12 +433,14 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                 self._to_outbox(item)
 
     def _to_outbox(self, msg: IncomingReceived | DeliveryReceipt) -> None:
-        """To the outbox once it is ready, or held for it until then (bounded; the loss
-        is logged): WhatsApp has handed it over once and sends it no more."""
+        """To the outbox once it is ready. Until then, one its session process keeps
+        (``origin``) is left to that process, which sends it again, in its order, when
+        told the outbox is ready (``ResendReceived``); any other is held here (bounded;
+        the loss is logged): WhatsApp has handed it over once and sends it no more."""
         outbox = self.children.address(OUTBOX)
         if outbox is not None and outbox == self.outbox_ready:
             self.send(outbox, msg)
-        else:
+        elif not msg.origin:
             self._hold_received(msg)
 
     def receiveMsg_OutboxReady(self, msg: OutboxReady, sender: Any) -> None:
@@ -447,6 +451,16 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         received, self.received_backlog = self.received_backlog, []
         for message in received:
             self.send(sender, message)
+        # Then what the session processes keep unacknowledged (oldest first in each):
+        # a copy of one written already is a no-op there.
+        for _, child in self.children.sessions():
+            if child.address is not None:
+                self.send(child.address, ResendReceived(sender))
+
+    def receiveMsg_ReceivedUnkept(self, msg: ReceivedUnkept, sender: Any) -> None:
+        child = self.children.session(msg.session)
+        if child is not None and child.address == sender:
+            self.session_counters.unkept(msg.session, msg.count)
 
     def _hold_received(self, msg: IncomingReceived | DeliveryReceipt) -> None:
         if len(self.received_backlog) < MAX_RECEIVED_BACKLOG:
@@ -557,7 +571,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             # successor yet): for the successor, or the current one.
             outbox = self.children.get(OUTBOX)
             if outbox is not None and outbox.address == msg.deadAddress:
-                self._hold_received(dead)  # it died and we have not heard yet
+                if not dead.origin:  # its session keeps it otherwise (_to_outbox)
+                    self._hold_received(dead)  # it died and we have not heard yet
             else:
                 self._to_outbox(dead)
             return

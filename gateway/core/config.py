@@ -199,6 +199,12 @@ class DeliveryConfig:
     # deliveryUnconfirmed, /metrics, a health warning): WhatsApp's ack only says the
     # server took it, and the engine skips recipient devices it cannot encrypt for.
     unconfirmed_after_seconds: float = 600.0
+    # A session process keeps each received message and receipt until the outbox says
+    # it is committed (actors/session/unacked.py), sending it again this often while
+    # it is not, and at most this many: beyond it the oldest is kept no longer
+    # (logged, wagate_received_unkept_total).
+    received_resend_seconds: float = 30.0
+    max_unacknowledged_received: int = 10000
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,6 +481,8 @@ RANGES: dict[str, Range] = {
     "delivery.rate_overlimit_max_pause_seconds": _DAY,
     "transport.send_deadline_seconds": _SECONDS,
     "delivery.unconfirmed_after_seconds": Range(0, 604800, above=True),
+    "delivery.received_resend_seconds": _SECONDS,
+    "delivery.max_unacknowledged_received": Range(1, 1_000_000),
     "transport.max_clients_per_process": Range(1, 10000),
     "supervisor.restart_backoff_seconds": Range(0, 3600),
     "supervisor.restart_budget": Range(1, 1000),

@@ -86,6 +86,10 @@ class ActorCollector:
         reconnects = CounterMetricFamily("wagate_reconnects_total", "times the session lost "
                                          "its connection (or a connect attempt failed) and "
                                          "began reconnecting", labels=["session"])
+        unkept = CounterMetricFamily(
+            "wagate_received_unkept_total", "received messages and receipts a session "
+            "process stopped keeping for a resend before the outbox committed them "
+            "(delivery.max_unacknowledged_received reached)", labels=["session"])
         for status in report.sessions:
             name = status.session
             connected.add_metric([name], 1.0 if status.connected else 0.0)
@@ -98,12 +102,14 @@ class ActorCollector:
             issued.add_metric([name], float(counts.qr_codes_issued))
             scans.add_metric([name], float(counts.qr_scans))
             reconnects.add_metric([name], float(counts.reconnects))
+            unkept.add_metric([name], float(counts.received_unkept))
         outdated = GaugeMetricFamily(
             "wagate_sessions_client_outdated", "sessions WhatsApp refuses because the "
             "engine's compiled web client version was retired (upgrade wagate)")
         outdated.add_metric([], float(sum(s.state is SessionState.CLIENT_OUTDATED
                                           for s in report.sessions)))
-        yield from (connected, state, attempt, seconds, issued, scans, reconnects, outdated)
+        yield from (connected, state, attempt, seconds, issued, scans, reconnects, unkept,
+                    outdated)
 
     def _outbox(self, report: HealthReport) -> Iterator[Metric]:
         metrics = report.outbox_metrics
