@@ -577,7 +577,8 @@ class SessionActor(BridgedActor):
                 self.session, event, self.config.messages.max_incoming_text_chars,
                 media, missing), origin=self.unacked.origin, seq=seq)
         self.send(self.outbox if self.outbox is not None else self.parent, message)
-        if self.unacked.keep(seq, message, now) is not None:
+        if (self.unacked.keep(seq, message, now) is not None
+                and self.unacked.unkept - self.unkept_reported == 1):  # the rest: per period
             log.error("too many received messages and receipts wait for the outbox to "
                       "commit them: the oldest is no longer kept for a resend (it is lost "
                       "if the outbox lost it); free disk space on data_dir or raise "
@@ -607,9 +608,12 @@ class SessionActor(BridgedActor):
         target = self.outbox if self.outbox is not None else self.parent
         for item in self.unacked.due(time.monotonic()):
             self.send(target, item)
-        if self.unacked.unkept > self.unkept_reported and self.parent is not None:
-            self.send(self.parent, ReceivedUnkept(self.session,
-                                                  self.unacked.unkept - self.unkept_reported))
+        unkept = self.unacked.unkept - self.unkept_reported
+        if unkept and self.parent is not None:
+            log.error("received messages and receipts no longer kept for a resend since the "
+                      "last period (delivery.max_unacknowledged_received reached)",
+                      count=unkept, total=self.unacked.unkept)
+            self.send(self.parent, ReceivedUnkept(self.session, unkept))
             self.unkept_reported = self.unacked.unkept
 
     def _arm_resend(self) -> None:
