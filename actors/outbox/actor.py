@@ -651,9 +651,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         """Write ``msg`` now, or keep it for when there is disk space: when its write
         finds the disk full (rolled back whole: no row without its event), or others
         wait already (they go first), or the outbox has no store (a start that failed:
-        they go back to the supervisor at the exit). Nobody sends it again
-        (actors/outbox/held.py). Send results too: a result dropped would leave its
-        message SENDING, resent as uncertain at the next start though WhatsApp has it."""
+        they go back to the supervisor at the exit). WhatsApp sends it no more; its
+        session process sends it again until the commit is acknowledged (``acks``,
+        at the next tick), and a copy is a no-op (actors/outbox/held.py). Send results
+        too (not kept by the session): a result dropped would leave its message SENDING,
+        resent as uncertain at the next start though WhatsApp has it."""
         if not self.held and self.store is not None and self.incoming is not None:
             try:
                 self._write_received(msg)
