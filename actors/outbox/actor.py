@@ -666,7 +666,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 if not is_disk_full(exc):
                     # Not for want of space: a copy would fail alike, so its session
                     # need not send it again (as a held one that fails so is dropped).
-                    self.acks.committed(msg.session, msg.origin, msg.seq)
+                    self._acknowledge(msg)
                     raise
                 log.error("the disk is full: received messages, receipts and send results "
                           "wait in memory (received messages and receipts in their "
