@@ -78,6 +78,8 @@ class Sample:
     at: float  # seconds since the load started
     rss_kib: int
     fds: int
+    anon_kib: int = 0  # RssAnon: what the process allocated itself (heap, stacks)
+    file_kib: int = 0  # RssFile: mapped file pages (SQLite's mmap), the page cache's
 
 
 @dataclass
@@ -218,14 +220,16 @@ def process_roles(gw: Gateway) -> dict[int, str]:
     return roles
 
 
-def read_process(pid: int) -> tuple[int, int] | None:
-    """VmRSS in KiB and the number of open descriptors (None: the process is gone)."""
+def read_process(pid: int) -> tuple[int, int, int, int] | None:
+    """VmRSS in KiB, the number of open descriptors, RssAnon and RssFile in KiB (None:
+    the process is gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
-        rss = next(int(line.split()[1]) for line in status.splitlines()
-                   if line.startswith("VmRSS:"))
-        return rss, len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, StopIteration, ValueError):
+        fields = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
+                  if line.startswith(("VmRSS:", "RssAnon:", "RssFile:"))}
+        return (fields["VmRSS"], len(os.listdir(f"/proc/{pid}/fd")), fields["RssAnon"],
+                fields["RssFile"])
+    except (OSError, KeyError, ValueError, IndexError):
         return None
 
 
@@ -263,6 +267,8 @@ class Slope:
     fds_per_hour: float
     last_mib: float
     span_minutes: float
+    anon_per_hour: float = 0.0
+    file_per_hour: float = 0.0
 
 
 def slopes(soak: Soak) -> list[Slope]:
@@ -278,7 +284,9 @@ def slopes(soak: Soak) -> list[Slope]:
         found.append(Slope(
             role, pid, slope_per_hour([(s.at, s.rss_kib / 1024) for s in kept]),
             slope_per_hour([(s.at, s.fds) for s in kept]), kept[-1].rss_kib / 1024,
-            (kept[-1].at - kept[0].at) / 60))
+            (kept[-1].at - kept[0].at) / 60,
+            slope_per_hour([(s.at, s.anon_kib / 1024) for s in kept]),
+            slope_per_hour([(s.at, s.file_kib / 1024) for s in kept])))
     return found
 
 
@@ -329,9 +337,10 @@ def print_report(soak: Soak, counts: dict[str, int], found: list[Slope]) -> None
     out(f"floor: the gunicorn arbiter (no work): {floor:+.2f} MiB/hour")
     for x in found:
         ok = x.mib_per_hour < TARGET_MIB_PER_HOUR
-        out(f"{x.role + ' ' + str(x.pid):34} RSS {x.last_mib:7.1f} MiB  "
-            f"{x.mib_per_hour:+7.2f} MiB/h  fds {x.fds_per_hour:+7.1f}/h  over "
-            f"{x.span_minutes:5.1f} min   target < {TARGET_MIB_PER_HOUR:g} MiB/h  "
+        out(f"{x.role + ' ' + str(x.pid):26} RSS {x.last_mib:5.1f} MiB "
+            f"{x.mib_per_hour:+6.2f} MiB/h (anon {x.anon_per_hour:+6.2f}, file "
+            f"{x.file_per_hour:+6.2f})  fds {x.fds_per_hour:+6.1f}/h  "
+            f"{x.span_minutes:4.1f} min  < {TARGET_MIB_PER_HOUR:g}  "
             f"{'PASS' if ok else 'FAIL'}")
     out("-" * 100)
     bad = ("refused", "undecided", "keys without a record", "keys with several records",
