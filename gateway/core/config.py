@@ -394,6 +394,11 @@ class ClusterConfig:
     lease_seconds: float = 10.0
     lease_renew_seconds: float = 3.0
     lease_margin_seconds: float = 2.0
+    # The sent journal (actors/leases/journal.py): with database_url set, every send
+    # WhatsApp took is recorded there until the outbox no longer needs it; rows older
+    # than this are deleted as the session writes new ones. It must outlast the longest
+    # a message can stay in flight (a send and its result), hours at most.
+    journal_retention_hours: float = 24.0
     # The PostgreSQL database of the leases, "postgresql://user:password@host/db" (it
     # holds a credential: never logged, never sent to another host). "" = no leases
     # (the heartbeat fence alone). Only with role "leader" or "member".
@@ -498,6 +503,7 @@ RANGES: dict[str, Range] = {
     "cluster.heartbeat_misses": Range(1, 1000), "cluster.reregister_seconds": _DAY,
     "cluster.lease_seconds": _SECONDS, "cluster.lease_renew_seconds": Range(0, 600, above=True),
     "cluster.lease_margin_seconds": Range(0, 600, above=True),
+    "cluster.journal_retention_hours": Range(0, 8760, above=True),
     "pacing.min_interval_seconds": Range(0, 3600), "pacing.jitter_seconds": Range(0, 3600),
     "pacing.typing_seconds": Range(0, 30), "pacing.warmup_days": Range(0, 365),
     "pacing.warmup_daily_cap": Range(1, 1_000_000),
