@@ -93,6 +93,7 @@ from actors.outbox.acks import CommitAcks
 from actors.outbox.held import HeldWrites
 from actors.outbox.incoming import IncomingStore
 from actors.outbox.incoming import cursor_of as incoming_cursor
+from actors.outbox.journal_check import JournalCheck
 from actors.outbox.limits import Limits, rate_limited
 from actors.outbox.numbers import NumberCache, open_cache
 from actors.outbox.pacing import WARMUP_SCOPE, Pacer, PacingRules
@@ -116,7 +117,7 @@ from actors.session.sealed_store import StoreError, load_key
 from actors.supervisor.policy import rate_overlimit_pause, retry_delay
 from actors.transport.base import NOT_ON_WHATSAPP, RATE_OVERLIMIT, NumberInfo
 from gateway.core.clock import SKEW_WORTH_A_LOG_SECONDS, SteadyClock
-from gateway.core.config import Config, PacingConfig
+from gateway.core.config import Config, PacingConfig, lease_mode
 from gateway.core.disk import (
     DISK_FULL,
     DISK_FULL_RETRY_SECONDS,
@@ -229,6 +230,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         # windows and pacing keep their length across an NTP step or a VM resume.
         self.clock = SteadyClock()
         self.skew_logged = 0.0  # the wall clock's step last logged
+        # Multi-host mode with leases: the sent journal, asked before an in-flight
+        # message of an ended session process is sent again (actors/outbox/journal_check.py).
+        self.journal: JournalCheck | None = None
 
     # ---- start ----------------------------------------------------------------------
 
@@ -255,11 +259,14 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.warmup = Warmup(self.limits.cache, rules)
         self.numbers = open_cache(msg.config.data_path, msg.config.numbers.positive_ttl_hours,
                                   msg.config.numbers.negative_ttl_hours)
+        if lease_mode(msg.config):
+            self.journal = JournalCheck(msg.config.cluster.database_url,
+                                        msg.config.cluster.journal_retention_hours)
         now = self.clock()
         for link in msg.links:
             self._session_event(link)  # the changes made while no outbox ran
-        for record in self.store.in_state(MessageState.SENDING):
-            self._uncertain(record, now, "the outbox restarted while it was being sent")
+        self._settle_unknown(self.store.in_state(MessageState.SENDING), now,
+                             "the outbox restarted while it was being sent")
         self.depth = self.store.pending_counts()
         self._end_stale_queues()
         if self.depth:
@@ -905,6 +912,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.limits.close()
         if self.numbers is not None:
             self.numbers.close()
+        if self.journal is not None:
+            self.journal.close()
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -1056,12 +1065,29 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         assert self.store is not None
         now = self.clock()
         landed = [m for m, s in self.in_flight.items() if s == session]
+        sending = []
         for message_id in landed:
             self._landed(message_id)
             record = self.store.get(message_id)
             if record is not None and record["state"] == MessageState.SENDING:
-                self._uncertain(record, now, "its session process ended while sending it")
+                sending.append(record)
+        self._settle_unknown(sending, now, "its session process ended while sending it")
         self._settle_ended(landed)
+
+    def _settle_unknown(self, records: list[dict[str, Any]], now: float, why: str) -> None:
+        """Messages in SENDING whose result will never come: those the sent journal
+        shows WhatsApp took are SENT (multi-host mode with leases), the rest uncertain."""
+        found = self.journal.found([r["id"] for r in records]) if self.journal else {}
+        for record in records:
+            sent = found.get(record["id"])
+            if sent is None:
+                self._uncertain(record, now, why)
+                continue
+            log.info("in-flight message found in the sent journal: sent, not sent again",
+                     message_id=record["id"], why=why)
+            self._on_result(DeliveryResult(record["id"], ok=True,
+                                           wa_message_id=sent.wa_message_id,
+                                           timestamp=sent.sent_at))
 
     # ---- the end of a linked device: its queue ends with it (actors.session.links) -----------
 
@@ -1263,6 +1289,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 log.info("pruned old events", count=pruned)
             self._prune_incoming(now)
             self._prune_media(now)
+            if self.journal is not None:
+                self.journal.prune()
             if self.limits is not None:
                 self.limits.expire()
         for session in list(self.links):

@@ -89,6 +89,7 @@ from gateway.core.validation import bounded_text
 
 if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
     from actors.leases.keeper import LeaseKeeper
+    from actors.session.journaling import SendJournaling
     from actors.session.working_copy import WorkingCopy
 
 log = structlog.get_logger("wagate.session")
@@ -98,6 +99,10 @@ log = structlog.get_logger("wagate.session")
 AUX_WORKERS = 4
 LOGOUT_GRACE_SECONDS = 15.0
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"  # lastError code: the stores cannot be decrypted
+# Multi-host mode: how long an exit (ActorExitRequest, also what SIGTERM becomes) waits
+# for running sends to come back and be journaled (actors.session.journaling).
+EXIT_JOURNAL_SECONDS = 3.0
+JOURNAL_TIMEOUT_SECONDS = 1.0  # each journal write's bound (connect, statement)
 
 
 def _logout_and_close(client: Transport) -> None:
@@ -261,6 +266,7 @@ class SessionActor(BridgedActor):
         # Multi-host mode with a lease database: no client runs without the lease.
         self.keeper: LeaseKeeper | None = None
         self.awaiting_lease = False  # a StartClient waits for _LeaseGranted
+        self.journaling: SendJournaling | None = None  # the sent journal, with the lease
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -318,6 +324,10 @@ class SessionActor(BridgedActor):
         self._run(actions)
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
+        if self.journaling is not None:
+            # Sends WhatsApp may be answering right now: journaled before the client
+            # closes, or the outbox would send them again (their results die with us).
+            self.journaling.drain(EXIT_JOURNAL_SECONDS)
         self.generation += 1
         if self.transport is not None:
             try:
@@ -333,6 +343,8 @@ class SessionActor(BridgedActor):
         if self.lookup_executor is not None:
             self.lookup_executor.shutdown(wait=False, cancel_futures=True)
         self._close_store()
+        if self.journaling is not None:
+            self.journaling.close()
         if self.keeper is not None:  # the client is closed: the next owner need not wait
             self.keeper.stop(release=True)
             from actors.leases.local import marks_dir, unmark
@@ -372,6 +384,7 @@ class SessionActor(BridgedActor):
         self.keeper = LeaseKeeper(store, self.session, on_granted=granted,
                                   on_lost=lambda reason: bridge.post(_LeaseLost(reason)))
         self.keeper.start()
+        self.journaling = _journaling(config, session, self.keeper)
 
     def receiveMsg__LeaseGranted(self, msg: _LeaseGranted, sender: Any) -> None:
         log.info("holding the session's lease", epoch=msg.epoch)
@@ -677,9 +690,9 @@ class SessionActor(BridgedActor):
             elif delivery.media is None and self.transport.sends_quickly():
                 quick.append(delivery)
             else:
-                self.send_executor.submit(self._send, self.transport, delivery, sender)
+                self._submit_send(self._send, self.transport, delivery, sender)
         if quick:
-            self.send_executor.submit(self._send_batch, self.transport, quick, sender)
+            self._submit_send(self._send_batch, self.transport, quick, sender)
         if answered:
             self.send(sender, DeliveryResults(tuple(answered)))
 
@@ -691,7 +704,29 @@ class SessionActor(BridgedActor):
                 msg.delivery.message_id, ok=False, reason="NOT_CONNECTED",
                 error="the connection changed while typing"),)))
             return
-        self.send_executor.submit(self._send, self.transport, msg.delivery, msg.reply_to)
+        self._submit_send(self._send, self.transport, msg.delivery, msg.reply_to)
+
+    def _submit_send(self, send: Any, *args: Any) -> None:
+        """Hand a send to a worker, counted while it runs (an exit waits for its
+        journal write: ``EXIT_JOURNAL_SECONDS``)."""
+        assert self.send_executor is not None
+        journaling = self.journaling
+        if journaling is None:
+            self.send_executor.submit(send, *args)
+            return
+
+        def counted() -> None:
+            try:
+                send(*args)
+            finally:
+                journaling.finished()
+
+        journaling.started()
+        try:
+            self.send_executor.submit(counted)
+        except RuntimeError:  # shut down: it never runs
+            journaling.finished()
+            raise
 
     @staticmethod
     def _typing(transport: Transport, phone: str) -> None:
@@ -728,6 +763,8 @@ class SessionActor(BridgedActor):
             result = self._result(msg, exc, held)
         except Exception as exc:  # a transport bug must not lose the message
             result = _transport_failed(msg, exc)
+        if self.journaling is not None:  # before the result leaves (one row)
+            self.journaling.record((result,))
         if self.bridge is not None:
             self.bridge.post(_SendDone(result, reply_to))
 
@@ -741,6 +778,8 @@ class SessionActor(BridgedActor):
         throughput halved (28 against 79 sends/s, same machine, same minute). Through
         a worker, results that finish together leave as one message (the bridge's drain)."""
         results = self._send_texts(transport, batch)
+        if self.journaling is not None:  # before the results leave (one statement)
+            self.journaling.record(results)
         if self.bridge is not None:
             self.bridge.post(_BatchDone(tuple(results), reply_to))
 
@@ -1064,6 +1103,20 @@ def _held() -> SendError:
     """The answer for a send not tried while this session is held after a 429."""
     return SendError(RATE_OVERLIMIT, "not tried: WhatsApp rate-limited this session's "
                      "lookups a moment ago", permanent=False)
+
+
+def _journaling(config: Any, session: str, keeper: LeaseKeeper) -> SendJournaling:
+    """The sent journal of this session process, on the lease database."""
+    from actors.leases.journal import Sent, SentJournal
+    from actors.session.journaling import SendJournaling
+
+    def epoch() -> int | None:
+        holding = keeper.holding
+        return None if holding is None or keeper.lost is not None else holding.epoch
+
+    journal = SentJournal(config.cluster.database_url, JOURNAL_TIMEOUT_SECONDS,
+                          config.cluster.journal_retention_hours)
+    return SendJournaling(session, journal, epoch, Sent)
 
 
 def _transport_failed(msg: Deliver, exc: Exception) -> DeliveryResult:
