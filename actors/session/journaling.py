@@ -79,6 +79,9 @@ class SendJournaling:
         whether none is left."""
         deadline = time.monotonic() + timeout_seconds
         with self._cond:
+            if self._running > 0:
+                log.info("the exit waits for running sends to be journaled",
+                         count=self._running, at_most=timeout_seconds)
             while self._running > 0:
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -209,6 +209,10 @@ def _unregistered_key(phone: str) -> tuple[str, str]:
 _LOOKUPS_KEY = ("lookups",)
 _LOOKUPS_DOWN_KEY = ("lookups-down",)
 _LOOKUP_DELAY_KEY = ("lookup-delay",)  # seconds every lookup takes before it answers
+# Seconds every send's answer takes AFTER the message reached its recipient: the ack is
+# on its way, the sender does not know yet (``SimulatorServer.stall_after_send``).
+_SEND_STALL_KEY = ("send-stall",)
+_STALL_POLL_SECONDS = 0.05  # a stalled send looks whether the stall ended this often
 
 
 @functools.lru_cache(maxsize=4096)  # a hash per send otherwise, always to the same numbers
@@ -417,6 +421,26 @@ class SimulatorServer:
             raise SimulatorError(f"a lookup delay is 0 to 3600 seconds (got {seconds})")
         self._cache.set(_LOOKUP_DELAY_KEY, float(seconds), retry=True)
 
+    def stall_after_send(self, seconds: float) -> None:
+        """From now on every send stores its message in the recipient's inbox, then
+        keeps its sender waiting ``seconds`` before the answer; 0 ends the stall, and the
+        sends waiting then are answered at once. A closing client does not end the
+        wait: the message is WhatsApp's already, and the answer is on its way (how a
+        process stopped meanwhile loses a result whose message was delivered; the sent
+        journal's test, issue 16)."""
+        if not 0 <= seconds <= 3600:
+            raise SimulatorError(f"a send stall is 0 to 3600 seconds (got {seconds})")
+        self._cache.set(_SEND_STALL_KEY, float(seconds), retry=True)
+        self._bump()
+
+    def _stall(self, seconds: float) -> None:
+        """A send's answer waits ``seconds``, or until the stall is set to 0."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, _STALL_POLL_SECONDS))
+            if not self._cache.get(_SEND_STALL_KEY, 0.0):
+                return
+
     def lookup_count(self) -> int:
         """How many lookup queries reached the server (one per batch, as a usync query)."""
         return int(self._cache.get(_LOOKUPS_KEY, 0))
@@ -548,7 +572,8 @@ class SimulatorServer:
                        for kind in _FAILURE_KINDS for scope in (session, None))
         return _SendState(version, device_id, self._device_problem(session, device_id),
                           self._drop_marks(session), failures,
-                          self._cache.get(_AUTO_RECEIPT_KEY))
+                          self._cache.get(_AUTO_RECEIPT_KEY),
+                          stall=float(self._cache.get(_SEND_STALL_KEY, 0.0)))
 
     def _drop_marks(self, session: str) -> tuple[int, int]:
         """The drop counters a connection remembers; a change means it was dropped."""
@@ -818,6 +843,7 @@ class _SendState:
     failures: bool  # an injected failure may apply: ask the server at each send
     auto: dict[str, Any] | None  # the automatic receipts configured then
     accounts: dict[str, bool] = field(default_factory=dict)  # numbers looked up since
+    stall: float = 0.0  # seconds each send's answer waits after delivery (stall_after_send)
 
     def lost(self, link: _Link) -> bool:
         """Whether ``link`` was unlinked or dropped as of this state."""
@@ -996,6 +1022,8 @@ class SimulatorTransport(Transport):
                     outcomes[slot] = message
             if state.auto is not None:
                 self._report_receipts(conn)  # an automatic receipt arrives before the ack
+            if state.stall > 0:  # delivered; the ack is slow (stall_after_send)
+                self._server._stall(state.stall)
         return [outcome for outcome in outcomes if outcome is not None]
 
     def _state_for(self, link: _Link) -> _SendState:

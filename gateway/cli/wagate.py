@@ -29,6 +29,7 @@ DEMO_OVERRIDES: dict[str, Any] = {"transport.engine": "simulator", "auth.require
 SCAN_WAIT = Range(0, 3600)
 DOWN_FOR = Range(0, 86400)
 FAIL_COUNT = Range(0, 1_000_000)
+STALL = Range(0, 3600)
 
 
 DESCRIPTION = ("Serve the WhatsApp gateway, manage its tokens, keys and audit log, and drive "
@@ -125,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--no-account", action="store_true",
                       help="WhatsApp finds no account for the recipient (NOT_ON_WHATSAPP)")
     fail.set_defaults(handler=cmd_sim_fail_next)
+
+    stall = sim_commands.add_parser(
+        "stall-after-send", help="every send reaches its recipient, then its answer waits "
+        "SECONDS (a process stopped meanwhile never hears it); 0 ends the stall and answers "
+        "the sends waiting")
+    _common(stall)
+    stall.add_argument("seconds", type=flag(float, STALL), help=STALL.describe())
+    stall.set_defaults(handler=cmd_sim_stall_after_send)
 
     receipt = sim_commands.add_parser(
         "receipt", help="the recipient's device confirms a message (delivered or read)")
@@ -504,6 +513,15 @@ def cmd_sim_fail_next(args: argparse.Namespace) -> int:
         print(f"the next {args.count} sends will {kind}")
 
     return _run_sim(args, fail_next)
+
+
+def cmd_sim_stall_after_send(args: argparse.Namespace) -> int:
+    def stall(server: Any) -> None:
+        server.stall_after_send(args.seconds)
+        print(f"every send now waits {args.seconds:g} s for its answer after reaching its "
+              "recipient" if args.seconds else "sends are answered at once again")
+
+    return _run_sim(args, stall)
 
 
 def cmd_sim_receipt(args: argparse.Namespace) -> int:
