@@ -7,6 +7,7 @@ leases (``LeaseStore``) so the fencing is the database's, not a stand-in.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import psycopg
@@ -15,6 +16,8 @@ import pytest
 from actors.leases.journal import Sent, SentJournal
 from actors.leases.store import LeaseStore, LeaseStoreUnavailable, StaleEpoch
 from actors.leases.timing import LeaseTiming
+from actors.messages import DeliveryResult
+from actors.session.journaling import SendJournaling
 
 SLOW = LeaseTiming(lease=30.0, renew=5.0, margin=5.0)
 
@@ -120,3 +123,41 @@ def test_an_unreachable_database_raises_unavailable() -> None:
             journal.record("s1", 1, _sent(1))
     finally:
         journal.close()
+
+
+def test_a_session_journals_what_whatsapp_took_and_a_stale_epoch_is_only_logged(
+        lease: LeaseStore, journal: SentJournal) -> None:
+    granted = lease.acquire("s1")
+    assert granted is not None
+    epoch: list[int | None] = [granted.epoch]
+    journaling = SendJournaling("s1", journal, lambda: epoch[0], Sent)
+    journaling.record([
+        DeliveryResult("a", ok=True, wa_message_id="3EB0A", timestamp=5.0),
+        DeliveryResult("b", ok=False, reason="REJECTED"),  # not taken: not journaled
+        DeliveryResult("c", ok=True, wa_message_id="3EB0C", uncertain=False)])
+    found = journal.find(["a", "b", "c"])
+    assert set(found) == {"a", "c"} and found["a"].sent_at == 5.0
+    epoch[0] = granted.epoch + 1  # as after a takeover: refused, logged, not raised
+    journaling.record([DeliveryResult("d", ok=True, wa_message_id="3EB0D")])
+    epoch[0] = None  # no lease held: nothing asked
+    journaling.record([DeliveryResult("e", ok=True, wa_message_id="3EB0E")])
+    assert journal.find(["d", "e"]) == {}
+
+
+def test_an_exit_waits_for_running_sends_but_only_up_to_its_bound(
+        journal: SentJournal) -> None:
+    journaling = SendJournaling("s1", journal, lambda: None, Sent)
+    assert journaling.drain(0.0)  # none running
+    journaling.started()
+    assert not journaling.drain(0.05)  # still running at the bound
+    went_on = threading.Event()
+
+    def worker() -> None:
+        went_on.wait(5)
+        journaling.finished()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    went_on.set()
+    assert journaling.drain(5.0)
+    thread.join(5)
