@@ -46,8 +46,9 @@ from gateway.core.version import __version__
 # ReceivedCommitted (outbox -> session), ResendReceived (supervisor -> session),
 # ReceivedUnkept and SessionMetrics.received_unkept, delivery.received_resend_seconds and
 # delivery.max_unacknowledged_received.
+# The sent journal: cluster.journal_retention_hours in Config.
 PROTOCOL = 5
-LAYOUT = "846fc00eec76cd71"
+LAYOUT = "c8d32d6d759d65c5"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",
