@@ -50,7 +50,7 @@ from actors.messages import (
     StartSession,
     StatusChanged,
 )
-from actors.session.links import ACCOUNT_CHANGED, wrong_account
+from actors.session.links import ACCOUNT_CHANGED, not_connected_yet, wrong_account
 from actors.session.machine import (
     Action,
     ArmConnectTimeout,
@@ -673,6 +673,12 @@ class SessionActor(BridgedActor):
             self.send(sender, DeliveryResults(tuple(
                 DeliveryResult(d.message_id, ok=False, reason="NOT_CONNECTED",
                                error="the session has no live connection") for d in msg.items)))
+            return
+        if not_connected_yet(self.machine.status if self.machine is not None else None):
+            self.send(sender, DeliveryResults(tuple(
+                DeliveryResult(d.message_id, ok=False, reason="NOT_CONNECTED",
+                               error="the session's connection is not up yet")
+                for d in msg.items)))
             return
         answered: list[DeliveryResult] = []
         quick: list[Deliver] = []  # texts for an engine that sends a batch at once

@@ -62,6 +62,15 @@ def wrong_account(bound: str | None, live: str | None) -> str | None:
             "the new account")
 
 
+def not_connected_yet(status: SessionStatus | None) -> bool:
+    """Whether a message handed over now must wait rather than be judged by account:
+    a process whose connection has not come up (a restarted process's first moments,
+    a reconnect) does not know its account yet, and "unknown" must not fail a message
+    for good (``ACCOUNT_CHANGED`` is permanent) when the same account is about to
+    report. Such a message is answered NOT_CONNECTED and handed over again later."""
+    return status is None or status.state is not SessionState.CONNECTED
+
+
 def keep_account(old: SessionStatus | None, new: SessionStatus) -> SessionStatus:
     """A paired session reports no phone until its connection is up (after a restart,
     or a crash): keep the account known from before, so messages queued meanwhile are

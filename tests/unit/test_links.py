@@ -13,6 +13,7 @@ from actors.session.links import (
     keep_account,
     link_ended,
     new_entry,
+    not_connected_yet,
     over_limit,
     updated_entry,
     wrong_account,
@@ -97,3 +98,14 @@ def test_an_oversized_registry_sheds_only_sessions_that_hold_nothing() -> None:
     linked_only = {f"linked{i}": new_entry(i) | {"paired": True} for i in range(7)}
     assert over_limit(linked_only, 5, (), lambda name: False) == []  # nothing to drop
     assert over_limit(sessions, 50, (), lambda name: False) == []
+
+
+def test_a_message_handed_to_a_process_not_connected_yet_waits_instead_of_failing() -> None:
+    """A restarted process gets a resent message before its connection says which
+    account it is: "unknown" must not fail it for good (ACCOUNT_CHANGED is permanent);
+    it waits (NOT_CONNECTED) until the account is known. Seen with a resend after a
+    fenced session process: the recipient had the message, the caller heard FAILED."""
+    assert not_connected_yet(None)
+    for state in SessionState:
+        status = SessionStatus("s1", state, phone="15551234567")
+        assert not_connected_yet(status) == (state is not SessionState.CONNECTED)
