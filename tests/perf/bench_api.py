@@ -101,6 +101,11 @@ DEFAULT_CLIENTS = (1, 5, 50)  # the growth table's closed-loop client counts
 
 SEND_MUTATION = ("mutation Send($phoneNumber: String!, $message: String!) { "
                  "sendWhatsAppNotification(phoneNumber: $phoneNumber, message: $message) }")
+# The same send naming its session: a load spread over several sessions (bench_cluster).
+SEND_SESSION_MUTATION = (
+    "mutation Send($phoneNumber: String!, $message: String!, $session: String) { "
+    "sendWhatsAppNotification(phoneNumber: $phoneNumber, message: $message, "
+    "session: $session) }")
 STATUS_QUERY = "query { whatsAppStatus { connected qrCode qrCodeSvg } }"
 NOOP_MUTATION = "mutation { noop }"
 NOOP_QUERY = "query { noop }"
@@ -133,6 +138,8 @@ class Settings:
     recipients: int  # distinct phone numbers the sends cycle through
     open_runs: int = 5  # separate open-loop send windows (the p99 target holds in each)
     clients: tuple[int, ...] = DEFAULT_CLIENTS  # growth table: closed-loop clients per row
+    # Sessions the sends name, in turn; () = none named (the token's "default")
+    sessions: tuple[str, ...] = ()
 
 
 def recipients(count: int) -> list[str]:
@@ -173,12 +180,20 @@ def audited_sends(data_dir: Path, actor: str = BENCH_TOKEN_NAME) -> int:
     return count
 
 
-def build_payloads(kind: str, port: int, numbers: list[str], token: str) -> list[bytes]:
+def build_payloads(kind: str, port: int, numbers: list[str], token: str,
+                   sessions: tuple[str, ...] = ()) -> list[bytes]:
     """Complete HTTP requests, serialised once: the hot loop only writes bytes. Each
-    carries ``Authorization: Bearer <token>`` (the floor gets one too and ignores it)."""
+    carries ``Authorization: Bearer <token>`` (the floor gets one too and ignores it).
+    ``sessions``: sends name these sessions in turn (one per recipient), so that a load
+    spreads over them; none named, each send goes to the default session."""
     document = OPERATIONS[kind][0]
     bodies: list[dict[str, Any]]
-    if kind == "send":
+    if kind == "send" and sessions:
+        bodies = [{"query": SEND_SESSION_MUTATION,
+                   "variables": {"phoneNumber": n, "message": SEND_TEXT,
+                                 "session": sessions[i % len(sessions)]}}
+                  for i, n in enumerate(numbers)]
+    elif kind == "send":
         bodies = [{"query": document, "variables": {"phoneNumber": n, "message": SEND_TEXT}}
                   for n in numbers]
     else:
@@ -337,7 +352,8 @@ def load_process(spec: dict[str, Any], ready: Any, go: Any, start_at: Any, resul
     """One generator process (multiprocessing target): open the connections, report
     ready, wait for the common start time, run the threads, report the figures."""
     kind, port, threads = spec["kind"], spec["port"], spec["threads"]
-    payloads = build_payloads(kind, port, recipients(spec["recipients"]), spec["token"])
+    payloads = build_payloads(kind, port, recipients(spec["recipients"]), spec["token"],
+                              tuple(spec.get("sessions", ())))
     conns = [Connection(port) for _ in range(threads)]
     for conn in conns:
         conn.connect()  # the TCP handshake is not part of any measured request
@@ -595,7 +611,8 @@ def run_phase(name: str, kind: str, mode: str, port: int, token: str, settings: 
     specs = [{"index": i, "kind": kind, "port": port, "threads": n, "mode": mode,
               "first_thread": sum(split[:i]), "all_threads": sum(split),
               "warmup": warmup, "duration": duration, "rate": settings.rate,
-              "recipients": settings.recipients, "token": token}
+              "recipients": settings.recipients, "token": token,
+              "sessions": settings.sessions}
              for i, n in enumerate(split)]
     procs = [ctx.Process(target=load_process, args=(spec, ready, go, start_at, results),
                          name=f"bench-{kind}-{mode}-{i}", daemon=True)
