@@ -17,8 +17,11 @@ load as ``bench_api``'s closed loop (its generator, its CPU sampling, its phase)
     session is placed on the member (checked, and printed). The same load goes to the
     leader's API.
 
-Printed for both: sends/s, p50/p99, and CPU per send summed over every gateway process
-of every host (launchers, actor systems, web tiers), read from /proc over the window;
+Both systems run side by side, idle but for the load; the windows alternate (single,
+multi, single, multi, ...: ``--rounds``, default 3), so a drift in what the rest of a shared
+machine does hits both modes alike. Printed for both, per window and over all windows:
+sends/s, p50/p99, and CPU per send summed over every gateway process of every host
+(launchers, actor systems, web tiers), read from /proc over the window;
 PostgreSQL's CPU on its own line; then the ratio multi/single. The issue sets no target:
 these are figures, not PASS/FAIL. Correctness is checked: every send answered true and
 the simulated inbox holds one message per successful send.
@@ -37,8 +40,8 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,24 +145,56 @@ def ratio(multi: float, single: float) -> float:
     return multi / single
 
 
-def figures(mode: str, phase: Phase, inbox: int | None) -> Figures:
+def merge_phases(phases: list[Phase]) -> Phase:
+    """Several windows of one load as one: latencies pooled, counts and CPU seconds
+    added, windows added (throughput = all answered sends / all measured time), the
+    machine's busy cores averaged over the time."""
+    window = sum(p.window for p in phases)
+    cpu: dict[str, float] = {}
+    for phase in phases:
+        for label, seconds in phase.cpu.items():
+            cpu[label] = cpu.get(label, 0.0) + seconds
+    return replace(
+        phases[0], window=window, latencies=sorted(x for p in phases for x in p.latencies),
+        errors=sum(p.errors for p in phases), total_ok=sum(p.total_ok for p in phases),
+        total_errors=sum(p.total_errors for p in phases),
+        samples=[x for p in phases for x in p.samples][:5],
+        max_lag=max(p.max_lag for p in phases), cpu=cpu,
+        busy=sum(p.busy * p.window for p in phases) / window if window else float("nan"),
+        connections={}, tcp_opens=sum(p.tcp_opens for p in phases), run=0)
+
+
+def figures(mode: str, phase: Phase, load: tuple[float, float, float],
+            inbox: int | None = None) -> Figures:
     served = phase.ok + phase.errors
     gateway_ms, database_ms = cpu_per_send(phase.cpu, served)
     return Figures(mode=mode, throughput=phase.throughput, p50_ms=phase.pct(50),
                    p99_ms=phase.pct(99), gateway_cpu_ms=gateway_ms,
                    postgres_cpu_ms=database_ms, errors=phase.errors,
                    sent_ok=phase.total_ok, sent_failed=phase.total_errors, inbox=inbox,
-                   other_cores=phase.other_cores(), load=os.getloadavg(),
+                   other_cores=phase.other_cores(), load=load,
                    top=top_processes(phase.cpu, served), samples=phase.samples)
 
 
 # --------------------------------------------------------------------------- gateways
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One system under load: where the load goes, how its processes are named for
+    the CPU table, how many messages its simulated inbox holds."""
+
+    mode: str
+    port: int
+    token: str
+    labels: Callable[[], dict[int, str]]
+    inbox: Callable[[int], int]  # expected count -> count, waiting up to 5 s for it
+    where: str  # where the sessions run
+
+
 def host_labels(gateway: Gateway, prefix: str) -> dict[int, str]:
     """Every process of one running gateway, named for the CPU table: its web tier,
-    its actor processes (session processes by the pids ``/admin/health`` gives, since
-    the shared session store is outside the host's data_dir), its launcher."""
+    its actor processes, its launcher."""
     state = gateway.run_state() or {}
     labels = {**label_web_group(int(state["web_pgid"]), "gw"),
               **label_actor_group(int(state["actor_pgid"]), gateway.data_dir)}
@@ -173,7 +208,9 @@ def session_pids(leader: Gateway) -> dict[str, int]:
 
 
 def name_sessions(labels: dict[int, str], pids: dict[str, int]) -> dict[int, str]:
-    """Label the session processes found among ``labels`` ``<host> session <name>``."""
+    """Label the session processes found among ``labels`` ``<host> session <name>``
+    (by the pids ``/admin/health`` gives: a cluster's session store is outside the
+    host's data_dir, where ``label_actor_group`` looks)."""
     named = dict(labels)
     for session, pid in pids.items():
         if pid in named:
@@ -220,8 +257,9 @@ def stopped_at_the_end(*gateways: Gateway) -> Iterator[None]:
                 print(f"gateway processes had to be killed: {leaked}", flush=True)
 
 
-def measure_single(root: Path, settings: Settings) -> Figures:
-    """(a): one gateway, the sessions linked on it, the load on its API."""
+@contextlib.contextmanager
+def single_host(root: Path, settings: Settings) -> Iterator[Target]:
+    """(a): one gateway with the sessions linked on it; stopped on the way out."""
     root.mkdir()
     gateway = Gateway(root, base_overrides(settings))
     token = load_token(gateway, settings.sessions)
@@ -232,16 +270,10 @@ def measure_single(root: Path, settings: Settings) -> Figures:
         for session in settings.sessions:
             gateway.link(session)
         pids = session_pids(gateway)
-
-        def labels() -> dict[int, str]:
-            return name_sessions(host_labels(gateway, "single"), pids)
-
-        print(f"  sendWhatsAppNotification [closed loop, {settings.concurrency} clients] ...",
-              flush=True)
-        phase = run_phase("single-host send", "send", "closed", gateway.port, token,
-                          settings, labels)
-        inbox = inbox_count(gateway.data_dir, None, phase.total_ok)
-    return figures("single-host", phase, inbox)
+        yield Target("single-host", gateway.port, token,
+                     lambda: name_sessions(host_labels(gateway, "single"), pids),
+                     lambda expected: inbox_count(gateway.data_dir, None, expected),
+                     ", ".join(f"{s} (pid {pids.get(s)})" for s in settings.sessions))
 
 
 def cluster_gateways(root: Path, settings: Settings, url: str) -> tuple[Gateway, Gateway]:
@@ -281,9 +313,10 @@ def placements(leader: Gateway, member: Gateway, sessions: tuple[str, ...]) -> s
     return ", ".join(where)
 
 
-def measure_multi(root: Path, settings: Settings, bindir: Path) -> tuple[Figures, str]:
-    """(b): PostgreSQL, a leader and a member; the sessions on the member, the load on
-    the leader's API. Returns the figures and where the sessions ran."""
+@contextlib.contextmanager
+def multi_host(root: Path, settings: Settings, bindir: Path) -> Iterator[Target]:
+    """(b): PostgreSQL, a leader and a member, the sessions on the member, the load to
+    the leader's API. Gateways stopped and the database removed on the way out."""
     root.mkdir()
     pg = PgCluster(bindir)
     try:
@@ -308,15 +341,30 @@ def measure_multi(root: Path, settings: Settings, bindir: Path) -> tuple[Figures
                          **{pid: f"{POSTGRES} {pid}" for pid in pg.processes()}}
                 return name_sessions(named, pids)
 
-            print(f"  sendWhatsAppNotification [closed loop, {settings.concurrency} clients, "
-                  "to the leader] ...", flush=True)
-            phase = run_phase("multi-host send", "send", "closed", leader.port, token,
-                              settings, labels)
-            inbox = inbox_count(leader.data_dir, root / "shared" / "simulator",
-                                phase.total_ok)
+            yield Target("multi-host", leader.port, token, labels,
+                         lambda expected: inbox_count(leader.data_dir,
+                                                      root / "shared" / "simulator", expected),
+                         where)
     finally:
         pg.destroy()
-    return figures("multi-host", phase, inbox), where
+
+
+def measure(targets: list[Target], settings: Settings, rounds: int
+            ) -> dict[str, list[tuple[Phase, tuple[float, float, float]]]]:
+    """``rounds`` rounds, each one window per target in turn: on a shared machine the
+    load of others drifts, and alternating exposes both modes to the same drift.
+    Returns each mode's (phase, load average after it) per round."""
+    measured: dict[str, list[tuple[Phase, tuple[float, float, float]]]] = {
+        t.mode: [] for t in targets}
+    for round_no in range(1, rounds + 1):
+        for target in targets:
+            print(f"  round {round_no} of {rounds}: {target.mode}, sendWhatsAppNotification "
+                  f"[closed loop, {settings.concurrency} clients] ...", flush=True)
+            phase = run_phase(f"{target.mode} send", "send", "closed", target.port,
+                              target.token, settings, target.labels)
+            phase.run = round_no
+            measured[target.mode].append((phase, os.getloadavg()))
+    return measured
 
 
 # --------------------------------------------------------------------------- report
@@ -326,39 +374,54 @@ def _num(value: float, width: int = 8, digits: int = 2) -> str:
     return f"{'n/a':>{width}}" if value != value else f"{value:{width}.{digits}f}"
 
 
-def print_report(settings: Settings, single: Figures, multi: Figures, where: str) -> None:
+def _row(label: str, row: Figures) -> str:
+    load = "/".join(f"{x:.1f}" for x in row.load)
+    return (f"{label:16} {_num(row.throughput, 8, 1)} {row.errors:6d} "
+            f"{_num(row.p50_ms)} {_num(row.p99_ms)} {_num(row.gateway_cpu_ms, 11)} "
+            f"{_num(row.postgres_cpu_ms, 12)} {_num(row.other_cores, 5)} {load:>15}")
+
+
+def print_report(settings: Settings, rounds: dict[str, list[Figures]],
+                 total: dict[str, Figures], targets: list[Target]) -> None:
     out = print
+    single, multi = total["single-host"], total["multi-host"]
+    count = len(rounds["single-host"])
     out()
-    out("=" * 100)
+    out("=" * 104)
     out("wagate cluster benchmark (issue 22): multi-host vs single-host, one machine")
     out(f"machine: {os.cpu_count()} CPUs | gunicorn gthread workers={settings.workers} "
         f"threads={settings.threads} on every host")
     out(f"closed loop: {settings.concurrency} keep-alive connections ({settings.procs} "
-        f"processes), {settings.warmup:g} s warm-up + {settings.duration:g} s measured, "
-        f"sends spread over {len(settings.sessions)} sessions "
-        f"({', '.join(settings.sessions)})")
+        f"processes), {settings.warmup:g} s warm-up + {settings.duration:g} s measured per "
+        f"window, {count} rounds of one window per mode in turn; sends spread over "
+        f"{len(settings.sessions)} sessions ({', '.join(settings.sessions)})")
     out(f"multi-host: leader {LEADER} (no session slot) + member {MEMBER} on 127.0.0.1, "
         f"heartbeat {HEARTBEAT['heartbeat_seconds']:g} s x {HEARTBEAT['heartbeat_misses']}, "
         f"lease {LEASE['lease_seconds']:g} s / renew {LEASE['lease_renew_seconds']:g} s / "
         f"margin {LEASE['lease_margin_seconds']:g} s in PostgreSQL; load sent to the leader")
-    out(f"  {where}")
-    out("-" * 100)
-    out(f"{'mode':12} {'sends/s':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} "
+    for target in targets:
+        out(f"  {target.mode} sessions: {target.where}")
+    out("-" * 104)
+    out(f"{'mode':16} {'sends/s':>8} {'errors':>6} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'gateway CPU':>11} {'postgres CPU':>12} {'other':>5} {'load avg':>15}")
-    out(f"{'':12} {'':>8} {'':>6} {'':>8} {'':>8} {'ms/send':>11} {'ms/send':>12} "
-        f"{'cores':>5}")
-    for row in (single, multi):
-        load = "/".join(f"{x:.1f}" for x in row.load)
-        out(f"{row.mode:12} {_num(row.throughput, 8, 1)} {row.errors:6d} "
-            f"{_num(row.p50_ms)} {_num(row.p99_ms)} {_num(row.gateway_cpu_ms, 11)} "
-            f"{_num(row.postgres_cpu_ms, 12)} {_num(row.other_cores, 5)} {load:>15}")
-    out("-" * 100)
-    for label, m, s in (("sends/s", multi.throughput, single.throughput),
-                        ("p50", multi.p50_ms, single.p50_ms),
+    out(f"{'':16} {'':>8} {'':>6} {'':>8} {'':>8} {'ms/send':>11} {'ms/send':>12} "
+        f"{'cores':>5} {'after window':>15}")
+    for i in range(count):
+        for mode in ("single-host", "multi-host"):
+            out(_row(f"{mode} r{i + 1}", rounds[mode][i]))
+    for mode in ("single-host", "multi-host"):
+        out(_row(f"{mode} all", total[mode]))
+    out("-" * 104)
+    per_round = ", ".join(_num(ratio(m.throughput, s.throughput), 0)
+                          for s, m in zip(rounds["single-host"], rounds["multi-host"],
+                                          strict=True))
+    out(f"figure: sends/s multi/single {_num(ratio(multi.throughput, single.throughput), 0)}"
+        f" (by round: {per_round})")
+    for label, m, s in (("p50", multi.p50_ms, single.p50_ms),
                         ("p99", multi.p99_ms, single.p99_ms),
                         ("gateway CPU per send", multi.gateway_cpu_ms, single.gateway_cpu_ms)):
         out(f"figure: {label} multi/single {_num(ratio(m, s), 0)}")
-    out("-" * 100)
+    out("-" * 104)
     for row in (single, multi):
         out(f"correctness ({row.mode}): {row.sent_ok}/{row.sent_ok + row.sent_failed} sends "
             f"answered true (warm-up included), simulated inbox {row.inbox}"
@@ -368,27 +431,39 @@ def print_report(settings: Settings, single: Figures, multi: Figures, where: str
         out(f"  busiest processes ({row.mode}), CPU ms/send: {row.top}")
     out("'other cores': CPU the rest of the machine used during the window (others' jobs, "
         "this script); a high figure means a disturbed window: rerun")
-    out("=" * 100)
+    out("=" * 104)
 
 
 # --------------------------------------------------------------------------- main
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, rounds: int) -> int:
     bindir = find_bindir()
     if bindir is None:
         print("PostgreSQL's initdb and postgres are not installed (scripts/system-deps as "
               "root): the multi-host mode with leases cannot be measured", file=sys.stderr)
         return 1
-    with tempfile.TemporaryDirectory(prefix="wagate-bench-cluster-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="wagate-bench-cluster-") as tmp, \
+            contextlib.ExitStack() as stack:
         root = Path(tmp)
-        single = measure_single(root / "single", settings)
-        multi, where = measure_multi(root / "multi", settings, bindir)
-    print_report(settings, single, multi, where)
+        targets = [stack.enter_context(single_host(root / "single", settings)),
+                   stack.enter_context(multi_host(root / "multi", settings, bindir))]
+        measured = measure(targets, settings, rounds)
+        by_round = {mode: [figures(mode, phase, load) for phase, load in runs]
+                    for mode, runs in measured.items()}
+        total = {}
+        for target in targets:
+            merged = merge_phases([phase for phase, _ in measured[target.mode]])
+            loads = [load for _, load in measured[target.mode]]
+            worst = max(loads, key=lambda load: load[0])
+            total[target.mode] = figures(target.mode, merged, worst,
+                                         target.inbox(merged.total_ok))
+    print_report(settings, by_round, total, targets)
     return 0
 
 
-def parse_args(argv: list[str] | None) -> Settings:
+def parse_args(argv: list[str] | None) -> tuple[Settings, int]:
+    """The load's settings and the number of rounds."""
     defaults = HttpConfig()
     parser = argparse.ArgumentParser(prog="python -m tests.perf.bench_cluster",
                                      description=__doc__.splitlines()[0])
@@ -398,6 +473,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS,
                         help="closed-loop keep-alive connections (default %(default)s)")
     parser.add_argument("--procs", type=int, default=2, help="closed-loop generator processes")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of one window per mode in turn (default %(default)s)")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--recipients", type=int, default=500)
@@ -406,7 +483,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="gunicorn threads per worker (default: the product's)")
     args = parser.parse_args(argv)
-    for name in ("sessions", "clients", "procs", "recipients"):
+    for name in ("sessions", "clients", "procs", "recipients", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if not (args.duration > 0 and args.warmup >= 0):
@@ -415,11 +492,12 @@ def parse_args(argv: list[str] | None) -> Settings:
                     procs=min(args.procs, args.clients), warmup=args.warmup,
                     duration=args.duration, rate=1.0, open_duration=0.0, open_threads=1,
                     recipients=args.recipients, open_runs=1, clients=(),
-                    sessions=session_names(args.sessions))
+                    sessions=session_names(args.sessions)), args.rounds
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    settings, rounds = parse_args(argv)
+    return run(settings, rounds)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ import math
 
 import pytest
 
-from tests.perf.bench_api import build_payloads
+from tests.perf.bench_api import Phase, build_payloads
 from tests.perf.bench_cluster import (
     cpu_per_send,
+    merge_phases,
     merge_sections,
     name_sessions,
     ratio,
@@ -77,3 +78,22 @@ def test_sends_name_the_sessions_in_turn() -> None:
     unnamed = json.loads(build_payloads("send", 8080, ["+14155550100"], "wgt_x")[0]
                          .split(b"\r\n\r\n", 1)[1])
     assert "session" not in unnamed["variables"]
+
+
+def _phase(window: float, latencies: list[float], cpu: dict[str, float], busy: float,
+           errors: int = 0) -> Phase:
+    return Phase(name="send", kind="send", mode="closed", window=window,
+                 latencies=latencies, errors=errors, total_ok=len(latencies) + 1,
+                 total_errors=errors, samples=[], max_lag=0.0, cpu=cpu, busy=busy,
+                 connections={}, tcp_opens=0)
+
+
+def test_merged_windows_pool_latencies_and_add_time_and_cpu() -> None:
+    merged = merge_phases([_phase(10.0, [0.3, 0.1], {"a": 1.0, "b": 2.0}, 1.0),
+                           _phase(30.0, [0.2], {"a": 3.0}, 2.0, errors=1)])
+    assert merged.window == 40.0
+    assert merged.latencies == [0.1, 0.2, 0.3]
+    assert merged.throughput == pytest.approx(3 / 40)
+    assert merged.cpu == {"a": 4.0, "b": 2.0}
+    assert merged.busy == pytest.approx(1.75)  # weighted by each window's length
+    assert (merged.errors, merged.total_ok, merged.total_errors) == (1, 5, 1)
