@@ -26,7 +26,8 @@ PostgreSQL's CPU on its own line; then the ratio multi/single. The issue sets no
 these are figures, not PASS/FAIL. Correctness is checked: every send answered true and
 the simulated inbox holds one message per successful send.
 
-Run: ``python -m tests.perf.bench_cluster`` (``--help`` for knobs; about 2 minutes).
+Run: ``python -m tests.perf.bench_cluster`` (``--help`` for knobs; about 2 minutes,
+nearer 3 on a loaded machine).
 Exits 0 whatever the figures; only a benchmark that could not run fails. Only
 127.0.0.1 is ever contacted; every process, the PostgreSQL cluster and the temporary
 directories are gone at the end, also on an error or Ctrl-C.
@@ -242,19 +243,26 @@ def base_overrides(settings: Settings) -> dict[str, dict[str, Any]]:
         "sessions": {"max_sessions": max(5, len(settings.sessions))}})
 
 
+def stop_and_clean(gateway: Gateway) -> None:
+    """Stop ``gateway`` gracefully, then kill whatever is left, reporting it; the kill
+    also runs when the stop is interrupted (a second Ctrl-C, a SIGTERM)."""
+    try:
+        with contextlib.suppress(AssertionError):
+            gateway.stop()
+    finally:
+        leaked = gateway.cleanup()
+        if leaked:
+            print(f"gateway processes had to be killed: {leaked}", flush=True)
+
+
 @contextlib.contextmanager
 def stopped_at_the_end(*gateways: Gateway) -> Iterator[None]:
-    """Stop ``gateways`` in reverse order on the way out, whatever happened; anything a
-    graceful stop leaves is killed and reported."""
-    try:
+    """Stop ``gateways`` in reverse order on the way out, whatever happened: each one's
+    stop runs even when another's raised."""
+    with contextlib.ExitStack() as stack:
+        for gateway in gateways:
+            stack.callback(stop_and_clean, gateway)
         yield
-    finally:
-        for gateway in reversed(gateways):
-            with contextlib.suppress(AssertionError):
-                gateway.stop()
-            leaked = gateway.cleanup()
-            if leaked:
-                print(f"gateway processes had to be killed: {leaked}", flush=True)
 
 
 @contextlib.contextmanager
@@ -475,8 +483,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, int]:
     parser.add_argument("--procs", type=int, default=2, help="closed-loop generator processes")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of one window per mode in turn (default %(default)s)")
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--recipients", type=int, default=500)
     parser.add_argument("--workers", type=int, default=defaults.workers,
                         help="gunicorn workers on every host (default: the product's)")
