@@ -90,7 +90,7 @@ class Figures:
     sent_failed: int
     inbox: int | None  # messages in the simulated inbox after the load
     other_cores: float  # cores the rest of the machine used during the window
-    load: tuple[float, float, float]  # load average when the window ended
+    load: tuple[float, float, float]  # load average after the window (all: the highest)
     top: str  # the busiest gateway processes, CPU ms per send
     samples: list[str]
 
@@ -167,6 +167,7 @@ def merge_phases(phases: list[Phase]) -> Phase:
 
 def figures(mode: str, phase: Phase, load: tuple[float, float, float],
             inbox: int | None = None) -> Figures:
+    """A report row from a window (or pooled windows) of ``mode``."""
     served = phase.ok + phase.errors
     gateway_ms, database_ms = cpu_per_send(phase.cpu, served)
     return Figures(mode=mode, throughput=phase.throughput, p50_ms=phase.pct(50),
@@ -438,7 +439,8 @@ def print_report(settings: Settings, rounds: dict[str, list[Figures]],
             out(f"  error samples: {row.samples}")
         out(f"  busiest processes ({row.mode}), CPU ms/send: {row.top}")
     out("'other cores': CPU the rest of the machine used during the window (others' jobs, "
-        "this script); a high figure means a disturbed window: rerun")
+        "this script, the other mode's idle gateways); a high figure means a disturbed "
+        "window: rerun")
     out("=" * 104)
 
 
