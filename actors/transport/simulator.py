@@ -38,6 +38,13 @@ must heed increases) and reuses what it read of the device, drop marks, injected
 failures and automatic receipts while that version holds; a batch of sends
 (``send_texts``) lands in the inbox in one transaction.
 The key names and value layout of the server side are private to this module.
+
+A QR code's window is a duration, so it runs on ``CLOCK_BOOTTIME``
+(``gateway.core.clock.boot_clock``: one clock for every process of the host) as the
+real engine's does on the monotonic clock; its ``expires_at`` is the date shown. On
+the wall clock a session process stepped back an hour offered codes that
+``wagate sim scan`` (on the host's clock) found expired an hour ago, and a step
+forward expired every code at once.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ from actors.transport.base import (
 )
 from actors.transport.bells import BellWatch, open_watch
 from actors.transport.connection_log import ConnectionRecord, Kind, parse_records
+from gateway.core.clock import boot_clock
 from gateway.core.config import QrConfig, SimulatorConfig
 from gateway.core.errors import WagateError
 from gateway.core.files import write_atomic
@@ -112,7 +120,8 @@ class SimulatorError(WagateError):
 
 
 def _qr_key(session: str) -> tuple[str, str]:
-    """The session's pending QR code: {code, expires_at, phone (set once scanned)}."""
+    """The session's pending QR code: {code, expires_at (the date shown), window_ends
+    (on the boot clock: what expires it), phone (set once scanned)}."""
     return ("qr", session)
 
 
@@ -257,7 +266,7 @@ class SimulatorServer:
         """
         with self._cache.transact(retry=True):
             pending = self._cache.get(_qr_key(session))
-            problem = _scan_problem(session, pending, time.time())
+            problem = _scan_problem(session, pending, boot_clock())
             if problem is not None:
                 raise SimulatorError(problem)
             if code is not None:
@@ -468,7 +477,7 @@ class SimulatorServer:
     def pending_qr(self, session: str) -> dict[str, Any] | None:
         """The session's scannable QR code as {code, expires_at}, or None."""
         pending = self._cache.get(_qr_key(session))
-        if _scan_problem(session, pending, time.time()) is not None:
+        if _scan_problem(session, pending, boot_clock()) is not None:
             return None
         return {"code": pending["code"], "expires_at": pending["expires_at"]}
 
@@ -591,13 +600,15 @@ class SimulatorServer:
             return _UNLINKED_FROM_PHONE
         return _UNKNOWN_DEVICE
 
-    def _offer_qr(self, session: str, code: str, expires_at: float) -> None:
+    def _offer_qr(self, session: str, code: str, expires_at: float, window_ends: float
+                  ) -> None:
         """Make ``code`` the session's scannable QR code, replacing any earlier one
         (a pairing code requested during this pairing stays valid, as on WhatsApp)."""
         with self._cache.transact(retry=True):
             earlier = self._cache.get(_qr_key(session)) or {}
             kept = {k: earlier[k] for k in ("pairing_code", "pairing_phone") if k in earlier}
             self._cache.set(_qr_key(session), {"code": code, "expires_at": expires_at,
+                                               "window_ends": window_ends,
                                                "phone": None, **kept})
 
     def _offer_pairing_code(self, session: str, phone: str) -> str:
@@ -622,13 +633,12 @@ class SimulatorServer:
         """
         with self._cache.transact(retry=True):
             pending = self._cache.get(_qr_key(session))
-            now = time.time()
             if pending is None or pending["code"] != code:
                 return "expired"  # withdrawn or replaced by another client
             if pending["phone"] is None:
-                return "waiting" if now < pending["expires_at"] else "expired"
+                return "waiting" if boot_clock() < _window_ends(pending) else "expired"
             device = {"device_id": secrets.token_hex(8), "phone": pending["phone"],
-                      "linked_at": now}
+                      "linked_at": time.time()}  # a date
             self._cache.set(_device_key(session), device)
             self._cache.delete(_qr_key(session))
             self._bump()
@@ -772,14 +782,22 @@ class SimulatorServer:
         return list(waiting)
 
 
-def _scan_problem(session: str, pending: dict[str, Any] | None, now: float) -> str | None:
-    """Why the session's pending QR code cannot be scanned now (None when it can)."""
+def _window_ends(pending: dict[str, Any]) -> float:
+    """When a pending QR code expires, on the boot clock (an entry written before the
+    window was kept there has none: expired)."""
+    return float(pending.get("window_ends", 0.0))
+
+
+def _scan_problem(session: str, pending: dict[str, Any] | None, boot_now: float
+                  ) -> str | None:
+    """Why the session's pending QR code cannot be scanned at ``boot_now`` (the boot
+    clock, see ``_window_ends``); None when it can."""
     if pending is None:
         return (f"no QR code is pending for session {session!r}; start pairing "
                 "(connect the session without credentials) and scan while a code is shown")
     if pending["phone"] is not None:
         return f"the QR code of session {session!r} was already scanned; wait for it to link"
-    if now >= pending["expires_at"]:
+    if boot_now >= _window_ends(pending):
         return (f"the QR code of session {session!r} has expired; wait for the next code "
                 "and scan again")
     return None
@@ -1158,8 +1176,8 @@ class SimulatorTransport(Transport):
             for index in range(self._qr.codes):
                 code = _qr_payload(keys)
                 ttl = self._qr.first_seconds if index == 0 else self._qr.next_seconds
-                expires_at = time.time() + ttl
-                self._server._offer_qr(self._session, code, expires_at)
+                expires_at = time.time() + ttl  # the date shown; the window is:
+                self._server._offer_qr(self._session, code, expires_at, boot_clock() + ttl)
                 if not self._emit(conn, QrCode(code, expires_at)):
                     return None
                 device = self._await_scan(conn, code)

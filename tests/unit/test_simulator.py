@@ -32,7 +32,13 @@ from actors.transport.base import (
     Receipt,
     SendError,
 )
-from actors.transport.simulator import SimulatorError, SimulatorServer, SimulatorTransport
+from actors.transport.simulator import (
+    SimulatorError,
+    SimulatorServer,
+    SimulatorTransport,
+    _qr_key,
+)
+from gateway.core.clock import boot_clock
 from gateway.core.config import QrConfig, SimulatorConfig, load_config
 from tests.unit.sim_helpers import (
     FAST_SIM,
@@ -154,6 +160,44 @@ def test_qr_codes_expire_then_pairing_times_out(make: MakeTransport,
     with pytest.raises(SimulatorError, match="no QR code is pending"):
         server.scan("s1")
     assert not transport.has_credentials()
+
+
+def _step_shown_expiry(server: SimulatorServer, session: str, seconds: float) -> None:
+    """Shift the pending code's date as a session process whose wall clock was stepped
+    by ``seconds`` (NTP, a resumed VM) would have written it."""
+    with server._cache.transact(retry=True):
+        pending = server._cache.get(_qr_key(session))
+        server._cache.set(_qr_key(session), {**pending,
+                                             "expires_at": pending["expires_at"] + seconds})
+
+
+def test_a_qr_code_shown_an_hour_in_the_past_still_links_within_its_window(
+        make: MakeTransport, server: SimulatorServer) -> None:
+    """The session's wall clock an hour behind the scanner's: the date it shows is an
+    hour gone, but the window runs on the host's boot clock and is open (it used to be
+    "expired" for ``wagate sim scan``, so a session stepped back could not link)."""
+    transport = make()
+    log = EventLog()
+    transport.connect(log)
+    (code,) = log.wait_count(QrCode)
+    _step_shown_expiry(server, "s1", -3600.0)
+    assert server.pending_qr("s1") == {"code": code.code, "expires_at": code.expires_at - 3600}
+    phone = server.scan("s1")
+    assert log.wait_count(Connected) == [Connected(phone)]
+
+
+def test_a_qr_code_window_ends_on_the_boot_clock_whatever_date_it_shows(
+        server: SimulatorServer) -> None:
+    """A date an hour ahead (the session's clock stepped forward) keeps no code open
+    past its window, and a date an hour gone closes none still in it."""
+    server._offer_qr("ahead", "2@code", time.time() + 3600, boot_clock() - 0.001)
+    assert server.pending_qr("ahead") is None
+    with pytest.raises(SimulatorError, match="has expired"):
+        server.scan("ahead")
+    assert server._poll_qr("ahead", "2@code") == "expired"
+    server._offer_qr("behind", "2@code", time.time() - 3600, boot_clock() + 60)
+    assert server.pending_qr("behind") is not None
+    assert server._poll_qr("behind", "2@code") == "waiting"
 
 
 def test_scan_without_a_pending_code_says_what_to_do(server: SimulatorServer) -> None:
