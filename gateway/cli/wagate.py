@@ -436,11 +436,10 @@ def cmd_sim_scan(args: argparse.Namespace) -> int:
             raise SimulatorError(f"no QR code appeared for session '{session}' within "
                                  f"{args.wait:g} s; call whatsAppConnect for it first (a "
                                  "linked session shows none: see `wagate status`)")
-        scanned_at = time.time()
+        before = device_of(server.devices(), session)
         phone = server.scan(session, args.phone, args.code)
         deadline = time.monotonic() + max(1.0, args.wait)
-        while not any(d["session"] == session and d["phone"] == phone
-                      and d["linked_at"] >= scanned_at for d in server.devices()):
+        while not newly_linked(before, server.devices(), session, phone):
             left = deadline - time.monotonic()
             if left <= 0:
                 progress.done()
@@ -455,6 +454,22 @@ def cmd_sim_scan(args: argparse.Namespace) -> int:
         return 0
 
     return _run_sim(args, scan)
+
+
+def device_of(devices: list[dict[str, Any]], session: str) -> dict[str, Any] | None:
+    """The session's linked device among ``devices`` (SimulatorServer.devices), or None."""
+    return next((d for d in devices if d["session"] == session), None)
+
+
+def newly_linked(before: dict[str, Any] | None, devices: list[dict[str, Any]], session: str,
+                 phone: str) -> bool:
+    """Whether ``devices`` show ``session`` linked to ``phone`` by a device other than
+    ``before`` (its device when the code was scanned). Not by comparing the device's
+    ``linked_at`` with the time of the scan: the session process writes that date on
+    its own wall clock, which an NTP step or a resumed VM may have moved an hour from
+    this process's, and the scan then never seemed to link."""
+    device = device_of(devices, session)
+    return device is not None and device["phone"] == phone and device != before
 
 
 def already_linked(server: Any, session: str) -> str | None:

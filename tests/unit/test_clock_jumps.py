@@ -12,6 +12,7 @@ import pytest
 from actors.messages import MessageState
 from actors.outbox.limits import Limits
 from actors.outbox.store import MessageStore, NewMessage
+from gateway.cli.wagate import newly_linked
 from gateway.core.clock import SteadyClock, boot_clock
 from gateway.core.config import LimitsConfig
 
@@ -103,3 +104,16 @@ def test_validity_and_retries_keep_their_length_across_a_jump(
         assert [r["id"] for r in store.expire_due(clock())] == [valid["id"]]
     finally:
         store.close()
+
+
+def test_a_scan_is_seen_to_link_whatever_the_session_process_clock_says() -> None:
+    """``wagate sim scan`` waits until the scanned session links. The session process
+    dates the device on its own wall clock: an hour behind the scanner's (a step back
+    there), the link was never seen and the scan failed after its wait."""
+    old = {"session": "s", "phone": "15550001111", "linked_at": START}
+    stepped_back = {"session": "s", "phone": "15550002222", "linked_at": START - HOUR}
+    assert newly_linked(None, [stepped_back], "s", "15550002222")
+    assert newly_linked(old, [{**old, "linked_at": START - HOUR}], "s", "15550001111")
+    assert not newly_linked(old, [old], "s", "15550001111")  # still the device from before
+    assert not newly_linked(None, [stepped_back], "s", "15550001111")  # another phone
+    assert not newly_linked(None, [stepped_back], "other", "15550002222")
