@@ -178,7 +178,10 @@ def _failure(kind: str) -> SendError:
 # (``SimulatorTransport._view``). A plain string: diskcache stores it without pickling.
 _SEND_STATE_KEY = "send-state-version"
 
-_OUTAGES_KEY = ("outages",)  # {session | None: unix time the outage ends}
+# {session | None: when the outage ends on the boot clock}: a duration ("down for N
+# s") set by one process (wagate sim drop) and checked by others, whose wall clocks
+# may be stepped apart.
+_OUTAGES_KEY = ("boot-outages",)
 # {kind, lid}: every message delivered from now on gets such a receipt at once, before
 # its sender hears the server's ack (as a fast recipient's device can manage).
 _AUTO_RECEIPT_KEY = ("auto-receipt",)
@@ -287,7 +290,7 @@ class SimulatorServer:
         ``Disconnected("server unreachable")`` until then (or until ``restore``).
         """
         if down_for > 0:
-            self._extend_outage(session, time.time() + down_for)
+            self._extend_outage(session, boot_clock() + down_for)
         # After the outage is recorded, so a client reconnecting at once sees it.
         self._cache.incr(_drops_key(session), default=0, retry=True)
         self._bump()
@@ -518,7 +521,8 @@ class SimulatorServer:
             os.close(fd)
 
     def _outage_until(self, session: str) -> float:
-        """When the outage affecting ``session`` ends (0 when there is none)."""
+        """When the outage affecting ``session`` ends on the boot clock (0 when there is
+        none)."""
         outages: dict[str | None, float] = self._cache.get(_OUTAGES_KEY, {})
         return max(outages.get(None, 0.0), outages.get(session, 0.0))
 
@@ -1136,7 +1140,7 @@ class SimulatorTransport(Transport):
     def _run(self, conn: _Connection) -> None:
         """The body of one connection: resume or pair, then watch the link."""
         try:
-            if self._server._outage_until(self._session) > time.time():
+            if self._server._outage_until(self._session) > boot_clock():
                 self._finish(conn, Disconnected("server unreachable"))
                 return
             try:

@@ -784,3 +784,14 @@ def test_a_ring_that_cannot_be_made_does_not_fail_the_write(
     log.wait_count(Connected, 2)
     server.reply("s1", RECIPIENT, "polled")
     assert [e.text for e in log.wait_count(IncomingMessage, 2)] == ["rung or not", "polled"]
+
+
+def test_an_outage_lasts_its_seconds_on_the_boot_clock(server: SimulatorServer) -> None:
+    """``drop --down-for`` is set by one process and checked by the session processes:
+    on the wall clock, a session stepped an hour forward found the outage over at once
+    (and one stepped back waited an hour longer). The boot clock is the host's."""
+    server.drop("s1", down_for=60.0)
+    left = server._outage_until("s1") - boot_clock()
+    assert 59.0 < left <= 60.0
+    server.restore()
+    assert server._outage_until("s1") == 0.0
