@@ -211,15 +211,18 @@ class Gateway:
     def __init__(self, root: Path, overrides: dict[str, Any] | None = None,
                  engine: str = "simulator", key_file: Path | None = None,
                  code_dir: Path | None = None, prefix: tuple[str, ...] = (),
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", env: dict[str, str] | None = None) -> None:
         """``engine`` is forced over ``overrides``: the simulator unless a test asks
         for the real engine (which must then get a loopback ``transport.proxy``).
         ``key_file``: another gateway's storage key (the hosts of a cluster share the
         session stores, so they share the key); by default a new one. ``code_dir``:
         run the wagate found there (another version) instead of this one. ``prefix``:
         a command that runs ``wagate serve`` elsewhere, e.g. ``ip netns exec NAME``
-        (tests/netns.py), where its web server listens on ``host``."""
+        (tests/netns.py), where its web server listens on ``host``. ``env``: variables
+        added to the launcher's environment, which every gateway process inherits
+        (e.g. libfaketime's, tests/integration/test_clock_steps.py)."""
         self.root = root
+        self.env = dict(env or {})
         self.code_dir = code_dir
         self.prefix = prefix
         self._names = itertools.count(1)
@@ -302,6 +305,7 @@ class Gateway:
              "--config", str(self.config_path), "--port", str(self.port),
              "--admin-port", str(self.admin_port)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.code_dir,
+            env={**os.environ, **self.env} if self.env else None,
             preexec_fn=_die_with_parent(os.getpid()))
         log.close()
         self.launchers.append(self.process)
