@@ -42,7 +42,7 @@ def test_qr_codes_rotate_then_expire_and_connect_starts_over(
     """WhatsApp rotates pairing codes and closes the window after a while: a client
     showing the code must see it change, then QR_EXPIRED with the reason, and
     whatsAppConnect must open a fresh, scannable pairing window."""
-    gw = make_gateway({"qr": {"first_seconds": 1.0, "next_seconds": 0.6, "codes": 3}}).start()
+    gw = make_gateway({"qr": {"first_seconds": 1.0, "next_seconds": 1.0, "codes": 3}}).start()
     started = time.monotonic()
     assert gw.connect().data == {"whatsAppConnect": True}
     codes: list[str] = []
@@ -58,7 +58,7 @@ def test_qr_codes_rotate_then_expire_and_connect_starts_over(
     final = wait_for(expired, 15, message="the pairing window to close")
     elapsed = time.monotonic() - started
     assert len(codes) >= 2, codes  # rotated at least once (3 codes are offered)
-    assert elapsed >= 1.0 + 0.6 + 0.6 - 0.3, elapsed  # not closed before the last code
+    assert elapsed >= 1.0 + 1.0 + 1.0 - 0.3, elapsed  # not closed before the last code
     assert final["lastError"]["code"] == "QR_EXPIRED"
     assert final["connected"] is False
     assert final["qrCode"] is None and final["qrCodeRaw"] is None
@@ -68,7 +68,7 @@ def test_qr_codes_rotate_then_expire_and_connect_starts_over(
     assert fresh["qrCodeRaw"] not in codes
 
     def scanned() -> bool:
-        """The window is 2.2 s: on a busy machine it can close before `wagate sim`
+        """The window is 3 s: on a busy machine it can close before `wagate sim`
         starts; whatsAppConnect then opens the next one, which is what is checked."""
         if gw.sim("scan", check=False).returncode == 0:
             return True
