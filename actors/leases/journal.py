@@ -147,13 +147,8 @@ class SentJournal:
     # --------------------------------------------------------------------- helpers
 
     def _one(self, statement: LiteralString, params: dict[str, object]) -> TupleRow | None:
-        with self._lock:
-            conn = self._ready()
-            try:
-                return conn.execute(statement, params).fetchone()
-            except psycopg.Error as exc:
-                self._drop()
-                raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        rows = self._all(statement, params)
+        return rows[0] if rows else None
 
     def _all(self, statement: LiteralString, params: dict[str, object]) -> list[TupleRow]:
         with self._lock:

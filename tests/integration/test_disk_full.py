@@ -158,6 +158,17 @@ CREATE_WEBHOOK = 'mutation($u: String!) { createWebhook(url: $u) { secret } }'
 RECIPIENT = "14155552671"
 
 
+def sent(gateway: Gateway, text: str) -> tuple[str, str]:
+    """Send ``text`` and wait until the recipient has it and its record is SENT:
+    (message id, WhatsApp id)."""
+    message = send(gateway, text)["data"]["sendWhatsAppMessage"]["id"]
+    whatsapp_id = wait_for(lambda: [m["id"] for m in gateway.inbox()
+                                    if m["text"] == text], 15, message="sent")[0]
+    wait_for(lambda: gateway.gql(STATE, {"i": message}).data["whatsAppMessage"]["state"]
+             == "SENT", 10, message="SENT")
+    return message, whatsapp_id
+
+
 def logged_events(gateway: Gateway) -> list[str]:
     answer = gateway.gql(EVENTS)
     assert not answer.errors, answer.errors
@@ -212,11 +223,7 @@ def test_replies_receipts_webhooks_and_admin_actions_survive_a_full_disk(
         small_fs(gateway.data_dir, 12)
         gateway.start()
         gateway.link()
-        message = send(gateway, "hello")["data"]["sendWhatsAppMessage"]["id"]
-        whatsapp_id = wait_for(lambda: [m["id"] for m in gateway.inbox()
-                                        if m["text"] == "hello"], 15, message="sent")[0]
-        wait_for(lambda: gateway.gql(STATE, {"i": message}).data["whatsAppMessage"]["state"]
-                 == "SENT", 10, message="SENT")
+        message, whatsapp_id = sent(gateway, "hello")
         wait_for(lambda: set(logged_events(gateway)) <= set(delivered_ids(receiver)), 15,
                  message="every event so far delivered")
 
@@ -520,11 +527,7 @@ def test_held_replies_and_receipts_survive_a_sigkilled_outbox(
     small_fs(gateway.data_dir, 12)
     gateway.start()
     gateway.link()
-    message = send(gateway, "hello")["data"]["sendWhatsAppMessage"]["id"]
-    whatsapp_id = wait_for(lambda: [m["id"] for m in gateway.inbox()
-                                    if m["text"] == "hello"], 15, message="sent")[0]
-    wait_for(lambda: gateway.gql(STATE, {"i": message}).data["whatsAppMessage"]["state"]
-             == "SENT", 10, message="SENT")
+    message, whatsapp_id = sent(gateway, "hello")
     before = logged_events(gateway)
 
     ballast = fill(gateway.data_dir, 0)

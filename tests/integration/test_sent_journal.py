@@ -17,17 +17,16 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import pytest
 
 from actors.transport.simulator import SimulatorServer
 from tests.integration.harness import Gateway, GraphQLResult, wait_for
-from tests.pg import PgCluster, find_bindir
+from tests.integration.test_session_lease import LEASE, pg  # noqa: F401 (the module's database)
+from tests.pg import PgCluster
 
-LEASE = {"lease_seconds": 2.0, "lease_renew_seconds": 0.4, "lease_margin_seconds": 1.0}
 SESSION = "j1"
 PHONE = "+14155552671"
 STALL_SECONDS = 60.0  # ended by the test (stall 0) once the process is stopping
@@ -37,21 +36,7 @@ MESSAGE_QUERY = ("query($id: ID!) { whatsAppMessage(id: $id) { id state uncertai
                  "whatsAppMessageId attempts } }")
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgCluster]:
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL's initdb and postgres are not installed; run "
-                    "scripts/system-deps as root")
-    cluster = PgCluster(bindir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.destroy()
-
-
-def journaled(pg: PgCluster, message_id: str) -> tuple[str, int] | None:
+def journaled(pg: PgCluster, message_id: str) -> tuple[str, int] | None:  # noqa: F811
     """(WhatsApp id, lease epoch) the journal holds for ``message_id``."""
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         row = conn.execute("SELECT wa_message_id, epoch FROM wagate_sent_journal "
@@ -88,7 +73,7 @@ def copies(server: SimulatorServer, text: str) -> list[dict[str, Any]]:
 
 
 def test_a_send_in_flight_when_its_session_process_is_stopped_arrives_once(
-        make_gateway: Callable[..., Gateway], pg: PgCluster) -> None:
+        make_gateway: Callable[..., Gateway], pg: PgCluster) -> None:  # noqa: F811
     gw = make_gateway({"cluster": {
         "role": "leader", "host_name": "alpha", "advertise_address": "127.0.0.1",
         "allow_networks": ["127.0.0.1/32"], "database_url": pg.url(), **LEASE},
