@@ -238,6 +238,13 @@ def lid_of(phone: str) -> str:
 # --------------------------------------------------------------------------- server
 
 
+# Every process of the gateway opens these databases, one connection per thread, and
+# the inbox grows with every message. diskcache's default page cache (8192 pages, 32
+# MiB per connection) let each process's memory grow with the inbox for as long as it
+# ran (the soak of issue 16); 256 pages (1 MiB) each is plenty for a test double.
+_SETTINGS: dict[str, Any] = {"eviction_policy": "none", "sqlite_cache_size": 256}
+
+
 class SimulatorServer:
     """The server side of the simulated service, shared by every process using ``data_dir``.
 
@@ -251,9 +258,9 @@ class SimulatorServer:
         root = Path(data_dir) / "simulator" if root is None else Path(root)
         make_private_dir(root)
         # No eviction: this is state, not a cache; losing a key would fake a logout.
-        self._cache = diskcache.Cache(str(root), eviction_policy="none")
+        self._cache = diskcache.Cache(str(root), **_SETTINGS)
         self._connections_path = root / CONNECTIONS_LOG
-        self._inbox = diskcache.Deque(directory=str(root / "inbox"))
+        self._inbox = diskcache.Deque.fromcache(diskcache.Cache(str(root / "inbox"), **_SETTINGS))
         self._bells = root / BELLS_DIR
         make_private_dir(self._bells)
 

@@ -47,6 +47,7 @@ from actors.transport import preload_for_forks
 from gateway.cli.cluster_mode import cluster_problem
 from gateway.cli.ownership import Stamp
 from gateway.cli.run_state import ClaimError, Run
+from gateway.core.allocator import limit_arenas
 from gateway.core.config import Config
 from gateway.core.disk import access_problem
 from gateway.core.errors import WagateError
@@ -65,6 +66,7 @@ class StartupError(WagateError, RuntimeError):
 
 
 def serve(config: Config) -> int:
+    limit_arenas(os.environ)  # before any actor process is forked (they inherit it)
     data = config.data_path
     prepare_data_dir(data)
     setup_logging(config.logging, console=config.http.dev)

@@ -15,6 +15,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from gateway.core.allocator import allocator_environment
 from gateway.core.child_env import secret_variables, web_config, without_secrets
 from gateway.core.config import Config, config_from_dict, config_to_dict
 from gateway.core.observability import setup_logging
@@ -34,9 +35,10 @@ def config_env(config: Config) -> dict[str, str]:
 def web_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """The web process's whole environment: the launcher's without the secrets the web
     tier never needs (the storage key's variable), and the config without the proxy's
-    address (gateway/core/child_env.py)."""
+    address (gateway/core/child_env.py), with the launcher's malloc arena limit
+    (gateway/core/allocator.py)."""
     return {**without_secrets(environ, secret_variables(config)),
-            **config_env(web_config(config))}
+            **allocator_environment(environ), **config_env(web_config(config))}
 
 
 def _worker_exited(_server: Any, worker: Any) -> None:

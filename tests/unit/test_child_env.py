@@ -49,6 +49,7 @@ def test_the_web_environment_drops_every_key_variable_and_the_transport_secrets(
     environ = {"PATH": "/usr/bin", "OTHER_STORE_KEY": KEY_TEXT, "WAGATE_STORE_KEY": KEY_TEXT}
     web = web_environment(config, environ)
     assert web["PATH"] == "/usr/bin"
+    assert web["MALLOC_ARENA_MAX"] == "2"  # the launcher's arena limit (gateway/core/allocator.py)
     assert not any(KEY_TEXT in value or "pass-1" in value for value in web.values())
     assert web_config(config).transport.proxy == ""
     assert web_config(config).transport.session_store == ""
