@@ -75,6 +75,7 @@ from actors.messages import (
     SessionsFenced,
     SessionState,
     SessionStatus,
+    StartAgent,
     StartGateway,
     StartSession,
     StartWorker,
@@ -100,6 +101,7 @@ from actors.supervisor.children import (
 )
 from actors.supervisor.cluster import Cluster, HostCheck
 from actors.supervisor.host_agent import HostAgent
+from actors.supervisor.lease_agent import LeaseAgent
 from actors.supervisor.policy import RestartBudget, backoff_delay
 from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, host_name
@@ -160,6 +162,9 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         # process may start (actors.supervisor.lease_wait); None otherwise.
         self.lease_waits: LeaseWaits | None = None
         self.lease_generation = 0
+        # ... and this host's check of its own session processes against their leases
+        # (actors.supervisor.lease_agent), a child of its own; None otherwise.
+        self.lease_agent: Any = None
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
@@ -197,6 +202,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                                else msg.config.sessions.max_sessions)
         if lease_mode(msg.config):
             self.lease_waits = _lease_waits(msg.config)
+            self._start_lease_agent()
         if self.cluster.leading:
             self.notifyOnSystemRegistrationChanges(True)
             self.check_hosts_after(cluster.heartbeat_seconds)
@@ -237,6 +243,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             if child.address is not None:
                 child.retiring = True
                 self.send(child.address, ActorExitRequest())
+        if self.lease_agent is not None:
+            self.send(self.lease_agent, ActorExitRequest())
         self.send(sender, Ok(request_id=msg.request_id))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
@@ -527,6 +535,12 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:
         key = self.children.key_of(msg.childAddress)
+        if key is None and self.lease_agent is not None and msg.childAddress == self.lease_agent:
+            self.lease_agent = None
+            if not self.stopping:
+                log.warning("the lease agent exited; starting another")
+                self._start_lease_agent()
+            return
         if key is None:
             if self.cluster is not None:
                 self.cluster.agent_exited(msg.childAddress)
@@ -793,6 +807,15 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         assert self.lease_waits is not None
         self.lease_waits.add(session)
         self._check_leases()
+
+    def _start_lease_agent(self) -> None:
+        """This host's own session processes are checked against their leases, as a
+        member's agent checks its host's (``actors.supervisor.lease_agent``)."""
+        assert self.config is not None
+        cluster = self.config.cluster
+        self.lease_agent = self.createActor(LeaseAgent)
+        self.send(self.lease_agent, StartAgent(host_name(self.config), 0.0,
+                                               cluster.heartbeat_seconds))
 
     def _check_leases(self) -> None:
         """Start the waiting sessions whose lease is free; show the others as waiting

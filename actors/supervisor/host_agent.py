@@ -20,7 +20,8 @@ must still hold it by the database's clock; one that does not is stopped, and ki
 half a margin later (``actors.leases.reconcile``). That covers what the heartbeat's
 list cannot: a process started after the last beat, and one too stuck or stopped to
 let go by itself. Each look at the database waits at most a second, on a thread of
-its own (``actors.leases.bounded``).
+its own (``actors.leases.bounded``). The check itself is ``actors.leases.host_check``,
+which the leader's own host runs too (``actors.supervisor.lease_agent``).
 
 The member's launcher also uses this class, locally and briefly, to learn the process
 group of its actor system (``WhoAreYou``).
@@ -28,13 +29,11 @@ group of its actor system (``WhoAreYou``).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
@@ -48,9 +47,12 @@ from actors.messages import (
     WhoAreYou,
 )
 from actors.run_once import RunOnce
+from actors.supervisor.lease_agent import local_leases
 from actors.supervisor.placement import HeartbeatTracker
-from actors.system import host_config, host_name, on_required_host
-from gateway.core.config import lease_mode
+from actors.system import on_required_host
+
+if TYPE_CHECKING:
+    from actors.leases.host_check import LocalLeases
 
 log = structlog.get_logger("wagate.host_agent")
 
@@ -88,9 +90,7 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         self.tracker = HeartbeatTracker(msg.fence_seconds, 1)
         self.tracker.watch(LEADER, time.monotonic())
         self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
-        config = host_config()
-        if config is not None and lease_mode(config):
-            self.leases = LocalLeases(config)
+        self.leases = local_leases()
         log.info("host agent started", host=msg.host, fence_seconds=msg.fence_seconds)
 
     def receiveMsg_HostBeat(self, msg: HostBeat, sender: Any) -> None:
@@ -121,46 +121,3 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         self.tracker = None
         if self.leases is not None:
             self.leases.close()
-
-
-class LocalLeases:
-    """The agent's check of this host's session processes against their leases."""
-
-    def __init__(self, config: Any) -> None:
-        from actors.leases.bounded import BoundedQuestion
-        from actors.leases.local import marks_dir
-        from actors.leases.store import LeaseStore
-        from actors.leases.timing import LeaseTiming
-
-        timing = LeaseTiming.of(config.cluster)
-        self.store = LeaseStore(config.cluster.database_url, timing, host=host_name(config),
-                                timeout_seconds=1.0)
-        self.question: BoundedQuestion[set[tuple[int, int]]] = BoundedQuestion(
-            1.0, "lease-reconcile")
-        self.directory = marks_dir(config.data_path)
-        self.grace = timing.margin / 2
-        self.pending: dict[int, float] = {}
-
-    def reconcile(self) -> None:
-        from actors.leases.local import marks
-        from actors.leases.reconcile import reconcile
-
-        local = marks(self.directory)
-        if not local:
-            self.pending = {}
-            return
-        held = self.question.ask(self.store.held_by_host)
-        if isinstance(held, str):
-            return  # unknown: each process's own keeper stops it by its deadline
-        actions = reconcile(local, held, self.pending, time.monotonic(), self.grace)
-        self.pending = actions.pending
-        for pid, signum in ([(p, signal.SIGTERM) for p in actions.term]
-                            + [(p, signal.SIGKILL) for p in actions.kill]):
-            log.error("a local session process holds no lease; stopping it", pid=pid,
-                      signal=signum.name)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    def close(self) -> None:
-        if not self.question.hanging:
-            self.store.close()

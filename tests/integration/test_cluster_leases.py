@@ -152,3 +152,48 @@ def test_a_members_agent_kills_a_stuck_session_process_that_lost_its_lease(
     assert overlaps(records, until_ns=time.time_ns(), died={(MEMBER, pid): gone_ns}) == []
     print(f"\nstuck member session process killed {took:.1f} s after SIGSTOP "
           f"(lease {LEASE['lease_seconds']:g} s)")
+
+
+def test_the_leaders_own_agent_kills_a_stuck_session_process_that_lost_its_lease(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    """The same on the leader's own host (issue 22: each host's agent reconciles by
+    pid). Without the leader's agent (``actors.supervisor.lease_agent``) nobody kills
+    the stopped process: the leader never learns that its lease is gone, the session
+    never reconnects, and the wait for the kill times out."""
+    shared = tmp_path / "shared"
+    leader = make_gateway({
+        "storage": {"sessions_dir": str(shared / "sessions")},
+        "simulator": {"server_dir": str(shared / "simulator")},
+        "cluster": {"role": "leader", "host_name": LEADER, "sessions": 1,
+                    "advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"],
+                    "database_url": pg.url(), **HEARTBEAT, **LEASE}}, name="leader")
+    leader.start()
+    leader.link("m1")
+    pid = leader.session_pid("m1")
+    assert pid in leader.actor_pids()
+
+    stopped_at = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: _gone(pid), LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 5,
+                 0.05, "the leader's agent to kill the stuck session process")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    gone_ns = time.time_ns()
+    took = time.monotonic() - stopped_at
+    assert took <= (LEASE["lease_seconds"] + HEARTBEAT["heartbeat_seconds"]
+                    + LEASE["lease_margin_seconds"] / 2 + 1.0), took
+
+    def reconnected() -> list[ConnectionRecord]:
+        found = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
+        fresh = any(r.kind == "up" and r.session == "m1" and r.pid != pid for r in found)
+        return found if fresh else []
+
+    records = wait_for(reconnected, 30, 0.1, "m1 to connect again from a new process")
+    back = time.monotonic() - stopped_at
+    assert overlaps(records, until_ns=time.time_ns(), died={(LEADER, pid): gone_ns}) == []
+    print(f"\nstuck leader session process killed {took:.1f} s after SIGSTOP, connected "
+          f"again from a new process {back:.1f} s after it (lease "
+          f"{LEASE['lease_seconds']:g} s, margin {LEASE['lease_margin_seconds']:g} s)")

@@ -1,0 +1,82 @@
+"""A host's check of its own session processes against their leases (issue 22).
+
+Every host that runs session processes in lease mode runs this check: a member's
+``HostAgent`` and the leader's ``LeaseAgent`` (its own host has session processes
+too). One copy, so the two hosts' rules cannot drift apart. Each look:
+
+- reads the local marks (``actors.leases.local``: which processes of this host were
+  granted a lease, with their epoch), without the database when there are none;
+- asks the database once which (pid, epoch) this host holds now, by the database's
+  clock, waiting at most ``timeout_seconds`` on a thread of its own
+  (``actors.leases.bounded``): an actor must not hang on a database that does not
+  answer, and an unanswered look decides nothing (each process's own keeper stops it
+  by its own deadline);
+- applies ``actors.leases.reconcile``: SIGTERM to a process without a current lease,
+  SIGKILL half a margin later if it is still there (stopped or stuck in a call, it
+  can do neither by itself).
+
+No Thespian here: the actors call ``reconcile`` from their timers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from actors.leases.bounded import BoundedQuestion
+from actors.leases.local import marks, marks_dir
+from actors.leases.reconcile import reconcile
+from actors.leases.store import LeaseStore
+from actors.leases.timing import LeaseTiming
+from gateway.core.config import ClusterConfig
+
+log = structlog.get_logger("wagate.lease_check")
+
+# One look at the database waits at most this long: the agent answers heartbeats too.
+QUESTION_TIMEOUT_SECONDS = 1.0
+
+
+class LocalLeases:
+    """This host's session processes, checked against their leases."""
+
+    def __init__(self, cluster: ClusterConfig, data_path: Path, host: str, *,
+                 timeout_seconds: float = QUESTION_TIMEOUT_SECONDS,
+                 kill: Callable[[int, int], None] = os.kill) -> None:
+        timing = LeaseTiming.of(cluster)
+        self.store = LeaseStore(cluster.database_url, timing, host=host,
+                                timeout_seconds=timeout_seconds)
+        self.question: BoundedQuestion[set[tuple[int, int]]] = BoundedQuestion(
+            timeout_seconds, "lease-reconcile")
+        self.directory = marks_dir(data_path)
+        # Half the margin: the kill lands before anyone may take the lease over.
+        self.grace = timing.margin / 2
+        self.pending: dict[int, float] = {}
+        self._kill = kill
+
+    def reconcile(self) -> None:
+        """One look: stop what holds no lease, kill what was asked and is still there."""
+        local = marks(self.directory)
+        if not local:
+            self.pending = {}
+            return
+        held = self.question.ask(self.store.held_by_host)
+        if isinstance(held, str):
+            return  # unknown: each process's own keeper stops it by its deadline
+        actions = reconcile(local, held, self.pending, time.monotonic(), self.grace)
+        self.pending = actions.pending
+        for pid, signum in ([(p, signal.SIGTERM) for p in actions.term]
+                            + [(p, signal.SIGKILL) for p in actions.kill]):
+            log.error("a local session process holds no lease; stopping it", pid=pid,
+                      signal=signum.name, host=self.store.host)
+            with contextlib.suppress(ProcessLookupError):
+                self._kill(pid, signum)
+
+    def close(self) -> None:
+        if not self.question.hanging:  # a hanging question keeps its connection
+            self.store.close()

@@ -1,0 +1,93 @@
+"""A host's check of its session processes (actors/leases/host_check.py), which a
+member's agent and the leader's own lease agent both run: real processes with real
+marks on disk, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from actors.leases.host_check import LocalLeases
+from actors.leases.local import mark, marks_dir
+from actors.leases.store import LeaseStore
+from actors.leases.timing import LeaseTiming
+from gateway.core.config import ClusterConfig
+
+TIMING = LeaseTiming(lease=30.0, renew=5.0, margin=0.4)  # nothing expires by itself here
+HOST = "alpha"
+
+
+def cluster(dsn: str) -> ClusterConfig:
+    return ClusterConfig(role="leader", database_url=dsn, lease_seconds=TIMING.lease,
+                         lease_renew_seconds=TIMING.renew,
+                         lease_margin_seconds=TIMING.margin)
+
+
+@pytest.fixture
+def stubborn() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that ignores SIGTERM, as one stuck in a native call does in effect."""
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import signal, sys, time\n"
+                              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                              "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+                              "time.sleep(120)"], stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    try:
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _wait_exit(child: subprocess.Popen[bytes], seconds: float) -> int | None:
+    try:
+        return child.wait(seconds)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_a_process_holding_its_lease_is_left_alone_and_one_that_lost_it_is_killed(
+        pg_dsn: str, tmp_path: Path, stubborn: subprocess.Popen[bytes]) -> None:
+    holder = LeaseStore(pg_dsn, TIMING, host=HOST, pid=stubborn.pid)
+    holder.ensure_schema()
+    grant = holder.acquire("s1")
+    assert grant is not None
+    mark(marks_dir(tmp_path), "s1", grant.epoch, pid=stubborn.pid)
+    check = LocalLeases(cluster(pg_dsn), tmp_path, HOST)
+    try:
+        check.reconcile()
+        assert check.pending == {} and _wait_exit(stubborn, 0.2) is None
+
+        assert holder.release("s1", grant.epoch)
+        asked = time.monotonic()
+        check.reconcile()  # SIGTERM, which this process ignores
+        assert set(check.pending) == {stubborn.pid} and _wait_exit(stubborn, 0.1) is None
+        deadline = asked + 5.0
+        while _wait_exit(stubborn, 0.05) is None:
+            assert time.monotonic() < deadline, "never killed"
+            check.reconcile()
+        killed = time.monotonic() - asked
+        assert stubborn.returncode == -9
+        assert killed >= check.grace, killed  # never before the grace
+    finally:
+        check.close()
+        holder.close()
+
+
+def test_a_database_that_does_not_answer_decides_nothing(
+        tmp_path: Path, stubborn: subprocess.Popen[bytes]) -> None:
+    # A port nothing listens on (connection refused at once): the lease is unknown.
+    mark(marks_dir(tmp_path), "s1", 1, pid=stubborn.pid)
+    dsn = "postgresql://nobody:x@127.0.0.1:9/none"
+    check = LocalLeases(cluster(dsn), tmp_path, HOST)
+    try:
+        for _ in range(3):
+            check.reconcile()
+        assert check.pending == {} and _wait_exit(stubborn, 0.1) is None
+    finally:
+        check.close()
