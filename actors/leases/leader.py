@@ -22,6 +22,8 @@ import hashlib
 import psycopg
 from psycopg.rows import TupleRow
 
+from actors.leases.store import SYNCHRONOUS_COMMIT_OPTION
+
 LEADER_LOCK = "wagate.leader"
 
 
@@ -89,9 +91,12 @@ class LeaderLock:
                 connect_timeout=max(1, int(self._timeout + 0.999)),
                 keepalives=1, keepalives_idle=seconds, keepalives_interval=1,
                 keepalives_count=3, tcp_user_timeout=int(self._timeout * 1000),
+                # Set like every connection of ours (actors.leases.store), though an
+                # advisory lock writes nothing: nothing of ours commits weakly.
                 options=(f"-c tcp_keepalives_idle={seconds} -c tcp_keepalives_interval=1 "
                          f"-c tcp_keepalives_count=3 "
-                         f"-c statement_timeout={int(self._timeout * 1000)}"))
+                         f"-c statement_timeout={int(self._timeout * 1000)} "
+                         + SYNCHRONOUS_COMMIT_OPTION))
         return self._conn
 
     def _drop(self) -> None:

@@ -20,10 +20,11 @@ a row per session in one database can:
 Every time is the database's ``statement_timestamp()``: this module never sends a
 time of its own, so the hosts' clocks, right or wrong, decide nothing (a holder's own
 deadlines are ``actors.leases.timing``). Each statement is its own transaction on an
-autocommit connection. Any database error (a broken connection, a timeout, a table
-not made yet) raises ``LeaseStoreUnavailable`` and the next call connects again;
-nothing is retried here, because the caller must count a lost answer against its own
-deadline.
+autocommit connection whose commits are durable (``synchronous_commit = on``, set
+and checked on every connection whatever the server's default). Any database error
+(a broken connection, a timeout, a table not made yet) raises
+``LeaseStoreUnavailable`` and the next call connects again; nothing is retried here,
+because the caller must count a lost answer against its own deadline.
 """
 
 from __future__ import annotations
@@ -136,16 +137,56 @@ def _lease(row: TupleRow | None) -> Lease | None:
     return None if row is None else Lease(*row)
 
 
+class WeakCommits(LeaseStoreUnavailable):
+    """The server runs our connection with a ``synchronous_commit`` that acknowledges a
+    commit before it is on disk, although we asked for ``on`` when connecting."""
+
+
+# Commits the server acknowledges only once they are flushed to its disk (and, with
+# synchronous replicas, applied there): a lease grant or a journaled send that was
+# acknowledged survives a crash of the server. "off", "local" and "remote_write" do not
+# promise that on every setup, so they are refused.
+DURABLE_COMMITS = frozenset({"on", "remote_apply"})
+# Set on every connection at its start: it overrides the server's, the database's and
+# the role's defaults (postgresql.conf, ALTER DATABASE/ROLE ... SET), so a server
+# configured with synchronous_commit = off does not weaken our writes.
+SYNCHRONOUS_COMMIT_OPTION = "-c synchronous_commit=on"
+
+
+def check_durable(conn: psycopg.Connection[TupleRow]) -> None:
+    """Raise ``WeakCommits`` unless ``conn`` commits durably. The option we connect with
+    can still be dropped on the way (a connection pooler that ignores startup options),
+    so each new connection is asked once."""
+    row = conn.execute("SHOW synchronous_commit").fetchone()
+    value = str(row[0]) if row else ""
+    if value not in DURABLE_COMMITS:
+        raise WeakCommits(
+            f"the lease database runs wagate's connection with synchronous_commit = "
+            f"{value!r} although wagate asked for 'on' when it connected (a connection "
+            "pooler that drops startup options?): it could lose a write it acknowledged "
+            "if the server crashed, so wagate does not use it; connect to PostgreSQL "
+            "directly (or through a pooler that keeps startup options), or run "
+            "ALTER ROLE <wagate's role> SET synchronous_commit = on")
+
+
 def connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[TupleRow]:
     """An autocommit connection whose every wait is bounded by ``timeout_seconds``:
     connecting, each statement (``statement_timeout``) and unacknowledged sends on a
-    dead network (``tcp_user_timeout``), so a partition cannot hold a call for long."""
+    dead network (``tcp_user_timeout``), so a partition cannot hold a call for long.
+    Its commits are durable (``synchronous_commit``, checked: ``check_durable``)."""
     millis = max(1, int(timeout_seconds * 1000))
-    return psycopg.connect(
+    conn = psycopg.connect(
         dsn, autocommit=True, connect_timeout=max(1, int(timeout_seconds + 0.999)),
         tcp_user_timeout=millis, keepalives=1, keepalives_idle=max(1, int(timeout_seconds)),
         keepalives_interval=1, keepalives_count=3,
-        options=f"-c statement_timeout={millis} -c lock_timeout={millis}")
+        options=(f"-c statement_timeout={millis} -c lock_timeout={millis} "
+                 + SYNCHRONOUS_COMMIT_OPTION))
+    try:
+        check_durable(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 class LeaseStore:
@@ -237,8 +278,8 @@ class LeaseStore:
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = connect(self._dsn, self.timeout_seconds)
-            except psycopg.OperationalError as exc:
-                raise LeaseStoreUnavailable(str(exc)) from exc
+            except psycopg.Error as exc:
+                raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         return self._conn
 
     def _one(self, statement: LiteralString, params: dict[str, object]) -> TupleRow | None:
