@@ -52,6 +52,7 @@ from gateway.core.config import Config
 from gateway.core.disk import access_problem
 from gateway.core.errors import WagateError
 from gateway.core.migrations import NewerStoreError, check_not_newer
+from gateway.core.mounts import mount_of_path, mounts_below, network_problem, read_mounts, within
 from gateway.core.observability import setup_logging
 from gateway.web.metrics_files import reset_metrics_dir
 from gateway.web.server import web_environment
@@ -70,6 +71,7 @@ def serve(config: Config) -> int:
     data = config.data_path
     prepare_data_dir(data)
     setup_logging(config.logging, console=config.http.dev)
+    check_filesystems(config)
     problem = cluster_problem(config)
     if problem is not None:
         raise StartupError(problem)
@@ -111,6 +113,42 @@ def prepare_data_dir(data: Path) -> None:
     if problem is not None:
         raise StartupError(problem)
     os.chmod(data, 0o700)
+
+
+def check_filesystems(config: Config, mountinfo: str | None = None) -> None:
+    """Refuse a data_dir on a network file system (``gateway.core.mounts``)."""
+    problem = filesystem_problem(config, mountinfo)
+    if problem is not None:
+        raise StartupError(problem)
+
+
+def filesystem_problem(config: Config, mountinfo: str | None = None) -> str | None:
+    """Why ``storage.data_dir`` cannot hold the gateway's SQLite databases, or None:
+    it, or a mount inside it, is a network file system. A mount at or inside
+    ``storage.sessions_dir`` is allowed: it holds sealed files, written whole to a temp
+    file and renamed, never a live database and no lock (with the stores in clear text,
+    ``--demo`` only, ``gateway.cli.store_keys`` refuses it). ``mountinfo``: the text
+    instead of this process's ``/proc/self/mountinfo``."""
+    mounts = read_mounts(mountinfo)
+    if mounts is None:
+        log.warning("cannot read /proc/self/mountinfo: data_dir's file system is not "
+                    "checked (it must not be a network file system)")
+        return None
+    data = config.data_path
+    mount = mount_of_path(data, mounts)
+    problem = None if mount is None else network_problem("storage.data_dir", str(data), mount)
+    if problem is not None:
+        return problem
+    sessions = str(config.sessions_path)
+    for below in mounts_below(str(data), mounts):
+        if within(below.mount_point, sessions):
+            continue
+        here = mount_of_path(Path(below.mount_point), mounts)
+        problem = None if here is None else network_problem(
+            "storage.data_dir's subdirectory", below.mount_point, here)
+        if problem is not None:
+            return problem
+    return None
 
 
 class StopSignals:

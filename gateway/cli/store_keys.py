@@ -50,6 +50,7 @@ from actors.session.working_copy import clear_stale, gateway_tag, seal_orphans, 
 from gateway.core.config import Config
 from gateway.core.errors import WagateError
 from gateway.core.files import write_atomic
+from gateway.core.mounts import mount_of_path, network_problem, read_mounts
 
 log = structlog.get_logger("wagate.stores")
 
@@ -179,6 +180,21 @@ def acquire_stores_lock(data_dir: Path, exclusive: bool) -> int:
 # --------------------------------------------------------------------------- start-up
 
 
+def clear_stores_problem(sessions: Path, mountinfo: str | None = None) -> str | None:
+    """Without a key the engine works on its SQLite stores in ``sessions_dir`` itself
+    (no sealed files, no local working copy): a network directory is then as unsafe as
+    a data_dir on one (``gateway.core.mounts``). ``mountinfo``: the text instead of
+    this process's."""
+    mounts = read_mounts(mountinfo)
+    mount = mount_of_path(sessions, mounts) if mounts else None
+    return None if mount is None else network_problem(
+        "storage.sessions_dir", str(sessions), mount,
+        advice="Without a storage key (--demo) the engine works on its stores there "
+               "directly; configure a storage key (the stores there are then sealed "
+               "files, and the engine works on a local copy) or put sessions_dir on a "
+               "local file system")
+
+
 def check_stores(config: Config) -> StoreKey | None:
     """The start-up check of ``wagate serve`` (no actor runs yet). Returns the key,
     or None when the stores stay in clear text (no key, ``--demo`` only).
@@ -212,6 +228,9 @@ def check_stores(config: Config) -> StoreKey | None:
                 "`wagate keys create --out PATH` (outside data_dir, readable only by the "
                 "user running wagate), then name it in encryption.key_file, or put it in "
                 f"the environment variable {enc.key_env}")
+        problem = clear_stores_problem(config.sessions_path)
+        if problem is not None:
+            raise StoreCheckError(problem)
         log.warning("session stores are not encrypted: no storage key is configured "
                     "(allowed with --demo only; see `wagate keys create`)")
         _prepare_media(data, None)
