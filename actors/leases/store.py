@@ -161,12 +161,11 @@ def check_durable(conn: psycopg.Connection[TupleRow]) -> None:
     value = str(row[0]) if row else ""
     if value not in DURABLE_COMMITS:
         raise WeakCommits(
-            f"the lease database runs wagate's connection with synchronous_commit = "
-            f"{value!r} although wagate asked for 'on' when it connected (a connection "
-            "pooler that drops startup options?): it could lose a write it acknowledged "
-            "if the server crashed, so wagate does not use it; connect to PostgreSQL "
-            "directly (or through a pooler that keeps startup options), or run "
-            "ALTER ROLE <wagate's role> SET synchronous_commit = on")
+            f"synchronous_commit is {value!r} on wagate's lease database connection, not "
+            "'on': connect to PostgreSQL directly, or ALTER ROLE <wagate's role> SET "
+            "synchronous_commit = on (a pooler that drops startup options?); such a "
+            "connection could lose an acknowledged write in a server crash, so wagate does "
+            "not use it")
 
 
 def connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[TupleRow]:
