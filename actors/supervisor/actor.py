@@ -812,10 +812,12 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         """This host's own session processes are checked against their leases, as a
         member's agent checks its host's (``actors.supervisor.lease_agent``)."""
         assert self.config is not None
-        cluster = self.config.cluster
-        self.lease_agent = self.createActor(LeaseAgent)
-        self.send(self.lease_agent, StartAgent(host_name(self.config), 0.0,
-                                               cluster.heartbeat_seconds))
+        here = host_name(self.config)
+        # Named, not left to Thespian: it must check this host's processes.
+        self.lease_agent = self.createActor(LeaseAgent,
+                                            targetActorRequirements={HOST_CAPABILITY: here})
+        # fence_seconds unused: the leader fences nothing of its own.
+        self.send(self.lease_agent, StartAgent(here, 0.0, self.config.cluster.heartbeat_seconds))
 
     def _check_leases(self) -> None:
         """Start the waiting sessions whose lease is free; show the others as waiting

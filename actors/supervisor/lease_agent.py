@@ -6,7 +6,7 @@ runs session processes too (its ``cluster.sessions`` slots), and one of them sto
 or stuck in a call cannot let go by itself either: its own keeper's threads do not
 run while the process is stopped, so its account would stay connected while the
 leader, whose gate sees the lease expire, starts a new process for it. So in lease
-mode the supervisor starts this actor on its own host (no requirement: locally) and
+mode the supervisor starts this actor on its own host (required by host name) and
 sends it the ``StartAgent`` a member's agent gets; it runs the same check
 (``actors.leases.host_check``) every ``heartbeat_seconds``. It fences nothing else:
 the leader's own sessions are never "placed by a leader that went quiet".
@@ -56,7 +56,7 @@ class LeaseAgent(RunOnce, ActorTypeDispatcher):
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
                                    ) -> bool:
-        """Started without a requirement: on the supervisor's own host."""
+        """Placed by host name: the supervisor's own."""
         return on_required_host(capabilities, requirements)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
