@@ -8,8 +8,8 @@ private working copy (``actors.session.working_copy``).
 
 A sealed file is a small header followed by AES-256-GCM ciphertext::
 
-    magic (8) | format version (1) | key fingerprint (8) | generation (8) | nonce (12)
-    | ciphertext + tag
+    magic (8) | format version (1) | key fingerprint (8) | generation (8)
+    | [epoch (8), format 3 only] | nonce (12) | ciphertext + tag
 
 The associated data is the header and the store's identity (its session and file
 name, ``StoreId``): a sealed store opens only as the store it was written as, so
@@ -20,6 +20,11 @@ copy from being put back. The fingerprint (the first bytes of the key's SHA-256)
 lets a wrong key be reported as "encrypted with key A, configured key is B" instead
 of a bare authentication failure. Format 1 (no identity, no generation) is still
 read, and rewritten as format 2 when its session next opens it.
+
+Format 3 adds the lease epoch the store was written under (multi-host mode with
+``cluster.database_url``; issue 22): a session process that lost its lease must never
+replace a store its successor wrote under a higher epoch (``actors.leases.fencing``).
+Single-host writes stay format 2, and a store without an epoch counts as epoch 0.
 
 Pure functions and plain classes only (no actor, no Flask): the launcher's start-up
 checks, the ``wagate keys`` commands and the session actors all build on them.
@@ -49,14 +54,21 @@ from gateway.core.files import stale_temp_files
 
 MAGIC = b"WAGSEAL\x00"
 FORMAT_VERSION = 2  # bound to its session and store, with a generation
+EPOCH_VERSION = 3  # format 2 plus the lease epoch it was written under (with leases)
 LEGACY_VERSION = 1  # the header alone as associated data: read, never written
+CURRENT_VERSIONS = (FORMAT_VERSION, EPOCH_VERSION)  # never rewritten for their format
 KEY_BYTES = 32
 FINGERPRINT_BYTES = 8
 GENERATION_BYTES = 8
+EPOCH_BYTES = 8
 NONCE_BYTES = 12
 TAG_BYTES = 16
 HEADER_BYTES = len(MAGIC) + 1 + FINGERPRINT_BYTES + GENERATION_BYTES + NONCE_BYTES
 LEGACY_HEADER_BYTES = len(MAGIC) + 1 + FINGERPRINT_BYTES + NONCE_BYTES
+EPOCH_HEADER_BYTES = HEADER_BYTES + EPOCH_BYTES
+_HEADER_BYTES = {LEGACY_VERSION: LEGACY_HEADER_BYTES, FORMAT_VERSION: HEADER_BYTES,
+                 EPOCH_VERSION: EPOCH_HEADER_BYTES}
+MAX_EPOCH = 2**63 - 1
 MAX_GENERATION = 2**63 - 1
 
 # The credential stores the engines keep in data_dir/sessions/<session>/, and how to
@@ -212,13 +224,19 @@ def is_inside(path: Path, directory: Path) -> bool:
 # --------------------------------------------------------------------------- format
 
 
-def seal(key: StoreKey, plaintext: bytes, store: StoreId, generation: int = 1) -> bytes:
-    """Encrypt ``plaintext`` as ``store`` at ``generation`` (0 to 2**63 - 1)."""
+def seal(key: StoreKey, plaintext: bytes, store: StoreId, generation: int = 1,
+         epoch: int | None = None) -> bytes:
+    """Encrypt ``plaintext`` as ``store`` at ``generation`` (0 to 2**63 - 1); with an
+    ``epoch`` (a lease's, 0 to 2**63 - 1) in format 3, which records it, else format 2."""
     if not 0 <= generation <= MAX_GENERATION:
         raise ValueError(f"generation {generation} is out of range")
+    if epoch is not None and not 0 <= epoch <= MAX_EPOCH:
+        raise ValueError(f"epoch {epoch} is out of range")
     nonce = os.urandom(NONCE_BYTES)
-    header = (MAGIC + bytes([FORMAT_VERSION]) + bytes.fromhex(key.fingerprint)
-              + generation.to_bytes(GENERATION_BYTES, "big") + nonce)
+    version = FORMAT_VERSION if epoch is None else EPOCH_VERSION
+    header = (MAGIC + bytes([version]) + bytes.fromhex(key.fingerprint)
+              + generation.to_bytes(GENERATION_BYTES, "big")
+              + (b"" if epoch is None else epoch.to_bytes(EPOCH_BYTES, "big")) + nonce)
     return header + AESGCM(key.secret).encrypt(nonce, plaintext,
                                                header + store.associated_data())
 
@@ -242,10 +260,21 @@ def sealed_version(blob: bytes) -> int | None:
 
 def sealed_generation(blob: bytes) -> int:
     """The generation in a sealed store's header; 0 for format 1, which has none."""
-    if sealed_version(blob) != FORMAT_VERSION or len(blob) < HEADER_BYTES:
+    if sealed_version(blob) not in CURRENT_VERSIONS or len(blob) < HEADER_BYTES:
         return 0
     start = len(MAGIC) + 1 + FINGERPRINT_BYTES
     return int.from_bytes(blob[start:start + GENERATION_BYTES], "big")
+
+
+def sealed_epoch(blob: bytes) -> int:
+    """The lease epoch in a sealed store's header; 0 for a store without one (formats
+    1 and 2: written without leases, or by an older wagate). Read from the header
+    without the key: authenticated only once the store is opened, which is enough to
+    refuse a write (a forged higher epoch can only stop writers, never let one in)."""
+    if sealed_version(blob) != EPOCH_VERSION or len(blob) < EPOCH_HEADER_BYTES:
+        return 0
+    start = HEADER_BYTES - NONCE_BYTES
+    return int.from_bytes(blob[start:start + EPOCH_BYTES], "big")
 
 
 def unseal(key: StoreKey, blob: bytes, what: str, store: StoreId) -> bytes:
@@ -253,10 +282,10 @@ def unseal(key: StoreKey, blob: bytes, what: str, store: StoreId) -> bytes:
     if not is_sealed(blob):
         raise CorruptStore(f"{what} is not an encrypted wagate store")
     version = sealed_version(blob)
-    if version not in (FORMAT_VERSION, LEGACY_VERSION):
+    if version is None or version not in _HEADER_BYTES:
         raise CorruptStore(f"{what} has encryption format {version}, this wagate reads "
-                           f"formats {LEGACY_VERSION} and {FORMAT_VERSION}; upgrade wagate")
-    header_bytes = HEADER_BYTES if version == FORMAT_VERSION else LEGACY_HEADER_BYTES
+                           f"formats {LEGACY_VERSION} to {EPOCH_VERSION}; upgrade wagate")
+    header_bytes = _HEADER_BYTES[version]
     if len(blob) < header_bytes + TAG_BYTES:
         raise CorruptStore(f"{what} is truncated ({len(blob)} bytes); restore it from a "
                            "backup, or log the session out and link it again")
@@ -265,7 +294,7 @@ def unseal(key: StoreKey, blob: bytes, what: str, store: StoreId) -> bytes:
     if sealed_with != key.fingerprint:
         raise WrongKey(what, sealed_with, key.fingerprint)
     header, nonce = blob[:header_bytes], blob[header_bytes - NONCE_BYTES:header_bytes]
-    associated = header + store.associated_data() if version == FORMAT_VERSION else header
+    associated = header + store.associated_data() if version in CURRENT_VERSIONS else header
     try:
         return AESGCM(key.secret).decrypt(nonce, blob[header_bytes:], associated)
     except InvalidTag:

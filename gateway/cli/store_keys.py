@@ -24,7 +24,8 @@ import structlog
 
 from actors.media.store import MEDIA_KEY_STORE, media_root
 from actors.session.sealed_store import (
-    FORMAT_VERSION,
+    CURRENT_VERSIONS,
+    EPOCH_VERSION,
     HEADER_BYTES,
     STORE_FILES,
     StoreError,
@@ -39,6 +40,7 @@ from actors.session.sealed_store import (
     remove_sqlite_companions,
     remove_stale_temp_files,
     seal,
+    sealed_epoch,
     sealed_fingerprint,
     sealed_generation,
     sealed_version,
@@ -119,6 +121,12 @@ def seal_plaintext(store: StoreFile, key: StoreKey,
     reseal(store, key, plain, 0, ledger)
     if store.kind == "sqlite":
         remove_sqlite_companions(store.path)  # their content is in the snapshot
+
+
+def _epoch_of(blob: bytes) -> int | None:
+    """The lease epoch to keep when re-encrypting ``blob`` (None: it has none, and a
+    rotation must not give it one)."""
+    return sealed_epoch(blob) if sealed_version(blob) == EPOCH_VERSION else None
 
 
 def reseal(store: StoreFile, key: StoreKey, plain: bytes, generation: int,
@@ -250,7 +258,7 @@ def check_stores(config: Config) -> StoreKey | None:
                 ledger.check(store.session, store.name, sealed_generation(blob), what)
             if store in sealed:
                 plain = unseal(key, blob, what, store.id)
-                if sealed_version(blob) != FORMAT_VERSION:
+                if sealed_version(blob) not in CURRENT_VERSIONS:
                     legacy.append((store, plain))
         except StoreError as exc:
             problems.append(str(exc))
@@ -373,9 +381,10 @@ def rotate_keys(config: Config, new_key: StoreKey, progress: Callable[[str], Non
                               else old_key)
                     assert opener is not None
                     plain = unseal(opener, blob, store.label, store.id)
-                    if sealed_version(blob) == FORMAT_VERSION:  # the same generation
+                    if sealed_version(blob) in CURRENT_VERSIONS:  # the same generation
                         write_atomic(store.path, seal(new_key, plain, store.id,
-                                                      sealed_generation(blob)))
+                                                      sealed_generation(blob),
+                                                      _epoch_of(blob)))
                     else:
                         reseal(store, new_key, plain, 0, ledger)
                     report.rotated.append(store.label)
@@ -407,7 +416,7 @@ def _plan(stores: list[StoreFile], old_key: StoreKey | None, new_key: StoreKey
         except StoreError as exc:
             problems.append(str(exc))
             continue
-        already = key is new_key and sealed_version(blob) == FORMAT_VERSION
+        already = key is new_key and sealed_version(blob) in CURRENT_VERSIONS
         plan.append((store, "already" if already else "rotate"))
     if problems:
         raise StoreCheckError("nothing was changed: " + "; ".join(problems)

@@ -212,3 +212,21 @@ def test_the_media_key_is_made_at_start_sealed_rotated_and_checked_with_the_stor
     assert [(s.label, verdict) for s, verdict in results] == [("the media store (media.key)", "ok")]
     _, results = verify_stores(config_for(tmp_path, key_file))
     assert "encrypted with key" in results[0][1]
+
+
+def test_a_rotation_keeps_each_stores_lease_epoch(tmp_path: Path) -> None:
+    """A store written under a lease (format 3) keeps its epoch and generation through
+    a rotation, so a stale process is still refused after it; one without stays so."""
+    from actors.session.sealed_store import sealed_epoch, sealed_generation, sealed_version
+
+    old_file = tmp_path / "old.key"
+    old, new = new_key_file(old_file), parse_key(generate_key_text(), "new")
+    seal_sessions(tmp_path, old)
+    leased = store_path(tmp_path, "beta")
+    write_atomic(leased, seal(old, creds("beta"), store_id("beta"), 3, epoch=6))
+    report = rotate_keys(config_for(tmp_path, old_file), new, lambda _: None)
+    assert report.failed == []
+    blob = leased.read_bytes()
+    assert (sealed_version(blob), sealed_generation(blob), sealed_epoch(blob)) == (3, 3, 6)
+    assert unseal(new, blob, "beta", store_id("beta")) == creds("beta")
+    assert sealed_version(store_path(tmp_path, "alpha").read_bytes()) == 2
