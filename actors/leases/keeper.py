@@ -84,6 +84,15 @@ class LeaseKeeper:
         with self._cond:
             return self._lost
 
+    def epoch_held(self) -> int | None:
+        """The epoch this process holds right now (by its own clock), None when it
+        holds none: what a write of shared state may carry (``actors.leases.fencing``)."""
+        with self._cond:
+            holding = self._holding
+            if holding is None or self._lost is not None or self._clock() >= holding.stop_by:
+                return None
+            return holding.epoch
+
     def holds(self) -> bool:
         """Whether this process may be connected right now (by its own clock)."""
         with self._cond:

@@ -25,6 +25,14 @@ that moved on since, written by a later process or another host, is never overwr
 Every working directory holds an exclusive ``flock`` on its ``.lock`` file while its
 process lives, so only copies whose owner is gone are ever touched, whatever happened
 to process ids in between.
+
+With leases (multi-host mode, ``cluster.database_url``) a ``fence`` tells each write
+the lease epoch this process holds right now (None: it holds none); every write and
+delete of a sealed store is refused (``FencedWrite``) unless the process holds its
+lease and the store on disk carries no higher epoch (``actors.leases.fencing``), and
+every store is written with the epoch (format 3). An orphan is sealed under the epoch
+its own process last wrote with (kept in ``.base``), so it never replaces a store a
+later lease wrote.
 """
 
 from __future__ import annotations
@@ -38,11 +46,13 @@ import shutil
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.leases.fencing import Refusal, refusal
 from actors.session.sealed_store import (
-    FORMAT_VERSION,
+    CURRENT_VERSIONS,
     SQLITE_COMPANIONS,
     STORE_FILES,
     StoreError,
@@ -52,6 +62,7 @@ from actors.session.sealed_store import (
     remove_sqlite_companions,
     remove_stale_temp_files,
     seal,
+    sealed_epoch,
     sealed_generation,
     sealed_version,
     snapshot,
@@ -63,8 +74,25 @@ from gateway.core.config import EncryptionConfig
 from gateway.core.files import fsync_dir, write_atomic
 
 LOCK_NAME = ".lock"
-BASE_NAME = ".base"  # {store: [generation, sha256 hex]} of the copy's last checkpoint
+# {store: [generation, sha256 hex, lease epoch]} of the copy's last checkpoint (the
+# epoch: 0 without leases, missing in a copy an older wagate left)
+BASE_NAME = ".base"
 STORE_SUBDIR = "store"
+
+# With leases: the epoch this process may write under right now, None while it holds
+# no lease (actors.session.actor builds it from its LeaseKeeper).
+Fence = Callable[[], "int | None"]
+
+
+class FencedWrite(StoreError):
+    """A write (or delete) of a shared sealed store refused by the lease fence: the
+    store stays as it is on disk; this process must stop writing and go."""
+
+    def __init__(self, session: str, name: str, why: Refusal) -> None:
+        super().__init__(f"the {name} store of session '{session}' was not written: "
+                         f"{why.reason}")
+        self.name = name
+        self.refusal = why
 
 
 def work_root(enc: EncryptionConfig) -> Path:
@@ -112,12 +140,15 @@ def clear_stale(root: Path, tag: str, session: str | None = None) -> list[Path]:
 
 
 def seal_orphans(root: Path, tag: str, data_dir: Path, key: StoreKey, enc: EncryptionConfig,
-                 sessions_dir: Path | None = None, session: str | None = None) -> list[str]:
+                 sessions_dir: Path | None = None, session: str | None = None,
+                 leases: bool = False) -> list[str]:
     """Seal the stores of working copies (of ``session``, or of every session of the
     gateway ``tag``) whose owning process is gone, where they are newer than their
     sealed file and still its last writer. Returns ``session/store`` for each store
     sealed. The copies stay for ``clear_stale``; a store that cannot be read is left
-    as it is sealed (logged by the caller through the return value's absence)."""
+    as it is sealed (logged by the caller through the return value's absence). With
+    ``leases``, each is sealed under the epoch its process last wrote with, and never
+    over a store a higher epoch wrote."""
     sealed: list[str] = []
     if not root.is_dir():
         return sealed
@@ -136,12 +167,12 @@ def seal_orphans(root: Path, tag: str, data_dir: Path, key: StoreKey, enc: Encry
         except ValueError:
             continue
         sealed += [f"{name}/{store}" for store in
-                   _seal_orphan(entry, data_dir, name, key, enc, sessions_dir)]
+                   _seal_orphan(entry, data_dir, name, key, enc, sessions_dir, leases)]
     return sealed
 
 
 def _seal_orphan(directory: Path, data_dir: Path, session: str, key: StoreKey,
-                 enc: EncryptionConfig, sessions_dir: Path | None) -> list[str]:
+                 enc: EncryptionConfig, sessions_dir: Path | None, leases: bool) -> list[str]:
     """Seal each store of one orphaned working copy that changed since its last
     checkpoint, if that checkpoint is still the sealed generation."""
     base = _read_base(directory)
@@ -151,7 +182,7 @@ def _seal_orphan(directory: Path, data_dir: Path, session: str, key: StoreKey,
     for name, kind in STORE_FILES.items():
         if name not in base:
             continue  # never checkpointed by this copy (or an older wagate): unknown
-        generation, digest = base[name]
+        generation, digest, epoch = base[name]
         try:
             with open(sealed_dir / name, "rb") as handle:
                 current = sealed_generation(handle.read(64))
@@ -166,26 +197,60 @@ def _seal_orphan(directory: Path, data_dir: Path, session: str, key: StoreKey,
         if plain is None or hashlib.sha256(plain).hexdigest() == digest:
             continue
         make_private_dir(sealed_dir)
-        _seal_next(sealed_dir, ledger, session, name, key, plain, current)
+        try:
+            _seal_next(sealed_dir, ledger, session, name, key, plain, current,
+                       _fixed(epoch) if leases else None)
+        except FencedWrite:
+            continue  # a later lease wrote it meanwhile: that one is newer
         written.append(name)
     return written
 
 
-def _read_base(directory: Path) -> dict[str, tuple[int, str]]:
+def _fixed(epoch: int) -> Fence:
+    """The fence of an orphan: the epoch its process last wrote under."""
+    return lambda: epoch
+
+
+def _read_base(directory: Path) -> dict[str, tuple[int, str, int]]:
     try:
         raw = json.loads((directory / BASE_NAME).read_text(encoding="utf-8"))
-        return {str(k): (int(v[0]), str(v[1])) for k, v in raw.items()}
+        return {str(k): (int(v[0]), str(v[1]), int(v[2]) if len(v) > 2 else 0)
+                for k, v in raw.items()}
     except (OSError, ValueError, TypeError, AttributeError, IndexError, KeyError):
         return {}
 
 
+def stored_epoch(path: Path) -> int:
+    """The lease epoch of the sealed store at ``path`` (0: none, or no such file)."""
+    try:
+        with open(path, "rb") as handle:
+            return sealed_epoch(handle.read(64))
+    except FileNotFoundError:
+        return 0
+
+
+def fenced_epoch(fence: Fence | None, sealed: Path, session: str) -> int | None:
+    """The epoch to write ``sealed`` under (None: no leases); raises ``FencedWrite``
+    when this process may not replace or delete it now. Asked just before the write,
+    after any slow snapshot, so the deadline checked is the one at the rename."""
+    if fence is None:
+        return None
+    writer = fence()
+    why = refusal(writer, stored_epoch(sealed))
+    if why is not None:
+        raise FencedWrite(session, sealed.name, why)
+    return writer
+
+
 def _seal_next(sealed_dir: Path, ledger: GenerationLedger | None, session: str, name: str,
-               key: StoreKey, plain: bytes, current: int) -> int:
+               key: StoreKey, plain: bytes, current: int, fence: Fence | None = None) -> int:
     """Seal ``plain`` as the next generation of store ``name``, then record it (in
-    that order: a crash between leaves a store newer than its record, which opens)."""
+    that order: a crash between leaves a store newer than its record, which opens).
+    With a ``fence``, only while it allows, under its epoch."""
     floor = ledger.floor(session, name) if ledger is not None else 0
     generation = max(current, floor) + 1
-    write_atomic(sealed_dir / name, seal(key, plain, StoreId(session, name), generation))
+    epoch = fenced_epoch(fence, sealed_dir / name, session)
+    write_atomic(sealed_dir / name, seal(key, plain, StoreId(session, name), generation, epoch))
     if ledger is not None:
         ledger.record(session, name, generation)
     return generation
@@ -222,11 +287,14 @@ class WorkingCopy:
     """
 
     def __init__(self, data_dir: Path, session: str, key: StoreKey, enc: EncryptionConfig,
-                 sessions_dir: Path | None = None) -> None:
+                 sessions_dir: Path | None = None, fence: Fence | None = None) -> None:
         """``sessions_dir``: where the sealed stores live (``storage.sessions_dir``;
-        None = ``data_dir/sessions``, shared by the hosts of a cluster)."""
+        None = ``data_dir/sessions``, shared by the hosts of a cluster). ``fence``: with
+        leases, the epoch this process may write under now (module docstring)."""
         self.session = session
         self.key = key
+        self.fence = fence
+        self._epochs: dict[str, int] = {}  # store -> the epoch it was last written under
         sealed_root = data_dir / "sessions" if sessions_dir is None else sessions_dir
         self.sealed_dir = sealed_root / session
         self.ledger: GenerationLedger | None = open_ledger(enc.generations_file, data_dir)
@@ -234,7 +302,8 @@ class WorkingCopy:
         root = work_root(enc)
         tag = gateway_tag(data_dir)
         # What a crashed process of this session changed after its last checkpoint.
-        self.recovered = seal_orphans(root, tag, data_dir, key, enc, sessions_dir, session)
+        self.recovered = seal_orphans(root, tag, data_dir, key, enc, sessions_dir, session,
+                                      leases=fence is not None)
         self.cleared = clear_stale(root, tag, session)
         root.mkdir(parents=True, exist_ok=True)  # never chmod a shared root like /dev/shm
         self.path = Path(tempfile.mkdtemp(prefix=_prefix(tag, session), dir=root))
@@ -270,11 +339,12 @@ class WorkingCopy:
                 self.ledger.check(self.session, name, generation, what)
             if is_sealed(blob):
                 plain = unseal(self.key, blob, what, store)
-                if sealed_version(blob) != FORMAT_VERSION:
-                    generation = self._write_sealed(name, plain, generation)
+                self._epochs[name] = sealed_epoch(blob)
+                if sealed_version(blob) not in CURRENT_VERSIONS:
+                    generation = self._migrate(name, plain, generation)
             else:
                 plain = snapshot(sealed, kind) or b""
-                generation = self._write_sealed(name, plain, generation)
+                generation = self._migrate(name, plain, generation)
                 if kind == "sqlite":
                     remove_sqlite_companions(sealed)
             self._generations[name] = generation
@@ -297,18 +367,28 @@ class WorkingCopy:
     def forget(self) -> None:
         """A logout: delete the stores, sealed and working, of this session (and
         record that no copy of them may come back)."""
+        refused: FencedWrite | None = None
         with self._lock:
             for name, kind in STORE_FILES.items():
-                for directory in (self.store_dir, self.sealed_dir):
+                directories = [self.store_dir]
+                try:
+                    fenced_epoch(self.fence, self.sealed_dir / name, self.session)
+                    directories.append(self.sealed_dir)
+                except FencedWrite as exc:  # a later owner's store: not ours to delete
+                    refused = refused or exc
+                for directory in directories:
                     with contextlib.suppress(FileNotFoundError):
                         (directory / name).unlink()
                     if kind == "sqlite":
                         remove_sqlite_companions(directory / name)
-                self._bury(name)
+                if self.sealed_dir in directories:
+                    self._bury(name)
             self._seen.clear()
             self._write_base()
             if self.sealed_dir.is_dir():
                 fsync_dir(self.sealed_dir)
+        if refused is not None:
+            raise refused
 
     def close(self) -> None:
         """A last checkpoint, then remove the working copy."""
@@ -336,6 +416,8 @@ class WorkingCopy:
                 continue
             plain = snapshot(work, kind) if signature else None
             if plain is None:  # the engine deleted it (a logout)
+                if sealed.exists():
+                    fenced_epoch(self.fence, sealed, self.session)
                 self._seen.pop(name, None)
                 if sealed.exists():
                     sealed.unlink()
@@ -354,13 +436,24 @@ class WorkingCopy:
         return changes
 
     def _write_sealed(self, name: str, plain: bytes, current: int) -> int:
+        generation = _seal_next(self.sealed_dir, self.ledger, self.session, name, self.key,
+                                plain, current, self.fence)
+        if self.fence is not None:
+            self._epochs[name] = stored_epoch(self.sealed_dir / name)
+        return generation
+
+    def _migrate(self, name: str, plain: bytes, current: int) -> int:
+        """While the stores are opened (before any lease is granted): a store left in
+        clear text or format 1 is sealed anew as it is, with no epoch. It carries none,
+        so no lease ever wrote it; its content does not change, and with leases the
+        process's first checkpoint seals it under its epoch."""
         return _seal_next(self.sealed_dir, self.ledger, self.session, name, self.key, plain,
                           current)
 
     def _write_base(self) -> None:
         """Record what each sealed store holds of this copy (``seal_orphans`` reads it
         if this process dies before its next checkpoint)."""
-        base = {name: [self._generations[name], seen.digest.hex()]
+        base = {name: [self._generations[name], seen.digest.hex(), self._epochs.get(name, 0)]
                 for name, seen in self._seen.items() if name in self._generations}
         write_atomic(self.path / BASE_NAME, json.dumps(base).encode())
 

@@ -101,6 +101,7 @@ def test_a_refused_renewal_gives_the_lease_up_at_once(
     keeper, calls, dsn = keep
     keeper.start()
     calls.wait("granted", lambda: calls.granted)
+    assert keeper.epoch_held() == calls.granted[0][0]  # what a store write carries
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("UPDATE wagate_leases SET expires_at = now() - interval '1 hour'")
     rival = LeaseStore(dsn, FAST, host="host-b", pid=2)
@@ -109,6 +110,7 @@ def test_a_refused_renewal_gives_the_lease_up_at_once(
     calls.wait("lost", lambda: calls.lost)
     [(reason, _)] = calls.lost
     assert "renewal refused" in reason and not keeper.holds()
+    assert keeper.epoch_held() is None  # no store write from here on
     calls.wait("the hard exit half a margin later", lambda: calls.exits)
     assert calls.exits[0] - calls.lost[0][1] == pytest.approx(FAST.margin / 2, abs=0.15)
 
