@@ -666,6 +666,16 @@ class ReceivedUnkept:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreWriteFenced:
+    """Session -> supervisor: a process of ``session`` was refused a write of its
+    shared credential store by the lease fence (it lost its lease, or a later epoch
+    wrote the store; actors.leases.fencing), for /metrics. Counted whichever process
+    sends it: the refused one is, by then, usually no longer the session's child."""
+
+    session: str
+
+
+@dataclass(frozen=True, slots=True)
 class HandedBack:
     """Outbox -> supervisor, as the outbox stops: received messages and receipts it
     could not write (a full disk, a failed start), for its next process."""

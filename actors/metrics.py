@@ -30,6 +30,9 @@ class SessionMetrics:
     # Received messages and receipts its processes kept no longer, unacknowledged, at
     # delivery.max_unacknowledged_received (actors/session/unacked.py).
     received_unkept: int = 0
+    # Writes of its shared credential store refused by the lease fence
+    # (actors.leases.fencing): a stale process that did not overwrite its successor's.
+    store_writes_fenced: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class _Tally:
     qr_scans: int = 0
     reconnects: int = 0
     received_unkept: int = 0
+    store_writes_fenced: int = 0
 
 
 class SessionCounters:
@@ -96,6 +100,10 @@ class SessionCounters:
         received messages or receipts (it says so itself: no status shows it)."""
         self._tallies.setdefault(session, _Tally()).received_unkept += count
 
+    def store_fenced(self, session: str) -> None:
+        """A process of ``session`` was refused a store write by the lease fence."""
+        self._tallies.setdefault(session, _Tally()).store_writes_fenced += 1
+
     def forget(self, session: str) -> None:
         """A forgotten session's series go with it (names must not pile up)."""
         self._tallies.pop(session, None)
@@ -105,7 +113,8 @@ class SessionCounters:
                     connected_seconds=t.connected_seconds + (
                         max(0.0, now - t.connected_at) if t.connected_at is not None else 0.0),
                     qr_codes_issued=t.qr_codes_issued, qr_scans=t.qr_scans,
-                    reconnects=t.reconnects, received_unkept=t.received_unkept)
+                    reconnects=t.reconnects, received_unkept=t.received_unkept,
+                    store_writes_fenced=t.store_writes_fenced)
                 for session, t in self._tallies.items()}
 
 

@@ -47,8 +47,10 @@ from gateway.core.version import __version__
 # ReceivedUnkept and SessionMetrics.received_unkept, delivery.received_resend_seconds and
 # delivery.max_unacknowledged_received.
 # The sent journal: cluster.journal_retention_hours in Config.
+# Fenced store writes: StoreWriteFenced (session -> supervisor) and
+# SessionMetrics.store_writes_fenced.
 PROTOCOL = 5
-LAYOUT = "c8d32d6d759d65c5"
+LAYOUT = "5779ced0146aca84"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -49,6 +49,7 @@ from actors.messages import (
     SessionState,
     StartSession,
     StatusChanged,
+    StoreWriteFenced,
 )
 from actors.session.links import ACCOUNT_CHANGED, not_connected_yet, wrong_account
 from actors.session.machine import (
@@ -90,7 +91,7 @@ from gateway.core.validation import bounded_text
 if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
     from actors.leases.keeper import LeaseKeeper
     from actors.session.journaling import SendJournaling
-    from actors.session.working_copy import WorkingCopy
+    from actors.session.working_copy import FencedWrite, WorkingCopy
 
 log = structlog.get_logger("wagate.session")
 
@@ -199,6 +200,14 @@ class _LeaseGranted:
 @dataclass(frozen=True, slots=True)
 class _LeaseLost:
     """The lease keeper let the lease go: close the client now, ask for a fresh process."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _StoreFenced:
+    """Store thread -> actor: a store write was refused by the lease fence
+    (``actors.leases.fencing``); this process stops as a fenced one does."""
 
     reason: str
 
@@ -397,6 +406,16 @@ class SessionActor(BridgedActor):
         supervisor for a fresh process, which waits for the lease before connecting.
         Should this thread be stuck, the keeper ends the process half a margin later."""
         log.error("the session's lease is lost: disconnecting", reason=msg.reason)
+        self._stop_fenced()
+
+    def receiveMsg__StoreFenced(self, msg: _StoreFenced, sender: Any) -> None:
+        """A store write was refused: counted, and this process goes as a fenced one
+        does (its successor owns the store now)."""
+        self.send(self.parent, StoreWriteFenced(self.session))
+        self._stop_fenced()
+
+    def _stop_fenced(self) -> None:
+        """Close the client now and ask the supervisor for a fresh process (once)."""
         self.generation += 1
         if self.transport is not None:
             try:
@@ -427,8 +446,11 @@ class SessionActor(BridgedActor):
                         f"key is configured (environment variable {config.encryption.key_env} "
                         "or encryption.key_file)")
                 return
+            # With leases every write of the shared stores is fenced by this
+            # process's lease (actors.leases.fencing), asked on the store thread.
+            fence = self._epoch_held if lease_mode(config) else None
             self.store = WorkingCopy(config.data_path, self.session, key, config.encryption,
-                                     config.sessions_path)
+                                     config.sessions_path, fence)
         except (StoreKeyError, StoreError, OSError) as exc:
             log.error("the session's stored credentials cannot be opened", error=str(exc))
             self.store_problem = (f"cannot open the stored credentials: {exc}; configure the "
@@ -443,6 +465,30 @@ class SessionActor(BridgedActor):
         self.store_executor = ThreadPoolExecutor(1, thread_name_prefix=f"store-{self.session}")
         self._arm_checkpoint()
 
+    def _epoch_held(self) -> int | None:
+        """Any thread: the lease epoch this process may write the stores under now."""
+        keeper = self.keeper
+        return None if keeper is None else keeper.epoch_held()
+
+    def _store_fenced(self, exc: FencedWrite) -> None:
+        """Any thread: a refused store write, logged with both epochs; never raised
+        into a send or the exit. The actor stops this process (``_StoreFenced``)."""
+        why = exc.refusal
+        log.warning("store write refused: this process no longer owns the session's "
+                    "shared credential store, which stays as its owner wrote it",
+                    session=self.session, store=exc.name, pid=os.getpid(),
+                    writer_epoch=self._last_epoch() if why.writer_epoch is None
+                    else why.writer_epoch, holds_lease=why.writer_epoch is not None,
+                    store_epoch=why.store_epoch, reason=why.reason)
+        if self.bridge is not None:
+            self.bridge.post(_StoreFenced(why.reason))
+
+    def _last_epoch(self) -> int | None:
+        """The epoch this process was last granted (held or not)."""
+        keeper = self.keeper
+        holding = None if keeper is None else keeper.holding
+        return None if holding is None else holding.epoch
+
     def _arm_checkpoint(self) -> None:
         seconds = self.config.encryption.checkpoint_seconds
         self.wakeupAfter(timedelta(seconds=seconds), payload=_CheckpointTick())
@@ -455,6 +501,8 @@ class SessionActor(BridgedActor):
     def _checkpoint(self, release: bool = False) -> None:
         """Store thread: seal what changed. Touches no actor state; ``release`` posts
         ``_StoreSaved`` when done, whatever the outcome."""
+        from actors.session.working_copy import FencedWrite
+
         error: str | None = None
         try:
             if self.store is not None:
@@ -462,6 +510,8 @@ class SessionActor(BridgedActor):
                 if changed:
                     log.info("encrypted session store written", session=self.session,
                              files=changed)
+        except FencedWrite as exc:
+            self._store_fenced(exc)
         except Exception as exc:
             error = checkpoint_problem(exc)
             # Retried at every checkpoint tick: what changed is compared with the last
@@ -496,11 +546,16 @@ class SessionActor(BridgedActor):
     def _logout(self, client: Transport) -> None:
         """Worker thread: unlink and close the client, then delete the stores (the
         sealed ones too, so no restart resumes the unlinked device)."""
+        from actors.session.sealed_store import StoreError
+        from actors.session.working_copy import FencedWrite
+
         _logout_and_close(client)
         if self.store is not None:
             try:
                 self.store.forget()
-            except OSError as exc:
+            except FencedWrite as exc:
+                self._store_fenced(exc)
+            except (OSError, StoreError) as exc:
                 log.error("deleting the session's stores failed", session=self.session,
                           error=repr(exc))
 
@@ -544,12 +599,17 @@ class SessionActor(BridgedActor):
             self.store_executor.shutdown(wait=True, cancel_futures=True)
         if self.store is None:
             return
+        from actors.session.working_copy import FencedWrite
+
         try:
             if not all(logout.done() for logout in self.logouts):
                 self.store.forget()  # a logout the network held up: delete anyway
             changed = self.store.checkpoint()
             if changed:
                 log.info("encrypted session store written", files=changed)
+        except FencedWrite as exc:
+            self._store_fenced(exc)
+            self.send(self.parent, StoreWriteFenced(self.session))  # no actor turn is left
         except Exception:
             log.exception("the last session store checkpoint failed")
         finally:

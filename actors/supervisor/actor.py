@@ -81,6 +81,7 @@ from actors.messages import (
     StartWorker,
     StatusChanged,
     Stop,
+    StoreWriteFenced,
     WebhookCommand,
     WhoAreYou,
 )
@@ -464,6 +465,11 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         for _, child in self.children.sessions():
             if child.address is not None:
                 self.send(child.address, ResendReceived(sender))
+
+    def receiveMsg_StoreWriteFenced(self, msg: StoreWriteFenced, sender: Any) -> None:
+        # Any process of a known session: the refused one is usually replaced by now.
+        if self.children.session(msg.session) is not None:
+            self.session_counters.store_fenced(msg.session)
 
     def receiveMsg_ReceivedUnkept(self, msg: ReceivedUnkept, sender: Any) -> None:
         child = self.children.session(msg.session)

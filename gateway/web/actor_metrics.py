@@ -90,6 +90,11 @@ class ActorCollector:
             "wagate_received_unkept_total", "received messages and receipts a session "
             "process stopped keeping for a resend before the outbox committed them "
             "(delivery.max_unacknowledged_received reached)", labels=["session"])
+        fenced = CounterMetricFamily(
+            "wagate_store_writes_fenced_total", "writes of a session's shared credential "
+            "store refused because the writing process no longer held the session's lease "
+            "(or a later lease had written it): each one a stale process kept from rolling "
+            "back its successor's store", labels=["session"])
         for status in report.sessions:
             name = status.session
             connected.add_metric([name], 1.0 if status.connected else 0.0)
@@ -103,13 +108,14 @@ class ActorCollector:
             scans.add_metric([name], float(counts.qr_scans))
             reconnects.add_metric([name], float(counts.reconnects))
             unkept.add_metric([name], float(counts.received_unkept))
+            fenced.add_metric([name], float(counts.store_writes_fenced))
         outdated = GaugeMetricFamily(
             "wagate_sessions_client_outdated", "sessions WhatsApp refuses because the "
             "engine's compiled web client version was retired (upgrade wagate)")
         outdated.add_metric([], float(sum(s.state is SessionState.CLIENT_OUTDATED
                                           for s in report.sessions)))
         yield from (connected, state, attempt, seconds, issued, scans, reconnects, unkept,
-                    outdated)
+                    fenced, outdated)
 
     def _outbox(self, report: HealthReport) -> Iterator[Metric]:
         metrics = report.outbox_metrics
