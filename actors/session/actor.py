@@ -271,6 +271,9 @@ class SessionActor(BridgedActor):
         self.held: list[_Event] | None = None  # events waiting for the connect checkpoint
         self.store_error: str | None = None  # the store thread's last checkpoint failure
         self.store_failures = 0  # the store thread's checkpoints failed in a row
+        # A store write was refused by the lease fence: this process writes its stores
+        # no more (the store thread sets it; the exit reads it after that thread ended).
+        self.store_fenced = False
         self.retiring = False  # asked the supervisor for a fresh process (RetireSession)
         # Multi-host mode with a lease database: no client runs without the lease.
         self.keeper: LeaseKeeper | None = None
@@ -474,6 +477,7 @@ class SessionActor(BridgedActor):
         """Any thread: a refused store write, logged with both epochs; never raised
         into a send or the exit. The actor stops this process (``_StoreFenced``)."""
         why = exc.refusal
+        self.store_fenced = True  # one refusal is enough: no write of this process follows
         log.warning("store write refused: this process no longer owns the session's "
                     "shared credential store, which stays as its owner wrote it",
                     session=self.session, store=exc.name, pid=os.getpid(),
@@ -505,7 +509,7 @@ class SessionActor(BridgedActor):
 
         error: str | None = None
         try:
-            if self.store is not None:
+            if self.store is not None and not self.store_fenced:
                 changed = self.store.checkpoint()
                 if changed:
                     log.info("encrypted session store written", session=self.session,
@@ -602,6 +606,8 @@ class SessionActor(BridgedActor):
         from actors.session.working_copy import FencedWrite
 
         try:
+            if self.store_fenced:
+                return  # its successor owns the store: the working copy just goes
             if not all(logout.done() for logout in self.logouts):
                 self.store.forget()  # a logout the network held up: delete anyway
             changed = self.store.checkpoint()

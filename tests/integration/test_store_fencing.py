@@ -16,8 +16,12 @@ Then only A is continued. Its periodic checkpoint is long overdue and runs at on
 beside its fence noticing the lost lease: on the code before this test, that write
 replaced B's store with A's older content (last writer wins). Now the write is
 refused (A no longer holds its lease, and the store carries a higher epoch), logged
-with both epochs and counted, and A stops as a fenced process does. The store on disk
-is still B's: its content, generation and epoch, and it opens with the key.
+once with both epochs, and A stops as a fenced process does. The store on disk is
+still B's: its content, generation and epoch, and it opens with the key.
+
+How it fails on the code before the fence: A's overdue checkpoint replaced the store,
+and the content on disk was A's (``test_marker`` "A"); checked by turning the refusal
+off in ``working_copy.fenced_epoch``.
 """
 
 from __future__ import annotations
@@ -169,15 +173,12 @@ def test_a_stale_session_process_never_overwrites_the_new_owners_store(
     assert (generation, epoch) == (b_generation, b_epoch)
     refused = _refusals(member, a_pid)
     assert refused, "A never tried to write its store: the test proves nothing"
-    assert refused[0]["writer_epoch"] == a_epoch, refused
+    # Once: a refused process writes its stores no more (not even at its exit).
+    assert len(refused) == 1, refused
+    assert (refused[0]["writer_epoch"], refused[0]["holds_lease"]) == (a_epoch, False), refused
     assert _placement(leader, SESSION) == {"state": "CONNECTED", "host": LEADER}
-    assert _metric(leader, SESSION) >= 1
+    # Not asserted: wagate_store_writes_fenced_total. The refused process sends the count
+    # itself and is ended half a margin after its lease was lost, often before its actor
+    # thread gets the message out (README; tests/unit/test_metrics.py checks the counter).
     member.kill_everything()  # given up by the leader: a lost host's end
 
-
-def _metric(gw: Gateway, session: str) -> float:
-    text = gw.http.get(gw.url + "/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(f'wagate_store_writes_fenced_total{{session="{session}"}}'):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0

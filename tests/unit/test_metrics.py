@@ -77,6 +77,13 @@ def test_received_writes_kept_no_longer_add_up_per_session() -> None:
     assert counters.snapshot(0.0)["a"] == SessionMetrics(received_unkept=5)
 
 
+def test_fenced_store_writes_add_up_per_session() -> None:
+    counters = SessionCounters()
+    counters.store_fenced("a")
+    counters.store_fenced("a")  # another stale process of the session
+    assert counters.snapshot(0.0)["a"] == SessionMetrics(store_writes_fenced=2)
+
+
 def test_refusals_by_scope() -> None:
     refusals = RefusalCounters()
     for scope in ("recipient_minute", "recipient_minute", "global_day", "queue", None,
@@ -118,7 +125,8 @@ def _report() -> HealthReport:
         queue_depth=4, queue_by_session={"b": 4}, uncertain_total=1,
         worker_pids={"supervisor": 10, "outbox": 11},
         session_metrics={"a": SessionMetrics(connected_seconds=7.5, qr_codes_issued=2,
-                                             qr_scans=1, received_unkept=3)},
+                                             qr_scans=1, received_unkept=3,
+                                             store_writes_fenced=1)},
         outbox_metrics=OutboxMetrics(messages={"QUEUED": 9, "SENT": 5, "FAILED": 1},
                                      rate_limited={"recipient_minute": 2},
                                      usage_ratio={"recipient_minute": 1.0,
@@ -200,6 +208,8 @@ def test_actor_metrics_render_as_prometheus_text() -> None:
     assert metrics["wagate_session_reconnect_attempt"][(("session", "b"),)] == 2.0
     assert metrics["wagate_received_unkept_total"] == {(("session", "a"),): 3.0,
                                                        (("session", "b"),): 0.0}
+    assert metrics["wagate_store_writes_fenced_total"] == {(("session", "a"),): 1.0,
+                                                           (("session", "b"),): 0.0}
     assert metrics["wagate_queue_depth"] == {(("session", "a"),): 0.0,
                                              (("session", "b"),): 4.0}
     messages = metrics["wagate_messages_total"]
