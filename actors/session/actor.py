@@ -570,15 +570,23 @@ class SessionActor(BridgedActor):
         start resumes them."""
         from actors.session.sealed_store import StoreError
         from actors.session.store_generations import open_ledger
-        from actors.session.working_copy import remove_stores
+        from actors.session.working_copy import FencedWrite, remove_stores
 
         config = self.config
+        if lease_mode(config) and self.store is None and self._epoch_held() is None:
+            log.warning("store write refused: the stored credentials were not deleted, this "
+                        "process does not hold the session's lease", session=self.session,
+                        pid=os.getpid(), writer_epoch=None, holds_lease=False)
+            return
         try:
             if self.store is not None:
                 self.store.forget()
             else:
                 ledger = open_ledger(config.encryption.generations_file, config.data_path)
                 remove_stores(config.data_path, self.session, config.sessions_path, ledger)
+        except FencedWrite as exc:
+            self._store_fenced(exc)
+            return
         except (OSError, StoreError) as exc:
             log.error("deleting the session's stores failed", session=self.session,
                       error=repr(exc))

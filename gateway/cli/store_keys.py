@@ -49,7 +49,7 @@ from actors.session.sealed_store import (
 )
 from actors.session.store_generations import GenerationLedger, open_ledger
 from actors.session.working_copy import clear_stale, gateway_tag, seal_orphans, work_root
-from gateway.core.config import Config
+from gateway.core.config import Config, lease_mode
 from gateway.core.errors import WagateError
 from gateway.core.files import write_atomic
 from gateway.core.mounts import mount_of_path, network_problem, read_mounts
@@ -316,8 +316,9 @@ def _check_work_root(config: Config, key: StoreKey) -> None:
     if not os.access(root, os.W_OK | os.X_OK):
         raise StoreCheckError(f"encryption.work_dir {root} is not writable by this user; "
                               "choose another directory")
+    # With leases, under each orphan's own epoch and never over a later one's store.
     recovered = seal_orphans(root, gateway_tag(data), data, key, config.encryption,
-                             config.sessions_path)
+                             config.sessions_path, leases=lease_mode(config))
     if recovered:
         log.warning("sealed the newer state that crashed session processes left in their "
                     "working copies", stores=recovered)
