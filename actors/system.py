@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from actors.protocol import compatible, identity
+from gateway.core.config import lease_mode
 from gateway.core.networks import address_in, parse_networks
 
 SYSTEM_BASE = "multiprocTCPBase"
@@ -283,7 +284,13 @@ def gateway_capabilities(config: Any) -> dict[str, Any]:
         return caps
     own = f"{bind_address(config)}:{config.actors.admin_port}"
     leaders = list(cluster.leaders) or [own]
-    caps["Convention Address.IPv4"] = leaders[0] if len(leaders) == 1 else leaders
+    if lease_mode(config):
+        # One convention per leader, led by itself; a member is in one at a time: the
+        # first leader's, then the one of whichever leader holds the leadership lock
+        # (its launcher follows it: gateway/cli/leader_follow.py).
+        caps["Convention Address.IPv4"] = own if cluster.role == "leader" else leaders[0]
+    else:
+        caps["Convention Address.IPv4"] = leaders[0] if len(leaders) == 1 else leaders
     caps[ROLE_CAPABILITY] = cluster.role
     caps[HOST_CAPABILITY] = host_name(config)
     caps[SLOTS_CAPABILITY] = cluster.sessions

@@ -13,18 +13,55 @@ The holder must also notice when *it* lost the lock (its connection broke, the
 database restarted): ``holds`` asks the server and is False on any error, and a
 holder that sees False must stop acting as the leader before a standby's
 ``try_acquire`` can succeed.
+
+Members must find the active leader (they join one convention leader at a time):
+a contender that takes the lock writes its convention address in ``wagate_leader``,
+on the very connection that holds the lock, with that connection's backend pid.
+``LeaderDirectory.current`` reads the row and says whether that backend still holds
+the lock, so a dead holder's row is never taken for the active leader.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from typing import LiteralString
 
 import psycopg
 from psycopg.rows import TupleRow
 
-from actors.leases.store import SYNCHRONOUS_COMMIT_OPTION
+from actors.leases.store import SYNCHRONOUS_COMMIT_OPTION, LeaseStoreUnavailable, connect
 
 LEADER_LOCK = "wagate.leader"
+
+LEADER_SCHEMA: LiteralString = """
+CREATE TABLE IF NOT EXISTS wagate_leader (
+    name        text PRIMARY KEY,
+    address     text NOT NULL,
+    host        text NOT NULL,
+    pid         integer NOT NULL,
+    backend_pid integer NOT NULL,
+    since       timestamptz NOT NULL
+)
+"""
+
+_PUBLISH: LiteralString = """
+INSERT INTO wagate_leader (name, address, host, pid, backend_pid, since)
+VALUES (%(name)s, %(address)s, %(host)s, %(pid)s, pg_backend_pid(), statement_timestamp())
+ON CONFLICT (name) DO UPDATE SET
+    address = EXCLUDED.address, host = EXCLUDED.host, pid = EXCLUDED.pid,
+    backend_pid = EXCLUDED.backend_pid, since = EXCLUDED.since
+"""
+
+# Whether the backend pid of the row holds the lock now (the key split as pg_locks
+# shows an advisory bigint key: high half in classid, low half in objid).
+_HELD_BY: LiteralString = (
+    "EXISTS (SELECT 1 FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted "
+    "AND k.pid = l.backend_pid AND k.objid = (%(key)s::bigint & 4294967295)::oid "
+    "AND k.classid = ((%(key)s::bigint >> 32) & 4294967295)::oid)")
+
+_CURRENT: LiteralString = ("SELECT address, host, pid, " + _HELD_BY
+                           + " FROM wagate_leader l WHERE name = %(name)s")
 
 
 def advisory_key(name: str) -> int:
@@ -37,9 +74,13 @@ class LeaderLock:
     """One contender for a named advisory lock, on a connection of its own."""
 
     def __init__(self, dsn: str, name: str = LEADER_LOCK, *,
-                 keepalive_seconds: int = 5, timeout_seconds: float = 5.0) -> None:
+                 keepalive_seconds: int = 5, timeout_seconds: float = 5.0,
+                 address: str = "", host: str = "", pid: int = 0) -> None:
         self._dsn = dsn
+        self.name = name
         self.key = advisory_key(name)
+        # Published in wagate_leader on every grant (members join it); "" publishes none.
+        self.address, self.host, self.pid = address, host, pid
         self._keepalive = keepalive_seconds
         self._timeout = timeout_seconds
         self._conn: psycopg.Connection[TupleRow] | None = None
@@ -53,11 +94,20 @@ class LeaderLock:
         try:
             conn = self._connection()
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
-        except psycopg.OperationalError:
+            if row and row[0] and self.address:
+                self._publish(conn)
+        except psycopg.Error:  # unreachable, or the row not written: not the leader yet
             self._drop()
             return False
         self._held = bool(row and row[0])
         return self._held
+
+    def _publish(self, conn: psycopg.Connection[TupleRow]) -> None:
+        """Write this contender's address as the active leader's, on the connection
+        that holds the lock (its backend pid is how readers know the row is live)."""
+        conn.execute(LEADER_SCHEMA)
+        conn.execute(_PUBLISH, {"name": self.name, "address": self.address,
+                                "host": self.host, "pid": self.pid})
 
     def holds(self) -> bool:
         """Whether this contender still holds the lock, by the server's word."""
@@ -101,5 +151,49 @@ class LeaderLock:
 
     def _drop(self) -> None:
         conn, self._conn, self._held = self._conn, None, False
+        if conn is not None:
+            conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The row of the last contender that took the lock; ``held``: it holds it now."""
+
+    address: str
+    host: str
+    pid: int
+    held: bool
+
+
+class LeaderDirectory:
+    """Reads which leader holds the lock (members ask it to know whom to join)."""
+
+    def __init__(self, dsn: str, name: str = LEADER_LOCK, timeout_seconds: float = 1.0
+                 ) -> None:
+        self._dsn = dsn
+        self.name = name
+        self.key = advisory_key(name)
+        self.timeout_seconds = timeout_seconds
+        self._conn: psycopg.Connection[TupleRow] | None = None
+
+    def current(self) -> Published | None:
+        """The published leader (None: no leader ever published one); raises
+        ``LeaseStoreUnavailable`` when the database does not answer."""
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self._dsn, self.timeout_seconds)
+            row = self._conn.execute(_CURRENT, {"name": self.name, "key": self.key}
+                                     ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return None  # no leader has taken the lock on this database yet
+        except psycopg.Error as exc:
+            self.close()
+            raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if row is None:
+            return None
+        return Published(str(row[0]), str(row[1]), int(row[2]), bool(row[3]))
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()

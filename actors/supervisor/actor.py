@@ -105,7 +105,7 @@ from actors.supervisor.host_agent import HostAgent
 from actors.supervisor.lease_agent import LeaseAgent
 from actors.supervisor.policy import RestartBudget, backoff_delay
 from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
-from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, host_name
+from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, bind_address, host_name
 from actors.webhooks.actor import WebhookActor
 from gateway.core.config import Config, lease_mode, without_credentials
 from gateway.core.observability import setup_logging
@@ -133,6 +133,11 @@ class _LeaseCheck:
     the newest (``generation``) counts, so checks never pile up."""
 
     generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class _LeaderCheck:
+    """Time to try the leadership lock again (a standby takes over within a period)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +171,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         # ... and this host's check of its own session processes against their leases
         # (actors.supervisor.lease_agent), a child of its own; None otherwise.
         self.lease_agent: Any = None
+        self.holds_leadership = False  # with leases: this leader holds the lock
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
@@ -204,6 +210,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         if lease_mode(msg.config):
             self.lease_waits = _lease_waits(msg.config)
             self._start_lease_agent()
+            self._claim_leadership()
         if self.cluster.leading:
             self.notifyOnSystemRegistrationChanges(True)
             self.check_hosts_after(cluster.heartbeat_seconds)
@@ -622,6 +629,10 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             if not self.stopping and self.cluster is not None:
                 self.cluster.check(self.children.placed_on)
             return
+        if isinstance(msg.payload, _LeaderCheck):
+            if not self.stopping:
+                self._claim_leadership()
+            return
         if isinstance(msg.payload, _LeaseCheck):
             if msg.payload.generation == self.lease_generation and not self.stopping:
                 self._check_leases()
@@ -824,6 +835,28 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                                             targetActorRequirements={HOST_CAPABILITY: here})
         # fence_seconds unused: the leader fences nothing of its own.
         self.send(self.lease_agent, StartAgent(here, 0.0, self.config.cluster.heartbeat_seconds))
+
+    def _claim_leadership(self) -> None:
+        """Every ``lease_renew_seconds``: try the leadership lock (armed first: a failed
+        handler is not run again). A standby takes over within one period of the
+        holder's database connection ending; its waiting sessions are asked about at
+        once, and members follow the address it publishes."""
+        assert self.config is not None and self.lease_waits is not None
+        self.wakeupAfter(timedelta(seconds=self.config.cluster.lease_renew_seconds),
+                         payload=_LeaderCheck())
+        held = self.lease_waits.claim()
+        if held == self.holds_leadership:
+            return
+        self.holds_leadership = held
+        if held:
+            log.warning("this leader holds the leadership lock: it starts sessions, and "
+                        "members join it")
+            self.audit("leader.active", host=host_name(self.config), pid=os.getpid())
+            if self.lease_waits.sessions:
+                self._check_leases()
+        else:
+            log.error("this leader no longer holds the leadership lock; it starts no "
+                      "session until it holds it again")
 
     def _check_leases(self) -> None:
         """Start the waiting sessions whose lease is free; show the others as waiting
@@ -1083,7 +1116,10 @@ def _lease_waits(config: Config) -> LeaseWaits:
                        host=host_name(config), pid=os.getpid(),
                        timeout_seconds=QUESTION_TIMEOUT_SECONDS)
     # Only the holder of the leadership lock starts sessions (one active leader).
-    lock = LeaderLock(config.cluster.database_url, timeout_seconds=QUESTION_TIMEOUT_SECONDS)
+    # Its holder publishes its convention address: members join the active leader.
+    lock = LeaderLock(config.cluster.database_url, timeout_seconds=QUESTION_TIMEOUT_SECONDS,
+                      address=f"{bind_address(config)}:{config.actors.admin_port}",
+                      host=host_name(config), pid=os.getpid())
     return LeaseWaits(store, lock=lock)
 
 

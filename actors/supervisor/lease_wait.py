@@ -53,6 +53,16 @@ class LeaseWaits:
     def discard(self, session: str) -> None:
         self.sessions.discard(session)
 
+    def claim(self) -> bool:
+        """Try to hold the leadership lock now, whether sessions wait or not (the lock's
+        holder publishes its address, which members join): True when it holds it."""
+        lock = self.lock
+        if lock is None:
+            return True
+        # On the one question thread: the lock's connection is never used by two.
+        answer = self._question.ask(lambda: {} if lock.try_acquire() else None)
+        return isinstance(answer, dict)
+
     def check(self) -> Checked:
         """Ask the database once about every waiting session; the ready ones are no
         longer waiting (the caller starts them)."""

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -48,7 +48,7 @@ from gateway.cli.cluster_mode import cluster_problem
 from gateway.cli.ownership import Stamp
 from gateway.cli.run_state import ClaimError, Run
 from gateway.core.allocator import limit_arenas
-from gateway.core.config import Config
+from gateway.core.config import Config, lease_mode
 from gateway.core.disk import access_problem
 from gateway.core.errors import WagateError
 from gateway.core.migrations import NewerStoreError, check_not_newer
@@ -56,6 +56,9 @@ from gateway.core.mounts import mount_of_path, mounts_below, network_problem, re
 from gateway.core.observability import setup_logging
 from gateway.web.metrics_files import reset_metrics_dir
 from gateway.web.server import web_environment
+
+if TYPE_CHECKING:  # psycopg is imported only by a member with leases
+    from gateway.cli.leader_follow import LeaderFollower
 
 log = structlog.get_logger("wagate.serve")
 
@@ -249,6 +252,25 @@ def base_url(host: str, port: int) -> str:
 
 def watch(started: Started, config: Config, stop: StopSignals) -> int:
     """Serve until a stop is requested or a part of the gateway dies (exit code 1)."""
+    follower = leader_follower(config)
+    try:
+        return _watch(started, config, stop, follower)
+    finally:
+        if follower is not None:
+            follower.close()
+
+
+def leader_follower(config: Config) -> LeaderFollower | None:
+    """A member with leases follows the leader holding the leadership lock."""
+    if config.cluster.role != "member" or not lease_mode(config):
+        return None
+    from gateway.cli.leader_follow import LeaderFollower
+
+    return LeaderFollower(config)
+
+
+def _watch(started: Started, config: Config, stop: StopSignals,
+           follower: LeaderFollower | None) -> int:
     web, admin = started.web, started.admin
     assert web is not None
     while not stop.requested:
@@ -263,6 +285,8 @@ def watch(started: Started, config: Config, stop: StopSignals) -> int:
             log.error("the actor system died; stopping the gateway so it can be "
                       "restarted", admin_pid=admin.pid)
             return 1
+        if follower is not None:
+            follower.tick(started.system)
         problem = tend_endpoint(started.system, config, 0.2)
         if problem is not None:
             log.error(problem)

@@ -8,7 +8,14 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from actors.leases.leader import LEADER_LOCK, LeaderLock, advisory_key
+from actors.leases.leader import (
+    LEADER_LOCK,
+    LeaderDirectory,
+    LeaderLock,
+    Published,
+    advisory_key,
+)
+from actors.leases.store import LeaseStoreUnavailable
 
 DEADLINE_SECONDS = 4.0
 
@@ -74,3 +81,44 @@ def test_an_unreachable_database_gives_no_leadership() -> None:
     assert lock.try_acquire() is False
     assert lock.holds() is False
     lock.release()
+
+
+def test_the_holder_publishes_its_address_and_the_directory_names_it_while_it_holds(
+        pg_dsn: str) -> None:
+    """Members find the active leader in ``wagate_leader``: the row of the last
+    contender that took the lock, said to be held only while its connection holds it."""
+    directory = LeaderDirectory(pg_dsn)
+    first = LeaderLock(pg_dsn, address="10.0.0.1:19500", host="alpha", pid=11)
+    second = LeaderLock(pg_dsn, address="10.0.0.2:19500", host="gamma", pid=22)
+    try:
+        assert directory.current() is None  # nobody ever took the lock here
+        assert first.try_acquire() and not second.try_acquire()
+        assert directory.current() == Published("10.0.0.1:19500", "alpha", 11, True)
+        first.release()
+        # The dead holder's row stays, but is not taken for the active leader.
+        assert directory.current() == Published("10.0.0.1:19500", "alpha", 11, False)
+        assert second.try_acquire()
+        assert directory.current() == Published("10.0.0.2:19500", "gamma", 22, True)
+    finally:
+        first.release()
+        second.release()
+        directory.close()
+
+
+def test_a_contender_without_an_address_publishes_nothing(pg_dsn: str) -> None:
+    lock, directory = LeaderLock(pg_dsn), LeaderDirectory(pg_dsn)
+    try:
+        assert lock.try_acquire()
+        assert directory.current() is None
+    finally:
+        lock.release()
+        directory.close()
+
+
+def test_the_directory_of_an_unreachable_database_raises() -> None:
+    from tests.pg import free_port
+
+    directory = LeaderDirectory(f"host=127.0.0.1 port={free_port()} user=x dbname=x")
+    with pytest.raises(LeaseStoreUnavailable):
+        directory.current()
+    directory.close()

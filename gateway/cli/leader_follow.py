@@ -1,0 +1,75 @@
+"""A member's launcher follows the active leader (issue 22, one active leader).
+
+Every ``cluster.lease_renew_seconds`` it asks the lease database which leader holds the
+leadership lock (``actors.leases.leader.LeaderDirectory``, at most 1 s on a thread of
+its own) and, when that is another of its ``cluster.leaders`` than the one it joined,
+re-joins it by changing its Admin's ``Convention Address.IPv4`` capability: Thespian's
+Admin then registers with the new address at once (``capabilities_have_changed`` ->
+``setup_convention`` in thespian/system/admin/convention.py), the new leader's
+supervisor sees the member join and places its agent there. The member's sessions
+are not restarted by the move: the old leader's agent fences them when that leader
+goes quiet, and the new leader places them again once their leases are free.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from actors.leases.follow import decide, first_leader
+from gateway.core.config import Config
+
+log = structlog.get_logger("wagate.serve")
+
+CONVENTION_CAPABILITY = "Convention Address.IPv4"
+QUESTION_SECONDS = 1.0
+
+
+class LeaderFollower:
+    """The launcher's side: ``tick`` from its serving loop, as often as it likes."""
+
+    def __init__(self, config: Config) -> None:
+        from actors.leases.bounded import BoundedQuestion
+        from actors.leases.leader import LeaderDirectory, Published
+
+        cluster = config.cluster
+        self.leaders = tuple(cluster.leaders)
+        self.joined = first_leader(self.leaders)
+        self.period = cluster.lease_renew_seconds
+        self.directory = LeaderDirectory(cluster.database_url,
+                                         timeout_seconds=QUESTION_SECONDS)
+        self.question: BoundedQuestion[Published | None] = BoundedQuestion(
+            QUESTION_SECONDS, "leader-directory")
+        self.next_at = 0.0
+        self.problem: str | None = None
+
+    def tick(self, system: Any) -> None:
+        """Ask when the period is over; re-join when the active leader changed."""
+        now = time.monotonic()
+        if now < self.next_at:
+            return
+        self.next_at = now + self.period
+        published = self.question.ask(self.directory.current)
+        if isinstance(published, str):
+            return  # unknown: stay where we are
+        move = decide(self.leaders, self.joined, published)
+        if move.problem is not None and move.problem != self.problem:
+            log.error(move.problem)
+        self.problem = move.problem
+        if move.to is None:
+            return
+        log.warning("the active leader changed; this member joins it", old=self.joined,
+                    new=move.to)
+        try:
+            system.updateCapability(CONVENTION_CAPABILITY, move.to)
+        except Exception as exc:  # the Admin did not confirm: asked again next period
+            log.error("could not re-join the active leader; trying again", new=move.to,
+                      error=repr(exc))
+            return
+        self.joined = move.to
+
+    def close(self) -> None:
+        if not self.question.hanging:
+            self.directory.close()
