@@ -212,7 +212,7 @@ def open_system(address: str, networks: tuple[str, ...], capabilities: dict[str,
     return ActorSystem(SYSTEM_BASE, capabilities, logDefs=log_defs)
 
 
-def start_system(config: Any, log_defs: Any) -> Any:
+def start_system(config: Any, log_defs: Any, convention: str | None = None) -> Any:
     """The launcher's actor system (its Admin is forked from here, and every actor from
     the Admin): filtered like any other, and this host's ``config`` stays in the forked
     processes for the sessions placed here (``host_config``), instead of travelling to
@@ -220,7 +220,7 @@ def start_system(config: Any, log_defs: Any) -> Any:
     global _host_config
     _host_config = config
     return open_system(bind_address(config), allowed_networks(config),
-                       gateway_capabilities(config), log_defs)
+                       gateway_capabilities(config, convention), log_defs)
 
 
 def host_config() -> Any:
@@ -270,14 +270,15 @@ def host_name(config: Any) -> str:
     return config.cluster.host_name or socket.gethostname()
 
 
-def gateway_capabilities(config: Any) -> dict[str, Any]:
+def gateway_capabilities(config: Any, convention: str | None = None) -> dict[str, Any]:
     """The capabilities of a gateway's actor system: on a single host the Admin Port
     and this wagate's identity; in a cluster also the convention (the leader's
     address), this host's role, name and slots (read by the leader's supervisor when
-    the member joins). Only what placement needs: capabilities travel to every host
-    and Thespian logs them (a member that misses check-ins), so never a setting that
-    could hold a credential; sessions placed here read this host's configuration from
-    ``host_config``."""
+    the member joins; ``convention``: the listed leader a member with leases joins,
+    the one holding the leadership lock). Only what placement needs: capabilities
+    travel to every host and Thespian logs them (a member that misses check-ins), so
+    never a setting that could hold a credential; sessions placed here read this
+    host's configuration from ``host_config``."""
     caps = capabilities(config.actors.admin_port)
     cluster = config.cluster
     if cluster.role == "single":
@@ -288,7 +289,8 @@ def gateway_capabilities(config: Any) -> dict[str, Any]:
         # One convention per leader, led by itself; a member is in one at a time: the
         # first leader's, then the one of whichever leader holds the leadership lock
         # (its launcher follows it: gateway/cli/leader_follow.py).
-        caps["Convention Address.IPv4"] = own if cluster.role == "leader" else leaders[0]
+        member_joins = convention if convention in leaders else leaders[0]
+        caps["Convention Address.IPv4"] = own if cluster.role == "leader" else member_joins
     else:
         caps["Convention Address.IPv4"] = leaders[0] if len(leaders) == 1 else leaders
     caps[ROLE_CAPABILITY] = cluster.role

@@ -45,6 +45,18 @@ class LeaderFollower:
         self.next_at = 0.0
         self.problem: str | None = None
 
+    def start(self) -> str:
+        """The address to join at start: the leader holding the lock when the database
+        names a listed one within the bound, else the first of ``cluster.leaders``.
+        The connection is closed again before the actor system forks its Admin."""
+        published = self.question.ask(self.directory.current)
+        if not isinstance(published, str):
+            move = decide(self.leaders, self.joined, published)
+            if move.to is not None:
+                self.joined = move.to
+        self.close()
+        return self.joined
+
     def tick(self, system: Any) -> None:
         """Ask when the period is over; re-join when the active leader changed."""
         now = time.monotonic()

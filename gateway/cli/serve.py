@@ -204,6 +204,7 @@ class Started:
         self.admin: Stamp | None = None
         self.admin_starter: int | None = None  # exited child to reap (reap_admin_starter)
         self.web: subprocess.Popen[bytes] | None = None
+        self.follower: LeaderFollower | None = None  # a member with leases
 
 
 def check_ports(config: Config) -> None:
@@ -252,7 +253,7 @@ def base_url(host: str, port: int) -> str:
 
 def watch(started: Started, config: Config, stop: StopSignals) -> int:
     """Serve until a stop is requested or a part of the gateway dies (exit code 1)."""
-    follower = leader_follower(config)
+    follower = started.follower
     try:
         return _watch(started, config, stop, follower)
     finally:
@@ -389,6 +390,9 @@ def start_actor_system(config: Config, started: Started, run: Run) -> None:
 
     configure_thespian_log(logs)
     preload_engine(config.transport.engine)
+    # A member with leases joins the leader holding the leadership lock, if one does.
+    started.follower = leader_follower(config)
+    convention = started.follower.start() if started.follower is not None else None
     # The Admin and every actor inherit fds 0-2: point them at the actor log, never at
     # our terminal or a caller's pipe (a leftover actor would hold that pipe open).
     saved = [os.dup(fd) for fd in (0, 1, 2)]
@@ -399,7 +403,8 @@ def start_actor_system(config: Config, started: Started, run: Run) -> None:
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         freeze_before_fork()
-        started.system = start_system(config, thespian_log_defs(logs / "actors.log"))
+        started.system = start_system(config, thespian_log_defs(logs / "actors.log"),
+                                      convention)
     finally:
         for fd, copy in zip((0, 1, 2), saved, strict=True):
             os.dup2(copy, fd)
