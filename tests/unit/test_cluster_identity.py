@@ -96,3 +96,22 @@ def test_the_lease_database_url_never_shows_nor_leaves_its_host() -> None:
     elsewhere = without_credentials(config)
     assert SECRET.encode() not in pickle.dumps(elsewhere)
     assert elsewhere.cluster.database_url == KEPT_AT_HOME
+
+
+def test_with_leases_a_member_is_in_one_convention_and_a_leader_leads_its_own() -> None:
+    """Issue 22 item 2: one convention per leader; a member joins one address, the lock
+    holder's when it is listed (gateway/cli/leader_follow.py), else the first."""
+    two = {**CLUSTER, **LEASE_DB, "cluster.leaders": ["10.0.0.1:19500", "10.0.0.3:19500"]}
+    member = load_config(None, two)
+    assert gateway_capabilities(member)["Convention Address.IPv4"] == "10.0.0.1:19500"
+    assert gateway_capabilities(member, "10.0.0.3:19500")["Convention Address.IPv4"] == (
+        "10.0.0.3:19500")
+    assert gateway_capabilities(member, "10.9.9.9:19500")["Convention Address.IPv4"] == (
+        "10.0.0.1:19500")  # never an address the operator did not list
+    leader = load_config(None, {**two, "cluster.role": "leader"})
+    own = f"10.0.0.2:{leader.actors.admin_port}"
+    assert gateway_capabilities(leader)["Convention Address.IPv4"] == own
+    without = load_config(None, {**CLUSTER, "cluster.leaders": ["10.0.0.1:19500",
+                                                                "10.0.0.3:19500"]})
+    assert gateway_capabilities(without)["Convention Address.IPv4"] == [
+        "10.0.0.1:19500", "10.0.0.3:19500"]  # unchanged without leases
