@@ -9,7 +9,9 @@ re-joins when it changed. This module decides, from what was read, whether to mo
 A member moves only to an address listed in its own ``cluster.leaders``: the database
 names the leader, but never makes a member talk to a host its operator did not list.
 It never moves on an unknown answer (database unreachable) or to a published leader
-that no longer holds the lock (it died; a standby will publish itself).
+that no longer holds the lock (it died; a standby will publish itself). A leader
+restarted at the same address is joined again (Thespian's member would otherwise
+wait for its own re-registration timer, which did not bring it back in the tests).
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ class PublishedLeader(Protocol):
     @property
     def address(self) -> str: ...
     @property
+    def host(self) -> str: ...
+    @property
+    def pid(self) -> int: ...
+    @property
     def held(self) -> bool: ...
+
+
+def incarnation(published: PublishedLeader) -> tuple[str, int]:
+    """Which run of a leader holds the lock: a leader restarted at the same address is
+    another one, which the member must register with again."""
+    return published.host, published.pid
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +51,14 @@ class Move:
 STAY = Move()
 
 
-def decide(leaders: Sequence[str], joined: str, published: PublishedLeader | None) -> Move:
-    """Where a member that joined ``joined`` should be, given the published leader."""
-    if published is None or not published.held or published.address == joined:
+def decide(leaders: Sequence[str], joined: str, published: PublishedLeader | None,
+           joined_run: tuple[str, int] | None = None) -> Move:
+    """Where a member that joined ``joined`` (the leader's run ``joined_run``, None when
+    not known) should be, given the published leader. The same address held by
+    another run is a move too: the member registers with the restarted leader."""
+    if published is None or not published.held:
+        return STAY
+    if published.address == joined and incarnation(published) == joined_run:
         return STAY
     if published.address not in leaders:
         return Move(problem=(

@@ -8,7 +8,9 @@ Admin then registers with the new address at once (``capabilities_have_changed``
 ``setup_convention`` in thespian/system/admin/convention.py), the new leader's
 supervisor sees the member join and places its agent there. The member's sessions
 are not restarted by the move: the old leader's agent fences them when that leader
-goes quiet, and the new leader places them again once their leases are free.
+goes quiet, and the new leader places them again once their leases are free. A
+leader restarted at the same address is another run (host and pid in the row): the
+member registers with it again the same way.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from actors.leases.follow import decide, first_leader
+from actors.leases.follow import decide, first_leader, incarnation
 from gateway.core.config import Config
 
 log = structlog.get_logger("wagate.serve")
@@ -42,6 +44,7 @@ class LeaderFollower:
                                          timeout_seconds=QUESTION_SECONDS)
         self.question: BoundedQuestion[Published | None] = BoundedQuestion(
             QUESTION_SECONDS, "leader-directory")
+        self.joined_run: tuple[str, int] | None = None  # which run of it, when known
         self.next_at = 0.0
         self.problem: str | None = None
 
@@ -50,10 +53,10 @@ class LeaderFollower:
         names a listed one within the bound, else the first of ``cluster.leaders``.
         The connection is closed again before the actor system forks its Admin."""
         published = self.question.ask(self.directory.current)
-        if not isinstance(published, str):
-            move = decide(self.leaders, self.joined, published)
+        if not isinstance(published, str) and published is not None:
+            move = decide(self.leaders, self.joined, published, self.joined_run)
             if move.to is not None:
-                self.joined = move.to
+                self.joined, self.joined_run = move.to, incarnation(published)
         self.close()
         return self.joined
 
@@ -66,21 +69,22 @@ class LeaderFollower:
         published = self.question.ask(self.directory.current)
         if isinstance(published, str):
             return  # unknown: stay where we are
-        move = decide(self.leaders, self.joined, published)
+        move = decide(self.leaders, self.joined, published, self.joined_run)
         if move.problem is not None and move.problem != self.problem:
             log.error(move.problem)
         self.problem = move.problem
         if move.to is None:
             return
+        assert published is not None  # decide moves only to a published leader
         log.warning("the active leader changed; this member joins it", old=self.joined,
-                    new=move.to)
+                    new=move.to, leader_host=published.host, leader_pid=published.pid)
         try:
             system.updateCapability(CONVENTION_CAPABILITY, move.to)
         except Exception as exc:  # the Admin did not confirm: asked again next period
             log.error("could not re-join the active leader; trying again", new=move.to,
                       error=repr(exc))
             return
-        self.joined = move.to
+        self.joined, self.joined_run = move.to, incarnation(published)
 
     def close(self) -> None:
         if not self.question.hanging:

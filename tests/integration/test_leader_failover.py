@@ -232,3 +232,41 @@ def test_a_standby_leader_takes_over_and_the_member_follows_it(
           f"sends accepted by A {len(by_a)} ({len(stuck_on_a)} left in A's outbox), "
           f"by B {len(by_b)}, all delivered once; lease {LEASE['lease_seconds']:g} s + "
           f"margin {LEASE['lease_margin_seconds']:g} s")
+
+
+def test_a_member_registers_again_with_a_leader_restarted_at_the_same_address(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    """The restarted leader publishes itself again (another pid): the member, which
+    Thespian alone did not bring back in the tests (test_partitions.py), registers with
+    it again within a period, and the restarted leader places the member's session
+    there once its lease is free, with zero overlap."""
+    shared = tmp_path / "shared"
+    first, _second, member = _gateways(make_gateway, shared, pg.url())
+    first.start()
+    member.start(MEMBER_START_DEADLINE)
+    wait_for(lambda: _joined(first), 20, 0.1, "the member to join A")
+    first.link("f1")  # A's one slot
+    first.link("f2")  # the member's
+    assert _placement(first, "f2") == {"state": "CONNECTED", "host": M}
+
+    first_pids = first.actor_pids()
+    first.kill_everything()
+    dead_ns = time.time_ns()
+    restarted_at = time.monotonic()
+    first.start()
+    wait_for(lambda: _joined(first), TAKEOVER_DEADLINE, 0.1,
+             "the member to join the restarted leader")
+    took_join = time.monotonic() - restarted_at
+
+    def connected() -> bool:
+        return all((_placement(first, s) or {}).get("state") == "CONNECTED"
+                   for s in ("f1", "f2"))
+
+    wait_for(connected, TAKEOVER_DEADLINE, 0.1, "both sessions to connect again")
+    took_sessions = time.monotonic() - restarted_at
+    records = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
+    died = {(A, pid): dead_ns for pid in first_pids}
+    assert overlaps(records, until_ns=time.time_ns(), died=died) == []
+    print(f"\nleader A restarted -> the member joined it {took_join:.1f} s after the start "
+          f"began, both sessions connected {took_sessions:.1f} s after it")
