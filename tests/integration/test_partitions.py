@@ -603,14 +603,14 @@ def test_a_slow_lossy_link_between_the_hosts_degrades_health_without_flapping(
 
 
 @pytest.mark.long
-@pytest.mark.xfail(strict=True, reason=(
-    "with a short re-registration period (below Thespian's hysteresis of up to 45 s) a "
-    "member does not rejoin a restarted leader within the test's wait (see "
-    "test_cluster_hosts.py::test_a_healthy_member_stays_in_the_convention); not measured "
-    "at the default 60 s"))
 def test_a_member_rejoins_a_restarted_leader(
         net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],
         tmp_path: Path) -> None:
+    """Thespian alone did not bring a member back to a restarted leader with a short
+    re-registration period (below its hysteresis of up to 45 s); with leases the member
+    reads the leader's new run in the database and registers with it again
+    (gateway/cli/leader_follow.py). Passed 3 runs of 4 when this was written; the
+    first timed out, its cause not examined."""
     shared = tmp_path / "shared"
     leader, _member = start_cluster(make_gateway, net, pg, shared,
                                     reregister_seconds=REREGISTER_SECONDS)
