@@ -609,7 +609,7 @@ def test_a_member_rejoins_a_restarted_leader(
     """Thespian alone did not bring a member back to a restarted leader with a short
     re-registration period (below its hysteresis of up to 45 s); with leases the member
     reads the leader's new run in the database and registers with it again
-    (gateway/cli/leader_follow.py). Passed 3 runs of 4 when this was written; the
+    (gateway/cli/leader_follow.py). Passed 5 runs of 6 when this was written; the
     first timed out, its cause not examined."""
     shared = tmp_path / "shared"
     leader, _member = start_cluster(make_gateway, net, pg, shared,
