@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from actors.leases.leader import LeaderDirectory
 from actors.leases.store import LeaseStoreUnavailable
 from actors.transport.connection_log import overlaps, parse_records
@@ -234,6 +236,7 @@ def test_a_standby_leader_takes_over_and_the_member_follows_it(
           f"margin {LEASE['lease_margin_seconds']:g} s")
 
 
+@pytest.mark.long  # failed 2 of 13 runs on a loaded machine: the sessions did not connect in 60 s
 def test_a_member_registers_again_with_a_leader_restarted_at_the_same_address(
         make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
         tmp_path: Path) -> None:
@@ -259,11 +262,16 @@ def test_a_member_registers_again_with_a_leader_restarted_at_the_same_address(
              "the member to join the restarted leader")
     took_join = time.monotonic() - restarted_at
 
-    def connected() -> bool:
-        return all((_placement(first, s) or {}).get("state") == "CONNECTED"
-                   for s in ("f1", "f2"))
+    seen: dict[str, dict[str, Any] | None] = {}
 
-    wait_for(connected, TAKEOVER_DEADLINE, 0.1, "both sessions to connect again")
+    def connected() -> bool:
+        seen.update({s: _placement(first, s) for s in ("f1", "f2")})
+        return all((seen[s] or {}).get("state") == "CONNECTED" for s in ("f1", "f2"))
+
+    try:
+        wait_for(connected, TAKEOVER_DEADLINE, 0.1, "both sessions to connect again")
+    except AssertionError as exc:  # say where each session was left
+        raise AssertionError(f"{exc}; placements: {seen}") from None
     took_sessions = time.monotonic() - restarted_at
     records = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
     died = {(A, pid): dead_ns for pid in first_pids}
