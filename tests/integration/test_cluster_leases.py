@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -37,18 +38,26 @@ from tests.pg import PgCluster
 LEASE = {"lease_seconds": 6.0, "lease_renew_seconds": 1.0, "lease_margin_seconds": 2.0}
 
 
-def _cluster(make_gateway: Callable[..., Gateway], shared: Path, url: str
+def host_config(shared: Path, url: str, extra: dict[str, Any] | None = None,
+                lease: dict[str, float] = LEASE, **cluster: Any) -> dict[str, Any]:
+    """One host of a loopback cluster with leases: the shared session store and
+    simulated service under ``shared``, ``extra`` sections, and ``cluster`` keys."""
+    return {"storage": {"sessions_dir": str(shared / "sessions")},
+            "simulator": {"server_dir": str(shared / "simulator")}, **(extra or {}),
+            "cluster": {"advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"],
+                        "database_url": url, **HEARTBEAT, **lease, **cluster}}
+
+
+def _cluster(make_gateway: Callable[..., Gateway], shared: Path, url: str,
+             lease: dict[str, float] = LEASE,
+             extra: Callable[[str], dict[str, Any]] = lambda _name: {}
              ) -> tuple[Gateway, Gateway]:
-    stores = {"storage": {"sessions_dir": str(shared / "sessions")},
-              "simulator": {"server_dir": str(shared / "simulator")}}
-    common = {"advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"],
-              "database_url": url, **HEARTBEAT, **LEASE}
-    leader = make_gateway({**stores, "cluster": {"role": "leader", "host_name": LEADER,
-                                                 "sessions": 1, **common}}, name="leader")
-    member = make_gateway({**stores, "cluster": {
-        "role": "member", "host_name": MEMBER, "sessions": 1,
-        "leaders": [f"127.0.0.1:{leader.admin_port}"], **common}},
-        name="member", key_file=leader.key_file)
+    """A leader and a member, one slot each; ``extra(name)``: sections per host."""
+    leader = make_gateway(host_config(shared, url, extra("leader"), lease, role="leader",
+                                      host_name=LEADER, sessions=1), name="leader")
+    member = make_gateway(host_config(
+        shared, url, extra("member"), lease, role="member", host_name=MEMBER, sessions=1,
+        leaders=[f"127.0.0.1:{leader.admin_port}"]), name="member", key_file=leader.key_file)
     return leader, member
 
 
@@ -110,6 +119,37 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def _stuck_process_is_killed_and_replaced(shared: Path, session: str, pid: int,
+                                          host: str, whose: str) -> tuple[float, float]:
+    """SIGSTOP ``session``'s process ``pid`` on ``host``; wait for ``whose`` agent to kill
+    it once its lease is lost, then for the session to connect from a new process, with
+    zero overlap. Returns (seconds to the kill, seconds to the new connection)."""
+    stopped_at = time.monotonic()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: _gone(pid), LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 5,
+                 0.05, f"the {whose} agent to kill the stuck session process")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    gone_ns = time.time_ns()
+    took = time.monotonic() - stopped_at
+    # Its last renewal came before the stop: expiry within a lease, then one agent look
+    # (a heartbeat) and half the margin.
+    assert took <= (LEASE["lease_seconds"] + HEARTBEAT["heartbeat_seconds"]
+                    + LEASE["lease_margin_seconds"] / 2 + 1.0), took
+
+    def reconnected() -> list[ConnectionRecord]:
+        found = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
+        fresh = any(r.kind == "up" and r.session == session and r.pid != pid for r in found)
+        return found if fresh else []
+
+    records = wait_for(reconnected, 30, 0.1, f"{session} to connect again from a new process")
+    back = time.monotonic() - stopped_at
+    assert overlaps(records, until_ns=time.time_ns(), died={(host, pid): gone_ns}) == []
+    return took, back
+
+
 def test_a_members_agent_kills_a_stuck_session_process_that_lost_its_lease(
         make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
         tmp_path: Path) -> None:
@@ -127,29 +167,7 @@ def test_a_members_agent_kills_a_stuck_session_process_that_lost_its_lease(
     assert _placement(leader, "m2")["host"] == MEMBER
     pid = leader.session_pid("m2")
     assert pid in member.actor_pids()
-
-    stopped_at = time.monotonic()
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: _gone(pid), LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 5,
-                 0.05, "the member's agent to kill the stuck session process")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-    gone_ns = time.time_ns()
-    took = time.monotonic() - stopped_at
-    # Its last renewal came before the stop: expiry within a lease, then one agent look
-    # (a heartbeat) and half the margin.
-    assert took <= (LEASE["lease_seconds"] + HEARTBEAT["heartbeat_seconds"]
-                    + LEASE["lease_margin_seconds"] / 2 + 1.0), took
-
-    def reconnected() -> list[ConnectionRecord]:
-        found = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
-        fresh = any(r.kind == "up" and r.session == "m2" and r.pid != pid for r in found)
-        return found if fresh else []
-
-    records = wait_for(reconnected, 30, 0.1, "m2 to connect again from a new process")
-    assert overlaps(records, until_ns=time.time_ns(), died={(MEMBER, pid): gone_ns}) == []
+    took, _back = _stuck_process_is_killed_and_replaced(shared, "m2", pid, MEMBER, "member's")
     print(f"\nstuck member session process killed {took:.1f} s after SIGSTOP "
           f"(lease {LEASE['lease_seconds']:g} s)")
 
@@ -162,38 +180,13 @@ def test_the_leaders_own_agent_kills_a_stuck_session_process_that_lost_its_lease
     the stopped process: the leader never learns that its lease is gone, the session
     never reconnects, and the wait for the kill times out."""
     shared = tmp_path / "shared"
-    leader = make_gateway({
-        "storage": {"sessions_dir": str(shared / "sessions")},
-        "simulator": {"server_dir": str(shared / "simulator")},
-        "cluster": {"role": "leader", "host_name": LEADER, "sessions": 1,
-                    "advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"],
-                    "database_url": pg.url(), **HEARTBEAT, **LEASE}}, name="leader")
+    leader = make_gateway(host_config(shared, pg.url(), role="leader", host_name=LEADER,
+                                      sessions=1), name="leader")
     leader.start()
     leader.link("m1")
     pid = leader.session_pid("m1")
     assert pid in leader.actor_pids()
-
-    stopped_at = time.monotonic()
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        wait_for(lambda: _gone(pid), LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 5,
-                 0.05, "the leader's agent to kill the stuck session process")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-    gone_ns = time.time_ns()
-    took = time.monotonic() - stopped_at
-    assert took <= (LEASE["lease_seconds"] + HEARTBEAT["heartbeat_seconds"]
-                    + LEASE["lease_margin_seconds"] / 2 + 1.0), took
-
-    def reconnected() -> list[ConnectionRecord]:
-        found = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
-        fresh = any(r.kind == "up" and r.session == "m1" and r.pid != pid for r in found)
-        return found if fresh else []
-
-    records = wait_for(reconnected, 30, 0.1, "m1 to connect again from a new process")
-    back = time.monotonic() - stopped_at
-    assert overlaps(records, until_ns=time.time_ns(), died={(LEADER, pid): gone_ns}) == []
+    took, back = _stuck_process_is_killed_and_replaced(shared, "m1", pid, LEADER, "leader's")
     print(f"\nstuck leader session process killed {took:.1f} s after SIGSTOP, connected "
           f"again from a new process {back:.1f} s after it (lease "
           f"{LEASE['lease_seconds']:g} s, margin {LEASE['lease_margin_seconds']:g} s)")

@@ -30,34 +30,36 @@ from actors.leases.store import LeaseStoreUnavailable
 from actors.transport.connection_log import overlaps, parse_records
 from actors.transport.simulator import CONNECTIONS_LOG
 from tests.integration.harness import Gateway, GraphQLResult, wait_for
-from tests.integration.test_cluster import HEARTBEAT, MEMBER_START_DEADLINE
+from tests.integration.test_cluster import MEMBER_START_DEADLINE
+from tests.integration.test_cluster_leases import LEASE, host_config
 from tests.integration.test_session_lease import pg  # noqa: F401 (the module's database)
 from tests.pg import PgCluster
 
 A, B, M = "alpha", "gamma", "beta"
-LEASE = {"lease_seconds": 6.0, "lease_renew_seconds": 1.0, "lease_margin_seconds": 2.0}
 TAKEOVER_DEADLINE = 60.0
 PHONE = "+14155552671"
 
 
 def _gateways(make_gateway: Callable[..., Gateway], shared: Path, url: str
               ) -> tuple[Gateway, Gateway, Gateway]:
-    stores = {"storage": {"sessions_dir": str(shared / "sessions")},
-              "simulator": {"server_dir": str(shared / "simulator")},
-              "limits": {"per_number_per_minute": 100_000, "per_number_per_hour": 100_000,
+    limits = {"limits": {"per_number_per_minute": 100_000, "per_number_per_hour": 100_000,
                          "global_per_day": 100_000}}
-    common = {"advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"],
-              "database_url": url, **HEARTBEAT, **LEASE}
-    first = make_gateway({**stores, "cluster": {"role": "leader", "host_name": A,
-                                                "sessions": 1, **common}}, name="alpha")
-    second = make_gateway({**stores, "cluster": {"role": "leader", "host_name": B,
-                                                 "sessions": 2, **common}},
-                          name="gamma", key_file=first.key_file)
-    member = make_gateway({**stores, "cluster": {
-        "role": "member", "host_name": M, "sessions": 1,
-        "leaders": [f"127.0.0.1:{first.admin_port}", f"127.0.0.1:{second.admin_port}"],
-        **common}}, name="beta", key_file=first.key_file)
+    first = make_gateway(host_config(shared, url, limits, role="leader", host_name=A,
+                                     sessions=1), name="alpha")
+    second = make_gateway(host_config(shared, url, limits, role="leader", host_name=B,
+                                      sessions=2), name="gamma", key_file=first.key_file)
+    member = make_gateway(host_config(
+        shared, url, limits, role="member", host_name=M, sessions=1,
+        leaders=[f"127.0.0.1:{first.admin_port}", f"127.0.0.1:{second.admin_port}"]),
+        name="beta", key_file=first.key_file)
     return first, second, member
+
+
+def _link_one_on_a_and_one_on_the_member(first: Gateway) -> None:
+    wait_for(lambda: _joined(first), 20, 0.1, "the member to join A")
+    first.link("f1")  # A's one slot
+    first.link("f2")  # the member's
+    assert _placement(first, "f2") == {"state": "CONNECTED", "host": M}
 
 
 def _hosts(gw: Gateway) -> dict[str, dict[str, Any]]:
@@ -143,10 +145,7 @@ def test_a_standby_leader_takes_over_and_the_member_follows_it(
     wait_for(lambda: _leader_row(pg) == (A, True), 20, 0.1, "A to take the leadership lock")
     second.start()
     member.start(MEMBER_START_DEADLINE)
-    wait_for(lambda: _joined(first), 20, 0.1, "the member to join A")
-    first.link("f1")  # A's one slot
-    first.link("f2")  # the member's
-    assert _placement(first, "f2") == {"state": "CONNECTED", "host": M}
+    _link_one_on_a_and_one_on_the_member(first)
     for session in ("f1", "f2"):  # the standby is told about them; it starts nothing
         assert not second.connect(session).errors
         status = second.status(session)
@@ -248,10 +247,7 @@ def test_a_member_registers_again_with_a_leader_restarted_at_the_same_address(
     first, _second, member = _gateways(make_gateway, shared, pg.url())
     first.start()
     member.start(MEMBER_START_DEADLINE)
-    wait_for(lambda: _joined(first), 20, 0.1, "the member to join A")
-    first.link("f1")  # A's one slot
-    first.link("f2")  # the member's
-    assert _placement(first, "f2") == {"state": "CONNECTED", "host": M}
+    _link_one_on_a_and_one_on_the_member(first)
 
     first_pids = first.actor_pids()
     first.kill_everything()

@@ -31,6 +31,7 @@ import json
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -43,13 +44,13 @@ from actors.session.sealed_store import (
 )
 from tests.integration.harness import Gateway, wait_for
 from tests.integration.test_cluster import (
-    HEARTBEAT,
     LEADER,
     MEMBER,
     MEMBER_START_DEADLINE,
     _member_alive,
     _placement,
 )
+from tests.integration.test_cluster_leases import _cluster as leases_cluster
 from tests.integration.test_cluster_leases import _gone
 from tests.integration.test_session_lease import pg  # noqa: F401 (the module's database)
 from tests.pg import PgCluster
@@ -62,22 +63,13 @@ CHECKPOINT = 0.5  # encryption.checkpoint_seconds: A's tick is overdue when it w
 
 def _cluster(make_gateway: Callable[..., Gateway], shared: Path, url: str
              ) -> tuple[Gateway, Gateway]:
-    stores = {"storage": {"sessions_dir": str(shared / "sessions")},
-              "simulator": {"server_dir": str(shared / "simulator")}}
-    common = {"advertise_address": "127.0.0.1", "allow_networks": ["127.0.0.1/32"],
-              "database_url": url, **HEARTBEAT, **LEASE}
-
-    def encryption(name: str) -> dict[str, dict[str, object]]:
+    """test_cluster_leases' pair, with this test's lease and a fast checkpoint; each
+    host's working copies apart, so the test can reach the one it changes."""
+    def encryption(name: str) -> dict[str, Any]:
         return {"encryption": {"checkpoint_seconds": CHECKPOINT,
                                "work_dir": str(shared / f"work-{name}")}}
 
-    leader = make_gateway({**stores, **encryption("leader"), "cluster": {
-        "role": "leader", "host_name": LEADER, "sessions": 1, **common}}, name="leader")
-    member = make_gateway({**stores, **encryption("member"), "cluster": {
-        "role": "member", "host_name": MEMBER, "sessions": 1,
-        "leaders": [f"127.0.0.1:{leader.admin_port}"], **common}},
-        name="member", key_file=leader.key_file)
-    return leader, member
+    return leases_cluster(make_gateway, shared, url, LEASE, encryption)
 
 
 def _working_store(shared: Path, host: str) -> Path:

@@ -21,8 +21,6 @@ from actors.session.sealed_store import (
     CorruptStore,
     StoreId,
     StoreKey,
-    generate_key_text,
-    parse_key,
     seal,
     sealed_epoch,
     sealed_generation,
@@ -32,19 +30,9 @@ from actors.session.sealed_store import (
 from actors.session.working_copy import FencedWrite, WorkingCopy
 from gateway.core.config import EncryptionConfig
 from gateway.core.files import write_atomic
+from tests.unit.test_working_copy import CREDS
 
 STORE = StoreId("s1", "simulator.json")
-CREDS = {"device_id": "0123456789abcdef", "phone": "15557654321", "linked_at": 1.0}
-
-
-@pytest.fixture
-def key() -> StoreKey:
-    return parse_key(generate_key_text(), "test")
-
-
-@pytest.fixture
-def enc(tmp_path: Path) -> EncryptionConfig:
-    return EncryptionConfig(key_file="unused", work_dir=str(tmp_path / "work"))
 
 
 class Lease:

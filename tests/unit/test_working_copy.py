@@ -37,16 +37,6 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.fixture
-def key() -> StoreKey:
-    return parse_key(generate_key_text(), "test")
-
-
-@pytest.fixture
-def enc(tmp_path: Path) -> EncryptionConfig:
-    return EncryptionConfig(key_file="unused", work_dir=str(tmp_path / "work"))
-
-
 def sealed_creds(data: Path, key: StoreKey, session: str = "s1") -> Path:
     path = data / "sessions" / session / "simulator.json"
     path.parent.mkdir(parents=True, exist_ok=True)
