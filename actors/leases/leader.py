@@ -130,7 +130,15 @@ class LeaderLock:
         return None if self._conn is None else self._conn.info.backend_pid
 
     def release(self) -> None:
-        """Let the lock go by ending the connection (which frees it in any case)."""
+        """Let the lock go now, then end the connection. Closing alone frees it only
+        when the server's backend has exited, which happens after ``close`` returns:
+        a standby or a reader of ``wagate_leader`` could still see it held."""
+        conn = self._conn
+        if self._held and conn is not None and not conn.closed:
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            except psycopg.Error:  # the connection is gone: its end frees the lock
+                pass
         self._drop()
 
     def _connection(self) -> psycopg.Connection[TupleRow]:
