@@ -30,7 +30,7 @@ from pathlib import Path
 import structlog
 
 from actors.leases.bounded import BoundedQuestion
-from actors.leases.local import marks, marks_dir
+from actors.leases.local import Mark, marks, marks_dir
 from actors.leases.reconcile import reconcile
 from actors.leases.store import LeaseStore
 from actors.leases.timing import LeaseTiming
@@ -68,12 +68,30 @@ class LocalLeases:
         held = self.question.ask(self.store.held_by_host)
         if isinstance(held, str):
             return  # unknown: each process's own keeper stops it by its deadline
+        self._apply(local, held, "a local session process holds no lease; stopping it")
+
+    def fence(self) -> None:
+        """One look while the leader is silent: stop every local process that was
+        granted a lease, held or not, and kill what was asked and is still there.
+
+        The leader's heartbeat names the sessions it placed here, but a process it
+        started after its last beat (a crashed session's restart) is not named, and it
+        holds its lease: the database alone would keep it, and the leader would wait
+        for that lease for ever (issue 22, C1). No database look: the silent leader,
+        not the lease, decides here."""
+        local = marks(self.directory)
+        if not local:
+            self.pending = {}
+            return
+        self._apply(local, set(), "the leader has gone quiet; stopping a local session "
+                                  "process")
+
+    def _apply(self, local: list[Mark], held: set[tuple[int, int]], why: str) -> None:
         actions = reconcile(local, held, self.pending, time.monotonic(), self.grace)
         self.pending = actions.pending
         for pid, signum in ([(p, signal.SIGTERM) for p in actions.term]
                             + [(p, signal.SIGKILL) for p in actions.kill]):
-            log.error("a local session process holds no lease; stopping it", pid=pid,
-                      signal=signum.name, host=self.store.host)
+            log.error(why, pid=pid, signal=signum.name, host=self.store.host)
             with contextlib.suppress(ProcessLookupError):
                 self._kill(pid, signum)
 

@@ -17,9 +17,11 @@ stopping its sessions once too often only costs a reconnect.
 With leases (``cluster.database_url``), the agent also reconciles by pid: every
 local session process that was granted a lease (its mark, ``actors.leases.local``)
 must still hold it by the database's clock; one that does not is stopped, and killed
-half a margin later (``actors.leases.reconcile``). That covers what the heartbeat's
-list cannot: a process started after the last beat, and one too stuck or stopped to
-let go by itself. Each look at the database waits at most a second, on a thread of
+half a margin later (``actors.leases.reconcile``). That covers a process too stuck or
+stopped to let go by itself. While the leader is silent, the agent stops every local session
+process that was granted a lease, not only those in the last heartbeat's list: a
+process the leader started after that beat holds its lease, and nobody else would
+stop it. Each look at the database waits at most a second, on a thread of
 its own (``actors.leases.bounded``). The check itself is ``actors.leases.host_check``,
 which the leader's own host runs too (``actors.supervisor.lease_agent``).
 
@@ -105,9 +107,14 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
             return
         # The next check first: a failed handler is not run again (RunOnce).
         self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
+        silent = self.tracker.lost(time.monotonic())
         if self.leases is not None:
-            self.leases.reconcile()
-        if self.tracker.lost(time.monotonic()) and self.sessions:
+            # A silent leader: every local session process goes, named or not (C1).
+            if silent:
+                self.leases.fence()
+            else:
+                self.leases.reconcile()
+        if silent and self.sessions:
             log.error("the leader has gone quiet; stopping the sessions it placed here so "
                       "that no session runs twice", host=self.host,
                       sessions=[s for s, _ in self.sessions])

@@ -91,3 +91,32 @@ def test_a_database_that_does_not_answer_decides_nothing(
         assert check.pending == {} and _wait_exit(stubborn, 0.1) is None
     finally:
         check.close()
+
+
+def test_a_silent_leader_fences_a_process_that_still_holds_its_lease(
+        pg_dsn: str, tmp_path: Path, stubborn: subprocess.Popen[bytes]) -> None:
+    """Issue 22, C1: a session process the leader started after its last heartbeat
+    holds a current lease; while the leader is silent the agent stops it all the same
+    (SIGTERM, then SIGKILL after the grace), and without asking the database."""
+    holder = LeaseStore(pg_dsn, TIMING, host=HOST, pid=stubborn.pid)
+    holder.ensure_schema()
+    grant = holder.acquire("s1")
+    assert grant is not None
+    mark(marks_dir(tmp_path), "s1", grant.epoch, pid=stubborn.pid)
+    check = LocalLeases(cluster(pg_dsn), tmp_path, HOST)
+    try:
+        check.reconcile()
+        assert check.pending == {} and _wait_exit(stubborn, 0.2) is None  # it holds it
+        asked = time.monotonic()
+        check.fence()
+        assert set(check.pending) == {stubborn.pid} and _wait_exit(stubborn, 0.1) is None
+        deadline = asked + 5.0
+        while _wait_exit(stubborn, 0.05) is None:
+            assert time.monotonic() < deadline, "never killed"
+            check.fence()
+        assert stubborn.returncode == -9
+        assert time.monotonic() - asked >= check.grace
+        assert holder.current("s1") is not None  # the lease itself was not touched
+    finally:
+        check.close()
+        holder.close()
