@@ -70,16 +70,19 @@ class LocalLeases:
             return  # unknown: each process's own keeper stops it by its deadline
         self._apply(local, held, "a local session process holds no lease; stopping it")
 
-    def fence(self) -> None:
+    def fence(self, started_before: int) -> None:
         """One look while the leader is silent: stop every local process that was
-        granted a lease, held or not, and kill what was asked and is still there.
+        granted a lease and started before ``started_before`` (``local.ticks_now``
+        when the silence was found), held or not, and kill what was asked and is
+        still there.
 
         The leader's heartbeat names the sessions it placed here, but a process it
         started after its last beat (a crashed session's restart) is not named, and it
         holds its lease: the database alone would keep it, and the leader would wait
         for that lease for ever (issue 22, C1). No database look: the silent leader,
-        not the lease, decides here."""
-        local = marks(self.directory)
+        not the lease, decides here. A process started after the silence was found
+        was placed by another leader (a standby that took over): not ours to stop."""
+        local = [m for m in marks(self.directory) if m.started <= started_before]
         if not local:
             self.pending = {}
             return

@@ -19,9 +19,10 @@ local session process that was granted a lease (its mark, ``actors.leases.local`
 must still hold it by the database's clock; one that does not is stopped, and killed
 half a margin later (``actors.leases.reconcile``). That covers a process too stuck or
 stopped to let go by itself. While the leader is silent, the agent stops every local session
-process that was granted a lease, not only those in the last heartbeat's list: a
-process the leader started after that beat holds its lease, and nobody else would
-stop it. Each look at the database waits at most a second, on a thread of
+process that was granted a lease and started before the silence was found, not only
+those in the last heartbeat's list: a process the leader started after that beat
+holds its lease, and nobody else would stop it (one started later is another
+leader's, after a failover). Each look at the database waits at most a second, on a thread of
 its own (``actors.leases.bounded``). The check itself is ``actors.leases.host_check``,
 which the leader's own host runs too (``actors.supervisor.lease_agent``).
 
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
+from actors.leases.local import ticks_now
 from actors.messages import (
     HostBeat,
     HostBeatAck,
@@ -81,6 +83,8 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         self.interval = 1.0
         self.sessions: tuple[tuple[str, Any], ...] = ()
         self.leases: LocalLeases | None = None  # with cluster.database_url
+        # When the leader's silence was found (``ticks_now``); None while it is heard.
+        self.silent_since: int | None = None
 
     def receiveMsg_WhoAreYou(self, msg: WhoAreYou, sender: Any) -> None:
         self.send(sender, ProcessInfo(os.getpid(), os.getpgrp(), os.getppid()))
@@ -99,6 +103,7 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         if self.tracker is None:
             return
         self.tracker.heard(LEADER, time.monotonic())
+        self.silent_since = None
         self.sessions = msg.sessions
         self.send(sender, HostBeatAck(self.host, msg.seq))
 
@@ -108,10 +113,13 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         # The next check first: a failed handler is not run again (RunOnce).
         self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
         silent = self.tracker.lost(time.monotonic())
+        if silent and self.silent_since is None:
+            self.silent_since = ticks_now()
         if self.leases is not None:
-            # A silent leader: every local session process goes, named or not (C1).
-            if silent:
-                self.leases.fence()
+            # A silent leader: every local session process it may have started goes,
+            # named or not (C1); one started since is another leader's.
+            if self.silent_since is not None:
+                self.leases.fence(self.silent_since)
             else:
                 self.leases.reconcile()
         if silent and self.sessions:
