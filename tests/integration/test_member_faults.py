@@ -1,8 +1,9 @@
 """Issue 22's scenarios C1 and C3 with leases, in network namespaces.
 
-The same cluster as ``test_partitions`` (a leader with one slot, a member with two,
-each a real ``wagate serve`` in a network namespace of its own, the leases'
-PostgreSQL on the bridge, sends flowing through the leader's API), two other faults:
+The same cluster as ``test_partitions`` (``netns_cluster``: a leader with one slot, a
+member with two, each a real ``wagate serve`` in a network namespace of its own, the
+leases' PostgreSQL on the bridge, sends flowing through the leader's API), two other
+faults:
 
 - C1: a member's session process is SIGKILLed, its supervisor starts a new one on
   the member, and the member is cut from the leader right after (it still reaches
@@ -31,8 +32,7 @@ from actors.transport.connection_log import ConnectionRecord, overlaps
 from gateway.cli.ownership import owned_processes
 from tests import freezer, netns
 from tests.integration.harness import Gateway, wait_for
-from tests.integration.test_cluster_leases import lease_free_at_ns
-from tests.integration.test_partitions import (  # noqa: F401 (fixtures: net, pg)
+from tests.integration.netns_cluster import (  # noqa: F401 (fixtures: net, pg)
     LEADER,
     LEASE,
     MEMBER,
@@ -46,6 +46,7 @@ from tests.integration.test_partitions import (  # noqa: F401 (fixtures: net, pg
     run_with_load,
     start_cluster,
 )
+from tests.integration.test_cluster_leases import lease_free_at_ns
 from tests.pg import PgCluster
 
 SESSIONS = ("s1", "s2", "s3")
@@ -203,8 +204,9 @@ def test_c3_a_frozen_member_never_connects_again_after_the_thaw(
         froze["ns"] = time.time_ns()
         started = time.monotonic()
         frozen_cgroup.freeze()
-        froze["pids"] = set(frozen_cgroup.members())
-        assert sessions <= froze["pids"], (sessions, froze["pids"])
+        pids = set(frozen_cgroup.members())
+        froze["pids"] = pids
+        assert sessions <= pids, (sessions, pids)
         # No renewal comes from a frozen process: these are the leases' last words.
         free = {s: lease_free_at_ns(pg, s, LEASE["lease_margin_seconds"])
                 for s in ("s2", "s3")}
