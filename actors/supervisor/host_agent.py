@@ -115,13 +115,6 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         silent = self.tracker.lost(time.monotonic())
         if silent and self.silent_since is None:
             self.silent_since = ticks_now()
-        if self.leases is not None:
-            # A silent leader: every local session process it may have started goes,
-            # named or not (C1); one started since is another leader's.
-            if self.silent_since is not None:
-                self.leases.fence(self.silent_since)
-            else:
-                self.leases.reconcile()
         if silent and self.sessions:
             log.error("the leader has gone quiet; stopping the sessions it placed here so "
                       "that no session runs twice", host=self.host,
@@ -131,6 +124,13 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
             for _, address in self.sessions:
                 self.send(address, ActorExitRequest())
             self.sessions = ()
+        if self.leases is not None:
+            # A silent leader: every local session process it may have started goes,
+            # named or not (C1); one started since is another leader's.
+            if self.silent_since is not None:
+                self.leases.fence(self.silent_since)
+            else:
+                self.leases.reconcile()
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self.tracker = None
