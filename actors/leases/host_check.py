@@ -13,7 +13,9 @@ too). One copy, so the two hosts' rules cannot drift apart. Each look:
   by its own deadline);
 - applies ``actors.leases.reconcile``: SIGTERM to a process without a current lease,
   SIGKILL half a margin later if it is still there (stopped or stuck in a call, it
-  can do neither by itself).
+  can do neither by itself). Before the SIGTERM it names the processes (session, pid)
+  to ``before_stop``: the actor tells the supervisor, so these exits are recorded as
+  fenced stops, not crashes that spend the restart budget.
 
 No Thespian here: the actors call ``reconcile`` from their timers.
 """
@@ -26,6 +28,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import structlog
 
@@ -40,6 +43,13 @@ log = structlog.get_logger("wagate.lease_check")
 
 # One look at the database waits at most this long: the agent answers heartbeats too.
 QUESTION_TIMEOUT_SECONDS = 1.0
+
+# (session id, pid) of the local processes about to be stopped for holding no lease.
+Stopping: TypeAlias = tuple[tuple[str, int], ...]
+
+
+def _nobody(_stopping: Stopping) -> None:
+    """No one to tell (the default)."""
 
 
 class LocalLeases:
@@ -59,8 +69,9 @@ class LocalLeases:
         self.pending: dict[int, float] = {}
         self._kill = kill
 
-    def reconcile(self) -> None:
-        """One look: stop what holds no lease, kill what was asked and is still there."""
+    def reconcile(self, before_stop: Callable[[Stopping], None] = _nobody) -> None:
+        """One look: stop what holds no lease, kill what was asked and is still there.
+        ``before_stop`` hears of the processes to stop before any is signalled."""
         local = marks(self.directory)
         if not local:
             self.pending = {}
@@ -70,6 +81,9 @@ class LocalLeases:
             return  # unknown: each process's own keeper stops it by its deadline
         actions = reconcile(local, held, self.pending, time.monotonic(), self.grace)
         self.pending = actions.pending
+        stopping = tuple((m.session, m.pid) for m in local if m.pid in actions.term)
+        if stopping:
+            before_stop(stopping)
         for pid, signum in ([(p, signal.SIGTERM) for p in actions.term]
                             + [(p, signal.SIGKILL) for p in actions.kill]):
             log.error("a local session process holds no lease; stopping it", pid=pid,

@@ -29,6 +29,8 @@ import structlog
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from actors.messages import (
+    FENCE_LEASE_LOST,
+    FENCE_STORE_WRITE,
     Deliver,
     DeliverBatch,
     DeliveryReceipt,
@@ -409,16 +411,17 @@ class SessionActor(BridgedActor):
         supervisor for a fresh process, which waits for the lease before connecting.
         Should this thread be stuck, the keeper ends the process half a margin later."""
         log.error("the session's lease is lost: disconnecting", reason=msg.reason)
-        self._stop_fenced()
+        self._stop_fenced(FENCE_LEASE_LOST)
 
     def receiveMsg__StoreFenced(self, msg: _StoreFenced, sender: Any) -> None:
         """A store write was refused: counted, and this process goes as a fenced one
         does (its successor owns the store now)."""
         self.send(self.parent, StoreWriteFenced(self.session))
-        self._stop_fenced()
+        self._stop_fenced(FENCE_STORE_WRITE)
 
-    def _stop_fenced(self) -> None:
-        """Close the client now and ask the supervisor for a fresh process (once)."""
+    def _stop_fenced(self, reason: str) -> None:
+        """Close the client now and ask the supervisor for a fresh process (once),
+        saying why: a fenced stop, recorded as such, which spends no restart budget."""
         self.generation += 1
         if self.transport is not None:
             try:
@@ -428,7 +431,8 @@ class SessionActor(BridgedActor):
             self.transport = None
         if self.machine is not None and not self.retiring:
             self.retiring = True
-            self.send(self.parent, RetireSession(self.session, self.machine.attempt))
+            self.send(self.parent, RetireSession(self.session, self.machine.attempt,
+                                                 fenced=reason))
 
     # ---- encrypted stores -------------------------------------------------------------
 

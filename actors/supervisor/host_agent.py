@@ -20,8 +20,10 @@ must still hold it by the database's clock; one that does not is stopped, and ki
 half a margin later (``actors.leases.reconcile``). That covers what the heartbeat's
 list cannot: a process started after the last beat, and one too stuck or stopped to
 let go by itself. Each look at the database waits at most a second, on a thread of
-its own (``actors.leases.bounded``). The check itself is ``actors.leases.host_check``,
-which the leader's own host runs too (``actors.supervisor.lease_agent``).
+its own (``actors.leases.bounded``). The leader hears of such a stop before the signal
+(``LeaseFenced``), as of a fence (``SessionsFenced``): neither is a crash. The check
+itself is ``actors.leases.host_check``, which the leader's own host runs too
+(``actors.supervisor.lease_agent``).
 
 The member's launcher also uses this class, locally and briefly, to learn the process
 group of its actor system (``WhoAreYou``).
@@ -41,6 +43,7 @@ from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 from actors.messages import (
     HostBeat,
     HostBeatAck,
+    LeaseFenced,
     ProcessInfo,
     SessionsFenced,
     StartAgent,
@@ -52,7 +55,7 @@ from actors.supervisor.placement import HeartbeatTracker
 from actors.system import on_required_host
 
 if TYPE_CHECKING:
-    from actors.leases.host_check import LocalLeases
+    from actors.leases.host_check import LocalLeases, Stopping
 
 log = structlog.get_logger("wagate.host_agent")
 
@@ -106,7 +109,7 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         # The next check first: a failed handler is not run again (RunOnce).
         self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
         if self.leases is not None:
-            self.leases.reconcile()
+            self.leases.reconcile(self._fenced)
         if self.tracker.lost(time.monotonic()) and self.sessions:
             log.error("the leader has gone quiet; stopping the sessions it placed here so "
                       "that no session runs twice", host=self.host,
@@ -116,6 +119,10 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
             for _, address in self.sessions:
                 self.send(address, ActorExitRequest())
             self.sessions = ()
+
+    def _fenced(self, stopping: Stopping) -> None:
+        """Told before the signal: these exits are fenced stops, not crashes."""
+        self.send(self.leader, LeaseFenced(self.host, stopping))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self.tracker = None

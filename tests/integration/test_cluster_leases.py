@@ -119,11 +119,14 @@ def _gone(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
-def _stuck_process_is_killed_and_replaced(shared: Path, session: str, pid: int,
-                                          host: str, whose: str) -> tuple[float, float]:
+def _stuck_process_is_killed_and_replaced(
+        shared: Path, session: str, pid: int, host: str, whose: str,
+        died: dict[tuple[str, int], int] | None = None) -> tuple[float, float]:
     """SIGSTOP ``session``'s process ``pid`` on ``host``; wait for ``whose`` agent to kill
     it once its lease is lost, then for the session to connect from a new process, with
-    zero overlap. Returns (seconds to the kill, seconds to the new connection)."""
+    zero overlap. ``died``: processes killed before (a killed process writes no "down"),
+    to which this one is added. Returns (seconds to the kill, seconds to the new
+    connection)."""
     stopped_at = time.monotonic()
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -133,6 +136,8 @@ def _stuck_process_is_killed_and_replaced(shared: Path, session: str, pid: int,
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
     gone_ns = time.time_ns()
+    died = {} if died is None else died
+    died[(host, pid)] = gone_ns
     took = time.monotonic() - stopped_at
     # Its last renewal came before the stop: expiry within a lease, then one agent look
     # (a heartbeat) and half the margin.
@@ -146,7 +151,7 @@ def _stuck_process_is_killed_and_replaced(shared: Path, session: str, pid: int,
 
     records = wait_for(reconnected, 30, 0.1, f"{session} to connect again from a new process")
     back = time.monotonic() - stopped_at
-    assert overlaps(records, until_ns=time.time_ns(), died={(host, pid): gone_ns}) == []
+    assert overlaps(records, until_ns=time.time_ns(), died=died) == []
     return took, back
 
 
@@ -190,3 +195,55 @@ def test_the_leaders_own_agent_kills_a_stuck_session_process_that_lost_its_lease
     print(f"\nstuck leader session process killed {took:.1f} s after SIGSTOP, connected "
           f"again from a new process {back:.1f} s after it (lease "
           f"{LEASE['lease_seconds']:g} s, margin {LEASE['lease_margin_seconds']:g} s)")
+
+
+# Budget 2 in an hour: the third crash in the window makes a session FAILED for good.
+SMALL_BUDGET = {"supervisor": {"restart_budget": 2, "restart_window_seconds": 3600.0,
+                               "restart_backoff_seconds": [0.2]}}
+
+
+def _fenced_events(gateway: Gateway, session: str) -> list[dict[str, Any]]:
+    from tests.integration.test_audit import events
+
+    return [e for e in events(gateway, "session.fenced") if e.get("session") == session]
+
+
+def test_processes_stopped_for_holding_no_lease_never_spend_the_restart_budget(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    """Issue 22 item 5, in lease mode: a session process the host's agent stops because
+    it holds no current lease is fenced, not crashed. With a restart budget of 2 in an
+    hour, three such stops in a row used to make the session FAILED ("crashed
+    repeatedly"); the agent now tells the supervisor before it signals, each stop is
+    recorded as ``session.fenced`` and the session connects again every time."""
+    shared = tmp_path / "shared"
+    leader = make_gateway(host_config(shared, pg.url(), SMALL_BUDGET, role="leader",
+                                      host_name=LEADER, sessions=1), name="leader")
+    leader.start()
+    leader.link("m1")
+    budget = SMALL_BUDGET["supervisor"]["restart_budget"]
+    assert isinstance(budget, int)
+    died: dict[tuple[str, int], int] = {}
+    for round_ in range(budget + 1):
+        pid = leader.session_pid("m1")
+        _stuck_process_is_killed_and_replaced(shared, "m1", pid, LEADER, "leader's", died)
+        state = wait_for(lambda old=pid: _settled(leader, "m1", old), 30, 0.1,
+                         f"m1 to connect again or fail after fence {round_ + 1}")
+        assert state == "CONNECTED", (round_ + 1, leader.status("m1"))
+    fenced = wait_for(lambda: len(_fenced_events(leader, "m1")) >= budget + 1 and
+                      _fenced_events(leader, "m1"), 10, 0.1, "every fence in the audit log")
+    assert {e.get("reason") for e in fenced} == {"no_lease"}, fenced
+    assert {e.get("host") for e in fenced} == {LEADER}, fenced
+
+
+def _settled(gateway: Gateway, session: str, old_pid: int) -> str | None:
+    """CONNECTED from a process other than ``old_pid``, or FAILED; None meanwhile."""
+    status = gateway.status(session)
+    if status["state"] == "FAILED":
+        return "FAILED"
+    if status["state"] == "CONNECTED":
+        try:
+            return "CONNECTED" if gateway.session_pid(session) != old_pid else None
+        except AssertionError:  # no pid reported yet
+            return None
+    return None

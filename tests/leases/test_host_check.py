@@ -91,3 +91,37 @@ def test_a_database_that_does_not_answer_decides_nothing(
         assert check.pending == {} and _wait_exit(stubborn, 0.1) is None
     finally:
         check.close()
+
+
+def test_the_processes_to_stop_are_named_before_any_signal_and_only_once(
+        pg_dsn: str, tmp_path: Path, stubborn: subprocess.Popen[bytes]) -> None:
+    """Issue 22 item 5: the agent tells the supervisor which (session, pid) it stops
+    before it signals, so the exit is recorded as fenced, not as a crash. Once per
+    stop: the SIGKILL that follows is the same stop."""
+    import os
+
+    holder = LeaseStore(pg_dsn, TIMING, host=HOST, pid=stubborn.pid)
+    holder.ensure_schema()
+    grant = holder.acquire("s1")
+    assert grant is not None
+    mark(marks_dir(tmp_path), "s1", grant.epoch, pid=stubborn.pid)
+    happened: list[tuple[str, object]] = []
+
+    def kill(pid: int, signum: int) -> None:
+        happened.append(("signal", (pid, signum)))
+        os.kill(pid, signum)
+
+    check = LocalLeases(cluster(pg_dsn), tmp_path, HOST, kill=kill)
+    try:
+        check.reconcile(lambda stopping: happened.append(("told", stopping)))
+        assert happened == []  # it holds its lease: nobody is told anything
+        assert holder.release("s1", grant.epoch)
+        deadline = time.monotonic() + 5.0
+        while _wait_exit(stubborn, 0.05) is None:
+            assert time.monotonic() < deadline, "never killed"
+            check.reconcile(lambda stopping: happened.append(("told", stopping)))
+        assert happened == [("told", (("s1", stubborn.pid),)),
+                            ("signal", (stubborn.pid, 15)), ("signal", (stubborn.pid, 9))]
+    finally:
+        check.close()
+        holder.close()
