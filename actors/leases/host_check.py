@@ -14,8 +14,10 @@ too). One copy, so the two hosts' rules cannot drift apart. Each look:
 - applies ``actors.leases.reconcile``: SIGTERM to a process without a current lease,
   SIGKILL half a margin later if it is still there (stopped or stuck in a call, it
   can do neither by itself). Before the SIGTERM it names the processes (session, pid)
-  to ``before_stop``: the actor tells the supervisor, so these exits are recorded as
-  fenced stops, not crashes that spend the restart budget.
+  to ``tell``: the actor tells the supervisor, so these exits are recorded as fenced
+  stops, not crashes that spend the restart budget. A process that ended itself after
+  losing its lease (its mark says why, ``lost``) is told of the same way, after its
+  exit.
 
 No Thespian here: the actors call ``reconcile`` from their timers.
 """
@@ -33,7 +35,7 @@ from typing import TypeAlias
 import structlog
 
 from actors.leases.bounded import BoundedQuestion
-from actors.leases.local import marks, marks_dir
+from actors.leases.local import Mark, marks, marks_dir
 from actors.leases.reconcile import reconcile
 from actors.leases.store import LeaseStore
 from actors.leases.timing import LeaseTiming
@@ -44,11 +46,12 @@ log = structlog.get_logger("wagate.lease_check")
 # One look at the database waits at most this long: the agent answers heartbeats too.
 QUESTION_TIMEOUT_SECONDS = 1.0
 
-# (session id, pid) of the local processes about to be stopped for holding no lease.
+# (session id, pid) of local processes fenced: about to be stopped for holding no
+# lease, or ended by themselves after losing it.
 Stopping: TypeAlias = tuple[tuple[str, int], ...]
 
 
-def _nobody(_stopping: Stopping) -> None:
+def _nobody(_processes: Stopping, _lost: str) -> None:
     """No one to tell (the default)."""
 
 
@@ -69,10 +72,15 @@ class LocalLeases:
         self.pending: dict[int, float] = {}
         self._kill = kill
 
-    def reconcile(self, before_stop: Callable[[Stopping], None] = _nobody) -> None:
+    def reconcile(self, tell: Callable[[Stopping, str], None] = _nobody) -> None:
         """One look: stop what holds no lease, kill what was asked and is still there.
-        ``before_stop`` hears of the processes to stop before any is signalled."""
-        local = marks(self.directory)
+        ``tell(processes, lost)`` hears of the processes to stop before any is
+        signalled (``lost`` ""), and of those that ended themselves after losing their
+        lease (``lost``: why, as their mark says)."""
+        ended: list[Mark] = []
+        local = marks(self.directory, ended)
+        for lost in sorted({m.lost for m in ended}):
+            tell(tuple((m.session, m.pid) for m in ended if m.lost == lost), lost)
         if not local:
             self.pending = {}
             return
@@ -83,7 +91,7 @@ class LocalLeases:
         self.pending = actions.pending
         stopping = tuple((m.session, m.pid) for m in local if m.pid in actions.term)
         if stopping:
-            before_stop(stopping)
+            tell(stopping, "")
         for pid, signum in ([(p, signal.SIGTERM) for p in actions.term]
                             + [(p, signal.SIGKILL) for p in actions.kill]):
             log.error("a local session process holds no lease; stopping it", pid=pid,

@@ -375,7 +375,7 @@ class SessionActor(BridgedActor):
         grant, and the keeper makes this process let go in time by itself."""
         if not lease_mode(self.config):
             return
-        from actors.leases.keeper import LeaseKeeper
+        from actors.leases.keeper import LeaseKeeper, exit_hard
         from actors.leases.local import mark, marks_dir
         from actors.leases.store import LeaseStore
         from actors.leases.timing import LeaseTiming
@@ -395,8 +395,19 @@ class SessionActor(BridgedActor):
             mark(marks, session, epoch)
             bridge.post(_LeaseGranted(epoch))
 
+        def exit_fenced() -> None:
+            # Its actor thread did not stop the process in time (stuck in a call): said
+            # in its mark first, so the host's lease check reports this end as a fenced
+            # stop, not a crash (actors.leases.local), then the kernel ends it.
+            epoch = self._last_epoch()
+            if epoch is not None:
+                with contextlib.suppress(OSError):
+                    mark(marks, session, epoch, lost=FENCE_LEASE_LOST)
+            exit_hard()
+
         self.keeper = LeaseKeeper(store, self.session, on_granted=granted,
-                                  on_lost=lambda reason: bridge.post(_LeaseLost(reason)))
+                                  on_lost=lambda reason: bridge.post(_LeaseLost(reason)),
+                                  exit_hard=exit_fenced)
         self.keeper.start()
         self.journaling = _journaling(config, session, self.keeper)
 

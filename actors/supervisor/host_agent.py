@@ -41,6 +41,7 @@ import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.messages import (
+    FENCE_NO_LEASE,
     HostBeat,
     HostBeatAck,
     LeaseFenced,
@@ -120,9 +121,10 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
                 self.send(address, ActorExitRequest())
             self.sessions = ()
 
-    def _fenced(self, stopping: Stopping) -> None:
-        """Told before the signal: these exits are fenced stops, not crashes."""
-        self.send(self.leader, LeaseFenced(self.host, stopping))
+    def _fenced(self, processes: Stopping, lost: str) -> None:
+        """Told before the signal (or after a process ended itself, ``lost``): these
+        exits are fenced stops, not crashes."""
+        self.send(self.leader, LeaseFenced(self.host, processes, lost or FENCE_NO_LEASE))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self.tracker = None

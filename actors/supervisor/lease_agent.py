@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from actors.messages import LeaseFenced, StartAgent
+from actors.messages import FENCE_NO_LEASE, LeaseFenced, StartAgent
 from actors.run_once import RunOnce
 from actors.system import host_config, host_name, on_required_host
 from gateway.core.config import lease_mode
@@ -87,9 +87,10 @@ class LeaseAgent(RunOnce, ActorTypeDispatcher):
         self.wakeupAfter(timedelta(seconds=self.interval), payload=_Look())
         self.leases.reconcile(self._fenced)
 
-    def _fenced(self, stopping: Stopping) -> None:
-        """Told before the signal: these exits are fenced stops, not crashes."""
-        self.send(self.supervisor, LeaseFenced(self.host, stopping))
+    def _fenced(self, processes: Stopping, lost: str) -> None:
+        """Told before the signal (or after a process ended itself, ``lost``): these
+        exits are fenced stops, not crashes."""
+        self.send(self.supervisor, LeaseFenced(self.host, processes, lost or FENCE_NO_LEASE))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.leases is not None:

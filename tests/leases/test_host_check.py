@@ -113,15 +113,36 @@ def test_the_processes_to_stop_are_named_before_any_signal_and_only_once(
 
     check = LocalLeases(cluster(pg_dsn), tmp_path, HOST, kill=kill)
     try:
-        check.reconcile(lambda stopping: happened.append(("told", stopping)))
+        check.reconcile(lambda stopping, lost: happened.append(("told", (stopping, lost))))
         assert happened == []  # it holds its lease: nobody is told anything
         assert holder.release("s1", grant.epoch)
         deadline = time.monotonic() + 5.0
         while _wait_exit(stubborn, 0.05) is None:
             assert time.monotonic() < deadline, "never killed"
-            check.reconcile(lambda stopping: happened.append(("told", stopping)))
-        assert happened == [("told", (("s1", stubborn.pid),)),
+            check.reconcile(lambda stopping, lost: happened.append(("told", (stopping, lost))))
+        assert happened == [("told", ((("s1", stubborn.pid),), "")),
                             ("signal", (stubborn.pid, 15)), ("signal", (stubborn.pid, 9))]
     finally:
         check.close()
         holder.close()
+
+
+def test_a_process_that_ended_itself_after_losing_its_lease_is_told_as_lost(
+        tmp_path: Path) -> None:
+    """Its mark says why it ended itself: the check hands that on, without asking the
+    database (nothing live is left to decide on) and without signalling anything."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    mark(marks_dir(tmp_path), "s1", 4, pid=child.pid, lost="lease_lost")
+    child.kill()
+    child.wait()
+    told: list[tuple[tuple[tuple[str, int], ...], str]] = []
+    signalled: list[tuple[int, int]] = []
+    dsn = "postgresql://nobody:x@127.0.0.1:9/none"  # never asked
+    check = LocalLeases(cluster(dsn), tmp_path, HOST,
+                        kill=lambda pid, signum: signalled.append((pid, signum)))
+    try:
+        check.reconcile(lambda processes, lost: told.append((processes, lost)))
+        check.reconcile(lambda processes, lost: told.append((processes, lost)))
+    finally:
+        check.close()
+    assert told == [((("s1", child.pid),), "lease_lost")] and signalled == []
