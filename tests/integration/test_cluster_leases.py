@@ -236,6 +236,34 @@ def test_processes_stopped_for_holding_no_lease_never_spend_the_restart_budget(
     assert {e.get("host") for e in fenced} == {LEADER}, fenced
 
 
+def test_a_members_lease_check_fences_without_spending_the_leaders_budget(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    """The same on a member: its HostAgent tells the leader's supervisor (LeaseFenced,
+    accepted from that host's current agent only) before it stops the process."""
+    shared = tmp_path / "shared"
+    leader, member = _cluster(make_gateway, shared, pg.url(),
+                              extra=lambda name: SMALL_BUDGET if name == "leader" else {})
+    leader.start()
+    member.start(MEMBER_START_DEADLINE)
+    wait_for(lambda: _member_alive(leader), 15, 0.1, "the member to join the leader")
+    leader.link("m1")
+    leader.link("m2")
+    budget = SMALL_BUDGET["supervisor"]["restart_budget"]
+    assert isinstance(budget, int)
+    died: dict[tuple[str, int], int] = {}
+    for round_ in range(budget + 1):
+        assert _placement(leader, "m2")["host"] == MEMBER
+        pid = leader.session_pid("m2")
+        _stuck_process_is_killed_and_replaced(shared, "m2", pid, MEMBER, "member's", died)
+        state = wait_for(lambda old=pid: _settled(leader, "m2", old), 30, 0.1,
+                         f"m2 to connect again or fail after fence {round_ + 1}")
+        assert state == "CONNECTED", (round_ + 1, leader.status("m2"))
+    fenced = wait_for(lambda: len(_fenced_events(leader, "m2")) >= budget + 1 and
+                      _fenced_events(leader, "m2"), 10, 0.1, "every fence in the audit log")
+    assert {(e.get("reason"), e.get("host")) for e in fenced} == {("no_lease", MEMBER)}
+
+
 def _settled(gateway: Gateway, session: str, old_pid: int) -> str | None:
     """CONNECTED from a process other than ``old_pid``, or FAILED; None meanwhile."""
     status = gateway.status(session)
