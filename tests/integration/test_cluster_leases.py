@@ -264,6 +264,33 @@ def test_a_members_lease_check_fences_without_spending_the_leaders_budget(
     assert {(e.get("reason"), e.get("host")) for e in fenced} == {("no_lease", MEMBER)}
 
 
+def test_a_real_crash_in_lease_mode_still_spends_the_restart_budget(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    """The other side of item 5: a session process that dies without being fenced
+    (SIGKILL from outside, its lease still held) is a crash. Its mark says nothing, so
+    the lease check only sweeps it; three crashes with a budget of two make the session
+    FAILED, and none is recorded as fenced."""
+    shared = tmp_path / "shared"
+    leader = make_gateway(host_config(shared, pg.url(), SMALL_BUDGET, role="leader",
+                                      host_name=LEADER, sessions=1), name="leader")
+    leader.start()
+    leader.link("m1")
+    budget = SMALL_BUDGET["supervisor"]["restart_budget"]
+    assert isinstance(budget, int)
+    for round_ in range(budget + 1):
+        pid = leader.session_pid("m1")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda old=pid: _gone(old), 10, 0.05, "the killed process to be gone")
+        state = wait_for(lambda old=pid: _settled(leader, "m1", old),
+                         LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 30, 0.1,
+                         f"m1 to connect again or fail after crash {round_ + 1}")
+        assert state == ("FAILED" if round_ == budget else "CONNECTED"), (
+            round_ + 1, leader.status("m1"))
+    assert leader.status("m1")["lastError"]["code"] == "SESSION_CRASHED"
+    assert _fenced_events(leader, "m1") == []
+
+
 def _settled(gateway: Gateway, session: str, old_pid: int) -> str | None:
     """CONNECTED from a process other than ``old_pid``, or FAILED; None meanwhile."""
     status = gateway.status(session)
