@@ -18,13 +18,15 @@ With leases (``cluster.database_url``), the agent also reconciles by pid: every
 local session process that was granted a lease (its mark, ``actors.leases.local``)
 must still hold it by the database's clock; one that does not is stopped, and killed
 half a margin later (``actors.leases.reconcile``). That covers a process too stuck or
-stopped to let go by itself. While the leader is silent, the agent stops every local session
-process that was granted a lease and started before the silence was found, not only
-those in the last heartbeat's list: a process the leader started after that beat
-holds its lease, and nobody else would stop it (one started later is another
-leader's, after a failover). Each look at the database waits at most a second, on a thread of
-its own (``actors.leases.bounded``). The check itself is ``actors.leases.host_check``,
-which the leader's own host runs too (``actors.supervisor.lease_agent``).
+stopped to let go by itself. While the leader is silent, the agent stops every local
+session process that was granted a lease and started before the silence was found,
+not only those in the last heartbeat's list: a process the leader started after that
+beat holds its lease, and nobody else would stop it (one started later is another
+leader's, after a failover). Each look at the database waits at most a second, on a
+thread of its own (``actors.leases.bounded``). The leader hears of each such stop
+before the signal (``LeaseFenced``), as of a fence (``SessionsFenced``): neither is a
+crash. The check itself is ``actors.leases.host_check``, which the leader's own host
+runs too (``actors.supervisor.lease_agent``).
 
 The member's launcher also uses this class, locally and briefly, to learn the process
 group of its actor system (``WhoAreYou``).
@@ -43,8 +45,11 @@ from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.leases.local import ticks_now
 from actors.messages import (
+    FENCE_LEADER_SILENT,
+    FENCE_NO_LEASE,
     HostBeat,
     HostBeatAck,
+    LeaseFenced,
     ProcessInfo,
     SessionsFenced,
     StartAgent,
@@ -56,7 +61,9 @@ from actors.supervisor.placement import HeartbeatTracker
 from actors.system import on_required_host
 
 if TYPE_CHECKING:
-    from actors.leases.host_check import LocalLeases
+    from collections.abc import Callable
+
+    from actors.leases.host_check import LocalLeases, Stopping
 
 log = structlog.get_logger("wagate.host_agent")
 
@@ -128,9 +135,17 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
             # A silent leader: every local session process it may have started goes,
             # named or not (C1); one started since is another leader's.
             if self.silent_since is not None:
-                self.leases.fence(self.silent_since)
+                self.leases.fence(self.silent_since, self._telling(FENCE_LEADER_SILENT))
             else:
-                self.leases.reconcile()
+                self.leases.reconcile(self._telling(FENCE_NO_LEASE))
+
+    def _telling(self, reason: str) -> Callable[[Stopping, str], None]:
+        """How the check tells the leader of the processes it stops, before the signal
+        (or after one ended itself, ``lost``): fenced stops, not crashes. A session the
+        last beat named is told twice (SessionsFenced too); the leader records it once."""
+        def tell(processes: Stopping, lost: str) -> None:
+            self.send(self.leader, LeaseFenced(self.host, processes, lost or reason))
+        return tell
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self.tracker = None
