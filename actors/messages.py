@@ -477,6 +477,9 @@ class RetireSession:
 
     session: str
     attempt: int = 1
+    # Set when the process stops because it was fenced (FENCE_LEASE_LOST,
+    # FENCE_STORE_WRITE): recorded as session.fenced, never as a crash.
+    fenced: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -754,3 +757,23 @@ class SessionsFenced:
 
     host: str
     sessions: tuple[tuple[str, Any], ...]  # (session id, ActorAddress), as in HostBeat
+
+
+# Why a session process was fenced: the reason ``session.fenced`` records.
+FENCE_LEADER_SILENT = "leader_silent"  # a member's agent: the leader went quiet
+FENCE_NO_LEASE = "no_lease"  # a host's lease check: the process holds no current lease
+FENCE_LEASE_LOST = "lease_lost"  # the process could not renew its lease in time
+FENCE_STORE_WRITE = "store_write_refused"  # a shared store write was refused (epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseFenced:
+    """Host agent or the leader's lease agent -> supervisor, just before it signals
+    local session processes that hold no current lease (SIGTERM, SIGKILL later):
+    fenced stops, not crashes. By pid, not address: the agent knows its host's
+    processes from their lease marks; the supervisor matches each pid to the process
+    it last heard from (the exit may arrive before or after this)."""
+
+    host: str
+    processes: tuple[tuple[str, int], ...]  # (session id, pid)
+    reason: str = FENCE_NO_LEASE

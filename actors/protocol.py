@@ -49,8 +49,10 @@ from gateway.core.version import __version__
 # The sent journal: cluster.journal_retention_hours in Config.
 # Fenced store writes: StoreWriteFenced (session -> supervisor) and
 # SessionMetrics.store_writes_fenced.
+# Lease-mode fenced stops: LeaseFenced (host's lease check -> supervisor) and
+# RetireSession.fenced.
 PROTOCOL = 5
-LAYOUT = "5779ced0146aca84"
+LAYOUT = "63c750da52731721"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -23,6 +23,7 @@ the lock, so a dead holder's row is never taken for the active leader.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import LiteralString
@@ -135,10 +136,8 @@ class LeaderLock:
         a standby or a reader of ``wagate_leader`` could still see it held."""
         conn = self._conn
         if self._held and conn is not None and not conn.closed:
-            try:
+            with contextlib.suppress(psycopg.Error):  # gone: its end frees the lock
                 conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-            except psycopg.Error:  # the connection is gone: its end frees the lock
-                pass
         self._drop()
 
     def _connection(self) -> psycopg.Connection[TupleRow]:

@@ -29,6 +29,8 @@ import structlog
 from thespian.actors import ActorExitRequest, WakeupMessage
 
 from actors.messages import (
+    FENCE_LEASE_LOST,
+    FENCE_STORE_WRITE,
     Deliver,
     DeliverBatch,
     DeliveryReceipt,
@@ -373,7 +375,7 @@ class SessionActor(BridgedActor):
         grant, and the keeper makes this process let go in time by itself."""
         if not lease_mode(self.config):
             return
-        from actors.leases.keeper import LeaseKeeper
+        from actors.leases.keeper import LeaseKeeper, exit_hard
         from actors.leases.local import mark, marks_dir
         from actors.leases.store import LeaseStore
         from actors.leases.timing import LeaseTiming
@@ -393,8 +395,19 @@ class SessionActor(BridgedActor):
             mark(marks, session, epoch)
             bridge.post(_LeaseGranted(epoch))
 
+        def exit_fenced() -> None:
+            # Its actor thread did not stop the process in time (stuck in a call): said
+            # in its mark first, so the host's lease check reports this end as a fenced
+            # stop, not a crash (actors.leases.local), then the kernel ends it.
+            epoch = self._last_epoch()
+            if epoch is not None:
+                with contextlib.suppress(OSError):
+                    mark(marks, session, epoch, lost=FENCE_LEASE_LOST)
+            exit_hard()
+
         self.keeper = LeaseKeeper(store, self.session, on_granted=granted,
-                                  on_lost=lambda reason: bridge.post(_LeaseLost(reason)))
+                                  on_lost=lambda reason: bridge.post(_LeaseLost(reason)),
+                                  exit_hard=exit_fenced)
         self.keeper.start()
         self.journaling = _journaling(config, session, self.keeper)
 
@@ -409,16 +422,17 @@ class SessionActor(BridgedActor):
         supervisor for a fresh process, which waits for the lease before connecting.
         Should this thread be stuck, the keeper ends the process half a margin later."""
         log.error("the session's lease is lost: disconnecting", reason=msg.reason)
-        self._stop_fenced()
+        self._stop_fenced(FENCE_LEASE_LOST)
 
     def receiveMsg__StoreFenced(self, msg: _StoreFenced, sender: Any) -> None:
         """A store write was refused: counted, and this process goes as a fenced one
         does (its successor owns the store now)."""
         self.send(self.parent, StoreWriteFenced(self.session))
-        self._stop_fenced()
+        self._stop_fenced(FENCE_STORE_WRITE)
 
-    def _stop_fenced(self) -> None:
-        """Close the client now and ask the supervisor for a fresh process (once)."""
+    def _stop_fenced(self, reason: str) -> None:
+        """Close the client now and ask the supervisor for a fresh process (once),
+        saying why: a fenced stop, recorded as such, which spends no restart budget."""
         self.generation += 1
         if self.transport is not None:
             try:
@@ -428,7 +442,8 @@ class SessionActor(BridgedActor):
             self.transport = None
         if self.machine is not None and not self.retiring:
             self.retiring = True
-            self.send(self.parent, RetireSession(self.session, self.machine.attempt))
+            self.send(self.parent, RetireSession(self.session, self.machine.attempt,
+                                                 fenced=reason))
 
     # ---- encrypted stores -------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from thespian.actors import (
 
 from actors.audit.actor import AuditActor
 from actors.messages import (
+    FENCE_LEADER_SILENT,
     AuditBatch,
     AuditEvent,
     ChartMessageStates,
@@ -52,6 +53,7 @@ from actors.messages import (
     HealthReport,
     HostBeatAck,
     IncomingReceived,
+    LeaseFenced,
     ListEvents,
     ListMessages,
     NumberLookup,
@@ -528,6 +530,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             return  # a late report from a process we already replaced
         if status.state is SessionState.CONNECTED:
             child.failures = 0
+        if status.pid is not None and child.host is not None:
+            child.pid = (child.host, status.pid)  # a lease check names processes by pid
         status = keep_account(self.statuses.get(status.session), replace(status, host=child.host))
         self._set_status(status)
         if status.state in FINAL_STATES and not child.retiring:
@@ -536,12 +540,17 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_RetireSession(self, msg: RetireSession, sender: Any) -> None:
         """A session process asks to be replaced (its engine leaks a database pool per
-        client): not a crash, no backoff, no restart budget; the successor connects
-        and goes on with the same attempt."""
+        client, or it was fenced: it lost its lease, or a store write was refused):
+        not a crash, no backoff, no restart budget; the successor connects (with
+        leases, once it holds the lease) and goes on with the same attempt."""
         child = self.children.session(msg.session)
         if child is None or child.address != sender or child.retiring or self.stopping:
             return
-        log.info("replacing a session process", session=msg.session, attempt=msg.attempt)
+        if msg.fenced:
+            self._record_fenced(msg.session, child.host, msg.fenced)
+        else:
+            log.info("replacing a session process", session=msg.session,
+                     attempt=msg.attempt)
         child.retiring = child.respawn = True
         child.resume_attempt = max(1, msg.attempt)
         self.send(child.address, ActorExitRequest())
@@ -580,16 +589,45 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         if self.cluster is None or not self.cluster.is_agent(msg.host, sender):
             return
         for session, address in msg.sessions:
-            key = ChildKey.of_session(session)
-            child = self.children.get(key)
-            outcome = child.fence(address) if child is not None else None
-            if child is None or outcome is None:
-                continue
-            log.warning("a member's fence stopped a session; starting it again (not a "
-                        "crash)", session=session, host=msg.host, outcome=outcome)
-            self.audit("session.fenced", session=session, host=msg.host)
-            if outcome == "pardon" and child.address is None and not self.stopping:
-                self._respawn(key)  # at once, not after a crash's backoff
+            self._fence(session, msg.host, address, FENCE_LEADER_SILENT)
+
+    def receiveMsg_LeaseFenced(self, msg: LeaseFenced, sender: Any) -> None:
+        """A host's lease check is about to stop these processes (SIGTERM, then SIGKILL):
+        they hold no current lease. Fenced stops, not crashes, whichever of this notice
+        and the exits arrives first (Child.fence); each pid is matched to the process
+        the supervisor knows on that host. Accepted from this host's lease agent or a
+        member's current agent, for its own host only."""
+        ours = (self.lease_agent is not None and sender == self.lease_agent
+                and self.cluster is not None and msg.host == self.cluster.local_host)
+        if not ours and (self.cluster is None or not self.cluster.is_agent(msg.host, sender)):
+            return
+        for session, pid in msg.processes:
+            child = self.children.session(session)
+            if child is not None:
+                self._fence(session, msg.host, child.process_at(msg.host, pid), msg.reason)
+
+    def _fence(self, session: str, host: str, address: Any, reason: str) -> None:
+        """Process ``address`` of ``session`` on ``host`` was (or is being) fenced: its
+        exit is no crash (Child.fence); a crash already counted is taken back and the
+        session started again at once, not after a crash's backoff."""
+        key = ChildKey.of_session(session)
+        child = self.children.get(key)
+        if child is None:
+            return
+        was_retiring = child.retiring
+        outcome = child.fence(address)
+        if outcome is None or (outcome == "retire" and was_retiring):
+            return  # another process, or one already on its way out (recorded then)
+        self._record_fenced(session, host, reason, outcome)
+        if outcome == "pardon" and child.address is None and not self.stopping:
+            self._respawn(key)
+
+    def _record_fenced(self, session: str, host: str | None, reason: str,
+                       outcome: str = "retire") -> None:
+        """The log line and the audit entry of a fenced stop."""
+        log.warning("a session process was fenced; starting it again (not a crash)",
+                    session=session, host=host, reason=reason, outcome=outcome)
+        self.audit("session.fenced", session=session, host=host, reason=reason)
 
     def receiveMsg_DeadEnvelope(self, msg: DeadEnvelope, sender: Any) -> None:
         dead = msg.deadMessage
@@ -711,6 +749,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         now = time.time()
         child.failures += 1
         child.crashed = (exited, now) if exited is not None else None
+        child.crashed_pid = child.pid if exited is not None else None
         session = key.name if key.is_session else None
         if not child.budget.record(now):
             log.error("restart budget exhausted", child=str(key))
@@ -741,6 +780,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         child = self.children[key]
         child.incarnation += 1
         child.retiring = child.respawn = False
+        child.pid = None  # until the new process reports
         local = self.cluster.local_host
         if key.is_session and self.config.cluster.role != "single":
             # A process that runs already (restart, failover) may exceed a host's slots.

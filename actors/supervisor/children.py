@@ -66,6 +66,21 @@ class Child:
     # The process whose exit last counted as a crash, and when: a fence notice that
     # arrives after that exit takes the crash back (RestartBudget.pardon).
     crashed: tuple[Any, float] | None = None
+    # (host, pid) of its current process, as that process reported it, and of the
+    # process whose exit last counted as a crash: a host's lease check names the
+    # processes it stops by pid (``process_at``).
+    pid: tuple[str, int] | None = None
+    crashed_pid: tuple[str, int] | None = None
+
+    def process_at(self, host: str, pid: int) -> Any:
+        """The address of this child's process ``pid`` on ``host``: its current one, or
+        the one whose exit last counted as a crash; None for any other (a pid the
+        supervisor never heard from, or of a process replaced since)."""
+        if self.address is not None and self.pid == (host, pid):
+            return self.address
+        if self.crashed is not None and self.crashed_pid == (host, pid):
+            return self.crashed[0]
+        return None
 
     def fence(self, address: Any) -> str | None:
         """A member's agent stopped this child's process at ``address`` (the fence): a
@@ -83,7 +98,7 @@ class Child:
             if self.budget is not None:
                 self.budget.pardon(self.crashed[1])
             self.failures = max(0, self.failures - 1)
-            self.crashed = None
+            self.crashed = self.crashed_pid = None
             return "pardon"
         return None
 

@@ -8,8 +8,10 @@ run while the process is stopped, so its account would stay connected while the
 leader, whose gate sees the lease expire, starts a new process for it. So in lease
 mode the supervisor starts this actor on its own host (required by host name) and
 sends it the ``StartAgent`` a member's agent gets; it runs the same check
-(``actors.leases.host_check``) every ``heartbeat_seconds``. It fences nothing else:
-the leader's own sessions are never "placed by a leader that went quiet".
+(``actors.leases.host_check``) every ``heartbeat_seconds``, and tells the supervisor
+(``LeaseFenced``) before it stops a process, so that stop is a fenced one, not a crash.
+It fences nothing else: the leader's own sessions are never "placed by a leader that
+went quiet".
 
 Its own process: a look at a database that does not answer waits up to a second,
 which the supervisor (which answers the web tier) must not spend. If it dies, the
@@ -25,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from actors.messages import StartAgent
+from actors.messages import FENCE_NO_LEASE, LeaseFenced, StartAgent
 from actors.run_once import RunOnce
 from actors.system import host_config, host_name, on_required_host
 from gateway.core.config import lease_mode
 
 if TYPE_CHECKING:
-    from actors.leases.host_check import LocalLeases
+    from actors.leases.host_check import LocalLeases, Stopping
 
 log = structlog.get_logger("wagate.lease_agent")
 
@@ -63,11 +65,14 @@ class LeaseAgent(RunOnce, ActorTypeDispatcher):
         super().__init__(*args, **kwargs)
         self.interval = 1.0
         self.leases: LocalLeases | None = None
+        self.host = ""
+        self.supervisor: Any = None  # told of every process this agent stops
 
     def receiveMsg_StartAgent(self, msg: StartAgent, sender: Any) -> None:
         if self.leases is not None:
             return
         self.interval = msg.heartbeat_seconds
+        self.host, self.supervisor = msg.host, sender
         self.leases = local_leases()
         if self.leases is None:
             log.warning("lease agent started without lease mode; it does nothing")
@@ -80,7 +85,12 @@ class LeaseAgent(RunOnce, ActorTypeDispatcher):
             return
         # The next look first: a failed handler is not run again (RunOnce).
         self.wakeupAfter(timedelta(seconds=self.interval), payload=_Look())
-        self.leases.reconcile()
+        self.leases.reconcile(self._fenced)
+
+    def _fenced(self, processes: Stopping, lost: str) -> None:
+        """Told before the signal (or after a process ended itself, ``lost``): these
+        exits are fenced stops, not crashes."""
+        self.send(self.supervisor, LeaseFenced(self.host, processes, lost or FENCE_NO_LEASE))
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.leases is not None:

@@ -96,6 +96,13 @@ def test_a_session_connects_under_its_lease_and_lets_go_when_it_cannot_renew(
     ups = [r for r in records(gw) if r.kind == "up"]
     assert ups[-1].pid == gw.session_pid() and ups[-1].at_ns > down[0].at_ns
     assert overlaps(records(gw), until_ns=time.time_ns()) == []
+    # Recorded as a fenced stop with its reason, not as a crash (issue 22, item 5).
+    from tests.integration.test_audit import events
+
+    fenced = wait_for(lambda: [e for e in events(gw, "session.fenced")
+                               if e.get("session") == "default"], 10, 0.1,
+                      "the fenced stop in the audit log")
+    assert [e.get("reason") for e in fenced] == ["lease_lost"], fenced
     print(f"\nlease lost -> disconnected {late:.2f} s after the database froze "
           f"(lease {LEASE['lease_seconds']} s)")
 

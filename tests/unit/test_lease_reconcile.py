@@ -53,3 +53,30 @@ def test_marks_name_live_processes_and_drop_stale_ones(tmp_path: Path) -> None:
     unmark(tmp_path)
     assert marks(tmp_path) == []
     assert marks(tmp_path / "missing") == []
+
+
+def test_a_process_that_ended_itself_after_losing_its_lease_is_reported_once(
+        tmp_path: Path) -> None:
+    """Issue 22 item 5: a session process whose actor thread was stuck ends itself
+    (the keeper's hard exit) after writing why in its mark; the next look finds the
+    stale mark and hands it on as ended, so the agent reports a fenced stop, not a
+    crash. A process that simply died says nothing and is only swept."""
+    lost = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    died = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        mark(tmp_path, "a", 7, pid=lost.pid)
+        mark(tmp_path, "b", 8, pid=died.pid)
+        mark(tmp_path, "a", 7, pid=lost.pid, lost="lease_lost")  # just before its exit
+        ended: list[Mark] = []
+        live = marks(tmp_path, ended)
+        assert {m.pid for m in live} == {lost.pid, died.pid} and ended == []
+    finally:
+        for child in (lost, died):
+            child.kill()
+            child.wait()
+    ended = []
+    assert marks(tmp_path, ended) == []
+    assert [(m.session, m.pid, m.epoch, m.lost) for m in ended] == [
+        ("a", lost.pid, 7, "lease_lost")]
+    again: list[Mark] = []
+    assert marks(tmp_path, again) == [] and again == []  # swept: reported once

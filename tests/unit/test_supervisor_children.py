@@ -143,3 +143,38 @@ def test_a_fence_notice_for_another_process_changes_nothing() -> None:
     assert child.fence("old") is None  # only once
     retiring = Child(object, address="p", retiring=True)  # a logout: stays a plain exit
     assert retiring.fence("p") == "retire" and not retiring.respawn
+
+
+def test_a_host_check_names_a_process_by_pid_current_or_crashed() -> None:
+    """Issue 22 item 5 in lease mode: a host's lease check knows its processes by pid;
+    the child maps a pid on a host to the process it belongs to, the running one or
+    the one whose exit counted as a crash, and to nothing else."""
+    child = Child(object, address="proc-1", budget=RestartBudget(2, 3600.0), host="alpha")
+    child.pid = ("alpha", 101)
+    assert child.process_at("alpha", 101) == "proc-1"
+    assert child.process_at("beta", 101) is None  # a pid of another host
+    assert child.process_at("alpha", 102) is None
+    # its exit came first and counted as a crash
+    child.address, child.crashed, child.crashed_pid = None, ("proc-1", 10.0), ("alpha", 101)
+    assert child.process_at("alpha", 101) == "proc-1"
+    assert child.fence(child.process_at("alpha", 101)) == "pardon"
+    assert child.crashed is None and child.crashed_pid is None
+    assert child.process_at("alpha", 101) is None  # taken back once only
+
+
+def test_more_lease_fences_than_the_budget_never_fail_a_session() -> None:
+    """Three stops by the host's lease check with a budget of two, in either order of
+    notice and exit: none spends the budget."""
+    child = Child(object, budget=RestartBudget(2, 3600.0), host="alpha")
+    for n in range(6):
+        address, pid = f"proc-{n}", 100 + n
+        child.address, child.pid, child.retiring, child.respawn = address, ("alpha", pid), \
+            False, False
+        if n % 2:  # the notice first
+            assert child.fence(child.process_at("alpha", pid)) == "retire"
+        else:  # the exit first: a crash, until the notice takes it back
+            child.address, child.failures = None, child.failures + 1
+            child.crashed, child.crashed_pid = (address, 10.0 + n), child.pid
+            assert child.budget is not None and child.budget.record(10.0 + n)
+            assert child.fence(child.process_at("alpha", pid)) == "pardon"
+    assert child.budget is not None and child.budget.crashes(20.0) == 0
