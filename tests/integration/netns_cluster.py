@@ -24,6 +24,7 @@ import requests
 
 from actors.transport.connection_log import ConnectionRecord, overlaps, parse_records
 from actors.transport.simulator import CONNECTIONS_LOG
+from gateway.cli.ownership import owned_processes
 from tests import netns
 from tests.integration.harness import Gateway, wait_for
 from tests.integration.test_chaos import RETRYABLE_CODES, drained, records
@@ -69,9 +70,11 @@ def pg(net: netns.Topology) -> Iterator[PgCluster]:
 
 def make_cluster(make_gateway: Callable[..., Gateway], net: netns.Topology, pg: PgCluster,
                  shared: Path, lease: dict[str, float] | None = None,
+                 settings: dict[str, dict[str, Any]] | None = None,
                  **cluster: Any) -> tuple[Gateway, Gateway]:
     """A leader with one session slot and a member with two, each in its namespace;
-    ``cluster``: more ``[cluster]`` keys for both."""
+    ``settings``: more sections for both (e.g. ``actors``); ``cluster``: more
+    ``[cluster]`` keys for both."""
     stores = {"storage": {"sessions_dir": str(shared / "sessions")},
               "simulator": {"server_dir": str(shared / "simulator")},
               "messages": {"send_timeout_seconds": 2.0},
@@ -82,7 +85,8 @@ def make_cluster(make_gateway: Callable[..., Gateway], net: netns.Topology, pg: 
               "supervisor": {"restart_backoff_seconds": [0.2], "restart_budget": 100},
               "http": {"workers": 1, "threads": 16},
               "limits": {"per_number_per_minute": 100_000, "per_number_per_hour": 100_000,
-                         "global_per_day": 100_000}}
+                         "global_per_day": 100_000},
+              **(settings or {})}
     common = {"allow_networks": [f"{net.address(h)}/32" for h in net.hosts],
               "database_url": pg.url(), **HEARTBEAT, **(lease or LEASE), **cluster}
 
@@ -266,8 +270,9 @@ def assert_one_copy_each(shared: Path, sessions: tuple[str, ...], until_ns: int)
 
 def start_cluster(make_gateway: Callable[..., Gateway], net: netns.Topology, pg: PgCluster,
                   shared: Path, lease: dict[str, float] | None = None,
+                  settings: dict[str, dict[str, Any]] | None = None,
                   **cluster: Any) -> tuple[Gateway, Gateway]:
-    leader, member = make_cluster(make_gateway, net, pg, shared, lease, **cluster)
+    leader, member = make_cluster(make_gateway, net, pg, shared, lease, settings, **cluster)
     leader.start()
     member.start(MEMBER_START_DEADLINE)
     wait_for(lambda: member_alive(leader), 20, 0.1, "the member to join the leader")
@@ -325,3 +330,48 @@ def settle(leader: Gateway, shared: Path) -> None:
     wait_for(lambda: all(open_connections(connection_log(shared))[s] == 1
                          for s in ("s1", "s2", "s3")), 15, 0.2,
              "one connection per session")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def live_connections(log: list[ConnectionRecord]) -> dict[str, int]:
+    """Per session, the connections up now whose process still runs (a process killed
+    after its lease was lost writes no "down")."""
+    downs = {r.conn for r in log if r.kind == "down"}
+    counts: dict[str, int] = {}
+    for r in log:
+        if r.kind == "up" and r.conn not in downs and pid_alive(r.pid):
+            counts[r.session] = counts.get(r.session, 0) + 1
+    return counts
+
+
+def settle_live(leader: Gateway, shared: Path,
+                sessions: tuple[str, ...] = ("s1", "s2", "s3")) -> list[ConnectionRecord]:
+    """The member back, every session connected, one live connection each; the log."""
+    wait_for(lambda: member_alive(leader), 30, 0.2, "the member to be back")
+    wait_for(lambda: all(placement(leader, s)["state"] == "CONNECTED" for s in sessions),
+             30, 0.2, "every session connected")
+    return wait_for(lambda: (log := connection_log(shared))
+                    and live_connections(log) == dict.fromkeys(sessions, 1) and log,
+                    15, 0.2, "one live connection per session")
+
+
+def died_processes(log: list[ConnectionRecord], gone_by: int) -> dict[tuple[str, int], int]:
+    """Processes of the log that no longer run: their open connections ended by
+    ``gone_by`` (they ended no later than the check that found them gone)."""
+    return {(r.host, r.pid): gone_by for r in log if not pid_alive(r.pid)}
+
+
+def run_processes(gw: Gateway) -> list[int]:
+    """Every process of ``gw``'s run: its launcher and all it started."""
+    assert gw.process is not None
+    mark = gw.mark()
+    assert mark is not None
+    return sorted({gw.process.pid, *gw.actor_pids(), *owned_processes(mark)})

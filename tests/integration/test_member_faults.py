@@ -28,8 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.transport.connection_log import ConnectionRecord, overlaps
-from gateway.cli.ownership import owned_processes
+from actors.transport.connection_log import overlaps
 from tests import freezer, netns
 from tests.integration.harness import Gateway, wait_for
 from tests.integration.netns_cluster import (  # noqa: F401 (fixtures: net, pg)
@@ -39,11 +38,15 @@ from tests.integration.netns_cluster import (  # noqa: F401 (fixtures: net, pg)
     Figures,
     check_messages,
     connection_log,
+    died_processes,
     member_alive,
     net,
     pg,
+    pid_alive,
     placement,
+    run_processes,
     run_with_load,
+    settle_live,
     start_cluster,
 )
 from tests.integration.test_cluster_leases import lease_free_at_ns
@@ -56,41 +59,6 @@ MOVED = LEASE["lease_seconds"] + LEASE["lease_margin_seconds"] + 20
 def _on_leader(leader: Gateway, sessions: tuple[str, ...]) -> bool:
     return all(placement(leader, s) == {"state": "CONNECTED", "host": LEADER}
                for s in sessions)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii")
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _live_connections(log: list[ConnectionRecord]) -> dict[str, int]:
-    """Per session, the connections up now whose process still runs (a process killed
-    after its lease was lost writes no "down")."""
-    downs = {r.conn for r in log if r.kind == "down"}
-    counts: dict[str, int] = {}
-    for r in log:
-        if r.kind == "up" and r.conn not in downs and _alive(r.pid):
-            counts[r.session] = counts.get(r.session, 0) + 1
-    return counts
-
-
-def _settle(leader: Gateway, shared: Path) -> list[ConnectionRecord]:
-    """The member back, every session connected, one live connection each."""
-    wait_for(lambda: member_alive(leader), 30, 0.2, "the member to be back")
-    wait_for(lambda: all(placement(leader, s)["state"] == "CONNECTED" for s in SESSIONS),
-             30, 0.2, "every session connected")
-    return wait_for(lambda: (log := connection_log(shared))
-                    and _live_connections(log) == dict.fromkeys(SESSIONS, 1) and log,
-                    15, 0.2, "one live connection per session")
-
-
-def _died(log: list[ConnectionRecord], gone_by: int) -> dict[tuple[str, int], int]:
-    """Processes of the log that no longer run: their open connections ended by
-    ``gone_by`` (they ended no later than the check that found them gone)."""
-    return {(r.host, r.pid): gone_by for r in log if not _alive(r.pid)}
 
 
 def test_c1_a_session_restarted_after_the_last_beat_is_fenced_too(
@@ -118,7 +86,7 @@ def test_c1_a_session_restarted_after_the_last_beat_is_fenced_too(
         before = set(member.actor_pids())
         assert old in before
         member.signal_process(old, signal.SIGKILL)
-        wait_for(lambda: not _alive(old), 10, 0.01, "the killed process to be gone")
+        wait_for(lambda: not pid_alive(old), 10, 0.01, "the killed process to be gone")
         restarted.update(old=old, gone_ns=time.time_ns())
         # The supervisor starts a new s2 on the member (its restart backoff, 0.2 s).
         up = wait_for(lambda: next((r for r in connection_log(shared) if r.kind == "up"
@@ -142,9 +110,9 @@ def test_c1_a_session_restarted_after_the_last_beat_is_fenced_too(
         load, _ = run_with_load(leader, "c1", fault)
     finally:
         net.heal(LEADER, MEMBER)
-    log = _settle(leader, shared)
+    log = settle_live(leader, shared)
     now = time.time_ns()
-    died = {**_died(log, now), (MEMBER, restarted["old"]): restarted["gone_ns"]}
+    died = {**died_processes(log, now), (MEMBER, restarted["old"]): restarted["gone_ns"]}
     found = overlaps(log, until_ns=now, died=died)
     assert found == [], (found, [r for r in log if r.session == "s2"])
     figures = Figures.of(log, restarted["cut_ns"], ("s2", "s3"), MEMBER, LEADER)
@@ -170,14 +138,6 @@ def frozen_cgroup(make_gateway: Callable[..., Gateway]) -> Iterator[freezer.Free
         group.close()
 
 
-def _member_processes(member: Gateway) -> list[int]:
-    """Every process of the member's run: its launcher and all it started."""
-    assert member.process is not None
-    mark = member.mark()
-    assert mark is not None
-    return sorted({member.process.pid, *member.actor_pids(), *owned_processes(mark)})
-
-
 def test_c3_a_frozen_member_never_connects_again_after_the_thaw(
         net: netns.Topology, pg: PgCluster,  # noqa: F811
         frozen_cgroup: freezer.Freezer, make_gateway: Callable[..., Gateway],
@@ -199,8 +159,8 @@ def test_c3_a_frozen_member_never_connects_again_after_the_thaw(
 
     def fault() -> None:
         sessions = {leader.session_pid(s) for s in ("s2", "s3")}
-        frozen_cgroup.add(_member_processes(member))
-        frozen_cgroup.add(_member_processes(member))  # born meanwhile
+        frozen_cgroup.add(run_processes(member))
+        frozen_cgroup.add(run_processes(member))  # born meanwhile
         froze["ns"] = time.time_ns()
         started = time.monotonic()
         frozen_cgroup.freeze()
@@ -224,7 +184,7 @@ def test_c3_a_frozen_member_never_connects_again_after_the_thaw(
         load, _ = run_with_load(leader, "c3", fault)
     finally:
         frozen_cgroup.thaw()
-    log = _settle(leader, shared)
+    log = settle_live(leader, shared)
     now = time.time_ns()
     frozen = froze["pids"]
     assert isinstance(frozen, set)
@@ -245,7 +205,7 @@ def test_c3_a_frozen_member_never_connects_again_after_the_thaw(
     late_downs = [r for r in log if r.kind == "down" and r.conn in open_at_freeze
                   and r.at_ns >= freeze_ns]
     witness = [r for r in log if r not in late_downs]
-    died = {**_died(log, now), **{(MEMBER, pid): freeze_ns for pid in frozen}}
+    died = {**died_processes(log, now), **{(MEMBER, pid): freeze_ns for pid in frozen}}
     assert overlaps(witness, until_ns=now, died=died) == []
     down_after_thaw = [round((r.at_ns - thaw_ns) / 1e9, 2) for r in late_downs]
     figures = Figures.of(log, freeze_ns, ("s2", "s3"), MEMBER, LEADER)
