@@ -4,8 +4,8 @@ The cluster of ``test_partitions`` (``netns_cluster``: a leader with one slot, a
 with two, each a real ``wagate serve`` in a network namespace of its own, the leases'
 PostgreSQL on the bridge). Clients send through the MEMBER's GraphQL API, half with an
 idempotency key of their own and half without, while every packet between the two
-hosts is dropped without a word for longer than the ask timeout (TCP retries into the
-void: where a call used to block for a minute).
+hosts is dropped without a word (TCP retries into the void: where a call used to block
+for a minute), or refused at once by blackhole routes, for longer than the ask timeout.
 
 What must hold, measured from the client:
 
@@ -30,11 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from tests import netns
 from tests.integration.harness import Gateway, wait_for
 from tests.integration.netns_cluster import (  # noqa: F401 (fixtures: net, pg)
+    LEADER,
     MEMBER,
     member_alive,
     net,
@@ -55,7 +57,7 @@ CUT_SECONDS = 10.0  # longer than the ask timeout, and than the send's whole dea
 CLIENTS = 6
 CLIENT_TIMEOUT = 90.0  # far beyond the deadline: a call that overran it is measured
 SEND = ("mutation($i: SendWhatsAppMessageInput!) { sendWhatsAppMessage(input: $i) "
-        "{ id idempotencyKey } }")
+        "{ id idempotencyKey duplicate } }")
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Answer:
     seconds: float
     code: str  # "OK", or the error's code
     named_key: str | None  # the key an answer named (a success's, an UNCERTAIN's)
+    duplicate: bool = False  # a success: the key's message had been accepted before
 
 
 def send(gw: Gateway, http: requests.Session, text: str, session: str,
@@ -88,8 +91,9 @@ def send(gw: Gateway, http: requests.Session, text: str, session: str,
     assert "Traceback" not in response.text, response.text
     errors = body.get("errors") or []
     if not errors:
-        return Answer(text, session, key, seconds, "OK",
-                      body["data"]["sendWhatsAppMessage"]["idempotencyKey"])
+        sent = body["data"]["sendWhatsAppMessage"]
+        return Answer(text, session, key, seconds, "OK", sent["idempotencyKey"],
+                      bool(sent["duplicate"]))
     extensions = errors[0].get("extensions", {})
     return Answer(text, session, key, seconds, str(extensions.get("code")),
                   extensions.get("idempotencyKey"))
@@ -140,8 +144,29 @@ class Clients:
             http.close()
 
 
+def cut(topology: netns.Topology, how: str) -> None:
+    """``silent``: every packet between the two hosts dropped without a word (TCP
+    retries into the void); ``blackhole``: routes between them that refuse at once.
+    (A member cut from everything is cut from its clients too: ``Topology.isolate``
+    takes its port on the bridge down, which the test's own link goes through.)"""
+    if how == "silent":
+        for host in topology.hosts:
+            topology.degrade(host, 100, 0)
+    else:
+        topology.cut(LEADER, MEMBER)
+
+
+def heal(topology: netns.Topology, how: str) -> None:
+    if how == "silent":
+        for host in topology.hosts:
+            topology.restore(host)
+    else:
+        topology.heal(LEADER, MEMBER)
+
+
+@pytest.mark.parametrize("how", ["silent", "blackhole"])
 def test_h2_a_cut_off_members_api_answers_in_time_and_never_says_retry_for_an_accepted_send(
-        net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],  # noqa: F811
+        how: str, net: netns.Topology, pg: PgCluster, make_gateway: Callable[..., Gateway],  # noqa: F811
         tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     leader, member = start_cluster(make_gateway, net, pg, shared,
@@ -151,16 +176,14 @@ def test_h2_a_cut_off_members_api_answers_in_time_and_never_says_retry_for_an_ac
     try:
         wait_for(lambda: sum(a.code == "OK" for a in clients.answers) >= 6, 20, 0.1,
                  "sends through the member to flow")
-        for host in net.hosts:
-            net.degrade(host, 100, 0)  # every packet between the hosts, silently
+        cut(net, how)
         try:
             wait_for(lambda: not member_alive(leader), 20, 0.2, "the leader to lose the member")
             cut_at = time.monotonic()
             wait_for(lambda: time.monotonic() - cut_at >= CUT_SECONDS, CUT_SECONDS + 5, 0.2,
                      "the cut to last")
         finally:
-            for host in net.hosts:
-                net.restore(host)
+            heal(net, how)
         wait_for(lambda: member_alive(leader), 30, 0.2, "the member to be back")
     finally:
         clients.stop()
@@ -209,8 +232,8 @@ def test_h2_a_cut_off_members_api_answers_in_time_and_never_says_retry_for_an_ac
     # Every success and every UNCERTAIN sent again by its key: delivered exactly once.
     counts = {text: inbox[text] for text in sent}
     assert set(counts.values()) == {1}, {t: n for t, n in counts.items() if n != 1}
-    print(f"\nH2 member's API, {CUT_SECONDS:g} s silent cut from the leader (deadline "
+    print(f"\nH2 member's API, {CUT_SECONDS:g} s {how} cut from the leader (deadline "
           f"{DEADLINE:g} s + {ALLOWANCE} s): {len(answers)} calls, answers {dict(codes)}, "
           f"slowest {slowest:.2f} s; after the heal {len(uncertain)} UNCERTAIN sent again by "
-          f"key, slowest call {slowest_after:.2f} s; deliveries per text: all 1; "
-          f"member {MEMBER}")
+          f"key ({sum(r.duplicate for r in retried)} had been accepted), slowest call "
+          f"{slowest_after:.2f} s; deliveries per text: all 1")
