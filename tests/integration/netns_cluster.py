@@ -70,7 +70,7 @@ def pg(net: netns.Topology) -> Iterator[PgCluster]:
 
 def make_cluster(make_gateway: Callable[..., Gateway], net: netns.Topology, pg: PgCluster,
                  shared: Path, lease: dict[str, float] | None = None,
-                 settings: dict[str, dict[str, Any]] | None = None,
+                 settings: dict[str, dict[str, Any]] | None = None, /,
                  **cluster: Any) -> tuple[Gateway, Gateway]:
     """A leader with one session slot and a member with two, each in its namespace;
     ``settings``: more sections for both (e.g. ``actors``); ``cluster``: more
@@ -270,8 +270,10 @@ def assert_one_copy_each(shared: Path, sessions: tuple[str, ...], until_ns: int)
 
 def start_cluster(make_gateway: Callable[..., Gateway], net: netns.Topology, pg: PgCluster,
                   shared: Path, lease: dict[str, float] | None = None,
-                  settings: dict[str, dict[str, Any]] | None = None,
+                  settings: dict[str, dict[str, Any]] | None = None, /,
                   **cluster: Any) -> tuple[Gateway, Gateway]:
+    """``make_cluster``'s cluster, started: the member joined, s1 on the leader, s2
+    and s3 on the member."""
     leader, member = make_cluster(make_gateway, net, pg, shared, lease, settings, **cluster)
     leader.start()
     member.start(MEMBER_START_DEADLINE)

@@ -141,7 +141,7 @@ def test_h3_a_stalled_leader_moves_no_session_and_counts_no_crash(
     if timing == "test":
         leader, _member = start_cluster(make_gateway, net, pg, shared)
     else:
-        leader, _member = start_cluster(make_gateway, net, pg, shared, SLOW_LEASE,
+        leader, _member = start_cluster(make_gateway, net, pg, shared, SLOW_LEASE, None,
                                         **SLOW_HEARTBEAT)
     held = Stopped(leader)
     stopped.append(held)
