@@ -9,13 +9,16 @@ becomes a standby (issue 22, item 2).
 It must then leave the lock alone for a while: a loser that tried again at once would
 mostly take it back before any standby had its turn (a standby tries once per renew
 period), and the sessions it just stopped would come back where they were. After
-``hold_off`` seconds (one renew period) it contends again like any standby, so a lock
-lost only briefly is taken back by whichever leader asks first.
+``hold_off`` seconds (``RETAKE_AFTER_PERIODS`` renew periods: every standby gets a
+try, even one whose try comes a period late on a loaded host) it contends again like
+any standby, so a lock lost only briefly is taken back by whichever leader asks first.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+
+RETAKE_AFTER_PERIODS = 2
 
 
 class Change(Enum):

@@ -31,7 +31,7 @@ from thespian.actors import (
 )
 
 from actors.audit.actor import AuditActor
-from actors.leases.standing import Change, change
+from actors.leases.standing import RETAKE_AFTER_PERIODS, Change, change
 from actors.messages import (
     FENCE_LEADER_LOST,
     FENCE_LEADER_SILENT,
@@ -1178,11 +1178,13 @@ def _lease_waits(config: Config) -> LeaseWaits:
                        timeout_seconds=QUESTION_TIMEOUT_SECONDS)
     # Only the holder of the leadership lock starts sessions (one active leader).
     # Its holder publishes its convention address: members join the active leader.
-    # A leader that lost the lock leaves it to the standbys for one renew period.
+    # A leader that lost the lock leaves it to the standbys for two renew periods:
+    # each standby tries once a period, so each has its turn even if its try is late.
     lock = LeaderLock(config.cluster.database_url, timeout_seconds=QUESTION_TIMEOUT_SECONDS,
                       address=f"{bind_address(config)}:{config.actors.admin_port}",
                       host=host_name(config), pid=os.getpid(),
-                      retake_after_seconds=config.cluster.lease_renew_seconds)
+                      retake_after_seconds=RETAKE_AFTER_PERIODS
+                      * config.cluster.lease_renew_seconds)
     return LeaseWaits(store, lock=lock)
 
 

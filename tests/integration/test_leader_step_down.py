@@ -146,3 +146,44 @@ def test_a_leader_that_loses_the_lock_steps_down_and_the_standby_takes_over(
     print(f"\nA's lock connection ended -> B holds the lock {took_lock:.1f} s, the session "
           f"connected under B {took_session:.1f} s; sends accepted by A {len(by_a)} "
           f"({len(left_on_a)} left in A's outbox), by B {len(by_b)}, all delivered once")
+
+
+def test_a_leader_that_loses_the_lock_briefly_steps_down_and_back_up(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    """A database restart ends every connection: the only leader loses its lock, steps
+    down (its session stopped, fenced), and takes the lock back after its hold-off of
+    one renew period; the session connects again under it, once, and is not left
+    stopped, nor counted as a crash."""
+    shared = tmp_path / "shared"
+    first, _second = _leaders(make_gateway, shared, pg.url())
+    first.start()
+    first.link(SESSION)
+    old_pid = first.session_pid(SESSION)
+    restarted_at = time.monotonic()
+    pg.restart()
+    wait_for(lambda: _events(first, "leader.standby"), TAKEOVER_DEADLINE, 0.1,
+             "A to step down")
+
+    def back() -> bool:
+        status = _placement(first, SESSION) or {}
+        return status == {"state": "CONNECTED", "host": A} and \
+            first.session_pid(SESSION) != old_pid
+
+    try:
+        wait_for(back, TAKEOVER_DEADLINE, 0.1, "the session to connect again under A")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; A: {first.status(SESSION)}") from None
+    took = time.monotonic() - restarted_at
+    assert _leader_row(pg) == (A, True)
+    assert len(_events(first, "leader.active")) == 2
+    assert len(_events(first, "leader.standby")) == 1
+    fenced = [e for e in _events(first, "session.fenced") if e.get("session") == SESSION]
+    assert [e.get("reason") for e in fenced] == ["leader_lost"], fenced
+    assert not [e for e in _events(first, "session.state")
+                if e.get("session") == SESSION and e.get("new") == "FAILED"]
+    records = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
+    assert overlaps(records, until_ns=time.time_ns()) == []
+    ups = [r for r in records if r.session == SESSION and r.kind == "up"]
+    assert {r.pid for r in ups} == {old_pid, first.session_pid(SESSION)}, ups
+    print(f"\ndatabase restarted -> the session connected again under A {took:.1f} s")
