@@ -23,6 +23,7 @@ import psycopg
 from actors.transport.connection_log import overlaps, parse_records
 from actors.transport.simulator import CONNECTIONS_LOG
 from tests.integration.harness import Gateway, wait_for
+from tests.integration.test_cluster import MEMBER_START_DEADLINE
 from tests.integration.test_cluster_leases import host_config
 from tests.integration.test_leader_failover import (
     Traffic,
@@ -187,3 +188,46 @@ def test_a_leader_that_loses_the_lock_briefly_steps_down_and_back_up(
     ups = [r for r in records if r.session == SESSION and r.kind == "up"]
     assert {r.pid for r in ups} == {old_pid, first.session_pid(SESSION)}, ups
     print(f"\ndatabase restarted -> the session connected again under A {took:.1f} s")
+
+
+def test_a_leader_that_steps_down_stops_its_sessions_on_members_too(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    """A holds the lock with a session on itself and one on a member that joined it;
+    its lock connection ends. A stops both (fenced, ``leader_lost``), the member follows
+    B, and both sessions connect under B with zero overlap."""
+    from tests.integration.test_leader_failover import (
+        M,
+        _gateways,
+        _joined,
+        _link_one_on_a_and_one_on_the_member,
+    )
+
+    shared = tmp_path / "shared"
+    first, second, member = _gateways(make_gateway, shared, pg.url())
+    first.start()
+    wait_for(lambda: _leader_row(pg) == (A, True), 20, 0.1, "A to take the leadership lock")
+    second.start()
+    member.start(MEMBER_START_DEADLINE)
+    _link_one_on_a_and_one_on_the_member(first)
+    for session in ("f1", "f2"):
+        assert not second.connect(session).errors
+    ended_at = time.monotonic()
+    _end_lock_connection(pg, A)
+    wait_for(lambda: _joined(second), TAKEOVER_DEADLINE, 0.1, "the member to join B")
+
+    def connected() -> bool:
+        return all((_placement(second, s) or {}).get("state") == "CONNECTED"
+                   for s in ("f1", "f2"))
+
+    wait_for(connected, TAKEOVER_DEADLINE, 0.1, "both sessions to connect under B")
+    took = time.monotonic() - ended_at
+    where = {s: (_placement(second, s) or {}).get("host") for s in ("f1", "f2")}
+    assert set(where.values()) <= {B, M}, where
+    fenced = sorted((e.get("session"), e.get("host"), e.get("reason"))
+                    for e in _events(first, "session.fenced"))
+    assert fenced == [("f1", A, "leader_lost"), ("f2", M, "leader_lost")], fenced
+    records = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
+    assert overlaps(records, until_ns=time.time_ns()) == []
+    print(f"\nA's lock connection ended -> both sessions (A's and the member's) connected "
+          f"under B {took:.1f} s (on {where})")
