@@ -77,16 +77,46 @@ class LocalLeases:
         ``tell(processes, lost)`` hears of the processes to stop before any is
         signalled (``lost`` ""), and of those that ended themselves after losing their
         lease (``lost``: why, as their mark says)."""
-        ended: list[Mark] = []
-        local = marks(self.directory, ended)
-        for lost in sorted({m.lost for m in ended}):
-            tell(tuple((m.session, m.pid) for m in ended if m.lost == lost), lost)
+        local = self._look(tell)
         if not local:
             self.pending = {}
             return
         held = self.question.ask(self.store.held_by_host)
         if isinstance(held, str):
             return  # unknown: each process's own keeper stops it by its deadline
+        self._apply(local, held, tell, "a local session process holds no lease; stopping it")
+
+    def fence(self, started_before: int,
+              tell: Callable[[Stopping, str], None] = _nobody) -> None:
+        """One look while the leader is silent: stop every local process that was
+        granted a lease and started before ``started_before`` (``local.ticks_now``
+        when the silence was found), held or not, and kill what was asked and is
+        still there.
+
+        The leader's heartbeat names the sessions it placed here, but a process it
+        started after its last beat (a crashed session's restart) is not named, and it
+        holds its lease: the database alone would keep it, and the leader would wait
+        for that lease for ever (issue 22, C1). No database look: the silent leader,
+        not the lease, decides here. A process started after the silence was found
+        was placed by another leader (a standby that took over): not ours to stop."""
+        local = [m for m in self._look(tell) if m.started <= started_before]
+        if not local:
+            self.pending = {}
+            return
+        self._apply(local, set(), tell, "the leader has gone quiet; stopping a local "
+                                        "session process")
+
+    def _look(self, tell: Callable[[Stopping, str], None]) -> list[Mark]:
+        """The live marks; those of processes that ended themselves after losing their
+        lease are told of (``lost``: why, as their mark says), once, as they go."""
+        ended: list[Mark] = []
+        local = marks(self.directory, ended)
+        for lost in sorted({m.lost for m in ended}):
+            tell(tuple((m.session, m.pid) for m in ended if m.lost == lost), lost)
+        return local
+
+    def _apply(self, local: list[Mark], held: set[tuple[int, int]],
+               tell: Callable[[Stopping, str], None], why: str) -> None:
         actions = reconcile(local, held, self.pending, time.monotonic(), self.grace)
         self.pending = actions.pending
         stopping = tuple((m.session, m.pid) for m in local if m.pid in actions.term)
@@ -94,8 +124,7 @@ class LocalLeases:
             tell(stopping, "")
         for pid, signum in ([(p, signal.SIGTERM) for p in actions.term]
                             + [(p, signal.SIGKILL) for p in actions.kill]):
-            log.error("a local session process holds no lease; stopping it", pid=pid,
-                      signal=signum.name, host=self.store.host)
+            log.error(why, pid=pid, signal=signum.name, host=self.store.host)
             with contextlib.suppress(ProcessLookupError):
                 self._kill(pid, signum)
 

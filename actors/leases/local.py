@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def process_start(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def ticks_now() -> int:
+    """Now on the clock of ``process_start`` (clock ticks since boot, suspend included),
+    so that "did this process start before that moment" can be asked."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
 
 
 def mark(directory: Path, session: str, epoch: int, pid: int | None = None,

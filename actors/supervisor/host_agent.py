@@ -17,13 +17,16 @@ stopping its sessions once too often only costs a reconnect.
 With leases (``cluster.database_url``), the agent also reconciles by pid: every
 local session process that was granted a lease (its mark, ``actors.leases.local``)
 must still hold it by the database's clock; one that does not is stopped, and killed
-half a margin later (``actors.leases.reconcile``). That covers what the heartbeat's
-list cannot: a process started after the last beat, and one too stuck or stopped to
-let go by itself. Each look at the database waits at most a second, on a thread of
-its own (``actors.leases.bounded``). The leader hears of such a stop before the signal
-(``LeaseFenced``), as of a fence (``SessionsFenced``): neither is a crash. The check
-itself is ``actors.leases.host_check``, which the leader's own host runs too
-(``actors.supervisor.lease_agent``).
+half a margin later (``actors.leases.reconcile``). That covers a process too stuck or
+stopped to let go by itself. While the leader is silent, the agent stops every local
+session process that was granted a lease and started before the silence was found,
+not only those in the last heartbeat's list: a process the leader started after that
+beat holds its lease, and nobody else would stop it (one started later is another
+leader's, after a failover). Each look at the database waits at most a second, on a
+thread of its own (``actors.leases.bounded``). The leader hears of each such stop
+before the signal (``LeaseFenced``), as of a fence (``SessionsFenced``): neither is a
+crash. The check itself is ``actors.leases.host_check``, which the leader's own host
+runs too (``actors.supervisor.lease_agent``).
 
 The member's launcher also uses this class, locally and briefly, to learn the process
 group of its actor system (``WhoAreYou``).
@@ -40,7 +43,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
+from actors.leases.local import ticks_now
 from actors.messages import (
+    FENCE_LEADER_SILENT,
     FENCE_NO_LEASE,
     HostBeat,
     HostBeatAck,
@@ -56,6 +61,8 @@ from actors.supervisor.placement import HeartbeatTracker
 from actors.system import on_required_host
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from actors.leases.host_check import LocalLeases, Stopping
 
 log = structlog.get_logger("wagate.host_agent")
@@ -83,6 +90,8 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         self.interval = 1.0
         self.sessions: tuple[tuple[str, Any], ...] = ()
         self.leases: LocalLeases | None = None  # with cluster.database_url
+        # When the leader's silence was found (``ticks_now``); None while it is heard.
+        self.silent_since: int | None = None
 
     def receiveMsg_WhoAreYou(self, msg: WhoAreYou, sender: Any) -> None:
         self.send(sender, ProcessInfo(os.getpid(), os.getpgrp(), os.getppid()))
@@ -101,6 +110,7 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         if self.tracker is None:
             return
         self.tracker.heard(LEADER, time.monotonic())
+        self.silent_since = None
         self.sessions = msg.sessions
         self.send(sender, HostBeatAck(self.host, msg.seq))
 
@@ -109,9 +119,10 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
             return
         # The next check first: a failed handler is not run again (RunOnce).
         self.wakeupAfter(timedelta(seconds=self.interval), payload=_Check())
-        if self.leases is not None:
-            self.leases.reconcile(self._fenced)
-        if self.tracker.lost(time.monotonic()) and self.sessions:
+        silent = self.tracker.lost(time.monotonic())
+        if silent and self.silent_since is None:
+            self.silent_since = ticks_now()
+        if silent and self.sessions:
             log.error("the leader has gone quiet; stopping the sessions it placed here so "
                       "that no session runs twice", host=self.host,
                       sessions=[s for s, _ in self.sessions])
@@ -120,11 +131,21 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
             for _, address in self.sessions:
                 self.send(address, ActorExitRequest())
             self.sessions = ()
+        if self.leases is not None:
+            # A silent leader: every local session process it may have started goes,
+            # named or not (C1); one started since is another leader's.
+            if self.silent_since is not None:
+                self.leases.fence(self.silent_since, self._telling(FENCE_LEADER_SILENT))
+            else:
+                self.leases.reconcile(self._telling(FENCE_NO_LEASE))
 
-    def _fenced(self, processes: Stopping, lost: str) -> None:
-        """Told before the signal (or after a process ended itself, ``lost``): these
-        exits are fenced stops, not crashes."""
-        self.send(self.leader, LeaseFenced(self.host, processes, lost or FENCE_NO_LEASE))
+    def _telling(self, reason: str) -> Callable[[Stopping, str], None]:
+        """How the check tells the leader of the processes it stops, before the signal
+        (or after one ended itself, ``lost``): fenced stops, not crashes. A session the
+        last beat named is told twice (SessionsFenced too); the leader records it once."""
+        def tell(processes: Stopping, lost: str) -> None:
+            self.send(self.leader, LeaseFenced(self.host, processes, lost or reason))
+        return tell
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         self.tracker = None

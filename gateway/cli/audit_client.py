@@ -73,7 +73,8 @@ def record_admin_action(config: Config, event: str, **fields: Any) -> None:
 
             # Thespian's own log (refused connections too) next to the gateway's.
             configure_thespian_log(config.data_path / "logs")
-            bridge = bridge or ActorBridge(port, timeout, address, allowed_networks(config))
+            bridge = bridge or ActorBridge(port, timeout, address, allowed_networks(config),
+                                           member=config.cluster.role == "member")
             try:
                 bridge.ask(RecordAudit(AuditEvent(event, fields)),
                            timeout=max(0.5, deadline - time.monotonic()))

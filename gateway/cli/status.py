@@ -92,7 +92,7 @@ class HealthClient:
             port_listening,
         )
 
-        if self._system is None:
+        if self._supervisor is None:
             try:
                 address = bind_address(self.config)
                 if not port_listening(self.port, address):
@@ -100,9 +100,10 @@ class HealthClient:
                 self._refuse_foreign_listener(address)
                 # Thespian's own log next to the gateway's, never the shared default.
                 configure_thespian_log(self.config.data_path / "logs", create=False)
-                self._system = join_system(self.port, address, allowed_networks(self.config))
-                self._supervisor = self._system.createActor(
-                    "actors.supervisor.actor.SupervisorActor", globalName=SUPERVISOR_NAME)
+                if self._system is None:
+                    self._system = join_system(self.port, address,
+                                               allowed_networks(self.config))
+                self._supervisor = self._find_supervisor(address, SUPERVISOR_NAME)
             except (ConnectionError, OSError):
                 raise GatewayUnreachable(
                     f"no gateway is running: nothing listens on 127.0.0.1:{self.port} "
@@ -117,6 +118,23 @@ class HealthClient:
                 f"the gateway on port {self.port} did not answer within {self.timeout:g} s; "
                 "it may be starting or stopping: retry, or see data_dir/logs/actors.log")
         return reply.value
+
+    def _find_supervisor(self, address: str, name: str) -> Any:
+        """A member's supervisor is the followed leader's, found by status questions:
+        asked by global name, a member's Admin answers only its first asker
+        (``actors.leader_supervisor``), so a second `wagate status` would wait 50 s."""
+        if self.config.cluster.role != "member":
+            return self._system.createActor("actors.supervisor.actor.SupervisorActor",
+                                            globalName=name)
+        from actors import leader_supervisor
+
+        local = leader_supervisor.admin_address(self._system, address, self.port)
+        found = leader_supervisor.find(self._system.ask, local, name, self.timeout)
+        if found is None:
+            raise GatewayUnreachable(
+                f"the leader this member follows did not answer within {self.timeout:g} s "
+                "(or its supervisor is not running yet): check the leader, then retry")
+        return found.supervisor
 
     def _refuse_foreign_listener(self, address: str) -> None:
         from gateway.cli.listeners import foreign_listener

@@ -62,7 +62,8 @@ def actor_bridge(config: Config) -> ActorBridge:
     leaves room for the next (gateway.web.deadline)."""
     return ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds,
                        bind_address(config), allowed_networks(config),
-                       max(MAX_CALLS, 2 * config.http.threads), config.audit.batch_seconds)
+                       max(MAX_CALLS, 2 * config.http.threads), config.audit.batch_seconds,
+                       member=config.cluster.role == "member")
 
 
 def web_state(config: Config, bridge: Bridge) -> WebState:

@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 
+from actors import leader_supervisor
 from actors.messages import AuditBatch, AuditEvent, Failed, GetRoutes, SendText
 from actors.system import LOOPBACK, SUPERVISOR_NAME, is_poison_for, join_system
 from gateway.api.errors import GatewayError
@@ -52,23 +53,32 @@ FLUSH_SECONDS = 1.0  # at most, to hand a dead letter to the Admin after a tell
 # Helper threads per web process when the caller does not say: calls stuck in a
 # partition hold these, never web threads (gateway.web.deadline).
 MAX_CALLS = 64
+# On a cluster member: how often the web tier asks its Admin which leader it follows
+# (at once after a call the leader's supervisor did not answer), and how long each
+# status question may take (issue 22: the member's API follows a leader failover).
+LEADER_CHECK_SECONDS = 2.0
+LEADER_QUESTION_SECONDS = 1.0
 
 
 class ActorBridge:
     def __init__(self, admin_port: int, timeout: float, address: str = LOOPBACK,
                  networks: tuple[str, ...] = (), max_calls: int = MAX_CALLS,
-                 audit_linger: float = 0.0) -> None:
+                 audit_linger: float = 0.0, member: bool = False) -> None:
         """``address``: where the actor system listens (``actors.system.bind_address``);
         ``networks``: ``actors.system.allowed_networks``, which this process's own reply
         sockets enforce too (they are actor-system sockets like any other);
         ``max_calls``: helper threads that make the calls (``gateway.web.deadline``);
-        ``audit_linger``: ``audit.batch_seconds`` (``gateway.web.audit_queue``)."""
+        ``audit_linger``: ``audit.batch_seconds`` (``gateway.web.audit_queue``);
+        ``member``: this host is a cluster member, whose supervisor is the followed
+        leader's, found by status questions (``actors.leader_supervisor``), never by
+        global name."""
         self.admin_port = admin_port
         self.timeout = timeout
         self.address = address
         self.networks = networks
         self.max_calls = max_calls
         self.audit_linger = audit_linger
+        self.member = member
         self._pool: CallPool | None = None
         self._pool_pid: int | None = None
         self._audits: AuditQueue[AuditEvent] | None = None
@@ -80,6 +90,8 @@ class ActorBridge:
         self._outbox: Any = None
         self._audit: Any = None  # the audit actor; None: tell the supervisor, which passes it on
         self._routes_at = 0.0
+        self._leader: Any = None  # on a member: the leader whose supervisor is cached
+        self._leader_checked_at = 0.0
         self._local = threading.local()
         self._counter = itertools.count()
 
@@ -149,6 +161,8 @@ class ActorBridge:
                                         _left(deadline))
                 early = time.monotonic() - started < wait * DEAD_TARGET_FRACTION
         if reply is None:
+            if not to_outbox:
+                self._forget_supervisor()
             raise _uncertain(message) if to_outbox and not early else _unavailable()
         return reply
 
@@ -193,7 +207,7 @@ class ActorBridge:
     def _context(self) -> Any:
         local = self._local
         if getattr(local, "pid", None) != os.getpid() or local.context is None:
-            system, _ = self._connect()
+            system = self._join()
             local.manager = system.private()
             local.context = local.manager.__enter__()
             local.pid = os.getpid()
@@ -204,6 +218,7 @@ class ActorBridge:
             _, supervisor = self._connect()
             routes = self._ask(supervisor, GetRoutes(), wait)
             if routes is None:
+                self._forget_supervisor()
                 raise _unavailable()
             if isinstance(routes, Failed):
                 raise GatewayError(routes.code, routes.message, **routes.details)
@@ -275,26 +290,93 @@ class ActorBridge:
                 return None
         return self._audit
 
-    def _connect(self) -> tuple[Any, Any]:
+    def _join(self) -> Any:
+        """This process's actor-system handle (one per process, made after a fork)."""
         if self._pid == os.getpid() and self._system is not None:
-            return self._system, self._supervisor
+            return self._system
         with self._lock:
             if self._pid != os.getpid() or self._system is None:
                 try:
-                    # On a cluster member the supervisor is the leader's: the member's
-                    # Admin passes the global name on (SupervisorActor refuses members).
                     system = join_system(self.admin_port, self.address, self.networks)
-                    supervisor = system.createActor("actors.supervisor.actor.SupervisorActor",
-                                                    globalName=SUPERVISOR_NAME)
                 except Exception as exc:
                     raise _unavailable() from exc
-                self._system, self._supervisor, self._pid = system, supervisor, os.getpid()
-                self._outbox = None
-        return self._system, self._supervisor
+                self._system, self._pid = system, os.getpid()
+                self._supervisor = self._outbox = self._leader = None
+                self._leader_checked_at = 0.0
+        return self._system
+
+    def _connect(self) -> tuple[Any, Any]:
+        """The handle and the supervisor to ask: a member's is the followed leader's."""
+        system = self._join()
+        if self.member:
+            return system, self._member_supervisor()
+        if self._supervisor is None:
+            with self._lock:
+                if self._supervisor is None:
+                    try:
+                        self._supervisor = system.createActor(
+                            "actors.supervisor.actor.SupervisorActor",
+                            globalName=SUPERVISOR_NAME)
+                    except Exception as exc:
+                        raise _unavailable() from exc
+        return system, self._supervisor
+
+    def _member_supervisor(self) -> Any:
+        """On a member: the supervisor of the leader its Admin follows. Which leader
+        that is, is asked again every ``LEADER_CHECK_SECONDS`` and at once after the
+        supervisor did not answer (``_forget_supervisor``); another leader's supervisor
+        comes with other routes, so the cached outbox and audit actor go too."""
+        now = time.monotonic()
+        supervisor = self._supervisor
+        if supervisor is not None and now - self._leader_checked_at < LEADER_CHECK_SECONDS:
+            return supervisor
+        local_admin = leader_supervisor.admin_address(self._join(), self.address,
+                                                      self.admin_port)
+        leader = leader_supervisor.following(self._ask_status, local_admin,
+                                             LEADER_QUESTION_SECONDS)
+        if leader is None:
+            raise _unavailable()
+        if supervisor is None or leader != self._leader:
+            supervisor = leader_supervisor.supervisor_of(
+                self._ask_status, leader, SUPERVISOR_NAME, LEADER_QUESTION_SECONDS)
+            if supervisor is None:
+                raise _unavailable()
+            if self._leader is not None and leader != self._leader:
+                log.info("this member's web tier follows another leader",
+                         leader=str(leader))
+            self._supervisor, self._leader = supervisor, leader
+            self._outbox = self._audit = None
+        self._leader_checked_at = now
+        return supervisor
+
+    def _forget_supervisor(self) -> None:
+        """A supervisor that did not answer: on a member, look the leader's up again at
+        the next call (the leader may have changed or restarted)."""
+        if self.member:
+            self._supervisor = None
+
+    def _ask_status(self, target: Any, message: Any, wait: float) -> Any:
+        """A status question to an Admin on this thread's context; late replies to
+        earlier asks that timed out are dropped."""
+        context = self._context()
+        deadline = time.monotonic() + wait
+        try:
+            reply = context.ask(target, message, wait)
+            while reply is not None and not leader_supervisor.is_status(reply):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                reply = context.listen(remaining)
+            return reply
+        except Exception as exc:  # a broken admin connection is an outage
+            log.warning("actor system status question failed", error=repr(exc))
+            self._reset()
+            raise _unavailable() from exc
 
     def _reset(self) -> None:
         with self._lock:
             self._system = self._supervisor = self._pid = self._outbox = self._audit = None
+            self._leader = None
         self._local.context = None
 
 

@@ -61,13 +61,14 @@ def _cluster(make_gateway: Callable[..., Gateway], shared: Path, url: str,
     return leader, member
 
 
-def _lease_free_at_ns(cluster: PgCluster, session: str) -> tuple[str, int]:
+def lease_free_at_ns(cluster: PgCluster, session: str,
+                     margin: float = LEASE["lease_margin_seconds"]) -> tuple[str, int]:
     """(owner host, when the lease is free: expiry plus the margin, in wall-clock ns)."""
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         row = conn.execute("SELECT owner_host, expires_at FROM wagate_leases "
                            "WHERE session = %s", (session,)).fetchone()
     assert row is not None
-    return str(row[0]), int(row[1].timestamp() * 1e9) + int(LEASE["lease_margin_seconds"] * 1e9)
+    return str(row[0]), int(row[1].timestamp() * 1e9) + int(margin * 1e9)
 
 
 def test_a_lost_members_session_starts_elsewhere_only_after_its_lease_is_free(
@@ -88,7 +89,7 @@ def test_a_lost_members_session_starts_elsewhere_only_after_its_lease_is_free(
     dead_by = time.time_ns()  # every process of the member is gone by now
     wait_for(lambda: not _member_alive(leader), 15, 0.1, "the leader to give the member up")
     waiting = leader.status("m2")
-    owner, free_at_ns = _lease_free_at_ns(pg, "m2")
+    owner, free_at_ns = lease_free_at_ns(pg, "m2")
     assert owner == MEMBER
     assert time.time_ns() < free_at_ns, "the lease ran out before the check: lengthen it"
     assert waiting["state"] == "CONNECTING", waiting

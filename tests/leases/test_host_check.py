@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from actors.leases.host_check import LocalLeases
-from actors.leases.local import mark, marks_dir
+from actors.leases.local import mark, marks_dir, ticks_now
 from actors.leases.store import LeaseStore
 from actors.leases.timing import LeaseTiming
 from gateway.core.config import ClusterConfig
@@ -146,3 +146,51 @@ def test_a_process_that_ended_itself_after_losing_its_lease_is_told_as_lost(
     finally:
         check.close()
     assert told == [((("s1", child.pid),), "lease_lost")] and signalled == []
+
+
+def test_a_silent_leader_fences_a_process_that_still_holds_its_lease(
+        pg_dsn: str, tmp_path: Path, stubborn: subprocess.Popen[bytes]) -> None:
+    """Issue 22, C1: a session process the leader started after its last heartbeat
+    holds a current lease; while the leader is silent the agent stops it all the same
+    (SIGTERM, then SIGKILL after the grace), and without asking the database."""
+    holder = LeaseStore(pg_dsn, TIMING, host=HOST, pid=stubborn.pid)
+    holder.ensure_schema()
+    grant = holder.acquire("s1")
+    assert grant is not None
+    mark(marks_dir(tmp_path), "s1", grant.epoch, pid=stubborn.pid)
+    check = LocalLeases(cluster(pg_dsn), tmp_path, HOST)
+    try:
+        check.reconcile()
+        assert check.pending == {} and _wait_exit(stubborn, 0.2) is None  # it holds it
+        silent_since = ticks_now()
+        asked = time.monotonic()
+        told: list[tuple[tuple[tuple[str, int], ...], str]] = []
+        check.fence(silent_since, lambda processes, lost: told.append((processes, lost)))
+        # The leader is told before the signal, once: a fenced stop, not a crash.
+        assert told == [((("s1", stubborn.pid),), "")]
+        assert set(check.pending) == {stubborn.pid} and _wait_exit(stubborn, 0.1) is None
+        deadline = asked + 5.0
+        while _wait_exit(stubborn, 0.05) is None:
+            assert time.monotonic() < deadline, "never killed"
+            check.fence(silent_since, lambda processes, lost: told.append((processes, lost)))
+        assert stubborn.returncode == -9 and len(told) == 1
+        assert time.monotonic() - asked >= check.grace
+        assert holder.current("s1") is not None  # the lease itself was not touched
+    finally:
+        check.close()
+        holder.close()
+
+
+def test_a_silent_leader_leaves_a_process_started_after_the_silence_alone(
+        pg_dsn: str, tmp_path: Path, stubborn: subprocess.Popen[bytes]) -> None:
+    """After a failover the old leader's agent stays silent for good, and the new
+    leader places sessions on this host: a process started after the silence was
+    found is not the silent leader's, and its fence leaves it alone."""
+    mark(marks_dir(tmp_path), "s1", 1, pid=stubborn.pid)
+    check = LocalLeases(cluster(pg_dsn), tmp_path, HOST)
+    try:
+        for _ in range(3):
+            check.fence(0)  # the silence was found at boot, before this process began
+        assert check.pending == {} and _wait_exit(stubborn, 0.1) is None
+    finally:
+        check.close()

@@ -11,6 +11,7 @@ import base64
 import itertools
 import multiprocessing
 import stat
+import sys
 import threading
 import time
 from collections import Counter
@@ -741,6 +742,29 @@ def test_the_safety_net_reads_the_server_without_a_bell(
     monkeypatch.setattr(server, "_ring", lambda session: None)
     server.reply("s1", RECIPIENT, "quiet")
     assert [e.text for e in log.wait_count(IncomingMessage)] == ["quiet"]
+
+
+def test_sends_and_looks_intern_no_strings(
+        make: MakeTransport, server: SimulatorServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every send rings a bell and every look stats two: with ``pathlib`` paths each
+    interned its parts, and that churn made CPython rebuild its table of interned
+    strings at twice the size in every session process (issue 16's soak). Counted
+    once the connection is up: nothing per message may call ``sys.intern``."""
+    transport = make(sim=SimulatorConfig(poll_interval_seconds=0.01, idle_check_seconds=0.05))
+    log = pair(transport, server)
+    interned: list[str] = []
+    real = sys.intern
+
+    def counting(text: str) -> str:
+        interned.append(text)
+        return real(text)
+
+    monkeypatch.setattr(sys, "intern", counting)
+    server.auto_receipt("delivered")
+    for n in range(5):
+        sent = transport.send_text(RECIPIENT, f"message {n}")
+        assert log.wait_count(Receipt, n + 1)[-1].message_id == sent.message_id
+    assert interned == []
 
 
 def _wakeups(thread: threading.Thread) -> int:
