@@ -761,6 +761,7 @@ class SessionsFenced:
 
 # Why a session process was fenced: the reason ``session.fenced`` records.
 FENCE_LEADER_SILENT = "leader_silent"  # a member's agent: the leader went quiet
+FENCE_LEADER_LOST = "leader_lost"  # its leader lost the leadership lock and stepped down
 FENCE_NO_LEASE = "no_lease"  # a host's lease check: the process holds no current lease
 FENCE_LEASE_LOST = "lease_lost"  # the process could not renew its lease in time
 FENCE_STORE_WRITE = "store_write_refused"  # a shared store write was refused (epoch)

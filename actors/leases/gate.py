@@ -76,8 +76,9 @@ def standby(retry: float) -> Verdict:
     """Another leader holds the leadership lock: only the holder starts sessions."""
     return Verdict(False, max(MIN_RECHECK_SECONDS, retry),
                    "this leader is a standby: another leader holds the leadership lock in "
-                   "the lease database, and only the holder starts sessions; it takes over "
-                   "once that leader's database connection ends", code="LEADER_STANDBY")
+                   "the lease database (or this one lost it and waits its turn), and only "
+                   "the holder starts sessions; it takes over once that leader's database "
+                   "connection ends", code="LEADER_STANDBY")
 
 
 def next_check(verdicts: list[Verdict]) -> float | None:

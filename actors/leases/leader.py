@@ -12,7 +12,8 @@ seconds after the holder's death.
 The holder must also notice when *it* lost the lock (its connection broke, the
 database restarted): ``holds`` asks the server and is False on any error, and a
 holder that sees False must stop acting as the leader before a standby's
-``try_acquire`` can succeed.
+``try_acquire`` can succeed. A holder that lost the lock leaves it alone for
+``retake_after_seconds`` (``actors.leases.standing``): a standby gets its turn.
 
 Members must find the active leader (they join one convention leader at a time):
 a contender that takes the lock writes its convention address in ``wagate_leader``,
@@ -25,12 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import LiteralString
 
 import psycopg
 from psycopg.rows import TupleRow
 
+from actors.leases.standing import may_retake
 from actors.leases.store import SYNCHRONOUS_COMMIT_OPTION, LeaseStoreUnavailable, connect
 
 LEADER_LOCK = "wagate.leader"
@@ -76,7 +80,9 @@ class LeaderLock:
 
     def __init__(self, dsn: str, name: str = LEADER_LOCK, *,
                  keepalive_seconds: int = 5, timeout_seconds: float = 5.0,
-                 address: str = "", host: str = "", pid: int = 0) -> None:
+                 address: str = "", host: str = "", pid: int = 0,
+                 retake_after_seconds: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._dsn = dsn
         self.name = name
         self.key = advisory_key(name)
@@ -86,12 +92,19 @@ class LeaderLock:
         self._timeout = timeout_seconds
         self._conn: psycopg.Connection[TupleRow] | None = None
         self._held = False
+        # After losing the lock, no new try for this long (a standby's turn first).
+        self._retake_after = retake_after_seconds
+        self._clock = clock
+        self.lost_at: float | None = None  # when it last found the lock lost (clock)
 
     def try_acquire(self) -> bool:
         """Take the lock if nobody holds it; True when this contender holds it now.
-        Never waits for the holder; False too when the database cannot be reached."""
+        Never waits for the holder; False too when the database cannot be reached, and
+        for ``retake_after_seconds`` after it found the lock lost."""
         if self._held:
             return self.holds()
+        if not may_retake(self.lost_at, self._clock(), self._retake_after):
+            return False
         try:
             conn = self._connection()
             row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
@@ -121,9 +134,10 @@ class LeaderLock:
                 "AND classid = ((%s::bigint >> 32) & 4294967295)::oid",
                 (self.key, self.key)).fetchone()
         except psycopg.OperationalError:
+            row = None  # the connection is gone, and the lock with it
+        if not (row and row[0]):
+            self.lost_at = self._clock()  # no new try before a standby had its turn
             self._drop()
-            return False
-        self._held = bool(row and row[0])
         return self._held
 
     def backend_pid(self) -> int | None:

@@ -31,7 +31,9 @@ from thespian.actors import (
 )
 
 from actors.audit.actor import AuditActor
+from actors.leases.standing import RETAKE_AFTER_PERIODS, Change, change
 from actors.messages import (
+    FENCE_LEADER_LOST,
     FENCE_LEADER_SILENT,
     AuditBatch,
     AuditEvent,
@@ -884,25 +886,44 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         assert self.config is not None and self.lease_waits is not None
         self.wakeupAfter(timedelta(seconds=self.config.cluster.lease_renew_seconds),
                          payload=_LeaderCheck())
-        held = self.lease_waits.claim()
-        if held == self.holds_leadership:
-            return
-        self.holds_leadership = held
-        if held:
+        found = change(self.holds_leadership, self.lease_waits.claim())
+        if found is Change.LOST:
+            self._step_down()
+        elif found is Change.TOOK:
+            self.holds_leadership = True
             log.warning("this leader holds the leadership lock: it starts sessions, and "
                         "members join it")
             self.audit("leader.active", host=host_name(self.config), pid=os.getpid())
             if self.lease_waits.sessions:
                 self._check_leases()
-        else:
-            log.error("this leader no longer holds the leadership lock; it starts no "
-                      "session until it holds it again")
+
+    def _step_down(self) -> None:
+        """This leader lost the leadership lock while it lives (its lock connection
+        ended): another leader may hold it now and can place the sessions only once
+        their leases are free. Each running session process is stopped as a fenced
+        stop (no restart budget; its clean exit releases its lease at once) and waits
+        to start again like a standby's sessions (LEADER_STANDBY) until this leader
+        holds the lock again (``actors.leases.standing``)."""
+        assert self.config is not None
+        self.holds_leadership = False
+        running = self.children.running_sessions()
+        log.error("this leader lost the leadership lock: it stops the sessions it placed "
+                  "and becomes a standby until it holds the lock again",
+                  sessions=[s for s, _ in running])
+        self.audit("leader.standby", host=host_name(self.config), pid=os.getpid(),
+                   sessions=len(running))
+        for session, child in running:
+            self._record_fenced(session, child.host, FENCE_LEADER_LOST)
+            child.retiring = child.respawn = True  # its exit waits for the lock (_respawn)
+            self.send(child.address, ActorExitRequest())
 
     def _check_leases(self) -> None:
         """Start the waiting sessions whose lease is free; show the others as waiting
         (state CONNECTING, lastError LEASE_HELD with the holder) and ask again later."""
         assert self.lease_waits is not None
         found = self.lease_waits.check()
+        if found.standby and self.holds_leadership:
+            self._step_down()  # the question found the lock lost before _claim_leadership
         now = time.time()
         for session, said in found.waiting.items():
             child = self.children.session(session)
@@ -1157,9 +1178,13 @@ def _lease_waits(config: Config) -> LeaseWaits:
                        timeout_seconds=QUESTION_TIMEOUT_SECONDS)
     # Only the holder of the leadership lock starts sessions (one active leader).
     # Its holder publishes its convention address: members join the active leader.
+    # A leader that lost the lock leaves it to the standbys for two renew periods:
+    # each standby tries once a period, so each has its turn even if its try is late.
     lock = LeaderLock(config.cluster.database_url, timeout_seconds=QUESTION_TIMEOUT_SECONDS,
                       address=f"{bind_address(config)}:{config.actors.admin_port}",
-                      host=host_name(config), pid=os.getpid())
+                      host=host_name(config), pid=os.getpid(),
+                      retake_after_seconds=RETAKE_AFTER_PERIODS
+                      * config.cluster.lease_renew_seconds)
     return LeaseWaits(store, lock=lock)
 
 

@@ -131,6 +131,11 @@ class Children(dict[ChildKey, Child]):
         return [c.host for s, c in self.sessions() if c.host is not None and s != but
                 and (c.address is not None or not running_only)]
 
+    def running_sessions(self) -> list[tuple[str, Child]]:
+        """The sessions with a process up and not already on its way out: what a
+        leader that steps down stops (each is started again once it leads)."""
+        return [(s, c) for s, c in self.sessions() if c.address is not None and not c.retiring]
+
     def placed_on(self, host: str) -> tuple[tuple[str, Any], ...]:
         """The sessions whose current process runs on ``host``: (id, address)."""
         return tuple((s, c.address) for s, c in self.sessions()

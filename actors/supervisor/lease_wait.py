@@ -30,6 +30,8 @@ class Checked:
     ready: list[str] = field(default_factory=list)
     waiting: dict[str, Verdict] = field(default_factory=dict)
     next_in: float | None = None
+    # The lock's holder (or its absence) answered "not ours": this leader is a standby.
+    standby: bool = False
 
 
 class LeaseWaits:
@@ -53,15 +55,19 @@ class LeaseWaits:
     def discard(self, session: str) -> None:
         self.sessions.discard(session)
 
-    def claim(self) -> bool:
+    def claim(self) -> bool | None:
         """Try to hold the leadership lock now, whether sessions wait or not (the lock's
-        holder publishes its address, which members join): True when it holds it."""
+        holder publishes its address, which members join): True when it holds it,
+        False when it does not, None when the question went unanswered (a server that
+        does not answer grants the lock to nobody else either: nothing changed)."""
         lock = self.lock
         if lock is None:
             return True
         # On the one question thread: the lock's connection is never used by two.
         answer = self._question.ask(lambda: {} if lock.try_acquire() else None)
-        return isinstance(answer, dict)
+        if isinstance(answer, str):
+            return None
+        return answer is not None
 
     def check(self) -> Checked:
         """Ask the database once about every waiting session; the ready ones are no
@@ -73,7 +79,8 @@ class LeaseWaits:
         if rows is None or isinstance(rows, str):
             down = (standby(timing.renew) if rows is None
                     else unreachable(rows, timing.renew))
-            found = Checked(waiting=dict.fromkeys(sorted(self.sessions), down))
+            found = Checked(waiting=dict.fromkeys(sorted(self.sessions), down),
+                            standby=rows is None)
             found.next_in = next_check(list(found.waiting.values()))
             return found
         found = Checked()

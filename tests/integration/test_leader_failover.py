@@ -99,8 +99,9 @@ class Traffic:
     """Sends through the active leader's API, one every ``gap`` seconds, until stopped;
     remembers which gateway accepted which text."""
 
-    def __init__(self, gap: float = 0.25) -> None:
+    def __init__(self, gap: float = 0.25, sessions: tuple[str, ...] = ("f1", "f2")) -> None:
         self.gap = gap
+        self.sessions = sessions
         self.target: Gateway | None = None
         self.accepted: dict[str, str] = {}  # text -> name of the gateway that took it
         self.refused: dict[str, str] = {}  # text -> error code (not accepted)
@@ -124,7 +125,7 @@ class Traffic:
         while not self._stop.is_set():
             target = self.target
             assert target is not None
-            for session in ("f1", "f2"):
+            for session in self.sessions:
                 n += 1
                 text = f"failover {n} for {session}"
                 try:

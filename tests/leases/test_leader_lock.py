@@ -122,3 +122,40 @@ def test_the_directory_of_an_unreachable_database_raises() -> None:
     with pytest.raises(LeaseStoreUnavailable):
         directory.current()
     directory.close()
+
+
+class _Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_holder_that_lost_the_lock_leaves_it_to_a_standby_for_the_hold_off(
+        pg_dsn: str) -> None:
+    """Its connection ended from the server's side: ``holds`` says so and notes when;
+    for ``retake_after_seconds`` it does not try again, even with the lock free, so a
+    standby takes it; after that it contends again like any standby."""
+    clock = _Clock()
+    first = LeaderLock(pg_dsn, retake_after_seconds=3.0, clock=clock)
+    second = LeaderLock(pg_dsn)
+    try:
+        assert first.try_acquire()
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first.backend_pid(),))
+        assert first.holds() is False
+        assert first.lost_at == clock.now
+        clock.now += 2.9
+        assert first.try_acquire() is False  # the lock is free, but not for it yet
+        assert first.backend_pid() is None  # it did not even connect
+        assert second.try_acquire() is True
+        clock.now += 0.1
+        assert first.try_acquire() is False  # it tries again: the standby holds it
+        second.release()
+        assert first.try_acquire() is True  # a lock lost briefly is taken back
+    finally:
+        first.release()
+        second.release()

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from actors.leases.leader import LeaderLock
 from actors.leases.store import LeaseStore
 from actors.leases.timing import LeaseTiming
 from actors.supervisor.lease_wait import LeaseWaits
@@ -86,3 +87,37 @@ def test_an_unanswering_database_starts_nothing_within_its_bound(pg_cluster: PgC
         assert time.monotonic() < deadline, found
         time.sleep(0.1)
     assert found.ready == ["s"]
+
+
+def test_a_leader_whose_question_finds_the_lock_lost_hears_it_is_a_standby(
+        pg_dsn: str) -> None:
+    """The supervisor steps down on either path: its periodic claim, or a question
+    about waiting sessions that finds its lock gone (``Checked.standby``)."""
+    import psycopg
+
+    def gate(host: str) -> LeaseWaits:
+        lock = LeaderLock(pg_dsn, f"wagate.leader.{__name__}", host=host,
+                          retake_after_seconds=3600.0)
+        return LeaseWaits(LeaseStore(pg_dsn, TIMING, host=host, pid=1, timeout_seconds=1.0),
+                          timeout_seconds=1.0, lock=lock)
+
+    first, second = gate("alpha"), gate("gamma")
+    try:
+        assert first.claim() is True
+        assert second.claim() is False
+        second.add("w")
+        assert second.check().standby and not second.check().ready
+        first.add("x")
+        assert first.check().ready == ["x"]
+        assert first.lock is not None
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (first.lock.backend_pid(),))
+        first.add("y")
+        found = first.check()
+        assert found.standby and found.ready == [], found
+        assert found.waiting["y"].code == "LEADER_STANDBY"
+        assert second.claim() is True  # the loser holds off: the standby's turn
+        assert first.claim() is False
+    finally:
+        first.close()
+        second.close()

@@ -80,6 +80,16 @@ def test_placed_on_a_host_are_its_running_sessions() -> None:
     assert children.placed_on("elsewhere") == ()
 
 
+def test_a_leader_that_steps_down_stops_the_running_sessions_on_every_host() -> None:
+    """Its own and its members' processes; not one restarting (no process to stop), not
+    one already on its way out (its exit is handled as it was asked)."""
+    children = _children()
+    children[ChildKey.of_session("d")] = Child(object, address="d-addr", host="m1",
+                                               retiring=True)
+    assert [(s, c.address) for s, c in children.running_sessions()] == [
+        ("a", "a-addr"), ("b", "b-addr")]
+
+
 def test_a_key_pickles_as_itself() -> None:
     """A restart's wakeup payload carries a key: it must come back equal."""
     key = ChildKey.of_session("a")
