@@ -140,6 +140,28 @@ class Traffic:
             self._stop.wait(self.gap)
 
 
+def delivered_once(traffic: Traffic, first: Gateway, second: Gateway,
+                   inbox: Gateway) -> tuple[list[str], list[str], list[str]]:
+    """Stop ``traffic``; every send the new active leader ``second`` accepted reaches
+    the simulated recipient (read through ``inbox``) exactly once, and no failover
+    text twice. Returns the texts ``first`` accepted, those ``second`` accepted, and
+    those delivered."""
+    traffic.stop()
+    by_a = [t for t, gw in traffic.accepted.items() if gw == first.data_dir.name]
+    by_b = [t for t, gw in traffic.accepted.items() if gw == second.data_dir.name]
+    assert by_b, traffic.refused
+
+    def delivered() -> bool:
+        texts = [m["text"] for m in inbox.inbox()]
+        return all(texts.count(t) == 1 for t in by_b)
+
+    wait_for(delivered, 30, 0.2, "every send B accepted to be delivered")
+    texts = [m["text"] for m in inbox.inbox()]
+    doubled = sorted({t for t in texts if texts.count(t) > 1 and t.startswith("failover")})
+    assert doubled == [], doubled
+    return by_a, by_b, texts
+
+
 def test_a_standby_leader_takes_over_and_the_member_follows_it(
         make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
         tmp_path: Path) -> None:
@@ -198,20 +220,7 @@ def test_a_standby_leader_takes_over_and_the_member_follows_it(
     except AssertionError as exc:
         raise AssertionError(f"{exc}; refused: {list(traffic.refused.items())[-6:]}, "
                              f"traffic alive: {traffic.alive}") from None
-    traffic.stop()
-
-    by_b = [t for t, gw in traffic.accepted.items() if gw == second.data_dir.name]
-    by_a = [t for t, gw in traffic.accepted.items() if gw == first.data_dir.name]
-    assert by_b, traffic.refused
-
-    def delivered() -> bool:
-        texts = [m["text"] for m in member.inbox()]
-        return all(texts.count(t) == 1 for t in by_b)
-
-    wait_for(delivered, 30, 0.2, "every send B accepted to be delivered")
-    texts = [m["text"] for m in member.inbox()]
-    doubled = sorted({t for t in texts if texts.count(t) > 1 and t.startswith("failover")})
-    assert doubled == [], doubled
+    by_a, by_b, texts = delivered_once(traffic, first, second, member)
     stuck_on_a = [t for t in by_a if t not in texts]
 
     records = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))

@@ -29,6 +29,7 @@ from tests.integration.test_leader_failover import (
     Traffic,
     _leader_row,
     _placement,
+    delivered_once,
 )
 from tests.integration.test_session_lease import pg  # noqa: F401 (the module's database)
 from tests.pg import PgCluster
@@ -121,19 +122,7 @@ def test_a_leader_that_loses_the_lock_steps_down_and_the_standby_takes_over(
     accepted_before = len(traffic.accepted)
     wait_for(lambda: len(traffic.accepted) >= accepted_before + 6, 30, 0.1,
              "sends through B after the takeover")
-    traffic.stop()
-    by_b = [t for t, gw in traffic.accepted.items() if gw == second.data_dir.name]
-    by_a = [t for t, gw in traffic.accepted.items() if gw == first.data_dir.name]
-    assert by_b, traffic.refused
-
-    def delivered() -> bool:
-        texts = [m["text"] for m in second.inbox()]
-        return all(texts.count(t) == 1 for t in by_b)
-
-    wait_for(delivered, 30, 0.2, "every send B accepted to be delivered")
-    texts = [m["text"] for m in second.inbox()]
-    doubled = sorted({t for t in texts if texts.count(t) > 1 and t.startswith("failover")})
-    assert doubled == [], doubled
+    by_a, by_b, texts = delivered_once(traffic, first, second, second)
 
     records = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
     assert overlaps(records, until_ns=time.time_ns()) == []
