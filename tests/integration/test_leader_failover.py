@@ -140,6 +140,21 @@ class Traffic:
             self._stop.wait(self.gap)
 
 
+def connected_under(leader: Gateway, sessions: tuple[str, ...] = ("f1", "f2"),
+                    deadline: float = TAKEOVER_DEADLINE) -> dict[str, Any]:
+    """Wait until every one of ``sessions`` is connected by ``leader``'s word, on B or
+    the member; returns the host of each."""
+
+    def connected() -> bool:
+        return all((_placement(leader, s) or {}).get("state") == "CONNECTED"
+                   for s in sessions)
+
+    wait_for(connected, deadline, 0.1, "both sessions to connect under B")
+    where = {s: (_placement(leader, s) or {}).get("host") for s in sessions}
+    assert set(where.values()) <= {B, M}, where
+    return where
+
+
 def delivered_once(traffic: Traffic, first: Gateway, second: Gateway,
                    inbox: Gateway) -> tuple[list[str], list[str], list[str]]:
     """Stop ``traffic``; every send the new active leader ``second`` accepted reaches
@@ -204,14 +219,8 @@ def test_a_standby_leader_takes_over_and_the_member_follows_it(
     wait_for(lambda: _joined(second), TAKEOVER_DEADLINE, 0.1, "the member to join B")
     took_join = time.monotonic() - killed_at
 
-    def connected() -> bool:
-        return all((_placement(second, s) or {}).get("state") == "CONNECTED"
-                   for s in ("f1", "f2"))
-
-    wait_for(connected, TAKEOVER_DEADLINE, 0.1, "both sessions to connect under B")
+    where = connected_under(second)
     took_sessions = time.monotonic() - killed_at
-    where = {s: (_placement(second, s) or {}).get("host") for s in ("f1", "f2")}
-    assert set(where.values()) <= {B, M}, where
 
     accepted_before = len(traffic.accepted)
     try:
