@@ -19,10 +19,11 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from actors.outbox.db import Db, is_postgres, transaction
 
 MESSAGE_STATUS = "message.status"
 MESSAGE_RECEIVED = "message.received"
@@ -87,7 +88,7 @@ def new_event_id() -> str:
     return "evt_" + secrets.token_hex(16)
 
 
-def append_event(db: sqlite3.Connection, type: str, session: str, data: dict[str, Any],
+def append_event(db: Db, type: str, session: str, data: dict[str, Any],
                  now: float) -> Event:
     """Write one event in the caller's transaction (none is opened here: an event
     belongs to its change's transaction, so the caller opens it)."""
@@ -95,14 +96,18 @@ def append_event(db: sqlite3.Connection, type: str, session: str, data: dict[str
         raise ValueError(f"unknown event type {type!r}")
     event_id = new_event_id()
     body = json.dumps(data, separators=(",", ":"), sort_keys=True)
-    cursor = db.execute("INSERT INTO events (id, type, session, created_at, data) "
-                        "VALUES (?, ?, ?, ?, ?)", (event_id, type, session, now, body))
-    seq = cursor.lastrowid
+    insert = ("INSERT INTO events (id, type, session, created_at, data) "
+              "VALUES (?, ?, ?, ?, ?)")
+    values = (event_id, type, session, now, body)
+    if is_postgres(db):  # an identity column: the number comes back with the row
+        seq = db.execute(insert + " RETURNING seq", values).fetchone()[0]
+    else:
+        seq = db.execute(insert, values).lastrowid
     assert seq is not None
     return Event(seq, event_id, type, session, now, data)
 
 
-def events_after(db: sqlite3.Connection, after_seq: int, *, types: Iterable[str] | None = None,
+def events_after(db: Db, after_seq: int, *, types: Iterable[str] | None = None,
                  sessions: Iterable[str] | None = None, limit: int) -> list[Event]:
     """Up to ``limit`` events with a sequence number above ``after_seq``, oldest first.
 
@@ -125,7 +130,7 @@ def events_after(db: sqlite3.Connection, after_seq: int, *, types: Iterable[str]
             for r in rows]
 
 
-def page_of_events(db: sqlite3.Connection, after_seq: int, *, types: Iterable[str] | None,
+def page_of_events(db: Db, after_seq: int, *, types: Iterable[str] | None,
                    sessions: Iterable[str] | None, first: int) -> tuple[list[Event], bool]:
     """Up to ``first`` events after ``after_seq`` and whether more follow (one row more
     than asked is read to know)."""
@@ -134,7 +139,7 @@ def page_of_events(db: sqlite3.Connection, after_seq: int, *, types: Iterable[st
     return found[:first], len(found) > first
 
 
-def last_session_state(db: sqlite3.Connection, session: str) -> str | None:
+def last_session_state(db: Db, session: str) -> str | None:
     """The state of ``session``'s newest ``session.status`` event still in the log."""
     row = db.execute("SELECT data FROM events WHERE session = ? AND type = ? "
                      "ORDER BY seq DESC LIMIT 1", (session, SESSION_STATUS)).fetchone()
@@ -144,7 +149,7 @@ def last_session_state(db: sqlite3.Connection, session: str) -> str | None:
     return str(state) if state is not None else None
 
 
-def record_session_state(db: sqlite3.Connection, session: str, state: str, previous: str | None,
+def record_session_state(db: Db, session: str, state: str, previous: str | None,
                          data: dict[str, Any], now: float) -> Event | None:
     """A ``session.status`` event when ``state`` differs from ``previous`` (the state
     last logged for ``session``, which the caller keeps so that a state report costs no
@@ -155,13 +160,17 @@ def record_session_state(db: sqlite3.Connection, session: str, state: str, previ
                         {**data, "state": state, "previous_state": previous}, now)
 
 
-def last_seq(db: sqlite3.Connection) -> int:
+def last_seq(db: Db) -> int:
     """The newest sequence number written (0 before the first): pruning never lowers it."""
+    if is_postgres(db):  # the identity's sequence: NULL before its first number
+        row = db.execute("SELECT pg_sequence_last_value("
+                         "pg_get_serial_sequence('events', 'seq'))").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
     return int(row[0]) if row else 0
 
 
-def prune_events(db: sqlite3.Connection, older_than: float, batch: int) -> int:
+def prune_events(db: Db, older_than: float, batch: int) -> int:
     """Delete at most ``batch`` events written before ``older_than``, oldest first;
     returns how many. Bounded so that one prune never holds the write lock long: the
     caller repeats on its timer until nothing is left."""
@@ -172,27 +181,22 @@ def prune_events(db: sqlite3.Connection, older_than: float, batch: int) -> int:
     return cursor.rowcount
 
 
-def prune_old_events(db: sqlite3.Connection, older_than: float, batch: int,
+def prune_old_events(db: Db, older_than: float, batch: int,
                      max_batches: int) -> int:
     """``prune_events`` repeated, each batch its own transaction, until a batch comes
     back short or ``max_batches`` ran (what is left waits for the next round: one
     round's work is bounded even after a long downtime). ``db`` is in autocommit."""
     total = 0
     for _ in range(max(0, max_batches)):
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             deleted = prune_events(db, older_than, batch)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
         total += deleted
         if deleted < batch:
             break
     return total
 
 
-def event_log_size(db: sqlite3.Connection) -> tuple[int, int]:
+def event_log_size(db: Db) -> tuple[int, int]:
     """(rows, bytes) of the log. Bytes are the payloads and ids as stored (the sum of
     the columns' lengths), not pages: a figure that moves with what is kept, cheap
     enough for a health report (one pass over the table, no dbstat needed)."""
@@ -231,7 +235,7 @@ def decode_event_cursor(cursor: str) -> int:
     return int(number)
 
 
-def message_state_chart(db: sqlite3.Connection, now: float, hours: int,
+def message_state_chart(db: Db, now: float, hours: int,
                         sessions: Iterable[str] | None) -> list[StateBucket]:
     """``hours`` hourly buckets, oldest first, ending with the hour that holds ``now``:
     the message.status events of each hour counted by the state they reached.
@@ -252,13 +256,20 @@ def message_state_chart(db: sqlite3.Connection, now: float, hours: int,
         if not chosen:
             return buckets
         # "+session": not the session index (all of a session's days), the time range
-        where.append(f"+session IN ({', '.join('?' for _ in chosen)})")
+        # (SQLite's hint; PostgreSQL's planner decides by its statistics)
+        column = "session" if is_postgres(db) else "+session"
+        where.append(f"{column} IN ({', '.join('?' for _ in chosen)})")
         args.extend(chosen)
     states = ", ".join(f"'{state}'" for state in CHART_STATES)  # constants, not input
+    if is_postgres(db):
+        slot = f"CAST(FLOOR((created_at - ?) / {HOUR}) AS bigint)"
+        state = "(data::jsonb ->> 'state')"
+    else:
+        slot = f"CAST((created_at - ?) / {HOUR} AS INTEGER)"
+        state = "json_extract(data, '$.state')"
     rows = db.execute(
-        f"SELECT CAST((created_at - ?) / {HOUR} AS INTEGER) AS slot, "
-        f"json_extract(data, '$.state') AS state, COUNT(*) FROM events "
-        f"WHERE {' AND '.join(where)} AND json_extract(data, '$.state') IN ({states}) "
+        f"SELECT {slot} AS slot, {state} AS state, COUNT(*) FROM events "
+        f"WHERE {' AND '.join(where)} AND {state} IN ({states}) "
         f"GROUP BY slot, state",
         (first, *args)).fetchall()
     counts: list[dict[str, int]] = [{} for _ in range(hours)]

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import unicodedata
 from typing import Any
 
 from actors.media.store import new_media_id
 from actors.messages import IncomingReceived
 from actors.outbox import events
+from actors.outbox.db import Db, is_postgres, transaction
 from actors.outbox.store import insert_media_ref, new_message_id, text_hash
 
 # What a message.received event holds of the person who wrote and what they wrote:
@@ -38,10 +38,19 @@ _ERASE_PERSONAL = ("UPDATE events SET data = json_set(data, "
                    + ") WHERE type = 'message.received' "
                    "AND json_extract(data, '$.incoming_id') = ?")
 
+# The same two changes on PostgreSQL, where the log's JSON is text read as jsonb.
+_PG_ERASE_TEXT = ("UPDATE events SET data = (data::jsonb || "
+                  "jsonb_build_object('text', NULL))::text "
+                  "WHERE type = 'message.received' AND (data::jsonb ->> 'incoming_id') = ?")
+_PG_ERASE_PERSONAL = ("UPDATE events SET data = (data::jsonb || jsonb_build_object("
+                      + ", ".join(f"'{name}', NULL" for name in _PERSONAL)
+                      + "))::text WHERE type = 'message.received' "
+                      "AND (data::jsonb ->> 'incoming_id') = ?")
+
 _CURSOR_PREFIX = "i:"
 
 
-def record_event(db: sqlite3.Connection, record: dict[str, Any], keep_text: bool,
+def record_event(db: Db, record: dict[str, Any], keep_text: bool,
                  now: float) -> None:
     """The event log's ``message.received``, written inside the transaction that stores
     the message (so there is never one without the other). It carries the text, since
@@ -71,7 +80,7 @@ class IncomingStore:
     made by the store's migrations (``actors.outbox.incoming_schema``), as
     ``MessageStore`` opens the database."""
 
-    def __init__(self, db: sqlite3.Connection, keep_text: bool = True,
+    def __init__(self, db: Db, keep_text: bool = True,
                  opt_out_keywords: tuple[str, ...] = ()) -> None:
         self.db = db
         self.keep_text = keep_text
@@ -100,11 +109,12 @@ class IncomingStore:
                            and is_opt_out(message.text, self.opt_out_keywords)),
             "truncated": int(message.truncated),
         }
-        with self.db:  # one transaction: the row and its event
-            self.db.execute("BEGIN IMMEDIATE")
-            cursor = self.db.execute(
-                f"INSERT OR IGNORE INTO incoming ({', '.join(record)}) "
-                f"VALUES ({', '.join('?' for _ in record)})", tuple(record.values()))
+        insert = (f"INTO incoming ({', '.join(record)}) "
+                  f"VALUES ({', '.join('?' for _ in record)})")
+        insert = (f"INSERT {insert} ON CONFLICT DO NOTHING" if is_postgres(self.db)
+                  else f"INSERT OR IGNORE {insert}")
+        with transaction(self.db):  # one transaction: the row and its event
+            cursor = self.db.execute(insert, tuple(record.values()))
             if cursor.rowcount == 0:
                 return None
             if media is not None:
@@ -141,12 +151,12 @@ class IncomingStore:
         """Note that the read receipt went out (the first time only); without
         ``keep_text`` the text goes with it. None for an unknown id."""
         text = "text" if self.keep_text else "NULL"
-        with self.db:  # one transaction: the row and its event's copy of the text
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):  # one transaction: the row and its event's copy
             self.db.execute(f"UPDATE incoming SET read_at = COALESCE(read_at, ?), "
                             f"text = {text} WHERE id = ?", (now, record_id))
             if not self.keep_text:
-                self.db.execute(_ERASE_TEXT, (record_id,))
+                self.db.execute(_PG_ERASE_TEXT if is_postgres(self.db) else _ERASE_TEXT,
+                                (record_id,))
         return self.get(record_id)
 
     def prune(self, older_than: float) -> int:
@@ -154,11 +164,11 @@ class IncomingStore:
         ``message.received`` events hold of the text and the sender: the event log is
         kept for ``events.retention_days``, and a reply must not outlive
         ``messages.incoming_retention_hours`` there (whatsAppEvents, webhook replays)."""
-        with self.db:  # one transaction: the rows and their events' copies
-            self.db.execute("BEGIN IMMEDIATE")
+        erase = _PG_ERASE_PERSONAL if is_postgres(self.db) else _ERASE_PERSONAL
+        with transaction(self.db):  # one transaction: the rows and their events' copies
             ids = [row[0] for row in self.db.execute(
                 "SELECT id FROM incoming WHERE received_at < ?", (older_than,))]
-            self.db.executemany(_ERASE_PERSONAL, ((record_id,) for record_id in ids))
+            self.db.executemany(erase, ((record_id,) for record_id in ids))
             cursor = self.db.execute("DELETE FROM incoming WHERE received_at < ?",
                                      (older_than,))
         return cursor.rowcount
@@ -198,7 +208,7 @@ def decode_cursor(cursor: str) -> int:
     return int(seq)
 
 
-def _record(row: sqlite3.Row | None) -> dict[str, Any] | None:
+def _record(row: Any) -> dict[str, Any] | None:
     if row is None:
         return None
     record = dict(row)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from actors.messages import MediaSpec, MessageState
-from actors.outbox import events
+from actors.outbox import events, pg_schema
+from actors.outbox.db import Db, PgConnection, transaction
 from actors.outbox.incoming_schema import add_incoming
 from actors.outbox.media_schema import MEDIA_COLUMNS, add_media
 from gateway.core.migrations import migrate, statements
@@ -129,13 +130,28 @@ UNCONFIRMED_SQL = ("SELECT session, COUNT(*) FROM messages INDEXED BY unconfirme
 
 class MessageStore:
     def __init__(self, directory: Path, synchronous: str = "NORMAL",
-                 keep_text: bool = True) -> None:
+                 keep_text: bool = True, database_url: str = "") -> None:
         """``keep_text`` false (``delivery.keep_text``): a message's text is erased the
         moment it reaches a final state, whichever path took it there (``transition``),
         and at open from any finished record that still has it (written before the
-        setting changed, or by an older version)."""
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        setting changed, or by an older version).
+
+        ``database_url`` (multi-host mode with a database): the store is in PostgreSQL,
+        where a standby leader finds it (``actors.outbox.db``); ``directory`` and
+        ``synchronous`` are then unused (commits there are always durable)."""
         self.keep_text = keep_text
+        # Messages that reached each state since this store was opened (each message
+        # once per state, however often it is retried): /metrics reads it at scrape
+        # time, so counting costs the send path one increment and no extra query.
+        self.reached: Counter[str] = Counter()
+        self.events_written: Counter[str] = Counter()  # by type, likewise for /metrics
+        self.db: Db
+        if database_url:
+            self.db = _open_postgres(database_url)
+            if not keep_text:
+                self._erase_finished_text()
+            return
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = directory / STORE_FILE
         self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
@@ -150,10 +166,11 @@ class MessageStore:
             # Erased text is overwritten with zeros in the file too, not only unlinked
             # from its row (many builds have this on already; some do not).
             self.db.execute("PRAGMA secure_delete=ON")
-        self.db.executescript(_SCHEMA)
-        _add_link_columns(self.db)
+        db = self.db
+        db.executescript(_SCHEMA)
+        _add_link_columns(db)
         try:
-            migrate(self.db, "the outbox store (data_dir/outbox/messages.sqlite3)", MIGRATIONS)
+            migrate(db, "the outbox store (data_dir/outbox/messages.sqlite3)", MIGRATIONS)
         except BaseException:
             self.db.close()
             raise
@@ -162,11 +179,6 @@ class MessageStore:
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(f"{path}{suffix}"):
                 os.chmod(f"{path}{suffix}", 0o600)
-        # Messages that reached each state since this store was opened (each message
-        # once per state, however often it is retried): /metrics reads it at scrape
-        # time, so counting costs the send path one increment and no extra query.
-        self.reached: Counter[str] = Counter()
-        self.events_written: Counter[str] = Counter()  # by type, likewise for /metrics
 
     def close(self) -> None:
         self.db.close()
@@ -260,19 +272,8 @@ class MessageStore:
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Several changes in one transaction (one commit instead of one each)."""
-        if self.db.in_transaction:
+        with transaction(self.db):
             yield
-            return
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-            self.db.execute("COMMIT")
-        except BaseException:
-            # A COMMIT that failed (SQLITE_FULL: the disk is full) may leave the
-            # transaction open: roll it back, so the next one starts clean.
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            raise
 
     def mark_uncertain(self, record_id: str) -> None:
         """Its caller was answered before its fate was known (``SEND_UNCONFIRMED``)."""
@@ -331,7 +332,7 @@ class MessageStore:
         """What the referenced files take on disk (each file once, however many refer)."""
         row = self.db.execute("SELECT COALESCE(SUM(disk_bytes), 0) FROM "
                               "(SELECT sha256, MAX(disk_bytes) AS disk_bytes FROM media "
-                              "GROUP BY sha256)").fetchone()
+                              "GROUP BY sha256) AS files").fetchone()
         return int(row[0])
 
     def media_release(self, older_than: float) -> list[str]:
@@ -453,7 +454,7 @@ def key_verdict(earlier: dict[str, Any], requester: str, phone: str, text: str) 
     return "reused" if earlier["requester"] == requester else "unrelated"
 
 
-def insert_media_ref(db: sqlite3.Connection, media_id: str, media: MediaSpec, session: str,
+def insert_media_ref(db: Db, media_id: str, media: MediaSpec, session: str,
                      direction: str, message_id: str, now: float,
                      expires_at: float | None = None) -> None:
     """One row of the media table (``actors.outbox.media_schema``)."""
@@ -529,6 +530,18 @@ def _add_event_log(db: sqlite3.Connection) -> None:
 MIGRATIONS = (_add_event_log, add_incoming, add_media)
 
 
+def _open_postgres(database_url: str) -> PgConnection:
+    """The store's connection to PostgreSQL, its tables made or migrated
+    (``actors.outbox.pg_schema``)."""
+    db = PgConnection(database_url)
+    try:
+        pg_schema.ensure(db)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def cursor_of(record: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(f"m:{record['id']}".encode()).decode().rstrip("=")
 
@@ -544,7 +557,7 @@ def decode_cursor(cursor: str) -> str:
     return raw[2:]
 
 
-def _record(row: sqlite3.Row | None) -> dict[str, Any] | None:
+def _record(row: Any) -> dict[str, Any] | None:
     if row is None:
         return None
     record = dict(row)

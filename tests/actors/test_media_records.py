@@ -1,8 +1,10 @@
-"""Media in the outbox store: records, references, the disk bound and retention."""
+"""Media in the outbox store: records, references, the disk bound and retention, on
+both of the store's backends (SQLite; PostgreSQL in multi-host mode)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from actors.media import store as files
@@ -12,6 +14,8 @@ from actors.outbox.store import MessageStore, NewMessage, content_text, key_verd
 from actors.session.sealed_store import StoreKey
 
 DAY = 86400.0
+# MessageStore(directory, ...) on the test's backend (tests/conftest.py).
+OpenStore = Callable[..., MessageStore]
 
 
 def _spec(stored: files.StoredFile, kind: str = "DOCUMENT") -> MediaSpec:
@@ -20,14 +24,15 @@ def _spec(stored: files.StoredFile, kind: str = "DOCUMENT") -> MediaSpec:
                      file_name="a.pdf")
 
 
-def _setup(tmp_path: Path) -> tuple[MessageStore, Path]:
+def _setup(tmp_path: Path, open_store: OpenStore) -> tuple[MessageStore, Path]:
     root = tmp_path / "media"
     files.ensure_key_pair(root, StoreKey(b"k" * 32, "test"))
-    return MessageStore(tmp_path / "outbox"), root
+    return open_store(tmp_path / "outbox"), root
 
 
-def test_a_media_record_carries_its_file_and_a_key_tells_files_apart(tmp_path: Path) -> None:
-    store, root = _setup(tmp_path)
+def test_a_media_record_carries_its_file_and_a_key_tells_files_apart(
+        tmp_path: Path, open_store: OpenStore) -> None:
+    store, root = _setup(tmp_path, open_store)
     spec = _spec(files.store_bytes(root, b"%PDF-1.4 one"))
     record = store.add(NewMessage("s", "15550001111", "the caption", idempotency_key="k",
                                   requester="app", media=spec), 1.0)
@@ -45,8 +50,8 @@ def test_a_media_record_carries_its_file_and_a_key_tells_files_apart(tmp_path: P
     store.close()
 
 
-def test_the_disk_bound_counts_each_file_once(tmp_path: Path) -> None:
-    store, root = _setup(tmp_path)
+def test_the_disk_bound_counts_each_file_once(tmp_path: Path, open_store: OpenStore) -> None:
+    store, root = _setup(tmp_path, open_store)
     spec = _spec(files.store_bytes(root, os.urandom(1000)))
     assert outbox_media.refusal(store, root, spec, spec.disk_bytes - 1, "r") is not None
     refused = outbox_media.refusal(store, root, spec, spec.disk_bytes - 1, "r")
@@ -64,8 +69,9 @@ def test_the_disk_bound_counts_each_file_once(tmp_path: Path) -> None:
     store.close()
 
 
-def test_retention_deletes_a_file_only_when_no_message_needs_it(tmp_path: Path) -> None:
-    store, root = _setup(tmp_path)
+def test_retention_deletes_a_file_only_when_no_message_needs_it(
+        tmp_path: Path, open_store: OpenStore) -> None:
+    store, root = _setup(tmp_path, open_store)
     spec = _spec(files.store_bytes(root, b"shared file"))
     first = store.add(NewMessage("s", "1555", "", media=spec), 0.0)
     second = store.add(NewMessage("s", "1556", "", media=spec), 0.0)
@@ -79,8 +85,9 @@ def test_retention_deletes_a_file_only_when_no_message_needs_it(tmp_path: Path) 
     store.close()
 
 
-def test_an_upload_never_accepted_is_swept_after_the_grace(tmp_path: Path) -> None:
-    store, root = _setup(tmp_path)
+def test_an_upload_never_accepted_is_swept_after_the_grace(
+        tmp_path: Path, open_store: OpenStore) -> None:
+    store, root = _setup(tmp_path, open_store)
     stored = files.store_bytes(root, b"refused upload")
     path = files.file_path(root, stored.sha256)
     now = path.stat().st_mtime
@@ -91,8 +98,8 @@ def test_an_upload_never_accepted_is_swept_after_the_grace(tmp_path: Path) -> No
     store.close()
 
 
-def test_incoming_references_expire_from_reception(tmp_path: Path) -> None:
-    store, root = _setup(tmp_path)
+def test_incoming_references_expire_from_reception(tmp_path: Path, open_store: OpenStore) -> None:
+    store, root = _setup(tmp_path, open_store)
     spec = _spec(files.store_bytes(root, b"a voice note"), "VOICE")
     store.add_media_ref("in1", spec, "s", "in", "r1", 0.0)
     assert outbox_media.prune(store, root, 6 * DAY, 7 * DAY) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ import pytest
 from actors.outbox.limits import Limits
 from actors.outbox.store import MessageStore, NewMessage, cursor_of, text_hash
 from gateway.core.config import LimitsConfig
+
+# MessageStore(directory, ...) on the test's backend (tests/conftest.py: SQLite and
+# PostgreSQL): each test that takes it runs on both.
+OpenStore = Callable[..., MessageStore]
 
 
 def test_limits_survive_a_new_instance(tmp_path: Path) -> None:
@@ -70,8 +75,9 @@ def _new(text: str, session: str = "default", key: str | None = None,
                       valid_until=valid_until, requester=requester)
 
 
-def test_message_store_queue_order_recovery_and_receipt_lookup(tmp_path: Path) -> None:
-    store = MessageStore(tmp_path)
+def test_message_store_queue_order_recovery_and_receipt_lookup(
+        tmp_path: Path, open_store: OpenStore) -> None:
+    store = open_store(tmp_path)
     a = store.add(_new("a"), 1.0)
     b = store.add(_new("b"), 2.0)
     c = store.add(_new("c", "other"), 3.0)
@@ -80,7 +86,7 @@ def test_message_store_queue_order_recovery_and_receipt_lookup(tmp_path: Path) -
         "QUEUED", "SENDING"]
     store.transition(c, "SENT", 5.0, wa_message_id="3EB0AA")
     store.close()
-    reopened = MessageStore(tmp_path)  # as after a crash
+    reopened = open_store(tmp_path)  # as after a crash
     assert [r["id"] for r in reopened.next_queued("default", 10.0, 10)] == [a["id"]]
     assert [r["id"] for r in reopened.in_state("SENDING")] == [b["id"]]
     assert reopened.by_wa_id("3EB0AA")["id"] == c["id"]
@@ -89,9 +95,9 @@ def test_message_store_queue_order_recovery_and_receipt_lookup(tmp_path: Path) -
     reopened.close()
 
 
-def test_retries_wait_for_their_time(tmp_path: Path) -> None:
+def test_retries_wait_for_their_time(tmp_path: Path, open_store: OpenStore) -> None:
     """Order is due time, then acceptance: the index serves it without sorting a backlog."""
-    store = MessageStore(tmp_path)
+    store = open_store(tmp_path)
     a = store.add(_new("a"), 1.0)
     b = store.add(_new("b"), 2.0)
     store.transition(a, "QUEUED", 3.0, "REJECTED", next_attempt_at=100.0)
@@ -101,11 +107,11 @@ def test_retries_wait_for_their_time(tmp_path: Path) -> None:
 
 
 def test_a_recipient_gets_its_messages_in_the_order_they_were_accepted(
-        tmp_path: Path) -> None:
+        tmp_path: Path, open_store: OpenStore) -> None:
     """Only the oldest pending message of a recipient may leave: not while an older one
     is being sent, nor while an older one waits for its retry; other recipients'
     messages go on meanwhile."""
-    store = MessageStore(tmp_path)
+    store = open_store(tmp_path)
     a = store.add(_new("a"), 1.0)
     b = store.add(_new("b"), 2.0)
     other = store.add(NewMessage(session="default", phone="4915112345678", text="o"), 3.0)
@@ -124,10 +130,11 @@ def test_a_recipient_gets_its_messages_in_the_order_they_were_accepted(
     store.close()
 
 
-def test_idempotency_keys_are_unique_per_caller_and_session(tmp_path: Path) -> None:
+def test_idempotency_keys_are_unique_per_caller_and_session(
+        tmp_path: Path, open_store: OpenStore) -> None:
     """Two applications (tokens) sharing a session may pick the same key: each has its
     own message under it; one caller cannot store a key twice on one session."""
-    store = MessageStore(tmp_path)
+    store = open_store(tmp_path)
     first = store.add(_new("a", key="k1"), 1.0)
     other_session = store.add(_new("a", session="other", key="k1"), 1.0)
     other_caller = store.add(_new("b", key="k1", requester="billing"), 1.0)
@@ -155,7 +162,7 @@ def test_a_key_is_for_one_message_of_its_caller() -> None:
     assert key_verdict(legacy, "app", "14155550000", "code 1") == "unrelated"
 
 
-def test_a_store_from_before_caller_scoped_keys_is_migrated(tmp_path: Path) -> None:
+def test_a_sqlite_store_from_before_caller_scoped_keys_is_migrated(tmp_path: Path) -> None:
     """The old index made a key unique per session whoever used it: it is replaced at
     open (else a second caller's key would fail the insert), and the records it made
     (no caller) still find their retries."""
@@ -174,8 +181,8 @@ def test_a_store_from_before_caller_scoped_keys_is_migrated(tmp_path: Path) -> N
     store.close()
 
 
-def test_expiry_and_pruning(tmp_path: Path) -> None:
-    store = MessageStore(tmp_path)
+def test_expiry_and_pruning(tmp_path: Path, open_store: OpenStore) -> None:
+    store = open_store(tmp_path)
     old = store.add(_new("old", valid_until=10.0), 1.0)
     fresh = store.add(_new("fresh", valid_until=1000.0), 1.0)
     assert [r["id"] for r in store.expire_due(20.0)] == [old["id"]]
@@ -186,8 +193,8 @@ def test_expiry_and_pruning(tmp_path: Path) -> None:
     store.close()
 
 
-def test_paging_newest_first_with_filters(tmp_path: Path) -> None:
-    store = MessageStore(tmp_path)
+def test_paging_newest_first_with_filters(tmp_path: Path, open_store: OpenStore) -> None:
+    store = open_store(tmp_path)
     ids = [store.add(_new(f"m{i}", session="s" if i % 2 else "default"), float(i))["id"]
            for i in range(7)]
     page, more = store.page(first=3)
@@ -201,8 +208,8 @@ def test_paging_newest_first_with_filters(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_batch_commits_together_or_not_at_all(tmp_path: Path) -> None:
-    store = MessageStore(tmp_path)
+def test_a_batch_commits_together_or_not_at_all(tmp_path: Path, open_store: OpenStore) -> None:
+    store = open_store(tmp_path)
     a = store.add(_new("a"), 1.0)
     with pytest.raises(RuntimeError), store.batch():
         store.transition(a, "SENDING", 2.0)
@@ -210,12 +217,12 @@ def test_a_batch_commits_together_or_not_at_all(tmp_path: Path) -> None:
     assert store.get(a["id"])["state"] == "QUEUED"
     with store.batch():
         store.transition(a, "SENDING", 3.0)
-    assert MessageStore(tmp_path).get(a["id"])["state"] == "SENDING"  # another connection
+    assert open_store(tmp_path).get(a["id"])["state"] == "SENDING"  # another connection
     store.close()
 
 
-def test_what_transition_returns_is_what_was_stored(tmp_path: Path) -> None:
-    store = MessageStore(tmp_path)
+def test_what_transition_returns_is_what_was_stored(tmp_path: Path, open_store: OpenStore) -> None:
+    store = open_store(tmp_path)
     a = store.add(_new("a"), 1.0)
     assert store.get(a["id"]) == a
     b = store.transition(a, "QUEUED", 2.0, "UNCERTAIN", uncertain=True, attempts=2)
@@ -223,7 +230,7 @@ def test_what_transition_returns_is_what_was_stored(tmp_path: Path) -> None:
     store.close()
 
 
-def test_files_are_private(tmp_path: Path) -> None:
+def test_sqlite_files_are_private(tmp_path: Path) -> None:
     store = MessageStore(tmp_path / "outbox")
     store.add(_new("a"), 1.0)
     assert (tmp_path / "outbox").stat().st_mode & 0o777 == 0o700
@@ -231,10 +238,11 @@ def test_files_are_private(tmp_path: Path) -> None:
     store.close()
 
 
-def test_no_final_state_keeps_the_text_when_keep_text_is_off(tmp_path: Path) -> None:
+def test_no_final_state_keeps_the_text_when_keep_text_is_off(
+        tmp_path: Path, open_store: OpenStore, store_backend: str) -> None:
     """Every way into a final state erases the text (EXPIRED by the expiry sweep too),
     in the database file as well, not only in what a query returns."""
-    store = MessageStore(tmp_path, keep_text=False)
+    store = open_store(tmp_path, keep_text=False)
     expired = store.add(_new("expiring secret 4711", valid_until=10.0), 1.0)
     sent = store.add(_new("sent secret 4712"), 1.0)
     failed = store.add(_new("failed secret 4713"), 1.0)
@@ -247,29 +255,34 @@ def test_no_final_state_keeps_the_text_when_keep_text_is_off(tmp_path: Path) -> 
         assert record["text"] is None and record["text_hash"] == finished["text_hash"]
     assert store.get(queued["id"])["text"] == "queued secret 4714"  # still to be sent
     store.close()
+    if store_backend:
+        return  # PostgreSQL: no file of ours to read (its pages are the server's)
     raw = (tmp_path / "messages.sqlite3").read_bytes()
     assert b"queued secret 4714" in raw
     for text in (b"expiring secret 4711", b"sent secret 4712", b"failed secret 4713"):
         assert text not in raw
 
 
-def test_turning_keep_text_off_erases_the_text_of_finished_records(tmp_path: Path) -> None:
-    store = MessageStore(tmp_path)  # keep_text on: finished records keep their text
+def test_turning_keep_text_off_erases_the_text_of_finished_records(
+        tmp_path: Path, open_store: OpenStore, store_backend: str) -> None:
+    store = open_store(tmp_path)  # keep_text on: finished records keep their text
     done = store.transition(store.add(_new("kept secret 4715"), 1.0), "EXPIRED", 2.0)
     waiting = store.add(_new("waiting secret 4716"), 1.0)
     store.close()
-    store = MessageStore(tmp_path, keep_text=False)
+    store = open_store(tmp_path, keep_text=False)
     assert store.get(done["id"])["text"] is None
     assert store.get(waiting["id"])["text"] == "waiting secret 4716"
     store.close()
+    if store_backend:
+        return  # PostgreSQL: no file of ours to read (its pages are the server's)
     raw = (tmp_path / "messages.sqlite3").read_bytes()
     assert b"kept secret 4715" not in raw and b"waiting secret 4716" in raw
 
 
-def test_reason_and_error_describe_the_present_state(tmp_path: Path) -> None:
+def test_reason_and_error_describe_the_present_state(tmp_path: Path, open_store: OpenStore) -> None:
     """A message SENT after a failed attempt does not keep that attempt's reason;
     the history keeps every state's."""
-    store = MessageStore(tmp_path)
+    store = open_store(tmp_path)
     a = store.add(_new("a"), 1.0)
     a = store.transition(a, "SENDING", 2.0)
     a = store.transition(a, "QUEUED", 3.0, "SERVER_ERROR", error="temporary", attempts=1)

@@ -1,26 +1,32 @@
-"""The event log (actors/outbox/events.py) and the store migrations
-(gateway/core/migrations.py), on real SQLite files."""
+"""The event log (actors/outbox/events.py), on SQLite and PostgreSQL, and the store
+migrations (gateway/core/migrations.py), on real SQLite files (SQLite only)."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from actors.outbox import events as ev
+from actors.outbox.db import Db
 from actors.outbox.store import MIGRATIONS, MessageStore
 from gateway.core.migrations import NewerStoreError, migrate, schema_version
 
+# MessageStore(directory, ...) on the test's backend (tests/conftest.py: SQLite and
+# PostgreSQL): each test that takes it runs on both.
+OpenStore = Callable[..., MessageStore]
 
-def open_log(tmp_path: Path) -> sqlite3.Connection:
-    store = MessageStore(tmp_path / "outbox")
+
+def open_log(tmp_path: Path, open_store: OpenStore) -> Db:
+    store = open_store(tmp_path / "outbox")
     return store.db
 
 
-def test_events_are_paged_in_order_exactly_once(tmp_path: Path) -> None:
-    db = open_log(tmp_path)
+def test_events_are_paged_in_order_exactly_once(tmp_path: Path, open_store: OpenStore) -> None:
+    db = open_log(tmp_path, open_store)
     written = [ev.append_event(db, ev.MESSAGE_STATUS, f"s{n % 2}", {"n": n}, float(n))
                for n in range(25)]
     seen, after = [], 0
@@ -31,8 +37,8 @@ def test_events_are_paged_in_order_exactly_once(tmp_path: Path) -> None:
     assert len({e.id for e in seen}) == 25 and all(e.id.startswith("evt_") for e in seen)
 
 
-def test_filters_by_type_and_session(tmp_path: Path) -> None:
-    db = open_log(tmp_path)
+def test_filters_by_type_and_session(tmp_path: Path, open_store: OpenStore) -> None:
+    db = open_log(tmp_path, open_store)
     ev.append_event(db, ev.MESSAGE_STATUS, "a", {}, 1.0)
     ev.append_event(db, ev.SESSION_STATUS, "b", {}, 2.0)
     ev.append_event(db, ev.MESSAGE_STATUS, "b", {}, 3.0)
@@ -43,8 +49,9 @@ def test_filters_by_type_and_session(tmp_path: Path) -> None:
         ev.append_event(db, "message.bogus", "a", {}, 1.0)
 
 
-def test_prune_is_bounded_and_the_cursor_never_goes_back(tmp_path: Path) -> None:
-    db = open_log(tmp_path)
+def test_prune_is_bounded_and_the_cursor_never_goes_back(
+        tmp_path: Path, open_store: OpenStore) -> None:
+    db = open_log(tmp_path, open_store)
     for n in range(10):
         ev.append_event(db, ev.MESSAGE_STATUS, "s", {"n": n}, float(n))
     assert ev.prune_events(db, 100.0, 4) == 4
@@ -56,9 +63,9 @@ def test_prune_is_bounded_and_the_cursor_never_goes_back(tmp_path: Path) -> None
     assert ev.last_seq(db) == 11
 
 
-def test_a_change_and_its_event_commit_together(tmp_path: Path) -> None:
+def test_a_change_and_its_event_commit_together(tmp_path: Path, open_store: OpenStore) -> None:
     """A rolled back transaction leaves neither the event nor the cursor number used."""
-    db = open_log(tmp_path)
+    db = open_log(tmp_path, open_store)
     db.execute("BEGIN IMMEDIATE")
     ev.append_event(db, ev.MESSAGE_STATUS, "s", {}, 1.0)
     db.execute("ROLLBACK")
@@ -83,7 +90,8 @@ def old_store(path: Path) -> None:
     db.close()
 
 
-def test_a_version_0_store_gains_the_event_log_and_keeps_its_messages(tmp_path: Path) -> None:
+def test_a_version_0_sqlite_store_gains_the_event_log_and_keeps_its_messages(
+        tmp_path: Path) -> None:
     (tmp_path / "outbox").mkdir()
     path = tmp_path / "outbox" / "messages.sqlite3"
     old_store(path)
@@ -96,7 +104,7 @@ def test_a_version_0_store_gains_the_event_log_and_keeps_its_messages(tmp_path: 
     MessageStore(tmp_path / "outbox").close()  # a second open migrates nothing
 
 
-def test_a_store_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
+def test_a_sqlite_store_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> None:
     (tmp_path / "outbox").mkdir()
     path = tmp_path / "outbox" / "messages.sqlite3"
     old_store(path)
@@ -111,7 +119,7 @@ def test_a_store_from_a_newer_version_is_refused_untouched(tmp_path: Path) -> No
     db.close()
 
 
-def test_a_failing_step_leaves_the_old_version_whole(tmp_path: Path) -> None:
+def test_a_failing_sqlite_step_leaves_the_old_version_whole(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "x.sqlite3", isolation_level=None)
 
     def first(d: sqlite3.Connection) -> None:
@@ -141,10 +149,10 @@ def logged(store: MessageStore) -> dict[str, list[str]]:
     return seen
 
 
-def test_every_state_change_writes_its_event(tmp_path: Path) -> None:
+def test_every_state_change_writes_its_event(tmp_path: Path, open_store: OpenStore) -> None:
     from actors.messages import MessageState as S
     from actors.outbox.store import NewMessage
-    store = MessageStore(tmp_path / "outbox")
+    store = open_store(tmp_path / "outbox")
     sent = store.add(NewMessage("s", "+14155552671", "hello"), 1.0)
     sent = store.transition(sent, S.SENDING, 2.0)
     sent = store.transition(sent, S.SENT, 3.0, wa_message_id="W1")
@@ -167,8 +175,8 @@ def test_every_state_change_writes_its_event(tmp_path: Path) -> None:
     assert all("hello" not in str(e.data) and "+1415" not in str(e.data) for e in events)
 
 
-def test_prune_rounds_are_bounded(tmp_path: Path) -> None:
-    db = open_log(tmp_path)
+def test_prune_rounds_are_bounded(tmp_path: Path, open_store: OpenStore) -> None:
+    db = open_log(tmp_path, open_store)
     for n in range(25):
         ev.append_event(db, ev.MESSAGE_STATUS, "s", {}, float(n))
     ev.append_event(db, ev.MESSAGE_STATUS, "s", {}, 1000.0)  # young: kept
@@ -178,7 +186,7 @@ def test_prune_rounds_are_bounded(tmp_path: Path) -> None:
     assert not db.in_transaction
 
 
-def test_the_launcher_check_refuses_only_a_newer_store_and_writes_nothing(
+def test_the_launcher_check_refuses_only_a_newer_sqlite_store_and_writes_nothing(
         tmp_path: Path) -> None:
     from gateway.core.migrations import check_not_newer
     path = tmp_path / "outbox" / "messages.sqlite3"
@@ -208,8 +216,9 @@ def test_the_number_cache_is_versioned_too(tmp_path: Path) -> None:
         open_cache(tmp_path, 1.0, 1.0)
 
 
-def test_a_session_state_is_logged_only_when_it_changes(tmp_path: Path) -> None:
-    db = open_log(tmp_path)
+def test_a_session_state_is_logged_only_when_it_changes(
+        tmp_path: Path, open_store: OpenStore) -> None:
+    db = open_log(tmp_path, open_store)
     assert ev.last_session_state(db, "s") is None
     first = ev.record_session_state(db, "s", "CONNECTING", None, {"paired": False}, 1.0)
     assert first is not None and first.data == {"paired": False, "state": "CONNECTING",

@@ -1,13 +1,14 @@
 """Received messages on disk: once per WhatsApp id, paged by cursor in arrival order,
 text erased at mark-read without keep_text, pruned by age, never in a repr.
 
-A real SQLite file (the outbox's own database, opened as the outbox opens it).
+The outbox's own database, opened as the outbox opens it: a real SQLite file, and a real
+PostgreSQL database (multi-host mode); the migrations of old files are SQLite's only.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,10 @@ from actors.session.actor import incoming_received
 from actors.transport.base import IncomingMessage
 from actors.transport.simulator import SimulatorServer, incoming_of
 
+# MessageStore(directory, ...) on the test's backend (tests/conftest.py: SQLite and
+# PostgreSQL): each test that takes it runs on both.
+OpenStore = Callable[..., MessageStore]
+
 NOW = 1_767_225_600.0
 SECRET = "my private reply 5b1e"
 
@@ -36,8 +41,9 @@ def message(wa_id: str, session: str = "default", text: str = SECRET) -> Incomin
 
 
 @pytest.fixture(params=[True, False], ids=["keep_text", "erase_text"])
-def stores(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[IncomingStore]:
-    outbox = MessageStore(tmp_path / "outbox", keep_text=request.param)
+def stores(tmp_path: Path, request: pytest.FixtureRequest, open_store: OpenStore
+           ) -> Iterator[IncomingStore]:
+    outbox = open_store(tmp_path / "outbox", keep_text=request.param)
     try:
         yield IncomingStore(outbox.db, keep_text=request.param)
     finally:
@@ -91,15 +97,18 @@ def test_prune_forgets_by_arrival(stores: IncomingStore) -> None:
     assert [r["wa_message_id"] for r in stores.page()[0]] == ["3EB0NEW"]
 
 
-def test_the_table_lives_in_the_outboxs_database_and_survives_a_reopen(tmp_path: Path) -> None:
-    outbox = MessageStore(tmp_path / "outbox")
+def test_the_table_lives_in_the_outboxs_database_and_survives_a_reopen(
+        tmp_path: Path, open_store: OpenStore, store_backend: str) -> None:
+    outbox = open_store(tmp_path / "outbox")
     IncomingStore(outbox.db).add(message("3EB0A"), NOW)
     outbox.close()
-    reopened = MessageStore(tmp_path / "outbox")
+    reopened = open_store(tmp_path / "outbox")
     try:
         assert IncomingStore(reopened.db).count() == 1
     finally:
         reopened.close()
+    if store_backend:
+        return  # PostgreSQL: the table is in the database, no file here
     with sqlite3.connect(tmp_path / "outbox" / "messages.sqlite3") as db:
         assert db.execute("SELECT COUNT(*) FROM incoming").fetchone()[0] == 1
 
@@ -142,9 +151,9 @@ def test_an_opt_out_is_a_whole_message_that_is_a_keyword(text: str, expected: bo
     assert is_opt_out(text, frozenset()) is False  # off by default
 
 
-def test_opt_outs_are_flagged_and_still_stored(tmp_path: Path) -> None:
+def test_opt_outs_are_flagged_and_still_stored(tmp_path: Path, open_store: OpenStore) -> None:
     """A flag for the application, never a filter; only text counts (a caption does not)."""
-    outbox = MessageStore(tmp_path / "outbox")
+    outbox = open_store(tmp_path / "outbox")
     try:
         store = IncomingStore(outbox.db, opt_out_keywords=("STOP", " ", ""))
         flagged = store.add(message("3EB0A", text="Stop"), NOW)
@@ -214,7 +223,7 @@ def _store_at_version_1(path: Path, with_incoming: bool) -> None:
 
 
 @pytest.mark.parametrize("with_incoming", [False, True], ids=["without", "made_at_open"])
-def test_a_store_of_the_previous_version_gains_the_incoming_table(
+def test_a_sqlite_store_of_the_previous_version_gains_the_incoming_table(
         tmp_path: Path, with_incoming: bool) -> None:
     from actors.outbox.store import MIGRATIONS
     from gateway.core.migrations import schema_version
@@ -236,7 +245,7 @@ def test_a_store_of_the_previous_version_gains_the_incoming_table(
         outbox.close()
 
 
-def test_a_store_at_the_new_version_is_opened_unchanged(tmp_path: Path) -> None:
+def test_a_sqlite_store_at_the_new_version_is_opened_unchanged(tmp_path: Path) -> None:
     from gateway.core.migrations import schema_version
 
     outbox = MessageStore(tmp_path / "outbox")
@@ -256,7 +265,7 @@ def test_a_store_at_the_new_version_is_opened_unchanged(tmp_path: Path) -> None:
         reopened.close()
 
 
-def test_a_store_of_a_newer_version_is_refused_before_the_incoming_table(
+def test_a_sqlite_store_of_a_newer_version_is_refused_before_the_incoming_table(
         tmp_path: Path) -> None:
     from gateway.core.migrations import NewerStoreError, schema_version
 

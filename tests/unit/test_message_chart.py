@@ -1,11 +1,11 @@
 """whatsAppMessageChart: the hourly counts of message.status events by state, from the
-pure query (actors/outbox/events.py) on a real SQLite log, and through the real Flask
-app and resolvers (the FakeBridge answers with the outbox's own chart function)."""
+pure query (actors/outbox/events.py) on a real SQLite log and a real PostgreSQL one, and
+through the real Flask app and resolvers (the FakeBridge answers with the outbox's own
+chart function)."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 
 from actors.messages import ChartMessageStates, Ok
 from actors.outbox import events as ev
+from actors.outbox.db import Db
 from actors.outbox.store import MessageStore
 from tests.unit.web_helpers import Web, add_token, codes, web, web_config
 
@@ -22,13 +23,14 @@ CHART = ("query($h: Int, $s: String) { whatsAppMessageChart(hours: $h, session: 
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[MessageStore]:
-    store = MessageStore(tmp_path / "outbox")
+def store(tmp_path: Path, open_store: Callable[..., MessageStore]) -> Iterator[MessageStore]:
+    """The outbox store on the test's backend (tests/conftest.py: SQLite and PostgreSQL)."""
+    store = open_store(tmp_path / "outbox")
     yield store
     store.close()
 
 
-def status(db: sqlite3.Connection, state: str, at: float, session: str = "a") -> None:
+def status(db: Db, state: str, at: float, session: str = "a") -> None:
     ev.append_event(db, ev.MESSAGE_STATUS, session, {"message_id": "m", "state": state}, at)
 
 
@@ -72,8 +74,10 @@ def test_sessions_filter_and_an_empty_tuple_means_none(store: MessageStore) -> N
     assert ev.message_state_chart(store.db, NOW, -5, None) == []
 
 
-def test_the_query_reads_the_time_index_also_for_a_session(store: MessageStore) -> None:
-    """The window's hours, not all of a session's retention days."""
+def test_the_sqlite_query_reads_the_time_index_also_for_a_session(tmp_path: Path) -> None:
+    """The window's hours, not all of a session's retention days (SQLite's plan; on
+    PostgreSQL the planner decides by its statistics)."""
+    store = MessageStore(tmp_path / "outbox")
     plans = []
 
     def trace(statement: str) -> None:
@@ -86,6 +90,7 @@ def test_the_query_reads_the_time_index_also_for_a_session(store: MessageStore) 
     assert len(plans) == 1
     plan = " ".join(str(tuple(row)) for row in store.db.execute("EXPLAIN QUERY PLAN " + plans[0]))
     assert "USING INDEX events_by_time" in plan, plan
+    store.close()
 
 
 # ---- through the API ------------------------------------------------------------------------
