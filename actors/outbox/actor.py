@@ -34,10 +34,10 @@ no answer; the retry's outcome is, or ``SEND_UNCONFIRMED`` after
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
-import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -90,6 +90,12 @@ from actors.metrics import RefusalCounters
 from actors.outbox import events
 from actors.outbox import media as outbox_media
 from actors.outbox.acks import CommitAcks
+from actors.outbox.db import (
+    STORE_ERRORS,
+    STORE_RETRY_SECONDS,
+    STORE_UNAVAILABLE,
+    StoreUnavailable,
+)
 from actors.outbox.held import HeldWrites
 from actors.outbox.incoming import IncomingStore
 from actors.outbox.incoming import cursor_of as incoming_cursor
@@ -246,9 +252,13 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.data_path = msg.config.data_path
         self.supervisor = msg.supervisor
         self.links = {link.session: link for link in msg.links}
+        # Multi-host mode with a database: the store is in PostgreSQL, where a standby
+        # leader that takes over finds every accepted message (actors/outbox/db.py).
         self.store = MessageStore(msg.config.data_path / "outbox",
                                   msg.config.delivery.synchronous,
-                                  msg.config.delivery.keep_text)
+                                  msg.config.delivery.keep_text,
+                                  database_url=msg.config.cluster.database_url
+                                  if lease_mode(msg.config) else "")
         self.incoming = IncomingStore(self.store.db, msg.config.delivery.keep_text,
                                       msg.config.messages.opt_out_keywords)
         limits_dir = msg.config.data_path / "limits"
@@ -350,6 +360,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 return
             self.warmup.record(send.session, now)
             self.held_replies = []  # nobody hears of a state that is not committed yet
+            record: dict[str, Any] | None = None
+            depth_before = dict(self.depth)
             # The message and, when its session can take it now, its SENDING: one commit
             # (the pages of both changes written once), and the hand-over after it.
             with self.store.batch():
@@ -357,16 +369,21 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 self.depth[send.session] = self.depth.get(send.session, 0) + 1
                 handover = self._take(send.session)
             replies = self.held_replies
-        except (OSError, sqlite3.Error) as exc:
-            if not is_disk_full(exc):
+        except STORE_ERRORS as exc:
+            if not _cannot_write(exc):
                 raise
-            # SQLite rolled the transaction back: nothing of this message was kept.
-            log.error("a send's write found the disk full; refused", error=str(exc))
-            self.depth = self.store.pending_counts()  # the rolled-back changes undone
-            self.send(reply_to, _disk_full_failure(0, self._min_free(), send.request_id))
+            # The transaction was rolled back: nothing of this message was kept (unless
+            # PostgreSQL's answer to the COMMIT itself was lost: then it may have been).
+            log.error("a send's write failed; refused", error=str(exc))
+            if isinstance(exc, StoreUnavailable):
+                self.depth = depth_before  # the rolled-back change undone (no read now)
+            else:
+                self.depth = self.store.pending_counts()  # the rolled-back changes undone
+            self.send(reply_to, _write_failure(exc, send, record, self._min_free()))
             return
         finally:
             self.held_replies = None
+        assert record is not None
         self.accepting = (record, reply_to, send.request_id)
         if self._can_send(send.session):  # answer after the server acked (or send_timeout)
             self.waiters[record["id"]] = _Waiter(reply_to, send.request_id)
@@ -472,8 +489,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 self._settle_ended(r.message_id for r in msg.results)
                 handovers = [self._take(session) for session in sorted(sessions)]
             replies = self.held_replies
-        except (OSError, sqlite3.Error) as exc:
-            if is_disk_full(exc):
+        except STORE_ERRORS as exc:
+            if _cannot_write(exc):
                 before.restore(self)
             raise
         finally:
@@ -668,9 +685,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 self._write_received(msg)
                 self._acknowledge(msg)
                 return
-            except (OSError, sqlite3.Error) as exc:
+            except STORE_ERRORS as exc:
                 self._rolled_back()
-                if not is_disk_full(exc):
+                if not _cannot_write(exc):
                     # Not for want of space: a copy would fail alike, so its session
                     # need not send it again (as a held one that fails so is dropped).
                     self._acknowledge(msg)
@@ -710,9 +727,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         while (msg := self.held.oldest()) is not None:
             try:
                 self._write_received(msg)
-            except (OSError, sqlite3.Error) as exc:
+            except STORE_ERRORS as exc:
                 self._rolled_back()
-                if is_disk_full(exc):
+                if _cannot_write(exc):
                     return
                 log.exception("a held write failed for another reason than disk space; "
                               "it is dropped", what=type(msg).__name__,
@@ -745,7 +762,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         """A failed write (a COMMIT refused for want of space) may leave its transaction
         open: roll it back, so the next write starts clean."""
         if self.store is not None and self.store.db.in_transaction:
-            self.store.db.execute("ROLLBACK")
+            with contextlib.suppress(StoreUnavailable):  # a broken connection: gone anyway
+                self.store.db.execute("ROLLBACK")
 
     def receiveMsg_ListIncoming(self, msg: ListIncoming, sender: Any) -> None:
         if self.incoming is None:
@@ -801,10 +819,22 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         if self.store is None:
             self.send(msg.reply_to, _not_started(getattr(request, "request_id", "")))
             return
+        try:
+            reply = self._query(request)
+        except StoreUnavailable as exc:  # PostgreSQL: answered now, not after a timeout
+            log.error("a query found the message store unreachable", error=str(exc))
+            reply = _store_unavailable(getattr(request, "request_id", ""))
+        if reply is not None:
+            self.send(msg.reply_to, reply)
+
+    def _query(self, request: Any) -> Ok | Failed | None:
+        """The answer to a routed query (None: not one of the outbox's)."""
+        assert self.store is not None
+        reply: Ok | Failed
         if isinstance(request, GetMessage):
             record = self.store.get(request.message_id)
-            reply: Ok | Failed = Ok(public_record(record) if record is not None else None,
-                                    request.request_id)
+            reply = Ok(public_record(record) if record is not None else None,
+                       request.request_id)
         elif isinstance(request, GetMessageByKey):
             record = self.store.by_idempotency_key(request.requester, request.session,
                                                    request.idempotency_key)
@@ -836,8 +866,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                                "a previous whatsAppEvents page", {"field": "after"},
                                request.request_id)
         else:
-            return
-        self.send(msg.reply_to, reply)
+            return None
+        return reply
 
     def _open_media(self, media_id: str) -> dict[str, Any] | None:
         """A reference and its file's key (None: unknown, pruned, or its file is gone
@@ -945,8 +975,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                                                {"paired": link.paired, "error": error},
                                                self.clock()) is not None:
                     self.store.events_written[events.SESSION_STATUS] += 1
-        except (OSError, sqlite3.Error) as exc:
-            if nested or not is_disk_full(exc):
+        except STORE_ERRORS as exc:
+            if nested or not _cannot_write(exc):
                 raise
             # The state is the supervisor's, not lost: written once there is space
             # (states in between coalesce, as while no outbox runs).
@@ -1186,9 +1216,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self._count_uncertain(record)
             try:
                 self.store.mark_uncertain(message_id)
-            except (OSError, sqlite3.Error) as exc:
+            except STORE_ERRORS as exc:
                 self._rolled_back()
-                if not is_disk_full(exc):
+                if not _cannot_write(exc):
                     raise
                 # The caller is told all the same: the flag only warns a later reader.
                 log.error("the disk is full: a message answered as unconfirmed is not "
@@ -1372,6 +1402,41 @@ def _disk_full_failure(free: int, min_free: int, request_id: str) -> Failed:
     """Nothing was written: the caller retries later, when the operator freed space."""
     return Failed("UNAVAILABLE", refusal_text(free, min_free),
                   {"reason": DISK_FULL, "retryAfterSeconds": DISK_FULL_RETRY_SECONDS},
+                  request_id=request_id)
+
+
+def _cannot_write(exc: BaseException) -> bool:
+    """A write that could not be made now, and may be made later: the disk is full, or
+    the PostgreSQL store (multi-host mode) cannot be reached. Anything else is a bug."""
+    return is_disk_full(exc) or isinstance(exc, StoreUnavailable)
+
+
+def _write_failure(exc: BaseException, send: SendText, record: dict[str, Any] | None,
+                   min_free: int) -> Failed:
+    """The answer to a send whose write failed. Nothing acknowledged that was not
+    committed: a full disk or an unreachable database refused it (retry later), except
+    a COMMIT whose answer was lost, which may have been committed: that caller hears
+    UNCERTAIN, with what to look it up by, never a plain "retry"."""
+    if not isinstance(exc, StoreUnavailable):
+        return _disk_full_failure(0, min_free, send.request_id)
+    if exc.outcome_unknown:
+        return Failed("UNCERTAIN", "the message store (PostgreSQL) lost the connection "
+                      "while committing this message: it may have been accepted; do not "
+                      "send it blindly again: look it up with whatsAppMessageByKey("
+                      "idempotencyKey, session), or send again with the same "
+                      "idempotencyKey (it is never sent twice)",
+                      {"reason": STORE_UNAVAILABLE, "idempotencyKey": send.idempotency_key,
+                       "session": send.session,
+                       "messageId": record["id"] if record is not None else None},
+                      request_id=send.request_id)
+    return _store_unavailable(send.request_id)
+
+
+def _store_unavailable(request_id: str) -> Failed:
+    """The PostgreSQL store cannot be reached: nothing was written or read."""
+    return Failed("UNAVAILABLE", "the message store (PostgreSQL, cluster.database_url) "
+                  "cannot be reached; nothing was written; retry in a few seconds",
+                  {"reason": STORE_UNAVAILABLE, "retryAfterSeconds": STORE_RETRY_SECONDS},
                   request_id=request_id)
 
 

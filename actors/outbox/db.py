@@ -47,6 +47,10 @@ SCHEMA_NAME = "wagate_outbox"
 # so a partition must not hold it longer than this.
 STATEMENT_TIMEOUT_SECONDS = 5.0
 
+# The ``reason`` of a refusal for want of the database, and when to retry.
+STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+STORE_RETRY_SECONDS = 5
+
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+", re.IGNORECASE)
 
 
