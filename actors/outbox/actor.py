@@ -441,6 +441,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     # ---- delivering -------------------------------------------------------------------------
 
     def receiveMsg_SessionLink(self, msg: SessionLink, sender: Any) -> None:
+        if self.store is None:
+            # Before StartWorker (a standby leader's outbox waits for the leadership
+            # lock): StartWorker brings every session's link.
+            return
         old = self.links.get(msg.session)
         self.links[msg.session] = msg
         self._session_event(msg)

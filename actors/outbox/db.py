@@ -43,6 +43,9 @@ from actors.leases.store import SYNCHRONOUS_COMMIT_OPTION, check_durable
 from gateway.core.errors import WagateError
 
 SCHEMA_NAME = "wagate_outbox"
+# What pg_stat_activity shows for the store's connection (an operator, and the tests,
+# tell the active leader's outbox by it).
+APPLICATION_NAME = "wagate-outbox"
 # Each statement's bound, and the connection's: the outbox answers on its one thread,
 # so a partition must not hold it longer than this.
 STATEMENT_TIMEOUT_SECONDS = 5.0
@@ -204,6 +207,7 @@ def connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[Any]:
     try:
         conn: psycopg.Connection[Any] = psycopg.connect(
             dsn, autocommit=True, cursor_factory=psycopg.ClientCursor,
+            application_name=APPLICATION_NAME,
             row_factory=_row_factory,
             connect_timeout=max(1, int(timeout_seconds + 0.999)), tcp_user_timeout=millis,
             keepalives=1, keepalives_idle=max(1, int(timeout_seconds)),

@@ -176,6 +176,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         # (actors.supervisor.lease_agent), a child of its own; None otherwise.
         self.lease_agent: Any = None
         self.holds_leadership = False  # with leases: this leader holds the lock
+        self.outbox_waits = False  # its StartWorker waits for the leadership lock
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
@@ -817,6 +818,15 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def _start_worker_process(self, key: ChildKey, child: Child) -> None:
         assert self.config is not None
+        if key == OUTBOX and self.lease_waits is not None and not self.holds_leadership:
+            # With leases the outbox's store is in PostgreSQL, shared by the leaders:
+            # only the lock's holder may write it, so a standby's outbox gets its
+            # StartWorker when this leader takes the lock (answering "starting" until
+            # then), and stops when it loses it (_step_down).
+            self.outbox_waits = True
+            return
+        if key == OUTBOX:
+            self.outbox_waits = False
         links = tuple(self._session_link(s) for s in self.statuses)
         self.send(child.address, StartWorker(self.config, self.myAddress, links))
         if key == AUDIT:
@@ -894,6 +904,9 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             log.warning("this leader holds the leadership lock: it starts sessions, and "
                         "members join it")
             self.audit("leader.active", host=host_name(self.config), pid=os.getpid())
+            outbox = self.children.get(OUTBOX)
+            if self.outbox_waits and outbox is not None and outbox.address is not None:
+                self._start_worker_process(OUTBOX, outbox)  # the store is ours to write now
             if self.lease_waits.sessions:
                 self._check_leases()
 
@@ -916,6 +929,12 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             self._record_fenced(session, child.host, FENCE_LEADER_LOST)
             child.retiring = child.respawn = True  # its exit waits for the lock (_respawn)
             self.send(child.address, ActorExitRequest())
+        outbox = self.children.get(OUTBOX)
+        if outbox is not None and outbox.address is not None and not outbox.retiring:
+            # The shared store is the new holder's to write: this outbox stops, and its
+            # next process waits for the lock (_start_worker_process).
+            outbox.retiring = outbox.respawn = True
+            self.send(outbox.address, ActorExitRequest())
 
     def _check_leases(self) -> None:
         """Start the waiting sessions whose lease is free; show the others as waiting

@@ -7,12 +7,15 @@ is a standby. A's lock connection is ended from the database's side (its backend
 terminated, as a database restart or an idle-session timeout would) while every
 process of A keeps running. B takes the lock; A notices its loss, stops the session
 it placed as a fenced stop (``leader_lost``: its clean exit releases the lease at
-once) and becomes a standby; the session then connects under B. Before A stepped down
+once) and becomes a standby; so does its outbox, whose store in the database is B's to
+write now; the session then connects under B. Before A stepped down
 it kept the session, its lease stayed held, and B waited for it without end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +66,30 @@ def _end_lock_connection(cluster: PgCluster, host: str) -> int:
     return int(row[0])
 
 
+def _outbox_pid(cluster: PgCluster, pids: set[int]) -> int:
+    """Which of ``pids`` is the outbox: the process holding the store's database
+    connection (its client port in pg_stat_activity, the socket's inode in /proc)."""
+    from actors.outbox.db import APPLICATION_NAME
+
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        ports = {int(r[0]) for r in conn.execute(
+            "SELECT client_port FROM pg_stat_activity WHERE application_name = %s",
+            (APPLICATION_NAME,))}
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) in ports:
+            inodes.add(f"socket:[{fields[9]}]")
+    owners = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fds = Path(f"/proc/{pid}/fd")
+            if any(os.readlink(fd) in inodes for fd in fds.iterdir()):
+                owners.add(pid)
+    assert len(owners) == 1, (ports, owners)
+    return owners.pop()
+
+
 def _events(gw: Gateway, name: str) -> list[dict[str, Any]]:
     from tests.integration.test_audit import events
 
@@ -87,6 +114,7 @@ def test_a_leader_that_loses_the_lock_steps_down_and_the_standby_takes_over(
     assert second.status(SESSION)["lastError"]["code"] == "LEADER_STANDBY"
     session_pid = first.session_pid(SESSION)
     first_pids = set(first.actor_pids())
+    outbox_pid = _outbox_pid(pg, first_pids)
 
     traffic = Traffic(sessions=(SESSION,))
     traffic.start(first)
@@ -108,8 +136,12 @@ def test_a_leader_that_loses_the_lock_steps_down_and_the_standby_takes_over(
                              f"B: {second.status(SESSION)}") from None
     took_session = time.monotonic() - ended_at
 
-    # A lives on, as a standby: its session process was stopped, not killed with it.
-    assert first_pids - {session_pid} <= set(first.actor_pids())
+    # A lives on, as a standby: its session process was stopped, not killed with it;
+    # so was its outbox (the shared store is B's to write now), replaced by one that
+    # waits for the lock.
+    after = set(first.actor_pids())
+    assert first_pids - {session_pid, outbox_pid} <= after
+    assert outbox_pid not in after and len(after - first_pids) == 1, (first_pids, after)
     standing = wait_for(lambda: (s := first.status(SESSION))["lastError"] and
                         s["lastError"]["code"] == "LEADER_STANDBY" and s, 20, 0.1,
                         "A to show its session waiting as a standby's")
