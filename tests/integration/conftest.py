@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -7,6 +8,23 @@ from typing import Any
 import pytest
 
 from tests.integration.harness import Gateway
+from tests.pg import PgCluster
+
+
+@pytest.fixture(autouse=True)
+def fresh_outbox_store(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In multi-host mode the outbox's store is in the lease database (schema
+    ``wagate_outbox``), and a module's tests share one PostgreSQL cluster: each test
+    leaves it without the messages it accepted, so the next one's leader does not send
+    them. Set up first, so it runs after the gateways stopped."""
+    yield
+    for value in request.node.funcargs.values():
+        if isinstance(value, PgCluster) and value.process is not None:
+            import psycopg
+
+            with contextlib.suppress(psycopg.OperationalError), \
+                    psycopg.connect(value.dsn(), autocommit=True, connect_timeout=5) as conn:
+                conn.execute("DROP SCHEMA IF EXISTS wagate_outbox CASCADE")
 
 
 @pytest.fixture

@@ -1,0 +1,77 @@
+"""The outbox's messages survive leader failover (issue 22, item 3): real ``wagate
+serve`` processes on loopback with ``cluster.database_url`` on a real PostgreSQL.
+
+Leader A holds the leadership lock with a session on it; leader B, on the same
+database, is a standby. The simulated WhatsApp service goes down for the session, so
+A accepts messages it cannot send yet: they wait QUEUED in A's outbox store, which
+in multi-host mode is in PostgreSQL. A loses power (SIGKILL of every process of its
+run) and the service comes back. B takes the lock, its outbox opens the same store,
+the session connects under B, and B sends every message A accepted, each exactly
+once. Before the store was in PostgreSQL, those messages stayed in A's data_dir and
+B never sent them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.integration.harness import Gateway, wait_for
+from tests.integration.test_cluster_leases import host_config
+from tests.integration.test_leader_failover import _leader_row, _placement
+from tests.integration.test_session_lease import pg  # noqa: F401 (the module's database)
+from tests.pg import PgCluster
+
+A, B = "alpha", "gamma"
+SESSION = "s1"
+PHONE = "+14155552671"
+COUNT = 12
+TAKEOVER_DEADLINE = 60.0
+
+
+def _leaders(make_gateway: Callable[..., Gateway], shared: Path, url: str
+             ) -> tuple[Gateway, Gateway]:
+    limits = {"limits": {"per_number_per_minute": 100_000, "per_number_per_hour": 100_000,
+                         "global_per_day": 100_000}}
+    first = make_gateway(host_config(shared, url, limits, role="leader", host_name=A,
+                                     sessions=1), name="alpha")
+    second = make_gateway(host_config(shared, url, limits, role="leader", host_name=B,
+                                      sessions=1), name="gamma", key_file=first.key_file)
+    return first, second
+
+
+def test_messages_a_dead_leader_accepted_are_sent_once_by_the_standby(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    first, second = _leaders(make_gateway, tmp_path / "shared", pg.url())
+    first.start()
+    wait_for(lambda: _leader_row(pg) == (A, True), 20, 0.1, "A to take the leadership lock")
+    second.start()
+    first.link(SESSION)
+    assert not second.connect(SESSION).errors  # the standby knows it; it starts nothing
+
+    # The service goes away: the session reconnects, and what A accepts waits QUEUED.
+    first.sim("drop", "--session", SESSION, "--down-for", "300")
+    wait_for(lambda: (_placement(first, SESSION) or {}).get("state") != "CONNECTED", 20, 0.1,
+             "the session to lose its connection")
+    texts = [f"accepted by A {n}" for n in range(COUNT)]
+    for text in texts:
+        result = first.send(PHONE, text, session=SESSION)
+        assert not result.errors, result.errors
+    assert not [m for m in first.inbox() if m["text"] in texts]  # none could be sent
+
+    first.kill_everything()  # A loses power: its outbox never hears of these again
+    second.sim("restore")
+    wait_for(lambda: _leader_row(pg) == (B, True), TAKEOVER_DEADLINE, 0.05,
+             "B to take the leadership lock")
+    wait_for(lambda: (_placement(second, SESSION) or {}) == {"state": "CONNECTED",
+                                                              "host": B},
+             TAKEOVER_DEADLINE, 0.1, "the session to connect under B")
+
+    def all_delivered() -> bool:
+        delivered = [m["text"] for m in second.inbox()]
+        return all(t in delivered for t in texts)
+
+    wait_for(all_delivered, 60, 0.2, "every message A accepted to be sent by B")
+    delivered = [m["text"] for m in second.inbox() if m["text"] in texts]
+    assert sorted(delivered) == sorted(texts), delivered  # each exactly once
