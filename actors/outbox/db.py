@@ -31,9 +31,12 @@ the same calls on psycopg 3:
 from __future__ import annotations
 
 import contextlib
+import queue
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -47,8 +50,10 @@ SCHEMA_NAME = "wagate_outbox"
 # tell the active leader's outbox by it).
 APPLICATION_NAME = "wagate-outbox"
 # Each statement's bound, and the connection's: the outbox answers on its one thread,
-# so a partition must not hold it longer than this.
-STATEMENT_TIMEOUT_SECONDS = 5.0
+# so a partition must not hold it longer than this (plus the grace, for the answer to
+# a statement the server ended at its timeout).
+STATEMENT_TIMEOUT_SECONDS = 3.0
+ANSWER_GRACE_SECONDS = 0.5
 
 # The ``reason`` of a refusal for want of the database, and when to retry.
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
@@ -64,9 +69,11 @@ class StoreUnavailable(WagateError, RuntimeError):
 
     code = "STORE_UNAVAILABLE"
 
-    def __init__(self, message: str, outcome_unknown: bool = False) -> None:
+    def __init__(self, message: str, outcome_unknown: bool = False,
+                 broken: bool = False) -> None:
         super().__init__(message)
         self.outcome_unknown = outcome_unknown
+        self.broken = broken  # the connection is gone (or was never made)
 
 
 class Row(tuple[Any, ...]):
@@ -121,15 +128,67 @@ def translate(sql: str) -> str:
     return text
 
 
+class _Hung(Exception):
+    """A call that did not come back within its bound."""
+
+
+class _Worker:
+    """One daemon thread that runs a connection's calls, one at a time, so that the
+    caller can stop waiting: a frozen server's kernel still acknowledges packets, so
+    neither ``statement_timeout`` (the server is stopped) nor ``tcp_user_timeout`` ends
+    the call (as ``actors.leases.bounded``). A worker whose call hangs is abandoned
+    with its connection; daemon, so it never holds up the process's exit."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, daemon=True, name="wagate-outbox-db").start()
+
+    def _serve(self) -> None:
+        while (item := self._calls.get()) is not None:
+            call, done, box = item
+            try:
+                box.append((True, call()))
+            except BaseException as exc:  # handed to the caller as it is
+                box.append((False, exc))
+            done.set()
+
+    def run(self, call: Callable[[], Any], timeout: float) -> Any:
+        done, box = threading.Event(), []  # type: ignore[var-annotated]
+        self._calls.put((call, done, box))
+        if not done.wait(timeout):
+            raise _Hung
+        ok, value = box[0]
+        if ok:
+            return value
+        raise value
+
+    def finish(self, conn: psycopg.Connection[Any] | None) -> None:
+        """Close ``conn`` after the call in progress (if any), then end the thread."""
+        if conn is not None:
+            self._calls.put((conn.close, threading.Event(), []))
+        self._calls.put(None)
+
+
 class PgConnection:
-    """The subset of ``sqlite3.Connection`` the outbox store uses, on PostgreSQL."""
+    """The subset of ``sqlite3.Connection`` the outbox store uses, on PostgreSQL.
+
+    Every call is bounded by ``timeout_seconds`` plus a moment, also against a frozen
+    server. After a call found no database (no connection, or no answer in time),
+    the next ones fail at once for ``STORE_RETRY_SECONDS``: the outbox answers on one
+    thread, and must not spend every request waiting for the same dead server."""
 
     def __init__(self, dsn: str, timeout_seconds: float = STATEMENT_TIMEOUT_SECONDS) -> None:
         self._dsn = dsn
         self.timeout_seconds = timeout_seconds
         self._conn: psycopg.Connection[Any] | None = None
+        self._worker: _Worker | None = None  # started with the first call
         self._lost_transaction = False  # the connection broke inside a transaction
-        self._connection()  # fail at open, not at the first write
+        self._down_until = 0.0  # monotonic: fail at once until then
+        try:
+            self._connection()  # fail at open, not at the first write
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def in_transaction(self) -> bool:
@@ -165,38 +224,76 @@ class PgConnection:
                          lambda cur: cur.executemany(translate(sql), rows))
 
     def close(self) -> None:
+        """Close the connection and end the worker (a later call starts both again)."""
         conn, self._conn = self._conn, None
-        if conn is not None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.finish(conn)
+        elif conn is not None:
             conn.close()
 
     # --------------------------------------------------------------------- helpers
 
-    def _run(self, statement: str, call: Any) -> Any:
+    def _run(self, statement: str, call: Callable[[Any], Any]) -> Any:
         conn = self._connection()
         in_transaction = conn.info.transaction_status != pq.TransactionStatus.IDLE
-        cursor = conn.cursor()
+
+        def work() -> Any:  # on the worker: touches only ``conn``
+            cursor = conn.cursor()
+            try:
+                call(cursor)  # the rows are fetched with it: reading them waits on nothing
+            except psycopg.IntegrityError as exc:
+                # A constraint refused the row (a unique key): the store's callers see
+                # the same error as on SQLite; the database is fine.
+                raise sqlite3.IntegrityError(str(exc)) from exc
+            except psycopg.Error as exc:
+                broken = conn.closed or conn.broken
+                raise StoreUnavailable(f"{type(exc).__name__}: {exc}",
+                                       outcome_unknown=broken and statement == "COMMIT",
+                                       broken=broken) from exc
+            return cursor
+
         try:
-            call(cursor)
-        except psycopg.IntegrityError as exc:
-            # A constraint refused the row (a unique key): the store's callers see the
-            # same error as on SQLite; the database is fine.
-            raise sqlite3.IntegrityError(str(exc)) from exc
-        except psycopg.Error as exc:
-            broken = conn.closed or conn.broken
-            if broken:
-                self.close()
-                self._lost_transaction = in_transaction and statement != "ROLLBACK"
-                if statement == "COMMIT":
-                    self._lost_transaction = False
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}",
-                                   outcome_unknown=broken and statement == "COMMIT"
-                                   ) from exc
-        return cursor
+            return self._bounded(work, statement == "COMMIT")
+        except StoreUnavailable as exc:
+            if exc.broken or conn is not self._conn:
+                # Gone (or abandoned): a transaction it held is lost with it, and must
+                # not go on, half done, on a new connection.
+                if conn is self._conn:
+                    self.close()
+                self._lost_transaction = in_transaction and statement not in (
+                    "ROLLBACK", "COMMIT")
+            raise
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self._dsn, self.timeout_seconds)
+            if time.monotonic() < self._down_until:
+                raise StoreUnavailable("PostgreSQL did not answer a moment ago; not asked "
+                                       f"again for {STORE_RETRY_SECONDS} s")
+            dsn, timeout = self._dsn, self.timeout_seconds
+            self._conn = self._bounded(lambda: connect(dsn, timeout), False, connecting=True)
         return self._conn
+
+    def _bounded(self, work: Callable[[], Any], committing: bool,
+                 connecting: bool = False) -> Any:
+        """``work()`` on the worker, waited for at most the bound; on no answer the
+        worker and its connection are abandoned (closed once the call returns). No
+        answer, or no connection, pauses the next tries (a connection the server
+        ended, as at its restart, is made again at once)."""
+        if self._worker is None:
+            self._worker = _Worker()
+        try:
+            return self._worker.run(work, self.timeout_seconds + ANSWER_GRACE_SECONDS)
+        except _Hung:
+            self.close()  # closed by the worker once the hung call returns
+            self._down_until = time.monotonic() + STORE_RETRY_SECONDS
+            raise StoreUnavailable(
+                f"PostgreSQL did not answer within {self.timeout_seconds:g} s",
+                outcome_unknown=committing, broken=True) from None
+        except StoreUnavailable:
+            if connecting:
+                self._down_until = time.monotonic() + STORE_RETRY_SECONDS
+            raise
 
 
 def connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[Any]:
@@ -215,12 +312,12 @@ def connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[Any]:
             options=(f"-c statement_timeout={millis} -c lock_timeout={millis} "
                      f"-c search_path={SCHEMA_NAME} " + SYNCHRONOUS_COMMIT_OPTION))
     except psycopg.Error as exc:
-        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}", broken=True) from exc
     try:
         check_durable(conn)
     except psycopg.Error as exc:
         conn.close()
-        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}", broken=True) from exc
     except BaseException:
         conn.close()
         raise

@@ -7,6 +7,9 @@ connection ends it."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -15,6 +18,7 @@ import pytest
 from actors.messages import MessageState
 from actors.outbox.db import PgConnection, StoreUnavailable
 from actors.outbox.store import MessageStore, NewMessage
+from tests.pg import PgCluster
 
 
 def end_backends(dsn: str) -> None:
@@ -116,3 +120,45 @@ def test_a_standby_opening_the_same_database_continues_the_queue_and_the_log(
         assert second.get(later["id"]) is not None
     finally:
         second.close()
+
+
+def _worker_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "wagate-outbox-db"]
+
+
+def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_frozen_server_gets_one_bounded_wait_then_quick_refusals(
+        tmp_path: Path, pg_cluster: PgCluster, pg_dsn: str) -> None:
+    """A server that hangs (SIGSTOP: its kernel still takes the packets, so no timeout
+    of the server or of TCP ends a call) must not hold the outbox: the call is given
+    up after its bound, the transaction with it, and the next calls are refused at once
+    for a while instead of waiting again. Once the server answers, the store goes on,
+    and the abandoned connection and its thread are gone."""
+    store = MessageStore(tmp_path, database_url=pg_dsn)
+    kept = store.add(new("before"), 1.0)
+    pg_cluster.freeze()
+    try:
+        with pytest.raises(StoreUnavailable, match="did not answer within"):
+            store.add(new("while frozen"), 2.0)
+        assert not store.db.in_transaction
+        with pytest.raises(StoreUnavailable, match="not asked again"):
+            store.get(kept["id"])
+    finally:
+        pg_cluster.freeze(False)
+
+    def works() -> bool:
+        try:
+            return store.get(kept["id"]) is not None
+        except StoreUnavailable:
+            return False
+
+    _until(works, 30, "the store to answer again")
+    assert count(pg_dsn) == 1  # the frozen call's message was never committed
+    store.close()
+    _until(lambda: not _worker_threads(), 30, "the abandoned worker to end")
