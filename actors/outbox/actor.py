@@ -222,6 +222,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.numbers: NumberCache | None = None  # number lookups; a receipt corrects them
         self.incoming: IncomingStore | None = None  # messages written to the accounts
         self.disk_low = False  # data_dir under storage.min_free_mb at the last send
+        self.store_down = False  # PostgreSQL's store failed the last tick (logged once)
         # Received messages and receipts whose write found the disk full, written again
         # in order once there is space (actors/outbox/held.py), and the sessions whose
         # session.status event could not be written (the current state is, later).
@@ -907,16 +908,20 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.store.reached if self.store is not None else {},
             self.limits.usage_ratios(now) if self.limits is not None else {},
             self.uncertain_total)
-        if self.store is not None:
-            rows, size = self._event_log_size(now)
-            metrics = replace(metrics, events_written=dict(self.store.events_written),
-                              event_rows=rows, event_bytes=size,
-                              media_bytes=outbox_media.stored_bytes(self.store),
-                              media_received=dict(self.media_received),
-                              held_writes=len(self.held), held_lost=self.held.lost)
-        unconfirmed = (self.store.unconfirmed(
-            now - self.config.delivery.unconfirmed_after_seconds)
-            if self.store is not None and self.config is not None else {})
+        unconfirmed: dict[str, int] = {}
+        try:
+            if self.store is not None:
+                rows, size = self._event_log_size(now)
+                metrics = replace(metrics, events_written=dict(self.store.events_written),
+                                  event_rows=rows, event_bytes=size,
+                                  media_bytes=outbox_media.stored_bytes(self.store),
+                                  media_received=dict(self.media_received),
+                                  held_writes=len(self.held), held_lost=self.held.lost)
+            if self.store is not None and self.config is not None:
+                unconfirmed = self.store.unconfirmed(
+                    now - self.config.delivery.unconfirmed_after_seconds)
+        except StoreUnavailable as exc:  # the report without the store's figures
+            log.warning("health without the message store's figures", error=str(exc))
         # Only sessions that still exist: a forgotten session's SENT records stay until
         # retention, and a warning about a session no one can see helps no one.
         known = {status.session for status in msg.report.sessions}
@@ -969,7 +974,12 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             return
         db = self.store.db
         if link.session not in self.session_states:
-            self.session_states[link.session] = events.last_session_state(db, link.session)
+            try:
+                self.session_states[link.session] = events.last_session_state(db,
+                                                                              link.session)
+            except StoreUnavailable:  # written at a later tick (_write_held)
+                self.status_unwritten.add(link.session)
+                return
         previous = self.session_states[link.session]
         error = link.last_error.code if link.last_error is not None else None
         nested = db.in_transaction  # then the failure is the enclosing write's to handle
@@ -1301,8 +1311,22 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                         "restarts)", seconds=round(skew, 1))
 
     def _tick(self) -> None:
-        assert self.store is not None and self.config is not None
         self._arm_tick()  # first: a tick that fails is not run again, the next one is due
+        try:
+            self._tick_work()
+        except StoreUnavailable as exc:  # PostgreSQL: the next tick tries again
+            if not self.store_down:
+                log.error("the message store (PostgreSQL, cluster.database_url) cannot be "
+                          "reached: sends are refused, results and receipts wait in memory",
+                          error=str(exc))
+            self.store_down = True
+            return
+        if self.store_down:
+            log.info("the message store (PostgreSQL) answers again")
+            self.store_down = False
+
+    def _tick_work(self) -> None:
+        assert self.store is not None and self.config is not None
         now = self.clock()
         self._log_clock_step()
         if self.held or self.status_unwritten:
