@@ -8,7 +8,10 @@ leaves either the change and its event, or neither.
 ``seq`` (INTEGER PRIMARY KEY AUTOINCREMENT) is the cursor: it only grows, and SQLite
 never hands out a number again, not even after the newest rows are pruned or a
 transaction is rolled back (AUTOINCREMENT keeps the high-water mark in
-``sqlite_sequence``). ``id`` is the stable event id an application dedupes on.
+``sqlite_sequence``). On PostgreSQL (multi-host mode, ``actors.outbox.db``) it is an
+identity column, and each event-writing transaction holds a lock from before its
+number is drawn to its commit, so numbers are committed in order there too. ``id`` is
+the stable event id an application dedupes on.
 
 Plain code (no actors): the outbox actor is the one writer; the functions take the
 connection so that the caller's transaction is the event's transaction.
@@ -36,6 +39,8 @@ RECEIVED_PERSONAL = ("text", "phone_number", "sender_jid", "sender_lid", "push_n
 # a send become; QUEUED and SENDING are in the queue panel, EXPIRED is rare and is not drawn.
 CHART_STATES = ("SENT", "DELIVERED", "READ", "FAILED")
 HOUR = 3600
+# pg_advisory_xact_lock's key for writing the event log on PostgreSQL ("wagate events")
+EVENT_LOCK = 0x7761676174657665
 # SQLite's largest INTEGER: a cursor naming more is forged (a larger number does not even
 # bind as a query parameter: OverflowError), so decoding refuses it as invalid.
 MAX_SEQ = 2**63 - 1
@@ -99,8 +104,14 @@ def append_event(db: Db, type: str, session: str, data: dict[str, Any],
     insert = ("INSERT INTO events (id, type, session, created_at, data) "
               "VALUES (?, ?, ?, ?, ?)")
     values = (event_id, type, session, now, body)
-    if is_postgres(db):  # an identity column: the number comes back with the row
-        seq = db.execute(insert + " RETURNING seq", values).fetchone()[0]
+    if is_postgres(db):
+        # An identity column: the number comes back with the row. The transaction's
+        # lock is taken before the number: a second writer (a leader that has not yet
+        # noticed it lost the lock) waits for this commit, so numbers are committed in
+        # order and a reader's cursor never skips a row committed after it read.
+        seq = db.execute("INSERT INTO events (id, type, session, created_at, data) "
+                         "SELECT ?, ?, ?, ?, ? FROM (SELECT pg_advisory_xact_lock("
+                         f"{EVENT_LOCK})) AS l RETURNING seq", values).fetchone()[0]
     else:
         seq = db.execute(insert, values).lastrowid
     assert seq is not None

@@ -162,3 +162,28 @@ def test_a_frozen_server_gets_one_bounded_wait_then_quick_refusals(
     assert count(pg_dsn) == 1  # the frozen call's message was never committed
     store.close()
     _until(lambda: not _worker_threads(), 30, "the abandoned worker to end")
+
+
+def test_event_numbers_are_committed_in_order_even_with_two_writers(
+        tmp_path: Path, pg_dsn: str) -> None:
+    """A reader pages by ``seq``: a number drawn before another but committed after it
+    would be skipped by a reader that read in between. One writer at a time is the
+    rule (the leader holding the lock), but a leader that has not yet noticed its
+    loss may still write: its event waits for the other's commit."""
+    from actors.outbox import events
+    from actors.outbox.db import StoreUnavailable, transaction
+
+    first = MessageStore(tmp_path / "a", database_url=pg_dsn)
+    second = MessageStore(tmp_path / "b", database_url=pg_dsn)
+    try:
+        with transaction(first.db):
+            early = events.append_event(first.db, events.SESSION_STATUS, "s", {}, 1.0)
+            with pytest.raises(StoreUnavailable, match=r"QueryCanceled|LockNotAvailable"):
+                events.append_event(second.db, events.SESSION_STATUS, "s", {}, 2.0)
+        late = events.append_event(second.db, events.SESSION_STATUS, "s", {}, 3.0)
+        assert late.seq > early.seq
+        assert [e.seq for e in events.events_after(first.db, 0, limit=9)] == [
+            early.seq, late.seq]
+    finally:
+        first.close()
+        second.close()
