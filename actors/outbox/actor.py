@@ -152,6 +152,11 @@ class _AckTimeout:
 
 
 @dataclass(frozen=True, slots=True)
+class _StartAgain:
+    """Time to try opening the PostgreSQL store again (``OutboxActor._start``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Tick:
     """Expiry, due retries and pruning: sparse, one timer for everything."""
 
@@ -185,6 +190,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.config: Config | None = None
         self.data_path = Path()  # msg.config.data_path, from StartWorker
         self.store: MessageStore | None = None
+        self.starting: StartWorker | None = None  # the StartWorker being acted on
         self.links: dict[str, SessionLink] = {}
         self.in_flight: dict[str, str] = {}  # message id -> session
         self.busy: dict[str, int] = {}  # session -> messages in flight
@@ -244,7 +250,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     # ---- start ----------------------------------------------------------------------
 
     def receiveMsg_StartWorker(self, msg: StartWorker, sender: Any) -> None:
-        if self.store is not None:
+        if self.store is not None or self.starting is not None:
             return
         setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
         self.config = msg.config
@@ -253,13 +259,28 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.data_path = msg.config.data_path
         self.supervisor = msg.supervisor
         self.links = {link.session: link for link in msg.links}
+        self.starting = msg
+        self._start(msg)
+
+    def _start(self, msg: StartWorker) -> None:
+        """Open the store and recover; with PostgreSQL, again every STORE_RETRY_SECONDS
+        while it cannot be opened (the database is down, or the outbox of a leader that
+        has not yet noticed it lost the lock still holds it): answering "starting"
+        meanwhile, not crashing into the restart budget."""
         # Multi-host mode with a database: the store is in PostgreSQL, where a standby
-        # leader that takes over finds every accepted message (actors/outbox/db.py).
-        self.store = MessageStore(msg.config.data_path / "outbox",
-                                  msg.config.delivery.synchronous,
-                                  msg.config.delivery.keep_text,
-                                  database_url=msg.config.cluster.database_url
-                                  if lease_mode(msg.config) else "")
+        # leader that takes over finds every accepted message (actors/outbox/db.py);
+        # this outbox is then its one writer (``exclusive``).
+        try:
+            self.store = MessageStore(msg.config.data_path / "outbox",
+                                      msg.config.delivery.synchronous,
+                                      msg.config.delivery.keep_text,
+                                      database_url=msg.config.cluster.database_url
+                                      if lease_mode(msg.config) else "", exclusive=True)
+        except StoreUnavailable as exc:
+            log.error("the message store (PostgreSQL) cannot be opened yet; trying again",
+                      error=str(exc), retry_seconds=STORE_RETRY_SECONDS)
+            self.wakeupAfter(timedelta(seconds=STORE_RETRY_SECONDS), payload=_StartAgain())
+            return
         self.incoming = IncomingStore(self.store.db, msg.config.delivery.keep_text,
                                       msg.config.messages.opt_out_keywords)
         limits_dir = msg.config.data_path / "limits"
@@ -274,7 +295,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self.journal = JournalCheck(msg.config.cluster.database_url,
                                         msg.config.cluster.journal_retention_hours)
         now = self.clock()
-        for link in msg.links:
+        for link in list(self.links.values()):
             self._session_event(link)  # the changes made while no outbox ran
         self._settle_unknown(self.store.in_state(MessageState.SENDING), now,
                              "the outbox restarted while it was being sent")
@@ -444,7 +465,10 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_SessionLink(self, msg: SessionLink, sender: Any) -> None:
         if self.store is None:
             # Before StartWorker (a standby leader's outbox waits for the leadership
-            # lock): StartWorker brings every session's link.
+            # lock), which brings every session's link; or while the store cannot be
+            # opened yet: kept for the start.
+            if self.starting is not None:
+                self.links[msg.session] = msg
             return
         old = self.links.get(msg.session)
         self.links[msg.session] = msg
@@ -810,6 +834,9 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         payload = msg.payload
         if isinstance(payload, _Tick):
             self._tick()
+        elif isinstance(payload, _StartAgain):
+            if self.store is None and self.starting is not None:
+                self._start(self.starting)
         elif isinstance(payload, _PaceDue):
             self.pace_armed.discard(payload.session)
             self._dispatch(payload.session)

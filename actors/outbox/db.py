@@ -55,6 +55,9 @@ APPLICATION_NAME = "wagate-outbox"
 STATEMENT_TIMEOUT_SECONDS = 3.0
 ANSWER_GRACE_SECONDS = 0.5
 
+# pg_advisory_lock's key of the store's one writer ("wagate outbox writer")
+WRITER_LOCK = 0x7761676174657772
+
 # The ``reason`` of a refusal for want of the database, and when to retry.
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 STORE_RETRY_SECONDS = 5
@@ -177,9 +180,16 @@ class PgConnection:
     the next ones fail at once for ``STORE_RETRY_SECONDS``: the outbox answers on one
     thread, and must not spend every request waiting for the same dead server."""
 
-    def __init__(self, dsn: str, timeout_seconds: float = STATEMENT_TIMEOUT_SECONDS) -> None:
+    def __init__(self, dsn: str, timeout_seconds: float = STATEMENT_TIMEOUT_SECONDS,
+                 exclusive: bool = False) -> None:
+        """``exclusive``: every connection first takes the writer lock (``WRITER_LOCK``,
+        a session-level advisory lock, held as long as the connection lives), and one
+        that cannot is not used. So one outbox writes the store at a time: a leader's
+        outbox that has not yet noticed the leadership moved cannot write next to the
+        new leader's, whose start waits until the old one's connection is gone."""
         self._dsn = dsn
         self.timeout_seconds = timeout_seconds
+        self.exclusive = exclusive
         self._conn: psycopg.Connection[Any] | None = None
         self._worker: _Worker | None = None  # started with the first call
         self._lost_transaction = False  # the connection broke inside a transaction
@@ -270,8 +280,9 @@ class PgConnection:
             if time.monotonic() < self._down_until:
                 raise StoreUnavailable("PostgreSQL did not answer a moment ago; not asked "
                                        f"again for {STORE_RETRY_SECONDS} s")
-            dsn, timeout = self._dsn, self.timeout_seconds
-            self._conn = self._bounded(lambda: connect(dsn, timeout), False, connecting=True)
+            dsn, timeout, exclusive = self._dsn, self.timeout_seconds, self.exclusive
+            self._conn = self._bounded(lambda: _open(dsn, timeout, exclusive), False,
+                                       connecting=True)
         return self._conn
 
     def _bounded(self, work: Callable[[], Any], committing: bool,
@@ -294,6 +305,23 @@ class PgConnection:
             if connecting:
                 self._down_until = time.monotonic() + STORE_RETRY_SECONDS
             raise
+
+
+def _open(dsn: str, timeout_seconds: float, exclusive: bool) -> psycopg.Connection[Any]:
+    """A connection (``connect``), holding the writer lock when ``exclusive``."""
+    conn = connect(dsn, timeout_seconds)
+    if not exclusive:
+        return conn
+    try:
+        held = conn.execute(f"SELECT pg_try_advisory_lock({WRITER_LOCK})").fetchone()
+    except psycopg.Error as exc:
+        conn.close()
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}", broken=True) from exc
+    if held is None or not held[0]:
+        conn.close()
+        raise StoreUnavailable("another outbox (the active leader's) writes the store now; "
+                               "this one waits until its connection ends", broken=True)
+    return conn
 
 
 def connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[Any]:

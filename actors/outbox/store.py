@@ -130,7 +130,8 @@ UNCONFIRMED_SQL = ("SELECT session, COUNT(*) FROM messages INDEXED BY unconfirme
 
 class MessageStore:
     def __init__(self, directory: Path, synchronous: str = "NORMAL",
-                 keep_text: bool = True, database_url: str = "") -> None:
+                 keep_text: bool = True, database_url: str = "",
+                 exclusive: bool = False) -> None:
         """``keep_text`` false (``delivery.keep_text``): a message's text is erased the
         moment it reaches a final state, whichever path took it there (``transition``),
         and at open from any finished record that still has it (written before the
@@ -138,7 +139,9 @@ class MessageStore:
 
         ``database_url`` (multi-host mode with a database): the store is in PostgreSQL,
         where a standby leader finds it (``actors.outbox.db``); ``directory`` and
-        ``synchronous`` are then unused (commits there are always durable)."""
+        ``synchronous`` are then unused (commits there are always durable).
+        ``exclusive`` (the outbox actor): this store is the database's one writer
+        (``PgConnection``'s writer lock); another exclusive opener waits."""
         self.keep_text = keep_text
         # Messages that reached each state since this store was opened (each message
         # once per state, however often it is retried): /metrics reads it at scrape
@@ -147,7 +150,7 @@ class MessageStore:
         self.events_written: Counter[str] = Counter()  # by type, likewise for /metrics
         self.db: Db
         if database_url:
-            self.db = _open_postgres(database_url)
+            self.db = _open_postgres(database_url, exclusive)
             if not keep_text:
                 self._erase_finished_text()
             return
@@ -530,10 +533,10 @@ def _add_event_log(db: sqlite3.Connection) -> None:
 MIGRATIONS = (_add_event_log, add_incoming, add_media)
 
 
-def _open_postgres(database_url: str) -> PgConnection:
+def _open_postgres(database_url: str, exclusive: bool) -> PgConnection:
     """The store's connection to PostgreSQL, its tables made or migrated
     (``actors.outbox.pg_schema``)."""
-    db = PgConnection(database_url)
+    db = PgConnection(database_url, exclusive=exclusive)
     try:
         pg_schema.ensure(db)
     except BaseException:

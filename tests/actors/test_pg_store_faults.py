@@ -187,3 +187,27 @@ def test_event_numbers_are_committed_in_order_even_with_two_writers(
     finally:
         first.close()
         second.close()
+
+
+def test_one_exclusive_writer_at_a_time(tmp_path: Path, pg_dsn: str) -> None:
+    """The outbox opens its store exclusive: a second outbox (a new leader's, while the
+    old one has not yet noticed it lost the lock) waits until the first's connection
+    is gone, and a reader that is not exclusive is never kept out."""
+    first = MessageStore(tmp_path / "a", database_url=pg_dsn, exclusive=True)
+    kept = first.add(new("by the first"), 1.0)
+    with pytest.raises(StoreUnavailable, match="another outbox"):
+        MessageStore(tmp_path / "b", database_url=pg_dsn, exclusive=True)
+    reader = MessageStore(tmp_path / "c", database_url=pg_dsn)
+    assert reader.get(kept["id"]) is not None
+    reader.close()
+    end_backends(pg_dsn)  # the first's connection ends (its lock with it)
+    second = MessageStore(tmp_path / "b", database_url=pg_dsn, exclusive=True)
+    try:
+        assert second.get(kept["id"]) is not None
+        with pytest.raises(StoreUnavailable):
+            first.get(kept["id"])  # its connection was ended
+        with pytest.raises(StoreUnavailable, match="another outbox"):
+            first.get(kept["id"])  # reconnecting, it finds the lock taken
+    finally:
+        second.close()
+        first.close()
