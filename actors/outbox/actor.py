@@ -309,10 +309,23 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     # ---- accepting ----------------------------------------------------------------------
 
     def receiveMsg_SendText(self, msg: SendText, sender: Any) -> None:
-        self._accept(msg, sender)
+        self._accept_or_refuse(msg, sender)
 
     def receiveMsg_Offer(self, msg: Offer, sender: Any) -> None:
-        self._accept(msg.send, msg.reply_to)
+        self._accept_or_refuse(msg.send, msg.reply_to)
+
+    def _accept_or_refuse(self, send: SendText, reply_to: Any) -> None:
+        """``_accept``; a PostgreSQL store that does not answer one of the checks before
+        the write (an idempotency key, the media bound) refuses the send: nothing was
+        written. Once written (``accepting``), a failure is ``handler_failed``'s."""
+        try:
+            self._accept(send, reply_to)
+        except StoreUnavailable as exc:
+            if self.accepting is not None:
+                raise
+            log.error("a send's checks found the message store unreachable; refused",
+                      error=str(exc))
+            self.send(reply_to, _store_unavailable(send.request_id))
 
     def _accept(self, send: SendText, reply_to: Any) -> None:
         """Every check, then the write, then the answer (or the wait for the ack)."""

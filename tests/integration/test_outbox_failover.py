@@ -75,3 +75,31 @@ def test_messages_a_dead_leader_accepted_are_sent_once_by_the_standby(
     wait_for(all_delivered, 60, 0.2, "every message A accepted to be sent by B")
     delivered = [m["text"] for m in second.inbox() if m["text"] in texts]
     assert sorted(delivered) == sorted(texts), delivered  # each exactly once
+
+
+def test_a_send_the_database_cannot_take_is_refused_and_never_sent(
+        make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
+        tmp_path: Path) -> None:
+    """The store's table is locked by someone else longer than a statement may wait
+    (the database is there, the leadership lock too): the send is refused with
+    UNAVAILABLE, reason STORE_UNAVAILABLE, nothing of it is kept, and the next send,
+    once the lock is gone, goes through."""
+    import psycopg
+
+    first, _ = _leaders(make_gateway, tmp_path / "shared", pg.url())
+    first.start()
+    wait_for(lambda: _leader_row(pg) == (A, True), 20, 0.1, "A to take the leadership lock")
+    first.link(SESSION)
+    assert not first.send(PHONE, "before the lock", session=SESSION).errors
+    with psycopg.connect(pg.dsn(), autocommit=False) as blocker:
+        blocker.execute("LOCK TABLE wagate_outbox.messages IN ACCESS EXCLUSIVE MODE")
+        refused = first.send(PHONE, "while locked", session=SESSION)
+        blocker.rollback()
+    assert refused.error_code == "UNAVAILABLE", refused.errors
+    assert refused.error["extensions"]["reason"] == "STORE_UNAVAILABLE", refused.errors
+    wait_for(lambda: not first.send(PHONE, "after the lock", session=SESSION).errors, 30,
+             0.5, "a send to be accepted again")
+    wait_for(lambda: "after the lock" in [m["text"] for m in first.inbox()], 30, 0.2,
+             "the next send to be delivered")
+    texts = [m["text"] for m in first.inbox()]
+    assert "while locked" not in texts and texts.count("before the lock") == 1
