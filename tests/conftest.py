@@ -59,12 +59,19 @@ def store_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def open_store(store_backend: str) -> Callable[..., Any]:
+def open_store(store_backend: str) -> Iterator[Callable[..., Any]]:
     """``MessageStore(directory, ...)`` on this test's backend: every call opens the
-    same store (a reopen is a restart, or a standby leader taking over)."""
+    same store (a reopen is a restart, or a standby leader taking over). Each is
+    closed at the end (a PostgreSQL one has a thread), also those a test left open."""
     from actors.outbox.store import MessageStore
 
-    def opener(directory: Path, *args: Any, **kwargs: Any) -> MessageStore:
-        return MessageStore(directory, *args, database_url=store_backend, **kwargs)
+    opened: list[MessageStore] = []
 
-    return opener
+    def opener(directory: Path, *args: Any, **kwargs: Any) -> MessageStore:
+        store = MessageStore(directory, *args, database_url=store_backend, **kwargs)
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()
