@@ -7,6 +7,10 @@ key-value cache does not offer. SQLite in WAL mode with ``synchronous=NORMAL``
 survives a SIGKILL of any process without losing a committed record; ``FULL`` (a
 config key) also survives a power cut, at the cost of one fsync per change.
 
+In multi-host mode with a database (``cluster.database_url``) the same tables are in
+PostgreSQL instead (``actors.outbox.db``, ``pg_schema``), so that a standby leader
+that takes over continues every accepted message; the methods keep their meaning.
+
 The store is plain code (no actors), used by one writer: the outbox actor.
 """
 
