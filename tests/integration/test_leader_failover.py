@@ -12,8 +12,9 @@ B accepted delivered once. M's own API, which answered through A before the kill
 answers through B without a restart: a status query, then a send.
 
 The sessions are registered on both leaders (the standby knows only the sessions it
-was told about: the leaders' registries and outboxes are not shared yet, issue 22
-item 3), and both leaders share the session store, as hosts of a cluster do.
+was told about: the leaders' registries are not shared yet, issue 22 item 3; their
+outbox store is, in the database: test_outbox_failover.py), and both leaders share
+the session store, as hosts of a cluster do.
 """
 
 from __future__ import annotations
