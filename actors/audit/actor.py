@@ -16,6 +16,15 @@ Nothing is dropped silently: events that arrive while the log cannot be opened (
 lock is briefly held by a CLI, or the disk is full) wait in memory, up to
 ``MAX_PENDING``; beyond that, or when a write fails, they are counted and the next
 entry that can be written is preceded by ``audit.lost`` with the count.
+
+In multi-host mode with a database (``lease_mode``) the chain is the table of
+``actors.audit.pg`` and only the active leader writes it: a standby leader's actor
+keeps its events in memory (as above) and looks every ``STANDBY_RETRY_SECONDS``
+whether its leader took the lock; then it reads the head the old leader left and
+goes on from there. An append the database refuses (this leader lost the lock, or
+the chain moved on) writes nothing: the entry goes back to the front of the queue,
+or is refused to a caller that waits for the answer, and the log is opened again.
+The file lock is still taken, so that the CLI on this host sends its entries here.
 """
 
 from __future__ import annotations
@@ -32,7 +41,16 @@ import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.audit.bursts import BurstCounter
-from actors.audit.log import TIME_PRECISION, AuditLock, AuditLog, audit_dir, lock_holder
+from actors.audit.log import (
+    TIME_PRECISION,
+    AuditLock,
+    AuditLog,
+    AuditNotLeader,
+    AuditRefused,
+    ChainWriter,
+    audit_dir,
+    lock_holder,
+)
 from actors.messages import (
     AuditBatch,
     AuditEvent,
@@ -43,7 +61,8 @@ from actors.messages import (
     StartWorker,
 )
 from actors.run_once import RunOnce
-from gateway.core.config import Config
+from actors.system import bind_address, host_name
+from gateway.core.config import Config, lease_mode
 from gateway.core.disk import disk_full_details, is_disk_full, write_refused_text
 from gateway.core.observability import setup_logging
 from gateway.core.times import iso_time
@@ -53,6 +72,7 @@ log = structlog.get_logger("wagate.audit")
 LOCK_RETRY_SECONDS = 0.2  # a CLI holds the lock for one entry: milliseconds
 OPEN_RETRY_SECONDS = 5.0  # the log could not be opened (disk full, damaged tail)
 LOCK_WARN_SECONDS = 5.0
+STANDBY_RETRY_SECONDS = 1.0  # a standby leader looks this often whether it leads now
 MAX_PENDING = 10000
 MEGABYTE = 1024 * 1024
 AUTH_FAILURE = "auth.failure"
@@ -80,7 +100,8 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         super().__init__(*args, **kwargs)
         self.config: Config | None = None
         self.lock: AuditLock | None = None
-        self.log: AuditLog | None = None
+        self.log: ChainWriter | None = None
+        self.standby = False  # multi-host: this leader does not hold the leadership lock
         self.pending: deque[_Pending] = deque()
         self.lost = 0
         self.retry_armed = False
@@ -162,7 +183,8 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
                 # A caller waits to act on the answer (an admin command records before
                 # it reports success): refused now, so it undoes or retries its action,
                 # and never written later behind its back.
-                self._refuse(item, "the audit log cannot be written right now (the disk "
+                self._refuse(item, STANDBY_TEXT if self.standby else
+                             "the audit log cannot be written right now (the disk "
                              "may be full, or another process holds the audit lock)")
                 return
             if len(self.pending) >= MAX_PENDING:
@@ -203,18 +225,30 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
                 return False
         self.waiting_since = None
         try:
-            self.log = AuditLog.open(self.lock.directory,
-                                     int(config.audit.max_file_mb * MEGABYTE),
-                                     config.audit.recipients, keep_files=config.audit.max_files)
+            self.log = open_writer(config, self.lock.directory)
+        except AuditNotLeader:
+            if not self.standby:
+                self.standby = True
+                log.info("this leader is a standby: only the active leader writes the audit "
+                         "chain; entries wait in memory until this leader holds the lock",
+                         pending=len(self.pending))
+            self._retry(STANDBY_RETRY_SECONDS)
+            return False
         except Exception as exc:  # a damaged tail, a full disk: say so, keep trying
             log.error("cannot open the audit log; entries wait in memory", error=str(exc))
             self._retry(OPEN_RETRY_SECONDS)
             return False
+        if self.standby:
+            self.standby = False
+            log.warning("this leader writes the audit chain now; it continues after the "
+                        "last entry in the database", pending=len(self.pending))
         if self.log.torn is not None:
             log.warning("the audit log ended in a torn line; it was set aside",
                         saved_as=self.log.torn.saved_as, bytes=self.log.torn.size)
-        self._write(_Pending(AuditEvent("audit.opened", {"pid": os.getpid(),
-                                                         "writer": "gateway"})))
+        opened: dict[str, Any] = {"pid": os.getpid(), "writer": "gateway"}
+        if lease_mode(config):
+            opened["host"] = host_name(config)
+        self._write(_Pending(AuditEvent("audit.opened", opened)))
         while self.pending and self.log is not None:
             self._write(self.pending.popleft())
         return self.log is not None
@@ -228,6 +262,9 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
                 self.log.append("audit.lost", {"count": self.lost})
                 self.lost = 0
             entry = self.log.append(event.event, fields, event.request_id)
+        except AuditRefused as exc:
+            self._refused(item, exc)
+            return
         except Exception as exc:  # never raise: a raising handler runs twice
             self.lost += 1
             log.error("audit entry not written", audit_event=str(event.event)[:64],
@@ -245,6 +282,29 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
             self.send(item.reply_to, Ok({"seq": entry["seq"], "hash": entry["hash"]},
                                         request_id=item.request_id))
 
+    def _refused(self, item: _Pending, exc: AuditRefused) -> None:
+        """The database refused the append (this leader lost the lock, or the chain
+        moved on): nothing was written. The entry waits at the front of the queue (or
+        is refused to its caller, who acts on the answer), and the log is opened again,
+        which reads the head anew: as soon as this leader leads, or at once after a
+        moved head."""
+        assert self.log is not None
+        standby = isinstance(exc, AuditNotLeader)
+        log.error("audit entry refused by the database; it waits to be written",
+                  audit_event=str(item.event.event)[:64], error=str(exc),
+                  pending=len(self.pending) + (item.reply_to is None))
+        if item.reply_to is not None:
+            self._refuse(item, STANDBY_TEXT if standby else
+                         "the audit chain moved on under this writer")
+        elif len(self.pending) >= MAX_PENDING:
+            self.lost += 1
+        else:
+            self.pending.appendleft(item)
+        self.log.close()
+        self.log = None
+        self.standby = standby
+        self._retry(STANDBY_RETRY_SECONDS if standby else LOCK_RETRY_SECONDS)
+
     def _refuse(self, item: _Pending, message: str,
                 details: dict[str, Any] | None = None) -> None:
         if item.reply_to is not None:
@@ -256,3 +316,23 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         if not self.retry_armed:
             self.retry_armed = True
             self.wakeupAfter(timedelta(seconds=seconds), payload=_Retry())
+
+
+STANDBY_TEXT = ("this leader is a standby: only the active leader writes the audit chain "
+                "(multi-host mode)")
+
+
+def open_writer(config: Config, directory: Any) -> ChainWriter:
+    """The chain's writer: the files in ``directory``, or in multi-host mode with a
+    database the table there, fenced by this leader's hold on the leadership lock
+    (its address as the supervisor publishes it). psycopg is imported only then."""
+    if not lease_mode(config):
+        return AuditLog.open(directory, int(config.audit.max_file_mb * MEGABYTE),
+                             config.audit.recipients, keep_files=config.audit.max_files)
+    from actors.audit.pg import PgAuditLog
+
+    return PgAuditLog.open(config.cluster.database_url, config.audit.recipients,
+                           secret_dir=directory,
+                           leader_address=f"{bind_address(config)}:{config.actors.admin_port}",
+                           leader_host=host_name(config),
+                           timeout_seconds=config.cluster.lease_renew_seconds)

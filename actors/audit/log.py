@@ -60,7 +60,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
@@ -104,6 +104,17 @@ KINDS = ("edited", "removed", "reordered", "inserted", "truncated", "unreadable"
 
 class AuditError(WagateError, RuntimeError):
     """The audit log cannot be opened or written; the message says what to do."""
+
+
+class AuditRefused(AuditError):
+    """An append to the chain in PostgreSQL (``actors.audit.pg``) was refused: the chain
+    moved on from this writer's head (another writer appended after the same entry), or
+    this leader no longer holds the leadership lock. Nothing was written; the writer is
+    ``broken`` and must be reopened, which reads the head again."""
+
+
+class AuditNotLeader(AuditRefused):
+    """This leader does not hold the leadership lock: only the active leader writes."""
 
 
 # ---- files and the lock ----------------------------------------------------------------
@@ -357,6 +368,19 @@ def next_entry(seq: int, last_hash: str, now: float, event: str,
 
 
 # ---- the writer ----------------------------------------------------------------------------
+
+
+class ChainWriter(Protocol):
+    """What the audit actor and the CLI use of a writer: ``AuditLog`` (files) and
+    ``actors.audit.pg.PgAuditLog`` (PostgreSQL, multi-host mode)."""
+
+    @property
+    def torn(self) -> TornTail | None: ...
+    @property
+    def broken(self) -> bool: ...
+    def append(self, event: str, fields: Mapping[str, Any] | None = None,
+               request_id: str = "") -> dict[str, Any]: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,9 @@ from actors.audit.log import (
     GENESIS,
     RECIPIENT_MODES,
     AuditError,
+    AuditNotLeader,
+    AuditRefused,
+    TornTail,
     Verification,
     load_secret,
     next_entry,
@@ -109,21 +112,12 @@ _TAIL: LiteralString = ("SELECT entry FROM (SELECT seq, entry FROM wagate_audit 
 BATCH_ROWS = 1000
 
 
-class AuditRefused(AuditError):
-    """The append was refused: the chain has moved on from this writer's head (another
-    writer appended after the same entry), or this leader no longer holds the
-    leadership lock. Nothing was written; reopen to read the head again."""
-
-
-class AuditNotLeader(AuditRefused):
-    """This leader does not hold the leadership lock: only the active leader writes."""
-
-
 class PgAuditLog:
     """Appends entries to the chain in ``wagate_audit``; the same interface as
     ``AuditLog`` where the audit actor and the CLI use it."""
 
-    torn = None  # a row is committed whole: there is never a torn line to set aside
+    # A row is committed whole: there is never a torn line to set aside.
+    torn: TornTail | None = None
 
     def __init__(self, dsn: str, recipients: str = "masked", *, secret_dir: Path | None = None,
                  leader_address: str = "", leader_host: str = "",

@@ -13,14 +13,17 @@ from typing import Any, Protocol
 import psycopg
 import pytest
 
-from actors.audit.log import GENESIS, AuditLog, Verification, entry_hash, log_files, verify
-from actors.audit.pg import (
+from actors.audit.log import (
+    GENESIS,
+    AuditLog,
     AuditNotLeader,
     AuditRefused,
-    PgAuditLog,
-    read_tail_pg,
-    verify_pg,
+    Verification,
+    entry_hash,
+    log_files,
+    verify,
 )
+from actors.audit.pg import PgAuditLog, read_tail_pg, verify_pg
 from actors.leases.leader import LeaderLock
 
 
