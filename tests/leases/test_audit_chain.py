@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from actors.audit.log import (
     GENESIS,
@@ -25,6 +26,10 @@ from actors.audit.log import (
 )
 from actors.audit.pg import PgAuditLog, read_tail_pg, verify_pg
 from actors.leases.leader import LeaderLock
+from gateway.cli.audit_client import record_admin_action
+from gateway.cli.wagate import main
+from gateway.core.config import load_config
+from tests.pg import PgCluster
 
 
 class Chain(Protocol):
@@ -345,3 +350,76 @@ def test_only_the_active_leader_writes_and_the_chain_goes_on_across_a_takeover(
     assert result.ok, result.problem
     events = [json.loads(line)["event"] for line in TableChain(pg_dsn).lines()]
     assert events == ["leader.active", "mutation", "leader.active"]
+
+
+# ---- the CLI in multi-host mode -----------------------------------------------------------
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster, pg_dsn: str) -> str:
+    """``pg_dsn``'s database as the URL ``cluster.database_url`` takes."""
+    return pg_cluster.url(conninfo_to_dict(pg_dsn)["dbname"])
+
+
+def _leader_config_file(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(f"""
+[storage]
+data_dir = "{tmp_path / 'data'}"
+
+[cluster]
+role = "leader"
+host_name = "one"
+advertise_address = "127.0.0.1"
+allow_networks = ["127.0.0.1/32"]
+database_url = "{url}"
+""")
+    return path
+
+
+def test_cli_verify_and_tail_read_the_database_in_multi_host_mode(
+        pg_dsn: str, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _leader_config_file(tmp_path, pg_url)
+    TableChain(pg_dsn).write(4)
+    head = verify_pg(pg_dsn).last_hash
+    assert main(["audit", "verify", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"audit chain OK: 4 entries in the database table wagate_audit, last hash {head}" \
+        in out
+    assert main(["audit", "verify", "--config", str(config), "--expect-hash", head]) == 0
+    capsys.readouterr()
+    assert main(["audit", "tail", "-n", "2", "--config", str(config)]) == 0
+    out_lines = capsys.readouterr().out.splitlines()
+    assert len(out_lines) == 2 and out_lines[0].startswith("#3 ")
+    assert not (tmp_path / "data" / "audit").exists() or not log_files(tmp_path / "data"
+                                                                       / "audit")
+
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("UPDATE wagate_audit SET entry = replace(entry, '\"n\":2', '\"n\":5') "
+                     "WHERE seq = 3")
+    assert main(["audit", "verify", "--config", str(config)]) == 1
+    assert "table wagate_audit row 3: edited" in capsys.readouterr().out
+
+
+def test_admin_actions_in_multi_host_mode_go_into_the_shared_chain(
+        pg_dsn: str, pg_url: str, tmp_path: Path, leaders: tuple[LeaderLock, LeaderLock]
+) -> None:
+    """The CLI appends to the database whether or not this host leads: after the
+    current head, so the active leader's writer is refused once and goes on after it."""
+    config = load_config(_leader_config_file(tmp_path, pg_url))
+    first, _ = leaders
+    assert first.try_acquire()
+    writer = _for(first, pg_dsn)
+    writer.append("leader.active")
+    record_admin_action(config, "token.create", name="ci", role="sender")
+    with pytest.raises(AuditRefused):
+        writer.append("mutation")  # its head is behind: nothing written, reopen
+    writer.close()
+    writer = _for(first, pg_dsn)
+    writer.append("mutation")
+    writer.close()
+    result = verify_pg(pg_dsn)
+    assert result.ok, result.problem
+    events = [json.loads(line)["event"] for line in TableChain(pg_dsn).lines()]
+    assert events == ["leader.active", "token.create", "mutation"]
