@@ -358,7 +358,7 @@ def test_only_the_active_leader_writes_and_the_chain_goes_on_across_a_takeover(
 @pytest.fixture
 def pg_url(pg_cluster: PgCluster, pg_dsn: str) -> str:
     """``pg_dsn``'s database as the URL ``cluster.database_url`` takes."""
-    return pg_cluster.url(conninfo_to_dict(pg_dsn)["dbname"])
+    return pg_cluster.url(str(conninfo_to_dict(pg_dsn)["dbname"]))
 
 
 def _leader_config_file(tmp_path: Path, url: str) -> Path:
