@@ -18,13 +18,16 @@ lock is briefly held by a CLI, or the disk is full) wait in memory, up to
 entry that can be written is preceded by ``audit.lost`` with the count.
 
 In multi-host mode with a database (``lease_mode``) the chain is the table of
-``actors.audit.pg`` and only the active leader writes it: a standby leader's actor
-keeps its events in memory (as above) and looks every ``STANDBY_RETRY_SECONDS``
-whether its leader took the lock; then it reads the head the old leader left and
-goes on from there. An append the database refuses (this leader lost the lock, or
-the chain moved on) writes nothing: the entry goes back to the front of the queue,
-or is refused to a caller that waits for the answer, and the log is opened again.
-The file lock is still taken, so that the CLI on this host sends its entries here.
+``actors.audit.pg`` and only the active leader writes it. A standby leader's actor
+(or one whose leader stepped down) queues its entries in the database instead
+(``PgAuditQueue``), and looks every ``STANDBY_RETRY_SECONDS`` whether its leader took
+the lock; the active leader chains the queued entries every ``DRAIN_SECONDS``
+(``PgAuditLog.drain``). A new leader reads the head the old one left and goes on from
+there. An append the database refuses (this leader lost the lock, or the chain moved
+on) writes nothing: the entry goes back to the front of the memory queue (or is
+refused to a caller that waits for the answer) and the log is opened again, as the
+queue of a standby or at the new head. While the database cannot be reached, entries
+wait in memory as above.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -73,6 +76,7 @@ LOCK_RETRY_SECONDS = 0.2  # a CLI holds the lock for one entry: milliseconds
 OPEN_RETRY_SECONDS = 5.0  # the log could not be opened (disk full, damaged tail)
 LOCK_WARN_SECONDS = 5.0
 STANDBY_RETRY_SECONDS = 1.0  # a standby leader looks this often whether it leads now
+DRAIN_SECONDS = 1.0  # the active leader chains the entries standbys queued this often
 MAX_PENDING = 10000
 MEGABYTE = 1024 * 1024
 AUTH_FAILURE = "auth.failure"
@@ -81,6 +85,11 @@ AUTH_FAILURE = "auth.failure"
 @dataclass(frozen=True, slots=True)
 class _Retry:
     """Try again to take the lock / open the log."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Drain:
+    """Time to chain the entries other leaders queued in the database."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +111,7 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         self.lock: AuditLock | None = None
         self.log: ChainWriter | None = None
         self.standby = False  # multi-host: this leader does not hold the leadership lock
+        self.drain_armed = False
         self.pending: deque[_Pending] = deque()
         self.lost = 0
         self.retry_armed = False
@@ -150,6 +160,9 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         if isinstance(msg.payload, _Retry):
             self.retry_armed = False
             self._open()
+        elif isinstance(msg.payload, _Drain):
+            self.drain_armed = False
+            self._drain()
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.bursts is not None:
@@ -196,8 +209,9 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         self._write(item)
 
     def _open(self) -> bool:
-        """Take the lock and open the log; False (and a retry armed) when not possible."""
-        if self.log is not None:
+        """Take the lock and open the log; False (and a retry armed) when not possible.
+        A standby's queue is open, but the chain is tried again."""
+        if self.log is not None and not self.standby:
             return True
         if self.config is None or self.lock is None:
             return False
@@ -225,19 +239,16 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
                 return False
         self.waiting_since = None
         try:
-            self.log = open_writer(config, self.lock.directory)
+            chain = open_writer(config, self.lock.directory)
         except AuditNotLeader:
-            if not self.standby:
-                self.standby = True
-                log.info("this leader is a standby: only the active leader writes the audit "
-                         "chain; entries wait in memory until this leader holds the lock",
-                         pending=len(self.pending))
-            self._retry(STANDBY_RETRY_SECONDS)
-            return False
+            return self._open_queue()
         except Exception as exc:  # a damaged tail, a full disk: say so, keep trying
             log.error("cannot open the audit log; entries wait in memory", error=str(exc))
             self._retry(OPEN_RETRY_SECONDS)
-            return False
+            return self.log is not None
+        if self.log is not None:  # the queue of the standby this leader was
+            self.log.close()
+        self.log = chain
         if self.standby:
             self.standby = False
             log.warning("this leader writes the audit chain now; it continues after the "
@@ -251,7 +262,64 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         self._write(_Pending(AuditEvent("audit.opened", opened)))
         while self.pending and self.log is not None:
             self._write(self.pending.popleft())
+        if lease_mode(config):
+            self._drain()
         return self.log is not None
+
+    def _open_queue(self) -> bool:
+        """This leader is a standby: its entries go to the database's queue, for the
+        active leader to chain; whether it leads is asked again soon."""
+        assert self.config is not None and self.lock is not None
+        self._retry(STANDBY_RETRY_SECONDS)
+        if not self.standby:
+            self.standby = True
+            log.info("this leader is a standby: only the active leader writes the audit "
+                     "chain; this one's entries are queued in the database for it",
+                     pending=len(self.pending))
+        if self.log is None:
+            try:
+                self.log = open_queue(self.config, self.lock.directory)
+            except Exception as exc:  # the database is unreachable: entries wait here
+                log.error("cannot queue audit entries in the database; they wait in memory",
+                          error=str(exc))
+                return False
+        while self.pending and self.log is not None:
+            self._write(self.pending.popleft())
+        return self.log is not None
+
+    def _drain(self) -> None:
+        """The active leader chains what other leaders queued (then again in a while)."""
+        drain: Callable[[], int] | None = getattr(self.log, "drain", None)
+        if drain is None or self.standby:
+            return
+        try:
+            chained = drain()
+        except AuditRefused as exc:
+            log.error("chaining queued audit entries was refused; they stay queued",
+                      error=str(exc))
+            self._reopen(isinstance(exc, AuditNotLeader))
+            return
+        except Exception as exc:  # the database: the entries stay queued
+            log.error("cannot chain queued audit entries; they stay queued", error=str(exc))
+            if self.log is not None and self.log.broken:
+                self.log.close()
+                self.log = None
+                self._retry(OPEN_RETRY_SECONDS)
+            return
+        if chained:
+            log.info("queued audit entries chained", count=chained)
+        if not self.drain_armed:
+            self.drain_armed = True
+            self.wakeupAfter(timedelta(seconds=DRAIN_SECONDS), payload=_Drain())
+
+    def _reopen(self, standby: bool) -> None:
+        """The database refused this writer: open again, as a standby's queue or at the
+        chain's new head."""
+        if self.log is not None:
+            self.log.close()
+        self.log = None
+        self.standby = standby
+        self._retry(STANDBY_RETRY_SECONDS if standby else LOCK_RETRY_SECONDS)
 
     def _write(self, item: _Pending) -> None:
         assert self.log is not None
@@ -290,7 +358,7 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         moved head."""
         assert self.log is not None
         standby = isinstance(exc, AuditNotLeader)
-        log.error("audit entry refused by the database; it waits to be written",
+        log.error("audit entry refused by the database; it waits to be written again",
                   audit_event=str(item.event.event)[:64], error=str(exc),
                   pending=len(self.pending) + (item.reply_to is None))
         if item.reply_to is not None:
@@ -300,10 +368,7 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
             self.lost += 1
         else:
             self.pending.appendleft(item)
-        self.log.close()
-        self.log = None
-        self.standby = standby
-        self._retry(STANDBY_RETRY_SECONDS if standby else LOCK_RETRY_SECONDS)
+        self._reopen(standby)
 
     def _refuse(self, item: _Pending, message: str,
                 details: dict[str, Any] | None = None) -> None:
@@ -320,6 +385,16 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
 
 STANDBY_TEXT = ("this leader is a standby: only the active leader writes the audit chain "
                 "(multi-host mode)")
+
+
+def open_queue(config: Config, directory: Any) -> ChainWriter:
+    """A standby leader's writer: the database's queue of entries for the active leader
+    (multi-host mode with a database only)."""
+    from actors.audit.pg import PgAuditQueue
+
+    return PgAuditQueue.open(config.cluster.database_url, host_name(config),
+                             config.audit.recipients, secret_dir=directory,
+                             timeout_seconds=config.cluster.lease_renew_seconds)
 
 
 def open_writer(config: Config, directory: Any) -> ChainWriter:

@@ -105,6 +105,30 @@ SELECT (SELECT ok FROM fence), (SELECT count(*) FROM written)
 
 _LEADING_NOW: LiteralString = "SELECT " + _LEADING
 
+# Entries of processes that may not write the chain (a standby leader, a leader that
+# stepped down), for the active leader to chain (``PgAuditLog.drain``). ``fields`` is
+# the JSON object of the cleaned fields (recipients already rendered by the queuer).
+QUEUE_SCHEMA: LiteralString = """
+CREATE TABLE IF NOT EXISTS wagate_audit_queue (
+    id         bigserial PRIMARY KEY,
+    host       text NOT NULL,
+    event      text NOT NULL,
+    request_id text NOT NULL,
+    fields     text NOT NULL,
+    queued_at  text NOT NULL
+)
+"""
+_QUEUE: LiteralString = """
+INSERT INTO wagate_audit_queue (host, event, request_id, fields, queued_at)
+VALUES (%(host)s, %(event)s, %(request_id)s, %(fields)s, %(queued_at)s)
+"""
+_QUEUED: LiteralString = """
+SELECT id, host, event, request_id, fields, queued_at FROM wagate_audit_queue
+ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+"""
+_UNQUEUE: LiteralString = "DELETE FROM wagate_audit_queue WHERE id = ANY(%(ids)s)"
+DRAIN_ROWS = 200
+
 _ROWS: LiteralString = ("SELECT seq, entry FROM wagate_audit WHERE seq > %(after)s "
                         "ORDER BY seq LIMIT %(limit)s")
 _TAIL: LiteralString = ("SELECT entry FROM (SELECT seq, entry FROM wagate_audit ORDER BY seq "
@@ -159,6 +183,7 @@ class PgAuditLog:
             conn = log._connection()
             conn.execute(LEADER_SCHEMA)
             conn.execute(SCHEMA)
+            conn.execute(QUEUE_SCHEMA)
             row = conn.execute(_LEADING_NOW, log._fence).fetchone()
             if not (row and row[0]):
                 raise AuditNotLeader("this leader does not hold the leadership lock: only "
@@ -177,27 +202,37 @@ class PgAuditLog:
             raise AuditError("the audit log is closed")
         entry = next_entry(self.seq, self.last_hash, self._clock(), event, fields,
                            request_id, self._render)
-        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-        params = {**self._fence, "seq": entry["seq"], "prev": entry["prev"],
-                  "hash": entry["hash"], "entry": line, "genesis": GENESIS}
         try:
-            row = self._connection().execute(_APPEND, params).fetchone()
+            self._insert(self._connection(), entry)
         except psycopg.Error as exc:
-            self.broken = True  # the outcome is unknown: reopen reads the head
-            self._drop()
-            raise AuditError(f"could not write the audit chain to the database: "
-                             f"{type(exc).__name__}: {exc}") from exc
-        if row is None or not row[0]:
-            self.broken = True
-            raise AuditNotLeader(f"audit entry {entry['seq']} ({entry['event']}) refused: this "
-                                 "leader no longer holds the leadership lock")
-        if not row[1]:
-            self.broken = True
-            raise AuditRefused(f"audit entry {entry['seq']} ({entry['event']}) refused: the "
-                               "chain no longer ends at this writer's last entry (another "
-                               "writer appended); reopen to continue from the new head")
+            raise self._failed(exc) from exc
         self.seq, self.last_hash = entry["seq"], entry["hash"]
         return entry
+
+    def drain(self, limit: int = DRAIN_ROWS) -> int:
+        """Chain up to ``limit`` entries other processes queued (``PgAuditQueue``: a
+        standby leader, a leader that stepped down), oldest first, and delete them from
+        the queue in the same transaction: each is chained exactly once, or stays
+        queued. Returns how many were chained; raises like ``append``."""
+        if self._closed or self.broken:
+            raise AuditError("the audit log is closed")
+        seq, last = self.seq, self.last_hash
+        try:
+            conn = self._connection()
+            with conn.transaction():
+                rows = conn.execute(_QUEUED, {"limit": limit}).fetchall()
+                for _id, host, event, request_id, text, queued_at in rows:
+                    fields = {**_object(text), "queued_by": host, "queued_at": queued_at}
+                    entry = next_entry(seq, last, self._clock(), event, fields, request_id,
+                                       _as_recorded)
+                    self._insert(conn, entry)
+                    seq, last = entry["seq"], entry["hash"]
+                if rows:
+                    conn.execute(_UNQUEUE, {"ids": [r[0] for r in rows]})
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
+        self.seq, self.last_hash = seq, last
+        return len(rows)
 
     def retire(self) -> None:
         """Retention applies to files only; rows are kept."""
@@ -210,6 +245,28 @@ class PgAuditLog:
 
     def _render(self, value: Any) -> str | None:
         return render_recipient(value, self.recipients, self._secret)
+
+    def _insert(self, conn: psycopg.Connection[TupleRow], entry: dict[str, Any]) -> None:
+        """The one statement that appends ``entry`` after the current head, or refuses."""
+        line = json.dumps(entry, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        params = {**self._fence, "seq": entry["seq"], "prev": entry["prev"],
+                  "hash": entry["hash"], "entry": line, "genesis": GENESIS}
+        row = conn.execute(_APPEND, params).fetchone()
+        if row is None or not row[0]:
+            self.broken = True
+            raise AuditNotLeader(f"audit entry {entry['seq']} ({entry['event']}) refused: this "
+                                 "leader no longer holds the leadership lock")
+        if not row[1]:
+            self.broken = True
+            raise AuditRefused(f"audit entry {entry['seq']} ({entry['event']}) refused: the "
+                               "chain no longer ends at this writer's last entry (another "
+                               "writer appended); reopen to continue from the new head")
+
+    def _failed(self, exc: psycopg.Error) -> AuditError:
+        self.broken = True  # the outcome is unknown: reopen reads the head
+        self._drop()
+        return AuditError(f"could not write the audit chain to the database: "
+                          f"{type(exc).__name__}: {exc}")
 
     def _read_head(self, conn: psycopg.Connection[TupleRow]) -> None:
         row = conn.execute(_HEAD).fetchone()
@@ -230,6 +287,87 @@ class PgAuditLog:
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+
+class PgAuditQueue:
+    """A standby leader's writer: its entries go into ``wagate_audit_queue`` (durable,
+    whatever happens to this process), and the active leader chains them. The same
+    interface as the chain's writers; ``append`` returns the entry without seq/hash."""
+
+    torn: TornTail | None = None
+    broken = False  # an insert that fails raises; the queue has no head to lose
+
+    def __init__(self, dsn: str, host: str, recipients: str = "masked", *,
+                 secret_dir: Path | None = None, timeout_seconds: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._dsn = dsn
+        self.host = host
+        self.recipients = recipients
+        self._secret = load_secret(secret_dir) if recipients == "hashed" and secret_dir else b""
+        self._timeout = timeout_seconds
+        self._clock = clock
+        self._conn: psycopg.Connection[TupleRow] | None = None
+
+    @classmethod
+    def open(cls, dsn: str, host: str, recipients: str = "masked", *,
+             secret_dir: Path | None = None, timeout_seconds: float = 5.0,
+             clock: Callable[[], float] = time.time) -> PgAuditQueue:
+        queue = cls(dsn, host, recipients, secret_dir=secret_dir,
+                    timeout_seconds=timeout_seconds, clock=clock)
+        try:
+            queue._connection().execute(QUEUE_SCHEMA)
+        except psycopg.Error as exc:
+            queue.close()
+            raise AuditError(f"cannot reach the audit database: {type(exc).__name__}: "
+                             f"{exc}") from exc
+        return queue
+
+    def append(self, event: str, fields: Mapping[str, Any] | None = None,
+               request_id: str = "") -> dict[str, Any]:
+        """Queue one entry (committed before this returns)."""
+        entry = next_entry(0, GENESIS, self._clock(), event, fields, request_id,
+                           lambda v: render_recipient(v, self.recipients, self._secret))
+        body = {k: v for k, v in entry.items()
+                if k not in ("seq", "time", "event", "request_id", "prev", "hash")}
+        try:
+            self._connection().execute(_QUEUE, {
+                "host": self.host, "event": entry["event"],
+                "request_id": entry.get("request_id", ""),
+                "fields": json.dumps(body, separators=(",", ":"), ensure_ascii=True),
+                "queued_at": entry["time"]})
+        except psycopg.Error as exc:
+            self.close()
+            raise AuditError(f"could not queue the audit entry in the database: "
+                             f"{type(exc).__name__}: {exc}") from exc
+        return {**body, "event": entry["event"], "time": entry["time"], "seq": 0, "hash": ""}
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def _connection(self) -> psycopg.Connection[TupleRow]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = connect(self._dsn, self._timeout)
+            except psycopg.Error as exc:
+                raise AuditError(f"cannot reach the audit database: {type(exc).__name__}: "
+                                 f"{exc}") from exc
+        return self._conn
+
+
+def _as_recorded(value: Any) -> str | None:
+    """A recipient a queuer already rendered: kept as it is."""
+    return None if value is None else str(value)
+
+
+def _object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"fields_unreadable": text[:200]}
+    return value if isinstance(value, dict) else {"fields": value}
 
 
 # ---- reading -------------------------------------------------------------------------------

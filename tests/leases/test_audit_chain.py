@@ -24,7 +24,7 @@ from actors.audit.log import (
     log_files,
     verify,
 )
-from actors.audit.pg import PgAuditLog, read_tail_pg, verify_pg
+from actors.audit.pg import PgAuditLog, PgAuditQueue, read_tail_pg, verify_pg
 from actors.leases.leader import LeaderLock
 from gateway.cli.audit_client import record_admin_action
 from gateway.cli.wagate import main
@@ -423,3 +423,62 @@ def test_admin_actions_in_multi_host_mode_go_into_the_shared_chain(
     assert result.ok, result.problem
     events = [json.loads(line)["event"] for line in TableChain(pg_dsn).lines()]
     assert events == ["leader.active", "token.create", "mutation"]
+
+
+# ---- the queue of entries for the active leader -------------------------------------------
+
+
+def _queued(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM wagate_audit_queue").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_standbys_entries_are_queued_and_chained_once_by_the_active_leader(
+        pg_dsn: str, leaders: tuple[LeaderLock, LeaderLock]) -> None:
+    first, _second = leaders
+    assert first.try_acquire()
+    leader = _for(first, pg_dsn)
+    leader.append("leader.active", {"host": "one"})
+    standby = PgAuditQueue.open(pg_dsn, "two")
+    queued = standby.append("gateway.started", {"recipient": "14155552671", "text": "x"},
+                            "req-1")
+    standby.append("leader.standby", {"host": "two"})
+    standby.close()
+    assert queued["seq"] == 0 and queued["recipient"] == "+1********71"
+    assert "text" not in queued and _queued(pg_dsn) == 2
+    assert leader.drain() == 2
+    assert leader.drain() == 0  # each queued entry is chained once
+    leader.append("mutation")
+    leader.close()
+    assert _queued(pg_dsn) == 0
+    result = verify_pg(pg_dsn)
+    assert result.ok, result.problem
+    chain = [json.loads(line) for line in TableChain(pg_dsn).lines()]
+    assert [e["event"] for e in chain] == ["leader.active", "gateway.started",
+                                           "leader.standby", "mutation"]
+    started = chain[1]
+    assert started["queued_by"] == "two" and started["request_id"] == "req-1"
+    assert started["queued_at"] == queued["time"]
+    assert started["recipient"] == "+1********71"  # rendered once, by the standby
+
+
+def test_a_drain_refused_to_a_leader_that_lost_the_lock_leaves_the_queue(
+        pg_dsn: str, leaders: tuple[LeaderLock, LeaderLock]) -> None:
+    first, second = leaders
+    assert first.try_acquire()
+    old = _for(first, pg_dsn)
+    old.append("leader.active")
+    queue = PgAuditQueue.open(pg_dsn, "two")
+    queue.append("leader.standby")
+    queue.close()
+    first.release()
+    assert second.try_acquire()
+    with pytest.raises(AuditNotLeader):
+        old.drain()
+    old.close()
+    assert _queued(pg_dsn) == 1  # the refused transaction chained nothing, deleted nothing
+    new = _for(second, pg_dsn)
+    assert new.drain() == 1
+    new.close()
+    assert verify_pg(pg_dsn).entries == 2
