@@ -50,6 +50,7 @@ from actors.audit.log import (
     AuditLog,
     AuditNotLeader,
     AuditRefused,
+    AuditUnreachable,
     ChainWriter,
     audit_dir,
     lock_holder,
@@ -301,10 +302,7 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
             return
         except Exception as exc:  # the database: the entries stay queued
             log.error("cannot chain queued audit entries; they stay queued", error=str(exc))
-            if self.log is not None and self.log.broken:
-                self.log.close()
-                self.log = None
-                self._retry(OPEN_RETRY_SECONDS)
+            self._reopen(False)  # opening again drains again
             return
         if chained:
             log.info("queued audit entries chained", count=chained)
@@ -333,6 +331,9 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         except AuditRefused as exc:
             self._refused(item, exc)
             return
+        except AuditUnreachable as exc:
+            self._unreachable(item, exc)
+            return
         except Exception as exc:  # never raise: a raising handler runs twice
             self.lost += 1
             log.error("audit entry not written", audit_event=str(event.event)[:64],
@@ -349,6 +350,23 @@ class AuditActor(RunOnce, ActorTypeDispatcher):
         if item.reply_to is not None:
             self.send(item.reply_to, Ok({"seq": entry["seq"], "hash": entry["hash"]},
                                         request_id=item.request_id))
+
+    def _unreachable(self, item: _Pending, exc: AuditUnreachable) -> None:
+        """The database could not be asked (a broken connection, a restart): the entry
+        waits in memory, at the front, and the log is opened again in a while. (Should
+        the lost answer have been a commit, the entry is chained twice, never lost.)"""
+        log.error("the audit database cannot be reached; entries wait in memory",
+                  audit_event=str(item.event.event)[:64], error=str(exc))
+        if item.reply_to is not None:
+            self._refuse(item, "the audit database cannot be reached right now")
+        elif len(self.pending) >= MAX_PENDING:
+            self.lost += 1
+        else:
+            self.pending.appendleft(item)
+        if self.log is not None:
+            self.log.close()
+        self.log = None
+        self._retry(STANDBY_RETRY_SECONDS)
 
     def _refused(self, item: _Pending, exc: AuditRefused) -> None:
         """The database refused the append (this leader lost the lock, or the chain

@@ -113,6 +113,11 @@ class AuditRefused(AuditError):
     ``broken`` and must be reopened, which reads the head again."""
 
 
+class AuditUnreachable(AuditError):
+    """The audit database could not be asked (``actors.audit.pg``): nothing is known
+    to be written; the writer must be reopened."""
+
+
 class AuditNotLeader(AuditRefused):
     """This leader does not hold the leadership lock: only the active leader writes."""
 

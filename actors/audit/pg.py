@@ -47,6 +47,7 @@ from actors.audit.log import (
     AuditError,
     AuditNotLeader,
     AuditRefused,
+    AuditUnreachable,
     TornTail,
     Verification,
     load_secret,
@@ -265,8 +266,8 @@ class PgAuditLog:
     def _failed(self, exc: psycopg.Error) -> AuditError:
         self.broken = True  # the outcome is unknown: reopen reads the head
         self._drop()
-        return AuditError(f"could not write the audit chain to the database: "
-                          f"{type(exc).__name__}: {exc}")
+        return AuditUnreachable(f"could not write the audit chain to the database: "
+                                f"{type(exc).__name__}: {exc}")
 
     def _read_head(self, conn: psycopg.Connection[TupleRow]) -> None:
         row = conn.execute(_HEAD).fetchone()
@@ -278,8 +279,8 @@ class PgAuditLog:
             try:
                 self._conn = connect(self._dsn, self._timeout)
             except psycopg.Error as exc:
-                raise AuditError(f"cannot reach the audit database: {type(exc).__name__}: "
-                                 f"{exc}") from exc
+                raise AuditUnreachable(f"cannot reach the audit database: "
+                                       f"{type(exc).__name__}: {exc}") from exc
         return self._conn
 
     def _drop(self) -> None:
@@ -337,8 +338,8 @@ class PgAuditQueue:
                 "queued_at": entry["time"]})
         except psycopg.Error as exc:
             self.close()
-            raise AuditError(f"could not queue the audit entry in the database: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise AuditUnreachable(f"could not queue the audit entry in the database: "
+                                   f"{type(exc).__name__}: {exc}") from exc
         return {**body, "event": entry["event"], "time": entry["time"], "seq": 0, "hash": ""}
 
     def close(self) -> None:
@@ -352,8 +353,8 @@ class PgAuditQueue:
             try:
                 self._conn = connect(self._dsn, self._timeout)
             except psycopg.Error as exc:
-                raise AuditError(f"cannot reach the audit database: {type(exc).__name__}: "
-                                 f"{exc}") from exc
+                raise AuditUnreachable(f"cannot reach the audit database: "
+                                       f"{type(exc).__name__}: {exc}") from exc
         return self._conn
 
 
