@@ -182,14 +182,16 @@ class PgAuditLog:
             log._secret = load_secret(secret_dir)
         try:
             conn = log._connection()
-            conn.execute(LEADER_SCHEMA)
-            conn.execute(SCHEMA)
-            conn.execute(QUEUE_SCHEMA)
+            _ensure_schema(conn)
             row = conn.execute(_LEADING_NOW, log._fence).fetchone()
             if not (row and row[0]):
                 raise AuditNotLeader("this leader does not hold the leadership lock: only "
                                      "the active leader writes the audit chain")
             log._read_head(conn)
+        except psycopg.Error as exc:
+            log.close()
+            raise AuditUnreachable(f"cannot open the audit chain in the database: "
+                                   f"{type(exc).__name__}: {exc}") from exc
         except BaseException:
             log.close()
             raise
@@ -316,7 +318,7 @@ class PgAuditQueue:
         queue = cls(dsn, host, recipients, secret_dir=secret_dir,
                     timeout_seconds=timeout_seconds, clock=clock)
         try:
-            queue._connection().execute(QUEUE_SCHEMA)
+            _ensure_schema(queue._connection())
         except psycopg.Error as exc:
             queue.close()
             raise AuditError(f"cannot reach the audit database: {type(exc).__name__}: "
@@ -356,6 +358,22 @@ class PgAuditQueue:
                 raise AuditUnreachable(f"cannot reach the audit database: "
                                        f"{type(exc).__name__}: {exc}") from exc
         return self._conn
+
+
+_TABLES_EXIST: LiteralString = ("SELECT to_regclass('wagate_audit') IS NOT NULL AND "
+                                 "to_regclass('wagate_audit_queue') IS NOT NULL AND "
+                                 "to_regclass('wagate_leader') IS NOT NULL")
+
+
+def _ensure_schema(conn: psycopg.Connection[TupleRow]) -> None:
+    """The tables, made by whoever comes first (a standby looks every second: it only
+    reads the catalog once they exist). Two that race may see one error, and the
+    tables exist after."""
+    row = conn.execute(_TABLES_EXIST).fetchone()
+    if row and row[0]:
+        return
+    for schema in (LEADER_SCHEMA, SCHEMA, QUEUE_SCHEMA):
+        conn.execute(schema)
 
 
 def _as_recorded(value: Any) -> str | None:
