@@ -482,3 +482,18 @@ def test_a_drain_refused_to_a_leader_that_lost_the_lock_leaves_the_queue(
     assert new.drain() == 1
     new.close()
     assert verify_pg(pg_dsn).entries == 2
+
+
+def test_verify_reads_the_table_a_batch_at_a_time(pg_dsn: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import actors.audit.pg as pg_module
+
+    monkeypatch.setattr(pg_module, "BATCH_ROWS", 2)
+    TableChain(pg_dsn).write(5)
+    result = verify_pg(pg_dsn)
+    assert result.ok and result.entries == 5, result.problem
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("DELETE FROM wagate_audit WHERE seq = 4")
+    result = verify_pg(pg_dsn)
+    assert result.problem is not None and str(result.problem).startswith(
+        "table wagate_audit row 5: removed"), result.problem
