@@ -1,0 +1,167 @@
+"""The rate windows in PostgreSQL (multi-host mode): one table every leader shares.
+
+The outbox runs on the active leader; a standby that takes over must continue with
+the same per-recipient, global and warm-up windows, or a failover would forget them
+and let a burst through (issue 22). This is ``actors.outbox.rate_state.RateState`` on
+one table, ``wagate_rate_state(key, state jsonb, expires_at)``:
+
+- ``get`` reads one key (expired rows read as absent until ``expire`` deletes them);
+- ``write`` sets and deletes the keys of one send in one statement, so an admitted
+  send costs one round trip and its keys change together or not at all;
+- ``expire`` deletes what is past its expiry (the outbox's prune tick);
+- ``clock_offset`` is the database's clock minus the leader's, read once per process:
+  the windows' times are on the database's clock, the one every leader reads, so a
+  standby on a host whose clock is off by some seconds still sees the windows as the
+  old leader left them. Expiry times are the database's too.
+
+Every call runs through ``BoundedQuestion``: the outbox's thread waits at most
+``QUESTION_SECONDS`` (a frozen server acknowledges packets and answers nothing, which
+no socket timeout notices), then hears ``RateStateUnavailable`` and refuses the send.
+Commits are durable (``synchronous_commit = on``, as every connection of ours).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, LiteralString, TypeVar
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from actors.leases.bounded import BoundedQuestion
+from actors.leases.store import LeaseStoreUnavailable, connect
+from actors.outbox.rate_state import RateStateUnavailable, Write
+
+QUESTION_SECONDS = 1.0  # the outbox's thread waits at most this for the database
+
+SCHEMA: LiteralString = """
+CREATE TABLE IF NOT EXISTS wagate_rate_state (
+    key        text PRIMARY KEY,
+    state      jsonb NOT NULL,
+    expires_at double precision
+);
+CREATE INDEX IF NOT EXISTS wagate_rate_state_expiry
+    ON wagate_rate_state (expires_at) WHERE expires_at IS NOT NULL
+"""
+
+_DB_NOW: LiteralString = "extract(epoch FROM statement_timestamp())::float8"
+
+_GET: LiteralString = ("SELECT state FROM wagate_rate_state WHERE key = %(key)s "
+                       "AND (expires_at IS NULL OR expires_at > " + _DB_NOW + ")")
+
+# One statement, one transaction: the deletes and the upserts of one send.
+_WRITE: LiteralString = """
+WITH gone AS (
+    DELETE FROM wagate_rate_state WHERE key = ANY(%(deletes)s::text[])
+)
+INSERT INTO wagate_rate_state AS r (key, state, expires_at)
+SELECT k, s::jsonb, CASE WHEN t IS NULL THEN NULL ELSE """ + _DB_NOW + """ + t END
+FROM unnest(%(keys)s::text[], %(states)s::text[], %(ttls)s::float8[]) AS u(k, s, t)
+ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, expires_at = EXCLUDED.expires_at
+"""
+
+_DELETE_ONLY: LiteralString = "DELETE FROM wagate_rate_state WHERE key = ANY(%(deletes)s::text[])"
+
+_EXPIRE: LiteralString = ("DELETE FROM wagate_rate_state WHERE expires_at <= " + _DB_NOW)
+
+_CLOCK: LiteralString = "SELECT extract(epoch FROM clock_timestamp())::float8"
+
+T = TypeVar("T")
+
+
+class PgRateState:
+    """The table, for the outbox of one leader process."""
+
+    def __init__(self, dsn: str, timeout_seconds: float = QUESTION_SECONDS) -> None:
+        self._dsn = dsn
+        self.timeout_seconds = timeout_seconds
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[TupleRow] | None = None
+        self._schema_ready = False
+        self._offset: float | None = None
+        self._question: BoundedQuestion[Any] = BoundedQuestion(timeout_seconds, "rate-state")
+
+    # ------------------------------------------------------------------ RateState
+
+    def get(self, key: str) -> Any | None:
+        rows = self._ask(lambda: self._all(_GET, {"key": key}))
+        return rows[0][0] if rows else None
+
+    def write(self, sets: Sequence[Write], deletes: Sequence[str] = ()) -> None:
+        if not sets and not deletes:
+            return
+        params = {"deletes": list(deletes), "keys": [k for k, _, _ in sets],
+                  "states": [json.dumps(v) for _, v, _ in sets],
+                  "ttls": [t for _, _, t in sets]}
+        statement = _WRITE if sets else _DELETE_ONLY
+        self._ask(lambda: self._run(statement, params))
+
+    def clock_offset(self, local_now: float) -> float:
+        """The database's clock minus ``local_now``, measured at the first call (the
+        round trip's middle stands for the moment the database read its clock)."""
+        if self._offset is None:
+            started = time.monotonic()
+            rows = self._ask(lambda: self._all(_CLOCK, {}))
+            half_trip = (time.monotonic() - started) / 2
+            self._offset = float(rows[0][0]) - (local_now + half_trip)
+        return self._offset
+
+    def expire(self) -> int:
+        return int(self._ask(lambda: self._run(_EXPIRE, {})))
+
+    def close(self) -> None:
+        if self._question.hanging:
+            return  # its thread holds the connection; the process's end closes it
+        with self._lock:
+            self._drop()
+
+    # --------------------------------------------------------------------- helpers
+
+    def _ask(self, question: Callable[[], T]) -> T:
+        answer = self._question.ask(question)
+        if isinstance(answer, str):
+            raise RateStateUnavailable(f"the rate windows' database did not answer: {answer}")
+        return answer
+
+    def _all(self, statement: LiteralString, params: dict[str, Any]) -> list[TupleRow]:
+        with self._lock:
+            conn = self._ready()
+            try:
+                return conn.execute(statement, params).fetchall()
+            except psycopg.Error as exc:
+                self._drop()
+                raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _run(self, statement: LiteralString, params: dict[str, Any]) -> int:
+        with self._lock:
+            conn = self._ready()
+            try:
+                return conn.execute(statement, params).rowcount
+            except psycopg.Error as exc:
+                self._drop()
+                raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _ready(self) -> psycopg.Connection[TupleRow]:
+        """The connection, the table made on first use (two leaders that race may see
+        one error, and the table exists after)."""
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = connect(self._dsn, self.timeout_seconds)
+            except psycopg.Error as exc:
+                raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if not self._schema_ready:
+            try:
+                self._conn.execute(SCHEMA)
+            except psycopg.Error as exc:
+                self._drop()
+                raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            self._schema_ready = True
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
