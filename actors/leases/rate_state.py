@@ -14,15 +14,19 @@ one table, ``wagate_rate_state(key, state jsonb, expires_at)``:
   standby on a host whose clock is off by some seconds still sees the windows as the
   old leader left them. Expiry times are the database's too.
 
-Every call runs through ``BoundedQuestion``: the outbox's thread waits at most
-``QUESTION_SECONDS`` (a frozen server acknowledges packets and answers nothing, which
-no socket timeout notices), then hears ``RateStateUnavailable`` and refuses the send.
-Commits are durable (``synchronous_commit = on``, as every connection of ours).
+Every call runs on a thread of the state's own (``StandingQuestion``): the outbox's
+thread waits at most ``QUESTION_SECONDS`` (a frozen server acknowledges packets and
+answers nothing, which no socket timeout notices), then hears ``RateStateUnavailable``
+and refuses the send. One standing thread rather than ``BoundedQuestion``'s thread per
+question: starting a thread cost a send 0.27 ms of CPU, more than the statement
+(tests/perf/bench_rate_state.py). Commits are durable (``synchronous_commit = on``, as
+every connection of ours).
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +35,6 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 from psycopg.rows import TupleRow
 
-from actors.leases.bounded import BoundedQuestion
 from actors.leases.store import LeaseStoreUnavailable, connect
 from actors.outbox.rate_state import RateStateUnavailable, Write
 
@@ -72,6 +75,76 @@ _CLOCK: LiteralString = "SELECT extract(epoch FROM clock_timestamp())::float8"
 T = TypeVar("T")
 
 
+class StandingQuestion:
+    """``BoundedQuestion``'s promise on one thread that lives as long as this object:
+    the caller waits at most ``timeout_seconds`` for each answer; while a question
+    still hangs, the next caller hears so at once, and a late answer is thrown away.
+    One caller thread at a time (the outbox's)."""
+
+    def __init__(self, timeout_seconds: float, name: str) -> None:
+        self.timeout_seconds = timeout_seconds
+        self.name = name
+        self._questions: queue.SimpleQueue[tuple[int, Callable[[], Any]] | None] = (
+            queue.SimpleQueue())
+        self._answers: queue.SimpleQueue[tuple[int, Any]] = queue.SimpleQueue()
+        self._asked = 0  # the number of the last question asked
+        self._unanswered = False  # the last question's answer has not come back yet
+        self._thread: threading.Thread | None = None
+
+    @property
+    def hanging(self) -> bool:
+        self._collect_late()
+        return self._unanswered
+
+    def ask(self, question: Callable[[], T]) -> T | str:
+        """``question()``'s answer, or why there is none (a short sentence)."""
+        if self.hanging:
+            return "an earlier question is still unanswered"
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, daemon=True, name=self.name)
+            self._thread.start()
+        self._asked += 1
+        self._unanswered = True
+        self._questions.put((self._asked, question))
+        deadline = time.monotonic() + self.timeout_seconds
+        while True:
+            try:
+                number, answer = self._answers.get(
+                    timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return f"no answer within {self.timeout_seconds:g} s"
+            if number == self._asked:
+                self._unanswered = False
+                result: T | str = answer
+                return result
+
+    def close(self) -> None:
+        """End the thread once it is idle (a hung one ends with the process)."""
+        if self._thread is not None:
+            self._questions.put(None)
+            self._thread = None
+
+    def _collect_late(self) -> None:
+        while self._unanswered:
+            try:
+                number, _ = self._answers.get_nowait()
+            except queue.Empty:
+                return
+            if number == self._asked:
+                self._unanswered = False
+
+    def _serve(self) -> None:
+        while (item := self._questions.get()) is not None:
+            number, question = item
+            try:
+                answer: Any = question()
+            except LeaseStoreUnavailable as exc:
+                answer = (str(exc).splitlines() or [""])[0][:200]
+            except Exception as exc:  # the thread serves on; the caller hears why
+                answer = f"{type(exc).__name__}: {exc}"[:200]
+            self._answers.put((number, answer))
+
+
 class PgRateState:
     """The table, for the outbox of one leader process."""
 
@@ -82,7 +155,7 @@ class PgRateState:
         self._conn: psycopg.Connection[TupleRow] | None = None
         self._schema_ready = False
         self._offset: float | None = None
-        self._question: BoundedQuestion[Any] = BoundedQuestion(timeout_seconds, "rate-state")
+        self._question = StandingQuestion(timeout_seconds, "rate-state")
 
     # ------------------------------------------------------------------ RateState
 
@@ -115,6 +188,7 @@ class PgRateState:
     def close(self) -> None:
         if self._question.hanging:
             return  # its thread holds the connection; the process's end closes it
+        self._question.close()
         with self._lock:
             self._drop()
 
