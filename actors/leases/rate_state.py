@@ -36,7 +36,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from actors.leases.store import LeaseStoreUnavailable, connect
-from actors.outbox.rate_state import RateStateUnavailable, Write
+from actors.outbox.rate_state import RateStateConflict, RateStateUnavailable, Write
 
 QUESTION_SECONDS = 1.0  # the outbox's thread waits at most this for the database
 
@@ -44,26 +44,55 @@ SCHEMA: LiteralString = """
 CREATE TABLE IF NOT EXISTS wagate_rate_state (
     key        text PRIMARY KEY,
     state      jsonb NOT NULL,
-    expires_at double precision
+    expires_at double precision,
+    version    bigint NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS wagate_rate_state_expiry
-    ON wagate_rate_state (expires_at) WHERE expires_at IS NOT NULL
+    ON wagate_rate_state (expires_at) WHERE expires_at IS NOT NULL;
+CREATE OR REPLACE FUNCTION wagate_rate_state_written(written bigint, wanted bigint)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF written <> wanted THEN
+        RAISE EXCEPTION 'a rate window changed since it was read'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+    RETURN true;
+END $$
 """
 
 _DB_NOW: LiteralString = "extract(epoch FROM statement_timestamp())::float8"
 
-_GET: LiteralString = ("SELECT state FROM wagate_rate_state WHERE key = %(key)s "
+_GET: LiteralString = ("SELECT state, version FROM wagate_rate_state WHERE key = %(key)s "
                        "AND (expires_at IS NULL OR expires_at > " + _DB_NOW + ")")
 
-# One statement, one transaction: the deletes and the upserts of one send.
+# One statement, one transaction: the deletes and the writes of one send. A key is
+# written only over the version its writer read (an expired row counts as absent,
+# version 0; NULL: write whatever is there); if any is not, the function raises and
+# nothing of the statement is kept.
 _WRITE: LiteralString = """
-WITH gone AS (
+WITH input AS (
+    SELECT k, s::jsonb AS s, CASE WHEN t IS NULL THEN NULL ELSE """ + _DB_NOW + """ + t END AS x, v
+    FROM unnest(%(keys)s::text[], %(states)s::text[], %(ttls)s::float8[], %(versions)s::int8[])
+        AS u(k, s, t, v)
+), gone AS (
     DELETE FROM wagate_rate_state WHERE key = ANY(%(deletes)s::text[])
+), updated AS (
+    UPDATE wagate_rate_state AS r SET state = i.s, expires_at = i.x, version = r.version + 1
+    FROM input AS i
+    WHERE r.key = i.k AND (i.v IS NULL OR r.version = i.v
+          OR (i.v = 0 AND r.expires_at <= """ + _DB_NOW + """))
+    RETURNING r.key, r.version
+), inserted AS (
+    INSERT INTO wagate_rate_state (key, state, expires_at, version)
+    SELECT i.k, i.s, i.x, 1 FROM input AS i
+    WHERE NOT EXISTS (SELECT 1 FROM wagate_rate_state AS r WHERE r.key = i.k)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key, version
+), written AS (
+    SELECT key, version FROM updated UNION ALL SELECT key, version FROM inserted
 )
-INSERT INTO wagate_rate_state AS r (key, state, expires_at)
-SELECT k, s::jsonb, CASE WHEN t IS NULL THEN NULL ELSE """ + _DB_NOW + """ + t END
-FROM unnest(%(keys)s::text[], %(states)s::text[], %(ttls)s::float8[]) AS u(k, s, t)
-ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, expires_at = EXCLUDED.expires_at
+SELECT wagate_rate_state_written((SELECT count(*) FROM written), %(wanted)s),
+       (SELECT coalesce(jsonb_object_agg(key, version), '{}'::jsonb) FROM written)
 """
 
 _DELETE_ONLY: LiteralString = "DELETE FROM wagate_rate_state WHERE key = ANY(%(deletes)s::text[])"
@@ -146,7 +175,9 @@ class StandingQuestion:
 
 
 class PgRateState:
-    """The table, for the outbox of one leader process."""
+    """The table, for the outbox of one leader process (each leader runs one)."""
+
+    shared = True
 
     def __init__(self, dsn: str, timeout_seconds: float = QUESTION_SECONDS) -> None:
         self._dsn = dsn
@@ -159,18 +190,24 @@ class PgRateState:
 
     # ------------------------------------------------------------------ RateState
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str) -> tuple[Any | None, int]:
         rows = self._ask(lambda: self._all(_GET, {"key": key}))
-        return rows[0][0] if rows else None
+        return (rows[0][0], int(rows[0][1])) if rows else (None, 0)
 
-    def write(self, sets: Sequence[Write], deletes: Sequence[str] = ()) -> None:
-        if not sets and not deletes:
-            return
-        params = {"deletes": list(deletes), "keys": [k for k, _, _ in sets],
-                  "states": [json.dumps(v) for _, v, _ in sets],
-                  "ttls": [t for _, _, t in sets]}
-        statement = _WRITE if sets else _DELETE_ONLY
-        self._ask(lambda: self._run(statement, params))
+    def write(self, sets: Sequence[Write], deletes: Sequence[str] = ()) -> dict[str, int]:
+        """Raises ``RateStateConflict`` when a key's version is not the one named."""
+        if not sets:
+            if deletes:
+                self._ask(lambda: self._run(_DELETE_ONLY, {"deletes": list(deletes)}))
+            return {}
+        params = {"deletes": list(deletes), "keys": [w[0] for w in sets],
+                  "states": [json.dumps(w[1]) for w in sets], "ttls": [w[2] for w in sets],
+                  "versions": [w[3] for w in sets], "wanted": len(sets)}
+        answer = self._ask(lambda: self._written(params))
+        if answer is None:
+            raise RateStateConflict("a rate window changed since it was read (another "
+                                    "leader's outbox wrote it)")
+        return answer
 
     def clock_offset(self, local_now: float) -> float:
         """The database's clock minus ``local_now``, measured at the first call (the
@@ -199,6 +236,20 @@ class PgRateState:
         if isinstance(answer, str):
             raise RateStateUnavailable(f"the rate windows' database did not answer: {answer}")
         return answer
+
+    def _written(self, params: dict[str, Any]) -> dict[str, int] | None:
+        """The new versions, or None when a version did not match (nothing written)."""
+        with self._lock:
+            conn = self._ready()
+            try:
+                row = conn.execute(_WRITE, params).fetchone()
+            except psycopg.errors.SerializationFailure:
+                return None  # the statement's own check: the connection is fine
+            except psycopg.Error as exc:
+                self._drop()
+                raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        assert row is not None
+        return {str(k): int(v) for k, v in row[1].items()}
 
     def _all(self, statement: LiteralString, params: dict[str, Any]) -> list[TupleRow]:
         with self._lock:

@@ -19,13 +19,20 @@ from pathlib import Path
 import diskcache
 
 from actors.messages import Failed
-from actors.outbox.rate_state import DiskRateState, RateState, RateStateUnavailable, as_rate_state
+from actors.outbox.rate_state import (
+    DiskRateState,
+    RateState,
+    RateStateConflict,
+    RateStateUnavailable,
+    as_rate_state,
+)
 from actors.outbox.windows import SlidingWindow, WindowSpec, admit
 from gateway.core.config import LimitsConfig
 from gateway.core.recipients import rate_limit_key
 
 HOT_NUMBERS = 10_000  # recipients whose windows stay in memory (the rest are on disk)
 GLOBAL_KEY = "global"
+CONFLICT_TRIES = 5  # reads and decisions again when another outbox wrote in between
 
 
 def window_specs(limits: LimitsConfig) -> tuple[tuple[WindowSpec, ...], WindowSpec]:
@@ -39,9 +46,13 @@ def window_specs(limits: LimitsConfig) -> tuple[tuple[WindowSpec, ...], WindowSp
 class Limits:
     """The windows of every recipient plus the global one, written through to the state.
 
-    The windows are read from the state once and then kept in memory: this outbox is
-    their only writer (in multi-host mode, the active leader's; a standby that takes
-    over reads them afresh). Any method may raise ``RateStateUnavailable``."""
+    The windows are read from the state once and then kept in memory with the version
+    read. On one host this outbox is their only writer. With a shared state (every
+    leader of a cluster runs an outbox, the standbys too) a window in memory may be
+    stale, but never fuller than the stored one: what it refuses, the stored one
+    refuses too, and what it admits is written only over the version it was read at;
+    if another outbox wrote in between, the windows are read again and the send is
+    decided again. Any method may raise ``RateStateUnavailable``."""
 
     def __init__(self, state: RateState | str | Path, limits: LimitsConfig) -> None:
         self.state = as_rate_state(state)
@@ -51,6 +62,7 @@ class Limits:
         self._global: SlidingWindow | None = None
         self.hot: OrderedDict[str, list[SlidingWindow]] = OrderedDict()
         self.seen: dict[str, float] = {}  # hot recipient -> its last check, for usage_ratios
+        self.versions: dict[str, int] = {}  # state key -> the version of the window in memory
 
     @property
     def cache(self) -> diskcache.Cache:
@@ -61,7 +73,7 @@ class Limits:
     @property
     def global_window(self) -> SlidingWindow:
         if self._global is None:
-            state = self.state.get(GLOBAL_KEY)
+            state, self.versions[GLOBAL_KEY] = self.state.get(GLOBAL_KEY)
             self._global = (SlidingWindow.from_state(self.global_spec, state)
                             if state is not None else SlidingWindow(self.global_spec))
         return self._global
@@ -77,26 +89,30 @@ class Limits:
         phone = rate_limit_key(phone)
         seen = now
         now += self.state.clock_offset(now)
-        windows = self._windows(phone)
-        self.seen[phone] = seen
-        allowed, retry_after, scope = admit([*windows, self.global_window], now)
-        if allowed:
+        for _ in range(CONFLICT_TRIES):
+            windows = self._windows(phone)
+            self.seen[phone] = seen
+            allowed, retry_after, scope = admit([*windows, self.global_window], now)
+            if not allowed:
+                return allowed, retry_after, scope
             try:
-                self.state.write([
-                    (_number_key(phone), [w.to_state() for w in windows],
-                     max(s.period for s in self.per_number_specs) * 1.1),
-                    (GLOBAL_KEY, self.global_window.to_state(), None)])
+                self._write(phone, windows)
+                return allowed, retry_after, scope
+            except RateStateConflict:
+                self._forget(phone)  # another outbox wrote: read both again, decide again
             except BaseException:
-                self.hot.pop(phone, None)
-                self.seen.pop(phone, None)
-                self._global = None
+                self._forget(phone)
                 raise
-        return allowed, retry_after, scope
+        raise RateStateUnavailable(f"the rate windows changed at each of {CONFLICT_TRIES} "
+                                   "tries: another outbox writes them as fast")
 
     def usage(self, now: float) -> dict[str, float]:
-        """The global window's figures; none while the state cannot be read."""
+        """The global window's figures; none while the state cannot be read. A shared
+        one is read afresh: another leader's outbox may have sent meanwhile."""
         try:
             now += self.state.clock_offset(now)
+            if self.state.shared:
+                self._global = None
             window = self.global_window
         except RateStateUnavailable:
             return {}
@@ -141,7 +157,8 @@ class Limits:
         if windows is not None:
             self.hot.move_to_end(phone)
             return windows
-        states = self.state.get(_number_key(phone))
+        key = _number_key(phone)
+        states, self.versions[key] = self.state.get(key)
         if states is None:
             windows = [SlidingWindow(spec) for spec in self.per_number_specs]
         else:
@@ -151,7 +168,24 @@ class Limits:
         if len(self.hot) > HOT_NUMBERS:
             evicted, _ = self.hot.popitem(last=False)
             self.seen.pop(evicted, None)
+            self.versions.pop(_number_key(evicted), None)
         return windows
+
+    def _write(self, phone: str, windows: list[SlidingWindow]) -> None:
+        """Both windows of the send, each over the version it was read at."""
+        key = _number_key(phone)
+        self.versions.update(self.state.write([
+            (key, [w.to_state() for w in windows],
+             max(s.period for s in self.per_number_specs) * 1.1, self.versions.get(key, 0)),
+            (GLOBAL_KEY, self.global_window.to_state(), None,
+             self.versions.get(GLOBAL_KEY, 0))]))
+
+    def _forget(self, phone: str) -> None:
+        """Drop the send's windows from memory: the next use reads them as stored."""
+        self.hot.pop(phone, None)
+        self.seen.pop(phone, None)
+        self.versions.pop(_number_key(phone), None)
+        self._global = None
 
 
 def _number_key(phone: str) -> str:

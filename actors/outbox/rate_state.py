@@ -29,8 +29,9 @@ import diskcache
 from gateway.core.config import Config, lease_mode
 from gateway.core.errors import WagateError
 
-# (key, value, seconds until it expires or None for never)
-Write = tuple[str, Any, float | None]
+# (key, value, seconds until it expires or None for never, the version the value
+# replaces: what ``get`` returned with the value it changes, or None to write blindly)
+Write = tuple[str, Any, float | None, int | None]
 
 
 class RateStateUnavailable(WagateError):
@@ -38,14 +39,27 @@ class RateStateUnavailable(WagateError):
     did not answer in time): the outcome of a write is unknown."""
 
 
+class RateStateConflict(WagateError):
+    """A value changed since it was read (another leader's outbox wrote it): nothing
+    of the write was kept; read again and decide again."""
+
+
 class RateState(Protocol):
-    """The operations the windows need; every one may raise ``RateStateUnavailable``."""
+    """The operations the windows need; every one may raise ``RateStateUnavailable``.
 
-    def get(self, key: str) -> Any | None:
-        """The value of ``key``, None when absent or expired."""
+    ``shared``: several outboxes may write (every leader of a cluster runs one, the
+    standbys too), so a value kept in memory may be stale: a write names the version
+    it replaces and is refused with ``RateStateConflict`` when that is not the
+    current one. Not shared (one host): versions are always 0 and never checked."""
 
-    def write(self, sets: Sequence[Write], deletes: Sequence[str] = ()) -> None:
-        """Set ``sets`` and delete ``deletes``, all or nothing (one round trip)."""
+    shared: bool
+
+    def get(self, key: str) -> tuple[Any | None, int]:
+        """The value of ``key`` and its version; (None, 0) when absent or expired."""
+
+    def write(self, sets: Sequence[Write], deletes: Sequence[str] = ()) -> dict[str, int]:
+        """Set ``sets`` and delete ``deletes``, all or nothing, in one round trip; the
+        new version of each key set."""
 
     def clock_offset(self, local_now: float) -> float:
         """What to add to the outbox's clock to get the times this store's values use."""
@@ -59,6 +73,8 @@ class RateState(Protocol):
 class DiskRateState:
     """The diskcache of one host (``cache`` stays reachable for its tests)."""
 
+    shared = False  # one outbox per data_dir
+
     def __init__(self, cache: diskcache.Cache) -> None:
         self.cache = cache
 
@@ -70,15 +86,16 @@ class DiskRateState:
         # expired key reads as absent meanwhile.
         return cls(diskcache.Cache(str(directory), cull_limit=0))
 
-    def get(self, key: str) -> Any | None:
-        return self.cache.get(key)
+    def get(self, key: str) -> tuple[Any | None, int]:
+        return self.cache.get(key), 0
 
-    def write(self, sets: Sequence[Write], deletes: Sequence[str] = ()) -> None:
+    def write(self, sets: Sequence[Write], deletes: Sequence[str] = ()) -> dict[str, int]:
         with self.cache.transact():
-            for key, value, expire in sets:
+            for key, value, expire, _ in sets:
                 self.cache.set(key, value, expire=expire)
             for key in deletes:
                 self.cache.delete(key)
+        return {key: 0 for key, _, _, _ in sets}
 
     def clock_offset(self, local_now: float) -> float:
         return 0.0  # one host, one clock

@@ -11,24 +11,38 @@ warm-up. The times kept are on the state's clock (``RateState.clock_offset``).
 
 from __future__ import annotations
 
+import math
+
 import diskcache
 
 from actors.outbox.pacing import PacingRules, in_warmup, newly_linked, warmup_window
-from actors.outbox.rate_state import RateState, as_rate_state
+from actors.outbox.rate_state import (
+    RateState,
+    RateStateConflict,
+    RateStateUnavailable,
+    as_rate_state,
+)
 from actors.outbox.windows import SlidingWindow
+
+# With a shared state, how long a linking time read stays trusted: another leader's
+# outbox may see a new link meanwhile (on one host this outbox is the only writer).
+LINKED_RECHECK_SECONDS = 10.0
+CONFLICT_TRIES = 5
 
 
 class Warmup:
-    """Linking times and warm-up windows per session (one writer: the outbox). Any
-    method may raise ``RateStateUnavailable``."""
+    """Linking times and warm-up windows per session. Any method may raise
+    ``RateStateUnavailable``. A window is read at every use and written over the
+    version read (another leader's outbox may write it too: ``RateState.shared``)."""
 
     def __init__(self, state: RateState | diskcache.Cache, rules: PacingRules) -> None:
         self.state = as_rate_state(state)
         self.rules = rules
         self.spec = warmup_window(rules)
-        # Linking times as last read or written (this is the only writer): a send of a
-        # session that is not warming up costs no disk read.
-        self._linked: dict[str, float | None] = {}
+        # Linking times as last read or written, with when (the state's clock): a send
+        # of a session that is not warming up costs no read (on a shared state, one
+        # every LINKED_RECHECK_SECONDS).
+        self._linked: dict[str, tuple[float | None, float]] = {}
 
     def observe(self, session: str, old_state: str | None, old_paired: bool | None,
                 paired: bool, now: float) -> bool:
@@ -37,22 +51,36 @@ class Warmup:
         if not newly_linked(old_state, old_paired, paired):
             return False
         now += self.state.clock_offset(now)
-        # In memory first: when the write fails, this process still applies the cap.
-        self._linked[session] = now
-        self.state.write([(_linked_key(session), now, None)], deletes=[_window_key(session)])
+        # In memory first: when the write fails, this process still applies the cap
+        # (kept, never read again: math.inf).
+        self._linked[session] = (now, math.inf)
+        self.state.write([(_linked_key(session), now, None, None)],
+                         deletes=[_window_key(session)])
+        self._linked[session] = (now, now)
         return True
 
-    def linked_at(self, session: str) -> float | None:
-        """When the session linked its device, on the state's clock."""
-        if session not in self._linked:
-            value = self.state.get(_linked_key(session))
-            self._linked[session] = float(value) if value is not None else None
-        return self._linked[session]
+    def linked_at(self, session: str, now: float | None = None) -> float | None:
+        """When the session linked its device, on the state's clock (``now`` too: a
+        shared state's answer is read again once it is old)."""
+        known = self._linked.get(session)
+        if known is None or self._stale(known[1], now):
+            value, _ = self.state.get(_linked_key(session))
+            known = (float(value) if value is not None else None,
+                     now if now is not None else -math.inf)
+            self._linked[session] = known
+        return known[0]
+
+    def _stale(self, read_at: float, now: float | None) -> bool:
+        """Whether a linking time read at ``read_at`` must be read again (never on one
+        host; never one this process could not write: ``math.inf``)."""
+        if not self.state.shared or now is None or read_at == math.inf:
+            return False
+        return not read_at <= now < read_at + LINKED_RECHECK_SECONDS
 
     def warming_until(self, session: str, now: float) -> float | None:
         """When the session's warm-up ends, or None when it is not in warm-up (``now``
         and the answer on the state's clock)."""
-        linked_at = self.linked_at(session)
+        linked_at = self.linked_at(session, now)
         if not in_warmup(linked_at, now, self.rules):
             return None
         assert linked_at is not None
@@ -66,7 +94,7 @@ class Warmup:
         until = self.warming_until(session, now)
         if until is None:
             return True, 0.0
-        window = self._window(session)
+        window, _ = self._window(session)
         if window.allows(now):
             return True, 0.0
         return False, min(window.retry_after(now), until - now)
@@ -76,15 +104,23 @@ class Warmup:
         now += self.state.clock_offset(now)
         if self.warming_until(session, now) is None:
             return
-        window = self._window(session)
-        window.record(now)
-        self.state.write([(_window_key(session), window.to_state(),
-                           self.rules.warmup_seconds + self.spec.period * 1.1)])
+        for _ in range(CONFLICT_TRIES):
+            window, version = self._window(session)
+            window.record(now)
+            try:
+                self.state.write([(_window_key(session), window.to_state(),
+                                   self.rules.warmup_seconds + self.spec.period * 1.1,
+                                   version)])
+                return
+            except RateStateConflict:
+                continue  # another outbox counted a send meanwhile: count on top of it
+        raise RateStateUnavailable(f"the warm-up window changed at each of {CONFLICT_TRIES} "
+                                   "tries: another outbox writes it as fast")
 
-    def _window(self, session: str) -> SlidingWindow:
-        state = self.state.get(_window_key(session))
+    def _window(self, session: str) -> tuple[SlidingWindow, int]:
+        state, version = self.state.get(_window_key(session))
         return (SlidingWindow.from_state(self.spec, state) if state is not None
-                else SlidingWindow(self.spec))
+                else SlidingWindow(self.spec)), version
 
 
 def _linked_key(session: str) -> str:

@@ -25,7 +25,12 @@ import pytest
 from actors.leases.rate_state import QUESTION_SECONDS, PgRateState
 from actors.outbox.limits import Limits
 from actors.outbox.pacing import DAY_SECONDS, PacingRules
-from actors.outbox.rate_state import DiskRateState, RateState, RateStateUnavailable
+from actors.outbox.rate_state import (
+    DiskRateState,
+    RateState,
+    RateStateConflict,
+    RateStateUnavailable,
+)
 from actors.outbox.warmup import Warmup
 from gateway.core.config import LimitsConfig
 from tests.pg import PgCluster, free_port
@@ -100,17 +105,17 @@ def pg_state(pg_dsn: str) -> Iterator[Callable[[], PgRateState]]:
 
 def test_values_expire_and_a_write_is_all_or_nothing(backend: Opener) -> None:
     state = backend()
-    state.write([("a", {"buckets": [[1, 2]]}, None), ("b", 1.5, 0.05)])
-    assert state.get("a") == {"buckets": [[1, 2]]} and state.get("b") == 1.5
-    state.write([("c", [1], None)], deletes=["a"])
-    assert state.get("a") is None and state.get("c") == [1]
+    state.write([("a", {"buckets": [[1, 2]]}, None, 0), ("b", 1.5, 0.05, 0)])
+    assert state.get("a")[0] == {"buckets": [[1, 2]]} and state.get("b")[0] == 1.5
+    state.write([("c", [1], None, None)], deletes=["a"])
+    assert state.get("a") == (None, 0) and state.get("c")[0] == [1]
     deadline = time.monotonic() + 10
-    while state.get("b") is not None:  # an expired key reads as absent at once
+    while state.get("b")[0] is not None:  # an expired key reads as absent at once
         assert time.monotonic() < deadline, "the key never expired"
         time.sleep(0.02)
     assert state.expire() == 1  # and is removed at the prune tick
     assert state.expire() == 0
-    assert backend().get("c") == [1]  # another instance (a restart, a new leader) sees it
+    assert backend().get("c")[0] == [1]  # another instance (a restart, a new leader) sees it
 
 
 def test_limits_survive_a_new_instance(backend: Opener) -> None:
@@ -187,6 +192,47 @@ def test_a_new_leader_refuses_and_delays_exactly_as_the_old_one(backend: Opener)
 
 
 # ------------------------------------------------------------------- PostgreSQL only
+
+
+def test_a_write_over_a_version_that_is_not_current_keeps_nothing(
+        pg_state: Callable[[], PgRateState]) -> None:
+    state, other = pg_state(), pg_state()
+    versions = state.write([("a", 1, None, 0), ("b", 1, 60.0, 0)])
+    assert versions == {"a": 1, "b": 1} and state.get("a") == (1, 1)
+    assert other.write([("a", 2, None, 1)]) == {"a": 2}  # another outbox wrote a
+    with pytest.raises(RateStateConflict):  # written over version 1: refused, b too
+        state.write([("a", 3, None, 1), ("b", 3, 60.0, 1)])
+    assert state.get("a") == (2, 2) and state.get("b") == (1, 1)
+    with pytest.raises(RateStateConflict):  # "absent" (0) while it is there
+        state.write([("b", 4, 60.0, 0)])
+    assert state.write([("b", 4, 60.0, None)]) == {"b": 2}  # a blind write
+
+
+def test_two_outboxes_with_stale_windows_never_admit_more_than_the_limit(
+        pg_state: Callable[[], PgRateState]) -> None:
+    """Every leader runs an outbox, the standby too, and an old leader that stepped
+    down keeps its own: each keeps the windows it read in memory. A send admitted by
+    stale windows is written only over the version read; another outbox's write in
+    between makes it read again and decide again."""
+    clock = TestClock()
+    config = LimitsConfig(per_number_per_minute=3, per_number_per_hour=100, global_per_day=5)
+    rules = PacingRules(warmup_seconds=DAY_SECONDS, warmup_daily_cap=3)
+    first, second = Limits(pg_state(), config), Limits(pg_state(), config)
+    warm_first, warm_second = Warmup(first.state, rules), Warmup(second.state, rules)
+    assert warm_first.observe("s", "QR_PENDING", False, True, clock())
+    assert second.usage(clock())["global_day_used"] == 0.0  # both have read the windows
+    assert first.check(PHONE, clock())[0] and second.check(PHONE, clock())[0]
+    admitted = {"phone": 0, "day": 0, "warm": 0}
+    for n in range(6):  # alternating: each one's memory is behind the other's writes
+        limits, warmup = (first, warm_first) if n % 2 else (second, warm_second)
+        admitted["phone"] += limits.check(PHONE, clock())[0]
+        admitted["day"] += limits.check(f"1415555000{n}", clock())[0]
+        if warmup.allows("s", clock())[0]:
+            warmup.record("s", clock())
+            admitted["warm"] += 1
+    assert admitted == {"phone": 1, "day": 2, "warm": 3}
+    assert first.usage(clock())["global_day_used"] == 5.0  # read afresh, not from memory
+    assert second.usage(clock())["global_day_used"] == 5.0
 
 
 def test_a_standby_whose_clock_is_off_sees_the_windows_as_they_were_left(
