@@ -27,6 +27,7 @@ is contacted; every cluster and directory made is removed at the end.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'CPU ms':>9}")
     for figures in best.values():
         print(figures.row())
+    print("load average (1, 5, 15 min) at the end: "
+          + ", ".join(f"{x:.2f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores")
     return 0
 
 
