@@ -43,6 +43,9 @@ class Warmup:
         # of a session that is not warming up costs no read (on a shared state, one
         # every LINKED_RECHECK_SECONDS).
         self._linked: dict[str, tuple[float | None, float]] = {}
+        # The window (and its version) ``allows`` read for a send it let pass, for that
+        # send's ``record``: a warming session's send reads its window once.
+        self._passed: dict[str, tuple[SlidingWindow, int]] = {}
 
     def observe(self, session: str, old_state: str | None, old_paired: bool | None,
                 paired: bool, now: float) -> bool:
@@ -94,18 +97,22 @@ class Warmup:
         until = self.warming_until(session, now)
         if until is None:
             return True, 0.0
-        window, _ = self._window(session)
+        window, version = self._window(session)
         if window.allows(now):
+            self._passed[session] = (window, version)
             return True, 0.0
+        self._passed.pop(session, None)
         return False, min(window.retry_after(now), until - now)
 
     def record(self, session: str, now: float) -> None:
         """Count one accepted send (called once every other limit let it pass too)."""
         now += self.state.clock_offset(now)
+        passed = self._passed.pop(session, None)
         if self.warming_until(session, now) is None:
             return
         for _ in range(CONFLICT_TRIES):
-            window, version = self._window(session)
+            window, version = passed or self._window(session)
+            passed = None  # after a conflict: read again
             window.record(now)
             try:
                 self.state.write([(_window_key(session), window.to_state(),

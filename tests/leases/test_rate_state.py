@@ -31,7 +31,7 @@ from actors.outbox.rate_state import (
     RateStateConflict,
     RateStateUnavailable,
 )
-from actors.outbox.warmup import Warmup
+from actors.outbox.warmup import LINKED_RECHECK_SECONDS, Warmup
 from gateway.core.config import LimitsConfig
 from tests.pg import PgCluster, free_port
 
@@ -233,6 +233,24 @@ def test_two_outboxes_with_stale_windows_never_admit_more_than_the_limit(
     assert admitted == {"phone": 1, "day": 2, "warm": 3}
     assert first.usage(clock())["global_day_used"] == 5.0  # read afresh, not from memory
     assert second.usage(clock())["global_day_used"] == 5.0
+
+
+def test_a_link_another_leader_saw_applies_here_after_the_recheck(
+        pg_state: Callable[[], PgRateState]) -> None:
+    """A leader's outbox trusts a linking time it read (a send of a session not in
+    warm-up costs no round trip) for ``LINKED_RECHECK_SECONDS``, then reads it again:
+    a link another leader's outbox saw meanwhile caps its sends from then on."""
+    clock = TestClock()
+    rules = PacingRules(warmup_seconds=DAY_SECONDS, warmup_daily_cap=1)
+    here, there = Warmup(pg_state(), rules), Warmup(pg_state(), rules)
+    assert here.allows("s", clock()) == (True, 0.0)  # not linked, as far as it knows
+    assert there.observe("s", "QR_PENDING", False, True, clock())
+    assert there.allows("s", clock())[0]
+    there.record("s", clock())
+    assert not there.allows("s", clock())[0]
+    clock.wait(LINKED_RECHECK_SECONDS + 1)
+    allowed, wait = here.allows("s", clock())
+    assert not allowed and wait > DAY_SECONDS - 60
 
 
 def test_a_standby_whose_clock_is_off_sees_the_windows_as_they_were_left(
