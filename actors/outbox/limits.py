@@ -134,6 +134,8 @@ class Limits:
         horizon = now - max(spec.period + spec.width for spec in self.per_number_specs)
         try:
             offset = self.state.clock_offset(now)
+            if self.state.shared:
+                self._global = None  # read afresh, as in ``usage``
             ratios[self.global_spec.scope] = self.global_window.usage_ratio(now + offset)
         except RateStateUnavailable:
             return {}
