@@ -970,7 +970,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
 
     def _observe_warmup(self, old: SessionLink | None, link: SessionLink) -> None:
         """Start the warm-up of a newly linked device. A linking time that could not be
-        written still applies in this process (kept in memory): logged, not raised."""
+        written is written before the next send passes (``Warmup.observe``): logged."""
         if self.warmup is None:
             return
         try:
@@ -978,8 +978,8 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                                           old.paired if old else None, link.paired,
                                           self.clock())
         except RateStateUnavailable as exc:
-            log.error("a new device's warm-up could not be written; it applies until the "
-                      "outbox restarts", session=link.session, error=str(exc))
+            log.error("a new device's warm-up could not be written yet; no send passes "
+                      "until it is", session=link.session, error=str(exc))
             return
         if started:
             log.info("session linked a new device; it is in warm-up", session=link.session,

@@ -46,21 +46,30 @@ class Warmup:
         # The window (and its version) ``allows`` read for a send it let pass, for that
         # send's ``record``: a warming session's send reads its window once.
         self._passed: dict[str, tuple[SlidingWindow, int]] = {}
+        # Links seen (session -> the caller's time) whose write failed, written first.
+        self._unwritten: dict[str, float] = {}
 
     def observe(self, session: str, old_state: str | None, old_paired: bool | None,
                 paired: bool, now: float) -> bool:
         """Note a session's new status; returns whether it just linked a new device
-        (its warm-up then starts now, with an empty window)."""
+        (its warm-up then starts now, with an empty window). When the state cannot be
+        written, the link is kept (``RateStateUnavailable`` raised) and written, as
+        seen at ``now``, before anything else this object does: no send passes the
+        warm-up before it is written."""
         if not newly_linked(old_state, old_paired, paired):
             return False
-        now += self.state.clock_offset(now)
-        # In memory first: when the write fails, this process still applies the cap
-        # (kept, never read again: math.inf).
-        self._linked[session] = (now, math.inf)
-        self.state.write([(_linked_key(session), now, None, None)],
-                         deletes=[_window_key(session)])
-        self._linked[session] = (now, now)
+        self._unwritten[session] = now
+        self._write_links(now)
         return True
+
+    def _write_links(self, now: float) -> None:
+        """Write the links seen and not written yet (``now``: the caller's clock)."""
+        for session, seen in list(self._unwritten.items()):
+            at = seen + self.state.clock_offset(now)
+            self.state.write([(_linked_key(session), at, None, None)],
+                             deletes=[_window_key(session)])
+            del self._unwritten[session]
+            self._linked[session] = (at, at)
 
     def linked_at(self, session: str, now: float | None = None) -> float | None:
         """When the session linked its device, on the state's clock (``now`` too: a
@@ -75,8 +84,8 @@ class Warmup:
 
     def _stale(self, read_at: float, now: float | None) -> bool:
         """Whether a linking time read at ``read_at`` must be read again (never on one
-        host; never one this process could not write: ``math.inf``)."""
-        if not self.state.shared or now is None or read_at == math.inf:
+        host)."""
+        if not self.state.shared or now is None:
             return False
         return not read_at <= now < read_at + LINKED_RECHECK_SECONDS
 
@@ -93,6 +102,8 @@ class Warmup:
         """Whether one more send fits the session's warm-up cap (always, outside
         warm-up); when not, the seconds until it does, never past the end of the
         warm-up, when the cap stops applying. Counts nothing (see ``record``)."""
+        if self._unwritten:
+            self._write_links(now)
         now += self.state.clock_offset(now)
         until = self.warming_until(session, now)
         if until is None:
@@ -106,6 +117,8 @@ class Warmup:
 
     def record(self, session: str, now: float) -> None:
         """Count one accepted send (called once every other limit let it pass too)."""
+        if self._unwritten:
+            self._write_links(now)
         now += self.state.clock_offset(now)
         passed = self._passed.pop(session, None)
         if self.warming_until(session, now) is None:

@@ -253,6 +253,27 @@ def test_a_link_another_leader_saw_applies_here_after_the_recheck(
     assert not allowed and wait > DAY_SECONDS - 60
 
 
+def test_a_link_seen_while_the_table_is_away_is_written_before_any_send_passes(
+        pg_state: Callable[[], PgRateState], pg_dsn: str) -> None:
+    clock = TestClock()
+    rules = PacingRules(warmup_seconds=DAY_SECONDS, warmup_daily_cap=1)
+    warmup = Warmup(pg_state(), rules)
+    assert warmup.allows("s", clock()) == (True, 0.0)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute("ALTER TABLE wagate_rate_state RENAME TO away")
+        try:
+            with pytest.raises(RateStateUnavailable):
+                warmup.observe("s", "QR_PENDING", False, True, clock())
+            with pytest.raises(RateStateUnavailable):  # no send of any session passes
+                warmup.allows("other", clock())
+        finally:
+            admin.execute("ALTER TABLE away RENAME TO wagate_rate_state")
+    assert warmup.allows("s", clock())[0]  # written now: the warm-up runs, cap 1
+    warmup.record("s", clock())
+    assert not warmup.allows("s", clock())[0]
+    assert Warmup(pg_state(), rules).linked_at("s") is not None  # for every leader
+
+
 def test_a_standby_whose_clock_is_off_sees_the_windows_as_they_were_left(
         pg_state: Callable[[], PgRateState]) -> None:
     """The windows' times are on the database's clock: a leader whose host clock is 45 s
