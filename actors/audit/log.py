@@ -60,7 +60,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
@@ -104,6 +104,22 @@ KINDS = ("edited", "removed", "reordered", "inserted", "truncated", "unreadable"
 
 class AuditError(WagateError, RuntimeError):
     """The audit log cannot be opened or written; the message says what to do."""
+
+
+class AuditRefused(AuditError):
+    """An append to the chain in PostgreSQL (``actors.audit.pg``) was refused: the chain
+    moved on from this writer's head (another writer appended after the same entry), or
+    this leader no longer holds the leadership lock. Nothing was written; the writer is
+    ``broken`` and must be reopened, which reads the head again."""
+
+
+class AuditUnreachable(AuditError):
+    """The audit database could not be asked (``actors.audit.pg``): nothing is known
+    to be written; the writer must be reopened."""
+
+
+class AuditNotLeader(AuditRefused):
+    """This leader does not hold the leadership lock: only the active leader writes."""
 
 
 # ---- files and the lock ----------------------------------------------------------------
@@ -341,7 +357,35 @@ def clean_fields(fields: Mapping[str, Any], render: Callable[[Any], str | None]
     return out
 
 
+def next_entry(seq: int, last_hash: str, now: float, event: str,
+               fields: Mapping[str, Any] | None, request_id: str,
+               render: Callable[[Any], str | None]) -> dict[str, Any]:
+    """The entry that follows entry ``seq`` (whose hash is ``last_hash``): the one
+    format every writer of the chain (files or a database) produces."""
+    entry: dict[str, Any] = {"seq": seq + 1, "time": iso_time(now, TIME_PRECISION),
+                             "event": _clip(str(event), MAX_KEY)}
+    if request_id:
+        entry["request_id"] = _clip(str(request_id), 128)
+    entry.update(clean_fields(fields or {}, render))
+    entry["prev"] = last_hash
+    entry["hash"] = entry_hash(entry, last_hash)
+    return entry
+
+
 # ---- the writer ----------------------------------------------------------------------------
+
+
+class ChainWriter(Protocol):
+    """What the audit actor and the CLI use of a writer: ``AuditLog`` (files) and
+    ``actors.audit.pg.PgAuditLog`` (PostgreSQL, multi-host mode)."""
+
+    @property
+    def torn(self) -> TornTail | None: ...
+    @property
+    def broken(self) -> bool: ...
+    def append(self, event: str, fields: Mapping[str, Any] | None = None,
+               request_id: str = "") -> dict[str, Any]: ...
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,14 +523,8 @@ class AuditLog:
     def _entry(self, event: str, fields: Mapping[str, Any] | None, request_id: str
                ) -> tuple[dict[str, Any], bytes]:
         """The next entry of the chain and its line."""
-        entry: dict[str, Any] = {"seq": self.seq + 1,
-                                 "time": iso_time(self._clock(), TIME_PRECISION),
-                                 "event": _clip(str(event), MAX_KEY)}
-        if request_id:
-            entry["request_id"] = _clip(str(request_id), 128)
-        entry.update(clean_fields(fields or {}, self._render))
-        entry["prev"] = self.last_hash
-        entry["hash"] = entry_hash(entry, self.last_hash)
+        entry = next_entry(self.seq, self.last_hash, self._clock(), event, fields,
+                           request_id, self._render)
         return entry, written_line(entry)
 
     def _remove(self, numbers: list[int]) -> None:
@@ -641,8 +679,12 @@ class Problem:
     kind: str  # one of KINDS
     detail: str
 
+    row: bool = False  # ``file`` names a database table and ``line`` a row's seq
+
     def __str__(self) -> str:
-        return f"file {self.file} line {self.line}: {self.kind}: {self.detail}"
+        where = (f"table {self.file} row {self.line}" if self.row
+                 else f"file {self.file} line {self.line}")
+        return f"{where}: {self.kind}: {self.detail}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,6 +754,7 @@ class _Record:
     entry: dict[str, Any] | None = None
     error: str = ""
     exact: bool = False  # the bytes are what the writer wrote for ``entry``
+    row: bool = False  # a database row (``line`` is its seq), not a line of a file
 
 
 def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -745,6 +788,16 @@ def _records(files: list[tuple[int, Path]]) -> Iterator[_Record]:
                     record.entry, record.error = _parse_line(raw)
                     record.exact = record.entry is not None and as_written(raw, record.entry)
                 yield record
+
+
+def row_record(table: str, seq: int, text: str, first: bool) -> _Record:
+    """A database row (its ``seq`` column and entry text) as the chain check sees a
+    line: the text must be byte for byte what the writer writes for its values."""
+    raw = text.encode("utf-8", "surrogateescape") + b"\n"
+    record = _Record(table, 1, seq, len(raw), False, first, True, row=True)
+    record.entry, record.error = _parse_line(raw)
+    record.exact = record.entry is not None and as_written(raw, record.entry)
+    return record
 
 
 class _Peekable:
@@ -790,8 +843,19 @@ def verify(directory: Path, live: bool = False, expect_hash: str | None = None
 
 def _verify_files(directory: Path, files: list[tuple[int, Path]], live: bool,
                   expect_hash: str | None) -> Verification:
+    if not files and (directory / LOCK_NAME).exists():
+        return Verification(0, 0, GENESIS, 0, None, Problem(
+            file_name(1), 1, "removed", "the audit directory was used by a writer but "
+            "holds no log file: every file was removed"))
+    return verify_records(_records(files), files, live, expect_hash)
+
+
+def verify_records(records: Iterator[_Record], files: list[tuple[int, Path]], live: bool,
+                   expect_hash: str | None) -> Verification:
+    """The chain check over ``records`` (lines of ``files``, or a database's rows given
+    as one file): every writer's entries are checked by this one function."""
     numbers = {n for n, _ in files}
-    stream = _Peekable(_records(files))
+    stream = _Peekable(records)
     prev1: _Record | None = None  # the last entry that chained
     prev2: _Record | None = None  # the one before it
     prev_number = 0
@@ -808,15 +872,12 @@ def _verify_files(directory: Path, files: list[tuple[int, Path]], live: bool,
                             first.file if first else "", start.explained_by if start else 0)
 
     def fail(at: _Record, kind: str, detail: str) -> Verification:
-        return result(Problem(at.file, at.line, kind, detail))
+        return result(Problem(at.file, at.line, kind, detail, at.row))
 
     def chains_from(record: _Record | None, seq: int, prev: str) -> bool:
         return (record is not None and record.entry is not None
                 and record.entry["seq"] == seq and record.entry["prev"] == prev)
 
-    if not files and (directory / LOCK_NAME).exists():
-        return result(Problem(file_name(1), 1, "removed", "the audit directory was used by a "
-                              "writer but holds no log file: every file was removed"))
     for rec in stream:
         if rec.torn:
             if live and rec.last_file:

@@ -100,9 +100,10 @@ from actors.outbox.held import HeldWrites
 from actors.outbox.incoming import IncomingStore
 from actors.outbox.incoming import cursor_of as incoming_cursor
 from actors.outbox.journal_check import JournalCheck
-from actors.outbox.limits import Limits, rate_limited
+from actors.outbox.limits import Limits, rate_limited, rate_state_unavailable
 from actors.outbox.numbers import NumberCache, open_cache
 from actors.outbox.pacing import WARMUP_SCOPE, Pacer, PacingRules
+from actors.outbox.rate_state import RateStateUnavailable, open_rate_state
 from actors.outbox.receipts import EarlyReceipts, HeldReceipt, receipt_time
 from actors.outbox.store import (
     PENDING,
@@ -283,12 +284,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             return
         self.incoming = IncomingStore(self.store.db, msg.config.delivery.keep_text,
                                       msg.config.messages.opt_out_keywords)
-        limits_dir = msg.config.data_path / "limits"
-        limits_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.limits = Limits(str(limits_dir), msg.config.limits)
+        # The rate windows: data_dir/limits, or PostgreSQL shared by the leaders.
+        self.limits = Limits(open_rate_state(msg.config), msg.config.limits)
         rules = PacingRules.from_config(msg.config.pacing)
         self.pacer = Pacer(rules)
-        self.warmup = Warmup(self.limits.cache, rules)
+        self.warmup = Warmup(self.limits.state, rules)
         self.numbers = open_cache(msg.config.data_path, msg.config.numbers.positive_ttl_hours,
                                   msg.config.numbers.negative_ttl_hours)
         if lease_mode(msg.config):
@@ -378,22 +378,11 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
                 {"reason": "QUEUE_FULL", "retryAfterSeconds": QUEUE_FULL_RETRY_SECONDS,
                  "scope": "queue"}, request_id=send.request_id))
             return
-        assert self.warmup is not None
-        warm, warm_wait = self.warmup.allows(send.session, now)
-        if not warm:
-            log.info("send refused: the session's device is warming up", session=send.session)
-            self.refusals.refused(WARMUP_SCOPE)
-            self.send(reply_to, _warming_up(send.session, warm_wait, self.config.pacing,
-                                            send.request_id))
-            return
         try:
-            allowed, retry_after, scope = self.limits.check(send.phone, now)
-            if not allowed:
-                log.info("send rate limited", scope=scope, session=send.session)
-                self.refusals.refused(scope)
-                self.send(reply_to, rate_limited(retry_after, scope, send.request_id))
+            rate_refusal = self._rate_refusal(send, now)
+            if rate_refusal is not None:
+                self.send(reply_to, rate_refusal)
                 return
-            self.warmup.record(send.session, now)
             self.held_replies = []  # nobody hears of a state that is not committed yet
             record: dict[str, Any] | None = None
             depth_before = dict(self.depth)
@@ -429,6 +418,32 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             self._answer(message_id, reply)
         self._hand_over(handover)
         self.accepting = None
+
+    def _rate_refusal(self, send: SendText, now: float) -> Failed | None:
+        """The warm-up cap and the rate windows; a send that passes is counted in both.
+        A rate state that cannot answer (multi-host: the database) refuses the send as
+        ``UNAVAILABLE``, as a full disk does: nothing is stored, the caller retries."""
+        assert self.config is not None and self.limits is not None
+        assert self.warmup is not None
+        try:
+            warm, warm_wait = self.warmup.allows(send.session, now)
+            if not warm:
+                log.info("send refused: the session's device is warming up",
+                         session=send.session)
+                self.refusals.refused(WARMUP_SCOPE)
+                return _warming_up(send.session, warm_wait, self.config.pacing,
+                                   send.request_id)
+            allowed, retry_after, scope = self.limits.check(send.phone, now)
+            if not allowed:
+                log.info("send rate limited", scope=scope, session=send.session)
+                self.refusals.refused(scope)
+                return rate_limited(retry_after, scope, send.request_id)
+            self.warmup.record(send.session, now)
+        except RateStateUnavailable as exc:
+            log.error("the rate windows could not be read or written; send refused",
+                      session=send.session, error=str(exc))
+            return rate_state_unavailable(send.request_id)
+        return None
 
     def _store_new(self, send: SendText, link: SessionLink | None, stale_key: str | None,
                    now: float) -> dict[str, Any]:
@@ -486,11 +501,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         old = self.links.get(msg.session)
         self.links[msg.session] = msg
         self._session_event(msg)
-        if self.warmup is not None and self.warmup.observe(
-                msg.session, old.state if old else None, old.paired if old else None,
-                msg.paired, self.clock()):
-            log.info("session linked a new device; it is in warm-up", session=msg.session,
-                     days=self.warmup.rules.warmup_seconds / 86400)
+        self._observe_warmup(old, msg)
         if old is not None and old.address is not None and old.address != msg.address:
             self._requeue_in_flight(msg.session)  # that process is gone with its sends
         if old is None or msg.epoch > old.epoch:
@@ -1041,6 +1052,23 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         self.status_unwritten.discard(link.session)
         self.session_states[link.session] = str(link.state)
 
+    def _observe_warmup(self, old: SessionLink | None, link: SessionLink) -> None:
+        """Start the warm-up of a newly linked device. A linking time that could not be
+        written is written before the next send passes (``Warmup.observe``): logged."""
+        if self.warmup is None:
+            return
+        try:
+            started = self.warmup.observe(link.session, old.state if old else None,
+                                          old.paired if old else None, link.paired,
+                                          self.clock())
+        except RateStateUnavailable as exc:
+            log.error("a new device's warm-up could not be written yet; no send passes "
+                      "until it is", session=link.session, error=str(exc))
+            return
+        if started:
+            log.info("session linked a new device; it is in warm-up", session=link.session,
+                     days=self.warmup.rules.warmup_seconds / 86400)
+
     def _can_send(self, session: str) -> bool:
         link = self.links.get(session)
         return (link is not None and link.address is not None
@@ -1390,9 +1418,16 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             if self.journal is not None:
                 self.journal.prune()
             if self.limits is not None:
-                self.limits.expire()
+                self._expire_rate_state()
         for session in list(self.links):
             self._dispatch(session)
+
+    def _expire_rate_state(self) -> None:
+        assert self.limits is not None
+        try:
+            self.limits.expire()
+        except RateStateUnavailable as exc:
+            log.info("expired rate windows were not removed this time", why=str(exc))
 
     def _prune_incoming(self, now: float) -> None:
         assert self.config is not None

@@ -1,7 +1,9 @@
 """``wagate audit verify | tail``: check the audit log's hash chain, show recent entries.
 
 Both only read, so they work while the gateway runs (an entry being written at that
-moment is not mistaken for damage) and while it is stopped.
+moment is not mistaken for damage) and while it is stopped. In multi-host mode with a
+database (``cluster.database_url``) they read the chain in PostgreSQL, which every
+leader shares, instead of this host's files.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import json
 import re
 from typing import Any
 
-from actors.audit.log import audit_dir, lock_holder, log_files, read_tail, verify
+from actors.audit.log import AuditError, audit_dir, lock_holder, log_files, read_tail, verify
+from gateway.core.config import Config, lease_mode
 from gateway.core.ranges import Range, flag
 
 HASH = re.compile(r"^[0-9a-f]{64}$")
@@ -48,7 +51,10 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print("wagate audit verify: --expect-hash takes the 64 hex digits printed as "
               "'last hash' by an earlier verify")
         return 2
-    directory = audit_dir(resolve_config(args).data_path)
+    config = resolve_config(args)
+    if lease_mode(config):
+        return _verify_database(config, expected)
+    directory = audit_dir(config.data_path)
     if not directory.is_dir():
         print(f"no audit log in {directory}: nothing was recorded there yet; "
               "check --config / --data-dir")
@@ -75,11 +81,22 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_tail(args: argparse.Namespace) -> int:
     from gateway.cli.wagate import resolve_config
 
-    directory = audit_dir(resolve_config(args).data_path)
-    if not log_files(directory):
+    config = resolve_config(args)
+    if lease_mode(config):
+        from actors.audit.pg import read_tail_pg
+
+        try:
+            lines = read_tail_pg(config.cluster.database_url, max(0, args.lines))
+        except AuditError as exc:
+            print(f"wagate audit tail: {exc}")
+            return 1
+    else:
+        directory = audit_dir(config.data_path)
+        lines = read_tail(directory, max(0, args.lines)) if log_files(directory) else []
+    if not lines:
         print("(no audit entries)")
         return 0
-    for line in read_tail(directory, max(0, args.lines)):
+    for line in lines:
         if args.json:
             print(line)
             continue
@@ -94,4 +111,24 @@ def cmd_audit_tail(args: argparse.Namespace) -> int:
         rest = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in entry.items()
                         if k not in SKIPPED_IN_TAIL)
         print(f"#{entry.get('seq')}  {entry.get('time')}  {entry.get('event')}  {rest}".rstrip())
+    return 0
+
+
+def _verify_database(config: Config, expected: str | None) -> int:
+    """``verify`` of the chain in PostgreSQL (multi-host mode); a problem names the row."""
+    from actors.audit.pg import TABLE, verify_pg
+
+    try:
+        result = verify_pg(config.cluster.database_url, expect_hash=expected)
+    except AuditError as exc:
+        print(f"wagate audit verify: {exc}")
+        return 1
+    if result.problem is not None:
+        print(f"audit chain NOT OK: {result.problem}")
+        print(f"({result.entries} entries verified before it)")
+        return 1
+    print(f"audit chain OK: {result.entries} entries in the database table {TABLE}, "
+          f"last hash {result.last_hash}")
+    if result.last_time:
+        print(f"last entry: #{result.last_seq} at {result.last_time}")
     return 0

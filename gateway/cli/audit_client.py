@@ -5,6 +5,12 @@ While the gateway runs, its audit actor holds the audit lock and is the only wri
 the entry goes to it through the actor system (loopback only), and the call returns
 once the actor confirms it was written. While the gateway is stopped, this process
 takes the lock and writes the entry itself. Either way the chain stays one chain.
+
+In multi-host mode with a database the chain is in PostgreSQL (``actors.audit.pg``),
+shared by every leader: the entry is appended there directly, whether this host's
+gateway runs or not (it may be a standby, which writes nothing). The append goes in
+only after the chain's current head, so it never forks the chain; refused because
+the active leader appended meanwhile, it reads the new head and tries again.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from actors.audit.log import (
     AuditError,
     AuditLock,
     AuditLog,
+    AuditRefused,
     audit_dir,
     lock_holder,
 )
@@ -30,7 +37,7 @@ from actors.system import (
     port_listening,
 )
 from gateway.api.errors import GatewayError
-from gateway.core.config import Config
+from gateway.core.config import Config, lease_mode
 from gateway.core.times import iso_time
 
 MEGABYTE = 1024 * 1024
@@ -50,6 +57,9 @@ def record_admin_action(config: Config, event: str, **fields: Any) -> None:
     directory = audit_dir(config.data_path)
     timeout = config.actors.ask_timeout_seconds
     deadline = time.monotonic() + timeout
+    if lease_mode(config):
+        _write_database(config, directory, event, fields, deadline)
+        return
     lock = AuditLock(directory)
     bridge: Any = None
     problem = "another process holds the audit lock"
@@ -98,6 +108,28 @@ def _write(config: Config, directory: Any, event: str, fields: dict[str, Any]) -
         log.append(event, fields)
     finally:
         log.close()
+
+
+def _write_database(config: Config, directory: Any, event: str, fields: dict[str, Any],
+                    deadline: float) -> None:
+    """Append to the chain in PostgreSQL after its current head; a refusal (another
+    writer appended first) reads the head again, until ``deadline``."""
+    from actors.audit.pg import PgAuditLog
+
+    while True:
+        log = PgAuditLog.open(config.cluster.database_url, config.audit.recipients,
+                              secret_dir=directory,
+                              timeout_seconds=max(0.5, deadline - time.monotonic()))
+        try:
+            log.append(event, fields)
+            return
+        except AuditRefused as exc:
+            if time.monotonic() >= deadline:
+                raise AuditError(f"could not record {event!r} in the audit chain: {exc}; "
+                                 "retry") from exc
+        finally:
+            log.close()
+        time.sleep(POLL_SECONDS)
 
 
 def _os_user() -> str:

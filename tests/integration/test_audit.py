@@ -12,12 +12,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from actors.audit.log import audit_dir, lock_holder, log_files, verify
 from gateway.cli.audit_client import record_admin_action
-from gateway.core.config import load_config
+from gateway.core.config import lease_mode, load_config
 from tests.integration.harness import Gateway, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,18 +39,48 @@ print("done", flush=True)
 ADMIN_ACTION = """
 import sys
 from gateway.cli.audit_client import record_admin_action
-from gateway.core.config import load_config
+from gateway.core.config import lease_mode, load_config
 record_admin_action(load_config(sys.argv[1]), "token.create", name="ci", role="sender")
 """
 
 
 def entries(gw: Gateway) -> list[dict[str, Any]]:
+    """Every entry of ``gw``'s audit chain: its files, or in multi-host mode with a
+    database the chain there (shared by every leader on it)."""
+    config = load_config(gw.config_path)
+    if lease_mode(config):
+        return database_entries(config.cluster.database_url, _test_began(gw))
     found = []
     for _, path in log_files(audit_dir(gw.data_dir)):
         for line in path.read_text().splitlines():
             if line.endswith("}"):  # an entry being written right now is not read half
                 found.append(json.loads(line))
     return found
+
+
+def database_entries(url: str, since: float = 0.0) -> list[dict[str, Any]]:
+    """The entries of the chain in PostgreSQL, in chain order ([] before the first),
+    made (or queued) at ``since`` (unix time) or later."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT to_regclass('wagate_audit') IS NOT NULL").fetchone()
+        if not (row and row[0]):
+            return []
+        found = [json.loads(r[0]) for r in
+                 conn.execute("SELECT entry FROM wagate_audit ORDER BY seq")]
+    return [e for e in found if _unix(e.get("queued_at", e["time"])) >= since]
+
+
+def _unix(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _test_began(gw: Gateway) -> float:
+    """When this test made its first gateway: a module's tests share one database, so
+    entries from before are another test's. (Gateways are made under the test's
+    temp dir, each with its config file.)"""
+    return min(p.stat().st_mtime for p in gw.root.parent.glob("*/gateway.toml"))
 
 
 def events(gw: Gateway, name: str) -> list[dict[str, Any]]:

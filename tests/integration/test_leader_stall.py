@@ -56,13 +56,12 @@ EXHAUSTED = "restart budget exhausted"
 
 
 def audit_events(gw: Gateway) -> list[dict[str, object]]:
-    """Every entry of ``gw``'s audit log (JSON lines, one file per segment)."""
-    entries = []
-    for path in sorted((gw.data_dir / "audit").glob("audit-*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                entries.append(json.loads(line))
-    return entries
+    """Every entry of ``gw``'s audit chain (in the database in lease mode)."""
+    from tests.integration.test_audit import entries
+
+    found = entries(gw)
+    assert found, "no audit entries: the chain was not found"
+    return list(found)
 
 
 def log_entries(gw: Gateway) -> list[dict[str, object]]:

@@ -41,6 +41,7 @@ from tests.pg import PgCluster
 A, B = "alpha", "gamma"
 SESSION = "s1"
 TAKEOVER_DEADLINE = 45.0
+AUDIT_DEADLINE = 10.0  # a stepped-down leader's entries reach the chain through the active one
 
 
 def _leaders(make_gateway: Callable[..., Gateway], shared: Path, url: str
@@ -146,7 +147,13 @@ def test_a_leader_that_loses_the_lock_steps_down_and_the_standby_takes_over(
                         s["lastError"]["code"] == "LEADER_STANDBY" and s, 20, 0.1,
                         "A to show its session waiting as a standby's")
     assert standing["state"] == "CONNECTING", standing
-    fenced = [e for e in _events(first, "session.fenced") if e.get("session") == SESSION]
+    # A's entries since it stepped down are queued in the database; B chains them
+    # within a second (actors/audit/actor.py, DRAIN_SECONDS).
+    wait_for(lambda: _events(first, "leader.standby"), AUDIT_DEADLINE, 0.1,
+             "A's step-down in the audit chain")
+    fenced = wait_for(lambda: [e for e in _events(first, "session.fenced")
+                               if e.get("session") == SESSION], AUDIT_DEADLINE, 0.1,
+                      "A's fenced stop in the audit chain")
     assert [(e.get("reason"), e.get("host")) for e in fenced] == [("leader_lost", A)], fenced
     assert [e.get("host") for e in _events(first, "leader.standby")] == [A]
     assert not [e for e in _events(first, "session.state")
@@ -247,9 +254,20 @@ def test_a_leader_that_steps_down_stops_its_sessions_on_members_too(
     wait_for(lambda: _joined(second), TAKEOVER_DEADLINE, 0.1, "the member to join B")
     where = connected_under(second, deadline=TAKEOVER_DEADLINE)
     took = time.monotonic() - ended_at
-    fenced = sorted((e.get("session"), e.get("host"), e.get("reason"))
-                    for e in _events(first, "session.fenced"))
-    assert fenced == [("f1", A, "leader_lost"), ("f2", M, "leader_lost")], fenced
+    # A stepped down: its entries are queued in the database, and B chains them within
+    # a second (actors/audit/actor.py, DRAIN_SECONDS).
+    expected = [("f1", A, "leader_lost"), ("f2", M, "leader_lost")]
+    fenced: list[tuple[Any, ...]] = []
+
+    def all_fenced() -> bool:
+        fenced[:] = sorted((e.get("session"), e.get("host"), e.get("reason"))
+                           for e in _events(first, "session.fenced"))
+        return fenced == expected
+
+    try:
+        wait_for(all_fenced, AUDIT_DEADLINE, 0.1, "A's fenced stops in the audit chain")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; fenced: {fenced}") from None
     records = parse_records((shared / "simulator" / CONNECTIONS_LOG).read_text("utf-8"))
     assert overlaps(records, until_ns=time.time_ns()) == []
     print(f"\nA's lock connection ended -> both sessions (A's and the member's) connected "
