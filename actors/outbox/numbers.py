@@ -86,56 +86,71 @@ class Budget:
 
 class NumberCache:
     """The answers, the per-session lookup budget and the in-flight claims, in one
-    SQLite file. Safe across threads (a connection per thread) and processes."""
+    SQLite file. Safe across threads and processes.
+
+    One connection per process, shared by its threads under a lock: a connection per
+    thread made a web worker's memory grow with every request thread that ever
+    checked a number (each connection keeps its own schema and page cache, about
+    0.2 MiB), and a stall that makes more threads busy (a restarting outbox) added
+    them late in a worker's life (the soak of issue 16). Every use is a short
+    statement, so the threads hardly wait for each other."""
 
     def __init__(self, path: Path, positive_ttl: float, negative_ttl: float) -> None:
         self._path = Path(path)
         self._positive_ttl = positive_ttl
         self._negative_ttl = negative_ttl
-        self._local = threading.local()
-        self._connection().executescript(_SCHEMA)  # idempotent; commits by itself
-        try:
-            migrate(self._connection(), "the number cache (data_dir/numbers.sqlite)", MIGRATIONS)
-        except BaseException:
-            self.close()
-            raise
+        self._lock = threading.RLock()
+        self._db_conn: sqlite3.Connection | None = None
+        self._pid: int | None = None
+        with self._locked() as db:
+            db.executescript(_SCHEMA)  # idempotent; commits by itself
+            try:
+                migrate(db, "the number cache (data_dir/numbers.sqlite)", MIGRATIONS)
+            except BaseException:
+                self.close()
+                raise
 
-    def _connection(self) -> sqlite3.Connection:
-        """This thread's connection, in autocommit (a fresh one after a fork: a
-        connection must never cross processes)."""
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or getattr(self._local, "pid", None) != os.getpid():
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            with contextlib.suppress(OSError):
-                os.chmod(self._path, 0o600)  # who asked about whom is personal data
-            self._local.db, self._local.pid = db, os.getpid()
-        return db
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[sqlite3.Connection]:
+        """This process's connection, in autocommit, for this thread alone while the
+        block runs (a fresh connection and lock after a fork: neither may cross
+        processes)."""
+        if self._pid != os.getpid():
+            self._lock, self._db_conn, self._pid = threading.RLock(), None, os.getpid()
+        with self._lock:
+            if self._db_conn is None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self._path, timeout=30.0, isolation_level=None,
+                                     check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                with contextlib.suppress(OSError):
+                    os.chmod(self._path, 0o600)  # who asked about whom is personal data
+                self._db_conn = db
+            yield self._db_conn
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         """A transaction that takes the write lock at once (check-then-write is atomic
-        across processes)."""
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        across processes, and across this process's threads by the lock)."""
+        with self._locked() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def get(self, phones: Sequence[str], now: float) -> dict[str, NumberCheck]:
         """The unexpired answers among ``phones``."""
         if not phones:
             return {}
         marks = ",".join("?" * len(phones))
-        db = self._connection()
-        rows = db.execute(
-            f"SELECT phone, on_whatsapp, jid, lid, business, checked_at FROM answers "
-            f"WHERE phone IN ({marks}) AND expires_at > ?", (*phones, now)).fetchall()
+        with self._locked() as db:
+            rows = db.execute(
+                f"SELECT phone, on_whatsapp, jid, lid, business, checked_at FROM answers "
+                f"WHERE phone IN ({marks}) AND expires_at > ?", (*phones, now)).fetchall()
         return {row[0]: NumberCheck(row[0], bool(row[1]), row[2], row[3],
                                     None if row[4] is None else bool(row[4]), row[5],
                                     cached=True) for row in rows}
@@ -156,17 +171,20 @@ class NumberCache:
         """A delivery receipt came from ``phone``: it is on WhatsApp, so a cached "no"
         is stale and goes (a "yes" stays, with the address WhatsApp gave)."""
         stale = "SELECT 1 FROM answers WHERE phone = ? AND on_whatsapp = 0"
-        if self._connection().execute(stale, (phone,)).fetchone() is None:
-            return  # the usual case: a plain read, no write lock per receipt
+        with self._locked() as db:
+            if db.execute(stale, (phone,)).fetchone() is None:
+                return  # the usual case: a plain read, no write lock per receipt
         with self._db() as db:
             db.execute("DELETE FROM answers WHERE phone = ? AND on_whatsapp = 0", (phone,))
 
     def close(self) -> None:
-        """Close this thread's connection (other threads' close as they end)."""
-        db = getattr(self._local, "db", None)
-        if db is not None and getattr(self._local, "pid", None) == os.getpid():
-            db.close()
-        self._local.db = None
+        """Close this process's connection (a later use opens it again)."""
+        if self._pid != os.getpid():
+            return  # a connection of the parent process: never touched here
+        with self._lock:
+            if self._db_conn is not None:
+                self._db_conn.close()
+                self._db_conn = None
 
     def spend(self, session: str, count: int, budget: Budget, now: float) -> None:
         """Take ``count`` lookups from the session's budget, all or none."""

@@ -4,6 +4,7 @@ answers and errors mapped (with neonize's own protobuf types, no network)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from actors.outbox.numbers import (
     LookupBudgetExceeded,
     LookupFailed,
     NumberCache,
+    NumberCheck,
     check_numbers,
 )
 from actors.transport.base import NumberInfo
@@ -199,5 +201,42 @@ def test_engine_lookup_errors_are_unknown_with_a_reason(text: str, reason: str) 
 def test_expired_answers_are_removed_not_kept_for_ever(cache: NumberCache) -> None:
     cache.put([NumberInfo(NO, False)], 0.0)
     cache.put([NumberInfo(YES, True)], 11.0)  # NO expired at 10
-    rows = cache._connection().execute("SELECT phone FROM answers").fetchall()
+    with cache._locked() as db:
+        rows = db.execute("SELECT phone FROM answers").fetchall()
     assert rows == [(YES,)]
+
+
+def _open_on(path: Path) -> int:
+    """This process's descriptors open on ``path`` (a SQLite connection holds one)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir()
+               if os.path.realpath(fd) == str(path.resolve()))
+
+
+def test_threads_share_one_connection_so_memory_does_not_grow_with_them(
+        tmp_path: Path) -> None:
+    """A connection per thread made a web worker's memory grow with every request
+    thread that ever checked a number (issue 16's soak: about 0.2 MiB each, added when
+    a stall made more threads busy)."""
+    path = tmp_path / "numbers.sqlite"
+    numbers = NumberCache(path, positive_ttl=100.0, negative_ttl=10.0)
+    try:
+        numbers.put([NumberInfo(YES, True, f"{YES}@s.whatsapp.net")], 1.0)
+        start = threading.Barrier(8)
+        answers: list[dict[str, NumberCheck]] = []
+
+        def check() -> None:
+            start.wait(10)
+            answers.append(numbers.get([YES], 2.0))
+            numbers.spend("s", 1, PLENTY, 2.0)
+
+        threads = [threading.Thread(target=check) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert [a[YES].on_whatsapp for a in answers] == [True] * 8
+        assert _open_on(path) == 1
+    finally:
+        numbers.close()
+    assert _open_on(path) == 0
