@@ -175,11 +175,7 @@ def web(config: Config, bridge: FakeBridge | None = None) -> Iterator[Web]:
         with app.test_client() as client:
             yield Web(app, client, fake, config)
     finally:
-        # The number cache keeps one SQLite connection per thread; the requests ran on
-        # this one.
-        db = getattr(app.extensions["wagate"].numbers._local, "db", None)
-        if db is not None:
-            db.close()
+        app.extensions["wagate"].numbers.close()  # its one SQLite connection
 
 
 def codes(result: dict[str, Any]) -> list[str]:
