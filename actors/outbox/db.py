@@ -131,8 +131,9 @@ def translate(sql: str) -> str:
     return text
 
 
-class _Hung(Exception):
-    """A call that did not come back within its bound."""
+class _Hung(WagateError):
+    """A call that did not come back within its bound (internal: the caller turns it
+    into ``StoreUnavailable``)."""
 
 
 class _Worker:

@@ -179,10 +179,18 @@ CODES: tuple[ErrorCode, ...] = (
         "`reason: DISK_FULL`: the file system of `data_dir` has less free space than "
         "`storage.min_free_mb` (or a write found it full); the message was not accepted. "
         "A webhook change whose write finds the disk full is refused the same way, "
-        "nothing changed",
-        "retry in a few seconds (`DISK_FULL`: after `retryAfterSeconds`, sends and changes "
-        "resume by themselves once the operator frees disk space); if it lasts, the "
-        "operator checks `wagate status` and the logs",
+        "nothing changed. With `reason: RATE_STATE_UNAVAILABLE` (several hosts with "
+        "`cluster.database_url`): the leader could not read or write the rate limits in "
+        "the database within 1 s; nothing was stored or sent, and no quota used. With "
+        "`reason: STORE_UNAVAILABLE` (several hosts with `cluster.database_url`): the "
+        "message store in the database did not answer; nothing was stored. With "
+        "`reason: LEADER_STANDBY` (several hosts with `cluster.database_url`): this leader "
+        "is a standby (another leader holds the leadership lock, or this one lost it and "
+        "stepped down); nothing was stored or read",
+        "retry in a few seconds (`LEADER_STANDBY`: send through the active leader's API, "
+        "or a member's, which follows it; `DISK_FULL`: after `retryAfterSeconds`, sends "
+        "and changes resume by themselves once the operator frees disk space); if it "
+        "lasts, the operator checks `wagate status` and the logs",
         ("reason", "retryAfterSeconds")),
     ErrorCode(
         "UNCERTAIN",
