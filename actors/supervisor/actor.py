@@ -305,8 +305,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_GetRoutes(self, msg: GetRoutes, sender: Any) -> None:
         outbox = self.children.address(OUTBOX)
-        if outbox is None:
-            self.send(sender, _store_restarting(msg.request_id))
+        if outbox is None or self.outbox_waits:
+            self.send(sender, self._no_outbox(msg.request_id))
         else:
             audit = self.children.address(AUDIT)
             # audit None (restarting): send AuditEvents here, they are held and passed on.
@@ -425,8 +425,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
     def receiveMsg_SendText(self, msg: SendText, sender: Any) -> None:
         """Sends normally go to the outbox directly (GetRoutes); pass on any that come here."""
         outbox = self.children.address(OUTBOX)
-        if outbox is None:
-            self.send(sender, _store_restarting(msg.request_id))
+        if outbox is None or self.outbox_waits:
+            self.send(sender, self._no_outbox(msg.request_id))
         else:
             self.send(outbox, Offer(msg, sender))
 
@@ -518,10 +518,18 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                    | ChartMessageStates | OpenMedia,
                sender: Any) -> None:
         outbox = self.children.address(OUTBOX)
-        if outbox is None:
-            self.send(sender, _store_restarting(msg.request_id))
+        if outbox is None or self.outbox_waits:
+            self.send(sender, self._no_outbox(msg.request_id))
         else:
             self.send(outbox, Routed(msg, sender))
+
+    def _no_outbox(self, request_id: str) -> Failed:
+        """Why no outbox takes a request here: a standby's outbox (with leases) waits
+        for the leadership lock, and the message store belongs to the active leader;
+        otherwise the outbox is restarting."""
+        if self.outbox_waits:
+            return _leader_standby(request_id)
+        return _store_restarting(request_id)
 
     # ---- reports from children ------------------------------------------------------------
 
@@ -1211,6 +1219,18 @@ def _unknown_session(session: str, request_id: str) -> Failed:
     return Failed("UNKNOWN_SESSION", f"the gateway knows no session '{session}'; "
                   "whatsAppSessions lists the known ones, and whatsAppConnect creates one",
                   {"session": session}, request_id=request_id)
+
+
+LEADER_STANDBY = "LEADER_STANDBY"  # extensions.reason of a request a standby refuses
+
+
+def _leader_standby(request_id: str) -> Failed:
+    """Nothing was stored: the caller sends through the active leader (or a member,
+    which follows it)."""
+    return Failed("UNAVAILABLE", "this leader is a standby (another leader holds the "
+                  "leadership lock, or this one lost it); nothing was stored: send through "
+                  "the active leader's API, or a member's, which follows it",
+                  {"reason": LEADER_STANDBY}, request_id=request_id)
 
 
 def _store_restarting(request_id: str) -> Failed:
