@@ -53,11 +53,11 @@ def kind_of_bytes(data: bytes, incoming_kind: str) -> str:
     return kind_of(incoming_kind, kinds.sniff(head), head).value.lower()
 
 
-def store_incoming(data_dir: Path, data: bytes, incoming_kind: str, file_name: str
+def store_incoming(root: Path, host: str, data: bytes, incoming_kind: str, file_name: str
                    ) -> MediaSpec:
-    """Store ``data`` (encrypted, once per content) and describe it."""
-    root = store.media_root(data_dir)
-    stored = store.store_bytes(root, data)
+    """Store ``data`` (encrypted, once per content) in the media store at ``root``
+    (``Config.media_path``; ``host``: ``Config.host_label``) and describe it."""
+    stored = store.store_bytes(root, data, host)
     mime = kinds.sniff(stored.head)
     return MediaSpec(kind=kind_of(incoming_kind, mime, stored.head).value, mime=mime,
                      size=stored.size, sha256=stored.sha256,

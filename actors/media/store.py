@@ -1,4 +1,5 @@
-"""The media store: files in ``data_dir/media``, encrypted at rest, stored once per content.
+"""The media store: files in ``data_dir/media`` (or ``storage.media_dir``, which the
+leaders of a cluster share), encrypted at rest, stored once per content.
 
 Why this shape:
 
@@ -54,7 +55,6 @@ TAG_BYTES = 16
 KEY_BYTES = 32
 _HEAD = struct.Struct(">8sBIQ")  # magic, version, chunk size, plaintext size
 HEADER_BYTES = _HEAD.size + 32 + KEY_BYTES + TAG_BYTES  # + ephemeral public key, sealed key
-MEDIA_DIR = "media"
 TEMP_DIR = "tmp"
 SUFFIX = ".wgm"
 PUBLIC_FILE = "media.pub"
@@ -71,10 +71,6 @@ class MediaStoreError(WagateError):
     code = "MEDIA_STORE"
 
 
-def media_root(data_dir: Path) -> Path:
-    return data_dir / MEDIA_DIR
-
-
 def file_path(root: Path, sha256: str) -> Path:
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise MediaStoreError(f"{sha256!r} is not a media id")
@@ -87,16 +83,25 @@ def file_path(root: Path, sha256: str) -> Path:
 def ensure_key_pair(root: Path, key: StoreKey | None) -> None:
     """Create the media key pair if there is none (the launcher, before any process
     writes media). Without a storage key (``--demo`` only) the private key is kept in
-    clear text, as the session stores are, and sealed at the next start with a key."""
+    clear text, as the session stores are, and sealed at the next start with a key.
+
+    Several leaders may share the directory (``storage.media_dir``) and start at once:
+    the private key is published exclusively (a hard link, never over a file), so one
+    host's key wins and every other host uses it; the public key is then derived from
+    the private key on disk, so a host that lost the race, or one that crashed between
+    the two writes, writes the same public key again."""
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     private_path = root / PRIVATE_FILE
-    if private_path.exists():
-        return
-    private = X25519PrivateKey.generate()
-    raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                serialization.NoEncryption())
-    write_atomic(root / PUBLIC_FILE, _public_bytes(private.public_key()))
-    write_atomic(private_path, raw if key is None else seal(key, raw, MEDIA_KEY_STORE))
+    if not private_path.exists():
+        private = X25519PrivateKey.generate()
+        raw = private.private_bytes(serialization.Encoding.Raw,
+                                    serialization.PrivateFormat.Raw,
+                                    serialization.NoEncryption())
+        with contextlib.suppress(FileExistsError):  # another host's key won
+            write_atomic(private_path, raw if key is None else seal(key, raw, MEDIA_KEY_STORE),
+                         exclusive=True)
+    if not (root / PUBLIC_FILE).exists():
+        write_atomic(root / PUBLIC_FILE, _public_bytes(_open_private(root, key).public_key()))
 
 
 def _public_bytes(public: X25519PublicKey) -> bytes:
@@ -113,17 +118,21 @@ def load_public(root: Path) -> X25519PublicKey:
 
 def load_private(root: Path, key: StoreKey | None) -> X25519PrivateKey:
     """The media private key, opened with the storage key (or in clear for the demo)."""
-    blob = (root / PRIVATE_FILE).read_bytes()
-    if is_sealed(blob):
-        if key is None:
-            raise MediaStoreError("the media key is encrypted but no storage key is configured")
-        blob = unseal(key, blob, "the media store's key", MEDIA_KEY_STORE)
-    private = X25519PrivateKey.from_private_bytes(blob)
+    private = _open_private(root, key)
     if (root / PUBLIC_FILE).exists() and load_public(root).public_bytes_raw() != \
             private.public_key().public_bytes_raw():
         raise MediaStoreError("the media store's public key does not belong to its private "
                               "key (media.pub was replaced); restore it from a backup")
     return private
+
+
+def _open_private(root: Path, key: StoreKey | None) -> X25519PrivateKey:
+    blob = (root / PRIVATE_FILE).read_bytes()
+    if is_sealed(blob):
+        if key is None:
+            raise MediaStoreError("the media key is encrypted but no storage key is configured")
+        blob = unseal(key, blob, "the media store's key", MEDIA_KEY_STORE)
+    return X25519PrivateKey.from_private_bytes(blob)
 
 
 def _wrap_key(shared: bytes, ephemeral: bytes, recipient: bytes) -> bytes:
@@ -147,8 +156,9 @@ class MediaWriter:
     """Streams one file into the store: ``write`` any number of times, then ``finish``
     (durable, deduplicated) or ``abort``. Holds at most one chunk of plaintext."""
 
-    def __init__(self, root: Path, public: X25519PublicKey, head_bytes: int = 8192) -> None:
-        temp = root / TEMP_DIR
+    def __init__(self, root: Path, public: X25519PublicKey, head_bytes: int = 8192,
+                 host: str | None = None) -> None:
+        temp = temp_dir(root, host)
         temp.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._out, self.path = streaming_temp(temp, ".upload.")
         self.root = root
@@ -237,9 +247,9 @@ def _chunk_ad(last: bool) -> bytes:
     return b"wagate-media-chunk" + (b"\x01" if last else b"\x00")
 
 
-def store_bytes(root: Path, data: bytes) -> StoredFile:
+def store_bytes(root: Path, data: bytes, host: str | None = None) -> StoredFile:
     """A whole small file at once (tests, the simulator's incoming files)."""
-    writer = MediaWriter(root, load_public(root))
+    writer = MediaWriter(root, load_public(root), host=host)
     with writer:
         for start in range(0, len(data), CHUNK_BYTES):
             writer.write(data[start:start + CHUNK_BYTES])
@@ -326,15 +336,26 @@ def read_all(root: Path, sha256: str, key: bytes) -> bytes:
 # --------------------------------------------------------------------------- housekeeping
 
 
-def sweep_temp(root: Path) -> int:
+def temp_dir(root: Path, host: str | None) -> Path:
+    """Where one host's uploads stream before they are stored: ``tmp/<host>`` (its
+    ``Config.host_label``), so a host sweeping its own interrupted uploads at start
+    never touches an upload another host sharing ``storage.media_dir`` has under way.
+    None: ``tmp`` itself (tests, and files from before there was a host part)."""
+    return root / TEMP_DIR if host is None else root / TEMP_DIR / host
+
+
+def sweep_temp(root: Path, host: str | None = None) -> int:
     """Remove uploads a crash or a refusal interrupted before they were stored; only
-    safe while nothing uploads (the launcher, before the web tier starts)."""
+    safe while nothing uploads on this host (the launcher, before the web tier
+    starts): only this host's temp directory is swept, and the files directly in
+    ``tmp`` (left by a version without per-host temp directories)."""
     removed = 0
-    temp = root / TEMP_DIR
-    for path in temp.glob(".upload.*.tmp") if temp.is_dir() else ():
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed += 1
+    directories = {root / TEMP_DIR, temp_dir(root, host)}
+    for temp in sorted(directories):
+        for path in temp.glob(".upload.*.tmp") if temp.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
     return removed
 
 

@@ -49,7 +49,7 @@ from typing import Any
 import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
-from actors.media.store import MediaStoreError, file_key, media_root
+from actors.media.store import MediaStoreError, file_key
 from actors.media.store import load_private as load_media_private
 from actors.messages import (
     Accepted,
@@ -362,7 +362,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
             return
         if send.media is not None:
             media_refused = outbox_media.refusal(
-                self.store, media_root(self.config.data_path), send.media,
+                self.store, self.config.media_path, send.media,
                 int(self.config.media.max_total_mb * 1024 * 1024), send.request_id)
             if media_refused is not None:
                 if media_refused.code == "RATE_LIMITED":
@@ -932,7 +932,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
         ref = self.store.media_ref(media_id)
         if ref is None:
             return None
-        root = media_root(self.config.data_path)
+        root = self.config.media_path
         try:
             if self.media_private is None:
                 self.media_private = load_media_private(
@@ -1440,7 +1440,7 @@ class OutboxActor(RunOnce, ActorTypeDispatcher):
     def _prune_media(self, now: float) -> None:
         """After the message records and received messages: their references go first."""
         assert self.store is not None and self.config is not None
-        deleted = outbox_media.prune(self.store, media_root(self.config.data_path), now,
+        deleted = outbox_media.prune(self.store, self.config.media_path, now,
                                      self.config.media.retention_days * 86400)
         if deleted:
             log.info("deleted media files past retention", count=deleted)

@@ -920,7 +920,8 @@ class SessionActor(BridgedActor):
         from actors.media import incoming
 
         try:
-            return incoming.store_incoming(self.config.data_path, event.media_data,
+            return incoming.store_incoming(self.config.media_path, self.config.host_label,
+                                           event.media_data,
                                            event.kind, event.file_name), None
         except (OSError, WagateError) as exc:
             reason = (incoming.MISSING_DISK_FULL if is_disk_full(exc)
@@ -937,7 +938,7 @@ class SessionActor(BridgedActor):
         from actors.session.sealed_store import StoreError, load_key
 
         assert msg.media is not None
-        root = media_files.media_root(self.config.data_path)
+        root = self.config.media_path
         try:
             if self.media_private is None:
                 self.media_private = media_files.load_private(

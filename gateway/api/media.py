@@ -42,13 +42,13 @@ def store_media(config: Config, kind: kinds.Kind, upload: Upload | None, url: st
                 file_name: str | None) -> MediaSpec:
     """Check and store the file; returns what the message record names."""
     limits = kinds.MediaLimits.from_config(config.media)
-    root = files.media_root(config.data_path)
+    root = config.media_path
     if upload is not None:
         writer = upload.writer
         file_name = file_name or kinds.check_file_name(upload.filename)
     else:
         assert url is not None
-        writer = files.MediaWriter(root, files.load_public(root))
+        writer = files.MediaWriter(root, files.load_public(root), host=config.host_label)
     try:
         if url is not None:
             fetch.fetch_into(url, writer, allow=config.media.allow_insecure,

@@ -97,6 +97,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def _outside_paths(config: Any) -> list[Path]:
     """What the configuration keeps outside data_dir that a restore also needs."""
     paths = [config.sessions_path] if config.storage.sessions_dir else []
+    if config.storage.media_dir:
+        paths.append(config.media_path)
     if config.auth.tokens_file:
         paths.append(Path(config.auth.tokens_file).expanduser().resolve())
     return paths

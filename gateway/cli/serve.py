@@ -130,7 +130,9 @@ def filesystem_problem(config: Config, mountinfo: str | None = None) -> str | No
     it, or a mount inside it, is a network file system. A mount at or inside
     ``storage.sessions_dir`` is allowed: it holds sealed files, written whole to a temp
     file and renamed, never a live database and no lock (with the stores in clear text,
-    ``--demo`` only, ``gateway.cli.store_keys`` refuses it). ``mountinfo``: the text
+    ``--demo`` only, ``gateway.cli.store_keys`` refuses it). So is one at or inside
+    ``storage.media_dir``: media files are written to a temp file and renamed too, the
+    key pair published with a hard link, and nothing there is a database. ``mountinfo``: the text
     instead of this process's ``/proc/self/mountinfo``."""
     mounts = read_mounts(mountinfo)
     if mounts is None:
@@ -142,9 +144,9 @@ def filesystem_problem(config: Config, mountinfo: str | None = None) -> str | No
     problem = None if mount is None else network_problem("storage.data_dir", str(data), mount)
     if problem is not None:
         return problem
-    sessions = str(config.sessions_path)
+    shared = (str(config.sessions_path), str(config.media_path))
     for below in mounts_below(str(data), mounts):
-        if within(below.mount_point, sessions):
+        if any(within(below.mount_point, directory) for directory in shared):
             continue
         here = mount_of_path(Path(below.mount_point), mounts)
         problem = None if here is None else network_problem(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from actors.media.store import MEDIA_KEY_STORE, media_root
+from actors.media.store import MEDIA_KEY_STORE
 from actors.session.sealed_store import (
     CURRENT_VERSIONS,
     EPOCH_VERSION,
@@ -89,9 +89,11 @@ class StoreFile:
             return handle.read(HEADER_BYTES)
 
 
-def find_stores(data_dir: Path, sessions_dir: Path | None = None) -> list[StoreFile]:
+def find_stores(data_dir: Path, sessions_dir: Path | None = None,
+                media_dir: Path | None = None) -> list[StoreFile]:
     """Every credential store in ``data_dir/sessions`` (or ``sessions_dir``), by
-    session and file name, then the media store's private key (``data_dir/media``):
+    session and file name, then the media store's private key (``data_dir/media``, or
+    ``media_dir``):
     sealed like a session store, so checked and rotated with them."""
     root = data_dir / "sessions" if sessions_dir is None else sessions_dir
     found = []
@@ -102,7 +104,7 @@ def find_stores(data_dir: Path, sessions_dir: Path | None = None) -> list[StoreF
             path = directory / name
             if path.is_file():
                 found.append(StoreFile(directory.name, name, path))
-    media_key = media_root(data_dir) / MEDIA_KEY_STORE.name
+    media_key = (data_dir / "media" if media_dir is None else media_dir) / MEDIA_KEY_STORE.name
     if media_key.is_file():
         found.append(StoreFile(MEDIA_KEY_STORE.session, MEDIA_KEY_STORE.name, media_key))
     return found
@@ -218,7 +220,7 @@ def check_stores(config: Config) -> StoreKey | None:
     except StoreKeyError as exc:
         raise StoreCheckError(str(exc)) from None
     _remove_interrupted_writes(data, config.sessions_path)
-    stores = find_stores(data, config.sessions_path)
+    stores = find_stores(data, config.sessions_path, config.media_path)
     sealed = [s for s in stores if is_sealed(s.header())]
     if key is None:
         if sealed:
@@ -241,7 +243,7 @@ def check_stores(config: Config) -> StoreKey | None:
             raise StoreCheckError(problem)
         log.warning("session stores are not encrypted: no storage key is configured "
                     "(allowed with --demo only; see `wagate keys create`)")
-        _prepare_media(data, None)
+        _prepare_media(config, None)
         return None
     if enc.key_file and key.source.startswith("encryption.key_file") and key_file_too_open(
             Path(enc.key_file).expanduser()):
@@ -280,18 +282,19 @@ def check_stores(config: Config) -> StoreKey | None:
         log.warning("the real engine's device store is in Postgres (transport.session_store): "
                     "wagate cannot encrypt it; rely on the database's own encryption at rest")
     log.info("session stores are encrypted", key=key.fingerprint, stores=len(stores))
-    _prepare_media(data, key)
+    _prepare_media(config, key)
     return key
 
 
-def _prepare_media(data: Path, key: StoreKey | None) -> None:
+def _prepare_media(config: Config, key: StoreKey | None) -> None:
     """The media store's key pair (made at the first start), and no upload left half
-    written by a crash: nothing uploads yet, so every temp file is an orphan."""
+    written by a crash: nothing uploads yet on this host, so every temp file of this
+    host is an orphan (another host sharing ``storage.media_dir`` keeps its own)."""
     from actors.media.store import ensure_key_pair, sweep_temp
 
-    root = media_root(data)
+    root = config.media_path
     ensure_key_pair(root, key)
-    removed = sweep_temp(root)
+    removed = sweep_temp(root, config.host_label)
     if removed:
         log.warning("removed uploads a crash interrupted before they were accepted",
                     count=removed)
@@ -362,7 +365,7 @@ def rotate_keys(config: Config, new_key: StoreKey, progress: Callable[[str], Non
                 f"the new key ({new_key.source}) is the key already configured; create "
                 "another with `wagate keys create --out PATH`")
         _remove_interrupted_writes(data, config.sessions_path)
-        stores = find_stores(data, config.sessions_path)
+        stores = find_stores(data, config.sessions_path, config.media_path)
         plan = _plan(stores, old_key, new_key)
         ledger = _ledger(config)
         report = RotationReport()
@@ -448,7 +451,7 @@ def verify_stores(config: Config) -> tuple[StoreKey | None, list[tuple[StoreFile
         raise StoreCheckError(str(exc)) from None
     ledger = _ledger(config)
     results = []
-    for store in find_stores(data, config.sessions_path):
+    for store in find_stores(data, config.sessions_path, config.media_path):
         blob = store.path.read_bytes()
         try:
             if ledger is not None:

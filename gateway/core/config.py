@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import socket
 import tomllib
 import types
 import typing
@@ -60,6 +61,10 @@ class StorageConfig:
     # cluster point this at one shared directory, so a session moved to another host
     # resumes from the same (encrypted) credentials without a new QR code.
     sessions_dir: str = ""
+    # The media files (encrypted) and the media key pair; "" = data_dir/media. The
+    # leaders of a cluster point this at one shared directory, so a standby that takes
+    # over sends and serves the files the old leader accepted.
+    media_dir: str = ""
     # Below this much free space on data_dir's file system, sends are refused
     # (UNAVAILABLE, reason DISK_FULL) and health warns: the rest is kept for the records
     # of messages already accepted, their state changes, events and the audit log.
@@ -443,6 +448,21 @@ class Config:
         return self.data_path / "sessions"
 
     @property
+    def media_path(self) -> Path:
+        """Where the media files and the media key pair live (``storage.media_dir``)."""
+        if self.storage.media_dir:
+            return Path(self.storage.media_dir).expanduser().resolve()
+        return self.data_path / "media"
+
+    @property
+    def host_label(self) -> str:
+        """This host's name as a file name (``cluster.host_name``, else the machine's
+        name): what marks its own temp files in a directory several hosts share."""
+        name = self.cluster.host_name or socket.gethostname()
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        return safe[:64] or "host"
+
+    @property
     def simulator_path(self) -> Path:
         """The simulated service's server side (``simulator.server_dir``)."""
         if self.simulator.server_dir:
@@ -569,12 +589,33 @@ def _checked(config: Config) -> Config:
     _check_networks(config)
     _check_browser_access(config.http)
     _check_cluster(config.cluster)
+    _check_media_dir(config)
     _check_without_tokens(config)
     _check_pacing(config)
     _check_device_name(config.transport.device_name)
     _check_webhooks(config.webhooks)
     _check_allow_insecure(config.media.allow_insecure, "media.allow_insecure")
     return config
+
+
+def _check_media_dir(config: Config) -> None:
+    """``storage.media_dir``: an absolute directory of its own. Relative, it would
+    move with the working directory; data_dir itself (or a directory holding it), the
+    sessions' directory or one inside it would mix the media files with files that
+    the media store's pruning must never see or that other hosts must never share."""
+    text = config.storage.media_dir
+    if not text:
+        return
+    where = f"storage.media_dir {text!r}"
+    if "\0" in text or not Path(text).expanduser().is_absolute():
+        raise ConfigError(f"{where} must be an absolute path (or \"\" for data_dir/media)")
+    media, data, sessions = config.media_path, config.data_path, config.sessions_path
+    if media == data or media in data.parents:
+        raise ConfigError(f"{where} must not be storage.data_dir or hold it: give the "
+                          "media files a directory of their own")
+    if media == sessions or sessions in media.parents or media in sessions.parents:
+        raise ConfigError(f"{where} must not be, hold or be inside the sessions' "
+                          "directory (storage.sessions_dir)")
 
 
 def _check_webhooks(webhooks: WebhooksConfig) -> None:

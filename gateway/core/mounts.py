@@ -113,8 +113,8 @@ def is_network(mount: Mount) -> bool:
 
 
 DATA_DIR_ADVICE = ("Put it on a local file system of this host (ext4, xfs, btrfs, ...); "
-                   "only storage.sessions_dir (sealed files, no live database) may be a "
-                   "shared network directory")
+                   "only storage.sessions_dir and storage.media_dir (sealed files, no "
+                   "live database) may be a shared network directory")
 
 
 def network_problem(key: str, directory: str, mount: Mount,

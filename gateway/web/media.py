@@ -40,7 +40,7 @@ def media(media_id: str) -> Response | tuple[Response, int]:
         return error_response("NOT_FOUND", f"no media {media_id!r} (unknown, deleted after "
                               "media.retention_days, or of a session this token may not "
                               "read)", 404)
-    root = files.media_root(state.config.data_path)
+    root = state.config.media_path
     size = int(ref["size"])
     headers = _headers(ref)
     status, start, end = 200, 0, size

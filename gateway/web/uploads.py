@@ -4,7 +4,7 @@ The GraphQL multipart request specification (``operations``, ``map``, then one p
 per file) is what ``apollo-upload-client`` and ``gql`` send. Werkzeug parses the body
 as it arrives and asks the request for a stream to write each file part into
 (``Request._get_file_stream``); the default spools to a temp file in clear text. Here
-each file part goes straight into an encrypted ``MediaWriter`` in ``data_dir/media``,
+each file part goes straight into an encrypted ``MediaWriter`` in the media store,
 in werkzeug's chunks: a file is never whole in a worker's memory, and never on disk
 unencrypted. The body may be at most the largest ``media.max_<kind>_mb`` plus a
 little (a 413 otherwise, before a byte is stored); the kind's own limit is checked
@@ -64,8 +64,8 @@ class MediaRequest(Request):
         sinks: list[UploadSink] = g.setdefault("upload_sinks", [])
         if len(sinks) >= MAX_FILE_PARTS:
             raise BodyError(f"a request may carry at most {MAX_FILE_PARTS} files")
-        root = files.media_root(g.media_root_of)
-        sink = UploadSink(files.MediaWriter(root, files.load_public(root)))
+        root, host = g.media_root_of
+        sink = UploadSink(files.MediaWriter(root, files.load_public(root), host=host))
         sinks.append(sink)
         return cast(IO[bytes], sink)
 
@@ -77,7 +77,7 @@ def max_body(config: Config) -> int:
 def multipart_operations(request: Request, config: Config) -> Any:
     """The operations of a multipart request with each file put in its variable (an
     ``UploadSink``, the resolvers' ``Upload``). Raises BodyError for a malformed one."""
-    g.media_root_of = config.data_path
+    g.media_root_of = (config.media_path, config.host_label)
     request.max_content_length = max_body(config)
     form, parts = request.form, request.files
     try:

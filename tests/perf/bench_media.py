@@ -130,7 +130,7 @@ def run(gateway: Gateway, root: Path) -> None:
 
     data = document(16 * MB)
     started = time.perf_counter()
-    store.store_bytes(store.media_root(gateway.data_dir), data + b"floor")
+    store.store_bytes(gateway.data_dir / "media", data + b"floor")
     floor = time.perf_counter() - started
     started = time.perf_counter()
     upload(gateway, data)
