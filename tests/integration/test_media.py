@@ -73,9 +73,9 @@ def sent(response: requests.Response) -> dict[str, Any]:
     return dict(body["data"]["sendWhatsAppMedia"])
 
 
-def received(gateway: Gateway, sha256: str) -> dict[str, Any]:
+def received(gateway: Gateway, sha256: str, deadline: float = 15) -> dict[str, Any]:
     return wait_for(lambda: next((m for m in gateway.inbox() if m.get("sha256") == sha256),
-                                 None), 15, 0.1, f"the file {sha256[:8]} at the recipient")
+                                 None), deadline, 0.1, f"the file {sha256[:8]} at the recipient")
 
 
 @pytest.mark.parametrize(("kind", "make", "mime"), [

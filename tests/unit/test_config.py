@@ -491,3 +491,39 @@ def test_the_lease_database_is_a_postgresql_url_whose_value_is_never_shown() -> 
 def test_a_single_host_refuses_a_lease_database() -> None:
     with pytest.raises(ConfigError, match="single host keeps all its state"):
         load_config(overrides={"cluster.database_url": "postgresql://h/db"})
+
+
+def _storage(tmp_path: Path, **storage: str) -> Config:
+    return config_from_dict({"storage": {"data_dir": str(tmp_path / "data"), **storage}})
+
+
+def test_media_dir_defaults_to_data_dir_media_and_may_be_a_shared_directory(
+        tmp_path: Path) -> None:
+    assert _storage(tmp_path).media_path == tmp_path / "data" / "media"
+    shared = tmp_path / "shared" / "media"
+    config = _storage(tmp_path, media_dir=str(shared),
+                      sessions_dir=str(tmp_path / "shared" / "sessions"))
+    assert config.media_path == shared
+
+
+@pytest.mark.parametrize(("media_dir", "why"), [
+    ("media", "absolute"),
+    ("./shared/media", "absolute"),
+    ("{data}", "data_dir"),
+    ("{tmp}", "data_dir"),
+    ("{sessions}", "sessions"),
+    ("{sessions}/media", "sessions"),
+    ("{tmp}/shared", "sessions"),  # holds the sessions' directory
+])
+def test_a_media_dir_that_is_relative_or_overlaps_other_stores_is_refused(
+        tmp_path: Path, media_dir: str, why: str) -> None:
+    sessions = tmp_path / "shared" / "sessions"
+    value = media_dir.format(data=tmp_path / "data", tmp=tmp_path, sessions=sessions)
+    with pytest.raises(ConfigError, match=r"storage\.media_dir") as info:
+        _storage(tmp_path, media_dir=value, sessions_dir=str(sessions))
+    assert why in str(info.value)
+
+
+def test_the_host_label_is_a_safe_file_name(tmp_path: Path) -> None:
+    config = config_from_dict({"cluster": {"host_name": "../eu west/1"}})
+    assert config.host_label == "___eu_west_1"

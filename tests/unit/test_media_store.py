@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +140,66 @@ def test_the_demo_keeps_the_private_key_in_clear(tmp_path: Path) -> None:
     sha = store.store_bytes(root, b"demo").sha256
     assert store.read_all(root, sha, store.file_key(root, sha, store.load_private(root, None))
                           ) == b"demo"
+
+
+def _race_for_the_key_pair(root: str, barrier: Any, results: Any) -> None:
+    """One host starting: make the key pair (after every other host is ready to do the
+    same), then store a file sealed to the public key it found."""
+    barrier.wait(30)
+    store.ensure_key_pair(Path(root), KEY)
+    results.put(store.store_bytes(Path(root), os.urandom(64)).sha256)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_hosts_starting_at_once_end_with_one_key_pair(tmp_path: Path, attempt: int) -> None:
+    """Leaders sharing storage.media_dir start together: one private key wins, and
+    every file any of them stored opens with it (before, each wrote its own pair over
+    the others' and files sealed to a lost public key could never be read)."""
+    context = multiprocessing.get_context("fork")
+    hosts = 6
+    barrier, results = context.Barrier(hosts), context.Queue()
+    root = tmp_path / "media"
+    processes = [context.Process(target=_race_for_the_key_pair,
+                                 args=(str(root), barrier, results)) for _ in range(hosts)]
+    for process in processes:
+        process.start()
+    try:
+        shas = [results.get(timeout=60) for _ in range(hosts)]
+    finally:
+        for process in processes:
+            process.join(30)
+    assert [p.exitcode for p in processes] == [0] * hosts
+    private = store.load_private(root, KEY)  # media.pub belongs to media.key
+    for sha in shas:
+        store.read_all(root, sha, store.file_key(root, sha, private))
+    assert {p.name for p in root.iterdir() if p.is_file()} == {
+        store.PUBLIC_FILE, store.PRIVATE_FILE}  # no temp file left behind
+
+
+def test_a_crash_between_the_two_key_files_is_repaired_at_the_next_start(
+        root: Path) -> None:
+    """The private key is written first: without media.pub the next start derives it
+    from media.key, and files stored before still open."""
+    sha = store.store_bytes(root, b"before").sha256
+    (root / store.PUBLIC_FILE).unlink()
+    store.ensure_key_pair(root, KEY)
+    assert store.read_all(root, sha, _key(root, sha)) == b"before"
+
+
+def test_a_host_sweeps_only_its_own_interrupted_uploads(root: Path) -> None:
+    """Hosts sharing storage.media_dir: one starting removes its own half uploads (and
+    those of a version without per-host temp directories), never another host's
+    upload under way, which still finishes."""
+    public = store.load_public(root)
+    mine, theirs = (store.MediaWriter(root, public, host="alpha"),
+                    store.MediaWriter(root, public, host="gamma"))
+    mine.write(b"cut off by a crash")
+    theirs.write(b"still uploading")
+    legacy = root / store.TEMP_DIR / ".upload.old12345.tmp"
+    legacy.write_bytes(b"x")
+    assert mine.path.parent == root / store.TEMP_DIR / "alpha"
+    assert store.sweep_temp(root, "alpha") == 2
+    assert not mine.path.exists() and not legacy.exists() and theirs.path.exists()
+    stored = theirs.finish()
+    assert store.read_all(root, stored.sha256, _key(root, stored.sha256)) == b"still uploading"
+    assert store.sweep_temp(root, "gamma") == 0
