@@ -152,3 +152,18 @@ def test_a_network_sessions_dir_is_refused_only_for_clear_text_stores(tmp_path: 
     assert problem is not None and f"storage.sessions_dir {shared}" in problem
     assert "configure a storage key" in problem
     assert clear_stores_problem(shared, _mountinfo(tmp_path)) is None
+
+
+def test_a_media_dir_on_a_network_file_system_is_accepted(tmp_path: Path) -> None:
+    """The media store holds plain files written whole and renamed (no database, no
+    lock): at its default data_dir/media, a network mount there is accepted, and so is
+    a storage.media_dir anywhere else; data_dir itself still may not be one."""
+    config = _config(tmp_path)
+    media = config.data_path / "media"
+    media.mkdir(parents=True)
+    assert filesystem_problem(config, _mountinfo(tmp_path, (media, "nfs4"))) is None
+    shared = tmp_path / "shared-media"
+    elsewhere = _config(tmp_path, **{"storage.media_dir": str(shared)})
+    assert filesystem_problem(elsewhere, _mountinfo(tmp_path, (shared, "nfs4"))) is None
+    moved = _config(tmp_path, **{"storage.media_dir": str(tmp_path / "other")})
+    assert filesystem_problem(moved, _mountinfo(tmp_path, (media, "nfs4"))) is not None
