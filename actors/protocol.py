@@ -51,8 +51,9 @@ from gateway.core.version import __version__
 # SessionMetrics.store_writes_fenced.
 # Lease-mode fenced stops: LeaseFenced (host's lease check -> supervisor) and
 # RetireSession.fenced.
+# Shared media files: storage.media_dir in Config.
 PROTOCOL = 5
-LAYOUT = "63c750da52731721"
+LAYOUT = "86118d46a23d7368"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",
