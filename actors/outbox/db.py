@@ -37,13 +37,16 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import pq
-
-from actors.leases.store import SYNCHRONOUS_COMMIT_OPTION, check_durable
 from gateway.core.errors import WagateError
+
+if TYPE_CHECKING:
+    import psycopg
+
+# psycopg is imported where a PostgreSQL store is used, never at import: every process
+# imports this module (actors.messages -> events), and psycopg with its types is about
+# 90 modules and 6 MiB of every process's memory, which a single host never needs.
 
 SCHEMA_NAME = "wagate_outbox"
 # What pg_stat_activity shows for the store's connection (an operator, and the tests,
@@ -206,8 +209,7 @@ class PgConnection:
         if self._lost_transaction:
             return True  # until the caller's ROLLBACK clears it
         conn = self._conn
-        return conn is not None and not conn.closed and \
-            conn.info.transaction_status != pq.TransactionStatus.IDLE
+        return conn is not None and not conn.closed and _busy(conn)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         statement = sql.strip().upper()
@@ -246,8 +248,10 @@ class PgConnection:
     # --------------------------------------------------------------------- helpers
 
     def _run(self, statement: str, call: Callable[[Any], Any]) -> Any:
+        import psycopg
+
         conn = self._connection()
-        in_transaction = conn.info.transaction_status != pq.TransactionStatus.IDLE
+        in_transaction = _busy(conn)
 
         def work() -> Any:  # on the worker: touches only ``conn``
             cursor = conn.cursor()
@@ -308,8 +312,17 @@ class PgConnection:
             raise
 
 
+def _busy(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn`` is inside a transaction."""
+    from psycopg import pq
+
+    return conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+
 def _open(dsn: str, timeout_seconds: float, exclusive: bool) -> psycopg.Connection[Any]:
     """A connection (``connect``), holding the writer lock when ``exclusive``."""
+    import psycopg
+
     conn = connect(dsn, timeout_seconds)
     if not exclusive:
         return conn
@@ -329,6 +342,10 @@ def connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[Any]:
     """An autocommit connection with client-side binding, rows by index and key, the
     store's schema first on its search path, every wait bounded by ``timeout_seconds``
     and durable commits (checked, as the lease store does)."""
+    import psycopg
+
+    from actors.leases.store import SYNCHRONOUS_COMMIT_OPTION, check_durable
+
     millis = max(1, int(timeout_seconds * 1000))
     try:
         conn: psycopg.Connection[Any] = psycopg.connect(
