@@ -108,6 +108,7 @@ from actors.supervisor.cluster import Cluster, HostCheck
 from actors.supervisor.host_agent import HostAgent
 from actors.supervisor.lease_agent import LeaseAgent
 from actors.supervisor.policy import RestartBudget, backoff_delay
+from actors.supervisor.registry import SessionRegistry, SharedRegistry
 from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, bind_address, host_name
 from actors.webhooks.actor import WebhookActor
@@ -161,7 +162,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.config: Config | None = None
         self.children = Children()
         self.statuses: dict[str, SessionStatus] = {}
-        self.registry: diskcache.Cache | None = None
+        self.registry: SessionRegistry | None = None
         self.stopping = False
         self.audit_backlog: list[Any] = []  # AuditEvent / Routed(RecordAudit) for a restart
         self.received_backlog: list[IncomingReceived | DeliveryReceipt] = []  # for the outbox
@@ -221,7 +222,10 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             self.check_hosts_after(cluster.heartbeat_seconds)
         state_dir = msg.config.data_path / "state"
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.registry = diskcache.Cache(str(state_dir))
+        self.registry = SessionRegistry(
+            diskcache.Cache(str(state_dir)),
+            _shared_registry(msg.config) if lease_mode(msg.config) else None)
+        self.registry.sync()  # with leases: the leaders' shared registry
         # A tell to an actor that died is dropped silently by Thespian unless someone
         # handles dead letters: audit events told to a restarted audit actor's old
         # address come back here and are passed on (the web tier cannot notice).
@@ -905,6 +909,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.wakeupAfter(timedelta(seconds=self.config.cluster.lease_renew_seconds),
                          payload=_LeaderCheck())
         found = change(self.holds_leadership, self.lease_waits.claim())
+        if self.registry is not None:
+            self.registry.flush()  # what the database did not take before (cheap if none)
         if found is Change.LOST:
             self._step_down()
         elif found is Change.TOOK:
@@ -912,6 +918,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             log.warning("this leader holds the leadership lock: it starts sessions, and "
                         "members join it")
             self.audit("leader.active", host=host_name(self.config), pid=os.getpid())
+            self._adopt_shared_sessions()
             outbox = self.children.get(OUTBOX)
             if self.outbox_waits and outbox is not None and outbox.address is not None:
                 self._start_worker_process(OUTBOX, outbox)  # the store is ours to write now
@@ -1057,23 +1064,21 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def _remembered(self) -> dict[str, dict[str, Any]]:
         assert self.registry is not None
-        return dict(self.registry.get("sessions", {}))
+        return self.registry.sessions()
 
     def _remember(self, session: str, **changes: Any) -> None:
         """Persist what a restart needs: is the session wanted, is it paired, and its
-        link epoch (actors.session.links; a logout starts a new one)."""
+        link epoch (actors.session.links; a logout starts a new one). With leases a
+        standby shares only an operator's request and a new session: its view of a
+        session's state is stale (actors.supervisor.registry)."""
         assert self.registry is not None
-        sessions = self._remembered()
-        sessions[session] = updated_entry(sessions.get(session), changes, self._next_epoch)
-        self.registry.set("sessions", sessions)
-
-    def _next_epoch(self) -> int:
-        """One high-water mark for every session, on disk before any entry uses it: a
-        forgotten and re-created name never gets an epoch its old messages had."""
-        assert self.registry is not None
-        epoch = int(self.registry.get("epoch", 0)) + 1
-        self.registry.set("epoch", epoch)
-        return epoch
+        old = self._remembered().get(session)
+        share = (self.lease_waits is None or self.holds_leadership or old is None
+                 or set(changes) <= {"want"})
+        # One high-water mark for every session, on disk before any entry uses it: a
+        # forgotten and re-created name never gets an epoch its old messages had.
+        self.registry.put(session, updated_entry(old, changes, self.registry.next_epoch),
+                          share=share)
 
     # ---- the registry's bound, and forgetting (actors.session.links) --------------------------
 
@@ -1109,9 +1114,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         sessions = self._remembered()
         dropped = over_limit(sessions, self._max_sessions(), (), self._has_stores)
         if dropped:
-            for session in dropped:
-                sessions.pop(session)
-            self.registry.set("sessions", sessions)
+            # A standby's "running" misses the active leader's: it drops only its copy.
+            self.registry.drop(dropped, share=self.lease_waits is None or self.holds_leadership)
             log.warning("forgot sessions beyond sessions.max_sessions that hold nothing",
                         sessions=dropped)
         return dropped
@@ -1120,16 +1124,45 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         """The remembered sessions' statuses; returns those to start now."""
         starting: list[str] = []
         for session, entry in sorted(self._remembered().items()):
-            state = SessionState(entry["state"])
-            if state in ACTIVE_STATES:
-                state = SessionState.DISCONNECTED  # it was live when we stopped; not any more
-            if entry["want"] == "connected" and len(starting) < self._max_sessions():
-                # It reconnects at once: a paired session's sends queue meanwhile.
-                state = SessionState.CONNECTING
+            if self._load_status(session, entry, len(starting) < self._max_sessions()):
                 starting.append(session)
-            self.statuses[session] = SessionStatus(session=session, paired=entry["paired"],
-                                                   phone=entry.get("phone"), state=state)
         return starting
+
+    def _load_status(self, session: str, entry: dict[str, Any], room: bool) -> bool:
+        """A remembered session's status; True when it is to start now."""
+        state = SessionState(entry["state"])
+        if state in ACTIVE_STATES:
+            state = SessionState.DISCONNECTED  # it was live when we stopped; not any more
+        start = entry["want"] == "connected" and room
+        if start:  # it reconnects at once: a paired session's sends queue meanwhile
+            state = SessionState.CONNECTING
+        self.statuses[session] = SessionStatus(session=session, paired=entry["paired"],
+                                               phone=entry.get("phone"), state=state)
+        return start
+
+    def _adopt_shared_sessions(self) -> None:
+        """A standby that takes the lock: the shared registry's sessions become its own
+        before its outbox starts, so the outbox knows every session and its link epoch
+        (else it fails their queues as forgotten or logged out), and each wanted one
+        starts once its lease is free. Sessions another leader forgot are dropped here."""
+        if self.registry is None:
+            return  # taken at start: StartGateway syncs next
+        synced = self.registry.sync()
+        if synced is None:
+            return
+        for session in synced.removed:
+            if ChildKey.of_session(session) not in self.children:
+                self.statuses.pop(session, None)
+        remembered = self._remembered()
+        for session, entry in sorted(remembered.items()):
+            if ChildKey.of_session(session) in self.children:
+                continue  # waiting for its lease already, or running
+            room = len(list(self.children.sessions())) < self._max_sessions()
+            if self._load_status(session, entry, room):
+                self._start_session(session, connect=True)
+        if synced.added or synced.removed:
+            log.info("sessions from the shared registry", added=synced.added,
+                     removed=synced.removed)
 
     def _forget_refusal(self, session: str, request_id: str) -> Failed | None:
         if not self._known(session):
@@ -1167,9 +1200,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             log.error("could not delete a forgotten session's stores", session=session,
                       error=repr(exc))
             return f"its stored credentials could not be deleted ({exc})"
-        sessions = self._remembered()
-        sessions.pop(session, None)
-        self.registry.set("sessions", sessions)
+        self.registry.drop([session])  # its stores are gone from the shared directory too
         self.statuses.pop(session, None)
         self.session_counters.forget(session)
         outbox = self.children.get(OUTBOX)
@@ -1213,6 +1244,15 @@ def _lease_waits(config: Config) -> LeaseWaits:
                       retake_after_seconds=RETAKE_AFTER_PERIODS
                       * config.cluster.lease_renew_seconds)
     return LeaseWaits(store, lock=lock)
+
+
+def _shared_registry(config: Config) -> SharedRegistry:
+    """The leaders' shared session registry in the lease database (psycopg only here)."""
+    from actors.leases.registry import BoundedRegistry, PgRegistry
+    from actors.supervisor.lease_wait import QUESTION_TIMEOUT_SECONDS
+
+    return BoundedRegistry(PgRegistry(config.cluster.database_url, QUESTION_TIMEOUT_SECONDS),
+                           QUESTION_TIMEOUT_SECONDS)
 
 
 def _unknown_session(session: str, request_id: str) -> Failed:
