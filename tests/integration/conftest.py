@@ -13,10 +13,11 @@ from tests.pg import PgCluster
 
 @pytest.fixture(autouse=True)
 def fresh_outbox_store(request: pytest.FixtureRequest) -> Iterator[None]:
-    """In multi-host mode the outbox's store is in the lease database (schema
-    ``wagate_outbox``), and a module's tests share one PostgreSQL cluster: each test
-    leaves it without the messages it accepted, so the next one's leader does not send
-    them. Set up first, so it runs after the gateways stopped."""
+    """In multi-host mode the outbox's store (schema ``wagate_outbox``) and the
+    leaders' session registry (``wagate_sessions``) are in the lease database, and a
+    module's tests share one PostgreSQL cluster: each test leaves it without the
+    messages it accepted and the sessions it made, so the next one's leader neither
+    sends nor starts them. Set up first, so it runs after the gateways stopped."""
     yield
     for value in request.node.funcargs.values():
         if isinstance(value, PgCluster) and value.process is not None:
@@ -25,6 +26,7 @@ def fresh_outbox_store(request: pytest.FixtureRequest) -> Iterator[None]:
             with contextlib.suppress(psycopg.OperationalError), \
                     psycopg.connect(value.dsn(), autocommit=True, connect_timeout=5) as conn:
                 conn.execute("DROP SCHEMA IF EXISTS wagate_outbox CASCADE")
+                conn.execute("DROP TABLE IF EXISTS wagate_sessions, wagate_session_epoch")
 
 
 @pytest.fixture

@@ -8,13 +8,17 @@ in multi-host mode is in PostgreSQL. A loses power (SIGKILL of every process of 
 run) and the service comes back. B takes the lock, its outbox opens the same store,
 the session connects under B, and B sends every message A accepted, each exactly
 once. Before the store was in PostgreSQL, those messages stayed in A's data_dir and
-B never sent them.
+B never sent them. B need not have been told of the session: the leaders share the
+session registry too (before, B's outbox failed the queue of a session B did not know
+as forgotten, SESSION_FORGOTTEN, and B never started it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.integration.harness import Gateway, wait_for
 from tests.integration.test_cluster_leases import host_config
@@ -29,26 +33,33 @@ COUNT = 12
 TAKEOVER_DEADLINE = 60.0
 
 
-def _leaders(make_gateway: Callable[..., Gateway], shared: Path, url: str
+def _leaders(make_gateway: Callable[..., Gateway], shared: Path, url: str, sessions: int = 1
              ) -> tuple[Gateway, Gateway]:
     limits = {"limits": {"per_number_per_minute": 100_000, "per_number_per_hour": 100_000,
                          "global_per_day": 100_000}}
     first = make_gateway(host_config(shared, url, limits, role="leader", host_name=A,
-                                     sessions=1), name="alpha")
+                                     sessions=sessions), name="alpha")
     second = make_gateway(host_config(shared, url, limits, role="leader", host_name=B,
-                                      sessions=1), name="gamma", key_file=first.key_file)
+                                      sessions=sessions), name="gamma", key_file=first.key_file)
     return first, second
 
 
+@pytest.mark.parametrize("told_the_standby", [True, False], ids=["told", "untold"])
 def test_messages_a_dead_leader_accepted_are_sent_once_by_the_standby(
         make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
-        tmp_path: Path) -> None:
-    first, second = _leaders(make_gateway, tmp_path / "shared", pg.url())
+        tmp_path: Path, told_the_standby: bool) -> None:
+    first, second = _leaders(make_gateway, tmp_path / "shared", pg.url(), sessions=2)
     first.start()
     wait_for(lambda: _leader_row(pg) == (A, True), 20, 0.1, "A to take the leadership lock")
     second.start()
+    if not told_the_standby:
+        # Another session first, logged out: A's link epochs run ahead of B's own.
+        first.link("s0")
+        assert not first.disconnect("s0").errors
+        first.wait_state("LOGGED_OUT", "s0")
     first.link(SESSION)
-    assert not second.connect(SESSION).errors  # the standby knows it; it starts nothing
+    if told_the_standby:
+        assert not second.connect(SESSION).errors  # the standby starts nothing
 
     # The service goes away: the session reconnects, and what A accepts waits QUEUED.
     first.sim("drop", "--session", SESSION, "--down-for", "300")
@@ -75,6 +86,8 @@ def test_messages_a_dead_leader_accepted_are_sent_once_by_the_standby(
     wait_for(all_delivered, 60, 0.2, "every message A accepted to be sent by B")
     delivered = [m["text"] for m in second.inbox() if m["text"] in texts]
     assert sorted(delivered) == sorted(texts), delivered  # each exactly once
+    if not told_the_standby:  # B knows A's logged-out session and leaves it so
+        assert (_placement(second, "s0") or {}).get("state") == "LOGGED_OUT"
 
 
 def test_a_send_the_database_cannot_take_is_refused_and_never_sent(
