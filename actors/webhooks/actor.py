@@ -25,6 +25,7 @@ import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.messages import AuditEvent, Failed, Ok, Routed, StartWorker, WebhookCommand
+from actors.outbox.db import STORE_RETRY_SECONDS, STORE_UNAVAILABLE, StoreUnavailable
 from actors.outbox.store import STORE_FILE
 from actors.run_once import RunOnce
 from actors.session.sealed_store import StoreError, StoreKeyError, load_key
@@ -166,11 +167,9 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
                                            "storage key could not be loaded (see the log)",
                                            request_id=request.request_id))
             return
-        if request.op == METRICS_OP:
-            self.send(msg.reply_to, Ok(self._metrics(), request_id=request.request_id))
-            return
         try:
-            value = run(self.commands, Command(request.op, dict(request.args)))
+            value = (self._metrics() if request.op == METRICS_OP
+                     else run(self.commands, Command(request.op, dict(request.args))))
         except CommandRefused as exc:
             self.send(msg.reply_to, Failed(exc.code, exc.message,
                                            request_id=request.request_id))
@@ -183,6 +182,11 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
             log.error("a webhook change was refused: the disk is full", op=request.op)
             self.send(msg.reply_to, Failed("UNAVAILABLE", write_refused_text(
                 "the webhook change"), disk_full_details(), request_id=request.request_id))
+            return
+        except StoreUnavailable as exc:  # PostgreSQL (multi-host): answered now
+            log.error("a webhook operation found the endpoint store unreachable",
+                      op=request.op, error=str(exc))
+            self.send(msg.reply_to, store_unavailable(request.request_id))
             return
         self.send(msg.reply_to, Ok(value, request_id=request.request_id))
 
@@ -199,3 +203,14 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
         if self.thread is not None:
             self.thread.stopping.set()
             self.thread.join(timeout=self.thread.config.webhooks.timeout_seconds + 5)
+
+
+def store_unavailable(request_id: str) -> Failed:
+    """The endpoint store's database (PostgreSQL) did not answer. A change may or may
+    not have been made (an answer lost after the write): the caller looks before it
+    repeats one that is not safe to repeat (``createWebhook``)."""
+    return Failed("UNAVAILABLE", "the webhook store (PostgreSQL, cluster.database_url) "
+                  "cannot be reached; a change may not have been made: check with the "
+                  "`webhooks` query, then retry in a few seconds",
+                  {"reason": STORE_UNAVAILABLE, "retryAfterSeconds": STORE_RETRY_SECONDS},
+                  request_id=request_id)

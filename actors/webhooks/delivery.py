@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import structlog
 
+from actors.outbox.db import STORE_RETRY_SECONDS, StoreUnavailable
 from actors.webhooks import schedule, signing
 from actors.webhooks.client import Attempt, Channels, post
 from actors.webhooks.safety import Resolver, UnsafeTarget, resolve, target
@@ -260,6 +261,9 @@ class ConcurrentDeliverer:
         self.resting: dict[str, float] = {}  # endpoint id -> when to look at the log again
         self.local = threading.local()
         self.made: list[Deliverer] = []
+        # The endpoint store's database (PostgreSQL, multi-host mode) could not be
+        # reached: said once per outage, not at every poll.
+        self.store_down = False
 
     @property
     def stats(self) -> Stats:
@@ -268,8 +272,13 @@ class ConcurrentDeliverer:
     def next_due(self) -> float | None:
         """When the earliest endpoint that has no turn running is due (None: none). An
         endpoint with a running turn is left out: its turn ends by itself, and counting
-        it (due "now") would make the caller spin while it runs."""
-        endpoints = self.overview.store.all()
+        it (due "now") would make the caller spin while it runs. Without the store's
+        database: in ``STORE_RETRY_SECONDS`` (the loop must not die of it)."""
+        try:
+            endpoints = self.overview.store.all()
+        except StoreUnavailable as exc:
+            self._store_lost(exc)
+            return self.overview.clock() + STORE_RETRY_SECONDS
         with self.lock:
             running = set(self.in_flight)
             known = {e.id for e in endpoints}
@@ -285,7 +294,15 @@ class ConcurrentDeliverer:
         (up to date at its last turn); how many started."""
         started = 0
         now = self.overview.clock()
-        for endpoint in self.overview.due():
+        try:
+            due = self.overview.due()
+        except StoreUnavailable as exc:  # nothing is lost: the cursors wait in the store
+            self._store_lost(exc)
+            return 0
+        if self.store_down:
+            self.store_down = False
+            log.info("webhook delivery resumes: the endpoint store answers again")
+        for endpoint in due:
             with self.lock:
                 if endpoint.id in self.in_flight or self.resting.get(endpoint.id, 0.0) > now:
                     continue
@@ -300,7 +317,15 @@ class ConcurrentDeliverer:
         try:
             made = self._mine().run_endpoint(endpoint_id)
         except Exception as exc:  # the endpoint is due again, nothing is lost
-            if is_disk_full(exc):
+            if isinstance(exc, StoreUnavailable):
+                # PostgreSQL did not answer: a cursor move may be lost, so the event
+                # goes out again (at least once, same webhook-id). Rest as the store's
+                # connection does before asking again.
+                log.warning("webhook delivery paused: the endpoint store (PostgreSQL) "
+                            "cannot be reached", endpoint=endpoint_id, error=str(exc),
+                            retry_seconds=STORE_RETRY_SECONDS)
+                rest, made = STORE_RETRY_SECONDS, 0
+            elif is_disk_full(exc):
                 # The cursor (or a retry time) could not be written: the event goes out
                 # again once there is space (at least once). Until then, a longer rest
                 # than a poll keeps the endpoint from getting it again and again.
@@ -317,6 +342,13 @@ class ConcurrentDeliverer:
                     self.resting.pop(endpoint_id, None)
                 else:  # nothing to send (or not due, or no space): look again after a rest
                     self.resting[endpoint_id] = self.overview.clock() + rest
+
+    def _store_lost(self, exc: StoreUnavailable) -> None:
+        if not self.store_down:
+            self.store_down = True
+            log.warning("webhook delivery paused: the endpoint store (PostgreSQL) cannot "
+                        "be reached; trying again", error=str(exc),
+                        retry_seconds=STORE_RETRY_SECONDS)
 
     def _mine(self) -> Deliverer:
         mine: Deliverer | None = getattr(self.local, "deliverer", None)
