@@ -185,15 +185,20 @@ class PgConnection:
     thread, and must not spend every request waiting for the same dead server."""
 
     def __init__(self, dsn: str, timeout_seconds: float = STATEMENT_TIMEOUT_SECONDS,
-                 exclusive: bool = False) -> None:
+                 exclusive: bool = False,
+                 application_name: str = APPLICATION_NAME) -> None:
         """``exclusive``: every connection first takes the writer lock (``WRITER_LOCK``,
         a session-level advisory lock, held as long as the connection lives), and one
         that cannot is not used. So one outbox writes the store at a time: a leader's
         outbox that has not yet noticed the leadership moved cannot write next to the
-        new leader's, whose start waits until the old one's connection is gone."""
+        new leader's, whose start waits until the old one's connection is gone.
+        ``application_name``: what pg_stat_activity shows (another user of the schema,
+        the webhook worker, names itself, so the outbox's connection stays the one
+        called ``APPLICATION_NAME``)."""
         self._dsn = dsn
         self.timeout_seconds = timeout_seconds
         self.exclusive = exclusive
+        self.application_name = application_name
         self._conn: psycopg.Connection[Any] | None = None
         self._worker: _Worker | None = None  # started with the first call
         self._lost_transaction = False  # the connection broke inside a transaction
@@ -286,7 +291,8 @@ class PgConnection:
                 raise StoreUnavailable("PostgreSQL did not answer a moment ago; not asked "
                                        f"again for {STORE_RETRY_SECONDS} s")
             dsn, timeout, exclusive = self._dsn, self.timeout_seconds, self.exclusive
-            self._conn = self._bounded(lambda: _open(dsn, timeout, exclusive), False,
+            name = self.application_name
+            self._conn = self._bounded(lambda: _open(dsn, timeout, exclusive, name), False,
                                        connecting=True)
         return self._conn
 
@@ -319,11 +325,12 @@ def _busy(conn: psycopg.Connection[Any]) -> bool:
     return conn.info.transaction_status != pq.TransactionStatus.IDLE
 
 
-def _open(dsn: str, timeout_seconds: float, exclusive: bool) -> psycopg.Connection[Any]:
+def _open(dsn: str, timeout_seconds: float, exclusive: bool,
+          application_name: str = APPLICATION_NAME) -> psycopg.Connection[Any]:
     """A connection (``connect``), holding the writer lock when ``exclusive``."""
     import psycopg
 
-    conn = connect(dsn, timeout_seconds)
+    conn = connect(dsn, timeout_seconds, application_name)
     if not exclusive:
         return conn
     try:
@@ -338,7 +345,8 @@ def _open(dsn: str, timeout_seconds: float, exclusive: bool) -> psycopg.Connecti
     return conn
 
 
-def connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[Any]:
+def connect(dsn: str, timeout_seconds: float,
+            application_name: str = APPLICATION_NAME) -> psycopg.Connection[Any]:
     """An autocommit connection with client-side binding, rows by index and key, the
     store's schema first on its search path, every wait bounded by ``timeout_seconds``
     and durable commits (checked, as the lease store does)."""
@@ -350,7 +358,7 @@ def connect(dsn: str, timeout_seconds: float) -> psycopg.Connection[Any]:
     try:
         conn: psycopg.Connection[Any] = psycopg.connect(
             dsn, autocommit=True, cursor_factory=psycopg.ClientCursor,
-            application_name=APPLICATION_NAME,
+            application_name=application_name,
             row_factory=_row_factory,
             connect_timeout=max(1, int(timeout_seconds + 0.999)), tcp_user_timeout=millis,
             keepalives=1, keepalives_idle=max(1, int(timeout_seconds)),

@@ -1,7 +1,8 @@
 """The outbox store's tables in PostgreSQL (multi-host mode), and their versions.
 
 The same tables and indexes as the SQLite file (``store._SCHEMA``, ``events``,
-``incoming_schema``, ``media_schema``), in PostgreSQL's types: ``double precision``
+``incoming_schema``, ``media_schema``) and the webhook endpoints
+(``actors.webhooks.store``, its own file on one host), in PostgreSQL's types: ``double precision``
 for times (SQLite's REAL is the same 8-byte float), ``bigint`` identities for the
 sequence numbers (a sequence only grows and never hands a number out twice, as
 SQLite's AUTOINCREMENT), JSON kept as ``text`` (read with ``::jsonb`` where a query
@@ -126,8 +127,36 @@ CREATE INDEX IF NOT EXISTS media_by_sha ON media (sha256);
 CREATE INDEX IF NOT EXISTS media_by_expiry ON media (expires_at) WHERE expires_at IS NOT NULL
 """
 
-# Step n turns version n - 1 into n; version 1 is the whole store as of SQLite's 3.
-STEPS: tuple[str, ...] = (VERSION_1,)
+# The webhook endpoints (``actors.webhooks.store``): one row per endpoint, its sealed
+# secrets as bytea, its cursor (an event's ``seq``) as bigint. The webhook worker of
+# the active leader reads and writes it over its own connections.
+VERSION_2 = """
+CREATE TABLE IF NOT EXISTS endpoints (
+    id text PRIMARY KEY,
+    url text NOT NULL,
+    events text NOT NULL DEFAULT '[]',
+    sessions text NOT NULL DEFAULT '[]',
+    description text NOT NULL DEFAULT '',
+    origin text NOT NULL DEFAULT 'api',
+    enabled integer NOT NULL DEFAULT 1,
+    disabled_reason text NOT NULL DEFAULT '',
+    cursor bigint NOT NULL DEFAULT 0,
+    failures integer NOT NULL DEFAULT 0,
+    next_attempt_at double precision NOT NULL DEFAULT 0,
+    last_status integer,
+    last_error text NOT NULL DEFAULT '',
+    last_delivery_at double precision,
+    secret bytea NOT NULL,
+    old_secret bytea,
+    old_until double precision NOT NULL DEFAULT 0,
+    created_at double precision NOT NULL,
+    replays integer NOT NULL DEFAULT 0
+)
+"""
+
+# Step n turns version n - 1 into n; version 1 is the whole store as of SQLite's 3,
+# version 2 adds the webhook endpoints (kept in their own SQLite file on one host).
+STEPS: tuple[str, ...] = (VERSION_1, VERSION_2)
 
 
 def schema_version(db: PgConnection) -> int:

@@ -1,4 +1,5 @@
-"""The webhook endpoints, in SQLite under ``data_dir/webhooks``.
+"""The webhook endpoints: in SQLite under ``data_dir/webhooks`` on one host, in
+PostgreSQL in multi-host mode with a database.
 
 An endpoint row holds its url, its filters (event types, sessions; empty = all), its
 state (enabled, or disabled with a reason), its cursor (the seq of the last event it
@@ -7,7 +8,21 @@ to try next, and its last delivery's status. Its signing secret is stored sealed
 the storage key (``actors.session.sealed_store``, bound to the endpoint's id, so a secret
 copied onto another row does not open); without a key (the demo) it is stored as is. A
 rotation keeps the previous secret until ``old_until``: both sign meanwhile.
-Pure SQLite; one connection per store object (one thread at a time).
+One connection per store object (one thread at a time).
+
+Why PostgreSQL: the webhook worker runs on the active leader only. With its endpoints
+in each leader's own file, a new leader after a failover knew neither the endpoints
+made through the API on the old one nor how far each was delivered. With a
+``database_url`` the table ``endpoints`` is in the outbox's schema (``wagate_outbox``,
+``actors.outbox.db.PgConnection``, not exclusive: the outbox's connection holds the
+writer lock), so every leader reads the same rows and cursors, and every leader has the
+same storage key to open the secrets. The table is made by a versioned step of
+``actors.outbox.pg_schema`` (version 2), not by a ``CREATE TABLE`` here: one version
+number says what a database holds, ``ensure`` refuses a newer one, runs under its
+advisory lock (two leaders starting at once never both migrate), and a database
+made by version 1 gets the table on upgrade. The SQL text is one for both backends
+(``?`` is translated); where they differ (``MAX(a, b)`` is SQLite's ``GREATEST``) the
+store asks ``is_postgres``. A database error is ``StoreUnavailable``.
 """
 
 from __future__ import annotations
@@ -19,6 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from actors.outbox import pg_schema
+from actors.outbox.db import Db, PgConnection, is_postgres, transaction
 from actors.session.sealed_store import StoreId, StoreKey, is_sealed, seal, unseal
 from gateway.core.errors import WagateError
 
@@ -45,6 +62,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     replays INTEGER NOT NULL DEFAULT 0
 );
 """
+# What pg_stat_activity shows for the webhook worker's connections (not the outbox's).
+APPLICATION_NAME = "wagate-webhooks"
 OPENED_MAX = 256  # unsealed secrets kept by one store (EndpointStore._opened)
 COLUMNS = ("id, url, events, sessions, description, origin, enabled, disabled_reason, "
            "cursor, failures, next_attempt_at, last_status, last_error, last_delivery_at, "
@@ -87,22 +106,23 @@ def new_endpoint_id() -> str:
 
 
 class EndpointStore:
-    def __init__(self, directory: Path, key: StoreKey | None, *, durable: bool = True) -> None:
+    def __init__(self, directory: Path, key: StoreKey | None, *, durable: bool = True,
+                 database_url: str = "") -> None:
         """``durable=False``: each commit survives a crash of the process (SIGKILL) but
         maybe not of the machine (WAL with ``synchronous=NORMAL``: no fsync per
         commit). That is what the delivery loop's writes need: a cursor move lost to a
         power cut only sends those events again (delivery is at least once), and an fsync
         per delivered event halved the rate. The API's writes (a new endpoint, a
-        rotated secret) keep the default, fsynced before the caller hears of them."""
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # One thread uses a store at a time; the one that closes it may be another (a
-        # worker's store is closed after its pool has stopped), hence no thread check.
-        self._db = sqlite3.connect(directory / "endpoints.sqlite3", timeout=30,
-                                   isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        if not durable:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        rotated secret) keep the default, fsynced before the caller hears of them.
+
+        ``database_url`` (multi-host mode with a database): the endpoints are in
+        PostgreSQL, where a new leader finds them; ``directory`` is then not used and
+        ``durable`` means nothing (PostgreSQL's commits are durable). Raises
+        ``StoreUnavailable`` when the database cannot be reached (within its bound)."""
+        self._db: Db = (_open_postgres(database_url) if database_url
+                        else _open_sqlite(directory, durable))
+        # MAX(a, b) of two values is GREATEST on PostgreSQL (its MAX is the aggregate).
+        self._greatest = "GREATEST" if is_postgres(self._db) else "MAX"
         self._key = key
         # (endpoint, sealed secret) -> secret: unsealing on every request was a tenth of
         # its CPU. A blob names one secret for good (its nonce is new at every seal) and
@@ -184,10 +204,11 @@ class EndpointStore:
         changes = {"url": url, "description": description,
                    "events": None if events is None else json.dumps(list(events)),
                    "sessions": None if sessions is None else json.dumps(list(sessions))}
-        for column, value in changes.items():
-            if value is not None:
-                self._db.execute(f"UPDATE endpoints SET {column} = ? WHERE id = ?",
-                                 (value, endpoint_id))
+        with transaction(self._db):  # all of the change or none (a lost connection)
+            for column, value in changes.items():
+                if value is not None:
+                    self._db.execute(f"UPDATE endpoints SET {column} = ? WHERE id = ?",
+                                     (value, endpoint_id))
         return self.get(endpoint_id)
 
     def set_enabled(self, endpoint_id: str, enabled: bool, reason: str, now: float
@@ -227,8 +248,8 @@ class EndpointStore:
     def skipped(self, endpoint_id: str, seq: int, replays: int) -> None:
         """Events up to ``seq`` are not for this endpoint (its filters); as ``delivered``,
         a replay since the endpoint was read wins."""
-        self._db.execute("UPDATE endpoints SET cursor = MAX(cursor, ?) WHERE id = ? "
-                         "AND replays = ?", (seq, endpoint_id, replays))
+        self._db.execute(f"UPDATE endpoints SET cursor = {self._greatest}(cursor, ?) "
+                         "WHERE id = ? AND replays = ?", (seq, endpoint_id, replays))
 
     def delivered(self, endpoint_id: str, seq: int, status: int, now: float,
                   replays: int) -> None:
@@ -236,8 +257,8 @@ class EndpointStore:
         (``set_cursor``) happened since the endpoint was read as of ``replays``: the
         replay wins, and the event is sent again."""
         self._db.execute(
-            "UPDATE endpoints SET cursor = CASE WHEN replays = ? THEN MAX(cursor, ?) "
-            "ELSE cursor END, failures = 0, last_status = ?, last_error = '', "
+            f"UPDATE endpoints SET cursor = CASE WHEN replays = ? THEN {self._greatest}"
+            "(cursor, ?) ELSE cursor END, failures = 0, last_status = ?, last_error = '', "
             "last_delivery_at = ?, next_attempt_at = ? WHERE id = ?",
             (replays, seq, status, now, now, endpoint_id))
 
@@ -247,6 +268,32 @@ class EndpointStore:
             "UPDATE endpoints SET failures = failures + 1, last_status = ?, last_error = ?, "
             "last_delivery_at = ?, next_attempt_at = ? WHERE id = ?",
             (status, error, now, next_attempt_at, endpoint_id))
+
+
+def _open_sqlite(directory: Path, durable: bool) -> sqlite3.Connection:
+    """The store's file in ``directory`` (made owner-only), its table made."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # One thread uses a store at a time; the one that closes it may be another (a
+    # worker's store is closed after its pool has stopped), hence no thread check.
+    db = sqlite3.connect(directory / "endpoints.sqlite3", timeout=30,
+                         isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    if not durable:
+        db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+def _open_postgres(database_url: str) -> PgConnection:
+    """A connection to the shared schema (not exclusive: the outbox holds the writer
+    lock), its tables made or migrated (``pg_schema.ensure``)."""
+    db = PgConnection(database_url, application_name=APPLICATION_NAME)
+    try:
+        pg_schema.ensure(db, "the webhook endpoints (PostgreSQL)")
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 def _endpoint(row: tuple[object, ...]) -> Endpoint:

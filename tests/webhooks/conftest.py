@@ -1,6 +1,7 @@
 """Fixtures of the webhook tests: a real SQLite event table of the event log's shape,
-the real endpoint store, a real httpx client, and a loop driver that waits on a
-condition with a deadline."""
+the real endpoint store (``open_endpoints``: on SQLite and on a real PostgreSQL, as
+``tests/conftest.py``'s ``store_backend``), a real httpx client, and a loop driver that
+waits on a condition with a deadline."""
 
 from __future__ import annotations
 
@@ -60,6 +61,52 @@ def store(tmp_path: Path) -> Iterator[EndpointStore]:
     opened = EndpointStore(tmp_path / "webhooks", KEY)
     yield opened
     opened.close()
+
+
+class Endpoints:
+    """Opens ``EndpointStore``s of one test on its backend (``database_url`` empty:
+    SQLite in ``directory``): every call opens the same store (a reopen is a restart,
+    or another leader). ``raw`` runs SQL on the backend past the store, as an attacker
+    with the file or the database would."""
+
+    def __init__(self, directory: Path, database_url: str) -> None:
+        self.directory, self.database_url = directory, database_url
+        self.opened: list[EndpointStore] = []
+
+    def __call__(self, key: StoreKey | None = KEY, **kwargs: object) -> EndpointStore:
+        store = EndpointStore(self.directory, key, database_url=self.database_url,
+                              **kwargs)  # type: ignore[arg-type]
+        self.opened.append(store)
+        return store
+
+    def raw(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """``sql`` (``?`` placeholders) on the endpoints table, committed; its rows."""
+        if not self.database_url:
+            db = sqlite3.connect(self.directory / "endpoints.sqlite3")
+            try:
+                with db:
+                    return db.execute(sql, params).fetchall()
+            finally:
+                db.close()
+        import psycopg
+
+        with psycopg.connect(self.database_url, autocommit=True,
+                             options="-c search_path=wagate_outbox") as conn:
+            cursor = conn.execute(sql.replace("?", "%s"), params)
+            return cursor.fetchall() if cursor.description else []
+
+    def close(self) -> None:
+        for store in self.opened:
+            store.close()
+
+
+@pytest.fixture
+def open_endpoints(tmp_path: Path, store_backend: str) -> Iterator[Endpoints]:
+    """``Endpoints`` on each backend in turn (SQLite, then a fresh PostgreSQL database);
+    every store it opened is closed at the end (a PostgreSQL one has a thread)."""
+    opener = Endpoints(tmp_path / "webhooks", store_backend)
+    yield opener
+    opener.close()
 
 
 MakeDeliverer = Callable[..., Deliverer]
