@@ -183,7 +183,9 @@ CODES: tuple[ErrorCode, ...] = (
         "`cluster.database_url`): the leader could not read or write the rate limits in "
         "the database within 1 s; nothing was stored or sent, and no quota used. With "
         "`reason: STORE_UNAVAILABLE` (several hosts with `cluster.database_url`): the "
-        "message store in the database did not answer; nothing was stored. With "
+        "message store in the database did not answer; nothing was stored. A webhook "
+        "operation refused so may or may not have been made: check with the `webhooks` "
+        "query before you repeat a `createWebhook`. With "
         "`reason: LEADER_STANDBY` (several hosts with `cluster.database_url`): this leader "
         "is a standby (another leader holds the leadership lock, or this one lost it and "
         "stepped down); nothing was stored or read",
