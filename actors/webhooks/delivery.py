@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import structlog
@@ -84,6 +84,7 @@ class Stats:
 
 Clock = Callable[[], float]
 OnDisabled = Callable[[Endpoint, str], None]
+Opened = TypeVar("Opened")
 
 
 class Deliverer:
@@ -370,3 +371,23 @@ class ConcurrentDeliverer:
         for deliverer in self.made:
             deliverer.client.close()
             deliverer.store.close()
+
+
+def when_reachable(open_store: Callable[[], Opened], stopping: threading.Event
+                   ) -> Opened | None:
+    """``open_store()`` once the endpoint store's database answers (PostgreSQL, multi-
+    host mode): a leader whose webhook thread starts while the database is down must not
+    lose that thread for good (it would deliver nothing until its next restart). Tries
+    every ``STORE_RETRY_SECONDS``, said once; None when ``stopping`` is set first."""
+    said = False
+    while not stopping.is_set():
+        try:
+            return open_store()
+        except StoreUnavailable as exc:
+            if not said:
+                said = True
+                log.warning("webhook delivery waits: the endpoint store (PostgreSQL) "
+                            "cannot be reached", error=str(exc),
+                            retry_seconds=STORE_RETRY_SECONDS)
+        stopping.wait(STORE_RETRY_SECONDS)
+    return None

@@ -208,3 +208,40 @@ def test_the_delivery_loop_waits_out_a_frozen_database(
             store.close()
     sent = [r.headers["webhook-id"] for r in receiver.requests]
     assert sent[0] == ids[0] and sent[-1] == ids[1] and set(sent) == set(ids)
+
+
+def test_the_webhook_thread_waits_at_start_until_the_database_answers(
+        tmp_path: Path, pg_cluster: PgCluster, pg_dsn: str) -> None:
+    """A leader that starts while the database hangs: the store is opened once it
+    answers, instead of the thread ending with the first StoreUnavailable; stopping
+    ends the wait."""
+    from actors.webhooks.delivery import when_reachable
+
+    attempts: list[float] = []
+
+    def open_store() -> EndpointStore:
+        attempts.append(time.monotonic())
+        return EndpointStore(tmp_path, KEY, database_url=pg_dsn)
+
+    found: list[EndpointStore | None] = []
+    stopping = threading.Event()
+    waiter = threading.Thread(target=lambda: found.append(when_reachable(open_store,
+                                                                         stopping)))
+    pg_cluster.freeze()
+    try:
+        waiter.start()
+        _until(lambda: len(attempts) >= 2, 30, "a second try after a refused one")
+        pg_cluster.freeze(False)
+        waiter.join(30)
+        assert not waiter.is_alive() and found[0] is not None
+        assert found[0].all() == []
+    finally:
+        pg_cluster.freeze(False)
+        stopping.set()  # a failed test leaves no thread trying
+        waiter.join(30)
+        for store in found:
+            if store is not None:
+                store.close()
+    tried = len(attempts)
+    assert when_reachable(open_store, stopping) is None
+    assert len(attempts) == tried  # stopping: not even one try
