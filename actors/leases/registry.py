@@ -9,12 +9,16 @@ have is failed as from a logged-out device; a queue of a session it does not kno
 failed as forgotten). Two tables:
 
 - ``wagate_sessions(session, entry jsonb)``: a write merges only the fields that
-  changed (``entry || changes``), so two leaders' writes about different fields of
-  one session both stay; a new entry never replaces one that is there
-  (``excluded || existing``: the existing fields win);
+  changed (``entry || changes``, into an existing row only: a session another leader
+  deleted stays deleted), so two leaders' writes about different fields of one
+  session both stay; a new entry never replaces one that is there (``excluded ||
+  existing``: the existing fields win); a session made again after this leader
+  deleted it replaces the row whole (its new link epoch must win);
 - ``wagate_session_epoch``: one row, the link epochs' high-water mark for every
-  leader. ``next_epoch`` raises it above the caller's own (one statement, so two
-  leaders never get the same number).
+  leader, and the registry's id (random, made with the table: a leader that finds
+  another id than the one it last brought its own entries to is looking at a new
+  database). ``next_epoch`` raises the mark above the caller's own (one statement, so
+  two leaders never get the same number).
 
 Errors raise ``LeaseStoreUnavailable`` (the connection is dropped and made again on
 the next call); the caller bounds every call (``actors.leases.bounded``).
@@ -39,19 +43,28 @@ CREATE TABLE IF NOT EXISTS wagate_sessions (
     updated_at timestamptz NOT NULL DEFAULT statement_timestamp()
 );
 CREATE TABLE IF NOT EXISTS wagate_session_epoch (
-    id    integer PRIMARY KEY CHECK (id = 1),
-    epoch bigint NOT NULL
-)
+    id       integer PRIMARY KEY CHECK (id = 1),
+    epoch    bigint NOT NULL,
+    registry text NOT NULL DEFAULT gen_random_uuid()::text
+);
+INSERT INTO wagate_session_epoch (id, epoch) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
 """
 
 _LOAD: LiteralString = "SELECT session, entry FROM wagate_sessions"
-_EPOCH: LiteralString = "SELECT epoch FROM wagate_session_epoch WHERE id = 1"
+_EPOCH: LiteralString = "SELECT epoch, registry FROM wagate_session_epoch WHERE id = 1"
 
-# changes win over what is stored (a field this leader changed)
+# changes win over what is stored (the fields this leader changed); a session another
+# leader deleted stays deleted (never a partial entry)
 _MERGE: LiteralString = """
+UPDATE wagate_sessions SET entry = entry || %(entry)s::jsonb,
+    updated_at = statement_timestamp()
+WHERE session = %(session)s
+"""
+# this entry wins whole (a session made again after this leader deleted it)
+_REPLACE: LiteralString = """
 INSERT INTO wagate_sessions AS s (session, entry) VALUES (%(session)s, %(entry)s::jsonb)
 ON CONFLICT (session) DO UPDATE
-    SET entry = s.entry || excluded.entry, updated_at = statement_timestamp()
+    SET entry = excluded.entry, updated_at = statement_timestamp()
 """
 # what is stored wins (a new entry, or one brought in from a leader's own disk)
 _ADD: LiteralString = """
@@ -71,6 +84,7 @@ ON CONFLICT (id) DO UPDATE SET epoch = greatest(e.epoch, %(floor)s)
 """
 
 Entries = dict[str, dict[str, Any]]
+Loaded = tuple[Entries, int, str]  # the entries, the epoch mark, the registry's id
 T = TypeVar("T")
 
 
@@ -83,24 +97,29 @@ class PgRegistry:
         self._conn: psycopg.Connection[TupleRow] | None = None
         self._schema_ready = False
 
-    def load(self) -> tuple[Entries, int]:
-        """Every entry, and the epochs' high-water mark (0 before the first)."""
-        def read(conn: psycopg.Connection[TupleRow]) -> tuple[Entries, int]:
+    def load(self) -> Loaded:
+        """Every entry, the epochs' high-water mark, and the registry's id (made with
+        the table: a new database is another registry)."""
+        def read(conn: psycopg.Connection[TupleRow]) -> Loaded:
             entries = {str(s): dict(e) for s, e in conn.execute(_LOAD).fetchall()}
             row = conn.execute(_EPOCH).fetchone()
-            return entries, int(row[0]) if row else 0
+            assert row is not None  # made with the schema
+            return entries, int(row[0]), str(row[1])
         return self._do(read)
 
     def write(self, changes: Mapping[str, Mapping[str, Any]],
-              added: Mapping[str, Mapping[str, Any]], dropped: Iterable[str],
+              added: Mapping[str, Mapping[str, Any]],
+              replaced: Mapping[str, Mapping[str, Any]], dropped: Iterable[str],
               epoch_floor: int = 0) -> None:
-        """In one transaction: merge ``changes`` over the stored entries, add ``added``
-        under them, delete ``dropped``, and raise the epoch mark to ``epoch_floor``."""
+        """In one transaction: add ``added`` under what is stored, ``replaced`` over it,
+        merge ``changes`` into the stored entries, delete ``dropped``, and raise the
+        epoch mark to ``epoch_floor``."""
         gone = sorted(set(dropped))
 
         def run(conn: psycopg.Connection[TupleRow]) -> None:
             with conn.transaction():
-                for statement, rows in ((_ADD, added), (_MERGE, changes)):
+                for statement, rows in ((_ADD, added), (_REPLACE, replaced),
+                                        (_MERGE, changes)):
                     for session, entry in rows.items():
                         conn.execute(statement, {"session": session,
                                                  "entry": json.dumps(dict(entry))})
@@ -133,6 +152,7 @@ class PgRegistry:
             return work(self._conn)
         except psycopg.Error as exc:  # any: a dead connection, a timeout, a race on CREATE
             self.close()
+            self._schema_ready = False  # a table dropped under us is made again
             raise LeaseStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -146,15 +166,16 @@ class BoundedRegistry:
         self._question: BoundedQuestion[Any] = BoundedQuestion(timeout_seconds,
                                                                "registry-question")
 
-    def load(self) -> tuple[Entries, int] | str:
-        answer: tuple[Entries, int] | str = self._question.ask(self.registry.load)
+    def load(self) -> Loaded | str:
+        answer: Loaded | str = self._question.ask(self.registry.load)
         return answer
 
     def write(self, changes: Mapping[str, Mapping[str, Any]],
-              added: Mapping[str, Mapping[str, Any]], dropped: Iterable[str],
+              added: Mapping[str, Mapping[str, Any]],
+              replaced: Mapping[str, Mapping[str, Any]], dropped: Iterable[str],
               epoch_floor: int = 0) -> str | None:
         answer = self._question.ask(
-            lambda: self.registry.write(changes, added, dropped, epoch_floor))
+            lambda: self.registry.write(changes, added, replaced, dropped, epoch_floor))
         return answer if isinstance(answer, str) else None
 
     def next_epoch(self, floor: int) -> int | str:

@@ -178,6 +178,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.lease_agent: Any = None
         self.holds_leadership = False  # with leases: this leader holds the lock
         self.outbox_waits = False  # its StartWorker waits for the leadership lock
+        self.webhooks_waits = False  # likewise: only the active leader delivers webhooks
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
@@ -318,7 +319,9 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_WebhookCommand(self, msg: WebhookCommand, sender: Any) -> None:
         webhooks = self.children.address(WEBHOOKS)
-        if webhooks is None:
+        if self.webhooks_waits:
+            self.send(sender, _leader_standby(msg.request_id))
+        elif webhooks is None:
             self.send(sender, Failed("UNAVAILABLE", "the webhook worker is restarting; retry "
                                      "in a few seconds", request_id=msg.request_id))
         else:  # the webhook actor answers the caller directly
@@ -830,15 +833,16 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def _start_worker_process(self, key: ChildKey, child: Child) -> None:
         assert self.config is not None
-        if key == OUTBOX and self.lease_waits is not None and not self.holds_leadership:
+        if key in (OUTBOX, WEBHOOKS) and self.lease_waits is not None \
+                and not self.holds_leadership:
             # With leases the outbox's store is in PostgreSQL, shared by the leaders:
             # only the lock's holder may write it, so a standby's outbox gets its
-            # StartWorker when this leader takes the lock (answering "starting" until
-            # then), and stops when it loses it (_step_down).
-            self.outbox_waits = True
+            # StartWorker when this leader takes the lock (answering LEADER_STANDBY until
+            # then), and stops when it loses it (_step_down). The webhook worker reads
+            # that store's event log: on two leaders it would deliver every event twice.
+            self._set_waiting(key, True)
             return
-        if key == OUTBOX:
-            self.outbox_waits = False
+        self._set_waiting(key, False)
         links = tuple(self._session_link(s) for s in self.statuses)
         self.send(child.address, StartWorker(self.config, self.myAddress, links))
         if key == AUDIT:
@@ -847,6 +851,12 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                 self.send(child.address, message)
         # The outbox's kept received messages go after its OutboxReady: sent now, to a
         # process whose start fails (a full disk), they could be lost with it.
+
+    def _set_waiting(self, key: ChildKey, waits: bool) -> None:
+        if key == OUTBOX:
+            self.outbox_waits = waits
+        elif key == WEBHOOKS:
+            self.webhooks_waits = waits
 
     def _respawn(self, key: ChildKey, lease_free: bool = False) -> None:
         """Start a supervised child's process again. A start that fails counts as a
@@ -919,9 +929,10 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                         "members join it")
             self.audit("leader.active", host=host_name(self.config), pid=os.getpid())
             self._adopt_shared_sessions()
-            outbox = self.children.get(OUTBOX)
-            if self.outbox_waits and outbox is not None and outbox.address is not None:
-                self._start_worker_process(OUTBOX, outbox)  # the store is ours to write now
+            for key, waits in ((OUTBOX, self.outbox_waits), (WEBHOOKS, self.webhooks_waits)):
+                child = self.children.get(key)
+                if waits and child is not None and child.address is not None:
+                    self._start_worker_process(key, child)  # the store is ours to use now
             if self.lease_waits.sessions:
                 self._check_leases()
 
@@ -944,12 +955,13 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             self._record_fenced(session, child.host, FENCE_LEADER_LOST)
             child.retiring = child.respawn = True  # its exit waits for the lock (_respawn)
             self.send(child.address, ActorExitRequest())
-        outbox = self.children.get(OUTBOX)
-        if outbox is not None and outbox.address is not None and not outbox.retiring:
-            # The shared store is the new holder's to write: this outbox stops, and its
-            # next process waits for the lock (_start_worker_process).
-            outbox.retiring = outbox.respawn = True
-            self.send(outbox.address, ActorExitRequest())
+        for key in (OUTBOX, WEBHOOKS):
+            worker = self.children.get(key)
+            if worker is not None and worker.address is not None and not worker.retiring:
+                # The shared store is the new holder's: this worker stops, and its next
+                # process waits for the lock (_start_worker_process).
+                worker.retiring = worker.respawn = True
+                self.send(worker.address, ActorExitRequest())
 
     def _check_leases(self) -> None:
         """Start the waiting sessions whose lease is free; show the others as waiting

@@ -12,13 +12,15 @@ outbox fails their queues as forgotten or logged out.
 
 - Reads are from memory (the supervisor reads on every status change).
 - A write goes to disk at once and to the database within a bound; one the database
-  did not take stays pending and goes with the next write, tick or ``sync``.
+  did not take stays pending (on disk too, so a restart still sends it) and goes with
+  the next write, tick or ``sync``.
 - Only what the caller marks ``share`` goes to the database: a standby's view of a
   session's state is stale, so it shares only an operator's requests and new
   sessions (the supervisor decides, ``SupervisorActor._remember``).
 - ``sync`` (at start, and when a standby takes the leadership lock): pending writes
-  first, then the database's entries replace the memory's. The first time, this
-  host's own entries go in under what is there (a host that ran before leases).
+  first, then the database's entries replace the memory's. The first time this host
+  meets a registry (its id, made with the table), its own entries go in under what is
+  there: a host that ran before leases, or a database made anew.
 - ``next_epoch`` asks the database for a number above every leader's; unanswered,
   this host's own mark + 1, which is written to the database's mark later.
 
@@ -40,16 +42,19 @@ log = structlog.get_logger("wagate.supervisor")
 Entries = dict[str, dict[str, Any]]
 SESSIONS_KEY = "sessions"
 EPOCH_KEY = "epoch"
-SHARED_KEY = "shared_registry"  # this host's own entries went to the shared registry
+SHARED_KEY = "shared_registry"  # the id of the shared registry this host's entries went to
+PENDING_KEY = "shared_pending"  # writes the database has not taken yet
+Loaded = tuple[Entries, int, str]  # the entries, the epoch mark, the registry's id
 
 
 class SharedRegistry(Protocol):
     """The database side, every call bounded: a string says why there is no answer."""
 
-    def load(self) -> tuple[Entries, int] | str: ...
+    def load(self) -> Loaded | str: ...
 
     def write(self, changes: Mapping[str, Mapping[str, Any]],
-              added: Mapping[str, Mapping[str, Any]], dropped: Iterable[str],
+              added: Mapping[str, Mapping[str, Any]],
+              replaced: Mapping[str, Mapping[str, Any]], dropped: Iterable[str],
               epoch_floor: int = 0) -> str | None: ...
 
     def next_epoch(self, floor: int) -> int | str: ...
@@ -72,16 +77,19 @@ class SessionRegistry:
         self.shared = shared
         self._entries: Entries = dict(cache.get(SESSIONS_KEY, {}))
         self._epoch = int(cache.get(EPOCH_KEY, 0))
-        # Not yet in the database: changed fields, new entries, deleted sessions, and
-        # an epoch this host handed out without it.
-        self._changes: Entries = {}
-        self._added: Entries = {}
-        self._dropped: set[str] = set()
-        self._epoch_floor = 0
+        # Not yet in the database: changed fields, new entries, entries made again,
+        # deleted sessions, and an epoch this host handed out without it.
+        saved: tuple[Any, ...] = cache.get(PENDING_KEY) or ({}, {}, {}, [], 0)
+        self._changes: Entries = dict(saved[0])
+        self._added: Entries = dict(saved[1])
+        self._replaced: Entries = dict(saved[2])
+        self._dropped: set[str] = set(saved[3])
+        self._epoch_floor = int(saved[4])
 
     @property
     def pending(self) -> bool:
-        return bool(self._changes or self._added or self._dropped or self._epoch_floor)
+        return bool(self._changes or self._added or self._replaced or self._dropped
+                    or self._epoch_floor)
 
     def sessions(self) -> Entries:
         return {session: dict(entry) for session, entry in self._entries.items()}
@@ -92,15 +100,18 @@ class SessionRegistry:
         self._save()
         if self.shared is None or not share:
             return
-        if session in self._dropped:  # deleted, then made again before the database heard
+        if session in self._dropped or session in self._replaced:
+            # Deleted, then made again: its new link epoch must win over the old row.
             self._dropped.discard(session)
-            self._changes[session] = dict(entry)
+            self._changes.pop(session, None)
+            self._replaced[session] = dict(entry)
         elif old is None or session in self._added:
             self._added[session] = dict(entry)
         else:
             changed = {key: value for key, value in entry.items() if old.get(key) != value}
             if changed:
                 self._changes.setdefault(session, {}).update(changed)
+        self._save_pending()
         self.flush()
 
     def drop(self, sessions: Iterable[str], share: bool = True) -> None:
@@ -113,7 +124,9 @@ class SessionRegistry:
         for session in gone:
             self._added.pop(session, None)
             self._changes.pop(session, None)
+            self._replaced.pop(session, None)
             self._dropped.add(session)
+        self._save_pending()
         self.flush()
 
     def next_epoch(self) -> int:
@@ -124,6 +137,7 @@ class SessionRegistry:
             log.warning("the shared session registry gave no link epoch: this leader uses "
                         "its own next one and records it there later", reason=answer)
             answer = self._epoch_floor = floor + 1
+            self._save_pending()
         self._epoch = answer
         self._cache.set(EPOCH_KEY, answer)
         return answer
@@ -133,38 +147,33 @@ class SessionRegistry:
         if self.shared is None or not self.pending:
             return True
         # Copies: a write that outlives its bound still runs on its thread.
-        why = self.shared.write({s: dict(c) for s, c in self._changes.items()},
-                                {s: dict(e) for s, e in self._added.items()},
-                                sorted(self._dropped), self._epoch_floor)
+        why = self.shared.write(_copy(self._changes), _copy(self._added),
+                                _copy(self._replaced), sorted(self._dropped),
+                                self._epoch_floor)
         if why is not None:
             log.warning("the shared session registry did not take a write; it is sent "
                         "again with the next one", reason=why,
-                        sessions=sorted({*self._changes, *self._added, *self._dropped}))
+                        sessions=sorted({*self._changes, *self._added, *self._replaced,
+                                         *self._dropped}))
             return False
-        self._changes, self._added, self._dropped, self._epoch_floor = {}, {}, set(), 0
+        self._changes, self._added, self._replaced = {}, {}, {}
+        self._dropped, self._epoch_floor = set(), 0
+        self._save_pending()
         return True
 
     def sync(self) -> Synced | None:
         """Pending writes, then the database's entries in place of the memory's; None
         (nothing changed) without a shared registry or an answer."""
-        if self.shared is None:
+        if self.shared is None or not self.flush():
             return None
-        first = not self._cache.get(SHARED_KEY, False)
-        if first:
-            for session, entry in self._entries.items():
-                if session not in self._changes:
-                    self._added.setdefault(session, dict(entry))
-            self._epoch_floor = max(self._epoch_floor, self._epoch)
-        if not self.flush():
-            return None
-        if first:
-            self._cache.set(SHARED_KEY, True)
         answer = self.shared.load()
+        if not isinstance(answer, str) and answer[2] != self._cache.get(SHARED_KEY):
+            answer = self._bring_own_entries(answer)
         if isinstance(answer, str):
             log.warning("the shared session registry could not be read; this leader goes "
                         "on with its own copy", reason=answer)
             return None
-        entries, epoch = answer
+        entries, epoch, _ = answer
         before = set(self._entries)
         self._entries = entries
         self._epoch = max(self._epoch, epoch)
@@ -173,6 +182,21 @@ class SessionRegistry:
         return Synced(added=sorted(set(entries) - before),
                       removed=sorted(before - set(entries)))
 
+    def _bring_own_entries(self, loaded: Loaded) -> Loaded | str:
+        """A registry this host has not met: its own entries go in under what is
+        there (the table's win), with its epoch mark; the result, or why not."""
+        assert self.shared is not None
+        entries, epoch, registry = loaded
+        own = {s: dict(e) for s, e in self._entries.items() if s not in entries}
+        why = self.shared.write({}, own, {}, [], self._epoch)
+        if why is not None:
+            return why
+        self._cache.set(SHARED_KEY, registry)
+        if own:
+            log.info("this leader's own sessions went into the shared registry",
+                     sessions=sorted(own))
+        return {**own, **entries}, max(epoch, self._epoch), registry
+
     def close(self) -> None:
         if self.shared is not None:
             self.shared.close()
@@ -180,3 +204,13 @@ class SessionRegistry:
 
     def _save(self) -> None:
         self._cache.set(SESSIONS_KEY, self._entries)
+
+    def _save_pending(self) -> None:
+        if self.shared is not None:
+            self._cache.set(PENDING_KEY, (self._changes, self._added, self._replaced,
+                                          sorted(self._dropped), self._epoch_floor))
+
+
+def _copy(entries: Entries) -> Entries:
+    """Copies for a write that may outlive its bound on its own thread."""
+    return {session: dict(entry) for session, entry in entries.items()}

@@ -17,6 +17,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,18 +26,29 @@ import structlog
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, WakeupMessage
 
 from actors.messages import AuditEvent, Failed, Ok, Routed, StartWorker, WebhookCommand
-from actors.outbox.db import STORE_RETRY_SECONDS, STORE_UNAVAILABLE, StoreUnavailable
+from actors.outbox.db import (
+    STORE_RETRY_SECONDS,
+    STORE_UNAVAILABLE,
+    PgConnection,
+    StoreUnavailable,
+)
 from actors.outbox.store import STORE_FILE
 from actors.run_once import RunOnce
 from actors.session.sealed_store import StoreError, StoreKeyError, load_key
 from actors.webhooks.client import Channels, make_client
 from actors.webhooks.commands import Command, CommandRefused, run
 from actors.webhooks.declared import sync_declared
-from actors.webhooks.delivery import ConcurrentDeliverer, Deliverer, Stats, head_of
-from actors.webhooks.source import Event, EventSource, SqliteEventSource
+from actors.webhooks.delivery import (
+    ConcurrentDeliverer,
+    Deliverer,
+    Stats,
+    head_of,
+    when_reachable,
+)
+from actors.webhooks.source import Event, EventSource, SqliteEventSource, event_of
 from actors.webhooks.store import Endpoint, EndpointStore
 from gateway.core.clock import SteadyClock
-from gateway.core.config import Config
+from gateway.core.config import Config, lease_mode
 from gateway.core.disk import disk_full_details, is_disk_full, write_refused_text
 from gateway.core.observability import setup_logging
 
@@ -46,6 +58,7 @@ FLUSH_SECONDS = 1.0  # how often audit events of the delivery thread are passed 
 METRICS_OP = "metrics"  # a WebhookCommand the actor answers itself: the counters
 POLL_SECONDS = 0.5  # how long a new event may wait before the loop looks at the log
 BUSY_POLL_SECONDS = 0.02  # while turns run: how soon a finished endpoint's next turn starts
+SYNC_RETRY_SECONDS = 2.0  # how soon the declared endpoints are tried again (no event log yet)
 # The event log (actors/outbox/events.py) lives in the outbox's database, so that an
 # event commits with its change; this process only reads it (SQLite WAL: readers never
 # block the outbox's writes).
@@ -67,7 +80,69 @@ class EventLogFile:
         return SqliteEventSource(self.path).head() if self.path.exists() else 0
 
 
+class PgEventLog:
+    """The event log in PostgreSQL (multi-host mode with leases: the outbox's store, in
+    the schema ``wagate_outbox``), over a connection of this reader's own, without the
+    outbox's writer lock. ``seq`` is an identity: the outbox is the log's one writer, on
+    one connection, so events commit in ``seq`` order and ``seq > cursor`` skips none.
+    One lock for the threads that share it (a connection serves one call at a time).
+    A database that does not answer reads as no new events (logged at most once a
+    minute); ``head`` raises (a new endpoint must not start at 0)."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._db: PgConnection | None = None
+        self._lock = threading.Lock()
+        self._warned_at = -WARN_EVERY_SECONDS
+
+    def events_after(self, after_seq: int, limit: int) -> list[Event]:
+        try:
+            rows = self._query("SELECT seq, id, type, session, created_at, data FROM events "
+                               "WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+        except StoreUnavailable as exc:
+            if time.monotonic() - self._warned_at >= WARN_EVERY_SECONDS:
+                self._warned_at = time.monotonic()
+                log.warning("webhooks cannot read the event log in PostgreSQL; deliveries "
+                            "wait", error=str(exc))
+            return []
+        return [event_of(row) for row in rows]
+
+    def head(self) -> int:
+        rows = self._query("SELECT COALESCE(MAX(seq), 0) FROM events", ())
+        return int(rows[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def _query(self, sql: str, params: tuple[int, ...]) -> list[Any]:
+        with self._lock:
+            if self._db is None:
+                self._db = PgConnection(self._dsn)
+            return list(self._db.execute(sql, params).fetchall())
+
+
+WARN_EVERY_SECONDS = 60.0
+
+
+def endpoint_store(config: Config, key: Any, durable: bool) -> EndpointStore:
+    """The endpoints: in data_dir/webhooks, or with leases in PostgreSQL beside the
+    outbox's store, so a new leader continues each endpoint from its cursor."""
+    return EndpointStore(config.data_path / "webhooks", key, durable=durable,
+                         database_url=config.cluster.database_url if lease_mode(config)
+                         else "")
+
+
+def close_source(source: EventSource) -> None:
+    if isinstance(source, PgEventLog):
+        source.close()
+
+
 def event_source(config: Config) -> EventSource:
+    if lease_mode(config):  # the outbox's store, and its event log, are in PostgreSQL
+        return PgEventLog(config.cluster.database_url)
     return EventLogFile(config.data_path / EVENTS_FILE)
 
 
@@ -85,16 +160,24 @@ class DeliveryThread(threading.Thread):
         hooks, data = self.config.webhooks, self.config.data_path
         key = load_key(self.config.encryption, data)
 
+        # One event source for every worker (in PostgreSQL: one connection, locked).
+        source = event_source(self.config)
+
         def deliverer() -> Deliverer:  # one per worker thread: its own connection, client
-            return Deliverer(EndpointStore(data / "webhooks", key, durable=False),
-                             event_source(self.config),
+            return Deliverer(endpoint_store(self.config, key, durable=False), source,
                              Channels(hooks.connect_timeout_seconds, hooks.timeout_seconds),
                              hooks, self.clock, on_disabled=self._disabled, stats=self.stats)
 
-        overview = deliverer()
-        for problem in sync_declared(overview.store, hooks.endpoints, os.environ, self.clock(),
-                                     head_of(overview.source)):
-            log.error("webhook endpoint skipped", problem=problem)
+        # In PostgreSQL the store may not answer yet: the thread waits, never ends.
+        overview = when_reachable(deliverer, self.stopping)
+        if overview is None:
+            close_source(source)
+            return
+        if not self._sync_declared(overview):
+            overview.client.close()
+            overview.store.close()
+            close_source(source)
+            return
         workers = ConcurrentDeliverer(overview, deliverer, hooks.concurrency, POLL_SECONDS)
         try:
             while not self.stopping.is_set():
@@ -111,6 +194,25 @@ class DeliveryThread(threading.Thread):
             workers.close()
             overview.client.close()
             overview.store.close()
+            close_source(source)
+
+    def _sync_declared(self, overview: Deliverer) -> bool:
+        """The declared endpoints in line with the config, once the event log answers
+        (in PostgreSQL it may not yet: a new endpoint starts at its head, never at 0);
+        False when the actor stops first."""
+        hooks = self.config.webhooks
+        while not self.stopping.is_set():
+            try:
+                problems = sync_declared(overview.store, hooks.endpoints, os.environ,
+                                         self.clock(), head_of(overview.source))
+            except StoreUnavailable as exc:
+                log.warning("webhooks wait for the event log", error=str(exc))
+                self.stopping.wait(SYNC_RETRY_SECONDS)
+                continue
+            for problem in problems:
+                log.error("webhook endpoint skipped", problem=problem)
+            return True
+        return False
 
     def _disabled(self, endpoint: Endpoint, reason: str) -> None:
         log.warning("webhook endpoint disabled", endpoint=endpoint.id, reason=reason)
@@ -124,6 +226,7 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
         self.thread: DeliveryThread | None = None
         self.supervisor: Any = None
         self.commands: Deliverer | None = None  # the API's operations, on this thread
+        self.config: Config | None = None
         self.queued: queue.SimpleQueue[AuditEvent] = queue.SimpleQueue()
 
     def receiveMsg_StartWorker(self, msg: StartWorker, sender: Any) -> None:
@@ -137,18 +240,10 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
                       error=str(exc))
             return
         self.supervisor = msg.supervisor
-        hooks = msg.config.webhooks
+        self.config = msg.config
         # Only this actor's own thread may send (Thespian's sends are not thread-safe):
         # the delivery thread queues its audit events, a timer here forwards them.
         self.thread = DeliveryThread(msg.config, self.queued.put)
-        # The commands count into the loop's (locked) Stats: a sendTestWebhook is an
-        # outcome of /metrics too ("test"), not lost in a counter no scrape reads.
-        self.commands = Deliverer(
-            EndpointStore(msg.config.data_path / "webhooks",
-                          load_key(msg.config.encryption, msg.config.data_path)),
-            event_source(msg.config),
-            make_client(hooks.connect_timeout_seconds, hooks.timeout_seconds), hooks,
-            self.thread.clock, stats=self.thread.stats)
         self.thread.start()
         self.wakeupAfter(timedelta(seconds=FLUSH_SECONDS))
 
@@ -162,14 +257,15 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
         request = msg.request
         if not isinstance(request, WebhookCommand):
             return
-        if self.commands is None:
+        if self.thread is None:
             self.send(msg.reply_to, Failed("UNAVAILABLE", "webhooks are not running: the "
                                            "storage key could not be loaded (see the log)",
                                            request_id=request.request_id))
             return
         try:
-            value = (self._metrics() if request.op == METRICS_OP
-                     else run(self.commands, Command(request.op, dict(request.args))))
+            commands = self._commands()
+            value = (self._metrics(commands) if request.op == METRICS_OP
+                     else run(commands, Command(request.op, dict(request.args))))
         except CommandRefused as exc:
             self.send(msg.reply_to, Failed(exc.code, exc.message,
                                            request_id=request.request_id))
@@ -190,16 +286,32 @@ class WebhookActor(RunOnce, ActorTypeDispatcher):
             return
         self.send(msg.reply_to, Ok(value, request_id=request.request_id))
 
-    def _metrics(self) -> dict[str, Any]:
-        assert self.thread is not None and self.commands is not None
+    def _commands(self) -> Deliverer:
+        """The API's operations, opened at their first use: in PostgreSQL the store may
+        not answer yet (``StoreUnavailable``, answered UNAVAILABLE). They count into the
+        loop's (locked) Stats: a sendTestWebhook is an outcome of /metrics too ("test"),
+        not lost in a counter no scrape reads."""
+        if self.commands is None:
+            assert self.config is not None and self.thread is not None
+            config, hooks = self.config, self.config.webhooks
+            key = load_key(config.encryption, config.data_path)
+            self.commands = Deliverer(
+                endpoint_store(config, key, durable=True), event_source(config),
+                make_client(hooks.connect_timeout_seconds, hooks.timeout_seconds), hooks,
+                self.thread.clock, stats=self.thread.stats)
+        return self.commands
+
+    def _metrics(self, commands: Deliverer) -> dict[str, Any]:
+        assert self.thread is not None
         found = self.thread.stats.snapshot()
-        found["disabled_now"] = sum(not e.enabled for e in self.commands.store.all())
+        found["disabled_now"] = sum(not e.enabled for e in commands.store.all())
         return found
 
     def receiveMsg_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:
         if self.commands is not None:
             self.commands.client.close()
             self.commands.store.close()
+            close_source(self.commands.source)
         if self.thread is not None:
             self.thread.stopping.set()
             self.thread.join(timeout=self.thread.config.webhooks.timeout_seconds + 5)

@@ -49,6 +49,12 @@ def parse_time(value: object) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def event_of(row: Any) -> Event:
+    """An event from a row of (seq, id, type, session, created_at, data as JSON)."""
+    return Event(int(row[0]), str(row[1]), str(row[2]), str(row[3] or ""),
+                 parse_time(row[4]), json.loads(row[5]) if row[5] else {})
+
+
 class SqliteEventSource:
     """Reads ``table`` (columns seq, id, type, session, created_at, data as JSON) of the
     SQLite database at ``path``; a new connection per call, so any thread may use it."""
@@ -66,8 +72,7 @@ class SqliteEventSource:
                 "WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
         finally:
             connection.close()
-        return [Event(int(r[0]), str(r[1]), str(r[2]), str(r[3] or ""), parse_time(r[4]),
-                      json.loads(r[5]) if r[5] else {}) for r in rows]
+        return [event_of(row) for row in rows]
 
     def head(self) -> int:
         connection = sqlite3.connect(self._path, timeout=30)
