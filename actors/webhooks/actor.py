@@ -46,6 +46,7 @@ from actors.webhooks.delivery import (
     when_reachable,
 )
 from actors.webhooks.source import Event, EventSource, SqliteEventSource, event_of
+from actors.webhooks.store import APPLICATION_NAME as STORE_APPLICATION
 from actors.webhooks.store import Endpoint, EndpointStore
 from gateway.core.clock import SteadyClock
 from gateway.core.config import Config, lease_mode
@@ -66,7 +67,9 @@ EVENTS_FILE = Path("outbox") / STORE_FILE  # as the outbox opens it (outbox/acto
 
 
 class EventLogFile:
-    """The event log's file, read only once it exists (it may appear after start)."""
+    """The event log's file, read only once it exists and has its table: the outbox
+    creates both at its start, which may come after this thread's (an empty log until
+    then; before, the thread died of "no such table" when it read first)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -74,10 +77,26 @@ class EventLogFile:
     def events_after(self, after_seq: int, limit: int) -> list[Event]:
         if not self.path.exists():
             return []
-        return SqliteEventSource(self.path).events_after(after_seq, limit)
+        try:
+            return SqliteEventSource(self.path).events_after(after_seq, limit)
+        except sqlite3.OperationalError as exc:
+            if not _no_table(exc):
+                raise
+            return []
 
     def head(self) -> int:
-        return SqliteEventSource(self.path).head() if self.path.exists() else 0
+        if not self.path.exists():
+            return 0
+        try:
+            return SqliteEventSource(self.path).head()
+        except sqlite3.OperationalError as exc:
+            if not _no_table(exc):
+                raise
+            return 0
+
+
+def _no_table(exc: sqlite3.OperationalError) -> bool:
+    return str(exc).startswith("no such table")
 
 
 class PgEventLog:
@@ -120,7 +139,7 @@ class PgEventLog:
     def _query(self, sql: str, params: tuple[int, ...]) -> list[Any]:
         with self._lock:
             if self._db is None:
-                self._db = PgConnection(self._dsn)
+                self._db = PgConnection(self._dsn, application_name=STORE_APPLICATION)
             return list(self._db.execute(sql, params).fetchall())
 
 
@@ -205,7 +224,7 @@ class DeliveryThread(threading.Thread):
             try:
                 problems = sync_declared(overview.store, hooks.endpoints, os.environ,
                                          self.clock(), head_of(overview.source))
-            except StoreUnavailable as exc:
+            except (StoreUnavailable, sqlite3.Error) as exc:  # not made yet, or not there
                 log.warning("webhooks wait for the event log", error=str(exc))
                 self.stopping.wait(SYNC_RETRY_SECONDS)
                 continue
