@@ -25,6 +25,7 @@ import psycopg
 
 from actors.transport.connection_log import overlaps, parse_records
 from actors.transport.simulator import CONNECTIONS_LOG
+from actors.webhooks.store import APPLICATION_NAME as WEBHOOKS_APPLICATION
 from tests.integration.harness import Gateway, wait_for
 from tests.integration.test_cluster import MEMBER_START_DEADLINE
 from tests.integration.test_cluster_leases import host_config
@@ -67,15 +68,16 @@ def _end_lock_connection(cluster: PgCluster, host: str) -> int:
     return int(row[0])
 
 
-def _outbox_pid(cluster: PgCluster, pids: set[int]) -> int:
-    """Which of ``pids`` is the outbox: the process holding the store's database
-    connection (its client port in pg_stat_activity, the socket's inode in /proc)."""
+def _outbox_pid(cluster: PgCluster, pids: set[int], name: str = "") -> int:
+    """Which of ``pids`` is the outbox (or another user of the store, by its
+    connections' ``name``): the process holding the store's database connection (its
+    client port in pg_stat_activity, the socket's inode in /proc)."""
     from actors.outbox.db import APPLICATION_NAME
 
     with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
         ports = {int(r[0]) for r in conn.execute(
             "SELECT client_port FROM pg_stat_activity WHERE application_name = %s",
-            (APPLICATION_NAME,))}
+            (name or APPLICATION_NAME,))}
     inodes = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
@@ -116,6 +118,7 @@ def test_a_leader_that_loses_the_lock_steps_down_and_the_standby_takes_over(
     session_pid = first.session_pid(SESSION)
     first_pids = set(first.actor_pids())
     outbox_pid = _outbox_pid(pg, first_pids)
+    webhooks_pid = _outbox_pid(pg, first_pids, WEBHOOKS_APPLICATION)
 
     traffic = Traffic(sessions=(SESSION,))
     traffic.start(first)
@@ -138,11 +141,12 @@ def test_a_leader_that_loses_the_lock_steps_down_and_the_standby_takes_over(
     took_session = time.monotonic() - ended_at
 
     # A lives on, as a standby: its session process was stopped, not killed with it;
-    # so was its outbox (the shared store is B's to write now), replaced by one that
-    # waits for the lock.
+    # so were its outbox and webhook worker (the shared store is B's now), each
+    # replaced by one that waits for the lock.
     after = set(first.actor_pids())
-    assert first_pids - {session_pid, outbox_pid} <= after
-    assert outbox_pid not in after and len(after - first_pids) == 1, (first_pids, after)
+    assert first_pids - {session_pid, outbox_pid, webhooks_pid} <= after
+    assert outbox_pid not in after and webhooks_pid not in after, (first_pids, after)
+    assert len(after - first_pids) == 2, (first_pids, after)
     standing = wait_for(lambda: (s := first.status(SESSION))["lastError"] and
                         s["lastError"]["code"] == "LEADER_STANDBY" and s, 20, 0.1,
                         "A to show its session waiting as a standby's")
