@@ -17,7 +17,6 @@ import os
 import queue
 import sqlite3
 import threading
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -59,7 +58,6 @@ FLUSH_SECONDS = 1.0  # how often audit events of the delivery thread are passed 
 METRICS_OP = "metrics"  # a WebhookCommand the actor answers itself: the counters
 POLL_SECONDS = 0.5  # how long a new event may wait before the loop looks at the log
 BUSY_POLL_SECONDS = 0.02  # while turns run: how soon a finished endpoint's next turn starts
-SYNC_RETRY_SECONDS = 2.0  # how soon the declared endpoints are tried again (no event log yet)
 # The event log (actors/outbox/events.py) lives in the outbox's database, so that an
 # event commits with its change; this process only reads it (SQLite WAL: readers never
 # block the outbox's writes).
@@ -105,25 +103,17 @@ class PgEventLog:
     outbox's writer lock. ``seq`` is an identity: the outbox is the log's one writer, on
     one connection, so events commit in ``seq`` order and ``seq > cursor`` skips none.
     One lock for the threads that share it (a connection serves one call at a time).
-    A database that does not answer reads as no new events (logged at most once a
-    minute); ``head`` raises (a new endpoint must not start at 0)."""
+    A database that does not answer raises ``StoreUnavailable``, which the delivery
+    loop answers as for the endpoint store (``ConcurrentDeliverer``: a pause)."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._db: PgConnection | None = None
         self._lock = threading.Lock()
-        self._warned_at = -WARN_EVERY_SECONDS
 
     def events_after(self, after_seq: int, limit: int) -> list[Event]:
-        try:
-            rows = self._query("SELECT seq, id, type, session, created_at, data FROM events "
-                               "WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
-        except StoreUnavailable as exc:
-            if time.monotonic() - self._warned_at >= WARN_EVERY_SECONDS:
-                self._warned_at = time.monotonic()
-                log.warning("webhooks cannot read the event log in PostgreSQL; deliveries "
-                            "wait", error=str(exc))
-            return []
+        rows = self._query("SELECT seq, id, type, session, created_at, data FROM events "
+                           "WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
         return [event_of(row) for row in rows]
 
     def head(self) -> int:
@@ -141,9 +131,6 @@ class PgEventLog:
             if self._db is None:
                 self._db = PgConnection(self._dsn, application_name=STORE_APPLICATION)
             return list(self._db.execute(sql, params).fetchall())
-
-
-WARN_EVERY_SECONDS = 60.0
 
 
 def endpoint_store(config: Config, key: Any, durable: bool) -> EndpointStore:
@@ -187,14 +174,23 @@ class DeliveryThread(threading.Thread):
                              Channels(hooks.connect_timeout_seconds, hooks.timeout_seconds),
                              hooks, self.clock, on_disabled=self._disabled, stats=self.stats)
 
+        def ready() -> Deliverer:
+            """The loop's own deliverer, the declared endpoints in line with the config
+            (a new one starts at the log's head, so the log must answer)."""
+            made = deliverer()
+            try:
+                for problem in sync_declared(made.store, hooks.endpoints, os.environ,
+                                             self.clock(), head_of(made.source)):
+                    log.error("webhook endpoint skipped", problem=problem)
+            except BaseException:
+                made.client.close()
+                made.store.close()
+                raise
+            return made
+
         # In PostgreSQL the store may not answer yet: the thread waits, never ends.
-        overview = when_reachable(deliverer, self.stopping)
+        overview = when_reachable(ready, self.stopping)
         if overview is None:
-            close_source(source)
-            return
-        if not self._sync_declared(overview):
-            overview.client.close()
-            overview.store.close()
             close_source(source)
             return
         workers = ConcurrentDeliverer(overview, deliverer, hooks.concurrency, POLL_SECONDS)
@@ -214,24 +210,6 @@ class DeliveryThread(threading.Thread):
             overview.client.close()
             overview.store.close()
             close_source(source)
-
-    def _sync_declared(self, overview: Deliverer) -> bool:
-        """The declared endpoints in line with the config, once the event log answers
-        (in PostgreSQL it may not yet: a new endpoint starts at its head, never at 0);
-        False when the actor stops first."""
-        hooks = self.config.webhooks
-        while not self.stopping.is_set():
-            try:
-                problems = sync_declared(overview.store, hooks.endpoints, os.environ,
-                                         self.clock(), head_of(overview.source))
-            except (StoreUnavailable, sqlite3.Error) as exc:  # not made yet, or not there
-                log.warning("webhooks wait for the event log", error=str(exc))
-                self.stopping.wait(SYNC_RETRY_SECONDS)
-                continue
-            for problem in problems:
-                log.error("webhook endpoint skipped", problem=problem)
-            return True
-        return False
 
     def _disabled(self, endpoint: Endpoint, reason: str) -> None:
         log.warning("webhook endpoint disabled", endpoint=endpoint.id, reason=reason)

@@ -322,9 +322,7 @@ class ConcurrentDeliverer:
                 # PostgreSQL did not answer: a cursor move may be lost, so the event
                 # goes out again (at least once, same webhook-id). Rest as the store's
                 # connection does before asking again.
-                log.warning("webhook delivery paused: the endpoint store (PostgreSQL) "
-                            "cannot be reached", endpoint=endpoint_id, error=str(exc),
-                            retry_seconds=STORE_RETRY_SECONDS)
+                self._store_lost(exc)  # said once per outage, not at every turn
                 rest, made = STORE_RETRY_SECONDS, 0
             elif is_disk_full(exc):
                 # The cursor (or a retry time) could not be written: the event goes out
@@ -347,8 +345,8 @@ class ConcurrentDeliverer:
     def _store_lost(self, exc: StoreUnavailable) -> None:
         if not self.store_down:
             self.store_down = True
-            log.warning("webhook delivery paused: the endpoint store (PostgreSQL) cannot "
-                        "be reached; trying again", error=str(exc),
+            log.warning("webhook delivery paused: PostgreSQL (the endpoint store or the "
+                        "event log) cannot be reached; trying again", error=str(exc),
                         retry_seconds=STORE_RETRY_SECONDS)
 
     def _mine(self) -> Deliverer:
