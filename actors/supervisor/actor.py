@@ -108,7 +108,7 @@ from actors.supervisor.cluster import Cluster, HostCheck
 from actors.supervisor.host_agent import HostAgent
 from actors.supervisor.lease_agent import LeaseAgent
 from actors.supervisor.policy import RestartBudget, backoff_delay
-from actors.supervisor.registry import SessionRegistry, SharedRegistry
+from actors.supervisor.registry import SessionRegistry, SharedRegistry, Synced
 from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, bind_address, host_name
 from actors.webhooks.actor import WebhookActor
@@ -120,6 +120,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("wagate.supervisor")
 
+# With leases, the workers on the shared store: only the lock's holder runs them.
+SHARED_STORE_WORKERS = (OUTBOX, WEBHOOKS)
 MAX_AUDIT_BACKLOG = 1000  # audit events held while the audit actor restarts
 # Received messages and receipts held while the outbox restarts (WhatsApp does not send
 # them again): they reach its successor after its StartWorker.
@@ -177,8 +179,15 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         # (actors.supervisor.lease_agent), a child of its own; None otherwise.
         self.lease_agent: Any = None
         self.holds_leadership = False  # with leases: this leader holds the lock
-        self.outbox_waits = False  # its StartWorker waits for the leadership lock
-        self.webhooks_waits = False  # likewise: only the active leader delivers webhooks
+        # With leases: the workers on the shared store (the outbox, the webhook worker)
+        # whose StartWorker waits until this leader holds the lock and has read the
+        # shared session registry since it took it (``in_sync``).
+        self.waiting_workers: set[ChildKey] = set()
+        self.in_sync = False
+
+    @property
+    def outbox_waits(self) -> bool:
+        return OUTBOX in self.waiting_workers
 
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
@@ -226,7 +235,8 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.registry = SessionRegistry(
             diskcache.Cache(str(state_dir)),
             _shared_registry(msg.config) if lease_mode(msg.config) else None)
-        self.registry.sync()  # with leases: the leaders' shared registry
+        # With leases: the leaders' shared registry, read before the outbox starts.
+        self.in_sync = self.registry.sync() is not None and self.holds_leadership
         # A tell to an actor that died is dropped silently by Thespian unless someone
         # handles dead letters: audit events told to a restarted audit actor's old
         # address come back here and are passed on (the web tier cannot notice).
@@ -319,7 +329,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def receiveMsg_WebhookCommand(self, msg: WebhookCommand, sender: Any) -> None:
         webhooks = self.children.address(WEBHOOKS)
-        if self.webhooks_waits:
+        if WEBHOOKS in self.waiting_workers:
             self.send(sender, _leader_standby(msg.request_id))
         elif webhooks is None:
             self.send(sender, Failed("UNAVAILABLE", "the webhook worker is restarting; retry "
@@ -833,16 +843,18 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
 
     def _start_worker_process(self, key: ChildKey, child: Child) -> None:
         assert self.config is not None
-        if key in (OUTBOX, WEBHOOKS) and self.lease_waits is not None \
-                and not self.holds_leadership:
+        if key in SHARED_STORE_WORKERS and self.lease_waits is not None \
+                and not (self.holds_leadership and self.in_sync):
             # With leases the outbox's store is in PostgreSQL, shared by the leaders:
             # only the lock's holder may write it, so a standby's outbox gets its
             # StartWorker when this leader takes the lock (answering LEADER_STANDBY until
             # then), and stops when it loses it (_step_down). The webhook worker reads
             # that store's event log: on two leaders it would deliver every event twice.
-            self._set_waiting(key, True)
+            # Both wait for the shared registry too: an outbox started without every
+            # session's link would fail the queues of those it lacks.
+            self.waiting_workers.add(key)
             return
-        self._set_waiting(key, False)
+        self.waiting_workers.discard(key)
         links = tuple(self._session_link(s) for s in self.statuses)
         self.send(child.address, StartWorker(self.config, self.myAddress, links))
         if key == AUDIT:
@@ -851,12 +863,6 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                 self.send(child.address, message)
         # The outbox's kept received messages go after its OutboxReady: sent now, to a
         # process whose start fails (a full disk), they could be lost with it.
-
-    def _set_waiting(self, key: ChildKey, waits: bool) -> None:
-        if key == OUTBOX:
-            self.outbox_waits = waits
-        elif key == WEBHOOKS:
-            self.webhooks_waits = waits
 
     def _respawn(self, key: ChildKey, lease_free: bool = False) -> None:
         """Start a supervised child's process again. A start that fails counts as a
@@ -925,16 +931,32 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             self._step_down()
         elif found is Change.TOOK:
             self.holds_leadership = True
+            self.in_sync = False
             log.warning("this leader holds the leadership lock: it starts sessions, and "
                         "members join it")
             self.audit("leader.active", host=host_name(self.config), pid=os.getpid())
-            self._adopt_shared_sessions()
-            for key, waits in ((OUTBOX, self.outbox_waits), (WEBHOOKS, self.webhooks_waits)):
-                child = self.children.get(key)
-                if waits and child is not None and child.address is not None:
-                    self._start_worker_process(key, child)  # the store is ours to use now
             if self.lease_waits.sessions:
                 self._check_leases()
+        if self.holds_leadership and not self.in_sync:
+            self._take_over()
+
+    def _take_over(self) -> None:
+        """The holder's first look at the shared registry (asked again every period
+        until it answers): its sessions become this leader's, then the workers on the
+        shared store start, their links complete."""
+        if self.registry is None:
+            return  # taken at start: StartGateway syncs next
+        synced = self.registry.sync()
+        if synced is None:
+            log.warning("this leader holds the lock but has not read the shared session "
+                        "registry; its outbox and webhook worker wait for it")
+            return
+        self.in_sync = True
+        self._adopt_shared_sessions(synced)
+        for key in [k for k in SHARED_STORE_WORKERS if k in self.waiting_workers]:
+            child = self.children.get(key)
+            if child is not None and child.address is not None:
+                self._start_worker_process(key, child)  # the store is ours to use now
 
     def _step_down(self) -> None:
         """This leader lost the leadership lock while it lives (its lock connection
@@ -944,7 +966,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         to start again like a standby's sessions (LEADER_STANDBY) until this leader
         holds the lock again (``actors.leases.standing``)."""
         assert self.config is not None
-        self.holds_leadership = False
+        self.holds_leadership = self.in_sync = False
         running = self.children.running_sessions()
         log.error("this leader lost the leadership lock: it stops the sessions it placed "
                   "and becomes a standby until it holds the lock again",
@@ -955,7 +977,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             self._record_fenced(session, child.host, FENCE_LEADER_LOST)
             child.retiring = child.respawn = True  # its exit waits for the lock (_respawn)
             self.send(child.address, ActorExitRequest())
-        for key in (OUTBOX, WEBHOOKS):
+        for key in SHARED_STORE_WORKERS:
             worker = self.children.get(key)
             if worker is not None and worker.address is not None and not worker.retiring:
                 # The shared store is the new holder's: this worker stops, and its next
@@ -1152,16 +1174,11 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                                                phone=entry.get("phone"), state=state)
         return start
 
-    def _adopt_shared_sessions(self) -> None:
-        """A standby that takes the lock: the shared registry's sessions become its own
+    def _adopt_shared_sessions(self, synced: Synced) -> None:
+        """A standby that took the lock: the shared registry's sessions become its own
         before its outbox starts, so the outbox knows every session and its link epoch
         (else it fails their queues as forgotten or logged out), and each wanted one
         starts once its lease is free. Sessions another leader forgot are dropped here."""
-        if self.registry is None:
-            return  # taken at start: StartGateway syncs next
-        synced = self.registry.sync()
-        if synced is None:
-            return
         for session in synced.removed:
             if ChildKey.of_session(session) not in self.children:
                 self.statuses.pop(session, None)

@@ -15,6 +15,7 @@ as forgotten, SESSION_FORGOTTEN, and B never started it).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,10 +45,17 @@ def _leaders(make_gateway: Callable[..., Gateway], shared: Path, url: str, sessi
     return first, second
 
 
-@pytest.mark.parametrize("told_the_standby", [True, False], ids=["told", "untold"])
+@pytest.mark.parametrize("how", ["told", "untold", "registry_busy"])
 def test_messages_a_dead_leader_accepted_are_sent_once_by_the_standby(
         make_gateway: Callable[..., Gateway], pg: PgCluster,  # noqa: F811
-        tmp_path: Path, told_the_standby: bool) -> None:
+        tmp_path: Path, how: str) -> None:
+    """``registry_busy``: the shared registry's table is locked by someone else while
+    B takes over, so B cannot read it: B's outbox waits (answering LEADER_STANDBY)
+    until it can. Before, it started without the session's link and failed A's queue
+    as SESSION_FORGOTTEN."""
+    import psycopg
+
+    told_the_standby = how == "told"
     first, second = _leaders(make_gateway, tmp_path / "shared", pg.url(), sessions=2)
     first.start()
     wait_for(lambda: _leader_row(pg) == (A, True), 20, 0.1, "A to take the leadership lock")
@@ -71,10 +79,20 @@ def test_messages_a_dead_leader_accepted_are_sent_once_by_the_standby(
         assert not result.errors, result.errors
     assert not [m for m in first.inbox() if m["text"] in texts]  # none could be sent
 
-    first.kill_everything()  # A loses power: its outbox never hears of these again
-    second.sim("restore")
-    wait_for(lambda: _leader_row(pg) == (B, True), TAKEOVER_DEADLINE, 0.05,
-             "B to take the leadership lock")
+    with contextlib.ExitStack() as held:
+        if how == "registry_busy":
+            blocker = held.enter_context(psycopg.connect(pg.dsn(), autocommit=False))
+            blocker.execute("LOCK TABLE wagate_sessions IN ACCESS EXCLUSIVE MODE")
+        first.kill_everything()  # A loses power: its outbox never hears of these again
+        second.sim("restore")
+        wait_for(lambda: _leader_row(pg) == (B, True), TAKEOVER_DEADLINE, 0.05,
+                 "B to take the leadership lock")
+        if how == "registry_busy":
+            wait_for(lambda: "has not read the shared session registry" in
+                     second.log_tail(400), 30, 0.2, "B to wait for the registry")
+            refused = second.send(PHONE, "while the registry is busy", session=SESSION)
+            assert refused.error["extensions"]["reason"] == "LEADER_STANDBY", refused.errors
+            blocker.rollback()
     wait_for(lambda: (_placement(second, SESSION) or {}) == {"state": "CONNECTED",
                                                               "host": B},
              TAKEOVER_DEADLINE, 0.1, "the session to connect under B")
