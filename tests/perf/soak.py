@@ -84,6 +84,7 @@ class Sample:
     fds: int
     anon_kib: int = 0  # RssAnon: what the process allocated itself (heap, stacks)
     file_kib: int = 0  # RssFile: mapped file pages (SQLite's mmap), the page cache's
+    threads: int = 0  # a pool that grows shows here before its memory does
 
 
 @dataclass
@@ -224,15 +225,15 @@ def process_roles(gw: Gateway) -> dict[int, str]:
     return roles
 
 
-def read_process(pid: int) -> tuple[int, int, int, int] | None:
-    """VmRSS in KiB, the number of open descriptors, RssAnon and RssFile in KiB (None:
-    the process is gone)."""
+def read_process(pid: int) -> tuple[int, int, int, int, int] | None:
+    """VmRSS in KiB, the number of open descriptors, RssAnon and RssFile in KiB and the
+    number of threads (None: the process is gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
         fields = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
-                  if line.startswith(("VmRSS:", "RssAnon:", "RssFile:"))}
+                  if line.startswith(("VmRSS:", "RssAnon:", "RssFile:", "Threads:"))}
         return (fields["VmRSS"], len(os.listdir(f"/proc/{pid}/fd")), fields["RssAnon"],
-                fields["RssFile"])
+                fields["RssFile"], fields["Threads"])
     except (OSError, KeyError, ValueError, IndexError):
         return None
 
@@ -273,6 +274,7 @@ class Slope:
     span_minutes: float
     anon_per_hour: float = 0.0
     file_per_hour: float = 0.0
+    threads: tuple[int, int] = (0, 0)  # at the start and at the end of the judged span
 
 
 @dataclass(slots=True)
@@ -301,7 +303,8 @@ def slopes(soak: Soak) -> tuple[list[Slope], list[Young]]:
             slope_per_hour([(s.at, s.fds) for s in kept]), kept[-1].rss_kib / 1024,
             (kept[-1].at - kept[0].at) / 60,
             slope_per_hour([(s.at, s.anon_kib / 1024) for s in kept]),
-            slope_per_hour([(s.at, s.file_kib / 1024) for s in kept])))
+            slope_per_hour([(s.at, s.file_kib / 1024) for s in kept]),
+            (kept[0].threads, kept[-1].threads)))
     return found, young
 
 
@@ -358,6 +361,7 @@ def print_report(soak: Soak, counts: dict[str, int], found: list[Slope],
         out(f"{x.role + ' ' + str(x.pid):26} RSS {x.last_mib:5.1f} MiB "
             f"{x.mib_per_hour:+6.2f} MiB/h (anon {x.anon_per_hour:+6.2f}, file "
             f"{x.file_per_hour:+6.2f})  fds {x.fds_per_hour:+6.1f}/h  "
+            f"threads {x.threads[0]:>3}->{x.threads[1]:<3} "
             f"{x.span_minutes:4.1f} min  < {TARGET_MIB_PER_HOUR:g}  "
             f"{'PASS' if ok else 'FAIL'}")
     if young:
