@@ -24,6 +24,10 @@ from gateway.core.pools import start_threads
 from gateway.web.metrics_files import MULTIPROC_ENV, metrics_dir
 
 CONFIG_ENV = "WAGATE_CONFIG_JSON"
+# Call helpers a worker starts before its first request, at most: each holds an
+# actor-system socket, and a service's descriptor limit is often 1024 while
+# ``http.threads`` may be 1000. Beyond this, helpers start as calls overlap.
+PRESTART_HELPERS_MAX = 64
 
 
 def config_env(config: Config) -> dict[str, str]:
@@ -64,11 +68,11 @@ def fill_pools(requests: Executor | None, threads: int,
     """Start a worker's pools at their working size before its first request
     (``gateway.core.pools``): gthread's ``threads`` request threads, and the bridge's
     call helpers, each with its own actor-system socket: as many plus one for the
-    audit sender."""
+    audit sender, at most ``PRESTART_HELPERS_MAX``."""
     if requests is not None:
         start_threads(requests, threads)
     if warm is not None:
-        warm(threads + 1)
+        warm(min(threads + 1, PRESTART_HELPERS_MAX))
 
 
 def _worker_exiting(_server: Any, worker: Any) -> None:

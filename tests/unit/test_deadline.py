@@ -21,7 +21,7 @@ from actors.messages import Ping
 from gateway.api.errors import GatewayError
 from gateway.web.bridge import ActorBridge
 from gateway.web.deadline import Call, CallPool, DeadlinePassed
-from gateway.web.server import fill_pools
+from gateway.web.server import PRESTART_HELPERS_MAX, fill_pools
 
 WAIT = 10.0  # a generous outer bound: only "it came back" is asserted, never how fast
 
@@ -168,6 +168,8 @@ def test_a_web_worker_fills_its_request_threads_and_warms_its_helpers() -> None:
         assert len(_helpers("test-requests")) == 5
     assert not _helpers("test-requests")
     fill_pools(None, 5, None)  # another worker class, a test bridge: nothing to fill
+    fill_pools(None, 1000, warmed.append)  # http.threads at its largest
+    assert warmed == [6, PRESTART_HELPERS_MAX]  # each helper holds a socket
 
 
 @contextlib.contextmanager
