@@ -83,7 +83,10 @@ class ActorBridge:
         self._pool_pid: int | None = None
         self._audits: AuditQueue[AuditEvent] | None = None
         self._audits_pid: int | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the actor-system handle (held while joining one)
+        # The helpers and the audit sender: never behind a join that hangs, or every
+        # call would wait for it past its deadline.
+        self._threads_lock = threading.Lock()
         self._pid: int | None = None
         self._system: Any = None
         self._supervisor: Any = None
@@ -136,7 +139,7 @@ class ActorBridge:
 
     def _audit_queue(self) -> AuditQueue[AuditEvent]:
         """This process's audit sender (threads do not survive a fork)."""
-        with self._lock:
+        with self._threads_lock:
             if self._audits is None or self._audits_pid != os.getpid():
                 self._audits = AuditQueue(self._send_audits, self.audit_linger)
                 self._audits_pid = os.getpid()
@@ -146,7 +149,7 @@ class ActorBridge:
 
     def _calls(self) -> CallPool:
         """This process's helper threads (threads do not survive a fork)."""
-        with self._lock:
+        with self._threads_lock:
             if self._pool is None or self._pool_pid != os.getpid():
                 self._pool, self._pool_pid = CallPool(self.max_calls, "wagate-ask"), os.getpid()
             return self._pool

@@ -24,6 +24,7 @@ from gateway.web.deadline import Call, CallPool, DeadlinePassed
 from gateway.web.server import PRESTART_HELPERS_MAX, fill_pools
 
 WAIT = 10.0  # a generous outer bound: only "it came back" is asserted, never how fast
+JOINS_GIVE_UP = 90.0  # joins of a silent actor system end on their own, one by one
 
 
 @pytest.fixture
@@ -173,9 +174,10 @@ def test_a_web_worker_fills_its_request_threads_and_warms_its_helpers() -> None:
 
 
 @contextlib.contextmanager
-def _silent_peer() -> Iterator[int]:
+def _silent_peer() -> Iterator[tuple[int, list[socket.socket]]]:
     """A port that accepts TCP connections and never reads or answers: an admin port
-    across a partition that lets SYNs through, or a frozen actor system."""
+    across a partition that lets SYNs through, or a frozen actor system. Yields the
+    port and the connections it accepted so far."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(64)
@@ -191,7 +193,7 @@ def _silent_peer() -> Iterator[int]:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield server.getsockname()[1]
+        yield server.getsockname()[1], held
     finally:
         server.close()
         thread.join(WAIT)
@@ -203,19 +205,26 @@ def test_a_call_to_a_peer_that_never_answers_returns_by_its_deadline() -> None:
     """Regression (defect H2): joining an actor system whose admin port accepts and never
     answers took 14.6 s with a 2 s timeout (68.8 s in a partition), holding the web
     thread. Now the call comes back UNAVAILABLE at its deadline; the stuck helper ends
-    on its own later (Thespian then forks an Admin of its own, which this test stops)."""
+    on its own later (Thespian then forks an Admin of its own, which this test stops).
+    The helper that joins first here is one warmed before any call (``warm``, a web
+    worker's start): the call must not wait behind its join either (it did, on the
+    bridge's one lock, until the join gave up)."""
     before = _descendants()
     try:
-        with _silent_peer() as port:
+        with _silent_peer() as (port, held):
             bridge = ActorBridge(port, 0.5)
+            bridge.warm(1)
+            _until(lambda: bool(held))  # the warmed helper is joining, and stuck there
             outcome: list[BaseException] = []
             caller = threading.Thread(target=lambda: _ask(bridge, Ping("p"), outcome))
             caller.start()
             caller.join(WAIT)
             assert not caller.is_alive() and len(outcome) == 1
             assert isinstance(outcome[0], GatewayError) and outcome[0].code == "UNAVAILABLE"
-            bridge.close()  # waits for the stuck helper to give up
-        assert not [t for t in threading.enumerate() if t.name.startswith("wagate-ask")]
+            bridge.close()
+            # Each stuck join gives up on its own, one after the other (the warmed
+            # helper's, then the call's); only then do Thespian's own Admins appear.
+            _until(lambda: not _helpers("wagate-ask"), JOINS_GIVE_UP)
     finally:
         _stop(_descendants() - before)
 
