@@ -88,7 +88,6 @@ from gateway.core.config import MessagesConfig, lease_mode
 from gateway.core.disk import is_disk_full
 from gateway.core.errors import WagateError
 from gateway.core.observability import setup_logging
-from gateway.core.pools import start_threads
 from gateway.core.validation import bounded_text
 
 if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
@@ -298,9 +297,9 @@ class SessionActor(BridgedActor):
         self._arm_resend()
         self._open_store()
         self._start_keeper()
-        self.executor = _started_pool(AUX_WORKERS, f"aux-{msg.session}")
-        self.send_executor = _started_pool(parallel_sends(config.transport.engine),
-                                           f"send-{msg.session}")
+        self.executor = ThreadPoolExecutor(AUX_WORKERS, thread_name_prefix=f"aux-{msg.session}")
+        self.send_executor = ThreadPoolExecutor(parallel_sends(config.transport.engine),
+                                                thread_name_prefix=f"send-{msg.session}")
         policy = ReconnectPolicy(config.reconnect.attempts, config.reconnect.delay_seconds,
                                  config.reconnect.first_delay_seconds)
         self.machine = SessionMachine(msg.session, policy, config.reconnect.connect_timeout_seconds,
@@ -481,7 +480,7 @@ class SessionActor(BridgedActor):
         if self.store.cleared:
             log.warning("removed working copies left by a crashed session process",
                         count=len(self.store.cleared))
-        self.store_executor = _started_pool(1, f"store-{self.session}")
+        self.store_executor = ThreadPoolExecutor(1, thread_name_prefix=f"store-{self.session}")
         self._arm_checkpoint()
 
     def _epoch_held(self) -> int | None:
@@ -1236,12 +1235,3 @@ def _engine_problem(engine: str, exc: Exception, otherwise: str) -> str:
         return (f"the '{engine}' WhatsApp engine cannot start: {INSTALL_CHANGED_ADVICE} "
                 f"(the engine said: {exc})")
     return f"the '{engine}' WhatsApp engine cannot start{otherwise}"
-
-
-def _started_pool(workers: int, prefix: str) -> ThreadPoolExecutor:
-    """A pool whose ``workers`` threads all run from now on: started when the first
-    tasks overlap (a reconnect's backlog of sends), they would grow the process in steps
-    late in its life (``gateway.core.pools``)."""
-    pool = ThreadPoolExecutor(workers, thread_name_prefix=prefix)
-    start_threads(pool, workers)
-    return pool

@@ -117,14 +117,6 @@ class ActorBridge:
             raise GatewayError(reply.code, reply.message, **reply.details)
         return getattr(reply, "value", reply)
 
-    def warm(self, calls: int) -> int:
-        """Before the first request: ``calls`` helper threads, each with its Thespian
-        context made (gunicorn's ``post_worker_init``), so the pool does not grow later
-        when requests first overlap (``CallPool.prestart``). A helper whose context
-        cannot be made yet (no actor system answers) makes it on its first call.
-        Returns how many helpers were started."""
-        return self._calls().prestart(calls, self._context)
-
     def close(self) -> None:
         """Send the audit entries that wait, then stop this process's helper threads
         once their calls end (a worker's exit, tests)."""

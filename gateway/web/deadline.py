@@ -21,7 +21,6 @@ Plain threads, no Flask and no Thespian here.
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -99,12 +98,7 @@ class CallPool:
 
     When every helper is busy (stuck calls included), a call waits in the queue and, if
     its deadline passes there, is cancelled: so a partition that leaves many calls
-    stuck costs at most ``max_threads`` threads, never one per request.
-
-    ``prestart`` starts the helpers a healthy process needs before the first request:
-    a pool that only grows when calls overlap grows hours later, the first time
-    requests wait longer than before (an actor restarted, a loaded machine), and each
-    helper's memory and socket then show as creep (issue 16's soak)."""
+    stuck costs at most ``max_threads`` threads, never one per request."""
 
     def __init__(self, max_threads: int, name: str = "wagate-call") -> None:
         if max_threads < 1:
@@ -128,20 +122,6 @@ class CallPool:
             raise call.error
         return call.result  # type: ignore[return-value]  # set when error is None
 
-    def prestart(self, count: int, setup: Callable[[], object] | None = None) -> int:
-        """Start helpers until ``count`` (at most ``max_threads``) run; each calls
-        ``setup`` first (a helper's own state, made now rather than on its first call;
-        what it raises is ignored: the call that needs it makes it again). Returns how
-        many were started."""
-        started = 0
-        with self._lock:
-            if self._closed:
-                raise RuntimeError("the call pool is closed")
-            while len(self._threads) < min(count, self.max_threads):
-                self._start_helper(setup)
-                started += 1
-        return started
-
     def busy(self) -> int:
         """Calls running (stuck ones included) or waiting for a helper."""
         with self._lock:
@@ -162,26 +142,15 @@ class CallPool:
             if self._closed:
                 raise RuntimeError("the call pool is closed")
             if self._idle <= 0 and len(self._threads) < self.max_threads:
-                self._start_helper(None)
+                thread = threading.Thread(target=self._serve, daemon=True,
+                                          name=f"{self.name}-{len(self._threads) + 1}")
+                self._threads.append(thread)
                 self._idle += 1
+                thread.start()
             self._idle -= 1  # taken by an idle helper, or queued for the next one
         self._queue.put(call)
 
-    def _start_helper(self, setup: Callable[[], object] | None) -> None:
-        """Under the lock: one more helper. One with a ``setup`` counts as idle only
-        once that is done (a setup stuck in connect must not hold calls that another
-        helper could take)."""
-        thread = threading.Thread(target=self._serve, args=(setup,), daemon=True,
-                                  name=f"{self.name}-{len(self._threads) + 1}")
-        self._threads.append(thread)
-        thread.start()
-
-    def _serve(self, setup: Callable[[], object] | None) -> None:
-        if setup is not None:
-            with contextlib.suppress(Exception):  # made again by the call that needs it
-                setup()
-            with self._lock:
-                self._idle += 1
+    def _serve(self) -> None:
         while True:
             call = self._queue.get()
             if call is None:

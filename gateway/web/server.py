@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
+from collections.abc import Mapping
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -20,14 +19,9 @@ from gateway.core.allocator import allocator_environment
 from gateway.core.child_env import secret_variables, web_config, without_secrets
 from gateway.core.config import Config, config_from_dict, config_to_dict
 from gateway.core.observability import setup_logging
-from gateway.core.pools import start_threads
 from gateway.web.metrics_files import MULTIPROC_ENV, metrics_dir
 
 CONFIG_ENV = "WAGATE_CONFIG_JSON"
-# Call helpers a worker starts before its first request, at most: each holds an
-# actor-system socket, and a service's descriptor limit is often 1024 while
-# ``http.threads`` may be 1000. Beyond this, helpers start as calls overlap.
-PRESTART_HELPERS_MAX = 64
 
 
 def config_env(config: Config) -> dict[str, str]:
@@ -56,40 +50,15 @@ def _worker_exited(_server: Any, worker: Any) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
-def _worker_ready(worker: Any) -> None:
-    """gunicorn ``post_worker_init`` hook, in the worker before its first request: start
-    every request thread and the bridge's helpers now (``fill_pools``)."""
-    fill_pools(getattr(worker, "tpool", None), worker.cfg.threads,
-               getattr(_bridge(worker), "warm", None))
-
-
-def fill_pools(requests: Executor | None, threads: int,
-               warm: Callable[[int], object] | None) -> None:
-    """Start a worker's pools at their working size before its first request
-    (``gateway.core.pools``): gthread's ``threads`` request threads, and the bridge's
-    call helpers, each with its own actor-system socket: as many plus one for the
-    audit sender, at most ``PRESTART_HELPERS_MAX``."""
-    if requests is not None:
-        start_threads(requests, threads)
-    if warm is not None:
-        warm(min(threads + 1, PRESTART_HELPERS_MAX))
-
-
 def _worker_exiting(_server: Any, worker: Any) -> None:
     """gunicorn ``worker_exit`` hook, in the worker: the audit entries that still wait
     leave before it ends (``ActorBridge.close``)."""
-    close = getattr(_bridge(worker), "close", None)
-    if close is not None:
-        close()
-
-
-def _bridge(worker: Any) -> Any:
-    """The worker's door into the actor system (``gateway.web.bridge``); None when its
-    app has none (a test's)."""
     from gateway.web.state import EXTENSION
 
     state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(EXTENSION)
-    return getattr(state, "bridge", None)
+    close = getattr(getattr(state, "bridge", None), "close", None)
+    if close is not None:
+        close()
 
 
 class _Gunicorn(BaseApplication):
@@ -112,7 +81,6 @@ class _Gunicorn(BaseApplication):
             "loglevel": "warning",
             "proc_name": "wagate-web",
             "child_exit": _worker_exited,
-            "post_worker_init": _worker_ready,
             "worker_exit": _worker_exiting,
         }
         for key, value in settings.items():

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import os
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from actors.system import port_listening
-from tests.integration.harness import FAST, Gateway, group_members, wait_for
+from tests.integration.harness import Gateway
 
 TCP_LISTEN = "0A"
 
@@ -106,34 +105,3 @@ def test_no_actor_system_socket_is_held_by_a_second_process(gateway: Gateway) ->
     assert len(owners) >= 5, owners  # launcher, admin, logger, supervisor, outbox, ...
     shared = {listeners[i]: holders for i, holders in owners.items() if len(holders) > 1}
     assert not shared, f"listening sockets held by several processes: {shared}"
-
-
-def _threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def test_a_web_worker_starts_its_pools_before_it_serves(gateway: Gateway) -> None:
-    """A web worker starts its request threads and the bridge's helpers (each with its
-    actor-system context) before its first request, so overlapping requests later add
-    none. Before, both pools grew only when requests overlapped and never shrank: the
-    soak (issue 16) read each step, hours into a run, as memory and descriptor creep."""
-    threads = FAST["http"]["threads"]
-    state = gateway.run_state()
-    assert state is not None
-    web = int(state["web_pgid"])
-    workers = [pid for pid in group_members(web) if pid != web]
-    assert len(workers) == FAST["http"]["workers"] == 1
-    worker = workers[0]
-    ready = 1 + threads + threads + 1  # its main thread, request threads, helpers
-    wait_for(lambda: _threads(worker) >= ready, 20, 0.1,
-             f"the web worker runs {ready} threads (it runs {_threads(worker)})")
-    before = _threads(worker)
-
-    def ask() -> int:
-        return gateway.post_graphql({"query": "{ whatsAppStatus { state } }"}).status_code
-
-    with ThreadPoolExecutor(2 * threads) as overlapping:
-        codes = list(overlapping.map(lambda _: ask(), range(4 * threads)))
-    assert codes == [200] * (4 * threads)
-    # The audit sender starts with the first audited request, if any came.
-    assert _threads(worker) <= before + 1, (before, _threads(worker))

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -21,7 +20,6 @@ from actors.messages import Ping
 from gateway.api.errors import GatewayError
 from gateway.web.bridge import ActorBridge
 from gateway.web.deadline import Call, CallPool, DeadlinePassed
-from gateway.web.server import PRESTART_HELPERS_MAX, fill_pools
 
 WAIT = 10.0  # a generous outer bound: only "it came back" is asserted, never how fast
 JOINS_GIVE_UP = 90.0  # joins of a silent actor system end on their own, one by one
@@ -97,82 +95,6 @@ def test_stuck_calls_hold_at_most_the_pool_and_a_queued_call_never_runs_late() -
         CallPool(0)
 
 
-def _helpers(prefix: str = "test-call") -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
-
-
-def test_prestarted_helpers_each_make_their_state_once_and_take_overlapping_calls() -> None:
-    """``prestart`` runs each helper's setup on that helper before any call, and calls
-    that overlap later are taken by those helpers: the pool does not grow (issue 16)."""
-    pool = CallPool(8, "test-call")
-    made: list[str] = []
-    try:
-        assert pool.prestart(3, lambda: made.append(threading.current_thread().name)) == 3
-        _until(lambda: len(made) == 3 and pool.busy() == 0)
-        assert sorted(made) == sorted(t.name for t in _helpers())
-        assert pool.prestart(3) == 0  # already running: nothing more
-        met = threading.Barrier(4)
-        callers = [threading.Thread(target=lambda: pool.run(lambda c: met.wait(WAIT), WAIT))
-                   for _ in range(3)]
-        for caller in callers:
-            caller.start()
-        met.wait(WAIT)  # all three calls run at once, on the three helpers
-        for caller in callers:
-            caller.join(WAIT)
-        assert len(_helpers()) == 3 and len(made) == 3
-        assert pool.prestart(99) == 5  # never beyond max_threads
-    finally:
-        pool.close(WAIT)
-    assert not _helpers()
-    with pytest.raises(RuntimeError):
-        pool.prestart(1)
-
-
-def test_a_helper_whose_setup_fails_or_hangs_holds_no_call() -> None:
-    """A setup that raises leaves a working helper (the call makes its state again); one
-    that hangs (a connect that never ends) is not counted idle, so a call goes to
-    another helper instead of waiting behind it until its deadline."""
-    pool = CallPool(3, "test-call")
-    release = threading.Event()
-
-    def fails() -> None:
-        raise OSError("no actor system yet")
-
-    try:
-        pool.prestart(1, fails)
-        _until(lambda: pool.busy() == 0)
-        assert pool.run(lambda call: "served", WAIT) == "served"
-        pool.prestart(2, lambda: release.wait(WAIT))
-        assert pool.busy() == 1  # the hanging one
-        met = threading.Barrier(2)
-        other = threading.Thread(target=lambda: pool.run(lambda c: met.wait(WAIT), WAIT))
-        other.start()
-        assert pool.run(lambda c: met.wait(WAIT), WAIT) is not None  # two at once
-        other.join(WAIT)
-        assert len(_helpers()) == 3  # the third was started for the overlapping call
-    finally:
-        release.set()
-        pool.close(WAIT)
-    assert not _helpers()
-
-
-def test_a_web_worker_fills_its_request_threads_and_warms_its_helpers() -> None:
-    """``fill_pools`` (gunicorn's ``post_worker_init``): every request thread of a
-    ThreadPoolExecutor runs before the first request, and the bridge is asked for one
-    helper per request thread and one for the audit sender."""
-    warmed: list[int] = []
-    with ThreadPoolExecutor(5, thread_name_prefix="test-requests") as requests:
-        fill_pools(requests, 5, warmed.append)
-        assert len(_helpers("test-requests")) == 5
-        assert warmed == [6]
-        list(requests.map(lambda _: None, range(20)))
-        assert len(_helpers("test-requests")) == 5
-    assert not _helpers("test-requests")
-    fill_pools(None, 5, None)  # another worker class, a test bridge: nothing to fill
-    fill_pools(None, 1000, warmed.append)  # http.threads at its largest
-    assert warmed == [6, PRESTART_HELPERS_MAX]  # each helper holds a socket
-
-
 @contextlib.contextmanager
 def _silent_peer() -> Iterator[tuple[int, list[socket.socket]]]:
     """A port that accepts TCP connections and never reads or answers: an admin port
@@ -206,27 +128,40 @@ def test_a_call_to_a_peer_that_never_answers_returns_by_its_deadline() -> None:
     answers took 14.6 s with a 2 s timeout (68.8 s in a partition), holding the web
     thread. Now the call comes back UNAVAILABLE at its deadline; the stuck helper ends
     on its own later (Thespian then forks an Admin of its own, which this test stops).
-    The helper that joins first here is one warmed before any call (``warm``, a web
-    worker's start): the call must not wait behind its join either (it did, on the
-    bridge's one lock, until the join gave up)."""
+    A second call, made while the first one's helper is stuck in that join, comes back
+    at its deadline too: before, it waited on the bridge's one lock, which the join held,
+    until the join gave up."""
     before = _descendants()
     try:
         with _silent_peer() as (port, held):
             bridge = ActorBridge(port, 0.5)
-            bridge.warm(1)
-            _until(lambda: bool(held))  # the warmed helper is joining, and stuck there
-            outcome: list[BaseException] = []
-            caller = threading.Thread(target=lambda: _ask(bridge, Ping("p"), outcome))
-            caller.start()
-            caller.join(WAIT)
-            assert not caller.is_alive() and len(outcome) == 1
-            assert isinstance(outcome[0], GatewayError) and outcome[0].code == "UNAVAILABLE"
+            first: list[BaseException] = []
+            stuck = threading.Thread(target=lambda: _ask(bridge, Ping("p"), first))
+            stuck.start()
+            _until(lambda: bool(held))  # its helper is joining, and stuck there
+            second = _ask_in_thread(bridge)
+            stuck.join(WAIT)
+            for outcome in (first, second):
+                assert len(outcome) == 1, outcome
+                assert isinstance(outcome[0], GatewayError)
+                assert outcome[0].code == "UNAVAILABLE"
             bridge.close()
-            # Each stuck join gives up on its own, one after the other (the warmed
-            # helper's, then the call's); only then do Thespian's own Admins appear.
-            _until(lambda: not _helpers("wagate-ask"), JOINS_GIVE_UP)
+            # Each stuck join gives up on its own, one after the other (the first
+            # call's, then the second's); only then do Thespian's own Admins appear.
+            _until(lambda: not [t for t in threading.enumerate()
+                                if t.name.startswith("wagate-ask")], JOINS_GIVE_UP)
     finally:
         _stop(_descendants() - before)
+
+
+def _ask_in_thread(bridge: ActorBridge) -> list[BaseException]:
+    """What ``bridge.ask`` raised on another thread, once that thread ended or ``WAIT``
+    passed (then nothing: the caller is still held)."""
+    outcome: list[BaseException] = []
+    caller = threading.Thread(target=lambda: _ask(bridge, Ping("p"), outcome), daemon=True)
+    caller.start()
+    caller.join(WAIT)
+    return outcome
 
 
 def _descendants() -> set[int]:
