@@ -135,33 +135,37 @@ def test_a_call_to_a_peer_that_never_answers_returns_by_its_deadline() -> None:
     try:
         with _silent_peer() as (port, held):
             bridge = ActorBridge(port, 0.5)
-            first: list[BaseException] = []
-            stuck = threading.Thread(target=lambda: _ask(bridge, Ping("p"), first))
-            stuck.start()
+            stuck, first = _asking(bridge)
             _until(lambda: bool(held))  # its helper is joining, and stuck there
-            second = _ask_in_thread(bridge)
-            stuck.join(WAIT)
+            caller, second = _asking(bridge)
+            for thread in (stuck, caller):
+                thread.join(WAIT)
             for outcome in (first, second):
                 assert len(outcome) == 1, outcome
                 assert isinstance(outcome[0], GatewayError)
                 assert outcome[0].code == "UNAVAILABLE"
             bridge.close()
-            # Each stuck join gives up on its own, one after the other (the first
-            # call's, then the second's); only then do Thespian's own Admins appear.
-            _until(lambda: not [t for t in threading.enumerate()
-                                if t.name.startswith("wagate-ask")], JOINS_GIVE_UP)
+            _until(lambda: not _helpers(), JOINS_GIVE_UP)
     finally:
+        # Each stuck join gives up on its own, one after the other (the first call's,
+        # then the second's), and only then do Thespian's own Admins appear: wait for
+        # them also when an assertion failed, or they outlive the test.
+        with contextlib.suppress(AssertionError):
+            _until(lambda: not _helpers(), JOINS_GIVE_UP)
         _stop(_descendants() - before)
 
 
-def _ask_in_thread(bridge: ActorBridge) -> list[BaseException]:
-    """What ``bridge.ask`` raised on another thread, once that thread ended or ``WAIT``
-    passed (then nothing: the caller is still held)."""
+def _asking(bridge: ActorBridge) -> tuple[threading.Thread, list[BaseException]]:
+    """A caller of ``bridge.ask`` on its own thread, and what it raised (once it ends).
+    A daemon: a caller held by a defect must not keep the test run from exiting."""
     outcome: list[BaseException] = []
     caller = threading.Thread(target=lambda: _ask(bridge, Ping("p"), outcome), daemon=True)
     caller.start()
-    caller.join(WAIT)
-    return outcome
+    return caller, outcome
+
+
+def _helpers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("wagate-ask")]
 
 
 def _descendants() -> set[int]:
