@@ -34,6 +34,8 @@ Exits 0 whatever the figures; only a run that could not complete fails. Only
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
 import os
 import random
 import signal
@@ -75,6 +77,7 @@ class SoakSettings:
     seed: int
     warmup: float = WARMUP_MINUTES  # minutes of each process's own life not judged
     min_span: float = MIN_SPAN_MINUTES  # minutes after the warm-up a judged series needs
+    samples_out: Path | None = None  # every sample as CSV: a slope cannot tell a step
 
 
 @dataclass(slots=True)
@@ -253,6 +256,19 @@ def sample_thread(soak: Soak) -> None:
         soak.stopping.set()
 
 
+def write_samples(series: dict[tuple[str, int], list[Sample]], path: Path) -> None:
+    """Every sample of every process, so a slope over the target can be read back as a
+    steady creep or as one step (a buffer grown once inside the judged span)."""
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["role", "pid", "seconds", "rss_kib", "anon_kib", "file_kib", "fds",
+                      "threads"])
+        for (role, pid), samples in sorted(series.items()):
+            for s in samples:
+                out.writerow([role, pid, f"{s.at:.1f}", s.rss_kib, s.anon_kib, s.file_kib,
+                              s.fds, s.threads])
+
+
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) pairs, per hour."""
     n = len(points)
@@ -275,6 +291,7 @@ class Slope:
     anon_per_hour: float = 0.0
     file_per_hour: float = 0.0
     threads: tuple[int, int] = (0, 0)  # at the start and at the end of the judged span
+    step_mib: float = 0.0  # the largest rise between two samples: one step or a creep
 
 
 @dataclass(slots=True)
@@ -304,7 +321,8 @@ def slopes(soak: Soak) -> tuple[list[Slope], list[Young]]:
             (kept[-1].at - kept[0].at) / 60,
             slope_per_hour([(s.at, s.anon_kib / 1024) for s in kept]),
             slope_per_hour([(s.at, s.file_kib / 1024) for s in kept]),
-            (kept[0].threads, kept[-1].threads)))
+            (kept[0].threads, kept[-1].threads),
+            max(b.rss_kib - a.rss_kib for a, b in itertools.pairwise(kept)) / 1024))
     return found, young
 
 
@@ -361,7 +379,7 @@ def print_report(soak: Soak, counts: dict[str, int], found: list[Slope],
         out(f"{x.role + ' ' + str(x.pid):26} RSS {x.last_mib:5.1f} MiB "
             f"{x.mib_per_hour:+6.2f} MiB/h (anon {x.anon_per_hour:+6.2f}, file "
             f"{x.file_per_hour:+6.2f})  fds {x.fds_per_hour:+6.1f}/h  "
-            f"threads {x.threads[0]:>3}->{x.threads[1]:<3} "
+            f"threads {x.threads[0]:>3}->{x.threads[1]:<3} step {x.step_mib:4.1f} "
             f"{x.span_minutes:4.1f} min  < {TARGET_MIB_PER_HOUR:g}  "
             f"{'PASS' if ok else 'FAIL'}")
     if young:
@@ -408,6 +426,8 @@ def run(settings: SoakSettings) -> int:
             print("accounting ...", flush=True)
             counts = account(soak)
             found, young = slopes(soak)
+            if settings.samples_out is not None:
+                write_samples(soak.series, settings.samples_out)
             gw.stop()
         finally:
             soak.stopping.set()
@@ -428,6 +448,8 @@ def parse_args(argv: list[str] | None) -> SoakSettings:
     parser.add_argument("--kill-every", type=float, default=180.0, help="seconds")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--samples", type=Path, default=None, metavar="CSV",
+                        help="also write every sample of every process to this file")
     parser.add_argument("--warmup", type=float, default=None,
                         help=f"minutes of each process's life not judged "
                              f"(default {WARMUP_MINUTES:g}, at most half the run)")
@@ -450,7 +472,8 @@ def parse_args(argv: list[str] | None) -> SoakSettings:
     if args.warmup + args.min_span > args.minutes:
         parser.error("--warmup plus --min-span must fit in --minutes")
     return SoakSettings(args.minutes, args.rate, args.sessions, args.drop_every,
-                        args.kill_every, args.sample, seed, args.warmup, args.min_span)
+                        args.kill_every, args.sample, seed, args.warmup, args.min_span,
+                        args.samples)
 
 
 def main(argv: list[str] | None = None) -> int:
