@@ -4,8 +4,10 @@ One ``ActorSystem`` handle per web process, made lazily after gunicorn forks, an
 long-lived ``private()`` context per thread: a handle shared by threads misroutes
 replies, and a new context per request costs a socket, a bind and a name lookup
 every time (it was the largest single cost of a request; docs/architecture.md §4).
-A reply to an ask that timed out can still arrive later on the same context, so
-every ask carries a unique request id and replies that do not match are dropped.
+A context whose ask went unanswered is closed and the next call opens a new one: the
+answer may still come, and an idle context would hold its sender for minutes
+(``_close_context``). Every ask carries a unique request id all the same, and a reply
+that does not match is dropped.
 
 The web tier never *starts* an actor system; when none answers, every call becomes
 ``UNAVAILABLE``. A ``None`` reply means timeout or dead target.
@@ -194,11 +196,13 @@ class ActorBridge:
                                        "request")
                 if getattr(reply, "request_id", None) == request_id:
                     return reply
-                # A late reply to an earlier ask that timed out on this thread: drop it.
+                # Not this ask's (none should come: an unanswered ask closes its
+                # context): drop it.
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return None
+                    break
                 reply = context.listen(remaining)
+            self._close_context()
             return None
         except GatewayError:
             raise
@@ -368,8 +372,11 @@ class ActorBridge:
             while reply is not None and not leader_supervisor.is_status(reply):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return None
+                    reply = None
+                    break
                 reply = context.listen(remaining)
+            if reply is None:
+                self._close_context()
             return reply
         except Exception as exc:  # a broken admin connection is an outage
             log.warning("actor system status question failed", error=repr(exc))
@@ -380,7 +387,28 @@ class ActorBridge:
         with self._lock:
             self._system = self._supervisor = self._pid = self._outbox = self._audit = None
             self._leader = None
-        self._local.context = None
+        self._close_context()
+
+    def _close_context(self) -> None:
+        """Close this thread's context after an ask that went unanswered; the next call
+        opens a new one.
+
+        The answer may still come, and Thespian's sender then waits for this context to
+        acknowledge it, up to its transmit timeout (5 minutes). An idle helper
+        acknowledges nothing, and an actor has only 20 transmits in flight: twenty
+        answers to helpers that gave up (a burst of timeouts while the outbox was held)
+        and the outbox's answers to everyone else waited behind them, so the gateway
+        answered nothing for minutes. To a closed context the connection is refused and
+        Thespian drops the answer at once (as a dead letter)."""
+        local = self._local
+        manager = getattr(local, "manager", None)
+        owned = getattr(local, "pid", None) == os.getpid()
+        local.context = local.manager = None
+        if manager is not None and owned:
+            try:
+                manager.__exit__(None, None, None)
+            except Exception as exc:  # a context that cannot close is dropped all the same
+                log.info("closing an actor-system context failed", error=repr(exc))
 
 
 def _flush(context: Any) -> None:

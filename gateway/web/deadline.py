@@ -15,7 +15,8 @@ point, the call is cancelled and can never get there: the caller may say for cer
 that nothing happened. After it, the outcome is unknown.
 
 Helper threads live as long as the process, so each keeps its own Thespian context (a
-new one per call would cost a socket, a bind and a name lookup; docs/architecture.md §4).
+new one per call would cost a socket, a bind and a name lookup; docs/architecture.md §4)
+until an ask on it goes unanswered (``bridge``).
 Plain threads, no Flask and no Thespian here.
 """
 
