@@ -32,7 +32,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -186,24 +186,14 @@ class ActorBridge:
         base = getattr(message, "request_id", "") or "r"
         request_id = f"{base}.{os.getpid()}.{next(self._counter)}"
         message = dataclasses.replace(message, request_id=request_id)
-        context = self._context()
-        deadline = time.monotonic() + wait
+
+        def matches(reply: Any) -> bool:
+            if is_poison_for(reply, request_id):
+                raise GatewayError("INTERNAL", "the gateway could not handle this request")
+            return getattr(reply, "request_id", None) == request_id
+
         try:
-            reply = context.ask(target, message, wait)
-            while reply is not None:
-                if is_poison_for(reply, request_id):
-                    raise GatewayError("INTERNAL", "the gateway could not handle this "
-                                       "request")
-                if getattr(reply, "request_id", None) == request_id:
-                    return reply
-                # Not this ask's (none should come: an unanswered ask closes its
-                # context): drop it.
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                reply = context.listen(remaining)
-            self._close_context()
-            return None
+            return self._answer(target, message, wait, matches)
         except GatewayError:
             raise
         except Exception as exc:  # a broken admin connection is an outage, not a 500
@@ -363,25 +353,31 @@ class ActorBridge:
             self._supervisor = None
 
     def _ask_status(self, target: Any, message: Any, wait: float) -> Any:
-        """A status question to an Admin on this thread's context; late replies to
-        earlier asks that timed out are dropped."""
-        context = self._context()
-        deadline = time.monotonic() + wait
+        """A status question to an Admin on this thread's context."""
         try:
-            reply = context.ask(target, message, wait)
-            while reply is not None and not leader_supervisor.is_status(reply):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    reply = None
-                    break
-                reply = context.listen(remaining)
-            if reply is None:
-                self._close_context()
-            return reply
+            return self._answer(target, message, wait, leader_supervisor.is_status)
         except Exception as exc:  # a broken admin connection is an outage
             log.warning("actor system status question failed", error=repr(exc))
             self._reset()
             raise _unavailable() from exc
+
+    def _answer(self, target: Any, message: Any, wait: float,
+                matches: Callable[[Any], bool]) -> Any:
+        """Ask on this thread's context and listen until a reply ``matches`` (others
+        are dropped; none should come, as an unanswered ask closes its context) or
+        ``wait`` passes: then None, and the context is closed."""
+        context = self._context()
+        deadline = time.monotonic() + wait
+        reply = context.ask(target, message, wait)
+        while reply is not None and not matches(reply):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                reply = None
+                break
+            reply = context.listen(remaining)
+        if reply is None:
+            self._close_context()
+        return reply
 
     def _reset(self) -> None:
         with self._lock:
