@@ -426,8 +426,6 @@ def run(settings: SoakSettings) -> int:
             print("accounting ...", flush=True)
             counts = account(soak)
             found, young = slopes(soak)
-            if settings.samples_out is not None:
-                write_samples(soak.series, settings.samples_out)
             gw.stop()
         finally:
             soak.stopping.set()
@@ -435,6 +433,8 @@ def run(settings: SoakSettings) -> int:
             if leaked:
                 print(f"gateway processes had to be killed: {leaked}", flush=True)
     print_report(soak, counts, found, young)
+    if settings.samples_out is not None:  # after the report: a bad path cannot lose it
+        write_samples(soak.series, settings.samples_out)
     return 0
 
 
@@ -469,6 +469,8 @@ def parse_args(argv: list[str] | None) -> SoakSettings:
     if not 1 <= args.sessions <= 50:
         parser.error("--sessions is 1 to 50")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    if args.samples is not None and not args.samples.resolve().parent.is_dir():
+        parser.error(f"--samples: no directory {args.samples.resolve().parent}")
     if args.warmup + args.min_span > args.minutes:
         parser.error("--warmup plus --min-span must fit in --minutes")
     return SoakSettings(args.minutes, args.rate, args.sessions, args.drop_every,
