@@ -411,14 +411,13 @@ def print_report(soak: Soak, counts: dict[str, int], found: list[Slope],
             f"threads {x.threads[0]:>3}->{x.threads[1]:<3} step {x.step_mib:4.1f} "
             f"{x.span_minutes:4.1f} min  < {TARGET_MIB_PER_HOUR:g}  "
             f"{'PASS' if ok else 'FAIL'}")
-    grown = [x for x in found if x.by_threads is not None]
+    grown = [(x, x.by_threads) for x in found if x.by_threads is not None]
     if grown:
         out("series whose threads changed, fitted on time and thread count (information; "
             "the verdict above is the plain slope):")
-    for x in grown:
-        assert x.by_threads is not None
-        out(f"  {x.role + ' ' + str(x.pid):26} {x.by_threads[0]:+6.2f} MiB/h at a constant "
-            f"thread count, {x.by_threads[1] * 1024:+6.0f} KiB per thread added")
+    for x, (creep, per_thread) in grown:
+        out(f"  {x.role + ' ' + str(x.pid):26} {creep:+6.2f} MiB/h at a constant "
+            f"thread count, {per_thread * 1024:+6.0f} KiB per thread added")
     if young:
         out(f"too young to judge ({len(young)}): " + ", ".join(
             f"{x.role} {x.pid} ({x.life_minutes:.1f} min)" for x in young))
@@ -436,17 +435,17 @@ def print_report(soak: Soak, counts: dict[str, int], found: list[Slope],
     out("=" * 100)
 
 
-def planned_sends(settings: SoakSettings) -> int:
-    """The messages the load takes in a run (``load_thread`` stops at the run's end)."""
-    return math.ceil(settings.rate * settings.minutes * 60)
+def daily_limit(rate: float, minutes: float) -> int:
+    """``limits.global_per_day`` for a run: the chaos test's (100 000) is under what a run
+    longer than 83 minutes sends, and the load would turn into refusals (a 90-minute
+    run's last 7 minutes did). Twice the run's sends (``load_thread`` stops at the run's
+    end), so that retries never meet it either."""
+    return max(CHAOS_CONFIG["limits"]["global_per_day"], 2 * math.ceil(rate * minutes * 60))
 
 
 def run(settings: SoakSettings) -> int:
     names = [f"soak{i}" for i in range(1, settings.sessions + 1)]
-    # The chaos test's daily limit (100 000) is under what a run longer than 83 minutes
-    # sends: the load would turn into refusals (a 90-minute run's last 7 minutes did).
-    # Twice the run's sends, so that retries never meet it either.
-    per_day = max(CHAOS_CONFIG["limits"]["global_per_day"], 2 * planned_sends(settings))
+    per_day = daily_limit(settings.rate, settings.minutes)
     overrides = {**CHAOS_CONFIG, "simulator": {"send_delay_seconds": 0.0},
                  "limits": {**CHAOS_CONFIG["limits"], "global_per_day": per_day},
                  "sessions": {"max_sessions": settings.sessions},
@@ -522,7 +521,7 @@ def parse_args(argv: list[str] | None) -> SoakSettings:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     if args.samples is not None and not args.samples.resolve().parent.is_dir():
         parser.error(f"--samples: no directory {args.samples.resolve().parent}")
-    if 2 * args.rate * args.minutes * 60 > MAX_DAILY_LIMIT:
+    if daily_limit(args.rate, args.minutes) > MAX_DAILY_LIMIT:
         parser.error(f"--rate times --minutes is more sends than the gateway's daily limit "
                      f"can admit (at most {MAX_DAILY_LIMIT // 2:,} in a run)")
     if args.warmup + args.min_span > args.minutes:
