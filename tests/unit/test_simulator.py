@@ -819,3 +819,26 @@ def test_an_outage_lasts_its_seconds_on_the_boot_clock(server: SimulatorServer) 
     assert 59.0 < left <= 60.0
     server.restore()
     assert server._outage_until("s1") == 0.0
+
+
+def _mapped_files(root: Path) -> list[str]:
+    """The files under ``root`` that this process has mapped into memory."""
+    fields = (line.split(maxsplit=5) for line in Path("/proc/self/maps").read_text().splitlines())
+    return sorted({f[5] for f in fields if len(f) == 6 and f[5].startswith(str(root))})
+
+
+def test_the_inbox_is_read_without_a_memory_map(
+        make: MakeTransport, server: SimulatorServer, tmp_path: Path) -> None:
+    """Every process of a simulated gateway reads the simulator's databases, and the
+    inbox grows with every message. Through diskcache's default memory map each page a
+    connection read stayed in its process's RSS (file pages), so a session's memory
+    grew with the inbox (issue 16's soak). Only SQLite's shared-memory index of the
+    write-ahead log (``-shm``), a few pages, may be mapped."""
+    transport = make()
+    log = pair(transport, server)
+    server.auto_receipt("delivered")
+    for n in range(20):
+        sent = transport.send_text(RECIPIENT, f"message {n} " + "x" * 2000)
+        assert log.wait_count(Receipt, n + 1)[-1].message_id == sent.message_id
+    assert len(server.inbox()) == 20
+    assert [path for path in _mapped_files(tmp_path) if not path.endswith("-shm")] == []
