@@ -40,8 +40,10 @@ SLOTS_CAPABILITY = "wagate_sessions"
 
 _bound: str | None = None  # the address every actor-system socket is bound to
 _allowed: tuple[Any, ...] | None = None  # networks whose connections are accepted; None: any
-# This process's own listening actor-system sockets (a forked child drops them).
-_listeners: list[weakref.ref[Any]] = []
+# This process's own listening actor-system sockets (a forked child drops them). A
+# weak set: a web worker opens a transport for every call context it makes, and a list
+# of weak references kept one dead entry for each, for the life of the process.
+_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
 _listeners_tracked = False
 # The configuration of this host, inherited by every actor process forked from the
 # launcher: a session placed here by the leader uses it, never the leader's.
@@ -165,7 +167,7 @@ def drop_listeners_at_fork() -> None:
 
     def init(self: Any, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
-        _listeners.append(weakref.ref(self.socket))
+        _listeners.add(self.socket)
 
     TCPTransport.TCPTransport.__init__ = init
     os.register_at_fork(after_in_child=_drop_inherited_listeners)
@@ -178,11 +180,9 @@ def _drop_inherited_listeners() -> None:
     The descriptor's number stays taken (by /dev/null) rather than closed: Thespian
     closes its parent's descriptors by number when an actor starts, and a number
     freed here could by then belong to another file of the child."""
-    inherited = [ref() for ref in _listeners]
+    inherited = list(_listeners)
     _listeners.clear()
     for sock in inherited:
-        if sock is None:
-            continue
         fd = sock.detach()  # the socket object no longer closes (or shuts down) it
         if fd < 0:
             continue
