@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import diskcache
 
 from gateway.core.config import Config, lease_mode
+from gateway.core.disk_caches import open_disk_cache
 from gateway.core.errors import WagateError
 
 # (key, value, seconds until it expires or None for never, the version the value
@@ -84,7 +85,7 @@ class DiskRateState:
         # expired keys per write, three writes per send: a third of the outbox's CPU
         # under load). Expired windows go at the outbox's prune tick (``expire``); an
         # expired key reads as absent meanwhile.
-        return cls(diskcache.Cache(str(directory), cull_limit=0))
+        return cls(open_disk_cache(directory, cull_limit=0))
 
     def get(self, key: str) -> tuple[Any | None, int]:
         return self.cache.get(key), 0

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import diskcache
 import structlog
 from thespian.actors import (
     ActorExitRequest,
@@ -113,6 +112,7 @@ from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, bind_address, host_name
 from actors.webhooks.actor import WebhookActor
 from gateway.core.config import Config, lease_mode, without_credentials
+from gateway.core.disk_caches import open_disk_cache
 from gateway.core.observability import setup_logging
 
 if TYPE_CHECKING:
@@ -233,7 +233,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         state_dir = msg.config.data_path / "state"
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.registry = SessionRegistry(
-            diskcache.Cache(str(state_dir)),
+            open_disk_cache(state_dir),
             _shared_registry(msg.config) if lease_mode(msg.config) else None)
         # With leases: the leaders' shared registry, read before the outbox starts.
         self.in_sync = self.registry.sync() is not None and self.holds_leadership

@@ -92,6 +92,7 @@ from actors.transport.bells import BellWatch, open_watch
 from actors.transport.connection_log import ConnectionRecord, Kind, parse_records
 from gateway.core.clock import boot_clock
 from gateway.core.config import QrConfig, SimulatorConfig
+from gateway.core.disk_caches import open_disk_cache
 from gateway.core.errors import WagateError
 from gateway.core.files import write_atomic
 
@@ -239,14 +240,11 @@ def lid_of(phone: str) -> str:
 
 
 # Every process of the gateway opens these databases, one connection per thread, and
-# the inbox grows with every message. diskcache's default page cache (8192 pages, 32
-# MiB per connection) let each process's memory grow with the inbox for as long as it
-# ran (the soak of issue 16); 256 pages (1 MiB) each is plenty for a test double. Its
-# default memory map (64 MiB per connection) did the same through file pages: every
-# page a connection read stayed mapped, so a session process's RssFile grew with the
-# inbox (+0.25 to +0.45 MiB/h in the soak). Read with plain reads, a page leaves.
-_SETTINGS: dict[str, Any] = {"eviction_policy": "none", "sqlite_cache_size": 256,
-                             "sqlite_mmap_size": 0}
+# the inbox grows with every message: with diskcache's SQLite defaults, each process's
+# memory grew with the inbox for as long as it ran (issue 16's soak). They are opened
+# like every store of ours (gateway.core.disk_caches). Nothing is ever evicted: the
+# server side is the record of what the simulated service was sent.
+_SETTINGS: dict[str, Any] = {"eviction_policy": "none"}
 
 
 class SimulatorServer:
@@ -262,9 +260,9 @@ class SimulatorServer:
         root = Path(data_dir) / "simulator" if root is None else Path(root)
         make_private_dir(root)
         # No eviction: this is state, not a cache; losing a key would fake a logout.
-        self._cache = diskcache.Cache(str(root), **_SETTINGS)
+        self._cache = open_disk_cache(root, **_SETTINGS)
         self._connections_path = root / CONNECTIONS_LOG
-        self._inbox = diskcache.Deque.fromcache(diskcache.Cache(str(root / "inbox"), **_SETTINGS))
+        self._inbox = diskcache.Deque.fromcache(open_disk_cache(root / "inbox", **_SETTINGS))
         self._bells = root / BELLS_DIR
         make_private_dir(self._bells)
 

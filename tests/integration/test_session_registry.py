@@ -9,6 +9,7 @@ from typing import Any
 
 import diskcache
 
+from gateway.core.disk_caches import PAGE_CACHE_PAGES
 from tests.integration.harness import Gateway, expect_error, wait_for
 
 SESSIONS = "{ whatsAppSessions { session state } }"
@@ -47,6 +48,10 @@ def test_unknown_session_names_are_refused_and_never_remembered(
     assert known(gw) == ["default"]
     gw.stop()
     assert set(registry(gw)) == {"default"}
+    # The supervisor opened its store like every store of ours (gateway.core.disk_caches):
+    # diskcache keeps the settings in the store, so a plain open reads them back.
+    with diskcache.Cache(str(gw.data_dir / "state")) as cache:
+        assert (cache.sqlite_cache_size, cache.sqlite_mmap_size) == (PAGE_CACHE_PAGES, 0)
     gw.start()
     assert known(gw) == ["default"]
 
