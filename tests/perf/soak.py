@@ -34,6 +34,7 @@ Exits 0 whatever the figures; only a run that could not complete fails. Only
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import math
@@ -45,6 +46,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,6 +274,19 @@ def write_samples(series: dict[tuple[str, int], list[Sample]], path: Path) -> No
                               s.fds, s.threads])
 
 
+@contextlib.contextmanager
+def samples_kept(series: dict[tuple[str, int], list[Sample]], path: Path | None) -> Iterator[None]:
+    """Write the samples taken so far when a run fails or is stopped (^C) before its
+    report: 40 minutes into a run they are the only record of what happened."""
+    try:
+        yield
+    except BaseException:
+        if path is not None:
+            write_samples(series, path)
+            print(f"the samples taken so far: {path}", flush=True)
+        raise
+
+
 def slope_per_hour(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of (seconds, value) pairs, per hour."""
     n = len(points)
@@ -454,34 +469,35 @@ def run(settings: SoakSettings) -> int:
         gw = Gateway(Path(tmp), overrides)
         soak = Soak(settings, gw, names)
         threads: list[threading.Thread] = []
-        try:
-            print(f"starting the gateway and linking {len(names)} sessions ...", flush=True)
-            gw.start(60)
-            for name in names:
-                gw.link(name)
-            gw.sim("auto-receipt", "delivered")
-            token = gw.make_token("sender")
-            print(f"soaking for {settings.minutes:g} min ...", flush=True)
-            soak.start = time.monotonic()
-            targets = [(load_thread, (soak, token))] * LOAD_THREADS + [
-                (fault_thread, (soak,)), (sample_thread, (soak,))]
-            for target, args in targets:
-                thread = threading.Thread(target=target, args=args, daemon=True)
-                thread.start()
-                threads.append(thread)
-            for thread in threads:
-                thread.join(settings.minutes * 60 + 2 * REQUEST_TIMEOUT_SECONDS + 180)
-            if soak.errors:
-                raise soak.errors[0]
-            print("accounting ...", flush=True)
-            counts = account(soak)
-            found, young = slopes(soak)
-            gw.stop()
-        finally:
-            soak.stopping.set()
-            leaked = gw.cleanup()
-            if leaked:
-                print(f"gateway processes had to be killed: {leaked}", flush=True)
+        with samples_kept(soak.series, settings.samples_out):
+            try:
+                print(f"starting the gateway and linking {len(names)} sessions ...", flush=True)
+                gw.start(60)
+                for name in names:
+                    gw.link(name)
+                gw.sim("auto-receipt", "delivered")
+                token = gw.make_token("sender")
+                print(f"soaking for {settings.minutes:g} min ...", flush=True)
+                soak.start = time.monotonic()
+                targets = [(load_thread, (soak, token))] * LOAD_THREADS + [
+                    (fault_thread, (soak,)), (sample_thread, (soak,))]
+                for target, args in targets:
+                    thread = threading.Thread(target=target, args=args, daemon=True)
+                    thread.start()
+                    threads.append(thread)
+                for thread in threads:
+                    thread.join(settings.minutes * 60 + 2 * REQUEST_TIMEOUT_SECONDS + 180)
+                if soak.errors:
+                    raise soak.errors[0]
+                print("accounting ...", flush=True)
+                counts = account(soak)
+                found, young = slopes(soak)
+                gw.stop()
+            finally:
+                soak.stopping.set()
+                leaked = gw.cleanup()
+                if leaked:
+                    print(f"gateway processes had to be killed: {leaked}", flush=True)
     print_report(soak, counts, found, young)
     if settings.samples_out is not None:  # after the report: a bad path cannot lose it
         write_samples(soak.series, settings.samples_out)

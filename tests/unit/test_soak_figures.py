@@ -3,11 +3,13 @@ soak takes 45 minutes, so its arithmetic is checked here on series with known an
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.perf.soak import slope_at_fixed_threads, slope_per_hour
+from tests.perf.soak import Sample, samples_kept, slope_at_fixed_threads, slope_per_hour
 
 
 def threads_at(seconds: float) -> int:
@@ -47,3 +49,18 @@ def test_no_fit_when_threads_cannot_be_told_from_time(
 def test_slope_per_hour() -> None:
     assert slope_per_hour([(0.0, 1.0), (1800.0, 1.5), (3600.0, 2.0)]) == pytest.approx(1.0)
     assert slope_per_hour([(5.0, 1.0), (5.0, 2.0)]) == 0.0
+
+
+def test_a_run_that_fails_keeps_the_samples_it_took(tmp_path: Path) -> None:
+    """The samples were written only after the report, so a run that failed or was
+    stopped 40 minutes in left nothing to read its memory from."""
+    series = {("outbox", 42): [Sample(at=10.0, rss_kib=1000, anon_kib=800, file_kib=200,
+                                      fds=9, threads=3)]}
+    out = tmp_path / "samples.csv"
+    with pytest.raises(KeyboardInterrupt), samples_kept(series, out):
+        raise KeyboardInterrupt
+    rows = list(csv.reader(out.open()))
+    assert rows[1] == ["outbox", "42", "10.0", "1000", "800", "200", "9", "3"]
+    with samples_kept(series, tmp_path / "unused.csv"):
+        pass  # a run that reaches its report writes them after it, not here
+    assert not (tmp_path / "unused.csv").exists()
