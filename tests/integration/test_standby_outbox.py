@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from actors.outbox.db import STORE_RETRY_SECONDS
 from tests.integration.harness import Gateway, GraphQLResult, expect_error, wait_for
 from tests.integration.test_leader_failover import (
     TAKEOVER_DEADLINE,
@@ -47,8 +48,21 @@ def _accepts_under(gw: Gateway, host: str, session: str, text: str) -> None:
     and delivered once."""
     wait_for(lambda: (_placement(gw, session) or {}) == {"state": "CONNECTED", "host": host},
              TAKEOVER_DEADLINE, 0.1, f"{session} to connect under {host}")
-    result = gw.send(PHONE, text, session=session)
-    assert result.data == OK, result
+
+    def accepted() -> bool:
+        result = gw.send(PHONE, text, session=session)
+        if result.data == OK:
+            return True
+        # The session may connect before the new leader's outbox has the store: that
+        # waits for the old leader's outbox to let go of it, and tries again every
+        # STORE_RETRY_SECONDS. Until then a send is refused as "starting", which
+        # writes nothing and asks the caller to retry (as this does).
+        assert result.error_code == "UNAVAILABLE", result
+        assert "the message store is starting" in result.errors[0]["message"], result
+        return False
+
+    wait_for(accepted, STORE_RETRY_SECONDS + TAKEOVER_DEADLINE, 0.5,
+             f"a send through {host} accepted")
     _delivered_once(gw, text)
 
 
