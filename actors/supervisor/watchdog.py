@@ -132,9 +132,9 @@ def parent_of(pid: int) -> int | None:
 def kill_child(pid: int) -> bool:
     """SIGKILL ``pid`` if it is a child of this process (a Thespian actor is forked by
     its parent actor's process). The pid was named by the process itself, but it may
-    have exited since and the number gone to another process; for that one to be a
-    child of this process too, the numbers would have had to come round the whole pid
-    space in between. SIGKILL ends a stopped process too."""
+    have exited since and the number gone to another process: only a child, which
+    stays a zombie until this process reaps it, cannot have been replaced unseen.
+    SIGKILL ends a stopped process too."""
     if parent_of(pid) != os.getpid():
         return False
     try:
