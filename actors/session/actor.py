@@ -84,7 +84,6 @@ from actors.transport.base import (
     Transport,
     TransportEvent,
 )
-from actors.whoami import TellsItsProcess
 from gateway.core.config import MessagesConfig, lease_mode
 from gateway.core.disk import is_disk_full
 from gateway.core.errors import WagateError
@@ -231,7 +230,7 @@ def keep_inherited_pages_shared() -> None:
     gc.freeze()
 
 
-class SessionActor(TellsItsProcess, BridgedActor):
+class SessionActor(BridgedActor):
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
                                    ) -> bool:
