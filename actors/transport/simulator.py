@@ -242,8 +242,7 @@ def lid_of(phone: str) -> str:
 # Every process of the gateway opens these databases, one connection per thread, and
 # the inbox grows with every message: with diskcache's SQLite defaults, each process's
 # memory grew with the inbox for as long as it ran (issue 16's soak). They are opened
-# like every store of ours (gateway.core.disk_caches). Nothing is ever evicted: the
-# server side is the record of what the simulated service was sent.
+# like every store of ours (gateway.core.disk_caches).
 _SETTINGS: dict[str, Any] = {"eviction_policy": "none"}
 
 

@@ -29,11 +29,15 @@ def pragmas(cache: diskcache.Cache) -> tuple[int, int]:
 def in_a_new_thread(cache: diskcache.Cache) -> tuple[int, int]:
     """The pragmas of a connection diskcache opens later, in another thread."""
     seen: list[tuple[int, int]] = []
-    thread = threading.Thread(target=lambda: seen.append(pragmas(cache)))
+
+    def look() -> None:
+        seen.append(pragmas(cache))
+        cache.close()  # the connections of the calling thread only: this one's
+
+    thread = threading.Thread(target=look)
     thread.start()
     thread.join(timeout=30)
     assert not thread.is_alive()
-    cache.close()  # closes this thread's connection only; the other thread's is gone
     return seen[0]
 
 
