@@ -6,8 +6,9 @@ replies, and a new context per request costs a socket, a bind and a name lookup
 every time (it was the largest single cost of a request; docs/architecture.md §4).
 A context whose ask went unanswered is closed and the next call opens a new one: the
 answer may still come, and an idle context would hold its sender for minutes
-(``_close_context``). Every ask carries a unique request id all the same, and a reply
-that does not match is dropped.
+(``_close_context``). So is one that told audit entries: a failure of that ``tell``
+would otherwise cut short the next ask on it (``_tell_audit``). Every ask carries a
+unique request id all the same, and a reply that does not match is dropped.
 
 The web tier never *starts* an actor system; when none answers, every call becomes
 ``UNAVAILABLE``. A ``None`` reply means timeout or dead target.
@@ -46,7 +47,9 @@ from gateway.web.deadline import Call, CallPool, DeadlinePassed
 
 log = structlog.get_logger("wagate.bridge")
 
-# A None reply well before the deadline means "dead target", not "timeout".
+# A None reply well before the deadline means "dead target", not "timeout": the ask's own
+# transmit failed, so it was never delivered (true only because no other transmit shares
+# the context: see ``_tell_audit``).
 DEAD_TARGET_FRACTION = 0.5
 # A tell cannot notice a dead target: audit events told to a restarted audit actor reach
 # it through the supervisor (dead letters); the routes are asked again this often.
@@ -267,6 +270,16 @@ class ActorBridge:
                 self._reset()
 
     def _tell_audit(self, message: AuditEvent | AuditBatch) -> None:
+        """Tell, flush, and close this thread's context: the next call opens another.
+
+        A transmit whose connect fails at once (no route: a blackhole, a cut link)
+        finishes inside ``tell``, but Thespian runs its failure callback only in the
+        context's next run, and ``tell`` returns as if all went well. The next run was
+        the next call's ``ask`` on this helper thread, and the old failure aborted it:
+        the ask returned None at once, with its own message already written into a
+        socket that delivered it later (a send answered UNAVAILABLE, yet accepted and
+        sent). A ``tell`` has returned only once every transmit of its context has
+        ended, so closing the context loses nothing but that stale callback."""
         target = self._audit_address()
         context = self._context()
         if target is None:
@@ -274,7 +287,10 @@ class ActorBridge:
         try:
             context.tell(target, message)
         finally:
-            _flush(context)
+            try:
+                _flush(context)
+            finally:
+                self._close_context()
 
     def _audit_address(self) -> Any:
         """The audit actor's cached address; None: send to the supervisor instead."""
