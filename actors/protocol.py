@@ -52,8 +52,9 @@ from gateway.core.version import __version__
 # Lease-mode fenced stops: LeaseFenced (host's lease check -> supervisor) and
 # RetireSession.fenced.
 # Shared media files: storage.media_dir in Config.
+# The watchdog of hung processes: supervisor.hang_seconds in Config.
 PROTOCOL = 5
-LAYOUT = "86118d46a23d7368"
+LAYOUT = "b7b410217ad8e6ba"
 
 # The modules whose classes travel between hosts (messages, and what they carry).
 PICKLED_MODULES = ("actors.messages", "actors.metrics", "actors.outbox.events",

@@ -66,6 +66,7 @@ from actors.messages import (
 )
 from actors.run_once import RunOnce
 from actors.system import bind_address, host_name
+from actors.whoami import TellsItsProcess
 from gateway.core.config import Config, lease_mode
 from gateway.core.disk import disk_full_details, is_disk_full, write_refused_text
 from gateway.core.observability import setup_logging
@@ -105,7 +106,7 @@ class _Pending:
     request_id: str = ""
 
 
-class AuditActor(RunOnce, ActorTypeDispatcher):
+class AuditActor(TellsItsProcess, RunOnce, ActorTypeDispatcher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Config | None = None

@@ -123,6 +123,7 @@ from actors.session.machine import refuse_send
 from actors.session.sealed_store import StoreError, load_key
 from actors.supervisor.policy import rate_overlimit_pause, retry_delay
 from actors.transport.base import NOT_ON_WHATSAPP, RATE_OVERLIMIT, NumberInfo
+from actors.whoami import TellsItsProcess
 from gateway.core.clock import SKEW_WORTH_A_LOG_SECONDS, SteadyClock
 from gateway.core.config import Config, PacingConfig, lease_mode
 from gateway.core.disk import (
@@ -185,7 +186,7 @@ class _Waiter:
     request_id: str
 
 
-class OutboxActor(RunOnce, ActorTypeDispatcher):
+class OutboxActor(TellsItsProcess, RunOnce, ActorTypeDispatcher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.config: Config | None = None

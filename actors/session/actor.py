@@ -84,6 +84,7 @@ from actors.transport.base import (
     Transport,
     TransportEvent,
 )
+from actors.whoami import TellsItsProcess
 from gateway.core.config import MessagesConfig, lease_mode
 from gateway.core.disk import is_disk_full
 from gateway.core.errors import WagateError
@@ -230,7 +231,7 @@ def keep_inherited_pages_shared() -> None:
     gc.freeze()
 
 
-class SessionActor(BridgedActor):
+class SessionActor(TellsItsProcess, BridgedActor):
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
                                    ) -> bool:

@@ -109,8 +109,10 @@ from actors.supervisor.lease_agent import LeaseAgent
 from actors.supervisor.policy import RestartBudget, backoff_delay
 from actors.supervisor.registry import SessionRegistry, SharedRegistry, Synced
 from actors.supervisor.snapshot import HEARTBEAT_SECONDS, remove_snapshot, write_snapshot
+from actors.supervisor.watchdog import Hung, Watchdog, kill_child
 from actors.system import HOST_CAPABILITY, ROLE_CAPABILITY, bind_address, host_name
 from actors.webhooks.actor import WebhookActor
+from actors.whoami import TellsItsProcess
 from gateway.core.config import Config, lease_mode, without_credentials
 from gateway.core.disk_caches import open_disk_cache
 from gateway.core.observability import setup_logging
@@ -153,7 +155,7 @@ class _RestartDue:
     incarnation: int
 
 
-class SupervisorActor(RunOnce, ActorTypeDispatcher):
+class SupervisorActor(TellsItsProcess, RunOnce, ActorTypeDispatcher):
     """Thespian's handlers for everything; the hosts of a cluster are ``self.cluster``
     (``actors.supervisor.cluster``), which calls back only through the ``ClusterOwner``
     methods (``send``, ``create_agent``, ``stop_actor``, ``check_hosts_after``,
@@ -171,6 +173,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         self.outbox_ready: Any = None  # the outbox process that said OutboxReady
         self.session_counters = SessionCounters()  # for /metrics, fed by _set_status
         self.cluster: Cluster | None = None  # set by StartGateway
+        self.watchdog: Watchdog[ChildKey] | None = None  # set by StartGateway
         # Multi-host mode with leases: sessions that wait for their lease before their
         # process may start (actors.supervisor.lease_wait); None otherwise.
         self.lease_waits: LeaseWaits | None = None
@@ -219,6 +222,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             return
         setup_logging(msg.config.logging)  # actor logs go to data_dir/logs
         self.config = msg.config
+        self.watchdog = Watchdog(msg.config.supervisor.hang_seconds)
         cluster = msg.config.cluster
         self.cluster = Cluster(self, cluster, host_name(msg.config),
                                cluster.sessions if cluster.role != "single"
@@ -281,9 +285,6 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             self.registry.close()
         if self.lease_waits is not None:
             self.lease_waits.close()
-
-    def receiveMsg_WhoAreYou(self, msg: WhoAreYou, sender: Any) -> None:
-        self.send(sender, ProcessInfo(os.getpid(), os.getpgrp(), os.getppid()))
 
     def receiveMsg_Ping(self, msg: Ping, sender: Any) -> None:
         ready = self.config is not None and all(
@@ -597,6 +598,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
             return
         child = self.children[key]
         child.address = None
+        self._forget_watch(key)
         if key.is_session:
             self._link(key.name)
         if self.stopping:
@@ -809,6 +811,7 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
         child.incarnation += 1
         child.retiring = child.respawn = False
         child.pid = None  # until the new process reports
+        self._forget_watch(key)
         local = self.cluster.local_host
         if key.is_session and self.config.cluster.role != "single":
             # A process that runs already (restart, failover) may exceed a host's slots.
@@ -1069,10 +1072,49 @@ class SupervisorActor(RunOnce, ActorTypeDispatcher):
                       audit_event=getattr(message, "event", type(message).__name__))
 
     def _publish(self) -> None:
-        """Heartbeat: rewrite the snapshot, and look again in a moment (armed first: a
-        failed handler is not run again, and the heartbeat must go on)."""
+        """Heartbeat: rewrite the snapshot, ask the children whether they still read
+        their mail, and look again in a moment (armed first: a failed handler is not
+        run again, and the heartbeat must go on)."""
         self.wakeupAfter(timedelta(seconds=HEARTBEAT_SECONDS), payload=_Heartbeat())
         self._write_snapshot()
+        self._watch_children()
+
+    # ---- the watchdog (actors.supervisor.watchdog) ------------------------------------------
+
+    def receiveMsg_ProcessInfo(self, msg: ProcessInfo, sender: Any) -> None:
+        key = self.children.key_of(sender)
+        if key is not None and self.watchdog is not None:
+            self.watchdog.answered(key, msg.pid)
+
+    def _watch_children(self) -> None:
+        if self.watchdog is None or self.cluster is None or self.stopping:
+            return
+        now = time.monotonic()
+        watched = [key for key, child in self.children.items()
+                   if child.address is not None and not child.retiring
+                   and child.host == self.cluster.local_host]
+        self.watchdog.keep(watched)
+        hung = self.watchdog.hung(now)
+        for found in hung:
+            self._end_hung(found)
+        ended = {found.key for found in hung}
+        for key in self.watchdog.to_ask([k for k in watched if k not in ended], now):
+            self.send(self.children[key].address, WhoAreYou())
+
+    def _end_hung(self, hung: Hung[ChildKey]) -> None:
+        """Kill a hung child's process: its exit (ChildActorExited) restarts it as a
+        crash. Only a process this one started: a pid can be another's by now."""
+        assert self.watchdog is not None
+        killed = kill_child(hung.pid)
+        log.error("a child stopped answering; killing its process so that it restarts"
+                  if killed else "a child stopped answering, and its process is not ours "
+                  "to kill", child=str(hung.key), pid=hung.pid,
+                  silent_seconds=round(hung.silent_for, 1),
+                  hang_seconds=self.watchdog.hang_seconds)
+
+    def _forget_watch(self, key: ChildKey) -> None:
+        if self.watchdog is not None:
+            self.watchdog.forget(key)
 
     def _write_snapshot(self) -> None:
         if self.config is None or self.stopping:

@@ -34,7 +34,6 @@ group of its actor system (``WhoAreYou``).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -50,15 +49,14 @@ from actors.messages import (
     HostBeat,
     HostBeatAck,
     LeaseFenced,
-    ProcessInfo,
     SessionsFenced,
     StartAgent,
-    WhoAreYou,
 )
 from actors.run_once import RunOnce
 from actors.supervisor.lease_agent import local_leases
 from actors.supervisor.placement import HeartbeatTracker
 from actors.system import on_required_host
+from actors.whoami import TellsItsProcess
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -75,7 +73,7 @@ class _Check:
     """Time to look whether the leader is still heard."""
 
 
-class HostAgent(RunOnce, ActorTypeDispatcher):
+class HostAgent(TellsItsProcess, RunOnce, ActorTypeDispatcher):
     @staticmethod
     def actorSystemCapabilityCheck(capabilities: dict, requirements: dict | None = None
                                    ) -> bool:
@@ -92,9 +90,6 @@ class HostAgent(RunOnce, ActorTypeDispatcher):
         self.leases: LocalLeases | None = None  # with cluster.database_url
         # When the leader's silence was found (``ticks_now``); None while it is heard.
         self.silent_since: int | None = None
-
-    def receiveMsg_WhoAreYou(self, msg: WhoAreYou, sender: Any) -> None:
-        self.send(sender, ProcessInfo(os.getpid(), os.getpgrp(), os.getppid()))
 
     def receiveMsg_StartAgent(self, msg: StartAgent, sender: Any) -> None:
         self.host, self.leader = msg.host, sender

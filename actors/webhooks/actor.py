@@ -47,6 +47,7 @@ from actors.webhooks.delivery import (
 from actors.webhooks.source import Event, EventSource, SqliteEventSource, event_of
 from actors.webhooks.store import APPLICATION_NAME as STORE_APPLICATION
 from actors.webhooks.store import Endpoint, EndpointStore
+from actors.whoami import TellsItsProcess
 from gateway.core.clock import SteadyClock
 from gateway.core.config import Config, lease_mode
 from gateway.core.disk import disk_full_details, is_disk_full, write_refused_text
@@ -217,7 +218,7 @@ class DeliveryThread(threading.Thread):
                                                    "reason": reason}))
 
 
-class WebhookActor(RunOnce, ActorTypeDispatcher):
+class WebhookActor(TellsItsProcess, RunOnce, ActorTypeDispatcher):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.thread: DeliveryThread | None = None

@@ -252,6 +252,9 @@ class SupervisorConfig:
     restart_backoff_seconds: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0)
     restart_budget: int = 5  # crashes allowed within the window before a session is FAILED
     restart_window_seconds: float = 300.0
+    # A child on the supervisor's host that leaves a question unanswered this long is
+    # killed and restarted as crashed (actors/supervisor/watchdog.py).
+    hang_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,6 +515,7 @@ RANGES: dict[str, Range] = {
     "supervisor.restart_backoff_seconds": Range(0, 3600),
     "supervisor.restart_budget": Range(1, 1000),
     "supervisor.restart_window_seconds": Range(0, 604800, above=True),
+    "supervisor.hang_seconds": Range(1, 86400),
     "encryption.checkpoint_seconds": _DAY,
     "audit.max_file_mb": Range(0.01, 4096), "audit.max_files": Range(2, 100_000),
     "audit.burst_seconds": Range(0.05, 3600), "audit.batch_seconds": Range(0, 5),
