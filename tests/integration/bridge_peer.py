@@ -42,7 +42,7 @@ DRAIN_SECONDS = 10.0
 ANSWERS = "answers: "  # the line the test reads (log lines go to the same output)
 
 
-class StandInOutbox(ActorTypeDispatcher):  # type: ignore[misc]
+class StandInOutbox(ActorTypeDispatcher):
     """Accepts every send; the file named by the log message keeps each key it got."""
 
     log: Path | None = None
@@ -59,7 +59,7 @@ class StandInOutbox(ActorTypeDispatcher):  # type: ignore[misc]
                                    msg.request_id, duplicate=msg.idempotency_key in seen))
 
 
-class StandInSupervisor(ActorTypeDispatcher):  # type: ignore[misc]
+class StandInSupervisor(ActorTypeDispatcher):
     """Names the outbox (given as its first message) and the unreachable audit actor,
     once, and exits."""
 

@@ -22,9 +22,6 @@ the second send was answered UNAVAILABLE although the outbox had it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,25 +30,14 @@ import pytest
 from actors.system import port_listening
 from tests.integration.bridge_peer import ANSWERS
 from tests.integration.harness import free_port, wait_for
+from tests.integration.peer_process import run_peer
 
 pytestmark = pytest.mark.integration
 
-PEER = [sys.executable, "-m", "tests.integration.bridge_peer"]
-ROOT = Path(__file__).resolve().parents[2]
-STEP_SECONDS = 60.0  # one command of the peer: an outer bound, never asserted on
 
 
 def _peer(log: Path, *args: object) -> str:
-    """Run one peer command; its output goes to files, never pipes: a started Admin
-    daemonises and would hold a pipe open past the command's end."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out, err = log.with_suffix(".out"), log.with_suffix(".err")
-    with out.open("w") as stdout, err.open("w") as stderr:
-        done = subprocess.run([*PEER, *map(str, args)], cwd=ROOT, env=env, text=True,
-                              stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                              timeout=STEP_SECONDS, check=False)
-    assert done.returncode == 0, err.read_text()[-3000:]
-    return out.read_text()
+    return run_peer("tests.integration.bridge_peer", log, *args)
 
 
 @pytest.fixture

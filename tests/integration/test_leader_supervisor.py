@@ -9,9 +9,6 @@ here."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,23 +16,11 @@ import pytest
 
 from actors.system import port_listening
 from tests.integration.harness import free_port, wait_for
-
-PEER = [sys.executable, "-m", "tests.integration.leader_lookup_peer"]
-ROOT = Path(__file__).resolve().parents[2]
-STEP_SECONDS = 60.0  # one command of the peer: an outer bound, never asserted on
+from tests.integration.peer_process import run_peer
 
 
 def _peer(log: Path, *args: object) -> str:
-    """Run one peer command; its output goes to files, never pipes: a started Admin
-    daemonises and would hold a pipe open past the command's end."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out, err = log.with_suffix(".out"), log.with_suffix(".err")
-    with out.open("w") as stdout, err.open("w") as stderr:
-        done = subprocess.run([*PEER, *map(str, args)], cwd=ROOT, env=env, text=True,
-                              stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                              timeout=STEP_SECONDS, check=False)
-    assert done.returncode == 0, err.read_text()[-3000:]
-    return out.read_text()
+    return run_peer("tests.integration.leader_lookup_peer", log, *args)
 
 
 @pytest.fixture
