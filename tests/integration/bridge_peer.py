@@ -29,11 +29,10 @@ from thespian.actors import ActorAddress, ActorExitRequest, ActorTypeDispatcher
 from thespian.system.transport.IPBase import TCPv4ActorAddress
 
 from actors.messages import Accepted, GetRoutes, MessageState, Ok, SendText
-from actors.system import SUPERVISOR_NAME, bind_only
+from actors.system import LOOPBACK, SUPERVISOR_NAME, bind_only
 from gateway.api.errors import GatewayError
 from gateway.web.bridge import ActorBridge
 
-LOOPBACK = "127.0.0.1"
 # Loopback's broadcast address: a TCP connect to it fails at once (ENETUNREACH),
 # inside 127.0.0.0/8, with nothing sent anywhere.
 UNREACHABLE = "127.255.255.255"

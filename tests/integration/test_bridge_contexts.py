@@ -27,13 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from actors.system import port_listening
+from actors.system import LOOPBACK, port_listening
 from tests.integration.bridge_peer import ANSWERS
 from tests.integration.harness import free_port, wait_for
 from tests.integration.peer_process import run_peer
 
 pytestmark = pytest.mark.integration
-
 
 
 def _peer(log: Path, *args: object) -> str:
@@ -44,14 +43,16 @@ def _peer(log: Path, *args: object) -> str:
 def admin(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """The stand-ins' Admin and the file where the outbox writes each key it got."""
     port, received = free_port(), tmp_path / "received"
-    _peer(tmp_path / "start", "start", port, received)
     try:
-        wait_for(lambda: port_listening(port, "127.0.0.1"), 20, 0.05, "the Admin")
+        _peer(tmp_path / "start", "start", port, received)
+        wait_for(lambda: port_listening(port, LOOPBACK), 20, 0.05, "the Admin")
         yield port, received
     finally:
-        _peer(tmp_path / "stop", "stop", port)
-        wait_for(lambda: not port_listening(port, "127.0.0.1"), 20, 0.05,
-                 "the Admin to stop")
+        # Also when the start failed half-way: an Admin it left listening is stopped.
+        if port_listening(port, LOOPBACK):
+            _peer(tmp_path / "stop", "stop", port)
+            wait_for(lambda: not port_listening(port, LOOPBACK), 20, 0.05,
+                     "the Admin to stop")
 
 
 def test_a_send_after_an_audit_tell_that_failed_at_once_is_answered_by_the_outbox(
