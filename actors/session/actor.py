@@ -89,6 +89,7 @@ from gateway.core.config import MessagesConfig, lease_mode
 from gateway.core.disk import is_disk_full
 from gateway.core.errors import WagateError
 from gateway.core.observability import setup_logging
+from gateway.core.threads import started_executor
 from gateway.core.validation import bounded_text
 
 if TYPE_CHECKING:  # loaded in the session process only: it brings in the cipher library
@@ -298,9 +299,11 @@ class SessionActor(TellsItsProcess, BridgedActor):
         self._arm_resend()
         self._open_store()
         self._start_keeper()
-        self.executor = ThreadPoolExecutor(AUX_WORKERS, thread_name_prefix=f"aux-{msg.session}")
-        self.send_executor = ThreadPoolExecutor(parallel_sends(config.transport.engine),
-                                                thread_name_prefix=f"send-{msg.session}")
+        # Every pool's threads start now, not at a fault's burst (gateway.core.threads).
+        self.executor = started_executor(AUX_WORKERS, f"aux-{msg.session}")
+        self.send_executor = started_executor(parallel_sends(config.transport.engine),
+                                              f"send-{msg.session}")
+        self.lookup_executor = started_executor(1, f"lookup-{msg.session}")
         policy = ReconnectPolicy(config.reconnect.attempts, config.reconnect.delay_seconds,
                                  config.reconnect.first_delay_seconds)
         self.machine = SessionMachine(msg.session, policy, config.reconnect.connect_timeout_seconds,
@@ -352,11 +355,9 @@ class SessionActor(TellsItsProcess, BridgedActor):
         # A logout in progress must finish (or the phone keeps the device linked), but
         # the exit must not hang on a dead network either.
         futures.wait(self.logouts, timeout=LOGOUT_GRACE_SECONDS)
-        for executor in (self.executor, self.send_executor):
+        for executor in (self.executor, self.send_executor, self.lookup_executor):
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
-        if self.lookup_executor is not None:
-            self.lookup_executor.shutdown(wait=False, cancel_futures=True)
         self._close_store()
         if self.journaling is not None:
             self.journaling.close()
@@ -481,7 +482,7 @@ class SessionActor(TellsItsProcess, BridgedActor):
         if self.store.cleared:
             log.warning("removed working copies left by a crashed session process",
                         count=len(self.store.cleared))
-        self.store_executor = ThreadPoolExecutor(1, thread_name_prefix=f"store-{self.session}")
+        self.store_executor = started_executor(1, f"store-{self.session}")
         self._arm_checkpoint()
 
     def _epoch_held(self) -> int | None:
@@ -1006,7 +1007,7 @@ class SessionActor(TellsItsProcess, BridgedActor):
             self.bridge.post(_SendDone(reply, msg.reply_to))
 
     def receiveMsg_NumberLookup(self, msg: NumberLookup, sender: Any) -> None:
-        if (self.machine is None or self.transport is None or self.executor is None
+        if (self.machine is None or self.transport is None or self.lookup_executor is None
                 or self.machine.status.state is not SessionState.CONNECTED):
             state = self.machine.status.state.value if self.machine else "NEW"
             self.send(msg.reply_to, Failed(
@@ -1014,9 +1015,6 @@ class SessionActor(TellsItsProcess, BridgedActor):
                 "looked up over a live connection", {"state": state},
                 request_id=msg.request_id))
             return
-        if self.lookup_executor is None:
-            self.lookup_executor = ThreadPoolExecutor(
-                1, thread_name_prefix=f"lookup-{self.session}")
         self.lookup_executor.submit(self._lookup, self.transport, msg)
 
     def _lookup(self, transport: Transport, msg: NumberLookup) -> None:

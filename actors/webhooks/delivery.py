@@ -19,7 +19,6 @@ import random
 import threading
 from collections import Counter, deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -35,6 +34,7 @@ from actors.webhooks.source import Event, EventSource
 from actors.webhooks.store import Endpoint, EndpointStore, UnknownEndpoint
 from gateway.core.config import WebhooksConfig
 from gateway.core.disk import is_disk_full
+from gateway.core.threads import started_executor
 
 log = structlog.get_logger("wagate.webhooks")
 
@@ -251,8 +251,7 @@ class ConcurrentDeliverer:
     def __init__(self, overview: Deliverer, make: Callable[[], Deliverer],
                  workers: int, poll_seconds: float = 0.0) -> None:
         self.overview, self.make = overview, make
-        self.pool = ThreadPoolExecutor(max_workers=workers,
-                                       thread_name_prefix="wagate-webhook")
+        self.pool = started_executor(workers, "wagate-webhook")  # gateway.core.threads
         self.lock = threading.Lock()
         self.in_flight: set[str] = set()
         # An endpoint whose turn found nothing to send is up to date; its cursor stays

@@ -1,0 +1,50 @@
+"""Thread pools whose threads all run from the start.
+
+``ThreadPoolExecutor`` starts a thread only when a task finds none idle, so a pool
+reaches its size at the first burst, and bursts come with faults: a restarted outbox
+offers its whole backlog to the sessions at once, requests pile up in the web tier
+while it restarts. A thread started then costs its process the native memory of its
+stack and frames (tens to hundreds of KiB) for good, long after the process warmed up:
+in the soak (``tests/perf/soak.py``, issue 16) a session's successor gained a thread
+and 280 KiB three seconds after an outbox was killed, 23 minutes into its life. A pool
+that starts every thread with itself has its whole cost at start-up, where the
+operator sees it, and the same number of threads for the rest of its life.
+
+Relies on ``ThreadPoolExecutor`` reusing an idle thread before it starts another
+(Python 3.8 and later): once every thread has run, a submit starts none.
+
+Plain module: no actor or Flask import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+
+START_SECONDS = 10.0  # how long starting a pool may wait for its threads to meet
+
+
+def started_executor(workers: int, prefix: str) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads, every one of them already running."""
+    executor = ThreadPoolExecutor(workers, thread_name_prefix=prefix)
+    start_threads(executor, workers)
+    return executor
+
+
+def start_threads(executor: ThreadPoolExecutor, workers: int) -> None:
+    """Start ``executor``'s ``workers`` threads now (``workers`` is its size).
+
+    Each start holds its thread at a barrier until all have started, so no task finds
+    a thread idle and each submit starts a new one. A barrier that is not met within
+    ``START_SECONDS`` (a pool smaller than ``workers``) lets them all go: the pool then
+    starts the rest as tasks need them, as it would have anyway."""
+    if workers < 1:
+        return
+    barrier = threading.Barrier(workers)
+
+    def meet() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(START_SECONDS)
+
+    wait([executor.submit(meet) for _ in range(workers)], START_SECONDS * 2)
