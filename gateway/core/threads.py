@@ -32,19 +32,20 @@ def started_executor(workers: int, prefix: str) -> ThreadPoolExecutor:
     return executor
 
 
-def start_threads(executor: ThreadPoolExecutor, workers: int) -> None:
+def start_threads(executor: ThreadPoolExecutor, workers: int,
+                  timeout: float = START_SECONDS) -> None:
     """Start ``executor``'s ``workers`` threads now (``workers`` is its size).
 
     Each start holds its thread at a barrier until all have started, so no task finds
     a thread idle and each submit starts a new one. A barrier that is not met within
-    ``START_SECONDS`` (a pool smaller than ``workers``) lets them all go: the pool then
-    starts the rest as tasks need them, as it would have anyway."""
+    ``timeout`` (a pool smaller than ``workers``, or busy) lets them all go: the pool
+    then starts the rest as tasks need them, as it would have anyway."""
     if workers < 1:
         return
     barrier = threading.Barrier(workers)
 
     def meet() -> None:
         with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(START_SECONDS)
+            barrier.wait(timeout)
 
-    wait([executor.submit(meet) for _ in range(workers)], START_SECONDS * 2)
+    wait([executor.submit(meet) for _ in range(workers)], timeout * 2)
