@@ -2,13 +2,19 @@
 
 ``ThreadPoolExecutor`` starts a thread only when a task finds none idle, so a pool
 reaches its size at the first burst, and bursts come with faults: a restarted outbox
-offers its whole backlog to the sessions at once, requests pile up in the web tier
-while it restarts. A thread started then costs its process the native memory of its
-stack and frames (tens to hundreds of KiB) for good, long after the process warmed up:
+offers its whole backlog to the sessions at once. A thread started then costs its
+process the native memory of its stack and frames (tens to hundreds of KiB) for good,
+long after the process warmed up:
 in the soak (``tests/perf/soak.py``, issue 16) a session's successor gained a thread
 and 280 KiB three seconds after an outbox was killed, 23 minutes into its life. A pool
 that starts every thread with itself has its whole cost at start-up, where the
 operator sees it, and the same number of threads for the rest of its life.
+
+Used where a pool is small and every thread does light work (a session's pools, the
+webhook workers). Not in the web tier: started whole there, its workers' memory crept
+for half an hour in the soak, worse than the few threads a burst adds; its pools take
+work in turn, so probably every thread, not only the few a steady load needs, grew
+its stack and Thespian context to their largest (docs/architecture.md).
 
 Relies on ``ThreadPoolExecutor`` reusing an idle thread before it starts another
 (Python 3.8 and later): once every thread has run, a submit starts none.

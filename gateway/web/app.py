@@ -59,14 +59,11 @@ def create_app(config: Config, bridge: Bridge | None = None) -> Flask:
 
 def actor_bridge(config: Config) -> ActorBridge:
     """Two helper threads per web thread: one generation of calls stuck in a partition
-    leaves room for the next (gateway.web.deadline). One per web thread and one for the
-    audit sender start with the process: the calls it makes at once when nothing is
-    stuck."""
+    leaves room for the next (gateway.web.deadline)."""
     return ActorBridge(config.actors.admin_port, config.actors.ask_timeout_seconds,
                        bind_address(config), allowed_networks(config),
                        max(MAX_CALLS, 2 * config.http.threads), config.audit.batch_seconds,
-                       member=config.cluster.role == "member",
-                       started_calls=config.http.threads + 1)
+                       member=config.cluster.role == "member")
 
 
 def web_state(config: Config, bridge: Bridge) -> WebState:

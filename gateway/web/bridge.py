@@ -68,8 +68,7 @@ LEADER_QUESTION_SECONDS = 1.0
 class ActorBridge:
     def __init__(self, admin_port: int, timeout: float, address: str = LOOPBACK,
                  networks: tuple[str, ...] = (), max_calls: int = MAX_CALLS,
-                 audit_linger: float = 0.0, member: bool = False,
-                 started_calls: int = 0) -> None:
+                 audit_linger: float = 0.0, member: bool = False) -> None:
         """``address``: where the actor system listens (``actors.system.bind_address``);
         ``networks``: ``actors.system.allowed_networks``, which this process's own reply
         sockets enforce too (they are actor-system sockets like any other);
@@ -77,14 +76,12 @@ class ActorBridge:
         ``audit_linger``: ``audit.batch_seconds`` (``gateway.web.audit_queue``);
         ``member``: this host is a cluster member, whose supervisor is the followed
         leader's, found by status questions (``actors.leader_supervisor``), never by
-        global name; ``started_calls``: helpers started with the pool, the calls a
-        process makes at once without a partition (``start_threads``)."""
+        global name."""
         self.admin_port = admin_port
         self.timeout = timeout
         self.address = address
         self.networks = networks
         self.max_calls = max_calls
-        self.started_calls = started_calls
         self.audit_linger = audit_linger
         self.member = member
         self._pool: CallPool | None = None
@@ -125,13 +122,6 @@ class ActorBridge:
             raise GatewayError(reply.code, reply.message, **reply.details)
         return getattr(reply, "value", reply)
 
-    def start_threads(self) -> None:
-        """Start this process's helpers and audit sender now (a web worker, once forked):
-        a thread started later, at the burst of calls a fault brings, is native memory
-        the process gains for good long after it warmed up (``gateway.core.threads``)."""
-        self._calls()
-        self._audit_queue()
-
     def close(self) -> None:
         """Send the audit entries that wait, then stop this process's helper threads
         once their calls end (a worker's exit, tests)."""
@@ -159,7 +149,6 @@ class ActorBridge:
         with self._threads_lock:
             if self._pool is None or self._pool_pid != os.getpid():
                 self._pool, self._pool_pid = CallPool(self.max_calls, "wagate-ask"), os.getpid()
-                self._pool.start(self.started_calls)
             return self._pool
 
     def _call(self, call: Call[Any], message: Any, deadline: float, to_outbox: bool) -> Any:

@@ -95,8 +95,7 @@ class Call(Generic[T]):
 
 
 class CallPool:
-    """Up to ``max_threads`` helper threads, started as calls need them (or ahead,
-    ``start``) and kept.
+    """Up to ``max_threads`` helper threads, started as calls need them and kept.
 
     When every helper is busy (stuck calls included), a call waits in the queue and, if
     its deadline passes there, is cancelled: so a partition that leaves many calls
@@ -139,30 +138,18 @@ class CallPool:
         for thread in threads:
             thread.join(wait)
 
-    def start(self, count: int) -> None:
-        """Start helpers now until there are ``count`` (at most ``max_threads``): the
-        ones a process needs without a partition, started with it rather than at the
-        first burst of calls a fault brings (``gateway.core.threads``)."""
-        with self._lock:
-            while len(self._threads) < min(count, self.max_threads) and not self._closed:
-                self._add_helper()
-
     def _submit(self, call: Call[Any]) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the call pool is closed")
             if self._idle <= 0 and len(self._threads) < self.max_threads:
-                self._add_helper()
+                thread = threading.Thread(target=self._serve, daemon=True,
+                                          name=f"{self.name}-{len(self._threads) + 1}")
+                self._threads.append(thread)
+                self._idle += 1
+                thread.start()
             self._idle -= 1  # taken by an idle helper, or queued for the next one
         self._queue.put(call)
-
-    def _add_helper(self) -> None:
-        """With the lock held: one more helper, idle."""
-        thread = threading.Thread(target=self._serve, daemon=True,
-                                  name=f"{self.name}-{len(self._threads) + 1}")
-        self._threads.append(thread)
-        self._idle += 1
-        thread.start()
 
     def _serve(self) -> None:
         while True:

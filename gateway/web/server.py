@@ -11,7 +11,6 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -20,7 +19,6 @@ from gateway.core.allocator import allocator_environment
 from gateway.core.child_env import secret_variables, web_config, without_secrets
 from gateway.core.config import Config, config_from_dict, config_to_dict
 from gateway.core.observability import setup_logging
-from gateway.core.threads import start_threads
 from gateway.web.metrics_files import MULTIPROC_ENV, metrics_dir
 
 CONFIG_ENV = "WAGATE_CONFIG_JSON"
@@ -55,30 +53,12 @@ def _worker_exited(_server: Any, worker: Any) -> None:
 def _worker_exiting(_server: Any, worker: Any) -> None:
     """gunicorn ``worker_exit`` hook, in the worker: the audit entries that still wait
     leave before it ends (``ActorBridge.close``)."""
-    close = getattr(_bridge(worker), "close", None)
-    if close is not None:
-        close()
-
-
-def _worker_started(worker: Any) -> None:
-    """gunicorn ``post_worker_init`` hook, in the worker before it serves: every thread
-    it will use starts now, not at the first burst of requests a fault brings
-    (``gateway.core.threads``): its request threads (gthread's pool) and the bridge's
-    helpers and audit sender."""
-    pool = getattr(worker, "tpool", None)
-    if isinstance(pool, ThreadPoolExecutor):
-        start_threads(pool, worker.cfg.threads)
-    start = getattr(_bridge(worker), "start_threads", None)
-    if start is not None:
-        start()
-
-
-def _bridge(worker: Any) -> Any:
-    """The worker's app's bridge (None before the app is loaded)."""
     from gateway.web.state import EXTENSION
 
     state = getattr(getattr(worker, "wsgi", None), "extensions", {}).get(EXTENSION)
-    return getattr(state, "bridge", None)
+    close = getattr(getattr(state, "bridge", None), "close", None)
+    if close is not None:
+        close()
 
 
 class _Gunicorn(BaseApplication):
@@ -102,7 +82,6 @@ class _Gunicorn(BaseApplication):
             "proc_name": "wagate-web",
             "child_exit": _worker_exited,
             "worker_exit": _worker_exiting,
-            "post_worker_init": _worker_started,
         }
         for key, value in settings.items():
             self.cfg.set(key, value)

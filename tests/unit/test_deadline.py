@@ -95,30 +95,6 @@ def test_stuck_calls_hold_at_most_the_pool_and_a_queued_call_never_runs_late() -
         CallPool(0)
 
 
-def test_helpers_started_ahead_take_calls_and_none_is_started_for_them() -> None:
-    pool = CallPool(3, "test-call")
-    try:
-        pool.start(2)
-        started = [t for t in threading.enumerate() if t.name.startswith("test-call")]
-        assert len(started) == 2 and pool.busy() == 0
-        release = threading.Event()
-        both = [threading.Thread(target=pool.run, args=(lambda call: release.wait(WAIT),
-                                                         WAIT)) for _ in range(2)]
-        for thread in both:
-            thread.start()
-        _until(lambda: pool.busy() == 2)
-        assert [t for t in threading.enumerate() if t.name.startswith("test-call")] == started
-        release.set()
-        for thread in both:
-            thread.join(WAIT)
-        pool.start(100)  # never more than max_threads
-        assert len([t for t in threading.enumerate() if t.name.startswith("test-call")]) == 3
-    finally:
-        pool.close(WAIT)
-    pool.start(2)  # a closed pool starts nothing
-    assert not [t for t in threading.enumerate() if t.name.startswith("test-call")]
-
-
 @contextlib.contextmanager
 def _silent_peer() -> Iterator[tuple[int, list[socket.socket]]]:
     """A port that accepts TCP connections and never reads or answers: an admin port
