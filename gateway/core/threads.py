@@ -31,27 +31,26 @@ from concurrent.futures import ThreadPoolExecutor, wait
 START_SECONDS = 10.0  # how long starting a pool may wait for its threads to meet
 
 
-def started_executor(workers: int, prefix: str) -> ThreadPoolExecutor:
-    """A pool of ``workers`` threads, every one of them already running."""
-    executor = ThreadPoolExecutor(workers, thread_name_prefix=prefix)
-    start_threads(executor, workers)
-    return executor
-
-
-def start_threads(executor: ThreadPoolExecutor, workers: int,
-                  timeout: float = START_SECONDS) -> None:
-    """Start ``executor``'s ``workers`` threads now (``workers`` is its size).
+def started_executor(workers: int, prefix: str,
+                     timeout: float = START_SECONDS) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads, every one of them already running.
 
     Each start holds its thread at a barrier until all have started, so no task finds
-    a thread idle and each submit starts a new one. A barrier that is not met within
-    ``timeout`` (a pool smaller than ``workers``, or busy) lets them all go: the pool
-    then starts the rest as tasks need them, as it would have anyway."""
-    if workers < 1:
-        return
+    a thread idle and each submit starts a new one. When a thread cannot be started
+    (the process is out of threads or memory), the barrier is broken so the ones
+    already started are not held for ``timeout``, the pool is shut down, and the error
+    is raised: no half-started pool is left behind."""
+    executor = ThreadPoolExecutor(workers, thread_name_prefix=prefix)
     barrier = threading.Barrier(workers)
 
     def meet() -> None:
         with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait(timeout)
 
-    wait([executor.submit(meet) for _ in range(workers)], timeout * 2)
+    try:
+        wait([executor.submit(meet) for _ in range(workers)], timeout * 2)
+    except BaseException:
+        barrier.abort()
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    return executor

@@ -1,12 +1,15 @@
-"""Pools whose threads all start with them (gateway/core/threads.py): a burst of tasks
-later starts no thread. Every pool a test makes is shut down and its threads joined."""
+"""Pools whose threads all start with them (gateway/core/threads.py). Every pool a test
+makes is shut down and its threads are gone when it ends."""
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from typing import Any
 
-from gateway.core.threads import start_threads, started_executor
+import pytest
+
+from gateway.core.threads import started_executor
 
 WAIT = 10.0  # a generous outer bound: only "it came back" is asserted, never how fast
 
@@ -15,36 +18,42 @@ def named(prefix: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
-def test_every_thread_runs_before_the_first_task_and_a_burst_starts_none() -> None:
+def test_every_thread_runs_before_the_first_task() -> None:
     pool = started_executor(4, "test-started")
     try:
-        started = named("test-started")
-        assert len(started) == 4  # a plain ThreadPoolExecutor has none before a task
-        release = threading.Event()
-        burst = [pool.submit(release.wait, WAIT) for _ in range(8)]
-        release.set()
-        assert [f.result(WAIT) for f in burst] == [True] * 8
-        assert named("test-started") == started
+        assert len(named("test-started")) == 4  # a plain ThreadPoolExecutor has none
+        assert pool.submit(lambda: "works").result(WAIT) == "works"
     finally:
         pool.shutdown(wait=True)
     assert not named("test-started")
 
 
-def test_a_pool_smaller_than_asked_is_let_go_at_the_timeout_with_what_it_has() -> None:
-    pool = ThreadPoolExecutor(2, thread_name_prefix="test-small")
-    try:
-        start_threads(pool, 3, timeout=0.2)  # three never meet in a pool of two
-        assert len(named("test-small")) == 2
-        assert pool.submit(lambda: "still works").result(WAIT) == "still works"
-    finally:
-        pool.shutdown(wait=True)
+@pytest.mark.parametrize("workers", [0, -3])
+def test_a_pool_of_no_threads_is_refused(workers: int) -> None:
+    with pytest.raises(ValueError):
+        started_executor(workers, "test-none")
+    assert not named("test-none")
 
 
-def test_no_workers_starts_nothing() -> None:
-    pool = ThreadPoolExecutor(2, thread_name_prefix="test-none")
-    try:
-        start_threads(pool, 0)
-        start_threads(pool, -3)
-        assert not named("test-none")
-    finally:
-        pool.shutdown(wait=True)
+def test_a_thread_that_cannot_start_leaves_no_pool_behind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OS refuses the third thread: the error is raised, and the two started are
+    let go at once and end (before, they were held at the barrier for its whole wait)."""
+    start = threading.Thread.start
+    started: list[str] = []
+
+    def refuse_the_third(self: threading.Thread, *args: Any) -> None:
+        if self.name.startswith("test-fail"):
+            started.append(self.name)
+            if len(started) == 3:
+                raise RuntimeError("can't start new thread")
+        start(self, *args)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_the_third)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        started_executor(4, "test-fail", timeout=WAIT * 6)
+    monkeypatch.undo()
+    deadline = time.monotonic() + WAIT
+    while named("test-fail") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not named("test-fail")
