@@ -16,7 +16,6 @@ session that says it is connected survives any crash), every
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import time
 from concurrent import futures
@@ -85,6 +84,7 @@ from actors.transport.base import (
     TransportEvent,
 )
 from actors.whoami import TellsItsProcess
+from gateway.core.collector import freeze_long_lived
 from gateway.core.config import MessagesConfig, lease_mode
 from gateway.core.disk import is_disk_full
 from gateway.core.errors import WagateError
@@ -227,9 +227,10 @@ def keep_inherited_pages_shared() -> None:
     takes about 15 MiB off each real-engine session process (issue 17). Most inherited
     objects are modules, classes and configuration that live as long as the process;
     the supervisor's own state that this process never uses costs nothing while its
-    pages stay shared, and collecting it would copy them.
+    pages stay shared, and collecting it would copy them: nothing is collected before
+    the freeze, only what is left after it (``gateway.core.collector``).
     """
-    gc.freeze()
+    freeze_long_lived(collect_first=False)
 
 
 class SessionActor(TellsItsProcess, BridgedActor):

@@ -14,7 +14,6 @@ survives; and only a process that holds the mark is ever signalled.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
 import subprocess
@@ -48,6 +47,7 @@ from gateway.cli.cluster_mode import cluster_problem
 from gateway.cli.ownership import Stamp
 from gateway.cli.run_state import ClaimError, Run
 from gateway.core.allocator import limit_arenas
+from gateway.core.collector import freeze_long_lived
 from gateway.core.config import Config, lease_mode
 from gateway.core.disk import access_problem
 from gateway.core.errors import WagateError
@@ -370,9 +370,10 @@ def freeze_before_fork() -> None:
     actor at its first full collection. Objects frozen here are never examined, in
     this process or in any forked from it (``gc.freeze``; issue 17,
     ``tests/perf/bench_memory.py``). They are the launcher's modules and
-    configuration, which live as long as the process anyway."""
-    gc.collect()  # what is garbage now is freed, not frozen
-    gc.freeze()
+    configuration, which live as long as the process anyway. The collector's measure
+    of the oldest generation is reset too, or no actor would run a full collection
+    for a long time (``gateway.core.collector``)."""
+    freeze_long_lived()
 
 
 def start_actor_system(config: Config, started: Started, run: Run) -> None:
