@@ -11,18 +11,20 @@ Two reasons to freeze (``gc.freeze``), both measured:
   generation held after it (``long_lived_total``). A web worker holds about 80 000
   tracked objects (its modules, the GraphQL schema, Flask), so it needed some 20 000
   promotions first: in the soak (``tests/perf/soak.py``) no full collection ran in 45
-  minutes, and the reference cycles that requests leave (exceptions with their frames,
-  GraphQL's execution records) stayed in memory, some hundreds of objects and
-  thousands of their blocks by minute 43. That was the slow creep of the web workers'
-  memory (issue 16).
+  minutes, and the reference cycles that requests leave stayed in memory, some
+  hundreds of objects and thousands of their blocks by minute 43. That was part of
+  the web workers' slow creep (issue 16: Python's share of the busier worker's growth
+  went from +0.41 to +0.15 MiB/h; ``tests/perf/README.md``).
 
 ``gc.freeze`` moves every tracked object out of the generations but leaves
 ``long_lived_total`` as the last full collection set it; only the next full
 collection resets it. So after freezing, one collection of what is left (nothing, or
-little) makes the next full collection due after a few hundred promotions, and every
-later one after a quarter of the process's own live objects, whose examination costs
-little. Objects frozen and later dropped in a cycle are never freed: freeze only what
-lives as long as the process (modules, the app, configuration).
+little) resets it to that, and full collections come due again as often as the
+younger generations' thresholds allow (every ten collections of the middle one), each
+examining only the process's own unfrozen objects, which costs little.
+
+Objects frozen and later dropped in a cycle are never freed: freeze only what lives as
+long as the process (modules, the app, configuration).
 
 Plain module: no actor or Flask import.
 """
