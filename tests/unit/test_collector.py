@@ -18,6 +18,9 @@ import sys
 
 import pytest
 
+from gateway.core.config import Config
+from gateway.web.server import _Gunicorn, _worker_loaded
+
 # The three places a process freezes its heap: the launcher before it forks the actors,
 # a session process once forked, and a web worker once its app is made (gunicorn's
 # post_worker_init hook, called with the worker).
@@ -74,3 +77,10 @@ def test_full_collections_keep_running_after_the_freeze(where: str) -> None:
     result = run_freezer(*FREEZERS[where])
     assert result["full"] >= 3, result
     assert result["stranded"] < 4_000, result
+
+
+def test_gunicorn_calls_the_web_workers_freeze_once_their_app_is_made() -> None:
+    """The web worker's case above calls the hook itself; this holds that gunicorn is
+    told to (its application object made as ``wagate serve``'s web process makes it,
+    not run)."""
+    assert _Gunicorn(Config()).cfg.post_worker_init is _worker_loaded
