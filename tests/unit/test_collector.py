@@ -2,12 +2,12 @@
 (gateway/core/collector.py, issue 16).
 
 Each case runs in a fresh interpreter (a freeze is for the life of a process, and
-pytest's own heap must not be frozen). It holds 300 000 tracked objects that live as
-long as it does, as a web worker holds its app, freezes them the way one of our
-processes does, then makes reference cycles that outlive a few young collections
-before they are dropped, as requests do. What is asserted is what the interpreter did
-by itself: the full collections it ran during that work, and the garbage a final
-collection still finds.
+pytest's own heap must not be frozen). It holds 200 000 tracked objects (100 000
+instances and their lists) that live as long as it does, as a web worker holds its
+app, freezes them the way one of our processes does, then makes reference cycles
+that outlive a few young collections before they are dropped, as requests do. What
+is asserted is what the interpreter did by itself: the full collections it ran during
+that work, and the garbage a final collection still finds.
 """
 
 from __future__ import annotations
