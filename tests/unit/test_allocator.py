@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.allocator import ARENA_ENV, ARENA_MAX, allocator_environment, limit_arenas
+from gateway.core.allocator import (
+    ARENA_ENV,
+    ARENA_MAX,
+    NO_THREAD_CACHE,
+    allocator_environment,
+    limit_arenas,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,5 +69,9 @@ def test_the_operators_own_setting_wins() -> None:
     assert limit_arenas({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) is False
     assert allocator_environment({ARENA_ENV: "4"}) == {}
     assert allocator_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == {}
-    assert allocator_environment({"GLIBC_TUNABLES": "glibc.rtld.nns=2"}) == {ARENA_ENV: "2"}
-    assert allocator_environment({}) == {ARENA_ENV: str(ARENA_MAX)}
+    assert allocator_environment({"GLIBC_TUNABLES": "glibc.malloc.tcache_count=7"}) == {}
+    # Their other tunables are kept, with ours added.
+    assert allocator_environment({"GLIBC_TUNABLES": "glibc.rtld.nns=2"}) == {
+        ARENA_ENV: "2", "GLIBC_TUNABLES": "glibc.rtld.nns=2:" + NO_THREAD_CACHE}
+    assert allocator_environment({}) == {ARENA_ENV: str(ARENA_MAX),
+                                         "GLIBC_TUNABLES": NO_THREAD_CACHE}

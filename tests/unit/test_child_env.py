@@ -50,6 +50,7 @@ def test_the_web_environment_drops_every_key_variable_and_the_transport_secrets(
     web = web_environment(config, environ)
     assert web["PATH"] == "/usr/bin"
     assert web["MALLOC_ARENA_MAX"] == "2"  # the launcher's arena limit (gateway/core/allocator.py)
+    assert web["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=0"  # and no per-thread cache
     assert not any(KEY_TEXT in value or "pass-1" in value for value in web.values())
     assert web_config(config).transport.proxy == ""
     assert web_config(config).transport.session_store == ""
