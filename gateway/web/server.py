@@ -36,8 +36,8 @@ def config_env(config: Config) -> dict[str, str]:
 def web_environment(config: Config, environ: Mapping[str, str]) -> dict[str, str]:
     """The web process's whole environment: the launcher's without the secrets the web
     tier never needs (the storage key's variable), and the config without the proxy's
-    address (gateway/core/child_env.py), with the launcher's malloc arena limit
-    (gateway/core/allocator.py)."""
+    address (gateway/core/child_env.py), with the launcher's malloc arena limit and no
+    per-thread malloc cache (gateway/core/allocator.py)."""
     return {**without_secrets(environ, secret_variables(config)),
             **allocator_environment(environ), **config_env(web_config(config))}
 

@@ -1,5 +1,6 @@
-"""The malloc arena limit (gateway/core/allocator.py), checked in real child processes
-by counting the thread arenas glibc made."""
+"""The malloc arena limit and the web server's lack of a per-thread malloc cache
+(gateway/core/allocator.py), checked in real child processes: by counting the thread
+arenas glibc made, and what malloc counts as in use while threads live."""
 
 from __future__ import annotations
 
@@ -62,6 +63,50 @@ def test_the_limit_keeps_threads_to_its_arenas() -> None:
     floor = thread_heaps("none")  # the same work without the limit, in the same run
     assert floor > ARENA_MAX, f"without the limit the threads made only {floor} heaps"
     assert thread_heaps("limit") <= ARENA_MAX - 1  # the main arena is not a thread heap
+
+
+# Sixteen threads each free eight blocks of every size from 520 bytes (above pymalloc's
+# limit, so malloc's) to 1 KiB, and stay alive; the process prints how much more malloc
+# counts as in use than before they started: blocks a thread's cache still holds.
+CACHED = """
+import ctypes, threading
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = Info
+done, leave = threading.Barrier(17), threading.Event()
+def work():
+    for size in range(520, 1024, 16):
+        blocks = [bytes(size) for _ in range(8)]
+        del blocks
+    done.wait()
+    leave.wait()
+threads = [threading.Thread(target=work) for _ in range(16)]
+before = mallinfo2().uordblks
+for t in threads: t.start()
+done.wait()
+print(mallinfo2().uordblks - before)
+leave.set()
+for t in threads: t.join()
+"""
+
+
+def held_by_thread_caches(environ: dict[str, str]) -> int:
+    env = {k: v for k, v in os.environ.items() if k not in (ARENA_ENV, "GLIBC_TUNABLES")}
+    done = subprocess.run([sys.executable, "-c", CACHED], env={**env, **environ},
+                          capture_output=True, text=True, timeout=60, check=True)
+    return int(done.stdout)
+
+
+@glibc_only
+def test_the_web_servers_threads_keep_no_freed_blocks_of_their_own() -> None:
+    """Regression (issue 16's soak): a web worker's threads each filled malloc's
+    per-thread cache over hours; the web server's environment turns it off."""
+    floor = held_by_thread_caches({})  # glibc's default, in the same run
+    assert floor > 1 << 20, f"with the cache on the threads held only {floor} bytes"
+    held = held_by_thread_caches(allocator_environment({}))
+    assert held < floor // 8, f"threads still hold {held} bytes (with the cache on: {floor})"
 
 
 def test_the_operators_own_setting_wins() -> None:
