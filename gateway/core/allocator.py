@@ -1,5 +1,5 @@
-"""The C allocator's arena limit: memory that stays flat in processes whose threads
-come and go.
+"""The C allocator's arena limit, and the web server's lack of a per-thread cache:
+memory that stays flat in processes whose threads come and go.
 
 glibc's malloc gives a new thread an arena of its own until there are eight per core,
 and an arena keeps the memory it once held. The gateway's processes start threads
@@ -20,13 +20,14 @@ keeps up to seven freed chunks of every size up to 1 KiB for itself, and malloc 
 them as in use. A thread's cache fills slowly, size by size, as it frees blocks of
 sizes it had not freed before, so a web worker's memory crept for as long as its
 threads kept meeting new sizes, and each thread a burst added started a creep of its
-own: in the soak a worker at a constant thread count allocated nothing it kept
-(traced with a heap profiler), while malloc's bytes in use rose 0.4 MiB in 17 minutes.
-Sixteen threads held 3.3 MiB in their caches in a probe, none with the cache off. The
-web tier's threads are the only ones that come and go with load, and Python's small
-objects do not use malloc (pymalloc), so what the cache saved is a lock on the larger
-allocations. A cache can only be turned off before a process starts (a glibc
-tunable), so the forked actor processes keep theirs: their threads start with them.
+own. In the soak a heap profiler saw a worker at a constant thread count keep nothing
+it allocated, while in another run malloc's bytes in use rose 0.4 MiB in 17 minutes;
+sixteen threads held 3.3 MiB in their caches in a probe, none with the cache off. The
+web tier's are the only threads started late, as load needs them, and Python's small
+objects do not use malloc (pymalloc), so what the cache saved is the arena's lock on
+the larger allocations. A cache can only be turned off before a process starts (a
+glibc tunable), so the forked actor processes keep theirs: their threads start with
+them.
 
 An operator's own ``MALLOC_ARENA_MAX``, or ``glibc.malloc`` tunables in
 ``GLIBC_TUNABLES``, win: then nothing is changed (other tunables are kept, with ours
