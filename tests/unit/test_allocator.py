@@ -120,3 +120,4 @@ def test_the_operators_own_setting_wins() -> None:
         ARENA_ENV: "2", "GLIBC_TUNABLES": "glibc.rtld.nns=2:" + NO_THREAD_CACHE}
     assert allocator_environment({}) == {ARENA_ENV: str(ARENA_MAX),
                                          "GLIBC_TUNABLES": NO_THREAD_CACHE}
+    assert allocator_environment({"GLIBC_TUNABLES": ""})["GLIBC_TUNABLES"] == NO_THREAD_CACHE
