@@ -22,7 +22,7 @@ sizes it had not freed before, so a web worker's memory crept for as long as its
 threads kept meeting new sizes, and each thread a burst added started a creep of its
 own. In the soak a heap profiler saw a worker at a constant thread count keep nothing
 it allocated, while in another run malloc's bytes in use rose 0.4 MiB in 17 minutes;
-sixteen threads held 3.3 MiB in their caches in a probe, none with the cache off. The
+sixteen threads held 3.2 to 3.6 MiB in their caches in a probe, none with it off. The
 web tier's are the only threads started late, as load needs them, and Python's small
 objects do not use malloc (pymalloc), so what the cache saved is the arena's lock on
 the larger allocations. A cache can only be turned off before a process starts (a
