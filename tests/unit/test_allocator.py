@@ -16,6 +16,7 @@ from gateway.core.allocator import (
     ARENA_ENV,
     ARENA_MAX,
     NO_THREAD_CACHE,
+    TUNABLES_ENV,
     allocator_environment,
     limit_arenas,
 )
@@ -50,12 +51,18 @@ glibc_only = pytest.mark.skipif(platform.libc_ver()[0] != "glibc",
                                 reason="the arena limit is glibc's; elsewhere nothing is set")
 
 
-def thread_heaps(mode: str) -> int:
-    env = {k: v for k, v in os.environ.items() if k not in (ARENA_ENV, "GLIBC_TUNABLES")}
-    env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run([sys.executable, "-c", CHILD, mode], env=env, capture_output=True,
+def run_child(code: str, *args: str, environ: dict[str, str] | None = None) -> int:
+    """``code`` in a fresh interpreter without the allocator variables of this one (plus
+    ``environ``); the number it prints."""
+    env = {k: v for k, v in os.environ.items() if k not in (ARENA_ENV, TUNABLES_ENV)}
+    env = {**env, "PYTHONPATH": str(ROOT), **(environ or {})}
+    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=60, check=True)
     return int(done.stdout)
+
+
+def thread_heaps(mode: str) -> int:
+    return run_child(CHILD, mode)
 
 
 @glibc_only
@@ -93,10 +100,7 @@ for t in threads: t.join()
 
 
 def held_by_thread_caches(environ: dict[str, str]) -> int:
-    env = {k: v for k, v in os.environ.items() if k not in (ARENA_ENV, "GLIBC_TUNABLES")}
-    done = subprocess.run([sys.executable, "-c", CACHED], env={**env, **environ},
-                          capture_output=True, text=True, timeout=60, check=True)
-    return int(done.stdout)
+    return run_child(CACHED, environ=environ)
 
 
 @glibc_only
